@@ -1,0 +1,35 @@
+"""latentinv: geophysical inversion with deep generative priors.
+
+A variational-autoencoder prior (:class:`VAEPrior`) and stochastic-gradient inversion in its latent
+space (:class:`LatentInverter`) for crosshole traveltime tomography, after Lopez-Alvis, Laloy, Nguyen
+& Hermans (2021), Computers & Geosciences.
+"""
+from ._backend import HAS_CORE
+from .geometry import CrossholeSurvey, Grid2D, paper_crosshole
+from .operators import StraightRayOperator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Grid2D", "CrossholeSurvey", "paper_crosshole", "StraightRayOperator", "ShortestPathOperator",
+    "PyGimliOperator", "VAEPrior", "LatentInverter", "HAS_CORE", "__version__",
+]
+
+_LATE = {
+    "ShortestPathOperator": ("operators.shortest_path", "ShortestPathOperator"),
+    "PyGimliOperator": ("operators.pygimli", "PyGimliOperator"),
+    "VAEPrior": ("prior", "VAEPrior"),
+    "LatentInverter": ("inversion", "LatentInverter"),
+}
+
+
+def __getattr__(name):
+    # torch-heavy and optional modules load on first use, which keeps `import latentinv` light
+    if name in _LATE:
+        import importlib
+        mod, attr = _LATE[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    if name in ("datasets", "metrics", "plotting", "nn"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'latentinv' has no attribute {name!r}")

@@ -1,0 +1,42 @@
+"""The one place that knows whether the compiled core (``latentinv._core``) is available.
+
+Set ``LATENTINV_PUREPYTHON=1`` to force the pure-Python fallback even where the core is built.
+"""
+import os
+
+_FORCED_PURE_PYTHON = os.environ.get("LATENTINV_PUREPYTHON", "0") not in ("", "0")
+
+core = None
+if not _FORCED_PURE_PYTHON:
+    try:  # pragma: no branch
+        from . import _core as core  # type: ignore[no-redef]
+    except ImportError:  # no compiler at install time, or a source checkout without a build
+        core = None
+
+HAS_CORE = core is not None
+
+
+def resolve_backend(backend, owner="operator"):
+    """Turn ``"auto" | "cpp" | "python"`` into the backend that will actually run.
+
+    Raises
+    ------
+    ValueError
+        If ``backend`` is not one of the accepted names.
+    ImportError
+        If ``"cpp"`` is requested but the compiled core is missing.
+    """
+    if backend not in ("auto", "cpp", "python"):
+        raise ValueError(
+            f"{owner}: backend must be 'auto', 'cpp' or 'python', got {backend!r}"
+        )
+    if backend == "auto":
+        return "cpp" if HAS_CORE else "python"
+    if backend == "cpp" and not HAS_CORE:
+        reason = (
+            "LATENTINV_PUREPYTHON is set"
+            if _FORCED_PURE_PYTHON
+            else "latentinv._core was not built (no C++ compiler at install time?)"
+        )
+        raise ImportError(f"{owner}: backend='cpp' requested but {reason}; use backend='python'")
+    return backend

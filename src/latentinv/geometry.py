@@ -1,0 +1,350 @@
+"""Grids, crosshole surveys and the one cell-order convention of the package.
+
+Coordinates are ``(x, depth)`` in metres: ``x`` is horizontal (between the boreholes) and ``depth``
+grows downwards. A model lives on a :class:`Grid2D` of ``n_rows`` (depth) by ``n_cols`` (x) cells.
+
+Cell order (the package's only convention)
+-----------------------------------------
+A flat model vector has ``n_cells = n_rows * n_cols`` entries and cell ``(row, col)`` sits at flat index
+``row * n_cols + col``: it is the C-order ravel of the image array ``(n_rows, n_cols)`` whose row 0 is at
+the top (shallowest). pyGIMLi orders the cells of a rectilinear mesh with ``x`` fastest and its ``y``
+axis pointing up (``y = -depth``), i.e. the bottom row first: :meth:`Grid2D.to_pygimli_order` and
+:meth:`Grid2D.from_pygimli_order` convert.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["Grid2D", "CrossholeSurvey", "paper_crosshole"]
+
+# relative tolerance (in cell sizes) for "a sensor lies on the grid boundary"
+_EDGE_TOL = 1e-9
+
+
+def _positive_int(value, name, owner):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _finite_float(value, name, owner, positive=False):
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: {name} must be a real number, got {value!r}") from None
+    if not np.isfinite(out) or (positive and out <= 0):
+        what = "a finite positive number" if positive else "a finite number"
+        raise ValueError(f"{owner}: {name} must be {what}, got {value!r}")
+    return out
+
+
+class Grid2D:
+    """A regular 2-D grid of rectangular cells.
+
+    Parameters
+    ----------
+    n_rows : int
+        Number of cells along depth.
+    n_cols : int
+        Number of cells along x.
+    cell_size : float or tuple of (float, float), default=0.1
+        Cell size in metres, either one value or ``(dx, dz)``.
+    origin : tuple of (float, float), default=(0.0, 0.0)
+        ``(x, depth)`` of the top-left corner of the grid, in metres.
+
+    Notes
+    -----
+    Flat index of cell ``(row, col)`` is ``row * n_cols + col`` (see the module docstring).
+    """
+
+    def __init__(self, n_rows, n_cols, cell_size=0.1, origin=(0.0, 0.0)):
+        owner = "Grid2D"
+        self.n_rows = _positive_int(n_rows, "n_rows", owner)
+        self.n_cols = _positive_int(n_cols, "n_cols", owner)
+        if np.ndim(cell_size) == 0:
+            dx = dz = _finite_float(cell_size, "cell_size", owner, positive=True)
+        else:
+            sizes = tuple(cell_size)
+            if len(sizes) != 2:
+                raise ValueError(f"{owner}: cell_size must be a number or (dx, dz), got {cell_size!r}")
+            dx = _finite_float(sizes[0], "cell_size[0] (dx)", owner, positive=True)
+            dz = _finite_float(sizes[1], "cell_size[1] (dz)", owner, positive=True)
+        self.dx, self.dz = dx, dz
+        origin = tuple(origin)
+        if len(origin) != 2:
+            raise ValueError(f"{owner}: origin must be (x, depth), got {origin!r}")
+        self.origin = (
+            _finite_float(origin[0], "origin[0] (x)", owner),
+            _finite_float(origin[1], "origin[1] (depth)", owner),
+        )
+
+    # -- description -----------------------------------------------------------------------------
+    @classmethod
+    def paper(cls):
+        """The test grid of Lopez-Alvis et al. (2021): 129 rows x 65 columns of 0.1 m (6.5 m x 12.9 m)."""
+        return cls(129, 65, 0.1)
+
+    @property
+    def shape(self):
+        """``(n_rows, n_cols)``: the shape of a model as an image."""
+        return (self.n_rows, self.n_cols)
+
+    @property
+    def n_cells(self):
+        return self.n_rows * self.n_cols
+
+    @property
+    def cell_size(self):
+        return (self.dx, self.dz)
+
+    @property
+    def width(self):
+        """Extent along x, in m."""
+        return self.n_cols * self.dx
+
+    @property
+    def height(self):
+        """Extent along depth, in m."""
+        return self.n_rows * self.dz
+
+    @property
+    def x_edges(self):
+        """The ``n_cols + 1`` cell boundaries along x, in m."""
+        return self.origin[0] + self.dx * np.arange(self.n_cols + 1)
+
+    @property
+    def depth_edges(self):
+        """The ``n_rows + 1`` cell boundaries along depth, in m."""
+        return self.origin[1] + self.dz * np.arange(self.n_rows + 1)
+
+    @property
+    def cell_centers(self):
+        """Array of shape (n_cells, 2): ``(x, depth)`` of each cell centre in flat order, in m."""
+        x = self.origin[0] + self.dx * (np.arange(self.n_cols) + 0.5)
+        z = self.origin[1] + self.dz * (np.arange(self.n_rows) + 0.5)
+        zz, xx = np.meshgrid(z, x, indexing="ij")
+        return np.column_stack([xx.ravel(), zz.ravel()])
+
+    def contains(self, points, tol=_EDGE_TOL):
+        """Whether each ``(x, depth)`` point lies in the closed grid rectangle (boundary included)."""
+        p = np.asarray(points, dtype=float).reshape(-1, 2)
+        x0, z0 = self.origin
+        tx, tz = tol * self.dx, tol * self.dz
+        return (
+            (p[:, 0] >= x0 - tx)
+            & (p[:, 0] <= x0 + self.width + tx)
+            & (p[:, 1] >= z0 - tz)
+            & (p[:, 1] <= z0 + self.height + tz)
+        )
+
+    def cell_index(self, x, depth):
+        """Flat index of the cell holding each point (points on the far edges go to the last cell)."""
+        x = np.asarray(x, dtype=float)
+        depth = np.asarray(depth, dtype=float)
+        col = np.clip(np.floor((x - self.origin[0]) / self.dx).astype(int), 0, self.n_cols - 1)
+        row = np.clip(np.floor((depth - self.origin[1]) / self.dz).astype(int), 0, self.n_rows - 1)
+        return row * self.n_cols + col
+
+    # -- cell-order converters ---------------------------------------------------------------------
+    def _check_last(self, values, n, what):
+        a = np.asarray(values)
+        if a.ndim < 1 or a.shape[-1] != n:
+            raise ValueError(
+                f"Grid2D{self.shape}: {what} must have a last axis of length {n}, got shape {a.shape}"
+            )
+        return a
+
+    def to_image(self, values):
+        """Flat vectors ``(..., n_cells)`` -> images ``(..., n_rows, n_cols)``, row 0 at the top."""
+        a = self._check_last(values, self.n_cells, "values")
+        return a.reshape(a.shape[:-1] + self.shape)
+
+    def to_flat(self, images):
+        """Images ``(..., n_rows, n_cols)`` (row 0 at the top) -> flat vectors ``(..., n_cells)``."""
+        a = np.asarray(images)
+        if a.ndim < 2 or a.shape[-2:] != self.shape:
+            raise ValueError(
+                f"Grid2D{self.shape}: images must end with shape {self.shape}, got shape {a.shape}"
+            )
+        return a.reshape(a.shape[:-2] + (self.n_cells,))
+
+    def to_pygimli_order(self, values):
+        """Flat vectors in this package's order -> pyGIMLi's order (x fastest, bottom row first)."""
+        return self.to_flat(self.to_image(values)[..., ::-1, :])
+
+    def from_pygimli_order(self, values):
+        """Inverse of :meth:`to_pygimli_order`."""
+        a = self._check_last(values, self.n_cells, "values")
+        img = a.reshape(a.shape[:-1] + self.shape)[..., ::-1, :]
+        return self.to_flat(img)
+
+    # -- identity ------------------------------------------------------------------------------------
+    def _key(self):
+        return (self.n_rows, self.n_cols, self.dx, self.dz, self.origin)
+
+    def __eq__(self, other):
+        return isinstance(other, Grid2D) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        return (
+            f"Grid2D(n_rows={self.n_rows}, n_cols={self.n_cols}, "
+            f"cell_size=({self.dx!r}, {self.dz!r}), origin={self.origin!r})"
+        )
+
+    def __reduce__(self):
+        return (Grid2D, (self.n_rows, self.n_cols, (self.dx, self.dz), self.origin))
+
+
+def _positions(value, name):
+    p = np.array(value, dtype=float, copy=True)
+    if p.ndim == 1 and p.size == 2:
+        p = p.reshape(1, 2)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(
+            f"CrossholeSurvey: {name} must be an array of shape (n, 2) of (x, depth) in m, "
+            f"got shape {p.shape}"
+        )
+    if p.shape[0] == 0:
+        raise ValueError(f"CrossholeSurvey: {name} is empty; at least one position is needed")
+    if not np.all(np.isfinite(p)):
+        bad = np.argwhere(~np.isfinite(p).all(axis=1)).ravel()
+        raise ValueError(f"CrossholeSurvey: {name} holds NaN or inf at rows {bad.tolist()}")
+    return p
+
+
+class CrossholeSurvey:
+    """Sources, receivers and the source-receiver pairs that make the data.
+
+    Parameters
+    ----------
+    sources : array-like of shape (n_sources, 2)
+        Transmitter positions ``(x, depth)`` in m.
+    receivers : array-like of shape (n_receivers, 2)
+        Receiver positions ``(x, depth)`` in m.
+    pairs : array-like of int of shape (n_data, 2), default=None
+        ``(source index, receiver index)`` of each datum. ``None`` takes every pair in source-major
+        order (datum ``i * n_receivers + j`` is source ``i`` to receiver ``j``), as in the paper.
+
+    Raises
+    ------
+    ValueError
+        On NaN/inf positions, empty inputs, out-of-range or duplicate pairs, or a pair whose source
+        and receiver coincide.
+    """
+
+    def __init__(self, sources, receivers, pairs=None):
+        self.sources = _positions(sources, "sources")
+        self.receivers = _positions(receivers, "receivers")
+        ns, nr = len(self.sources), len(self.receivers)
+        if pairs is None:
+            s, r = np.meshgrid(np.arange(ns), np.arange(nr), indexing="ij")
+            pairs = np.column_stack([s.ravel(), r.ravel()])
+        pairs = np.asarray(pairs)
+        if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
+            raise ValueError(
+                f"CrossholeSurvey: pairs must be a non-empty integer array of shape (n_data, 2), "
+                f"got shape {pairs.shape}"
+            )
+        if not np.issubdtype(pairs.dtype, np.integer):
+            if not np.all(np.isfinite(pairs)) or np.any(pairs != np.round(pairs)):
+                raise ValueError("CrossholeSurvey: pairs must hold integer indices")
+        pairs = pairs.astype(np.int64)
+        if pairs[:, 0].min() < 0 or pairs[:, 0].max() >= ns:
+            raise ValueError(f"CrossholeSurvey: source indices in pairs must be in [0, {ns}), got "
+                             f"[{pairs[:, 0].min()}, {pairs[:, 0].max()}]")
+        if pairs[:, 1].min() < 0 or pairs[:, 1].max() >= nr:
+            raise ValueError(f"CrossholeSurvey: receiver indices in pairs must be in [0, {nr}), got "
+                             f"[{pairs[:, 1].min()}, {pairs[:, 1].max()}]")
+        uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(
+                f"CrossholeSurvey: duplicate pairs {uniq[counts > 1][:5].tolist()} (each pair once)"
+            )
+        dist = np.linalg.norm(self.sources[pairs[:, 0]] - self.receivers[pairs[:, 1]], axis=1)
+        if np.any(dist == 0):
+            raise ValueError(
+                f"CrossholeSurvey: pairs {pairs[dist == 0][:5].tolist()} have source == receiver"
+            )
+        self.pairs = pairs
+
+    @classmethod
+    def paper(cls, source_x=0.0, receiver_x=6.5):
+        """The paper's survey: 25 transmitters and 25 receivers at 0.5, 1.0, ..., 12.5 m depth.
+
+        The nonlinear case puts the boreholes at x = 0 and 6.5 m (the defaults); the paper's linear
+        case at 0.01 and 6.49 m, keeping straight rays just inside the grid.
+        """
+        depth = 0.5 * np.arange(1, 26)
+        return cls(
+            np.column_stack([np.full(25, float(source_x)), depth]),
+            np.column_stack([np.full(25, float(receiver_x)), depth]),
+        )
+
+    @property
+    def n_sources(self):
+        return len(self.sources)
+
+    @property
+    def n_receivers(self):
+        return len(self.receivers)
+
+    @property
+    def n_data(self):
+        return len(self.pairs)
+
+    @property
+    def source_positions(self):
+        """``(n_data, 2)``: the source of each datum."""
+        return self.sources[self.pairs[:, 0]]
+
+    @property
+    def receiver_positions(self):
+        """``(n_data, 2)``: the receiver of each datum."""
+        return self.receivers[self.pairs[:, 1]]
+
+    @property
+    def distances(self):
+        """``(n_data,)``: straight source-receiver distance of each datum, in m."""
+        return np.linalg.norm(self.source_positions - self.receiver_positions, axis=1)
+
+    def reciprocal(self):
+        """The same data with sources and receivers swapped (datum order kept)."""
+        return CrossholeSurvey(self.receivers, self.sources, self.pairs[:, ::-1].copy())
+
+    def check_in(self, grid, owner="CrossholeSurvey"):
+        """Raise ValueError unless every sensor lies inside ``grid`` (boundary included)."""
+        for name, pos in (("source", self.sources), ("receiver", self.receivers)):
+            inside = grid.contains(pos)
+            if not np.all(inside):
+                i = int(np.argmin(inside))
+                raise ValueError(
+                    f"{owner}: {name} {i} at (x, depth) = {tuple(pos[i])} m lies outside the grid "
+                    f"x in [{grid.origin[0]}, {grid.origin[0] + grid.width}] m, depth in "
+                    f"[{grid.origin[1]}, {grid.origin[1] + grid.height}] m"
+                )
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, CrossholeSurvey)
+            and np.array_equal(self.sources, other.sources)
+            and np.array_equal(self.receivers, other.receivers)
+            and np.array_equal(self.pairs, other.pairs)
+        )
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"CrossholeSurvey(n_sources={self.n_sources}, n_receivers={self.n_receivers}, n_data={self.n_data})"
+
+    def __reduce__(self):
+        return (CrossholeSurvey, (self.sources, self.receivers, self.pairs))
+
+
+def paper_crosshole(source_x=0.0, receiver_x=6.5):
+    """``(Grid2D.paper(), CrossholeSurvey.paper(source_x, receiver_x))``: the paper's test case."""
+    return Grid2D.paper(), CrossholeSurvey.paper(source_x, receiver_x)

@@ -1,0 +1,126 @@
+"""The contract every forward operator follows, and its bridge into torch autograd.
+
+An operator maps slowness per cell (s/m ... here ns/m, in the package's cell order, see
+:mod:`latentinv.geometry`) to first-arrival traveltimes (ns) for the pairs of a survey:
+
+- ``n_data``, ``n_params``: sizes of data and model vectors;
+- ``response(m)``: NumPy traveltimes for one model ``(n_params,)`` or a batch ``(n_models, n_params)``;
+- ``jacobian(m)``: the Jacobian (ray lengths per cell, m) at ``m`` as a SciPy CSR matrix;
+- ``response_and_jacobian(m)``: both at once for a batch (a list of CSR matrices);
+- ``forward(m)``: torch, batched and differentiable;
+- ``adjoint(v)`` for linear operators.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["ForwardOperator", "JacobianFunction"]
+
+
+class ForwardOperator:
+    """Base class: validation of models and the torch bridge; subclasses implement the physics."""
+
+    #: whether ``response`` is linear in the model (then ``jacobian`` does not depend on ``m``)
+    is_linear = False
+    #: name of the engine that computes the response ("cpp", "python", "pygimli", "scipy")
+    backend = "python"
+
+    n_data: int
+    n_params: int
+
+    # -- to implement -------------------------------------------------------------------------------
+    def _response_and_jacobian(self, m, want_jacobian):
+        """``m``: validated float64 array (n_models, n_params). Returns (times, list of CSR or None)."""
+        raise NotImplementedError
+
+    # -- validation -----------------------------------------------------------------------------------
+    def _check_models(self, m, positive=True):
+        name = type(self).__name__
+        if isinstance(m, torch.Tensor):
+            m = m.detach().cpu().numpy()
+        try:
+            a = np.array(m, dtype=np.float64, copy=True)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: model must be a numeric array, got {type(m).__name__}") from None
+        single = a.ndim == 1
+        if single:
+            a = a[None, :]
+        if a.ndim != 2 or a.shape[1] != self.n_params:
+            raise ValueError(
+                f"{name}: model must have shape ({self.n_params},) or (n_models, {self.n_params}) "
+                f"(slowness per cell), got shape {np.shape(m)}"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name}: model (slowness) holds NaN or inf")
+        if positive and np.any(a <= 0):
+            raise ValueError(
+                f"{name}: slowness must be > 0 in every cell, got minimum {a.min()!r}"
+            )
+        return a, single
+
+    # -- public contract ----------------------------------------------------------------------------
+    def response(self, m):
+        """Traveltimes (ns) for slowness ``m`` (ns/m): ``(n_data,)`` or ``(n_models, n_data)``."""
+        a, single = self._check_models(m)
+        t, _ = self._response_and_jacobian(a, want_jacobian=False)
+        return t[0] if single else t
+
+    def jacobian(self, m):
+        """Jacobian d t / d m at ``m`` (ray length per cell, m) as CSR ``(n_data, n_params)``."""
+        a, single = self._check_models(m)
+        if not single:
+            raise ValueError(
+                f"{type(self).__name__}: jacobian takes one model of shape ({self.n_params},); "
+                "use response_and_jacobian for a batch"
+            )
+        _, jac = self._response_and_jacobian(a, want_jacobian=True)
+        return jac[0]
+
+    def response_and_jacobian(self, m):
+        """Traveltimes and Jacobians for a batch: ``(times (n_models, n_data), [CSR, ...])``."""
+        a, single = self._check_models(m)
+        t, jac = self._response_and_jacobian(a, want_jacobian=True)
+        return (t[0], jac[0]) if single else (t, jac)
+
+    def forward(self, m):
+        """Differentiable torch traveltimes for ``m`` of shape ``(n_params,)`` or ``(batch, n_params)``.
+
+        The output has the dtype and device of ``m``. Gradients flow through the Jacobian transpose
+        (for a nonlinear operator the Jacobian at ``m``, i.e. the linearised update of the paper's
+        Eq. 28).
+        """
+        if not isinstance(m, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}.forward expects a torch.Tensor, got {type(m).__name__}")
+        single = m.ndim == 1
+        mb = m[None, :] if single else m
+        out = JacobianFunction.apply(mb, self)
+        return out[0] if single else out
+
+    __call__ = forward
+
+
+class JacobianFunction(torch.autograd.Function):
+    """Enters a NumPy/C++ operator into autograd: forward calls the engine, backward applies J^T."""
+
+    @staticmethod
+    def forward(ctx, m, operator):
+        a = m.detach().to("cpu", torch.float64).numpy()
+        a, _ = operator._check_models(a)
+        want = m.requires_grad
+        t, jac = operator._response_and_jacobian(a, want_jacobian=want)
+        ctx.jacobians = jac
+        return torch.tensor(t, dtype=m.dtype, device=m.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        g = grad_out.detach().to("cpu", torch.float64).numpy()
+        jac = ctx.jacobians
+        grad = np.stack([jac[i].T @ g[i] for i in range(len(jac))])
+        return torch.tensor(grad, dtype=grad_out.dtype, device=grad_out.device), None
+
+
+def csr_row_block(matrices):
+    """Stack a list of CSR matrices vertically (helper for batched Jacobians)."""
+    return sp.vstack(matrices, format="csr")
