@@ -1,6 +1,8 @@
 """Straight-ray traveltime operator: exact ray lengths per cell (a Siddon-type traversal)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -159,13 +161,16 @@ class StraightRayOperator(ForwardOperator):
         if key not in self._torch_cache:
             M = (self.matrix.T.tocsr() if transpose else self.matrix).astype(np.float64)
             M.sort_indices()
-            self._torch_cache[key] = torch.sparse_csr_tensor(
-                torch.tensor(M.indptr, dtype=torch.int64),
-                torch.tensor(M.indices, dtype=torch.int64),
-                torch.tensor(M.data, dtype=dtype),
-                size=M.shape,
-                check_invariants=True,
-            ).to(device)
+            with warnings.catch_warnings():  # torch flags sparse CSR as beta; it is used read-only here
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                tensor = torch.sparse_csr_tensor(
+                    torch.tensor(M.indptr, dtype=torch.int64),
+                    torch.tensor(M.indices, dtype=torch.int64),
+                    torch.tensor(M.data, dtype=dtype),
+                    size=M.shape,
+                    check_invariants=True,
+                )
+            self._torch_cache[key] = tensor.to(device)
         return self._torch_cache[key]
 
     def forward(self, m):

@@ -1,0 +1,104 @@
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from latentinv import CrossholeSurvey, Grid2D, paper_crosshole
+
+
+def test_paper_case():
+    grid, survey = paper_crosshole()
+    assert grid.shape == (129, 65) and grid.n_cells == 8385
+    assert grid.width == pytest.approx(6.5) and grid.height == pytest.approx(12.9)
+    assert survey.n_data == 625
+    # source-major order: datum 26 is source 1 -> receiver 1
+    np.testing.assert_array_equal(survey.pairs[26], [1, 1])
+    np.testing.assert_allclose(survey.sources[:, 1], 0.5 * np.arange(1, 26))
+    np.testing.assert_allclose(survey.receivers[:, 0], 6.5)
+    # datum 0: horizontal, 6.5 m; datum 24: source at 0.5 m, receiver at 12.5 m depth
+    assert survey.distances[0] == pytest.approx(6.5)
+    assert survey.distances[24] == pytest.approx(np.hypot(6.5, 12.0))
+
+
+def test_cell_order_and_converters():
+    grid = Grid2D(3, 4, 0.5, origin=(1.0, 2.0))
+    flat = np.arange(12.0)
+    img = grid.to_image(flat)
+    assert img[1, 2] == 1 * 4 + 2
+    np.testing.assert_array_equal(grid.to_flat(img), flat)
+    # cell centre of flat index 6 = (row 1, col 2)
+    np.testing.assert_allclose(grid.cell_centers[6], [1.0 + 2.5 * 0.5, 2.0 + 1.5 * 0.5])
+    assert grid.cell_index(1.0 + 2.5 * 0.5, 2.0 + 1.5 * 0.5) == 6
+    pg = grid.to_pygimli_order(flat)
+    # pyGIMLi: bottom row first, x fastest
+    np.testing.assert_array_equal(pg[:4], [8, 9, 10, 11])
+    np.testing.assert_array_equal(grid.from_pygimli_order(pg), flat)
+    batch = np.stack([flat, 2 * flat])
+    assert grid.to_image(batch).shape == (2, 3, 4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 3))
+def test_pygimli_order_round_trip(n_rows, n_cols, n_batch):
+    grid = Grid2D(n_rows, n_cols)
+    v = np.random.default_rng(0).random((n_batch, grid.n_cells))
+    np.testing.assert_array_equal(grid.from_pygimli_order(grid.to_pygimli_order(v)), v)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_rows=0, n_cols=3), "n_rows"),
+        (dict(n_rows=2.5, n_cols=3), "n_rows"),
+        (dict(n_rows=2, n_cols=3, cell_size=-1), "cell_size"),
+        (dict(n_rows=2, n_cols=3, cell_size=np.nan), "cell_size"),
+        (dict(n_rows=2, n_cols=3, origin=(0, np.inf)), "origin"),
+    ],
+)
+def test_grid_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Grid2D(**kwargs)
+
+
+def test_converter_shape_errors():
+    grid = Grid2D(3, 4)
+    with pytest.raises(ValueError, match="12"):
+        grid.to_image(np.zeros(11))
+    with pytest.raises(ValueError, match=r"\(3, 4\)"):
+        grid.to_flat(np.zeros((4, 3)))
+
+
+def test_survey_bad_input():
+    src = [[0.0, 1.0], [0.0, 2.0]]
+    rcv = [[1.0, 1.0]]
+    with pytest.raises(ValueError, match="NaN"):
+        CrossholeSurvey([[0.0, np.nan]], rcv)
+    with pytest.raises(ValueError, match="empty"):
+        CrossholeSurvey(np.zeros((0, 2)), rcv)
+    with pytest.raises(ValueError, match="duplicate"):
+        CrossholeSurvey(src, rcv, pairs=[[0, 0], [0, 0]])
+    with pytest.raises(ValueError, match="receiver indices"):
+        CrossholeSurvey(src, rcv, pairs=[[0, 1]])
+    with pytest.raises(ValueError, match="source == receiver"):
+        CrossholeSurvey(src, [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="shape"):
+        CrossholeSurvey([[0.0, 1.0, 2.0]], rcv)
+
+
+def test_survey_outside_grid():
+    grid = Grid2D(4, 4, 1.0)
+    survey = CrossholeSurvey([[0.0, 1.0]], [[4.5, 1.0]])
+    with pytest.raises(ValueError, match="receiver 0 .* outside the grid"):
+        survey.check_in(grid)
+
+
+def test_explicit_pairs_reciprocal_and_pickle():
+    survey = CrossholeSurvey([[0.0, 1.0], [0.0, 2.0]], [[3.0, 1.0], [3.0, 3.0]], pairs=[[1, 0], [0, 1]])
+    assert survey.n_data == 2
+    rec = survey.reciprocal()
+    np.testing.assert_allclose(rec.source_positions, survey.receiver_positions)
+    np.testing.assert_allclose(rec.distances, survey.distances)
+    assert pickle.loads(pickle.dumps(survey)) == survey
+    grid = Grid2D(2, 3, (0.5, 0.25), origin=(-1.0, 0.5))
+    assert pickle.loads(pickle.dumps(grid)) == grid
