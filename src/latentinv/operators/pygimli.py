@@ -1,0 +1,219 @@
+"""pyGIMLi compatibility: the modelling interface pyGIMLi users know, and data/mesh converters.
+
+pyGIMLi (optional extra ``latentinv[pygimli]``) is imported only inside the functions that need it.
+pyGIMLi's conventions: ``y`` points up (``y = -depth``), cells of a rectilinear grid are ordered with
+``x`` fastest from the bottom row up, a ``DataContainer`` holds one list of sensors and the index
+columns ``s`` (shot) and ``g`` (geophone), and traveltimes in ``t``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..geometry import CrossholeSurvey, Grid2D
+from ._base import ForwardOperator
+
+__all__ = [
+    "PyGimliOperator", "to_pygimli_data", "from_pygimli_data", "to_pygimli_mesh",
+    "grid_from_pygimli_mesh",
+]
+
+
+def _import_pygimli():
+    try:
+        import pygimli as pg
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "this feature needs pyGIMLi: pip install 'latentinv[pygimli]' (or pip install pygimli)"
+        ) from exc
+    return pg
+
+
+def to_pygimli_mesh(grid):
+    """A pyGIMLi rectilinear mesh of ``grid`` (``y = -depth``; cells in pyGIMLi's order)."""
+    pg = _import_pygimli()
+    if not isinstance(grid, Grid2D):
+        raise TypeError(f"to_pygimli_mesh: grid must be a Grid2D, got {type(grid).__name__}")
+    return pg.createGrid(x=grid.x_edges, y=-grid.depth_edges[::-1])
+
+
+def grid_from_pygimli_mesh(mesh, rtol=1e-9):
+    """The :class:`Grid2D` of a regular rectilinear pyGIMLi mesh.
+
+    Raises
+    ------
+    ValueError
+        If the mesh is not a regular grid of equal rectangles.
+    """
+    nodes = np.array([[n.pos()[0], n.pos()[1]] for n in mesh.nodes()])
+    xs, ys = np.unique(np.round(nodes[:, 0], 12)), np.unique(np.round(nodes[:, 1], 12))
+    n_cols, n_rows = len(xs) - 1, len(ys) - 1
+    if n_cols < 1 or n_rows < 1 or mesh.cellCount() != n_rows * n_cols:
+        raise ValueError(
+            f"grid_from_pygimli_mesh: expected a rectilinear grid, got {mesh.cellCount()} cells on "
+            f"{len(xs)} x {len(ys)} distinct node coordinates"
+        )
+    dx, dy = np.diff(xs), np.diff(ys)
+    if not (np.allclose(dx, dx[0], rtol=rtol) and np.allclose(dy, dy[0], rtol=rtol)):
+        raise ValueError("grid_from_pygimli_mesh: the mesh spacing is not uniform; Grid2D needs equal cells")
+    grid = Grid2D(n_rows, n_cols, (float(dx[0]), float(dy[0])), origin=(float(xs[0]), float(-ys[-1])))
+    centers = np.array([[c.center()[0], -c.center()[1]] for c in mesh.cells()])
+    expected = grid.to_pygimli_order(grid.cell_centers.T).T
+    if not np.allclose(centers, expected, atol=1e-9 * max(grid.dx, grid.dz)):
+        raise ValueError("grid_from_pygimli_mesh: the mesh cells are not in pyGIMLi's createGrid order")
+    return grid
+
+
+def to_pygimli_data(survey, times=None):
+    """A pyGIMLi ``DataContainer`` (sensors, ``s``/``g``, optional ``t`` in ns) of ``survey``.
+
+    Sources and receivers at the same position share one pyGIMLi sensor.
+    """
+    pg = _import_pygimli()
+    positions = np.vstack([survey.sources, survey.receivers])
+    uniq, inverse = np.unique(np.round(positions, 12), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    data = pg.DataContainer()
+    data.registerSensorIndex("s")
+    data.registerSensorIndex("g")
+    for x, depth in uniq:
+        data.createSensor(pg.Pos(float(x), float(-depth)))
+    data.resize(survey.n_data)
+    data.set("s", pg.Vector(inverse[survey.pairs[:, 0]].astype(float)))
+    data.set("g", pg.Vector(inverse[survey.n_sources + survey.pairs[:, 1]].astype(float)))
+    if times is not None:
+        t = np.asarray(times, dtype=float)
+        if t.shape != (survey.n_data,):
+            raise ValueError(
+                f"to_pygimli_data: times must have shape ({survey.n_data},), got {t.shape}"
+            )
+        data.set("t", pg.Vector(t))
+    return data
+
+
+def from_pygimli_data(data):
+    """``(CrossholeSurvey, times or None)`` from a pyGIMLi ``DataContainer``.
+
+    The survey's sources are the sensors used as ``s``, its receivers those used as ``g`` (in sensor
+    order), and its pairs follow the data order.
+    """
+    sensors = np.array([[p[0], -p[1]] for p in data.sensorPositions()], dtype=float)
+    s = np.asarray(data["s"], dtype=int)
+    g = np.asarray(data["g"], dtype=int)
+    if len(s) == 0:
+        raise ValueError("from_pygimli_data: the DataContainer holds no data")
+    src_ids, s_idx = np.unique(s, return_inverse=True)
+    rcv_ids, g_idx = np.unique(g, return_inverse=True)
+    survey = CrossholeSurvey(sensors[src_ids], sensors[rcv_ids], np.column_stack([s_idx, g_idx]))
+    times = None
+    if data.haveData("t"):
+        times = np.asarray(data["t"], dtype=float).copy()
+    return survey, times
+
+
+class PyGimliOperator(ForwardOperator):
+    """The shortest-path traveltime operator behind pyGIMLi's modelling interface.
+
+    Models are slowness per cell in **pyGIMLi's cell order** (see :meth:`Grid2D.to_pygimli_order`),
+    as a pyGIMLi user passes them. ``response(model)``, ``createJacobian(model)`` then ``jacobian()``
+    behave as in pyGIMLi's ``TravelTimeDijkstraModelling``; the torch ``forward`` of the package's
+    operator contract is available too.
+
+    Parameters
+    ----------
+    grid : Grid2D
+    survey : CrossholeSurvey
+    n_secondary_nodes : int, default=3
+        Secondary nodes per cell edge (pyGIMLi's ``secNodes``).
+    backend : {"latentinv", "pygimli"}, default="latentinv"
+        ``"latentinv"`` computes with :class:`~latentinv.operators.ShortestPathOperator` (C++ or its
+        Python fallback; pyGIMLi is not needed); ``"pygimli"`` delegates to pyGIMLi's own
+        ``TravelTimeDijkstraModelling`` (pyGIMLi must be installed).
+    n_threads : int, default=None
+        Threads of the latentinv engine.
+    """
+
+    def __init__(self, grid, survey, n_secondary_nodes=3, backend="latentinv", n_threads=None):
+        if backend not in ("latentinv", "pygimli"):
+            raise ValueError(
+                f"PyGimliOperator: backend must be 'latentinv' or 'pygimli', got {backend!r}"
+            )
+        self.grid, self.survey = grid, survey
+        self.n_secondary_nodes = n_secondary_nodes
+        self.n_threads = n_threads
+        self.n_data, self.n_params = survey.n_data, grid.n_cells
+        self._jacobian = None
+        if backend == "latentinv":
+            from .shortest_path import ShortestPathOperator
+
+            self._engine = ShortestPathOperator(grid, survey, n_secondary_nodes=n_secondary_nodes,
+                                                n_threads=n_threads)
+            self.backend = self._engine.backend
+        else:
+            pg = _import_pygimli()
+            from pygimli.physics.traveltime import TravelTimeDijkstraModelling
+
+            survey.check_in(grid, owner="PyGimliOperator")
+            mesh = to_pygimli_mesh(grid)
+            if n_secondary_nodes:
+                mesh = pg.Mesh(mesh)
+                mesh.createSecondaryNodes(int(n_secondary_nodes))
+            fop = TravelTimeDijkstraModelling()
+            fop.setData(to_pygimli_data(survey))
+            fop.setMesh(mesh, ignoreRegionManager=True)
+            self._engine, self._mesh = fop, mesh
+            self.backend = "pygimli"
+        self._backend_name = backend
+
+    def __reduce__(self):
+        return (PyGimliOperator, (self.grid, self.survey, self.n_secondary_nodes, self._backend_name,
+                                  self.n_threads))
+
+    def __repr__(self):
+        return (f"PyGimliOperator(grid={self.grid!r}, survey={self.survey!r}, "
+                f"n_secondary_nodes={self.n_secondary_nodes}, backend={self._backend_name!r})")
+
+    # -- the package's contract (models in pyGIMLi order) -------------------------------------------
+    def _response_and_jacobian(self, m, want_jacobian):
+        if self.backend == "pygimli":
+            pg = _import_pygimli()
+            times, jacs = [], []
+            for model in m:
+                if want_jacobian:
+                    self._engine.createJacobian(pg.Vector(model))
+                    jac = pg.utils.sparseMatrix2csr(self._engine.jacobian())
+                    jacs.append(sp.csr_matrix(jac))
+                    times.append(np.asarray(self._engine.response(pg.Vector(model))))
+                else:
+                    times.append(np.asarray(self._engine.response(pg.Vector(model))))
+            return np.array(times, dtype=float), (jacs if want_jacobian else None)
+        ours = self.grid.from_pygimli_order(m)
+        t, jacs = self._engine._response_and_jacobian(ours, want_jacobian)
+        if want_jacobian:
+            # columns from the package's order to pyGIMLi's: column j of ours is cell perm[j]
+            perm = self.grid.to_pygimli_order(np.arange(self.n_params))
+            inverse = np.empty_like(perm)
+            inverse[perm] = np.arange(self.n_params)
+            jacs = [J[:, inverse].tocsr() for J in jacs]
+        return t, jacs
+
+    # -- pyGIMLi's interface ------------------------------------------------------------------------
+    def createJacobian(self, model):  # noqa: N802 - pyGIMLi's name
+        """Compute and keep the Jacobian at ``model`` (pyGIMLi order); read it with :meth:`jacobian`."""
+        self._jacobian = ForwardOperator.jacobian(self, model)
+
+    def jacobian(self, m=None):
+        """With no argument, the Jacobian of the last :meth:`createJacobian` (pyGIMLi style)."""
+        if m is not None:
+            return ForwardOperator.jacobian(self, m)
+        if self._jacobian is None:
+            raise RuntimeError("PyGimliOperator: call createJacobian(model) before jacobian()")
+        return self._jacobian
+
+    def data(self, times=None):
+        """The survey as a pyGIMLi ``DataContainer`` (with ``t`` when ``times`` are given)."""
+        return to_pygimli_data(self.survey, times)
+
+    def mesh(self):
+        """The grid as a pyGIMLi mesh (cells in pyGIMLi order)."""
+        return to_pygimli_mesh(self.grid)
