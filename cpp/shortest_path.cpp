@@ -1,0 +1,503 @@
+// Shortest-path traveltimes and Jacobians on a regular grid with secondary nodes (see the header).
+//
+// Design for speed (the graph holds ~60k nodes and ~2M directed edges on the paper geometry):
+// - no adjacency list: the edges of a settled node are generated from the cells it touches (1, 2 or
+//   4) and one small table of local lengths shared by all cells, so the working set per source is
+//   the distance array (8 B/node), the predecessor and credited cell (4 B + 4 B/node), the heap
+//   position (4 B/node) and the heap itself;
+// - an indexed 4-ary heap with decrease-key, holding (key, node) pairs inline;
+// - Dijkstra stops once every receiver of the source is settled;
+// - per-thread workspaces are pooled in the engine and reused between calls.
+#include "shortest_path.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+namespace latentinv {
+
+namespace {
+
+constexpr int32_t kNotInHeap = -1;
+constexpr int32_t kSettled = -2;
+
+struct HeapEntry {
+  double key;
+  int32_t node;
+};
+
+// Indexed 4-ary min-heap over node ids with decrease-key.
+class QuaternaryHeap {
+ public:
+  void init(std::vector<HeapEntry>* storage, int32_t* pos) {
+    heap_ = storage;
+    pos_ = pos;
+    size_ = 0;
+  }
+  bool empty() const { return size_ == 0; }
+
+  void push_or_decrease(int32_t node, double key) {
+    int32_t i = pos_[node];
+    if (i == kNotInHeap) i = static_cast<int32_t>(size_++);
+    sift_up(static_cast<size_t>(i), HeapEntry{key, node});
+  }
+
+  HeapEntry pop() {
+    HeapEntry* h = heap_->data();
+    HeapEntry top = h[0];
+    pos_[top.node] = kSettled;
+    --size_;
+    if (size_ > 0) sift_down(h[size_]);
+    return top;
+  }
+
+ private:
+  void sift_up(size_t i, HeapEntry e) {
+    HeapEntry* h = heap_->data();
+    while (i > 0) {
+      size_t parent = (i - 1) >> 2;
+      if (!(e.key < h[parent].key)) break;
+      h[i] = h[parent];
+      pos_[h[i].node] = static_cast<int32_t>(i);
+      i = parent;
+    }
+    h[i] = e;
+    pos_[e.node] = static_cast<int32_t>(i);
+  }
+
+  void sift_down(HeapEntry e) {
+    HeapEntry* h = heap_->data();
+    size_t i = 0;
+    const size_t n = size_;
+    while (true) {
+      size_t first = 4 * i + 1;
+      if (first >= n) break;
+      size_t best = first;
+      double bk = h[first].key;
+      size_t last = std::min(first + 4, n);
+      for (size_t c = first + 1; c < last; ++c) {
+        if (h[c].key < bk) {
+          bk = h[c].key;
+          best = c;
+        }
+      }
+      if (!(bk < e.key)) break;
+      h[i] = h[best];
+      pos_[h[i].node] = static_cast<int32_t>(i);
+      i = best;
+    }
+    h[i] = e;
+    pos_[e.node] = static_cast<int32_t>(i);
+  }
+
+  std::vector<HeapEntry>* heap_ = nullptr;
+  int32_t* pos_ = nullptr;
+  size_t size_ = 0;
+};
+
+[[noreturn]] void fail(const std::string& msg) {
+  throw std::invalid_argument("ShortestPathEngine: " + msg);
+}
+
+}  // namespace
+
+struct ShortestPathEngine::Workspace {
+  std::vector<double> dist;
+  std::vector<int32_t> pred, pred_cell, pos, target_stamp;
+  std::vector<HeapEntry> heap;
+  std::vector<double> accumulator;  // per cell, for Jacobian rows
+  std::vector<int32_t> touched;
+  int32_t stamp = 0;
+  QuaternaryHeap queue;
+
+  Workspace(int64_t n_nodes, int64_t n_cells)
+      : dist(n_nodes), pred(n_nodes), pred_cell(n_nodes), pos(n_nodes),
+        target_stamp(n_nodes, 0), heap(n_nodes), accumulator(n_cells, 0.0) {}
+};
+
+struct ShortestPathEngine::TaskOutput {
+  // rows of the data of one (model, source): row r occupies [row_start[r], row_start[r+1])
+  std::vector<int64_t> row_start;
+  std::vector<int32_t> cols;
+  std::vector<double> vals;
+};
+
+ShortestPathEngine::ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx, double dz,
+                                       int64_t n_secondary, std::vector<int64_t> source_nodes,
+                                       std::vector<int64_t> receiver_nodes,
+                                       std::vector<int64_t> pair_sources,
+                                       std::vector<int64_t> pair_receivers)
+    : n_rows_(n_rows), n_cols_(n_cols), n_sec_(n_secondary), dx_(dx), dz_(dz) {
+  if (n_rows < 1 || n_cols < 1) fail("n_rows and n_cols must be >= 1");
+  if (!(std::isfinite(dx) && dx > 0) || !(std::isfinite(dz) && dz > 0))
+    fail("cell sizes dx and dz must be finite and > 0");
+  if (n_secondary < 0 || n_secondary > 1000) fail("n_secondary must be in [0, 1000]");
+  n_local_ = 4 + 4 * n_sec_;
+  n_corner_ = (n_rows + 1) * (n_cols + 1);
+  n_horizontal_ = (n_rows + 1) * n_cols * n_sec_;
+  n_vertical_ = n_rows * (n_cols + 1) * n_sec_;
+  n_nodes_ = n_corner_ + n_horizontal_ + n_vertical_;
+  if (n_nodes_ >= static_cast<int64_t>(std::numeric_limits<int32_t>::max()) ||
+      n_rows * n_cols >= static_cast<int64_t>(std::numeric_limits<int32_t>::max()))
+    fail("grid too large (node or cell count exceeds int32)");
+
+  for (const auto* nodes : {&source_nodes, &receiver_nodes}) {
+    if (nodes->empty()) fail("source and receiver node lists must not be empty");
+    for (int64_t v : *nodes)
+      if (v < 0 || v >= n_nodes_)
+        fail("sensor node " + std::to_string(v) + " out of range [0, " +
+             std::to_string(n_nodes_) + ")");
+  }
+  if (pair_sources.size() != pair_receivers.size() || pair_sources.empty())
+    fail("pair_sources and pair_receivers must be non-empty and of equal length");
+  const int64_t ns = static_cast<int64_t>(source_nodes.size());
+  const int64_t nr = static_cast<int64_t>(receiver_nodes.size());
+  for (size_t i = 0; i < pair_sources.size(); ++i) {
+    if (pair_sources[i] < 0 || pair_sources[i] >= ns)
+      fail("pair " + std::to_string(i) + ": source index out of range");
+    if (pair_receivers[i] < 0 || pair_receivers[i] >= nr)
+      fail("pair " + std::to_string(i) + ": receiver index out of range");
+  }
+  source_nodes_.assign(source_nodes.begin(), source_nodes.end());
+  receiver_nodes_.assign(receiver_nodes.begin(), receiver_nodes.end());
+  pair_sources_ = std::move(pair_sources);
+  pair_receivers_ = std::move(pair_receivers);
+
+  // group data by source (stable: datum order kept within a source)
+  data_start_.assign(ns + 1, 0);
+  for (int64_t s : pair_sources_) ++data_start_[s + 1];
+  for (int64_t s = 0; s < ns; ++s) data_start_[s + 1] += data_start_[s];
+  data_of_source_.resize(pair_sources_.size());
+  std::vector<int64_t> fill(data_start_.begin(), data_start_.end() - 1);
+  for (size_t i = 0; i < pair_sources_.size(); ++i)
+    data_of_source_[fill[pair_sources_[i]]++] = static_cast<int64_t>(i);
+  for (int64_t s = 0; s < ns; ++s)
+    if (data_start_[s + 1] > data_start_[s]) active_sources_.push_back(s);
+
+  // local lengths, computed exactly as the NumPy fallback does
+  const int64_t n = n_sec_, m = n_local_;
+  std::vector<int64_t> la(m), lb(m);
+  la[0] = 0; lb[0] = 0;
+  la[1] = n + 1; lb[1] = 0;
+  la[2] = 0; lb[2] = n + 1;
+  la[3] = n + 1; lb[3] = n + 1;
+  for (int64_t k = 0; k < n; ++k) {
+    la[4 + k] = k + 1; lb[4 + k] = 0;
+    la[4 + n + k] = k + 1; lb[4 + n + k] = n + 1;
+    la[4 + 2 * n + k] = 0; lb[4 + 2 * n + k] = k + 1;
+    la[4 + 3 * n + k] = n + 1; lb[4 + 3 * n + k] = k + 1;
+  }
+  std::vector<double> ox(n + 2), oz(n + 2);
+  for (int64_t a = 0; a < n + 2; ++a) {
+    const double frac = static_cast<double>(a) / static_cast<double>(n + 1);
+    ox[a] = frac * dx;
+    oz[a] = frac * dz;
+  }
+  lengths_.assign(m * m, 0.0);
+  for (int64_t p = 0; p < m; ++p)
+    for (int64_t q = 0; q < m; ++q) {
+      const double ddx = ox[la[p]] - ox[la[q]];
+      const double ddz = oz[lb[p]] - oz[lb[q]];
+      lengths_[p * m + q] = std::sqrt(ddx * ddx + ddz * ddz);
+    }
+}
+
+ShortestPathEngine::~ShortestPathEngine() = default;
+
+void ShortestPathEngine::node_position(int64_t node, double* x, double* depth) const {
+  if (node < 0 || node >= n_nodes_) fail("node index out of range");
+  const int64_t n = n_sec_;
+  if (node < n_corner_) {
+    *depth = (node / (n_cols_ + 1)) * dz_;
+    *x = (node % (n_cols_ + 1)) * dx_;
+  } else if (node < n_corner_ + n_horizontal_) {
+    const int64_t t = node - n_corner_, e = t / n, k = t % n;
+    *depth = (e / n_cols_) * dz_;
+    *x = (e % n_cols_) * dx_ + (static_cast<double>(k + 1) / (n + 1)) * dx_;
+  } else {
+    const int64_t t = node - n_corner_ - n_horizontal_, e = t / n, k = t % n;
+    *depth = (e / (n_cols_ + 1)) * dz_ + (static_cast<double>(k + 1) / (n + 1)) * dz_;
+    *x = (e % (n_cols_ + 1)) * dx_;
+  }
+}
+
+inline int ShortestPathEngine::cell_nodes(int64_t cell, int32_t* gid) const {
+  const int64_t C = n_cols_, n = n_sec_;
+  const int64_t r = cell / C, c = cell % C;
+  const int64_t tl = r * (C + 1) + c;
+  gid[0] = static_cast<int32_t>(tl);
+  gid[1] = static_cast<int32_t>(tl + 1);
+  gid[2] = static_cast<int32_t>(tl + C + 1);
+  gid[3] = static_cast<int32_t>(tl + C + 2);
+  const int64_t top = n_corner_ + (r * C + c) * n;
+  const int64_t bottom = top + C * n;
+  const int64_t left = n_corner_ + n_horizontal_ + (r * (C + 1) + c) * n;
+  const int64_t right = left + n;
+  for (int64_t k = 0; k < n; ++k) {
+    gid[4 + k] = static_cast<int32_t>(top + k);
+    gid[4 + n + k] = static_cast<int32_t>(bottom + k);
+    gid[4 + 2 * n + k] = static_cast<int32_t>(left + k);
+    gid[4 + 3 * n + k] = static_cast<int32_t>(right + k);
+  }
+  return static_cast<int>(n_local_);
+}
+
+// cells touching `node` and the local index of the node in each; returns their count (1..4)
+inline int ShortestPathEngine::adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const {
+  const int64_t R = n_rows_, C = n_cols_, n = n_sec_;
+  int count = 0;
+  if (node < n_corner_) {
+    const int64_t i = node / (C + 1), j = node % (C + 1);
+    // cell (i-1, j-1): node is its BR; (i-1, j): BL; (i, j-1): TR; (i, j): TL
+    if (i > 0 && j > 0) { cells[count] = static_cast<int32_t>((i - 1) * C + j - 1); local[count++] = 3; }
+    if (i > 0 && j < C) { cells[count] = static_cast<int32_t>((i - 1) * C + j); local[count++] = 2; }
+    if (i < R && j > 0) { cells[count] = static_cast<int32_t>(i * C + j - 1); local[count++] = 1; }
+    if (i < R && j < C) { cells[count] = static_cast<int32_t>(i * C + j); local[count++] = 0; }
+  } else if (node < n_corner_ + n_horizontal_) {
+    const int64_t t = node - n_corner_, e = t / n, k = t % n;
+    const int64_t i = e / C, j = e % C;
+    if (i > 0) { cells[count] = static_cast<int32_t>((i - 1) * C + j); local[count++] = static_cast<int32_t>(4 + n + k); }
+    if (i < R) { cells[count] = static_cast<int32_t>(i * C + j); local[count++] = static_cast<int32_t>(4 + k); }
+  } else {
+    const int64_t t = node - n_corner_ - n_horizontal_, e = t / n, k = t % n;
+    const int64_t i = e / (C + 1), j = e % (C + 1);
+    if (j > 0) { cells[count] = static_cast<int32_t>(i * C + j - 1); local[count++] = static_cast<int32_t>(4 + 3 * n + k); }
+    if (j < C) { cells[count] = static_cast<int32_t>(i * C + j); local[count++] = static_cast<int32_t>(4 + 2 * n + k); }
+  }
+  return count;
+}
+
+inline int ShortestPathEngine::local_index(int32_t node, int32_t cell) const {
+  int32_t cells[4], local[4];
+  const int count = adjacent_cells(node, cells, local);
+  for (int a = 0; a < count; ++a)
+    if (cells[a] == cell) return local[a];
+  throw std::logic_error("ShortestPathEngine: internal error, node not on cell");
+}
+
+template <bool Jacobian>
+void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Workspace& ws,
+                                      double* times_row, TaskOutput* out) const {
+  const int64_t m = n_local_;
+  double* dist = ws.dist.data();
+  int32_t* pred = ws.pred.data();
+  int32_t* pred_cell = ws.pred_cell.data();
+  int32_t* pos = ws.pos.data();
+  const double* L = lengths_.data();
+  std::fill(ws.dist.begin(), ws.dist.end(), std::numeric_limits<double>::infinity());
+  std::fill(ws.pos.begin(), ws.pos.end(), kNotInHeap);
+
+  // receivers of this source: stop once all are settled
+  if (++ws.stamp == std::numeric_limits<int32_t>::max()) {
+    std::fill(ws.target_stamp.begin(), ws.target_stamp.end(), 0);
+    ws.stamp = 1;
+  }
+  const int32_t stamp = ws.stamp;
+  int64_t remaining = 0;
+  for (int64_t a = data_start_[source]; a < data_start_[source + 1]; ++a) {
+    const int32_t rn = receiver_nodes_[pair_receivers_[data_of_source_[a]]];
+    if (ws.target_stamp[rn] != stamp) {
+      ws.target_stamp[rn] = stamp;
+      ++remaining;
+    }
+  }
+
+  const int32_t src = source_nodes_[source];
+  QuaternaryHeap& queue = ws.queue;
+  queue.init(&ws.heap, pos);
+  dist[src] = 0.0;
+  pred[src] = -1;
+  pred_cell[src] = -1;
+  queue.push_or_decrease(src, 0.0);
+
+  std::vector<int32_t> gid_storage(m);
+  int32_t* gid = gid_storage.data();
+  while (!queue.empty()) {
+    const HeapEntry top = queue.pop();
+    const int32_t v = top.node;
+    const double dv = top.key;
+    if (ws.target_stamp[v] == stamp && --remaining == 0) break;
+    int32_t cells[4], local[4];
+    const int count = adjacent_cells(v, cells, local);
+    for (int a = 0; a < count; ++a) {
+      const int32_t cell = cells[a];
+      const double s = slowness[cell];
+      cell_nodes(cell, gid);
+      const double* Lrow = L + local[a] * m;
+      for (int64_t q = 0; q < m; ++q) {
+        const int32_t u = gid[q];
+        const double w = Lrow[q] * s;
+        const double cand = dv + w;
+        const double du = dist[u];
+        if (cand < du) {
+          dist[u] = cand;
+          if (Jacobian) {
+            pred[u] = v;
+            pred_cell[u] = cell;
+          }
+          queue.push_or_decrease(u, cand);
+        } else if (Jacobian && cand == du && pos[u] != kSettled && u != v) {
+          // canonical tie rule: smallest (v, w, cell)
+          const int32_t pv = pred[u];
+          bool replace = v < pv;
+          if (v == pv) {
+            // same pair of nodes through the other cell sharing their side: same local length
+            const double w_old = Lrow[q] * slowness[pred_cell[u]];
+            replace = (w < w_old) || (w == w_old && cell < pred_cell[u]);
+          }
+          if (replace) {
+            pred[u] = v;
+            pred_cell[u] = cell;
+          }
+        }
+      }
+    }
+  }
+
+  for (int64_t a = data_start_[source]; a < data_start_[source + 1]; ++a) {
+    const int64_t datum = data_of_source_[a];
+    times_row[datum] = dist[receiver_nodes_[pair_receivers_[datum]]];
+  }
+  if (!Jacobian) return;
+
+  // back-track each datum's path and accumulate lengths per credited cell
+  double* acc = ws.accumulator.data();
+  std::vector<int32_t>& touched = ws.touched;
+  const int64_t n_rows_here = data_start_[source + 1] - data_start_[source];
+  out->row_start.assign(n_rows_here + 1, 0);
+  out->cols.clear();
+  out->vals.clear();
+  for (int64_t a = 0; a < n_rows_here; ++a) {
+    const int64_t datum = data_of_source_[data_start_[source] + a];
+    int32_t u = receiver_nodes_[pair_receivers_[datum]];
+    touched.clear();
+    while (u != src) {
+      const int32_t v = pred[u];
+      const int32_t cell = pred_cell[u];
+      const double len = L[local_index(u, cell) * m + local_index(v, cell)];
+      if (acc[cell] == 0.0) touched.push_back(cell);
+      acc[cell] += len;
+      u = v;
+    }
+    std::sort(touched.begin(), touched.end());
+    for (int32_t cell : touched) {
+      out->cols.push_back(cell);
+      out->vals.push_back(acc[cell]);
+      acc[cell] = 0.0;
+    }
+    out->row_start[a + 1] = static_cast<int64_t>(out->cols.size());
+  }
+}
+
+std::unique_ptr<ShortestPathEngine::Workspace> ShortestPathEngine::acquire() const {
+  {
+    std::lock_guard<std::mutex> lock(pool_mutex_);
+    if (!pool_.empty()) {
+      std::unique_ptr<Workspace> ws = std::move(pool_.back());
+      pool_.pop_back();
+      return ws;
+    }
+  }
+  return std::make_unique<Workspace>(n_nodes_, n_rows_ * n_cols_);
+}
+
+void ShortestPathEngine::release(std::unique_ptr<Workspace> ws) const {
+  std::lock_guard<std::mutex> lock(pool_mutex_);
+  pool_.push_back(std::move(ws));
+}
+
+BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bool want_jacobian,
+                                    int n_threads) const {
+  if (slowness == nullptr) fail("slowness is null");
+  if (n_models < 1) fail("n_models must be >= 1");
+  if (n_threads < 1) fail("n_threads must be >= 1");
+  const int64_t n_cells = n_rows_ * n_cols_;
+  for (int64_t i = 0; i < n_models * n_cells; ++i) {
+    const double s = slowness[i];
+    if (!std::isfinite(s)) fail("slowness holds NaN or inf (model " + std::to_string(i / n_cells) +
+                                ", cell " + std::to_string(i % n_cells) + ")");
+    if (!(s > 0)) fail("slowness must be > 0 (model " + std::to_string(i / n_cells) + ", cell " +
+                       std::to_string(i % n_cells) + ")");
+  }
+  const int64_t nd = n_data();
+  const int64_t n_active = static_cast<int64_t>(active_sources_.size());
+  const int64_t n_tasks = n_models * n_active;
+
+  BatchResult result;
+  result.times.assign(n_models * nd, 0.0);
+  std::vector<TaskOutput> outputs(want_jacobian ? n_tasks : 0);
+
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&]() {
+    std::unique_ptr<Workspace> ws;
+    try {
+      ws = acquire();
+      while (true) {
+        const int64_t task = next.fetch_add(1);
+        if (task >= n_tasks) break;
+        const int64_t model = task / n_active;
+        const int64_t source = active_sources_[task % n_active];
+        const double* s = slowness + model * n_cells;
+        double* times_row = result.times.data() + model * nd;
+        if (want_jacobian)
+          solve_source<true>(s, source, *ws, times_row, &outputs[task]);
+        else
+          solve_source<false>(s, source, *ws, times_row, nullptr);
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+      next.store(n_tasks);
+    }
+    if (ws) release(std::move(ws));
+  };
+  const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(n_threads, n_tasks));
+  if (n_workers == 1) {
+    worker();
+  } else {
+    std::vector<std::thread> threads;
+    threads.reserve(n_workers - 1);
+    for (int64_t t = 0; t + 1 < n_workers; ++t) threads.emplace_back(worker);
+    worker();
+    for (auto& t : threads) t.join();
+  }
+  if (error) std::rethrow_exception(error);
+  if (!want_jacobian) return result;
+
+  // assemble one stacked CSR: row model*n_data + datum
+  // where does each datum's row live? (task, local row)
+  std::vector<int64_t> local_row(nd);
+  std::vector<int64_t> slot_of_source(source_nodes_.size(), -1);
+  for (int64_t k = 0; k < n_active; ++k) slot_of_source[active_sources_[k]] = k;
+  for (int64_t s = 0; s < static_cast<int64_t>(source_nodes_.size()); ++s)
+    for (int64_t a = data_start_[s]; a < data_start_[s + 1]; ++a)
+      local_row[data_of_source_[a]] = a - data_start_[s];
+  result.indptr.assign(n_models * nd + 1, 0);
+  for (int64_t model = 0; model < n_models; ++model)
+    for (int64_t datum = 0; datum < nd; ++datum) {
+      const TaskOutput& o = outputs[model * n_active + slot_of_source[pair_sources_[datum]]];
+      const int64_t r = local_row[datum];
+      result.indptr[model * nd + datum + 1] = o.row_start[r + 1] - o.row_start[r];
+    }
+  for (int64_t i = 0; i < n_models * nd; ++i) result.indptr[i + 1] += result.indptr[i];
+  result.indices.resize(result.indptr.back());
+  result.data.resize(result.indptr.back());
+  for (int64_t model = 0; model < n_models; ++model)
+    for (int64_t datum = 0; datum < nd; ++datum) {
+      const TaskOutput& o = outputs[model * n_active + slot_of_source[pair_sources_[datum]]];
+      const int64_t r = local_row[datum];
+      const int64_t begin = o.row_start[r], end = o.row_start[r + 1];
+      const int64_t dst = result.indptr[model * nd + datum];
+      std::copy(o.cols.begin() + begin, o.cols.begin() + end, result.indices.begin() + dst);
+      std::copy(o.vals.begin() + begin, o.vals.begin() + end, result.data.begin() + dst);
+    }
+  return result;
+}
+
+}  // namespace latentinv

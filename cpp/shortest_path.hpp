@@ -1,0 +1,91 @@
+// Shortest-path (graph) first-arrival traveltimes on a regular 2-D grid with secondary nodes.
+//
+// The method of Giroux & Larouche (2013), as in pyGIMLi's TravelTimeDijkstraModelling: graph nodes
+// are the cell corners plus `n_secondary` equally spaced nodes on every cell side; inside each cell
+// every pair of its 4 + 4n boundary nodes is joined by a straight segment whose traveltime is
+// length x slowness(cell). A side shared by two cells is reached through both cells, so the smaller
+// slowness wins. One Dijkstra per source gives the traveltimes; the back-tracked path gives the
+// Jacobian (length of the ray in each cell, credited to the cell whose slowness the segment used).
+//
+// No Python in this file. Every input is checked; bad input throws std::invalid_argument.
+//
+// Node numbering (identical in the NumPy fallback, latentinv/operators/shortest_path.py):
+//   R = n_rows (depth), C = n_cols (x), n = n_secondary
+//   corners           : (R+1)(C+1) nodes, node = i*(C+1) + j            (i: depth line, j: x line)
+//   horizontal sides  : (R+1)*C*n nodes,  node = NC + (i*C + j)*n + k    (side on depth line i,
+//                                                                        between x lines j and j+1)
+//   vertical sides    : R*(C+1)*n nodes,  node = NC + NH + (i*(C+1) + j)*n + k (side on x line j,
+//                                                                        between depth lines i, i+1)
+// Local boundary nodes of a cell, with integer local coordinates (a, b) in units of 1/(n+1) cell:
+//   0 TL (0,0), 1 TR (n+1,0), 2 BL (0,n+1), 3 BR (n+1,n+1),
+//   4+k top (k+1,0), 4+n+k bottom (k+1,n+1), 4+2n+k left (0,k+1), 4+3n+k right (n+1,k+1).
+// Local length: ox[a] = (a/(n+1))*dx, oz[b] = (b/(n+1))*dz, L = sqrt(ddx*ddx + ddz*ddz) with
+// ddx = ox[a_p] - ox[a_q], ddz = oz[b_p] - oz[b_q]; edge weight w = L * slowness[cell].
+//
+// Canonical tie rule (so that the C++ engine and the fallback pick the same paths): the predecessor
+// of node u is, among all (v, cell) with fl(d[v] + fl(L*s[cell])) == d[u], the lexicographically
+// smallest (v, w, cell).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace latentinv {
+
+struct BatchResult {
+  std::vector<double> times;      // n_models * n_data, model-major
+  std::vector<int64_t> indptr;    // n_models * n_data + 1 (empty when no Jacobian)
+  std::vector<int32_t> indices;   // cell indices, sorted and unique per row
+  std::vector<double> data;       // ray length (m) per cell
+};
+
+class ShortestPathEngine {
+ public:
+  ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx, double dz, int64_t n_secondary,
+                     std::vector<int64_t> source_nodes, std::vector<int64_t> receiver_nodes,
+                     std::vector<int64_t> pair_sources, std::vector<int64_t> pair_receivers);
+  ~ShortestPathEngine();
+
+  // slowness: n_models x n_cells, C order (cell = row*n_cols + col). Throws on NaN/inf/<=0.
+  BatchResult run(const double* slowness, int64_t n_models, bool want_jacobian,
+                  int n_threads) const;
+
+  int64_t n_nodes() const { return n_nodes_; }
+  int64_t n_cells() const { return n_rows_ * n_cols_; }
+  int64_t n_data() const { return static_cast<int64_t>(pair_sources_.size()); }
+  int64_t n_local() const { return n_local_; }
+  const std::vector<double>& local_lengths() const { return lengths_; }
+  // (x, depth) offsets from the grid origin of a node, in m.
+  void node_position(int64_t node, double* x, double* depth) const;
+
+ private:
+  struct Workspace;
+  struct TaskOutput;
+
+  template <bool Jacobian>
+  void solve_source(const double* slowness, int64_t source, Workspace& ws, double* times_row,
+                    TaskOutput* out) const;
+  int cell_nodes(int64_t cell, int32_t* gid) const;     // fills the m global node ids
+  int adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const;
+  int local_index(int32_t node, int32_t cell) const;
+
+  std::unique_ptr<Workspace> acquire() const;
+  void release(std::unique_ptr<Workspace> ws) const;
+
+  int64_t n_rows_, n_cols_, n_sec_, n_local_;
+  double dx_, dz_;
+  int64_t n_corner_, n_horizontal_, n_vertical_, n_nodes_;
+  std::vector<double> lengths_;  // n_local x n_local
+  std::vector<int32_t> source_nodes_, receiver_nodes_;
+  std::vector<int64_t> pair_sources_, pair_receivers_;
+  // data grouped by source: data_of_source_[data_start_[s] .. data_start_[s+1])
+  std::vector<int64_t> data_start_, data_of_source_;
+  std::vector<int64_t> active_sources_;  // sources with at least one datum
+
+  mutable std::mutex pool_mutex_;
+  mutable std::vector<std::unique_ptr<Workspace>> pool_;
+};
+
+}  // namespace latentinv

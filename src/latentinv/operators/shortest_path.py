@@ -1,0 +1,359 @@
+"""Shortest-path (graph) traveltime operator with secondary nodes: C++ engine and NumPy/SciPy fallback.
+
+The graph method of Giroux & Larouche (2013), as in pyGIMLi's ``TravelTimeDijkstraModelling``:
+graph nodes are the cell corners plus ``n_secondary_nodes`` equally spaced nodes on every cell side;
+inside each cell every pair of its ``4 + 4 n`` boundary nodes is joined by a straight segment of
+traveltime ``length x slowness(cell)`` (a segment along a side shared by two cells takes the smaller
+slowness). The first-arrival time of a datum is the shortest-path time from its source node to its
+receiver node (one Dijkstra per source); its Jacobian row holds the length (m) of the back-tracked
+path in each cell, credited to the cell whose slowness each segment used, so that
+``J(m) @ m == response(m)``. This is the nonlinear forward operator of the paper (Sect. 2.3, Eq. 28
+uses its Jacobian).
+
+Node numbering, local lengths and the tie rule are identical in both backends (and documented in
+``cpp/shortest_path.hpp``):
+
+- corners ``(R+1)(C+1)``: ``node = i*(C+1) + j`` (``i``: depth line, ``j``: x line);
+- horizontal sides ``(R+1) C n``: ``NC + (i*C + j)*n + k`` (side on depth line ``i`` from x line
+  ``j`` to ``j+1``, ``k``-th node from the left);
+- vertical sides ``R (C+1) n``: ``NC + NH + (i*(C+1) + j)*n + k`` (side on x line ``j`` from depth
+  line ``i`` to ``i+1``, ``k``-th node from the top);
+- a segment's length is ``sqrt(ddx*ddx + ddz*ddz)`` with ``ddx = (a_p/(n+1))*dx - (a_q/(n+1))*dx``
+  (``a`` the integer local coordinate), so weights are bitwise equal in C++ and NumPy;
+- predecessor of node ``u``: among all ``(v, cell)`` with ``fl(d[v] + fl(L*s[cell])) == d[u]`` the
+  lexicographically smallest ``(v, w, cell)``. With it both backends return the same paths, hence
+  Jacobians equal to rounding, even where many paths tie (homogeneous media).
+
+Limitation: sources and receivers must sit on graph nodes (a corner or a secondary node, within
+``1e-9`` of the cell size), as pyGIMLi requires them on mesh nodes.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import dijkstra
+
+from .._backend import core, resolve_backend
+from ..geometry import CrossholeSurvey, Grid2D
+from ._base import ForwardOperator
+
+__all__ = ["ShortestPathOperator", "sensor_nodes", "local_lengths"]
+
+_NODE_TOL = 1e-9  # a sensor is on a node when closer than this fraction of a cell
+
+
+# -- graph description shared by both backends ------------------------------------------------------
+def _local_coordinates(n):
+    """Integer local coordinates ``(a, b)`` (units of 1/(n+1) cell) of the 4+4n boundary nodes."""
+    k = np.arange(1, n + 1)
+    a = np.concatenate([[0, n + 1, 0, n + 1], k, k, np.zeros(n, int), np.full(n, n + 1)])
+    b = np.concatenate([[0, 0, n + 1, n + 1], np.zeros(n, int), np.full(n, n + 1), k, k])
+    return a.astype(np.int64), b.astype(np.int64)
+
+
+def local_lengths(grid, n_secondary_nodes):
+    """Table ``(4+4n, 4+4n)`` of the lengths (m) between the boundary nodes of one cell.
+
+    Computed with the same operations, in the same order, as the C++ engine, so both are bitwise
+    equal (IEEE division, multiplication, subtraction and sqrt are correctly rounded).
+    """
+    n = int(n_secondary_nodes)
+    a, b = _local_coordinates(n)
+    frac = np.arange(n + 2, dtype=np.float64) / np.float64(n + 1)
+    ox, oz = frac * grid.dx, frac * grid.dz
+    ddx = ox[a][:, None] - ox[a][None, :]
+    ddz = oz[b][:, None] - oz[b][None, :]
+    return np.sqrt(ddx * ddx + ddz * ddz)
+
+
+def _node_counts(grid, n):
+    R, C = grid.n_rows, grid.n_cols
+    n_corner = (R + 1) * (C + 1)
+    n_horizontal = (R + 1) * C * n
+    n_vertical = R * (C + 1) * n
+    return n_corner, n_horizontal, n_vertical
+
+
+def _node_positions(grid, n):
+    """``(n_nodes, 2)`` positions ``(x, depth)`` in m of all graph nodes, in node order."""
+    R, C = grid.n_rows, grid.n_cols
+    x0, z0 = grid.origin
+    frac = np.arange(1, n + 1) / (n + 1)
+    zi, xj = np.meshgrid(np.arange(R + 1), np.arange(C + 1), indexing="ij")
+    corners = np.column_stack([x0 + xj.ravel() * grid.dx, z0 + zi.ravel() * grid.dz])
+    i, j, k = np.meshgrid(np.arange(R + 1), np.arange(C), np.arange(n), indexing="ij")
+    horizontal = np.column_stack([x0 + (j.ravel() + frac[k.ravel()]) * grid.dx, z0 + i.ravel() * grid.dz])
+    i, j, k = np.meshgrid(np.arange(R), np.arange(C + 1), np.arange(n), indexing="ij")
+    vertical = np.column_stack([x0 + j.ravel() * grid.dx, z0 + (i.ravel() + frac[k.ravel()]) * grid.dz])
+    return np.concatenate([corners, horizontal, vertical])
+
+
+def _cell_nodes(grid, n):
+    """``(n_cells, 4+4n)`` global node ids of every cell's boundary nodes, in local order."""
+    R, C = grid.n_rows, grid.n_cols
+    n_corner, n_horizontal, _ = _node_counts(grid, n)
+    r, c = np.divmod(np.arange(R * C, dtype=np.int64), C)
+    tl = r * (C + 1) + c
+    k = np.arange(n, dtype=np.int64)
+    top = (n_corner + (r * C + c) * n)[:, None] + k
+    bottom = top + C * n
+    left = (n_corner + n_horizontal + (r * (C + 1) + c) * n)[:, None] + k
+    right = left + n
+    corners = np.column_stack([tl, tl + 1, tl + C + 1, tl + C + 2])
+    return np.concatenate([corners, top, bottom, left, right], axis=1)
+
+
+def sensor_nodes(grid, positions, n_secondary_nodes, what="sensor", owner="ShortestPathOperator"):
+    """Graph node index of each position ``(x, depth)``.
+
+    Raises
+    ------
+    ValueError
+        If a position is not within ``1e-9`` cell of a corner or a secondary node; the message names
+        the sensor and the nearest graph node.
+    """
+    n = int(n_secondary_nodes)
+    p = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    R, C = grid.n_rows, grid.n_cols
+    n_corner, n_horizontal, _ = _node_counts(grid, n)
+    tx = (p[:, 0] - grid.origin[0]) / grid.dx  # in cells
+    tz = (p[:, 1] - grid.origin[1]) / grid.dz
+    out = np.empty(len(p), dtype=np.int64)
+    for s, (u, v) in enumerate(zip(tx, tz)):
+        j, i = int(np.rint(u)), int(np.rint(v))
+        on_x = abs(u - j) <= _NODE_TOL and 0 <= j <= C  # on a vertical grid line
+        on_z = abs(v - i) <= _NODE_TOL and 0 <= i <= R  # on a horizontal grid line
+        node = -1
+        if on_x and on_z:
+            node = i * (C + 1) + j
+        elif on_z and n > 0:  # on a horizontal side: secondary node k at fraction (k+1)/(n+1)
+            cj = min(max(int(np.floor(u)), 0), C - 1)
+            f = (u - cj) * (n + 1)
+            k = int(np.rint(f)) - 1
+            if 0 <= k < n and abs(f - (k + 1)) <= _NODE_TOL * (n + 1):
+                node = n_corner + (i * C + cj) * n + k
+        elif on_x and n > 0:
+            ri = min(max(int(np.floor(v)), 0), R - 1)
+            f = (v - ri) * (n + 1)
+            k = int(np.rint(f)) - 1
+            if 0 <= k < n and abs(f - (k + 1)) <= _NODE_TOL * (n + 1):
+                node = n_corner + n_horizontal + (ri * (C + 1) + j) * n + k
+        if node < 0:
+            nodes = _node_positions(grid, n)
+            d = np.hypot(nodes[:, 0] - p[s, 0], nodes[:, 1] - p[s, 1])
+            near = int(np.argmin(d))
+            raise ValueError(
+                f"{owner}: {what} {s} at (x, depth) = ({p[s, 0]!r}, {p[s, 1]!r}) m is not on a graph "
+                f"node (cell corner or one of the n_secondary_nodes={n} nodes on a cell side); the "
+                f"nearest node is {near} at ({nodes[near, 0]!r}, {nodes[near, 1]!r}) m, "
+                f"{d[near]:.3g} m away. Move the sensor onto a node or change n_secondary_nodes."
+            )
+        out[s] = node
+    return out
+
+
+class _PythonGraph:
+    """The same graph as the C++ engine, explicit, for ``scipy.sparse.csgraph.dijkstra``.
+
+    Parallel edges (a pair of nodes on a side shared by two cells) are deduplicated per model by the
+    smallest ``(w, cell)``; the CSR holds both directions, sorted by (row, col).
+    """
+
+    def __init__(self, grid, n, source_nodes, receiver_nodes, pairs):
+        self.n_cells = grid.n_cells
+        self.n_nodes = sum(_node_counts(grid, n))
+        m = 4 + 4 * n
+        lengths = local_lengths(grid, n)
+        P, Q = np.triu_indices(m, k=1)
+        gid = _cell_nodes(grid, n)
+        a = gid[:, P].ravel()
+        b = gid[:, Q].ravel()
+        cell = np.repeat(np.arange(self.n_cells, dtype=np.int64), len(P))
+        length = np.tile(lengths[P, Q], self.n_cells)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        key = lo * self.n_nodes + hi
+        order = np.argsort(key, kind="stable")
+        ks = key[order]
+        dup = np.flatnonzero(ks[1:] == ks[:-1])  # each shared-side pair appears exactly twice
+        self.dup_a, self.dup_b = order[dup], order[dup + 1]
+        is_dup = np.zeros(len(key), bool)
+        is_dup[self.dup_a] = is_dup[self.dup_b] = True
+        self.single = np.flatnonzero(~is_dup)
+        self.edge_cell = cell
+        self.edge_length = length
+        ua = np.concatenate([a[self.single], a[self.dup_a]])
+        ub = np.concatenate([b[self.single], b[self.dup_a]])
+        rows = np.concatenate([ua, ub])  # entry (row, col): directed edge col -> row
+        cols = np.concatenate([ub, ua])
+        self.perm = np.lexsort((cols, rows))
+        self.rows = rows[self.perm]
+        self.indices = cols[self.perm].astype(np.int32)
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=self.n_nodes))])
+        self.source_nodes = np.asarray(source_nodes, np.int64)
+        self.receiver_nodes = np.asarray(receiver_nodes, np.int64)
+        self.pairs = np.asarray(pairs, np.int64)
+
+    def _weights(self, s):
+        w = self.edge_length * s[self.edge_cell]
+        wa, wb = w[self.dup_a], w[self.dup_b]
+        ca, cb = self.edge_cell[self.dup_a], self.edge_cell[self.dup_b]
+        pick_a = (wa < wb) | ((wa == wb) & (ca < cb))
+        chosen = np.where(pick_a, self.dup_a, self.dup_b)
+        idx = np.concatenate([self.single, chosen])
+        both = np.concatenate([idx, idx])[self.perm]  # original edge of each CSR entry
+        return w[both], self.edge_cell[both], self.edge_length[both]
+
+    def run(self, s, want_jacobian):
+        weights, cells, lengths = self._weights(s)
+        graph = sp.csr_matrix((weights, self.indices, self.indptr), shape=(self.n_nodes,) * 2)
+        active = np.unique(self.pairs[:, 0])
+        dist = dijkstra(graph, directed=True, indices=self.source_nodes[active])
+        n_data = len(self.pairs)
+        times = np.empty(n_data)
+        rows, cols, vals = [], [], []
+        for slot, source in enumerate(active):
+            d = dist[slot]
+            data = np.flatnonzero(self.pairs[:, 0] == source)
+            targets = self.receiver_nodes[self.pairs[data, 1]]
+            times[data] = d[targets]
+            if not want_jacobian:
+                continue
+            # canonical predecessor: smallest source node among the entries that realise d[u]
+            eq = np.flatnonzero(d[self.indices] + weights == d[self.rows])
+            r = self.rows[eq]
+            first = np.ones(len(eq), bool)
+            first[1:] = r[1:] != r[:-1]
+            pred_entry = np.full(self.n_nodes, -1, np.int64)
+            pred_entry[r[first]] = eq[first]
+            src = self.source_nodes[source]
+            cur = targets.copy()
+            walking = np.flatnonzero(cur != src)
+            while len(walking):
+                e = pred_entry[cur[walking]]
+                rows.append(data[walking])
+                cols.append(cells[e])
+                vals.append(lengths[e])
+                cur[walking] = self.indices[e]
+                walking = walking[cur[walking] != src]
+        if not want_jacobian:
+            return times, None
+        if rows:
+            rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        jac = sp.csr_matrix((vals, (rows, cols)), shape=(n_data, self.n_cells))
+        jac.sum_duplicates()
+        jac.sort_indices()
+        return times, jac
+
+
+class ShortestPathOperator(ForwardOperator):
+    """Shortest-path first-arrival traveltimes with secondary nodes (nonlinear operator).
+
+    Parameters
+    ----------
+    grid : Grid2D
+        The model grid; slowness is per cell in the package's cell order.
+    survey : CrossholeSurvey
+        Sources, receivers and pairs; every sensor must lie on a graph node (see Notes).
+    n_secondary_nodes : int, default=3
+        Number of secondary nodes on every cell side (0 uses the corners only).
+    n_threads : int or None, default=None
+        Threads of the C++ engine over (model, source) tasks; ``None`` uses ``os.cpu_count()``.
+        Results do not depend on it. Ignored by the Python backend.
+    backend : {"auto", "cpp", "python"}, default="auto"
+        ``"auto"`` takes the compiled core when it is built (and ``LATENTINV_PUREPYTHON`` is unset).
+
+    Attributes
+    ----------
+    n_data, n_params : int
+    backend : str
+        ``"cpp"`` or ``"python"``: the engine actually used.
+    is_linear : bool
+        False.
+
+    Notes
+    -----
+    Slowness in ns/m gives traveltimes in ns and Jacobian entries in m. The graph topology is built
+    once here; each call only changes the edge weights. A sensor off every graph node raises a
+    ValueError naming the nearest node. Both backends return the same paths (canonical tie rule,
+    module docstring), so their traveltimes and Jacobians agree to rounding.
+
+    References
+    ----------
+    Giroux, B. & Larouche, B. (2013). Task-parallel implementation of 3D shortest path raytracing for
+    geophysical applications. Computers & Geosciences 54, 130-141.
+    """
+
+    is_linear = False
+
+    def __init__(self, grid, survey, n_secondary_nodes=3, n_threads=None, backend="auto"):
+        name = type(self).__name__
+        if not isinstance(grid, Grid2D):
+            raise TypeError(f"{name}: grid must be a Grid2D, got {type(grid).__name__}")
+        if not isinstance(survey, CrossholeSurvey):
+            raise TypeError(f"{name}: survey must be a CrossholeSurvey, got {type(survey).__name__}")
+        if (isinstance(n_secondary_nodes, bool) or not isinstance(n_secondary_nodes, numbers.Integral)
+                or not 0 <= n_secondary_nodes <= 1000):
+            raise ValueError(f"{name}: n_secondary_nodes must be an integer in [0, 1000], "
+                             f"got {n_secondary_nodes!r}")
+        if n_threads is not None and (isinstance(n_threads, bool)
+                                      or not isinstance(n_threads, numbers.Integral) or n_threads < 1):
+            raise ValueError(f"{name}: n_threads must be a positive integer or None, got {n_threads!r}")
+        self.grid = grid
+        self.survey = survey
+        self.n_secondary_nodes = int(n_secondary_nodes)
+        self.n_threads = int(n_threads) if n_threads is not None else (os.cpu_count() or 1)
+        self._backend_requested = backend
+        self.backend = resolve_backend(backend, owner=name)
+        self.n_data = survey.n_data
+        self.n_params = grid.n_cells
+        survey.check_in(grid, owner=name)
+        n = self.n_secondary_nodes
+        self._source_nodes = sensor_nodes(grid, survey.sources, n, "source", name)
+        self._receiver_nodes = sensor_nodes(grid, survey.receivers, n, "receiver", name)
+        if self.backend == "cpp":
+            self._engine = core.ShortestPathEngine(
+                grid.n_rows, grid.n_cols, grid.dx, grid.dz, n,
+                self._source_nodes.tolist(), self._receiver_nodes.tolist(),
+                survey.pairs[:, 0].tolist(), survey.pairs[:, 1].tolist())
+        else:
+            self._engine = _PythonGraph(grid, n, self._source_nodes, self._receiver_nodes,
+                                        survey.pairs)
+
+    @property
+    def n_nodes(self):
+        """Number of graph nodes (corners plus secondary nodes)."""
+        return int(sum(_node_counts(self.grid, self.n_secondary_nodes)))
+
+    def _response_and_jacobian(self, m, want_jacobian):
+        if self.backend == "cpp":
+            times, csr = self._engine.run(m, bool(want_jacobian), self.n_threads)
+            if not want_jacobian:
+                return times, None
+            indptr, indices, data = csr
+            jac = []
+            nd = self.n_data
+            for k in range(len(m)):
+                lo, hi = indptr[k * nd], indptr[(k + 1) * nd]
+                jac.append(sp.csr_matrix(
+                    (data[lo:hi], indices[lo:hi], indptr[k * nd:(k + 1) * nd + 1] - lo),
+                    shape=(nd, self.n_params)))
+            return times, jac
+        times = np.empty((len(m), self.n_data))
+        jac = [] if want_jacobian else None
+        for k in range(len(m)):
+            times[k], j = self._engine.run(m[k], want_jacobian)
+            if want_jacobian:
+                jac.append(j)
+        return times, jac
+
+    def __reduce__(self):
+        return (type(self), (self.grid, self.survey, self.n_secondary_nodes, self.n_threads,
+                             self._backend_requested))
+
+    def __repr__(self):
+        return (f"ShortestPathOperator(grid={self.grid!r}, survey={self.survey!r}, "
+                f"n_secondary_nodes={self.n_secondary_nodes}, n_threads={self.n_threads}, "
+                f"backend={self.backend!r})")
