@@ -1,0 +1,514 @@
+"""Figures: models with sensors and rays, inversion histories, prior samples and the 2-D toy problems.
+
+Every function returns a :class:`matplotlib.figure.Figure` and never calls ``show()``. Figures are
+built with :class:`matplotlib.figure.Figure` directly (no pyplot state, no GUI backend needed); save
+them with ``fig.savefig(path)``.
+
+Models are flat vectors in the package's cell order (see :mod:`latentinv.geometry`), shown as images
+with depth growing downwards (row 0 at the top), axes in metres and equal aspect. Values are the
+prior's model values in [0, 1] (1 = channel) unless ``vmin``/``vmax`` say otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle
+
+__all__ = ["plot_model", "plot_models", "plot_histories", "plot_samples", "plot_latent_traversal",
+           "plot_manifold_deformation", "plot_sgd_toy", "plot_inversion_summary"]
+
+MODEL_CMAP = "viridis"
+
+
+def _new_figure(n_rows, n_cols, panel_size=(2.2, 3.6), **kwargs):
+    fig = Figure(figsize=(panel_size[0] * n_cols, panel_size[1] * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _extent(grid):
+    x0, z0 = grid.origin
+    return [x0, x0 + grid.width, z0 + grid.height, z0]
+
+
+def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None, labels=True):
+    image = grid.to_image(np.asarray(model, dtype=float))
+    if image.ndim != 2:
+        raise ValueError(f"plotting: expected one model of {grid.n_cells} cells, got shape "
+                         f"{np.shape(model)}")
+    im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, extent=_extent(grid), origin="upper",
+                   interpolation="nearest")
+    ax.set_aspect("equal")
+    if labels:
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("depth (m)")
+    if title is not None:
+        ax.set_title(title, fontsize="medium")
+    return im
+
+
+def _draw_survey(ax, survey, rays=False):
+    if rays:
+        segments = np.stack([survey.source_positions, survey.receiver_positions], axis=1)
+        ax.add_collection(LineCollection(segments, colors="white", linewidths=0.3, alpha=0.5))
+    ax.plot(survey.sources[:, 0], survey.sources[:, 1], "v", color="red", markersize=4,
+            label="sources", clip_on=False)
+    ax.plot(survey.receivers[:, 0], survey.receivers[:, 1], "s", color="orange", markersize=3,
+            label="receivers", clip_on=False)
+
+
+def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0,
+               title=None, colorbar=True):
+    """One model on its grid, optionally with the survey's sensors and straight rays.
+
+    Parameters
+    ----------
+    model : array-like of shape (n_cells,)
+        Flat model in the package's cell order (values in [vmin, vmax]).
+    grid : Grid2D
+    survey : CrossholeSurvey, default=None
+        Sources (red triangles) and receivers (orange squares) in (x, depth) m.
+    rays : bool, default=False
+        Draw the straight source-receiver ray of every datum (needs ``survey``).
+    ax : matplotlib Axes, default=None
+        Draw into this axes; ``None`` makes a new figure.
+    cmap : str, default="viridis"
+    vmin, vmax : float, default=0, 1
+    title : str, default=None
+    colorbar : bool, default=True
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if rays and survey is None:
+        raise ValueError("plot_model: rays=True needs a survey")
+    if ax is None:
+        fig, axes = _new_figure(1, 1, panel_size=(3.2, 5.0))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    im = _draw_model(ax, model, grid, cmap, vmin, vmax, title)
+    if survey is not None:
+        _draw_survey(ax, survey, rays)
+        x0, z0 = grid.origin
+        ax.set_xlim(x0, x0 + grid.width)
+        ax.set_ylim(z0 + grid.height, z0)
+    if colorbar:
+        fig.colorbar(im, ax=ax, shrink=0.6, label="model value")
+    return fig
+
+
+def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_CMAP, vmin=0.0,
+                vmax=1.0, suptitle=None):
+    """A grid of models, e.g. truth / encode-decode / inverted.
+
+    Parameters
+    ----------
+    models : array-like of shape (n_models, n_cells)
+    grid : Grid2D
+    titles : sequence of str, default=None
+    ncols : int, default=None
+        Panels per row; ``None`` puts all models in one row (at most 6 per row).
+    survey : CrossholeSurvey, default=None
+        Adds the sensors to every panel.
+    cmap, vmin, vmax
+        As for :func:`plot_model`.
+    suptitle : str, default=None
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One image axes per model, in order (empty panels of the last row are removed), plus one
+        colour bar.
+    """
+    models = np.asarray(models, dtype=float)
+    if models.ndim == 1:
+        models = models[None, :]
+    n = len(models)
+    if n == 0:
+        raise ValueError("plot_models: no models to plot")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"plot_models: got {len(titles)} titles for {n} models")
+    ncols = min(n, 6) if ncols is None else max(1, min(int(ncols), n))
+    nrows = -(-n // ncols)
+    fig, axes = _new_figure(nrows, ncols)
+    flat = axes.ravel()
+    im = None
+    for i, ax in enumerate(flat):
+        if i >= n:
+            fig.delaxes(ax)
+            continue
+        im = _draw_model(ax, models[i], grid, cmap, vmin, vmax,
+                         None if titles is None else titles[i], labels=(i % ncols == 0))
+        if i % ncols != 0:
+            ax.set_xlabel("x (m)")
+        if survey is not None:
+            _draw_survey(ax, survey)
+            ax.set_xlim(grid.origin[0], grid.origin[0] + grid.width)
+            ax.set_ylim(grid.origin[1] + grid.height, grid.origin[1])
+    fig.colorbar(im, ax=list(flat[:n]), shrink=0.6, label="model value")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def _as_histories(h, name):
+    if h is None:
+        return []
+    if isinstance(h, np.ndarray) and h.ndim == 1:
+        return [h.astype(float)]
+    if isinstance(h, np.ndarray) and h.ndim == 2:
+        return [row.astype(float) for row in h]
+    out = list(h)
+    if out and np.ndim(out[0]) == 0:  # one flat list of numbers
+        return [np.asarray(out, dtype=float)]
+    res = [np.asarray(r, dtype=float).ravel() for r in out]
+    if not res:
+        raise ValueError(f"plot_histories: {name} is empty")
+    return res
+
+
+def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=None,
+                   n_components=None, title=None):
+    """Data RMSE and latent norm ``||z||`` per iteration, one line per start.
+
+    Parameters
+    ----------
+    rmse_histories : array-like of shape (n_iterations,) or sequence of them
+        Data RMSE (ns) per iteration, for one or several starts.
+    znorm_histories : same form, default=None
+        ``||z||`` per iteration; ``None`` draws only the RMSE panel.
+    threshold : float, default=None
+        Acceptance threshold (ns), drawn as a dashed horizontal line on the RMSE panel.
+    labels : sequence of str, default=None
+        One per history (legend).
+    n_components : int, default=None
+        Draws the ring radius ``E[chi_d]`` (where ``||z||`` of a prior sample concentrates) on the
+        ``||z||`` panel.
+    title : str, default=None
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes (RMSE) or two (RMSE, ``||z||``).
+    """
+    rmse = _as_histories(rmse_histories, "rmse_histories")
+    znorm = _as_histories(znorm_histories, "znorm_histories")
+    if znorm and len(znorm) != len(rmse):
+        raise ValueError(f"plot_histories: {len(rmse)} RMSE histories but {len(znorm)} ||z|| histories")
+    if labels is not None and len(labels) != len(rmse):
+        raise ValueError(f"plot_histories: {len(labels)} labels for {len(rmse)} histories")
+    ncols = 2 if znorm else 1
+    fig = Figure(figsize=(4.2 * ncols, 3.4), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    for i, h in enumerate(rmse):
+        axes[0].plot(np.arange(1, len(h) + 1), h, lw=1.0,
+                     label=None if labels is None else labels[i])
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("iteration")
+    axes[0].set_ylabel("data RMSE (ns)")
+    if threshold is not None:
+        axes[0].axhline(float(threshold), color="k", ls="--", lw=1.0,
+                        label=f"threshold {float(threshold):.3g} ns")
+    if labels is not None or threshold is not None:
+        axes[0].legend(fontsize="small")
+    if znorm:
+        for i, h in enumerate(znorm):
+            axes[1].plot(np.arange(1, len(h) + 1), h, lw=1.0)
+        if n_components is not None:
+            from .toys import ring_radius
+
+            axes[1].axhline(ring_radius(n_components), color="k", ls=":", lw=1.0,
+                            label=f"E[chi_{int(n_components)}]")
+            axes[1].legend(fontsize="small")
+        axes[1].set_xlabel("iteration")
+        axes[1].set_ylabel("||z||")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _image_shape(prior, grid):
+    if grid is not None:
+        return grid.shape
+    shape = getattr(prior, "image_shape_", None) or getattr(prior, "image_shape", None)
+    if shape is None:
+        raise ValueError("plotting: the prior has no image_shape; pass grid=Grid2D(...)")
+    return tuple(shape)
+
+
+def _n_components(prior):
+    n = getattr(prior, "n_components_", None) or getattr(prior, "n_components", None)
+    if n is None:
+        raise ValueError("plotting: the prior has no n_components")
+    return int(n)
+
+
+def _image_panels(images, ncols, titles=None, cmap=MODEL_CMAP, extent=None):
+    n = len(images)
+    nrows = -(-n // ncols)
+    fig, axes = _new_figure(nrows, ncols, panel_size=(1.6, 2.8))
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            fig.delaxes(ax)
+            continue
+        ax.imshow(images[i], cmap=cmap, vmin=0.0, vmax=1.0, origin="upper", extent=extent,
+                  interpolation="nearest")
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles is not None:
+            ax.set_title(titles[i], fontsize="small")
+    return fig
+
+
+def plot_samples(prior, n=8, random_state=None, grid=None, ncols=4, cmap=MODEL_CMAP):
+    """Models drawn from the prior (``prior.sample(n, random_state=...)``).
+
+    Parameters
+    ----------
+    prior : VAEPrior (fitted) or any object with ``sample(n, random_state=...)`` returning
+        ``(n, n_cells)`` models
+    n : int, default=8
+    random_state : int or None
+    grid : Grid2D, default=None
+        Gives the image shape and metric extent; ``None`` uses ``prior.image_shape``.
+    ncols : int, default=4
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``n`` image axes, the i-th showing the i-th sample.
+    """
+    shape = _image_shape(prior, grid)
+    samples = np.asarray(prior.sample(int(n), random_state=random_state), dtype=float)
+    images = samples.reshape((len(samples),) + tuple(shape))
+    extent = None if grid is None else _extent(grid)
+    fig = _image_panels(images, max(1, min(int(ncols), len(images))), cmap=cmap, extent=extent)
+    fig.suptitle(f"{len(images)} prior samples")
+    return fig
+
+
+def plot_latent_traversal(prior, dims=(0, 1, 2), steps=7, span=3.0, z0=None, grid=None,
+                          cmap=MODEL_CMAP):
+    """Decoded models along latent axes: row ``i`` moves ``z[dims[i]]`` from ``-span`` to ``span``.
+
+    Parameters
+    ----------
+    prior : VAEPrior (fitted) or any object with ``decode(Z) -> (n, n_cells)``
+    dims : sequence of int, default=(0, 1, 2)
+    steps : int, default=7
+    span : float, default=3.0
+        Half-range of the traversal, in prior standard deviations.
+    z0 : array-like of shape (n_components,), default=None
+        Base latent vector (the origin by default).
+    grid : Grid2D, default=None
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(dims) * steps`` image axes, row-major.
+    """
+    d = _n_components(prior)
+    dims = [int(k) for k in np.atleast_1d(dims)]
+    bad = [k for k in dims if not 0 <= k < d]
+    if bad:
+        raise ValueError(f"plot_latent_traversal: dims {bad} out of range for {d} latent dimensions")
+    steps = int(steps)
+    if steps < 2:
+        raise ValueError(f"plot_latent_traversal: steps must be >= 2, got {steps}")
+    base = np.zeros(d) if z0 is None else np.asarray(z0, dtype=float).reshape(d)
+    values = np.linspace(-span, span, steps)
+    Z = np.repeat(base[None, :], len(dims) * steps, axis=0)
+    titles = []
+    for i, k in enumerate(dims):
+        Z[i * steps:(i + 1) * steps, k] = base[k] + values
+        titles += [f"z{k}={base[k] + v:+.1f}" for v in values]
+    shape = _image_shape(prior, grid)
+    decoded = np.asarray(prior.decode(Z), dtype=float)
+    images = decoded.reshape((len(Z),) + tuple(shape))
+    extent = None if grid is None else _extent(grid)
+    return _image_panels(images, steps, titles=titles, cmap=cmap, extent=extent)
+
+
+def plot_manifold_deformation(settings=((1.0, 1.0), (1.0, 100.0), (0.0, 0.0), (0.1, 10.0)),
+                              X=None, n_samples=1000, noise=0.1, n_iterations=1500, grid_lines=11,
+                              span=3.0, random_state=0):
+    """How a regular latent grid deforms when decoded, for VAEs with several ``(alpha, beta)``.
+
+    The paper's Fig. 4: an eight-shaped 1-D manifold in 2-D data; for each ``(alpha, beta)`` a small
+    MLP VAE with a 2-D latent space is trained (:func:`latentinv.toys.fit_toy_vae`) and the images
+    of the latent lines ``z1 = const`` and ``z2 = const`` over ``[-span, span]^2`` are drawn over
+    the training data. Strong KL weight (large ``beta``) pulls the decoded grid onto the manifold;
+    ``alpha = 0`` (no sampling noise, an autoencoder) leaves large parts of the latent grid mapped
+    off the data.
+
+    Parameters
+    ----------
+    settings : sequence of (alpha, beta)
+    X : array-like of shape (n_samples, 2), default=None
+        Training data; ``None`` draws :func:`latentinv.toys.make_eight_manifold`.
+    n_samples, noise : passed to ``make_eight_manifold``
+    n_iterations : int, default=1500
+        Training iterations per VAE.
+    grid_lines : int, default=11
+        Latent grid lines per axis.
+    span : float, default=3.0
+    random_state : int, default=0
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes per setting; each holds the training data (a scatter) and ``2 * grid_lines``
+        decoded grid lines.
+    """
+    from .toys import fit_toy_vae, make_eight_manifold
+
+    if X is None:
+        X = make_eight_manifold(n_samples, noise=noise, random_state=random_state)
+    X = np.asarray(X, dtype=float)
+    settings = [tuple(map(float, s)) for s in settings]
+    fig, axes = _new_figure(1, len(settings), panel_size=(3.4, 3.0))
+    t = np.linspace(-span, span, 101)
+    levels = np.linspace(-span, span, int(grid_lines))
+    for ax, (alpha, beta) in zip(axes[0], settings):
+        vae = fit_toy_vae(X, alpha=alpha, beta=beta, n_components=2, n_iterations=n_iterations,
+                          random_state=random_state)
+        ax.scatter(X[:, 0], X[:, 1], s=2, color="0.7", label="data")
+        for c in levels:
+            line1 = vae.decode(np.column_stack([np.full_like(t, c), t]))
+            line2 = vae.decode(np.column_stack([t, np.full_like(t, c)]))
+            ax.plot(line1[:, 0], line1[:, 1], color="tab:blue", lw=0.6)
+            ax.plot(line2[:, 0], line2[:, 1], color="tab:red", lw=0.6)
+        ax.set_title(f"alpha={alpha:g}, beta={beta:g}", fontsize="medium")
+        ax.set_aspect("equal")
+        ax.set_xlim(X[:, 0].min() - 1.0, X[:, 0].max() + 1.0)
+        ax.set_ylim(X[:, 1].min() - 1.0, X[:, 1].max() + 1.0)
+        ax.set_xlabel("d1")
+    axes[0, 0].set_ylabel("d2")
+    fig.suptitle("decoded latent grid (blue: z1 = const, red: z2 = const)")
+    return fig
+
+
+def plot_sgd_toy(problem=None, regularizations=("none", "ring"), n_starts=6, lr=0.05, lam=1.0,
+                 lam_decay=0.999, lr_decay=0.98, batch_size=6, n_epochs=30, span=3.0, resolution=121,
+                 random_state=0):
+    """SGD paths on a misfit surface over a 2-D latent space, with and without regularisation.
+
+    The paper's Fig. 6: the data RMSE of a :class:`latentinv.toys.ToyLatentProblem` over
+    ``[-span, span]^2`` (contours), and the paths of mini-batch SGD from ``n_starts`` initial latents
+    drawn from the standard normal, one panel per regularisation (``"none"``, ``"origin"``,
+    ``"ring"``; the ring ``||z|| = E[chi_2]`` is drawn dashed).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes per regularisation (plus one colour bar); each holds ``n_starts`` paths.
+    """
+    from .toys import ToyLatentProblem, ring_radius, sgd_toy_paths
+
+    problem = ToyLatentProblem() if problem is None else problem
+    rng = np.random.default_rng(random_state)
+    z_inits = rng.standard_normal((int(n_starts), 2))
+    g = np.linspace(-span, span, int(resolution))
+    Z1, Z2 = np.meshgrid(g, g)
+    misfit = problem.misfit(np.stack([Z1, Z2], axis=-1))
+    fig, axes = _new_figure(1, len(regularizations), panel_size=(3.6, 3.4))
+    cs = None
+    for ax, reg in zip(axes[0], regularizations):
+        cs = ax.contourf(Z1, Z2, np.log10(np.maximum(misfit, 1e-2 * misfit.max())), levels=20,
+                         cmap="Greys_r")
+        paths = sgd_toy_paths(problem, z_inits, regularization=reg, lam=lam, lam_decay=lam_decay,
+                              lr=lr, lr_decay=lr_decay, batch_size=batch_size, n_epochs=n_epochs,
+                              random_state=random_state)
+        for p in paths:
+            ax.plot(p[:, 0], p[:, 1], lw=1.0)
+            ax.plot(p[0, 0], p[0, 1], "o", color="k", ms=3)
+            ax.plot(p[-1, 0], p[-1, 1], "x", color="r", ms=5)
+        ax.plot(*problem.z_true, "*", color="gold", ms=10, mec="k")
+        if reg == "ring":
+            ax.add_patch(Circle((0, 0), ring_radius(2), fill=False, ls="--", color="tab:blue"))
+        ax.set_title(f"regularisation: {reg}", fontsize="medium")
+        ax.set_aspect("equal")
+        ax.set_xlim(-span, span)
+        ax.set_ylim(-span, span)
+        ax.set_xlabel("z1")
+    axes[0, 0].set_ylabel("z2")
+    fig.colorbar(cs, ax=list(axes[0]), shrink=0.8, label="log10 data RMSE")
+    return fig
+
+
+def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histories=None,
+                           thresholds=None, survey=None, n_components=None, title=None):
+    """Truth and inverted models on the top row, data-RMSE and ``||z||`` curves below.
+
+    Parameters
+    ----------
+    truth : array-like of shape (n_cells,) or None
+    models : dict of str -> array-like of shape (n_cells,)
+        Inverted (or reconstructed) models by name.
+    grid : Grid2D
+    rmse_histories, znorm_histories : dict of str -> list of 1-D arrays, default=None
+        Per name (usually the operator), one history per start.
+    thresholds : dict of str -> float, default=None
+        Acceptance threshold (ns) per name.
+    survey : CrossholeSurvey, default=None
+    n_components : int, default=None
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(models) + (truth is not None)`` image axes, then one RMSE axes and, when
+        ``znorm_histories`` is given, one ``||z||`` axes.
+    """
+    panels = ([("truth", truth)] if truth is not None else []) + list(models.items())
+    n_img = len(panels)
+    has_z = bool(znorm_histories)
+    n_curves = (1 + has_z) if rmse_histories else 0
+    fig = Figure(figsize=(max(2.4 * n_img, 4.5 * max(n_curves, 1)), 5.2 + 3.2 * (n_curves > 0)),
+                 layout="constrained")
+    if n_curves:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[1.7, 1.0])
+    else:
+        top, bottom = fig, None
+    img_axes = top.subplots(1, n_img, squeeze=False)[0]
+    im = None
+    for ax, (name, m) in zip(img_axes, panels):
+        im = _draw_model(ax, m, grid, title=name, labels=(ax is img_axes[0]))
+        ax.set_xlabel("x (m)")
+        if survey is not None:
+            _draw_survey(ax, survey)
+            ax.set_xlim(grid.origin[0], grid.origin[0] + grid.width)
+            ax.set_ylim(grid.origin[1] + grid.height, grid.origin[1])
+    top.colorbar(im, ax=list(img_axes), shrink=0.7, label="model value")
+    if n_curves:
+        cax = bottom.subplots(1, n_curves, squeeze=False)[0]
+        colors = {}
+        for i, (name, hs) in enumerate(rmse_histories.items()):
+            c = f"C{i}"
+            colors[name] = c
+            for j, h in enumerate(_as_histories(hs, name)):
+                cax[0].plot(np.arange(1, len(h) + 1), h, color=c, lw=0.8, alpha=0.8,
+                            label=name if j == 0 else None)
+            if thresholds and name in thresholds and thresholds[name] is not None:
+                cax[0].axhline(thresholds[name], color=c, ls="--", lw=1.0)
+        cax[0].set_yscale("log")
+        cax[0].set_xlabel("iteration")
+        cax[0].set_ylabel("data RMSE (ns)  (dashed: threshold)")
+        cax[0].legend(fontsize="small")
+        if has_z:
+            for name, hs in znorm_histories.items():
+                for h in _as_histories(hs, name):
+                    cax[1].plot(np.arange(1, len(h) + 1), h, color=colors.get(name, "k"), lw=0.8,
+                                alpha=0.8)
+            if n_components is not None:
+                from .toys import ring_radius
+
+                cax[1].axhline(ring_radius(n_components), color="k", ls=":", lw=1.0)
+            cax[1].set_xlabel("iteration")
+            cax[1].set_ylabel("||z||")
+    if title:
+        fig.suptitle(title)
+    return fig

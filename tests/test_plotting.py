@@ -1,0 +1,221 @@
+"""Figures return the data they were given, in the package's cell order and metric extent."""
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from latentinv import plotting, toys
+from latentinv.geometry import CrossholeSurvey, Grid2D, paper_crosshole
+
+
+class LinearPrior:
+    """A stand-in prior: decode(Z) = sigmoid(Z @ B) with a fixed matrix, so outputs are known."""
+
+    def __init__(self, shape=(9, 5), n_components=4, seed=0):
+        self.image_shape = shape
+        self.n_components = n_components
+        self.B = np.random.default_rng(seed).standard_normal((n_components, shape[0] * shape[1]))
+
+    def decode(self, Z):
+        return 1.0 / (1.0 + np.exp(-np.asarray(Z, dtype=float) @ self.B))
+
+    def sample(self, n, random_state=None):
+        Z = np.random.RandomState(random_state).standard_normal((n, self.n_components))
+        return self.decode(Z)
+
+
+def _image_axes(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def _png_ok(fig):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=40)
+    data = buf.getvalue()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    Image.open(io.BytesIO(data)).verify()
+
+
+def test_plot_model_image_is_model_in_cell_order_with_metric_extent():
+    grid = Grid2D(7, 4, cell_size=(0.5, 0.25), origin=(1.0, 2.0))
+    model = np.arange(grid.n_cells, dtype=float) / grid.n_cells
+    fig = plotting.plot_model(model, grid)
+    assert isinstance(fig, Figure)
+    (ax,) = _image_axes(fig)
+    img = ax.images[0]
+    np.testing.assert_array_equal(np.asarray(img.get_array()), grid.to_image(model))
+    # row 0 on top: the depth axis grows downwards, x from origin to origin + width
+    assert img.get_extent() == [1.0, 3.0, 3.75, 2.0]
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]
+    assert ax.get_aspect() == 1.0
+    _png_ok(fig)
+
+
+def test_plot_model_sensors_and_rays_match_survey():
+    grid, survey = paper_crosshole()
+    model = np.zeros(grid.n_cells)
+    fig = plotting.plot_model(model, grid, survey=survey, rays=True, colorbar=False)
+    (ax,) = fig.axes
+    (rays,) = ax.collections
+    segs = np.array(rays.get_segments())
+    assert segs.shape == (survey.n_data, 2, 2)
+    np.testing.assert_allclose(segs[:, 0], survey.source_positions)
+    np.testing.assert_allclose(segs[:, 1], survey.receiver_positions)
+    src_line = [ln for ln in ax.lines if ln.get_label() == "sources"][0]
+    np.testing.assert_allclose(src_line.get_xydata(), survey.sources)
+
+
+def test_plot_model_into_given_axes_returns_its_figure():
+    grid = Grid2D(3, 2)
+    fig = Figure()
+    ax = fig.add_subplot()
+    out = plotting.plot_model(np.ones(6), grid, ax=ax, colorbar=False)
+    assert out is fig
+
+
+def test_plot_model_rejects_wrong_length_and_rays_without_survey():
+    grid = Grid2D(3, 2)
+    with pytest.raises(ValueError, match="last axis of length 6"):
+        plotting.plot_model(np.ones(5), grid)
+    with pytest.raises(ValueError, match="needs a survey"):
+        plotting.plot_model(np.ones(6), grid, rays=True)
+
+
+@pytest.mark.parametrize("n, ncols, rows", [(3, None, 1), (5, 2, 3), (7, 3, 3)])
+def test_plot_models_one_axes_per_model_in_order(n, ncols, rows):
+    grid = Grid2D(6, 3)
+    models = np.random.default_rng(n).random((n, grid.n_cells))
+    titles = [f"m{i}" for i in range(n)]
+    fig = plotting.plot_models(models, grid, titles=titles, ncols=ncols)
+    axes = _image_axes(fig)
+    assert len(axes) == n
+    for ax, m, t in zip(axes, models, titles):
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), grid.to_image(m))
+        assert ax.get_title() == t
+    with pytest.raises(ValueError, match="2 titles for 3 models"):
+        plotting.plot_models(models[:3], grid, titles=["a", "b"])
+
+
+def test_plot_histories_lines_and_threshold():
+    rmse = [np.linspace(5, 1, 30), np.linspace(4, 2, 30)]
+    znorm = [np.linspace(0, 4, 30), np.linspace(1, 4.4, 30)]
+    fig = plotting.plot_histories(rmse, znorm, threshold=1.5, n_components=20)
+    assert len(fig.axes) == 2
+    ax_r, ax_z = fig.axes
+    curves = [ln for ln in ax_r.lines if len(ln.get_xdata()) == 30]
+    assert len(curves) == 2
+    np.testing.assert_array_equal(curves[1].get_ydata(), rmse[1])
+    np.testing.assert_array_equal(curves[0].get_xdata(), np.arange(1, 31))
+    thr = [ln for ln in ax_r.lines if ln.get_label().startswith("threshold")]
+    assert thr and np.allclose(thr[0].get_ydata(), 1.5)
+    # ring radius of a 20-D standard normal: E[chi_20] = sqrt(2) Gamma(10.5) / Gamma(10)
+    ring = [ln for ln in ax_z.lines if ln.get_label() == "E[chi_20]"][0]
+    from math import gamma, sqrt
+    assert np.allclose(ring.get_ydata(), sqrt(2) * gamma(10.5) / gamma(10))
+    # one flat history and no ||z|| -> one axes
+    fig1 = plotting.plot_histories(list(np.linspace(3, 1, 10)))
+    assert len(fig1.axes) == 1 and len(fig1.axes[0].lines) == 1
+    with pytest.raises(ValueError, match="2 RMSE histories but 1"):
+        plotting.plot_histories(rmse, znorm[:1])
+
+
+def test_plot_samples_shows_prior_samples():
+    prior = LinearPrior()
+    fig = plotting.plot_samples(prior, n=5, random_state=3, ncols=3)
+    axes = _image_axes(fig)
+    assert len(axes) == 5
+    expected = prior.sample(5, random_state=3).reshape(5, 9, 5)
+    for ax, e in zip(axes, expected):
+        np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), e)
+
+
+def test_plot_latent_traversal_moves_one_dimension_per_row():
+    prior = LinearPrior()
+    fig = plotting.plot_latent_traversal(prior, dims=(1, 3), steps=5, span=2.0)
+    axes = _image_axes(fig)
+    assert len(axes) == 10
+    # panel (row 1, step 4): z = 2 e_3
+    z = np.zeros(4)
+    z[3] = 2.0
+    np.testing.assert_allclose(np.asarray(axes[9].images[0].get_array()),
+                               prior.decode(z[None])[0].reshape(9, 5))
+    # the middle column is the origin for every row
+    np.testing.assert_allclose(np.asarray(axes[2].images[0].get_array()),
+                               np.full((9, 5), 0.5))
+    with pytest.raises(ValueError, match="out of range"):
+        plotting.plot_latent_traversal(prior, dims=(4,))
+
+
+def test_make_eight_manifold_lies_on_lemniscate():
+    X = toys.make_eight_manifold(500, noise=0.0, scale=2.0, random_state=1)
+    x, y = X.T
+    # lemniscate of Bernoulli: (x^2 + y^2)^2 = a^2 (x^2 - y^2) with a = scale
+    np.testing.assert_allclose((x ** 2 + y ** 2) ** 2, 4.0 * (x ** 2 - y ** 2), atol=1e-12)
+    assert np.abs(x).max() <= 2.0 + 1e-12
+    assert np.allclose(toys.make_eight_manifold(10, random_state=4),
+                       toys.make_eight_manifold(10, random_state=4))
+
+
+def test_toy_vae_autoencoder_reconstructs_and_is_deterministic():
+    X = toys.make_eight_manifold(300, noise=0.05, random_state=0)
+    a = toys.fit_toy_vae(X, alpha=0.0, beta=0.0, hidden_size=32, n_iterations=150,
+                        learning_rate=1e-2, random_state=0)
+    b = toys.fit_toy_vae(X, alpha=0.0, beta=0.0, hidden_size=32, n_iterations=150,
+                        learning_rate=1e-2, random_state=0)
+    assert a.history_["loss"] == b.history_["loss"]
+    rec = a.decode(a.encode(X))
+    # a 2-D latent autoencoder (no KL, no noise) should reproduce 2-D data far better than the mean
+    assert np.mean((rec - X) ** 2) < 0.1 * np.mean((X - X.mean(0)) ** 2)
+
+
+def test_plot_manifold_deformation_panels():
+    X = toys.make_eight_manifold(200, random_state=0)
+    fig = plotting.plot_manifold_deformation(settings=((1.0, 1.0), (0.0, 0.0)), X=X,
+                                             n_iterations=20, grid_lines=4)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        np.testing.assert_array_equal(ax.collections[0].get_offsets(), X)
+        assert len(ax.lines) == 2 * 4
+
+
+def test_sgd_toy_ring_gradient_and_paths():
+    problem = toys.ToyLatentProblem()
+    assert problem.misfit(problem.z_true) == pytest.approx(0.0, abs=1e-12)
+    paths = toys.sgd_toy_paths(problem, [[0.3, 0.2]], regularization="ring", lam=1.0, lr=0.01,
+                               batch_size=None, n_epochs=3)
+    assert paths.shape == (1, 4, 2)
+    # full-batch step 1 equals a hand-computed gradient step
+    import torch
+    z = torch.tensor([0.3, 0.2], dtype=torch.float64, requires_grad=True)
+    W, b, G, d = problem._torch()
+    loss = ((G @ torch.tanh(W @ z + b) - d) ** 2).sum() / problem.n_data \
+        + (torch.linalg.norm(z) - toys.ring_radius(2)) ** 2
+    (g,) = torch.autograd.grad(loss, z)
+    np.testing.assert_allclose(paths[0, 1], [0.3, 0.2] - 0.01 * g.numpy(), rtol=1e-12)
+    fig = plotting.plot_sgd_toy(problem, regularizations=("none", "ring"), n_starts=3, n_epochs=2,
+                                resolution=21)
+    assert len(fig.axes) == 3  # two panels + colour bar
+
+
+def test_plot_inversion_summary_layout():
+    grid, survey = paper_crosshole()
+    rng = np.random.default_rng(0)
+    truth = rng.random(grid.n_cells)
+    models = {"straight": rng.random(grid.n_cells), "shortest-path": rng.random(grid.n_cells)}
+    rmse = {"straight": [np.linspace(3, 1, 20)], "shortest-path": [np.linspace(3, 1, 20)] * 2}
+    zn = {"straight": [np.linspace(0, 4, 20)], "shortest-path": [np.linspace(0, 4, 20)] * 2}
+    fig = plotting.plot_inversion_summary(truth, models, grid, rmse, zn,
+                                          {"straight": 1.0, "shortest-path": 0.5}, survey=survey,
+                                          n_components=20)
+    axes = _image_axes(fig)
+    assert len(axes) == 3
+    np.testing.assert_array_equal(np.asarray(axes[0].images[0].get_array()), grid.to_image(truth))
+    np.testing.assert_array_equal(np.asarray(axes[2].images[0].get_array()),
+                                  grid.to_image(models["shortest-path"]))
+    _png_ok(fig)
