@@ -1,0 +1,359 @@
+"""Training images and training-patch sampling for generative priors.
+
+* :func:`make_channel_image` -- a seedable procedural generator of binary
+  channel training images (sinuous, branching channels), the package's
+  embedded default training image (no external file needed);
+* :func:`make_straight_channels` -- a simple family of models (one straight
+  horizontal channel at a random depth), for tests;
+* :func:`load_image` -- PNG (Pillow, thresholded to {0, 1}) and NPY loaders;
+* :class:`PatchSampler` -- fresh random crops of a given shape from one or
+  more large training images, never overlapping held-out windows, as the
+  paper's training (Lopez-Alvis et al., 2021, following Laloy et al., 2018).
+
+Images are arrays of shape ``(n_rows, n_cols)``, row 0 at the top
+(shallowest), values in {0, 1} with 1 = channel.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler"]
+
+
+def _rng(random_state):
+    """A :class:`numpy.random.Generator` from None, an int, a Generator or a RandomState."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    return np.random.default_rng(random_state)
+
+
+def _check_shape(shape, name, owner):
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ValueError(f"{owner}: {name} must be a pair (n_rows, n_cols); got {shape!r}.") from None
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"{owner}: {name} must be a pair of positive ints (n_rows, n_cols); got {shape!r}.")
+    return shape
+
+
+def _centreline(rng, length, step, sinuosity, wavelength):
+    """Lateral offset of a sinuous line sampled every ``step`` along ``length``."""
+    s = np.arange(0.0, length + step, step)
+    amplitude = sinuosity * wavelength / 4.0
+    phase = rng.uniform(0, 2 * np.pi)
+    lam = wavelength * rng.uniform(0.7, 1.3)
+    offset = amplitude * rng.uniform(0.5, 1.5) * np.sin(2 * np.pi * s / lam + phase)
+    # smooth random meandering on top of the periodic part
+    noise = rng.standard_normal(s.size)
+    sigma = max(1.0, wavelength / (4 * step))
+    wander = ndimage.gaussian_filter1d(np.cumsum(noise), sigma) * step * 0.15 * sinuosity
+    return s, offset + wander - wander[0]
+
+
+def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.0,
+                       orientation=0.0, sinuosity=0.5, wavelength=None, branching=0.3,
+                       random_state=None):
+    """Procedural binary training image of sinuous, branching channels.
+
+    Each channel is a centreline crossing the whole image along
+    ``orientation``, with a periodic meander of amplitude
+    ``sinuosity * wavelength / 4`` plus a smooth random wander; with
+    probability ``branching`` it spawns a branch (30 deg +- 15 deg off its
+    direction, also sinuous). Centrelines are dilated to ``width`` cells.
+    Channels are added until the channel fraction reaches ``density`` (or
+    ``n_channels`` channels are drawn).
+
+    Parameters
+    ----------
+    shape : tuple of int, default=(500, 500)
+        ``(n_rows, n_cols)`` in cells.
+    n_channels : int or None, default=None
+        Exact number of channels; None: as many as ``density`` needs.
+    density : float, default=0.25
+        Target channel fraction in (0, 1) when ``n_channels`` is None
+        (the paper's image has 0.26).
+    width : float, default=8.0
+        Channel width in cells.
+    orientation : float, default=0.0
+        Mean channel direction in degrees, counter-clockwise from the
+        column (x) axis; 0 gives horizontal channels.
+    sinuosity : float, default=0.5
+        Meander amplitude relative to a quarter wavelength; 0: straight.
+    wavelength : float or None, default=None
+        Meander wavelength in cells; None: ``max(shape) / 3``.
+    branching : float, default=0.3
+        Probability in [0, 1] that a channel has a branch.
+    random_state : int, numpy Generator/RandomState or None
+        Seed; the same seed gives the same image.
+
+    Returns
+    -------
+    image : ndarray of shape (n_rows, n_cols), dtype float64
+        1 inside channels, 0 elsewhere.
+    """
+    owner = "make_channel_image"
+    n_rows, n_cols = _check_shape(shape, "shape", owner)
+    if n_channels is None and not 0 < density < 1:
+        raise ValueError(f"{owner}: density must be in (0, 1); got {density!r}.")
+    if not width > 0:
+        raise ValueError(f"{owner}: width must be > 0 cells; got {width!r}.")
+    if not 0 <= branching <= 1:
+        raise ValueError(f"{owner}: branching must be in [0, 1]; got {branching!r}.")
+    if sinuosity < 0:
+        raise ValueError(f"{owner}: sinuosity must be >= 0; got {sinuosity!r}.")
+    rng = _rng(random_state)
+    wavelength = float(wavelength) if wavelength is not None else max(n_rows, n_cols) / 3.0
+    theta = np.deg2rad(orientation)
+    # unit vectors along and across the channel direction in (col=x, row=-y) coordinates
+    along = np.array([np.cos(theta), -np.sin(theta)])  # (dx, drow)
+    across = np.array([np.sin(theta), np.cos(theta)])
+    diag = float(np.hypot(n_rows, n_cols))
+    centre = np.array([(n_cols - 1) / 2.0, (n_rows - 1) / 2.0])
+    step = 0.5
+    centreline = np.zeros((n_rows, n_cols), dtype=bool)
+    radius = width / 2.0
+
+    def stamp(points):
+        cols = np.rint(points[:, 0]).astype(np.int64)
+        rows = np.rint(points[:, 1]).astype(np.int64)
+        ok = (rows >= 0) & (rows < n_rows) & (cols >= 0) & (cols < n_cols)
+        centreline[rows[ok], cols[ok]] = True
+
+    def channel_fraction():
+        if not centreline.any():
+            return 0.0
+        return float((ndimage.distance_transform_edt(~centreline) <= radius).mean())
+
+    max_channels = n_channels if n_channels is not None else 1000
+    drawn = 0
+    while drawn < max_channels:
+        s, offset = _centreline(rng, diag + 2 * width, step, sinuosity, wavelength)
+        start = centre - along * (diag / 2 + width) + across * rng.uniform(-diag / 2, diag / 2)
+        points = start + s[:, None] * along + offset[:, None] * across
+        stamp(points)
+        if rng.uniform() < branching:
+            i0 = rng.integers(0, s.size)
+            sign = rng.choice([-1.0, 1.0])
+            phi = theta + sign * np.deg2rad(rng.uniform(15.0, 45.0))
+            b_along = np.array([np.cos(phi), -np.sin(phi)])
+            b_across = np.array([np.sin(phi), np.cos(phi)])
+            sb, ob = _centreline(rng, rng.uniform(0.3, 0.8) * diag, step, sinuosity, wavelength)
+            stamp(points[i0] + sb[:, None] * b_along + ob[:, None] * b_across)
+        drawn += 1
+        # cheap upper bound (centreline cells x width) before the exact distance transform
+        if (n_channels is None and centreline.sum() * width >= density * n_rows * n_cols
+                and channel_fraction() >= density):
+            break
+    if not centreline.any():
+        return np.zeros((n_rows, n_cols))
+    return (ndimage.distance_transform_edt(~centreline) <= radius).astype(np.float64)
+
+
+def make_straight_channels(n_samples, shape=(16, 16), width=3, random_state=None):
+    """Models with one straight horizontal channel at a random depth.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of models.
+    shape : tuple of int, default=(16, 16)
+        ``(n_rows, n_cols)`` in cells.
+    width : int, default=3
+        Channel thickness in rows (cells).
+    random_state : int, numpy Generator/RandomState or None
+
+    Returns
+    -------
+    images : ndarray of shape (n_samples, n_rows, n_cols), dtype float64
+        1 in the rows ``top .. top + width - 1``, with ``top`` uniform in
+        ``0 .. n_rows - width``; the channel fraction of every model is
+        exactly ``width / n_rows``.
+    """
+    owner = "make_straight_channels"
+    n_rows, n_cols = _check_shape(shape, "shape", owner)
+    width = int(width)
+    if not 1 <= width <= n_rows:
+        raise ValueError(f"{owner}: width must be in [1, n_rows={n_rows}] rows; got {width!r}.")
+    if int(n_samples) < 0:
+        raise ValueError(f"{owner}: n_samples must be >= 0; got {n_samples!r}.")
+    rng = _rng(random_state)
+    tops = rng.integers(0, n_rows - width + 1, size=int(n_samples))
+    rows = np.arange(n_rows)
+    inside = (rows[None, :] >= tops[:, None]) & (rows[None, :] < tops[:, None] + width)
+    return np.repeat(inside[:, :, None], n_cols, axis=2).astype(np.float64)
+
+
+def load_image(path, threshold=0.5):
+    """Load a training image from a PNG (or any Pillow format) or an NPY file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.npy`` files are read with ``numpy.load(allow_pickle=False)`` (no
+        code execution) and returned as float64; other files are opened with
+        Pillow, converted to grey levels in [0, 1] and thresholded.
+    threshold : float or None, default=0.5
+        Grey level (in [0, 1]) at or above which a pixel is channel (1).
+        None keeps grey levels (images only).
+
+    Returns
+    -------
+    image : ndarray of shape (n_rows, n_cols), dtype float64
+    """
+    path = os.fspath(path)
+    if path.lower().endswith(".npy"):
+        image = np.load(path, allow_pickle=False)
+        image = np.asarray(image, dtype=np.float64)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            image = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+        if threshold is not None:
+            image = (image >= threshold).astype(np.float64)
+    if image.ndim != 2:
+        raise ValueError(f"load_image: expected a 2-D image in {path!r}; got shape {image.shape}.")
+    return image
+
+
+def _is_window(w):
+    try:
+        a = np.asarray(w)
+    except Exception:  # pragma: no cover
+        return False
+    return a.ndim == 1 and a.size == 4 and np.issubdtype(a.dtype, np.number)
+
+
+class PatchSampler:
+    """Fresh random crops from large training images, avoiding held-out windows.
+
+    Every call of :meth:`sample` draws new crop corners uniformly among all
+    crops of ``patch_shape`` that fit in an image and do not overlap any
+    exclusion window (the held-out test models), as the paper's training loop
+    does at every iteration.
+
+    Parameters
+    ----------
+    images : array-like of shape (n_rows, n_cols) or sequence of them
+        Training image(s), e.g. from :func:`make_channel_image` or
+        :func:`load_image`.
+    patch_shape : tuple of int
+        ``(n_rows, n_cols)`` of the crops, in cells (the paper: (129, 65)).
+    exclude : sequence, default=None
+        Exclusion windows ``(row0, col0, n_rows, n_cols)`` (top-left corner
+        and size, cells). Either a flat sequence of windows applied to every
+        image, or one sequence of windows per image.
+    random_state : int, numpy Generator/RandomState or None
+        Seeds the sampler's own generator (used when :meth:`sample` gets no
+        ``random_state``).
+
+    Attributes
+    ----------
+    n_features : int
+        ``patch_shape[0] * patch_shape[1]``.
+    n_valid : ndarray of int
+        Number of admissible crop corners per image.
+
+    Notes
+    -----
+    A crop with top-left corner ``(r, c)`` covers rows ``r .. r + h - 1`` and
+    columns ``c .. c + w - 1``; it overlaps window ``(r0, c0, hw, ww)`` iff
+    ``r < r0 + hw and r0 < r + h and c < c0 + ww and c0 < c + w``.
+    """
+
+    def __init__(self, images, patch_shape, exclude=None, random_state=None):
+        owner = "PatchSampler"
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            images = [images]
+        elif isinstance(images, np.ndarray) and images.ndim == 3:
+            images = list(images)
+        images = [np.asarray(im, dtype=np.float32) for im in images]
+        if not images or any(im.ndim != 2 for im in images):
+            raise ValueError(f"{owner}: images must be 2-D arrays (n_rows, n_cols); got "
+                             f"{[im.shape for im in images]}.")
+        if any(not np.isfinite(im).all() for im in images):
+            raise ValueError(f"{owner}: images contain NaN or infinity.")
+        self.images = images
+        self.patch_shape = _check_shape(patch_shape, "patch_shape", owner)
+        h, w = self.patch_shape
+        for i, im in enumerate(images):
+            if im.shape[0] < h or im.shape[1] < w:
+                raise ValueError(f"{owner}: patch_shape {self.patch_shape} larger than image {i} "
+                                 f"of shape {im.shape}.")
+        if exclude is None or len(exclude) == 0:
+            per_image = [[] for _ in images]
+        elif all(_is_window(e) for e in exclude):
+            per_image = [list(exclude) for _ in images]
+        else:
+            if len(exclude) != len(images):
+                raise ValueError(f"{owner}: exclude must be a list of windows (row0, col0, n_rows, "
+                                 f"n_cols) or one list of windows per image ({len(images)}); got "
+                                 f"{len(exclude)} entries.")
+            per_image = [list(e) if e is not None else [] for e in exclude]
+            for e in per_image:
+                if not all(_is_window(x) for x in e):
+                    raise ValueError(f"{owner}: each exclusion window must be (row0, col0, n_rows, "
+                                     f"n_cols); got {e!r}.")
+        self.exclude = [[tuple(int(v) for v in win) for win in e] for e in per_image]
+        self._corners = []
+        for im, windows in zip(images, self.exclude):
+            mask = np.ones((im.shape[0] - h + 1, im.shape[1] - w + 1), dtype=bool)
+            for r0, c0, hw, ww in windows:
+                if hw < 1 or ww < 1:
+                    raise ValueError(f"{owner}: exclusion window sizes must be >= 1; got "
+                                     f"{(r0, c0, hw, ww)}.")
+                mask[max(0, r0 - h + 1):max(0, r0 + hw), max(0, c0 - w + 1):max(0, c0 + ww)] = False
+            self._corners.append(np.flatnonzero(mask).astype(np.int64))
+        self.n_valid = np.array([c.size for c in self._corners])
+        if self.n_valid.sum() == 0:
+            raise ValueError(f"{owner}: no crop of shape {self.patch_shape} avoids the exclusion windows.")
+        self.n_features = h * w
+        self.random_state = random_state
+        self._rng = _rng(random_state)
+
+    def sample_corners(self, n_samples, random_state=None):
+        """Draw crop positions: arrays ``(image_index, row0, col0)``, each of shape (n_samples,)."""
+        rng = self._rng if random_state is None else _rng(random_state)
+        n_samples = int(n_samples)
+        p = self.n_valid / self.n_valid.sum()
+        which = rng.choice(len(self.images), size=n_samples, p=p)
+        rows = np.empty(n_samples, dtype=np.int64)
+        cols = np.empty(n_samples, dtype=np.int64)
+        h, w = self.patch_shape
+        for i in np.unique(which):
+            sel = which == i
+            flat = self._corners[i][rng.integers(0, self.n_valid[i], size=int(sel.sum()))]
+            rows[sel], cols[sel] = np.divmod(flat, self.images[i].shape[1] - w + 1)
+        return which, rows, cols
+
+    def sample(self, n_samples, random_state=None):
+        """Draw ``n_samples`` fresh crops.
+
+        Parameters
+        ----------
+        n_samples : int
+        random_state : int, numpy Generator/RandomState or None
+            None uses the sampler's own generator (advancing it).
+
+        Returns
+        -------
+        patches : ndarray of shape (n_samples, n_rows, n_cols), dtype float32
+        """
+        which, rows, cols = self.sample_corners(n_samples, random_state)
+        h, w = self.patch_shape
+        out = np.empty((len(which), h, w), dtype=np.float32)
+        for k, (i, r, c) in enumerate(zip(which, rows, cols)):
+            out[k] = self.images[i][r:r + h, c:c + w]
+        return out
+
+    def __repr__(self):
+        return (f"PatchSampler(n_images={len(self.images)}, patch_shape={self.patch_shape}, "
+                f"n_exclude={sum(len(e) for e in self.exclude)})")

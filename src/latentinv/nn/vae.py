@@ -1,0 +1,484 @@
+"""Torch modules of the variational autoencoder prior (Lopez-Alvis et al., 2021).
+
+This module holds the network architecture and the training loss of the VAE
+prior and nothing else: it imports torch and numpy only (no scikit-learn).
+The scikit-learn estimator that trains it lives in :mod:`latentinv.prior`.
+
+Conventions
+-----------
+Every module works on *flat* float32 models of shape ``(batch, n_features)``,
+where an image of shape ``(n_rows, n_cols)`` is flattened in C order
+(row 0 = top = shallowest, flat index = ``row * n_cols + col``). Convolutional
+modules reshape internally.
+
+Loss (reference implementation, paper's training notebook)::
+
+    z    = mu + sqrt(alpha) * sigma * eps,         eps ~ N(0, I)            (1)
+    loss = sum_{batch, pixels} (x_hat - x)**2
+           + beta * mean_{batch, latent} KL_j                                (2)
+    KL_j = -0.5 * (1 + logvar_j - mu_j**2 - exp(logvar_j))                   (3)
+
+with ``beta = 1000``, batch 100. Because the KL term of (2) is *averaged* over
+batch and latent dimensions while the reconstruction is *summed*, the
+equivalent weight in the usual per-sample ELBO convention (reconstruction
+summed over pixels, KL summed over latent dimensions, both averaged over the
+batch) is::
+
+    beta_per_sample = beta / (batch_size * n_components)                    (4)
+
+e.g. 1000 / (100 * 20) = 0.5 for the paper's settings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ConvEncoder",
+    "ConvDecoder",
+    "MLPEncoder",
+    "MLPDecoder",
+    "VAE",
+    "LatentDecoder",
+    "conv_geometry",
+    "kl_divergence",
+    "vae_loss",
+    "build_vae",
+    "REFERENCE_CHANNELS",
+    "REFERENCE_KERNEL_SIZES",
+    "REFERENCE_HIDDEN_SIZE",
+]
+
+#: Channels of the four strided convolutions of the reference encoder.
+REFERENCE_CHANNELS = (32, 64, 128, 256)
+#: Kernel sizes of the four strided convolutions of the reference encoder.
+REFERENCE_KERNEL_SIZES = (5, 5, 4, 4)
+#: Width of the fully-connected hidden layer of the reference encoder/decoder.
+REFERENCE_HIDDEN_SIZE = 512
+
+_STRIDE = 2
+
+
+def _pair_padding(size: int, kernel: int) -> int:
+    """Padding of one strided convolution along one axis.
+
+    Zero (the reference, "valid" convolution) whenever the input is at least
+    as large as the kernel; otherwise the smallest padding that keeps one
+    output element.
+    """
+    if size >= kernel:
+        return 0
+    return int(math.ceil((kernel - size) / 2))
+
+
+def conv_geometry(image_shape: Tuple[int, int], kernel_sizes: Sequence[int], stride: int = _STRIDE):
+    """Shapes of the strided convolution stack for an image of any size.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(n_rows, n_cols)`` of the image, in cells.
+    kernel_sizes : sequence of int
+        Kernel size of each strided convolution.
+    stride : int, default=2
+        Stride of every convolution.
+
+    Returns
+    -------
+    layers : list of dict
+        One dict per convolution with keys ``in_shape``, ``out_shape``,
+        ``padding`` and ``output_padding`` (the latter for the mirrored
+        transposed convolution, so that the decoder returns exactly
+        ``in_shape``: ``out = (n_out - 1) * stride - 2 p + k + output_padding``).
+
+    Notes
+    -----
+    For the paper's 129 x 65 images and kernels (5, 5, 4, 4) every padding and
+    output padding is zero and the flattened map is 256 x 6 x 2 = 3072, as in
+    the reference implementation.
+    """
+    shape = tuple(int(s) for s in image_shape)
+    layers = []
+    for k in kernel_sizes:
+        k = int(k)
+        pad = tuple(_pair_padding(s, k) for s in shape)
+        out = tuple((s + 2 * p - k) // stride + 1 for s, p in zip(shape, pad))
+        out_pad = tuple((s + 2 * p - k) % stride for s, p in zip(shape, pad))
+        layers.append(dict(in_shape=shape, out_shape=out, padding=pad, output_padding=out_pad))
+        shape = out
+    return layers
+
+
+def _norm(n_channels: int, spatial_shape: Tuple[int, int]) -> nn.Module:
+    # Instance normalisation of a single spatial element is undefined (zero
+    # variance; torch refuses it in training): fall back on the identity there.
+    if spatial_shape[0] * spatial_shape[1] <= 1:
+        return nn.Identity()
+    return nn.InstanceNorm2d(n_channels)
+
+
+def _as_image_batch(x: torch.Tensor, image_shape: Tuple[int, int], owner: str) -> torch.Tensor:
+    n_rows, n_cols = image_shape
+    n_cells = n_rows * n_cols
+    if x.dim() == 2 and x.shape[1] == n_cells:
+        return x.reshape(x.shape[0], 1, n_rows, n_cols)
+    if x.dim() == 3 and tuple(x.shape[1:]) == (n_rows, n_cols):
+        return x.unsqueeze(1)
+    if x.dim() == 4 and tuple(x.shape[1:]) == (1, n_rows, n_cols):
+        return x
+    raise ValueError(
+        f"{owner}: expected input of shape (batch, {n_cells}), (batch, {n_rows}, {n_cols}) "
+        f"or (batch, 1, {n_rows}, {n_cols}) for image_shape={tuple(image_shape)}; "
+        f"got {tuple(x.shape)}."
+    )
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional encoder of the reference VAE.
+
+    Four strided (stride 2) convolutions without bias, each followed by
+    instance normalisation and ReLU, then a flatten, a fully-connected layer
+    with ReLU and two linear heads for the latent mean and log-variance.
+    Shapes are derived for any image size (:func:`conv_geometry`).
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(n_rows, n_cols)`` of the input images.
+    n_components : int
+        Latent dimension ``d``.
+    channels : sequence of int, default=(32, 64, 128, 256)
+        Output channels of the convolutions.
+    kernel_sizes : sequence of int, default=(5, 5, 4, 4)
+        Kernel sizes of the convolutions.
+    hidden_size : int, default=512
+        Width of the fully-connected hidden layer.
+    """
+
+    def __init__(self, image_shape, n_components, channels=REFERENCE_CHANNELS,
+                 kernel_sizes=REFERENCE_KERNEL_SIZES, hidden_size=REFERENCE_HIDDEN_SIZE):
+        super().__init__()
+        if len(channels) != len(kernel_sizes):
+            raise ValueError(
+                f"ConvEncoder: channels and kernel_sizes must have the same length; "
+                f"got {len(channels)} and {len(kernel_sizes)}."
+            )
+        self.image_shape = tuple(int(s) for s in image_shape)
+        geometry = conv_geometry(self.image_shape, kernel_sizes)
+        layers = []
+        in_ch = 1
+        for out_ch, k, g in zip(channels, kernel_sizes, geometry):
+            layers += [
+                nn.Conv2d(in_ch, int(out_ch), kernel_size=int(k), stride=_STRIDE,
+                          padding=g["padding"], bias=False),
+                _norm(int(out_ch), g["out_shape"]),
+                nn.ReLU(),
+            ]
+            in_ch = int(out_ch)
+        self.conv = nn.Sequential(*layers)
+        flat = in_ch * geometry[-1]["out_shape"][0] * geometry[-1]["out_shape"][1]
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(flat, int(hidden_size)), nn.ReLU())
+        self.fc_mu = nn.Linear(int(hidden_size), int(n_components))
+        self.fc_logvar = nn.Linear(int(hidden_size), int(n_components))
+
+    def forward(self, x):
+        """Return ``(mu, logvar)``, each of shape ``(batch, n_components)``."""
+        h = self.fc(self.conv(_as_image_batch(x, self.image_shape, type(self).__name__)))
+        return self.fc_mu(h), self.fc_logvar(h)
+
+
+class ConvDecoder(nn.Module):
+    """Convolutional decoder of the reference VAE (mirror of :class:`ConvEncoder`).
+
+    Two fully-connected layers (``z -> hidden -> flattened map``, ReLU after
+    the second, as in the reference), four transposed convolutions with
+    instance normalisation and ReLU (none after the last), and a sigmoid.
+    Output padding is derived so that the output is exactly ``image_shape``.
+
+    Parameters
+    ----------
+    image_shape, n_components, channels, kernel_sizes, hidden_size
+        As for :class:`ConvEncoder`.
+
+    Notes
+    -----
+    ``forward(z)`` returns flat models of shape ``(batch, n_rows * n_cols)``
+    in C order, values in [0, 1].
+    """
+
+    def __init__(self, image_shape, n_components, channels=REFERENCE_CHANNELS,
+                 kernel_sizes=REFERENCE_KERNEL_SIZES, hidden_size=REFERENCE_HIDDEN_SIZE):
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        geometry = conv_geometry(self.image_shape, kernel_sizes)
+        channels = [int(c) for c in channels]
+        self.map_shape = (channels[-1],) + tuple(geometry[-1]["out_shape"])
+        flat = int(math.prod(self.map_shape))
+        self.fc = nn.Sequential(
+            nn.Linear(int(n_components), int(hidden_size)),
+            nn.Linear(int(hidden_size), flat),
+            nn.ReLU(),
+        )
+        layers = []
+        in_channels = channels[::-1]
+        out_channels = channels[::-1][1:] + [1]
+        for i, (g, k, cin, cout) in enumerate(
+            zip(geometry[::-1], list(kernel_sizes)[::-1], in_channels, out_channels)
+        ):
+            layers.append(nn.ConvTranspose2d(cin, cout, kernel_size=int(k), stride=_STRIDE,
+                                             padding=g["padding"],
+                                             output_padding=g["output_padding"], bias=False))
+            if i < len(geometry) - 1:
+                layers += [_norm(cout, g["in_shape"]), nn.ReLU()]
+        layers.append(nn.Sigmoid())
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z):
+        """Map latents ``(batch, n_components)`` to flat models ``(batch, n_cells)``."""
+        h = self.fc(z).reshape((z.shape[0],) + self.map_shape)
+        return self.deconv(h).reshape(z.shape[0], -1)
+
+
+def _mlp(sizes, final_activation=None):
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    if final_activation is not None:
+        layers.append(final_activation)
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    """Fully-connected encoder for vector data (e.g. the paper's 2-D "eight" toy).
+
+    Parameters
+    ----------
+    n_features : int
+        Input dimension.
+    n_components : int
+        Latent dimension.
+    hidden_size : int, default=64
+        Width of the two hidden layers (ReLU).
+    """
+
+    def __init__(self, n_features, n_components, hidden_size=64):
+        super().__init__()
+        self.n_features = int(n_features)
+        self.body = _mlp([self.n_features, int(hidden_size), int(hidden_size)], nn.ReLU())
+        self.fc_mu = nn.Linear(int(hidden_size), int(n_components))
+        self.fc_logvar = nn.Linear(int(hidden_size), int(n_components))
+
+    def forward(self, x):
+        """Return ``(mu, logvar)`` for flat inputs ``(batch, n_features)``."""
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.n_features:
+            raise ValueError(
+                f"MLPEncoder: expected input with {self.n_features} features; got {x.shape[1]}."
+            )
+        h = self.body(x)
+        return self.fc_mu(h), self.fc_logvar(h)
+
+
+class MLPDecoder(nn.Module):
+    """Fully-connected decoder, mirror of :class:`MLPEncoder`.
+
+    Parameters
+    ----------
+    n_features, n_components, hidden_size
+        As for :class:`MLPEncoder`.
+    output_activation : {"sigmoid", "identity"}, default="sigmoid"
+        Sigmoid for data in [0, 1] (binary images); identity for unbounded data.
+    """
+
+    def __init__(self, n_features, n_components, hidden_size=64, output_activation="sigmoid"):
+        super().__init__()
+        if output_activation not in ("sigmoid", "identity"):
+            raise ValueError(
+                f"MLPDecoder: output_activation must be 'sigmoid' or 'identity'; "
+                f"got {output_activation!r}."
+            )
+        final = nn.Sigmoid() if output_activation == "sigmoid" else None
+        self.body = _mlp([int(n_components), int(hidden_size), int(hidden_size), int(n_features)], final)
+
+    def forward(self, z):
+        """Map latents ``(batch, n_components)`` to ``(batch, n_features)``."""
+        return self.body(z)
+
+
+class VAE(nn.Module):
+    """Variational autoencoder: an encoder, a decoder and the reparameterisation.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        ``encoder(x) -> (mu, logvar)``.
+    decoder : nn.Module
+        ``decoder(z) -> x_hat`` (flat, ``(batch, n_features)``).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, x):
+        """Latent mean and log-variance ``(mu, logvar)`` of ``x``."""
+        return self.encoder(x)
+
+    def decode(self, z):
+        """Mean decoder (no noise): flat models ``(batch, n_features)``."""
+        return self.decoder(z)
+
+    @staticmethod
+    def reparameterise(mu, logvar, alpha=1.0, generator=None):
+        """Draw ``z = mu + sqrt(alpha) * exp(logvar / 2) * eps``, eps ~ N(0, I), eq. (1).
+
+        ``alpha = 1`` is the usual VAE, ``alpha = 0`` returns ``mu`` exactly
+        (deterministic autoencoder) without drawing any random number.
+        """
+        if alpha == 0:
+            return mu
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + math.sqrt(alpha) * torch.exp(0.5 * logvar) * eps
+
+    reparameterize = reparameterise
+
+    def forward(self, x, alpha=1.0, generator=None):
+        """Return ``(x_hat, mu, logvar)`` with ``z`` drawn by eq. (1)."""
+        mu, logvar = self.encode(x)
+        z = self.reparameterise(mu, logvar, alpha=alpha, generator=generator)
+        return self.decode(z), mu, logvar
+
+
+class LatentDecoder(nn.Module):
+    """Batch-size agnostic view ``z -> flat model`` of any module with ``decode``.
+
+    ``forward(z)`` returns ``module.decode(z)`` reshaped to ``(batch, n_features)``.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, z):
+        return self.module.decode(z).reshape(z.shape[0], -1)
+
+
+def kl_divergence(mu, logvar, reduction="mean"):
+    """KL divergence of N(mu, exp(logvar)) from N(0, I), eq. (3).
+
+    Parameters
+    ----------
+    mu, logvar : torch.Tensor of shape (batch, n_components)
+        Latent mean and log-variance.
+    reduction : {"mean", "sum", "per_sample", "none"}, default="mean"
+        ``"mean"``: averaged over batch *and* latent dimensions (the reference
+        convention of eq. (2)); ``"sum"``: summed over both; ``"per_sample"``:
+        summed over latent dimensions, shape ``(batch,)``; ``"none"``:
+        elementwise.
+    """
+    kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp())
+    if reduction == "mean":
+        return kl.mean()
+    if reduction == "sum":
+        return kl.sum()
+    if reduction == "per_sample":
+        return kl.reshape(kl.shape[0], -1).sum(dim=1)
+    if reduction == "none":
+        return kl
+    raise ValueError(
+        f"kl_divergence: reduction must be 'mean', 'sum', 'per_sample' or 'none'; got {reduction!r}."
+    )
+
+
+def vae_loss(x_hat, x, mu, logvar, beta=1000.0):
+    """Training loss of the reference implementation, eq. (2).
+
+    Parameters
+    ----------
+    x_hat, x : torch.Tensor of shape (batch, n_features)
+        Reconstruction and data (any shape with matching number of elements).
+    mu, logvar : torch.Tensor of shape (batch, n_components)
+    beta : float, default=1000.0
+        Weight of the KL term averaged over batch and latent dimensions; the
+        per-sample equivalent is ``beta / (batch * n_components)``, eq. (4).
+
+    Returns
+    -------
+    loss, reconstruction, kl : torch.Tensor (scalars)
+        ``reconstruction`` is the squared error summed over batch and pixels,
+        ``kl`` the KL averaged over batch and latent dimensions.
+    """
+    reconstruction = (x_hat.reshape(x.shape) - x).pow(2).sum()
+    kl = kl_divergence(mu, logvar, reduction="mean")
+    return reconstruction + beta * kl, reconstruction, kl
+
+
+Factory = Callable[..., nn.Module]
+
+
+def build_vae(architecture: Union[str, Factory], input_shape, n_components, *,
+              channels=REFERENCE_CHANNELS, kernel_sizes=REFERENCE_KERNEL_SIZES,
+              hidden_size=REFERENCE_HIDDEN_SIZE, output_activation="sigmoid", seed=None):
+    """Build a VAE module, initialised deterministically from ``seed``.
+
+    Parameters
+    ----------
+    architecture : {"conv", "mlp"} or callable
+        ``"conv"``: :class:`ConvEncoder`/:class:`ConvDecoder` (``input_shape``
+        must be ``(n_rows, n_cols)``); ``"mlp"``: :class:`MLPEncoder`/
+        :class:`MLPDecoder` (``input_shape`` an int or a tuple, flattened);
+        a callable ``factory(input_shape, n_components) -> nn.Module`` whose
+        module has ``encode(x) -> (mu, logvar)`` and ``decode(z) -> x``.
+    input_shape : int or tuple of int
+    n_components : int
+    channels, kernel_sizes, hidden_size, output_activation
+        Architecture parameters of the built-in modules.
+    seed : int or None
+        Initialisation seed. The module is built under
+        :func:`torch.random.fork_rng`, so torch's global RNG is left unchanged.
+
+    Returns
+    -------
+    module : nn.Module
+        On the CPU, float32, in training mode.
+    """
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        if callable(architecture):
+            module = architecture(input_shape, n_components)
+            missing = [m for m in ("encode", "decode") if not callable(getattr(module, m, None))]
+            if not isinstance(module, nn.Module) or missing:
+                raise TypeError(
+                    "build_vae: the architecture factory must return an nn.Module with "
+                    f"encode(x) -> (mu, logvar) and decode(z) -> x methods; got "
+                    f"{type(module).__name__} (missing {missing})."
+                )
+        elif architecture == "conv":
+            if not (isinstance(input_shape, tuple) and len(input_shape) == 2):
+                raise ValueError(
+                    f"build_vae: architecture='conv' needs input_shape=(n_rows, n_cols); "
+                    f"got {input_shape!r}."
+                )
+            module = VAE(
+                ConvEncoder(input_shape, n_components, channels, kernel_sizes, hidden_size),
+                ConvDecoder(input_shape, n_components, channels, kernel_sizes, hidden_size),
+            )
+        elif architecture == "mlp":
+            n_features = int(math.prod(input_shape)) if isinstance(input_shape, tuple) else int(input_shape)
+            module = VAE(
+                MLPEncoder(n_features, n_components, hidden_size),
+                MLPDecoder(n_features, n_components, hidden_size, output_activation),
+            )
+        else:
+            raise ValueError(
+                f"build_vae: architecture must be 'conv', 'mlp' or a callable; got {architecture!r}."
+            )
+    return module.float()

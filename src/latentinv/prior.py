@@ -1,0 +1,631 @@
+"""Variational-autoencoder prior as a scikit-learn transformer.
+
+:class:`VAEPrior` trains the VAE of Lopez-Alvis et al. (2021, Computers &
+Geosciences) on training models (arrays or a :class:`~latentinv.datasets.PatchSampler`
+of fresh crops) and exposes its mean decoder as a differentiable torch module
+(``decoder_``) for inversion in latent space. The torch modules and the loss
+live in :mod:`latentinv.nn.vae`; this module is the scikit-learn shell.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from .datasets import PatchSampler
+from .nn.vae import (
+    REFERENCE_CHANNELS,
+    REFERENCE_HIDDEN_SIZE,
+    REFERENCE_KERNEL_SIZES,
+    LatentDecoder,
+    build_vae,
+    kl_divergence,
+    vae_loss,
+)
+
+__all__ = ["VAEPrior"]
+
+_WEIGHTS_FILE = "weights.safetensors"
+_CONFIG_FILE = "config.json"
+_CHUNK = 1024  # samples per forward pass in encode/decode/score
+
+
+def _resolve_device(device, owner="VAEPrior"):
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str):
+        raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}.")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{owner}: device={device!r} requested but CUDA is not available; "
+                         "use device='cpu' or 'auto'.")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}.")
+    return dev
+
+
+def _ndim(X):
+    shape = getattr(X, "shape", None)
+    if isinstance(shape, tuple):
+        return len(shape)
+    try:
+        return np.asarray(X).ndim
+    except (ValueError, TypeError):
+        return -1  # let check_array report the problem
+
+
+class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Deep generative prior: a variational autoencoder (Lopez-Alvis et al., 2021).
+
+    Trains an encoder ``q(z | x) = N(mu(x), diag(exp(logvar(x))))`` and a mean
+    decoder ``g(z)`` on training models with the loss of the paper's
+    reference implementation::
+
+        z    = mu + sqrt(alpha) * sigma * eps,  eps ~ N(0, I)                (1)
+        loss = sum_{batch, pixels} (g(z) - x)**2
+               + beta * mean_{batch, latent} KL(q(z_j | x) || N(0, 1))        (2)
+
+    optimised with Adam, one step per iteration on a fresh mini-batch. The
+    defaults (beta = 1000, batch 100, Adam 1e-3) are the paper's; in the
+    usual per-sample ELBO convention (reconstruction summed over pixels, KL
+    summed over latent dimensions, averaged over the batch) the same loss has
+    ``beta_per_sample = beta / (batch_size * n_components)`` (0.5 for the
+    defaults), see :attr:`beta_per_sample_`.
+
+    Parameters
+    ----------
+    n_components : int, default=20
+        Latent dimension ``d``.
+    image_shape : tuple of int or None, default=None
+        ``(n_rows, n_cols)`` of the models, needed when ``fit`` gets flat
+        models ``(n_samples, n_cells)`` and ``architecture="conv"``. Inferred
+        from 3-D input or from a :class:`~latentinv.datasets.PatchSampler`.
+    architecture : {"conv", "mlp"} or callable, default="conv"
+        ``"conv"``: the paper's convolutional encoder/decoder (4 strided
+        convolutions + 2 fully-connected layers each way, instance
+        normalisation, ReLU, sigmoid output), derived for any image size.
+        ``"mlp"``: two hidden fully-connected layers each way, for vector
+        data (the paper's 2-D "eight" toy). A callable
+        ``factory(input_shape, n_components) -> torch.nn.Module`` is called
+        with ``image_shape`` (a tuple) when known, else ``n_features`` (an
+        int); its module must provide ``encode(x) -> (mu, logvar)`` for
+        float32 ``x`` of shape ``(batch, n_features)`` (flat, C order) and
+        ``decode(z) -> x_hat`` returning ``batch * n_features`` values.
+    channels : tuple of int, default=(32, 64, 128, 256)
+        Output channels of the four convolutions ("conv" only).
+    kernel_sizes : tuple of int, default=(5, 5, 4, 4)
+        Kernel sizes of the four convolutions ("conv" only).
+    hidden_size : int, default=512
+        Width of the fully-connected hidden layer(s).
+    output_activation : {"sigmoid", "identity"}, default="sigmoid"
+        Output of the "mlp" decoder ("conv" always ends with a sigmoid).
+    beta : float, default=1000.0
+        Weight of the KL term of eq. (2) (averaged over batch and latent
+        dimensions).
+    alpha : float, default=1.0
+        Scale of the sampling noise in eq. (1): 1 is the usual VAE, 0 a
+        deterministic autoencoder.
+    batch_size : int, default=100
+        Models per Adam step (all samples when ``fit`` gets fewer).
+    learning_rate : float, default=1e-3
+        Adam step size.
+    n_iterations : int, default=1000
+        Number of Adam steps. The paper trains 1e5 steps (about 22 h on one
+        CPU thread for the reference network at 129 x 65, see
+        ``benchmarks/bench_prior.py``); the default is a CPU-friendly
+        schedule (about 13 min on one thread) that gives a usable but not
+        converged prior: raise it on a GPU.
+    device : {"auto", "cpu", "cuda"} or str, default="auto"
+        Torch device, resolved at ``fit`` ("auto": CUDA when available).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, the mini-batch draws and the noise of
+        eq. (1) (local generators only; torch's global RNG is untouched).
+        The same integer gives identical weights on the CPU.
+    verbose : int, default=0
+        Progress bar (tqdm) when > 0.
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+        Trained VAE (``encode``/``decode``), float32, eval mode, on ``device_``.
+    decoder_ : torch.nn.Module
+        Mean decoder ``z (batch, n_components) -> models (batch, n_cells)``,
+        float32, flat in C order of ``image_shape_`` (row 0 at the top),
+        values in [0, 1] for the built-in image architectures; differentiable.
+    device_ : torch.device
+        Device of ``module_``.
+    image_shape_ : tuple of int or None
+        ``(n_rows, n_cols)`` of the models (None for vector data).
+    n_features_in_ : int
+        Number of cells (``n_rows * n_cols``) or features.
+    history_ : dict of list of float
+        Per iteration: ``"reconstruction"`` (squared error summed over batch
+        and pixels), ``"kl"`` (KL averaged over batch and latent dimensions)
+        and ``"loss"`` (eq. (2)).
+    beta_per_sample_ : float
+        ``beta / (batch * n_components)``, the equivalent per-sample weight.
+    latent_distribution : str
+        ``"normal"``: the prior on latents is N(0, I) (class attribute).
+
+    References
+    ----------
+    Lopez-Alvis, J., Laloy, E., Nguyen, F., & Hermans, T. (2021). Deep
+    generative models in inversion: the impact of the generator's
+    nonlinearity and development of a new approach based on a variational
+    autoencoder. Computers & Geosciences, 152, 104762.
+
+    Examples
+    --------
+    >>> from latentinv.datasets import make_straight_channels
+    >>> from latentinv.prior import VAEPrior
+    >>> X = make_straight_channels(50, shape=(16, 16), random_state=0)
+    >>> prior = VAEPrior(n_components=2, channels=(4, 8, 8, 8), hidden_size=16,
+    ...                  n_iterations=2, random_state=0, device="cpu").fit(X)
+    >>> prior.transform(X).shape
+    (50, 2)
+    """
+
+    latent_distribution = "normal"
+
+    def __init__(self, n_components=20, image_shape=None, architecture="conv",
+                 channels=REFERENCE_CHANNELS, kernel_sizes=REFERENCE_KERNEL_SIZES,
+                 hidden_size=REFERENCE_HIDDEN_SIZE, output_activation="sigmoid", beta=1000.0,
+                 alpha=1.0, batch_size=100, learning_rate=1e-3, n_iterations=1000, device="auto",
+                 random_state=None, verbose=0):
+        self.n_components = n_components
+        self.image_shape = image_shape
+        self.architecture = architecture
+        self.channels = channels
+        self.kernel_sizes = kernel_sizes
+        self.hidden_size = hidden_size
+        self.output_activation = output_activation
+        self.beta = beta
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.n_iterations = n_iterations
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self):
+        name = type(self).__name__
+
+        def positive_int(value, pname, minimum=1):
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name}: {pname} must be an int >= {minimum}; got {value!r}.")
+
+        def nonneg_real(value, pname, strict=False):
+            ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0 or (strict and value == 0):
+                bound = "> 0" if strict else ">= 0"
+                raise ValueError(f"{name}: {pname} must be a finite float {bound}; got {value!r}.")
+
+        positive_int(self.n_components, "n_components")
+        positive_int(self.batch_size, "batch_size")
+        positive_int(self.n_iterations, "n_iterations", minimum=0)
+        positive_int(self.hidden_size, "hidden_size")
+        nonneg_real(self.beta, "beta")
+        nonneg_real(self.alpha, "alpha")
+        nonneg_real(self.learning_rate, "learning_rate")
+        if not (callable(self.architecture) or self.architecture in ("conv", "mlp")):
+            raise ValueError(f"{name}: architecture must be 'conv', 'mlp' or a callable factory; "
+                             f"got {self.architecture!r}.")
+        if self.output_activation not in ("sigmoid", "identity"):
+            raise ValueError(f"{name}: output_activation must be 'sigmoid' or 'identity'; "
+                             f"got {self.output_activation!r}.")
+        if self.architecture == "conv":
+            ch, ks = tuple(self.channels), tuple(self.kernel_sizes)
+            if len(ch) != len(ks) or len(ch) == 0 or any(
+                    not isinstance(v, Integral) or v < 1 for v in ch + ks):
+                raise ValueError(f"{name}: channels and kernel_sizes must be equally long tuples of "
+                                 f"positive ints; got channels={self.channels!r}, "
+                                 f"kernel_sizes={self.kernel_sizes!r}.")
+        if self.image_shape is not None:
+            shape = self.image_shape
+            if (not isinstance(shape, (tuple, list)) or len(shape) != 2
+                    or any(not isinstance(s, Integral) or s < 1 for s in shape)):
+                raise ValueError(f"{name}: image_shape must be None or a pair of positive ints "
+                                 f"(n_rows, n_cols); got {shape!r}.")
+        return _resolve_device(self.device, name)
+
+    def _validate_X(self, X, reset):
+        """Return float32 flat array (n_samples, n_features); sets/checks image shape."""
+        name = type(self).__name__
+        if _ndim(X) == 3:
+            X3 = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], ensure_min_features=1)
+            shape3 = tuple(int(s) for s in X3.shape[1:])
+            expected = self.image_shape if reset else self.image_shape_
+            if expected is not None and tuple(expected) != shape3:
+                raise ValueError(f"{name}: models of shape {shape3} do not match "
+                                 f"image_shape={tuple(expected)}.")
+            X = X3.reshape(X3.shape[0], -1)
+            image_shape = shape3
+        else:
+            image_shape = None
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        if reset:
+            if image_shape is None and self.image_shape is not None:
+                image_shape = tuple(int(s) for s in self.image_shape)
+                if image_shape[0] * image_shape[1] != X.shape[1]:
+                    raise ValueError(f"{name}: image_shape={image_shape} has "
+                                     f"{image_shape[0] * image_shape[1]} cells but X has "
+                                     f"{X.shape[1]} features.")
+            self.image_shape_ = image_shape
+        return X
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None):
+        """Train the VAE.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_rows, n_cols) or (n_samples, n_cells), \
+or PatchSampler
+            Training models (values in [0, 1] for the sigmoid decoders), or a
+            :class:`~latentinv.datasets.PatchSampler` drawing fresh crops at
+            every iteration (as the paper).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : VAEPrior
+        """
+        name = type(self).__name__
+        device = self._check_params()
+        rng = check_random_state(self.random_state)
+        init_seed = int(rng.randint(np.iinfo(np.int32).max))
+        noise_seed = int(rng.randint(np.iinfo(np.int32).max))
+
+        sampler = None
+        if isinstance(X, PatchSampler):
+            sampler = X
+            shape = tuple(sampler.patch_shape)
+            if self.image_shape is not None and tuple(self.image_shape) != shape:
+                raise ValueError(f"{name}: PatchSampler patch_shape={shape} does not match "
+                                 f"image_shape={tuple(self.image_shape)}.")
+            for attr in ("feature_names_in_",):
+                if hasattr(self, attr):
+                    delattr(self, attr)
+            self.image_shape_ = shape
+            self.n_features_in_ = shape[0] * shape[1]
+            X_train = None
+        else:
+            X_train = self._validate_X(X, reset=True)
+            if not np.isfinite(X_train).all():  # pragma: no cover - validate_data checks
+                raise ValueError(f"{name}: X contains NaN or infinity.")
+
+        if self.architecture == "conv" and self.image_shape_ is None:
+            raise ValueError(
+                f"{name}: architecture='conv' needs images: pass X of shape "
+                f"(n_samples, n_rows, n_cols), a PatchSampler, or image_shape=(n_rows, n_cols) "
+                f"with X of shape (n_samples, n_cells); got X of shape "
+                f"(n_samples, {self.n_features_in_}) and image_shape=None. Use "
+                f"architecture='mlp' for vector data."
+            )
+        input_shape = self.image_shape_ if self.image_shape_ is not None else self.n_features_in_
+        module = build_vae(self.architecture, input_shape, int(self.n_components),
+                           channels=tuple(self.channels), kernel_sizes=tuple(self.kernel_sizes),
+                           hidden_size=int(self.hidden_size),
+                           output_activation=self.output_activation, seed=init_seed)
+        module = module.to(device)
+        module.train()
+        optimizer = torch.optim.Adam(module.parameters(), lr=float(self.learning_rate))
+        generator = torch.Generator(device=device)
+        generator.manual_seed(noise_seed)
+
+        if X_train is not None:
+            X_tensor = torch.tensor(X_train, dtype=torch.float32, device=device)
+            n_samples = X_tensor.shape[0]
+            batch = min(int(self.batch_size), n_samples)
+        else:
+            batch = int(self.batch_size)
+            sampler_rng = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
+
+        history = {"reconstruction": [], "kl": [], "loss": []}
+        iterations = range(int(self.n_iterations))
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            iterations = tqdm(iterations, desc=f"{name} fit", unit="it")
+        order, position = None, 0
+        for _ in iterations:
+            if X_train is None:
+                xb = torch.tensor(sampler.sample(batch, random_state=sampler_rng).reshape(batch, -1),
+                                  dtype=torch.float32, device=device)
+            elif batch == n_samples:
+                xb = X_tensor
+            else:  # epochs of shuffled mini-batches
+                if order is None or position + batch > n_samples:
+                    order = torch.tensor(rng.permutation(n_samples), device=device)
+                    position = 0
+                xb = X_tensor[order[position:position + batch]]
+                position += batch
+            x_hat, mu, logvar = module(xb, alpha=float(self.alpha), generator=generator)
+            loss, reconstruction, kl = vae_loss(x_hat, xb, mu, logvar, beta=float(self.beta))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history["reconstruction"].append(float(reconstruction.detach()))
+            history["kl"].append(float(kl.detach()))
+            history["loss"].append(float(loss.detach()))
+            if self.verbose and hasattr(iterations, "set_postfix"):
+                iterations.set_postfix(loss=history["loss"][-1], refresh=False)
+        if not all(math.isfinite(v) for v in history["loss"]):
+            warnings.warn(f"{name}: the training loss became non-finite; lower learning_rate.",
+                          RuntimeWarning)
+
+        module.eval()
+        self.module_ = module
+        self.decoder_ = LatentDecoder(module).eval()
+        self.device_ = device
+        self.history_ = history
+        self.beta_per_sample_ = float(self.beta) / (batch * int(self.n_components))
+        self._n_features_out = int(self.n_components)
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _forward_chunks(self, X, fn):
+        outs = []
+        with torch.no_grad():
+            for start in range(0, X.shape[0], _CHUNK):
+                xb = torch.tensor(X[start:start + _CHUNK], dtype=torch.float32, device=self.device_)
+                outs.append(fn(xb))
+        return outs
+
+    def encode(self, X):
+        """Latent means ``mu(x)`` of models ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_rows, n_cols) or (n_samples, n_cells)
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_components), float64
+        """
+        check_is_fitted(self, "module_")
+        X = self._validate_X(X, reset=False)
+        outs = self._forward_chunks(X, lambda xb: self.module_.encode(xb)[0].cpu().double())
+        if not outs:
+            return np.empty((0, int(self.n_components)))
+        return torch.cat(outs).numpy()
+
+    def transform(self, X):
+        """Latent means of ``X`` (same as :meth:`encode`)."""
+        return self.encode(X)
+
+    def decode(self, Z):
+        """Mean-decoded models ``g(z)`` (no noise).
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_components)
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_cells), float64
+            Flat in C order of ``image_shape_``; reshape with
+            ``X.reshape(-1, *prior.image_shape_)``.
+        """
+        check_is_fitted(self, "module_")
+        Z = check_array(Z, dtype=[np.float64, np.float32])
+        if Z.shape[1] != int(self.n_components):
+            raise ValueError(f"{type(self).__name__}: Z has {Z.shape[1]} columns but "
+                             f"n_components={self.n_components}.")
+        outs = self._forward_chunks(Z, lambda zb: self.decoder_(zb).cpu().double())
+        return torch.cat(outs).numpy()
+
+    def inverse_transform(self, X):
+        """Mean-decoded models of latents ``X`` (same as :meth:`decode`)."""
+        return self.decode(X)
+
+    def sample(self, n_samples=1, random_state=None):
+        """Draw models ``g(z)``, ``z ~ N(0, I)``.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        random_state : int, RandomState instance or None
+            Seeds the latent draws (NumPy, so identical on every device).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_cells), float64
+        """
+        check_is_fitted(self, "module_")
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"{type(self).__name__}: n_samples must be an int >= 1; "
+                             f"got {n_samples!r}.")
+        Z = check_random_state(random_state).standard_normal((int(n_samples), int(self.n_components)))
+        return self.decode(Z)
+
+    def score_samples(self, X):
+        """Per-sample evidence lower bound (ELBO), up to a constant.
+
+        ``ELBO(x) = -sum_pixels (g(mu(x)) - x)**2 - sum_j KL_j(x)``, with the
+        reconstruction evaluated at the latent mean (a deterministic,
+        single-point estimate of the expected reconstruction term) and the KL
+        summed over latent dimensions (eq. (3) of :mod:`latentinv.nn.vae`).
+        This is the unit-weight per-sample convention, not the training
+        loss of eq. (2).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_rows, n_cols) or (n_samples, n_cells)
+
+        Returns
+        -------
+        elbo : ndarray of shape (n_samples,), float64
+        """
+        check_is_fitted(self, "module_")
+        X = self._validate_X(X, reset=False)
+
+        def elbo(xb):
+            mu, logvar = self.module_.encode(xb)
+            x_hat = self.decoder_(mu)
+            se = (x_hat.double() - xb.double()).pow(2).sum(dim=1)
+            kl = kl_divergence(mu.double(), logvar.double(), reduction="per_sample")
+            return (-se - kl).cpu()
+
+        outs = self._forward_chunks(X, elbo)
+        return torch.cat(outs).numpy()
+
+    def score(self, X, y=None):
+        """Mean per-sample ELBO of ``X`` (see :meth:`score_samples`)."""
+        return float(np.mean(self.score_samples(X)))
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self):
+        params = self.get_params(deep=False)
+        custom = callable(params["architecture"])
+        params["architecture"] = None if custom else params["architecture"]
+        for key in ("channels", "kernel_sizes", "image_shape"):
+            if params[key] is not None:
+                params[key] = list(params[key])
+        params["device"] = str(params["device"])
+        if not isinstance(params["random_state"], (int, type(None))):
+            params["random_state"] = None
+        return {
+            "format": "latentinv.VAEPrior",
+            "version": 1,
+            "params": params,
+            "custom_architecture": custom,
+            "fitted": {
+                "image_shape_": list(self.image_shape_) if self.image_shape_ is not None else None,
+                "n_features_in_": int(self.n_features_in_),
+                "device_": str(self.device_),
+                "history_": self.history_,
+                "beta_per_sample_": self.beta_per_sample_,
+            },
+        }
+
+    def save(self, path):
+        """Save the fitted prior to the directory ``path``.
+
+        Writes ``path/weights.safetensors`` (the state dict of ``module_``,
+        CPU tensors) and ``path/config.json`` (parameters, fitted shapes,
+        history). Neither needs code execution to load. A prior with a
+        callable ``architecture`` is saved too, but :meth:`load` then needs
+        the factory again.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory (created if missing).
+        """
+        check_is_fitted(self, "module_")
+        from safetensors.torch import save_file
+
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.module_.state_dict().items()}
+        save_file(state, os.path.join(path, _WEIGHTS_FILE))
+        with open(os.path.join(path, _CONFIG_FILE), "w") as f:
+            json.dump(self._config(), f, indent=1)
+
+    @classmethod
+    def load(cls, path, device=None, architecture=None):
+        """Load a prior written by :meth:`save` (no code is executed).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Directory given to :meth:`save`.
+        device : str or None, default=None
+            Device of the loaded module; None: the saved one if available,
+            else the CPU (with a warning).
+        architecture : callable or None
+            The module factory, required when the prior was trained with a
+            callable ``architecture``.
+
+        Returns
+        -------
+        prior : VAEPrior
+            Fitted.
+        """
+        from safetensors.torch import load_file
+
+        path = os.fspath(path)
+        with open(os.path.join(path, _CONFIG_FILE)) as f:
+            config = json.load(f)
+        if config.get("format") != "latentinv.VAEPrior":
+            raise ValueError(f"{cls.__name__}.load: {path!r} does not hold a saved VAEPrior.")
+        params = dict(config["params"])
+        for key in ("channels", "kernel_sizes", "image_shape"):
+            if params.get(key) is not None:
+                params[key] = tuple(params[key])
+        if config["custom_architecture"]:
+            if architecture is None:
+                raise ValueError(f"{cls.__name__}.load: this prior was trained with a custom "
+                                 "architecture factory; pass it as architecture=.")
+            params["architecture"] = architecture
+        prior = cls(**params)
+        fitted = config["fitted"]
+        prior.image_shape_ = tuple(fitted["image_shape_"]) if fitted["image_shape_"] is not None else None
+        prior.n_features_in_ = int(fitted["n_features_in_"])
+        prior.history_ = fitted["history_"]
+        prior.beta_per_sample_ = fitted["beta_per_sample_"]
+        prior._n_features_out = int(prior.n_components)
+        state = load_file(os.path.join(path, _WEIGHTS_FILE), device="cpu")
+        prior._restore_module(state, device if device is not None else fitted["device_"])
+        return prior
+
+    def _restore_module(self, state, device_name):
+        device = torch.device(device_name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            warnings.warn(f"{type(self).__name__}: the prior was trained on {device_name} but CUDA "
+                          "is not available; loading it on the CPU.", UserWarning)
+            device = torch.device("cpu")
+        input_shape = self.image_shape_ if self.image_shape_ is not None else self.n_features_in_
+        module = build_vae(self.architecture, input_shape, int(self.n_components),
+                           channels=tuple(self.channels), kernel_sizes=tuple(self.kernel_sizes),
+                           hidden_size=int(self.hidden_size),
+                           output_activation=self.output_activation, seed=0)
+        module.load_state_dict(state)
+        module = module.to(device).eval()
+        self.module_ = module
+        self.decoder_ = LatentDecoder(module).eval()
+        self.device_ = device
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        if "module_" in state:
+            buffer = io.BytesIO()
+            weights = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
+            torch.save(weights, buffer)
+            state["_module_state"] = buffer.getvalue()
+            state["device_"] = str(self.device_)
+            del state["module_"]
+            del state["decoder_"]
+        return state
+
+    def __setstate__(self, state):
+        module_state = state.pop("_module_state", None)
+        super().__setstate__(state)
+        if module_state is not None:
+            weights = torch.load(io.BytesIO(module_state), map_location="cpu", weights_only=True)
+            self._restore_module(weights, state["device_"])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float64"]
+        return tags
