@@ -1,0 +1,588 @@
+"""Command line: ``latentinv demo | train | invert | bench``.
+
+``latentinv demo``
+    The embedded default, end to end: the paper's crosshole geometry, a prior, a truth cropped from a
+    held-out procedural training image, traveltimes, and the latent-space SGD inversion with the
+    straight-ray (linear) and shortest-path (nonlinear) operators. Writes ``demo.png``,
+    ``report.json`` and ``models.npz``.
+``latentinv train``
+    Trains a :class:`~latentinv.prior.VAEPrior` on random crops of a training image (a PNG/NPY file
+    or the procedural generator), away from held-out windows, and saves it (a directory).
+``latentinv invert``
+    Traveltimes (one survey per row, or one column) -> models (``models.npy``), ``invert.png`` and
+    ``result.json``.
+``latentinv bench``
+    Runs the scripts of the repository's ``benchmarks/`` folder.
+
+Geometry file (``--geometry FILE``), JSON::
+
+    {
+      "grid": {"n_rows": 129, "n_cols": 65, "cell_size": 0.1, "origin": [0.0, 0.0]},
+      "sources":   [[0.0, 0.5], [0.0, 1.0], ...],      # (x, depth) in m
+      "receivers": [[6.5, 0.5], [6.5, 1.0], ...],      # (x, depth) in m
+      "pairs": [[0, 0], [0, 1], ...]                   # optional: (source, receiver) per datum;
+    }                                                  # default: every pair, source-major
+
+``cell_size`` is one number or ``[dx, dz]``; ``origin`` (the top-left corner, m) is optional. The
+traveltimes (ns) must follow the order of ``pairs`` (source-major by default, as the paper).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+
+__all__ = ["main", "load_geometry", "load_traveltimes", "DEMO_TRUTH_SEED", "DEMO_TRAIN_SEED"]
+
+#: Seed of the procedural training image the demo's fallback prior (``--train-prior``) is trained on.
+DEMO_TRAIN_SEED = 0
+#: Base seed of the held-out procedural image the demo's truth is cropped from (never used to train).
+DEMO_TRUTH_SEED = 20210001
+
+_PAPER_LINEAR_BOREHOLES = (0.01, 6.49)
+_PAPER_NONLINEAR_BOREHOLES = (0.0, 6.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------
+def _user_errors(fn):
+    """Turn the library's input errors into click errors (a message and exit code 1, no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError,
+                json.JSONDecodeError, KeyError) as exc:
+            msg = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
+            raise click.ClickException(msg) from None
+
+    return wrapper
+
+
+def _echo(msg, quiet=False):
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+def _versions():
+    import matplotlib
+    import scipy
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {"latentinv": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "torch": torch.__version__,
+            "matplotlib": matplotlib.__version__, "platform": platform.platform()}
+
+
+def _rmse(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+
+
+def load_geometry(spec, operator="straight"):
+    """``"paper"`` or a JSON geometry file (see the module docstring) -> ``(Grid2D, CrossholeSurvey)``.
+
+    For ``"paper"`` the boreholes sit at x = 0.01 / 6.49 m with the straight-ray operator and at
+    x = 0 / 6.5 m with the shortest-path one, as in the paper.
+    """
+    from .geometry import CrossholeSurvey, Grid2D, paper_crosshole
+
+    if spec in (None, "paper"):
+        xs = _PAPER_LINEAR_BOREHOLES if operator == "straight" else _PAPER_NONLINEAR_BOREHOLES
+        return paper_crosshole(*xs)
+    path = Path(spec)
+    if not path.is_file():
+        raise click.BadParameter(f"geometry file {spec!r} does not exist (or pass 'paper')",
+                                 param_hint="--geometry")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{spec}: not valid JSON ({exc})", param_hint="--geometry") from None
+    missing = [k for k in ("grid", "sources", "receivers") if k not in cfg]
+    if missing:
+        raise click.BadParameter(f"{spec}: missing {missing} (needs grid, sources, receivers)",
+                                 param_hint="--geometry")
+    g = cfg["grid"]
+    try:
+        grid = Grid2D(g["n_rows"], g["n_cols"], g.get("cell_size", 0.1), g.get("origin", (0.0, 0.0)))
+    except KeyError as exc:
+        raise click.BadParameter(f"{spec}: grid needs n_rows and n_cols (missing {exc})",
+                                 param_hint="--geometry") from None
+    survey = CrossholeSurvey(cfg["sources"], cfg["receivers"], cfg.get("pairs"))
+    survey.check_in(grid, owner=f"geometry file {spec}")
+    return grid, survey
+
+
+def load_traveltimes(path, n_data):
+    """Traveltimes (ns) from ``.npy`` or text: one survey per row, or a single column/row.
+
+    Returns an array of shape ``(n_surveys, n_data)``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise click.BadParameter(f"traveltime file {path!r} does not exist", param_hint="TRAVELTIMES")
+    try:
+        if p.suffix == ".npy":
+            a = np.load(p, allow_pickle=False)
+        else:
+            a = np.loadtxt(p, ndmin=1)
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="TRAVELTIMES") from None
+    a = np.asarray(a, dtype=float)
+    if a.ndim == 1:
+        a = a[None, :]
+    elif a.ndim == 2 and a.shape[1] == 1 and a.shape[0] != 1:
+        a = a.T
+    if a.ndim != 2 or a.shape[1] != n_data:
+        raise click.BadParameter(
+            f"{path}: expected {n_data} traveltimes per survey (one survey per row, or one column), "
+            f"got an array of shape {a.shape}", param_hint="TRAVELTIMES")
+    if not np.all(np.isfinite(a)):
+        raise click.BadParameter(f"{path}: traveltimes hold NaN or inf", param_hint="TRAVELTIMES")
+    return a
+
+
+def _load_prior(spec, device="auto"):
+    from .prior import VAEPrior
+
+    if spec in (None, "pretrained"):
+        pretrained = getattr(VAEPrior, "pretrained", None)
+        if pretrained is None:
+            raise click.ClickException(
+                "no shipped prior in this version of latentinv (VAEPrior.pretrained is missing): "
+                "pass --prior DIR (a prior saved by `latentinv train`) or, for `demo`, --train-prior")
+        return pretrained()
+    path = Path(spec)
+    if not path.is_dir():
+        raise click.BadParameter(f"prior directory {spec!r} does not exist "
+                                 "(a folder written by `latentinv train` / VAEPrior.save)",
+                                 param_hint="--prior")
+    return VAEPrior.load(path, device=None if device == "auto" else device)
+
+
+def _prior_shape(prior):
+    shape = getattr(prior, "image_shape_", None) or getattr(prior, "image_shape", None)
+    return None if shape is None else tuple(int(s) for s in shape)
+
+
+def _make_operator(kind, grid, survey):
+    from .operators import ShortestPathOperator, StraightRayOperator
+
+    if kind == "straight":
+        return StraightRayOperator(grid, survey)
+    return ShortestPathOperator(grid, survey, n_secondary_nodes=3)
+
+
+def _finite_histories(hist):
+    """``(n_starts, n_iterations)`` with NaN tails -> list of 1-D arrays without the NaNs."""
+    return [h[np.isfinite(h)] for h in np.asarray(hist, dtype=float)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="latentinv", message="%(prog)s %(version)s")
+def main():
+    """Inversion of crosshole GPR traveltimes with a deep generative (VAE) prior.
+
+    Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences.
+    """
+
+
+def _train_demo_prior(iterations, seed, quiet):
+    from .datasets import PatchSampler, make_channel_image
+    from .prior import VAEPrior
+
+    _echo(f"[prior] no shipped prior: training a small fallback VAE ({iterations} iterations on a "
+          f"procedural training image, seed {DEMO_TRAIN_SEED})", quiet)
+    image = make_channel_image((600, 600), random_state=DEMO_TRAIN_SEED)
+    sampler = PatchSampler(image, (129, 65), random_state=seed)
+    prior = VAEPrior(channels=(8, 16, 32, 32), hidden_size=64, n_iterations=iterations, batch_size=32,
+                     random_state=seed, device="cpu", verbose=int(not quiet))
+    return prior.fit(sampler)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-demo",
+              show_default=True, help="Output folder (created).")
+@click.option("--n-starts", type=click.IntRange(1), default=None,
+              help="Initial latent vectors per inversion [default: 4, quick: 2].")
+@click.option("--epochs-linear", type=click.IntRange(1), default=None,
+              help="Epochs of 25 rays with the straight-ray operator [default: 40, quick: 8].")
+@click.option("--epochs-nonlinear", type=click.IntRange(1), default=None,
+              help="Epochs of 25 rays with the shortest-path operator [default: 4, quick: 1].")
+@click.option("--noise-std", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="Gaussian noise added to the traveltimes (ns).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the truth, the noise and the inversion.")
+@click.option("--quick", is_flag=True, help="A smaller budget (well under a minute after the prior).")
+@click.option("--prior", "prior_spec", default="pretrained", show_default=True,
+              help="'pretrained' (the shipped prior) or a directory written by `latentinv train`.")
+@click.option("--train-prior", is_flag=True,
+              help="Train a small fallback prior when no shipped prior exists.")
+@click.option("--train-iterations", type=click.IntRange(1), default=1500, show_default=True,
+              help="Iterations of the fallback prior (with --train-prior).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--full-batch", is_flag=True, hidden=True,
+              help="All data at every iteration (one iteration per epoch; for tests).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@_user_errors
+def demo(out_dir, n_starts, epochs_linear, epochs_nonlinear, noise_std, seed, quick, prior_spec,
+         train_prior, train_iterations, device, full_batch, quiet):
+    """The paper's crosshole test case end to end (truth, data, linear and nonlinear inversions).
+
+    The truth is a 129 x 65 crop of a procedural channel image whose seed is never used for
+    training; the acceptance threshold of each operator is the data RMSE of the encode-decode
+    reconstruction of the truth (the paper's Table 2) plus the noise level.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import torch
+
+    from .datasets import make_channel_image
+    from .geometry import CrossholeSurvey, Grid2D
+    from .inversion import NONLINEAR_SETTINGS, LatentInverter, paper_slowness
+    from .plotting import plot_inversion_summary
+
+    t_start = time.perf_counter()
+    n_starts = n_starts or (2 if quick else 4)
+    epochs_linear = epochs_linear or (8 if quick else 40)
+    epochs_nonlinear = epochs_nonlinear or (1 if quick else 4)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    # -- prior ---------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    try:
+        prior = _load_prior(prior_spec, device)
+        prior_source = str(prior_spec)
+    except click.ClickException:
+        if not (train_prior and prior_spec == "pretrained"):
+            raise
+        prior = _train_demo_prior(train_iterations, seed, quiet)
+        prior_source = f"trained fallback ({train_iterations} iterations, small architecture)"
+    timings["prior_s"] = time.perf_counter() - t0
+    grid = Grid2D.paper()
+    if _prior_shape(prior) != grid.shape:
+        raise click.ClickException(f"the prior makes models of shape {_prior_shape(prior)}, the demo "
+                                   f"needs {grid.shape} (the paper's grid)")
+    _echo(f"[prior] {prior_source}: {prior.n_components} latent dimensions "
+          f"({timings['prior_s']:.1f} s)", quiet)
+
+    # -- truth and its encode-decode reconstruction ----------------------------------------------
+    truth_seed = DEMO_TRUTH_SEED + seed
+    big = make_channel_image((387, 195), random_state=truth_seed)
+    r0, c0 = (big.shape[0] - 129) // 2, (big.shape[1] - 65) // 2
+    truth = big[r0:r0 + 129, c0:c0 + 65].reshape(-1).astype(float)
+    recon = prior.decode(prior.encode(truth[None, :]))[0]
+    _echo(f"[truth] crop ({r0}, {c0}) of a held-out procedural image (seed {truth_seed}), channel "
+          f"fraction {truth.mean():.2f}; encode-decode model RMSE {_rmse(truth, recon):.3f}", quiet)
+
+    rng = np.random.default_rng(seed)
+    cases = {
+        "straight-ray": dict(kind="straight", boreholes=_PAPER_LINEAR_BOREHOLES, n_epochs=epochs_linear,
+                             settings=dict(lr=1e-2, lr_decay=0.95, decay_every=1, batch_size=25,
+                                           regularization="ring", lam=10.0, lam_decay=0.999)),
+        "shortest-path": dict(kind="shortest-path", boreholes=_PAPER_NONLINEAR_BOREHOLES,
+                              n_epochs=epochs_nonlinear,
+                              settings={k: v for k, v in NONLINEAR_SETTINGS.items() if k != "n_epochs"}),
+    }
+    report_cases, models, rmse_h, z_h, thresholds = {}, {}, {}, {}, {}
+    device_used = None
+    for name, case in cases.items():
+        t0 = time.perf_counter()
+        survey = CrossholeSurvey.paper(*case["boreholes"])
+        op = _make_operator(case["kind"], grid, survey)
+        clean = op.response(paper_slowness(truth))
+        data = clean + noise_std * rng.standard_normal(clean.shape)
+        recon_rmse = _rmse(op.response(paper_slowness(recon)), clean)
+        threshold = recon_rmse + noise_std
+        settings = dict(case["settings"], n_epochs=case["n_epochs"], n_starts=n_starts)
+        if full_batch:
+            settings["batch_size"] = None
+        inv = LatentInverter(prior, op, random_state=seed, device=device, verbose=int(not quiet),
+                             **settings)
+        _echo(f"[{name}] {op.backend} backend, {op.n_data} data, {n_starts} starts x "
+              f"{settings['n_epochs']} epochs; threshold {threshold:.3f} ns", quiet)
+        inv.fit(data[None, :])
+        res = inv.invert(data[None, :])
+        device_used = str(inv.device_)
+        elapsed = time.perf_counter() - t0
+        timings[f"{name}_s"] = elapsed
+        models[name] = res.models[0]
+        rmse_h[name] = _finite_histories(res.data_rmse_history[0])
+        z_h[name] = _finite_histories(res.latent_norm_history[0])
+        thresholds[name] = threshold
+        report_cases[name] = {
+            "operator": type(op).__name__, "backend": op.backend,
+            "boreholes_x_m": list(case["boreholes"]), "n_data": int(op.n_data),
+            "data_simulated_with": f"{type(op).__name__} (the same operator)",
+            "settings": {k: v for k, v in settings.items()},
+            "n_iterations": int(inv.n_iterations_),
+            "encode_decode_data_rmse_ns": recon_rmse, "threshold_ns": threshold,
+            "data_rmse_ns": res.data_rmse[0].tolist(),
+            "best_data_rmse_ns": float(np.nanmin(res.data_rmse[0])),
+            "best_start": int(res.best_start[0]),
+            "accepted_fraction": float(res.accepted_fraction(threshold)[0]),
+            "diverged": res.diverged[0].tolist(),
+            "model_rmse": _rmse(res.models[0], truth),
+            "time_s": elapsed,
+        }
+        _echo(f"[{name}] best data RMSE {report_cases[name]['best_data_rmse_ns']:.3f} ns, accepted "
+              f"{report_cases[name]['accepted_fraction']:.0%} of starts, model RMSE "
+              f"{report_cases[name]['model_rmse']:.3f} ({elapsed:.1f} s)", quiet)
+
+    # -- outputs ---------------------------------------------------------------------------------
+    fig = plot_inversion_summary(truth, {"encode-decode": recon, **models}, grid, rmse_h, z_h,
+                                 thresholds, n_components=int(prior.n_components),
+                                 title=f"latentinv demo (seed {seed}, noise {noise_std} ns)")
+    fig.savefig(out / "demo.png", dpi=110)
+    np.savez(out / "models.npz", truth=truth, encode_decode=recon,
+             **{k.replace("-", "_"): v for k, v in models.items()})
+    timings["total_s"] = time.perf_counter() - t_start
+    report = {
+        "command": "demo",
+        "paper": "Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences",
+        "settings": {"n_starts": n_starts, "epochs_linear": epochs_linear,
+                     "epochs_nonlinear": epochs_nonlinear, "noise_std_ns": noise_std, "seed": seed,
+                     "quick": quick, "full_batch": full_batch},
+        "grid": {"n_rows": grid.n_rows, "n_cols": grid.n_cols, "cell_size_m": grid.dx},
+        "prior": {"source": prior_source, "n_components": int(prior.n_components),
+                  "image_shape": list(_prior_shape(prior))},
+        "truth": {"generator": "latentinv.datasets.make_channel_image", "shape": [387, 195],
+                  "seed": truth_seed, "crop": [r0, c0, 129, 65],
+                  "channel_fraction": float(truth.mean()),
+                  "encode_decode_model_rmse": _rmse(truth, recon)},
+        "slowness": "1 / (0.06 + 0.02 (1 - x)) ns/m",
+        "cases": report_cases,
+        "timings_s": timings,
+        "device": device_used,
+        "torch_threads": torch.get_num_threads(),
+        "versions": _versions(),
+        "files": ["demo.png", "report.json", "models.npz"],
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    _echo(f"[done] {out / 'demo.png'}, {out / 'report.json'} ({timings['total_s']:.1f} s)", quiet)
+
+
+@main.command()
+@click.option("--image", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Training image (PNG, thresholded to 0/1, or NPY).")
+@click.option("--procedural", is_flag=True, help="Use the procedural channel generator instead.")
+@click.option("--image-size", type=(click.IntRange(1), click.IntRange(1)), default=(1000, 1000),
+              show_default=True, help="Rows and columns of the procedural image.")
+@click.option("--out", "out_path", type=click.Path(file_okay=False), default="prior", show_default=True,
+              help="Directory the prior is saved to.")
+@click.option("--patch-shape", type=(click.IntRange(1), click.IntRange(1)), default=(129, 65),
+              show_default=True, help="Rows and columns of the training crops.")
+@click.option("--exclude", type=(click.IntRange(0), click.IntRange(0), click.IntRange(1), click.IntRange(1)),
+              multiple=True, metavar="R0 C0 NR NC",
+              help="Held-out window (top-left row, column, rows, columns); repeatable.")
+@click.option("--iterations", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--beta", type=click.FloatRange(0.0), default=1000.0, show_default=True,
+              help="KL weight (averaged over batch and latent dimensions).")
+@click.option("--alpha", type=click.FloatRange(0.0), default=1.0, show_default=True,
+              help="Scale of the sampling noise variance.")
+@click.option("--n-components", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--channels", default="32,64,128,256", show_default=True,
+              help="Channels of the four convolutions, comma-separated.")
+@click.option("--hidden-size", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(0.0, min_open=True), default=1e-3,
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@_user_errors
+def train(image, procedural, image_size, out_path, patch_shape, exclude, iterations, batch_size, beta,
+          alpha, n_components, channels, hidden_size, learning_rate, seed, device, quiet):
+    """Train a VAE prior on random crops of a training image and save it."""
+    from .datasets import PatchSampler, load_image, make_channel_image
+    from .prior import VAEPrior
+
+    if (image is None) == (not procedural):
+        raise click.UsageError("give exactly one of --image PATH or --procedural")
+    try:
+        chans = tuple(int(c) for c in channels.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {channels!r}",
+                                 param_hint="--channels") from None
+    if image is not None:
+        ti = load_image(image)
+        source = str(image)
+    else:
+        ti = make_channel_image(tuple(image_size), random_state=seed)
+        source = f"procedural {tuple(image_size)} seed {seed}"
+    if ti.ndim != 2:
+        raise click.BadParameter(f"{image}: expected a 2-D image, got shape {ti.shape}",
+                                 param_hint="--image")
+    sampler = PatchSampler(ti, tuple(patch_shape), exclude=[tuple(w) for w in exclude] or None,
+                           random_state=seed)
+    _echo(f"[train] {source}: image {ti.shape}, crops {tuple(patch_shape)}, "
+          f"{int(np.sum(sampler.n_valid))} admissible corners, {len(exclude)} excluded windows", quiet)
+    t0 = time.perf_counter()
+    prior = VAEPrior(n_components=n_components, channels=chans, hidden_size=hidden_size, beta=beta,
+                     alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
+                     n_iterations=iterations, device=device, random_state=seed,
+                     verbose=int(not quiet))
+    prior.fit(sampler)
+    prior.save(out_path)
+    hist = prior.history_
+    _echo(f"[train] {iterations} iterations in {time.perf_counter() - t0:.1f} s; final loss "
+          f"{hist['loss'][-1]:.4g} (reconstruction {hist['reconstruction'][-1]:.4g}, KL "
+          f"{hist['kl'][-1]:.4g}); saved to {out_path}", quiet)
+
+
+@main.command()
+@click.argument("traveltimes", type=click.Path(dir_okay=False))
+@click.option("--geometry", default="paper", show_default=True,
+              help="'paper' or a JSON geometry file (see `latentinv --help` docs / module docstring).")
+@click.option("--prior", "prior_spec", default="pretrained", show_default=True,
+              help="'pretrained' or a directory written by `latentinv train`.")
+@click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
+              default="straight", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-invert",
+              show_default=True)
+@click.option("--n-starts", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Epochs [default: 120 straight, 30 shortest-path].")
+@click.option("--batch-size", type=click.IntRange(1), default=25, show_default=True)
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=None,
+              help="Initial step size [default: 0.01 straight, 0.1 shortest-path].")
+@click.option("--lam", type=click.FloatRange(0.0), default=None,
+              help="Ring regularisation weight [default: 10 straight, 1 shortest-path].")
+@click.option("--threshold", type=click.FloatRange(0.0), default=None,
+              help="Acceptance threshold (ns) for the accepted fraction of starts.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@_user_errors
+def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, epochs, batch_size, lr,
+           lam, threshold, seed, device, quiet):
+    """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models.
+
+    Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
+    top), OUT/invert.png and OUT/result.json.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from .inversion import NONLINEAR_SETTINGS, LatentInverter
+    from .plotting import plot_inversion_summary
+
+    grid, survey = load_geometry(geometry, operator_kind)
+    data = load_traveltimes(traveltimes, survey.n_data)
+    prior = _load_prior(prior_spec, device)
+    if _prior_shape(prior) is not None and _prior_shape(prior) != grid.shape:
+        raise click.ClickException(f"the prior makes models of shape {_prior_shape(prior)} but the "
+                                   f"geometry's grid is {grid.shape}")
+    op = _make_operator(operator_kind, grid, survey)
+    if operator_kind == "straight":
+        settings = dict(lr=1e-2, lr_decay=0.95, decay_every=1, regularization="ring", lam=10.0,
+                        lam_decay=0.999, n_epochs=120)
+    else:
+        settings = dict(NONLINEAR_SETTINGS)
+    settings["batch_size"] = min(batch_size, survey.n_data)
+    for key, value in (("n_epochs", epochs), ("lr", lr), ("lam", lam)):
+        if value is not None:
+            settings[key] = value
+    settings["n_starts"] = n_starts
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _echo(f"[invert] {len(data)} survey(s) x {survey.n_data} data, {type(op).__name__} "
+          f"({op.backend}), {n_starts} starts x {settings['n_epochs']} epochs", quiet)
+    t0 = time.perf_counter()
+    inv = LatentInverter(prior, op, random_state=seed, device=device, verbose=int(not quiet),
+                         **settings)
+    inv.fit(data)
+    res = inv.invert(data)
+    elapsed = time.perf_counter() - t0
+    np.save(out / "models.npy", res.models)
+    k = min(len(data), 3)
+    fig = plot_inversion_summary(
+        None, {f"survey {i}": res.models[i] for i in range(k)}, grid,
+        {f"survey {i}": _finite_histories(res.data_rmse_history[i]) for i in range(k)},
+        {f"survey {i}": _finite_histories(res.latent_norm_history[i]) for i in range(k)},
+        None if threshold is None else {f"survey {i}": threshold for i in range(k)},
+        survey=survey, n_components=int(prior.n_components))
+    fig.savefig(out / "invert.png", dpi=100)
+    result = {
+        "command": "invert", "traveltimes": str(traveltimes), "geometry": str(geometry),
+        "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
+        "settings": settings, "seed": seed, "n_iterations": int(inv.n_iterations_),
+        "data_rmse_ns": res.data_rmse.tolist(), "best_start": res.best_start.tolist(),
+        "best_data_rmse_ns": np.nanmin(res.data_rmse, axis=1).tolist(),
+        "threshold_ns": threshold,
+        "accepted_fraction": None if threshold is None else res.accepted_fraction(threshold).tolist(),
+        "time_s": elapsed, "device": str(inv.device_), "versions": _versions(),
+        "models_file": "models.npy (n_surveys, n_cells), flat row-major, row 0 at the top",
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    _echo(f"[invert] best data RMSE {result['best_data_rmse_ns']} ns in {elapsed:.1f} s -> "
+          f"{out / 'models.npy'}", quiet)
+
+
+def _benchmarks_dir():
+    env = os.environ.get("LATENTINV_BENCHMARKS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+_BENCHES = {"raytrace": "bench_raytrace.py", "prior": "bench_prior.py",
+            "inversion": "bench_inversion.py"}
+
+
+@main.command()
+@click.argument("which", type=click.Choice(["all", *_BENCHES]), default="all")
+@click.option("--quick", is_flag=True, help="Pass --quick to the scripts (smaller problems).")
+def bench(which, quick):
+    """Run the benchmark scripts of the repository's benchmarks/ folder (a source checkout).
+
+    Set LATENTINV_BENCHMARKS to the folder when it is elsewhere.
+    """
+    folder = _benchmarks_dir()
+    if not folder.is_dir():
+        raise click.ClickException(
+            f"the benchmarks folder is not available ({folder} does not exist): benchmarks ship with "
+            "the source repository, not the installed package; run from a checkout or set "
+            "LATENTINV_BENCHMARKS=/path/to/benchmarks")
+    names = list(_BENCHES) if which == "all" else [which]
+    failed = []
+    for name in names:
+        script = folder / _BENCHES[name]
+        if not script.is_file():
+            click.echo(f"[bench] {name}: {script} is missing; skipped", err=True)
+            failed.append(name)
+            continue
+        cmd = [sys.executable, str(script)] + (["--quick"] if quick else [])
+        click.echo(f"[bench] {name}: {' '.join(cmd)}", err=True)
+        rc = subprocess.call(cmd, cwd=str(folder.parent))
+        if rc != 0:
+            click.echo(f"[bench] {name}: exit code {rc}", err=True)
+            failed.append(name)
+    if failed:
+        raise click.ClickException(f"benchmarks that did not run cleanly: {', '.join(failed)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
