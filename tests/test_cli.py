@@ -1,0 +1,255 @@
+"""The `latentinv` command line through click's CliRunner, with a tiny saved prior."""
+import io
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from latentinv import cli
+from latentinv.datasets import PatchSampler, make_channel_image
+from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.inversion import paper_slowness
+from latentinv.operators import StraightRayOperator
+from latentinv.prior import VAEPrior
+
+TINY = dict(channels=(2, 2, 2, 2), hidden_size=4, batch_size=2, n_iterations=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory):
+    """A (useless but real) conv VAE prior on the paper's 129 x 65 grid, saved to a directory."""
+    image = make_channel_image((160, 90), random_state=1)
+    prior = VAEPrior(n_components=4, random_state=0, device="cpu", **TINY)
+    prior.fit(PatchSampler(image, (129, 65), random_state=0))
+    path = tmp_path_factory.mktemp("prior") / "tiny"
+    prior.save(path)
+    return path, prior
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def _fails(result, message, code=None):
+    assert result.exit_code != 0
+    if code is not None:
+        assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # a click error, not an uncaught exception
+
+
+def _png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(data)) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
+    prior_dir, _ = tiny_prior
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(cli.main, [
+        "demo", "--prior", str(prior_dir), "--out", str(out), "--n-starts", "1",
+        "--epochs-linear", "2", "--epochs-nonlinear", "1", "--full-batch", "--noise-std", "0.25",
+        "--seed", "3", "--quiet"])
+    _ok(res)
+    _png(out / "demo.png")
+    report = json.loads((out / "report.json").read_text())
+    for key in ("settings", "prior", "truth", "cases", "timings_s", "device", "versions"):
+        assert key in report
+    assert report["settings"]["noise_std_ns"] == 0.25
+    assert report["device"] == "cpu"
+    assert set(report["cases"]) == {"straight-ray", "shortest-path"}
+    assert report["cases"]["shortest-path"]["backend"] in ("cpp", "python")
+    assert report["cases"]["straight-ray"]["n_iterations"] == 2
+    assert report["cases"]["shortest-path"]["n_iterations"] == 1
+    assert report["versions"]["torch"]
+    assert report["timings_s"]["total_s"] > 0
+
+    # the threshold is the data RMSE of the encode-decode reconstruction plus the noise (Table 2)
+    saved = np.load(out / "models.npz")
+    grid = Grid2D.paper()
+    op = StraightRayOperator(grid, CrossholeSurvey.paper(0.01, 6.49))
+    t_truth = op.response(paper_slowness(saved["truth"]))
+    t_rec = op.response(paper_slowness(saved["encode_decode"]))
+    case = report["cases"]["straight-ray"]
+    expected = np.sqrt(np.mean((t_rec - t_truth) ** 2))
+    assert case["encode_decode_data_rmse_ns"] == pytest.approx(expected, rel=1e-9)
+    assert case["threshold_ns"] == pytest.approx(expected + 0.25, rel=1e-9)
+    assert case["accepted_fraction"] in (0.0, 1.0)  # one start
+    assert (case["accepted_fraction"] == 1.0) == (case["best_data_rmse_ns"] <= case["threshold_ns"])
+    # truth: the held-out crop in {0, 1}; reported channel fraction matches it
+    assert set(np.unique(saved["truth"])) <= {0.0, 1.0}
+    assert report["truth"]["channel_fraction"] == pytest.approx(saved["truth"].mean())
+    assert report["truth"]["seed"] == cli.DEMO_TRUTH_SEED + 3
+
+
+def test_demo_without_a_prior_is_a_clear_error(tmp_path):
+    if getattr(VAEPrior, "pretrained", None) is not None:
+        pytest.skip("a shipped prior exists")
+    res = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "d"), "--quiet"])
+    _fails(res, "--train-prior", code=1)
+
+
+def test_demo_bad_prior_dir(tmp_path):
+    res = CliRunner().invoke(cli.main, ["demo", "--prior", str(tmp_path / "nope"), "--quiet"])
+    _fails(res, "does not exist", code=2)
+
+
+def test_train_procedural_saves_loadable_prior(tmp_path):
+    out = tmp_path / "p"
+    res = CliRunner().invoke(cli.main, [
+        "train", "--procedural", "--image-size", "150", "90", "--out", str(out), "--iterations", "2",
+        "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4", "--n-components", "3",
+        "--exclude", "0", "0", "20", "20", "--beta", "10", "--seed", "1", "--quiet"])
+    _ok(res)
+    prior = VAEPrior.load(out)
+    assert prior.image_shape_ == (129, 65)
+    assert prior.n_components == 3
+    assert prior.beta == 10.0
+    assert len(prior.history_["loss"]) == 2
+    assert prior.decode(np.zeros((1, 3))).shape == (1, 129 * 65)
+
+
+def test_train_from_png_image(tmp_path):
+    img = (make_channel_image((60, 40), width=4.0, random_state=2) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "ti.png")
+    out = tmp_path / "p"
+    res = CliRunner().invoke(cli.main, [
+        "train", "--image", str(tmp_path / "ti.png"), "--patch-shape", "32", "16", "--out", str(out),
+        "--iterations", "2", "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4",
+        "--quiet"])
+    _ok(res)
+    assert VAEPrior.load(out).image_shape_ == (32, 16)
+
+
+@pytest.mark.parametrize("args, message, code", [
+    ([], "exactly one of --image PATH or --procedural", 2),
+    (["--procedural", "--image-size", "50", "50"], "larger than image", 1),
+    (["--procedural", "--channels", "a,b"], "comma-separated integers", 2),
+    (["--image", "/definitely/not/here.png"], "does not exist", 2),
+])
+def test_train_bad_inputs(tmp_path, args, message, code):
+    res = CliRunner().invoke(cli.main, ["train", "--out", str(tmp_path / "p"), "--iterations", "1",
+                                        "--quiet", *args])
+    _fails(res, message, code)
+
+
+def _paper_linear_data(prior, n=1):
+    grid = Grid2D.paper()
+    op = StraightRayOperator(grid, CrossholeSurvey.paper(0.01, 6.49))
+    models = prior.sample(n, random_state=5)
+    return op, op.response(paper_slowness(models))
+
+
+def test_invert_text_column_to_models(tiny_prior, tmp_path):
+    prior_dir, prior = tiny_prior
+    op, data = _paper_linear_data(prior)
+    np.savetxt(tmp_path / "tt.txt", data.reshape(-1, 1))  # one column
+    out = tmp_path / "inv"
+    res = CliRunner().invoke(cli.main, [
+        "invert", str(tmp_path / "tt.txt"), "--prior", str(prior_dir), "--out", str(out),
+        "--n-starts", "2", "--epochs", "2", "--batch-size", "625", "--threshold", "100", "--quiet"])
+    _ok(res)
+    models = np.load(out / "models.npy")
+    assert models.shape == (1, 129 * 65)
+    result = json.loads((out / "result.json").read_text())
+    assert result["n_iterations"] == 2
+    assert result["accepted_fraction"] == [1.0]
+    # the reported best misfit is the misfit of the saved model (float32 inversion)
+    rmse = np.sqrt(np.mean((op.response(paper_slowness(models[0])) - data[0]) ** 2))
+    assert result["best_data_rmse_ns"][0] == pytest.approx(rmse, rel=1e-4)
+    _png(out / "invert.png")
+
+
+def test_invert_npy_rows_and_geometry_file(tiny_prior, tmp_path):
+    prior_dir, prior = tiny_prior
+    op, data = _paper_linear_data(prior, n=2)
+    np.save(tmp_path / "tt.npy", data)
+    survey = op.survey
+    geo = {"grid": {"n_rows": 129, "n_cols": 65, "cell_size": 0.1},
+           "sources": survey.sources.tolist(), "receivers": survey.receivers.tolist()}
+    (tmp_path / "geo.json").write_text(json.dumps(geo))
+    res = CliRunner().invoke(cli.main, [
+        "invert", str(tmp_path / "tt.npy"), "--geometry", str(tmp_path / "geo.json"), "--prior",
+        str(prior_dir), "--out", str(tmp_path / "o"), "--n-starts", "1", "--epochs", "1",
+        "--batch-size", "625", "--quiet"])
+    _ok(res)
+    assert np.load(tmp_path / "o" / "models.npy").shape == (2, 129 * 65)
+
+
+def test_load_geometry_round_trip(tmp_path):
+    geo = {"grid": {"n_rows": 4, "n_cols": 3, "cell_size": [0.5, 0.25], "origin": [1.0, 0.0]},
+           "sources": [[1.0, 0.2], [1.0, 0.6]], "receivers": [[2.5, 0.5]], "pairs": [[1, 0]]}
+    (tmp_path / "g.json").write_text(json.dumps(geo))
+    grid, survey = cli.load_geometry(str(tmp_path / "g.json"))
+    assert grid == Grid2D(4, 3, (0.5, 0.25), (1.0, 0.0))
+    assert survey.n_data == 1 and survey.pairs.tolist() == [[1, 0]]
+    g2, s2 = cli.load_geometry("paper", "shortest-path")
+    assert s2.sources[0, 0] == 0.0 and s2.receivers[0, 0] == 6.5
+    g3, s3 = cli.load_geometry("paper", "straight")
+    assert s3.sources[0, 0] == 0.01 and s3.receivers[0, 0] == 6.49
+
+
+def test_invert_bad_inputs(tiny_prior, tmp_path):
+    prior_dir, _ = tiny_prior
+    run = CliRunner().invoke
+    np.savetxt(tmp_path / "short.txt", np.ones(600))
+    _fails(run(cli.main, ["invert", str(tmp_path / "short.txt"), "--prior", str(prior_dir)]),
+           "expected 625 traveltimes", 2)
+    _fails(run(cli.main, ["invert", str(tmp_path / "missing.npy"), "--prior", str(prior_dir)]),
+           "does not exist", 2)
+    np.savetxt(tmp_path / "ok.txt", np.ones(625))
+    _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--prior", str(tmp_path / "none")]),
+           "prior directory", 2)
+    (tmp_path / "bad.json").write_text("{not json")
+    _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--geometry", str(tmp_path / "bad.json"),
+                          "--prior", str(prior_dir)]), "not valid JSON", 2)
+    (tmp_path / "small.json").write_text(json.dumps(
+        {"grid": {"n_rows": 10, "n_cols": 5}, "sources": [[0, 0.5]], "receivers": [[0.5, 0.5]]}))
+    np.savetxt(tmp_path / "one.txt", np.ones(1))
+    _fails(run(cli.main, ["invert", str(tmp_path / "one.txt"), "--geometry",
+                          str(tmp_path / "small.json"), "--prior", str(prior_dir)]),
+           "prior makes models of shape (129, 65)", 1)
+    (tmp_path / "outside.json").write_text(json.dumps(
+        {"grid": {"n_rows": 10, "n_cols": 5}, "sources": [[0, 5.0]], "receivers": [[0.5, 0.5]]}))
+    _fails(run(cli.main, ["invert", str(tmp_path / "one.txt"), "--geometry",
+                          str(tmp_path / "outside.json"), "--prior", str(prior_dir)]),
+           "lies outside the grid", 1)
+    _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--operator", "bent"]),
+           "Invalid value for '--operator'", 2)
+
+
+def test_bench_runs_scripts_and_reports_missing_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "bench_raytrace.py").write_text(
+        "import sys, pathlib\npathlib.Path(sys.argv[0]).with_suffix('.ran').write_text(' '.join(sys.argv[1:]))\n")
+    monkeypatch.setenv("LATENTINV_BENCHMARKS", str(folder))
+    res = CliRunner().invoke(cli.main, ["bench", "raytrace", "--quick"])
+    _ok(res)
+    assert (folder / "bench_raytrace.ran").read_text() == "--quick"
+    res = CliRunner().invoke(cli.main, ["bench", "prior"])
+    _fails(res, "prior", 1)
+    monkeypatch.setenv("LATENTINV_BENCHMARKS", str(tmp_path / "absent"))
+    _fails(CliRunner().invoke(cli.main, ["bench"]), "benchmarks folder is not available", 1)
+
+
+def test_version_and_help():
+    res = CliRunner().invoke(cli.main, ["--version"])
+    _ok(res)
+    from latentinv import __version__
+    assert __version__ in res.output
+    res = CliRunner().invoke(cli.main, ["--help"])
+    _ok(res)
+    for cmd in ("demo", "train", "invert", "bench"):
+        assert cmd in res.output
