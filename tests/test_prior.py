@@ -236,3 +236,13 @@ def test_errors():
         prior.transform(X3.reshape(10, 5, 6))
     with pytest.raises(ValueError, match="Z has 3 columns but n_components=20"):
         prior.decode(np.zeros((2, 3)))
+
+
+def test_verbose_progress_bar(capsys):
+    X = make_straight_channels(20, (6, 5), 2, random_state=0)
+    VAEPrior(architecture="mlp", n_components=1, hidden_size=4, n_iterations=3, verbose=0,
+             random_state=0, device="cpu").fit(X)
+    assert "VAEPrior fit" not in capsys.readouterr().err
+    VAEPrior(architecture="mlp", n_components=1, hidden_size=4, n_iterations=3, verbose=1,
+             random_state=0, device="cpu").fit(X)
+    assert "VAEPrior fit" in capsys.readouterr().err
