@@ -455,7 +455,7 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
 @main.command()
 @click.argument("traveltimes", type=click.Path(dir_okay=False))
 @click.option("--geometry", default="paper", show_default=True,
-              help="'paper' or a JSON geometry file (see `latentinv --help` docs / module docstring).")
+              help="'paper' or a JSON geometry file (format below).")
 @click.option("--prior", "prior_spec", default="pretrained", show_default=True,
               help="'pretrained' or a directory written by `latentinv train`.")
 @click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
@@ -482,6 +482,15 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
 
     Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
     top), OUT/invert.png and OUT/result.json.
+
+    --geometry FILE is JSON; positions (x, depth) in m, "pairs" optional (default: every
+    source-receiver pair, source-major; the traveltimes follow that order):
+
+    \b
+      {"grid": {"n_rows": 129, "n_cols": 65, "cell_size": 0.1, "origin": [0, 0]},
+       "sources": [[0.0, 0.5], [0.0, 1.0]],
+       "receivers": [[6.5, 0.5], [6.5, 1.0]],
+       "pairs": [[0, 0], [0, 1], [1, 0], [1, 1]]}
     """
     import matplotlib
 
