@@ -24,7 +24,12 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
 }
 
 py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, bool want_jacobian,
-                     int n_threads) {
+                     int n_threads, const std::string& queue) {
+  latentinv::QueueKind kind;
+  if (queue == "auto") kind = latentinv::QueueKind::automatic;
+  else if (queue == "heap") kind = latentinv::QueueKind::heap;
+  else if (queue == "buckets") kind = latentinv::QueueKind::buckets;
+  else throw std::invalid_argument("ShortestPathEngine.run: queue must be 'auto', 'heap' or 'buckets'");
   // forcecast + c_style: a C-contiguous float64 copy when needed
   auto slowness = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(slowness_obj);
   if (!slowness) throw std::invalid_argument("ShortestPathEngine.run: slowness must be a float64 array");
@@ -37,7 +42,7 @@ py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, 
   BatchResult result;
   {
     py::gil_scoped_release release;
-    result = engine.run(data, n_models, want_jacobian, n_threads);
+    result = engine.run(data, n_models, want_jacobian, n_threads, kind);
   }
   py::array_t<double> times = to_numpy(std::move(result.times));
   times.resize({n_models, engine.n_data()});
@@ -75,8 +80,10 @@ void bind_shortest_path(py::module_& m) {
            },
            py::arg("node"))
       .def("run", &engine_run, py::arg("slowness"), py::arg("want_jacobian"), py::arg("n_threads"),
+           py::arg("queue") = "auto",
            "slowness (n_models, n_cells) -> (times (n_models, n_data), (indptr, indices, data) or None)."
-           " The Jacobian is one CSR stacked over models (row model*n_data + datum).");
+           " The Jacobian is one CSR stacked over models (row model*n_data + datum). queue: 'auto', "
+           "'heap' (4-ary) or 'buckets' (exact bucket queue); all give identical results.");
 }
 
 }  // namespace

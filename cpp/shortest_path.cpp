@@ -99,6 +99,59 @@ class QuaternaryHeap {
   size_t size_ = 0;
 };
 
+
+
+
+// Bucket queue (Dial 1969) with bucket width at most half the smallest edge weight of the model.
+// Exact for Dijkstra: a node in the lowest non-empty bucket cannot be improved by any other
+// unsettled node (that would add at least one edge weight, i.e. two bucket widths), so every node
+// of that bucket is final and the order inside a bucket does not matter (distances are the same
+// fixpoint, and predecessors only come from strictly earlier buckets). Buckets are a ring of
+// power-of-two size larger than (largest edge weight / width) + 4. A node whose distance drops is
+// appended again; stale entries are skipped when popped (settled flag).
+class BucketQueue {
+ public:
+  void reset(int64_t n_buckets, double inverse_width) {
+    if (static_cast<int64_t>(buckets_.size()) < n_buckets) buckets_.resize(n_buckets);
+    for (auto& b : buckets_) b.clear();
+    mask_ = n_buckets - 1;
+    inverse_width_ = inverse_width;
+    current_ = 0;
+    size_ = 0;
+  }
+  void push(int32_t node, double key) {
+    int64_t b = static_cast<int64_t>(key * inverse_width_);
+    if (b < current_) b = current_;  // cannot happen (see above); kept as a guard
+    buckets_[b & mask_].push_back(node);
+    ++size_;
+  }
+  // next entry in bucket order, possibly stale; false when empty
+  bool pop(int32_t* node) {
+    while (size_ > 0) {
+      std::vector<int32_t>& b = buckets_[current_ & mask_];
+      if (!b.empty()) {
+        *node = b.back();
+        b.pop_back();
+        --size_;
+        return true;
+      }
+      ++current_;
+    }
+    return false;
+  }
+
+ private:
+  std::vector<std::vector<int32_t>> buckets_;
+  int64_t mask_ = 0, current_ = 0;
+  double inverse_width_ = 1.0;
+  size_t size_ = 0;
+};
+
+#ifdef LATENTINV_COUNT
+}
+long g_pops = 0, g_improve = 0, g_sift = 0, g_relax = 0;
+namespace {
+#endif
 [[noreturn]] void fail(const std::string& msg) {
   throw std::invalid_argument("ShortestPathEngine: " + msg);
 }
@@ -110,13 +163,16 @@ struct ShortestPathEngine::Workspace {
   std::vector<int32_t> pred, pred_cell, pos, target_stamp;
   std::vector<HeapEntry> heap;
   std::vector<double> accumulator;  // per cell, for Jacobian rows
-  std::vector<int32_t> touched;
-  int32_t stamp = 0;
+  std::vector<int32_t> touched, memo, gid;
+  std::vector<double> pred_length;
+  int32_t stamp = 0, memo_stamp = 0;
   QuaternaryHeap queue;
+  BucketQueue buckets;
 
-  Workspace(int64_t n_nodes, int64_t n_cells)
+  Workspace(int64_t n_nodes, int64_t n_cells, int64_t n_local)
       : dist(n_nodes), pred(n_nodes), pred_cell(n_nodes), pos(n_nodes),
-        target_stamp(n_nodes, 0), heap(n_nodes), accumulator(n_cells, 0.0) {}
+        target_stamp(n_nodes, 0), heap(n_nodes), accumulator(n_cells, 0.0),
+        memo(n_nodes, 0), gid(n_local), pred_length(n_nodes) {}
 };
 
 struct ShortestPathEngine::TaskOutput {
@@ -131,7 +187,9 @@ ShortestPathEngine::ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx
                                        std::vector<int64_t> receiver_nodes,
                                        std::vector<int64_t> pair_sources,
                                        std::vector<int64_t> pair_receivers)
-    : n_rows_(n_rows), n_cols_(n_cols), n_sec_(n_secondary), dx_(dx), dz_(dz) {
+    : n_rows_(n_rows), n_cols_(n_cols), n_sec_(n_secondary),
+      div_cols_(std::max<int64_t>(n_cols, 1)), div_cols1_(n_cols + 1),
+      div_sec_(std::max<int64_t>(n_secondary, 1)), dx_(dx), dz_(dz) {
   if (n_rows < 1 || n_cols < 1) fail("n_rows and n_cols must be >= 1");
   if (!(std::isfinite(dx) && dx > 0) || !(std::isfinite(dz) && dz > 0))
     fail("cell sizes dx and dz must be finite and > 0");
@@ -225,48 +283,52 @@ void ShortestPathEngine::node_position(int64_t node, double* x, double* depth) c
   }
 }
 
-inline int ShortestPathEngine::cell_nodes(int64_t cell, int32_t* gid) const {
-  const int64_t C = n_cols_, n = n_sec_;
-  const int64_t r = cell / C, c = cell % C;
-  const int64_t tl = r * (C + 1) + c;
-  gid[0] = static_cast<int32_t>(tl);
-  gid[1] = static_cast<int32_t>(tl + 1);
-  gid[2] = static_cast<int32_t>(tl + C + 1);
-  gid[3] = static_cast<int32_t>(tl + C + 2);
-  const int64_t top = n_corner_ + (r * C + c) * n;
-  const int64_t bottom = top + C * n;
-  const int64_t left = n_corner_ + n_horizontal_ + (r * (C + 1) + c) * n;
-  const int64_t right = left + n;
-  for (int64_t k = 0; k < n; ++k) {
-    gid[4 + k] = static_cast<int32_t>(top + k);
-    gid[4 + n + k] = static_cast<int32_t>(bottom + k);
-    gid[4 + 2 * n + k] = static_cast<int32_t>(left + k);
-    gid[4 + 3 * n + k] = static_cast<int32_t>(right + k);
+inline int ShortestPathEngine::cell_nodes(int64_t cell64, int32_t* gid) const {
+  const int32_t C = static_cast<int32_t>(n_cols_), n = static_cast<int32_t>(n_sec_);
+  const int32_t cell = static_cast<int32_t>(cell64);
+  const int32_t r = div_cols_.div(cell), c = cell - r * C;
+  const int32_t tl = r * (C + 1) + c;
+  gid[0] = tl;
+  gid[1] = tl + 1;
+  gid[2] = tl + C + 1;
+  gid[3] = tl + C + 2;
+  const int32_t top = static_cast<int32_t>(n_corner_) + cell * n;
+  const int32_t bottom = top + C * n;
+  const int32_t left = static_cast<int32_t>(n_corner_ + n_horizontal_) + (cell + r) * n;
+  const int32_t right = left + n;
+  for (int32_t k = 0; k < n; ++k) {
+    gid[4 + k] = top + k;
+    gid[4 + n + k] = bottom + k;
+    gid[4 + 2 * n + k] = left + k;
+    gid[4 + 3 * n + k] = right + k;
   }
   return static_cast<int>(n_local_);
 }
 
 // cells touching `node` and the local index of the node in each; returns their count (1..4)
 inline int ShortestPathEngine::adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const {
-  const int64_t R = n_rows_, C = n_cols_, n = n_sec_;
+  const int32_t R = static_cast<int32_t>(n_rows_), C = static_cast<int32_t>(n_cols_);
+  const int32_t n = static_cast<int32_t>(n_sec_);
+  const int32_t n_corner = static_cast<int32_t>(n_corner_);
+  const int32_t n_horizontal = static_cast<int32_t>(n_horizontal_);
   int count = 0;
-  if (node < n_corner_) {
-    const int64_t i = node / (C + 1), j = node % (C + 1);
+  if (node < n_corner) {
+    const int32_t i = div_cols1_.div(node), j = node - i * (C + 1);
     // cell (i-1, j-1): node is its BR; (i-1, j): BL; (i, j-1): TR; (i, j): TL
-    if (i > 0 && j > 0) { cells[count] = static_cast<int32_t>((i - 1) * C + j - 1); local[count++] = 3; }
-    if (i > 0 && j < C) { cells[count] = static_cast<int32_t>((i - 1) * C + j); local[count++] = 2; }
-    if (i < R && j > 0) { cells[count] = static_cast<int32_t>(i * C + j - 1); local[count++] = 1; }
-    if (i < R && j < C) { cells[count] = static_cast<int32_t>(i * C + j); local[count++] = 0; }
-  } else if (node < n_corner_ + n_horizontal_) {
-    const int64_t t = node - n_corner_, e = t / n, k = t % n;
-    const int64_t i = e / C, j = e % C;
-    if (i > 0) { cells[count] = static_cast<int32_t>((i - 1) * C + j); local[count++] = static_cast<int32_t>(4 + n + k); }
-    if (i < R) { cells[count] = static_cast<int32_t>(i * C + j); local[count++] = static_cast<int32_t>(4 + k); }
+    if (i > 0 && j > 0) { cells[count] = (i - 1) * C + j - 1; local[count++] = 3; }
+    if (i > 0 && j < C) { cells[count] = (i - 1) * C + j; local[count++] = 2; }
+    if (i < R && j > 0) { cells[count] = i * C + j - 1; local[count++] = 1; }
+    if (i < R && j < C) { cells[count] = i * C + j; local[count++] = 0; }
+  } else if (node < n_corner + n_horizontal) {
+    const int32_t t = node - n_corner, e = div_sec_.div(t), k = t - e * n;
+    const int32_t i = div_cols_.div(e);  // e = i*C + j is also the cell below
+    if (i > 0) { cells[count] = e - C; local[count++] = 4 + n + k; }
+    if (i < R) { cells[count] = e; local[count++] = 4 + k; }
   } else {
-    const int64_t t = node - n_corner_ - n_horizontal_, e = t / n, k = t % n;
-    const int64_t i = e / (C + 1), j = e % (C + 1);
-    if (j > 0) { cells[count] = static_cast<int32_t>(i * C + j - 1); local[count++] = static_cast<int32_t>(4 + 3 * n + k); }
-    if (j < C) { cells[count] = static_cast<int32_t>(i * C + j); local[count++] = static_cast<int32_t>(4 + 2 * n + k); }
+    const int32_t t = node - n_corner - n_horizontal, e = div_sec_.div(t), k = t - e * n;
+    const int32_t i = div_cols1_.div(e), j = e - i * (C + 1);
+    if (j > 0) { cells[count] = i * C + j - 1; local[count++] = 4 + 3 * n + k; }
+    if (j < C) { cells[count] = i * C + j; local[count++] = 4 + 2 * n + k; }
   }
   return count;
 }
@@ -279,9 +341,10 @@ inline int ShortestPathEngine::local_index(int32_t node, int32_t cell) const {
   throw std::logic_error("ShortestPathEngine: internal error, node not on cell");
 }
 
-template <bool Jacobian>
+template <bool Jacobian, bool Buckets>
 void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Workspace& ws,
-                                      double* times_row, TaskOutput* out) const {
+                                      const QueueChoice& choice, double* times_row,
+                                      TaskOutput* out) const {
   const int64_t m = n_local_;
   double* dist = ws.dist.data();
   int32_t* pred = ws.pred.data();
@@ -308,53 +371,70 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
 
   const int32_t src = source_nodes_[source];
   QuaternaryHeap& queue = ws.queue;
-  queue.init(&ws.heap, pos);
+  BucketQueue& buckets = ws.buckets;
+  if (Buckets) {
+    buckets.reset(choice.n_buckets, choice.inverse_width);
+    buckets.push(src, 0.0);
+  } else {
+    queue.init(&ws.heap, pos);
+    queue.push_or_decrease(src, 0.0);
+  }
   dist[src] = 0.0;
-  pred[src] = -1;
-  pred_cell[src] = -1;
-  queue.push_or_decrease(src, 0.0);
 
-  std::vector<int32_t> gid_storage(m);
-  int32_t* gid = gid_storage.data();
-  while (!queue.empty()) {
-    const HeapEntry top = queue.pop();
-    const int32_t v = top.node;
-    const double dv = top.key;
+  double* __restrict d = dist;
+  const int32_t C = static_cast<int32_t>(n_cols_), n = static_cast<int32_t>(n_sec_);
+  const int32_t n_corner = static_cast<int32_t>(n_corner_);
+  const int32_t n_side_h = static_cast<int32_t>(n_corner_ + n_horizontal_);
+  while (true) {
+    int32_t v;
+    double dv;
+    if (Buckets) {
+      if (!buckets.pop(&v)) break;
+      if (pos[v] == kSettled) continue;  // stale entry
+      pos[v] = kSettled;
+      dv = dist[v];
+    } else {
+      if (queue.empty()) break;
+      const HeapEntry top = queue.pop();
+      v = top.node;
+      dv = top.key;
+    }
+#ifdef LATENTINV_COUNT
+    ++g_pops;
+#endif
     if (ws.target_stamp[v] == stamp && --remaining == 0) break;
     int32_t cells[4], local[4];
     const int count = adjacent_cells(v, cells, local);
     for (int a = 0; a < count; ++a) {
       const int32_t cell = cells[a];
       const double s = slowness[cell];
-      cell_nodes(cell, gid);
-      const double* Lrow = L + local[a] * m;
-      for (int64_t q = 0; q < m; ++q) {
-        const int32_t u = gid[q];
+      const double* __restrict Lrow = L + local[a] * m;
+      // relax u (local index q) through this cell
+      auto relax = [&](int32_t u, int64_t q) {
         const double w = Lrow[q] * s;
         const double cand = dv + w;
-        const double du = dist[u];
+        const double du = d[u];
         if (cand < du) {
-          dist[u] = cand;
-          if (Jacobian) {
-            pred[u] = v;
-            pred_cell[u] = cell;
-          }
-          queue.push_or_decrease(u, cand);
-        } else if (Jacobian && cand == du && pos[u] != kSettled && u != v) {
-          // canonical tie rule: smallest (v, w, cell)
-          const int32_t pv = pred[u];
-          bool replace = v < pv;
-          if (v == pv) {
-            // same pair of nodes through the other cell sharing their side: same local length
-            const double w_old = Lrow[q] * slowness[pred_cell[u]];
-            replace = (w < w_old) || (w == w_old && cell < pred_cell[u]);
-          }
-          if (replace) {
-            pred[u] = v;
-            pred_cell[u] = cell;
-          }
+          d[u] = cand;
+          if (Buckets)
+            buckets.push(u, cand);
+          else
+            queue.push_or_decrease(u, cand);
         }
-      }
+      };
+      // global ids of the cell's nodes (see cell_nodes): 4 corners, then 4 runs of n
+      const int32_t r = div_cols_.div(cell);
+      const int32_t tl = cell + r;  // r*(C+1) + c
+      relax(tl, 0);
+      relax(tl + 1, 1);
+      relax(tl + C + 1, 2);
+      relax(tl + C + 2, 3);
+      const int32_t top = n_corner + cell * n;
+      const int32_t bottom = top + C * n;
+      const int32_t left = n_side_h + (cell + r) * n;
+      for (int32_t k = 0; k < n; ++k) relax(top + k, 4 + k);
+      for (int32_t k = 0; k < n; ++k) relax(bottom + k, 4 + n + k);
+      for (int32_t k = 0; k < 2 * n; ++k) relax(left + k, 4 + 2 * n + k);  // left then right
     }
   }
 
@@ -371,17 +451,59 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
   out->row_start.assign(n_rows_here + 1, 0);
   out->cols.clear();
   out->vals.clear();
+  // canonical predecessors, found after the Dijkstra run from the final distances and memoised
+  // per node (paths of one source share their beginnings): among all (v, cell) around u with
+  // fl(d[v] + fl(L*s[cell])) == d[u], the smallest (v, w, cell). Only settled nodes can qualify
+  // (an unsettled v has d[v] >= d[u]), so stopping Dijkstra early does not change the result.
+  if (++ws.memo_stamp == std::numeric_limits<int32_t>::max()) {
+    std::fill(ws.memo.begin(), ws.memo.end(), 0);
+    ws.memo_stamp = 1;
+  }
+  const int32_t memo_stamp = ws.memo_stamp;
+  int32_t* memo = ws.memo.data();
+  double* pred_length = ws.pred_length.data();
+  int32_t* gid = ws.gid.data();
+  auto find_pred = [&](int32_t u) {
+    if (memo[u] == memo_stamp) return;
+    const double du = dist[u];
+    int32_t best_v = std::numeric_limits<int32_t>::max(), best_cell = -1;
+    double best_w = 0.0, best_len = 0.0;
+    int32_t cells[4], local[4];
+    const int count = adjacent_cells(u, cells, local);
+    for (int a = 0; a < count; ++a) {
+      const int32_t cell = cells[a];
+      const double s = slowness[cell];
+      const double* Lrow = L + local[a] * m;
+      cell_nodes(cell, gid);
+      for (int64_t q = 0; q < m; ++q) {
+        const int32_t v = gid[q];
+        if (v == u) continue;
+        const double w = Lrow[q] * s;
+        if (dist[v] + w == du &&
+            (v < best_v || (v == best_v && (w < best_w || (w == best_w && cell < best_cell))))) {
+          best_v = v;
+          best_w = w;
+          best_cell = cell;
+          best_len = Lrow[q];
+        }
+      }
+    }
+    if (best_cell < 0) throw std::logic_error("ShortestPathEngine: internal error, no predecessor");
+    pred[u] = best_v;
+    pred_cell[u] = best_cell;
+    pred_length[u] = best_len;
+    memo[u] = memo_stamp;
+  };
   for (int64_t a = 0; a < n_rows_here; ++a) {
     const int64_t datum = data_of_source_[data_start_[source] + a];
     int32_t u = receiver_nodes_[pair_receivers_[datum]];
     touched.clear();
     while (u != src) {
-      const int32_t v = pred[u];
+      find_pred(u);
       const int32_t cell = pred_cell[u];
-      const double len = L[local_index(u, cell) * m + local_index(v, cell)];
       if (acc[cell] == 0.0) touched.push_back(cell);
-      acc[cell] += len;
-      u = v;
+      acc[cell] += pred_length[u];
+      u = pred[u];
     }
     std::sort(touched.begin(), touched.end());
     for (int32_t cell : touched) {
@@ -402,7 +524,7 @@ std::unique_ptr<ShortestPathEngine::Workspace> ShortestPathEngine::acquire() con
       return ws;
     }
   }
-  return std::make_unique<Workspace>(n_nodes_, n_rows_ * n_cols_);
+  return std::make_unique<Workspace>(n_nodes_, n_rows_ * n_cols_, n_local_);
 }
 
 void ShortestPathEngine::release(std::unique_ptr<Workspace> ws) const {
@@ -411,7 +533,7 @@ void ShortestPathEngine::release(std::unique_ptr<Workspace> ws) const {
 }
 
 BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bool want_jacobian,
-                                    int n_threads) const {
+                                    int n_threads, QueueKind queue) const {
   if (slowness == nullptr) fail("slowness is null");
   if (n_models < 1) fail("n_models must be >= 1");
   if (n_threads < 1) fail("n_threads must be >= 1");
@@ -422,6 +544,31 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
                                 ", cell " + std::to_string(i % n_cells) + ")");
     if (!(s > 0)) fail("slowness must be > 0 (model " + std::to_string(i / n_cells) + ", cell " +
                        std::to_string(i % n_cells) + ")");
+  }
+  // priority queue per model: buckets when the weight range allows a small ring, else the heap
+  std::vector<QueueChoice> choices(n_models);
+  double l_min = std::numeric_limits<double>::infinity(), l_max = 0.0;
+  for (int64_t p = 0; p < n_local_; ++p)
+    for (int64_t q = 0; q < n_local_; ++q)
+      if (p != q) {
+        l_min = std::min(l_min, lengths_[p * n_local_ + q]);
+        l_max = std::max(l_max, lengths_[p * n_local_ + q]);
+      }
+  for (int64_t k = 0; k < n_models; ++k) {
+    const double* s = slowness + k * n_cells;
+    const auto mm = std::minmax_element(s, s + n_cells);
+    const double width = 0.5 * (l_min * *mm.first);
+    const double ratio = (l_max * *mm.second) / width + 4.0;
+    QueueChoice& c = choices[k];
+    c.buckets = queue != QueueKind::heap && width > 0 && ratio < 65536.0 &&
+                std::isfinite(1.0 / width);
+    if (queue == QueueKind::buckets && !c.buckets)
+      fail("bucket queue impossible for this slowness range (weights span too many buckets)");
+    if (c.buckets) {
+      c.inverse_width = 1.0 / width;
+      c.n_buckets = 1;
+      while (c.n_buckets < static_cast<int64_t>(ratio) + 1) c.n_buckets <<= 1;
+    }
   }
   const int64_t nd = n_data();
   const int64_t n_active = static_cast<int64_t>(active_sources_.size());
@@ -445,10 +592,12 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
         const int64_t source = active_sources_[task % n_active];
         const double* s = slowness + model * n_cells;
         double* times_row = result.times.data() + model * nd;
-        if (want_jacobian)
-          solve_source<true>(s, source, *ws, times_row, &outputs[task]);
-        else
-          solve_source<false>(s, source, *ws, times_row, nullptr);
+        const QueueChoice& c = choices[model];
+        TaskOutput* o = want_jacobian ? &outputs[task] : nullptr;
+        if (want_jacobian && c.buckets) solve_source<true, true>(s, source, *ws, c, times_row, o);
+        else if (want_jacobian) solve_source<true, false>(s, source, *ws, c, times_row, o);
+        else if (c.buckets) solve_source<false, true>(s, source, *ws, c, times_row, o);
+        else solve_source<false, false>(s, source, *ws, c, times_row, o);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);

@@ -41,6 +41,26 @@ struct BatchResult {
   std::vector<double> data;       // ray length (m) per cell
 };
 
+// Division of non-negative int32 by a fixed divisor through one double multiply (exact after the
+// correction steps); integer division is the slowest instruction on the hot path otherwise.
+struct FastDivisor {
+  int32_t d = 1;
+  double inverse = 1.0;
+  FastDivisor() = default;
+  explicit FastDivisor(int64_t divisor) : d(static_cast<int32_t>(divisor)), inverse(1.0 / divisor) {}
+  inline int32_t div(int32_t x) const {
+    int32_t q = static_cast<int32_t>(static_cast<double>(x) * inverse);
+    if (static_cast<int64_t>(q) * d > x) --q;
+    else if (static_cast<int64_t>(q + 1) * d <= x) ++q;
+    return q;
+  }
+};
+
+// Priority queue of the Dijkstra runs: `automatic` picks the bucket queue when the ratio of the
+// largest to the smallest edge weight allows (< 65536 buckets), else the 4-ary heap. All give the
+// same distances and predecessors.
+enum class QueueKind { automatic = 0, heap = 1, buckets = 2 };
+
 class ShortestPathEngine {
  public:
   ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx, double dz, int64_t n_secondary,
@@ -49,8 +69,8 @@ class ShortestPathEngine {
   ~ShortestPathEngine();
 
   // slowness: n_models x n_cells, C order (cell = row*n_cols + col). Throws on NaN/inf/<=0.
-  BatchResult run(const double* slowness, int64_t n_models, bool want_jacobian,
-                  int n_threads) const;
+  BatchResult run(const double* slowness, int64_t n_models, bool want_jacobian, int n_threads,
+                  QueueKind queue = QueueKind::automatic) const;
 
   int64_t n_nodes() const { return n_nodes_; }
   int64_t n_cells() const { return n_rows_ * n_cols_; }
@@ -64,9 +84,14 @@ class ShortestPathEngine {
   struct Workspace;
   struct TaskOutput;
 
-  template <bool Jacobian>
-  void solve_source(const double* slowness, int64_t source, Workspace& ws, double* times_row,
-                    TaskOutput* out) const;
+  struct QueueChoice {
+    bool buckets = false;
+    double inverse_width = 1.0;
+    int64_t n_buckets = 1;
+  };
+  template <bool Jacobian, bool Buckets>
+  void solve_source(const double* slowness, int64_t source, Workspace& ws,
+                    const QueueChoice& choice, double* times_row, TaskOutput* out) const;
   int cell_nodes(int64_t cell, int32_t* gid) const;     // fills the m global node ids
   int adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const;
   int local_index(int32_t node, int32_t cell) const;
@@ -75,6 +100,7 @@ class ShortestPathEngine {
   void release(std::unique_ptr<Workspace> ws) const;
 
   int64_t n_rows_, n_cols_, n_sec_, n_local_;
+  FastDivisor div_cols_, div_cols1_, div_sec_;  // by C, C+1 and n
   double dx_, dz_;
   int64_t n_corner_, n_horizontal_, n_vertical_, n_nodes_;
   std::vector<double> lengths_;  // n_local x n_local
