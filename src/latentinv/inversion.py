@@ -1,0 +1,841 @@
+"""Stochastic-gradient inversion in the latent space of a deep generative prior.
+
+:class:`LatentInverter` implements the inversion of Lopez-Alvis, Laloy, Nguyen & Hermans (2021),
+Section 2.4 (Eqs. 20-25 for the linear operator, Eq. 28 for the nonlinear one): the latent vector
+``z`` of a generator ``g`` is updated by (mini-batch) stochastic gradient descent on
+
+    C(z) = sum_{i in batch} w_i (y_i - f_i(s(g(z))))**2 + lambda_k R(z)            (Eq. 24)
+
+with ``s`` the map from model values in [0, 1] to slowness (ns/m), ``f`` the forward operator
+(traveltimes, ns), ``w_i = 1 / sigma_i**2`` when per-datum noise standard deviations are given
+(``w_i = 1`` otherwise, as in the paper), and the regularisation
+
+- ``"ring"``:   R(z) = (||z|| - mu_chi)**2, mu_chi the mean of the chi distribution with ``d``
+  degrees of freedom (Eq. 25; 4.4166 for d = 20), gradient ``2 lambda (||z|| - mu_chi) z / ||z||``;
+- ``"origin"``: R(z) = ||z||**2.
+
+Schedules: the learning rate decays by ``lr_decay`` every ``decay_every`` epochs (Eq. 21,
+:func:`learning_rate_schedule`) and the regularisation weight by ``lam_decay`` every iteration
+(Eq. 22, :func:`regularization_schedule`). Mini-batches are drawn without replacement within each
+epoch (``n_data // batch_size`` iterations per epoch; the remainder rays of a permutation are
+skipped in that epoch, as in the paper's code). Every iterate's model is scored on the full data and
+the lowest-misfit model over all starts and iterations is kept.
+
+Generator protocol
+------------------
+``prior`` may be
+
+(a) a :class:`~latentinv.prior.VAEPrior` (or any scikit-learn estimator with the attributes below
+    once fitted). Unfitted: it is cloned and fitted on the true models ``y`` in :meth:`LatentInverter.fit`.
+    Fitted (as judged by :func:`sklearn.utils.validation.check_is_fitted`), or wrapped in
+    :class:`sklearn.frozen.FrozenEstimator`: used as is, never retrained;
+(b) any object exposing
+
+    - ``decoder_``: a torch ``nn.Module`` mapping float32 latents ``(batch, n_components)`` to
+      float32 models ``(batch, n_cells)`` (flat C order, values in [0, 1]), differentiable;
+    - ``n_components``: the latent dimension ``d``;
+    - ``latent_distribution``: ``"normal"`` (standard normal latents) or ``"uniform"`` (latents
+      uniform in [-1, 1], kept there by stochastic clipping after every step, as in the SGAN
+      inversions of Laloy et al., 2019).
+
+  :class:`TorchGenerator` wraps a user's own module (an SGAN generator, say) into this protocol.
+  Objects without ``fit`` are taken as fitted.
+
+Transductive inversion
+----------------------
+``fit`` sets up the prior and checks it against the operator; the inversion of a set of surveys
+happens in :meth:`LatentInverter.predict` / :meth:`LatentInverter.invert`, which do not change the
+estimator.
+
+Table 1 of the paper
+--------------------
+Every case of Table 1 is one set of parameters (see :data:`PAPER_CASES`): ``VS`` = VAE prior and
+SGD, ``SA`` / ``SS`` = uniform-latent (SGAN) generator with Adam / SGD; then batch (``b``) or all data
+(``n``), regularisation ring (``r``), origin (``o``) or none (``n``), and decay (``d``) or not (``n``).
+The linear-operator defaults are those of VSbrd. For the nonlinear (shortest-path) operator the paper
+uses ``lr=0.1, lr_decay=0.8, decay_every=5, lam=1, lam_decay=0.99, n_epochs=30`` (750 iterations with
+batches of 25 rays), see :data:`NONLINEAR_SETTINGS`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import r2_score
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+
+__all__ = [
+    "LatentInverter", "TorchGenerator", "InversionResult", "paper_slowness", "chi_mean",
+    "learning_rate_schedule", "regularization_schedule", "ring_penalty", "ring_gradient",
+    "PAPER_CASES", "NONLINEAR_SETTINGS",
+]
+
+#: Settings of the paper's nonlinear (shortest-path) experiment (750 iterations).
+NONLINEAR_SETTINGS = dict(lr=0.1, lr_decay=0.8, decay_every=5, batch_size=25, regularization="ring",
+                          lam=1.0, lam_decay=0.99, n_epochs=30)
+
+#: The switches of the cases of the paper's Table 1 (step sizes stay at the estimator's values).
+PAPER_CASES = {
+    "VSnnn": dict(optimizer="sgd", batch_size=None, regularization=None, lr_decay=1.0, lam_decay=1.0),
+    "VSbnn": dict(optimizer="sgd", batch_size=25, regularization=None, lr_decay=1.0, lam_decay=1.0),
+    "VSbod": dict(optimizer="sgd", batch_size=25, regularization="origin", lr_decay=0.95, lam_decay=0.999),
+    "VSbrd": dict(optimizer="sgd", batch_size=25, regularization="ring", lr_decay=0.95, lam_decay=0.999),
+    # uniform-latent (SGAN-like) generator: pass a generator with latent_distribution="uniform"
+    "SAnnn": dict(optimizer="adam", batch_size=None, regularization=None, lr_decay=1.0, lam_decay=1.0),
+    "SSbnd": dict(optimizer="sgd", batch_size=25, regularization=None, lr_decay=0.95, lam_decay=1.0),
+}
+
+# a start whose latent norm exceeds this many times sqrt(d) is declared diverged
+_DIVERGENCE_FACTOR = 100.0
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+
+
+# ---------------------------------------------------------------------------------------------------
+# small pure functions (the paper's equations)
+# ---------------------------------------------------------------------------------------------------
+def paper_slowness(x):
+    """Slowness (ns/m) of model values ``x`` in [0, 1]: ``1 / (0.06 + 0.02 (1 - x))``.
+
+    Velocity is 0.06 m/ns where ``x = 1`` and 0.08 m/ns where ``x = 0`` (the paper's test case).
+    Works on torch tensors and NumPy arrays.
+    """
+    return 1.0 / (0.06 + 0.02 * (1.0 - x))
+
+
+def chi_mean(d):
+    """Mean of the chi distribution with ``d`` degrees of freedom: ``sqrt(2) G((d+1)/2) / G(d/2)``.
+
+    The expected norm of a ``d``-dimensional standard-normal vector (mu_chi of Eq. 25; 4.4166 for
+    ``d = 20``).
+    """
+    d = float(d)
+    return math.sqrt(2.0) * math.exp(math.lgamma((d + 1.0) / 2.0) - math.lgamma(d / 2.0))
+
+
+def learning_rate_schedule(lr, lr_decay, decay_every, epoch):
+    """Step size at ``epoch`` (0-based): ``lr * lr_decay ** (epoch // decay_every)`` (Eq. 21)."""
+    return lr * lr_decay ** (epoch // decay_every)
+
+
+def regularization_schedule(lam, lam_decay, iteration):
+    """Regularisation weight at ``iteration`` (0-based): ``lam * lam_decay ** iteration`` (Eq. 22)."""
+    return lam * lam_decay ** iteration
+
+
+def ring_penalty(z, lam, d=None):
+    """Ring term ``lam (||z|| - mu_chi)**2`` per row of ``z`` (torch, differentiable; Eq. 25)."""
+    d = z.shape[-1] if d is None else d
+    return lam * (torch.linalg.vector_norm(z, dim=-1) - chi_mean(d)) ** 2
+
+
+def ring_gradient(z, lam, d=None):
+    """Analytic gradient of :func:`ring_penalty`: ``2 lam (||z|| - mu_chi) z / ||z||`` (Eq. 25)."""
+    d = z.shape[-1] if d is None else d
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    return 2.0 * lam * (norm - chi_mean(d)) * z / norm
+
+
+# ---------------------------------------------------------------------------------------------------
+# generators
+# ---------------------------------------------------------------------------------------------------
+class TorchGenerator:
+    """Wrap a torch module ``z -> model`` into the generator protocol of :class:`LatentInverter`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Maps float32 latents ``(batch, n_components)`` to models ``(batch, n_cells)`` (flat C order,
+        values in [0, 1]). Outputs of another shape with ``batch`` first are flattened.
+    n_components : int
+        Latent dimension ``d``.
+    latent_distribution : {"normal", "uniform"}, default="normal"
+        ``"uniform"``: latents in [-1, 1] (SGAN), kept there by stochastic clipping.
+
+    Attributes
+    ----------
+    decoder_ : torch.nn.Module
+        ``module`` followed by flattening. The module is used as given (never switched to eval
+        mode here, which would change the caller's object): call ``module.eval()`` first when it
+        holds dropout or batch normalisation.
+    """
+
+    def __init__(self, module, n_components, latent_distribution="normal"):
+        self.module = module
+        self.n_components = n_components
+        self.latent_distribution = latent_distribution
+
+    @property
+    def decoder_(self):
+        return _Flatten(self.module)
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def decode(self, Z):
+        """Models ``(n, n_cells)`` (float64 NumPy) for latents ``Z`` ``(n, n_components)``."""
+        dec = self.decoder_
+        dev = next(iter(dec.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            out = dec(torch.tensor(np.asarray(Z), dtype=torch.float32, device=dev))
+        return out.cpu().numpy().astype(np.float64)
+
+    def __repr__(self):
+        return (f"TorchGenerator({type(self.module).__name__}, n_components={self.n_components}, "
+                f"latent_distribution={self.latent_distribution!r})")
+
+
+class _Flatten(torch.nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, z):
+        out = self.module(z)
+        return out.reshape(out.shape[0], -1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# result
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class InversionResult:
+    """Outcome of :meth:`LatentInverter.invert` for ``n_surveys`` surveys and ``n_starts`` starts.
+
+    Histories are indexed ``[survey, start, iteration]``; entries after a start stopped (target
+    reached or divergence) are NaN. The misfit of iteration ``k`` is that of the model decoded from
+    the iterate ``z_k`` before its update (as in the paper's code).
+
+    Attributes
+    ----------
+    models : ndarray of shape (n_surveys, n_cells)
+        Lowest-misfit model (values in [0, 1]) over all starts and iterations.
+    best_start : ndarray of shape (n_surveys,)
+        The start that gave ``models``.
+    start_models : ndarray of shape (n_surveys, n_starts, n_cells)
+        Lowest-misfit model of each start.
+    latents : ndarray of shape (n_surveys, n_starts, n_components)
+        Latent vector of each start's selected model.
+    data_rmse : ndarray of shape (n_surveys, n_starts)
+        Full-data RMSE (ns) of each start's selected model.
+    chi2 : ndarray of shape (n_surveys, n_starts) or None
+        Chi-square ``sum ((y - f) / sigma)**2`` of each start's selected model (with ``noise_std``).
+    best_iteration : ndarray of shape (n_surveys, n_starts)
+        Iteration of each start's selected model.
+    data_rmse_history, latent_norm_history, learning_rate_history, lam_history : ndarray of shape (n_surveys, n_starts, n_iterations)
+        Per iteration: full-data RMSE (ns), ``||z_k||``, step size (Eq. 21), lambda (Eq. 22).
+    chi2_history : ndarray of shape (n_surveys, n_starts, n_iterations) or None
+    n_iterations_run : ndarray of shape (n_surveys, n_starts)
+        Iterations performed by each start (less than the budget after an early stop or divergence).
+    reached_target : ndarray of bool, shape (n_surveys, n_starts)
+    diverged : ndarray of bool, shape (n_surveys, n_starts)
+        NaN or a latent norm above ``100 sqrt(d)``: the start was stopped before the bad iterate was
+        decoded; its selected model comes from the iterations before.
+    """
+
+    models: np.ndarray
+    best_start: np.ndarray
+    start_models: np.ndarray
+    latents: np.ndarray
+    data_rmse: np.ndarray
+    chi2: Optional[np.ndarray]
+    best_iteration: np.ndarray
+    data_rmse_history: np.ndarray
+    latent_norm_history: np.ndarray
+    learning_rate_history: np.ndarray
+    lam_history: np.ndarray
+    chi2_history: Optional[np.ndarray]
+    n_iterations_run: np.ndarray
+    reached_target: np.ndarray
+    diverged: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def n_surveys(self):
+        return self.models.shape[0]
+
+    @property
+    def n_starts(self):
+        return self.latents.shape[1]
+
+    def accepted(self, threshold):
+        """Boolean ``(n_surveys, n_starts)``: selected data RMSE <= ``threshold`` (ns), not diverged."""
+        return (self.data_rmse <= threshold) & ~self.diverged
+
+    def accepted_fraction(self, threshold):
+        """Fraction of the starts of each survey whose selected data RMSE (ns) is <= ``threshold``.
+
+        Diverged starts count as not accepted. Returns an array of shape ``(n_surveys,)``.
+        """
+        return self.accepted(threshold).mean(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# randomness: one int seed; initial latents shared by all surveys; per-survey, per-start streams
+# ---------------------------------------------------------------------------------------------------
+def _as_seed(random_state):
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _initial_latents(seed, n_starts, n_components, latent_distribution):
+    """The ``n_starts`` initial latents (float32, CPU), the same for every survey."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if latent_distribution == "uniform":
+        return 2.0 * torch.rand(n_starts, n_components, generator=gen, dtype=torch.float32) - 1.0
+    return torch.randn(n_starts, n_components, generator=gen, dtype=torch.float32)
+
+
+def _survey_generators(seed, y, n_starts):
+    """Per-start NumPy generators of one survey: (mini-batch orders, stochastic clipping).
+
+    Seeded from the estimator's seed and the survey's data, so that a survey's streams do not
+    depend on the other surveys or their order.
+    """
+    digest = hashlib.sha256(np.ascontiguousarray(y, dtype=np.float64).tobytes()).digest()
+    words = [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
+    children = np.random.SeedSequence([seed] + words).spawn(2 * n_starts)
+    gens = [np.random.default_rng(c) for c in children]
+    return gens[:n_starts], gens[n_starts:]
+
+
+def _resolve_device(device, owner="LatentInverter"):
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not (isinstance(device, str) and device.startswith("cuda:")):
+        raise ValueError(f"{owner}: device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{owner}: device={device!r} but CUDA is not available")
+    return torch.device(device)
+
+
+def _module_device(module):
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return None
+
+
+class _GatheredRows:
+    """Rows of a constant sparse kernel as padded (index, value) tensors: ``t_i = sum_j v_ij s[idx_ij]``."""
+
+    def __init__(self, G, device, dtype):
+        G = G.tocsr()
+        G.sort_indices()
+        counts = np.diff(G.indptr)
+        width = max(int(counts.max()), 1)
+        n = G.shape[0]
+        idx = np.zeros((n, width), dtype=np.int64)
+        val = np.zeros((n, width), dtype=np.float64)
+        for i in range(n):
+            a, b = G.indptr[i], G.indptr[i + 1]
+            idx[i, :b - a] = G.indices[a:b]
+            val[i, :b - a] = G.data[a:b]
+        self.index = torch.tensor(idx, device=device)
+        self.value = torch.tensor(val, dtype=dtype, device=device)
+        Gc = G.astype(np.float64)
+        self.matrix = torch.sparse_csr_tensor(
+            torch.tensor(Gc.indptr, dtype=torch.int64), torch.tensor(Gc.indices, dtype=torch.int64),
+            torch.tensor(Gc.data, dtype=dtype), size=Gc.shape, check_invariants=True).to(device)
+
+    def rows(self, s, batch):
+        """Traveltimes of rays ``batch`` (R, B) for slowness ``s`` (R, n_cells): differentiable."""
+        R, B = batch.shape
+        idx = self.index[batch]                     # (R, B, P)
+        gathered = torch.gather(s, 1, idx.reshape(R, -1)).reshape(idx.shape)
+        return (gathered * self.value[batch]).sum(-1)
+
+    def full(self, s):
+        """All traveltimes (R, n_data), no autograd."""
+        return (self.matrix @ s.T.contiguous()).T
+
+
+# ---------------------------------------------------------------------------------------------------
+# the estimator
+# ---------------------------------------------------------------------------------------------------
+class LatentInverter(RegressorMixin, BaseEstimator):
+    """Traveltime inversion by stochastic gradient descent in the latent space of a generator.
+
+    Lopez-Alvis et al. (2021), Section 2.4, Eqs. 20-25 (linear operator) and Eq. 28 (nonlinear).
+    All starts of all surveys advance together as one batch of latent vectors, on CPU or CUDA.
+
+    Parameters
+    ----------
+    prior : VAEPrior, FrozenEstimator or generator, default=None
+        The generative prior (see the module's generator protocol). ``None``: an unfitted
+        ``VAEPrior()`` trained on ``y`` in :meth:`fit`.
+    operator : ForwardOperator
+        Slowness per cell (ns/m) -> traveltimes (ns); ``n_params`` must equal the generator's
+        number of cells. Linear operators use a gathered sparse kernel (only the batch rays are
+        evaluated with autograd); nonlinear ones enter autograd through their custom Function, whose
+        backward applies the Jacobian at the current models (Eq. 28).
+    slowness_map : callable, default=None
+        Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`
+        (velocity ``0.06 + 0.02 (1 - x)`` m/ns).
+    optimizer : {"sgd", "adam"}, default="sgd"
+    lr : float, default=1e-2
+        Initial step size (Eq. 20).
+    lr_decay : float, default=0.95
+        Factor applied to the step size every ``decay_every`` epochs (Eq. 21).
+    decay_every : int, default=1
+        Epochs between step-size decays.
+    batch_size : int or None, default=25
+        Rays per step; ``None`` uses all data (one iteration per epoch).
+    regularization : {"ring", "origin"} or None, default="ring"
+        ``"ring"``: ``lambda (||z|| - mu_chi)**2`` (Eq. 25, normal latents only); ``"origin"``:
+        ``lambda ||z||**2``.
+    lam : float, default=10.0
+        Initial regularisation weight.
+    lam_decay : float, default=0.999
+        Factor applied to lambda every iteration (Eq. 22).
+    n_epochs : int, default=120
+        Iteration budget in epochs (``n_epochs * (n_data // batch_size)`` iterations; 3000 for the
+        paper's linear case, 750 with ``n_epochs=30`` for its nonlinear case).
+    n_starts : int, default=10
+        Initial latent vectors per survey, drawn from the latent distribution (the same for every
+        survey).
+    noise_std : float or array-like of shape (n_data,), default=None
+        Per-datum noise standard deviation (ns). When given, residuals are weighted by ``1/sigma**2``
+        in the data term and in the selection of the best model, and chi-square is reported. Note
+        that weighting scales the gradient: divide ``lr`` by ``1/sigma**2`` to keep the paper's steps.
+    target_misfit : float, default=None
+        Early stop of a start once its full-data misfit reaches this value: data RMSE (ns), or
+        ``sqrt(chi2 / n_data)`` when ``noise_std`` is given (1 = fitting to the noise level).
+    nonlinear_gradient : {"paper", "exact"}, default="paper"
+        Gradient of the data term for a nonlinear operator. ``"paper"``: the step of the paper's
+        code, ``g'(z)^T S(x)^T (f(x) - y)`` with ``S`` the Jacobian with respect to slowness used
+        directly as the gradient with respect to the model values ``x`` (Eq. 28: no factor 2 and
+        no derivative of ``slowness_map``), so that :data:`NONLINEAR_SETTINGS` apply as published.
+        ``"exact"``: the full chain rule of ``sum (y - f(s(g(z))))**2``, which is about 8 times
+        larger with the paper's slowness map (factor 2 times ``ds/dx`` of 3.1 to 5.6 ns/m).
+        Linear operators always use the exact gradient (as the paper's code does).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial latents and each survey's mini-batch order.
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    verbose : int, default=0
+        Progress bar (tqdm) when > 0.
+
+    Attributes
+    ----------
+    prior_ : object
+        The prior used (``prior`` itself when fitted, a fitted clone otherwise).
+    operator_ : ForwardOperator
+    n_features_in_ : int
+        Number of data (traveltimes) per survey.
+    n_components_ : int
+        Latent dimension ``d``.
+    latent_distribution_ : str
+    mu_chi_ : float
+        Mean of the chi distribution with ``d`` degrees of freedom (Eq. 25).
+    n_iterations_ : int
+        Iterations per start.
+    device_ : torch.device
+    """
+
+    def __init__(self, prior=None, operator=None, *, slowness_map=None, optimizer="sgd", lr=1e-2,
+                 lr_decay=0.95, decay_every=1, batch_size=25, regularization="ring", lam=10.0,
+                 lam_decay=0.999, n_epochs=120, n_starts=10, noise_std=None, target_misfit=None,
+                 nonlinear_gradient="paper", random_state=None, device="auto", verbose=0):
+        self.prior = prior
+        self.operator = operator
+        self.slowness_map = slowness_map
+        self.optimizer = optimizer
+        self.lr = lr
+        self.lr_decay = lr_decay
+        self.decay_every = decay_every
+        self.batch_size = batch_size
+        self.regularization = regularization
+        self.lam = lam
+        self.lam_decay = lam_decay
+        self.n_epochs = n_epochs
+        self.n_starts = n_starts
+        self.noise_std = noise_std
+        self.target_misfit = target_misfit
+        self.nonlinear_gradient = nonlinear_gradient
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # -- tags ------------------------------------------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.target_tags.required = False
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = False
+        tags.non_deterministic = False
+        return tags
+
+    # -- validation ------------------------------------------------------------------------------------
+    def _check_params(self, n_data):
+        name = type(self).__name__
+
+        def number(value, pname, low=None, high=None, low_open=False, integer=False):
+            kind = numbers.Integral if integer else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind) or not np.isfinite(value):
+                what = "an integer" if integer else "a finite number"
+                raise ValueError(f"{name}: {pname} must be {what}, got {value!r}")
+            if low is not None and (value <= low if low_open else value < low):
+                raise ValueError(f"{name}: {pname} must be {'>' if low_open else '>='} {low}, got {value!r}")
+            if high is not None and value > high:
+                raise ValueError(f"{name}: {pname} must be <= {high}, got {value!r}")
+
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"{name}: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        number(self.lr, "lr", 0, low_open=True)
+        number(self.lr_decay, "lr_decay", 0, 1, low_open=True)
+        number(self.decay_every, "decay_every", 1, integer=True)
+        if self.batch_size is not None:
+            number(self.batch_size, "batch_size", 1, n_data, integer=True)
+        if self.regularization not in ("ring", "origin", None):
+            raise ValueError(
+                f"{name}: regularization must be 'ring', 'origin' or None, got {self.regularization!r}")
+        number(self.lam, "lam", 0)
+        number(self.lam_decay, "lam_decay", 0, 1, low_open=True)
+        number(self.n_epochs, "n_epochs", 1, integer=True)
+        number(self.n_starts, "n_starts", 1, integer=True)
+        if self.target_misfit is not None:
+            number(self.target_misfit, "target_misfit", 0)
+        if self.nonlinear_gradient not in ("paper", "exact"):
+            raise ValueError(f"{name}: nonlinear_gradient must be 'paper' or 'exact', got "
+                             f"{self.nonlinear_gradient!r}")
+        if self.slowness_map is not None and not callable(self.slowness_map):
+            raise ValueError(f"{name}: slowness_map must be callable or None, got {self.slowness_map!r}")
+        if self.noise_std is None:
+            return None
+        sigma = np.asarray(self.noise_std, dtype=np.float64)
+        if sigma.ndim == 0:
+            sigma = np.full(n_data, float(sigma))
+        if sigma.shape != (n_data,) or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
+            raise ValueError(
+                f"{name}: noise_std must be a positive number or an array of {n_data} positive "
+                f"numbers (ns), got {self.noise_std!r}")
+        return sigma
+
+    def _check_operator(self):
+        name = type(self).__name__
+        op = self.operator
+        if op is None or not all(hasattr(op, a) for a in ("n_data", "n_params", "forward")):
+            raise ValueError(
+                f"{name}: operator must be a forward operator (with n_data, n_params and forward), "
+                f"got {op!r}")
+        return op
+
+    def _check_traveltimes(self, X, reset):
+        name = type(self).__name__
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=True,
+                          ensure_2d=True, copy=False)
+        if np.any(X < 0):
+            raise ValueError(f"{name}: Negative values in data passed to X: traveltimes must be "
+                             f">= 0 ns, got a minimum of {float(X.min())!r}")
+        return X
+
+    # -- fit -------------------------------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Check the traveltimes against the operator and set up the prior.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Observed traveltimes (ns), one row per survey. Only checked: the inversion itself happens
+            in :meth:`predict` / :meth:`invert`.
+        y : array-like of shape (n_surveys, n_cells) or (n_surveys, n_rows, n_cols), default=None
+            True models (values in [0, 1]); needed only to train an unfitted prior.
+
+        Returns
+        -------
+        self : LatentInverter
+        """
+        name = type(self).__name__
+        op = self._check_operator()
+        X = self._check_traveltimes(X, reset=True)
+        if y is not None:
+            check_consistent_length(X, y)
+        if X.shape[1] != op.n_data:
+            raise ValueError(
+                f"{name}: X has {X.shape[1]} traveltimes per survey but the operator expects "
+                f"{op.n_data}")
+        self._check_params(op.n_data)
+        self.device_ = _resolve_device(self.device)
+
+        prior = self.prior
+        if prior is None:
+            from .prior import VAEPrior
+            prior = VAEPrior()
+        if _prior_is_fitted(prior):
+            self.prior_ = prior
+        else:
+            if y is None:
+                raise ValueError(
+                    f"{name}: the prior {type(prior).__name__} is not fitted; pass the training "
+                    "models as y (or a fitted prior)")
+            self.prior_ = clone(prior).fit(np.asarray(y))
+        for attr in ("decoder_", "n_components", "latent_distribution"):
+            if not hasattr(self.prior_, attr):
+                raise ValueError(f"{name}: the prior {type(self.prior_).__name__} lacks {attr!r} "
+                                 "(see the generator protocol in latentinv.inversion)")
+        dist = self.prior_.latent_distribution
+        if dist not in ("normal", "uniform"):
+            raise ValueError(f"{name}: latent_distribution must be 'normal' or 'uniform', got {dist!r}")
+        if dist == "uniform" and self.regularization == "ring":
+            raise ValueError(f"{name}: regularization='ring' needs normal latents; the prior's "
+                             "latents are uniform (use None or 'origin')")
+        d = int(self.prior_.n_components)
+        self.n_components_ = d
+        self.latent_distribution_ = dist
+        self.mu_chi_ = chi_mean(d)
+        decoder = self._decoder()
+        with torch.no_grad():
+            out = decoder(torch.zeros(1, d, device=self.device_))
+        if out.ndim != 2 or out.shape[1] != op.n_params:
+            raise ValueError(
+                f"{name}: the generator produces models of shape {tuple(out.shape)[1:]} but the "
+                f"operator expects {op.n_params} cells")
+        self.operator_ = op
+        self.n_cells_ = int(op.n_params)
+        self.iterations_per_epoch_ = op.n_data // (self.batch_size or op.n_data)
+        self.n_iterations_ = self.n_epochs * self.iterations_per_epoch_
+        return self
+
+    def _decoder(self):
+        dec = self.prior_.decoder_
+        dev = _module_device(dec)
+        if dev is not None and dev != self.device_:
+            dec = copy.deepcopy(dec).to(self.device_)
+        return dec
+
+    # -- predict / invert ------------------------------------------------------------------------------
+    def predict(self, X):
+        """Invert each survey: the lowest-misfit model over all starts and iterations.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Traveltimes (ns).
+
+        Returns
+        -------
+        models : ndarray of shape (n_surveys, n_cells), float64
+            Model values in [0, 1] (flat C order).
+        """
+        return self.invert(X).models
+
+    def invert(self, X):
+        """Invert each survey and return the traces (:class:`InversionResult`)."""
+        check_is_fitted(self)
+        Y = self._check_traveltimes(X, reset=False)
+        sigma = self._check_params(self.operator_.n_data)
+        return self._run(Y, sigma)
+
+    def score(self, X, y, sample_weight=None):
+        """Mean over surveys of the R^2 of the predicted model against the true model ``y``."""
+        pred = self.predict(X)
+        y = np.asarray(y, dtype=np.float64).reshape(pred.shape[0], -1)
+        return r2_score(y.T, pred.T, multioutput="uniform_average")
+
+    def simulate(self, models):
+        """Traveltimes (ns) of models ``(n, n_cells)`` with values in [0, 1], through ``slowness_map``."""
+        check_is_fitted(self)
+        m = np.asarray(models, dtype=np.float64).reshape(-1, self.n_cells_)
+        fn = self.slowness_map or paper_slowness
+        s = fn(torch.tensor(m, dtype=torch.float64)).numpy()
+        return np.asarray(self.operator_.response(s)).reshape(m.shape[0], -1)
+
+    # -- the engine ------------------------------------------------------------------------------------
+    def _run(self, Y, sigma):
+        dev = self.device_
+        dtype = torch.float32
+        op = self.operator_
+        S, n_data = Y.shape
+        K, d = int(self.n_starts), self.n_components_
+        R = S * K
+        B = int(self.batch_size or n_data)
+        per_epoch = n_data // B
+        n_iter = self.n_epochs * per_epoch
+        uniform = self.latent_distribution_ == "uniform"
+        fn = self.slowness_map or paper_slowness
+        decoder = self._decoder()
+        seed = _as_seed(self.random_state)
+
+        z = _initial_latents(seed, K, d, self.latent_distribution_).repeat(S, 1).to(dev)
+        gens = [_survey_generators(seed, Y[i], K) for i in range(S)]
+        batch_rngs = [g for pair in gens for g in pair[0]]      # row r = survey * K + start
+        clip_rngs = [g for pair in gens for g in pair[1]]
+
+        y_rows = torch.tensor(np.repeat(Y, K, axis=0), dtype=dtype, device=dev)   # (R, n_data)
+        if sigma is not None:
+            w_rows = torch.tensor(np.tile(1.0 / sigma**2, (R, 1)), dtype=dtype, device=dev)
+        else:
+            w_rows = None
+        kernel = None
+        paper_gradient = not getattr(op, "is_linear", False) and self.nonlinear_gradient == "paper"
+        if getattr(op, "is_linear", False):
+            kernel = _GatheredRows(op.jacobian(np.ones(op.n_params)), dev, dtype)
+
+        # per-iteration records, kept on the device
+        rmse_h = torch.full((n_iter, R), float("nan"), device=dev)
+        chi2_h = torch.full((n_iter, R), float("nan"), device=dev) if sigma is not None else None
+        norm_h = torch.full((n_iter, R), float("nan"), device=dev)
+        best_mis = torch.full((R,), float("inf"), device=dev)
+        best_x = torch.zeros(R, op.n_params, dtype=dtype, device=dev)
+        best_z = z.clone()
+        best_it = torch.zeros(R, dtype=torch.long, device=dev)
+        active = torch.ones(R, dtype=torch.bool, device=dev)
+        diverged = torch.zeros(R, dtype=torch.bool, device=dev)
+        reached = torch.zeros(R, dtype=torch.bool, device=dev)
+        n_run = torch.zeros(R, dtype=torch.long, device=dev)
+        if self.optimizer == "adam":
+            m1 = torch.zeros_like(z)
+            m2 = torch.zeros_like(z)
+        lr_list, lam_list = [], []
+        max_norm = _DIVERGENCE_FACTOR * math.sqrt(d)
+        target = self.target_misfit
+
+        iterator = range(n_iter)
+        if self.verbose:
+            from tqdm.auto import tqdm
+            iterator = tqdm(iterator, desc=f"{type(self).__name__} ({R} starts)")
+        for k in iterator:
+            epoch, j = divmod(k, per_epoch)
+            if j == 0:
+                perms = np.stack([g.permutation(n_data) for g in batch_rngs])
+                perms = torch.tensor(perms[:, :per_epoch * B].reshape(R, per_epoch, B), device=dev)
+                if uniform:
+                    redraw = np.stack([2.0 * g.random((per_epoch, d)) - 1.0 for g in clip_rngs], 1)
+                    redraw = torch.tensor(redraw, dtype=dtype, device=dev)
+            batch = perms[:, j]                                   # (R, B)
+            lr_k = learning_rate_schedule(self.lr, self.lr_decay, self.decay_every, epoch)
+            lam_k = regularization_schedule(self.lam, self.lam_decay, k)
+            lr_list.append(lr_k)
+            lam_list.append(lam_k)
+
+            zk = z.detach().requires_grad_(True)
+            x = decoder(zk)
+            s = fn(x)
+            if kernel is not None:
+                t_batch = kernel.rows(s, batch)
+                with torch.no_grad():
+                    t_full = kernel.full(s.detach())
+            elif paper_gradient:
+                # value s, gradient passed to x unchanged: dC/dx := S^T (f - y) (paper's code)
+                t_full = op.forward(x + (s - x).detach())
+                t_batch = torch.gather(t_full, 1, batch)
+            else:
+                t_full = op.forward(s)
+                t_batch = torch.gather(t_full, 1, batch)
+            resid = torch.gather(y_rows, 1, batch) - t_batch
+            sq = resid * resid
+            if w_rows is not None:
+                sq = sq * torch.gather(w_rows, 1, batch)
+            loss = sq.sum(1)                                       # Eq. 24: sum over batch rays
+            if paper_gradient:
+                loss = 0.5 * loss
+            znorm = torch.linalg.vector_norm(zk, dim=1)
+            if self.regularization == "ring":
+                loss = loss + lam_k * (znorm - self.mu_chi_) ** 2
+            elif self.regularization == "origin":
+                loss = loss + lam_k * znorm**2
+            (grad,) = torch.autograd.grad(loss.sum(), zk)
+
+            with torch.no_grad():
+                r_full = y_rows - t_full.detach()
+                sse = (r_full * r_full).sum(1)
+                rmse = torch.sqrt(sse / n_data)
+                if w_rows is not None:
+                    chi2 = (r_full * r_full * w_rows).sum(1)
+                    misfit = chi2
+                    rms_for_target = torch.sqrt(chi2 / n_data)
+                    chi2_h[k] = torch.where(active, chi2, float("nan"))
+                else:
+                    misfit = sse
+                    rms_for_target = rmse
+                rmse_h[k] = torch.where(active, rmse, float("nan"))
+                norm_h[k] = torch.where(active, znorm.detach(), float("nan"))
+                improved = active & (misfit < best_mis)
+                best_mis = torch.where(improved, misfit, best_mis)
+                best_x = torch.where(improved[:, None], x.detach(), best_x)
+                best_z = torch.where(improved[:, None], zk.detach(), best_z)
+                best_it = torch.where(improved, k, best_it)
+                n_run = n_run + active.long()
+
+                if self.optimizer == "sgd":
+                    z_new = zk.detach() - lr_k * grad
+                else:
+                    t = k + 1
+                    m1 = _ADAM_BETAS[0] * m1 + (1 - _ADAM_BETAS[0]) * grad
+                    m2 = _ADAM_BETAS[1] * m2 + (1 - _ADAM_BETAS[1]) * grad * grad
+                    denom = (m2.sqrt() / math.sqrt(1 - _ADAM_BETAS[1] ** t)) + _ADAM_EPS
+                    z_new = zk.detach() - (lr_k / (1 - _ADAM_BETAS[0] ** t)) * m1 / denom
+                if uniform:   # stochastic clipping: out-of-box components redrawn in [-1, 1]
+                    z_new = torch.where(z_new.abs() > 1, redraw[j], z_new)
+                if target is not None:
+                    hit = active & (rms_for_target <= target)
+                    reached = reached | hit
+                    active = active & ~hit
+                bad = active & (~torch.isfinite(z_new).all(1)
+                                | (torch.linalg.vector_norm(z_new, dim=1) > max_norm))
+                diverged = diverged | bad
+                active = active & ~bad
+                z = torch.where(active[:, None], z_new, zk.detach())
+            if target is not None and k % per_epoch == per_epoch - 1 and not bool(active.any()):
+                break
+
+        n_done = len(lr_list)
+        best_mis_np = best_mis.cpu().numpy().reshape(S, K)
+        best_start = np.argmin(np.where(np.isfinite(best_mis_np), best_mis_np, np.inf), axis=1)
+        if not np.all(np.isfinite(best_mis_np[np.arange(S), best_start])):
+            bad_surveys = np.flatnonzero(~np.isfinite(best_mis_np).any(1))
+            raise RuntimeError(f"{type(self).__name__}: no start gave a finite misfit for surveys "
+                               f"{bad_surveys.tolist()} (the generator or operator returned NaN)")
+        start_models = best_x.cpu().numpy().astype(np.float64).reshape(S, K, -1)
+        rmse_np = rmse_h[:n_done].T.cpu().numpy().astype(np.float64).reshape(S, K, n_done)
+        n_run_np = n_run.cpu().numpy().reshape(S, K)
+        best_it_np = best_it.cpu().numpy().reshape(S, K)
+        sched_mask = np.arange(n_done)[None, None, :] < n_run_np[:, :, None]
+        lr_h = np.where(sched_mask, np.asarray(lr_list)[None, None, :], np.nan)
+        lam_h = np.where(sched_mask, np.asarray(lam_list)[None, None, :], np.nan)
+        pick = best_it_np[:, :, None]
+        if chi2_h is not None:
+            chi2_np = chi2_h[:n_done].T.cpu().numpy().astype(np.float64).reshape(S, K, n_done)
+            chi2_best = np.take_along_axis(chi2_np, pick, 2)[:, :, 0]
+        else:
+            chi2_np = chi2_best = None
+        return InversionResult(
+            models=start_models[np.arange(S), best_start],
+            best_start=best_start,
+            start_models=start_models,
+            latents=best_z.cpu().numpy().astype(np.float64).reshape(S, K, d),
+            data_rmse=np.take_along_axis(rmse_np, pick, 2)[:, :, 0],
+            chi2=chi2_best,
+            best_iteration=best_it_np,
+            data_rmse_history=rmse_np,
+            latent_norm_history=norm_h[:n_done].T.cpu().numpy().astype(np.float64).reshape(S, K, n_done),
+            learning_rate_history=lr_h,
+            lam_history=lam_h,
+            chi2_history=chi2_np,
+            n_iterations_run=n_run_np,
+            reached_target=reached.cpu().numpy().reshape(S, K),
+            diverged=diverged.cpu().numpy().reshape(S, K),
+            settings=dict({k: v for k, v in self.get_params(deep=False).items()
+                           if k not in ("prior", "operator", "slowness_map")}, seed=seed, n_iterations=n_iter,
+                          iterations_per_epoch=per_epoch, device=str(dev)),
+        )
+
+
+def _prior_is_fitted(prior):
+    if not hasattr(prior, "fit"):
+        return hasattr(prior, "decoder_")
+    try:
+        check_is_fitted(prior)
+    except NotFittedError:
+        return False
+    return True
