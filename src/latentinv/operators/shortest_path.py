@@ -146,9 +146,9 @@ def sensor_nodes(grid, positions, n_secondary_nodes, what="sensor", owner="Short
             d = np.hypot(nodes[:, 0] - p[s, 0], nodes[:, 1] - p[s, 1])
             near = int(np.argmin(d))
             raise ValueError(
-                f"{owner}: {what} {s} at (x, depth) = ({p[s, 0]!r}, {p[s, 1]!r}) m is not on a graph "
+                f"{owner}: {what} {s} at (x, depth) = ({float(p[s, 0])!r}, {float(p[s, 1])!r}) m is not on a graph "
                 f"node (cell corner or one of the n_secondary_nodes={n} nodes on a cell side); the "
-                f"nearest node is {near} at ({nodes[near, 0]!r}, {nodes[near, 1]!r}) m, "
+                f"nearest node is {near} at ({float(nodes[near, 0])!r}, {float(nodes[near, 1])!r}) m, "
                 f"{d[near]:.3g} m away. Move the sensor onto a node or change n_secondary_nodes."
             )
         out[s] = node

@@ -1,0 +1,51 @@
+"""Type stub of the compiled core ``latentinv._core`` (C++17, pybind11; see cpp/)."""
+from typing import Literal, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+class ShortestPathEngine:
+    """Shortest-path traveltimes on a regular grid with secondary nodes.
+
+    The topology (grid, secondary nodes, sensor nodes, pairs) is fixed at construction; ``run`` only
+    changes the edge weights. Invalid input raises ``ValueError`` (``std::invalid_argument``).
+    """
+
+    def __init__(
+        self,
+        n_rows: int,
+        n_cols: int,
+        dx: float,
+        dz: float,
+        n_secondary: int,
+        source_nodes: list[int],
+        receiver_nodes: list[int],
+        pair_sources: list[int],
+        pair_receivers: list[int],
+    ) -> None: ...
+    @property
+    def n_nodes(self) -> int: ...
+    @property
+    def n_cells(self) -> int: ...
+    @property
+    def n_data(self) -> int: ...
+    @property
+    def n_local(self) -> int: ...
+    def local_lengths(self) -> npt.NDArray[np.float64]: ...
+    def node_position(self, node: int) -> Tuple[float, float]: ...
+    def run(
+        self,
+        slowness: npt.ArrayLike,
+        want_jacobian: bool,
+        n_threads: int,
+        queue: Literal["auto", "heap", "buckets"] = "auto",
+    ) -> Tuple[
+        npt.NDArray[np.float64],
+        Optional[Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]],
+    ]:
+        """``slowness (n_models, n_cells)`` (ns/m) -> ``(times (n_models, n_data) ns, CSR or None)``.
+
+        The CSR ``(indptr, indices, data)`` stacks the Jacobians of all models: row
+        ``model * n_data + datum``, column = cell, value = ray length in the cell (m). The GIL is
+        released; ``n_threads`` threads share the (model, source) tasks.
+        """

@@ -1,0 +1,344 @@
+"""ShortestPathOperator: analytic values, identities, backend agreement, properties, bad inputs."""
+import os
+import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from latentinv._backend import HAS_CORE
+from latentinv.geometry import CrossholeSurvey, Grid2D, paper_crosshole
+from latentinv.operators.shortest_path import (
+    ShortestPathOperator, _node_positions, local_lengths, sensor_nodes,
+)
+
+BACKENDS = ["python"] + (["cpp"] if HAS_CORE else [])
+needs_core = pytest.mark.skipif(not HAS_CORE, reason="latentinv._core not built")
+
+
+def small_case(seed=0, n_rows=14, n_cols=9, cell=(0.2, 0.15), origin=(1.0, 0.5)):
+    """A non-square grid with an origin offset and sensors on both borders (corners)."""
+    grid = Grid2D(n_rows, n_cols, cell, origin=origin)
+    x0, z0 = origin
+    depths_s = z0 + cell[1] * np.array([1, 4, 7, 12])
+    depths_r = z0 + cell[1] * np.array([0, 3, 5, 9, 14])
+    survey = CrossholeSurvey(
+        np.column_stack([np.full(4, x0), depths_s]),
+        np.column_stack([np.full(5, x0 + n_cols * cell[0]), depths_r]),
+    )
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(5.0, 15.0, grid.n_cells)
+    return grid, survey, m
+
+
+def channel_model(grid, seed=0):
+    """A heterogeneous 'channel' slowness (ns/m): two layers, a slow channel, some noise."""
+    rng = np.random.default_rng(seed)
+    z = grid.cell_centers[:, 1]
+    x = grid.cell_centers[:, 0]
+    s = np.where(z > grid.origin[1] + 0.4 * grid.height, 1 / 0.07, 1 / 0.1)
+    channel = np.abs(z - (grid.origin[1] + 0.3 * grid.height + 0.1 * grid.height * np.sin(x))) < 0.1 * grid.height
+    s = np.where(channel, 1 / 0.06, s)
+    return s * (1 + 0.03 * rng.random(grid.n_cells))
+
+
+# -- analytic values --------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n, expected", [(0, 1 + np.sqrt(2)), (3, np.sqrt(5))])
+def test_pygimli_2x2_goldens(backend, n, expected):
+    grid = Grid2D(2, 2, 1.0)
+    survey = CrossholeSurvey([[0.0, 0.0]], [[2.0, 1.0]])
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes=n, backend=backend)
+    t, J = op.response_and_jacobian(np.ones(4))
+    assert t[0] == pytest.approx(expected, abs=1e-14)
+    assert J.sum() == pytest.approx(expected, abs=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_homogeneous_error_shrinks_with_secondary_nodes(backend):
+    grid, survey, _ = small_case()
+    slowness = 8.0  # ns/m
+    exact = slowness * survey.distances
+    errors = []
+    for n in (0, 1, 3, 7):
+        op = ShortestPathOperator(grid, survey, n_secondary_nodes=n, backend=backend)
+        t = op.response(np.full(grid.n_cells, slowness))
+        assert np.all(t >= exact - 1e-12)  # a graph path is never shorter than the straight ray
+        errors.append(np.mean(t - exact))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.01 * np.mean(exact)
+    assert errors[0] > 5 * errors[-1]
+
+
+# -- identities -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n", [0, 2, 3])
+def test_jacobian_times_model_is_response(backend, n):
+    grid, survey, m = small_case(seed=n)
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes=n, backend=backend)
+    t, J = op.response_and_jacobian(m)
+    np.testing.assert_allclose(J @ m, t, rtol=0, atol=1e-10)
+    assert J.shape == (survey.n_data, grid.n_cells)
+    assert J.has_sorted_indices and np.all(np.diff(J.indptr) > 0) and np.all(J.data > 0)
+    # each row's total length is at least the straight distance
+    assert np.all(np.asarray(J.sum(axis=1)).ravel() >= survey.distances - 1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reciprocity(backend):
+    grid, survey, m = small_case(seed=3)
+    forward = ShortestPathOperator(grid, survey, 3, backend=backend)
+    backward = ShortestPathOperator(grid, survey.reciprocal(), 3, backend=backend)
+    np.testing.assert_allclose(backward.response(m), forward.response(m), rtol=0, atol=1e-10)
+
+
+# -- backends and engines agree ---------------------------------------------------------------------
+def _sensor_on_secondary_nodes_case():
+    grid = Grid2D(10, 7, (0.3, 0.2), origin=(-1.0, 2.0))
+    n = 3
+    nodes = _node_positions(grid, n)
+    rng = np.random.default_rng(7)
+    picks = rng.choice(len(nodes), size=9, replace=False)
+    sources, receivers = nodes[picks[:4]], nodes[picks[4:]]
+    pairs = [[0, 1], [3, 4], [2, 0], [1, 2], [0, 3], [3, 0], [2, 4]]  # unsorted subset
+    return grid, CrossholeSurvey(sources, receivers, pairs), n
+
+
+@needs_core
+@pytest.mark.parametrize("kind", ["heterogeneous", "homogeneous", "secondary-node sensors", "paper"])
+def test_cpp_equals_python(kind):
+    if kind == "secondary-node sensors":
+        grid, survey, n = _sensor_on_secondary_nodes_case()
+        m = np.random.default_rng(1).uniform(1.0, 20.0, grid.n_cells)
+    elif kind == "paper":
+        grid, survey = paper_crosshole()
+        n, m = 2, channel_model(grid)
+    else:
+        grid, survey, m = small_case(seed=11)
+        n = 3
+        if kind == "homogeneous":  # many equal-time paths: the canonical tie rule decides
+            m = np.full(grid.n_cells, 10.0)
+    cpp = ShortestPathOperator(grid, survey, n, n_threads=2, backend="cpp")
+    py = ShortestPathOperator(grid, survey, n, backend="python")
+    assert (cpp.backend, py.backend) == ("cpp", "python")
+    tc, Jc = cpp.response_and_jacobian(m)
+    tp, Jp = py.response_and_jacobian(m)
+    np.testing.assert_array_equal(tc, tp)  # bitwise: identical weights, unique Dijkstra distances
+    assert abs(Jc - Jp).max() <= 1e-10
+    assert np.array_equal(Jc.indptr, Jp.indptr) and np.array_equal(Jc.indices, Jp.indices)
+
+
+@needs_core
+def test_local_lengths_bitwise_equal_to_engine():
+    grid = Grid2D(3, 4, (0.1, 0.07))
+    for n in (0, 1, 3, 10):
+        op = ShortestPathOperator(grid, CrossholeSurvey([[0, 0]], [[0.4, 0.21]]), n, backend="cpp")
+        np.testing.assert_array_equal(op._engine.local_lengths(), local_lengths(grid, n))
+
+
+@needs_core
+def test_heap_and_bucket_queue_identical():
+    grid, survey = paper_crosshole()
+    op = ShortestPathOperator(grid, survey, 3, n_threads=2, backend="cpp")
+    m = np.stack([channel_model(grid, seed) for seed in range(2)])
+    a = op._engine.run(m, True, 2, "heap")
+    b = op._engine.run(m, True, 2, "buckets")
+    np.testing.assert_array_equal(a[0], b[0])
+    for x, y in zip(a[1], b[1]):
+        np.testing.assert_array_equal(x, y)
+    # a contrast too large for the ring of buckets falls back to the heap and still matches python
+    grid, survey, m = small_case()
+    m[::7] *= 1e6
+    tc = ShortestPathOperator(grid, survey, 2, backend="cpp").response(m)
+    np.testing.assert_array_equal(tc, ShortestPathOperator(grid, survey, 2, backend="python").response(m))
+    with pytest.raises(ValueError, match="bucket"):
+        ShortestPathOperator(grid, survey, 2, backend="cpp")._engine.run(m[None], False, 1, "buckets")
+
+
+@needs_core
+def test_results_do_not_depend_on_threads_or_batching():
+    grid, survey, _ = small_case()
+    m = np.stack([small_case(seed=s)[2] for s in range(5)])
+    ref_t, ref_J = ShortestPathOperator(grid, survey, 3, n_threads=1).response_and_jacobian(m)
+    for n_threads in (2, 3, 8):
+        t, J = ShortestPathOperator(grid, survey, 3, n_threads=n_threads).response_and_jacobian(m)
+        np.testing.assert_array_equal(t, ref_t)
+        for a, b in zip(J, ref_J):
+            assert (a != b).nnz == 0
+    one_by_one = np.stack([ShortestPathOperator(grid, survey, 3).response(mi) for mi in m])
+    np.testing.assert_array_equal(one_by_one, ref_t)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_calls_from_python_threads(backend):
+    grid, survey, _ = small_case()
+    op = ShortestPathOperator(grid, survey, 3, n_threads=2, backend=backend)
+    models = [small_case(seed=s)[2] for s in range(8)]
+    expected = [op.response_and_jacobian(m) for m in models]
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        barrier.wait() if i < 4 else None
+        return op.response_and_jacobian(models[i])
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(len(models))))
+    for (t, J), (te, Je) in zip(results, expected):
+        np.testing.assert_array_equal(t, te)
+        assert (J != Je).nnz == 0
+
+
+# -- properties -------------------------------------------------------------------------------------
+@st.composite
+def random_problem(draw):
+    n_rows = draw(st.integers(1, 7))
+    n_cols = draw(st.integers(1, 7))
+    dx = draw(st.floats(0.05, 2.0))
+    dz = draw(st.floats(0.05, 2.0))
+    n = draw(st.integers(0, 4))
+    grid = Grid2D(n_rows, n_cols, (dx, dz), origin=(draw(st.floats(-5, 5)), draw(st.floats(-5, 5))))
+    nodes = _node_positions(grid, n)
+    k = draw(st.integers(2, min(8, len(nodes))))
+    picks = draw(st.lists(st.integers(0, len(nodes) - 1), min_size=k, max_size=k, unique=True))
+    n_src = draw(st.integers(1, k - 1))
+    survey = CrossholeSurvey(nodes[picks[:n_src]], nodes[picks[n_src:]])
+    lo = draw(st.floats(0.01, 10.0))
+    ratio = draw(st.floats(1.0, 50.0))
+    seed = draw(st.integers(0, 2**31))
+    m = np.random.default_rng(seed).uniform(lo, lo * ratio, grid.n_cells)
+    return grid, survey, n, m, seed
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_problem())
+def test_traveltime_properties(problem):
+    grid, survey, n, m, seed = problem
+    op = ShortestPathOperator(grid, survey, n, n_threads=2)
+    t, J = op.response_and_jacobian(m)
+    assert np.all(t > 0)
+    # at least the straight distance at the minimum slowness
+    assert np.all(t >= survey.distances * m.min() * (1 - 1e-12))
+    # at most the graph time of the uniform medium at the maximum slowness. (Not the straight-ray
+    # time at the maximum slowness: a graph path can be longer than the straight ray, e.g. 1 + sqrt(2)
+    # against sqrt(5) on the 2x2 golden.)
+    assert np.all(t <= op.response(np.full(grid.n_cells, m.max())) * (1 + 1e-12))
+    # monotone in slowness
+    bump = 1 + np.random.default_rng(seed + 1).random(grid.n_cells)
+    assert np.all(op.response(m * bump) >= t * (1 - 1e-12))
+    np.testing.assert_allclose(J @ m, t, rtol=1e-12, atol=0)
+    if HAS_CORE:
+        tp = ShortestPathOperator(grid, survey, n, backend="python").response(m)
+        np.testing.assert_array_equal(tp, t)
+
+
+# -- contract: torch, pickling, attributes ----------------------------------------------------------
+def test_torch_forward_and_backward_use_the_jacobian():
+    grid, survey, m = small_case()
+    op = ShortestPathOperator(grid, survey, 2)
+    x = torch.tensor(np.stack([m, 1.1 * m]), requires_grad=True)
+    out = op(x)
+    g = torch.linspace(-1, 1, survey.n_data, dtype=torch.float64)
+    (out * g).sum().backward()
+    _, jac = op.response_and_jacobian(x.detach().numpy())
+    expected = np.stack([J.T @ g.numpy() for J in jac])
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pickle_roundtrip_and_attributes(backend):
+    grid, survey, m = small_case()
+    op = ShortestPathOperator(grid, survey, 2, n_threads=3, backend=backend)
+    assert (op.n_data, op.n_params, op.is_linear, op.backend) == (20, grid.n_cells, False, backend)
+    assert (op.grid, op.survey, op.n_secondary_nodes, op.n_threads) == (grid, survey, 2, 3)
+    assert op.n_nodes == 15 * 10 + 2 * (15 * 9 + 14 * 10)
+    clone = pickle.loads(pickle.dumps(op))
+    assert clone.backend == backend and clone.n_threads == 3
+    np.testing.assert_array_equal(clone.response(m), op.response(m))
+
+
+def test_default_threads_and_backend():
+    grid, survey, _ = small_case()
+    op = ShortestPathOperator(grid, survey)
+    assert op.n_threads == (os.cpu_count() or 1)
+    assert op.n_secondary_nodes == 3
+    assert op.backend == ("cpp" if HAS_CORE else "python")
+
+
+# -- bad inputs -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad, match", [
+    (lambda m: np.where(np.arange(m.size) == 5, np.nan, m), "NaN or inf"),
+    (lambda m: np.where(np.arange(m.size) == 5, np.inf, m), "NaN or inf"),
+    (lambda m: np.where(np.arange(m.size) == 5, 0.0, m), "> 0"),
+    (lambda m: -m, "> 0"),
+    (lambda m: m[:-1], "shape"),
+    (lambda m: np.stack([m, m])[None], "shape"),
+    (lambda m: "slow", "numeric"),
+])
+def test_bad_models_raise(backend, bad, match):
+    grid, survey, m = small_case()
+    op = ShortestPathOperator(grid, survey, 2, backend=backend)
+    with pytest.raises(ValueError, match=match):
+        op.response(bad(m))
+    with pytest.raises(ValueError, match=match):
+        op.response_and_jacobian(bad(m))
+
+
+def test_bad_construction_raises():
+    grid, survey, _ = small_case()
+    with pytest.raises(ValueError, match="n_secondary_nodes"):
+        ShortestPathOperator(grid, survey, -1)
+    with pytest.raises(ValueError, match="n_secondary_nodes"):
+        ShortestPathOperator(grid, survey, 2.5)
+    with pytest.raises(ValueError, match="n_threads"):
+        ShortestPathOperator(grid, survey, 2, n_threads=0)
+    with pytest.raises(ValueError, match="backend"):
+        ShortestPathOperator(grid, survey, 2, backend="gpu")
+    with pytest.raises(TypeError, match="Grid2D"):
+        ShortestPathOperator("grid", survey)
+    outside = CrossholeSurvey([[-3.0, 0.5]], [[2.0, 1.0]])
+    with pytest.raises(ValueError, match="outside the grid"):
+        ShortestPathOperator(grid, outside)
+
+
+def test_sensor_off_the_graph_names_nearest_node():
+    grid = Grid2D(4, 4, 1.0)
+    survey = CrossholeSurvey([[0.0, 1.3]], [[4.0, 2.0]])
+    # with 3 secondary nodes the side x=0 has nodes at depth 1.25, 1.5, 1.75: 1.3 is on none
+    with pytest.raises(ValueError, match=r"source 0 .* not on a graph node.*nearest node .*\(0\.0, 1\.25\)"):
+        ShortestPathOperator(grid, survey, 3)
+    # with 9 secondary nodes 1.3 is a node: accepted, and on the side it is the exact distance
+    op = ShortestPathOperator(grid, survey, 9)
+    assert op.response(np.ones(16))[0] >= np.hypot(4.0, 0.7) - 1e-12
+    nodes = sensor_nodes(grid, [[0.0, 1.3], [2.0, 0.0], [1.0, 1.0]], 9)
+    positions = _node_positions(grid, 9)[nodes]
+    np.testing.assert_allclose(positions, [[0.0, 1.3], [2.0, 0.0], [1.0, 1.0]], atol=1e-12)
+
+
+@needs_core
+def test_engine_validates_before_touching_memory():
+    from latentinv._backend import core
+
+    with pytest.raises(ValueError, match="out of range"):
+        core.ShortestPathEngine(2, 2, 1.0, 1.0, 0, [0], [99], [0], [0])
+    with pytest.raises(ValueError, match="source index"):
+        core.ShortestPathEngine(2, 2, 1.0, 1.0, 0, [0], [8], [1], [0])
+    with pytest.raises(ValueError, match="dx and dz"):
+        core.ShortestPathEngine(2, 2, float("nan"), 1.0, 0, [0], [8], [0], [0])
+    engine = core.ShortestPathEngine(2, 2, 1.0, 1.0, 0, [0], [8], [0], [0])
+    with pytest.raises(ValueError, match="shape"):
+        engine.run(np.ones((1, 5)), False, 1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        engine.run(np.array([[1.0, np.nan, 1.0, 1.0]]), True, 1)
+    with pytest.raises(ValueError, match="> 0"):
+        engine.run(np.array([[1.0, 0.0, 1.0, 1.0]]), True, 1)
+    with pytest.raises(ValueError, match="n_threads"):
+        engine.run(np.ones((1, 4)), True, 0)
+    with pytest.raises(ValueError, match="queue"):
+        engine.run(np.ones((1, 4)), True, 1, "fibonacci")
+    t, _ = engine.run(np.ones((1, 4)), False, 1)
+    assert t[0, 0] == pytest.approx(2 * np.sqrt(2), abs=1e-15)
