@@ -308,6 +308,8 @@ def _survey_generators(seed, y, n_starts):
 
 
 def _resolve_device(device, owner="LatentInverter"):
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not (isinstance(device, str) and device.startswith("cuda:")):

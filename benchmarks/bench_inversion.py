@@ -1,0 +1,225 @@
+"""Benchmark of LatentInverter against a faithful one-start-at-a-time loop (the paper's code math).
+
+Measures, in the same run and on the same machine:
+
+1. Linear straight-ray case (paper grid 129 x 65, 625 rays, batch 25, ring, VSbrd settings), with
+   the paper's convolutional decoder (random weights: speed does not depend on training):
+   time per start-iteration of the batched inverter at 1, 10 and 100 starts, against the reference
+   loop (per start, per iteration: decode, dense ``G @ s`` of 625 x 8385, pick the batch rows, sum of
+   squared residuals + ring, backward, ``torch.optim.SGD`` step, full-data RMSE), and the misfit
+   statistics of both (the same numbers are expected: float32 in both).
+2. Nonlinear case (ShortestPathOperator, when importable): wall time of one start of 750 iterations
+   (paper's nonlinear settings).
+3. On CUDA when available: the paper's linear experiment, 100 starts x 3000 iterations.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/bench_inversion.py [--quick] [--output bench_inversion.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.inversion import (NONLINEAR_SETTINGS, LatentInverter, TorchGenerator, chi_mean,
+                                 paper_slowness)
+from latentinv.operators import StraightRayOperator
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                python=sys.version.split()[0], gpu=gpu)
+
+
+def paper_decoder(device, seed=0):
+    from latentinv.nn import ConvDecoder
+    torch.manual_seed(seed)
+    return ConvDecoder((129, 65), 20).to(device).eval()
+
+
+def reference_loop(decoder, G_dense, y, z0, lr, lr_decay, lam, lam_decay, batch_size, n_iter, seed):
+    """The paper's SGD_DGM for one start (linear case): dense full product, then batch rows."""
+    device = G_dense.device
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    z = torch.tensor(z0[None, :], dtype=torch.float32, device=device, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=lr_decay)
+    d = torch.tensor(y, dtype=torch.float32, device=device)
+    ndata = len(y)
+    per_epoch = ndata // batch_size
+    mchi = chi_mean(z.numel())
+    rng = np.random.default_rng(seed)
+    rmse = []
+    best, best_x = np.inf, None
+    k = 0
+    while k < n_iter:
+        perm = rng.permutation(ndata)
+        for j in range(per_epoch):
+            idx = torch.tensor(perm[j * batch_size:(j + 1) * batch_size], device=device)
+            x0 = decoder(z)
+            s = paper_slowness(x0)
+            sim = torch.mv(G_dense, s.flatten())
+            e = d[idx] - sim[idx]
+            loss = torch.sum(e**2) + lam * (torch.norm(z) - mchi) ** 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            lam = lam_decay * lam
+            data_loss = float(torch.sum((d - sim) ** 2))
+            rmse.append(np.sqrt(data_loss / ndata))
+            if rmse[-1] < best:
+                best, best_x = rmse[-1], x0.detach().cpu().numpy()
+            k += 1
+            if k == n_iter:
+                break
+        sched.step()
+    return np.array(rmse), best_x
+
+
+def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def bench_linear(device, quick, rows):
+    grid = Grid2D.paper()
+    survey = CrossholeSurvey.paper(0.01, 6.49)
+    op = StraightRayOperator(grid, survey)
+    decoder = paper_decoder(device)
+    gen = TorchGenerator(decoder, 20)
+    rng = np.random.default_rng(0)
+    truth = gen.decode(rng.standard_normal((1, 20)))
+    base = LatentInverter(gen, op, random_state=0, device=device)   # VSbrd defaults
+    tt = base.fit(np.ones((1, op.n_data))).simulate(truth)
+
+    # reference: one start at a time
+    n_ref = 25 if quick else 100
+    G_dense = torch.tensor(op.matrix.toarray(), dtype=torch.float32, device=device)
+    z0 = rng.standard_normal(20).astype(np.float32)
+    reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95, 10.0, 0.999, 25, 3, 0)   # warm-up
+    t_ref, (rmse_ref, _) = timed(lambda: reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95,
+                                                        10.0, 0.999, 25, n_ref, 0))
+    per_ref = t_ref / n_ref
+    rows.append(dict(case="linear", method="reference loop (1 start at a time)", device=str(device),
+                     n_starts=1, iterations=n_ref, seconds=t_ref, per_start_iteration_ms=1e3 * per_ref,
+                     ratio=1.0, final_rmse_ns=float(rmse_ref[-1])))
+    results = {}
+    for n_starts in (1, 10, 100):
+        n_epochs = 1 if (quick or n_starts == 100) else 2
+        est = LatentInverter(gen, op, n_starts=n_starts, n_epochs=n_epochs, random_state=0,
+                             device=device).fit(tt)
+        LatentInverter(gen, op, n_starts=n_starts, n_epochs=1, random_state=0,
+                       device=device).fit(tt).set_params(batch_size=625).invert(tt)   # warm-up
+        t, res = timed(lambda: est.invert(tt))
+        n_it = est.n_iterations_
+        per = t / (n_starts * n_it)
+        results[n_starts] = res
+        rows.append(dict(case="linear", method="LatentInverter (batched)", device=str(device),
+                         n_starts=n_starts, iterations=n_it, seconds=t,
+                         per_start_iteration_ms=1e3 * per, ratio=per_ref / per,
+                         final_rmse_ns=float(np.nanmedian(res.data_rmse_history[0, :, -1]))))
+    # same math: the one-start batched path and the reference loop give the same RMSE path
+    # (same start, different mini-batch orders): compare the statistics of 100 starts' first epoch
+    return results
+
+
+def bench_nonlinear(quick, rows):
+    try:
+        from latentinv.operators import ShortestPathOperator
+    except ImportError as exc:
+        rows.append(dict(case="nonlinear", method=f"skipped: {exc}"))
+        return
+    grid = Grid2D.paper()
+    survey = CrossholeSurvey.paper(0.0, 6.5)
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes=3)
+    decoder = paper_decoder("cpu")
+    gen = TorchGenerator(decoder, 20)
+    truth = gen.decode(np.random.default_rng(1).standard_normal((1, 20)))
+    settings = dict(NONLINEAR_SETTINGS)
+    if quick:
+        settings["n_epochs"] = 2
+    est = LatentInverter(gen, op, n_starts=1, random_state=0, device="cpu", **settings)
+    tt = est.fit(np.ones((1, op.n_data))).simulate(truth)
+    t, res = timed(lambda: est.invert(tt))
+    n_it = est.n_iterations_
+    rows.append(dict(case="nonlinear", method=f"LatentInverter, ShortestPathOperator ({op.backend})",
+                     device="cpu", n_starts=1, iterations=n_it, seconds=t,
+                     per_start_iteration_ms=1e3 * t / n_it,
+                     projected_750_iterations_s=t / n_it * 750,
+                     final_rmse_ns=float(res.data_rmse_history[0, 0, -1])))
+
+
+def bench_gpu(quick, rows):
+    if not torch.cuda.is_available():
+        return
+    results = bench_linear(torch.device("cuda"), quick, rows)
+    grid = Grid2D.paper()
+    op = StraightRayOperator(grid, CrossholeSurvey.paper(0.01, 6.49))
+    gen = TorchGenerator(paper_decoder("cuda"), 20)
+    truth = gen.decode(np.random.default_rng(0).standard_normal((1, 20)))
+    est = LatentInverter(gen, op, n_starts=100, n_epochs=12 if quick else 120, random_state=0,
+                         device="cuda")
+    tt = est.fit(np.ones((1, op.n_data))).simulate(truth)
+    t, res = timed(lambda: est.invert(tt))
+    rows.append(dict(case="linear paper experiment", method="LatentInverter", device="cuda",
+                     n_starts=100, iterations=est.n_iterations_, seconds=t,
+                     per_start_iteration_ms=1e3 * t / (100 * est.n_iterations_)))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
+    parser.add_argument("--output", default="bench_inversion.json", help="JSON file to write")
+    parser.add_argument("--skip-nonlinear", action="store_true")
+    args = parser.parse_args(argv)
+    info = machine()
+    rows = []
+    bench_linear(torch.device("cpu"), args.quick, rows)
+    if not args.skip_nonlinear:
+        bench_nonlinear(args.quick, rows)
+    bench_gpu(args.quick, rows)
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    head = f"{'case':<24}{'method':<52}{'device':<7}{'starts':>7}{'iters':>7}{'s':>9}{'ms/start-it':>13}{'ratio':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "seconds" not in r:
+            print(f"{r['case']:<24}{r['method']}")
+            continue
+        ratio = f"{r['ratio']:.1f}x" if "ratio" in r else ""
+        print(f"{r['case']:<24}{r['method']:<52}{r['device']:<7}{r['n_starts']:>7}{r['iterations']:>7}"
+              f"{r['seconds']:>9.2f}{r['per_start_iteration_ms']:>13.3f}{ratio:>8}")
+        if "projected_750_iterations_s" in r:
+            print(f"{'':<24}projected 750 iterations: {r['projected_750_iterations_s']:.1f} s")
+    with open(args.output, "w") as f:
+        json.dump(dict(machine=info, quick=args.quick, rows=rows), f, indent=1)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Tests of latentinv.metrics: values against hand computations, scorer plumbing."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.metrics import make_scorer
+
+from latentinv.metrics import (acceptance_rate, data_rmse, make_acceptance_scorer,
+                               make_data_rmse_scorer, model_rmse, model_rmse_scorer)
+
+
+def test_data_rmse_hand_values():
+    t_obs = np.array([[10.0, 12.0, 14.0, 16.0], [1.0, 1.0, 1.0, 1.0]])
+    t_pred = np.array([[11.0, 11.0, 15.0, 15.0], [1.0, 1.0, 1.0, 5.0]])
+    # survey 0: all residuals 1 -> 1; survey 1: one residual of 4 over 4 data -> sqrt(16/4) = 2
+    np.testing.assert_allclose(data_rmse(t_obs, t_pred, multioutput="raw_values"), [1.0, 2.0])
+    assert data_rmse(t_obs, t_pred) == pytest.approx(1.5)
+    assert data_rmse(t_obs[0], t_pred[0]) == pytest.approx(1.0)
+
+
+def test_model_rmse_accepts_images():
+    m = np.zeros((2, 3, 4))
+    p = np.ones((2, 12)) * np.array([[0.5], [0.1]])
+    np.testing.assert_allclose(model_rmse(m, p, multioutput="raw_values"), [0.5, 0.1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(arrays(np.float64, (5, 7), elements=st.floats(-100, 100)),
+       arrays(np.float64, (5, 7), elements=st.floats(-100, 100)))
+def test_rmse_properties(a, b):
+    r = data_rmse(a, b, multioutput="raw_values")
+    assert np.all(r >= 0)
+    np.testing.assert_allclose(r, data_rmse(b, a, multioutput="raw_values"))
+    np.testing.assert_allclose(r, np.linalg.norm(a - b, axis=1) / np.sqrt(7), rtol=1e-12,
+                               atol=1e-12)
+    assert data_rmse(a, a) == 0.0
+
+
+def test_acceptance_rate_threshold_inclusive():
+    t_obs = np.zeros((4, 2))
+    t_pred = np.array([[0.5, 0.5], [1.0, 1.0], [2.0, 2.0], [0.0, 0.0]])
+    assert acceptance_rate(t_obs, t_pred, 1.0) == 0.75     # 0.5, 1.0 (inclusive), 0.0
+    assert acceptance_rate(t_obs, t_pred, 0.0) == 0.25
+    with pytest.raises(ValueError, match="threshold"):
+        acceptance_rate(t_obs, t_pred, -1.0)
+
+
+def test_errors_name_the_metric():
+    with pytest.raises(ValueError, match="data_rmse.*same shape"):
+        data_rmse(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="model_rmse.*NaN"):
+        model_rmse(np.array([np.nan]), np.array([0.0]))
+    with pytest.raises(ValueError, match="multioutput"):
+        data_rmse(np.zeros(3), np.zeros(3), multioutput="variance_weighted")
+
+
+class _Stub:
+    """An estimator-like object: predict returns fixed models, simulate adds fixed offsets."""
+
+    def __init__(self, offsets):
+        self.offsets = np.asarray(offsets, dtype=float)
+
+    def predict(self, X):
+        return np.zeros((len(X), 3))
+
+    def simulate(self, models):
+        return self._X + self.offsets[:, None]
+
+
+def test_data_scorers_use_simulate_of_predict():
+    X = np.arange(8.0).reshape(2, 4)
+    stub = _Stub([0.5, 3.0])
+    stub._X = X
+    assert make_data_rmse_scorer()(stub, X) == pytest.approx(-(0.5 + 3.0) / 2)
+    assert make_acceptance_scorer(1.0)(stub, X) == 0.5
+    assert make_acceptance_scorer(3.0)(stub, X, None) == 1.0
+    with pytest.raises(ValueError, match="threshold"):
+        make_acceptance_scorer(float("nan"))
+
+
+def test_model_rmse_scorer_is_make_scorer():
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    class P(RegressorMixin, BaseEstimator):
+        def predict(self, X):
+            return np.full((len(X), 2), 0.5)
+    y = np.zeros((3, 2))
+    assert model_rmse_scorer(P(), np.zeros((3, 1)), y) == pytest.approx(-0.5)
+    assert make_scorer(model_rmse, greater_is_better=False)(P(), np.zeros((3, 1)), y) == -0.5
