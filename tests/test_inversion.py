@@ -17,7 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import (
-    LatentInverter, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
+    PAPER_CASES, LatentInverter, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
     learning_rate_schedule, paper_slowness, regularization_schedule, ring_gradient, ring_penalty,
 )
 from latentinv.operators import ForwardOperator, StraightRayOperator
@@ -307,6 +307,14 @@ def test_same_seed_same_result_and_survey_independence(problem):
     assert not np.allclose(a.latent_norm_history[0, :, 5], a.latent_norm_history[2, :, 5])
 
 
+def test_start_k_does_not_depend_on_n_starts(problem):
+    op, gen, _, _, tt = problem
+    kw = dict(batch_size=6, n_epochs=2, random_state=3, device="cpu")
+    few = LatentInverter(gen, op, n_starts=2, **kw).fit(tt).invert(tt)
+    many = LatentInverter(gen, op, n_starts=5, **kw).fit(tt).invert(tt)
+    np.testing.assert_allclose(many.data_rmse_history[:, :2], few.data_rmse_history, rtol=1e-5)
+
+
 def test_fitted_prior_not_retrained_and_unchanged(problem):
     op, _, _, _, tt = problem
     gen = linear_generator()
@@ -371,6 +379,18 @@ def test_uniform_latents_stochastic_clipping(problem):
     assert np.nanmax(res.latent_norm_history) <= math.sqrt(D)
     with pytest.raises(ValueError, match="ring"):
         clone(est).set_params(regularization="ring").fit(tt)
+
+
+@pytest.mark.parametrize("case", sorted(PAPER_CASES))
+def test_paper_cases_are_parameter_sets(problem, case):
+    op, _, _, _, tt = problem
+    gen = linear_generator(distribution="uniform" if case.startswith("S") else "normal")
+    params = dict(PAPER_CASES[case], batch_size=PAPER_CASES[case]["batch_size"] and 6)
+    est = LatentInverter(gen, op, n_epochs=2, n_starts=2, random_state=0, device="cpu", **params)
+    res = est.fit(tt).invert(tt)
+    per_epoch = 6 if params["batch_size"] else 1
+    assert res.data_rmse_history.shape == (2, 2, 2 * per_epoch)
+    assert np.isfinite(res.models).all()
 
 
 def test_accepted_fraction(problem):

@@ -287,11 +287,17 @@ def _as_seed(random_state):
 
 
 def _initial_latents(seed, n_starts, n_components, latent_distribution):
-    """The ``n_starts`` initial latents (float32, CPU), the same for every survey."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """The ``n_starts`` initial latents (float32, CPU), the same for every survey.
+
+    Drawn row by row from one NumPy generator, so that start ``k`` is the same whatever
+    ``n_starts`` (more starts only add rows).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     if latent_distribution == "uniform":
-        return 2.0 * torch.rand(n_starts, n_components, generator=gen, dtype=torch.float32) - 1.0
-    return torch.randn(n_starts, n_components, generator=gen, dtype=torch.float32)
+        z = rng.uniform(-1.0, 1.0, size=(n_starts, n_components))
+    else:
+        z = rng.standard_normal(size=(n_starts, n_components))
+    return torch.tensor(z, dtype=torch.float32)
 
 
 def _survey_generators(seed, y, n_starts):
