@@ -18,6 +18,10 @@
 #include <string>
 #include <thread>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace latentinv {
 
 namespace {
@@ -432,9 +436,26 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
       const int32_t top = n_corner + cell * n;
       const int32_t bottom = top + C * n;
       const int32_t left = n_side_h + (cell + r) * n;
-      for (int32_t k = 0; k < n; ++k) relax(top + k, 4 + k);
-      for (int32_t k = 0; k < n; ++k) relax(bottom + k, 4 + n + k);
-      for (int32_t k = 0; k < 2 * n; ++k) relax(left + k, 4 + 2 * n + k);  // left then right
+      // runs of consecutive node ids: two doubles at a time where SSE2 exists (the x86-64
+      // baseline); mul then add, each rounded, exactly as the scalar code and NumPy do
+      auto relax_run = [&](int32_t base, int64_t q0, int32_t len) {
+        int32_t k = 0;
+#if defined(__SSE2__)
+        const __m128d vdv = _mm_set1_pd(dv), vs = _mm_set1_pd(s);
+        for (; k + 2 <= len; k += 2) {
+          const __m128d cand = _mm_add_pd(vdv, _mm_mul_pd(_mm_loadu_pd(Lrow + q0 + k), vs));
+          const int improved = _mm_movemask_pd(_mm_cmplt_pd(cand, _mm_loadu_pd(d + base + k)));
+          if (improved) {
+            if (improved & 1) relax(base + k, q0 + k);
+            if (improved & 2) relax(base + k + 1, q0 + k + 1);
+          }
+        }
+#endif
+        for (; k < len; ++k) relax(base + k, q0 + k);
+      };
+      relax_run(top, 4, n);
+      relax_run(bottom, 4 + n, n);
+      relax_run(left, 4 + 2 * n, 2 * n);  // left then right side: consecutive ids
     }
   }
 
