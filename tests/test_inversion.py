@@ -17,7 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import (
-    PAPER_CASES, LatentInverter, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
+    PAPER_CASES, LatentInverter, _sklearn_expected_failed_checks, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
     learning_rate_schedule, paper_slowness, regularization_schedule, ring_gradient, ring_penalty,
 )
 from latentinv.operators import ForwardOperator, StraightRayOperator
@@ -481,43 +481,11 @@ def _check_estimator_instance(n_data):
                           n_starts=2, random_state=0, device="cpu")
 
 
-# The checks feed X with their own number of features (1, 2, 3, 5 or 10) and a 1-D y; our X must
-# hold exactly the operator's n_data traveltimes per survey, so two instances (3 and 10 rays)
-# together run every check on data of the right width; what remains cannot apply:
-_WIDTH = "the check's X is not as wide as this operator's n_data (run on another instance)"
-_MODELS = ("predict returns one model (n_cells values) per survey and score compares it with "
-           "true models (n_surveys, n_cells); the check expects a 1-D regression target")
-_NOT_PER_WIDTH = {
-    "check_fit_score_takes_y": _MODELS,
-    "check_pipeline_consistency": _MODELS,
-    "check_regressors_train": _MODELS,
-    "check_regressors_train(readonly_memmap=True)": _MODELS,
-    "check_regressors_train(readonly_memmap=True,X_dtype=float32)": _MODELS,
-    "check_regressor_multioutput": "predict returns n_cells outputs whatever the width of y",
-    "check_fit2d_1feature": "one traveltime per survey: no instance has a one-ray operator",
-    "check_estimators_overwrite_params": (
-        "joblib.hash of a deep-copied torch tensor differs from the original's, so the "
-        "TorchGenerator parameter never hashes equal to its copy; that fit leaves the prior's "
-        "weights untouched is tested in test_fitted_prior_not_retrained_and_unchanged"),
-}
-# which widths each check feeds (the checks that pass on that instance run there for real)
-_CHECK_WIDTH = {
-    "check_dict_unchanged": 3, "check_dont_overwrite_parameters": 3, "check_estimators_nan_inf": 3,
-    "check_estimators_pickle": 3, "check_estimators_pickle(readonly_memmap=True)": 3,
-    "check_f_contiguous_array_estimator": 3, "check_fit2d_predict1d": 3,
-    "check_methods_sample_order_invariance": 3, "check_methods_subset_invariance": 3,
-    "check_dtype_object": 10, "check_fit2d_1sample": 10, "check_regressor_data_not_an_array": 10,
-    "check_regressors_int": 10,
-    "check_n_features_in_after_fitting": 4, "check_regressors_no_decision_function": 4,
-    "check_estimators_fit_returns_self": 2, "check_fit_check_is_fitted": 2,
-    "check_fit_idempotent": 2, "check_n_features_in": 2, "check_readonly_memmap_input": 2,
-    "check_estimators_dtypes": 5,
-}
+# The checks feed X of their own width (1, 2, 3, 4, 5 or 10 features) and a 1-D y; X must hold
+# exactly the operator's n_data traveltimes, so five instances (2, 3, 4, 5 and 10 rays) together run
+# every check on data of the right width. The reasons are listed in latentinv.inversion.
 _WIDTHS = (2, 3, 4, 5, 10)
-EXPECTED_FAILED_CHECKS = {
-    n: {**{c: _WIDTH for c, w in _CHECK_WIDTH.items() if w != n}, **_NOT_PER_WIDTH}
-    for n in _WIDTHS
-}
+EXPECTED_FAILED_CHECKS = {n: _sklearn_expected_failed_checks(n) for n in _WIDTHS}
 
 
 @parametrize_with_checks([_check_estimator_instance(n) for n in _WIDTHS],
