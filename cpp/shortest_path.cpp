@@ -162,7 +162,11 @@ namespace {
 
 }  // namespace
 
+// Per-thread buffers, pooled in the engine and reused between calls. Only the Dijkstra state
+// (distance, settled flag, receiver marks: 16 B per node) is allocated up front; the heap and the
+// Jacobian buffers are allocated the first time they are needed.
 struct ShortestPathEngine::Workspace {
+  int64_t n_nodes, n_cells;
   std::vector<double> dist;
   std::vector<int32_t> pred, pred_cell, pos, target_stamp;
   std::vector<HeapEntry> heap;
@@ -174,9 +178,20 @@ struct ShortestPathEngine::Workspace {
   BucketQueue buckets;
 
   Workspace(int64_t n_nodes, int64_t n_cells, int64_t n_local)
-      : dist(n_nodes), pred(n_nodes), pred_cell(n_nodes), pos(n_nodes),
-        target_stamp(n_nodes, 0), heap(n_nodes), accumulator(n_cells, 0.0),
-        memo(n_nodes, 0), gid(n_local), pred_length(n_nodes) {}
+      : n_nodes(n_nodes), n_cells(n_cells), dist(n_nodes), pos(n_nodes), target_stamp(n_nodes, 0),
+        gid(n_local) {}
+  void ensure_heap() {
+    if (static_cast<int64_t>(heap.size()) < n_nodes) heap.resize(n_nodes);
+  }
+  void ensure_jacobian() {
+    if (static_cast<int64_t>(memo.size()) < n_nodes) {
+      pred.resize(n_nodes);
+      pred_cell.resize(n_nodes);
+      pred_length.resize(n_nodes);
+      memo.assign(n_nodes, 0);
+      accumulator.assign(n_cells, 0.0);
+    }
+  }
 };
 
 struct ShortestPathEngine::TaskOutput {
@@ -351,8 +366,6 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
                                       TaskOutput* out) const {
   const int64_t m = n_local_;
   double* dist = ws.dist.data();
-  int32_t* pred = ws.pred.data();
-  int32_t* pred_cell = ws.pred_cell.data();
   int32_t* pos = ws.pos.data();
   const double* L = lengths_.data();
   std::fill(ws.dist.begin(), ws.dist.end(), std::numeric_limits<double>::infinity());
@@ -380,6 +393,7 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
     buckets.reset(choice.n_buckets, choice.inverse_width);
     buckets.push(src, 0.0);
   } else {
+    ws.ensure_heap();
     queue.init(&ws.heap, pos);
     queue.push_or_decrease(src, 0.0);
   }
@@ -464,6 +478,9 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
     times_row[datum] = dist[receiver_nodes_[pair_receivers_[datum]]];
   }
   if (!Jacobian) return;
+  ws.ensure_jacobian();
+  int32_t* pred = ws.pred.data();
+  int32_t* pred_cell = ws.pred_cell.data();
 
   // back-track each datum's path and accumulate lengths per credited cell
   double* acc = ws.accumulator.data();

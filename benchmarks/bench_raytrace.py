@@ -1,0 +1,242 @@
+"""Shortest-path ray tracing: latentinv (C++ and Python) against ttcrpy (Grid2d, SPM) and pyGIMLi.
+
+Paper geometry (129 x 65 cells of 0.1 m, 25 x 25 crosshole pairs) and one heterogeneous channel
+model, all engines in one run:
+
+1. forward and forward + Jacobian time at ``--nodes`` secondary nodes (default 3), latentinv C++ on
+   1 and 2 threads, the Python fallback, ttcrpy on 1 and 2 threads and pyGIMLi, with ratios to
+   ttcrpy at the same thread count (minimum over ``--repeat`` runs: the machine is shared);
+2. peak memory of each engine (resident set growth in a fresh subprocess: graph + one F+J call);
+3. accuracy against a high-resolution reference (latentinv C++ at ``--reference-nodes``; ttcrpy
+   computes the same graph, so its error is the same at equal secondary nodes) for secondary nodes
+   1 to 10, with the time of latentinv and ttcrpy at each.
+
+Prints tables and writes JSON (``--json``). Run: ``python benchmarks/bench_raytrace.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from latentinv.geometry import paper_crosshole
+
+
+def channel_model(grid, seed=0):
+    """Slowness (ns/m) of a two-layer medium with a sinuous slow channel and 3 % noise."""
+    rng = np.random.default_rng(seed)
+    x, z = grid.cell_centers.T
+    s = np.where(z > grid.origin[1] + 0.4 * grid.height, 1 / 0.07, 1 / 0.1)
+    channel = np.abs(z - (grid.origin[1] + 0.3 * grid.height + 0.1 * grid.height * np.sin(x))) < 0.1 * grid.height
+    s = np.where(channel, 1 / 0.06, s)
+    return s * (1 + 0.03 * rng.random(grid.n_cells))
+
+
+# -- engines: each returns (forward(m) -> t, forward_jacobian(m) -> (t, J)) ---------------------------
+def latentinv_engine(n, threads, backend="cpp"):
+    from latentinv.operators.shortest_path import ShortestPathOperator
+
+    grid, survey = paper_crosshole()
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes=n, n_threads=threads, backend=backend)
+    return (lambda m: op.response(m)), (lambda m: op.response_and_jacobian(m))
+
+
+def ttcrpy_engine(n, threads):
+    from ttcrpy.rgrid import Grid2d
+
+    grid, survey = paper_crosshole()
+    g = Grid2d(grid.x_edges, grid.depth_edges, cell_slowness=True, method="SPM", nsnx=n, nsnz=n,
+               n_threads=threads)
+    src, rcv = survey.source_positions, survey.receiver_positions
+    to_tt = lambda m: grid.to_image(m).T.ravel()  # ttcrpy: (nx, nz) C order
+    return (lambda m: g.raytrace(src, rcv, to_tt(m))), \
+        (lambda m: g.raytrace(src, rcv, to_tt(m), compute_L=True))
+
+
+def pygimli_engine(n, threads):
+    import pygimli as pg
+    from pygimli.physics.traveltime import TravelTimeDijkstraModelling
+
+    from latentinv.operators.pygimli import to_pygimli_data, to_pygimli_mesh
+
+    grid, survey = paper_crosshole()
+    mesh = pg.Mesh(to_pygimli_mesh(grid))
+    if n:
+        mesh.createSecondaryNodes(n)
+    fop = TravelTimeDijkstraModelling()
+    fop.setData(to_pygimli_data(survey))
+    fop.setMesh(mesh, ignoreRegionManager=True)
+
+    def forward(m):
+        return np.asarray(fop.response(pg.Vector(grid.to_pygimli_order(m))))
+
+    def forward_jacobian(m):
+        v = pg.Vector(grid.to_pygimli_order(m))
+        fop.createJacobian(v)
+        return np.asarray(fop.response(v)), fop.jacobian()
+
+    return forward, forward_jacobian
+
+
+ENGINES = {"latentinv": latentinv_engine, "latentinv-python": lambda n, t: latentinv_engine(n, t, "python"),
+           "ttcrpy": ttcrpy_engine, "pygimli": pygimli_engine}
+
+
+def best_time(fn, m, repeat):
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(m)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def peak_memory_mib(engine, n, threads):
+    """Resident-set growth (MiB) of building ``engine`` and one F+J call, in a fresh process."""
+    code = f"""
+import resource, sys, numpy as np
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import bench_raytrace as b
+from latentinv.geometry import paper_crosshole
+grid, _ = paper_crosshole(); m = b.channel_model(grid)
+import latentinv.operators.shortest_path, scipy.sparse.csgraph
+try:
+    import ttcrpy.rgrid
+except ImportError:
+    pass
+{'import pygimli' if engine == 'pygimli' else ''}
+def rss():
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS'):
+                return int(line.split()[1])
+before = rss()
+fwd, fj = b.ENGINES[{engine!r}]({n}, {threads})
+fj(m)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - before) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        return float("nan")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=3, help="secondary nodes for the timing table")
+    parser.add_argument("--repeat", type=int, default=5, help="timing repeats (minimum is reported)")
+    parser.add_argument("--reference-nodes", type=int, default=40)
+    parser.add_argument("--sweep", type=int, nargs="+", default=list(range(1, 11)))
+    parser.add_argument("--skip-pygimli", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--json", default="bench_raytrace.json")
+    args = parser.parse_args(argv)
+
+    grid, survey = paper_crosshole()
+    m = channel_model(grid)
+    n = args.nodes
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
+              "geometry": {"grid": repr(grid), "n_data": survey.n_data}, "nodes": n}
+
+    # 1. timing table ------------------------------------------------------------------------------
+    rows = [("latentinv", 1), ("latentinv", 2), ("latentinv-python", 1), ("ttcrpy", 1), ("ttcrpy", 2)]
+    if not args.skip_pygimli:
+        rows.append(("pygimli", 1))
+    timing = []
+    for name, threads in rows:
+        try:
+            fwd, fj = ENGINES[name](n, threads)
+        except ImportError as exc:
+            print(f"skip {name}: {exc}")
+            continue
+        repeat = args.repeat if name in ("latentinv", "ttcrpy") else 1
+        fj(m)  # warm up
+        timing.append({"engine": name, "threads": threads, "forward_s": best_time(fwd, m, repeat),
+                       "forward_jacobian_s": best_time(fj, m, repeat)})
+    ref = {r["threads"]: r for r in timing if r["engine"] == "ttcrpy"}
+    print(f"\nPaper geometry, channel model, {n} secondary nodes; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs (minimum of {args.repeat} runs)")
+    print(f"{'engine':<18}{'threads':>8}{'forward ms':>12}{'F+J ms':>10}{'F ratio':>10}{'F+J ratio':>11}")
+    for r in timing:
+        tt = ref.get(r["threads"])
+        r["forward_speedup_vs_ttcrpy"] = tt["forward_s"] / r["forward_s"] if tt else None
+        r["forward_jacobian_speedup_vs_ttcrpy"] = tt["forward_jacobian_s"] / r["forward_jacobian_s"] if tt else None
+        f = lambda x: f"{x:.2f}x" if x else "-"
+        print(f"{r['engine']:<18}{r['threads']:>8}{1e3 * r['forward_s']:>12.1f}{1e3 * r['forward_jacobian_s']:>10.1f}"
+              f"{f(r['forward_speedup_vs_ttcrpy']):>10}{f(r['forward_jacobian_speedup_vs_ttcrpy']):>11}")
+    print("(ratio = ttcrpy time / engine time at the same thread count; > 1 is faster than ttcrpy)")
+    report["timing"] = timing
+
+    # 2. memory ---------------------------------------------------------------------------------------
+    if not args.skip_memory:
+        memory = []
+        for name, threads in [("latentinv", 1), ("latentinv", 2), ("latentinv-python", 1),
+                              ("ttcrpy", 1), ("ttcrpy", 2)] + ([] if args.skip_pygimli else [("pygimli", 1)]):
+            memory.append({"engine": name, "threads": threads, "peak_rss_growth_mib": peak_memory_mib(name, n, threads)})
+        print(f"\nPeak memory (resident growth: graph + one F+J call), {n} secondary nodes")
+        for r in memory:
+            print(f"{r['engine']:<18}{r['threads']:>8}{r['peak_rss_growth_mib']:>10.1f} MiB")
+        report["memory"] = memory
+
+    # 3. accuracy against a high-resolution reference ------------------------------------------------
+    fwd_ref, _ = latentinv_engine(args.reference_nodes, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    t_ref = fwd_ref(m)
+    print(f"\nReference: latentinv at {args.reference_nodes} secondary nodes ({time.perf_counter() - t0:.1f} s)")
+    sweep = []
+    print(f"{'nodes':>6}{'MAE ns':>10}{'max ns':>9}{'latentinv F ms':>16}{'F+J ms':>9}{'ttcrpy F+J ms':>15}{'ttcrpy MAE':>12}")
+    for k in args.sweep:
+        fwd, fj = latentinv_engine(k, 1)
+        t = fwd(m)
+        row = {"nodes": k, "mae_ns": float(np.mean(np.abs(t - t_ref))), "max_ns": float(np.max(np.abs(t - t_ref))),
+               "latentinv_forward_s": best_time(fwd, m, max(1, args.repeat // 2)),
+               "latentinv_forward_jacobian_s": best_time(fj, m, max(1, args.repeat // 2))}
+        try:
+            tfwd, tfj = ttcrpy_engine(k, 1)
+            row["ttcrpy_forward_jacobian_s"] = best_time(tfj, m, 1)
+            out = tfwd(m)
+            t_tt = out[0] if isinstance(out, tuple) else out
+            row["ttcrpy_mae_ns"] = float(np.mean(np.abs(t_tt - t_ref)))
+        except ImportError:
+            row["ttcrpy_forward_jacobian_s"] = row["ttcrpy_mae_ns"] = None
+        sweep.append(row)
+        tt = row["ttcrpy_forward_jacobian_s"]
+        print(f"{k:>6}{row['mae_ns']:>10.4f}{row['max_ns']:>9.3f}{1e3 * row['latentinv_forward_s']:>16.1f}"
+              f"{1e3 * row['latentinv_forward_jacobian_s']:>9.1f}{(1e3 * tt if tt else float('nan')):>15.1f}"
+              f"{(row['ttcrpy_mae_ns'] if row['ttcrpy_mae_ns'] is not None else float('nan')):>12.4f}")
+    report["accuracy"] = {"reference_nodes": args.reference_nodes, "sweep": sweep}
+
+    # accuracy per unit time: the cheapest latentinv setting reaching the target MAE, against
+    # ttcrpy at the timing table's node count (same thread count: 1)
+    target = 0.05
+    ok = [r for r in sweep if r["mae_ns"] <= target]
+    tt = ref.get(1)
+    if ok and tt:
+        best = min(ok, key=lambda r: r["latentinv_forward_jacobian_s"])
+        tt_ok = [r for r in sweep if r.get("ttcrpy_mae_ns") is not None and r["ttcrpy_mae_ns"] <= target]
+        summary = {"target_mae_ns": target, "latentinv_nodes": best["nodes"],
+                   "latentinv_forward_jacobian_s": best["latentinv_forward_jacobian_s"],
+                   "ttcrpy_nodes_needed": tt_ok[0]["nodes"] if tt_ok else None,
+                   "ttcrpy_forward_jacobian_s_at_timing_nodes": tt["forward_jacobian_s"]}
+        summary["ratio"] = summary["ttcrpy_forward_jacobian_s_at_timing_nodes"] / summary["latentinv_forward_jacobian_s"]
+        print(f"\nMAE <= {target} ns: latentinv needs {best['nodes']} secondary nodes, F+J "
+              f"{1e3 * best['latentinv_forward_jacobian_s']:.0f} ms on 1 thread; ttcrpy needs "
+              f"{summary['ttcrpy_nodes_needed']} nodes; ttcrpy at {n} nodes takes "
+              f"{1e3 * tt['forward_jacobian_s']:.0f} ms (ratio {summary['ratio']:.2f}x)")
+        report["accuracy_per_time"] = summary
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
