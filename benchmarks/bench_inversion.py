@@ -105,7 +105,7 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
-def bench_linear(device, quick, rows):
+def bench_linear(device, quick, rows, repeats=1):
     grid = Grid2D.paper()
     survey = CrossholeSurvey.paper(0.01, 6.49)
     op = StraightRayOperator(grid, survey)
@@ -117,27 +117,40 @@ def bench_linear(device, quick, rows):
     tt = base.fit(np.ones((1, op.n_data))).simulate(truth)
 
     # reference: one start at a time, from the inverter's first start and mini-batch order
-    n_ref = 25 if quick else 100
+    n_ref = 25 if quick else 50
     G_dense = torch.tensor(op.matrix.toarray(), dtype=torch.float32, device=device)
     seed = _as_seed(0)
     z0 = _initial_latents(seed, 1, 20, "normal").numpy()[0]
     reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95, 10.0, 0.999, 25, 3,
                    np.random.default_rng(0))   # warm-up
-    rng = _survey_generators(seed, tt[0], 1)[0][0]
-    t_ref, (rmse_ref, _) = timed(lambda: reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95,
-                                                        10.0, 0.999, 25, n_ref, rng))
+
+    def run_reference():
+        rng = _survey_generators(seed, tt[0], 1)[0][0]
+        return reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95, 10.0, 0.999, 25, n_ref, rng)
+
+    estimators = {}
+    for n_starts in (1, 10, 100):
+        estimators[n_starts] = LatentInverter(gen, op, n_starts=n_starts, n_epochs=1,
+                                              random_state=0, device=device).fit(tt)
+        estimators[n_starts].invert(tt)   # warm-up
+    # interleaved rounds (the machine may be shared): the fastest round of each is kept
+    best = {}
+    for _ in range(repeats):
+        t, out = timed(run_reference)
+        if t < best.get("ref", (np.inf,))[0]:
+            best["ref"] = (t, out)
+        for n_starts, est in estimators.items():
+            t, res = timed(lambda: est.invert(tt))
+            if t < best.get(n_starts, (np.inf,))[0]:
+                best[n_starts] = (t, res)
+    t_ref, (rmse_ref, _) = best["ref"]
     per_ref = t_ref / n_ref
     rows.append(dict(case="linear", method="reference loop (1 start at a time)", device=str(device),
                      n_starts=1, iterations=n_ref, seconds=t_ref, per_start_iteration_ms=1e3 * per_ref,
                      ratio=1.0, final_rmse_ns=float(rmse_ref[-1])))
     results = {}
-    for n_starts in (1, 10, 100):
-        n_epochs = 1 if (quick or n_starts == 100) else 2
-        est = LatentInverter(gen, op, n_starts=n_starts, n_epochs=n_epochs, random_state=0,
-                             device=device).fit(tt)
-        LatentInverter(gen, op, n_starts=n_starts, n_epochs=1, random_state=0,
-                       device=device).fit(tt).set_params(batch_size=625).invert(tt)   # warm-up
-        t, res = timed(lambda: est.invert(tt))
+    for n_starts, est in estimators.items():
+        t, res = best[n_starts]
         n_it = est.n_iterations_
         per = t / (n_starts * n_it)
         results[n_starts] = res
@@ -182,7 +195,7 @@ def bench_nonlinear(quick, rows):
 def bench_gpu(quick, rows):
     if not torch.cuda.is_available():
         return
-    results = bench_linear(torch.device("cuda"), quick, rows)
+    results = bench_linear(torch.device("cuda"), quick, rows, repeats=2)
     grid = Grid2D.paper()
     op = StraightRayOperator(grid, CrossholeSurvey.paper(0.01, 6.49))
     gen = TorchGenerator(paper_decoder("cuda"), 20)
@@ -201,13 +214,21 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
     parser.add_argument("--output", default="bench_inversion.json", help="JSON file to write")
     parser.add_argument("--skip-nonlinear", action="store_true")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved timing rounds, fastest kept (default 1 quick, 2 full)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for every method (default: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine()
+    info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
-    bench_linear(torch.device("cpu"), args.quick, rows)
+    bench_linear(torch.device("cpu"), args.quick, rows, repeats=args.repeats or (1 if args.quick else 2))
     if not args.skip_nonlinear:
         bench_nonlinear(args.quick, rows)
     bench_gpu(args.quick, rows)
+    info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     head = f"{'case':<24}{'method':<52}{'device':<7}{'starts':>7}{'iters':>7}{'s':>9}{'ms/start-it':>13}{'ratio':>8}"
     print(head)
@@ -225,6 +246,9 @@ def main(argv=None):
                   f"{rows[0]['final_rmse_ns']:.3f} ns)")
         if "projected_750_iterations_s" in r:
             print(f"{'':<24}projected 750 iterations: {r['projected_750_iterations_s']:.1f} s")
+    if info["load_average"] is not None:
+        print(f"load average at the end (1, 5, 15 min): {info['load_average']} on "
+              f"{info['cpu_count']} CPUs: timings on a shared machine vary with it")
     with open(args.output, "w") as f:
         json.dump(dict(machine=info, quick=args.quick, rows=rows), f, indent=1)
     print(f"wrote {args.output}")
