@@ -100,7 +100,7 @@ def best_time(fn, m, repeat):
 def peak_memory_mib(engine, n, threads):
     """Resident-set growth (MiB) of building ``engine`` and one F+J call, in a fresh process."""
     code = f"""
-import resource, sys, numpy as np
+import sys, numpy as np
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 import bench_raytrace as b
 from latentinv.geometry import paper_crosshole
@@ -111,16 +111,17 @@ try:
 except ImportError:
     pass
 {'import pygimli' if engine == 'pygimli' else ''}
-def rss():
+def status(key):
     with open('/proc/self/status') as f:
         for line in f:
-            if line.startswith('VmRSS'):
+            if line.startswith(key):
                 return int(line.split()[1])
-before = rss()
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # reset the peak resident set (VmHWM) to the current one
+before = status('VmRSS')
 fwd, fj = b.ENGINES[{engine!r}]({n}, {threads})
 fj(m)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - before) / 1024)
+print((status('VmHWM') - before) / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:

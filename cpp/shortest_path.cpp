@@ -2,10 +2,14 @@
 //
 // Design for speed (the graph holds ~60k nodes and ~2M directed edges on the paper geometry):
 // - no adjacency list: the edges of a settled node are generated from the cells it touches (1, 2 or
-//   4) and one small table of local lengths shared by all cells, so the working set per source is
-//   the distance array (8 B/node), the predecessor and credited cell (4 B + 4 B/node), the heap
-//   position (4 B/node) and the heap itself;
-// - an indexed 4-ary heap with decrease-key, holding (key, node) pairs inline;
+//   4) and one small table of local lengths shared by all cells; a cell's nodes are 4 corners and
+//   runs of consecutive ids (its sides), relaxed two at a time with SSE2;
+// - an exact bucket queue (Dial) with bucket width half the smallest edge weight of the model, a
+//   4-ary indexed heap when the weight range would need too many buckets; both settle nodes at the
+//   same distances;
+// - the Dijkstra loop keeps only distances and settled flags (12 B/node of hot state); the
+//   canonical predecessors are found afterwards, only along the back-tracked paths, from the final
+//   distances (memoised per node), so the forward and the Jacobian share the same inner loop;
 // - Dijkstra stops once every receiver of the source is settled;
 // - per-thread workspaces are pooled in the engine and reused between calls.
 #include "shortest_path.hpp"
