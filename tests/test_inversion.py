@@ -227,7 +227,7 @@ def test_linear_generator_recovers_z(problem):
     op, gen, z_true, models, tt = problem
     est = LatentInverter(gen, op, optimizer="adam", lr=0.05, lr_decay=1.0, batch_size=None,
                          regularization=None, lam_decay=1.0, n_epochs=600, n_starts=3,
-                         target_misfit=1e-4, random_state=0, device="cpu")
+                         target_misfit=1e-5, random_state=0, device="cpu")
     res = est.fit(tt).invert(tt)
     best = res.latents[np.arange(2), res.best_start]
     np.testing.assert_allclose(best, z_true, atol=1e-3)        # stated tolerance: 1e-3
@@ -237,12 +237,12 @@ def test_linear_generator_recovers_z(problem):
 
 def test_linear_generator_recovers_z_with_paper_sgd(problem):
     op, gen, z_true, _, tt = problem
-    est = LatentInverter(gen, op, lr=1e-2, lr_decay=1.0, batch_size=None, regularization=None,
+    est = LatentInverter(gen, op, lr=5e-2, lr_decay=1.0, batch_size=None, regularization=None,
                          n_epochs=300, n_starts=3, random_state=0, device="cpu")
     res = est.fit(tt).invert(tt)
-    # plain SGD converges slowly along the worst-resolved direction: stated tolerance 0.1
-    np.testing.assert_allclose(res.latents[np.arange(2), res.best_start], z_true, atol=0.1)
-    assert np.all(res.data_rmse[np.arange(2), res.best_start] < 0.01)   # ns
+    # plain SGD converges slowly along the worst-resolved direction: stated tolerance 2e-3
+    np.testing.assert_allclose(res.latents[np.arange(2), res.best_start], z_true, atol=2e-3)
+    assert np.all(res.data_rmse[np.arange(2), res.best_start] < 1e-3)   # ns
 
 
 def test_trained_prior_most_starts_fit_the_data():
