@@ -447,6 +447,30 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     n_iterations_ : int
         Iterations per start.
     device_ : torch.device
+
+    Notes
+    -----
+    Per iteration, the latents of all ``n_surveys * n_starts`` starts form one float32 tensor: one
+    decoder call, one gradient (``torch.autograd.grad`` with respect to the latents only, so the
+    prior's weights are never touched), one update. A linear operator's kernel is stored as padded
+    (cell index, ray length) rows: the batch rays of each start are gathered (about 180 non-zeros a
+    ray on the paper's grid) and differentiated through ``torch.gather``; the full-data misfit of
+    every start, which selects the best model, is one sparse product without autograd. A nonlinear
+    operator is called once per iteration for all models (its engine batches them) and its
+    Jacobians enter through the operator's autograd Function.
+
+    Randomness: the initial latents come from ``random_state`` alone (start ``k`` is the same
+    whatever ``n_starts`` and for every survey); each survey's mini-batch orders (and stochastic
+    clipping draws) come from generators seeded by ``random_state`` and the survey's own data, so a
+    survey's result depends neither on the other surveys in ``X`` nor on their order.
+
+    Examples
+    --------
+    >>> from latentinv import LatentInverter, StraightRayOperator, paper_crosshole
+    >>> grid, survey = paper_crosshole(0.01, 6.49)
+    >>> inverter = LatentInverter(prior, StraightRayOperator(grid, survey), n_starts=100)  # doctest: +SKIP
+    >>> models = inverter.fit(traveltimes).predict(traveltimes)                           # doctest: +SKIP
+    >>> result = inverter.invert(traveltimes); result.accepted_fraction(1.0)              # doctest: +SKIP
     """
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, optimizer="sgd", lr=1e-2,
