@@ -7,8 +7,8 @@ traveltime ``length x slowness(cell)`` (a segment along a side shared by two cel
 slowness). The first-arrival time of a datum is the shortest-path time from its source node to its
 receiver node (one Dijkstra per source); its Jacobian row holds the length (m) of the back-tracked
 path in each cell, credited to the cell whose slowness each segment used, so that
-``J(m) @ m == response(m)``. This is the nonlinear forward operator of the paper (Sect. 2.3, Eq. 28
-uses its Jacobian).
+``J(m) @ m == response(m)``. This is the paper's nonlinear forward operator (its linearised update,
+Eq. 28, uses this Jacobian).
 
 Node numbering, local lengths and the tie rule are identical in both backends (and documented in
 ``cpp/shortest_path.hpp``):
@@ -23,6 +23,10 @@ Node numbering, local lengths and the tie rule are identical in both backends (a
 - predecessor of node ``u``: among all ``(v, cell)`` with ``fl(d[v] + fl(L*s[cell])) == d[u]`` the
   lexicographically smallest ``(v, w, cell)``. With it both backends return the same paths, hence
   Jacobians equal to rounding, even where many paths tie (homogeneous media).
+
+Engine notes (C++): edges are generated from the cell-local structure (no adjacency list), the
+priority queue is an exact bucket queue (a 4-ary heap for extreme slowness contrasts), threads run
+over (model, source) tasks with the GIL released, and results do not depend on the thread count.
 
 Limitation: sources and receivers must sit on graph nodes (a corner or a secondary node, within
 ``1e-9`` of the cell size), as pyGIMLi requires them on mesh nodes.
