@@ -309,6 +309,17 @@ def test_same_seed_same_result_and_survey_independence(problem):
     assert not np.allclose(a.latent_norm_history[0, :, 5], a.latent_norm_history[2, :, 5])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(problem):
+    op, gen, _, _, tt = problem
+    kw = dict(batch_size=6, n_epochs=3, n_starts=4, random_state=0)
+    cpu = LatentInverter(gen, op, device="cpu", **kw).fit(tt).invert(tt)
+    gpu = LatentInverter(gen, op, device="cuda", **kw).fit(tt).invert(tt)
+    assert gpu.settings["device"].startswith("cuda")
+    np.testing.assert_allclose(gpu.data_rmse_history, cpu.data_rmse_history, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gpu.models, cpu.models, atol=1e-4)
+
+
 def test_start_k_does_not_depend_on_n_starts(problem):
     op, gen, _, _, tt = problem
     kw = dict(batch_size=6, n_epochs=2, random_state=3, device="cpu")
