@@ -155,11 +155,6 @@ class BucketQueue {
   size_t size_ = 0;
 };
 
-#ifdef LATENTINV_COUNT
-}
-long g_pops = 0, g_improve = 0, g_sift = 0, g_relax = 0;
-namespace {
-#endif
 [[noreturn]] void fail(const std::string& msg) {
   throw std::invalid_argument("ShortestPathEngine: " + msg);
 }
@@ -421,9 +416,6 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
       v = top.node;
       dv = top.key;
     }
-#ifdef LATENTINV_COUNT
-    ++g_pops;
-#endif
     if (ws.target_stamp[v] == stamp && --remaining == 0) break;
     int32_t cells[4], local[4];
     const int count = adjacent_cells(v, cells, local);
