@@ -542,6 +542,19 @@ or PatchSampler
             json.dump(self._config(), f, indent=1)
 
     @classmethod
+    def pretrained(cls, device=None):
+        """The default prior shipped with the package (no external file, no code execution).
+
+        A reduced network (channels (16, 32, 64, 128), hidden 256) trained for 6000 Adam steps of
+        64 crops of 129 x 65 from procedural channel images by ``scripts/train_default_prior.py``;
+        its configuration, training curve and quality are recorded in ``docs/default_prior.json``.
+        It is much cheaper than the paper's model (1e5 steps of the reference network).
+        """
+        from importlib.resources import files
+
+        return cls.load(str(files("latentinv") / "data" / "default_prior"), device=device)
+
+    @classmethod
     def load(cls, path, device=None, architecture=None):
         """Load a prior written by :meth:`save` (no code is executed).
 
