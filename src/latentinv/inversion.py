@@ -62,6 +62,7 @@ import copy
 import hashlib
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -351,9 +352,11 @@ class _GatheredRows:
         self.index = torch.tensor(idx, device=device)
         self.value = torch.tensor(val, dtype=dtype, device=device)
         Gc = G.astype(np.float64)
-        self.matrix = torch.sparse_csr_tensor(
-            torch.tensor(Gc.indptr, dtype=torch.int64), torch.tensor(Gc.indices, dtype=torch.int64),
-            torch.tensor(Gc.data, dtype=dtype), size=Gc.shape, check_invariants=True).to(device)
+        with warnings.catch_warnings():  # torch flags sparse CSR as beta; used read-only here
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            self.matrix = torch.sparse_csr_tensor(
+                torch.tensor(Gc.indptr, dtype=torch.int64), torch.tensor(Gc.indices, dtype=torch.int64),
+                torch.tensor(Gc.data, dtype=dtype), size=Gc.shape, check_invariants=True).to(device)
 
     def rows(self, s, batch):
         """Traveltimes of rays ``batch`` (R, B) for slowness ``s`` (R, n_cells): differentiable."""
