@@ -25,17 +25,11 @@ import time
 
 import numpy as np
 
+from latentinv.datasets import layered_channel_slowness as channel_model
+
 from latentinv.geometry import paper_crosshole
 
 
-def channel_model(grid, seed=0):
-    """Slowness (ns/m) of a two-layer medium with a sinuous slow channel and 3 % noise."""
-    rng = np.random.default_rng(seed)
-    x, z = grid.cell_centers.T
-    s = np.where(z > grid.origin[1] + 0.4 * grid.height, 1 / 0.07, 1 / 0.1)
-    channel = np.abs(z - (grid.origin[1] + 0.3 * grid.height + 0.1 * grid.height * np.sin(x))) < 0.1 * grid.height
-    s = np.where(channel, 1 / 0.06, s)
-    return s * (1 + 0.03 * rng.random(grid.n_cells))
 
 
 # -- engines: each returns (forward(m) -> t, forward_jacobian(m) -> (t, J)) ---------------------------

@@ -4,6 +4,8 @@ Same graph (corners + n secondary nodes per side, all pairs per cell, smaller sl
 sides), so traveltimes agree to rounding; ttcrpy also back-tracks the same paths.
 """
 import numpy as np
+
+from latentinv.datasets import layered_channel_slowness as channel_model
 import pytest
 
 from latentinv.geometry import CrossholeSurvey, Grid2D, paper_crosshole
@@ -12,13 +14,6 @@ from latentinv.operators.shortest_path import ShortestPathOperator
 pytestmark = pytest.mark.peers
 
 
-def channel_model(grid, seed=0):
-    rng = np.random.default_rng(seed)
-    x, z = grid.cell_centers.T
-    s = np.where(z > grid.origin[1] + 0.4 * grid.height, 1 / 0.07, 1 / 0.1)
-    channel = np.abs(z - (grid.origin[1] + 0.3 * grid.height + 0.1 * grid.height * np.sin(x))) < 0.1 * grid.height
-    s = np.where(channel, 1 / 0.06, s)
-    return s * (1 + 0.03 * rng.random(grid.n_cells))
 
 
 def ttcrpy_columns(grid):

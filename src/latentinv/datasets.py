@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler"]
+__all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
+           "layered_channel_slowness"]
 
 
 def _rng(random_state):
@@ -357,3 +358,17 @@ class PatchSampler:
     def __repr__(self):
         return (f"PatchSampler(n_images={len(self.images)}, patch_shape={self.patch_shape}, "
                 f"n_exclude={sum(len(e) for e in self.exclude)})")
+
+
+def layered_channel_slowness(grid, seed=0):
+    """A heterogeneous test model for raytracing: slowness (ns/m) per cell of ``grid``.
+
+    Two layers (0.1 and 0.07 m/ns), a sinuous slow channel (0.06 m/ns) and 3 % multiplicative noise;
+    the model of the raytracer tests and of ``benchmarks/bench_raytrace.py``.
+    """
+    rng = np.random.default_rng(seed)
+    x, z = grid.cell_centers.T
+    s = np.where(z > grid.origin[1] + 0.4 * grid.height, 1 / 0.07, 1 / 0.1)
+    channel = np.abs(z - (grid.origin[1] + 0.3 * grid.height + 0.1 * grid.height * np.sin(x))) < 0.1 * grid.height
+    s = np.where(channel, 1 / 0.06, s)
+    return s * (1 + 0.03 * rng.random(grid.n_cells))
