@@ -24,7 +24,7 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
 }
 
 py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, bool want_jacobian,
-                     int n_threads, const std::string& queue) {
+                     int n_threads, const std::string& queue, py::handle rows_obj) {
   latentinv::QueueKind kind;
   if (queue == "auto") kind = latentinv::QueueKind::automatic;
   else if (queue == "heap") kind = latentinv::QueueKind::heap;
@@ -39,10 +39,20 @@ py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, 
   if (n_threads < 1) throw std::invalid_argument("ShortestPathEngine.run: n_threads must be >= 1");
   const int64_t n_models = slowness.shape(0);
   const double* data = slowness.data();
+  // optional (n_models, n_data) flags of the Jacobian rows wanted
+  py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rows;
+  const uint8_t* row_flags = nullptr;
+  if (!rows_obj.is_none()) {
+    rows = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(rows_obj);
+    if (!rows || rows.ndim() != 2 || rows.shape(0) != n_models || rows.shape(1) != engine.n_data())
+      throw std::invalid_argument("ShortestPathEngine.run: jacobian_rows must be None or an array of "
+                                  "shape (n_models, " + std::to_string(engine.n_data()) + ")");
+    row_flags = rows.data();
+  }
   BatchResult result;
   {
     py::gil_scoped_release release;
-    result = engine.run(data, n_models, want_jacobian, n_threads, kind);
+    result = engine.run(data, n_models, want_jacobian, n_threads, kind, row_flags);
   }
   py::array_t<double> times = to_numpy(std::move(result.times));
   times.resize({n_models, engine.n_data()});
@@ -80,10 +90,11 @@ void bind_shortest_path(py::module_& m) {
            },
            py::arg("node"))
       .def("run", &engine_run, py::arg("slowness"), py::arg("want_jacobian"), py::arg("n_threads"),
-           py::arg("queue") = "auto",
+           py::arg("queue") = "auto", py::arg("jacobian_rows") = py::none(),
            "slowness (n_models, n_cells) -> (times (n_models, n_data), (indptr, indices, data) or None)."
            " The Jacobian is one CSR stacked over models (row model*n_data + datum). queue: 'auto', "
-           "'heap' (4-ary) or 'buckets' (exact bucket queue); all give identical results.");
+           "'heap' (4-ary) or 'buckets' (exact bucket queue); all give identical results. jacobian_rows: "
+           "None or (n_models, n_data) flags; unflagged rows of the Jacobian are left empty.");
 }
 
 }  // namespace

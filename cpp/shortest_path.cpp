@@ -362,7 +362,7 @@ inline int ShortestPathEngine::local_index(int32_t node, int32_t cell) const {
 template <bool Jacobian, bool Buckets>
 void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Workspace& ws,
                                       const QueueChoice& choice, double* times_row,
-                                      TaskOutput* out) const {
+                                      TaskOutput* out, const uint8_t* row_flags) const {
   const int64_t m = n_local_;
   double* dist = ws.dist.data();
   int32_t* pos = ws.pos.data();
@@ -530,6 +530,10 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
   };
   for (int64_t a = 0; a < n_rows_here; ++a) {
     const int64_t datum = data_of_source_[data_start_[source] + a];
+    if (row_flags != nullptr && row_flags[datum] == 0) {  // row not wanted: left empty
+      out->row_start[a + 1] = static_cast<int64_t>(out->cols.size());
+      continue;
+    }
     int32_t u = receiver_nodes_[pair_receivers_[datum]];
     touched.clear();
     while (u != src) {
@@ -567,7 +571,8 @@ void ShortestPathEngine::release(std::unique_ptr<Workspace> ws) const {
 }
 
 BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bool want_jacobian,
-                                    int n_threads, QueueKind queue) const {
+                                    int n_threads, QueueKind queue,
+                                    const uint8_t* jacobian_rows) const {
   if (slowness == nullptr) fail("slowness is null");
   if (n_models < 1) fail("n_models must be >= 1");
   if (n_threads < 1) fail("n_threads must be >= 1");
@@ -628,10 +633,11 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
         double* times_row = result.times.data() + model * nd;
         const QueueChoice& c = choices[model];
         TaskOutput* o = want_jacobian ? &outputs[task] : nullptr;
-        if (want_jacobian && c.buckets) solve_source<true, true>(s, source, *ws, c, times_row, o);
-        else if (want_jacobian) solve_source<true, false>(s, source, *ws, c, times_row, o);
-        else if (c.buckets) solve_source<false, true>(s, source, *ws, c, times_row, o);
-        else solve_source<false, false>(s, source, *ws, c, times_row, o);
+        const uint8_t* f = jacobian_rows ? jacobian_rows + model * nd : nullptr;
+        if (want_jacobian && c.buckets) solve_source<true, true>(s, source, *ws, c, times_row, o, f);
+        else if (want_jacobian) solve_source<true, false>(s, source, *ws, c, times_row, o, f);
+        else if (c.buckets) solve_source<false, true>(s, source, *ws, c, times_row, o, f);
+        else solve_source<false, false>(s, source, *ws, c, times_row, o, f);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);

@@ -69,8 +69,11 @@ class ShortestPathEngine {
   ~ShortestPathEngine();
 
   // slowness: n_models x n_cells, C order (cell = row*n_cols + col). Throws on NaN/inf/<=0.
+  // jacobian_rows: null (every row) or n_models x n_data flags; rows flagged 0 are left empty in
+  // the Jacobian (their back-tracking is skipped), e.g. the data outside an SGD mini-batch.
   BatchResult run(const double* slowness, int64_t n_models, bool want_jacobian, int n_threads,
-                  QueueKind queue = QueueKind::automatic) const;
+                  QueueKind queue = QueueKind::automatic,
+                  const uint8_t* jacobian_rows = nullptr) const;
 
   int64_t n_nodes() const { return n_nodes_; }
   int64_t n_cells() const { return n_rows_ * n_cols_; }
@@ -91,7 +94,8 @@ class ShortestPathEngine {
   };
   template <bool Jacobian, bool Buckets>
   void solve_source(const double* slowness, int64_t source, Workspace& ws,
-                    const QueueChoice& choice, double* times_row, TaskOutput* out) const;
+                    const QueueChoice& choice, double* times_row, TaskOutput* out,
+                    const uint8_t* row_flags) const;
   int cell_nodes(int64_t cell, int32_t* gid) const;     // fills the m global node ids
   int adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const;
   int local_index(int32_t node, int32_t cell) const;

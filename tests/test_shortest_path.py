@@ -249,6 +249,51 @@ def test_torch_forward_and_backward_use_the_jacobian():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_jacobian_rows_give_the_batch_gradient(backend):
+    """Only the mini-batch rows of J are needed: same gradient as the full Jacobian, cheaper."""
+    grid, survey, m = small_case(seed=3)
+    op = ShortestPathOperator(grid, survey, 2, backend=backend)
+    rows = torch.tensor([[0, 5, 7, 19], [2, 3, 11, 12]])
+    x = torch.tensor(np.stack([m, 0.9 * m]), requires_grad=True)
+    out = op.forward(x, jacobian_rows=rows)
+    np.testing.assert_array_equal(out.detach().numpy(), op.response(x.detach().numpy()))
+    w = torch.linspace(0.5, 2.0, rows.shape[1], dtype=torch.float64)
+    (torch.gather(out, 1, rows) * w).sum().backward()
+    _, jac = op.response_and_jacobian(x.detach().numpy())
+    expected = np.stack([jac[i][rows[i].numpy()].T @ w.numpy() for i in range(2)])
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-12)
+    # a gradient on a row outside jacobian_rows is refused (its row may not have been computed)
+    x2 = x.detach().clone().requires_grad_(True)
+    out2 = op.forward(x2, jacobian_rows=rows)
+    with pytest.raises(RuntimeError, match="outside jacobian_rows"):
+        out2[:, 1].sum().backward()
+    with pytest.raises(ValueError, match="jacobian_rows must lie in"):
+        op.forward(x2, jacobian_rows=torch.tensor([[0], [survey.n_data]]))
+    with pytest.raises(ValueError, match="integer indices of shape"):
+        op.forward(x2, jacobian_rows=torch.zeros(3, 2, dtype=torch.long))
+
+
+@needs_core
+def test_engine_leaves_unflagged_jacobian_rows_empty():
+    grid, survey, m = small_case(seed=4)
+    op = ShortestPathOperator(grid, survey, 3, backend="cpp")
+    flags = np.zeros((1, survey.n_data), np.uint8)
+    flags[0, [1, 4, 9]] = 1
+    t_full, (ip, ix, dv) = op._engine.run(m[None], True, 2)
+    t_some, (jp, jx, ev) = op._engine.run(m[None], True, 2, jacobian_rows=flags)
+    np.testing.assert_array_equal(t_full, t_some)
+    for r in range(survey.n_data):
+        got = (jx[jp[r]:jp[r + 1]], ev[jp[r]:jp[r + 1]])
+        if flags[0, r]:
+            np.testing.assert_array_equal(got[0], ix[ip[r]:ip[r + 1]])
+            np.testing.assert_array_equal(got[1], dv[ip[r]:ip[r + 1]])
+        else:
+            assert len(got[0]) == 0
+    with pytest.raises(ValueError, match="jacobian_rows must be None or an array of shape"):
+        op._engine.run(m[None], True, 1, jacobian_rows=np.ones((2, survey.n_data), np.uint8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_pickle_roundtrip_and_attributes(backend):
     grid, survey, m = small_case()
     op = ShortestPathOperator(grid, survey, 2, n_threads=3, backend=backend)

@@ -762,10 +762,11 @@ class LatentInverter(RegressorMixin, BaseEstimator):
                     t_full = kernel.full(s.detach())
             elif paper_gradient:
                 # value s, gradient passed to x unchanged: dC/dx := S^T (f - y) (paper's code)
-                t_full = op.forward(x + (s - x).detach())
+                # only the batch rays' Jacobian rows are needed (the rest carry no gradient)
+                t_full = op.forward(x + (s - x).detach(), jacobian_rows=batch)
                 t_batch = torch.gather(t_full, 1, batch)
             else:
-                t_full = op.forward(s)
+                t_full = op.forward(s, jacobian_rows=batch)
                 t_batch = torch.gather(t_full, 1, batch)
             resid = torch.gather(y_rows, 1, batch) - t_batch
             sq = resid * resid

@@ -26,6 +26,8 @@ class ForwardOperator:
     is_linear = False
     #: name of the engine that computes the response ("cpp", "python", "pygimli", "scipy")
     backend = "python"
+    #: whether ``_response_and_jacobian`` accepts ``jacobian_rows`` (rows it may leave empty)
+    supports_jacobian_rows = False
 
     n_data: int
     n_params: int
@@ -84,18 +86,37 @@ class ForwardOperator:
         t, jac = self._response_and_jacobian(a, want_jacobian=True)
         return (t[0], jac[0]) if single else (t, jac)
 
-    def forward(self, m):
+    def forward(self, m, jacobian_rows=None):
         """Differentiable torch traveltimes for ``m`` of shape ``(n_params,)`` or ``(batch, n_params)``.
 
         The output has the dtype and device of ``m``. Gradients flow through the Jacobian transpose
         (for a nonlinear operator the Jacobian at ``m``, i.e. the linearised update of the paper's
         Eq. 28).
+
+        ``jacobian_rows``: optional integer indices ``(batch, k)`` of the data whose gradient is
+        needed (an SGD mini-batch). Operators that can (``supports_jacobian_rows``) then skip the
+        other rows of the Jacobian; the gradient reaching any other datum must be zero, which the
+        backward pass checks (RuntimeError otherwise).
         """
         if not isinstance(m, torch.Tensor):
             raise TypeError(f"{type(self).__name__}.forward expects a torch.Tensor, got {type(m).__name__}")
         single = m.ndim == 1
         mb = m[None, :] if single else m
-        out = JacobianFunction.apply(mb, self)
+        mask = None
+        if jacobian_rows is not None:
+            idx = torch.as_tensor(jacobian_rows).detach().to("cpu")
+            if single and idx.ndim == 1:
+                idx = idx[None, :]
+            if (idx.ndim != 2 or idx.shape[0] != mb.shape[0] or idx.dtype.is_floating_point
+                    or idx.dtype == torch.bool):
+                raise ValueError(f"{type(self).__name__}.forward: jacobian_rows must be integer indices "
+                                 f"of shape ({mb.shape[0]}, k), got {tuple(idx.shape)} {idx.dtype}")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_data):
+                raise ValueError(f"{type(self).__name__}.forward: jacobian_rows must lie in "
+                                 f"[0, {self.n_data}), got [{int(idx.min())}, {int(idx.max())}]")
+            mask = np.zeros((mb.shape[0], self.n_data), dtype=bool)
+            np.put_along_axis(mask, idx.numpy().astype(np.int64), True, axis=1)
+        out = JacobianFunction.apply(mb, self, mask)
         return out[0] if single else out
 
     __call__ = forward
@@ -105,20 +126,28 @@ class JacobianFunction(torch.autograd.Function):
     """Enters a NumPy/C++ operator into autograd: forward calls the engine, backward applies J^T."""
 
     @staticmethod
-    def forward(ctx, m, operator):
+    def forward(ctx, m, operator, row_mask=None):
         a = m.detach().to("cpu", torch.float64).numpy()
         a, _ = operator._check_models(a)
         want = m.requires_grad
-        t, jac = operator._response_and_jacobian(a, want_jacobian=want)
+        if want and row_mask is not None and operator.supports_jacobian_rows:
+            t, jac = operator._response_and_jacobian(a, want_jacobian=True, jacobian_rows=row_mask)
+        else:
+            t, jac = operator._response_and_jacobian(a, want_jacobian=want)
+        # the contract is checked whether or not the engine skipped rows (same behaviour everywhere)
+        ctx.row_mask = row_mask if want else None
         ctx.jacobians = jac
         return torch.tensor(t, dtype=m.dtype, device=m.device)
 
     @staticmethod
     def backward(ctx, grad_out):
         g = grad_out.detach().to("cpu", torch.float64).numpy()
+        if ctx.row_mask is not None and np.any(g[~ctx.row_mask] != 0):
+            raise RuntimeError("operator.forward(..., jacobian_rows=...): a gradient reached data "
+                               "outside jacobian_rows, whose Jacobian rows were not computed")
         jac = ctx.jacobians
         grad = np.stack([jac[i].T @ g[i] for i in range(len(jac))])
-        return torch.tensor(grad, dtype=grad_out.dtype, device=grad_out.device), None
+        return torch.tensor(grad, dtype=grad_out.dtype, device=grad_out.device), None, None
 
 
 def csr_row_block(matrices):

@@ -331,9 +331,15 @@ class ShortestPathOperator(ForwardOperator):
         """Number of graph nodes (corners plus secondary nodes)."""
         return int(sum(_node_counts(self.grid, self.n_secondary_nodes)))
 
-    def _response_and_jacobian(self, m, want_jacobian):
+    @property
+    def supports_jacobian_rows(self):
+        """The C++ engine skips the back-tracking of rows outside ``jacobian_rows``."""
+        return self.backend == "cpp"
+
+    def _response_and_jacobian(self, m, want_jacobian, jacobian_rows=None):
         if self.backend == "cpp":
-            times, csr = self._engine.run(m, bool(want_jacobian), self.n_threads)
+            times, csr = self._engine.run(m, bool(want_jacobian), self.n_threads,
+                                          jacobian_rows=jacobian_rows)
             if not want_jacobian:
                 return times, None
             indptr, indices, data = csr
