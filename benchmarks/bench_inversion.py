@@ -19,7 +19,9 @@ Usage::
 
 Reading the numbers on a small shared CPU: the decoder's forward and backward (about 170 MFLOP a
 start) take over 90 % of a batched iteration, so the batched/reference ratio on a CPU is bounded by
-how much better the convolutions run at batch 100 than at batch 1. With ``--threads 1`` (stable) the
+how much better the convolutions run at batch 100 than at batch 1. The "roofline" row makes that
+bound explicit: the decoder's FLOPs (counted from its layers) at the float32 GEMM rate measured in
+the same run give the fastest any batched evaluation could go, hence the largest possible ratio. With ``--threads 1`` (stable) the
 ratio is about 2x at 10 and 100 starts; with two threads on a loaded machine the reference's
 batch-1 calls stall at thread barriers and the ratio swings (8x to 70x at 100 starts in our runs).
 Compare runs made with the same ``--threads`` and report the load average printed at the end.
@@ -103,6 +105,39 @@ def reference_loop(decoder, G_dense, y, z0, lr, lr_decay, lam, lam_decay, batch_
     return np.array(rmse), best_x
 
 
+def decoder_flops_per_start(decoder, n_components=20):
+    """Floating-point operations of one decoder forward for one latent vector (2 per multiply-add),
+    counted from the layer shapes: transposed convolutions and linear layers."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        x = inputs[0]
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            kh, kw = module.kernel_size
+            total += 2 * x[0].numel() * module.out_channels * kh * kw
+        elif isinstance(module, torch.nn.Linear):
+            total += 2 * module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in decoder.modules()
+               if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    with torch.no_grad():
+        decoder(torch.zeros(1, n_components, device=next(decoder.parameters()).device))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def sgemm_gflops(device, n=2048, repeats=5):
+    """Measured float32 matrix-product rate (GFLOP/s): the roofline any decoder evaluation meets."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    t, _ = timed(lambda: [a @ b for _ in range(repeats)])
+    return 2 * n**3 * repeats / t / 1e9
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -153,6 +188,15 @@ def bench_linear(device, quick, rows, repeats=1):
                 best[n_starts] = (t, res)
     t_ref, (rmse_ref, _) = best["ref"]
     per_ref = t_ref / n_ref
+    # roofline: the decoder's forward and its backward to z (about the same work) cost at least
+    # 2 x flops / (peak float32 GEMM rate) per start-iteration, whatever the batching
+    flops = decoder_flops_per_start(decoder)
+    peak = sgemm_gflops(device)
+    floor_ms = 2 * flops / (peak * 1e9) * 1e3
+    rows.append(dict(case="linear", method="roofline (decoder fwd+bwd at measured sgemm peak)",
+                     device=str(device), decoder_mflop_per_start=2 * flops / 1e6,
+                     sgemm_gflops=peak, floor_per_start_iteration_ms=floor_ms,
+                     max_ratio_vs_reference=per_ref * 1e3 / floor_ms))
     rows.append(dict(case="linear", method="reference loop (1 start at a time)", device=str(device),
                      n_starts=1, iterations=n_ref, seconds=t_ref, per_start_iteration_ms=1e3 * per_ref,
                      ratio=1.0, final_rmse_ns=float(rmse_ref[-1])))
@@ -238,10 +282,19 @@ def main(argv=None):
     bench_gpu(args.quick, rows)
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    ref_row = next((r for r in rows if r.get("method", "").startswith("reference loop")), {})
     head = f"{'case':<24}{'method':<52}{'device':<7}{'starts':>7}{'iters':>7}{'s':>9}{'ms/start-it':>13}{'ratio':>8}"
     print(head)
     print("-" * len(head))
     for r in rows:
+        if "floor_per_start_iteration_ms" in r:
+            print(f"{r['case']:<24}{r['method']:<52}{r['device']:<7}"
+                  f"{'':>30}{r['floor_per_start_iteration_ms']:>13.3f}"
+                  f"{r['max_ratio_vs_reference']:>7.1f}x")
+            print(f"{'':<24}decoder forward+backward {r['decoder_mflop_per_start']:.0f} MFLOP per start; "
+                  f"float32 GEMM measured at {r['sgemm_gflops']:.0f} GFLOP/s: no batching can beat "
+                  f"this ratio in float32")
+            continue
         if "seconds" not in r:
             print(f"{r['case']:<24}{r['method']}")
             continue
@@ -251,7 +304,7 @@ def main(argv=None):
         if "max_rmse_path_diff_vs_reference_ns" in r:
             print(f"{'':<24}start 0 RMSE path vs reference loop: max |diff| = "
                   f"{r['max_rmse_path_diff_vs_reference_ns']:.2e} ns (reference final "
-                  f"{rows[0]['final_rmse_ns']:.3f} ns)")
+                  f"{ref_row['final_rmse_ns']:.3f} ns)")
         if "projected_750_iterations_s" in r:
             print(f"{'':<24}projected 750 iterations: {r['projected_750_iterations_s']:.1f} s")
     if info["load_average"] is not None:
