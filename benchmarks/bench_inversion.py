@@ -247,7 +247,7 @@ def bench_nonlinear(quick, rows):
 def bench_gpu(quick, rows):
     if not torch.cuda.is_available():
         return
-    results = bench_linear(torch.device("cuda"), quick, rows, repeats=2)
+    bench_linear(torch.device("cuda"), quick, rows, repeats=2)
     grid = Grid2D.paper()
     op = StraightRayOperator(grid, CrossholeSurvey.paper(0.01, 6.49))
     gen = TorchGenerator(paper_decoder("cuda"), 20)

@@ -13,11 +13,10 @@ from scipy.stats import chi
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import (
-    PAPER_CASES, LatentInverter, _sklearn_expected_failed_checks, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
+    PAPER_CASES, LatentInverter, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
     learning_rate_schedule, paper_slowness, regularization_schedule, ring_gradient, ring_penalty,
 )
 from latentinv.operators import ForwardOperator, StraightRayOperator
@@ -479,28 +478,3 @@ def test_clone_and_pickle(problem):
     fitted = est.fit(tt)
     again = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_allclose(again.predict(tt), fitted.predict(tt), atol=1e-6)
-
-
-def _check_estimator_instance(n_data):
-    """A tiny inverter whose operator holds ``n_data`` rays (the checks' X has 3 or 10 features)."""
-    grid = Grid2D(3, 3, 1.0)
-    n_src, n_rec = {2: (2, 1), 3: (3, 1), 4: (2, 2), 5: (5, 1), 10: (5, 2)}[n_data]
-    src = np.column_stack([np.zeros(n_src), np.linspace(0.3, 2.7, n_src)])
-    rec = np.column_stack([np.full(n_rec, 3.0), np.linspace(0.5, 2.5, n_rec)])
-    op = StraightRayOperator(grid, CrossholeSurvey(src, rec))
-    return LatentInverter(linear_generator(n_cells=9, d=2), op, batch_size=None, n_epochs=2,
-                          n_starts=2, random_state=0, device="cpu")
-
-
-# The checks feed X of their own width (1, 2, 3, 4, 5 or 10 features) and a 1-D y; X must hold
-# exactly the operator's n_data traveltimes, so five instances (2, 3, 4, 5 and 10 rays) together run
-# every check on data of the right width. The reasons are listed in latentinv.inversion.
-_WIDTHS = (2, 3, 4, 5, 10)
-EXPECTED_FAILED_CHECKS = {n: _sklearn_expected_failed_checks(n) for n in _WIDTHS}
-
-
-@parametrize_with_checks([_check_estimator_instance(n) for n in _WIDTHS],
-                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS[
-                             est.operator.n_data])
-def test_sklearn_compatible(estimator, check):
-    check(estimator)

@@ -9,7 +9,6 @@ import torch
 
 from latentinv.nn import (
     VAE,
-    ConvDecoder,
     ConvEncoder,
     LatentDecoder,
     build_vae,

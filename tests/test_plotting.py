@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from latentinv import plotting, toys
-from latentinv.geometry import CrossholeSurvey, Grid2D, paper_crosshole
+from latentinv.geometry import Grid2D, paper_crosshole
 
 
 class LinearPrior:

@@ -2,7 +2,6 @@
 
 import copy
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -11,26 +10,12 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from latentinv.datasets import PatchSampler, make_channel_image, make_straight_channels
 from latentinv.nn import VAE, MLPDecoder, MLPEncoder
 from latentinv.prior import VAEPrior
 
 SMALL_CONV = dict(channels=(4, 8, 8, 8), hidden_size=16, device="cpu")
-
-# Every check passes for the MLP variant; nothing needs to be excused.
-EXPECTED_FAILED_CHECKS = {}
-
-
-@parametrize_with_checks(
-    [VAEPrior(architecture="mlp", n_components=2, hidden_size=8, n_iterations=3, batch_size=10,
-              random_state=0, device="cpu")],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
 
 @pytest.fixture(scope="module")
 def straight():

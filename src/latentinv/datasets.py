@@ -17,7 +17,6 @@ Images are arrays of shape ``(n_rows, n_cols)``, row 0 at the top
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
