@@ -171,7 +171,7 @@ def reference_loop(gen, op, y, z0, batch_rng, *, lr, lr_decay, decay_every, batc
                 torch.sum(e**2).backward()
             if regularization == "ring":
                 (lam * (torch.norm(z) - mchi) ** 2).backward()
-            norms.append(float(torch.norm(z)))
+            norms.append(float(torch.norm(z.detach())))
             rmses.append(float(torch.sqrt(torch.mean((yt - sim.detach()) ** 2))))
             opt.step()
             lam = lam_decay * lam
