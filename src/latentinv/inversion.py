@@ -741,7 +741,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         iterator = range(n_iter)
         if self.verbose:
             from tqdm.auto import tqdm
-            iterator = tqdm(iterator, desc=f"{type(self).__name__} ({R} starts)")
+            iterator = tqdm(iterator, desc=f"{type(self).__name__} ({S} surveys x {K} starts)")
         for k in iterator:
             epoch, j = divmod(k, per_epoch)
             if j == 0:
