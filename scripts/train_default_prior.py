@@ -49,6 +49,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--channels", type=int, nargs=4, default=(16, 32, 64, 128))
     p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the prior is saved for the CPU either way)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads (the shipped prior: 1; other counts round differently)")
     p.add_argument("--n-truths", type=int, default=10, help="held-out truths inverted for the acceptance rate")
@@ -59,7 +60,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.evaluate_only:
-        prior = VAEPrior.load(args.out, device="cpu")
+        prior = VAEPrior.load(args.out, device=args.device)
         with open(os.path.join(args.report, "default_prior_training.json")) as f:
             train_s = json.load(f)["train_seconds"]
     else:
@@ -75,11 +76,14 @@ def train(args):
     beta = 1000.0 * args.batch_size / 100.0
     prior = VAEPrior(n_components=20, channels=tuple(args.channels), hidden_size=args.hidden_size,
                      batch_size=args.batch_size, beta=beta, alpha=1.0, n_iterations=args.iterations,
-                     device="cpu", random_state=0, verbose=1)
+                     device=args.device, random_state=0, verbose=1)
     t0 = time.perf_counter()
     prior.fit(sampler)
     train_s = time.perf_counter() - t0
+    # shipped for any machine: weights saved from the CPU, a refit picks CUDA where there is one
+    prior.to("cpu").set_params(device="auto")
     prior.save(args.out)
+    prior.to(args.device)
     os.makedirs(args.report, exist_ok=True)
     with open(os.path.join(args.report, "default_prior_training.json"), "w") as f:
         json.dump({"train_seconds": train_s, "history": prior.history_}, f)
@@ -103,7 +107,7 @@ def evaluate(prior, train_s, args):
     # acceptance threshold of a truth: data RMSE of its encode-decode (paper Table 2)
     thresholds = data_rmse(op.response(slowness(np.clip(prior.decode(prior.encode(truths)), 0, 1))), d_obs,
                            multioutput="raw_values")
-    inv = LatentInverter(prior=prior, operator=op, n_starts=args.n_starts, random_state=0, device="cpu")
+    inv = LatentInverter(prior=prior, operator=op, n_starts=args.n_starts, random_state=0, device=args.device)
     t1 = time.perf_counter()
     result = inv.fit(d_obs).invert(d_obs)
     invert_s = time.perf_counter() - t1
@@ -114,7 +118,9 @@ def evaluate(prior, train_s, args):
         "training_images": {"generator": "latentinv.datasets.make_channel_image", "shape": IMAGE_SHAPE,
                             "seeds": TRAINING_SEEDS, "width": CHANNEL_WIDTH, "patch_shape": PATCH_SHAPE},
         "train_seconds": train_s,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+                   + (f", {torch.cuda.get_device_name(0)}" if prior.device_.type == "cuda" else ""),
+        "train_device": args.device,
         "heldout_reconstruction_rmse": recon_rmse,
         "heldout_channel_fraction": float(held.mean()),
         "sample_channel_fraction": float((samples > 0.5).mean()),

@@ -309,8 +309,15 @@ def test_same_seed_same_result_and_survey_independence(problem):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu(problem):
-    op, gen, _, _, tt = problem
+@pytest.mark.parametrize("operator", ["straight", "quadratic", "shortest_path"])
+def test_cuda_matches_cpu(problem, operator):
+    op, gen, _, models, tt = problem
+    if operator == "quadratic":     # a nonlinear operator: models leave the GPU for its Jacobian
+        op = QuadraticOperator(op)
+    elif operator == "shortest_path":
+        from latentinv.operators import ShortestPathOperator
+        op = ShortestPathOperator(op.grid, op.survey, n_secondary_nodes=2)
+        tt = LatentInverter(gen, op, device="cpu").fit(tt).simulate(models)
     kw = dict(batch_size=6, n_epochs=3, n_starts=4, random_state=0)
     cpu = LatentInverter(gen, op, device="cpu", **kw).fit(tt).invert(tt)
     gpu = LatentInverter(gen, op, device="cuda", **kw).fit(tt).invert(tt)

@@ -169,6 +169,45 @@ def test_cuda_pickle_loads_on_cpu_with_warning(straight):
     np.testing.assert_array_equal(clone_.decode(np.zeros((1, 2))), prior.decode(np.zeros((1, 2))))
 
 
+def test_to_moves_the_fitted_network(straight, tmp_path):
+    X, X_test = straight
+    prior = VAEPrior(n_components=2, n_iterations=2, batch_size=20, random_state=0, **SMALL_CONV).fit(X)
+    Z = np.random.default_rng(1).standard_normal((4, 2))
+    ref = prior.decode(Z)
+    assert prior.to("cpu") is prior and prior.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(prior.decode(Z), ref)
+    assert prior.get_params()["device"] == "cpu"
+    with pytest.raises(ValueError, match=r"VAEPrior.to: device must be .*got 'tpu'"):
+        prior.to("tpu")
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        VAEPrior().to("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_then_serve_on_cpu(straight, tmp_path):
+    X, X_test = straight
+    kw = dict(SMALL_CONV, device="cuda")
+    prior = VAEPrior(n_components=3, n_iterations=30, batch_size=20, random_state=0, **kw).fit(X)
+    assert prior.device_.type == "cuda"
+    Z = np.random.default_rng(2).standard_normal((5, 3))
+    on_gpu = prior.decode(Z)
+    codes = prior.transform(X_test)
+    prior.to("cpu")
+    np.testing.assert_allclose(prior.decode(Z), on_gpu, atol=1e-5)
+    np.testing.assert_allclose(prior.transform(X_test), codes, atol=1e-4)
+    prior.save(tmp_path / "p")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # saved from the CPU: loads there without a warning
+        loaded = VAEPrior.load(tmp_path / "p")
+    assert loaded.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(loaded.decode(Z), prior.decode(Z))
+    # the same seed on the GPU trains the same network (deterministic kernels requested)
+    again = VAEPrior(n_components=3, n_iterations=30, batch_size=20, random_state=0, **kw).fit(X)
+    np.testing.assert_allclose(again.history_["loss"], prior.history_["loss"], rtol=1e-5)
+
+
 def test_custom_factory():
     def factory(input_shape, n_components):
         n = int(np.prod(input_shape))

@@ -9,6 +9,7 @@ live in :mod:`latentinv.nn.vae`; this module is the scikit-learn shell.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -57,6 +58,14 @@ def _resolve_device(device, owner="VAEPrior"):
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}.")
     return dev
+
+
+def _deterministic_kernels(device):
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=True,
+                       allow_tf32=cudnn.allow_tf32)
 
 
 def _ndim(X):
@@ -346,28 +355,30 @@ or PatchSampler
 
             iterations = tqdm(iterations, desc=f"{name} fit", unit="it")
         order, position = None, 0
-        for _ in iterations:
-            if X_train is None:
-                xb = torch.tensor(sampler.sample(batch, random_state=sampler_rng).reshape(batch, -1),
-                                  dtype=torch.float32, device=device)
-            elif batch == n_samples:
-                xb = X_tensor
-            else:  # epochs of shuffled mini-batches
-                if order is None or position + batch > n_samples:
-                    order = torch.tensor(rng.permutation(n_samples), device=device)
-                    position = 0
-                xb = X_tensor[order[position:position + batch]]
-                position += batch
-            x_hat, mu, logvar = module(xb, alpha=float(self.alpha), generator=generator)
-            loss, reconstruction, kl = vae_loss(x_hat, xb, mu, logvar, beta=float(self.beta))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            history["reconstruction"].append(float(reconstruction.detach()))
-            history["kl"].append(float(kl.detach()))
-            history["loss"].append(float(loss.detach()))
-            if self.verbose and hasattr(iterations, "set_postfix"):
-                iterations.set_postfix(loss=history["loss"][-1], refresh=False)
+        # on CUDA, deterministic cuDNN kernels: the same seed trains the same network on one GPU
+        with _deterministic_kernels(device):
+            for _ in iterations:
+                if X_train is None:
+                    xb = torch.tensor(sampler.sample(batch, random_state=sampler_rng).reshape(batch, -1),
+                                      dtype=torch.float32, device=device)
+                elif batch == n_samples:
+                    xb = X_tensor
+                else:  # epochs of shuffled mini-batches
+                    if order is None or position + batch > n_samples:
+                        order = torch.tensor(rng.permutation(n_samples), device=device)
+                        position = 0
+                    xb = X_tensor[order[position:position + batch]]
+                    position += batch
+                x_hat, mu, logvar = module(xb, alpha=float(self.alpha), generator=generator)
+                loss, reconstruction, kl = vae_loss(x_hat, xb, mu, logvar, beta=float(self.beta))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                history["reconstruction"].append(float(reconstruction.detach()))
+                history["kl"].append(float(kl.detach()))
+                history["loss"].append(float(loss.detach()))
+                if self.verbose and hasattr(iterations, "set_postfix"):
+                    iterations.set_postfix(loss=history["loss"][-1], refresh=False)
         if not all(math.isfinite(v) for v in history["loss"]):
             warnings.warn(f"{name}: the training loss became non-finite; lower learning_rate.",
                           RuntimeWarning)
@@ -617,6 +628,27 @@ or PatchSampler
         self.module_ = module
         self.decoder_ = LatentDecoder(module).eval()
         self.device_ = device
+
+    def to(self, device):
+        """Move the fitted network to ``device`` (e.g. train on a GPU, then serve on the CPU).
+
+        Only the fitted state moves (``module_``, ``device_``); the ``device`` parameter, which a
+        refit uses, is left as it is.
+
+        Parameters
+        ----------
+        device : {"cpu", "cuda", "cuda:N", "auto"} or torch.device
+
+        Returns
+        -------
+        self : VAEPrior
+        """
+        check_is_fitted(self, "module_")
+        dev = _resolve_device(device, f"{type(self).__name__}.to")
+        self.module_ = self.module_.to(dev).eval()
+        self.decoder_ = LatentDecoder(self.module_).eval()
+        self.device_ = dev
+        return self
 
     def __getstate__(self):
         state = dict(super().__getstate__())

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call that ends by a deadline (a lent GPU machine is short of time):
+#   1. install the package (C++ core built there);
+#   2. bench_inversion.py on the CPU and CUDA (incl. the paper's 100 starts x 3000 iterations);
+#   3. in parallel: the test suite (CUDA tests included), the default prior trained on the GPU
+#      (after a determinism check: two short trainings must give identical weights), and a larger
+#      reproduce_paper.py run (training length sized to the time left).
+# Usage, from the repository root:  OUT=dir TI=path/to/channels_ti.png DEADLINE=540 bash benchmarks/gpu_checks.sh
+# DRY=1 runs the same steps tiny on the CPU (to check the script itself).
+set -u
+OUT=${OUT:-gpu_checks_out}
+TI=${TI:-}
+DEADLINE=${DEADLINE:-540}
+DRY=${DRY:-0}
+PY=${PY:-python3}
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+T0=$(date +%s)
+now() { echo $(( $(date +%s) - T0 )); }
+left() { echo $(( DEADLINE - $(now) )); }
+log() { echo "[$(now) s] $*" | tee -a "$OUT/log.txt"; }
+export PYTHONUNBUFFERED=1
+DEV=cuda; [ "$DRY" = 1 ] && DEV=cpu
+
+log "machine: $(nproc) CPUs; $(nvidia-smi -L 2>/dev/null | head -1)"
+$PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
+  2>&1 | tee -a "$OUT/log.txt"
+
+# 1. install (builds the C++ core with this machine's Python); fall back to a bare CMake build
+if [ "$DRY" = 1 ]; then
+  export PYTHONPATH=$PWD/src
+elif ! timeout 180 $PY -m pip install -q --no-build-isolation --no-deps --no-index . >>"$OUT/log.txt" 2>&1; then
+  log "pip install failed: CMake build into src/"
+  cmake -S . -B /tmp/li_build -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v $PY)" \
+    -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" >>"$OUT/log.txt" 2>&1 \
+    && cmake --build /tmp/li_build >>"$OUT/log.txt" 2>&1 && cp /tmp/li_build/_core*.so src/latentinv/
+  export PYTHONPATH=$PWD/src
+fi
+$PY -c "import latentinv, latentinv.operators as o; print('latentinv', latentinv.__file__, 'raytracer', o.ShortestPathOperator.__module__)" \
+  2>&1 | tee -a "$OUT/log.txt"
+log "installed"
+
+# 2. inversion benchmark, alone on the machine (timings)
+if [ "$DRY" = 1 ]; then QUICK=--quick; else QUICK=; fi
+timeout $(( $(left) > 200 ? 200 : $(left) )) $PY benchmarks/bench_inversion.py $QUICK --skip-nonlinear \
+  --output "$OUT/bench_inversion.json" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/log.txt"
+log "bench_inversion done"
+
+# 3a. test suite (CPU and CUDA tests)
+( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py -k "cuda or to_moves"); else ARGS=(-n 6); fi
+  OMP_NUM_THREADS=2 timeout $(( $(left) - 10 )) $PY -m pytest -q -p no:cacheprovider -rs --durations=10 \
+    "${ARGS[@]}" >"$OUT/pytest.txt" 2>&1; echo "pytest exit $?" >>"$OUT/pytest.txt" ) &
+PID_TEST=$!
+
+# 3b. default prior on the GPU: determinism check, then a training sized to the time left
+( set -u; P=/tmp/li_prior; rm -rf $P; mkdir -p $P
+  IT_PROBE=300; [ "$DRY" = 1 ] && IT_PROBE=20
+  for r in a b; do
+    timeout $(( $(left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $IT_PROBE \
+      --n-truths 2 --n-starts 4 --out $P/$r --report $P/r$r 2>&1 | grep -v "it/s\]" | tail -3
+  done
+  if cmp -s $P/a/weights.safetensors $P/b/weights.safetensors; then echo "determinism: identical weights"
+  else echo "determinism: WEIGHTS DIFFER"; fi
+  MS=$($PY -c "import json; print(json.load(open('$P/ra/default_prior.json'))['train_seconds'] / $IT_PROBE * 1e3)")
+  echo "probe: $MS ms per training iteration"
+  N=$($PY -c "
+budget = ($(left) - 90) * 0.6   # shares the GPU with 3c: keep a margin
+for n in (60000, 50000, 40000, 30000, 20000, 15000, 10000, 5000):
+    if n * $MS / 1e3 <= budget: print(n); break
+else: print(0)")
+  EVAL=; [ "$DRY" = 1 ] && { N=40; EVAL="--n-truths 2 --n-starts 2"; }
+  echo "training $N iterations"
+  if [ "$N" -gt 0 ]; then
+    timeout $(( $(left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL \
+      --out $P/default_prior --report $P/docs 2>&1 | grep -v "it/s\]" | tail -12
+    tar -C $P -cf "$OUT/prior.tar" default_prior docs ra/default_prior.json
+  fi ) >"$OUT/prior.txt" 2>&1 &
+PID_PRIOR=$!
+
+# 3c. the paper's experiment, larger than a CPU allows (needs the training image)
+if [ -n "$TI" ] && [ -f "$TI" ]; then
+  ( MS=$($PY - <<EOF
+import time, numpy as np
+from latentinv import VAEPrior
+X = (np.random.default_rng(0).random((300, 129, 65)) > 0.7).astype(np.float32)
+kw = dict(channels=(32, 64, 128, 256), hidden_size=512, batch_size=100, device="$DEV", random_state=0, verbose=0)
+VAEPrior(n_iterations=5, **kw).fit(X)
+n = 10 if "$DRY" == "1" else 100
+t = time.perf_counter(); VAEPrior(n_iterations=n, **kw).fit(X)
+print((time.perf_counter() - t) / n * 1e3)
+EOF
+)
+    echo "probe: $MS ms per training iteration (reference network, batch 100)"
+    N=$($PY -c "
+budget = ($(left) - 200) * 0.6
+for n in (100000, 80000, 60000, 50000, 40000, 30000, 20000, 15000, 10000, 5000, 3000):
+    if n * $MS / 1e3 <= budget: print(n); break
+else: print(1000)")
+    STARTS=100; NLS=2; EXTRA=
+    [ "$DRY" = 1 ] && { N=20; STARTS=2; NLS=1; EXTRA="--epochs 2 --epochs-nonlinear 1"; }
+    echo "reproduce_paper: $N training iterations, $STARTS starts"
+    timeout $(( $(left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --iterations $N \
+      --n-starts $STARTS --nonlinear-starts $NLS $EXTRA --out /tmp/li_rp 2>&1 | grep -v "it/s\]"
+    echo "reproduce exit $?"
+    (cd /tmp/li_rp && tar -cf "$OUT/reproduce.tar" --exclude=prior .) ) >"$OUT/reproduce.txt" 2>&1 &
+  PID_RP=$!
+else
+  log "no training image (TI): reproduce_paper skipped"
+  PID_RP=
+fi
+
+wait $PID_TEST; log "tests: $(tail -2 "$OUT/pytest.txt" | tr '\n' ' ')"
+wait $PID_PRIOR; log "prior: $(grep -E 'determinism|probe|training|heldout_reconstruction|accepted' "$OUT/prior.txt" | tr '\n' ' ')"
+[ -n "$PID_RP" ] && { wait $PID_RP; log "reproduce: $(tail -3 "$OUT/reproduce.txt" | tr '\n' ' ')"; }
+log "end"
