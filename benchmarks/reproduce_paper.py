@@ -226,6 +226,22 @@ def main(argv=None):
               f"{thr_clean[i] + NOISE_STD:>8.3f} {rmse(recon[i], truths[i]):>11.3f} "
               f"{_ref('model_rmse_linear', i + 1):>6}")
 
+    def write_record(rows, skipped, nonlinear, complete):
+        """reproduce_paper.json, rewritten after every case: a run stopped early keeps what it did."""
+        summary = dict(
+            paper="Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences",
+            complete=complete, args=vars(args), test_windows=TEST_WINDOWS, prior_training_s=t_prior,
+            thresholds_linear=thr_clean.tolist(), rows=rows, skipped=skipped, nonlinear=nonlinear,
+            total_s=time.perf_counter() - t_all, device=args.device,
+            machine=dict(platform=platform.platform(), processor=platform.processor(),
+                         cpu_count=os.cpu_count(), torch=torch.__version__,
+                         cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None),
+            reference_code={k: {str(kk): v for kk, v in d.items()} for k, d in REFERENCE_CODE.items()},
+            reference_source="github.com/jlalvis/VAE_SGD notebooks (the article's tables not consulted)",
+        )
+        (out / "reproduce_paper.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
     # -- Table 1 configurations -----------------------------------------------------------------------
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in PAPER_CASES]
@@ -267,6 +283,7 @@ def main(argv=None):
             print(f"[{name}{' noisy' if noisy else ''}] {inv.n_iterations_} iterations x "
                   f"{args.n_starts} starts x {len(truths)} truths in {dt:.1f} s; accepted "
                   f"{np.round(acc, 2).tolist()}")
+            write_record(rows, skipped, None, complete=False)
 
     for noisy, table in ((False, "3"), (True, "4")):
         print(f"\nTable {table} analogue ({'with' if noisy else 'without'} {NOISE_STD} ns noise): "
@@ -341,18 +358,7 @@ def main(argv=None):
                                   random_state=args.seed).savefig(out / "fig4_manifold.png", dpi=90)
         print(f"[toys] fig4_manifold.png, fig6_sgd_toy.png ({time.perf_counter() - t0:.1f} s)")
 
-    summary = dict(
-        paper="Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences",
-        args=vars(args), test_windows=TEST_WINDOWS, prior_training_s=t_prior,
-        thresholds_linear=thr_clean.tolist(), rows=rows, skipped=skipped, nonlinear=nonlinear,
-        total_s=time.perf_counter() - t_all, device=args.device,
-        machine=dict(platform=platform.platform(), processor=platform.processor(),
-                     cpu_count=os.cpu_count(), torch=torch.__version__,
-                     cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None),
-        reference_code={k: {str(kk): v for kk, v in d.items()} for k, d in REFERENCE_CODE.items()},
-        reference_source="github.com/jlalvis/VAE_SGD notebooks (the article's tables not consulted)",
-    )
-    (out / "reproduce_paper.json").write_text(json.dumps(summary, indent=1, default=str))
+    summary = write_record(rows, skipped, nonlinear, complete=True)
     print(f"\n[done] {summary['total_s']:.1f} s; figures and reproduce_paper.json in {out}")
 
 

@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -67,7 +68,7 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     for key in ("settings", "prior", "truth", "cases", "timings_s", "device", "versions"):
         assert key in report
     assert report["settings"]["noise_std_ns"] == 0.25
-    assert report["device"] == "cpu"
+    assert report["device"] == ("cuda" if torch.cuda.is_available() else "cpu")   # the default: auto
     assert set(report["cases"]) == {"straight-ray", "shortest-path"}
     assert report["cases"]["shortest-path"]["backend"] in ("cpp", "python")
     assert report["cases"]["straight-ray"]["n_iterations"] == 2

@@ -194,8 +194,9 @@ def test_cuda_fit_then_serve_on_cpu(straight, tmp_path):
     on_gpu = prior.decode(Z)
     codes = prior.transform(X_test)
     prior.to("cpu")
-    np.testing.assert_allclose(prior.decode(Z), on_gpu, atol=1e-5)
-    np.testing.assert_allclose(prior.transform(X_test), codes, atol=1e-4)
+    # cuDNN convolutions run in TF32 by default (10-bit mantissa): ~1e-4 relative, not float32's 1e-7
+    np.testing.assert_allclose(prior.decode(Z), on_gpu, atol=5e-4)
+    np.testing.assert_allclose(prior.transform(X_test), codes, rtol=2e-3, atol=2e-3)
     prior.save(tmp_path / "p")
     import warnings
     with warnings.catch_warnings():

@@ -41,6 +41,7 @@ def test_reproduce_paper_tiny_run(script, tmp_path):
                  "--epochs-nonlinear", "1", "--nonlinear-starts", "1", "--device", "cpu",
                  "--out", str(out)])
     report = json.loads((out / "reproduce_paper.json").read_text())
+    assert report["complete"] is True
 
     # Table 2 thresholds: data RMSE of the truth vs its encode-decode, recomputed here
     truths = np.stack([ti[r:r + h, c:c + w].reshape(-1) for r, c, h, w in script.TEST_WINDOWS])

@@ -357,6 +357,7 @@ class _GatheredRows:
         Gc = G.astype(np.float64)
         with warnings.catch_warnings():  # torch flags sparse CSR as beta; used read-only here
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
             self.matrix = torch.sparse_csr_tensor(
                 torch.tensor(Gc.indptr, dtype=torch.int64), torch.tensor(Gc.indices, dtype=torch.int64),
                 torch.tensor(Gc.data, dtype=dtype), size=Gc.shape, check_invariants=True).to(device)
