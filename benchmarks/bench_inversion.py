@@ -63,7 +63,8 @@ def machine():
 def paper_decoder(device, seed=0):
     from latentinv.nn import ConvDecoder
     torch.manual_seed(seed)
-    return ConvDecoder((129, 65), 20).to(device).eval()
+    # frozen, as a fitted VAEPrior's decoder is (both the reference loop and the inverter use it)
+    return ConvDecoder((129, 65), 20).to(device).eval().requires_grad_(False)
 
 
 def reference_loop(decoder, G_dense, y, z0, lr, lr_decay, lam, lam_decay, batch_size, n_iter, rng):

@@ -135,3 +135,67 @@ def test_build_vae_errors():
         build_vae("transformer", 16, 2)
     with pytest.raises(TypeError, match="encode"):
         build_vae(lambda shape, d: torch.nn.Linear(2, 2), 16, 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the decoder's last layer: a fast CPU path for a transposed convolution to one channel
+# ---------------------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from latentinv.nn.vae import ConvDecoder, _ConvTranspose2dToOneChannel  # noqa: E402
+
+
+@st.composite
+def one_channel_deconv(draw):
+    k = draw(st.integers(1, 6))
+    s = draw(st.integers(1, 3))
+    p = draw(st.integers(0, (k - 1) // 2))
+    op = draw(st.integers(0, s - 1))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    if (h - 1) * s - 2 * p + k + op < 1 or (w - 1) * s - 2 * p + k + op < 1:
+        p = 0
+    return dict(c=draw(st.integers(1, 6)), h=h, w=w, k=k, s=s, p=p, op=op,
+                n=draw(st.integers(1, 3)), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(one_channel_deconv())
+def test_fast_one_channel_deconv_equals_the_definition(case):
+    torch.manual_seed(case["seed"])
+    layer = _ConvTranspose2dToOneChannel(case["c"], 1, case["k"], stride=case["s"], padding=case["p"],
+                                         output_padding=case["op"], bias=False).requires_grad_(False)
+    x = torch.randn(case["n"], case["c"], case["h"], case["w"], requires_grad=True)
+    y = layer(x)                                   # the fast path: constant weight, float32, CPU
+    xd = x.detach().double().requires_grad_(True)
+    ref = torch.nn.functional.conv_transpose2d(xd, layer.weight.double(), stride=case["s"],
+                                               padding=case["p"], output_padding=case["op"])
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    scale = float(ref.detach().abs().max()) + 1e-6
+    assert float((y.detach().double() - ref.detach()).abs().max()) <= 1e-5 * scale
+    g = torch.randn_like(ref)
+    (gx,) = torch.autograd.grad(y, x, g.float())
+    (gr,) = torch.autograd.grad(ref, xd, g)
+    assert float((gx.double() - gr).abs().max()) <= 1e-5 * (float(gr.abs().max()) + 1e-6)
+
+
+def test_one_channel_deconv_trains_through_the_standard_layer():
+    torch.manual_seed(0)
+    layer = _ConvTranspose2dToOneChannel(4, 1, 5, stride=2, bias=False)
+    plain = torch.nn.ConvTranspose2d(4, 1, 5, stride=2, bias=False)
+    plain.load_state_dict(layer.state_dict())      # same parameters, same state-dict keys
+    x = torch.randn(2, 4, 7, 6)
+    # the weight wants a gradient: the standard path, bit for bit, and the weight gets its gradient
+    assert torch.equal(layer(x), plain(x))
+    layer(x).sum().backward()
+    plain(x).sum().backward()
+    assert torch.equal(layer.weight.grad, plain.weight.grad)
+    with torch.no_grad():                          # a constant weight: the fast path, same values
+        torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-6)
+
+
+def test_conv_decoder_uses_the_fast_layer_last():
+    dec = ConvDecoder((129, 65), 20)
+    convs = [m for m in dec.deconv if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert isinstance(convs[-1], _ConvTranspose2dToOneChannel) and convs[-1].out_channels == 1
+    assert not any(isinstance(m, _ConvTranspose2dToOneChannel) for m in convs[:-1])

@@ -34,6 +34,7 @@ def test_attributes_and_shapes(straight):
     assert prior.image_shape_ == (16, 16) and prior.n_features_in_ == 256
     assert prior.device_ == torch.device("cpu")
     assert not prior.module_.training and not prior.decoder_.training
+    assert not any(p.requires_grad for p in prior.module_.parameters())   # fitted: a constant
     assert prior.latent_distribution == "normal" and VAEPrior.latent_distribution == "normal"
     assert set(prior.history_) == {"reconstruction", "kl", "loss"}
     assert all(len(v) == 2 for v in prior.history_.values())
@@ -93,7 +94,7 @@ def test_alpha_zero_is_deterministic_autoencoder():
     vae = VAEPrior(n_iterations=15, **params).fit(X)
     # same initial weights: a zero learning rate leaves them untouched
     init = VAEPrior(n_iterations=1, learning_rate=0.0, **params).fit(X).module_
-    ae = copy.deepcopy(init).train()
+    ae = copy.deepcopy(init).train().requires_grad_(True)   # fitted modules come frozen
     opt = torch.optim.Adam(ae.parameters(), lr=1e-3)
     xt = torch.tensor(X, dtype=torch.float32)
     for _ in range(15):
@@ -147,6 +148,7 @@ def test_save_load_and_pickle_round_trip(tmp_path, straight):
     assert (tmp_path / "prior" / "config.json").exists()
     loaded = VAEPrior.load(tmp_path / "prior")
     np.testing.assert_array_equal(loaded.decode(Z), ref)
+    assert not any(p.requires_grad for p in loaded.module_.parameters())
     np.testing.assert_array_equal(loaded.transform(X_test), prior.transform(X_test))
     assert loaded.get_params() == prior.get_params()
     assert loaded.history_ == prior.history_

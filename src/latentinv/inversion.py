@@ -74,6 +74,8 @@ from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
+from ._allocator import tune_malloc_for_tensors
+
 __all__ = [
     "LatentInverter", "TorchGenerator", "InversionResult", "paper_slowness", "chi_mean",
     "learning_rate_schedule", "regularization_schedule", "ring_penalty", "ring_gradient",
@@ -692,6 +694,8 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     # -- the engine ------------------------------------------------------------------------------------
     def _run(self, Y, sigma):
         dev = self.device_
+        if dev.type == "cpu":
+            tune_malloc_for_tensors()     # activations of a batch of starts: see latentinv._allocator
         dtype = torch.float32
         op = self.operator_
         S, n_data = Y.shape

@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ._allocator import tune_malloc_for_tensors
 from .datasets import PatchSampler
 from .nn.vae import (
     REFERENCE_CHANNELS,
@@ -151,7 +152,8 @@ class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
     Attributes
     ----------
     module_ : torch.nn.Module
-        Trained VAE (``encode``/``decode``), float32, eval mode, on ``device_``.
+        Trained VAE (``encode``/``decode``), float32, eval mode, on ``device_``, parameters
+        frozen (``requires_grad=False``; call ``module_.requires_grad_(True)`` to fine-tune it).
     decoder_ : torch.nn.Module
         Mean decoder ``z (batch, n_components) -> models (batch, n_cells)``,
         float32, flat in C order of ``image_shape_`` (row 0 at the top),
@@ -299,6 +301,8 @@ or PatchSampler
         """
         name = type(self).__name__
         device = self._check_params()
+        if device.type == "cpu":
+            tune_malloc_for_tensors()     # see latentinv._allocator
         rng = check_random_state(self.random_state)
         init_seed = int(rng.randint(np.iinfo(np.int32).max))
         noise_seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -383,7 +387,7 @@ or PatchSampler
             warnings.warn(f"{name}: the training loss became non-finite; lower learning_rate.",
                           RuntimeWarning)
 
-        module.eval()
+        module.eval().requires_grad_(False)     # fitted: a constant (inversions differentiate in z only)
         self.module_ = module
         self.decoder_ = LatentDecoder(module).eval()
         self.device_ = device
@@ -624,7 +628,7 @@ or PatchSampler
                            hidden_size=int(self.hidden_size),
                            output_activation=self.output_activation, seed=0)
         module.load_state_dict(state)
-        module = module.to(device).eval()
+        module = module.to(device).eval().requires_grad_(False)
         self.module_ = module
         self.decoder_ = LatentDecoder(module).eval()
         self.device_ = device
