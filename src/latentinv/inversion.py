@@ -473,6 +473,10 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     clipping draws) come from generators seeded by ``random_state`` and the survey's own data, so a
     survey's result depends neither on the other surveys in ``X`` nor on their order.
 
+    On the CPU, the first inversion of a process raises glibc's malloc thresholds (see
+    ``latentinv._allocator``; ``LATENTINV_MALLOC_TUNING=0`` opts out): a batch of starts otherwise
+    page-faults its activations back in every iteration.
+
     Examples
     --------
     >>> from latentinv import LatentInverter, StraightRayOperator, paper_crosshole
