@@ -194,6 +194,22 @@ def test_one_channel_deconv_trains_through_the_standard_layer():
         torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-6)
 
 
+def test_fast_one_channel_deconv_has_second_derivatives():
+    torch.manual_seed(1)
+    layer = _ConvTranspose2dToOneChannel(3, 1, 4, stride=2, bias=False).requires_grad_(False)
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float32, requires_grad=True)
+    v = torch.randn_like(x)
+    # Hessian-vector product of a non-quadratic function of the output, fast path vs the definition
+
+    def hvp(f):
+        (g,) = torch.autograd.grad(f(x).tanh().pow(2).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), x)
+        return h
+
+    ref = hvp(lambda t: torch.nn.functional.conv_transpose2d(t, layer.weight, stride=2))
+    torch.testing.assert_close(hvp(layer), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_conv_decoder_uses_the_fast_layer_last():
     dec = ConvDecoder((129, 65), 20)
     convs = [m for m in dec.deconv if isinstance(m, torch.nn.ConvTranspose2d)]

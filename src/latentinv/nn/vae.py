@@ -225,8 +225,7 @@ class _OneChannelConvTransposeFunction(torch.autograd.Function):
         return y.unsqueeze(1)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
+    def backward(ctx, grad_y):      # differentiable ops only: double backward works too
         (weight,) = ctx.saved_tensors
         stride, padding = ctx.conf
         grad_x = None
