@@ -21,10 +21,11 @@ Reading the numbers on a small shared CPU: the decoder's forward and backward (a
 start) take over 90 % of a batched iteration, so the batched/reference ratio on a CPU is bounded by
 how much better the convolutions run at batch 100 than at batch 1. The "roofline" row makes that
 bound explicit: the decoder's FLOPs (counted from its layers) at the float32 GEMM rate measured in
-the same run give the fastest any batched evaluation could go, hence the largest possible ratio. With ``--threads 1`` (stable) the
-ratio is about 2x at 10 and 100 starts; with two threads on a loaded machine the reference's
-batch-1 calls stall at thread barriers and the ratio swings (8x to 70x at 100 starts in our runs).
-Compare runs made with the same ``--threads`` and report the load average printed at the end.
+the same run give the fastest any batched evaluation could go, hence the largest possible ratio.
+The two "ablation" rows time 100 starts without each CPU optimisation of latentinv, in the same
+run: glibc's default malloc thresholds (a child process, timed before and after the tuning), and
+the decoder's last layer through oneDNN (its weight made to require a gradient). Compare runs made
+with the same ``--threads`` and report the load average printed at the end.
 """
 from __future__ import annotations
 
@@ -219,6 +220,61 @@ def bench_linear(device, quick, rows, repeats=1):
     return results
 
 
+def _linear_problem(device, decoder):
+    op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49))
+    gen = TorchGenerator(decoder, 20)
+    truth = gen.decode(np.random.default_rng(0).standard_normal((1, 20)))
+    tt = LatentInverter(gen, op, random_state=0, device=device).fit(np.ones((1, op.n_data))).simulate(truth)
+    return op, gen, tt
+
+
+def _time_batched(gen, op, tt, device, n_starts=100, repeats=2):
+    """Best time per start-iteration (ms) of one epoch of ``n_starts`` batched starts."""
+    est = LatentInverter(gen, op, n_starts=n_starts, n_epochs=1, random_state=0, device=device).fit(tt)
+    est.invert(tt)   # warm-up
+    best = min(timed(lambda: est.invert(tt))[0] for _ in range(repeats))
+    return 1e3 * best / (n_starts * est.n_iterations_)
+
+
+def ablation_child(repeats):
+    """In a child started with LATENTINV_MALLOC_TUNING=0: 100 starts with glibc's defaults, then tuned."""
+    import latentinv._allocator as allocator
+    op, gen, tt = _linear_problem("cpu", paper_decoder("cpu"))
+    default = _time_batched(gen, op, tt, "cpu", repeats=repeats)
+    os.environ["LATENTINV_MALLOC_TUNING"] = "1"
+    allocator._state.update(done=False, applied=False)
+    applied = allocator.tune_malloc_for_tensors()
+    tuned = _time_batched(gen, op, tt, "cpu", repeats=repeats)
+    print(json.dumps(dict(default_ms=default, tuned_ms=tuned, applied=applied)))
+
+
+def bench_ablations(rows, repeats):
+    import copy
+    import subprocess
+    ref = next(r for r in rows if r.get("method", "").startswith("reference loop") and r["device"] == "cpu")
+    per_ref = ref["per_start_iteration_ms"]
+    env = dict(os.environ, LATENTINV_MALLOC_TUNING="0")
+    cmd = [sys.executable, os.path.abspath(__file__), "--ablation-child", "--repeats", str(repeats),
+           "--threads", str(torch.get_num_threads())]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode == 0:
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        for key, label in (("default_ms", "ablation: glibc default malloc thresholds"),
+                           ("tuned_ms", "  the same child process, thresholds tuned")):
+            rows.append(dict(case="linear", method=label, device="cpu", n_starts=100, iterations=25,
+                             seconds=child[key] * 100 * 25 / 1e3, per_start_iteration_ms=child[key],
+                             ratio=per_ref / child[key]))
+    else:
+        rows.append(dict(case="linear", method=f"ablation (malloc) failed: {out.stderr[-300:]}"))
+    # the last layer through oneDNN: the same decoder, its weights asking for gradients
+    decoder = copy.deepcopy(paper_decoder("cpu")).requires_grad_(True)
+    op, gen, tt = _linear_problem("cpu", decoder)
+    slow = _time_batched(gen, op, tt, "cpu", repeats=repeats)
+    rows.append(dict(case="linear", method="ablation: last layer through oneDNN", device="cpu",
+                     n_starts=100, iterations=25, seconds=slow * 100 * 25 / 1e3,
+                     per_start_iteration_ms=slow, ratio=per_ref / slow))
+
+
 def bench_nonlinear(quick, rows):
     try:
         from latentinv.operators import ShortestPathOperator
@@ -271,13 +327,19 @@ def main(argv=None):
                         help="interleaved timing rounds, fastest kept (default 1 quick, 2 full)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every method (default: torch's default)")
+    parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ablation_child:
+        return ablation_child(args.repeats or 2)
     info = machine()
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
     bench_linear(torch.device("cpu"), args.quick, rows, repeats=args.repeats or (1 if args.quick else 2))
+    if not (args.quick or args.skip_ablations):
+        bench_ablations(rows, repeats=args.repeats or 2)
     if not args.skip_nonlinear:
         bench_nonlinear(args.quick, rows)
     bench_gpu(args.quick, rows)
