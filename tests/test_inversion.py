@@ -476,6 +476,33 @@ def test_gridsearch_over_inversion_settings(problem):
     assert gs2.best_params_["lr"] == 1e-2
 
 
+def test_cross_validation_keeps_a_fitted_prior(problem):
+    # GridSearchCV clones the inverter; a fitted VAEPrior passed as prior must come through
+    # untouched (default cloning would make it unfitted, and fit would retrain it on y)
+    prior_mod = pytest.importorskip("latentinv.prior")
+    op, _, _, _, _ = problem
+    n_rows, n_cols = op.grid.shape
+    rng = np.random.default_rng(1)
+    X = (rng.random((60, n_rows * n_cols)) > 0.5).astype(float)
+    prior = prior_mod.VAEPrior(n_components=2, image_shape=(n_rows, n_cols), architecture="mlp",
+                               hidden_size=8, n_iterations=5, random_state=0, device="cpu").fit(X)
+    weights = {k: v.clone() for k, v in prior.module_.state_dict().items()}
+    history = list(prior.history_["loss"])
+    M = prior.decode(rng.standard_normal((4, 2)))
+    base = LatentInverter(prior, op, batch_size=6, n_epochs=1, n_starts=2, random_state=0, device="cpu")
+    T = clone(base).fit(np.ones((1, op.n_data))).simulate(M)
+    assert clone(base).prior is prior and clone(base).get_params()["lr"] == base.lr
+    assert not hasattr(clone(base), "prior_")
+    gs = GridSearchCV(base, {"lr": [1e-3, 1e-2]}, cv=2).fit(T, M)
+    assert gs.best_estimator_.prior_ is prior
+    assert prior.history_["loss"] == history
+    for k, v in prior.module_.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    # an unfitted prior is still cloned (and trained on y by fit)
+    unfitted = prior_mod.VAEPrior(n_components=2, architecture="mlp", device="cpu")
+    assert clone(LatentInverter(unfitted, op)).prior is not unfitted
+
+
 def test_clone_and_pickle(problem):
     op, gen, _, _, tt = problem
     est = LatentInverter(gen, op, n_epochs=2, batch_size=6, n_starts=2, random_state=0,

@@ -510,6 +510,21 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
 
+    # -- cloning ---------------------------------------------------------------------------------------
+    def __sklearn_clone__(self):
+        """A clone with the same parameters, unfitted; a fitted prior is passed on as it is.
+
+        scikit-learn's default clone would clone a fitted ``VAEPrior`` into an unfitted one, which
+        :meth:`fit` would then retrain on ``y`` inside ``GridSearchCV`` or ``cross_validate``. A
+        fitted prior is used as is, never retrained (the module's generator protocol), so clones
+        share it (inversion only reads it). An unfitted prior is cloned as usual.
+        """
+        params = self.get_params(deep=False)
+        prior = params.pop("prior")
+        params = {k: clone(v, safe=False) for k, v in params.items()}
+        params["prior"] = prior if prior is None or _prior_is_fitted(prior) else clone(prior, safe=False)
+        return type(self)(**params)
+
     # -- tags ------------------------------------------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
