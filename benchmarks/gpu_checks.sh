@@ -6,12 +6,15 @@
 #      (after a determinism check: two short trainings must give identical weights), and a larger
 #      reproduce_paper.py run (training length sized to the time left).
 # Usage, from the repository root:  OUT=dir TI=path/to/channels_ti.png DEADLINE=540 bash benchmarks/gpu_checks.sh
-# DRY=1 runs the same steps tiny on the CPU (to check the script itself).
+# STEPS (default "bench tests prior reproduce") picks the steps; DRY=1 runs them tiny on the CPU (to check
+# the script itself).
 set -u
 OUT=${OUT:-gpu_checks_out}
 TI=${TI:-}
 DEADLINE=${DEADLINE:-540}
 DRY=${DRY:-0}
+STEPS=${STEPS:-bench tests prior reproduce}
+want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=${PY:-python3}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 T0=$(date +%s)
@@ -41,18 +44,19 @@ log "installed"
 
 # 2. inversion benchmark, alone on the machine (timings)
 if [ "$DRY" = 1 ]; then QUICK=--quick; else QUICK=; fi
-timeout $(( $(left) > 200 ? 200 : $(left) )) $PY benchmarks/bench_inversion.py $QUICK --skip-nonlinear \
+want bench && timeout $(( $(left) > 200 ? 200 : $(left) )) $PY benchmarks/bench_inversion.py $QUICK --skip-nonlinear \
   --output "$OUT/bench_inversion.json" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/log.txt"
 log "bench_inversion done"
 
 # 3a. test suite (CPU and CUDA tests)
-( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py -k "cuda or to_moves"); else ARGS=(-n 6); fi
+PID_TEST=; PID_PRIOR=; PID_RP=
+want tests && ( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py -k "cuda or to_moves"); else ARGS=(-n 6); fi
   OMP_NUM_THREADS=2 timeout $(( $(left) - 10 )) $PY -m pytest -q -p no:cacheprovider -rs --durations=10 \
     "${ARGS[@]}" >"$OUT/pytest.txt" 2>&1; echo "pytest exit $?" >>"$OUT/pytest.txt" ) &
-PID_TEST=$!
+want tests && PID_TEST=$!
 
 # 3b. default prior on the GPU: determinism check, then a training sized to the time left
-( set -u; P=/tmp/li_prior; rm -rf $P; mkdir -p $P
+want prior && ( set -u; P=/tmp/li_prior; rm -rf $P; mkdir -p $P
   IT_PROBE=300; [ "$DRY" = 1 ] && IT_PROBE=20
   for r in a b; do
     timeout $(( $(left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $IT_PROBE \
@@ -74,10 +78,10 @@ else: print(0)")
       --out $P/default_prior --report $P/docs 2>&1 | grep -v "it/s\]" | tail -12
     tar -C $P -cf "$OUT/prior.tar" default_prior docs ra/default_prior.json
   fi ) >"$OUT/prior.txt" 2>&1 &
-PID_PRIOR=$!
+want prior && PID_PRIOR=$!
 
 # 3c. the paper's experiment, larger than a CPU allows (needs the training image)
-if [ -n "$TI" ] && [ -f "$TI" ]; then
+if want reproduce && [ -n "$TI" ] && [ -f "$TI" ]; then
   ( MS=$($PY - <<EOF
 import time, numpy as np
 from latentinv import VAEPrior
@@ -91,7 +95,7 @@ EOF
 )
     echo "probe: $MS ms per training iteration (reference network, batch 100)"
     N=$($PY -c "
-budget = ($(left) - 200) * 0.6
+budget = ($(left) - 320) * 0.6   # keep ~5 min for the inversions, the nonlinear case included
 for n in (100000, 80000, 60000, 50000, 40000, 30000, 20000, 15000, 10000, 5000, 3000):
     if n * $MS / 1e3 <= budget: print(n); break
 else: print(1000)")
@@ -103,12 +107,11 @@ else: print(1000)")
     echo "reproduce exit $?"
     (cd /tmp/li_rp && tar -cf "$OUT/reproduce.tar" --exclude=prior .) ) >"$OUT/reproduce.txt" 2>&1 &
   PID_RP=$!
-else
+elif want reproduce; then
   log "no training image (TI): reproduce_paper skipped"
-  PID_RP=
 fi
 
-wait $PID_TEST; log "tests: $(tail -2 "$OUT/pytest.txt" | tr '\n' ' ')"
-wait $PID_PRIOR; log "prior: $(grep -E 'determinism|probe|training|heldout_reconstruction|accepted' "$OUT/prior.txt" | tr '\n' ' ')"
+[ -n "$PID_TEST" ] && { wait $PID_TEST; log "tests: $(tail -2 "$OUT/pytest.txt" | tr '\n' ' ')"; }
+[ -n "$PID_PRIOR" ] && { wait $PID_PRIOR; log "prior: $(grep -E 'determinism|probe|training|heldout_reconstruction|accepted' "$OUT/prior.txt" | tr '\n' ' ')"; }
 [ -n "$PID_RP" ] && { wait $PID_RP; log "reproduce: $(tail -3 "$OUT/reproduce.txt" | tr '\n' ' ')"; }
 log "end"
