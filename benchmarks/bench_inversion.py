@@ -150,16 +150,18 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
-def bench_linear(device, quick, rows, repeats=1):
-    grid = Grid2D.paper()
-    survey = CrossholeSurvey.paper(0.01, 6.49)
-    op = StraightRayOperator(grid, survey)
-    decoder = paper_decoder(device)
+def _linear_problem(device, decoder):
+    """Paper geometry, straight rays, and the data of one decoded random latent (seed 0)."""
+    op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49))
     gen = TorchGenerator(decoder, 20)
-    rng = np.random.default_rng(0)
-    truth = gen.decode(rng.standard_normal((1, 20)))
-    base = LatentInverter(gen, op, random_state=0, device=device)   # VSbrd defaults
-    tt = base.fit(np.ones((1, op.n_data))).simulate(truth)
+    truth = gen.decode(np.random.default_rng(0).standard_normal((1, 20)))
+    tt = LatentInverter(gen, op, random_state=0, device=device).fit(np.ones((1, op.n_data))).simulate(truth)
+    return op, gen, tt
+
+
+def bench_linear(device, quick, rows, repeats=1):
+    decoder = paper_decoder(device)
+    op, gen, tt = _linear_problem(device, decoder)
 
     # reference: one start at a time, from the inverter's first start and mini-batch order
     n_ref = 25 if quick else 50
@@ -218,14 +220,6 @@ def bench_linear(device, quick, rows, repeats=1):
             np.max(np.abs(res.data_rmse_history[0, 0, :m] - rmse_ref[:m])))
         rows.append(row)
     return results
-
-
-def _linear_problem(device, decoder):
-    op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49))
-    gen = TorchGenerator(decoder, 20)
-    truth = gen.decode(np.random.default_rng(0).standard_normal((1, 20)))
-    tt = LatentInverter(gen, op, random_state=0, device=device).fit(np.ones((1, op.n_data))).simulate(truth)
-    return op, gen, tt
 
 
 def _time_batched(gen, op, tt, device, n_starts=100, repeats=2):
@@ -305,13 +299,9 @@ def bench_gpu(quick, rows):
     if not torch.cuda.is_available():
         return
     bench_linear(torch.device("cuda"), quick, rows, repeats=2)
-    grid = Grid2D.paper()
-    op = StraightRayOperator(grid, CrossholeSurvey.paper(0.01, 6.49))
-    gen = TorchGenerator(paper_decoder("cuda"), 20)
-    truth = gen.decode(np.random.default_rng(0).standard_normal((1, 20)))
+    op, gen, tt = _linear_problem("cuda", paper_decoder("cuda"))
     est = LatentInverter(gen, op, n_starts=100, n_epochs=12 if quick else 120, random_state=0,
-                         device="cuda")
-    tt = est.fit(np.ones((1, op.n_data))).simulate(truth)
+                         device="cuda").fit(tt)
     t, res = timed(lambda: est.invert(tt))
     rows.append(dict(case="linear paper experiment", method="LatentInverter", device="cuda",
                      n_starts=100, iterations=est.n_iterations_, seconds=t,
