@@ -23,46 +23,123 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
   return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
 }
 
-py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, bool want_jacobian,
-                     int n_threads, const std::string& queue, py::handle rows_obj) {
-  latentinv::QueueKind kind;
-  if (queue == "auto") kind = latentinv::QueueKind::automatic;
-  else if (queue == "heap") kind = latentinv::QueueKind::heap;
-  else if (queue == "buckets") kind = latentinv::QueueKind::buckets;
-  else throw std::invalid_argument("ShortestPathEngine.run: queue must be 'auto', 'heap' or 'buckets'");
+latentinv::QueueKind parse_queue(const std::string& queue, const char* where) {
+  if (queue == "auto") return latentinv::QueueKind::automatic;
+  if (queue == "heap") return latentinv::QueueKind::heap;
+  if (queue == "buckets") return latentinv::QueueKind::buckets;
+  throw std::invalid_argument(std::string(where) + ": queue must be 'auto', 'heap' or 'buckets', got '" +
+                              queue + "'");
+}
+
+using Flags = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+// optional (n_models, n_cols) uint8 flags; a null handle when None (a default-constructed
+// array_t is an empty array, not null)
+Flags optional_flags(py::handle obj, int64_t n_models, int64_t n_cols, const char* where,
+                     const char* name) {
+  if (obj.is_none()) return py::reinterpret_steal<Flags>(py::handle());
+  Flags flags = Flags::ensure(obj);
+  if (!flags || flags.ndim() != 2 || flags.shape(0) != n_models || flags.shape(1) != n_cols)
+    throw std::invalid_argument(std::string(where) + ": " + name + " must be None or an array of shape (" +
+                                std::to_string(n_models) + ", " + std::to_string(n_cols) + ")");
+  return flags;
+}
+
+// The checked arguments of run() and submit(); the arrays keep the inputs alive.
+struct RunArgs {
+  py::array_t<double, py::array::c_style | py::array::forcecast> slowness;
+  Flags rows, sources;
+  int64_t n_models = 0;
+  latentinv::QueueKind kind = latentinv::QueueKind::automatic;
+  const uint8_t* rows_ptr() const { return rows.ptr() != nullptr ? rows.data() : nullptr; }
+  const uint8_t* sources_ptr() const { return sources.ptr() != nullptr ? sources.data() : nullptr; }
+};
+
+RunArgs check_args(const ShortestPathEngine& engine, py::handle slowness_obj, int n_threads,
+                   const std::string& queue, py::handle rows_obj, py::handle sources_obj,
+                   const char* where) {
+  RunArgs args;
+  args.kind = parse_queue(queue, where);
   // forcecast + c_style: a C-contiguous float64 copy when needed
-  auto slowness = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(slowness_obj);
-  if (!slowness) throw std::invalid_argument("ShortestPathEngine.run: slowness must be a float64 array");
-  if (slowness.ndim() != 2 || slowness.shape(1) != engine.n_cells() || slowness.shape(0) < 1)
-    throw std::invalid_argument("ShortestPathEngine.run: slowness must have shape (n_models, " +
+  args.slowness = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(slowness_obj);
+  if (!args.slowness) throw std::invalid_argument(std::string(where) + ": slowness must be a float64 array");
+  if (args.slowness.ndim() != 2 || args.slowness.shape(1) != engine.n_cells() || args.slowness.shape(0) < 1)
+    throw std::invalid_argument(std::string(where) + ": slowness must have shape (n_models, " +
                                 std::to_string(engine.n_cells()) + ")");
-  if (n_threads < 1) throw std::invalid_argument("ShortestPathEngine.run: n_threads must be >= 1");
-  const int64_t n_models = slowness.shape(0);
-  const double* data = slowness.data();
-  // optional (n_models, n_data) flags of the Jacobian rows wanted
-  py::array_t<uint8_t, py::array::c_style | py::array::forcecast> rows;
-  const uint8_t* row_flags = nullptr;
-  if (!rows_obj.is_none()) {
-    rows = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(rows_obj);
-    if (!rows || rows.ndim() != 2 || rows.shape(0) != n_models || rows.shape(1) != engine.n_data())
-      throw std::invalid_argument("ShortestPathEngine.run: jacobian_rows must be None or an array of "
-                                  "shape (n_models, " + std::to_string(engine.n_data()) + ")");
-    row_flags = rows.data();
-  }
-  BatchResult result;
-  {
-    py::gil_scoped_release release;
-    result = engine.run(data, n_models, want_jacobian, n_threads, kind, row_flags);
-  }
+  if (n_threads < 1) throw std::invalid_argument(std::string(where) + ": n_threads must be >= 1");
+  args.n_models = args.slowness.shape(0);
+  args.rows = optional_flags(rows_obj, args.n_models, engine.n_data(), where, "jacobian_rows");
+  args.sources = optional_flags(sources_obj, args.n_models, engine.n_sources(), where, "sources");
+  return args;
+}
+
+py::tuple to_python(BatchResult&& result, int64_t n_models, int64_t n_data, bool want_jacobian) {
   py::array_t<double> times = to_numpy(std::move(result.times));
-  times.resize({n_models, engine.n_data()});
+  times.resize({n_models, n_data});
   if (!want_jacobian) return py::make_tuple(times, py::none());
   return py::make_tuple(times, py::make_tuple(to_numpy(std::move(result.indptr)),
                                               to_numpy(std::move(result.indices)),
                                               to_numpy(std::move(result.data))));
 }
 
+py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, bool want_jacobian,
+                     int n_threads, const std::string& queue, py::handle rows_obj,
+                     py::handle sources_obj) {
+  RunArgs a = check_args(engine, slowness_obj, n_threads, queue, rows_obj, sources_obj,
+                         "ShortestPathEngine.run");
+  BatchResult result;
+  {
+    py::gil_scoped_release release;
+    result = engine.run(a.slowness.data(), a.n_models, want_jacobian, n_threads, a.kind,
+                        a.rows_ptr(), a.sources_ptr());
+  }
+  return to_python(std::move(result), a.n_models, engine.n_data(), want_jacobian);
+}
+
+// A submitted job; result() waits for it (GIL released) and keeps the tuple for later calls.
+struct PendingRun {
+  std::shared_ptr<ShortestPathEngine::Job> job;
+  py::object engine;  // keeps the engine (and its pool) alive while the job exists
+  int64_t n_models = 0;
+  bool want_jacobian = false;
+  py::object value;
+
+  py::object result() {
+    if (!value) {
+      const auto& engine_ref = engine.cast<const ShortestPathEngine&>();
+      BatchResult r;
+      {
+        py::gil_scoped_release release;
+        r = engine_ref.wait(*job);
+      }
+      value = to_python(std::move(r), n_models, engine_ref.n_data(), want_jacobian);
+    }
+    return value;
+  }
+  bool done() const { return value || ShortestPathEngine::done(*job); }
+};
+
+PendingRun engine_submit(py::object self, py::handle slowness_obj, bool want_jacobian,
+                         int n_threads, const std::string& queue, py::handle rows_obj,
+                         py::handle sources_obj) {
+  const auto& engine = self.cast<const ShortestPathEngine&>();
+  RunArgs a = check_args(engine, slowness_obj, n_threads, queue, rows_obj, sources_obj,
+                         "ShortestPathEngine.submit");
+  PendingRun pending;
+  pending.job = engine.submit(a.slowness.data(), a.n_models, want_jacobian, n_threads, a.kind,
+                              a.rows_ptr(), a.sources_ptr());
+  pending.engine = self;
+  pending.n_models = a.n_models;
+  pending.want_jacobian = want_jacobian;
+  return pending;
+}
+
 void bind_shortest_path(py::module_& m) {
+  py::class_<PendingRun>(m, "PendingRun", "A job queued by ShortestPathEngine.submit.")
+      .def("result", &PendingRun::result,
+           "Wait for the job (GIL released) and return the same tuple as ShortestPathEngine.run; "
+           "later calls return the same objects.")
+      .def("done", &PendingRun::done, "Whether the job has finished (never blocks).");
   py::class_<ShortestPathEngine>(m, "ShortestPathEngine",
                                  "Shortest-path traveltimes on a regular grid with secondary nodes "
                                  "(topology built once; see cpp/shortest_path.hpp).")
@@ -89,12 +166,21 @@ void bind_shortest_path(py::module_& m) {
              return py::make_tuple(x, depth);
            },
            py::arg("node"))
+      .def_property_readonly("n_sources", &ShortestPathEngine::n_sources)
       .def("run", &engine_run, py::arg("slowness"), py::arg("want_jacobian"), py::arg("n_threads"),
            py::arg("queue") = "auto", py::arg("jacobian_rows") = py::none(),
+           py::arg("sources") = py::none(),
            "slowness (n_models, n_cells) -> (times (n_models, n_data), (indptr, indices, data) or None)."
            " The Jacobian is one CSR stacked over models (row model*n_data + datum). queue: 'auto', "
            "'heap' (4-ary) or 'buckets' (exact bucket queue); all give identical results. jacobian_rows: "
-           "None or (n_models, n_data) flags; unflagged rows of the Jacobian are left empty.");
+           "None or (n_models, n_data) flags; unflagged rows of the Jacobian are left empty. sources: "
+           "None or (n_models, n_sources) flags; the data of an unflagged (model, source) get NaN times "
+           "and empty Jacobian rows (its Dijkstra run is skipped).")
+      .def("submit", &engine_submit, py::arg("slowness"), py::arg("want_jacobian"),
+           py::arg("n_threads"), py::arg("queue") = "auto", py::arg("jacobian_rows") = py::none(),
+           py::arg("sources") = py::none(),
+           "The arguments of run(), queued on the engine's persistent worker pool (jobs served in "
+           "submission order, inputs copied); returns a PendingRun at once.");
 }
 
 }  // namespace

@@ -11,12 +11,23 @@
 //   canonical predecessors are found afterwards, only along the back-tracked paths, from the final
 //   distances (memoised per node), so the forward and the Jacobian share the same inner loop;
 // - Dijkstra stops once every receiver of the source is settled;
-// - per-thread workspaces are pooled in the engine and reused between calls.
+// - per-thread workspaces are pooled in the engine and reused between calls;
+// - submit() queues a job on a persistent pool of workers (FIFO over jobs), so a caller can
+//   overlap its own work with the Dijkstra runs it does not need yet.
 #include "shortest_path.hpp"
+
+#if defined(_WIN32)
+#include <process.h>
+#define getpid _getpid
+#else
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -200,6 +211,39 @@ struct ShortestPathEngine::TaskOutput {
   std::vector<double> vals;
 };
 
+// One call's work: (model, source) tasks sharing inputs and outputs. A synchronous run() lays it out
+// over the caller's arrays; submit() copies the inputs into it first.
+struct ShortestPathEngine::Job {
+  std::vector<double> slowness_copy;
+  std::vector<uint8_t> rows_copy;
+  const double* slowness = nullptr;
+  const uint8_t* rows = nullptr;          // jacobian_rows flags or null
+  int64_t n_models = 0;
+  bool want_jacobian = false;
+  int n_threads = 1;
+  std::vector<QueueChoice> choices;       // per model
+  std::vector<int64_t> tasks;             // model * n_active + slot, in the order they are taken
+  std::vector<double> times;              // n_models * n_data (NaN for skipped sources)
+  std::vector<TaskOutput> outputs;        // per model * n_active + slot (when want_jacobian)
+  std::atomic<int64_t> next{0};           // next task to take
+  std::atomic<bool> failed{false};
+  mutable std::mutex mutex;               // guards the fields below
+  std::condition_variable finished_cv;
+  int64_t n_done = 0;
+  bool finished = false, taken = false;
+  std::exception_ptr error;
+};
+
+// The asynchronous pool: FIFO of jobs, workers that take their tasks in order.
+struct ShortestPathEngine::Pool {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Job>> queue;
+  std::vector<std::thread> threads;
+  bool stop = false;
+  long pid = 0;  // process that started the threads
+};
+
 ShortestPathEngine::ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx, double dz,
                                        int64_t n_secondary, std::vector<int64_t> source_nodes,
                                        std::vector<int64_t> receiver_nodes,
@@ -281,8 +325,6 @@ ShortestPathEngine::ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx
       lengths_[p * m + q] = std::sqrt(ddx * ddx + ddz * ddz);
     }
 }
-
-ShortestPathEngine::~ShortestPathEngine() = default;
 
 void ShortestPathEngine::node_position(int64_t node, double* x, double* depth) const {
   if (node < 0 || node >= n_nodes_) fail("node index out of range");
@@ -570,9 +612,28 @@ void ShortestPathEngine::release(std::unique_ptr<Workspace> ws) const {
   pool_.push_back(std::move(ws));
 }
 
-BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bool want_jacobian,
-                                    int n_threads, QueueKind queue,
-                                    const uint8_t* jacobian_rows) const {
+ShortestPathEngine::~ShortestPathEngine() {
+  std::unique_ptr<Pool> pool;
+  {
+    std::lock_guard<std::mutex> lock(workers_mutex_);
+    pool = std::move(workers_);
+  }
+  if (!pool) return;
+  if (pool->pid != getpid()) {  // inherited through fork(): its threads do not exist here
+    pool.release();
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(pool->mutex);
+    pool->stop = true;  // workers finish the queued jobs first
+  }
+  pool->cv.notify_all();
+  for (auto& t : pool->threads) t.join();
+}
+
+std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
+    const double* slowness, int64_t n_models, bool want_jacobian, int n_threads, QueueKind queue,
+    const uint8_t* jacobian_rows, const uint8_t* source_mask, bool own) const {
   if (slowness == nullptr) fail("slowness is null");
   if (n_models < 1) fail("n_models must be >= 1");
   if (n_threads < 1) fail("n_threads must be >= 1");
@@ -584,8 +645,24 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
     if (!(s > 0)) fail("slowness must be > 0 (model " + std::to_string(i / n_cells) + ", cell " +
                        std::to_string(i % n_cells) + ")");
   }
+  auto job = std::make_shared<Job>();
+  job->n_models = n_models;
+  job->want_jacobian = want_jacobian;
+  job->n_threads = n_threads;
+  const int64_t nd = n_data();
+  if (own) {
+    job->slowness_copy.assign(slowness, slowness + n_models * n_cells);
+    job->slowness = job->slowness_copy.data();
+    if (jacobian_rows != nullptr) {
+      job->rows_copy.assign(jacobian_rows, jacobian_rows + n_models * nd);
+      job->rows = job->rows_copy.data();
+    }
+  } else {
+    job->slowness = slowness;
+    job->rows = jacobian_rows;
+  }
   // priority queue per model: buckets when the weight range allows a small ring, else the heap
-  std::vector<QueueChoice> choices(n_models);
+  job->choices.resize(n_models);
   double l_min = std::numeric_limits<double>::infinity(), l_max = 0.0;
   for (int64_t p = 0; p < n_local_; ++p)
     for (int64_t q = 0; q < n_local_; ++q)
@@ -594,11 +671,11 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
         l_max = std::max(l_max, lengths_[p * n_local_ + q]);
       }
   for (int64_t k = 0; k < n_models; ++k) {
-    const double* s = slowness + k * n_cells;
+    const double* s = job->slowness + k * n_cells;
     const auto mm = std::minmax_element(s, s + n_cells);
     const double width = 0.5 * (l_min * *mm.first);
     const double ratio = (l_max * *mm.second) / width + 4.0;
-    QueueChoice& c = choices[k];
+    QueueChoice& c = job->choices[k];
     c.buckets = queue != QueueKind::heap && width > 0 && ratio < 65536.0 &&
                 std::isfinite(1.0 / width);
     if (queue == QueueKind::buckets && !c.buckets)
@@ -609,15 +686,83 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
       while (c.n_buckets < static_cast<int64_t>(ratio) + 1) c.n_buckets <<= 1;
     }
   }
-  const int64_t nd = n_data();
   const int64_t n_active = static_cast<int64_t>(active_sources_.size());
-  const int64_t n_tasks = n_models * n_active;
+  const int64_t ns = n_sources();
+  job->times.assign(n_models * nd, std::numeric_limits<double>::quiet_NaN());
+  for (int64_t model = 0; model < n_models; ++model)
+    for (int64_t slot = 0; slot < n_active; ++slot)
+      if (source_mask == nullptr || source_mask[model * ns + active_sources_[slot]] != 0)
+        job->tasks.push_back(model * n_active + slot);
+  if (want_jacobian) job->outputs.resize(n_models * n_active);
+  return job;
+}
 
+void ShortestPathEngine::execute(Job& job, int64_t i, Workspace& ws) const {
+  const int64_t n_active = static_cast<int64_t>(active_sources_.size());
+  const int64_t task = job.tasks[i];
+  const int64_t model = task / n_active;
+  const int64_t source = active_sources_[task % n_active];
+  const double* s = job.slowness + model * n_rows_ * n_cols_;
+  double* times_row = job.times.data() + model * n_data();
+  const QueueChoice& c = job.choices[model];
+  TaskOutput* o = job.want_jacobian ? &job.outputs[task] : nullptr;
+  const uint8_t* f = job.rows ? job.rows + model * n_data() : nullptr;
+  if (job.want_jacobian && c.buckets) solve_source<true, true>(s, source, ws, c, times_row, o, f);
+  else if (job.want_jacobian) solve_source<true, false>(s, source, ws, c, times_row, o, f);
+  else if (c.buckets) solve_source<false, true>(s, source, ws, c, times_row, o, f);
+  else solve_source<false, false>(s, source, ws, c, times_row, o, f);
+}
+
+BatchResult ShortestPathEngine::assemble(Job& job) const {
   BatchResult result;
-  result.times.assign(n_models * nd, 0.0);
-  std::vector<TaskOutput> outputs(want_jacobian ? n_tasks : 0);
+  result.times = std::move(job.times);
+  if (!job.want_jacobian) return result;
+  // one stacked CSR: row model*n_data + datum; a skipped (model, source) leaves its rows empty
+  const int64_t nd = n_data(), n_models = job.n_models;
+  const int64_t n_active = static_cast<int64_t>(active_sources_.size());
+  std::vector<int64_t> local_row(nd);
+  std::vector<int64_t> slot_of_source(source_nodes_.size(), -1);
+  for (int64_t k = 0; k < n_active; ++k) slot_of_source[active_sources_[k]] = k;
+  for (int64_t s = 0; s < static_cast<int64_t>(source_nodes_.size()); ++s)
+    for (int64_t a = data_start_[s]; a < data_start_[s + 1]; ++a)
+      local_row[data_of_source_[a]] = a - data_start_[s];
+  auto row_range = [&](int64_t model, int64_t datum, int64_t* begin, int64_t* end) {
+    const TaskOutput& o = job.outputs[model * n_active + slot_of_source[pair_sources_[datum]]];
+    const int64_t r = local_row[datum];
+    if (o.row_start.empty()) {  // source skipped
+      *begin = *end = 0;
+    } else {
+      *begin = o.row_start[r];
+      *end = o.row_start[r + 1];
+    }
+  };
+  result.indptr.assign(n_models * nd + 1, 0);
+  int64_t begin, end;
+  for (int64_t model = 0; model < n_models; ++model)
+    for (int64_t datum = 0; datum < nd; ++datum) {
+      row_range(model, datum, &begin, &end);
+      result.indptr[model * nd + datum + 1] = end - begin;
+    }
+  for (int64_t i = 0; i < n_models * nd; ++i) result.indptr[i + 1] += result.indptr[i];
+  result.indices.resize(result.indptr.back());
+  result.data.resize(result.indptr.back());
+  for (int64_t model = 0; model < n_models; ++model)
+    for (int64_t datum = 0; datum < nd; ++datum) {
+      row_range(model, datum, &begin, &end);
+      const TaskOutput& o = job.outputs[model * n_active + slot_of_source[pair_sources_[datum]]];
+      const int64_t dst = result.indptr[model * nd + datum];
+      std::copy(o.cols.begin() + begin, o.cols.begin() + end, result.indices.begin() + dst);
+      std::copy(o.vals.begin() + begin, o.vals.begin() + end, result.data.begin() + dst);
+    }
+  return result;
+}
 
-  std::atomic<int64_t> next{0};
+BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bool want_jacobian,
+                                    int n_threads, QueueKind queue, const uint8_t* jacobian_rows,
+                                    const uint8_t* source_mask) const {
+  std::shared_ptr<Job> job = prepare(slowness, n_models, want_jacobian, n_threads, queue,
+                                     jacobian_rows, source_mask, /*own=*/false);
+  const int64_t n_tasks = static_cast<int64_t>(job->tasks.size());
   std::exception_ptr error;
   std::mutex error_mutex;
   auto worker = [&]() {
@@ -625,24 +770,14 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
     try {
       ws = acquire();
       while (true) {
-        const int64_t task = next.fetch_add(1);
-        if (task >= n_tasks) break;
-        const int64_t model = task / n_active;
-        const int64_t source = active_sources_[task % n_active];
-        const double* s = slowness + model * n_cells;
-        double* times_row = result.times.data() + model * nd;
-        const QueueChoice& c = choices[model];
-        TaskOutput* o = want_jacobian ? &outputs[task] : nullptr;
-        const uint8_t* f = jacobian_rows ? jacobian_rows + model * nd : nullptr;
-        if (want_jacobian && c.buckets) solve_source<true, true>(s, source, *ws, c, times_row, o, f);
-        else if (want_jacobian) solve_source<true, false>(s, source, *ws, c, times_row, o, f);
-        else if (c.buckets) solve_source<false, true>(s, source, *ws, c, times_row, o, f);
-        else solve_source<false, false>(s, source, *ws, c, times_row, o, f);
+        const int64_t i = job->next.fetch_add(1);
+        if (i >= n_tasks) break;
+        execute(*job, i, *ws);
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(error_mutex);
       if (!error) error = std::current_exception();
-      next.store(n_tasks);
+      job->next.store(n_tasks);
     }
     if (ws) release(std::move(ws));
   };
@@ -657,36 +792,81 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
     for (auto& t : threads) t.join();
   }
   if (error) std::rethrow_exception(error);
-  if (!want_jacobian) return result;
+  return assemble(*job);
+}
 
-  // assemble one stacked CSR: row model*n_data + datum
-  // where does each datum's row live? (task, local row)
-  std::vector<int64_t> local_row(nd);
-  std::vector<int64_t> slot_of_source(source_nodes_.size(), -1);
-  for (int64_t k = 0; k < n_active; ++k) slot_of_source[active_sources_[k]] = k;
-  for (int64_t s = 0; s < static_cast<int64_t>(source_nodes_.size()); ++s)
-    for (int64_t a = data_start_[s]; a < data_start_[s + 1]; ++a)
-      local_row[data_of_source_[a]] = a - data_start_[s];
-  result.indptr.assign(n_models * nd + 1, 0);
-  for (int64_t model = 0; model < n_models; ++model)
-    for (int64_t datum = 0; datum < nd; ++datum) {
-      const TaskOutput& o = outputs[model * n_active + slot_of_source[pair_sources_[datum]]];
-      const int64_t r = local_row[datum];
-      result.indptr[model * nd + datum + 1] = o.row_start[r + 1] - o.row_start[r];
+void ShortestPathEngine::pool_worker(Pool* pool) const {
+  std::unique_ptr<Workspace> ws;
+  while (true) {
+    std::shared_ptr<Job> job;
+    int64_t i;
+    {
+      std::unique_lock<std::mutex> lock(pool->mutex);
+      pool->cv.wait(lock, [&] { return pool->stop || !pool->queue.empty(); });
+      if (pool->queue.empty()) break;  // stopping, queue drained
+      job = pool->queue.front();
+      i = job->next.fetch_add(1);
+      if (i + 1 >= static_cast<int64_t>(job->tasks.size())) pool->queue.pop_front();
     }
-  for (int64_t i = 0; i < n_models * nd; ++i) result.indptr[i + 1] += result.indptr[i];
-  result.indices.resize(result.indptr.back());
-  result.data.resize(result.indptr.back());
-  for (int64_t model = 0; model < n_models; ++model)
-    for (int64_t datum = 0; datum < nd; ++datum) {
-      const TaskOutput& o = outputs[model * n_active + slot_of_source[pair_sources_[datum]]];
-      const int64_t r = local_row[datum];
-      const int64_t begin = o.row_start[r], end = o.row_start[r + 1];
-      const int64_t dst = result.indptr[model * nd + datum];
-      std::copy(o.cols.begin() + begin, o.cols.begin() + end, result.indices.begin() + dst);
-      std::copy(o.vals.begin() + begin, o.vals.begin() + end, result.data.begin() + dst);
+    if (!job->failed.load()) {
+      try {
+        if (!ws) ws = acquire();
+        execute(*job, i, *ws);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(job->mutex);
+        if (!job->error) job->error = std::current_exception();
+        job->failed.store(true);
+      }
     }
-  return result;
+    std::lock_guard<std::mutex> lock(job->mutex);
+    if (++job->n_done == static_cast<int64_t>(job->tasks.size())) {
+      job->finished = true;
+      job->finished_cv.notify_all();
+    }
+  }
+  if (ws) release(std::move(ws));
+}
+
+std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::submit(
+    const double* slowness, int64_t n_models, bool want_jacobian, int n_threads, QueueKind queue,
+    const uint8_t* jacobian_rows, const uint8_t* source_mask) const {
+  std::shared_ptr<Job> job = prepare(slowness, n_models, want_jacobian, n_threads, queue,
+                                     jacobian_rows, source_mask, /*own=*/true);
+  if (job->tasks.empty()) {
+    job->finished = true;
+    return job;
+  }
+  std::lock_guard<std::mutex> guard(workers_mutex_);
+  if (workers_ && workers_->pid != getpid()) workers_.release();  // forked child: start afresh
+  if (!workers_) {
+    workers_ = std::make_unique<Pool>();
+    workers_->pid = getpid();
+  }
+  Pool* pool = workers_.get();
+  {
+    std::lock_guard<std::mutex> lock(pool->mutex);
+    pool->queue.push_back(job);
+    while (static_cast<int>(pool->threads.size()) < n_threads)
+      pool->threads.emplace_back(&ShortestPathEngine::pool_worker, this, pool);
+  }
+  pool->cv.notify_all();
+  return job;
+}
+
+bool ShortestPathEngine::done(const Job& job) {
+  std::lock_guard<std::mutex> lock(job.mutex);
+  return job.finished;
+}
+
+BatchResult ShortestPathEngine::wait(Job& job) const {
+  {
+    std::unique_lock<std::mutex> lock(job.mutex);
+    job.finished_cv.wait(lock, [&] { return job.finished; });
+    if (job.taken) throw std::logic_error("ShortestPathEngine: a job's result can be taken only once");
+    job.taken = true;
+    if (job.error) std::rethrow_exception(job.error);
+  }
+  return assemble(job);
 }
 
 }  // namespace latentinv

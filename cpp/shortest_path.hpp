@@ -71,13 +71,30 @@ class ShortestPathEngine {
   // slowness: n_models x n_cells, C order (cell = row*n_cols + col). Throws on NaN/inf/<=0.
   // jacobian_rows: null (every row) or n_models x n_data flags; rows flagged 0 are left empty in
   // the Jacobian (their back-tracking is skipped), e.g. the data outside an SGD mini-batch.
+  // source_mask: null (every source) or n_models x n_sources flags; the Dijkstra run of a
+  // (model, source) flagged 0 is skipped: its data get NaN times and empty Jacobian rows.
   BatchResult run(const double* slowness, int64_t n_models, bool want_jacobian, int n_threads,
                   QueueKind queue = QueueKind::automatic,
-                  const uint8_t* jacobian_rows = nullptr) const;
+                  const uint8_t* jacobian_rows = nullptr,
+                  const uint8_t* source_mask = nullptr) const;
+
+  // The same computation, queued on the engine's persistent pool of worker threads (grown to
+  // n_threads on demand) and returned at once; the inputs are copied. Jobs are served in
+  // submission order, so a job submitted behind another keeps the workers busy while the caller
+  // works on the first one's result. wait() blocks until the job is done and returns its result
+  // (once). Safe after fork(): a child process starts a fresh pool.
+  struct Job;
+  std::shared_ptr<Job> submit(const double* slowness, int64_t n_models, bool want_jacobian,
+                              int n_threads, QueueKind queue = QueueKind::automatic,
+                              const uint8_t* jacobian_rows = nullptr,
+                              const uint8_t* source_mask = nullptr) const;
+  BatchResult wait(Job& job) const;
+  static bool done(const Job& job);
 
   int64_t n_nodes() const { return n_nodes_; }
   int64_t n_cells() const { return n_rows_ * n_cols_; }
   int64_t n_data() const { return static_cast<int64_t>(pair_sources_.size()); }
+  int64_t n_sources() const { return static_cast<int64_t>(source_nodes_.size()); }
   int64_t n_local() const { return n_local_; }
   const std::vector<double>& local_lengths() const { return lengths_; }
   // (x, depth) offsets from the grid origin of a node, in m.
@@ -86,6 +103,7 @@ class ShortestPathEngine {
  private:
   struct Workspace;
   struct TaskOutput;
+  struct Pool;
 
   struct QueueChoice {
     bool buckets = false;
@@ -102,6 +120,13 @@ class ShortestPathEngine {
 
   std::unique_ptr<Workspace> acquire() const;
   void release(std::unique_ptr<Workspace> ws) const;
+  // checks the inputs and lays out a job (no copy of the inputs unless `own`)
+  std::shared_ptr<Job> prepare(const double* slowness, int64_t n_models, bool want_jacobian,
+                               int n_threads, QueueKind queue, const uint8_t* jacobian_rows,
+                               const uint8_t* source_mask, bool own) const;
+  void execute(Job& job, int64_t i, Workspace& ws) const;  // the job's i-th (model, source) task
+  BatchResult assemble(Job& job) const;                     // stacked CSR and times
+  void pool_worker(Pool* pool) const;
 
   int64_t n_rows_, n_cols_, n_sec_, n_local_;
   FastDivisor div_cols_, div_cols1_, div_sec_;  // by C, C+1 and n
@@ -116,6 +141,8 @@ class ShortestPathEngine {
 
   mutable std::mutex pool_mutex_;
   mutable std::vector<std::unique_ptr<Workspace>> pool_;
+  mutable std::mutex workers_mutex_;           // guards workers_ (creation, growth, fork reset)
+  mutable std::unique_ptr<Pool> workers_;      // the asynchronous pool, created on first submit
 };
 
 }  // namespace latentinv

@@ -387,3 +387,111 @@ def test_engine_validates_before_touching_memory():
         engine.run(np.ones((1, 4)), True, 1, "fibonacci")
     t, _ = engine.run(np.ones((1, 4)), False, 1)
     assert t[0, 0] == pytest.approx(2 * np.sqrt(2), abs=1e-15)
+
+
+# -- source subsets and background jobs (submit) ---------------------------------------------------
+def _jacobian_rows_equal(a, b, rows):
+    return all((a[r] != b[r]).nnz == 0 for r in rows)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31), n_models=st.integers(1, 3))
+def test_source_subsets_match_the_full_run(backend, seed, n_models):
+    grid, survey, _ = small_case()
+    op = ShortestPathOperator(grid, survey, 2, n_threads=2, backend=backend)
+    rng = np.random.default_rng(seed)
+    m = np.stack([small_case(seed=int(s))[2] for s in rng.integers(0, 1000, n_models)])
+    flags = rng.random((n_models, survey.n_sources)) < 0.5
+    t_all, J_all = op.response_and_jacobian(m)
+    t_sub, J_sub = op._response_and_jacobian(op._check_models(m)[0], True, sources=flags)
+    wanted = flags[:, op.data_sources]                              # (n_models, n_data)
+    np.testing.assert_array_equal(t_sub[wanted], t_all[wanted])
+    assert np.all(np.isnan(t_sub[~wanted]))
+    for k in range(n_models):
+        assert _jacobian_rows_equal(J_sub[k], J_all[k], np.flatnonzero(wanted[k]))
+        assert all(J_sub[k][r].nnz == 0 for r in np.flatnonzero(~wanted[k]))
+    # the two complementary halves give the full run, as the pipelined inversion combines them
+    head = op.submit(m, want_jacobian=True, sources=flags).result()[0]
+    rest = op.submit(m, sources=~flags).result()[0]
+    np.testing.assert_array_equal(np.where(np.isnan(head), rest, head), t_all)
+
+
+@needs_core
+def test_submitted_jobs_equal_run_whatever_the_order_of_waiting():
+    grid, survey = paper_crosshole()
+    op = ShortestPathOperator(grid, survey, 3, n_threads=2, backend="cpp")
+    models = [channel_model(grid, seed)[None] for seed in range(4)]
+    rows = np.zeros((1, survey.n_data), bool)
+    rows[0, ::37] = True
+    pending = [op.submit(m, want_jacobian=True, jacobian_rows=rows) for m in models]
+    assert op.runs_in_background
+    for m, p in reversed(list(zip(models, pending))):      # waited in the opposite order
+        t, J = p.result()
+        te, Je = op._response_and_jacobian(m, True, jacobian_rows=rows)
+        np.testing.assert_array_equal(t, te)
+        assert (J[0] != Je[0]).nnz == 0 and J[0].nnz > 0
+        assert p.result() is p.result()                    # kept, not recomputed
+    # a job whose result is never asked for, then the operator dropped: no hang, no crash
+    op.submit(models[0])
+    del op, pending
+
+
+@needs_core
+def test_pending_result_is_checked_against_the_model():
+    grid, survey, m = small_case(seed=5)
+    op = ShortestPathOperator(grid, survey, 2, backend="cpp")
+    x = torch.tensor(m[None], requires_grad=True)
+    rows = torch.tensor([[1, 2, 3]])
+    mask = np.zeros((1, survey.n_data), bool)
+    mask[0, [1, 2, 3]] = True
+    pending = op.submit(m[None], want_jacobian=True, jacobian_rows=mask)
+    out = op.forward(x, jacobian_rows=rows, pending=pending)
+    torch.gather(out, 1, rows).sum().backward()
+    _, jac = op.response_and_jacobian(m[None])
+    np.testing.assert_allclose(x.grad.numpy()[0], jac[0][[1, 2, 3]].T @ np.ones(3), rtol=1e-12)
+    with pytest.raises(ValueError, match="other slowness values"):
+        op.forward(torch.tensor(1.1 * m[None], requires_grad=True), jacobian_rows=rows,
+                   pending=pending)
+    with pytest.raises(ValueError, match="want_jacobian=False"):
+        op.forward(torch.tensor(m[None], requires_grad=True), pending=op.submit(m[None]))
+    with pytest.raises(ValueError, match="did not compute"):
+        op.forward(torch.tensor(m[None], requires_grad=True), jacobian_rows=torch.tensor([[4]]),
+                   pending=pending)
+    with pytest.raises(ValueError, match="sources must be None or a boolean array of shape"):
+        op.submit(m[None], sources=np.ones((1, 2), bool))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        op.submit(np.full((1, grid.n_cells), np.nan))
+    with pytest.raises(ValueError, match="sources must be None or an array of shape"):
+        op._engine.submit(m[None], False, 1, sources=np.ones((2, survey.n_sources), np.uint8))
+
+
+@needs_core
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_background_pool_survives_fork():
+    """A child forked after the pool started gets a fresh pool (the parent's threads are gone)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import os, signal, sys, numpy as np
+        from latentinv.geometry import CrossholeSurvey, Grid2D
+        from latentinv.operators import ShortestPathOperator
+        grid = Grid2D(10, 6, 0.1)
+        d = 0.05 + 0.2 * np.arange(4)
+        op = ShortestPathOperator(grid, CrossholeSurvey(np.c_[np.zeros(4), d], np.c_[np.full(4, 0.6), d]), 1,
+                                  n_threads=2)
+        m = np.linspace(5, 9, grid.n_cells)[None]
+        expected = op.submit(m).result()[0]
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(60)
+            ok = np.array_equal(op.submit(m).result()[0], expected)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=120)
+    assert done.returncode == 0

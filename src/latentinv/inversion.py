@@ -58,6 +58,7 @@ batches of 25 rays), see :data:`NONLINEAR_SETTINGS`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -379,6 +380,19 @@ class _GatheredRows:
 # ---------------------------------------------------------------------------------------------------
 # the estimator
 # ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _torch_threads(n):
+    """torch's intra-op thread count set to ``n`` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 class LatentInverter(RegressorMixin, BaseEstimator):
     """Traveltime inversion by stochastic gradient descent in the latent space of a generator.
 
@@ -485,6 +499,10 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     >>> models = inverter.fit(traveltimes).predict(traveltimes)                           # doctest: +SKIP
     >>> result = inverter.invert(traveltimes); result.accepted_fraction(1.0)              # doctest: +SKIP
     """
+
+    # overlap the full-data misfit's raytracing with the step (see _run); False computes it in line
+    # (the same numbers: tests compare both)
+    _pipeline_nonlinear = True
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, optimizer="sgd", lr=1e-2,
                  lr_decay=0.95, decay_every=1, batch_size=25, regularization="ring", lam=10.0,
@@ -762,95 +780,141 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         max_norm = _DIVERGENCE_FACTOR * math.sqrt(d)
         target = self.target_misfit
 
-        iterator = range(n_iter)
-        if self.verbose:
-            from tqdm.auto import tqdm
-            iterator = tqdm(iterator, desc=f"{type(self).__name__} ({S} surveys x {K} starts)")
-        for k in iterator:
-            epoch, j = divmod(k, per_epoch)
-            if j == 0:
-                perms = np.stack([g.permutation(n_data) for g in batch_rngs])
-                perms = torch.tensor(perms[:, :per_epoch * B].reshape(R, per_epoch, B), device=dev)
-                if uniform:
-                    redraw = np.stack([2.0 * g.random((per_epoch, d)) - 1.0 for g in clip_rngs], 1)
-                    redraw = torch.tensor(redraw, dtype=dtype, device=dev)
-            batch = perms[:, j]                                   # (R, B)
-            lr_k = learning_rate_schedule(self.lr, self.lr_decay, self.decay_every, epoch)
-            lam_k = regularization_schedule(self.lam, self.lam_decay, k)
-            lr_list.append(lr_k)
-            lam_list.append(lam_k)
+        # Nonlinear operators that run in the background: each iteration queues the Dijkstra runs of
+        # the batch's sources first (they carry the gradient), then the others (needed only for the
+        # full-data misfit); the latter finish while Python computes the step, and the iteration's
+        # records are written one iteration late. Same numbers as computing everything at once.
+        pipelined = (kernel is None and target is None and self._pipeline_nonlinear
+                     and getattr(op, "runs_in_background", False))
+        if pipelined:
+            source_of = np.asarray(op.data_sources)
+            n_sources = op.survey.n_sources
+            rows_r = np.arange(R)[:, None]
 
-            zk = z.detach().requires_grad_(True)
-            x = decoder(zk)
-            s = fn(x)
-            if kernel is not None:
-                t_batch = kernel.rows(s, batch)
-                with torch.no_grad():
-                    t_full = kernel.full(s.detach())
-            elif paper_gradient:
-                # value s, gradient passed to x unchanged: dC/dx := S^T (f - y) (paper's code)
-                # only the batch rays' Jacobian rows are needed (the rest carry no gradient)
-                t_full = op.forward(x + (s - x).detach(), jacobian_rows=batch)
-                t_batch = torch.gather(t_full, 1, batch)
-            else:
-                t_full = op.forward(s, jacobian_rows=batch)
-                t_batch = torch.gather(t_full, 1, batch)
-            resid = torch.gather(y_rows, 1, batch) - t_batch
-            sq = resid * resid
+        def record(k, t_full, x, zk, znorm, active):
+            """Full-data misfit of iteration k: histories and the best model so far."""
+            nonlocal best_mis, best_x, best_z, best_it, n_run
+            r_full = y_rows - t_full
+            sse = (r_full * r_full).sum(1)
+            rmse = torch.sqrt(sse / n_data)
             if w_rows is not None:
-                sq = sq * torch.gather(w_rows, 1, batch)
-            loss = sq.sum(1)                                       # Eq. 24: sum over batch rays
-            if paper_gradient:
-                loss = 0.5 * loss
-            znorm = torch.linalg.vector_norm(zk, dim=1)
-            if self.regularization == "ring":
-                loss = loss + lam_k * (znorm - self.mu_chi_) ** 2
-            elif self.regularization == "origin":
-                loss = loss + lam_k * znorm**2
-            (grad,) = torch.autograd.grad(loss.sum(), zk)
+                chi2 = (r_full * r_full * w_rows).sum(1)
+                misfit = chi2
+                rms_for_target = torch.sqrt(chi2 / n_data)
+                chi2_h[k] = torch.where(active, chi2, float("nan"))
+            else:
+                misfit = sse
+                rms_for_target = rmse
+            rmse_h[k] = torch.where(active, rmse, float("nan"))
+            norm_h[k] = torch.where(active, znorm, float("nan"))
+            improved = active & (misfit < best_mis)
+            best_mis = torch.where(improved, misfit, best_mis)
+            best_x = torch.where(improved[:, None], x, best_x)
+            best_z = torch.where(improved[:, None], zk, best_z)
+            best_it = torch.where(improved, k, best_it)
+            n_run = n_run + active.long()
+            return rms_for_target
 
+        late = None   # pipelined: (k, pending rest, head times, x, z, ||z||, active) of iteration k-1
+
+        def record_late():
+            k_, rest, t_head, *state = late
+            t_rest = torch.tensor(rest.result()[0], dtype=dtype, device=dev)
             with torch.no_grad():
-                r_full = y_rows - t_full.detach()
-                sse = (r_full * r_full).sum(1)
-                rmse = torch.sqrt(sse / n_data)
-                if w_rows is not None:
-                    chi2 = (r_full * r_full * w_rows).sum(1)
-                    misfit = chi2
-                    rms_for_target = torch.sqrt(chi2 / n_data)
-                    chi2_h[k] = torch.where(active, chi2, float("nan"))
-                else:
-                    misfit = sse
-                    rms_for_target = rmse
-                rmse_h[k] = torch.where(active, rmse, float("nan"))
-                norm_h[k] = torch.where(active, znorm.detach(), float("nan"))
-                improved = active & (misfit < best_mis)
-                best_mis = torch.where(improved, misfit, best_mis)
-                best_x = torch.where(improved[:, None], x.detach(), best_x)
-                best_z = torch.where(improved[:, None], zk.detach(), best_z)
-                best_it = torch.where(improved, k, best_it)
-                n_run = n_run + active.long()
+                record(k_, torch.where(torch.isnan(t_head), t_rest, t_head), *state)
 
-                if self.optimizer == "sgd":
-                    z_new = zk.detach() - lr_k * grad
+        # the workers take the cores; the decoder's torch threads would only contend with them
+        with _torch_threads(1 if pipelined and dev.type == "cpu" else None):
+            iterator = range(n_iter)
+            if self.verbose:
+                from tqdm.auto import tqdm
+                iterator = tqdm(iterator, desc=f"{type(self).__name__} ({S} surveys x {K} starts)")
+            for k in iterator:
+                epoch, j = divmod(k, per_epoch)
+                if j == 0:
+                    perms = np.stack([g.permutation(n_data) for g in batch_rngs])
+                    perms = torch.tensor(perms[:, :per_epoch * B].reshape(R, per_epoch, B), device=dev)
+                    if uniform:
+                        redraw = np.stack([2.0 * g.random((per_epoch, d)) - 1.0 for g in clip_rngs], 1)
+                        redraw = torch.tensor(redraw, dtype=dtype, device=dev)
+                batch = perms[:, j]                                   # (R, B)
+                lr_k = learning_rate_schedule(self.lr, self.lr_decay, self.decay_every, epoch)
+                lam_k = regularization_schedule(self.lam, self.lam_decay, k)
+                lr_list.append(lr_k)
+                lam_list.append(lam_k)
+
+                zk = z.detach().requires_grad_(True)
+                x = decoder(zk)
+                s = fn(x)
+                rest = None
+                if kernel is not None:
+                    t_batch = kernel.rows(s, batch)
+                    with torch.no_grad():
+                        t_full = kernel.full(s.detach())
                 else:
-                    t = k + 1
-                    m1 = _ADAM_BETAS[0] * m1 + (1 - _ADAM_BETAS[0]) * grad
-                    m2 = _ADAM_BETAS[1] * m2 + (1 - _ADAM_BETAS[1]) * grad * grad
-                    denom = (m2.sqrt() / math.sqrt(1 - _ADAM_BETAS[1] ** t)) + _ADAM_EPS
-                    z_new = zk.detach() - (lr_k / (1 - _ADAM_BETAS[0] ** t)) * m1 / denom
-                if uniform:   # stochastic clipping: out-of-box components redrawn in [-1, 1]
-                    z_new = torch.where(z_new.abs() > 1, redraw[j], z_new)
-                if target is not None:
-                    hit = active & (rms_for_target <= target)
-                    reached = reached | hit
-                    active = active & ~hit
-                bad = active & (~torch.isfinite(z_new).all(1)
-                                | (torch.linalg.vector_norm(z_new, dim=1) > max_norm))
-                diverged = diverged | bad
-                active = active & ~bad
-                z = torch.where(active[:, None], z_new, zk.detach())
-            if target is not None and k % per_epoch == per_epoch - 1 and not bool(active.any()):
-                break
+                    # paper: value s, gradient passed to x unchanged: dC/dx := S^T (f - y) (paper's code)
+                    s_in = x + (s - x).detach() if paper_gradient else s
+                    if pipelined:
+                        s_np = s_in.detach().to("cpu", torch.float64).numpy()
+                        batch_np = batch.cpu().numpy()
+                        rows_mask = np.zeros((R, n_data), bool)
+                        rows_mask[rows_r, batch_np] = True
+                        head_sources = np.zeros((R, n_sources), bool)
+                        head_sources[rows_r, source_of[batch_np]] = True
+                        head = op.submit(s_np, want_jacobian=True, jacobian_rows=rows_mask,
+                                         sources=head_sources)
+                        rest = op.submit(s_np, want_jacobian=False, sources=~head_sources)
+                        if late is not None:     # iteration k-1's records, while the workers run
+                            record_late()
+                        t_full = op.forward(s_in, jacobian_rows=batch, pending=head)
+                    else:
+                        # only the batch rays' Jacobian rows are needed (the rest carry no gradient)
+                        t_full = op.forward(s_in, jacobian_rows=batch)
+                    t_batch = torch.gather(t_full, 1, batch)
+                resid = torch.gather(y_rows, 1, batch) - t_batch
+                sq = resid * resid
+                if w_rows is not None:
+                    sq = sq * torch.gather(w_rows, 1, batch)
+                loss = sq.sum(1)                                       # Eq. 24: sum over batch rays
+                if paper_gradient:
+                    loss = 0.5 * loss
+                znorm = torch.linalg.vector_norm(zk, dim=1)
+                if self.regularization == "ring":
+                    loss = loss + lam_k * (znorm - self.mu_chi_) ** 2
+                elif self.regularization == "origin":
+                    loss = loss + lam_k * znorm**2
+                (grad,) = torch.autograd.grad(loss.sum(), zk)
+
+                with torch.no_grad():
+                    if rest is None:
+                        rms_for_target = record(k, t_full.detach(), x.detach(), zk.detach(),
+                                                znorm.detach(), active)
+                    else:
+                        late = (k, rest, t_full.detach(), x.detach(), zk.detach(), znorm.detach(), active)
+
+                    if self.optimizer == "sgd":
+                        z_new = zk.detach() - lr_k * grad
+                    else:
+                        t = k + 1
+                        m1 = _ADAM_BETAS[0] * m1 + (1 - _ADAM_BETAS[0]) * grad
+                        m2 = _ADAM_BETAS[1] * m2 + (1 - _ADAM_BETAS[1]) * grad * grad
+                        denom = (m2.sqrt() / math.sqrt(1 - _ADAM_BETAS[1] ** t)) + _ADAM_EPS
+                        z_new = zk.detach() - (lr_k / (1 - _ADAM_BETAS[0] ** t)) * m1 / denom
+                    if uniform:   # stochastic clipping: out-of-box components redrawn in [-1, 1]
+                        z_new = torch.where(z_new.abs() > 1, redraw[j], z_new)
+                    if target is not None:
+                        hit = active & (rms_for_target <= target)
+                        reached = reached | hit
+                        active = active & ~hit
+                    bad = active & (~torch.isfinite(z_new).all(1)
+                                    | (torch.linalg.vector_norm(z_new, dim=1) > max_norm))
+                    diverged = diverged | bad
+                    active = active & ~bad
+                    z = torch.where(active[:, None], z_new, zk.detach())
+                if target is not None and k % per_epoch == per_epoch - 1 and not bool(active.any()):
+                    break
+            if late is not None:
+                record_late()
 
         n_done = len(lr_list)
         best_mis_np = best_mis.cpu().numpy().reshape(S, K)

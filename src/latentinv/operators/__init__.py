@@ -2,10 +2,10 @@
 
 All operators share the contract of :class:`~latentinv.operators._base.ForwardOperator`.
 """
-from ._base import ForwardOperator, JacobianFunction
+from ._base import ForwardOperator, JacobianFunction, PendingResponse
 from .straight_ray import StraightRayOperator, straight_ray_matrix
 
-__all__ = ["ForwardOperator", "JacobianFunction", "StraightRayOperator", "straight_ray_matrix",
+__all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "StraightRayOperator", "straight_ray_matrix",
            "ShortestPathOperator", "PyGimliOperator"]
 
 

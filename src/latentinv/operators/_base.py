@@ -9,6 +9,10 @@ An operator maps slowness per cell (s/m ... here ns/m, in the package's cell ord
 - ``response_and_jacobian(m)``: both at once for a batch (a list of CSR matrices);
 - ``forward(m)``: torch, batched and differentiable;
 - ``adjoint(v)`` for linear operators.
+
+Operators whose engine can run in the background (``runs_in_background``) also offer
+``submit(m, ...)``, which returns a :class:`PendingResponse` at once; ``forward(m, pending=...)``
+then takes its result instead of calling the engine again.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["ForwardOperator", "JacobianFunction"]
+__all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse"]
 
 
 class ForwardOperator:
@@ -28,6 +32,8 @@ class ForwardOperator:
     backend = "python"
     #: whether ``_response_and_jacobian`` accepts ``jacobian_rows`` (rows it may leave empty)
     supports_jacobian_rows = False
+    #: whether ``submit`` queues the work on background threads (and returns before it is done)
+    runs_in_background = False
 
     n_data: int
     n_params: int
@@ -86,7 +92,7 @@ class ForwardOperator:
         t, jac = self._response_and_jacobian(a, want_jacobian=True)
         return (t[0], jac[0]) if single else (t, jac)
 
-    def forward(self, m, jacobian_rows=None):
+    def forward(self, m, jacobian_rows=None, pending=None):
         """Differentiable torch traveltimes for ``m`` of shape ``(n_params,)`` or ``(batch, n_params)``.
 
         The output has the dtype and device of ``m``. Gradients flow through the Jacobian transpose
@@ -97,6 +103,11 @@ class ForwardOperator:
         needed (an SGD mini-batch). Operators that can (``supports_jacobian_rows``) then skip the
         other rows of the Jacobian; the gradient reaching any other datum must be zero, which the
         backward pass checks (RuntimeError otherwise).
+
+        ``pending``: a :class:`PendingResponse` that the operator's ``submit`` started for the same
+        slowness values (checked, ValueError otherwise); its result is used instead of a new engine
+        call. It must hold the Jacobian (and its ``jacobian_rows`` must cover these) when ``m``
+        requires a gradient.
         """
         if not isinstance(m, torch.Tensor):
             raise TypeError(f"{type(self).__name__}.forward expects a torch.Tensor, got {type(m).__name__}")
@@ -116,7 +127,7 @@ class ForwardOperator:
                                  f"[0, {self.n_data}), got [{int(idx.min())}, {int(idx.max())}]")
             mask = np.zeros((mb.shape[0], self.n_data), dtype=bool)
             np.put_along_axis(mask, idx.numpy().astype(np.int64), True, axis=1)
-        out = JacobianFunction.apply(mb, self, mask)
+        out = JacobianFunction.apply(mb, self, mask, pending)
         return out[0] if single else out
 
     __call__ = forward
@@ -126,11 +137,13 @@ class JacobianFunction(torch.autograd.Function):
     """Enters a NumPy/C++ operator into autograd: forward calls the engine, backward applies J^T."""
 
     @staticmethod
-    def forward(ctx, m, operator, row_mask=None):
+    def forward(ctx, m, operator, row_mask=None, pending=None):
         a = m.detach().to("cpu", torch.float64).numpy()
         a, _ = operator._check_models(a)
         want = m.requires_grad
-        if want and row_mask is not None and operator.supports_jacobian_rows:
+        if pending is not None:
+            t, jac = pending.result_for(a, want, row_mask)
+        elif want and row_mask is not None and operator.supports_jacobian_rows:
             t, jac = operator._response_and_jacobian(a, want_jacobian=True, jacobian_rows=row_mask)
         else:
             t, jac = operator._response_and_jacobian(a, want_jacobian=want)
@@ -147,7 +160,52 @@ class JacobianFunction(torch.autograd.Function):
                                "outside jacobian_rows, whose Jacobian rows were not computed")
         jac = ctx.jacobians
         grad = np.stack([jac[i].T @ g[i] for i in range(len(jac))])
-        return torch.tensor(grad, dtype=grad_out.dtype, device=grad_out.device), None, None
+        return torch.tensor(grad, dtype=grad_out.dtype, device=grad_out.device), None, None, None
+
+
+class PendingResponse:
+    """A computation started by an operator's ``submit``; ``result()`` waits for it.
+
+    ``result()`` returns ``(times (n_models, n_data), list of CSR or None)`` like the operator's
+    ``response_and_jacobian``, except that the data of sources left out (``sources``) hold NaN and
+    empty Jacobian rows. It may be called any number of times.
+
+    Attributes
+    ----------
+    models : ndarray (n_models, n_params)
+        The slowness it was submitted for (a copy).
+    want_jacobian : bool
+    jacobian_rows : ndarray of bool (n_models, n_data) or None
+        The Jacobian rows computed (None: all).
+    """
+
+    def __init__(self, models, want_jacobian, jacobian_rows, fetch):
+        self.models = models
+        self.want_jacobian = bool(want_jacobian)
+        self.jacobian_rows = jacobian_rows
+        self._fetch = fetch
+        self._value = None
+
+    def result(self):
+        if self._value is None:
+            self._value = self._fetch()
+            self._fetch = None
+        return self._value
+
+    def result_for(self, models, want_jacobian, row_mask):
+        """``result()``, after checking that it answers for ``models`` (and the rows wanted)."""
+        if models.shape != self.models.shape or not np.array_equal(models, self.models):
+            raise ValueError("operator.forward(..., pending=...): pending was submitted for other "
+                             "slowness values than the model given")
+        if want_jacobian:
+            if not self.want_jacobian:
+                raise ValueError("operator.forward(..., pending=...): the model requires a gradient "
+                                 "but pending was submitted with want_jacobian=False")
+            if self.jacobian_rows is not None and (
+                    row_mask is None or np.any(row_mask & ~self.jacobian_rows)):
+                raise ValueError("operator.forward(..., pending=...): jacobian_rows asks for rows "
+                                 "that pending did not compute")
+        return self.result()
 
 
 def csr_row_block(matrices):

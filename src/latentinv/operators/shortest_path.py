@@ -27,6 +27,7 @@ Node numbering, local lengths and the tie rule are identical in both backends (a
 Engine notes (C++): edges are generated from the cell-local structure (no adjacency list), the
 priority queue is an exact bucket queue (a 4-ary heap for extreme slowness contrasts), threads run
 over (model, source) tasks with the GIL released, and results do not depend on the thread count.
+``submit`` queues the same tasks on a persistent pool of worker threads and returns at once.
 
 Limitation: sources and receivers must sit on graph nodes (a corner or a secondary node, within
 ``1e-9`` of the cell size), as pyGIMLi requires them on mesh nodes.
@@ -42,7 +43,7 @@ from scipy.sparse.csgraph import dijkstra
 
 from .._backend import core, resolve_backend
 from ..geometry import CrossholeSurvey, Grid2D
-from ._base import ForwardOperator
+from ._base import ForwardOperator, PendingResponse
 
 __all__ = ["ShortestPathOperator", "sensor_nodes", "local_lengths"]
 
@@ -210,13 +211,18 @@ class _PythonGraph:
         both = np.concatenate([idx, idx])[self.perm]  # original edge of each CSR entry
         return w[both], self.edge_cell[both], self.edge_length[both]
 
-    def run(self, s, want_jacobian):
+    def run(self, s, want_jacobian, sources=None):
+        """``sources``: None or flags per source; the data of unflagged sources get NaN times."""
         weights, cells, lengths = self._weights(s)
         graph = sp.csr_matrix((weights, self.indices, self.indptr), shape=(self.n_nodes,) * 2)
         active = np.unique(self.pairs[:, 0])
-        dist = dijkstra(graph, directed=True, indices=self.source_nodes[active])
+        if sources is not None:
+            active = active[np.asarray(sources, bool)[active]]
         n_data = len(self.pairs)
-        times = np.empty(n_data)
+        times = np.full(n_data, np.nan)
+        if len(active) == 0:
+            return times, (sp.csr_matrix((n_data, self.n_cells)) if want_jacobian else None)
+        dist = dijkstra(graph, directed=True, indices=self.source_nodes[active])
         rows, cols, vals = [], [], []
         for slot, source in enumerate(active):
             d = dist[slot]
@@ -336,28 +342,94 @@ class ShortestPathOperator(ForwardOperator):
         """The C++ engine skips the back-tracking of rows outside ``jacobian_rows``."""
         return self.backend == "cpp"
 
-    def _response_and_jacobian(self, m, want_jacobian, jacobian_rows=None):
+    @property
+    def runs_in_background(self):
+        """``submit`` queues the work on the C++ engine's worker threads (the Python backend
+        computes at once)."""
+        return self.backend == "cpp"
+
+    @property
+    def data_sources(self):
+        """Source index of each datum, ``(n_data,)`` (the ``sources`` flags of ``submit`` are per
+        source)."""
+        return self.survey.pairs[:, 0]
+
+    def _check_flags(self, flags, n_models, n_cols, what):
+        if flags is None:
+            return None
+        a = np.asarray(flags)
+        if a.dtype != bool or a.shape != (n_models, n_cols):
+            raise ValueError(f"{type(self).__name__}: {what} must be None or a boolean array of shape "
+                             f"({n_models}, {n_cols}), got {a.dtype} {a.shape}")
+        return a
+
+    def _split_jacobian(self, csr, n_models):
+        indptr, indices, data = csr
+        nd = self.n_data
+        jac = []
+        for k in range(n_models):
+            lo, hi = indptr[k * nd], indptr[(k + 1) * nd]
+            jac.append(sp.csr_matrix(
+                (data[lo:hi], indices[lo:hi], indptr[k * nd:(k + 1) * nd + 1] - lo),
+                shape=(nd, self.n_params)))
+        return jac
+
+    def _response_and_jacobian(self, m, want_jacobian, jacobian_rows=None, sources=None):
         if self.backend == "cpp":
             times, csr = self._engine.run(m, bool(want_jacobian), self.n_threads,
-                                          jacobian_rows=jacobian_rows)
-            if not want_jacobian:
-                return times, None
-            indptr, indices, data = csr
-            jac = []
-            nd = self.n_data
-            for k in range(len(m)):
-                lo, hi = indptr[k * nd], indptr[(k + 1) * nd]
-                jac.append(sp.csr_matrix(
-                    (data[lo:hi], indices[lo:hi], indptr[k * nd:(k + 1) * nd + 1] - lo),
-                    shape=(nd, self.n_params)))
-            return times, jac
+                                          jacobian_rows=jacobian_rows, sources=sources)
+            return times, (self._split_jacobian(csr, len(m)) if want_jacobian else None)
         times = np.empty((len(m), self.n_data))
         jac = [] if want_jacobian else None
         for k in range(len(m)):
-            times[k], j = self._engine.run(m[k], want_jacobian)
+            times[k], j = self._engine.run(m[k], want_jacobian,
+                                           None if sources is None else sources[k])
             if want_jacobian:
                 jac.append(j)
         return times, jac
+
+    def submit(self, m, want_jacobian=False, jacobian_rows=None, sources=None):
+        """Start computing traveltimes (and Jacobians) for slowness ``m``; returns at once.
+
+        Parameters
+        ----------
+        m : array-like (n_models, n_params)
+            Slowness (ns/m); copied.
+        want_jacobian : bool, default=False
+        jacobian_rows : bool array (n_models, n_data) or None
+            Jacobian rows wanted (others left empty); None: all.
+        sources : bool array (n_models, n_sources) or None
+            Sources to run per model; the data of the others get NaN times and empty Jacobian
+            rows. None: all.
+
+        Returns
+        -------
+        PendingResponse
+            ``result()`` gives ``(times (n_models, n_data), list of CSR or None)``.
+
+        Notes
+        -----
+        With the C++ backend the work is queued on the engine's pool of ``n_threads`` worker
+        threads, in submission order: a job submitted right behind another runs while the caller
+        works on the first one's result. The Python backend computes before returning. Results are
+        identical to ``response_and_jacobian``'s (bit for bit, whatever the scheduling).
+        """
+        a, _ = self._check_models(m)
+        rows = self._check_flags(jacobian_rows, len(a), self.n_data, "jacobian_rows")
+        src = self._check_flags(sources, len(a), self.survey.n_sources, "sources")
+        if self.backend == "cpp":
+            job = self._engine.submit(a, bool(want_jacobian), self.n_threads, jacobian_rows=rows,
+                                      sources=src)
+
+            def fetch():
+                times, csr = job.result()
+                return times, (self._split_jacobian(csr, len(a)) if want_jacobian else None)
+        else:
+            value = self._response_and_jacobian(a, want_jacobian, rows, src)
+
+            def fetch():
+                return value
+        return PendingResponse(a, want_jacobian, rows, fetch)
 
     def __reduce__(self):
         return (type(self), (self.grid, self.survey, self.n_secondary_nodes, self.n_threads,
