@@ -9,13 +9,15 @@ Measures, in the same run and on the same machine:
    squared residuals + ring, backward, ``torch.optim.SGD`` step, full-data RMSE), and the misfit
    statistics of both (the same numbers are expected: float32 in both).
 2. Nonlinear case (ShortestPathOperator, when importable): wall time of one start of 750 iterations
-   (paper's nonlinear settings).
+   (paper's nonlinear settings), and the same with the raytracing in line (ablation: the
+   full-data misfit's Dijkstra runs not overlapped with the step). With CUDA, the same with the
+   decoder on the GPU (the raytracer stays on the CPU).
 3. On CUDA when available: the paper's linear experiment, 100 starts x 3000 iterations.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_inversion.py [--quick] [--threads N] [--repeats R]
-        [--skip-nonlinear] [--output bench_inversion.json]
+        [--skip-nonlinear] [--skip-ablations] [--skip-cpu] [--output bench_inversion.json]
 
 Reading the numbers on a small shared CPU: the decoder's forward and backward (about 170 MFLOP a
 start) take over 90 % of a batched iteration, so the batched/reference ratio on a CPU is bounded by
@@ -269,7 +271,7 @@ def bench_ablations(rows, repeats):
                      per_start_iteration_ms=slow, ratio=per_ref / slow))
 
 
-def bench_nonlinear(quick, rows):
+def bench_nonlinear(quick, rows, ablation=True, device="cpu"):
     try:
         from latentinv.operators import ShortestPathOperator
     except ImportError as exc:
@@ -278,21 +280,28 @@ def bench_nonlinear(quick, rows):
     grid = Grid2D.paper()
     survey = CrossholeSurvey.paper(0.0, 6.5)
     op = ShortestPathOperator(grid, survey, n_secondary_nodes=3)
-    decoder = paper_decoder("cpu")
+    decoder = paper_decoder(device)
     gen = TorchGenerator(decoder, 20)
     truth = gen.decode(np.random.default_rng(1).standard_normal((1, 20)))
     settings = dict(NONLINEAR_SETTINGS)
     if quick:
         settings["n_epochs"] = 2
-    est = LatentInverter(gen, op, n_starts=1, random_state=0, device="cpu", **settings)
-    tt = est.fit(np.ones((1, op.n_data))).simulate(truth)
-    t, res = timed(lambda: est.invert(tt))
-    n_it = est.n_iterations_
-    rows.append(dict(case="nonlinear", method=f"LatentInverter, ShortestPathOperator ({op.backend})",
-                     device="cpu", n_starts=1, iterations=n_it, seconds=t,
-                     per_start_iteration_ms=1e3 * t / n_it,
-                     projected_750_iterations_s=t / n_it * 750,
-                     final_rmse_ns=float(res.data_rmse_history[0, 0, -1])))
+    variants = [("LatentInverter, ShortestPathOperator", True)]
+    if ablation and op.runs_in_background:
+        # the in-line schedule: every source's Dijkstra run before the step (same numbers)
+        variants.append(("ablation: raytracing in line with the step", False))
+    for method, pipelined in variants:
+        est = LatentInverter(gen, op, n_starts=1, random_state=0, device=device, **settings)
+        est._pipeline_nonlinear = pipelined
+        tt = est.fit(np.ones((1, op.n_data))).simulate(truth)
+        t, res = timed(lambda: est.invert(tt))
+        n_it = est.n_iterations_
+        rows.append(dict(case="nonlinear", method=f"{method} ({op.backend})",
+                         device=device, n_starts=1, iterations=n_it, seconds=t,
+                         per_start_iteration_ms=1e3 * t / n_it,
+                         projected_750_iterations_s=t / n_it * 750,
+                         final_rmse_ns=float(res.data_rmse_history[0, 0, -1]),
+                         raytracer_threads=op.n_threads))
 
 
 def bench_gpu(quick, rows):
@@ -318,6 +327,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every method (default: torch's default)")
     parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true",
+                        help="only the CUDA rows (on a GPU machine short of time)")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -327,12 +338,16 @@ def main(argv=None):
     info = machine()
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
-    bench_linear(torch.device("cpu"), args.quick, rows, repeats=args.repeats or (1 if args.quick else 2))
-    if not (args.quick or args.skip_ablations):
-        bench_ablations(rows, repeats=args.repeats or 2)
-    if not args.skip_nonlinear:
-        bench_nonlinear(args.quick, rows)
+    if not args.skip_cpu:
+        bench_linear(torch.device("cpu"), args.quick, rows,
+                     repeats=args.repeats or (1 if args.quick else 2))
+        if not (args.quick or args.skip_ablations):
+            bench_ablations(rows, repeats=args.repeats or 2)
+        if not args.skip_nonlinear:
+            bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations)
     bench_gpu(args.quick, rows)
+    if torch.cuda.is_available() and not args.skip_nonlinear:
+        bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     ref_row = next((r for r in rows if r.get("method", "").startswith("reference loop")), {})

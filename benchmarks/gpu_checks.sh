@@ -6,14 +6,15 @@
 #      (after a determinism check: two short trainings must give identical weights), and a larger
 #      reproduce_paper.py run (training length sized to the time left).
 # Usage, from the repository root:  OUT=dir TI=path/to/channels_ti.png DEADLINE=540 bash benchmarks/gpu_checks.sh
-# STEPS (default "bench tests prior reproduce") picks the steps; DRY=1 runs them tiny on the CPU (to check
-# the script itself).
+# STEPS (default "bench tests prior reproduce") picks the steps; BENCH_ARGS adds options to
+# bench_inversion.py (e.g. --skip-cpu); DRY=1 runs them tiny on the CPU (to check the script itself).
 set -u
 OUT=${OUT:-gpu_checks_out}
 TI=${TI:-}
 DEADLINE=${DEADLINE:-540}
 DRY=${DRY:-0}
 STEPS=${STEPS:-bench tests prior reproduce}
+BENCH_ARGS=${BENCH_ARGS:-}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=${PY:-python3}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
@@ -44,7 +45,7 @@ log "installed"
 
 # 2. inversion benchmark, alone on the machine (timings)
 if [ "$DRY" = 1 ]; then QUICK=--quick; else QUICK=; fi
-want bench && timeout $(( $(left) > 200 ? 200 : $(left) )) $PY benchmarks/bench_inversion.py $QUICK --skip-nonlinear \
+want bench && timeout $(( $(left) > 200 ? 200 : $(left) )) $PY benchmarks/bench_inversion.py $QUICK $BENCH_ARGS \
   --output "$OUT/bench_inversion.json" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/log.txt"
 log "bench_inversion done"
 
