@@ -33,12 +33,16 @@ class ShortestPathEngine:
     def n_local(self) -> int: ...
     def local_lengths(self) -> npt.NDArray[np.float64]: ...
     def node_position(self, node: int) -> Tuple[float, float]: ...
+    @property
+    def n_sources(self) -> int: ...
     def run(
         self,
         slowness: npt.ArrayLike,
         want_jacobian: bool,
         n_threads: int,
         queue: Literal["auto", "heap", "buckets"] = "auto",
+        jacobian_rows: Optional[npt.ArrayLike] = None,
+        sources: Optional[npt.ArrayLike] = None,
     ) -> Tuple[
         npt.NDArray[np.float64],
         Optional[Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]],
@@ -47,5 +51,31 @@ class ShortestPathEngine:
 
         The CSR ``(indptr, indices, data)`` stacks the Jacobians of all models: row
         ``model * n_data + datum``, column = cell, value = ray length in the cell (m). The GIL is
-        released; ``n_threads`` threads share the (model, source) tasks.
+        released; ``n_threads`` threads share the (model, source) tasks. ``jacobian_rows``
+        ``(n_models, n_data)`` and ``sources`` ``(n_models, n_sources)`` are optional uint8 flags:
+        unflagged Jacobian rows are left empty; the data of an unflagged (model, source) get NaN
+        times and empty rows.
         """
+    def submit(
+        self,
+        slowness: npt.ArrayLike,
+        want_jacobian: bool,
+        n_threads: int,
+        queue: Literal["auto", "heap", "buckets"] = "auto",
+        jacobian_rows: Optional[npt.ArrayLike] = None,
+        sources: Optional[npt.ArrayLike] = None,
+    ) -> "PendingRun":
+        """``run``'s work queued on the engine's persistent worker pool (grown to ``n_threads``);
+        jobs are served in submission order; the inputs are copied; returns at once."""
+
+class PendingRun:
+    """A job of ``ShortestPathEngine.submit``."""
+
+    def result(
+        self,
+    ) -> Tuple[
+        npt.NDArray[np.float64],
+        Optional[Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]],
+    ]:
+        """Wait (GIL released) and return ``run``'s tuple; later calls return the same objects."""
+    def done(self) -> bool: ...
