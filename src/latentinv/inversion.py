@@ -480,7 +480,15 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     ray on the paper's grid) and differentiated through ``torch.gather``; the full-data misfit of
     every start, which selects the best model, is one sparse product without autograd. A nonlinear
     operator is called once per iteration for all models (its engine batches them) and its
-    Jacobians enter through the operator's autograd Function.
+    Jacobians enter through the operator's autograd Function. An operator whose engine runs in the
+    background (``runs_in_background``: the C++ ShortestPathOperator) gets two jobs per iteration:
+    the Dijkstra runs of the sources in each start's mini-batch first (traveltimes and the batch's
+    Jacobian rows, which the step needs), then those of the other sources (traveltimes only, for
+    the full-data misfit). The second job runs while the step is computed, and the iteration's
+    records are completed at the next iteration; the numbers are the same as in line. Meanwhile
+    torch computes with one thread on the CPU (the raytracer's workers take the cores); the
+    previous thread count is restored afterwards. With ``target_misfit`` set, the runs stay in line
+    (the stop decision needs the full misfit before the step).
 
     Randomness: the initial latents come from ``random_state`` alone (start ``k`` is the same
     whatever ``n_starts`` and for every survey); each survey's mini-batch orders (and stochastic
