@@ -200,6 +200,9 @@ def case_settings(name, epochs, n_data):
 
 def main(argv=None):
     args = parse_args(argv)
+    # line by line even into a pipe or file: a run stopped by a time limit keeps what it printed
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -328,6 +331,9 @@ def main(argv=None):
         d_nl = sim.response(paper_slowness(truths))
         thr_nl = rmse(inv_op.response(paper_slowness(recon)), d_nl)
         settings = dict(NONLINEAR_SETTINGS, n_epochs=args.epochs_nonlinear)
+        print(f"\n[nonlinear VSbrd] {len(truths)} truths x {args.nonlinear_starts} starts x "
+              f"{settings['n_epochs'] * (inv_op.n_data // settings['batch_size'])} iterations, "
+              f"shortest path ({inv_op.backend}, {inv_op.n_threads} threads), decoder on {args.device}")
         t0 = time.perf_counter()
         inv = LatentInverter(prior, inv_op, n_starts=args.nonlinear_starts, random_state=args.seed,
                              device=args.device, verbose=1, **settings)
