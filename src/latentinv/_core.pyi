@@ -4,6 +4,12 @@ from typing import Literal, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+# (times (n_models, n_data), stacked CSR (indptr, indices, data) or None)
+_RunResult = Tuple[
+    npt.NDArray[np.float64],
+    Optional[Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]],
+]
+
 class ShortestPathEngine:
     """Shortest-path traveltimes on a regular grid with secondary nodes.
 
@@ -43,10 +49,7 @@ class ShortestPathEngine:
         queue: Literal["auto", "heap", "buckets"] = "auto",
         jacobian_rows: Optional[npt.ArrayLike] = None,
         sources: Optional[npt.ArrayLike] = None,
-    ) -> Tuple[
-        npt.NDArray[np.float64],
-        Optional[Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]],
-    ]:
+    ) -> _RunResult:
         """``slowness (n_models, n_cells)`` (ns/m) -> ``(times (n_models, n_data) ns, CSR or None)``.
 
         The CSR ``(indptr, indices, data)`` stacks the Jacobians of all models: row
@@ -73,9 +76,6 @@ class PendingRun:
 
     def result(
         self,
-    ) -> Tuple[
-        npt.NDArray[np.float64],
-        Optional[Tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float64]]],
-    ]:
+    ) -> _RunResult:
         """Wait (GIL released) and return ``run``'s tuple; later calls return the same objects."""
     def done(self) -> bool: ...
