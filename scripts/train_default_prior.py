@@ -20,21 +20,18 @@ import numpy as np
 import torch
 
 from latentinv import LatentInverter, StraightRayOperator, VAEPrior, paper_crosshole
-from latentinv.datasets import PatchSampler, make_channel_image
+from latentinv.datasets import PRETRAINED_IMAGE_SETTINGS, PatchSampler, make_channel_image
 from latentinv.metrics import data_rmse
 
 # The procedural training images and the held-out image of the truths (different seeds).
 TRAINING_SEEDS = (11, 12, 13, 14)
 HELD_OUT_SEED = 99
-IMAGE_SHAPE = (600, 600)
-CHANNEL_WIDTH = 9.0
 PATCH_SHAPE = (129, 65)
 
 
 def channel_image(seed):
     """One procedural training image: sinuous, branching channels, about 27 % channel."""
-    return make_channel_image(IMAGE_SHAPE, density=0.26, width=CHANNEL_WIDTH, sinuosity=0.35,
-                              branching=0.4, random_state=seed)
+    return make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=seed)
 
 
 def held_out_truths(n, seed=HELD_OUT_SEED):
@@ -115,8 +112,10 @@ def evaluate(prior, train_s, args):
     report = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in prior.get_params().items()
                    if k not in ("architecture",)},
-        "training_images": {"generator": "latentinv.datasets.make_channel_image", "shape": IMAGE_SHAPE,
-                            "seeds": TRAINING_SEEDS, "width": CHANNEL_WIDTH, "patch_shape": PATCH_SHAPE},
+        "training_images": {"generator": "latentinv.datasets.make_channel_image",
+                            "settings": "latentinv.datasets.PRETRAINED_IMAGE_SETTINGS",
+                            **PRETRAINED_IMAGE_SETTINGS, "seeds": TRAINING_SEEDS,
+                            "patch_shape": PATCH_SHAPE},
         "train_seconds": train_s,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name(0)}" if prior.device_.type == "cuda" else ""),

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latentinv import cli
-from latentinv.datasets import PatchSampler, make_channel_image
+from latentinv.datasets import PRETRAINED_IMAGE_SETTINGS, PatchSampler, make_channel_image
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import paper_slowness
 from latentinv.operators import ShortestPathOperator, StraightRayOperator
@@ -60,8 +60,8 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli.main, [
         "demo", "--prior", str(prior_dir), "--out", str(out), "--n-starts", "1",
-        "--epochs-linear", "2", "--epochs-nonlinear", "1", "--full-batch", "--noise-std", "0.25",
-        "--seed", "3", "--quiet"])
+        "--n-starts-nonlinear", "2", "--epochs-linear", "2", "--epochs-nonlinear", "1", "--full-batch",
+        "--noise-std", "0.25", "--seed", "3", "--quiet"])
     _ok(res)
     _png(out / "demo.png")
     report = json.loads((out / "report.json").read_text())
@@ -73,6 +73,8 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     assert report["cases"]["shortest-path"]["backend"] in ("cpp", "python")
     assert report["cases"]["straight-ray"]["n_iterations"] == 2
     assert report["cases"]["shortest-path"]["n_iterations"] == 1
+    assert len(report["cases"]["straight-ray"]["data_rmse_ns"]) == 1        # --n-starts
+    assert len(report["cases"]["shortest-path"]["data_rmse_ns"]) == 2       # --n-starts-nonlinear
     assert report["versions"]["torch"]
     assert report["timings_s"]["total_s"] > 0
 
@@ -96,6 +98,10 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     assert set(np.unique(saved["truth"])) <= {0.0, 1.0}
     assert report["truth"]["channel_fraction"] == pytest.approx(saved["truth"].mean())
     assert report["truth"]["seed"] == cli.DEMO_TRUTH_SEED + 3
+    # from the family of the shipped prior's training images, with the held-out seed
+    image = make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=cli.DEMO_TRUTH_SEED + 3)
+    r0, c0, h, w = report["truth"]["crop"]
+    np.testing.assert_array_equal(saved["truth"], image[r0:r0 + h, c0:c0 + w].reshape(-1))
 
 
 def test_demo_data_from_each_operator(tiny_prior, tmp_path):

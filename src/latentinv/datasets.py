@@ -22,7 +22,14 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
-           "layered_channel_slowness"]
+           "layered_channel_slowness", "PRETRAINED_IMAGE_SETTINGS"]
+
+#: Arguments of :func:`make_channel_image` for the images the shipped prior
+#: (``VAEPrior.pretrained()``, ``scripts/train_default_prior.py``) was trained on: a model meant for
+#: that prior should come from the same family, e.g.
+#: ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=seed)`` with an unused seed.
+PRETRAINED_IMAGE_SETTINGS = dict(shape=(600, 600), density=0.26, width=9.0, sinuosity=0.35,
+                                 branching=0.4)
 
 
 def _rng(random_state):
