@@ -69,3 +69,19 @@ def test_reproduce_paper_tiny_run(script, tmp_path):
 def test_reproduce_paper_missing_image_is_a_clear_exit(script, tmp_path):
     with pytest.raises(SystemExit, match="training image .* not found"):
         script.main(["--ti", str(tmp_path / "absent.png"), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cases", "VSbrd,VSxyz"], "unknown cases"),
+    (["--n-starts", "0"], "integer >= 1"),
+    (["--nonlinear-starts", "-2"], "integer >= 1"),
+    (["--iterations", "many"], "integer >= 1"),
+    (["--sgan-module", "absent_sgan.py"], "--sgan-module: no file"),
+    (["--prior", "absent_prior_dir"], "--prior: no directory"),
+])
+def test_reproduce_paper_bad_options_stop_before_training(script, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(args + ["--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2                      # argparse's usage error, nothing trained
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
