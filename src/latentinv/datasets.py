@@ -17,6 +17,7 @@ Images are arrays of shape ``(n_rows, n_cols)``, row 0 at the top
 from __future__ import annotations
 
 import os
+from types import MappingProxyType
 
 import numpy as np
 from scipy import ndimage
@@ -28,8 +29,8 @@ __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchS
 #: (``VAEPrior.pretrained()``, ``scripts/train_default_prior.py``) was trained on: a model meant for
 #: that prior should come from the same family, e.g.
 #: ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=seed)`` with an unused seed.
-PRETRAINED_IMAGE_SETTINGS = dict(shape=(600, 600), density=0.26, width=9.0, sinuosity=0.35,
-                                 branching=0.4)
+PRETRAINED_IMAGE_SETTINGS = MappingProxyType(dict(shape=(600, 600), density=0.26, width=9.0,
+                                                 sinuosity=0.35, branching=0.4))   # read-only
 
 
 def _rng(random_state):

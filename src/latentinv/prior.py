@@ -563,7 +563,10 @@ or PatchSampler
         A reduced network (channels (16, 32, 64, 128), hidden 256) trained for 6000 Adam steps of
         64 crops of 129 x 65 from procedural channel images by ``scripts/train_default_prior.py``;
         its configuration, training curve and quality are recorded in ``docs/default_prior.json``.
-        It is much cheaper than the paper's model (1e5 steps of the reference network).
+        It is much cheaper than the paper's model (1e5 steps of the reference network). Models from
+        the same family of images: ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=s)``
+        (:mod:`latentinv.datasets`) with a seed other than its training seeds (11-14) and the
+        held-out one of its record (99).
         """
         from importlib.resources import files
 
