@@ -1,0 +1,126 @@
+"""The baselines a skeptic asks for beside every threshold and every acceptance.
+
+A threshold of "fits to the encode-decode misfit" means little when the prior cannot encode the
+image better than a constant would, and an "accepted" inversion means little when a homogeneous
+medium fits the data about as well. Two baselines make such cases visible:
+
+- **the best constant model** (model space): for a truth ``m`` the constant ``c`` that minimises
+  ``RMSE(m, c)`` is ``mean(m)``, and its RMSE is the (population) standard deviation of ``m``;
+- **the best homogeneous-velocity model** (data space): first-arrival traveltimes are homogeneous of
+  degree one in slowness for straight rays and for shortest paths alike (``t(a s) = a t(s)``: the
+  paths do not change when every cell is scaled), so with ``t1 = response(1)`` the best uniform
+  slowness ``s0`` for data ``d`` is the weighted least-squares ``<d, t1>_w / <t1, t1>_w``.
+
+"Clearly better" is defined by two ratios (module constants, documented in the warnings):
+a prior's encode-decode model RMSE must be at most :data:`MODEL_RATIO` (0.7) times the best constant
+model's, and an accepted data misfit at most :data:`DATA_RATIO` (0.5) times the best homogeneous
+model's. The paper's priors pass both by far (its Table 2: encode-decode model RMSE 0.10-0.17
+against about 0.44 for a constant model of its channel truths).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "MODEL_RATIO", "DATA_RATIO", "BaselineWarning", "constant_model_rmse", "homogeneous_fit",
+    "check_against_baselines",
+]
+
+#: a reconstruction (or inverted model) is "clearly better" than the best constant model when its
+#: model RMSE is at most this fraction of the constant model's
+MODEL_RATIO = 0.7
+#: an accepted data misfit is "clearly better" than the best homogeneous-velocity model's when its
+#: data RMSE is at most this fraction of the homogeneous model's
+DATA_RATIO = 0.5
+
+
+class BaselineWarning(UserWarning):
+    """A prior or a fit that is not clearly better than a trivial baseline."""
+
+
+def constant_model_rmse(models):
+    """RMSE of the best constant model for each model: the standard deviation of its values.
+
+    ``models``: ``(n_cells,)`` or ``(n_models, n_cells)``; returns a float or ``(n_models,)``.
+    """
+    m = np.asarray(models, dtype=np.float64)
+    if m.ndim not in (1, 2) or m.shape[-1] == 0:
+        raise ValueError(f"models must have shape (n_cells,) or (n_models, n_cells) with n_cells >= 1, "
+                         f"got {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("models contain NaN or infinity")
+    return m.std(axis=-1)
+
+
+def homogeneous_fit(operator, data, sigma=None):
+    """Best homogeneous-velocity model for traveltimes ``data``.
+
+    Parameters
+    ----------
+    operator : ForwardOperator
+        Any operator of :mod:`latentinv.operators` (straight rays or shortest paths).
+    data : array of shape (n_data,) or (n_surveys, n_data)
+        Traveltimes (ns).
+    sigma : float or array of shape (n_data,), optional
+        Noise standard deviations (ns): the fit is weighted by ``1 / sigma**2``; the returned RMSE
+        is the plain (unweighted) one, as the paper's misfits.
+
+    Returns
+    -------
+    slowness : float or ndarray (n_surveys,)
+        The best uniform slowness (ns/m).
+    data_rmse : float or ndarray (n_surveys,)
+        The data RMSE (ns) of that model.
+    """
+    d = np.asarray(data, dtype=np.float64)
+    single = d.ndim == 1
+    d = np.atleast_2d(d)
+    if d.ndim != 2 or d.shape[1] != operator.n_data:
+        raise ValueError(f"data must have shape ({operator.n_data},) or (n_surveys, {operator.n_data}), "
+                         f"got {np.shape(data)}")
+    if not np.isfinite(d).all():
+        raise ValueError("data contain NaN or infinity")
+    w = np.ones(operator.n_data) if sigma is None else np.broadcast_to(
+        1.0 / np.asarray(sigma, dtype=np.float64) ** 2, (operator.n_data,))
+    t1 = np.asarray(operator.response(np.ones(operator.n_params)), dtype=np.float64)
+    s0 = (d * w * t1).sum(axis=1) / (w * t1 * t1).sum()
+    rmse = np.sqrt(np.mean((d - s0[:, None] * t1) ** 2, axis=1))
+    return (float(s0[0]), float(rmse[0])) if single else (s0, rmse)
+
+
+def check_against_baselines(*, model_rmse=None, constant_rmse=None, data_rmse=None,
+                            homogeneous_rmse=None, what="the prior", stacklevel=2):
+    """Warn (:class:`BaselineWarning`) where a result is not clearly better than its baseline.
+
+    ``model_rmse`` is compared with ``MODEL_RATIO * constant_rmse`` and ``data_rmse`` with
+    ``DATA_RATIO * homogeneous_rmse``, element by element (arrays broadcast). ``what`` names the
+    result in the message. Returns a boolean array (or bool): True where every given comparison
+    passes.
+    """
+    ok = np.array(True)
+    messages = []
+    if model_rmse is not None and constant_rmse is not None:
+        m, c = np.broadcast_arrays(np.asarray(model_rmse, float), np.asarray(constant_rmse, float))
+        good = m <= MODEL_RATIO * c
+        ok = ok & good
+        if not good.all():
+            i = np.flatnonzero(~good.ravel())
+            messages.append(
+                f"{what}: model RMSE {np.round(m.ravel()[i], 3).tolist()} is not clearly better than the "
+                f"best constant model's {np.round(c.ravel()[i], 3).tolist()} (needs at most "
+                f"{MODEL_RATIO} times it); the prior may not have learned these images")
+    if data_rmse is not None and homogeneous_rmse is not None:
+        d, h = np.broadcast_arrays(np.asarray(data_rmse, float), np.asarray(homogeneous_rmse, float))
+        good = d <= DATA_RATIO * h
+        ok = ok & good
+        if not good.all():
+            i = np.flatnonzero(~good.ravel())
+            messages.append(
+                f"{what}: data RMSE {np.round(d.ravel()[i], 3).tolist()} ns is not clearly better than the "
+                f"best homogeneous-velocity model's {np.round(h.ravel()[i], 3).tolist()} ns (needs at "
+                f"most {DATA_RATIO} times it); an acceptance at this level says little")
+    for msg in messages:
+        warnings.warn(msg, BaselineWarning, stacklevel=stacklevel)
+    return bool(ok) if ok.ndim == 0 else ok

@@ -1,0 +1,69 @@
+"""Baselines: the best constant model and the best homogeneous-velocity model, and the warning."""
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from latentinv.baselines import (DATA_RATIO, MODEL_RATIO, BaselineWarning, check_against_baselines,
+                                 constant_model_rmse, homogeneous_fit)
+from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.operators import ShortestPathOperator, StraightRayOperator
+
+
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=40))
+@settings(max_examples=50, deadline=None)
+def test_constant_model_rmse_is_the_minimum_over_constants(values):
+    m = np.array(values)
+    best = constant_model_rmse(m)
+    # an independent search over constants never beats it, and the mean attains it
+    cs = np.linspace(-0.5, 1.5, 401)
+    brute = np.sqrt(((m[None, :] - cs[:, None]) ** 2).mean(axis=1)).min()
+    assert best <= brute + 1e-12
+    assert np.isclose(best, np.sqrt(((m - m.mean()) ** 2).mean()), atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: StraightRayOperator(g, CrossholeSurvey(np.c_[np.full(4, 0.01), np.linspace(0.2, 1.4, 4)],
+                                                     np.c_[np.full(4, 0.79), np.linspace(0.2, 1.4, 4)])),
+    lambda g: ShortestPathOperator(g, CrossholeSurvey(np.c_[np.zeros(4), np.linspace(0.2, 1.4, 4)],
+                                                      np.c_[np.full(4, 0.8), np.linspace(0.2, 1.4, 4)]),
+                                   n_secondary_nodes=2),
+])
+def test_homogeneous_fit_recovers_a_homogeneous_medium_and_is_least_squares(make):
+    op = make(Grid2D(16, 8, 0.1))
+    d = op.response(np.full(op.n_params, 12.5))
+    s0, r = homogeneous_fit(op, d)
+    assert np.isclose(s0, 12.5, rtol=1e-12) and r < 1e-9
+    rng = np.random.default_rng(0)
+    noisy = op.response(rng.uniform(12.5, 16.7, op.n_params)) + rng.normal(0, 0.3, op.n_data)
+    s0, r = homogeneous_fit(op, noisy)
+    # no other uniform slowness does better (the objective is a parabola in s0)
+    for s in (s0 * 0.99, s0 * 1.01):
+        assert np.sqrt(np.mean((noisy - op.response(np.full(op.n_params, s))) ** 2)) > r
+
+
+def test_homogeneous_fit_batched_equals_single():
+    g = Grid2D(16, 8, 0.1)
+    op = StraightRayOperator(g, CrossholeSurvey(np.c_[np.full(3, 0.01), [0.3, 0.8, 1.3]],
+                                                np.c_[np.full(3, 0.79), [0.3, 0.8, 1.3]]))
+    D = np.random.default_rng(1).uniform(5, 10, (3, op.n_data))
+    s, r = homogeneous_fit(op, D)
+    for i in range(3):
+        assert np.allclose(homogeneous_fit(op, D[i]), (s[i], r[i]), rtol=1e-12)
+    with pytest.raises(ValueError, match="n_data|shape"):
+        homogeneous_fit(op, D[:, :-1])
+    with pytest.raises(ValueError, match="NaN"):
+        homogeneous_fit(op, np.full(op.n_data, np.nan))
+
+
+def test_warning_fires_only_where_not_clearly_better():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_against_baselines(model_rmse=0.69 * 0.4 / 0.7 * MODEL_RATIO, constant_rmse=0.4)
+        assert check_against_baselines(data_rmse=DATA_RATIO * 6.0, homogeneous_rmse=6.0)
+    with pytest.warns(BaselineWarning, match="best constant model"):
+        ok = check_against_baselines(model_rmse=[0.1, 0.42], constant_rmse=[0.44, 0.45])
+    assert ok.tolist() == [True, False]
+    with pytest.warns(BaselineWarning, match="homogeneous"):
+        assert not check_against_baselines(data_rmse=3.5, homogeneous_rmse=6.0)
