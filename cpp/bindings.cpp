@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -55,6 +56,23 @@ struct RunArgs {
   const uint8_t* sources_ptr() const { return sources.ptr() != nullptr ? sources.data() : nullptr; }
 };
 
+// n_threads: a Python integer >= 1 (bool, float and str refused); values above INT_MAX are
+// clamped (the engine bounds its threads by max_threads() anyway).
+int parse_threads(py::handle obj, const char* where) {
+  const std::string got = py::repr(obj).cast<std::string>() + " (" +
+                          std::string(Py_TYPE(obj.ptr())->tp_name) + ")";
+  if (PyBool_Check(obj.ptr()) || !PyIndex_Check(obj.ptr()))
+    throw std::invalid_argument(std::string(where) + ": n_threads must be a positive integer, got " + got);
+  py::object index = py::reinterpret_steal<py::object>(PyNumber_Index(obj.ptr()));
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (overflow < 0 || (overflow == 0 && value < 1))
+    throw std::invalid_argument(std::string(where) + ": n_threads must be a positive integer, got " + got);
+  if (overflow > 0 || value > std::numeric_limits<int>::max()) return std::numeric_limits<int>::max();
+  return static_cast<int>(value);
+}
+
 RunArgs check_args(const ShortestPathEngine& engine, py::handle slowness_obj, int n_threads,
                    const std::string& queue, py::handle rows_obj, py::handle sources_obj,
                    const char* where) {
@@ -63,7 +81,8 @@ RunArgs check_args(const ShortestPathEngine& engine, py::handle slowness_obj, in
   // forcecast + c_style: a C-contiguous float64 copy when needed
   args.slowness = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(slowness_obj);
   if (!args.slowness) throw std::invalid_argument(std::string(where) + ": slowness must be a float64 array");
-  if (args.slowness.ndim() != 2 || args.slowness.shape(1) != engine.n_cells() || args.slowness.shape(0) < 1)
+  // n_models == 0 is allowed: an empty result, as the Python backend gives
+  if (args.slowness.ndim() != 2 || args.slowness.shape(1) != engine.n_cells())
     throw std::invalid_argument(std::string(where) + ": slowness must have shape (n_models, " +
                                 std::to_string(engine.n_cells()) + ")");
   if (n_threads < 1) throw std::invalid_argument(std::string(where) + ": n_threads must be >= 1");
@@ -83,8 +102,9 @@ py::tuple to_python(BatchResult&& result, int64_t n_models, int64_t n_data, bool
 }
 
 py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, bool want_jacobian,
-                     int n_threads, const std::string& queue, py::handle rows_obj,
+                     py::handle threads_obj, const std::string& queue, py::handle rows_obj,
                      py::handle sources_obj) {
+  const int n_threads = parse_threads(threads_obj, "ShortestPathEngine.run");
   RunArgs a = check_args(engine, slowness_obj, n_threads, queue, rows_obj, sources_obj,
                          "ShortestPathEngine.run");
   BatchResult result;
@@ -120,8 +140,9 @@ struct PendingRun {
 };
 
 PendingRun engine_submit(py::object self, py::handle slowness_obj, bool want_jacobian,
-                         int n_threads, const std::string& queue, py::handle rows_obj,
+                         py::handle threads_obj, const std::string& queue, py::handle rows_obj,
                          py::handle sources_obj) {
+  const int n_threads = parse_threads(threads_obj, "ShortestPathEngine.submit");
   const auto& engine = self.cast<const ShortestPathEngine&>();
   RunArgs a = check_args(engine, slowness_obj, n_threads, queue, rows_obj, sources_obj,
                          "ShortestPathEngine.submit");
@@ -167,10 +188,19 @@ void bind_shortest_path(py::module_& m) {
            },
            py::arg("node"))
       .def_property_readonly("n_sources", &ShortestPathEngine::n_sources)
+      .def_property_readonly("pool_size", &ShortestPathEngine::pool_size,
+                             "Worker threads of the background pool started so far (0 before the "
+                             "first submit); at most max_threads.")
+      .def_property_readonly_static(
+          "max_threads", [](py::object) { return ShortestPathEngine::max_threads(); },
+          "Upper bound on the threads of one run and on the background pool: "
+          "4 x std::thread::hardware_concurrency().")
       .def("run", &engine_run, py::arg("slowness"), py::arg("want_jacobian"), py::arg("n_threads"),
            py::arg("queue") = "auto", py::arg("jacobian_rows") = py::none(),
            py::arg("sources") = py::none(),
            "slowness (n_models, n_cells) -> (times (n_models, n_data), (indptr, indices, data) or None)."
+           " n_models may be 0 (empty result). n_threads: positive integer; at most "
+           "min(n_threads, tasks, max_threads) threads run."
            " The Jacobian is one CSR stacked over models (row model*n_data + datum). queue: 'auto', "
            "'heap' (4-ary) or 'buckets' (exact bucket queue); all give identical results. jacobian_rows: "
            "None or (n_models, n_data) flags; unflagged rows of the Jacobian are left empty. sources: "
@@ -180,7 +210,8 @@ void bind_shortest_path(py::module_& m) {
            py::arg("n_threads"), py::arg("queue") = "auto", py::arg("jacobian_rows") = py::none(),
            py::arg("sources") = py::none(),
            "The arguments of run(), queued on the engine's persistent worker pool (jobs served in "
-           "submission order, inputs copied); returns a PendingRun at once.");
+           "submission order, inputs copied); returns a PendingRun at once. The pool grows to "
+           "min(n_threads, the job's (model, source) tasks, max_threads) and never shrinks.");
 }
 
 }  // namespace

@@ -634,8 +634,8 @@ ShortestPathEngine::~ShortestPathEngine() {
 std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
     const double* slowness, int64_t n_models, bool want_jacobian, int n_threads, QueueKind queue,
     const uint8_t* jacobian_rows, const uint8_t* source_mask, bool own) const {
-  if (slowness == nullptr) fail("slowness is null");
-  if (n_models < 1) fail("n_models must be >= 1");
+  if (n_models < 0) fail("n_models must be >= 0");
+  if (slowness == nullptr && n_models > 0) fail("slowness is null");
   if (n_threads < 1) fail("n_threads must be >= 1");
   const int64_t n_cells = n_rows_ * n_cols_;
   for (int64_t i = 0; i < n_models * n_cells; ++i) {
@@ -651,7 +651,7 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
   job->n_threads = n_threads;
   const int64_t nd = n_data();
   if (own) {
-    job->slowness_copy.assign(slowness, slowness + n_models * n_cells);
+    if (n_models > 0) job->slowness_copy.assign(slowness, slowness + n_models * n_cells);
     job->slowness = job->slowness_copy.data();
     if (jacobian_rows != nullptr) {
       job->rows_copy.assign(jacobian_rows, jacobian_rows + n_models * nd);
@@ -763,6 +763,7 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
   std::shared_ptr<Job> job = prepare(slowness, n_models, want_jacobian, n_threads, queue,
                                      jacobian_rows, source_mask, /*own=*/false);
   const int64_t n_tasks = static_cast<int64_t>(job->tasks.size());
+  if (n_tasks == 0) return assemble(*job);  // empty batch or every source skipped
   std::exception_ptr error;
   std::mutex error_mutex;
   auto worker = [&]() {
@@ -781,7 +782,9 @@ BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bo
     }
     if (ws) release(std::move(ws));
   };
-  const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(n_threads, n_tasks));
+  const int64_t n_workers = std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(n_threads), n_tasks,
+                            static_cast<int64_t>(max_threads())}));
   if (n_workers == 1) {
     worker();
   } else {
@@ -846,11 +849,27 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::submit(
   {
     std::lock_guard<std::mutex> lock(pool->mutex);
     pool->queue.push_back(job);
-    while (static_cast<int>(pool->threads.size()) < n_threads)
+    // never more workers than this job can keep busy, nor than the machine-wide bound
+    const int64_t wanted = std::min<int64_t>(
+        {static_cast<int64_t>(n_threads), static_cast<int64_t>(job->tasks.size()),
+         static_cast<int64_t>(max_threads())});
+    while (static_cast<int64_t>(pool->threads.size()) < wanted)
       pool->threads.emplace_back(&ShortestPathEngine::pool_worker, this, pool);
   }
   pool->cv.notify_all();
   return job;
+}
+
+int ShortestPathEngine::max_threads() {
+  const unsigned hardware = std::thread::hardware_concurrency();
+  return 4 * static_cast<int>(std::max(1u, std::min(hardware, 1u << 20)));
+}
+
+int ShortestPathEngine::pool_size() const {
+  std::lock_guard<std::mutex> guard(workers_mutex_);
+  if (!workers_ || workers_->pid != getpid()) return 0;
+  std::lock_guard<std::mutex> lock(workers_->mutex);
+  return static_cast<int>(workers_->threads.size());
 }
 
 bool ShortestPathEngine::done(const Job& job) {

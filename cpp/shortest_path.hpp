@@ -78,8 +78,12 @@ class ShortestPathEngine {
                   const uint8_t* jacobian_rows = nullptr,
                   const uint8_t* source_mask = nullptr) const;
 
-  // The same computation, queued on the engine's persistent pool of worker threads (grown to
-  // n_threads on demand) and returned at once; the inputs are copied. Jobs are served in
+  // n_models may be 0: the result is then empty (no times, indptr = {0} with a Jacobian).
+  // Threads: a call uses at most min(n_threads, its (model, source) tasks, max_threads()).
+  //
+  // The same computation, queued on the engine's persistent pool of worker threads (grown on
+  // demand to min(n_threads, the job's tasks, max_threads()), never shrunk) and returned at once;
+  // the inputs are copied. Jobs are served in
   // submission order, so a job submitted behind another keeps the workers busy while the caller
   // works on the first one's result. wait() blocks until the job is done and returns its result
   // (once). Safe after fork(): a child process starts a fresh pool.
@@ -90,6 +94,12 @@ class ShortestPathEngine {
                               const uint8_t* source_mask = nullptr) const;
   BatchResult wait(Job& job) const;
   static bool done(const Job& job);
+
+  // Upper bound on the threads of one call and on the background pool:
+  // 4 x std::thread::hardware_concurrency() (4 when the hardware does not say).
+  static int max_threads();
+  // Worker threads of the background pool started so far (0 before the first submit).
+  int pool_size() const;
 
   int64_t n_nodes() const { return n_nodes_; }
   int64_t n_cells() const { return n_rows_ * n_cols_; }

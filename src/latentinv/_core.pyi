@@ -41,6 +41,12 @@ class ShortestPathEngine:
     def node_position(self, node: int) -> Tuple[float, float]: ...
     @property
     def n_sources(self) -> int: ...
+    @property
+    def pool_size(self) -> int:
+        """Worker threads of the background pool started so far (0 before the first ``submit``)."""
+    max_threads: int
+    """Upper bound (class attribute, read-only) on the threads of one ``run`` and on the pool:
+    ``4 * std::thread::hardware_concurrency()``."""
     def run(
         self,
         slowness: npt.ArrayLike,
@@ -57,7 +63,9 @@ class ShortestPathEngine:
         released; ``n_threads`` threads share the (model, source) tasks. ``jacobian_rows``
         ``(n_models, n_data)`` and ``sources`` ``(n_models, n_sources)`` are optional uint8 flags:
         unflagged Jacobian rows are left empty; the data of an unflagged (model, source) get NaN
-        times and empty rows.
+        times and empty rows. ``slowness`` may have 0 rows (an empty result). ``n_threads`` must be
+        a positive ``int`` (ValueError otherwise); at most ``min(n_threads, tasks, max_threads)``
+        threads run.
         """
     def submit(
         self,
@@ -68,8 +76,9 @@ class ShortestPathEngine:
         jacobian_rows: Optional[npt.ArrayLike] = None,
         sources: Optional[npt.ArrayLike] = None,
     ) -> "PendingRun":
-        """``run``'s work queued on the engine's persistent worker pool (grown to ``n_threads``);
-        jobs are served in submission order; the inputs are copied; returns at once."""
+        """``run``'s work queued on the engine's persistent worker pool (grown to
+        ``min(n_threads, the job's (model, source) tasks, max_threads)``, never shrunk); jobs are
+        served in submission order; the inputs are copied; returns at once."""
 
 class PendingRun:
     """A job of ``ShortestPathEngine.submit``."""

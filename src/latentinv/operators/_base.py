@@ -16,11 +16,74 @@ then takes its result instead of calling the engine again.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse"]
+__all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "check_slowness_tensor"]
+
+#: floating dtypes a torch model may have (the output of ``forward`` keeps the model's dtype)
+TORCH_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _dtype_names(dtypes):
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def _raise_bad_values(a, owner):
+    """Name the first bad cell of a float64 array ``(n_models, n_params)`` that failed the check."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        k, j = np.argwhere(~finite)[0]
+        raise ValueError(f"{owner}: model (slowness) holds NaN or inf: model {k}, cell {j} is "
+                         f"{float(a[k, j])!r} (expected finite slowness > 0, in ns/m)")
+    k, j = np.unravel_index(np.argmin(a), a.shape)
+    raise ValueError(f"{owner}: slowness must be > 0 in every cell (ns/m), got minimum "
+                     f"{float(a[k, j])!r} at model {k}, cell {j}")
+
+
+def check_slowness_tensor(m, n_params, owner, dtypes=TORCH_FLOAT_DTYPES):
+    """Check a torch slowness model ``(n_params,)`` or ``(batch, n_params)`` where it lives.
+
+    Type, dtype and shape are checked from metadata; the values (finite and > 0) by one fused
+    reduction (``torch.aminmax``: NaN propagates into both results, so ``min > 0 and max < inf``
+    rejects NaN, +-inf, zeros and negative values) with no copy of the model. On a CUDA tensor the
+    ``bool`` of the result is a host synchronisation (a few microseconds plus waiting for the queued
+    kernels); only when the check fails is the model copied to the host to name the bad cell.
+
+    Returns
+    -------
+    batch : torch.Tensor of shape (batch, n_params)
+        ``m`` itself, or a view with a leading axis of 1.
+    single : bool
+        Whether ``m`` was one model ``(n_params,)``.
+
+    Raises
+    ------
+    TypeError
+        If ``m`` is not a torch tensor.
+    ValueError
+        On a dtype outside ``dtypes``, a wrong shape, or a NaN, infinite or non-positive slowness.
+    """
+    if not isinstance(m, torch.Tensor):
+        raise TypeError(f"{owner}: model must be a torch.Tensor, got {type(m).__name__}")
+    if m.dtype not in dtypes:
+        raise ValueError(f"{owner}: model (slowness) must be a floating-point tensor (dtype one "
+                         f"of {_dtype_names(dtypes)}), got dtype {str(m.dtype).replace('torch.', '')}")
+    if m.ndim not in (1, 2) or m.shape[-1] != n_params:
+        raise ValueError(f"{owner}: model must have shape ({n_params},) or (batch, {n_params}) "
+                         f"(slowness per cell), got shape {tuple(m.shape)}")
+    single = m.ndim == 1
+    batch = m[None, :] if single else m
+    if batch.numel():
+        with torch.no_grad():
+            low, high = torch.aminmax(batch.detach())
+            ok = bool(torch.logical_and(low > 0, high < math.inf))  # host sync on CUDA
+        if not ok:
+            _raise_bad_values(batch.detach().to("cpu", torch.float64).numpy(), owner)
+    return batch, single
 
 
 class ForwardOperator:
@@ -45,13 +108,30 @@ class ForwardOperator:
 
     # -- validation -----------------------------------------------------------------------------------
     def _check_models(self, m, positive=True):
+        """A float64 copy ``(n_models, n_params)`` of ``m`` (NumPy, list or torch tensor on any
+        device), and whether ``m`` was one model. Raises ValueError on a non-real dtype (bool,
+        complex, strings), a wrong shape, NaN/inf, or (``positive``) a slowness <= 0."""
         name = type(self).__name__
         if isinstance(m, torch.Tensor):
-            m = m.detach().cpu().numpy()
+            if m.dtype == torch.bool or m.is_complex():
+                raise ValueError(f"{name}: model (slowness) must hold real numbers, got a tensor "
+                                 f"of dtype {str(m.dtype).replace('torch.', '')}")
+            m = m.detach().to("cpu", torch.float64).numpy()
         try:
-            a = np.array(m, dtype=np.float64, copy=True)
+            raw = np.asarray(m)
         except (TypeError, ValueError):
             raise ValueError(f"{name}: model must be a numeric array, got {type(m).__name__}") from None
+        if raw.dtype.kind in "bc":
+            raise ValueError(f"{name}: model (slowness) must hold real numbers, got dtype {raw.dtype}")
+        if raw.dtype.kind not in "iuf":
+            try:
+                if raw.dtype.kind != "O":
+                    raise TypeError
+                raw = raw.astype(np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: model must be a numeric array of slowness values, got "
+                                 f"{type(m).__name__} of dtype {raw.dtype}") from None
+        a = np.array(raw, dtype=np.float64, copy=True)
         single = a.ndim == 1
         if single:
             a = a[None, :]
@@ -60,12 +140,8 @@ class ForwardOperator:
                 f"{name}: model must have shape ({self.n_params},) or (n_models, {self.n_params}) "
                 f"(slowness per cell), got shape {np.shape(m)}"
             )
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name}: model (slowness) holds NaN or inf")
-        if positive and np.any(a <= 0):
-            raise ValueError(
-                f"{name}: slowness must be > 0 in every cell, got minimum {a.min()!r}"
-            )
+        if a.size and not (np.all(np.isfinite(a)) and (not positive or a.min() > 0)):
+            _raise_bad_values(a, name)
         return a, single
 
     # -- public contract ----------------------------------------------------------------------------
@@ -108,11 +184,13 @@ class ForwardOperator:
         slowness values (checked, ValueError otherwise); its result is used instead of a new engine
         call. It must hold the Jacobian (and its ``jacobian_rows`` must cover these) when ``m``
         requires a gradient.
+
+        ``m`` is checked before the engine runs (ValueError on a dtype other than float16,
+        bfloat16, float32 or float64, a wrong shape, or a NaN, infinite or non-positive slowness;
+        TypeError if it is not a tensor). The check on a CUDA tensor synchronises with the host
+        (the engine needs the model on the host anyway).
         """
-        if not isinstance(m, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}.forward expects a torch.Tensor, got {type(m).__name__}")
-        single = m.ndim == 1
-        mb = m[None, :] if single else m
+        mb, single = check_slowness_tensor(m, self.n_params, f"{type(self).__name__}.forward")
         mask = None
         if jacobian_rows is not None:
             idx = torch.as_tensor(jacobian_rows).detach().to("cpu")
@@ -150,6 +228,7 @@ class JacobianFunction(torch.autograd.Function):
         # the contract is checked whether or not the engine skipped rows (same behaviour everywhere)
         ctx.row_mask = row_mask if want else None
         ctx.jacobians = jac
+        ctx.n_params = operator.n_params
         return torch.tensor(t, dtype=m.dtype, device=m.device)
 
     @staticmethod
@@ -159,7 +238,9 @@ class JacobianFunction(torch.autograd.Function):
             raise RuntimeError("operator.forward(..., jacobian_rows=...): a gradient reached data "
                                "outside jacobian_rows, whose Jacobian rows were not computed")
         jac = ctx.jacobians
-        grad = np.stack([jac[i].T @ g[i] for i in range(len(jac))])
+        grad = np.zeros((len(jac), ctx.n_params))  # an empty batch has an empty gradient
+        for i in range(len(jac)):
+            grad[i] = jac[i].T @ g[i]
         return torch.tensor(grad, dtype=grad_out.dtype, device=grad_out.device), None, None, None
 
 

@@ -7,6 +7,8 @@ columns ``s`` (shot) and ``g`` (geophone), and traveltimes in ``t``.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -138,6 +140,16 @@ class PyGimliOperator(ForwardOperator):
             raise ValueError(
                 f"PyGimliOperator: backend must be 'latentinv' or 'pygimli', got {backend!r}"
             )
+        if not isinstance(grid, Grid2D):
+            raise TypeError(f"PyGimliOperator: grid must be a Grid2D, got {type(grid).__name__}")
+        if not isinstance(survey, CrossholeSurvey):
+            raise TypeError(
+                f"PyGimliOperator: survey must be a CrossholeSurvey, got {type(survey).__name__}"
+            )
+        if (isinstance(n_secondary_nodes, bool) or not isinstance(n_secondary_nodes, numbers.Integral)
+                or not 0 <= n_secondary_nodes <= 1000):
+            raise ValueError(f"PyGimliOperator: n_secondary_nodes must be an integer in [0, 1000], "
+                             f"got {n_secondary_nodes!r}")
         self.grid, self.survey = grid, survey
         self.n_secondary_nodes = n_secondary_nodes
         self.n_threads = n_threads

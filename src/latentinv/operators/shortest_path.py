@@ -271,7 +271,10 @@ class ShortestPathOperator(ForwardOperator):
         Number of secondary nodes on every cell side (0 uses the corners only).
     n_threads : int or None, default=None
         Threads of the C++ engine over (model, source) tasks; ``None`` uses ``os.cpu_count()``.
-        Results do not depend on it. Ignored by the Python backend.
+        A call never runs more threads than it has tasks, nor more than
+        ``4 x std::thread::hardware_concurrency()`` (``latentinv._core.ShortestPathEngine.max_threads``);
+        the background pool of ``submit`` grows to the same bound. Results do not depend on it.
+        Ignored by the Python backend.
     backend : {"auto", "cpp", "python"}, default="auto"
         ``"auto"`` takes the compiled core when it is built (and ``LATENTINV_PUREPYTHON`` is unset).
 

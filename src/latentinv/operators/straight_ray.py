@@ -8,12 +8,21 @@ import scipy.sparse as sp
 import torch
 
 from ..geometry import CrossholeSurvey, Grid2D
-from ._base import ForwardOperator
+from ._base import ForwardOperator, check_slowness_tensor
 
 __all__ = ["StraightRayOperator", "straight_ray_matrix"]
 
 # a ray lies "on" a grid line when it is closer than this fraction of a cell to it
 _LINE_TOL = 1e-9
+#: conventions for a ray segment lying exactly on a cell boundary (see straight_ray_matrix)
+BOUNDARY_RAYS = ("split", "upper_left")
+
+
+def _check_boundary_rays(boundary_rays, owner):
+    if not isinstance(boundary_rays, str) or boundary_rays not in BOUNDARY_RAYS:
+        raise ValueError(f"{owner}: boundary_rays must be 'split' or 'upper_left', "
+                         f"got {boundary_rays!r}")
+    return boundary_rays
 
 
 def _line_index(coord, start, step, n):
@@ -23,27 +32,46 @@ def _line_index(coord, start, step, n):
     return int(r) if abs(k - r) <= _LINE_TOL and 0 <= r <= n else -1
 
 
-def straight_ray_matrix(grid, survey):
+def straight_ray_matrix(grid, survey, boundary_rays="split"):
     """Sparse matrix of the length (m) of every straight ray in every cell.
 
     Each ray is cut at every grid line it crosses (parametric crossing points, as in Siddon 1985);
     each piece is credited to the cell that holds its midpoint, so row ``i`` sums to the
     source-receiver distance of datum ``i`` up to rounding.
 
-    A ray running exactly along a cell boundary (a vertical or horizontal ray on a grid line) is
-    split half and half between the two cells that share the boundary; on the outer edge of the grid
-    it is credited wholly to the one cell inside.
+    A ray running exactly along a cell boundary (a vertical or horizontal ray on a grid line, within
+    ``1e-9`` cell) belongs to two cells equally; ``boundary_rays`` says where it goes:
+
+    - ``"split"`` (default): half and half between the two cells that share the boundary. This is
+      the symmetric choice: the limit of rays an infinitesimal distance above and below the line,
+      invariant under flipping the grid, so it favours neither neighbour and the traveltime is the
+      mean of the two rows' slownesses.
+    - ``"upper_left"``: wholly to the cell row above (smaller row index) for a horizontal ray, wholly
+      to the column on the left (smaller column index) for a vertical one. This reproduces the
+      straight-ray kernel of the paper's published code (Irving/Laloy), which assigns each segment
+      to a cell by a ceil rule on its midpoint; it biases the data toward the upper rows (all 25
+      horizontal rays of the paper's geometry lie on boundaries).
+
+    Under either convention a ray on the outer edge of the grid is credited wholly to the one cell
+    inside, and each row sums to the source-receiver distance.
 
     Parameters
     ----------
     grid : Grid2D
     survey : CrossholeSurvey
         Every sensor must lie in the grid (boundary included).
+    boundary_rays : {"split", "upper_left"}, default="split"
+        Convention for segments on a cell boundary (above).
 
     Returns
     -------
     scipy.sparse.csr_matrix of shape (n_data, n_cells)
     """
+    _check_boundary_rays(boundary_rays, "straight_ray_matrix")
+    if not isinstance(grid, Grid2D):
+        raise TypeError(f"straight_ray_matrix: grid must be a Grid2D, got {type(grid).__name__}")
+    if not isinstance(survey, CrossholeSurvey):
+        raise TypeError(f"straight_ray_matrix: survey must be a CrossholeSurvey, got {type(survey).__name__}")
     survey.check_in(grid, owner="StraightRayOperator")
     x0, z0 = grid.origin
     xe, ze = grid.x_edges, grid.depth_edges
@@ -72,10 +100,14 @@ def straight_ray_matrix(grid, survey):
             if on_x >= 0:
                 left, right = on_x - 1, on_x
                 sides = [c for c in (left, right) if 0 <= c < grid.n_cols]
+                if boundary_rays == "upper_left":
+                    sides = sides[:1]  # the left column (the one inside on an outer edge)
                 parts = [(row, np.full_like(col, c)) for c in sides]
             else:
                 up, down = on_z - 1, on_z
                 sides = [r for r in (up, down) if 0 <= r < grid.n_rows]
+                if boundary_rays == "upper_left":
+                    sides = sides[:1]  # the row above (the one inside on an outer edge)
                 parts = [(np.full_like(row, r), col) for r in sides]
             for r_, c_ in parts:
                 rows.append(np.full(len(seg), i))
@@ -104,6 +136,11 @@ class StraightRayOperator(ForwardOperator):
     survey : CrossholeSurvey
         Sensors inside the grid. The paper's linear case uses boreholes at x = 0.01 and 6.49 m
         (``CrossholeSurvey.paper(0.01, 6.49)``).
+    boundary_rays : {"split", "upper_left"}, default="split"
+        Where a ray segment lying exactly on a cell boundary goes: ``"split"`` half and half
+        between the two cells (symmetric, unbiased); ``"upper_left"`` wholly to the row above or
+        the column on the left, as the paper's published straight-ray kernel does (use it to
+        reproduce the paper's linear-case data). See :func:`straight_ray_matrix`.
 
     Attributes
     ----------
@@ -114,7 +151,7 @@ class StraightRayOperator(ForwardOperator):
     is_linear = True
     backend = "python"
 
-    def __init__(self, grid, survey):
+    def __init__(self, grid, survey, boundary_rays="split"):
         if not isinstance(grid, Grid2D):
             raise TypeError(f"StraightRayOperator: grid must be a Grid2D, got {type(grid).__name__}")
         if not isinstance(survey, CrossholeSurvey):
@@ -123,15 +160,21 @@ class StraightRayOperator(ForwardOperator):
             )
         self.grid = grid
         self.survey = survey
-        self.matrix = straight_ray_matrix(grid, survey)
+        self.boundary_rays = _check_boundary_rays(boundary_rays, "StraightRayOperator")
+        self.matrix = straight_ray_matrix(grid, survey, boundary_rays)
         self.n_data, self.n_params = self.matrix.shape
         self._torch_cache = {}
 
     def __reduce__(self):
-        return (StraightRayOperator, (self.grid, self.survey))
+        return (StraightRayOperator, (self.grid, self.survey, self.boundary_rays))
 
     def __repr__(self):
-        return f"StraightRayOperator(grid={self.grid!r}, survey={self.survey!r})"
+        return (f"StraightRayOperator(grid={self.grid!r}, survey={self.survey!r}, "
+                f"boundary_rays={self.boundary_rays!r})")
+
+    def get_params(self, deep=False):
+        """The constructor parameters, by name (as scikit-learn's ``get_params``)."""
+        return {"grid": self.grid, "survey": self.survey, "boundary_rays": self.boundary_rays}
 
     def _response_and_jacobian(self, m, want_jacobian):
         t = (self.matrix @ m.T).T
@@ -174,16 +217,15 @@ class StraightRayOperator(ForwardOperator):
         return self._torch_cache[key]
 
     def forward(self, m):
-        """Differentiable ``t = G m`` in torch for ``(n_params,)`` or ``(batch, n_params)``."""
-        if not isinstance(m, torch.Tensor):
-            raise TypeError(f"StraightRayOperator.forward expects a torch.Tensor, got {type(m).__name__}")
-        if m.shape[-1] != self.n_params or m.ndim > 2:
-            raise ValueError(
-                f"StraightRayOperator: model must have shape ({self.n_params},) or "
-                f"(batch, {self.n_params}), got {tuple(m.shape)}"
-            )
-        single = m.ndim == 1
-        mb = m[None, :] if single else m
+        """Differentiable ``t = G m`` in torch for ``(n_params,)`` or ``(batch, n_params)``.
+
+        ``m`` must be a float32 or float64 tensor of finite slowness > 0 (ns/m), else ValueError
+        (TypeError if it is not a tensor). The check is one fused reduction over ``m`` with no copy
+        (see :func:`~latentinv.operators._base.check_slowness_tensor`); on a CUDA tensor it forces
+        a host synchronisation.
+        """
+        mb, single = check_slowness_tensor(m, self.n_params, "StraightRayOperator.forward",
+                                           dtypes=(torch.float32, torch.float64))
         G = self.torch_matrix(mb.device, mb.dtype)
         GT = self.torch_matrix(mb.device, mb.dtype, transpose=True)
         out = _LinearSparse.apply(mb, G, GT)
