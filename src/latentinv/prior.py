@@ -10,10 +10,12 @@ live in :mod:`latentinv.nn.vae`; this module is the scikit-learn shell.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
 import os
+import tempfile
 import warnings
 from numbers import Integral, Real
 
@@ -34,31 +36,274 @@ from .nn.vae import (
     kl_divergence,
     vae_loss,
 )
+from .nn.reference import PUBLISHED_IMAGE_SHAPE, convert_published_state_dict
 
-__all__ = ["VAEPrior"]
+__all__ = ["VAEPrior", "ModelFileError", "UnverifiedModelWarning"]
 
 _WEIGHTS_FILE = "weights.safetensors"
 _CONFIG_FILE = "config.json"
 _CHUNK = 1024  # samples per forward pass in encode/decode/score
 
 
-def _resolve_device(device, owner="VAEPrior"):
+_DEVICE_EXPECTED = "'cpu', 'cuda', 'cuda:N' or 'auto'"
+
+
+def _parse_device(device, owner="VAEPrior", pname="device"):
+    """``torch.device`` of a device spec, without checking that it exists here ('auto' stays 'auto')."""
     if isinstance(device, torch.device):
         device = str(device)
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "auto"
     if not isinstance(device, str):
-        raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}.")
+        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.")
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{owner}: device={device!r} requested but CUDA is not available; "
-                         "use device='cpu' or 'auto'.")
+        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}.")
+        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.")
     return dev
+
+
+def _resolve_device(device, owner="VAEPrior", pname="device"):
+    """The ``torch.device`` to use for ``device`` ('auto': CUDA when available, else the CPU).
+
+    Raises a ValueError naming ``pname`` when the spec is malformed or asks for a CUDA device that
+    this machine does not have.
+    """
+    dev = _parse_device(device, owner, pname)
+    if dev == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{owner}: {pname}={device!r} asks for CUDA, but CUDA is not available on "
+                             f"this machine (torch.cuda.is_available() is False); expected 'cpu' or "
+                             f"'auto' here.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{owner}: {pname}={device!r} names a CUDA device that does not exist; "
+                             f"expected an index below {torch.cuda.device_count()}.")
+    return dev
+
+
+_FORMAT = "latentinv.VAEPrior"
+_VERSION = 2          # 1: no checksums (before issue 14); 2: weights_sha256 + config_sha256
+_CHECKSUM_KEYS = ("weights_sha256", "config_sha256")
+_CONFIG_KEYS = ("format", "version", "params", "custom_architecture", "fitted")
+_FITTED_KEYS = ("image_shape_", "n_features_in_", "device_", "history_", "beta_per_sample_")
+_HISTORY_KEYS = ("reconstruction", "kl", "loss")
+
+
+class ModelFileError(ValueError):
+    """A saved model file is unreadable, inconsistent or fails its integrity check.
+
+    The message names the file and what is wrong with it.
+    """
+
+
+class UnverifiedModelWarning(UserWarning):
+    """A saved prior has no checksums (written before they existed): it cannot be verified."""
+
+
+def _config_digest(config):
+    """SHA-256 of the canonical JSON of ``config`` without its ``config_sha256`` entry."""
+    payload = {k: v for k, v in config.items() if k != "config_sha256"}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _atomic_write(path, data):
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _parse_config(raw, config_path, owner):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFileError(f"{owner}: {config_path!r} is not UTF-8 text ({err}); expected the JSON "
+                             f"written by VAEPrior.save.") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{owner}: {config_path!r} is not valid JSON ({err.msg} at line {err.lineno}, "
+                             f"column {err.colno}; {len(raw)} bytes): the file is truncated or was "
+                             f"edited.") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{owner}: {config_path!r} must hold a JSON object; got "
+                             f"{type(config).__name__}.")
+    if config.get("format") != _FORMAT:
+        raise ModelFileError(f"{owner}: {config_path!r} does not hold a saved VAEPrior: expected "
+                             f"'format': {_FORMAT!r}; got {config.get('format', '<missing>')!r}.")
+    version = config.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in (1, _VERSION):
+        raise ModelFileError(f"{owner}: {config_path!r}: 'version' must be 1 or {_VERSION} (this "
+                             f"latentinv reads those); got {version!r}.")
+    return config
+
+
+def _verify_checksums(config, weights, config_path, weights_path, owner):
+    """Check both digests; warn (UnverifiedModelWarning) for version-1 files that have none."""
+    present = [k for k in _CHECKSUM_KEYS if k in config]
+    if not present and config["version"] == 1:
+        warnings.warn(f"{owner}: {config_path!r} has no checksums (saved by a latentinv before they "
+                      f"existed, format version 1): its weights and configuration cannot be verified. "
+                      f"Re-save it with VAEPrior.save to add them.", UnverifiedModelWarning, stacklevel=3)
+        return False
+    for key in _CHECKSUM_KEYS:
+        value = config.get(key)
+        if value is None:
+            raise ModelFileError(f"{owner}: {config_path!r}: missing key {key!r} (a SHA-256 hex digest); "
+                                 f"the file was edited or is incomplete.")
+        if (not isinstance(value, str) or len(value) != 64
+                or any(c not in "0123456789abcdef" for c in value)):
+            raise ModelFileError(f"{owner}: {config_path!r}: {key!r} must be a SHA-256 hex digest "
+                                 f"(64 lowercase hex digits); got {value!r}.")
+    actual = _config_digest(config)
+    if actual != config["config_sha256"]:
+        raise ModelFileError(f"{owner}: {config_path!r} was modified after it was saved: the SHA-256 of "
+                             f"its canonical JSON (without 'config_sha256') is {actual}, but "
+                             f"'config_sha256' records {config['config_sha256']}. Do not edit a saved "
+                             f"prior; re-save it from the estimator.")
+    actual = hashlib.sha256(weights).hexdigest()
+    if actual != config["weights_sha256"]:
+        raise ModelFileError(f"{owner}: {weights_path!r} does not match its checksum: its SHA-256 is "
+                             f"{actual} ({len(weights)} bytes), but {_CONFIG_FILE} records "
+                             f"'weights_sha256' {config['weights_sha256']}. The weights are corrupted, "
+                             f"truncated or were replaced.")
+    return True
+
+
+def _is_int(value, minimum=None):
+    ok = isinstance(value, Integral) and not isinstance(value, bool)
+    return ok and (minimum is None or value >= minimum)
+
+
+def _check_config(cls, config, config_path, owner, architecture):
+    """Validate the structure and types of a parsed config; return (params, fitted) ready to use."""
+    where = f"{owner}: {config_path!r}"
+
+    def keys(mapping, required, label, optional=()):
+        missing = [k for k in required if k not in mapping]
+        unexpected = [k for k in mapping if k not in required and k not in optional]
+        if missing or unexpected:
+            raise ModelFileError(f"{where}: {label} has missing keys {missing} and unexpected keys "
+                                 f"{unexpected}; expected exactly {list(required)}.")
+
+    keys(config, _CONFIG_KEYS, "the configuration", optional=_CHECKSUM_KEYS)
+    params, fitted = config["params"], config["fitted"]
+    for label, value in (("params", params), ("fitted", fitted)):
+        if not isinstance(value, dict):
+            raise ModelFileError(f"{where}: {label!r} must be a JSON object; got {type(value).__name__}.")
+    custom = config["custom_architecture"]
+    if not isinstance(custom, bool):
+        raise ModelFileError(f"{where}: 'custom_architecture' must be true or false; got {custom!r}.")
+    keys(params, cls._get_param_names(), "'params'")
+    keys(fitted, _FITTED_KEYS, "'fitted'")
+
+    params = dict(params)
+    for key in ("channels", "kernel_sizes"):
+        value = params[key]
+        if not isinstance(value, list) or not value or not all(_is_int(v, 1) for v in value):
+            raise ModelFileError(f"{where}: params.{key} must be a non-empty list of positive ints; "
+                                 f"got {value!r}.")
+        params[key] = tuple(value)
+    shape = params["image_shape"]
+    if shape is not None:
+        if not isinstance(shape, list) or len(shape) != 2 or not all(_is_int(v, 1) for v in shape):
+            raise ModelFileError(f"{where}: params.image_shape must be null or [n_rows, n_cols] (positive "
+                                 f"ints); got {shape!r}.")
+        params["image_shape"] = tuple(shape)
+    try:
+        _parse_device(params["device"], where, "params.device")
+    except ValueError as err:
+        raise ModelFileError(str(err)) from None
+    if not (params["random_state"] is None or _is_int(params["random_state"])):
+        raise ModelFileError(f"{where}: params.random_state must be null or an int; got "
+                             f"{params['random_state']!r}.")
+    if not (_is_int(params["verbose"], 0) or isinstance(params["verbose"], bool)):
+        raise ModelFileError(f"{where}: params.verbose must be an int >= 0; got {params['verbose']!r}.")
+    if custom:
+        if params["architecture"] is not None:
+            raise ModelFileError(f"{where}: params.architecture must be null when custom_architecture "
+                                 f"is true; got {params['architecture']!r}.")
+        if not callable(architecture):
+            raise ValueError(f"{owner}: this prior was trained with a custom architecture factory; pass "
+                             f"it as architecture= (a callable); got {architecture!r}.")
+        params["architecture"] = architecture
+    elif params["architecture"] not in ("conv", "mlp"):
+        raise ModelFileError(f"{where}: params.architecture must be 'conv' or 'mlp' (or null with "
+                             f"custom_architecture true); got {params['architecture']!r}.")
+
+    image_shape_ = fitted["image_shape_"]
+    if image_shape_ is not None:
+        if (not isinstance(image_shape_, list) or len(image_shape_) != 2
+                or not all(_is_int(v, 1) for v in image_shape_)):
+            raise ModelFileError(f"{where}: fitted.image_shape_ must be null or [n_rows, n_cols] (positive "
+                                 f"ints); got {image_shape_!r}.")
+        image_shape_ = tuple(image_shape_)
+    n_features = fitted["n_features_in_"]
+    if not _is_int(n_features, 1):
+        raise ModelFileError(f"{where}: fitted.n_features_in_ must be an int >= 1; got {n_features!r}.")
+    if image_shape_ is not None and image_shape_[0] * image_shape_[1] != n_features:
+        raise ModelFileError(f"{where}: fitted.image_shape_ {list(image_shape_)} has "
+                             f"{image_shape_[0] * image_shape_[1]} cells but fitted.n_features_in_ is "
+                             f"{n_features}.")
+    if params["image_shape"] is not None and params["image_shape"] != image_shape_:
+        raise ModelFileError(f"{where}: params.image_shape {list(params['image_shape'])} differs from "
+                             f"fitted.image_shape_ {image_shape_ and list(image_shape_)}.")
+    if params["architecture"] == "conv" and image_shape_ is None:
+        raise ModelFileError(f"{where}: architecture 'conv' needs fitted.image_shape_ [n_rows, n_cols]; "
+                             f"got null.")
+    try:
+        saved_device = _parse_device(fitted["device_"], where, "fitted.device_")
+    except ValueError as err:
+        raise ModelFileError(str(err)) from None
+    if saved_device == "auto":
+        raise ModelFileError(f"{where}: fitted.device_ must be a concrete device ('cpu', 'cuda', "
+                             f"'cuda:N'); got 'auto'.")
+    history = fitted["history_"]
+    if not isinstance(history, dict):
+        raise ModelFileError(f"{where}: fitted.history_ must be a JSON object; got {type(history).__name__}.")
+    keys(history, _HISTORY_KEYS, "fitted.history_")
+    for key, values in history.items():
+        if not isinstance(values, list) or not all(
+                isinstance(v, Real) and not isinstance(v, bool) for v in values):
+            raise ModelFileError(f"{where}: fitted.history_.{key} must be a list of numbers.")
+    if len({len(v) for v in history.values()}) > 1:
+        raise ModelFileError(f"{where}: the lists of fitted.history_ differ in length: "
+                             f"{ {k: len(v) for k, v in history.items()} }.")
+    beta_per_sample = fitted["beta_per_sample_"]
+    if (not isinstance(beta_per_sample, Real) or isinstance(beta_per_sample, bool)
+            or not math.isfinite(beta_per_sample) or beta_per_sample < 0):
+        raise ModelFileError(f"{where}: fitted.beta_per_sample_ must be a finite number >= 0; got "
+                             f"{beta_per_sample!r}.")
+    fitted = {"image_shape_": image_shape_, "n_features_in_": int(n_features), "device_": str(saved_device),
+              "history_": {k: [float(v) for v in vals] for k, vals in history.items()},
+              "beta_per_sample_": float(beta_per_sample)}
+    return params, fitted
+
+
+def _saved_device_or_cpu(saved, context):
+    """The saved device when this machine has it, else the CPU with a warning (``context`` says why)."""
+    device = torch.device(saved)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            warnings.warn(f"{context} CUDA is not available; loading it on the CPU. Pass device='cpu' "
+                          f"or 'auto' to choose explicitly.", UserWarning, stacklevel=3)
+            return torch.device("cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            warnings.warn(f"{context} this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"loading it on cuda:0.", UserWarning, stacklevel=3)
+            return torch.device("cuda", 0)
+    return device
 
 
 def _deterministic_kernels(device):
@@ -216,7 +461,13 @@ class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
 
     # ------------------------------------------------------------------ checks
     def _check_params(self):
-        name = type(self).__name__
+        """Check the parameters (as ``fit`` needs them) and return the resolved device."""
+        self._check_hyperparams()
+        return _resolve_device(self.device, type(self).__name__)
+
+    def _check_hyperparams(self, name=None):
+        """Types and ranges of every parameter but the device's availability (shared by fit and load)."""
+        name = type(self).__name__ if name is None else name
 
         def positive_int(value, pname, minimum=1):
             if not isinstance(value, Integral) or isinstance(value, bool) or value < minimum:
@@ -254,7 +505,6 @@ class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
                     or any(not isinstance(s, Integral) or s < 1 for s in shape)):
                 raise ValueError(f"{name}: image_shape must be None or a pair of positive ints "
                                  f"(n_rows, n_cols); got {shape!r}.")
-        return _resolve_device(self.device, name)
 
     def _validate_X(self, X, reset):
         """Return float32 flat array (n_samples, n_features); sets/checks image shape."""
@@ -514,32 +764,40 @@ or PatchSampler
         params["architecture"] = None if custom else params["architecture"]
         for key in ("channels", "kernel_sizes", "image_shape"):
             if params[key] is not None:
-                params[key] = list(params[key])
+                params[key] = [int(v) for v in params[key]]
         params["device"] = str(params["device"])
         if not isinstance(params["random_state"], (int, type(None))):
             params["random_state"] = None
         return {
-            "format": "latentinv.VAEPrior",
-            "version": 1,
+            "format": _FORMAT,
+            "version": _VERSION,
             "params": params,
             "custom_architecture": custom,
             "fitted": {
                 "image_shape_": list(self.image_shape_) if self.image_shape_ is not None else None,
                 "n_features_in_": int(self.n_features_in_),
                 "device_": str(self.device_),
-                "history_": self.history_,
-                "beta_per_sample_": self.beta_per_sample_,
+                "history_": {k: [float(v) for v in vals] for k, vals in self.history_.items()},
+                "beta_per_sample_": float(self.beta_per_sample_),
             },
         }
 
     def save(self, path):
-        """Save the fitted prior to the directory ``path``.
+        """Save the fitted prior to the directory ``path``, with checksums.
 
-        Writes ``path/weights.safetensors`` (the state dict of ``module_``,
-        CPU tensors) and ``path/config.json`` (parameters, fitted shapes,
-        history). Neither needs code execution to load. A prior with a
-        callable ``architecture`` is saved too, but :meth:`load` then needs
-        the factory again.
+        Writes ``path/weights.safetensors`` (the state dict of ``module_``, CPU tensors) and
+        ``path/config.json`` (parameters, fitted shapes, history). Neither needs code execution to
+        load. ``config.json`` records two SHA-256 digests that :meth:`load` verifies:
+
+        * ``weights_sha256``: of the bytes of ``weights.safetensors``;
+        * ``config_sha256``: of the canonical JSON of ``config.json`` without ``config_sha256``
+          (keys sorted, separators ``","`` and ``":"``, ASCII), so an edit of any field
+          (architecture, shapes, ``weights_sha256`` itself) is detected.
+
+        The checksums detect corruption and accidental edits, not deliberate forgery (whoever can
+        edit the files can recompute them). Each file is written to a temporary name and then
+        renamed, the configuration last. A prior with a callable ``architecture`` is saved too,
+        but :meth:`load` then needs the factory again.
 
         Parameters
         ----------
@@ -547,89 +805,227 @@ or PatchSampler
             Directory (created if missing).
         """
         check_is_fitted(self, "module_")
-        from safetensors.torch import save_file
+        from safetensors.torch import save as safetensors_bytes
 
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.module_.state_dict().items()}
-        save_file(state, os.path.join(path, _WEIGHTS_FILE))
-        with open(os.path.join(path, _CONFIG_FILE), "w") as f:
-            json.dump(self._config(), f, indent=1)
+        weights = safetensors_bytes(state)
+        config = json.loads(json.dumps(self._config()))     # exactly what load will read back
+        config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+        config["config_sha256"] = _config_digest(config)
+        _atomic_write(os.path.join(path, _WEIGHTS_FILE), weights)
+        _atomic_write(os.path.join(path, _CONFIG_FILE), json.dumps(config, indent=1).encode("ascii"))
 
     @classmethod
     def pretrained(cls, device=None):
         """The default prior shipped with the package (no external file, no code execution).
 
-        A reduced network (channels (16, 32, 64, 128), hidden 256) trained for 6000 Adam steps of
-        64 crops of 129 x 65 from procedural channel images by ``scripts/train_default_prior.py``;
-        its configuration, training curve and quality are recorded in ``docs/default_prior.json``.
-        It is much cheaper than the paper's model (1e5 steps of the reference network). Models from
-        the same family of images: ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=s)``
+        A reduced network (channels (16, 32, 64, 128), hidden 256) trained on the CPU for 6000 Adam
+        steps of 64 crops of 129 x 65 from procedural channel images by
+        ``scripts/train_default_prior.py``; its configuration, training curve and quality are
+        recorded in ``docs/default_prior.json``. It is much cheaper than the paper's model (1e5
+        steps of the reference network). Models from the same family of images:
+        ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=s)``
         (:mod:`latentinv.datasets`) with a seed other than its training seeds (11-14) and the
-        held-out one of its record (99).
+        held-out one of its record (99). Its files carry checksums, verified at every load.
+
+        Parameters
+        ----------
+        device : {None, "cpu", "cuda", "cuda:N", "auto"} or torch.device, default=None
+            None: the CPU (where it was saved); "auto": CUDA when available, else the CPU. Asking
+            for CUDA on a machine without it raises a ValueError.
         """
         from importlib.resources import files
 
+        if device is not None:
+            device = _resolve_device(device, f"{cls.__name__}.pretrained")
         return cls.load(str(files("latentinv") / "data" / "default_prior"), device=device)
 
     @classmethod
     def load(cls, path, device=None, architecture=None):
-        """Load a prior written by :meth:`save` (no code is executed).
+        """Load a prior written by :meth:`save` (no code is executed), verifying its checksums.
 
         Parameters
         ----------
         path : str or path-like
             Directory given to :meth:`save`.
-        device : str or None, default=None
-            Device of the loaded module; None: the saved one if available,
-            else the CPU (with a warning).
+        device : {None, "cpu", "cuda", "cuda:N", "auto"} or torch.device, default=None
+            Device of the loaded module. None: the one it was on when saved (fitted attribute
+            ``device_`` in ``config.json``) if available here, else the CPU with a warning;
+            "auto": CUDA when available, else the CPU. Asking for CUDA on a machine without it
+            raises a ValueError.
         architecture : callable or None
-            The module factory, required when the prior was trained with a
-            callable ``architecture``.
+            The module factory, required when the prior was trained with a callable
+            ``architecture``.
 
         Returns
         -------
         prior : VAEPrior
             Fitted.
-        """
-        from safetensors.torch import load_file
 
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` is not a directory, or ``config.json`` or ``weights.safetensors`` is missing.
+        ModelFileError
+            (a ValueError) naming the file and what is wrong: invalid JSON (e.g. truncated), a
+            missing or unexpected key, a parameter of the wrong type or out of range (the checks of
+            ``fit``), fitted attributes inconsistent with each other, a checksum that does not
+            match (edited configuration, corrupted or replaced weights), a weights file that is
+            not safetensors, or tensors whose names, shapes or dtypes differ from the architecture
+            that ``config.json`` describes.
+
+        Warns
+        -----
+        UnverifiedModelWarning
+            For files written before checksums existed (format version 1 without
+            ``weights_sha256``/``config_sha256``): they are loaded after every structural check,
+            but an edit of the weights' values or of a field that keeps the tensor shapes (e.g.
+            ``image_shape_`` [129, 65] -> [65, 129]) cannot be detected. Re-save such a prior with
+            :meth:`save` to add checksums.
+        """
+        name = f"{cls.__name__}.load"
         path = os.fspath(path)
-        with open(os.path.join(path, _CONFIG_FILE)) as f:
-            config = json.load(f)
-        if config.get("format") != "latentinv.VAEPrior":
-            raise ValueError(f"{cls.__name__}.load: {path!r} does not hold a saved VAEPrior.")
-        params = dict(config["params"])
-        for key in ("channels", "kernel_sizes", "image_shape"):
-            if params.get(key) is not None:
-                params[key] = tuple(params[key])
-        if config["custom_architecture"]:
-            if architecture is None:
-                raise ValueError(f"{cls.__name__}.load: this prior was trained with a custom "
-                                 "architecture factory; pass it as architecture=.")
-            params["architecture"] = architecture
+        target = None if device is None else _resolve_device(device, name)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{name}: {path!r} is not a directory; expected a directory written "
+                                    f"by VAEPrior.save holding {_CONFIG_FILE} and {_WEIGHTS_FILE}.")
+        config_path = os.path.join(path, _CONFIG_FILE)
+        weights_path = os.path.join(path, _WEIGHTS_FILE)
+        for file in (config_path, weights_path):
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"{name}: {file!r} is missing; a saved VAEPrior holds both "
+                                        f"{_CONFIG_FILE} and {_WEIGHTS_FILE}.")
+        with open(config_path, "rb") as f:
+            raw_config = f.read()
+        with open(weights_path, "rb") as f:
+            weights = f.read()
+        config = _parse_config(raw_config, config_path, name)
+        _verify_checksums(config, weights, config_path, weights_path, name)
+        params, fitted = _check_config(cls, config, config_path, name, architecture)
+
         prior = cls(**params)
-        fitted = config["fitted"]
-        prior.image_shape_ = tuple(fitted["image_shape_"]) if fitted["image_shape_"] is not None else None
-        prior.n_features_in_ = int(fitted["n_features_in_"])
+        try:
+            prior._check_hyperparams(name=f"{name}: {config_path}: params")
+        except ValueError as err:
+            raise ModelFileError(str(err)) from None
+        prior.image_shape_ = fitted["image_shape_"]
+        prior.n_features_in_ = fitted["n_features_in_"]
         prior.history_ = fitted["history_"]
         prior.beta_per_sample_ = fitted["beta_per_sample_"]
         prior._n_features_out = int(prior.n_components)
-        state = load_file(os.path.join(path, _WEIGHTS_FILE), device="cpu")
-        prior._restore_module(state, device if device is not None else fitted["device_"])
+
+        from safetensors.torch import load as safetensors_load
+
+        try:
+            state = safetensors_load(weights)
+        except Exception as err:  # safetensors raises its own error types for malformed files
+            raise ModelFileError(f"{name}: {weights_path!r} is not a readable safetensors file "
+                                 f"({type(err).__name__}: {err}).") from None
+        if target is None:
+            target = _saved_device_or_cpu(fitted["device_"], f"{name}: {config_path!r} records that the "
+                                          f"network was on {fitted['device_']!r} when saved (device_), but")
+        prior._restore_module(state, target, source=f"{name}: {weights_path!r}")
         return prior
 
-    def _restore_module(self, state, device_name):
-        device = torch.device(device_name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            warnings.warn(f"{type(self).__name__}: the prior was trained on {device_name} but CUDA "
-                          "is not available; loading it on the CPU.", UserWarning)
-            device = torch.device("cpu")
+    @classmethod
+    def from_reference_checkpoint(cls, path, device="cpu"):
+        """Load the paper's published trained VAE into a fitted prior.
+
+        The file is ``VAE/VAE_inMSEeps100r1e3.pth`` of github.com/jlalvis/VAE_SGD (not shipped
+        with latentinv): a torch state dict of the module of ``VAE/autoencoder_in.py``. It is read
+        with ``torch.load(path, map_location="cpu", weights_only=True)`` (no code execution), every
+        key and shape is checked against the published layout, and the tensors are renamed for
+        the ``"conv"`` architecture with the reference settings, which computes the same network
+        (see :mod:`latentinv.nn.reference` for the correspondence).
+
+        The returned prior has the paper's parameters (``n_components`` read from the file, 20 for
+        the published one; ``image_shape=(129, 65)``; channels (32, 64, 128, 256); kernels
+        (5, 5, 4, 4); hidden 512; beta 1000; alpha 1; batch 100; Adam 1e-3; 1e5 iterations), an
+        empty ``history_`` (the training curve is not in the file), and saves and loads through
+        :meth:`save`/:meth:`load` like any other.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The ``.pth`` file.
+        device : {"cpu", "cuda", "cuda:N", "auto"} or torch.device, default="cpu"
+            Device of the loaded network ("auto": CUDA when available).
+
+        Returns
+        -------
+        prior : VAEPrior
+            Fitted.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` is not a file.
+        ModelFileError
+            (a ValueError) naming the file: not a torch file, truncated, not a state dict, missing
+            or unexpected keys, wrong shapes, non floating-point or non-finite tensors.
+        """
+        name = f"{cls.__name__}.from_reference_checkpoint"
+        target = _resolve_device(device, name)
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{name}: {path!r} is not a file; expected the published "
+                                    f"VAE/VAE_inMSEeps100r1e3.pth (a torch state dict).")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+            raise ModelFileError(f"{name}: {path!r} could not be read as a torch state dict with "
+                                 f"weights_only=True (not a torch file, truncated, or holding objects "
+                                 f"other than tensors): {type(err).__name__}: {err}") from None
+        try:
+            converted, n_components = convert_published_state_dict(state, source=f"{name}: {path!r}")
+        except ValueError as err:
+            raise ModelFileError(str(err)) from None
+        batch_size, beta = 100, 1000.0
+        prior = cls(n_components=n_components, image_shape=PUBLISHED_IMAGE_SHAPE, architecture="conv",
+                    channels=REFERENCE_CHANNELS, kernel_sizes=REFERENCE_KERNEL_SIZES,
+                    hidden_size=REFERENCE_HIDDEN_SIZE, output_activation="sigmoid", beta=beta,
+                    alpha=1.0, batch_size=batch_size, learning_rate=1e-3, n_iterations=100_000,
+                    device=str(device) if isinstance(device, torch.device) else device)
+        prior.image_shape_ = tuple(PUBLISHED_IMAGE_SHAPE)
+        prior.n_features_in_ = PUBLISHED_IMAGE_SHAPE[0] * PUBLISHED_IMAGE_SHAPE[1]
+        prior.history_ = {"reconstruction": [], "kl": [], "loss": []}
+        prior.beta_per_sample_ = beta / (batch_size * n_components)
+        prior._n_features_out = int(n_components)
+        prior._restore_module(converted, target, source=f"{name}: {path!r}")
+        return prior
+
+    def _restore_module(self, state, device, source="state"):
+        """Build the module that the parameters describe, check ``state`` against it, load it."""
         input_shape = self.image_shape_ if self.image_shape_ is not None else self.n_features_in_
         module = build_vae(self.architecture, input_shape, int(self.n_components),
                            channels=tuple(self.channels), kernel_sizes=tuple(self.kernel_sizes),
                            hidden_size=int(self.hidden_size),
                            output_activation=self.output_activation, seed=0)
+        expected = module.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        shapes = [f"{k}: file {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+        dtypes = [f"{k}: file {state[k].dtype}, expected {v.dtype}"
+                  for k, v in expected.items() if k in state and state[k].dtype != v.dtype]
+        if missing or unexpected or shapes or dtypes:
+            described = (f"architecture={self.architecture!r}, n_components={self.n_components}, "
+                         f"image_shape_={self.image_shape_}, n_features_in_={self.n_features_in_}, "
+                         f"channels={tuple(self.channels)}, kernel_sizes={tuple(self.kernel_sizes)}, "
+                         f"hidden_size={self.hidden_size}")
+            problems = []
+            if missing:
+                problems.append(f"missing tensors {missing}")
+            if unexpected:
+                problems.append(f"unexpected tensors {unexpected}")
+            if shapes:
+                problems.append("wrong shapes: " + "; ".join(shapes))
+            if dtypes:
+                problems.append("wrong dtypes: " + "; ".join(dtypes))
+            raise ModelFileError(f"{source}: the tensors do not fit the network the configuration "
+                                 f"describes ({described}): " + "; ".join(problems) + ".")
         module.load_state_dict(state)
         module = module.to(device).eval().requires_grad_(False)
         self.module_ = module
@@ -674,7 +1070,9 @@ or PatchSampler
         super().__setstate__(state)
         if module_state is not None:
             weights = torch.load(io.BytesIO(module_state), map_location="cpu", weights_only=True)
-            self._restore_module(weights, state["device_"])
+            device = _saved_device_or_cpu(state["device_"], f"{type(self).__name__}: the pickled prior "
+                                          f"was on {state['device_']!r}, but")
+            self._restore_module(weights, device, source=f"{type(self).__name__}: pickled state")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
