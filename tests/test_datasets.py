@@ -21,21 +21,48 @@ def test_channel_image_seed_density_and_binary():
     assert 0.3 <= a.mean() < 0.3 + 0.15
 
 
-def test_channel_image_orientation_and_straight():
-    # straight (sinuosity 0), horizontal, no branching: rows are constant
-    img = make_channel_image((60, 80), n_channels=1, width=4, sinuosity=0.0, branching=0.0,
-                             random_state=2)
-    if img.any():
-        assert np.all(img == img[:, :1])
-    # vertical channels: columns are constant
+def _runs(column):
+    """(start, length) of the runs of ones of a 0/1 column."""
+    padded = np.concatenate([[0], column.astype(int), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def test_straight_horizontal_channel_rows_are_constant():
+    # straight (sinuosity 0), horizontal, no branching: every column is the same
+    img = make_channel_image((60, 80), n_channels=1, width=5, sinuosity=0.0, branching=0.0,
+                             random_state=0)
+    assert 0 < img.sum() < img.size                  # not an empty (or full) image
+    assert np.all(img == img[:, :1])
+
+
+def test_straight_vertical_channels_columns_are_constant():
     img = make_channel_image((60, 80), n_channels=2, width=4, orientation=90.0, sinuosity=0.0,
                              branching=0.0, random_state=3)
+    assert 0 < img.sum() < img.size
     assert np.all(img == img[:1, :])
-    # width in cells: one straight horizontal channel is about `width` rows thick
-    img = make_channel_image((100, 50), n_channels=20, width=5, sinuosity=0.0, branching=0.0,
-                             random_state=4)
-    rows = img[:, 0]
-    assert rows.sum() % 1 == 0 and rows.sum() >= 5
+
+
+@pytest.mark.parametrize("width", [3, 5, 7])
+def test_straight_channel_is_width_cells_thick(width):
+    """One straight horizontal channel of odd width w: one run of exactly w rows in every column
+    (fewer only where the channel is cut by the top or bottom edge)."""
+    n_rows = 100
+    interior = 0
+    for seed in range(12):
+        img = make_channel_image((n_rows, 50), n_channels=1, width=width, sinuosity=0.0,
+                                 branching=0.0, random_state=seed)
+        if not img.any():                           # the line was drawn outside the image
+            continue
+        runs = _runs(img[:, 0])
+        assert len(runs) == 1, (seed, runs)
+        start, length = runs[0]
+        if 0 < start and start + length < n_rows:
+            assert length == width, (seed, runs)
+            interior += 1
+        else:
+            assert length <= width
+    assert interior >= 5                            # the check above ran on enough images
 
 
 def test_channel_image_errors():
@@ -95,39 +122,74 @@ def test_patch_sampler_errors():
         PatchSampler(np.zeros((5, 5)), (3, 3), exclude=[(0, 0, 5, 5)])
 
 
-windows = st.tuples(st.integers(-5, 40), st.integers(-5, 30), st.integers(1, 12), st.integers(1, 12))
+@st.composite
+def sampler_case(draw):
+    """An image shape, a patch shape that fits, and up to 3 exclusion windows inside the image."""
+    n_rows, n_cols = draw(st.integers(6, 30)), draw(st.integers(6, 24))
+    patch = (draw(st.integers(1, min(9, n_rows))), draw(st.integers(1, min(7, n_cols))))
+    windows = []
+    for _ in range(draw(st.integers(0, 3))):
+        r0, c0 = draw(st.integers(0, n_rows - 1)), draw(st.integers(0, n_cols - 1))
+        windows.append((r0, c0, draw(st.integers(1, n_rows - r0)), draw(st.integers(1, n_cols - c0))))
+    return (n_rows, n_cols), patch, windows
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=sampler_case(), seed=st.integers(0, 2**31 - 1))
+def test_patch_sampler_excludes_exactly_the_overlapping_crops(case, seed):
+    """Admissible corners == a brute force over every crop, overlap tested pixel by pixel."""
+    image_shape, (h, w), exclude = case
+    held_out = np.zeros(image_shape, dtype=bool)        # pixels of the exclusion windows
+    for r0, c0, hw, ww in exclude:
+        held_out[r0:r0 + hw, c0:c0 + ww] = True
+    expected = {(r, c)
+                for r in range(image_shape[0] - h + 1)
+                for c in range(image_shape[1] - w + 1)
+                if not held_out[r:r + h, c:c + w].any()}
+    image = np.zeros(image_shape, dtype=np.float32)
+    if not expected:
+        with pytest.raises(ValueError, match="no crop"):
+            PatchSampler(image, (h, w), exclude=exclude)
+        return
+    sampler = PatchSampler([image, image[:, ::-1].copy()], (h, w), exclude=exclude, random_state=seed)
+    for i in (0, 1):
+        rows, cols = sampler.admissible_corners(i)
+        assert set(zip(rows.tolist(), cols.tolist())) == expected
+        assert len(rows) == len(expected)               # no corner listed twice
+    assert sampler.n_valid.tolist() == [len(expected)] * 2
+    _, rows, cols = sampler.sample_corners(200)
+    assert set(zip(rows.tolist(), cols.tolist())) <= expected
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    image_shape=st.tuples(st.integers(10, 40), st.integers(8, 30)),
-    patch=st.tuples(st.integers(1, 9), st.integers(1, 7)),
-    exclude=st.lists(windows, max_size=3),
-    seed=st.integers(0, 2**31 - 1),
-)
-def test_patch_sampler_never_overlaps_exclusion(image_shape, patch, exclude, seed):
-    image = np.zeros(image_shape, dtype=np.float32)
-    try:
-        sampler = PatchSampler([image, image[:, ::-1].copy()], patch, exclude=exclude, random_state=seed)
-    except ValueError as err:
-        assert "no crop" in str(err)
-        return
-    which, rows, cols = sampler.sample_corners(200)
-    h, w = patch
-    assert np.all(rows >= 0) and np.all(cols >= 0)
-    assert np.all(rows + h <= image_shape[0]) and np.all(cols + w <= image_shape[1])
-    for r0, c0, hw, ww in exclude:
-        overlap = (rows < r0 + hw) & (r0 < rows + h) & (cols < c0 + ww) & (c0 < cols + w)
-        assert not overlap.any()
-    # brute force count of admissible corners
-    count = sum(
-        1
-        for r in range(image_shape[0] - h + 1)
-        for c in range(image_shape[1] - w + 1)
-        if not any(r < r0 + hw and r0 < r + h and c < c0 + ww and c0 < c + w
-                   for r0, c0, hw, ww in exclude)
-    )
-    assert sampler.n_valid.tolist() == [count, count]
+@given(image_shape=st.tuples(st.integers(5, 30), st.integers(5, 30)),
+       window=st.tuples(st.integers(-5, 35), st.integers(-5, 35), st.integers(1, 12), st.integers(1, 12)))
+def test_patch_sampler_rejects_windows_outside_the_image(image_shape, window):
+    r0, c0, hw, ww = window
+    inside = r0 >= 0 and c0 >= 0 and r0 + hw <= image_shape[0] and c0 + ww <= image_shape[1]
+    image = np.zeros(image_shape)
+    if inside:
+        PatchSampler(image, (1, 1), exclude=[window] if hw * ww < image.size else [])
+    else:
+        with pytest.raises(ValueError, match=r"PatchSampler: exclusion window .* lies outside image 0 "
+                                             rf"of shape \({image_shape[0]}, {image_shape[1]}\)"):
+            PatchSampler(image, (1, 1), exclude=[window])
+
+
+def test_patch_sampler_rejects_malformed_windows():
+    image = np.zeros((20, 20))
+    with pytest.raises(ValueError, match=r"must have 4 entries .* got \(0, 0, 5\) with 3"):
+        PatchSampler(image, (3, 3), exclude=[(0, 0, 5)])
+    with pytest.raises(ValueError, match=r"must have 4 entries .* with 5"):
+        PatchSampler(image, (3, 3), exclude=[(0, 0, 5, 5, 1)])
+    with pytest.raises(ValueError, match="must be integers"):
+        PatchSampler(image, (3, 3), exclude=[(0, 0, 2.5, 3)])
+    with pytest.raises(ValueError, match="sizes must be >= 1"):
+        PatchSampler(image, (3, 3), exclude=[(0, 0, 0, 3)])
+    with pytest.raises(ValueError, match="one list of windows per image"):
+        PatchSampler([image, image], (3, 3), exclude=[[(0, 0, 2, 2)], [], []])
+    with pytest.raises(ValueError, match="image_index must be in"):
+        PatchSampler(image, (3, 3)).admissible_corners(1)
 
 
 def test_patch_sampler_per_image_windows():

@@ -233,11 +233,35 @@ def load_image(path, threshold=0.5):
 
 
 def _is_window(w):
+    """True for a 1-D numeric sequence (a window of any length; its length is checked later)."""
+    if isinstance(w, (str, bytes)):
+        return False
     try:
         a = np.asarray(w)
-    except Exception:  # pragma: no cover
+    except Exception:  # ragged nested lists
         return False
-    return a.ndim == 1 and a.size == 4 and np.issubdtype(a.dtype, np.number)
+    return a.ndim == 1 and a.size > 0 and (np.issubdtype(a.dtype, np.number) or a.dtype == bool)
+
+
+def _check_window(window, image_shape, image_index, owner):
+    """``(row0, col0, n_rows, n_cols)`` as ints, entirely inside an image of ``image_shape``."""
+    values = np.asarray(window).tolist()
+    if len(values) != 4:
+        raise ValueError(f"{owner}: each exclusion window must have 4 entries (row0, col0, n_rows, "
+                         f"n_cols); got {window!r} with {len(values)} for image {image_index}.")
+    if any(isinstance(v, bool) or float(v) != int(v) for v in values):
+        raise ValueError(f"{owner}: exclusion window entries must be integers (cells); got {window!r} "
+                         f"for image {image_index}.")
+    r0, c0, hw, ww = (int(v) for v in values)
+    if hw < 1 or ww < 1:
+        raise ValueError(f"{owner}: exclusion window sizes must be >= 1; got {(r0, c0, hw, ww)} for "
+                         f"image {image_index}.")
+    n_rows, n_cols = image_shape
+    if r0 < 0 or c0 < 0 or r0 + hw > n_rows or c0 + ww > n_cols:
+        raise ValueError(f"{owner}: exclusion window {(r0, c0, hw, ww)} (row0, col0, n_rows, n_cols) lies "
+                         f"outside image {image_index} of shape {(n_rows, n_cols)}; expected "
+                         f"0 <= row0, row0 + n_rows <= {n_rows}, 0 <= col0, col0 + n_cols <= {n_cols}.")
+    return r0, c0, hw, ww
 
 
 class PatchSampler:
@@ -257,8 +281,10 @@ class PatchSampler:
         ``(n_rows, n_cols)`` of the crops, in cells (the paper: (129, 65)).
     exclude : sequence, default=None
         Exclusion windows ``(row0, col0, n_rows, n_cols)`` (top-left corner
-        and size, cells). Either a flat sequence of windows applied to every
-        image, or one sequence of windows per image.
+        and size, integer cells, entirely inside the image: a window of the
+        wrong length, with non-integer entries, a size below 1 or reaching
+        outside the image raises a ValueError). Either a flat sequence of
+        windows applied to every image, or one sequence of windows per image.
     random_state : int, numpy Generator/RandomState or None
         Seeds the sampler's own generator (used when :meth:`sample` gets no
         ``random_state``).
@@ -310,15 +336,14 @@ class PatchSampler:
                 if not all(_is_window(x) for x in e):
                     raise ValueError(f"{owner}: each exclusion window must be (row0, col0, n_rows, "
                                      f"n_cols); got {e!r}.")
-        self.exclude = [[tuple(int(v) for v in win) for win in e] for e in per_image]
+        self.exclude = [[_check_window(win, im.shape, i, owner) for win in e]
+                        for i, (im, e) in enumerate(zip(images, per_image))]
         self._corners = []
         for im, windows in zip(images, self.exclude):
             mask = np.ones((im.shape[0] - h + 1, im.shape[1] - w + 1), dtype=bool)
             for r0, c0, hw, ww in windows:
-                if hw < 1 or ww < 1:
-                    raise ValueError(f"{owner}: exclusion window sizes must be >= 1; got "
-                                     f"{(r0, c0, hw, ww)}.")
-                mask[max(0, r0 - h + 1):max(0, r0 + hw), max(0, c0 - w + 1):max(0, c0 + ww)] = False
+                # corners (r, c) with r < r0 + hw, r0 < r + h (same for columns) overlap the window
+                mask[max(0, r0 - h + 1):r0 + hw, max(0, c0 - w + 1):c0 + ww] = False
             self._corners.append(np.flatnonzero(mask).astype(np.int64))
         self.n_valid = np.array([c.size for c in self._corners])
         if self.n_valid.sum() == 0:
@@ -326,6 +351,21 @@ class PatchSampler:
         self.n_features = h * w
         self.random_state = random_state
         self._rng = _rng(random_state)
+
+    def admissible_corners(self, image_index=0):
+        """All admissible top-left corners of crops of image ``image_index``.
+
+        Returns
+        -------
+        rows, cols : ndarray of int64
+            Row-major order; every crop at these corners fits in the image and overlaps no
+            exclusion window, and every other crop of the image overlaps one.
+        """
+        i = int(image_index)
+        if not 0 <= i < len(self.images):
+            raise ValueError(f"PatchSampler: image_index must be in [0, {len(self.images)}); got "
+                             f"{image_index!r}.")
+        return np.divmod(self._corners[i], self.images[i].shape[1] - self.patch_shape[1] + 1)
 
     def sample_corners(self, n_samples, random_state=None):
         """Draw crop positions: arrays ``(image_index, row0, col0)``, each of shape (n_samples,)."""
