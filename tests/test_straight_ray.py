@@ -1,5 +1,6 @@
 """Straight-ray operator: exact lengths against an independent clipping computation, identities."""
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,182 @@ def test_bad_inputs():
         StraightRayOperator(grid, CrossholeSurvey([[-1.0, 1.0]], [[4.0, 2.0]]))
     with pytest.raises(TypeError, match="Grid2D"):
         StraightRayOperator("grid", survey)
+
+
+# -- slowness checks in every public entry (numpy and torch, CPU and CUDA) -------------------------
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _small_operator(**kwargs):
+    grid = Grid2D(4, 4, 1.0)
+    survey = CrossholeSurvey([[0.0, 1.0], [0.0, 3.0]], [[4.0, 2.0]])
+    return StraightRayOperator(grid, survey, **kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("value, match", [
+    (np.nan, r"NaN or inf: model 1, cell 7 is nan"),
+    (np.inf, r"NaN or inf: model 1, cell 7 is inf"),
+    (-np.inf, r"NaN or inf: model 1, cell 7 is -inf"),
+    (-12.5, r"> 0 in every cell .*minimum -12\.5 at model 1, cell 7"),
+    (0.0, r"> 0 in every cell .*minimum 0\.0 at model 1, cell 7"),
+])
+def test_every_entry_rejects_bad_slowness(device, value, match):
+    op = _small_operator()
+    m = np.full((2, 16), 12.5)
+    m[1, 7] = value
+    with pytest.raises(ValueError, match="StraightRayOperator.forward: .*" + match):
+        op.forward(torch.tensor(m, dtype=torch.float32, device=device, requires_grad=True))
+    with pytest.raises(ValueError, match="StraightRayOperator.forward: .*" + match):
+        op(torch.tensor(m, device=device))
+    for entry in (op.response, op.response_and_jacobian):
+        with pytest.raises(ValueError, match=match):
+            entry(m)
+        with pytest.raises(ValueError, match=match):
+            entry(torch.tensor(m, device=device))
+    with pytest.raises(ValueError, match=match.replace("model 1", "model 0")):
+        op.jacobian(m[1])
+    # the same slowness without the bad cell passes and gives G m
+    m[1, 7] = 12.5
+    out = op.forward(torch.tensor(m, device=device))
+    np.testing.assert_allclose(out.cpu().numpy(), 12.5 * np.tile(op.survey.distances, (2, 1)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.ones(16, dtype=torch.int64), "floating-point tensor .*float32, float64.*got dtype int64"),
+    (torch.ones(16, dtype=torch.bool), "got dtype bool"),
+    (torch.ones(16, dtype=torch.complex64), "got dtype complex64"),
+    (torch.ones(16, dtype=torch.float16), "got dtype float16"),
+    (torch.ones(15), r"shape \(16,\) or \(batch, 16\).*got shape \(15,\)"),
+    (torch.ones(2, 3, 16), r"got shape \(2, 3, 16\)"),
+    (torch.tensor(1.0), r"got shape \(\)"),
+])
+def test_forward_rejects_wrong_dtype_and_shape(bad, match):
+    op = _small_operator()
+    with pytest.raises(ValueError, match=match):
+        op.forward(bad)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        op.forward(np.ones(16))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.ones(16, dtype=bool), "real numbers, got dtype bool"),
+    (np.ones(16, dtype=complex), "real numbers, got dtype complex128"),
+    (np.array(["1.0"] * 16), "numeric array"),
+    (torch.ones(16, dtype=torch.bool), "real numbers, got a tensor of dtype bool"),
+])
+def test_numpy_entries_reject_wrong_dtype(bad, match):
+    op = _small_operator()
+    for entry in (op.response, op.response_and_jacobian, op.jacobian):
+        with pytest.raises(ValueError, match=match):
+            entry(bad)
+    # integer slowness is a number like any other: G @ m
+    np.testing.assert_allclose(op.response(np.full(16, 3)), 3 * op.survey.distances, rtol=1e-14)
+
+
+def test_empty_batch_forward_and_backward():
+    op = _small_operator()
+    m = torch.ones((0, 16), dtype=torch.float64, requires_grad=True)
+    out = op.forward(m)
+    assert out.shape == (0, op.n_data)
+    out.sum().backward()
+    assert m.grad.shape == (0, 16)
+    t, jac = op.response_and_jacobian(np.ones((0, 16)))
+    assert t.shape == (0, op.n_data) and jac == []
+
+
+# -- boundary_rays: the paper's published convention -----------------------------------------------
+PAPER_MODEL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper_test_models" / "mc2.npy"
+
+
+@pytest.mark.skipif(not PAPER_MODEL.exists(), reason=f"paper test model not available at {PAPER_MODEL}")
+def test_upper_left_reproduces_the_published_kernel():
+    grid, survey = Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49)
+    x = np.load(PAPER_MODEL)
+    assert x.shape == (129, 65)
+    slowness = grid.to_flat(1.0 / (0.06 + 0.02 * (1.0 - x)))  # ns/m
+    published = [87.20833333, 89.55708196, 89.12601286, 89.95910883, 91.09316376,
+                 92.17834269, 94.76929608, 96.85659095, 104.34586758, 110.9934262]
+    upper = StraightRayOperator(grid, survey, boundary_rays="upper_left").response(slowness)
+    np.testing.assert_allclose(upper[:10], published, rtol=0, atol=1e-6)
+    split = StraightRayOperator(grid, survey).response(slowness)
+    assert split[0] - upper[0] == pytest.approx(0.20833333, abs=1e-6)
+    np.testing.assert_allclose(split[1:10], published[1:], rtol=0, atol=1e-6)  # oblique rays agree
+
+
+def test_boundary_rays_small_grid_and_parameter():
+    grid = Grid2D(3, 2, 1.0)
+    # vertical ray on the inner line x = 1, horizontal ray on the inner line depth = 1,
+    # vertical ray on the left edge x = 0 (one cell inside under both conventions)
+    survey = CrossholeSurvey([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], [[1.0, 2.5], [2.0, 1.0], [0.0, 3.0]],
+                             pairs=[[0, 0], [1, 1], [2, 2]])
+    G = StraightRayOperator(grid, survey, boundary_rays="upper_left").matrix.toarray()
+    np.testing.assert_allclose(G[0].reshape(3, 2), [[1, 0], [1, 0], [0.5, 0]])
+    np.testing.assert_allclose(G[1].reshape(3, 2), [[1, 1], [0, 0], [0, 0]])
+    np.testing.assert_allclose(G[2].reshape(3, 2), [[1, 0], [1, 0], [1, 0]])
+    op = StraightRayOperator(grid, survey, "upper_left")
+    assert "boundary_rays='upper_left'" in repr(op)
+    assert op.get_params()["boundary_rays"] == "upper_left" and op.boundary_rays == "upper_left"
+    clone = pickle.loads(pickle.dumps(op))
+    assert clone.boundary_rays == "upper_left" and (clone.matrix != op.matrix).nnz == 0
+    assert StraightRayOperator(grid, survey).get_params()["boundary_rays"] == "split"
+    for bad in ("upper", "", None, 1):
+        with pytest.raises(ValueError, match=r"boundary_rays must be 'split' or 'upper_left', got"):
+            StraightRayOperator(grid, survey, boundary_rays=bad)
+
+
+@st.composite
+def rays_on_and_off_grid_lines(draw):
+    n_rows, n_cols = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    dx, dz = draw(st.floats(0.05, 2.0)), draw(st.floats(0.05, 2.0))
+    grid = Grid2D(n_rows, n_cols, (dx, dz), origin=(-0.3, 1.2))
+    sources, receivers = [], []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["free", "horizontal", "vertical"]))
+        a, b = draw(points), draw(points)
+        if kind == "horizontal":  # both ends on the same depth line (edges included)
+            k = draw(st.integers(0, n_rows))
+            a, b = (a[0], k / n_rows), (b[0], k / n_rows)
+        elif kind == "vertical":
+            k = draw(st.integers(0, n_cols))
+            a, b = (k / n_cols, a[1]), (k / n_cols, b[1])
+        sources.append(a)
+        receivers.append(b)
+    scale, off = np.array([grid.width, grid.height]), np.array(grid.origin)
+    sources = off + np.array(sources) * scale
+    receivers = off + np.array(receivers) * scale
+    return grid, sources, receivers
+
+
+@settings(max_examples=60, deadline=None)
+@given(rays_on_and_off_grid_lines())
+def test_conventions_differ_only_on_boundary_segments(case):
+    grid, sources, receivers = case
+    n = len(sources)
+    assume(np.linalg.norm(sources - receivers, axis=1).min() > 1e-6)
+    survey = CrossholeSurvey(sources, receivers, pairs=np.column_stack([np.arange(n), np.arange(n)]))
+    split = StraightRayOperator(grid, survey).matrix.toarray()
+    upper = StraightRayOperator(grid, survey, "upper_left").matrix.toarray()
+    tol = 1e-12 * (1 + survey.distances.max())
+    for G in (split, upper):
+        np.testing.assert_allclose(G.sum(axis=1), survey.distances, rtol=0, atol=tol)
+        assert G.min() >= 0
+    xl = (sources[:, 0] - grid.origin[0]) / grid.dx
+    zl = (sources[:, 1] - grid.origin[1]) / grid.dz
+    for i in range(n):
+        S, U = split[i].reshape(grid.shape), upper[i].reshape(grid.shape)
+        d = receivers[i] - sources[i]
+        if d[1] == 0 and abs(zl[i] - round(zl[i])) < 1e-9 and 0 < round(zl[i]) < grid.n_rows:
+            k = int(round(zl[i]))  # on the inner line between rows k-1 and k: all goes up
+            np.testing.assert_allclose(U[k - 1], S[k - 1] + S[k], rtol=0, atol=tol)
+            np.testing.assert_allclose(S[k - 1], S[k], rtol=0, atol=tol)
+            assert np.all(U[k] == 0) and S[k].sum() > 0
+            np.testing.assert_array_equal(np.delete(U, [k - 1, k], 0), np.delete(S, [k - 1, k], 0))
+        elif d[0] == 0 and abs(xl[i] - round(xl[i])) < 1e-9 and 0 < round(xl[i]) < grid.n_cols:
+            k = int(round(xl[i]))  # on the inner line between columns k-1 and k: all goes left
+            np.testing.assert_allclose(U[:, k - 1], S[:, k - 1] + S[:, k], rtol=0, atol=tol)
+            np.testing.assert_allclose(S[:, k - 1], S[:, k], rtol=0, atol=tol)
+            assert np.all(U[:, k] == 0) and S[:, k].sum() > 0
+            np.testing.assert_array_equal(np.delete(U, [k - 1, k], 1), np.delete(S, [k - 1, k], 1))
+        else:  # off every inner line (or on an outer edge): identical rows
+            np.testing.assert_array_equal(U, S)

@@ -30,10 +30,13 @@ def _positive_int(value, name, owner):
 
 
 def _finite_float(value, name, owner, positive=False):
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {name} must be a real number, got {value!r}") from None
+    # a real number (Python, NumPy or a 0-d array); strings and booleans are refused, not parsed
+    if (isinstance(value, (bool, np.bool_, str, bytes))
+            or not (isinstance(value, numbers.Real)
+                    or (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"))):
+        raise ValueError(f"{owner}: {name} must be a real number, got {value!r} "
+                         f"({type(value).__name__})")
+    out = float(value)
     if not np.isfinite(out) or (positive and out <= 0):
         what = "a finite positive number" if positive else "a finite number"
         raise ValueError(f"{owner}: {name} must be {what}, got {value!r}")
@@ -66,12 +69,16 @@ class Grid2D:
         if np.ndim(cell_size) == 0:
             dx = dz = _finite_float(cell_size, "cell_size", owner, positive=True)
         else:
+            if isinstance(cell_size, (str, bytes)) or np.ndim(cell_size) != 1:
+                raise ValueError(f"{owner}: cell_size must be a number or (dx, dz), got {cell_size!r}")
             sizes = tuple(cell_size)
             if len(sizes) != 2:
                 raise ValueError(f"{owner}: cell_size must be a number or (dx, dz), got {cell_size!r}")
             dx = _finite_float(sizes[0], "cell_size[0] (dx)", owner, positive=True)
             dz = _finite_float(sizes[1], "cell_size[1] (dz)", owner, positive=True)
         self.dx, self.dz = dx, dz
+        if isinstance(origin, (str, bytes)) or np.ndim(origin) != 1:
+            raise ValueError(f"{owner}: origin must be (x, depth) in m, got {origin!r}")
         origin = tuple(origin)
         if len(origin) != 2:
             raise ValueError(f"{owner}: origin must be (x, depth), got {origin!r}")
@@ -201,7 +208,15 @@ class Grid2D:
 
 
 def _positions(value, name):
-    p = np.array(value, dtype=float, copy=True)
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or raw.dtype.kind not in "iuf":
+        what = "not an array" if raw is None else f"dtype {raw.dtype}"
+        raise ValueError(f"CrossholeSurvey: {name} must be real (x, depth) positions in m, got "
+                         f"{type(value).__name__} ({what})")
+    p = np.array(raw, dtype=float, copy=True)
     if p.ndim == 1 and p.size == 2:
         p = p.reshape(1, 2)
     if p.ndim != 2 or p.shape[1] != 2:
@@ -244,7 +259,13 @@ class CrossholeSurvey:
         if pairs is None:
             s, r = np.meshgrid(np.arange(ns), np.arange(nr), indexing="ij")
             pairs = np.column_stack([s.ravel(), r.ravel()])
-        pairs = np.asarray(pairs)
+        try:
+            pairs = np.asarray(pairs)
+        except (TypeError, ValueError):
+            raise ValueError(f"CrossholeSurvey: pairs must be an integer array of shape (n_data, 2), "
+                             f"got {type(pairs).__name__}") from None
+        if pairs.dtype.kind not in "iuf":
+            raise ValueError(f"CrossholeSurvey: pairs must hold integer indices, got dtype {pairs.dtype}")
         if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.shape[0] == 0:
             raise ValueError(
                 f"CrossholeSurvey: pairs must be a non-empty integer array of shape (n_data, 2), "
@@ -279,10 +300,12 @@ class CrossholeSurvey:
         The nonlinear case puts the boreholes at x = 0 and 6.5 m (the defaults); the paper's linear
         case at 0.01 and 6.49 m, keeping straight rays just inside the grid.
         """
+        source_x = _finite_float(source_x, "source_x", "CrossholeSurvey.paper")
+        receiver_x = _finite_float(receiver_x, "receiver_x", "CrossholeSurvey.paper")
         depth = 0.5 * np.arange(1, 26)
         return cls(
-            np.column_stack([np.full(25, float(source_x)), depth]),
-            np.column_stack([np.full(25, float(receiver_x)), depth]),
+            np.column_stack([np.full(25, source_x), depth]),
+            np.column_stack([np.full(25, receiver_x), depth]),
         )
 
     @property
