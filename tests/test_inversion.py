@@ -2,6 +2,9 @@
 import dataclasses
 import math
 import pickle
+import re
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.baselines import DATA_RATIO, BaselineWarning
 from latentinv.inversion import (
     PAPER_CASES, LatentInverter, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
     learning_rate_schedule, paper_slowness, regularization_schedule, ring_gradient, ring_penalty,
@@ -56,12 +60,14 @@ class QuadraticOperator(ForwardOperator):
         self.G = base.matrix
         self.n_data, self.n_params = self.G.shape
         self.calls = 0
+        self.batch_sizes = []
 
     def __reduce__(self):
         return (QuadraticOperator, (self.base, self.a))
 
     def _response_and_jacobian(self, m, want_jacobian):
         self.calls += 1
+        self.batch_sizes.append(len(m))
         u = (self.G @ m.T).T
         t = u + self.a * u**2
         jac = None
@@ -215,9 +221,10 @@ def test_nonlinear_operator_called_once_per_iteration_for_all_models(problem):
     fake = QuadraticOperator(op)
     est = LatentInverter(gen, fake, batch_size=6, n_epochs=2, n_starts=3, random_state=0,
                          device="cpu").fit(tt)
-    fake.calls = 0
+    fake.calls, fake.batch_sizes = 0, []
     est.invert(tt)          # 2 surveys x 3 starts = one batch of 6 models per iteration
-    assert fake.calls == 12
+    # 12 iterations with all 6 models, then one response of the homogeneous baseline (1 model)
+    assert fake.calls == 13 and fake.batch_sizes == [6] * 12 + [1]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,24 +441,199 @@ def test_uniform_latents_stochastic_clipping(problem):
         clone(est).set_params(regularization="ring").fit(tt)
 
 
+PAPER_MD = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "lopez-alvis-2021.md"
+
+
+def paper_table_1():
+    """Table 1 of the paper's markdown (tab-separated rows) and the numbers its text adds."""
+    if not PAPER_MD.is_file():
+        pytest.skip(f"the paper's text is not at {PAPER_MD}")
+    text = PAPER_MD.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("Case\t") and "Data batching" in line)
+    rows = {}
+    for line in lines[head + 1:]:
+        if not line.strip():
+            break
+        case, dgm, gd, batching, reg, decreasing, step, c_step = line.split("\t")
+        rows[case] = dict(dgm=dgm, gd=gd, batching=batching, reg=reg, decreasing=decreasing,
+                          step=step, c_step=c_step)
+
+    def number(pattern, flags=0):
+        match = re.search(pattern, text, flags)
+        assert match, f"the paper's text no longer says {pattern!r}"
+        return float(match.group(1))
+
+    numbers = dict(
+        iterations=number(r"number of iterations for inversion is set to (\d+) for all cases"),
+        batch=number(r"batch size b is (\d+) \(of a total of \d+\)"),
+        n_data=number(r"batch size b is \d+ \(of a total of (\d+)\)"),
+        epochs=number(r"the number of epochs is (\d+)"),
+        lam=number(r"values of\s+\$\\lambda = ([\d.]+)\$"),
+        lam_decay=number(r"\$c_\{\\lambda\}\$.*?=\s*([\d.]+)\s+are used", re.S),
+    )
+    return rows, numbers
+
+
+def test_paper_table_1_parsed():
+    rows, numbers = paper_table_1()
+    # what the table and its text say (guards the parser: a misparse cannot pass silently)
+    assert numbers == dict(iterations=3000, batch=25, n_data=625, epochs=120, lam=10.0, lam_decay=0.999)
+    assert sorted(rows) == sorted(PAPER_CASES) and len(rows) == 6
+    assert rows["VSbrd"] == dict(dgm="VAE", gd="SGD", batching="yes", reg="ring", decreasing="yes",
+                                 step="1e-2", c_step="0.95")
+
+
 @pytest.mark.parametrize("case", sorted(PAPER_CASES))
-def test_paper_cases_are_parameter_sets(problem, case):
+def test_paper_cases_are_table_1(case):
+    """Every setting of PAPER_CASES, value by value, from the paper's Table 1 and its text."""
+    rows, numbers = paper_table_1()
+    row, got = rows[case], PAPER_CASES[case]
+    assert got["optimizer"] == {"SGD": "sgd", "Adam": "adam"}[row["gd"]]
+    assert got["batch_size"] == {"yes": int(numbers["batch"]), "no": None}[row["batching"]]
+    per_epoch = numbers["n_data"] // numbers["batch"] if got["batch_size"] else 1
+    assert got["n_epochs"] * per_epoch == numbers["iterations"]            # 3000 for every case
+    if row["batching"] == "yes":
+        assert got["n_epochs"] == numbers["epochs"]                         # 120
+    assert got["regularization"] == {"none": None, "ring": "ring", "origin": "origin"}[row["reg"]]
+    if row["reg"] == "none":
+        assert (got["lam"], got["lam_decay"]) == (0.0, 1.0)
+    else:
+        assert (got["lam"], got["lam_decay"]) == (numbers["lam"], numbers["lam_decay"])
+    assert got["lr"] == float(row["step"])
+    if row["decreasing"] == "yes":
+        assert (got["lr_decay"], got["decay_every"]) == (float(row["c_step"]), 1)
+    else:
+        assert row["c_step"] == "-" and got["lr_decay"] == 1.0
+    # the SGAN cases: stochastic clipping as in the published code (redraws from N(0, 1))
+    assert got.get("clip_resample", "uniform") == ("normal" if row["dgm"] == "SGAN" else "uniform")
+    # the full settings: a fitted estimator on 625 data plans the paper's 3000 iterations
+    est = LatentInverter(linear_generator(n_cells=150, distribution="uniform" if row["dgm"] == "SGAN"
+                                          else "normal"), paper_sized_operator(), device="cpu",
+                         **got).fit(np.ones((1, 625)))
+    assert est.n_iterations_ == 3000
+
+
+def paper_sized_operator():
+    """625 straight rays (25 sources x 25 receivers) through 25 x 6 cells of 0.1 m."""
+    depths = 0.05 + 0.1 * np.arange(25)
+    return StraightRayOperator(Grid2D(25, 6, 0.1), CrossholeSurvey(
+        np.column_stack([np.zeros(25), depths]), np.column_stack([np.full(25, 0.6), depths])))
+
+
+def first_step_by_hand(gen, op, y, z0, batch, case):
+    """z_1 of the paper's update (Eqs. 20, 24, 25; Adam's first step) in float64 NumPy."""
+    W = gen.module.weight.detach().double().numpy()
+    b = gen.module.bias.detach().double().numpy()
+    G = op.jacobian(np.ones(op.n_params)).toarray()
+    x = W @ z0 + b
+    s = 1.0 / (0.06 + 0.02 * (1.0 - x))
+    r = y - G @ s
+    grad = W.T @ (0.02 * s**2 * (G[batch].T @ (-2.0 * r[batch])))     # d/dz sum_batch r**2
+    lam = case["lam"]
+    if case["regularization"] == "origin":
+        grad = grad + 2 * lam * z0
+    elif case["regularization"] == "ring":
+        grad = grad + 2 * lam * (np.linalg.norm(z0) - chi_mean(len(z0))) * z0 / np.linalg.norm(z0)
+    if case["optimizer"] == "adam":   # m_1 / (1 - b1) = g, sqrt(v_1 / (1 - b2)) = |g|
+        return z0 - case["lr"] * grad / (np.abs(grad) + 1e-8)
+    return z0 - case["lr"] * grad
+
+
+@pytest.mark.parametrize("case", sorted(PAPER_CASES))
+def test_paper_cases_short_run_iterations_and_step_sizes(case):
+    """Two epochs of each case on 625 rays: iterations run, the step sizes (the first one by hand)."""
+    settings = dict(PAPER_CASES[case])
+    full = settings["batch_size"] is None
+    settings["n_epochs"] = 50 if full else 2          # 50 iterations either way, one decay for batches
+    uniform = case.startswith("S")
+    op = paper_sized_operator()
+    gen = linear_generator(n_cells=150, distribution="uniform" if uniform else "normal")
+    y = op.response(paper_slowness(gen.decode([[1.5, -1.8, 0.9, 2.4]])))[0]
+    est = LatentInverter(gen, op, n_starts=1, random_state=5, device="cpu", **settings).fit(y[None])
+    res = est.invert(y[None])
+    assert est.iterations_per_epoch_ == (1 if full else 25) and est.n_iterations_ == 50
+    assert res.n_iterations_run[0, 0] == 50 and res.data_rmse_history.shape == (1, 1, 50)
+    assert np.isfinite(res.latent_norm_history).all()
+    epoch = np.arange(50) // est.iterations_per_epoch_
+    np.testing.assert_allclose(res.learning_rate_history[0, 0],
+                               settings["lr"] * settings["lr_decay"] ** epoch, rtol=1e-12)
+    np.testing.assert_allclose(res.lam_history[0, 0],
+                               settings["lam"] * settings["lam_decay"] ** np.arange(50), rtol=1e-12)
+    # the step actually taken at iteration 0, against the update computed by hand
+    seed = _as_seed(5)
+    z0 = _initial_latents(seed, 1, D, "uniform" if uniform else "normal").double().numpy()[0]
+    batch = (np.arange(625) if full else _survey_generators(seed, y, 1)[0][0].permutation(625)[:25])
+    z1 = first_step_by_hand(gen, op, y, z0, batch, settings)
+    assert np.all(np.abs(z1) <= 1) or not uniform     # no clipping at the first step
+    moved_by_hand = np.linalg.norm(z1) - np.linalg.norm(z0)
+    assert abs(moved_by_hand) > 1e-4                    # the step is visible in ||z|| (float32)
+    moved = res.latent_norm_history[0, 0, 1] - res.latent_norm_history[0, 0, 0]
+    np.testing.assert_allclose(moved, moved_by_hand, rtol=2e-3)
+
+
+def test_clip_resample_normal_redraws_from_a_standard_normal(problem):
+    """With huge steps every component leaves [-1, 1] and is redrawn: z_{k+1} is the k-th draw."""
     op, _, _, _, tt = problem
-    gen = linear_generator(distribution="uniform" if case.startswith("S") else "normal")
-    params = dict(PAPER_CASES[case], batch_size=PAPER_CASES[case]["batch_size"] and 6)
-    est = LatentInverter(gen, op, n_epochs=2, n_starts=2, random_state=0, device="cpu", **params)
-    res = est.fit(tt).invert(tt)
-    per_epoch = 6 if params["batch_size"] else 1
-    assert res.data_rmse_history.shape == (2, 2, 2 * per_epoch)
-    assert np.isfinite(res.models).all()
+    gen = linear_generator(distribution="uniform")
+    y = tt[:1]
+    kw = dict(lr=1e6, lr_decay=1.0, regularization=None, batch_size=6, n_epochs=3, n_starts=1,
+              random_state=2, device="cpu")
+    normal = LatentInverter(gen, op, clip_resample="normal", **kw).fit(y).invert(y)
+    uniform = LatentInverter(gen, op, **kw).fit(y).invert(y)
+    clip_rng = _survey_generators(_as_seed(2), y[0], 1)[1][0]
+    draws = np.vstack([clip_rng.standard_normal((6, D)) for _ in range(3)])     # 6 steps per epoch
+    np.testing.assert_allclose(normal.latent_norm_history[0, 0, 1:], np.linalg.norm(draws[:-1], axis=1),
+                               rtol=1e-6)
+    assert np.nanmax(normal.latent_norm_history) > math.sqrt(D)                  # outside the box
+    assert np.nanmax(uniform.latent_norm_history) <= math.sqrt(D)               # the default: inside
+    with pytest.raises(ValueError, match=r"clip_resample must be 'uniform' or 'normal', got 'gauss'"):
+        LatentInverter(gen, op, clip_resample="gauss", device="cpu").fit(y)
 
 
 def test_accepted_fraction(problem):
     op, gen, _, _, tt = problem
-    res = LatentInverter(gen, op, n_epochs=2, batch_size=6, n_starts=4, random_state=0,
-                         device="cpu").fit(tt).invert(tt)
-    thr = np.median(res.data_rmse)
-    np.testing.assert_allclose(res.accepted_fraction(thr), (res.data_rmse <= thr).mean(1))
+    est = LatentInverter(gen, op, n_epochs=2, batch_size=6, n_starts=4, random_state=0,
+                         device="cpu").fit(tt)
+    res = est.invert(tt)
+    # each start's selected model, re-simulated: its data RMSE (ns) computed here
+    t = est.simulate(res.start_models.reshape(-1, op.n_params)).reshape(2, 4, -1)
+    rmse = np.sqrt(np.mean((t - tt[:, None, :]) ** 2, axis=-1))
+    thr = float(np.sort(rmse.ravel())[3:5].mean())      # between the 4th and 5th smallest of 8
+    diverged = np.zeros((2, 4), bool)
+    diverged[np.unravel_index(np.argmin(rmse), rmse.shape)] = True   # the best start, flagged
+    res = dataclasses.replace(res, diverged=diverged, homogeneous_rmse=None)
+    expected = [sum(1 for k in range(4) if rmse[i, k] <= thr and not diverged[i, k]) / 4
+                for i in range(2)]
+    assert sum(expected) * 4 == 3                       # 4 under the threshold, one of them diverged
+    np.testing.assert_allclose(res.accepted_fraction(thr), expected)
+    np.testing.assert_array_equal(res.accepted_fraction(np.array([[thr], [0.0]])), [expected[0], 0])
+    with pytest.raises(ValueError, match=r"threshold must be >= 0 ns \(not NaN\), got nan"):
+        res.accepted_fraction(float("nan"))
+
+
+def test_homogeneous_baseline_and_its_warning(problem):
+    op, gen, _, _, tt = problem
+    sigma = np.linspace(0.5, 1.5, op.n_data)
+    for noise in (None, sigma):
+        res = LatentInverter(gen, op, n_epochs=1, batch_size=6, n_starts=2, noise_std=noise,
+                             random_state=0, device="cpu").fit(tt).invert(tt)
+        # independent: weighted least squares of the data on the homogeneous traveltimes
+        t1 = np.asarray(op.jacobian(np.ones(op.n_params)).sum(axis=1)).ravel()   # ray lengths (m)
+        w = np.ones(op.n_data) if noise is None else 1 / sigma
+        s0 = np.array([np.linalg.lstsq((w * t1)[:, None], w * d, rcond=None)[0][0] for d in tt])
+        np.testing.assert_allclose(res.homogeneous_slowness, s0, rtol=1e-10)
+        np.testing.assert_allclose(res.homogeneous_rmse,
+                                   np.sqrt(np.mean((tt - s0[:, None] * t1) ** 2, axis=1)), rtol=1e-10)
+    h = res.homogeneous_rmse
+    with pytest.warns(BaselineWarning, match="acceptance threshold .* not clearly better"):
+        res.accepted(1.01 * DATA_RATIO * h.min())                 # loose for the survey of lowest h
+    with pytest.warns(BaselineWarning):
+        res.accepted_fraction(np.array([[0.0], [1.01 * DATA_RATIO * h[1]]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaselineWarning)
+        res.accepted(0.99 * DATA_RATIO * h.min())                 # clearly better: silent
+        res.accepted_fraction(np.array([[0.99 * DATA_RATIO * h[0]], [0.99 * DATA_RATIO * h[1]]]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -472,14 +654,23 @@ def test_bad_traveltimes_raise(problem, bad, match):
         est.predict(bad(tt))
 
 
-@pytest.mark.parametrize("param, value", [
-    ("optimizer", "lbfgs"), ("lr", -1.0), ("batch_size", 0), ("batch_size", 1000),
-    ("regularization", "l1"), ("n_starts", 0), ("noise_std", -1.0), ("lr_decay", 0.0),
-    ("device", "tpu"),
+@pytest.mark.parametrize("param, value, expected", [
+    ("optimizer", "lbfgs", "optimizer must be 'sgd' or 'adam', got 'lbfgs'"),
+    ("lr", -1.0, "lr must be > 0, got -1.0"),
+    ("batch_size", 0, "batch_size must be >= 1, got 0"),
+    ("batch_size", 1000, "batch_size must be <= 36, got 1000"),
+    ("regularization", "l1", "regularization must be 'ring', 'origin' or None, got 'l1'"),
+    ("n_starts", 0, "n_starts must be >= 1, got 0"),
+    ("noise_std", -1.0, "noise_std must be a positive number or an array of 36 positive numbers (ns), "
+                        "got -1.0"),
+    ("lr_decay", 0.0, "lr_decay must be > 0, got 0.0"),
+    ("lam_decay", 1.5, "lam_decay must be <= 1, got 1.5"),
+    ("n_epochs", 2.5, "n_epochs must be an integer, got 2.5"),
+    ("device", "tpu", "device must be 'auto', 'cpu' or 'cuda', got 'tpu'"),
 ])
-def test_bad_parameters_raise_naming_them(problem, param, value):
+def test_bad_parameters_raise_naming_them(problem, param, value, expected):
     op, gen, _, _, tt = problem
-    with pytest.raises(ValueError, match=param.split("_")[0]):
+    with pytest.raises(ValueError, match="^" + re.escape(f"LatentInverter: {expected}") + "$"):
         LatentInverter(gen, op, **{param: value}).fit(tt)
 
 

@@ -331,6 +331,108 @@ def test_bad_models_raise(backend, bad, match):
         op.response(bad(m))
     with pytest.raises(ValueError, match=match):
         op.response_and_jacobian(bad(m))
+    with pytest.raises(ValueError, match=match):
+        op.submit(bad(m))
+    if np.ndim(bad(m)) == 1:
+        with pytest.raises(ValueError, match=match):
+            op.jacobian(bad(m))
+    if not isinstance(bad(m), str):
+        with pytest.raises(ValueError, match="ShortestPathOperator.forward: .*" + match):
+            op.forward(torch.tensor(bad(m), requires_grad=True))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value, match", [
+    (np.nan, r"NaN or inf: model 1, cell 5 is nan"),
+    (-12.5, r"> 0 in every cell .*minimum -12\.5 at model 1, cell 5"),
+])
+def test_torch_forward_names_the_bad_cell(device, backend, value, match):
+    grid, survey, m = small_case()
+    op = ShortestPathOperator(grid, survey, 2, backend=backend)
+    batch = np.stack([m, m])
+    batch[1, 5] = value
+    with pytest.raises(ValueError, match="ShortestPathOperator.forward: .*" + match):
+        op.forward(torch.tensor(batch, dtype=torch.float32, device=device))
+    with pytest.raises(ValueError, match=match):
+        op.submit(torch.tensor(batch, device=device))
+    for dtype in (torch.int64, torch.bool, torch.complex128):
+        with pytest.raises(ValueError, match=f"got dtype {str(dtype)[6:]}"):
+            op.forward(torch.ones((2, grid.n_cells), dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_gives_an_empty_result(backend):
+    grid, survey, m = small_case()
+    op = ShortestPathOperator(grid, survey, 2, n_threads=2, backend=backend)
+    empty = np.ones((0, grid.n_cells))
+    t, jac = op.response_and_jacobian(empty)
+    assert t.shape == (0, survey.n_data) and t.dtype == np.float64 and jac == []
+    assert op.response(empty).shape == (0, survey.n_data)
+    t, jac = op.submit(empty, want_jacobian=True).result()
+    assert t.shape == (0, survey.n_data) and jac == []
+    x = torch.ones((0, grid.n_cells), dtype=torch.float64, requires_grad=True)
+    out = op.forward(x)
+    assert out.shape == (0, survey.n_data)
+    out.sum().backward()
+    assert x.grad.shape == (0, grid.n_cells)
+    # the batch of one after an empty one still computes (the engine is left usable)
+    np.testing.assert_array_equal(op.response(m[None]), op.response(m)[None])
+    if backend == "cpp":
+        times, (indptr, indices, data) = op._engine.run(empty, True, 3)
+        assert times.shape == (0, survey.n_data)
+        assert indptr.tolist() == [0] and len(indices) == 0 and len(data) == 0
+
+
+def _process_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+@needs_core
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs /proc/self/task (Linux)")
+def test_background_pool_is_bounded_by_tasks_and_machine():
+    from latentinv._backend import core
+
+    cap = core.ShortestPathEngine.max_threads
+    assert cap >= 4 and cap % 4 == 0
+    grid, survey, m = small_case()  # 4 sources: 4 (model, source) tasks per model
+    op = ShortestPathOperator(grid, survey, 1, n_threads=500, backend="cpp")
+    assert op._engine.pool_size == 0
+    before = _process_threads()
+    expected = op.response(m[None])
+    np.testing.assert_array_equal(op.submit(m[None]).result()[0], expected)
+    assert op._engine.pool_size == 4                # one model: 4 tasks, not 500 threads
+    assert _process_threads() - before == 4
+    many = np.tile(m, (3 * cap, 1))                 # more tasks than the machine-wide bound
+    np.testing.assert_array_equal(op.submit(many).result()[0], np.tile(expected, (3 * cap, 1)))
+    assert op._engine.pool_size == cap
+    assert _process_threads() - before == cap
+    del op
+    assert _process_threads() == before             # the pool's threads are joined
+
+
+@needs_core
+def test_engine_validates_n_threads():
+    from latentinv._backend import core
+
+    engine = core.ShortestPathEngine(2, 2, 1.0, 1.0, 0, [0], [8], [0], [0])
+    m = np.ones((1, 4))
+    for bad in (0, -3, True, 2.5, "3", None, np.float64(2.0)):
+        for call in (engine.run, engine.submit):
+            with pytest.raises(ValueError, match=r"n_threads must be a positive integer, got .*"
+                                                 + type(bad).__name__):
+                call(m, False, bad)
+    for fine in (1, np.int64(3), 10**30):           # huge requests are clamped, not refused
+        assert engine.run(m, False, fine)[0][0, 0] == pytest.approx(2 * np.sqrt(2), abs=1e-15)
+    assert engine.pool_size == 0
+    assert engine.submit(m, False, 10**30).result()[0][0, 0] == pytest.approx(2 * np.sqrt(2), abs=1e-15)
+    assert engine.pool_size == 1                    # one task
+    with pytest.raises(ValueError, match="n_threads"):
+        ShortestPathOperator(Grid2D(2, 2, 1.0), CrossholeSurvey([[0.0, 0.0]], [[2.0, 2.0]]), 0,
+                             n_threads=2.0)
 
 
 def test_bad_construction_raises():
@@ -383,6 +485,8 @@ def test_engine_validates_before_touching_memory():
         engine.run(np.array([[1.0, 0.0, 1.0, 1.0]]), True, 1)
     with pytest.raises(ValueError, match="n_threads"):
         engine.run(np.ones((1, 4)), True, 0)
+    with pytest.raises(ValueError, match=r"shape \(n_models, 4\)"):
+        engine.run(np.ones((0, 5)), False, 1)
     with pytest.raises(ValueError, match="queue"):
         engine.run(np.ones((1, 4)), True, 1, "fibonacci")
     t, _ = engine.run(np.ones((1, 4)), False, 1)

@@ -35,11 +35,20 @@ Generator protocol
       float32 models ``(batch, n_cells)`` (flat C order, values in [0, 1]), differentiable;
     - ``n_components``: the latent dimension ``d``;
     - ``latent_distribution``: ``"normal"`` (standard normal latents) or ``"uniform"`` (latents
-      uniform in [-1, 1], kept there by stochastic clipping after every step, as in the SGAN
-      inversions of Laloy et al., 2019).
+      uniform in [-1, 1], with stochastic clipping after every step, as in the SGAN inversions of
+      Laloy et al., 2019: a component outside [-1, 1] is redrawn, see ``clip_resample``);
+    - optionally ``image_shape_`` or ``image_shape``: ``(n_rows, n_cols)`` of the models, checked
+      against the operator's grid (a 129 x 65 prior on a 65 x 129 grid has the right number of
+      cells but the wrong geometry).
 
   :class:`TorchGenerator` wraps a user's own module (an SGAN generator, say) into this protocol.
   Objects without ``fit`` are taken as fitted.
+
+  The generator's models are checked in :meth:`LatentInverter.fit` (on a few fixed latents) and at
+  the first iteration of every inversion (on every start): they must be finite, inside the slowness
+  map's domain (``slowness_map.domain`` when the map declares one; :func:`paper_slowness` is defined
+  for ``x < 4``, where its velocity is positive, and the paper's models lie in [0, 1]) and give finite,
+  positive slowness.
 
 Transductive inversion
 ----------------------
@@ -49,12 +58,14 @@ estimator.
 
 Table 1 of the paper
 --------------------
-Every case of Table 1 is one set of parameters (see :data:`PAPER_CASES`): ``VS`` = VAE prior and
-SGD, ``SA`` / ``SS`` = uniform-latent (SGAN) generator with Adam / SGD; then batch (``b``) or all data
-(``n``), regularisation ring (``r``), origin (``o``) or none (``n``), and decay (``d``) or not (``n``).
-The linear-operator defaults are those of VSbrd. For the nonlinear (shortest-path) operator the paper
-uses ``lr=0.1, lr_decay=0.8, decay_every=5, lam=1, lam_decay=0.99, n_epochs=30`` (750 iterations with
-batches of 25 rays), see :data:`NONLINEAR_SETTINGS`.
+Every case of Table 1 is one complete set of parameters, :data:`PAPER_CASES`, so that
+``LatentInverter(prior, operator, **PAPER_CASES[name])`` runs that case (the paper ran 100 starts:
+add ``n_starts=PAPER_N_STARTS``). ``VS`` = VAE prior and SGD, ``SA`` / ``SS`` = uniform-latent (SGAN)
+generator with Adam / SGD; then batch (``b``) or all data (``n``), regularisation ring (``r``),
+origin (``o``) or none (``n``), and decay (``d``) or not (``n``). The linear-operator defaults are
+those of VSbrd. For the nonlinear (shortest-path) operator the paper uses ``lr=0.1, lr_decay=0.8,
+decay_every=5, lam=1, lam_decay=0.99, n_epochs=30`` (750 iterations with batches of 25 rays), see
+:data:`NONLINEAR_SETTINGS`.
 """
 from __future__ import annotations
 
@@ -80,7 +91,7 @@ from ._allocator import tune_malloc_for_tensors
 __all__ = [
     "LatentInverter", "TorchGenerator", "InversionResult", "paper_slowness", "chi_mean",
     "learning_rate_schedule", "regularization_schedule", "ring_penalty", "ring_gradient",
-    "PAPER_CASES", "NONLINEAR_SETTINGS",
+    "PAPER_CASES", "PAPER_N_STARTS", "NONLINEAR_SETTINGS",
 ]
 
 #: Settings of the paper's nonlinear (shortest-path) experiment (750 iterations), as the issue that
@@ -90,15 +101,41 @@ __all__ = [
 NONLINEAR_SETTINGS = dict(lr=0.1, lr_decay=0.8, decay_every=5, batch_size=25, regularization="ring",
                           lam=1.0, lam_decay=0.99, n_epochs=30)
 
-#: The switches of the cases of the paper's Table 1 (step sizes stay at the estimator's values).
+#: Number of initial latent vectors per survey in the paper's comparison of Table 1 (Section 3.2).
+PAPER_N_STARTS = 100
+
+_PAPER_NO_REGULARIZATION = dict(regularization=None, lam=0.0, lam_decay=1.0)
+_PAPER_RING_OR_ORIGIN = dict(lam=10.0, lam_decay=0.999)
+
+#: The cases of the paper's Table 1 (Section 3.2), each a complete set of inversion parameters:
+#: ``LatentInverter(prior, operator, **PAPER_CASES[name])`` runs the case (with the estimator's
+#: default ``n_starts``; the paper ran :data:`PAPER_N_STARTS`). From the table and its text: 3000
+#: iterations for every case, i.e. 120 epochs of 25 batches of 25 rays (of 625, drawn without
+#: replacement) or 3000 full-data iterations (``batch_size=None`` counts one iteration per epoch);
+#: lambda = 10 and c_lambda = 0.999 where a regularisation is used (``lam=0`` otherwise); the step
+#: size decays by c_l every epoch where "decreasing" is "yes". Where the text leaves a choice open, the
+#: paper's published code (jlalvis/VAE_SGD, SGD_DGM.py) decides:
+#:
+#: - the full-data cases (VSnnn, SAnnn) minimise the plain sum of squared residuals over all 625 data
+#:   with the table's step size, unscaled (the published code uses the same loss for any batch size);
+#: - the uniform-latent cases (SAnnn, SSbnd) use stochastic clipping with ``clip_resample="normal"``:
+#:   a latent component that leaves [-1, 1] is replaced by a standard-normal draw (``torch.randn``
+#:   in the published code), which may itself lie outside [-1, 1];
+#: - Adam uses torch's defaults (betas 0.9 and 0.999, eps 1e-8), as this estimator does.
 PAPER_CASES = {
-    "VSnnn": dict(optimizer="sgd", batch_size=None, regularization=None, lr_decay=1.0, lam_decay=1.0),
-    "VSbnn": dict(optimizer="sgd", batch_size=25, regularization=None, lr_decay=1.0, lam_decay=1.0),
-    "VSbod": dict(optimizer="sgd", batch_size=25, regularization="origin", lr_decay=0.95, lam_decay=0.999),
-    "VSbrd": dict(optimizer="sgd", batch_size=25, regularization="ring", lr_decay=0.95, lam_decay=0.999),
+    "VSnnn": dict(optimizer="sgd", batch_size=None, lr=1e-4, lr_decay=1.0, decay_every=1,
+                  n_epochs=3000, **_PAPER_NO_REGULARIZATION),
+    "VSbnn": dict(optimizer="sgd", batch_size=25, lr=1e-4, lr_decay=1.0, decay_every=1,
+                  n_epochs=120, **_PAPER_NO_REGULARIZATION),
+    "VSbod": dict(optimizer="sgd", batch_size=25, lr=1e-2, lr_decay=0.95, decay_every=1,
+                  n_epochs=120, regularization="origin", **_PAPER_RING_OR_ORIGIN),
+    "VSbrd": dict(optimizer="sgd", batch_size=25, lr=1e-2, lr_decay=0.95, decay_every=1,
+                  n_epochs=120, regularization="ring", **_PAPER_RING_OR_ORIGIN),
     # uniform-latent (SGAN-like) generator: pass a generator with latent_distribution="uniform"
-    "SAnnn": dict(optimizer="adam", batch_size=None, regularization=None, lr_decay=1.0, lam_decay=1.0),
-    "SSbnd": dict(optimizer="sgd", batch_size=25, regularization=None, lr_decay=0.95, lam_decay=1.0),
+    "SAnnn": dict(optimizer="adam", batch_size=None, lr=1e-2, lr_decay=1.0, decay_every=1,
+                  n_epochs=3000, clip_resample="normal", **_PAPER_NO_REGULARIZATION),
+    "SSbnd": dict(optimizer="sgd", batch_size=25, lr=1e-3, lr_decay=0.95, decay_every=1,
+                  n_epochs=120, clip_resample="normal", **_PAPER_NO_REGULARIZATION),
 }
 
 # a start whose latent norm exceeds this many times sqrt(d) is declared diverged
@@ -114,9 +151,16 @@ def paper_slowness(x):
     """Slowness (ns/m) of model values ``x`` in [0, 1]: ``1 / (0.06 + 0.02 (1 - x))``.
 
     Velocity is 0.06 m/ns where ``x = 1`` and 0.08 m/ns where ``x = 0`` (the paper's test case).
-    Works on torch tensors and NumPy arrays.
+    Works on torch tensors and NumPy arrays. The formula is defined where the velocity is positive,
+    ``x < 4`` (:attr:`paper_slowness.domain`): ``x = 4`` gives infinite slowness and ``x > 4``
+    negative slowness. The paper's models lie in [0, 1]; values between 1 and 4 (or below 0)
+    extrapolate its linear velocity law.
     """
     return 1.0 / (0.06 + 0.02 * (1.0 - x))
+
+
+#: model values for which :func:`paper_slowness` gives a positive velocity (open interval)
+paper_slowness.domain = (-math.inf, 4.0)
 
 
 def chi_mean(d):
@@ -166,7 +210,11 @@ class TorchGenerator:
     n_components : int
         Latent dimension ``d``.
     latent_distribution : {"normal", "uniform"}, default="normal"
-        ``"uniform"``: latents in [-1, 1] (SGAN), kept there by stochastic clipping.
+        ``"uniform"``: latents in [-1, 1] (SGAN), with stochastic clipping.
+    image_shape : tuple of int, default=None
+        ``(n_rows, n_cols)`` of the models, checked against the operator's grid. ``None``: taken
+        from the module's output when it has image dimensions (``(batch, n_rows, n_cols)`` or
+        ``(batch, 1, n_rows, n_cols)``), unchecked otherwise.
 
     Attributes
     ----------
@@ -176,10 +224,11 @@ class TorchGenerator:
         holds dropout or batch normalisation.
     """
 
-    def __init__(self, module, n_components, latent_distribution="normal"):
+    def __init__(self, module, n_components, latent_distribution="normal", image_shape=None):
         self.module = module
         self.n_components = n_components
         self.latent_distribution = latent_distribution
+        self.image_shape = image_shape
 
     @property
     def decoder_(self):
@@ -199,6 +248,10 @@ class TorchGenerator:
     def __repr__(self):
         return (f"TorchGenerator({type(self.module).__name__}, n_components={self.n_components}, "
                 f"latent_distribution={self.latent_distribution!r})")
+
+    def __setstate__(self, state):     # pickles of earlier versions have no image_shape
+        state.setdefault("image_shape", None)
+        self.__dict__.update(state)
 
 
 class _Flatten(torch.nn.Module):
@@ -247,6 +300,14 @@ class InversionResult:
     diverged : ndarray of bool, shape (n_surveys, n_starts)
         NaN or a latent norm above ``100 sqrt(d)``: the start was stopped before the bad iterate was
         decoded; its selected model comes from the iterations before.
+    settings : dict
+        The parameters of the run, its seed, number of iterations and device.
+    homogeneous_slowness : ndarray of shape (n_surveys,) or None
+        Slowness (ns/m) of the best homogeneous-velocity model of each survey's data
+        (:func:`latentinv.baselines.homogeneous_fit`, weighted by ``1 / noise_std**2`` when given).
+    homogeneous_rmse : ndarray of shape (n_surveys,) or None
+        Data RMSE (ns) of that model: the baseline an acceptance threshold must clearly beat
+        (:meth:`accepted` warns otherwise).
     """
 
     models: np.ndarray
@@ -265,6 +326,8 @@ class InversionResult:
     reached_target: np.ndarray
     diverged: np.ndarray
     settings: dict = field(default_factory=dict)
+    homogeneous_slowness: Optional[np.ndarray] = None
+    homogeneous_rmse: Optional[np.ndarray] = None
 
     @property
     def n_surveys(self):
@@ -274,16 +337,46 @@ class InversionResult:
     def n_starts(self):
         return self.latents.shape[1]
 
+    def _threshold(self, threshold, caller):
+        """``threshold`` (ns) broadcast to ``(n_surveys, n_starts)``, checked; warns against the baseline."""
+        shape = self.data_rmse.shape
+        try:
+            thr = np.asarray(threshold, dtype=np.float64)
+            thr = np.broadcast_to(thr, shape)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"InversionResult.{caller}: threshold must be a number of ns or an array that "
+                f"broadcasts to (n_surveys, n_starts) = {shape}, got {threshold!r}") from None
+        if np.isnan(thr).any() or (thr < 0).any():
+            raise ValueError(f"InversionResult.{caller}: threshold must be >= 0 ns (not NaN), got "
+                             f"{threshold!r}")
+        if self.homogeneous_rmse is not None:
+            from .baselines import check_against_baselines
+            check_against_baselines(
+                data_rmse=thr.max(axis=1), homogeneous_rmse=self.homogeneous_rmse, stacklevel=4,
+                what=f"the acceptance threshold of InversionResult.{caller}")
+        return thr
+
     def accepted(self, threshold):
-        """Boolean ``(n_surveys, n_starts)``: selected data RMSE <= ``threshold`` (ns), not diverged."""
-        return (self.data_rmse <= threshold) & ~self.diverged
+        """Boolean ``(n_surveys, n_starts)``: selected data RMSE <= ``threshold`` (ns), not diverged.
+
+        ``threshold``: a number or an array broadcasting to ``(n_surveys, n_starts)`` (one value
+        per survey as ``(n_surveys, 1)``). Warns with :class:`latentinv.baselines.BaselineWarning`
+        when a survey's threshold is above ``DATA_RATIO`` (0.5) times the data RMSE of its best
+        homogeneous-velocity model (:attr:`homogeneous_rmse`): such an acceptance says little.
+        """
+        thr = self._threshold(threshold, "accepted")
+        return (self.data_rmse <= thr) & ~self.diverged
 
     def accepted_fraction(self, threshold):
         """Fraction of the starts of each survey whose selected data RMSE (ns) is <= ``threshold``.
 
-        Diverged starts count as not accepted. Returns an array of shape ``(n_surveys,)``.
+        Diverged starts count as not accepted. Returns an array of shape ``(n_surveys,)``. Warns as
+        :meth:`accepted` when the threshold is not clearly better than the homogeneous model's
+        data RMSE (:attr:`homogeneous_rmse`, reported beside the fraction).
         """
-        return self.accepted(threshold).mean(axis=1)
+        thr = self._threshold(threshold, "accepted_fraction")
+        return ((self.data_rmse <= thr) & ~self.diverged).mean(axis=1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -291,6 +384,40 @@ class InversionResult:
 # ---------------------------------------------------------------------------------------------------
 def _as_seed(random_state):
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+def _max_traveltime(n_data):
+    """Largest traveltime (ns) whose squared residuals, summed over ``n_data``, stay finite in float32."""
+    return math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(int(n_data), 1)))
+
+
+def _probe_latents(n_components, latent_distribution, n=16):
+    """Latents on which :meth:`LatentInverter.fit` checks the generator: the origin, then ``n - 1``
+    fixed draws from the latent distribution (own generator: no estimator randomness is used)."""
+    rng = np.random.default_rng(20210)
+    if latent_distribution == "uniform":
+        z = rng.uniform(-1.0, 1.0, size=(n - 1, n_components))
+    else:
+        z = rng.standard_normal(size=(n - 1, n_components))
+    return torch.tensor(np.vstack([np.zeros((1, n_components)), z]), dtype=torch.float32)
+
+
+def _param_snapshot(params):
+    return {k: copy.deepcopy(v) if isinstance(v, (np.ndarray, list, tuple, dict)) else v
+            for k, v in params.items()}
+
+
+def _same_param(a, b):
+    if a is b:
+        return True
+    if isinstance(a, (np.ndarray, list, tuple)) or isinstance(b, (np.ndarray, list, tuple)):
+        try:
+            return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        except (TypeError, ValueError):
+            return False
+    if isinstance(a, (numbers.Number, str, type(None))) and isinstance(b, (numbers.Number, str, type(None))):
+        return type(a) is type(b) and a == b
+    return False
 
 
 def _initial_latents(seed, n_starts, n_components, latent_distribution):
@@ -449,6 +576,13 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         ``"exact"``: the full chain rule of ``sum (y - f(s(g(z))))**2``, which is about 8 times
         larger with the paper's slowness map (factor 2 times ``ds/dx`` of 3.1 to 5.6 ns/m).
         Linear operators always use the exact gradient (as the paper's code does).
+    clip_resample : {"uniform", "normal"}, default="uniform"
+        Stochastic clipping of uniform latents (ignored for normal ones): after every step, each
+        latent component outside [-1, 1] is replaced by a draw from U(-1, 1) (``"uniform"``: the
+        latents stay in the prior's box) or from N(0, 1) (``"normal"``: the rule of the paper's
+        published code, SGD_DGM.py, which redraws with ``torch.randn`` before each generator
+        evaluation; the draw may itself lie outside [-1, 1] and is decoded as it is). The uniform-latent
+        cases of :data:`PAPER_CASES` use ``"normal"``.
     random_state : int, RandomState instance or None, default=None
         Seeds the initial latents and each survey's mini-batch order.
     device : {"auto", "cpu", "cuda"}, default="auto"
@@ -469,7 +603,13 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         Mean of the chi distribution with ``d`` degrees of freedom (Eq. 25).
     n_iterations_ : int
         Iterations per start.
+    iterations_per_epoch_ : int
+        ``n_data // batch_size`` (1 with ``batch_size=None``).
     device_ : torch.device
+
+    The inversion runs with the parameters validated by the last :meth:`fit`, which the fitted
+    attributes describe: changing a parameter (``set_params`` or assignment) after ``fit`` makes
+    :meth:`invert` / :meth:`predict` raise until ``fit`` is called again (``verbose`` excepted).
 
     Notes
     -----
@@ -515,7 +655,8 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     def __init__(self, prior=None, operator=None, *, slowness_map=None, optimizer="sgd", lr=1e-2,
                  lr_decay=0.95, decay_every=1, batch_size=25, regularization="ring", lam=10.0,
                  lam_decay=0.999, n_epochs=120, n_starts=10, noise_std=None, target_misfit=None,
-                 nonlinear_gradient="paper", random_state=None, device="auto", verbose=0):
+                 nonlinear_gradient="paper", clip_resample="uniform", random_state=None, device="auto",
+                 verbose=0):
         self.prior = prior
         self.operator = operator
         self.slowness_map = slowness_map
@@ -532,6 +673,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         self.noise_std = noise_std
         self.target_misfit = target_misfit
         self.nonlinear_gradient = nonlinear_gradient
+        self.clip_resample = clip_resample
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
@@ -594,6 +736,9 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         if self.nonlinear_gradient not in ("paper", "exact"):
             raise ValueError(f"{name}: nonlinear_gradient must be 'paper' or 'exact', got "
                              f"{self.nonlinear_gradient!r}")
+        if self.clip_resample not in ("uniform", "normal"):
+            raise ValueError(f"{name}: clip_resample must be 'uniform' or 'normal', got "
+                             f"{self.clip_resample!r}")
         if self.slowness_map is not None and not callable(self.slowness_map):
             raise ValueError(f"{name}: slowness_map must be callable or None, got {self.slowness_map!r}")
         if self.noise_std is None:
@@ -618,11 +763,25 @@ class LatentInverter(RegressorMixin, BaseEstimator):
 
     def _check_traveltimes(self, X, reset):
         name = type(self).__name__
-        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=True,
+        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
                           ensure_2d=True, copy=False)
+        finite = np.isfinite(X)
+        if not finite.all():
+            i, j = np.argwhere(~finite)[0]
+            raise ValueError(
+                f"{name}: X (traveltimes, ns) must be finite, got {int(np.isnan(X).sum())} NaN and "
+                f"{int(np.isinf(X).sum())} inf values (the first at survey {i}, datum {j}: {X[i, j]!r})")
         if np.any(X < 0):
             raise ValueError(f"{name}: Negative values in data passed to X: traveltimes must be "
                              f">= 0 ns, got a minimum of {float(X.min())!r}")
+        # the misfit is computed in float32: a sum of n_data squared residuals must stay finite
+        limit = _max_traveltime(X.shape[1])
+        if X.size and X.max() > limit:
+            i, j = np.unravel_index(np.argmax(X), X.shape)
+            raise ValueError(
+                f"{name}: X (traveltimes, ns) must be at most {limit:.3g} ns (with {X.shape[1]} data, "
+                f"larger values overflow the float32 misfit), got {X[i, j]:.6g} ns at survey {i}, "
+                f"datum {j}; check the units (ns)")
         return X
 
     # -- fit -------------------------------------------------------------------------------------------
@@ -680,17 +839,95 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         self.latent_distribution_ = dist
         self.mu_chi_ = chi_mean(d)
         decoder = self._decoder()
+        probes = _probe_latents(d, dist).to(self.device_)
         with torch.no_grad():
-            out = decoder(torch.zeros(1, d, device=self.device_))
+            out = decoder(probes)
         if out.ndim != 2 or out.shape[1] != op.n_params:
             raise ValueError(
                 f"{name}: the generator produces models of shape {tuple(out.shape)[1:]} but the "
                 f"operator expects {op.n_params} cells")
+        self._check_geometry(op)
+        with torch.no_grad():
+            self._check_generator_output(out, (self.slowness_map or paper_slowness)(out),
+                                         f"at {len(probes)} test latents in fit")
         self.operator_ = op
         self.n_cells_ = int(op.n_params)
         self.iterations_per_epoch_ = op.n_data // (self.batch_size or op.n_data)
         self.n_iterations_ = self.n_epochs * self.iterations_per_epoch_
+        self._fitted_params = _param_snapshot(self.get_params(deep=False))
         return self
+
+    def _generator_name(self):
+        prior = self.prior_
+        return repr(prior) if isinstance(prior, TorchGenerator) else type(prior).__name__
+
+    def _check_geometry(self, op):
+        """The prior's image shape against the operator grid's (n_rows, n_cols), where both are known."""
+        prior = self.prior_
+        shape = getattr(prior, "image_shape_", None)
+        if shape is None:
+            shape = getattr(prior, "image_shape", None)
+        if shape is None and isinstance(prior, TorchGenerator):
+            with torch.no_grad():
+                raw = prior.module(torch.zeros(1, self.n_components_,
+                                               device=_module_device(prior.module) or "cpu"))
+            dims = tuple(int(n) for n in raw.shape[1:])
+            if len(dims) == 3 and dims[0] == 1:
+                dims = dims[1:]
+            shape = dims if len(dims) == 2 else None
+        grid_shape = getattr(getattr(op, "grid", None), "shape", None)
+        if shape is None or grid_shape is None:
+            return
+        try:
+            shape = tuple(int(n) for n in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"{type(self).__name__}: the prior {self._generator_name()} gives an image "
+                             f"shape that is not a pair of ints: {shape!r}") from None
+        if shape != tuple(grid_shape):
+            raise ValueError(
+                f"{type(self).__name__}: the prior {self._generator_name()} makes images of shape "
+                f"(n_rows, n_cols) = {shape} but the operator's grid is {tuple(grid_shape)} "
+                f"(same number of cells, {op.n_params}, but another geometry)"
+                if len(shape) == 2 and shape[0] * shape[1] == op.n_params else
+                f"{type(self).__name__}: the prior {self._generator_name()} makes images of shape "
+                f"(n_rows, n_cols) = {shape} but the operator's grid is {tuple(grid_shape)}")
+
+    def _check_generator_output(self, x, s, when):
+        """Models ``x`` finite and in the slowness map's domain, slowness ``s`` finite and positive."""
+        fn = self.slowness_map or paper_slowness
+        map_name = getattr(fn, "__name__", type(fn).__name__)
+        ok_x = torch.isfinite(x)
+        problem = None
+        if not bool(ok_x.all()):
+            problem = f"{int((~ok_x).sum())} non-finite model values (NaN or inf)"
+        else:
+            lo, hi = float(x.min()), float(x.max())
+            domain = getattr(fn, "domain", None)
+            if domain is not None and not (domain[0] < lo and hi < domain[1]):
+                problem = (f"model values in [{lo:.6g}, {hi:.6g}], outside the domain "
+                           f"({domain[0]}, {domain[1]}) of the slowness map {map_name}")
+            elif not bool((torch.isfinite(s) & (s > 0)).all()):
+                bad = ~(torch.isfinite(s) & (s > 0))
+                problem = (f"model values in [{lo:.6g}, {hi:.6g}] giving {int(bad.sum())} non-finite "
+                           f"or non-positive slowness values through {map_name}")
+        if problem is not None:
+            raise ValueError(
+                f"{type(self).__name__}: the generator {self._generator_name()} returned {problem} "
+                f"{when}; the generator must produce finite models in the slowness map's domain "
+                "(values in [0, 1] for paper_slowness)")
+
+    def _check_unchanged_params(self):
+        before = getattr(self, "_fitted_params", None)
+        if before is None:
+            return
+        now = _param_snapshot(self.get_params(deep=False))
+        changed = [k for k in before if k != "verbose" and not _same_param(before[k], now.get(k))]
+        if changed:
+            what = ", ".join(f"{k}: {before[k]!r} at fit, {now.get(k)!r} now" for k in changed)
+            raise ValueError(
+                f"{type(self).__name__}: parameters changed since fit ({what}); call fit again so "
+                f"that the run and the fitted attributes (n_iterations_={self.n_iterations_}, "
+                f"device_={self.device_}) agree")
 
     def _decoder(self):
         dec = self.prior_.decoder_
@@ -716,11 +953,20 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         return self.invert(X).models
 
     def invert(self, X):
-        """Invert each survey and return the traces (:class:`InversionResult`)."""
+        """Invert each survey and return the traces (:class:`InversionResult`).
+
+        The result also holds, per survey, the best homogeneous-velocity model's slowness and data
+        RMSE (:func:`latentinv.baselines.homogeneous_fit`; one extra operator response), the baseline
+        against which :meth:`InversionResult.accepted` judges an acceptance threshold.
+        """
         check_is_fitted(self)
+        self._check_unchanged_params()
         Y = self._check_traveltimes(X, reset=False)
         sigma = self._check_params(self.operator_.n_data)
-        return self._run(Y, sigma)
+        result = self._run(Y, sigma)
+        from .baselines import homogeneous_fit
+        result.homogeneous_slowness, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
+        return result
 
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the predicted model against the true model ``y``."""
@@ -731,6 +977,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     def simulate(self, models):
         """Traveltimes (ns) of models ``(n, n_cells)`` with values in [0, 1], through ``slowness_map``."""
         check_is_fitted(self)
+        self._check_unchanged_params()
         m = np.asarray(models, dtype=np.float64).reshape(-1, self.n_cells_)
         fn = self.slowness_map or paper_slowness
         s = fn(torch.tensor(m, dtype=torch.float64)).numpy()
@@ -843,7 +1090,10 @@ class LatentInverter(RegressorMixin, BaseEstimator):
                     perms = np.stack([g.permutation(n_data) for g in batch_rngs])
                     perms = torch.tensor(perms[:, :per_epoch * B].reshape(R, per_epoch, B), device=dev)
                     if uniform:
-                        redraw = np.stack([2.0 * g.random((per_epoch, d)) - 1.0 for g in clip_rngs], 1)
+                        if self.clip_resample == "normal":
+                            redraw = np.stack([g.standard_normal((per_epoch, d)) for g in clip_rngs], 1)
+                        else:
+                            redraw = np.stack([2.0 * g.random((per_epoch, d)) - 1.0 for g in clip_rngs], 1)
                         redraw = torch.tensor(redraw, dtype=dtype, device=dev)
                 batch = perms[:, j]                                   # (R, B)
                 lr_k = learning_rate_schedule(self.lr, self.lr_decay, self.decay_every, epoch)
@@ -854,6 +1104,9 @@ class LatentInverter(RegressorMixin, BaseEstimator):
                 zk = z.detach().requires_grad_(True)
                 x = decoder(zk)
                 s = fn(x)
+                if k == 0:
+                    with torch.no_grad():
+                        self._check_generator_output(x, s, "at the initial latents of the inversion")
                 rest = None
                 if kernel is not None:
                     t_batch = kernel.rows(s, batch)
@@ -908,7 +1161,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
                         m2 = _ADAM_BETAS[1] * m2 + (1 - _ADAM_BETAS[1]) * grad * grad
                         denom = (m2.sqrt() / math.sqrt(1 - _ADAM_BETAS[1] ** t)) + _ADAM_EPS
                         z_new = zk.detach() - (lr_k / (1 - _ADAM_BETAS[0] ** t)) * m1 / denom
-                    if uniform:   # stochastic clipping: out-of-box components redrawn in [-1, 1]
+                    if uniform:   # stochastic clipping: out-of-box components redrawn (clip_resample)
                         z_new = torch.where(z_new.abs() > 1, redraw[j], z_new)
                     if target is not None:
                         hit = active & (rms_for_target <= target)
