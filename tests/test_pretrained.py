@@ -80,3 +80,153 @@ def test_loads_on_cuda():
     cpu = VAEPrior.pretrained(device="cpu")
     z = np.random.default_rng(0).standard_normal((3, 20))
     np.testing.assert_allclose(gpu.decode(z), cpu.decode(z), atol=1e-3)     # TF32 convolutions on CUDA
+
+
+def test_shipped_files_carry_valid_checksums():
+    import hashlib
+
+    config = json.loads((DATA / "config.json").read_text())
+    weights = (DATA / "weights.safetensors").read_bytes()
+    assert config["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    rest = {k: v for k, v in config.items() if k != "config_sha256"}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    assert config["config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    # the weights were not changed by re-saving with checksums (digest of the file as trained)
+    assert config["weights_sha256"] == "089066d6085cf3d7b77b44c65ef055d9156a314aab25780bdb158b6e04ac5640"
+
+
+def test_pretrained_device_auto_and_unavailable_cuda(prior):
+    auto = VAEPrior.pretrained(device="auto")
+    assert auto.device_ == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    z = np.random.RandomState(0).standard_normal((3, 20))
+    np.testing.assert_allclose(auto.decode(z), prior.decode(z), atol=1e-3)
+    with pytest.raises(ValueError, match=r"VAEPrior.pretrained: device must be .*got 'gpu'"):
+        VAEPrior.pretrained(device="gpu")
+    if torch.cuda.is_available():
+        return
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(
+            ValueError, match=r"VAEPrior.pretrained: device='cuda' asks for CUDA, but CUDA is not "
+                              r"available on this machine .*expected 'cpu' or 'auto'"):
+        warnings.simplefilter("always")
+        VAEPrior.pretrained(device="cuda")
+    assert not any("trained on" in str(w.message) for w in caught)     # no false claim
+
+
+# ------------------------------------------------------------ the paper's published VAE (VAE_SGD)
+class PublishedLayoutVAE(torch.nn.Module):
+    """Written for this test from the layout of VAE/autoencoder_in.py (github.com/jlalvis/VAE_SGD):
+    same attribute names, Sequential indices and shapes, independent of latentinv.nn."""
+
+    def __init__(self, z_dim=20):
+        nn = torch.nn
+        super().__init__()
+
+        def block(conv, n_in, n_out, k, last=False):
+            layers = [conv(n_in, n_out, kernel_size=k, stride=2, bias=False)]
+            return layers if last else layers + [nn.InstanceNorm2d(n_out), nn.ReLU()]
+
+        self.encoder = nn.Sequential(*block(nn.Conv2d, 1, 32, 5), *block(nn.Conv2d, 32, 64, 5),
+                                     *block(nn.Conv2d, 64, 128, 4), *block(nn.Conv2d, 128, 256, 4),
+                                     nn.Flatten(), nn.Linear(12 * 256, 512), nn.ReLU())
+        self.fc1 = nn.Linear(512, z_dim)
+        self.fc2 = nn.Linear(512, z_dim)
+        self.fc3 = nn.Linear(z_dim, 512)
+        t = nn.ConvTranspose2d
+        self.decoder = nn.Sequential(nn.Linear(512, 12 * 256), nn.ReLU(), nn.Unflatten(1, (256, 6, 2)),
+                                     *block(t, 256, 128, 4), *block(t, 128, 64, 4), *block(t, 64, 32, 5),
+                                     *block(t, 32, 1, 5, last=True), nn.Sigmoid())
+
+    def decode(self, z):                                # the published decode: fc3, then decoder
+        return self.decoder(self.fc3(z))
+
+    def mean(self, x):                                  # the published encode's mu: fc1(encoder(x))
+        return self.fc1(self.encoder(x))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        net = PublishedLayoutVAE()
+        with torch.no_grad():                           # spread the weights so that decode varies
+            for p in net.parameters():
+                p.mul_(3.0)
+    net.eval()
+    path = tmp_path_factory.mktemp("published") / "VAE_inMSEeps100r1e3.pth"
+    torch.save(net.state_dict(), path)
+    return net, path
+
+
+def test_reference_checkpoint_decodes_and_encodes_like_the_published_module(published, tmp_path):
+    net, path = published
+    prior = VAEPrior.from_reference_checkpoint(path, device="cpu")
+    assert prior.n_components == 20 and prior.image_shape_ == (129, 65) and prior.n_features_in_ == 8385
+    assert prior.get_params()["architecture"] == "conv" and prior.beta_per_sample_ == 0.5
+    z = np.random.RandomState(0).standard_normal((6, 20))
+    with torch.no_grad():
+        expected = net.decode(torch.tensor(z, dtype=torch.float32)).reshape(6, -1).double().numpy()
+    assert expected.std() > 0.05                        # a decode that a wrong mapping would change
+    np.testing.assert_allclose(prior.decode(z), expected, rtol=0, atol=2e-6)
+    x = np.random.RandomState(1).random_sample((5, 129, 65))
+    with torch.no_grad():
+        mu = net.mean(torch.tensor(x[:, None], dtype=torch.float32)).double().numpy()
+    np.testing.assert_allclose(prior.encode(x), mu, rtol=1e-5, atol=1e-5)
+    # and through the normal model files
+    prior.save(tmp_path / "ref")
+    again = VAEPrior.load(tmp_path / "ref")
+    np.testing.assert_array_equal(again.decode(z), prior.decode(z))
+    assert again.get_params() == prior.get_params()
+
+
+def test_reference_checkpoint_rejects_wrong_files(published, tmp_path):
+    from latentinv.prior import ModelFileError
+
+    net, path = published
+    state = net.state_dict()
+
+    def write(obj, name):
+        p = tmp_path / name
+        torch.save(obj, p)
+        return p
+
+    cases = [
+        (write([state["fc1.weight"]], "list.pth"), r"expected a state dict .*got list"),
+        (write({k: v for k, v in state.items() if k != "fc3.bias"}, "missing.pth"),
+         r"missing keys \['fc3.bias'\], unexpected keys \[\]"),
+        (write({**state, "decoder.15.weight": torch.zeros(1)}, "extra.pth"),
+         r"unexpected keys \['decoder.15.weight'\]"),
+        (write({**state, "encoder.0.weight": torch.zeros(32, 1, 4, 4)}, "shape.pth"),
+         r"encoder.0.weight: expected \(32, 1, 5, 5\), got \(32, 1, 4, 4\)"),
+        (write({**state, "fc3.bias": torch.zeros(512, dtype=torch.int64)}, "dtype.pth"),
+         r"expected floating-point tensors; got fc3.bias: torch.int64"),
+        (write({**state, "fc3.bias": torch.full((512,), float("nan"))}, "nan.pth"), r"NaN"),
+        (write({**state, "fc1.bias": "text"}, "object.pth"), r"expected a state dict of tensors"),
+    ]
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[:100_000])
+    text = tmp_path / "notes.pth"
+    text.write_text("not a torch file\n")
+    cases += [(truncated, r"could not be read as a torch state dict"),
+              (text, r"could not be read as a torch state dict")]
+    for file, message in cases:
+        with pytest.raises(ModelFileError, match=r"from_reference_checkpoint: .*" + file.name + r"'.*" + message):
+            VAEPrior.from_reference_checkpoint(file)
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        VAEPrior.from_reference_checkpoint(tmp_path / "absent.pth")
+    with pytest.raises(ValueError, match=r"from_reference_checkpoint: device must be"):
+        VAEPrior.from_reference_checkpoint(path, device="tpu")
+
+
+def test_published_key_map_covers_the_conv_module_exactly():
+    from latentinv.nn import build_vae
+    from latentinv.nn.reference import published_key_map, published_shapes
+
+    conv = build_vae("conv", (129, 65), 20, seed=0).state_dict()
+    mapping = published_key_map()
+    assert sorted(mapping.values()) == sorted(conv)                 # every tensor, once
+    reference = PublishedLayoutVAE().state_dict()
+    assert set(mapping) == set(reference) == set(published_shapes())
+    for key, target in mapping.items():
+        assert tuple(reference[key].shape) == published_shapes()[key] == tuple(conv[target].shape), key

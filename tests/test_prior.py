@@ -273,3 +273,223 @@ def test_verbose_progress_bar(capsys):
     VAEPrior(architecture="mlp", n_components=1, hidden_size=4, n_iterations=3, verbose=1,
              random_state=0, device="cpu").fit(X)
     assert "VAEPrior fit" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- model files: checksums and errors
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import warnings  # noqa: E402
+
+from safetensors.torch import save_file  # noqa: E402
+
+from latentinv.prior import ModelFileError, UnverifiedModelWarning  # noqa: E402
+
+
+def _digest(config):
+    """Independent SHA-256 of the canonical JSON of a config without 'config_sha256'."""
+    rest = {k: config[k] for k in sorted(config) if k != "config_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read(d):
+    return json.loads((d / "config.json").read_text())
+
+
+def _write(d, config, sign=True):
+    """Write config.json, re-signed (so that the structural check, not the checksum, is tested)."""
+    if sign:
+        config["weights_sha256"] = hashlib.sha256((d / "weights.safetensors").read_bytes()).hexdigest()
+        config["config_sha256"] = _digest(config)
+    (d / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, straight):
+    X, _ = straight
+    prior = VAEPrior(n_components=3, n_iterations=2, batch_size=20, random_state=0, **SMALL_CONV).fit(X)
+    d = tmp_path_factory.mktemp("saved") / "prior"
+    prior.save(d)
+    return prior, d
+
+
+@pytest.fixture
+def saved_copy(saved, tmp_path):
+    d = tmp_path / "saved_copy"
+    shutil.copytree(saved[1], d)
+    return d
+
+
+def test_save_records_both_checksums(saved):
+    _, d = saved
+    config = _read(d)
+    assert config["version"] == 2
+    assert config["weights_sha256"] == hashlib.sha256((d / "weights.safetensors").read_bytes()).hexdigest()
+    assert config["config_sha256"] == _digest(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # a verified file loads without any warning
+        VAEPrior.load(d)
+
+
+def test_overwritten_weight_bytes_are_detected(saved_copy):
+    data = bytearray((saved_copy / "weights.safetensors").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    (saved_copy / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=r"weights.safetensors' does not match its checksum"):
+        VAEPrior.load(saved_copy)
+
+
+def test_truncated_weights_are_detected_even_without_checksums(saved_copy):
+    data = (saved_copy / "weights.safetensors").read_bytes()
+    (saved_copy / "weights.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ModelFileError, match="does not match its checksum"):
+        VAEPrior.load(saved_copy)
+    _write(saved_copy, _read(saved_copy))                            # re-signed: the reader itself must complain
+    with pytest.raises(ModelFileError, match=r"weights.safetensors' is not a readable safetensors file"):
+        VAEPrior.load(saved_copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["fitted"].update(image_shape_=[8, 32]), "was modified"),
+    (lambda c: c["params"].update(n_components=4), "was modified"),
+    (lambda c: c.update(weights_sha256="0" * 64), "was modified"),
+    (lambda c: c["params"].update(hidden_size=17), "was modified"),
+])
+def test_edited_config_is_detected(saved_copy, edit, message):
+    config = _read(saved_copy)
+    edit(config)
+    _write(saved_copy, config, sign=False)
+    with pytest.raises(ModelFileError, match=rf"config.json' {message}"):
+        VAEPrior.load(saved_copy)
+
+
+def test_shipped_prior_with_transposed_image_shape_is_detected(tmp_path):
+    """The issue's case: [65, 129] has the same FC size with the reference geometry, so only the
+    checksum can tell; without checksums it loads (with a warning saying it cannot be verified)."""
+    from importlib.resources import files
+
+    d = tmp_path / "p"
+    shutil.copytree(str(files("latentinv") / "data" / "default_prior"), d)
+    config = _read(d)
+    config["fitted"]["image_shape_"] = [65, 129]
+    _write(d, config, sign=False)
+    with pytest.raises(ModelFileError, match="was modified after it was saved"):
+        VAEPrior.load(d)
+    del config["weights_sha256"], config["config_sha256"]
+    config["version"] = 1
+    _write(d, config, sign=False)
+    with pytest.warns(UnverifiedModelWarning, match="cannot be verified"):
+        wrong = VAEPrior.load(d)
+    assert wrong.image_shape_ == (65, 129)              # the limitation of unverified files
+
+
+def test_legacy_file_loads_with_a_warning_and_decodes_identically(saved, saved_copy):
+    prior, _ = saved
+    config = _read(saved_copy)
+    del config["weights_sha256"], config["config_sha256"]
+    config["version"] = 1
+    _write(saved_copy, config, sign=False)
+    with pytest.warns(UnverifiedModelWarning, match=r"config.json' has no checksums"):
+        loaded = VAEPrior.load(saved_copy)
+    Z = np.random.default_rng(3).standard_normal((4, 3))
+    np.testing.assert_array_equal(loaded.decode(Z), prior.decode(Z))
+    # structural checks still run on legacy files
+    config["params"]["n_components"] = 4
+    _write(saved_copy, config, sign=False)
+    with pytest.warns(UnverifiedModelWarning), pytest.raises(ModelFileError, match="wrong shapes"):
+        VAEPrior.load(saved_copy)
+    # a version-2 file without its checksums is not a legacy file
+    config["version"] = 2
+    _write(saved_copy, config, sign=False)
+    with pytest.raises(ModelFileError, match="missing key 'weights_sha256'"):
+        VAEPrior.load(saved_copy)
+
+
+def test_truncated_config(saved_copy):
+    text = (saved_copy / "config.json").read_text()
+    (saved_copy / "config.json").write_text(text[:len(text) // 2])
+    with pytest.raises(ModelFileError, match=r"config.json' is not valid JSON .*truncated"):
+        VAEPrior.load(saved_copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["params"].pop("n_components"), r"'params' has missing keys \['n_components'\]"),
+    (lambda c: c["params"].update(colour="red"), r"unexpected keys \['colour'\]"),
+    (lambda c: c.pop("fitted"), r"missing keys \['fitted'\]"),
+    (lambda c: c["fitted"].pop("history_"), r"'fitted' has missing keys \['history_'\]"),
+    (lambda c: c["params"].update(n_components=4),
+     r"weights.safetensors'.*do not fit .*n_components=4.*wrong shapes: encoder.fc_mu.weight: file \(3, 16\), "
+     r"expected \(4, 16\)"),
+    (lambda c: c["params"].update(beta=-1.0), r"params: beta must be a finite float >= 0; got -1.0"),
+    (lambda c: c["params"].update(n_components="3"), r"params: n_components must be an int >= 1; got '3'"),
+    (lambda c: c["params"].update(channels=[4, 8, 8]), r"channels and kernel_sizes must be equally long"),
+    (lambda c: c["params"].update(channels="4,8"), r"params.channels must be a non-empty list"),
+    (lambda c: c["params"].update(device="tpu"), r"params.device must be .*got 'tpu'"),
+    (lambda c: c["params"].update(architecture="gan"), r"params.architecture must be 'conv' or 'mlp'"),
+    (lambda c: c["fitted"].update(image_shape_=[16, 15]), r"\[16, 15\] has 240 cells but .*n_features_in_ is 256"),
+    (lambda c: c["fitted"].update(image_shape_=None), r"architecture 'conv' needs fitted.image_shape_"),
+    (lambda c: c["fitted"].update(device_="auto"), r"fitted.device_ must be a concrete device"),
+    (lambda c: c["fitted"]["history_"]["kl"].append(1.0), r"fitted.history_ differ in length"),
+    (lambda c: c.update(version=3), r"'version' must be 1 or 2"),
+    (lambda c: c.update(format="other"), r"does not hold a saved VAEPrior"),
+])
+def test_invalid_config_gives_a_clear_error_naming_the_file(saved_copy, edit, message):
+    config = _read(saved_copy)
+    edit(config)
+    _write(saved_copy, config)                                 # valid checksums: the content is checked
+    with pytest.raises(ModelFileError, match=r"VAEPrior.load: .*(config|weights)") as info:
+        VAEPrior.load(saved_copy)
+    assert __import__("re").search(message, str(info.value)), str(info.value)
+
+
+def test_wrong_tensors_dtype_shape_and_names(saved, saved_copy):
+    prior, _ = saved
+    state = {k: v.clone() for k, v in prior.module_.state_dict().items()}
+    cases = [
+        ({**state, "decoder.fc.0.bias": state["decoder.fc.0.bias"].double()},
+         r"wrong dtypes: decoder.fc.0.bias: file torch.float64, expected torch.float32"),
+        ({**state, "decoder.fc.0.bias": state["decoder.fc.0.bias"][:-1].clone()},
+         r"wrong shapes: decoder.fc.0.bias: file \(15,\), expected \(16,\)"),
+        ({k: v for k, v in state.items() if k != "encoder.fc_mu.bias"}, r"missing tensors \['encoder.fc_mu.bias'\]"),
+        ({**state, "extra": torch.zeros(2)}, r"unexpected tensors \['extra'\]"),
+    ]
+    for tensors, message in cases:
+        save_file(tensors, str(saved_copy / "weights.safetensors"))
+        _write(saved_copy, _read(saved_copy))
+        with pytest.raises(ModelFileError, match=r"weights.safetensors'.*" + message):
+            VAEPrior.load(saved_copy)
+
+
+def test_missing_files(saved_copy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        VAEPrior.load(tmp_path / "nowhere")
+    (saved_copy / "weights.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"weights.safetensors' is missing"):
+        VAEPrior.load(saved_copy)
+    (saved_copy / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"config.json' is missing"):
+        VAEPrior.load(saved_copy)
+
+
+def test_load_device_argument(saved, saved_copy):
+    prior, d = saved
+    Z = np.zeros((1, 3))
+    auto = VAEPrior.load(d, device="auto")
+    assert auto.device_ == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    np.testing.assert_allclose(auto.decode(Z), prior.decode(Z), atol=1e-3)
+    with pytest.raises(ValueError, match=r"VAEPrior.load: device must be .*got 'tpu'"):
+        VAEPrior.load(d, device="tpu")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA available: the CPU-only behaviour cannot be observed")
+    with pytest.raises(ValueError, match=r"VAEPrior.load: device='cuda' asks for CUDA, but CUDA is not "
+                                         r"available .*expected 'cpu' or 'auto'"):
+        VAEPrior.load(d, device="cuda")
+    # saved while on a GPU, loaded without one: a warning that says where it was, not how it was trained
+    config = _read(saved_copy)
+    config["fitted"]["device_"] = "cuda:0"
+    _write(saved_copy, config)
+    with pytest.warns(UserWarning, match=r"network was on 'cuda:0' when saved .*CUDA is not available; "
+                                         r"loading it on the CPU") as record:
+        loaded = VAEPrior.load(saved_copy)
+    assert not any("trained" in str(w.message) for w in record)
+    assert loaded.device_ == torch.device("cpu")
