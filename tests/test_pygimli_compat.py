@@ -65,3 +65,38 @@ def test_data_round_trip():
 def test_bad_backend():
     with pytest.raises(ValueError, match="backend"):
         PyGimliOperator(GRID, SURVEY, backend="fast")
+
+
+@pytest.mark.parametrize("backend", ["latentinv", "pygimli"])
+@pytest.mark.parametrize("value, match", [
+    (np.nan, r"NaN or inf: model 0, cell 2 is nan"),
+    (np.inf, r"NaN or inf: model 0, cell 2 is inf"),
+    (-12.5, r"> 0 in every cell .*minimum -12\.5 at model 0, cell 2"),
+    (0.0, r"> 0 in every cell .*minimum 0\.0 at model 0, cell 2"),
+])
+def test_bad_slowness_rejected_by_every_entry(backend, value, match):
+    import torch
+
+    op = PyGimliOperator(GRID, SURVEY, n_secondary_nodes=3, backend=backend)
+    bad = SLOWNESS_PG.copy()
+    bad[2] = value
+    for entry in (op.response, op.response_and_jacobian, op.createJacobian, op.jacobian):
+        with pytest.raises(ValueError, match="PyGimliOperator: .*" + match):
+            entry(bad)
+    with pytest.raises(ValueError, match="PyGimliOperator.forward: .*" + match):
+        op.forward(torch.tensor(bad, requires_grad=True))
+    with pytest.raises(ValueError, match="got dtype int64"):
+        op.forward(torch.ones(4, dtype=torch.int64))
+    # the checked entries still compute: pyGIMLi's golden through the torch path
+    out = op.forward(torch.tensor(SLOWNESS_PG))
+    assert float(out[0]) == pytest.approx(np.sqrt(5), abs=1e-12)
+
+
+def test_bad_construction():
+    with pytest.raises(TypeError, match="grid must be a Grid2D, got str"):
+        PyGimliOperator("grid", SURVEY)
+    with pytest.raises(TypeError, match="survey must be a CrossholeSurvey, got list"):
+        PyGimliOperator(GRID, [[0.0, 0.0]])
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="n_secondary_nodes must be an integer in"):
+            PyGimliOperator(GRID, SURVEY, n_secondary_nodes=bad, backend="pygimli")
