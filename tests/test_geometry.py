@@ -54,6 +54,19 @@ def test_pygimli_order_round_trip(n_rows, n_cols, n_batch):
         (dict(n_rows=2, n_cols=3, cell_size=-1), "cell_size"),
         (dict(n_rows=2, n_cols=3, cell_size=np.nan), "cell_size"),
         (dict(n_rows=2, n_cols=3, origin=(0, np.inf)), "origin"),
+        (dict(n_rows=True, n_cols=3), r"n_rows must be a positive integer, got True"),
+        (dict(n_rows="2", n_cols=3), r"n_rows must be a positive integer, got '2'"),
+        (dict(n_rows=2, n_cols=np.float64(3.0)), r"n_cols must be a positive integer, got .*3\.0"),
+        (dict(n_rows=2, n_cols=3, cell_size="0.1"), r"cell_size must be a real number, got '0\.1' \(str\)"),
+        (dict(n_rows=2, n_cols=3, cell_size=True), r"cell_size must be a real number, got True \(bool\)"),
+        (dict(n_rows=2, n_cols=3, cell_size=0.0), r"cell_size must be a finite positive number, got 0\.0"),
+        (dict(n_rows=2, n_cols=3, cell_size=(0.1, -np.inf)), r"cell_size\[1\] \(dz\) must be a finite positive"),
+        (dict(n_rows=2, n_cols=3, cell_size=(0.1, "a")), r"cell_size\[1\] \(dz\) must be a real number, got 'a'"),
+        (dict(n_rows=2, n_cols=3, cell_size=[[0.1, 0.1]]), r"cell_size must be a number or \(dx, dz\)"),
+        (dict(n_rows=2, n_cols=3, origin=5), r"origin must be \(x, depth\) in m, got 5"),
+        (dict(n_rows=2, n_cols=3, origin=None), r"origin must be \(x, depth\) in m, got None"),
+        (dict(n_rows=2, n_cols=3, origin=("0", "1")), r"origin\[0\] \(x\) must be a real number, got '0'"),
+        (dict(n_rows=2, n_cols=3, origin=(0.0, np.nan)), r"origin\[1\] \(depth\) must be a finite number, got nan"),
     ],
 )
 def test_grid_bad_input(kwargs, match):
@@ -84,6 +97,32 @@ def test_survey_bad_input():
         CrossholeSurvey(src, [[0.0, 1.0]])
     with pytest.raises(ValueError, match="shape"):
         CrossholeSurvey([[0.0, 1.0, 2.0]], rcv)
+
+
+@pytest.mark.parametrize("sources, receivers, pairs, match", [
+    ([["0", "1"]], [[1.0, 1.0]], None, r"sources must be real \(x, depth\) positions in m, got list \(dtype <U1\)"),
+    ([[True, False]], [[1.0, 1.0]], None, r"sources must be real .*\(dtype bool\)"),
+    ([[0.0, 1.0]], [[1.0, 1j]], None, r"receivers must be real .*\(dtype complex128\)"),
+    (None, [[1.0, 1.0]], None, r"sources must be real .*NoneType"),
+    ([[0.0, 1.0], [0.0]], [[1.0, 1.0]], None, r"sources must be real .*not an array"),
+    ([[0.0, 1.0]], [[-np.inf, 1.0]], None, r"receivers holds NaN or inf at rows \[0\]"),
+    ([[0.0, 1.0]], [[1.0, 1.0]], [["0", "0"]], r"pairs must hold integer indices, got dtype <U1"),
+    ([[0.0, 1.0]], [[1.0, 1.0]], [[True, False]], r"pairs must hold integer indices, got dtype bool"),
+    ([[0.0, 1.0]], [[1.0, 1.0]], [[0.5, 0.0]], r"pairs must hold integer indices"),
+    ([[0.0, 1.0]], [[1.0, 1.0]], [[0, np.nan]], r"pairs must hold integer indices"),
+])
+def test_survey_rejects_wrong_types(sources, receivers, pairs, match):
+    with pytest.raises(ValueError, match=match):
+        CrossholeSurvey(sources, receivers, pairs)
+
+
+def test_paper_survey_checks_positions():
+    with pytest.raises(ValueError, match=r"source_x must be a real number, got 'a'"):
+        CrossholeSurvey.paper("a")
+    with pytest.raises(ValueError, match=r"receiver_x must be a finite number, got inf"):
+        CrossholeSurvey.paper(0.0, np.inf)
+    survey = CrossholeSurvey.paper(np.float32(0.25), 6)
+    np.testing.assert_allclose(survey.distances[:25], np.hypot(5.75, 0.5 * np.arange(25)), rtol=1e-14)
 
 
 def test_survey_outside_grid():
