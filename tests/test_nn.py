@@ -21,7 +21,7 @@ from latentinv.nn import (
 def test_nn_layer_does_not_import_sklearn():
     import subprocess
 
-    code = "import sys, latentinv.nn.vae; print('sklearn' in sys.modules)"
+    code = "import sys, latentinv.nn.vae, latentinv.nn.reference; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -5,6 +5,11 @@ Geosciences) on training models (arrays or a :class:`~latentinv.datasets.PatchSa
 of fresh crops) and exposes its mean decoder as a differentiable torch module
 (``decoder_``) for inversion in latent space. The torch modules and the loss
 live in :mod:`latentinv.nn.vae`; this module is the scikit-learn shell.
+
+Model files (:meth:`VAEPrior.save`/:meth:`VAEPrior.load`) are a safetensors
+file and a JSON file, loaded without executing code and verified by two
+SHA-256 checksums; :meth:`VAEPrior.from_reference_checkpoint` reads the
+paper's published trained network.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Torch building blocks of latentinv (no scikit-learn here).
 
-See :mod:`latentinv.nn.vae` for the VAE prior's encoder, decoder and loss.
+See :mod:`latentinv.nn.vae` for the VAE prior's encoder, decoder and loss, and
+:mod:`latentinv.nn.reference` for the parameter layout of the paper's published VAE.
 """
 
 from .vae import (
@@ -18,6 +19,8 @@ from .vae import (
     kl_divergence,
     vae_loss,
 )
+from .reference import convert_published_state_dict, published_key_map
+
 
 __all__ = [
     "ConvEncoder",
@@ -33,4 +36,6 @@ __all__ = [
     "REFERENCE_CHANNELS",
     "REFERENCE_KERNEL_SIZES",
     "REFERENCE_HIDDEN_SIZE",
+    "published_key_map",
+    "convert_published_state_dict",
 ]
