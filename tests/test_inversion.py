@@ -426,7 +426,8 @@ def test_divergence_is_detected_not_returned(problem):
     assert res.diverged.all()
     assert np.all(np.isfinite(res.models)) and np.all(np.isfinite(res.latents))
     assert np.all(np.linalg.norm(res.latents, axis=-1) < 100 * math.sqrt(D))
-    assert np.all(res.accepted_fraction(1e9) == 0)
+    with pytest.warns(BaselineWarning):     # a 1e9 ns threshold is no test of the fit
+        assert np.all(res.accepted_fraction(1e9) == 0)
 
 
 def test_uniform_latents_stochastic_clipping(problem):
