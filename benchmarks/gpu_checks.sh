@@ -5,12 +5,16 @@
 #   3. in parallel: the test suite (CUDA tests included), the default prior trained on the GPU
 #      (after a determinism check: two short trainings must give identical weights), and a larger
 #      reproduce_paper.py run (training length sized to the time left).
-# Usage, from the repository root:  OUT=dir TI=path/to/channels_ti.png DEADLINE=540 bash benchmarks/gpu_checks.sh
+# Usage, from the repository root:
+#   OUT=dir TI=path/to/channels_ti.png TM=path/to/paper_test_models DEADLINE=540 bash benchmarks/gpu_checks.sh
+# (TM: the published test models; with it the reproduction starts from the published initial latents
+# and adds the published noise realization, and checks mc1-mc3 against the published files)
 # STEPS (default "bench tests prior reproduce") picks the steps; BENCH_ARGS adds options to
 # bench_inversion.py (e.g. --skip-cpu); DRY=1 runs them tiny on the CPU (to check the script itself).
 set -u
 OUT=${OUT:-gpu_checks_out}
 TI=${TI:-}
+TM=${TM:-}
 DEADLINE=${DEADLINE:-540}
 DRY=${DRY:-0}
 STEPS=${STEPS:-bench tests prior reproduce}
@@ -101,7 +105,8 @@ for n in (100000, 80000, 60000, 50000, 40000, 30000, 20000, 15000, 10000, 5000, 
     if n * $MS / 1e3 <= budget: print(n); break
 else: print(1000)")
     STARTS=100; NLS=1; EXTRA=   # one start per truth in the nonlinear case, as the paper's Fig. 10
-    [ "$DRY" = 1 ] && { N=20; STARTS=2; NLS=1; EXTRA="--epochs 2 --epochs-nonlinear 1"; }
+    [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise"
+    [ "$DRY" = 1 ] && { N=20; STARTS=2; NLS=1; EXTRA="$EXTRA --epochs 2 --epochs-nonlinear 1"; }
     echo "reproduce_paper: $N training iterations, $STARTS starts"
     timeout $(( $(left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --iterations $N \
       --n-starts $STARTS --nonlinear-starts $NLS $EXTRA --out /tmp/li_rp 2>&1 \
