@@ -203,19 +203,94 @@ def test_sgd_toy_ring_gradient_and_paths():
     assert len(fig.axes) == 3  # two panels + colour bar
 
 
-def test_plot_inversion_summary_layout():
+def _summary(**kwargs):
     grid, survey = paper_crosshole()
     rng = np.random.default_rng(0)
-    truth = rng.random(grid.n_cells)
+    truth = (rng.random(grid.n_cells) < 0.2).astype(float)
     models = {"straight": rng.random(grid.n_cells), "shortest-path": rng.random(grid.n_cells)}
     rmse = {"straight": [np.linspace(3, 1, 20)], "shortest-path": [np.linspace(3, 1, 20)] * 2}
     zn = {"straight": [np.linspace(0, 4, 20)], "shortest-path": [np.linspace(0, 4, 20)] * 2}
     fig = plotting.plot_inversion_summary(truth, models, grid, rmse, zn,
                                           {"straight": 1.0, "shortest-path": 0.5}, survey=survey,
-                                          n_components=20)
+                                          n_components=20, **kwargs)
+    return fig, grid, survey, truth, models
+
+
+def _colorbar_axes(fig):
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_plot_inversion_summary_layout_in_model_values():
+    fig, grid, survey, truth, models = _summary(velocities=None)
     axes = _image_axes(fig)
     assert len(axes) == 3
     np.testing.assert_array_equal(np.asarray(axes[0].images[0].get_array()), grid.to_image(truth))
     np.testing.assert_array_equal(np.asarray(axes[2].images[0].get_array()),
                                   grid.to_image(models["shortest-path"]))
+    (cbar,) = _colorbar_axes(fig)
+    assert cbar.get_ylabel() == "model value (1 = channel)"
     _png_ok(fig)
+
+
+def test_plot_inversion_summary_shows_velocity_in_m_per_ns():
+    # the paper's map: model value 1 = slow channel 0.06 m/ns, 0 = background 0.08 m/ns
+    fig, grid, survey, truth, models = _summary()
+    axes = _image_axes(fig)
+    assert len(axes) == 3
+    truth_panel = np.asarray(axes[0].images[0].get_array())
+    assert set(np.unique(truth_panel)) == {0.06, 0.08}
+    np.testing.assert_allclose(truth_panel[grid.to_image(truth) == 1.0], 0.06)
+    np.testing.assert_allclose(np.asarray(axes[1].images[0].get_array()),
+                               0.08 - 0.02 * grid.to_image(models["straight"]), rtol=1e-12)
+    assert axes[1].images[0].get_clim() == (0.06, 0.08)
+    (cbar,) = _colorbar_axes(fig)
+    assert cbar.get_ylabel() == "velocity (m/ns)"
+    assert cbar.get_ylim() == pytest.approx((0.06, 0.08))
+    _png_ok(fig)
+
+
+def test_plot_inversion_summary_draws_boreholes_and_every_sensor():
+    fig, grid, survey, truth, models = _summary()
+    for ax in _image_axes(fig):
+        (src,) = [ln for ln in ax.lines if ln.get_label() == "sources"]
+        (rec,) = [ln for ln in ax.lines if ln.get_label() == "receivers"]
+        assert len(src.get_xdata()) == 25 and len(rec.get_xdata()) == 25      # the paper's survey
+        np.testing.assert_allclose(src.get_xydata(), survey.sources)
+        np.testing.assert_allclose(rec.get_xydata(), survey.receivers)
+        holes = [ln for ln in ax.lines if ln.get_linestyle() == "-" and np.ptp(ln.get_xdata()) == 0]
+        assert sorted(ln.get_xdata()[0] for ln in holes) == [0.0, 6.5]      # two boreholes
+    # one legend for the sensors, below the models
+    (legend,) = [lg for sf in fig.subfigs for lg in sf.legends]
+    assert [t.get_text() for t in legend.get_texts()] == ["boreholes", "sources", "receivers"]
+
+
+def test_plot_inversion_summary_writes_each_models_rmse_on_its_panel():
+    fig, grid, survey, truth, models = _summary()
+    axes = _image_axes(fig)
+    assert not [t for t in axes[0].texts if t.get_gid() == "model_rmse"]      # not on the truth
+    for ax, name in zip(axes[1:], models):
+        (text,) = [t.get_text() for t in ax.texts if t.get_gid() == "model_rmse"]
+        # uniform random values against a 0/1 truth: expected RMSE sqrt(1/3), computed here
+        rmse = float(np.sqrt(np.mean((models[name] - truth) ** 2)))
+        assert abs(rmse - np.sqrt(1 / 3)) < 0.01
+        assert text == f"model RMSE {rmse:.3f}\n({0.02 * rmse:.4f} m/ns)"
+
+
+def test_plot_inversion_summary_labels_mu_chi_and_thresholds():
+    fig, *_ = _summary()
+    ax_rmse, ax_z = [ax for ax in fig.axes if ax.get_xlabel() == "iteration"]
+    (mu,) = [ln for ln in ax_z.lines if ln.get_linestyle() == ":"]
+    from math import gamma, sqrt
+    assert np.allclose(mu.get_ydata(), sqrt(2) * gamma(10.5) / gamma(10))    # E||z||, z ~ N(0, I_20)
+    assert mu.get_label().startswith(r"$\mu_\chi$ = 4.42")
+    assert "20-D standard normal" in mu.get_label()
+    assert ax_z.get_legend() is not None
+    labels = [t.get_text() for t in ax_rmse.get_legend().get_texts()]
+    assert "straight threshold 1 ns" in labels and "shortest-path threshold 0.5 ns" in labels
+
+
+def test_plot_inversion_summary_rejects_bad_velocities():
+    with pytest.raises(ValueError, match=r"velocities must be \(v_channel, v_background\).*got 0.06"):
+        _summary(velocities=0.06)
+    with pytest.raises(ValueError, match="two different positive numbers"):
+        _summary(velocities=(0.06, -0.08))

@@ -6,7 +6,6 @@ space (:class:`LatentInverter`) for crosshole traveltime tomography, after Lopez
 """
 from ._backend import HAS_CORE
 from .geometry import CrossholeSurvey, Grid2D, paper_crosshole
-from .operators import StraightRayOperator
 
 __version__ = "0.1.0"
 
@@ -15,7 +14,10 @@ __all__ = [
     "PyGimliOperator", "VAEPrior", "LatentInverter", "HAS_CORE", "__version__",
 ]
 
+# torch-backed names load on first use, so that `import latentinv` (and `latentinv --help`) does not
+# import torch
 _LATE = {
+    "StraightRayOperator": ("operators.straight_ray", "StraightRayOperator"),
     "ShortestPathOperator": ("operators.shortest_path", "ShortestPathOperator"),
     "PyGimliOperator": ("operators.pygimli", "PyGimliOperator"),
     "VAEPrior": ("prior", "VAEPrior"),
@@ -24,12 +26,15 @@ _LATE = {
 
 
 def __getattr__(name):
-    # torch-heavy and optional modules load on first use, which keeps `import latentinv` light
     if name in _LATE:
         import importlib
         mod, attr = _LATE[name]
         return getattr(importlib.import_module(f".{mod}", __name__), attr)
-    if name in ("datasets", "metrics", "plotting", "nn"):
+    if name in ("datasets", "metrics", "plotting", "nn", "toys", "baselines"):
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'latentinv' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

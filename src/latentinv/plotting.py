@@ -6,7 +6,11 @@ them with ``fig.savefig(path)``.
 
 Models are flat vectors in the package's cell order (see :mod:`latentinv.geometry`), shown as images
 with depth growing downwards (row 0 at the top), axes in metres and equal aspect. Values are the
-prior's model values in [0, 1] (1 = channel) unless ``vmin``/``vmax`` say otherwise.
+prior's model values in [0, 1] (1 = channel) unless ``vmin``/``vmax`` say otherwise, or shown as
+velocity (m/ns) where a function takes ``velocities=(v_channel, v_background)``: model value ``x``
+is drawn as ``v_channel * x + v_background * (1 - x)``, the paper's map
+(:func:`latentinv.inversion.paper_slowness` with :data:`PAPER_VELOCITIES`: 1 = slow channel,
+0.06 m/ns; 0 = background, 0.08 m/ns).
 """
 from __future__ import annotations
 
@@ -16,9 +20,40 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 __all__ = ["plot_model", "plot_models", "plot_histories", "plot_samples", "plot_latent_traversal",
-           "plot_manifold_deformation", "plot_sgd_toy", "plot_inversion_summary"]
+           "plot_manifold_deformation", "plot_sgd_toy", "plot_inversion_summary", "PAPER_VELOCITIES"]
 
 MODEL_CMAP = "viridis"
+#: Velocities (m/ns) of model value 1 (channel) and 0 (background) in the paper's test case.
+PAPER_VELOCITIES = (0.06, 0.08)
+#: Colour map of velocity panels: reversed, so that slow channels look as in the model-value panels.
+VELOCITY_CMAP = "viridis_r"
+
+
+def _check_velocities(velocities):
+    if velocities is None:
+        return None
+    try:
+        v = tuple(float(x) for x in velocities)
+    except (TypeError, ValueError):
+        v = ()
+    if len(v) != 2 or not all(np.isfinite(v)) or min(v) <= 0 or v[0] == v[1]:
+        raise ValueError("plotting: velocities must be (v_channel, v_background), two different "
+                         f"positive numbers in m/ns, got {velocities!r}")
+    return v
+
+
+def _to_velocity(model, velocities):
+    v_channel, v_background = velocities
+    x = np.asarray(model, dtype=float)
+    return v_channel * x + v_background * (1.0 - x)
+
+
+def _chi_label(n_components):
+    from .toys import ring_radius
+
+    value = ring_radius(n_components)
+    return value, (rf"$\mu_\chi$ = {value:.2f}: mean $\|z\|$ of a {int(n_components)}-D "
+                   "standard normal")
 
 
 def _new_figure(n_rows, n_cols, panel_size=(2.2, 3.6), **kwargs):
@@ -48,14 +83,20 @@ def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None
     return im
 
 
-def _draw_survey(ax, survey, rays=False):
+def _draw_survey(ax, survey, rays=False, boreholes=False):
     if rays:
         segments = np.stack([survey.source_positions, survey.receiver_positions], axis=1)
         ax.add_collection(LineCollection(segments, colors="white", linewidths=0.3, alpha=0.5))
+    if boreholes:
+        # one vertical line per distinct sensor x (the boreholes), over the grid's depth
+        xs = np.unique(np.round(np.concatenate([survey.sources[:, 0], survey.receivers[:, 0]]), 9))
+        for k, x in enumerate(xs):
+            ax.axvline(x, color="0.15", lw=1.6, ls="-", label="boreholes" if k == 0 else None,
+                       zorder=2.5)
     ax.plot(survey.sources[:, 0], survey.sources[:, 1], "v", color="red", markersize=4,
-            label="sources", clip_on=False)
+            label="sources", clip_on=False, zorder=3)
     ax.plot(survey.receivers[:, 0], survey.receivers[:, 1], "s", color="orange", markersize=3,
-            label="receivers", clip_on=False)
+            label="receivers", clip_on=False, zorder=3)
 
 
 def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0,
@@ -441,28 +482,43 @@ def plot_sgd_toy(problem=None, regularizations=("none", "ring"), n_starts=6, lr=
 
 
 def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histories=None,
-                           thresholds=None, survey=None, n_components=None, title=None):
+                           thresholds=None, survey=None, n_components=None, title=None,
+                           velocities=PAPER_VELOCITIES, show_model_rmse=True):
     """Truth and inverted models on the top row, data-RMSE and ``||z||`` curves below.
 
     Parameters
     ----------
     truth : array-like of shape (n_cells,) or None
+        Model values in [0, 1] (1 = channel).
     models : dict of str -> array-like of shape (n_cells,)
-        Inverted (or reconstructed) models by name.
+        Inverted (or reconstructed) models by name, model values in [0, 1].
     grid : Grid2D
     rmse_histories, znorm_histories : dict of str -> list of 1-D arrays, default=None
         Per name (usually the operator), one history per start.
     thresholds : dict of str -> float, default=None
-        Acceptance threshold (ns) per name.
+        Acceptance threshold (ns) per name (dashed lines).
     survey : CrossholeSurvey, default=None
+        Draws the boreholes (vertical lines at the sensors' x), the sources (red triangles) and
+        the receivers (orange squares) on every model panel.
     n_components : int, default=None
+        Draws ``mu_chi``, the mean norm of a standard normal of that dimension (where ``||z||`` of
+        a prior sample concentrates), dotted and labelled on the ``||z||`` panel.
+    title : str, default=None
+    velocities : (float, float) or None, default=PAPER_VELOCITIES
+        ``(v_channel, v_background)`` in m/ns: the panels show velocity (colour bar in m/ns,
+        limits the two velocities); ``None`` shows the unitless model value in [0, 1].
+    show_model_rmse : bool, default=True
+        With a truth, writes each model's RMSE against it (model values in [0, 1], and in m/ns
+        when ``velocities`` is given) on its panel.
 
     Returns
     -------
     matplotlib.figure.Figure
         ``len(models) + (truth is not None)`` image axes, then one RMSE axes and, when
-        ``znorm_histories`` is given, one ``||z||`` axes.
+        ``znorm_histories`` is given, one ``||z||`` axes; a legend for the sensors, one per curve
+        panel.
     """
+    velocities = _check_velocities(velocities)
     panels = ([("truth", truth)] if truth is not None else []) + list(models.items())
     n_img = len(panels)
     has_z = bool(znorm_histories)
@@ -475,14 +531,36 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
         top, bottom = fig, None
     img_axes = top.subplots(1, n_img, squeeze=False)[0]
     im = None
+    truth_flat = None if truth is None else np.asarray(truth, dtype=float).reshape(-1)
     for ax, (name, m) in zip(img_axes, panels):
-        im = _draw_model(ax, m, grid, title=name, labels=(ax is img_axes[0]))
+        if velocities is None:
+            im = _draw_model(ax, m, grid, title=name, labels=(ax is img_axes[0]))
+        else:
+            im = _draw_model(ax, _to_velocity(m, velocities), grid, cmap=VELOCITY_CMAP,
+                             vmin=min(velocities), vmax=max(velocities), title=name,
+                             labels=(ax is img_axes[0]))
         ax.set_xlabel("x (m)")
+        if show_model_rmse and truth_flat is not None and name != "truth":
+            m_flat = np.asarray(m, dtype=float).reshape(-1)
+            rmse = float(np.sqrt(np.mean((m_flat - truth_flat) ** 2)))
+            text = f"model RMSE {rmse:.3f}"
+            if velocities is not None:
+                text += f"\n({rmse * abs(velocities[1] - velocities[0]):.4f} m/ns)"
+            ax.text(0.5, 0.02, text, transform=ax.transAxes, ha="center", va="bottom",
+                    fontsize="x-small", gid="model_rmse",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
         if survey is not None:
-            _draw_survey(ax, survey)
-            ax.set_xlim(grid.origin[0], grid.origin[0] + grid.width)
+            _draw_survey(ax, survey, boreholes=True)
+            ax.set_xlim(grid.origin[0] - 0.15, grid.origin[0] + grid.width + 0.15)
             ax.set_ylim(grid.origin[1] + grid.height, grid.origin[1])
-    top.colorbar(im, ax=list(img_axes), shrink=0.7, label="model value")
+    if velocities is None:
+        top.colorbar(im, ax=list(img_axes), shrink=0.7, label="model value (1 = channel)")
+    else:
+        top.colorbar(im, ax=list(img_axes), shrink=0.7, label="velocity (m/ns)")
+    if survey is not None:
+        handles, labels = img_axes[0].get_legend_handles_labels()
+        top.legend(handles, labels, loc="outside lower center", ncols=len(handles),
+                   fontsize="small", frameon=False)
     if n_curves:
         cax = bottom.subplots(1, n_curves, squeeze=False)[0]
         colors = {}
@@ -493,10 +571,11 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                 cax[0].plot(np.arange(1, len(h) + 1), h, color=c, lw=0.8, alpha=0.8,
                             label=name if j == 0 else None)
             if thresholds and name in thresholds and thresholds[name] is not None:
-                cax[0].axhline(thresholds[name], color=c, ls="--", lw=1.0)
+                cax[0].axhline(thresholds[name], color=c, ls="--", lw=1.0,
+                               label=f"{name} threshold {float(thresholds[name]):.3g} ns")
         cax[0].set_yscale("log")
         cax[0].set_xlabel("iteration")
-        cax[0].set_ylabel("data RMSE (ns)  (dashed: threshold)")
+        cax[0].set_ylabel("data RMSE (ns)")
         cax[0].legend(fontsize="small")
         if has_z:
             for name, hs in znorm_histories.items():
@@ -504,9 +583,9 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                     cax[1].plot(np.arange(1, len(h) + 1), h, color=colors.get(name, "k"), lw=0.8,
                                 alpha=0.8)
             if n_components is not None:
-                from .toys import ring_radius
-
-                cax[1].axhline(ring_radius(n_components), color="k", ls=":", lw=1.0)
+                value, label = _chi_label(n_components)
+                cax[1].axhline(value, color="k", ls=":", lw=1.2, label=label)
+                cax[1].legend(fontsize="small")
             cax[1].set_xlabel("iteration")
             cax[1].set_ylabel("||z||")
     if title:
