@@ -88,3 +88,46 @@ def test_model_rmse_scorer_is_make_scorer():
     y = np.zeros((3, 2))
     assert model_rmse_scorer(P(), np.zeros((3, 1)), y) == pytest.approx(-0.5)
     assert make_scorer(model_rmse, greater_is_better=False)(P(), np.zeros((3, 1)), y) == -0.5
+
+
+def test_acceptance_rate_warns_when_the_threshold_is_not_below_the_homogeneous_baseline():
+    from latentinv.baselines import BaselineWarning
+    t_obs = np.zeros((2, 2))
+    t_pred = np.array([[0.3, 0.3], [0.4, 0.4]])
+    # threshold 0.45 ns: survey 0 has a homogeneous RMSE of 4 ns (0.45 <= 2: fine), survey 1 of
+    # 0.8 ns (0.45 > 0.4: the acceptance says little) -> one warning naming survey 1's numbers
+    with pytest.warns(BaselineWarning, match=r"data RMSE \[0\.45\] ns .* model's \[0\.8\] ns"):
+        assert acceptance_rate(t_obs, t_pred, 0.45, homogeneous_rmse=[4.0, 0.8]) == 1.0
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaselineWarning)
+        assert acceptance_rate(t_obs, t_pred, 0.35, homogeneous_rmse=[4.0, 0.8]) == 0.5
+        assert acceptance_rate(t_obs, t_pred, 0.45, homogeneous_rmse=None) == 1.0
+    with pytest.raises(ValueError, match=r"homogeneous_rmse must be a finite number >= 0 or an array of 2 "
+                                         r"such numbers \(ns, one per survey\), got \[1\.0\]"):
+        acceptance_rate(t_obs, t_pred, 0.45, homogeneous_rmse=[1.0])
+    with pytest.raises(ValueError, match=r"threshold must be a finite number >= 0 \(ns\), got 'big'"):
+        acceptance_rate(t_obs, t_pred, "big")
+
+
+def test_acceptance_scorer_compares_with_the_estimators_homogeneous_model():
+    from latentinv.baselines import BaselineWarning
+    from latentinv.geometry import CrossholeSurvey, Grid2D
+    from latentinv.operators import StraightRayOperator
+    grid = Grid2D(4, 4, 1.0)
+    op = StraightRayOperator(grid, CrossholeSurvey(np.array([[0.0, 0.5], [0.0, 3.5]]),
+                                                   np.array([[4.0, 0.5], [4.0, 3.5]])))
+    lengths = op.response(np.ones(16))                       # 4, 5, 5, 4 m
+    np.testing.assert_allclose(lengths, [4.0, 5.0, 5.0, 4.0])
+    homogeneous = 10.0 * lengths[None, :]                    # exactly homogeneous data: baseline 0 ns
+    layered = np.array([[40.0, 60.0, 40.0, 60.0]])           # best s0 = 10.976 ns/m, RMSE 11.42 ns
+    stub = _Stub([0.5])
+    stub.operator_ = op
+    stub._X = homogeneous
+    with pytest.warns(BaselineWarning, match="not clearly better"):
+        assert make_acceptance_scorer(1.0)(stub, homogeneous) == 1.0
+    stub._X = layered
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaselineWarning)
+        assert make_acceptance_scorer(1.0)(stub, layered) == 1.0      # 1 ns < 0.5 x 11.42 ns

@@ -770,7 +770,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
             i, j = np.argwhere(~finite)[0]
             raise ValueError(
                 f"{name}: X (traveltimes, ns) must be finite, got {int(np.isnan(X).sum())} NaN and "
-                f"{int(np.isinf(X).sum())} inf values (the first at survey {i}, datum {j}: {X[i, j]!r})")
+                f"{int(np.isinf(X).sum())} inf values (the first at survey {i}, datum {j}: {float(X[i, j])!r})")
         if np.any(X < 0):
             raise ValueError(f"{name}: Negative values in data passed to X: traveltimes must be "
                              f">= 0 ns, got a minimum of {float(X.min())!r}")
@@ -913,8 +913,8 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         if problem is not None:
             raise ValueError(
                 f"{type(self).__name__}: the generator {self._generator_name()} returned {problem} "
-                f"{when}; the generator must produce finite models in the slowness map's domain "
-                "(values in [0, 1] for paper_slowness)")
+                f"{when}; the generator must produce finite models in the slowness map's domain"
+                + (" (the paper's values are in [0, 1])" if fn is paper_slowness else ""))
 
     def _check_unchanged_params(self):
         before = getattr(self, "_fitted_params", None)

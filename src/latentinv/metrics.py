@@ -11,6 +11,11 @@ Metrics take arrays with one survey per row:
 Data-space scores need the traveltimes of the predicted models, which only the estimator can
 compute (``estimator.simulate``): :func:`make_data_rmse_scorer` and :func:`make_acceptance_scorer`
 return scorers ``scorer(estimator, X, y=None)`` usable as ``scoring=`` in ``GridSearchCV``.
+
+Every acceptance verdict can carry its baseline: :func:`acceptance_rate` takes the data RMSE of the
+best homogeneous-velocity model (:func:`latentinv.baselines.homogeneous_fit`) and warns
+(:class:`latentinv.baselines.BaselineWarning`) when the threshold is not clearly below it; the
+acceptance scorer computes that baseline from the estimator's operator.
 """
 from __future__ import annotations
 
@@ -68,14 +73,44 @@ def model_rmse(m_true, m_pred, multioutput="uniform_average"):
     return _reduce(np.sqrt(np.mean((a - b) ** 2, axis=1)), multioutput, "model_rmse")
 
 
-def acceptance_rate(t_observed, t_predicted, threshold):
+def _check_threshold(threshold, name):
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(threshold, bool) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: threshold must be a finite number >= 0 (ns), got {threshold!r}")
+    return value
+
+
+def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
     """Fraction of surveys whose data RMSE (ns) is at most ``threshold`` (ns).
 
     The paper accepts an inverted model when it fits the data to the noise level.
+
+    Parameters
+    ----------
+    t_observed, t_predicted : array-like of shape (n_surveys, n_data) or (n_data,)
+        Traveltimes in ns.
+    threshold : float
+        Acceptance threshold (ns).
+    homogeneous_rmse : float or array-like of shape (n_surveys,), default=None
+        Data RMSE (ns) of each survey's best homogeneous-velocity model
+        (:func:`latentinv.baselines.homogeneous_fit`). When given, a
+        :class:`~latentinv.baselines.BaselineWarning` is issued where ``threshold`` exceeds
+        ``DATA_RATIO`` (0.5) times it: such an acceptance says little.
     """
-    if not np.isfinite(threshold) or threshold < 0:
-        raise ValueError(f"acceptance_rate: threshold must be a finite number >= 0 (ns), got {threshold!r}")
-    return float(np.mean(data_rmse(t_observed, t_predicted, multioutput="raw_values") <= threshold))
+    threshold = _check_threshold(threshold, "acceptance_rate")
+    rmse = data_rmse(t_observed, t_predicted, multioutput="raw_values")
+    if homogeneous_rmse is not None:
+        h = np.asarray(homogeneous_rmse, dtype=np.float64)
+        if h.ndim > 1 or (h.ndim == 1 and h.shape != rmse.shape) or not np.all(np.isfinite(h)) or np.any(h < 0):
+            raise ValueError(f"acceptance_rate: homogeneous_rmse must be a finite number >= 0 or an array "
+                             f"of {rmse.shape[0]} such numbers (ns, one per survey), got {homogeneous_rmse!r}")
+        from .baselines import check_against_baselines
+        check_against_baselines(data_rmse=np.full(rmse.shape, threshold), homogeneous_rmse=h,
+                                what="the acceptance threshold of acceptance_rate", stacklevel=3)
+    return float(np.mean(rmse <= threshold))
 
 
 #: ``make_scorer(model_rmse, greater_is_better=False)``: scores ``-model RMSE`` of ``predict(X)`` vs ``y``.
@@ -94,7 +129,13 @@ class _DataScorer:
         t_pred = estimator.simulate(estimator.predict(X))
         if self.kind == "rmse":
             return -data_rmse(X, t_pred)
-        return acceptance_rate(X, t_pred, self.threshold)
+        from .baselines import homogeneous_fit
+        operator = getattr(estimator, "operator_", None)
+        homogeneous = None
+        if operator is not None:
+            _, homogeneous = homogeneous_fit(operator, X.reshape(X.shape[0], -1),
+                                             getattr(estimator, "noise_std", None))
+        return acceptance_rate(X, t_pred, self.threshold, homogeneous_rmse=homogeneous)
 
     def __repr__(self):
         if self.kind == "rmse":
@@ -108,8 +149,10 @@ def make_data_rmse_scorer():
 
 
 def make_acceptance_scorer(threshold):
-    """Scorer: fraction of surveys of ``X`` whose predicted model fits within ``threshold`` ns RMSE."""
-    if not np.isfinite(threshold) or threshold < 0:
-        raise ValueError(
-            f"make_acceptance_scorer: threshold must be a finite number >= 0 (ns), got {threshold!r}")
-    return _DataScorer("acceptance", float(threshold))
+    """Scorer: fraction of surveys of ``X`` whose predicted model fits within ``threshold`` ns RMSE.
+
+    Warns (:class:`~latentinv.baselines.BaselineWarning`) when ``threshold`` is not clearly below
+    the data RMSE of the best homogeneous-velocity model of a survey (computed with the estimator's
+    operator: one extra operator response per call).
+    """
+    return _DataScorer("acceptance", _check_threshold(threshold, "make_acceptance_scorer"))
