@@ -607,12 +607,13 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         ``n_data // batch_size`` (1 with ``batch_size=None``).
     device_ : torch.device
 
-    The inversion runs with the parameters validated by the last :meth:`fit`, which the fitted
-    attributes describe: changing a parameter (``set_params`` or assignment) after ``fit`` makes
-    :meth:`invert` / :meth:`predict` raise until ``fit`` is called again (``verbose`` excepted).
-
     Notes
     -----
+    The inversion runs with the parameters validated by the last :meth:`fit`, which the fitted
+    attributes describe: changing a parameter (``set_params`` or assignment) after ``fit`` makes
+    :meth:`invert`, :meth:`predict` and :meth:`simulate` raise until ``fit`` is called again
+    (``verbose`` excepted), so that ``n_iterations_`` is always the number of iterations run.
+
     Per iteration, the latents of all ``n_surveys * n_starts`` starts form one float32 tensor: one
     decoder call, one gradient (``torch.autograd.grad`` with respect to the latents only, so the
     prior's weights are never touched), one update. A linear operator's kernel is stored as padded
