@@ -319,6 +319,58 @@ def _deterministic_kernels(device):
                        allow_tf32=cudnn.allow_tf32)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _tensor_to_numpy(X):
+    """A torch tensor as a NumPy array (detached, on the CPU; bfloat16/float16 as float32), so that
+    scikit-learn's checks see its values; anything else unchanged."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu()
+        if X.dtype in (torch.bfloat16, torch.float16):
+            X = X.float()
+        return X.numpy()
+    return X
+
+
+def _numeric_input(X, what, owner):
+    """``X`` with torch tensors turned into arrays; strings refused (scikit-learn would parse
+    ``"1e3"``), as the operators and the geometry refuse them."""
+    X = _tensor_to_numpy(X)
+    dtype = getattr(X, "dtype", None)
+    if not isinstance(dtype, np.dtype):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dtype = np.asarray(X).dtype
+        except (TypeError, ValueError):
+            return X  # ragged or odd input: check_array names the problem
+    if dtype.kind in "USV":
+        raise ValueError(f"{owner}: {what} must hold numbers (models or latents); got an array of "
+                         f"dtype {dtype}.")
+    return X
+
+
+def _check_float32_range(A, what, owner):
+    """The network computes in float32: values beyond its range would become inf there."""
+    if A.size:
+        peak = float(np.max(np.abs(A)))
+        if peak > _FLOAT32_MAX:
+            raise ValueError(f"{owner}: {what} holds values up to {peak:.6g} in absolute value, beyond "
+                             f"the float32 range (+-{_FLOAT32_MAX:.4g}) in which the network computes; "
+                             f"expected models with values in [0, 1] and latents of order 1.")
+
+
+def _check_finite_output(out, what, owner, inputs):
+    """No silent NaN/inf: a non-finite network output is an error naming the input's range."""
+    if not torch.isfinite(out).all():
+        lo, hi = (float(inputs.min()), float(inputs.max())) if inputs.size else (math.nan, math.nan)
+        raise ValueError(f"{owner}: the network returned non-finite {what} (NaN or inf in float32) for "
+                         f"inputs in [{lo:.6g}, {hi:.6g}]; expected models with values in [0, 1] and "
+                         f"latents of order 1.")
+    return out
+
+
 def _ndim(X):
     shape = getattr(X, "shape", None)
     if isinstance(shape, tuple):
@@ -514,6 +566,7 @@ class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
     def _validate_X(self, X, reset):
         """Return float32 flat array (n_samples, n_features); sets/checks image shape."""
         name = type(self).__name__
+        X = _numeric_input(X, "X", name)
         if _ndim(X) == 3:
             X3 = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], ensure_min_features=1)
             shape3 = tuple(int(s) for s in X3.shape[1:])
@@ -534,6 +587,7 @@ class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
                                      f"{image_shape[0] * image_shape[1]} cells but X has "
                                      f"{X.shape[1]} features.")
             self.image_shape_ = image_shape
+        _check_float32_range(X, "X", name)
         return X
 
     # ------------------------------------------------------------------ fit
@@ -638,9 +692,14 @@ or PatchSampler
                 history["loss"].append(float(loss.detach()))
                 if self.verbose and hasattr(iterations, "set_postfix"):
                     iterations.set_postfix(loss=history["loss"][-1], refresh=False)
-        if not all(math.isfinite(v) for v in history["loss"]):
-            warnings.warn(f"{name}: the training loss became non-finite; lower learning_rate.",
-                          RuntimeWarning)
+        bad = next((k for k, v in enumerate(history["loss"]) if not math.isfinite(v)), None)
+        if bad is not None or not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+            where = f"at iteration {bad}" if bad is not None else "in the weights"
+            span = (f"; X holds values in [{float(X_train.min()):.6g}, {float(X_train.max()):.6g}]"
+                    if X_train is not None and X_train.size else "")
+            raise ValueError(f"{name}: training diverged: non-finite loss or weights {where}{span}. "
+                             f"Expected models with values in [0, 1] (scale the data), or lower "
+                             f"learning_rate (got {self.learning_rate!r}).")
 
         module.eval().requires_grad_(False)     # fitted: a constant (inversions differentiate in z only)
         self.module_ = module
@@ -676,7 +735,7 @@ or PatchSampler
         outs = self._forward_chunks(X, lambda xb: self.module_.encode(xb)[0].cpu().double())
         if not outs:
             return np.empty((0, int(self.n_components)))
-        return torch.cat(outs).numpy()
+        return _check_finite_output(torch.cat(outs), "latents", type(self).__name__, X).numpy()
 
     def transform(self, X):
         """Latent means of ``X`` (same as :meth:`encode`)."""
@@ -696,12 +755,13 @@ or PatchSampler
             ``X.reshape(-1, *prior.image_shape_)``.
         """
         check_is_fitted(self, "module_")
-        Z = check_array(Z, dtype=[np.float64, np.float32])
+        Z = check_array(_numeric_input(Z, "Z", type(self).__name__), dtype=[np.float64, np.float32])
         if Z.shape[1] != int(self.n_components):
             raise ValueError(f"{type(self).__name__}: Z has {Z.shape[1]} columns but "
                              f"n_components={self.n_components}.")
+        _check_float32_range(Z, "Z", type(self).__name__)
         outs = self._forward_chunks(Z, lambda zb: self.decoder_(zb).cpu().double())
-        return torch.cat(outs).numpy()
+        return _check_finite_output(torch.cat(outs), "models", type(self).__name__, Z).numpy()
 
     def inverse_transform(self, X):
         """Mean-decoded models of latents ``X`` (same as :meth:`decode`)."""
@@ -721,7 +781,7 @@ or PatchSampler
         X : ndarray of shape (n_samples, n_cells), float64
         """
         check_is_fitted(self, "module_")
-        if not isinstance(n_samples, Integral) or n_samples < 1:
+        if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"{type(self).__name__}: n_samples must be an int >= 1; "
                              f"got {n_samples!r}.")
         Z = check_random_state(random_state).standard_normal((int(n_samples), int(self.n_components)))
@@ -756,7 +816,7 @@ or PatchSampler
             return (-se - kl).cpu()
 
         outs = self._forward_chunks(X, elbo)
-        return torch.cat(outs).numpy()
+        return _check_finite_output(torch.cat(outs), "ELBO values", type(self).__name__, X).numpy()
 
     def score(self, X, y=None):
         """Mean per-sample ELBO of ``X`` (see :meth:`score_samples`)."""
