@@ -64,8 +64,8 @@ MIN_TOTAL = 1000
 
 #: seconds one case may take before it counts as a hang (Python level), and before the process is
 #: ended with a traceback (a hang in C++ that never returns to the interpreter)
-CASE_TIMEOUT = float(os.environ.get("LATENTINV_FUZZ_CASE_TIMEOUT", 20.0))
-HARD_TIMEOUT = float(os.environ.get("LATENTINV_FUZZ_HARD_TIMEOUT", 60.0))
+CASE_TIMEOUT = float(os.environ.get("LATENTINV_FUZZ_CASE_TIMEOUT", 5.0))
+HARD_TIMEOUT = float(os.environ.get("LATENTINV_FUZZ_HARD_TIMEOUT", 30.0))
 
 CASES = Counter()  # property name -> cases run in this process
 
@@ -316,12 +316,42 @@ def operator_case(op_name, method, m, data):
                 _check_csr(Jk, op)
 
 
+def _tiny_cell(value=1e-300):
+    m = np.full(12, 5.0)
+    m[5] = value  # one cell of almost zero slowness on the path: d + L*s == d in float64
+    return m
+
+
+#: minimal inputs that the fuzzing found (each a failure when found): (operator, method, model)
+FOUND_CASES = [
+    ("straight", "response", np.full(12, 1e308)),                 # traveltimes overflow to inf
+    ("shortest-python", "response", np.full(12, 1e308)),
+    ("straight", "forward", torch.full((12,), 3e38)),            # float32 traveltimes overflow
+    ("shortest-python", "forward", torch.full((12,), 6e4, dtype=torch.float16)),
+    ("shortest-python", "response_and_jacobian", _tiny_cell()),  # the back-tracking never ends
+] + ([("shortest-cpp", "response", np.full(12, 1e308)),
+      ("shortest-cpp", "response_and_jacobian", _tiny_cell()),
+      ("shortest-cpp", "forward", torch.tensor(_tiny_cell(), requires_grad=True))] if HAS_CORE else [])
+
+
 CHILD = r"""
 import sys
 sys.path.insert(0, {tests!r})
 import test_fuzz
-test_fuzz.test_operator_fuzz()      # the same derandomized cases as in-process
-print("cases", test_fuzz.CASES["operators"])
+failures = 0
+try:
+    test_fuzz.test_operator_fuzz()      # the same derandomized cases as in-process
+except Exception as err:                # a property failure: test_operator_fuzz reports it
+    failures += 1
+print("FUZZ DONE", flush=True)
+for i, case in enumerate(test_fuzz.FOUND_CASES):
+    try:
+        with test_fuzz.case_guard("operators (found)"):
+            test_fuzz.operator_case(*case, data=None)
+    except Exception as err:
+        failures += 1
+    print("FOUND DONE", i, flush=True)
+print("cases", test_fuzz.CASES["operators"], "failures", failures)
 """
 
 
@@ -331,8 +361,8 @@ def test_operator_fuzz_in_a_child():
     failed test here, with the child's traceback, instead of a dead test session. A plain property
     failure in the child is left to ``test_operator_fuzz`` to report."""
     code = CHILD.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", LATENTINV_FUZZ_CASE_TIMEOUT="5",
-               LATENTINV_FUZZ_HARD_TIMEOUT="10")
+    env = dict(os.environ, OMP_NUM_THREADS="1", LATENTINV_FUZZ_CASE_TIMEOUT="3",
+               LATENTINV_FUZZ_HARD_TIMEOUT="8")
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                               timeout=240)
@@ -340,13 +370,17 @@ def test_operator_fuzz_in_a_child():
         _STATE["engine_died"] = "hang"
         raise AssertionError(f"the operator fuzz did not finish in 240 s:\n{err.stderr}") from None
     died = proc.returncode < 0 or "Fatal Python error" in proc.stderr or "Timeout (0:" in proc.stderr
-    if died:
-        _STATE["engine_died"] = f"return code {proc.returncode}"
+    if died:  # where: in the fuzz phase, or in the found case after the last one that finished
+        why = f"return code {proc.returncode}"
+        if "FUZZ DONE" not in proc.stdout:
+            _STATE["engine_died"] = why
+        else:
+            done = [int(line.split()[-1]) for line in proc.stdout.splitlines()
+                    if line.startswith("FOUND DONE")]
+            _STATE["found_died"] = (max(done, default=-1) + 1, why)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert not died, f"the operator fuzz crashed or hung (return code {proc.returncode}):\n{tail}"
-    assert proc.returncode in (0, 1), tail
-    if proc.returncode == 0:
-        assert int(proc.stdout.split("cases")[-1]) >= N_OPERATOR
+    assert proc.returncode == 0 and "cases" in proc.stdout, tail
 
 
 @settings(max_examples=N_OPERATOR, **FUZZ)
@@ -360,6 +394,21 @@ def test_operator_fuzz(op_name, method, m, data):
     data.draw(st.just(description), label="model")
     with case_guard("operators"):
         operator_case(op_name, method, m, data)
+
+
+@pytest.mark.parametrize("op_name, method, m", FOUND_CASES,
+                         ids=[f"{o}-{k}-{i}" for i, (o, k, _) in enumerate(FOUND_CASES)])
+def test_operator_found_cases(op_name, method, m):
+    """The minimal failing inputs found by the fuzzing, kept as fixed cases (same property)."""
+    index = next(i for i, case in enumerate(FOUND_CASES) if case[0] == op_name and case[1] == method
+                 and case[2] is m)
+    died, why = _STATE.get("found_died", (len(FOUND_CASES), ""))
+    if "engine_died" in _STATE or index == died or (index > died and op_name == "shortest-cpp"):
+        pytest.fail(f"the operator engine crashed or hung on this case (or an earlier one) in "
+                    f"test_operator_fuzz_in_a_child ({_STATE.get('engine_died', why)}); not run "
+                    f"in-process, where it would end the test session")
+    with case_guard("operators (found)"):
+        operator_case(op_name, method, m, data=None)
 
 
 # ---------------------------------------------------------------------------------------------------
