@@ -213,8 +213,8 @@ def get_prior(args, ti):
         print(f"[prior] loading {args.prior}")
         prior = VAEPrior.load(args.prior, device=device)
         iterations = getattr(prior, "n_iterations", None)
-        return prior, dict(description=f"the saved prior {Path(args.prior).name} ({iterations} training "
-                                       f"iterations of {prior.batch_size} crops)",
+        return prior, dict(description=f"a saved prior ({iterations} training iterations of "
+                                       f"{prior.batch_size} crops, loaded from {args.prior})",
                            training_s=0.0, iterations=iterations)
     channels = (8, 16, 32, 32) if args.small else (32, 64, 128, 256)
     hidden = 64 if args.small else 512
@@ -400,6 +400,7 @@ def main(argv=None):
             if sgan is None:
                 record["skipped"][name] = ("needs a generator with uniform latents (the paper's SGAN); "
                                            "latentinv ships none yet: pass --sgan-module FILE")
+                record["case_columns"].append((name, False))     # a column "skipped | paper"
                 print(f"[{name}] skipped: {record['skipped'][name]}")
                 continue
             generator = sgan

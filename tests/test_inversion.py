@@ -375,6 +375,36 @@ def test_start_k_does_not_depend_on_n_starts(problem):
     np.testing.assert_allclose(many.data_rmse_history[:, :2], few.data_rmse_history, rtol=1e-5)
 
 
+def test_initial_latents_are_the_starts(problem):
+    """Given starts are used as they are: the first recorded ||z|| is theirs, and passing the latents
+    the estimator would draw reproduces the drawn run bit for bit."""
+    op, gen, _, _, tt = problem
+    kw = dict(batch_size=6, n_epochs=2, random_state=3, device="cpu", n_starts=3)
+    Z = np.random.default_rng(11).standard_normal((3, D)) * [[0.5], [1.0], [2.0]]
+    res = LatentInverter(gen, op, initial_latents=Z, **kw).fit(tt).invert(tt)
+    np.testing.assert_allclose(res.latent_norm_history[:, :, 0],
+                               np.tile(np.linalg.norm(Z.astype(np.float32), axis=1), (len(tt), 1)),
+                               rtol=1e-6)
+    drawn = LatentInverter(gen, op, **kw).fit(tt).invert(tt)
+    seed = int(np.random.RandomState(3).randint(np.iinfo(np.int32).max))   # random_state -> seed
+    z0 = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED])).standard_normal((3, D))
+    again = LatentInverter(gen, op, initial_latents=z0, **kw).fit(tt).invert(tt)
+    for f in ("data_rmse_history", "latent_norm_history", "models", "latents"):
+        np.testing.assert_array_equal(getattr(again, f), getattr(drawn, f))
+
+
+@pytest.mark.parametrize("value, match", [
+    (np.zeros((2, D)), r"shape \(n_starts, n_components\) = \(3, 4\), got \(2, 4\)"),
+    (np.zeros((3, D + 1)), r"= \(3, 4\), got \(3, 5\)"),
+    (np.full((3, D), np.nan), "must be finite"),
+    ("abc", "numeric array"),
+])
+def test_bad_initial_latents_raise(problem, value, match):
+    op, gen, _, _, tt = problem
+    with pytest.raises(ValueError, match="initial_latents.*" + match):
+        LatentInverter(gen, op, n_starts=3, initial_latents=value, device="cpu").fit(tt)
+
+
 def test_fitted_prior_not_retrained_and_unchanged(problem):
     op, _, _, _, tt = problem
     gen = linear_generator()

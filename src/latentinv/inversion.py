@@ -561,6 +561,11 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     n_starts : int, default=10
         Initial latent vectors per survey, drawn from the latent distribution (the same for every
         survey).
+    initial_latents : array-like of shape (n_starts, n_components), default=None
+        The initial latent vectors themselves (the same for every survey), instead of drawing them:
+        e.g. the paper's published starts (``zinitVAE500.npy``, whose first 100 rows are its 100
+        starts) to compare a run with the paper's start by start. Its number of rows must equal
+        ``n_starts``; values must be finite.
     noise_std : float or array-like of shape (n_data,), default=None
         Per-datum noise standard deviation (ns). When given, residuals are weighted by ``1/sigma**2``
         in the data term and in the selection of the best model, and chi-square is reported. Note
@@ -655,9 +660,9 @@ class LatentInverter(RegressorMixin, BaseEstimator):
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, optimizer="sgd", lr=1e-2,
                  lr_decay=0.95, decay_every=1, batch_size=25, regularization="ring", lam=10.0,
-                 lam_decay=0.999, n_epochs=120, n_starts=10, noise_std=None, target_misfit=None,
-                 nonlinear_gradient="paper", clip_resample="uniform", random_state=None, device="auto",
-                 verbose=0):
+                 lam_decay=0.999, n_epochs=120, n_starts=10, initial_latents=None, noise_std=None,
+                 target_misfit=None, nonlinear_gradient="paper", clip_resample="uniform",
+                 random_state=None, device="auto", verbose=0):
         self.prior = prior
         self.operator = operator
         self.slowness_map = slowness_map
@@ -671,6 +676,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         self.lam_decay = lam_decay
         self.n_epochs = n_epochs
         self.n_starts = n_starts
+        self.initial_latents = initial_latents
         self.noise_std = noise_std
         self.target_misfit = target_misfit
         self.nonlinear_gradient = nonlinear_gradient
@@ -848,6 +854,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
                 f"{name}: the generator produces models of shape {tuple(out.shape)[1:]} but the "
                 f"operator expects {op.n_params} cells")
         self._check_geometry(op)
+        self.initial_latents_ = self._check_initial_latents(d)
         with torch.no_grad():
             self._check_generator_output(out, (self.slowness_map or paper_slowness)(out),
                                          f"at {len(probes)} test latents in fit")
@@ -857,6 +864,23 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         self.n_iterations_ = self.n_epochs * self.iterations_per_epoch_
         self._fitted_params = _param_snapshot(self.get_params(deep=False))
         return self
+
+    def _check_initial_latents(self, d):
+        """``initial_latents`` as a float32 tensor (n_starts, d), or None to draw them."""
+        if self.initial_latents is None:
+            return None
+        name = type(self).__name__
+        try:
+            z = np.asarray(self.initial_latents, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: initial_latents must be a numeric array of shape (n_starts, {d}), "
+                             f"got {type(self.initial_latents).__name__}") from None
+        if z.shape != (int(self.n_starts), d):
+            raise ValueError(f"{name}: initial_latents must have shape (n_starts, n_components) = "
+                             f"({self.n_starts}, {d}), got {z.shape}")
+        if not np.isfinite(z).all():
+            raise ValueError(f"{name}: initial_latents must be finite, got NaN or infinity")
+        return torch.tensor(z, dtype=torch.float32)
 
     def _generator_name(self):
         prior = self.prior_
@@ -1002,7 +1026,10 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         decoder = self._decoder()
         seed = _as_seed(self.random_state)
 
-        z = _initial_latents(seed, K, d, self.latent_distribution_).repeat(S, 1).to(dev)
+        z0 = self.initial_latents_
+        if z0 is None:
+            z0 = _initial_latents(seed, K, d, self.latent_distribution_)
+        z = z0.repeat(S, 1).to(dev)
         gens = [_survey_generators(seed, Y[i], K) for i in range(S)]
         batch_rngs = [g for pair in gens for g in pair[0]]      # row r = survey * K + start
         clip_rngs = [g for pair in gens for g in pair[1]]
