@@ -607,6 +607,14 @@ or PatchSampler
         Returns
         -------
         self : VAEPrior
+
+        Raises
+        ------
+        ValueError
+            On invalid parameters, NaN/inf or strings in ``X``, values beyond the float32 range
+            (the network computes in float32), or a training that diverged (non-finite loss or
+            weights, e.g. data far outside [0, 1] or a too large ``learning_rate``), as
+            scikit-learn's MLP does. Torch tensors are accepted as array-likes.
         """
         name = type(self).__name__
         device = self._check_params()
@@ -753,6 +761,13 @@ or PatchSampler
         X : ndarray of shape (n_samples, n_cells), float64
             Flat in C order of ``image_shape_``; reshape with
             ``X.reshape(-1, *prior.image_shape_)``.
+
+        Raises
+        ------
+        ValueError
+            On a wrong shape, NaN/inf or strings in ``Z``, values beyond the float32 range, or
+            latents so large that the network's output is not finite (never a silent NaN);
+            :meth:`encode` and :meth:`score_samples` raise the same way for ``X``.
         """
         check_is_fitted(self, "module_")
         Z = check_array(_numeric_input(Z, "Z", type(self).__name__), dtype=[np.float64, np.float32])
