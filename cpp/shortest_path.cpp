@@ -578,7 +578,16 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
     }
     int32_t u = receiver_nodes_[pair_receivers_[datum]];
     touched.clear();
+    int64_t steps = 0;
     while (u != src) {
+      // a path has fewer edges than the graph has nodes; more means a predecessor cycle (path times
+      // that lost their precision or overflowed), which must end in an error, not a hang
+      if (++steps > n_nodes_) {
+        for (int32_t cell : touched) acc[cell] = 0.0;  // clean, though a failed job drops its workspace
+        throw std::invalid_argument(
+            "ShortestPathEngine: no path back to the source (predecessor cycle): path times lost "
+            "their precision or overflowed in float64 (slowness, or its contrast, too large)");
+      }
       find_pred(u);
       const int32_t cell = pred_cell[u];
       if (acc[cell] == 0.0) touched.push_back(cell);

@@ -670,6 +670,19 @@ def test_homogeneous_baseline_and_its_warning(problem):
 # ---------------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------------
+def test_traveltimes_as_tensors_and_refused_dtypes(problem):
+    op, gen, _, _, tt = problem
+    kw = dict(batch_size=6, n_epochs=1, n_starts=2, random_state=0, device="cpu")
+    ref = LatentInverter(gen, op, **kw).fit(tt).predict(tt)
+    T = torch.tensor(tt, requires_grad=True)              # a tensor that requires grad is data too
+    np.testing.assert_array_equal(LatentInverter(gen, op, **kw).fit(T).predict(T), ref)
+    for bad, dtype in ((tt > 0, "bool"), (tt.astype(str), "<U"), (tt.astype(complex), "complex")):
+        with pytest.raises(ValueError, match=f"X \\(traveltimes, ns\\) must hold real numbers, got dtype {dtype}"):
+            LatentInverter(gen, op, **kw).fit(bad)
+    with pytest.raises(ValueError, match="must hold real numbers, got dtype torch.bool"):
+        LatentInverter(gen, op, **kw).fit(torch.tensor(tt > 0))
+
+
 @pytest.mark.parametrize("bad, match", [
     (lambda t: np.where(np.arange(t.shape[1]) == 3, np.nan, t), "NaN"),
     (lambda t: t[:, :-1], "36"),

@@ -599,3 +599,40 @@ def test_background_pool_survives_fork():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run([sys.executable, "-c", script], env=env, timeout=120)
     assert done.returncode == 0
+
+
+# -- the limits of float64 path times: clear errors, and an engine that stays sound after one --------
+def _small_operator(backend):
+    grid = Grid2D(4, 3, 1.0)
+    survey = CrossholeSurvey([[0.0, 1.0], [0.0, 3.0]], [[3.0, 0.0], [3.0, 2.0], [3.0, 4.0]])
+    return ShortestPathOperator(grid, survey, n_secondary_nodes=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_slowness_contrast_beyond_the_limit_is_refused(backend):
+    op = _small_operator(backend)
+    m = np.full(op.n_params, 5.0)
+    m[5] = 5.0 / (op.max_slowness_contrast * 1.01)
+    for call in (op.response, op.response_and_jacobian, lambda x: op.submit(x).result()):
+        with pytest.raises(ValueError, match="slowness contrast .* at most 1e\\+08"):
+            call(m)
+    m[5] = 5.0 / (op.max_slowness_contrast * 0.99)     # just inside: answered, and exact (J m = t)
+    t, J = op.response_and_jacobian(m)
+    np.testing.assert_allclose(J @ m, t, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overflowing_times_raise_and_leave_the_engine_sound(backend):
+    op = _small_operator(backend)
+    good = np.random.default_rng(0).uniform(0.5, 2.0, op.n_params)
+    t0, J0 = op.response_and_jacobian(good)
+    huge = np.full(op.n_params, 9e307)                  # contrast 1, but path times overflow
+    for call in (op.response, op.response_and_jacobian, lambda x: op.submit(x, want_jacobian=True).result()):
+        with pytest.raises(ValueError, match="overflow|predecessor cycle"):
+            call(huge)
+    with pytest.raises(ValueError, match="overflow the model's dtype float32"):
+        op.forward(torch.full((op.n_params,), 3e38, dtype=torch.float32))
+    # the workspaces reused after the errors give the same answers as before, bit for bit
+    t1, J1 = op.response_and_jacobian(good)
+    np.testing.assert_array_equal(t1, t0)
+    assert (J1 != J0).nnz == 0

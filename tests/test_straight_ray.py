@@ -304,3 +304,14 @@ def test_conventions_differ_only_on_boundary_segments(case):
             np.testing.assert_array_equal(np.delete(U, [k - 1, k], 1), np.delete(S, [k - 1, k], 1))
         else:  # off every inner line (or on an outer edge): identical rows
             np.testing.assert_array_equal(U, S)
+
+
+def test_overflowing_straight_ray_times_raise():
+    grid = Grid2D(4, 3, 1.0)
+    op = StraightRayOperator(grid, CrossholeSurvey([[0.0, 1.0]], [[3.0, 2.0], [3.0, 3.5]]))
+    with pytest.raises(ValueError, match="overflow float64"):
+        op.response(np.full(op.n_params, 1e308))
+    with pytest.raises(ValueError, match="overflow the model's dtype float32"):
+        op.forward(torch.full((op.n_params,), 3e38))
+    ok = op.forward(torch.full((op.n_params,), 1e37))  # large but representable: answered
+    assert torch.isfinite(ok).all()

@@ -770,6 +770,16 @@ class LatentInverter(RegressorMixin, BaseEstimator):
 
     def _check_traveltimes(self, X, reset):
         name = type(self).__name__
+        if isinstance(X, torch.Tensor):
+            if X.dtype == torch.bool or X.is_complex():
+                raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype {X.dtype}")
+            X = X.detach().cpu()
+            X = X.to(torch.float64).numpy() if X.is_floating_point() else X.numpy()
+        kind = getattr(X, "dtype", np.asarray(X).dtype if isinstance(X, (list, tuple)) else None)
+        kind = getattr(kind, "kind", None)
+        if kind in ("b", "c", "U", "S"):
+            raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype "
+                             f"{getattr(X, 'dtype', np.asarray(X).dtype)}")
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
                           ensure_2d=True, copy=False)
         finite = np.isfinite(X)

@@ -98,6 +98,11 @@ class ForwardOperator:
     #: whether ``submit`` queues the work on background threads (and returns before it is done)
     runs_in_background = False
 
+    #: largest slowness contrast ``max / min`` within one model, or None for no limit. Graph
+    #: operators set one: beyond it, edge times vanish against path times in float64
+    #: (``fl(t + w) == t``) and first-arrival paths are no longer defined.
+    max_slowness_contrast = None
+
     n_data: int
     n_params: int
 
@@ -142,13 +147,36 @@ class ForwardOperator:
             )
         if a.size and not (np.all(np.isfinite(a)) and (not positive or a.min() > 0)):
             _raise_bad_values(a, name)
+        limit = self.max_slowness_contrast
+        if limit is not None and a.size:
+            contrast = a.max(axis=1) / a.min(axis=1)
+            if np.any(contrast > limit):
+                k = int(np.argmax(contrast))
+                raise ValueError(
+                    f"{name}: slowness contrast (max / min within a model) must be at most {limit:.0e}, "
+                    f"got {contrast[k]:.3g} in model {k} ({a[k].min():.3g} to {a[k].max():.3g} ns/m): "
+                    "beyond it edge times vanish against path times in float64")
         return a, single
+
+    def _check_times(self, t, owner, dtype=np.float64):
+        """Traveltimes that overflowed (to +inf, in float64 or in the output ``dtype``) raise."""
+        big = np.finfo(dtype).max
+        with np.errstate(invalid="ignore"):
+            over = np.isposinf(t) | (np.abs(t) > big)
+        if np.any(over):
+            k, j = np.argwhere(over)[0]
+            raise ValueError(
+                f"{owner}: traveltimes overflow {np.dtype(dtype).name} (datum {j} of model {k} is "
+                f"{float(t[k, j])!r} ns, the largest finite value is {big:.3g}): the slowness is too "
+                "large for this dtype")
+        return t
 
     # -- public contract ----------------------------------------------------------------------------
     def response(self, m):
         """Traveltimes (ns) for slowness ``m`` (ns/m): ``(n_data,)`` or ``(n_models, n_data)``."""
         a, single = self._check_models(m)
         t, _ = self._response_and_jacobian(a, want_jacobian=False)
+        self._check_times(t, type(self).__name__)
         return t[0] if single else t
 
     def jacobian(self, m):
@@ -159,13 +187,15 @@ class ForwardOperator:
                 f"{type(self).__name__}: jacobian takes one model of shape ({self.n_params},); "
                 "use response_and_jacobian for a batch"
             )
-        _, jac = self._response_and_jacobian(a, want_jacobian=True)
+        t, jac = self._response_and_jacobian(a, want_jacobian=True)
+        self._check_times(t, type(self).__name__)
         return jac[0]
 
     def response_and_jacobian(self, m):
         """Traveltimes and Jacobians for a batch: ``(times (n_models, n_data), [CSR, ...])``."""
         a, single = self._check_models(m)
         t, jac = self._response_and_jacobian(a, want_jacobian=True)
+        self._check_times(t, type(self).__name__)
         return (t[0], jac[0]) if single else (t, jac)
 
     def forward(self, m, jacobian_rows=None, pending=None):
@@ -229,7 +259,14 @@ class JacobianFunction(torch.autograd.Function):
         ctx.row_mask = row_mask if want else None
         ctx.jacobians = jac
         ctx.n_params = operator.n_params
-        return torch.tensor(t, dtype=m.dtype, device=m.device)
+        out = torch.tensor(t, dtype=m.dtype)       # cast on the host: overflow checked before moving
+        if out.numel() and bool(torch.isinf(out).any()):
+            k, j = (int(v) for v in torch.nonzero(torch.isinf(out))[0])
+            raise ValueError(
+                f"{type(operator).__name__}.forward: traveltimes overflow the model's dtype "
+                f"{str(m.dtype).replace('torch.', '')} (datum {j} of model {k} is {float(t[k, j]):.6g} ns): "
+                "the slowness is too large for this dtype")
+        return out.to(m.device)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -269,8 +306,16 @@ class PendingResponse:
 
     def result(self):
         if self._value is None:
-            self._value = self._fetch()
+            if self._fetch is None:          # an earlier call raised: raise again
+                raise self._error
+            value = self._fetch()
             self._fetch = None
+            if np.any(np.isposinf(value[0])):   # NaN marks data left out on purpose; inf never
+                k, j = np.argwhere(np.isposinf(value[0]))[0]
+                self._error = ValueError(f"PendingResponse.result: traveltimes overflow float64 "
+                                         f"(datum {j} of model {k} is inf): the slowness is too large")
+                raise self._error
+            self._value = value
         return self._value
 
     def result_for(self, models, want_jacobian, row_mask):

@@ -135,6 +135,8 @@ class PyGimliOperator(ForwardOperator):
         Threads of the latentinv engine.
     """
 
+    max_slowness_contrast = 1e8   # a graph method, as ShortestPathOperator
+
     def __init__(self, grid, survey, n_secondary_nodes=3, backend="latentinv", n_threads=None):
         if backend not in ("latentinv", "pygimli"):
             raise ValueError(

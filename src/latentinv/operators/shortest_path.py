@@ -241,7 +241,13 @@ class _PythonGraph:
             src = self.source_nodes[source]
             cur = targets.copy()
             walking = np.flatnonzero(cur != src)
+            steps = 0
             while len(walking):
+                steps += 1
+                if steps > self.n_nodes:   # a predecessor cycle (cannot happen within the contrast limit)
+                    raise ValueError("ShortestPathOperator: no path back to the source (predecessor "
+                                     "cycle): path times lost their precision or overflowed in "
+                                     "float64 (slowness, or its contrast, too large)")
                 e = pred_entry[cur[walking]]
                 rows.append(data[walking])
                 cols.append(cells[e])
@@ -291,7 +297,10 @@ class ShortestPathOperator(ForwardOperator):
     Slowness in ns/m gives traveltimes in ns and Jacobian entries in m. The graph topology is built
     once here; each call only changes the edge weights. A sensor off every graph node raises a
     ValueError naming the nearest node. Both backends return the same paths (canonical tie rule,
-    module docstring), so their traveltimes and Jacobians agree to rounding.
+    module docstring), so their traveltimes and Jacobians agree to rounding. Within one model the
+    slowness contrast (max / min) must be at most 1e8 (:attr:`max_slowness_contrast`): beyond it an
+    edge time can vanish against a path time in float64 and the predecessor of a node is no longer
+    defined (ValueError; natural contrasts are below 1e2).
 
     References
     ----------
@@ -300,6 +309,7 @@ class ShortestPathOperator(ForwardOperator):
     """
 
     is_linear = False
+    max_slowness_contrast = 1e8
 
     def __init__(self, grid, survey, n_secondary_nodes=3, n_threads=None, backend="auto"):
         name = type(self).__name__

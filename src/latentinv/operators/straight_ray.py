@@ -229,6 +229,12 @@ class StraightRayOperator(ForwardOperator):
         G = self.torch_matrix(mb.device, mb.dtype)
         GT = self.torch_matrix(mb.device, mb.dtype, transpose=True)
         out = _LinearSparse.apply(mb, G, GT)
+        if out.numel() and bool(torch.isinf(out.detach()).any()):   # one more reduction (host sync on CUDA)
+            k, j = (int(v) for v in torch.nonzero(torch.isinf(out.detach()))[0])
+            raise ValueError(
+                f"StraightRayOperator.forward: traveltimes overflow the model's dtype "
+                f"{str(m.dtype).replace('torch.', '')} (datum {j} of model {k}): the slowness is too "
+                "large for this dtype")
         return out[0] if single else out
 
     __call__ = forward
