@@ -777,7 +777,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
             X = X.to(torch.float64).numpy() if X.is_floating_point() else X.numpy()
         kind = getattr(X, "dtype", np.asarray(X).dtype if isinstance(X, (list, tuple)) else None)
         kind = getattr(kind, "kind", None)
-        if kind in ("b", "c", "U", "S"):
+        if kind in ("b", "U", "S"):    # complex: scikit-learn's own "Complex data not supported"
             raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype "
                              f"{getattr(X, 'dtype', np.asarray(X).dtype)}")
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
