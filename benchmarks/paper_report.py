@@ -51,9 +51,9 @@ def _fmt(value, fmt):
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else fmt.format(value)
 
 
-def pair(ours, paper, fmt="{:.3f}"):
-    """One table cell, ``"latentinv | paper"``."""
-    return f"{_fmt(ours, fmt)} \\| {_fmt(paper, fmt)}"
+def pair(ours, paper, fmt="{:.3f}", sep=" \\| "):
+    """One table cell, ``"latentinv | paper"`` (the bar escaped for Markdown tables by default)."""
+    return f"{_fmt(ours, fmt)}{sep}{_fmt(paper, fmt)}"
 
 
 def _table(header, rows):

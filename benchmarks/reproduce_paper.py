@@ -366,8 +366,9 @@ def main(argv=None):
         print(f"[warning] {w}")
     print("\nTable 2 (encode-decode thresholds, linear operator): latentinv | paper")
     for i, t in enumerate(names):
-        print(f"  {t}: threshold {report.pair(thr_clean[i], report.PAPER_TABLE2['threshold'][t])} ns, "
-              f"model RMSE {report.pair(table2['model_rmse'][i], report.PAPER_TABLE2['model_rmse'][t])}; "
+        print(f"  {t}: threshold {report.pair(thr_clean[i], report.PAPER_TABLE2['threshold'][t], sep=' | ')} "
+              f"ns, model RMSE "
+              f"{report.pair(table2['model_rmse'][i], report.PAPER_TABLE2['model_rmse'][t], sep=' | ')}; "
               f"baselines: constant model {table2['constant_model_rmse'][i]:.3f}, homogeneous "
               f"{table2['homogeneous_data_rmse'][i]:.3f} ns")
 
