@@ -62,19 +62,40 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
+def _device(record):
+    """The device the run used: "auto" resolved from the recorded machine."""
+    d = record["device"]
+    if d == "auto":
+        return "cpu (auto: no GPU)" if not record["machine"].get("cuda") else f"cuda (auto: {record['machine']['cuda']})"
+    return d
+
+
 def scale_line(record):
     """The run's scale, stated above every table."""
     a = record["args"]
     prior = record["prior"]
-    return (f"Scale of this run: prior {prior['description']}; {record['n_starts']} starts per truth "
+    return (f"Scale of this run: prior: {prior['description']}; {record['n_starts']} starts per truth "
             f"(paper: 100){' from the published initial latents' if a['published_starts'] else ''}; "
             f"{record['iterations_linear']} iterations per start (paper: 3000); device "
-            f"{record['device']}; machine {record['machine']['processor_name']} "
+            f"{_device(record)}; machine {record['machine']['processor_name']} "
             f"({record['machine']['cpu_count']} cores).")
 
 
-def markdown_report(record):
-    """``docs/reproduction.md``: Tables 2-4 and Fig. 10, every cell "latentinv | paper"."""
+def _from_json(record):
+    """A record read back from JSON: bool keys and tuples as the script holds them."""
+    nl = record.get("nonlinear")
+    if nl:
+        for key in ("best_rmse", "accepted", "model_rmse"):
+            nl[key] = {(k in (True, "true", "True")): v for k, v in nl[key].items()}
+    record["case_columns"] = [tuple(c) for c in record["case_columns"]]
+    return record
+
+
+def markdown_report(record, figure_prefix=""):
+    """``docs/reproduction.md``: Tables 2-4 and Fig. 10, every cell "latentinv | paper".
+
+    ``figure_prefix``: the path from the report's folder to the run's figures.
+    """
     a = record["args"]
     truths = record["truth_names"]
     out = ["# Reproduction of Lopez-Alvis et al. (2021), Tables 2-4 and Fig. 10", "",
@@ -156,7 +177,8 @@ def markdown_report(record):
                 f"{PAPER_NONLINEAR[True]}. The paper gives no nonlinear thresholds.", ""]
 
     out += ["## Where latentinv and the paper differ, and why", ""] + record["differences"] + [""]
-    out += ["## Figures", ""] + [f"- `{f}`" for f in record["figures"]] + [""]
+    out += ["## Figures", ""]
+    out += [f"![{f}]({figure_prefix}{f})" + "\n" for f in record["figures"]]
     return "\n".join(out)
 
 
@@ -232,3 +254,23 @@ def histories_figure(panels, ylabel="data RMSE (ns)", ylim=None):
         ax.legend(fontsize=6)
     axes[0].set_ylabel(ylabel)
     return fig
+
+
+def main(argv=None):
+    """Render a report again from a run's JSON record, e.g. into docs/ beside the copied figures."""
+    import argparse
+    import json
+    import os
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("record", help="reproduce_paper.json of a run (its figures beside it)")
+    p.add_argument("--report", required=True, help="Markdown file to write")
+    a = p.parse_args(argv)
+    record = _from_json(json.loads(Path(a.record).read_text()))
+    prefix = os.path.relpath(Path(a.record).resolve().parent, Path(a.report).resolve().parent)
+    Path(a.report).write_text(markdown_report(record, "" if prefix == "." else prefix + "/"))
+
+
+if __name__ == "__main__":
+    main()

@@ -380,7 +380,7 @@ def main(argv=None):
     record = dict(
         paper="Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences",
         command="python benchmarks/reproduce_paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        complete=False, args=vars(args), truth_names=names, truth_windows=[w[:2] for w in PAPER_TRUTH_WINDOWS],
+        complete=False, args=vars(args), truth_names=names, truth_windows=[list(w[:2]) for w in PAPER_TRUTH_WINDOWS],
         mc_check=mc_check, mv_source=mv_source, exclusion_text=EXCLUSION_TEXT[args.exclusion],
         prior=prior_info, n_starts=args.n_starts, device=args.device, machine=machine(),
         table2=table2, baseline_warnings=baseline_warnings, cases={}, case_columns=[], skipped={},

@@ -127,6 +127,15 @@ def test_reproduce_paper_tiny_run(script, tiny):
     for name in ("fig7_truths.png", "fig8_mc2_histories.png", "fig9_vsbrd_models.png",
                  "fig10_nonlinear_models.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in md
+
+    # the report rendered again from the JSON record alone (e.g. into docs/) is the same report,
+    # with its figure links relative to where it is written
+    docs = root / "docs"
+    docs.mkdir(exist_ok=True)
+    _load("paper_report").main([str(out / "reproduce_paper.json"), "--report", str(docs / "r.md")])
+    again = (docs / "r.md").read_text()
+    assert again.replace("](../out/", "](") == md
 
 
 def test_published_starts_are_the_first_latents(script, tiny, monkeypatch):
