@@ -158,6 +158,33 @@ def test_published_starts_are_the_first_latents(script, tiny, monkeypatch):
     assert len(seen) == 2 and all(np.array_equal(s, z[:2]) for s in seen)
 
 
+def test_reference_vae_runs_the_paper_network(script, tiny, tmp_path):
+    """--reference-vae: a state dict of the published layout (random weights here) is the prior."""
+    import torch
+    from latentinv.nn.reference import published_shapes
+
+    root, _, _ = tiny
+    gen = torch.Generator().manual_seed(0)
+    state = {k: 0.05 * torch.randn(shape, generator=gen) for k, shape in published_shapes().items()}
+    torch.save(state, tmp_path / "vae.pth")
+    out = tmp_path / "out"
+    script.main(["--ti", str(root / "ti.npy"), "--test-models", str(root / "test_models"),
+                 "--reference-vae", str(tmp_path / "vae.pth"), "--cases", "VSbrd", "--n-starts", "1",
+                 "--epochs", "1", "--no-nonlinear", "--device", "cpu", "--out", str(out)])
+    record = json.loads((out / "reproduce_paper.json").read_text())
+    assert record["prior"]["description"].startswith("the paper's trained VAE (vae.pth)")
+    # the thresholds are those of that network, loaded independently
+    prior = VAEPrior.from_reference_checkpoint(tmp_path / "vae.pth")
+    truths = np.concatenate([np.stack([np.load(root / "test_models" / f"mc{k}.npy").reshape(-1)
+                                       for k in (1, 2, 3)]),
+                             script.generated_truths(prior, **script.MV_RULE)[0]])
+    op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49), boundary_rays="upper_left")
+    recon = prior.decode(prior.encode(truths))
+    expected = np.sqrt(np.mean((op.response(paper_slowness(recon))
+                                - op.response(paper_slowness(truths))) ** 2, axis=1))
+    np.testing.assert_allclose(record["table2"]["threshold"], expected, rtol=1e-6)
+
+
 def test_a_wrong_training_image_is_caught(script, tiny, tmp_path):
     root, ti, _ = tiny
     np.save(tmp_path / "other.npy", 1.0 - ti)
