@@ -100,27 +100,21 @@ def check_against_baselines(*, model_rmse=None, constant_rmse=None, data_rmse=No
     passes.
     """
     ok = np.array(True)
-    messages = []
-    if model_rmse is not None and constant_rmse is not None:
-        m, c = np.broadcast_arrays(np.asarray(model_rmse, float), np.asarray(constant_rmse, float))
-        good = m <= MODEL_RATIO * c
+    checks = (
+        (model_rmse, constant_rmse, MODEL_RATIO, "model RMSE {} is not clearly better than the best "
+         "constant model's {}", "the prior may not have learned these images"),
+        (data_rmse, homogeneous_rmse, DATA_RATIO, "data RMSE {} ns is not clearly better than the best "
+         "homogeneous-velocity model's {} ns", "an acceptance at this level says little"),
+    )
+    for value, baseline, ratio, text, meaning in checks:
+        if value is None or baseline is None:
+            continue
+        v, b = np.broadcast_arrays(np.asarray(value, float), np.asarray(baseline, float))
+        good = v <= ratio * b
         ok = ok & good
         if not good.all():
             i = np.flatnonzero(~good.ravel())
-            messages.append(
-                f"{what}: model RMSE {np.round(m.ravel()[i], 3).tolist()} is not clearly better than the "
-                f"best constant model's {np.round(c.ravel()[i], 3).tolist()} (needs at most "
-                f"{MODEL_RATIO} times it); the prior may not have learned these images")
-    if data_rmse is not None and homogeneous_rmse is not None:
-        d, h = np.broadcast_arrays(np.asarray(data_rmse, float), np.asarray(homogeneous_rmse, float))
-        good = d <= DATA_RATIO * h
-        ok = ok & good
-        if not good.all():
-            i = np.flatnonzero(~good.ravel())
-            messages.append(
-                f"{what}: data RMSE {np.round(d.ravel()[i], 3).tolist()} ns is not clearly better than the "
-                f"best homogeneous-velocity model's {np.round(h.ravel()[i], 3).tolist()} ns (needs at "
-                f"most {DATA_RATIO} times it); an acceptance at this level says little")
-    for msg in messages:
-        warnings.warn(msg, BaselineWarning, stacklevel=stacklevel)
+            found = text.format(np.round(v.ravel()[i], 3).tolist(), np.round(b.ravel()[i], 3).tolist())
+            warnings.warn(f"{what}: {found} (needs at most {ratio} times it); {meaning}",
+                          BaselineWarning, stacklevel=stacklevel)
     return bool(ok) if ok.ndim == 0 else ok

@@ -775,11 +775,14 @@ class LatentInverter(RegressorMixin, BaseEstimator):
                 raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype {X.dtype}")
             X = X.detach().cpu()
             X = X.to(torch.float64).numpy() if X.is_floating_point() else X.numpy()
-        kind = getattr(X, "dtype", np.asarray(X).dtype if isinstance(X, (list, tuple)) else None)
-        kind = getattr(kind, "kind", None)
-        if kind in ("b", "U", "S"):    # complex: scikit-learn's own "Complex data not supported"
-            raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype "
-                             f"{getattr(X, 'dtype', np.asarray(X).dtype)}")
+        dtype = getattr(X, "dtype", None)
+        if dtype is None and isinstance(X, (list, tuple)):
+            try:
+                dtype = np.asarray(X).dtype
+            except ValueError:           # ragged: validate_data says so
+                dtype = None
+        if getattr(dtype, "kind", None) in ("b", "U", "S"):   # complex: scikit-learn's own message
+            raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype {dtype}")
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
                           ensure_2d=True, copy=False)
         finite = np.isfinite(X)
