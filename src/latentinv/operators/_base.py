@@ -22,7 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "check_slowness_tensor"]
+__all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "check_slowness_tensor",
+           "check_times_tensor"]
 
 #: floating dtypes a torch model may have (the output of ``forward`` keeps the model's dtype)
 TORCH_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -84,6 +85,15 @@ def check_slowness_tensor(m, n_params, owner, dtypes=TORCH_FLOAT_DTYPES):
         if not ok:
             _raise_bad_values(batch.detach().to("cpu", torch.float64).numpy(), owner)
     return batch, single
+
+
+def check_times_tensor(out, owner):
+    """Traveltimes that overflowed the model's dtype (inf) raise a ValueError naming the datum."""
+    if out.numel() and bool(torch.isinf(out.detach()).any()):   # a host sync on CUDA
+        k, j = (int(v) for v in torch.nonzero(torch.isinf(out.detach()).reshape(-1, out.shape[-1]))[0])
+        raise ValueError(
+            f"{owner}: traveltimes overflow the model's dtype {str(out.dtype).replace('torch.', '')} "
+            f"(datum {j} of model {k}): the slowness is too large for this dtype")
 
 
 class ForwardOperator:
@@ -260,12 +270,7 @@ class JacobianFunction(torch.autograd.Function):
         ctx.jacobians = jac
         ctx.n_params = operator.n_params
         out = torch.tensor(t, dtype=m.dtype)       # cast on the host: overflow checked before moving
-        if out.numel() and bool(torch.isinf(out).any()):
-            k, j = (int(v) for v in torch.nonzero(torch.isinf(out))[0])
-            raise ValueError(
-                f"{type(operator).__name__}.forward: traveltimes overflow the model's dtype "
-                f"{str(m.dtype).replace('torch.', '')} (datum {j} of model {k} is {float(t[k, j]):.6g} ns): "
-                "the slowness is too large for this dtype")
+        check_times_tensor(out, f"{type(operator).__name__}.forward")
         return out.to(m.device)
 
     @staticmethod

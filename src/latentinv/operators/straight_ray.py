@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from ..geometry import CrossholeSurvey, Grid2D
-from ._base import ForwardOperator, check_slowness_tensor
+from ._base import ForwardOperator, check_slowness_tensor, check_times_tensor
 
 __all__ = ["StraightRayOperator", "straight_ray_matrix"]
 
@@ -229,12 +229,7 @@ class StraightRayOperator(ForwardOperator):
         G = self.torch_matrix(mb.device, mb.dtype)
         GT = self.torch_matrix(mb.device, mb.dtype, transpose=True)
         out = _LinearSparse.apply(mb, G, GT)
-        if out.numel() and bool(torch.isinf(out.detach()).any()):   # one more reduction (host sync on CUDA)
-            k, j = (int(v) for v in torch.nonzero(torch.isinf(out.detach()))[0])
-            raise ValueError(
-                f"StraightRayOperator.forward: traveltimes overflow the model's dtype "
-                f"{str(m.dtype).replace('torch.', '')} (datum {j} of model {k}): the slowness is too "
-                "large for this dtype")
+        check_times_tensor(out, "StraightRayOperator.forward")
         return out[0] if single else out
 
     __call__ = forward
