@@ -14,14 +14,12 @@ paper's published trained network.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
 import os
-import tempfile
-import warnings
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -42,6 +40,23 @@ from .nn.vae import (
     vae_loss,
 )
 from .nn.reference import PUBLISHED_IMAGE_SHAPE, convert_published_state_dict
+from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileError etc. re-exported)
+    ModelFileError,
+    UnverifiedModelWarning,
+    _atomic_write,
+    _check_finite_output,
+    _check_float32_range,
+    _config_digest,
+    _deterministic_kernels,
+    _ndim,
+    _numeric_input,
+    _parse_config as _parse_model_config,
+    _parse_device,
+    _resolve_device,
+    _saved_device_or_cpu,
+    _tensor_to_numpy,
+    _verify_checksums as _verify_model_checksums,
+)
 
 __all__ = ["VAEPrior", "ModelFileError", "UnverifiedModelWarning"]
 
@@ -50,140 +65,15 @@ _CONFIG_FILE = "config.json"
 _CHUNK = 1024  # samples per forward pass in encode/decode/score
 
 
-_DEVICE_EXPECTED = "'cpu', 'cuda', 'cuda:N' or 'auto'"
-
-
-def _parse_device(device, owner="VAEPrior", pname="device"):
-    """``torch.device`` of a device spec, without checking that it exists here ('auto' stays 'auto')."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return "auto"
-    if not isinstance(device, str):
-        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.")
-    return dev
-
-
-def _resolve_device(device, owner="VAEPrior", pname="device"):
-    """The ``torch.device`` to use for ``device`` ('auto': CUDA when available, else the CPU).
-
-    Raises a ValueError naming ``pname`` when the spec is malformed or asks for a CUDA device that
-    this machine does not have.
-    """
-    dev = _parse_device(device, owner, pname)
-    if dev == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{owner}: {pname}={device!r} asks for CUDA, but CUDA is not available on "
-                             f"this machine (torch.cuda.is_available() is False); expected 'cpu' or "
-                             f"'auto' here.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{owner}: {pname}={device!r} names a CUDA device that does not exist; "
-                             f"expected an index below {torch.cuda.device_count()}.")
-    return dev
-
-
 _FORMAT = "latentinv.VAEPrior"
 _VERSION = 2          # 1: no checksums (before issue 14); 2: weights_sha256 + config_sha256
 _CHECKSUM_KEYS = ("weights_sha256", "config_sha256")
 _CONFIG_KEYS = ("format", "version", "params", "custom_architecture", "fitted")
 _FITTED_KEYS = ("image_shape_", "n_features_in_", "device_", "history_", "beta_per_sample_")
 _HISTORY_KEYS = ("reconstruction", "kl", "loss")
-
-
-class ModelFileError(ValueError):
-    """A saved model file is unreadable, inconsistent or fails its integrity check.
-
-    The message names the file and what is wrong with it.
-    """
-
-
-class UnverifiedModelWarning(UserWarning):
-    """A saved prior has no checksums (written before they existed): it cannot be verified."""
-
-
-def _config_digest(config):
-    """SHA-256 of the canonical JSON of ``config`` without its ``config_sha256`` entry."""
-    payload = {k: v for k, v in config.items() if k != "config_sha256"}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-def _atomic_write(path, data):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _parse_config(raw, config_path, owner):
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ModelFileError(f"{owner}: {config_path!r} is not UTF-8 text ({err}); expected the JSON "
-                             f"written by VAEPrior.save.") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ModelFileError(f"{owner}: {config_path!r} is not valid JSON ({err.msg} at line {err.lineno}, "
-                             f"column {err.colno}; {len(raw)} bytes): the file is truncated or was "
-                             f"edited.") from None
-    if not isinstance(config, dict):
-        raise ModelFileError(f"{owner}: {config_path!r} must hold a JSON object; got "
-                             f"{type(config).__name__}.")
-    if config.get("format") != _FORMAT:
-        raise ModelFileError(f"{owner}: {config_path!r} does not hold a saved VAEPrior: expected "
-                             f"'format': {_FORMAT!r}; got {config.get('format', '<missing>')!r}.")
-    version = config.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version not in (1, _VERSION):
-        raise ModelFileError(f"{owner}: {config_path!r}: 'version' must be 1 or {_VERSION} (this "
-                             f"latentinv reads those); got {version!r}.")
-    return config
-
-
-def _verify_checksums(config, weights, config_path, weights_path, owner):
-    """Check both digests; warn (UnverifiedModelWarning) for version-1 files that have none."""
-    present = [k for k in _CHECKSUM_KEYS if k in config]
-    if not present and config["version"] == 1:
-        warnings.warn(f"{owner}: {config_path!r} has no checksums (saved by a latentinv before they "
-                      f"existed, format version 1): its weights and configuration cannot be verified. "
-                      f"Re-save it with VAEPrior.save to add them.", UnverifiedModelWarning, stacklevel=3)
-        return False
-    for key in _CHECKSUM_KEYS:
-        value = config.get(key)
-        if value is None:
-            raise ModelFileError(f"{owner}: {config_path!r}: missing key {key!r} (a SHA-256 hex digest); "
-                                 f"the file was edited or is incomplete.")
-        if (not isinstance(value, str) or len(value) != 64
-                or any(c not in "0123456789abcdef" for c in value)):
-            raise ModelFileError(f"{owner}: {config_path!r}: {key!r} must be a SHA-256 hex digest "
-                                 f"(64 lowercase hex digits); got {value!r}.")
-    actual = _config_digest(config)
-    if actual != config["config_sha256"]:
-        raise ModelFileError(f"{owner}: {config_path!r} was modified after it was saved: the SHA-256 of "
-                             f"its canonical JSON (without 'config_sha256') is {actual}, but "
-                             f"'config_sha256' records {config['config_sha256']}. Do not edit a saved "
-                             f"prior; re-save it from the estimator.")
-    actual = hashlib.sha256(weights).hexdigest()
-    if actual != config["weights_sha256"]:
-        raise ModelFileError(f"{owner}: {weights_path!r} does not match its checksum: its SHA-256 is "
-                             f"{actual} ({len(weights)} bytes), but {_CONFIG_FILE} records "
-                             f"'weights_sha256' {config['weights_sha256']}. The weights are corrupted, "
-                             f"truncated or were replaced.")
-    return True
+# the shared readers with VAEPrior's format (functools.partial adds no frame: warnings keep their stacklevel)
+_parse_config = partial(_parse_model_config, fmt=_FORMAT, versions=(1, _VERSION), saver="VAEPrior")
+_verify_checksums = partial(_verify_model_checksums, saver="VAEPrior", unverified_versions=(1,))
 
 
 def _is_int(value, minimum=None):
@@ -294,91 +184,6 @@ def _check_config(cls, config, config_path, owner, architecture):
               "history_": {k: [float(v) for v in vals] for k, vals in history.items()},
               "beta_per_sample_": float(beta_per_sample)}
     return params, fitted
-
-
-def _saved_device_or_cpu(saved, context):
-    """The saved device when this machine has it, else the CPU with a warning (``context`` says why)."""
-    device = torch.device(saved)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            warnings.warn(f"{context} CUDA is not available; loading it on the CPU. Pass device='cpu' "
-                          f"or 'auto' to choose explicitly.", UserWarning, stacklevel=3)
-            return torch.device("cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            warnings.warn(f"{context} this machine has {torch.cuda.device_count()} CUDA device(s); "
-                          f"loading it on cuda:0.", UserWarning, stacklevel=3)
-            return torch.device("cuda", 0)
-    return device
-
-
-def _deterministic_kernels(device):
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    cudnn = torch.backends.cudnn
-    return cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=True,
-                       allow_tf32=cudnn.allow_tf32)
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _tensor_to_numpy(X):
-    """A torch tensor as a NumPy array (detached, on the CPU; bfloat16/float16 as float32), so that
-    scikit-learn's checks see its values; anything else unchanged."""
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu()
-        if X.dtype in (torch.bfloat16, torch.float16):
-            X = X.float()
-        return X.numpy()
-    return X
-
-
-def _numeric_input(X, what, owner):
-    """``X`` with torch tensors turned into arrays; strings refused (scikit-learn would parse
-    ``"1e3"``), as the operators and the geometry refuse them."""
-    X = _tensor_to_numpy(X)
-    dtype = getattr(X, "dtype", None)
-    if not isinstance(dtype, np.dtype):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dtype = np.asarray(X).dtype
-        except (TypeError, ValueError):
-            return X  # ragged or odd input: check_array names the problem
-    if dtype.kind in "USV":
-        raise ValueError(f"{owner}: {what} must hold numbers (models or latents); got an array of "
-                         f"dtype {dtype}.")
-    return X
-
-
-def _check_float32_range(A, what, owner):
-    """The network computes in float32: values beyond its range would become inf there."""
-    if A.size:
-        peak = float(np.max(np.abs(A)))
-        if peak > _FLOAT32_MAX:
-            raise ValueError(f"{owner}: {what} holds values up to {peak:.6g} in absolute value, beyond "
-                             f"the float32 range (+-{_FLOAT32_MAX:.4g}) in which the network computes; "
-                             f"expected models with values in [0, 1] and latents of order 1.")
-
-
-def _check_finite_output(out, what, owner, inputs):
-    """No silent NaN/inf: a non-finite network output is an error naming the input's range."""
-    if not torch.isfinite(out).all():
-        lo, hi = (float(inputs.min()), float(inputs.max())) if inputs.size else (math.nan, math.nan)
-        raise ValueError(f"{owner}: the network returned non-finite {what} (NaN or inf in float32) for "
-                         f"inputs in [{lo:.6g}, {hi:.6g}]; expected models with values in [0, 1] and "
-                         f"latents of order 1.")
-    return out
-
-
-def _ndim(X):
-    shape = getattr(X, "shape", None)
-    if isinstance(shape, tuple):
-        return len(shape)
-    try:
-        return np.asarray(X).ndim
-    except (ValueError, TypeError):
-        return -1  # let check_array report the problem
 
 
 class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):

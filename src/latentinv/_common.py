@@ -1,0 +1,308 @@
+"""Helpers shared by latentinv's torch-backed estimators (:class:`~latentinv.prior.VAEPrior`,
+:class:`~latentinv.sgan.SGANPrior`): device resolution, deterministic kernels, input checks and the
+model-file format (a safetensors file plus a JSON configuration, both covered by SHA-256 digests).
+No scikit-learn estimator lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+
+__all__ = ["ModelFileError", "UnverifiedModelWarning"]
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+_CONFIG_FILE = CONFIG_FILE
+_CHECKSUM_KEYS = ("weights_sha256", "config_sha256")
+
+_DEVICE_EXPECTED = "'cpu', 'cuda', 'cuda:N' or 'auto'"
+
+
+def _parse_device(device, owner="VAEPrior", pname="device"):
+    """``torch.device`` of a device spec, without checking that it exists here ('auto' stays 'auto')."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return "auto"
+    if not isinstance(device, str):
+        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{owner}: {pname} must be {_DEVICE_EXPECTED}; got {device!r}.")
+    return dev
+
+
+def _resolve_device(device, owner="VAEPrior", pname="device"):
+    """The ``torch.device`` to use for ``device`` ('auto': CUDA when available, else the CPU).
+
+    Raises a ValueError naming ``pname`` when the spec is malformed or asks for a CUDA device that
+    this machine does not have.
+    """
+    dev = _parse_device(device, owner, pname)
+    if dev == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{owner}: {pname}={device!r} asks for CUDA, but CUDA is not available on "
+                             f"this machine (torch.cuda.is_available() is False); expected 'cpu' or "
+                             f"'auto' here.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{owner}: {pname}={device!r} names a CUDA device that does not exist; "
+                             f"expected an index below {torch.cuda.device_count()}.")
+    return dev
+
+
+
+class ModelFileError(ValueError):
+    """A saved model file is unreadable, inconsistent or fails its integrity check.
+
+    The message names the file and what is wrong with it.
+    """
+
+
+class UnverifiedModelWarning(UserWarning):
+    """A saved prior has no checksums (written before they existed): it cannot be verified."""
+
+
+def _config_digest(config):
+    """SHA-256 of the canonical JSON of ``config`` without its ``config_sha256`` entry."""
+    payload = {k: v for k, v in config.items() if k != "config_sha256"}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _atomic_write(path, data):
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+
+def _parse_config(raw, config_path, owner, *, fmt, versions, saver):
+    """The JSON object of a saved model's ``config.json``, with its ``format`` and ``version`` checked.
+
+    ``fmt`` is the expected ``"format"`` entry, ``versions`` the accepted ``"version"`` values and
+    ``saver`` the class whose ``save`` writes such files (named in the messages).
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFileError(f"{owner}: {config_path!r} is not UTF-8 text ({err}); expected the JSON "
+                             f"written by {saver}.save.") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{owner}: {config_path!r} is not valid JSON ({err.msg} at line {err.lineno}, "
+                             f"column {err.colno}; {len(raw)} bytes): the file is truncated or was "
+                             f"edited.") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{owner}: {config_path!r} must hold a JSON object; got "
+                             f"{type(config).__name__}.")
+    if config.get("format") != fmt:
+        raise ModelFileError(f"{owner}: {config_path!r} does not hold a saved {saver}: expected "
+                             f"'format': {fmt!r}; got {config.get('format', '<missing>')!r}.")
+    version = config.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in versions:
+        raise ModelFileError(f"{owner}: {config_path!r}: 'version' must be "
+                             f"{' or '.join(str(v) for v in versions)} (this "
+                             f"latentinv reads those); got {version!r}.")
+    return config
+
+
+def _verify_checksums(config, weights, config_path, weights_path, owner, *, saver, unverified_versions=()):
+    """Check both digests (``weights_sha256``, ``config_sha256``); files of a version in
+    ``unverified_versions`` (written before checksums existed) that have none load with an
+    UnverifiedModelWarning, any other file without them is an error."""
+    present = [k for k in _CHECKSUM_KEYS if k in config]
+    if not present and config["version"] in unverified_versions:
+        warnings.warn(f"{owner}: {config_path!r} has no checksums (saved by a latentinv before they "
+                      f"existed, format version 1): its weights and configuration cannot be verified. "
+                      f"Re-save it with {saver}.save to add them.", UnverifiedModelWarning, stacklevel=3)
+        return False
+    for key in _CHECKSUM_KEYS:
+        value = config.get(key)
+        if value is None:
+            raise ModelFileError(f"{owner}: {config_path!r}: missing key {key!r} (a SHA-256 hex digest); "
+                                 f"the file was edited or is incomplete.")
+        if (not isinstance(value, str) or len(value) != 64
+                or any(c not in "0123456789abcdef" for c in value)):
+            raise ModelFileError(f"{owner}: {config_path!r}: {key!r} must be a SHA-256 hex digest "
+                                 f"(64 lowercase hex digits); got {value!r}.")
+    actual = _config_digest(config)
+    if actual != config["config_sha256"]:
+        raise ModelFileError(f"{owner}: {config_path!r} was modified after it was saved: the SHA-256 of "
+                             f"its canonical JSON (without 'config_sha256') is {actual}, but "
+                             f"'config_sha256' records {config['config_sha256']}. Do not edit a saved "
+                             f"prior; re-save it from the estimator.")
+    actual = hashlib.sha256(weights).hexdigest()
+    if actual != config["weights_sha256"]:
+        raise ModelFileError(f"{owner}: {weights_path!r} does not match its checksum: its SHA-256 is "
+                             f"{actual} ({len(weights)} bytes), but {_CONFIG_FILE} records "
+                             f"'weights_sha256' {config['weights_sha256']}. The weights are corrupted, "
+                             f"truncated or were replaced.")
+    return True
+
+
+
+def _saved_device_or_cpu(saved, context):
+    """The saved device when this machine has it, else the CPU with a warning (``context`` says why)."""
+    device = torch.device(saved)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            warnings.warn(f"{context} CUDA is not available; loading it on the CPU. Pass device='cpu' "
+                          f"or 'auto' to choose explicitly.", UserWarning, stacklevel=3)
+            return torch.device("cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            warnings.warn(f"{context} this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"loading it on cuda:0.", UserWarning, stacklevel=3)
+            return torch.device("cuda", 0)
+    return device
+
+
+def _deterministic_kernels(device):
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=True,
+                       allow_tf32=cudnn.allow_tf32)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _tensor_to_numpy(X):
+    """A torch tensor as a NumPy array (detached, on the CPU; bfloat16/float16 as float32), so that
+    scikit-learn's checks see its values; anything else unchanged."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu()
+        if X.dtype in (torch.bfloat16, torch.float16):
+            X = X.float()
+        return X.numpy()
+    return X
+
+
+def _numeric_input(X, what, owner):
+    """``X`` with torch tensors turned into arrays; strings refused (scikit-learn would parse
+    ``"1e3"``), as the operators and the geometry refuse them."""
+    X = _tensor_to_numpy(X)
+    dtype = getattr(X, "dtype", None)
+    if not isinstance(dtype, np.dtype):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dtype = np.asarray(X).dtype
+        except (TypeError, ValueError):
+            return X  # ragged or odd input: check_array names the problem
+    if dtype.kind in "USV":
+        raise ValueError(f"{owner}: {what} must hold numbers (models or latents); got an array of "
+                         f"dtype {dtype}.")
+    return X
+
+
+def _check_float32_range(A, what, owner):
+    """The network computes in float32: values beyond its range would become inf there."""
+    if A.size:
+        peak = float(np.max(np.abs(A)))
+        if peak > _FLOAT32_MAX:
+            raise ValueError(f"{owner}: {what} holds values up to {peak:.6g} in absolute value, beyond "
+                             f"the float32 range (+-{_FLOAT32_MAX:.4g}) in which the network computes; "
+                             f"expected models with values in [0, 1] and latents of order 1.")
+
+
+def _check_finite_output(out, what, owner, inputs):
+    """No silent NaN/inf: a non-finite network output is an error naming the input's range."""
+    if not torch.isfinite(out).all():
+        lo, hi = (float(inputs.min()), float(inputs.max())) if inputs.size else (math.nan, math.nan)
+        raise ValueError(f"{owner}: the network returned non-finite {what} (NaN or inf in float32) for "
+                         f"inputs in [{lo:.6g}, {hi:.6g}]; expected models with values in [0, 1] and "
+                         f"latents of order 1.")
+    return out
+
+
+def _ndim(X):
+    shape = getattr(X, "shape", None)
+    if isinstance(shape, tuple):
+        return len(shape)
+    try:
+        return np.asarray(X).ndim
+    except (ValueError, TypeError):
+        return -1  # let check_array report the problem
+
+
+def _add_checksums(config, weights):
+    """``config`` (a JSON-ready dict) with ``weights_sha256`` and then ``config_sha256`` added."""
+    config = json.loads(json.dumps(config))     # exactly what load will read back
+    config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    config["config_sha256"] = _config_digest(config)
+    return config
+
+
+def _read_model_files(path, owner, saver):
+    """Bytes of ``config.json`` and ``weights.safetensors`` in the directory ``path``."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{owner}: {path!r} is not a directory; expected a directory written "
+                                f"by {saver}.save holding {CONFIG_FILE} and {WEIGHTS_FILE}.")
+    files = (os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE))
+    for file in files:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{owner}: {file!r} is missing; a saved {saver} holds both "
+                                    f"{CONFIG_FILE} and {WEIGHTS_FILE}.")
+    contents = []
+    for file in files:
+        with open(file, "rb") as f:
+            contents.append(f.read())
+    return files, contents
+
+
+def _load_safetensors(weights, weights_path, owner):
+    from safetensors.torch import load as safetensors_load
+
+    try:
+        return safetensors_load(weights)
+    except Exception as err:  # safetensors raises its own error types for malformed files
+        raise ModelFileError(f"{owner}: {weights_path!r} is not a readable safetensors file "
+                             f"({type(err).__name__}: {err}).") from None
+
+
+def _check_state_against(module, state, source, described):
+    """ModelFileError unless ``state`` has exactly ``module``'s tensor names, shapes and dtypes."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: file {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    dtypes = [f"{k}: file {state[k].dtype}, expected {v.dtype}"
+              for k, v in expected.items() if k in state and state[k].dtype != v.dtype]
+    if missing or unexpected or shapes or dtypes:
+        problems = []
+        if missing:
+            problems.append(f"missing tensors {missing}")
+        if unexpected:
+            problems.append(f"unexpected tensors {unexpected}")
+        if shapes:
+            problems.append("wrong shapes: " + "; ".join(shapes))
+        if dtypes:
+            problems.append("wrong dtypes: " + "; ".join(dtypes))
+        raise ModelFileError(f"{source}: the tensors do not fit the network the configuration "
+                             f"describes ({described}): " + "; ".join(problems) + ".")
+
