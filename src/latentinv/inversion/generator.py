@@ -1,0 +1,166 @@
+"""The generator protocol: what ``LatentInverter`` and ``LatentSampler`` take as a prior, the wrapper
+for a user's own torch module, and the checks of a generator's output."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from .equations import paper_slowness
+
+__all__ = ["TorchGenerator"]
+
+
+class TorchGenerator:
+    """Wrap a torch module ``z -> model`` into the generator protocol of :class:`LatentInverter`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Maps float32 latents ``(batch, n_components)`` to models ``(batch, n_cells)`` (flat C order,
+        values in [0, 1]). Outputs of another shape with ``batch`` first are flattened.
+    n_components : int
+        Latent dimension ``d``.
+    latent_distribution : {"normal", "uniform"}, default="normal"
+        ``"uniform"``: latents in [-1, 1] (SGAN), with stochastic clipping.
+    image_shape : tuple of int, default=None
+        ``(n_rows, n_cols)`` of the models, checked against the operator's grid. ``None``: taken
+        from the module's output when it has image dimensions (``(batch, n_rows, n_cols)`` or
+        ``(batch, 1, n_rows, n_cols)``), unchecked otherwise.
+
+    Attributes
+    ----------
+    decoder_ : torch.nn.Module
+        ``module`` followed by flattening. The module is used as given (never switched to eval
+        mode here, which would change the caller's object): call ``module.eval()`` first when it
+        holds dropout or batch normalisation.
+    """
+
+    def __init__(self, module, n_components, latent_distribution="normal", image_shape=None):
+        self.module = module
+        self.n_components = n_components
+        self.latent_distribution = latent_distribution
+        self.image_shape = image_shape
+
+    @property
+    def decoder_(self):
+        return _Flatten(self.module)
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+    def decode(self, Z):
+        """Models ``(n, n_cells)`` (float64 NumPy) for latents ``Z`` ``(n, n_components)``."""
+        dec = self.decoder_
+        dev = next(iter(dec.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            out = dec(torch.tensor(np.asarray(Z), dtype=torch.float32, device=dev))
+        return out.cpu().numpy().astype(np.float64)
+
+    def __repr__(self):
+        return (f"TorchGenerator({type(self.module).__name__}, n_components={self.n_components}, "
+                f"latent_distribution={self.latent_distribution!r})")
+
+    def __setstate__(self, state):     # pickles of earlier versions have no image_shape
+        state.setdefault("image_shape", None)
+        self.__dict__.update(state)
+
+
+class _Flatten(torch.nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, z):
+        out = self.module(z)
+        return out.reshape(out.shape[0], -1)
+
+
+def prior_is_fitted(prior):
+    """A prior without ``fit`` is fitted when it has ``decoder_``; an estimator as scikit-learn says."""
+    if not hasattr(prior, "fit"):
+        return hasattr(prior, "decoder_")
+    try:
+        check_is_fitted(prior)
+    except NotFittedError:
+        return False
+    return True
+
+
+def module_device(module):
+    """The device of a module's first parameter or buffer (None when it has neither)."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return None
+
+
+def probe_latents(n_components, latent_distribution, n=16):
+    """Latents on which a generator is checked at fit: the origin, then ``n - 1`` fixed draws from
+    the latent distribution (own generator: no estimator randomness is used)."""
+    rng = np.random.default_rng(20210)
+    if latent_distribution == "uniform":
+        z = rng.uniform(-1.0, 1.0, size=(n - 1, n_components))
+    else:
+        z = rng.standard_normal(size=(n - 1, n_components))
+    return torch.tensor(np.vstack([np.zeros((1, n_components)), z]), dtype=torch.float32)
+
+
+def generator_name(prior):
+    return repr(prior) if isinstance(prior, TorchGenerator) else type(prior).__name__
+
+
+def check_generator_output(x, s, slowness_map, prior, when, owner):
+    """Models ``x`` finite and in the slowness map's domain, slowness ``s`` finite and positive."""
+    fn = slowness_map or paper_slowness
+    map_name = getattr(fn, "__name__", type(fn).__name__)
+    ok_x = torch.isfinite(x)
+    problem = None
+    if not bool(ok_x.all()):
+        problem = f"{int((~ok_x).sum())} non-finite model values (NaN or inf)"
+    else:
+        lo, hi = float(x.min()), float(x.max())
+        domain = getattr(fn, "domain", None)
+        if domain is not None and not (domain[0] < lo and hi < domain[1]):
+            problem = (f"model values in [{lo:.6g}, {hi:.6g}], outside the domain "
+                       f"({domain[0]}, {domain[1]}) of the slowness map {map_name}")
+        elif not bool((torch.isfinite(s) & (s > 0)).all()):
+            bad = ~(torch.isfinite(s) & (s > 0))
+            problem = (f"model values in [{lo:.6g}, {hi:.6g}] giving {int(bad.sum())} non-finite "
+                       f"or non-positive slowness values through {map_name}")
+    if problem is not None:
+        raise ValueError(
+            f"{owner}: the generator {generator_name(prior)} returned {problem} "
+            f"{when}; the generator must produce finite models in the slowness map's domain"
+            + (" (the paper's values are in [0, 1])" if fn is paper_slowness else ""))
+
+
+def check_geometry(prior, n_components, op, owner):
+    """The prior's image shape against the operator grid's (n_rows, n_cols), where both are known."""
+    shape = getattr(prior, "image_shape_", None)
+    if shape is None:
+        shape = getattr(prior, "image_shape", None)
+    if shape is None and isinstance(prior, TorchGenerator):
+        with torch.no_grad():
+            raw = prior.module(torch.zeros(1, n_components, device=module_device(prior.module) or "cpu"))
+        dims = tuple(int(n) for n in raw.shape[1:])
+        if len(dims) == 3 and dims[0] == 1:
+            dims = dims[1:]
+        shape = dims if len(dims) == 2 else None
+    grid_shape = getattr(getattr(op, "grid", None), "shape", None)
+    if shape is None or grid_shape is None:
+        return
+    name = generator_name(prior)
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: the prior {name} gives an image shape that is not a pair of "
+                         f"ints: {shape!r}") from None
+    if shape != tuple(grid_shape):
+        same_cells = len(shape) == 2 and shape[0] * shape[1] == op.n_params
+        raise ValueError(
+            f"{owner}: the prior {name} makes images of shape (n_rows, n_cols) = {shape} but the "
+            f"operator's grid is {tuple(grid_shape)}"
+            + (f" (same number of cells, {op.n_params}, but another geometry)" if same_cells else ""))
