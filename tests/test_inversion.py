@@ -772,10 +772,10 @@ def test_generator_output_outside_the_slowness_map_rejected(problem, value, slow
 
 def test_generator_output_checked_at_the_first_iteration(problem, monkeypatch):
     """A generator fine at fit's test latents but not at the starts: the inversion refuses at once."""
-    import latentinv.inversion.estimator as estimator
+    import latentinv.inversion.base as base
     op, _, _, _, tt = problem
     gen = TorchGenerator(ConstantModule(0.5, slope=2.0), D)     # 0.5 at z = 0, beyond 4 at |z|_1 > 1.75
-    monkeypatch.setattr(estimator, "probe_latents", lambda d, dist: torch.zeros(1, d))
+    monkeypatch.setattr(base, "probe_latents", lambda d, dist: torch.zeros(1, d))
     est = LatentInverter(gen, op, n_epochs=1, batch_size=6, n_starts=3, random_state=0,
                          device="cpu").fit(tt)
     with pytest.raises(ValueError, match=r"returned model values in \[\d.*outside the domain \(-inf, 4.0\) "

@@ -10,7 +10,8 @@ The package is one engine with its parts named by what they are:
 - :mod:`.history`: per-iteration records, the best model so far and the result's assembly;
 - :mod:`.randomness`: seeds, initial latents and per-survey streams;
 - :mod:`.sgd`: the SGD loop itself; :mod:`.result`: :class:`InversionResult`;
-- :mod:`.estimator`: :class:`LatentInverter`, the scikit-learn estimator.
+- :mod:`.base`: what the estimators share (input checks, the prior's set-up, the problem of a set of surveys);
+- :mod:`.estimator`: :class:`LatentInverter`, the scikit-learn estimator of the SGD.
 
 :class:`LatentInverter` implements the inversion of Lopez-Alvis, Laloy, Nguyen & Hermans (2021),
 Section 2.4 (Eqs. 20-25 for the linear operator, Eq. 28 for the nonlinear one): the latent vector

@@ -1,53 +1,21 @@
 """The scikit-learn estimator of the paper's inversion: :class:`LatentInverter`."""
 from __future__ import annotations
 
-import copy
-import math
-import numbers
-
 import numpy as np
-import torch
-from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
-from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
-from .equations import chi_mean, paper_slowness
-from .generator import (TorchGenerator, check_generator_output, check_geometry, module_device,
-                        prior_is_fitted, probe_latents)
-from .problem import LatentProblem
-from .randomness import EpochStreams, as_seed, initial_latents
-from .runtime import resolve_device, torch_threads
+from .base import LatentEstimatorBase
+from .randomness import EpochStreams, as_seed
+from .runtime import torch_threads
 from .sgd import SGDSettings, run_sgd
 
 __all__ = ["LatentInverter"]
 
 
-def _max_traveltime(n_data):
-    """Largest traveltime (ns) whose squared residuals, summed over ``n_data``, stay finite in float32."""
-    return math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(int(n_data), 1)))
-
-
-def _param_snapshot(params):
-    return {k: copy.deepcopy(v) if isinstance(v, (np.ndarray, list, tuple, dict)) else v
-            for k, v in params.items()}
-
-
-def _same_param(a, b):
-    if a is b:
-        return True
-    if isinstance(a, (np.ndarray, list, tuple)) or isinstance(b, (np.ndarray, list, tuple)):
-        try:
-            return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-        except (TypeError, ValueError):
-            return False
-    if isinstance(a, (numbers.Number, str, type(None))) and isinstance(b, (numbers.Number, str, type(None))):
-        return type(a) is type(b) and a == b
-    return False
-
-
-
-class LatentInverter(RegressorMixin, BaseEstimator):
+class LatentInverter(RegressorMixin, LatentEstimatorBase):
     """Traveltime inversion by stochastic gradient descent in the latent space of a generator.
 
     Lopez-Alvis et al. (2021), Section 2.4, Eqs. 20-25 (linear operator) and Eq. 28 (nonlinear).
@@ -212,21 +180,6 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
 
-    # -- cloning ---------------------------------------------------------------------------------------
-    def __sklearn_clone__(self):
-        """A clone with the same parameters, unfitted; a fitted prior is passed on as it is.
-
-        scikit-learn's default clone would clone a fitted ``VAEPrior`` into an unfitted one, which
-        :meth:`fit` would then retrain on ``y`` inside ``GridSearchCV`` or ``cross_validate``. A
-        fitted prior is used as is, never retrained (the module's generator protocol), so clones
-        share it (inversion only reads it). An unfitted prior is cloned as usual.
-        """
-        params = self.get_params(deep=False)
-        prior = params.pop("prior")
-        params = {k: clone(v, safe=False) for k, v in params.items()}
-        params["prior"] = prior if prior is None or prior_is_fitted(prior) else clone(prior, safe=False)
-        return type(self)(**params)
-
     # -- tags ------------------------------------------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -240,17 +193,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
     # -- validation ------------------------------------------------------------------------------------
     def _check_params(self, n_data):
         name = type(self).__name__
-
-        def number(value, pname, low=None, high=None, low_open=False, integer=False):
-            kind = numbers.Integral if integer else numbers.Real
-            if isinstance(value, bool) or not isinstance(value, kind) or not np.isfinite(value):
-                what = "an integer" if integer else "a finite number"
-                raise ValueError(f"{name}: {pname} must be {what}, got {value!r}")
-            if low is not None and (value <= low if low_open else value < low):
-                raise ValueError(f"{name}: {pname} must be {'>' if low_open else '>='} {low}, got {value!r}")
-            if high is not None and value > high:
-                raise ValueError(f"{name}: {pname} must be <= {high}, got {value!r}")
-
+        number = self._check_number
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"{name}: optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         number(self.lr, "lr", 0, low_open=True)
@@ -273,63 +216,12 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         if self.clip_resample not in ("uniform", "normal"):
             raise ValueError(f"{name}: clip_resample must be 'uniform' or 'normal', got "
                              f"{self.clip_resample!r}")
-        if self.slowness_map is not None and not callable(self.slowness_map):
-            raise ValueError(f"{name}: slowness_map must be callable or None, got {self.slowness_map!r}")
-        if self.noise_std is None:
-            return None
-        sigma = np.asarray(self.noise_std, dtype=np.float64)
-        if sigma.ndim == 0:
-            sigma = np.full(n_data, float(sigma))
-        if sigma.shape != (n_data,) or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
-            raise ValueError(
-                f"{name}: noise_std must be a positive number or an array of {n_data} positive "
-                f"numbers (ns), got {self.noise_std!r}")
-        return sigma
+        return self._check_common_params(n_data)
 
-    def _check_operator(self):
-        name = type(self).__name__
-        op = self.operator
-        if op is None or not all(hasattr(op, a) for a in ("n_data", "n_params", "forward")):
-            raise ValueError(
-                f"{name}: operator must be a forward operator (with n_data, n_params and forward), "
-                f"got {op!r}")
-        return op
-
-    def _check_traveltimes(self, X, reset):
-        name = type(self).__name__
-        if isinstance(X, torch.Tensor):
-            if X.dtype == torch.bool or X.is_complex():
-                raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype {X.dtype}")
-            X = X.detach().cpu()
-            X = X.to(torch.float64).numpy() if X.is_floating_point() else X.numpy()
-        dtype = getattr(X, "dtype", None)
-        if dtype is None and isinstance(X, (list, tuple)):
-            try:
-                dtype = np.asarray(X).dtype
-            except ValueError:           # ragged: validate_data says so
-                dtype = None
-        if getattr(dtype, "kind", None) in ("b", "U", "S"):   # complex: scikit-learn's own message
-            raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype {dtype}")
-        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
-                          ensure_2d=True, copy=False)
-        finite = np.isfinite(X)
-        if not finite.all():
-            i, j = np.argwhere(~finite)[0]
-            raise ValueError(
-                f"{name}: X (traveltimes, ns) must be finite, got {int(np.isnan(X).sum())} NaN and "
-                f"{int(np.isinf(X).sum())} inf values (the first at survey {i}, datum {j}: {float(X[i, j])!r})")
-        if np.any(X < 0):
-            raise ValueError(f"{name}: Negative values in data passed to X: traveltimes must be "
-                             f">= 0 ns, got a minimum of {float(X.min())!r}")
-        # the misfit is computed in float32: a sum of n_data squared residuals must stay finite
-        limit = _max_traveltime(X.shape[1])
-        if X.size and X.max() > limit:
-            i, j = np.unravel_index(np.argmax(X), X.shape)
-            raise ValueError(
-                f"{name}: X (traveltimes, ns) must be at most {limit:.3g} ns (with {X.shape[1]} data, "
-                f"larger values overflow the float32 misfit), got {X[i, j]:.6g} ns at survey {i}, "
-                f"datum {j}; check the units (ns)")
-        return X
+    def _check_latent_distribution(self, dist):
+        if dist == "uniform" and self.regularization == "ring":
+            raise ValueError(f"{type(self).__name__}: regularization='ring' needs normal latents; the "
+                             "prior's latents are uniform (use None or 'origin')")
 
     # -- fit -------------------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -347,106 +239,11 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         -------
         self : LatentInverter
         """
-        name = type(self).__name__
-        op = self._check_operator()
-        X = self._check_traveltimes(X, reset=True)
-        if y is not None:
-            check_consistent_length(X, y)
-        if X.shape[1] != op.n_data:
-            raise ValueError(
-                f"{name}: X has {X.shape[1]} traveltimes per survey but the operator expects "
-                f"{op.n_data}")
-        self._check_params(op.n_data)
-        self.device_ = resolve_device(self.device)
+        return self._fit(X, y)
 
-        prior = self.prior
-        if prior is None:
-            from ..prior import VAEPrior
-            prior = VAEPrior()
-        if prior_is_fitted(prior):
-            self.prior_ = prior
-        else:
-            if y is None:
-                raise ValueError(
-                    f"{name}: the prior {type(prior).__name__} is not fitted; pass the training "
-                    "models as y (or a fitted prior)")
-            self.prior_ = clone(prior).fit(np.asarray(y))
-        for attr in ("decoder_", "n_components", "latent_distribution"):
-            if not hasattr(self.prior_, attr):
-                raise ValueError(f"{name}: the prior {type(self.prior_).__name__} lacks {attr!r} "
-                                 "(see the generator protocol in latentinv.inversion)")
-        dist = self.prior_.latent_distribution
-        if dist not in ("normal", "uniform"):
-            raise ValueError(f"{name}: latent_distribution must be 'normal' or 'uniform', got {dist!r}")
-        if dist == "uniform" and self.regularization == "ring":
-            raise ValueError(f"{name}: regularization='ring' needs normal latents; the prior's "
-                             "latents are uniform (use None or 'origin')")
-        d = int(self.prior_.n_components)
-        self.n_components_ = d
-        self.latent_distribution_ = dist
-        self.mu_chi_ = chi_mean(d)
-        decoder = self._decoder()
-        probes = probe_latents(d, dist).to(self.device_)
-        with torch.no_grad():
-            out = decoder(probes)
-        if out.ndim != 2 or out.shape[1] != op.n_params:
-            raise ValueError(
-                f"{name}: the generator produces models of shape {tuple(out.shape)[1:]} but the "
-                f"operator expects {op.n_params} cells")
-        self._check_geometry(op)
-        self.initial_latents_ = self._check_initial_latents(d)
-        with torch.no_grad():
-            self._check_generator_output(out, (self.slowness_map or paper_slowness)(out),
-                                         f"at {len(probes)} test latents in fit")
-        self.operator_ = op
-        self.n_cells_ = int(op.n_params)
+    def _fit_schedule(self, op):
         self.iterations_per_epoch_ = op.n_data // (self.batch_size or op.n_data)
         self.n_iterations_ = self.n_epochs * self.iterations_per_epoch_
-        self._fitted_params = _param_snapshot(self.get_params(deep=False))
-        return self
-
-    def _check_initial_latents(self, d):
-        """``initial_latents`` as a float32 tensor (n_starts, d), or None to draw them."""
-        if self.initial_latents is None:
-            return None
-        name = type(self).__name__
-        try:
-            z = np.asarray(self.initial_latents, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: initial_latents must be a numeric array of shape (n_starts, {d}), "
-                             f"got {type(self.initial_latents).__name__}") from None
-        if z.shape != (int(self.n_starts), d):
-            raise ValueError(f"{name}: initial_latents must have shape (n_starts, n_components) = "
-                             f"({self.n_starts}, {d}), got {z.shape}")
-        if not np.isfinite(z).all():
-            raise ValueError(f"{name}: initial_latents must be finite, got NaN or infinity")
-        return torch.tensor(z, dtype=torch.float32)
-
-    def _check_geometry(self, op):
-        check_geometry(self.prior_, self.n_components_, op, type(self).__name__)
-
-    def _check_generator_output(self, x, s, when):
-        check_generator_output(x, s, self.slowness_map, self.prior_, when, type(self).__name__)
-
-    def _check_unchanged_params(self):
-        before = getattr(self, "_fitted_params", None)
-        if before is None:
-            return
-        now = _param_snapshot(self.get_params(deep=False))
-        changed = [k for k in before if k != "verbose" and not _same_param(before[k], now.get(k))]
-        if changed:
-            what = ", ".join(f"{k}: {before[k]!r} at fit, {now.get(k)!r} now" for k in changed)
-            raise ValueError(
-                f"{type(self).__name__}: parameters changed since fit ({what}); call fit again so "
-                f"that the run and the fitted attributes (n_iterations_={self.n_iterations_}, "
-                f"device_={self.device_}) agree")
-
-    def _decoder(self):
-        dec = self.prior_.decoder_
-        dev = module_device(dec)
-        if dev is not None and dev != self.device_:
-            dec = copy.deepcopy(dec).to(self.device_)
-        return dec
 
     # -- predict / invert ------------------------------------------------------------------------------
     def predict(self, X):
@@ -486,29 +283,7 @@ class LatentInverter(RegressorMixin, BaseEstimator):
         y = np.asarray(y, dtype=np.float64).reshape(pred.shape[0], -1)
         return r2_score(y.T, pred.T, multioutput="uniform_average")
 
-    def simulate(self, models):
-        """Traveltimes (ns) of models ``(n, n_cells)`` with values in [0, 1], through ``slowness_map``."""
-        check_is_fitted(self)
-        self._check_unchanged_params()
-        m = np.asarray(models, dtype=np.float64).reshape(-1, self.n_cells_)
-        fn = self.slowness_map or paper_slowness
-        s = fn(torch.tensor(m, dtype=torch.float64)).numpy()
-        return np.asarray(self.operator_.response(s)).reshape(m.shape[0], -1)
-
     # -- the engine ------------------------------------------------------------------------------------
-    def _problem(self, Y, sigma, *, allow_pending, nonlinear_gradient=None):
-        """The :class:`~.problem.LatentProblem` of surveys ``Y``, ``n_starts`` rows each."""
-        return LatentProblem(self._decoder(), self.slowness_map or paper_slowness, self.operator_, Y,
-                             sigma, int(self.n_starts), self.device_,
-                             nonlinear_gradient=nonlinear_gradient or self.nonlinear_gradient,
-                             allow_pending=allow_pending)
-
-    def _start_latents(self, seed):
-        z0 = self.initial_latents_
-        if z0 is None:
-            z0 = initial_latents(seed, int(self.n_starts), self.n_components_, self.latent_distribution_)
-        return z0
-
     def _run(self, Y, sigma):
         dev = self.device_
         if dev.type == "cpu":
