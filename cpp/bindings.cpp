@@ -32,6 +32,28 @@ latentinv::QueueKind parse_queue(const std::string& queue, const char* where) {
                               queue + "'");
 }
 
+latentinv::SolverKind parse_solver(const std::string& solver, const char* where) {
+  if (solver == "auto") return latentinv::SolverKind::automatic;
+  if (solver == "dijkstra") return latentinv::SolverKind::dijkstra;
+  if (solver == "sweep") return latentinv::SolverKind::sweep;
+  if (solver == "wavefront") return latentinv::SolverKind::wavefront;
+  throw std::invalid_argument(std::string(where) +
+                              ": solver must be 'auto', 'wavefront', 'sweep' or 'dijkstra', got '" +
+                              solver + "'");
+}
+
+latentinv::SimdKind parse_simd(const std::string& simd, const char* where) {
+  if (simd == "auto") return latentinv::SimdKind::automatic;
+  if (simd == "scalar") return latentinv::SimdKind::scalar;
+  if (simd == "avx2") return latentinv::SimdKind::avx2;
+  throw std::invalid_argument(std::string(where) + ": simd must be 'auto', 'scalar' or 'avx2', got '" +
+                              simd + "'");
+}
+
+const char* simd_name(latentinv::SimdKind kind) {
+  return kind == latentinv::SimdKind::avx2 ? "avx2" : "scalar";
+}
+
 using Flags = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
 // optional (n_models, n_cols) uint8 flags; a null handle when None (a default-constructed
@@ -51,7 +73,7 @@ struct RunArgs {
   py::array_t<double, py::array::c_style | py::array::forcecast> slowness;
   Flags rows, sources;
   int64_t n_models = 0;
-  latentinv::QueueKind kind = latentinv::QueueKind::automatic;
+  latentinv::RunOptions options;
   const uint8_t* rows_ptr() const { return rows.ptr() != nullptr ? rows.data() : nullptr; }
   const uint8_t* sources_ptr() const { return sources.ptr() != nullptr ? sources.data() : nullptr; }
 };
@@ -74,10 +96,12 @@ int parse_threads(py::handle obj, const char* where) {
 }
 
 RunArgs check_args(const ShortestPathEngine& engine, py::handle slowness_obj, int n_threads,
-                   const std::string& queue, py::handle rows_obj, py::handle sources_obj,
-                   const char* where) {
+                   const std::string& queue, const std::string& solver, const std::string& simd,
+                   py::handle rows_obj, py::handle sources_obj, const char* where) {
   RunArgs args;
-  args.kind = parse_queue(queue, where);
+  args.options.queue = parse_queue(queue, where);
+  args.options.solver = parse_solver(solver, where);
+  args.options.simd = parse_simd(simd, where);
   // forcecast + c_style: a C-contiguous float64 copy when needed
   args.slowness = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(slowness_obj);
   if (!args.slowness) throw std::invalid_argument(std::string(where) + ": slowness must be a float64 array");
@@ -103,14 +127,14 @@ py::tuple to_python(BatchResult&& result, int64_t n_models, int64_t n_data, bool
 
 py::tuple engine_run(const ShortestPathEngine& engine, py::handle slowness_obj, bool want_jacobian,
                      py::handle threads_obj, const std::string& queue, py::handle rows_obj,
-                     py::handle sources_obj) {
+                     py::handle sources_obj, const std::string& solver, const std::string& simd) {
   const int n_threads = parse_threads(threads_obj, "ShortestPathEngine.run");
-  RunArgs a = check_args(engine, slowness_obj, n_threads, queue, rows_obj, sources_obj,
+  RunArgs a = check_args(engine, slowness_obj, n_threads, queue, solver, simd, rows_obj, sources_obj,
                          "ShortestPathEngine.run");
   BatchResult result;
   {
     py::gil_scoped_release release;
-    result = engine.run(a.slowness.data(), a.n_models, want_jacobian, n_threads, a.kind,
+    result = engine.run(a.slowness.data(), a.n_models, want_jacobian, n_threads, a.options,
                         a.rows_ptr(), a.sources_ptr());
   }
   return to_python(std::move(result), a.n_models, engine.n_data(), want_jacobian);
@@ -141,13 +165,13 @@ struct PendingRun {
 
 PendingRun engine_submit(py::object self, py::handle slowness_obj, bool want_jacobian,
                          py::handle threads_obj, const std::string& queue, py::handle rows_obj,
-                         py::handle sources_obj) {
+                         py::handle sources_obj, const std::string& solver, const std::string& simd) {
   const int n_threads = parse_threads(threads_obj, "ShortestPathEngine.submit");
   const auto& engine = self.cast<const ShortestPathEngine&>();
-  RunArgs a = check_args(engine, slowness_obj, n_threads, queue, rows_obj, sources_obj,
+  RunArgs a = check_args(engine, slowness_obj, n_threads, queue, solver, simd, rows_obj, sources_obj,
                          "ShortestPathEngine.submit");
   PendingRun pending;
-  pending.job = engine.submit(a.slowness.data(), a.n_models, want_jacobian, n_threads, a.kind,
+  pending.job = engine.submit(a.slowness.data(), a.n_models, want_jacobian, n_threads, a.options,
                               a.rows_ptr(), a.sources_ptr());
   pending.engine = self;
   pending.n_models = a.n_models;
@@ -195,9 +219,39 @@ void bind_shortest_path(py::module_& m) {
           "max_threads", [](py::object) { return ShortestPathEngine::max_threads(); },
           "Upper bound on the threads of one run and on the background pool: "
           "4 x std::thread::hardware_concurrency().")
+      .def_property_readonly_static(
+          "avx2_available", [](py::object) { return ShortestPathEngine::avx2_available(); },
+          "Whether the AVX2 kernel of the sweep solver was compiled in and the CPU supports it.")
+      .def_property_readonly_static(
+          "default_simd",
+          [](py::object) {
+            return simd_name(ShortestPathEngine::resolve_simd(latentinv::SimdKind::automatic));
+          },
+          "The kernel simd='auto' runs on this machine: 'avx2' or 'scalar'.")
+      .def_property_readonly_static(
+          "sweep_lanes", [](py::object) { return ShortestPathEngine::sweep_lanes(); },
+          "Sources solved together by one sweep pass (SIMD lanes).")
+      .def("sweep_statistics",
+           [](const ShortestPathEngine& e, py::handle slowness_obj, std::vector<int64_t> sources,
+              const std::string& simd, const std::string& solver) {
+             auto s = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(slowness_obj);
+             if (!s || s.ndim() != 1 || s.shape(0) != e.n_cells())
+               throw std::invalid_argument("ShortestPathEngine.sweep_statistics: slowness must have shape (" +
+                                           std::to_string(e.n_cells()) + ",)");
+             int64_t sweeps = 0, cells = 0, pushes = 0;
+             {
+               py::gil_scoped_release release;
+               e.sweep_statistics(s.data(), sources, parse_simd(simd, "sweep_statistics"),
+                                  parse_solver(solver, "sweep_statistics") != latentinv::SolverKind::sweep,
+                                  &sweeps, &cells, &pushes);
+             }
+             return py::make_tuple(sweeps, cells, pushes);
+           },
+           py::arg("slowness"), py::arg("sources"), py::arg("simd") = "auto", py::arg("solver") = "auto",
+           "(sweeps, cells processed, node pushes) of one sweep solve of up to sweep_lanes sources.")
       .def("run", &engine_run, py::arg("slowness"), py::arg("want_jacobian"), py::arg("n_threads"),
            py::arg("queue") = "auto", py::arg("jacobian_rows") = py::none(),
-           py::arg("sources") = py::none(),
+           py::arg("sources") = py::none(), py::arg("solver") = "auto", py::arg("simd") = "auto",
            "slowness (n_models, n_cells) -> (times (n_models, n_data), (indptr, indices, data) or None)."
            " n_models may be 0 (empty result). n_threads: positive integer; at most "
            "min(n_threads, tasks, max_threads) threads run."
@@ -205,13 +259,17 @@ void bind_shortest_path(py::module_& m) {
            "'heap' (4-ary) or 'buckets' (exact bucket queue); all give identical results. jacobian_rows: "
            "None or (n_models, n_data) flags; unflagged rows of the Jacobian are left empty. sources: "
            "None or (n_models, n_sources) flags; the data of an unflagged (model, source) get NaN times "
-           "and empty Jacobian rows (its Dijkstra run is skipped).")
+           "and empty Jacobian rows (its solve is skipped). solver: 'auto' (= 'sweep'), 'sweep' "
+           "(multi-source label correcting, sweep_lanes sources per pass) or 'dijkstra' (one run per "
+           "source; the only solver that takes a queue other than 'auto'). simd: lanes of the sweep, "
+           "'auto' (default_simd), 'avx2' (ValueError where unavailable) or 'scalar'. Every solver "
+           "gives the same times and Jacobians, bit for bit.")
       .def("submit", &engine_submit, py::arg("slowness"), py::arg("want_jacobian"),
            py::arg("n_threads"), py::arg("queue") = "auto", py::arg("jacobian_rows") = py::none(),
-           py::arg("sources") = py::none(),
+           py::arg("sources") = py::none(), py::arg("solver") = "auto", py::arg("simd") = "auto",
            "The arguments of run(), queued on the engine's persistent worker pool (jobs served in "
            "submission order, inputs copied); returns a PendingRun at once. The pool grows to "
-           "min(n_threads, the job's (model, source) tasks, max_threads) and never shrinks.");
+           "min(n_threads, the job's tasks, max_threads) and never shrinks.");
 }
 
 }  // namespace

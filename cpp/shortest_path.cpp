@@ -37,7 +37,51 @@
 #include <emmintrin.h>
 #endif
 
+#include "sweep_kernel.hpp"
+
+// the portable kernel of the sweep solver: 4 lanes in plain loops (same layout as AVX2)
+namespace {
+struct Vec {
+  static constexpr int K = 4;
+  double v[4];
+  static inline Vec load(const double* p) { return Vec{{p[0], p[1], p[2], p[3]}}; }
+  static inline void store(double* p, const Vec& a) {
+    p[0] = a.v[0]; p[1] = a.v[1]; p[2] = a.v[2]; p[3] = a.v[3];
+  }
+  static inline Vec broadcast(double x) { return Vec{{x, x, x, x}}; }
+  static inline Vec add(const Vec& a, const Vec& b) {
+    return Vec{{a.v[0] + b.v[0], a.v[1] + b.v[1], a.v[2] + b.v[2], a.v[3] + b.v[3]}};
+  }
+  static inline double min1(double a, double b) { return b < a ? b : a; }
+  static inline Vec min(const Vec& a, const Vec& b) {
+    return Vec{{min1(a.v[0], b.v[0]), min1(a.v[1], b.v[1]), min1(a.v[2], b.v[2]), min1(a.v[3], b.v[3])}};
+  }
+  static inline bool any_less(const Vec& a, const Vec& b) {
+    return (a.v[0] < b.v[0]) | (a.v[1] < b.v[1]) | (a.v[2] < b.v[2]) | (a.v[3] < b.v[3]);
+  }
+  static inline double min_where_less(const Vec& a, const Vec& b) {
+    double k = __builtin_inf();
+    for (int l = 0; l < 4; ++l)
+      if (a.v[l] < b.v[l] && a.v[l] < k) k = a.v[l];
+    return k;
+  }
+};
+}  // namespace
+#define LATENTINV_SWEEP_KERNEL_BODY
+#include "sweep_kernel.hpp"
+#undef LATENTINV_SWEEP_KERNEL_BODY
+
 namespace latentinv {
+namespace sweep {
+uint32_t process_cell_scalar(const Grid& g, const double* slowness, State& st, int32_t r, int32_t c,
+                             double* key) {
+  return process_cell(g, slowness, st, r, c, key);
+}
+#if defined(LATENTINV_HAVE_AVX2)
+uint32_t process_cell_avx2(const Grid& g, const double* slowness, State& st, int32_t r, int32_t c,
+                           double* key);
+#endif
+}  // namespace sweep
 
 namespace {
 
@@ -187,9 +231,36 @@ struct ShortestPathEngine::Workspace {
   QuaternaryHeap queue;
   BucketQueue buckets;
 
+  // sweep solver state (allocated on first use)
+  std::vector<double> labels, scratch;
+  std::vector<uint32_t> node_stamp, cell_stamp;
+  std::vector<uint8_t> dirty, changed;
+  std::vector<double> cell_key;
+  std::vector<int32_t> sweep_ints;
+  int64_t last_sweeps = 0, last_processed = 0, last_pushed = 0;
+
   Workspace(int64_t n_nodes, int64_t n_cells, int64_t n_local)
-      : n_nodes(n_nodes), n_cells(n_cells), dist(n_nodes), pos(n_nodes), target_stamp(n_nodes, 0),
-        gid(n_local) {}
+      : n_nodes(n_nodes), n_cells(n_cells), gid(n_local) {}
+  void ensure_dijkstra() {
+    if (static_cast<int64_t>(dist.size()) < n_nodes) {
+      dist.resize(n_nodes);
+      pos.resize(n_nodes);
+      target_stamp.assign(n_nodes, 0);
+      stamp = 0;
+    }
+  }
+  void ensure_sweep(int64_t lanes, int64_t m) {
+    if (static_cast<int64_t>(labels.size()) < n_nodes * lanes) {
+      labels.resize(n_nodes * lanes);
+      node_stamp.resize(n_nodes);
+      cell_stamp.resize(n_cells);
+      dirty.resize(n_cells);
+      cell_key.resize(n_cells);
+      scratch.resize(m * m + 2 * m * lanes);
+      sweep_ints.resize(2 * m);
+      changed.resize(m);
+    }
+  }
   void ensure_heap() {
     if (static_cast<int64_t>(heap.size()) < n_nodes) heap.resize(n_nodes);
   }
@@ -221,8 +292,14 @@ struct ShortestPathEngine::Job {
   int64_t n_models = 0;
   bool want_jacobian = false;
   int n_threads = 1;
-  std::vector<QueueChoice> choices;       // per model
-  std::vector<int64_t> tasks;             // model * n_active + slot, in the order they are taken
+  std::vector<QueueChoice> choices;       // per model (Dijkstra)
+  bool sweep = false;                     // solver: label correcting (groups of sources) or Dijkstra
+  bool wavefront = true;                  // label correcting: bucket-ordered cells, else sweeps
+  SimdKind simd = SimdKind::scalar;       // lanes of the sweep (resolved)
+  // task i solves the items tasks[task_begin[i] .. task_begin[i+1]), each model * n_active + slot
+  // (one item per Dijkstra task; up to sweep_lanes() items of one model per sweep task)
+  std::vector<int64_t> tasks, task_begin;
+  int64_t n_tasks() const { return static_cast<int64_t>(task_begin.size()) - 1; }
   std::vector<double> times;              // n_models * n_data (NaN for skipped sources)
   std::vector<TaskOutput> outputs;        // per model * n_active + slot (when want_jacobian)
   std::atomic<int64_t> next{0};           // next task to take
@@ -324,6 +401,38 @@ ShortestPathEngine::ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx
       const double ddz = oz[lb[p]] - oz[lb[q]];
       lengths_[p * m + q] = std::sqrt(ddx * ddx + ddz * ddz);
     }
+
+  // Sides of the cell (local nodes, corners included) for the sweep solver, and the margin of the
+  // triangle inequality between nodes that do not share a side. For such (p, q, t), with weights
+  // w = fl(L s) and unit roundoff u, fl(fl(x + w_pq) + w_qt) >= fl(x + w_pt) holds whenever
+  // s (L_pq + L_qt) (rho - 5.1 u) >= 3.01 u (x + ...), rho = min (L_pq + L_qt - L_pt) / (L_pq + L_qt);
+  // it suffices that x <= s * margin_factor_ with margin_factor_ = Lmin2 (rho - 5.1 u) / (3.01 u) / 2
+  // (Lmin2 = min L_pq + L_qt over those triples; halved for safety). Computed for m <= 64 only (the
+  // triple loop is m^3); 0 disables the shortcut.
+  side_nodes_.assign(4 * (n + 2), 0);
+  node_sides_.assign(m, 0);
+  const int64_t corner_of_side[4][2] = {{0, 1}, {2, 3}, {0, 2}, {1, 3}};
+  for (int64_t side = 0; side < 4; ++side) {
+    side_nodes_[side * (n + 2)] = static_cast<int32_t>(corner_of_side[side][0]);
+    side_nodes_[side * (n + 2) + 1] = static_cast<int32_t>(corner_of_side[side][1]);
+    for (int64_t k = 0; k < n; ++k) side_nodes_[side * (n + 2) + 2 + k] = static_cast<int32_t>(4 + side * n + k);
+    for (int64_t i = 0; i < n + 2; ++i) node_sides_[side_nodes_[side * (n + 2) + i]] |= uint8_t(1u << side);
+  }
+  margin_factor_ = 0.0;
+  if (m <= 64) {
+    const double u = std::numeric_limits<double>::epsilon() / 2;
+    double rho = std::numeric_limits<double>::infinity(), lmin2 = rho;
+    for (int64_t p = 0; p < m; ++p)
+      for (int64_t q = 0; q < m; ++q)
+        for (int64_t t = 0; t < m; ++t) {
+          if (p == q || q == t || p == t) continue;
+          if (node_sides_[p] & node_sides_[q] & node_sides_[t]) continue;  // collinear
+          const double a = lengths_[p * m + q] + lengths_[q * m + t];
+          rho = std::min(rho, (a - lengths_[p * m + t]) / a);
+          lmin2 = std::min(lmin2, a);
+        }
+    if (std::isfinite(rho) && rho > 1e3 * u) margin_factor_ = 0.5 * lmin2 * (rho - 5.1 * u) / (3.01 * u);
+  }
 }
 
 void ShortestPathEngine::node_position(int64_t node, double* x, double* depth) const {
@@ -406,6 +515,7 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
                                       const QueueChoice& choice, double* times_row,
                                       TaskOutput* out, const uint8_t* row_flags) const {
   const int64_t m = n_local_;
+  ws.ensure_dijkstra();
   double* dist = ws.dist.data();
   int32_t* pos = ws.pos.data();
   const double* L = lengths_.data();
@@ -516,6 +626,15 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
     times_row[datum] = dist[receiver_nodes_[pair_receivers_[datum]]];
   }
   if (!Jacobian) return;
+  backtrack(slowness, source, dist, 1, ws, out, row_flags);
+}
+
+void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const double* dist,
+                                   int64_t stride, Workspace& ws, TaskOutput* out,
+                                   const uint8_t* row_flags) const {
+  const int64_t m = n_local_;
+  const double* L = lengths_.data();
+  const int32_t src = source_nodes_[source];
   ws.ensure_jacobian();
   int32_t* pred = ws.pred.data();
   int32_t* pred_cell = ws.pred_cell.data();
@@ -541,7 +660,7 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
   int32_t* gid = ws.gid.data();
   auto find_pred = [&](int32_t u) {
     if (memo[u] == memo_stamp) return;
-    const double du = dist[u];
+    const double du = dist[u * stride];
     int32_t best_v = std::numeric_limits<int32_t>::max(), best_cell = -1;
     double best_w = 0.0, best_len = 0.0;
     int32_t cells[4], local[4];
@@ -555,7 +674,7 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
         const int32_t v = gid[q];
         if (v == u) continue;
         const double w = Lrow[q] * s;
-        if (dist[v] + w == du &&
+        if (dist[v * stride] + w == du &&
             (v < best_v || (v == best_v && (w < best_w || (w == best_w && cell < best_cell))))) {
           best_v = v;
           best_w = w;
@@ -641,8 +760,16 @@ ShortestPathEngine::~ShortestPathEngine() {
 }
 
 std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
-    const double* slowness, int64_t n_models, bool want_jacobian, int n_threads, QueueKind queue,
+    const double* slowness, int64_t n_models, bool want_jacobian, int n_threads, RunOptions options,
     const uint8_t* jacobian_rows, const uint8_t* source_mask, bool own) const {
+  const QueueKind queue = options.queue;
+  const bool sweep = options.solver != SolverKind::dijkstra;
+  if (sweep && queue != QueueKind::automatic)
+    fail("queue applies to the Dijkstra solver only (pass solver='dijkstra' with queue='heap' or "
+         "'buckets')");
+  if (!sweep && options.simd != SimdKind::automatic)
+    fail("simd applies to the sweep solver only (solver='sweep' or 'auto')");
+  const SimdKind simd = sweep ? resolve_simd(options.simd) : SimdKind::scalar;
   if (n_models < 0) fail("n_models must be >= 0");
   if (slowness == nullptr && n_models > 0) fail("slowness is null");
   if (n_threads < 1) fail("n_threads must be >= 1");
@@ -670,8 +797,11 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
     job->slowness = slowness;
     job->rows = jacobian_rows;
   }
+  job->sweep = sweep;
+  job->wavefront = options.solver != SolverKind::sweep;
+  job->simd = simd;
   // priority queue per model: buckets when the weight range allows a small ring, else the heap
-  job->choices.resize(n_models);
+  job->choices.resize(sweep ? 0 : n_models);
   double l_min = std::numeric_limits<double>::infinity(), l_max = 0.0;
   for (int64_t p = 0; p < n_local_; ++p)
     for (int64_t q = 0; q < n_local_; ++q)
@@ -679,7 +809,7 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
         l_min = std::min(l_min, lengths_[p * n_local_ + q]);
         l_max = std::max(l_max, lengths_[p * n_local_ + q]);
       }
-  for (int64_t k = 0; k < n_models; ++k) {
+  for (int64_t k = 0; k < (sweep ? 0 : n_models); ++k) {
     const double* s = job->slowness + k * n_cells;
     const auto mm = std::minmax_element(s, s + n_cells);
     const double width = 0.5 * (l_min * *mm.first);
@@ -698,17 +828,61 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
   const int64_t n_active = static_cast<int64_t>(active_sources_.size());
   const int64_t ns = n_sources();
   job->times.assign(n_models * nd, std::numeric_limits<double>::quiet_NaN());
-  for (int64_t model = 0; model < n_models; ++model)
+  // Tasks: one source each for Dijkstra; for the label-correcting solvers, the model's sources in
+  // groups of consecutive sources (neighbours have similar wavefronts), at most sweep_lanes() each,
+  // and as many groups as threads per model when the sources allow (a half-filled pass on an idle
+  // thread beats a full one waiting); group sizes differ by at most one.
+  const int64_t lanes = sweep ? sweep_lanes() : 1;
+  const int64_t threads_per_model =
+      std::max<int64_t>(1, (std::min<int64_t>(n_threads, max_threads()) + std::max<int64_t>(n_models, 1) - 1) /
+                               std::max<int64_t>(n_models, 1));
+  job->task_begin.push_back(0);
+  std::vector<int64_t> flagged;
+  for (int64_t model = 0; model < n_models; ++model) {
+    flagged.clear();
     for (int64_t slot = 0; slot < n_active; ++slot)
       if (source_mask == nullptr || source_mask[model * ns + active_sources_[slot]] != 0)
-        job->tasks.push_back(model * n_active + slot);
+        flagged.push_back(model * n_active + slot);
+    const int64_t c = static_cast<int64_t>(flagged.size());
+    if (c == 0) continue;
+    const int64_t groups = std::max((c + lanes - 1) / lanes, std::min(c, sweep ? threads_per_model : c));
+    for (int64_t k = 0, done = 0; k < groups; ++k) {
+      const int64_t size = c / groups + (k < c % groups ? 1 : 0);
+      for (int64_t i = 0; i < size; ++i) job->tasks.push_back(flagged[done + i]);
+      done += size;
+      job->task_begin.push_back(static_cast<int64_t>(job->tasks.size()));
+    }
+  }
   if (want_jacobian) job->outputs.resize(n_models * n_active);
   return job;
 }
 
 void ShortestPathEngine::execute(Job& job, int64_t i, Workspace& ws) const {
   const int64_t n_active = static_cast<int64_t>(active_sources_.size());
-  const int64_t task = job.tasks[i];
+  if (job.sweep) {
+    const int64_t begin = job.task_begin[i], end = job.task_begin[i + 1];
+    const int64_t model = job.tasks[begin] / n_active;
+    const double* s = job.slowness + model * n_rows_ * n_cols_;
+    double* times_row = job.times.data() + model * n_data();
+    const uint8_t* f = job.rows ? job.rows + model * n_data() : nullptr;
+    int64_t sources[8];
+    const int n_group = static_cast<int>(end - begin);
+    for (int l = 0; l < n_group; ++l) sources[l] = active_sources_[job.tasks[begin + l] % n_active];
+    sweep_group(s, sources, n_group, job.simd, job.wavefront, ws);
+    const int64_t K = sweep_lanes();
+    const double* labels = ws.labels.data();
+    for (int l = 0; l < n_group; ++l) {
+      const int64_t source = sources[l];
+      for (int64_t a = data_start_[source]; a < data_start_[source + 1]; ++a) {
+        const int64_t datum = data_of_source_[a];
+        times_row[datum] = labels[receiver_nodes_[pair_receivers_[datum]] * K + l];
+      }
+      if (job.want_jacobian)
+        backtrack(s, source, labels + l, K, ws, &job.outputs[job.tasks[begin + l]], f);
+    }
+    return;
+  }
+  const int64_t task = job.tasks[job.task_begin[i]];
   const int64_t model = task / n_active;
   const int64_t source = active_sources_[task % n_active];
   const double* s = job.slowness + model * n_rows_ * n_cols_;
@@ -767,11 +941,11 @@ BatchResult ShortestPathEngine::assemble(Job& job) const {
 }
 
 BatchResult ShortestPathEngine::run(const double* slowness, int64_t n_models, bool want_jacobian,
-                                    int n_threads, QueueKind queue, const uint8_t* jacobian_rows,
+                                    int n_threads, RunOptions options, const uint8_t* jacobian_rows,
                                     const uint8_t* source_mask) const {
-  std::shared_ptr<Job> job = prepare(slowness, n_models, want_jacobian, n_threads, queue,
+  std::shared_ptr<Job> job = prepare(slowness, n_models, want_jacobian, n_threads, options,
                                      jacobian_rows, source_mask, /*own=*/false);
-  const int64_t n_tasks = static_cast<int64_t>(job->tasks.size());
+  const int64_t n_tasks = job->n_tasks();
   if (n_tasks == 0) return assemble(*job);  // empty batch or every source skipped
   std::exception_ptr error;
   std::mutex error_mutex;
@@ -818,7 +992,7 @@ void ShortestPathEngine::pool_worker(Pool* pool) const {
       if (pool->queue.empty()) break;  // stopping, queue drained
       job = pool->queue.front();
       i = job->next.fetch_add(1);
-      if (i + 1 >= static_cast<int64_t>(job->tasks.size())) pool->queue.pop_front();
+      if (i + 1 >= job->n_tasks()) pool->queue.pop_front();
     }
     if (!job->failed.load()) {
       try {
@@ -831,7 +1005,7 @@ void ShortestPathEngine::pool_worker(Pool* pool) const {
       }
     }
     std::lock_guard<std::mutex> lock(job->mutex);
-    if (++job->n_done == static_cast<int64_t>(job->tasks.size())) {
+    if (++job->n_done == job->n_tasks()) {
       job->finished = true;
       job->finished_cv.notify_all();
     }
@@ -840,11 +1014,11 @@ void ShortestPathEngine::pool_worker(Pool* pool) const {
 }
 
 std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::submit(
-    const double* slowness, int64_t n_models, bool want_jacobian, int n_threads, QueueKind queue,
+    const double* slowness, int64_t n_models, bool want_jacobian, int n_threads, RunOptions options,
     const uint8_t* jacobian_rows, const uint8_t* source_mask) const {
-  std::shared_ptr<Job> job = prepare(slowness, n_models, want_jacobian, n_threads, queue,
+  std::shared_ptr<Job> job = prepare(slowness, n_models, want_jacobian, n_threads, options,
                                      jacobian_rows, source_mask, /*own=*/true);
-  if (job->tasks.empty()) {
+  if (job->n_tasks() == 0) {
     job->finished = true;
     return job;
   }
@@ -860,13 +1034,192 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::submit(
     pool->queue.push_back(job);
     // never more workers than this job can keep busy, nor than the machine-wide bound
     const int64_t wanted = std::min<int64_t>(
-        {static_cast<int64_t>(n_threads), static_cast<int64_t>(job->tasks.size()),
+        {static_cast<int64_t>(n_threads), job->n_tasks(),
          static_cast<int64_t>(max_threads())});
     while (static_cast<int64_t>(pool->threads.size()) < wanted)
       pool->threads.emplace_back(&ShortestPathEngine::pool_worker, this, pool);
   }
   pool->cv.notify_all();
   return job;
+}
+
+bool ShortestPathEngine::avx2_available() {
+#if defined(LATENTINV_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__))
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+SimdKind ShortestPathEngine::resolve_simd(SimdKind requested) {
+  if (requested == SimdKind::scalar) return SimdKind::scalar;
+  if (requested == SimdKind::avx2) {
+    if (!avx2_available())
+      fail("simd='avx2' is not available (not compiled in, or the CPU lacks AVX2); use 'scalar' "
+           "or 'auto'");
+    return SimdKind::avx2;
+  }
+  return avx2_available() ? SimdKind::avx2 : SimdKind::scalar;
+}
+
+int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* sources,
+                                        int n_group, SimdKind simd, bool wavefront,
+                                        Workspace& ws) const {
+  const int64_t K = sweep_lanes(), m = n_local_;
+  const int64_t n_cells = n_rows_ * n_cols_;
+  if (n_group < 1 || n_group > K) throw std::logic_error("ShortestPathEngine: bad sweep group");
+  ws.ensure_sweep(K, m);
+  std::fill(ws.labels.begin(), ws.labels.begin() + n_nodes_ * K,
+            std::numeric_limits<double>::infinity());
+  std::fill(ws.node_stamp.begin(), ws.node_stamp.end(), 0u);
+  std::fill(ws.cell_stamp.begin(), ws.cell_stamp.end(), 1u);
+  std::fill(ws.dirty.begin(), ws.dirty.end(), uint8_t{0});
+  sweep::State st;
+  st.labels = ws.labels.data();
+  st.node_stamp = ws.node_stamp.data();
+  st.cell_stamp = ws.cell_stamp.data();
+  st.clock = 2;
+  st.weights = ws.scratch.data();
+  st.acc = st.weights + m * m;
+  st.start = st.acc + m * K;
+  st.gid = ws.sweep_ints.data();
+  st.rows = st.gid + m;
+  st.processed = st.pushed = st.repeats = 0;
+  sweep::Grid g;
+  g.n_rows = static_cast<int32_t>(n_rows_);
+  g.n_cols = static_cast<int32_t>(n_cols_);
+  g.n_sec = static_cast<int32_t>(n_sec_);
+  g.m = static_cast<int32_t>(m);
+  g.n_corner = static_cast<int32_t>(n_corner_);
+  g.n_side_h = static_cast<int32_t>(n_corner_ + n_horizontal_);
+  g.lengths = lengths_.data();
+  g.side_nodes = side_nodes_.data();
+  g.node_sides = node_sides_.data();
+  // Rounds after the first inside a cell may push only along the sides when no label can exceed
+  // the bound of the triangle-inequality margin (constructor): every finite label is the value of
+  // a path of at most n_nodes edges (the first labels form a tree; later ones are smaller), each
+  // edge at most max(s) * max(L).
+  {
+    const auto mm = std::minmax_element(slowness, slowness + n_cells);
+    const double l_max = *std::max_element(lengths_.begin(), lengths_.end());
+    const double largest_label = static_cast<double>(n_nodes_) * (*mm.second * l_max) * 1.01;
+    g.collinear_only = margin_factor_ > 0 && largest_label <= *mm.first * margin_factor_;
+  }
+  using Kernel = uint32_t (*)(const sweep::Grid&, const double*, sweep::State&, int32_t, int32_t,
+                              double*);
+  Kernel kernel = sweep::process_cell_scalar;
+#if defined(LATENTINV_HAVE_AVX2)
+  if (simd == SimdKind::avx2) kernel = sweep::process_cell_avx2;
+#endif
+  if (simd == SimdKind::avx2 && kernel == sweep::process_cell_scalar)
+    throw std::logic_error("ShortestPathEngine: AVX2 kernel requested but not compiled in");
+
+  uint8_t* dirty = ws.dirty.data();
+  double* cell_key = ws.cell_key.data();
+  int64_t n_dirty = 0;
+  BucketQueue& queue = ws.buckets;
+  // cells of the wavefront queue are keyed by the smallest label that made them dirty; the bucket
+  // width only steers the order (the result does not depend on it): a quarter of the fastest
+  // crossing of a cell side
+  if (wavefront) {
+    const double s_min = *std::min_element(slowness, slowness + n_cells);
+    const double width = 0.25 * s_min * std::min(dx_, dz_);
+    queue.reset(4096, 1.0 / width);
+  }
+  auto mark = [&](int32_t cell, double key) {
+    if (!dirty[cell]) {
+      dirty[cell] = 1;
+      ++n_dirty;
+      cell_key[cell] = key;
+      if (wavefront) queue.push(cell, key);
+    } else if (key < cell_key[cell]) {
+      cell_key[cell] = key;
+      if (wavefront) queue.push(cell, key);  // the older entry is skipped or processes it early
+    }
+  };
+  for (int l = 0; l < n_group; ++l) {
+    const int32_t src = source_nodes_[sources[l]];
+    ws.labels[static_cast<int64_t>(src) * K + l] = 0.0;
+    ws.node_stamp[src] = 1;
+    int32_t cells[4], local[4];
+    const int count = adjacent_cells(src, cells, local);
+    for (int a = 0; a < count; ++a) mark(cells[a], 0.0);
+  }
+  const int32_t R = g.n_rows, C = g.n_cols;
+  auto process = [&](int32_t r, int32_t c) {
+    const int32_t cell = r * C + c;
+    dirty[cell] = 0;
+    --n_dirty;
+    // the clock counts cell processings; before it would wrap (2^32 processings, hours of work),
+    // every node counts as changed and every cell as dirty: more work, the same result
+    if (st.clock > 0xF0000000u) {
+      std::fill(ws.node_stamp.begin(), ws.node_stamp.end(), 2u);
+      std::fill(ws.cell_stamp.begin(), ws.cell_stamp.end(), 1u);
+      st.clock = 3;
+      for (int32_t x = 0; x < n_cells; ++x) mark(x, cell_key[cell]);
+    }
+    double key;
+    const uint32_t marks = kernel(g, slowness, st, r, c, &key);
+    if (!marks) return;
+    using namespace sweep;
+    if ((marks & kTop) && r > 0) mark(cell - C, key);
+    if ((marks & kBottom) && r + 1 < R) mark(cell + C, key);
+    if ((marks & kLeft) && c > 0) mark(cell - 1, key);
+    if ((marks & kRight) && c + 1 < C) mark(cell + 1, key);
+    if ((marks & kTopLeft) && r > 0 && c > 0) mark(cell - C - 1, key);
+    if ((marks & kTopRight) && r > 0 && c + 1 < C) mark(cell - C + 1, key);
+    if ((marks & kBottomLeft) && r + 1 < R && c > 0) mark(cell + C - 1, key);
+    if ((marks & kBottomRight) && r + 1 < R && c + 1 < C) mark(cell + C + 1, key);
+  };
+  int64_t rounds = 0;
+  if (wavefront) {
+    int32_t cell;
+    while (queue.pop(&cell)) {
+      if (!dirty[cell]) continue;  // an older entry of a cell already processed
+      const int32_t r = div_cols_.div(cell);
+      process(r, cell - r * C);
+    }
+    rounds = 1;
+  } else {
+    // alternating sweeps: (rows down, cols right), (up, right), (up, left), (down, left)
+    while (n_dirty > 0) {
+      const int dir = static_cast<int>(rounds & 3);
+      const bool down = dir == 0 || dir == 3, rightward = dir <= 1;
+      for (int32_t i = 0; i < R; ++i) {
+        const int32_t r = down ? i : R - 1 - i;
+        if (rightward) {
+          for (int32_t c = 0; c < C; ++c)
+            if (dirty[r * C + c]) process(r, c);
+        } else {
+          for (int32_t c = C - 1; c >= 0; --c)
+            if (dirty[r * C + c]) process(r, c);
+        }
+      }
+      ++rounds;
+    }
+  }
+  ws.last_sweeps = rounds;
+  ws.last_processed = st.processed;
+  ws.last_pushed = st.pushed;
+  return rounds;
+}
+
+void ShortestPathEngine::sweep_statistics(const double* slowness, const std::vector<int64_t>& sources,
+                                          SimdKind simd, bool wavefront, int64_t* sweeps,
+                                          int64_t* cells,
+                                          int64_t* pushes) const {
+  if (sources.empty() || static_cast<int64_t>(sources.size()) > sweep_lanes())
+    fail("sweep_statistics: between 1 and " + std::to_string(sweep_lanes()) + " sources");
+  for (int64_t v : sources)
+    if (v < 0 || v >= n_sources()) fail("sweep_statistics: source index out of range");
+  std::shared_ptr<Job> job = prepare(slowness, 1, false, 1, RunOptions(), nullptr, nullptr, false);
+  std::unique_ptr<Workspace> ws = acquire();
+  sweep_group(slowness, sources.data(), static_cast<int>(sources.size()), resolve_simd(simd),
+              wavefront, *ws);
+  *sweeps = ws->last_sweeps;
+  *cells = ws->last_processed;
+  *pushes = ws->last_pushed;
+  release(std::move(ws));
 }
 
 int ShortestPathEngine::max_threads() {

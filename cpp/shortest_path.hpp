@@ -24,7 +24,21 @@
 //
 // Canonical tie rule (so that the C++ engine and the fallback pick the same paths): the predecessor
 // of node u is, among all (v, cell) with fl(d[v] + fl(L*s[cell])) == d[u], the lexicographically
-// smallest (v, w, cell).
+// smallest (v, w, cell). It depends on the final distances only, so every solver below gives the
+// same Jacobian once it gives the same distances.
+//
+// Solvers (all give the same distances, bit for bit):
+// - "dijkstra": one Dijkstra run per source (bucket queue or 4-ary heap, `QueueKind`), stopped once
+//   the source's receivers are settled.
+// - "sweep": multi-source label correcting (cpp/sweep_kernel.hpp). K sources share a pass, one
+//   SIMD lane each (K = 4: AVX2, or the portable scalar kernel with the same layout); cells are
+//   swept in four alternating orders and a cell is processed only when one of its nodes changed
+//   since its last processing. Exactness: let D be Dijkstra's distances. With positive weights
+//   and round-to-nearest, fl(a + w) is monotone in a, so D[u] is the minimum over paths of the
+//   path time accumulated left to right in floating point. The sweep's labels only ever take such
+//   path values (or +inf), so lab >= D; at the end every edge satisfies lab[q] <= fl(lab[p] + w),
+//   and induction along the path that realises D[u] gives lab[u] <= D[u]. Hence lab == D.
+//   The same argument holds from any starting labels that are upper bounds of D (a warm start).
 #pragma once
 
 #include <cstdint>
@@ -61,6 +75,18 @@ struct FastDivisor {
 // same distances and predecessors.
 enum class QueueKind { automatic = 0, heap = 1, buckets = 2 };
 
+// Which solver runs (see the top of this file); `automatic` is the sweep.
+enum class SolverKind { automatic = 0, dijkstra = 1, sweep = 2, wavefront = 3 };
+// Lanes of the sweep solver: `automatic` takes AVX2 where the build has it and the CPU supports it,
+// else the scalar kernel; asking for AVX2 where it is not available throws.
+enum class SimdKind { automatic = 0, scalar = 1, avx2 = 2 };
+
+struct RunOptions {
+  QueueKind queue = QueueKind::automatic;
+  SolverKind solver = SolverKind::automatic;
+  SimdKind simd = SimdKind::automatic;
+};
+
 class ShortestPathEngine {
  public:
   ShortestPathEngine(int64_t n_rows, int64_t n_cols, double dx, double dz, int64_t n_secondary,
@@ -74,7 +100,7 @@ class ShortestPathEngine {
   // source_mask: null (every source) or n_models x n_sources flags; the Dijkstra run of a
   // (model, source) flagged 0 is skipped: its data get NaN times and empty Jacobian rows.
   BatchResult run(const double* slowness, int64_t n_models, bool want_jacobian, int n_threads,
-                  QueueKind queue = QueueKind::automatic,
+                  RunOptions options = RunOptions(),
                   const uint8_t* jacobian_rows = nullptr,
                   const uint8_t* source_mask = nullptr) const;
 
@@ -89,11 +115,21 @@ class ShortestPathEngine {
   // (once). Safe after fork(): a child process starts a fresh pool.
   struct Job;
   std::shared_ptr<Job> submit(const double* slowness, int64_t n_models, bool want_jacobian,
-                              int n_threads, QueueKind queue = QueueKind::automatic,
+                              int n_threads, RunOptions options = RunOptions(),
                               const uint8_t* jacobian_rows = nullptr,
                               const uint8_t* source_mask = nullptr) const;
   BatchResult wait(Job& job) const;
   static bool done(const Job& job);
+
+  // The lanes `automatic` resolves to on this machine and build ("avx2" or "scalar"), whether AVX2
+  // was compiled in and is supported by the CPU, and the sources per sweep pass (K).
+  static SimdKind resolve_simd(SimdKind requested);
+  static bool avx2_available();
+  static int sweep_lanes() { return 4; }
+  // Sweep statistics of one (model, group of sources) solve, for benchmarks: sweeps, cells
+  // processed, node pushes. `sources`: up to sweep_lanes() source indices.
+  void sweep_statistics(const double* slowness, const std::vector<int64_t>& sources, SimdKind simd,
+                        bool wavefront, int64_t* sweeps, int64_t* cells, int64_t* pushes) const;
 
   // Upper bound on the threads of one call and on the background pool:
   // 4 x std::thread::hardware_concurrency() (4 when the hardware does not say).
@@ -124,6 +160,12 @@ class ShortestPathEngine {
   void solve_source(const double* slowness, int64_t source, Workspace& ws,
                     const QueueChoice& choice, double* times_row, TaskOutput* out,
                     const uint8_t* row_flags) const;
+  // the sweep solver for up to sweep_lanes() sources of one model; labels left in ws
+  int64_t sweep_group(const double* slowness, const int64_t* sources, int n_sources, SimdKind simd,
+                      bool wavefront, Workspace& ws) const;
+  // Jacobian rows of one source from final distances dist[node * stride]
+  void backtrack(const double* slowness, int64_t source, const double* dist, int64_t stride,
+                 Workspace& ws, TaskOutput* out, const uint8_t* row_flags) const;
   int cell_nodes(int64_t cell, int32_t* gid) const;     // fills the m global node ids
   int adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const;
   int local_index(int32_t node, int32_t cell) const;
@@ -132,9 +174,9 @@ class ShortestPathEngine {
   void release(std::unique_ptr<Workspace> ws) const;
   // checks the inputs and lays out a job (no copy of the inputs unless `own`)
   std::shared_ptr<Job> prepare(const double* slowness, int64_t n_models, bool want_jacobian,
-                               int n_threads, QueueKind queue, const uint8_t* jacobian_rows,
+                               int n_threads, RunOptions options, const uint8_t* jacobian_rows,
                                const uint8_t* source_mask, bool own) const;
-  void execute(Job& job, int64_t i, Workspace& ws) const;  // the job's i-th (model, source) task
+  void execute(Job& job, int64_t i, Workspace& ws) const;  // the job's i-th task
   BatchResult assemble(Job& job) const;                     // stacked CSR and times
   void pool_worker(Pool* pool) const;
 
@@ -143,6 +185,9 @@ class ShortestPathEngine {
   double dx_, dz_;
   int64_t n_corner_, n_horizontal_, n_vertical_, n_nodes_;
   std::vector<double> lengths_;  // n_local x n_local
+  std::vector<int32_t> side_nodes_;  // 4 x (n + 2) local nodes of the cell's sides (sweep solver)
+  std::vector<uint8_t> node_sides_;  // sides of each local node (bits)
+  double margin_factor_ = 0.0;       // see the constructor
   std::vector<int32_t> source_nodes_, receiver_nodes_;
   std::vector<int64_t> pair_sources_, pair_receivers_;
   // data grouped by source: data_of_source_[data_start_[s] .. data_start_[s+1])

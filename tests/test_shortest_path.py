@@ -141,22 +141,29 @@ def test_local_lengths_bitwise_equal_to_engine():
 
 
 @needs_core
-def test_heap_and_bucket_queue_identical():
+def test_every_solver_and_queue_identical():
+    """Dijkstra (heap, buckets), wavefront and sweep (every SIMD kernel here): the same bits."""
     grid, survey = paper_crosshole()
     op = ShortestPathOperator(grid, survey, 3, n_threads=2, backend="cpp")
     m = np.stack([channel_model(grid, seed) for seed in range(2)])
-    a = op._engine.run(m, True, 2, "heap")
-    b = op._engine.run(m, True, 2, "buckets")
-    np.testing.assert_array_equal(a[0], b[0])
-    for x, y in zip(a[1], b[1]):
-        np.testing.assert_array_equal(x, y)
+    a = op._engine.run(m, True, 2, "heap", solver="dijkstra")
+    variants = [dict(queue="buckets", solver="dijkstra")]
+    simds = ["scalar"] + (["avx2"] if op._engine.avx2_available else [])
+    variants += [dict(solver=solver, simd=simd) for solver in ("wavefront", "sweep") for simd in simds]
+    for kw in variants:
+        b = op._engine.run(m, True, 2, **kw)
+        np.testing.assert_array_equal(a[0], b[0], err_msg=str(kw))
+        for x, y in zip(a[1], b[1]):
+            np.testing.assert_array_equal(x, y, err_msg=str(kw))
     # a contrast too large for the ring of buckets falls back to the heap and still matches python
     grid, survey, m = small_case()
     m[::7] *= 1e6
-    tc = ShortestPathOperator(grid, survey, 2, backend="cpp").response(m)
+    tc = ShortestPathOperator(grid, survey, 2, backend="cpp", solver="dijkstra").response(m)
     np.testing.assert_array_equal(tc, ShortestPathOperator(grid, survey, 2, backend="python").response(m))
+    np.testing.assert_array_equal(tc, ShortestPathOperator(grid, survey, 2, backend="cpp").response(m))
     with pytest.raises(ValueError, match="bucket"):
-        ShortestPathOperator(grid, survey, 2, backend="cpp")._engine.run(m[None], False, 1, "buckets")
+        ShortestPathOperator(grid, survey, 2, backend="cpp")._engine.run(m[None], False, 1, "buckets",
+                                                                         solver="dijkstra")
 
 
 @needs_core
@@ -398,8 +405,8 @@ def test_background_pool_is_bounded_by_tasks_and_machine():
 
     cap = core.ShortestPathEngine.max_threads
     assert cap >= 4 and cap % 4 == 0
-    grid, survey, m = small_case()  # 4 sources: 4 (model, source) tasks per model
-    op = ShortestPathOperator(grid, survey, 1, n_threads=500, backend="cpp")
+    grid, survey, m = small_case()  # 4 sources: 4 (model, source) tasks per model (Dijkstra)
+    op = ShortestPathOperator(grid, survey, 1, n_threads=500, backend="cpp", solver="dijkstra")
     assert op._engine.pool_size == 0
     before = _process_threads()
     expected = op.response(m[None])

@@ -24,9 +24,19 @@ Node numbering, local lengths and the tie rule are identical in both backends (a
   lexicographically smallest ``(v, w, cell)``. With it both backends return the same paths, hence
   Jacobians equal to rounding, even where many paths tie (homogeneous media).
 
-Engine notes (C++): edges are generated from the cell-local structure (no adjacency list), the
-priority queue is an exact bucket queue (a 4-ary heap for extreme slowness contrasts), threads run
-over (model, source) tasks with the GIL released, and results do not depend on the thread count.
+Engine notes (C++): edges are generated from the cell-local structure (no adjacency list). Two
+exact solvers give the same distances bit for bit (proof in ``cpp/shortest_path.hpp``):
+
+- ``"wavefront"`` (the default): multi-source label correcting, 4 sources per pass in the SIMD
+  lanes of one vector (AVX2 where the CPU has it, else a portable kernel with the same layout);
+  cells are processed in the order of a bucket queue keyed by their smallest new label, a cell only
+  when one of its nodes changed since its last processing, until nothing changes;
+- ``"dijkstra"``: one Dijkstra run per source with an exact bucket queue (a 4-ary heap for extreme
+  slowness contrasts), stopped once the source's receivers are settled;
+- ``"sweep"`` (ablation): the label-correcting solver with cells in alternating sweep orders.
+
+Threads run over tasks (a group of sources of one model, or one source for Dijkstra) with the GIL
+released, and results do not depend on the thread count, the solver or the SIMD kernel.
 ``submit`` queues the same tasks on a persistent pool of worker threads and returns at once.
 
 Limitation: sources and receivers must sit on graph nodes (a corner or a secondary node, within
@@ -283,12 +293,22 @@ class ShortestPathOperator(ForwardOperator):
         Ignored by the Python backend.
     backend : {"auto", "cpp", "python"}, default="auto"
         ``"auto"`` takes the compiled core when it is built (and ``LATENTINV_PUREPYTHON`` is unset).
+    solver : {"auto", "wavefront", "sweep", "dijkstra"}, default="auto"
+        Shortest-path solver of the C++ engine (module docstring); ``"auto"`` is ``"wavefront"``.
+        All give the same traveltimes and Jacobians, bit for bit. The Python backend always uses
+        SciPy's Dijkstra (and accepts only ``"auto"`` or ``"dijkstra"``).
+    simd : {"auto", "avx2", "scalar"}, default="auto"
+        Lanes of the label-correcting solvers: ``"auto"`` takes AVX2 where the build and the CPU
+        have it, else the portable kernel; ``"avx2"`` raises where it is unavailable.
 
     Attributes
     ----------
     n_data, n_params : int
     backend : str
         ``"cpp"`` or ``"python"``: the engine actually used.
+    kernel : str
+        What runs: ``"wavefront-avx2"``, ``"wavefront-scalar"``, ``"sweep-avx2"``,
+        ``"sweep-scalar"``, ``"dijkstra"`` (C++) or ``"scipy-dijkstra"`` (Python backend).
     is_linear : bool
         False.
 
@@ -311,7 +331,8 @@ class ShortestPathOperator(ForwardOperator):
     is_linear = False
     max_slowness_contrast = 1e8
 
-    def __init__(self, grid, survey, n_secondary_nodes=3, n_threads=None, backend="auto"):
+    def __init__(self, grid, survey, n_secondary_nodes=3, n_threads=None, backend="auto",
+                 solver="auto", simd="auto"):
         name = type(self).__name__
         if not isinstance(grid, Grid2D):
             raise TypeError(f"{name}: grid must be a Grid2D, got {type(grid).__name__}")
@@ -324,8 +345,15 @@ class ShortestPathOperator(ForwardOperator):
         if n_threads is not None and (isinstance(n_threads, bool)
                                       or not isinstance(n_threads, numbers.Integral) or n_threads < 1):
             raise ValueError(f"{name}: n_threads must be a positive integer or None, got {n_threads!r}")
+        if solver not in ("auto", "wavefront", "sweep", "dijkstra"):
+            raise ValueError(f"{name}: solver must be 'auto', 'wavefront', 'sweep' or 'dijkstra', "
+                             f"got {solver!r}")
+        if simd not in ("auto", "avx2", "scalar"):
+            raise ValueError(f"{name}: simd must be 'auto', 'avx2' or 'scalar', got {simd!r}")
         self.grid = grid
         self.survey = survey
+        self.solver = solver
+        self.simd = simd
         self.n_secondary_nodes = int(n_secondary_nodes)
         self.n_threads = int(n_threads) if n_threads is not None else (os.cpu_count() or 1)
         self._backend_requested = backend
@@ -336,12 +364,31 @@ class ShortestPathOperator(ForwardOperator):
         n = self.n_secondary_nodes
         self._source_nodes = sensor_nodes(grid, survey.sources, n, "source", name)
         self._receiver_nodes = sensor_nodes(grid, survey.receivers, n, "receiver", name)
+        if self.backend == "python" and solver not in ("auto", "dijkstra"):
+            raise ValueError(f"{name}: solver={solver!r} needs the C++ backend (the Python backend "
+                             f"runs SciPy's Dijkstra); use solver='auto' or 'dijkstra'")
+        if self.backend == "python" and simd != "auto":
+            raise ValueError(f"{name}: simd={simd!r} needs the C++ backend; use simd='auto'")
         if self.backend == "cpp":
+            engine_solver = "wavefront" if solver == "auto" else solver
+            if engine_solver == "dijkstra":
+                if simd != "auto":
+                    raise ValueError(f"{name}: simd={simd!r} applies to the label-correcting "
+                                     f"solvers, not to solver='dijkstra'")
+                self.kernel = "dijkstra"
+            else:
+                if simd == "avx2" and not core.ShortestPathEngine.avx2_available:
+                    raise ValueError(f"{name}: simd='avx2' is not available here (not compiled in, "
+                                     f"or the CPU lacks AVX2); use simd='auto' or 'scalar'")
+                lanes = core.ShortestPathEngine.default_simd if simd == "auto" else simd
+                self.kernel = f"{engine_solver}-{lanes}"
+            self._run_options = dict(solver=engine_solver, simd=simd)
             self._engine = core.ShortestPathEngine(
                 grid.n_rows, grid.n_cols, grid.dx, grid.dz, n,
                 self._source_nodes.tolist(), self._receiver_nodes.tolist(),
                 survey.pairs[:, 0].tolist(), survey.pairs[:, 1].tolist())
         else:
+            self.kernel = "scipy-dijkstra"
             self._engine = _PythonGraph(grid, n, self._source_nodes, self._receiver_nodes,
                                         survey.pairs)
 
@@ -390,7 +437,8 @@ class ShortestPathOperator(ForwardOperator):
     def _response_and_jacobian(self, m, want_jacobian, jacobian_rows=None, sources=None):
         if self.backend == "cpp":
             times, csr = self._engine.run(m, bool(want_jacobian), self.n_threads,
-                                          jacobian_rows=jacobian_rows, sources=sources)
+                                          jacobian_rows=jacobian_rows, sources=sources,
+                                          **self._run_options)
             return times, (self._split_jacobian(csr, len(m)) if want_jacobian else None)
         times = np.empty((len(m), self.n_data))
         jac = [] if want_jacobian else None
@@ -432,7 +480,7 @@ class ShortestPathOperator(ForwardOperator):
         src = self._check_flags(sources, len(a), self.survey.n_sources, "sources")
         if self.backend == "cpp":
             job = self._engine.submit(a, bool(want_jacobian), self.n_threads, jacobian_rows=rows,
-                                      sources=src)
+                                      sources=src, **self._run_options)
 
             def fetch():
                 times, csr = job.result()
@@ -446,9 +494,9 @@ class ShortestPathOperator(ForwardOperator):
 
     def __reduce__(self):
         return (type(self), (self.grid, self.survey, self.n_secondary_nodes, self.n_threads,
-                             self._backend_requested))
+                             self._backend_requested, self.solver, self.simd))
 
     def __repr__(self):
         return (f"ShortestPathOperator(grid={self.grid!r}, survey={self.survey!r}, "
                 f"n_secondary_nodes={self.n_secondary_nodes}, n_threads={self.n_threads}, "
-                f"backend={self.backend!r})")
+                f"backend={self.backend!r}, solver={self.solver!r}, simd={self.simd!r})")

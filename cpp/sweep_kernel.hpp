@@ -1,0 +1,227 @@
+// Multi-source label-correcting solver on the secondary-node graph: K sources per pass, one SIMD
+// lane per source (see shortest_path.hpp, "Solvers").
+//
+// This header is included by translation units compiled with different instruction sets
+// (shortest_path.cpp: the baseline; sweep_avx2.cpp: -mavx2). To keep code of one instruction set
+// from being linked into another's callers (the ODR trap of inline functions), everything here is
+// in an anonymous namespace of the including file and uses raw pointers only, no standard-library
+// templates.
+//
+// Algorithm (exact, see the proof in shortest_path.hpp): labels start at +inf (0 at the sources) or
+// at given upper bounds. A cell is processed only when one of its boundary nodes changed since the
+// cell was last processed; processing pushes the labels of its changed nodes p through the cell's
+// edges: lab[q] = min(lab[q], lab[p] + L[p,q]*s) for every boundary node q (lanes: sources), the
+// same floating-point operations per edge as the Dijkstra engine. Whatever a cell changes marks it
+// and its neighbours across the changed nodes dirty (the engine schedules them: a bucket queue of
+// cells keyed by the smallest new label, or alternating sweeps). The run ends when no cell is dirty:
+// then every edge satisfies lab[q] <= fl(lab[p] + w), which with labels that are values of paths
+// (or upper bounds of the shortest ones) makes them the Dijkstra distances, bit for bit, whatever
+// the order of processing.
+#ifndef LATENTINV_SWEEP_KERNEL_HPP
+#define LATENTINV_SWEEP_KERNEL_HPP
+
+#include <cstdint>
+
+namespace latentinv {
+namespace sweep {
+
+struct Grid {
+  int32_t n_rows, n_cols, n_sec, m;  // m = 4 + 4 n local nodes per cell
+  int32_t n_corner, n_side_h;        // first horizontal-side node id, first vertical-side node id
+  const double* lengths;             // m x m local lengths (symmetric, zero diagonal)
+  // Rounds after the first push a node the cell improved only to the nodes on a common side with it
+  // when `collinear_only` (see ShortestPathEngine::sweep_group for the bound that allows it):
+  // side_nodes[side * (n + 2) + i] lists the n + 2 local nodes of each side (top, bottom, left,
+  // right; corners included), node_sides[q] the sides of local node q (bits 1, 2, 4, 8).
+  bool collinear_only;
+  const int32_t* side_nodes;
+  const uint8_t* node_sides;
+};
+
+// bits returned by process_cell: the cells to mark dirty
+constexpr uint32_t kTop = 2, kBottom = 4, kLeft = 8, kRight = 16, kTopLeft = 32,
+                   kTopRight = 64, kBottomLeft = 128, kBottomRight = 256;
+
+struct State {
+  double* labels;         // n_nodes x K (lane = source of the group)
+  uint32_t* node_stamp;   // clock value of each node's last change
+  uint32_t* cell_stamp;   // clock value when each cell was last processed
+  uint32_t clock;
+  // scratch of at least m x m doubles, m x K doubles and m int32 (acc), owned by the caller
+  double* weights;
+  double* acc;
+  double* start;
+  int32_t* gid;
+  int32_t* rows;
+  int64_t processed;      // cells processed (statistics)
+  int64_t pushed;         // node pushes through a cell (statistics)
+  int64_t repeats;        // second and later rounds inside a cell (statistics)
+};
+
+}  // namespace sweep
+}  // namespace latentinv
+#endif  // LATENTINV_SWEEP_KERNEL_HPP
+
+// (no include guard below: each including translation unit instantiates the body once)
+#ifdef LATENTINV_SWEEP_KERNEL_BODY
+// The kernel body, instantiated by a translation unit that defines LATENTINV_SWEEP_KERNEL_BODY and a
+// vector type `Vec` with: static constexpr int K; load(const double*), store(double*),
+// broadcast(double), add, min, any_less(a, b) (a < b in some lane) and min_where_less(a, b) (the
+// smallest a over the lanes where a < b).
+namespace {
+
+using latentinv::sweep::Grid;
+using latentinv::sweep::State;
+
+// Processes one cell (r, c): pushes the nodes changed since its last processing through its edges.
+// Returns the neighbours to mark dirty (kTop, ... bits) and, in *key, the smallest new label
+// over the changed (node, lane) pairs (+inf when nothing changed).
+inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, int32_t r, int32_t c,
+                             double* key) {
+  using namespace latentinv::sweep;
+  constexpr int K = Vec::K;
+  const int32_t C = g.n_cols, n = g.n_sec, m = g.m;
+  const int32_t cell = r * C + c;
+  const uint32_t since = st.cell_stamp[cell];
+  const uint32_t now = st.clock++;
+  st.cell_stamp[cell] = now;
+  *key = __builtin_inf();
+  int32_t* gid = st.gid;
+  const int32_t tl = cell + r;  // r*(C+1) + c
+  gid[0] = tl;
+  gid[1] = tl + 1;
+  gid[2] = tl + C + 1;
+  gid[3] = tl + C + 2;
+  {
+    const int32_t top = g.n_corner + cell * n, bottom = top + C * n;
+    const int32_t left = g.n_side_h + (cell + r) * n, right = left + n;
+    for (int32_t k = 0; k < n; ++k) {
+      gid[4 + k] = top + k;
+      gid[4 + n + k] = bottom + k;
+      gid[4 + 2 * n + k] = left + k;
+      gid[4 + 3 * n + k] = right + k;
+    }
+  }
+  // the nodes changed since the last processing, whose labels must be pushed through this cell
+  int32_t n_rows = 0;
+  for (int32_t p = 0; p < m; ++p)
+    if (st.node_stamp[gid[p]] >= since) st.rows[n_rows++] = p;
+  if (n_rows == 0) return 0;
+  ++st.processed;
+  double* acc = st.acc;
+  double* start = st.start;
+  for (int32_t q = 0; q < m; ++q) {
+    const Vec v = Vec::load(st.labels + static_cast<int64_t>(gid[q]) * K);
+    Vec::store(acc + q * K, v);
+    Vec::store(start + q * K, v);
+  }
+  const double s = slowness[cell];
+  double* w = st.weights;
+  const Vec infinity = Vec::broadcast(__builtin_inf());
+  // Push the rows through the cell; the nodes it improves are pushed again (rounding may break the
+  // triangle inequality between collinear nodes by an ulp) until nothing changes inside the cell.
+  while (true) {
+    // weights of the pushed rows: w[k][q] = L[p_k][q] * s (rounded once, as Dijkstra's Lrow[q] * s)
+    int32_t n_live = 0;
+    for (int32_t k = 0; k < n_rows; ++k) {
+      const int32_t p = st.rows[k];
+      if (!Vec::any_less(Vec::load(start + p * K), infinity)) continue;  // all lanes +inf
+      st.rows[n_live] = p;
+      const double* Lp = g.lengths + p * m;
+      double* wk = w + n_live * m;
+      for (int32_t q = 0; q < m; ++q) wk[q] = Lp[q] * s;
+      ++n_live;
+    }
+    st.pushed += n_live;
+    // acc[q] = min(acc[q], start[p] + w[p][q]) over the live rows p (the diagonal adds 0)
+    int32_t q = 0;
+    for (; q + 4 <= m; q += 4) {
+      Vec a0 = Vec::load(acc + (q + 0) * K), a1 = Vec::load(acc + (q + 1) * K);
+      Vec a2 = Vec::load(acc + (q + 2) * K), a3 = Vec::load(acc + (q + 3) * K);
+      for (int32_t k = 0; k < n_live; ++k) {
+        const Vec vp = Vec::load(start + st.rows[k] * K);
+        const double* wk = w + k * m + q;
+        a0 = Vec::min(a0, Vec::add(vp, Vec::broadcast(wk[0])));
+        a1 = Vec::min(a1, Vec::add(vp, Vec::broadcast(wk[1])));
+        a2 = Vec::min(a2, Vec::add(vp, Vec::broadcast(wk[2])));
+        a3 = Vec::min(a3, Vec::add(vp, Vec::broadcast(wk[3])));
+      }
+      Vec::store(acc + (q + 0) * K, a0);
+      Vec::store(acc + (q + 1) * K, a1);
+      Vec::store(acc + (q + 2) * K, a2);
+      Vec::store(acc + (q + 3) * K, a3);
+    }
+    for (; q < m; ++q) {
+      Vec a0 = Vec::load(acc + q * K);
+      for (int32_t k = 0; k < n_live; ++k)
+        a0 = Vec::min(a0, Vec::add(Vec::load(start + st.rows[k] * K), Vec::broadcast(w[k * m + q])));
+      Vec::store(acc + q * K, a0);
+    }
+    // the improved nodes are the next rows
+    n_rows = 0;
+    for (int32_t qq = 0; qq < m; ++qq) {
+      const Vec a = Vec::load(acc + qq * K);
+      if (Vec::any_less(a, Vec::load(start + qq * K))) {
+        st.rows[n_rows++] = qq;
+        Vec::store(start + qq * K, a);
+      }
+    }
+    if (n_rows == 0) break;
+    ++st.repeats;
+    if (!g.collinear_only) continue;
+    // Later rounds: only nodes on a common side can be improved (rounding of collinear segments);
+    // for the others the triangle inequality holds with a margin beyond rounding (the bound
+    // checked by the engine), so pushing there cannot change anything.
+    while (n_rows > 0) {
+      for (int32_t k = 0; k < n_rows; ++k) {
+        const int32_t z = st.rows[k];
+        const Vec vz = Vec::load(start + z * K);
+        const double* Lz = g.lengths + z * m;
+        const uint32_t sides = g.node_sides[z];
+        for (int32_t side = 0; side < 4; ++side) {
+          if (!(sides & (1u << side))) continue;
+          const int32_t* list = g.side_nodes + side * (n + 2);
+          for (int32_t i = 0; i < n + 2; ++i) {
+            const int32_t t = list[i];
+            Vec::store(acc + t * K,
+                       Vec::min(Vec::load(acc + t * K), Vec::add(vz, Vec::broadcast(Lz[t] * s))));
+          }
+        }
+      }
+      n_rows = 0;
+      for (int32_t qq = 0; qq < m; ++qq) {
+        const Vec a = Vec::load(acc + qq * K);
+        if (Vec::any_less(a, Vec::load(start + qq * K))) {
+          st.rows[n_rows++] = qq;
+          Vec::store(start + qq * K, a);
+        }
+      }
+      if (n_rows) ++st.repeats;
+    }
+    break;
+  }
+  // write back the improved nodes; collect which sides changed
+  uint32_t marks = 0;
+  for (int32_t qq = 0; qq < m; ++qq) {
+    double* lab = st.labels + static_cast<int64_t>(gid[qq]) * K;
+    const Vec a = Vec::load(acc + qq * K), b = Vec::load(lab);
+    if (!Vec::any_less(a, b)) continue;
+    Vec::store(lab, a);
+    st.node_stamp[gid[qq]] = now;
+    const double kq = Vec::min_where_less(a, b);
+    if (kq < *key) *key = kq;
+    if (qq < 4) {
+      if (qq == 0) marks |= kTop | kLeft | kTopLeft;
+      else if (qq == 1) marks |= kTop | kRight | kTopRight;
+      else if (qq == 2) marks |= kBottom | kLeft | kBottomLeft;
+      else marks |= kBottom | kRight | kBottomRight;
+    } else {
+      const int32_t side = (qq - 4) / n;
+      marks |= side == 0 ? kTop : side == 1 ? kBottom : side == 2 ? kLeft : kRight;
+    }
+  }
+  return marks;
+}
+
+}  // namespace
+#endif  // LATENTINV_SWEEP_KERNEL_BODY
