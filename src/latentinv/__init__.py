@@ -22,6 +22,7 @@ _LATE = {
     "PyGimliOperator": ("operators.pygimli", "PyGimliOperator"),
     "VAEPrior": ("prior", "VAEPrior"),
     "LatentInverter": ("inversion", "LatentInverter"),
+    "LatentSampler": ("inversion", "LatentSampler"),
 }
 
 

@@ -89,6 +89,7 @@ from .randomness import as_seed as _as_seed
 from .randomness import initial_latents as _initial_latents
 from .randomness import survey_generators as _survey_generators
 from .result import InversionResult
+from .sampler import LatentSampler
 from .settings import NONLINEAR_SETTINGS, PAPER_CASES, PAPER_N_STARTS
 from ._sklearn_checks import (_SKLEARN_CHECK_WIDTHS, _SKLEARN_EXPECTED_FAILED_CHECKS,
                               _sklearn_expected_failed_checks)

@@ -1,0 +1,257 @@
+"""Markov chain kernels in latent space: the target, preconditioned Crank-Nicolson (pCN), MALA, and
+the burn-in adaptation of their step sizes and preconditioners.
+
+Every chain moves in a *whitened* space ``u`` whose prior is the standard normal ``N(0, I)``:
+
+- normal latents (VAE): ``z = u``;
+- uniform latents (SGAN, in [-1, 1]): ``z = erf(u / sqrt(2)) = 2 Phi(u) - 1`` (the boundary is
+  *transformed*, not reflected): ``u ~ N(0, I)`` gives ``z ~ U(-1, 1)`` exactly, so that one kernel
+  serves both priors and no proposal ever leaves the box.
+
+The target of a chain is ``pi(u) ~ exp(-Phi(u) - ||u||**2 / 2)`` with the Gaussian likelihood's
+potential ``Phi(u) = sum_i (y_i - f_i(s(g(z(u)))))**2 / (2 sigma_i**2)``, i.e. half the weighted data
+term of :meth:`~.problem.LatentProblem.data_loss` (Eq. 24 of the paper without its regularisation:
+the prior plays its part).
+
+Kernels (both reversible with respect to ``pi``; a Metropolis-Hastings test corrects each proposal):
+
+- ``"pcn"``: ``u' = m + rho (u - m) + beta L xi`` with ``rho = sqrt(1 - beta**2)``, ``xi ~ N(0, I)``:
+  reversible with respect to the reference Gaussian ``N(m, L L^T)``, so the acceptance ratio needs
+  the potential only (no gradient): ``log a = Psi(u) - Psi(u')`` with
+  ``Psi(u) = Phi(u) + ||u||**2 / 2 - ||L^{-1} (u - m)||**2 / 2``. With ``m = 0, L = I`` it is the
+  classic pCN of Cotter et al. (2013), ``log a = Phi(u) - Phi(u')``.
+- ``"mala"``: ``u' = u - (h / 2) C grad U(u) + sqrt(h) L xi`` with ``U = Phi + ||u||**2 / 2``,
+  ``C = L L^T``, ``h = step**2`` (Roberts & Tweedie, 1996; preconditioned): one decoder gradient per
+  proposal.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+_SQRT2 = math.sqrt(2.0)
+#: latents of a uniform prior are kept this far inside (-1, 1) when mapped to the whitened space
+UNIFORM_EDGE = 1e-6
+
+
+# -- the latent transform -------------------------------------------------------------------------------
+def to_latent(u, uniform):
+    """Latents ``z`` of whitened ``u``: ``u`` itself, or ``erf(u / sqrt(2))`` for uniform latents."""
+    return torch.special.erf(u / _SQRT2) if uniform else u
+
+
+def from_latent(z, uniform):
+    """Whitened ``u`` of latents ``z`` (inverse of :func:`to_latent`; uniform ones clipped inside
+    (-1, 1) by :data:`UNIFORM_EDGE`), computed in float64."""
+    z = torch.as_tensor(z).to(torch.float64)
+    if not uniform:
+        return z
+    return _SQRT2 * torch.special.erfinv(z.clamp(-1 + UNIFORM_EDGE, 1 - UNIFORM_EDGE))
+
+
+# -- the state of a batch of chains ---------------------------------------------------------------------
+@dataclass
+class ChainState:
+    """The current point of ``R`` chains: whitened ``u`` (R, d), latents ``z``, models ``x``
+    (R, n_cells), full-data traveltimes ``t_full`` (R, n_data), potential ``phi`` (R,) and, for MALA,
+    ``grad`` = grad Phi(u) (R, d)."""
+
+    u: torch.Tensor
+    z: torch.Tensor
+    x: torch.Tensor
+    t_full: torch.Tensor
+    phi: torch.Tensor
+    grad: torch.Tensor | None = None
+
+    def where(self, accept, other):
+        """Rows of ``other`` where ``accept``, of ``self`` elsewhere."""
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if a is None:
+                out[f.name] = None
+                continue
+            mask = accept.reshape(-1, *([1] * (a.ndim - 1)))
+            out[f.name] = torch.where(mask, b, a)
+        return ChainState(**out)
+
+
+def evaluate(problem, u, *, uniform, gradient):
+    """The :class:`ChainState` of whitened latents ``u`` (one decoder call and one operator call for
+    all chains; with ``gradient``, one backward pass through the decoder for ``grad Phi``)."""
+    rays = problem.all_rays(u.shape[0])
+    with torch.enable_grad() if gradient else torch.no_grad():
+        uu = u.detach().requires_grad_(gradient)
+        z = to_latent(uu, uniform)
+        x, s = problem.decode(z)
+        # without a gradient no ray is asked for with one: the potential comes from the full data
+        t_rays, t_full = problem.traveltimes(x, s, rays if gradient else rays[:, :0])
+        phi = 0.5 * problem.data_loss(t_rays if gradient else t_full, rays)
+        grad = torch.autograd.grad(phi.sum(), uu)[0] if gradient else None
+    return ChainState(u.detach(), z.detach(), x.detach(), t_full.detach(), phi.detach(), grad)
+
+
+# -- the preconditioner ---------------------------------------------------------------------------------
+class Preconditioner:
+    """Per-row reference Gaussian ``N(m, L L^T)`` of the kernels (``m``: per chain, ``L``: per survey,
+    shared by its chains); starts as the prior's ``N(0, I)``."""
+
+    def __init__(self, n_rows, n_components, device, dtype):
+        self.mean = torch.zeros(n_rows, n_components, device=device, dtype=dtype)
+        self.chol = torch.eye(n_components, device=device, dtype=dtype).expand(n_rows, -1, -1).clone()
+
+    def apply(self, v):
+        """``L v`` per row."""
+        return (self.chol @ v[:, :, None])[:, :, 0]
+
+    def solve(self, v):
+        """``L^{-1} v`` per row."""
+        return torch.linalg.solve_triangular(self.chol, v[:, :, None], upper=False)[:, :, 0]
+
+    def covariance_apply(self, v):
+        """``L L^T v`` per row."""
+        return self.apply((self.chol.transpose(1, 2) @ v[:, :, None])[:, :, 0])
+
+    def update(self, window, n_chains, shrinkage=0.1):
+        """Fit to the draws ``window`` (n_draws, R, d) of the last burn-in window: ``m`` = each chain's
+        mean; ``L L^T`` = the covariance around the chains' own means pooled over the chains of a
+        survey, shrunk towards its mean variance by ``shrinkage`` (well conditioned with few draws)."""
+        W = window.to(torch.float64)
+        n, R, d = W.shape
+        mean = W.mean(0)
+        dev = (W - mean).reshape(n, R // n_chains, n_chains, d).permute(1, 0, 2, 3).reshape(R // n_chains, -1, d)
+        cov = dev.transpose(1, 2) @ dev / max(dev.shape[1] - 1, 1)
+        scale = torch.diagonal(cov, dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+        eye = torch.eye(d, dtype=torch.float64, device=W.device)
+        cov = (1 - shrinkage) * cov + shrinkage * scale[:, None, None] * eye + 1e-12 * eye
+        chol = torch.linalg.cholesky(cov).repeat_interleave(n_chains, 0)
+        self.mean = mean.to(self.mean.dtype)
+        self.chol = chol.to(self.chol.dtype)
+
+
+# -- kernels ----------------------------------------------------------------------------------------------
+class PCN:
+    """Preconditioned Crank-Nicolson; ``step`` is ``beta`` in (0, 1] (see the module docstring)."""
+
+    name = "pcn"
+    needs_gradient = False
+    max_step = 1.0
+
+    def propose(self, state, step, xi, pre):
+        beta = step[:, None]
+        rho = torch.sqrt(1.0 - beta * beta)
+        return pre.mean + rho * (state.u - pre.mean) + beta * pre.apply(xi)
+
+    def log_accept(self, current, proposed, step, pre):
+        return self.residual(current, pre) - self.residual(proposed, pre)
+
+    @staticmethod
+    def residual(state, pre):
+        """``Psi(u) = Phi(u) + ||u||**2 / 2 - ||L^{-1} (u - m)||**2 / 2``."""
+        w = pre.solve(state.u - pre.mean)
+        return state.phi + 0.5 * (state.u * state.u).sum(1) - 0.5 * (w * w).sum(1)
+
+
+class MALA:
+    """Preconditioned Metropolis-adjusted Langevin; ``step`` is ``sqrt(h)`` (see the module docstring)."""
+
+    name = "mala"
+    needs_gradient = True
+    max_step = 10.0
+
+    @staticmethod
+    def _drift(state, step, pre):
+        h = (step * step)[:, None]
+        return state.u - 0.5 * h * pre.covariance_apply(state.grad + state.u)
+
+    def propose(self, state, step, xi, pre):
+        return self._drift(state, step, pre) + step[:, None] * pre.apply(xi)
+
+    def log_accept(self, current, proposed, step, pre):
+        def log_q(to, frm):       # log q(to | frm) up to a constant shared by both directions
+            w = pre.solve(to.u - self._drift(frm, step, pre)) / step[:, None]
+            return -0.5 * (w * w).sum(1)
+
+        def energy(s):
+            return s.phi + 0.5 * (s.u * s.u).sum(1)
+
+        return energy(current) - energy(proposed) + log_q(current, proposed) - log_q(proposed, current)
+
+
+KERNELS = {"pcn": PCN, "mala": MALA}
+
+#: default target acceptance rates: 0.234 is optimal for random-walk-like moves such as pCN in many
+#: dimensions (Roberts et al., 1997), 0.574 for MALA (Roberts & Rosenthal, 1998)
+TARGET_ACCEPTANCE = {"pcn": 0.234, "mala": 0.574}
+#: default initial step sizes (pCN's beta, MALA's sqrt(h)) before the burn-in adaptation
+INITIAL_STEP = {"pcn": 0.1, "mala": 0.1}
+
+
+# -- step-size adaptation -------------------------------------------------------------------------------
+class StepAdaptation:
+    """Robbins-Monro adaptation of each chain's log step size towards a target acceptance rate
+    during burn-in: ``log step += gain_k (a_k - target)`` with ``a_k`` the acceptance probability and
+    ``gain_k = (k + 1)**-0.6`` (``k`` restarting at each preconditioner update). At the end of the
+    burn-in the step is frozen at ``exp`` of the mean log step over the last half of the last
+    window."""
+
+    def __init__(self, step0, target, max_step):
+        self.log_step = torch.log(step0)
+        self.target, self.max_log = target, math.log(max_step)
+        self.k = 0
+        self.trail = []
+
+    @property
+    def step(self):
+        return torch.exp(self.log_step)
+
+    def update(self, accept_prob):
+        self.log_step = (self.log_step + (self.k + 1) ** -0.6 * (accept_prob - self.target)).clamp(max=self.max_log)
+        self.k += 1
+        self.trail.append(self.log_step)
+
+    def restart(self):
+        self.k = 0
+        self.trail = []
+
+    def frozen(self):
+        tail = self.trail[len(self.trail) // 2:]
+        return torch.exp(torch.stack(tail).mean(0)) if tail else self.step
+
+
+def adaptation_windows(n_burnin, first=25):
+    """Iterations (0-based, exclusive ends) at which the preconditioner is refitted during a burn-in
+    of ``n_burnin`` iterations: doubling windows ``first, 2 first, 4 first, ...`` (on the draws since
+    the previous refit), the last one ending at least ``first`` iterations before the burn-in's end
+    (left to the step size alone)."""
+    ends, start, length = [], 0, first
+    while start + length + first <= n_burnin:
+        ends.append(start + length)
+        start, length = start + length, 2 * length
+    return ends
+
+
+# -- proposal and acceptance draws ----------------------------------------------------------------------
+class ChainStreams:
+    """Per-chain random numbers, drawn in blocks from the per-survey, per-chain NumPy generators of
+    :func:`~.randomness.survey_generators` (proposal normals, acceptance uniforms)."""
+
+    def __init__(self, generators, n_components, device, dtype, block=64):
+        self.normal_rngs, self.uniform_rngs = generators
+        self.d, self.device, self.dtype, self.block = n_components, device, dtype, block
+        self._k = block
+
+    def next(self):
+        """``(xi, log_uniform)`` of one iteration: (R, d) normals and (R,) log-uniforms."""
+        if self._k == self.block:
+            xi = np.stack([g.standard_normal((self.block, self.d)) for g in self.normal_rngs], 1)
+            uni = np.stack([g.random(self.block) for g in self.uniform_rngs], 1)
+            self._xi = torch.tensor(xi, dtype=self.dtype, device=self.device)
+            self._log_u = torch.tensor(np.log(uni), dtype=self.dtype, device=self.device)
+            self._k = 0
+        k = self._k
+        self._k += 1
+        return self._xi[k], self._log_u[k]

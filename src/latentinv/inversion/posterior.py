@@ -1,0 +1,151 @@
+"""The outcome of a latent-space MCMC run: :class:`PosteriorResult`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["PosteriorResult"]
+
+#: model value above which a cell counts as channel (the paper's models: 1 = channel, 0 = matrix)
+CHANNEL_THRESHOLD = 0.5
+
+
+def _arviz(what):
+    try:
+        import arviz
+    except ImportError:
+        raise ImportError(f"PosteriorResult.{what} needs ArviZ: pip install arviz "
+                          "(or latentinv[arviz])") from None
+    return arviz
+
+
+@dataclass
+class PosteriorResult:
+    """Outcome of :meth:`LatentSampler.sample` for ``n_surveys`` surveys and ``n_chains`` chains.
+
+    Model statistics (mean, standard deviation, channel probability) are accumulated over every
+    draw after the burn-in (not only the thinned ones); the samples kept are thinned.
+
+    Attributes
+    ----------
+    samples : ndarray of shape (n_surveys, n_chains, n_kept, n_components)
+        Latent draws after the burn-in, every ``thin``-th (float64, CPU memory); uniform latents
+        in [-1, 1].
+    model_samples : ndarray of shape (n_surveys, n_model_samples, n_cells)
+        A few models drawn from the posterior (values in [0, 1]): the last kept draw of chains
+        taken in turn.
+    mean : ndarray of shape (n_surveys, n_cells)
+        Posterior mean model (values in [0, 1]).
+    std : ndarray of shape (n_surveys, n_cells)
+        Posterior standard deviation of the model values, per cell.
+    channel_probability : ndarray of shape (n_surveys, n_cells)
+        Fraction of the draws whose model value exceeds 0.5 (channel) in each cell.
+    acceptance_rate : ndarray of shape (n_surveys, n_chains)
+        Fraction of accepted proposals after the burn-in.
+    step_size : ndarray of shape (n_surveys, n_chains)
+        The step each chain used after the burn-in (pCN's beta, MALA's sqrt(h)).
+    data_rmse_history : ndarray of shape (n_surveys, n_chains, n_iterations)
+        Full-data RMSE (ns) of each chain's current model, burn-in included.
+    chi2_history : ndarray of shape (n_surveys, n_chains, n_iterations)
+        Chi-square ``sum ((y - f) / sigma)**2`` of each chain's current model.
+    map_model : ndarray of shape (n_surveys, n_cells)
+        The lowest chi-square model visited by any chain (burn-in included).
+    map_latent : ndarray of shape (n_surveys, n_components)
+    n_burnin, thin : int
+    n_forward : int
+        Forward runs (decoder plus operator, one per chain and proposal) of the whole run.
+    elapsed_s : float
+        Wall time of the sampling (s).
+    method : str
+    settings : dict
+    """
+
+    samples: np.ndarray
+    model_samples: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    channel_probability: np.ndarray
+    acceptance_rate: np.ndarray
+    step_size: np.ndarray
+    data_rmse_history: np.ndarray
+    chi2_history: np.ndarray
+    map_model: np.ndarray
+    map_latent: np.ndarray
+    n_burnin: int
+    thin: int
+    n_forward: int
+    elapsed_s: float
+    method: str
+    settings: dict = field(default_factory=dict)
+    _diagnostics: Optional[dict] = field(default=None, repr=False)
+
+    @property
+    def n_surveys(self):
+        return self.samples.shape[0]
+
+    @property
+    def n_chains(self):
+        return self.samples.shape[1]
+
+    @property
+    def n_components(self):
+        return self.samples.shape[3]
+
+    def latent_mean(self):
+        """Posterior mean of the latents, ``(n_surveys, n_components)`` (from the kept draws)."""
+        return self.samples.mean(axis=(1, 2))
+
+    def latent_covariance(self):
+        """Posterior covariance of the latents, ``(n_surveys, d, d)`` (from the kept draws)."""
+        S, K, n, d = self.samples.shape
+        flat = self.samples.reshape(S, K * n, d)
+        return np.stack([np.cov(f, rowvar=False).reshape(d, d) for f in flat])
+
+    def to_inference_data(self):
+        """The kept draws as an ``arviz.InferenceData``: posterior variable ``z`` with dimensions
+        ``(chain, draw, survey, latent)`` and sample statistics ``data_rmse`` (ns) and ``chi2``.
+        Needs ArviZ (``pip install arviz``)."""
+        az = _arviz("to_inference_data")
+        z = np.moveaxis(self.samples, 0, 2)                      # (chain, draw, survey, latent)
+        keep = slice(self.n_burnin, None, self.thin)
+        rmse = np.moveaxis(self.data_rmse_history[:, :, keep], 0, 2)[:, :z.shape[1]]
+        chi2 = np.moveaxis(self.chi2_history[:, :, keep], 0, 2)[:, :z.shape[1]]
+        return az.from_dict(posterior={"z": z}, sample_stats={"data_rmse": rmse, "chi2": chi2},
+                            dims={"z": ["survey", "latent"], "data_rmse": ["survey"], "chi2": ["survey"]})
+
+    def _diagnose(self):
+        if self._diagnostics is None:
+            az = _arviz("rhat")
+            rhat = np.empty((self.n_surveys, self.n_components))
+            ess_bulk, ess_tail = np.empty_like(rhat), np.empty_like(rhat)
+            for s in range(self.n_surveys):
+                ds = az.convert_to_dataset({"z": self.samples[s]})
+                rhat[s] = az.rhat(ds)["z"].values
+                ess_bulk[s] = az.ess(ds, method="bulk")["z"].values
+                ess_tail[s] = az.ess(ds, method="tail")["z"].values
+            self._diagnostics = dict(rhat=rhat, ess_bulk=ess_bulk, ess_tail=ess_tail)
+        return self._diagnostics
+
+    def rhat(self):
+        """Rank-normalised split R-hat (Vehtari et al., 2021) of each latent dimension,
+        ``(n_surveys, n_components)``, computed by ArviZ from the kept draws; below 1.01-1.05 the
+        chains agree. Needs ArviZ."""
+        return self._diagnose()["rhat"]
+
+    def ess(self, method="bulk"):
+        """Effective sample size of each latent dimension, ``(n_surveys, n_components)``, by ArviZ
+        (``method``: ``"bulk"`` or ``"tail"``). Needs ArviZ."""
+        if method not in ("bulk", "tail"):
+            raise ValueError(f"PosteriorResult.ess: method must be 'bulk' or 'tail', got {method!r}")
+        return self._diagnose()[f"ess_{method}"]
+
+    def summary(self):
+        """A dict of the run's headline numbers (per survey: worst R-hat, smallest bulk ESS, mean
+        acceptance), for reports."""
+        return dict(method=self.method, n_chains=self.n_chains, n_kept=int(self.samples.shape[2]),
+                    n_burnin=self.n_burnin, thin=self.thin, n_forward=self.n_forward,
+                    elapsed_s=self.elapsed_s, max_rhat=self.rhat().max(1).tolist(),
+                    min_ess_bulk=self.ess().min(1).tolist(),
+                    acceptance_rate=self.acceptance_rate.mean(1).tolist())

@@ -1,0 +1,354 @@
+"""Batched Markov chain Monte Carlo in the latent space of a generator: :class:`LatentSampler`.
+
+The sampler runs on the engine of the SGD: the same :class:`~.problem.LatentProblem` (decoding,
+traveltimes, weighted data term, full-data misfit) and :class:`~.history.History` (per-iteration
+misfits, the best model visited); only the loop (:func:`run_chains`) and its kernels
+(:mod:`.mcmc`) are its own.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.base import RegressorMixin
+from sklearn.metrics import r2_score
+from sklearn.utils.validation import check_is_fitted
+
+from .base import LatentEstimatorBase
+from .history import History
+from .mcmc import (INITIAL_STEP, KERNELS, TARGET_ACCEPTANCE, ChainStreams, Preconditioner, StepAdaptation,
+                   adaptation_windows, evaluate, from_latent)
+from .posterior import CHANNEL_THRESHOLD, PosteriorResult
+from .randomness import as_seed, survey_generators
+
+__all__ = ["LatentSampler", "run_chains"]
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """One run's settings (validated by the estimator)."""
+
+    n_burnin: int
+    n_samples: int
+    thin: int
+    step_size: float
+    target_acceptance: float
+    adapt_preconditioner: bool
+    uniform: bool
+
+    @property
+    def n_iterations(self):
+        return self.n_burnin + self.n_samples * self.thin
+
+
+class Moments:
+    """Running sums of the models after the burn-in (float64): mean, variance, channel frequency."""
+
+    def __init__(self, n_rows, n_cells, device):
+        self.n = 0
+        self.sum = torch.zeros(n_rows, n_cells, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros_like(self.sum)
+        self.channel = torch.zeros_like(self.sum)
+
+    def add(self, x):
+        x = x.to(torch.float64)
+        self.n += 1
+        self.sum += x
+        self.sum_sq += x * x
+        self.channel += (x > CHANNEL_THRESHOLD).to(torch.float64)
+
+
+def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=None):
+    """Run ``R`` chains from whitened latents ``u0`` (R, d) on ``problem``; returns ``(history,
+    moments, kept, acceptance_rate, step)``: the :class:`~.history.History` of every iteration, the
+    :class:`Moments` of the models after the burn-in, the thinned latent draws (list of (R, d) CPU
+    tensors), each chain's acceptance rate after the burn-in and its frozen step.
+
+    During the burn-in, each chain's step adapts towards ``cfg.target_acceptance``
+    (:class:`~.mcmc.StepAdaptation`) and, with ``cfg.adapt_preconditioner``, the reference Gaussian
+    is refitted at the ends of doubling windows (:func:`~.mcmc.adaptation_windows`); both are frozen
+    afterwards, so that the kept draws come from one fixed reversible kernel.
+    """
+    R, d = u0.shape
+    state = evaluate(problem, u0, uniform=cfg.uniform, gradient=kernel.needs_gradient)
+    if check_first is not None:
+        check_first(state.x, problem.slowness_map(state.x))
+    history = History(problem, cfg.n_iterations, state.z, problem.operator.n_params)
+    moments = Moments(R, problem.operator.n_params, u0.device)
+    pre = Preconditioner(R, d, u0.device, u0.dtype)
+    adapt = StepAdaptation(torch.full((R,), cfg.step_size, device=u0.device, dtype=u0.dtype),
+                           cfg.target_acceptance, kernel.max_step)
+    refits = set(adaptation_windows(cfg.n_burnin)) if cfg.adapt_preconditioner else set()
+    everyone = torch.ones(R, dtype=torch.bool, device=u0.device)
+    step, window, kept = adapt.step, [], []
+    accepted = torch.zeros(R, device=u0.device)
+
+    iterations = range(cfg.n_iterations)
+    if progress is not None:
+        from tqdm.auto import tqdm
+        iterations = tqdm(iterations, desc=progress)
+    for k in iterations:
+        xi, log_u = streams.next()
+        proposed = evaluate(problem, kernel.propose(state, step, xi, pre), uniform=cfg.uniform,
+                            gradient=kernel.needs_gradient)
+        log_a = torch.nan_to_num(kernel.log_accept(state, proposed, step, pre), nan=-torch.inf)
+        accept = log_u < log_a
+        state = state.where(accept, proposed)
+        history.record(k, state.t_full, state.x, state.z, torch.linalg.vector_norm(state.z, dim=1), everyone)
+        if k < cfg.n_burnin:
+            adapt.update(torch.exp(log_a.clamp(max=0.0)))
+            window.append(state.u)
+            if k + 1 in refits:
+                pre.update(torch.stack(window), problem.n_starts)
+                window = []
+                adapt.restart()
+            step = adapt.step if k + 1 < cfg.n_burnin else adapt.frozen()
+            continue
+        accepted += accept
+        moments.add(state.x)
+        if (k - cfg.n_burnin) % cfg.thin == cfg.thin - 1:
+            kept.append(state.z.cpu())
+    return history, moments, kept, accepted / max(cfg.n_samples * cfg.thin, 1), step
+
+
+class LatentSampler(RegressorMixin, LatentEstimatorBase):
+    """Posterior sampling of the latent vector by batched Markov chain Monte Carlo.
+
+    The Bayesian counterpart of :class:`LatentInverter` (Lopez-Alvis et al., 2021, Section 1
+    reviews MCMC in the latent space of deep generative priors, after Laloy et al., 2017, 2018):
+    with the generator's latent prior (standard normal, or uniform in [-1, 1]) and the Gaussian
+    likelihood ``y ~ N(f(s(g(z))), diag(noise_std**2))``, every chain of every survey advances as
+    one batch (one decoder call and one operator call per iteration for all of them).
+
+    Parameters
+    ----------
+    prior : VAEPrior, FrozenEstimator or generator, default=None
+        The generative prior (the generator protocol of :mod:`latentinv.inversion`).
+    operator : ForwardOperator
+        Slowness per cell (ns/m) -> traveltimes (ns).
+    slowness_map : callable, default=None
+        Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`.
+    method : {"pcn", "mala"}, default="pcn"
+        ``"pcn"``: preconditioned Crank-Nicolson, gradient-free (one forward run per proposal; works
+        with any operator, a nonlinear one computes traveltimes only). ``"mala"``: Metropolis-adjusted
+        Langevin, one forward run and one decoder gradient per proposal. See :mod:`.mcmc`.
+    n_chains : int, default=8
+        Chains per survey.
+    n_samples : int, default=500
+        Draws kept per chain after the burn-in (every ``thin``-th iteration).
+    n_burnin : int, default=500
+        Burn-in iterations per chain: step sizes and the preconditioner adapt, then freeze.
+    thin : int, default=1
+        Keep every ``thin``-th draw (the model statistics use every draw after the burn-in).
+    step_size : float, default=None
+        Initial step (pCN's ``beta`` in (0, 1], MALA's ``sqrt(h)``); None: 0.1.
+    target_acceptance : float, default=None
+        Acceptance rate the burn-in steers each chain's step towards; None: 0.234 (pCN), 0.574 (MALA).
+    adapt_preconditioner : bool, default=True
+        Refit the kernels' reference Gaussian during the burn-in (each chain's mean; the covariance
+        of the draws around their chain means, pooled over the chains of a survey). False: the
+        prior ``N(0, I)`` throughout (the classic pCN).
+    initial_latents : array-like of shape (n_chains, n_components), default=None
+        Starting latents (the same for every survey), e.g. SGD solutions from
+        :meth:`initial_latents_from`; None: draws from the latent prior.
+    noise_std : float or array-like of shape (n_data,)
+        Standard deviation (ns) of the Gaussian noise: required.
+    n_model_samples : int, default=8
+        Posterior models kept per survey in the result (for figures).
+    random_state : int, RandomState instance or None, default=None
+    device : {"auto", "cpu", "cuda"}, default="auto"
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    prior_, operator_, n_features_in_, n_components_, latent_distribution_, device_
+        As for :class:`LatentInverter`.
+    n_iterations_ : int
+        Iterations per chain, ``n_burnin + n_samples * thin``.
+
+    Notes
+    -----
+    Uniform latents are sampled through the transform ``z = erf(u / sqrt(2))`` of standard-normal
+    ``u`` (a transformed boundary, not a reflecting one): the box is never left and one kernel
+    serves both priors. Step sizes adapt *per chain* (Robbins-Monro on the log step, acceptance
+    probability against the target) and the preconditioner *per survey*; both freeze at the end
+    of the burn-in. A survey's chains draw from generators seeded by ``random_state`` and the
+    survey's own data, so its result does not depend on the other surveys of ``X``.
+    """
+
+    _rows_param = "n_chains"
+
+    def __init__(self, prior=None, operator=None, *, slowness_map=None, method="pcn", n_chains=8,
+                 n_samples=500, n_burnin=500, thin=1, step_size=None, target_acceptance=None,
+                 adapt_preconditioner=True, initial_latents=None, noise_std=None, n_model_samples=8,
+                 random_state=None, device="auto", verbose=0):
+        self.prior = prior
+        self.operator = operator
+        self.slowness_map = slowness_map
+        self.method = method
+        self.n_chains = n_chains
+        self.n_samples = n_samples
+        self.n_burnin = n_burnin
+        self.thin = thin
+        self.step_size = step_size
+        self.target_acceptance = target_acceptance
+        self.adapt_preconditioner = adapt_preconditioner
+        self.initial_latents = initial_latents
+        self.noise_std = noise_std
+        self.n_model_samples = n_model_samples
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.target_tags.required = False
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = False
+        tags.non_deterministic = False
+        return tags
+
+    # -- validation ------------------------------------------------------------------------------------
+    def _check_params(self, n_data):
+        name = type(self).__name__
+        number = self._check_number
+        if self.method not in KERNELS:
+            raise ValueError(f"{name}: method must be one of {sorted(KERNELS)}, got {self.method!r}")
+        number(self.n_chains, "n_chains", 1, integer=True)
+        number(self.n_samples, "n_samples", 1, integer=True)
+        number(self.n_burnin, "n_burnin", 0, integer=True)
+        number(self.thin, "thin", 1, integer=True)
+        number(self.n_model_samples, "n_model_samples", 0, integer=True)
+        if self.step_size is not None:
+            number(self.step_size, "step_size", 0, KERNELS[self.method].max_step, low_open=True)
+        if self.target_acceptance is not None:
+            number(self.target_acceptance, "target_acceptance", 0, 1, low_open=True)
+            if self.target_acceptance == 1:
+                raise ValueError(f"{name}: target_acceptance must be < 1, got 1")
+        if not isinstance(self.adapt_preconditioner, (bool, np.bool_)):
+            raise ValueError(f"{name}: adapt_preconditioner must be True or False, got "
+                             f"{self.adapt_preconditioner!r}")
+        if self.noise_std is None:
+            raise ValueError(f"{name}: noise_std is required: the standard deviation (ns) of the Gaussian "
+                             "likelihood, a positive number or an array of one per datum; got None")
+        return self._check_common_params(n_data)
+
+    def _fit_schedule(self, op):
+        self.n_iterations_ = int(self.n_burnin) + int(self.n_samples) * int(self.thin)
+
+    # -- fit / sample ----------------------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Check the traveltimes against the operator and set up the prior (no sampling).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Observed traveltimes (ns).
+        y : array-like of shape (n_surveys, n_cells), default=None
+            True models; needed only to train an unfitted prior.
+
+        Returns
+        -------
+        self : LatentSampler
+        """
+        return self._fit(X, y)
+
+    def predict(self, X):
+        """Posterior mean model of each survey, ``(n_surveys, n_cells)`` float64 (values in [0, 1])."""
+        return self.sample(X).mean
+
+    def score(self, X, y, sample_weight=None):
+        """Mean over surveys of the R^2 of the posterior mean model against the true model ``y``."""
+        pred = self.predict(X)
+        y = np.asarray(y, dtype=np.float64).reshape(pred.shape[0], -1)
+        return r2_score(y.T, pred.T, multioutput="uniform_average")
+
+    def sample(self, X):
+        """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`."""
+        check_is_fitted(self)
+        self._check_unchanged_params()
+        Y = self._check_traveltimes(X, reset=False)
+        sigma = self._check_params(self.operator_.n_data)
+        return self._run(Y, sigma)
+
+    @staticmethod
+    def initial_latents_from(result, n_chains, survey=0):
+        """Starting latents ``(n_chains, n_components)`` from an SGD :class:`InversionResult`: the
+        latents of the ``n_chains`` lowest-misfit starts of ``survey`` (taken again in turn when
+        there are fewer starts than chains)."""
+        latents = np.asarray(result.latents)
+        if not 0 <= int(survey) < latents.shape[0]:
+            raise ValueError(f"LatentSampler.initial_latents_from: survey must be in [0, "
+                             f"{latents.shape[0]}), got {survey!r}")
+        order = np.argsort(np.where(np.isfinite(result.data_rmse[survey]), result.data_rmse[survey], np.inf),
+                           kind="stable")
+        return latents[survey][order[np.arange(int(n_chains)) % len(order)]].copy()
+
+    # -- the engine ------------------------------------------------------------------------------------
+    def _run(self, Y, sigma):
+        dev = self.device_
+        S, K, d = len(Y), int(self.n_chains), self.n_components_
+        uniform = self.latent_distribution_ == "uniform"
+        seed = as_seed(self.random_state)
+        problem = self._problem(Y, sigma, allow_pending=False, nonlinear_gradient="exact")
+        kernel = KERNELS[self.method]()
+        cfg = ChainSettings(
+            n_burnin=int(self.n_burnin), n_samples=int(self.n_samples), thin=int(self.thin),
+            step_size=float(self.step_size or INITIAL_STEP[self.method]),
+            target_acceptance=float(self.target_acceptance or TARGET_ACCEPTANCE[self.method]),
+            adapt_preconditioner=bool(self.adapt_preconditioner), uniform=uniform)
+        gens = [survey_generators(seed, y, K) for y in Y]
+        streams = ChainStreams(([g for pair in gens for g in pair[0]], [g for pair in gens for g in pair[1]]),
+                               d, dev, problem.dtype)
+        u0 = from_latent(self._start_latents(seed), uniform).to(problem.dtype).repeat(S, 1).to(dev)
+        check = lambda x, s: self._check_generator_output(x, s, "at the initial latents of the chains")
+        progress = f"{type(self).__name__} ({S} surveys x {K} chains)" if self.verbose else None
+        t0 = time.perf_counter()
+        history, moments, kept, acceptance, step = run_chains(problem, u0, kernel, cfg, streams,
+                                                              check_first=check, progress=progress)
+        elapsed = time.perf_counter() - t0
+        return self._result(history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d)
+
+    def _result(self, history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d):
+        def per_survey(t):
+            return t.cpu().numpy().astype(np.float64).reshape(S, K, *t.shape[1:])
+
+        n_cells = self.n_cells_
+        mean = per_survey(moments.sum).sum(1) / (moments.n * K)
+        var = per_survey(moments.sum_sq).sum(1) / (moments.n * K) - mean**2
+        samples = torch.stack(kept, 1).numpy().astype(np.float64).reshape(S, K, len(kept), d)
+        best = history.best_misfit.cpu().numpy().reshape(S, K).argmin(1)
+        model_samples = self._model_samples(samples, S, K)
+        histories = [h[:cfg.n_iterations].T.cpu().numpy().astype(np.float64).reshape(S, K, -1)
+                     for h in (history.rmse, history.chi2)]
+        settings = dict({k: v for k, v in self.get_params(deep=False).items()
+                         if k not in ("prior", "operator", "slowness_map")}, seed=seed,
+                        n_iterations=cfg.n_iterations, step_size=cfg.step_size,
+                        target_acceptance=cfg.target_acceptance, device=str(self.device_),
+                        latent_boundary="transformed (erf)" if cfg.uniform else None)
+        return PosteriorResult(
+            samples=samples, model_samples=model_samples, mean=mean,
+            std=np.sqrt(np.clip(var, 0.0, None)),
+            channel_probability=per_survey(moments.channel).sum(1) / (moments.n * K),
+            acceptance_rate=per_survey(acceptance), step_size=per_survey(step),
+            data_rmse_history=histories[0], chi2_history=histories[1],
+            map_model=per_survey(history.best_x)[np.arange(S), best].reshape(S, n_cells),
+            map_latent=per_survey(history.best_z)[np.arange(S), best],
+            n_burnin=cfg.n_burnin, thin=cfg.thin, n_forward=S * K * (cfg.n_iterations + 1),
+            elapsed_s=elapsed, method=self.method, settings=settings)
+
+    def _model_samples(self, samples, S, K):
+        """The models of the last kept draw of chains taken in turn (one decoder call)."""
+        n = int(self.n_model_samples)
+        if n == 0:
+            return np.zeros((S, 0, self.n_cells_))
+        chains = np.arange(n) % K
+        draws = samples.shape[2] - 1 - np.arange(n) // K
+        draws = np.maximum(draws, 0)
+        z = samples[:, chains, draws].reshape(S * n, -1)
+        with torch.no_grad():
+            x = self._decoder()(torch.tensor(z, dtype=torch.float32, device=self.device_))
+        return x.cpu().numpy().astype(np.float64).reshape(S, n, -1)
