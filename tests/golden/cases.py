@@ -79,6 +79,10 @@ CASES = {
 }
 
 
+#: cases whose starts stop early (target misfit): their batch shrinks as they stop
+SHRINKING = {"sgd_noise_target"}
+
+
 def result_arrays(result):
     """The result's arrays by field name (None fields left out)."""
     out = {}

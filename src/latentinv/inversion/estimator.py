@@ -1,6 +1,8 @@
 """The scikit-learn estimator of the paper's inversion: :class:`LatentInverter`."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
@@ -68,6 +70,25 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     target_misfit : float, default=None
         Early stop of a start once its full-data misfit reaches this value: data RMSE (ns), or
         ``sqrt(chi2 / n_data)`` when ``noise_std`` is given (1 = fitting to the noise level).
+    tol : float, default=None
+        Convergence stop per start (the paper's suggestion of stopping on "a minimal change in ...
+        data misfit"): a start stops when its best full-data misfit has not fallen by the relative
+        amount ``tol`` for ``n_epochs_no_change`` epochs. ``None``: every start runs its budget.
+    n_epochs_no_change : int, default=5
+        The convergence rule's window, in epochs.
+    prune : {None, "halving"}, default=None
+        ``"halving"``: successive halving across the starts of each survey; every ``prune_every``
+        epochs each survey keeps the best ``prune_keep`` fraction of its running starts (ranked by
+        their best misfit so far; at least one).
+    prune_every : int, default=None
+        Epochs between prunings; ``None``: ``n_epochs // (floor(log2(n_starts)) + 1)`` (at least 1),
+        so that the budget splits evenly between the halving rounds.
+    prune_keep : float, default=0.5
+        Fraction of the running starts kept at each pruning, in (0, 1).
+
+        Starts stopped by any rule (target, divergence, convergence, pruning) leave the batch: the
+        later iterations decode and trace only the running starts, so they get cheaper. With none
+        of ``target_misfit``, ``tol`` and ``prune`` set, the paper's full protocol runs unchanged.
     nonlinear_gradient : {"paper", "exact"}, default="paper"
         Gradient of the data term for a nonlinear operator. ``"paper"``: the step of the paper's
         code, ``g'(z)^T S(x)^T (f(x) - y)`` with ``S`` the Jacobian with respect to slowness used
@@ -156,7 +177,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     def __init__(self, prior=None, operator=None, *, slowness_map=None, optimizer="sgd", lr=1e-2,
                  lr_decay=0.95, decay_every=1, batch_size=25, regularization="ring", lam=10.0,
                  lam_decay=0.999, n_epochs=120, n_starts=10, initial_latents=None, noise_std=None,
-                 target_misfit=None, nonlinear_gradient="paper", clip_resample="uniform",
+                 target_misfit=None, tol=None, n_epochs_no_change=5, prune=None, prune_every=None,
+                 prune_keep=0.5, nonlinear_gradient="paper", clip_resample="uniform",
                  random_state=None, device="auto", verbose=0):
         self.prior = prior
         self.operator = operator
@@ -174,6 +196,11 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         self.initial_latents = initial_latents
         self.noise_std = noise_std
         self.target_misfit = target_misfit
+        self.tol = tol
+        self.n_epochs_no_change = n_epochs_no_change
+        self.prune = prune
+        self.prune_every = prune_every
+        self.prune_keep = prune_keep
         self.nonlinear_gradient = nonlinear_gradient
         self.clip_resample = clip_resample
         self.random_state = random_state
@@ -210,6 +237,17 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         number(self.n_starts, "n_starts", 1, integer=True)
         if self.target_misfit is not None:
             number(self.target_misfit, "target_misfit", 0)
+        if self.tol is not None:
+            number(self.tol, "tol", 0, 1, low_open=True)
+        number(self.n_epochs_no_change, "n_epochs_no_change", 1, integer=True)
+        if self.prune not in (None, "halving"):
+            raise ValueError(f"{name}: prune must be None or 'halving', got {self.prune!r}")
+        if self.prune_every is not None:
+            number(self.prune_every, "prune_every", 1, integer=True)
+        number(self.prune_keep, "prune_keep", 0, low_open=True)
+        if self.prune_keep >= 1:
+            raise ValueError(f"{name}: prune_keep must be < 1 (the fraction of starts kept), got "
+                             f"{self.prune_keep!r}")
         if self.nonlinear_gradient not in ("paper", "exact"):
             raise ValueError(f"{name}: nonlinear_gradient must be 'paper' or 'exact', got "
                              f"{self.nonlinear_gradient!r}")
@@ -284,6 +322,11 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         return r2_score(y.T, pred.T, multioutput="uniform_average")
 
     # -- the engine ------------------------------------------------------------------------------------
+    def _prune_every(self):
+        if self.prune_every is not None:
+            return int(self.prune_every)
+        return max(1, int(self.n_epochs) // (int(math.log2(int(self.n_starts))) + 1))
+
     def _run(self, Y, sigma):
         dev = self.device_
         if dev.type == "cpu":
@@ -297,15 +340,17 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             optimizer=self.optimizer, lr=self.lr, lr_decay=self.lr_decay, decay_every=self.decay_every,
             regularization=self.regularization, lam=self.lam, lam_decay=self.lam_decay, mu_chi=self.mu_chi_,
             n_iterations=self.n_iterations_, iterations_per_epoch=self.iterations_per_epoch_,
-            target_misfit=self.target_misfit, uniform=self.latent_distribution_ == "uniform")
+            target_misfit=self.target_misfit, uniform=self.latent_distribution_ == "uniform",
+            tol=self.tol, n_epochs_no_change=self.n_epochs_no_change, prune_keep=self.prune_keep,
+            prune_every=self._prune_every() if self.prune == "halving" else None)
         check = lambda x, s: self._check_generator_output(x, s, "at the initial latents of the inversion")
         progress = f"{type(self).__name__} ({S} surveys x {K} starts)" if self.verbose else None
         # a background engine's workers take the cores; the decoder's torch threads would contend with them
         with torch_threads(1 if problem.pending and dev.type == "cpu" else None):
-            history, reached, diverged = run_sgd(problem, self._start_latents(seed).repeat(S, 1).to(dev),
+            history, stopping = run_sgd(problem, self._start_latents(seed).repeat(S, 1).to(dev),
                                                  streams, cfg, check_first=check, progress=progress)
         settings = dict({k: v for k, v in self.get_params(deep=False).items()
                          if k not in ("prior", "operator", "slowness_map")}, seed=seed,
                         n_iterations=self.n_iterations_, iterations_per_epoch=self.iterations_per_epoch_,
                         device=str(dev))
-        return history.result(reached=reached, diverged=diverged, settings=settings, owner=type(self).__name__)
+        return history.result(stopping, settings=settings, owner=type(self).__name__)

@@ -37,23 +37,26 @@ class History:
         self.lr.append(lr)
         self.lam.append(lam)
 
-    def record(self, k, t_full, x, z, znorm, active):
-        """Iteration ``k``'s full-data misfit: histories and the best model so far. Returns the RMS to
-        compare with a target misfit, or None when ``t_full`` is pending (recorded by :meth:`flush`)."""
+    def record(self, k, t_full, x, z, znorm, rows=None):
+        """Iteration ``k``'s full-data misfit of rows ``rows`` (index tensor; None: every row):
+        histories and the best model so far. Returns the RMS to compare with a target misfit, or
+        None when ``t_full`` is pending (then recorded by :meth:`flush`)."""
         if isinstance(t_full, Pending):
-            self._late = (k, t_full, x, z, znorm, active)
+            self._late = (k, t_full, x, z, znorm, rows)
             return None
-        m = self.problem.misfit(t_full)
+        m = self.problem.misfit(t_full, rows)
+        if rows is None:
+            rows = slice(None)
         if self.chi2 is not None:
-            self.chi2[k] = torch.where(active, m.chi2, float("nan"))
-        self.rmse[k] = torch.where(active, m.rmse, float("nan"))
-        self.norm[k] = torch.where(active, znorm, float("nan"))
-        improved = active & (m.value < self.best_misfit)
-        self.best_misfit = torch.where(improved, m.value, self.best_misfit)
-        self.best_x = torch.where(improved[:, None], x, self.best_x)
-        self.best_z = torch.where(improved[:, None], z, self.best_z)
-        self.best_iteration = torch.where(improved, k, self.best_iteration)
-        self.n_run = self.n_run + active.long()
+            self.chi2[k, rows] = m.chi2
+        self.rmse[k, rows] = m.rmse
+        self.norm[k, rows] = znorm
+        improved = m.value < self.best_misfit[rows]
+        self.best_misfit[rows] = torch.where(improved, m.value, self.best_misfit[rows])
+        self.best_x[rows] = torch.where(improved[:, None], x, self.best_x[rows])
+        self.best_z[rows] = torch.where(improved[:, None], z, self.best_z[rows])
+        self.best_iteration[rows] = torch.where(improved, k, self.best_iteration[rows])
+        self.n_run[rows] += 1
         return m.rms_for_target
 
     def flush(self):
@@ -64,7 +67,7 @@ class History:
             with torch.no_grad():
                 self.record(k, pending.result(), *state)
 
-    def result(self, *, reached, diverged, settings, owner="LatentInverter"):
+    def result(self, stopping, *, settings, owner="LatentInverter"):
         """The :class:`~.result.InversionResult` of the iterations recorded so far."""
         p = self.problem
         S, K, d = p.n_surveys, p.n_starts, self.best_z.shape[1]
@@ -100,7 +103,9 @@ class History:
             lam_history=np.where(ran, np.asarray(self.lam)[None, None, :], np.nan),
             chi2_history=chi2,
             n_iterations_run=n_run,
-            reached_target=reached.cpu().numpy().reshape(S, K),
-            diverged=diverged.cpu().numpy().reshape(S, K),
+            reached_target=stopping.reached.cpu().numpy().reshape(S, K),
+            diverged=stopping.diverged.cpu().numpy().reshape(S, K),
+            converged=stopping.converged.cpu().numpy().reshape(S, K),
+            pruned=stopping.pruned.cpu().numpy().reshape(S, K),
             settings=settings,
         )

@@ -86,22 +86,31 @@ class LatentProblem:
         x = self.decoder(z)
         return x, self.slowness_map(x)
 
-    def data_loss(self, t_rays, rays):
+    def _observed(self, rows):
+        """Data and weights of rows ``rows`` (an index tensor; None: every row)."""
+        if rows is None:
+            return self.y, self.w
+        return self.y[rows], None if self.w is None else self.w[rows]
+
+    def data_loss(self, t_rays, rays, rows=None):
         """Per row: ``sum_{i in rays} w_i (y_i - t_i)**2`` (Eq. 24's data term; half of it with the
-        paper's nonlinear gradient, whose step carries no factor 2)."""
-        resid = torch.gather(self.y, 1, rays) - t_rays
+        paper's nonlinear gradient, whose step carries no factor 2). ``rows``: the rows that
+        ``t_rays`` belong to (index tensor; None: every row)."""
+        y, w = self._observed(rows)
+        resid = torch.gather(y, 1, rays) - t_rays
         sq = resid * resid
-        if self.w is not None:
-            sq = sq * torch.gather(self.w, 1, rays)
+        if w is not None:
+            sq = sq * torch.gather(w, 1, rays)
         loss = sq.sum(1)
         return 0.5 * loss if self.paper_gradient else loss
 
-    def misfit(self, t_full):
-        """:class:`Misfit` of full-data traveltimes ``t_full`` (R, n_data)."""
-        r_full = self.y - t_full
+    def misfit(self, t_full, rows=None):
+        """:class:`Misfit` of full-data traveltimes ``t_full`` of rows ``rows`` (None: all R rows)."""
+        y, w = self._observed(rows)
+        r_full = y - t_full
         sse = (r_full * r_full).sum(1)
         rmse = torch.sqrt(sse / self.n_data)
-        if self.w is None:
+        if w is None:
             return Misfit(rmse, None, sse, rmse)
-        chi2 = (r_full * r_full * self.w).sum(1)
+        chi2 = (r_full * r_full * w).sum(1)
         return Misfit(rmse, chi2, chi2, torch.sqrt(chi2 / self.n_data))

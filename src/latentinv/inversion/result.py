@@ -42,6 +42,11 @@ class InversionResult:
     diverged : ndarray of bool, shape (n_surveys, n_starts)
         NaN or a latent norm above ``100 sqrt(d)``: the start was stopped before the bad iterate was
         decoded; its selected model comes from the iterations before.
+    converged : ndarray of bool, shape (n_surveys, n_starts)
+        Stopped by the convergence rule (``tol``): no relative improvement of its best misfit for
+        ``n_epochs_no_change`` epochs.
+    pruned : ndarray of bool, shape (n_surveys, n_starts)
+        Dropped by successive halving (``prune="halving"``); its selected model is its best before.
     settings : dict
         The parameters of the run, its seed, number of iterations and device.
     homogeneous_slowness : ndarray of shape (n_surveys,) or None
@@ -67,6 +72,8 @@ class InversionResult:
     n_iterations_run: np.ndarray
     reached_target: np.ndarray
     diverged: np.ndarray
+    converged: Optional[np.ndarray] = None
+    pruned: Optional[np.ndarray] = None
     settings: dict = field(default_factory=dict)
     homogeneous_slowness: Optional[np.ndarray] = None
     homogeneous_rmse: Optional[np.ndarray] = None
