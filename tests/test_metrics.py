@@ -131,3 +131,86 @@ def test_acceptance_scorer_compares_with_the_estimators_homogeneous_model():
     with warnings.catch_warnings():
         warnings.simplefilter("error", BaselineWarning)
         assert make_acceptance_scorer(1.0)(stub, layered) == 1.0      # 1 ns < 0.5 x 11.42 ns
+
+
+# ------------------------------------------------------------------ pattern statistics (issue 15)
+from latentinv.metrics import (channel_fraction, channel_widths, compare_patterns,  # noqa: E402
+                               indicator_variogram, pattern_statistics, two_point_connectivity)
+
+
+def _stripes(n_rows=16, n_cols=10, width=2, period=4, offset=1):
+    """Horizontal channels: rows r with (r - offset) % period < width are channel (1)."""
+    rows = (np.arange(n_rows) - offset) % period < width
+    return np.repeat(rows[:, None], n_cols, axis=1).astype(float)
+
+
+def _checkerboard(n=8):
+    return (np.indices((n, n)).sum(0) % 2).astype(float)
+
+
+def test_pattern_statistics_of_horizontal_stripes():
+    img = _stripes()                       # 16 rows: 0110 0110 0110 0110 (channel rows 1, 2, 5, 6, ...)
+    assert channel_fraction(img) == 0.5
+    # along x every row is constant: no change, every channel cell connected to its neighbours
+    np.testing.assert_array_equal(indicator_variogram(img, 5, "x"), 0.0)
+    np.testing.assert_array_equal(two_point_connectivity(img, 5, "x"), 1.0)
+    # along depth, lag h: pairs r = 0..15-h; indicators differ where (r - 1) % 4 and (r - 1 + h) % 4
+    # fall on different sides: h = 1 -> 8 of 15 pairs, h = 2 -> all, h = 3 -> 6 of 13, h = 4 -> none
+    np.testing.assert_allclose(indicator_variogram(img, 4, "depth"),
+                               [0.5 * 8 / 15, 0.5, 0.5 * 6 / 13, 0.0])
+    # a channel cell at the top of its 2-row channel reaches the next row, the bottom one does not:
+    # tau(h) = max(width - h, 0) / width
+    np.testing.assert_allclose(two_point_connectivity(img, 3, "depth"), [0.5, 0.0, 0.0])
+    widths = channel_widths(img, "depth")
+    assert widths.size == 4 * 10 and np.all(widths == 2)       # 4 channels crossed by 10 columns
+    assert channel_widths(img, "x").size == 0                  # every x run touches the border
+    np.testing.assert_array_equal(channel_widths(img, "x", include_border=True), 10)
+
+
+def test_pattern_statistics_of_a_checkerboard():
+    img = _checkerboard(8)
+    assert channel_fraction(img) == 0.5
+    for axis in ("x", "depth"):
+        # odd lags always change the indicator, even lags never
+        np.testing.assert_array_equal(indicator_variogram(img, 6, axis), [0.5, 0, 0.5, 0, 0.5, 0])
+        # 4-connectivity: every channel cell is its own body, connected to no other cell
+        np.testing.assert_array_equal(two_point_connectivity(img, 6, axis), 0.0)
+        widths = channel_widths(img, axis)
+        assert np.all(widths == 1) and widths.size == 8 * 3   # 4 per line, the border one excluded
+    stats = pattern_statistics(img, max_lag=3)
+    assert stats["mean_width_x"] == 1.0 and stats["channel_fraction"] == 0.5
+
+
+def test_pattern_statistics_pool_images_and_take_flat_models():
+    a, b = _stripes(offset=0), _checkerboard(16)[:, :10]
+    stack = np.stack([a, b])
+    # pooled: the mean of the per-image values (equal sizes)
+    np.testing.assert_allclose(indicator_variogram(stack, 3, "depth"),
+                               (indicator_variogram(a, 3, "depth") + indicator_variogram(b, 3, "depth")) / 2)
+    assert channel_fraction(stack.reshape(2, -1), image_shape=(16, 10)) == channel_fraction(stack)
+    # threshold: grey values at or above it are channel
+    assert channel_fraction(np.full((4, 4), 0.5)) == 1.0
+    assert channel_fraction(np.full((4, 4), 0.49)) == 0.0
+
+
+def test_compare_patterns_is_zero_for_identical_sets_and_sees_differences():
+    img = _stripes()
+    same = compare_patterns(img, img, max_lag=4)
+    assert same["fraction_difference"] == 0.0
+    assert same["variogram_rmse_depth"] == 0.0 and same["width_wasserstein_depth"] == 0.0
+    other = compare_patterns(_checkerboard(16)[:, :10], img, max_lag=4)
+    assert other["fraction_difference"] == 0.0                # same fraction, other pattern
+    assert other["width_wasserstein_depth"] == pytest.approx(1.0)   # widths 1 against 2
+    assert other["connectivity_rmse_x"] == pytest.approx(1.0)       # 0 against 1 at every lag
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: indicator_variogram(np.zeros((4, 4)), 4, "x"), "max_lag must be below"),
+    (lambda: indicator_variogram(np.zeros((4, 4)), 0, "x"), "max_lag must be an int >= 1"),
+    (lambda: two_point_connectivity(np.zeros((4, 4)), 2, "y"), "axis must be 'x'"),
+    (lambda: channel_fraction(np.array([[np.nan]])), "NaN or inf"),
+    (lambda: channel_fraction(np.zeros(5)), "images must be an image"),
+])
+def test_pattern_statistics_refuse_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

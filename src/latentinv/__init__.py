@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Grid2D", "CrossholeSurvey", "paper_crosshole", "StraightRayOperator", "ShortestPathOperator",
-    "PyGimliOperator", "VAEPrior", "LatentInverter", "HAS_CORE", "__version__",
+    "PyGimliOperator", "VAEPrior", "SGANPrior", "LatentInverter", "HAS_CORE", "__version__",
 ]
 
 # torch-backed names load on first use, so that `import latentinv` (and `latentinv --help`) does not
@@ -21,6 +21,7 @@ _LATE = {
     "ShortestPathOperator": ("operators.shortest_path", "ShortestPathOperator"),
     "PyGimliOperator": ("operators.pygimli", "PyGimliOperator"),
     "VAEPrior": ("prior", "VAEPrior"),
+    "SGANPrior": ("sgan", "SGANPrior"),
     "LatentInverter": ("inversion", "LatentInverter"),
     "LatentSampler": ("inversion", "LatentSampler"),
 }

@@ -16,6 +16,16 @@ Every acceptance verdict can carry its baseline: :func:`acceptance_rate` takes t
 best homogeneous-velocity model (:func:`latentinv.baselines.homogeneous_fit`) and warns
 (:class:`latentinv.baselines.BaselineWarning`) when the threshold is not clearly below it; the
 acceptance scorer computes that baseline from the estimator's operator.
+
+Pattern statistics judge a prior's models against its training image (binary images, 1 =
+channel, thresholded at 0.5; axis ``"x"`` = along a row, axis ``"depth"`` = down a column, row 0 at
+the top), each pooled over a stack of images:
+
+- :func:`channel_fraction`: share of channel cells;
+- :func:`indicator_variogram`: ``gamma(h) = 1/2 E[(I(u) - I(u + h))**2]``;
+- :func:`two_point_connectivity`: ``tau(h) = P(u and u + h in the same channel body | u in a channel)``;
+- :func:`channel_widths`: lengths of the runs of channel cells along an axis;
+- :func:`pattern_statistics` (all of them) and :func:`compare_patterns` (samples vs training crops).
 """
 from __future__ import annotations
 
@@ -23,7 +33,8 @@ import numpy as np
 from sklearn.metrics import make_scorer
 
 __all__ = ["data_rmse", "model_rmse", "acceptance_rate", "model_rmse_scorer",
-           "make_data_rmse_scorer", "make_acceptance_scorer"]
+           "make_data_rmse_scorer", "make_acceptance_scorer", "channel_fraction", "indicator_variogram",
+           "two_point_connectivity", "channel_widths", "pattern_statistics", "compare_patterns"]
 
 
 def _rows(a, b, name):
@@ -156,3 +167,220 @@ def make_acceptance_scorer(threshold):
     operator: one extra operator response per call).
     """
     return _DataScorer("acceptance", _check_threshold(threshold, "make_acceptance_scorer"))
+
+
+# ---------------------------------------------------------------------------------- pattern statistics
+_AXES = {"x": 1, "depth": 0}
+
+
+def _binary_images(images, threshold, name, image_shape=None):
+    """A stack (n, n_rows, n_cols) of bool images (``value >= threshold`` is channel)."""
+    a = np.asarray(images, dtype=np.float64)
+    if a.ndim == 2 and image_shape is not None:
+        a = a.reshape(a.shape[0], *image_shape)
+    elif a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.size == 0:
+        raise ValueError(f"{name}: images must be an image (n_rows, n_cols), a stack (n_images, n_rows, "
+                         f"n_cols), or flat models (n_images, n_cells) with image_shape; got shape "
+                         f"{np.shape(images)}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: images hold NaN or inf")
+    t = float(threshold)
+    if not np.isfinite(t):
+        raise ValueError(f"{name}: threshold must be a finite number, got {threshold!r}")
+    return a >= t
+
+
+def _axis(axis, name):
+    if axis not in _AXES:
+        raise ValueError(f"{name}: axis must be 'x' (along rows) or 'depth' (down columns), got {axis!r}")
+    return _AXES[axis] + 1      # in the stack (n, rows, cols)
+
+
+def _lags(max_lag, length, name):
+    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, np.integer)) or max_lag < 1:
+        raise ValueError(f"{name}: max_lag must be an int >= 1, got {max_lag!r}")
+    if max_lag >= length:
+        raise ValueError(f"{name}: max_lag must be below the images' length along the axis ({length} "
+                         f"cells), got {max_lag}")
+    return range(1, int(max_lag) + 1)
+
+
+def _pairs(b, h, ax):
+    """The two members of every pair of cells ``h`` apart along stack axis ``ax``."""
+    n = b.shape[ax]
+    head = np.take(b, np.arange(0, n - h), axis=ax)
+    tail = np.take(b, np.arange(h, n), axis=ax)
+    return head, tail
+
+
+def channel_fraction(images, threshold=0.5, image_shape=None):
+    """Share of channel cells (``value >= threshold``), pooled over the images.
+
+    Parameters
+    ----------
+    images : array-like of shape (n_rows, n_cols), (n_images, n_rows, n_cols) or (n_images, n_cells)
+        Models or training crops (values in [0, 1]); flat models need ``image_shape``.
+    threshold : float, default=0.5
+    image_shape : tuple of int, default=None
+        ``(n_rows, n_cols)`` of flat models.
+
+    Returns
+    -------
+    fraction : float
+    """
+    return float(_binary_images(images, threshold, "channel_fraction", image_shape).mean())
+
+
+def indicator_variogram(images, max_lag, axis="x", threshold=0.5, image_shape=None):
+    """Indicator variogram ``gamma(h) = 1/2 mean[(I(u) - I(u + h))**2]`` for lags 1..max_lag (cells).
+
+    The mean is over every pair of cells ``h`` apart along ``axis`` in every image (pooled).
+
+    Parameters
+    ----------
+    images : array-like, see :func:`channel_fraction`
+    max_lag : int
+        Largest lag (cells), below the images' length along ``axis``.
+    axis : {"x", "depth"}, default="x"
+        ``"x"``: along rows (horizontal); ``"depth"``: down columns.
+    threshold : float, default=0.5
+    image_shape : tuple of int, default=None
+
+    Returns
+    -------
+    gamma : ndarray of shape (max_lag,)
+        ``gamma[h - 1]`` for lag ``h``; 0 for identical, 0.5 for always different indicators.
+    """
+    name = "indicator_variogram"
+    b = _binary_images(images, threshold, name, image_shape)
+    ax = _axis(axis, name)
+    out = []
+    for h in _lags(max_lag, b.shape[ax], name):
+        head, tail = _pairs(b, h, ax)
+        out.append(0.5 * float(np.mean(head != tail)))
+    return np.array(out)
+
+
+def two_point_connectivity(images, max_lag, axis="x", threshold=0.5, image_shape=None):
+    """Two-point connectivity ``tau(h) = P(u and u + h in the same channel body | u in a channel)``.
+
+    Channel bodies are the 4-connected components of channel cells in each image (a path of
+    channel cells through shared edges); the probability is pooled over every pair of cells ``h``
+    apart along ``axis`` whose first cell is channel. ``tau(h) <= P(I(u + h) = 1 | I(u) = 1)``.
+
+    Parameters
+    ----------
+    images : array-like, see :func:`channel_fraction`
+    max_lag : int
+    axis : {"x", "depth"}, default="x"
+    threshold : float, default=0.5
+    image_shape : tuple of int, default=None
+
+    Returns
+    -------
+    tau : ndarray of shape (max_lag,)
+        ``tau[h - 1]`` for lag ``h``; NaN where no pair starts in a channel.
+    """
+    from scipy import ndimage
+
+    name = "two_point_connectivity"
+    b = _binary_images(images, threshold, name, image_shape)
+    ax = _axis(axis, name)
+    labels = np.stack([ndimage.label(im)[0] for im in b])    # 4-connectivity (the default structure)
+    out = []
+    for h in _lags(max_lag, b.shape[ax], name):
+        head, tail = _pairs(labels, h, ax)
+        start = head > 0
+        n = int(start.sum())
+        out.append(float(np.sum(start & (head == tail)) / n) if n else float("nan"))
+    return np.array(out)
+
+
+def channel_widths(images, axis="depth", threshold=0.5, image_shape=None, include_border=False):
+    """Lengths (cells) of the runs of consecutive channel cells along ``axis``, pooled.
+
+    Along ``"depth"`` (down columns) a run is the vertical thickness of a channel where a column
+    crosses it; along ``"x"`` its horizontal extent.
+
+    Parameters
+    ----------
+    images : array-like, see :func:`channel_fraction`
+    axis : {"x", "depth"}, default="depth"
+    threshold : float, default=0.5
+    image_shape : tuple of int, default=None
+    include_border : bool, default=False
+        Count runs that touch the image's edge (truncated, so shorter than the channel).
+
+    Returns
+    -------
+    widths : ndarray of int
+        One entry per run (empty when there is none).
+    """
+    name = "channel_widths"
+    b = _binary_images(images, threshold, name, image_shape)
+    ax = _axis(axis, name)
+    lines = np.moveaxis(b, ax, -1).reshape(-1, b.shape[ax]).astype(np.int8)
+    padded = np.pad(lines, ((0, 0), (1, 1)))
+    step = np.diff(padded, axis=1)
+    rows_s, starts = np.nonzero(step == 1)
+    _, ends = np.nonzero(step == -1)           # same order: row-major, one end per start
+    widths = ends - starts
+    if not include_border:
+        keep = (starts > 0) & (ends < b.shape[ax])
+        widths = widths[keep]
+    return widths.astype(np.int64)
+
+
+def pattern_statistics(images, max_lag=20, threshold=0.5, image_shape=None):
+    """Every pattern statistic of a stack of images, in one dict.
+
+    Returns
+    -------
+    stats : dict
+        ``channel_fraction`` (float); ``variogram_x``, ``variogram_depth``, ``connectivity_x``,
+        ``connectivity_depth`` (arrays of shape (max_lag,), lags 1..max_lag cells);
+        ``widths_x``, ``widths_depth`` (run lengths, border runs excluded) and their means
+        ``mean_width_x``, ``mean_width_depth`` (NaN without runs).
+    """
+    b = _binary_images(images, threshold, "pattern_statistics", image_shape).astype(np.float64)
+    stats = {"channel_fraction": float(b.mean())}
+    for axis in ("x", "depth"):
+        stats[f"variogram_{axis}"] = indicator_variogram(b, max_lag, axis)
+        stats[f"connectivity_{axis}"] = two_point_connectivity(b, max_lag, axis)
+        widths = channel_widths(b, axis)
+        stats[f"widths_{axis}"] = widths
+        stats[f"mean_width_{axis}"] = float(widths.mean()) if widths.size else float("nan")
+    return stats
+
+
+def compare_patterns(samples, reference, max_lag=20, threshold=0.5, image_shape=None):
+    """Distances between the pattern statistics of generated ``samples`` and of ``reference`` crops.
+
+    Returns
+    -------
+    comparison : dict of float
+        ``channel_fraction`` and ``channel_fraction_reference``; ``fraction_difference``
+        (samples minus reference); ``variogram_rmse_x``/``_depth`` and ``connectivity_rmse_x``/
+        ``_depth`` (RMS difference over lags 1..max_lag, NaN lags ignored); ``width_wasserstein_x``/
+        ``_depth`` (1-Wasserstein distance between the width distributions, cells; NaN when one has
+        no run) and the mean widths of both.
+    """
+    from scipy.stats import wasserstein_distance
+
+    a = pattern_statistics(samples, max_lag, threshold, image_shape)
+    b = pattern_statistics(reference, max_lag, threshold, image_shape)
+    out = {"channel_fraction": a["channel_fraction"], "channel_fraction_reference": b["channel_fraction"],
+           "fraction_difference": a["channel_fraction"] - b["channel_fraction"]}
+    for axis in ("x", "depth"):
+        for key, label in (("variogram", "variogram_rmse"), ("connectivity", "connectivity_rmse")):
+            diff = a[f"{key}_{axis}"] - b[f"{key}_{axis}"]
+            diff = diff[np.isfinite(diff)]
+            out[f"{label}_{axis}"] = float(np.sqrt(np.mean(diff ** 2))) if diff.size else float("nan")
+        wa, wb = a[f"widths_{axis}"], b[f"widths_{axis}"]
+        out[f"width_wasserstein_{axis}"] = (float(wasserstein_distance(wa, wb)) if wa.size and wb.size
+                                            else float("nan"))
+        out[f"mean_width_{axis}"] = a[f"mean_width_{axis}"]
+        out[f"mean_width_{axis}_reference"] = b[f"mean_width_{axis}"]
+    return out

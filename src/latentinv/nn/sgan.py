@@ -9,7 +9,7 @@ Architecture (defaults = the published PyTorch code)
 Generator ``G``: a latent array ``z`` of shape ``(latent_channels, n_x, n_y)`` (values in [-1, 1])
 goes through ``n_layers`` stride-2 transposed convolutions (kernel ``k``, padding ``k // 2``, no
 bias), each followed by ReLU and then instance normalisation (without affine parameters; the last
-stride-2 layer has ReLU only), then through one transposed convolution of stride 1 per entry of
+stride-2 layer has ReLU only, and nothing when no dilated layer follows), then through one transposed convolution of stride 1 per entry of
 ``dilations`` (dilation ``d``, padding ``d * (k - 1) / 2``, so the size is kept), with ReLU and
 instance normalisation between them, and a tanh at the end::
 
@@ -131,9 +131,11 @@ class SpatialGenerator(nn.Module):
         h = z
         last = len(self.upsample) - 1
         for i, conv in enumerate(self.upsample):
-            h = F.relu(conv(h))
+            h = conv(h)
             if i < last:
-                h = F.instance_norm(h)
+                h = F.instance_norm(F.relu(h))
+            elif len(self.refine):      # ReLU before the dilated layers; none before a direct tanh
+                h = F.relu(h)
         for i, conv in enumerate(self.refine):
             h = conv(h)
             if i < len(self.refine) - 1:

@@ -1,0 +1,338 @@
+"""Tests of latentinv.sgan.SGANPrior and latentinv.nn.sgan (issue 15).
+
+Every network here is tiny (a few filters, three stride-2 layers) so that the file runs in well
+under a minute on two cores; the published architecture appears only through a test-only
+reimplementation of the published layout (below), whose forward pass is compared with the
+loaded prior's.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch import nn
+
+from latentinv.datasets import PatchSampler, make_channel_image, make_straight_channels
+from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.inversion import PAPER_CASES, LatentInverter
+from latentinv.metrics import channel_fraction
+from latentinv.nn.sgan import (PatchDiscriminator, SpatialGenerator, latent_grid_size, output_size,
+                               published_generator_key_map)
+from latentinv.operators import StraightRayOperator
+from latentinv.prior import ModelFileError
+from latentinv.sgan import SGANPrior
+
+TINY = dict(n_filters=4, n_layers=3, dilations=(2, 3), batch_size=8, n_iterations=3, random_state=0,
+            device="cpu")
+
+# Every check of scikit-learn passes: nothing is excused.
+SGAN_EXPECTED_FAILED_CHECKS = {}
+
+
+@parametrize_with_checks(
+    [SGANPrior(n_filters=2, n_layers=1, dilations=(), training_latent_shape=None, batch_size=4,
+               n_iterations=2, random_state=0, device="cpu")],
+    expected_failed_checks=lambda est: SGAN_EXPECTED_FAILED_CHECKS,
+)
+def test_sgan_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return make_channel_image((160, 160), width=4, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(image):
+    """33 x 17 models from a (1, 5, 3) latent (three stride-2 layers), trained on 41 x 41 crops."""
+    sampler = PatchSampler(image, (33, 17), exclude=[(0, 0, 33, 17)], random_state=0)
+    return SGANPrior(training_latent_shape=(6, 6), **TINY).fit(sampler)
+
+
+# ---------------------------------------------------------------------- the network
+def test_generator_sizes_follow_the_latent_grid():
+    g = SpatialGenerator(n_filters=4, n_layers=5)
+    assert g(torch.zeros(2, 1, 5, 3)).shape == (2, 1, 129, 65)       # the paper's models
+    assert output_size(12, 5) == 353 and latent_grid_size(129, 5) == 5 and latent_grid_size(65, 5) == 3
+    assert latent_grid_size(130, 5) == 6                             # covered, then cropped
+    d = PatchDiscriminator(n_filters=4, n_layers=5)
+    assert d(torch.zeros(1, 1, 353, 353)).shape == (1, 1, 12, 12)   # one logit per latent cell
+
+
+def test_published_defaults():
+    prior = SGANPrior()
+    assert (prior.n_filters, prior.n_layers, prior.kernel_size, tuple(prior.dilations)) == (64, 5, 5, (3, 5))
+    assert (prior.discriminator_kernel_size, prior.batch_size, prior.learning_rate, prior.beta1) == (5, 32, 5e-4, 0.5)
+    assert tuple(prior.training_latent_shape) == (12, 12) and prior.latent_distribution == "uniform"
+    widths = [tuple(v.shape) for v in SpatialGenerator().state_dict().values()]
+    assert widths == [(1, 512, 5, 5), (512, 256, 5, 5), (256, 128, 5, 5), (128, 64, 5, 5), (64, 1, 5, 5),
+                      (1, 64, 5, 5), (64, 1, 5, 5)]
+
+
+# ---------------------------------------------------------------------- the generator protocol
+def test_protocol_attributes(tiny_prior):
+    p = tiny_prior
+    assert p.image_shape_ == (33, 17) and p.latent_shape_ == (1, 5, 3) and p.n_components == 15
+    assert p.training_shape_ == (41, 41)
+    z = torch.rand(4, 15) * 2 - 1
+    out = p.decoder_(z)
+    assert out.dtype == torch.float32 and out.shape == (4, 33 * 17)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    np.testing.assert_allclose(p.decode(z.numpy()), out.double().numpy(), atol=1e-6)
+    # differentiable in z (the inversion's gradient)
+    zz = z.clone().requires_grad_(True)
+    p.decoder_(zz).sum().backward()
+    assert zz.grad is not None and torch.isfinite(zz.grad).all()
+    images = p.sample_images(2, latent_shape=(3, 4), random_state=0)
+    assert images.shape == (2, 17, 25) and images.min() >= 0 and images.max() <= 1
+
+
+def test_n_components_needs_a_fit():
+    with pytest.raises(NotFittedError, match="n_components"):
+        SGANPrior().n_components
+
+
+def test_sample_is_uniform_latents_decoded(tiny_prior):
+    z = np.random.RandomState(3).uniform(-1.0, 1.0, size=(5, 15))
+    np.testing.assert_array_equal(tiny_prior.sample(5, random_state=3), tiny_prior.decode(z))
+
+
+def test_training_is_deterministic_on_cpu(image):
+    sampler = PatchSampler(image, (33, 17), random_state=0)
+    a = SGANPrior(training_latent_shape=(6, 6), **TINY).fit(sampler)
+    b = SGANPrior(training_latent_shape=(6, 6), **TINY).fit(sampler)
+    c = SGANPrior(training_latent_shape=(6, 6), **dict(TINY, random_state=1)).fit(sampler)
+    for (k, va), vb, vc in zip(a.generator_.state_dict().items(), b.generator_.state_dict().values(),
+                               c.generator_.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert a.history_ == b.history_
+    assert any(not torch.equal(va, vc) for va, vc in zip(a.generator_.state_dict().values(),
+                                                        c.generator_.state_dict().values()))
+    # torch's global generator is untouched
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    SGANPrior(training_latent_shape=(6, 6), **TINY).fit(sampler)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_training_crops_avoid_the_held_out_windows(image, monkeypatch):
+    # the crops of 41 x 41 come from a sampler with the same exclusion windows as the user's
+    seen = []
+    original = PatchSampler.sample
+
+    def spy(self, n, random_state=None):
+        seen.append((self.patch_shape, [list(e) for e in self.exclude]))
+        return original(self, n, random_state=random_state)
+
+    monkeypatch.setattr(PatchSampler, "sample", spy)
+    sampler = PatchSampler(image, (33, 17), exclude=[(50, 60, 33, 17)])
+    SGANPrior(training_latent_shape=(6, 6), **dict(TINY, n_iterations=1)).fit(sampler)
+    assert seen == [((41, 41), [[(50, 60, 33, 17)]])]
+
+
+def test_trained_small_sgan_matches_the_channel_fraction():
+    """A 200-iteration SGAN reproduces the training crops' channel fraction to 0.05 (absolute).
+
+    The tolerance: the channel fraction of 200 random 33 x 17 training crops varies by about 0.01
+    between draws, and a GAN's fraction oscillates during training (measured on one thread for
+    seeds 0, 1, 2: 0.30, 0.35, 0.32 after 150 iterations; 0.275, 0.266, 0.298 after 200, against
+    0.281); an untrained generator gives grey models whose thresholded fraction is 0.45 to 0.5, so
+    0.05 separates a generator that learned the fraction from one that did not. One torch thread:
+    CPU results are bit for bit reproducible for a given thread count.
+    """
+    image = make_channel_image((300, 300), width=4, random_state=0)
+    sampler = PatchSampler(image, (33, 17), random_state=0)
+    reference = channel_fraction(sampler.sample(200, random_state=1).reshape(-1, 33, 17))
+    settings = dict(n_filters=8, n_layers=3, dilations=(2, 3), learning_rate=2e-3, batch_size=16,
+                    training_latent_shape=(6, 6), random_state=0, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        untrained = SGANPrior(n_iterations=1, **settings).fit(sampler)
+        before = channel_fraction(untrained.sample(200, random_state=0).reshape(-1, 33, 17))
+        prior = SGANPrior(n_iterations=200, **settings).fit(sampler)
+        after = channel_fraction(prior.sample(200, random_state=0).reshape(-1, 33, 17))
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(before - reference) > 0.05           # the test can fail: training has to move it
+    assert abs(after - reference) <= 0.05, (before, after, reference)
+
+
+# ---------------------------------------------------------------------- inputs
+@pytest.mark.parametrize("params, message", [
+    (dict(n_layers=0), "n_layers must be an int >= 1"),
+    (dict(kernel_size=4), "kernel_size must be an odd int"),
+    (dict(discriminator_kernel_size=2.0), "discriminator_kernel_size must be an odd int"),
+    (dict(dilations=(0,)), "dilations must be a tuple of positive ints"),
+    (dict(learning_rate=0.0), "learning_rate must be a finite float > 0"),
+    (dict(beta1=1.0), "beta1 must be a finite float >= 0.0 and < 1.0"),
+    (dict(training_latent_shape=(12,)), "training_latent_shape must be None or a pair"),
+    (dict(device="tpu"), "device must be"),
+])
+def test_bad_parameters_are_named(params, message):
+    X = make_straight_channels(4, shape=(9, 9), random_state=0)
+    with pytest.raises(ValueError, match=message):
+        SGANPrior(**dict(dict(TINY, training_latent_shape=None), **params)).fit(X)
+
+
+def test_crops_larger_than_the_images_are_refused():
+    X = make_straight_channels(4, shape=(16, 16), random_state=0)
+    with pytest.raises(ValueError, match=r"training crops of \(353, 353\) cells .* training_latent_shape"):
+        SGANPrior(n_filters=2, n_iterations=1, device="cpu").fit(X)
+
+
+def test_decode_and_sample_check_their_inputs(tiny_prior):
+    with pytest.raises(ValueError, match="Z must have n_components=15 columns"):
+        tiny_prior.decode(np.zeros((2, 14)))
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        tiny_prior.decode(np.full((1, 15), np.nan))
+    with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
+        tiny_prior.sample(0)
+    # latents outside the box decode (stochastic clipping with clip_resample="normal" needs it)
+    out = tiny_prior.decode(np.full((1, 15), 2.5))
+    assert np.all((out >= 0) & (out <= 1))
+
+
+# ---------------------------------------------------------------------- persistence
+def test_save_load_round_trip_without_pickle(tiny_prior, tmp_path):
+    tiny_prior.save(tmp_path / "p")
+    assert sorted(os.listdir(tmp_path / "p")) == ["config.json", "weights.safetensors"]
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["format"] == "latentinv.SGANPrior" and len(config["weights_sha256"]) == 64
+    loaded = SGANPrior.load(tmp_path / "p")
+    z = np.random.default_rng(0).uniform(-1, 1, size=(3, 15))
+    np.testing.assert_array_equal(loaded.decode(z), tiny_prior.decode(z))
+    assert loaded.get_params() == tiny_prior.get_params()
+    assert loaded.latent_shape_ == (1, 5, 3) and loaded.history_ == tiny_prior.history_
+
+
+def test_damaged_files_are_refused(tiny_prior, tmp_path):
+    path = tmp_path / "p"
+    tiny_prior.save(path)
+    weights = (path / "weights.safetensors").read_bytes()
+    config_text = (path / "config.json").read_text()
+    (path / "weights.safetensors").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))
+    with pytest.raises(ModelFileError, match="does not match its checksum"):
+        SGANPrior.load(path)
+    (path / "weights.safetensors").write_bytes(weights)
+    (path / "config.json").write_text(config_text.replace('"n_filters": 4', '"n_filters": 5'))
+    with pytest.raises(ModelFileError, match="modified after it was saved"):
+        SGANPrior.load(path)
+    (path / "config.json").write_text(config_text.replace("latentinv.SGANPrior", "latentinv.VAEPrior"))
+    with pytest.raises(ModelFileError, match="does not hold a saved SGANPrior"):
+        SGANPrior.load(path)
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        SGANPrior.load(tmp_path / "absent")
+
+
+def test_pickle_keeps_the_generator(tiny_prior):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(tiny_prior))
+    z = np.zeros((1, 15))
+    np.testing.assert_array_equal(copy.decode(z), tiny_prior.decode(z))
+
+
+# ---------------------------------------------------------------------- the published network
+class _PublishedLayoutGenerator(nn.Module):
+    """Test-only: the published SGAN generator's layers in the published order (keys main.<i>.weight)."""
+
+    def __init__(self):
+        super().__init__()
+        f, k = 64, 5
+        layers = []
+        for c_in, c_out in ((1, 8 * f), (8 * f, 4 * f), (4 * f, 2 * f), (2 * f, f)):
+            layers += [nn.ConvTranspose2d(c_in, c_out, k, 2, 2, bias=False), nn.ReLU(), nn.InstanceNorm2d(c_out)]
+        layers += [nn.ConvTranspose2d(f, 1, k, 2, 2, bias=False), nn.ReLU(),
+                   nn.ConvTranspose2d(1, f, k, 1, 6, bias=False, dilation=3), nn.ReLU(), nn.InstanceNorm2d(f),
+                   nn.ConvTranspose2d(f, 1, k, 1, 10, bias=False, dilation=5), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.main(z)
+
+
+@pytest.fixture(scope="module")
+def published_file(tmp_path_factory):
+    torch.manual_seed(0)     # test-only module, global seed is fine here
+    module = _PublishedLayoutGenerator().eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.05)
+    path = tmp_path_factory.mktemp("published") / "netG_epoch_36.pth"
+    torch.save(module.state_dict(), path)
+    return path, module
+
+
+def test_reference_checkpoint_computes_the_published_network(published_file, tmp_path):
+    path, module = published_file
+    prior = SGANPrior.from_reference_checkpoint(path)
+    assert prior.image_shape_ == (129, 65) and prior.latent_shape_ == (1, 5, 3) and prior.n_components == 15
+    assert set(published_generator_key_map()) == set(module.state_dict())
+    z = np.random.default_rng(1).uniform(-1, 1, size=(3, 15))
+    with torch.no_grad():
+        expected = (module(torch.tensor(z, dtype=torch.float32).reshape(3, 1, 5, 3)) + 1) / 2
+    np.testing.assert_allclose(prior.decode(z), expected.reshape(3, -1).double().numpy(), atol=2e-6)
+    prior.save(tmp_path / "p")            # and it persists like a trained prior
+    np.testing.assert_array_equal(SGANPrior.load(tmp_path / "p").decode(z), prior.decode(z))
+
+
+def test_reference_checkpoint_refuses_wrong_files(published_file, tmp_path):
+    path, module = published_file
+    state = module.state_dict()
+    wrong = tmp_path / "wrong.pth"
+    torch.save({k.replace("main.", "net."): v for k, v in state.items()}, wrong)
+    with pytest.raises(ModelFileError, match="not the published SGAN generator layout.*missing keys"):
+        SGANPrior.from_reference_checkpoint(wrong)
+    torch.save({**state, "main.0.weight": torch.zeros(1, 256, 5, 5)}, wrong)
+    with pytest.raises(ModelFileError, match=r"main.0.weight: expected \(1, 512, 5, 5\)"):
+        SGANPrior.from_reference_checkpoint(wrong)
+    wrong.write_bytes(b"not a torch file")
+    with pytest.raises(ModelFileError, match="weights_only=True"):
+        SGANPrior.from_reference_checkpoint(wrong)
+    with pytest.raises(FileNotFoundError, match="netG_epoch_36.pth"):
+        SGANPrior.from_reference_checkpoint(tmp_path / "absent.pth")
+
+
+# ---------------------------------------------------------------------- inversion (SAnnn, SSbnd)
+@pytest.fixture(scope="module")
+def crosshole_33x17():
+    grid = Grid2D(33, 17, 0.1)
+    depths = np.linspace(0.2, 3.1, 5)
+    survey = CrossholeSurvey(np.column_stack([np.full(5, 0.01), depths]),
+                             np.column_stack([np.full(10, 1.69), np.linspace(0.1, 3.2, 10)]))
+    return StraightRayOperator(grid, survey)
+
+
+@pytest.mark.parametrize("case", ["SAnnn", "SSbnd"])
+def test_inverter_runs_the_sgan_cases(tiny_prior, crosshole_33x17, case):
+    op = crosshole_33x17
+    truth = tiny_prior.sample(1, random_state=7)
+    from latentinv.inversion import paper_slowness
+    data = op.response(paper_slowness(truth))
+    settings = dict(PAPER_CASES[case], n_epochs=4)
+    inv = LatentInverter(tiny_prior, op, n_starts=3, random_state=0, device="cpu", **settings)
+    res = inv.fit(data).invert(data)
+    assert inv.latent_distribution_ == "uniform" and inv.n_components_ == 15
+    assert res.latents.shape == (1, 3, 15) and np.all(np.isfinite(res.data_rmse))
+    assert res.models.shape == (1, 33 * 17)
+
+
+@pytest.mark.parametrize("clip_resample", ["uniform", "normal"])
+def test_stochastic_clipping_keeps_latents_in_the_box_only_for_uniform_redraws(
+        tiny_prior, crosshole_33x17, clip_resample):
+    # a huge step throws nearly every component out of [-1, 1] at every iteration, so the latents
+    # are mostly redraws: U(-1, 1) ones stay in the box; N(0, 1) ones (the published rule) leave it
+    # about a third of the time, and the inverter decodes them as they are
+    op = crosshole_33x17
+    data = op.response(np.full((1, op.n_params), 6.0))
+    settings = dict(PAPER_CASES["SSbnd"], lr=1e4, n_epochs=6, clip_resample=clip_resample)
+    inv = LatentInverter(tiny_prior, op, n_starts=4, random_state=0, device="cpu", **settings)
+    latents = inv.fit(data).invert(data).latents
+    inside = np.all(np.abs(latents) <= 1.0)
+    assert inside if clip_resample == "uniform" else not inside
