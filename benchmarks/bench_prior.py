@@ -1,4 +1,11 @@
-"""Benchmark of the VAE prior's training cost (Lopez-Alvis et al., 2021 reference network).
+"""Benchmark of the priors' training cost: the VAE (Lopez-Alvis et al., 2021 reference network) and
+the SGAN (Laloy et al., 2019, the paper's comparison generator).
+
+Measures, for the SGAN (``--sgan``): seconds per training iteration (one discriminator and one
+generator Adam step) of the published network on 353 x 353 crops, on the CPU and on a GPU when one
+is available (``--sgan-gpu-train`` then trains the published schedule there and records its pattern
+statistics); and (``--patterns``) the pattern statistics (:mod:`latentinv.metrics`) of a small
+CPU-trained SGAN and of the shipped VAE against training crops.
 
 Measures, for the reference convolutional VAE on 129 x 65 models:
 
@@ -14,6 +21,9 @@ Usage::
     python benchmarks/bench_prior.py            # full (a few minutes per schedule)
     python benchmarks/bench_prior.py --quick    # about a minute
     python benchmarks/bench_prior.py --ti ../shared/data/channels_ti.png
+    python benchmarks/bench_prior.py --sgan --quick --no-vae   # SGAN seconds per step only
+    nice -n 10 python benchmarks/bench_prior.py --no-vae --patterns --ti ../shared/data/channels_ti.png \
+        --pattern-iterations 300 --output docs/benchmarks/sgan_patterns.json
 
 Prints a table naming the machine and writes JSON (``--output``).
 """
@@ -28,8 +38,11 @@ import numpy as np
 import torch
 
 from latentinv.datasets import PatchSampler, load_image, make_channel_image
+from latentinv.metrics import compare_patterns
+from latentinv.nn.sgan import PatchDiscriminator, SpatialGenerator, adversarial_losses
 from latentinv.nn.vae import build_vae, vae_loss
 from latentinv.prior import VAEPrior
+from latentinv.sgan import PUBLISHED_N_ITERATIONS, SGANPrior
 
 PAPER_SHAPE = (129, 65)
 PAPER_ITERATIONS = 100_000
@@ -60,17 +73,142 @@ def time_steps(device, batch, n_threads, n_steps, channels=(32, 64, 128, 256), h
     return float(np.median(times))
 
 
+#: The paper's truth windows (row, col, n_rows, n_cols) in channels_ti.png, excluded from training crops.
+PAPER_TRUTH_WINDOWS = [(1135, 1658, 129, 65), (1502, 1958, 129, 65), (582, 503, 129, 65)]
+
+
+def time_sgan_steps(device, batch, n_threads, n_steps, n_filters=64, latent=(12, 12)):
+    """Median seconds per SGAN training iteration (D step + G step) on random 353 x 353 crops."""
+    if device.type == "cpu":
+        torch.set_num_threads(n_threads)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        g = SpatialGenerator(n_filters=n_filters).to(device)
+        d = PatchDiscriminator(n_filters=n_filters).to(device)
+    adam = dict(lr=5e-4, betas=(0.5, 0.999), weight_decay=1e-7)
+    opt_g, opt_d = torch.optim.Adam(g.parameters(), **adam), torch.optim.Adam(d.parameters(), **adam)
+    gen = torch.Generator(device=device).manual_seed(0)
+    size = [(n - 1) * 32 + 1 for n in latent]
+    real = (torch.rand(batch, 1, *size, generator=gen, device=device) > 0.7).float() * 2 - 1
+    times = []
+    for i in range(n_steps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fake = g(torch.rand(batch, 1, *latent, generator=gen, device=device) * 2 - 1)
+        real_logits, fake_logits = d(real), d(fake.detach())
+        d_loss, _ = adversarial_losses(real_logits, fake_logits, fake_logits)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        _, g_loss = adversarial_losses(real_logits.detach(), fake_logits.detach(), d(fake))
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:  # first step is warm-up
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def sgan_steps(args, results):
+    """The SGAN's seconds per iteration (published network, 353 x 353 crops) on CPU and GPU."""
+    configs = [("cpu", 2, 8 if args.quick else 32)]
+    if torch.cuda.is_available():
+        configs.append(("cuda", None, 32))
+    print(f"\nSGAN (published network, 353 x 353 crops, latent 12 x 12)")
+    print(f"{'device':<8}{'threads':>8}{'batch':>7}{'s/step':>10}{'published 1850 it (h)':>23}")
+    for dev_name, threads, batch in configs:
+        t = time_sgan_steps(torch.device(dev_name), batch, threads or 1, 1 if args.quick else 2)
+        hours = t * PUBLISHED_N_ITERATIONS / 3600 * (32 / batch)
+        results["sgan_steps"].append(dict(
+            device=dev_name if dev_name == "cpu" else torch.cuda.get_device_name(), threads=threads,
+            batch=batch, seconds_per_step=t, published_schedule_hours_batch32_estimate=hours))
+        print(f"{dev_name:<8}{str(threads or '-'):>8}{batch:>7}{t:>10.2f}{hours:>23.2f}")
+
+
+def training_image(args):
+    if args.ti:
+        return load_image(args.ti), os.path.basename(args.ti), PAPER_TRUTH_WINDOWS
+    image = make_channel_image((600, 600), width=8, random_state=0)
+    return image, "make_channel_image((600, 600), width=8, random_state=0)", []
+
+
+def sgan_patterns(args, results):
+    """Pattern statistics of a small CPU-trained SGAN and of the shipped VAE against training crops.
+
+    On a GPU (``--sgan-gpu-train``) the published network and schedule are trained instead.
+    """
+    image, source, exclude = training_image(args)
+    sampler = PatchSampler(image, PAPER_SHAPE, exclude=exclude, random_state=0)
+    reference = sampler.sample(args.pattern_samples, random_state=1)
+    gpu = args.sgan_gpu_train and torch.cuda.is_available()
+    if gpu:
+        settings = dict(device="cuda", random_state=0)          # the published network and schedule
+        label = f"published network, {PUBLISHED_N_ITERATIONS} iterations of 32 crops 353 x 353, GPU"
+    else:
+        torch.set_num_threads(2)
+        settings = dict(n_filters=8, training_latent_shape=(5, 5), batch_size=8,
+                        n_iterations=args.pattern_iterations, device="cpu", random_state=0)
+        label = (f"small network (8 base filters, 5 layers, dilations 3 and 5), "
+                 f"{args.pattern_iterations} iterations of 8 crops 129 x 129, CPU")
+    t0 = time.perf_counter()
+    sgan = SGANPrior(verbose=1, **settings).fit(sampler)
+    seconds = time.perf_counter() - t0
+    if args.save_sgan:
+        sgan.save(args.save_sgan)
+    vae = VAEPrior.pretrained()
+    rows = {}
+    for name, prior in (("SGAN", sgan), ("VAE (shipped default prior)", vae)):
+        models = prior.sample(args.pattern_samples, random_state=2)
+        rows[name] = compare_patterns(models, reference, max_lag=20, image_shape=PAPER_SHAPE)
+    rows["training crops (another draw)"] = compare_patterns(
+        sampler.sample(args.pattern_samples, random_state=3), reference, max_lag=20, image_shape=PAPER_SHAPE)
+    results["patterns"] = dict(training_image=source, excluded_windows=exclude, sgan=label,
+                               sgan_training_seconds=seconds, n_samples=args.pattern_samples,
+                               sgan_history_last=dict((k, v[-1]) for k, v in sgan.history_.items() if v),
+                               comparison=rows)
+    print(f"\nPattern statistics, {args.pattern_samples} models 129 x 65 vs as many training crops of "
+          f"{source} (SGAN: {label}, trained in {seconds:.0f} s)")
+    keys = ["channel_fraction", "variogram_rmse_x", "variogram_rmse_depth", "connectivity_rmse_x",
+            "connectivity_rmse_depth", "mean_width_depth", "width_wasserstein_depth"]
+    print(f"{'prior':<32}" + "".join(f"{k:>24}" for k in keys))
+    for name, row in rows.items():
+        print(f"{name:<32}" + "".join(f"{row[k]:>24.3f}" for k in keys))
+    print(f"{'(reference crops)':<32}{rows['SGAN']['channel_fraction_reference']:>24.3f}"
+          + " " * 24 * 4 + f"{rows['SGAN']['mean_width_depth_reference']:>24.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few steps, short schedules")
     parser.add_argument("--ti", default=None, help="training image (PNG/NPY); default procedural")
     parser.add_argument("--output", default="bench_prior.json")
+    parser.add_argument("--no-vae", action="store_true", help="skip the VAE measurements")
+    parser.add_argument("--sgan", action="store_true", help="SGAN seconds per training iteration")
+    parser.add_argument("--patterns", action="store_true",
+                        help="pattern statistics of a small CPU-trained SGAN and of the shipped VAE")
+    parser.add_argument("--pattern-iterations", type=int, default=300, help="small SGAN's iterations (CPU)")
+    parser.add_argument("--pattern-samples", type=int, default=200, help="models and crops compared")
+    parser.add_argument("--sgan-gpu-train", action="store_true",
+                        help="with --patterns on a GPU: train the published network and schedule")
+    parser.add_argument("--save-sgan", default=None, help="directory to save the trained SGAN in")
     args = parser.parse_args()
 
     n_steps = 2 if args.quick else 5
     machine = f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     print(f"# bench_prior on {machine}")
-    results = {"machine": machine, "steps": [], "tradeoff": []}
+    results = {"machine": machine, "steps": [], "tradeoff": [], "sgan_steps": []}
+    if args.sgan:
+        sgan_steps(args, results)
+    if args.patterns:
+        sgan_patterns(args, results)
+    if args.no_vae:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=1, default=float)
+        print(f"\nwrote {args.output}")
+        return
 
     configs = [("cpu", 1), ("cpu", 2)]
     if torch.cuda.is_available():

@@ -31,7 +31,14 @@ Protocol (the paper's Section 3, with Table 1's settings as ``latentinv.inversio
    also with 0.25 ns noise (drawn, or the published realization with ``--published-noise``). A start
    is accepted when its selected (lowest-misfit) model fits to the threshold; Table 4 is the mean
    over starts of the selected models' data RMSE. SAnnn/SSbnd need a uniform-latent generator (the
-   paper's SGAN): skipped with the reason until latentinv ships one, or run with ``--sgan-module``.
+   paper's SGAN): a saved :class:`~latentinv.sgan.SGANPrior` (``--sgan DIR``), the published trained
+   generator (``--reference-sgan PATH`` to netG_epoch_36.pth), or a user's generator
+   (``--sgan-module FILE``); skipped with the reason without one. With ``--published-starts`` the SGAN
+   cases start from the first N published latent arrays (zinitSGAN500.npy, (500, 5, 3), values in
+   [0, 1], flattened in C order to 15 latents) used as they are (``--sgan-starts-map published``: the
+   published notebook passed them to the generator unchanged, so every start lies in the [0, 1]
+   corner of the box [-1, 1]**15) or mapped onto the whole box by ``z = 2 u - 1``
+   (``--sgan-starts-map box``).
 6. Nonlinear VSbrd (Fig. 10): shortest paths with boreholes at x = 0 and 6.5 m, data simulated with
    2 secondary nodes and inverted with 3 (as the published code), ``NONLINEAR_SETTINGS`` (the
    paper's text: lambda = 1), one start per truth, without and with noise.
@@ -158,6 +165,13 @@ def parse_args(argv=None):
     p.add_argument("--cases", default=",".join(report.LINEAR_CASES))
     p.add_argument("--sgan-module", default=None,
                    help="Python file with make_generator() -> TorchGenerator (uniform latents)")
+    p.add_argument("--sgan", default=None,
+                   help="a saved SGANPrior (directory written by SGANPrior.save) for SAnnn and SSbnd")
+    p.add_argument("--reference-sgan", default=None,
+                   help="the paper's trained SGAN generator (SGAN/netG_epoch_36.pth of the published code)")
+    p.add_argument("--sgan-starts-map", choices=("published", "box"), default="published",
+                   help="with --published-starts: zinitSGAN500 values in [0, 1] used as they are "
+                        "(published) or mapped to the box by z = 2u - 1 (box)")
     p.add_argument("--quick", action="store_true", help="a few minutes on a 2-core CPU")
     p.add_argument("--toys", action="store_true",
                    help="also save the 2-D toy figures (Fig. 4 manifold deformation, Fig. 6 SGD paths)")
@@ -172,6 +186,12 @@ def parse_args(argv=None):
         p.error(f"--cases: unknown cases {unknown}; choose among {sorted(PAPER_CASES)}")
     if a.sgan_module and not Path(a.sgan_module).is_file():
         p.error(f"--sgan-module: no file {a.sgan_module!r}")
+    if a.sgan and not Path(a.sgan).is_dir():
+        p.error(f"--sgan: no directory {a.sgan!r} (one written by SGANPrior.save)")
+    if a.reference_sgan and not Path(a.reference_sgan).is_file():
+        p.error(f"--reference-sgan: no file {a.reference_sgan!r}")
+    if sum(bool(v) for v in (a.sgan, a.reference_sgan, a.sgan_module)) > 1:
+        p.error("--sgan, --reference-sgan and --sgan-module: give at most one of them")
     if a.prior and not Path(a.prior).is_dir():
         p.error(f"--prior: no directory {a.prior!r} (one written by `latentinv train` / VAEPrior.save)")
     if a.reference_vae and not Path(a.reference_vae).is_file():
@@ -180,7 +200,9 @@ def parse_args(argv=None):
         p.error("--prior and --reference-vae: give one of them")
     needs = [(a.mv == "published", "mv1.npy", "--mv published"),
              (a.published_starts, "zinitVAE500.npy", "--published-starts"),
-             (a.published_noise, "noiserealz.npy", "--published-noise")]
+             (a.published_noise, "noiserealz.npy", "--published-noise"),
+             (a.published_starts and bool(a.sgan or a.reference_sgan or a.sgan_module), "zinitSGAN500.npy",
+              "--published-starts with an SGAN")]
     for wanted, name, option in needs:
         if wanted and not (Path(a.test_models) / name).is_file():
             p.error(f"{option}: needs {name} in --test-models {a.test_models!r}")
@@ -290,6 +312,34 @@ def load_sgan(path):
     return mod.make_generator()
 
 
+def get_sgan(args):
+    """The uniform-latent generator of SAnnn/SSbnd (or None) and a line saying what it is."""
+    if args.sgan_module:
+        return load_sgan(args.sgan_module), f"make_generator() of {args.sgan_module}"
+    if not (args.sgan or args.reference_sgan):
+        return None, None
+    from latentinv.sgan import SGANPrior
+
+    if args.sgan:
+        sgan, what = SGANPrior.load(args.sgan, device="cpu"), f"SGANPrior saved in {args.sgan}"
+    else:
+        sgan = SGANPrior.from_reference_checkpoint(args.reference_sgan)
+        what = f"the published generator {args.reference_sgan}"
+    if tuple(sgan.image_shape_) != (129, 65):
+        sys.exit(f"{what}: makes models of {tuple(sgan.image_shape_)} cells; the paper's grid is (129, 65)")
+    return sgan, f"{what} (latents {sgan.latent_shape_}, n_components {sgan.n_components})"
+
+
+def sgan_starts(folder, n_starts, mapping):
+    """The first ``n_starts`` published SGAN initial latents, flat (C order), mapped as ``mapping`` says."""
+    u = np.load(folder / "zinitSGAN500.npy")[:n_starts]
+    if u.shape[1:] != (5, 3) or u.min() < 0 or u.max() > 1:
+        sys.exit(f"zinitSGAN500.npy: expected (500, 5, 3) values in [0, 1], got {u.shape} in "
+                 f"[{u.min():.3g}, {u.max():.3g}]")
+    u = u.reshape(u.shape[0], -1)
+    return u if mapping == "published" else 2.0 * u - 1.0
+
+
 def case_settings(name, epochs):
     """Table 1's settings; ``epochs`` (tests, --quick) shortens the run at the same step sizes."""
     s = dict(PAPER_CASES[name])
@@ -372,10 +422,14 @@ def main(argv=None):
               f"baselines: constant model {table2['constant_model_rmse'][i]:.3f}, homogeneous "
               f"{table2['homogeneous_data_rmse'][i]:.3f} ns")
 
-    starts = None
+    starts = sgan_start_latents = None
     if args.published_starts:
         starts = np.load(folder / "zinitVAE500.npy")[:args.n_starts]
-    sgan = load_sgan(args.sgan_module) if args.sgan_module else None
+    sgan, sgan_info = get_sgan(args)
+    if sgan is not None:
+        print(f"[sgan] {sgan_info}")
+        if args.published_starts:
+            sgan_start_latents = sgan_starts(folder, args.n_starts, args.sgan_starts_map)
     linear_iterations = None
     record = dict(
         paper="Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences",
@@ -384,6 +438,10 @@ def main(argv=None):
         mc_check=mc_check, mv_source=mv_source, exclusion_text=EXCLUSION_TEXT[args.exclusion],
         prior=prior_info, n_starts=args.n_starts, device=args.device, machine=machine(),
         table2=table2, baseline_warnings=baseline_warnings, cases={}, case_columns=[], skipped={},
+        sgan=sgan_info, sgan_starts=(None if sgan_start_latents is None else
+                                     f"zinitSGAN500.npy[:{args.n_starts}], (5, 3) flattened in C order, "
+                                     + ("used as published (values in [0, 1])" if args.sgan_starts_map
+                                        == "published" else "mapped to [-1, 1] by z = 2u - 1")),
         nonlinear=None, figures=[], iterations_linear=None, differences=[], total_s=0.0)
 
     def write_record(complete=False):
@@ -399,8 +457,9 @@ def main(argv=None):
         generator = prior
         if name.startswith("S"):
             if sgan is None:
-                record["skipped"][name] = ("needs a generator with uniform latents (the paper's SGAN); "
-                                           "latentinv ships none yet: pass --sgan-module FILE")
+                record["skipped"][name] = ("needs a generator with uniform latents (the paper's SGAN): "
+                                           "pass --sgan DIR (a saved SGANPrior), --reference-sgan PATH "
+                                           "or --sgan-module FILE")
                 record["case_columns"].append((name, False))     # a column "skipped | paper"
                 print(f"[{name}] skipped: {record['skipped'][name]}")
                 continue
@@ -408,7 +467,11 @@ def main(argv=None):
         settings = case_settings(name, args.epochs)
         for noisy in ((False, True) if name == "VSbrd" else (False,)):
             data = d_noisy if noisy else d_clean
-            extra = {} if starts is None or generator is not prior else dict(initial_latents=starts)
+            extra = {}
+            if generator is prior and starts is not None:
+                extra = dict(initial_latents=starts)
+            elif generator is not prior and sgan_start_latents is not None:
+                extra = dict(initial_latents=sgan_start_latents)
             t0 = time.perf_counter()
             inv = LatentInverter(generator, op, n_starts=args.n_starts, random_state=args.seed,
                                  device=args.device, verbose=0, **extra, **settings)

@@ -158,6 +158,40 @@ def test_published_starts_are_the_first_latents(script, tiny, monkeypatch):
     assert len(seen) == 2 and all(np.array_equal(s, z[:2]) for s in seen)
 
 
+def test_sgan_cases_run_with_a_saved_sgan_prior_and_the_published_starts(script, tiny, monkeypatch):
+    """--sgan DIR runs SAnnn and SSbnd with the saved SGANPrior; --published-starts hands them the first
+    N arrays of zinitSGAN500.npy, flattened in C order and mapped by --sgan-starts-map."""
+    from latentinv.sgan import SGANPrior
+
+    root, _, _ = tiny
+    sgan = SGANPrior(n_filters=2, dilations=(), training_latent_shape=None, batch_size=2, n_iterations=1,
+                     random_state=0, device="cpu")
+    sgan.fit(PatchSampler(make_channel_image((160, 90), random_state=1), (129, 65), random_state=0))
+    sgan.save(root / "sgan")
+    u = np.random.default_rng(11).random((500, 5, 3))
+    np.save(root / "test_models" / "zinitSGAN500.npy", u)
+    seen = []
+    real = script.LatentInverter
+
+    class Spy(real):
+        def fit(self, X, y=None):
+            seen.append((type(self.prior).__name__, np.array(self.initial_latents)))
+            return super().fit(X, y)
+
+    monkeypatch.setattr(script, "LatentInverter", Spy)
+    out = root / "o_sgan"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--sgan", str(root / "sgan"),
+                 "--test-models", str(root / "test_models"), "--published-starts", "--sgan-starts-map", "box",
+                 "--cases", "SAnnn,SSbnd", "--n-starts", "2", "--epochs", "1", "--no-nonlinear",
+                 "--device", "cpu", "--out", str(out)])
+    assert [name for name, _ in seen] == ["SGANPrior", "SGANPrior"]
+    for _, z in seen:
+        np.testing.assert_array_equal(z, 2.0 * u[:2].reshape(2, 15) - 1.0)
+    record = json.loads((out / "reproduce_paper.json").read_text())
+    assert set(record["cases"]) == {"SAnnn", "SSbnd"} and not record["skipped"]
+    assert "mapped to [-1, 1] by z = 2u - 1" in record["sgan_starts"]
+
+
 def test_reference_vae_runs_the_paper_network(script, tiny, tmp_path):
     """--reference-vae: a state dict of the published layout (random weights here) is the prior."""
     import torch
@@ -259,6 +293,8 @@ def test_transcribed_tables_match_the_paper():
     (["--iterations", "many"], "integer >= 1"),
     (["--sgan-module", "absent_sgan.py"], "--sgan-module: no file"),
     (["--prior", "absent_prior_dir"], "--prior: no directory"),
+    (["--sgan", "absent_sgan_dir"], "--sgan: no directory"),
+    (["--reference-sgan", "absent.pth"], "--reference-sgan: no file"),
     (["--reference-vae", "absent.pth"], "--reference-vae: no file"),
     (["--published-starts", "--test-models", "absent_dir"], "--published-starts: needs zinitVAE500.npy"),
     (["--mv", "published", "--test-models", "absent_dir"], "--mv published: needs mv1.npy"),
