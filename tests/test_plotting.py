@@ -294,3 +294,26 @@ def test_plot_inversion_summary_rejects_bad_velocities():
         _summary(velocities=0.06)
     with pytest.raises(ValueError, match="two different positive numbers"):
         _summary(velocities=(0.06, -0.08))
+
+
+def test_plot_posterior_panels_are_the_result_maps():
+    from types import SimpleNamespace
+
+    grid = Grid2D(4, 3, 1.0)
+    rng = np.random.default_rng(0)
+    maps = {k: rng.uniform(0, 1, (2, grid.n_cells)) for k in ("mean", "std", "channel_probability")}
+    result = SimpleNamespace(**maps, model_samples=rng.uniform(0, 1, (2, 5, grid.n_cells)), method="pcn",
+                             n_chains=3, samples=np.zeros((2, 3, 7, 2)),
+                             acceptance_rate=np.array([[0.2, 0.3, 0.25], [0.1, 0.2, 0.3]]))
+    truth = rng.uniform(0, 1, grid.n_cells)
+    fig = plotting.plot_posterior(result, grid, survey=1, truth=truth, n_samples=2)
+    images = [ax.images[0] for ax in _image_axes(fig)]
+    expected = [truth, maps["mean"][1], maps["std"][1], maps["channel_probability"][1],
+                *result.model_samples[1][:2]]
+    assert len(images) == len(expected)
+    for img, model in zip(images, expected):
+        np.testing.assert_array_equal(np.asarray(img.get_array()), grid.to_image(model))
+    assert "acceptance 0.10-0.30" in fig._suptitle.get_text()
+    _png_ok(fig)
+    with pytest.raises(ValueError, match=r"plot_posterior: survey must be an int in \[0, 2\), got 2"):
+        plotting.plot_posterior(result, grid, survey=2)

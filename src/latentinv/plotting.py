@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 __all__ = ["plot_model", "plot_models", "plot_histories", "plot_samples", "plot_latent_traversal",
-           "plot_manifold_deformation", "plot_sgd_toy", "plot_inversion_summary", "PAPER_VELOCITIES"]
+           "plot_manifold_deformation", "plot_sgd_toy", "plot_inversion_summary", "plot_posterior",
+           "PAPER_VELOCITIES"]
 
 MODEL_CMAP = "viridis"
 #: Velocities (m/ns) of model value 1 (channel) and 0 (background) in the paper's test case.
@@ -590,4 +591,47 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
             cax[1].set_ylabel("||z||")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_posterior(result, grid, survey=0, truth=None, n_samples=3):
+    """One survey's posterior from :meth:`LatentSampler.sample`: (truth,) mean, standard deviation,
+    probability of channel (model value > 0.5) and a few posterior models, one panel each.
+
+    Parameters
+    ----------
+    result : PosteriorResult
+    grid : Grid2D
+    survey : int, default=0
+        Which survey of the result.
+    truth : array-like of shape (n_cells,), default=None
+        The true model, drawn first when given.
+    n_samples : int, default=3
+        Posterior models drawn (at most ``result.model_samples.shape[1]``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Image axes in the order above; the mean, samples and truth share the [0, 1] colour scale,
+        the standard deviation has its own ([0, 0.5]) and the probability [0, 1] in grey.
+    """
+    n_surveys = result.mean.shape[0]
+    if not (isinstance(survey, (int, np.integer)) and 0 <= survey < n_surveys):
+        raise ValueError(f"plot_posterior: survey must be an int in [0, {n_surveys}), got {survey!r}")
+    samples = result.model_samples[survey][:max(int(n_samples), 0)]
+    panels = ([] if truth is None else [("truth", np.asarray(truth, float).reshape(-1), MODEL_CMAP, 1.0)])
+    panels += [("posterior mean", result.mean[survey], MODEL_CMAP, 1.0),
+               ("standard deviation", result.std[survey], "magma", 0.5),
+               ("P(channel)", result.channel_probability[survey], "Greys", 1.0)]
+    panels += [(f"sample {i + 1}", m, MODEL_CMAP, 1.0) for i, m in enumerate(samples)]
+    fig, axes = _new_figure(1, len(panels))
+    for i, (ax, (title, model, cmap, vmax)) in enumerate(zip(axes[0], panels)):
+        im = _draw_model(ax, model, grid, cmap, 0.0, vmax, title, labels=(i == 0))
+        if i:
+            ax.set_xlabel("x (m)")
+        if title in ("standard deviation", "P(channel)"):
+            fig.colorbar(im, ax=ax, shrink=0.6, location="bottom")
+    rates = result.acceptance_rate[survey]
+    fig.suptitle(f"{result.method}: {result.n_chains} chains x {result.samples.shape[2]} kept draws, "
+                 f"acceptance {rates.min():.2f}-{rates.max():.2f}")
     return fig
