@@ -50,6 +50,8 @@ class LatentEstimatorBase(BaseEstimator):
     survey (starts or chains)."""
 
     _rows_param = "n_starts"
+    # parameters that may change after fit (they change how the run is carried out, not its numbers)
+    _free_params = ("verbose", "n_jobs")
 
     def __sklearn_clone__(self):
         """A clone with the same parameters, unfitted; a fitted prior is passed on as it is.
@@ -231,7 +233,7 @@ class LatentEstimatorBase(BaseEstimator):
         if before is None:
             return
         now = _param_snapshot(self.get_params(deep=False))
-        changed = [k for k in before if k != "verbose" and not _same_param(before[k], now.get(k))]
+        changed = [k for k in before if k not in self._free_params and not _same_param(before[k], now.get(k))]
         if changed:
             what = ", ".join(f"{k}: {before[k]!r} at fit, {now.get(k)!r} now" for k in changed)
             raise ValueError(

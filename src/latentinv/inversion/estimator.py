@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import joblib
 import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
@@ -10,7 +11,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
 from .base import LatentEstimatorBase
+from .parallel import run_chunk, survey_chunks
 from .randomness import EpochStreams, as_seed
+from .result import InversionResult
 from .runtime import torch_threads
 from .sgd import SGDSettings, run_sgd
 
@@ -107,6 +110,17 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     random_state : int, RandomState instance or None, default=None
         Seeds the initial latents and each survey's mini-batch order.
     device : {"auto", "cpu", "cuda"}, default="auto"
+    n_jobs : int, default=None
+        Surveys inverted in parallel through joblib (scikit-learn's meaning: ``None`` is 1 unless in
+        a ``joblib.parallel_backend`` context, ``-1`` all processors); inside
+        ``with joblib.parallel_backend("dask"):`` the chunks run on a Dask cluster. Each worker uses
+        the threads it was given (torch and the operator's engine). May change after ``fit``.
+    chunk_size : int, default=None
+        Surveys per chunk (one batch of ``chunk_size * n_starts`` starts, the unit of parallel work).
+        ``None``: all surveys in one batch when the call runs serially, one survey per chunk when it
+        runs in parallel. Results are bit for bit the same for a given ``chunk_size`` whatever
+        ``n_jobs`` and the backend; between chunk sizes they agree to float32 rounding (a decoder
+        may round a row differently in a batch of another size).
     verbose : int, default=0
         Progress bar (tqdm) when > 0.
 
@@ -179,7 +193,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
                  lam_decay=0.999, n_epochs=120, n_starts=10, initial_latents=None, noise_std=None,
                  target_misfit=None, tol=None, n_epochs_no_change=5, prune=None, prune_every=None,
                  prune_keep=0.5, nonlinear_gradient="paper", clip_resample="uniform",
-                 random_state=None, device="auto", verbose=0):
+                 random_state=None, device="auto", n_jobs=None, chunk_size=None, verbose=0):
         self.prior = prior
         self.operator = operator
         self.slowness_map = slowness_map
@@ -205,6 +219,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         self.clip_resample = clip_resample
         self.random_state = random_state
         self.device = device
+        self.n_jobs = n_jobs
+        self.chunk_size = chunk_size
         self.verbose = verbose
 
     # -- tags ------------------------------------------------------------------------------------------
@@ -237,6 +253,12 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         number(self.n_starts, "n_starts", 1, integer=True)
         if self.target_misfit is not None:
             number(self.target_misfit, "target_misfit", 0)
+        if self.n_jobs is not None:
+            number(self.n_jobs, "n_jobs", integer=True)
+            if self.n_jobs == 0:
+                raise ValueError(f"{name}: n_jobs must be a non-zero integer or None, got 0")
+        if self.chunk_size is not None:
+            number(self.chunk_size, "chunk_size", 1, integer=True)
         if self.tol is not None:
             number(self.tol, "tol", 0, 1, low_open=True)
         number(self.n_epochs_no_change, "n_epochs_no_change", 1, integer=True)
@@ -310,7 +332,15 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         self._check_unchanged_params()
         Y = self._check_traveltimes(X, reset=False)
         sigma = self._check_params(self.operator_.n_data)
-        result = self._run(Y, sigma)
+        seed = as_seed(self.random_state)      # once per call: every chunk starts from the same latents
+        chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)
+        if len(chunks) == 1:
+            result = self._run(Y, sigma, seed)
+        else:
+            # the estimator goes to each worker once (joblib's Dask backend scatters large arguments)
+            parts = joblib.Parallel(n_jobs=self.n_jobs)(
+                joblib.delayed(run_chunk)(self, Y[c], sigma, seed) for c in chunks)
+            result = InversionResult.concatenate(parts)
         from ..baselines import homogeneous_fit
         result.homogeneous_slowness, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
         return result
@@ -327,13 +357,12 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             return int(self.prune_every)
         return max(1, int(self.n_epochs) // (int(math.log2(int(self.n_starts))) + 1))
 
-    def _run(self, Y, sigma):
+    def _run(self, Y, sigma, seed):
         dev = self.device_
         if dev.type == "cpu":
             tune_malloc_for_tensors()     # activations of a batch of starts: see latentinv._allocator
         S, n_data = Y.shape
         K, d = int(self.n_starts), self.n_components_
-        seed = as_seed(self.random_state)
         problem = self._problem(Y, sigma, allow_pending=self.target_misfit is None and self._pipeline_nonlinear)
         streams = EpochStreams(seed, Y, K, n_data, int(self.batch_size or n_data), d, self.clip_resample, dev)
         cfg = SGDSettings(

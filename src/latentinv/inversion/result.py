@@ -78,6 +78,31 @@ class InversionResult:
     homogeneous_slowness: Optional[np.ndarray] = None
     homogeneous_rmse: Optional[np.ndarray] = None
 
+    @classmethod
+    def concatenate(cls, parts):
+        """One result of the surveys of ``parts`` (results of consecutive chunks, in order): arrays
+        joined along the survey axis, histories padded with NaN to the longest run."""
+        import dataclasses
+
+        n_iter = max(p.data_rmse_history.shape[2] for p in parts)
+
+        def pad(a):
+            if a.ndim == 3 and a is not None and a.shape[2] < n_iter and a.dtype.kind == "f":
+                return np.concatenate([a, np.full(a.shape[:2] + (n_iter - a.shape[2],), np.nan)], 2)
+            return a
+
+        fields = {}
+        for f in dataclasses.fields(cls):
+            values = [getattr(p, f.name) for p in parts]
+            if f.name == "settings":
+                fields[f.name] = dict(values[0])
+            elif values[0] is None:
+                fields[f.name] = None
+            else:
+                fields[f.name] = np.concatenate([pad(v) if f.name.endswith("_history") else v
+                                                 for v in values], axis=0)
+        return cls(**fields)
+
     @property
     def n_surveys(self):
         return self.models.shape[0]

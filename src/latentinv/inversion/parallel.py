@@ -1,0 +1,67 @@
+"""Surveys in chunks through joblib: ``n_jobs`` of :class:`~.estimator.LatentInverter`, so that
+``with joblib.parallel_backend("dask"):`` runs them on a Dask cluster.
+
+Each survey's randomness depends only on the estimator's seed and its own data (:mod:`.randomness`),
+so a survey's result does not depend on the chunk it is in, except for float rounding: a chunk is one
+batch of ``chunk_size * n_starts`` rows, and a decoder may round a row differently in batches of
+another size. The chunks are therefore fixed by ``chunk_size`` alone (never by ``n_jobs`` or the
+backend): for a given ``chunk_size`` the results are bit for bit the same whatever ``n_jobs`` and the
+backend (on machines of one kind).
+
+Threads: a worker runs torch and the operator's engine with the threads it was given (a Dask
+worker's ``nthreads``; in a joblib process worker, the ``OMP_NUM_THREADS`` that joblib sets for it),
+restored afterwards, so that ``n_workers * threads_per_worker`` never exceeds the cores.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+
+import joblib
+
+from .runtime import torch_threads
+
+
+def survey_chunks(n_surveys, chunk_size, n_jobs):
+    """Slices of the surveys: one (all in one batch) when the call is serial and ``chunk_size`` is
+    None; else consecutive chunks of ``chunk_size`` surveys (1 when None)."""
+    if chunk_size is None:
+        if n_jobs is None and joblib.effective_n_jobs(None) == 1:
+            return [slice(0, n_surveys)]
+        chunk_size = 1
+    return [slice(i, min(i + chunk_size, n_surveys)) for i in range(0, n_surveys, chunk_size)]
+
+
+def worker_threads():
+    """Threads this process was given as a worker: a Dask worker's ``nthreads``, or the
+    ``OMP_NUM_THREADS`` of a joblib process worker; None in the user's own process."""
+    try:
+        from distributed import get_worker
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        pass
+    if multiprocessing.parent_process() is not None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return None
+
+
+@contextlib.contextmanager
+def operator_threads(op, n):
+    """The operator's engine threads (``n_threads``, where it has them) set to ``n`` inside the block."""
+    before = getattr(op, "n_threads", None)
+    if n is None or before is None or before == n:
+        yield
+        return
+    op.n_threads = n
+    try:
+        yield
+    finally:
+        op.n_threads = before
+
+
+def run_chunk(estimator, Y, sigma, seed):
+    """One chunk's :class:`~.result.InversionResult` (in a worker or in line), with the worker's threads."""
+    n = worker_threads()
+    with torch_threads(n), operator_threads(estimator.operator_, n):
+        return estimator._run(Y, sigma, seed)

@@ -1,0 +1,169 @@
+"""LatentInverter(n_jobs=...) through joblib: chunks of surveys in worker processes and on a real
+``dask.distributed.LocalCluster`` (processes, one thread each), bit for bit equal to the serial run
+with the same chunks; GridSearchCV inside the Dask backend equal to the serial search; the workers'
+threads; the fitted estimator's travel size."""
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV
+
+from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.inversion import InversionResult, LatentInverter, TorchGenerator
+from latentinv.inversion.parallel import run_chunk, survey_chunks, worker_threads
+from latentinv.metrics import model_rmse_scorer
+from latentinv.operators import ShortestPathOperator, StraightRayOperator
+
+D = 4
+
+
+def _survey():
+    depths = 0.1 + 0.2 * np.arange(6)
+    src = np.column_stack([np.zeros(6), depths])
+    rec = np.column_stack([np.full(6, 0.8), depths])
+    return Grid2D(12, 8, 0.1), CrossholeSurvey(src, rec)            # 96 cells, 36 data
+
+
+def _generator():
+    torch.manual_seed(0)       # torch's own modules: importable by the workers, nothing of this file
+    net = torch.nn.Sequential(torch.nn.Linear(D, 32), torch.nn.Tanh(), torch.nn.Linear(32, 96),
+                              torch.nn.Sigmoid()).eval()
+    return TorchGenerator(net, D, image_shape=(12, 8))
+
+
+def _problem(n=8, op=None):
+    op = op or StraightRayOperator(*_survey())
+    gen = _generator()
+    z = np.random.default_rng(1).standard_normal((n, D))
+    models = gen.decode(z)
+    times = np.asarray(op.response(1.0 / (0.06 + 0.02 * (1.0 - models)))).reshape(n, -1)
+    return op, gen, models, times
+
+
+def _inverter(op, gen, **params):
+    return LatentInverter(gen, op, **dict(dict(n_starts=3, n_epochs=2, batch_size=9, lr=1e-3,
+                                               random_state=4, device="cpu"), **params))
+
+
+def _assert_same(a, b):
+    for f in ("models", "start_models", "latents", "data_rmse", "data_rmse_history", "best_start",
+              "n_iterations_run", "homogeneous_rmse"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+
+
+def test_survey_chunks():
+    assert survey_chunks(5, None, None) == [slice(0, 5)]
+    assert survey_chunks(5, 2, None) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert survey_chunks(3, None, 2) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    with joblib.parallel_backend("threading", n_jobs=2):
+        assert len(survey_chunks(3, None, None)) == 3     # parallel by the context: one per chunk
+
+
+def _serial(op, gen, times, threads=1, **params):
+    """The serial run with ``threads`` torch threads (a worker's own count: 1 in these tests)."""
+    from latentinv.inversion.runtime import torch_threads
+    with torch_threads(threads):
+        return _inverter(op, gen, n_jobs=1, **params).fit(times).invert(times)
+
+
+def test_chunked_runs_equal_bit_for_bit_whatever_n_jobs():
+    op, gen, _, times = _problem(5)
+    serial = _serial(op, gen, times, chunk_size=2)
+    procs = _inverter(op, gen, chunk_size=2, n_jobs=2).fit(times).invert(times)   # 2 workers x 1 thread
+    _assert_same(serial, procs)
+    # one batch of all surveys, and another thread count: the same run up to float32 rounding
+    one = _inverter(op, gen).fit(times).invert(times)
+    np.testing.assert_allclose(one.data_rmse, serial.data_rmse, rtol=1e-4)
+    np.testing.assert_array_equal(one.n_iterations_run, serial.n_iterations_run)
+
+
+def test_concatenate_pads_histories_of_chunks_that_stopped_early():
+    op, gen, _, times = _problem(2)
+    inv = _inverter(op, gen, target_misfit=1e9, n_epochs=3).fit(times)     # stops at once
+    short = inv.invert(times[:1])
+    long = _inverter(op, gen, n_epochs=3).fit(times).invert(times[1:])
+    both = InversionResult.concatenate([short, long])
+    assert both.data_rmse_history.shape == (2, 3, long.data_rmse_history.shape[2])
+    assert np.isnan(both.data_rmse_history[0, :, short.data_rmse_history.shape[2]:]).all()
+    np.testing.assert_array_equal(both.models, np.vstack([short.models, long.models]))
+
+
+def test_run_chunk_uses_the_workers_threads_and_restores_them(monkeypatch):
+    import latentinv.inversion.parallel as parallel
+    op = ShortestPathOperator(*_survey(), n_secondary_nodes=1, n_threads=2)
+    _, gen, _, times = _problem(2, op)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z):
+            seen.append((torch.get_num_threads(), op.n_threads))
+            return self.inner(z)
+
+    inv = _inverter(op, TorchGenerator(Spy(gen.module), D, image_shape=(12, 8)), n_epochs=1).fit(times)
+    before = torch.get_num_threads()
+    seen.clear()                                  # fit's own checks of the generator
+    monkeypatch.setattr(parallel, "worker_threads", lambda: 1)
+    run_chunk(inv, times, None, 3)
+    assert set(seen) == {(1, 1)}
+    assert torch.get_num_threads() == before and op.n_threads == 2
+
+
+def test_fitted_inverter_travels_lean():
+    from importlib.resources import files
+
+    from latentinv import VAEPrior, paper_crosshole
+    prior = VAEPrior.pretrained(device="cpu")
+    op = StraightRayOperator(*paper_crosshole())
+    inv = LatentInverter(prior, op, device="cpu").fit(np.full((1, op.n_data), 100.0))
+    size = len(pickle.dumps(inv))
+    weights = (files("latentinv") / "data" / "default_prior" / "weights.safetensors").stat().st_size
+    assert size <= 1.2 * weights, (size, weights)
+    clone = pickle.loads(pickle.dumps(inv))
+    assert not any(p.requires_grad and p.grad is not None for p in clone.prior_.decoder_.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# a real Dask cluster: processes, one thread each
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=40) as cluster, \
+            distributed.Client(cluster) as client:
+        yield client
+
+
+def test_dask_workers_report_their_threads(dask_client):
+    assert set(dask_client.run(worker_threads).values()) == {1}
+
+
+def test_predict_on_dask_equals_the_serial_run(dask_client):
+    op, gen, _, times = _problem(8)
+    serial = _serial(op, gen, times, chunk_size=2)
+    with joblib.parallel_backend("dask"):
+        on_dask = _inverter(op, gen, chunk_size=2).fit(times).invert(times)
+    _assert_same(serial, on_dask)
+    with joblib.parallel_backend("dask"):
+        per_survey = _inverter(op, gen).fit(times).invert(times)     # chunk_size None: one per chunk
+    _assert_same(_serial(op, gen, times, chunk_size=1), per_survey)
+
+
+def test_grid_search_on_dask_equals_the_serial_search(dask_client):
+    op, gen, models, times = _problem(4)
+    grid = {"lr": [1e-3, 1e-2], "lam": [1.0, 10.0]}
+    # chunk_size fixes the batches: inside a Dask task, joblib sends predict's own chunks to Dask too
+    from latentinv.inversion.runtime import torch_threads
+    with torch_threads(1):                       # the workers' thread count
+        serial = GridSearchCV(_inverter(op, gen, chunk_size=1), grid, cv=2, scoring=model_rmse_scorer).fit(times, models)
+    with joblib.parallel_backend("dask"):
+        on_dask = GridSearchCV(_inverter(op, gen, chunk_size=1), grid, cv=2, scoring=model_rmse_scorer).fit(times, models)
+    assert on_dask.best_params_ == serial.best_params_
+    np.testing.assert_array_equal(on_dask.cv_results_["mean_test_score"],
+                                  serial.cv_results_["mean_test_score"])
