@@ -5,7 +5,12 @@ model, all engines in one run:
 
 1. forward and forward + Jacobian time at ``--nodes`` secondary nodes (default 3), latentinv C++ on
    1 and 2 threads, the Python fallback, ttcrpy on 1 and 2 threads and pyGIMLi, with ratios to
-   ttcrpy at the same thread count (minimum over ``--repeat`` runs: the machine is shared);
+   ttcrpy at the same thread count (minimum over ``--repeat`` runs: the machine is shared), and the
+   ablation rows of the C++ solvers in the same run: ``latentinv`` is the default (wavefront
+   label-correcting, 4 sources per pass in AVX2 lanes where available), ``latentinv-dijkstra`` the
+   previous engine (one Dijkstra per source, bucket queue), ``latentinv-sweep`` the same
+   label-correcting kernel in alternating sweep order, ``latentinv-wavefront-scalar`` the portable
+   kernel (no SIMD intrinsics);
 2. peak memory of each engine (resident set growth in a fresh subprocess: graph + one F+J call);
 3. accuracy against a high-resolution reference (latentinv C++ at ``--reference-nodes``; ttcrpy
    computes the same graph, so its error is the same at equal secondary nodes) for secondary nodes
@@ -33,12 +38,15 @@ from latentinv.geometry import paper_crosshole
 
 
 # -- engines: each returns (forward(m) -> t, forward_jacobian(m) -> (t, J)) ---------------------------
-def latentinv_engine(n, threads, backend="cpp"):
+def latentinv_engine(n, threads, backend="cpp", **options):
     from latentinv.operators.shortest_path import ShortestPathOperator
 
     grid, survey = paper_crosshole()
-    op = ShortestPathOperator(grid, survey, n_secondary_nodes=n, n_threads=threads, backend=backend)
-    return (lambda m: op.response(m)), (lambda m: op.response_and_jacobian(m))
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes=n, n_threads=threads, backend=backend,
+                              **options)
+    forward = lambda m: op.response(m)
+    forward.kernel = op.kernel
+    return forward, (lambda m: op.response_and_jacobian(m))
 
 
 def ttcrpy_engine(n, threads):
@@ -78,8 +86,36 @@ def pygimli_engine(n, threads):
     return forward, forward_jacobian
 
 
-ENGINES = {"latentinv": latentinv_engine, "latentinv-python": lambda n, t: latentinv_engine(n, t, "python"),
+ENGINES = {"latentinv": latentinv_engine,
+           "latentinv-dijkstra": lambda n, t: latentinv_engine(n, t, solver="dijkstra"),
+           "latentinv-sweep": lambda n, t: latentinv_engine(n, t, solver="sweep"),
+           "latentinv-wavefront-scalar": lambda n, t: latentinv_engine(n, t, solver="wavefront",
+                                                                       simd="scalar"),
+           "latentinv-python": lambda n, t: latentinv_engine(n, t, "python"),
            "ttcrpy": ttcrpy_engine, "pygimli": pygimli_engine}
+
+
+def batch_solves(n_sources=25, n_receivers=25, batch_size=25, n_iterations=750, seed=0, lanes=4):
+    """Solves per SGD iteration of the paper's nonlinear case (625 data, batch of 25 drawn without
+    replacement per epoch): the distinct sources of a batch (Jacobian rows needed), its distinct
+    receivers (the reciprocal choice), and the passes of the label-correcting solver (4 lanes)."""
+    rng = np.random.default_rng(seed)
+    n_data = n_sources * n_receivers
+    src, rcv = [], []
+    for _ in range(n_iterations // (n_data // batch_size)):
+        perm = rng.permutation(n_data)
+        for j in range(n_data // batch_size):
+            batch = perm[j * batch_size:(j + 1) * batch_size]
+            src.append(len(np.unique(batch // n_receivers)))
+            rcv.append(len(np.unique(batch % n_receivers)))
+    src, rcv = np.array(src), np.array(rcv)
+    best = np.minimum(src, rcv)
+    return {"mean_batch_sources": float(src.mean()), "mean_batch_receivers": float(rcv.mean()),
+            "mean_min_of_both": float(best.mean()),
+            "full_misfit_solves": min(n_sources, n_receivers),
+            "dijkstra_solves_per_iteration": n_sources,
+            "wavefront_passes_per_iteration": float(np.mean(np.ceil(src / lanes)
+                                                            + np.ceil((n_sources - src) / lanes)))}
 
 
 def best_time(fn, m, repeat):
@@ -142,7 +178,9 @@ def main(argv=None):
               "geometry": {"grid": repr(grid), "n_data": survey.n_data}, "nodes": n}
 
     # 1. timing table ------------------------------------------------------------------------------
-    rows = [("latentinv", 1), ("latentinv", 2), ("latentinv-python", 1), ("ttcrpy", 1), ("ttcrpy", 2)]
+    rows = [("latentinv", 1), ("latentinv", 2), ("latentinv-dijkstra", 1), ("latentinv-dijkstra", 2),
+            ("latentinv-sweep", 1), ("latentinv-wavefront-scalar", 1), ("latentinv-python", 1),
+            ("ttcrpy", 1), ("ttcrpy", 2)]
     if not args.skip_pygimli:
         rows.append(("pygimli", 1))
     timing = []
@@ -152,34 +190,46 @@ def main(argv=None):
         except ImportError as exc:
             print(f"skip {name}: {exc}")
             continue
-        repeat = args.repeat if name in ("latentinv", "ttcrpy") else 1
+        repeat = 1 if name in ("latentinv-python", "pygimli") else args.repeat
         fj(m)  # warm up
-        timing.append({"engine": name, "threads": threads, "forward_s": best_time(fwd, m, repeat),
+        timing.append({"engine": name, "threads": threads, "kernel": getattr(fwd, "kernel", name),
+                       "forward_s": best_time(fwd, m, repeat),
                        "forward_jacobian_s": best_time(fj, m, repeat)})
     ref = {r["threads"]: r for r in timing if r["engine"] == "ttcrpy"}
     print(f"\nPaper geometry, channel model, {n} secondary nodes; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs (minimum of {args.repeat} runs)")
-    print(f"{'engine':<18}{'threads':>8}{'forward ms':>12}{'F+J ms':>10}{'F ratio':>10}{'F+J ratio':>11}")
+    print(f"{'engine':<28}{'threads':>8}{'forward ms':>12}{'F+J ms':>10}{'F ratio':>10}{'F+J ratio':>11}  kernel")
     for r in timing:
         tt = ref.get(r["threads"])
         r["forward_speedup_vs_ttcrpy"] = tt["forward_s"] / r["forward_s"] if tt else None
         r["forward_jacobian_speedup_vs_ttcrpy"] = tt["forward_jacobian_s"] / r["forward_jacobian_s"] if tt else None
         f = lambda x: f"{x:.2f}x" if x else "-"
-        print(f"{r['engine']:<18}{r['threads']:>8}{1e3 * r['forward_s']:>12.1f}{1e3 * r['forward_jacobian_s']:>10.1f}"
-              f"{f(r['forward_speedup_vs_ttcrpy']):>10}{f(r['forward_jacobian_speedup_vs_ttcrpy']):>11}")
+        print(f"{r['engine']:<28}{r['threads']:>8}{1e3 * r['forward_s']:>12.1f}{1e3 * r['forward_jacobian_s']:>10.1f}"
+              f"{f(r['forward_speedup_vs_ttcrpy']):>10}{f(r['forward_jacobian_speedup_vs_ttcrpy']):>11}  {r['kernel']}")
     print("(ratio = ttcrpy time / engine time at the same thread count; > 1 is faster than ttcrpy)")
     report["timing"] = timing
 
     # 2. memory ---------------------------------------------------------------------------------------
     if not args.skip_memory:
         memory = []
-        for name, threads in [("latentinv", 1), ("latentinv", 2), ("latentinv-python", 1),
+        for name, threads in [("latentinv", 1), ("latentinv", 2), ("latentinv-dijkstra", 1),
+                              ("latentinv-dijkstra", 2), ("latentinv-python", 1),
                               ("ttcrpy", 1), ("ttcrpy", 2)] + ([] if args.skip_pygimli else [("pygimli", 1)]):
             memory.append({"engine": name, "threads": threads, "peak_rss_growth_mib": peak_memory_mib(name, n, threads)})
         print(f"\nPeak memory (resident growth: graph + one F+J call), {n} secondary nodes")
         for r in memory:
-            print(f"{r['engine']:<18}{r['threads']:>8}{r['peak_rss_growth_mib']:>10.1f} MiB")
+            print(f"{r['engine']:<28}{r['threads']:>8}{r['peak_rss_growth_mib']:>10.1f} MiB")
         report["memory"] = memory
+
+    # solves per SGD iteration (paper's nonlinear case): what reciprocity could save
+    solves = batch_solves()
+    print("\nSolves per SGD iteration (25 x 25 pairs, batch 25): batch sources "
+          f"{solves['mean_batch_sources']:.1f}, batch receivers {solves['mean_batch_receivers']:.1f}, "
+          f"min of both {solves['mean_min_of_both']:.1f}; the full-data misfit needs "
+          f"{solves['full_misfit_solves']} solves either way; Dijkstra runs "
+          f"{solves['dijkstra_solves_per_iteration']} per iteration, the wavefront solver "
+          f"{solves['wavefront_passes_per_iteration']:.2f} passes of 4 lanes")
+    report["solves_per_iteration"] = solves
 
     # 3. accuracy against a high-resolution reference ------------------------------------------------
     fwd_ref, _ = latentinv_engine(args.reference_nodes, os.cpu_count() or 1)

@@ -52,6 +52,9 @@ struct Vec {
   static inline Vec add(const Vec& a, const Vec& b) {
     return Vec{{a.v[0] + b.v[0], a.v[1] + b.v[1], a.v[2] + b.v[2], a.v[3] + b.v[3]}};
   }
+  static inline Vec mul(const Vec& a, const Vec& b) {
+    return Vec{{a.v[0] * b.v[0], a.v[1] * b.v[1], a.v[2] * b.v[2], a.v[3] * b.v[3]}};
+  }
   static inline double min1(double a, double b) { return b < a ? b : a; }
   static inline Vec min(const Vec& a, const Vec& b) {
     return Vec{{min1(a.v[0], b.v[0]), min1(a.v[1], b.v[1]), min1(a.v[2], b.v[2]), min1(a.v[3], b.v[3])}};
@@ -222,12 +225,13 @@ class BucketQueue {
 struct ShortestPathEngine::Workspace {
   int64_t n_nodes, n_cells;
   std::vector<double> dist;
-  std::vector<int32_t> pred, pred_cell, pos, target_stamp;
+  std::vector<int32_t> pos, target_stamp;
+  std::vector<uint32_t> pred_code;  // back-tracking memo (see backtrack)
+  std::vector<int32_t> memo_list;
   std::vector<HeapEntry> heap;
   std::vector<double> accumulator;  // per cell, for Jacobian rows
-  std::vector<int32_t> touched, memo, gid;
-  std::vector<double> pred_length;
-  int32_t stamp = 0, memo_stamp = 0;
+  std::vector<int32_t> touched, gid;
+  int32_t stamp = 0;
   QuaternaryHeap queue;
   BucketQueue buckets;
 
@@ -265,11 +269,8 @@ struct ShortestPathEngine::Workspace {
     if (static_cast<int64_t>(heap.size()) < n_nodes) heap.resize(n_nodes);
   }
   void ensure_jacobian() {
-    if (static_cast<int64_t>(memo.size()) < n_nodes) {
-      pred.resize(n_nodes);
-      pred_cell.resize(n_nodes);
-      pred_length.resize(n_nodes);
-      memo.assign(n_nodes, 0);
+    if (static_cast<int64_t>(pred_code.size()) < n_nodes) {
+      pred_code.assign(n_nodes, 0u);
       accumulator.assign(n_cells, 0.0);
     }
   }
@@ -502,6 +503,16 @@ inline int ShortestPathEngine::adjacent_cells(int32_t node, int32_t* cells, int3
   return count;
 }
 
+inline int32_t ShortestPathEngine::local_node(int32_t cell, int32_t q) const {
+  const int32_t C = static_cast<int32_t>(n_cols_), n = static_cast<int32_t>(n_sec_);
+  const int32_t r = div_cols_.div(cell), tl = cell + r;
+  if (q < 4) return q == 0 ? tl : q == 1 ? tl + 1 : q == 2 ? tl + C + 1 : tl + C + 2;
+  const int32_t side = div_sec_.div(q - 4), k = q - 4 - side * n;
+  if (side == 0) return static_cast<int32_t>(n_corner_) + cell * n + k;
+  if (side == 1) return static_cast<int32_t>(n_corner_) + (cell + C) * n + k;
+  return static_cast<int32_t>(n_corner_ + n_horizontal_) + (cell + r) * n + (side - 2) * n + k;
+}
+
 inline int ShortestPathEngine::local_index(int32_t node, int32_t cell) const {
   int32_t cells[4], local[4];
   const int count = adjacent_cells(node, cells, local);
@@ -636,33 +647,28 @@ void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const
   const double* L = lengths_.data();
   const int32_t src = source_nodes_[source];
   ws.ensure_jacobian();
-  int32_t* pred = ws.pred.data();
-  int32_t* pred_cell = ws.pred_cell.data();
-
-  // back-track each datum's path and accumulate lengths per credited cell
+  // Canonical predecessors, found from the final distances and memoised per node (paths of one
+  // source share their beginnings): among all (v, cell) around u with fl(d[v] + fl(L*s[cell])) ==
+  // d[u], the smallest (v, w, cell). Only nodes with d[v] < d[u] can qualify, so a Dijkstra run
+  // stopped early gives the same result. The memo is 4 bytes a node: 1 + slot * m + q (slot: the
+  // cell among u's adjacent ones, q: v's local index in it), 0 when unknown; the entries set are
+  // listed and cleared at the next call (also after an error).
+  uint32_t* code = ws.pred_code.data();
+  for (int32_t u : ws.memo_list) code[u] = 0;
+  ws.memo_list.clear();
   double* acc = ws.accumulator.data();
   std::vector<int32_t>& touched = ws.touched;
   const int64_t n_rows_here = data_start_[source + 1] - data_start_[source];
   out->row_start.assign(n_rows_here + 1, 0);
   out->cols.clear();
   out->vals.clear();
-  // canonical predecessors, found after the Dijkstra run from the final distances and memoised
-  // per node (paths of one source share their beginnings): among all (v, cell) around u with
-  // fl(d[v] + fl(L*s[cell])) == d[u], the smallest (v, w, cell). Only settled nodes can qualify
-  // (an unsettled v has d[v] >= d[u]), so stopping Dijkstra early does not change the result.
-  if (++ws.memo_stamp == std::numeric_limits<int32_t>::max()) {
-    std::fill(ws.memo.begin(), ws.memo.end(), 0);
-    ws.memo_stamp = 1;
-  }
-  const int32_t memo_stamp = ws.memo_stamp;
-  int32_t* memo = ws.memo.data();
-  double* pred_length = ws.pred_length.data();
   int32_t* gid = ws.gid.data();
-  auto find_pred = [&](int32_t u) {
-    if (memo[u] == memo_stamp) return;
+  auto find_pred = [&](int32_t u) -> uint32_t {
+    if (code[u] != 0) return code[u];
     const double du = dist[u * stride];
     int32_t best_v = std::numeric_limits<int32_t>::max(), best_cell = -1;
-    double best_w = 0.0, best_len = 0.0;
+    double best_w = 0.0;
+    uint32_t best_code = 0;
     int32_t cells[4], local[4];
     const int count = adjacent_cells(u, cells, local);
     for (int a = 0; a < count; ++a) {
@@ -679,15 +685,14 @@ void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const
           best_v = v;
           best_w = w;
           best_cell = cell;
-          best_len = Lrow[q];
+          best_code = static_cast<uint32_t>(1 + a * m + q);
         }
       }
     }
     if (best_cell < 0) throw std::logic_error("ShortestPathEngine: internal error, no predecessor");
-    pred[u] = best_v;
-    pred_cell[u] = best_cell;
-    pred_length[u] = best_len;
-    memo[u] = memo_stamp;
+    code[u] = best_code;
+    ws.memo_list.push_back(u);
+    return best_code;
   };
   for (int64_t a = 0; a < n_rows_here; ++a) {
     const int64_t datum = data_of_source_[data_start_[source] + a];
@@ -707,11 +712,14 @@ void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const
             "ShortestPathEngine: no path back to the source (predecessor cycle): path times lost "
             "their precision or overflowed in float64 (slowness, or its contrast, too large)");
       }
-      find_pred(u);
-      const int32_t cell = pred_cell[u];
+      const uint32_t c = find_pred(u) - 1;
+      const int32_t slot = static_cast<int32_t>(c / m), q = static_cast<int32_t>(c % m);
+      int32_t cells[4], local[4];
+      adjacent_cells(u, cells, local);
+      const int32_t cell = cells[slot];
       if (acc[cell] == 0.0) touched.push_back(cell);
-      acc[cell] += pred_length[u];
-      u = pred[u];
+      acc[cell] += L[local[slot] * m + q];
+      u = local_node(cell, q);
     }
     std::sort(touched.begin(), touched.end());
     for (int32_t cell : touched) {

@@ -169,6 +169,7 @@ class ShortestPathEngine {
   int cell_nodes(int64_t cell, int32_t* gid) const;     // fills the m global node ids
   int adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const;
   int local_index(int32_t node, int32_t cell) const;
+  int32_t local_node(int32_t cell, int32_t q) const;   // global id of local node q of a cell
 
   std::unique_ptr<Workspace> acquire() const;
   void release(std::unique_ptr<Workspace> ws) const;

@@ -13,6 +13,7 @@ struct Vec {
   static inline void store(double* p, const Vec& a) { _mm256_storeu_pd(p, a.v); }
   static inline Vec broadcast(double x) { return Vec{_mm256_set1_pd(x)}; }
   static inline Vec add(const Vec& a, const Vec& b) { return Vec{_mm256_add_pd(a.v, b.v)}; }
+  static inline Vec mul(const Vec& a, const Vec& b) { return Vec{_mm256_mul_pd(a.v, b.v)}; }
   // min(a, b) = b < a ? b : a per lane (vminpd returns its second operand unless the first is less)
   static inline Vec min(const Vec& a, const Vec& b) { return Vec{_mm256_min_pd(b.v, a.v)}; }
   static inline bool any_less(const Vec& a, const Vec& b) {

@@ -66,7 +66,7 @@ struct State {
 #ifdef LATENTINV_SWEEP_KERNEL_BODY
 // The kernel body, instantiated by a translation unit that defines LATENTINV_SWEEP_KERNEL_BODY and a
 // vector type `Vec` with: static constexpr int K; load(const double*), store(double*),
-// broadcast(double), add, min, any_less(a, b) (a < b in some lane) and min_where_less(a, b) (the
+// broadcast(double), add, mul, min, any_less(a, b) (a < b in some lane) and min_where_less(a, b) (the
 // smallest a over the lanes where a < b).
 namespace {
 
@@ -104,8 +104,10 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
   }
   // the nodes changed since the last processing, whose labels must be pushed through this cell
   int32_t n_rows = 0;
-  for (int32_t p = 0; p < m; ++p)
-    if (st.node_stamp[gid[p]] >= since) st.rows[n_rows++] = p;
+  for (int32_t p = 0; p < m; ++p) {  // branch-free: most cells have a few changed nodes
+    st.rows[n_rows] = p;
+    n_rows += st.node_stamp[gid[p]] >= since ? 1 : 0;
+  }
   if (n_rows == 0) return 0;
   ++st.processed;
   double* acc = st.acc;
@@ -118,6 +120,7 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
   const double s = slowness[cell];
   double* w = st.weights;
   const Vec infinity = Vec::broadcast(__builtin_inf());
+  const Vec vs = Vec::broadcast(s);
   // Push the rows through the cell; the nodes it improves are pushed again (rounding may break the
   // triangle inequality between collinear nodes by an ulp) until nothing changes inside the cell.
   while (true) {
@@ -129,7 +132,9 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
       st.rows[n_live] = p;
       const double* Lp = g.lengths + p * m;
       double* wk = w + n_live * m;
-      for (int32_t q = 0; q < m; ++q) wk[q] = Lp[q] * s;
+      int32_t q = 0;
+      for (; q + Vec::K <= m; q += Vec::K) Vec::store(wk + q, Vec::mul(Vec::load(Lp + q), vs));
+      for (; q < m; ++q) wk[q] = Lp[q] * s;
       ++n_live;
     }
     st.pushed += n_live;
@@ -177,10 +182,8 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
         const int32_t z = st.rows[k];
         const Vec vz = Vec::load(start + z * K);
         const double* Lz = g.lengths + z * m;
-        const uint32_t sides = g.node_sides[z];
-        for (int32_t side = 0; side < 4; ++side) {
-          if (!(sides & (1u << side))) continue;
-          const int32_t* list = g.side_nodes + side * (n + 2);
+        for (uint32_t sides = g.node_sides[z]; sides != 0; sides &= sides - 1) {
+          const int32_t* list = g.side_nodes + __builtin_ctz(sides) * (n + 2);
           for (int32_t i = 0; i < n + 2; ++i) {
             const int32_t t = list[i];
             Vec::store(acc + t * K,

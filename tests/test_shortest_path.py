@@ -242,6 +242,112 @@ def test_traveltime_properties(problem):
         np.testing.assert_array_equal(tp, t)
 
 
+def _solver_variants():
+    from latentinv._backend import core
+    simds = ["scalar"] + (["avx2"] if core.ShortestPathEngine.avx2_available else [])
+    return [dict(solver=solver, simd=simd) for solver in ("wavefront", "sweep") for simd in simds]
+
+
+@st.composite
+def solver_problem(draw):
+    """Random grids, sensors, slowness fields with ties: smooth, blocky (piecewise constant: many
+    equal-time paths), homogeneous, or high contrast; several sources (lanes of one pass)."""
+    n_rows = draw(st.integers(1, 9))
+    n_cols = draw(st.integers(1, 9))
+    grid = Grid2D(n_rows, n_cols, (draw(st.floats(0.05, 2.0)), draw(st.floats(0.05, 2.0))))
+    n = draw(st.integers(0, 4))
+    nodes = _node_positions(grid, n)
+    k = draw(st.integers(2, min(12, len(nodes))))
+    picks = draw(st.lists(st.integers(0, len(nodes) - 1), min_size=k, max_size=k, unique=True))
+    n_src = draw(st.integers(1, k - 1))
+    survey = CrossholeSurvey(nodes[picks[:n_src]], nodes[picks[n_src:]])
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    kind = draw(st.sampled_from(["uniform", "blocky", "homogeneous", "contrast"]))
+    lo = draw(st.floats(0.01, 10.0))
+    if kind == "uniform":
+        m = rng.uniform(lo, lo * 3, grid.n_cells)
+    elif kind == "blocky":
+        m = rng.choice([lo, 2 * lo, 4 * lo], grid.n_cells)
+    elif kind == "homogeneous":
+        m = np.full(grid.n_cells, lo)
+    else:
+        m = lo * 10.0 ** rng.uniform(0, 4, grid.n_cells)
+    return grid, survey, n, m
+
+
+@needs_core
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(solver_problem())
+def test_label_correcting_solvers_equal_dijkstra_bit_for_bit(problem):
+    """The wavefront and sweep solvers (every SIMD kernel) return Dijkstra's times and Jacobians,
+    bit for bit, ties included (the canonical tie rule reads only the final distances)."""
+    grid, survey, n, m = problem
+    ref = ShortestPathOperator(grid, survey, n, n_threads=1, solver="dijkstra")
+    t_ref, J_ref = ref.response_and_jacobian(m)
+    for kw in _solver_variants():
+        op = ShortestPathOperator(grid, survey, n, n_threads=2, **kw)
+        t, J = op.response_and_jacobian(m)
+        np.testing.assert_array_equal(t, t_ref, err_msg=str(kw))
+        assert (J != J_ref).nnz == 0, kw
+        np.testing.assert_allclose(J @ m, t, rtol=1e-12, atol=0)
+
+
+@needs_core
+def test_label_correcting_solvers_on_the_paper_geometry_and_subsets():
+    """Paper grid, two models at once, source subsets and Jacobian-row subsets (the pipelined
+    inversion's head/rest jobs): every solver equals Dijkstra, by run and by submit."""
+    grid, survey = paper_crosshole()
+    m = np.stack([channel_model(grid, seed) for seed in (3, 4)])
+    rng = np.random.default_rng(0)
+    rows = rng.random((2, survey.n_data)) < 0.05
+    head = np.zeros((2, survey.n_sources), bool)
+    head[np.arange(2)[:, None], survey.pairs[:, 0][rows.argmax(1)][:, None]] = True
+    head |= rng.random((2, survey.n_sources)) < 0.5
+    ref = ShortestPathOperator(grid, survey, 3, n_threads=2, solver="dijkstra")
+    t_ref, J_ref = ref._response_and_jacobian(m, True, jacobian_rows=rows, sources=head)
+    for kw in _solver_variants():
+        op = ShortestPathOperator(grid, survey, 3, n_threads=2, **kw)
+        t, J = op.submit(m, want_jacobian=True, jacobian_rows=rows, sources=head).result()
+        np.testing.assert_array_equal(t, t_ref)
+        for a, b in zip(J, J_ref):
+            assert (a != b).nnz == 0
+        rest = op.submit(m, sources=~head).result()[0]
+        full = ref.response(m)
+        np.testing.assert_array_equal(np.where(np.isnan(t), rest, t), full)
+
+
+@needs_core
+def test_solver_options_are_checked_and_reported():
+    from latentinv._backend import core
+
+    grid, survey, m = small_case()
+    op = ShortestPathOperator(grid, survey, 2)
+    assert op.kernel == f"wavefront-{core.ShortestPathEngine.default_simd}"
+    assert ShortestPathOperator(grid, survey, 2, solver="dijkstra").kernel == "dijkstra"
+    assert ShortestPathOperator(grid, survey, 2, solver="sweep", simd="scalar").kernel == "sweep-scalar"
+    assert ShortestPathOperator(grid, survey, 2, backend="python").kernel == "scipy-dijkstra"
+    assert core.ShortestPathEngine.sweep_lanes == 4
+    with pytest.raises(ValueError, match="solver must be"):
+        ShortestPathOperator(grid, survey, 2, solver="bellman")
+    with pytest.raises(ValueError, match="simd must be"):
+        ShortestPathOperator(grid, survey, 2, simd="avx512")
+    with pytest.raises(ValueError, match=r"needs the C\+\+ backend"):
+        ShortestPathOperator(grid, survey, 2, backend="python", solver="wavefront")
+    with pytest.raises(ValueError, match="applies to the label-correcting"):
+        ShortestPathOperator(grid, survey, 2, solver="dijkstra", simd="scalar")
+    with pytest.raises(ValueError, match="queue applies to the Dijkstra solver"):
+        op._engine.run(m[None], False, 1, "heap")
+    with pytest.raises(ValueError, match="solver must be"):
+        op._engine.run(m[None], False, 1, solver="x")
+    if not core.ShortestPathEngine.avx2_available:
+        with pytest.raises(ValueError, match="avx2"):
+            ShortestPathOperator(grid, survey, 2, simd="avx2")
+    op2 = pickle.loads(pickle.dumps(ShortestPathOperator(grid, survey, 2, solver="sweep", simd="scalar")))
+    assert (op2.solver, op2.simd, op2.kernel) == ("sweep", "scalar", "sweep-scalar")
+    stats = op._engine.sweep_statistics(m, [0, 1])
+    assert len(stats) == 3 and stats[1] > 0 and stats[2] >= stats[1]
+
+
 # -- contract: torch, pickling, attributes ----------------------------------------------------------
 def test_torch_forward_and_backward_use_the_jacobian():
     grid, survey, m = small_case()
