@@ -417,3 +417,40 @@ def test_version_and_help():
     _ok(res)
     for cmd in ("demo", "train", "invert", "bench"):
         assert cmd in res.output
+
+
+def test_sample_writes_posterior_files(tiny_prior, tmp_path):
+    prior_dir, prior = tiny_prior
+    op, data = _paper_linear_data(prior, n=2)
+    np.save(tmp_path / "tt.npy", data)
+    out = tmp_path / "post"
+    res = CliRunner().invoke(cli.main, [
+        "sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(out), "--noise-std",
+        "0.5", "--chains", "2", "--burnin", "4", "--samples", "4", "--thin", "2", "--sgd-epochs", "1",
+        "--device", "cpu", "--quiet"])
+    _ok(res)
+    post = np.load(out / "posterior.npz")
+    assert post["mean"].shape == post["std"].shape == (2, 129 * 65)
+    assert post["samples"].shape == (2, 2, 4, 4)
+    assert np.all((post["channel_probability"] >= 0) & (post["channel_probability"] <= 1))
+    report = json.loads((out / "posterior.json").read_text())
+    assert report["forward_runs"] == 2 * 2 * (4 + 4 * 2 + 1)
+    assert report["settings"]["method"] == "pcn" and report["settings"]["sgd_epochs"] == 1
+    assert np.shape(report["diagnostics"]["rhat"]) == (2, 4)
+    # the posterior mean is the mean of the models of the chains' draws: inside the models' range
+    assert post["mean"].min() >= post["model_samples"].min() - 1e-9
+    _png(out / "posterior.png")
+
+
+def test_sample_needs_the_noise_and_names_its_files(tiny_prior, tmp_path):
+    prior_dir, prior = tiny_prior
+    op, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data)
+    res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir)])
+    _fails(res, "Missing option '--noise-std'", 2)
+    res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "tt.npy"), "--noise-std", "0"])
+    _fails(res, "0.0 is not in the range x>0.0", 2)
+    res = CliRunner().invoke(cli.main, ["sample", "--help"])
+    _ok(res)
+    for name in ("posterior.npz", "posterior.png", "posterior.json"):
+        assert name in res.output

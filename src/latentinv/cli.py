@@ -1,4 +1,4 @@
-"""Command line: ``latentinv demo | train | invert | bench``.
+"""Command line: ``latentinv demo | train | invert | sample | bench``.
 
 ``latentinv demo``
     The embedded default, end to end: the paper's crosshole geometry, a prior, a truth cropped from a
@@ -12,6 +12,9 @@
 ``latentinv invert``
     Traveltimes (one survey per row, or one column) -> models (``models.npy``), ``invert.png`` and
     ``result.json``.
+``latentinv sample``
+    Traveltimes -> posterior by latent-space MCMC (``posterior.npz``, ``posterior.png``,
+    ``posterior.json``).
 ``latentinv bench``
     Runs the scripts of the repository's ``benchmarks/`` folder.
 
@@ -150,8 +153,8 @@ def load_traveltimes(path, n_data):
     try:
         if p.suffix == ".npy":
             a = np.load(p, allow_pickle=False)
-        else:
-            a = np.loadtxt(p, ndmin=1)
+        else:   # .csv: commas; any other text file: whitespace
+            a = np.loadtxt(p, ndmin=1, delimiter="," if p.suffix.lower() == ".csv" else None)
     except (ValueError, OSError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="TRAVELTIMES") from None
     a = np.asarray(a, dtype=float)
@@ -202,6 +205,17 @@ def _make_operator(kind, grid, survey):
     if kind == "straight":
         return StraightRayOperator(grid, survey)
     return ShortestPathOperator(grid, survey, n_secondary_nodes=3)
+
+
+def _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device):
+    """What `invert` and `sample` start from: grid, survey, traveltimes, prior and operator."""
+    grid, survey = load_geometry(geometry, operator_kind)
+    data = load_traveltimes(traveltimes, survey.n_data)
+    prior = _load_prior(prior_spec, device)
+    if _prior_shape(prior) is not None and _prior_shape(prior) != grid.shape:
+        raise click.ClickException(f"the prior makes models of shape {_prior_shape(prior)} but the "
+                                   f"geometry's grid is {grid.shape}")
+    return grid, survey, data, prior, _make_operator(operator_kind, grid, survey)
 
 
 @contextlib.contextmanager
@@ -600,6 +614,27 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
                             "crops (mean)")
 
 
+@contextlib.contextmanager
+def _dask_backend(address, quiet):
+    """joblib's Dask backend on the scheduler at ``address`` inside the block (None: nothing)."""
+    if address is None:
+        yield
+        return
+    try:
+        import joblib
+        from distributed import Client
+    except ImportError:
+        raise click.ClickException("--scheduler needs dask.distributed: pip install 'latentinv[dask]'") from None
+    try:
+        client = Client(address, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise click.ClickException(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+    with client:
+        _echo(f"[invert] Dask scheduler {address}: {len(client.scheduler_info()['workers'])} worker(s)", quiet)
+        with joblib.parallel_backend("dask"):
+            yield
+
+
 @main.command()
 @click.argument("traveltimes", type=click.Path(dir_okay=False))
 @click.option("--geometry", default="paper", show_default=True,
@@ -622,10 +657,16 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
               help="Acceptance threshold (ns) for the accepted fraction of starts.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--n-jobs", type=int, default=None,
+              help="Surveys inverted in parallel processes (joblib; -1: all cores).")
+@click.option("--scheduler", default=None,
+              help="Address of a Dask scheduler (e.g. tcp://host:8786): the surveys run on its cluster.")
+@click.option("--chunk-size", type=click.IntRange(1), default=None,
+              help="Surveys per parallel task [default: 1 when parallel].")
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, epochs, batch_size, lr,
-           lam, threshold, seed, device, quiet):
+           lam, threshold, seed, device, n_jobs, scheduler, chunk_size, quiet):
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models.
 
     Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
@@ -650,13 +691,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     from .inversion import NONLINEAR_SETTINGS, LatentInverter
     from .plotting import plot_inversion_summary
 
-    grid, survey = load_geometry(geometry, operator_kind)
-    data = load_traveltimes(traveltimes, survey.n_data)
-    prior = _load_prior(prior_spec, device)
-    if _prior_shape(prior) is not None and _prior_shape(prior) != grid.shape:
-        raise click.ClickException(f"the prior makes models of shape {_prior_shape(prior)} but the "
-                                   f"geometry's grid is {grid.shape}")
-    op = _make_operator(operator_kind, grid, survey)
+    grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device)
     if operator_kind == "straight":
         settings = dict(lr=1e-2, lr_decay=0.95, decay_every=1, regularization="ring", lam=10.0,
                         lam_decay=0.999, n_epochs=120)
@@ -672,10 +707,11 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     _echo(f"[invert] {len(data)} survey(s) x {survey.n_data} data, {type(op).__name__} "
           f"({op.backend}), {n_starts} starts x {settings['n_epochs']} epochs", quiet)
     t0 = time.perf_counter()
-    inv = LatentInverter(prior, op, random_state=seed, device=device, verbose=int(not quiet),
-                         **settings)
+    parallel = n_jobs not in (None, 1) or scheduler is not None
+    inv = LatentInverter(prior, op, random_state=seed, device=device, n_jobs=n_jobs, chunk_size=chunk_size,
+                         verbose=int(not quiet and not parallel), **settings)
     warning_messages = []
-    with _echoed_baseline_warnings(warning_messages):
+    with _echoed_baseline_warnings(warning_messages), _dask_backend(scheduler, quiet):
         inv.fit(data)
         res = inv.invert(data)
         accepted = None if threshold is None else res.accepted_fraction(threshold).tolist()
@@ -697,6 +733,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
         "command": "invert", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
         "settings": settings, "seed": seed, "n_iterations": int(inv.n_iterations_),
+        "n_jobs": n_jobs, "scheduler": scheduler, "chunk_size": chunk_size,
         "data_rmse_ns": res.data_rmse.tolist(), "best_start": res.best_start.tolist(),
         "best_data_rmse_ns": best.tolist(),
         "threshold_ns": threshold,
@@ -715,6 +752,95 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
           f"{out / 'models.npy'}, {out / 'invert.png'}, {out / 'result.json'}", quiet)
 
 
+@main.command()
+@click.argument("traveltimes", type=click.Path(dir_okay=False))
+@click.option("--noise-std", type=click.FloatRange(0.0, min_open=True), required=True,
+              help="Standard deviation of the data noise (ns): the Gaussian likelihood's.")
+@click.option("--geometry", default="paper", show_default=True,
+              help="'paper' or a JSON geometry file (as for `invert`).")
+@click.option("--prior", "prior_spec", default="pretrained", show_default=True,
+              help="'pretrained' or a directory written by `latentinv train`.")
+@click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
+              default="straight", show_default=True)
+@click.option("--method", type=click.Choice(["pcn", "mala"]), default="pcn", show_default=True,
+              help="pcn: gradient-free; mala: Langevin proposals through the decoder's gradient.")
+@click.option("--chains", type=click.IntRange(1), default=8, show_default=True, help="Chains per survey.")
+@click.option("--burnin", type=click.IntRange(0), default=500, show_default=True,
+              help="Burn-in iterations (step sizes and preconditioner adapt, then freeze).")
+@click.option("--samples", type=click.IntRange(1), default=500, show_default=True,
+              help="Draws kept per chain.")
+@click.option("--thin", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--sgd-epochs", type=click.IntRange(0), default=0, show_default=True,
+              help="Start the chains from a short SGD (that many epochs, one start per chain; its "
+                   "lowest-misfit starts of the first survey); 0: from the prior.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-sample",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@_user_errors
+def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, chains, burnin, samples,
+           thin, sgd_epochs, out_dir, seed, device, quiet):
+    """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
+
+    Writes OUT/posterior.npz (mean, std, channel_probability: (n_surveys, n_cells), flat row-major
+    with row 0 at the top; samples: latent draws (n_surveys, n_chains, n_draws, n_components);
+    model_samples), OUT/posterior.png (the first survey's mean, standard deviation, channel
+    probability and samples) and OUT/posterior.json (settings, acceptance, R-hat and ESS per latent
+    dimension when ArviZ is installed, forward runs, time).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from .inversion import NONLINEAR_SETTINGS, LatentInverter, LatentSampler
+    from .plotting import plot_posterior
+
+    grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    initial = None
+    if sgd_epochs:
+        settings = (dict(NONLINEAR_SETTINGS) if operator_kind != "straight" else
+                    dict(lr=1e-2, lr_decay=0.95, regularization="ring", lam=10.0, lam_decay=0.999))
+        settings.update(n_epochs=sgd_epochs, batch_size=min(25, survey.n_data), n_starts=chains)
+        _echo(f"[sample] SGD starts: {chains} x {sgd_epochs} epochs", quiet)
+        sgd = LatentInverter(prior, op, random_state=seed, device=device, **settings).fit(data)
+        initial = LatentSampler.initial_latents_from(sgd.invert(data), chains)
+    _echo(f"[sample] {len(data)} survey(s) x {survey.n_data} data, {type(op).__name__} ({op.backend}), "
+          f"{method}: {chains} chains x ({burnin} + {samples * thin}) iterations", quiet)
+    sampler = LatentSampler(prior, op, method=method, n_chains=chains, n_burnin=burnin, n_samples=samples,
+                            thin=thin, initial_latents=initial, noise_std=noise_std, random_state=seed,
+                            device=device, verbose=int(not quiet))
+    res = sampler.fit(data).sample(data)
+    elapsed = time.perf_counter() - t0
+    np.savez_compressed(out / "posterior.npz", mean=res.mean, std=res.std,
+                        channel_probability=res.channel_probability, samples=res.samples,
+                        model_samples=res.model_samples, map_model=res.map_model)
+    plot_posterior(res, grid).savefig(out / "posterior.png", dpi=100)
+    try:
+        diagnostics = {"rhat": res.rhat().tolist(), "ess_bulk": res.ess().tolist()}
+    except ImportError as exc:
+        diagnostics = {"unavailable": str(exc)}
+    report = {
+        "command": "sample", "traveltimes": str(traveltimes), "geometry": str(geometry),
+        "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
+        "settings": res.settings | {"sgd_epochs": sgd_epochs}, "acceptance_rate": res.acceptance_rate.tolist(),
+        "step_size": res.step_size.tolist(), "diagnostics": diagnostics, "forward_runs": res.n_forward,
+        "mean_data_rmse_ns_after_burnin": np.mean(res.data_rmse_history[:, :, burnin:], axis=(1, 2)).tolist(),
+        "time_s": elapsed, "device": str(sampler.device_), "versions": _versions(),
+        "files": {"posterior.npz": "mean, std, channel_probability (n_surveys, n_cells); samples "
+                                   "(n_surveys, n_chains, n_draws, n_components); model_samples; map_model",
+                  "posterior.png": "the first survey's posterior", "posterior.json": "this report"},
+    }
+    (out / "posterior.json").write_text(json.dumps(report, indent=1))
+    rhat = diagnostics.get("rhat")
+    _echo(f"[sample] acceptance {np.round(res.acceptance_rate.mean(1), 3).tolist()}"
+          + ("" if rhat is None else f"; max R-hat {np.round(np.max(rhat, 1), 3).tolist()}")
+          + f"; {elapsed:.1f} s -> {out / 'posterior.npz'}, {out / 'posterior.png'}, "
+          f"{out / 'posterior.json'}", quiet)
+
+
 def _benchmarks_dir():
     env = os.environ.get("LATENTINV_BENCHMARKS")
     if env:
@@ -723,7 +849,7 @@ def _benchmarks_dir():
 
 
 _BENCHES = {"raytrace": "bench_raytrace.py", "prior": "bench_prior.py",
-            "inversion": "bench_inversion.py"}
+            "inversion": "bench_inversion.py", "sampling": "bench_sampling.py"}
 
 
 @main.command()

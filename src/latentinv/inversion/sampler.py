@@ -324,7 +324,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         model_samples = self._model_samples(samples, S, K)
         histories = [h[:cfg.n_iterations].T.cpu().numpy().astype(np.float64).reshape(S, K, -1)
                      for h in (history.rmse, history.chi2)]
-        settings = dict({k: v for k, v in self.get_params(deep=False).items()
+        settings = dict({k: np.asarray(v).tolist() if k in ("initial_latents", "noise_std") else v
+                         for k, v in self.get_params(deep=False).items()
                          if k not in ("prior", "operator", "slowness_map")}, seed=seed,
                         n_iterations=cfg.n_iterations, step_size=cfg.step_size,
                         target_acceptance=cfg.target_acceptance, device=str(self.device_),
