@@ -167,3 +167,27 @@ def test_grid_search_on_dask_equals_the_serial_search(dask_client):
     assert on_dask.best_params_ == serial.best_params_
     np.testing.assert_array_equal(on_dask.cv_results_["mean_test_score"],
                                   serial.cv_results_["mean_test_score"])
+
+
+def test_cli_invert_many_surveys_on_the_dask_scheduler(dask_client, tmp_path):
+    """`latentinv invert SURVEYS.csv --scheduler ADDRESS`: one model per survey, as the serial CLI."""
+    from click.testing import CliRunner
+
+    from latentinv import VAEPrior, cli, paper_crosshole
+    from latentinv.inversion import paper_slowness
+    prior = VAEPrior.pretrained(device="cpu")
+    op = StraightRayOperator(*paper_crosshole())
+    data = op.response(paper_slowness(prior.sample(3, random_state=2)))
+    np.savetxt(tmp_path / "surveys.csv", data, delimiter=",")
+    args = ["invert", str(tmp_path / "surveys.csv"), "--n-starts", "2", "--epochs", "1", "--quiet",
+            "--device", "cpu", "--chunk-size", "1"]
+    dask_run = CliRunner().invoke(cli.main, args + ["--out", str(tmp_path / "d"),
+                                                    "--scheduler", dask_client.scheduler.address])
+    assert dask_run.exit_code == 0, dask_run.output
+    from latentinv.inversion.runtime import torch_threads
+    with torch_threads(1):
+        serial_run = CliRunner().invoke(cli.main, args + ["--out", str(tmp_path / "s"), "--n-jobs", "1"])
+    assert serial_run.exit_code == 0, serial_run.output
+    on_dask, serial = np.load(tmp_path / "d" / "models.npy"), np.load(tmp_path / "s" / "models.npy")
+    assert on_dask.shape == (3, 129 * 65)
+    np.testing.assert_array_equal(on_dask, serial)

@@ -635,14 +635,23 @@ def _dask_backend(address, quiet):
             yield
 
 
+def _survey_options(fn):
+    """The arguments `invert` and `sample` share: TRAVELTIMES, --geometry, --prior, --operator."""
+    options = [
+        click.argument("traveltimes", type=click.Path(dir_okay=False)),
+        click.option("--geometry", default="paper", show_default=True,
+                     help="'paper' or a JSON geometry file (format in `latentinv invert --help`)."),
+        click.option("--prior", "prior_spec", default="pretrained", show_default=True,
+                     help="'pretrained' or a directory written by `latentinv train`."),
+        click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
+                     default="straight", show_default=True)]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
-@click.argument("traveltimes", type=click.Path(dir_okay=False))
-@click.option("--geometry", default="paper", show_default=True,
-              help="'paper' or a JSON geometry file (format below).")
-@click.option("--prior", "prior_spec", default="pretrained", show_default=True,
-              help="'pretrained' or a directory written by `latentinv train`.")
-@click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
-              default="straight", show_default=True)
+@_survey_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-invert",
               show_default=True)
 @click.option("--n-starts", type=click.IntRange(1), default=10, show_default=True)
@@ -753,15 +762,9 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
 
 
 @main.command()
-@click.argument("traveltimes", type=click.Path(dir_okay=False))
+@_survey_options
 @click.option("--noise-std", type=click.FloatRange(0.0, min_open=True), required=True,
               help="Standard deviation of the data noise (ns): the Gaussian likelihood's.")
-@click.option("--geometry", default="paper", show_default=True,
-              help="'paper' or a JSON geometry file (as for `invert`).")
-@click.option("--prior", "prior_spec", default="pretrained", show_default=True,
-              help="'pretrained' or a directory written by `latentinv train`.")
-@click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
-              default="straight", show_default=True)
 @click.option("--method", type=click.Choice(["pcn", "mala"]), default="pcn", show_default=True,
               help="pcn: gradient-free; mala: Langevin proposals through the decoder's gradient.")
 @click.option("--chains", type=click.IntRange(1), default=8, show_default=True, help="Chains per survey.")
