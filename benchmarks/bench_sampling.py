@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,17 +40,10 @@ NOISE_STD = 0.25
 
 
 def machine():
-    name = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(processor=name, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                platform=platform.platform(), torch=torch.__version__,
-                load_average=list(os.getloadavg()))
+    """reproduce_paper's description of the machine, with the threads and the load average."""
+    from reproduce_paper import machine as described   # a sibling script: benchmarks/ is on sys.path
+
+    return dict(described(), torch_threads=torch.get_num_threads(), load_average=list(os.getloadavg()))
 
 
 def parse_args(argv):
