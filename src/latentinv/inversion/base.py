@@ -263,7 +263,7 @@ class LatentEstimatorBase(BaseEstimator):
         return LatentProblem(self._decoder(), self.slowness_map or paper_slowness, self.operator_, Y,
                              sigma, int(getattr(self, self._rows_param)), self.device_,
                              nonlinear_gradient=nonlinear_gradient or self.nonlinear_gradient,
-                             allow_pending=allow_pending)
+                             allow_pending=allow_pending, precision=getattr(self, "precision", "float32"))
 
     def _start_latents(self, seed):
         z0 = self.initial_latents_

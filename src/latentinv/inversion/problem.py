@@ -50,11 +50,16 @@ class LatentProblem:
         map); ``"exact"``: the chain rule.
     allow_pending : bool
         Let a background engine return the full data as a :class:`~.traveltimes.Pending`.
+    precision : {"float32", "bfloat16"}
+        The decoder's arithmetic: ``"bfloat16"`` runs it under ``torch.autocast`` (models are cast
+        back to float32; everything after the decoder stays float32).
     """
 
     def __init__(self, decoder, slowness_map, operator, Y, sigma, n_starts, device, *,
-                 nonlinear_gradient="paper", allow_pending=False, dtype=torch.float32):
+                 nonlinear_gradient="paper", allow_pending=False, dtype=torch.float32,
+                 precision="float32"):
         self.decoder, self.slowness_map, self.operator = decoder, slowness_map, operator
+        self.precision = precision
         self.device, self.dtype = device, dtype
         self.n_surveys, self.n_data = Y.shape
         self.n_starts = int(n_starts)
@@ -81,10 +86,23 @@ class LatentProblem:
         n = self.n_rows if n_rows is None else n_rows
         return torch.arange(self.n_data, device=self.device).expand(n, self.n_data)
 
-    def decode(self, z):
-        """Models ``x = g(z)`` and their slowness ``s(x)``."""
-        x = self.decoder(z)
+    def decode(self, z, precision=None):
+        """Models ``x = g(z)`` and their slowness ``s(x)`` (``precision``: None is the problem's)."""
+        if (precision or self.precision) == "bfloat16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                x = self.decoder(z)
+            x = x.to(self.dtype)
+        else:
+            x = self.decoder(z)
         return x, self.slowness_map(x)
+
+    def full_traveltimes(self, x, s):
+        """All traveltimes (R, n_data) of models ``x`` with slowness ``s``, without autograd."""
+        with torch.no_grad():
+            if hasattr(self.traveltimes, "full"):
+                return self.traveltimes.full(s)
+            t = self.operator.response(s.detach().to("cpu", torch.float64).numpy())
+            return torch.as_tensor(np.asarray(t).reshape(len(s), -1), dtype=self.dtype, device=self.device)
 
     def _observed(self, rows):
         """Data and weights of rows ``rows`` (an index tensor; None: every row)."""

@@ -1,0 +1,85 @@
+"""LatentInverter(precision="bfloat16"): the decoder under autocast during the iterations, the
+returned models and misfits re-scored in float32, and the 1 % guard."""
+import numpy as np
+import pytest
+import torch
+
+import latentinv.inversion.estimator as estimator
+from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.inversion import LatentInverter, PrecisionWarning, TorchGenerator
+from latentinv.operators import StraightRayOperator
+
+D = 4
+bf16 = pytest.mark.skipif(not estimator._native_bfloat16(torch.device("cpu")),
+                          reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+
+
+def _op():
+    depths = 0.1 + 0.2 * np.arange(6)
+    src = np.column_stack([np.zeros(6), depths])
+    rec = np.column_stack([np.full(6, 0.8), depths])
+    return StraightRayOperator(Grid2D(12, 8, 0.1), CrossholeSurvey(src, rec))
+
+
+class Net(torch.nn.Module):
+    """sigmoid(W2 tanh(W1 z)) + ``autocast_offset`` while autocast is on (to trip the guard)."""
+
+    def __init__(self, autocast_offset=0.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.l1 = torch.nn.Linear(D, 32)
+        self.l2 = torch.nn.Linear(32, 96)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.offset = autocast_offset
+
+    def forward(self, z):
+        x = torch.sigmoid(self.l2(torch.tanh(self.l1(z))))
+        return x + self.offset if torch.is_autocast_enabled("cpu") else x
+
+
+def _run(net, **params):
+    op = _op()
+    gen = TorchGenerator(net.eval(), D, image_shape=(12, 8))
+    z = torch.tensor(np.random.default_rng(0).standard_normal((2, D)), dtype=torch.float32)
+    with torch.no_grad():
+        truth = net(z).double().numpy()
+    data = op.response(1.0 / (0.06 + 0.02 * (1.0 - truth)))
+    inv = LatentInverter(gen, op, **dict(dict(n_starts=4, n_epochs=4, batch_size=9, lr=2e-3,
+                                              random_state=1, device="cpu"), **params)).fit(data)
+    return inv, inv.invert(data), data
+
+
+@bf16
+def test_bfloat16_run_returns_float32_models_and_misfits():
+    inv, res, data = _run(Net(), precision="bfloat16")
+    S, K, d = res.latents.shape
+    with torch.no_grad():
+        again = inv.prior_.decoder_(torch.tensor(res.latents.reshape(-1, d), dtype=torch.float32))
+    np.testing.assert_array_equal(res.start_models.reshape(S * K, -1), again.double().numpy())
+    t = inv.simulate(res.start_models.reshape(S * K, -1)).reshape(S, K, -1)
+    rmse = np.sqrt(np.mean((t - data[:, None, :]) ** 2, axis=2))
+    np.testing.assert_allclose(res.data_rmse, rmse, rtol=1e-4)
+    assert np.array_equal(res.best_start, np.argmin(res.data_rmse, axis=1))
+    np.testing.assert_array_equal(res.models, res.start_models[np.arange(S), res.best_start])
+    assert len(res.settings["bfloat16_rmse_change"]) == S
+    # the search itself ran in bfloat16: its histories differ from a float32 run's
+    _, res32, _ = _run(Net())
+    assert not np.array_equal(res.data_rmse_history, res32.data_rmse_history)
+    np.testing.assert_allclose(res.data_rmse_history, res32.data_rmse_history, rtol=0.1)
+
+
+@bf16
+def test_guard_warns_when_bfloat16_misleads_the_search():
+    with pytest.warns(PrecisionWarning, match=r"data RMSE moved by up to .* %"):
+        _, res, _ = _run(Net(autocast_offset=0.05), precision="bfloat16")
+    assert max(res.settings["bfloat16_rmse_change"]) > 0.01
+
+
+def test_precision_refused_without_native_bfloat16(monkeypatch):
+    monkeypatch.setattr(estimator, "_native_bfloat16", lambda device: False)
+    with pytest.raises(ValueError, match="precision='bfloat16' needs native bfloat16"):
+        _run(Net(), precision="bfloat16")
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16', got 'half'"):
+        _run(Net(), precision="half")
