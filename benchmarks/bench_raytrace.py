@@ -12,9 +12,10 @@ model, all engines in one run:
    label-correcting kernel in alternating sweep order, ``latentinv-wavefront-scalar`` the portable
    kernel (no SIMD intrinsics);
 2. peak memory of each engine (resident set growth in a fresh subprocess: graph + one F+J call);
-3. accuracy against a high-resolution reference (latentinv C++ at ``--reference-nodes``; ttcrpy
-   computes the same graph, so its error is the same at equal secondary nodes) for secondary nodes
-   1 to 10, with the time of latentinv and ttcrpy at each.
+3. accuracy against a high-resolution reference (latentinv C++ at ``--reference-nodes``, default 40;
+   ttcrpy computes the same graph, so its error is the same at equal secondary nodes) for secondary
+   nodes 1 to 10 on the paper's six truths (``--truths``), with the time of latentinv and ttcrpy at
+   each (on the channel model).
 
 Prints tables and writes JSON (``--json``). Run: ``python benchmarks/bench_raytrace.py``.
 """
@@ -165,6 +166,9 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats (minimum is reported)")
     parser.add_argument("--reference-nodes", type=int, default=40)
     parser.add_argument("--sweep", type=int, nargs="+", default=list(range(1, 11)))
+    parser.add_argument("--truths", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                                         "shared", "data", "paper_test_models"),
+                        help="directory of the paper's truths (mc1-3.npy, mv1-3.npy) for the accuracy sweep")
     parser.add_argument("--skip-pygimli", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", default="bench_raytrace.json")
@@ -232,24 +236,38 @@ def main(argv=None):
     report["solves_per_iteration"] = solves
 
     # 3. accuracy against a high-resolution reference ------------------------------------------------
+    # models: the paper's six truths (mc1-3, mv1-3, slowness of the paper's velocity law) when the
+    # data directory is there, else the channel model; times are measured on the channel model
+    models = {}
+    if os.path.isdir(args.truths):
+        for name in ("mc1", "mc2", "mc3", "mv1", "mv2", "mv3"):
+            path = os.path.join(args.truths, name + ".npy")
+            if os.path.exists(path):
+                x = grid.to_flat(np.load(path).astype(np.float64))
+                models[name] = 1.0 / (0.06 + 0.02 * (1.0 - x))   # paper_slowness (ns/m)
+    if not models:
+        models["channel"] = m
     fwd_ref, _ = latentinv_engine(args.reference_nodes, os.cpu_count() or 1)
     t0 = time.perf_counter()
-    t_ref = fwd_ref(m)
-    print(f"\nReference: latentinv at {args.reference_nodes} secondary nodes ({time.perf_counter() - t0:.1f} s)")
+    t_ref = {name: fwd_ref(s) for name, s in models.items()}
+    print(f"\nReference: latentinv at {args.reference_nodes} secondary nodes on {', '.join(models)} "
+          f"({time.perf_counter() - t0:.1f} s); MAE averaged over these models")
     sweep = []
     print(f"{'nodes':>6}{'MAE ns':>10}{'max ns':>9}{'latentinv F ms':>16}{'F+J ms':>9}{'ttcrpy F+J ms':>15}{'ttcrpy MAE':>12}")
     for k in args.sweep:
         fwd, fj = latentinv_engine(k, 1)
-        t = fwd(m)
-        row = {"nodes": k, "mae_ns": float(np.mean(np.abs(t - t_ref))), "max_ns": float(np.max(np.abs(t - t_ref))),
+        err = np.concatenate([fwd(s) - t_ref[name] for name, s in models.items()])
+        row = {"nodes": k, "mae_ns": float(np.mean(np.abs(err))), "max_ns": float(np.max(np.abs(err))),
                "latentinv_forward_s": best_time(fwd, m, max(1, args.repeat // 2)),
                "latentinv_forward_jacobian_s": best_time(fj, m, max(1, args.repeat // 2))}
         try:
             tfwd, tfj = ttcrpy_engine(k, 1)
             row["ttcrpy_forward_jacobian_s"] = best_time(tfj, m, 1)
-            out = tfwd(m)
-            t_tt = out[0] if isinstance(out, tuple) else out
-            row["ttcrpy_mae_ns"] = float(np.mean(np.abs(t_tt - t_ref)))
+            errs = []
+            for name, s in models.items():
+                out = tfwd(s)
+                errs.append((out[0] if isinstance(out, tuple) else out) - t_ref[name])
+            row["ttcrpy_mae_ns"] = float(np.mean(np.abs(np.concatenate(errs))))
         except ImportError:
             row["ttcrpy_forward_jacobian_s"] = row["ttcrpy_mae_ns"] = None
         sweep.append(row)

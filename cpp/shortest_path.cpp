@@ -935,15 +935,26 @@ BatchResult ShortestPathEngine::assemble(Job& job) const {
       result.indptr[model * nd + datum + 1] = end - begin;
     }
   for (int64_t i = 0; i < n_models * nd; ++i) result.indptr[i + 1] += result.indptr[i];
-  result.indices.resize(result.indptr.back());
-  result.data.resize(result.indptr.back());
+  // Rows are appended in order into reserved (not yet touched) storage and each task's rows are
+  // freed after their last use, so that the task outputs and the stacked CSR are not both resident
+  // in full at the peak (data grouped by source, as surveys usually are, free them early).
+  std::vector<int64_t> rows_left(job.outputs.size(), 0);
+  for (int64_t model = 0; model < n_models; ++model)
+    for (int64_t datum = 0; datum < nd; ++datum)
+      ++rows_left[model * n_active + slot_of_source[pair_sources_[datum]]];
+  result.indices.reserve(result.indptr.back());
+  result.data.reserve(result.indptr.back());
   for (int64_t model = 0; model < n_models; ++model)
     for (int64_t datum = 0; datum < nd; ++datum) {
       row_range(model, datum, &begin, &end);
-      const TaskOutput& o = job.outputs[model * n_active + slot_of_source[pair_sources_[datum]]];
-      const int64_t dst = result.indptr[model * nd + datum];
-      std::copy(o.cols.begin() + begin, o.cols.begin() + end, result.indices.begin() + dst);
-      std::copy(o.vals.begin() + begin, o.vals.begin() + end, result.data.begin() + dst);
+      const int64_t k = model * n_active + slot_of_source[pair_sources_[datum]];
+      TaskOutput& o = job.outputs[k];
+      result.indices.insert(result.indices.end(), o.cols.begin() + begin, o.cols.begin() + end);
+      result.data.insert(result.data.end(), o.vals.begin() + begin, o.vals.begin() + end);
+      if (--rows_left[k] == 0) {
+        std::vector<int32_t>().swap(o.cols);
+        std::vector<double>().swap(o.vals);
+      }
     }
   return result;
 }

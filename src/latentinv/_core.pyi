@@ -47,6 +47,22 @@ class ShortestPathEngine:
     max_threads: int
     """Upper bound (class attribute, read-only) on the threads of one ``run`` and on the pool:
     ``4 * std::thread::hardware_concurrency()``."""
+    avx2_available: bool
+    """Whether the AVX2 kernel of the label-correcting solvers was compiled in and the CPU has AVX2
+    (class attribute, read-only)."""
+    default_simd: Literal["avx2", "scalar"]
+    """The kernel ``simd="auto"`` runs on this machine (class attribute, read-only)."""
+    sweep_lanes: int
+    """Sources solved together by one pass of the label-correcting solvers: 4 (class attribute)."""
+    def sweep_statistics(
+        self,
+        slowness: npt.ArrayLike,
+        sources: list[int],
+        simd: Literal["auto", "avx2", "scalar"] = "auto",
+        solver: Literal["auto", "wavefront", "sweep", "dijkstra"] = "auto",
+    ) -> Tuple[int, int, int]:
+        """``(rounds, cells processed, node pushes)`` of one label-correcting solve of up to
+        ``sweep_lanes`` sources on ``slowness (n_cells,)`` (rounds: sweeps, or 1 for the wavefront)."""
     def run(
         self,
         slowness: npt.ArrayLike,
@@ -55,6 +71,8 @@ class ShortestPathEngine:
         queue: Literal["auto", "heap", "buckets"] = "auto",
         jacobian_rows: Optional[npt.ArrayLike] = None,
         sources: Optional[npt.ArrayLike] = None,
+        solver: Literal["auto", "wavefront", "sweep", "dijkstra"] = "auto",
+        simd: Literal["auto", "avx2", "scalar"] = "auto",
     ) -> _RunResult:
         """``slowness (n_models, n_cells)`` (ns/m) -> ``(times (n_models, n_data) ns, CSR or None)``.
 
@@ -65,7 +83,12 @@ class ShortestPathEngine:
         unflagged Jacobian rows are left empty; the data of an unflagged (model, source) get NaN
         times and empty rows. ``slowness`` may have 0 rows (an empty result). ``n_threads`` must be
         a positive ``int`` (ValueError otherwise); at most ``min(n_threads, tasks, max_threads)``
-        threads run.
+        threads run. ``solver``: ``"auto"`` (= ``"wavefront"``: multi-source label correcting,
+        ``sweep_lanes`` sources per task, cells in bucket order), ``"sweep"`` (the same, cells in
+        alternating sweeps) or ``"dijkstra"`` (one task per source; the only solver that takes a
+        ``queue`` other than ``"auto"``). ``simd``: lanes of the label-correcting solvers (``"avx2"``
+        raises ValueError where unavailable). Every solver and kernel gives the same times and
+        Jacobians, bit for bit.
         """
     def submit(
         self,
@@ -75,6 +98,8 @@ class ShortestPathEngine:
         queue: Literal["auto", "heap", "buckets"] = "auto",
         jacobian_rows: Optional[npt.ArrayLike] = None,
         sources: Optional[npt.ArrayLike] = None,
+        solver: Literal["auto", "wavefront", "sweep", "dijkstra"] = "auto",
+        simd: Literal["auto", "avx2", "scalar"] = "auto",
     ) -> "PendingRun":
         """``run``'s work queued on the engine's persistent worker pool (grown to
         ``min(n_threads, the job's (model, source) tasks, max_threads)``, never shrunk); jobs are
