@@ -192,66 +192,73 @@ class ConvEncoder(nn.Module):
 
 
 class _OneChannelConvTransposeFunction(torch.autograd.Function):
-    """Transposed convolution to one output channel, float32 on the CPU, for a constant weight.
+    """Transposed convolution to one output channel on the CPU, for a constant weight.
 
     oneDNN runs this shape (e.g. 32 -> 1 channels, 5 x 5, stride 2: the decoder's last layer) at
     about 13 GFLOP/s, 23 ms of a 100-start decoder pass here. Contracting the channels first (one
-    GEMM to the kH*kW taps) and adding the taps into the output, one stride phase at a time, gives
-    the same sums in another order (float32 rounding, ~1e-6) in 5 ms. The input gradient is a plain
-    strided convolution with the same weight, which oneDNN runs fast.
+    GEMM to the kH*kW taps) and adding the taps into the output (``fold``, col2im: for each output
+    element the taps are added in kernel order, starting from zero) gives the same sums in another
+    order than oneDNN (float32 rounding, ~1e-6) in a fraction of the time. The input gradient is a
+    plain strided convolution with the same weight, which oneDNN runs fast.
+
+    ``low_precision`` (bfloat16 input, under ``torch.autocast``): the GEMM runs in bfloat16 and the
+    taps are added in float32 (the output is float32); the input gradient is the same convolution in
+    bfloat16.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, output_padding):
+    def forward(ctx, x, weight, stride, padding, output_padding, low_precision=False):
         ctx.save_for_backward(weight)
-        ctx.conf = (stride, padding)
+        ctx.conf = (stride, padding, low_precision)
         n, c, h, w = x.shape
         kh, kw = weight.shape[2], weight.shape[3]
         (sh, sw), (ph, pw), (oph, opw) = stride, padding, output_padding
-        taps = torch.matmul(weight.reshape(c, kh * kw).t(), x.reshape(n, c, h * w))
-        taps = taps.reshape(n, kh, kw, h, w)
-        full_h, full_w = (h - 1) * sh + kh + oph, (w - 1) * sw + kw + opw
-        y = x.new_zeros(n, full_h, full_w)
-        for a in range(min(sh, kh)):
-            rows = range(a, kh, sh)                     # taps landing on output rows = a (mod sh)
-            for b in range(min(sw, kw)):
-                cols = range(b, kw, sw)
-                acc = x.new_zeros(n, h - 1 + len(rows), w - 1 + len(cols))
-                for p, r in enumerate(rows):
-                    for q, t in enumerate(cols):
-                        acc[:, p:p + h, q:q + w] += taps[:, r, t]
-                y[:, a::sh, b::sw][:, :acc.shape[1], :acc.shape[2]] = acc
-        y = y[:, ph:full_h - ph, pw:full_w - pw]
-        return y.unsqueeze(1)
+        w_taps = weight.reshape(c, kh * kw).t()
+        if low_precision:
+            w_taps = w_taps.to(x.dtype)
+        taps = torch.matmul(w_taps, x.reshape(n, c, h * w))
+        if low_precision:
+            taps = taps.float()
+        out_h = (h - 1) * sh - 2 * ph + kh + oph
+        out_w = (w - 1) * sw - 2 * pw + kw + opw
+        y = nn.functional.fold(taps, (out_h, out_w), (kh, kw), stride=stride, padding=padding)
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):      # differentiable ops only: double backward works too
         (weight,) = ctx.saved_tensors
-        stride, padding = ctx.conf
+        stride, padding, low_precision = ctx.conf
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = nn.functional.conv2d(grad_y.contiguous(), weight, stride=stride, padding=padding)
-        return grad_x, None, None, None, None
+            if low_precision:
+                grad_x = nn.functional.conv2d(grad_y.to(torch.bfloat16).contiguous(), weight.to(torch.bfloat16),
+                                              stride=stride, padding=padding)
+            else:
+                grad_x = nn.functional.conv2d(grad_y.contiguous(), weight, stride=stride, padding=padding)
+        return grad_x, None, None, None, None, None
 
 
 class _ConvTranspose2dToOneChannel(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (same parameters and state dict) with a fast path for its CPU shape.
 
     The fast path runs when the weight is a constant for autograd (no gradient asked of it: a
-    fitted decoder, whose parameters latentinv freezes, or ``torch.no_grad``), in float32 on the CPU;
-    training takes the standard path, so a training run is unchanged.
+    fitted decoder, whose parameters latentinv freezes, or ``torch.no_grad``), in float32 on the CPU,
+    or in bfloat16 under CPU autocast (then its output is float32); training takes the standard path,
+    so a training run is unchanged.
     """
 
     def forward(self, x, output_size=None):
+        low = (x.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+               and torch.get_autocast_dtype("cpu") == torch.bfloat16)
         fast = (output_size is None and self.bias is None and self.out_channels == 1 and self.groups == 1
                 and self.dilation == (1, 1) and x.dim() == 4 and x.device.type == "cpu"
-                and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and (x.dtype == torch.float32 or low) and self.weight.dtype == torch.float32
                 and self.padding_mode == "zeros"
                 and not (torch.is_grad_enabled() and self.weight.requires_grad))
         if not fast:
             return super().forward(x, output_size)
         return _OneChannelConvTransposeFunction.apply(x.contiguous(), self.weight, self.stride,
-                                                      self.padding, self.output_padding)
+                                                      self.padding, self.output_padding, low)
 
 
 class ConvDecoder(nn.Module):

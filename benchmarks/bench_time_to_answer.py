@@ -1,0 +1,338 @@
+"""Time to an answer: the paper's linear case (VSbrd) for one survey, full protocol against the options
+that stop, prune or lower the decoder's precision (issue 19, item 4).
+
+For each of the paper's truths (mc1-mc3, the published test models) with the shipped prior
+(``VAEPrior.pretrained()``), straight rays between x = 0.01 m and x = 6.49 m (the paper's sensor
+positions, rays on cell boundaries put in the row above as the published kernel does), noise-free data,
+and Table 1's VSbrd settings (``PAPER_CASES["VSbrd"]``, 100 starts = ``PAPER_N_STARTS``), this measures:
+
+* the wall time until the returned model is final (``fit`` + ``invert`` returned), per survey;
+* the returned (selected) model's full-data RMSE (ns), and the iteration it was found at;
+* whether it is accepted at the paper's threshold (the data RMSE of the truth's encode-decode model
+  through the prior, Table 2);
+* the start-iterations computed (stopped and pruned starts leave the batch);
+
+for the full protocol and for each option:
+
+``tol``      convergence stop per start (``tol``, ``n_epochs_no_change``);
+``prune``    successive halving across starts (``prune="halving"``, ``prune_every``, ``prune_keep``);
+``bf16``     the decoder under bfloat16 autocast (``precision="bfloat16"``; selected models re-scored in
+             float32);
+``fast``     the combination of the three that gave the fastest answer here.
+
+Beside them, in the same run, the per-iteration cost of the paper's own loop (its published
+``SGD_DGM.py``, run from a temporary copy given by ``--paper-code``; the copy is imported, never
+vendored) on the same decoder, one start at a time, against latentinv's batched start-iteration in
+float32 and in bfloat16 (interleaved rounds, minimum kept).
+
+The full protocol (100 starts x 3000 iterations) takes about a quarter of an hour per survey on a
+2-core CPU, so the scale is configurable: ``--full-seeds`` (the full protocol's seeds, all truths in one
+batch; its time is reported per survey), ``--seeds`` (the options' seeds, one survey per call),
+``--truths``, ``--n-starts``, ``--epochs``; ``--full-from JSON`` reuses the full-protocol rows of an
+earlier record of this script (the record says so). The reference of "within 5 %" is the full
+protocol's best RMSE of each truth (over its seeds).
+
+Usage::
+
+    git -C /path/to/VAE_SGD show HEAD:SGD_DGM.py > /tmp/paper_code/SGD_DGM.py   # a temporary copy
+    nice -n 5 python benchmarks/bench_time_to_answer.py --paper-code /tmp/paper_code \\
+        --full-seeds 0 --seeds 0 1 2 3 4 --output docs/bench_time_to_answer.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentinv import StraightRayOperator, VAEPrior, paper_crosshole
+from latentinv.inversion import PAPER_CASES, PAPER_N_STARTS, LatentInverter, paper_slowness
+
+DEFAULT_TEST_MODELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "paper_test_models"
+if not DEFAULT_TEST_MODELS.is_dir():
+    DEFAULT_TEST_MODELS = Path("/work/shared/data/paper_test_models")
+
+#: The options, as LatentInverter keyword arguments (``fast``: the fastest combination measured).
+OPTIONS = {
+    "full": {},
+    "tol": dict(tol=1e-3, n_epochs_no_change=5),
+    "prune": dict(prune="halving", prune_every=2, prune_keep=0.5),
+    "bf16": dict(precision="bfloat16"),
+    "fast": dict(precision="bfloat16", prune="halving", prune_every=2, prune_keep=0.5,
+                 tol=1e-3, n_epochs_no_change=5),
+}
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        pass
+    return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                python=sys.version.split()[0], avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags)
+
+
+def rmse(a, b):
+    return np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2, axis=-1))
+
+
+def paper_problem(test_models, truths, prior):
+    """Operator, truths (flat), noise-free data and the paper's thresholds (encode-decode data RMSE)."""
+    op = StraightRayOperator(*paper_crosshole(0.01, 6.49), boundary_rays="upper_left")
+    models = np.stack([np.load(Path(test_models) / f"{t}.npy").reshape(-1).astype(np.float64) for t in truths])
+    data = op.response(paper_slowness(models))
+    recon = prior.decode(prior.encode(models))
+    thresholds = rmse(op.response(paper_slowness(recon)), data)
+    return op, models, data, thresholds
+
+
+def run_inverter(prior, op, data, seed, n_starts, n_epochs, options):
+    """One call (all rows of ``data`` as surveys): wall time, and per survey the returned model's
+    data RMSE, its iteration, and the start-iterations computed."""
+    settings = dict(PAPER_CASES["VSbrd"], n_epochs=n_epochs)
+    inv = LatentInverter(prior, op, n_starts=n_starts, random_state=seed, device="cpu", verbose=0,
+                         **settings, **options)
+    t0 = time.perf_counter()
+    res = inv.fit(data).invert(data)
+    wall = time.perf_counter() - t0
+    S = len(data)
+    rows = np.arange(S)
+    computed = np.isfinite(res.data_rmse_history).sum(axis=(1, 2))
+    return dict(wall_s=wall, n_surveys=S, n_iterations=int(inv.n_iterations_),
+                rmse=res.data_rmse[rows, res.best_start].tolist(),
+                best_start=res.best_start.tolist(),
+                best_iteration=res.best_iteration[rows, res.best_start].tolist(),
+                start_iterations=computed.tolist(),
+                bf16_rmse_change=res.settings.get("bfloat16_rmse_change"))
+
+
+# -- the paper's own loop, from the user's temporary copy ---------------------------------------------------
+def load_paper_code(path):
+    """Import ``SGD_DGM.py`` from ``path`` (the file or its folder). Its top-level ``import pygimli`` is
+    only used by the nonlinear branch: an empty stand-in module is supplied when pygimli is absent."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "SGD_DGM.py"
+    if not path.is_file():
+        raise SystemExit(f"--paper-code: {path} not found (a copy of jlalvis/VAE_SGD's SGD_DGM.py)")
+    try:
+        import pygimli  # noqa: F401
+    except ImportError:
+        sys.modules.setdefault("pygimli", types.ModuleType("pygimli"))
+    spec = importlib.util.spec_from_file_location("paper_SGD_DGM", path)
+    module = importlib.util.module_from_spec(spec)
+    # Python >= 3.11 refuses its dataclass's NumPy-array defaults (mutable): while the copy is imported,
+    # ``dataclasses.dataclass`` turns such a default into a default_factory returning a copy of it
+    original = dataclasses.dataclass
+
+    def tolerant_dataclass(cls=None, **kwargs):
+        def wrap(c):
+            for name in list(getattr(c, "__annotations__", {})):
+                value = c.__dict__.get(name)
+                if isinstance(value, np.ndarray):
+                    setattr(c, name, dataclasses.field(default_factory=lambda v=value: v.copy()))
+            return original(c, **kwargs)
+        return wrap if cls is None else wrap(cls)
+
+    dataclasses.dataclass = tolerant_dataclass
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        dataclasses.dataclass = original
+    return module
+
+
+class _ImageDecoder(torch.nn.Module):
+    """The shipped decoder as the paper's code calls it: ``(1, d) -> (1, 1, n_rows, n_cols)``."""
+
+    def __init__(self, decoder, shape):
+        super().__init__()
+        self.decoder, self.shape = decoder, shape
+
+    def forward(self, z):
+        return self.decoder(z).reshape(z.shape[0], 1, *self.shape)
+
+
+def paper_loop_seconds(module, decoder, op, data, truth, z0, n_epochs, seed):
+    """Wall time of the paper's SGD_DGM (VSbrd, linear, one start) for ``n_epochs`` epochs of 25."""
+    s = PAPER_CASES["VSbrd"]
+    setup = module.SGDsetup(
+        epochs=n_epochs, batch_size=s["batch_size"], lr=s["lr"], clr=s["lr_decay"], ninits=1,
+        zinit=z0[None, :], gen=decoder, fwd="linear", A=op.matrix.toarray(), d=data, reg="ring",
+        lam=s["lam"], clam=s["lam_decay"], device="cpu", step_eps=s["decay_every"], DGM="VAE",
+        optimizer="SGD", truemodel=truth.reshape(129, 65))
+    np.random.seed(seed)
+    t0 = time.perf_counter()
+    dloss, _, _, _ = module.SGD_DGM(setup, z0)
+    dt = time.perf_counter() - t0
+    iterations = len(dloss)
+    return dt, iterations, float(np.sqrt(dloss[-1] / len(data)))
+
+
+def per_iteration_rows(prior, op, data, truth, paper_code, repeats, paper_epochs, n_starts):
+    """Paper loop per iteration vs latentinv per start-iteration (float32, bfloat16), interleaved."""
+    rows = []
+    dec = copy.deepcopy(prior.decoder_).requires_grad_(False)
+    paper = None
+    if paper_code:
+        module = load_paper_code(paper_code)
+        paper = _ImageDecoder(dec, (129, 65))
+        z0 = np.random.default_rng(0).standard_normal(20)
+        paper_loop_seconds(module, paper, op, data[0], truth, z0, 1, 0)    # warm-up
+    invs = {}
+    for label, opts in (("float32", {}), ("bfloat16", dict(precision="bfloat16"))):
+        invs[label] = LatentInverter(prior, op, n_starts=n_starts, random_state=0, device="cpu", verbose=0,
+                                     **dict(PAPER_CASES["VSbrd"], n_epochs=1), **opts).fit(data[:1])
+        invs[label].invert(data[:1])   # warm-up
+    best = {}
+    for _ in range(repeats):
+        if paper is not None:
+            dt, its, _ = paper_loop_seconds(module, paper, op, data[0], truth, z0, paper_epochs, 0)
+            best["paper"] = min(best.get("paper", np.inf), dt / its)
+        for label, inv in invs.items():
+            t0 = time.perf_counter()
+            inv.invert(data[:1])
+            dt = time.perf_counter() - t0
+            best[label] = min(best.get(label, np.inf), dt / (n_starts * inv.n_iterations_))
+    ref = best.get("paper")
+    if ref is not None:
+        rows.append(dict(method="paper's SGD_DGM.py (1 start at a time, same decoder, frozen)",
+                         per_start_iteration_ms=1e3 * ref, ratio=1.0,
+                         iterations=paper_epochs * 25))
+    for label in ("float32", "bfloat16"):
+        rows.append(dict(method=f"LatentInverter, {n_starts} starts, {label}",
+                         per_start_iteration_ms=1e3 * best[label],
+                         ratio=None if ref is None else ref / best[label], iterations=25))
+    return rows
+
+
+def summarize(rows, truths, thresholds, reference):
+    """Per option and truth: worst/median wall time per survey and RMSE ratio to the reference best."""
+    table = []
+    for option in dict.fromkeys(r["option"] for r in rows):
+        mine = [r for r in rows if r["option"] == option]
+        for i, t in enumerate(truths):
+            cells = [(r["wall_s"] / r["n_surveys"], r["rmse"][r["truths"].index(t)], r["start_iterations"]
+                      [r["truths"].index(t)]) for r in mine if t in r["truths"]]
+            if not cells:
+                continue
+            walls, rm, work = map(np.asarray, zip(*cells))
+            ratio = rm / reference[i]
+            table.append(dict(option=option, truth=t, n_seeds=len(cells), wall_s_max=float(walls.max()),
+                              wall_s_median=float(np.median(walls)), rmse_median=float(np.median(rm)),
+                              rmse_max=float(rm.max()), rmse_ratio_max=float(ratio.max()),
+                              within_5pct=int(np.sum(ratio <= 1.05)), accepted=int(np.sum(rm <= thresholds[i])),
+                              start_iterations_median=float(np.median(work))))
+    return table
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--test-models", default=str(DEFAULT_TEST_MODELS), help="folder of mc1.npy ... mc3.npy")
+    p.add_argument("--truths", nargs="+", default=["mc1", "mc2", "mc3"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds of the options")
+    p.add_argument("--full-seeds", nargs="*", type=int, default=[0],
+                   help="seeds of the full protocol (all truths in one batch); none: skip it")
+    p.add_argument("--full-from", default=None, help="reuse the full-protocol rows of an earlier JSON record")
+    p.add_argument("--options", nargs="*", default=["tol", "prune", "bf16", "fast"], choices=list(OPTIONS)[1:])
+    p.add_argument("--option-seeds", nargs="*", default=[],
+                   help="per-option seed counts, e.g. tol=1 bf16=1 (default: every seed)")
+    p.add_argument("--n-starts", type=int, default=PAPER_N_STARTS)
+    p.add_argument("--epochs", type=int, default=PAPER_CASES["VSbrd"]["n_epochs"])
+    p.add_argument("--paper-code", default=None, help="temporary copy of the paper's SGD_DGM.py (file or folder)")
+    p.add_argument("--paper-epochs", type=int, default=1, help="epochs (of 25 iterations) of the paper's loop")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the per-iteration rows")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default="bench_time_to_answer.json")
+    args = p.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine()
+    info["load_average_start"] = os.getloadavg()
+    prior = VAEPrior.pretrained()
+    op, models, data, thresholds = paper_problem(args.test_models, args.truths, prior)
+    print(f"machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
+          f"({info['torch_threads']} threads), load {info['load_average_start']}")
+    print("thresholds (encode-decode data RMSE, ns): "
+          + ", ".join(f"{t} {v:.4f}" for t, v in zip(args.truths, thresholds)))
+    record = dict(command="python benchmarks/bench_time_to_answer.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
+                  date=time.strftime("%Y-%m-%d"), machine=info, truths=args.truths, thresholds=thresholds.tolist(),
+                  n_starts=args.n_starts, epochs=args.epochs, options={k: OPTIONS[k] for k in ["full"] + args.options},
+                  rows=[], per_iteration=[])
+
+    def save():
+        record["machine"]["load_average_end"] = os.getloadavg()
+        Path(args.output).write_text(json.dumps(record, indent=1))
+
+    if args.paper_code or args.repeats:
+        record["per_iteration"] = per_iteration_rows(prior, op, data, models[0], args.paper_code, args.repeats,
+                                                     args.paper_epochs, args.n_starts)
+        for r in record["per_iteration"]:
+            ratio = f"{r['ratio']:.1f}x" if r["ratio"] else ""
+            print(f"  {r['method']:<64}{r['per_start_iteration_ms']:>9.3f} ms/start-iteration {ratio:>7}")
+        save()
+
+    if args.full_from:
+        old = json.loads(Path(args.full_from).read_text())
+        full = [dict(r, reused_from=args.full_from) for r in old["rows"] if r["option"] == "full"]
+        record["rows"] += full
+        print(f"full protocol: {len(full)} rows reused from {args.full_from}")
+    for seed in args.full_seeds:
+        out = run_inverter(prior, op, data, seed, args.n_starts, args.epochs, {})
+        out.update(option="full", seed=seed, truths=list(args.truths))
+        record["rows"].append(out)
+        print(f"[full seed {seed}] {out['wall_s']:.1f} s for {len(data)} surveys; RMSE "
+              f"{np.round(out['rmse'], 4).tolist()} (best at iterations {out['best_iteration']})")
+        save()
+    counts = dict(s.split("=") for s in args.option_seeds)
+    for option in args.options:
+        for seed in args.seeds[:int(counts.get(option, len(args.seeds)))]:
+            for i, t in enumerate(args.truths):
+                out = run_inverter(prior, op, data[i:i + 1], seed, args.n_starts, args.epochs, OPTIONS[option])
+                out.update(option=option, seed=seed, truths=[t])
+                record["rows"].append(out)
+                print(f"[{option} seed {seed} {t}] {out['wall_s']:.1f} s; RMSE {out['rmse'][0]:.4f} "
+                      f"(threshold {thresholds[i]:.4f}); {out['start_iterations'][0]} start-iterations")
+                save()
+
+    full_rows = [r for r in record["rows"] if r["option"] == "full"]
+    if full_rows:
+        reference = np.min([[r["rmse"][r["truths"].index(t)] for t in args.truths] for r in full_rows], axis=0)
+        record["reference_best_rmse"] = reference.tolist()
+        record["summary"] = summarize(record["rows"], args.truths, thresholds, reference)
+        print(f"\n{'option':<7}{'truth':<6}{'seeds':>6}{'s/survey max':>14}{'median':>9}{'RMSE median':>13}"
+              f"{'max/best':>10}{'<=5%':>6}{'accepted':>10}{'start-its':>11}")
+        for r in record["summary"]:
+            print(f"{r['option']:<7}{r['truth']:<6}{r['n_seeds']:>6}{r['wall_s_max']:>14.1f}{r['wall_s_median']:>9.1f}"
+                  f"{r['rmse_median']:>13.4f}{r['rmse_ratio_max']:>10.3f}{r['within_5pct']:>6}"
+                  f"{r['accepted']:>10}{r['start_iterations_median']:>11.0f}")
+    save()
+    print(f"load average at the end: {record['machine']['load_average_end']}; wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
