@@ -260,7 +260,7 @@ struct ShortestPathEngine::Workspace {
       cell_stamp.resize(n_cells);
       dirty.resize(n_cells);
       cell_key.resize(n_cells);
-      scratch.resize(m * m + 2 * m * lanes);
+      scratch.resize(sweep::kRowBlock * m + 2 * m * lanes);
       sweep_ints.resize(2 * m);
       changed.resize(m);
     }
@@ -1099,7 +1099,7 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
   st.cell_stamp = ws.cell_stamp.data();
   st.clock = 2;
   st.weights = ws.scratch.data();
-  st.acc = st.weights + m * m;
+  st.acc = st.weights + sweep::kRowBlock * m;
   st.start = st.acc + m * K;
   st.gid = ws.sweep_ints.data();
   st.rows = st.gid + m;

@@ -38,6 +38,9 @@ struct Grid {
   const uint8_t* node_sides;
 };
 
+// rows of a cell pushed together (their weights are computed into the scratch first)
+constexpr int32_t kRowBlock = 32;
+
 // bits returned by process_cell: the cells to mark dirty
 constexpr uint32_t kTop = 2, kBottom = 4, kLeft = 8, kRight = 16, kTopLeft = 32,
                    kTopRight = 64, kBottomLeft = 128, kBottomRight = 256;
@@ -47,7 +50,8 @@ struct State {
   uint32_t* node_stamp;   // clock value of each node's last change
   uint32_t* cell_stamp;   // clock value when each cell was last processed
   uint32_t clock;
-  // scratch of at least m x m doubles, m x K doubles and m int32 (acc), owned by the caller
+  // scratch owned by the caller: weights kRowBlock x m, acc and start m x K doubles, gid and rows
+  // m int32 each
   double* weights;
   double* acc;
   double* start;
@@ -124,43 +128,49 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
   // Push the rows through the cell; the nodes it improves are pushed again (rounding may break the
   // triangle inequality between collinear nodes by an ulp) until nothing changes inside the cell.
   while (true) {
-    // weights of the pushed rows: w[k][q] = L[p_k][q] * s (rounded once, as Dijkstra's Lrow[q] * s)
     int32_t n_live = 0;
     for (int32_t k = 0; k < n_rows; ++k) {
       const int32_t p = st.rows[k];
-      if (!Vec::any_less(Vec::load(start + p * K), infinity)) continue;  // all lanes +inf
-      st.rows[n_live] = p;
-      const double* Lp = g.lengths + p * m;
-      double* wk = w + n_live * m;
-      int32_t q = 0;
-      for (; q + Vec::K <= m; q += Vec::K) Vec::store(wk + q, Vec::mul(Vec::load(Lp + q), vs));
-      for (; q < m; ++q) wk[q] = Lp[q] * s;
-      ++n_live;
+      st.rows[n_live] = p;  // rows whose lanes are all +inf push nothing
+      n_live += Vec::any_less(Vec::load(start + p * K), infinity) ? 1 : 0;
     }
     st.pushed += n_live;
-    // acc[q] = min(acc[q], start[p] + w[p][q]) over the live rows p (the diagonal adds 0)
-    int32_t q = 0;
-    for (; q + 4 <= m; q += 4) {
-      Vec a0 = Vec::load(acc + (q + 0) * K), a1 = Vec::load(acc + (q + 1) * K);
-      Vec a2 = Vec::load(acc + (q + 2) * K), a3 = Vec::load(acc + (q + 3) * K);
-      for (int32_t k = 0; k < n_live; ++k) {
-        const Vec vp = Vec::load(start + st.rows[k] * K);
-        const double* wk = w + k * m + q;
-        a0 = Vec::min(a0, Vec::add(vp, Vec::broadcast(wk[0])));
-        a1 = Vec::min(a1, Vec::add(vp, Vec::broadcast(wk[1])));
-        a2 = Vec::min(a2, Vec::add(vp, Vec::broadcast(wk[2])));
-        a3 = Vec::min(a3, Vec::add(vp, Vec::broadcast(wk[3])));
+    // acc[q] = min(acc[q], start[p] + w[p][q]) over the live rows p (the diagonal adds 0), in blocks
+    // of kRowBlock rows whose weights w[k][q] = L[p_k][q] * s are computed first (rounded once, as
+    // Dijkstra's Lrow[q] * s); the block bounds the scratch memory to kRowBlock x m doubles
+    for (int32_t k0 = 0; k0 < n_live; k0 += kRowBlock) {
+      const int32_t k1 = n_live < k0 + kRowBlock ? n_live : k0 + kRowBlock;
+      for (int32_t k = k0; k < k1; ++k) {
+        const double* Lp = g.lengths + st.rows[k] * m;
+        double* wk = w + (k - k0) * m;
+        int32_t q = 0;
+        for (; q + Vec::K <= m; q += Vec::K) Vec::store(wk + q, Vec::mul(Vec::load(Lp + q), vs));
+        for (; q < m; ++q) wk[q] = Lp[q] * s;
       }
-      Vec::store(acc + (q + 0) * K, a0);
-      Vec::store(acc + (q + 1) * K, a1);
-      Vec::store(acc + (q + 2) * K, a2);
-      Vec::store(acc + (q + 3) * K, a3);
-    }
-    for (; q < m; ++q) {
-      Vec a0 = Vec::load(acc + q * K);
-      for (int32_t k = 0; k < n_live; ++k)
-        a0 = Vec::min(a0, Vec::add(Vec::load(start + st.rows[k] * K), Vec::broadcast(w[k * m + q])));
-      Vec::store(acc + q * K, a0);
+      int32_t q = 0;
+      for (; q + 4 <= m; q += 4) {
+        Vec a0 = Vec::load(acc + (q + 0) * K), a1 = Vec::load(acc + (q + 1) * K);
+        Vec a2 = Vec::load(acc + (q + 2) * K), a3 = Vec::load(acc + (q + 3) * K);
+        for (int32_t k = k0; k < k1; ++k) {
+          const Vec vp = Vec::load(start + st.rows[k] * K);
+          const double* wk = w + (k - k0) * m + q;
+          a0 = Vec::min(a0, Vec::add(vp, Vec::broadcast(wk[0])));
+          a1 = Vec::min(a1, Vec::add(vp, Vec::broadcast(wk[1])));
+          a2 = Vec::min(a2, Vec::add(vp, Vec::broadcast(wk[2])));
+          a3 = Vec::min(a3, Vec::add(vp, Vec::broadcast(wk[3])));
+        }
+        Vec::store(acc + (q + 0) * K, a0);
+        Vec::store(acc + (q + 1) * K, a1);
+        Vec::store(acc + (q + 2) * K, a2);
+        Vec::store(acc + (q + 3) * K, a3);
+      }
+      for (; q < m; ++q) {
+        Vec a0 = Vec::load(acc + q * K);
+        for (int32_t k = k0; k < k1; ++k)
+          a0 = Vec::min(a0, Vec::add(Vec::load(start + st.rows[k] * K),
+                                     Vec::broadcast(w[(k - k0) * m + q])));
+        Vec::store(acc + q * K, a0);
+      }
     }
     // the improved nodes are the next rows
     n_rows = 0;

@@ -293,6 +293,24 @@ def test_label_correcting_solvers_equal_dijkstra_bit_for_bit(problem):
 
 
 @needs_core
+@pytest.mark.parametrize("n", [15, 16, 70])
+def test_label_correcting_solvers_with_many_secondary_nodes(n):
+    """m = 4 + 4n local nodes: 64 (the largest with the side-only repeat rounds), 68 and 284 (full
+    repeat rounds, rows pushed in several blocks of 32): still Dijkstra's bits."""
+    grid = Grid2D(3, 2, (0.3, 0.2))
+    nodes = _node_positions(grid, n)
+    rng = np.random.default_rng(n)
+    picks = rng.choice(len(nodes), 9, replace=False)
+    survey = CrossholeSurvey(nodes[picks[:4]], nodes[picks[4:]])
+    m = rng.uniform(5.0, 15.0, grid.n_cells)
+    t_ref, J_ref = ShortestPathOperator(grid, survey, n, solver="dijkstra").response_and_jacobian(m)
+    for kw in _solver_variants():
+        t, J = ShortestPathOperator(grid, survey, n, **kw).response_and_jacobian(m)
+        np.testing.assert_array_equal(t, t_ref, err_msg=str(kw))
+        assert (J != J_ref).nnz == 0, kw
+
+
+@needs_core
 def test_label_correcting_solvers_on_the_paper_geometry_and_subsets():
     """Paper grid, two models at once, source subsets and Jacobian-row subsets (the pipelined
     inversion's head/rest jobs): every solver equals Dijkstra, by run and by submit."""
