@@ -43,6 +43,17 @@ def _same_param(a, b):
 
 
 
+def engine_tags(tags):
+    """scikit-learn tags of the engine's estimators (after their mixins' own: a regressor mixin would
+    make ``y`` required): traveltimes are non-negative, ``y`` (true models) optional and multi-output."""
+    tags.input_tags.positive_only = True
+    tags.target_tags.required = False
+    tags.target_tags.multi_output = True
+    tags.target_tags.single_output = False
+    tags.non_deterministic = False
+    return tags
+
+
 class LatentEstimatorBase(BaseEstimator):
     """Base of the engine's estimators (not for direct use). Subclasses define ``_check_params``
     (ending with :meth:`_check_common_params`), ``_fit_schedule(op)`` and optionally

@@ -12,7 +12,7 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
-from .base import LatentEstimatorBase
+from .base import LatentEstimatorBase, engine_tags
 from .parallel import run_chunk, survey_chunks
 from .randomness import EpochStreams, as_seed
 from .result import InversionResult
@@ -251,13 +251,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
     # -- tags ------------------------------------------------------------------------------------------
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.positive_only = True
-        tags.target_tags.required = False
-        tags.target_tags.multi_output = True
-        tags.target_tags.single_output = False
-        tags.non_deterministic = False
-        return tags
+        return engine_tags(super().__sklearn_tags__())
 
     # -- validation ------------------------------------------------------------------------------------
     def _check_params(self, n_data):

@@ -16,7 +16,7 @@ from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
-from .base import LatentEstimatorBase
+from .base import LatentEstimatorBase, engine_tags
 from .history import History
 from .mcmc import (INITIAL_STEP, KERNELS, TARGET_ACCEPTANCE, ChainStreams, Preconditioner, StepAdaptation,
                    adaptation_windows, evaluate, from_latent)
@@ -203,13 +203,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         self.verbose = verbose
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.positive_only = True
-        tags.target_tags.required = False
-        tags.target_tags.multi_output = True
-        tags.target_tags.single_output = False
-        tags.non_deterministic = False
-        return tags
+        return engine_tags(super().__sklearn_tags__())
 
     # -- validation ------------------------------------------------------------------------------------
     def _check_params(self, n_data):
