@@ -1,8 +1,9 @@
 """latentinv: geophysical inversion with deep generative priors.
 
-A variational-autoencoder prior (:class:`VAEPrior`) and stochastic-gradient inversion in its latent
-space (:class:`LatentInverter`) for crosshole traveltime tomography, after Lopez-Alvis, Laloy, Nguyen
-& Hermans (2021), Computers & Geosciences.
+A variational-autoencoder prior (:class:`VAEPrior`), the spatial GAN the paper compares it with
+(:class:`SGANPrior`), stochastic-gradient inversion in their latent space (:class:`LatentInverter`)
+and latent-space MCMC (:class:`LatentSampler`) for crosshole traveltime tomography, after
+Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences.
 """
 from ._backend import HAS_CORE
 from .geometry import CrossholeSurvey, Grid2D, paper_crosshole
@@ -11,7 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Grid2D", "CrossholeSurvey", "paper_crosshole", "StraightRayOperator", "ShortestPathOperator",
-    "PyGimliOperator", "VAEPrior", "SGANPrior", "LatentInverter", "HAS_CORE", "__version__",
+    "PyGimliOperator", "VAEPrior", "SGANPrior", "LatentInverter", "LatentSampler", "HAS_CORE",
+    "__version__",
 ]
 
 # torch-backed names load on first use, so that `import latentinv` (and `latentinv --help`) does not
