@@ -97,15 +97,20 @@ class ShortestPathEngine {
   // slowness: n_models x n_cells, C order (cell = row*n_cols + col). Throws on NaN/inf/<=0.
   // jacobian_rows: null (every row) or n_models x n_data flags; rows flagged 0 are left empty in
   // the Jacobian (their back-tracking is skipped), e.g. the data outside an SGD mini-batch.
-  // source_mask: null (every source) or n_models x n_sources flags; the Dijkstra run of a
-  // (model, source) flagged 0 is skipped: its data get NaN times and empty Jacobian rows.
+  // source_mask: null (every source) or n_models x n_sources flags; the solve of a (model, source)
+  // flagged 0 is skipped: its data get NaN times and empty Jacobian rows.
+  // options: solver, its SIMD lanes, and the Dijkstra queue (see RunOptions; a queue other than
+  // `automatic` needs the Dijkstra solver, simd other than `automatic` a label-correcting one).
   BatchResult run(const double* slowness, int64_t n_models, bool want_jacobian, int n_threads,
                   RunOptions options = RunOptions(),
                   const uint8_t* jacobian_rows = nullptr,
                   const uint8_t* source_mask = nullptr) const;
 
   // n_models may be 0: the result is then empty (no times, indptr = {0} with a Jacobian).
-  // Threads: a call uses at most min(n_threads, its (model, source) tasks, max_threads()).
+  // Threads: a call uses at most min(n_threads, its tasks, max_threads()). A task is one source
+  // (Dijkstra) or a group of up to sweep_lanes() consecutive flagged sources of one model (the
+  // label-correcting solvers: at least as many groups per model as threads per model, when the
+  // sources allow; sizes differ by at most one).
   //
   // The same computation, queued on the engine's persistent pool of worker threads (grown on
   // demand to min(n_threads, the job's tasks, max_threads()), never shrunk) and returned at once;
@@ -126,8 +131,9 @@ class ShortestPathEngine {
   static SimdKind resolve_simd(SimdKind requested);
   static bool avx2_available();
   static int sweep_lanes() { return 4; }
-  // Sweep statistics of one (model, group of sources) solve, for benchmarks: sweeps, cells
-  // processed, node pushes. `sources`: up to sweep_lanes() source indices.
+  // Statistics of one label-correcting solve of a group of sources, for benchmarks: rounds
+  // (sweeps, or 1 for the wavefront), cells processed, node pushes. `sources`: 1 to sweep_lanes()
+  // source indices.
   void sweep_statistics(const double* slowness, const std::vector<int64_t>& sources, SimdKind simd,
                         bool wavefront, int64_t* sweeps, int64_t* cells, int64_t* pushes) const;
 
