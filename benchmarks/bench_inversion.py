@@ -142,6 +142,80 @@ def sgemm_gflops(device, n=2048, repeats=5):
     return 2 * n**3 * repeats / t / 1e9
 
 
+def gemm_gflops(device, dtype, n=2048, repeats=5):
+    """Measured matrix-product rate (GFLOP/s) in ``dtype`` (bfloat16: the native rate where the CPU has
+    AVX512-BF16 or AMX; an emulated one elsewhere)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = min(timed(lambda: [a @ b for _ in range(repeats)])[0] for _ in range(3))
+    return 2 * n**3 * repeats / best / 1e9
+
+
+def _decoder_step(decoder, z0, variant):
+    """One forward + backward to the latents of ``decoder`` at latents ``z0``, as the inverter runs it."""
+    def step():
+        z = z0.clone().requires_grad_(True)
+        if variant.endswith("bfloat16"):
+            with torch.autocast(z0.device.type, dtype=torch.bfloat16):
+                x = decoder(z)
+            x = x.float()
+        else:
+            x = decoder(z)
+        (g,) = torch.autograd.grad(x.sum(), z)
+        return g
+    return step
+
+
+def bench_decoder(rows, repeats, n_starts=100, compile_=False):
+    """The batched decoder alone (forward + backward to z, 100 starts): milliseconds, GFLOP/s and the
+    fraction of the float32 and bfloat16 GEMM peaks measured in the same run, for the paper's network
+    and the shipped prior, in float32 (the default), under bfloat16 autocast, channels-last, and with
+    ``torch.compile`` (``--compile``)."""
+    import copy
+    import latentinv._allocator as allocator
+    from latentinv import VAEPrior
+    allocator.tune_malloc_for_tensors()
+    peak32 = gemm_gflops("cpu", torch.float32)
+    peak16 = gemm_gflops("cpu", torch.bfloat16)
+    nets = {"paper network": paper_decoder("cpu"),
+            "shipped prior": VAEPrior.pretrained().decoder_.module.decoder.eval().requires_grad_(False)}
+    z0 = torch.randn(n_starts, 20, generator=torch.Generator().manual_seed(0))
+    for net, dec in nets.items():
+        flops = decoder_flops_per_start(dec)
+        variants = {"float32": _decoder_step(dec, z0, "float32"),
+                    "bfloat16": _decoder_step(dec, z0, "bfloat16")}
+        cl = copy.deepcopy(dec).to(memory_format=torch.channels_last)
+        variants["channels-last float32"] = _decoder_step(cl, z0, "float32")
+        if compile_:
+            try:
+                cdec = torch.compile(copy.deepcopy(dec))
+                for v in ("float32", "bfloat16"):
+                    st = _decoder_step(cdec, z0, v)
+                    t0 = time.perf_counter()
+                    st()
+                    rows.append(dict(case="decoder", method=f"{net}: torch.compile {v}, compile + first call",
+                                     seconds=time.perf_counter() - t0))
+                    variants[f"torch.compile {v}"] = st
+            except Exception as exc:    # inductor needs a C++ compiler
+                rows.append(dict(case="decoder", method=f"{net}: torch.compile failed: {exc!r}"[:200]))
+        for st in variants.values():
+            st()
+        best = {}
+        for _ in range(repeats):
+            for v, st in variants.items():
+                t, _ = timed(st)
+                best[v] = min(best.get(v, np.inf), t)
+        for v, t in best.items():
+            rate = 2 * flops * n_starts / t / 1e9
+            rows.append(dict(case="decoder", method=f"{net}: forward+backward, {v}", n_starts=n_starts,
+                             ms=1e3 * t, mflop_per_start=2 * flops / 1e6, gflops=rate,
+                             fraction_of_float32_peak=rate / peak32, fraction_of_bfloat16_peak=rate / peak16,
+                             float32_roofline_ms=1e3 * 2 * flops * n_starts / (peak32 * 1e9),
+                             sgemm_gflops=peak32, bf16_gemm_gflops=peak16))
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -178,9 +252,15 @@ def bench_linear(device, quick, rows, repeats=1):
         return reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95, 10.0, 0.999, 25, n_ref, rng)
 
     estimators = {}
-    for n_starts in (1, 10, 100):
-        estimators[n_starts] = LatentInverter(gen, op, n_starts=n_starts, n_epochs=1,
-                                              random_state=0, device=device).fit(tt)
+    for n_starts in (1, 10, 100, "100 bfloat16"):
+        precision = "float32"
+        if n_starts == "100 bfloat16":
+            from latentinv.inversion.estimator import _native_bfloat16
+            if not _native_bfloat16(torch.device(device)):
+                continue
+            precision = "bfloat16"
+        estimators[n_starts] = LatentInverter(gen, op, n_starts=int(str(n_starts).split()[0]), n_epochs=1,
+                                              random_state=0, device=device, precision=precision).fit(tt)
         estimators[n_starts].invert(tt)   # warm-up
     # interleaved rounds (the machine may be shared): the fastest round of each is kept
     best = {}
@@ -199,22 +279,26 @@ def bench_linear(device, quick, rows, repeats=1):
     flops = decoder_flops_per_start(decoder)
     peak = sgemm_gflops(device)
     floor_ms = 2 * flops / (peak * 1e9) * 1e3
+    peak16 = gemm_gflops(device, torch.bfloat16)
     rows.append(dict(case="linear", method="roofline (decoder fwd+bwd at measured sgemm peak)",
                      device=str(device), decoder_mflop_per_start=2 * flops / 1e6,
                      sgemm_gflops=peak, floor_per_start_iteration_ms=floor_ms,
-                     max_ratio_vs_reference=per_ref * 1e3 / floor_ms))
+                     max_ratio_vs_reference=per_ref * 1e3 / floor_ms, bf16_gemm_gflops=peak16,
+                     bf16_floor_per_start_iteration_ms=2 * flops / (peak16 * 1e9) * 1e3))
     rows.append(dict(case="linear", method="reference loop (1 start at a time)", device=str(device),
                      n_starts=1, iterations=n_ref, seconds=t_ref, per_start_iteration_ms=1e3 * per_ref,
                      ratio=1.0, final_rmse_ns=float(rmse_ref[-1])))
     results = {}
-    for n_starts, est in estimators.items():
-        t, res = best[n_starts]
+    for key, est in estimators.items():
+        t, res = best[key]
         n_it = est.n_iterations_
+        n_starts = est.n_starts
         per = t / (n_starts * n_it)
-        results[n_starts] = res
-        row = dict(case="linear", method="LatentInverter (batched)", device=str(device),
+        results[key] = res
+        row = dict(case="linear", method=f"LatentInverter (batched, {est.precision})", device=str(device),
                    n_starts=n_starts, iterations=n_it, seconds=t,
                    per_start_iteration_ms=1e3 * per, ratio=per_ref / per,
+                   fraction_of_float32_roofline=floor_ms / (1e3 * per),
                    final_rmse_ns=float(np.nanmedian(res.data_rmse_history[0, :, -1])))
         # same math, same precision (float32): start 0 follows the reference's RMSE path
         m = min(n_it, n_ref)
@@ -329,6 +413,11 @@ def main(argv=None):
     parser.add_argument("--skip-ablations", action="store_true")
     parser.add_argument("--skip-cpu", action="store_true",
                         help="only the CUDA rows (on a GPU machine short of time)")
+    parser.add_argument("--decoder", action="store_true",
+                        help="also time the decoder alone (paper network, shipped prior; float32, bfloat16, "
+                             "channels-last) against the float32 and bfloat16 GEMM peaks")
+    parser.add_argument("--decoder-only", action="store_true", help="only the decoder rows")
+    parser.add_argument("--compile", action="store_true", help="decoder rows with torch.compile too")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -338,17 +427,22 @@ def main(argv=None):
     info = machine()
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
-    if not args.skip_cpu:
+    if args.decoder or args.decoder_only:
+        bench_decoder(rows, repeats=args.repeats or 3, compile_=args.compile)
+    if not args.skip_cpu and not args.decoder_only:
         bench_linear(torch.device("cpu"), args.quick, rows,
                      repeats=args.repeats or (1 if args.quick else 2))
         if not (args.quick or args.skip_ablations):
             bench_ablations(rows, repeats=args.repeats or 2)
         if not args.skip_nonlinear:
             bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations)
-    bench_gpu(args.quick, rows)
-    if torch.cuda.is_available() and not args.skip_nonlinear:
+    if not args.decoder_only:
+        bench_gpu(args.quick, rows)
+    if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    with open(args.output, "w") as f:
+        json.dump(dict(machine=info, quick=args.quick, rows=rows), f, indent=1)
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     ref_row = next((r for r in rows if r.get("method", "").startswith("reference loop")), {})
     head = f"{'case':<24}{'method':<52}{'device':<7}{'starts':>7}{'iters':>7}{'s':>9}{'ms/start-it':>13}{'ratio':>8}"
@@ -362,13 +456,25 @@ def main(argv=None):
             print(f"{'':<24}decoder forward+backward {r['decoder_mflop_per_start']:.0f} MFLOP per start; "
                   f"float32 GEMM measured at {r['sgemm_gflops']:.0f} GFLOP/s: no batching can beat "
                   f"this ratio in float32")
+            if r.get("bf16_gemm_gflops"):
+                print(f"{'':<24}bfloat16 GEMM measured at {r['bf16_gemm_gflops']:.0f} GFLOP/s: floor "
+                      f"{r['bf16_floor_per_start_iteration_ms']:.3f} ms per start-iteration in bfloat16")
             continue
-        if "seconds" not in r:
-            print(f"{r['case']:<24}{r['method']}")
+        if r.get("case") == "decoder" and "ms" in r:
+            print(f"{'decoder':<24}{r['method']:<62}{r['ms']:>9.1f} ms {r['gflops']:>7.1f} GFLOP/s = "
+                  f"{100 * r['fraction_of_float32_peak']:>5.1f} % of float32 GEMM peak "
+                  f"({r['sgemm_gflops']:.0f}), {100 * r['fraction_of_bfloat16_peak']:>5.1f} % of bfloat16 "
+                  f"({r['bf16_gemm_gflops']:.0f}); float32 roofline {r['float32_roofline_ms']:.1f} ms")
+            continue
+        if "seconds" not in r or "device" not in r:
+            extra = f": {r['seconds']:.1f} s" if "seconds" in r else ""
+            print(f"{r['case']:<24}{r['method']}{extra}")
             continue
         ratio = f"{r['ratio']:.1f}x" if "ratio" in r else ""
         print(f"{r['case']:<24}{r['method']:<52}{r['device']:<7}{r['n_starts']:>7}{r['iterations']:>7}"
               f"{r['seconds']:>9.2f}{r['per_start_iteration_ms']:>13.3f}{ratio:>8}")
+        if "fraction_of_float32_roofline" in r:
+            print(f"{'':<24}{100 * r['fraction_of_float32_roofline']:.0f} % of the float32 roofline")
         if "max_rmse_path_diff_vs_reference_ns" in r:
             print(f"{'':<24}start 0 RMSE path vs reference loop: max |diff| = "
                   f"{r['max_rmse_path_diff_vs_reference_ns']:.2e} ns (reference final "

@@ -28,8 +28,9 @@ float32 and in bfloat16 (interleaved rounds, minimum kept).
 The full protocol (100 starts x 3000 iterations) takes about a quarter of an hour per survey on a
 2-core CPU, so the scale is configurable: ``--full-seeds`` (the full protocol's seeds, all truths in one
 batch; its time is reported per survey), ``--seeds`` (the options' seeds, one survey per call),
-``--truths``, ``--n-starts``, ``--epochs``; ``--full-from JSON`` reuses the full-protocol rows of an
-earlier record of this script (the record says so). The reference of "within 5 %" is the full
+``--truths``, ``--n-starts``, ``--epochs``, ``--option-seeds`` (fewer seeds for an option, e.g.
+``tol=1``); ``--reuse JSON ...`` takes in the rows of earlier records of this script (e.g. the full
+protocol run in a separate process; every reused row names its file and command). The reference of "within 5 %" is the full
 protocol's best RMSE of each truth (over its seeds).
 
 Usage::
@@ -108,9 +109,10 @@ def paper_problem(test_models, truths, prior):
     return op, models, data, thresholds
 
 
-def run_inverter(prior, op, data, seed, n_starts, n_epochs, options):
+def run_inverter(prior, op, data, seed, n_starts, n_epochs, options, history_file=None):
     """One call (all rows of ``data`` as surveys): wall time, and per survey the returned model's
-    data RMSE, its iteration, and the start-iterations computed."""
+    data RMSE, its iteration, and the start-iterations computed (``history_file``: an ``.npz`` of
+    every start's data RMSE history, for offline study of stopping and pruning rules)."""
     settings = dict(PAPER_CASES["VSbrd"], n_epochs=n_epochs)
     inv = LatentInverter(prior, op, n_starts=n_starts, random_state=seed, device="cpu", verbose=0,
                          **settings, **options)
@@ -120,6 +122,9 @@ def run_inverter(prior, op, data, seed, n_starts, n_epochs, options):
     S = len(data)
     rows = np.arange(S)
     computed = np.isfinite(res.data_rmse_history).sum(axis=(1, 2))
+    if history_file:
+        np.savez_compressed(history_file, data_rmse_history=res.data_rmse_history.astype(np.float32),
+                            data_rmse=res.data_rmse, best_iteration=res.best_iteration)
     return dict(wall_s=wall, n_surveys=S, n_iterations=int(inv.n_iterations_),
                 rmse=res.data_rmse[rows, res.best_start].tolist(),
                 best_start=res.best_start.tolist(),
@@ -239,11 +244,13 @@ def summarize(rows, truths, thresholds, reference):
             if not cells:
                 continue
             walls, rm, work = map(np.asarray, zip(*cells))
-            ratio = rm / reference[i]
+            ratio = rm / reference[i]       # NaN where no full-protocol run of this truth
             table.append(dict(option=option, truth=t, n_seeds=len(cells), wall_s_max=float(walls.max()),
                               wall_s_median=float(np.median(walls)), rmse_median=float(np.median(rm)),
-                              rmse_max=float(rm.max()), rmse_ratio_max=float(ratio.max()),
-                              within_5pct=int(np.sum(ratio <= 1.05)), accepted=int(np.sum(rm <= thresholds[i])),
+                              rmse_max=float(rm.max()),
+                              rmse_ratio_max=None if np.isnan(reference[i]) else float(ratio.max()),
+                              within_5pct=None if np.isnan(reference[i]) else int(np.sum(ratio <= 1.05)),
+                              accepted=int(np.sum(rm <= thresholds[i])),
                               start_iterations_median=float(np.median(work))))
     return table
 
@@ -255,7 +262,9 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds of the options")
     p.add_argument("--full-seeds", nargs="*", type=int, default=[0],
                    help="seeds of the full protocol (all truths in one batch); none: skip it")
-    p.add_argument("--full-from", default=None, help="reuse the full-protocol rows of an earlier JSON record")
+    p.add_argument("--reuse", nargs="*", default=[],
+                   help="reuse the rows of earlier JSON records of this script (e.g. a full-protocol run made "
+                        "in a separate process); each reused row names its file")
     p.add_argument("--options", nargs="*", default=["tol", "prune", "bf16", "fast"], choices=list(OPTIONS)[1:])
     p.add_argument("--option-seeds", nargs="*", default=[],
                    help="per-option seed counts, e.g. tol=1 bf16=1 (default: every seed)")
@@ -266,6 +275,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the per-iteration rows")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default="bench_time_to_answer.json")
+    p.add_argument("--save-histories", default=None, help="folder for the full protocol's RMSE histories (.npz)")
     args = p.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
@@ -296,13 +306,21 @@ def main(argv=None):
             print(f"  {r['method']:<64}{r['per_start_iteration_ms']:>9.3f} ms/start-iteration {ratio:>7}")
         save()
 
-    if args.full_from:
-        old = json.loads(Path(args.full_from).read_text())
-        full = [dict(r, reused_from=args.full_from) for r in old["rows"] if r["option"] == "full"]
-        record["rows"] += full
-        print(f"full protocol: {len(full)} rows reused from {args.full_from}")
+    for path in args.reuse:
+        old = json.loads(Path(path).read_text())
+        reused = [dict(r, reused_from=path, reused_command=old.get("command"),
+                       reused_load_average=[old["machine"].get("load_average_start"),
+                                            old["machine"].get("load_average_end")]) for r in old["rows"]]
+        record["rows"] += reused
+        record.setdefault("reused", []).append(dict(path=path, command=old.get("command"), date=old.get("date"),
+                                                    n_rows=len(reused)))
+        print(f"{len(reused)} rows reused from {path} ({old.get('command')})")
     for seed in args.full_seeds:
-        out = run_inverter(prior, op, data, seed, args.n_starts, args.epochs, {})
+        hist = None
+        if args.save_histories:
+            Path(args.save_histories).mkdir(parents=True, exist_ok=True)
+            hist = Path(args.save_histories) / f"full_seed{seed}_{'_'.join(args.truths)}.npz"
+        out = run_inverter(prior, op, data, seed, args.n_starts, args.epochs, {}, hist)
         out.update(option="full", seed=seed, truths=list(args.truths))
         record["rows"].append(out)
         print(f"[full seed {seed}] {out['wall_s']:.1f} s for {len(data)} surveys; RMSE "
@@ -321,14 +339,17 @@ def main(argv=None):
 
     full_rows = [r for r in record["rows"] if r["option"] == "full"]
     if full_rows:
-        reference = np.min([[r["rmse"][r["truths"].index(t)] for t in args.truths] for r in full_rows], axis=0)
-        record["reference_best_rmse"] = reference.tolist()
+        reference = np.array([min((r["rmse"][r["truths"].index(t)] for r in full_rows if t in r["truths"]),
+                                  default=np.nan) for t in args.truths])
+        record["reference_best_rmse"] = [None if np.isnan(v) else float(v) for v in reference]
         record["summary"] = summarize(record["rows"], args.truths, thresholds, reference)
         print(f"\n{'option':<7}{'truth':<6}{'seeds':>6}{'s/survey max':>14}{'median':>9}{'RMSE median':>13}"
               f"{'max/best':>10}{'<=5%':>6}{'accepted':>10}{'start-its':>11}")
         for r in record["summary"]:
+            ratio = "-" if r["rmse_ratio_max"] is None else f"{r['rmse_ratio_max']:.3f}"
+            within = "-" if r["within_5pct"] is None else r["within_5pct"]
             print(f"{r['option']:<7}{r['truth']:<6}{r['n_seeds']:>6}{r['wall_s_max']:>14.1f}{r['wall_s_median']:>9.1f}"
-                  f"{r['rmse_median']:>13.4f}{r['rmse_ratio_max']:>10.3f}{r['within_5pct']:>6}"
+                  f"{r['rmse_median']:>13.4f}{ratio:>10}{within:>6}"
                   f"{r['accepted']:>10}{r['start_iterations_median']:>11.0f}")
     save()
     print(f"load average at the end: {record['machine']['load_average_end']}; wrote {args.output}")

@@ -215,3 +215,53 @@ def test_conv_decoder_uses_the_fast_layer_last():
     convs = [m for m in dec.deconv if isinstance(m, torch.nn.ConvTranspose2d)]
     assert isinstance(convs[-1], _ConvTranspose2dToOneChannel) and convs[-1].out_channels == 1
     assert not any(isinstance(m, _ConvTranspose2dToOneChannel) for m in convs[:-1])
+
+
+def _taps_in_kernel_order(x, weight, stride, padding, output_padding):
+    """The fast path's sums written out: the channel GEMM, then each tap added into a zero output in
+    kernel order (row-major), then the padding cropped."""
+    n, c, h, w = x.shape
+    k_h, k_w = weight.shape[2:]
+    taps = torch.matmul(weight.reshape(c, k_h * k_w).t(), x.reshape(n, c, h * w)).reshape(n, k_h, k_w, h, w)
+    full_h = (h - 1) * stride + k_h + output_padding
+    full_w = (w - 1) * stride + k_w + output_padding
+    y = torch.zeros(n, full_h, full_w)
+    for r in range(k_h):
+        for t in range(k_w):
+            y[:, r:r + (h - 1) * stride + 1:stride, t:t + (w - 1) * stride + 1:stride] += taps[:, r, t]
+    return y[:, padding:full_h - padding, padding:full_w - padding].unsqueeze(1)
+
+
+@pytest.mark.parametrize("c,h,w,k,s,p,op", [(16, 63, 31, 5, 2, 0, 0), (3, 6, 5, 4, 2, 1, 1), (2, 4, 4, 3, 3, 1, 2)])
+def test_fast_one_channel_deconv_adds_the_taps_in_kernel_order(c, h, w, k, s, p, op):
+    # float32 outputs of the default path are kept bit for bit: the same additions in the same order
+    torch.manual_seed(3)
+    layer = _ConvTranspose2dToOneChannel(c, 1, k, stride=s, padding=p, output_padding=op,
+                                         bias=False).requires_grad_(False)
+    x = torch.randn(4, c, h, w)
+    assert torch.equal(layer(x), _taps_in_kernel_order(x, layer.weight, s, p, op))
+
+
+def test_fast_one_channel_deconv_in_bfloat16_under_autocast():
+    torch.manual_seed(4)
+    layer = _ConvTranspose2dToOneChannel(8, 1, 5, stride=2, bias=False).requires_grad_(False)
+    x = torch.randn(3, 8, 9, 7).to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float32 and y.shape == (3, 1, 21, 17)   # taps added in float32
+    xd = x.detach().double().requires_grad_(True)
+    w16 = layer.weight.to(torch.bfloat16).double()                # the weight as the GEMM sees it
+    ref = torch.nn.functional.conv_transpose2d(xd, w16, stride=2)
+    scale = float(ref.detach().abs().max())
+    # each tap rounded once to bfloat16 (relative 2**-9), at most ceil(5 / 2)**2 = 9 taps an output
+    err = float((y.detach().double() - ref.detach()).abs().max())
+    assert 0 < err <= 9 * 2.0**-9 * scale
+    # the standard layer under autocast (oneDNN in bfloat16, its sums rounded once) agrees as closely
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        standard = torch.nn.functional.conv_transpose2d(x.detach(), layer.weight, stride=2)
+    assert float((standard.double() - ref.detach()).abs().max()) <= 9 * 2.0**-9 * scale
+    g = torch.randn(ref.shape, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(y, x, g.float())
+    (gr,) = torch.autograd.grad(ref, xd, g)
+    assert gx.dtype == torch.bfloat16
+    assert float((gx.double() - gr).abs().max()) <= 2e-2 * float(gr.abs().max())   # bfloat16 rounding

@@ -201,9 +201,9 @@ class _OneChannelConvTransposeFunction(torch.autograd.Function):
     order than oneDNN (float32 rounding, ~1e-6) in a fraction of the time. The input gradient is a
     plain strided convolution with the same weight, which oneDNN runs fast.
 
-    ``low_precision`` (bfloat16 input, under ``torch.autocast``): the GEMM runs in bfloat16 and the
-    taps are added in float32 (the output is float32); the input gradient is the same convolution in
-    bfloat16.
+    ``low_precision`` (bfloat16 input, under ``torch.autocast``): the GEMM runs in bfloat16 (each tap
+    rounded once to bfloat16), the taps are added in float32 (the output is float32); the input
+    gradient is the same convolution in bfloat16.
     """
 
     @staticmethod
