@@ -9,7 +9,10 @@
 #   OUT=dir TI=path/to/channels_ti.png TM=path/to/paper_test_models DEADLINE=540 bash benchmarks/gpu_checks.sh
 # (TM: the published test models; with it the reproduction starts from the published initial latents
 # and adds the published noise realization, and checks mc1-mc3 against the published files)
-# STEPS (default "bench tests prior reproduce") picks the steps; BENCH_ARGS adds options to
+# STEPS (default "bench tests prior reproduce") picks the steps; "sgan" (not in the default: it needs a
+# call of its own) trains the published SGAN on the GPU (bench_prior.py --sgan-gpu-train), records its
+# pattern statistics and seconds per step, and runs the SAnnn/SSbnd cases with it (reproduce_paper.py
+# --sgan, the published SGAN starts when TM is given); "sampling" runs bench_sampling.py on mc2; BENCH_ARGS adds options to
 # bench_inversion.py (e.g. --skip-cpu); DRY=1 runs them tiny on the CPU (to check the script itself).
 set -u
 OUT=${OUT:-gpu_checks_out}
@@ -116,6 +119,26 @@ else: print(1000)")
   PID_RP=$!
 elif want reproduce; then
   log "no training image (TI): reproduce_paper skipped"
+fi
+
+# 4. (opt-in) the published SGAN trained on the GPU, then the paper's SGAN cases with it
+if want sgan && [ -n "$TI" ] && [ -f "$TI" ]; then
+  ( IT=; [ "$DRY" = 1 ] && IT="--pattern-iterations 2 --pattern-samples 4"
+    timeout $(( $(left) - 120 )) $PY benchmarks/bench_prior.py --no-vae --sgan --patterns --sgan-gpu-train $IT \
+      --ti "$TI" --save-sgan /tmp/li_sgan --output "$OUT/bench_prior_sgan.json" 2>&1 | grep -v "it/s\]" | tail -30
+    SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts"
+    N=100; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2 --iterations 5"; }
+    [ -d /tmp/li_sgan ] && timeout $(( $(left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
+      --sgan /tmp/li_sgan --cases SAnnn,SSbnd --no-nonlinear --n-starts $N $SG --out /tmp/li_rp_sgan 2>&1 | tail -40
+    (cd /tmp && tar -cf "$OUT/sgan.tar" li_sgan li_rp_sgan 2>/dev/null) ) >"$OUT/sgan.txt" 2>&1
+  log "sgan: $(tail -3 "$OUT/sgan.txt" | tr '\n' ' ')"
+fi
+
+# 5. (opt-in) the sampler's benchmark on mc2 (TM needed)
+if want sampling && [ -n "$TM" ]; then
+  timeout $(( $(left) - 8 )) $PY benchmarks/bench_sampling.py --test-models "$TM" --out "$OUT/sampling" \
+    >"$OUT/sampling.txt" 2>&1
+  log "sampling: $(tail -3 "$OUT/sampling.txt" | tr '\n' ' ')"
 fi
 
 [ -n "$PID_TEST" ] && { wait $PID_TEST; log "tests: $(tail -2 "$OUT/pytest.txt" | tr '\n' ' ')"; }
