@@ -16,7 +16,7 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import LatentInverter, LatentSampler, TorchGenerator
-from latentinv.inversion.mcmc import PCN, ChainState, Preconditioner, from_latent, to_latent
+from latentinv.inversion.mcmc import PCN, ChainState, Preconditioner, StepAdaptation, from_latent, to_latent
 from latentinv.inversion.runtime import torch_threads
 from latentinv.operators import StraightRayOperator
 from test_sklearn_compat import _WIDTHS, _XFAIL_WIDTH, _applies, _check_name
@@ -187,6 +187,40 @@ def test_pcn_kernel_keeps_a_discrete_target_invariant():
     inner = slice(40, 121)
     np.testing.assert_allclose(flow[inner, inner], flow.T[inner, inner], rtol=0.05, atol=1e-12)
     np.testing.assert_allclose((pi @ K)[inner], pi[inner], rtol=0.02)
+
+
+@pytest.mark.parametrize("target", [0.234, 0.574])
+def test_step_adaptation_freezes_the_step_that_gives_the_target_acceptance(target):
+    # a known acceptance curve a(step) = exp(-(step / 0.3)**2), observed with noise of mean one
+    # (a_k = a(step) * w_k, w_k ~ Gamma(4, 1/4) and clipped at 1, as the acceptance probabilities
+    # of a real chain scatter around their mean); the frozen step must solve a(step) = target:
+    # step* = 0.3 sqrt(-log target), reached from 30 times too small and from 10 times too large.
+    # (Over 10 seeds the Robbins-Monro rule froze 0.35-0.37 and 0.20-0.23 here; a dual-averaging
+    # rule tried instead, 0.36-0.38 and 0.18-0.21: no better, so not adopted.)
+    rng = np.random.default_rng(0)
+    expected = 0.3 * np.sqrt(-np.log(target))
+    step0 = torch.tensor([expected / 30, expected * 10], dtype=torch.float64)
+    adapt = StepAdaptation(step0, target, max_step=10.0)
+    for k in range(600):
+        if k == 300:
+            adapt.restart()                    # a preconditioner refit in the middle
+        a = torch.exp(-(adapt.step / 0.3) ** 2)
+        # the noise is drawn so that the mean acceptance at step* is the target (clipping aside)
+        adapt.update((a * torch.tensor(rng.gamma(4.0, 0.25, 2))).clamp(max=1.0))
+    frozen = adapt.frozen().numpy()
+    # clipping at 1 lowers the mean acceptance a little: step* from the clipped mean, by bisection
+    w = rng.gamma(4.0, 0.25, 200_000)
+    lo, hi = 1e-3, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if np.minimum(np.exp(-(mid / 0.3) ** 2) * w, 1).mean() > target else (lo, mid)
+    assert abs(lo - expected) / expected < 0.1
+    np.testing.assert_allclose(frozen, lo, rtol=0.1)
+    # the step never leaves (0, max_step]
+    capped = StepAdaptation(torch.tensor([0.5]), 0.234, max_step=1.0)
+    for _ in range(50):
+        capped.update(torch.tensor([1.0]))
+    assert capped.step.item() == 1.0 and capped.frozen().item() <= 1.0
 
 
 def test_uniform_transform_round_trip_and_law():
