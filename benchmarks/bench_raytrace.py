@@ -231,8 +231,9 @@ def main(argv=None):
           f"{solves['mean_batch_sources']:.1f}, batch receivers {solves['mean_batch_receivers']:.1f}, "
           f"min of both {solves['mean_min_of_both']:.1f}; the full-data misfit needs "
           f"{solves['full_misfit_solves']} solves either way; Dijkstra runs "
-          f"{solves['dijkstra_solves_per_iteration']} per iteration, the wavefront solver "
-          f"{solves['wavefront_passes_per_iteration']:.2f} passes of 4 lanes")
+          f"{solves['dijkstra_solves_per_iteration']} per iteration, the wavefront solver at most "
+          f"{solves['wavefront_passes_per_iteration']:.2f} passes of 4 lanes (more where the "
+          f"subsets' sources are far apart)")
     report["solves_per_iteration"] = solves
 
     # 3. accuracy against a high-resolution reference ------------------------------------------------
