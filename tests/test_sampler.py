@@ -16,7 +16,7 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import LatentInverter, LatentSampler, TorchGenerator
-from latentinv.inversion.mcmc import PCN, ChainState, Preconditioner, StepAdaptation, from_latent, to_latent
+from latentinv.inversion.mcmc import PCN, RWM, ChainState, Preconditioner, StepAdaptation, from_latent, to_latent
 from latentinv.inversion.runtime import torch_threads
 from latentinv.operators import StraightRayOperator
 from test_sklearn_compat import _WIDTHS, _XFAIL_WIDTH, _applies, _check_name
@@ -85,7 +85,7 @@ def _assert_moments(result, mu, cov):
     assert result.rhat()[0].max() < 1.05
 
 
-@pytest.mark.parametrize("method", ["pcn", "mala"])
+@pytest.mark.parametrize("method", ["pcn", "mala", "rwm"])
 def test_gaussian_posterior_matches_closed_form(method):
     sigma = 0.1
     op, gen, M, c, y = _linear_problem(sigma=sigma)
@@ -110,7 +110,7 @@ def test_classic_pcn_without_preconditioner_matches_closed_form():
     assert abs(result.acceptance_rate.mean() - 0.234) < 0.08
 
 
-@pytest.mark.parametrize("method", ["pcn", "mala"])
+@pytest.mark.parametrize("method", ["pcn", "mala", "rwm"])
 def test_uniform_latents_match_the_truncated_posterior(method):
     sigma = 0.6     # broad enough that the box and the prior's shape matter
     op, gen, M, c, y = _linear_problem(d=2, sigma=sigma, uniform=True, seed=2)
@@ -158,6 +158,9 @@ def test_pcn_acceptance_ratio_is_the_metropolis_hastings_ratio():
 
     expected = log_pi(v, phi_v) + log_q(u, v) - log_pi(u, phi_u) - log_q(v, u)
     torch.testing.assert_close(log_a, expected, rtol=1e-10, atol=1e-10)
+    # random-walk Metropolis: a symmetric proposal, so the ratio is pi(u') / pi(u) whatever L and step
+    torch.testing.assert_close(RWM().log_accept(state(u, phi_u), state(v, phi_v), beta, pre),
+                               log_pi(v, phi_v) - log_pi(u, phi_u), rtol=1e-10, atol=1e-10)
     # and the classic pCN (m = 0, L = I) reduces to phi(u) - phi(u')
     plain = Preconditioner(R, d, "cpu", torch.float64)
     torch.testing.assert_close(PCN().log_accept(state(u, phi_u), state(v, phi_v), beta, plain), phi_u - phi_v)
@@ -299,7 +302,7 @@ def test_missing_arviz_is_a_clear_import_error(monkeypatch):
 
 @pytest.mark.parametrize("params, message", [
     (dict(noise_std=None), "noise_std is required"),
-    (dict(method="hmc"), "method must be one of ['mala', 'pcn'], got 'hmc'"),
+    (dict(method="hmc"), "method must be one of ['mala', 'pcn', 'rwm'], got 'hmc'"),
     (dict(n_chains=0), "n_chains must be >= 1, got 0"),
     (dict(n_samples=2.5), "n_samples must be an integer, got 2.5"),
     (dict(thin=0), "thin must be >= 1, got 0"),

@@ -23,7 +23,12 @@ Kernels (both reversible with respect to ``pi``; a Metropolis-Hastings test corr
 - ``"mala"``: ``u' = u - (h / 2) C grad U(u) + sqrt(h) L xi`` with ``U = Phi + ||u||**2 / 2``,
   ``C = L L^T``, ``h = step**2`` (Roberts & Tweedie, 1996; preconditioned): one decoder gradient per
   proposal.
+- ``"rwm"``: random-walk Metropolis ``u' = u + step L xi`` (symmetric: ``log a = U(u) - U(u')``). No
+  reference mean: the pCN's contraction ``(1 - rho) (u - m)`` towards a mean fixed at the end of the
+  burn-in pushes chains that keep drifting along narrow modes back uphill (on mc2 its acceptance fell
+  from 0.20 to 0.09 after the burn-in while this kernel's stayed at 0.25; docs/benchmarks/sampling.md).
 """
+
 from __future__ import annotations
 
 import math
@@ -181,13 +186,31 @@ class MALA:
         return energy(current) - energy(proposed) + log_q(current, proposed) - log_q(proposed, current)
 
 
-KERNELS = {"pcn": PCN, "mala": MALA}
+class RWM:
+    """Random-walk Metropolis with the adapted covariance ``L L^T``; ``step`` scales ``L`` (see the
+    module docstring)."""
+
+    name = "rwm"
+    needs_gradient = False
+    max_step = 10.0
+
+    def propose(self, state, step, xi, pre):
+        return state.u + step[:, None] * pre.apply(xi)
+
+    def log_accept(self, current, proposed, step, pre):
+        def energy(s):
+            return s.phi + 0.5 * (s.u * s.u).sum(1)
+
+        return energy(current) - energy(proposed)
+
+
+KERNELS = {"pcn": PCN, "mala": MALA, "rwm": RWM}
 
 #: default target acceptance rates: 0.234 is optimal for random-walk-like moves such as pCN in many
 #: dimensions (Roberts et al., 1997), 0.574 for MALA (Roberts & Rosenthal, 1998)
-TARGET_ACCEPTANCE = {"pcn": 0.234, "mala": 0.574}
-#: default initial step sizes (pCN's beta, MALA's sqrt(h)) before the burn-in adaptation
-INITIAL_STEP = {"pcn": 0.1, "mala": 0.1}
+TARGET_ACCEPTANCE = {"pcn": 0.234, "mala": 0.574, "rwm": 0.234}
+#: default initial step sizes (pCN's beta, MALA's sqrt(h), RWM's scale of L) before the burn-in adaptation
+INITIAL_STEP = {"pcn": 0.1, "mala": 0.1, "rwm": 0.1}
 
 
 # -- step-size adaptation -------------------------------------------------------------------------------

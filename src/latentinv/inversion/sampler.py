@@ -130,10 +130,12 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         Slowness per cell (ns/m) -> traveltimes (ns).
     slowness_map : callable, default=None
         Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`.
-    method : {"pcn", "mala"}, default="pcn"
+    method : {"pcn", "mala", "rwm"}, default="pcn"
         ``"pcn"``: preconditioned Crank-Nicolson, gradient-free (one forward run per proposal; works
         with any operator, a nonlinear one computes traveltimes only). ``"mala"``: Metropolis-adjusted
-        Langevin, one forward run and one decoder gradient per proposal. See :mod:`.mcmc`.
+        Langevin, one forward run and one decoder gradient per proposal. ``"rwm"``: random-walk
+        Metropolis with the adapted covariance, gradient-free like pCN but without its reference mean
+        (better when chains keep drifting after the burn-in, as on the paper's mc2). See :mod:`.mcmc`.
     n_chains : int, default=8
         Chains per survey.
     n_samples : int, default=500
@@ -143,9 +145,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     thin : int, default=1
         Keep every ``thin``-th draw (the model statistics use every draw after the burn-in).
     step_size : float, default=None
-        Initial step (pCN's ``beta`` in (0, 1], MALA's ``sqrt(h)``); None: 0.1.
+        Initial step (pCN's ``beta`` in (0, 1], MALA's ``sqrt(h)``, RWM's scale of the proposal
+        covariance's Cholesky factor); None: 0.1.
     target_acceptance : float, default=None
-        Acceptance rate the burn-in steers each chain's step towards; None: 0.234 (pCN), 0.574 (MALA).
+        Acceptance rate the burn-in steers each chain's step towards; None: 0.234 (pCN, RWM), 0.574
+        (MALA).
     adapt_preconditioner : bool, default=True
         Refit the kernels' reference Gaussian during the burn-in (each chain's mean; the covariance
         of the draws around their chain means, pooled over the chains of a survey). False: the
