@@ -269,7 +269,7 @@ def markdown(record):
     for r in record.get("per_iteration", []):
         ratio = f"{r['ratio']:.1f}x" if r.get("ratio") else ""
         lines.append(f"| {r['method']} | {r['per_start_iteration_ms']:.2f} ms | {ratio} |")
-    lines += ["", "| option | truth | seeds | s per survey (median / max) | returned RMSE, ns (median / max) | "
+    lines += ["", "| option | truth | runs | s per survey (median / max) | returned RMSE, ns (median / max) | "
               "max / full best | within 5 % | accepted | start-iterations (median) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in record.get("summary", []):
@@ -334,12 +334,15 @@ def main(argv=None):
 
     for path in args.reuse:
         old = json.loads(Path(path).read_text())
-        reused = [dict(r, reused_from=path, reused_command=old.get("command"),
-                       reused_load_average=[old["machine"].get("load_average_start"),
-                                            old["machine"].get("load_average_end")]) for r in old["rows"]]
+        # a row keeps where it was first measured (a record of reused rows can be reused again)
+        reused = [dict(dict(reused_from=path, reused_command=old.get("command"),
+                            reused_load_average=[old["machine"].get("load_average_start"),
+                                                 old["machine"].get("load_average_end")]), **r)
+                  for r in old["rows"]]
         record["rows"] += reused
         if not record["per_iteration"] and old.get("per_iteration"):
-            record["per_iteration"] = [dict(r, reused_from=path) for r in old["per_iteration"]]
+            record["per_iteration"] = [dict(dict(reused_from=path, reused_command=old.get("command")), **r)
+                                       for r in old["per_iteration"]]
         record.setdefault("reused", []).append(dict(path=path, command=old.get("command"), date=old.get("date"),
                                                     n_rows=len(reused)))
         print(f"{len(reused)} rows reused from {path} ({old.get('command')})")
