@@ -4,7 +4,7 @@ Rows (``--rows``, one run, one machine), all with the straight-ray operator of t
 geometry (boreholes at x = 0.01 / 6.49 m, 625 rays) and data = response(paper_slowness(truth)) +
 0.25 ns x the published noise realization (noiserealz.npy):
 
-- ``mc2``: the paper's truth mc2 (/work/shared/data/paper_test_models/mc2.npy, or --test-models),
+- ``mc2``: the paper's truth mc2 (``../shared/data/paper_test_models/mc2.npy``, or --test-models),
   likelihood sigma = 0.25 ns (the issue's case: the noise alone);
 - ``mc2-model-error``: the same data, likelihood sigma = sqrt(0.25**2 + e**2) ns with ``e`` the data
   RMSE of the truth's encode-decode model against the noise-free data (the paper's Table 2
@@ -67,7 +67,7 @@ def machine():
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--test-models", default="/work/shared/data/paper_test_models")
+    p.add_argument("--test-models", default="../shared/data/paper_test_models")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--prior", default=None, help="a saved VAEPrior (VAEPrior.load); default: the shipped one")
     p.add_argument("--generated-seed", type=int, default=1)

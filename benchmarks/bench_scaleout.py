@@ -98,8 +98,10 @@ def main():
         with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                           dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
             client.run(lambda: __import__("latentinv.inversion"))        # imports before timing
+            # n_jobs above the worker count: with n_jobs resolving to 1 (one worker of one thread),
+            # joblib would run the chunks in this process instead of on the worker
             with joblib.parallel_backend("dask"):
-                t, res = timed(lambda: inverter(chunk_size=1).invert(data))
+                t, res = timed(lambda: inverter(chunk_size=1, n_jobs=2 * n_workers).invert(data))
         row(f"Dask LocalCluster {n_workers} worker(s) x 1 thread", t, res, args.surveys)
 
     by = {r["mode"]: r for r in rows}

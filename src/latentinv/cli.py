@@ -765,8 +765,9 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
 @_survey_options
 @click.option("--noise-std", type=click.FloatRange(0.0, min_open=True), required=True,
               help="Standard deviation of the data noise (ns): the Gaussian likelihood's.")
-@click.option("--method", type=click.Choice(["pcn", "mala"]), default="pcn", show_default=True,
-              help="pcn: gradient-free; mala: Langevin proposals through the decoder's gradient.")
+@click.option("--method", type=click.Choice(["pcn", "mala", "rwm"]), default="pcn", show_default=True,
+              help="pcn: preconditioned Crank-Nicolson; rwm: random-walk Metropolis (both gradient-free); "
+                   "mala: Langevin proposals through the decoder's gradient.")
 @click.option("--chains", type=click.IntRange(1), default=8, show_default=True, help="Chains per survey.")
 @click.option("--burnin", type=click.IntRange(0), default=500, show_default=True,
               help="Burn-in iterations (step sizes and preconditioner adapt, then freeze).")

@@ -81,7 +81,6 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     adapt = StepAdaptation(torch.full((R,), cfg.step_size, device=u0.device, dtype=u0.dtype),
                            cfg.target_acceptance, kernel.max_step)
     refits = set(adaptation_windows(cfg.n_burnin)) if cfg.adapt_preconditioner else set()
-    everyone = torch.ones(R, dtype=torch.bool, device=u0.device)
     step, window, kept = adapt.step, [], []
     accepted = torch.zeros(R, device=u0.device)
 
@@ -96,7 +95,7 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
         log_a = torch.nan_to_num(kernel.log_accept(state, proposed, step, pre), nan=-torch.inf)
         accept = log_u < log_a
         state = state.where(accept, proposed)
-        history.record(k, state.t_full, state.x, state.z, torch.linalg.vector_norm(state.z, dim=1), everyone)
+        history.record(k, state.t_full, state.x, state.z, torch.linalg.vector_norm(state.z, dim=1))
         if k < cfg.n_burnin:
             adapt.update(torch.exp(log_a.clamp(max=0.0)))
             window.append(state.u)
