@@ -63,8 +63,6 @@ from latentinv import StraightRayOperator, VAEPrior, paper_crosshole
 from latentinv.inversion import PAPER_CASES, PAPER_N_STARTS, LatentInverter, paper_slowness
 
 DEFAULT_TEST_MODELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "paper_test_models"
-if not DEFAULT_TEST_MODELS.is_dir():
-    DEFAULT_TEST_MODELS = Path("/work/shared/data/paper_test_models")
 
 #: The options, as LatentInverter keyword arguments. ``fast``: the combination that gave the fastest
 #: answer within 5 % here (chosen on the full protocol's histories: see docs/benchmarks/time_to_answer.md).
