@@ -351,7 +351,7 @@ def bench_ablations(rows, repeats):
                      per_start_iteration_ms=slow, ratio=per_ref / slow))
 
 
-def bench_nonlinear(quick, rows, ablation=True, device="cpu"):
+def bench_nonlinear(quick, rows, ablation=True, device="cpu", solvers=("auto",)):
     try:
         from latentinv.operators import ShortestPathOperator
     except ImportError as exc:
@@ -359,24 +359,27 @@ def bench_nonlinear(quick, rows, ablation=True, device="cpu"):
         return
     grid = Grid2D.paper()
     survey = CrossholeSurvey.paper(0.0, 6.5)
-    op = ShortestPathOperator(grid, survey, n_secondary_nodes=3)
+    ops = {solver: ShortestPathOperator(grid, survey, n_secondary_nodes=3, solver=solver) for solver in solvers}
+    op = ops[solvers[0]]
     decoder = paper_decoder(device)
     gen = TorchGenerator(decoder, 20)
     truth = gen.decode(np.random.default_rng(1).standard_normal((1, 20)))
     settings = dict(NONLINEAR_SETTINGS)
     if quick:
         settings["n_epochs"] = 2
-    variants = [("LatentInverter, ShortestPathOperator", True)]
+    variants = [("LatentInverter, ShortestPathOperator", True, op)]
     if ablation and op.runs_in_background:
         # the in-line schedule: every source's Dijkstra run before the step (same numbers)
-        variants.append(("ablation: raytracing in line with the step", False))
-    for method, pipelined in variants:
+        variants.append(("ablation: raytracing in line with the step", False, op))
+    for solver in solvers[1:]:          # ablation: another solver of the engine (same numbers)
+        variants.append((f"ablation: solver={solver!r}", True, ops[solver]))
+    for method, pipelined, op in variants:
         est = LatentInverter(gen, op, n_starts=1, random_state=0, device=device, **settings)
         est._pipeline_nonlinear = pipelined
         tt = est.fit(np.ones((1, op.n_data))).simulate(truth)
         t, res = timed(lambda: est.invert(tt))
         n_it = est.n_iterations_
-        rows.append(dict(case="nonlinear", method=f"{method} ({op.backend})",
+        rows.append(dict(case="nonlinear", method=f"{method} ({op.backend}, {op.kernel})",
                          device=device, n_starts=1, iterations=n_it, seconds=t,
                          per_start_iteration_ms=1e3 * t / n_it,
                          projected_750_iterations_s=t / n_it * 750,
@@ -407,6 +410,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every method (default: torch's default)")
     parser.add_argument("--skip-ablations", action="store_true")
+    parser.add_argument("--solvers", nargs="+", default=["auto"],
+                        help="shortest-path solvers for the nonlinear rows (the first is the main row, "
+                             "the others ablations), e.g. auto dijkstra")
+    parser.add_argument("--nonlinear-only", action="store_true", help="only the nonlinear rows")
     parser.add_argument("--skip-cpu", action="store_true",
                         help="only the CUDA rows (on a GPU machine short of time)")
     parser.add_argument("--decoder", action="store_true",
@@ -425,14 +432,16 @@ def main(argv=None):
     rows = []
     if args.decoder or args.decoder_only:
         bench_decoder(rows, repeats=args.repeats or 3, compile_=args.compile)
+    linear = not (args.decoder_only or args.nonlinear_only)
     if not args.skip_cpu and not args.decoder_only:
-        bench_linear(torch.device("cpu"), args.quick, rows,
-                     repeats=args.repeats or (1 if args.quick else 2))
-        if not (args.quick or args.skip_ablations):
+        if linear:
+            bench_linear(torch.device("cpu"), args.quick, rows,
+                         repeats=args.repeats or (1 if args.quick else 2))
+        if linear and not (args.quick or args.skip_ablations):
             bench_ablations(rows, repeats=args.repeats or 2)
         if not args.skip_nonlinear:
-            bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations)
-    if not args.decoder_only:
+            bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations, solvers=tuple(args.solvers))
+    if linear:
         bench_gpu(args.quick, rows)
     if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
