@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -254,6 +255,67 @@ def _add_checksums(config, weights):
     config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     config["config_sha256"] = _config_digest(config)
     return config
+
+
+def _write_model_files(path, module, config):
+    """Write ``module``'s state dict (CPU tensors) to ``path/weights.safetensors`` and ``config`` with
+    its checksums (:func:`_add_checksums`) to ``path/config.json``, each through a temporary name, the
+    configuration last; ``path`` is created if missing."""
+    from safetensors.torch import save as safetensors_bytes
+
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    weights = safetensors_bytes(state)
+    config = _add_checksums(config, weights)
+    _atomic_write(os.path.join(path, WEIGHTS_FILE), weights)
+    _atomic_write(os.path.join(path, CONFIG_FILE), json.dumps(config, indent=1).encode("ascii"))
+
+
+def _read_reference_state_dict(path, owner, expected):
+    """The torch state dict in the published file ``path``, read with ``weights_only=True``;
+    FileNotFoundError or ModelFileError naming the file (``expected``: what the file should be)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{owner}: {path!r} is not a file; expected the published "
+                                f"{expected} (a torch state dict).")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
+        raise ModelFileError(f"{owner}: {path!r} could not be read as a torch state dict with "
+                             f"weights_only=True (not a torch file, truncated, or holding objects "
+                             f"other than tensors): {type(err).__name__}: {err}") from None
+
+
+class _PicklesNetwork:
+    """Pickling of a fitted prior: the network (attribute ``_network_attr``) travels as torch-saved
+    CPU tensors under ``_pickled_key``, read back with ``weights_only=True`` and checked by the
+    class's ``_restore_network(state, device, source)``; the decoder wrapper is rebuilt there."""
+
+    _network_attr = "module_"
+    _pickled_key = "_module_state"
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        if self._network_attr in state:
+            buffer = io.BytesIO()
+            torch.save({k: v.detach().cpu() for k, v in state[self._network_attr].state_dict().items()},
+                       buffer)
+            state[self._pickled_key] = buffer.getvalue()
+            state["device_"] = str(self.device_)
+            del state[self._network_attr]
+            del state["decoder_"]
+        return state
+
+    def __setstate__(self, state):
+        weights = state.pop(self._pickled_key, None)
+        super().__setstate__(state)
+        if weights is not None:
+            weights = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+            name = type(self).__name__
+            device = _saved_device_or_cpu(state["device_"], f"{name}: the pickled prior was on "
+                                          f"{state['device_']!r}, but")
+            self._restore_network(weights, device, source=f"{name}: pickled state")
 
 
 def _read_model_files(path, owner, saver):

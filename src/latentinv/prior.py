@@ -14,9 +14,6 @@ paper's published trained network.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 import os
 from functools import partial
@@ -43,10 +40,12 @@ from .nn.reference import PUBLISHED_IMAGE_SHAPE, convert_published_state_dict
 from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileError etc. re-exported)
     ModelFileError,
     UnverifiedModelWarning,
-    _atomic_write,
+    _PicklesNetwork,
     _check_finite_output,
+    _check_state_against,
+    _load_safetensors,
+    _read_model_files,
     _check_float32_range,
-    _config_digest,
     _deterministic_kernels,
     _ndim,
     _numeric_input,
@@ -55,7 +54,9 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _resolve_device,
     _saved_device_or_cpu,
     _tensor_to_numpy,
+    _read_reference_state_dict,
     _verify_checksums as _verify_model_checksums,
+    _write_model_files,
 )
 
 __all__ = ["VAEPrior", "ModelFileError", "UnverifiedModelWarning"]
@@ -186,7 +187,7 @@ def _check_config(cls, config, config_path, owner, architecture):
     return params, fitted
 
 
-class VAEPrior(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Deep generative prior: a variational autoencoder (Lopez-Alvis et al., 2021).
 
     Trains an encoder ``q(z | x) = N(mu(x), diag(exp(logvar(x))))`` and a mean
@@ -690,17 +691,7 @@ or PatchSampler
             Directory (created if missing).
         """
         check_is_fitted(self, "module_")
-        from safetensors.torch import save as safetensors_bytes
-
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.module_.state_dict().items()}
-        weights = safetensors_bytes(state)
-        config = json.loads(json.dumps(self._config()))     # exactly what load will read back
-        config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-        config["config_sha256"] = _config_digest(config)
-        _atomic_write(os.path.join(path, _WEIGHTS_FILE), weights)
-        _atomic_write(os.path.join(path, _CONFIG_FILE), json.dumps(config, indent=1).encode("ascii"))
+        _write_model_files(path, self.module_, self._config())
 
     @classmethod
     def pretrained(cls, device=None):
@@ -771,21 +762,8 @@ or PatchSampler
             :meth:`save` to add checksums.
         """
         name = f"{cls.__name__}.load"
-        path = os.fspath(path)
         target = None if device is None else _resolve_device(device, name)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"{name}: {path!r} is not a directory; expected a directory written "
-                                    f"by VAEPrior.save holding {_CONFIG_FILE} and {_WEIGHTS_FILE}.")
-        config_path = os.path.join(path, _CONFIG_FILE)
-        weights_path = os.path.join(path, _WEIGHTS_FILE)
-        for file in (config_path, weights_path):
-            if not os.path.isfile(file):
-                raise FileNotFoundError(f"{name}: {file!r} is missing; a saved VAEPrior holds both "
-                                        f"{_CONFIG_FILE} and {_WEIGHTS_FILE}.")
-        with open(config_path, "rb") as f:
-            raw_config = f.read()
-        with open(weights_path, "rb") as f:
-            weights = f.read()
+        (config_path, weights_path), (raw_config, weights) = _read_model_files(path, name, cls.__name__)
         config = _parse_config(raw_config, config_path, name)
         _verify_checksums(config, weights, config_path, weights_path, name)
         params, fitted = _check_config(cls, config, config_path, name, architecture)
@@ -801,17 +779,11 @@ or PatchSampler
         prior.beta_per_sample_ = fitted["beta_per_sample_"]
         prior._n_features_out = int(prior.n_components)
 
-        from safetensors.torch import load as safetensors_load
-
-        try:
-            state = safetensors_load(weights)
-        except Exception as err:  # safetensors raises its own error types for malformed files
-            raise ModelFileError(f"{name}: {weights_path!r} is not a readable safetensors file "
-                                 f"({type(err).__name__}: {err}).") from None
+        state = _load_safetensors(weights, weights_path, name)
         if target is None:
             target = _saved_device_or_cpu(fitted["device_"], f"{name}: {config_path!r} records that the "
                                           f"network was on {fitted['device_']!r} when saved (device_), but")
-        prior._restore_module(state, target, source=f"{name}: {weights_path!r}")
+        prior._restore_network(state, target, source=f"{name}: {weights_path!r}")
         return prior
 
     @classmethod
@@ -853,18 +825,9 @@ or PatchSampler
         """
         name = f"{cls.__name__}.from_reference_checkpoint"
         target = _resolve_device(device, name)
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{name}: {path!r} is not a file; expected the published "
-                                    f"VAE/VAE_inMSEeps100r1e3.pth (a torch state dict).")
+        state = _read_reference_state_dict(path, name, "VAE/VAE_inMSEeps100r1e3.pth")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-            raise ModelFileError(f"{name}: {path!r} could not be read as a torch state dict with "
-                                 f"weights_only=True (not a torch file, truncated, or holding objects "
-                                 f"other than tensors): {type(err).__name__}: {err}") from None
-        try:
-            converted, n_components = convert_published_state_dict(state, source=f"{name}: {path!r}")
+            converted, n_components = convert_published_state_dict(state, source=f"{name}: {os.fspath(path)!r}")
         except ValueError as err:
             raise ModelFileError(str(err)) from None
         batch_size, beta = 100, 1000.0
@@ -878,39 +841,21 @@ or PatchSampler
         prior.history_ = {"reconstruction": [], "kl": [], "loss": []}
         prior.beta_per_sample_ = beta / (batch_size * n_components)
         prior._n_features_out = int(n_components)
-        prior._restore_module(converted, target, source=f"{name}: {path!r}")
+        prior._restore_network(converted, target, source=f"{name}: {os.fspath(path)!r}")
         return prior
 
-    def _restore_module(self, state, device, source="state"):
+    def _restore_network(self, state, device, source="state"):
         """Build the module that the parameters describe, check ``state`` against it, load it."""
         input_shape = self.image_shape_ if self.image_shape_ is not None else self.n_features_in_
         module = build_vae(self.architecture, input_shape, int(self.n_components),
                            channels=tuple(self.channels), kernel_sizes=tuple(self.kernel_sizes),
                            hidden_size=int(self.hidden_size),
                            output_activation=self.output_activation, seed=0)
-        expected = module.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        shapes = [f"{k}: file {tuple(state[k].shape)}, expected {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-        dtypes = [f"{k}: file {state[k].dtype}, expected {v.dtype}"
-                  for k, v in expected.items() if k in state and state[k].dtype != v.dtype]
-        if missing or unexpected or shapes or dtypes:
-            described = (f"architecture={self.architecture!r}, n_components={self.n_components}, "
-                         f"image_shape_={self.image_shape_}, n_features_in_={self.n_features_in_}, "
-                         f"channels={tuple(self.channels)}, kernel_sizes={tuple(self.kernel_sizes)}, "
-                         f"hidden_size={self.hidden_size}")
-            problems = []
-            if missing:
-                problems.append(f"missing tensors {missing}")
-            if unexpected:
-                problems.append(f"unexpected tensors {unexpected}")
-            if shapes:
-                problems.append("wrong shapes: " + "; ".join(shapes))
-            if dtypes:
-                problems.append("wrong dtypes: " + "; ".join(dtypes))
-            raise ModelFileError(f"{source}: the tensors do not fit the network the configuration "
-                                 f"describes ({described}): " + "; ".join(problems) + ".")
+        described = (f"architecture={self.architecture!r}, n_components={self.n_components}, "
+                     f"image_shape_={self.image_shape_}, n_features_in_={self.n_features_in_}, "
+                     f"channels={tuple(self.channels)}, kernel_sizes={tuple(self.kernel_sizes)}, "
+                     f"hidden_size={self.hidden_size}")
+        _check_state_against(module, state, source, described)
         module.load_state_dict(state)
         module = module.to(device).eval().requires_grad_(False)
         self.module_ = module
@@ -937,27 +882,6 @@ or PatchSampler
         self.decoder_ = LatentDecoder(self.module_).eval()
         self.device_ = dev
         return self
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        if "module_" in state:
-            buffer = io.BytesIO()
-            weights = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
-            torch.save(weights, buffer)
-            state["_module_state"] = buffer.getvalue()
-            state["device_"] = str(self.device_)
-            del state["module_"]
-            del state["decoder_"]
-        return state
-
-    def __setstate__(self, state):
-        module_state = state.pop("_module_state", None)
-        super().__setstate__(state)
-        if module_state is not None:
-            weights = torch.load(io.BytesIO(module_state), map_location="cpu", weights_only=True)
-            device = _saved_device_or_cpu(state["device_"], f"{type(self).__name__}: the pickled prior "
-                                          f"was on {state['device_']!r}, but")
-            self._restore_module(weights, device, source=f"{type(self).__name__}: pickled state")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -18,8 +18,6 @@ SHA-256 checksums, in the format of :class:`~latentinv.prior.VAEPrior`;
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 from numbers import Integral, Real
@@ -33,11 +31,10 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._allocator import tune_malloc_for_tensors
 from ._common import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
     ModelFileError,
-    _add_checksums,
-    _atomic_write,
+    _PicklesNetwork,
+    _read_reference_state_dict,
+    _write_model_files,
     _check_finite_output,
     _check_float32_range,
     _check_state_against,
@@ -87,7 +84,7 @@ def _is_int(value, minimum=None):
     return ok and (minimum is None or value >= minimum)
 
 
-class SGANPrior(BaseEstimator):
+class SGANPrior(_PicklesNetwork, BaseEstimator):
     """Deep generative prior: a spatial GAN (Laloy et al., 2018, 2019), as compared in Lopez-Alvis et al. (2021).
 
     A fully convolutional generator ``G`` maps a latent array ``z`` of shape
@@ -208,6 +205,10 @@ class SGANPrior(BaseEstimator):
     """
 
     latent_distribution = "uniform"
+
+    # pickling (latentinv._common._PicklesNetwork): the generator travels as torch-saved tensors
+    _network_attr = "generator_"
+    _pickled_key = "_generator_state"
 
     def __init__(self, image_shape=None, latent_channels=1, n_filters=PUBLISHED_N_FILTERS,
                  n_layers=PUBLISHED_N_LAYERS, kernel_size=PUBLISHED_KERNEL_SIZE,
@@ -550,26 +551,6 @@ class SGANPrior(BaseEstimator):
         self._set_generator(self.generator_, _resolve_device(device, f"{type(self).__name__}.to"))
         return self
 
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        if "generator_" in state:
-            buffer = io.BytesIO()
-            torch.save({k: v.detach().cpu() for k, v in self.generator_.state_dict().items()}, buffer)
-            state["_generator_state"] = buffer.getvalue()
-            state["device_"] = str(self.device_)
-            del state["generator_"]
-            del state["decoder_"]
-        return state
-
-    def __setstate__(self, state):
-        weights = state.pop("_generator_state", None)
-        super().__setstate__(state)
-        if weights is not None:
-            weights = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-            device = _saved_device_or_cpu(state["device_"], f"{type(self).__name__}: the pickled prior "
-                                          f"was on {state['device_']!r}, but")
-            self._restore_generator(weights, device, source=f"{type(self).__name__}: pickled state")
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
@@ -582,7 +563,7 @@ class SGANPrior(BaseEstimator):
             return SpatialGenerator(int(self.latent_channels), int(self.n_filters), int(self.n_layers),
                                     int(self.kernel_size), tuple(self.dilations))
 
-    def _restore_generator(self, state, device, source):
+    def _restore_network(self, state, device, source):
         generator = self._new_generator()
         described = (f"latent_channels={self.latent_channels}, n_filters={self.n_filters}, "
                      f"n_layers={self.n_layers}, kernel_size={self.kernel_size}, "
@@ -629,15 +610,7 @@ class SGANPrior(BaseEstimator):
             Directory (created if missing).
         """
         check_is_fitted(self, "generator_")
-        from safetensors.torch import save as safetensors_bytes
-
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.generator_.state_dict().items()}
-        weights = safetensors_bytes(state)
-        config = _add_checksums(self._config(), weights)
-        _atomic_write(os.path.join(path, WEIGHTS_FILE), weights)
-        _atomic_write(os.path.join(path, CONFIG_FILE), json.dumps(config, indent=1).encode("ascii"))
+        _write_model_files(path, self.generator_, self._config())
 
     @classmethod
     def load(cls, path, device=None):
@@ -677,7 +650,7 @@ class SGANPrior(BaseEstimator):
         if target is None:
             target = _saved_device_or_cpu(fitted["device_"], f"{where} records that the network was on "
                                           f"{fitted['device_']!r} when saved (device_), but")
-        prior._restore_generator(state, target, source=f"{name}: {weights_path!r}")
+        prior._restore_network(state, target, source=f"{name}: {weights_path!r}")
         if tuple(prior.latent_shape_) != fitted["latent_shape_"]:
             raise ModelFileError(f"{where}: fitted.latent_shape_ {list(fitted['latent_shape_'])} is not "
                                  f"the latent grid of image_shape_ {list(prior.image_shape_)} "
@@ -792,16 +765,8 @@ class SGANPrior(BaseEstimator):
         """
         name = f"{cls.__name__}.from_reference_checkpoint"
         target = _resolve_device(device, name)
+        state = _read_reference_state_dict(path, name, "SGAN/netG_epoch_36.pth")
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{name}: {path!r} is not a file; expected the published "
-                                    f"SGAN/netG_epoch_36.pth (a torch state dict).")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
-            raise ModelFileError(f"{name}: {path!r} could not be read as a torch state dict with "
-                                 f"weights_only=True (not a torch file, truncated, or holding objects "
-                                 f"other than tensors): {type(err).__name__}: {err}") from None
         try:
             converted, latent_channels = convert_published_generator_state_dict(
                 state, source=f"{name}: {path!r}")
@@ -815,5 +780,5 @@ class SGANPrior(BaseEstimator):
         prior.training_shape_ = tuple(output_size(n, PUBLISHED_N_LAYERS) for n in (12, 12))
         prior.n_features_in_ = prior.training_shape_[0] * prior.training_shape_[1]
         prior.history_ = {k: [] for k in _HISTORY_KEYS}
-        prior._restore_generator(converted, target, source=f"{name}: {path!r}")
+        prior._restore_network(converted, target, source=f"{name}: {path!r}")
         return prior
