@@ -97,33 +97,46 @@ def convert_published_state_dict(state: Mapping, source="state dict"):
         Not a mapping of names to tensors, missing or unexpected keys, a wrong shape, or a tensor
         that is not floating point; the message names ``source`` and every offending key.
     """
+    check_tensor_mapping(state, source, "the published VAE")
+    fc1 = state.get("fc1.weight")
+    n_components = int(fc1.shape[0]) if fc1 is not None and fc1.dim() == 2 else PUBLISHED_N_COMPONENTS
+    converted = convert_published_tensors(
+        state, published_shapes(n_components), published_key_map(), source,
+        layout="VAE layout (VAE/autoencoder_in.py)",
+        network=f"VAE (129 x 65 images, {n_components} latents)")
+    return converted, n_components
+
+
+def check_tensor_mapping(state, source, what):
+    """ValueError unless ``state`` is a mapping of names to tensors (``what``: the expected network)."""
     if not isinstance(state, Mapping):
         raise ValueError(f"{source}: expected a state dict (a mapping of parameter names to tensors) of "
-                         f"the published VAE; got {type(state).__name__}.")
+                         f"{what}; got {type(state).__name__}.")
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ValueError(f"{source}: expected a state dict of tensors; the entries {not_tensors[:5]} are "
                          f"{[type(state[k]).__name__ for k in not_tensors[:5]]}.")
-    fc1 = state.get("fc1.weight")
-    n_components = int(fc1.shape[0]) if fc1 is not None and fc1.dim() == 2 else PUBLISHED_N_COMPONENTS
-    expected = published_shapes(n_components)
+
+
+def convert_published_tensors(state, expected, mapping, source, *, layout, network):
+    """Check a published state dict against its ``expected`` key -> shape layout (exactly those keys,
+    those shapes, finite floating-point tensors) and rename it by ``mapping``: float32 CPU tensors.
+    ``layout`` and ``network`` name the published code in the messages."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
-        raise ValueError(f"{source}: not the published VAE layout (VAE/autoencoder_in.py): missing keys "
-                         f"{missing}, unexpected keys {unexpected}.")
+        raise ValueError(f"{source}: not the published {layout}: missing keys {missing}, unexpected "
+                         f"keys {unexpected}.")
     wrong = [f"{k}: expected {expected[k]}, got {tuple(state[k].shape)}"
              for k in expected if tuple(state[k].shape) != expected[k]]
     if wrong:
-        raise ValueError(f"{source}: tensor shapes differ from the published VAE (129 x 65 images, "
-                         f"{n_components} latents): " + "; ".join(wrong) + ".")
+        raise ValueError(f"{source}: tensor shapes differ from the published {network}: "
+                         + "; ".join(wrong) + ".")
     bad_dtype = [f"{k}: {state[k].dtype}" for k in expected if not state[k].is_floating_point()]
     if bad_dtype:
         raise ValueError(f"{source}: expected floating-point tensors; got " + "; ".join(bad_dtype) + ".")
     not_finite = [k for k in expected if not bool(torch.isfinite(state[k]).all())]
     if not_finite:
         raise ValueError(f"{source}: the tensors {not_finite} hold NaN or infinite values.")
-    mapping = published_key_map()
-    converted = {mapping[k]: state[k].detach().to(device="cpu", dtype=torch.float32).contiguous()
-                 for k in expected}
-    return converted, n_components
+    return {mapping[k]: state[k].detach().to(device="cpu", dtype=torch.float32).contiguous()
+            for k in expected}

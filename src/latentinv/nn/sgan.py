@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .reference import check_tensor_mapping, convert_published_tensors
+
 __all__ = [
     "SpatialGenerator", "PatchDiscriminator", "SGANDecoder", "adversarial_losses", "init_weights",
     "output_size", "latent_grid_size", "published_generator_key_map", "published_generator_shapes",
@@ -279,34 +281,12 @@ def convert_published_generator_state_dict(state: Mapping, source="state dict") 
         Not a mapping of names to tensors, missing or unexpected keys, a wrong shape, a tensor that
         is not floating point or holds NaN/inf; the message names ``source`` and the keys.
     """
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{source}: expected a state dict (a mapping of parameter names to tensors) of "
-                         f"the published SGAN generator; got {type(state).__name__}.")
-    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise ValueError(f"{source}: expected a state dict of tensors; the entries {not_tensors[:5]} are "
-                         f"{[type(state[k]).__name__ for k in not_tensors[:5]]}.")
+    check_tensor_mapping(state, source, "the published SGAN generator")
     first = state.get("main.0.weight")
     latent_channels = int(first.shape[0]) if first is not None and first.dim() == 4 else 1
-    expected = published_generator_shapes(latent_channels)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{source}: not the published SGAN generator layout (SGAN/generator.py, keys "
-                         f"main.<index>.weight): missing keys {missing}, unexpected keys {unexpected}.")
-    wrong = [f"{k}: expected {expected[k]}, got {tuple(state[k].shape)}"
-             for k in expected if tuple(state[k].shape) != expected[k]]
-    if wrong:
-        raise ValueError(f"{source}: tensor shapes differ from the published SGAN generator (64 filters, "
-                         f"kernel 5): " + "; ".join(wrong) + ".")
-    bad_dtype = [f"{k}: {state[k].dtype}" for k in expected if not state[k].is_floating_point()]
-    if bad_dtype:
-        raise ValueError(f"{source}: expected floating-point tensors; got " + "; ".join(bad_dtype) + ".")
-    not_finite = [k for k in expected if not bool(torch.isfinite(state[k]).all())]
-    if not_finite:
-        raise ValueError(f"{source}: the tensors {not_finite} hold NaN or infinite values.")
-    mapping = published_generator_key_map()
-    converted = {mapping[k]: state[k].detach().to(device="cpu", dtype=torch.float32).contiguous()
-                 for k in expected}
+    converted = convert_published_tensors(
+        state, published_generator_shapes(latent_channels), published_generator_key_map(), source,
+        layout="SGAN generator layout (SGAN/generator.py, keys main.<index>.weight)",
+        network="SGAN generator (64 filters, kernel 5)")
     return converted, latent_channels
 
