@@ -45,18 +45,11 @@ from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import (NONLINEAR_SETTINGS, LatentInverter, TorchGenerator, _as_seed,
                                  _initial_latents, _survey_generators, chi_mean, paper_slowness)
 from latentinv.operators import StraightRayOperator
+from machine_info import cpu_model  # noqa: E402  (a sibling script)
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__,

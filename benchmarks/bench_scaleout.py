@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import time
 from importlib.resources import files
 
@@ -35,16 +34,11 @@ from latentinv.inversion import PAPER_CASES, InversionResult, LatentInverter, pa
 from latentinv.inversion.parallel import run_chunk
 from latentinv.inversion.randomness import as_seed
 from latentinv.inversion.runtime import torch_threads
+from machine_info import cpu_model  # noqa: E402  (a sibling script)
 
 
 def machine():
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def timed(fn):

@@ -61,6 +61,7 @@ import torch
 
 from latentinv import StraightRayOperator, VAEPrior, paper_crosshole
 from latentinv.inversion import PAPER_CASES, PAPER_N_STARTS, LatentInverter, paper_slowness
+from machine_info import cpu_flags, cpu_model  # noqa: E402  (a sibling script)
 
 DEFAULT_TEST_MODELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "paper_test_models"
 
@@ -82,21 +83,8 @@ OPTIONS = {
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        pass
-    return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
+    flags = cpu_flags()
+    return dict(platform=platform.platform(), cpu=cpu_model(), cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 python=sys.version.split()[0], avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags)
 

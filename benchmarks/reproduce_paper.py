@@ -87,6 +87,7 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 import paper_report as report  # noqa: E402
+from machine_info import cpu_model  # noqa: E402  (a sibling script)
 from latentinv.baselines import check_against_baselines, constant_model_rmse, homogeneous_fit  # noqa: E402
 from latentinv.datasets import PatchSampler, load_image  # noqa: E402
 from latentinv.geometry import CrossholeSurvey, Grid2D  # noqa: E402
@@ -349,15 +350,7 @@ def case_settings(name, epochs):
 
 
 def machine():
-    name = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(platform=platform.platform(), processor_name=name or "unknown CPU",
+    return dict(platform=platform.platform(), processor_name=cpu_model(),
                 cpu_count=os.cpu_count(), torch=torch.__version__,
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
