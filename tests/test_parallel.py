@@ -5,25 +5,23 @@ threads; the fitted estimator's travel size."""
 import pickle
 
 import joblib
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from sklearn.model_selection import GridSearchCV
 
-from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import InversionResult, LatentInverter, TorchGenerator
 from latentinv.inversion.parallel import run_chunk, survey_chunks, worker_threads
 from latentinv.metrics import model_rmse_scorer
 from latentinv.operators import ShortestPathOperator, StraightRayOperator
 
+sys.path.insert(0, str(Path(__file__).with_name("golden")))
+from cases import small_crosshole  # noqa: E402  (the small problem shared with the golden record)
+
 D = 4
-
-
-def _survey():
-    depths = 0.1 + 0.2 * np.arange(6)
-    src = np.column_stack([np.zeros(6), depths])
-    rec = np.column_stack([np.full(6, 0.8), depths])
-    return Grid2D(12, 8, 0.1), CrossholeSurvey(src, rec)            # 96 cells, 36 data
 
 
 def _generator():
@@ -34,7 +32,7 @@ def _generator():
 
 
 def _problem(n=8, op=None):
-    op = op or StraightRayOperator(*_survey())
+    op = op or StraightRayOperator(*small_crosshole())
     gen = _generator()
     z = np.random.default_rng(1).standard_normal((n, D))
     models = gen.decode(z)
@@ -92,7 +90,7 @@ def test_concatenate_pads_histories_of_chunks_that_stopped_early():
 
 def test_run_chunk_uses_the_workers_threads_and_restores_them(monkeypatch):
     import latentinv.inversion.parallel as parallel
-    op = ShortestPathOperator(*_survey(), n_secondary_nodes=1, n_threads=2)
+    op = ShortestPathOperator(*small_crosshole(), n_secondary_nodes=1, n_threads=2)
     _, gen, _, times = _problem(2, op)
     seen = []
 

@@ -1,13 +1,18 @@
 """LatentInverter(precision="bfloat16"): the decoder under autocast during the iterations, the
 returned models and misfits re-scored in float32, and the 1 % guard."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import latentinv.inversion.estimator as estimator
-from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import LatentInverter, PrecisionWarning, TorchGenerator
 from latentinv.operators import StraightRayOperator
+
+sys.path.insert(0, str(Path(__file__).with_name("golden")))
+from cases import small_crosshole  # noqa: E402  (the small problem shared with the golden record)
 
 D = 4
 bf16 = pytest.mark.skipif(not estimator._native_bfloat16(torch.device("cpu")),
@@ -15,10 +20,7 @@ bf16 = pytest.mark.skipif(not estimator._native_bfloat16(torch.device("cpu")),
 
 
 def _op():
-    depths = 0.1 + 0.2 * np.arange(6)
-    src = np.column_stack([np.zeros(6), depths])
-    rec = np.column_stack([np.full(6, 0.8), depths])
-    return StraightRayOperator(Grid2D(12, 8, 0.1), CrossholeSurvey(src, rec))
+    return StraightRayOperator(*small_crosshole())
 
 
 class Net(torch.nn.Module):

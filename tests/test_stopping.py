@@ -3,22 +3,20 @@ re-derived from the run's own histories by an independent implementation, the ba
 starts stop, and the pipelined nonlinear path agreeing with the in-line one."""
 import math
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import LatentInverter, TorchGenerator
 from latentinv.operators import ShortestPathOperator, StraightRayOperator
 
+sys.path.insert(0, str(Path(__file__).with_name("golden")))
+from cases import small_crosshole  # noqa: E402  (the small problem shared with the golden record)
+
 D = 4
-
-
-def _survey():
-    depths = 0.1 + 0.2 * np.arange(6)
-    src = np.column_stack([np.zeros(6), depths])
-    rec = np.column_stack([np.full(6, 0.8), depths])
-    return Grid2D(12, 8, 0.1), CrossholeSurvey(src, rec)          # 96 cells, 36 data
 
 
 class Net(torch.nn.Module):
@@ -43,7 +41,7 @@ def _data(op, n=2):
 
 
 def _run(op=None, pipeline=True, **params):
-    op = op or StraightRayOperator(*_survey())
+    op = op or StraightRayOperator(*small_crosshole())
     net = Net()
     params = dict(dict(random_state=2, device="cpu", n_starts=8, n_epochs=12, batch_size=9, lr=2e-3), **params)
     inv = LatentInverter(TorchGenerator(net, D, image_shape=(12, 8)), op, **params)
@@ -113,7 +111,7 @@ def test_stopped_starts_leave_the_batch():
 
 def test_pipelined_graph_operator_stops_as_in_line():
     def op():
-        return ShortestPathOperator(*_survey(), n_secondary_nodes=2, n_threads=2)
+        return ShortestPathOperator(*small_crosshole(), n_secondary_nodes=2, n_threads=2)
     a, _, _ = _run(op(), True, tol=0.05, n_epochs_no_change=1, prune="halving", prune_every=3,
                    n_epochs=9, lr=0.05)
     b, _, _ = _run(op(), False, tol=0.05, n_epochs_no_change=1, prune="halving", prune_every=3,

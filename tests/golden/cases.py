@@ -12,7 +12,8 @@ from latentinv.operators import ShortestPathOperator, StraightRayOperator
 D = 4
 
 
-def _survey():
+def small_crosshole():
+    """The tests' small crosshole problem: 12 x 8 cells of 0.1 m, 6 + 6 sensors, every pair."""
     depths = 0.1 + 0.2 * np.arange(6)
     src = np.column_stack([np.zeros(6), depths])
     rec = np.column_stack([np.full(6, 0.8), depths])
@@ -54,11 +55,11 @@ def _invert(op, distribution="normal", pipeline=True, **params):
 
 
 def _straight():
-    return StraightRayOperator(*_survey())
+    return StraightRayOperator(*small_crosshole())
 
 
 def _graph():
-    return ShortestPathOperator(*_survey(), n_secondary_nodes=2, n_threads=2)
+    return ShortestPathOperator(*small_crosshole(), n_secondary_nodes=2, n_threads=2)
 
 
 CASES = {
