@@ -127,6 +127,17 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
   const Vec vs = Vec::broadcast(s);
   // Push the rows through the cell; the nodes it improves are pushed again (rounding may break the
   // triangle inequality between collinear nodes by an ulp) until nothing changes inside the cell.
+  // the nodes whose label improved become the next rows (their new labels are the next start)
+  auto collect_improved = [&]() {
+    n_rows = 0;
+    for (int32_t qq = 0; qq < m; ++qq) {
+      const Vec a = Vec::load(acc + qq * K);
+      if (Vec::any_less(a, Vec::load(start + qq * K))) {
+        st.rows[n_rows++] = qq;
+        Vec::store(start + qq * K, a);
+      }
+    }
+  };
   while (true) {
     int32_t n_live = 0;
     for (int32_t k = 0; k < n_rows; ++k) {
@@ -172,15 +183,7 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
         Vec::store(acc + q * K, a0);
       }
     }
-    // the improved nodes are the next rows
-    n_rows = 0;
-    for (int32_t qq = 0; qq < m; ++qq) {
-      const Vec a = Vec::load(acc + qq * K);
-      if (Vec::any_less(a, Vec::load(start + qq * K))) {
-        st.rows[n_rows++] = qq;
-        Vec::store(start + qq * K, a);
-      }
-    }
+    collect_improved();
     if (n_rows == 0) break;
     ++st.repeats;
     if (!g.collinear_only) continue;
@@ -201,14 +204,7 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
           }
         }
       }
-      n_rows = 0;
-      for (int32_t qq = 0; qq < m; ++qq) {
-        const Vec a = Vec::load(acc + qq * K);
-        if (Vec::any_less(a, Vec::load(start + qq * K))) {
-          st.rows[n_rows++] = qq;
-          Vec::store(start + qq * K, a);
-        }
-      }
+      collect_improved();
       if (n_rows) ++st.repeats;
     }
     break;
