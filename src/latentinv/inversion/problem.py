@@ -67,6 +67,7 @@ class LatentProblem:
         self.y = torch.tensor(np.repeat(Y, self.n_starts, axis=0), dtype=dtype, device=device)
         self.w = (None if sigma is None else
                   torch.tensor(np.tile(1.0 / sigma**2, (self.n_rows, 1)), dtype=dtype, device=device))
+        self._selected = None       # (rows, y[rows], w[rows]) of the last selection (see _observed)
         self.is_linear = bool(getattr(operator, "is_linear", False))
         self.paper_gradient = not self.is_linear and nonlinear_gradient == "paper"
         self.traveltimes = traveltime_evaluator(operator, device, dtype, paper_gradient=self.paper_gradient,
@@ -105,10 +106,13 @@ class LatentProblem:
             return torch.as_tensor(np.asarray(t).reshape(len(s), -1), dtype=self.dtype, device=self.device)
 
     def _observed(self, rows):
-        """Data and weights of rows ``rows`` (an index tensor; None: every row)."""
+        """Data and weights of rows ``rows`` (an index tensor; None: every row). The running rows of
+        an algorithm change only when a row stops: the last selection is kept for the same tensor."""
         if rows is None:
             return self.y, self.w
-        return self.y[rows], None if self.w is None else self.w[rows]
+        if self._selected is None or self._selected[0] is not rows:
+            self._selected = (rows, self.y[rows], None if self.w is None else self.w[rows])
+        return self._selected[1:]
 
     def data_loss(self, t_rays, rays, rows=None):
         """Per row: ``sum_{i in rays} w_i (y_i - t_i)**2`` (Eq. 24's data term; half of it with the

@@ -74,7 +74,7 @@ def run_sgd(problem, z, streams, cfg, *, check_first=None, progress=None):
                         n_epochs_no_change=cfg.n_epochs_no_change, prune_every=cfg.prune_every,
                         prune_keep=cfg.prune_keep)
     adam = Adam(z) if cfg.optimizer == "adam" else None
-    rows = None
+    rows, all_rows = None, torch.arange(R, device=z.device)
 
     iterations = range(cfg.n_iterations)
     if progress is not None:
@@ -107,7 +107,7 @@ def run_sgd(problem, z, streams, cfg, *, check_first=None, progress=None):
             z_new = zk - lr_k * grad if adam is None else adam.step(zk, grad, lr_k, k + 1, rows)
             if redraw is not None:   # stochastic clipping: out-of-box components redrawn
                 z_new = torch.where(z_new.abs() > 1, redraw[j] if rows is None else redraw[j][rows], z_new)
-            every = torch.arange(R, device=z.device) if rows is None else rows
+            every = all_rows if rows is None else rows
             stop = stopping.after_step(every, rms, z_new)
             if j == per_epoch - 1 and stopping.needs_epoch_end:
                 history.flush()
