@@ -92,10 +92,14 @@ def evaluate(problem, u, *, uniform, gradient):
         uu = u.detach().requires_grad_(gradient)
         z = to_latent(uu, uniform)
         x, s = problem.decode(z)
-        # without a gradient no ray is asked for with one: the potential comes from the full data
-        t_rays, t_full = problem.traveltimes(x, s, rays if gradient else rays[:, :0])
-        phi = 0.5 * problem.data_loss(t_rays if gradient else t_full, rays)
-        grad = torch.autograd.grad(phi.sum(), uu)[0] if gradient else None
+        if gradient:
+            t_rays, t_full = problem.traveltimes(x, s, rays)
+            phi = 0.5 * problem.data_loss(t_rays, rays)
+            grad = torch.autograd.grad(phi.sum(), uu)[0]
+        else:           # the potential from the full data, without autograd or Jacobians
+            t_full = problem.full_traveltimes(x, s)
+            phi = 0.5 * problem.data_loss(t_full, rays)
+            grad = None
     return ChainState(u.detach(), z.detach(), x.detach(), t_full.detach(), phi.detach(), grad)
 
 
