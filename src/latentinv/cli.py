@@ -696,7 +696,6 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from .baselines import homogeneous_fit
     from .inversion import NONLINEAR_SETTINGS, LatentInverter
     from .plotting import plot_inversion_summary
 
@@ -726,7 +725,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
         accepted = None if threshold is None else res.accepted_fraction(threshold).tolist()
     elapsed = time.perf_counter() - t0
     best = np.nanmin(res.data_rmse, axis=1)
-    homogeneous_slowness, homogeneous_rmse = homogeneous_fit(op, data)
+    homogeneous_slowness, homogeneous_rmse = res.homogeneous_slowness, res.homogeneous_rmse   # invert's own
     _baseline_warnings(warning_messages, data_rmse=best, homogeneous_rmse=homogeneous_rmse,
                        what="the best fit per survey")
     np.save(out / "models.npy", res.models)
