@@ -125,6 +125,71 @@ def decoder_flops_per_start(decoder, n_components=20):
     return total
 
 
+def _layer_inputs(decoder, n_starts, n_components=20):
+    """(module, input shape) of each transposed convolution and linear layer of ``decoder`` at a batch
+    of ``n_starts``, in forward order."""
+    shapes = []
+
+    def hook(module, inputs, output):
+        shapes.append((module, tuple(inputs[0].shape)))
+
+    handles = [m.register_forward_hook(hook) for m in decoder.modules()
+               if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Linear))]
+    with torch.no_grad():
+        decoder(torch.zeros(n_starts, n_components, device=next(decoder.parameters()).device))
+    for h in handles:
+        h.remove()
+    return shapes
+
+
+def gemm_chain(decoder, n_starts, kind="gemm"):
+    """The ceiling rows: the decoder's multiply-adds alone, forward then backward to the input, with
+    nothing between them (no norm, activation, bias, fold or copy).
+
+    ``kind="gemm"``: each layer as one float32 GEMM of its im2col shape (a transposed convolution with
+    input ``(n, c_in, h, w)``: ``(n*h*w, c_in) @ (c_in, c_out*k*k)`` forward and ``(n*h*w, c_out*k*k)
+    @ (c_out*k*k, c_in)`` backward; a linear layer: ``(n, in) @ (in, out)`` and back): what MKL's sgemm
+    gives on these shapes. ``kind="conv"``: the transposed convolutions through torch (oneDNN) as the
+    decoder runs them, and their backward-data convolutions; a one-channel last layer as its channel GEMM
+    (the decoder's fast path, without its fold). Same FLOPs as ``decoder_flops_per_start`` x 2."""
+    g = torch.Generator().manual_seed(0)
+    steps = []
+    for mod, shape in _layer_inputs(decoder, n_starts):
+        w = mod.weight.detach()
+        if isinstance(mod, torch.nn.Linear):
+            a, gy = torch.randn(shape, generator=g), torch.randn(shape[0], mod.out_features, generator=g)
+            wt = w.t().contiguous()
+            steps += [lambda a=a, wt=wt: a @ wt, lambda gy=gy, w=w: gy @ w]
+            continue
+        n, c, h, wd = shape
+        kk = mod.kernel_size[0] * mod.kernel_size[1]
+        if kind == "gemm":
+            a = torch.randn(n * h * wd, c, generator=g)
+            b = w.reshape(c, -1).contiguous()
+            cols = torch.randn(n * h * wd, b.shape[1], generator=g)
+            bt = b.t().contiguous()
+            steps += [lambda a=a, b=b: a @ b, lambda cols=cols, bt=bt: cols @ bt]
+        else:
+            x = torch.randn(shape, generator=g)
+            with torch.no_grad():
+                y = torch.nn.functional.conv_transpose2d(x, w, stride=mod.stride, padding=mod.padding,
+                                                         output_padding=mod.output_padding)
+            if mod.out_channels == 1:
+                taps = w.reshape(c, kk).t().contiguous()
+                fwd = (lambda x=x, taps=taps, n=n, c=c: torch.matmul(taps, x.reshape(n, c, -1)))
+            else:
+                fwd = (lambda x=x, w=w, m=mod: torch.nn.functional.conv_transpose2d(
+                    x, w, stride=m.stride, padding=m.padding, output_padding=m.output_padding))
+            steps += [fwd, lambda y=y, w=w, m=mod: torch.nn.functional.conv2d(y, w, stride=m.stride,
+                                                                               padding=m.padding)]
+
+    def run():
+        with torch.no_grad():
+            for st in steps:
+                st()
+    return run
+
+
 def _decoder_step(decoder, z0, variant):
     """One forward + backward to the latents of ``decoder`` at latents ``z0``, as the inverter runs it."""
     def step():
@@ -159,6 +224,12 @@ def bench_decoder(rows, repeats, n_starts=100, compile_=False):
         flops = decoder_flops_per_start(dec)
         variants = {"float32": _decoder_step(dec, z0, "float32"),
                     "bfloat16": _decoder_step(dec, z0, "bfloat16")}
+        if hasattr(dec, "fast_frozen_path"):
+            plain = copy.deepcopy(dec)
+            plain.fast_frozen_path = False       # instance norm + ReLU as modules (before issue 19)
+            variants["float32, norms as modules (before)"] = _decoder_step(plain, z0, "float32")
+        variants["ceiling: the same GEMMs alone (MKL sgemm)"] = gemm_chain(dec, n_starts, "gemm")
+        variants["ceiling: the convolutions alone (oneDNN)"] = gemm_chain(dec, n_starts, "conv")
         cl = copy.deepcopy(dec).to(memory_format=torch.channels_last)
         variants["channels-last float32"] = _decoder_step(cl, z0, "float32")
         if compile_:
@@ -231,8 +302,19 @@ def bench_linear(device, quick, rows, repeats=1):
         return reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95, 10.0, 0.999, 25, n_ref, rng)
 
     estimators = {}
-    for n_starts in (1, 10, 100, "100 bfloat16"):
+    import copy
+    plain = copy.deepcopy(decoder)
+    plain.fast_frozen_path = False     # the decoder's instance norms + ReLU as modules (before issue 19)
+    gen_plain = TorchGenerator(plain, 20)
+    for n_starts in (1, 10, 100, "100 norms as modules", "100 bfloat16"):
         precision = "float32"
+        if n_starts == "100 norms as modules":
+            if torch.device(device).type != "cpu":
+                continue                   # the fast path is CPU-only: the same decoder there
+            estimators[n_starts] = LatentInverter(gen_plain, op, n_starts=100, n_epochs=1, random_state=0,
+                                                  device=device).fit(tt)
+            estimators[n_starts].invert(tt)
+            continue
         if n_starts == "100 bfloat16":
             from latentinv.inversion.estimator import _native_bfloat16
             if not _native_bfloat16(torch.device(device)):
@@ -284,7 +366,8 @@ def bench_linear(device, quick, rows, repeats=1):
         n_starts = est.n_starts
         per = t / (n_starts * n_it)
         results[key] = res
-        row = dict(case="linear", method=f"LatentInverter (batched, {est.precision})", device=str(device),
+        label = est.precision + (", norms as modules (before)" if key == "100 norms as modules" else "")
+        row = dict(case="linear", method=f"LatentInverter (batched, {label})", device=str(device),
                    n_starts=n_starts, iterations=n_it, seconds=t,
                    per_start_iteration_ms=1e3 * per, ratio=per_ref / per,
                    fraction_of_float32_roofline=floor_ms / (1e3 * per),

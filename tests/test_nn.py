@@ -265,3 +265,77 @@ def test_fast_one_channel_deconv_in_bfloat16_under_autocast():
     (gr,) = torch.autograd.grad(ref, xd, g)
     assert gx.dtype == torch.bfloat16
     assert float((gx.double() - gr).abs().max()) <= 2e-2 * float(gr.abs().max())   # bfloat16 rounding
+
+
+# ---------------------------------------------------------------------------------------------------
+# the frozen decoder's CPU float32 path: instance norm + ReLU as group norm + in-place ReLU
+# ---------------------------------------------------------------------------------------------------
+def _decoder_pair(image_shape, channels, kernel_sizes, seed=5):
+    import copy
+    torch.manual_seed(seed)
+    fast = ConvDecoder(image_shape, 6, channels, kernel_sizes, hidden_size=32).eval().requires_grad_(False)
+    plain = copy.deepcopy(fast)
+    plain.fast_frozen_path = False              # the modules as they are (InstanceNorm2d, ReLU)
+    return fast, plain
+
+
+@pytest.mark.parametrize("image_shape,channels,kernel_sizes", [
+    ((33, 17), (4, 8, 8, 16), (5, 5, 4, 4)),     # the paper's kernels on a smaller image
+    ((21, 13), (3, 6, 12), (5, 3, 3)),
+    ((6, 6), (4, 8, 8), (3, 3, 3)),             # the deepest map is 1 x 1: its norm is the identity
+])
+def test_frozen_decoder_fast_path_equals_the_modules(image_shape, channels, kernel_sizes):
+    fast, plain = _decoder_pair(image_shape, channels, kernel_sizes)
+    z = torch.randn(7, 6, generator=torch.Generator().manual_seed(1))
+    zf, zp = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    xf, xp = fast(zf), plain(zp)
+    assert xf.shape == xp.shape == (7, image_shape[0] * image_shape[1])
+    torch.testing.assert_close(xf, xp, rtol=1e-5, atol=1e-6)
+    g = torch.randn(xf.shape, generator=torch.Generator().manual_seed(2))
+    (gf,) = torch.autograd.grad(xf, zf, g)
+    (gp,) = torch.autograd.grad(xp, zp, g)
+    torch.testing.assert_close(gf, gp, rtol=1e-4, atol=1e-5 * float(gp.abs().max()))
+    # against the modules in float64 (round-off only)
+    ref = plain.double()
+    zd = z.double().requires_grad_(True)
+    xd = ref(zd)
+    (gd,) = torch.autograd.grad(xd, zd, g.double())
+    assert float((xf.detach().double() - xd.detach()).abs().max()) <= 1e-5
+    assert float((gf.double() - gd).abs().max()) <= 1e-4 * float(gd.abs().max())
+    with torch.no_grad():                       # no autograd at all: the same path
+        torch.testing.assert_close(fast(z), xf.detach(), rtol=0, atol=0)
+
+
+def test_frozen_decoder_fast_path_is_used_and_training_is_unchanged(monkeypatch):
+    import latentinv.nn.vae as vae_module
+    calls = []
+    real = vae_module._frozen_deconv
+    monkeypatch.setattr(vae_module, "_frozen_deconv", lambda *a: calls.append(1) or real(*a))
+    fast, plain = _decoder_pair((33, 17), (4, 8, 8, 16), (5, 5, 4, 4))
+    z = torch.randn(3, 6)
+    fast(z.requires_grad_(True))
+    assert calls == [1]                          # frozen weights, float32, CPU: the fast path
+    fast.requires_grad_(True)
+    plain.requires_grad_(True)
+    y = fast(z)
+    assert calls == [1]                          # weights that ask for gradients: the modules
+    assert torch.equal(y, plain(z))              # bit for bit
+    y.sum().backward()
+    assert all(p.grad is not None for p in fast.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast.requires_grad_(False)(z)
+    assert calls == [1]                          # autocast: the modules (bfloat16 path unchanged)
+
+
+def test_frozen_decoder_fast_path_has_second_derivatives():
+    fast, plain = _decoder_pair((21, 13), (3, 6, 12), (5, 3, 3))
+    z = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+    v = torch.randn_like(z)
+
+    def hvp(dec):
+        zz = z.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(dec(zz).pow(3).sum(), zz, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), zz)
+        return h
+
+    torch.testing.assert_close(hvp(fast), hvp(plain), rtol=1e-4, atol=1e-5)
