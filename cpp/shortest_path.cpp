@@ -9,16 +9,19 @@
 //   same distances;
 // - the Dijkstra loop keeps only distances and settled flags (12 B/node of hot state); the
 //   canonical predecessors are found afterwards, only along the back-tracked paths, from the final
-//   distances (memoised per node), so the forward and the Jacobian share the same inner loop;
+//   distances (memoised per node met, in a small hash table), so the forward and the Jacobian
+//   share the same inner loop;
 // - Dijkstra stops once every receiver of the source is settled;
 // - per-thread workspaces are pooled in the engine and reused between calls;
 // - submit() queues a job on a persistent pool of workers (FIFO over jobs), so a caller can
 //   overlap its own work with the Dijkstra runs it does not need yet.
 // The default solver is the multi-source label-correcting "wavefront" (cpp/sweep_kernel.hpp for the
 // per-cell kernel, compiled once portable and once with AVX2; sweep_group() below for the
-// scheduling): 4 sources per pass in the lanes of one vector, 32 B of labels per node; measured 1.9x
+// scheduling): 4 sources per pass in the lanes of one vector, 32 B of labels per node and 8 B of
+// changed-node bits per cell (for up to 15 secondary nodes; more take more words); measured 1.9x
 // the Dijkstra engine on the paper geometry (docs/benchmarks/raytrace.md). Its back-tracking is the
-// same code as Dijkstra's, reading the lane of the source (stride 4).
+// same code as Dijkstra's, reading the lane of the source (stride 4), with the cells' queue keys
+// as its accumulator.
 #include "shortest_path.hpp"
 
 #if defined(_WIN32)
@@ -218,6 +221,119 @@ class BucketQueue {
   size_t size_ = 0;
 };
 
+// The cells waiting in the wavefront solver: a ring of buckets by key (the smallest label that made
+// the cell dirty), each bucket an intrusive doubly linked list over cell ids, so that a cell sits in
+// one bucket at most and a smaller key moves it (no stale entries, 12 B per cell and 8 B per
+// bucket in all). First in, first out within a bucket (measured: 3 % fewer cells and 9 % less time
+// than last in, first out on the paper's case); keys beyond the ring wrap around and come out
+// early. The order only steers the work: the solver's result does not depend on it.
+class CellQueue {
+ public:
+  void reset(int32_t n_cells, int64_t n_buckets, double inverse_width) {
+    head_.assign(n_buckets, -1);
+    tail_.assign(n_buckets, -1);
+    next_.resize(n_cells);
+    prev_.resize(n_cells);
+    slot_.assign(n_cells, -1);
+    mask_ = n_buckets - 1;
+    inverse_width_ = inverse_width;
+    current_ = 0;
+    size_ = 0;
+  }
+  // inserts the cell, or moves it to the bucket of its new key
+  void push(int32_t cell, double key) {
+    int64_t b = static_cast<int64_t>(key * inverse_width_);
+    if (b < current_) b = current_;
+    const int32_t slot = static_cast<int32_t>(b & mask_);
+    if (slot_[cell] >= 0) unlink(cell);
+    else ++size_;
+    const int32_t last = tail_[slot];
+    prev_[cell] = last;
+    next_[cell] = -1;
+    if (last >= 0) next_[last] = cell;
+    else head_[slot] = cell;
+    tail_[slot] = cell;
+    slot_[cell] = slot;
+  }
+  bool pop(int32_t* cell) {
+    while (size_ > 0) {
+      const int32_t c = head_[current_ & mask_];
+      if (c >= 0) {
+        unlink(c);
+        slot_[c] = -1;
+        --size_;
+        *cell = c;
+        return true;
+      }
+      ++current_;
+    }
+    return false;
+  }
+
+ private:
+  void unlink(int32_t cell) {
+    const int32_t p = prev_[cell], n = next_[cell];
+    if (p >= 0) next_[p] = n;
+    else head_[slot_[cell]] = n;
+    if (n >= 0) prev_[n] = p;
+    else tail_[slot_[cell]] = p;
+  }
+  std::vector<int32_t> head_, tail_, next_, prev_, slot_;
+  int64_t mask_ = 0, current_ = 0;
+  double inverse_width_ = 1.0;
+  int64_t size_ = 0;
+};
+
+// The back-tracking memo: canonical predecessor codes of the nodes met on one source's paths
+// (a few thousand of the graph's nodes), in an open-addressing hash table that grows as needed:
+// tens of kB instead of 4 B for every node.
+class PredecessorMemo {
+ public:
+  void clear() {
+    if (keys_.empty()) {
+      keys_.assign(4096, -1);
+      values_.resize(4096);
+    } else {
+      std::fill(keys_.begin(), keys_.end(), -1);
+    }
+    size_ = 0;
+  }
+  // the code stored for node u, 0 when none
+  uint32_t find(int32_t u) const {
+    const size_t mask = keys_.size() - 1;
+    for (size_t i = slot(u); ; i = (i + 1) & mask) {
+      if (keys_[i] == u) return values_[i];
+      if (keys_[i] < 0) return 0u;
+    }
+  }
+  void insert(int32_t u, uint32_t code) {
+    if (2 * (size_ + 1) > keys_.size()) grow();
+    const size_t mask = keys_.size() - 1;
+    size_t i = slot(u);
+    while (keys_[i] >= 0 && keys_[i] != u) i = (i + 1) & mask;
+    if (keys_[i] < 0) ++size_;
+    keys_[i] = u;
+    values_[i] = code;
+  }
+
+ private:
+  size_t slot(int32_t u) const {
+    return (static_cast<uint32_t>(u) * 2654435761u) & (keys_.size() - 1);
+  }
+  void grow() {
+    std::vector<int32_t> keys(std::move(keys_));
+    std::vector<uint32_t> values(std::move(values_));
+    keys_.assign(2 * keys.size(), -1);
+    values_.resize(keys_.size());
+    size_ = 0;
+    for (size_t i = 0; i < keys.size(); ++i)
+      if (keys[i] >= 0) insert(keys[i], values[i]);
+  }
+  std::vector<int32_t> keys_;
+  std::vector<uint32_t> values_;
+  size_t size_ = 0;
+};
+
 [[noreturn]] void fail(const std::string& msg) {
   throw std::invalid_argument("ShortestPathEngine: " + msg);
 }
@@ -231,18 +347,18 @@ struct ShortestPathEngine::Workspace {
   int64_t n_nodes, n_cells;
   std::vector<double> dist;
   std::vector<int32_t> pos, target_stamp;
-  std::vector<uint32_t> pred_code;  // back-tracking memo (see backtrack)
-  std::vector<int32_t> memo_list;
+  PredecessorMemo memo;  // see backtrack
   std::vector<HeapEntry> heap;
   std::vector<double> accumulator;  // per cell, for Jacobian rows
   std::vector<int32_t> touched, gid;
   int32_t stamp = 0;
   QuaternaryHeap queue;
   BucketQueue buckets;
+  CellQueue cell_queue;  // wavefront solver
 
   // sweep solver state (allocated on first use)
   std::vector<double> labels, scratch;
-  std::vector<uint32_t> node_stamp, cell_stamp;
+  std::vector<uint64_t> changed;  // per cell: its local nodes changed since it was processed
   std::vector<uint8_t> dirty;
   std::vector<double> cell_key;
   std::vector<int32_t> sweep_ints;
@@ -261,8 +377,7 @@ struct ShortestPathEngine::Workspace {
   void ensure_sweep(int64_t lanes, int64_t m) {
     if (static_cast<int64_t>(labels.size()) < n_nodes * lanes) {
       labels.resize(n_nodes * lanes);
-      node_stamp.resize(n_nodes);
-      cell_stamp.resize(n_cells);
+      changed.resize(n_cells * ((m + 63) / 64));
       dirty.resize(n_cells);
       cell_key.resize(n_cells);
       scratch.resize(sweep::kRowBlock * m + 2 * m * lanes);
@@ -272,11 +387,11 @@ struct ShortestPathEngine::Workspace {
   void ensure_heap() {
     if (static_cast<int64_t>(heap.size()) < n_nodes) heap.resize(n_nodes);
   }
-  void ensure_jacobian() {
-    if (static_cast<int64_t>(pred_code.size()) < n_nodes) {
-      pred_code.assign(n_nodes, 0u);
-      accumulator.assign(n_cells, 0.0);
-    }
+  // the Dijkstra solver's per-cell accumulator of Jacobian rows (the label-correcting solvers lend
+  // their cell keys, which the back-tracking does not need)
+  double* dijkstra_accumulator() {
+    if (static_cast<int64_t>(accumulator.size()) < n_cells) accumulator.assign(n_cells, 0.0);
+    return accumulator.data();
   }
 };
 
@@ -647,26 +762,22 @@ void ShortestPathEngine::solve_source(const double* slowness, int64_t source, Wo
     times_row[datum] = dist[receiver_nodes_[pair_receivers_[datum]]];
   }
   if (!Jacobian) return;
-  backtrack(slowness, source, dist, 1, ws, out, row_flags);
+  backtrack(slowness, source, dist, 1, ws.dijkstra_accumulator(), ws, out, row_flags);
 }
 
 void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const double* dist,
-                                   int64_t stride, Workspace& ws, TaskOutput* out,
+                                   int64_t stride, double* acc, Workspace& ws, TaskOutput* out,
                                    const uint8_t* row_flags) const {
   const int64_t m = n_local_;
   const double* L = lengths_.data();
   const int32_t src = source_nodes_[source];
-  ws.ensure_jacobian();
   // Canonical predecessors, found from the final distances and memoised per node (paths of one
   // source share their beginnings): among all (v, cell) around u with fl(d[v] + fl(L*s[cell])) ==
   // d[u], the smallest (v, w, cell). Only nodes with d[v] < d[u] can qualify, so a Dijkstra run
-  // stopped early gives the same result. The memo is 4 bytes a node: 1 + slot * m + q (slot: the
-  // cell among u's adjacent ones, q: v's local index in it), 0 when unknown; the entries set are
-  // listed and cleared at the next call (also after an error).
-  uint32_t* code = ws.pred_code.data();
-  for (int32_t u : ws.memo_list) code[u] = 0;
-  ws.memo_list.clear();
-  double* acc = ws.accumulator.data();
+  // stopped early gives the same result. The memo holds 1 + slot * m + q for the nodes met (slot:
+  // the cell among u's adjacent ones, q: v's local index in it); cleared here for each source.
+  PredecessorMemo& memo = ws.memo;
+  memo.clear();
   std::vector<int32_t>& touched = ws.touched;
   const int64_t n_rows_here = data_start_[source + 1] - data_start_[source];
   out->row_start.assign(n_rows_here + 1, 0);
@@ -674,7 +785,7 @@ void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const
   out->vals.clear();
   int32_t* gid = ws.gid.data();
   auto find_pred = [&](int32_t u) -> uint32_t {
-    if (code[u] != 0) return code[u];
+    if (const uint32_t known = memo.find(u)) return known;
     const double du = dist[u * stride];
     int32_t best_v = std::numeric_limits<int32_t>::max(), best_cell = -1;
     double best_w = 0.0;
@@ -700,8 +811,7 @@ void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const
       }
     }
     if (best_cell < 0) throw std::logic_error("ShortestPathEngine: internal error, no predecessor");
-    code[u] = best_code;
-    ws.memo_list.push_back(u);
+    memo.insert(u, best_code);
     return best_code;
   };
   for (int64_t a = 0; a < n_rows_here; ++a) {
@@ -739,6 +849,9 @@ void ShortestPathEngine::backtrack(const double* slowness, int64_t source, const
     }
     out->row_start[a + 1] = static_cast<int64_t>(out->cols.size());
   }
+  // the outputs wait for the job's other tasks: no spare capacity held meanwhile (up to 2x)
+  out->cols.shrink_to_fit();
+  out->vals.shrink_to_fit();
 }
 
 std::unique_ptr<ShortestPathEngine::Workspace> ShortestPathEngine::acquire() const {
@@ -908,6 +1021,9 @@ void ShortestPathEngine::execute(Job& job, int64_t i, Workspace& ws) const {
     sweep_group(s, sources, n_group, job.simd, job.wavefront, ws);
     const int64_t K = sweep_lanes();
     const double* labels = ws.labels.data();
+    // the cell keys are not needed after the pass: they become the back-tracking's accumulator
+    double* acc = ws.cell_key.data();
+    if (job.want_jacobian) std::fill(ws.cell_key.begin(), ws.cell_key.end(), 0.0);
     for (int l = 0; l < n_group; ++l) {
       const int64_t source = sources[l];
       for (int64_t a = data_start_[source]; a < data_start_[source + 1]; ++a) {
@@ -915,7 +1031,7 @@ void ShortestPathEngine::execute(Job& job, int64_t i, Workspace& ws) const {
         times_row[datum] = labels[receiver_nodes_[pair_receivers_[datum]] * K + l];
       }
       if (job.want_jacobian)
-        backtrack(s, source, labels + l, K, ws, &job.outputs[job.tasks[begin + l]], f);
+        backtrack(s, source, labels + l, K, acc, ws, &job.outputs[job.tasks[begin + l]], f);
     }
     return;
   }
@@ -1119,14 +1235,12 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
   ws.ensure_sweep(K, m);
   std::fill(ws.labels.begin(), ws.labels.begin() + n_nodes_ * K,
             std::numeric_limits<double>::infinity());
-  std::fill(ws.node_stamp.begin(), ws.node_stamp.end(), 0u);
-  std::fill(ws.cell_stamp.begin(), ws.cell_stamp.end(), 1u);
+  std::fill(ws.changed.begin(), ws.changed.end(), uint64_t{0});
   std::fill(ws.dirty.begin(), ws.dirty.end(), uint8_t{0});
   sweep::State st;
   st.labels = ws.labels.data();
-  st.node_stamp = ws.node_stamp.data();
-  st.cell_stamp = ws.cell_stamp.data();
-  st.clock = 2;
+  st.changed = ws.changed.data();
+  st.words = static_cast<int32_t>((m + 63) / 64);
   st.weights = ws.scratch.data();
   st.acc = st.weights + sweep::kRowBlock * m;
   st.start = st.acc + m * K;
@@ -1165,14 +1279,14 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
   uint8_t* dirty = ws.dirty.data();
   double* cell_key = ws.cell_key.data();
   int64_t n_dirty = 0;
-  BucketQueue& queue = ws.buckets;
+  CellQueue& queue = ws.cell_queue;
   // cells of the wavefront queue are keyed by the smallest label that made them dirty; the bucket
   // width only steers the order (the result does not depend on it): a quarter of the fastest
   // crossing of a cell side
   if (wavefront) {
     const double s_min = *std::min_element(slowness, slowness + n_cells);
     const double width = 0.25 * s_min * std::min(dx_, dz_);
-    queue.reset(4096, 1.0 / width);
+    queue.reset(static_cast<int32_t>(n_cells), 4096, 1.0 / width);
   }
   auto mark = [&](int32_t cell, double key) {
     if (!dirty[cell]) {
@@ -1182,30 +1296,25 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
       if (wavefront) queue.push(cell, key);
     } else if (key < cell_key[cell]) {
       cell_key[cell] = key;
-      if (wavefront) queue.push(cell, key);  // the older entry is skipped or processes it early
+      if (wavefront) queue.push(cell, key);  // moves it to the bucket of the smaller key
     }
   };
   for (int l = 0; l < n_group; ++l) {
     const int32_t src = source_nodes_[sources[l]];
     ws.labels[static_cast<int64_t>(src) * K + l] = 0.0;
-    ws.node_stamp[src] = 1;
     int32_t cells[4], local[4];
     const int count = adjacent_cells(src, cells, local);
-    for (int a = 0; a < count; ++a) mark(cells[a], 0.0);
+    for (int a = 0; a < count; ++a) {
+      ws.changed[static_cast<int64_t>(cells[a]) * st.words + (local[a] >> 6)] |=
+          uint64_t{1} << (local[a] & 63);
+      mark(cells[a], 0.0);
+    }
   }
   const int32_t R = g.n_rows, C = g.n_cols;
   auto process = [&](int32_t r, int32_t c) {
     const int32_t cell = r * C + c;
     dirty[cell] = 0;
     --n_dirty;
-    // the clock counts cell processings; before it would wrap (2^32 processings, hours of work),
-    // every node counts as changed and every cell as dirty: more work, the same result
-    if (st.clock > 0xF0000000u) {
-      std::fill(ws.node_stamp.begin(), ws.node_stamp.end(), 2u);
-      std::fill(ws.cell_stamp.begin(), ws.cell_stamp.end(), 1u);
-      st.clock = 3;
-      for (int32_t x = 0; x < n_cells; ++x) mark(x, cell_key[cell]);
-    }
     double key;
     const uint32_t marks = kernel(g, slowness, st, r, c, &key);
     if (!marks) return;
@@ -1223,7 +1332,6 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
   if (wavefront) {
     int32_t cell;
     while (queue.pop(&cell)) {
-      if (!dirty[cell]) continue;  // an older entry of a cell already processed
       const int32_t r = div_cols_.div(cell);
       process(r, cell - r * C);
     }

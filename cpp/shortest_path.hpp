@@ -169,9 +169,10 @@ class ShortestPathEngine {
   // the sweep solver for up to sweep_lanes() sources of one model; labels left in ws
   int64_t sweep_group(const double* slowness, const int64_t* sources, int n_sources, SimdKind simd,
                       bool wavefront, Workspace& ws) const;
-  // Jacobian rows of one source from final distances dist[node * stride]
+  // Jacobian rows of one source from final distances dist[node * stride]; acc: n_cells doubles,
+  // zero on entry and on return (the per-cell sums of a row)
   void backtrack(const double* slowness, int64_t source, const double* dist, int64_t stride,
-                 Workspace& ws, TaskOutput* out, const uint8_t* row_flags) const;
+                 double* acc, Workspace& ws, TaskOutput* out, const uint8_t* row_flags) const;
   int cell_nodes(int64_t cell, int32_t* gid) const;     // fills the m global node ids
   int adjacent_cells(int32_t node, int32_t* cells, int32_t* local) const;
   int local_index(int32_t node, int32_t cell) const;

@@ -47,9 +47,10 @@ constexpr uint32_t kTop = 2, kBottom = 4, kLeft = 8, kRight = 16, kTopLeft = 32,
 
 struct State {
   double* labels;         // n_nodes x K (lane = source of the group)
-  uint32_t* node_stamp;   // clock value of each node's last change
-  uint32_t* cell_stamp;   // clock value when each cell was last processed
-  uint32_t clock;
+  // per cell, `words` 64-bit words: bit q set when the cell's local node q changed since the cell
+  // was last processed (by a neighbour, or by the start of the pass); the cell pushes exactly those
+  uint64_t* changed;
+  int32_t words;
   // scratch owned by the caller: weights kRowBlock x m, acc and start m x K doubles, gid and rows
   // m int32 each
   double* weights;
@@ -86,9 +87,6 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
   constexpr int K = Vec::K;
   const int32_t C = g.n_cols, n = g.n_sec, m = g.m;
   const int32_t cell = r * C + c;
-  const uint32_t since = st.cell_stamp[cell];
-  const uint32_t now = st.clock++;
-  st.cell_stamp[cell] = now;
   *key = __builtin_inf();
   int32_t* gid = st.gid;
   const int32_t tl = cell + r;  // r*(C+1) + c
@@ -107,10 +105,14 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
     }
   }
   // the nodes changed since the last processing, whose labels must be pushed through this cell
+  // (in increasing local order); the cell's own changes need no second push: it leaves its edges
+  // at a fixpoint (below)
   int32_t n_rows = 0;
-  for (int32_t p = 0; p < m; ++p) {  // branch-free: most cells have a few changed nodes
-    st.rows[n_rows] = p;
-    n_rows += st.node_stamp[gid[p]] >= since ? 1 : 0;
+  uint64_t* mine = st.changed + static_cast<int64_t>(cell) * st.words;
+  for (int32_t word = 0; word < st.words; ++word) {
+    for (uint64_t bits = mine[word]; bits != 0; bits &= bits - 1)
+      st.rows[n_rows++] = word * 64 + __builtin_ctzll(bits);
+    mine[word] = 0;
   }
   if (n_rows == 0) return 0;
   ++st.processed;
@@ -209,24 +211,44 @@ inline uint32_t process_cell(const Grid& g, const double* slowness, State& st, i
     }
     break;
   }
-  // write back the improved nodes; collect which sides changed
+  // write back the improved nodes; tell the neighbours sharing them (their local index there) and
+  // collect which neighbours to mark dirty
+  const int32_t R = g.n_rows;
+  const bool up = r > 0, down = r + 1 < R, left = c > 0, right = c + 1 < C;
+  const int32_t words = st.words;
+  auto tell = [&](bool inside, int32_t neighbour, int32_t q) {
+    if (inside)
+      st.changed[static_cast<int64_t>(neighbour) * words + (q >> 6)] |= uint64_t{1} << (q & 63);
+  };
   uint32_t marks = 0;
   for (int32_t qq = 0; qq < m; ++qq) {
     double* lab = st.labels + static_cast<int64_t>(gid[qq]) * K;
     const Vec a = Vec::load(acc + qq * K), b = Vec::load(lab);
     if (!Vec::any_less(a, b)) continue;
     Vec::store(lab, a);
-    st.node_stamp[gid[qq]] = now;
     const double kq = Vec::min_where_less(a, b);
     if (kq < *key) *key = kq;
+    // local order: 0 TL, 1 TR, 2 BL, 3 BR, then n nodes each of top, bottom, left, right
     if (qq < 4) {
-      if (qq == 0) marks |= kTop | kLeft | kTopLeft;
-      else if (qq == 1) marks |= kTop | kRight | kTopRight;
-      else if (qq == 2) marks |= kBottom | kLeft | kBottomLeft;
-      else marks |= kBottom | kRight | kBottomRight;
+      if (qq == 0) {
+        marks |= kTop | kLeft | kTopLeft;
+        tell(up, cell - C, 2), tell(left, cell - 1, 1), tell(up && left, cell - C - 1, 3);
+      } else if (qq == 1) {
+        marks |= kTop | kRight | kTopRight;
+        tell(up, cell - C, 3), tell(right, cell + 1, 0), tell(up && right, cell - C + 1, 2);
+      } else if (qq == 2) {
+        marks |= kBottom | kLeft | kBottomLeft;
+        tell(down, cell + C, 0), tell(left, cell - 1, 3), tell(down && left, cell + C - 1, 1);
+      } else {
+        marks |= kBottom | kRight | kBottomRight;
+        tell(down, cell + C, 1), tell(right, cell + 1, 2), tell(down && right, cell + C + 1, 0);
+      }
     } else {
-      const int32_t side = (qq - 4) / n;
-      marks |= side == 0 ? kTop : side == 1 ? kBottom : side == 2 ? kLeft : kRight;
+      const int32_t side = (qq - 4) / n, k = (qq - 4) - side * n;
+      if (side == 0) marks |= kTop, tell(up, cell - C, 4 + n + k);
+      else if (side == 1) marks |= kBottom, tell(down, cell + C, 4 + k);
+      else if (side == 2) marks |= kLeft, tell(left, cell - 1, 4 + 3 * n + k);
+      else marks |= kRight, tell(right, cell + 1, 4 + 2 * n + k);
     }
   }
   return marks;
