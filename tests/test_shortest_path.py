@@ -767,3 +767,65 @@ def test_overflowing_times_raise_and_leave_the_engine_sound(backend):
     t1, J1 = op.response_and_jacobian(good)
     np.testing.assert_array_equal(t1, t0)
     assert (J1 != J0).nnz == 0
+
+
+# -- Richardson extrapolation (extrapolate_from) -------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extrapolation_is_richardsons_combination_of_two_graphs(backend):
+    """Times and Jacobians: (a X_n - b X_c) / (a - b) of two plain operators, a = (n+1)^2, b =
+    (c+1)^2; J @ m == t still; submit (rows, sources) gives the same; pickling keeps the option."""
+    grid, survey, m = small_case()
+    m2 = np.stack([m, small_case(seed=1)[2]])
+    op = ShortestPathOperator(grid, survey, 5, backend=backend, extrapolate_from=1)
+    tf, Jf = ShortestPathOperator(grid, survey, 5, backend=backend).response_and_jacobian(m2)
+    tc, Jc = ShortestPathOperator(grid, survey, 1, backend=backend).response_and_jacobian(m2)
+    a, b = 36.0, 4.0
+    t, J = op.response_and_jacobian(m2)
+    np.testing.assert_array_equal(t, (a * tf - b * tc) / (a - b))
+    for k in range(2):
+        np.testing.assert_allclose(J[k].toarray(), (a * Jf[k].toarray() - b * Jc[k].toarray()) / (a - b),
+                                   rtol=0, atol=1e-15)
+        np.testing.assert_allclose(J[k] @ m2[k], t[k], rtol=1e-12)
+    assert (np.concatenate([j.data for j in J]) < 0).any()   # the coarse graph's cells enter negatively
+    rows = np.zeros((2, survey.n_data), bool)
+    rows[:, ::3] = True
+    sources = np.ones((2, survey.n_sources), bool)
+    sources[1, 0] = False
+    ts, Js = op.submit(m2, want_jacobian=True, jacobian_rows=rows if op.supports_jacobian_rows else None,
+                       sources=sources).result()
+    gone = survey.pairs[:, 0] == 0
+    assert np.isnan(ts[1, gone]).all()
+    np.testing.assert_array_equal(ts[0], t[0])
+    np.testing.assert_array_equal(ts[1, ~gone], t[1, ~gone])
+    if op.supports_jacobian_rows:
+        keep = rows[0]
+        np.testing.assert_allclose(Js[0][keep].toarray(), J[0][keep].toarray(), rtol=0, atol=1e-15)
+        assert Js[0][~keep].nnz == 0
+    again = pickle.loads(pickle.dumps(op))
+    assert again.extrapolate_from == 1 and "extrapolate_from=1" in repr(again)
+    np.testing.assert_array_equal(again.response(m), t[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extrapolation_removes_most_of_the_graph_error_in_a_homogeneous_medium(backend):
+    """Straight rays, exact times s * distance: the graph overestimates them (angles between nodes);
+    6 nodes extrapolated from 2 err 3x less than the 6-node graph on average, and less than a
+    10-node graph (measured: 0.0065, 0.0203 and 0.0081 ns)."""
+    grid, survey, _ = small_case()
+    s = np.full(grid.n_cells, 10.0)
+    exact = s[0] * survey.distances
+    plain = ShortestPathOperator(grid, survey, 6, backend=backend).response(s)
+    extra = ShortestPathOperator(grid, survey, 6, backend=backend, extrapolate_from=2).response(s)
+    dense = ShortestPathOperator(grid, survey, 10, backend=backend).response(s)
+    assert (plain >= exact - 1e-12).all()
+    err_plain, err_extra = np.abs(plain - exact).mean(), np.abs(extra - exact).mean()
+    assert err_plain > 1e-3
+    assert err_extra < err_plain / 3, (err_plain, err_extra)
+    assert err_extra < np.abs(dense - exact).mean()
+
+
+@pytest.mark.parametrize("bad", [3, 4, -1, 1.0, True, "2"])
+def test_extrapolate_from_must_be_a_coarser_node_count(bad):
+    grid, survey, _ = small_case()
+    with pytest.raises(ValueError, match="extrapolate_from must be None or an integer in"):
+        ShortestPathOperator(grid, survey, 3, extrapolate_from=bad)
