@@ -361,6 +361,7 @@ struct ShortestPathEngine::Workspace {
   std::vector<uint64_t> changed;  // per cell: its local nodes changed since it was processed
   std::vector<uint8_t> dirty;
   std::vector<double> cell_key;
+  std::vector<float> floor_key;  // wavefront: the smallest key of each cell in a pass
   std::vector<int32_t> sweep_ints;
   int64_t last_sweeps = 0, last_processed = 0, last_pushed = 0;
 
@@ -1283,12 +1284,41 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
   // cells of the wavefront queue are keyed by the smallest label that made them dirty; the bucket
   // width only steers the order (the result does not depend on it): a quarter of the fastest
   // crossing of a cell side
+  //
+  // A cell's key is at least its floor: the time at which the last of the pass's fronts can reach
+  // it, f * s_min * (distance from the farthest source of the pass - one cell diagonal), with
+  // f = min(s_max / s_min, 1.5). Keyed by the first front only, a cell would be processed once per
+  // lane as the fronts of sources a few cells apart pass it; with the floor it waits for all of
+  // them (measured on the paper's geometry, 4 lanes: 3.5 -> 1.6 processings per cell and pass, F
+  // 56 -> 28 ms; docs/benchmarks/raytrace.md). f <= s_max / s_min keeps the floor below the
+  // straight-line time, and the cap keeps high-contrast fields from waiting on it.
+  const float* floor_key = nullptr;
   if (wavefront) {
     const double s_min = *std::min_element(slowness, slowness + n_cells);
+    const double s_max = *std::max_element(slowness, slowness + n_cells);
     const double width = 0.25 * s_min * std::min(dx_, dz_);
     queue.reset(static_cast<int32_t>(n_cells), 4096, 1.0 / width);
+    ws.floor_key.resize(n_cells);
+    float* fk = ws.floor_key.data();
+    const double f = std::min(s_max / s_min, 1.5) * s_min;
+    const double slack = std::sqrt(dx_ * dx_ + dz_ * dz_);
+    for (int64_t r = 0; r < n_rows_; ++r) {
+      const double z = (r + 0.5) * dz_;
+      float* row = fk + r * n_cols_;
+      for (int64_t c = 0; c < n_cols_; ++c) row[c] = 0.0f;
+      for (int l = 0; l < n_group; ++l) {
+        const double sx = source_x_[sources[l]], dz_s = z - source_z_[sources[l]];
+        for (int64_t c = 0; c < n_cols_; ++c) {
+          const double dx_s = (c + 0.5) * dx_ - sx;
+          const float v = static_cast<float>(f * (std::sqrt(dx_s * dx_s + dz_s * dz_s) - slack));
+          row[c] = row[c] < v ? v : row[c];
+        }
+      }
+    }
+    floor_key = fk;
   }
   auto mark = [&](int32_t cell, double key) {
+    if (floor_key && key < floor_key[cell]) key = floor_key[cell];
     if (!dirty[cell]) {
       dirty[cell] = 1;
       ++n_dirty;
