@@ -961,12 +961,12 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
   const int64_t ns = n_sources();
   job->times.assign(n_models * nd, std::numeric_limits<double>::quiet_NaN());
   // Tasks: one source each for Dijkstra; for the label-correcting solvers, groups of at most
-  // sweep_lanes() flagged sources of one model, consecutive in source order and each within
-  // kGroupGap cell sizes of the previous one (the lanes of a pass share its cell processings, which
-  // pays only when their wavefronts are close: on the paper geometry a pass of 4 sources 0.5 m
-  // apart costs 2.9 single-source passes, of 4 sources 1 m apart 4.6); then the largest groups are
-  // halved until there are as many groups as threads per model, when the sources allow (a
-  // half-filled pass on an idle thread beats a full one waiting).
+  // sweep_lanes() flagged sources of one model, consecutive in source order and within kGroupSpan
+  // cell sizes of the group's first one (the lanes of a pass share its cell processings, which
+  // pays while their wavefronts are close: on the paper geometry a wavefront pass of 4 sources
+  // 0.5 / 1 / 2 / 3 m apart costs 1.15 / 1.45 / 2.56 / 4.22 single-source passes); then the
+  // largest groups are halved until there are as many groups as threads per model, when the
+  // sources allow (a half-filled pass on an idle thread beats a full one waiting).
   const int64_t lanes = sweep ? sweep_lanes() : 1;
   const int64_t threads_per_model =
       std::max<int64_t>(1, (std::min<int64_t>(n_threads, max_threads()) + std::max<int64_t>(n_models, 1) - 1) /
@@ -982,12 +982,12 @@ std::shared_ptr<ShortestPathEngine::Job> ShortestPathEngine::prepare(
     if (c == 0) continue;
     // group boundaries in `flagged`: bounds[g] .. bounds[g+1]
     std::vector<int64_t> bounds{0};
-    const double gap = kGroupGap * std::max(dx_, dz_);
+    const double span = kGroupSpan * std::max(dx_, dz_);
     for (int64_t i = 1; i < c; ++i) {
-      const int64_t a = active_sources_[flagged[i - 1] % n_active];
+      const int64_t a = active_sources_[flagged[bounds.back()] % n_active];
       const int64_t b = active_sources_[flagged[i] % n_active];
       const double d = std::hypot(source_x_[a] - source_x_[b], source_z_[a] - source_z_[b]);
-      if (i - bounds.back() >= lanes || d > gap) bounds.push_back(i);
+      if (i - bounds.back() >= lanes || d > span) bounds.push_back(i);
     }
     bounds.push_back(c);
     const int64_t wanted = std::min(c, sweep ? threads_per_model : c);

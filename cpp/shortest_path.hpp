@@ -109,8 +109,8 @@ class ShortestPathEngine {
   // n_models may be 0: the result is then empty (no times, indptr = {0} with a Jacobian).
   // Threads: a call uses at most min(n_threads, its tasks, max_threads()). A task is one source
   // (Dijkstra) or a group of up to sweep_lanes() consecutive flagged sources of one model within
-  // kGroupGap cell sizes of each other (the label-correcting solvers; at least as many groups per
-  // model as threads per model, when the sources allow).
+  // kGroupSpan cell sizes of the group's first one (the label-correcting solvers; at least as
+  // many groups per model as threads per model, when the sources allow).
   //
   // The same computation, queued on the engine's persistent pool of worker threads (grown on
   // demand to min(n_threads, the job's tasks, max_threads()), never shrunk) and returned at once;
@@ -198,9 +198,9 @@ class ShortestPathEngine {
   double margin_factor_ = 0.0;       // see the constructor
   std::vector<int32_t> source_nodes_, receiver_nodes_;
   std::vector<double> source_x_, source_z_;  // positions of the source nodes (m, from the origin)
-  // sources farther apart than this many cell sizes do not share a pass of the label-correcting
-  // solvers (a performance choice; results do not depend on it)
-  static constexpr double kGroupGap = 6.0;
+  // sources farther than this many cell sizes from a group's first one do not join its pass of
+  // the label-correcting solvers (a performance choice; results do not depend on it)
+  static constexpr double kGroupSpan = 25.0;
   std::vector<int64_t> pair_sources_, pair_receivers_;
   // data grouped by source: data_of_source_[data_start_[s] .. data_start_[s+1])
   std::vector<int64_t> data_start_, data_of_source_;
