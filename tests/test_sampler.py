@@ -9,6 +9,7 @@ with a uniform prior on [-1, 1]^2 it is that Gaussian truncated to the box (mome
 """
 import sys
 
+import arviz as az
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,9 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import LatentInverter, LatentSampler, TorchGenerator
-from latentinv.inversion.mcmc import PCN, RWM, ChainState, Preconditioner, StepAdaptation, from_latent, to_latent
+from latentinv.inversion.mcmc import (MALA, PCN, RWM, ChainState, ChainStreams, DifferentialEvolution,
+                                      DifferentialEvolutionMALA, Preconditioner, StepAdaptation, from_latent,
+                                      to_latent)
 from latentinv.inversion.runtime import torch_threads
 from latentinv.operators import StraightRayOperator
 from test_sklearn_compat import _WIDTHS, _XFAIL_WIDTH, _applies, _check_name
@@ -85,7 +88,7 @@ def _assert_moments(result, mu, cov):
     assert result.rhat()[0].max() < 1.05
 
 
-@pytest.mark.parametrize("method", ["pcn", "mala", "rwm"])
+@pytest.mark.parametrize("method", ["pcn", "mala", "rwm", "de", "de-mala"])
 def test_gaussian_posterior_matches_closed_form(method):
     sigma = 0.1
     op, gen, M, c, y = _linear_problem(sigma=sigma)
@@ -110,7 +113,7 @@ def test_classic_pcn_without_preconditioner_matches_closed_form():
     assert abs(result.acceptance_rate.mean() - 0.234) < 0.08
 
 
-@pytest.mark.parametrize("method", ["pcn", "mala", "rwm"])
+@pytest.mark.parametrize("method", ["pcn", "mala", "rwm", "de", "de-mala"])
 def test_uniform_latents_match_the_truncated_posterior(method):
     sigma = 0.6     # broad enough that the box and the prior's shape matter
     op, gen, M, c, y = _linear_problem(d=2, sigma=sigma, uniform=True, seed=2)
@@ -164,6 +167,136 @@ def test_pcn_acceptance_ratio_is_the_metropolis_hastings_ratio():
     # and the classic pCN (m = 0, L = I) reduces to phi(u) - phi(u')
     plain = Preconditioner(R, d, "cpu", torch.float64)
     torch.testing.assert_close(PCN().log_accept(state(u, phi_u), state(v, phi_v), beta, plain), phi_u - phi_v)
+
+
+def _archived_kernel(kernel, R=40, d=3, n_chains=8, seed=0):
+    """``kernel`` started on ``R`` random states (float64), with a random archive of 30 states per survey."""
+    rng = np.random.default_rng(seed)
+    u = torch.tensor(rng.normal(size=(R, d)))
+    streams = ChainStreams(([np.random.default_rng([seed, i]) for i in range(R)],
+                            [np.random.default_rng([seed, R + i]) for i in range(R)]), d, "cpu", torch.float64)
+    kernel.start(ChainState(u, u, u, u, torch.zeros(R)), n_chains, streams)
+    kernel.archive = torch.tensor(rng.normal(size=(R // n_chains, 30, d)))
+    return kernel, rng, streams
+
+
+@pytest.mark.parametrize("cls", [DifferentialEvolution, DifferentialEvolutionMALA])
+def test_differential_evolution_proposals_and_acceptance_ratio(cls):
+    R, d = 40, 3
+    kernel, rng, streams = _archived_kernel(cls(p_jump=0.3))
+    pre = Preconditioner(R, d, "cpu", torch.float64)
+    pre.chol = torch.tensor(np.tril(rng.normal(size=(R, d, d)) * 0.3) + 2 * np.eye(d))
+    u = torch.tensor(rng.normal(size=(R, d)))
+    step = torch.tensor(rng.uniform(0.2, 2.0, R))
+    grad = torch.tensor(rng.normal(size=(R, d)))
+    cur = ChainState(u, u, u, u, torch.tensor(rng.uniform(0, 5, R)), grad)
+    xi = torch.tensor(rng.normal(size=(R, d)))
+    v = kernel.propose(cur, step, xi, pre)
+    jump = kernel.jump
+    assert 0 < int(jump.sum()) < R
+    # every proposal is u + gamma (a - b) + jitter xi with a != b from the chain's survey's archive
+    # (gamma = 1 for jumps); the non-jumps of DE-MALA are MALA's proposals
+    if cls is DifferentialEvolutionMALA:
+        torch.testing.assert_close(v[~jump], MALA().propose(cur, step, xi, pre)[~jump])
+    rows = torch.nonzero(jump if cls is DifferentialEvolutionMALA else torch.ones(R, dtype=torch.bool))[:, 0]
+    for r in rows.tolist():
+        arch = kernel.archive[r // 8]
+        gamma = 1.0 if jump[r] else step[r].item() * 2.38 / np.sqrt(2 * d)
+        diff = (v[r] - u[r] - kernel.jitter * xi[r]) / gamma
+        pairs = arch[:, None] - arch[None]                       # (a, b) -> a - b
+        gap = torch.linalg.vector_norm(pairs - diff, dim=-1)
+        a, b = np.unravel_index(int(gap.argmin()), gap.shape)
+        assert gap[a, b] < 1e-9 and a != b
+    # the acceptance ratio: the symmetric one pi(v) / pi(u) for DE moves (prior term included),
+    # MALA's Hastings ratio for the others
+    prop = ChainState(v, v, v, v, torch.tensor(rng.uniform(0, 5, R)), torch.tensor(rng.normal(size=(R, d))))
+    log_a = kernel.log_accept(cur, prop, step, pre)
+
+    def log_pi(s):
+        return -s.phi - 0.5 * (s.u * s.u).sum(1)
+
+    expected = log_pi(prop) - log_pi(cur)
+    if cls is DifferentialEvolutionMALA:
+        expected = torch.where(jump, expected, MALA().log_accept(cur, prop, step, pre))
+    torch.testing.assert_close(log_a, expected, rtol=1e-10, atol=1e-10)
+    # jumps are left out of the step adaptation (NaN: the step is kept)
+    signal = kernel.adaptation_signal(torch.full((R,), 0.5, dtype=torch.float64))
+    assert torch.all(torch.isnan(signal[jump])) and torch.all(signal[~jump] == 0.5)
+    adapt = StepAdaptation(step.clone(), 0.3, 10.0)
+    adapt.update(signal)
+    torch.testing.assert_close(adapt.step[jump], step[jump])
+
+
+def test_differential_evolution_archive_grows_in_the_burnin_only():
+    kernel, rng, _ = _archived_kernel(DifferentialEvolution(archive_every=2, archive_size=34))
+    state = ChainState(*(torch.ones(40, 3, dtype=torch.float64),) * 4, torch.zeros(40))
+    kernel.observe(0, state, True)                       # iteration 1 of every 2: nothing added
+    assert kernel.archive.shape == (5, 30, 3)
+    kernel.observe(1, state, True)                       # 8 chains' states added, the oldest 4 dropped
+    assert kernel.archive.shape == (5, 34, 3) and torch.all(kernel.archive[:, -8:] == 1)
+    frozen = kernel.archive.clone()
+    for k in range(2, 10):
+        kernel.observe(k, state, False)                  # after the burn-in: frozen
+    torch.testing.assert_close(kernel.archive, frozen)
+
+
+def _two_mode_problem(sigma=0.3):
+    """A 2-D latent problem whose posterior has two separated modes: the generator sees
+    ``z_1**2 + 0.8 z_1`` (which takes the same value at two ``z_1`` far apart) and ``z_2``. Returns
+    the sampler's inputs and the posterior mass of the mode ``z_1 > -0.4`` by quadrature."""
+
+    class Fold(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 9)
+            with torch.no_grad():
+                self.lin.weight.copy_(torch.tensor(np.random.default_rng(0).uniform(0.1, 0.4, (9, 2))))
+                self.lin.bias.fill_(1.0)
+
+        def forward(self, z):
+            return self.lin(torch.stack([z[:, 0] ** 2 + 0.8 * z[:, 0], z[:, 1]], 1))
+
+    op, module = _operator(), Fold().eval()
+    G = op.jacobian(np.ones(9)).toarray()
+    with torch.no_grad():
+        x_true = module(torch.tensor([[1.6, 0.3]])).double().numpy()[0]
+    y = G @ x_true + sigma * np.random.default_rng(1).standard_normal(G.shape[0])
+    h = 8.0 / 800                                        # quadrature on [-4, 4]^2
+    g = -4 + h * (np.arange(800) + 0.5)
+    Z = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        X = module(torch.tensor(Z, dtype=torch.float32)).double().numpy()
+    logp = -0.5 * np.sum((X @ G.T - y) ** 2, 1) / sigma**2 - 0.5 * np.sum(Z**2, 1)
+    p = np.exp(logp - logp.max())
+    p /= p.sum()
+    # the barrier between the modes (the highest log density on the line z_1 = -0.4 between them)
+    ridge = np.abs(Z[:, 0] + 0.2) < h
+    assert logp.max() - logp[ridge].max() > 40
+    return TorchGenerator(module, 2), op, y, p[Z[:, 0] > -0.4].sum()
+
+
+def test_differential_evolution_jumps_put_the_right_mass_in_each_of_two_modes():
+    sigma = 0.3
+    gen, op, y, mass = _two_mode_problem(sigma)
+    assert 0.8 < mass < 0.9             # unequal modes: the prior weighs z_1 = 1.6 more than z_1 = -2.4
+    for method in ("de-mala", "de"):
+        r = _sampler(gen, op, method=method, noise_std=sigma, jump_probability=0.3,
+                     n_samples=600).fit(y[None]).sample(y[None])
+        in_mode = r.samples[0, :, :, 0] > -0.4
+        # chains started from the prior switch modes: most chains visit both
+        assert np.sum((in_mode.mean(1) > 0) & (in_mode.mean(1) < 1)) >= 10
+        # the mass of the mode within 3 Monte Carlo standard errors (from the ESS of the indicator;
+        # over seeds 0-4 the error was 0-1.6 of them), and that error small enough to tell
+        ess = float(az.ess(az.convert_to_dataset({"in_mode": in_mode.astype(float)}))["in_mode"].values)
+        se = np.sqrt(mass * (1 - mass) / ess)
+        assert se < 0.08 and abs(in_mode.mean() - mass) < 3 * se, (method, in_mode.mean(), mass, se)
+    # a single random-walk chain stays in the mode it starts in; MALA's chains (16, from the prior)
+    # keep the split of their starts, whatever the modes' masses
+    rwm = _sampler(gen, op, method="rwm", n_chains=1, noise_std=sigma, n_samples=600).fit(y[None]).sample(y[None])
+    assert rwm.samples[0, 0, :, 0].min() > -0.4 or rwm.samples[0, 0, :, 0].max() < -0.4
+    mala = _sampler(gen, op, method="mala", noise_std=sigma, n_samples=600).fit(y[None]).sample(y[None])
+    frac = (mala.samples[0, :, :, 0] > -0.4).mean(1)
+    assert np.all((frac == 0) | (frac == 1)) and abs(frac.mean() - mass) > 0.1
 
 
 def test_pcn_kernel_keeps_a_discrete_target_invariant():
@@ -302,7 +435,8 @@ def test_missing_arviz_is_a_clear_import_error(monkeypatch):
 
 @pytest.mark.parametrize("params, message", [
     (dict(noise_std=None), "noise_std is required"),
-    (dict(method="hmc"), "method must be one of ['mala', 'pcn', 'rwm'], got 'hmc'"),
+    (dict(method="hmc"), "method must be one of ['de', 'de-mala', 'mala', 'pcn', 'rwm'], got 'hmc'"),
+    (dict(jump_probability=1.5), "jump_probability must be <= 1, got 1.5"),
     (dict(n_chains=0), "n_chains must be >= 1, got 0"),
     (dict(n_samples=2.5), "n_samples must be an integer, got 2.5"),
     (dict(thin=0), "thin must be >= 1, got 0"),

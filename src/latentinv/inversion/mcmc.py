@@ -13,7 +13,7 @@ potential ``Phi(u) = sum_i (y_i - f_i(s(g(z(u)))))**2 / (2 sigma_i**2)``, i.e. h
 term of :meth:`~.problem.LatentProblem.data_loss` (Eq. 24 of the paper without its regularisation:
 the prior plays its part).
 
-Kernels (both reversible with respect to ``pi``; a Metropolis-Hastings test corrects each proposal):
+Kernels (all keep ``pi`` invariant; a Metropolis-Hastings test corrects each proposal):
 
 - ``"pcn"``: ``u' = m + rho (u - m) + beta L xi`` with ``rho = sqrt(1 - beta**2)``, ``xi ~ N(0, I)``:
   reversible with respect to the reference Gaussian ``N(m, L L^T)``, so the acceptance ratio needs
@@ -27,6 +27,14 @@ Kernels (both reversible with respect to ``pi``; a Metropolis-Hastings test corr
   reference mean: the pCN's contraction ``(1 - rho) (u - m)`` towards a mean fixed at the end of the
   burn-in pushes chains that keep drifting along narrow modes back uphill (on mc2 its acceptance fell
   from 0.20 to 0.09 after the burn-in while this kernel's stayed at 0.25; docs/benchmarks/sampling.md).
+- ``"de"``: differential-evolution Metropolis from an archive of past states (DE-MCZ, ter Braak &
+  Vrugt, 2008; the sampler of DREAM(ZS), Laloy & Vrugt, 2012): ``u' = u + gamma (a - b) + e`` with
+  ``a, b`` two archived states, frozen with the archive at the end of the burn-in (symmetric:
+  ``log a = U(u) - U(u')``); ``gamma = 1`` now and then jumps between the places the archive has
+  seen (:class:`DifferentialEvolution`).
+- ``"de-mala"``: MALA steps mixed, at random per chain and iteration, with those jumps
+  (:class:`DifferentialEvolutionMALA`): each proposal keeps its own Metropolis-Hastings ratio, so
+  the mixture keeps ``pi`` invariant.
 """
 
 from __future__ import annotations
@@ -142,7 +150,22 @@ class Preconditioner:
 
 
 # -- kernels ----------------------------------------------------------------------------------------------
-class PCN:
+class Kernel:
+    """What :func:`~.sampler.run_chains` calls on every kernel besides ``propose`` and ``log_accept``:
+    no-ops for the kernels whose proposal depends on the current state and the random normals only."""
+
+    def start(self, state, n_chains, streams):
+        """Called once with the chains' initial state (rows grouped ``n_chains`` by survey)."""
+
+    def observe(self, k, state, burnin):
+        """Called after iteration ``k``'s accept/reject with the chains' new state."""
+
+    def adaptation_signal(self, accept_prob):
+        """The acceptance probabilities the step-size adaptation sees (all of them by default)."""
+        return accept_prob
+
+
+class PCN(Kernel):
     """Preconditioned Crank-Nicolson; ``step`` is ``beta`` in (0, 1] (see the module docstring)."""
 
     name = "pcn"
@@ -164,7 +187,7 @@ class PCN:
         return state.phi + 0.5 * (state.u * state.u).sum(1) - 0.5 * (w * w).sum(1)
 
 
-class MALA:
+class MALA(Kernel):
     """Preconditioned Metropolis-adjusted Langevin; ``step`` is ``sqrt(h)`` (see the module docstring)."""
 
     name = "mala"
@@ -190,7 +213,7 @@ class MALA:
         return energy(current) - energy(proposed) + log_q(current, proposed) - log_q(proposed, current)
 
 
-class RWM:
+class RWM(Kernel):
     """Random-walk Metropolis with the adapted covariance ``L L^T``; ``step`` scales ``L`` (see the
     module docstring)."""
 
@@ -208,13 +231,114 @@ class RWM:
         return energy(current) - energy(proposed)
 
 
-KERNELS = {"pcn": PCN, "mala": MALA, "rwm": RWM}
+class DifferentialEvolution(Kernel):
+    """Differential-evolution Metropolis from an archive of past states (DE-MCZ; ter Braak & Vrugt,
+    2008, the sampler of DREAM(ZS)): ``u' = u + gamma (a - b) + e`` with ``a != b`` drawn uniformly
+    from the survey's archive of past chain states, ``gamma = step * 2.38 / sqrt(2 d)`` (``step``
+    adapted per chain during the burn-in) or, with probability ``p_jump``, ``gamma = 1`` (a jump by
+    the difference of two archived states: a chain near ``b`` moves to the neighbourhood of ``a``,
+    e.g. another mode; these jumps are left out of the step adaptation), and ``e = jitter * xi`` a
+    small normal perturbation.
+
+    The archive starts with the chains' initial states; during the burn-in every chain's state is
+    added every ``archive_every`` iterations, keeping the last ``archive_size`` entries per survey
+    (None: ``10 * n_chains``, the last 10 snapshots of every chain; a window of recent states, not
+    DREAM(ZS)'s whole history, keeps the differences at the scale of the posterior the chains have
+    reached); at the end of the burn-in it is frozen. With a fixed archive the proposal is
+    symmetric (``a`` and ``b`` exchangeable), so the Metropolis ratio is ``U(u) - U(u')`` with
+    ``U = Phi + ||u||**2 / 2`` (the prior's term included) and the kept draws come from one fixed
+    reversible kernel, as for the other kernels."""
+
+    name = "de"
+    needs_gradient = False
+    max_step = 10.0
+
+    def __init__(self, p_jump=0.1, archive_every=10, archive_size=None, jitter=1e-4):
+        self.p_jump, self.archive_every, self.archive_size, self.jitter = p_jump, archive_every, archive_size, jitter
+
+    def start(self, state, n_chains, streams):
+        R, d = state.u.shape
+        self.n_chains, self.n_surveys = n_chains, R // n_chains
+        self.gamma = 2.38 / math.sqrt(2 * d)
+        self.size = 10 * n_chains if self.archive_size is None else int(self.archive_size)
+        self.archive = state.u.reshape(self.n_surveys, n_chains, d).clone()
+        self.streams = streams
+        self.survey_of_row = torch.arange(R, device=state.u.device) // n_chains
+        self.jump = torch.zeros(R, dtype=torch.bool, device=state.u.device)
+
+    def observe(self, k, state, burnin):
+        if burnin and (k + 1) % self.archive_every == 0:
+            new = state.u.reshape(self.n_surveys, self.n_chains, -1)
+            self.archive = torch.cat([self.archive, new], 1)[:, -self.size:].contiguous()
+
+    def pairs(self, uniforms):
+        """Archive indices ``a != b`` (R,) from two columns of uniforms in [0, 1)."""
+        n = self.archive.shape[1]
+        if n < 2:
+            zero = torch.zeros_like(uniforms[:, 0], dtype=torch.long)
+            return zero, zero
+        a = (uniforms[:, 0] * n).long().clamp(max=n - 1)
+        b = (uniforms[:, 1] * (n - 1)).long().clamp(max=n - 2)
+        return a, b + (b >= a).long()
+
+    def difference_move(self, state, gamma, xi, uniforms):
+        """``u + gamma (a - b) + jitter xi`` with the archive pair drawn from ``uniforms[:, :2]``."""
+        a, b = self.pairs(uniforms)
+        diff = self.archive[self.survey_of_row, a] - self.archive[self.survey_of_row, b]
+        return state.u + gamma[:, None] * diff + self.jitter * xi
+
+    def propose(self, state, step, xi, pre):
+        uni = self.streams.uniforms()
+        self.jump = uni[:, 2] < self.p_jump
+        return self.difference_move(state, torch.where(self.jump, torch.ones_like(step), step * self.gamma), xi, uni)
+
+    @staticmethod
+    def energy(s):
+        return s.phi + 0.5 * (s.u * s.u).sum(1)
+
+    def log_accept(self, current, proposed, step, pre):
+        return self.energy(current) - self.energy(proposed)
+
+    def adaptation_signal(self, accept_prob):
+        return torch.where(self.jump, torch.full_like(accept_prob, float("nan")), accept_prob)
+
+
+class DifferentialEvolutionMALA(DifferentialEvolution):
+    """MALA steps mixed with differential-evolution jumps: each chain, at each iteration, proposes
+    with probability ``p_jump`` a jump ``u + (a - b) + jitter * xi`` by the difference of two states of
+    the archive (as :class:`DifferentialEvolution` with ``gamma = 1``: symmetric, ratio
+    ``U(u) - U(u')``), and otherwise a preconditioned MALA step (:class:`MALA`, its own ratio).
+    The choice does not depend on the state, so the mixture keeps the target invariant; the
+    Langevin steps explore a mode along the gradient (what a narrow, ill-conditioned mode needs),
+    the jumps move chains between the places the archive has seen. Only the MALA steps adapt the
+    step size."""
+
+    name = "de-mala"
+    needs_gradient = True
+    max_step = MALA.max_step
+
+    def __init__(self, p_jump=0.1, archive_every=10, archive_size=None, jitter=1e-4):
+        super().__init__(p_jump, archive_every, archive_size, jitter)
+        self.mala = MALA()
+
+    def propose(self, state, step, xi, pre):
+        uni = self.streams.uniforms()
+        self.jump = uni[:, 2] < self.p_jump
+        jumped = self.difference_move(state, torch.ones_like(step), xi, uni)
+        return torch.where(self.jump[:, None], jumped, self.mala.propose(state, step, xi, pre))
+
+    def log_accept(self, current, proposed, step, pre):
+        return torch.where(self.jump, self.energy(current) - self.energy(proposed),
+                           self.mala.log_accept(current, proposed, step, pre))
+
+
+KERNELS = {"pcn": PCN, "mala": MALA, "rwm": RWM, "de": DifferentialEvolution, "de-mala": DifferentialEvolutionMALA}
 
 #: default target acceptance rates: 0.234 is optimal for random-walk-like moves such as pCN in many
 #: dimensions (Roberts et al., 1997), 0.574 for MALA (Roberts & Rosenthal, 1998)
-TARGET_ACCEPTANCE = {"pcn": 0.234, "mala": 0.574, "rwm": 0.234}
+TARGET_ACCEPTANCE = {"pcn": 0.234, "mala": 0.574, "rwm": 0.234, "de": 0.234, "de-mala": 0.574}
 #: default initial step sizes (pCN's beta, MALA's sqrt(h), RWM's scale of L) before the burn-in adaptation
-INITIAL_STEP = {"pcn": 0.1, "mala": 0.1, "rwm": 0.1}
+INITIAL_STEP = {"pcn": 0.1, "mala": 0.1, "rwm": 0.1, "de": 1.0, "de-mala": 0.1}
 
 
 # -- step-size adaptation -------------------------------------------------------------------------------
@@ -236,7 +360,9 @@ class StepAdaptation:
         return torch.exp(self.log_step)
 
     def update(self, accept_prob):
-        self.log_step = (self.log_step + (self.k + 1) ** -0.6 * (accept_prob - self.target)).clamp(max=self.max_log)
+        """One Robbins-Monro step; a chain whose ``accept_prob`` is NaN keeps its step."""
+        gap = torch.nan_to_num(accept_prob - self.target, nan=0.0)
+        self.log_step = (self.log_step + (self.k + 1) ** -0.6 * gap).clamp(max=self.max_log)
         self.k += 1
         self.trail.append(self.log_step)
 
@@ -282,3 +408,18 @@ class ChainStreams:
         k = self._k
         self._k += 1
         return self._xi[k], self._log_u[k]
+
+    def uniforms(self, n=3):
+        """(R, n) uniforms in [0, 1) of one iteration, for kernels that draw more than a normal
+        proposal (archive indices, a choice of move), from per-chain generators spawned from the
+        acceptance ones (created at the first call: the other kernels' streams are unchanged)."""
+        if getattr(self, "_extra_rngs", None) is None:
+            self._extra_rngs = [g.spawn(1)[0] for g in self.uniform_rngs]
+            self._j = self.block
+        if self._j == self.block:
+            uni = np.stack([g.random((self.block, n)) for g in self._extra_rngs], 1)
+            self._uni = torch.tensor(uni, dtype=self.dtype, device=self.device)
+            self._j = 0
+        j = self._j
+        self._j += 1
+        return self._uni[j]

@@ -45,7 +45,8 @@ class PosteriorResult:
     acceptance_rate : ndarray of shape (n_surveys, n_chains)
         Fraction of accepted proposals after the burn-in.
     step_size : ndarray of shape (n_surveys, n_chains)
-        The step each chain used after the burn-in (pCN's beta, MALA's sqrt(h)).
+        The step each chain used after the burn-in (pCN's beta, MALA's sqrt(h), RWM's scale, DE's
+        factor on 2.38 / sqrt(2 d)).
     data_rmse_history : ndarray of shape (n_surveys, n_chains, n_iterations)
         Full-data RMSE (ns) of each chain's current model, burn-in included.
     chi2_history : ndarray of shape (n_surveys, n_chains, n_iterations)

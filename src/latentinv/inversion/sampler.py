@@ -80,6 +80,7 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     pre = Preconditioner(R, d, u0.device, u0.dtype)
     adapt = StepAdaptation(torch.full((R,), cfg.step_size, device=u0.device, dtype=u0.dtype),
                            cfg.target_acceptance, kernel.max_step)
+    kernel.start(state, problem.n_starts, streams)
     refits = set(adaptation_windows(cfg.n_burnin)) if cfg.adapt_preconditioner else set()
     step, window, kept = adapt.step, [], []
     accepted = torch.zeros(R, device=u0.device)
@@ -95,9 +96,10 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
         log_a = torch.nan_to_num(kernel.log_accept(state, proposed, step, pre), nan=-torch.inf)
         accept = log_u < log_a
         state = state.where(accept, proposed)
+        kernel.observe(k, state, k < cfg.n_burnin)
         history.record(k, state.t_full, state.x, state.z, torch.linalg.vector_norm(state.z, dim=1))
         if k < cfg.n_burnin:
-            adapt.update(torch.exp(log_a.clamp(max=0.0)))
+            adapt.update(kernel.adaptation_signal(torch.exp(log_a.clamp(max=0.0))))
             window.append(state.u)
             if k + 1 in refits:
                 pre.update(torch.stack(window), problem.n_starts)
@@ -129,12 +131,15 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         Slowness per cell (ns/m) -> traveltimes (ns).
     slowness_map : callable, default=None
         Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`.
-    method : {"pcn", "mala", "rwm"}, default="pcn"
+    method : {"pcn", "mala", "rwm", "de", "de-mala"}, default="pcn"
         ``"pcn"``: preconditioned Crank-Nicolson, gradient-free (one forward run per proposal; works
         with any operator, a nonlinear one computes traveltimes only). ``"mala"``: Metropolis-adjusted
         Langevin, one forward run and one decoder gradient per proposal. ``"rwm"``: random-walk
-        Metropolis with the adapted covariance, gradient-free like pCN but without its reference mean
-        (better when chains keep drifting after the burn-in, as on the paper's mc2). See :mod:`.mcmc`.
+        Metropolis with the adapted covariance, gradient-free like pCN but without its reference mean.
+        ``"de"``: differential-evolution Metropolis from an archive of past states (DE-MCZ, the
+        sampler of DREAM(ZS)), gradient-free, with occasional jumps by the difference of two
+        archived states (moves between modes). ``"de-mala"``: MALA steps mixed with those jumps (the
+        fastest to converge on the paper's mc2; docs/benchmarks/sampling.md). See :mod:`.mcmc`.
     n_chains : int, default=8
         Chains per survey.
     n_samples : int, default=500
@@ -145,10 +150,13 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         Keep every ``thin``-th draw (the model statistics use every draw after the burn-in).
     step_size : float, default=None
         Initial step (pCN's ``beta`` in (0, 1], MALA's ``sqrt(h)``, RWM's scale of the proposal
-        covariance's Cholesky factor); None: 0.1.
+        covariance's Cholesky factor, DE's factor on ``2.38 / sqrt(2 d)``); None: 0.1 (DE: 1).
     target_acceptance : float, default=None
         Acceptance rate the burn-in steers each chain's step towards; None: 0.234 (pCN, RWM), 0.574
-        (MALA).
+        (MALA, DE-MALA).
+    jump_probability : float, default=0.1
+        ``"de"`` and ``"de-mala"``: the probability, per chain and iteration, of a jump by the
+        difference of two archived states (``gamma = 1``); ignored by the other methods.
     adapt_preconditioner : bool, default=True
         Refit the kernels' reference Gaussian during the burn-in (each chain's mean; the covariance
         of the draws around their chain means, pooled over the chains of a survey). False: the
@@ -185,7 +193,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, method="pcn", n_chains=8,
                  n_samples=500, n_burnin=500, thin=1, step_size=None, target_acceptance=None,
-                 adapt_preconditioner=True, initial_latents=None, noise_std=None, n_model_samples=8,
+                 jump_probability=0.1, adapt_preconditioner=True, initial_latents=None, noise_std=None, n_model_samples=8,
                  random_state=None, device="auto", verbose=0):
         self.prior = prior
         self.operator = operator
@@ -197,6 +205,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         self.thin = thin
         self.step_size = step_size
         self.target_acceptance = target_acceptance
+        self.jump_probability = jump_probability
         self.adapt_preconditioner = adapt_preconditioner
         self.initial_latents = initial_latents
         self.noise_std = noise_std
@@ -225,6 +234,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             number(self.target_acceptance, "target_acceptance", 0, 1, low_open=True)
             if self.target_acceptance == 1:
                 raise ValueError(f"{name}: target_acceptance must be < 1, got 1")
+        number(self.jump_probability, "jump_probability", 0, 1)
         if not isinstance(self.adapt_preconditioner, (bool, np.bool_)):
             raise ValueError(f"{name}: adapt_preconditioner must be True or False, got "
                              f"{self.adapt_preconditioner!r}")
@@ -291,7 +301,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         uniform = self.latent_distribution_ == "uniform"
         seed = as_seed(self.random_state)
         problem = self._problem(Y, sigma, allow_pending=False, nonlinear_gradient="exact")
-        kernel = KERNELS[self.method]()
+        kernel = (KERNELS[self.method](p_jump=float(self.jump_probability)) if self.method in ("de", "de-mala")
+                  else KERNELS[self.method]())
         cfg = ChainSettings(
             n_burnin=int(self.n_burnin), n_samples=int(self.n_samples), thin=int(self.thin),
             step_size=float(self.step_size or INITIAL_STEP[self.method]),
