@@ -63,9 +63,10 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     res = CliRunner().invoke(cli.main, [
         "demo", "--prior", str(prior_dir), "--out", str(out), "--n-starts", "1",
         "--n-starts-nonlinear", "2", "--epochs-linear", "2", "--epochs-nonlinear", "1", "--full-batch",
-        "--noise-std", "0.25", "--seed", "3", "--quiet"])
+        "--noise-std", "0.25", "--seed", "3", "--posterior-draws", "6", "--quiet"])
     _ok(res)
     _png(out / "demo.png")
+    _png(out / "posterior.png")
     report = json.loads((out / "report.json").read_text())
     for key in ("settings", "prior", "truth", "cases", "timings_s", "device", "versions"):
         assert key in report
@@ -118,7 +119,14 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     assert "not clearly better than the best constant model's" in res.output
     assert any("best constant model" in w for w in report["baselines"]["warnings"])
     # every output file is named in the report and exists
-    assert set(report["files"]) == {"demo.png", "report.json", "models.npz"}
+    assert set(report["files"]) == {"demo.png", "report.json", "models.npz", "posterior.png"}
+    # the straight-ray posterior: 8 chains x (6 + 6) from the SGD solution, sigma from the noise and
+    # the encode-decode data RMSE
+    post = report["posterior"]
+    assert post["n_forward"] == 8 * (6 + 6 + 1) and post["method"] == "de-mala"
+    assert post["noise_std_ns"] == pytest.approx(np.hypot(0.25, expected), rel=1e-9)
+    assert 0 <= post["acceptance_rate"] <= 1 and post["mean_model_rmse"] > 0
+    assert report["timings_s"]["posterior_s"] > 0
     assert set(saved.files) == {"truth", "encode_decode", "straight_ray", "shortest_path",
                                 "data_straight_ray", "data_shortest_path"}
     # truth: the held-out crop in {0, 1}; reported channel fraction matches it
@@ -136,9 +144,11 @@ def test_demo_data_from_each_operator(tiny_prior, tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(cli.main, [
         "demo", "--prior", str(prior_dir), "--out", str(out), "--n-starts", "1", "--epochs-linear", "1",
-        "--epochs-nonlinear", "1", "--full-batch", "--data-operator", "same", "--quiet"])
+        "--epochs-nonlinear", "1", "--full-batch", "--data-operator", "same", "--posterior-draws", "0",
+        "--quiet"])
     _ok(res)
     report = json.loads((out / "report.json").read_text())
+    assert report["posterior"] is None and not (out / "posterior.png").exists()
     saved = np.load(out / "models.npz")
     op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49))
     expected = np.sqrt(np.mean((op.response(paper_slowness(saved["encode_decode"]))
@@ -172,7 +182,7 @@ def test_demo_trains_a_fallback_prior_when_none_is_shipped(tmp_path, monkeypatch
     out = tmp_path / "d"
     res = CliRunner().invoke(cli.main, [
         "demo", "--out", str(out), "--train-prior", "--train-iterations", "1", "--n-starts", "1",
-        "--epochs-linear", "1", "--epochs-nonlinear", "1", "--full-batch", "--quiet"])
+        "--epochs-linear", "1", "--epochs-nonlinear", "1", "--full-batch", "--posterior-draws", "0", "--quiet"])
     _ok(res)
     report = json.loads((out / "report.json").read_text())
     assert report["prior"]["source"].startswith("trained fallback (1 iterations")
@@ -419,7 +429,8 @@ def test_version_and_help():
         assert cmd in res.output
 
 
-def test_sample_writes_posterior_files(tiny_prior, tmp_path):
+@pytest.mark.parametrize("method", ["pcn", "de-mala"])
+def test_sample_writes_posterior_files(tiny_prior, tmp_path, method):
     prior_dir, prior = tiny_prior
     op, data = _paper_linear_data(prior, n=2)
     np.save(tmp_path / "tt.npy", data)
@@ -427,7 +438,7 @@ def test_sample_writes_posterior_files(tiny_prior, tmp_path):
     res = CliRunner().invoke(cli.main, [
         "sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(out), "--noise-std",
         "0.5", "--chains", "2", "--burnin", "4", "--samples", "4", "--thin", "2", "--sgd-epochs", "1",
-        "--device", "cpu", "--quiet"])
+        "--device", "cpu", "--method", method, "--quiet"])
     _ok(res)
     post = np.load(out / "posterior.npz")
     assert post["mean"].shape == post["std"].shape == (2, 129 * 65)
@@ -435,7 +446,7 @@ def test_sample_writes_posterior_files(tiny_prior, tmp_path):
     assert np.all((post["channel_probability"] >= 0) & (post["channel_probability"] <= 1))
     report = json.loads((out / "posterior.json").read_text())
     assert report["forward_runs"] == 2 * 2 * (4 + 4 * 2 + 1)
-    assert report["settings"]["method"] == "pcn" and report["settings"]["sgd_epochs"] == 1
+    assert report["settings"]["method"] == method and report["settings"]["sgd_epochs"] == 1
     assert np.shape(report["diagnostics"]["rhat"]) == (2, 4)
     # the posterior mean is the mean of the models of the chains' draws: inside the models' range
     assert post["mean"].min() >= post["model_samples"].min() - 1e-9

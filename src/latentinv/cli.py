@@ -319,10 +319,14 @@ def _train_demo_prior(iterations, seed, quiet):
                    "inversion's data with its own operator (the paper's linear experiment).")
 @click.option("--full-batch", is_flag=True, hidden=True,
               help="All data at every iteration (one iteration per epoch; for tests).")
+@click.option("--posterior-draws", type=click.IntRange(0), default=None,
+              help="Draws per chain (after as many burn-in iterations) of the posterior of the "
+                   "straight-ray case, 8 chains of LatentSampler('de-mala') from its SGD solutions; "
+                   "0: no posterior [default: 200, quick: 20].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @_user_errors
 def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear, noise_std, seed, quick,
-         prior_spec, train_prior, train_iterations, device, data_operator, full_batch, quiet):
+         prior_spec, train_prior, train_iterations, device, data_operator, full_batch, posterior_draws, quiet):
     """The paper's crosshole test case end to end (truth, data, linear and nonlinear inversions).
 
     The truth is the central 129 x 65 crop of a procedural channel image of the family the shipped
@@ -338,10 +342,17 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
     homogeneous-velocity model (against each inversion's), and warns when a result is not clearly
     better (latentinv.baselines).
 
+    A short posterior sampling follows the straight-ray inversion (--posterior-draws; 0: none):
+    8 chains of MALA steps mixed with differential-evolution jumps, started from the SGD
+    solutions, with the noise and the prior's modelling error of the truth (its encode-decode data
+    RMSE) as the likelihood's standard deviation.
+
     \b
     Writes into OUT:
       demo.png     truth, reconstruction and inverted models (velocity, m/ns), sensors,
                    data-RMSE and ||z|| histories
+      posterior.png  the straight-ray posterior: truth, mean, standard deviation, probability
+                   of channel, two posterior models (unless --posterior-draws 0)
       report.json  settings, thresholds, baselines, acceptances, model RMSEs, timings, versions
       models.npz   arrays: truth, encode_decode, straight_ray, shortest_path (models in [0, 1],
                    n_cells each, row-major, row 0 at the top) and data_straight_ray,
@@ -355,13 +366,14 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
     from .datasets import PRETRAINED_IMAGE_SETTINGS, make_channel_image
     from .geometry import CrossholeSurvey, Grid2D
     from .baselines import constant_model_rmse, homogeneous_fit
-    from .inversion import NONLINEAR_SETTINGS, LatentInverter, paper_slowness
-    from .plotting import plot_inversion_summary
+    from .inversion import NONLINEAR_SETTINGS, LatentInverter, LatentSampler, paper_slowness
+    from .plotting import plot_inversion_summary, plot_posterior
 
     t_start = time.perf_counter()
     n_starts = n_starts or (2 if quick else 4)
     epochs_linear = epochs_linear or (8 if quick else 120)
     epochs_nonlinear = epochs_nonlinear or (1 if quick else 30)
+    posterior_draws = (20 if quick else 200) if posterior_draws is None else posterior_draws
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -451,6 +463,8 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
         _baseline_warnings(warning_messages, data_rmse=best_rmse, homogeneous_rmse=homogeneous_rmse,
                            what=f"the {name} inversion's best fit")
         inverted_data[name] = data
+        if name == "straight-ray":
+            linear_case = (op, data, res, recon_rmse)
         models[name] = res.models[0]
         rmse_h[name] = _finite_histories(res.data_rmse_history[0])
         z_h[name] = _finite_histories(res.latent_norm_history[0])
@@ -479,6 +493,36 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
               f"{report_cases[name]['model_rmse']:.3f} (best constant model {constant_rmse:.3f}) "
               f"({elapsed:.1f} s)", quiet)
 
+    # -- the straight-ray posterior, from the SGD solutions ---------------------------------------
+    posterior_report = None
+    if posterior_draws:
+        t0 = time.perf_counter()
+        op, data, res, recon_rmse = linear_case
+        # the likelihood's standard deviation: the noise and the prior's modelling error of this truth
+        sigma = max(float(np.hypot(noise_std, recon_rmse)), 1e-3)
+        n_chains = 8
+        sampler = LatentSampler(prior, op, method="de-mala", n_chains=n_chains, n_burnin=posterior_draws,
+                                n_samples=posterior_draws, noise_std=sigma, random_state=seed, device=device,
+                                initial_latents=LatentSampler.initial_latents_from(res, n_chains))
+        _echo(f"[posterior] straight rays, de-mala: {n_chains} chains x ({posterior_draws} + "
+              f"{posterior_draws}) from the SGD solutions, sigma {sigma:.3f} ns", quiet)
+        post = sampler.fit(data[None, :]).sample(data[None, :])
+        plot_posterior(post, grid, truth=truth, n_samples=2).savefig(out / "posterior.png", dpi=110)
+        timings["posterior_s"] = time.perf_counter() - t0
+        rhat = post.rhat()[0]
+        posterior_report = {
+            "case": "straight-ray", "method": "de-mala", "n_chains": n_chains, "n_burnin": posterior_draws,
+            "n_samples": posterior_draws, "noise_std_ns": sigma,
+            "sigma": "sqrt(noise_std**2 + encode-decode data RMSE**2)", "n_forward": int(post.n_forward),
+            "acceptance_rate": float(post.acceptance_rate.mean()), "max_rhat": float(rhat.max()),
+            "min_ess_bulk": float(post.ess()[0].min()),
+            "mean_model_rmse": _rmse(post.mean[0], truth), "mean_std": float(post.std[0].mean()),
+            "time_s": timings["posterior_s"]}
+        _echo(f"[posterior] acceptance {posterior_report['acceptance_rate']:.2f}, worst R-hat "
+              f"{rhat.max():.2f} (short chains: a sketch of the uncertainty, not a converged posterior), "
+              f"posterior mean model RMSE {posterior_report['mean_model_rmse']:.3f} "
+              f"({timings['posterior_s']:.1f} s)", quiet)
+
     # -- outputs ---------------------------------------------------------------------------------
     surveys = {"straight-ray": CrossholeSurvey.paper(*_PAPER_LINEAR_BOREHOLES),
                "shortest-path": CrossholeSurvey.paper(*_PAPER_NONLINEAR_BOREHOLES)}
@@ -498,7 +542,8 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
         "settings": {"n_starts": n_starts, "n_starts_nonlinear": n_starts_nonlinear,
                      "epochs_linear": epochs_linear,
                      "epochs_nonlinear": epochs_nonlinear, "noise_std_ns": noise_std, "seed": seed,
-                     "quick": quick, "full_batch": full_batch, "data_operator": data_operator},
+                     "quick": quick, "full_batch": full_batch, "data_operator": data_operator,
+                     "posterior_draws": posterior_draws},
         "grid": {"n_rows": grid.n_rows, "n_cols": grid.n_cols, "cell_size_m": grid.dx},
         "prior": {"source": prior_source, "n_components": int(prior.n_components),
                   "image_shape": list(_prior_shape(prior))},
@@ -513,6 +558,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                       "warnings": warning_messages},
         "slowness": "1 / (0.06 + 0.02 (1 - x)) ns/m",
         "cases": report_cases,
+        "posterior": posterior_report,
         "timings_s": timings,
         "device": device_used,
         "torch_threads": torch.get_num_threads(),
@@ -520,7 +566,8 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
         "files": {"demo.png": "figure", "report.json": "this report",
                   "models.npz": "truth, encode_decode, " + ", ".join(
                       k.replace("-", "_") for k in models) + " (models in [0, 1]), " + ", ".join(
-                      "data_" + k.replace("-", "_") for k in inverted_data) + " (traveltimes, ns)"},
+                      "data_" + k.replace("-", "_") for k in inverted_data) + " (traveltimes, ns)",
+                  **({"posterior.png": "the straight-ray posterior"} if posterior_draws else {})},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     _echo(f"[done] {out / 'demo.png'}, {out / 'report.json'}, {out / 'models.npz'} "
@@ -764,9 +811,12 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
 @_survey_options
 @click.option("--noise-std", type=click.FloatRange(0.0, min_open=True), required=True,
               help="Standard deviation of the data noise (ns): the Gaussian likelihood's.")
-@click.option("--method", type=click.Choice(["pcn", "mala", "rwm"]), default="pcn", show_default=True,
-              help="pcn: preconditioned Crank-Nicolson; rwm: random-walk Metropolis (both gradient-free); "
-                   "mala: Langevin proposals through the decoder's gradient.")
+@click.option("--method", type=click.Choice(["pcn", "mala", "rwm", "de", "de-mala"]), default="pcn",
+              show_default=True,
+              help="pcn: preconditioned Crank-Nicolson; rwm: random-walk Metropolis; de: differential-"
+                   "evolution Metropolis from past states (all three gradient-free); mala: Langevin "
+                   "proposals through the decoder's gradient; de-mala: Langevin steps mixed with "
+                   "differential-evolution jumps (the best on the paper's mc2).")
 @click.option("--chains", type=click.IntRange(1), default=8, show_default=True, help="Chains per survey.")
 @click.option("--burnin", type=click.IntRange(0), default=500, show_default=True,
               help="Burn-in iterations (step sizes and preconditioner adapt, then freeze).")
