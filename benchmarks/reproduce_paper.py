@@ -89,6 +89,7 @@ import torch  # noqa: E402
 import paper_report as report  # noqa: E402
 from machine_info import cpu_model  # noqa: E402  (a sibling script)
 from latentinv.baselines import check_against_baselines, constant_model_rmse, homogeneous_fit  # noqa: E402
+from latentinv import datasets  # noqa: E402
 from latentinv.datasets import PatchSampler, load_image  # noqa: E402
 from latentinv.geometry import CrossholeSurvey, Grid2D  # noqa: E402
 from latentinv.inversion import (NONLINEAR_SETTINGS, PAPER_CASES, LatentInverter, chi_mean,  # noqa: E402
@@ -99,7 +100,7 @@ from latentinv.prior import VAEPrior  # noqa: E402
 
 #: Upper-left corners (row, col) and size of the paper's cropped truths mc1-mc3 in the training image
 #: (the published test_models/mc1..3.npy are exact crops of these windows).
-PAPER_TRUTH_WINDOWS = [(1135, 1658, 129, 65), (1502, 1958, 129, 65), (582, 503, 129, 65)]
+PAPER_TRUTH_WINDOWS = list(datasets.PAPER_TRUTH_WINDOWS.values())
 #: The three windows excluded by the published training notebook (VAE/training_VAE.ipynb); they do not
 #: hold mc1-mc3, so a prior trained with these exclusions has seen crops overlapping the truths.
 NOTEBOOK_WINDOWS = [(250, 250, 129, 65), (400, 400, 129, 65), (900, 900, 129, 65)]
@@ -113,7 +114,7 @@ EXCLUSION_TEXT = {
 #: Where the paper's data sit beside this repository (read-only data of this workplace); both are
 #: options, and the script says what it did without them.
 SHARED = ROOT.parent / "shared" / "data"
-DEFAULT_TI = SHARED / "channels_ti.png"
+DEFAULT_TI = "bundled"   # latentinv.datasets.load_channels_ti(): the package's copy (checksummed)
 DEFAULT_TEST_MODELS = SHARED / "paper_test_models"
 
 #: The rule of the generated truths mv1-mv3 (see generated_truths).
@@ -134,7 +135,8 @@ def positive_int(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ti", default=str(DEFAULT_TI), help="training image (PNG/NPY), 0.1 m pixels")
+    p.add_argument("--ti", default=DEFAULT_TI, help="training image (PNG/NPY), 0.1 m pixels; "
+                   "'bundled' (default): the paper's image shipped with latentinv")
     p.add_argument("--test-models", default=str(DEFAULT_TEST_MODELS),
                    help="folder of the published test models (mc*.npy, mv*.npy, zinitVAE500.npy, "
                         "noiserealz.npy); used to check the mc crops and by --mv published, "
@@ -372,9 +374,12 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    if not Path(args.ti).is_file():
+    if args.ti == "bundled":
+        ti = datasets.load_channels_ti()
+    elif not Path(args.ti).is_file():
         sys.exit(f"training image {args.ti} not found: pass --ti PATH (the paper's channels_ti.png)")
-    ti = load_image(args.ti)
+    else:
+        ti = load_image(args.ti)
     print(f"[data] training image {args.ti}: {ti.shape}, channel fraction {ti.mean():.3f}")
     prior, prior_info = get_prior(args, ti)
     if args.train_only:

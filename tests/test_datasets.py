@@ -197,3 +197,48 @@ def test_patch_sampler_per_image_windows():
     sampler = PatchSampler([a, b], (2, 2), exclude=[[(0, 0, 10, 10)], []], random_state=0)
     assert sampler.n_valid.tolist() == [0, 81]
     assert np.all(sampler.sample(20) == 1)
+
+
+# -- the bundled training image ---------------------------------------------------------------------
+_SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_bundled_training_image_is_the_papers():
+    """2500 x 2500, binary; equal pixel for pixel to the paper's PNG where that is beside the repository;
+    the license ships beside it."""
+    from importlib.resources import files
+
+    from latentinv.datasets import load_channels_ti
+
+    ti = load_channels_ti()
+    assert ti.shape == (2500, 2500) and ti.dtype == np.float64
+    assert set(np.unique(ti)) == {0.0, 1.0}
+    assert "MIT License" in (files("latentinv") / "data" / "channels_ti" / "LICENSE.txt").read_text()
+    if not (_SHARED / "channels_ti.png").is_file():
+        pytest.skip("../shared/data/channels_ti.png absent: the comparison with the paper's file is skipped")
+    np.testing.assert_array_equal(ti, load_image(_SHARED / "channels_ti.png"))
+
+
+@pytest.mark.parametrize("name", ["mc1", "mc2", "mc3"])
+def test_paper_truths_are_crops_of_the_bundled_image(name):
+    from latentinv.datasets import PAPER_TRUTH_WINDOWS, load_paper_truth
+
+    truth = load_paper_truth(name)
+    assert truth.shape == PAPER_TRUTH_WINDOWS[name][2:] == (129, 65)
+    path = _SHARED / "paper_test_models" / f"{name}.npy"
+    if not path.is_file():
+        pytest.skip(f"{path} absent: the comparison with the published test model is skipped")
+    np.testing.assert_array_equal(truth, np.load(path))
+
+
+def test_damaged_training_image_raises(tmp_path, monkeypatch):
+    import latentinv.datasets as ds
+
+    data = bytearray(ds._channels_ti_path().read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "ti.png").write_bytes(bytes(data))
+    monkeypatch.setattr(ds, "_channels_ti_path", lambda: tmp_path / "ti.png")
+    with pytest.raises(ValueError, match="damaged or was replaced"):
+        ds.load_channels_ti()
+    with pytest.raises(ValueError, match="name must be one of"):
+        ds.load_paper_truth("mc4")

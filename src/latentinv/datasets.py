@@ -23,7 +23,17 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
-           "layered_channel_slowness", "PRETRAINED_IMAGE_SETTINGS"]
+           "layered_channel_slowness", "PRETRAINED_IMAGE_SETTINGS", "load_channels_ti",
+           "load_paper_truth", "PAPER_TRUTH_WINDOWS"]
+
+#: Windows ``(row0, col0, n_rows, n_cols)`` of the paper's cropped truths mc1-mc3 in the training image
+#: of :func:`load_channels_ti` (the paper's published test models are exact crops of them). The paper's
+#: protocol keeps every training crop that overlaps them out of the prior's training
+#: (``PatchSampler(load_channels_ti(), (129, 65), exclude=list(PAPER_TRUTH_WINDOWS.values()))``).
+PAPER_TRUTH_WINDOWS = MappingProxyType({"mc1": (1135, 1658, 129, 65), "mc2": (1502, 1958, 129, 65),
+                                        "mc3": (582, 503, 129, 65)})
+#: SHA-256 of the bundled PNG (checked at every load: a damaged or replaced file raises)
+_CHANNELS_TI_SHA256 = "a138be025008c65e4bbf236ca4c520c0823e37cd67bbcbb367d4e8c8b1dccf47"
 
 #: Arguments of :func:`make_channel_image` for the images the shipped prior
 #: (``VAEPrior.pretrained()``, ``scripts/train_default_prior.py``) was trained on: a model meant for
@@ -230,6 +240,52 @@ def load_image(path, threshold=0.5):
     if image.ndim != 2:
         raise ValueError(f"load_image: expected a 2-D image in {path!r}; got shape {image.shape}.")
     return image
+
+
+def _channels_ti_path():
+    from importlib.resources import files
+    return files("latentinv") / "data" / "channels_ti" / "channels_ti.png"
+
+
+def load_channels_ti():
+    """The paper's training image: 2500 x 2500 binary braided channels (1 = channel).
+
+    The image of Laloy et al. (2018) and Lopez-Alvis et al. (2021), from the paper's public code
+    (jlalvis/VAE_SGD, VAE/ti/ti.png; MIT license, copyright Jorge Lopez-Alvis 2020, the license text
+    is bundled beside the file). One pixel is one 0.1 m x 0.1 m cell of the crosshole test case.
+    Its SHA-256 is checked at every load.
+
+    Returns
+    -------
+    image : ndarray of shape (2500, 2500), dtype float64, values 0 and 1
+
+    Raises
+    ------
+    ValueError
+        If the bundled file is damaged or was replaced (checksum mismatch).
+    """
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    data = _channels_ti_path().read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != _CHANNELS_TI_SHA256:
+        raise ValueError(f"load_channels_ti: the bundled training image is damaged or was replaced "
+                         f"(SHA-256 {digest}, expected {_CHANNELS_TI_SHA256}); reinstall latentinv")
+    with Image.open(io.BytesIO(data)) as img:
+        image = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
+    return (image >= 0.5).astype(np.float64)
+
+
+def load_paper_truth(name):
+    """One of the paper's cropped truths, ``"mc1"``, ``"mc2"`` or ``"mc3"``: a (129, 65) float64 0/1
+    model (1 = channel), the crop of :func:`load_channels_ti` at ``PAPER_TRUTH_WINDOWS[name]``."""
+    if name not in PAPER_TRUTH_WINDOWS:
+        raise ValueError(f"load_paper_truth: name must be one of {sorted(PAPER_TRUTH_WINDOWS)}, got {name!r}")
+    r0, c0, h, w = PAPER_TRUTH_WINDOWS[name]
+    return load_channels_ti()[r0:r0 + h, c0:c0 + w].copy()
 
 
 def _is_window(w):
