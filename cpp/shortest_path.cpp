@@ -176,6 +176,23 @@ class QuaternaryHeap {
 
 
 
+// The ring of buckets both bucket queues below share: bucket floor(key / width), never one before the
+// current bucket, taken modulo the ring's power-of-two size.
+struct BucketRing {
+  int64_t mask = 0, current = 0;
+  double inverse_width = 1.0;
+  void reset(int64_t n_buckets, double inverse) {
+    mask = n_buckets - 1;
+    inverse_width = inverse;
+    current = 0;
+  }
+  int64_t slot(double key) const {
+    int64_t b = static_cast<int64_t>(key * inverse_width);
+    if (b < current) b = current;  // Dijkstra: cannot happen (see BucketQueue); kept as a guard
+    return b & mask;
+  }
+};
+
 // Bucket queue (Dial 1969) with bucket width at most half the smallest edge weight of the model.
 // Exact for Dijkstra: a node in the lowest non-empty bucket cannot be improved by any other
 // unsettled node (that would add at least one edge weight, i.e. two bucket widths), so every node
@@ -188,36 +205,31 @@ class BucketQueue {
   void reset(int64_t n_buckets, double inverse_width) {
     if (static_cast<int64_t>(buckets_.size()) < n_buckets) buckets_.resize(n_buckets);
     for (auto& b : buckets_) b.clear();
-    mask_ = n_buckets - 1;
-    inverse_width_ = inverse_width;
-    current_ = 0;
+    ring_.reset(n_buckets, inverse_width);
     size_ = 0;
   }
   void push(int32_t node, double key) {
-    int64_t b = static_cast<int64_t>(key * inverse_width_);
-    if (b < current_) b = current_;  // cannot happen (see above); kept as a guard
-    buckets_[b & mask_].push_back(node);
+    buckets_[ring_.slot(key)].push_back(node);
     ++size_;
   }
   // next entry in bucket order, possibly stale; false when empty
   bool pop(int32_t* node) {
     while (size_ > 0) {
-      std::vector<int32_t>& b = buckets_[current_ & mask_];
+      std::vector<int32_t>& b = buckets_[ring_.current & ring_.mask];
       if (!b.empty()) {
         *node = b.back();
         b.pop_back();
         --size_;
         return true;
       }
-      ++current_;
+      ++ring_.current;
     }
     return false;
   }
 
  private:
   std::vector<std::vector<int32_t>> buckets_;
-  int64_t mask_ = 0, current_ = 0;
-  double inverse_width_ = 1.0;
+  BucketRing ring_;
   size_t size_ = 0;
 };
 
@@ -235,16 +247,12 @@ class CellQueue {
     next_.resize(n_cells);
     prev_.resize(n_cells);
     slot_.assign(n_cells, -1);
-    mask_ = n_buckets - 1;
-    inverse_width_ = inverse_width;
-    current_ = 0;
+    ring_.reset(n_buckets, inverse_width);
     size_ = 0;
   }
   // inserts the cell, or moves it to the bucket of its new key
   void push(int32_t cell, double key) {
-    int64_t b = static_cast<int64_t>(key * inverse_width_);
-    if (b < current_) b = current_;
-    const int32_t slot = static_cast<int32_t>(b & mask_);
+    const int32_t slot = static_cast<int32_t>(ring_.slot(key));
     if (slot_[cell] >= 0) unlink(cell);
     else ++size_;
     const int32_t last = tail_[slot];
@@ -257,7 +265,7 @@ class CellQueue {
   }
   bool pop(int32_t* cell) {
     while (size_ > 0) {
-      const int32_t c = head_[current_ & mask_];
+      const int32_t c = head_[ring_.current & ring_.mask];
       if (c >= 0) {
         unlink(c);
         slot_[c] = -1;
@@ -265,7 +273,7 @@ class CellQueue {
         *cell = c;
         return true;
       }
-      ++current_;
+      ++ring_.current;
     }
     return false;
   }
@@ -279,8 +287,7 @@ class CellQueue {
     else tail_[slot_[cell]] = p;
   }
   std::vector<int32_t> head_, tail_, next_, prev_, slot_;
-  int64_t mask_ = 0, current_ = 0;
-  double inverse_width_ = 1.0;
+  BucketRing ring_;
   int64_t size_ = 0;
 };
 
