@@ -570,8 +570,9 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                   **({"posterior.png": "the straight-ray posterior"} if posterior_draws else {})},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    _echo(f"[done] {out / 'demo.png'}, {out / 'report.json'}, {out / 'models.npz'} "
-          f"({timings['total_s']:.1f} s)", quiet)
+    written = [out / "demo.png"] + ([out / "posterior.png"] if posterior_draws else []) + [
+        out / "report.json", out / "models.npz"]
+    _echo(f"[done] {', '.join(map(str, written))} ({timings['total_s']:.1f} s)", quiet)
 
 
 @main.command()
