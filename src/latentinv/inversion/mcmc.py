@@ -254,7 +254,8 @@ class DifferentialEvolution(Kernel):
     max_step = 10.0
 
     def __init__(self, p_jump=0.1, archive_every=10, archive_size=None, jitter=1e-4):
-        self.p_jump, self.archive_every, self.archive_size, self.jitter = p_jump, archive_every, archive_size, jitter
+        self.p_jump, self.archive_every = p_jump, archive_every
+        self.archive_size, self.jitter = archive_size, jitter
 
     def start(self, state, n_chains, streams):
         R, d = state.u.shape
@@ -290,7 +291,8 @@ class DifferentialEvolution(Kernel):
     def propose(self, state, step, xi, pre):
         uni = self.streams.uniforms()
         self.jump = uni[:, 2] < self.p_jump
-        return self.difference_move(state, torch.where(self.jump, torch.ones_like(step), step * self.gamma), xi, uni)
+        gamma = torch.where(self.jump, torch.ones_like(step), step * self.gamma)
+        return self.difference_move(state, gamma, xi, uni)
 
     @staticmethod
     def energy(s):
@@ -414,7 +416,9 @@ class ChainStreams:
         proposal (archive indices, a choice of move), from per-chain generators spawned from the
         acceptance ones (created at the first call: the other kernels' streams are unchanged)."""
         if getattr(self, "_extra_rngs", None) is None:
-            self._extra_rngs = [g.spawn(1)[0] for g in self.uniform_rngs]
+            # Generator.spawn: NumPy >= 1.25; before, a child seeded from the parent's stream
+            self._extra_rngs = [g.spawn(1)[0] if hasattr(g, "spawn") else np.random.default_rng(g.integers(2**63))
+                                for g in self.uniform_rngs]
             self._j = self.block
         if self._j == self.block:
             uni = np.stack([g.random((self.block, n)) for g in self._extra_rngs], 1)

@@ -66,7 +66,9 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     :class:`Moments` of the models after the burn-in, the thinned latent draws (list of (R, d) CPU
     tensors), each chain's acceptance rate after the burn-in and its frozen step.
 
-    During the burn-in, each chain's step adapts towards ``cfg.target_acceptance``
+    The kernel is told the initial state (``start``) and every new state (``observe``, e.g. for an
+    archive of past states) and chooses what the step adaptation sees (``adaptation_signal``); see
+    :class:`~.mcmc.Kernel`. During the burn-in, each chain's step adapts towards ``cfg.target_acceptance``
     (:class:`~.mcmc.StepAdaptation`) and, with ``cfg.adapt_preconditioner``, the reference Gaussian
     is refitted at the ends of doubling windows (:func:`~.mcmc.adaptation_windows`); both are frozen
     afterwards, so that the kept draws come from one fixed reversible kernel.
@@ -193,8 +195,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, method="pcn", n_chains=8,
                  n_samples=500, n_burnin=500, thin=1, step_size=None, target_acceptance=None,
-                 jump_probability=0.1, adapt_preconditioner=True, initial_latents=None, noise_std=None, n_model_samples=8,
-                 random_state=None, device="auto", verbose=0):
+                 jump_probability=0.1, adapt_preconditioner=True, initial_latents=None, noise_std=None,
+                 n_model_samples=8, random_state=None, device="auto", verbose=0):
         self.prior = prior
         self.operator = operator
         self.slowness_map = slowness_map
