@@ -34,7 +34,8 @@ the chains (one per chain and proposal, plus the initial point).
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_sampling.py [--rows mc2 mc2-model-error generated]
-        [--prior PATH] [--method pcn|mala|rwm|de|de-mala] [--jump-probability 0.1] [--chains 16] [--burnin 1000] [--samples 1000] [--thin 1]
+        [--prior PATH] [--method pcn|mala|rwm|de|de-mala] [--jump-probability 0.1] [--chains 16]
+        [--burnin 1000] [--samples 1000] [--thin 1]
         [--sgd-starts 8] [--sgd-epochs 20] [--start accepted|sgd|best] [--threads 2] [--quick]
         [--out bench-sampling]
 """
@@ -72,7 +73,8 @@ def parse_args(argv):
     p.add_argument("--prior", default=None, help="a saved VAEPrior (VAEPrior.load); default: the shipped one")
     p.add_argument("--generated-seed", type=int, default=1)
     p.add_argument("--method", choices=["pcn", "mala", "rwm", "de", "de-mala"], default="pcn")
-    p.add_argument("--jump-probability", type=float, default=0.1, help="de, de-mala: probability of a gamma = 1 jump")
+    p.add_argument("--jump-probability", type=float, default=0.1,
+                   help="de, de-mala: probability of a gamma = 1 jump")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--burnin", type=int, default=1000)
     p.add_argument("--samples", type=int, default=1000)
