@@ -5,9 +5,16 @@ The script writes the weights and config into ``src/latentinv/data/default_prior
 report (training curve, held-out reconstruction RMSE, acceptance rate of VSbrd inversions of truths the
 prior never saw) into ``docs/default_prior.json`` and ``docs/default_prior_curve.png``.
 
+With ``--image channels_ti`` it trains the same network on the paper's training image instead (bundled,
+``latentinv.datasets.load_channels_ti``), keeping out every crop that overlaps the paper's truths mc1-mc3
+or a held-out band (rows 2200-2499, where the held-out truths of its record are cropped), into
+``src/latentinv/data/channels_ti_prior/`` (``VAEPrior.pretrained(image="channels_ti")``) and
+``docs/channels_ti_prior*.json``.
+
 Usage (from the repository root)::
 
     python scripts/train_default_prior.py --threads 1   # the committed default (about 27 min)
+    python scripts/train_default_prior.py --image channels_ti --out src/latentinv/data/channels_ti_prior
     python scripts/train_default_prior.py --iterations 200 --out /tmp/p --report /tmp/r   # a quick check
 """
 import argparse
@@ -20,13 +27,16 @@ import numpy as np
 import torch
 
 from latentinv import LatentInverter, StraightRayOperator, VAEPrior, paper_crosshole
-from latentinv.datasets import PRETRAINED_IMAGE_SETTINGS, PatchSampler, make_channel_image
+from latentinv.datasets import (PAPER_TRUTH_WINDOWS, PRETRAINED_IMAGE_SETTINGS, PatchSampler,
+                                load_channels_ti, make_channel_image)
 from latentinv.metrics import data_rmse
 
 # The procedural training images and the held-out image of the truths (different seeds).
 TRAINING_SEEDS = (11, 12, 13, 14)
 HELD_OUT_SEED = 99
 PATCH_SHAPE = (129, 65)
+#: rows of the paper's training image kept out of training for the held-out truths (channels_ti)
+TI_HELD_OUT_ROWS = (2200, 2500)
 
 
 def channel_image(seed):
@@ -34,14 +44,30 @@ def channel_image(seed):
     return make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=seed)
 
 
-def held_out_truths(n, seed=HELD_OUT_SEED):
-    """``n`` crops of the paper's model size from an image the prior never saw."""
-    sampler = PatchSampler(channel_image(seed), PATCH_SHAPE, random_state=seed)
+def held_out_truths(n, image="procedural", seed=HELD_OUT_SEED):
+    """``n`` crops of the paper's model size from an image (or a band of it) the prior never saw."""
+    if image == "channels_ti":
+        r0, r1 = TI_HELD_OUT_ROWS
+        source = load_channels_ti()[r0:r1]
+    else:
+        source = channel_image(seed)
+    sampler = PatchSampler(source, PATCH_SHAPE, random_state=seed)
     return sampler.sample(n).reshape(n, -1).astype(np.float64)
+
+
+def training_sampler(image):
+    if image == "channels_ti":
+        ti = load_channels_ti()
+        r0, r1 = TI_HELD_OUT_ROWS
+        exclude = list(PAPER_TRUTH_WINDOWS.values()) + [(r0, 0, r1 - r0, ti.shape[1])]
+        return PatchSampler(ti, PATCH_SHAPE, exclude=exclude, random_state=0)
+    return PatchSampler([channel_image(s) for s in TRAINING_SEEDS], PATCH_SHAPE, random_state=0)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", choices=("procedural", "channels_ti"), default="procedural",
+                   help="training images: procedural (the default prior) or the paper's (bundled)")
     p.add_argument("--iterations", type=int, default=6000, help="Adam steps (6000: the shipped prior)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--channels", type=int, nargs=4, default=(16, 32, 64, 128))
@@ -58,7 +84,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.evaluate_only:
         prior = VAEPrior.load(args.out, device=args.device)
-        with open(os.path.join(args.report, "default_prior_training.json")) as f:
+        with open(os.path.join(args.report, f"{_stem(args)}_training.json")) as f:
             train_s = json.load(f)["train_seconds"]
     else:
         prior, train_s = train(args)
@@ -67,8 +93,7 @@ def main(argv=None):
 
 def train(args):
 
-    images = [channel_image(s) for s in TRAINING_SEEDS]
-    sampler = PatchSampler(images, PATCH_SHAPE, random_state=0)
+    sampler = training_sampler(args.image)
     # beta keeps the paper's weight per sample: beta / (batch * d) = 1000 / (100 * 20)
     beta = 1000.0 * args.batch_size / 100.0
     prior = VAEPrior(n_components=20, channels=tuple(args.channels), hidden_size=args.hidden_size,
@@ -82,7 +107,7 @@ def train(args):
     prior.save(args.out)
     prior.to(args.device)
     os.makedirs(args.report, exist_ok=True)
-    with open(os.path.join(args.report, "default_prior_training.json"), "w") as f:
+    with open(os.path.join(args.report, f"{_stem(args)}_training.json"), "w") as f:
         json.dump({"train_seconds": train_s, "history": prior.history_}, f)
     return prior, train_s
 
@@ -90,7 +115,7 @@ def train(args):
 def evaluate(prior, train_s, args):
 
     # quality 1: reconstruction RMSE (pixel values in [0, 1]) on held-out crops
-    held = held_out_truths(200)
+    held = held_out_truths(200, args.image)
     recon = prior.decode(prior.encode(held))
     recon_rmse = float(np.sqrt(np.mean((recon - held) ** 2)))
     samples = prior.sample(200, random_state=1)
@@ -112,10 +137,15 @@ def evaluate(prior, train_s, args):
     report = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in prior.get_params().items()
                    if k not in ("architecture",)},
-        "training_images": {"generator": "latentinv.datasets.make_channel_image",
-                            "settings": "latentinv.datasets.PRETRAINED_IMAGE_SETTINGS",
-                            **PRETRAINED_IMAGE_SETTINGS, "seeds": TRAINING_SEEDS,
-                            "patch_shape": PATCH_SHAPE},
+        "training_images": ({"generator": "latentinv.datasets.make_channel_image",
+                             "settings": "latentinv.datasets.PRETRAINED_IMAGE_SETTINGS",
+                             **PRETRAINED_IMAGE_SETTINGS, "seeds": TRAINING_SEEDS,
+                             "patch_shape": PATCH_SHAPE} if args.image == "procedural" else
+                            {"image": "latentinv.datasets.load_channels_ti (the paper's)",
+                             "excluded": "crops overlapping mc1-mc3 (PAPER_TRUTH_WINDOWS) or rows "
+                                         f"{TI_HELD_OUT_ROWS[0]}-{TI_HELD_OUT_ROWS[1] - 1}",
+                             "held_out_truths": f"crops of rows {TI_HELD_OUT_ROWS[0]}-{TI_HELD_OUT_ROWS[1] - 1}",
+                             "patch_shape": PATCH_SHAPE}),
         "train_seconds": train_s,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name(0)}" if prior.device_.type == "cuda" else ""),
@@ -132,7 +162,7 @@ def evaluate(prior, train_s, args):
         "history_every_50": {k: v[::50] for k, v in prior.history_.items()},
     }
     os.makedirs(args.report, exist_ok=True)
-    with open(os.path.join(args.report, "default_prior.json"), "w") as f:
+    with open(os.path.join(args.report, f"{_stem(args)}.json"), "w") as f:
         json.dump(report, f, indent=1)
     try:
         import matplotlib
@@ -145,12 +175,17 @@ def evaluate(prior, train_s, args):
             a.plot(np.convolve(h, np.ones(k) / k, mode="valid"))
             a.set(xlabel="iteration", title=key, yscale="log")
         fig.tight_layout()
-        fig.savefig(os.path.join(args.report, "default_prior_curve.png"), dpi=90)
+        fig.savefig(os.path.join(args.report, f"{_stem(args)}_curve.png"), dpi=90)
     except Exception as exc:  # the curve is a nicety; the JSON is the record
         print("no curve:", exc)
     print(json.dumps({k: report[k] for k in ("train_seconds", "heldout_reconstruction_rmse",
                                               "sample_channel_fraction", "heldout_channel_fraction")}, indent=1))
     print("VSbrd mean accepted fraction:", report["vsbrd"]["mean_accepted_fraction"])
+
+
+def _stem(args):
+    """File names of the record: default_prior* (procedural) or channels_ti_prior*."""
+    return "default_prior" if args.image == "procedural" else "channels_ti_prior"
 
 
 if __name__ == "__main__":

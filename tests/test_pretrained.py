@@ -230,3 +230,42 @@ def test_published_key_map_covers_the_conv_module_exactly():
     assert set(mapping) == set(reference) == set(published_shapes())
     for key, target in mapping.items():
         assert tuple(reference[key].shape) == published_shapes()[key] == tuple(conv[target].shape), key
+
+
+# -- the prior trained on the paper's image (VAEPrior.pretrained(image="channels_ti")) ---------------
+TI_RECORD = Path(__file__).resolve().parents[1] / "docs" / "channels_ti_prior.json"
+#: rows of the paper's training image held out of its training (scripts/train_default_prior.py)
+TI_HELD_OUT_ROWS = (2200, 2500)
+
+
+@pytest.fixture(scope="module")
+def ti_prior():
+    return VAEPrior.pretrained(device="cpu", image="channels_ti")
+
+
+def test_paper_image_prior_loads_and_matches_its_record(ti_prior):
+    """Its files are data (safetensors, checksummed); it reconstructs crops of the held-out band of the
+    paper's image far better than their mean, and exactly as its record says; samples have about the
+    image's channel fraction."""
+    from latentinv.datasets import load_channels_ti
+
+    weights = (files("latentinv") / "data" / "channels_ti_prior" / "weights.safetensors").read_bytes()
+    assert len(weights) <= 10 * 2**20
+    assert ti_prior.n_components == 20 and tuple(ti_prior.image_shape_) == (129, 65)
+    band = load_channels_ti()[TI_HELD_OUT_ROWS[0]:TI_HELD_OUT_ROWS[1]]
+    truths = PatchSampler(band, (129, 65), random_state=HELD_OUT_SEED).sample(200).reshape(200, -1)
+    rmse = float(np.sqrt(np.mean((ti_prior.decode(ti_prior.encode(truths)) - truths) ** 2)))
+    p = truths.mean()
+    assert rmse < 0.6 * np.sqrt(p * (1 - p))
+    frac = (ti_prior.sample(100, random_state=0) > 0.5).mean()
+    assert 0.15 < frac < 0.40                                   # the image: 0.26
+    if not TI_RECORD.is_file():
+        pytest.skip("docs/channels_ti_prior.json is not beside the tests (installed package)")
+    record = json.loads(TI_RECORD.read_text())
+    assert rmse == pytest.approx(record["heldout_reconstruction_rmse"], abs=1e-4)   # 2 threads trained it
+    assert "mc1-mc3" in record["training_images"]["excluded"]
+
+
+def test_pretrained_image_must_be_known():
+    with pytest.raises(ValueError, match="image must be one of"):
+        VAEPrior.pretrained(image="ti")

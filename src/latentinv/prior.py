@@ -694,29 +694,41 @@ or PatchSampler
         _write_model_files(path, self.module_, self._config())
 
     @classmethod
-    def pretrained(cls, device=None):
-        """The default prior shipped with the package (no external file, no code execution).
+    def pretrained(cls, device=None, image="procedural"):
+        """A prior shipped with the package (no external file, no code execution).
 
-        A reduced network (channels (16, 32, 64, 128), hidden 256) trained on the CPU for 6000 Adam
-        steps of 64 crops of 129 x 65 from procedural channel images by
-        ``scripts/train_default_prior.py``; its configuration, training curve and quality are
-        recorded in ``docs/default_prior.json``. It is much cheaper than the paper's model (1e5
-        steps of the reference network). Models from the same family of images:
-        ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=s)``
-        (:mod:`latentinv.datasets`) with a seed other than its training seeds (11-14) and the
-        held-out one of its record (99). Its files carry checksums, verified at every load.
+        Both are the same reduced network (channels (16, 32, 64, 128), hidden 256) trained on the CPU
+        for 6000 Adam steps of 64 crops of 129 x 65 by ``scripts/train_default_prior.py``, much
+        cheaper than the paper's model (1e5 steps of the reference network). Their files carry
+        checksums, verified at every load.
+
+        - ``image="procedural"`` (the default prior): trained on procedural channel images; record
+          in ``docs/default_prior.json``. Models from the same family of images:
+          ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=s)``
+          (:mod:`latentinv.datasets`) with a seed other than its training seeds (11-14) and the
+          held-out one of its record (99).
+        - ``image="channels_ti"``: trained on the paper's training image
+          (:func:`latentinv.datasets.load_channels_ti`) without any crop overlapping the paper's
+          truths mc1-mc3 (:func:`latentinv.datasets.load_paper_truth`) or rows 2200-2499 (its
+          held-out truths); record in ``docs/channels_ti_prior.json``.
 
         Parameters
         ----------
         device : {None, "cpu", "cuda", "cuda:N", "auto"} or torch.device, default=None
             None: the CPU (where it was saved); "auto": CUDA when available, else the CPU. Asking
             for CUDA on a machine without it raises a ValueError.
+        image : {"procedural", "channels_ti"}, default="procedural"
+            The images the prior was trained on.
         """
         from importlib.resources import files
 
+        folders = {"procedural": "default_prior", "channels_ti": "channels_ti_prior"}
+        if image not in folders:
+            raise ValueError(f"{cls.__name__}.pretrained: image must be one of {sorted(folders)}, "
+                             f"got {image!r}")
         if device is not None:
             device = _resolve_device(device, f"{cls.__name__}.pretrained")
-        return cls.load(str(files("latentinv") / "data" / "default_prior"), device=device)
+        return cls.load(str(files("latentinv") / "data" / folders[image]), device=device)
 
     @classmethod
     def load(cls, path, device=None, architecture=None):
