@@ -1269,11 +1269,12 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
   // the bound of the triangle-inequality margin (constructor): every finite label is the value of
   // a path of at most n_nodes edges (the first labels form a tree; later ones are smaller), each
   // edge at most max(s) * max(L).
+  const auto mm = std::minmax_element(slowness, slowness + n_cells);
+  const double s_min = *mm.first, s_max = *mm.second;
   {
-    const auto mm = std::minmax_element(slowness, slowness + n_cells);
     const double l_max = *std::max_element(lengths_.begin(), lengths_.end());
-    const double largest_label = static_cast<double>(n_nodes_) * (*mm.second * l_max) * 1.01;
-    g.collinear_only = margin_factor_ > 0 && largest_label <= *mm.first * margin_factor_;
+    const double largest_label = static_cast<double>(n_nodes_) * (s_max * l_max) * 1.01;
+    g.collinear_only = margin_factor_ > 0 && largest_label <= s_min * margin_factor_;
   }
   using Kernel = uint32_t (*)(const sweep::Grid&, const double*, sweep::State&, int32_t, int32_t,
                               double*);
@@ -1301,8 +1302,6 @@ int64_t ShortestPathEngine::sweep_group(const double* slowness, const int64_t* s
   // straight-line time, and the cap keeps high-contrast fields from waiting on it.
   const float* floor_key = nullptr;
   if (wavefront) {
-    const double s_min = *std::min_element(slowness, slowness + n_cells);
-    const double s_max = *std::max_element(slowness, slowness + n_cells);
     const double width = 0.25 * s_min * std::min(dx_, dz_);
     queue.reset(static_cast<int32_t>(n_cells), 4096, 1.0 / width);
     ws.floor_key.resize(n_cells);

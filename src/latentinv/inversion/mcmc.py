@@ -150,9 +150,19 @@ class Preconditioner:
 
 
 # -- kernels ----------------------------------------------------------------------------------------------
+def energy(state):
+    """The potential ``U(u) = Phi(u) + ||u||**2 / 2`` of the target (the prior's term included)."""
+    return state.phi + 0.5 * (state.u * state.u).sum(1)
+
+
 class Kernel:
     """What :func:`~.sampler.run_chains` calls on every kernel besides ``propose`` and ``log_accept``:
     no-ops for the kernels whose proposal depends on the current state and the random normals only."""
+
+    @classmethod
+    def for_sampler(cls, sampler):
+        """The kernel with the settings of a :class:`~.sampler.LatentSampler` it uses."""
+        return cls()
 
     def start(self, state, n_chains, streams):
         """Called once with the chains' initial state (rows grouped ``n_chains`` by survey)."""
@@ -207,9 +217,6 @@ class MALA(Kernel):
             w = pre.solve(to.u - self._drift(frm, step, pre)) / step[:, None]
             return -0.5 * (w * w).sum(1)
 
-        def energy(s):
-            return s.phi + 0.5 * (s.u * s.u).sum(1)
-
         return energy(current) - energy(proposed) + log_q(current, proposed) - log_q(proposed, current)
 
 
@@ -225,9 +232,6 @@ class RWM(Kernel):
         return state.u + step[:, None] * pre.apply(xi)
 
     def log_accept(self, current, proposed, step, pre):
-        def energy(s):
-            return s.phi + 0.5 * (s.u * s.u).sum(1)
-
         return energy(current) - energy(proposed)
 
 
@@ -256,6 +260,10 @@ class DifferentialEvolution(Kernel):
     def __init__(self, p_jump=0.1, archive_every=10, archive_size=None, jitter=1e-4):
         self.p_jump, self.archive_every = p_jump, archive_every
         self.archive_size, self.jitter = archive_size, jitter
+
+    @classmethod
+    def for_sampler(cls, sampler):
+        return cls(p_jump=float(sampler.jump_probability))
 
     def start(self, state, n_chains, streams):
         R, d = state.u.shape
@@ -294,12 +302,8 @@ class DifferentialEvolution(Kernel):
         gamma = torch.where(self.jump, torch.ones_like(step), step * self.gamma)
         return self.difference_move(state, gamma, xi, uni)
 
-    @staticmethod
-    def energy(s):
-        return s.phi + 0.5 * (s.u * s.u).sum(1)
-
     def log_accept(self, current, proposed, step, pre):
-        return self.energy(current) - self.energy(proposed)
+        return energy(current) - energy(proposed)
 
     def adaptation_signal(self, accept_prob):
         return torch.where(self.jump, torch.full_like(accept_prob, float("nan")), accept_prob)
@@ -330,7 +334,7 @@ class DifferentialEvolutionMALA(DifferentialEvolution):
         return torch.where(self.jump[:, None], jumped, self.mala.propose(state, step, xi, pre))
 
     def log_accept(self, current, proposed, step, pre):
-        return torch.where(self.jump, self.energy(current) - self.energy(proposed),
+        return torch.where(self.jump, energy(current) - energy(proposed),
                            self.mala.log_accept(current, proposed, step, pre))
 
 

@@ -303,8 +303,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         uniform = self.latent_distribution_ == "uniform"
         seed = as_seed(self.random_state)
         problem = self._problem(Y, sigma, allow_pending=False, nonlinear_gradient="exact")
-        kernel = (KERNELS[self.method](p_jump=float(self.jump_probability)) if self.method in ("de", "de-mala")
-                  else KERNELS[self.method]())
+        kernel = KERNELS[self.method].for_sampler(self)
         cfg = ChainSettings(
             n_burnin=int(self.n_burnin), n_samples=int(self.n_samples), thin=int(self.thin),
             step_size=float(self.step_size or INITIAL_STEP[self.method]),
