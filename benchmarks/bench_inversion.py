@@ -32,6 +32,7 @@ with the same ``--threads`` and report the load average printed at the end.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -210,7 +211,6 @@ def bench_decoder(rows, repeats, n_starts=100, compile_=False):
     fraction of the float32 and bfloat16 GEMM peaks measured in the same run, for the paper's network
     and the shipped prior, in float32 (the default), under bfloat16 autocast, channels-last, and with
     ``torch.compile`` (``--compile``)."""
-    import copy
     import latentinv._allocator as allocator
     from latentinv import VAEPrior
     allocator.tune_malloc_for_tensors()
@@ -302,7 +302,6 @@ def bench_linear(device, quick, rows, repeats=1):
         return reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95, 10.0, 0.999, 25, n_ref, rng)
 
     estimators = {}
-    import copy
     plain = copy.deepcopy(decoder)
     plain.fast_frozen_path = False     # the decoder's instance norms + ReLU as modules (before issue 19)
     gen_plain = TorchGenerator(plain, 20)
@@ -401,7 +400,6 @@ def ablation_child(repeats):
 
 
 def bench_ablations(rows, repeats):
-    import copy
     import subprocess
     ref = next(r for r in rows if r.get("method", "").startswith("reference loop") and r["device"] == "cpu")
     per_ref = ref["per_start_iteration_ms"]
