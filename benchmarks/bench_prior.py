@@ -5,7 +5,8 @@ Measures, for the SGAN (``--sgan``): seconds per training iteration (one discrim
 generator Adam step) of the published network on 353 x 353 crops, on the CPU and on a GPU when one
 is available (``--sgan-gpu-train`` then trains the published schedule there and records its pattern
 statistics); and (``--patterns``) the pattern statistics (:mod:`latentinv.metrics`) of a small
-CPU-trained SGAN and of the shipped VAE against training crops.
+CPU-trained SGAN and of a shipped VAE (the default one with ``--ti``, the procedural one without)
+against training crops.
 
 Measures, for the reference convolutional VAE on 129 x 65 models:
 
@@ -136,7 +137,7 @@ def training_image(args):
 
 
 def sgan_patterns(args, results):
-    """Pattern statistics of a small CPU-trained SGAN and of the shipped VAE against training crops.
+    """Pattern statistics of a small CPU-trained SGAN and of a shipped VAE against training crops.
 
     On a GPU (``--sgan-gpu-train``) the published network and schedule are trained instead.
     """
@@ -158,9 +159,12 @@ def sgan_patterns(args, results):
     seconds = time.perf_counter() - t0
     if args.save_sgan:
         sgan.save(args.save_sgan)
-    vae = VAEPrior.pretrained()
+    # the shipped prior of the training image's family: the default one (the paper's image) with --ti,
+    # the procedural one (the earlier default) without
+    image_kind = "channels_ti" if args.ti else "procedural"
+    vae = VAEPrior.pretrained(image=image_kind)
     rows = {}
-    for name, prior in (("SGAN", sgan), ("VAE (shipped default prior)", vae)):
+    for name, prior in (("SGAN", sgan), (f"VAE (shipped prior, image={image_kind})", vae)):
         models = prior.sample(args.pattern_samples, random_state=2)
         rows[name] = compare_patterns(models, reference, max_lag=20, image_shape=PAPER_SHAPE)
     rows["training crops (another draw)"] = compare_patterns(
@@ -188,7 +192,8 @@ def main():
     parser.add_argument("--no-vae", action="store_true", help="skip the VAE measurements")
     parser.add_argument("--sgan", action="store_true", help="SGAN seconds per training iteration")
     parser.add_argument("--patterns", action="store_true",
-                        help="pattern statistics of a small CPU-trained SGAN and of the shipped VAE")
+                        help="pattern statistics of a small CPU-trained SGAN and of a shipped VAE "
+                             "(the default one with --ti, else the procedural one)")
     parser.add_argument("--pattern-iterations", type=int, default=300, help="small SGAN's iterations (CPU)")
     parser.add_argument("--pattern-samples", type=int, default=200, help="models and crops compared")
     parser.add_argument("--sgan-gpu-train", action="store_true",

@@ -15,8 +15,9 @@ geometry (boreholes at x = 0.01 / 6.49 m, 625 rays) and data = response(paper_sl
   random_state=--generated-seed)``), sigma = 0.25 ns: a well-defined posterior, the check of the
   sampler on the real decoder and operator.
 
-The prior is ``VAEPrior.pretrained()`` (the shipped prior, trained on procedural images) or
-``--prior PATH`` (a saved :class:`VAEPrior`, e.g. one trained on the paper's training image by
+The prior is ``VAEPrior.pretrained()`` (the shipped default prior, trained on the paper's training
+image away from mc1-mc3), ``--pretrained procedural`` (the shipped procedural prior, the default
+before; the log's earlier rows) or ``--prior PATH`` (a saved :class:`VAEPrior`, e.g. one trained by
 ``reproduce_paper.py --train-only``). Chains start from short SGD runs (``--sgd-epochs`` epochs of the
 VSbrd settings from ``--sgd-starts`` starts; one SGD per truth, shared by the rows of that truth and
 counted in each): ``--start accepted`` seeds the chains from the starts whose selected model is
@@ -34,7 +35,8 @@ the chains (one per chain and proposal, plus the initial point).
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_sampling.py [--rows mc2 mc2-model-error generated]
-        [--prior PATH] [--method pcn|mala|rwm|de|de-mala] [--jump-probability 0.1] [--chains 16]
+        [--prior PATH | --pretrained channels_ti|procedural] [--method pcn|mala|rwm|de|de-mala]
+        [--jump-probability 0.1] [--chains 16]
         [--burnin 1000] [--samples 1000] [--thin 1]
         [--sgd-starts 8] [--sgd-epochs 20] [--start accepted|sgd|best] [--threads 2] [--quick]
         [--out bench-sampling]
@@ -70,7 +72,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--test-models", default="../shared/data/paper_test_models")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
-    p.add_argument("--prior", default=None, help="a saved VAEPrior (VAEPrior.load); default: the shipped one")
+    p.add_argument("--prior", default=None, help="a saved VAEPrior (VAEPrior.load); default: a shipped one")
+    p.add_argument("--pretrained", choices=["channels_ti", "procedural"], default="channels_ti",
+                   help="the shipped prior used without --prior: VAEPrior.pretrained(image=...)")
     p.add_argument("--generated-seed", type=int, default=1)
     p.add_argument("--method", choices=["pcn", "mala", "rwm", "de", "de-mala"], default="pcn")
     p.add_argument("--jump-probability", type=float, default=0.1,
@@ -130,8 +134,9 @@ def main(argv=None):
     grid, survey = latentinv.paper_crosshole(0.01, 6.49)
     op = latentinv.StraightRayOperator(grid, survey)
     noise = NOISE_STD * np.load(folder / "noiserealz.npy")
-    prior = VAEPrior.pretrained() if a.prior is None else VAEPrior.load(a.prior)
-    prior_name = "VAEPrior.pretrained()" if a.prior is None else f"VAEPrior.load({Path(a.prior).name})"
+    prior = VAEPrior.pretrained(image=a.pretrained) if a.prior is None else VAEPrior.load(a.prior)
+    prior_name = (f"VAEPrior.pretrained(image={a.pretrained!r})" if a.prior is None
+                  else f"VAEPrior.load({Path(a.prior).name})")
     truths = {"mc2": np.load(folder / "mc2.npy").reshape(-1).astype(np.float64),
               "generated": prior.sample(1, random_state=a.generated_seed)[0].astype(np.float64)}
     record = dict(prior=prior_name, method=a.method, jump_probability=a.jump_probability, n_chains=a.chains, n_burnin=a.burnin,

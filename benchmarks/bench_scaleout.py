@@ -1,6 +1,6 @@
 """Scale-out benchmark: surveys per minute of LatentInverter serially and on a local Dask cluster.
 
-The linear case (paper grid 129 x 65, 625 straight rays, the shipped prior, VSbrd settings with a
+The linear case (paper grid 129 x 65, 625 straight rays, the shipped default prior, VSbrd settings with a
 reduced budget), in one run on one machine:
 
 - serial, all surveys in one batch, with 1 and with all cores' torch threads (``n_jobs=None``);
@@ -79,7 +79,7 @@ def main():
     inv = inverter()
     size = len(pickle.dumps(inv))
     t_pickle = min(timed(lambda: pickle.dumps(inv))[0] for _ in range(3))
-    weights = (files("latentinv") / "data" / "default_prior" / "weights.safetensors").stat().st_size
+    weights = (files("latentinv") / "data" / "channels_ti_prior" / "weights.safetensors").stat().st_size
     print(f"pickled fitted estimator: {size / 1e6:.2f} MB ({size / weights:.3f}x the prior's weights "
           f"file), {1e3 * t_pickle:.1f} ms")
 

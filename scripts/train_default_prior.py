@@ -1,20 +1,22 @@
-"""Train the default prior shipped with latentinv (``VAEPrior.pretrained()``), reproducibly.
+"""Train the priors shipped with latentinv (``VAEPrior.pretrained()``), reproducibly.
 
-Everything comes from the package itself (procedural training images, fixed seeds): no external file.
-The script writes the weights and config into ``src/latentinv/data/default_prior/`` and a quality
-report (training curve, held-out reconstruction RMSE, acceptance rate of VSbrd inversions of truths the
-prior never saw) into ``docs/default_prior.json`` and ``docs/default_prior_curve.png``.
+Everything comes from the package itself (the bundled training image or procedural ones, fixed seeds):
+no external file. The script writes the weights and config into ``src/latentinv/data/<folder>/`` and a
+quality report (training curve, held-out reconstruction RMSE, acceptance rate of VSbrd inversions of
+truths the prior never saw) into ``docs/<folder>.json`` and ``docs/<folder>_curve.png``:
 
-With ``--image channels_ti`` it trains the same network on the paper's training image instead (bundled,
-``latentinv.datasets.load_channels_ti``), keeping out every crop that overlaps the paper's truths mc1-mc3
-or a held-out band (rows 2200-2499, where the held-out truths of its record are cropped), into
-``src/latentinv/data/channels_ti_prior/`` (``VAEPrior.pretrained(image="channels_ti")``) and
-``docs/channels_ti_prior*.json``.
+- ``--image channels_ti`` (the default; folder ``channels_ti_prior``, the default prior
+  ``VAEPrior.pretrained()``): the paper's training image (bundled,
+  ``latentinv.datasets.load_channels_ti``), keeping out every crop that overlaps the paper's truths
+  mc1-mc3 or the held-out band ``latentinv.datasets.HELD_OUT_WINDOW`` (rows 2200-2499, where the
+  held-out truths of its record and the demo's truth are cropped);
+- ``--image procedural`` (folder ``default_prior``, ``VAEPrior.pretrained(image="procedural")``, the
+  earlier default): procedural channel images (``PRETRAINED_IMAGE_SETTINGS``, seeds 11-14).
 
 Usage (from the repository root)::
 
-    python scripts/train_default_prior.py --threads 1   # the committed default (about 27 min)
-    python scripts/train_default_prior.py --image channels_ti --out src/latentinv/data/channels_ti_prior
+    python scripts/train_default_prior.py --threads 2   # the committed default prior (about 10 min)
+    python scripts/train_default_prior.py --image procedural --threads 1   # the procedural one (27 min)
     python scripts/train_default_prior.py --iterations 200 --out /tmp/p --report /tmp/r   # a quick check
 """
 import argparse
@@ -27,8 +29,8 @@ import numpy as np
 import torch
 
 from latentinv import LatentInverter, StraightRayOperator, VAEPrior, paper_crosshole
-from latentinv.datasets import (PAPER_TRUTH_WINDOWS, PRETRAINED_IMAGE_SETTINGS, PatchSampler,
-                                load_channels_ti, make_channel_image)
+from latentinv.datasets import (HELD_OUT_WINDOW, PAPER_TRUTH_WINDOWS, PRETRAINED_IMAGE_SETTINGS,
+                                PatchSampler, load_channels_ti, make_channel_image)
 from latentinv.metrics import data_rmse
 
 # The procedural training images and the held-out image of the truths (different seeds).
@@ -36,7 +38,9 @@ TRAINING_SEEDS = (11, 12, 13, 14)
 HELD_OUT_SEED = 99
 PATCH_SHAPE = (129, 65)
 #: rows of the paper's training image kept out of training for the held-out truths (channels_ti)
-TI_HELD_OUT_ROWS = (2200, 2500)
+TI_HELD_OUT_ROWS = (HELD_OUT_WINDOW[0], HELD_OUT_WINDOW[0] + HELD_OUT_WINDOW[2])
+#: package data folder (and record stem) of each training image
+FOLDERS = {"channels_ti": "channels_ti_prior", "procedural": "default_prior"}
 
 
 def channel_image(seed):
@@ -58,16 +62,15 @@ def held_out_truths(n, image="procedural", seed=HELD_OUT_SEED):
 def training_sampler(image):
     if image == "channels_ti":
         ti = load_channels_ti()
-        r0, r1 = TI_HELD_OUT_ROWS
-        exclude = list(PAPER_TRUTH_WINDOWS.values()) + [(r0, 0, r1 - r0, ti.shape[1])]
+        exclude = list(PAPER_TRUTH_WINDOWS.values()) + [HELD_OUT_WINDOW]
         return PatchSampler(ti, PATCH_SHAPE, exclude=exclude, random_state=0)
     return PatchSampler([channel_image(s) for s in TRAINING_SEEDS], PATCH_SHAPE, random_state=0)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", choices=("procedural", "channels_ti"), default="procedural",
-                   help="training images: procedural (the default prior) or the paper's (bundled)")
+    p.add_argument("--image", choices=("channels_ti", "procedural"), default="channels_ti",
+                   help="training images: the paper's (bundled; the default prior) or procedural ones")
     p.add_argument("--iterations", type=int, default=6000, help="Adam steps (6000: the shipped prior)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--channels", type=int, nargs=4, default=(16, 32, 64, 128))
@@ -77,10 +80,14 @@ def main(argv=None):
                    help="torch threads (the shipped prior: 1; other counts round differently)")
     p.add_argument("--n-truths", type=int, default=10, help="held-out truths inverted for the acceptance rate")
     p.add_argument("--n-starts", type=int, default=20)
-    p.add_argument("--out", default=os.path.join("src", "latentinv", "data", "default_prior"))
-    p.add_argument("--report", default="docs", help="folder of default_prior.json and the curve")
+    p.add_argument("--out", default=None,
+                   help="folder of the prior [default: src/latentinv/data/channels_ti_prior, or "
+                        "default_prior with --image procedural]")
+    p.add_argument("--report", default="docs", help="folder of the record (<folder>.json) and the curve")
     p.add_argument("--evaluate-only", action="store_true", help="evaluate the prior saved in --out")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join("src", "latentinv", "data", FOLDERS[args.image])
     torch.set_num_threads(args.threads)
     if args.evaluate_only:
         prior = VAEPrior.load(args.out, device=args.device)
@@ -184,8 +191,8 @@ def evaluate(prior, train_s, args):
 
 
 def _stem(args):
-    """File names of the record: default_prior* (procedural) or channels_ti_prior*."""
-    return "default_prior" if args.image == "procedural" else "channels_ti_prior"
+    """File names of the record: channels_ti_prior* or default_prior* (procedural)."""
+    return FOLDERS[args.image]
 
 
 if __name__ == "__main__":

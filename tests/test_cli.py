@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latentinv import baselines, cli
-from latentinv.datasets import PRETRAINED_IMAGE_SETTINGS, PatchSampler, make_channel_image
+from latentinv.datasets import (HELD_OUT_WINDOW, PatchSampler, held_out_corner, load_channels_ti,
+                                make_channel_image)
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import paper_slowness
 from latentinv.operators import ShortestPathOperator, StraightRayOperator
@@ -133,10 +134,13 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     assert set(np.unique(saved["truth"])) <= {0.0, 1.0}
     assert report["truth"]["channel_fraction"] == pytest.approx(saved["truth"].mean())
     assert report["truth"]["seed"] == cli.DEMO_TRUTH_SEED + 3
-    # from the family of the shipped prior's training images, with the held-out seed
-    image = make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=cli.DEMO_TRUTH_SEED + 3)
+    # a crop of the paper's training image inside the band no training crop of the shipped prior
+    # overlapped (rows 2200-2499), at the corner drawn with the demo's seed
     r0, c0, h, w = report["truth"]["crop"]
-    np.testing.assert_array_equal(saved["truth"], image[r0:r0 + h, c0:c0 + w].reshape(-1))
+    assert (r0, c0) == held_out_corner(cli.DEMO_TRUTH_SEED + 3) and (h, w) == (129, 65)
+    assert HELD_OUT_WINDOW[0] <= r0 and r0 + h <= HELD_OUT_WINDOW[0] + HELD_OUT_WINDOW[2]
+    assert report["truth"]["held_out_window"] == list(HELD_OUT_WINDOW)
+    np.testing.assert_array_equal(saved["truth"], load_channels_ti()[r0:r0 + h, c0:c0 + w].reshape(-1))
 
 
 def test_demo_data_from_each_operator(tiny_prior, tmp_path):
@@ -178,7 +182,17 @@ def test_demo_without_a_prior_is_a_clear_error(tmp_path, monkeypatch, how):
 
 
 def test_demo_trains_a_fallback_prior_when_none_is_shipped(tmp_path, monkeypatch):
+    import latentinv.datasets as ds
+
     monkeypatch.setattr(VAEPrior, "pretrained", classmethod(_no_package_data))
+    samplers = []
+
+    class Recording(ds.PatchSampler):
+        def __init__(self, images, patch_shape, exclude=None, random_state=None):
+            samplers.append((images, exclude))
+            super().__init__(images, patch_shape, exclude=exclude, random_state=random_state)
+
+    monkeypatch.setattr(ds, "PatchSampler", Recording)
     out = tmp_path / "d"
     res = CliRunner().invoke(cli.main, [
         "demo", "--out", str(out), "--train-prior", "--train-iterations", "1", "--n-starts", "1",
@@ -187,6 +201,10 @@ def test_demo_trains_a_fallback_prior_when_none_is_shipped(tmp_path, monkeypatch
     report = json.loads((out / "report.json").read_text())
     assert report["prior"]["source"].startswith("trained fallback (1 iterations")
     assert report["prior"]["n_components"] == 20
+    # trained on the paper's image away from the demo's truth (the shipped prior's exclusions)
+    (images, exclude), = samplers
+    np.testing.assert_array_equal(images, load_channels_ti())
+    assert HELD_OUT_WINDOW in exclude and len(exclude) == 4               # and mc1-mc3
 
 
 def test_demo_bad_prior_dir(tmp_path):

@@ -242,3 +242,59 @@ def test_damaged_training_image_raises(tmp_path, monkeypatch):
         ds.load_channels_ti()
     with pytest.raises(ValueError, match="name must be one of"):
         ds.load_paper_truth("mc4")
+
+
+# -- the held-out band of the bundled image (the default prior's unseen truths) -----------------------
+def test_held_out_corners_lie_in_the_window_and_are_seeded():
+    from latentinv.datasets import HELD_OUT_WINDOW, held_out_corner
+
+    assert HELD_OUT_WINDOW == (2200, 0, 300, 2500)           # rows 2200-2499, every column
+    corners = np.array([held_out_corner(s) for s in range(3000)])
+    assert corners.dtype.kind == "i"
+    # every crop of 129 x 65 inside rows 2200-2499 and the 2500 columns, both ends reached
+    assert corners[:, 0].min() == 2200 and corners[:, 0].max() == 2500 - 129
+    assert corners[:, 1].min() < 20 and corners[:, 1].max() > 2500 - 65 - 20
+    assert corners[:, 1].max() <= 2500 - 65
+    assert held_out_corner(7) == held_out_corner(7) != held_out_corner(8)
+    assert held_out_corner(np.random.default_rng(7)) == held_out_corner(7)
+    r, c = held_out_corner(1, shape=(300, 10))               # the whole band's height
+    assert r == 2200 and 0 <= c <= 2490
+
+
+def test_held_out_crop_is_the_image_inside_the_window():
+    from latentinv.datasets import held_out_corner, load_channels_ti, load_held_out_crop
+
+    ti = load_channels_ti()
+    for seed in range(3):
+        r, c = held_out_corner(seed)
+        crop = load_held_out_crop(r, c)
+        assert crop.shape == (129, 65) and crop.dtype == np.float64
+        np.testing.assert_array_equal(crop, ti[r:r + 129, c:c + 65])
+    np.testing.assert_array_equal(load_held_out_crop(2371, 2435), ti[2371:2500, 2435:2500])  # last corner
+    np.testing.assert_array_equal(load_held_out_crop(2200, 0, shape=(10, 20)), ti[2200:2210, :20])
+
+
+@pytest.mark.parametrize("args, message", [
+    ((2199, 0), r"row0 must be in \[2200, 2371\] so that the 129 x 65 crop lies inside the held-out window "
+                r"\(2200, 0, 300, 2500\) .*got 2199"),           # one row of it could be a training row
+    ((2372, 0), r"row0 must be in \[2200, 2371\].*got 2372"),     # past the image's last row
+    ((2200, 2436), r"col0 must be in \[0, 2435\].*got 2436"),
+    ((2200, -1), r"col0 must be in \[0, 2435\].*got -1"),
+    ((2200.0, 0), r"row0 must be an integer; got 2200.0"),
+    ((True, 0), r"row0 must be an integer; got True"),
+])
+def test_held_out_crop_outside_the_window_is_refused(args, message):
+    from latentinv.datasets import load_held_out_crop
+
+    with pytest.raises(ValueError, match="load_held_out_crop: " + message):
+        load_held_out_crop(*args)
+
+
+def test_held_out_shapes_are_checked():
+    from latentinv.datasets import held_out_corner, load_held_out_crop
+
+    with pytest.raises(ValueError, match=r"held_out_corner: shape must fit in the held-out window of "
+                                         r"300 x 2500 cells .*got \(301, 65\)"):
+        held_out_corner(0, shape=(301, 65))
+    with pytest.raises(ValueError, match=r"load_held_out_crop: shape must be a pair of positive ints"):
+        load_held_out_crop(2200, 0, shape=(0, 65))

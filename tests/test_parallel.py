@@ -120,7 +120,7 @@ def test_fitted_inverter_travels_lean():
     op = StraightRayOperator(*paper_crosshole())
     inv = LatentInverter(prior, op, device="cpu").fit(np.full((1, op.n_data), 100.0))
     size = len(pickle.dumps(inv))
-    weights = (files("latentinv") / "data" / "default_prior" / "weights.safetensors").stat().st_size
+    weights = (files("latentinv") / "data" / "channels_ti_prior" / "weights.safetensors").stat().st_size
     assert size <= 1.2 * weights, (size, weights)
     clone = pickle.loads(pickle.dumps(inv))
     assert not any(p.requires_grad and p.grad is not None for p in clone.prior_.decoder_.parameters())

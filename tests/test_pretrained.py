@@ -1,5 +1,6 @@
-"""The prior shipped in the package (``VAEPrior.pretrained()``): it loads without code, decodes, samples,
-and still has the quality its training record claims."""
+"""The priors shipped in the package: the default ``VAEPrior.pretrained()`` (trained on the paper's
+training image, ``image="channels_ti"``) and the earlier default ``VAEPrior.pretrained(image="procedural")``.
+Each loads without code, decodes, samples, and still has the quality its training record claims."""
 import json
 import struct
 from importlib.resources import files
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from latentinv import VAEPrior
-from latentinv.datasets import PRETRAINED_IMAGE_SETTINGS, PatchSampler, make_channel_image
+from latentinv.datasets import (HELD_OUT_WINDOW, PAPER_TRUTH_WINDOWS, PRETRAINED_IMAGE_SETTINGS,
+                                PatchSampler, load_channels_ti, make_channel_image)
 
+# -- the procedural prior (image="procedural", the earlier default) ---------------------------------
 DATA = files("latentinv") / "data" / "default_prior"
 RECORD = Path(__file__).resolve().parents[1] / "docs" / "default_prior.json"
 #: seed of the held-out image of scripts/train_default_prior.py (never used for training)
@@ -20,7 +23,7 @@ HELD_OUT_SEED = 99
 
 @pytest.fixture(scope="module")
 def prior():
-    return VAEPrior.pretrained(device="cpu")
+    return VAEPrior.pretrained(device="cpu", image="procedural")
 
 
 def held_out(n):
@@ -75,9 +78,10 @@ def test_quality_matches_its_record(prior):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_loads_on_cuda():
-    gpu = VAEPrior.pretrained(device="cuda")
-    cpu = VAEPrior.pretrained(device="cpu")
+@pytest.mark.parametrize("image", ["channels_ti", "procedural"])
+def test_loads_on_cuda(image):
+    gpu = VAEPrior.pretrained(device="cuda", image=image)
+    cpu = VAEPrior.pretrained(device="cpu", image=image)
     z = np.random.default_rng(0).standard_normal((3, 20))
     np.testing.assert_allclose(gpu.decode(z), cpu.decode(z), atol=1e-3)     # TF32 convolutions on CUDA
 
@@ -96,7 +100,7 @@ def test_shipped_files_carry_valid_checksums():
 
 
 def test_pretrained_device_auto_and_unavailable_cuda(prior):
-    auto = VAEPrior.pretrained(device="auto")
+    auto = VAEPrior.pretrained(device="auto", image="procedural")
     assert auto.device_ == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     z = np.random.RandomState(0).standard_normal((3, 20))
     np.testing.assert_allclose(auto.decode(z), prior.decode(z), atol=1e-3)
@@ -232,10 +236,10 @@ def test_published_key_map_covers_the_conv_module_exactly():
         assert tuple(reference[key].shape) == published_shapes()[key] == tuple(conv[target].shape), key
 
 
-# -- the prior trained on the paper's image (VAEPrior.pretrained(image="channels_ti")) ---------------
+# -- the default prior, trained on the paper's image (VAEPrior.pretrained(), image="channels_ti") -------
+TI_DATA = files("latentinv") / "data" / "channels_ti_prior"
 TI_RECORD = Path(__file__).resolve().parents[1] / "docs" / "channels_ti_prior.json"
-#: rows of the paper's training image held out of its training (scripts/train_default_prior.py)
-TI_HELD_OUT_ROWS = (2200, 2500)
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_default_prior.py"
 
 
 @pytest.fixture(scope="module")
@@ -243,29 +247,77 @@ def ti_prior():
     return VAEPrior.pretrained(device="cpu", image="channels_ti")
 
 
-def test_paper_image_prior_loads_and_matches_its_record(ti_prior):
-    """Its files are data (safetensors, checksummed); it reconstructs crops of the held-out band of the
-    paper's image far better than their mean, and exactly as its record says; samples have about the
-    image's channel fraction."""
-    from latentinv.datasets import load_channels_ti
+def test_default_is_the_paper_image_prior(ti_prior, prior):
+    """``VAEPrior.pretrained()`` is the prior trained on the paper's image, not the procedural one."""
+    default = VAEPrior.pretrained(device="cpu")
+    z = np.random.default_rng(5).standard_normal((4, 20))
+    np.testing.assert_array_equal(default.decode(z), ti_prior.decode(z))
+    assert np.abs(default.decode(z) - prior.decode(z)).max() > 0.1      # the two priors differ
 
-    weights = (files("latentinv") / "data" / "channels_ti_prior" / "weights.safetensors").read_bytes()
-    assert len(weights) <= 10 * 2**20
+
+def test_paper_image_prior_files_are_data_with_valid_checksums():
+    import hashlib
+
+    weights = (TI_DATA / "weights.safetensors").read_bytes()
+    assert len(weights) <= 10 * 2**20                        # the issue's budget: at most 10 MB
+    (n,) = struct.unpack("<Q", weights[:8])
+    header = json.loads(weights[8:8 + n])
+    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
+    config = json.loads((TI_DATA / "config.json").read_text())
+    assert config["format"] == "latentinv.VAEPrior"
+    assert config["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    rest = {k: v for k, v in config.items() if k != "config_sha256"}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    assert config["config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    # the weights as trained (commit 0bc79c7, docs/channels_ti_prior.json)
+    assert config["weights_sha256"] == "32a2bb6b79d49da165e4a72103b0522a9c269a1da49e8ded791f0dea56bce3a4"
+
+
+def test_paper_image_prior_loads_and_matches_its_record(ti_prior):
+    """It decodes and samples; it reconstructs crops of the held-out band of the paper's image far
+    better than their mean, and exactly as its record says; samples have about the image's channel
+    fraction."""
     assert ti_prior.n_components == 20 and tuple(ti_prior.image_shape_) == (129, 65)
-    band = load_channels_ti()[TI_HELD_OUT_ROWS[0]:TI_HELD_OUT_ROWS[1]]
+    assert not any(p.requires_grad for p in ti_prior.module_.parameters())
+    s = ti_prior.sample(5, random_state=3)
+    np.testing.assert_allclose(s, ti_prior.decode(np.random.RandomState(3).standard_normal((5, 20))),
+                               rtol=0, atol=1e-6)
+    r0, _, n_rows, _ = HELD_OUT_WINDOW
+    band = load_channels_ti()[r0:r0 + n_rows]          # the held-out truths of its record
     truths = PatchSampler(band, (129, 65), random_state=HELD_OUT_SEED).sample(200).reshape(200, -1)
     rmse = float(np.sqrt(np.mean((ti_prior.decode(ti_prior.encode(truths)) - truths) ** 2)))
     p = truths.mean()
     assert rmse < 0.6 * np.sqrt(p * (1 - p))
     frac = (ti_prior.sample(100, random_state=0) > 0.5).mean()
-    assert 0.15 < frac < 0.40                                   # the image: 0.26
+    assert 0.15 < frac < 0.40                                   # the image: 0.24
     if not TI_RECORD.is_file():
         pytest.skip("docs/channels_ti_prior.json is not beside the tests (installed package)")
     record = json.loads(TI_RECORD.read_text())
     assert rmse == pytest.approx(record["heldout_reconstruction_rmse"], abs=1e-4)   # 2 threads trained it
     assert "mc1-mc3" in record["training_images"]["excluded"]
+    # the record's held-out band is HELD_OUT_WINDOW (rows 2200-2499)
+    assert f"rows {r0}-{r0 + n_rows - 1}" in record["training_images"]["excluded"]
+
+
+def test_training_crops_never_overlap_the_held_out_window():
+    """The sampler that trained the default prior (scripts/train_default_prior.py) has no admissible crop
+    overlapping HELD_OUT_WINDOW or mc1-mc3: load_held_out_crop's truths are unseen."""
+    if not TRAIN_SCRIPT.is_file():
+        pytest.skip("scripts/train_default_prior.py is not beside the tests (installed package)")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_default_prior", TRAIN_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sampler = script.training_sampler("channels_ti")
+    rows, cols = sampler.admissible_corners()
+    h, w = sampler.patch_shape
+    for r0, c0, hw, ww in [HELD_OUT_WINDOW, *PAPER_TRUTH_WINDOWS.values()]:
+        overlap = (rows < r0 + hw) & (r0 < rows + h) & (cols < c0 + ww) & (c0 < cols + w)
+        assert not overlap.any(), (r0, c0, hw, ww)
+    assert rows.max() + h == HELD_OUT_WINDOW[0]         # the band starts right after the last crop
 
 
 def test_pretrained_image_must_be_known():
-    with pytest.raises(ValueError, match="image must be one of"):
+    with pytest.raises(ValueError, match=r"image must be one of \['channels_ti', 'procedural'\], got 'ti'"):
         VAEPrior.pretrained(image="ti")

@@ -1,8 +1,9 @@
 """Command line: ``latentinv demo | train | invert | sample | bench``.
 
 ``latentinv demo``
-    The embedded default, end to end: the paper's crosshole geometry, a prior, a truth cropped from a
-    held-out procedural training image, traveltimes, and the latent-space SGD inversion with the
+    The embedded default, end to end: the paper's crosshole geometry, the shipped default prior, a
+    truth cropped from the band of the paper's training image that the prior never saw (rows
+    2200-2499), traveltimes, and the latent-space SGD inversion with the
     straight-ray (linear) and shortest-path (nonlinear) operators. Writes ``demo.png`` (the figure),
     ``report.json`` (settings, thresholds, baselines, timings) and ``models.npz`` (truth,
     reconstruction, inverted models and the inverted data).
@@ -53,11 +54,11 @@ import numpy as np
 
 from . import __version__
 
-__all__ = ["main", "load_geometry", "load_traveltimes", "DEMO_TRUTH_SEED", "DEMO_TRAIN_SEED"]
+__all__ = ["main", "load_geometry", "load_traveltimes", "DEMO_TRUTH_SEED"]
 
-#: Seed of the procedural training image the demo's fallback prior (``--train-prior``) is trained on.
-DEMO_TRAIN_SEED = 0
-#: Base seed of the held-out procedural image the demo's truth is cropped from (never used to train).
+#: Base seed of the demo's truth: ``latentinv demo --seed S`` crops the paper's training image at
+#: ``latentinv.datasets.held_out_corner(DEMO_TRUTH_SEED + S)``, inside the band no training crop of the
+#: shipped prior overlapped (``latentinv.datasets.HELD_OUT_WINDOW``).
 DEMO_TRUTH_SEED = 20210001
 
 _PAPER_LINEAR_BOREHOLES = (0.01, 6.49)
@@ -273,13 +274,14 @@ def main():
 
 
 def _train_demo_prior(iterations, seed, quiet):
-    from .datasets import PRETRAINED_IMAGE_SETTINGS, PatchSampler, make_channel_image
+    from .datasets import HELD_OUT_WINDOW, PAPER_TRUTH_WINDOWS, PatchSampler, load_channels_ti
     from .prior import VAEPrior
 
-    _echo(f"[prior] no shipped prior: training a small fallback VAE ({iterations} iterations on a "
-          f"procedural training image, seed {DEMO_TRAIN_SEED})", quiet)
-    image = make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=DEMO_TRAIN_SEED)
-    sampler = PatchSampler(image, (129, 65), random_state=seed)
+    _echo(f"[prior] no shipped prior: training a small fallback VAE ({iterations} iterations on crops "
+          "of the paper's training image away from the held-out band and mc1-mc3)", quiet)
+    # the shipped prior's exclusions: the demo's truth stays a model the prior never saw
+    sampler = PatchSampler(load_channels_ti(), (129, 65),
+                           exclude=[HELD_OUT_WINDOW, *PAPER_TRUTH_WINDOWS.values()], random_state=seed)
     prior = VAEPrior(channels=(8, 16, 32, 32), hidden_size=64, n_iterations=iterations, batch_size=32,
                      random_state=seed, device="cpu", verbose=int(not quiet))
     return prior.fit(sampler)
@@ -329,11 +331,12 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
          prior_spec, train_prior, train_iterations, device, data_operator, full_batch, posterior_draws, quiet):
     """The paper's crosshole test case end to end (truth, data, linear and nonlinear inversions).
 
-    The truth is the central 129 x 65 crop of a procedural channel image of the family the shipped
-    prior was trained on (latentinv.datasets.PRETRAINED_IMAGE_SETTINGS), with a seed never used for
-    training. The inversions run the paper's lengths (straight rays: 120 epochs; shortest paths: 30
-    epochs from one start, as its Fig. 10): minutes on a 2-core CPU (the README states the times
-    measured, with the machine). By default its traveltimes come from the shortest-path
+    The truth is a 129 x 65 crop of the paper's training image (latentinv.datasets.load_channels_ti)
+    inside rows 2200-2499, the band that no training crop of the shipped prior overlapped
+    (latentinv.datasets.HELD_OUT_WINDOW); --seed picks the crop (held_out_corner). The inversions
+    run the paper's lengths (straight rays: 120 epochs; shortest paths: 30 epochs from one start, as
+    its Fig. 10): minutes on a 2-core CPU (the README states the times measured, with the
+    machine). By default its traveltimes come from the shortest-path
     (nonlinear) operator and are inverted with both operators (straight rays with boreholes at
     x = 0.01 / 6.49 m, as the paper). The acceptance threshold of each operator is the data RMSE of
     the encode-decode reconstruction of the truth under that operator (the paper's Table 2) plus the
@@ -363,7 +366,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
     matplotlib.use("Agg", force=False)
     import torch
 
-    from .datasets import PRETRAINED_IMAGE_SETTINGS, make_channel_image
+    from .datasets import HELD_OUT_WINDOW, held_out_corner, load_held_out_crop
     from .geometry import CrossholeSurvey, Grid2D
     from .baselines import constant_model_rmse, homogeneous_fit
     from .inversion import NONLINEAR_SETTINGS, LatentInverter, LatentSampler, paper_slowness
@@ -382,7 +385,8 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
     t0 = time.perf_counter()
     try:
         prior = _load_prior(prior_spec, device)
-        prior_source = str(prior_spec)
+        prior_source = ("pretrained: VAEPrior.pretrained(), trained on the paper's training image"
+                        if prior_spec == "pretrained" else str(prior_spec))
     except click.ClickException:
         if not (train_prior and prior_spec == "pretrained"):
             raise
@@ -398,14 +402,14 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
 
     # -- truth and its encode-decode reconstruction ----------------------------------------------
     truth_seed = DEMO_TRUTH_SEED + seed
-    # the family of images the shipped prior was trained on, with a seed it never saw
-    big = make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=truth_seed)
-    r0, c0 = (big.shape[0] - 129) // 2, (big.shape[1] - 65) // 2
-    truth = big[r0:r0 + 129, c0:c0 + 65].reshape(-1).astype(float)
+    # a crop of the paper's training image from the band the shipped prior never saw
+    r0, c0 = held_out_corner(truth_seed, shape=(129, 65))
+    truth = load_held_out_crop(r0, c0, shape=(129, 65)).reshape(-1)
     recon = prior.decode(prior.encode(truth[None, :]))[0]
     recon_model_rmse = _rmse(truth, recon)
     constant_rmse = float(constant_model_rmse(truth))
-    _echo(f"[truth] crop ({r0}, {c0}) of a held-out procedural image (seed {truth_seed}), channel "
+    _echo(f"[truth] crop ({r0}, {c0}) of the paper's training image, in the rows held out of the shipped "
+          f"prior's training (seed {truth_seed}), channel "
           f"fraction {truth.mean():.2f}; encode-decode model RMSE {recon_model_rmse:.3f} (best "
           f"constant model: {constant_rmse:.3f})", quiet)
     warning_messages = _baseline_warnings(
@@ -547,9 +551,9 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
         "grid": {"n_rows": grid.n_rows, "n_cols": grid.n_cols, "cell_size_m": grid.dx},
         "prior": {"source": prior_source, "n_components": int(prior.n_components),
                   "image_shape": list(_prior_shape(prior))},
-        "truth": {"generator": "latentinv.datasets.make_channel_image",
-                  "settings": {k: (list(v) if isinstance(v, tuple) else v)
-                               for k, v in PRETRAINED_IMAGE_SETTINGS.items()},
+        "truth": {"image": "latentinv.datasets.load_channels_ti (the paper's training image)",
+                  "held_out_window": list(HELD_OUT_WINDOW),
+                  "corner": f"latentinv.datasets.held_out_corner({truth_seed})",
                   "seed": truth_seed, "crop": [r0, c0, 129, 65],
                   "channel_fraction": float(truth.mean()),
                   "encode_decode_model_rmse": recon_model_rmse,

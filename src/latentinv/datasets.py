@@ -1,8 +1,11 @@
 """Training images and training-patch sampling for generative priors.
 
 * :func:`make_channel_image` -- a seedable procedural generator of binary
-  channel training images (sinuous, branching channels), the package's
-  embedded default training image (no external file needed);
+  channel training images (sinuous, branching channels; no file needed);
+* :func:`load_channels_ti` -- the paper's training image (bundled), which the
+  default prior was trained on; :func:`load_paper_truth` (mc1-mc3) and
+  :func:`load_held_out_crop` (:data:`HELD_OUT_WINDOW`): crops of it that
+  prior never saw;
 * :func:`make_straight_channels` -- a simple family of models (one straight
   horizontal channel at a random depth), for tests;
 * :func:`load_image` -- PNG (Pillow, thresholded to {0, 1}) and NPY loaders;
@@ -24,7 +27,8 @@ from scipy import ndimage
 
 __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
            "layered_channel_slowness", "PRETRAINED_IMAGE_SETTINGS", "load_channels_ti",
-           "load_paper_truth", "PAPER_TRUTH_WINDOWS"]
+           "load_paper_truth", "PAPER_TRUTH_WINDOWS", "HELD_OUT_WINDOW", "held_out_corner",
+           "load_held_out_crop"]
 
 #: Windows ``(row0, col0, n_rows, n_cols)`` of the paper's cropped truths mc1-mc3 in the training image
 #: of :func:`load_channels_ti` (the paper's published test models are exact crops of them). The paper's
@@ -32,11 +36,17 @@ __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchS
 #: (``PatchSampler(load_channels_ti(), (129, 65), exclude=list(PAPER_TRUTH_WINDOWS.values()))``).
 PAPER_TRUTH_WINDOWS = MappingProxyType({"mc1": (1135, 1658, 129, 65), "mc2": (1502, 1958, 129, 65),
                                         "mc3": (582, 503, 129, 65)})
+#: Window ``(row0, col0, n_rows, n_cols)`` of :func:`load_channels_ti` kept out of the training of the
+#: shipped default prior (``VAEPrior.pretrained()``, ``scripts/train_default_prior.py``): rows 2200-2499,
+#: every column. No training crop overlapped it (nor the windows of mc1-mc3), so any crop inside it is a
+#: truth that prior never saw (:func:`held_out_corner`, :func:`load_held_out_crop`).
+HELD_OUT_WINDOW = (2200, 0, 300, 2500)
 #: SHA-256 of the bundled PNG (checked at every load: a damaged or replaced file raises)
 _CHANNELS_TI_SHA256 = "a138be025008c65e4bbf236ca4c520c0823e37cd67bbcbb367d4e8c8b1dccf47"
 
-#: Arguments of :func:`make_channel_image` for the images the shipped prior
-#: (``VAEPrior.pretrained()``, ``scripts/train_default_prior.py``) was trained on: a model meant for
+#: Arguments of :func:`make_channel_image` for the images the procedural shipped prior
+#: (``VAEPrior.pretrained(image="procedural")``, the earlier default;
+#: ``scripts/train_default_prior.py --image procedural``) was trained on: a model meant for
 #: that prior should come from the same family, e.g.
 #: ``make_channel_image(**PRETRAINED_IMAGE_SETTINGS, random_state=seed)`` with an unused seed.
 PRETRAINED_IMAGE_SETTINGS = MappingProxyType(dict(shape=(600, 600), density=0.26, width=9.0,
@@ -286,6 +296,71 @@ def load_paper_truth(name):
         raise ValueError(f"load_paper_truth: name must be one of {sorted(PAPER_TRUTH_WINDOWS)}, got {name!r}")
     r0, c0, h, w = PAPER_TRUTH_WINDOWS[name]
     return load_channels_ti()[r0:r0 + h, c0:c0 + w].copy()
+
+
+def _held_out_corners(shape, owner):
+    """The crop shape (checked) and the ranges of admissible top-left rows and columns in HELD_OUT_WINDOW."""
+    h, w = _check_shape(shape, "shape", owner)
+    r0, c0, n_rows, n_cols = HELD_OUT_WINDOW
+    if h > n_rows or w > n_cols:
+        raise ValueError(f"{owner}: shape must fit in the held-out window of {n_rows} x {n_cols} cells "
+                         f"(HELD_OUT_WINDOW = {HELD_OUT_WINDOW}); got {(h, w)}.")
+    return (h, w), (r0, r0 + n_rows - h), (c0, c0 + n_cols - w)
+
+
+def held_out_corner(random_state=None, shape=(129, 65)):
+    """Top-left corner of a crop of the paper's training image that the default prior never saw.
+
+    Drawn uniformly among the crops of ``shape`` that lie wholly inside :data:`HELD_OUT_WINDOW`.
+
+    Parameters
+    ----------
+    random_state : int, numpy Generator/RandomState or None
+    shape : tuple of int, default=(129, 65)
+        ``(n_rows, n_cols)`` of the crop (the paper's model: 129 x 65 cells).
+
+    Returns
+    -------
+    row0, col0 : int
+        For :func:`load_held_out_crop`.
+    """
+    _, (r_lo, r_hi), (c_lo, c_hi) = _held_out_corners(shape, "held_out_corner")
+    rng = _rng(random_state)
+    return int(rng.integers(r_lo, r_hi + 1)), int(rng.integers(c_lo, c_hi + 1))
+
+
+def load_held_out_crop(row0, col0, shape=(129, 65)):
+    """A crop of :func:`load_channels_ti` inside :data:`HELD_OUT_WINDOW`: a truth for the default prior.
+
+    Parameters
+    ----------
+    row0, col0 : int
+        Top-left corner in the whole image (e.g. from :func:`held_out_corner`).
+    shape : tuple of int, default=(129, 65)
+
+    Returns
+    -------
+    crop : ndarray of shape ``shape``, dtype float64, values 0 and 1 (1 = channel)
+
+    Raises
+    ------
+    ValueError
+        If the crop does not lie wholly inside the held-out window (it could overlap the prior's
+        training crops) or a corner is not an integer.
+    """
+    owner = "load_held_out_crop"
+    (h, w), (r_lo, r_hi), (c_lo, c_hi) = _held_out_corners(shape, owner)
+    corner = []
+    for name, value, lo, hi in (("row0", row0, r_lo, r_hi), ("col0", col0, c_lo, c_hi)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{owner}: {name} must be an integer; got {value!r}.")
+        if not lo <= value <= hi:
+            raise ValueError(f"{owner}: {name} must be in [{lo}, {hi}] so that the {h} x {w} crop lies "
+                             f"inside the held-out window {HELD_OUT_WINDOW} (row0, col0, n_rows, n_cols); "
+                             f"got {value}.")
+        corner.append(int(value))
+    r, c = corner
+    return load_channels_ti()[r:r + h, c:c + w].copy()
 
 
 def _is_window(w):
