@@ -32,6 +32,7 @@ with the same ``--threads`` and report the load average printed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -103,6 +104,24 @@ def reference_loop(decoder, G_dense, y, z0, lr, lr_decay, lam, lam_decay, batch_
     return np.array(rmse), best_x
 
 
+@contextlib.contextmanager
+def _through_modules(decoder):
+    """The decoder's layers called as modules (so that forward hooks see each one): its frozen fast
+    paths, which call some layers as functions, switched off for the block."""
+    mods = [m for m in decoder.modules() if hasattr(m, "fast_frozen_path")]
+    saved = [m.__dict__.get("fast_frozen_path") for m in mods]
+    for m in mods:
+        m.fast_frozen_path = False
+    try:
+        yield
+    finally:
+        for m, value in zip(mods, saved):
+            if value is None:
+                del m.fast_frozen_path
+            else:
+                m.fast_frozen_path = value
+
+
 def decoder_flops_per_start(decoder, n_components=20):
     """Floating-point operations of one decoder forward for one latent vector (2 per multiply-add),
     counted from the layer shapes: transposed convolutions and linear layers."""
@@ -119,7 +138,7 @@ def decoder_flops_per_start(decoder, n_components=20):
 
     handles = [m.register_forward_hook(hook) for m in decoder.modules()
                if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Linear))]
-    with torch.no_grad():
+    with torch.no_grad(), _through_modules(decoder):
         decoder(torch.zeros(1, n_components, device=next(decoder.parameters()).device))
     for h in handles:
         h.remove()
@@ -136,7 +155,7 @@ def _layer_inputs(decoder, n_starts, n_components=20):
 
     handles = [m.register_forward_hook(hook) for m in decoder.modules()
                if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Linear))]
-    with torch.no_grad():
+    with torch.no_grad(), _through_modules(decoder):
         decoder(torch.zeros(n_starts, n_components, device=next(decoder.parameters()).device))
     for h in handles:
         h.remove()
@@ -302,16 +321,19 @@ def bench_linear(device, quick, rows, repeats=1):
         return reference_loop(decoder, G_dense, tt[0], z0, 1e-2, 0.95, 10.0, 0.999, 25, n_ref, rng)
 
     estimators = {}
+    # ablations of the frozen CPU float32 path (CPU only: on CUDA these are the same decoder)
     plain = copy.deepcopy(decoder)
     plain.fast_frozen_path = False     # the decoder's instance norms + ReLU as modules (before issue 19)
-    gen_plain = TorchGenerator(plain, 20)
-    for n_starts in (1, 10, 100, "100 norms as modules", "100 bfloat16"):
+    torch_only = copy.deepcopy(decoder)
+    torch_only.native_cpu_kernels = False   # group norm + ReLU in torch, NCHW (before the core's kernels)
+    ablations = {"100 norms as modules": plain, "100 group norm, no native kernels": torch_only}
+    for n_starts in (1, 10, 100, *ablations, "100 bfloat16"):
         precision = "float32"
-        if n_starts == "100 norms as modules":
+        if n_starts in ablations:
             if torch.device(device).type != "cpu":
-                continue                   # the fast path is CPU-only: the same decoder there
-            estimators[n_starts] = LatentInverter(gen_plain, op, n_starts=100, n_epochs=1, random_state=0,
-                                                  device=device).fit(tt)
+                continue
+            estimators[n_starts] = LatentInverter(TorchGenerator(ablations[n_starts], 20), op, n_starts=100,
+                                                  n_epochs=1, random_state=0, device=device).fit(tt)
             estimators[n_starts].invert(tt)
             continue
         if n_starts == "100 bfloat16":
@@ -365,7 +387,9 @@ def bench_linear(device, quick, rows, repeats=1):
         n_starts = est.n_starts
         per = t / (n_starts * n_it)
         results[key] = res
-        label = est.precision + (", norms as modules (before)" if key == "100 norms as modules" else "")
+        label = est.precision + {"100 norms as modules": ", norms as modules (before issue 19)",
+                                 "100 group norm, no native kernels": ", group norm in torch, no core kernels",
+                                 }.get(key, "")
         row = dict(case="linear", method=f"LatentInverter (batched, {label})", device=str(device),
                    n_starts=n_starts, iterations=n_it, seconds=t,
                    per_start_iteration_ms=1e3 * per, ratio=per_ref / per,

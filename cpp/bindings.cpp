@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "decoder_kernels.hpp"
 #include "shortest_path.hpp"
 
 namespace py = pybind11;
@@ -272,9 +273,148 @@ void bind_shortest_path(py::module_& m) {
            "min(n_threads, the job's tasks, max_threads) and never shrinks.");
 }
 
+// ---- the frozen decoder's kernels ------------------------------------------------------------------
+// Arrays are used in place (no copy, no cast): float32, C-contiguous, outputs writeable; anything else
+// is a ValueError that names the argument, what it must be and what it is.
+const float* float_data(const py::array& a, const char* where, const char* name, std::vector<int64_t> shape,
+                        bool writeable) {
+  auto fail = [&](const std::string& what) {
+    throw std::invalid_argument(std::string(where) + ": " + name + " " + what);
+  };
+  if (!a.dtype().is(py::dtype::of<float>())) fail("must be float32, got " + std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style)) fail("must be C-contiguous");
+  if (writeable && !a.writeable()) fail("must be writeable");
+  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape) {
+    auto text = [](const std::vector<int64_t>& v) {
+      std::string t = "(";
+      for (size_t i = 0; i < v.size(); ++i) t += (i ? ", " : "") + std::to_string(v[i]);
+      return t + (v.size() == 1 ? ",)" : ")");
+    };
+    fail("must have shape " + text(shape) + ", got " + text(got));
+  }
+  return static_cast<const float*>(a.data());
+}
+
+float* float_out(py::array& a, const char* where, const char* name, std::vector<int64_t> shape) {
+  return const_cast<float*>(float_data(a, where, name, std::move(shape), true));
+}
+
+void check_channels(int64_t c, const char* where) {
+  if (c <= 0 || c % 16 != 0)
+    throw std::invalid_argument(std::string(where) + ": the channels must be a positive multiple of 16, got " +
+                                std::to_string(c));
+}
+
+int positive_threads(int n_threads, const char* where) {
+  if (n_threads < 1)
+    throw std::invalid_argument(std::string(where) + ": n_threads must be >= 1, got " + std::to_string(n_threads));
+  return n_threads;
+}
+
+void bind_decoder(py::module_& m) {
+  m.def("decoder_isa", [](const std::string& isa) { return std::string(latentinv::decoder_kernels(isa).isa); },
+        py::arg("isa") = "auto",
+        "The instruction set of the decoder kernels that isa selects here: 'avx512', 'avx2' or 'portable'.");
+  m.def("decoder_norm_relu_forward",
+        [](py::array x, py::array y, py::array mean, py::array rstd, double eps, int n_threads,
+           const std::string& isa) {
+          const char* where = "decoder_norm_relu_forward";
+          if (x.ndim() != 4) throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c)");
+          const int64_t n = x.shape(0), h = x.shape(1), w = x.shape(2), c = x.shape(3);
+          check_channels(c, where);
+          const float* xp = float_data(x, where, "x", {n, h, w, c}, false);
+          float* yp = float_out(y, where, "y", {n, h, w, c});
+          float* mp = float_out(mean, where, "mean", {n, c});
+          float* rp = float_out(rstd, where, "rstd", {n, c});
+          const auto& kr = latentinv::decoder_kernels(isa);
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::norm_relu_forward_batch(kr, xp, n, h * w, static_cast<int>(c), static_cast<float>(eps),
+                                             yp, mp, rp, n_threads);
+        },
+        py::arg("x"), py::arg("y"), py::arg("mean"), py::arg("rstd"), py::arg("eps"), py::arg("n_threads"),
+        py::arg("isa") = "auto",
+        "Instance norm (per sample and channel over the image, biased variance) then ReLU. x: (n, h, w, c) "
+        "float32 (NHWC), c a multiple of 16; writes y (n, h, w, c) and the statistics mean and "
+        "rstd = 1 / sqrt(var + eps) (n, c).");
+  m.def("decoder_norm_relu_backward",
+        [](py::array x, py::array g, py::array mean, py::array rstd, py::array dx, int n_threads,
+           const std::string& isa) {
+          const char* where = "decoder_norm_relu_backward";
+          if (x.ndim() != 4) throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c)");
+          const int64_t n = x.shape(0), h = x.shape(1), w = x.shape(2), c = x.shape(3);
+          check_channels(c, where);
+          const float* xp = float_data(x, where, "x", {n, h, w, c}, false);
+          const float* gp = float_data(g, where, "g", {n, h, w, c}, false);
+          const float* mp = float_data(mean, where, "mean", {n, c}, false);
+          const float* rp = float_data(rstd, where, "rstd", {n, c}, false);
+          float* dp = float_out(dx, where, "dx", {n, h, w, c});
+          const auto& kr = latentinv::decoder_kernels(isa);
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::norm_relu_backward_batch(kr, xp, gp, mp, rp, n, h * w, static_cast<int>(c), dp, n_threads);
+        },
+        py::arg("x"), py::arg("g"), py::arg("mean"), py::arg("rstd"), py::arg("dx"), py::arg("n_threads"),
+        py::arg("isa") = "auto",
+        "Gradient of decoder_norm_relu_forward (NHWC) with respect to x, given the output gradient g "
+        "(n, h, w, c); writes dx (may be g itself).");
+  m.def("decoder_deconv1_forward",
+        [](py::array x, py::array w, py::array y, int n_threads, const std::string& isa) {
+          const char* where = "decoder_deconv1_forward";
+          if (x.ndim() != 4 || w.ndim() != 3 || y.ndim() != 3)
+            throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c), w (c, k, k), y (n, oh, ow)");
+          const int64_t n = x.shape(0), h = x.shape(1), wd = x.shape(2), c = x.shape(3), k = w.shape(1);
+          const int64_t oh = y.shape(1), ow = y.shape(2);
+          if (k < 1 || k > latentinv::kDeconv1MaxKernel || oh < 2 * (h - 1) + k || ow < 2 * (wd - 1) + k ||
+              ow > latentinv::kDeconv1MaxWidth || h < 1 || wd < 1)
+            throw std::invalid_argument(std::string(where) + ": unsupported shapes (need 1 <= k <= 16, "
+                                        "oh >= 2 (h - 1) + k, 2 (w - 1) + k <= ow <= 128)");
+          if (c < 1) throw std::invalid_argument(std::string(where) + ": x must have at least one channel");
+          const float* xp = float_data(x, where, "x", {n, h, wd, c}, false);
+          const float* wp = float_data(w, where, "w", {c, k, k}, false);
+          float* yp = float_out(y, where, "y", {n, oh, ow});
+          const auto& kr = latentinv::decoder_kernels(isa);
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::deconv1_forward_batch(kr, xp, n, static_cast<int>(c), static_cast<int>(h),
+                                           static_cast<int>(wd), wp, static_cast<int>(k), static_cast<int>(oh),
+                                           static_cast<int>(ow), yp, n_threads);
+        },
+        py::arg("x"), py::arg("w"), py::arg("y"), py::arg("n_threads"), py::arg("isa") = "auto",
+        "Transposed convolution, stride 2, no padding, c channels to one: y[n, 2i+kh, 2j+kw] += "
+        "w[c, kh, kw] x[n, i, j, c] (y is overwritten). x (n, h, w, c) NHWC, w (c, k, k), y (n, oh, ow); "
+        "rows and columns of y beyond the taps' reach (output padding) get zeros.");
+  m.def("decoder_deconv1_backward",
+        [](py::array g, py::array w, py::array dx, int n_threads, const std::string& isa) {
+          const char* where = "decoder_deconv1_backward";
+          if (g.ndim() != 3 || w.ndim() != 3 || dx.ndim() != 4)
+            throw std::invalid_argument(std::string(where) + ": g must be (n, oh, ow), w (c, k, k), dx (n, h, w, c)");
+          const int64_t n = g.shape(0), oh = g.shape(1), ow = g.shape(2), c = w.shape(0), k = w.shape(1);
+          const int64_t h = dx.shape(1), wd = dx.shape(2);
+          check_channels(c, where);
+          if (k < 1 || oh < 2 * (h - 1) + k || ow < 2 * (wd - 1) + k || h < 1 || wd < 1)
+            throw std::invalid_argument(std::string(where) + ": unsupported shapes (need k >= 1, "
+                                        "oh >= 2 (h - 1) + k, ow >= 2 (w - 1) + k)");
+          const float* gp = float_data(g, where, "g", {n, oh, ow}, false);
+          const float* wp = float_data(w, where, "w", {c, k, k}, false);
+          float* dp = float_out(dx, where, "dx", {n, h, wd, c});
+          const auto& kr = latentinv::decoder_kernels(isa);
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::deconv1_backward_batch(kr, gp, n, static_cast<int>(oh), static_cast<int>(ow), wp,
+                                            static_cast<int>(k), static_cast<int>(c), static_cast<int>(h),
+                                            static_cast<int>(wd), dp, n_threads);
+        },
+        py::arg("g"), py::arg("w"), py::arg("dx"), py::arg("n_threads"), py::arg("isa") = "auto",
+        "Input gradient of decoder_deconv1_forward, NHWC: dx[n, i, j, c] = sum w[c, kh, kw] g[n, 2i+kh, 2j+kw]; "
+        "g (n, oh, ow), w (c, k, k) with c a multiple of 16, dx (n, h, w, c).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "latentinv compiled core (C++17)";
   bind_shortest_path(m);
+  bind_decoder(m);
 }

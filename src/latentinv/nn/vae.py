@@ -37,6 +37,8 @@ from typing import Callable, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from . import native
+
 __all__ = [
     "ConvEncoder",
     "ConvDecoder",
@@ -309,6 +311,9 @@ class ConvDecoder(nn.Module):
 
     #: The frozen CPU float32 path (see :meth:`forward`); a switch for benchmarks and tests only.
     fast_frozen_path = True
+    #: On that path, the compiled core's channels-last kernels (:mod:`latentinv.nn.native`) where they
+    #: take the network; a switch for benchmarks and tests only.
+    native_cpu_kernels = True
 
     def forward(self, z):
         """Map latents ``(batch, n_components)`` to flat models ``(batch, n_cells)``.
@@ -325,7 +330,10 @@ class ConvDecoder(nn.Module):
         """
         h = self.fc(z).reshape((z.shape[0],) + self.map_shape)
         if self.fast_frozen_path and _frozen_cpu_float32(self, h):
-            return _frozen_deconv(self.deconv, h).reshape(z.shape[0], -1)
+            out = native.frozen_deconv(self.deconv, h) if self.native_cpu_kernels else None
+            if out is None:
+                out = _frozen_deconv(self.deconv, h)
+            return out.reshape(z.shape[0], -1)
         return self.deconv(h).reshape(z.shape[0], -1)
 
 

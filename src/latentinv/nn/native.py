@@ -1,0 +1,171 @@
+"""The frozen convolutional decoder on the CPU through the compiled core's kernels (float32).
+
+A fitted decoder is a constant for autograd (its parameters are frozen; an inversion asks for the
+gradient with respect to the latents only). Its CPU pass then runs channels-last: oneDNN's transposed
+convolutions read and write NHWC maps without reordering them (a 100-start pass of the paper's network:
+85 against 131 ms for the three hidden transposed convolutions forward and backward, two threads), and
+the layers that torch runs slowly on NHWC maps, or that oneDNN runs slowly at all, are the core's
+kernels (``cpp/decoder_kernel.hpp``):
+
+- each instance norm + ReLU: one kernel forward (statistics and the normalised, rectified map) and one
+  backward (from the input, the statistics and the output gradient);
+- the last transposed convolution (C channels to 1, stride 2): a gather over output phase rows forward,
+  and its input gradient, both on NHWC maps.
+
+The hidden transposed convolutions take their weights channels-last too, converted once per weight
+(oneDNN otherwise reorders a weight at every call: 2 ms per pass for the 256 -> 128 layer).
+
+Values agree with the modules to float32 round-off (other summation orders, fused multiply-adds), not
+bit for bit. A second derivative (``create_graph=True``) goes through torch's own differentiable ops.
+Shapes the kernels do not take (channels not a multiple of 16, padding, a last layer wider than 128
+columns...) return ``None`` from :func:`frozen_deconv`, and the caller takes the torch path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._backend import core
+
+__all__ = ["available", "isa", "frozen_deconv"]
+
+
+def available() -> bool:
+    """Whether the compiled core with the decoder kernels is importable."""
+    return core is not None and hasattr(core, "decoder_norm_relu_forward")
+
+
+def isa() -> Optional[str]:
+    """The instruction set the kernels run with here ('avx512', 'avx2', 'portable'), None without them."""
+    return core.decoder_isa("auto") if available() else None
+
+
+def _nhwc(t: torch.Tensor):
+    """The NumPy view of a channels-last (n, c, h, w) tensor as (n, h, w, c), no copy."""
+    return t.detach().permute(0, 2, 3, 1).numpy()
+
+
+class _NormReLU(torch.autograd.Function):
+    """Instance norm (no affine, biased variance) then ReLU of a channels-last map."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        n, c, _, _ = x.shape
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        mean, rstd = torch.empty((n, c)), torch.empty((n, c))
+        core.decoder_norm_relu_forward(_nhwc(x), _nhwc(y), mean.numpy(), rstd.numpy(), float(eps),
+                                       torch.get_num_threads())
+        ctx.save_for_backward(x, mean, rstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph (a second derivative): the same gradient through torch's differentiable ops,
+            # from the saved input itself, so that the result depends on x as well as on g
+            out = nn.functional.group_norm(x, x.shape[1], eps=ctx.eps).relu()
+            return torch.autograd.grad(out, x, g, create_graph=True)[0], None
+        g = g.contiguous(memory_format=torch.channels_last)
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
+        core.decoder_norm_relu_backward(_nhwc(x), _nhwc(g), mean.numpy(), rstd.numpy(), _nhwc(dx),
+                                        torch.get_num_threads())
+        return dx, None
+
+
+class _Deconv1(torch.autograd.Function):
+    """Transposed convolution to one channel (stride 2, no padding, no bias) of a channels-last map."""
+
+    @staticmethod
+    def forward(ctx, x, weight, out_h, out_w):
+        n, c, _, _ = x.shape
+        k = weight.shape[-1]
+        w = weight.detach().reshape(c, k, k).contiguous()
+        y = torch.empty((n, 1, out_h, out_w))
+        core.decoder_deconv1_forward(_nhwc(x.contiguous(memory_format=torch.channels_last)), w.numpy(),
+                                     y.view(n, out_h, out_w).numpy(), torch.get_num_threads())
+        ctx.save_for_backward(w)
+        ctx.in_shape = tuple(x.shape)
+        ctx.weight = weight
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return nn.functional.conv2d(g, ctx.weight, stride=2), None, None, None
+        n, c, h, wd = ctx.in_shape
+        dx = torch.empty((n, c, h, wd), memory_format=torch.channels_last)
+        core.decoder_deconv1_backward(g.reshape(n, g.shape[-2], g.shape[-1]).contiguous().numpy(), w.numpy(),
+                                      _nhwc(dx), torch.get_num_threads())
+        return dx, None, None, None
+
+
+def _plain_instance_norm(m: nn.Module) -> bool:
+    return isinstance(m, nn.InstanceNorm2d) and not m.affine and not m.track_running_stats
+
+
+def _plain_deconv(m: nn.Module, one_channel: bool) -> bool:
+    return (isinstance(m, nn.ConvTranspose2d) and m.bias is None and m.groups == 1
+            and m.dilation == (1, 1) and m.padding_mode == "zeros"
+            and (not one_channel or (m.out_channels == 1 and m.stride == (2, 2) and m.padding == (0, 0)
+                                     and m.kernel_size[0] == m.kernel_size[1] <= 16)))
+
+
+def _plan(layers: nn.Sequential):
+    """The decoder's layers as [(deconv, norm)...] + last deconv, or None when the kernels do not fit."""
+    mods = list(layers)
+    if len(mods) < 2 or not isinstance(mods[-1], nn.Sigmoid) or not _plain_deconv(mods[-2], True):
+        return None
+    blocks, body = [], mods[:-2]
+    if len(body) % 3:
+        return None
+    for i in range(0, len(body), 3):
+        conv, norm, act = body[i:i + 3]
+        if not (_plain_deconv(conv, False) and _plain_instance_norm(norm) and isinstance(act, nn.ReLU)
+                and conv.out_channels % 16 == 0):
+            return None
+        blocks.append((conv, norm))
+    return blocks, mods[-2]
+
+
+def _channels_last_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """The layer's weight in channels-last memory order, kept on the module until the weight changes
+    (another tensor, or the same one written in place: its version counter moves)."""
+    w = conv.weight
+    key = (id(w), w.data_ptr(), w._version, w.dtype, w.device)
+    cached = conv.__dict__.get("_latentinv_channels_last_weight")
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().contiguous(memory_format=torch.channels_last))
+        conv.__dict__["_latentinv_channels_last_weight"] = cached
+    return cached[1]
+
+
+def _out_size(conv: nn.ConvTranspose2d, size: int, axis: int) -> int:
+    return ((size - 1) * conv.stride[axis] - 2 * conv.padding[axis] + conv.kernel_size[axis]
+            + conv.output_padding[axis])
+
+
+def frozen_deconv(layers: nn.Sequential, h: torch.Tensor) -> Optional[torch.Tensor]:
+    """``layers(h)`` for the decoder's transposed-convolution stack (float32 CPU input, frozen layers),
+    or None when the kernels do not take these layers or shapes (the caller then runs them itself)."""
+    plan = _plan(layers) if available() else None
+    if plan is None or h.dim() != 4:
+        return None
+    blocks, last = plan
+    width = h.shape[3]
+    for conv in [c for c, _ in blocks] + [last]:
+        width = _out_size(conv, width, 1)
+    if not blocks or width > 128:        # the last layer's kernel takes rows of up to 128 columns
+        return None
+    h = h.contiguous(memory_format=torch.channels_last)
+    for conv, norm in blocks:
+        h = nn.functional.conv_transpose2d(h, _channels_last_weight(conv), None, conv.stride, conv.padding,
+                                           conv.output_padding)
+        h = _NormReLU.apply(h, norm.eps)
+    out_h, out_w = _out_size(last, h.shape[2], 0), _out_size(last, h.shape[3], 1)
+    return torch.sigmoid(_Deconv1.apply(h, last.weight, out_h, out_w))
