@@ -313,6 +313,10 @@ int positive_threads(int n_threads, const char* where) {
 }
 
 void bind_decoder(py::module_& m) {
+  m.def("decoder_set_openmp_runtime", &latentinv::set_openmp_runtime, py::arg("gomp_parallel"),
+        py::arg("omp_get_thread_num"),
+        "Run the decoder kernels' workers on an OpenMP runtime's pool (the addresses of its GOMP_parallel "
+        "and omp_get_thread_num, e.g. torch's libgomp); (0, 0) returns to threads of their own.");
   m.def("decoder_isa", [](const std::string& isa) { return std::string(latentinv::decoder_kernels(isa).isa); },
         py::arg("isa") = "auto",
         "The instruction set of the decoder kernels that isa selects here: 'avx512', 'avx2' or 'portable'.");
@@ -360,33 +364,49 @@ void bind_decoder(py::module_& m) {
         "Gradient of decoder_norm_relu_forward (NHWC) with respect to x, given the output gradient g "
         "(n, h, w, c); writes dx (may be g itself).");
   m.def("decoder_deconv1_forward",
-        [](py::array x, py::array w, py::array y, int n_threads, const std::string& isa) {
+        [](py::array x, py::array w, py::array y, int n_threads, const std::string& isa, py::object mean,
+           py::object rstd, double eps) {
           const char* where = "decoder_deconv1_forward";
           if (x.ndim() != 4 || w.ndim() != 3 || y.ndim() != 3)
             throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c), w (c, k, k), y (n, oh, ow)");
           const int64_t n = x.shape(0), h = x.shape(1), wd = x.shape(2), c = x.shape(3), k = w.shape(1);
           const int64_t oh = y.shape(1), ow = y.shape(2);
+          check_channels(c, where);
           if (k < 1 || k > latentinv::kDeconv1MaxKernel || oh < 2 * (h - 1) + k || ow < 2 * (wd - 1) + k ||
               ow > latentinv::kDeconv1MaxWidth || h < 1 || wd < 1)
             throw std::invalid_argument(std::string(where) + ": unsupported shapes (need 1 <= k <= 16, "
                                         "oh >= 2 (h - 1) + k, 2 (w - 1) + k <= ow <= 128)");
-          if (c < 1) throw std::invalid_argument(std::string(where) + ": x must have at least one channel");
           const float* xp = float_data(x, where, "x", {n, h, wd, c}, false);
           const float* wp = float_data(w, where, "w", {c, k, k}, false);
           float* yp = float_out(y, where, "y", {n, oh, ow});
+          if (mean.is_none() != rstd.is_none())
+            throw std::invalid_argument(std::string(where) + ": mean and rstd must be given together");
+          float *mp = nullptr, *rp = nullptr;
+          py::array ma, ra;
+          if (!mean.is_none()) {
+            ma = mean.cast<py::array>();
+            ra = rstd.cast<py::array>();
+            mp = float_out(ma, where, "mean", {n, c});
+            rp = float_out(ra, where, "rstd", {n, c});
+          }
           const auto& kr = latentinv::decoder_kernels(isa);
           positive_threads(n_threads, where);
           py::gil_scoped_release release;
           latentinv::deconv1_forward_batch(kr, xp, n, static_cast<int>(c), static_cast<int>(h),
                                            static_cast<int>(wd), wp, static_cast<int>(k), static_cast<int>(oh),
-                                           static_cast<int>(ow), yp, n_threads);
+                                           static_cast<int>(ow), yp, n_threads, static_cast<float>(eps), mp, rp);
         },
         py::arg("x"), py::arg("w"), py::arg("y"), py::arg("n_threads"), py::arg("isa") = "auto",
+        py::arg("mean") = py::none(), py::arg("rstd") = py::none(), py::arg("eps") = 1e-5,
         "Transposed convolution, stride 2, no padding, c channels to one: y[n, 2i+kh, 2j+kw] += "
-        "w[c, kh, kw] x[n, i, j, c] (y is overwritten). x (n, h, w, c) NHWC, w (c, k, k), y (n, oh, ow); "
-        "rows and columns of y beyond the taps' reach (output padding) get zeros.");
+        "w[c, kh, kw] x[n, i, j, c] (y is overwritten). x (n, h, w, c) NHWC with c a multiple of 16, "
+        "w (c, k, k), y (n, oh, ow); rows and columns of y beyond the taps' reach (output padding) get "
+        "zeros. With mean and rstd ((n, c) arrays to fill): the input is first normalised per sample and "
+        "channel and rectified (decoder_norm_relu_forward with eps, never stored), its statistics written "
+        "there.");
   m.def("decoder_deconv1_backward",
-        [](py::array g, py::array w, py::array dx, int n_threads, const std::string& isa) {
+        [](py::array g, py::array w, py::array dx, int n_threads, const std::string& isa, py::object x,
+           py::object mean, py::object rstd) {
           const char* where = "decoder_deconv1_backward";
           if (g.ndim() != 3 || w.ndim() != 3 || dx.ndim() != 4)
             throw std::invalid_argument(std::string(where) + ": g must be (n, oh, ow), w (c, k, k), dx (n, h, w, c)");
@@ -399,16 +419,30 @@ void bind_decoder(py::module_& m) {
           const float* gp = float_data(g, where, "g", {n, oh, ow}, false);
           const float* wp = float_data(w, where, "w", {c, k, k}, false);
           float* dp = float_out(dx, where, "dx", {n, h, wd, c});
+          if (x.is_none() != mean.is_none() || x.is_none() != rstd.is_none())
+            throw std::invalid_argument(std::string(where) + ": x, mean and rstd must be given together");
+          const float *xp = nullptr, *mp = nullptr, *rp = nullptr;
+          py::array xa, ma, ra;
+          if (!x.is_none()) {
+            xa = x.cast<py::array>();
+            ma = mean.cast<py::array>();
+            ra = rstd.cast<py::array>();
+            xp = float_data(xa, where, "x", {n, h, wd, c}, false);
+            mp = float_data(ma, where, "mean", {n, c}, false);
+            rp = float_data(ra, where, "rstd", {n, c}, false);
+          }
           const auto& kr = latentinv::decoder_kernels(isa);
           positive_threads(n_threads, where);
           py::gil_scoped_release release;
           latentinv::deconv1_backward_batch(kr, gp, n, static_cast<int>(oh), static_cast<int>(ow), wp,
                                             static_cast<int>(k), static_cast<int>(c), static_cast<int>(h),
-                                            static_cast<int>(wd), dp, n_threads);
+                                            static_cast<int>(wd), dp, n_threads, xp, mp, rp);
         },
         py::arg("g"), py::arg("w"), py::arg("dx"), py::arg("n_threads"), py::arg("isa") = "auto",
+        py::arg("x") = py::none(), py::arg("mean") = py::none(), py::arg("rstd") = py::none(),
         "Input gradient of decoder_deconv1_forward, NHWC: dx[n, i, j, c] = sum w[c, kh, kw] g[n, 2i+kh, 2j+kw]; "
-        "g (n, oh, ow), w (c, k, k) with c a multiple of 16, dx (n, h, w, c).");
+        "g (n, oh, ow), w (c, k, k) with c a multiple of 16, dx (n, h, w, c). With x, mean and rstd (the "
+        "forward's input and statistics): the gradient with respect to x through its instance norm + ReLU.");
 }
 
 }  // namespace

@@ -11,7 +11,9 @@
 // 2. norm_relu_backward: its gradient (NHWC), from the input x, the statistics and the output
 //    gradient: with xhat = (x - mean) * rstd and g' = g where xhat > 0 (the ReLU), else 0,
 //    dx = rstd * (g' - mean_hw(g') - xhat * mean_hw(g' * xhat)).
-// 3. deconv1_forward: a transposed convolution, stride 2, no padding, C channels to 1, NHWC input:
+// 3. deconv1_forward: a transposed convolution, stride 2, no padding, C channels to 1, NHWC input
+//    (optionally through the instance norm + ReLU of 1 on the way in, so that the normalised map of the
+//    layer before it is never stored):
 //    y[2i+kh][2j+kw] += sum_c w[c][kh][kw] x[c][i][j]. Computed per output row and column phase:
 //    output column ow = 2q + p takes the taps kw = 2b + p from input column j = q - b, so each phase
 //    row is a sum of shifted input rows, one output column per lane.
@@ -36,17 +38,41 @@ static inline v16 vload(const float* p) {
   return v;
 }
 static inline void vstore(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-static inline v16 vsplat(float a) { return v16{} + a; }
+static inline v16 vsplat(float a) { return a - v16{}; }   // a broadcast (x - 0 is x, -0 included)
+typedef int32_t vi16 __attribute__((vector_size(4 * L)));
+
+// Transpose of an L x L block held as L vectors (r[a][l] -> r[l][a]): log2(L) stages, stage D swapping
+// the off-diagonal D x D sub-blocks of every 2D x 2D block with two-input shuffles (unrolled, so that
+// the block stays in registers).
+template <int D>
+static inline void vtranspose_stage(v16* r) {
+  vi16 lo, hi;   // lanes of (r[a], r[a + D]) taken into the new r[a] and r[a + D]
+#pragma GCC unroll 16
+  for (int l = 0; l < L; ++l) {
+    lo[l] = (l & D) ? L + l - D : l;
+    hi[l] = (l & D) ? L + l : l + D;
+  }
+#pragma GCC unroll 16
+  for (int a = 0; a < L; ++a) {
+    if (a & D) continue;
+    const v16 ra = r[a], rb = r[a + D];
+    r[a] = __builtin_shuffle(ra, rb, lo);
+    r[a + D] = __builtin_shuffle(ra, rb, hi);
+  }
+  if constexpr (D > 1) vtranspose_stage<D / 2>(r);
+}
+
+static inline void vtranspose(v16* r) { vtranspose_stage<L / 2>(r); }
+
 static inline v16 vrelu(v16 a) {
   const v16 zero = {};
   return a > zero ? a : zero;
 }
 
 // ---- 1. instance norm + ReLU, forward -------------------------------------------------------------
-// x: [hw][c], c % 16 == 0. Two-pass statistics (mean, then the centred sum of squares).
-inline void norm_relu_forward(const float* x, int64_t hw, int c, float eps, float* y, float* mean,
-                              float* rstd) {
-  constexpr int CB = 8;   // up to 8 vectors (128 channels) per pass over the image
+// x: [hw][c], c % L == 0. Two-pass statistics (mean, then the centred sum of squares).
+inline void norm_stats(const float* x, int64_t hw, int c, float eps, float* mean, float* rstd) {
+  constexpr int CB = 8;   // up to 8 vectors of channels per pass over the image
   for (int c0 = 0; c0 < c; c0 += CB * L) {
     const int nv = std::min(CB, (c - c0) / L);
     v16 s[CB] = {};
@@ -65,6 +91,11 @@ inline void norm_relu_forward(const float* x, int64_t hw, int c, float eps, floa
         rstd[c0 + v * L + l] = 1.0f / std::sqrt(q[v][l] / static_cast<float>(hw) + eps);
       }
   }
+}
+
+inline void norm_relu_forward(const float* x, int64_t hw, int c, float eps, float* y, float* mean,
+                              float* rstd) {
+  norm_stats(x, hw, c, eps, mean, rstd);
   for (int64_t i = 0; i < hw; ++i)
     for (int c0 = 0; c0 < c; c0 += L)
       vstore(y + i * c + c0, vrelu((vload(x + i * c + c0) - vload(mean + c0)) * vload(rstd + c0)));
@@ -107,71 +138,104 @@ inline void norm_relu_backward(const float* x, const float* g, const float* mean
 }
 
 // ---- 3. transposed convolution to one channel, forward --------------------------------------------
-// Padded copies of CB input planes: row r of plane c at scratch + (c * h + r) * rw, the input row
-// starting at column pad (= bmax - 1, the largest tap shift); zeros elsewhere.
-// acc_e / acc_o: [oh][NQ * L] phase accumulators (even / odd output columns), zeroed by the caller.
-template <int NQ>
-void deconv1_rows(const float* scratch, int cb, int h, int rw, int pad, const float* w, int k, int oh,
-                  int n_odd_taps, float* acc_e, float* acc_o) {
+// L padded input planes: row i of plane cc at scratch + (cc * h + i) * rw, rw = (NE + 1) * L, one
+// vector of zeros then the image row (zeros after it). Each row is loaded once per tap row as NE
+// aligned vectors; the copy shifted right by b columns is one two-vector shuffle of neighbours (an
+// unaligned load per shift would cross a cache line almost every time). acc_e / acc_o: [oh][NE * L]
+// phase accumulators (even / odd output columns; NE, NO vectors per phase row).
+template <int NE, int NO>
+void deconv1_rows(const float* scratch, int h, int rw, const float* w, int k, int oh, float* acc_e,
+                  float* acc_o) {
   const int be = (k + 1) / 2, bo = k / 2;   // taps kw = 2b (even columns), 2b + 1 (odd columns)
+  vi16 shift[kDeconv1MaxKernel / 2];        // lanes of (v[q - 1], v[q]) making columns q L - b ...
+  for (int b = 0; b < be; ++b)
+    for (int l = 0; l < L; ++l) shift[b][l] = L + l - b;
   for (int orow = 0; orow < oh; ++orow) {
-    v16 ae[NQ], ao[NQ];
-    for (int q = 0; q < NQ; ++q) {
-      ae[q] = vload(acc_e + orow * NQ * L + q * L);
-      ao[q] = vload(acc_o + orow * NQ * L + q * L);
-    }
+    float* pe = acc_e + static_cast<int64_t>(orow) * NE * L;
+    float* po = acc_o + static_cast<int64_t>(orow) * NE * L;
+    v16 ae[NE], ao[NO];
+    for (int q = 0; q < NE; ++q) ae[q] = vload(pe + q * L);
+    for (int q = 0; q < NO; ++q) ao[q] = vload(po + q * L);
     for (int kh = orow & 1; kh < k; kh += 2) {
       const int i = (orow - kh) / 2;
       if (i < 0 || i >= h) continue;
-      for (int c = 0; c < cb; ++c) {
-        const float* row = scratch + (static_cast<int64_t>(c) * h + i) * rw + pad;
-        const float* wk = w + (static_cast<int64_t>(c) * k + kh) * k;
+      for (int cc = 0; cc < L; ++cc) {
+        const float* row = scratch + (static_cast<int64_t>(cc) * h + i) * rw + L;
+        const float* wk = w + (static_cast<int64_t>(cc) * k + kh) * k;
+        v16 v[NE + 1];
+        v[0] = v16{};
+        for (int q = 0; q < NE; ++q) v[q + 1] = vload(row + q * L);
         for (int b = 0; b < be; ++b) {
           const v16 we = vsplat(wk[2 * b]);
-          const bool odd = b < bo;
-          const v16 wo = vsplat(odd ? wk[2 * b + 1] : 0.0f);
-          for (int q = 0; q < NQ; ++q) {
-            const v16 xv = vload(row + q * L - b);
+          const v16 wo = vsplat(b < bo ? wk[2 * b + 1] : 0.0f);
+          for (int q = 0; q < NE; ++q) {
+            const v16 xv = b == 0 ? v[q + 1] : __builtin_shuffle(v[q], v[q + 1], shift[b]);
             ae[q] += we * xv;
-            if (odd) ao[q] += wo * xv;
+            if (q < NO && b < bo) ao[q] += wo * xv;
           }
         }
       }
     }
-    for (int q = 0; q < NQ; ++q) {
-      vstore(acc_e + orow * NQ * L + q * L, ae[q]);
-      vstore(acc_o + orow * NQ * L + q * L, ao[q]);
-    }
+    for (int q = 0; q < NE; ++q) vstore(pe + q * L, ae[q]);
+    for (int q = 0; q < NO; ++q) vstore(po + q * L, ao[q]);
   }
-  (void)n_odd_taps;
 }
 
-// x: [h][w][c]; w: [c][k][k]; y: [oh][ow]; scratch: 4 * h * rw floats, rw = NQ * L + (k + 1) / 2
-// (NQ * L = 16 * deconv1_phase_vectors(ow)); acc: 2 * oh * NQ * L floats.
-template <int NQ>
+// x: [h][w][c] (c a multiple of L); w: [c][k][k]; y: [oh][ow]. With mean and rstd (per channel), the
+// input is relu((x - mean) * rstd) (the instance norm + ReLU before the layer, applied on the way into
+// the planes and never stored). scratch: L * h * (NE + 1) * L floats, 64-byte aligned and zeroed by the
+// caller before its first use (only the image's columns are rewritten, so the padding stays zero);
+// acc: 2 * oh * NE * L floats.
+template <int NE, int NO>
 void deconv1_forward_t(const float* x, int c, int h, int wd, const float* w, int k, int oh, int ow,
-                       float* y, float* scratch, float* acc) {
-  const int pad = (k + 1) / 2 - 1;
-  const int rw = NQ * L + pad + 1;
-  constexpr int CB = 4;
+                       const float* mean, const float* rstd, float* y, float* scratch, float* acc) {
+  const int rw = (NE + 1) * L;
   float* acc_e = acc;
-  float* acc_o = acc + static_cast<int64_t>(oh) * NQ * L;
-  std::fill(acc, acc + 2 * static_cast<int64_t>(oh) * NQ * L, 0.0f);
-  std::fill(scratch, scratch + static_cast<int64_t>(CB) * h * rw, 0.0f);
-  for (int c0 = 0; c0 < c; c0 += CB) {
-    const int cb = std::min(CB, c - c0);
-    for (int i = 0; i < h; ++i)      // channels c0.. of each pixel into their padded planes
-      for (int j = 0; j < wd; ++j) {
-        const float* px = x + (static_cast<int64_t>(i) * wd + j) * c + c0;
-        for (int cc = 0; cc < cb; ++cc) scratch[(static_cast<int64_t>(cc) * h + i) * rw + pad + j] = px[cc];
+  float* acc_o = acc + static_cast<int64_t>(oh) * NE * L;
+  std::fill(acc, acc + 2 * static_cast<int64_t>(oh) * NE * L, 0.0f);
+  for (int c0 = 0; c0 < c; c0 += L) {
+    v16 m = {}, r = vsplat(1.0f);
+    if (mean != nullptr) {
+      m = vload(mean + c0);
+      r = vload(rstd + c0);
+    }
+    // L channels of L pixels at a time, transposed into their planes (the columns beyond the image
+    // get the zero rows of the block)
+    for (int i = 0; i < h; ++i)
+      for (int j0 = 0; j0 < wd; j0 += L) {
+        v16 t[L];
+        const int jn = std::min(L, wd - j0);
+#pragma GCC unroll 16
+        for (int a = 0; a < L; ++a) {
+          if (a < jn) {
+            const v16 v = vload(x + (static_cast<int64_t>(i) * wd + j0 + a) * c + c0);
+            t[a] = mean != nullptr ? vrelu((v - m) * r) : v;
+          } else {
+            t[a] = v16{};
+          }
+        }
+        vtranspose(t);
+#pragma GCC unroll 16
+        for (int cc = 0; cc < L; ++cc) vstore(scratch + (static_cast<int64_t>(cc) * h + i) * rw + L + j0, t[cc]);
       }
-    deconv1_rows<NQ>(scratch, cb, h, rw, pad, w + static_cast<int64_t>(c0) * k * k, k, oh, k / 2, acc_e,
-                     acc_o);
+    deconv1_rows<NE, NO>(scratch, h, rw, w + static_cast<int64_t>(c0) * k * k, k, oh, acc_e, acc_o);
   }
-  for (int orow = 0; orow < oh; ++orow)
-    for (int col = 0; col < ow; ++col)
-      y[static_cast<int64_t>(orow) * ow + col] =
-          (col & 1 ? acc_o : acc_e)[static_cast<int64_t>(orow) * NQ * L + col / 2];
+  // interleave the phases: output column 2q from acc_e, 2q + 1 from acc_o
+  vi16 first, second;
+  for (int l = 0; l < L; ++l) {
+    first[l] = l % 2 ? L + l / 2 : l / 2;
+    second[l] = l % 2 ? L + L / 2 + l / 2 : L / 2 + l / 2;
+  }
+  float row[2 * NE * L];
+  for (int orow = 0; orow < oh; ++orow) {
+    for (int q = 0; q < NE; ++q) {
+      const v16 e = vload(acc_e + (static_cast<int64_t>(orow) * NE + q) * L);
+      const v16 o = vload(acc_o + (static_cast<int64_t>(orow) * NE + q) * L);
+      vstore(row + 2 * q * L, __builtin_shuffle(e, o, first));
+      vstore(row + 2 * q * L + L, __builtin_shuffle(e, o, second));
+    }
+    std::memcpy(y + static_cast<int64_t>(orow) * ow, row, sizeof(float) * ow);
+  }
 }
 
 // ---- 4. its input gradient, NHWC ------------------------------------------------------------------
@@ -217,15 +281,26 @@ void deconv1_backward_t(const float* g, int ow, const float* wt, int k, int c, i
 namespace latentinv {
 namespace DECODER_NS {
 
-// Vectors per phase row: 16 / L per 16 columns (deconv1_phase_vectors: 1 to 4 of those).
-inline void deconv1_forward(const float* x, int c, int h, int wd, const float* w, int k, int oh, int ow,
-                            float* y, float* scratch, float* acc) {
+// Vectors per phase row, in blocks of 16 columns (deconv1_phase_vectors: 1 to 4 of those): the even
+// phase has ceil(ow / 2) columns, the odd one ow / 2, which may need one block fewer (the paper's 65
+// columns: 33 and 32).
+template <int BE>
+inline void deconv1_forward_blocks(const float* x, int c, int h, int wd, const float* w, int k, int oh, int ow,
+                                   const float* mean, const float* rstd, float* y, float* scratch, float* acc) {
   constexpr int V = 16 / L;
+  if (BE > 1 && (ow / 2 + 15) / 16 < BE)
+    return deconv1_forward_t<BE * V, (BE > 1 ? BE - 1 : 1) * V>(x, c, h, wd, w, k, oh, ow, mean, rstd, y,
+                                                                 scratch, acc);
+  return deconv1_forward_t<BE * V, BE * V>(x, c, h, wd, w, k, oh, ow, mean, rstd, y, scratch, acc);
+}
+
+inline void deconv1_forward(const float* x, int c, int h, int wd, const float* w, int k, int oh, int ow,
+                            const float* mean, const float* rstd, float* y, float* scratch, float* acc) {
   switch (deconv1_phase_vectors(ow)) {
-    case 1: return deconv1_forward_t<1 * V>(x, c, h, wd, w, k, oh, ow, y, scratch, acc);
-    case 2: return deconv1_forward_t<2 * V>(x, c, h, wd, w, k, oh, ow, y, scratch, acc);
-    case 3: return deconv1_forward_t<3 * V>(x, c, h, wd, w, k, oh, ow, y, scratch, acc);
-    default: return deconv1_forward_t<4 * V>(x, c, h, wd, w, k, oh, ow, y, scratch, acc);
+    case 1: return deconv1_forward_blocks<1>(x, c, h, wd, w, k, oh, ow, mean, rstd, y, scratch, acc);
+    case 2: return deconv1_forward_blocks<2>(x, c, h, wd, w, k, oh, ow, mean, rstd, y, scratch, acc);
+    case 3: return deconv1_forward_blocks<3>(x, c, h, wd, w, k, oh, ow, mean, rstd, y, scratch, acc);
+    default: return deconv1_forward_blocks<4>(x, c, h, wd, w, k, oh, ow, mean, rstd, y, scratch, acc);
   }
 }
 
@@ -245,7 +320,7 @@ inline void deconv1_backward(const float* g, int oh, int ow, const float* wt, in
 }
 
 inline DecoderKernels table(const char* name) {
-  return DecoderKernels{name, norm_relu_forward, norm_relu_backward, deconv1_forward, deconv1_backward};
+  return DecoderKernels{name, norm_stats, norm_relu_forward, norm_relu_backward, deconv1_forward, deconv1_backward};
 }
 
 }  // namespace DECODER_NS

@@ -3,6 +3,8 @@
 #include "decoder_kernels.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
 #include <stdexcept>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
@@ -46,12 +48,43 @@ class FlushDenormals {
 #endif
 };
 
+// The OpenMP runtime torch runs on, when set_openmp_runtime() was given its entry points: the kernels'
+// workers are then the threads of torch's own pool. Their own std::threads would share the cores with
+// that pool's workers, which spin for milliseconds after every torch operation (libgomp's default
+// wait policy): two threads ran the kernels no faster than one.
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpThreadNum = int (*)();
+std::atomic<GompParallel> openmp_parallel{nullptr};
+std::atomic<OmpThreadNum> openmp_thread_num{nullptr};
+
+template <typename F>
+struct OpenMPTask {
+  F* body;
+  int64_t n, t;
+  OmpThreadNum thread_num;
+  static void run(void* p) {
+    auto* task = static_cast<OpenMPTask*>(p);
+    const int64_t w = task->thread_num();
+    if (w >= task->t) return;
+    FlushDenormals ftz;
+    (*task->body)(task->n * w / task->t, task->n * (w + 1) / task->t);
+  }
+};
+
 template <typename F>
 void for_samples(int64_t n, int n_threads, F&& body) {
   const int64_t t = std::max<int64_t>(1, std::min<int64_t>(n_threads, n));
   if (t == 1) {
     FlushDenormals ftz;
     body(int64_t{0}, n);
+    return;
+  }
+  const GompParallel parallel = openmp_parallel.load();
+  const OmpThreadNum thread_num = openmp_thread_num.load();
+  if (parallel != nullptr && thread_num != nullptr) {
+    using Body = std::remove_reference_t<F>;
+    OpenMPTask<Body> task{&body, n, t, thread_num};
+    parallel(&OpenMPTask<Body>::run, &task, static_cast<unsigned>(t), 0);
     return;
   }
   std::vector<std::thread> workers;
@@ -71,6 +104,13 @@ void for_samples(int64_t n, int n_threads, F&& body) {
 }
 
 }  // namespace
+
+void set_openmp_runtime(uintptr_t gomp_parallel, uintptr_t omp_get_thread_num) {
+  if ((gomp_parallel == 0) != (omp_get_thread_num == 0))
+    throw std::invalid_argument("decoder kernels: give both OpenMP entry points, or neither");
+  openmp_thread_num.store(reinterpret_cast<OmpThreadNum>(omp_get_thread_num));
+  openmp_parallel.store(reinterpret_cast<GompParallel>(gomp_parallel));
+}
 
 const DecoderKernels& decoder_kernels(const std::string& isa) {
   if (isa == "auto") {
@@ -108,26 +148,42 @@ void norm_relu_backward_batch(const DecoderKernels& kr, const float* x, const fl
 }
 
 void deconv1_forward_batch(const DecoderKernels& kr, const float* x, int64_t n, int c, int h, int wd,
-                           const float* w, int k, int oh, int ow, float* y, int n_threads) {
+                           const float* w, int k, int oh, int ow, float* y, int n_threads, float eps,
+                           float* mean, float* rstd) {
   const int nq = deconv1_phase_vectors(ow);
-  const int64_t scratch = int64_t{4} * h * (nq * 16 + (k + 1) / 2);
+  const int64_t scratch = int64_t{16} * h * (nq * 16 + 16);   // up to 16 planes
   const int64_t acc = int64_t{2} * oh * nq * 16;
+  const int64_t hw = int64_t{h} * wd;
   for_samples(n, n_threads, [&](int64_t a, int64_t b) {
-    std::vector<float> work(static_cast<size_t>(scratch + acc));
-    for (int64_t s = a; s < b; ++s)
-      kr.deconv1_forward(x + s * c * h * wd, c, h, wd, w, k, oh, ow, y + s * oh * ow, work.data(),
-                         work.data() + scratch);
+    // zeroed (the planes' padding), 64-byte aligned (the planes' rows are whole vectors)
+    std::vector<float> buffer(static_cast<size_t>(scratch + acc + 16));
+    const uintptr_t address = reinterpret_cast<uintptr_t>(buffer.data());
+    float* work = buffer.data() + ((64 - address % 64) % 64) / sizeof(float);
+    for (int64_t s = a; s < b; ++s) {
+      const float* xs = x + s * hw * c;
+      if (mean != nullptr) kr.norm_stats(xs, hw, c, eps, mean + s * c, rstd + s * c);
+      kr.deconv1_forward(xs, c, h, wd, w, k, oh, ow, mean != nullptr ? mean + s * c : nullptr,
+                         rstd != nullptr ? rstd + s * c : nullptr, y + s * oh * ow, work, work + scratch);
+    }
   });
 }
 
 void deconv1_backward_batch(const DecoderKernels& kr, const float* g, int64_t n, int oh, int ow,
-                            const float* w, int k, int c, int h, int wd, float* dx, int n_threads) {
+                            const float* w, int k, int c, int h, int wd, float* dx, int n_threads,
+                            const float* x, const float* mean, const float* rstd) {
   std::vector<float> wt(static_cast<size_t>(k) * k * c);   // [kh][kw][c]
   for (int cc = 0; cc < c; ++cc)
     for (int t = 0; t < k * k; ++t) wt[static_cast<size_t>(t) * c + cc] = w[static_cast<size_t>(cc) * k * k + t];
+  const int64_t hw = int64_t{h} * wd;
   for_samples(n, n_threads, [&](int64_t a, int64_t b) {
-    for (int64_t s = a; s < b; ++s)
-      kr.deconv1_backward(g + s * oh * ow, oh, ow, wt.data(), k, c, h, wd, dx + s * h * wd * c);
+    // through the norm: each sample's gradient at the norm's output stays in this (cache-sized) buffer
+    std::vector<float> gn(x != nullptr ? static_cast<size_t>(hw * c) : 0);
+    for (int64_t s = a; s < b; ++s) {
+      float* out = x != nullptr ? gn.data() : dx + s * hw * c;
+      kr.deconv1_backward(g + s * oh * ow, oh, ow, wt.data(), k, c, h, wd, out);
+      if (x != nullptr)
+        kr.norm_relu_backward(x + s * hw * c, out, mean + s * c, rstd + s * c, hw, c, dx + s * hw * c);
+    }
   });
 }
 

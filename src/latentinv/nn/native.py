@@ -9,8 +9,10 @@ kernels (``cpp/decoder_kernel.hpp``):
 
 - each instance norm + ReLU: one kernel forward (statistics and the normalised, rectified map) and one
   backward (from the input, the statistics and the output gradient);
-- the last transposed convolution (C channels to 1, stride 2): a gather over output phase rows forward,
-  and its input gradient, both on NHWC maps.
+- the last instance norm + ReLU and the last transposed convolution (C channels to 1, stride 2) as one
+  kernel each way: forward, the normalised map goes straight into the planes of a gather over output
+  phase rows and is never stored; backward, the input gradient of the convolution stays in a
+  per-sample buffer for the norm's backward (each saves a write and a read of a 25 MB map per pass).
 
 The hidden transposed convolutions take their weights channels-last too, converted once per weight
 (oneDNN otherwise reorders a weight at every call: 2 ms per pass for the 256 -> 128 layer).
@@ -23,6 +25,8 @@ columns...) return ``None`` from :func:`frozen_deconv`, and the caller takes the
 
 from __future__ import annotations
 
+import ctypes
+import os
 from typing import Optional
 
 import torch
@@ -30,12 +34,43 @@ from torch import nn
 
 from .._backend import core
 
-__all__ = ["available", "isa", "frozen_deconv"]
+__all__ = ["available", "isa", "openmp_runtime", "frozen_deconv"]
 
 
 def available() -> bool:
     """Whether the compiled core with the decoder kernels is importable."""
     return core is not None and hasattr(core, "decoder_norm_relu_forward")
+
+
+_RUNTIME = {"checked": False, "name": None}
+
+
+def openmp_runtime() -> Optional[str]:
+    """Share torch's OpenMP thread pool with the kernels; returns the runtime's name, or None.
+
+    Torch's intra-op workers spin for milliseconds after each operation (libgomp's default wait policy),
+    so threads of the kernels' own would share the cores with them (two threads measured no faster than
+    one). The kernels take the entry points of the OpenMP runtime this process has already loaded for
+    torch (``RTLD_NOLOAD``: nothing new is loaded) and run as a parallel region of torch's own pool;
+    where none is found (another platform, a torch without OpenMP), they keep threads of their own.
+    ``LATENTINV_KERNEL_THREADS=own`` keeps them so everywhere.
+    """
+    if _RUNTIME["checked"] or not available():
+        return _RUNTIME["name"]
+    _RUNTIME["checked"] = True
+    if os.environ.get("LATENTINV_KERNEL_THREADS", "") == "own" or not hasattr(os, "RTLD_NOLOAD"):
+        return None
+    for name in ("libgomp.so.1", "libiomp5.so", "libomp.so"):
+        try:
+            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            parallel, thread_num = lib.GOMP_parallel, lib.omp_get_thread_num
+        except (OSError, AttributeError):
+            continue
+        core.decoder_set_openmp_runtime(ctypes.cast(parallel, ctypes.c_void_p).value,
+                                        ctypes.cast(thread_num, ctypes.c_void_p).value)
+        _RUNTIME["name"] = name
+        break
+    return _RUNTIME["name"]
 
 
 def isa() -> Optional[str]:
@@ -77,31 +112,38 @@ class _NormReLU(torch.autograd.Function):
         return dx, None
 
 
-class _Deconv1(torch.autograd.Function):
-    """Transposed convolution to one channel (stride 2, no padding, no bias) of a channels-last map."""
+class _NormReLUDeconv1(torch.autograd.Function):
+    """The last block: instance norm + ReLU of a channels-last map, then the transposed convolution to
+    one channel (stride 2, no padding, no bias), in one kernel each way (the normalised map is never
+    stored, the gradient at it stays in a per-sample buffer)."""
 
     @staticmethod
-    def forward(ctx, x, weight, out_h, out_w):
-        n, c, _, _ = x.shape
+    def forward(ctx, x, eps, weight, output_padding):
+        n, c, h, wd = x.shape
         k = weight.shape[-1]
+        out_h, out_w = 2 * (h - 1) + k + output_padding[0], 2 * (wd - 1) + k + output_padding[1]
         w = weight.detach().reshape(c, k, k).contiguous()
         y = torch.empty((n, 1, out_h, out_w))
-        core.decoder_deconv1_forward(_nhwc(x.contiguous(memory_format=torch.channels_last)), w.numpy(),
-                                     y.view(n, out_h, out_w).numpy(), torch.get_num_threads())
-        ctx.save_for_backward(w)
-        ctx.in_shape = tuple(x.shape)
-        ctx.weight = weight
+        mean, rstd = torch.empty((n, c)), torch.empty((n, c))
+        core.decoder_deconv1_forward(_nhwc(x), w.numpy(), y.view(n, out_h, out_w).numpy(), torch.get_num_threads(),
+                                     "auto", mean.numpy(), rstd.numpy(), float(eps))
+        ctx.save_for_backward(x, mean, rstd, w)
+        ctx.conf = (eps, weight, output_padding)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        (w,) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return nn.functional.conv2d(g, ctx.weight, stride=2), None, None, None
-        n, c, h, wd = ctx.in_shape
-        dx = torch.empty((n, c, h, wd), memory_format=torch.channels_last)
+        x, mean, rstd, w = ctx.saved_tensors
+        eps, weight, output_padding = ctx.conf
+        if torch.is_grad_enabled():          # create_graph: torch's differentiable ops (see _NormReLU)
+            h = nn.functional.group_norm(x, x.shape[1], eps=eps).relu()
+            out = nn.functional.conv_transpose2d(h, weight, stride=2, output_padding=output_padding)
+            return torch.autograd.grad(out, x, g, create_graph=True)[0], None, None, None
+        n = x.shape[0]
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
         core.decoder_deconv1_backward(g.reshape(n, g.shape[-2], g.shape[-1]).contiguous().numpy(), w.numpy(),
-                                      _nhwc(dx), torch.get_num_threads())
+                                      _nhwc(dx), torch.get_num_threads(), "auto", _nhwc(x), mean.numpy(),
+                                      rstd.numpy())
         return dx, None, None, None
 
 
@@ -156,6 +198,7 @@ def frozen_deconv(layers: nn.Sequential, h: torch.Tensor) -> Optional[torch.Tens
     plan = _plan(layers) if available() else None
     if plan is None or h.dim() != 4:
         return None
+    openmp_runtime()
     blocks, last = plan
     width = h.shape[3]
     for conv in [c for c, _ in blocks] + [last]:
@@ -163,9 +206,9 @@ def frozen_deconv(layers: nn.Sequential, h: torch.Tensor) -> Optional[torch.Tens
     if not blocks or width > 128:        # the last layer's kernel takes rows of up to 128 columns
         return None
     h = h.contiguous(memory_format=torch.channels_last)
-    for conv, norm in blocks:
+    for i, (conv, norm) in enumerate(blocks):
         h = nn.functional.conv_transpose2d(h, _channels_last_weight(conv), None, conv.stride, conv.padding,
                                            conv.output_padding)
-        h = _NormReLU.apply(h, norm.eps)
-    out_h, out_w = _out_size(last, h.shape[2], 0), _out_size(last, h.shape[3], 1)
-    return torch.sigmoid(_Deconv1.apply(h, last.weight, out_h, out_w))
+        if i < len(blocks) - 1:
+            h = _NormReLU.apply(h, norm.eps)
+    return torch.sigmoid(_NormReLUDeconv1.apply(h, norm.eps, last.weight, tuple(last.output_padding)))
