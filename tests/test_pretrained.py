@@ -1,6 +1,7 @@
 """The priors shipped in the package: the default ``VAEPrior.pretrained()`` (trained on the paper's
 training image, ``image="channels_ti"``) and the earlier default ``VAEPrior.pretrained(image="procedural")``.
 Each loads without code, decodes, samples, and still has the quality its training record claims."""
+import copy
 import json
 import struct
 from importlib.resources import files
@@ -169,10 +170,12 @@ def test_reference_checkpoint_decodes_and_encodes_like_the_published_module(publ
     assert prior.n_components == 20 and prior.image_shape_ == (129, 65) and prior.n_features_in_ == 8385
     assert prior.get_params()["architecture"] == "conv" and prior.beta_per_sample_ == 0.5
     z = np.random.RandomState(0).standard_normal((6, 20))
-    with torch.no_grad():
-        expected = net.decode(torch.tensor(z, dtype=torch.float32)).reshape(6, -1).double().numpy()
+    with torch.no_grad():                               # the published module in float64: the exact decode
+        expected = copy.deepcopy(net).double().decode(torch.tensor(z)).reshape(6, -1).numpy()
     assert expected.std() > 0.05                        # a decode that a wrong mapping would change
-    np.testing.assert_allclose(prior.decode(z), expected, rtol=0, atol=2e-6)
+    # float32 round-off through this deep net with tripled weights: 2.3e-6 for the published module
+    # itself in float32, 3.4e-6 for latentinv's CPU kernels; a wrong mapping is off by 1e-2 and more
+    np.testing.assert_allclose(prior.decode(z), expected, rtol=0, atol=1e-5)
     x = np.random.RandomState(1).random_sample((5, 129, 65))
     with torch.no_grad():
         mu = net.mean(torch.tensor(x[:, None], dtype=torch.float32)).double().numpy()
