@@ -175,14 +175,14 @@ def _plan(layers: nn.Sequential):
     return blocks, mods[-2]
 
 
-def _channels_last_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """The layer's weight in channels-last memory order, kept on the module until the weight changes
-    (another tensor, or the same one written in place: its version counter moves)."""
+def _channels_last_weight(conv: nn.ConvTranspose2d, dtype: torch.dtype) -> torch.Tensor:
+    """The layer's weight in channels-last memory order and ``dtype``, kept on the module until the
+    weight changes (another tensor, or the same one written in place: its version counter moves)."""
     w = conv.weight
-    key = (id(w), w.data_ptr(), w._version, w.dtype, w.device)
+    key = (id(w), w.data_ptr(), w._version, w.dtype, w.device, dtype)
     cached = conv.__dict__.get("_latentinv_channels_last_weight")
     if cached is None or cached[0] != key:
-        cached = (key, w.detach().contiguous(memory_format=torch.channels_last))
+        cached = (key, w.detach().to(dtype).contiguous(memory_format=torch.channels_last))
         conv.__dict__["_latentinv_channels_last_weight"] = cached
     return cached[1]
 
@@ -192,23 +192,30 @@ def _out_size(conv: nn.ConvTranspose2d, size: int, axis: int) -> int:
             + conv.output_padding[axis])
 
 
-def frozen_deconv(layers: nn.Sequential, h: torch.Tensor) -> Optional[torch.Tensor]:
+def frozen_deconv(layers: nn.Sequential, h: torch.Tensor, bfloat16: bool = False) -> Optional[torch.Tensor]:
     """``layers(h)`` for the decoder's transposed-convolution stack (float32 CPU input, frozen layers),
-    or None when the kernels do not take these layers or shapes (the caller then runs them itself)."""
+    or None when the kernels do not take these layers or shapes (the caller then runs them itself).
+
+    ``bfloat16`` (under CPU autocast): the transposed convolutions in bfloat16 (inputs and weights
+    rounded to it, as autocast does), the norms and the last layer in float32, as autocast runs
+    instance norms; the output is float32.
+    """
     plan = _plan(layers) if available() else None
     if plan is None or h.dim() != 4:
         return None
-    openmp_runtime()
     blocks, last = plan
     width = h.shape[3]
     for conv in [c for c, _ in blocks] + [last]:
         width = _out_size(conv, width, 1)
     if not blocks or width > 128:        # the last layer's kernel takes rows of up to 128 columns
         return None
-    h = h.contiguous(memory_format=torch.channels_last)
+    openmp_runtime()
+    conv_dtype = torch.bfloat16 if bfloat16 else torch.float32
+    h = h.to(conv_dtype).contiguous(memory_format=torch.channels_last)
     for i, (conv, norm) in enumerate(blocks):
-        h = nn.functional.conv_transpose2d(h, _channels_last_weight(conv), None, conv.stride, conv.padding,
-                                           conv.output_padding)
+        h = nn.functional.conv_transpose2d(h, _channels_last_weight(conv, conv_dtype), None, conv.stride,
+                                           conv.padding, conv.output_padding)
+        h = h.float()                    # no copy in float32
         if i < len(blocks) - 1:
-            h = _NormReLU.apply(h, norm.eps)
+            h = _NormReLU.apply(h, norm.eps).to(conv_dtype)
     return torch.sigmoid(_NormReLUDeconv1.apply(h, norm.eps, last.weight, tuple(last.output_padding)))

@@ -319,27 +319,35 @@ class ConvDecoder(nn.Module):
         """Map latents ``(batch, n_components)`` to flat models ``(batch, n_cells)``.
 
         When the decoder is a constant for autograd (no parameter asks for a gradient, or
-        ``torch.no_grad``: a fitted prior in an inversion), on the CPU in float32 outside autocast,
-        each instance norm + ReLU runs as ``group_norm`` with one group per channel (the same
-        normalisation, per sample and channel over the image, same ``eps``) followed by an in-place
-        ReLU: torch's group-norm kernel computes the statistics and the normalised map in one
-        vectorised pass, where ``InstanceNorm2d`` goes through batch norm on a ``(1, N*C, H, W)``
-        view (12 of 250 ms of a 100-start forward + backward of the paper's network, one thread;
-        group norm 2 ms). Values agree to float32 round-off, not bit for bit; training (parameters
-        asking for gradients) takes the modules as they are.
+        ``torch.no_grad``: a fitted prior in an inversion) on the CPU, its transposed convolutions run
+        channels-last with the compiled core's kernels for the instance norms + ReLU and the last layer
+        (:mod:`latentinv.nn.native`), in float32, or under bfloat16 autocast with the convolutions in
+        bfloat16 and the kernels in float32. Where those kernels do not apply (no compiled core,
+        channels not a multiple of 16, rows wider than 128 columns, ``native_cpu_kernels = False``),
+        float32 outside autocast runs each instance norm + ReLU as ``group_norm`` with one group per
+        channel (the same normalisation) and an in-place ReLU; other cases take the modules as they
+        are. Values agree with the modules to float32 round-off, not bit for bit; training
+        (parameters asking for gradients) takes the modules as they are.
         """
         h = self.fc(z).reshape((z.shape[0],) + self.map_shape)
-        if self.fast_frozen_path and _frozen_cpu_float32(self, h):
-            out = native.frozen_deconv(self.deconv, h) if self.native_cpu_kernels else None
-            if out is None:
+        if self.fast_frozen_path and _frozen_cpu(self, h):
+            bfloat16 = torch.is_autocast_enabled("cpu")
+            out = None
+            if self.native_cpu_kernels and (not bfloat16 or torch.get_autocast_dtype("cpu") == torch.bfloat16):
+                out = native.frozen_deconv(self.deconv, h.float(), bfloat16=bfloat16)
+            if out is None and not bfloat16:
                 out = _frozen_deconv(self.deconv, h)
-            return out.reshape(z.shape[0], -1)
+            if out is not None:
+                return out.reshape(z.shape[0], -1)
         return self.deconv(h).reshape(z.shape[0], -1)
 
 
-def _frozen_cpu_float32(module: nn.Module, x: torch.Tensor) -> bool:
-    """True when ``module`` is a constant for autograd and ``x`` a float32 CPU tensor outside autocast."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+def _frozen_cpu(module: nn.Module, x: torch.Tensor) -> bool:
+    """True when ``module`` is a constant for autograd and ``x`` a CPU tensor, float32 outside autocast
+    or under CPU autocast."""
+    if x.device.type != "cpu":
+        return False
+    if x.dtype != torch.float32 and not torch.is_autocast_enabled("cpu"):
         return False
     return not (torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
 
