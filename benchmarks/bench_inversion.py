@@ -26,8 +26,11 @@ bound explicit: the decoder's FLOPs (counted from its layers) at the float32 GEM
 the same run give the fastest any batched evaluation could go, hence the largest possible ratio.
 The two "ablation" rows time 100 starts without each CPU optimisation of latentinv, in the same
 run: glibc's default malloc thresholds (a child process, timed before and after the tuning), and
-the decoder's last layer through oneDNN (its weight made to require a gradient). Compare runs made
-with the same ``--threads`` and report the load average printed at the end.
+the decoder's last layer through oneDNN (its weight made to require a gradient). The linear rows
+also time the decoder's earlier CPU paths at 100 starts, in the same rounds: its instance norms as
+modules (``fast_frozen_path = False``) and NCHW with group norm in torch, without the compiled core's
+kernels (``native_cpu_kernels = False``). Compare runs made with the same ``--threads`` and report the
+load average printed at the end.
 """
 from __future__ import annotations
 
@@ -169,9 +172,9 @@ def gemm_chain(decoder, n_starts, kind="gemm"):
     ``kind="gemm"``: each layer as one float32 GEMM of its im2col shape (a transposed convolution with
     input ``(n, c_in, h, w)``: ``(n*h*w, c_in) @ (c_in, c_out*k*k)`` forward and ``(n*h*w, c_out*k*k)
     @ (c_out*k*k, c_in)`` backward; a linear layer: ``(n, in) @ (in, out)`` and back): what MKL's sgemm
-    gives on these shapes. ``kind="conv"``: the transposed convolutions through torch (oneDNN) as the
-    decoder runs them, and their backward-data convolutions; a one-channel last layer as its channel GEMM
-    (the decoder's fast path, without its fold). Same FLOPs as ``decoder_flops_per_start`` x 2."""
+    gives on these shapes. ``kind="conv"``: the transposed convolutions through torch (oneDNN, channels-
+    last) as the decoder runs them, and their backward-data convolutions; a one-channel last layer as its
+    channel GEMM. Same FLOPs as ``decoder_flops_per_start`` x 2."""
     g = torch.Generator().manual_seed(0)
     steps = []
     for mod, shape in _layer_inputs(decoder, n_starts):
@@ -189,8 +192,9 @@ def gemm_chain(decoder, n_starts, kind="gemm"):
             cols = torch.randn(n * h * wd, b.shape[1], generator=g)
             bt = b.t().contiguous()
             steps += [lambda a=a, b=b: a @ b, lambda cols=cols, bt=bt: cols @ bt]
-        else:
-            x = torch.randn(shape, generator=g)
+        else:     # channels-last, as the decoder's frozen CPU path runs them
+            x = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+            w = w.contiguous(memory_format=torch.channels_last)
             with torch.no_grad():
                 y = torch.nn.functional.conv_transpose2d(x, w, stride=mod.stride, padding=mod.padding,
                                                          output_padding=mod.output_padding)
@@ -228,8 +232,8 @@ def _decoder_step(decoder, z0, variant):
 def bench_decoder(rows, repeats, n_starts=100, compile_=False):
     """The batched decoder alone (forward + backward to z, 100 starts): milliseconds, GFLOP/s and the
     fraction of the float32 and bfloat16 GEMM peaks measured in the same run, for the paper's network
-    and the shipped prior, in float32 (the default), under bfloat16 autocast, channels-last, and with
-    ``torch.compile`` (``--compile``)."""
+    and the shipped prior, in float32 (the default), under bfloat16 autocast, the earlier CPU paths as
+    ablations, and with ``torch.compile`` (``--compile``)."""
     import latentinv._allocator as allocator
     from latentinv import VAEPrior
     allocator.tune_malloc_for_tensors()
@@ -249,8 +253,11 @@ def bench_decoder(rows, repeats, n_starts=100, compile_=False):
             variants["float32, norms as modules (before)"] = _decoder_step(plain, z0, "float32")
         variants["ceiling: the same GEMMs alone (MKL sgemm)"] = gemm_chain(dec, n_starts, "gemm")
         variants["ceiling: the convolutions alone (oneDNN)"] = gemm_chain(dec, n_starts, "conv")
-        cl = copy.deepcopy(dec).to(memory_format=torch.channels_last)
-        variants["channels-last float32"] = _decoder_step(cl, z0, "float32")
+        if hasattr(dec, "native_cpu_kernels"):
+            torch_only = copy.deepcopy(dec)
+            torch_only.native_cpu_kernels = False  # NCHW, group norm in torch (before the core's kernels)
+            variants["float32, group norm in torch, no core kernels (before)"] = _decoder_step(torch_only, z0,
+                                                                                              "float32")
         if compile_:
             try:
                 cdec = torch.compile(copy.deepcopy(dec))
@@ -516,7 +523,7 @@ def main(argv=None):
                         help="only the CUDA rows (on a GPU machine short of time)")
     parser.add_argument("--decoder", action="store_true",
                         help="also time the decoder alone (paper network, shipped prior; float32, bfloat16, "
-                             "channels-last) against the float32 and bfloat16 GEMM peaks")
+                             "the earlier CPU paths) against the float32 and bfloat16 GEMM peaks")
     parser.add_argument("--decoder-only", action="store_true", help="only the decoder rows")
     parser.add_argument("--compile", action="store_true", help="decoder rows with torch.compile too")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
