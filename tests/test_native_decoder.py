@@ -132,7 +132,7 @@ def test_norm_relu_deconv1_fused_matches_torch(isa, h, wd, c, k, opw):
     xd = torch.from_numpy(x).double().permute(0, 3, 1, 2).requires_grad_(True)
     wt = torch.from_numpy(w).double().reshape(c, 1, k, k)
     ref = F.conv_transpose2d(F.group_norm(xd, c, eps=1e-5).relu(), wt, stride=2, output_padding=(0, opw))
-    np.testing.assert_allclose(y, ref[:, 0].detach().numpy(), rtol=0, atol=1e-5 * float(ref.abs().max()))
+    np.testing.assert_allclose(y, ref[:, 0].detach().numpy(), rtol=0, atol=1e-5 * float(ref.detach().abs().max()))
     np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(1, 2)), rtol=0, atol=1e-5)
     g = _f32(n, *out)
     dx = np.full_like(x, np.nan)
@@ -345,3 +345,31 @@ def test_weights_written_in_place_are_seen(monkeypatch):
     after = dec(z)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, modules(z), rtol=1e-5, atol=2e-6)
+
+
+def test_without_the_core_the_decoder_takes_torch_paths(monkeypatch):
+    dec, modules, group_norm = _decoders((33, 17), (16, 32, 32, 48), (5, 5, 4, 4))
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(6))
+    monkeypatch.setattr(native, "core", None)          # as with LATENTINV_PUREPYTHON=1 or no compiler
+    assert not native.available() and native.isa() is None
+    assert native.frozen_deconv(dec.deconv, torch.randn(3, 48, 3, 1)) is None
+    torch.testing.assert_close(dec(z), group_norm(z), rtol=0, atol=0)   # the group-norm path, same bits
+    torch.testing.assert_close(dec(z), modules(z), rtol=1e-5, atol=2e-6)
+
+
+def test_torch_openmp_pool_and_own_threads_give_the_same_bits():
+    name = native.openmp_runtime()
+    if name is None:
+        pytest.skip("no OpenMP runtime of torch's found in this process")
+    x, w = _f32(9, 12, 7, 32), _f32(32, 5, 5)
+    out = _geometry(12, 7, 5, 0, 0)
+    on_pool = _deconv1(x, w, out, "auto", 2)
+    try:
+        core.decoder_set_openmp_runtime(0, 0)           # threads of the kernels' own
+        own = _deconv1(x, w, out, "auto", 2)
+    finally:
+        native._RUNTIME.update(checked=False, name=None)
+        assert native.openmp_runtime() == name
+    np.testing.assert_array_equal(on_pool, own)
+    with pytest.raises(ValueError, match="both OpenMP entry points, or neither"):
+        core.decoder_set_openmp_runtime(1, 0)
