@@ -373,3 +373,34 @@ def test_torch_openmp_pool_and_own_threads_give_the_same_bits():
     np.testing.assert_array_equal(on_pool, own)
     with pytest.raises(ValueError, match="both OpenMP entry points, or neither"):
         core.decoder_set_openmp_runtime(1, 0)
+
+
+@pytest.mark.parametrize("native_kernels", [True, False])
+def test_decoder_takes_empty_and_single_batches(native_kernels):
+    dec, modules, _ = _decoders((33, 17), (16, 32, 32, 48), (5, 5, 4, 4))
+    dec.native_cpu_kernels = native_kernels
+    for n in (0, 1):
+        z = torch.randn(n, 6, requires_grad=True)
+        x = dec(z)
+        assert x.shape == (n, 33 * 17)
+        torch.testing.assert_close(x, modules(z), rtol=1e-5, atol=2e-6)
+        assert torch.autograd.grad(x.sum(), z)[0].shape == (n, 6)
+
+
+def test_native_decoder_from_concurrent_python_threads():
+    import threading
+    dec, _, _ = _decoders((33, 17), (16, 32, 32, 48), (5, 5, 4, 4))
+    z = torch.randn(16, 6, generator=torch.Generator().manual_seed(9))
+    expected = dec(z)
+    results = []
+
+    def work():
+        for _ in range(4):
+            results.append(dec(z))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 12 and all(torch.equal(r, expected) for r in results)

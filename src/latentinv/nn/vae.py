@@ -309,6 +309,11 @@ class ConvDecoder(nn.Module):
         layers.append(nn.Sigmoid())
         self.deconv = nn.Sequential(*layers)
 
+    @property
+    def n_cells(self) -> int:
+        """Cells of one model (``n_rows * n_cols``)."""
+        return self.image_shape[0] * self.image_shape[1]
+
     #: The frozen CPU float32 path (see :meth:`forward`); a switch for benchmarks and tests only.
     fast_frozen_path = True
     #: On that path, the compiled core's channels-last kernels (:mod:`latentinv.nn.native`) where they
@@ -338,8 +343,8 @@ class ConvDecoder(nn.Module):
             if out is None and not bfloat16:
                 out = _frozen_deconv(self.deconv, h)
             if out is not None:
-                return out.reshape(z.shape[0], -1)
-        return self.deconv(h).reshape(z.shape[0], -1)
+                return out.reshape(z.shape[0], self.n_cells)
+        return self.deconv(h).reshape(z.shape[0], self.n_cells)
 
 
 def _frozen_cpu(module: nn.Module, x: torch.Tensor) -> bool:
