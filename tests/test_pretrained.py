@@ -32,15 +32,22 @@ def held_out(n):
     return PatchSampler(image, (129, 65), random_state=HELD_OUT_SEED).sample(n).reshape(n, -1)
 
 
-def test_files_are_data_not_code():
-    weights = (DATA / "weights.safetensors").read_bytes()
+def _data_files(folder):
+    """A shipped prior's files: weights as safetensors (data, no code) within the budget, its config.
+    Returns ``(weights bytes, config dict)``."""
+    weights = (folder / "weights.safetensors").read_bytes()
     assert len(weights) <= 10 * 2**20                        # the issue's budget: at most 10 MB
     # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle anywhere)
     (n,) = struct.unpack("<Q", weights[:8])
     header = json.loads(weights[8:8 + n])
     assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
-    config = json.loads((DATA / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
     assert config["format"] == "latentinv.VAEPrior"
+    return weights, config
+
+
+def test_files_are_data_not_code():
+    _data_files(DATA)
 
 
 def test_loads_decodes_and_samples(prior):
@@ -261,13 +268,7 @@ def test_default_is_the_paper_image_prior(ti_prior, prior):
 def test_paper_image_prior_files_are_data_with_valid_checksums():
     import hashlib
 
-    weights = (TI_DATA / "weights.safetensors").read_bytes()
-    assert len(weights) <= 10 * 2**20                        # the issue's budget: at most 10 MB
-    (n,) = struct.unpack("<Q", weights[:8])
-    header = json.loads(weights[8:8 + n])
-    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
-    config = json.loads((TI_DATA / "config.json").read_text())
-    assert config["format"] == "latentinv.VAEPrior"
+    weights, config = _data_files(TI_DATA)
     assert config["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     rest = {k: v for k, v in config.items() if k != "config_sha256"}
     canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"))
