@@ -1,4 +1,5 @@
-"""The frozen convolutional decoder on the CPU through the compiled core's kernels (float32).
+"""The frozen convolutional decoder on the CPU through the compiled core's kernels (float32; under
+bfloat16 autocast, the transposed convolutions in bfloat16 and the kernels in float32).
 
 A fitted decoder is a constant for autograd (its parameters are frozen; an inversion asks for the
 gradient with respect to the latents only). Its CPU pass then runs channels-last: oneDNN's transposed
