@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#ifdef LATENTINV_HAVE_DECODER_KERNELS
 #include "decoder_kernels.hpp"
+#endif
 #include "shortest_path.hpp"
 
 namespace py = pybind11;
@@ -273,6 +275,7 @@ void bind_shortest_path(py::module_& m) {
            "min(n_threads, the job's tasks, max_threads) and never shrinks.");
 }
 
+#ifdef LATENTINV_HAVE_DECODER_KERNELS
 // ---- the frozen decoder's kernels ------------------------------------------------------------------
 // Arrays are used in place (no copy, no cast): float32, C-contiguous, outputs writeable; anything else
 // is a ValueError that names the argument, what it must be and what it is.
@@ -444,11 +447,14 @@ void bind_decoder(py::module_& m) {
         "g (n, oh, ow), w (c, k, k) with c a multiple of 16, dx (n, h, w, c). With x, mean and rstd (the "
         "forward's input and statistics): the gradient with respect to x through its instance norm + ReLU.");
 }
+#endif  // LATENTINV_HAVE_DECODER_KERNELS
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "latentinv compiled core (C++17)";
   bind_shortest_path(m);
+#ifdef LATENTINV_HAVE_DECODER_KERNELS
   bind_decoder(m);
+#endif
 }
