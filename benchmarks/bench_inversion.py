@@ -56,9 +56,11 @@ from machine_info import cpu_model  # noqa: E402  (a sibling script)
 def machine():
     cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    from latentinv.nn import native
     return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__,
-                python=sys.version.split()[0], gpu=gpu)
+                python=sys.version.split()[0], gpu=gpu,
+                decoder_kernels=native.isa(), kernel_threads=native.openmp_runtime() or "own")
 
 
 def paper_decoder(device, seed=0):
