@@ -14,7 +14,7 @@
 // 3. deconv1_forward: a transposed convolution, stride 2, no padding, C channels to 1, NHWC input
 //    (optionally through the instance norm + ReLU of 1 on the way in, so that the normalised map of the
 //    layer before it is never stored):
-//    y[2i+kh][2j+kw] += sum_c w[c][kh][kw] x[c][i][j]. Computed per output row and column phase:
+//    y[2i+kh][2j+kw] += sum_c w[c][kh][kw] x[i][j][c]. Computed per output row and column phase:
 //    output column ow = 2q + p takes the taps kw = 2b + p from input column j = q - b, so each phase
 //    row is a sum of shifted input rows, one output column per lane.
 // 4. deconv1_backward: its input gradient, NHWC: dx[i][j][c] = sum_{kh,kw} w[c][kh][kw] g[2i+kh][2j+kw],
@@ -30,23 +30,23 @@ namespace latentinv {
 namespace DECODER_NS {
 
 constexpr int L = DECODER_LANES;
-typedef float v16 __attribute__((vector_size(4 * L)));
+typedef float vec __attribute__((vector_size(4 * L)));
 
-static inline v16 vload(const float* p) {
-  v16 v;
+static inline vec vload(const float* p) {
+  vec v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-static inline void vstore(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-static inline v16 vsplat(float a) { return a - v16{}; }   // a broadcast (x - 0 is x, -0 included)
-typedef int32_t vi16 __attribute__((vector_size(4 * L)));
+static inline void vstore(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
+static inline vec vsplat(float a) { return a - vec{}; }   // a broadcast (x - 0 is x, -0 included)
+typedef int32_t ivec __attribute__((vector_size(4 * L)));
 
 // Transpose of an L x L block held as L vectors (r[a][l] -> r[l][a]): log2(L) stages, stage D swapping
 // the off-diagonal D x D sub-blocks of every 2D x 2D block with two-input shuffles (unrolled, so that
 // the block stays in registers).
 template <int D>
-static inline void vtranspose_stage(v16* r) {
-  vi16 lo, hi;   // lanes of (r[a], r[a + D]) taken into the new r[a] and r[a + D]
+static inline void vtranspose_stage(vec* r) {
+  ivec lo, hi;   // lanes of (r[a], r[a + D]) taken into the new r[a] and r[a + D]
 #pragma GCC unroll 16
   for (int l = 0; l < L; ++l) {
     lo[l] = (l & D) ? L + l - D : l;
@@ -55,17 +55,17 @@ static inline void vtranspose_stage(v16* r) {
 #pragma GCC unroll 16
   for (int a = 0; a < L; ++a) {
     if (a & D) continue;
-    const v16 ra = r[a], rb = r[a + D];
+    const vec ra = r[a], rb = r[a + D];
     r[a] = __builtin_shuffle(ra, rb, lo);
     r[a + D] = __builtin_shuffle(ra, rb, hi);
   }
   if constexpr (D > 1) vtranspose_stage<D / 2>(r);
 }
 
-static inline void vtranspose(v16* r) { vtranspose_stage<L / 2>(r); }
+static inline void vtranspose(vec* r) { vtranspose_stage<L / 2>(r); }
 
-static inline v16 vrelu(v16 a) {
-  const v16 zero = {};
+static inline vec vrelu(vec a) {
+  const vec zero = {};
   return a > zero ? a : zero;
 }
 
@@ -75,14 +75,14 @@ inline void norm_stats(const float* x, int64_t hw, int c, float eps, float* mean
   constexpr int CB = 8;   // up to 8 vectors of channels per pass over the image
   for (int c0 = 0; c0 < c; c0 += CB * L) {
     const int nv = std::min(CB, (c - c0) / L);
-    v16 s[CB] = {};
+    vec s[CB] = {};
     for (int64_t i = 0; i < hw; ++i)
       for (int v = 0; v < nv; ++v) s[v] += vload(x + i * c + c0 + v * L);
-    v16 m[CB], q[CB] = {};
+    vec m[CB], q[CB] = {};
     for (int v = 0; v < nv; ++v) m[v] = s[v] / vsplat(static_cast<float>(hw));
     for (int64_t i = 0; i < hw; ++i)
       for (int v = 0; v < nv; ++v) {
-        const v16 d = vload(x + i * c + c0 + v * L) - m[v];
+        const vec d = vload(x + i * c + c0 + v * L) - m[v];
         q[v] += d * d;
       }
     for (int v = 0; v < nv; ++v)
@@ -106,10 +106,10 @@ inline void norm_relu_forward(const float* x, int64_t hw, int c, float eps, floa
 inline void norm_relu_backward(const float* x, const float* g, const float* mean, const float* rstd,
                                int64_t hw, int c, float* dx) {
   constexpr int CB = 8;
-  const v16 zero = {};
+  const vec zero = {};
   for (int c0 = 0; c0 < c; c0 += CB * L) {
     const int nv = std::min(CB, (c - c0) / L);
-    v16 m[CB], r[CB], s1[CB] = {}, s2[CB] = {};
+    vec m[CB], r[CB], s1[CB] = {}, s2[CB] = {};
     for (int v = 0; v < nv; ++v) {
       m[v] = vload(mean + c0 + v * L);
       r[v] = vload(rstd + c0 + v * L);
@@ -117,12 +117,12 @@ inline void norm_relu_backward(const float* x, const float* g, const float* mean
     for (int64_t i = 0; i < hw; ++i)
       for (int v = 0; v < nv; ++v) {
         const int64_t k = i * c + c0 + v * L;
-        const v16 xh = (vload(x + k) - m[v]) * r[v];
-        const v16 gm = xh > zero ? vload(g + k) : zero;
+        const vec xh = (vload(x + k) - m[v]) * r[v];
+        const vec gm = xh > zero ? vload(g + k) : zero;
         s1[v] += gm;
         s2[v] += gm * xh;
       }
-    const v16 inv = vsplat(1.0f / static_cast<float>(hw));
+    const vec inv = vsplat(1.0f / static_cast<float>(hw));
     for (int v = 0; v < nv; ++v) {
       s1[v] *= inv;
       s2[v] *= inv;
@@ -130,8 +130,8 @@ inline void norm_relu_backward(const float* x, const float* g, const float* mean
     for (int64_t i = 0; i < hw; ++i)
       for (int v = 0; v < nv; ++v) {
         const int64_t k = i * c + c0 + v * L;
-        const v16 xh = (vload(x + k) - m[v]) * r[v];
-        const v16 gm = xh > zero ? vload(g + k) : zero;
+        const vec xh = (vload(x + k) - m[v]) * r[v];
+        const vec gm = xh > zero ? vload(g + k) : zero;
         vstore(dx + k, r[v] * (gm - s1[v] - xh * s2[v]));
       }
   }
@@ -147,13 +147,13 @@ template <int NE, int NO>
 void deconv1_rows(const float* scratch, int h, int rw, const float* w, int k, int oh, float* acc_e,
                   float* acc_o) {
   const int be = (k + 1) / 2, bo = k / 2;   // taps kw = 2b (even columns), 2b + 1 (odd columns)
-  vi16 shift[kDeconv1MaxKernel / 2];        // lanes of (v[q - 1], v[q]) making columns q L - b ...
+  ivec shift[kDeconv1MaxKernel / 2];        // lanes of (v[q - 1], v[q]) making columns q L - b ...
   for (int b = 0; b < be; ++b)
     for (int l = 0; l < L; ++l) shift[b][l] = L + l - b;
   for (int orow = 0; orow < oh; ++orow) {
     float* pe = acc_e + static_cast<int64_t>(orow) * NE * L;
     float* po = acc_o + static_cast<int64_t>(orow) * NE * L;
-    v16 ae[NE], ao[NO];
+    vec ae[NE], ao[NO];
     for (int q = 0; q < NE; ++q) ae[q] = vload(pe + q * L);
     for (int q = 0; q < NO; ++q) ao[q] = vload(po + q * L);
     for (int kh = orow & 1; kh < k; kh += 2) {
@@ -162,14 +162,14 @@ void deconv1_rows(const float* scratch, int h, int rw, const float* w, int k, in
       for (int cc = 0; cc < L; ++cc) {
         const float* row = scratch + (static_cast<int64_t>(cc) * h + i) * rw + L;
         const float* wk = w + (static_cast<int64_t>(cc) * k + kh) * k;
-        v16 v[NE + 1];
-        v[0] = v16{};
+        vec v[NE + 1];
+        v[0] = vec{};
         for (int q = 0; q < NE; ++q) v[q + 1] = vload(row + q * L);
         for (int b = 0; b < be; ++b) {
-          const v16 we = vsplat(wk[2 * b]);
-          const v16 wo = vsplat(b < bo ? wk[2 * b + 1] : 0.0f);
+          const vec we = vsplat(wk[2 * b]);
+          const vec wo = vsplat(b < bo ? wk[2 * b + 1] : 0.0f);
           for (int q = 0; q < NE; ++q) {
-            const v16 xv = b == 0 ? v[q + 1] : __builtin_shuffle(v[q], v[q + 1], shift[b]);
+            const vec xv = b == 0 ? v[q + 1] : __builtin_shuffle(v[q], v[q + 1], shift[b]);
             ae[q] += we * xv;
             if (q < NO && b < bo) ao[q] += wo * xv;
           }
@@ -194,7 +194,7 @@ void deconv1_forward_t(const float* x, int c, int h, int wd, const float* w, int
   float* acc_o = acc + static_cast<int64_t>(oh) * NE * L;
   std::fill(acc, acc + 2 * static_cast<int64_t>(oh) * NE * L, 0.0f);
   for (int c0 = 0; c0 < c; c0 += L) {
-    v16 m = {}, r = vsplat(1.0f);
+    vec m = {}, r = vsplat(1.0f);
     if (mean != nullptr) {
       m = vload(mean + c0);
       r = vload(rstd + c0);
@@ -203,15 +203,15 @@ void deconv1_forward_t(const float* x, int c, int h, int wd, const float* w, int
     // get the zero rows of the block)
     for (int i = 0; i < h; ++i)
       for (int j0 = 0; j0 < wd; j0 += L) {
-        v16 t[L];
+        vec t[L];
         const int jn = std::min(L, wd - j0);
 #pragma GCC unroll 16
         for (int a = 0; a < L; ++a) {
           if (a < jn) {
-            const v16 v = vload(x + (static_cast<int64_t>(i) * wd + j0 + a) * c + c0);
+            const vec v = vload(x + (static_cast<int64_t>(i) * wd + j0 + a) * c + c0);
             t[a] = mean != nullptr ? vrelu((v - m) * r) : v;
           } else {
-            t[a] = v16{};
+            t[a] = vec{};
           }
         }
         vtranspose(t);
@@ -221,7 +221,7 @@ void deconv1_forward_t(const float* x, int c, int h, int wd, const float* w, int
     deconv1_rows<NE, NO>(scratch, h, rw, w + static_cast<int64_t>(c0) * k * k, k, oh, acc_e, acc_o);
   }
   // interleave the phases: output column 2q from acc_e, 2q + 1 from acc_o
-  vi16 first, second;
+  ivec first, second;
   for (int l = 0; l < L; ++l) {
     first[l] = l % 2 ? L + l / 2 : l / 2;
     second[l] = l % 2 ? L + L / 2 + l / 2 : L / 2 + l / 2;
@@ -229,8 +229,8 @@ void deconv1_forward_t(const float* x, int c, int h, int wd, const float* w, int
   float row[2 * NE * L];
   for (int orow = 0; orow < oh; ++orow) {
     for (int q = 0; q < NE; ++q) {
-      const v16 e = vload(acc_e + (static_cast<int64_t>(orow) * NE + q) * L);
-      const v16 o = vload(acc_o + (static_cast<int64_t>(orow) * NE + q) * L);
+      const vec e = vload(acc_e + (static_cast<int64_t>(orow) * NE + q) * L);
+      const vec o = vload(acc_o + (static_cast<int64_t>(orow) * NE + q) * L);
       vstore(row + 2 * q * L, __builtin_shuffle(e, o, first));
       vstore(row + 2 * q * L + L, __builtin_shuffle(e, o, second));
     }
@@ -244,15 +244,15 @@ void deconv1_forward_t(const float* x, int c, int h, int wd, const float* w, int
 template <int CV, int JB>
 static inline void deconv1_backward_block(const float* g, int ow, const float* wt, int k, int c, int c0,
                                           int i, int j, float* dx, int wd) {
-  v16 a[JB][CV] = {};
+  vec a[JB][CV] = {};
   for (int kh = 0; kh < k; ++kh) {
     const float* grow = g + static_cast<int64_t>(2 * i + kh) * ow + 2 * j;
     for (int kw = 0; kw < k; ++kw) {
       const float* wv = wt + (static_cast<int64_t>(kh) * k + kw) * c + c0;
-      v16 wr[CV];
+      vec wr[CV];
       for (int v = 0; v < CV; ++v) wr[v] = vload(wv + v * L);
       for (int jj = 0; jj < JB; ++jj) {
-        const v16 gs = vsplat(grow[2 * jj + kw]);
+        const vec gs = vsplat(grow[2 * jj + kw]);
         for (int v = 0; v < CV; ++v) a[jj][v] += wr[v] * gs;
       }
     }
