@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from latentinv import LatentInverter, StraightRayOperator, VAEPrior, paper_crosshole
-from latentinv.datasets import (HELD_OUT_WINDOW, PAPER_TRUTH_WINDOWS, PRETRAINED_IMAGE_SETTINGS,
+from latentinv.datasets import (DEFAULT_PRIOR_EXCLUDED_WINDOWS, HELD_OUT_WINDOW, PRETRAINED_IMAGE_SETTINGS,
                                 PatchSampler, load_channels_ti, make_channel_image)
 from latentinv.metrics import data_rmse
 
@@ -61,9 +61,8 @@ def held_out_truths(n, image="procedural", seed=HELD_OUT_SEED):
 
 def training_sampler(image):
     if image == "channels_ti":
-        ti = load_channels_ti()
-        exclude = list(PAPER_TRUTH_WINDOWS.values()) + [HELD_OUT_WINDOW]
-        return PatchSampler(ti, PATCH_SHAPE, exclude=exclude, random_state=0)
+        return PatchSampler(load_channels_ti(), PATCH_SHAPE, exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS,
+                            random_state=0)
     return PatchSampler([channel_image(s) for s in TRAINING_SEEDS], PATCH_SHAPE, random_state=0)
 
 

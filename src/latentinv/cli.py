@@ -274,14 +274,14 @@ def main():
 
 
 def _train_demo_prior(iterations, seed, quiet):
-    from .datasets import HELD_OUT_WINDOW, PAPER_TRUTH_WINDOWS, PatchSampler, load_channels_ti
+    from .datasets import DEFAULT_PRIOR_EXCLUDED_WINDOWS, PatchSampler, load_channels_ti
     from .prior import VAEPrior
 
     _echo(f"[prior] no shipped prior: training a small fallback VAE ({iterations} iterations on crops "
           "of the paper's training image away from the held-out band and mc1-mc3)", quiet)
     # the shipped prior's exclusions: the demo's truth stays a model the prior never saw
     sampler = PatchSampler(load_channels_ti(), (129, 65),
-                           exclude=[HELD_OUT_WINDOW, *PAPER_TRUTH_WINDOWS.values()], random_state=seed)
+                           exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS, random_state=seed)
     prior = VAEPrior(channels=(8, 16, 32, 32), hidden_size=64, n_iterations=iterations, batch_size=32,
                      random_state=seed, device="cpu", verbose=int(not quiet))
     return prior.fit(sampler)

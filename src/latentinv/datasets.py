@@ -27,8 +27,8 @@ from scipy import ndimage
 
 __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
            "layered_channel_slowness", "PRETRAINED_IMAGE_SETTINGS", "load_channels_ti",
-           "load_paper_truth", "PAPER_TRUTH_WINDOWS", "HELD_OUT_WINDOW", "held_out_corner",
-           "load_held_out_crop"]
+           "load_paper_truth", "PAPER_TRUTH_WINDOWS", "HELD_OUT_WINDOW", "DEFAULT_PRIOR_EXCLUDED_WINDOWS",
+           "held_out_corner", "load_held_out_crop"]
 
 #: Windows ``(row0, col0, n_rows, n_cols)`` of the paper's cropped truths mc1-mc3 in the training image
 #: of :func:`load_channels_ti` (the paper's published test models are exact crops of them). The paper's
@@ -41,6 +41,10 @@ PAPER_TRUTH_WINDOWS = MappingProxyType({"mc1": (1135, 1658, 129, 65), "mc2": (15
 #: every column. No training crop overlapped it (nor the windows of mc1-mc3), so any crop inside it is a
 #: truth that prior never saw (:func:`held_out_corner`, :func:`load_held_out_crop`).
 HELD_OUT_WINDOW = (2200, 0, 300, 2500)
+#: Every window of :func:`load_channels_ti` kept out of the default prior's training, mc1-mc3 and the
+#: held-out band: ``PatchSampler(load_channels_ti(), (129, 65), exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS)``
+#: draws only crops that prior may have seen.
+DEFAULT_PRIOR_EXCLUDED_WINDOWS = (*PAPER_TRUTH_WINDOWS.values(), HELD_OUT_WINDOW)
 #: SHA-256 of the bundled PNG (checked at every load: a damaged or replaced file raises)
 _CHANNELS_TI_SHA256 = "a138be025008c65e4bbf236ca4c520c0823e37cd67bbcbb367d4e8c8b1dccf47"
 
