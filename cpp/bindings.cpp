@@ -315,6 +315,13 @@ int positive_threads(int n_threads, const char* where) {
   return n_threads;
 }
 
+// (n, h, w, c) of an NHWC map whose channels the kernels take (a positive multiple of 16)
+std::vector<int64_t> nhwc_dims(const py::array& x, const char* where) {
+  if (x.ndim() != 4) throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c)");
+  check_channels(x.shape(3), where);
+  return {x.shape(0), x.shape(1), x.shape(2), x.shape(3)};
+}
+
 void bind_decoder(py::module_& m) {
   m.def("decoder_set_openmp_runtime", &latentinv::set_openmp_runtime, py::arg("gomp_parallel"),
         py::arg("omp_get_thread_num"),
@@ -327,11 +334,10 @@ void bind_decoder(py::module_& m) {
         [](py::array x, py::array y, py::array mean, py::array rstd, double eps, int n_threads,
            const std::string& isa) {
           const char* where = "decoder_norm_relu_forward";
-          if (x.ndim() != 4) throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c)");
-          const int64_t n = x.shape(0), h = x.shape(1), w = x.shape(2), c = x.shape(3);
-          check_channels(c, where);
-          const float* xp = float_data(x, where, "x", {n, h, w, c}, false);
-          float* yp = float_out(y, where, "y", {n, h, w, c});
+          const auto dims = nhwc_dims(x, where);
+          const int64_t n = dims[0], h = dims[1], w = dims[2], c = dims[3];
+          const float* xp = float_data(x, where, "x", dims, false);
+          float* yp = float_out(y, where, "y", dims);
           float* mp = float_out(mean, where, "mean", {n, c});
           float* rp = float_out(rstd, where, "rstd", {n, c});
           const auto& kr = latentinv::decoder_kernels(isa);
@@ -349,14 +355,13 @@ void bind_decoder(py::module_& m) {
         [](py::array x, py::array g, py::array mean, py::array rstd, py::array dx, int n_threads,
            const std::string& isa) {
           const char* where = "decoder_norm_relu_backward";
-          if (x.ndim() != 4) throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c)");
-          const int64_t n = x.shape(0), h = x.shape(1), w = x.shape(2), c = x.shape(3);
-          check_channels(c, where);
-          const float* xp = float_data(x, where, "x", {n, h, w, c}, false);
-          const float* gp = float_data(g, where, "g", {n, h, w, c}, false);
+          const auto dims = nhwc_dims(x, where);
+          const int64_t n = dims[0], h = dims[1], w = dims[2], c = dims[3];
+          const float* xp = float_data(x, where, "x", dims, false);
+          const float* gp = float_data(g, where, "g", dims, false);
           const float* mp = float_data(mean, where, "mean", {n, c}, false);
           const float* rp = float_data(rstd, where, "rstd", {n, c}, false);
-          float* dp = float_out(dx, where, "dx", {n, h, w, c});
+          float* dp = float_out(dx, where, "dx", dims);
           const auto& kr = latentinv::decoder_kernels(isa);
           positive_threads(n_threads, where);
           py::gil_scoped_release release;
@@ -370,16 +375,16 @@ void bind_decoder(py::module_& m) {
         [](py::array x, py::array w, py::array y, int n_threads, const std::string& isa, py::object mean,
            py::object rstd, double eps) {
           const char* where = "decoder_deconv1_forward";
-          if (x.ndim() != 4 || w.ndim() != 3 || y.ndim() != 3)
+          if (w.ndim() != 3 || y.ndim() != 3)
             throw std::invalid_argument(std::string(where) + ": x must be (n, h, w, c), w (c, k, k), y (n, oh, ow)");
-          const int64_t n = x.shape(0), h = x.shape(1), wd = x.shape(2), c = x.shape(3), k = w.shape(1);
+          const auto dims = nhwc_dims(x, where);
+          const int64_t n = dims[0], h = dims[1], wd = dims[2], c = dims[3], k = w.shape(1);
           const int64_t oh = y.shape(1), ow = y.shape(2);
-          check_channels(c, where);
           if (k < 1 || k > latentinv::kDeconv1MaxKernel || oh < 2 * (h - 1) + k || ow < 2 * (wd - 1) + k ||
               ow > latentinv::kDeconv1MaxWidth || h < 1 || wd < 1)
             throw std::invalid_argument(std::string(where) + ": unsupported shapes (need 1 <= k <= 16, "
                                         "oh >= 2 (h - 1) + k, 2 (w - 1) + k <= ow <= 128)");
-          const float* xp = float_data(x, where, "x", {n, h, wd, c}, false);
+          const float* xp = float_data(x, where, "x", dims, false);
           const float* wp = float_data(w, where, "w", {c, k, k}, false);
           float* yp = float_out(y, where, "y", {n, oh, ow});
           if (mean.is_none() != rstd.is_none())
