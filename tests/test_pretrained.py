@@ -94,15 +94,20 @@ def test_loads_on_cuda(image):
     np.testing.assert_allclose(gpu.decode(z), cpu.decode(z), atol=1e-3)     # TF32 convolutions on CUDA
 
 
-def test_shipped_files_carry_valid_checksums():
+def _checksums_hold(weights, config):
+    """The config's digests of the weights file and of the config itself hold."""
     import hashlib
 
-    config = json.loads((DATA / "config.json").read_text())
-    weights = (DATA / "weights.safetensors").read_bytes()
     assert config["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     rest = {k: v for k, v in config.items() if k != "config_sha256"}
     canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"))
     assert config["config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_shipped_files_carry_valid_checksums():
+    config = json.loads((DATA / "config.json").read_text())
+    weights = (DATA / "weights.safetensors").read_bytes()
+    _checksums_hold(weights, config)
     # the weights were not changed by re-saving with checksums (digest of the file as trained)
     assert config["weights_sha256"] == "089066d6085cf3d7b77b44c65ef055d9156a314aab25780bdb158b6e04ac5640"
 
@@ -266,13 +271,8 @@ def test_default_is_the_paper_image_prior(ti_prior, prior):
 
 
 def test_paper_image_prior_files_are_data_with_valid_checksums():
-    import hashlib
-
     weights, config = _data_files(TI_DATA)
-    assert config["weights_sha256"] == hashlib.sha256(weights).hexdigest()
-    rest = {k: v for k, v in config.items() if k != "config_sha256"}
-    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"))
-    assert config["config_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    _checksums_hold(weights, config)
     # the weights as trained (commit 0bc79c7, docs/channels_ti_prior.json)
     assert config["weights_sha256"] == "32a2bb6b79d49da165e4a72103b0522a9c269a1da49e8ded791f0dea56bce3a4"
 
