@@ -148,7 +148,9 @@ class _NormReLUDeconv1(torch.autograd.Function):
         return dx, None, None, None
 
 
-def _plain_instance_norm(m: nn.Module) -> bool:
+def plain_instance_norm(m: nn.Module) -> bool:
+    """An ``InstanceNorm2d`` without affine parameters or running statistics (what the kernels compute;
+    the decoder's group-norm path relies on it too)."""
     return isinstance(m, nn.InstanceNorm2d) and not m.affine and not m.track_running_stats
 
 
@@ -169,7 +171,7 @@ def _plan(layers: nn.Sequential):
         return None
     for i in range(0, len(body), 3):
         conv, norm, act = body[i:i + 3]
-        if not (_plain_deconv(conv, False) and _plain_instance_norm(norm) and isinstance(act, nn.ReLU)
+        if not (_plain_deconv(conv, False) and plain_instance_norm(norm) and isinstance(act, nn.ReLU)
                 and conv.out_channels % 16 == 0):
             return None
         blocks.append((conv, norm))

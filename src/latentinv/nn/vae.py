@@ -357,11 +357,6 @@ def _frozen_cpu(module: nn.Module, x: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
 
 
-def _is_plain_instance_norm(module: nn.Module) -> bool:
-    return (isinstance(module, nn.InstanceNorm2d) and not module.affine
-            and not module.track_running_stats)
-
-
 def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
     """``layers(h)`` with each (instance norm, ReLU) pair as group norm (one group per channel) and an
     in-place ReLU; the other modules as they are. Group norm's backward needs its input and
@@ -370,7 +365,7 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
     i = 0
     while i < len(mods):
         mod = mods[i]
-        if (_is_plain_instance_norm(mod) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
+        if (native.plain_instance_norm(mod) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
                 and h.dim() == 4 and h.shape[2] * h.shape[3] > 1):
             h = nn.functional.group_norm(h, h.shape[1], eps=mod.eps).relu_()
             i += 2
