@@ -258,6 +258,7 @@ def bench_decoder(rows, repeats, n_starts=100, compile_=False):
         if hasattr(dec, "native_cpu_kernels"):
             torch_only = copy.deepcopy(dec)
             torch_only.native_cpu_kernels = False  # NCHW, group norm in torch (before the core's kernels)
+            torch_only.compose_fc = False
             variants["float32, group norm in torch, no core kernels (before)"] = _decoder_step(torch_only, z0,
                                                                                               "float32")
         if compile_:
@@ -335,6 +336,7 @@ def bench_linear(device, quick, rows, repeats=1):
     plain.fast_frozen_path = False     # the decoder's instance norms + ReLU as modules (before issue 19)
     torch_only = copy.deepcopy(decoder)
     torch_only.native_cpu_kernels = False   # group norm + ReLU in torch, NCHW (before the core's kernels)
+    torch_only.compose_fc = False           # and the two fully-connected layers as modules
     ablations = {"100 norms as modules": plain, "100 group norm, no native kernels": torch_only}
     for n_starts in (1, 10, 100, *ablations, "100 bfloat16"):
         precision = "float32"

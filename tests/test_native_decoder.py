@@ -280,13 +280,17 @@ def test_native_decoder_second_derivatives():
     z = torch.randn(3, 6, generator=torch.Generator().manual_seed(3))
     v = torch.randn_like(z)
 
-    def hvp(d):
+    def hvp(d, z, v):
         zz = z.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(d(zz).pow(3).sum(), zz, create_graph=True)
         (h,) = torch.autograd.grad((g * v).sum(), zz)
         return h
 
-    torch.testing.assert_close(hvp(dec), hvp(modules), rtol=1e-4, atol=1e-5)
+    # against float64: a float32 Hessian-vector product through ReLUs and norms is accurate to a few
+    # 1e-5 of its scale on any path (the modules' own error varies 1e-6 to 4e-6 of it over seeds)
+    want = hvp(copy.deepcopy(modules).double(), z.double(), v.double())
+    got = hvp(dec, z, v).double()
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max())
 
 
 def test_native_path_taken_only_where_it_applies(monkeypatch):

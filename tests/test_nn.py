@@ -339,3 +339,59 @@ def test_frozen_decoder_fast_path_has_second_derivatives():
         return h
 
     torch.testing.assert_close(hvp(fast), hvp(plain), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the frozen decoder's two fully-connected layers as one affine map
+# ---------------------------------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(n_components=st.integers(1, 8), hidden=st.integers(1, 40), c=st.integers(1, 9), h=st.integers(1, 5),
+       w=st.integers(1, 5), batch=st.integers(0, 4), seed=st.integers(0, 2**31 - 1))
+def test_composed_fc_is_the_two_layers(n_components, hidden, c, h, w, batch, seed):
+    from latentinv.nn.vae import _composed_fc
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    fc = torch.nn.Sequential(torch.nn.Linear(n_components, hidden), torch.nn.Linear(hidden, c * h * w),
+                             torch.nn.ReLU()).double()
+    z = torch.randn(batch, n_components, generator=g, dtype=torch.float64)
+    got = _composed_fc(fc, z, (c, h, w))
+    want = fc(z).reshape(batch, c, h, w)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)    # the same map, in float64
+    if batch:     # laid out channels-last (the transposed convolutions' layout): no reorder needed
+        assert got.is_contiguous(memory_format=torch.channels_last) or c == 1 or h * w == 1
+
+
+def test_composed_fc_follows_weight_changes_and_declines_other_stacks():
+    from latentinv.nn.vae import _composed_fc
+    torch.manual_seed(0)
+    fc = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 8), torch.nn.ReLU())
+    z = torch.randn(4, 3)
+    before = _composed_fc(fc, z, (2, 2, 2))
+    with torch.no_grad():
+        fc[1].bias.add_(1.0)                     # in place: the cached map must follow
+    torch.testing.assert_close(_composed_fc(fc, z, (2, 2, 2)), fc(z).reshape(4, 2, 2, 2))
+    assert not torch.equal(before, _composed_fc(fc, z, (2, 2, 2)))
+    fc[0] = torch.nn.Linear(3, 5, bias=False)    # another tensor, no bias
+    torch.testing.assert_close(_composed_fc(fc, z, (2, 2, 2)), fc(z).reshape(4, 2, 2, 2))
+    # an activation between the layers: not one affine map
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 8), torch.nn.ReLU())
+    assert _composed_fc(other, z, (2, 2, 2)) is None
+
+
+def test_frozen_decoder_composes_its_fc_only_when_frozen(monkeypatch):
+    import latentinv.nn.vae as vae_module
+    calls = []
+    real = vae_module._composed_fc
+    monkeypatch.setattr(vae_module, "_composed_fc", lambda *a: calls.append(1) or real(*a))
+    fast, plain = _decoder_pair((33, 17), (4, 8, 8, 16), (5, 5, 4, 4))
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(4))
+    y = fast(z)
+    assert calls == [1]
+    fast.compose_fc = False
+    torch.testing.assert_close(y, fast(z), rtol=1e-5, atol=1e-6)     # float32 round-off apart
+    assert calls == [1]
+    fast.compose_fc = True
+    fast.requires_grad_(True)
+    assert torch.equal(fast(z), plain.requires_grad_(True)(z))       # training: the modules
+    assert calls == [1]
