@@ -28,8 +28,12 @@ The two "ablation" rows time 100 starts without each CPU optimisation of latenti
 run: glibc's default malloc thresholds (a child process, timed before and after the tuning), and
 the decoder's last layer through oneDNN (its weight made to require a gradient). The linear rows
 also time the decoder's earlier CPU paths at 100 starts, in the same rounds: its instance norms as
-modules (``fast_frozen_path = False``) and NCHW with group norm in torch, without the compiled core's
-kernels (``native_cpu_kernels = False``). Compare runs made with the same ``--threads`` and report the
+modules (``fast_frozen_path = False``: norms and fully-connected layers as modules), NCHW with group
+norm in torch, without the compiled core's kernels (``native_cpu_kernels = False``), the two
+fully-connected layers as modules rather than one composed map (``compose_fc = False``), and the
+engine's straight-ray work (slowness map, rays' gather and scatter, full-data product) in torch's
+operations rather than the core's bit-identical kernels (``latentinv.inversion.native.use_kernels =
+False``); each switches off that one thing. Compare runs made with the same ``--threads`` and report the
 load average printed at the end.
 """
 from __future__ import annotations
@@ -314,6 +318,25 @@ def _linear_problem(device, decoder):
     return op, gen, tt
 
 
+class _TorchEngineOps:
+    """An inverter whose runs take torch's operations for the engine's straight-ray work, where the
+    compiled core's engine kernels (bit-identical) would run (``latentinv.inversion.native``)."""
+
+    def __init__(self, est):
+        self.est = est
+
+    def __getattr__(self, name):
+        return getattr(self.est, name)
+
+    def invert(self, tt):
+        from latentinv.inversion import native
+        native.use_kernels = False
+        try:
+            return self.est.invert(tt)
+        finally:
+            native.use_kernels = True
+
+
 def bench_linear(device, quick, rows, repeats=1):
     decoder = paper_decoder(device)
     op, gen, tt = _linear_problem(device, decoder)
@@ -337,14 +360,18 @@ def bench_linear(device, quick, rows, repeats=1):
     torch_only = copy.deepcopy(decoder)
     torch_only.native_cpu_kernels = False   # group norm + ReLU in torch, NCHW (before the core's kernels)
     torch_only.compose_fc = False           # and the two fully-connected layers as modules
-    ablations = {"100 norms as modules": plain, "100 group norm, no native kernels": torch_only}
+    separate_fc = copy.deepcopy(decoder)
+    separate_fc.compose_fc = False          # the two fully-connected layers as modules
+    ablations = {"100 norms as modules": plain, "100 group norm, no native kernels": torch_only,
+                 "100 fc layers as modules": separate_fc, "100 engine in torch ops": decoder}
     for n_starts in (1, 10, 100, *ablations, "100 bfloat16"):
         precision = "float32"
         if n_starts in ablations:
             if torch.device(device).type != "cpu":
                 continue
-            estimators[n_starts] = LatentInverter(TorchGenerator(ablations[n_starts], 20), op, n_starts=100,
-                                                  n_epochs=1, random_state=0, device=device).fit(tt)
+            est = LatentInverter(TorchGenerator(ablations[n_starts], 20), op, n_starts=100, n_epochs=1,
+                                 random_state=0, device=device).fit(tt)
+            estimators[n_starts] = _TorchEngineOps(est) if n_starts == "100 engine in torch ops" else est
             estimators[n_starts].invert(tt)
             continue
         if n_starts == "100 bfloat16":
@@ -398,8 +425,10 @@ def bench_linear(device, quick, rows, repeats=1):
         n_starts = est.n_starts
         per = t / (n_starts * n_it)
         results[key] = res
-        label = est.precision + {"100 norms as modules": ", norms as modules (before issue 19)",
+        label = est.precision + {"100 norms as modules": ", norms and fc layers as modules (before issue 19)",
                                  "100 group norm, no native kernels": ", group norm in torch, no core kernels",
+                                 "100 fc layers as modules": ", fc layers as modules (not composed)",
+                                 "100 engine in torch ops": ", engine in torch ops (no engine kernels)",
                                  }.get(key, "")
         row = dict(case="linear", method=f"LatentInverter (batched, {label})", device=str(device),
                    n_starts=n_starts, iterations=n_it, seconds=t,

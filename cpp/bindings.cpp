@@ -11,6 +11,7 @@
 
 #ifdef LATENTINV_HAVE_DECODER_KERNELS
 #include "decoder_kernels.hpp"
+#include "engine_kernels.hpp"
 #endif
 #include "shortest_path.hpp"
 
@@ -452,6 +453,127 @@ void bind_decoder(py::module_& m) {
         "g (n, oh, ow), w (c, k, k) with c a multiple of 16, dx (n, h, w, c). With x, mean and rstd (the "
         "forward's input and statistics): the gradient with respect to x through its instance norm + ReLU.");
 }
+
+// ---- the engine's straight-ray kernels (bit-identical to torch's operations) ---------------------------
+const int64_t* index_data(const py::array& a, const char* where, const char* name, std::vector<int64_t> shape) {
+  if (!a.dtype().is(py::dtype::of<int64_t>()))
+    throw std::invalid_argument(std::string(where) + ": " + name + " must be int64, got " +
+                                std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style) || a.ndim() != static_cast<py::ssize_t>(shape.size()))
+    throw std::invalid_argument(std::string(where) + ": " + name + " must be a C-contiguous array of " +
+                                std::to_string(shape.size()) + " dimensions");
+  for (size_t d = 0; d < shape.size(); ++d)
+    if (shape[d] >= 0 && a.shape(d) != shape[d])
+      throw std::invalid_argument(std::string(where) + ": " + name + " has " + std::to_string(a.shape(d)) +
+                                  " entries along axis " + std::to_string(d) + ", expected " +
+                                  std::to_string(shape[d]));
+  return static_cast<const int64_t*>(a.data());
+}
+
+// every entry of idx (count of them) in [0, bound): an out-of-range index would read or write outside
+void check_indices(const int64_t* idx, int64_t count, int64_t bound, const char* where, const char* name) {
+  for (int64_t i = 0; i < count; ++i)
+    if (idx[i] < 0 || idx[i] >= bound)
+      throw std::invalid_argument(std::string(where) + ": " + name + " holds " + std::to_string(idx[i]) +
+                                  ", outside [0, " + std::to_string(bound) + ")");
+}
+
+void bind_engine(py::module_& m) {
+  m.def("engine_paper_slowness",
+        [](py::array x, py::array s, int n_threads) {
+          const char* where = "engine_paper_slowness";
+          std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+          const float* xp = float_data(x, where, "x", shape, false);
+          float* sp = float_out(s, where, "s", shape);
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::paper_slowness_forward(xp, static_cast<int64_t>(x.size()), sp, n_threads);
+        },
+        py::arg("x"), py::arg("s"), py::arg("n_threads"),
+        "s = 1 / (0.06 + 0.02 (1 - x)) (float32, bit-identical to torch's evaluation of that expression).");
+  m.def("engine_paper_slowness_backward",
+        [](py::array g, py::array s, py::array gx, int n_threads) {
+          const char* where = "engine_paper_slowness_backward";
+          std::vector<int64_t> shape(s.shape(), s.shape() + s.ndim());
+          const float* gp = float_data(g, where, "g", shape, false);
+          const float* sp = float_data(s, where, "s", shape, false);
+          float* xp = float_out(gx, where, "gx", shape);
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::paper_slowness_backward(gp, sp, static_cast<int64_t>(s.size()), xp, n_threads);
+        },
+        py::arg("g"), py::arg("s"), py::arg("gx"), py::arg("n_threads"),
+        "Gradient of engine_paper_slowness at its output s for the output gradient g: gx = g s^2 0.02 "
+        "(bit-identical to torch's autograd of that expression).");
+  m.def("engine_kernel_rows",
+        [](py::array s, py::array index, py::array value, py::array rays, py::array out, int n_threads) {
+          const char* where = "engine_kernel_rows";
+          if (s.ndim() != 2 || index.ndim() != 2 || rays.ndim() != 2)
+            throw std::invalid_argument(std::string(where) + ": s must be (n_rows, n_cells), index and value "
+                                        "(n_rays, width), rays (n_rows, batch)");
+          const int64_t R = s.shape(0), n = s.shape(1), m = index.shape(0), w = index.shape(1), B = rays.shape(1);
+          const float* sp = float_data(s, where, "s", {R, n}, false);
+          const int64_t* ip = index_data(index, where, "index", {m, w});
+          const float* vp = float_data(value, where, "value", {m, w}, false);
+          const int64_t* rp = index_data(rays, where, "rays", {R, B});
+          float* op = float_out(out, where, "out", {R, B, w});
+          check_indices(rp, R * B, m, where, "rays");
+          check_indices(ip, m * w, n, where, "index");
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::kernel_rows_forward(sp, R, n, ip, vp, m, w, rp, B, op, n_threads);
+        },
+        py::arg("s"), py::arg("index"), py::arg("value"), py::arg("rays"), py::arg("out"), py::arg("n_threads"),
+        "out[r, b, p] = s[r, index[rays[r, b], p]] * value[rays[r, b], p] (float32 s, value, out; int64 "
+        "index, rays).");
+  m.def("engine_kernel_rows_backward",
+        [](py::array g, py::array index, py::array value, py::array rays, py::array gs, int n_threads) {
+          const char* where = "engine_kernel_rows_backward";
+          if (gs.ndim() != 2 || index.ndim() != 2 || rays.ndim() != 2)
+            throw std::invalid_argument(std::string(where) + ": gs must be (n_rows, n_cells), index and value "
+                                        "(n_rays, width), rays and g (n_rows, batch)");
+          const int64_t R = gs.shape(0), n = gs.shape(1), m = index.shape(0), w = index.shape(1), B = rays.shape(1);
+          const float* gp = float_data(g, where, "g", {R, B}, false);
+          const int64_t* ip = index_data(index, where, "index", {m, w});
+          const float* vp = float_data(value, where, "value", {m, w}, false);
+          const int64_t* rp = index_data(rays, where, "rays", {R, B});
+          float* op = float_out(gs, where, "gs", {R, n});
+          check_indices(rp, R * B, m, where, "rays");
+          check_indices(ip, m * w, n, where, "index");
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::kernel_rows_backward(gp, R, n, ip, vp, m, w, rp, B, op, n_threads);
+        },
+        py::arg("g"), py::arg("index"), py::arg("value"), py::arg("rays"), py::arg("gs"), py::arg("n_threads"),
+        "Gradient of engine_kernel_rows' sums over p: gs (overwritten) = 0, then gs[r, index[rays[r, b], p]] "
+        "+= g[r, b] * value[rays[r, b], p] in (b, p) order, as torch's scatter-add.");
+  m.def("engine_kernel_full",
+        [](py::array indptr, py::array indices, py::array data, py::array s, py::array out_t, int n_threads) {
+          const char* where = "engine_kernel_full";
+          if (s.ndim() != 2 || indptr.ndim() != 1 || indices.ndim() != 1)
+            throw std::invalid_argument(std::string(where) + ": s must be (n_rows, n_cells), indptr, indices "
+                                        "and data 1-D");
+          const int64_t R = s.shape(0), n = s.shape(1), m = indptr.shape(0) - 1, nnz = indices.shape(0);
+          if (m < 0) throw std::invalid_argument(std::string(where) + ": indptr must not be empty");
+          const int64_t* pp = index_data(indptr, where, "indptr", {m + 1});
+          const int64_t* ip = index_data(indices, where, "indices", {nnz});
+          const float* dp = float_data(data, where, "data", {nnz}, false);
+          const float* sp = float_data(s, where, "s", {R, n}, false);
+          float* op = float_out(out_t, where, "out_t", {m, R});
+          if (pp[0] != 0 || pp[m] != nnz)
+            throw std::invalid_argument(std::string(where) + ": indptr must run from 0 to len(indices)");
+          for (int64_t i = 0; i < m; ++i)
+            if (pp[i + 1] < pp[i]) throw std::invalid_argument(std::string(where) + ": indptr must not decrease");
+          check_indices(ip, nnz, n, where, "indices");
+          positive_threads(n_threads, where);
+          std::vector<float> st(static_cast<size_t>(R * n));
+          py::gil_scoped_release release;
+          latentinv::kernel_full_product(pp, ip, dp, m, sp, R, n, op, st.data(), n_threads);
+        },
+        py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("s"), py::arg("out_t"), py::arg("n_threads"),
+        "out_t[i, r] = sum_p data[p] s[r, indices[p]] over CSR row i's entries in order (float32, each sum "
+        "from zero, no fused multiply-add: bit-identical to torch's CSR @ dense on MKL).");
+}
 #endif  // LATENTINV_HAVE_DECODER_KERNELS
 
 }  // namespace
@@ -461,5 +583,6 @@ PYBIND11_MODULE(_core, m) {
   bind_shortest_path(m);
 #ifdef LATENTINV_HAVE_DECODER_KERNELS
   bind_decoder(m);
+  bind_engine(m);
 #endif
 }

@@ -2,15 +2,11 @@
 // are split into contiguous ranges, one per worker thread (the calling thread takes the first).
 #include "decoder_kernels.hpp"
 
-#include <algorithm>
-#include <atomic>
-#include <type_traits>
 #include <stdexcept>
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
-#include <thread>
+#include <utility>
 #include <vector>
+
+#include "worker_pool.hpp"
 
 namespace latentinv {
 
@@ -34,73 +30,9 @@ bool cpu_has(const char* isa) {
   return false;
 }
 
-// Denormal inputs and results flushed to zero for the guard's lifetime (this thread): gradients through
-// a saturated sigmoid reach 1e-40 and below, where each denormal operation costs about a hundred cycles
-// (the first kernels ran 7x slower in an inversion than on random data). oneDNN's kernels run so too.
-class FlushDenormals {
- public:
-#if defined(__x86_64__) || defined(__i386__)
-  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }   // FTZ | DAZ
-  ~FlushDenormals() { _mm_setcsr(saved_); }
-
- private:
-  unsigned saved_;
-#endif
-};
-
-// The OpenMP runtime torch runs on, when set_openmp_runtime() was given its entry points: the kernels'
-// workers are then the threads of torch's own pool. Their own std::threads would share the cores with
-// that pool's workers, which spin for milliseconds after every torch operation (libgomp's default
-// wait policy): two threads ran the kernels no faster than one.
-using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
-using OmpThreadNum = int (*)();
-std::atomic<GompParallel> openmp_parallel{nullptr};
-std::atomic<OmpThreadNum> openmp_thread_num{nullptr};
-
-template <typename F>
-struct OpenMPTask {
-  F* body;
-  int64_t n, t;
-  OmpThreadNum thread_num;
-  static void run(void* p) {
-    auto* task = static_cast<OpenMPTask*>(p);
-    const int64_t w = task->thread_num();
-    if (w >= task->t) return;
-    FlushDenormals ftz;
-    (*task->body)(task->n * w / task->t, task->n * (w + 1) / task->t);
-  }
-};
-
 template <typename F>
 void for_samples(int64_t n, int n_threads, F&& body) {
-  const int64_t t = std::max<int64_t>(1, std::min<int64_t>(n_threads, n));
-  if (t == 1) {
-    FlushDenormals ftz;
-    body(int64_t{0}, n);
-    return;
-  }
-  const GompParallel parallel = openmp_parallel.load();
-  const OmpThreadNum thread_num = openmp_thread_num.load();
-  if (parallel != nullptr && thread_num != nullptr) {
-    using Body = std::remove_reference_t<F>;
-    OpenMPTask<Body> task{&body, n, t, thread_num};
-    parallel(&OpenMPTask<Body>::run, &task, static_cast<unsigned>(t), 0);
-    return;
-  }
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(t - 1));
-  auto range = [&](int64_t w) { return std::make_pair(n * w / t, n * (w + 1) / t); };
-  for (int64_t w = 1; w < t; ++w) {
-    const auto r = range(w);
-    workers.emplace_back([&body, r] {
-      FlushDenormals ftz;
-      body(r.first, r.second);
-    });
-  }
-  const auto r0 = range(0);
-  FlushDenormals ftz;
-  body(r0.first, r0.second);
-  for (auto& th : workers) th.join();
+  pool::for_ranges(n, n_threads, true, std::forward<F>(body));
 }
 
 }  // namespace
@@ -108,8 +40,8 @@ void for_samples(int64_t n, int n_threads, F&& body) {
 void set_openmp_runtime(uintptr_t gomp_parallel, uintptr_t omp_get_thread_num) {
   if ((gomp_parallel == 0) != (omp_get_thread_num == 0))
     throw std::invalid_argument("decoder kernels: give both OpenMP entry points, or neither");
-  openmp_thread_num.store(reinterpret_cast<OmpThreadNum>(omp_get_thread_num));
-  openmp_parallel.store(reinterpret_cast<GompParallel>(gomp_parallel));
+  pool::openmp_thread_num.store(reinterpret_cast<pool::OmpThreadNum>(omp_get_thread_num));
+  pool::openmp_parallel.store(reinterpret_cast<pool::GompParallel>(gomp_parallel));
 }
 
 const DecoderKernels& decoder_kernels(const std::string& isa) {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import native
 from .traveltimes import traveltime_evaluator
 
 
@@ -95,7 +96,7 @@ class LatentProblem:
             x = x.to(self.dtype)
         else:
             x = self.decoder(z)
-        return x, self.slowness_map(x)
+        return x, native.slowness(self.slowness_map, x)
 
     def full_traveltimes(self, x, s):
         """All traveltimes (R, n_data) of models ``x`` with slowness ``s``, without autograd."""

@@ -28,6 +28,8 @@ import warnings
 import numpy as np
 import torch
 
+from . import native
+
 
 def traveltime_evaluator(op, device, dtype, *, paper_gradient, allow_pending):
     """The evaluator for operator ``op`` (see the module's docstring)."""
@@ -72,14 +74,11 @@ class KernelRows:
 
     def rows(self, s, rays):
         """Traveltimes of rays ``rays`` (R, B) for slowness ``s`` (R, n_cells): differentiable."""
-        R, B = rays.shape
-        idx = self.index[rays]                      # (R, B, P)
-        gathered = torch.gather(s, 1, idx.reshape(R, -1)).reshape(idx.shape)
-        return (gathered * self.value[rays]).sum(-1)
+        return native.kernel_rows(s, rays, self.index, self.value)
 
     def full(self, s):
         """All traveltimes (R, n_data), no autograd."""
-        return (self.matrix @ s.T.contiguous()).T
+        return native.kernel_full(self.matrix, s)
 
     def __call__(self, x, s, rays, while_waiting=None):
         t_rays = self.rows(s, rays)

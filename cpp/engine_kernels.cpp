@@ -1,0 +1,110 @@
+// The SGD engine's straight-ray kernels (engine_kernels.hpp). Each loop keeps torch's operation order;
+// the compiler may vectorise across independent elements, never reassociate a sum (no -ffast-math, no
+// contraction).
+#include "engine_kernels.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "worker_pool.hpp"
+
+namespace latentinv {
+
+namespace {
+constexpr bool kKeepDenormals = false;   // torch's element-wise operations do not flush them
+}
+
+void paper_slowness_forward(const float* x, int64_t n, float* s, int n_threads) {
+  // torch: rsub (1 - x), mul by the scalar 0.02, add 0.06, reciprocal (then a multiply by 1.0, exact)
+  pool::for_ranges(n, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      const float t1 = 1.0f - x[i];
+      const float t2 = t1 * 0.02f;
+      const float t3 = t2 + 0.06f;
+      s[i] = 1.0f / t3;
+    }
+  });
+}
+
+void paper_slowness_backward(const float* g, const float* s, int64_t n, float* gx, int n_threads) {
+  // torch's chain, its negations dropped (exact): reciprocal's -g (r r), then mul's 0.02, then rsub's -1
+  pool::for_ranges(n, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) {
+      const float rr = s[i] * s[i];
+      const float t = g[i] * rr;
+      gx[i] = t * 0.02f;
+    }
+  });
+}
+
+void kernel_rows_forward(const float* s, int64_t n_rows, int64_t n_cells, const int64_t* index,
+                         const float* value, int64_t n_rays, int64_t width, const int64_t* rays, int64_t batch,
+                         float* out, int n_threads) {
+  (void)n_rays;
+  pool::for_ranges(n_rows, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; ++r) {
+      const float* sr = s + r * n_cells;
+      for (int64_t k = 0; k < batch; ++k) {
+        const int64_t ray = rays[r * batch + k];
+        const int64_t* idx = index + ray * width;
+        const float* val = value + ray * width;
+        float* o = out + (r * batch + k) * width;
+        for (int64_t p = 0; p < width; ++p) o[p] = sr[idx[p]] * val[p];
+      }
+    }
+  });
+}
+
+void kernel_rows_backward(const float* g, int64_t n_rows, int64_t n_cells, const int64_t* index,
+                          const float* value, int64_t n_rays, int64_t width, const int64_t* rays, int64_t batch,
+                          float* gs, int n_threads) {
+  (void)n_rays;
+  // torch: the sum's gradient expanded over p, times value (mul's backward), then gather's backward,
+  // a scatter-add into zeros in index order along each row
+  pool::for_ranges(n_rows, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; ++r) {
+      float* gr = gs + r * n_cells;
+      std::fill(gr, gr + n_cells, 0.0f);
+      for (int64_t k = 0; k < batch; ++k) {
+        const int64_t ray = rays[r * batch + k];
+        const int64_t* idx = index + ray * width;
+        const float* val = value + ray * width;
+        const float gk = g[r * batch + k];
+        for (int64_t p = 0; p < width; ++p) gr[idx[p]] += gk * val[p];
+      }
+    }
+  });
+}
+
+void kernel_full_product(const int64_t* indptr, const int64_t* indices, const float* data, int64_t n_rays,
+                         const float* s, int64_t n_rows, int64_t n_cells, float* out_t, float* st, int n_threads) {
+  // s transposed in tiles (each tile's rows and columns stay in cache), so that each matrix entry
+  // updates all rows' sums with one contiguous, vectorisable loop
+  constexpr int64_t kTile = 32;
+  const int64_t cell_tiles = (n_cells + kTile - 1) / kTile;
+  pool::for_ranges(cell_tiles, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
+    for (int64_t t = a; t < b; ++t) {
+      const int64_t j0 = t * kTile, j1 = std::min(n_cells, j0 + kTile);
+      for (int64_t r0 = 0; r0 < n_rows; r0 += kTile) {
+        const int64_t r1 = std::min(n_rows, r0 + kTile);
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t r = r0; r < r1; ++r) st[j * n_rows + r] = s[r * n_cells + j];
+      }
+    }
+  });
+  pool::for_ranges(n_rays, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
+    std::vector<float> acc(static_cast<size_t>(n_rows));
+    for (int64_t i = a; i < b; ++i) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      float* ac = acc.data();
+      for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {
+        const float v = data[p];
+        const float* row = st + indices[p] * n_rows;
+        for (int64_t r = 0; r < n_rows; ++r) ac[r] = ac[r] + v * row[r];
+      }
+      std::copy(acc.begin(), acc.end(), out_t + i * n_rows);
+    }
+  });
+}
+
+}  // namespace latentinv
