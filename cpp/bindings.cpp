@@ -478,6 +478,30 @@ void check_indices(const int64_t* idx, int64_t count, int64_t bound, const char*
                                   ", outside [0, " + std::to_string(bound) + ")");
 }
 
+void bind_col2im(py::module_& m) {
+  m.def("decoder_col2im",
+        [](py::array taps, py::array y, std::vector<int> stride, std::vector<int> padding, int n_threads) {
+          const char* where = "decoder_col2im";
+          if (taps.ndim() != 6 || y.ndim() != 4 || stride.size() != 2 || padding.size() != 2)
+            throw std::invalid_argument(std::string(where) + ": taps must be (n, h, w, kh, kw, c), y (n, oh, ow, c), "
+                                        "stride and padding pairs");
+          const int64_t n = taps.shape(0), h = taps.shape(1), w = taps.shape(2), kh = taps.shape(3),
+                        kw = taps.shape(4), c = taps.shape(5), oh = y.shape(1), ow = y.shape(2);
+          if (stride[0] < 1 || stride[1] < 1 || padding[0] < 0 || padding[1] < 0)
+            throw std::invalid_argument(std::string(where) + ": stride must be >= 1 and padding >= 0");
+          const float* tp = float_data(taps, where, "taps", {n, h, w, kh, kw, c}, false);
+          float* yp = float_out(y, where, "y", {n, oh, ow, c});
+          positive_threads(n_threads, where);
+          py::gil_scoped_release release;
+          latentinv::col2im_batch(tp, n, static_cast<int>(h), static_cast<int>(w), static_cast<int>(kh),
+                                  static_cast<int>(kw), static_cast<int>(c), stride[0], stride[1], padding[0],
+                                  padding[1], static_cast<int>(oh), static_cast<int>(ow), yp, n_threads);
+        },
+        py::arg("taps"), py::arg("y"), py::arg("stride"), py::arg("padding"), py::arg("n_threads"),
+        "A transposed convolution's col2im, NHWC: y = 0, then y[n, i sh + a - ph, j sw + b - pw, :] += "
+        "taps[n, i, j, a, b, :] for every input pixel and tap in order (taps falling outside y dropped).");
+}
+
 void bind_engine(py::module_& m) {
   m.def("engine_paper_slowness",
         [](py::array x, py::array s, int n_threads) {
@@ -584,5 +608,6 @@ PYBIND11_MODULE(_core, m) {
 #ifdef LATENTINV_HAVE_DECODER_KERNELS
   bind_decoder(m);
   bind_engine(m);
+  bind_col2im(m);
 #endif
 }

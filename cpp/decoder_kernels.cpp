@@ -2,6 +2,7 @@
 // are split into contiguous ranges, one per worker thread (the calling thread takes the first).
 #include "decoder_kernels.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -115,6 +116,27 @@ void deconv1_backward_batch(const DecoderKernels& kr, const float* g, int64_t n,
       kr.deconv1_backward(g + s * oh * ow, oh, ow, wt.data(), k, c, h, wd, out);
       if (x != nullptr)
         kr.norm_relu_backward(x + s * hw * c, out, mean + s * c, rstd + s * c, hw, c, dx + s * hw * c);
+    }
+  });
+}
+
+void col2im_batch(const float* taps, int64_t n, int h, int w, int kh, int kw, int c, int sh, int sw, int ph,
+                  int pw, int oh, int ow, float* y, int n_threads) {
+  const int64_t in_sample = int64_t{h} * w * kh * kw * c, out_sample = int64_t{oh} * ow * c;
+  for_samples(n, n_threads, [&](int64_t a0, int64_t a1) {
+    for (int64_t s = a0; s < a1; ++s) {
+      float* ys = y + s * out_sample;
+      std::fill(ys, ys + out_sample, 0.0f);
+      const float* t = taps + s * in_sample;
+      for (int i = 0; i < h; ++i)
+        for (int j = 0; j < w; ++j)
+          for (int a = 0; a < kh; ++a)
+            for (int b = 0; b < kw; ++b, t += c) {
+              const int oy = i * sh + a - ph, ox = j * sw + b - pw;
+              if (oy < 0 || oy >= oh || ox < 0 || ox >= ow) continue;
+              float* dst = ys + (static_cast<int64_t>(oy) * ow + ox) * c;
+              for (int cc = 0; cc < c; ++cc) dst[cc] += t[cc];
+            }
     }
   });
 }

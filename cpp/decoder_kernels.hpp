@@ -51,4 +51,10 @@ void deconv1_backward_batch(const DecoderKernels& kr, const float* g, int64_t n,
                             const float* w, int k, int c, int h, int wd, float* dx, int n_threads,
                             const float* x = nullptr, const float* mean = nullptr, const float* rstd = nullptr);
 
+// col2im of a transposed convolution's taps, NHWC: y (n, oh, ow, c) = 0, then for each input pixel
+// (i, j) and tap (a, b) in order, y[n, i sh + a - ph, j sw + b - pw, :] += taps[n, i, j, a, b, :] (taps
+// outside y are dropped).
+void col2im_batch(const float* taps, int64_t n, int h, int w, int kh, int kw, int c, int sh, int sw, int ph,
+                  int pw, int oh, int ow, float* y, int n_threads);
+
 }  // namespace latentinv

@@ -222,6 +222,15 @@ def test_bad_arguments_raise_clear_errors():
                                      np.empty((2, 15), np.float32))
     with pytest.raises(ValueError, match="x, mean and rstd must be given together"):
         core.decoder_deconv1_backward(np.empty((2, 9, 9), np.float32), w, _f32(2, 4, 4, 16), 1, "auto", x)
+    taps = _f32(2, 3, 2, 4, 4, 8)
+    with pytest.raises(ValueError, match="taps must be \\(n, h, w, kh, kw, c\\)"):
+        core.decoder_col2im(_f32(2, 3, 2, 4, 8), _f32(2, 8, 6, 8), [2, 2], [0, 0], 1)
+    with pytest.raises(ValueError, match="y must have shape \\(2, 8, 6, 8\\), got \\(2, 8, 6, 4\\)"):
+        core.decoder_col2im(taps, _f32(2, 8, 6, 4), [2, 2], [0, 0], 1)
+    with pytest.raises(ValueError, match="stride must be >= 1 and padding >= 0"):
+        core.decoder_col2im(taps, _f32(2, 8, 6, 8), [0, 2], [0, 0], 1)
+    with pytest.raises(ValueError, match="stride must be >= 1 and padding >= 0"):
+        core.decoder_col2im(taps, _f32(2, 8, 6, 8), [2, 2], [0, -1], 1)
 
 
 # -- the decoder's native path -----------------------------------------------------------------------
@@ -237,7 +246,7 @@ def _decoders(image_shape, channels, kernel_sizes, seed=5):
 
 def _count_core_calls(monkeypatch):
     calls = []
-    for name in ("decoder_norm_relu_forward", "decoder_deconv1_forward"):
+    for name in ("decoder_norm_relu_forward", "decoder_deconv1_forward", "decoder_col2im"):
         real = getattr(core, name)
         monkeypatch.setattr(native.core, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
     return calls
@@ -257,6 +266,17 @@ def test_native_decoder_equals_the_modules(monkeypatch, image_shape, channels, k
     # one norm kernel per hidden block but the last, whose norm runs inside the last layer's kernel
     assert calls.count("decoder_deconv1_forward") == 1
     assert calls.count("decoder_norm_relu_forward") == len(channels) - 2
+    # the GEMM form for the hidden layers whose input has at most 16 pixels (each net has one or two)
+    inputs = []
+    hooks = [m.register_forward_hook(lambda m, a, out: inputs.append(a[0].shape[2:].numel()))
+             for m in list(modules.deconv)[:-2] if isinstance(m, torch.nn.ConvTranspose2d)]
+    with torch.no_grad():
+        modules(z)
+    for h in hooks:
+        h.remove()
+    small = sum(p <= native.GEMM_FORM_MAX_PIXELS for p in inputs)
+    assert small >= 1
+    assert calls.count("decoder_col2im") == small
     torch.testing.assert_close(xn, xm, rtol=1e-5, atol=2e-6)
     g = torch.randn(xn.shape, generator=torch.Generator().manual_seed(2))
     (gn,) = torch.autograd.grad(xn, zn, g)
@@ -273,6 +293,32 @@ def test_native_decoder_equals_the_modules(monkeypatch, image_shape, channels, k
     with torch.no_grad():
         torch.testing.assert_close(dec(z), xn.detach(), rtol=0, atol=0)
         torch.testing.assert_close(dec(z), group_norm(z), rtol=1e-5, atol=2e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cin=st.integers(1, 24), cout=st.integers(1, 12), k=st.integers(1, 5), stride=st.integers(1, 3),
+       h=st.integers(1, 4), w=st.integers(1, 4), n=st.integers(0, 3), data=st.data())
+def test_deconv_gemm_form_matches_torch(cin, cout, k, stride, h, w, n, data):
+    padding = data.draw(st.integers(0, k - 1))
+    output_padding = data.draw(st.integers(0, stride - 1))
+    if (h - 1) * stride - 2 * padding + k + output_padding <= 0 or (w - 1) * stride - 2 * padding + k + output_padding <= 0:
+        return
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    torch.manual_seed(seed)
+    conv = torch.nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=padding, output_padding=output_padding,
+                                    bias=False).requires_grad_(False)
+    x = torch.randn(n, cin, h, w).contiguous(memory_format=torch.channels_last)
+    xd = x.double().requires_grad_(True)
+    want = F.conv_transpose2d(xd, conv.weight.double(), None, stride, padding, output_padding)
+    xg = x.clone().requires_grad_(True)
+    got = native._DeconvByGEMM.apply(xg, conv, native._taps_weight(conv))
+    assert got.shape == want.shape
+    if n:
+        assert float((got.double() - want).abs().max()) <= 1e-5 * max(float(want.abs().max()), 1.0)
+        g = torch.randn(want.shape)
+        (gx,) = torch.autograd.grad(got, xg, g)
+        (gd,) = torch.autograd.grad(want, xd, g.double())
+        assert float((gx.double() - gd).abs().max()) <= 1e-5 * max(float(gd.abs().max()), 1.0)
 
 
 def test_native_decoder_second_derivatives():
