@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -590,9 +591,9 @@ void bind_engine(py::module_& m) {
             if (pp[i + 1] < pp[i]) throw std::invalid_argument(std::string(where) + ": indptr must not decrease");
           check_indices(ip, nnz, n, where, "indices");
           positive_threads(n_threads, where);
-          std::vector<float> st(static_cast<size_t>(R * n));
+          std::unique_ptr<float[]> st(new float[static_cast<size_t>((R + 31) / 32 * 32 * n)]);   // not zeroed
           py::gil_scoped_release release;
-          latentinv::kernel_full_product(pp, ip, dp, m, sp, R, n, op, st.data(), n_threads);
+          latentinv::kernel_full_product(pp, ip, dp, m, sp, R, n, op, st.get(), n_threads);
         },
         py::arg("indptr"), py::arg("indices"), py::arg("data"), py::arg("s"), py::arg("out_t"), py::arg("n_threads"),
         "out_t[i, r] = sum_p data[p] s[r, indices[p]] over CSR row i's entries in order (float32, each sum "

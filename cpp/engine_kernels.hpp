@@ -25,7 +25,7 @@ void kernel_rows_backward(const float* g, int64_t n_rows, int64_t n_cells, const
 
 // The full product of a CSR matrix (indptr, indices, data: n_rays rows) with every row of s
 // (n_rows, n_cells): out_t[i, r] = sum_p data[p] s[r, indices[p]] over row i's entries in order, each
-// sum started from zero. st: scratch of n_cells * n_rows floats (s transposed).
+// sum started from zero. st: scratch of n_cells * ceil(n_rows / 32) * 32 floats (s transposed).
 void kernel_full_product(const int64_t* indptr, const int64_t* indices, const float* data, int64_t n_rays,
                          const float* s, int64_t n_rows, int64_t n_cells, float* out_t, float* st, int n_threads);
 
