@@ -8,11 +8,15 @@ of ``z`` is ``N(mu, Sigma)``, ``Sigma = (M^T M / sigma**2 + I)^-1``, ``mu = Sigm
 with a uniform prior on [-1, 1]^2 it is that Gaussian truncated to the box (moments by quadrature).
 """
 import sys
+import warnings
 
 import arviz as az
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
@@ -20,6 +24,7 @@ from latentinv.inversion import LatentInverter, LatentSampler, TorchGenerator
 from latentinv.inversion.mcmc import (MALA, PCN, RWM, ChainState, ChainStreams, DifferentialEvolution,
                                       DifferentialEvolutionMALA, Preconditioner, StepAdaptation, from_latent,
                                       to_latent)
+from latentinv.inversion.posterior import RHAT_LIMIT, split_rhat
 from latentinv.inversion.runtime import torch_threads
 from latentinv.operators import StraightRayOperator
 from test_sklearn_compat import _WIDTHS, _XFAIL_WIDTH, _applies, _check_name
@@ -294,9 +299,11 @@ def test_differential_evolution_jumps_put_the_right_mass_in_each_of_two_modes():
     # keep the split of their starts, whatever the modes' masses
     rwm = _sampler(gen, op, method="rwm", n_chains=1, noise_std=sigma, n_samples=600).fit(y[None]).sample(y[None])
     assert rwm.samples[0, 0, :, 0].min() > -0.4 or rwm.samples[0, 0, :, 0].max() < -0.4
-    mala = _sampler(gen, op, method="mala", noise_std=sigma, n_samples=600).fit(y[None]).sample(y[None])
+    with pytest.warns(ConvergenceWarning, match=r"the chains disagree for surveys \[0\]: worst rank-normalised"):
+        mala = _sampler(gen, op, method="mala", noise_std=sigma, n_samples=600).fit(y[None]).sample(y[None])
     frac = (mala.samples[0, :, :, 0] > -0.4).mean(1)
     assert np.all((frac == 0) | (frac == 1)) and abs(frac.mean() - mass) > 0.1
+    assert mala.rhat()[0, 0] > 1.5       # what the warning reports: the modes' split is frozen
 
 
 def test_pcn_kernel_keeps_a_discrete_target_invariant():
@@ -428,9 +435,51 @@ def test_missing_arviz_is_a_clear_import_error(monkeypatch):
     op, gen, M, c, y = _linear_problem(sigma=sigma)
     r = _sampler(gen, op, n_chains=2, n_burnin=5, n_samples=5, noise_std=sigma).fit(y[None]).sample(y[None])
     monkeypatch.setitem(sys.modules, "arviz", None)
-    for call in (r.to_inference_data, r.rhat, r.ess):
+    for call in (r.to_inference_data, r.ess):
         with pytest.raises(ImportError, match="needs ArviZ: pip install arviz"):
             call()
+    assert r.rhat().shape == (1, 3) and np.all(np.isfinite(r.rhat()))   # R-hat is latentinv's own
+
+
+# ---- convergence diagnostics ---------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(K=st.integers(2, 6), n=st.integers(4, 60), d=st.integers(1, 3), shift=st.floats(0, 3),
+       ties=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_split_rhat_is_arviz_rank_normalised_rhat(K, n, d, shift, ties, seed):
+    x = np.random.default_rng(seed).standard_normal((K, n, d))
+    x[0] += shift
+    if ties:
+        x = np.round(x)
+    want = az.rhat(az.convert_to_dataset({"z": x}))["z"].values
+    got = split_rhat(x)
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+def test_split_rhat_values():
+    rng = np.random.default_rng(0)
+    same = rng.standard_normal((4, 2000, 2))
+    assert np.all(np.abs(split_rhat(same) - 1) < 0.01)
+    apart = same + np.array([0.0, 0.0, 3.0, 3.0])[:, None, None]      # two chains in another mode
+    assert np.all(split_rhat(apart) > 1.5)
+    trend = same[:1] + np.linspace(0, 5, 2000)[None, :, None]           # one chain, drifting: split catches it
+    assert np.all(split_rhat(trend) > 1.5)
+    assert np.all(np.isnan(split_rhat(same[:, :3])))                    # too short to split
+    const = same.copy()
+    const[:, :, 1] = 2.0
+    assert np.isnan(split_rhat(const)[1]) and np.isfinite(split_rhat(const)[0])
+    with pytest.raises(ValueError, match="draws must be \\(n_chains, n_draws, d\\), got shape \\(4, 2000\\)"):
+        split_rhat(same[:, :, 0])
+
+
+def test_sampler_is_silent_when_chains_agree_and_warns_when_too_short():
+    sigma = 0.1
+    op, gen, M, c, y = _linear_problem(sigma=sigma)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        r = _sampler(gen, op, method="pcn", noise_std=sigma).fit(y[None]).sample(y[None])
+    assert r.rhat().max() < RHAT_LIMIT
+    with pytest.warns(ConvergenceWarning, match="3 kept draws per chain are too few"):
+        _sampler(gen, op, n_chains=2, n_burnin=5, n_samples=3, noise_std=sigma).fit(y[None]).sample(y[None])
 
 
 @pytest.mark.parametrize("params, message", [

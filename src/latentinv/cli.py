@@ -370,6 +370,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
     from .geometry import CrossholeSurvey, Grid2D
     from .baselines import constant_model_rmse, homogeneous_fit
     from .inversion import NONLINEAR_SETTINGS, LatentInverter, LatentSampler, paper_slowness
+    from sklearn.exceptions import ConvergenceWarning
     from .plotting import plot_inversion_summary, plot_posterior
 
     t_start = time.perf_counter()
@@ -510,7 +511,9 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                                 initial_latents=LatentSampler.initial_latents_from(res, n_chains))
         _echo(f"[posterior] straight rays, de-mala: {n_chains} chains x ({posterior_draws} + "
               f"{posterior_draws}) from the SGD solutions, sigma {sigma:.3f} ns", quiet)
-        post = sampler.fit(data[None, :]).sample(data[None, :])
+        with warnings.catch_warnings():     # short chains by design: the line below reports their R-hat
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            post = sampler.fit(data[None, :]).sample(data[None, :])
         plot_posterior(post, grid, truth=truth, n_samples=2).savefig(out / "posterior.png", dpi=110)
         timings["posterior_s"] = time.perf_counter() - t0
         rhat = post.rhat()[0]

@@ -6,10 +6,61 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["PosteriorResult"]
+__all__ = ["PosteriorResult", "split_rhat", "RHAT_LIMIT"]
 
 #: model value above which a cell counts as channel (the paper's models: 1 = channel, 0 = matrix)
 CHANNEL_THRESHOLD = 0.5
+
+#: worst R-hat above which :class:`LatentSampler` warns that its chains disagree
+RHAT_LIMIT = 1.05
+
+
+def _rank_normal(x):
+    """Normal scores of the ranks of every draw of ``x`` (n_chains, n_draws), pooled over chains
+    (average ranks for ties, Blom's offsets: ``Phi^-1((rank - 3/8) / (n + 1/4))``)."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+    ranks = rankdata(x, method="average").reshape(x.shape)
+    return ndtri((ranks - 0.375) / (x.size + 0.25))
+
+
+def _psrf(x):
+    """Potential scale reduction of chains ``x`` (n_chains, n): ``sqrt(((n - 1) / n W + B / n) / W)``
+    with W the mean within-chain variance and B / n the variance of the chain means (both unbiased)."""
+    n = x.shape[1]
+    within = x.var(axis=1, ddof=1).mean()
+    between_over_n = x.mean(axis=1).var(ddof=1)
+    if not within > 0:           # every chain constant: infinite when they sit at different values
+        return np.inf if between_over_n > 0 else np.nan
+    return float(np.sqrt(((n - 1) / n * within + between_over_n) / within))
+
+
+def split_rhat(draws):
+    """Rank-normalised split R-hat (Vehtari, Gelman, Simpson, Carpenter & Buerkner, 2021) of each
+    dimension of ``draws`` (n_chains, n_draws, d): each chain split into its first and last halves
+    (the middle draw of an odd count left out), the draws replaced by the normal scores of their
+    ranks, and the larger of the potential scale reductions of the draws ("bulk") and of their
+    distances to the median ("tail"). Returns ``(d,)``: NaN where fewer than 4 draws per chain or a
+    dimension that does not move, infinite where each chain (half) is constant at a value of its own.
+    Near 1 when the chains sample the same distribution.
+    """
+    draws = np.asarray(draws, dtype=np.float64)
+    if draws.ndim != 3:
+        raise ValueError(f"split_rhat: draws must be (n_chains, n_draws, d), got shape {draws.shape}")
+    K, n, d = draws.shape
+    half = n // 2
+    out = np.full(d, np.nan)
+    if K < 1 or half < 2:
+        return out
+    for j in range(d):
+        x = draws[:, :, j]
+        split = np.concatenate([x[:, :half], x[:, n - half:]])
+        if np.ptp(split) == 0:
+            continue
+        bulk = _psrf(_rank_normal(split))
+        tail = _psrf(_rank_normal(np.abs(split - np.median(split))))
+        out[j] = max(bulk, tail)
+    return out
 
 
 def _arviz(what):
@@ -118,22 +169,21 @@ class PosteriorResult:
 
     def _diagnose(self):
         if self._diagnostics is None:
-            az = _arviz("rhat")
-            rhat = np.empty((self.n_surveys, self.n_components))
-            ess_bulk, ess_tail = np.empty_like(rhat), np.empty_like(rhat)
+            az = _arviz("ess")
+            ess_bulk = np.empty((self.n_surveys, self.n_components))
+            ess_tail = np.empty_like(ess_bulk)
             for s in range(self.n_surveys):
                 ds = az.convert_to_dataset({"z": self.samples[s]})
-                rhat[s] = az.rhat(ds)["z"].values
                 ess_bulk[s] = az.ess(ds, method="bulk")["z"].values
                 ess_tail[s] = az.ess(ds, method="tail")["z"].values
-            self._diagnostics = dict(rhat=rhat, ess_bulk=ess_bulk, ess_tail=ess_tail)
+            self._diagnostics = dict(ess_bulk=ess_bulk, ess_tail=ess_tail)
         return self._diagnostics
 
     def rhat(self):
-        """Rank-normalised split R-hat (Vehtari et al., 2021) of each latent dimension,
-        ``(n_surveys, n_components)``, computed by ArviZ from the kept draws; below 1.01-1.05 the
-        chains agree. Needs ArviZ."""
-        return self._diagnose()["rhat"]
+        """Rank-normalised split R-hat (Vehtari et al., 2021; :func:`split_rhat`) of each latent
+        dimension, ``(n_surveys, n_components)``, from the kept draws; below 1.01-1.05 the chains
+        agree."""
+        return np.stack([split_rhat(self.samples[s]) for s in range(self.n_surveys)])
 
     def ess(self, method="bulk"):
         """Effective sample size of each latent dimension, ``(n_surveys, n_components)``, by ArviZ

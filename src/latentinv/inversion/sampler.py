@@ -8,11 +8,13 @@ misfits, the best model visited); only the loop (:func:`run_chains`) and its ker
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from sklearn.base import RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
@@ -20,7 +22,7 @@ from .base import LatentEstimatorBase, engine_tags
 from .history import History
 from .mcmc import (INITIAL_STEP, KERNELS, TARGET_ACCEPTANCE, ChainStreams, Preconditioner, StepAdaptation,
                    adaptation_windows, evaluate, from_latent)
-from .posterior import CHANNEL_THRESHOLD, PosteriorResult
+from .posterior import CHANNEL_THRESHOLD, RHAT_LIMIT, PosteriorResult
 from .randomness import as_seed, survey_generators
 
 __all__ = ["LatentSampler", "run_chains"]
@@ -319,7 +321,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         history, moments, kept, acceptance, step = run_chains(problem, u0, kernel, cfg, streams,
                                                               check_first=check, progress=progress)
         elapsed = time.perf_counter() - t0
-        return self._result(history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d)
+        result = self._result(history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d)
+        _warn_if_chains_disagree(result, type(self).__name__)
+        return result
 
     def _result(self, history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d):
         def per_survey(t):
@@ -362,3 +366,25 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         with torch.no_grad():
             x = self._decoder()(torch.tensor(z, dtype=torch.float32, device=self.device_))
         return x.cpu().numpy().astype(np.float64).reshape(S, n, -1)
+
+
+def _warn_if_chains_disagree(result, owner):
+    """A ``ConvergenceWarning`` for the surveys whose chains disagree (worst R-hat above
+    :data:`~.posterior.RHAT_LIMIT`) or are too short to tell: their standard deviations, channel
+    probabilities and samples then describe the parts of the posterior the chains visited."""
+    if result.samples.shape[2] < 4:
+        warnings.warn(f"{owner}: {result.samples.shape[2]} kept draws per chain are too few to check that the "
+                      "chains agree (split R-hat needs 4); keep more (n_samples)", ConvergenceWarning, stacklevel=4)
+        return
+    rhat = result.rhat()
+    worst = np.where(np.isnan(rhat), -np.inf, rhat).max(1)
+    bad = np.flatnonzero(worst > RHAT_LIMIT)
+    if len(bad):
+        counts = (rhat[bad] > RHAT_LIMIT).sum(1)
+        warnings.warn(
+            f"{owner}: the chains disagree for surveys {bad.tolist()}: worst rank-normalised split R-hat "
+            f"{', '.join(f'{worst[s]:.3f}' for s in bad)} (> {RHAT_LIMIT}) in {counts.tolist()} of "
+            f"{rhat.shape[1]} latent dimensions. The posterior std, channel_probability and samples describe "
+            "the modes the chains visited, not the whole posterior (they understate the uncertainty where "
+            "chains stay in separate modes); run longer or more chains, a method with jumps (method='de' or "
+            "'de-mala'), or read result.rhat() per dimension.", ConvergenceWarning, stacklevel=4)
