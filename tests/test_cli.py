@@ -447,7 +447,7 @@ def test_version_and_help():
         assert cmd in res.output
 
 
-@pytest.mark.parametrize("method", ["pcn", "de-mala"])
+@pytest.mark.parametrize("method", ["pcn", "de-mala", "hmc"])
 def test_sample_writes_posterior_files(tiny_prior, tmp_path, method):
     prior_dir, prior = tiny_prior
     op, data = _paper_linear_data(prior, n=2)
@@ -456,14 +456,14 @@ def test_sample_writes_posterior_files(tiny_prior, tmp_path, method):
     res = CliRunner().invoke(cli.main, [
         "sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(out), "--noise-std",
         "0.5", "--chains", "2", "--burnin", "4", "--samples", "4", "--thin", "2", "--sgd-epochs", "1",
-        "--device", "cpu", "--method", method, "--quiet"])
+        "--device", "cpu", "--method", method, "--n-leapfrog", "3", "--quiet"])
     _ok(res)
     post = np.load(out / "posterior.npz")
     assert post["mean"].shape == post["std"].shape == (2, 129 * 65)
     assert post["samples"].shape == (2, 2, 4, 4)
     assert np.all((post["channel_probability"] >= 0) & (post["channel_probability"] <= 1))
     report = json.loads((out / "posterior.json").read_text())
-    assert report["forward_runs"] == 2 * 2 * (4 + 4 * 2 + 1)
+    assert report["forward_runs"] == 2 * 2 * ((4 + 4 * 2) * (3 if method == "hmc" else 1) + 1)
     assert report["settings"]["method"] == method and report["settings"]["sgd_epochs"] == 1
     assert np.shape(report["diagnostics"]["rhat"]) == (2, 4)
     # the posterior mean is the mean of the models of the chains' draws: inside the models' range

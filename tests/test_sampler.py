@@ -21,7 +21,7 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import LatentInverter, LatentSampler, TorchGenerator
-from latentinv.inversion.mcmc import (MALA, PCN, RWM, ChainState, ChainStreams, DifferentialEvolution,
+from latentinv.inversion.mcmc import (HMC, MALA, PCN, RWM, ChainState, ChainStreams, DifferentialEvolution,
                                       DifferentialEvolutionMALA, Preconditioner, StepAdaptation, from_latent,
                                       to_latent)
 from latentinv.inversion.posterior import RHAT_LIMIT, split_rhat
@@ -93,16 +93,26 @@ def _assert_moments(result, mu, cov):
     assert result.rhat()[0].max() < 1.05
 
 
-@pytest.mark.parametrize("method", ["pcn", "mala", "rwm", "de", "de-mala"])
+METHODS = ["pcn", "mala", "rwm", "de", "de-mala", "hmc"]
+#: HMC's leapfrog steps per proposal in these tests (each one a forward run and a gradient)
+N_LEAPFROG = 4
+
+
+def _method_params(method):
+    return dict(method=method, n_leapfrog=N_LEAPFROG) if method == "hmc" else dict(method=method)
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_gaussian_posterior_matches_closed_form(method):
     sigma = 0.1
     op, gen, M, c, y = _linear_problem(sigma=sigma)
     mu, cov = _gaussian_posterior(M, c, y, sigma)
     # an informative posterior, far from the prior: the test could not pass by sampling N(0, I)
     assert np.sqrt(np.diag(cov)).max() < 0.5 and np.max(np.abs(mu) / np.sqrt(np.diag(cov))) > 1.2
-    result = _sampler(gen, op, method=method, noise_std=sigma).fit(y[None]).sample(y[None])
+    result = _sampler(gen, op, noise_std=sigma, **_method_params(method)).fit(y[None]).sample(y[None])
     _assert_moments(result, mu, cov)
-    assert result.n_forward == 16 * (300 + 400 + 1)
+    per_iteration = N_LEAPFROG if method == "hmc" else 1
+    assert result.n_forward == 16 * ((300 + 400) * per_iteration + 1)
     rate = result.acceptance_rate.mean()
     assert 0.15 < rate <= 1.0
 
@@ -118,7 +128,7 @@ def test_classic_pcn_without_preconditioner_matches_closed_form():
     assert abs(result.acceptance_rate.mean() - 0.234) < 0.08
 
 
-@pytest.mark.parametrize("method", ["pcn", "mala", "rwm", "de", "de-mala"])
+@pytest.mark.parametrize("method", METHODS)
 def test_uniform_latents_match_the_truncated_posterior(method):
     sigma = 0.6     # broad enough that the box and the prior's shape matter
     op, gen, M, c, y = _linear_problem(d=2, sigma=sigma, uniform=True, seed=2)
@@ -131,9 +141,50 @@ def test_uniform_latents_match_the_truncated_posterior(method):
     p /= p.sum()
     mu = p @ Z
     cov = (Z - mu).T @ ((Z - mu) * p[:, None])
-    result = _sampler(gen, op, method=method, noise_std=sigma).fit(y[None]).sample(y[None])
+    result = _sampler(gen, op, noise_std=sigma, **_method_params(method)).fit(y[None]).sample(y[None])
     assert np.all(np.abs(result.samples) < 1)
     _assert_moments(result, mu, cov)
+
+
+def test_hmc_leapfrog_conserves_energy_to_second_order_and_is_reversible():
+    # a quadratic potential U(u) = |A u - b|^2 / 2 + |u|^2 / 2 (phi and its gradient in closed form):
+    # the leapfrog's energy error must fall at least as eps^2 (so log_accept -> 0), and the trajectory run
+    # back from (u', -r') must return to u (reversibility, which the acceptance ratio relies on)
+    rng = np.random.default_rng(1)
+    R, d = 6, 3
+    A = torch.tensor(rng.normal(size=(d, d)) * 2.0)
+    b = torch.tensor(rng.normal(size=d))
+
+    def evaluate(u):
+        res = u @ A.T - b
+        return ChainState(u, u, u, u, 0.5 * (res * res).sum(1), res @ A)
+
+    pre = Preconditioner(R, d, "cpu", torch.float64)
+    pre.chol = torch.tensor(np.tril(rng.normal(size=(R, d, d)) * 0.2) + np.eye(d))
+
+    class Streams:
+        def uniforms(self, n=3):
+            return torch.full((R, n), 0.5, dtype=torch.float64)      # no jitter: eps exactly
+
+    u0 = torch.tensor(rng.normal(size=(R, d)))
+    xi = torch.tensor(rng.normal(size=(R, d)))
+    errors = []
+    for eps in (0.02, 0.01, 0.005):
+        k = HMC(n_leapfrog=7)
+        k.bind(evaluate)
+        k.start(None, R, Streams())
+        step = torch.full((R,), eps, dtype=torch.float64)
+        u1 = k.propose(evaluate(u0), step, xi, pre)
+        errors.append(float(k.log_accept(evaluate(u0), evaluate(u1), step, pre).abs().max()))
+        r1 = k.r_last - 0.5 * eps * pre.apply_transpose(evaluate(u1).grad + u1)
+        back = HMC(n_leapfrog=7)
+        back.bind(evaluate)
+        back.start(None, R, Streams())
+        torch.testing.assert_close(back.propose(evaluate(u1), step, -r1, pre), u0, rtol=1e-9, atol=1e-9)
+    assert 0 < errors[-1] < 1e-4
+    # halving eps divides the error by 4 or more (at least second order; a wrong sign or a missing
+    # half step leaves a first-order error, or none that falls at all)
+    assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5
 
 
 def test_pcn_acceptance_ratio_is_the_metropolis_hastings_ratio():
@@ -484,7 +535,8 @@ def test_sampler_is_silent_when_chains_agree_and_warns_when_too_short():
 
 @pytest.mark.parametrize("params, message", [
     (dict(noise_std=None), "noise_std is required"),
-    (dict(method="hmc"), "method must be one of ['de', 'de-mala', 'mala', 'pcn', 'rwm'], got 'hmc'"),
+    (dict(method="nuts"), "method must be one of ['de', 'de-mala', 'hmc', 'mala', 'pcn', 'rwm'], got 'nuts'"),
+    (dict(n_leapfrog=0), "n_leapfrog must be >= 1, got 0"),
     (dict(jump_probability=1.5), "jump_probability must be <= 1, got 1.5"),
     (dict(n_chains=0), "n_chains must be >= 1, got 0"),
     (dict(n_samples=2.5), "n_samples must be an integer, got 2.5"),

@@ -84,6 +84,7 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     pre = Preconditioner(R, d, u0.device, u0.dtype)
     adapt = StepAdaptation(torch.full((R,), cfg.step_size, device=u0.device, dtype=u0.dtype),
                            cfg.target_acceptance, kernel.max_step)
+    kernel.bind(lambda u: evaluate(problem, u, uniform=cfg.uniform, gradient=True))
     kernel.start(state, problem.n_starts, streams)
     refits = set(adaptation_windows(cfg.n_burnin)) if cfg.adapt_preconditioner else set()
     step, window, kept = adapt.step, [], []
@@ -135,7 +136,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         Slowness per cell (ns/m) -> traveltimes (ns).
     slowness_map : callable, default=None
         Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`.
-    method : {"pcn", "mala", "rwm", "de", "de-mala"}, default="pcn"
+    method : {"pcn", "mala", "rwm", "de", "de-mala", "hmc"}, default="pcn"
         ``"pcn"``: preconditioned Crank-Nicolson, gradient-free (one forward run per proposal; works
         with any operator, a nonlinear one computes traveltimes only). ``"mala"``: Metropolis-adjusted
         Langevin, one forward run and one decoder gradient per proposal. ``"rwm"``: random-walk
@@ -143,7 +144,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         ``"de"``: differential-evolution Metropolis from an archive of past states (DE-MCZ, the
         sampler of DREAM(ZS)), gradient-free, with occasional jumps by the difference of two
         archived states (moves between modes). ``"de-mala"``: MALA steps mixed with those jumps (the
-        fastest to converge on the paper's mc2; docs/benchmarks/sampling.md). See :mod:`.mcmc`.
+        fastest to converge on the paper's mc2 with the procedural prior; docs/benchmarks/sampling.md).
+        ``"hmc"``: Hamiltonian Monte Carlo, ``n_leapfrog`` decoder gradients per proposal (trajectories
+        that cross a long, narrow mode where MALA diffuses). See :mod:`.mcmc`.
     n_chains : int, default=8
         Chains per survey.
     n_samples : int, default=500
@@ -161,6 +164,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     jump_probability : float, default=0.1
         ``"de"`` and ``"de-mala"``: the probability, per chain and iteration, of a jump by the
         difference of two archived states (``gamma = 1``); ignored by the other methods.
+    n_leapfrog : int, default=10
+        ``"hmc"``: leapfrog steps per proposal (each a forward run and a decoder gradient); ignored by
+        the other methods.
     adapt_preconditioner : bool, default=True
         Refit the kernels' reference Gaussian during the burn-in (each chain's mean; the covariance
         of the draws around their chain means, pooled over the chains of a survey). False: the
@@ -197,7 +203,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, method="pcn", n_chains=8,
                  n_samples=500, n_burnin=500, thin=1, step_size=None, target_acceptance=None,
-                 jump_probability=0.1, adapt_preconditioner=True, initial_latents=None, noise_std=None,
+                 jump_probability=0.1, n_leapfrog=10, adapt_preconditioner=True, initial_latents=None, noise_std=None,
                  n_model_samples=8, random_state=None, device="auto", verbose=0):
         self.prior = prior
         self.operator = operator
@@ -210,6 +216,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         self.step_size = step_size
         self.target_acceptance = target_acceptance
         self.jump_probability = jump_probability
+        self.n_leapfrog = n_leapfrog
         self.adapt_preconditioner = adapt_preconditioner
         self.initial_latents = initial_latents
         self.noise_std = noise_std
@@ -239,6 +246,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             if self.target_acceptance == 1:
                 raise ValueError(f"{name}: target_acceptance must be < 1, got 1")
         number(self.jump_probability, "jump_probability", 0, 1)
+        number(self.n_leapfrog, "n_leapfrog", 1, integer=True)
         if not isinstance(self.adapt_preconditioner, (bool, np.bool_)):
             raise ValueError(f"{name}: adapt_preconditioner must be True or False, got "
                              f"{self.adapt_preconditioner!r}")
@@ -321,11 +329,12 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         history, moments, kept, acceptance, step = run_chains(problem, u0, kernel, cfg, streams,
                                                               check_first=check, progress=progress)
         elapsed = time.perf_counter() - t0
-        result = self._result(history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d)
+        result = self._result(history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d,
+                              kernel.evaluations_per_iteration)
         _warn_if_chains_disagree(result, type(self).__name__)
         return result
 
-    def _result(self, history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d):
+    def _result(self, history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d, per_iteration):
         def per_survey(t):
             return t.cpu().numpy().astype(np.float64).reshape(S, K, *t.shape[1:])
 
@@ -351,7 +360,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             data_rmse_history=histories[0], chi2_history=histories[1],
             map_model=per_survey(history.best_x)[np.arange(S), best].reshape(S, n_cells),
             map_latent=per_survey(history.best_z)[np.arange(S), best],
-            n_burnin=cfg.n_burnin, thin=cfg.thin, n_forward=S * K * (cfg.n_iterations + 1),
+            n_burnin=cfg.n_burnin, thin=cfg.thin, n_forward=S * K * (cfg.n_iterations * per_iteration + 1),
             elapsed_s=elapsed, method=self.method, settings=settings)
 
     def _model_samples(self, samples, S, K):
