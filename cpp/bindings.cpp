@@ -503,6 +503,28 @@ void bind_col2im(py::module_& m) {
         "taps[n, i, j, a, b, :] for every input pixel and tap in order (taps falling outside y dropped).");
 }
 
+// The kernel rows' arguments shared by engine_kernel_rows and its backward, checked: a slowness-shaped
+// array (n_rows, n_cells) named slowness_name, index and value (n_rays, width), rays (n_rows, batch)
+// with every ray and cell index in range.
+struct KernelRowsArgs {
+  int64_t R, n, m, w, B;
+  const int64_t *index, *rays;
+  const float* value;
+  KernelRowsArgs(const py::array& slowness, const py::array& index_a, const py::array& value_a,
+                 const py::array& rays_a, int n_threads, const char* where, const char* slowness_name) {
+    if (slowness.ndim() != 2 || index_a.ndim() != 2 || rays_a.ndim() != 2)
+      throw std::invalid_argument(std::string(where) + ": " + slowness_name + " must be (n_rows, n_cells), "
+                                  "index and value (n_rays, width), rays (n_rows, batch)");
+    R = slowness.shape(0), n = slowness.shape(1), m = index_a.shape(0), w = index_a.shape(1), B = rays_a.shape(1);
+    index = index_data(index_a, where, "index", {m, w});
+    value = float_data(value_a, where, "value", {m, w}, false);
+    rays = index_data(rays_a, where, "rays", {R, B});
+    check_indices(rays, R * B, m, where, "rays");
+    check_indices(index, m * w, n, where, "index");
+    positive_threads(n_threads, where);
+  }
+};
+
 void bind_engine(py::module_& m) {
   m.def("engine_paper_slowness",
         [](py::array x, py::array s, int n_threads) {
@@ -533,20 +555,11 @@ void bind_engine(py::module_& m) {
   m.def("engine_kernel_rows",
         [](py::array s, py::array index, py::array value, py::array rays, py::array out, int n_threads) {
           const char* where = "engine_kernel_rows";
-          if (s.ndim() != 2 || index.ndim() != 2 || rays.ndim() != 2)
-            throw std::invalid_argument(std::string(where) + ": s must be (n_rows, n_cells), index and value "
-                                        "(n_rays, width), rays (n_rows, batch)");
-          const int64_t R = s.shape(0), n = s.shape(1), m = index.shape(0), w = index.shape(1), B = rays.shape(1);
-          const float* sp = float_data(s, where, "s", {R, n}, false);
-          const int64_t* ip = index_data(index, where, "index", {m, w});
-          const float* vp = float_data(value, where, "value", {m, w}, false);
-          const int64_t* rp = index_data(rays, where, "rays", {R, B});
-          float* op = float_out(out, where, "out", {R, B, w});
-          check_indices(rp, R * B, m, where, "rays");
-          check_indices(ip, m * w, n, where, "index");
-          positive_threads(n_threads, where);
+          const KernelRowsArgs k(s, index, value, rays, n_threads, where, "s");
+          const float* sp = float_data(s, where, "s", {k.R, k.n}, false);
+          float* op = float_out(out, where, "out", {k.R, k.B, k.w});
           py::gil_scoped_release release;
-          latentinv::kernel_rows_forward(sp, R, n, ip, vp, m, w, rp, B, op, n_threads);
+          latentinv::kernel_rows_forward(sp, k.R, k.n, k.index, k.value, k.m, k.w, k.rays, k.B, op, n_threads);
         },
         py::arg("s"), py::arg("index"), py::arg("value"), py::arg("rays"), py::arg("out"), py::arg("n_threads"),
         "out[r, b, p] = s[r, index[rays[r, b], p]] * value[rays[r, b], p] (float32 s, value, out; int64 "
@@ -554,20 +567,11 @@ void bind_engine(py::module_& m) {
   m.def("engine_kernel_rows_backward",
         [](py::array g, py::array index, py::array value, py::array rays, py::array gs, int n_threads) {
           const char* where = "engine_kernel_rows_backward";
-          if (gs.ndim() != 2 || index.ndim() != 2 || rays.ndim() != 2)
-            throw std::invalid_argument(std::string(where) + ": gs must be (n_rows, n_cells), index and value "
-                                        "(n_rays, width), rays and g (n_rows, batch)");
-          const int64_t R = gs.shape(0), n = gs.shape(1), m = index.shape(0), w = index.shape(1), B = rays.shape(1);
-          const float* gp = float_data(g, where, "g", {R, B}, false);
-          const int64_t* ip = index_data(index, where, "index", {m, w});
-          const float* vp = float_data(value, where, "value", {m, w}, false);
-          const int64_t* rp = index_data(rays, where, "rays", {R, B});
-          float* op = float_out(gs, where, "gs", {R, n});
-          check_indices(rp, R * B, m, where, "rays");
-          check_indices(ip, m * w, n, where, "index");
-          positive_threads(n_threads, where);
+          const KernelRowsArgs k(gs, index, value, rays, n_threads, where, "gs");
+          const float* gp = float_data(g, where, "g", {k.R, k.B}, false);
+          float* op = float_out(gs, where, "gs", {k.R, k.n});
           py::gil_scoped_release release;
-          latentinv::kernel_rows_backward(gp, R, n, ip, vp, m, w, rp, B, op, n_threads);
+          latentinv::kernel_rows_backward(gp, k.R, k.n, k.index, k.value, k.m, k.w, k.rays, k.B, op, n_threads);
         },
         py::arg("g"), py::arg("index"), py::arg("value"), py::arg("rays"), py::arg("gs"), py::arg("n_threads"),
         "Gradient of engine_kernel_rows' sums over p: gs (overwritten) = 0, then gs[r, index[rays[r, b], p]] "

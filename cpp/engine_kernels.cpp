@@ -38,22 +38,36 @@ void paper_slowness_backward(const float* g, const float* s, int64_t n, float* g
   });
 }
 
+namespace {
+
+// row_start(r), then body(r, k, idx, val) for each requested ray k of row r in order (idx, val: the
+// ray's padded kernel row), rows split over the workers
+template <typename RowStart, typename Body>
+void for_requested_rays(int64_t n_rows, int64_t batch, const int64_t* rays, const int64_t* index,
+                        const float* value, int64_t width, int n_threads, RowStart&& row_start, Body&& body) {
+  pool::for_ranges(n_rows, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; ++r) {
+      row_start(r);
+      for (int64_t k = 0; k < batch; ++k) {
+        const int64_t ray = rays[r * batch + k];
+        body(r, k, index + ray * width, value + ray * width);
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void kernel_rows_forward(const float* s, int64_t n_rows, int64_t n_cells, const int64_t* index,
                          const float* value, int64_t n_rays, int64_t width, const int64_t* rays, int64_t batch,
                          float* out, int n_threads) {
   (void)n_rays;
-  pool::for_ranges(n_rows, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r) {
-      const float* sr = s + r * n_cells;
-      for (int64_t k = 0; k < batch; ++k) {
-        const int64_t ray = rays[r * batch + k];
-        const int64_t* idx = index + ray * width;
-        const float* val = value + ray * width;
-        float* o = out + (r * batch + k) * width;
-        for (int64_t p = 0; p < width; ++p) o[p] = sr[idx[p]] * val[p];
-      }
-    }
-  });
+  for_requested_rays(n_rows, batch, rays, index, value, width, n_threads, [](int64_t) {},
+                     [&](int64_t r, int64_t k, const int64_t* idx, const float* val) {
+                       const float* sr = s + r * n_cells;
+                       float* o = out + (r * batch + k) * width;
+                       for (int64_t p = 0; p < width; ++p) o[p] = sr[idx[p]] * val[p];
+                     });
 }
 
 void kernel_rows_backward(const float* g, int64_t n_rows, int64_t n_cells, const int64_t* index,
@@ -62,19 +76,13 @@ void kernel_rows_backward(const float* g, int64_t n_rows, int64_t n_cells, const
   (void)n_rays;
   // torch: the sum's gradient expanded over p, times value (mul's backward), then gather's backward,
   // a scatter-add into zeros in index order along each row
-  pool::for_ranges(n_rows, n_threads, kKeepDenormals, [&](int64_t a, int64_t b) {
-    for (int64_t r = a; r < b; ++r) {
-      float* gr = gs + r * n_cells;
-      std::fill(gr, gr + n_cells, 0.0f);
-      for (int64_t k = 0; k < batch; ++k) {
-        const int64_t ray = rays[r * batch + k];
-        const int64_t* idx = index + ray * width;
-        const float* val = value + ray * width;
-        const float gk = g[r * batch + k];
-        for (int64_t p = 0; p < width; ++p) gr[idx[p]] += gk * val[p];
-      }
-    }
-  });
+  for_requested_rays(n_rows, batch, rays, index, value, width, n_threads,
+                     [&](int64_t r) { std::fill(gs + r * n_cells, gs + (r + 1) * n_cells, 0.0f); },
+                     [&](int64_t r, int64_t k, const int64_t* idx, const float* val) {
+                       float* gr = gs + r * n_cells;
+                       const float gk = g[r * batch + k];
+                       for (int64_t p = 0; p < width; ++p) gr[idx[p]] += gk * val[p];
+                     });
 }
 
 namespace {
