@@ -894,3 +894,44 @@ def test_clone_and_pickle(problem):
     fitted = est.fit(tt)
     again = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_allclose(again.predict(tt), fitted.predict(tt), atol=1e-6)
+
+
+def test_reversed_and_strided_arrays_are_accepted_everywhere():
+    # views with negative strides (X[::-1]) are valid NumPy arrays that torch.tensor refuses: every
+    # entry point that hands user arrays to torch must copy them first (they once raised there)
+    import warnings as _warnings
+
+    import latentinv
+    from latentinv.datasets import make_straight_channels
+    from latentinv.inversion import LatentSampler, TorchGenerator
+    from latentinv.prior import VAEPrior
+    from latentinv.sgan import SGANPrior
+
+    X = make_straight_channels(12, shape=(16, 16), random_state=0)
+    prior = VAEPrior(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, n_iterations=2, random_state=0,
+                     device="cpu")
+    np.testing.assert_array_equal(prior.fit(X[::-1]).transform(X[::-1]), prior.transform(X[::-1].copy()))
+    Z = prior.transform(X)
+    np.testing.assert_array_equal(prior.inverse_transform(Z[::-1]), prior.inverse_transform(Z[::-1].copy()))
+    np.testing.assert_array_equal(prior.score_samples(X[::-1]), prior.score_samples(X[::-1].copy()))
+    gen = TorchGenerator(torch.nn.Linear(2, 256), 2)
+    np.testing.assert_array_equal(gen.decode(Z[::-1]), gen.decode(Z[::-1].copy()))
+    sgan = SGANPrior(n_filters=2, n_layers=1, dilations=(), training_latent_shape=None, batch_size=4,
+                     n_iterations=1, random_state=0, device="cpu").fit(X)
+    Zs = np.random.default_rng(1).uniform(-1, 1, (3, sgan.n_components))
+    np.testing.assert_array_equal(sgan.decode(Zs[::-1]), sgan.decode(Zs[::-1].copy()))
+    grid, survey = latentinv.paper_crosshole(0.01, 6.49)
+    op = latentinv.StraightRayOperator(grid, survey)
+    shipped = VAEPrior.pretrained()
+    models = shipped.decode(np.random.default_rng(0).standard_normal((2, 20)))
+    inv = LatentInverter(shipped, op, n_starts=2, n_epochs=1, random_state=0).fit(np.ones((1, op.n_data)))
+    tt = inv.simulate(models[::-1])
+    np.testing.assert_array_equal(tt, inv.simulate(models[::-1].copy()))
+    res = LatentInverter(shipped, op, n_starts=2, n_epochs=1, random_state=0).fit(tt[::-1]).invert(tt[::-1])
+    assert np.isfinite(res.data_rmse).all()
+    z0 = np.zeros((2, 20))[::-1]
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        post = LatentSampler(shipped, op, n_chains=2, n_burnin=2, n_samples=4, noise_std=1.0, random_state=0,
+                             initial_latents=z0).fit(tt[::-1]).sample(tt[::-1])
+    assert np.isfinite(post.mean).all()

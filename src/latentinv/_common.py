@@ -261,11 +261,16 @@ def _write_model_files(path, module, config):
     """Write ``module``'s state dict (CPU tensors) to ``path/weights.safetensors`` and ``config`` with
     its checksums (:func:`_add_checksums`) to ``path/config.json``, each through a temporary name, the
     configuration last; ``path`` is created if missing."""
+    _write_tensor_files(path, module.state_dict(), config)
+
+
+def _write_tensor_files(path, tensors, config):
+    """:func:`_write_model_files` for a dict of named tensors."""
     from safetensors.torch import save as safetensors_bytes
 
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     weights = safetensors_bytes(state)
     config = _add_checksums(config, weights)
     _atomic_write(os.path.join(path, WEIGHTS_FILE), weights)

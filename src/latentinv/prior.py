@@ -14,6 +14,7 @@ paper's published trained network.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from functools import partial
@@ -25,6 +26,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from . import _checkpoint
 from ._allocator import tune_malloc_for_tensors
 from .datasets import PatchSampler
 from .nn.vae import (
@@ -394,10 +396,10 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
                                      f"{X.shape[1]} features.")
             self.image_shape_ = image_shape
         _check_float32_range(X, "X", name)
-        return X
+        return np.ascontiguousarray(X)     # torch takes no negative strides (e.g. X[::-1])
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, checkpoint=None, checkpoint_every=1000):
         """Train the VAE.
 
         Parameters
@@ -409,6 +411,17 @@ or PatchSampler
             every iteration (as the paper).
         y : None
             Ignored.
+        checkpoint : str or path-like, default=None
+            A directory for a resumable training: every ``checkpoint_every`` iterations and at the
+            end, the whole state of the loop (network, Adam's moments, every random generator, the
+            place in the data, the history) is written there; a ``fit`` with the same settings and
+            data that finds a checkpoint there carries on from it, and ends with the same network,
+            to the bit, as one uninterrupted run on the same device. A larger ``n_iterations``
+            continues a finished training. The files load without executing code and are verified
+            by SHA-256 (``latentinv._checkpoint``); a checkpoint of another training (other
+            settings, data or device type) is an error that says what differs.
+        checkpoint_every : int, default=1000
+            Iterations between checkpoints.
 
         Returns
         -------
@@ -420,10 +433,17 @@ or PatchSampler
             On invalid parameters, NaN/inf or strings in ``X``, values beyond the float32 range
             (the network computes in float32), or a training that diverged (non-finite loss or
             weights, e.g. data far outside [0, 1] or a too large ``learning_rate``), as
-            scikit-learn's MLP does. Torch tensors are accepted as array-likes.
+            scikit-learn's MLP does. Torch tensors are accepted as array-likes. A ModelFileError (a
+            ValueError) for a damaged checkpoint or one of another training.
         """
         name = type(self).__name__
         device = self._check_params()
+        if not (isinstance(checkpoint_every, Integral) and not isinstance(checkpoint_every, bool)
+                and checkpoint_every >= 1):
+            raise ValueError(f"{name}.fit: checkpoint_every must be an int >= 1; got {checkpoint_every!r}.")
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            raise ValueError(f"{name}.fit: checkpoint must be None or a directory path (str or path-like); "
+                             f"got {type(checkpoint).__name__}.")
         if device.type == "cpu":
             tune_malloc_for_tensors()     # see latentinv._allocator
         rng = check_random_state(self.random_state)
@@ -475,27 +495,37 @@ or PatchSampler
             batch = int(self.batch_size)
             sampler_rng = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
 
-        history = {"reconstruction": [], "kl": [], "loss": []}
-        iterations = range(int(self.n_iterations))
+        state = _checkpoint.TrainingState(module, optimizer, rng, None if X_train is not None else sampler_rng,
+                                          generator)
+        fingerprint = None
+        if checkpoint is not None:
+            fingerprint = self._training_fingerprint(device, X_train, sampler)
+            if _checkpoint.read(checkpoint, state, fingerprint, f"{name}.fit") and \
+                    state.iteration > int(self.n_iterations):
+                raise ValueError(f"{name}.fit: the checkpoint in {os.fspath(checkpoint)!r} is at iteration "
+                                 f"{state.iteration}, beyond n_iterations={self.n_iterations}; raise "
+                                 f"n_iterations or use another checkpoint directory.")
+        history = state.history
+        iterations = range(state.iteration, int(self.n_iterations))
         if self.verbose:
             from tqdm.auto import tqdm
 
-            iterations = tqdm(iterations, desc=f"{name} fit", unit="it")
-        order, position = None, 0
+            iterations = tqdm(iterations, desc=f"{name} fit", unit="it", initial=state.iteration,
+                              total=int(self.n_iterations))
         # on CUDA, deterministic cuDNN kernels: the same seed trains the same network on one GPU
         with _deterministic_kernels(device):
-            for _ in iterations:
+            for k in iterations:
                 if X_train is None:
                     xb = torch.tensor(sampler.sample(batch, random_state=sampler_rng).reshape(batch, -1),
                                       dtype=torch.float32, device=device)
                 elif batch == n_samples:
                     xb = X_tensor
                 else:  # epochs of shuffled mini-batches
-                    if order is None or position + batch > n_samples:
-                        order = torch.tensor(rng.permutation(n_samples), device=device)
-                        position = 0
-                    xb = X_tensor[order[position:position + batch]]
-                    position += batch
+                    if state.order is None or state.position + batch > n_samples:
+                        state.order = torch.tensor(rng.permutation(n_samples), device=device)
+                        state.position = 0
+                    xb = X_tensor[state.order[state.position:state.position + batch]]
+                    state.position += batch
                 x_hat, mu, logvar = module(xb, alpha=float(self.alpha), generator=generator)
                 loss, reconstruction, kl = vae_loss(x_hat, xb, mu, logvar, beta=float(self.beta))
                 optimizer.zero_grad(set_to_none=True)
@@ -506,6 +536,10 @@ or PatchSampler
                 history["loss"].append(float(loss.detach()))
                 if self.verbose and hasattr(iterations, "set_postfix"):
                     iterations.set_postfix(loss=history["loss"][-1], refresh=False)
+                state.iteration = k + 1
+                if checkpoint is not None and (state.iteration % checkpoint_every == 0
+                                               or state.iteration == int(self.n_iterations)):
+                    _checkpoint.write(checkpoint, state, fingerprint)
         bad = next((k for k, v in enumerate(history["loss"]) if not math.isfinite(v)), None)
         if bad is not None or not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
             where = f"at iteration {bad}" if bad is not None else "in the weights"
@@ -524,12 +558,26 @@ or PatchSampler
         self._n_features_out = int(self.n_components)
         return self
 
+    def _training_fingerprint(self, device, X_train, sampler):
+        """What a checkpoint of this training must match (JSON): the settings but ``n_iterations``,
+        ``device`` (its type instead) and ``verbose``, and the data's digest."""
+        params = self.get_params(deep=False)
+        for key in ("n_iterations", "device", "verbose"):
+            params.pop(key)
+        if callable(params["architecture"]):
+            params["architecture"] = getattr(params["architecture"], "__qualname__", repr(params["architecture"]))
+        if not isinstance(params["random_state"], (Integral, type(None))):
+            params["random_state"] = type(params["random_state"]).__name__
+        params.update(device_type=device.type, data_sha256=_checkpoint.data_digest(X_train, sampler))
+        return json.loads(json.dumps(params, default=str))
+
     # ------------------------------------------------------------------ inference
     def _forward_chunks(self, X, fn):
         outs = []
         with torch.no_grad():
             for start in range(0, X.shape[0], _CHUNK):
-                xb = torch.tensor(X[start:start + _CHUNK], dtype=torch.float32, device=self.device_)
+                xb = torch.tensor(np.ascontiguousarray(X[start:start + _CHUNK]), dtype=torch.float32,
+                                  device=self.device_)     # torch takes no negative strides
                 outs.append(fn(xb))
         return outs
 

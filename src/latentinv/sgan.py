@@ -488,7 +488,8 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         outs = []
         with torch.no_grad():
             for start in range(0, Z.shape[0], _CHUNK):
-                zb = torch.tensor(Z[start:start + _CHUNK], dtype=torch.float32, device=self.device_)
+                zb = torch.tensor(np.ascontiguousarray(Z[start:start + _CHUNK]), dtype=torch.float32,
+                                  device=self.device_)
                 outs.append(self.decoder_(zb).cpu().double())
         return _check_finite_output(torch.cat(outs), "models", name, Z).numpy()
 

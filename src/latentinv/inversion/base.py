@@ -231,7 +231,7 @@ class LatentEstimatorBase(BaseEstimator):
                              f"({n_rows}, {d}), got {z.shape}")
         if not np.isfinite(z).all():
             raise ValueError(f"{name}: initial_latents must be finite, got NaN or infinity")
-        return torch.tensor(z, dtype=torch.float32)
+        return torch.tensor(np.ascontiguousarray(z), dtype=torch.float32)
 
     def _check_geometry(self, op):
         check_geometry(self.prior_, self.n_components_, op, type(self).__name__)
@@ -265,7 +265,7 @@ class LatentEstimatorBase(BaseEstimator):
         self._check_unchanged_params()
         m = np.asarray(models, dtype=np.float64).reshape(-1, self.n_cells_)
         fn = self.slowness_map or paper_slowness
-        s = fn(torch.tensor(m, dtype=torch.float64)).numpy()
+        s = fn(torch.tensor(np.ascontiguousarray(m), dtype=torch.float64)).numpy()
         return np.asarray(self.operator_.response(s)).reshape(m.shape[0], -1)
 
     # -- the engine ------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ class TorchGenerator:
         dec = self.decoder_
         dev = next(iter(dec.parameters()), torch.empty(0)).device
         with torch.no_grad():
-            out = dec(torch.tensor(np.asarray(Z), dtype=torch.float32, device=dev))
+            out = dec(torch.tensor(np.ascontiguousarray(Z), dtype=torch.float32, device=dev))
         return out.cpu().numpy().astype(np.float64)
 
     def __repr__(self):

@@ -1,0 +1,134 @@
+"""Resumable training (``VAEPrior.fit(..., checkpoint=...)``, ``latentinv._checkpoint``): a training
+stopped at any iteration and run again ends with the same network, to the bit, as one uninterrupted
+run; damaged checkpoints and checkpoints of another training are clear errors."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import latentinv._checkpoint as ckpt
+import latentinv.prior as prior_module
+from latentinv._common import ModelFileError
+from latentinv.datasets import PatchSampler, make_straight_channels
+from latentinv.prior import VAEPrior
+
+KW = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, batch_size=16, n_iterations=11,
+          random_state=0, device="cpu")
+
+
+def _data(kind):
+    if kind == "array":     # 60 models, batches of 16: shuffled epochs, whose order the checkpoint keeps
+        return make_straight_channels(60, shape=(16, 16), random_state=0)
+    image = make_straight_channels(1, shape=(40, 30), random_state=1)[0]
+    return PatchSampler(image, (16, 16), exclude=[(0, 0, 8, 8)])
+
+
+def _same_training(a, b):
+    for (key, x), y in zip(a.module_.state_dict().items(), b.module_.state_dict().values()):
+        assert torch.equal(x, y), key
+    assert a.history_ == b.history_
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind", ["array", "patches"])
+def test_a_stopped_training_resumes_to_the_same_network(kind, tmp_path, monkeypatch):
+    X = _data(kind)
+    whole = VAEPrior(**KW).fit(X)
+    # stop in the middle of iteration 8 (0-based 7); the last checkpoint is at 6 iterations
+    real, calls = prior_module.vae_loss, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            raise Stop
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prior_module, "vae_loss", failing)
+    with pytest.raises(Stop):
+        VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)
+    monkeypatch.setattr(prior_module, "vae_loss", real)
+    assert open(tmp_path / "LATEST").read() == "step-000000006"
+    assert sorted(os.listdir(tmp_path)) == ["LATEST", "step-000000006"]      # older steps removed
+    resumed = VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)
+    _same_training(whole, resumed)
+    # at the end the checkpoint holds the finished training: fitting again trains nothing more
+    again = VAEPrior(**KW).fit(X, checkpoint=tmp_path)
+    _same_training(whole, again)
+    # a larger n_iterations continues it, as one run of that length would
+    longer = VAEPrior(**dict(KW, n_iterations=15)).fit(X, checkpoint=tmp_path)
+    _same_training(VAEPrior(**dict(KW, n_iterations=15)).fit(X), longer)
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    X = _data("array")
+    VAEPrior(**dict(KW, n_iterations=4)).fit(X, checkpoint=tmp_path, checkpoint_every=2)
+    real = ckpt._atomic_write
+
+    def crash(path, data):        # the new step is written, LATEST is not replaced
+        if os.path.basename(path) == ckpt.LATEST:
+            raise Stop
+        return real(path, data)
+
+    monkeypatch.setattr(ckpt, "_atomic_write", crash)
+    with pytest.raises(Stop):
+        VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=2)
+    monkeypatch.setattr(ckpt, "_atomic_write", real)
+    assert open(tmp_path / "LATEST").read() == "step-000000004"
+    _same_training(VAEPrior(**KW).fit(X), VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=2))
+
+
+def test_a_checkpoint_of_another_training_is_refused(tmp_path):
+    X = _data("array")
+    VAEPrior(**dict(KW, n_iterations=3)).fit(X, checkpoint=tmp_path)
+    with pytest.raises(ModelFileError, match=r"written by another training \(it differs in beta: "
+                                             r"checkpoint 1000.0, now 10.0\)"):
+        VAEPrior(**dict(KW, beta=10.0)).fit(X, checkpoint=tmp_path)
+    with pytest.raises(ModelFileError, match="it differs in data_sha256"):
+        VAEPrior(**KW).fit(X[::-1], checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="is at iteration 3, beyond n_iterations=2"):
+        VAEPrior(**dict(KW, n_iterations=2)).fit(X, checkpoint=tmp_path)
+
+
+def test_damaged_checkpoints_are_clear_errors(tmp_path):
+    X = _data("array")
+    VAEPrior(**dict(KW, n_iterations=2)).fit(X, checkpoint=tmp_path)
+    weights = tmp_path / "step-000000002" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="does not match its checksum"):
+        VAEPrior(**KW).fit(X, checkpoint=tmp_path)
+    (tmp_path / "LATEST").write_text("../elsewhere")
+    with pytest.raises(ModelFileError, match="must name a step directory"):
+        VAEPrior(**KW).fit(X, checkpoint=tmp_path)
+    (tmp_path / "LATEST").unlink()
+    with pytest.raises(ModelFileError, match="holds checkpoint steps but no LATEST"):
+        VAEPrior(**KW).fit(X, checkpoint=tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(checkpoint_every=0), "checkpoint_every must be an int >= 1; got 0"),
+    (dict(checkpoint_every=2.5), "checkpoint_every must be an int >= 1; got 2.5"),
+    (dict(checkpoint=123), "checkpoint must be None or a directory path .* got int"),
+])
+def test_bad_checkpoint_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VAEPrior(**KW).fit(_data("array"), **kwargs)
+
+
+def test_data_digest_tells_data_apart():
+    X = np.zeros((2, 3, 3), np.float32)
+    assert ckpt.data_digest(X) == ckpt.data_digest(X.astype(np.float64))       # the float32 values
+    assert ckpt.data_digest(X) != ckpt.data_digest(X.reshape(2, 9))           # the shape
+    Y = X.copy()
+    Y[1, 2, 2] = 1e-7
+    assert ckpt.data_digest(X) != ckpt.data_digest(Y)
+    image = make_straight_channels(1, shape=(20, 20), random_state=1)[0]
+    a = PatchSampler(image, (8, 8))
+    assert ckpt.data_digest(sampler=a) != ckpt.data_digest(sampler=PatchSampler(image, (8, 8), exclude=[(0, 0, 4, 4)]))
+    assert ckpt.data_digest(sampler=a) != ckpt.data_digest(sampler=PatchSampler(image, (8, 9)))
+    assert ckpt.data_digest(sampler=a) == ckpt.data_digest(sampler=PatchSampler(image.copy(), (8, 8)))
