@@ -22,6 +22,8 @@ DEADLINE=${DEADLINE:-540}
 DRY=${DRY:-0}
 STEPS=${STEPS:-bench tests prior reproduce}
 BENCH_ARGS=${BENCH_ARGS:-}
+PRIOR_CKPT=${PRIOR_CKPT:-}     # a training checkpoint of an earlier call (step 3b resumes from it)
+PRIOR_ITERS=${PRIOR_ITERS:-}   # step 3b's iterations (default: sized to the time left)
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=${PY:-python3}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
@@ -81,9 +83,14 @@ for n in (60000, 50000, 40000, 30000, 20000, 15000, 10000, 5000):
     if n * $MS / 1e3 <= budget: print(n); break
 else: print(0)")
   EVAL=; [ "$DRY" = 1 ] && { N=40; EVAL="--n-truths 2 --n-starts 2"; }
+  N=${PRIOR_ITERS:-$N}    # a resumed training needs the same target in every call
   echo "training $N iterations"
   if [ "$N" -gt 0 ]; then
+    # resumable: the checkpoint comes back under $OUT; carried to the next call as PRIOR_CKPT (e.g. the
+    # returned folder copied into the working tree), that call carries on where this one stopped
+    if [ -n "$PRIOR_CKPT" ] && [ -d "$PRIOR_CKPT" ]; then cp -r "$PRIOR_CKPT" "$OUT/prior_ckpt"; fi
     timeout $(( $(left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL \
+      --checkpoint "$OUT/prior_ckpt" --checkpoint-every 2000 \
       --out $P/channels_ti_prior --report $P/docs 2>&1 | grep -v "it/s\]" | tail -12
     tar -C $P -cf "$OUT/prior.tar" channels_ti_prior docs ra/channels_ti_prior.json
   fi ) >"$OUT/prior.txt" 2>&1 &

@@ -84,6 +84,10 @@ def main(argv=None):
                         "default_prior with --image procedural]")
     p.add_argument("--report", default="docs", help="folder of the record (<folder>.json) and the curve")
     p.add_argument("--evaluate-only", action="store_true", help="evaluate the prior saved in --out")
+    p.add_argument("--checkpoint", default=None,
+                   help="directory of a resumable training (VAEPrior.fit's checkpoint): a run stopped by a "
+                        "time limit carries on from there when started again with the same arguments")
+    p.add_argument("--checkpoint-every", type=int, default=1000)
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join("src", "latentinv", "data", FOLDERS[args.image])
@@ -106,8 +110,8 @@ def train(args):
                      batch_size=args.batch_size, beta=beta, alpha=1.0, n_iterations=args.iterations,
                      device=args.device, random_state=0, verbose=1)
     t0 = time.perf_counter()
-    prior.fit(sampler)
-    train_s = time.perf_counter() - t0
+    prior.fit(sampler, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
+    train_s = time.perf_counter() - t0      # of this call (a resumed training: its remaining iterations)
     # shipped for any machine: weights saved from the CPU, a refit picks CUDA where there is one
     prior.to("cpu").set_params(device="auto")
     prior.save(args.out)
