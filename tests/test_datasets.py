@@ -298,3 +298,19 @@ def test_held_out_shapes_are_checked():
         held_out_corner(0, shape=(301, 65))
     with pytest.raises(ValueError, match=r"load_held_out_crop: shape must be a pair of positive ints"):
         load_held_out_crop(2200, 0, shape=(0, 65))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), h=st.integers(1, 9), w=st.integers(1, 9), n=st.integers(0, 20),
+       two_images=st.booleans())
+def test_patch_sampler_tensor_crops_are_its_numpy_crops(seed, h, w, n, two_images):
+    import torch
+    rng = np.random.default_rng(seed)
+    images = [rng.random((12, 15)).astype(np.float32)]
+    if two_images:
+        images.append(rng.random((10, 9)).astype(np.float32))
+    sampler = PatchSampler(images, (h, w), exclude=[(2, 3, 2, 2)] if h < 9 and w < 9 else None)
+    want = sampler.sample(n, random_state=np.random.default_rng(seed + 1))
+    got = sampler.sample_tensor(n, random_state=np.random.default_rng(seed + 1), device="cpu")
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.shape == (n, h, w)
+    np.testing.assert_array_equal(got.numpy(), want)      # the same crops, exactly

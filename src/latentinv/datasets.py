@@ -537,6 +537,34 @@ class PatchSampler:
             out[k] = self.images[i][r:r + h, c:c + w]
         return out
 
+    def sample_tensor(self, n_samples, random_state=None, device="cpu"):
+        """:meth:`sample` as a float32 torch tensor cut on ``device`` from copies of the images kept
+        there (made once per device): the same crops for the same ``random_state``, without cutting
+        each batch on the host and copying it over (a GPU's training loop reads the image where it
+        computes).
+
+        Returns
+        -------
+        patches : torch.Tensor of shape (n_samples, n_rows, n_cols), float32, on ``device``
+        """
+        import torch
+
+        which, rows, cols = self.sample_corners(n_samples, random_state)
+        device = torch.device(device)
+        cache = self.__dict__.setdefault("_device_images", {})
+        if str(device) not in cache:
+            cache[str(device)] = [torch.as_tensor(im, dtype=torch.float32).to(device) for im in self.images]
+        images = cache[str(device)]
+        h, w = self.patch_shape
+        out = torch.empty((len(which), h, w), dtype=torch.float32, device=device)
+        dr, dc = torch.arange(h, device=device), torch.arange(w, device=device)
+        for i in np.unique(which):
+            sel = np.flatnonzero(which == i)
+            r = torch.as_tensor(rows[sel], device=device)[:, None, None] + dr[None, :, None]
+            c = torch.as_tensor(cols[sel], device=device)[:, None, None] + dc[None, None, :]
+            out[torch.as_tensor(sel, device=device)] = images[i][r, c]
+        return out
+
     def __repr__(self):
         return (f"PatchSampler(n_images={len(self.images)}, patch_shape={self.patch_shape}, "
                 f"n_exclude={sum(len(e) for e in self.exclude)})")

@@ -516,8 +516,7 @@ or PatchSampler
         with _deterministic_kernels(device):
             for k in iterations:
                 if X_train is None:
-                    xb = torch.tensor(sampler.sample(batch, random_state=sampler_rng).reshape(batch, -1),
-                                      dtype=torch.float32, device=device)
+                    xb = sampler.sample_tensor(batch, random_state=sampler_rng, device=device).reshape(batch, -1)
                 elif batch == n_samples:
                     xb = X_tensor
                 else:  # epochs of shuffled mini-batches
