@@ -493,3 +493,60 @@ def test_load_device_argument(saved, saved_copy):
         loaded = VAEPrior.load(saved_copy)
     assert not any("trained" in str(w.message) for w in record)
     assert loaded.device_ == torch.device("cpu")
+
+
+# ---- float16 storage -------------------------------------------------------------------------------------
+def _tiny_fitted(n_iterations=3):
+    from latentinv.datasets import make_straight_channels
+    X = make_straight_channels(30, shape=(16, 16), random_state=0)
+    return VAEPrior(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, batch_size=10,
+                    n_iterations=n_iterations, random_state=0, device="cpu").fit(X)
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    import json
+    prior = _tiny_fitted()
+    prior.save(tmp_path / "f32")
+    prior.save(tmp_path / "f16", weights_dtype="float16")
+    size32 = (tmp_path / "f32" / "weights.safetensors").stat().st_size
+    size16 = (tmp_path / "f16" / "weights.safetensors").stat().st_size
+    assert size16 < 0.6 * size32
+    assert json.loads((tmp_path / "f16" / "config.json").read_text())["weights_dtype"] == "float16"
+    loaded = VAEPrior.load(tmp_path / "f16")
+    assert all(p.dtype == torch.float32 for p in loaded.module_.parameters())
+    Z = np.random.default_rng(0).standard_normal((50, 2))
+    err = np.abs(loaded.decode(Z) - prior.decode(Z)).max()
+    assert 0 < err <= 1e-3                                   # rounded, within the guard's tolerance
+    # the weights are the float16 roundings of the originals, upcast
+    for (k, a), b in zip(prior.module_.state_dict().items(), loaded.module_.state_dict().values()):
+        assert torch.equal(a.half().float(), b), k
+    # a file whose config says float16 but whose tensors are not is refused (checksums recomputed)
+    from latentinv._common import _add_checksums
+    config = json.loads((tmp_path / "f32" / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.endswith("_sha256")}
+    config["weights_dtype"] = "float16"
+    weights = (tmp_path / "f32" / "weights.safetensors").read_bytes()
+    (tmp_path / "f32" / "config.json").write_text(json.dumps(_add_checksums(config, weights)))
+    with pytest.raises(ModelFileError, match="records weights_dtype 'float16' but"):
+        VAEPrior.load(tmp_path / "f32")
+    config["weights_dtype"] = "int8"
+    (tmp_path / "f32" / "config.json").write_text(json.dumps(_add_checksums(config, weights)))
+    with pytest.raises(ModelFileError, match="'weights_dtype' must be one of \\['float16', 'float32'\\]"):
+        VAEPrior.load(tmp_path / "f32")
+
+
+def test_float16_storage_is_refused_where_it_would_change_the_models(tmp_path):
+    prior = _tiny_fitted()
+    with pytest.raises(ValueError, match="weights_dtype must be one of"):
+        prior.save(tmp_path / "x", weights_dtype="bfloat16")
+    big = copy.deepcopy(prior)
+    with torch.no_grad():
+        next(big.module_.parameters()).mul_(0).add_(1e5)              # beyond float16's range
+    with pytest.raises(ValueError, match="overflow torch.float16"):
+        big.save(tmp_path / "big", weights_dtype="float16")
+    sharp = copy.deepcopy(prior)
+    with torch.no_grad():                                            # a last layer so steep that
+        sharp.module_.decoder.deconv[-2].weight.mul_(3000.0)         # float16 rounding moves the models
+    with pytest.raises(ValueError, match="decoded models differ from float32's by up to"):
+        sharp.save(tmp_path / "sharp", weights_dtype="float16")
+    assert not (tmp_path / "sharp").exists()                         # nothing written

@@ -14,6 +14,7 @@ paper's published trained network.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -58,7 +59,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _tensor_to_numpy,
     _read_reference_state_dict,
     _verify_checksums as _verify_model_checksums,
-    _write_model_files,
+    _write_tensor_files,
 )
 
 __all__ = ["VAEPrior", "ModelFileError", "UnverifiedModelWarning"]
@@ -73,6 +74,10 @@ _VERSION = 2          # 1: no checksums (before issue 14); 2: weights_sha256 + c
 _CHECKSUM_KEYS = ("weights_sha256", "config_sha256")
 _CONFIG_KEYS = ("format", "version", "params", "custom_architecture", "fitted")
 _FITTED_KEYS = ("image_shape_", "n_features_in_", "device_", "history_", "beta_per_sample_")
+#: how the weights may be stored (``save``'s ``weights_dtype``); the network computes in float32
+_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: float16 storage is refused when the decoded models of the stored weights differ from float32's by more
+_FLOAT16_MODEL_TOLERANCE = 1e-3
 _HISTORY_KEYS = ("reconstruction", "kl", "loss")
 # the shared readers with VAEPrior's format (functools.partial adds no frame: warnings keep their stacklevel)
 _parse_config = partial(_parse_model_config, fmt=_FORMAT, versions=(1, _VERSION), saver="VAEPrior")
@@ -95,7 +100,10 @@ def _check_config(cls, config, config_path, owner, architecture):
             raise ModelFileError(f"{where}: {label} has missing keys {missing} and unexpected keys "
                                  f"{unexpected}; expected exactly {list(required)}.")
 
-    keys(config, _CONFIG_KEYS, "the configuration", optional=_CHECKSUM_KEYS)
+    keys(config, _CONFIG_KEYS, "the configuration", optional=_CHECKSUM_KEYS + ("weights_dtype",))
+    if config.get("weights_dtype", "float32") not in _STORAGE_DTYPES:
+        raise ModelFileError(f"{where}: 'weights_dtype' must be one of {sorted(_STORAGE_DTYPES)}; got "
+                             f"{config.get('weights_dtype')!r}.")
     params, fitted = config["params"], config["fitted"]
     for label, value in (("params", params), ("fitted", fitted)):
         if not isinstance(value, dict):
@@ -715,7 +723,7 @@ or PatchSampler
             },
         }
 
-    def save(self, path):
+    def save(self, path, weights_dtype="float32"):
         """Save the fitted prior to the directory ``path``, with checksums.
 
         Writes ``path/weights.safetensors`` (the state dict of ``module_``, CPU tensors) and
@@ -736,9 +744,44 @@ or PatchSampler
         ----------
         path : str or path-like
             Directory (created if missing).
+        weights_dtype : {"float32", "float16"}, default="float32"
+            How the weights are stored. ``"float16"`` halves the file (:meth:`load` upcasts to
+            float32, in which the network computes); it is refused (ValueError) unless the models
+            decoded with the rounded weights agree with the float32 ones to 1e-3 on 256 latents of
+            the prior (and no weight overflows float16). The prior in memory is not changed.
         """
         check_is_fitted(self, "module_")
-        _write_model_files(path, self.module_, self._config())
+        if weights_dtype not in _STORAGE_DTYPES:
+            raise ValueError(f"{type(self).__name__}.save: weights_dtype must be one of "
+                             f"{sorted(_STORAGE_DTYPES)}; got {weights_dtype!r}.")
+        config = self._config()
+        state = self.module_.state_dict()
+        if weights_dtype != "float32":
+            state = self._rounded_state(state, _STORAGE_DTYPES[weights_dtype])
+            config["weights_dtype"] = weights_dtype
+        _write_tensor_files(path, state, config)
+
+    def _rounded_state(self, state, dtype):
+        """``state`` with its floating tensors rounded to ``dtype``, after checking that the models
+        decoded with the rounded weights stay within :data:`_FLOAT16_MODEL_TOLERANCE` of float32's."""
+        name = f"{type(self).__name__}.save"
+        rounded = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+        bad = [k for k, v in rounded.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"{name}: weights of {bad[:3]} overflow {dtype} (beyond +-65504); save them as "
+                             f"float32.")
+        probe = copy.deepcopy(self.module_).float()
+        probe.load_state_dict({k: v.to(state[k].dtype) for k, v in rounded.items()})
+        z = torch.randn(256, int(self.n_components), generator=torch.Generator().manual_seed(0)).to(self.device_)
+        with torch.no_grad():
+            want = LatentDecoder(self.module_).eval()(z)
+            got = LatentDecoder(probe).eval()(z)
+        err = float((got - want).abs().max())
+        if not err <= _FLOAT16_MODEL_TOLERANCE:
+            raise ValueError(f"{name}: with its weights rounded to {dtype} the decoded models differ from "
+                             f"float32's by up to {err:.3g} (on 256 latents of the prior), more than "
+                             f"{_FLOAT16_MODEL_TOLERANCE}; save this prior as float32.")
+        return rounded
 
     @classmethod
     def pretrained(cls, device=None, image="channels_ti"):
@@ -846,6 +889,13 @@ or PatchSampler
         prior._n_features_out = int(prior.n_components)
 
         state = _load_safetensors(weights, weights_path, name)
+        stored = _STORAGE_DTYPES[config.get("weights_dtype", "float32")]
+        if stored != torch.float32:
+            wrong = [k for k, v in state.items() if v.is_floating_point() and v.dtype != stored]
+            if wrong:
+                raise ModelFileError(f"{name}: {weights_path!r}: {config_path!r} records weights_dtype "
+                                     f"{config['weights_dtype']!r} but {wrong[:3]} are not.")
+            state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}  # upcast
         if target is None:
             target = _saved_device_or_cpu(fitted["device_"], f"{name}: {config_path!r} records that the "
                                           f"network was on {fitted['device_']!r} when saved (device_), but")
