@@ -6,6 +6,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
+import latentinv.prior as prior_module
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
@@ -550,3 +552,42 @@ def test_float16_storage_is_refused_where_it_would_change_the_models(tmp_path):
     with pytest.raises(ValueError, match="decoded models differ from float32's by up to"):
         sharp.save(tmp_path / "sharp", weights_dtype="float16")
     assert not (tmp_path / "sharp").exists()                         # nothing written
+
+
+# ---- bfloat16 training ---------------------------------------------------------------------------------
+_native_bf16 = pytest.mark.skipif(
+    not __import__("latentinv._common", fromlist=["native_bfloat16"]).native_bfloat16(torch.device("cpu")),
+    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+
+
+@_native_bf16
+def test_bfloat16_training_follows_the_float32_loss_curve():
+    from latentinv.datasets import make_straight_channels
+    X = make_straight_channels(60, shape=(16, 16), random_state=0)
+    kw = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, batch_size=20, n_iterations=60,
+              learning_rate=1e-2, random_state=0, device="cpu")
+    f32 = VAEPrior(**kw).fit(X)
+    b16 = VAEPrior(precision="bfloat16", **kw).fit(X)
+    a, b = np.array(f32.history_["loss"]), np.array(b16.history_["loss"])
+    assert not np.array_equal(a, b)                          # it did run in bfloat16
+    assert abs(b[-20:].mean() / a[-20:].mean() - 1) < 0.02   # the same curve, within 2 %
+    assert a[-20:].mean() < 0.8 * a[:5].mean()                # and a curve that descends
+    # the fitted network computes in float32
+    assert all(p.dtype == torch.float32 for p in b16.module_.parameters())
+    assert b16.transform(X).dtype == np.float64
+
+
+def test_bfloat16_training_is_refused_without_native_bfloat16_and_checked(monkeypatch, tmp_path):
+    from latentinv.datasets import make_straight_channels
+    X = make_straight_channels(10, shape=(16, 16), random_state=0)
+    kw = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, n_iterations=1, device="cpu")
+    with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'; got 'float16'"):
+        VAEPrior(precision="float16", **kw).fit(X)
+    monkeypatch.setattr(prior_module, "native_bfloat16", lambda device: False)
+    with pytest.raises(ValueError, match="precision='bfloat16' needs native bfloat16 arithmetic on cpu"):
+        VAEPrior(precision="bfloat16", **kw).fit(X)
+    monkeypatch.undo()
+    # a checkpoint of a float32 training is not resumed in bfloat16
+    VAEPrior(**kw).fit(X, checkpoint=tmp_path)
+    with pytest.raises(ModelFileError, match="it differs in precision"):
+        VAEPrior(precision="bfloat16", **dict(kw, n_iterations=2)).fit(X, checkpoint=tmp_path)

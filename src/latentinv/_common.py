@@ -373,3 +373,13 @@ def _check_state_against(module, state, source, described):
         raise ModelFileError(f"{source}: the tensors do not fit the network the configuration "
                              f"describes ({described}): " + "; ".join(problems) + ".")
 
+
+def native_bfloat16(device):
+    """Whether ``device`` has native bfloat16 arithmetic (AVX512-BF16 or AMX on a CPU, compute
+    capability 8.0 on a GPU): elsewhere bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

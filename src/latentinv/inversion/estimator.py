@@ -12,6 +12,7 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
+from .._common import native_bfloat16 as _native_bfloat16
 from .base import LatentEstimatorBase, engine_tags
 from .parallel import run_chunk, survey_chunks
 from .randomness import EpochStreams, as_seed
@@ -24,15 +25,6 @@ __all__ = ["LatentInverter", "PrecisionWarning"]
 
 class PrecisionWarning(UserWarning):
     """A reduced-precision run's selected model fits the data more than 1 % differently in float32."""
-
-
-def _native_bfloat16(device):
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 class LatentInverter(RegressorMixin, LatentEstimatorBase):
