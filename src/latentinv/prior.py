@@ -275,9 +275,8 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         under ``torch.autocast`` (the weights, Adam's state and the loss stay float32); it needs
         native bfloat16 (AVX512-BF16 or AMX on a CPU, compute capability 8.0 on a GPU) and is
         refused elsewhere. The fitted network computes in float32 either way. On a 2-core AMD EPYC
-        with AVX512-BF16 it trains the shipped network 1.45x and the reference one 1.8x faster;
-        the loss curve of a bfloat16 training stays within a fraction of a percent of float32's
-        (``docs/benchmarks/prior.md``).
+        with AVX512-BF16 it trained the shipped network 1.35x and the reference one 1.46x faster,
+        with loss curves within 1.5 % of float32's (``docs/benchmarks/prior.md``).
 
     Attributes
     ----------
