@@ -24,6 +24,7 @@ STEPS=${STEPS:-bench tests prior reproduce}
 BENCH_ARGS=${BENCH_ARGS:-}
 PRIOR_CKPT=${PRIOR_CKPT:-}     # a training checkpoint of an earlier call (step 3b resumes from it)
 PRIOR_ITERS=${PRIOR_ITERS:-}   # step 3b's iterations (default: sized to the time left)
+PRIOR_PRECISION=${PRIOR_PRECISION:-float32}   # step 3b's training arithmetic (bfloat16: autocast)
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=${PY:-python3}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
@@ -90,7 +91,7 @@ else: print(0)")
     # returned folder copied into the working tree), that call carries on where this one stopped
     if [ -n "$PRIOR_CKPT" ] && [ -d "$PRIOR_CKPT" ]; then cp -r "$PRIOR_CKPT" "$OUT/prior_ckpt"; fi
     timeout $(( $(left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL \
-      --checkpoint "$OUT/prior_ckpt" --checkpoint-every 2000 \
+      --checkpoint "$OUT/prior_ckpt" --checkpoint-every 2000 --precision "$PRIOR_PRECISION" \
       --out $P/channels_ti_prior --report $P/docs 2>&1 | grep -v "it/s\]" | tail -12
     tar -C $P -cf "$OUT/prior.tar" channels_ti_prior docs ra/channels_ti_prior.json
   fi ) >"$OUT/prior.txt" 2>&1 &
