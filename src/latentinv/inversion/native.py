@@ -90,14 +90,23 @@ class _KernelRows(torch.autograd.Function):
         # the gradient of the terms' sums over p arrives expanded (the same value along p): one per ray
         g_sum = g[:, :, 0] if g.stride(2) == 0 else None
         if torch.is_grad_enabled() or g_sum is None:    # torch's ops (create_graph, or another consumer)
-            idx = index[rays]
-            gs = torch.zeros((rays.shape[0], ctx.n_cells), dtype=g.dtype).scatter_add(
-                1, idx.reshape(rays.shape[0], -1), (g * value[rays]).reshape(rays.shape[0], -1))
+            # the terms are linear in s: their gradient is the same at any s, zeros included
+            with torch.enable_grad():
+                s0 = torch.zeros((rays.shape[0], ctx.n_cells), dtype=g.dtype, requires_grad=True)
+                (gs,) = torch.autograd.grad(_torch_terms(s0, rays, index, value), s0, g,
+                                            create_graph=g.requires_grad)
             return gs, None, None, None
         gs = torch.empty((rays.shape[0], ctx.n_cells), dtype=g.dtype)
         decoder_native.core.engine_kernel_rows_backward(g_sum.contiguous().numpy(), index.numpy(),
                                                         value.numpy(), rays.numpy(), gs.numpy(), _threads())
         return gs, None, None, None
+
+
+def _torch_terms(s, rays, index, value):
+    """The rays' terms ``s[r, index[rays[r, b], p]] * value[rays[r, b], p]`` (R, B, P) in torch's ops."""
+    R, B = rays.shape
+    idx = index[rays]                      # (R, B, P)
+    return torch.gather(s, 1, idx.reshape(R, -1)).reshape(idx.shape) * value[rays]
 
 
 def kernel_rows(s, rays, index, value):
@@ -106,10 +115,7 @@ def kernel_rows(s, rays, index, value):
     * value[rays]).sum(-1)``."""
     if _applies(s, value) and s.dim() == 2 and rays.device.type == "cpu":
         return _KernelRows.apply(s, rays, index, value).sum(-1)
-    R, B = rays.shape
-    idx = index[rays]                      # (R, B, P)
-    gathered = torch.gather(s, 1, idx.reshape(R, -1)).reshape(idx.shape)
-    return (gathered * value[rays]).sum(-1)
+    return _torch_terms(s, rays, index, value).sum(-1)
 
 
 def kernel_full(matrix, s):

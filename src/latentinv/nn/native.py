@@ -185,15 +185,11 @@ class _DeconvByGEMM(torch.autograd.Function):
 
 
 def _taps_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """The layer's weight as the ``(c_in, k_h k_w c_out)`` matrix of :class:`_DeconvByGEMM`, cached as
-    :func:`_channels_last_weight` caches its own."""
+    """The layer's weight as the ``(c_in, k_h k_w c_out)`` matrix of :class:`_DeconvByGEMM`, cached on
+    the module (:func:`cached_on`)."""
     w = conv.weight
-    key = (id(w), w.data_ptr(), w._version, w.dtype, w.device)
-    cached = conv.__dict__.get("_latentinv_taps_weight")
-    if cached is None or cached[0] != key:
-        cached = (key, w.detach().float().permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous())
-        conv.__dict__["_latentinv_taps_weight"] = cached
-    return cached[1]
+    return cached_on(conv, "_latentinv_taps_weight", [w],
+                     lambda: w.detach().float().permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous())
 
 
 #: Input maps of at most this many pixels take the GEMM form (:class:`_DeconvByGEMM`) in float32: on
@@ -231,16 +227,22 @@ def _plan(layers: nn.Sequential):
     return blocks, mods[-2]
 
 
-def _channels_last_weight(conv: nn.ConvTranspose2d, dtype: torch.dtype) -> torch.Tensor:
-    """The layer's weight in channels-last memory order and ``dtype``, kept on the module until the
-    weight changes (another tensor, or the same one written in place: its version counter moves)."""
-    w = conv.weight
-    key = (id(w), w.data_ptr(), w._version, w.dtype, w.device, dtype)
-    cached = conv.__dict__.get("_latentinv_channels_last_weight")
+def cached_on(module: nn.Module, slot: str, tensors, build, *extra):
+    """``build()``, kept in ``module.__dict__[slot]`` until one of ``tensors`` changes (another tensor,
+    or the same one written in place: its version counter moves) or ``extra`` differs."""
+    key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + extra
+    cached = module.__dict__.get(slot)
     if cached is None or cached[0] != key:
-        cached = (key, w.detach().to(dtype).contiguous(memory_format=torch.channels_last))
-        conv.__dict__["_latentinv_channels_last_weight"] = cached
+        cached = (key, build())
+        module.__dict__[slot] = cached
     return cached[1]
+
+
+def _channels_last_weight(conv: nn.ConvTranspose2d, dtype: torch.dtype) -> torch.Tensor:
+    """The layer's weight in channels-last memory order and ``dtype``, cached on the module."""
+    w = conv.weight
+    return cached_on(conv, "_latentinv_channels_last_weight", [w],
+                     lambda: w.detach().to(dtype).contiguous(memory_format=torch.channels_last), dtype)
 
 
 def _out_size(conv: nn.ConvTranspose2d, size: int, axis: int) -> int:

@@ -381,10 +381,8 @@ def _composed_fc(fc: nn.Sequential, z: torch.Tensor, map_shape) -> torch.Tensor 
             and isinstance(mods[2], nn.ReLU) and len(map_shape) == 3 and z.dim() == 2):
         return None
     first, second = mods[0], mods[1]
-    tensors = [t for t in (first.weight, first.bias, second.weight, second.bias) if t is not None]
-    key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-    cached = fc.__dict__.get("_latentinv_composed")
-    if cached is None or cached[0] != key:
+
+    def compose():
         with torch.no_grad():
             w1, w2 = first.weight.double(), second.weight.double()
             weight = w2 @ w1
@@ -395,11 +393,13 @@ def _composed_fc(fc: nn.Sequential, z: torch.Tensor, map_shape) -> torch.Tensor 
                 bias = bias + second.bias.double()
             c, h, w = map_shape
             order = torch.arange(c * h * w, device=weight.device).reshape(c, h, w).permute(1, 2, 0).reshape(-1)
-            cached = (key, weight[order].to(first.weight.dtype).contiguous(),
-                      bias[order].to(first.weight.dtype).contiguous())
-        fc.__dict__["_latentinv_composed"] = cached
+            dtype = first.weight.dtype
+            return weight[order].to(dtype).contiguous(), bias[order].to(dtype).contiguous()
+
+    tensors = [t for t in (first.weight, first.bias, second.weight, second.bias) if t is not None]
+    weight, bias = native.cached_on(fc, "_latentinv_composed", tensors, compose)
     c, h, w = map_shape
-    out = nn.functional.linear(z, cached[1], cached[2]).relu_()
+    out = nn.functional.linear(z, weight, bias).relu_()
     return out.reshape(z.shape[0], h, w, c).permute(0, 3, 1, 2)
 
 
