@@ -4,7 +4,10 @@
 #   2. bench_inversion.py on the CPU and CUDA (incl. the paper's 100 starts x 3000 iterations);
 #   3. in parallel: the test suite (CUDA tests included), the default prior trained on the GPU
 #      (after a determinism check: two short trainings must give identical weights), and a larger
-#      reproduce_paper.py run (training length sized to the time left).
+#      reproduce_paper.py run (training length sized to the time left), its linear cases;
+#   4. once those have ended, the reproduction's nonlinear case (Fig. 10) alone on the CPUs, in the last
+#      NL_RESERVE seconds (default 120) kept for it: the raytracer takes every core, so it must not share
+#      them with the test suite's workers (see docs/benchmarks/gpu.md, "the nonlinear case").
 # Usage, from the repository root:
 #   OUT=dir TI=path/to/channels_ti.png TM=path/to/paper_test_models DEADLINE=540 bash benchmarks/gpu_checks.sh
 # (TM: the published test models; with it the reproduction starts from the published initial latents
@@ -25,12 +28,16 @@ BENCH_ARGS=${BENCH_ARGS:-}
 PRIOR_CKPT=${PRIOR_CKPT:-}     # a training checkpoint of an earlier call (step 3b resumes from it)
 PRIOR_ITERS=${PRIOR_ITERS:-}   # step 3b's iterations (default: sized to the time left)
 PRIOR_PRECISION=${PRIOR_PRECISION:-float32}   # step 3b's training arithmetic (bfloat16: autocast)
+NL_RESERVE=${NL_RESERVE:-120}  # seconds kept at the end for the nonlinear case (step 4)
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=${PY:-python3}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 T0=$(date +%s)
 now() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( DEADLINE - $(now) )); }
+# time left to the steps that run beside others: the nonlinear case's reserve is kept out of it
+RESERVE=0; want reproduce && [ -n "$TI" ] && [ -f "$TI" ] && RESERVE=$NL_RESERVE
+shared_left() { echo $(( $(left) - RESERVE )); }
 log() { echo "[$(now) s] $*" | tee -a "$OUT/log.txt"; }
 export PYTHONUNBUFFERED=1
 DEV=cuda; [ "$DRY" = 1 ] && DEV=cpu
@@ -62,7 +69,7 @@ log "bench_inversion done"
 # 3a. test suite (CPU and CUDA tests)
 PID_TEST=; PID_PRIOR=; PID_RP=
 want tests && ( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py -k "cuda or to_moves"); else ARGS=(-n 6); fi
-  OMP_NUM_THREADS=2 timeout $(( $(left) - 10 )) $PY -m pytest -q -p no:cacheprovider -rs --durations=10 \
+  OMP_NUM_THREADS=2 timeout $(( $(shared_left) - 10 )) $PY -m pytest -q -p no:cacheprovider -rs --durations=10 \
     "${ARGS[@]}" >"$OUT/pytest.txt" 2>&1; echo "pytest exit $?" >>"$OUT/pytest.txt" ) &
 want tests && PID_TEST=$!
 
@@ -71,7 +78,7 @@ want tests && PID_TEST=$!
 want prior && ( set -u; P=/tmp/li_prior; rm -rf $P; mkdir -p $P
   IT_PROBE=300; [ "$DRY" = 1 ] && IT_PROBE=20
   for r in a b; do
-    timeout $(( $(left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $IT_PROBE \
+    timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $IT_PROBE \
       --n-truths 2 --n-starts 4 --out $P/$r --report $P/r$r 2>&1 | grep -v "it/s\]" | tail -3
   done
   if cmp -s $P/a/weights.safetensors $P/b/weights.safetensors; then echo "determinism: identical weights"
@@ -79,7 +86,7 @@ want prior && ( set -u; P=/tmp/li_prior; rm -rf $P; mkdir -p $P
   MS=$($PY -c "import json; print(json.load(open('$P/ra/channels_ti_prior.json'))['train_seconds'] / $IT_PROBE * 1e3)")
   echo "probe: $MS ms per training iteration"
   N=$($PY -c "
-budget = ($(left) - 90) * 0.6   # shares the GPU with 3c: keep a margin
+budget = ($(shared_left) - 90) * 0.6   # shares the GPU with 3c: keep a margin
 for n in (60000, 50000, 40000, 30000, 20000, 15000, 10000, 5000):
     if n * $MS / 1e3 <= budget: print(n); break
 else: print(0)")
@@ -90,7 +97,7 @@ else: print(0)")
     # resumable: the checkpoint comes back under $OUT; carried to the next call as PRIOR_CKPT (e.g. the
     # returned folder copied into the working tree), that call carries on where this one stopped
     if [ -n "$PRIOR_CKPT" ] && [ -d "$PRIOR_CKPT" ]; then cp -r "$PRIOR_CKPT" "$OUT/prior_ckpt"; fi
-    timeout $(( $(left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL \
+    timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL \
       --checkpoint "$OUT/prior_ckpt" --checkpoint-every 2000 --precision "$PRIOR_PRECISION" \
       --out $P/channels_ti_prior --report $P/docs 2>&1 | grep -v "it/s\]" | tail -12
     tar -C $P -cf "$OUT/prior.tar" channels_ti_prior docs ra/channels_ti_prior.json
@@ -112,7 +119,7 @@ EOF
 )
     echo "probe: $MS ms per training iteration (reference network, batch 100)"
     N=$($PY -c "
-budget = ($(left) - 320) * 0.6   # keep ~5 min for the inversions, the nonlinear case included
+budget = ($(shared_left) - 200) * 0.6   # keep ~3 min for the linear inversions (step 4 has its own time)
 for n in (100000, 80000, 60000, 50000, 40000, 30000, 20000, 15000, 10000, 5000, 3000):
     if n * $MS / 1e3 <= budget: print(n); break
 else: print(1000)")
@@ -120,8 +127,8 @@ else: print(1000)")
     [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise"
     [ "$DRY" = 1 ] && { N=20; STARTS=2; NLS=1; EXTRA="$EXTRA --epochs 2 --epochs-nonlinear 1"; }
     echo "reproduce_paper: $N training iterations, $STARTS starts"
-    timeout $(( $(left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --iterations $N \
-      --n-starts $STARTS --nonlinear-starts $NLS $EXTRA --out /tmp/li_rp 2>&1 \
+    timeout $(( $(shared_left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --iterations $N \
+      --n-starts $STARTS --no-nonlinear $EXTRA --out /tmp/li_rp 2>&1 \
       | stdbuf -oL tr '\r' '\n' | awk '!/(it\/s|s\/it)\]/ || ++n % 25 == 0 { print; fflush() }'   # 1 progress line in 25
     echo "reproduce exit ${PIPESTATUS[0]}"
     (cd /tmp/li_rp && tar -cf "$OUT/reproduce.tar" --exclude=prior .) ) >"$OUT/reproduce.txt" 2>&1 &
@@ -154,4 +161,22 @@ fi
 [ -n "$PID_TEST" ] && { wait $PID_TEST; log "tests: $(tail -2 "$OUT/pytest.txt" | tr '\n' ' ')"; }
 [ -n "$PID_PRIOR" ] && { wait $PID_PRIOR; log "prior: $(grep -E 'determinism|probe|training|heldout_reconstruction|accepted' "$OUT/prior.txt" | tr '\n' ' ')"; }
 [ -n "$PID_RP" ] && { wait $PID_RP; log "reproduce: $(tail -3 "$OUT/reproduce.txt" | tr '\n' ' ')"; }
+
+# 4. the nonlinear case (Fig. 10: VSbrd through the shortest-path raytracer, one start per truth, without
+#    and with noise), alone on the CPUs now, with the prior that step 3c trained; its progress lines
+#    carry the rate (tqdm), and the CPUs it had and the load are logged first
+if [ -n "$PID_RP" ] && [ -d /tmp/li_rp/prior ]; then
+  ( $PY -c "
+import os; from latentinv._cpus import available_cpus, cgroup_cpu_quota
+print('cpus: os.cpu_count', os.cpu_count(), 'affinity', len(os.sched_getaffinity(0)), 'cgroup quota',
+      cgroup_cpu_quota(), '-> raytracer threads', available_cpus(), '; load average', os.getloadavg())"
+    EXTRA=; [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise"
+    [ "$DRY" = 1 ] && EXTRA="$EXTRA --epochs-nonlinear 1"
+    timeout $(( $(left) - 5 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --prior /tmp/li_rp/prior \
+      --cases "" --nonlinear-starts 1 $EXTRA --out /tmp/li_rp_nl 2>&1 \
+      | stdbuf -oL tr '\r' '\n' | awk '!/(it\/s|s\/it)\]/ || ++n % 25 == 0 { print; fflush() }'
+    echo "nonlinear exit ${PIPESTATUS[0]}"
+    (cd /tmp/li_rp_nl && tar -cf "$OUT/reproduce_nonlinear.tar" --exclude=prior .) ) >"$OUT/nonlinear.txt" 2>&1
+  log "nonlinear: $(grep -E 'cpus:|best data RMSE|exit' "$OUT/nonlinear.txt" | tr '\n' ' ')"
+fi
 log "end"

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from latentinv._backend import HAS_CORE
+from latentinv._cpus import available_cpus
 from latentinv.geometry import CrossholeSurvey, Grid2D, paper_crosshole
 from latentinv.operators.shortest_path import (
     ShortestPathOperator, _node_positions, local_lengths, sensor_nodes,
@@ -439,7 +440,7 @@ def test_pickle_roundtrip_and_attributes(backend):
 def test_default_threads_and_backend():
     grid, survey, _ = small_case()
     op = ShortestPathOperator(grid, survey)
-    assert op.n_threads == (os.cpu_count() or 1)
+    assert op.n_threads == available_cpus()     # affinity and cgroup quota (tests/test_cpus.py)
     assert op.n_secondary_nodes == 3
     assert op.backend == ("cpp" if HAS_CORE else "python")
 

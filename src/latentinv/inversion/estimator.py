@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
 from .._common import native_bfloat16 as _native_bfloat16
+from . import graphed
 from .base import LatentEstimatorBase, engine_tags
 from .parallel import run_chunk, survey_chunks
 from .randomness import EpochStreams, as_seed
@@ -126,6 +127,13 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         (histories keep the bfloat16 values). A :class:`PrecisionWarning` says when a survey's
         selected model's data RMSE moved by more than 1 % between the two (the guard:
         ``result.settings["bfloat16_rmse_change"]`` holds the relative changes).
+    cuda_graphs : bool, default=False
+        On CUDA, record one SGD iteration in a CUDA graph and replay it (``latentinv.inversion.graphed``):
+        no kernel launches from Python and no host synchronisation inside an epoch. Every start is
+        computed in every iteration (a stopped one is masked), and the full-data misfit is a dense
+        product, so results equal the eager loop's to float32 rounding, not bit for bit. Needs
+        ``device="cuda"``, a linear operator, and neither ``tol`` nor ``prune`` (rules that decide on
+        the host); ValueError otherwise.
     n_jobs : int, default=None
         Surveys inverted in parallel through joblib (scikit-learn's meaning: ``None`` is 1 unless in
         a ``joblib.parallel_backend`` context, ``-1`` all processors); inside
@@ -203,13 +211,16 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     # overlap the full-data misfit's raytracing with the step (see _run); False computes it in line
     # (the same numbers: tests compare both)
     _pipeline_nonlinear = True
+    # run the static step of inversion.graphed without capturing it (tests compare it with the loop)
+    _static_step = False
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, optimizer="sgd", lr=1e-2,
                  lr_decay=0.95, decay_every=1, batch_size=25, regularization="ring", lam=10.0,
                  lam_decay=0.999, n_epochs=120, n_starts=10, initial_latents=None, noise_std=None,
                  target_misfit=None, tol=None, n_epochs_no_change=5, prune=None, prune_every=None,
                  prune_keep=0.5, nonlinear_gradient="paper", clip_resample="uniform",
-                 precision="float32", random_state=None, device="auto", n_jobs=None, chunk_size=None,
+                 precision="float32", cuda_graphs=False, random_state=None, device="auto", n_jobs=None,
+                 chunk_size=None,
                  verbose=0):
         self.prior = prior
         self.operator = operator
@@ -237,6 +248,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         self.random_state = random_state
         self.device = device
         self.precision = precision
+        self.cuda_graphs = cuda_graphs
         self.n_jobs = n_jobs
         self.chunk_size = chunk_size
         self.verbose = verbose
@@ -322,6 +334,14 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
                 f"{type(self).__name__}: precision='bfloat16' needs native bfloat16 arithmetic on "
                 f"{self.device_} (AVX512-BF16 or AMX on a CPU, compute capability 8.0 on a GPU), which "
                 "this machine lacks: emulated bfloat16 is slower than float32; use 'float32'")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"{type(self).__name__}: cuda_graphs must be True or False, got {self.cuda_graphs!r}")
+        if self.cuda_graphs:
+            why = graphed.unsupported(bool(getattr(op, "is_linear", False)), self.tol, self.prune)
+            if self.device_.type != "cuda":
+                why = f"the device is {self.device_} (CUDA graphs need device='cuda')"
+            if why is not None:
+                raise ValueError(f"{type(self).__name__}: cuda_graphs=True cannot run here: {why}")
         self.iterations_per_epoch_ = op.n_data // (self.batch_size or op.n_data)
         self.n_iterations_ = self.n_epochs * self.iterations_per_epoch_
 
@@ -396,8 +416,12 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         progress = f"{type(self).__name__} ({S} surveys x {K} starts)" if self.verbose else None
         # a background engine's workers take the cores; the decoder's torch threads would contend with them
         with torch_threads(1 if problem.pending and dev.type == "cpu" else None):
-            history, stopping = run_sgd(problem, self._start_latents(seed).repeat(S, 1).to(dev),
-                                                 streams, cfg, check_first=check, progress=progress)
+            z0 = self._start_latents(seed).repeat(S, 1).to(dev)
+            if self.cuda_graphs or self._static_step:
+                history, stopping = graphed.run_sgd_static(problem, z0, streams, cfg, capture=self.cuda_graphs,
+                                                           check_first=check, progress=progress)
+            else:
+                history, stopping = run_sgd(problem, z0, streams, cfg, check_first=check, progress=progress)
         settings = dict({k: v for k, v in self.get_params(deep=False).items()
                          if k not in ("prior", "operator", "slowness_map")}, seed=seed,
                         n_iterations=self.n_iterations_, iterations_per_epoch=self.iterations_per_epoch_,

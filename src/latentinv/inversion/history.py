@@ -47,17 +47,43 @@ class History:
         m = self.problem.misfit(t_full, rows)
         if rows is None:
             rows = slice(None)
+
+        def write(h, v):
+            h[k, rows] = v
+        self._update(write, k, m.rmse, m.chi2, m.value, x, z, znorm, rows)
+        self.n_run[rows] += 1
+        return m.rms_for_target
+
+    def record_masked(self, k, t_full, x, z, znorm, running):
+        """:meth:`record` of every row at once, keeping only the rows where ``running`` (a boolean mask)
+        holds, with ``k`` a 0-dim long tensor on the device: no host synchronisation and no shape that
+        depends on the data (a step captured in a CUDA graph). The other rows' histories stay NaN and
+        their best model unchanged, as if they had not been computed. Returns the RMS of every row."""
+        m = self.problem.misfit(t_full)
+        nan = torch.full_like(m.rmse, float("nan"))
+        keep = lambda v: None if v is None else torch.where(running, v, nan)
+        at = k.reshape(1)
+
+        def write(h, v):
+            h.index_copy_(0, at, v[None])
+        # an infinite misfit never improves the best one: rows not running keep theirs
+        value = torch.where(running, m.value, torch.full_like(m.value, float("inf")))
+        self._update(write, k, keep(m.rmse), keep(m.chi2), value, x, z, torch.where(running, znorm, nan),
+                     slice(None))
+        self.n_run += running
+        return m.rms_for_target
+
+    def _update(self, write, k, rmse, chi2, value, x, z, znorm, rows):
+        """Histories at iteration ``k`` (through ``write(history, values)``) and the best so far."""
         if self.chi2 is not None:
-            self.chi2[k, rows] = m.chi2
-        self.rmse[k, rows] = m.rmse
-        self.norm[k, rows] = znorm
-        improved = m.value < self.best_misfit[rows]
-        self.best_misfit[rows] = torch.where(improved, m.value, self.best_misfit[rows])
+            write(self.chi2, chi2)
+        write(self.rmse, rmse)
+        write(self.norm, znorm)
+        improved = value < self.best_misfit[rows]
+        self.best_misfit[rows] = torch.where(improved, value, self.best_misfit[rows])
         self.best_x[rows] = torch.where(improved[:, None], x, self.best_x[rows])
         self.best_z[rows] = torch.where(improved[:, None], z, self.best_z[rows])
         self.best_iteration[rows] = torch.where(improved, k, self.best_iteration[rows])
-        self.n_run[rows] += 1
-        return m.rms_for_target
 
     def flush(self):
         """Complete a pending record (waits for the operator's job)."""

@@ -45,16 +45,27 @@ class Adam:
         self.m1 = torch.zeros_like(z)
         self.m2 = torch.zeros_like(z)
 
+    @staticmethod
+    def scales(lr, t):
+        """The bias-corrected factors of step ``t`` (1-based): ``(lr / (1 - b1**t), sqrt(1 - b2**t))``."""
+        b1, b2 = ADAM_BETAS
+        return lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
+
     def step(self, z, grad, lr, t, rows=None):
         """The iterate after step ``t`` (1-based) with step size ``lr``, for rows ``rows`` (index
         tensor into the moments; None: every row)."""
+        return self.step_scaled(z, grad, *self.scales(lr, t), rows)
+
+    def step_scaled(self, z, grad, step, correction, rows=None):
+        """:meth:`step` with the factors of :meth:`scales` given (floats, or 0-dim tensors on the
+        device: a step captured in a CUDA graph)."""
         b1, b2 = ADAM_BETAS
         if rows is None:
             rows = slice(None)
         m1 = self.m1[rows] = b1 * self.m1[rows] + (1 - b1) * grad
         m2 = self.m2[rows] = b2 * self.m2[rows] + (1 - b2) * grad * grad
-        denom = (m2.sqrt() / math.sqrt(1 - b2 ** t)) + ADAM_EPS
-        return z - (lr / (1 - b1 ** t)) * m1 / denom
+        denom = (m2.sqrt() / correction) + ADAM_EPS
+        return z - step * m1 / denom
 
 
 def run_sgd(problem, z, streams, cfg, *, check_first=None, progress=None):

@@ -48,15 +48,21 @@ class Stopping:
         """True when a rule decides at the end of an epoch (it reads the best misfits then)."""
         return self.tol is not None or self.prune_every is not None
 
-    def after_step(self, rows, rms, z_new):
+    def after_step(self, rows, rms, z_new, running=None):
         """Rows (local indices into ``rows``' batch) that stop after this step: target reached, or the
-        new iterate not finite or too far (diverged). Returns a boolean mask over the batch."""
+        new iterate not finite or too far (diverged). Returns a boolean mask over the batch.
+        ``running``: a boolean mask over the batch of the rows that still run (None: all of them); the
+        others never stop again (a batch that keeps its stopped rows, see :mod:`.graphed`)."""
         stop = torch.zeros(z_new.shape[0], dtype=torch.bool, device=z_new.device)
         if self.target is not None:
             hit = rms <= self.target
+            if running is not None:
+                hit &= running
             self.reached[rows] |= hit
             stop |= hit
         bad = ~stop & (~torch.isfinite(z_new).all(1) | (torch.linalg.vector_norm(z_new, dim=1) > self.max_norm))
+        if running is not None:
+            bad &= running
         self.diverged[rows] |= bad
         return stop | bad
 

@@ -62,6 +62,7 @@ class KernelRows:
             a, b = G.indptr[i], G.indptr[i + 1]
             idx[i, :b - a] = G.indices[a:b]
             val[i, :b - a] = G.data[a:b]
+        self._dense = None
         self.index = torch.tensor(idx, device=device)
         self.value = torch.tensor(val, dtype=dtype, device=device)
         Gc = G.astype(np.float64)
@@ -71,6 +72,14 @@ class KernelRows:
             self.matrix = torch.sparse_csr_tensor(
                 torch.tensor(Gc.indptr, dtype=torch.int64), torch.tensor(Gc.indices, dtype=torch.int64),
                 torch.tensor(Gc.data, dtype=dtype), size=Gc.shape, check_invariants=True).to(device)
+
+    @property
+    def dense_kernel(self):
+        """The kernel as a dense ``(n_data, n_cells)`` tensor (made on first use): the full data as one
+        dense product, which a CUDA graph can capture."""
+        if self._dense is None:
+            self._dense = self.matrix.to_dense()
+        return self._dense
 
     def rows(self, s, rays):
         """Traveltimes of rays ``rays`` (R, B) for slowness ``s`` (R, n_cells): differentiable."""

@@ -45,13 +45,13 @@ Limitation: sources and receivers must sit on graph nodes (a corner or a seconda
 from __future__ import annotations
 
 import numbers
-import os
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 
 from .._backend import core, resolve_backend
+from .._cpus import available_cpus
 from ..geometry import CrossholeSurvey, Grid2D
 from ._base import ForwardOperator, PendingResponse
 
@@ -286,7 +286,8 @@ class ShortestPathOperator(ForwardOperator):
     n_secondary_nodes : int, default=3
         Number of secondary nodes on every cell side (0 uses the corners only).
     n_threads : int or None, default=None
-        Threads of the C++ engine over (model, source) tasks; ``None`` uses ``os.cpu_count()``.
+        Threads of the C++ engine over (model, source) tasks; ``None`` uses the CPUs this process may
+        use (its affinity mask, capped by a cgroup CPU quota: ``latentinv._cpus.available_cpus``).
         A call never runs more threads than it has tasks, nor more than
         ``4 x std::thread::hardware_concurrency()`` (``latentinv._core.ShortestPathEngine.max_threads``);
         the background pool of ``submit`` grows to the same bound. Results do not depend on it.
@@ -374,7 +375,7 @@ class ShortestPathOperator(ForwardOperator):
         self.solver = solver
         self.simd = simd
         self.n_secondary_nodes = int(n_secondary_nodes)
-        self.n_threads = int(n_threads) if n_threads is not None else (os.cpu_count() or 1)
+        self.n_threads = int(n_threads) if n_threads is not None else available_cpus()
         self._backend_requested = backend
         self.backend = resolve_backend(backend, owner=name)
         self.n_data = survey.n_data

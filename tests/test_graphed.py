@@ -1,0 +1,131 @@
+"""The static SGD step (latentinv.inversion.graphed) against the eager loop (inversion.sgd.run_sgd).
+
+On the CPU the static step runs eagerly: every row is computed every iteration (a stopped row masked),
+the schedules and the iteration counter are device tensors. It must give the eager loop's results bit
+for bit where no start stops early (the same float32 operations on the same batch), and to float32
+rounding where starts stop (the eager loop's batch shrinks, and a smaller batch may round the decoder
+differently); stop iterations and reasons exactly. On CUDA, ``cuda_graphs=True`` replays it from a
+CUDA graph and is compared with the eager loop to float32 tolerance.
+"""
+import functools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).with_name("golden")))
+import cases  # noqa: E402
+
+from latentinv.inversion import LatentInverter, graphed  # noqa: E402
+
+STRAIGHT_CASES = ["sgd_ring", "sgd_noise_target", "sgd_origin_all_data", "adam_uniform_normal_clip",
+                  "sgd_uniform_uniform_clip"]
+INTEGER_FIELDS = ("best_start", "best_iteration", "n_iterations_run", "reached_target", "diverged",
+                  "converged", "pruned")
+
+
+def run_case(name, monkeypatch=None, static=False, **static_options):
+    with pytest.MonkeyPatch.context() as mp:
+        if static:
+            mp.setattr(LatentInverter, "_static_step", True)
+            if static_options:
+                mp.setattr(graphed, "run_sgd_static",
+                           functools.partial(graphed.run_sgd_static, **static_options))
+        return cases.result_arrays(cases.CASES[name]())
+
+
+def assert_same(eager, static, exact):
+    assert set(eager) == set(static)
+    for key in eager:
+        a, b = eager[key], static[key]
+        assert a.shape == b.shape, key
+        if exact or key in INTEGER_FIELDS:
+            np.testing.assert_array_equal(b, a, err_msg=key)
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=key)
+
+
+@pytest.mark.parametrize("name", STRAIGHT_CASES)
+def test_static_step_equals_the_loop(name):
+    eager = run_case(name)
+    static = run_case(name, static=True)
+    assert_same(eager, static, exact=name not in cases.SHRINKING)
+
+
+def test_stopped_starts_record_nothing_more():
+    """The target case stops starts at different iterations: their histories end there (NaN after),
+    as in the eager loop, although the static step still computes them."""
+    static = run_case("sgd_noise_target", static=True)
+    n_run = static["n_iterations_run"]
+    assert static["reached_target"].any() and n_run.min() < n_run.max()    # the case exercises it
+    hist = static["data_rmse_history"]
+    ran = np.arange(hist.shape[-1])[None, None, :] < n_run[:, :, None]
+    assert np.isfinite(hist[ran]).all() and np.isnan(hist[~ran]).all()
+    assert (static["best_iteration"] < n_run).all()
+
+
+@pytest.mark.parametrize("name", ["sgd_ring", "adam_uniform_normal_clip"])
+def test_dense_full_data(name):
+    """The full data as a dense product (what a CUDA graph captures): float32 rounding away."""
+    assert_same(run_case(name), run_case(name, static=True, dense_full=True), exact=False)
+
+
+def test_unsupported_settings():
+    assert graphed.unsupported(True, None, None) is None
+    assert "nonlinear" in graphed.unsupported(False, None, None)
+    assert "tol" in graphed.unsupported(True, 1e-3, None)
+    assert "prune" in graphed.unsupported(True, None, "halving")
+
+
+def test_static_step_refuses_nonlinear_and_host_rules(monkeypatch):
+    monkeypatch.setattr(LatentInverter, "_static_step", True)
+    with pytest.raises(ValueError, match="static SGD step cannot run this problem: the operator is nonlinear"):
+        cases.CASES["graph_noise"]()
+    with pytest.raises(ValueError, match="tol is set"):
+        cases._invert(cases._straight(), batch_size=9, tol=1e-3)
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(cuda_graphs="yes"), "cuda_graphs must be True or False, got 'yes'"),
+    (dict(cuda_graphs=1), "cuda_graphs must be True or False, got 1"),
+    (dict(cuda_graphs=True, device="cpu"), "cuda_graphs=True cannot run here: the device is cpu"),
+])
+def test_cuda_graphs_parameter(params, match):
+    with pytest.raises(ValueError, match=match):
+        cases._invert(cases._straight(), batch_size=9, **params)
+
+
+def test_capture_needs_cuda():
+    op = cases._straight()
+    inv = LatentInverter(cases._generator(), op, device="cpu", n_epochs=1, n_starts=2, batch_size=9)
+    X = cases._data(op, 1)
+    inv.fit(X)
+    with pytest.raises(ValueError, match="capture=True needs CUDA tensors"):
+        graphed.run_sgd_static(inv._problem(X, None, allow_pending=False), torch.zeros(2, cases.D),
+                               None, None, capture=True)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def run_on_cuda(name, **extra):
+    """A golden case on CUDA (its own settings, plus ``extra``)."""
+    original = cases._invert
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cases, "_invert", lambda op, *a, **kw: original(op, *a, **dict(kw, device="cuda", **extra)))
+        return cases.result_arrays(cases.CASES[name]())
+
+
+@cuda
+@pytest.mark.parametrize("name", STRAIGHT_CASES)
+def test_cuda_graphs_equal_eager_on_cuda(name):
+    """cuda_graphs=True against the eager loop, both on CUDA (float32 tolerance; the stop iterations
+    of the target case may move by a rounding, so only the fields a user reads are compared)."""
+    eager, graph = run_on_cuda(name), run_on_cuda(name, cuda_graphs=True)
+    for key in ("models", "data_rmse", "latents"):
+        np.testing.assert_allclose(graph[key], eager[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    if name not in cases.SHRINKING:
+        np.testing.assert_allclose(graph["data_rmse_history"], eager["data_rmse_history"], rtol=1e-4,
+                                   atol=1e-4, err_msg="data_rmse_history")
