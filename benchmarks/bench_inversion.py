@@ -12,7 +12,9 @@ Measures, in the same run and on the same machine:
    (paper's nonlinear settings), and the same with the raytracing in line (ablation: the
    full-data misfit's Dijkstra runs not overlapped with the step). With CUDA, the same with the
    decoder on the GPU (the raytracer stays on the CPU).
-3. On CUDA when available: the paper's linear experiment, 100 starts x 3000 iterations.
+3. On CUDA when available: the paper's linear experiment, 100 starts x 3000 iterations, eager and
+   replayed from a CUDA graph (``cuda_graphs=True``, float32 and bfloat16), with the graph's answer
+   against the eager one's.
 
 Usage::
 
@@ -553,12 +555,24 @@ def bench_gpu(quick, rows):
         return
     bench_linear(torch.device("cuda"), quick, rows, repeats=2)
     op, gen, tt = _linear_problem("cuda", paper_decoder("cuda"))
-    est = LatentInverter(gen, op, n_starts=100, n_epochs=12 if quick else 120, random_state=0,
-                         device="cuda").fit(tt)
-    t, res = timed(lambda: est.invert(tt))
-    rows.append(dict(case="linear paper experiment", method="LatentInverter", device="cuda",
-                     n_starts=100, iterations=est.n_iterations_, seconds=t,
-                     per_start_iteration_ms=1e3 * t / (100 * est.n_iterations_)))
+    # the paper's experiment, eager (the ablation) and replayed from a CUDA graph (capture included in
+    # the time: every run captures its own step), float32 and bfloat16; the graph's answer against the
+    # eager one's
+    answers = {}
+    for graphs, precision in ((False, "float32"), (True, "float32"), (True, "bfloat16")):
+        est = LatentInverter(gen, op, n_starts=100, n_epochs=12 if quick else 120, random_state=0,
+                             device="cuda", cuda_graphs=graphs, precision=precision).fit(tt)
+        timed(lambda: LatentInverter(**dict(est.get_params(), n_epochs=1)).fit(tt).invert(tt))  # warm-up
+        t, res = timed(lambda: est.invert(tt))
+        answers[graphs, precision] = res
+        eager = answers[False, "float32"]
+        rows.append(dict(case="linear paper experiment",
+                         method=f"LatentInverter ({'CUDA graph' if graphs else 'eager'}, {precision})",
+                         device="cuda", n_starts=100, iterations=est.n_iterations_, seconds=t,
+                         per_start_iteration_ms=1e3 * t / (100 * est.n_iterations_),
+                         best_data_rmse_ns=float(res.data_rmse.min()),
+                         max_best_rmse_diff_vs_eager_ns=float(np.max(np.abs(res.data_rmse - eager.data_rmse))),
+                         max_model_diff_vs_eager=float(np.max(np.abs(res.models - eager.models)))))
 
 
 def main(argv=None):

@@ -179,6 +179,8 @@ def parse_args(argv=None):
     p.add_argument("--toys", action="store_true",
                    help="also save the 2-D toy figures (Fig. 4 manifold deformation, Fig. 6 SGD paths)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="linear cases replayed from CUDA graphs (LatentInverter(cuda_graphs=True); CUDA only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reproduce_paper_out", help="folder for figures, JSON and report")
     a = p.parse_args(argv)
@@ -472,7 +474,8 @@ def main(argv=None):
                 extra = dict(initial_latents=sgan_start_latents)
             t0 = time.perf_counter()
             inv = LatentInverter(generator, op, n_starts=args.n_starts, random_state=args.seed,
-                                 device=args.device, verbose=0, **extra, **settings)
+                                 device=args.device, cuda_graphs=args.cuda_graphs, verbose=0, **extra,
+                                 **settings)
             res = inv.fit(data).invert(data)
             dt = time.perf_counter() - t0
             key = f"{name}{'_noise' if noisy else ''}"
@@ -481,11 +484,16 @@ def main(argv=None):
             record["cases"][key] = cell
             record["case_columns"].append((name, noisy))
             record["iterations_linear"] = linear_iterations = int(inv.n_iterations_)
+            record["linear_cases_s"] = record.get("linear_cases_s", 0.0) + dt
             results[(name, noisy)] = res
             print(f"[{key}] {inv.n_iterations_} iterations x {args.n_starts} starts x {len(truths)} truths "
                   f"in {dt:.1f} s; accepted {cell['accepted']} of {args.n_starts}; mean RMSE "
                   f"{np.round(cell['mean_rmse'], 3).tolist()}")
             write_record()
+
+    if "linear_cases_s" in record:
+        print(f"[linear cases] {record['linear_cases_s']:.1f} s in all ({len(args.cases)} cases, {len(truths)} "
+              f"truths x {args.n_starts} starts each{', CUDA graphs' if args.cuda_graphs else ''})")
 
     # -- nonlinear VSbrd (Fig. 10) -------------------------------------------------------------------
     nl_results = {}

@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).with_name("golden")))
 import cases  # noqa: E402
 
+from latentinv._common import native_bfloat16  # noqa: E402
 from latentinv.inversion import LatentInverter, graphed  # noqa: E402
 
 STRAIGHT_CASES = ["sgd_ring", "sgd_noise_target", "sgd_origin_all_data", "adam_uniform_normal_clip",
@@ -26,8 +27,13 @@ INTEGER_FIELDS = ("best_start", "best_iteration", "n_iterations_run", "reached_t
                   "converged", "pruned")
 
 
-def run_case(name, monkeypatch=None, static=False, **static_options):
+def run_case(name, static=False, extra=None, **static_options):
+    """A golden case's result arrays: eager, or through the static step (``static_options`` passed
+    to run_sgd_static); ``extra``: estimator parameters added to the case's own."""
+    original = cases._invert
     with pytest.MonkeyPatch.context() as mp:
+        if extra:
+            mp.setattr(cases, "_invert", lambda op, *a, **kw: original(op, *a, **dict(kw, **extra)))
         if static:
             mp.setattr(LatentInverter, "_static_step", True)
             if static_options:
@@ -72,6 +78,14 @@ def test_dense_full_data(name):
     assert_same(run_case(name), run_case(name, static=True, dense_full=True), exact=False)
 
 
+@pytest.mark.skipif(not native_bfloat16(torch.device("cpu")), reason="needs native bfloat16 (AVX512-BF16 or AMX)")
+@pytest.mark.parametrize("name", ["sgd_ring", "adam_uniform_normal_clip"])
+def test_static_step_bfloat16(name):
+    """Under bfloat16 autocast (its cache off in the static step): the same bits as the loop."""
+    extra = dict(precision="bfloat16")
+    assert_same(run_case(name, extra=extra), run_case(name, static=True, extra=extra), exact=True)
+
+
 def test_unsupported_settings():
     assert graphed.unsupported(True, None, None) is None
     assert "nonlinear" in graphed.unsupported(False, None, None)
@@ -110,20 +124,13 @@ def test_capture_needs_cuda():
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def run_on_cuda(name, **extra):
-    """A golden case on CUDA (its own settings, plus ``extra``)."""
-    original = cases._invert
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cases, "_invert", lambda op, *a, **kw: original(op, *a, **dict(kw, device="cuda", **extra)))
-        return cases.result_arrays(cases.CASES[name]())
-
-
 @cuda
 @pytest.mark.parametrize("name", STRAIGHT_CASES)
 def test_cuda_graphs_equal_eager_on_cuda(name):
     """cuda_graphs=True against the eager loop, both on CUDA (float32 tolerance; the stop iterations
     of the target case may move by a rounding, so only the fields a user reads are compared)."""
-    eager, graph = run_on_cuda(name), run_on_cuda(name, cuda_graphs=True)
+    eager = run_case(name, extra=dict(device="cuda"))
+    graph = run_case(name, extra=dict(device="cuda", cuda_graphs=True))
     for key in ("models", "data_rmse", "latents"):
         np.testing.assert_allclose(graph[key], eager[key], rtol=1e-4, atol=1e-4, err_msg=key)
     if name not in cases.SHRINKING:

@@ -55,7 +55,6 @@ class _StaticStep:
         self.z = z.clone()
         self.k = torch.zeros((), dtype=torch.long, device=dev)
         self.running = torch.ones(R, dtype=torch.bool, device=dev)
-        self.all_rows = torch.arange(R, device=dev)
         per_epoch = cfg.iterations_per_epoch
         self.batches = self.redraw = None      # the epoch's draws (see next_epoch)
         # the schedules, as the eager loop computes them (Python floats), stored once on the device
@@ -106,7 +105,7 @@ class _StaticStep:
         rays = self.batches.index_select(1, j)[:, 0]
         lam = self.lam.index_select(0, at)[0]
         zk = self.z.detach().requires_grad_(True)
-        x, s = p.decode(zk)
+        x, s = p.decode(zk, autocast_cache=False)
         t_rays = p.traveltimes.rows(s, rays)
         znorm = torch.linalg.vector_norm(zk, dim=1)
         loss = latent_penalty(p.data_loss(t_rays, rays), znorm, cfg.regularization, lam, cfg.mu_chi)
@@ -122,7 +121,7 @@ class _StaticStep:
                                               self.adam_corr.index_select(0, at)[0])
             if self.redraw is not None:   # stochastic clipping: out-of-box components redrawn
                 z_new = torch.where(z_new.abs() > 1, self.redraw.index_select(0, j)[0], z_new)
-            stop = self.stopping.after_step(self.all_rows, rms, z_new, self.running)
+            stop = self.stopping.after_step(slice(None), rms, z_new, self.running)
             # a stopped start keeps its iterate, and so does one that stopped before
             self.z.copy_(torch.where((stop | ~self.running)[:, None], zk, z_new))
             self.running &= ~stop

@@ -88,10 +88,12 @@ class LatentProblem:
         n = self.n_rows if n_rows is None else n_rows
         return torch.arange(self.n_data, device=self.device).expand(n, self.n_data)
 
-    def decode(self, z, precision=None):
-        """Models ``x = g(z)`` and their slowness ``s(x)`` (``precision``: None is the problem's)."""
+    def decode(self, z, precision=None, autocast_cache=True):
+        """Models ``x = g(z)`` and their slowness ``s(x)`` (``precision``: None is the problem's).
+        ``autocast_cache=False``: bfloat16 weights cast anew at every call (a step captured in a CUDA
+        graph must not keep autocast's cache, which is freed when the context exits)."""
         if (precision or self.precision) == "bfloat16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=autocast_cache):
                 x = self.decoder(z)
             x = x.to(self.dtype)
         else:
