@@ -63,6 +63,22 @@ def test_a_stopped_training_resumes_to_the_same_network(kind, tmp_path, monkeypa
     _same_training(VAEPrior(**dict(KW, n_iterations=15)).fit(X), longer)
 
 
+@pytest.mark.parametrize("kind", ["array", "patches"])
+@pytest.mark.parametrize("block, every", [(1, None), (4, None), (4, 3), (50, 5)])
+def test_the_host_reads_per_block_change_nothing(kind, block, every, tmp_path, monkeypatch):
+    """The losses are read and the crops cut once per block of iterations (TRAINING_BLOCK, ending at
+    every checkpoint): any block length trains the same network, history and checkpoints."""
+    X = _data(kind)
+    whole = VAEPrior(**KW).fit(X)
+    monkeypatch.setattr(prior_module, "TRAINING_BLOCK", block)
+    kwargs = {} if every is None else dict(checkpoint=tmp_path, checkpoint_every=every)
+    _same_training(whole, VAEPrior(**KW).fit(X, **kwargs))
+    if every is not None:       # and resuming from the last checkpoint ends at the same network
+        monkeypatch.setattr(prior_module, "TRAINING_BLOCK", 2)
+        _same_training(VAEPrior(**dict(KW, n_iterations=13)).fit(X),
+                       VAEPrior(**dict(KW, n_iterations=13)).fit(X, **kwargs))
+
+
 def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     X = _data("array")
     VAEPrior(**dict(KW, n_iterations=4)).fit(X, checkpoint=tmp_path, checkpoint_every=2)

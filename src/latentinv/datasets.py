@@ -547,9 +547,13 @@ class PatchSampler:
         -------
         patches : torch.Tensor of shape (n_samples, n_rows, n_cols), float32, on ``device``
         """
+        return self.cut_tensor(*self.sample_corners(n_samples, random_state), device=device)
+
+    def cut_tensor(self, which, rows, cols, device="cpu"):
+        """The crops at corners ``(which, rows, cols)`` (:meth:`sample_corners`' arrays) as a float32
+        tensor ``(n, n_rows, n_cols)`` cut on ``device`` (see :meth:`sample_tensor`)."""
         import torch
 
-        which, rows, cols = self.sample_corners(n_samples, random_state)
         device = torch.device(device)
         cache = self.__dict__.setdefault("_device_images", {})
         if str(device) not in cache:

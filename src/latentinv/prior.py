@@ -68,6 +68,8 @@ __all__ = ["VAEPrior", "ModelFileError", "UnverifiedModelWarning"]
 _WEIGHTS_FILE = "weights.safetensors"
 _CONFIG_FILE = "config.json"
 _CHUNK = 1024  # samples per forward pass in encode/decode/score
+#: training iterations between the host's reads of the device (losses; a PatchSampler's crops)
+TRAINING_BLOCK = 25
 
 
 _FORMAT = "latentinv.VAEPrior"
@@ -539,11 +541,31 @@ or PatchSampler
 
             iterations = tqdm(iterations, desc=f"{name} fit", unit="it", initial=state.iteration,
                               total=int(self.n_iterations))
+        # The host reads the device once per block of iterations (the losses, and the next block's
+        # crops cut at once): on a GPU a read per iteration would wait for each step to finish. A
+        # block ends at every checkpoint, so that the random generators saved there are where an
+        # uninterrupted run would have them.
+        n_total = int(self.n_iterations)
+
+        def block_end(k):
+            end = min(k + TRAINING_BLOCK, n_total)
+            if checkpoint is not None:
+                end = min(end, (k // checkpoint_every + 1) * checkpoint_every)
+            return end
+
+        losses, crops, end = [], None, state.iteration
         # on CUDA, deterministic cuDNN kernels: the same seed trains the same network on one GPU
         with _deterministic_kernels(device):
             for k in iterations:
+                if k == end:
+                    end = block_end(k)
+                    if X_train is None:    # the block's crops, drawn iteration by iteration, cut at once
+                        corners = [sampler.sample_corners(batch, sampler_rng) for _ in range(end - k)]
+                        crops = sampler.cut_tensor(*map(np.concatenate, zip(*corners)), device=device)
+                        crops = crops.reshape(end - k, batch, -1)
+                        block_start = k
                 if X_train is None:
-                    xb = sampler.sample_tensor(batch, random_state=sampler_rng, device=device).reshape(batch, -1)
+                    xb = crops[k - block_start]
                 elif batch == n_samples:
                     xb = X_tensor
                 else:  # epochs of shuffled mini-batches
@@ -559,15 +581,19 @@ or PatchSampler
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                history["reconstruction"].append(float(reconstruction.detach()))
-                history["kl"].append(float(kl.detach()))
-                history["loss"].append(float(loss.detach()))
-                if self.verbose and hasattr(iterations, "set_postfix"):
-                    iterations.set_postfix(loss=history["loss"][-1], refresh=False)
+                losses.append(torch.stack([reconstruction.detach(), kl.detach(), loss.detach()]))
                 state.iteration = k + 1
-                if checkpoint is not None and (state.iteration % checkpoint_every == 0
-                                               or state.iteration == int(self.n_iterations)):
-                    _checkpoint.write(checkpoint, state, fingerprint)
+                if state.iteration == end:       # the block's losses, in one read
+                    for r, l_kl, l in torch.stack(losses).tolist():
+                        history["reconstruction"].append(r)
+                        history["kl"].append(l_kl)
+                        history["loss"].append(l)
+                    losses = []
+                    if self.verbose and hasattr(iterations, "set_postfix"):
+                        iterations.set_postfix(loss=history["loss"][-1], refresh=False)
+                    if checkpoint is not None and (state.iteration % checkpoint_every == 0
+                                                   or state.iteration == n_total):
+                        _checkpoint.write(checkpoint, state, fingerprint)
         bad = next((k for k, v in enumerate(history["loss"]) if not math.isfinite(v)), None)
         if bad is not None or not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
             where = f"at iteration {bad}" if bad is not None else "in the weights"
