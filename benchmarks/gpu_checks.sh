@@ -7,7 +7,7 @@
 #      reproduce_paper.py run (training length sized to the time left), its linear cases;
 #   4. once those have ended, the reproduction's nonlinear case (Fig. 10) alone on the CPUs, in the last
 #      NL_RESERVE seconds (default 120) kept for it: the raytracer takes every core, so it must not share
-#      them with the test suite's workers (see docs/benchmarks/gpu.md, "the nonlinear case").
+#      them with the test suite's workers (docs/benchmarks/reproduction.md, "The nonlinear case on the GPU machines").
 # Usage, from the repository root:
 #   OUT=dir TI=path/to/channels_ti.png TM=path/to/paper_test_models DEADLINE=540 bash benchmarks/gpu_checks.sh
 # (TM: the published test models; with it the reproduction starts from the published initial latents
