@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call that ends by a deadline (a lent GPU machine is short of time):
 #   1. install the package (C++ core built there);
-#   2. bench_inversion.py on the CPU and CUDA (incl. the paper's 100 starts x 3000 iterations);
+#   2. bench_inversion.py on the CPU and CUDA (incl. the paper's 100 starts x 3000 iterations, eager and
+#      from a CUDA graph); bench_training.py (the reference network's training, float32 and bfloat16);
 #   3. in parallel: the test suite (CUDA tests included), the default prior trained on the GPU
 #      (after a determinism check: two short trainings must give identical weights), and a larger
 #      reproduce_paper.py run (training length sized to the time left), its linear cases;
@@ -10,9 +11,11 @@
 #      them with the test suite's workers (docs/benchmarks/reproduction.md, "The nonlinear case on the GPU machines").
 # Usage, from the repository root:
 #   OUT=dir TI=path/to/channels_ti.png TM=path/to/paper_test_models DEADLINE=540 bash benchmarks/gpu_checks.sh
+# RP_PRIOR=dir: step 3c and 4 invert with that saved prior (e.g. the paper-grade prior that earlier calls of
+# step 3b trained, PRIOR_CKPT) instead of training one: the full-scale reproduction in one call.
 # (TM: the published test models; with it the reproduction starts from the published initial latents
 # and adds the published noise realization, and checks mc1-mc3 against the published files)
-# STEPS (default "bench tests prior reproduce") picks the steps; "sgan" (not in the default: it needs a
+# STEPS (default "bench train tests prior reproduce") picks the steps; "sgan" (not in the default: it needs a
 # call of its own) trains the published SGAN on the GPU (bench_prior.py --sgan-gpu-train), records its
 # pattern statistics and seconds per step, and runs the SAnnn/SSbnd cases with it (reproduce_paper.py
 # --sgan, the published SGAN starts when TM is given); "sampling" runs bench_sampling.py on mc2; BENCH_ARGS adds options to
@@ -23,12 +26,13 @@ TI=${TI:-}
 TM=${TM:-}
 DEADLINE=${DEADLINE:-540}
 DRY=${DRY:-0}
-STEPS=${STEPS:-bench tests prior reproduce}
+STEPS=${STEPS:-bench train tests prior reproduce}
 BENCH_ARGS=${BENCH_ARGS:-}
 PRIOR_CKPT=${PRIOR_CKPT:-}     # a training checkpoint of an earlier call (step 3b resumes from it)
 PRIOR_ITERS=${PRIOR_ITERS:-}   # step 3b's iterations (default: sized to the time left)
 PRIOR_PRECISION=${PRIOR_PRECISION:-float32}   # step 3b's training arithmetic (bfloat16: autocast)
 NL_RESERVE=${NL_RESERVE:-120}  # seconds kept at the end for the nonlinear case (step 4)
+RP_PRIOR=${RP_PRIOR:-}         # a saved prior (e.g. the paper-grade one of step 3b) for step 3c instead of training one
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=${PY:-python3}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
@@ -65,6 +69,15 @@ if [ "$DRY" = 1 ]; then QUICK=--quick; else QUICK=; fi
 want bench && timeout $(( $(left) > 200 ? 200 : $(left) )) $PY benchmarks/bench_inversion.py $QUICK $BENCH_ARGS \
   --output "$OUT/bench_inversion.json" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/log.txt"
 log "bench_inversion done"
+
+# 2b. training benchmark, alone too: the reference network at batch 100, float32 and bfloat16 (loss curves
+#     compared), and the ablation where the host reads the device every iteration
+if want train; then
+  IT=1500; WIN=150; [ "$DRY" = 1 ] && { IT=8; WIN=4; }
+  timeout $(( $(left) > 150 ? 150 : $(left) )) $PY benchmarks/bench_training.py --device $DEV --iterations $IT \
+    --window $WIN --output "$OUT/bench_training.json" 2>&1 | tail -5 | tee -a "$OUT/log.txt"
+  log "bench_training done"
+fi
 
 # 3a. test suite (CPU and CUDA tests)
 PID_TEST=; PID_PRIOR=; PID_RP=
@@ -106,7 +119,7 @@ want prior && PID_PRIOR=$!
 
 # 3c. the paper's experiment, larger than a CPU allows (needs the training image)
 if want reproduce && [ -n "$TI" ] && [ -f "$TI" ]; then
-  ( MS=$($PY - <<EOF
+  ( if [ -n "$RP_PRIOR" ]; then MS=0; else MS=$($PY - <<EOF
 import time, numpy as np
 from latentinv import VAEPrior
 X = (np.random.default_rng(0).random((300, 129, 65)) > 0.7).astype(np.float32)
@@ -116,7 +129,7 @@ n = 10 if "$DRY" == "1" else 100
 t = time.perf_counter(); VAEPrior(n_iterations=n, **kw).fit(X)
 print((time.perf_counter() - t) / n * 1e3)
 EOF
-)
+); fi
     echo "probe: $MS ms per training iteration (reference network, batch 100)"
     N=$($PY -c "
 budget = ($(shared_left) - 200) * 0.6   # keep ~3 min for the linear inversions (step 4 has its own time)
@@ -132,8 +145,10 @@ else: print(1000)")
 cases._invert(cases._straight(), batch_size=9, device='cuda', cuda_graphs=True)"; then
       GRAPHS=--cuda-graphs; echo "CUDA graph probe: captured"
     else echo "CUDA graph probe failed or skipped (DRY): the linear cases run eagerly"; fi
-    echo "reproduce_paper: $N training iterations, $STARTS starts $GRAPHS"
-    timeout $(( $(shared_left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --iterations $N \
+    PRIOR_ARG=; [ -n "$RP_PRIOR" ] && { PRIOR_ARG="--prior $RP_PRIOR"; N=0; }
+    echo "reproduce_paper: $N training iterations ${PRIOR_ARG}, $STARTS starts $GRAPHS"
+    timeout $(( $(shared_left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV $PRIOR_ARG \
+      --iterations $(( N > 0 ? N : 1 )) \
       --n-starts $STARTS --no-nonlinear $GRAPHS $EXTRA --out /tmp/li_rp 2>&1 \
       | stdbuf -oL tr '\r' '\n' | awk '!/(it\/s|s\/it)\]/ || ++n % 25 == 0 { print; fflush() }'   # 1 progress line in 25
     echo "reproduce exit ${PIPESTATUS[0]}"
@@ -171,14 +186,15 @@ fi
 # 4. the nonlinear case (Fig. 10: VSbrd through the shortest-path raytracer, one start per truth, without
 #    and with noise), alone on the CPUs now, with the prior that step 3c trained; its progress lines
 #    carry the rate (tqdm), and the CPUs it had and the load are logged first
-if [ -n "$PID_RP" ] && [ -d /tmp/li_rp/prior ]; then
+NL_PRIOR=${RP_PRIOR:-/tmp/li_rp/prior}
+if [ -n "$PID_RP" ] && [ -d "$NL_PRIOR" ]; then
   ( $PY -c "
 import os; from latentinv._cpus import available_cpus, cgroup_cpu_quota
 print('cpus: os.cpu_count', os.cpu_count(), 'affinity', len(os.sched_getaffinity(0)), 'cgroup quota',
       cgroup_cpu_quota(), '-> raytracer threads', available_cpus(), '; load average', os.getloadavg())"
     EXTRA=; [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise"
     [ "$DRY" = 1 ] && EXTRA="$EXTRA --epochs-nonlinear 1"
-    timeout $(( $(left) - 5 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --prior /tmp/li_rp/prior \
+    timeout $(( $(left) - 5 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV --prior "$NL_PRIOR" \
       --cases "" --nonlinear-starts 1 $EXTRA --out /tmp/li_rp_nl 2>&1 \
       | stdbuf -oL tr '\r' '\n' | awk '!/(it\/s|s\/it)\]/ || ++n % 25 == 0 { print; fflush() }'
     echo "nonlinear exit ${PIPESTATUS[0]}"
