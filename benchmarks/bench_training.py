@@ -5,6 +5,7 @@ The reference network (channels 32, 64, 128, 256, hidden 512, 20 latents: the pa
 cut on the device. Rows, each a full ``fit`` of ``--iterations`` steps from the same seed:
 
 - float32 (the main row), and bfloat16 (autocast; where the device has native bfloat16);
+- on CUDA, both replayed from a CUDA graph (``VAEPrior(cuda_graphs=True)``);
 - ablation: the host reading the device every iteration (``latentinv.prior.TRAINING_BLOCK = 1``: the
   losses and the crops, as before the blocks), float32.
 
@@ -41,11 +42,11 @@ PAPER_ITERATIONS = 100_000
 REFERENCE = dict(channels=(32, 64, 128, 256), hidden_size=512, n_components=20, batch_size=100)
 
 
-def fit(device, iterations, precision, seed=0):
+def fit(device, iterations, precision, seed=0, cuda_graphs=False):
     sampler = PatchSampler(load_channels_ti(), (129, 65), exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS,
                            random_state=seed)
     prior = VAEPrior(**REFERENCE, n_iterations=iterations, precision=precision, device=device,
-                     random_state=seed)
+                     random_state=seed, cuda_graphs=cuda_graphs)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -71,18 +72,27 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    variants = [("float32", "float32", None)]
-    if native_bfloat16(dev):
-        variants.append(("bfloat16", "bfloat16", None))
-    variants.append(("float32, host reads every iteration (ablation)", "float32", 1))
+    bf16 = native_bfloat16(dev)
+    variants = [("float32", "float32", None, False)]
+    if bf16:
+        variants.append(("bfloat16", "bfloat16", None, False))
+    if dev.type == "cuda":
+        variants.append(("float32, CUDA graph", "float32", None, True))
+        if bf16:
+            variants.append(("bfloat16, CUDA graph", "bfloat16", None, True))
+    variants.append(("float32, host reads every iteration (ablation)", "float32", 1, False))
     fit(a.device, 5, "float32")       # warm-up (kernels, allocator)
     rows, curves = [], {}
-    for label, precision, block in variants:
+    for label, precision, block, graphs in variants:
         saved = prior_module.TRAINING_BLOCK
         if block is not None:
             prior_module.TRAINING_BLOCK = block
         try:
-            seconds, curve = fit(a.device, a.iterations, precision)
+            seconds, curve = fit(a.device, a.iterations, precision, cuda_graphs=graphs)
+        except Exception as exc:      # a row that fails is recorded as failed, the others still run
+            rows.append(dict(variant=label, error=f"{type(exc).__name__}: {exc}"))
+            print(f"{label}: FAILED {type(exc).__name__}: {exc}")
+            continue
         finally:
             prior_module.TRAINING_BLOCK = saved
         curves[label] = windows(curve, a.window)
@@ -92,6 +102,8 @@ def main(argv=None):
                          loss_windows=curves[label].tolist()))
     base = curves["float32"]
     for r in rows:
+        if "error" in r:
+            continue
         c = curves[r["variant"]]
         r["speedup_vs_float32"] = rows[0]["seconds"] / r["seconds"]
         r["max_window_rel_diff_vs_float32"] = float(np.max(np.abs(c - base) / np.abs(base))) if len(c) else None
@@ -104,6 +116,9 @@ def main(argv=None):
     print(f"machine: {machine}")
     print(f"{'variant':<50}{'ms/it':>9}{'1e5 its (min)':>15}{'speedup':>9}{'max curve diff':>16}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:<50}FAILED: {r['error']}")
+            continue
         diff = r["max_window_rel_diff_vs_float32"]
         print(f"{r['variant']:<50}{r['ms_per_iteration']:>9.2f}{r['paper_schedule_minutes']:>15.1f}"
               f"{r['speedup_vs_float32']:>8.2f}x{'' if diff is None else f'{100 * diff:>14.2f} %'}")

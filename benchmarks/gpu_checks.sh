@@ -31,6 +31,7 @@ BENCH_ARGS=${BENCH_ARGS:-}
 PRIOR_CKPT=${PRIOR_CKPT:-}     # a training checkpoint of an earlier call (step 3b resumes from it)
 PRIOR_ITERS=${PRIOR_ITERS:-}   # step 3b's iterations (default: sized to the time left)
 PRIOR_PRECISION=${PRIOR_PRECISION:-float32}   # step 3b's training arithmetic (bfloat16: autocast)
+PRIOR_GRAPHS=${PRIOR_GRAPHS:-}  # "--cuda-graphs": step 3b's steps replayed from a CUDA graph (if bench_training says so)
 NL_RESERVE=${NL_RESERVE:-120}  # seconds kept at the end for the nonlinear case (step 4)
 RP_PRIOR=${RP_PRIOR:-}         # a saved prior (e.g. the paper-grade one of step 3b) for step 3c instead of training one
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -92,7 +93,8 @@ want prior && ( set -u; P=/tmp/li_prior; rm -rf $P; mkdir -p $P
   IT_PROBE=300; [ "$DRY" = 1 ] && IT_PROBE=20
   for r in a b; do
     timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $IT_PROBE \
-      --n-truths 2 --n-starts 4 --out $P/$r --report $P/r$r 2>&1 | grep -v "it/s\]" | tail -3
+      --precision "$PRIOR_PRECISION" $PRIOR_GRAPHS --n-truths 2 --n-starts 4 --out $P/$r --report $P/r$r 2>&1 \
+      | grep -v "it/s\]" | tail -3
   done
   if cmp -s $P/a/weights.safetensors $P/b/weights.safetensors; then echo "determinism: identical weights"
   else echo "determinism: WEIGHTS DIFFER"; fi
@@ -111,7 +113,7 @@ else: print(0)")
     # returned folder copied into the working tree), that call carries on where this one stopped
     if [ -n "$PRIOR_CKPT" ] && [ -d "$PRIOR_CKPT" ]; then cp -r "$PRIOR_CKPT" "$OUT/prior_ckpt"; fi
     timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL \
-      --checkpoint "$OUT/prior_ckpt" --checkpoint-every 2000 --precision "$PRIOR_PRECISION" \
+      --checkpoint "$OUT/prior_ckpt" --checkpoint-every 2000 --precision "$PRIOR_PRECISION" $PRIOR_GRAPHS \
       --out $P/channels_ti_prior --report $P/docs 2>&1 | grep -v "it/s\]" | tail -12
     tar -C $P -cf "$OUT/prior.tar" channels_ti_prior docs ra/channels_ti_prior.json
   fi ) >"$OUT/prior.txt" 2>&1 &

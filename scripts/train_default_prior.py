@@ -90,6 +90,8 @@ def main(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="the training's arithmetic (VAEPrior's precision; bfloat16 needs native support)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="each training step replayed from a CUDA graph (VAEPrior's cuda_graphs; CUDA only)")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = os.path.join("src", "latentinv", "data", FOLDERS[args.image])
@@ -110,7 +112,8 @@ def train(args):
     beta = 1000.0 * args.batch_size / 100.0
     prior = VAEPrior(n_components=20, channels=tuple(args.channels), hidden_size=args.hidden_size,
                      batch_size=args.batch_size, beta=beta, alpha=1.0, n_iterations=args.iterations,
-                     device=args.device, random_state=0, verbose=1, precision=args.precision)
+                     device=args.device, random_state=0, verbose=1, precision=args.precision,
+                     cuda_graphs=args.cuda_graphs)
     t0 = time.perf_counter()
     prior.fit(sampler, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     train_s = time.perf_counter() - t0      # of this call (a resumed training: its remaining iterations)

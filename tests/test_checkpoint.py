@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import latentinv._checkpoint as ckpt
+import latentinv._training_step as step_module
 import latentinv.prior as prior_module
 from latentinv._common import ModelFileError
 from latentinv.datasets import PatchSampler, make_straight_channels
@@ -39,7 +40,7 @@ def test_a_stopped_training_resumes_to_the_same_network(kind, tmp_path, monkeypa
     X = _data(kind)
     whole = VAEPrior(**KW).fit(X)
     # stop in the middle of iteration 8 (0-based 7); the last checkpoint is at 6 iterations
-    real, calls = prior_module.vae_loss, []
+    real, calls = step_module.vae_loss, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -47,10 +48,10 @@ def test_a_stopped_training_resumes_to_the_same_network(kind, tmp_path, monkeypa
             raise Stop
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prior_module, "vae_loss", failing)
+    monkeypatch.setattr(step_module, "vae_loss", failing)
     with pytest.raises(Stop):
         VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)
-    monkeypatch.setattr(prior_module, "vae_loss", real)
+    monkeypatch.setattr(step_module, "vae_loss", real)
     assert open(tmp_path / "LATEST").read() == "step-000000006"
     assert sorted(os.listdir(tmp_path)) == ["LATEST", "step-000000006"]      # older steps removed
     resumed = VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)

@@ -28,6 +28,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _checkpoint
+from ._training_step import GraphedTrainingStep, TrainingStep
 from ._allocator import tune_malloc_for_tensors
 from .datasets import PatchSampler
 from .nn.vae import (
@@ -37,7 +38,6 @@ from .nn.vae import (
     LatentDecoder,
     build_vae,
     kl_divergence,
-    vae_loss,
 )
 from .nn.reference import PUBLISHED_IMAGE_SHAPE, convert_published_state_dict
 from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileError etc. re-exported)
@@ -78,7 +78,7 @@ _CHECKSUM_KEYS = ("weights_sha256", "config_sha256")
 _CONFIG_KEYS = ("format", "version", "params", "custom_architecture", "fitted")
 _FITTED_KEYS = ("image_shape_", "n_features_in_", "device_", "history_", "beta_per_sample_")
 #: parameters added after the format's version 2: files without them load with their defaults
-_LATER_PARAMS = ("precision",)
+_LATER_PARAMS = ("precision", "cuda_graphs")
 #: how the weights may be stored (``save``'s ``weights_dtype``); the network computes in float32
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: float16 storage is refused when the decoded models of the stored weights differ from float32's by more
@@ -280,6 +280,13 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         with AVX512-BF16 it trained the shipped network 1.35x and the reference one 1.46x faster,
         with loss curves within 1.5 % of float32's (``docs/benchmarks/prior.md``).
 
+    cuda_graphs : bool, default=False
+        On CUDA, run each training step from a CUDA graph (``latentinv._training_step``): one replay
+        per iteration instead of hundreds of kernel launches. The noise of eq. (1) is then drawn
+        outside the graph in float32 and Adam keeps its step count on the device, so the network
+        differs from an eager training's by rounding (not bit for bit); the same seed still trains
+        the same network. Needs CUDA (ValueError otherwise).
+
     Attributes
     ----------
     module_ : torch.nn.Module
@@ -328,7 +335,7 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
                  channels=REFERENCE_CHANNELS, kernel_sizes=REFERENCE_KERNEL_SIZES,
                  hidden_size=REFERENCE_HIDDEN_SIZE, output_activation="sigmoid", beta=1000.0,
                  alpha=1.0, batch_size=100, learning_rate=1e-3, n_iterations=1000, device="auto",
-                 random_state=None, verbose=0, precision="float32"):
+                 random_state=None, verbose=0, precision="float32", cuda_graphs=False):
         self.n_components = n_components
         self.image_shape = image_shape
         self.architecture = architecture
@@ -345,12 +352,17 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         self.random_state = random_state
         self.verbose = verbose
         self.precision = precision
+        self.cuda_graphs = cuda_graphs
 
     # ------------------------------------------------------------------ checks
     def _check_params(self):
         """Check the parameters (as ``fit`` needs them) and return the resolved device."""
         self._check_hyperparams()
-        return _resolve_device(self.device, type(self).__name__)
+        device = _resolve_device(self.device, type(self).__name__)
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"{type(self).__name__}: cuda_graphs=True needs CUDA (device='cuda', or 'auto' "
+                             f"on a machine with a GPU); got device {self.device!r}, resolved to {device}.")
+        return device
 
     def _check_hyperparams(self, name=None):
         """Types and ranges of every parameter but the device's availability (shared by fit and load)."""
@@ -378,6 +390,8 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
                              f"got {self.architecture!r}.")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"{name}: precision must be 'float32' or 'bfloat16'; got {self.precision!r}.")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"{name}: cuda_graphs must be True or False; got {self.cuda_graphs!r}.")
         if self.output_activation not in ("sigmoid", "identity"):
             raise ValueError(f"{name}: output_activation must be 'sigmoid' or 'identity'; "
                              f"got {self.output_activation!r}.")
@@ -512,9 +526,12 @@ or PatchSampler
                            output_activation=self.output_activation, seed=init_seed)
         module = module.to(device)
         module.train()
-        optimizer = torch.optim.Adam(module.parameters(), lr=float(self.learning_rate))
+        optimizer = torch.optim.Adam(module.parameters(), lr=float(self.learning_rate), capturable=self.cuda_graphs)
         generator = torch.Generator(device=device)
         generator.manual_seed(noise_seed)
+        step_kw = dict(alpha=self.alpha, beta=self.beta, bfloat16=bfloat16)
+        step = (GraphedTrainingStep(module, optimizer, generator, n_components=self.n_components, **step_kw)
+                if self.cuda_graphs else TrainingStep(module, optimizer, generator, **step_kw))
 
         if X_train is not None:
             X_tensor = torch.tensor(X_train, dtype=torch.float32, device=device)
@@ -574,14 +591,7 @@ or PatchSampler
                         state.position = 0
                     xb = X_tensor[state.order[state.position:state.position + batch]]
                     state.position += batch
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
-                    x_hat, mu, logvar = module(xb, alpha=float(self.alpha), generator=generator)
-                loss, reconstruction, kl = vae_loss(x_hat.float(), xb, mu.float(), logvar.float(),
-                                                    beta=float(self.beta))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(torch.stack([reconstruction.detach(), kl.detach(), loss.detach()]))
+                losses.append(step(xb))
                 state.iteration = k + 1
                 if state.iteration == end:       # the block's losses, in one read
                     for r, l_kl, l in torch.stack(losses).tolist():
@@ -594,6 +604,7 @@ or PatchSampler
                     if checkpoint is not None and (state.iteration % checkpoint_every == 0
                                                    or state.iteration == n_total):
                         _checkpoint.write(checkpoint, state, fingerprint)
+        step.release()
         bad = next((k for k, v in enumerate(history["loss"]) if not math.isfinite(v)), None)
         if bad is not None or not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
             where = f"at iteration {bad}" if bad is not None else "in the weights"

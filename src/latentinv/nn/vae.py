@@ -514,15 +514,17 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     @staticmethod
-    def reparameterise(mu, logvar, alpha=1.0, generator=None):
+    def reparameterise(mu, logvar, alpha=1.0, generator=None, eps=None):
         """Draw ``z = mu + sqrt(alpha) * exp(logvar / 2) * eps``, eps ~ N(0, I), eq. (1).
 
         ``alpha = 1`` is the usual VAE, ``alpha = 0`` returns ``mu`` exactly
-        (deterministic autoencoder) without drawing any random number.
+        (deterministic autoencoder) without drawing any random number. ``eps``: the draw given
+        (a step replayed from a CUDA graph draws it outside), None: drawn from ``generator``.
         """
         if alpha == 0:
             return mu
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + math.sqrt(alpha) * torch.exp(0.5 * logvar) * eps
 
     reparameterize = reparameterise

@@ -1,0 +1,79 @@
+"""The VAE's training step (latentinv._training_step): the noise of eq. (1) given from outside (what
+the CUDA-graph step does) against the noise drawn inside, and the graphed training on CUDA."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from latentinv import _training_step as ts
+from latentinv.datasets import make_straight_channels
+from latentinv.nn.vae import VAE, build_vae
+from latentinv.prior import VAEPrior
+
+
+def test_reparameterise_with_given_noise():
+    g = torch.Generator().manual_seed(5)
+    mu, logvar = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    eps = torch.randn(6, 3, generator=torch.Generator().manual_seed(9))
+    z = VAE.reparameterise(mu, logvar, alpha=0.3, eps=eps)
+    torch.testing.assert_close(z, mu + math.sqrt(0.3) * torch.exp(0.5 * logvar) * eps, rtol=0, atol=0)
+    drawn = VAE.reparameterise(mu, logvar, alpha=0.3, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(drawn, z)                       # the same draw, given or drawn
+    assert VAE.reparameterise(mu, logvar, alpha=0, eps=eps) is mu
+
+
+def _module_and_optimizer():
+    module = build_vae("conv", (16, 16), 2, channels=(4, 8), kernel_sizes=(5, 4), hidden_size=16, seed=1)
+    return module, torch.optim.Adam(module.parameters(), lr=1e-3)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.25])
+def test_given_noise_trains_the_same_network(alpha):
+    """Steps fed the noise from outside (drawn from the same generator, as the graphed step draws it)
+    give the eager step's network bit for bit on the CPU."""
+    X = torch.tensor(make_straight_channels(8, shape=(16, 16), random_state=0).reshape(8, -1), dtype=torch.float32)
+    (m1, o1), (m2, o2) = _module_and_optimizer(), _module_and_optimizer()
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    eager = ts.TrainingStep(m1, o1, g1, alpha=alpha, beta=10.0, bfloat16=False)
+    given = ts.TrainingStep(m2, o2, g2, alpha=alpha, beta=10.0, bfloat16=False)
+    for _ in range(4):
+        a = eager(X)
+        o2.zero_grad(set_to_none=True)
+        b = given.forward_backward(X, torch.randn((8, 2), generator=g2))
+        assert torch.equal(a, b)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("value, match", [("yes", "cuda_graphs must be True or False; got 'yes'"),
+                                          (1, "cuda_graphs must be True or False; got 1")])
+def test_cuda_graphs_parameter(value, match):
+    with pytest.raises(ValueError, match=match):
+        VAEPrior(cuda_graphs=value, device="cpu", n_iterations=1).fit(np.zeros((4, 8, 8)))
+
+
+def test_cuda_graphs_need_cuda():
+    with pytest.raises(ValueError, match="cuda_graphs=True needs CUDA .* resolved to cpu"):
+        VAEPrior(cuda_graphs=True, device="cpu", n_iterations=1).fit(np.zeros((4, 8, 8)))
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+KW = dict(n_components=2, channels=(4, 8), kernel_sizes=(5, 4), hidden_size=16, batch_size=8, n_iterations=30,
+          random_state=0, device="cuda")
+
+
+@cuda
+@pytest.mark.parametrize("alpha", [1.0, 0.0])
+def test_graphed_training_follows_the_eager_one(alpha):
+    """The graphed step (warm-up, capture, replays) against the eager one: the same loss curve and
+    network to rounding (capturable Adam), and the same network twice from the same seed."""
+    X = make_straight_channels(40, shape=(16, 16), random_state=0)
+    eager = VAEPrior(**KW, alpha=alpha).fit(X)
+    graphed = VAEPrior(**KW, alpha=alpha, cuda_graphs=True).fit(X)
+    np.testing.assert_allclose(graphed.history_["loss"], eager.history_["loss"], rtol=1e-3)
+    for p, q in zip(graphed.module_.parameters(), eager.module_.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    again = VAEPrior(**KW, alpha=alpha, cuda_graphs=True).fit(X)
+    for p, q in zip(graphed.module_.parameters(), again.module_.parameters()):
+        assert torch.equal(p, q)
