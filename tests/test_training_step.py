@@ -77,3 +77,16 @@ def test_graphed_training_follows_the_eager_one(alpha):
     again = VAEPrior(**KW, alpha=alpha, cuda_graphs=True).fit(X)
     for p, q in zip(graphed.module_.parameters(), again.module_.parameters()):
         assert torch.equal(p, q)
+
+
+@cuda
+def test_graphed_training_resumes_from_a_checkpoint(tmp_path):
+    """A graphed training stopped at a checkpoint and extended (Adam's step count back on the device,
+    as capturable Adam needs it) ends where one run of that length ends, to rounding."""
+    X = make_straight_channels(40, shape=(16, 16), random_state=0)
+    whole = VAEPrior(**KW, cuda_graphs=True).fit(X)
+    VAEPrior(**dict(KW, n_iterations=20), cuda_graphs=True).fit(X, checkpoint=tmp_path, checkpoint_every=10)
+    resumed = VAEPrior(**KW, cuda_graphs=True).fit(X, checkpoint=tmp_path, checkpoint_every=10)
+    np.testing.assert_allclose(resumed.history_["loss"], whole.history_["loss"], rtol=1e-5)
+    for p, q in zip(resumed.module_.parameters(), whole.module_.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

@@ -94,10 +94,13 @@ class TrainingState:
             self.module.load_state_dict(module_state, strict=True)
         except RuntimeError as err:
             raise ModelFileError(f"{source}: its network does not fit this estimator's: {err}") from None
+        # Adam keeps its step count on the host, or with the parameters when capturable (a CUDA graph)
+        step_device = device if self.optimizer.defaults.get("capturable", False) else None
         for i, p in enumerate(self._params()):
             state = {k.rsplit("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optimizer/{i}/")}
             if state:
-                self.optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
+                self.optimizer.state[p] = {k: v.to(step_device if k == "step" else device)
+                                           for k, v in state.items()}
         self.torch_generator.set_state(tensors["rng/torch"])
         mt = config["mt19937"]
         self.rng.set_state(("MT19937", tensors["rng/mt19937"].numpy().astype(np.uint32), mt["pos"],
