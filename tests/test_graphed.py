@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).with_name("golden")))
 import cases  # noqa: E402
 
 from latentinv._common import native_bfloat16  # noqa: E402
-from latentinv.inversion import LatentInverter, graphed  # noqa: E402
+from latentinv.inversion import LatentInverter, TorchGenerator, graphed  # noqa: E402
+from latentinv.nn.vae import build_vae  # noqa: E402
 
 STRAIGHT_CASES = ["sgd_ring", "sgd_noise_target", "sgd_origin_all_data", "adam_uniform_normal_clip",
                   "sgd_uniform_uniform_clip"]
@@ -136,3 +137,69 @@ def test_cuda_graphs_equal_eager_on_cuda(name):
     if name not in cases.SHRINKING:
         np.testing.assert_allclose(graph["data_rmse_history"], eager["data_rmse_history"], rtol=1e-4,
                                    atol=1e-4, err_msg="data_rmse_history")
+
+
+class HostRead(AssertionError):
+    pass
+
+
+def test_the_step_never_reads_the_device(monkeypatch):
+    """What a CUDA graph cannot capture is a read of a tensor's value by the host (a synchronisation):
+    bool/int/float of a tensor, item, tolist, numpy, cpu. The static step makes none (run on the CPU
+    with the engine's kernels off, which hand CPU arrays to the core), so every iteration can be
+    captured; the host reads once per epoch, outside the step."""
+    from latentinv.inversion import native
+
+    monkeypatch.setattr(native, "use_kernels", False)
+    real_call = graphed._StaticStep.__call__
+    reads = []
+
+    def forbid(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, **kwargs):
+            if inside:
+                reads.append(name)
+                raise HostRead(f"the step read a tensor on the host: Tensor.{name}")
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+
+    inside = False
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu"):
+        forbid(name)
+
+    def step(self):
+        nonlocal inside
+        inside = True
+        try:
+            return real_call(self)
+        finally:
+            inside = False
+
+    monkeypatch.setattr(graphed._StaticStep, "__call__", step)
+    monkeypatch.setattr(LatentInverter, "_static_step", True)
+    for name in STRAIGHT_CASES:
+        cases.CASES[name]()
+    # the VAE's convolutional decoder through its modules (the CUDA path), float32 and bfloat16
+    decoder = build_vae("conv", (12, 8), cases.D, channels=(4, 8), kernel_sizes=(5, 4), hidden_size=8,
+                        seed=0).decoder.requires_grad_(False)
+    decoder.fast_frozen_path = False
+    op = cases._straight()
+    X = cases._data(op)
+    for precision in ("float32", "bfloat16") if native_bfloat16(torch.device("cpu")) else ("float32",):
+        LatentInverter(TorchGenerator(decoder, cases.D, image_shape=(12, 8)), op, device="cpu", n_starts=3,
+                       n_epochs=2, batch_size=9, random_state=0, precision=precision).fit(X).invert(X)
+    assert reads == []
+    # the guard works: a host read inside the step is caught
+    def reading(self):
+        step(self)
+        nonlocal inside
+        inside = True
+        try:
+            bool(self.running.any())
+        finally:
+            inside = False
+
+    monkeypatch.setattr(graphed._StaticStep, "__call__", reading)
+    with pytest.raises(HostRead, match="Tensor.__bool__"):
+        cases.CASES["sgd_ring"]()
