@@ -90,3 +90,34 @@ def test_graphed_training_resumes_from_a_checkpoint(tmp_path):
     np.testing.assert_allclose(resumed.history_["loss"], whole.history_["loss"], rtol=1e-5)
     for p, q in zip(resumed.module_.parameters(), whole.module_.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_the_captured_step_never_reads_the_device(monkeypatch):
+    """What the CUDA graph captures (forward with the given noise, loss, backward; Adam's capturable
+    update is torch's) makes no host read of a tensor, float32 and bfloat16."""
+    from latentinv._common import native_bfloat16
+
+    X = torch.tensor(make_straight_channels(8, shape=(16, 16), random_state=0).reshape(8, -1), dtype=torch.float32)
+    reads = []
+    inside = False
+
+    def forbid(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, **kwargs):
+            if inside:
+                reads.append(name)
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu"):
+        forbid(name)
+    for bfloat16 in (False, True) if native_bfloat16(torch.device("cpu")) else (False,):
+        module, optimizer = _module_and_optimizer()
+        monkeypatch.setattr(optimizer, "step", lambda: None)
+        step = ts.TrainingStep(module, optimizer, None, alpha=1.0, beta=10.0, bfloat16=bfloat16)
+        inside = True
+        out = step.forward_backward(X, torch.randn(8, 2), autocast_cache=False)
+        inside = False
+        assert out.shape == (3,) and all(p.grad is not None for p in module.parameters())
+    assert reads == []
