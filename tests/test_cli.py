@@ -263,6 +263,7 @@ def test_train_from_png_image(tmp_path):
     (["--procedural", "--image-size", "50", "50"], "larger than image", 1),
     (["--procedural", "--channels", "a,b"], "comma-separated integers", 2),
     (["--image", "/definitely/not/here.png"], "does not exist", 2),
+    (["--procedural", "--device", "cpu", "--cuda-graphs"], "cuda_graphs=True needs CUDA", 1),
 ])
 def test_train_bad_inputs(tmp_path, args, message, code):
     res = CliRunner().invoke(cli.main, ["train", "--out", str(tmp_path / "p"), "--iterations", "1",
@@ -378,6 +379,8 @@ def test_invert_bad_inputs(tiny_prior, tmp_path):
            "lies outside the grid", 1)
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--operator", "bent"]),
            "Invalid value for '--operator'", 2)
+    _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--prior", str(prior_dir), "--device", "cpu",
+                          "--cuda-graphs", "--quiet"]), "cuda_graphs=True cannot run here: the device is cpu", 1)
 
 
 def test_bench_runs_scripts_and_reports_missing_folder(tmp_path, monkeypatch):

@@ -609,10 +609,11 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--cuda-graphs", is_flag=True, help="Replay each training step from a CUDA graph (CUDA only).")
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def train(image, procedural, image_size, out_path, patch_shape, exclude, iterations, batch_size, beta,
-          alpha, n_components, channels, hidden_size, learning_rate, seed, device, quiet):
+          alpha, n_components, channels, hidden_size, learning_rate, seed, device, cuda_graphs, quiet):
     """Train a VAE prior on random crops of a training image and save it.
 
     Writes the prior into OUT (config.json and weights.safetensors; load it with
@@ -648,7 +649,7 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     t0 = time.perf_counter()
     prior = VAEPrior(n_components=n_components, channels=chans, hidden_size=hidden_size, beta=beta,
                      alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
-                     n_iterations=iterations, device=device, random_state=seed,
+                     n_iterations=iterations, device=device, random_state=seed, cuda_graphs=cuda_graphs,
                      verbose=int(not quiet))
     prior.fit(sampler)
     prior.save(out_path)
@@ -727,10 +728,12 @@ def _survey_options(fn):
               help="Address of a Dask scheduler (e.g. tcp://host:8786): the surveys run on its cluster.")
 @click.option("--chunk-size", type=click.IntRange(1), default=None,
               help="Surveys per parallel task [default: 1 when parallel].")
+@click.option("--cuda-graphs", is_flag=True,
+              help="Replay each SGD iteration from a CUDA graph (CUDA, straight rays).")
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, epochs, batch_size, lr,
-           lam, threshold, seed, device, n_jobs, scheduler, chunk_size, quiet):
+           lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, quiet):
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models.
 
     Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
@@ -772,7 +775,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     t0 = time.perf_counter()
     parallel = n_jobs not in (None, 1) or scheduler is not None
     inv = LatentInverter(prior, op, random_state=seed, device=device, n_jobs=n_jobs, chunk_size=chunk_size,
-                         verbose=int(not quiet and not parallel), **settings)
+                         cuda_graphs=cuda_graphs, verbose=int(not quiet and not parallel), **settings)
     warning_messages = []
     with _echoed_baseline_warnings(warning_messages), _dask_backend(scheduler, quiet):
         inv.fit(data)
