@@ -533,7 +533,7 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
         VAEPrior.load(tmp_path / "f32")
     config["weights_dtype"] = "int8"
     (tmp_path / "f32" / "config.json").write_text(json.dumps(_add_checksums(config, weights)))
-    with pytest.raises(ModelFileError, match="'weights_dtype' must be one of \\['float16', 'float32'\\]"):
+    with pytest.raises(ModelFileError, match="'weights_dtype' must be one of \\['float16', 'float32', 'mixed'\\]"):
         VAEPrior.load(tmp_path / "f32")
 
 
@@ -552,6 +552,61 @@ def test_float16_storage_is_refused_where_it_would_change_the_models(tmp_path):
     with pytest.raises(ValueError, match="decoded models differ from float32's by up to"):
         sharp.save(tmp_path / "sharp", weights_dtype="float16")
     assert not (tmp_path / "sharp").exists()                         # nothing written
+
+
+def _stored(path):
+    from safetensors.torch import load_file
+    return load_file(str(path / "weights.safetensors"))
+
+
+def test_mixed_storage_keeps_what_the_decoded_models_need(tmp_path):
+    """'mixed': float16 but the tensors the guard needs in float32 (here the one made steep) and those
+    that would overflow; recorded, loaded as float32, the models within 1e-3, the file near half."""
+    import json
+    prior = _tiny_fitted()
+    sharp = copy.deepcopy(prior)
+    with torch.no_grad():
+        sharp.module_.decoder.deconv[-2].weight.mul_(3000.0)
+        sharp.module_.encoder.fc[1].bias.add_(1e5)                   # overflows float16: kept float32
+    sharp.save(tmp_path / "f32")
+    sharp.save(tmp_path / "mixed", weights_dtype="mixed")
+    config = json.loads((tmp_path / "mixed" / "config.json").read_text())
+    steep = "decoder.deconv.%d.weight" % (len(sharp.module_.decoder.deconv) - 2)
+    assert config["weights_dtype"] == "mixed"
+    assert set(config["float32_tensors"]) >= {steep, "encoder.fc.1.bias"}
+    stored = _stored(tmp_path / "mixed")
+    for k, v in stored.items():
+        assert v.dtype == (torch.float32 if k in config["float32_tensors"] else torch.float16), k
+    loaded = VAEPrior.load(tmp_path / "mixed")
+    Z = np.random.default_rng(0).standard_normal((50, 2))
+    assert np.abs(loaded.decode(Z) - sharp.decode(Z)).max() <= 1e-3
+    n32 = (tmp_path / "f32" / "weights.safetensors").stat().st_size
+    kept = sum(stored[k].numel() for k in config["float32_tensors"])
+    assert (tmp_path / "mixed" / "weights.safetensors").stat().st_size < 0.5 * n32 + 4 * kept + 4096
+    # where float16 passes, mixed keeps nothing
+    prior.save(tmp_path / "plain", weights_dtype="mixed")
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["float32_tensors"] == []
+
+
+def test_mixed_storage_files_are_checked(tmp_path):
+    import json
+    from latentinv._common import _add_checksums
+    prior = _tiny_fitted()
+    with torch.no_grad():
+        prior.module_.decoder.deconv[-2].weight.mul_(3000.0)
+    prior.save(tmp_path / "m", weights_dtype="mixed")
+    weights = (tmp_path / "m" / "weights.safetensors").read_bytes()
+    good = json.loads((tmp_path / "m" / "config.json").read_text())
+    good = {k: v for k, v in good.items() if not k.endswith("_sha256")}
+    for change, match in [(dict(float32_tensors=[]), "records weights_dtype 'mixed' but"),
+                          (dict(float32_tensors=good["float32_tensors"] + ["encoder.fc.1.weight"]),
+                           "records weights_dtype 'mixed' and float32_tensors but"),
+                          (dict(float32_tensors="decoder"), "'float32_tensors' \\(a list of tensor names\\)"),
+                          (dict(weights_dtype="float16"), "must be present exactly when weights_dtype is 'mixed'")]:
+        config = dict(good, **change)
+        (tmp_path / "m" / "config.json").write_text(json.dumps(_add_checksums(config, weights)))
+        with pytest.raises(ModelFileError, match=match):
+            VAEPrior.load(tmp_path / "m")
 
 
 # ---- bfloat16 training ---------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ _FITTED_KEYS = ("image_shape_", "n_features_in_", "device_", "history_", "beta_p
 _LATER_PARAMS = ("precision", "cuda_graphs")
 #: how the weights may be stored (``save``'s ``weights_dtype``); the network computes in float32
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: ``save``'s choices: a dtype, or "mixed" (float16 but the tensors the decoded models need in float32)
+_WEIGHTS_DTYPES = (*_STORAGE_DTYPES, "mixed")
 #: float16 storage is refused when the decoded models of the stored weights differ from float32's by more
 _FLOAT16_MODEL_TOLERANCE = 1e-3
 _HISTORY_KEYS = ("reconstruction", "kl", "loss")
@@ -105,9 +107,15 @@ def _check_config(cls, config, config_path, owner, architecture):
             raise ModelFileError(f"{where}: {label} has missing keys {missing} and unexpected keys "
                                  f"{unexpected}; expected exactly {list(required)}.")
 
-    keys(config, _CONFIG_KEYS, "the configuration", optional=_CHECKSUM_KEYS + ("weights_dtype",))
-    if config.get("weights_dtype", "float32") not in _STORAGE_DTYPES:
-        raise ModelFileError(f"{where}: 'weights_dtype' must be one of {sorted(_STORAGE_DTYPES)}; got "
+    keys(config, _CONFIG_KEYS, "the configuration", optional=_CHECKSUM_KEYS + ("weights_dtype", "float32_tensors"))
+    if config.get("weights_dtype", "float32") not in _WEIGHTS_DTYPES:
+        raise ModelFileError(f"{where}: 'weights_dtype' must be one of {sorted(_WEIGHTS_DTYPES)}; got "
+                             f"{config.get('weights_dtype')!r}.")
+    kept = config.get("float32_tensors")
+    if (kept is not None) != (config.get("weights_dtype") == "mixed") or (
+            kept is not None and not (isinstance(kept, list) and all(isinstance(k, str) for k in kept))):
+        raise ModelFileError(f"{where}: 'float32_tensors' (a list of tensor names) must be present exactly "
+                             f"when weights_dtype is 'mixed'; got {kept!r} with weights_dtype "
                              f"{config.get('weights_dtype')!r}.")
     params, fitted = config["params"], config["fitted"]
     for label, value in (("params", params), ("fitted", fitted)):
@@ -802,22 +810,40 @@ or PatchSampler
         ----------
         path : str or path-like
             Directory (created if missing).
-        weights_dtype : {"float32", "float16"}, default="float32"
-            How the weights are stored. ``"float16"`` halves the file (:meth:`load` upcasts to
-            float32, in which the network computes); it is refused (ValueError) unless the models
+        weights_dtype : {"float32", "float16", "mixed"}, default="float32"
+            How the weights are stored (:meth:`load` upcasts to float32, in which the network
+            computes). ``"float16"`` halves the file; it is refused (ValueError) unless the models
             decoded with the rounded weights agree with the float32 ones to 1e-3 on 256 latents of
-            the prior (and no weight overflows float16). The prior in memory is not changed.
+            the prior (and no weight overflows float16). ``"mixed"`` stores float16 too, but keeps in
+            float32 the fewest tensors that the decoded models need to meet that 1e-3 (the most
+            sensitive per byte first, often a few small ones) and any tensor that would overflow;
+            their names are recorded in ``config.json`` (``float32_tensors``). Either way the guard
+            covers the decoded models: :meth:`encode` moves by the encoder's float16 rounding. The
+            prior in memory is not changed.
         """
         check_is_fitted(self, "module_")
-        if weights_dtype not in _STORAGE_DTYPES:
+        if weights_dtype not in _WEIGHTS_DTYPES:
             raise ValueError(f"{type(self).__name__}.save: weights_dtype must be one of "
-                             f"{sorted(_STORAGE_DTYPES)}; got {weights_dtype!r}.")
+                             f"{sorted(_WEIGHTS_DTYPES)}; got {weights_dtype!r}.")
         config = self._config()
         state = self.module_.state_dict()
+        if weights_dtype == "float16":
+            state = self._rounded_state(state, torch.float16)
+        elif weights_dtype == "mixed":
+            state, kept = self._mixed_state(state)
+            config["float32_tensors"] = kept
         if weights_dtype != "float32":
-            state = self._rounded_state(state, _STORAGE_DTYPES[weights_dtype])
             config["weights_dtype"] = weights_dtype
         _write_tensor_files(path, state, config)
+
+    def _decoding_error(self, state):
+        """Largest difference between the models decoded with weights ``state`` (any float dtypes) and
+        with the prior's own, on 256 latents of the prior."""
+        probe = copy.deepcopy(self.module_).float()
+        probe.load_state_dict({k: v.to(probe.state_dict()[k].dtype) for k, v in state.items()})
+        z = torch.randn(256, int(self.n_components), generator=torch.Generator().manual_seed(0)).to(self.device_)
+        with torch.no_grad():
+            return float((LatentDecoder(probe).eval()(z) - LatentDecoder(self.module_).eval()(z)).abs().max())
 
     def _rounded_state(self, state, dtype):
         """``state`` with its floating tensors rounded to ``dtype``, after checking that the models
@@ -827,19 +853,33 @@ or PatchSampler
         bad = [k for k, v in rounded.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise ValueError(f"{name}: weights of {bad[:3]} overflow {dtype} (beyond +-65504); save them as "
-                             f"float32.")
-        probe = copy.deepcopy(self.module_).float()
-        probe.load_state_dict({k: v.to(state[k].dtype) for k, v in rounded.items()})
-        z = torch.randn(256, int(self.n_components), generator=torch.Generator().manual_seed(0)).to(self.device_)
-        with torch.no_grad():
-            want = LatentDecoder(self.module_).eval()(z)
-            got = LatentDecoder(probe).eval()(z)
-        err = float((got - want).abs().max())
+                             f"float32 or 'mixed'.")
+        err = self._decoding_error(rounded)
         if not err <= _FLOAT16_MODEL_TOLERANCE:
             raise ValueError(f"{name}: with its weights rounded to {dtype} the decoded models differ from "
                              f"float32's by up to {err:.3g} (on 256 latents of the prior), more than "
-                             f"{_FLOAT16_MODEL_TOLERANCE}; save this prior as float32.")
+                             f"{_FLOAT16_MODEL_TOLERANCE}; save this prior as float32 or 'mixed'.")
         return rounded
+
+    def _mixed_state(self, state):
+        """``state`` in float16 but for the tensors kept in float32 (see :meth:`save`); returns it and
+        the kept tensors' names. Greedy: each tensor's error alone, per byte, decides the order in
+        which tensors go back to float32 until the decoded models meet the tolerance (they do once
+        every tensor the decoder uses is float32: the encoder's do not change decoded models)."""
+        floating = [k for k, v in state.items() if v.is_floating_point()]
+        half = {k: state[k].half() for k in floating}
+        kept = [k for k in floating if not bool(torch.isfinite(half[k]).all())]     # would overflow
+        mixed = lambda keep: {k: (state[k] if k in keep or k not in half else half[k]) for k in state}
+        if self._decoding_error(mixed(set(kept))) > _FLOAT16_MODEL_TOLERANCE:
+            alone = {k: self._decoding_error(mixed(set(floating) - {k})) for k in floating if k not in kept}
+            order = sorted(alone, key=lambda k: (-alone[k] / state[k].numel(), k))
+            for k in order:
+                if alone[k] == 0:
+                    break
+                kept.append(k)
+                if self._decoding_error(mixed(set(kept))) <= _FLOAT16_MODEL_TOLERANCE:
+                    break
+        return mixed(set(kept)), sorted(kept)
 
     @classmethod
     def pretrained(cls, device=None, image="channels_ti"):
@@ -947,12 +987,15 @@ or PatchSampler
         prior._n_features_out = int(prior.n_components)
 
         state = _load_safetensors(weights, weights_path, name)
-        stored = _STORAGE_DTYPES[config.get("weights_dtype", "float32")]
-        if stored != torch.float32:
-            wrong = [k for k, v in state.items() if v.is_floating_point() and v.dtype != stored]
+        dtype_name = config.get("weights_dtype", "float32")
+        if dtype_name != "float32":
+            kept = set(config.get("float32_tensors") or ())
+            stored = lambda k: torch.float32 if k in kept else _STORAGE_DTYPES.get(dtype_name, torch.float16)
+            wrong = [k for k, v in state.items() if v.is_floating_point() and v.dtype != stored(k)]
             if wrong:
                 raise ModelFileError(f"{name}: {weights_path!r}: {config_path!r} records weights_dtype "
-                                     f"{config['weights_dtype']!r} but {wrong[:3]} are not.")
+                                     f"{dtype_name!r}{' and float32_tensors' if kept else ''} but {wrong[:3]} "
+                                     f"are not stored so.")
             state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}  # upcast
         if target is None:
             target = _saved_device_or_cpu(fitted["device_"], f"{name}: {config_path!r} records that the "
