@@ -33,6 +33,8 @@ PRIOR_ITERS=${PRIOR_ITERS:-}   # step 3b's iterations (default: sized to the tim
 PRIOR_PRECISION=${PRIOR_PRECISION:-float32}   # step 3b's training arithmetic (bfloat16: autocast)
 PRIOR_GRAPHS=${PRIOR_GRAPHS:-}  # "--cuda-graphs": step 3b's steps replayed from a CUDA graph (if bench_training says so)
 NL_RESERVE=${NL_RESERVE:-120}  # seconds kept at the end for the nonlinear case (step 4)
+# step 3b's network: the paper's reference network at its batch (the paper-grade default prior, issue 16)
+PRIOR_NET=${PRIOR_NET:---channels 32 64 128 256 --hidden-size 512 --batch-size 100}
 RP_PRIOR=${RP_PRIOR:-}         # a saved prior (e.g. the paper-grade one of step 3b) for step 3c instead of training one
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 PY=${PY:-python3}
@@ -87,12 +89,12 @@ want tests && ( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py -k "cuda or to
     "${ARGS[@]}" >"$OUT/pytest.txt" 2>&1; echo "pytest exit $?" >>"$OUT/pytest.txt" ) &
 want tests && PID_TEST=$!
 
-# 3b. default prior on the GPU (train_default_prior.py's default: the paper's image, the held-out band and
+# 3b. default prior on the GPU, the reference network (PRIOR_NET; train_default_prior.py: the paper's image, the held-out band and
 #     mc1-mc3 excluded): determinism check, then a training sized to the time left
 want prior && ( set -u; P=/tmp/li_prior; rm -rf $P; mkdir -p $P
   IT_PROBE=300; [ "$DRY" = 1 ] && IT_PROBE=20
   for r in a b; do
-    timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $IT_PROBE \
+    timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $IT_PROBE $PRIOR_NET \
       --precision "$PRIOR_PRECISION" $PRIOR_GRAPHS --n-truths 2 --n-starts 4 --out $P/$r --report $P/r$r 2>&1 \
       | grep -v "it/s\]" | tail -3
   done
@@ -112,8 +114,9 @@ else: print(0)")
     # resumable: the checkpoint comes back under $OUT; carried to the next call as PRIOR_CKPT (e.g. the
     # returned folder copied into the working tree), that call carries on where this one stopped
     if [ -n "$PRIOR_CKPT" ] && [ -d "$PRIOR_CKPT" ]; then cp -r "$PRIOR_CKPT" "$OUT/prior_ckpt"; fi
-    timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL \
+    timeout $(( $(shared_left) - 10 )) $PY scripts/train_default_prior.py --device $DEV --threads 2 --iterations $N $EVAL $PRIOR_NET \
       --checkpoint "$OUT/prior_ckpt" --checkpoint-every 2000 --precision "$PRIOR_PRECISION" $PRIOR_GRAPHS \
+      --weights-dtype mixed \
       --out $P/channels_ti_prior --report $P/docs 2>&1 | grep -v "it/s\]" | tail -12
     tar -C $P -cf "$OUT/prior.tar" channels_ti_prior docs ra/channels_ti_prior.json
   fi ) >"$OUT/prior.txt" 2>&1 &

@@ -90,6 +90,9 @@ def main(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="the training's arithmetic (VAEPrior's precision; bfloat16 needs native support)")
+    p.add_argument("--weights-dtype", choices=("float32", "float16", "mixed"), default="float32",
+                   help="how the prior's weights are stored (VAEPrior.save; 'mixed' keeps the reference "
+                        "network under 10 MB)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="each training step replayed from a CUDA graph (VAEPrior's cuda_graphs; CUDA only)")
     args = p.parse_args(argv)
@@ -119,7 +122,7 @@ def train(args):
     train_s = time.perf_counter() - t0      # of this call (a resumed training: its remaining iterations)
     # shipped for any machine: weights saved from the CPU, a refit picks CUDA where there is one
     prior.to("cpu").set_params(device="auto")
-    prior.save(args.out)
+    prior.save(args.out, weights_dtype=args.weights_dtype)
     prior.to(args.device)
     os.makedirs(args.report, exist_ok=True)
     with open(os.path.join(args.report, f"{_stem(args)}_training.json"), "w") as f:
