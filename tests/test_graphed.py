@@ -139,6 +139,17 @@ def test_cuda_graphs_equal_eager_on_cuda(name):
                                    atol=1e-4, err_msg="data_rmse_history")
 
 
+@cuda
+@pytest.mark.parametrize("n_epochs", [1, 2])
+def test_cuda_graphs_short_runs(n_epochs):
+    """Runs shorter than the warm-up (1 and 2 iterations of the full data) capture and replay too."""
+    eager = run_case("sgd_origin_all_data", extra=dict(device="cuda", n_epochs=n_epochs))
+    graph = run_case("sgd_origin_all_data", extra=dict(device="cuda", n_epochs=n_epochs, cuda_graphs=True))
+    assert graph["data_rmse_history"].shape[-1] == n_epochs
+    for key in ("models", "data_rmse", "latents", "data_rmse_history"):
+        np.testing.assert_allclose(graph[key], eager[key], rtol=1e-4, atol=1e-4, err_msg=key)
+
+
 class HostRead(AssertionError):
     pass
 

@@ -28,8 +28,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _checkpoint
-from ._training_step import GraphedTrainingStep, TrainingStep
 from ._allocator import tune_malloc_for_tensors
+from ._training_step import GraphedTrainingStep, TrainingStep
 from .datasets import PatchSampler
 from .nn.vae import (
     REFERENCE_CHANNELS,

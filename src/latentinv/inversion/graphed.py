@@ -128,13 +128,18 @@ class _StaticStep:
             self.k += 1
 
 
+#: eager steps before the capture (on a side stream, as torch's CUDA-graph notes ask; then undone)
+WARMUP_STEPS = 3
+
+
 def _capture(step):
-    """``step`` recorded in a CUDA graph, after warm-up steps on a side stream (then undone)."""
+    """``step`` recorded in a CUDA graph, after warm-up steps on a side stream (then undone). A run of
+    fewer iterations warms up with fewer: a step reads its schedules at the counter."""
     saved = [t.clone() for t in step.state()]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
+        for _ in range(min(WARMUP_STEPS, step.cfg.n_iterations)):
             step()
     torch.cuda.current_stream().wait_stream(side)
     with torch.no_grad():
