@@ -414,8 +414,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             prune_every=self._prune_every() if self.prune == "halving" else None)
         check = lambda x, s: self._check_generator_output(x, s, "at the initial latents of the inversion")
         progress = f"{type(self).__name__} ({S} surveys x {K} starts)" if self.verbose else None
-        # a background engine's workers take the cores; the decoder's torch threads would contend with them
-        with torch_threads(1 if problem.pending and dev.type == "cpu" else None):
+        # a background engine's workers take the cores; torch's CPU threads would contend with them (on
+        # CUDA too: the CPU side there is a few small operations, and OpenMP workers spin after each)
+        with torch_threads(1 if problem.pending else None):
             z0 = self._start_latents(seed).repeat(S, 1).to(dev)
             if self.cuda_graphs or self._static_step:
                 history, stopping = graphed.run_sgd_static(problem, z0, streams, cfg, capture=self.cuda_graphs,
