@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).with_name("golden")))
 import cases  # noqa: E402
@@ -214,3 +216,26 @@ def test_the_step_never_reads_the_device(monkeypatch):
     monkeypatch.setattr(graphed._StaticStep, "__call__", reading)
     with pytest.raises(HostRead, match="Tensor.__bool__"):
         cases.CASES["sgd_ring"]()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(optimizer=st.sampled_from(["sgd", "adam"]), batch_size=st.sampled_from([None, 5, 9, 36]),
+       regularization=st.sampled_from(["ring", "origin", None]), n_starts=st.integers(1, 5),
+       n_epochs=st.integers(1, 4), lr=st.sampled_from([1e-4, 1e-3, 0.05]),
+       target=st.sampled_from([None, 3.0, 5.0]), noise=st.booleans(), seed=st.integers(0, 3))
+def test_static_step_equals_the_loop_on_generated_settings(optimizer, batch_size, regularization, n_starts,
+                                                           n_epochs, lr, target, noise, seed):
+    """Any settings of the straight-ray case: the static step gives the loop's stops exactly and its
+    numbers bit for bit, or to float32 rounding where starts stopped early (the loop's batch shrank)."""
+    params = dict(optimizer=optimizer, batch_size=batch_size, regularization=regularization,
+                  lam=0.0 if regularization is None else 1.0, n_starts=n_starts, n_epochs=n_epochs, lr=lr,
+                  target_misfit=target, noise_std=0.1 if noise else None, random_state=seed)
+
+    def run(static):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(LatentInverter, "_static_step", static)
+            return cases.result_arrays(cases._invert(cases._straight(), **params))
+
+    eager, static = run(False), run(True)
+    stopped_early = bool((eager["n_iterations_run"] < eager["data_rmse_history"].shape[-1]).any())
+    assert_same(eager, static, exact=not stopped_early)
