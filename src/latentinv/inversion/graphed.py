@@ -13,8 +13,8 @@ is a fixed sequence of kernels that never waits for the host:
   to be capturable), equal to the eager CSR product to float32 rounding.
 
 With ``capture=True`` (CUDA) the step is recorded once in a :class:`torch.cuda.CUDAGraph` and each
-iteration is one replay; the host touches the device once per epoch (the next epoch's mini-batches,
-and whether any row still runs). Without it the same step runs eagerly, on any device: the tests
+iteration is one replay; the host touches the device once per chunk of whole epochs, about 25
+iterations (the chunk's mini-batches and clipping draws, and whether any row still runs). Without it the same step runs eagerly, on any device: the tests
 compare that with :func:`~.sgd.run_sgd` on the CPU.
 
 Rules that decide on the host (convergence ``tol``, successive-halving ``prune_every``) and operators
@@ -56,7 +56,11 @@ class _StaticStep:
         self.k = torch.zeros((), dtype=torch.long, device=dev)
         self.running = torch.ones(R, dtype=torch.bool, device=dev)
         per_epoch = cfg.iterations_per_epoch
-        self.batches = self.redraw = None      # the epoch's draws (see next_epoch)
+        # the draws of a chunk of whole epochs, about CHUNK_ITERATIONS iterations (see next_chunk)
+        self.chunk_epochs = max(1, -(-CHUNK_ITERATIONS // per_epoch))
+        self.chunk_iterations = self.chunk_epochs * per_epoch
+        self.batches = self.redraw = None
+        self.reuse_full_batches = False
         # the schedules, as the eager loop computes them (Python floats), stored once on the device
         n = cfg.n_iterations
         self.lr_list = [learning_rate_schedule(cfg.lr, cfg.lr_decay, cfg.decay_every, k // per_epoch)
@@ -71,12 +75,18 @@ class _StaticStep:
             step, corr = zip(*(Adam.scales(lr, k + 1) for k, lr in enumerate(self.lr_list)))
             self.adam_step, self.adam_corr = as_tensor(step), as_tensor(corr)
 
-    def next_epoch(self, streams):
-        """The next epoch's mini-batches (and clipping draws), copied into the step's own tensors."""
-        for name, draw in (("batches", streams.batches), ("redraw", streams.redraws if self.cfg.uniform else None)):
+    def next_chunk(self, streams):
+        """The next chunk's mini-batches (and clipping draws), copied into the step's own tensors: the
+        same numbers as the eager loop's epoch by epoch (a last chunk drawn whole uses its head).
+        With ``reuse_full_batches`` and every ray in every batch, the first chunk's orders are kept:
+        they only order the sum over all rays."""
+        full = streams.batch_size == streams.n_data and self.batches is not None
+        draws = [("batches", None if full and self.reuse_full_batches else streams.batches),
+                 ("redraw", streams.redraws if self.cfg.uniform else None)]
+        for name, draw in draws:
             if draw is None:
                 continue
-            value = draw()
+            value = draw(self.chunk_epochs)
             if getattr(self, name) is None:
                 setattr(self, name, value)
             else:
@@ -101,7 +111,7 @@ class _StaticStep:
         """One iteration, every row (masked by ``running``); advances the counter."""
         p, cfg, k = self.problem, self.cfg, self.k
         at = k.reshape(1)
-        j = torch.remainder(at, cfg.iterations_per_epoch)
+        j = torch.remainder(at, self.chunk_iterations)
         rays = self.batches.index_select(1, j)[:, 0]
         lam = self.lam.index_select(0, at)[0]
         zk = self.z.detach().requires_grad_(True)
@@ -130,6 +140,8 @@ class _StaticStep:
 
 #: eager steps before the capture (on a side stream, as torch's CUDA-graph notes ask; then undone)
 WARMUP_STEPS = 3
+#: iterations (whole epochs) whose draws the host makes and copies to the device at once
+CHUNK_ITERATIONS = 25
 
 
 def _capture(step):
@@ -151,13 +163,14 @@ def _capture(step):
     return graph
 
 
-def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, check_first=None,
-                   progress=None):
+def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, reuse_full_batches=None,
+                   check_first=None, progress=None):
     """:func:`~.sgd.run_sgd` through the static step; returns ``(history, stopping)``.
 
     ``capture``: record the step in a CUDA graph and replay it (CUDA only). ``dense_full``: the
-    full data as a dense product (default: when capturing; otherwise the evaluator's own product,
-    which makes the run equal the eager one on the CPU bit for bit).
+    full data as a dense product. ``reuse_full_batches``: where every batch holds every ray, draw
+    their order once (the host's draws would otherwise cost more than a GPU's iteration). Both
+    default to ``capture``; off, the run equals the eager one on the CPU bit for bit.
     """
     if capture and z.device.type != "cuda":
         raise ValueError(f"capture=True needs CUDA tensors, got latents on {z.device}")
@@ -170,24 +183,25 @@ def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, 
     stopping = Stopping(R, problem.n_starts, d, z.device, target_misfit=cfg.target_misfit)
     step = _StaticStep(problem, z, cfg, history, stopping,
                        dense_full=capture if dense_full is None else dense_full)
+    step.reuse_full_batches = capture if reuse_full_batches is None else reuse_full_batches
     if check_first is not None:
         with torch.no_grad():
             check_first(*problem.decode(z))
-    per_epoch, n = cfg.iterations_per_epoch, cfg.n_iterations
-    epochs = range(-(-n // per_epoch))
+    n = cfg.n_iterations
+    chunks = range(-(-n // step.chunk_iterations))
     if progress is not None:
         from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=progress, unit="epoch")
+        chunks = tqdm(chunks, desc=progress, unit="chunk")
     graph = None
     n_done = 0
-    for epoch in epochs:
-        step.next_epoch(streams)
+    for _ in chunks:
+        step.next_chunk(streams)
         if capture and graph is None:
             graph = _capture(step)
-        for _ in range(min(per_epoch, n - n_done)):
+        for _ in range(min(step.chunk_iterations, n - n_done)):
             graph.replay() if graph is not None else step()
             n_done += 1
-        if not bool(step.running.any()):      # once per epoch: every start stopped
+        if not bool(step.running.any()):      # once per chunk: every start stopped
             break
     # the eager loop stops right after its last row's last iteration: n_run's maximum
     if not bool(step.running.any()):

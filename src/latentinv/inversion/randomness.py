@@ -57,15 +57,20 @@ class EpochStreams:
         self.per_epoch = n_data // batch_size
         self.d, self.clip_resample, self.device, self.dtype = n_components, clip_resample, device, dtype
 
-    def batches(self):
-        """Mini-batch ray indices of one epoch, ``(R, per_epoch, batch_size)`` on the device."""
-        perms = np.stack([g.permutation(self.n_data) for g in self.batch_rngs])
-        used = perms[:, :self.per_epoch * self.batch_size]
-        return torch.tensor(used.reshape(len(perms), self.per_epoch, self.batch_size), device=self.device)
+    def batches(self, n_epochs=1):
+        """Mini-batch ray indices of the next ``n_epochs`` epochs, ``(R, n_epochs * per_epoch, batch_size)``
+        on the device: the same numbers as ``n_epochs`` calls of one epoch, concatenated."""
+        used = self.per_epoch * self.batch_size
+        perms = np.stack([np.concatenate([g.permutation(self.n_data)[:used] for _ in range(n_epochs)])
+                          for g in self.batch_rngs])
+        return torch.tensor(perms.reshape(len(perms), n_epochs * self.per_epoch, self.batch_size),
+                            device=self.device)
 
-    def redraws(self):
-        """Stochastic-clipping draws of one epoch, ``(per_epoch, R, d)`` on the device."""
-        shape = (self.per_epoch, self.d)
+    def redraws(self, n_epochs=1):
+        """Stochastic-clipping draws of the next ``n_epochs`` epochs, ``(n_epochs * per_epoch, R, d)`` on
+        the device: the same numbers as ``n_epochs`` calls of one epoch (a generator fills an array
+        in order), concatenated."""
+        shape = (n_epochs * self.per_epoch, self.d)
         if self.clip_resample == "normal":
             draws = np.stack([g.standard_normal(shape) for g in self.clip_rngs], 1)
         else:
