@@ -22,6 +22,7 @@ import cases  # noqa: E402
 
 from latentinv._common import native_bfloat16  # noqa: E402
 from latentinv.inversion import LatentInverter, TorchGenerator, graphed  # noqa: E402
+from latentinv.nn.sgan import SGANDecoder, SpatialGenerator  # noqa: E402
 from latentinv.nn.vae import build_vae  # noqa: E402
 
 STRAIGHT_CASES = ["sgd_ring", "sgd_noise_target", "sgd_origin_all_data", "adam_uniform_normal_clip",
@@ -223,6 +224,13 @@ def test_the_step_never_reads_the_device(monkeypatch):
     for precision in ("float32", "bfloat16") if native_bfloat16(torch.device("cpu")) else ("float32",):
         LatentInverter(TorchGenerator(decoder, cases.D, image_shape=(12, 8)), op, device="cpu", n_starts=3,
                        n_epochs=2, batch_size=9, random_state=0, precision=precision).fit(X).invert(X)
+    # the SGAN's generator (uniform latents 1 x 4 x 3, Adam, clipping: the paper's SAnnn and SSbnd)
+    sgan = SGANDecoder(SpatialGenerator(1, n_filters=4, n_layers=2, kernel_size=3, dilations=(3,)), (1, 4, 3),
+                       (12, 8)).eval().requires_grad_(False)
+    for optimizer, batch_size in (("adam", None), ("sgd", 9)):
+        LatentInverter(TorchGenerator(sgan, 12, latent_distribution="uniform", image_shape=(12, 8)), op,
+                       device="cpu", n_starts=3, n_epochs=2, batch_size=batch_size, optimizer=optimizer,
+                       regularization=None, lam=0.0, clip_resample="normal", random_state=0).fit(X).invert(X)
     assert reads == []
     # the guard works: a host read inside the step is caught
     def reading(self):
