@@ -129,9 +129,10 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         ``result.settings["bfloat16_rmse_change"]`` holds the relative changes).
     cuda_graphs : bool, default=False
         On CUDA, record one SGD iteration in a CUDA graph and replay it (``latentinv.inversion.graphed``):
-        no kernel launches from Python and no host synchronisation inside an epoch. Every start is
-        computed in every iteration (a stopped one is masked), and the full-data misfit is a dense
-        product, so results equal the eager loop's to float32 rounding, not bit for bit. Needs
+        no kernel launches from Python, and the host waits for the device once per chunk of about 25
+        iterations. Every start is computed in every iteration (a stopped one is masked), the
+        full-data misfit is a dense product and full-data batches keep one order, so results equal
+        the eager loop's to float32 rounding, not bit for bit. Needs
         ``device="cuda"``, a linear operator, and neither ``tol`` nor ``prune`` (rules that decide on
         the host); ValueError otherwise.
     n_jobs : int, default=None
@@ -220,8 +221,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
                  target_misfit=None, tol=None, n_epochs_no_change=5, prune=None, prune_every=None,
                  prune_keep=0.5, nonlinear_gradient="paper", clip_resample="uniform",
                  precision="float32", cuda_graphs=False, random_state=None, device="auto", n_jobs=None,
-                 chunk_size=None,
-                 verbose=0):
+                 chunk_size=None, verbose=0):
         self.prior = prior
         self.operator = operator
         self.slowness_map = slowness_map
@@ -337,9 +337,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         if not isinstance(self.cuda_graphs, bool):
             raise ValueError(f"{type(self).__name__}: cuda_graphs must be True or False, got {self.cuda_graphs!r}")
         if self.cuda_graphs:
-            why = graphed.unsupported(bool(getattr(op, "is_linear", False)), self.tol, self.prune)
-            if self.device_.type != "cuda":
-                why = f"the device is {self.device_} (CUDA graphs need device='cuda')"
+            why = (f"the device is {self.device_} (CUDA graphs need device='cuda')" if self.device_.type != "cuda"
+                   else graphed.unsupported(bool(getattr(op, "is_linear", False)), self.tol, self.prune))
             if why is not None:
                 raise ValueError(f"{type(self).__name__}: cuda_graphs=True cannot run here: {why}")
         self.iterations_per_epoch_ = op.n_data // (self.batch_size or op.n_data)
