@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).with_name("golden")))
 import cases  # noqa: E402
+from host_reads import HostRead, HostReadGuard  # noqa: E402
 
 from latentinv._common import native_bfloat16  # noqa: E402
 from latentinv.inversion import LatentInverter, TorchGenerator, graphed  # noqa: E402
@@ -174,42 +175,20 @@ def test_cuda_graphs_short_runs(n_epochs):
         np.testing.assert_allclose(graph[key], eager[key], rtol=1e-4, atol=1e-4, err_msg=key)
 
 
-class HostRead(AssertionError):
-    pass
-
-
 def test_the_step_never_reads_the_device(monkeypatch):
     """What a CUDA graph cannot capture is a read of a tensor's value by the host (a synchronisation):
     bool/int/float of a tensor, item, tolist, numpy, cpu. The static step makes none (run on the CPU
     with the engine's kernels off, which hand CPU arrays to the core), so every iteration can be
-    captured; the host reads once per epoch, outside the step."""
+    captured; the host reads once per chunk, outside the step."""
     from latentinv.inversion import native
 
     monkeypatch.setattr(native, "use_kernels", False)
     real_call = graphed._StaticStep.__call__
-    reads = []
-
-    def forbid(name):
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, **kwargs):
-            if inside:
-                reads.append(name)
-                raise HostRead(f"the step read a tensor on the host: Tensor.{name}")
-            return original(self, *args, **kwargs)
-        monkeypatch.setattr(torch.Tensor, name, guarded)
-
-    inside = False
-    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu"):
-        forbid(name)
+    guard = HostReadGuard(monkeypatch)
 
     def step(self):
-        nonlocal inside
-        inside = True
-        try:
+        with guard.watching():
             return real_call(self)
-        finally:
-            inside = False
 
     monkeypatch.setattr(graphed._StaticStep, "__call__", step)
     monkeypatch.setattr(LatentInverter, "_static_step", True)
@@ -231,16 +210,12 @@ def test_the_step_never_reads_the_device(monkeypatch):
         LatentInverter(TorchGenerator(sgan, 12, latent_distribution="uniform", image_shape=(12, 8)), op,
                        device="cpu", n_starts=3, n_epochs=2, batch_size=batch_size, optimizer=optimizer,
                        regularization=None, lam=0.0, clip_resample="normal", random_state=0).fit(X).invert(X)
-    assert reads == []
+    assert guard.reads == []
     # the guard works: a host read inside the step is caught
     def reading(self):
         step(self)
-        nonlocal inside
-        inside = True
-        try:
+        with guard.watching():
             bool(self.running.any())
-        finally:
-            inside = False
 
     monkeypatch.setattr(graphed._StaticStep, "__call__", reading)
     with pytest.raises(HostRead, match="Tensor.__bool__"):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from host_reads import HostReadGuard
 from latentinv import _training_step as ts
 from latentinv.datasets import make_straight_channels
 from latentinv.nn.vae import VAE, build_vae
@@ -98,26 +99,13 @@ def test_the_captured_step_never_reads_the_device(monkeypatch):
     from latentinv._common import native_bfloat16
 
     X = torch.tensor(make_straight_channels(8, shape=(16, 16), random_state=0).reshape(8, -1), dtype=torch.float32)
-    reads = []
-    inside = False
-
-    def forbid(name):
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, **kwargs):
-            if inside:
-                reads.append(name)
-            return original(self, *args, **kwargs)
-        monkeypatch.setattr(torch.Tensor, name, guarded)
-
-    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu"):
-        forbid(name)
+    guard = HostReadGuard(monkeypatch)
     for bfloat16 in (False, True) if native_bfloat16(torch.device("cpu")) else (False,):
         module, optimizer = _module_and_optimizer()
         monkeypatch.setattr(optimizer, "step", lambda: None)
         step = ts.TrainingStep(module, optimizer, None, alpha=1.0, beta=10.0, bfloat16=bfloat16)
-        inside = True
-        out = step.forward_backward(X, torch.randn(8, 2), autocast_cache=False)
-        inside = False
+        eps = torch.randn(8, 2)
+        with guard.watching():
+            out = step.forward_backward(X, eps, autocast_cache=False)
         assert out.shape == (3,) and all(p.grad is not None for p in module.parameters())
-    assert reads == []
+    assert guard.reads == []

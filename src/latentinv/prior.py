@@ -836,14 +836,21 @@ or PatchSampler
             config["weights_dtype"] = weights_dtype
         _write_tensor_files(path, state, config)
 
-    def _decoding_error(self, state):
-        """Largest difference between the models decoded with weights ``state`` (any float dtypes) and
-        with the prior's own, on 256 latents of the prior."""
+    def _decoding_error(self):
+        """A function of weights ``state`` (any float dtypes): the largest difference between the models
+        decoded with them and with the prior's own, on 256 latents of the prior. One probe network
+        and one reference decoding serve every call (the mixed storage's search makes dozens)."""
         probe = copy.deepcopy(self.module_).float()
-        probe.load_state_dict({k: v.to(probe.state_dict()[k].dtype) for k, v in state.items()})
+        dtypes = {k: v.dtype for k, v in probe.state_dict().items()}
         z = torch.randn(256, int(self.n_components), generator=torch.Generator().manual_seed(0)).to(self.device_)
         with torch.no_grad():
-            return float((LatentDecoder(probe).eval()(z) - LatentDecoder(self.module_).eval()(z)).abs().max())
+            want = LatentDecoder(self.module_).eval()(z)
+
+        def error(state):
+            probe.load_state_dict({k: v.to(dtypes[k]) for k, v in state.items()})
+            with torch.no_grad():
+                return float((LatentDecoder(probe).eval()(z) - want).abs().max())
+        return error
 
     def _rounded_state(self, state, dtype):
         """``state`` with its floating tensors rounded to ``dtype``, after checking that the models
@@ -854,7 +861,7 @@ or PatchSampler
         if bad:
             raise ValueError(f"{name}: weights of {bad[:3]} overflow {dtype} (beyond +-65504); save them as "
                              f"float32 or 'mixed'.")
-        err = self._decoding_error(rounded)
+        err = self._decoding_error()(rounded)
         if not err <= _FLOAT16_MODEL_TOLERANCE:
             raise ValueError(f"{name}: with its weights rounded to {dtype} the decoded models differ from "
                              f"float32's by up to {err:.3g} (on 256 latents of the prior), more than "
@@ -870,14 +877,15 @@ or PatchSampler
         half = {k: state[k].half() for k in floating}
         kept = [k for k in floating if not bool(torch.isfinite(half[k]).all())]     # would overflow
         mixed = lambda keep: {k: (state[k] if k in keep or k not in half else half[k]) for k in state}
-        if self._decoding_error(mixed(set(kept))) > _FLOAT16_MODEL_TOLERANCE:
-            alone = {k: self._decoding_error(mixed(set(floating) - {k})) for k in floating if k not in kept}
+        decoding_error = self._decoding_error()
+        if decoding_error(mixed(set(kept))) > _FLOAT16_MODEL_TOLERANCE:
+            alone = {k: decoding_error(mixed(set(floating) - {k})) for k in floating if k not in kept}
             order = sorted(alone, key=lambda k: (-alone[k] / state[k].numel(), k))
             for k in order:
                 if alone[k] == 0:
                     break
                 kept.append(k)
-                if self._decoding_error(mixed(set(kept))) <= _FLOAT16_MODEL_TOLERANCE:
+                if decoding_error(mixed(set(kept))) <= _FLOAT16_MODEL_TOLERANCE:
                     break
         return mixed(set(kept)), sorted(kept)
 
