@@ -90,14 +90,16 @@ def main(argv=None):
         try:
             seconds, curve = fit(a.device, a.iterations, precision, cuda_graphs=graphs)
         except Exception as exc:      # a row that fails is recorded as failed, the others still run
-            rows.append(dict(variant=label, error=f"{type(exc).__name__}: {exc}"))
+            rows.append(dict(variant=label, precision=precision, cuda_graphs=graphs, ablation=block is not None,
+                             error=f"{type(exc).__name__}: {exc}"))
             print(f"{label}: FAILED {type(exc).__name__}: {exc}")
             continue
         finally:
             prior_module.TRAINING_BLOCK = saved
         curves[label] = windows(curve, a.window)
         per = seconds / a.iterations
-        rows.append(dict(variant=label, precision=precision, iterations=a.iterations, seconds=seconds,
+        rows.append(dict(variant=label, precision=precision, cuda_graphs=graphs, ablation=block is not None,
+                         iterations=a.iterations, seconds=seconds,
                          ms_per_iteration=1e3 * per, paper_schedule_minutes=per * PAPER_ITERATIONS / 60,
                          loss_windows=curves[label].tolist()))
     base = curves["float32"]

@@ -84,6 +84,8 @@ def main(argv=None):
                         "default_prior with --image procedural]")
     p.add_argument("--report", default="docs", help="folder of the record (<folder>.json) and the curve")
     p.add_argument("--evaluate-only", action="store_true", help="evaluate the prior saved in --out")
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="train and save only (then --evaluate-only, e.g. beside other work)")
     p.add_argument("--checkpoint", default=None,
                    help="directory of a resumable training (VAEPrior.fit's checkpoint): a run stopped by a "
                         "time limit carries on from there when started again with the same arguments")
@@ -105,6 +107,8 @@ def main(argv=None):
             train_s = json.load(f)["train_seconds"]
     else:
         prior, train_s = train(args)
+        if args.no_evaluate:
+            return
     evaluate(prior, train_s, args)
 
 

@@ -113,14 +113,13 @@ def test_run_chunk_uses_the_workers_threads_and_restores_them(monkeypatch):
 
 
 def test_fitted_inverter_travels_lean():
-    from importlib.resources import files
-
     from latentinv import VAEPrior, paper_crosshole
     prior = VAEPrior.pretrained(device="cpu")
     op = StraightRayOperator(*paper_crosshole())
     inv = LatentInverter(prior, op, device="cpu").fit(np.full((1, op.n_data), 100.0))
     size = len(pickle.dumps(inv))
-    weights = (files("latentinv") / "data" / "channels_ti_prior" / "weights.safetensors").stat().st_size
+    # the weights in float32, as loaded (the file may store them in float16: VAEPrior.save's "mixed")
+    weights = sum(t.numel() * 4 for t in prior.module_.state_dict().values() if t.is_floating_point())
     assert size <= 1.2 * weights, (size, weights)
     clone = pickle.loads(pickle.dumps(inv))
     assert not any(p.requires_grad and p.grad is not None for p in clone.prior_.decoder_.parameters())
