@@ -181,7 +181,7 @@ if want prior; then
     train() {
       timeout "$1" $PY scripts/train_default_prior.py --device $DEV --threads $THREADS --iterations "$2" $PRIOR_NET \
         --precision "$PRIOR_PRECISION" $GRAPHS_ARG --checkpoint "$PRIOR_CKPT" --checkpoint-every 5000 \
-        --weights-dtype mixed --no-evaluate --out $PRIOR_DIR/channels_ti_prior --report $PRIOR_DIR/docs 2>&1 \
+        --weights-dtype mixed --no-history-in-prior --no-evaluate --out $PRIOR_DIR/channels_ti_prior --report $PRIOR_DIR/docs 2>&1 \
         | grep -v "it/s\]" | tail -8
       return "${PIPESTATUS[0]}"
     }
@@ -194,7 +194,8 @@ if want prior; then
     fi
     # the rate of this call's training (start and save included) sizes a follow-up call's
     [ "$REACHED" -gt "$DONE" ] && echo "$PRIOR_PRECISION $PRIOR_GRAPHS $(awk "BEGIN { print ($(date +%s) - $T_TRAIN) * 1000 / ($REACHED - $DONE) }")" >"$PRIOR_PLAN"
-    echo "training exit $RC: $REACHED iterations in all, $(( $(date +%s) - T_TRAIN )) s in this call"
+    echo "training exit $RC: $REACHED iterations in all, $(( $(date +%s) - T_TRAIN )) s in this call;" \
+      "the prior's files: $(du -cb $PRIOR_DIR/channels_ti_prior/* 2>/dev/null | tail -1 | cut -f1) bytes (at most 1e7)"
     tar_prior
     # the record (held-out RMSE, VSbrd acceptance on held-out crops) beside the reproduction
     timeout $(( $(left) - 8 > 10 ? $(left) - 8 : 10 )) $PY scripts/train_default_prior.py --device $DEV \

@@ -86,6 +86,10 @@ def main(argv=None):
     p.add_argument("--evaluate-only", action="store_true", help="evaluate the prior saved in --out")
     p.add_argument("--no-evaluate", action="store_true",
                    help="train and save only (then --evaluate-only, e.g. beside other work)")
+    p.add_argument("--no-history-in-prior", action="store_true",
+                   help="save the prior without its training history (an empty history_, as "
+                        "VAEPrior.from_reference_checkpoint): the paper's 1e5 iterations would add about "
+                        "6 MB of JSON to a prior that must stay under 10 MB; the curve stays in the record")
     p.add_argument("--checkpoint", default=None,
                    help="directory of a resumable training (VAEPrior.fit's checkpoint): a run stopped by a "
                         "time limit carries on from there when started again with the same arguments")
@@ -104,12 +108,14 @@ def main(argv=None):
     if args.evaluate_only:
         prior = VAEPrior.load(args.out, device=args.device)
         with open(os.path.join(args.report, f"{_stem(args)}_training.json")) as f:
-            train_s = json.load(f)["train_seconds"]
+            training = json.load(f)
+        train_s, history = training["train_seconds"], training["history"]
     else:
         prior, train_s = train(args)
+        history = prior.history_
         if args.no_evaluate:
             return
-    evaluate(prior, train_s, args)
+    evaluate(prior, train_s, history, args)
 
 
 def train(args):
@@ -124,17 +130,21 @@ def train(args):
     t0 = time.perf_counter()
     prior.fit(sampler, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     train_s = time.perf_counter() - t0      # of this call (a resumed training: its remaining iterations)
-    # shipped for any machine: weights saved from the CPU, a refit picks CUDA where there is one
-    prior.to("cpu").set_params(device="auto")
-    prior.save(args.out, weights_dtype=args.weights_dtype)
-    prior.to(args.device)
     os.makedirs(args.report, exist_ok=True)
     with open(os.path.join(args.report, f"{_stem(args)}_training.json"), "w") as f:
         json.dump({"train_seconds": train_s, "history": prior.history_}, f)
+    # shipped for any machine: weights saved from the CPU, a refit picks CUDA where there is one
+    prior.to("cpu").set_params(device="auto")
+    history = prior.history_
+    if args.no_history_in_prior:
+        prior.history_ = {k: [] for k in history}
+    prior.save(args.out, weights_dtype=args.weights_dtype)
+    prior.history_ = history
+    prior.to(args.device)
     return prior, train_s
 
 
-def evaluate(prior, train_s, args):
+def evaluate(prior, train_s, history, args):
 
     # quality 1: reconstruction RMSE (pixel values in [0, 1]) on held-out crops
     held = held_out_truths(200, args.image)
@@ -181,7 +191,7 @@ def evaluate(prior, train_s, args):
                   "best_rmse_ns": result.data_rmse.min(axis=1).tolist(),
                   "median_rmse_ns": np.median(result.data_rmse, axis=1).tolist(),
                   "invert_seconds": invert_s},
-        "history_every_50": {k: v[::50] for k, v in prior.history_.items()},
+        "history_every_50": {k: v[::50] for k, v in history.items()},
     }
     os.makedirs(args.report, exist_ok=True)
     with open(os.path.join(args.report, f"{_stem(args)}.json"), "w") as f:
@@ -192,7 +202,7 @@ def evaluate(prior, train_s, args):
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
         for a, key in zip(ax, ("reconstruction", "kl")):
-            h = np.asarray(prior.history_[key])
+            h = np.asarray(history[key])
             k = max(1, len(h) // 100)
             a.plot(np.convolve(h, np.ones(k) / k, mode="valid"))
             a.set(xlabel="iteration", title=key, yscale="log")

@@ -36,13 +36,18 @@ def _data_files(folder):
     """A shipped prior's files: weights as safetensors (data, no code) within the budget, its config.
     Returns ``(weights bytes, config dict)``."""
     weights = (folder / "weights.safetensors").read_bytes()
-    assert len(weights) <= 10 * 2**20                        # the issue's budget: at most 10 MB
+    config_text = (folder / "config.json").read_text()
+    assert len(weights) + len(config_text.encode()) <= 10**7      # the issue's budget: at most 10 MB in all
     # safetensors: an 8-byte little-endian header length, then a JSON header (no pickle anywhere)
     (n,) = struct.unpack("<Q", weights[:8])
     header = json.loads(weights[8:8 + n])
-    assert all(v["dtype"] == "F32" for k, v in header.items() if k != "__metadata__")
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads(config_text)
     assert config["format"] == "latentinv.VAEPrior"
+    dtypes = {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    # float32, or float16 but for the tensors the config names (VAEPrior.save's "mixed")
+    kept = {None: set(dtypes), "float16": set(), "mixed": set(config.get("float32_tensors", ()))}[
+        config.get("weights_dtype")]
+    assert all(d == ("F32" if k in kept else "F16") for k, d in dtypes.items()), (config.get("weights_dtype"), dtypes)
     return weights, config
 
 
