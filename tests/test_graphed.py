@@ -177,9 +177,10 @@ def test_cuda_graphs_short_runs(n_epochs):
 
 def test_the_step_never_reads_the_device(monkeypatch):
     """What a CUDA graph cannot capture is a read of a tensor's value by the host (a synchronisation):
-    bool/int/float of a tensor, item, tolist, numpy, cpu. The static step makes none (run on the CPU
-    with the engine's kernels off, which hand CPU arrays to the core), so every iteration can be
-    captured; the host reads once per chunk, outside the step."""
+    bool/int/float of a tensor, item, tolist, numpy, cpu; nor should the step make a tensor without a
+    device (a CPU tensor there on CUDA). The static step does neither (run on the CPU with the engine's
+    kernels off, which hand CPU arrays to the core), so every iteration can be captured; the host reads
+    once per chunk, outside the step."""
     from latentinv.inversion import native
 
     monkeypatch.setattr(native, "use_kernels", False)
@@ -219,6 +220,15 @@ def test_the_step_never_reads_the_device(monkeypatch):
 
     monkeypatch.setattr(graphed._StaticStep, "__call__", reading)
     with pytest.raises(HostRead, match="Tensor.__bool__"):
+        cases.CASES["sgd_ring"]()
+    # and so is a tensor made without a device (a CPU tensor inside a step captured on CUDA)
+    def making(self):
+        step(self)
+        with guard.watching():
+            torch.zeros(self.z.shape[0], dtype=torch.bool)
+
+    monkeypatch.setattr(graphed._StaticStep, "__call__", making)
+    with pytest.raises(HostRead, match="torch.zeros without a device"):
         cases.CASES["sgd_ring"]()
 
 

@@ -95,7 +95,8 @@ def test_graphed_training_resumes_from_a_checkpoint(tmp_path):
 
 def test_the_captured_step_never_reads_the_device(monkeypatch):
     """What the CUDA graph captures (forward with the given noise, loss, backward; Adam's capturable
-    update is torch's) makes no host read of a tensor, float32 and bfloat16."""
+    update is torch's) makes no host read of a tensor and no tensor without a device, float32 and
+    bfloat16."""
     from latentinv._common import native_bfloat16
 
     X = torch.tensor(make_straight_channels(8, shape=(16, 16), random_state=0).reshape(8, -1), dtype=torch.float32)
