@@ -476,11 +476,23 @@ def main(argv=None):
             inv = LatentInverter(generator, op, n_starts=args.n_starts, random_state=args.seed,
                                  device=args.device, cuda_graphs=args.cuda_graphs, verbose=0, **extra,
                                  **settings)
-            res = inv.fit(data).invert(data)
-            dt = time.perf_counter() - t0
             key = f"{name}{'_noise' if noisy else ''}"
+            graph_error = None
+            try:
+                res = inv.fit(data).invert(data)
+            except RuntimeError as exc:     # a capture that fails on this machine: the case runs eagerly, said so
+                if not args.cuda_graphs:
+                    raise
+                graph_error = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"[{key}] CUDA GRAPHS FAILED ({graph_error}); this case runs eagerly")
+                t0 = time.perf_counter()
+                res = inv.set_params(cuda_graphs=False).fit(data).invert(data)
+            dt = time.perf_counter() - t0
             cell = summarize(res, truths, thresholds[noisy])
-            cell.update(time_s=dt, iterations=int(inv.n_iterations_), settings=settings)
+            cell.update(time_s=dt, iterations=int(inv.n_iterations_), settings=settings,
+                        cuda_graphs=bool(inv.cuda_graphs))
+            if graph_error:
+                cell["cuda_graphs_error"] = graph_error
             record["cases"][key] = cell
             record["case_columns"].append((name, noisy))
             record["iterations_linear"] = linear_iterations = int(inv.n_iterations_)
@@ -492,8 +504,10 @@ def main(argv=None):
             write_record()
 
     if "linear_cases_s" in record:
+        eager = [k for k, c in record["cases"].items() if args.cuda_graphs and not c.get("cuda_graphs", True)]
         print(f"[linear cases] {record['linear_cases_s']:.1f} s in all ({len(args.cases)} cases, {len(truths)} "
-              f"truths x {args.n_starts} starts each{', CUDA graphs' if args.cuda_graphs else ''})")
+              f"truths x {args.n_starts} starts each{', CUDA graphs' if args.cuda_graphs else ''}"
+              f"{f'; eagerly after a failed capture: {eager}' if eager else ''})")
 
     # -- nonlinear VSbrd (Fig. 10) -------------------------------------------------------------------
     nl_results = {}

@@ -158,6 +158,40 @@ def test_published_starts_are_the_first_latents(script, tiny, monkeypatch):
     assert len(seen) == 2 and all(np.array_equal(s, z[:2]) for s in seen)
 
 
+def test_a_failed_capture_runs_the_case_eagerly_and_says_so(script, tiny, monkeypatch, capsys):
+    """--cuda-graphs on a machine where the capture fails (a RuntimeError from CUDA): that case runs
+    eagerly, the record and the output say so, and the other cases still run from graphs."""
+    root, _, _ = tiny
+    real = script.LatentInverter
+
+    failed = []
+
+    class CaptureFailsOnce(real):     # on the CPU: runs eagerly, as if from graphs, but the first capture fails
+        def fit(self, X, y=None):
+            self.graphs_asked = self.cuda_graphs
+            return real.fit(self.set_params(cuda_graphs=False), X, y)
+
+        def invert(self, X):
+            if self.graphs_asked and not failed:
+                failed.append(1)
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            result = real.invert(self, X)
+            self.cuda_graphs = self.graphs_asked
+            return result
+
+    monkeypatch.setattr(script, "LatentInverter", CaptureFailsOnce)
+    out = root / "o_graphs"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--test-models",
+                 str(root / "test_models"), "--cases", "VSnnn,VSbrd", "--n-starts", "2", "--epochs", "1",
+                 "--no-nonlinear", "--device", "cpu", "--cuda-graphs", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "[VSnnn] CUDA GRAPHS FAILED (RuntimeError: CUDA error: operation not permitted" in printed
+    assert "eagerly after a failed capture: ['VSnnn']" in printed
+    cases = json.loads((out / "reproduce_paper.json").read_text())["cases"]
+    assert cases["VSnnn"]["cuda_graphs"] is False and "operation not permitted" in cases["VSnnn"]["cuda_graphs_error"]
+    assert cases["VSbrd"]["cuda_graphs"] is True and "cuda_graphs_error" not in cases["VSbrd"]
+
+
 def test_sgan_cases_run_with_a_saved_sgan_prior_and_the_published_starts(script, tiny, monkeypatch):
     """--sgan DIR runs SAnnn and SSbnd with the saved SGANPrior; --published-starts hands them the first
     N arrays of zinitSGAN500.npy, flattened in C order and mapped by --sgan-starts-map."""
