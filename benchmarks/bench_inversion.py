@@ -550,10 +550,13 @@ def bench_nonlinear(quick, rows, ablation=True, device="cpu", solvers=("auto",))
                          raytracer_threads=op.n_threads))
 
 
-def bench_gpu(quick, rows, compile_decoder=False):
+def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None):
+    """The CUDA rows; ``save()`` after each (a lent GPU's deadline may stop the run: what was measured
+    stays written, and each row is printed as it ends)."""
     if not torch.cuda.is_available():
         return
     bench_linear(torch.device("cuda"), quick, rows, repeats=2)
+    save()
     op, gen, tt = _linear_problem("cuda", paper_decoder("cuda"))
     # the paper's experiment, eager (the ablation) and replayed from a CUDA graph (capture included in
     # the time: every run captures its own step), float32 and bfloat16; with --compile, the eager loop
@@ -584,6 +587,11 @@ def bench_gpu(quick, rows, compile_decoder=False):
                          best_data_rmse_ns=float(res.data_rmse.min()),
                          max_best_rmse_diff_vs_eager_ns=float(np.max(np.abs(res.data_rmse - eager.data_rmse))),
                          max_model_diff_vs_eager=float(np.max(np.abs(res.models - eager.models)))))
+        r = rows[-1]
+        print(f"linear paper experiment ({label}): {t:.2f} s for 100 starts x {r['iterations']} iterations "
+              f"(first call, 1 epoch: {t_first:.2f} s); best data RMSE {r['best_data_rmse_ns']:.4f} ns; "
+              f"models within {r['max_model_diff_vs_eager']:.2e} of the eager row's", flush=True)
+        save()
 
 
 def main(argv=None):
@@ -618,6 +626,10 @@ def main(argv=None):
     info = machine()
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
+
+    def save():
+        with open(args.output, "w") as f:
+            json.dump(dict(machine=info, quick=args.quick, rows=rows), f, indent=1)
     if args.decoder or args.decoder_only:
         bench_decoder(rows, repeats=args.repeats or 3, compile_=args.compile)
     linear = not (args.decoder_only or args.nonlinear_only)
@@ -630,12 +642,11 @@ def main(argv=None):
         if not args.skip_nonlinear:
             bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations, solvers=tuple(args.solvers))
     if linear:
-        bench_gpu(args.quick, rows, compile_decoder=args.compile)
+        bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save)
     if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    with open(args.output, "w") as f:
-        json.dump(dict(machine=info, quick=args.quick, rows=rows), f, indent=1)
+    save()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     ref_row = next((r for r in rows if r.get("method", "").startswith("reference loop")), {})
     head = f"{'case':<24}{'method':<52}{'device':<7}{'starts':>7}{'iters':>7}{'s':>9}{'ms/start-it':>13}{'ratio':>8}"
