@@ -82,7 +82,17 @@ def main(argv=None):
             variants.append(("bfloat16, CUDA graph", "bfloat16", None, True))
     variants.append(("float32, host reads every iteration (ablation)", "float32", 1, False))
     fit(a.device, 5, "float32")       # warm-up (kernels, allocator)
-    rows, curves = [], {}
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+    machine = dict(cpu=cpu_model(), cpus=os.cpu_count(), gpu=gpu, torch=torch.__version__,
+                   threads=torch.get_num_threads())
+    rows = []
+    record = dict(command="python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]),
+                  machine=machine, network=REFERENCE, window=a.window, rows=rows)
+
+    def save():      # after each row: a deadline loses only the row in progress
+        Path(a.output).write_text(json.dumps(record, indent=1))
+
+    base = None      # the float32 row's (seconds, loss windows), the first row
     for label, precision, block, graphs in variants:
         saved = prior_module.TRAINING_BLOCK
         if block is not None:
@@ -92,38 +102,34 @@ def main(argv=None):
         except Exception as exc:      # a row that fails is recorded as failed, the others still run
             rows.append(dict(variant=label, precision=precision, cuda_graphs=graphs, ablation=block is not None,
                              error=f"{type(exc).__name__}: {exc}"))
-            print(f"{label}: FAILED {type(exc).__name__}: {exc}")
+            print(f"{label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            save()
             continue
         finally:
             prior_module.TRAINING_BLOCK = saved
-        curves[label] = windows(curve, a.window)
+        c = windows(curve, a.window)
         per = seconds / a.iterations
-        rows.append(dict(variant=label, precision=precision, cuda_graphs=graphs, ablation=block is not None,
-                         iterations=a.iterations, seconds=seconds,
-                         ms_per_iteration=1e3 * per, paper_schedule_minutes=per * PAPER_ITERATIONS / 60,
-                         loss_windows=curves[label].tolist()))
-    base = curves["float32"]
-    for r in rows:
-        if "error" in r:
-            continue
-        c = curves[r["variant"]]
-        r["speedup_vs_float32"] = rows[0]["seconds"] / r["seconds"]
-        r["max_window_rel_diff_vs_float32"] = float(np.max(np.abs(c - base) / np.abs(base))) if len(c) else None
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
-    machine = dict(cpu=cpu_model(), cpus=os.cpu_count(), gpu=gpu, torch=torch.__version__,
-                   threads=torch.get_num_threads())
-    record = dict(command="python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]),
-                  machine=machine, network=REFERENCE, window=a.window, rows=rows)
-    Path(a.output).write_text(json.dumps(record, indent=1))
+        row = dict(variant=label, precision=precision, cuda_graphs=graphs, ablation=block is not None,
+                   iterations=a.iterations, seconds=seconds, ms_per_iteration=1e3 * per,
+                   paper_schedule_minutes=per * PAPER_ITERATIONS / 60, loss_windows=c.tolist())
+        if label == "float32":
+            base = (seconds, c)
+        if base is not None:
+            row["speedup_vs_float32"] = base[0] / seconds
+            row["max_window_rel_diff_vs_float32"] = (float(np.max(np.abs(c - base[1]) / np.abs(base[1])))
+                                                     if len(c) else None)
+        rows.append(row)
+        print(f"{label}: {row['ms_per_iteration']:.2f} ms per iteration", flush=True)
+        save()
     print(f"machine: {machine}")
     print(f"{'variant':<50}{'ms/it':>9}{'1e5 its (min)':>15}{'speedup':>9}{'max curve diff':>16}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<50}FAILED: {r['error']}")
             continue
-        diff = r["max_window_rel_diff_vs_float32"]
+        diff = r.get("max_window_rel_diff_vs_float32")
         print(f"{r['variant']:<50}{r['ms_per_iteration']:>9.2f}{r['paper_schedule_minutes']:>15.1f}"
-              f"{r['speedup_vs_float32']:>8.2f}x{'' if diff is None else f'{100 * diff:>14.2f} %'}")
+              f"{r.get('speedup_vs_float32', float('nan')):>8.2f}x{'' if diff is None else f'{100 * diff:>14.2f} %'}")
 
 
 if __name__ == "__main__":
