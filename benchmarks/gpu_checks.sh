@@ -59,7 +59,8 @@ if [ -z "$TM" ]; then
   for d in .gpu_data/paper_test_models ../shared/data/paper_test_models; do [ -d "$d" ] && { TM=$d; break; }; done
 fi
 PRIOR_CKPT=${PRIOR_CKPT:-/tmp/li_prior_ckpt}   # the training's checkpoint, on this machine's disk
-PRIOR_PLAN=/tmp/li_prior_plan                  # "PRECISION GRAPHS" of that training (its fingerprint needs them)
+PRIOR_PLAN=/tmp/li_prior_plan                  # "PRECISION GRAPHS MS_PER_ITERATION" of that training (its
+                                               # fingerprint needs the first two; the rate sizes a follow-up)
 PRIOR_ITERS=${PRIOR_ITERS:-}
 PRIOR_TARGET=${PRIOR_TARGET:-100000}
 PRIOR_DIR=/tmp/li_prior                        # the trained prior and its record
@@ -83,9 +84,8 @@ pack() { ( $LOCK 9; tar -C "$RESULTS" -cf "$OUT/results.tar.part" . && mv "$OUT/
          ) 9>/tmp/li_results.lock; }
 export PYTHONUNBUFFERED=1
 DEV=cuda; [ "$DRY" = 1 ] && DEV=cpu
-NPROC=$(nproc)
 
-log "machine: $NPROC CPUs; $(nvidia-smi -L 2>/dev/null | head -1); steps: $STEPS; deadline $DEADLINE s"
+log "machine: $(nproc) CPUs; $(nvidia-smi -L 2>/dev/null | head -1); steps: $STEPS; deadline $DEADLINE s"
 $PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   2>&1 | tee -a "$OUT/log.txt"
 
@@ -128,7 +128,7 @@ fi
 # 2a. the test suite (CPU and CUDA tests)
 PID_TEST=; PID_PRIOR=; PID_NL=
 if want tests; then
-  ( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py tests/test_gpu_plan.py -k "cuda or to_moves or plan"); else ARGS=(-n 6); fi
+  ( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py tests/test_gpu_plan.py -k "cuda or to_moves or plan"); else ARGS=(-n 6 --continue-on-collection-errors); fi   # a module missing there costs its tests, not the run
     OMP_NUM_THREADS=2 timeout $(cap 600) $PY -m pytest -q -p no:cacheprovider -rs --durations=10 "${ARGS[@]}" 2>&1
     echo "pytest exit $?" ) >"$OUT/tests.txt" 2>&1 &
   PID_TEST=$!
@@ -210,7 +210,7 @@ fi
 #     drivers keep those), with the shipped prior (or RP_PRIOR): its CPUs, quota, load and rate are logged
 if want nonlinear; then
   ( [ -n "$PID_TEST" ] && while kill -0 "$PID_TEST" 2>/dev/null; do sleep 2; done
-    CPUS=0-$(( NPROC > 3 ? NPROC - 3 : NPROC - 1 ))
+    CPUS=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(','.join(map(str, c[:-2] if len(c) > 3 else c)))")
     NL_PRIOR=${RP_PRIOR:-src/latentinv/data/channels_ti_prior}
     echo "[$(now) s] nonlinear case with $NL_PRIOR on CPUs $CPUS"
     [ -n "$TASKSET" ] || echo "no taskset: the nonlinear case shares every CPU"

@@ -10,7 +10,6 @@ with a uniform prior on [-1, 1]^2 it is that Gaussian truncated to the box (mome
 import sys
 import warnings
 
-import arviz as az
 import numpy as np
 import pytest
 import torch
@@ -28,6 +27,12 @@ from latentinv.inversion.posterior import RHAT_LIMIT, split_rhat
 from latentinv.inversion.runtime import torch_threads
 from latentinv.operators import StraightRayOperator
 from test_sklearn_compat import _WIDTHS, _XFAIL_WIDTH, _applies, _check_name
+
+
+def _arviz():
+    """ArviZ, an optional dependency (latentinv[arviz], in the test extra); the tests that need it skip
+    without it (a machine with only the package's own dependencies)."""
+    return pytest.importorskip("arviz", reason="ArviZ (latentinv[arviz]) is not installed")
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +88,7 @@ def _sampler(gen, op, **kw):
 
 def _assert_moments(result, mu, cov):
     """Mean and covariance within 4.5 Monte Carlo standard errors (from the ESS that ArviZ gives)."""
+    _arviz()
     ess = result.ess()[0].min()
     sd = np.sqrt(np.diag(cov))
     m_hat, c_hat = result.latent_mean()[0], result.latent_covariance()[0]
@@ -343,6 +349,7 @@ def test_differential_evolution_jumps_put_the_right_mass_in_each_of_two_modes():
         assert np.sum((in_mode.mean(1) > 0) & (in_mode.mean(1) < 1)) >= 10
         # the mass of the mode within 3 Monte Carlo standard errors (from the ESS of the indicator;
         # over seeds 0-4 the error was 0-1.6 of them), and that error small enough to tell
+        az = _arviz()
         ess = float(az.ess(az.convert_to_dataset({"in_mode": in_mode.astype(float)}))["in_mode"].values)
         se = np.sqrt(mass * (1 - mass) / ess)
         assert se < 0.08 and abs(in_mode.mean() - mass) < 3 * se, (method, in_mode.mean(), mass, se)
@@ -475,6 +482,7 @@ def test_result_maps_and_inference_data():
     np.testing.assert_array_equal(r.channel_probability, 1.0)
     np.testing.assert_allclose(sampler.predict(y[None]), r.mean)
     assert r.data_rmse_history.shape == (1, 4, 50 + 60)
+    _arviz()
     idata = r.to_inference_data()
     assert idata.posterior["z"].shape == (4, 30, 1, 3)
     np.testing.assert_array_equal(idata.posterior["z"].values[:, :, 0], r.samples[0])
@@ -501,6 +509,7 @@ def test_split_rhat_is_arviz_rank_normalised_rhat(K, n, d, shift, ties, seed):
     x[0] += shift
     if ties:
         x = np.round(x)
+    az = _arviz()
     want = az.rhat(az.convert_to_dataset({"z": x}))["z"].values
     got = split_rhat(x)
     np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
