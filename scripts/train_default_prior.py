@@ -31,7 +31,7 @@ import torch
 from latentinv import LatentInverter, StraightRayOperator, VAEPrior, paper_crosshole
 from latentinv.datasets import (DEFAULT_PRIOR_EXCLUDED_WINDOWS, HELD_OUT_WINDOW, PRETRAINED_IMAGE_SETTINGS,
                                 PatchSampler, load_channels_ti, make_channel_image)
-from latentinv.metrics import data_rmse
+from latentinv.metrics import compare_patterns, data_rmse
 
 # The procedural training images and the held-out image of the truths (different seeds).
 TRAINING_SEEDS = (11, 12, 13, 14)
@@ -185,6 +185,9 @@ def evaluate(prior, train_s, history, args):
         "heldout_reconstruction_rmse": recon_rmse,
         "heldout_channel_fraction": float(held.mean()),
         "sample_channel_fraction": float((samples > 0.5).mean()),
+        # quality 3: pattern statistics (latentinv.metrics) of 200 prior samples against the 200 held-out
+        # crops (thresholded at 0.5; variograms and connectivity over lags 1-20, channel widths)
+        "patterns_vs_heldout_crops": compare_patterns(samples, held, max_lag=20, image_shape=PATCH_SHAPE),
         "vsbrd": {"n_truths": len(truths), "n_starts": args.n_starts, "thresholds_ns": thresholds.tolist(),
                   "accepted_fraction_per_truth": np.asarray(accepted).tolist(),
                   "mean_accepted_fraction": float(np.mean(accepted)),
