@@ -177,7 +177,7 @@ if want prior; then
     [ "$N" -gt "$DONE" ] || exit 0
     echo "$PRIOR_PRECISION $PRIOR_GRAPHS ${MS:-10}" >"$PRIOR_PLAN"
     EVAL=; [ "$DRY" = 1 ] && EVAL="--n-truths 2 --n-starts 2"
-    THREADS=8; [ "$DRY" = 1 ] && THREADS=2     # torch's CPU threads: the mixed save's probes run on the CPU
+    THREADS=$(( $(nproc) >= 16 ? 8 : 2 ))      # torch's CPU threads: the mixed save's probes run on the CPU
     train() {
       timeout "$1" $PY scripts/train_default_prior.py --device $DEV --threads $THREADS --iterations "$2" $PRIOR_NET \
         --precision "$PRIOR_PRECISION" $GRAPHS_ARG --checkpoint "$PRIOR_CKPT" --checkpoint-every 5000 \
@@ -196,8 +196,9 @@ if want prior; then
     [ "$REACHED" -gt "$DONE" ] && echo "$PRIOR_PRECISION $PRIOR_GRAPHS $(awk "BEGIN { print ($(date +%s) - $T_TRAIN) * 1000 / ($REACHED - $DONE) }")" >"$PRIOR_PLAN"
     echo "training exit $RC: $REACHED iterations in all, $(( $(date +%s) - T_TRAIN )) s in this call;" \
       "the prior's files: $(du -cb $PRIOR_DIR/channels_ti_prior/* 2>/dev/null | tail -1 | cut -f1) bytes (at most 1e7)"
+    [ -f $PRIOR_DIR/channels_ti_prior/config.json ] || { echo "no prior saved"; exit 1; }
     tar_prior
-    # the record (held-out RMSE, VSbrd acceptance on held-out crops) beside the reproduction
+    # the record (held-out RMSE, VSbrd acceptance and pattern statistics on held-out crops) beside the reproduction
     timeout $(( $(left) - 8 > 10 ? $(left) - 8 : 10 )) $PY scripts/train_default_prior.py --device $DEV \
       --threads $THREADS --evaluate-only $EVAL --out $PRIOR_DIR/channels_ti_prior --report $PRIOR_DIR/docs 2>&1 \
       | grep -E "^ *\"(heldout|train_seconds|sample_channel)|VSbrd mean|Error" | head -12
