@@ -1,0 +1,147 @@
+"""What a ``gpu_checks.sh`` call brought back, put where the repository keeps it.
+
+The device tool returns the call's ``$OUT`` files into a folder here (``files_at``): ``log.txt``,
+``tests.txt``, ``prior.txt``, ``reproduce.txt``, ``nonlinear.txt``, ``results.tar`` and ``prior.tgz``.
+This script
+
+- copies the records of ``results.tar`` into ``docs/``, named by the card (``--card``, e.g. ``h200``):
+  ``bench_inversion_<card>_graphs.json``, ``bench_training_<card>.json``,
+  ``reproduce_paper_<card>_full.json`` (+ ``.md`` and its figures) and
+  ``reproduce_paper_<card>_nonlinear.json`` (+ figures), and the call's logs into ``gpu_call_<card>.txt``;
+- with ``--ship-prior``, installs the trained prior as the package's default
+  (``src/latentinv/data/channels_ti_prior``) after loading it and checking its size (at most 1e7 bytes),
+  and its record into ``docs/channels_ti_prior*`` (the training history kept every ``--history-every``
+  iterations, said in the file);
+- prints what the README and the tests then need: the key numbers and the new weights' SHA-256.
+
+Usage::
+
+    python benchmarks/gpu_results.py /work/.device/<files_at> --card h200 --ship-prior
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGS = ("log.txt", "tests.txt", "prior.txt", "reproduce.txt", "nonlinear.txt")
+PRIOR_BUDGET_BYTES = 10**7
+
+
+def _extract(archive, into):
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")      # no links out of the folder, no devices
+
+
+def _copy(src, dst, copied):
+    if src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        copied.append(dst)
+
+
+def records(files_at, card, root, copied):
+    """The records of ``results.tar`` and the logs into ``root/docs``; returns a summary dict."""
+    docs = root / "docs"
+    summary = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if (files_at / "results.tar").is_file():
+            _extract(files_at / "results.tar", tmp)
+        _copy(tmp / "bench" / "bench_inversion.json", docs / f"bench_inversion_{card}_graphs.json", copied)
+        _copy(tmp / "train" / "bench_training.json", docs / f"bench_training_{card}.json", copied)
+        for part, stem in (("reproduce", f"reproduce_paper_{card}_full"),
+                           ("nonlinear", f"reproduce_paper_{card}_nonlinear")):
+            _copy(tmp / part / "reproduce_paper.json", docs / f"{stem}.json", copied)
+            _copy(tmp / part / "reproduction.md", docs / f"{stem}.md", copied)
+            for png in sorted((tmp / part).glob("*.png")) if (tmp / part).is_dir() else ():
+                _copy(png, docs / f"{stem}_{png.name}", copied)
+        bench = tmp / "bench" / "bench_inversion.json"
+        if bench.is_file():
+            rows = json.loads(bench.read_text())["rows"]
+            summary["paper experiment (s)"] = {r["method"]: r.get("seconds", r.get("error"))
+                                               for r in rows if r.get("case") == "linear paper experiment"}
+        train = tmp / "train" / "bench_training.json"
+        if train.is_file():
+            summary["training (ms per iteration; 1e5 iterations in min)"] = {
+                r["variant"]: (r.get("ms_per_iteration"), r.get("paper_schedule_minutes"), r.get("error"))
+                for r in json.loads(train.read_text())["rows"]}
+        rp = tmp / "reproduce" / "reproduce_paper.json"
+        if rp.is_file():
+            summary["Tables 3-4, linear cases (s)"] = json.loads(rp.read_text()).get("linear_cases_s")
+    logs = [f"==> {name} <==\n{(files_at / name).read_text(errors='replace')}" for name in LOGS
+            if (files_at / name).is_file()]
+    if logs:
+        out = docs / f"gpu_call_{card}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(logs))
+        copied.append(out)
+    return summary
+
+
+def ship_prior(files_at, root, copied, history_every=10):
+    """The prior of ``prior.tgz`` as the package's default, and its record; returns a summary dict."""
+    from latentinv import VAEPrior
+
+    if not (files_at / "prior.tgz").is_file():
+        raise FileNotFoundError(f"no prior.tgz in {files_at}: the call saved no prior")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _extract(files_at / "prior.tgz", tmp)
+        folder = tmp / "channels_ti_prior"
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        if size > PRIOR_BUDGET_BYTES:
+            raise ValueError(f"the prior's files take {size} bytes, over the {PRIOR_BUDGET_BYTES} budget")
+        prior = VAEPrior.load(folder)        # verifies its checksums; no code is executed
+        data = root / "src" / "latentinv" / "data" / "channels_ti_prior"
+        for name in ("config.json", "weights.safetensors"):
+            _copy(folder / name, data / name, copied)
+        docs = root / "docs"
+        _copy(tmp / "docs" / "channels_ti_prior.json", docs / "channels_ti_prior.json", copied)
+        _copy(tmp / "docs" / "channels_ti_prior_curve.png", docs / "channels_ti_prior_curve.png", copied)
+        training = json.loads((tmp / "docs" / "channels_ti_prior_training.json").read_text())
+        training["history"] = {k: v[::history_every] for k, v in training["history"].items()}
+        training["history_every"] = history_every
+        out = docs / "channels_ti_prior_training.json"
+        out.write_text(json.dumps(training))
+        copied.append(out)
+        record = json.loads((docs / "channels_ti_prior.json").read_text())
+        weights = (folder / "weights.safetensors").read_bytes()
+        return {"prior": {"iterations": prior.n_iterations, "bytes": size,
+                          "weights_sha256": hashlib.sha256(weights).hexdigest(),
+                          "train_seconds (last call)": record.get("train_seconds"),
+                          "heldout_reconstruction_rmse": record.get("heldout_reconstruction_rmse"),
+                          "VSbrd mean accepted fraction": record.get("vsbrd", {}).get("mean_accepted_fraction")}}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files_at", help="the folder the device tool returned the call's files into")
+    p.add_argument("--card", required=True, help="the GPU's short name in the file names, e.g. h200")
+    p.add_argument("--ship-prior", action="store_true", help="install prior.tgz's prior as the default")
+    p.add_argument("--history-every", type=int, default=10, help="training history kept every N iterations")
+    p.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    files_at, root = Path(a.files_at), Path(a.root)
+    if not files_at.is_dir():
+        p.error(f"no folder {files_at}")
+    if not a.card.replace("-", "").isalnum():
+        p.error(f"--card: letters, digits and '-' only, got {a.card!r}")
+    copied = []
+    summary = records(files_at, a.card, root, copied)
+    if a.ship_prior:
+        summary.update(ship_prior(files_at, root, copied, a.history_every))
+    for path in copied:
+        print(f"wrote {path.relative_to(root)}")
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""benchmarks/gpu_results.py: a GPU call's files put where the repository keeps them."""
+import hashlib
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gpu_results  # noqa: E402
+
+from latentinv import VAEPrior  # noqa: E402
+
+
+def _tar(path, files, mode="w"):
+    """A tar of ``{name: bytes}``."""
+    with tarfile.open(path, mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prior") / "channels_ti_prior"
+    X = (np.random.default_rng(0).random((6, 16, 16)) > 0.7).astype(np.float32)
+    prior = VAEPrior(n_components=2, channels=(2, 2), kernel_sizes=(3, 3), hidden_size=4, batch_size=3,
+                     n_iterations=2, random_state=0, device="cpu").fit(X)
+    prior.save(folder, weights_dtype="mixed")
+    return prior, folder
+
+
+def _call_files(tmp_path, prior_folder, extra_prior_file=None):
+    """A call's returned files: logs, results.tar and prior.tgz."""
+    at = tmp_path / "files_at"
+    at.mkdir()
+    (at / "log.txt").write_text("[0 s] machine: 16 CPUs\n")
+    (at / "prior.txt").write_text("training exit 0\n")
+    bench = {"rows": [{"case": "linear paper experiment", "method": "LatentInverter (CUDA graph, float32)",
+                       "seconds": 1.5},
+                      {"case": "linear paper experiment", "method": "LatentInverter (eager, float32)",
+                       "seconds": 10.2}]}
+    train = {"rows": [{"variant": "float32", "ms_per_iteration": 4.0, "paper_schedule_minutes": 6.7}]}
+    _tar(at / "results.tar", {"./bench/bench_inversion.json": json.dumps(bench).encode(),
+                              "./train/bench_training.json": json.dumps(train).encode(),
+                              "./reproduce/reproduce_paper.json": json.dumps({"linear_cases_s": 88.0}).encode(),
+                              "./reproduce/reproduction.md": b"# reproduction\n",
+                              "./reproduce/fig7_truths.png": b"png"})
+    files = {f"channels_ti_prior/{f.name}": f.read_bytes() for f in prior_folder.iterdir()}
+    if extra_prior_file:
+        files["channels_ti_prior/extra.bin"] = bytes(extra_prior_file)
+    history = {k: list(range(30)) for k in ("reconstruction", "kl", "loss")}
+    files.update({"docs/channels_ti_prior.json": json.dumps({"train_seconds": 280.0,
+                                                             "heldout_reconstruction_rmse": 0.1,
+                                                             "vsbrd": {"mean_accepted_fraction": 0.9}}).encode(),
+                  "docs/channels_ti_prior_training.json": json.dumps({"train_seconds": 280.0,
+                                                                      "history": history}).encode(),
+                  "docs/channels_ti_prior_curve.png": b"png"})
+    _tar(at / "prior.tgz", files, mode="w:gz")
+    return at
+
+
+def test_records_and_prior_land_where_the_repository_keeps_them(tmp_path, tiny_prior, capsys):
+    prior, folder = tiny_prior
+    at = _call_files(tmp_path, folder)
+    root = tmp_path / "repo"
+    assert gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)]) == 0
+    docs = root / "docs"
+    for name in ("bench_inversion_h200_graphs.json", "bench_training_h200.json", "reproduce_paper_h200_full.json",
+                 "reproduce_paper_h200_full.md", "reproduce_paper_h200_full_fig7_truths.png", "gpu_call_h200.txt",
+                 "channels_ti_prior.json", "channels_ti_prior_curve.png"):
+        assert (docs / name).is_file(), name
+    assert "==> prior.txt <==\ntraining exit 0" in (docs / "gpu_call_h200.txt").read_text()
+    training = json.loads((docs / "channels_ti_prior_training.json").read_text())
+    assert training["history_every"] == 10 and training["history"]["loss"] == [0, 10, 20]
+    shipped = VAEPrior.load(root / "src" / "latentinv" / "data" / "channels_ti_prior")
+    z = np.random.default_rng(1).standard_normal((3, 2))
+    np.testing.assert_array_equal(shipped.decode(z), VAEPrior.load(folder).decode(z))
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    sha = hashlib.sha256((folder / "weights.safetensors").read_bytes()).hexdigest()
+    assert summary["prior"]["weights_sha256"] == sha and summary["prior"]["iterations"] == 2
+    assert summary["paper experiment (s)"]["LatentInverter (CUDA graph, float32)"] == 1.5
+    assert summary["Tables 3-4, linear cases (s)"] == 88.0
+
+
+def test_a_prior_over_budget_is_not_shipped(tmp_path, tiny_prior):
+    _, folder = tiny_prior
+    at = _call_files(tmp_path, folder, extra_prior_file=bytearray(10**7))
+    root = tmp_path / "repo"
+    with pytest.raises(ValueError, match="over the 10000000 budget"):
+        gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)])
+    assert not (root / "src").exists()
+
+
+def test_an_archive_that_escapes_its_folder_is_refused(tmp_path):
+    at = tmp_path / "files_at"
+    at.mkdir()
+    _tar(at / "results.tar", {"../outside.json": b"{}"})
+    with pytest.raises(tarfile.OutsideDestinationError):
+        gpu_results.main([str(at), "--card", "h200", "--root", str(tmp_path / "repo")])
+    assert not (tmp_path / "outside.json").exists()
+
+
+def test_bad_card_name(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_results.main([str(tmp_path), "--card", "h200/../x"])
+    assert "--card: letters, digits and '-' only" in capsys.readouterr().err
