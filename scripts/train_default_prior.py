@@ -110,12 +110,13 @@ def main(argv=None):
         with open(os.path.join(args.report, f"{_stem(args)}_training.json")) as f:
             training = json.load(f)
         train_s, history = training["train_seconds"], training["history"]
+        every = int(training.get("history_every", 1))     # a record thinned by benchmarks/gpu_results.py
     else:
         prior, train_s = train(args)
-        history = prior.history_
+        history, every = prior.history_, 1
         if args.no_evaluate:
             return
-    evaluate(prior, train_s, history, args)
+    evaluate(prior, train_s, history, every, args)
 
 
 def train(args):
@@ -144,7 +145,8 @@ def train(args):
     return prior, train_s
 
 
-def evaluate(prior, train_s, history, args):
+def evaluate(prior, train_s, history, every, args):
+    """The prior's record; ``history`` holds every ``every``-th iteration's losses."""
 
     # quality 1: reconstruction RMSE (pixel values in [0, 1]) on held-out crops
     held = held_out_truths(200, args.image)
@@ -194,7 +196,7 @@ def evaluate(prior, train_s, history, args):
                   "best_rmse_ns": result.data_rmse.min(axis=1).tolist(),
                   "median_rmse_ns": np.median(result.data_rmse, axis=1).tolist(),
                   "invert_seconds": invert_s},
-        "history_every_50": {k: v[::50] for k, v in history.items()},
+        "history_every_50": {k: v[::max(1, 50 // every)] for k, v in history.items()},
     }
     os.makedirs(args.report, exist_ok=True)
     with open(os.path.join(args.report, f"{_stem(args)}.json"), "w") as f:
@@ -207,7 +209,8 @@ def evaluate(prior, train_s, history, args):
         for a, key in zip(ax, ("reconstruction", "kl")):
             h = np.asarray(history[key])
             k = max(1, len(h) // 100)
-            a.plot(np.convolve(h, np.ones(k) / k, mode="valid"))
+            smooth = np.convolve(h, np.ones(k) / k, mode="valid")
+            a.plot(np.arange(len(smooth)) * every, smooth)
             a.set(xlabel="iteration", title=key, yscale="log")
         fig.tight_layout()
         fig.savefig(os.path.join(args.report, f"{_stem(args)}_curve.png"), dpi=90)
