@@ -498,6 +498,13 @@ def test_missing_arviz_is_a_clear_import_error(monkeypatch):
         with pytest.raises(ImportError, match="needs ArviZ: pip install arviz"):
             call()
     assert r.rhat().shape == (1, 3) and np.all(np.isfinite(r.rhat()))   # R-hat is latentinv's own
+    summary = r.summary()              # a report without ArviZ: no ESS, and why
+    assert summary["min_ess_bulk"] is None and "needs ArviZ" in summary["ess_unavailable"]
+    assert summary["max_rhat"] == r.rhat().max(1).tolist()
+    monkeypatch.undo()
+    _arviz()
+    summary = r.summary()
+    assert summary["min_ess_bulk"] == r.ess().min(1).tolist() and "ess_unavailable" not in summary
 
 
 # ---- convergence diagnostics ---------------------------------------------------------------------------

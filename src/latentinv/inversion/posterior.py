@@ -195,9 +195,13 @@ class PosteriorResult:
 
     def summary(self):
         """A dict of the run's headline numbers (per survey: worst R-hat, smallest bulk ESS, mean
-        acceptance), for reports."""
+        acceptance), for reports. Without ArviZ (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is
+        None and ``ess_unavailable`` says why."""
+        try:
+            ess = {"min_ess_bulk": self.ess().min(1).tolist()}
+        except ImportError as exc:
+            ess = {"min_ess_bulk": None, "ess_unavailable": str(exc)}
         return dict(method=self.method, n_chains=self.n_chains, n_kept=int(self.samples.shape[2]),
                     n_burnin=self.n_burnin, thin=self.thin, n_forward=self.n_forward,
-                    elapsed_s=self.elapsed_s, max_rhat=self.rhat().max(1).tolist(),
-                    min_ess_bulk=self.ess().min(1).tolist(),
+                    elapsed_s=self.elapsed_s, max_rhat=self.rhat().max(1).tolist(), **ess,
                     acceptance_rate=self.acceptance_rate.mean(1).tolist())
