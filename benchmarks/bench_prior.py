@@ -38,7 +38,7 @@ import time
 import numpy as np
 import torch
 
-from latentinv.datasets import PatchSampler, load_image, make_channel_image
+from latentinv.datasets import PatchSampler, load_channels_ti, load_image, make_channel_image
 from latentinv.metrics import compare_patterns
 from latentinv.nn.sgan import PatchDiscriminator, SpatialGenerator, adversarial_losses
 from latentinv.nn.vae import build_vae, vae_loss
@@ -129,9 +129,16 @@ def sgan_steps(args, results):
         print(f"{dev_name:<8}{str(threads or '-'):>8}{batch:>7}{t:>10.2f}{hours:>23.2f}")
 
 
+def _image(ti):
+    """The training image of ``--ti``: "bundled" is the paper's, shipped with latentinv."""
+    if ti == "bundled":
+        return load_channels_ti(), "channels_ti.png (bundled with latentinv)"
+    return load_image(ti), os.path.basename(ti)
+
+
 def training_image(args):
     if args.ti:
-        return load_image(args.ti), os.path.basename(args.ti), PAPER_TRUTH_WINDOWS
+        return *_image(args.ti), PAPER_TRUTH_WINDOWS
     image = make_channel_image((600, 600), width=8, random_state=0)
     return image, "make_channel_image((600, 600), width=8, random_state=0)", []
 
@@ -187,7 +194,9 @@ def sgan_patterns(args, results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few steps, short schedules")
-    parser.add_argument("--ti", default=None, help="training image (PNG/NPY); default procedural")
+    parser.add_argument("--ti", default=None,
+                        help="training image (PNG/NPY, or 'bundled': the paper's, shipped with latentinv); "
+                             "default procedural")
     parser.add_argument("--output", default="bench_prior.json")
     parser.add_argument("--no-vae", action="store_true", help="skip the VAE measurements")
     parser.add_argument("--sgan", action="store_true", help="SGAN seconds per training iteration")
@@ -233,8 +242,7 @@ def main():
     # ---------------------------------------------------------------- quality vs time
     torch.set_num_threads(1)
     if args.ti:
-        image = load_image(args.ti)
-        source = os.path.basename(args.ti)
+        image, source = _image(args.ti)
     else:
         image = make_channel_image((600, 600), width=8, random_state=0)
         source = "make_channel_image((600, 600), width=8, random_state=0)"
