@@ -1,0 +1,31 @@
+"""Every benchmark and script imports and parses its command line (``--help``): the scripts that the
+docs tell users to run do not rot unseen between the runs that measure with them."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p for d in ("benchmarks", "scripts") for p in (ROOT / d).glob("*.py")
+                 if p.name != "machine_info.py")           # a helper module, no command line
+
+
+def test_the_scripts_are_found():
+    if not (ROOT / "benchmarks").is_dir():
+        pytest.skip("benchmarks/ is not beside the tests (installed package)")
+    names = {p.name for p in SCRIPTS}
+    assert {"reproduce_paper.py", "bench_inversion.py", "train_default_prior.py", "gpu_plan.py"} <= names
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_script_help(path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(path.parent))
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)                 # the script's imports
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
