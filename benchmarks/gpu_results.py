@@ -16,7 +16,7 @@ This script
 
 Usage::
 
-    python benchmarks/gpu_results.py /work/.device/<files_at> --card h200 --ship-prior
+    python benchmarks/gpu_results.py <files_at> --card h200 --ship-prior
 """
 from __future__ import annotations
 
