@@ -76,6 +76,7 @@ T0=$(date +%s)
 now() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( DEADLINE - $(now) )); }
 cap() { local l; l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }   # a step's timeout: at most $1 s
+upto() { local t; t=$(( $(left) - $1 )); echo $(( t > ${2:-1} ? t : ${2:-1} )); }  # until $1 s before the end, >= $2
 log() { echo "[$(now) s] $*" | tee -a "$OUT/log.txt"; }
 # results.tar rebuilt from $RESULTS (each step's records) when a step ends; renamed into place whole
 LOCK=flock; command -v flock >/dev/null || LOCK=true        # util-linux; without it, no lock
@@ -186,7 +187,7 @@ if want prior; then
       return "${PIPESTATUS[0]}"
     }
     T_TRAIN=$(date +%s)
-    train $(( $(left) - RESERVE - 25 > 30 ? $(left) - RESERVE - 25 : 30 )) "$N"; RC=$?   # 25 s kept for a rescue
+    train $(upto $(( RESERVE + 25 )) 30) "$N"; RC=$?   # 25 s kept for a rescue
     REACHED=$(sed 's/^step-0*//' "$PRIOR_CKPT/LATEST" 2>/dev/null); REACHED=${REACHED:-0}
     if [ "$RC" != 0 ] && [ "$REACHED" -gt 0 ]; then      # stopped by its timeout: the prior of the last checkpoint
       echo "training stopped (exit $RC) at $REACHED iterations: saving the prior of that checkpoint"
@@ -199,7 +200,7 @@ if want prior; then
     [ -f $PRIOR_DIR/channels_ti_prior/config.json ] || { echo "no prior saved"; exit 1; }
     tar_prior
     # the record (held-out RMSE, VSbrd acceptance and pattern statistics on held-out crops) beside the reproduction
-    timeout $(( $(left) - 8 > 10 ? $(left) - 8 : 10 )) $PY scripts/train_default_prior.py --device $DEV \
+    timeout $(upto 8 10) $PY scripts/train_default_prior.py --device $DEV \
       --threads $THREADS --evaluate-only $EVAL --out $PRIOR_DIR/channels_ti_prior --report $PRIOR_DIR/docs 2>&1 \
       | grep -E "^ *\"(heldout|train_seconds|sample_channel)|VSbrd mean|Error" | head -12
     echo "evaluation exit ${PIPESTATUS[0]}"
@@ -222,7 +223,7 @@ print('cpus: os.cpu_count', os.cpu_count(), 'affinity', len(os.sched_getaffinity
     EXTRA=; [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise"
     [ "$DRY" = 1 ] && EXTRA="$EXTRA --epochs-nonlinear 1"
     mkdir -p "$RESULTS/nonlinear"
-    timeout $(( $(left) - 5 > 1 ? $(left) - 5 : 1 )) ${TASKSET:+$TASKSET -c $CPUS} $PY benchmarks/reproduce_paper.py --ti "$TI" \
+    timeout $(upto 5) ${TASKSET:+$TASKSET -c $CPUS} $PY benchmarks/reproduce_paper.py --ti "$TI" \
       --device $DEV --prior "$NL_PRIOR" --cases "" --nonlinear-starts 1 $EXTRA --out "$RESULTS/nonlinear" 2>&1 \
       | stdbuf -oL tr '\r' '\n' | awk '!/(it\/s|s\/it)\]/ || ++n % 25 == 0 { print; fflush() }'
     echo "nonlinear exit ${PIPESTATUS[0]}"
@@ -249,7 +250,7 @@ cases._invert(cases._straight(), batch_size=9, device='cuda', cuda_graphs=True)"
     else echo "CUDA graph probe failed or skipped (DRY): the linear cases run eagerly"; fi
     echo "[$(now) s] reproduce_paper with $PRIOR, $STARTS starts $GRAPHS"
     mkdir -p "$RESULTS/reproduce"
-    timeout $(( $(left) - 5 > 1 ? $(left) - 5 : 1 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
+    timeout $(upto 5) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
       --prior "$PRIOR" --n-starts $STARTS --no-nonlinear $GRAPHS $EXTRA --out "$RESULTS/reproduce" 2>&1 \
       | stdbuf -oL tr '\r' '\n' | awk '!/(it\/s|s\/it)\]/ || ++n % 25 == 0 { print; fflush() }'
     echo "reproduce exit ${PIPESTATUS[0]}"
@@ -261,12 +262,12 @@ fi
 if want sgan; then
   ( IT=; [ "$DRY" = 1 ] && IT="--pattern-iterations 2 --pattern-samples 4"
     mkdir -p "$RESULTS/sgan"
-    timeout $(( $(left) - 120 )) $PY benchmarks/bench_prior.py --no-vae --sgan --patterns --sgan-gpu-train $IT \
+    timeout $(upto 120) $PY benchmarks/bench_prior.py --no-vae --sgan --patterns --sgan-gpu-train $IT \
       --ti "$TI" --save-sgan /tmp/li_sgan --output "$RESULTS/sgan/bench_prior_sgan.json" 2>&1 | grep -v "it/s\]" | tail -30
     SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts"
     N=100; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; }
     # the VAE prior only draws the generated truths mv1-mv3 here: a saved one, not a training of its own
-    [ -d /tmp/li_sgan ] && timeout $(( $(left) - 8 )) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
+    [ -d /tmp/li_sgan ] && timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
       --prior "${RP_PRIOR:-src/latentinv/data/channels_ti_prior}" --sgan /tmp/li_sgan --cases SAnnn,SSbnd \
       --no-nonlinear --n-starts $N $SG --out "$RESULTS/sgan/reproduce" 2>&1 | tail -40
     pack ) >>"$OUT/log.txt" 2>&1    # its records; the SGAN's weights (about 19 MB) stay on the machine
@@ -277,7 +278,7 @@ fi
 if want sampling && [ -n "$TM" ]; then
   mkdir -p "$RESULTS/sampling"
   # the settings that meet the R-hat target on the CPU with the default prior (docs/benchmarks/sampling.md)
-  timeout $(( $(left) - 8 )) $PY benchmarks/bench_sampling.py --test-models "$TM" --out "$RESULTS/sampling" \
+  timeout $(upto 8) $PY benchmarks/bench_sampling.py --test-models "$TM" --out "$RESULTS/sampling" \
     --method hmc --n-leapfrog 5 --chains 8 --burnin 300 --samples 598 2>&1 | tail -5 >>"$OUT/log.txt"
   pack; log "sampling done"
 fi

@@ -517,10 +517,8 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
         plot_posterior(post, grid, truth=truth, n_samples=2).savefig(out / "posterior.png", dpi=110)
         timings["posterior_s"] = time.perf_counter() - t0
         rhat = post.rhat()[0]
-        try:
-            min_ess, ess_note = float(post.ess()[0].min()), None
-        except ImportError as exc:      # ArviZ is optional (latentinv[arviz]); R-hat is latentinv's own
-            min_ess, ess_note = None, str(exc)
+        ess, ess_note = post._ess_or_why()      # ArviZ is optional; R-hat is latentinv's own
+        min_ess = None if ess is None else float(ess[0].min())
         posterior_report = {
             "case": "straight-ray", "method": "de-mala", "n_chains": n_chains, "n_burnin": posterior_draws,
             "n_samples": posterior_draws, "noise_std_ns": sigma,
@@ -892,10 +890,8 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
                         model_samples=res.model_samples, map_model=res.map_model)
     plot_posterior(res, grid).savefig(out / "posterior.png", dpi=100)
     diagnostics = {"rhat": res.rhat().tolist()}
-    try:
-        diagnostics["ess_bulk"] = res.ess().tolist()
-    except ImportError as exc:
-        diagnostics["ess_unavailable"] = str(exc)
+    ess, why = res._ess_or_why()
+    diagnostics.update({"ess_bulk": ess.tolist()} if why is None else {"ess_unavailable": why})
     report = {
         "command": "sample", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,

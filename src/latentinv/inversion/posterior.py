@@ -193,14 +193,19 @@ class PosteriorResult:
             raise ValueError(f"PosteriorResult.ess: method must be 'bulk' or 'tail', got {method!r}")
         return self._diagnose()[f"ess_{method}"]
 
+    def _ess_or_why(self):
+        """``(bulk ESS, None)``, or ``(None, why)`` without ArviZ (optional): the reports' ESS."""
+        try:
+            return self.ess(), None
+        except ImportError as exc:
+            return None, str(exc)
+
     def summary(self):
         """A dict of the run's headline numbers (per survey: worst R-hat, smallest bulk ESS, mean
         acceptance), for reports. Without ArviZ (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is
         None and ``ess_unavailable`` says why."""
-        try:
-            ess = {"min_ess_bulk": self.ess().min(1).tolist()}
-        except ImportError as exc:
-            ess = {"min_ess_bulk": None, "ess_unavailable": str(exc)}
+        ess, why = self._ess_or_why()
+        ess = {"min_ess_bulk": ess.min(1).tolist()} if why is None else {"min_ess_bulk": None, "ess_unavailable": why}
         return dict(method=self.method, n_chains=self.n_chains, n_kept=int(self.samples.shape[2]),
                     n_burnin=self.n_burnin, thin=self.thin, n_forward=self.n_forward,
                     elapsed_s=self.elapsed_s, max_rhat=self.rhat().max(1).tolist(), **ess,
