@@ -315,3 +315,19 @@ def test_overflowing_straight_ray_times_raise():
         op.forward(torch.full((op.n_params,), 3e38))
     ok = op.forward(torch.full((op.n_params,), 1e37))  # large but representable: answered
     assert torch.isfinite(ok).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_rows=st.integers(1, 6), n_cols=st.integers(1, 6), density=st.sampled_from([0.0, 0.3, 1.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_torch_csr_is_the_matrix_with_stride_one_parts(n_rows, n_cols, density, seed):
+    # an empty numpy array has stride 0, which torch 2.11's CSR invariant check refused
+    import scipy.sparse as sp
+
+    from latentinv.operators._base import torch_csr
+
+    M = sp.random(n_rows, n_cols, density=density, format="csr", random_state=seed)
+    T = torch_csr(M, torch.float64)
+    for part in (T.crow_indices(), T.col_indices(), T.values()):
+        assert part.stride() == (1,)
+    np.testing.assert_array_equal(T.to_dense().numpy(), M.toarray())

@@ -23,11 +23,11 @@ slowness; with ``paper_gradient`` the nonlinear evaluators pass the gradient of 
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import torch
 
+from ..operators._base import torch_csr
 from . import native
 
 
@@ -65,13 +65,7 @@ class KernelRows:
         self._dense = None
         self.index = torch.tensor(idx, device=device)
         self.value = torch.tensor(val, dtype=dtype, device=device)
-        Gc = G.astype(np.float64)
-        with warnings.catch_warnings():  # torch flags sparse CSR as beta; used read-only here
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-            self.matrix = torch.sparse_csr_tensor(
-                torch.tensor(Gc.indptr, dtype=torch.int64), torch.tensor(Gc.indices, dtype=torch.int64),
-                torch.tensor(Gc.data, dtype=dtype), size=Gc.shape, check_invariants=True).to(device)
+        self.matrix = torch_csr(G, dtype).to(device)
 
     @property
     def dense_kernel(self):

@@ -17,6 +17,7 @@ then takes its result instead of calling the engine again.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -342,3 +343,23 @@ class PendingResponse:
 def csr_row_block(matrices):
     """Stack a list of CSR matrices vertically (helper for batched Jacobians)."""
     return sp.vstack(matrices, format="csr")
+
+
+def torch_csr(M, dtype):
+    """A scipy sparse matrix as a torch sparse CSR tensor on the CPU, its invariants checked.
+
+    Each part is copied into a fresh stride-1 vector: numpy gives an empty array stride 0, which the
+    CSR invariant check of some torch releases (2.11) refuses ("expected col_indices to be a
+    contiguous tensor per batch"), so a matrix without entries would fail there.
+    """
+    M = M.tocsr().astype(np.float64)
+    M.sort_indices()
+
+    def vector(a, dt):
+        return torch.as_tensor(a, dtype=dt).clone(memory_format=torch.contiguous_format)
+
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta; latentinv uses it read-only
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        return torch.sparse_csr_tensor(vector(M.indptr, torch.int64), vector(M.indices, torch.int64),
+                                       vector(M.data, dtype), size=M.shape, check_invariants=True)

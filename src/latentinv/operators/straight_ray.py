@@ -1,14 +1,13 @@
 """Straight-ray traveltime operator: exact ray lengths per cell (a Siddon-type traversal)."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from ..geometry import CrossholeSurvey, Grid2D
-from ._base import ForwardOperator, check_slowness_tensor, check_times_tensor
+from ._base import ForwardOperator, check_slowness_tensor, check_times_tensor, torch_csr
 
 __all__ = ["StraightRayOperator", "straight_ray_matrix"]
 
@@ -202,17 +201,8 @@ class StraightRayOperator(ForwardOperator):
         """``G`` (or ``G^T``) as a torch sparse CSR tensor, cached per device and dtype."""
         key = (str(torch.device(device)), dtype, transpose)
         if key not in self._torch_cache:
-            M = (self.matrix.T.tocsr() if transpose else self.matrix).astype(np.float64)
-            M.sort_indices()
-            with warnings.catch_warnings():  # torch flags sparse CSR as beta; it is used read-only here
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                tensor = torch.sparse_csr_tensor(
-                    torch.tensor(M.indptr, dtype=torch.int64),
-                    torch.tensor(M.indices, dtype=torch.int64),
-                    torch.tensor(M.data, dtype=dtype),
-                    size=M.shape,
-                    check_invariants=True,
-                )
+            M = self.matrix.T if transpose else self.matrix
+            tensor = torch_csr(M, dtype)
             self._torch_cache[key] = tensor.to(device)
         return self._torch_cache[key]
 
