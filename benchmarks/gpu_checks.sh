@@ -174,8 +174,14 @@ if want prior; then
         SECONDS_FOR=$(( SECONDS_FOR - RESERVE )); N=$(plan "$SECONDS_FOR")
       fi
     fi
-    echo "prior: $PRIOR_PRECISION ${GRAPHS_ARG:-eager}; checkpoint at $DONE iterations; training to $N ($SECONDS_FOR s for it)"
-    [ "$N" -gt "$DONE" ] || exit 0
+    if [ "$N" -le "$DONE" ]; then      # the target reached, or too little time for more: nothing to train
+      [ "$DONE" -gt 0 ] || { echo "prior: no time to train (${SECONDS_FOR} s); no prior"; exit 0; }
+      echo "prior: the checkpoint's $DONE iterations are all this call trains (target $PRIOR_TARGET," \
+        "$SECONDS_FOR s): the prior is saved from it"
+      N=$DONE
+    else
+      echo "prior: $PRIOR_PRECISION ${GRAPHS_ARG:-eager}; checkpoint at $DONE iterations; training to $N ($SECONDS_FOR s for it)"
+    fi
     echo "$PRIOR_PRECISION $PRIOR_GRAPHS ${MS:-10}" >"$PRIOR_PLAN"
     EVAL=; [ "$DRY" = 1 ] && EVAL="--n-truths 2 --n-starts 2"
     THREADS=$(( $(nproc) >= 16 ? 8 : 2 ))      # torch's CPU threads: the mixed save's probes run on the CPU
