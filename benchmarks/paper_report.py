@@ -220,8 +220,8 @@ def differences(record):
         if cell:
             ours = 100.0 * np.sum(cell["accepted"]) / (record["n_starts"] * len(truths))
             ref = np.mean([PAPER_TABLE3[(case, False)][t] for t in truths])
-            lines.append(f"- **{case} (Table 3).** {ours:.0f} % of starts accepted against the paper's "
-                         f"{ref:.0f} %. With fixed steps (no decay, no regularization) acceptance "
+            lines.append(f"- **{case} (Table 3).** {ours:.1f} % of starts accepted against the paper's "
+                         f"{ref:.1f} %. With fixed steps (no decay, no regularization) acceptance "
                          "depends on the threshold's level, so a looser threshold raises it.")
     if record["args"]["exclusion"] == "notebook":
         lines.append("- **Exclusion.** This run used the published notebook's exclusion windows, which "

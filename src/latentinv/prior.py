@@ -223,7 +223,8 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
                + beta * mean_{batch, latent} KL(q(z_j | x) || N(0, 1))        (2)
 
     optimised with Adam, one step per iteration on a fresh mini-batch. The
-    defaults (beta = 1000, batch 100, Adam 1e-3) are the paper's; in the
+    defaults beta = 1000 and batch 100 are the paper's (Sec. 3.1), Adam at
+    1e-3 is its training notebook's (the paper names no optimizer); in the
     usual per-sample ELBO convention (reconstruction summed over pixels, KL
     summed over latent dimensions, averaged over the batch) the same loss has
     ``beta_per_sample = beta / (batch_size * n_components)`` (0.5 for the
@@ -260,8 +261,9 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         Weight of the KL term of eq. (2) (averaged over batch and latent
         dimensions).
     alpha : float, default=1.0
-        Scale of the sampling noise in eq. (1): 1 is the usual VAE, 0 a
-        deterministic autoencoder.
+        Variance of the sampling noise ``eps`` (the paper's Eq. 14), which
+        eq. (1) scales by ``sqrt(alpha)``: 1 is the usual VAE (the paper's
+        value), 0 a deterministic autoencoder.
     batch_size : int, default=100
         Models per Adam step (all samples when ``fit`` gets fewer).
     learning_rate : float, default=1e-3

@@ -3,7 +3,7 @@
 * :func:`make_eight_manifold` -- the "eight"-shaped (lemniscate) 1-D manifold embedded in 2-D data,
   the data set of the paper's Fig. 4;
 * :func:`fit_toy_vae` -- a small fully-connected VAE trained on such 2-D data for a given
-  ``(alpha, beta)`` (the paper's Eqs. 1-3 through :func:`latentinv.nn.vae_loss`), used to show how a
+  ``(alpha, beta)`` (the paper's Eqs. 14 and 19 as :func:`latentinv.nn.vae_loss` implements them), used to show how a
   regular latent grid deforms when decoded;
 * :class:`ToyLatentProblem` and :func:`sgd_toy_paths` -- a 2-D latent space, a nonlinear generator and
   a linear operator, with stochastic-gradient paths on the data misfit with no, origin or ring
@@ -108,7 +108,7 @@ def fit_toy_vae(X, alpha=1.0, beta=1.0, n_components=2, hidden_size=64, n_iterat
                 batch_size=100, learning_rate=1e-3, random_state=None):
     """Train a fully-connected VAE on 2-D (or any vector) data.
 
-    The loss is the reference one (:func:`latentinv.nn.vae_loss`, the paper's Eqs. 1-3): squared
+    The loss is the reference one (:func:`latentinv.nn.vae_loss`; the paper's Eqs. 14 and 19): squared
     error summed over the batch plus ``beta`` times the KL averaged over batch and latent dimensions,
     with ``z = mu + sqrt(alpha) sigma eps``. The data are standardised first and the decoder output
     is linear.
@@ -170,7 +170,7 @@ class ToyLatentProblem:
 
     ``m(z) = tanh(W z + b)`` (``n_params`` values), ``d(z) = G m(z)`` (``n_data`` values); the data
     are ``d(z_true)``. The misfit ``||d - d(z)||^2`` over the latent plane is non-convex: the
-    generator bends straight lines of latent space like a trained decoder does (paper, Sec. 3 and
+    generator bends straight lines of latent space like a trained decoder does (paper, Sec. 2.4 and
     Fig. 6).
 
     Parameters

@@ -24,11 +24,11 @@ with ``s`` the map from model values in [0, 1] to slowness (ns/m), ``f`` the for
 (``w_i = 1`` otherwise, as in the paper), and the regularisation
 
 - ``"ring"``:   R(z) = (||z|| - mu_chi)**2, mu_chi the mean of the chi distribution with ``d``
-  degrees of freedom (Eq. 25; 4.4166 for d = 20), gradient ``2 lambda (||z|| - mu_chi) z / ||z||``;
+  degrees of freedom (Eq. 23; 4.4166 for d = 20), gradient ``2 lambda (||z|| - mu_chi) z / ||z||``;
 - ``"origin"``: R(z) = ||z||**2.
 
-Schedules: the learning rate decays by ``lr_decay`` every ``decay_every`` epochs (Eq. 21,
-:func:`learning_rate_schedule`) and the regularisation weight by ``lam_decay`` every iteration
+Schedules: the learning rate decays by ``lr_decay`` every ``decay_every`` epochs (Eq. 21, written per
+iteration in the paper, applied per epoch as in its published code; :func:`learning_rate_schedule`) and the regularisation weight by ``lam_decay`` every iteration
 (Eq. 22, :func:`regularization_schedule`). Mini-batches are drawn without replacement within each
 epoch (``n_data // batch_size`` iterations per epoch; the remainder rays of a permutation are
 skipped in that epoch, as in the paper's code). Every iterate's model is scored on the full data and

@@ -30,7 +30,7 @@ paper_slowness.domain = (-math.inf, 4.0)
 def chi_mean(d):
     """Mean of the chi distribution with ``d`` degrees of freedom: ``sqrt(2) G((d+1)/2) / G(d/2)``.
 
-    The expected norm of a ``d``-dimensional standard-normal vector (mu_chi of Eq. 25; 4.4166 for
+    The expected norm of a ``d``-dimensional standard-normal vector (mu_chi of Eq. 23; 4.4166 for
     ``d = 20``).
     """
     d = float(d)
@@ -48,7 +48,7 @@ def regularization_schedule(lam, lam_decay, iteration):
 
 
 def ring_penalty(z, lam, d=None):
-    """Ring term ``lam (||z|| - mu_chi)**2`` per row of ``z`` (torch, differentiable; Eq. 25)."""
+    """Ring term ``lam (||z|| - mu_chi)**2`` per row of ``z`` (torch, differentiable; Eqs. 23-24)."""
     d = z.shape[-1] if d is None else d
     return lam * (torch.linalg.vector_norm(z, dim=-1) - chi_mean(d)) ** 2
 

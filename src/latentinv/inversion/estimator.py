@@ -57,7 +57,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     batch_size : int or None, default=25
         Rays per step; ``None`` uses all data (one iteration per epoch).
     regularization : {"ring", "origin"} or None, default="ring"
-        ``"ring"``: ``lambda (||z|| - mu_chi)**2`` (Eq. 25, normal latents only); ``"origin"``:
+        ``"ring"``: ``lambda (||z|| - mu_chi)**2`` (Eqs. 23-24, normal latents only); ``"origin"``:
         ``lambda ||z||**2``.
     lam : float, default=10.0
         Initial regularisation weight.
@@ -160,7 +160,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         Latent dimension ``d``.
     latent_distribution_ : str
     mu_chi_ : float
-        Mean of the chi distribution with ``d`` degrees of freedom (Eq. 25).
+        Mean of the chi distribution with ``d`` degrees of freedom (Eq. 23).
     n_iterations_ : int
         Iterations per start.
     iterations_per_epoch_ : int

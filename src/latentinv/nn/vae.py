@@ -11,7 +11,8 @@ where an image of shape ``(n_rows, n_cols)`` is flattened in C order
 (row 0 = top = shallowest, flat index = ``row * n_cols + col``). Convolutional
 modules reshape internally.
 
-Loss (reference implementation, paper's training notebook)::
+Loss (the paper's training notebook's form; ``alpha`` is the variance of ``eps`` as the paper's Eq. 14
+defines it, hence ``sqrt(alpha)``, which is 1 at the paper's alpha = 1)::
 
     z    = mu + sqrt(alpha) * sigma * eps,         eps ~ N(0, I)            (1)
     loss = sum_{batch, pixels} (x_hat - x)**2
