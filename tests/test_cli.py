@@ -399,6 +399,113 @@ def test_invert_bad_inputs(tiny_prior, tmp_path):
                           "--cuda-graphs", "--quiet"]), "cuda_graphs=True cannot run here: the device is cpu", 1)
 
 
+@pytest.mark.parametrize("command", ["invert", "sample"])
+@pytest.mark.parametrize("values, dtype", [
+    (np.ones((1, 625), bool), "bool"),                 # True/False would be inverted as 1/0 ns
+    (np.full((1, 625), 50 + 1j), "complex128"),        # the imaginary part would be dropped
+    (np.full((1, 625), "50"), "<U2"),                  # strings would be parsed as numbers
+])
+def test_traveltimes_must_be_real_numbers(tiny_prior, tmp_path, command, values, dtype):
+    np.save(tmp_path / "tt.npy", values)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli.main, [
+        command, str(tmp_path / "tt.npy"), "--prior", str(tiny_prior[0]), "--out", str(out),
+        "--noise-std" if command == "sample" else "--n-starts", "1", "--device", "cpu", "--quiet"])
+    _fails(res, "Invalid value for TRAVELTIMES", 2)
+    assert "tt.npy" in res.output and "must be real numbers" in res.output
+    assert f"got dtype {dtype}" in res.output
+    assert not out.exists()
+
+
+def test_traveltimes_of_integers_are_accepted(tmp_path):
+    np.save(tmp_path / "tt.npy", np.full((2, 625), 50, dtype=np.int16))
+    a = cli.load_traveltimes(tmp_path / "tt.npy", 625)
+    assert a.dtype == np.float64 and a.shape == (2, 625) and np.all(a == 50.0)
+
+
+_GEO = {"grid": {"n_rows": 129, "n_cols": 65}, "sources": [[0.0, 0.5]], "receivers": [[6.5, 0.5]]}
+
+
+@pytest.mark.parametrize("geometry, message", [
+    (dict(_GEO, grid=[129, 65]), '"grid" must be an object'),
+    (dict(_GEO, grid=None), '"grid" must be an object'),
+    (["grid", "sources", "receivers"], "expected a JSON object"),
+    (dict(_GEO, grid={"n_rows": 129}), "missing ['n_cols']"),
+    (dict(_GEO, grid={"n_rows": 129, "n_cols": 65, "cellsize": 0.05}), "unknown key(s) ['cellsize']"),
+    (dict(_GEO, pair=[[0, 0]]), "unknown key(s) ['pair']"),
+    (dict(_GEO, grid={"n_rows": "129", "n_cols": 65}), "n_rows must be a positive integer, got '129'"),
+    (dict(_GEO, sources=None), "sources must be real (x, depth) positions"),
+    (dict(_GEO, pairs=[[0.5, 0]]), "pairs must hold integer indices"),
+])
+def test_geometry_file_structure_errors(tmp_path, geometry, message):
+    (tmp_path / "geo.json").write_text(json.dumps(geometry))
+    np.savetxt(tmp_path / "tt.txt", np.ones(1))
+    res = CliRunner().invoke(cli.main, ["invert", str(tmp_path / "tt.txt"), "--geometry",
+                                        str(tmp_path / "geo.json"), "--out", str(tmp_path / "o")])
+    _fails(res, "Invalid value for --geometry", 2)
+    assert "geo.json" in res.output and message in res.output
+    if "must be an object" in message:
+        assert ("got an array ([129, 65])" if geometry["grid"] else "got null") in res.output
+
+
+def _bad_training_image(tmp_path, kind):
+    if kind == "not an image":
+        path = tmp_path / "ti.png"
+        path.write_text("not an image")
+    elif kind == "truncated png":
+        path = tmp_path / "ti.png"
+        Image.fromarray((make_channel_image((60, 40), random_state=2) * 255).astype(np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif kind == "csv":
+        path = tmp_path / "ti.csv"
+        np.savetxt(path, np.ones((60, 40)), delimiter=",")
+    else:
+        path = tmp_path / "ti.npy"
+        np.save(path, {"str npy": np.full((60, 40), "1"), "complex npy": np.ones((60, 40)) + 1j,
+                       "nan npy": np.full((60, 40), np.nan), "3-d npy": np.ones((2, 60, 40))}[kind])
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("not an image", "cannot read it as a training image"),
+    ("truncated png", "cannot read it as a training image"),
+    ("csv", "cannot read it as a training image"),
+    ("str npy", "must hold real numbers (a bool, integer or floating-point array), got dtype <U1"),
+    ("complex npy", "must hold real numbers (a bool, integer or floating-point array), got dtype complex128"),
+    ("nan npy", "holds NaN or inf"),
+    ("3-d npy", "expected a 2-D image"),
+])
+def test_train_unreadable_image_names_the_option(tmp_path, kind, message):
+    path = _bad_training_image(tmp_path, kind)
+    res = CliRunner().invoke(cli.main, ["train", "--image", str(path), "--patch-shape", "32", "16",
+                                        "--out", str(tmp_path / "p"), "--iterations", "1", "--quiet"])
+    _fails(res, "Invalid value for --image", 2)
+    assert path.name in res.output and message in res.output
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8])
+def test_train_from_binary_npy_image(tmp_path, dtype):
+    # a 0/1 image stored as bool or integers is a training image, as a thresholded PNG is
+    np.save(tmp_path / "ti.npy", (make_channel_image((60, 40), width=4.0, random_state=2) > 0.5).astype(dtype))
+    res = CliRunner().invoke(cli.main, [
+        "train", "--image", str(tmp_path / "ti.npy"), "--patch-shape", "32", "16", "--out", str(tmp_path / "p"),
+        "--iterations", "1", "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4", "--quiet"])
+    _ok(res)
+
+
+_SEED_ARGS = {"demo": ["demo"], "train": ["train", "--procedural"], "invert": ["invert", "tt.npy"],
+              "sample": ["sample", "tt.npy", "--noise-std", "1"]}
+
+
+@pytest.mark.parametrize("command", list(_SEED_ARGS))
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_out_of_range_names_the_option(tmp_path, command, seed):
+    res = CliRunner().invoke(cli.main, [*_SEED_ARGS[command], "--seed", seed, "--out", str(tmp_path / "o")])
+    _fails(res, f"Invalid value for '--seed': {seed} is not in the range 0<=x<=4294967295", 2)
+    assert not (tmp_path / "o").exists()
+
+
 def test_bench_runs_scripts_and_reports_missing_folder(tmp_path, monkeypatch):
     folder = tmp_path / "benchmarks"
     folder.mkdir()

@@ -65,6 +65,15 @@ _PAPER_LINEAR_BOREHOLES = (0.01, 6.49)
 _PAPER_NONLINEAR_BOREHOLES = (0.0, 6.5)
 #: crops on which `latentinv train` compares its prior's reconstruction with the best constant model
 _TRAIN_CHECK_CROPS = 32
+#: ``--seed`` of every command: the seeds numpy's legacy generators (and hence scikit-learn and the
+#: estimators) accept, so that a bad one is refused by click, naming ``--seed`` and the range
+_SEED = click.IntRange(0, 2**32 - 1)
+#: dtype kinds of numeric arrays read from files: signed and unsigned integers, floating point
+#: (not bool, complex, strings, bytes, objects, structured records, dates)
+_REAL_KINDS = "iuf"
+#: keys of a geometry file (and of its "grid" object)
+_GEOMETRY_KEYS = ("grid", "sources", "receivers", "pairs")
+_GRID_KEYS = ("n_rows", "n_cols", "cell_size", "origin")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -109,6 +118,17 @@ def _rmse(a, b):
     return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
 
 
+def _json_type(value):
+    """The JSON name of a parsed JSON value's type (for error messages)."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"),
+                       (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return f"{name} ({json.dumps(value)[:60]})"
+    return type(value).__name__
+
+
 def load_geometry(spec, operator="straight"):
     """``"paper"`` or a JSON geometry file (see the module docstring) -> ``(Grid2D, CrossholeSurvey)``.
 
@@ -126,19 +146,39 @@ def load_geometry(spec, operator="straight"):
                                  param_hint="--geometry")
     try:
         cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise click.BadParameter(f"{spec}: not valid JSON ({exc})", param_hint="--geometry") from None
+
+    def bad(msg):
+        return click.BadParameter(f"{spec}: {msg}", param_hint="--geometry")
+
+    if not isinstance(cfg, dict):
+        raise bad(f"expected a JSON object with keys grid, sources, receivers (and optionally pairs), "
+                  f"got {_json_type(cfg)}")
     missing = [k for k in ("grid", "sources", "receivers") if k not in cfg]
     if missing:
-        raise click.BadParameter(f"{spec}: missing {missing} (needs grid, sources, receivers)",
-                                 param_hint="--geometry")
+        raise bad(f"missing {missing} (needs grid, sources, receivers)")
+    unknown = sorted(set(cfg) - set(_GEOMETRY_KEYS))
+    if unknown:      # a misspelt optional key would otherwise be ignored silently
+        raise bad(f"unknown key(s) {unknown}: expected only {list(_GEOMETRY_KEYS)}")
     g = cfg["grid"]
+    if not isinstance(g, dict):
+        raise bad(f'"grid" must be an object {{"n_rows": ..., "n_cols": ..., "cell_size": ..., '
+                  f'"origin": ...}}, got {_json_type(g)}')
+    missing = [k for k in ("n_rows", "n_cols") if k not in g]
+    if missing:
+        raise bad(f'"grid" needs n_rows and n_cols (missing {missing})')
+    unknown = sorted(set(g) - set(_GRID_KEYS))
+    if unknown:
+        raise bad(f'unknown key(s) {unknown} in "grid": expected only {list(_GRID_KEYS)}')
     try:
         grid = Grid2D(g["n_rows"], g["n_cols"], g.get("cell_size", 0.1), g.get("origin", (0.0, 0.0)))
-    except KeyError as exc:
-        raise click.BadParameter(f"{spec}: grid needs n_rows and n_cols (missing {exc})",
-                                 param_hint="--geometry") from None
-    survey = CrossholeSurvey(cfg["sources"], cfg["receivers"], cfg.get("pairs"))
+    except (ValueError, TypeError) as exc:
+        raise bad(f'"grid": {exc}') from None
+    try:
+        survey = CrossholeSurvey(cfg["sources"], cfg["receivers"], cfg.get("pairs"))
+    except (ValueError, TypeError) as exc:
+        raise bad(str(exc)) from None          # names sources, receivers or pairs
     survey.check_in(grid, owner=f"geometry file {spec}")
     return grid, survey
 
@@ -152,12 +192,16 @@ def load_traveltimes(path, n_data):
     if not p.is_file():
         raise click.BadParameter(f"traveltime file {path!r} does not exist", param_hint="TRAVELTIMES")
     try:
-        if p.suffix == ".npy":
+        if p.suffix.lower() == ".npy":
             a = np.load(p, allow_pickle=False)
         else:   # .csv: commas; any other text file: whitespace
             a = np.loadtxt(p, ndmin=1, delimiter="," if p.suffix.lower() == ".csv" else None)
     except (ValueError, OSError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="TRAVELTIMES") from None
+    if a.dtype.kind not in _REAL_KINDS:   # before any conversion: True -> 1 ns, 50+1j -> 50 ns, "50" -> 50 ns
+        raise click.BadParameter(
+            f"{path}: traveltimes (ns) must be real numbers (an integer or floating-point array), got "
+            f"dtype {a.dtype}", param_hint="TRAVELTIMES")
     a = np.asarray(a, dtype=float)
     if a.ndim == 1:
         a = a[None, :]
@@ -170,6 +214,41 @@ def load_traveltimes(path, n_data):
     if not np.all(np.isfinite(a)):
         raise click.BadParameter(f"{path}: traveltimes hold NaN or inf", param_hint="TRAVELTIMES")
     return a
+
+
+def _load_training_image(path):
+    """``train --image``: :func:`latentinv.datasets.load_image`, its failures as ``--image`` errors.
+
+    A ``.npy`` file must hold a 2-D array of real numbers (bool, integer or floating point: not complex,
+    strings or records, which ``load_image`` would convert or fail on); any other file must be an
+    image that Pillow reads (PNG, ...). The image must be finite.
+    """
+    from PIL import Image
+
+    from .datasets import load_image
+
+    def bad(msg):
+        return click.BadParameter(f"{path}: {msg}", param_hint="--image")
+
+    if str(path).lower().endswith(".npy"):          # load_image's own test
+        try:        # the header only: the dtype, before load_image converts it to float
+            dtype = np.load(path, mmap_mode="r", allow_pickle=False).dtype
+        except (ValueError, OSError, EOFError) as exc:
+            raise bad(f"cannot read it as a .npy array ({exc})") from None
+        # bool: a binary image (1 = channel), as a thresholded PNG is
+        if dtype.kind not in "b" + _REAL_KINDS:
+            raise bad(f"a training image must hold real numbers (a bool, integer or floating-point "
+                      f"array), got dtype {dtype}")
+    try:
+        image = load_image(path)
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise bad(f"cannot read it as a training image (a PNG or another image Pillow reads, or a .npy "
+                  f"array): {type(exc).__name__}: {exc}") from None
+    if image.ndim != 2:
+        raise bad(f"expected a 2-D image, got shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise bad("the training image holds NaN or inf")
+    return image
 
 
 def _load_prior(spec, device="auto"):
@@ -303,7 +382,7 @@ def _train_demo_prior(iterations, seed, quiet):
                    "quick: 1].")
 @click.option("--noise-std", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="Gaussian noise added to the traveltimes (ns).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=_SEED, default=0, show_default=True,
               help="Seed of the truth, the noise and the inversion.")
 @click.option("--quick", is_flag=True,
               help="A smaller budget: 2 starts x 8 epochs of straight rays, 1 epoch of shortest "
@@ -609,7 +688,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
 @click.option("--hidden-size", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--learning-rate", type=click.FloatRange(0.0, min_open=True), default=1e-3,
               show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--cuda-graphs", is_flag=True, help="Replay each training step from a CUDA graph (CUDA only).")
 @click.option("--quiet", "-q", is_flag=True)
@@ -625,7 +704,7 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     that it has not learned the image.
     """
     from .baselines import constant_model_rmse
-    from .datasets import PatchSampler, load_image, make_channel_image
+    from .datasets import PatchSampler, make_channel_image
     from .prior import VAEPrior
 
     if (image is None) == (not procedural):
@@ -636,14 +715,11 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
         raise click.BadParameter(f"expected comma-separated integers, got {channels!r}",
                                  param_hint="--channels") from None
     if image is not None:
-        ti = load_image(image)
+        ti = _load_training_image(image)
         source = str(image)
     else:
         ti = make_channel_image(tuple(image_size), random_state=seed)
         source = f"procedural {tuple(image_size)} seed {seed}"
-    if ti.ndim != 2:
-        raise click.BadParameter(f"{image}: expected a 2-D image, got shape {ti.shape}",
-                                 param_hint="--image")
     sampler = PatchSampler(ti, tuple(patch_shape), exclude=[tuple(w) for w in exclude] or None,
                            random_state=seed)
     _echo(f"[train] {source}: image {ti.shape}, crops {tuple(patch_shape)}, "
@@ -722,7 +798,7 @@ def _survey_options(fn):
               help="Ring regularisation weight [default: 10 straight, 1 shortest-path].")
 @click.option("--threshold", type=click.FloatRange(0.0), default=None,
               help="Acceptance threshold (ns) for the accepted fraction of starts.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--n-jobs", type=int, default=None,
               help="Surveys inverted in parallel processes (joblib; -1: all cores).")
@@ -845,7 +921,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
                    "lowest-misfit starts of the first survey); 0: from the prior.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-sample",
               show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
