@@ -314,3 +314,150 @@ def test_patch_sampler_tensor_crops_are_its_numpy_crops(seed, h, w, n, two_image
     got = sampler.sample_tensor(n, random_state=np.random.default_rng(seed + 1), device="cpu")
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and got.shape == (n, h, w)
     np.testing.assert_array_equal(got.numpy(), want)      # the same crops, exactly
+
+
+# -- input validation: every bad parameter is refused, by name ---------------------------------------
+_BAD_CHANNEL_IMAGE_ARGS = [
+    (dict(n_channels=-1), r"n_channels must be an integer in \[1, 1000\] \(MAX_CHANNELS\) or None; got -1"),
+    (dict(n_channels=0), r"n_channels must be an integer in \[1, 1000\].*got 0"),
+    (dict(n_channels=10**7), r"n_channels must be an integer in \[1, 1000\].*got 10000000"),
+    (dict(n_channels=2.5), r"n_channels must be an integer .*got 2.5"),
+    (dict(n_channels=2.0), r"n_channels must be an integer .*got 2.0"),
+    (dict(n_channels=True), r"n_channels must be an integer .*got True"),
+    (dict(n_channels="3"), r"n_channels must be an integer .*got '3'"),
+    (dict(sinuosity=float("nan")), r"sinuosity must be a finite number >= 0; got nan"),
+    (dict(sinuosity=-0.1), r"sinuosity must be a finite number >= 0; got -0.1"),
+    (dict(wavelength=0), r"wavelength must be None or a finite number of cells in \(0, 141.421\] "
+                         r"\(10 times the image's diagonal\); got 0"),
+    (dict(wavelength=-5.0), r"wavelength must be .*got -5.0"),
+    (dict(wavelength=1e9), r"wavelength must be .*got 1000000000.0"),
+    (dict(orientation=float("inf")), r"orientation must be a finite angle in degrees; got inf"),
+    (dict(orientation="east"), r"orientation must be a finite angle in degrees; got 'east'"),
+    (dict(width=float("inf")), r"width must be a finite number of cells in \(0, 141.421\].*got inf"),
+    (dict(width=0), r"width must be .*got 0"),
+    (dict(width=1e9), r"width must be .*got 1000000000.0"),
+    (dict(width="3"), r"width must be .*got '3'"),
+    (dict(width=True), r"width must be .*got True"),
+    (dict(density=float("nan")), r"density must be a number in \(0, 1\); got nan"),
+    (dict(density="0.3"), r"density must be a number in \(0, 1\); got '0.3'"),
+    (dict(branching=float("nan")), r"branching must be a probability in \[0, 1\]; got nan"),
+    (dict(branching=1.5), r"branching must be a probability in \[0, 1\]; got 1.5"),
+    (dict(shape=(10.5, 10)), r"shape must be a pair of positive ints \(n_rows, n_cols\); got \(10.5, 10\)"),
+    (dict(shape=(10.0, 10)), r"shape must be a pair of positive ints .*got \(10.0, 10\)"),
+    (dict(shape="ab"), r"shape must be a pair \(n_rows, n_cols\); got 'ab'"),
+    (dict(shape=10), r"shape must be a pair \(n_rows, n_cols\); got 10"),
+    (dict(shape=(10, 10, 1)), r"shape must be a pair \(n_rows, n_cols\); got \(10, 10, 1\)"),
+    (dict(shape=(True, 10)), r"shape must be a pair of positive ints .*got \(True, 10\)"),
+    (dict(random_state=-1), r"random_state must be None, an int >= 0, a numpy Generator or a numpy "
+                            r"RandomState; got -1"),
+    (dict(random_state="x"), r"random_state must be None, an int >= 0.*got 'x'"),
+    (dict(random_state=1.5), r"random_state must be None, an int >= 0.*got 1.5"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", _BAD_CHANNEL_IMAGE_ARGS,
+                         ids=[",".join(f"{k}={v!r}" for k, v in kw.items()) for kw, _ in _BAD_CHANNEL_IMAGE_ARGS])
+def test_channel_image_refuses_bad_parameters_by_name(kwargs, message):
+    kwargs = dict(dict(shape=(10, 10), random_state=0), **kwargs)
+    with pytest.raises(ValueError, match="make_channel_image: " + message):
+        make_channel_image(**kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["width", "orientation", "sinuosity", "wavelength", "density", "branching"]),
+       value=st.sampled_from([float("nan"), float("inf"), -float("inf"), np.float32("nan"), 10**400]))
+def test_channel_image_refuses_non_finite_numbers(name, value):
+    with pytest.raises(ValueError, match=f"make_channel_image: {name} must be .*; got "):
+        make_channel_image((12, 12), **{name: value}, random_state=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.tuples(st.integers(1, 30), st.integers(1, 30)), n_channels=st.one_of(st.none(), st.integers(1, 5)),
+       width=st.floats(0.1, 1.0), orientation=st.floats(-720, 720), sinuosity=st.floats(0, 3),
+       wavelength=st.one_of(st.none(), st.floats(0.1, 1.0)), seed=st.integers(0, 2**32))
+def test_channel_image_accepts_its_whole_domain(shape, n_channels, width, orientation, sinuosity, wavelength,
+                                                seed):
+    """Every value in the documented ranges (widths and wavelengths as fractions of their upper bound, 10 times
+    the diagonal) gives a binary image of the shape asked for, without warnings."""
+    import warnings
+
+    bound = 10 * np.hypot(*shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = make_channel_image(shape, n_channels=n_channels, width=width * bound, orientation=orientation,
+                                 sinuosity=sinuosity, wavelength=None if wavelength is None else wavelength * bound,
+                                 random_state=np.uint32(seed % 2**32))
+    assert img.shape == shape and set(np.unique(img)) <= {0.0, 1.0}
+
+
+def test_channel_image_max_channels_is_the_density_cap():
+    from latentinv.datasets import MAX_CHANNELS
+
+    assert MAX_CHANNELS == 1000
+    img = make_channel_image((8, 8), n_channels=MAX_CHANNELS, width=1, random_state=0)   # allowed, fast
+    assert img.shape == (8, 8)
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((3.0,), {}, r"n_samples must be an integer >= 0; got 3.0"),
+    (("3",), {}, r"n_samples must be an integer >= 0; got '3'"),
+    ((True,), {}, r"n_samples must be an integer >= 0; got True"),
+    ((-1,), {}, r"n_samples must be an integer >= 0; got -1"),
+    ((3,), dict(width=2.5), r"width must be an integer in \[1, n_rows=16\] rows; got 2.5"),
+    ((3,), dict(width=3.0), r"width must be an integer in \[1, n_rows=16\] rows; got 3.0"),
+    ((3,), dict(width="3"), r"width must be an integer in \[1, n_rows=16\] rows; got '3'"),
+    ((3,), dict(width=True), r"width must be an integer in \[1, n_rows=16\] rows; got True"),
+    ((3,), dict(width=0), r"width must be an integer in \[1, n_rows=16\] rows; got 0"),
+    ((3,), dict(shape=(16.0, 16)), r"shape must be a pair of positive ints"),
+    ((3,), dict(random_state=-2), r"random_state must be None, an int >= 0.*got -2"),
+])
+def test_straight_channels_refuse_non_integers(args, kwargs, message):
+    with pytest.raises(ValueError, match="make_straight_channels: " + message):
+        make_straight_channels(*args, **kwargs)
+
+
+def test_straight_channels_accept_numpy_integers_and_zero_samples():
+    X = make_straight_channels(np.int64(4), (np.int32(8), 5), np.int16(2), random_state=np.int64(1))
+    np.testing.assert_array_equal(X, make_straight_channels(4, (8, 5), 2, random_state=1))
+    assert make_straight_channels(0, (8, 5)).shape == (0, 8, 5)
+
+
+@pytest.mark.parametrize("n_samples", [-1, 2.5, 2.0, "2", True, None])
+@pytest.mark.parametrize("method", ["sample", "sample_corners", "sample_tensor"])
+def test_patch_sampler_refuses_bad_counts(method, n_samples):
+    sampler = PatchSampler(np.zeros((10, 10)), (3, 3), random_state=0)
+    with pytest.raises(ValueError, match=rf"PatchSampler: n_samples must be an integer >= 0; got "
+                                         rf"{__import__('re').escape(repr(n_samples))}\."):
+        getattr(sampler, method)(n_samples)
+
+
+def test_patch_sampler_zero_and_numpy_counts():
+    sampler = PatchSampler(np.zeros((10, 10)), (3, 4), random_state=0)
+    assert sampler.sample(0).shape == (0, 3, 4)
+    assert sampler.sample(np.int64(2)).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match=r"PatchSampler: image_index must be in \[0, 1\); got 0.0"):
+        sampler.admissible_corners(0.0)
+
+
+@pytest.mark.parametrize("random_state", [-1, "x", 1.5, True, [1, 2], object()])
+def test_bad_random_states_are_named(random_state):
+    from latentinv.datasets import held_out_corner
+
+    expected = r"random_state must be None, an int >= 0, a numpy Generator or a numpy RandomState; got "
+    with pytest.raises(ValueError, match="held_out_corner: " + expected):
+        held_out_corner(random_state)
+    with pytest.raises(ValueError, match="PatchSampler: " + expected):
+        PatchSampler(np.zeros((10, 10)), (3, 3), random_state=random_state)
+    sampler = PatchSampler(np.zeros((10, 10)), (3, 3))
+    for method in (sampler.sample, sampler.sample_corners, sampler.sample_tensor):
+        with pytest.raises(ValueError, match="PatchSampler: " + expected):
+            method(2, random_state=random_state)
+
+
+def test_accepted_random_states_are_the_documented_ones():
+    from latentinv.datasets import held_out_corner
+
+    assert held_out_corner(None) is not None
+    assert held_out_corner(np.int64(7)) == held_out_corner(7) == held_out_corner(np.random.default_rng(7))
+    assert held_out_corner(np.random.RandomState(3)) == held_out_corner(np.random.RandomState(3))
+    assert held_out_corner(2**70) == held_out_corner(2**70)                  # big seeds are seeds

@@ -19,6 +19,7 @@ Images are arrays of shape ``(n_rows, n_cols)``, row 0 at the top
 
 from __future__ import annotations
 
+import math
 import os
 from types import MappingProxyType
 
@@ -28,7 +29,7 @@ from scipy import ndimage
 __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
            "layered_channel_slowness", "PRETRAINED_IMAGE_SETTINGS", "load_channels_ti",
            "load_paper_truth", "PAPER_TRUTH_WINDOWS", "HELD_OUT_WINDOW", "DEFAULT_PRIOR_EXCLUDED_WINDOWS",
-           "held_out_corner", "load_held_out_crop"]
+           "held_out_corner", "load_held_out_crop", "MAX_CHANNELS"]
 
 #: Windows ``(row0, col0, n_rows, n_cols)`` of the paper's cropped truths mc1-mc3 in the training image
 #: of :func:`load_channels_ti` (the paper's published test models are exact crops of them). The paper's
@@ -57,23 +58,59 @@ PRETRAINED_IMAGE_SETTINGS = MappingProxyType(dict(shape=(600, 600), density=0.26
                                                  sinuosity=0.35, branching=0.4))   # read-only
 
 
-def _rng(random_state):
-    """A :class:`numpy.random.Generator` from None, an int, a Generator or a RandomState."""
+#: Most channels :func:`make_channel_image` draws: the limit of ``n_channels`` and of the channels
+#: drawn to reach ``density``.
+MAX_CHANNELS = 1000
+
+
+def _rng(random_state, owner):
+    """A :class:`numpy.random.Generator` from None, an int >= 0, a Generator or a RandomState."""
     if isinstance(random_state, np.random.Generator):
         return random_state
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-    return np.random.default_rng(random_state)
+    if random_state is not None and not (_is_int(random_state) and random_state >= 0):
+        raise ValueError(f"{owner}: random_state must be None, an int >= 0, a numpy Generator or a numpy "
+                         f"RandomState; got {random_state!r}.")
+    return np.random.default_rng(None if random_state is None else int(random_state))
+
+
+def _is_int(value):
+    """True for Python and NumPy integers (not bools, not floats with an integral value)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int(value, name, owner, minimum=None, maximum=None, note=""):
+    """``value`` as an int, refused (naming ``name``) if not an integer or outside [minimum, maximum]."""
+    if not (_is_int(value) and (minimum is None or value >= minimum)
+            and (maximum is None or value <= maximum)):
+        bounds = ("" if minimum is None and maximum is None
+                  else f" in [{minimum}, {maximum}]" if minimum is not None and maximum is not None
+                  else f" >= {minimum}" if minimum is not None else f" <= {maximum}")
+        raise ValueError(f"{owner}: {name} must be an integer{bounds}{note}; got {value!r}.")
+    return int(value)
+
+
+def _check_real(value, name, owner, expected, ok):
+    """``value`` as a float, refused (naming ``name``, saying ``expected``) unless it is a finite real
+    number (not a bool) for which ``ok(value)`` holds."""
+    real = (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)))
+    try:
+        x = float(value) if real else math.nan
+    except OverflowError:        # an int beyond the float range
+        x = math.inf
+    if not (math.isfinite(x) and ok(x)):
+        raise ValueError(f"{owner}: {name} must be {expected}; got {value!r}.")
+    return x
 
 
 def _check_shape(shape, name, owner):
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ValueError(f"{owner}: {name} must be a pair (n_rows, n_cols); got {shape!r}.") from None
-    if len(shape) != 2 or min(shape) < 1:
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != 2:
+        raise ValueError(f"{owner}: {name} must be a pair (n_rows, n_cols); got {shape!r}.")
+    if not all(_is_int(s) and s >= 1 for s in shape):
         raise ValueError(f"{owner}: {name} must be a pair of positive ints (n_rows, n_cols); got {shape!r}.")
-    return shape
+    return tuple(int(s) for s in shape)
 
 
 def _centreline(rng, length, step, sinuosity, wavelength):
@@ -106,48 +143,66 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
     Parameters
     ----------
     shape : tuple of int, default=(500, 500)
-        ``(n_rows, n_cols)`` in cells.
+        ``(n_rows, n_cols)`` in cells (positive ints).
     n_channels : int or None, default=None
-        Exact number of channels; None: as many as ``density`` needs.
+        Exact number of channels, from 1 to :data:`MAX_CHANNELS` (1000);
+        None: as many as ``density`` needs (at most :data:`MAX_CHANNELS`:
+        the fraction may then stay below ``density``).
     density : float, default=0.25
         Target channel fraction in (0, 1) when ``n_channels`` is None
         (the paper's image has 0.26).
     width : float, default=8.0
-        Channel width in cells.
+        Channel width in cells, finite, > 0 and at most 10 times the
+        image's diagonal ``hypot(n_rows, n_cols)``.
     orientation : float, default=0.0
         Mean channel direction in degrees, counter-clockwise from the
-        column (x) axis; 0 gives horizontal channels.
+        column (x) axis; 0 gives horizontal channels. Finite.
     sinuosity : float, default=0.5
-        Meander amplitude relative to a quarter wavelength; 0: straight.
+        Meander amplitude relative to a quarter wavelength, finite, >= 0;
+        0: straight.
     wavelength : float or None, default=None
-        Meander wavelength in cells; None: ``max(shape) / 3``.
+        Meander wavelength in cells, finite, > 0 and at most 10 times the
+        image's diagonal; None: ``max(shape) / 3``.
     branching : float, default=0.3
         Probability in [0, 1] that a channel has a branch.
-    random_state : int, numpy Generator/RandomState or None
+    random_state : int >= 0, numpy Generator/RandomState or None
         Seed; the same seed gives the same image.
 
     Returns
     -------
     image : ndarray of shape (n_rows, n_cols), dtype float64
         1 inside channels, 0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter, for a value outside the ranges above (integers
+        must be ints, not floats or bools; numbers must be real and finite).
     """
     owner = "make_channel_image"
     n_rows, n_cols = _check_shape(shape, "shape", owner)
-    if n_channels is None and not 0 < density < 1:
-        raise ValueError(f"{owner}: density must be in (0, 1); got {density!r}.")
-    if not width > 0:
-        raise ValueError(f"{owner}: width must be > 0 cells; got {width!r}.")
-    if not 0 <= branching <= 1:
-        raise ValueError(f"{owner}: branching must be in [0, 1]; got {branching!r}.")
-    if sinuosity < 0:
-        raise ValueError(f"{owner}: sinuosity must be >= 0; got {sinuosity!r}.")
-    rng = _rng(random_state)
-    wavelength = float(wavelength) if wavelength is not None else max(n_rows, n_cols) / 3.0
+    diag = float(np.hypot(n_rows, n_cols))
+    if n_channels is not None:
+        n_channels = _check_int(n_channels, "n_channels", owner, minimum=1, maximum=MAX_CHANNELS,
+                                note=" (MAX_CHANNELS) or None")
+    else:
+        density = _check_real(density, "density", owner, "a number in (0, 1)", lambda v: 0 < v < 1)
+    width = _check_real(width, "width", owner, f"a finite number of cells in (0, {10 * diag:.6g}] (10 times "
+                        f"the image's diagonal)", lambda v: 0 < v <= 10 * diag)
+    orientation = _check_real(orientation, "orientation", owner, "a finite angle in degrees",
+                              lambda v: True)
+    sinuosity = _check_real(sinuosity, "sinuosity", owner, "a finite number >= 0", lambda v: v >= 0)
+    if wavelength is not None:
+        wavelength = _check_real(wavelength, "wavelength", owner,
+                                 f"None or a finite number of cells in (0, {10 * diag:.6g}] (10 times the "
+                                 f"image's diagonal)", lambda v: 0 < v <= 10 * diag)
+    branching = _check_real(branching, "branching", owner, "a probability in [0, 1]", lambda v: 0 <= v <= 1)
+    rng = _rng(random_state, owner)
+    wavelength = wavelength if wavelength is not None else max(n_rows, n_cols) / 3.0
     theta = np.deg2rad(orientation)
     # unit vectors along and across the channel direction in (col=x, row=-y) coordinates
     along = np.array([np.cos(theta), -np.sin(theta)])  # (dx, drow)
     across = np.array([np.sin(theta), np.cos(theta)])
-    diag = float(np.hypot(n_rows, n_cols))
     centre = np.array([(n_cols - 1) / 2.0, (n_rows - 1) / 2.0])
     step = 0.5
     centreline = np.zeros((n_rows, n_cols), dtype=bool)
@@ -164,7 +219,7 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
             return 0.0
         return float((ndimage.distance_transform_edt(~centreline) <= radius).mean())
 
-    max_channels = n_channels if n_channels is not None else 1000
+    max_channels = n_channels if n_channels is not None else MAX_CHANNELS
     drawn = 0
     while drawn < max_channels:
         s, offset = _centreline(rng, diag + 2 * width, step, sinuosity, wavelength)
@@ -195,12 +250,12 @@ def make_straight_channels(n_samples, shape=(16, 16), width=3, random_state=None
     Parameters
     ----------
     n_samples : int
-        Number of models.
+        Number of models (>= 0).
     shape : tuple of int, default=(16, 16)
         ``(n_rows, n_cols)`` in cells.
     width : int, default=3
-        Channel thickness in rows (cells).
-    random_state : int, numpy Generator/RandomState or None
+        Channel thickness in rows (cells), in [1, n_rows].
+    random_state : int >= 0, numpy Generator/RandomState or None
 
     Returns
     -------
@@ -211,13 +266,12 @@ def make_straight_channels(n_samples, shape=(16, 16), width=3, random_state=None
     """
     owner = "make_straight_channels"
     n_rows, n_cols = _check_shape(shape, "shape", owner)
+    if not (_is_int(width) and 1 <= width <= n_rows):
+        raise ValueError(f"{owner}: width must be an integer in [1, n_rows={n_rows}] rows; got {width!r}.")
     width = int(width)
-    if not 1 <= width <= n_rows:
-        raise ValueError(f"{owner}: width must be in [1, n_rows={n_rows}] rows; got {width!r}.")
-    if int(n_samples) < 0:
-        raise ValueError(f"{owner}: n_samples must be >= 0; got {n_samples!r}.")
-    rng = _rng(random_state)
-    tops = rng.integers(0, n_rows - width + 1, size=int(n_samples))
+    n_samples = _check_int(n_samples, "n_samples", owner, minimum=0)
+    rng = _rng(random_state, owner)
+    tops = rng.integers(0, n_rows - width + 1, size=n_samples)
     rows = np.arange(n_rows)
     inside = (rows[None, :] >= tops[:, None]) & (rows[None, :] < tops[:, None] + width)
     return np.repeat(inside[:, :, None], n_cols, axis=2).astype(np.float64)
@@ -319,7 +373,7 @@ def held_out_corner(random_state=None, shape=(129, 65)):
 
     Parameters
     ----------
-    random_state : int, numpy Generator/RandomState or None
+    random_state : int >= 0, numpy Generator/RandomState or None
     shape : tuple of int, default=(129, 65)
         ``(n_rows, n_cols)`` of the crop (the paper's model: 129 x 65 cells).
 
@@ -329,7 +383,7 @@ def held_out_corner(random_state=None, shape=(129, 65)):
         For :func:`load_held_out_crop`.
     """
     _, (r_lo, r_hi), (c_lo, c_hi) = _held_out_corners(shape, "held_out_corner")
-    rng = _rng(random_state)
+    rng = _rng(random_state, "held_out_corner")
     return int(rng.integers(r_lo, r_hi + 1)), int(rng.integers(c_lo, c_hi + 1))
 
 
@@ -356,7 +410,7 @@ def load_held_out_crop(row0, col0, shape=(129, 65)):
     (h, w), (r_lo, r_hi), (c_lo, c_hi) = _held_out_corners(shape, owner)
     corner = []
     for name, value, lo, hi in (("row0", row0, r_lo, r_hi), ("col0", col0, c_lo, c_hi)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if not _is_int(value):
             raise ValueError(f"{owner}: {name} must be an integer; got {value!r}.")
         if not lo <= value <= hi:
             raise ValueError(f"{owner}: {name} must be in [{lo}, {hi}] so that the {h} x {w} crop lies "
@@ -420,7 +474,7 @@ class PatchSampler:
         wrong length, with non-integer entries, a size below 1 or reaching
         outside the image raises a ValueError). Either a flat sequence of
         windows applied to every image, or one sequence of windows per image.
-    random_state : int, numpy Generator/RandomState or None
+    random_state : int >= 0, numpy Generator/RandomState or None
         Seeds the sampler's own generator (used when :meth:`sample` gets no
         ``random_state``).
 
@@ -485,7 +539,7 @@ class PatchSampler:
             raise ValueError(f"{owner}: no crop of shape {self.patch_shape} avoids the exclusion windows.")
         self.n_features = h * w
         self.random_state = random_state
-        self._rng = _rng(random_state)
+        self._rng = _rng(random_state, owner)
 
     def admissible_corners(self, image_index=0):
         """All admissible top-left corners of crops of image ``image_index``.
@@ -496,16 +550,21 @@ class PatchSampler:
             Row-major order; every crop at these corners fits in the image and overlaps no
             exclusion window, and every other crop of the image overlaps one.
         """
-        i = int(image_index)
-        if not 0 <= i < len(self.images):
+        i = image_index
+        if not (_is_int(i) and 0 <= i < len(self.images)):
             raise ValueError(f"PatchSampler: image_index must be in [0, {len(self.images)}); got "
                              f"{image_index!r}.")
+        i = int(i)
         return np.divmod(self._corners[i], self.images[i].shape[1] - self.patch_shape[1] + 1)
 
     def sample_corners(self, n_samples, random_state=None):
-        """Draw crop positions: arrays ``(image_index, row0, col0)``, each of shape (n_samples,)."""
-        rng = self._rng if random_state is None else _rng(random_state)
-        n_samples = int(n_samples)
+        """Draw crop positions: arrays ``(image_index, row0, col0)``, each of shape (n_samples,).
+
+        ``n_samples`` is an int >= 0 (0: empty arrays); ``random_state`` as in :meth:`sample`.
+        """
+        owner = "PatchSampler"
+        n_samples = _check_int(n_samples, "n_samples", owner, minimum=0)
+        rng = self._rng if random_state is None else _rng(random_state, owner)
         p = self.n_valid / self.n_valid.sum()
         which = rng.choice(len(self.images), size=n_samples, p=p)
         rows = np.empty(n_samples, dtype=np.int64)
@@ -523,7 +582,8 @@ class PatchSampler:
         Parameters
         ----------
         n_samples : int
-        random_state : int, numpy Generator/RandomState or None
+            Number of crops, >= 0 (0: an empty array of shape (0, n_rows, n_cols)).
+        random_state : int >= 0, numpy Generator/RandomState or None
             None uses the sampler's own generator (advancing it).
 
         Returns
