@@ -480,7 +480,7 @@ def _as_float(X, kinds):
 
 
 def _x_ok_for_prior(X):
-    """Whether ``X`` is a valid model batch for the fitted prior (finite, float32-representable)."""
+    """Whether ``X`` is a valid model batch for the fitted prior (finite, in [0, 1])."""
     a = _as_float(X, "biuf")  # bool masks are images too
     if a is None or a.ndim not in (2, 3) or a.shape[0] == 0:
         return False
@@ -488,7 +488,7 @@ def _x_ok_for_prior(X):
         return False
     if not np.all(np.isfinite(a)) or np.any(np.abs(a) > float(np.finfo(np.float32).max)):
         return False  # the network computes in float32
-    return True if np.all(np.abs(a) < 1e6) else None  # huge but float32: an error or a result
+    return bool(np.all((a >= 0) & (a <= 1)))  # the sigmoid decoder's range (TINY's output_activation)
 
 
 def _check_model_output(out, n_rows):

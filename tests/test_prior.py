@@ -646,3 +646,64 @@ def test_bfloat16_training_is_refused_without_native_bfloat16_and_checked(monkey
     VAEPrior(**kw).fit(X, checkpoint=tmp_path)
     with pytest.raises(ModelFileError, match="it differs in precision"):
         VAEPrior(precision="bfloat16", **dict(kw, n_iterations=2)).fit(X, checkpoint=tmp_path)
+
+
+_MLP = dict(architecture="mlp", n_components=2, hidden_size=8, n_iterations=2, batch_size=5, random_state=0,
+            device="cpu")
+
+
+@pytest.mark.parametrize("scale, shift", [(255.0, 0.0), (1.0, -0.5), (1.0 + 1e-6, 0.0)])
+def test_data_outside_the_sigmoid_range_are_refused(scale, shift):
+    X = np.random.default_rng(0).random((12, 16)) * scale + shift
+    X[0, 0] = scale + shift                                  # a value just past the range's end
+    with pytest.raises(ValueError, match=r"X must lie in \[0, 1\] with output_activation='sigmoid'"):
+        VAEPrior(**_MLP).fit(X)
+    images = [np.asarray(X.reshape(12 * 4, 4))]
+    with pytest.raises(ValueError, match=r"the PatchSampler's image 0 must lie in \[0, 1\]"):
+        VAEPrior(**{**_MLP, "architecture": "conv", **SMALL_CONV}).fit(PatchSampler(images, (16, 4)))
+    fitted = VAEPrior(**_MLP).fit(np.clip(X, 0, 1))
+    for method in (fitted.encode, fitted.score_samples, fitted.transform):
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+            method(X)
+    # the identity decoder takes any real data
+    assert VAEPrior(**_MLP, output_activation="identity").fit(X).encode(X).shape == (12, 2)
+
+
+@pytest.mark.parametrize("verbose", [-1, 2.5, "x", None])
+def test_verbose_is_checked_at_fit_as_load_checks_it(verbose):
+    X = np.random.default_rng(0).random((10, 16))
+    with pytest.raises(ValueError, match="verbose must be an int >= 0"):
+        VAEPrior(**_MLP, verbose=verbose).fit(X)
+
+
+@pytest.mark.parametrize("verbose", [False, True, 0, 2])
+def test_valid_verbose_saves_and_loads(verbose, tmp_path):
+    X = np.random.default_rng(0).random((10, 16))
+    VAEPrior(**_MLP, verbose=verbose).fit(X).save(tmp_path / "p")
+    assert VAEPrior.load(tmp_path / "p").verbose == verbose
+
+
+def test_numpy_scalar_parameters_save_and_load(tmp_path):
+    """GridSearchCV hands numpy scalars to set_params; save wrote none of them (a TypeError from json,
+    and an integer random_state of numpy's type was saved as null)."""
+    X = np.random.default_rng(0).random((8, 16))
+    search = GridSearchCV(VAEPrior(**_MLP, output_activation="identity"),
+                          {"n_components": np.arange(2, 4)}, cv=2).fit(X)
+    assert isinstance(search.best_estimator_.n_components, np.integer)
+    search.best_estimator_.save(tmp_path / "grid")
+    assert VAEPrior.load(tmp_path / "grid").n_components == search.best_estimator_.n_components
+    params = dict(_MLP, n_components=np.int64(3), hidden_size=np.int32(8), batch_size=np.int16(5),
+                  n_iterations=np.uint8(2), beta=np.float32(3.5), alpha=np.float64(0.5),
+                  learning_rate=np.float32(0.01), random_state=np.int64(7))
+    prior = VAEPrior(**params).fit(X)
+    prior.save(tmp_path / "np")
+    loaded = VAEPrior.load(tmp_path / "np")
+    for key, value in params.items():
+        got = loaded.get_params()[key]
+        assert got == value and type(got) in (int, float, str), (key, got)
+    np.testing.assert_array_equal(loaded.decode(np.ones((2, 3))), prior.decode(np.ones((2, 3))))
+    # the checkpoint's fingerprint takes numpy's 7 and Python's 7 as the same training
+    ckpt = tmp_path / "ckpt"
+    VAEPrior(**{**_MLP, "random_state": 7}).fit(X, checkpoint=ckpt, checkpoint_every=1)
+    VAEPrior(**{**_MLP, "random_state": np.int64(7), "n_iterations": 3}).fit(X, checkpoint=ckpt,
+                                                                                checkpoint_every=1)

@@ -449,8 +449,12 @@ def test_chains_start_from_sgd_solutions_and_are_reproducible():
     np.testing.assert_allclose(first.samples[0, :, 0], z0, atol=1e-6)
     again = _sampler(gen, op, **kw).fit(y[None]).sample(y[None])
     np.testing.assert_array_equal(first.samples, again.samples)
-    with pytest.raises(ValueError, match=r"survey must be in \[0, 1\), got 2"):
-        LatentSampler.initial_latents_from(res, 5, survey=2)
+    for survey in (2, -1, True, 0.5, "0"):
+        with pytest.raises(ValueError, match=rf"survey must be an int in \[0, 1\), got {survey!r}"):
+            LatentSampler.initial_latents_from(res, 5, survey=survey)
+    for n_chains in (0, -1, 2.0, "3", True):
+        with pytest.raises(ValueError, match=rf"n_chains must be an int >= 1, got {n_chains!r}"):
+            LatentSampler.initial_latents_from(res, n_chains)
 
 
 def test_a_survey_does_not_depend_on_the_others():

@@ -336,3 +336,48 @@ def test_stochastic_clipping_keeps_latents_in_the_box_only_for_uniform_redraws(
     latents = inv.fit(data).invert(data).latents
     inside = np.all(np.abs(latents) <= 1.0)
     assert inside if clip_resample == "uniform" else not inside
+
+
+# ---------------------------------------------------------------------- sample_images' latent grid
+@pytest.mark.parametrize("n_layers, dilations, normalised", [
+    (1, (), False), (1, (2,), False),      # no instance normalisation: a 1 x 1 latent is a 1 x 1 image
+    (1, (2, 3), True), (2, (), True), (3, (2, 3), True),
+])
+def test_sample_images_refuses_latent_grids_too_small_for_instance_norm(n_layers, dilations, normalised):
+    X = make_straight_channels(8, (9, 9), 3, random_state=0)
+    prior = SGANPrior(n_filters=2, n_layers=n_layers, dilations=dilations, training_latent_shape=None,
+                      batch_size=4, n_iterations=1, random_state=0, device="cpu").fit(X)
+    for shape in [(1, 2), (2, 1)]:
+        images = prior.sample_images(2, latent_shape=shape, random_state=0)
+        size = [output_size(n, n_layers) for n in shape]
+        assert images.shape == (2, *size) and np.all((images >= 0) & (images <= 1))
+    if normalised:
+        with pytest.raises(ValueError, match=r"SGANPrior: latent_shape must have at least 2 latent cells, "
+                                             r"e\.g\. \(1, 2\) or \(2, 1\), for this generator .*instance "
+                                             r"normalisation .*got \(1, 1\)"):
+            prior.sample_images(1, latent_shape=(1, 1))
+    else:
+        assert prior.sample_images(1, latent_shape=(1, 1), random_state=0).shape == (1, 1, 1)
+
+
+@pytest.mark.parametrize("latent_shape", [(1, 1), [1, 1], (np.int64(1), 1)])
+def test_sample_images_names_the_minimum_latent_shape(tiny_prior, latent_shape):
+    with pytest.raises(ValueError, match=r"latent_shape must have at least 2 latent cells.*n_layers=3, 2 "
+                                         r"dilated layers"):
+        tiny_prior.sample_images(1, latent_shape=latent_shape)
+
+
+def test_numpy_scalar_parameters_save_and_load(image, tmp_path):
+    """GridSearchCV hands numpy scalars to set_params; save refused them (json) and stored an integer
+    random_state of numpy's type as null."""
+    sampler = PatchSampler(image, (33, 17), exclude=[(0, 0, 33, 17)], random_state=0)
+    params = dict(TINY, n_filters=np.int64(4), batch_size=np.int32(8), n_iterations=np.uint8(3),
+                  learning_rate=np.float32(5e-4), beta1=np.float64(0.5), random_state=np.int64(7),
+                  training_latent_shape=(np.int64(6), 6))
+    prior = SGANPrior(**params).fit(sampler)
+    prior.save(tmp_path / "np")
+    loaded = SGANPrior.load(tmp_path / "np")
+    for key in ("n_filters", "batch_size", "n_iterations", "learning_rate", "beta1", "random_state"):
+        got = loaded.get_params()[key]
+        assert got == params[key] and type(got) in (int, float), (key, got)
+    np.testing.assert_array_equal(loaded.sample(2, random_state=0), prior.sample(2, random_state=0))

@@ -249,6 +249,24 @@ def _ndim(X):
         return -1  # let check_array report the problem
 
 
+def _plain_params(params):
+    """Hyper-parameters as JSON holds them: numpy scalars (what ``GridSearchCV`` hands over) as Python
+    numbers, tuples and arrays as lists, an integer ``random_state`` as ``int`` and any other one (a
+    generator) as ``None``."""
+    def plain(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [plain(v) for v in value]
+        return value
+
+    out = {k: plain(v) for k, v in params.items()}
+    if "random_state" in out:
+        rs = out["random_state"]
+        out["random_state"] = rs if isinstance(rs, int) and not isinstance(rs, bool) else None
+    return out
+
+
 def _add_checksums(config, weights):
     """``config`` (a JSON-ready dict) with ``weights_sha256`` and then ``config_sha256`` added."""
     config = json.loads(json.dumps(config))     # exactly what load will read back

@@ -37,9 +37,24 @@ __all__ = ["data_rmse", "model_rmse", "acceptance_rate", "model_rmse_scorer",
            "two_point_connectivity", "channel_widths", "pattern_statistics", "compare_patterns"]
 
 
-def _rows(a, b, name):
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+def _real_array(a, name, what):
+    """``a`` as a float64 array of real numbers (bool allowed: binary models), never empty."""
+    raw = a.detach().cpu().numpy() if hasattr(a, "detach") else a
+    try:
+        raw = np.asarray(raw)
+    except ValueError:                  # ragged
+        raise ValueError(f"{name}: {what} must be a rectangular array of real numbers") from None
+    if raw.dtype.kind not in "biuf":    # complex would lose its imaginary part, text would be parsed
+        raise ValueError(f"{name}: {what} must hold real numbers, got dtype {raw.dtype}")
+    if raw.size == 0 or raw.ndim == 0:
+        raise ValueError(f"{name}: {what} must be a non-empty array (one row per survey), got shape "
+                         f"{raw.shape}")
+    return raw.astype(np.float64)
+
+
+def _rows(a, b, name, what=("the first array", "the second array")):
+    a = _real_array(a, name, what[0])
+    b = _real_array(b, name, what[1])
     a = a.reshape(1, -1) if a.ndim == 1 else a.reshape(a.shape[0], -1)
     b = b.reshape(1, -1) if b.ndim == 1 else b.reshape(b.shape[0], -1)
     if a.shape != b.shape:
@@ -86,8 +101,8 @@ def model_rmse(m_true, m_pred, multioutput="uniform_average"):
 
 def _check_threshold(threshold, name):
     try:
-        value = float(threshold)
-    except (TypeError, ValueError):
+        value = float(threshold) if np.asarray(threshold).dtype.kind in "iuf" else float("nan")
+    except (TypeError, ValueError):     # not a number, or an array of several (float() refuses those)
         value = float("nan")
     if isinstance(threshold, bool) or not np.isfinite(value) or value < 0:
         raise ValueError(f"{name}: threshold must be a finite number >= 0 (ns), got {threshold!r}")

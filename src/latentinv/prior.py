@@ -46,6 +46,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _PicklesNetwork,
     _check_finite_output,
     _check_state_against,
+    _plain_params,
     _load_safetensors,
     _read_model_files,
     _check_float32_range,
@@ -389,6 +390,8 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
                 raise ValueError(f"{name}: {pname} must be a finite float {bound}; got {value!r}.")
 
         positive_int(self.n_components, "n_components")
+        if not isinstance(self.verbose, bool):        # True/False or an int >= 0, as load accepts
+            positive_int(self.verbose, "verbose", minimum=0)
         positive_int(self.batch_size, "batch_size")
         positive_int(self.n_iterations, "n_iterations", minimum=0)
         positive_int(self.hidden_size, "hidden_size")
@@ -444,7 +447,19 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
                                      f"{X.shape[1]} features.")
             self.image_shape_ = image_shape
         _check_float32_range(X, "X", name)
+        self._check_unit_range(X, "X")
         return np.ascontiguousarray(X)     # torch takes no negative strides (e.g. X[::-1])
+
+    def _check_unit_range(self, X, what):
+        """A sigmoid decoder outputs (0, 1): data outside [0, 1] cannot be reconstructed, and a prior
+        trained on them (e.g. 8-bit images, 0-255) fits nothing; refuse them instead."""
+        if self.output_activation != "sigmoid" or X.size == 0:
+            return
+        lo, hi = float(np.min(X)), float(np.max(X))
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{type(self).__name__}: {what} must lie in [0, 1] with "
+                             f"output_activation='sigmoid' (the decoder's range); got values in [{lo:g}, "
+                             f"{hi:g}]. Scale 8-bit images by 1/255, or pass output_activation='identity'.")
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, *, checkpoint=None, checkpoint_every=1000):
@@ -515,6 +530,8 @@ or PatchSampler
                     delattr(self, attr)
             self.image_shape_ = shape
             self.n_features_in_ = shape[0] * shape[1]
+            for i, image in enumerate(sampler.images):
+                self._check_unit_range(np.asarray(image), f"the PatchSampler's image {i}")
             X_train = None
         else:
             X_train = self._validate_X(X, reset=True)
@@ -641,8 +658,10 @@ or PatchSampler
             params.pop(key)
         if callable(params["architecture"]):
             params["architecture"] = getattr(params["architecture"], "__qualname__", repr(params["architecture"]))
-        if not isinstance(params["random_state"], (Integral, type(None))):
-            params["random_state"] = type(params["random_state"]).__name__
+        rs = params["random_state"]
+        params = _plain_params(params)     # np.int64(7) and 7 are the same training
+        if not isinstance(rs, (Integral, type(None))):
+            params["random_state"] = type(rs).__name__
         params.update(device_type=device.type, data_sha256=_checkpoint.data_digest(X_train, sampler))
         return json.loads(json.dumps(params, default=str))
 
@@ -775,8 +794,7 @@ or PatchSampler
             if params[key] is not None:
                 params[key] = [int(v) for v in params[key]]
         params["device"] = str(params["device"])
-        if not isinstance(params["random_state"], (int, type(None))):
-            params["random_state"] = None
+        params = _plain_params(params)
         return {
             "format": _FORMAT,
             "version": _VERSION,

@@ -34,6 +34,7 @@ from ._common import (
     ModelFileError,
     _PicklesNetwork,
     _read_reference_state_dict,
+    _plain_params,
     _write_model_files,
     _check_finite_output,
     _check_float32_range,
@@ -520,13 +521,20 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         ----------
         n_samples : int, default=1
         latent_shape : tuple of int, default=(12, 12)
-            ``(n_x, n_y)`` latent cells.
+            ``(n_x, n_y)`` latent cells. At least 2 cells in all (``(1, 1)`` is refused) unless the
+            generator has no instance normalisation (``n_layers == 1`` and at most one dilation).
         random_state : int, RandomState instance or None
 
         Returns
         -------
         images : ndarray of shape (n_samples, n_rows, n_cols), float64
             Values in [0, 1]; ``n_rows = (n_x - 1) * 2**n_layers + 1`` (same for columns).
+
+        Raises
+        ------
+        ValueError
+            ``n_samples`` not an int >= 1, or ``latent_shape`` not a pair of positive ints or too
+            small for the generator.
         """
         check_is_fitted(self, "generator_")
         name = type(self).__name__
@@ -536,6 +544,15 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
                 or not all(_is_int(v, 1) for v in latent_shape)):
             raise ValueError(f"{name}: latent_shape must be a pair of positive ints (n_x, n_y); got "
                              f"{latent_shape!r}.")
+        # instance normalisation follows every stride-2 layer but the last and every dilated layer but
+        # the last; it needs more than one cell, and a 1 x 1 latent keeps 1 x 1 maps through every layer
+        g = self.generator_
+        if (len(g.upsample) >= 2 or len(g.refine) >= 2) and int(latent_shape[0]) * int(latent_shape[1]) < 2:
+            raise ValueError(
+                f"{name}: latent_shape must have at least 2 latent cells, e.g. (1, 2) or (2, 1), for "
+                f"this generator (n_layers={len(g.upsample)}, {len(g.refine)} dilated layers): its "
+                f"instance normalisation needs feature maps of more than one cell, and a 1 x 1 latent "
+                f"gives 1 x 1 maps; got {latent_shape!r}.")
         shape = (int(n_samples), int(self.latent_channels)) + tuple(int(v) for v in latent_shape)
         Z = check_random_state(random_state).uniform(-1.0, 1.0, size=shape)
         images = []
@@ -579,8 +596,7 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
             if params[key] is not None:
                 params[key] = [int(v) for v in params[key]]
         params["device"] = str(params["device"])
-        if not isinstance(params["random_state"], (int, type(None))):
-            params["random_state"] = None
+        params = _plain_params(params)
         return {
             "format": _FORMAT,
             "version": _VERSION,

@@ -10,8 +10,10 @@ import numbers
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
+from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
+from ..metrics import _real_array, _rows
 from .equations import chi_mean, paper_slowness
 from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
 from .problem import LatentProblem
@@ -98,13 +100,30 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: slowness_map must be callable or None, got {self.slowness_map!r}")
         if self.noise_std is None:
             return None
-        sigma = np.asarray(self.noise_std, dtype=np.float64)
+        expected = f"a positive number or an array of {n_data} positive numbers (ns)"
+        raw = self.noise_std.detach().cpu().numpy() if torch.is_tensor(self.noise_std) else self.noise_std
+        try:
+            raw = np.asarray(raw)
+        except ValueError:            # ragged
+            raw = np.asarray([], dtype=object)
+        if raw.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                                         for v in raw.ravel()):
+            raw = raw.astype(np.float64)  # numbers held as objects (e.g. from pandas)
+        if raw.dtype.kind not in "iuf":   # not bool, complex or text (np.asarray would parse "0.5")
+            raise ValueError(f"{name}: noise_std must be {expected}, got {self.noise_std!r} "
+                             f"(dtype {raw.dtype})")
+        sigma = raw.astype(np.float64)
         if sigma.ndim == 0:
             sigma = np.full(n_data, float(sigma))
         if sigma.shape != (n_data,) or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
-            raise ValueError(
-                f"{name}: noise_std must be a positive number or an array of {n_data} positive "
-                f"numbers (ns), got {self.noise_std!r}")
+            raise ValueError(f"{name}: noise_std must be {expected}, got {self.noise_std!r}")
+        with np.errstate(over="ignore", divide="ignore", under="ignore"):
+            weights = (1.0 / sigma ** 2).astype(np.float32)
+        if not np.all(np.isfinite(weights) & (weights > 0)):
+            bad = sigma[~(np.isfinite(weights) & (weights > 0))]
+            raise ValueError(f"{name}: noise_std must keep 1 / noise_std**2 a finite, nonzero float32 (the "
+                             f"misfit is computed in float32: about 1e-19 to 1e19 ns), got "
+                             f"{bad[:3].tolist()}{' ...' if bad.size > 3 else ''}")
         return sigma
 
     def _check_operator(self):
@@ -190,14 +209,23 @@ class LatentEstimatorBase(BaseEstimator):
         if dist not in ("normal", "uniform"):
             raise ValueError(f"{name}: latent_distribution must be 'normal' or 'uniform', got {dist!r}")
         self._check_latent_distribution(dist)
-        d = int(self.prior_.n_components)
+        d = self.prior_.n_components
+        if not isinstance(d, numbers.Integral) or isinstance(d, (bool, np.bool_)) or d < 1:
+            raise ValueError(f"{name}: the prior's n_components (latent dimension) must be an int >= 1, "
+                             f"got {d!r}")
+        d = int(d)
         self.n_components_ = d
         self.latent_distribution_ = dist
         self.mu_chi_ = chi_mean(d)
         decoder = self._decoder()
         probes = probe_latents(d, dist).to(self.device_)
-        with torch.no_grad():
-            out = decoder(probes)
+        try:
+            with torch.no_grad():
+                out = decoder(probes)
+        except RuntimeError as err:     # e.g. a matmul shape error: n_components is not the module's input
+            raise ValueError(f"{name}: the generator {type(self.prior_).__name__} fails on latents of shape "
+                             f"({len(probes)}, n_components={d}): {err}. Does n_components match the "
+                             f"generator's input?") from err
         if out.ndim != 2 or out.shape[1] != op.n_params:
             raise ValueError(
                 f"{name}: the generator produces models of shape {tuple(out.shape)[1:]} but the "
@@ -221,10 +249,13 @@ class LatentEstimatorBase(BaseEstimator):
             return None
         name = type(self).__name__
         try:
-            z = np.asarray(self.initial_latents, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: initial_latents must be a numeric array of shape ({rows}, {d}), "
-                             f"got {type(self.initial_latents).__name__}") from None
+            z = np.asarray(self.initial_latents)
+            if z.dtype.kind not in "iuf":       # complex would lose its imaginary part, text be parsed
+                raise TypeError(f"dtype {z.dtype}")
+            z = z.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name}: initial_latents must be a real numeric array of shape ({rows}, {d}), "
+                             f"got {type(self.initial_latents).__name__} ({err})") from None
         n_rows = getattr(self, rows)
         if z.shape != (int(n_rows), d):
             raise ValueError(f"{name}: initial_latents must have shape ({rows}, n_components) = "
@@ -259,11 +290,21 @@ class LatentEstimatorBase(BaseEstimator):
             dec = copy.deepcopy(dec).to(self.device_)
         return dec
 
+    def _r2_against(self, pred, y):
+        """Mean over surveys of the R^2 of models ``pred`` against the true models ``y`` (``score``)."""
+        y, pred = _rows(y, pred, f"{type(self).__name__}.score", ("y (the true models)", "the predicted models"))
+        return r2_score(y.T, pred.T, multioutput="uniform_average")
+
     def simulate(self, models):
         """Traveltimes (ns) of models ``(n, n_cells)`` with values in [0, 1], through ``slowness_map``."""
         check_is_fitted(self)
         self._check_unchanged_params()
-        m = np.asarray(models, dtype=np.float64).reshape(-1, self.n_cells_)
+        m = _real_array(models, f"{type(self).__name__}.simulate", "models")
+        m = m.reshape(1, -1) if m.ndim == 1 else m.reshape(m.shape[0], -1)
+        if m.shape[1] != self.n_cells_:
+            raise ValueError(f"{type(self).__name__}.simulate: models must have shape (n_models, "
+                             f"{self.n_cells_}) (or one model of {self.n_cells_} cells), got "
+                             f"{np.shape(models)}")
         fn = self.slowness_map or paper_slowness
         s = fn(torch.tensor(np.ascontiguousarray(m), dtype=torch.float64)).numpy()
         return np.asarray(self.operator_.response(s)).reshape(m.shape[0], -1)

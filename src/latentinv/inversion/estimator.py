@@ -8,7 +8,6 @@ import joblib
 import numpy as np
 import torch
 from sklearn.base import RegressorMixin
-from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
@@ -386,9 +385,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the predicted model against the true model ``y``."""
-        pred = self.predict(X)
-        y = np.asarray(y, dtype=np.float64).reshape(pred.shape[0], -1)
-        return r2_score(y.T, pred.T, multioutput="uniform_average")
+        return self._r2_against(self.predict(X), y)
 
     # -- the engine ------------------------------------------------------------------------------------
     def _prune_every(self):

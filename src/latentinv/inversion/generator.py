@@ -116,6 +116,13 @@ def check_generator_output(x, s, slowness_map, prior, when, owner):
     """Models ``x`` finite and in the slowness map's domain, slowness ``s`` finite and positive."""
     fn = slowness_map or paper_slowness
     map_name = getattr(fn, "__name__", type(fn).__name__)
+    if not torch.is_tensor(s):
+        raise ValueError(f"{owner}: slowness_map {map_name} must return a torch.Tensor (differentiable: "
+                         f"the gradient flows through it), got {type(s).__name__}")
+    if s.shape != x.shape or s.dtype != x.dtype or s.device != x.device:
+        raise ValueError(f"{owner}: slowness_map {map_name} must return a tensor like its input (one "
+                         f"slowness per cell): shape {tuple(x.shape)}, dtype {x.dtype} on {x.device}; got "
+                         f"shape {tuple(s.shape)}, dtype {s.dtype} on {s.device}")
     ok_x = torch.isfinite(x)
     problem = None
     if not bool(ok_x.all()):

@@ -103,7 +103,8 @@ class History:
         if not np.all(np.isfinite(best_mis[np.arange(S), best_start])):
             bad = np.flatnonzero(~np.isfinite(best_mis).any(1))
             raise RuntimeError(f"{owner}: no start gave a finite misfit for surveys "
-                               f"{bad.tolist()} (the generator or operator returned NaN)")
+                               f"{bad.tolist()} (the generator or operator returned NaN, or the misfit "
+                               "overflowed float32: residuals too large for the noise_std given?)")
 
         def per_iteration(h):
             return h[:n_done].T.cpu().numpy().astype(np.float64).reshape(S, K, n_done)

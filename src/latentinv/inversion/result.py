@@ -115,6 +115,8 @@ class InversionResult:
         """``threshold`` (ns) broadcast to ``(n_surveys, n_starts)``, checked; warns against the baseline."""
         shape = self.data_rmse.shape
         try:
+            if isinstance(threshold, bool) or np.asarray(threshold).dtype.kind not in "iuf":
+                raise TypeError("not a real number")   # "1" would parse, True would be 1 ns
             thr = np.asarray(threshold, dtype=np.float64)
             thr = np.broadcast_to(thr, shape)
         except (TypeError, ValueError):

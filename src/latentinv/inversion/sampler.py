@@ -7,6 +7,7 @@ misfits, the best model visited); only the loop (:func:`run_chains`) and its ker
 """
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 from sklearn.base import RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
 from .base import LatentEstimatorBase, engine_tags
@@ -241,6 +241,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         number(self.n_model_samples, "n_model_samples", 0, integer=True)
         if self.step_size is not None:
             number(self.step_size, "step_size", 0, KERNELS[self.method].max_step, low_open=True)
+            if np.float32(self.step_size) == 0:       # the chains move in float32
+                raise ValueError(f"{name}: step_size must be a positive float32 (at least about 1e-45); got "
+                                 f"{self.step_size!r}, which is 0 in float32")
         if self.target_acceptance is not None:
             number(self.target_acceptance, "target_acceptance", 0, 1, low_open=True)
             if self.target_acceptance == 1:
@@ -281,9 +284,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the posterior mean model against the true model ``y``."""
-        pred = self.predict(X)
-        y = np.asarray(y, dtype=np.float64).reshape(pred.shape[0], -1)
-        return r2_score(y.T, pred.T, multioutput="uniform_average")
+        return self._r2_against(self.predict(X), y)
 
     def sample(self, X):
         """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`."""
@@ -299,9 +300,12 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         latents of the ``n_chains`` lowest-misfit starts of ``survey`` (taken again in turn when
         there are fewer starts than chains)."""
         latents = np.asarray(result.latents)
-        if not 0 <= int(survey) < latents.shape[0]:
-            raise ValueError(f"LatentSampler.initial_latents_from: survey must be in [0, "
-                             f"{latents.shape[0]}), got {survey!r}")
+        name = "LatentSampler.initial_latents_from"
+        if not isinstance(n_chains, numbers.Integral) or isinstance(n_chains, (bool, np.bool_)) or n_chains < 1:
+            raise ValueError(f"{name}: n_chains must be an int >= 1, got {n_chains!r}")
+        if (not isinstance(survey, numbers.Integral) or isinstance(survey, (bool, np.bool_))
+                or not 0 <= survey < latents.shape[0]):
+            raise ValueError(f"{name}: survey must be an int in [0, {latents.shape[0]}), got {survey!r}")
         order = np.argsort(np.where(np.isfinite(result.data_rmse[survey]), result.data_rmse[survey], np.inf),
                            kind="stable")
         return latents[survey][order[np.arange(int(n_chains)) % len(order)]].copy()
