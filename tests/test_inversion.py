@@ -935,3 +935,86 @@ def test_reversed_and_strided_arrays_are_accepted_everywhere():
         post = LatentSampler(shipped, op, n_chains=2, n_burnin=2, n_samples=4, noise_std=1.0, random_state=0,
                              initial_latents=z0).fit(tt[::-1]).sample(tt[::-1])
     assert np.isfinite(post.mean).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs that used to be converted or taken silently (the input audit)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, match", [
+    (True, r"got True \(dtype bool\)"),
+    ("0.5", r"got '0\.5' \(dtype <U3\)"),
+    (0.5 + 1j, r"got \(0\.5\+1j\) \(dtype complex128\)"),
+    (1e-30, r"1 / noise_std\*\*2 a finite, nonzero float32"),      # 1e60 overflows float32
+    (1e30, r"1 / noise_std\*\*2 a finite, nonzero float32"),       # 1e-60 underflows to 0
+])
+def test_noise_std_that_would_be_converted_or_leave_float32_is_refused(problem, value, match):
+    op, gen, _, _, tt = problem
+    with pytest.raises(ValueError, match=r"LatentInverter: noise_std must .*" + match):
+        LatentInverter(gen, op, noise_std=value, device="cpu").fit(tt)
+
+
+@pytest.mark.parametrize("value", [0.25, np.float32(0.25), torch.tensor(0.25), np.array([0.25] * 36, dtype=object),
+                                   [0.25] * 36, 1e-15])
+def test_noise_std_in_any_real_container_is_taken(problem, value):
+    op, gen, _, _, tt = problem
+    est = LatentInverter(gen, op, noise_std=value, device="cpu", n_starts=2, n_epochs=1).fit(tt)
+    assert est.invert(tt).chi2 is not None
+
+
+@pytest.mark.parametrize("slowness_map, match", [
+    (lambda x: (12.5 + 4 * x).double(), r"dtype torch\.float32 on cpu; got shape \(16, 96\), dtype torch\.float64"),
+    (lambda x: (12.5 + 4 * x)[:, :5], r"got shape \(16, 5\)"),
+    (lambda x: (12.5 + 4 * x).numpy(), r"a torch\.Tensor .*got ndarray"),
+])
+def test_slowness_map_breaking_the_protocol_is_named_at_fit(problem, slowness_map, match):
+    op, gen, _, _, tt = problem
+    with pytest.raises(ValueError, match=r"LatentInverter: slowness_map <lambda> must return .*" + match):
+        LatentInverter(gen, op, slowness_map=slowness_map, device="cpu").fit(tt)
+
+
+@pytest.mark.parametrize("n_components, match", [
+    (0, r"n_components \(latent dimension\) must be an int >= 1, got 0"),
+    ("4", r"n_components \(latent dimension\) must be an int >= 1, got '4'"),
+    (3, r"fails on latents of shape \(16, n_components=3\)"),           # the module takes 4
+])
+def test_generator_n_components_is_checked(problem, n_components, match):
+    op, gen, _, _, tt = problem
+    wrong = TorchGenerator(gen.module, n_components)
+    with pytest.raises(ValueError, match=match):
+        LatentInverter(wrong, op, device="cpu").fit(tt)
+
+
+def test_complex_initial_latents_are_refused(problem):
+    op, gen, _, _, tt = problem
+    z0 = np.ones((2, D)) + 1j
+    with pytest.raises(ValueError, match=r"initial_latents must be a real numeric array .*complex128"):
+        LatentInverter(gen, op, n_starts=2, initial_latents=z0, device="cpu").fit(tt)
+
+
+def test_score_and_simulate_refuse_mismatched_models(problem):
+    op, gen, _, models, tt = problem
+    est = LatentInverter(gen, op, n_starts=2, n_epochs=1, device="cpu").fit(tt)
+    for y, match in [(models[:1], r".*same shape \(one row per survey\), got \(1, 96\) and \(2, 96\)"),
+                     (None, "y \\(the true models\\) must hold real numbers, got dtype object"),
+                     (models + 1j, r"y \(the true models\) must hold real numbers, got dtype complex128")]:
+        with pytest.raises(ValueError, match=r"LatentInverter\.score: " + match):
+            est.score(tt, y)
+    assert np.isfinite(est.score(tt, models))
+    for m, match in [(models[:, :-1], r"models must have shape \(n_models, 96\) .*got \(2, 95\)"),
+                     (models.reshape(-1), r".*got \(192,\)"),                 # two models flattened: not one
+                     (np.zeros((0, 96)), "non-empty array")]:
+        with pytest.raises(ValueError, match=r"LatentInverter\.simulate: .*" + match):
+            est.simulate(m)
+    np.testing.assert_array_equal(est.simulate(models[0]), est.simulate(models[:1]))
+
+
+@pytest.mark.parametrize("threshold", ["1", True, np.bool_(True), 1 + 0j])
+def test_thresholds_that_would_be_parsed_are_refused(problem, threshold):
+    from latentinv.metrics import acceptance_rate
+
+    op, gen, _, _, tt = problem
+    res = LatentInverter(gen, op, n_starts=2, n_epochs=1, device="cpu").fit(tt).invert(tt)
+    with pytest.raises(ValueError, match="threshold must be"):
+        res.accepted_fraction(threshold)
+    with pytest.raises(ValueError, match="acceptance_rate: threshold must be a finite number"):
+        acceptance_rate(tt, tt, threshold)

@@ -214,3 +214,17 @@ def test_compare_patterns_is_zero_for_identical_sets_and_sees_differences():
 def test_pattern_statistics_refuse_bad_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("fn", [data_rmse, model_rmse])
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((0, 3)), r"must be a non-empty array .*got shape \(0, 3\)"),
+    (np.ones((2, 3)) + 1j, "must hold real numbers, got dtype complex128"),
+    (np.array([["1", "2", "3"]] * 2), "must hold real numbers, got dtype <U1"),
+    ([[1.0, 2.0], [1.0]], "must be a rectangular array of real numbers"),
+])
+def test_rmse_refuses_what_numpy_would_convert_or_reshape(fn, bad, match):
+    first = {"data_rmse": "t_observed", "model_rmse": "m_true"}[fn.__name__]
+    with pytest.raises(ValueError, match=f"{fn.__name__}: {first} " + match):
+        fn(bad, np.ones((2, 3)))
+    assert fn(np.zeros((2, 3), dtype=bool), np.ones((2, 3))) == 1.0      # binary models are numbers

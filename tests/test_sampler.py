@@ -603,3 +603,17 @@ def _sampler_checks():
 @pytest.mark.parametrize("estimator, check", _sampler_checks())
 def test_sampler_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("param, value, match", [
+    ("noise_std", 1e-20, r"noise_std must keep 1 / noise_std\*\*2 a finite, nonzero float32"),
+    ("step_size", 1e-300, r"step_size must be a positive float32 .*got 1e-300, which is 0 in float32"),
+])
+def test_settings_that_freeze_the_chains_in_float32_are_refused(param, value, match):
+    """1/sigma^2 = inf or a step of 0 in float32 kept every chain at its start: the 'posterior' was the
+    starting draws, with only a generic R-hat warning."""
+    op, gen, M, c, y = _linear_problem()
+    kw = dict(n_chains=2, n_burnin=2, n_samples=2, noise_std=0.1)
+    kw[param] = value
+    with pytest.raises(ValueError, match=f"LatentSampler: {match}"):
+        _sampler(gen, op, **kw).fit(y[None])

@@ -52,7 +52,7 @@ def _real_array(a, name, what):
     return raw.astype(np.float64)
 
 
-def _rows(a, b, name, what=("the first array", "the second array")):
+def _rows(a, b, name, what):
     a = _real_array(a, name, what[0])
     b = _real_array(b, name, what[1])
     a = a.reshape(1, -1) if a.ndim == 1 else a.reshape(a.shape[0], -1)
@@ -83,7 +83,7 @@ def data_rmse(t_observed, t_predicted, multioutput="uniform_average"):
     multioutput : {"uniform_average", "raw_values"}, default="uniform_average"
         Mean over surveys, or one value per survey.
     """
-    a, b = _rows(t_observed, t_predicted, "data_rmse")
+    a, b = _rows(t_observed, t_predicted, "data_rmse", ("t_observed", "t_predicted"))
     return _reduce(np.sqrt(np.mean((a - b) ** 2, axis=1)), multioutput, "data_rmse")
 
 
@@ -95,7 +95,7 @@ def model_rmse(m_true, m_pred, multioutput="uniform_average"):
     m_true, m_pred : array-like of shape (n_surveys, n_cells), (n_surveys, n_rows, n_cols) or (n_cells,)
     multioutput : {"uniform_average", "raw_values"}, default="uniform_average"
     """
-    a, b = _rows(m_true, m_pred, "model_rmse")
+    a, b = _rows(m_true, m_pred, "model_rmse", ("m_true", "m_pred"))
     return _reduce(np.sqrt(np.mean((a - b) ** 2, axis=1)), multioutput, "model_rmse")
 
 
