@@ -381,3 +381,11 @@ def test_numpy_scalar_parameters_save_and_load(image, tmp_path):
         got = loaded.get_params()[key]
         assert got == params[key] and type(got) in (int, float), (key, got)
     np.testing.assert_array_equal(loaded.sample(2, random_state=0), prior.sample(2, random_state=0))
+
+
+def test_fit_refuses_a_one_cell_training_latent_grid(image):
+    """The instance norm of the generator's training step failed on 1 x 1 maps with torch's message."""
+    sampler = PatchSampler(image, (33, 17), random_state=0)
+    with pytest.raises(ValueError, match=r"SGANPrior: training_latent_shape .*at least 2 latent cells.*got \(1, 1\)"):
+        SGANPrior(**dict(TINY, training_latent_shape=(1, 1))).fit(sampler)
+    SGANPrior(**dict(TINY, training_latent_shape=(1, 2), n_iterations=1)).fit(sampler)

@@ -85,6 +85,17 @@ def _is_int(value, minimum=None):
     return ok and (minimum is None or value >= minimum)
 
 
+def _check_latent_cells(latent_shape, n_layers, n_dilated, what, owner):
+    """Instance normalisation follows every stride-2 layer but the last and every dilated layer but the
+    last, and needs more than one cell: a 1 x 1 latent keeps 1 x 1 maps through every layer."""
+    if (n_layers >= 2 or n_dilated >= 2) and int(latent_shape[0]) * int(latent_shape[1]) < 2:
+        raise ValueError(
+            f"{owner}: {what} must have at least 2 latent cells, e.g. (1, 2) or (2, 1), for this generator "
+            f"(n_layers={n_layers}, {n_dilated} dilated layers): its instance normalisation needs "
+            f"feature maps of more than one cell, and a 1 x 1 latent gives 1 x 1 maps; got "
+            f"{tuple(latent_shape)!r}.")
+
+
 class SGANPrior(_PicklesNetwork, BaseEstimator):
     """Deep generative prior: a spatial GAN (Laloy et al., 2018, 2019), as compared in Lopez-Alvis et al. (2021).
 
@@ -364,6 +375,11 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         else:
             train_latent = tuple(int(v) for v in self.training_latent_shape)
             train_shape = tuple(output_size(n, L) for n in train_latent)
+        n_dilated = len(tuple(self.dilations))
+        _check_latent_cells(train_latent, L, n_dilated, "training_latent_shape (or the training crops' "
+                            "latent grid)", name)
+        _check_latent_cells(tuple(latent_grid_size(n, L) for n in image_shape), L, n_dilated,
+                            f"the latent grid of image_shape {image_shape}", name)
         biggest = tuple(max(im.shape[i] for im in images) for i in (0, 1))
         if isinstance(X, PatchSampler) or self.training_latent_shape is not None:
             try:
@@ -544,15 +560,8 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
                 or not all(_is_int(v, 1) for v in latent_shape)):
             raise ValueError(f"{name}: latent_shape must be a pair of positive ints (n_x, n_y); got "
                              f"{latent_shape!r}.")
-        # instance normalisation follows every stride-2 layer but the last and every dilated layer but
-        # the last; it needs more than one cell, and a 1 x 1 latent keeps 1 x 1 maps through every layer
-        g = self.generator_
-        if (len(g.upsample) >= 2 or len(g.refine) >= 2) and int(latent_shape[0]) * int(latent_shape[1]) < 2:
-            raise ValueError(
-                f"{name}: latent_shape must have at least 2 latent cells, e.g. (1, 2) or (2, 1), for "
-                f"this generator (n_layers={len(g.upsample)}, {len(g.refine)} dilated layers): its "
-                f"instance normalisation needs feature maps of more than one cell, and a 1 x 1 latent "
-                f"gives 1 x 1 maps; got {latent_shape!r}.")
+        _check_latent_cells(latent_shape, len(self.generator_.upsample), len(self.generator_.refine),
+                            "latent_shape", name)
         shape = (int(n_samples), int(self.latent_channels)) + tuple(int(v) for v in latent_shape)
         Z = check_random_state(random_state).uniform(-1.0, 1.0, size=shape)
         images = []
