@@ -469,7 +469,8 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         ----------
         X : array-like of shape (n_samples, n_rows, n_cols) or (n_samples, n_cells), \
 or PatchSampler
-            Training models (values in [0, 1] for the sigmoid decoders), or a
+            Training models (values in [0, 1] for the sigmoid decoders: other
+            values, e.g. 8-bit images, are refused), or a
             :class:`~latentinv.datasets.PatchSampler` drawing fresh crops at
             every iteration (as the paper).
         y : None
