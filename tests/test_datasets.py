@@ -461,3 +461,9 @@ def test_accepted_random_states_are_the_documented_ones():
     assert held_out_corner(np.int64(7)) == held_out_corner(7) == held_out_corner(np.random.default_rng(7))
     assert held_out_corner(np.random.RandomState(3)) == held_out_corner(np.random.RandomState(3))
     assert held_out_corner(2**70) == held_out_corner(2**70)                  # big seeds are seeds
+
+
+def test_a_density_that_max_channels_cannot_reach_warns():
+    with pytest.warns(UserWarning, match=r"1000 channels \(MAX_CHANNELS\) reach a channel fraction of 0\.96"):
+        image = make_channel_image((300, 300), density=0.99, width=1.0, random_state=0)
+    assert 0.96 < image.mean() < 0.99

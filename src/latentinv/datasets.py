@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from types import MappingProxyType
 
 import numpy as np
@@ -239,6 +240,10 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
         if (n_channels is None and centreline.sum() * width >= density * n_rows * n_cols
                 and channel_fraction() >= density):
             break
+    if n_channels is None and drawn == MAX_CHANNELS and (reached := channel_fraction()) < density:
+        warnings.warn(f"{owner}: {MAX_CHANNELS} channels (MAX_CHANNELS) reach a channel fraction of "
+                      f"{reached:.3g}, below density={density}; use wider channels or a lower density",
+                      UserWarning, stacklevel=2)
     if not centreline.any():
         return np.zeros((n_rows, n_cols))
     return (ndimage.distance_transform_edt(~centreline) <= radius).astype(np.float64)
