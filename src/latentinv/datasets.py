@@ -27,6 +27,8 @@ from types import MappingProxyType
 import numpy as np
 from scipy import ndimage
 
+from ._checks import is_int as _is_int
+
 __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
            "layered_channel_slowness", "PRETRAINED_IMAGE_SETTINGS", "load_channels_ti",
            "load_paper_truth", "PAPER_TRUTH_WINDOWS", "HELD_OUT_WINDOW", "DEFAULT_PRIOR_EXCLUDED_WINDOWS",
@@ -74,11 +76,6 @@ def _rng(random_state, owner):
         raise ValueError(f"{owner}: random_state must be None, an int >= 0, a numpy Generator or a numpy "
                          f"RandomState; got {random_state!r}.")
     return np.random.default_rng(None if random_state is None else int(random_state))
-
-
-def _is_int(value):
-    """True for Python and NumPy integers (not bools, not floats with an integral value)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_int(value, name, owner, minimum=None, maximum=None, note=""):

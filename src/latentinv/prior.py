@@ -40,6 +40,7 @@ from .nn.vae import (
     kl_divergence,
 )
 from .nn.reference import PUBLISHED_IMAGE_SHAPE, convert_published_state_dict
+from ._checks import is_int as _is_int
 from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileError etc. re-exported)
     ModelFileError,
     UnverifiedModelWarning,
@@ -90,11 +91,6 @@ _HISTORY_KEYS = ("reconstruction", "kl", "loss")
 # the shared readers with VAEPrior's format (functools.partial adds no frame: warnings keep their stacklevel)
 _parse_config = partial(_parse_model_config, fmt=_FORMAT, versions=(1, _VERSION), saver="VAEPrior")
 _verify_checksums = partial(_verify_model_checksums, saver="VAEPrior", unverified_versions=(1,))
-
-
-def _is_int(value, minimum=None):
-    ok = isinstance(value, Integral) and not isinstance(value, bool)
-    return ok and (minimum is None or value >= minimum)
 
 
 def _check_config(cls, config, config_path, owner, architecture):
@@ -791,11 +787,8 @@ or PatchSampler
         params = self.get_params(deep=False)
         custom = callable(params["architecture"])
         params["architecture"] = None if custom else params["architecture"]
-        for key in ("channels", "kernel_sizes", "image_shape"):
-            if params[key] is not None:
-                params[key] = [int(v) for v in params[key]]
         params["device"] = str(params["device"])
-        params = _plain_params(params)
+        params = _plain_params(params)     # numpy scalars as numbers, tuples as lists
         return {
             "format": _FORMAT,
             "version": _VERSION,

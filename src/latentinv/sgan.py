@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._allocator import tune_malloc_for_tensors
+from ._checks import is_int as _is_int
 from ._common import (
     ModelFileError,
     _PicklesNetwork,
@@ -78,11 +79,6 @@ _CHUNK = 256  # latents per forward pass in decode
 #: Number of iterations of the published training: 37 epochs (netG_epoch_36.pth) of train2d.py's
 #: default 50 iterations.
 PUBLISHED_N_ITERATIONS = 37 * 50
-
-
-def _is_int(value, minimum=None):
-    ok = isinstance(value, Integral) and not isinstance(value, bool)
-    return ok and (minimum is None or value >= minimum)
 
 
 def _check_latent_cells(latent_shape, n_layers, n_dilated, what, owner):
@@ -601,11 +597,8 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
 
     def _config(self):
         params = self.get_params(deep=False)
-        for key in ("image_shape", "training_latent_shape", "dilations"):
-            if params[key] is not None:
-                params[key] = [int(v) for v in params[key]]
         params["device"] = str(params["device"])
-        params = _plain_params(params)
+        params = _plain_params(params)     # numpy scalars as numbers, tuples as lists
         return {
             "format": _FORMAT,
             "version": _VERSION,

@@ -13,6 +13,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
+from .._checks import is_int
 from ..metrics import _real_array, _rows
 from .equations import chi_mean, paper_slowness
 from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
@@ -210,7 +211,7 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: latent_distribution must be 'normal' or 'uniform', got {dist!r}")
         self._check_latent_distribution(dist)
         d = self.prior_.n_components
-        if not isinstance(d, numbers.Integral) or isinstance(d, (bool, np.bool_)) or d < 1:
+        if not is_int(d, 1):
             raise ValueError(f"{name}: the prior's n_components (latent dimension) must be an int >= 1, "
                              f"got {d!r}")
         d = int(d)

@@ -7,7 +7,6 @@ misfits, the best model visited); only the loop (:func:`run_chains`) and its ker
 """
 from __future__ import annotations
 
-import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from sklearn.base import RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from .._checks import is_int
 from .base import LatentEstimatorBase, engine_tags
 from .history import History
 from .mcmc import (INITIAL_STEP, KERNELS, TARGET_ACCEPTANCE, ChainStreams, Preconditioner, StepAdaptation,
@@ -301,10 +301,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         there are fewer starts than chains)."""
         latents = np.asarray(result.latents)
         name = "LatentSampler.initial_latents_from"
-        if not isinstance(n_chains, numbers.Integral) or isinstance(n_chains, (bool, np.bool_)) or n_chains < 1:
+        if not is_int(n_chains, 1):
             raise ValueError(f"{name}: n_chains must be an int >= 1, got {n_chains!r}")
-        if (not isinstance(survey, numbers.Integral) or isinstance(survey, (bool, np.bool_))
-                or not 0 <= survey < latents.shape[0]):
+        if not (is_int(survey, 0) and survey < latents.shape[0]):
             raise ValueError(f"{name}: survey must be an int in [0, {latents.shape[0]}), got {survey!r}")
         order = np.argsort(np.where(np.isfinite(result.data_rmse[survey]), result.data_rmse[survey], np.inf),
                            kind="stable")
