@@ -280,6 +280,10 @@ def test_train_from_png_image(tmp_path):
     (["--procedural", "--channels", "a,b"], "comma-separated integers", 2),
     (["--image", "/definitely/not/here.png"], "does not exist", 2),
     (["--procedural", "--device", "cpu", "--cuda-graphs"], "cuda_graphs=True needs CUDA", 1),
+    # usage errors naming the option, not the library's parameter
+    (["--procedural", "--device", "gpu"], "Invalid value for '--device': device must be 'cpu', 'cuda'", 2),
+    (["--procedural", "--image-size", "200", "200", "--exclude", "190", "0", "20", "20"],
+     "Invalid value for '--exclude': exclusion window (190, 0, 20, 20)", 2),
 ])
 def test_train_bad_inputs(tmp_path, args, message, code):
     res = CliRunner().invoke(cli.main, ["train", "--out", str(tmp_path / "p"), "--iterations", "1",
@@ -395,6 +399,10 @@ def test_invert_bad_inputs(tiny_prior, tmp_path):
            "lies outside the grid", 1)
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--operator", "bent"]),
            "Invalid value for '--operator'", 2)
+    _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--n-jobs", "0"]),
+           "Invalid value for '--n-jobs': expected a non-zero integer", 2)
+    _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--device", "cuda:x"]),
+           "Invalid value for '--device'", 2)
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--prior", str(prior_dir), "--device", "cpu",
                           "--cuda-graphs", "--quiet"]), "cuda_graphs=True cannot run here: the device is cpu", 1)
 

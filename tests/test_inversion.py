@@ -712,7 +712,8 @@ def test_bad_traveltimes_raise(problem, bad, match):
     ("lr_decay", 0.0, "lr_decay must be > 0, got 0.0"),
     ("lam_decay", 1.5, "lam_decay must be <= 1, got 1.5"),
     ("n_epochs", 2.5, "n_epochs must be an integer, got 2.5"),
-    ("device", "tpu", "device must be 'auto', 'cpu' or 'cuda', got 'tpu'"),
+    ("device", "tpu", "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got 'tpu'."),
+    ("device", "cuda:x", "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got 'cuda:x'."),
 ])
 def test_bad_parameters_raise_naming_them(problem, param, value, expected):
     op, gen, _, _, tt = problem

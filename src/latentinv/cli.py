@@ -68,6 +68,29 @@ _TRAIN_CHECK_CROPS = 32
 #: ``--seed`` of every command: the seeds numpy's legacy generators (and hence scikit-learn and the
 #: estimators) accept, so that a bad one is refused by click, naming ``--seed`` and the range
 _SEED = click.IntRange(0, 2**32 - 1)
+
+
+def _check_device(ctx, param, value):
+    """``--device``, checked by the estimators' own parser, so that a bad spec (or CUDA on a machine
+    without it) is a usage error naming the option, not the estimator's parameter."""
+    from ._common import _resolve_device
+
+    try:
+        _resolve_device(value, owner="--device")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
+def _check_n_jobs(ctx, param, value):
+    if value == 0:
+        raise click.BadParameter("expected a non-zero integer (-1: all cores, 1: no parallelism), got 0")
+    return value
+
+
+#: ``--device`` of every command
+_DEVICE_OPTION = click.option("--device", default="auto", show_default=True, callback=_check_device,
+                              help="auto (CUDA when available), cpu, cuda or cuda:N.")
 #: dtype kinds of numeric arrays read from files: signed and unsigned integers, floating point
 #: (not bool, complex, strings, bytes, objects, structured records, dates)
 _REAL_KINDS = "iuf"
@@ -393,7 +416,7 @@ def _train_demo_prior(iterations, seed, quiet):
               help="Train a small fallback prior when no shipped prior exists.")
 @click.option("--train-iterations", type=click.IntRange(1), default=1500, show_default=True,
               help="Iterations of the fallback prior (with --train-prior).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@_DEVICE_OPTION
 @click.option("--data-operator", type=click.Choice(["shortest-path", "same"]), default="shortest-path",
               show_default=True,
               help="Simulate the data with the shortest-path operator for both inversions, or each "
@@ -689,7 +712,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
 @click.option("--learning-rate", type=click.FloatRange(0.0, min_open=True), default=1e-3,
               show_default=True)
 @click.option("--seed", type=_SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@_DEVICE_OPTION
 @click.option("--cuda-graphs", is_flag=True, help="Replay each training step from a CUDA graph (CUDA only).")
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
@@ -704,7 +727,7 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     that it has not learned the image.
     """
     from .baselines import constant_model_rmse
-    from .datasets import PatchSampler, make_channel_image
+    from .datasets import PatchSampler, _check_window, make_channel_image
     from .prior import VAEPrior
 
     if (image is None) == (not procedural):
@@ -720,6 +743,11 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     else:
         ti = make_channel_image(tuple(image_size), random_state=seed)
         source = f"procedural {tuple(image_size)} seed {seed}"
+    for window in exclude:  # checked here so that the error names the option
+        try:
+            _check_window(window, ti.shape, "the training image", "latentinv train")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="'--exclude'") from None
     sampler = PatchSampler(ti, tuple(patch_shape), exclude=[tuple(w) for w in exclude] or None,
                            random_state=seed)
     _echo(f"[train] {source}: image {ti.shape}, crops {tuple(patch_shape)}, "
@@ -799,8 +827,8 @@ def _survey_options(fn):
 @click.option("--threshold", type=click.FloatRange(0.0), default=None,
               help="Acceptance threshold (ns) for the accepted fraction of starts.")
 @click.option("--seed", type=_SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--n-jobs", type=int, default=None,
+@_DEVICE_OPTION
+@click.option("--n-jobs", type=int, default=None, callback=_check_n_jobs,
               help="Surveys inverted in parallel processes (joblib; -1: all cores).")
 @click.option("--scheduler", default=None,
               help="Address of a Dask scheduler (e.g. tcp://host:8786): the surveys run on its cluster.")
@@ -922,7 +950,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-sample",
               show_default=True)
 @click.option("--seed", type=_SEED, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@_DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, n_leapfrog, chains, burnin,

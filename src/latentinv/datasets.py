@@ -434,23 +434,26 @@ def _is_window(w):
     return a.ndim == 1 and a.size > 0 and (np.issubdtype(a.dtype, np.number) or a.dtype == bool)
 
 
-def _check_window(window, image_shape, image_index, owner):
-    """``(row0, col0, n_rows, n_cols)`` as ints, entirely inside an image of ``image_shape``."""
+def _check_window(window, image_shape, image, owner):
+    """``(row0, col0, n_rows, n_cols)`` as ints, entirely inside an image of ``image_shape``.
+
+    ``image`` names the image in the errors (e.g. "image 0").
+    """
     values = np.asarray(window).tolist()
     if len(values) != 4:
         raise ValueError(f"{owner}: each exclusion window must have 4 entries (row0, col0, n_rows, "
-                         f"n_cols); got {window!r} with {len(values)} for image {image_index}.")
+                         f"n_cols); got {window!r} with {len(values)} for {image}.")
     if any(isinstance(v, bool) or float(v) != int(v) for v in values):
         raise ValueError(f"{owner}: exclusion window entries must be integers (cells); got {window!r} "
-                         f"for image {image_index}.")
+                         f"for {image}.")
     r0, c0, hw, ww = (int(v) for v in values)
     if hw < 1 or ww < 1:
         raise ValueError(f"{owner}: exclusion window sizes must be >= 1; got {(r0, c0, hw, ww)} for "
-                         f"image {image_index}.")
+                         f"{image}.")
     n_rows, n_cols = image_shape
     if r0 < 0 or c0 < 0 or r0 + hw > n_rows or c0 + ww > n_cols:
         raise ValueError(f"{owner}: exclusion window {(r0, c0, hw, ww)} (row0, col0, n_rows, n_cols) lies "
-                         f"outside image {image_index} of shape {(n_rows, n_cols)}; expected "
+                         f"outside {image} of shape {(n_rows, n_cols)}; expected "
                          f"0 <= row0, row0 + n_rows <= {n_rows}, 0 <= col0, col0 + n_cols <= {n_cols}.")
     return r0, c0, hw, ww
 
@@ -527,7 +530,7 @@ class PatchSampler:
                 if not all(_is_window(x) for x in e):
                     raise ValueError(f"{owner}: each exclusion window must be (row0, col0, n_rows, "
                                      f"n_cols); got {e!r}.")
-        self.exclude = [[_check_window(win, im.shape, i, owner) for win in e]
+        self.exclude = [[_check_window(win, im.shape, f"image {i}", owner) for win in e]
                         for i, (im, e) in enumerate(zip(images, per_image))]
         self._corners = []
         for im, windows in zip(images, self.exclude):

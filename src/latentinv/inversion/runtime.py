@@ -5,18 +5,16 @@ import contextlib
 
 import torch
 
+from .._common import _resolve_device
+
 
 def resolve_device(device, owner="LatentInverter"):
-    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch device."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not (isinstance(device, str) and device.startswith("cuda:")):
-        raise ValueError(f"{owner}: device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"{owner}: device={device!r} but CUDA is not available")
-    return torch.device(device)
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch device.
+
+    The priors' parser, so that every estimator refuses the same specs with the same words (a
+    malformed index, or a CUDA device this machine does not have, included).
+    """
+    return _resolve_device(device, owner)
 
 
 @contextlib.contextmanager
