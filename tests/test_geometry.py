@@ -141,3 +141,11 @@ def test_explicit_pairs_reciprocal_and_pickle():
     assert pickle.loads(pickle.dumps(survey)) == survey
     grid = Grid2D(2, 3, (0.5, 0.25), origin=(-1.0, 0.5))
     assert pickle.loads(pickle.dumps(grid)) == grid
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_survey_at_extreme_scales_is_accepted(scale):
+    """Distinct sources and receivers are distinct at any scale (a squared distance once underflowed,
+    and sensors 1e-200 m apart were refused as source == receiver)."""
+    survey = CrossholeSurvey([[0.0, 1 * scale]], [[6 * scale, 2 * scale]])
+    assert survey.n_data == 1

@@ -830,3 +830,35 @@ def test_extrapolate_from_must_be_a_coarser_node_count(bad):
     grid, survey, _ = small_case()
     with pytest.raises(ValueError, match="extrapolate_from must be None or an integer in"):
         ShortestPathOperator(grid, survey, 3, extrapolate_from=bad)
+
+
+def _scaled_problem(cell_size, n=3):
+    """10 x 6 cells of ``cell_size``, 2 + 2 sensors on nodes, fixed random slowness."""
+    c = cell_size
+    grid = Grid2D(10, 6, c)
+    survey = CrossholeSurvey([[0.0, 1 * c], [0.0, 5 * c]], [[6 * c, 2 * c], [6 * c, 8 * c]])
+    s = np.random.default_rng(0).uniform(10.0, 20.0, grid.n_cells)
+    return grid, survey, s
+
+
+@settings(max_examples=12, deadline=None)
+@given(exponent=st.integers(-150, 150), backend=st.sampled_from(["cpp", "python"] if HAS_CORE else ["python"]))
+def test_traveltimes_scale_with_the_cell_size(exponent, backend):
+    """The graph is the same at every scale: times and Jacobian are ``cell_size`` times those of unit
+    cells, to float64 rounding, over the whole accepted range (1e-160 m cells once gave times 1e-4
+    off, and 1e-200 m cells times of 0)."""
+    unit = ShortestPathOperator(*_scaled_problem(1.0)[:2], backend=backend)
+    grid, survey, s = _scaled_problem(10.0 ** exponent)
+    op = ShortestPathOperator(grid, survey, backend=backend)
+    t_unit = unit.response(s)
+    np.testing.assert_allclose(op.response(s) / 10.0 ** exponent, t_unit, rtol=1e-13)
+    np.testing.assert_allclose(op.jacobian(s).toarray() / 10.0 ** exponent, unit.jacobian(s).toarray(),
+                               rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell_size", [1e-200, 1e-160, 1e160, 1e300])
+def test_cells_beyond_float64_lengths_are_refused(cell_size):
+    grid, survey, _ = _scaled_problem(cell_size)
+    with pytest.raises(ValueError, match=r"ShortestPathOperator: cell size \(dx, dz\) = .* outside the range "
+                                         r".* expected dx and dz in \[5\.97e-154, 9\.48e\+153\] m"):
+        ShortestPathOperator(grid, survey)

@@ -286,7 +286,7 @@ class CrossholeSurvey:
             raise ValueError(
                 f"CrossholeSurvey: duplicate pairs {uniq[counts > 1][:5].tolist()} (each pair once)"
             )
-        dist = np.linalg.norm(self.sources[pairs[:, 0]] - self.receivers[pairs[:, 1]], axis=1)
+        dist = np.hypot(*(self.sources[pairs[:, 0]] - self.receivers[pairs[:, 1]]).T)  # no underflow
         if np.any(dist == 0):
             raise ValueError(
                 f"CrossholeSurvey: pairs {pairs[dist == 0][:5].tolist()} have source == receiver"

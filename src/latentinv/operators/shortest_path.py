@@ -69,6 +69,24 @@ def _local_coordinates(n):
     return a.astype(np.int64), b.astype(np.int64)
 
 
+def check_length_range(grid, n_secondary_nodes, owner):
+    """Refuse cells whose segment lengths ``sqrt(ddx*ddx + ddz*ddz)`` leave float64's normal range.
+
+    Below it the squares underflow (lengths of 0, or rounded to a few digits: silently wrong times);
+    above it they overflow to infinite lengths. The bounds are dx and dz in
+    ``[sqrt(tiny) * (n + 1), sqrt(max / 2)]``: about 1e-154 to 1e154 m.
+    """
+    n = int(n_secondary_nodes)
+    info = np.finfo(np.float64)
+    lo, hi = float(np.sqrt(info.tiny)) * (n + 1), float(np.sqrt(info.max / 2))
+    if not (lo <= min(grid.dx, grid.dz) and max(grid.dx, grid.dz) <= hi):
+        raise ValueError(
+            f"{owner}: cell size (dx, dz) = ({grid.dx:.3g}, {grid.dz:.3g}) m is outside the range in which "
+            f"the graph's segment lengths can be computed in float64 with {n} secondary nodes; expected "
+            f"dx and dz in [{lo:.3g}, {hi:.3g}] m. Express the geometry in other units (traveltimes scale "
+            f"with the cell size).")
+
+
 def local_lengths(grid, n_secondary_nodes):
     """Table ``(4+4n, 4+4n)`` of the lengths (m) between the boundary nodes of one cell.
 
@@ -382,6 +400,7 @@ class ShortestPathOperator(ForwardOperator):
         self.n_params = grid.n_cells
         survey.check_in(grid, owner=name)
         n = self.n_secondary_nodes
+        check_length_range(grid, n, name)
         self._source_nodes = sensor_nodes(grid, survey.sources, n, "source", name)
         self._receiver_nodes = sensor_nodes(grid, survey.receivers, n, "receiver", name)
         if self.backend == "python" and solver not in ("auto", "dijkstra"):
