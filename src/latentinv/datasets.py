@@ -125,6 +125,34 @@ def _centreline(rng, length, step, sinuosity, wavelength):
     return s, offset + wander - wander[0]
 
 
+def _gap_points(points, gap, step, n_rows, n_cols):
+    """Points every ``step`` along the polyline's segments longer than ``gap``, inside the image.
+
+    A very sinuous centreline, sampled every ``step`` along its mean direction, has segments far
+    longer than a channel width: stamped as they are, the channel would be dotted. Each such segment
+    is clipped to the image first, so that the work stays bounded by the image's size however far a
+    meander swings outside it.
+    """
+    p, v = points[:-1], np.diff(points, axis=0)
+    d = np.hypot(v[:, 0], v[:, 1])
+    long = np.flatnonzero(d > gap)
+    p, v, d = p[long], v[long], d[long]
+    enter, leave = np.zeros(len(p)), np.ones(len(p))
+    for k, hi in ((0, n_cols - 0.5), (1, n_rows - 0.5)):    # clip to the image's box (Liang-Barsky)
+        vk, pk = v[:, k], p[:, k]
+        moving = vk != 0
+        safe = np.where(moving, vk, 1.0)
+        ta, tb = (-0.5 - pk) / safe, (hi - pk) / safe
+        inside = (pk >= -0.5) & (pk <= hi)
+        enter = np.maximum(enter, np.where(moving, np.minimum(ta, tb), np.where(inside, -np.inf, np.inf)))
+        leave = np.minimum(leave, np.where(moving, np.maximum(ta, tb), np.where(inside, np.inf, -np.inf)))
+    count = np.where(leave >= enter, np.floor((leave - enter) * d / step).astype(np.int64) + 1, 0)
+    seg = np.repeat(np.arange(len(p)), count)
+    j = np.arange(seg.size) - np.repeat(np.cumsum(count) - count, count)   # 0, 1, ... within a segment
+    t = enter[seg] + j * step / d[seg]
+    return p[seg] + t[:, None] * v[seg]
+
+
 def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.0,
                        orientation=0.0, sinuosity=0.5, wavelength=None, branching=0.3,
                        random_state=None):
@@ -134,7 +162,11 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
     ``orientation``, with a periodic meander of amplitude
     ``sinuosity * wavelength / 4`` plus a smooth random wander; with
     probability ``branching`` it spawns a branch (30 deg +- 15 deg off its
-    direction, also sinuous). Centrelines are dilated to ``width`` cells.
+    direction, also sinuous) from a random point of it. The branch's own
+    meander shifts its start across by up to its amplitude, so a branch
+    may stand apart from its parent rather than join it. Centrelines are
+    dilated to ``width`` cells; at any sinuosity they are stamped densely
+    enough to stay continuous.
     Channels are added until the channel fraction reaches ``density`` (or
     ``n_channels`` channels are drawn).
 
@@ -207,6 +239,7 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
     radius = width / 2.0
 
     def stamp(points):
+        points = np.concatenate([points, _gap_points(points, max(step, radius), step, n_rows, n_cols)])
         cols = np.rint(points[:, 0]).astype(np.int64)
         rows = np.rint(points[:, 1]).astype(np.int64)
         ok = (rows >= 0) & (rows < n_rows) & (cols >= 0) & (cols < n_cols)
@@ -231,6 +264,8 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
             b_along = np.array([np.cos(phi), -np.sin(phi)])
             b_across = np.array([np.sin(phi), np.cos(phi)])
             sb, ob = _centreline(rng, rng.uniform(0.3, 0.8) * diag, step, sinuosity, wavelength)
+            # the branch's own meander starts it up to one amplitude across from the parent (kept:
+            # the shipped procedural prior and its record are tied to this family of images)
             stamp(points[i0] + sb[:, None] * b_along + ob[:, None] * b_across)
         drawn += 1
         # cheap upper bound (centreline cells x width) before the exact distance transform
