@@ -284,6 +284,9 @@ def test_train_from_png_image(tmp_path):
     (["--procedural", "--device", "gpu"], "Invalid value for '--device': device must be 'cpu', 'cuda'", 2),
     (["--procedural", "--image-size", "200", "200", "--exclude", "190", "0", "20", "20"],
      "Invalid value for '--exclude': exclusion window (190, 0, 20, 20)", 2),
+    # 12 PB of weights: beyond any address space, so refused by the allocator on every machine
+    (["--procedural", "--image-size", "200", "200", "--hidden-size", str(10**12)],
+     "out of memory: [enforce fail", 1),
 ])
 def test_train_bad_inputs(tmp_path, args, message, code):
     res = CliRunner().invoke(cli.main, ["train", "--out", str(tmp_path / "p"), "--iterations", "1",
@@ -617,3 +620,10 @@ def test_sample_needs_the_noise_and_names_its_files(tiny_prior, tmp_path):
     _ok(res)
     for name in ("posterior.npz", "posterior.png", "posterior.json"):
         assert name in res.output
+
+
+def test_only_failed_allocations_are_reported_as_out_of_memory():
+    assert cli._is_out_of_memory(MemoryError())
+    assert cli._is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert cli._is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
+    assert not cli._is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -115,8 +115,26 @@ def _user_errors(fn):
                 json.JSONDecodeError, KeyError) as exc:
             msg = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
             raise click.ClickException(msg) from None
+        except (MemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            raise click.ClickException(
+                f"out of memory: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                f"\nThe sizes asked for do not fit on this machine: lower the sizes (e.g. --batch-size, "
+                f"--hidden-size, --channels, --n-starts, --chains) or use a device with more memory.") from None
 
     return wrapper
+
+
+def _is_out_of_memory(exc):
+    """An allocation that failed (Python's MemoryError, torch's CPU allocator or CUDA), not any
+    other RuntimeError, which stays a traceback (a bug to report)."""
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or "can't allocate memory" in str(exc) or "not enough memory" in str(exc)
 
 
 def _echo(msg, quiet=False):
