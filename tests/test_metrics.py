@@ -228,3 +228,26 @@ def test_rmse_refuses_what_numpy_would_convert_or_reshape(fn, bad, match):
     with pytest.raises(ValueError, match=f"{fn.__name__}: {first} " + match):
         fn(bad, np.ones((2, 3)))
     assert fn(np.zeros((2, 3), dtype=bool), np.ones((2, 3))) == 1.0      # binary models are numbers
+
+
+@pytest.mark.parametrize("images, image_shape, message", [
+    (np.zeros((3, 90)), (5,), r"image_shape must be None or \(n_rows, n_cols\), two ints >= 1; got \(5,\)"),
+    (np.zeros((3, 90)), (2.5, 36), r"two ints >= 1; got \(2\.5, 36\)"),
+    (np.zeros((3, 90)), (-10, -9), r"two ints >= 1; got \(-10, -9\)"),
+    (np.zeros((3, 90)), "ab", r"two ints >= 1; got 'ab'"),
+    (np.zeros((3, 90)), (10, 10), r"images of shape \(3, 90\) do not match image_shape=\(10, 10\)"),
+    # a stack of another shape was silently analysed as it was, image_shape ignored
+    (np.zeros((3, 10, 9)), (9, 10), r"images of shape \(3, 10, 9\) do not match image_shape=\(9, 10\)"),
+])
+def test_image_shape_is_checked(images, image_shape, message):
+    for fn in (channel_fraction, lambda *a, **k: pattern_statistics(*a, max_lag=2, **k), channel_widths):
+        with pytest.raises(ValueError, match=message):
+            fn(images, image_shape=image_shape)
+
+
+def test_image_shape_of_numpy_ints_and_matching_stacks_is_taken():
+    stack = (np.random.default_rng(0).uniform(size=(2, 10, 9)) > 0.5).astype(float)
+    expected = channel_fraction(stack)
+    assert channel_fraction(stack.reshape(2, -1), image_shape=np.array([10, 9])) == expected
+    assert channel_fraction(stack.reshape(2, -1), image_shape=(np.int64(10), 9)) == expected
+    assert channel_fraction(stack, image_shape=(10, 9)) == expected

@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import make_scorer
 
+from ._checks import is_int
+
 __all__ = ["data_rmse", "model_rmse", "acceptance_rate", "model_rmse_scorer",
            "make_data_rmse_scorer", "make_acceptance_scorer", "channel_fraction", "indicator_variogram",
            "two_point_connectivity", "channel_widths", "pattern_statistics", "compare_patterns"]
@@ -191,8 +193,18 @@ _AXES = {"x": 1, "depth": 0}
 def _binary_images(images, threshold, name, image_shape=None):
     """A stack (n, n_rows, n_cols) of bool images (``value >= threshold`` is channel)."""
     a = np.asarray(images, dtype=np.float64)
-    if a.ndim == 2 and image_shape is not None:
-        a = a.reshape(a.shape[0], *image_shape)
+    if image_shape is not None:
+        shape = tuple(image_shape) if np.ndim(image_shape) == 1 else None      # tuple, list or array
+        if shape is None or len(shape) != 2 or not all(is_int(v, minimum=1) for v in shape):
+            raise ValueError(f"{name}: image_shape must be None or (n_rows, n_cols), two ints >= 1; got "
+                             f"{image_shape!r}")
+        # flat models must hold n_rows * n_cols cells; a stack must be of that shape (not silently ignored)
+        if a.ndim == 2 and a.shape[1] == shape[0] * shape[1]:
+            a = a.reshape(a.shape[0], *shape)
+        elif not (a.ndim == 3 and a.shape[1:] == shape):
+            raise ValueError(f"{name}: images of shape {a.shape} do not match image_shape={shape}; expected "
+                             f"flat models (n_images, {shape[0] * shape[1]}) or a stack (n_images, "
+                             f"{shape[0]}, {shape[1]})")
     elif a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.size == 0:
