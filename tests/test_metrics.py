@@ -251,3 +251,16 @@ def test_image_shape_of_numpy_ints_and_matching_stacks_is_taken():
     assert channel_fraction(stack.reshape(2, -1), image_shape=np.array([10, 9])) == expected
     assert channel_fraction(stack.reshape(2, -1), image_shape=(np.int64(10), 9)) == expected
     assert channel_fraction(stack, image_shape=(10, 9)) == expected
+
+
+def test_flat_models_without_image_shape_warn():
+    """A batch of flat models read as one very wide image gives statistics of nothing real."""
+    flat = (np.random.default_rng(1).uniform(size=(100, 129 * 65)) > 0.5).astype(float)
+    with pytest.warns(UserWarning, match=r"images of shape \(100, 8385\) are taken as ONE image .* pass "
+                                         r"image_shape=\(n_rows, n_cols\)"):
+        channel_fraction(flat)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        channel_fraction(flat[:2, :129 * 20].reshape(129, 40))                   # an image, not warned
+        channel_fraction(flat, image_shape=(129, 65))

@@ -29,6 +29,8 @@ the top), each pooled over a stack of images:
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import make_scorer
 
@@ -190,6 +192,11 @@ def make_acceptance_scorer(threshold):
 _AXES = {"x": 1, "depth": 0}
 
 
+#: a 2-D input at least this many times wider than tall, without image_shape, is most likely a batch
+#: of flat models (the library's models are flat rows): it is still read as one image, with a warning
+_FLAT_MODELS_RATIO = 20
+
+
 def _binary_images(images, threshold, name, image_shape=None):
     """A stack (n, n_rows, n_cols) of bool images (``value >= threshold`` is channel)."""
     a = np.asarray(images, dtype=np.float64)
@@ -206,6 +213,10 @@ def _binary_images(images, threshold, name, image_shape=None):
                              f"flat models (n_images, {shape[0] * shape[1]}) or a stack (n_images, "
                              f"{shape[0]}, {shape[1]})")
     elif a.ndim == 2:
+        if a.shape[1] >= _FLAT_MODELS_RATIO * a.shape[0]:
+            warnings.warn(f"{name}: images of shape {a.shape} are taken as ONE image of {a.shape[0]} rows and "
+                          f"{a.shape[1]} columns; if they are flat models (n_images, n_cells), pass "
+                          f"image_shape=(n_rows, n_cols)", UserWarning, stacklevel=3)
         a = a[None]
     if a.ndim != 3 or a.size == 0:
         raise ValueError(f"{name}: images must be an image (n_rows, n_cols), a stack (n_images, n_rows, "
@@ -248,10 +259,12 @@ def channel_fraction(images, threshold=0.5, image_shape=None):
     Parameters
     ----------
     images : array-like of shape (n_rows, n_cols), (n_images, n_rows, n_cols) or (n_images, n_cells)
-        Models or training crops (values in [0, 1]); flat models need ``image_shape``.
+        Models or training crops (values in [0, 1]); flat models need ``image_shape``. Without it a
+        2-D array is one image, and one at least 20 times wider than tall (most likely flat models)
+        draws a UserWarning.
     threshold : float, default=0.5
     image_shape : tuple of int, default=None
-        ``(n_rows, n_cols)`` of flat models.
+        ``(n_rows, n_cols)`` of flat models (or of the stack, which must match).
 
     Returns
     -------
