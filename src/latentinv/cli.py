@@ -68,29 +68,6 @@ _TRAIN_CHECK_CROPS = 32
 #: ``--seed`` of every command: the seeds numpy's legacy generators (and hence scikit-learn and the
 #: estimators) accept, so that a bad one is refused by click, naming ``--seed`` and the range
 _SEED = click.IntRange(0, 2**32 - 1)
-
-
-def _check_device(ctx, param, value):
-    """``--device``, checked by the estimators' own parser, so that a bad spec (or CUDA on a machine
-    without it) is a usage error naming the option, not the estimator's parameter."""
-    from ._common import _resolve_device
-
-    try:
-        _resolve_device(value, owner="--device")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
-    return value
-
-
-def _check_n_jobs(ctx, param, value):
-    if value == 0:
-        raise click.BadParameter("expected a non-zero integer (-1: all cores, 1: no parallelism), got 0")
-    return value
-
-
-#: ``--device`` of every command
-_DEVICE_OPTION = click.option("--device", default="auto", show_default=True, callback=_check_device,
-                              help="auto (CUDA when available), cpu, cuda or cuda:N.")
 #: dtype kinds of numeric arrays read from files: signed and unsigned integers, floating point
 #: (not bool, complex, strings, bytes, objects, structured records, dates)
 _REAL_KINDS = "iuf"
@@ -118,12 +95,36 @@ def _user_errors(fn):
         except (MemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
+            first_line = str(exc).strip().split("\n")[0] or type(exc).__name__
             raise click.ClickException(
-                f"out of memory: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-                f"\nThe sizes asked for do not fit on this machine: lower the sizes (e.g. --batch-size, "
-                f"--hidden-size, --channels, --n-starts, --chains) or use a device with more memory.") from None
+                f"out of memory: {first_line}\nThe sizes asked for do not fit on this machine: lower them "
+                f"(e.g. --batch-size, --hidden-size, --channels, --n-starts, --chains) or use a device "
+                f"with more memory.") from None
 
     return wrapper
+
+
+def _check_device(ctx, param, value):
+    """``--device``, checked by the estimators' own parser, so that a bad spec (or CUDA on a machine
+    without it) is a usage error naming the option, not the estimator's parameter."""
+    from ._common import _resolve_device
+
+    try:
+        _resolve_device(value, owner="--device")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+    return value
+
+
+def _check_n_jobs(ctx, param, value):
+    if value == 0:
+        raise click.BadParameter("expected a non-zero integer (-1: all cores, 1: no parallelism), got 0")
+    return value
+
+
+#: ``--device`` of every command
+_DEVICE_OPTION = click.option("--device", default="auto", show_default=True, callback=_check_device,
+                              help="auto (CUDA when available), cpu, cuda or cuda:N.")
 
 
 def _is_out_of_memory(exc):
