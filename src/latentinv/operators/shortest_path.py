@@ -69,7 +69,7 @@ def _local_coordinates(n):
     return a.astype(np.int64), b.astype(np.int64)
 
 
-def check_length_range(grid, n_secondary_nodes, owner):
+def _check_length_range(grid, n_secondary_nodes, owner):
     """Refuse cells whose segment lengths ``sqrt(ddx*ddx + ddz*ddz)`` leave float64's normal range.
 
     Below it the squares underflow (lengths of 0, or rounded to a few digits: silently wrong times);
@@ -400,7 +400,7 @@ class ShortestPathOperator(ForwardOperator):
         self.n_params = grid.n_cells
         survey.check_in(grid, owner=name)
         n = self.n_secondary_nodes
-        check_length_range(grid, n, name)
+        _check_length_range(grid, n, name)
         self._source_nodes = sensor_nodes(grid, survey.sources, n, "source", name)
         self._receiver_nodes = sensor_nodes(grid, survey.receivers, n, "receiver", name)
         if self.backend == "python" and solver not in ("auto", "dijkstra"):
