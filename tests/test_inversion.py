@@ -1019,3 +1019,35 @@ def test_thresholds_that_would_be_parsed_are_refused(problem, threshold):
         res.accepted_fraction(threshold)
     with pytest.raises(ValueError, match="acceptance_rate: threshold must be a finite number"):
         acceptance_rate(tt, tt, threshold)
+
+
+@pytest.mark.parametrize("scale, warned", [(1.0, False), (2.9, False), (1 / 2.9, False),
+                                           (3.2, True), (1 / 3.2, True), (1e3, True), (1e-9, True)])
+@pytest.mark.parametrize("estimator, method", [("LatentInverter", "invert"), ("LatentInverter", "predict"),
+                                               ("LatentSampler", "sample"), ("LatentSampler", "predict")])
+def test_traveltimes_far_from_the_priors_warn(problem, scale, warned, estimator, method):
+    """Data in other units than ns (or of another medium than slowness_map's) cannot be fitted by any
+    of the prior's models; the inversion says so, naming the factor, instead of returning the prior's
+    best effort without a word. The data are the prior's own models' traveltimes, scaled."""
+    from latentinv.inversion import LatentSampler
+    from latentinv.inversion.base import DATA_SCALE_FACTOR
+    from latentinv.inversion.generator import probe_latents
+
+    assert DATA_SCALE_FACTOR == 3.0
+    op, gen, _, _, tt = problem
+    # ratio 1 by construction: the traveltimes of the models the check simulates (the first probes)
+    ref = LatentInverter(gen, op, device="cpu").fit(tt).simulate(
+        gen.decode(probe_latents(gen.n_components, "normal")[:3].numpy()))
+    data = np.median(ref, axis=0, keepdims=True) * scale
+    est = (LatentInverter(gen, op, n_epochs=1, n_starts=1, device="cpu") if estimator == "LatentInverter"
+           else LatentSampler(gen, op, noise_std=0.5, n_chains=2, n_burnin=1, n_samples=1, device="cpu"))
+    est.fit(tt)      # fit only checks; the data are judged where they are inverted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(est, method)(data)
+    ours = [w for w in caught if "not within a factor 3 of those of the prior's models" in str(w.message)]
+    assert len(ours) == warned
+    if warned:
+        reported = float(re.search(r"survey 0: ([0-9.e+-]+) times", str(ours[0].message)).group(1))
+        assert reported == pytest.approx(scale, rel=3e-3)      # 3 digits, of float32 models' times
+        assert ours[0].filename == __file__          # points at the caller's line, not the library's

@@ -1,7 +1,11 @@
 """Parameter checks shared by the estimators and the data sets (no torch: :mod:`latentinv.datasets`,
 which imports this, stays light)."""
 
+import inspect
+import os
 from numbers import Integral
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def is_int(value, minimum=None):
@@ -9,3 +13,12 @@ def is_int(value, minimum=None):
     integral value (``3.0``)."""
     ok = isinstance(value, Integral) and not isinstance(value, bool)
     return ok and (minimum is None or value >= minimum)
+
+
+def caller_stacklevel():
+    """``stacklevel`` for a ``warnings.warn`` in the calling function that points at the first frame
+    outside latentinv: the user's line, however deep in the package the warning is raised."""
+    frame, level = inspect.currentframe().f_back, 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
-from .._checks import is_int
+from .._checks import caller_stacklevel, is_int
 from ..metrics import _real_array, _rows
 from .equations import chi_mean, paper_slowness
 from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
@@ -25,6 +26,13 @@ from .runtime import resolve_device
 def _max_traveltime(n_data):
     """Largest traveltime (ns) whose squared residuals, summed over ``n_data``, stay finite in float32."""
     return math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(int(n_data), 1)))
+
+
+#: traveltimes whose median ratio to those of the prior's models is beyond this factor (either way)
+#: are most likely in other units than ns, or of another medium than ``slowness_map`` describes
+DATA_SCALE_FACTOR = 3.0
+#: prior models (the first probe latents: the origin, then fixed draws) simulated for that check
+_SCALE_PROBES = 3
 
 
 def _param_snapshot(params):
@@ -234,13 +242,40 @@ class LatentEstimatorBase(BaseEstimator):
         self._check_geometry(op)
         self.initial_latents_ = self._check_initial_latents(d)
         with torch.no_grad():
-            self._check_generator_output(out, (self.slowness_map or paper_slowness)(out),
-                                         f"at {len(probes)} test latents in fit")
+            slowness = (self.slowness_map or paper_slowness)(out)
+            self._check_generator_output(out, slowness, f"at {len(probes)} test latents in fit")
+        self._prior_traveltimes = self._median_traveltimes(op, slowness[:_SCALE_PROBES])
         self.operator_ = op
         self.n_cells_ = int(op.n_params)
         self._fit_schedule(op)
         self._fitted_params = _param_snapshot(self.get_params(deep=False))
         return self
+
+    @staticmethod
+    def _median_traveltimes(op, slowness):
+        """Per datum, the median traveltime (ns) of a few of the prior's models (fit keeps it to judge
+        the scale of the data it inverts)."""
+        t = np.asarray(op.response(slowness.detach().double().cpu().numpy())).reshape(len(slowness), -1)
+        return np.median(t, axis=0)
+
+    def _warn_if_off_scale(self, Y):
+        """Warn when the traveltimes to invert are far from those of the prior's own models: data in
+        seconds or microseconds, or of a medium that ``slowness_map`` does not describe, would otherwise
+        give the prior's best effort (a model at the edge of its range) without a word."""
+        ref = getattr(self, "_prior_traveltimes", None)
+        if ref is None or len(Y) == 0 or not np.any(ref > 0):
+            return
+        usable = ref > 0
+        ratio = np.median(Y[:, usable] / ref[usable], axis=1)
+        off = np.flatnonzero(~((ratio >= 1 / DATA_SCALE_FACTOR) & (ratio <= DATA_SCALE_FACTOR)))
+        if off.size:
+            i = off[np.argmax(np.abs(np.log(np.maximum(ratio[off], 1e-300))))]
+            warnings.warn(
+                f"{type(self).__name__}: the traveltimes of {off.size} of {len(Y)} surveys are not within "
+                f"a factor {DATA_SCALE_FACTOR:g} of those of the prior's models (median ratio over the data; "
+                f"survey {i}: {ratio[i]:.3g} times); check that they are in ns and that slowness_map "
+                f"describes their medium: the prior's models cannot fit them", UserWarning,
+                stacklevel=caller_stacklevel())
 
     def _check_initial_latents(self, d):
         """``initial_latents`` as a float32 tensor (n_rows, d), or None to draw them (``n_rows``: the

@@ -364,11 +364,15 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
         The result also holds, per survey, the best homogeneous-velocity model's slowness and data
         RMSE (:func:`latentinv.baselines.homogeneous_fit`; one extra operator response), the baseline
-        against which :meth:`InversionResult.accepted` judges an acceptance threshold.
+        against which :meth:`InversionResult.accepted` judges an acceptance threshold. A UserWarning
+        says when a survey's traveltimes are not within a factor 3 (median over the data) of those of
+        the prior's own models (computed at fit): data in other units than ns, or of a medium that
+        ``slowness_map`` does not describe.
         """
         check_is_fitted(self)
         self._check_unchanged_params()
         Y = self._check_traveltimes(X, reset=False)
+        self._warn_if_off_scale(Y)
         sigma = self._check_params(self.operator_.n_data)
         seed = as_seed(self.random_state)      # once per call: every chunk starts from the same latents
         chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)

@@ -287,10 +287,15 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         return self._r2_against(self.predict(X), y)
 
     def sample(self, X):
-        """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`."""
+        """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`.
+
+        Warns as :meth:`LatentInverter.invert` does when the traveltimes are far (a factor 3) from
+        those of the prior's own models.
+        """
         check_is_fitted(self)
         self._check_unchanged_params()
         Y = self._check_traveltimes(X, reset=False)
+        self._warn_if_off_scale(Y)
         sigma = self._check_params(self.operator_.n_data)
         return self._run(Y, sigma)
 
