@@ -627,3 +627,22 @@ def test_only_failed_allocations_are_reported_as_out_of_memory():
     assert cli._is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert cli._is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
     assert not cli._is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+@pytest.mark.parametrize("command", ["invert", "sample"])
+def test_traveltimes_in_seconds_are_flagged(tiny_prior, tmp_path, command):
+    """Traveltimes in seconds: a [warning] line (even with --quiet) and the report's warnings."""
+    prior_dir, prior = tiny_prior
+    _, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data * 1e-9)
+    out = tmp_path / "out"
+    extra = (["--n-starts", "1", "--epochs", "1"] if command == "invert"
+             else ["--noise-std", "1", "--chains", "2", "--burnin", "1", "--samples", "4"])
+    res = CliRunner().invoke(cli.main, [command, str(tmp_path / "tt.npy"), "--prior", str(prior_dir),
+                                        "--operator", "straight", "--out", str(out), "--device", "cpu",
+                                        "--quiet", *extra])
+    _ok(res)
+    assert "[warning] Latent" in res.output and "not within a factor 3 of those of the prior's models" in res.output
+    report = json.loads((out / ("result.json" if command == "invert" else "posterior.json")).read_text())
+    warnings_ = report["baselines"]["warnings"] if command == "invert" else report["warnings"]
+    assert any("not within a factor 3 of those of the prior's models" in w for w in warnings_)

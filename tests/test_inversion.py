@@ -1029,7 +1029,7 @@ def test_traveltimes_far_from_the_priors_warn(problem, scale, warned, estimator,
     """Data in other units than ns (or of another medium than slowness_map's) cannot be fitted by any
     of the prior's models; the inversion says so, naming the factor, instead of returning the prior's
     best effort without a word. The data are the prior's own models' traveltimes, scaled."""
-    from latentinv.inversion import LatentSampler
+    from latentinv.inversion import DataScaleWarning, LatentSampler
     from latentinv.inversion.base import DATA_SCALE_FACTOR
     from latentinv.inversion.generator import probe_latents
 
@@ -1048,6 +1048,7 @@ def test_traveltimes_far_from_the_priors_warn(problem, scale, warned, estimator,
     ours = [w for w in caught if "not within a factor 3 of those of the prior's models" in str(w.message)]
     assert len(ours) == warned
     if warned:
+        assert ours[0].category is DataScaleWarning
         reported = float(re.search(r"survey 0: ([0-9.e+-]+) times", str(ours[0].message)).group(1))
         assert reported == pytest.approx(scale, rel=3e-3)      # 3 digits, of float32 models' times
         assert ours[0].filename == __file__          # points at the caller's line, not the library's

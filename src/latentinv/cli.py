@@ -342,16 +342,20 @@ def _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device):
 
 @contextlib.contextmanager
 def _echoed_baseline_warnings(messages):
-    """Collect the :class:`~latentinv.baselines.BaselineWarning` s raised in the block into
-    ``messages`` and print each once as ``[warning] ...`` (even with ``--quiet``: they say that a
-    verdict means little); other warnings pass through unchanged."""
+    """Collect the :class:`~latentinv.baselines.BaselineWarning` s and
+    :class:`~latentinv.inversion.DataScaleWarning` s raised in the block into ``messages`` and print
+    each once as ``[warning] ...`` (even with ``--quiet``: they say that a verdict means little, or
+    that the data cannot be fitted); other warnings pass through unchanged."""
     from .baselines import BaselineWarning
+    from .inversion import DataScaleWarning
 
+    echoed = (BaselineWarning, DataScaleWarning)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", BaselineWarning)
+        for category in echoed:
+            warnings.simplefilter("always", category)
         yield messages
     for w in caught:
-        if issubclass(w.category, BaselineWarning):
+        if issubclass(w.category, echoed):
             msg = str(w.message)
             if msg not in messages:
                 messages.append(msg)
@@ -1006,7 +1010,9 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
     sampler = LatentSampler(prior, op, method=method, n_leapfrog=n_leapfrog, n_chains=chains, n_burnin=burnin,
                             n_samples=samples, thin=thin, initial_latents=initial, noise_std=noise_std,
                             random_state=seed, device=device, verbose=int(not quiet))
-    res = sampler.fit(data).sample(data)
+    warning_messages = []
+    with _echoed_baseline_warnings(warning_messages):
+        res = sampler.fit(data).sample(data)
     elapsed = time.perf_counter() - t0
     np.savez_compressed(out / "posterior.npz", mean=res.mean, std=res.std,
                         channel_probability=res.channel_probability, samples=res.samples,
@@ -1021,7 +1027,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
         "settings": res.settings | {"sgd_epochs": sgd_epochs}, "acceptance_rate": res.acceptance_rate.tolist(),
         "step_size": res.step_size.tolist(), "diagnostics": diagnostics, "forward_runs": res.n_forward,
         "mean_data_rmse_ns_after_burnin": np.mean(res.data_rmse_history[:, :, burnin:], axis=(1, 2)).tolist(),
-        "time_s": elapsed, "device": str(sampler.device_), "versions": _versions(),
+        "time_s": elapsed, "device": str(sampler.device_), "versions": _versions(), "warnings": warning_messages,
         "files": {"posterior.npz": "mean, std, channel_probability (n_surveys, n_cells); samples "
                                    "(n_surveys, n_chains, n_draws, n_components); model_samples; map_model",
                   "posterior.png": "the first survey's posterior", "posterior.json": "this report"},

@@ -28,6 +28,11 @@ def _max_traveltime(n_data):
     return math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(int(n_data), 1)))
 
 
+class DataScaleWarning(UserWarning):
+    """Traveltimes not within :data:`DATA_SCALE_FACTOR` of those of the prior's own models: most likely
+    in other units than ns, or of a medium that ``slowness_map`` does not describe."""
+
+
 #: traveltimes whose median ratio to those of the prior's models is beyond this factor (either way)
 #: are most likely in other units than ns, or of another medium than ``slowness_map`` describes
 DATA_SCALE_FACTOR = 3.0
@@ -274,7 +279,7 @@ class LatentEstimatorBase(BaseEstimator):
                 f"{type(self).__name__}: the traveltimes of {off.size} of {len(Y)} surveys are not within "
                 f"a factor {DATA_SCALE_FACTOR:g} of those of the prior's models (median ratio over the data; "
                 f"survey {i}: {ratio[i]:.3g} times); check that they are in ns and that slowness_map "
-                f"describes their medium: the prior's models cannot fit them", UserWarning,
+                f"describes their medium: the prior's models cannot fit them", DataScaleWarning,
                 stacklevel=caller_stacklevel())
 
     def _check_initial_latents(self, d):

@@ -364,7 +364,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
         The result also holds, per survey, the best homogeneous-velocity model's slowness and data
         RMSE (:func:`latentinv.baselines.homogeneous_fit`; one extra operator response), the baseline
-        against which :meth:`InversionResult.accepted` judges an acceptance threshold. A UserWarning
+        against which :meth:`InversionResult.accepted` judges an acceptance threshold. A DataScaleWarning
         says when a survey's traveltimes are not within a factor 3 (median over the data) of those of
         the prior's own models (computed at fit): data in other units than ns, or of a medium that
         ``slowness_map`` does not describe.
