@@ -617,3 +617,48 @@ def test_settings_that_freeze_the_chains_in_float32_are_refused(param, value, ma
     kw[param] = value
     with pytest.raises(ValueError, match=f"LatentSampler: {match}"):
         _sampler(gen, op, **kw).fit(y[None])
+
+
+@pytest.mark.parametrize("method", ["pcn", "de-mala"])
+def test_model_mean_and_std_are_those_of_the_draws(method):
+    """With thin=1 every post-burn-in state is kept, so the posterior mean and standard deviation of
+    the models (accumulated as running sums) must be those of the decoded draws, to float32 rounding
+    (a variance returned as the std, or draws of the burn-in counted, would differ)."""
+    op, gen, M, c, y = _linear_problem()
+    res = _sampler(gen, op, noise_std=0.1, n_burnin=40, n_samples=50, method=method).fit(y[None]).sample(y[None])
+    x = gen.decode(res.samples[0].reshape(-1, res.samples.shape[-1]))
+    assert x.shape == (16 * 50, 9)
+    np.testing.assert_allclose(res.mean[0], x.mean(0), rtol=0, atol=2e-6)
+    assert np.all(x.std(0) > 0.02)                   # a spread, not a point: a variance is ~10x smaller
+    np.testing.assert_allclose(res.std[0], x.std(0), rtol=2e-3)
+
+
+def test_map_model_is_the_lowest_chi2_state_of_all_chains():
+    """The MAP model and latent are the state of least chi-square over every chain and iteration."""
+    op, gen, M, c, y = _linear_problem()
+    sigma = 0.1
+    res = _sampler(gen, op, noise_std=sigma, n_burnin=20, n_samples=30).fit(y[None]).sample(y[None])
+    chi2 = res.chi2_history[0]
+    chains_best = chi2.min(axis=1)
+    assert chains_best.max() > 1.01 * chains_best.min()     # chains differ, so the choice matters
+    np.testing.assert_allclose(res.map_model[0], gen.decode(res.map_latent[0][None])[0], atol=1e-6)
+    map_chi2 = np.sum((op.response(res.map_model[0]) - y) ** 2) / sigma**2
+    assert map_chi2 == pytest.approx(chi2.min(), rel=1e-4)
+
+
+def test_thinning_keeps_the_last_state_of_each_block_and_acceptance_counts_every_iteration():
+    """With thin=3, draw j is the state after post-burn-in iteration 3 j + 2 (its chi-square is that
+    of the history at that iteration), and the acceptance rate is the share of post-burn-in
+    iterations at which the state moved (a rejected proposal repeats the chi-square exactly)."""
+    op, gen, M, c, y = _linear_problem()
+    sigma, burnin, n, thin = 0.1, 20, 12, 3
+    res = _sampler(gen, op, noise_std=sigma, n_burnin=burnin, n_samples=n, thin=thin,
+                   method="rwm").fit(y[None]).sample(y[None])
+    chi2 = res.chi2_history[0]                                    # (chains, iterations)
+    assert chi2.shape == (16, burnin + n * thin) and res.samples.shape == (1, 16, n, M.shape[1])
+    x = gen.decode(res.samples[0].reshape(-1, M.shape[1]))
+    draws_chi2 = (np.sum((op.response(x) - y) ** 2, axis=1) / sigma**2).reshape(16, n)
+    np.testing.assert_allclose(draws_chi2, chi2[:, burnin + thin - 1::thin], rtol=1e-4)
+    moved = np.diff(chi2[:, burnin - 1:], axis=1) != 0               # the n * thin post-burn-in steps
+    assert 0.05 < moved.mean() < 0.95
+    np.testing.assert_allclose(res.acceptance_rate[0], moved.mean(axis=1), rtol=0, atol=1e-6)   # float32
