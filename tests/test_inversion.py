@@ -1052,3 +1052,31 @@ def test_traveltimes_far_from_the_priors_warn(problem, scale, warned, estimator,
         reported = float(re.search(r"survey 0: ([0-9.e+-]+) times", str(ours[0].message)).group(1))
         assert reported == pytest.approx(scale, rel=3e-3)      # 3 digits, of float32 models' times
         assert ours[0].filename == __file__          # points at the caller's line, not the library's
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_result_picks_the_least_misfit_iterate_of_each_start_and_the_least_misfit_start(problem, weighted):
+    """Per start, the kept iterate is the one of least misfit (chi-square with per-datum noise_std,
+    else the sum of squares), its data RMSE is that iterate's (not the run's least RMSE, which is
+    another iterate when weights differ), and the selected start is the least-misfit one."""
+    op, gen, _, _, tt = problem
+    sigma = np.random.default_rng(3).uniform(0.05, 2.0, op.n_data) if weighted else None
+    est = LatentInverter(gen, op, n_starts=8, n_epochs=3, batch_size=6, lr=0.05, noise_std=sigma,
+                         random_state=1, device="cpu").fit(tt)
+    res = est.invert(tt)
+    misfit_history = res.chi2_history if weighted else res.data_rmse_history
+    assert (res.chi2_history is not None) == weighted
+    best_it = np.nanargmin(misfit_history, axis=2)
+    np.testing.assert_array_equal(res.best_iteration, best_it)
+    at_best = np.take_along_axis(res.data_rmse_history, best_it[..., None], 2)[..., 0]
+    np.testing.assert_array_equal(res.data_rmse, at_best)
+    misfit = res.chi2 if weighted else res.data_rmse
+    np.testing.assert_array_equal(res.best_start, np.argmin(misfit, axis=1))
+    np.testing.assert_array_equal(res.models, res.start_models[np.arange(len(tt)), res.best_start])
+    # the kept models' own misfits, recomputed in float64
+    resid = est.simulate(res.start_models.reshape(-1, res.start_models.shape[-1])).reshape(misfit.shape + (-1,))
+    resid = resid - tt[:, None, :]
+    recomputed = (np.sum(resid**2 / sigma**2, axis=2) if weighted else np.sqrt(np.mean(resid**2, axis=2)))
+    np.testing.assert_allclose(misfit, recomputed, rtol=1e-4)
+    if weighted:   # the case where the two rules part: some start's least-RMSE iterate is another one
+        assert np.any(np.nanargmin(res.data_rmse_history, axis=2) != best_it)
