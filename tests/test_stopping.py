@@ -132,3 +132,44 @@ def test_pipelined_graph_operator_stops_as_in_line():
 def test_bad_stopping_parameters_are_refused(params, match):
     with pytest.raises(ValueError, match=match):
         _run(**params)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the rules' boundaries, on the Stopping object itself (a mutation audit found them untested)
+# ---------------------------------------------------------------------------------------------------
+from latentinv.inversion.stopping import DIVERGENCE_FACTOR, Stopping  # noqa: E402
+
+
+def test_target_is_reached_at_equality_and_divergence_is_beyond_factor_sqrt_d():
+    d = 4
+    st = Stopping(4, 4, d, "cpu", target_misfit=1.5)
+    bound = DIVERGENCE_FACTOR * math.sqrt(d)          # 200: the norm of a 100-sigma draw, not 100 d
+    z = torch.zeros(4, d)
+    z[1, 0], z[2, 0], z[3, 0] = 0.99 * bound, 1.01 * bound, float("nan")
+    rms = torch.tensor([1.5, 1.6, 1.6, 1.6])          # "at most" the target: equality reaches it
+    stop = st.after_step(torch.arange(4), rms, z)
+    assert stop.tolist() == [True, False, True, True]
+    assert st.reached.tolist() == [True, False, False, False]
+    assert st.diverged.tolist() == [False, False, True, True]
+
+
+def test_convergence_needs_a_fall_strictly_below_one_minus_tol():
+    st = Stopping(1, 1, 2, "cpu", tol=0.5, n_epochs_no_change=2)
+    rows = torch.arange(1)
+    assert not st.at_epoch_end(0, rows, torch.tensor([2.0])).item()    # first fall: reference 2
+    assert not st.at_epoch_end(1, rows, torch.tensor([1.0])).item()    # exactly (1 - tol) * 2: no fall
+    assert st.at_epoch_end(2, rows, torch.tensor([1.0])).item()        # 2 epochs without a fall
+    assert st.converged.tolist() == [True]
+    st2 = Stopping(1, 1, 2, "cpu", tol=0.5, n_epochs_no_change=2)
+    st2.at_epoch_end(0, rows, torch.tensor([2.0]))
+    st2.at_epoch_end(1, rows, torch.tensor([0.999]))                   # a fall: the window restarts
+    assert not st2.at_epoch_end(2, rows, torch.tensor([0.999])).item()
+
+
+def test_halving_keeps_the_ceiling_of_the_fraction_and_breaks_ties_by_the_lower_start():
+    st = Stopping(5, 5, 2, "cpu", prune_every=1, prune_keep=0.5)
+    best = torch.tensor([2.0, 1.0, 2.0, 2.0, 5.0])   # start 1 best, then a three-way tie
+    cut = st.at_epoch_end(0, torch.arange(5), best)
+    # ceil(0.5 * 5) = 3 kept: start 1, then the tie's lower starts 0 and 2
+    assert cut.tolist() == [False, False, False, True, True]
+    assert st.pruned.tolist() == [False, False, False, True, True]
