@@ -1080,3 +1080,23 @@ def test_result_picks_the_least_misfit_iterate_of_each_start_and_the_least_misfi
     np.testing.assert_allclose(misfit, recomputed, rtol=1e-4)
     if weighted:   # the case where the two rules part: some start's least-RMSE iterate is another one
         assert np.any(np.nanargmin(res.data_rmse_history, axis=2) != best_it)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-7])
+def test_adam_is_torch_adam_to_float64_rounding(scale):
+    """The engine's Adam against torch.optim.Adam (same defaults), in float64, over 20 steps of
+    random gradients; at gradients of 1e-7 where eps (1e-8) is not negligible, so its place (after the
+    bias correction of the second moment) is checked too."""
+    from latentinv.inversion.sgd import Adam
+
+    rng = np.random.default_rng(0)
+    grads = [torch.tensor(rng.standard_normal((3, 5)) * scale) for _ in range(20)]
+    z_ref = torch.tensor(rng.standard_normal((3, 5)), requires_grad=True)
+    z = z_ref.detach().clone()
+    opt = torch.optim.Adam([z_ref], lr=0.05)
+    ours = Adam(z)
+    for t, g in enumerate(grads, start=1):
+        z_ref.grad = g.clone()
+        opt.step()
+        z = ours.step(z, g, 0.05, t)
+        np.testing.assert_allclose(z.numpy(), z_ref.detach().numpy(), rtol=1e-12, atol=1e-14)
