@@ -70,3 +70,23 @@ def test_warning_fires_only_where_not_clearly_better():
     assert ok.tolist() == [True, False]
     with pytest.warns(BaselineWarning, match="homogeneous"):
         assert not check_against_baselines(data_rmse=3.5, homogeneous_rmse=6.0)
+
+
+def test_homogeneous_fit_with_sigma_is_weighted_least_squares():
+    """With per-datum sigma the fit solves the weighted normal equation sum w t1 (d - s t1) = 0,
+    w = 1 / sigma**2, and its RMSE is the unweighted one of that model (ignoring sigma survived)."""
+    op = StraightRayOperator(Grid2D(16, 8, 0.1),
+                             CrossholeSurvey(np.c_[np.full(4, 0.01), np.linspace(0.2, 1.4, 4)],
+                                             np.c_[np.full(4, 0.79), np.linspace(0.2, 1.4, 4)]))
+    rng = np.random.default_rng(1)
+    d = op.response(rng.uniform(12.5, 16.7, op.n_params)) + rng.normal(0, 0.3, op.n_data)
+    sigma = rng.uniform(0.05, 3.0, op.n_data)
+    s_w, r_w = homogeneous_fit(op, d, sigma)
+    s_u, _ = homogeneous_fit(op, d)
+    t1 = op.response(np.ones(op.n_params))
+    w = 1 / sigma**2
+    assert abs(np.dot(w * t1, d - s_w * t1)) < 1e-9 * np.dot(w * t1, d)
+    assert abs(s_w - s_u) > 1e-5 * s_u                       # the weights matter here
+    assert np.isclose(r_w, np.sqrt(np.mean((d - s_w * t1) ** 2)), rtol=1e-12)
+    s_1, _ = homogeneous_fit(op, d, 2.0)                      # one sigma for all: unweighted
+    assert np.isclose(s_1, s_u, rtol=1e-12)

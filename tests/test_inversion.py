@@ -1100,3 +1100,25 @@ def test_adam_is_torch_adam_to_float64_rounding(scale):
         opt.step()
         z = ours.step(z, g, 0.05, t)
         np.testing.assert_allclose(z.numpy(), z_ref.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_accepted_is_rmse_at_most_the_threshold_and_not_diverged():
+    """A hand-made result: acceptance is ``data_rmse <= threshold`` (equality accepted) and never a
+    diverged start, whatever its recorded RMSE."""
+    from latentinv.inversion import InversionResult
+
+    S, K = 2, 4
+    rmse = np.array([[0.5, 1.0, 1.5, 0.2], [2.0, 1.0, 0.1, 0.9]])
+    diverged = np.array([[False, False, False, True], [False, False, True, False]])
+    z = np.zeros((S, K, 3))
+    res = InversionResult(
+        models=np.zeros((S, 5)), best_start=np.zeros(S, int), start_models=np.zeros((S, K, 5)), latents=z,
+        data_rmse=rmse, chi2=None, best_iteration=np.zeros((S, K), int), data_rmse_history=rmse[..., None],
+        latent_norm_history=np.zeros((S, K, 1)), learning_rate_history=np.zeros((S, K, 1)),
+        lam_history=np.zeros((S, K, 1)), chi2_history=None, n_iterations_run=np.ones((S, K), int),
+        reached_target=np.zeros((S, K), bool), diverged=diverged)
+    expected = np.array([[True, True, False, False], [False, True, False, True]])
+    np.testing.assert_array_equal(res.accepted(1.0), expected)
+    np.testing.assert_array_equal(res.accepted_fraction(1.0), expected.mean(axis=1))
+    # a threshold per survey, as (n_surveys, 1)
+    np.testing.assert_array_equal(res.accepted_fraction(np.array([[0.5], [2.0]])), [0.25, 0.75])

@@ -173,3 +173,9 @@ def test_halving_keeps_the_ceiling_of_the_fraction_and_breaks_ties_by_the_lower_
     # ceil(0.5 * 5) = 3 kept: start 1, then the tie's lower starts 0 and 2
     assert cut.tolist() == [False, False, False, True, True]
     assert st.pruned.tolist() == [False, False, False, True, True]
+
+
+def test_halving_ranks_a_nan_misfit_last():
+    st = Stopping(4, 4, 2, "cpu", prune_every=1, prune_keep=0.5)
+    cut = st.at_epoch_end(0, torch.arange(4), torch.tensor([float("nan"), 3.0, 1.0, 2.0]))
+    assert cut.tolist() == [True, True, False, False]     # keep 2: starts 2 and 3; NaN is never kept
