@@ -264,3 +264,24 @@ def test_flat_models_without_image_shape_warn():
         warnings.simplefilter("error")
         channel_fraction(flat[:2, :129 * 20].reshape(129, 40))                   # an image, not warned
         channel_fraction(flat, image_shape=(129, 65))
+
+
+def test_two_point_connectivity_hand_values_conditioned_on_the_first_cell_and_pooled():
+    """Two 1 x 5 images, lags along x. Lag 1: image A's pairs starting in a channel are (0,1) joined
+    and (1,2) not; B's one, (0,1), is not: pooled 1/3 (conditioning on the second cell gives 1; a
+    mean of per-image ratios 1/4). Lag 2: no pair joined: 0."""
+    stack = np.array([[[1, 1, 0, 0, 0]], [[1, 0, 0, 0, 0]]], float)
+    np.testing.assert_allclose(two_point_connectivity(stack, 2, axis="x"), [1 / 3, 0.0], rtol=0, atol=1e-15)
+
+
+def test_compare_patterns_ignores_lags_without_pairs():
+    """Samples whose channel is column 3 of 5: along x, lag 1 has a pair (not joined: tau 0) and lag 2
+    none (NaN); against all-channel images (tau 1), the connectivity RMSE along x is that of lag 1
+    alone: 1 (a NaN counted as 0 would give sqrt(1/2))."""
+    samples = np.zeros((2, 5, 5))
+    samples[:, :, 3] = 1
+    reference = np.ones((2, 5, 5))
+    assert np.isnan(two_point_connectivity(samples, 2, axis="x")[1])
+    out = compare_patterns(samples, reference, max_lag=2)
+    assert out["connectivity_rmse_x"] == pytest.approx(1.0, abs=1e-15)
+    assert out["connectivity_rmse_depth"] == pytest.approx(0.0, abs=1e-15)     # a joined vertical line
