@@ -659,6 +659,21 @@ def test_thinning_keeps_the_last_state_of_each_block_and_acceptance_counts_every
     x = gen.decode(res.samples[0].reshape(-1, M.shape[1]))
     draws_chi2 = (np.sum((op.response(x) - y) ** 2, axis=1) / sigma**2).reshape(16, n)
     np.testing.assert_allclose(draws_chi2, chi2[:, burnin + thin - 1::thin], rtol=1e-4)
+    # ArviZ's sample statistics sit beside the draws they belong to (they were taken from the first
+    # state of each block while the draws are the last: a mutation audit found it)
+    _arviz()
+    idata = res.to_inference_data()
+    np.testing.assert_array_equal(idata.posterior["z"].values[:, :, 0], res.samples[0])
+    np.testing.assert_allclose(idata.sample_stats["chi2"].values[:, :, 0], draws_chi2, rtol=1e-4)
     moved = np.diff(chi2[:, burnin - 1:], axis=1) != 0               # the n * thin post-burn-in steps
     assert 0.05 < moved.mean() < 0.95
     np.testing.assert_allclose(res.acceptance_rate[0], moved.mean(axis=1), rtol=0, atol=1e-6)   # float32
+
+
+def test_adaptation_windows_double_and_leave_the_last_first_iterations_to_the_step():
+    from latentinv.inversion.mcmc import adaptation_windows
+
+    assert adaptation_windows(100) == [25, 75]       # 25 + 50; the next (175) would not leave 25
+    assert adaptation_windows(50) == [25]            # ends exactly 25 before the burn-in's end
+    assert adaptation_windows(49) == []
+    assert adaptation_windows(400) == [25, 75, 175, 375]

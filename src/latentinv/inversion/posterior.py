@@ -162,7 +162,7 @@ class PosteriorResult:
         Needs ArviZ (``pip install arviz``)."""
         az = _arviz("to_inference_data")
         z = np.moveaxis(self.samples, 0, 2)                      # (chain, draw, survey, latent)
-        keep = slice(self.n_burnin, None, self.thin)
+        keep = slice(self.n_burnin + self.thin - 1, None, self.thin)   # the last state of each block, as kept
         rmse = np.moveaxis(self.data_rmse_history[:, :, keep], 0, 2)[:, :z.shape[1]]
         chi2 = np.moveaxis(self.chi2_history[:, :, keep], 0, 2)[:, :z.shape[1]]
         return az.from_dict(posterior={"z": z}, sample_stats={"data_rmse": rmse, "chi2": chi2},
