@@ -15,12 +15,12 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from .._checks import caller_stacklevel, is_int
+from .._common import _resolve_device
 from ..metrics import _real_array, _rows
 from .equations import chi_mean, paper_slowness
 from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
 from .problem import LatentProblem
 from .randomness import initial_latents
-from .runtime import resolve_device
 
 
 def _max_traveltime(n_data):
@@ -201,7 +201,7 @@ class LatentEstimatorBase(BaseEstimator):
                 f"{name}: X has {X.shape[1]} traveltimes per survey but the operator expects "
                 f"{op.n_data}")
         self._check_params(op.n_data)
-        self.device_ = resolve_device(self.device)
+        self.device_ = _resolve_device(self.device, "LatentInverter")
 
         prior = self.prior
         if prior is None:

@@ -1,20 +1,9 @@
-"""Devices and threads of the engine."""
+"""Threads of the engine (devices: ``latentinv._common._resolve_device``, shared with the priors)."""
 from __future__ import annotations
 
 import contextlib
 
 import torch
-
-from .._common import _resolve_device
-
-
-def resolve_device(device, owner="LatentInverter"):
-    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a torch device.
-
-    The priors' parser, so that every estimator refuses the same specs with the same words (a
-    malformed index, or a CUDA device this machine does not have, included).
-    """
-    return _resolve_device(device, owner)
 
 
 @contextlib.contextmanager
