@@ -677,3 +677,10 @@ def test_adaptation_windows_double_and_leave_the_last_first_iterations_to_the_st
     assert adaptation_windows(50) == [25]            # ends exactly 25 before the burn-in's end
     assert adaptation_windows(49) == []
     assert adaptation_windows(400) == [25, 75, 175, 375]
+
+
+def test_a_bad_device_is_named_with_the_sampler():
+    op, gen, M, c, y = _linear_problem()
+    with pytest.raises(ValueError, match=r"^LatentSampler: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; "
+                                         r"got 'tpu'\.$"):
+        _sampler(gen, op, noise_std=0.1, device="tpu").fit(y[None])

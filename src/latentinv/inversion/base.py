@@ -201,7 +201,7 @@ class LatentEstimatorBase(BaseEstimator):
                 f"{name}: X has {X.shape[1]} traveltimes per survey but the operator expects "
                 f"{op.n_data}")
         self._check_params(op.n_data)
-        self.device_ = _resolve_device(self.device, "LatentInverter")
+        self.device_ = _resolve_device(self.device, name)
 
         prior = self.prior
         if prior is None:
