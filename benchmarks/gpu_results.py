@@ -11,7 +11,9 @@ This script
 - with ``--ship-prior``, installs the trained prior as the package's default
   (``src/latentinv/data/channels_ti_prior``) after loading it and checking its size (at most 1e7 bytes),
   and its record into ``docs/channels_ti_prior*`` (the training history kept every ``--history-every``
-  iterations, said in the file);
+  iterations, said in the file). It refuses a prior that the call did not evaluate (no record to ship
+  with it), and one whose held-out reconstruction RMSE is not below the shipped prior's (the same 200
+  held-out crops; a call that trained too few iterations), unless ``--even-if-worse``;
 - prints what the README and the tests then need: the key numbers and the new weights' SHA-256.
 
 Usage::
@@ -85,8 +87,17 @@ def records(files_at, card, root, copied):
     return summary
 
 
-def ship_prior(files_at, root, copied, history_every=10):
-    """The prior of ``prior.tgz`` as the package's default, and its record; returns a summary dict."""
+def _heldout_rmse(record_path):
+    """The held-out reconstruction RMSE of a prior's record, or None where there is no such record."""
+    if not record_path.is_file():
+        return None
+    value = json.loads(record_path.read_text()).get("heldout_reconstruction_rmse")
+    return None if value is None else float(value)
+
+
+def ship_prior(files_at, root, copied, history_every=10, even_if_worse=False):
+    """The prior of ``prior.tgz`` as the package's default, and its record; returns a summary dict.
+    Everything is checked before anything is written."""
     from latentinv import VAEPrior
 
     if not (files_at / "prior.tgz").is_file():
@@ -99,6 +110,18 @@ def ship_prior(files_at, root, copied, history_every=10):
         if size > PRIOR_BUDGET_BYTES:
             raise ValueError(f"the prior's files take {size} bytes, over the {PRIOR_BUDGET_BYTES} budget")
         prior = VAEPrior.load(folder)        # verifies its checksums; no code is executed
+        new_rmse = _heldout_rmse(tmp / "docs" / "channels_ti_prior.json")
+        if new_rmse is None or not (tmp / "docs" / "channels_ti_prior_training.json").is_file():
+            raise ValueError("prior.tgz holds no evaluated record (docs/channels_ti_prior.json with its held-out "
+                             "reconstruction RMSE, and docs/channels_ti_prior_training.json): the call's "
+                             "evaluation did not run. Evaluate the prior first (python "
+                             "scripts/train_default_prior.py --evaluate-only --out <its folder> --report "
+                             "<its docs folder>), then pack it again")
+        old_rmse = _heldout_rmse(root / "docs" / "channels_ti_prior.json")
+        if old_rmse is not None and not new_rmse < old_rmse and not even_if_worse:
+            raise ValueError(f"the call's prior is not better than the shipped one: held-out reconstruction "
+                             f"RMSE {new_rmse:.4f} against the shipped {old_rmse:.4f} ({prior.n_iterations} "
+                             f"iterations); not shipped (--even-if-worse ships it anyway)")
         data = root / "src" / "latentinv" / "data" / "channels_ti_prior"
         for name in ("config.json", "weights.safetensors"):
             _copy(folder / name, data / name, copied)
@@ -117,6 +140,7 @@ def ship_prior(files_at, root, copied, history_every=10):
                           "weights_sha256": hashlib.sha256(weights).hexdigest(),
                           "train_seconds (last call)": record.get("train_seconds"),
                           "heldout_reconstruction_rmse": record.get("heldout_reconstruction_rmse"),
+                          "the shipped prior's before": old_rmse,
                           "VSbrd mean accepted fraction": record.get("vsbrd", {}).get("mean_accepted_fraction")}}
 
 
@@ -125,6 +149,8 @@ def main(argv=None):
     p.add_argument("files_at", help="the folder the device tool returned the call's files into")
     p.add_argument("--card", required=True, help="the GPU's short name in the file names, e.g. h200")
     p.add_argument("--ship-prior", action="store_true", help="install prior.tgz's prior as the default")
+    p.add_argument("--even-if-worse", action="store_true",
+                   help="ship the prior even if its held-out reconstruction RMSE is not below the shipped one's")
     p.add_argument("--history-every", type=int, default=10, help="training history kept every N iterations")
     p.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -136,7 +162,7 @@ def main(argv=None):
     copied = []
     summary = records(files_at, a.card, root, copied)
     if a.ship_prior:
-        summary.update(ship_prior(files_at, root, copied, a.history_every))
+        summary.update(ship_prior(files_at, root, copied, a.history_every, a.even_if_worse))
     for path in copied:
         print(f"wrote {path.relative_to(root)}")
     print(json.dumps(summary, indent=1, default=str))

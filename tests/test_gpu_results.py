@@ -34,8 +34,8 @@ def tiny_prior(tmp_path_factory):
     return prior, folder
 
 
-def _call_files(tmp_path, prior_folder, extra_prior_file=None):
-    """A call's returned files: logs, results.tar and prior.tgz."""
+def _call_files(tmp_path, prior_folder, extra_prior_file=None, evaluated=True):
+    """A call's returned files: logs, results.tar and prior.tgz (a prior of held-out RMSE 0.1)."""
     at = tmp_path / "files_at"
     at.mkdir()
     (at / "log.txt").write_text("[0 s] machine: 16 CPUs\n")
@@ -54,12 +54,12 @@ def _call_files(tmp_path, prior_folder, extra_prior_file=None):
     if extra_prior_file:
         files["channels_ti_prior/extra.bin"] = bytes(extra_prior_file)
     history = {k: list(range(30)) for k in ("reconstruction", "kl", "loss")}
-    files.update({"docs/channels_ti_prior.json": json.dumps({"train_seconds": 280.0,
-                                                             "heldout_reconstruction_rmse": 0.1,
-                                                             "vsbrd": {"mean_accepted_fraction": 0.9}}).encode(),
-                  "docs/channels_ti_prior_training.json": json.dumps({"train_seconds": 280.0,
-                                                                      "history": history}).encode(),
-                  "docs/channels_ti_prior_curve.png": b"png"})
+    files["docs/channels_ti_prior_training.json"] = json.dumps({"train_seconds": 280.0, "history": history}).encode()
+    if evaluated:
+        files.update({"docs/channels_ti_prior.json": json.dumps({"train_seconds": 280.0,
+                                                                 "heldout_reconstruction_rmse": 0.1,
+                                                                 "vsbrd": {"mean_accepted_fraction": 0.9}}).encode(),
+                      "docs/channels_ti_prior_curve.png": b"png"})
     _tar(at / "prior.tgz", files, mode="w:gz")
     return at
 
@@ -95,6 +95,51 @@ def test_a_prior_over_budget_is_not_shipped(tmp_path, tiny_prior):
     with pytest.raises(ValueError, match="over the 10000000 budget"):
         gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)])
     assert not (root / "src").exists()
+
+
+def _shipped_record(root, rmse):
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "channels_ti_prior.json").write_text(json.dumps({"heldout_reconstruction_rmse": rmse}))
+
+
+def test_a_prior_the_call_did_not_evaluate_is_not_shipped(tmp_path, tiny_prior):
+    # without its own record, the old record would be reported as the new prior's
+    _, folder = tiny_prior
+    at = _call_files(tmp_path, folder, evaluated=False)
+    root = tmp_path / "repo"
+    _shipped_record(root, 0.2)
+    with pytest.raises(ValueError, match="holds no evaluated record"):
+        gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)])
+    assert not (root / "src").exists()
+    assert json.loads((root / "docs" / "channels_ti_prior.json").read_text())["heldout_reconstruction_rmse"] == 0.2
+
+
+@pytest.mark.parametrize("shipped_rmse", [0.1, 0.05])
+def test_a_prior_no_better_than_the_shipped_one_is_shipped_only_when_asked(tmp_path, tiny_prior, capsys,
+                                                                          shipped_rmse):
+    _, folder = tiny_prior
+    at = _call_files(tmp_path, folder)             # held-out RMSE 0.1
+    root = tmp_path / "repo"
+    _shipped_record(root, shipped_rmse)
+    with pytest.raises(ValueError, match=f"RMSE 0.1000 against the shipped {shipped_rmse:.4f}"):
+        gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)])
+    assert not (root / "src").exists()
+    assert gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--even-if-worse",
+                             "--root", str(root)]) == 0
+    assert (root / "src" / "latentinv" / "data" / "channels_ti_prior" / "weights.safetensors").is_file()
+
+
+def test_a_better_prior_replaces_the_shipped_one(tmp_path, tiny_prior, capsys):
+    _, folder = tiny_prior
+    at = _call_files(tmp_path, folder)
+    root = tmp_path / "repo"
+    _shipped_record(root, 0.165)
+    assert gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["prior"]["heldout_reconstruction_rmse"] == 0.1
+    assert summary["prior"]["the shipped prior's before"] == 0.165
+    assert json.loads((root / "docs" / "channels_ti_prior.json").read_text())["heldout_reconstruction_rmse"] == 0.1
 
 
 def test_an_archive_that_escapes_its_folder_is_refused(tmp_path):
