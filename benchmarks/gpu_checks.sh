@@ -11,7 +11,8 @@
 #   1. the GPU alone (its timings):
 #      bench      bench_inversion.py's CUDA rows: the paper's experiment (100 starts x 3000 iterations) eager
 #                 (the ablation), from a CUDA graph in float32 and bfloat16 (BENCH_ARGS, default
-#                 "--skip-cpu --skip-nonlinear")
+#                 "--skip-cpu --skip-nonlinear"); with --compile in BENCH_ARGS, compile_check.py first and
+#                 torch.compile's rows after
 #      train      bench_training.py: the reference network's training at batch 100, float32 and bfloat16,
 #                 eager and from a CUDA graph, and the ablation that reads the device every iteration
 #   2. side by side:
@@ -113,6 +114,10 @@ log "installed; TM=${TM:-none}"
 if want bench; then
   QUICK=; [ "$DRY" = 1 ] && QUICK=--quick
   mkdir -p "$RESULTS/bench"
+  case " $BENCH_ARGS " in *" --compile "*)      # does torch.compile keep the step's answers here? (a small case)
+    timeout $(cap 120) $PY benchmarks/compile_check.py --device $DEV 2>&1 | grep '^{' \
+      | tee "$RESULTS/bench/compile_check.txt" | tee -a "$OUT/log.txt"; pack ;;
+  esac
   timeout $(cap 150) $PY benchmarks/bench_inversion.py $QUICK $BENCH_ARGS --output "$RESULTS/bench/bench_inversion.json" \
     2>&1 | grep -v "it/s\]" | tee "$RESULTS/bench/bench_inversion.txt" | grep -E "paper experiment|reference loop|FAILED" \
     | tee -a "$OUT/log.txt"

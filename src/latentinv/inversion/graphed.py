@@ -19,6 +19,11 @@ compare that with :func:`~.sgd.run_sgd` on the CPU.
 
 Rules that decide on the host (convergence ``tol``, successive-halving ``prune_every``) and operators
 that run on the host (nonlinear) are not supported: :func:`unsupported` names them.
+
+For the benchmark that weighs this capture against ``torch.compile`` (issue 16: "whichever measures
+better"), :data:`compile_options` runs the same step through ``torch.compile(**compile_options)``, alone
+(``mode="reduce-overhead"`` makes torch's own CUDA graphs) or inside this module's capture (inductor's
+fused kernels, one replay per iteration).
 """
 from __future__ import annotations
 
@@ -138,28 +143,40 @@ class _StaticStep:
             self.k += 1
 
 
+#: ``torch.compile`` keyword arguments for the step (None: not compiled); a switch for benchmarks and
+#: tests only. On torch 2.13's CPU inductor the compiled step is wrong: docs/benchmarks/gpu.md.
+compile_options = None
+
+
+def _compiled(step, options):
+    """``step`` through ``torch.compile(**options)``, the full data a dense product (torch.compile does
+    not take sparse tensors). Dynamo splits the step at ``torch.autograd.grad``."""
+    return torch.compile(step.__call__, **options)
+
+
 #: eager steps before the capture (on a side stream, as torch's CUDA-graph notes ask; then undone)
 WARMUP_STEPS = 3
 #: iterations (whole epochs) whose draws the host makes and copies to the device at once
 CHUNK_ITERATIONS = 25
 
 
-def _capture(step):
-    """``step`` recorded in a CUDA graph, after warm-up steps on a side stream (then undone). A run of
-    fewer iterations warms up with fewer: a step reads its schedules at the counter."""
+def _capture(step, call):
+    """``call`` (``step``, maybe compiled) recorded in a CUDA graph, after warm-up steps on a side stream
+    (then undone). A run of fewer iterations warms up with fewer: a step reads its schedules at the
+    counter."""
     saved = [t.clone() for t in step.state()]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(min(WARMUP_STEPS, step.cfg.n_iterations)):
-            step()
+            call()
     torch.cuda.current_stream().wait_stream(side)
     with torch.no_grad():
         for t, v in zip(step.state(), saved):
             t.copy_(v)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        step()
+        call()
     return graph
 
 
@@ -170,7 +187,9 @@ def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, 
     ``capture``: record the step in a CUDA graph and replay it (CUDA only). ``dense_full``: the
     full data as a dense product. ``reuse_full_batches``: where every batch holds every ray, draw
     their order once (the host's draws would otherwise cost more than a GPU's iteration). Both
-    default to ``capture``; off, the run equals the eager one on the CPU bit for bit.
+    default to ``capture``; off, the run equals the eager one on the CPU bit for bit. With
+    :data:`compile_options` set the step runs through ``torch.compile`` (``dense_full`` then defaults to
+    True).
     """
     if capture and z.device.type != "cuda":
         raise ValueError(f"capture=True needs CUDA tensors, got latents on {z.device}")
@@ -181,8 +200,10 @@ def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, 
     R, d = z.shape
     history = History(problem, cfg.n_iterations, z, problem.operator.n_params)
     stopping = Stopping(R, problem.n_starts, d, z.device, target_misfit=cfg.target_misfit)
-    step = _StaticStep(problem, z, cfg, history, stopping,
-                       dense_full=capture if dense_full is None else dense_full)
+    if dense_full is None:
+        dense_full = capture or compile_options is not None
+    step = _StaticStep(problem, z, cfg, history, stopping, dense_full=dense_full)
+    call = step if compile_options is None else _compiled(step, compile_options)
     step.reuse_full_batches = capture if reuse_full_batches is None else reuse_full_batches
     if check_first is not None:
         with torch.no_grad():
@@ -197,9 +218,9 @@ def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, 
     for _ in chunks:
         step.next_chunk(streams)
         if capture and graph is None:
-            graph = _capture(step)
+            graph = _capture(step, call)
         for _ in range(min(step.chunk_iterations, n - n_done)):
-            graph.replay() if graph is not None else step()
+            graph.replay() if graph is not None else call()
             n_done += 1
         if not bool(step.running.any()):      # once per chunk: every start stopped
             break

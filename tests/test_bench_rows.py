@@ -1,0 +1,48 @@
+"""benchmarks/bench_inversion.py's rows of the paper's experiment, which run only on a GPU machine, on the
+CPU with a small problem: every variant runs, and each answer is compared with the first variant's."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests" / "golden"))
+import bench_inversion  # noqa: E402
+import cases  # noqa: E402
+
+from latentinv.inversion import LatentInverter, graphed  # noqa: E402
+
+
+@pytest.fixture
+def problem():
+    op = cases._straight()
+    return op, cases._generator(), cases._data(op, n=1)
+
+
+def test_every_variant_runs_and_is_compared_with_the_first(problem):
+    op, gen, tt = problem
+    rows = []
+    bench_inversion.paper_experiment_rows(
+        [("eager", gen, False, "float32", None),
+         ("static step, dynamo's eager backend", gen, False, "float32", {"backend": "eager"})],
+        op, tt, "cpu", 2, rows, n_starts=3)
+    assert [r.get("error") for r in rows] == [None, None]
+    eager, traced = rows
+    assert eager["max_model_diff_vs_eager"] == 0.0 and eager["first_call"] == "1 epoch, capture included"
+    # the traced static step gives the loop's iterates on the CPU (tests/test_graphed.py); its full data
+    # are a dense product (torch.compile takes no sparse tensor), equal to float32 rounding
+    assert traced["max_model_diff_vs_eager"] == 0.0 and traced["max_best_rmse_diff_vs_eager_ns"] < 1e-5
+    assert traced["first_call"] == "the full run, compile included"
+    assert traced["iterations"] == eager["iterations"] == 2 * LatentInverter(gen, op).fit(tt).iterations_per_epoch_
+    assert graphed.compile_options is None and LatentInverter._static_step is False     # restored
+
+
+def test_a_failed_reference_row_is_not_a_zero_difference(problem):
+    op, gen, tt = problem
+    rows = []
+    bench_inversion.paper_experiment_rows(
+        [("eager, an unknown precision", gen, False, "float8", None), ("eager", gen, False, "float32", None)],
+        op, tt, "cpu", 1, rows, n_starts=2)
+    assert "precision" in rows[0]["error"]
+    assert rows[1].get("error") is None and rows[1]["max_model_diff_vs_eager"] is None
