@@ -111,12 +111,18 @@ def main(argv=None):
             training = json.load(f)
         train_s, history = training["train_seconds"], training["history"]
         every = int(training.get("history_every", 1))     # a record thinned by benchmarks/gpu_results.py
+        arithmetic = training.get("arithmetic")
     else:
         prior, train_s = train(args)
-        history, every = prior.history_, 1
+        history, every, arithmetic = prior.history_, 1, _arithmetic(args)
         if args.no_evaluate:
             return
-    evaluate(prior, train_s, history, every, args)
+    evaluate(prior, train_s, history, every, args, arithmetic)
+
+
+def _arithmetic(args):
+    """How the training ran (the saved prior's parameters say how to train again on any machine)."""
+    return {"device": args.device, "precision": args.precision, "cuda_graphs": bool(args.cuda_graphs)}
 
 
 def train(args):
@@ -133,9 +139,11 @@ def train(args):
     train_s = time.perf_counter() - t0      # of this call (a resumed training: its remaining iterations)
     os.makedirs(args.report, exist_ok=True)
     with open(os.path.join(args.report, f"{_stem(args)}_training.json"), "w") as f:
-        json.dump({"train_seconds": train_s, "history": prior.history_}, f)
-    # shipped for any machine: weights saved from the CPU, a refit picks CUDA where there is one
-    prior.to("cpu").set_params(device="auto")
+        json.dump({"train_seconds": train_s, "arithmetic": _arithmetic(args), "history": prior.history_}, f)
+    # shipped for any machine: weights saved from the CPU, and parameters that refit anywhere (CUDA where
+    # there is one; float32, eager: bfloat16 and CUDA graphs only change how fast a training runs, and a
+    # machine without them refuses them). How this one ran is in its record ("training_arithmetic").
+    prior.to("cpu").set_params(device="auto", precision="float32", cuda_graphs=False)
     history = prior.history_
     if args.no_history_in_prior:
         prior.history_ = {k: [] for k in history}
@@ -145,7 +153,7 @@ def train(args):
     return prior, train_s
 
 
-def evaluate(prior, train_s, history, every, args):
+def evaluate(prior, train_s, history, every, args, arithmetic):
     """The prior's record; ``history`` holds every ``every``-th iteration's losses."""
 
     # quality 1: reconstruction RMSE (pixel values in [0, 1]) on held-out crops
@@ -183,7 +191,8 @@ def evaluate(prior, train_s, history, every, args):
         "train_seconds": train_s,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name(0)}" if prior.device_.type == "cuda" else ""),
-        "train_device": args.device,
+        "train_device": (arithmetic or {}).get("device", args.device),
+        "training_arithmetic": arithmetic,
         "heldout_reconstruction_rmse": recon_rmse,
         "heldout_channel_fraction": float(held.mean()),
         "sample_channel_fraction": float((samples > 0.5).mean()),

@@ -327,6 +327,37 @@ def test_training_crops_never_overlap_the_held_out_window():
     assert rows.max() + h == HELD_OUT_WINDOW[0]         # the band starts right after the last crop
 
 
+@pytest.mark.parametrize("image", ["channels_ti", "procedural"])
+def test_shipped_priors_refit_on_any_machine(image):
+    """A shipped prior's parameters train again anywhere: float32, eager, on a device every machine has
+    (a prior trained in bfloat16 or from CUDA graphs would otherwise refuse to refit on a CPU without
+    them; the procedural prior says "cpu", the paper-image one "auto")."""
+    params = VAEPrior.pretrained(image=image).get_params()
+    assert (params["precision"], params["cuda_graphs"]) == ("float32", False)
+    assert params["device"] in ("auto", "cpu")
+
+
+def test_training_script_saves_portable_parameters_and_records_its_arithmetic(tmp_path):
+    """scripts/train_default_prior.py saves the prior with portable parameters and writes how it trained
+    into the training record (then into the prior's record as "training_arithmetic")."""
+    if not TRAIN_SCRIPT.is_file():
+        pytest.skip("scripts/train_default_prior.py is not beside the tests (installed package)")
+    import importlib.util
+
+    from latentinv._common import native_bfloat16
+    precision = "bfloat16" if native_bfloat16(torch.device("cpu")) else "float32"
+    spec = importlib.util.spec_from_file_location("train_default_prior", TRAIN_SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--iterations", "2", "--channels", "2", "2", "2", "2", "--hidden-size", "4", "--batch-size", "2",
+                 "--precision", precision, "--threads", "1", "--no-evaluate",
+                 "--out", str(tmp_path / "prior"), "--report", str(tmp_path / "docs")])
+    saved = VAEPrior.load(tmp_path / "prior")
+    assert (saved.precision, saved.cuda_graphs, saved.device) == ("float32", False, "auto")
+    record = json.loads((tmp_path / "docs" / "channels_ti_prior_training.json").read_text())
+    assert record["arithmetic"] == {"device": "cpu", "precision": precision, "cuda_graphs": False}
+
+
 def test_pretrained_image_must_be_known():
     with pytest.raises(ValueError, match=r"image must be one of \['channels_ti', 'procedural'\], got 'ti'"):
         VAEPrior.pretrained(image="ti")
