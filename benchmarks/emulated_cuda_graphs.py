@@ -34,7 +34,11 @@ def _static_without_capture(problem, z, streams, cfg, *, capture=False, **kwargs
     return _static(problem, z, streams, cfg, capture=False, **kwargs)
 
 
-def main(argv):
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: emulated_cuda_graphs.py SCRIPT.py [ARGS...] | -c CODE [ARGS...]\n\n" + __doc__)
+        raise SystemExit(0 if argv else 2)
     LatentInverter.fit = _fit_eagerly
     LatentInverter._check_unchanged_params = lambda self: None    # cuda_graphs differs between fit and run
     graphed.run_sgd_static = _static_without_capture
@@ -51,7 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        sys.exit(0 if len(sys.argv) > 1 else 2)
-    main(sys.argv[1:])
+    main()
