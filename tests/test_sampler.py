@@ -553,6 +553,22 @@ def test_sampler_is_silent_when_chains_agree_and_warns_when_too_short():
         _sampler(gen, op, n_chains=2, n_burnin=5, n_samples=3, noise_std=sigma).fit(y[None]).sample(y[None])
 
 
+@pytest.mark.parametrize("method", ["mala", "hmc"])
+def test_chains_that_never_move_warn_and_have_no_effective_draws(method):
+    """Chains started together far from a very narrow posterior accept nothing: R-hat is NaN (not a
+    number > 1.05) and the std zero. That is a stuck sampler, not a converged, certain one: warned,
+    and the ESS (which ArviZ would count as every draw) NaN."""
+    op, gen, M, c, y = _linear_problem(sigma=0.1)
+    sampler = _sampler(gen, op, method=method, noise_std=1e-4, n_chains=4, n_burnin=10, n_samples=20,
+                       initial_latents=np.full((4, 3), 2.0)).fit(y[None])
+    with pytest.warns(ConvergenceWarning, match=r"did not move over the kept draws for surveys \[0\], in \[3\] "
+                                                r"of 3 latent dimensions \(acceptance rate after the burn-in 0.000\)"):
+        r = sampler.sample(y[None])
+    assert np.isnan(r.rhat()).all() and (r.std == 0).all()
+    _arviz()
+    assert np.isnan(r.ess()).all() and np.isnan(r.ess("tail")).all()
+
+
 @pytest.mark.parametrize("params, message", [
     (dict(noise_std=None), "noise_std is required"),
     (dict(method="nuts"), "method must be one of ['de', 'de-mala', 'hmc', 'mala', 'pcn', 'rwm'], got 'nuts'"),

@@ -177,6 +177,9 @@ class PosteriorResult:
                 ds = az.convert_to_dataset({"z": self.samples[s]})
                 ess_bulk[s] = az.ess(ds, method="bulk")["z"].values
                 ess_tail[s] = az.ess(ds, method="tail")["z"].values
+            # a dimension no chain moved in has no effective sample (ArviZ counts every draw of it)
+            frozen = np.ptp(self.samples, axis=(1, 2)) == 0
+            ess_bulk[frozen] = ess_tail[frozen] = np.nan
             self._diagnostics = dict(ess_bulk=ess_bulk, ess_tail=ess_tail)
         return self._diagnostics
 
@@ -188,7 +191,8 @@ class PosteriorResult:
 
     def ess(self, method="bulk"):
         """Effective sample size of each latent dimension, ``(n_surveys, n_components)``, by ArviZ
-        (``method``: ``"bulk"`` or ``"tail"``). Needs ArviZ."""
+        (``method``: ``"bulk"`` or ``"tail"``); NaN where no chain moved over the kept draws. Needs
+        ArviZ."""
         if method not in ("bulk", "tail"):
             raise ValueError(f"PosteriorResult.ess: method must be 'bulk' or 'tail', got {method!r}")
         return self._diagnose()[f"ess_{method}"]

@@ -394,6 +394,18 @@ def _warn_if_chains_disagree(result, owner):
                       "chains agree (split R-hat needs 4); keep more (n_samples)", ConvergenceWarning, stacklevel=4)
         return
     rhat = result.rhat()
+    # R-hat is NaN exactly where no chain moved over the kept draws: no proposal accepted there, so the
+    # zero standard deviation is a stuck sampler, not certainty
+    stuck = np.isnan(rhat).sum(1)
+    frozen = np.flatnonzero(stuck)
+    if len(frozen):
+        warnings.warn(
+            f"{owner}: the chains did not move over the kept draws for surveys {frozen.tolist()}, in "
+            f"{stuck[frozen].tolist()} of {rhat.shape[1]} latent dimensions (acceptance rate after the burn-in "
+            f"{', '.join(f'{a:.3f}' for a in result.acceptance_rate[frozen].mean(1))}): R-hat cannot be computed "
+            "there, and the zero posterior std is a stuck sampler, not certainty. Start the chains from "
+            "different latents (e.g. from more SGD starts than chains), lengthen the burn-in so the step "
+            "sizes adapt, or raise noise_std if it is below the data's real errors.", ConvergenceWarning, stacklevel=4)
     worst = np.where(np.isnan(rhat), -np.inf, rhat).max(1)
     bad = np.flatnonzero(worst > RHAT_LIMIT)
     if len(bad):
