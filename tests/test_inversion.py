@@ -1082,6 +1082,38 @@ def test_result_picks_the_least_misfit_iterate_of_each_start_and_the_least_misfi
         assert np.any(np.nanargmin(res.data_rmse_history, axis=2) != best_it)
 
 
+@pytest.mark.parametrize("method", ["invert", "predict"])
+def test_a_fit_no_better_than_a_homogeneous_medium_warns(problem, method):
+    """Data of another medium than slowness_map's (velocities 0.10 / 0.12 m/ns against the map's 0.06 /
+    0.08), within DataScaleWarning's factor 3: the prior's models cannot fit them, and the returned
+    model would be poor without a word. The selected data RMSE is compared with the best homogeneous
+    model's (BaselineWarning where it is no better); a fit of the prior's own data does not warn."""
+    from latentinv.baselines import BaselineWarning
+
+    op, gen, _, models, tt = problem
+    est = LatentInverter(gen, op, n_epochs=100, n_starts=4, lr=0.05, regularization=None, random_state=0,
+                         device="cpu").fit(tt)
+    if method == "invert":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")             # neither warning for data the prior explains
+            good = est.invert(tt)
+        assert (good.data_rmse.min(axis=1) < 0.5 * good.homogeneous_rmse).all()
+    other = np.asarray(op.response(1.0 / (0.10 + 0.02 * (1.0 - models)))).reshape(len(models), -1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = getattr(est, method)(other)
+    ours = [w for w in caught if w.category is BaselineWarning]
+    assert len(ours) == 1 and not [w for w in caught if "factor 3" in str(w.message)]
+    message = str(ours[0].message)
+    assert "the selected models of 2 of 2 surveys fit the data no better than the best homogeneous" in message
+    assert ours[0].filename == __file__                # the user's line
+    if method == "invert":
+        best = out.data_rmse.min(axis=1)
+        assert (best >= out.homogeneous_rmse).all()
+        i = int(re.search(r"survey (\d)", message).group(1))
+        assert f"data RMSE {best[i]:.3g} ns against {out.homogeneous_rmse[i]:.3g} ns" in message
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e-7])
 def test_adam_is_torch_adam_to_float64_rounding(scale):
     """The engine's Adam against torch.optim.Adam (same defaults), in float64, over 20 steps of
