@@ -90,6 +90,54 @@ def test_model_rmse_scorer_is_make_scorer():
     assert make_scorer(model_rmse, greater_is_better=False)(P(), np.zeros((3, 1)), y) == -0.5
 
 
+class _GridEstimator:
+    """An estimator on a 12 x 8 grid whose predictions are fixed, counting its predict calls."""
+
+    def __init__(self):
+        from latentinv import StraightRayOperator
+        from latentinv.geometry import CrossholeSurvey, Grid2D
+        self.operator_ = StraightRayOperator(Grid2D(12, 8, 0.1), CrossholeSurvey([[0.0, 0.5]], [[0.8, 0.5]]))
+        self.calls = 0
+
+    def predict(self, X):
+        self.calls += 1
+        return np.tile(np.linspace(0, 1, 96), (len(X), 1))
+
+
+def test_model_rmse_scorer_takes_images_of_the_grid_and_refuses_transposed_ones():
+    """True models as images (n, n_rows, n_cols) score as their flat rows; a transposed stack has as many
+    cells, and flattened it would be compared with the wrong cells: refused, before any inversion."""
+    est, X = _GridEstimator(), np.zeros((2, 1))
+    truths = np.random.default_rng(0).random((2, 96))
+    expected = -model_rmse(truths, est.predict(X))
+    assert model_rmse_scorer(est, X, truths.reshape(2, 12, 8)) == pytest.approx(expected)
+    assert model_rmse_scorer(est, X, truths) == pytest.approx(expected)
+    calls = est.calls
+    with pytest.raises(ValueError, match=r"images of shape \(8, 12\), the estimator's grid is \(12, 8\) "
+                                         r"\(n_rows, n_cols\) \(transposed\?\)"):
+        model_rmse_scorer(est, X, truths.reshape(2, 12, 8).transpose(0, 2, 1))
+    with pytest.raises(ValueError, match=r"images of shape \(6, 16\), the estimator's grid is \(12, 8\)"):
+        model_rmse_scorer(est, X, truths.reshape(2, 6, 16))
+    with pytest.raises(ValueError, match="model_rmse_scorer: needs the true models y"):
+        model_rmse_scorer(est, X, None)
+    assert est.calls == calls             # refused before predicting
+
+
+def test_estimator_score_refuses_transposed_images_and_no_y():
+    import torch
+
+    from latentinv import LatentInverter, StraightRayOperator
+    from latentinv.geometry import CrossholeSurvey, Grid2D
+    from latentinv.inversion import TorchGenerator
+    op = StraightRayOperator(Grid2D(4, 3, 0.1), CrossholeSurvey([[0.0, 0.1], [0.0, 0.3]], [[0.3, 0.2]]))
+    gen = TorchGenerator(torch.nn.Sequential(torch.nn.Linear(2, 12), torch.nn.Sigmoid()), 2)
+    est = LatentInverter(gen, op, n_starts=1, n_epochs=1, batch_size=None, device="cpu").fit(np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"LatentInverter.score: the true models y are images of shape \(3, 4\)"):
+        est.score(np.ones((1, 2)), np.zeros((1, 3, 4)))
+    with pytest.raises(ValueError, match="LatentInverter.score: needs the true models y"):
+        est.score(np.ones((1, 2)), None)
+
+
 def test_acceptance_rate_warns_when_the_threshold_is_not_below_the_homogeneous_baseline():
     from latentinv.baselines import BaselineWarning
     t_obs = np.zeros((2, 2))

@@ -6,8 +6,10 @@ Metrics take arrays with one survey per row:
 - :func:`model_rmse`: root-mean-square model error per survey (model units, [0, 1] for the VAE prior);
 - :func:`acceptance_rate`: fraction of surveys whose data RMSE is at most a threshold (ns).
 
-``model_rmse`` has the ``(y_true, y_pred)`` signature of :func:`sklearn.metrics.make_scorer`
-(``make_scorer(model_rmse, greater_is_better=False)``, also given as :data:`model_rmse_scorer`).
+``model_rmse`` has the ``(y_true, y_pred)`` signature of :func:`sklearn.metrics.make_scorer`;
+:data:`model_rmse_scorer` scores ``-model_rmse(y, estimator.predict(X))`` as that scorer would, and
+also checks true models given as images against the estimator's grid (a transposed stack has the same
+number of cells and would be compared cell by cell with the wrong cells).
 Data-space scores need the traveltimes of the predicted models, which only the estimator can
 compute (``estimator.simulate``): :func:`make_data_rmse_scorer` and :func:`make_acceptance_scorer`
 return scorers ``scorer(estimator, X, y=None)`` usable as ``scoring=`` in ``GridSearchCV``.
@@ -32,7 +34,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import make_scorer
 
 from ._checks import is_int
 
@@ -143,8 +144,36 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
     return float(np.mean(rmse <= threshold))
 
 
-#: ``make_scorer(model_rmse, greater_is_better=False)``: scores ``-model RMSE`` of ``predict(X)`` vs ``y``.
-model_rmse_scorer = make_scorer(model_rmse, greater_is_better=False)
+def check_model_images(estimator, y, name):
+    """True models ``y`` given as images ``(n, n_rows, n_cols)`` must have the estimator's grid shape
+    (its operator's ``grid``): flattened, a transposed stack has the right size and wrong cells."""
+    grid = getattr(getattr(getattr(estimator, "operator_", None), "grid", None), "shape", None)
+    shape = np.shape(y)
+    if grid is not None and len(shape) == 3 and tuple(shape[1:]) != tuple(grid):
+        hint = " (transposed?)" if tuple(shape[1:]) == tuple(grid)[::-1] else ""
+        raise ValueError(f"{name}: the true models y are images of shape {tuple(shape[1:])}, the estimator's "
+                         f"grid is {tuple(grid)} (n_rows, n_cols){hint}; pass y of shape (n_surveys, "
+                         f"{grid[0]}, {grid[1]}) or flat rows of {grid[0] * grid[1]} cells")
+
+
+class _ModelScorer:
+    """``make_scorer(model_rmse, greater_is_better=False)`` (``-model_rmse(y, estimator.predict(X))``),
+    with the true models checked first: present, and as images of the estimator's grid."""
+
+    def __call__(self, estimator, X, y=None):
+        if y is None:
+            raise ValueError("model_rmse_scorer: needs the true models y (n_surveys, n_cells), or images "
+                             "(n_surveys, n_rows, n_cols), beside the traveltimes X; got y=None")
+        check_model_images(estimator, y, "model_rmse_scorer")
+        return -model_rmse(y, estimator.predict(X))
+
+    def __repr__(self):
+        return "model_rmse_scorer"
+
+
+#: Scores ``-model RMSE`` of ``predict(X)`` against the true models ``y``, as
+#: ``make_scorer(model_rmse, greater_is_better=False)``, with ``y`` checked (see :class:`_ModelScorer`).
+model_rmse_scorer = _ModelScorer()
 
 
 class _DataScorer:

@@ -331,8 +331,15 @@ class LatentEstimatorBase(BaseEstimator):
             dec = copy.deepcopy(dec).to(self.device_)
         return dec
 
-    def _r2_against(self, pred, y):
-        """Mean over surveys of the R^2 of models ``pred`` against the true models ``y`` (``score``)."""
+    def _r2_against(self, predict, y):
+        """Mean over surveys of the R^2 of the models ``predict()`` against the true models ``y``
+        (``score``); ``y`` given as images is checked against the grid before anything is inverted."""
+        from ..metrics import check_model_images
+        if y is None:
+            raise ValueError(f"{type(self).__name__}.score: needs the true models y (n_surveys, n_cells), or "
+                             "images (n_surveys, n_rows, n_cols), beside the traveltimes X; got y=None")
+        check_model_images(self, y, f"{type(self).__name__}.score")
+        pred = predict()
         y, pred = _rows(y, pred, f"{type(self).__name__}.score", ("y (the true models)", "the predicted models"))
         return r2_score(y.T, pred.T, multioutput="uniform_average")
 

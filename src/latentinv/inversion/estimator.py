@@ -413,7 +413,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the predicted model against the true model ``y``."""
-        return self._r2_against(self.predict(X), y)
+        return self._r2_against(lambda: self.predict(X), y)
 
     # -- the engine ------------------------------------------------------------------------------------
     def _prune_every(self):

@@ -284,7 +284,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the posterior mean model against the true model ``y``."""
-        return self._r2_against(self.predict(X), y)
+        return self._r2_against(lambda: self.predict(X), y)
 
     def sample(self, X):
         """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`.
