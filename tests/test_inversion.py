@@ -423,6 +423,30 @@ def test_unfitted_prior_needs_y(problem):
         LatentInverter(prior_mod.VAEPrior(n_components=2), op).fit(tt)
 
 
+@pytest.mark.parametrize("path", ["prior_ti", Path("prior_ti")])
+def test_a_prior_given_as_a_path_is_named(problem, path):
+    op, _, _, _, tt = problem
+    with pytest.raises(ValueError, match=r"prior must be a generator object .* got the path 'prior_ti': load it "
+                                         r"first, e.g. VAEPrior.load\('prior_ti'\)"):
+        LatentInverter(path, op).fit(tt)
+
+
+def test_an_unfitted_image_prior_learns_the_operators_grid_from_flat_models():
+    """The true models of fit(X, y) are flat rows of the operator's grid: an unfitted VAEPrior without
+    image_shape (a convolutional one needs images) is trained on them as images of that grid; the
+    user's prior object is left as it was (fit trains a clone)."""
+    prior_mod = pytest.importorskip("latentinv.prior")
+    grid = Grid2D(16, 12, 0.1)
+    op = StraightRayOperator(grid, CrossholeSurvey([[0.0, 0.35], [0.0, 1.15]], [[1.2, 0.55], [1.2, 0.95]]))
+    y = (np.random.default_rng(0).random((6, 16 * 12)) > 0.7).astype(np.float64)
+    times = np.asarray(op.response(1.0 / (0.06 + 0.02 * (1.0 - y)))).reshape(6, -1)
+    prior = prior_mod.VAEPrior(n_components=2, channels=(2, 2), kernel_sizes=(3, 3), hidden_size=4, batch_size=3,
+                               n_iterations=2, random_state=0, device="cpu")
+    est = LatentInverter(prior, op, n_starts=1, n_epochs=1, batch_size=None, device="cpu").fit(times, y)
+    assert tuple(est.prior_.image_shape_) == (16, 12) and prior.image_shape is None
+    assert est.predict(times[:1]).shape == (1, 16 * 12)
+
+
 def test_noise_weighting_and_chi2(problem):
     op, gen, _, _, tt = problem
     sigma = np.linspace(0.5, 1.5, op.n_data)

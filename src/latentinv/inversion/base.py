@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -207,6 +208,10 @@ class LatentEstimatorBase(BaseEstimator):
         if prior is None:
             from ..prior import VAEPrior
             prior = VAEPrior()
+        if isinstance(prior, (str, bytes, os.PathLike)):
+            raise ValueError(f"{name}: prior must be a generator object (a fitted VAEPrior or SGANPrior, or a "
+                             f"TorchGenerator), got the path {os.fsdecode(prior)!r}: load it first, e.g. "
+                             f"VAEPrior.load({os.fsdecode(prior)!r})")
         if prior_is_fitted(prior):
             self.prior_ = prior
         else:
@@ -214,7 +219,12 @@ class LatentEstimatorBase(BaseEstimator):
                 raise ValueError(
                     f"{name}: the prior {type(prior).__name__} is not fitted; pass the training "
                     "models as y (or a fitted prior)")
-            self.prior_ = clone(prior).fit(np.asarray(y))
+            prior = clone(prior)
+            # models are flat rows of the operator's grid: an image prior learns that grid's images
+            grid = getattr(getattr(op, "grid", None), "shape", None)
+            if grid is not None and prior.get_params().get("image_shape", "absent") is None:
+                prior.set_params(image_shape=tuple(grid))
+            self.prior_ = prior.fit(np.asarray(y))
         for attr in ("decoder_", "n_components", "latent_distribution"):
             if not hasattr(self.prior_, attr):
                 raise ValueError(f"{name}: the prior {type(self.prior_).__name__} lacks {attr!r} "
