@@ -279,6 +279,7 @@ def test_verbose_progress_bar(capsys):
 
 # ---------------------------------------------------------------- model files: checksums and errors
 import hashlib  # noqa: E402
+import os  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import warnings  # noqa: E402
@@ -320,6 +321,21 @@ def saved_copy(saved, tmp_path):
     d = tmp_path / "saved_copy"
     shutil.copytree(saved[1], d)
     return d
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_mode_of_any_new_file(saved, tmp_path, umask):
+    """A saved prior's files are readable as the process's umask allows (0o644 under the usual 0o022),
+    not mkstemp's owner-only 0o600: a prior saved in a shared folder is for the others too."""
+    prior, _ = saved
+    old = os.umask(umask)
+    try:
+        prior.save(tmp_path / "p")
+    finally:
+        os.umask(old)
+    for name in ("weights.safetensors", "config.json"):
+        assert (tmp_path / "p" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_save_records_both_checksums(saved):

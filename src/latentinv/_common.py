@@ -84,10 +84,27 @@ def _config_digest(config):
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
+def _new_file_mode():
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (read where the system shows
+    it, so that no other thread sees a changed umask). mkstemp's own 0o600 would keep a saved model from
+    the other users of a shared folder."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path, data):
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        os.chmod(tmp, _new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
