@@ -423,6 +423,19 @@ def test_unfitted_prior_needs_y(problem):
         LatentInverter(prior_mod.VAEPrior(n_components=2), op).fit(tt)
 
 
+def test_one_survey_as_a_1d_array_is_a_clear_error(problem):
+    """One survey given flat gets the shape to pass, not scikit-learn's reshape(-1, 1) advice (which
+    would make one survey per traveltime)."""
+    op, gen, _, _, tt = problem
+    with pytest.raises(ValueError, match=r"LatentInverter: X must be 2-D, one row per survey: \(n_surveys, "
+                                         r"n_data\); got a 1-D array of 36 values. Reshape your data: for a single survey pass "
+                                         r"X.reshape\(1, -1\)"):
+        LatentInverter(gen, op, device="cpu").fit(tt[0])
+    est = LatentInverter(gen, op, n_starts=1, n_epochs=1, device="cpu").fit(tt)
+    with pytest.raises(ValueError, match=r"\(n_surveys, 36\); got a 1-D array of 36 values"):
+        est.predict(tt[0])
+
+
 @pytest.mark.parametrize("path", ["prior_ti", Path("prior_ti")])
 def test_a_prior_given_as_a_path_is_named(problem, path):
     op, _, _, _, tt = problem

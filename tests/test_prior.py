@@ -323,6 +323,17 @@ def saved_copy(saved, tmp_path):
     return d
 
 
+def test_one_model_or_latent_as_a_1d_array_is_a_clear_error(saved):
+    prior, _ = saved
+    d, n = prior.n_components, prior.n_features_in_
+    with pytest.raises(ValueError, match=rf"Z must be 2-D, one row per latent: \(n_latents, {d}\); got a 1-D "
+                                         rf"array of {d} values. Reshape your data: for a single latent pass Z.reshape\(1, -1\)"):
+        prior.decode(np.zeros(d))
+    with pytest.raises(ValueError, match=rf"X must be 2-D, one row per model: \(n_models, {n}\); got a 1-D "
+                                         rf"array of {n} values"):
+        prior.encode(np.zeros(n))
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_saved_files_get_the_mode_of_any_new_file(saved, tmp_path, umask):

@@ -256,6 +256,15 @@ def _check_finite_output(out, what, owner, inputs):
     return out
 
 
+def _reject_1d(X, what, rows, columns, owner):
+    """A clear error for a 1-D ``X`` where one row per item is expected (scikit-learn's own message
+    suggests ``reshape(-1, 1)``, which would be wrong here)."""
+    if _ndim(X) == 1:
+        raise ValueError(f"{owner}: {what} must be 2-D, one row per {rows}: (n_{rows}s, {columns}); got a 1-D "
+                         f"array of {len(X)} values. Reshape your data: for a single {rows} pass {what}.reshape(1, -1) (or "
+                         f"{what}[None])")
+
+
 def _ndim(X):
     shape = getattr(X, "shape", None)
     if isinstance(shape, tuple):

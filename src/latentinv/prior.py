@@ -54,6 +54,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _deterministic_kernels,
     _ndim,
     _numeric_input,
+    _reject_1d,
     _parse_config as _parse_model_config,
     _parse_device,
     _resolve_device,
@@ -422,6 +423,7 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         """Return float32 flat array (n_samples, n_features); sets/checks image shape."""
         name = type(self).__name__
         X = _numeric_input(X, "X", name)
+        _reject_1d(X, "X", "model", "n_cells" if reset else self.n_features_in_, name)
         if _ndim(X) == 3:
             X3 = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], ensure_min_features=1)
             shape3 = tuple(int(s) for s in X3.shape[1:])
@@ -715,7 +717,9 @@ or PatchSampler
             :meth:`encode` and :meth:`score_samples` raise the same way for ``X``.
         """
         check_is_fitted(self, "module_")
-        Z = check_array(_numeric_input(Z, "Z", type(self).__name__), dtype=[np.float64, np.float32])
+        Z = _numeric_input(Z, "Z", type(self).__name__)
+        _reject_1d(Z, "Z", "latent", int(self.n_components), type(self).__name__)
+        Z = check_array(Z, dtype=[np.float64, np.float32])
         if Z.shape[1] != int(self.n_components):
             raise ValueError(f"{type(self).__name__}: Z has {Z.shape[1]} columns but "
                              f"n_components={self.n_components}.")

@@ -16,7 +16,7 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from .._checks import caller_stacklevel, is_int
-from .._common import _resolve_device
+from .._common import _reject_1d, _resolve_device
 from ..metrics import _real_array, _rows
 from .equations import chi_mean, paper_slowness
 from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
@@ -165,6 +165,7 @@ class LatentEstimatorBase(BaseEstimator):
                 dtype = None
         if getattr(dtype, "kind", None) in ("b", "U", "S"):   # complex: scikit-learn's own message
             raise ValueError(f"{name}: X (traveltimes, ns) must hold real numbers, got dtype {dtype}")
+        _reject_1d(X, "X", "survey", "n_data" if reset else self.operator_.n_data, name)
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=False,
                           ensure_2d=True, copy=False)
         finite = np.isfinite(X)
