@@ -1033,7 +1033,7 @@ def test_score_and_simulate_refuse_mismatched_models(problem):
     op, gen, _, models, tt = problem
     est = LatentInverter(gen, op, n_starts=2, n_epochs=1, device="cpu").fit(tt)
     for y, match in [(models[:1], r".*same shape \(one row per survey\), got \(1, 96\) and \(2, 96\)"),
-                     (None, "y \\(the true models\\) must hold real numbers, got dtype object"),
+                     (None, r"needs the true models y \(n_surveys, n_cells\).* got y=None"),
                      (models + 1j, r"y \(the true models\) must hold real numbers, got dtype complex128")]:
         with pytest.raises(ValueError, match=r"LatentInverter\.score: " + match):
             est.score(tt, y)
