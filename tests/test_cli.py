@@ -399,7 +399,7 @@ def test_invert_bad_inputs(tiny_prior, tmp_path):
         {"grid": {"n_rows": 10, "n_cols": 5}, "sources": [[0, 5.0]], "receivers": [[0.5, 0.5]]}))
     _fails(run(cli.main, ["invert", str(tmp_path / "one.txt"), "--geometry",
                           str(tmp_path / "outside.json"), "--prior", str(prior_dir)]),
-           "lies outside the grid", 1)
+           "lies outside the grid", 2)
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--operator", "bent"]),
            "Invalid value for '--operator'", 2)
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--n-jobs", "0"]),
@@ -523,9 +523,9 @@ def test_bench_runs_scripts_and_reports_missing_folder(tmp_path, monkeypatch):
     (folder / "bench_raytrace.py").write_text(
         "import sys, pathlib\npathlib.Path(sys.argv[0]).with_suffix('.ran').write_text(' '.join(sys.argv[1:]))\n")
     monkeypatch.setenv("LATENTINV_BENCHMARKS", str(folder))
-    res = CliRunner().invoke(cli.main, ["bench", "raytrace", "--quick"])
+    res = CliRunner().invoke(cli.main, ["bench", "raytrace"])
     _ok(res)
-    assert (folder / "bench_raytrace.ran").read_text() == "--quick"
+    assert (folder / "bench_raytrace.ran").read_text() == ""
     res = CliRunner().invoke(cli.main, ["bench", "prior"])
     _fails(res, "prior", 1)
     monkeypatch.setenv("LATENTINV_BENCHMARKS", str(tmp_path / "absent"))
@@ -646,3 +646,205 @@ def test_traveltimes_in_seconds_are_flagged(tiny_prior, tmp_path, command):
     report = json.loads((out / ("result.json" if command == "invert" else "posterior.json")).read_text())
     warnings_ = report["baselines"]["warnings"] if command == "invert" else report["warnings"]
     assert any("not within a factor 3 of those of the prior's models" in w for w in warnings_)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the user trial's findings
+# ---------------------------------------------------------------------------------------------------
+def _fake_benchmarks(folder):
+    """Stand-ins for the four bench scripts: each writes its arguments next to itself."""
+    folder.mkdir(parents=True)
+    for script in cli._BENCHES.values():
+        (folder / script).write_text(
+            "import sys, pathlib\n"
+            "pathlib.Path(sys.argv[0]).with_suffix('.ran').write_text(' '.join(sys.argv[1:]))\n")
+    return folder
+
+
+def test_bench_quick_goes_only_to_the_scripts_that_take_it(tmp_path, monkeypatch):
+    # bench_raytrace.py has no --quick (argparse would exit 2: "unrecognized arguments: --quick")
+    folder = _fake_benchmarks(tmp_path / "benchmarks")
+    monkeypatch.setenv("LATENTINV_BENCHMARKS", str(folder))
+    res = CliRunner().invoke(cli.main, ["bench", "--quick"])
+    _ok(res)
+    assert (folder / "bench_raytrace.ran").read_text() == ""
+    for name in ("prior", "inversion", "sampling"):
+        assert (folder / f"bench_{name}.ran").read_text() == "--quick"
+    assert "raytrace: bench_raytrace.py takes no --quick" in res.output
+
+
+def test_bench_finds_the_benchmarks_folder_in_the_working_directory(tmp_path, monkeypatch):
+    # a non-editable install: the package sits in site-packages, far from the checkout
+    monkeypatch.delenv("LATENTINV_BENCHMARKS", raising=False)
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "venv" / "site-packages" / "latentinv" / "cli.py"))
+    checkout = tmp_path / "checkout"
+    folder = _fake_benchmarks(checkout / "benchmarks")
+    monkeypatch.chdir(checkout)
+    _ok(CliRunner().invoke(cli.main, ["bench", "raytrace"]))
+    assert (folder / "bench_raytrace.ran").exists()
+    # LATENTINV_BENCHMARKS comes first
+    other = _fake_benchmarks(tmp_path / "elsewhere")
+    monkeypatch.setenv("LATENTINV_BENCHMARKS", str(other))
+    _ok(CliRunner().invoke(cli.main, ["bench", "prior"]))
+    assert (other / "bench_prior.ran").exists() and not (folder / "bench_prior.ran").exists()
+    # a ./benchmarks without the bench scripts is not taken for them; neither: a clear error
+    monkeypatch.delenv("LATENTINV_BENCHMARKS")
+    (tmp_path / "other" / "benchmarks").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "other")
+    res = CliRunner().invoke(cli.main, ["bench"])
+    _fails(res, "benchmarks folder is not available", 1)
+    assert "LATENTINV_BENCHMARKS" in res.output and "./benchmarks" in res.output
+
+
+def test_sample_echoes_and_records_convergence_warnings(tiny_prior, tmp_path):
+    prior_dir, prior = tiny_prior
+    _, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data)
+    out = tmp_path / "post"
+    # 2 kept draws per chain: too few for R-hat, a ConvergenceWarning
+    res = CliRunner().invoke(cli.main, [
+        "sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(out), "--noise-std", "1",
+        "--chains", "2", "--burnin", "1", "--samples", "2", "--device", "cpu", "--seed", "0", "--quiet"])
+    _ok(res)
+    assert "[warning] LatentSampler: 2 kept draws per chain are too few" in res.output
+    assert "ConvergenceWarning" not in res.output and "cli.py" not in res.output    # not a raw warning
+    report = json.loads((out / "posterior.json").read_text())
+    assert any("2 kept draws per chain are too few" in w for w in report["warnings"])
+    # the user's seed, and the number the engine derived from it, named as such
+    from latentinv.inversion.randomness import as_seed
+    settings = report["settings"]
+    assert settings["seed"] == 0 and settings["random_state"] == 0
+    assert settings["engine_seed"] == as_seed(0) and "engine_seed_derivation" in settings
+
+
+@pytest.mark.parametrize("command", list(_SEED_ARGS))
+@pytest.mark.parametrize("value, message", [("0", "0 is not in the range x>=1"),
+                                            ("two", "'two' is not a valid integer")])
+def test_threads_must_be_a_positive_integer(tmp_path, command, value, message):
+    res = CliRunner().invoke(cli.main, [*_SEED_ARGS[command], "--threads", value, "--out", str(tmp_path / "o")])
+    _fails(res, f"Invalid value for '--threads': {message}", 2)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def thread_spy(monkeypatch):
+    """Records torch's thread count at each VAEPrior.fit / LatentInverter.fit / LatentSampler.fit;
+    restores torch's thread count afterwards (CliRunner runs the commands in this process)."""
+    from latentinv.inversion import LatentInverter, LatentSampler
+
+    seen = []
+    for cls in (VAEPrior, LatentInverter, LatentSampler):
+        def fit(self, *args, _fit=cls.fit, **kwargs):
+            seen.append(torch.get_num_threads())
+            return _fit(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "fit", fit)
+    before = torch.get_num_threads()
+    yield seen
+    torch.set_num_threads(before)
+
+
+def test_threads_sets_torch_threads_and_reports_them(tiny_prior, tmp_path, thread_spy):
+    prior_dir, prior = tiny_prior
+    default = torch.get_num_threads()
+    n = default + 1                                    # differs from torch's default
+    _, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data)
+    common = ["--prior", str(prior_dir), "--device", "cpu", "--threads", str(n), "--quiet"]
+    _ok(CliRunner().invoke(cli.main, ["invert", str(tmp_path / "tt.npy"), "--out", str(tmp_path / "i"),
+                                      "--n-starts", "1", "--epochs", "1", *common]))
+    _ok(CliRunner().invoke(cli.main, ["sample", str(tmp_path / "tt.npy"), "--out", str(tmp_path / "s"),
+                                      "--noise-std", "1", "--chains", "2", "--burnin", "1", "--samples", "4",
+                                      *common]))
+    _ok(CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "d"), "--n-starts", "1",
+                                      "--epochs-linear", "1", "--epochs-nonlinear", "1", "--full-batch",
+                                      "--posterior-draws", "0", *common]))
+    _ok(CliRunner().invoke(cli.main, ["train", "--procedural", "--image-size", "150", "90", "--out",
+                                      str(tmp_path / "p"), "--iterations", "1", "--batch-size", "2",
+                                      "--channels", "2,2,2,2", "--hidden-size", "4", "--threads", str(n),
+                                      "--quiet"]))
+    assert thread_spy and set(thread_spy) == {n}       # every fit ran on --threads
+    assert torch.get_num_threads() == default          # and the process's count is restored after
+    for path in (tmp_path / "i" / "result.json", tmp_path / "s" / "posterior.json",
+                 tmp_path / "d" / "report.json"):
+        settings = json.loads(path.read_text())["settings"]
+        assert settings["threads"] == n and settings["torch_threads"] == n, path
+    # without --threads: torch's default, recorded as such
+    _ok(CliRunner().invoke(cli.main, ["invert", str(tmp_path / "tt.npy"), "--out", str(tmp_path / "i0"),
+                                      "--n-starts", "1", "--epochs", "1", *common[:-3], "--quiet"]))
+    settings = json.loads((tmp_path / "i0" / "result.json").read_text())["settings"]
+    assert settings["threads"] is None and settings["torch_threads"] == default
+
+
+def _option_help(output, option):
+    """The help text of one option in a --help page (its lines up to the next option)."""
+    lines = output.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.strip().startswith(option))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("-"))
+    return " ".join(ln.strip() for ln in lines[start:end])
+
+
+def test_demo_out_help_names_the_posterior_figure():
+    res = CliRunner().invoke(cli.main, ["demo", "--help"])
+    _ok(res)
+    text = _option_help(res.output, "--out")
+    for name in ("demo.png", "posterior.png", "report.json", "models.npz"):
+        assert name in text
+
+
+def test_train_on_the_bundled_paper_image(tmp_path, monkeypatch):
+    import latentinv.datasets as ds
+
+    res = CliRunner().invoke(cli.main, ["train", "--help"])
+    assert "paper" in _option_help(res.output, "--image") and "load_channels_ti" in res.output
+    images = []
+    monkeypatch.setattr(ds, "PatchSampler", lambda image, *a, _cls=ds.PatchSampler, **k: (
+        images.append(image), _cls(image, *a, **k))[1])
+    res = CliRunner().invoke(cli.main, [
+        "train", "--image", "paper", "--patch-shape", "32", "16", "--out", str(tmp_path / "p"),
+        "--iterations", "1", "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4"])
+    _ok(res)
+    np.testing.assert_array_equal(images[0], load_channels_ti())
+    assert "the paper's training image" in res.output
+    # a file that does not exist is still refused by name
+    res = CliRunner().invoke(cli.main, ["train", "--image", str(tmp_path / "papers.png"),
+                                        "--out", str(tmp_path / "q")])
+    _fails(res, "Invalid value for '--image'", 2)
+    assert "does not exist" in res.output
+
+
+def test_train_on_an_8_bit_image_gives_a_cli_hint(tmp_path):
+    np.save(tmp_path / "ti.npy", (make_channel_image((60, 40), width=4.0, random_state=2) * 255).astype(np.uint8))
+    res = CliRunner().invoke(cli.main, [
+        "train", "--image", str(tmp_path / "ti.npy"), "--patch-shape", "32", "16", "--out", str(tmp_path / "p"),
+        "--iterations", "1", "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4", "--quiet"])
+    _fails(res, "Invalid value for --image", 2)
+    assert "ti.npy" in res.output and "[0, 255]" in res.output
+    assert "output_activation" not in res.output        # not a CLI option
+    assert "scale the image to [0, 1]" in res.output and "threshold" in res.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_geometry_outside_the_grid_prints_plain_numbers(tmp_path):
+    (tmp_path / "geo.json").write_text(json.dumps(
+        {"grid": {"n_rows": 10, "n_cols": 5}, "sources": [[0, 0.5]], "receivers": [[6.5, 0.25]]}))
+    np.savetxt(tmp_path / "tt.txt", np.ones(1))
+    res = CliRunner().invoke(cli.main, ["invert", str(tmp_path / "tt.txt"), "--geometry",
+                                        str(tmp_path / "geo.json"), "--out", str(tmp_path / "o")])
+    _fails(res, "Invalid value for --geometry", 2)
+    assert "receiver 0 at (x, depth) = (6.5, 0.25) m lies outside the grid" in res.output
+    assert "expected x in [0, 0.5] m, depth in [0, 1] m" in res.output
+    assert "np.float64" not in res.output
+
+
+def test_operator_lines_name_no_missing_backend(tiny_prior, tmp_path):
+    prior_dir, prior = tiny_prior
+    _, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data)
+    res = CliRunner().invoke(cli.main, ["invert", str(tmp_path / "tt.npy"), "--prior", str(prior_dir),
+                                        "--out", str(tmp_path / "i"), "--n-starts", "1", "--epochs", "1",
+                                        "--device", "cpu"])
+    _ok(res)
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("[invert]") and "survey(s)" in ln)
+    assert "python" not in line and "StraightRayOperator (exact ray lengths, NumPy/SciPy)" in line
+    assert cli._operator_text(ShortestPathOperator(Grid2D.paper(), CrossholeSurvey.paper(), n_secondary_nodes=1,
+                                                   backend="python")) == "ShortestPathOperator (Python backend)"

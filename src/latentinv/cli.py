@@ -8,8 +8,9 @@
     ``report.json`` (settings, thresholds, baselines, timings) and ``models.npz`` (truth,
     reconstruction, inverted models and the inverted data).
 ``latentinv train``
-    Trains a :class:`~latentinv.prior.VAEPrior` on random crops of a training image (a PNG/NPY file
-    or the procedural generator), away from held-out windows, and saves it (a directory).
+    Trains a :class:`~latentinv.prior.VAEPrior` on random crops of a training image (the paper's,
+    bundled: ``--image paper``; a PNG/NPY file; or the procedural generator), away from held-out
+    windows, and saves it (a directory).
 ``latentinv invert``
     Traveltimes (one survey per row, or one column) -> models (``models.npy``), ``invert.png`` and
     ``result.json``.
@@ -127,6 +128,59 @@ _DEVICE_OPTION = click.option("--device", default="auto", show_default=True, cal
                               help="auto (CUDA when available), cpu, cuda or cuda:N.")
 
 
+def _threads_option(fn):
+    """``--threads N`` of the commands that compute: the command runs with torch's CPU thread count
+    set to N (from before it loads anything to its end); without it, torch's default."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, threads=None, **kwargs):
+        with _torch_threads(threads):
+            return fn(*args, threads=threads, **kwargs)
+
+    return click.option(
+        "--threads", type=click.IntRange(1), default=None,
+        help="torch's CPU threads (torch.set_num_threads) for this command [default: torch's own, from "
+             "OMP_NUM_THREADS or the number of cores]. On a shared machine fewer threads can be much "
+             "faster.")(wrapper)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads):
+    """torch's intra-op thread count set to ``threads`` (``--threads``; None: torch's default) inside
+    the block, restored after it (the commands also run inside other processes, e.g. tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _threads_settings(threads):
+    """What the reports record of ``--threads``: the option (None: torch's default) and the count used."""
+    import torch
+
+    return {"threads": threads, "torch_threads": torch.get_num_threads()}
+
+
+def _operator_text(op):
+    """How the progress lines name an operator: the engine only where the operator has more than one
+    (the shortest-path operator: the compiled C++ core or its Python fallback); straight rays have one
+    implementation (exact ray lengths in a SciPy sparse matrix), no compiled backend to miss."""
+    from .operators import ShortestPathOperator, StraightRayOperator
+
+    name = type(op).__name__
+    if isinstance(op, StraightRayOperator):
+        return f"{name} (exact ray lengths, NumPy/SciPy)"
+    if isinstance(op, ShortestPathOperator):
+        return f"{name} ({'C++' if op.backend == 'cpp' else 'Python'} backend)"
+    return f"{name} ({op.backend})"
+
+
 def _is_out_of_memory(exc):
     """An allocation that failed (Python's MemoryError, torch's CPU allocator or CUDA), not any
     other RuntimeError, which stays a traceback (a bug to report)."""
@@ -221,6 +275,20 @@ def load_geometry(spec, operator="straight"):
         survey = CrossholeSurvey(cfg["sources"], cfg["receivers"], cfg.get("pairs"))
     except (ValueError, TypeError) as exc:
         raise bad(str(exc)) from None          # names sources, receivers or pairs
+    # survey.check_in's test, with the numbers printed plainly (its message shows numpy scalars,
+    # "(np.float64(6.5), ...)"), as a --geometry error
+    def num(v):
+        return f"{float(v):.10g}"           # 12.9, not 12.900000000000002
+
+    x0, z0 = grid.origin
+    for name, positions in (("source", survey.sources), ("receiver", survey.receivers)):
+        inside = grid.contains(positions)
+        if not np.all(inside):
+            i = int(np.argmin(inside))
+            x, z = positions[i]
+            raise bad(f"{name} {i} at (x, depth) = ({num(x)}, {num(z)}) m lies outside the grid: expected "
+                      f"x in [{num(x0)}, {num(x0 + grid.width)}] m, depth in [{num(z0)}, "
+                      f"{num(z0 + grid.height)}] m")
     survey.check_in(grid, owner=f"geometry file {spec}")
     return grid, survey
 
@@ -341,15 +409,16 @@ def _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device):
 
 
 @contextlib.contextmanager
-def _echoed_baseline_warnings(messages):
+def _echoed_baseline_warnings(messages, also=()):
     """Collect the :class:`~latentinv.baselines.BaselineWarning` s and
-    :class:`~latentinv.inversion.DataScaleWarning` s raised in the block into ``messages`` and print
-    each once as ``[warning] ...`` (even with ``--quiet``: they say that a verdict means little, or
-    that the data cannot be fitted); other warnings pass through unchanged."""
+    :class:`~latentinv.inversion.DataScaleWarning` s raised in the block (and those of the categories
+    ``also``) into ``messages`` and print each once as ``[warning] ...`` (even with ``--quiet``: they
+    say that a verdict means little, or that the data cannot be fitted); other warnings pass through
+    unchanged."""
     from .baselines import BaselineWarning
     from .inversion import DataScaleWarning
 
-    echoed = (BaselineWarning, DataScaleWarning)
+    echoed = (BaselineWarning, DataScaleWarning, *also)
     with warnings.catch_warnings(record=True) as caught:
         for category in echoed:
             warnings.simplefilter("always", category)
@@ -415,7 +484,8 @@ def _train_demo_prior(iterations, seed, quiet):
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-demo",
               show_default=True,
-              help="Output folder (created); receives demo.png, report.json and models.npz.")
+              help="Output folder (created); receives demo.png, posterior.png (unless --posterior-draws "
+                   "0), report.json and models.npz.")
 @click.option("--n-starts", type=click.IntRange(1), default=None,
               help="Initial latent vectors of the straight-ray inversion [default: 4, quick: 2].")
 @click.option("--n-starts-nonlinear", type=click.IntRange(1), default=1, show_default=True,
@@ -450,10 +520,12 @@ def _train_demo_prior(iterations, seed, quiet):
               help="Draws per chain (after as many burn-in iterations) of the posterior of the "
                    "straight-ray case, 8 chains of LatentSampler('de-mala') from its SGD solutions; "
                    "0: no posterior [default: 200, quick: 20].")
+@_threads_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @_user_errors
 def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear, noise_std, seed, quick,
-         prior_spec, train_prior, train_iterations, device, data_operator, full_batch, posterior_draws, quiet):
+         prior_spec, train_prior, train_iterations, device, data_operator, full_batch, posterior_draws,
+         threads, quiet):
     """The paper's crosshole test case end to end (truth, data, linear and nonlinear inversions).
 
     The truth is a 129 x 65 crop of the paper's training image (latentinv.datasets.load_channels_ti)
@@ -579,7 +651,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
             settings["batch_size"] = None
         inv = LatentInverter(prior, op, random_state=seed, device=device, verbose=int(not quiet),
                              **settings)
-        _echo(f"[{name}] {op.backend} backend, {op.n_data} data, {case['n_starts']} starts x "
+        _echo(f"[{name}] {_operator_text(op)}, {op.n_data} data, {case['n_starts']} starts x "
               f"{settings['n_epochs']} epochs; threshold {threshold:.3f} ns", quiet)
         with _echoed_baseline_warnings(warning_messages):
             inv.fit(data[None, :])
@@ -677,7 +749,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                      "epochs_linear": epochs_linear,
                      "epochs_nonlinear": epochs_nonlinear, "noise_std_ns": noise_std, "seed": seed,
                      "quick": quick, "full_batch": full_batch, "data_operator": data_operator,
-                     "posterior_draws": posterior_draws},
+                     "posterior_draws": posterior_draws, **_threads_settings(threads)},
         "grid": {"n_rows": grid.n_rows, "n_cols": grid.n_cols, "cell_size_m": grid.dx},
         "prior": {"source": prior_source, "n_components": int(prior.n_components),
                   "image_shape": list(_prior_shape(prior))},
@@ -709,9 +781,32 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
     _echo(f"[done] {', '.join(map(str, written))} ({timings['total_s']:.1f} s)", quiet)
 
 
+class _TrainingImage(click.Path):
+    """``train --image``: ``paper`` (the bundled training image) or an existing file."""
+
+    name = "image"
+
+    def __init__(self):
+        super().__init__(exists=True, dir_okay=False)
+
+    def get_metavar(self, param, ctx=None):
+        return "paper|FILE"
+
+    def convert(self, value, param, ctx):
+        if value == _PAPER_IMAGE:
+            return value
+        return super().convert(value, param, ctx)
+
+
+#: ``train --image`` of the image bundled with the package (latentinv.datasets.load_channels_ti)
+_PAPER_IMAGE = "paper"
+
+
 @main.command()
-@click.option("--image", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Training image (PNG, thresholded to 0/1, or NPY).")
+@click.option("--image", type=_TrainingImage(), default=None,
+              help="Training image: 'paper' (the paper's 2500 x 2500 image, bundled with the package: "
+                   "latentinv.datasets.load_channels_ti), a PNG file (thresholded to 0/1) or an NPY file "
+                   "(values in [0, 1]). A file named paper: ./paper.")
 @click.option("--procedural", is_flag=True, help="Use the procedural channel generator instead.")
 @click.option("--image-size", type=(click.IntRange(1), click.IntRange(1)), default=(1000, 1000),
               show_default=True, help="Rows and columns of the procedural image.")
@@ -737,10 +832,12 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @_DEVICE_OPTION
 @click.option("--cuda-graphs", is_flag=True, help="Replay each training step from a CUDA graph (CUDA only).")
+@_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def train(image, procedural, image_size, out_path, patch_shape, exclude, iterations, batch_size, beta,
-          alpha, n_components, channels, hidden_size, learning_rate, seed, device, cuda_graphs, quiet):
+          alpha, n_components, channels, hidden_size, learning_rate, seed, device, cuda_graphs, threads,
+          quiet):
     """Train a VAE prior on random crops of a training image and save it.
 
     Writes the prior into OUT (config.json and weights.safetensors; load it with
@@ -748,19 +845,27 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     encode-decode model RMSE of 32 fresh training crops against the best constant model's (the
     crops' own mean) and warns when the prior is not clearly better (latentinv.baselines): a sign
     that it has not learned the image.
+
+    --image paper trains on the image the shipped prior was trained on; that prior held out the
+    windows latentinv.datasets.DEFAULT_PRIOR_EXCLUDED_WINDOWS of it (the demo's truths, mc1-mc3):
+    pass them with --exclude to keep them unseen.
     """
     from .baselines import constant_model_rmse
-    from .datasets import PatchSampler, _check_window, make_channel_image
+    from .datasets import PatchSampler, _check_window, load_channels_ti, make_channel_image
     from .prior import VAEPrior
 
     if (image is None) == (not procedural):
-        raise click.UsageError("give exactly one of --image PATH or --procedural")
+        raise click.UsageError("give exactly one of --image PATH or --procedural (or --image paper, the "
+                               "bundled training image)")
     try:
         chans = tuple(int(c) for c in channels.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {channels!r}",
                                  param_hint="--channels") from None
-    if image is not None:
+    if image == _PAPER_IMAGE:
+        ti = load_channels_ti()
+        source = "the paper's training image (latentinv.datasets.load_channels_ti)"
+    elif image is not None:
         ti = _load_training_image(image)
         source = str(image)
     else:
@@ -780,7 +885,17 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
                      alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
                      n_iterations=iterations, device=device, random_state=seed, cuda_graphs=cuda_graphs,
                      verbose=int(not quiet))
-    prior.fit(sampler)
+    try:
+        prior.fit(sampler)
+    except ValueError as exc:
+        lo, hi = float(np.min(ti)), float(np.max(ti))
+        if "output_activation" not in str(exc) or (0.0 <= lo and hi <= 1.0):
+            raise
+        # the library's hint names a VAEPrior parameter that the command line does not have
+        raise click.BadParameter(
+            f"{image}: a training image must hold values in [0, 1] (the prior's decoder outputs that range), "
+            f"got values in [{lo:g}, {hi:g}]: scale the image to [0, 1] (e.g. divide an 8-bit image by 255) "
+            f"or threshold it to 0/1 (PNG files are thresholded when read)", param_hint="--image") from None
     prior.save(out_path)
     hist = prior.history_
     _echo(f"[train] {iterations} iterations in {time.perf_counter() - t0:.1f} s; final loss "
@@ -859,10 +974,11 @@ def _survey_options(fn):
               help="Surveys per parallel task [default: 1 when parallel].")
 @click.option("--cuda-graphs", is_flag=True,
               help="Replay each SGD iteration from a CUDA graph (CUDA, straight rays).")
+@_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, epochs, batch_size, lr,
-           lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, quiet):
+           lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads, quiet):
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models.
 
     Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
@@ -899,8 +1015,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     settings["n_starts"] = n_starts
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _echo(f"[invert] {len(data)} survey(s) x {survey.n_data} data, {type(op).__name__} "
-          f"({op.backend}), {n_starts} starts x {settings['n_epochs']} epochs", quiet)
+    _echo(f"[invert] {len(data)} survey(s) x {survey.n_data} data, {_operator_text(op)}, "
+          f"{n_starts} starts x {settings['n_epochs']} epochs", quiet)
     t0 = time.perf_counter()
     parallel = n_jobs not in (None, 1) or scheduler is not None
     inv = LatentInverter(prior, op, random_state=seed, device=device, n_jobs=n_jobs, chunk_size=chunk_size,
@@ -927,7 +1043,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     result = {
         "command": "invert", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
-        "settings": settings, "seed": seed, "n_iterations": int(inv.n_iterations_),
+        "settings": settings | _threads_settings(threads), "seed": seed,
+        "n_iterations": int(inv.n_iterations_),
         "n_jobs": n_jobs, "scheduler": scheduler, "chunk_size": chunk_size,
         "data_rmse_ns": res.data_rmse.tolist(), "best_start": res.best_start.tolist(),
         "best_data_rmse_ns": best.tolist(),
@@ -974,46 +1091,59 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
               show_default=True)
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @_DEVICE_OPTION
+@_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, n_leapfrog, chains, burnin,
-           samples, thin, sgd_epochs, out_dir, seed, device, quiet):
+           samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
     """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
 
     Writes OUT/posterior.npz (mean, std, channel_probability: (n_surveys, n_cells), flat row-major
     with row 0 at the top; samples: latent draws (n_surveys, n_chains, n_draws, n_components);
     model_samples), OUT/posterior.png (the first survey's mean, standard deviation, channel
     probability and samples) and OUT/posterior.json (settings, acceptance, R-hat per latent dimension
-    and ESS when ArviZ is installed, forward runs, time). A ConvergenceWarning says when the chains
-    disagree (worst R-hat above 1.05).
+    and ESS when ArviZ is installed, forward runs, time, warnings). A [warning] line (also in
+    posterior.json) says when the chains disagree (worst R-hat above 1.05) or are too short to tell.
     """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from sklearn.exceptions import ConvergenceWarning
+
     from .inversion import NONLINEAR_SETTINGS, LatentInverter, LatentSampler
+    from .inversion.randomness import as_seed
     from .plotting import plot_posterior
 
     grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    initial = None
-    if sgd_epochs:
-        settings = (dict(NONLINEAR_SETTINGS) if operator_kind != "straight" else
-                    dict(lr=1e-2, lr_decay=0.95, regularization="ring", lam=10.0, lam_decay=0.999))
-        settings.update(n_epochs=sgd_epochs, batch_size=min(25, survey.n_data), n_starts=chains)
-        _echo(f"[sample] SGD starts: {chains} x {sgd_epochs} epochs", quiet)
-        sgd = LatentInverter(prior, op, random_state=seed, device=device, **settings).fit(data)
-        initial = LatentSampler.initial_latents_from(sgd.invert(data), chains)
-    _echo(f"[sample] {len(data)} survey(s) x {survey.n_data} data, {type(op).__name__} ({op.backend}), "
-          f"{method}: {chains} chains x ({burnin} + {samples * thin}) iterations", quiet)
-    sampler = LatentSampler(prior, op, method=method, n_leapfrog=n_leapfrog, n_chains=chains, n_burnin=burnin,
-                            n_samples=samples, thin=thin, initial_latents=initial, noise_std=noise_std,
-                            random_state=seed, device=device, verbose=int(not quiet))
     warning_messages = []
-    with _echoed_baseline_warnings(warning_messages):
+    with _echoed_baseline_warnings(warning_messages, also=(ConvergenceWarning,)):
+        t0 = time.perf_counter()
+        initial = None
+        if sgd_epochs:
+            settings = (dict(NONLINEAR_SETTINGS) if operator_kind != "straight" else
+                        dict(lr=1e-2, lr_decay=0.95, regularization="ring", lam=10.0, lam_decay=0.999))
+            settings.update(n_epochs=sgd_epochs, batch_size=min(25, survey.n_data), n_starts=chains)
+            _echo(f"[sample] SGD starts: {chains} x {sgd_epochs} epochs", quiet)
+            sgd = LatentInverter(prior, op, random_state=seed, device=device, **settings).fit(data)
+            initial = LatentSampler.initial_latents_from(sgd.invert(data), chains)
+        _echo(f"[sample] {len(data)} survey(s) x {survey.n_data} data, {_operator_text(op)}, "
+              f"{method}: {chains} chains x ({burnin} + {samples * thin}) iterations", quiet)
+        sampler = LatentSampler(prior, op, method=method, n_leapfrog=n_leapfrog, n_chains=chains,
+                                n_burnin=burnin, n_samples=samples, thin=thin, initial_latents=initial,
+                                noise_std=noise_std, random_state=seed, device=device, verbose=int(not quiet))
         res = sampler.fit(data).sample(data)
-    elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+    # the sampler's settings call the int its generators are seeded from "seed"; it is derived from
+    # random_state (= --seed): report the user's seed as "seed" and that number under its own name
+    engine_seed = res.settings.get("seed", as_seed(seed))
+    sample_settings = {k: v for k, v in res.settings.items() if k != "seed"} | {
+        "seed": seed, "engine_seed": engine_seed,
+        "engine_seed_derivation": "latentinv.inversion.randomness.as_seed(seed) = "
+                                  "numpy.random.RandomState(seed).randint(2**31 - 1): the int from which the "
+                                  "chains' generators are seeded (with each survey's data)",
+        "sgd_epochs": sgd_epochs, **_threads_settings(threads)}
     np.savez_compressed(out / "posterior.npz", mean=res.mean, std=res.std,
                         channel_probability=res.channel_probability, samples=res.samples,
                         model_samples=res.model_samples, map_model=res.map_model)
@@ -1024,7 +1154,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
     report = {
         "command": "sample", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
-        "settings": res.settings | {"sgd_epochs": sgd_epochs}, "acceptance_rate": res.acceptance_rate.tolist(),
+        "settings": sample_settings, "acceptance_rate": res.acceptance_rate.tolist(),
         "step_size": res.step_size.tolist(), "diagnostics": diagnostics, "forward_runs": res.n_forward,
         "mean_data_rmse_ns_after_burnin": np.mean(res.data_rmse_history[:, :, burnin:], axis=(1, 2)).tolist(),
         "time_s": elapsed, "device": str(sampler.device_), "versions": _versions(), "warnings": warning_messages,
@@ -1040,30 +1170,47 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
           f"{out / 'posterior.json'}", quiet)
 
 
+_BENCHES = {"raytrace": "bench_raytrace.py", "prior": "bench_prior.py",
+            "inversion": "bench_inversion.py", "sampling": "bench_sampling.py"}
+#: the bench scripts that accept ``--quick`` (bench_raytrace.py has no smaller variant)
+_QUICK_BENCHES = ("prior", "inversion", "sampling")
+
+
+def _holds_bench_scripts(folder):
+    return folder.is_dir() and any((folder / script).is_file() for script in _BENCHES.values())
+
+
 def _benchmarks_dir():
+    """The benchmarks folder: $LATENTINV_BENCHMARKS, else the checkout's beside the package (an
+    editable install), else ./benchmarks when it holds the bench scripts (a checkout in which the
+    package was installed with a plain `pip install .`). None when none of them is there."""
     env = os.environ.get("LATENTINV_BENCHMARKS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-_BENCHES = {"raytrace": "bench_raytrace.py", "prior": "bench_prior.py",
-            "inversion": "bench_inversion.py", "sampling": "bench_sampling.py"}
+    for folder in (Path(__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"):
+        if _holds_bench_scripts(folder):
+            return folder
+    return None
 
 
 @main.command()
 @click.argument("which", type=click.Choice(["all", *_BENCHES]), default="all")
-@click.option("--quick", is_flag=True, help="Pass --quick to the scripts (smaller problems).")
+@click.option("--quick", is_flag=True,
+              help=f"Smaller problems: --quick goes to the scripts that take it "
+                   f"({', '.join(_QUICK_BENCHES)}); raytrace has no smaller run and runs in full.")
 def bench(which, quick):
     """Run the benchmark scripts of the repository's benchmarks/ folder (a source checkout).
 
-    Set LATENTINV_BENCHMARKS to the folder when it is elsewhere.
+    The folder is $LATENTINV_BENCHMARKS when set, else the checkout's when the package is installed
+    from it in editable mode, else ./benchmarks (run from the checkout's root).
     """
     folder = _benchmarks_dir()
-    if not folder.is_dir():
+    if folder is None or not folder.is_dir():
+        where = (f"LATENTINV_BENCHMARKS={folder} does not exist" if folder is not None else
+                 f"no bench scripts beside the installed package nor in ./benchmarks of {Path.cwd()}")
         raise click.ClickException(
-            f"the benchmarks folder is not available ({folder} does not exist): benchmarks ship with "
-            "the source repository, not the installed package; run from a checkout or set "
+            f"the benchmarks folder is not available ({where}): benchmarks ship with the source "
+            "repository, not the installed package; run from the root of a checkout (./benchmarks) or set "
             "LATENTINV_BENCHMARKS=/path/to/benchmarks")
     names = list(_BENCHES) if which == "all" else [which]
     failed = []
@@ -1073,7 +1220,10 @@ def bench(which, quick):
             click.echo(f"[bench] {name}: {script} is missing; skipped", err=True)
             failed.append(name)
             continue
-        cmd = [sys.executable, str(script)] + (["--quick"] if quick else [])
+        cmd = [sys.executable, str(script)] + (["--quick"] if quick and name in _QUICK_BENCHES else [])
+        if quick and name not in _QUICK_BENCHES:
+            click.echo(f"[bench] {name}: {_BENCHES[name]} takes no --quick; it runs its full measurement",
+                       err=True)
         click.echo(f"[bench] {name}: {' '.join(cmd)}", err=True)
         rc = subprocess.call(cmd, cwd=str(folder.parent))
         if rc != 0:
