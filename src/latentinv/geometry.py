@@ -346,7 +346,7 @@ class CrossholeSurvey:
             if not np.all(inside):
                 i = int(np.argmin(inside))
                 raise ValueError(
-                    f"{owner}: {name} {i} at (x, depth) = {tuple(pos[i])} m lies outside the grid "
+                    f"{owner}: {name} {i} at (x, depth) = {tuple(float(v) for v in pos[i])} m lies outside the grid "
                     f"x in [{grid.origin[0]}, {grid.origin[0] + grid.width}] m, depth in "
                     f"[{grid.origin[1]}, {grid.origin[1] + grid.height}] m"
                 )
