@@ -128,7 +128,7 @@ def test_paper_survey_checks_positions():
 def test_survey_outside_grid():
     grid = Grid2D(4, 4, 1.0)
     survey = CrossholeSurvey([[0.0, 1.0]], [[4.5, 1.0]])
-    with pytest.raises(ValueError, match=r"receiver 0 at \(x, depth\) = \(4.5, 1.0\) m lies outside the grid"):
+    with pytest.raises(ValueError, match=r"receiver 0 at \(x, depth\) = \(4.5, 1\) m lies outside the grid: expected x in \[0, 4\] m"):
         survey.check_in(grid)
 
 

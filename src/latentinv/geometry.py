@@ -345,10 +345,12 @@ class CrossholeSurvey:
             inside = grid.contains(pos)
             if not np.all(inside):
                 i = int(np.argmin(inside))
+                num = lambda v: f"{float(v):.10g}"        # noqa: E731  (12.9, not 12.900000000000002)
+                x0, z0 = grid.origin
                 raise ValueError(
-                    f"{owner}: {name} {i} at (x, depth) = {tuple(float(v) for v in pos[i])} m lies outside the grid "
-                    f"x in [{grid.origin[0]}, {grid.origin[0] + grid.width}] m, depth in "
-                    f"[{grid.origin[1]}, {grid.origin[1] + grid.height}] m"
+                    f"{owner}: {name} {i} at (x, depth) = ({num(pos[i][0])}, {num(pos[i][1])}) m lies outside "
+                    f"the grid: expected x in [{num(x0)}, {num(x0 + grid.width)}] m, depth in "
+                    f"[{num(z0)}, {num(z0 + grid.height)}] m"
                 )
 
     def __eq__(self, other):
