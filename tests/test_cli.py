@@ -852,3 +852,16 @@ def test_operator_lines_name_no_missing_backend(tiny_prior, tmp_path):
     assert "python" not in line and "StraightRayOperator (exact ray lengths, NumPy/SciPy)" in line
     assert cli._operator_text(ShortestPathOperator(Grid2D.paper(), CrossholeSurvey.paper(), n_secondary_nodes=1,
                                                    backend="python")) == "ShortestPathOperator (Python backend)"
+
+
+def test_reports_are_standard_json_with_null_for_nan_and_infinity():
+    """Python writes NaN and Infinity tokens, which are not JSON (jq and JavaScript refuse them): the
+    reports write null there."""
+    report = {"max_rhat": [float("nan"), 1.01], "nested": {"rmse": np.float64("inf"), "n": 3},
+              "rows": ({"x": -np.inf},), "ok": 0.5}
+    text = cli._report_json(report)
+
+    def refuse(token):
+        raise ValueError(f"non-JSON token {token}")
+    assert json.loads(text, parse_constant=refuse) == {"max_rhat": [None, 1.01], "nested": {"rmse": None, "n": 3},
+                                                       "rows": [{"x": None}], "ok": 0.5}

@@ -181,6 +181,20 @@ def _operator_text(op):
     return f"{name} ({op.backend})"
 
 
+def _report_json(report):
+    """A report as standard JSON: NaN and infinities (an R-hat of chains that never moved, a diverged
+    start's misfit) become null, which every JSON reader takes; Python's own NaN tokens are not JSON."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+            return None
+        return v
+    return json.dumps(clean(report), indent=1, allow_nan=False)
+
+
 def _is_out_of_memory(exc):
     """An allocation that failed (Python's MemoryError, torch's CPU allocator or CUDA), not any
     other RuntimeError, which stays a traceback (a bug to report)."""
@@ -764,7 +778,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                       "data_" + k.replace("-", "_") for k in inverted_data) + " (traveltimes, ns)",
                   **({"posterior.png": "the straight-ray posterior"} if posterior_draws else {})},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.json").write_text(_report_json(report))
     written = [out / "demo.png"] + ([out / "posterior.png"] if posterior_draws else []) + [
         out / "report.json", out / "models.npz"]
     _echo(f"[done] {', '.join(map(str, written))} ({timings['total_s']:.1f} s)", quiet)
@@ -1045,7 +1059,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
         "time_s": elapsed, "device": str(inv.device_), "versions": _versions(),
         "models_file": "models.npy (n_surveys, n_cells), flat row-major, row 0 at the top",
     }
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    (out / "result.json").write_text(_report_json(result))
     accepted_text = ("" if threshold is None else
                      f"; accepted {np.round(accepted, 3).tolist()} of starts below {threshold} ns")
     _echo(f"[invert] best data RMSE {np.round(best, 3).tolist()} ns (best homogeneous model "
@@ -1151,7 +1165,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
                                    "(n_surveys, n_chains, n_draws, n_components); model_samples; map_model",
                   "posterior.png": "the first survey's posterior", "posterior.json": "this report"},
     }
-    (out / "posterior.json").write_text(json.dumps(report, indent=1))
+    (out / "posterior.json").write_text(_report_json(report))
     rhat = diagnostics.get("rhat")
     _echo(f"[sample] acceptance {np.round(res.acceptance_rate.mean(1), 3).tolist()}"
           + ("" if rhat is None else f"; max R-hat {np.round(np.max(rhat, 1), 3).tolist()}")
