@@ -1088,8 +1088,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
               help="Draws kept per chain.")
 @click.option("--thin", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--sgd-epochs", type=click.IntRange(0), default=0, show_default=True,
-              help="Start the chains from a short SGD (that many epochs, one start per chain; its "
-                   "lowest-misfit starts of the first survey); 0: from the prior.")
+              help="Start the chains from a short SGD (that many epochs, one start per chain: its "
+                   "lowest-misfit starts; one survey only); 0: from the prior.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-sample",
               show_default=True)
 @click.option("--seed", type=_SEED, default=0, show_default=True)
@@ -1124,6 +1124,13 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
     with _echoed_baseline_warnings(warning_messages, also=(ConvergenceWarning,)):
         t0 = time.perf_counter()
         initial = None
+        if sgd_epochs and len(data) > 1:
+            # LatentSampler takes one set of initial latents for every survey: from the first survey's
+            # SGD solutions, the other surveys' chains would start far from their own posteriors
+            raise click.BadParameter(
+                f"the chains start from one survey's SGD solutions, and {traveltimes} holds {len(data)} "
+                "surveys: sample one survey per call with --sgd-epochs, or use --sgd-epochs 0 (starts "
+                "drawn from the prior)", param_hint="--sgd-epochs")
         if sgd_epochs:
             settings = (dict(NONLINEAR_SETTINGS) if operator_kind != "straight" else
                         dict(lr=1e-2, lr_decay=0.95, regularization="ring", lam=10.0, lam_decay=0.999))
