@@ -141,7 +141,7 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     # the encode-decode data RMSE
     post = report["posterior"]
     assert post["n_forward"] == 8 * (6 + 6 + 1) and post["method"] == "de-mala"
-    assert post["noise_std_ns"] == pytest.approx(np.hypot(0.25, expected), rel=1e-9)
+    assert post["likelihood_sigma_ns"] == pytest.approx(np.hypot(0.25, expected), rel=1e-9)
     assert 0 <= post["acceptance_rate"] <= 1 and post["mean_model_rmse"] > 0
     assert report["timings_s"]["posterior_s"] > 0
     assert set(saved.files) == {"truth", "encode_decode", "straight_ray", "shortest_path",

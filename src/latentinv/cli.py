@@ -721,8 +721,9 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
         min_ess = None if ess is None else float(ess[0].min())
         posterior_report = {
             "case": "straight-ray", "method": "de-mala", "n_chains": n_chains, "n_burnin": posterior_draws,
-            "n_samples": posterior_draws, "noise_std_ns": sigma,
-            "sigma": "sqrt(noise_std**2 + encode-decode data RMSE**2)", "n_forward": int(post.n_forward),
+            "n_samples": posterior_draws, "likelihood_sigma_ns": sigma,
+            "likelihood_sigma": "LatentSampler's noise_std: sqrt(noise_std**2 + encode-decode data RMSE**2), "
+                                "the data noise and the prior's modelling error of the truth", "n_forward": int(post.n_forward),
             "acceptance_rate": float(post.acceptance_rate.mean()), "max_rhat": float(rhat.max()),
             "min_ess_bulk": min_ess, **({"ess_unavailable": ess_note} if ess_note else {}),
             "mean_model_rmse": _rmse(post.mean[0], truth), "mean_std": float(post.std[0].mean()),
