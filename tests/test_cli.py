@@ -247,6 +247,24 @@ def test_train_procedural_saves_loadable_prior(tmp_path):
     assert prior.decode(np.zeros((1, 3))).shape == (1, 129 * 65)
 
 
+def test_train_resumes_from_its_checkpoint_to_the_uninterrupted_network(tmp_path):
+    """--checkpoint: a training stopped after 2 iterations and run again to 4 ends with the network of
+    one uninterrupted 4-iteration run, bit for bit (VAEPrior.fit's checkpoint)."""
+    base = ["train", "--procedural", "--image-size", "150", "90", "--batch-size", "2", "--channels", "2,2,2,2",
+            "--hidden-size", "4", "--n-components", "3", "--seed", "1", "--quiet"]
+    _ok(CliRunner().invoke(cli.main, [*base, "--iterations", "4", "--out", str(tmp_path / "whole")]))
+    ckpt = ["--checkpoint", str(tmp_path / "ckpt"), "--checkpoint-every", "1"]
+    _ok(CliRunner().invoke(cli.main, [*base, *ckpt, "--iterations", "2", "--out", str(tmp_path / "half")]))
+    _ok(CliRunner().invoke(cli.main, [*base, *ckpt, "--iterations", "4", "--out", str(tmp_path / "resumed")]))
+    whole, resumed = VAEPrior.load(tmp_path / "whole"), VAEPrior.load(tmp_path / "resumed")
+    assert len(resumed.history_["loss"]) == 4 and resumed.history_ == whole.history_
+    z = np.random.default_rng(0).standard_normal((2, 3))
+    np.testing.assert_array_equal(resumed.decode(z), whole.decode(z))
+    assert np.abs(VAEPrior.load(tmp_path / "half").decode(z) - whole.decode(z)).max() > 0
+    res = CliRunner().invoke(cli.main, [*base, "--precision", "float16", "--out", str(tmp_path / "x")])
+    _fails(res, "Invalid value for '--precision'", 2)
+
+
 def test_train_summary_reports_the_constant_model_baseline(tmp_path):
     args = ["train", "--procedural", "--image-size", "150", "90", "--out", str(tmp_path / "p"),
             "--iterations", "1", "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4",

@@ -836,12 +836,21 @@ _PAPER_IMAGE = "paper"
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @_DEVICE_OPTION
 @click.option("--cuda-graphs", is_flag=True, help="Replay each training step from a CUDA graph (CUDA only).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="The training's arithmetic (bfloat16 where the CPU or GPU has it natively: faster, loss "
+                   "curves within about 1.5 % of float32's).")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of a resumable training: run the same command again after a stop and it carries on "
+                   "from the last checkpoint, ending with the network of an uninterrupted run; raise "
+                   "--iterations to train further.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=1000, show_default=True,
+              help="Iterations between checkpoints (with --checkpoint).")
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
 def train(image, procedural, image_size, out_path, patch_shape, exclude, iterations, batch_size, beta,
-          alpha, n_components, channels, hidden_size, learning_rate, seed, device, cuda_graphs, threads,
-          quiet):
+          alpha, n_components, channels, hidden_size, learning_rate, seed, device, cuda_graphs, precision,
+          checkpoint_dir, checkpoint_every, threads, quiet):
     """Train a VAE prior on random crops of a training image and save it.
 
     Writes the prior into OUT (config.json and weights.safetensors; load it with
@@ -888,9 +897,9 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     prior = VAEPrior(n_components=n_components, channels=chans, hidden_size=hidden_size, beta=beta,
                      alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
                      n_iterations=iterations, device=device, random_state=seed, cuda_graphs=cuda_graphs,
-                     verbose=int(not quiet))
+                     precision=precision, verbose=int(not quiet))
     try:
-        prior.fit(sampler)
+        prior.fit(sampler, checkpoint=checkpoint_dir, checkpoint_every=checkpoint_every)
     except ValueError as exc:
         lo, hi = float(np.min(ti)), float(np.max(ti))
         if "output_activation" not in str(exc) or (0.0 <= lo and hi <= 1.0):
