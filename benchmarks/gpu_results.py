@@ -159,10 +159,10 @@ def main(argv=None):
         p.error(f"no folder {files_at}")
     if not a.card.replace("-", "").isalnum():
         p.error(f"--card: letters, digits and '-' only, got {a.card!r}")
-    copied = []
-    summary = records(files_at, a.card, root, copied)
-    if a.ship_prior:
+    copied, summary = [], {}
+    if a.ship_prior:      # first: a prior it refuses leaves the repository untouched
         summary.update(ship_prior(files_at, root, copied, a.history_every, a.even_if_worse))
+    summary = {**records(files_at, a.card, root, copied), **summary}
     for path in copied:
         print(f"wrote {path.relative_to(root)}")
     print(json.dumps(summary, indent=1, default=str))
