@@ -134,7 +134,8 @@ def _threads_option(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, threads=None, **kwargs):
-        with _torch_threads(threads):
+        from .inversion.runtime import torch_threads     # torch loads with the command, not at start-up
+        with torch_threads(threads):
             return fn(*args, threads=threads, **kwargs)
 
     return click.option(
@@ -142,22 +143,6 @@ def _threads_option(fn):
         help="torch's CPU threads (torch.set_num_threads) for this command [default: torch's own, from "
              "OMP_NUM_THREADS or the number of cores]. On a shared machine fewer threads can be much "
              "faster.")(wrapper)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads):
-    """torch's intra-op thread count set to ``threads`` (``--threads``; None: torch's default) inside
-    the block, restored after it (the commands also run inside other processes, e.g. tests)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def _threads_settings(threads):
