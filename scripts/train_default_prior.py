@@ -99,6 +99,9 @@ def main(argv=None):
     p.add_argument("--weights-dtype", choices=("float32", "float16", "mixed"), default="float32",
                    help="how the prior's weights are stored (VAEPrior.save; 'mixed' keeps the reference "
                         "network under 10 MB)")
+    p.add_argument("--max-bytes", type=float, default=None,
+                   help="a budget for the saved prior's files (VAEPrior.save's max_bytes: the encoder's largest "
+                        "tensors are stored int8 until they fit; the decoder never is)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="each training step replayed from a CUDA graph (VAEPrior's cuda_graphs; CUDA only)")
     args = p.parse_args(argv)
@@ -147,7 +150,7 @@ def train(args):
     history = prior.history_
     if args.no_history_in_prior:
         prior.history_ = {k: [] for k in history}
-    prior.save(args.out, weights_dtype=args.weights_dtype)
+    prior.save(args.out, weights_dtype=args.weights_dtype, max_bytes=args.max_bytes)
     prior.history_ = history
     prior.to(args.device)
     return prior, train_s

@@ -636,6 +636,90 @@ def test_mixed_storage_files_are_checked(tmp_path):
             VAEPrior.load(tmp_path / "m")
 
 
+def _files_bytes(path):
+    return sum(f.stat().st_size for f in path.iterdir())
+
+
+def test_max_bytes_stores_the_largest_encoder_tensors_int8_and_never_the_decoder(tmp_path):
+    """A budget the float16 files exceed: the encoder's largest weights go int8 (per row, within half a
+    step of the originals), the largest first and no more than needed; decoded models are unchanged."""
+    import json
+    prior = _tiny_fitted()
+    prior.save(tmp_path / "f16", weights_dtype="float16")
+    full = _files_bytes(tmp_path / "f16")
+    stored16 = _stored(tmp_path / "f16")
+    encoder = sorted((k for k, v in stored16.items() if k.startswith("encoder.") and v.dim() >= 2),
+                     key=lambda k: -stored16[k].numel())
+    largest = stored16[encoder[0]].numel()
+    # a budget that one int8 tensor (the largest: half its float16 bytes saved, less its scales) meets
+    budget = full - largest // 2 + 4 * stored16[encoder[0]].shape[0] + 200
+    prior.save(tmp_path / "fit", weights_dtype="float16", max_bytes=budget)
+    assert _files_bytes(tmp_path / "fit") <= budget
+    config = json.loads((tmp_path / "fit" / "config.json").read_text())
+    assert config["int8_tensors"] == [encoder[0]]
+    stored = _stored(tmp_path / "fit")
+    q, scale = stored[encoder[0]], stored[encoder[0] + ".int8_scale"]
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (q.shape[0],)
+    assert int(q.abs().max()) == 127                                  # each row's scale: its max / 127
+    loaded = VAEPrior.load(tmp_path / "fit")
+    original = prior.module_.state_dict()[encoder[0]].half().float()  # what the float16 file holds
+    restored = loaded.module_.state_dict()[encoder[0]]
+    step = scale.reshape(-1, *([1] * (q.dim() - 1)))
+    assert bool(((restored - original).abs() <= step / 2 + 1e-7).all())
+    Z = np.random.default_rng(0).standard_normal((20, 2))
+    np.testing.assert_array_equal(loaded.decode(Z), VAEPrior.load(tmp_path / "f16").decode(Z))
+    assert not np.array_equal(loaded.encode(prior.decode(Z)), VAEPrior.load(tmp_path / "f16").encode(prior.decode(Z)))
+    # a budget already met: nothing quantized, the config unchanged
+    prior.save(tmp_path / "roomy", weights_dtype="float16", max_bytes=full + 1)
+    assert "int8_tensors" not in json.loads((tmp_path / "roomy" / "config.json").read_text())
+    # a budget no encoder quantization can meet: refused, nothing written
+    with pytest.raises(ValueError, match=r"max_bytes=1000 cannot be met: the files take \d+ bytes with every "
+                                         r"encoder weight tensor in int8 .*nothing was written"):
+        prior.save(tmp_path / "tight", weights_dtype="float16", max_bytes=1000)
+    assert not (tmp_path / "tight").exists()
+    for bad in (0, -1, float("nan"), "1e7", True):
+        with pytest.raises(ValueError, match="max_bytes must be a positive number of bytes or None"):
+            prior.save(tmp_path / "bad", max_bytes=bad)
+
+
+def test_int8_files_are_checked(tmp_path):
+    import json
+    from safetensors.torch import save as safetensors_bytes
+    from latentinv._common import _add_checksums
+    prior = _tiny_fitted()
+    prior.save(tmp_path / "f16", weights_dtype="float16")
+    prior.save(tmp_path / "q", weights_dtype="float16", max_bytes=_files_bytes(tmp_path / "f16") - 1)
+    good = json.loads((tmp_path / "q" / "config.json").read_text())
+    good = {k: v for k, v in good.items() if not k.endswith("_sha256")}
+    name = good["int8_tensors"][0]
+    state = {k: v.clone() for k, v in _stored(tmp_path / "q").items()}     # not the mapped file: it is rewritten
+
+    def write(config, tensors):
+        weights = safetensors_bytes(tensors)
+        (tmp_path / "q" / "weights.safetensors").write_bytes(weights)
+        (tmp_path / "q" / "config.json").write_text(json.dumps(_add_checksums(config, weights)))
+
+    scale = name + ".int8_scale"
+    cases = [
+        (dict(good, int8_tensors=[]), state, "'int8_tensors' must be a non-empty list of distinct tensor names"),
+        (dict(good, int8_tensors=[name, name]), state, "'int8_tensors' must be a non-empty list"),
+        (dict(good, int8_tensors="encoder"), state, "'int8_tensors' must be a non-empty list"),
+        ({k: v for k, v in good.items() if k != "int8_tensors"}, state,
+         "records weights_dtype 'float16' but \\['" + name),                      # int8 stored, not recorded
+        (good, {k: v for k, v in state.items() if k != scale}, "its scales .* are missing"),
+        (good, dict(state, **{scale: -state[scale]}), "must be .* positive finite float32 values"),
+        (good, dict(state, **{scale: state[scale][:-1].contiguous()}), "positive finite float32 values"),
+        (good, dict(state, **{scale: state[scale].half()}), "are not stored so"),
+        (good, dict(state, **{name: state[name].half()}), "and int8_tensors but \\['" + name),
+    ]
+    for config, tensors, match in cases:
+        write(config, tensors)
+        with pytest.raises(ModelFileError, match=match):
+            VAEPrior.load(tmp_path / "q")
+    write(good, state)                                   # the untouched files load
+    VAEPrior.load(tmp_path / "q")
+
+
 # ---- bfloat16 training ---------------------------------------------------------------------------------
 _native_bf16 = pytest.mark.skipif(
     not __import__("latentinv._common", fromlist=["native_bfloat16"]).native_bfloat16(torch.device("cpu")),

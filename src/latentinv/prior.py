@@ -88,10 +88,71 @@ _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _WEIGHTS_DTYPES = (*_STORAGE_DTYPES, "mixed")
 #: float16 storage is refused when the decoded models of the stored weights differ from float32's by more
 _FLOAT16_MODEL_TOLERANCE = 1e-3
+#: the name under which the per-row scales of an int8 tensor (``save``'s ``max_bytes``) are stored
+_INT8_SCALE = ".int8_scale"
 _HISTORY_KEYS = ("reconstruction", "kl", "loss")
 # the shared readers with VAEPrior's format (functools.partial adds no frame: warnings keep their stacklevel)
 _parse_config = partial(_parse_model_config, fmt=_FORMAT, versions=(1, _VERSION), saver="VAEPrior")
 _verify_checksums = partial(_verify_model_checksums, saver="VAEPrior", unverified_versions=(1,))
+
+
+def _int8_rows(tensor):
+    """Symmetric int8 quantization per output row (dim 0): ``(q, scale)`` with ``tensor`` ~ ``q * scale``
+    to half a step (``scale / 2``), each row's scale its largest magnitude / 127 (1 for a zero row)."""
+    rows = tensor.detach().float().reshape(tensor.shape[0], -1)
+    scale = rows.abs().amax(1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(rows / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(tensor.shape), scale
+
+
+def _encoder_int8_to_fit(state, config, max_bytes, owner):
+    """``(state, config)`` with the encoder's largest weight tensors in int8 (:func:`_int8_rows`, the
+    scales stored under ``name + _INT8_SCALE``), one at a time, until the two saved files take at most
+    ``max_bytes``; unchanged when they already do. The decoder is never touched: decoded models do not
+    depend on the encoder. ValueError when even an all-int8 encoder does not fit."""
+    from safetensors.torch import save as safetensors_bytes
+
+    from ._common import _add_checksums
+
+    def files_bytes(state, config):
+        weights = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in state.items()})
+        return len(weights) + len(json.dumps(_add_checksums(config, weights), indent=1).encode("ascii"))
+
+    candidates = sorted((k for k, v in state.items() if k.startswith("encoder.") and v.is_floating_point()
+                         and v.dim() >= 2), key=lambda k: (-state[k].numel() * state[k].element_size(), k))
+    chosen, size = [], files_bytes(state, config)
+    while size > max_bytes and len(chosen) < len(candidates):
+        chosen.append(candidates[len(chosen)])
+        trial = dict(state)
+        for k in chosen:
+            trial[k], trial[k + _INT8_SCALE] = _int8_rows(state[k])
+        trial_config = dict(config, int8_tensors=sorted(chosen))
+        size = files_bytes(trial, trial_config)
+        if size <= max_bytes:
+            return trial, trial_config
+    if size > max_bytes:
+        raise ValueError(f"{owner}: max_bytes={max_bytes:g} cannot be met: the files take {size} bytes"
+                         f"{' with every encoder weight tensor in int8' if candidates else ''} (the decoder is "
+                         f"never quantized); nothing was written.")
+    return state, config
+
+
+def _from_int8_tensors(state, names, source):
+    """``state`` with the int8 tensors ``names`` back in float32 (their scales removed); ModelFileError
+    for a missing tensor or scale, or a scale that is not one positive finite float32 per row."""
+    state = dict(state)
+    for k in sorted(names):
+        q, scale = state.get(k), state.pop(k + _INT8_SCALE, None)
+        if q is None or scale is None:
+            raise ModelFileError(f"{source}: int8 tensor {k!r} or its scales {k + _INT8_SCALE!r} are missing.")
+        if q.dim() < 1 or tuple(scale.shape) != (q.shape[0],) or not bool(
+                (torch.isfinite(scale) & (scale > 0)).all()):
+            raise ModelFileError(f"{source}: the scales of int8 tensor {k!r} must be {q.shape[0] if q.dim() else 1} "
+                                 f"positive finite float32 values (one per row); got shape "
+                                 f"{tuple(scale.shape)}.")
+        state[k] = q.float() * scale.reshape(-1, *([1] * (q.dim() - 1)))
+    return state
 
 
 def _check_config(cls, config, config_path, owner, architecture):
@@ -105,7 +166,8 @@ def _check_config(cls, config, config_path, owner, architecture):
             raise ModelFileError(f"{where}: {label} has missing keys {missing} and unexpected keys "
                                  f"{unexpected}; expected exactly {list(required)}.")
 
-    keys(config, _CONFIG_KEYS, "the configuration", optional=_CHECKSUM_KEYS + ("weights_dtype", "float32_tensors"))
+    keys(config, _CONFIG_KEYS, "the configuration",
+         optional=_CHECKSUM_KEYS + ("weights_dtype", "float32_tensors", "int8_tensors"))
     if config.get("weights_dtype", "float32") not in _WEIGHTS_DTYPES:
         raise ModelFileError(f"{where}: 'weights_dtype' must be one of {sorted(_WEIGHTS_DTYPES)}; got "
                              f"{config.get('weights_dtype')!r}.")
@@ -115,6 +177,11 @@ def _check_config(cls, config, config_path, owner, architecture):
         raise ModelFileError(f"{where}: 'float32_tensors' (a list of tensor names) must be present exactly "
                              f"when weights_dtype is 'mixed'; got {kept!r} with weights_dtype "
                              f"{config.get('weights_dtype')!r}.")
+    int8 = config.get("int8_tensors")
+    if int8 is not None and not (isinstance(int8, list) and int8 and all(isinstance(k, str) for k in int8)
+                                 and len(set(int8)) == len(int8)):
+        raise ModelFileError(f"{where}: 'int8_tensors' must be a non-empty list of distinct tensor names; "
+                             f"got {int8!r}.")
     params, fitted = config["params"], config["fitted"]
     for label, value in (("params", params), ("fitted", fitted)):
         if not isinstance(value, dict):
@@ -807,7 +874,7 @@ or PatchSampler
             },
         }
 
-    def save(self, path, weights_dtype="float32"):
+    def save(self, path, weights_dtype="float32", max_bytes=None):
         """Save the fitted prior to the directory ``path``, with checksums.
 
         Writes ``path/weights.safetensors`` (the state dict of ``module_``, CPU tensors) and
@@ -838,11 +905,24 @@ or PatchSampler
             their names are recorded in ``config.json`` (``float32_tensors``). Either way the guard
             covers the decoded models: :meth:`encode` moves by the encoder's float16 rounding. The
             prior in memory is not changed.
+        max_bytes : int or None, default=None
+            A budget for the two files together. When they would take more, the encoder's largest
+            weight tensors are stored as int8 with one float32 scale per output row (rounding error
+            at most half a scale step, 1/254 of the row's largest magnitude), one at a time until the
+            files fit; their names are recorded in ``config.json`` (``int8_tensors``) and
+            :meth:`load` restores float32 from them. The decoder is never quantized, so decoded
+            models (``decode``, ``sample``, inversions) are those of ``weights_dtype``; :meth:`encode`
+            moves by the int8 rounding. ValueError, before anything is written, when the files do not
+            fit even with every encoder weight in int8.
         """
         check_is_fitted(self, "module_")
+        name = f"{type(self).__name__}.save"
         if weights_dtype not in _WEIGHTS_DTYPES:
-            raise ValueError(f"{type(self).__name__}.save: weights_dtype must be one of "
+            raise ValueError(f"{name}: weights_dtype must be one of "
                              f"{sorted(_WEIGHTS_DTYPES)}; got {weights_dtype!r}.")
+        if max_bytes is not None and not (isinstance(max_bytes, Real) and not isinstance(max_bytes, bool)
+                                          and math.isfinite(max_bytes) and max_bytes > 0):
+            raise ValueError(f"{name}: max_bytes must be a positive number of bytes or None; got {max_bytes!r}.")
         config = self._config()
         state = self.module_.state_dict()
         if weights_dtype == "float16":
@@ -852,6 +932,8 @@ or PatchSampler
             config["float32_tensors"] = kept
         if weights_dtype != "float32":
             config["weights_dtype"] = weights_dtype
+        if max_bytes is not None:
+            state, config = _encoder_int8_to_fit(state, config, max_bytes, name)
         _write_tensor_files(path, state, config)
 
     def _decoding_error(self):
@@ -1014,14 +1096,25 @@ or PatchSampler
 
         state = _load_safetensors(weights, weights_path, name)
         dtype_name = config.get("weights_dtype", "float32")
-        if dtype_name != "float32":
+        int8 = set(config.get("int8_tensors") or ())
+        if dtype_name != "float32" or int8:
             kept = set(config.get("float32_tensors") or ())
-            stored = lambda k: torch.float32 if k in kept else _STORAGE_DTYPES.get(dtype_name, torch.float16)
-            wrong = [k for k, v in state.items() if v.is_floating_point() and v.dtype != stored(k)]
+
+            def stored(k):
+                if k in int8:
+                    return torch.int8
+                if dtype_name == "float32" or k in kept or (k.endswith(_INT8_SCALE)
+                                                              and k[:-len(_INT8_SCALE)] in int8):
+                    return torch.float32
+                return _STORAGE_DTYPES.get(dtype_name, torch.float16)
+            wrong = [k for k, v in state.items()
+                     if (v.is_floating_point() or v.dtype == torch.int8) and v.dtype != stored(k)]
             if wrong:
+                recorded = " and ".join(n for n, v in (("float32_tensors", kept), ("int8_tensors", int8)) if v)
                 raise ModelFileError(f"{name}: {weights_path!r}: {config_path!r} records weights_dtype "
-                                     f"{dtype_name!r}{' and float32_tensors' if kept else ''} but {wrong[:3]} "
-                                     f"are not stored so.")
+                                     f"{dtype_name!r}{' and ' + recorded if recorded else ''} but "
+                                     f"{wrong[:3]} are not stored so.")
+            state = _from_int8_tensors(state, int8, f"{name}: {weights_path!r}")
             state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}  # upcast
         if target is None:
             target = _saved_device_or_cpu(fitted["device_"], f"{name}: {config_path!r} records that the "
