@@ -562,7 +562,7 @@ def bench_nonlinear(quick, rows, ablation=True, device="cpu", solvers=("auto",))
                          raytracer_threads=op.n_threads))
 
 
-def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None):
+def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False):
     """The CUDA rows; ``save()`` after each (a lent GPU's deadline may stop the run: what was measured
     stays written, and each row is printed as it ends)."""
     if not torch.cuda.is_available():
@@ -579,6 +579,9 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None):
     # benchmarks/compile_check.py)
     variants = [("eager, float32", gen, False, "float32", None), ("CUDA graph, float32", gen, True, "float32", None),
                 ("CUDA graph, bfloat16", gen, True, "bfloat16", None)]
+    if autotune:    # cuDNN's autotuner picks each convolution's fastest algorithm for these shapes
+        variants += [("CUDA graph, float32, cuDNN autotuned", gen, True, "float32", None, True),
+                     ("CUDA graph, bfloat16, cuDNN autotuned", gen, True, "bfloat16", None, True)]
     if compile_decoder:
         compiled = TorchGenerator(torch.compile(gen.decoder_, mode="reduce-overhead"), 20)
         variants += [("static step under torch.compile reduce-overhead, float32", gen, False, "float32",
@@ -590,10 +593,11 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None):
 
 def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda: None, n_starts=100):
     """The paper's experiment once per variant ``(label, generator, cuda_graphs, precision,
-    step_compile)``; the first variant is the reference of the others' answers (no differences where it
-    failed). A row per variant, or its error."""
+    step_compile[, cudnn_autotune])``; the first variant is the reference of the others' answers (no
+    differences where it failed). A row per variant, or its error."""
     eager = None
-    for k, (label, generator, graphs, precision, step_compile) in enumerate(variants):
+    for k, (label, generator, graphs, precision, step_compile, *autotune) in enumerate(variants):
+        torch.backends.cudnn.benchmark = bool(autotune and autotune[0])
         est = LatentInverter(generator, op, n_starts=n_starts, n_epochs=n_epochs, random_state=0,
                              device=device, cuda_graphs=graphs, precision=precision)
         # a compiled step runs through the static step even without a CUDA graph
@@ -613,6 +617,7 @@ def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda:
             continue
         finally:
             graphed.compile_options = None
+            torch.backends.cudnn.benchmark = False
         eager = res if k == 0 else eager
         diff = (lambda f: None if eager is None else float(np.max(np.abs(f(res) - f(eager)))))
         rows.append(dict(case="linear paper experiment", method=f"LatentInverter ({label})",
@@ -655,6 +660,9 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="decoder rows with torch.compile too; on CUDA, a paper-experiment row with the "
                              "decoder under torch.compile(mode='reduce-overhead')")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="on CUDA, also the CUDA-graph rows of the paper's experiment with cuDNN's autotuner "
+                             "(torch.backends.cudnn.benchmark)")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -680,7 +688,7 @@ def main(argv=None):
         if not args.skip_nonlinear:
             bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations, solvers=tuple(args.solvers))
     if linear:
-        bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save)
+        bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save, autotune=args.cudnn_benchmark)
     if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -23,7 +23,8 @@
 #                 1e5 iterations as fit before the reproduction's reserve (RP_RESERVE), or all of them if they
 #                 fit only with it (the prior is what ships; the reproduction can follow in another call);
 #                 checkpointed on the machine's disk (PRIOR_CKPT); a training its timeout stops is saved from
-#                 its last checkpoint; stored "mixed" (under 10 MB); its record (held-out RMSE, VSbrd
+#                 its last checkpoint; stored "mixed", the encoder's largest tensors int8 if needed to stay
+#                 under 10 MB; its record (held-out RMSE, VSbrd
 #                 acceptance) made beside the reproduction
 #      nonlinear  once the tests have ended: the nonlinear case (Fig. 10, VSbrd through the shortest-path
 #                 raytracer, one start per truth, without and with noise) on the CPUs but two, with the
@@ -45,6 +46,11 @@
 # PRIOR_PRECISION, PRIOR_GRAPHS ("--cuda-graphs" or empty): force the prior's arithmetic (else an earlier
 #   call's choice on this machine, which its checkpoint needs, else gpu_plan.py's); PRIOR_ITERS: train to this
 #   total instead of sizing it; PRIOR_TARGET (100000): the schedule's total.
+# CPU_FIRST=1: phase 2's CPU steps (tests, nonlinear) start first, on all CPUs but the first two, and phase 1 runs
+#   beside them pinned to those two (a follow-up call with no prior to train); TEST_ARGS: the tests step's pytest
+#   arguments (default "-n 6 --continue-on-collection-errors"); BENCH_CAP: bench_inversion's timeout (150 s);
+#   COMPILE_CHECK=0: no compile_check.py before torch.compile's rows (each row still says how far its answer is
+#   from the eager row's).
 # DRY=1 runs every step tiny on the CPU (to check the script itself). Opt-in steps: "sgan" (trains the published
 #   SGAN on the GPU and runs SAnnn/SSbnd with it; a call of its own), "sampling" (bench_sampling.py on mc2).
 set -u
@@ -110,15 +116,18 @@ fi
 $PY -c "import latentinv; print('latentinv', latentinv.__file__, 'compiled core', latentinv.HAS_CORE)" 2>&1 | tee -a "$OUT/log.txt"
 log "installed; TM=${TM:-none}"
 
-# 1. the GPU alone: the inversion benchmark, then the training benchmark
+# 1. the GPU alone: the inversion benchmark, then the training benchmark (CPU_FIRST=1: beside phase 2, pinned
+#    to the first two CPUs, which phase 2 leaves free)
+PIN=; [ "${CPU_FIRST:-0}" = 1 ] && [ -n "$TASKSET" ] && PIN="$TASKSET -c 0,1"
+phase1() {
 if want bench; then
   QUICK=; [ "$DRY" = 1 ] && QUICK=--quick
   mkdir -p "$RESULTS/bench"
-  case " $BENCH_ARGS " in *" --compile "*)      # does torch.compile keep the step's answers here? (a small case)
-    timeout $(cap 120) $PY benchmarks/compile_check.py --device $DEV 2>&1 | grep '^{' \
+  case "${COMPILE_CHECK:-1} $BENCH_ARGS " in "1 "*" --compile "*)      # does torch.compile keep the step's answers here? (a small case)
+    timeout $(cap 120) $PIN $PY benchmarks/compile_check.py --device $DEV 2>&1 | grep '^{' \
       | tee "$RESULTS/bench/compile_check.txt" | tee -a "$OUT/log.txt"; pack ;;
   esac
-  timeout $(cap 150) $PY benchmarks/bench_inversion.py $QUICK $BENCH_ARGS --output "$RESULTS/bench/bench_inversion.json" \
+  timeout $(cap ${BENCH_CAP:-150}) $PIN $PY benchmarks/bench_inversion.py $QUICK $BENCH_ARGS --output "$RESULTS/bench/bench_inversion.json" \
     2>&1 | grep -v "it/s\]" | tee "$RESULTS/bench/bench_inversion.txt" | grep -E "paper experiment|reference loop|FAILED" \
     | tee -a "$OUT/log.txt"
   pack; log "bench_inversion done"
@@ -126,16 +135,20 @@ fi
 if want train; then
   IT=500; WIN=100; [ "$DRY" = 1 ] && { IT=8; WIN=4; }
   mkdir -p "$RESULTS/train"
-  timeout $(cap 120) $PY benchmarks/bench_training.py --device $DEV --iterations $IT --window $WIN \
+  timeout $(cap 120) $PIN $PY benchmarks/bench_training.py --device $DEV --iterations $IT --window $WIN \
     --output "$RESULTS/train/bench_training.json" 2>&1 | tail -7 | tee -a "$OUT/log.txt"
   pack; log "bench_training done"
 fi
+}
+[ "${CPU_FIRST:-0}" = 1 ] || phase1
 
 # 2a. the test suite (CPU and CUDA tests)
 PID_TEST=; PID_PRIOR=; PID_NL=
 if want tests; then
-  ( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py tests/test_gpu_plan.py -k "cuda or to_moves or plan"); else ARGS=(-n 6 --continue-on-collection-errors); fi   # a module missing there costs its tests, not the run
-    OMP_NUM_THREADS=2 timeout $(cap 600) $PY -m pytest -q -p no:cacheprovider -rs --durations=10 "${ARGS[@]}" 2>&1
+  ( if [ "$DRY" = 1 ]; then ARGS=(tests/test_prior.py tests/test_gpu_plan.py -k "cuda or to_moves or plan"); else ARGS=(${TEST_ARGS:--n 6 --continue-on-collection-errors}); fi   # a module missing there costs its tests, not the run
+    CPUS=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(','.join(map(str, c[2:] if len(c) > 3 else c)))")
+    [ "${CPU_FIRST:-0}" = 1 ] && [ -n "$TASKSET" ] || CPUS=
+    OMP_NUM_THREADS=2 timeout $(cap 600) ${CPUS:+$TASKSET -c $CPUS} $PY -m pytest -q -p no:cacheprovider -rs --durations=10 "${ARGS[@]}" 2>&1
     echo "pytest exit $?" ) >"$OUT/tests.txt" 2>&1 &
   PID_TEST=$!
 fi
@@ -193,7 +206,7 @@ if want prior; then
     train() {
       timeout "$1" $PY scripts/train_default_prior.py --device $DEV --threads $THREADS --iterations "$2" $PRIOR_NET \
         --precision "$PRIOR_PRECISION" $GRAPHS_ARG --checkpoint "$PRIOR_CKPT" --checkpoint-every 5000 \
-        --weights-dtype mixed --no-history-in-prior --no-evaluate --out $PRIOR_DIR/channels_ti_prior --report $PRIOR_DIR/docs 2>&1 \
+        --weights-dtype mixed --max-bytes 10000000 --no-history-in-prior --no-evaluate --out $PRIOR_DIR/channels_ti_prior --report $PRIOR_DIR/docs 2>&1 \
         | grep -v "it/s\]" | tail -8
       return "${PIPESTATUS[0]}"
     }
@@ -223,7 +236,8 @@ fi
 #     drivers keep those), with the shipped prior (or RP_PRIOR): its CPUs, quota, load and rate are logged
 if want nonlinear; then
   ( [ -n "$PID_TEST" ] && while kill -0 "$PID_TEST" 2>/dev/null; do sleep 2; done
-    CPUS=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(','.join(map(str, c[:-2] if len(c) > 3 else c)))")
+    KEEP='c[:-2]'; [ "${CPU_FIRST:-0}" = 1 ] && KEEP='c[2:]'
+    CPUS=$($PY -c "import os; c = sorted(os.sched_getaffinity(0)); print(','.join(map(str, $KEEP if len(c) > 3 else c)))")
     NL_PRIOR=${RP_PRIOR:-src/latentinv/data/channels_ti_prior}
     echo "[$(now) s] nonlinear case with $NL_PRIOR on CPUs $CPUS"
     [ -n "$TASKSET" ] || echo "no taskset: the nonlinear case shares every CPU"
@@ -241,6 +255,8 @@ print('cpus: os.cpu_count', os.cpu_count(), 'affinity', len(os.sched_getaffinity
     rm -rf "$RESULTS/nonlinear/prior"; pack ) >"$OUT/nonlinear.txt" 2>&1 &
   PID_NL=$!
 fi
+
+[ "${CPU_FIRST:-0}" = 1 ] && phase1
 
 # 3. Tables 3-4 with the prior just trained, once it is saved (its record is made meanwhile)
 if want reproduce; then

@@ -46,3 +46,20 @@ def test_a_failed_reference_row_is_not_a_zero_difference(problem):
         op, tt, "cpu", 1, rows, n_starts=2)
     assert "precision" in rows[0]["error"]
     assert rows[1].get("error") is None and rows[1]["max_model_diff_vs_eager"] is None
+
+
+def test_the_autotuned_variant_runs_with_cudnns_autotuner_and_restores_it(problem, monkeypatch):
+    import torch
+    op, gen, tt = problem
+    seen = []
+    real_invert = LatentInverter.invert
+    monkeypatch.setattr(LatentInverter, "invert",
+                        lambda self, X: seen.append(torch.backends.cudnn.benchmark) or real_invert(self, X))
+    rows = []
+    bench_inversion.paper_experiment_rows(
+        [("eager", gen, False, "float32", None), ("eager, cuDNN autotuned", gen, False, "float32", None, True)],
+        op, tt, "cpu", 1, rows, n_starts=2)
+    assert [r.get("error") for r in rows] == [None, None]
+    assert seen == [False, False, True, True]          # each variant: its first call, then the timed one
+    assert torch.backends.cudnn.benchmark is False
+    assert rows[1]["max_model_diff_vs_eager"] == 0.0  # no cuDNN on the CPU: the same answer

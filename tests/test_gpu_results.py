@@ -155,3 +155,51 @@ def test_bad_card_name(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_results.main([str(tmp_path), "--card", "h200/../x"])
     assert "--card: letters, digits and '-' only" in capsys.readouterr().err
+
+
+def test_a_prior_over_budget_gets_an_int8_encoder_and_a_record_of_the_stored_files(tmp_path, monkeypatch, capsys):
+    """Over the budget: the encoder's largest tensor goes int8 until the files fit, the decoded models stay
+    bit for bit, the stored files are evaluated again (here a stand-in) and the record says all of it."""
+    import subprocess
+
+    X = (np.random.default_rng(0).random((6, 129 * 65)) > 0.7).astype(np.float32)
+    prior = VAEPrior(n_components=2, architecture="mlp", image_shape=(129, 65), hidden_size=8, batch_size=3,
+                     n_iterations=2, random_state=0, device="cpu").fit(X)
+    folder = tmp_path / "call" / "channels_ti_prior"
+    prior.save(folder, weights_dtype="float16")
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    monkeypatch.setattr(gpu_results, "PRIOR_BUDGET_BYTES", size - 1000)
+    evaluated = []
+
+    real_run = subprocess.run
+
+    def evaluation(cmd, *args, **kwargs):       # train_default_prior.py --evaluate-only, on the stored files
+        if "--evaluate-only" not in cmd:
+            return real_run(cmd, *args, **kwargs)
+        report = Path(cmd[cmd.index("--report") + 1])
+        stored = VAEPrior.load(cmd[cmd.index("--out") + 1])
+        evaluated.append(stored)
+        (report / "channels_ti_prior.json").write_text(json.dumps({"machine": "here", "heldout_reconstruction_rmse": 0.09}))
+    monkeypatch.setattr(subprocess, "run", evaluation)
+    at = _call_files(tmp_path, folder)              # the call's record: held-out RMSE 0.1, machine absent
+    root = tmp_path / "repo"
+    _shipped_record(root, 0.165)
+    assert gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)]) == 0
+    shipped_dir = root / "src" / "latentinv" / "data" / "channels_ti_prior"
+    assert sum(f.stat().st_size for f in shipped_dir.iterdir()) <= size - 1000
+    config = json.loads((shipped_dir / "config.json").read_text())
+    encoder = {k: v for k, v in prior.module_.state_dict().items() if k.startswith("encoder.") and v.dim() >= 2}
+    assert config["int8_tensors"] == [max(encoder, key=lambda k: encoder[k].numel())]     # one was enough
+    shipped = VAEPrior.load(shipped_dir)
+    assert len(evaluated) == 1
+    z = np.random.default_rng(1).standard_normal((3, 2))
+    np.testing.assert_array_equal(shipped.decode(z), VAEPrior.load(folder).decode(z))
+    record = json.loads((root / "docs" / "channels_ti_prior.json").read_text())
+    assert record["heldout_reconstruction_rmse"] == 0.09 and record["evaluated_on"] == "here"
+    assert record["storage"]["int8_tensors"] == config["int8_tensors"]
+    assert record["storage"]["evaluation_before_int8"]["heldout_reconstruction_rmse"] == 0.1
+    assert record["storage"]["encode_shift_on_heldout_crops"]["max"] > 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["prior"]["storage"]["int8_tensors"] == config["int8_tensors"]
+    assert summary["prior"]["heldout_reconstruction_rmse"] == 0.09
