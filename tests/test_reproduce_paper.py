@@ -345,3 +345,15 @@ def test_reproduce_paper_bad_options_stop_before_training(script, tmp_path, caps
 def test_reproduce_paper_missing_image_is_a_clear_exit(script, tmp_path):
     with pytest.raises(SystemExit, match="training image .* not found"):
         script.main(["--ti", str(tmp_path / "absent.png"), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("iterations, says", [(12000, "A less trained prior reconstructs less sharply"),
+                                               (100_000, "The schedule is the paper's")])
+def test_the_threshold_note_follows_the_priors_schedule(iterations, says):
+    """A prior trained at the paper's schedule is not called less trained."""
+    report = _load("paper_report")
+    record = {"truth_names": ["mc1", "mc2"], "mv_source": "published", "cases": {}, "args": {"exclusion": "paper"},
+              "table2": {"model_rmse": [0.10, 0.15], "threshold": [0.7, 1.0]},
+              "prior": {"description": "a saved prior", "iterations": iterations}}
+    lines = report.differences(record)
+    assert says in lines[0] and ("less trained" in lines[0]) == (iterations < 100_000)
