@@ -193,10 +193,34 @@ def test_engine_kernels_reject_bad_arguments():
 
 
 # ---- the engine with and without them ---------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["sgd_ring", "sgd_noise_target", "adam_uniform_normal_clip"])
-def test_engine_results_are_unchanged_by_the_kernels(case, monkeypatch):
+#: The result's arrays computed from the full-data product (each start's misfit at every iteration): the
+#: only ones that torch's CSR product can round otherwise than the kernel (the step never uses it).
+FULL_DATA_MISFITS = {"data_rmse", "chi2", "data_rmse_history", "chi2_history"}
+
+
+def _csr_product_probe():
+    """``(bits equal, max |difference|)`` of torch's CSR product (MKL) against the kernel's sum in the
+    entries' order, on the golden cases' kernel (12 x 8 cells, 36 rays) for 12 slowness rows of the
+    paper's range, as the engine runs it."""
     sys.path.insert(0, str(Path(__file__).with_name("golden")))
     import cases
+    op = cases._straight()
+    kr = KernelRows(op.jacobian(np.ones(op.n_params)), torch.device("cpu"), torch.float32)
+    s = torch.rand(12, op.n_params, generator=torch.Generator().manual_seed(2)) * 4.2 + 12.5
+    torchs = (kr.matrix @ s.T.contiguous()).T
+    got = kr.full(s)
+    return bool(np.array_equal(_bits(torchs), _bits(got))), float((torchs - got).abs().max())
+
+
+@pytest.mark.parametrize("case", ["sgd_ring", "sgd_noise_target", "adam_uniform_normal_clip"])
+def test_engine_results_are_unchanged_by_the_kernels(case, monkeypatch):
+    """Bit for bit where torch's CSR product sums as the kernel does (as on the machine that wrote the
+    golden record). Elsewhere (MKL may fuse multiply-adds or sum in another order) the full-data
+    misfits differ by float32 round-off, and everything else (the steps, the selected models, the
+    stops) stays bit for bit: the trajectories never see the full-data product."""
+    sys.path.insert(0, str(Path(__file__).with_name("golden")))
+    import cases
+    in_order, max_diff = _csr_product_probe()
     calls = []
     monkeypatch.setattr(native.decoder_native, "core", _Spy(core, calls))
     with_kernels = cases.result_arrays(cases.CASES[case]())
@@ -208,7 +232,15 @@ def test_engine_results_are_unchanged_by_the_kernels(case, monkeypatch):
     assert not calls
     assert with_kernels.keys() == without.keys()
     for key in with_kernels:
-        np.testing.assert_array_equal(with_kernels[key], without[key], err_msg=key)
+        if in_order or key not in FULL_DATA_MISFITS:
+            np.testing.assert_array_equal(with_kernels[key], without[key], err_msg=key)
+        else:
+            # a traveltime sums 8 to 17 float32 terms of up to 2.4 ns: another order or fused multiply-adds
+            # move it by a few ulps (~1e-6 ns), and an RMSE or chi-square of residuals relatively by about
+            # as much (seen: 1.1e-6); the record's float32 tolerance (test_engine_golden) holds it 20 times
+            np.testing.assert_allclose(with_kernels[key], without[key], rtol=2e-5, atol=1e-6, equal_nan=True,
+                                       err_msg=f"{key} (torch's CSR product rounds otherwise on this CPU: up "
+                                               f"to {max_diff:.1e} ns on the probe)")
 
 
 class _Spy:

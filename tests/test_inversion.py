@@ -759,14 +759,15 @@ def test_bad_parameters_raise_naming_them(problem, param, value, expected):
 
 
 class ConstantModule(torch.nn.Module):
-    """Models of constant value ``value`` plus ``slope * sum(|z|)`` (shape ``(batch, *shape)``)."""
+    """Models of constant value ``value`` plus ``slope * sum(|z|)`` (shape ``(batch, *shape)``), on
+    ``z``'s device (no parameter to move there: device="auto" runs it on CUDA where there is one)."""
 
     def __init__(self, value, shape=(96,), slope=0.0):
         super().__init__()
         self.value, self.shape, self.slope = value, shape, slope
 
     def forward(self, z):
-        base = torch.full((z.shape[0], *self.shape), float(self.value))
+        base = torch.full((z.shape[0], *self.shape), float(self.value), device=z.device)
         return base + self.slope * z.abs().sum(1).reshape(-1, *([1] * len(self.shape)))
 
 

@@ -67,14 +67,27 @@ KW = dict(n_components=2, channels=(4, 8), kernel_sizes=(5, 4), hidden_size=16, 
 @cuda
 @pytest.mark.parametrize("alpha", [1.0, 0.0])
 def test_graphed_training_follows_the_eager_one(alpha):
-    """The graphed step (warm-up, capture, replays) against the eager one: the same loss curve and
-    network to rounding (capturable Adam), and the same network twice from the same seed."""
+    """The graphed step (warm-up, capture, replays) against the eager one: the same loss curve to
+    rounding over the first steps, within 1 % (1e-3 on average) after, and the same network twice from
+    the same seed."""
     X = make_straight_channels(40, shape=(16, 16), random_state=0)
     eager = VAEPrior(**KW, alpha=alpha).fit(X)
     graphed = VAEPrior(**KW, alpha=alpha, cuda_graphs=True).fit(X)
-    np.testing.assert_allclose(graphed.history_["loss"], eager.history_["loss"], rtol=1e-3)
-    for p, q in zip(graphed.module_.parameters(), eager.module_.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    loss_g, loss_e = np.asarray(graphed.history_["loss"]), np.asarray(eager.history_["loss"])
+    # Steps 0-5: three warm-up steps, the capture, two replays on new inputs (their updates show in the
+    # losses up to step 5). They differ from the eager steps by rounding alone (the graph's kernels,
+    # capturable Adam): seen up to 6e-6 on an H200. One update left out moves the next losses by 4e-3
+    # to 1e-2 (seen on the CPU), a step on a stale batch or noise by more.
+    np.testing.assert_allclose(loss_g[:6], loss_e[:6], rtol=5e-5)
+    # Later the training amplifies those differences (Adam's normalised step turns a rounding-sized
+    # change of a near-zero gradient into a step of up to the learning rate): seen up to 2.3e-3 at
+    # step 19, and weights apart by up to 1e-2 after 30 steps at alpha=1 (ten steps' worth), so the
+    # weights are not compared; a replay that stops training or trains otherwise leaves the curve, and
+    # an update left out in the first 18 steps lifts the curve's mean difference to 1.2e-3-3.8e-3 (seen
+    # on the CPU; graphed: 1.8e-4).
+    np.testing.assert_allclose(loss_g, loss_e, rtol=1e-2)
+    mean = float(np.mean(np.abs(loss_g - loss_e) / loss_e))
+    assert mean < 1e-3, f"the loss curves differ by {mean:.1e} on average"
     again = VAEPrior(**KW, alpha=alpha, cuda_graphs=True).fit(X)
     for p, q in zip(graphed.module_.parameters(), again.module_.parameters()):
         assert torch.equal(p, q)

@@ -1,6 +1,7 @@
 """Small, fast inversion problems that exercise every branch of the SGD engine (shared by the golden
 record's writer and its test)."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,11 +47,34 @@ def _data(op, n=3):
     return t + 0.05 * np.random.default_rng(4).standard_normal(t.shape)
 
 
+#: The observed data of the record's cases, by operator kind (:func:`kind`), as the machine that wrote
+#: the record computed them with :func:`_data` (written by ``make_engine_golden.py``).
+DATA_FILE = Path(__file__).with_name("engine_golden_data.npz")
+
+#: The data the cases invert: None for :func:`_data`'s, computed here; or ``{kind: (3, 36) array}``, e.g.
+#: :func:`recorded_data`. The engine seeds each survey's random streams (mini-batch orders, clipping
+#: draws) from the bits of its data (``randomness.survey_generators``): data that another CPU's torch
+#: rounds otherwise by one ulp draw other mini-batches from the first step on, so a comparison with the
+#: record across machines needs the record's own data.
+observed = None
+
+
+def kind(op):
+    """The key of an operator's data: "graph" (shortest path) or "straight"."""
+    return "graph" if isinstance(op, ShortestPathOperator) else "straight"
+
+
+def recorded_data():
+    """The record's observed data (``DATA_FILE``): ``{kind: (3, 36) float64 array}``."""
+    with np.load(DATA_FILE) as f:
+        return {k: f[k] for k in f.files}
+
+
 def _invert(op, distribution="normal", pipeline=True, **params):
     params = dict(dict(random_state=11, device="cpu", n_starts=4, n_epochs=3), **params)
     inv = LatentInverter(_generator(distribution), op, **params)
     inv._pipeline_nonlinear = pipeline
-    X = _data(op)
+    X = _data(op) if observed is None else observed[kind(op)].copy()
     return inv.fit(X).invert(X)
 
 
