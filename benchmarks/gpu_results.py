@@ -5,9 +5,10 @@ The device tool returns the call's ``$OUT`` files into a folder here (``files_at
 This script
 
 - copies the records of ``results.tar`` into ``docs/``, named by the card (``--card``, e.g. ``h200``):
-  ``bench_inversion_<card>_graphs.json``, ``bench_training_<card>.json``,
-  ``reproduce_paper_<card>_full.json`` (+ ``.md`` and its figures) and
-  ``reproduce_paper_<card>_nonlinear.json`` (+ figures), and the call's logs into ``gpu_call_<card>.txt``;
+  ``bench_inversion_<card>_graphs.json``, ``bench_training_<card>.json``, the reproduction in
+  ``reproduction_<card>/`` and its nonlinear case in ``reproduction_<card>_nonlinear/`` (each
+  ``reproduce_paper.json``, ``reproduction.md`` and the figures it links), and the call's logs into
+  ``gpu_call_<card>.txt``;
 - with ``--ship-prior``, installs the trained prior as the package's default
   (``src/latentinv/data/channels_ti_prior``) after loading it and checking its size (at most 1e7 bytes; a
   prior over it has its encoder's largest tensors stored int8 until it fits, decoded models unchanged, and
@@ -60,12 +61,12 @@ def records(files_at, card, root, copied):
             _extract(files_at / "results.tar", tmp)
         _copy(tmp / "bench" / "bench_inversion.json", docs / f"bench_inversion_{card}_graphs.json", copied)
         _copy(tmp / "train" / "bench_training.json", docs / f"bench_training_{card}.json", copied)
-        for part, stem in (("reproduce", f"reproduce_paper_{card}_full"),
-                           ("nonlinear", f"reproduce_paper_{card}_nonlinear")):
-            _copy(tmp / part / "reproduce_paper.json", docs / f"{stem}.json", copied)
-            _copy(tmp / part / "reproduction.md", docs / f"{stem}.md", copied)
+        for part, folder in (("reproduce", f"reproduction_{card}"), ("nonlinear", f"reproduction_{card}_nonlinear")):
+            # a folder per run: the report links its figures by their own names
+            for name in ("reproduce_paper.json", "reproduction.md"):
+                _copy(tmp / part / name, docs / folder / name, copied)
             for png in sorted((tmp / part).glob("*.png")) if (tmp / part).is_dir() else ():
-                _copy(png, docs / f"{stem}_{png.name}", copied)
+                _copy(png, docs / folder / png.name, copied)
         bench = tmp / "bench" / "bench_inversion.json"
         if bench.is_file():
             rows = json.loads(bench.read_text())["rows"]

@@ -70,8 +70,8 @@ def test_records_and_prior_land_where_the_repository_keeps_them(tmp_path, tiny_p
     root = tmp_path / "repo"
     assert gpu_results.main([str(at), "--card", "h200", "--ship-prior", "--root", str(root)]) == 0
     docs = root / "docs"
-    for name in ("bench_inversion_h200_graphs.json", "bench_training_h200.json", "reproduce_paper_h200_full.json",
-                 "reproduce_paper_h200_full.md", "reproduce_paper_h200_full_fig7_truths.png", "gpu_call_h200.txt",
+    for name in ("bench_inversion_h200_graphs.json", "bench_training_h200.json", "reproduction_h200/reproduce_paper.json",
+                 "reproduction_h200/reproduction.md", "reproduction_h200/fig7_truths.png", "gpu_call_h200.txt",
                  "channels_ti_prior.json", "channels_ti_prior_curve.png"):
         assert (docs / name).is_file(), name
     assert "==> prior.txt <==\ntraining exit 0" in (docs / "gpu_call_h200.txt").read_text()
