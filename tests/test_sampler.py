@@ -8,6 +8,7 @@ of ``z`` is ``N(mu, Sigma)``, ``Sigma = (M^T M / sigma**2 + I)^-1``, ``mu = Sigm
 with a uniform prior on [-1, 1]^2 it is that Gaussian truncated to the box (moments by quadrature).
 """
 import sys
+import re
 import warnings
 
 import numpy as np
@@ -567,6 +568,30 @@ def test_chains_that_never_move_warn_and_have_no_effective_draws(method):
     assert np.isnan(r.rhat()).all() and (r.std == 0).all()
     _arviz()
     assert np.isnan(r.ess()).all() and np.isnan(r.ess("tail")).all()
+
+
+def test_chains_no_better_than_a_homogeneous_medium_warn():
+    """The data of a homogeneous medium, which the prior's models cannot fit as well as the homogeneous
+    model does (exactly): a posterior around poor fits, warned like LatentInverter's (BaselineWarning,
+    at the user's line); the prior's own data do not warn."""
+    from latentinv.baselines import BaselineWarning
+
+    op, gen, M, c, y = _linear_problem(sigma=0.1)
+    sampler = _sampler(gen, op, method="pcn", noise_std=0.1, n_chains=4, n_burnin=50, n_samples=50).fit(y[None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaselineWarning)
+        good = sampler.sample(y[None])
+    assert good.homogeneous_rmse.shape == (1,) and good.data_rmse_history.min() < good.homogeneous_rmse[0]
+    flat = np.asarray(op.response(np.full((1, 9), 1.3)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = sampler.sample(flat)
+    ours = [w for w in caught if w.category is BaselineWarning]
+    assert len(ours) == 1 and ours[0].filename == __file__
+    assert r.homogeneous_rmse[0] < 1e-5
+    assert re.search(r"LatentSampler: the chains' best models of 1 of 1 surveys fit the data no better than the "
+                     r"best homogeneous-velocity model \(survey 0: data RMSE [0-9.e+-]+ ns against [0-9.e+-]+ ns\)"
+                     r".*initial_latents", str(ours[0].message))
 
 
 @pytest.mark.parametrize("params, message", [

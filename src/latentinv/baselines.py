@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = [
     "MODEL_RATIO", "DATA_RATIO", "BaselineWarning", "constant_model_rmse", "homogeneous_fit",
-    "check_against_baselines",
+    "check_against_baselines", "warn_if_no_better_than_homogeneous",
 ]
 
 #: a reconstruction (or inverted model) is "clearly better" than the best constant model when its
@@ -118,3 +118,29 @@ def check_against_baselines(*, model_rmse=None, constant_rmse=None, data_rmse=No
             warnings.warn(f"{what}: {found} (needs at most {ratio} times it); {meaning}",
                           BaselineWarning, stacklevel=stacklevel)
     return bool(ok) if ok.ndim == 0 else ok
+
+
+def warn_if_no_better_than_homogeneous(owner, best_rmse, homogeneous_rmse, models="the selected models",
+                                       more="iterations (n_epochs) or starts", where="result.homogeneous_rmse"):
+    """A :class:`BaselineWarning` for the surveys whose best data RMSE (``best_rmse``, ns, one per survey;
+    NaN counts as no fit) is no lower than the best homogeneous-velocity model's: data of a medium that
+    the slowness map does not describe (within DataScaleWarning's factor 3), a budget far too small, or
+    a modelling error would otherwise give a poor answer without a word. (Accepting a fit asks more:
+    ``DATA_RATIO`` times the baseline.) ``more`` says what to give more of. The warning points at the
+    first line outside latentinv. Returns the indices of those surveys."""
+    from ._checks import caller_stacklevel
+
+    best = np.asarray(best_rmse, dtype=np.float64)
+    best = np.where(np.isfinite(best), best, np.inf)
+    hom = np.asarray(homogeneous_rmse, dtype=np.float64)
+    bad = np.flatnonzero(~(best < hom))
+    if bad.size:
+        i = bad[np.argmax(best[bad] / np.maximum(hom[bad], 1e-300))]
+        warnings.warn(
+            f"{owner}: {models} of {bad.size} of {len(best)} surveys fit the data no better than the best "
+            f"homogeneous-velocity model (survey {i}: data RMSE {best[i]:.3g} ns against {hom[i]:.3g} ns). "
+            f"Check that slowness_map describes the medium's velocities and that the data are in ns; give "
+            f"more {more}; data of other physics than the operator's (e.g. bent rays inverted with straight "
+            f"ones) leave this modelling error. {where} holds the baseline.",
+            BaselineWarning, stacklevel=caller_stacklevel())
+    return bad

@@ -11,7 +11,6 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
-from .._checks import caller_stacklevel
 from .._common import native_bfloat16 as _native_bfloat16
 from . import graphed
 from .base import LatentEstimatorBase, engine_tags
@@ -392,24 +391,11 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         return result
 
     def _warn_if_no_better_than_homogeneous(self, result):
-        """A BaselineWarning for the surveys whose selected model fits the data no better than the best
-        homogeneous-velocity model: data of a medium that ``slowness_map`` does not describe (within
-        DataScaleWarning's factor), a budget far too small, or a modelling error would otherwise return
-        a poor model without a word. (Accepting a fit asks more: ``DATA_RATIO`` times the baseline, see
-        :meth:`InversionResult.accepted`.)"""
-        from ..baselines import BaselineWarning
+        """A BaselineWarning for the surveys whose selected model fits no better than the best
+        homogeneous-velocity model (:func:`latentinv.baselines.warn_if_no_better_than_homogeneous`)."""
+        from ..baselines import warn_if_no_better_than_homogeneous
         best = np.min(np.where(np.isfinite(result.data_rmse), result.data_rmse, np.inf), axis=1)
-        hom = np.asarray(result.homogeneous_rmse, dtype=np.float64)
-        bad = np.flatnonzero(~(best < hom))
-        if bad.size:
-            i = bad[np.argmax(best[bad] / np.maximum(hom[bad], 1e-300))]
-            warnings.warn(
-                f"{type(self).__name__}: the selected models of {bad.size} of {len(best)} surveys fit the data "
-                f"no better than the best homogeneous-velocity model (survey {i}: data RMSE {best[i]:.3g} ns "
-                f"against {hom[i]:.3g} ns). Check that slowness_map describes the medium's velocities and that "
-                "the data are in ns; give more iterations (n_epochs) or starts; data of other physics than "
-                "the operator's (e.g. bent rays inverted with straight ones) leave this modelling error. "
-                "result.homogeneous_rmse holds the baseline.", BaselineWarning, stacklevel=caller_stacklevel())
+        warn_if_no_better_than_homogeneous(type(self).__name__, best, result.homogeneous_rmse)
 
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the predicted model against the true model ``y``."""

@@ -113,6 +113,9 @@ class PosteriorResult:
         Wall time of the sampling (s).
     method : str
     settings : dict
+    homogeneous_rmse : ndarray of shape (n_surveys,) or None
+        Data RMSE (ns) of the best homogeneous-velocity model of each survey (the baseline of
+        :mod:`latentinv.baselines`), set by :meth:`LatentSampler.sample`.
     """
 
     samples: np.ndarray
@@ -132,6 +135,7 @@ class PosteriorResult:
     elapsed_s: float
     method: str
     settings: dict = field(default_factory=dict)
+    homogeneous_rmse: Optional[np.ndarray] = None
     _diagnostics: Optional[dict] = field(default=None, repr=False)
 
     @property

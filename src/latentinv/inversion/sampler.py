@@ -290,14 +290,24 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`.
 
         Warns as :meth:`LatentInverter.invert` does when the traveltimes are far (a factor 3) from
-        those of the prior's own models.
+        those of the prior's own models, and (``BaselineWarning``) when no chain visited a model that
+        fits a survey's data better than the best homogeneous-velocity model
+        (``result.homogeneous_rmse``): a posterior around such models describes a poor fit.
         """
+        from ..baselines import homogeneous_fit, warn_if_no_better_than_homogeneous
+
         check_is_fitted(self)
         self._check_unchanged_params()
         Y = self._check_traveltimes(X, reset=False)
         self._warn_if_off_scale(Y)
         sigma = self._check_params(self.operator_.n_data)
-        return self._run(Y, sigma)
+        result = self._run(Y, sigma)
+        _, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
+        visited = np.where(np.isfinite(result.data_rmse_history), result.data_rmse_history, np.inf)
+        warn_if_no_better_than_homogeneous(type(self).__name__, visited.min(axis=(1, 2)), result.homogeneous_rmse,
+                                           models="the chains' best models",
+                                           more="burn-in (n_burnin), or start the chains from SGD solutions (initial_latents)")
+        return result
 
     @staticmethod
     def initial_latents_from(result, n_chains, survey=0):
