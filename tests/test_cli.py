@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -901,3 +902,24 @@ def test_reports_are_standard_json_with_null_for_nan_and_infinity():
         raise ValueError(f"non-JSON token {token}")
     assert json.loads(text, parse_constant=refuse) == {"max_rhat": [None, 1.01], "nested": {"rmse": None, "n": 3},
                                                        "rows": [{"x": None}], "ok": 0.5}
+
+
+@pytest.mark.parametrize("name, delimiter", [("tt.csv", ","), ("tt.txt", " ")])
+def test_traveltime_text_files_may_have_one_header_row(tmp_path, name, delimiter):
+    """A header row of column names is skipped (rows or one column); a first row that mixes numbers and
+    text, or a header whose number of names is not the number of columns, is a clear error."""
+    x = np.arange(2 * 5, dtype=float).reshape(2, 5) + 40.5
+    rows = lambda a: "\n".join(delimiter.join(str(float(v)) for v in r) for r in a)
+    path = tmp_path / name
+    path.write_text(delimiter.join(f"t{i}" for i in range(5)) + "\n" + rows(x) + "\n")
+    np.testing.assert_array_equal(cli.load_traveltimes(path, 5), x)
+    path.write_text("traveltime_ns\n" + "\n".join(str(float(v)) for v in x[0]) + "\n")     # one column
+    np.testing.assert_array_equal(cli.load_traveltimes(path, 5), x[:1])
+    path.write_text(rows(x) + "\n")                                                      # no header
+    np.testing.assert_array_equal(cli.load_traveltimes(path, 5), x)
+    path.write_text(delimiter.join(["t0", "41", "42", "43", "44"]) + "\n" + rows(x) + "\n")
+    with pytest.raises(click.BadParameter, match=r"the first row mixes numbers and text \(e.g. \['t0'\]\)"):
+        cli.load_traveltimes(path, 5)
+    path.write_text("tt\n" + rows(x[:1]) + "\n")
+    with pytest.raises(click.BadParameter, match="the header row names 1 columns but the rows hold 5"):
+        cli.load_traveltimes(path, 5)

@@ -281,8 +281,33 @@ def load_geometry(spec, operator="straight"):
     return grid, survey
 
 
+def _text_header(path, delimiter):
+    """Names of a text file's header row (its first line, every field of which is text), or None when
+    every field of that line is a number; BadParameter when it mixes both (neither a survey, read
+    silently without it, nor a header)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    fields = [t.strip() for t in (first.split(delimiter) if delimiter else first.split())]
+    fields = [t for t in fields if t]
+
+    def number(t):
+        try:
+            float(t)
+            return True
+        except ValueError:
+            return False
+    kinds = {number(t) for t in fields}
+    if kinds == {True, False}:
+        text = [t for t in fields if not number(t)][:3]
+        raise click.BadParameter(f"{path}: the first row mixes numbers and text (e.g. {text}): neither a row of "
+                                 f"traveltimes nor a header of column names", param_hint="TRAVELTIMES")
+    return fields if kinds == {False} else None
+
+
 def load_traveltimes(path, n_data):
-    """Traveltimes (ns) from ``.npy`` or text: one survey per row, or a single column/row.
+    """Traveltimes (ns) from ``.npy`` or text: one survey per row, or a single column/row. A text
+    file may start with one header row of column names (every field text); it is skipped, and its
+    number of names must be the number of columns.
 
     Returns an array of shape ``(n_surveys, n_data)``.
     """
@@ -293,7 +318,12 @@ def load_traveltimes(path, n_data):
         if p.suffix.lower() == ".npy":
             a = np.load(p, allow_pickle=False)
         else:   # .csv: commas; any other text file: whitespace
-            a = np.loadtxt(p, ndmin=1, delimiter="," if p.suffix.lower() == ".csv" else None)
+            delimiter = "," if p.suffix.lower() == ".csv" else None
+            header = _text_header(p, delimiter)
+            a = np.loadtxt(p, ndmin=2, delimiter=delimiter, skiprows=1 if header else 0)
+            if header and len(header) != a.shape[1]:
+                raise click.BadParameter(f"{path}: the header row names {len(header)} columns but the rows hold "
+                                         f"{a.shape[1]}", param_hint="TRAVELTIMES")
     except (ValueError, OSError) as exc:
         raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="TRAVELTIMES") from None
     if a.dtype.kind not in _REAL_KINDS:   # before any conversion: True -> 1 ns, 50+1j -> 50 ns, "50" -> 50 ns
@@ -977,7 +1007,8 @@ def _survey_options(fn):
 @_user_errors
 def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, epochs, batch_size, lr,
            lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads, quiet):
-    """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models.
+    """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models. A text
+    file may start with one header row of column names.
 
     Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
     top), OUT/invert.png (the first three surveys' models and histories) and OUT/result.json
