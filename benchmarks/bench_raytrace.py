@@ -175,7 +175,12 @@ def main(argv=None):
     parser.add_argument("--skip-pygimli", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", default="bench_raytrace.json")
+    parser.add_argument("--quick", action="store_true",
+                        help="about two minutes: 1 timing repeat, the accuracy sweep at 1 and 3 nodes against a "
+                             "10-node reference, one extrapolation pair (2:6), no memory rows")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat, args.sweep, args.reference_nodes, args.extrapolate, args.skip_memory = 1, [1, 3], 10, ["2:6"], True
 
     grid, survey = paper_crosshole()
     m = channel_model(grid)

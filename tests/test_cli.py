@@ -3,6 +3,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -703,9 +704,15 @@ def _fake_benchmarks(folder):
 
 
 def test_bench_quick_goes_only_to_the_scripts_that_take_it(tmp_path, monkeypatch):
-    # bench_raytrace.py has no --quick (argparse would exit 2: "unrecognized arguments: --quick")
+    # a script without --quick would exit 2 ("unrecognized arguments: --quick"): the list must match the
+    # real scripts' options
+    real = Path(__file__).resolve().parents[1] / "benchmarks"
+    for name, script in cli._BENCHES.items():
+        takes = '"--quick"' in (real / script).read_text()
+        assert takes == (name in cli._QUICK_BENCHES), name
     folder = _fake_benchmarks(tmp_path / "benchmarks")
     monkeypatch.setenv("LATENTINV_BENCHMARKS", str(folder))
+    monkeypatch.setattr(cli, "_QUICK_BENCHES", tuple(n for n in cli._QUICK_BENCHES if n != "raytrace"))
     res = CliRunner().invoke(cli.main, ["bench", "--quick"])
     _ok(res)
     assert (folder / "bench_raytrace.ran").read_text() == ""

@@ -1209,7 +1209,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
 _BENCHES = {"raytrace": "bench_raytrace.py", "prior": "bench_prior.py",
             "inversion": "bench_inversion.py", "sampling": "bench_sampling.py"}
 #: the bench scripts that accept ``--quick`` (bench_raytrace.py has no smaller variant)
-_QUICK_BENCHES = ("prior", "inversion", "sampling")
+_QUICK_BENCHES = ("raytrace", "prior", "inversion", "sampling")
 
 
 def _holds_bench_scripts(folder):
