@@ -51,6 +51,12 @@ def _copy(src, dst, copied):
         copied.append(dst)
 
 
+def _relative_paths(text):
+    """A log with the checkout's absolute paths made relative to it (the device tool runs the copy at the
+    same path as here), and ``../shared``'s likewise: the record names no machine's folders."""
+    return text.replace(f"{ROOT}/", "").replace(f"{ROOT.parent}/shared/", "../shared/")
+
+
 def records(files_at, card, root, copied):
     """The records of ``results.tar`` and the logs into ``root/docs``; returns a summary dict."""
     docs = root / "docs"
@@ -80,7 +86,7 @@ def records(files_at, card, root, copied):
         rp = tmp / "reproduce" / "reproduce_paper.json"
         if rp.is_file():
             summary["Tables 3-4, linear cases (s)"] = json.loads(rp.read_text()).get("linear_cases_s")
-    logs = [f"==> {name} <==\n{(files_at / name).read_text(errors='replace')}" for name in LOGS
+    logs = [f"==> {name} <==\n{_relative_paths((files_at / name).read_text(errors='replace'))}" for name in LOGS
             if (files_at / name).is_file()]
     if logs:
         out = docs / f"gpu_call_{card}.txt"

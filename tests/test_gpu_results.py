@@ -203,3 +203,14 @@ def test_a_prior_over_budget_gets_an_int8_encoder_and_a_record_of_the_stored_fil
     summary = json.loads(out[out.index("{"):])
     assert summary["prior"]["storage"]["int8_tensors"] == config["int8_tensors"]
     assert summary["prior"]["heldout_reconstruction_rmse"] == 0.09
+
+
+def test_the_logs_name_no_machines_folders(tmp_path):
+    at = tmp_path / "files_at"
+    at.mkdir()
+    root = gpu_results.ROOT
+    (at / "tests.txt").write_text(f"{root}/tests/test_x.py:3: Warning\nSKIPPED {root.parent}/shared/data/mc1.npy absent\n")
+    gpu_results.main([str(at), "--card", "h200", "--root", str(tmp_path / "repo")])
+    text = (tmp_path / "repo" / "docs" / "gpu_call_h200.txt").read_text()
+    assert "tests/test_x.py:3: Warning" in text and "../shared/data/mc1.npy" in text
+    assert str(root) not in text and str(root.parent) not in text
