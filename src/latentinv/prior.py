@@ -121,16 +121,13 @@ def _encoder_int8_to_fit(state, config, max_bytes, owner):
 
     candidates = sorted((k for k, v in state.items() if k.startswith("encoder.") and v.is_floating_point()
                          and v.dim() >= 2), key=lambda k: (-state[k].numel() * state[k].element_size(), k))
-    chosen, size = [], files_bytes(state, config)
+    chosen, state, size = [], dict(state), files_bytes(state, config)
     while size > max_bytes and len(chosen) < len(candidates):
-        chosen.append(candidates[len(chosen)])
-        trial = dict(state)
-        for k in chosen:
-            trial[k], trial[k + _INT8_SCALE] = _int8_rows(state[k])
-        trial_config = dict(config, int8_tensors=sorted(chosen))
-        size = files_bytes(trial, trial_config)
-        if size <= max_bytes:
-            return trial, trial_config
+        k = candidates[len(chosen)]
+        chosen.append(k)
+        state[k], state[k + _INT8_SCALE] = _int8_rows(state[k])
+        config = dict(config, int8_tensors=sorted(chosen))
+        size = files_bytes(state, config)
     if size > max_bytes:
         raise ValueError(f"{owner}: max_bytes={max_bytes:g} cannot be met: the files take {size} bytes"
                          f"{' with every encoder weight tensor in int8' if candidates else ''} (the decoder is "
