@@ -111,7 +111,6 @@ def _fit_budget(prior, folder, docs):
     unchanged, measures how far ``encode`` moves on the 200 held-out crops, and evaluates the stored prior
     again on this machine (its record must describe the shipped files); returns the storage summary."""
     import os
-    import platform
     import subprocess
 
     import numpy as np
@@ -152,7 +151,6 @@ def _fit_budget(prior, folder, docs):
                f"the decoder unchanged (decoded models identical)",
         "encode_shift_on_heldout_crops": {"max": float(shift.max()), "mean": float(shift.mean())},
         "evaluation_before_int8": {k: gpu_record.get(k) for k in ("heldout_reconstruction_rmse", "vsbrd")},
-        "machine_of_this_step": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
     (docs / "channels_ti_prior.json").write_text(json.dumps(record, indent=1))
     return record["storage"]
