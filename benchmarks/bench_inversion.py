@@ -14,7 +14,9 @@ Measures, in the same run and on the same machine:
    decoder on the GPU (the raytracer stays on the CPU).
 3. On CUDA when available: the paper's linear experiment, 100 starts x 3000 iterations, eager and
    replayed from a CUDA graph (``cuda_graphs=True``, float32 and bfloat16), with the graph's answer
-   against the eager one's.
+   against the eager one's; with ``--profile``, torch.profiler's kernel table of one epoch of each. The
+   roofline row there takes the best GEMM rate of 1024-, 4096- and 8192-wide products (a 1024-wide one
+   half-fills a large GPU) and adds a TF32 floor (cuDNN's default arithmetic for float32 convolutions).
 
 Usage::
 
@@ -442,13 +444,24 @@ def bench_linear(device, quick, rows, repeats=1):
     # 2 x flops / (peak float32 GEMM rate) per start-iteration, whatever the batching
     flops = decoder_flops_per_start(decoder)
     peak = 3 * 2 * n_gemm**3 / best[torch.float32][0] / 1e9
-    floor_ms = 2 * flops / (peak * 1e9) * 1e3
     peak16 = 3 * 2 * n_gemm**3 / best[torch.bfloat16][0] / 1e9
+    extra = {}
+    if torch.device(device).type == "cuda":
+        # a 1024-wide product fills about half of a large GPU's multiprocessors (64 output tiles of
+        # 128 x 128 on an H200's 132), so it understates the card's peak: the larger products decide there,
+        # and TF32 (which cuDNN's convolutions use by default) gets a floor of its own
+        by_size = gemm_rates(device, (4096, 8192))
+        by_size["float32"][n_gemm], by_size["bfloat16"][n_gemm] = peak, peak16
+        peak, peak16, peak_tf32 = (max(by_size[k].values()) for k in ("float32", "bfloat16", "tf32"))
+        extra = dict(gemm_gflops_by_size={k: {str(n): r for n, r in sorted(v.items())} for k, v in by_size.items()},
+                     cudnn_allow_tf32=bool(torch.backends.cudnn.allow_tf32), tf32_gemm_gflops=peak_tf32,
+                     tf32_floor_per_start_iteration_ms=2 * flops / (peak_tf32 * 1e9) * 1e3)
+    floor_ms = 2 * flops / (peak * 1e9) * 1e3
     rows.append(dict(case="linear", method="roofline (decoder fwd+bwd at measured sgemm peak)",
                      device=str(device), decoder_mflop_per_start=2 * flops / 1e6,
                      sgemm_gflops=peak, floor_per_start_iteration_ms=floor_ms,
                      max_ratio_vs_reference=per_ref * 1e3 / floor_ms, bf16_gemm_gflops=peak16,
-                     bf16_floor_per_start_iteration_ms=2 * flops / (peak16 * 1e9) * 1e3))
+                     bf16_floor_per_start_iteration_ms=2 * flops / (peak16 * 1e9) * 1e3, **extra))
     rows.append(dict(case="linear", method="reference loop (1 start at a time)", device=str(device),
                      n_starts=1, iterations=n_ref, seconds=t_ref, per_start_iteration_ms=1e3 * per_ref,
                      ratio=1.0, final_rmse_ns=float(rmse_ref[-1])))
@@ -478,6 +491,68 @@ def bench_linear(device, quick, rows, repeats=1):
             np.max(np.abs(res.data_rmse_history[0, 0, :m] - rmse_ref[:m])))
         rows.append(row)
     return results
+
+
+def gemm_rates(device, sizes, repeats=2):
+    """The best rate (GFLOP/s) of an ``n x n`` by ``n x n`` product, per arithmetic ("float32",
+    "bfloat16" and, on CUDA, "tf32": float32 products on the tensor cores) and per size ``n``."""
+    device = torch.device(device)
+    kinds = [("float32", torch.float32, False), ("bfloat16", torch.bfloat16, False)]
+    if device.type == "cuda":
+        kinds.append(("tf32", torch.float32, True))
+    matmul = torch.backends.cuda.matmul
+    rates = {}
+    for kind, dtype, tf32 in kinds:
+        rates[kind] = {}
+        for n in sizes:
+            a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+            saved, matmul.allow_tf32 = matmul.allow_tf32, tf32
+            try:
+                a @ b                                                  # warm-up (and the kernel's choice)
+                t = min(timed(lambda: [a @ b for _ in range(3)])[0] for _ in range(repeats))
+            finally:
+                matmul.allow_tf32 = saved
+            rates[kind][n] = 3 * 2 * n**3 / t / 1e9
+            del a, b
+    return rates
+
+
+def kernel_profile(run, device, top=15):
+    """Where the time of ``run()`` goes, by kernel (CUDA) or operator (CPU): the ``top`` entries of
+    torch.profiler's self time, with their calls and share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events)
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return dict(clock="device" if cuda else "cpu", total_ms=total / 1e3,
+                entries=[dict(name=e.key[:160], calls=e.count, ms=getattr(e, key) / 1e3,
+                              share=getattr(e, key) / total) for e in events[:top]])
+
+
+def profile_rows(variants, op, tt, device, rows, n_epochs=1, n_starts=100, top=15):
+    """One row per variant ``(label, generator, cuda_graphs, precision)``: ``kernel_profile`` of one
+    call of ``n_epochs`` after a warm-up call (the capture, for a graph)."""
+    for label, generator, graphs, precision in variants:
+        try:
+            est = LatentInverter(generator, op, n_starts=n_starts, n_epochs=n_epochs, random_state=0,
+                                 device=device, cuda_graphs=graphs, precision=precision).fit(tt)
+            est.invert(tt)
+            prof = kernel_profile(lambda: est.invert(tt), device, top)
+        except Exception as exc:
+            rows.append(dict(case="profile", method=label, device=str(device), error=f"{type(exc).__name__}: {exc}"[:500]))
+            continue
+        rows.append(dict(case="profile", method=label, device=str(device), n_starts=n_starts,
+                         iterations=est.n_iterations_,
+                         ms_per_iteration=prof["total_ms"] / est.n_iterations_, **prof))
+        print(f"profile ({label}): {rows[-1]['ms_per_iteration']:.3f} ms of {prof['clock']} time per iteration; "
+              + "; ".join(f"{e['share']:.0%} {e['name'][:60]}" for e in prof["entries"][:5]), flush=True)
 
 
 def _time_batched(gen, op, tt, device, n_starts=100, repeats=2):
@@ -562,7 +637,7 @@ def bench_nonlinear(quick, rows, ablation=True, device="cpu", solvers=("auto",))
                          raytracer_threads=op.n_threads))
 
 
-def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False):
+def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False, profile=False):
     """The CUDA rows; ``save()`` after each (a lent GPU's deadline may stop the run: what was measured
     stays written, and each row is printed as it ends)."""
     if not torch.cuda.is_available():
@@ -589,6 +664,10 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
                      ("CUDA graph of the inductor-compiled static step, float32", gen, True, "float32", {}),
                      ("eager, decoder under torch.compile reduce-overhead, float32", compiled, False, "float32", None)]
     paper_experiment_rows(variants, op, tt, "cuda", 12 if quick else 120, rows, save)
+    if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16
+        # (after the timed rows: a profiler that fails on a graph's capture costs no timing)
+        profile_rows([v[:4] for v in variants[:3]], op, tt, "cuda", rows)
+        save()
 
 
 def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda: None, n_starts=100):
@@ -663,6 +742,9 @@ def main(argv=None):
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="on CUDA, also the CUDA-graph rows of the paper's experiment with cuDNN's autotuner "
                              "(torch.backends.cudnn.benchmark)")
+    parser.add_argument("--profile", action="store_true",
+                        help="on CUDA, torch.profiler's kernel table of one epoch of the paper's experiment, eager "
+                             "and from CUDA graphs (float32, bfloat16), after its timed rows")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -688,7 +770,8 @@ def main(argv=None):
         if not args.skip_nonlinear:
             bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations, solvers=tuple(args.solvers))
     if linear:
-        bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save, autotune=args.cudnn_benchmark)
+        bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save, autotune=args.cudnn_benchmark,
+                  profile=args.profile)
     if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -78,6 +78,11 @@ def records(files_at, card, root, copied):
             rows = json.loads(bench.read_text())["rows"]
             summary["paper experiment (s)"] = {r["method"]: r.get("seconds", r.get("error"))
                                                for r in rows if r.get("case") == "linear paper experiment"}
+            # bench_inversion.py --profile: the five largest kernels of each profiled epoch
+            summary.update({f"profile, {r['method']} (ms per iteration; top kernels' shares)": (
+                r.get("ms_per_iteration", r.get("error")),
+                [f"{e['share']:.1%} {e['name'][:80]}" for e in r.get("entries", [])[:5]])
+                for r in rows if r.get("case") == "profile"})
         train = tmp / "train" / "bench_training.json"
         if train.is_file():
             summary["training (ms per iteration; 1e5 iterations in min)"] = {

@@ -63,3 +63,32 @@ def test_the_autotuned_variant_runs_with_cudnns_autotuner_and_restores_it(proble
     assert seen == [False, False, True, True]          # each variant: its first call, then the timed one
     assert torch.backends.cudnn.benchmark is False
     assert rows[1]["max_model_diff_vs_eager"] == 0.0  # no cuDNN on the CPU: the same answer
+
+
+def test_the_profile_row_accounts_for_the_whole_epoch(problem):
+    op, gen, tt = problem
+    rows = []
+    bench_inversion.profile_rows([("eager", gen, False, "float32")], op, tt, "cpu", rows, n_starts=3, top=4)
+    (row,) = rows
+    assert row.get("error") is None and row["clock"] == "cpu"
+    assert row["iterations"] == LatentInverter(gen, op).fit(tt).iterations_per_epoch_
+    shares = [e["share"] for e in row["entries"]]
+    assert len(shares) == 4 and shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
+    # each entry's share is its time over the total, and the total is the time of every entry, not only these
+    assert all(abs(e["ms"] / row["total_ms"] - e["share"]) < 1e-9 for e in row["entries"])
+    assert sum(e["ms"] for e in row["entries"]) < row["total_ms"]
+    assert abs(row["ms_per_iteration"] * row["iterations"] - row["total_ms"]) < 1e-9
+
+
+def test_a_profile_that_fails_is_a_row_with_its_error(problem):
+    op, gen, tt = problem
+    rows = []
+    bench_inversion.profile_rows([("eager, an unknown precision", gen, False, "float8")], op, tt, "cpu", rows,
+                                 n_starts=2)
+    assert "precision" in rows[0]["error"]
+
+
+def test_gemm_rates_cover_each_size_and_arithmetic():
+    rates = bench_inversion.gemm_rates("cpu", (32, 64), repeats=1)
+    assert set(rates) == {"float32", "bfloat16"}          # TF32 is a CUDA arithmetic
+    assert all(set(r) == {32, 64} and all(v > 0 for v in r.values()) for r in rates.values())
