@@ -246,6 +246,15 @@ def _check_float32_range(A, what, owner):
                              f"expected models with values in [0, 1] and latents of order 1.")
 
 
+def _check_output_fits(owner, n_models, n_cells):
+    """MemoryError where ``n_models`` decoded models of ``n_cells`` cells (float64, gathered from chunks
+    and then joined: twice that while joining) cannot fit in this machine's available memory."""
+    from ._memory import check_fits
+    check_fits(owner, n_models, 2 * 8 * n_cells, "cpu", what=f"{n_models} models",
+               parts=f"{n_cells} cells in float64, twice while the chunks are joined",
+               advice=lambda room: f"Decode at most {int(room // (16 * n_cells))} models per call.")
+
+
 def _check_finite_output(out, what, owner, inputs):
     """No silent NaN/inf: a non-finite network output is an error naming the input's range."""
     if not torch.isfinite(out).all():

@@ -46,6 +46,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     UnverifiedModelWarning,
     _PicklesNetwork,
     _check_finite_output,
+    _check_output_fits,
     _check_state_against,
     _plain_params,
     _load_safetensors,
@@ -788,6 +789,7 @@ or PatchSampler
             raise ValueError(f"{type(self).__name__}: Z has {Z.shape[1]} columns but "
                              f"n_components={self.n_components}.")
         _check_float32_range(Z, "Z", type(self).__name__)
+        _check_output_fits(type(self).__name__, len(Z), int(self.n_features_in_))
         outs = self._forward_chunks(Z, lambda zb: self.decoder_(zb).cpu().double())
         return _check_finite_output(torch.cat(outs), "models", type(self).__name__, Z).numpy()
 

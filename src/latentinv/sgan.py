@@ -38,6 +38,7 @@ from ._common import (
     _plain_params,
     _write_model_files,
     _check_finite_output,
+    _check_output_fits,
     _check_float32_range,
     _check_state_against,
     _deterministic_kernels,
@@ -498,6 +499,7 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
             raise ValueError(f"{name}: Z must have n_components={d} columns (latent arrays of shape "
                              f"{self.latent_shape_}, flat in C order); got {Z.shape[1]}.")
         _check_float32_range(Z, "Z", name)
+        _check_output_fits(name, len(Z), int(np.prod(self.image_shape_)))
         outs = []
         with torch.no_grad():
             for start in range(0, Z.shape[0], _CHUNK):

@@ -1,0 +1,131 @@
+"""latentinv._memory: a batch too large for the machine is a MemoryError naming the sizes and what to pass,
+raised before the batch is allocated (not the operating system's out-of-memory kill)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import latentinv._memory as memory
+from latentinv import LatentInverter, LatentSampler
+from latentinv.geometry import CrossholeSurvey, Grid2D
+from latentinv.inversion import TorchGenerator
+from latentinv.operators import StraightRayOperator
+
+N_CELLS = 12 * 8
+
+
+@pytest.fixture
+def problem():
+    depths = 0.1 + 0.2 * np.arange(6)
+    survey = CrossholeSurvey(np.column_stack([np.zeros(6), depths]), np.column_stack([np.full(6, 0.8), depths]))
+    op = StraightRayOperator(Grid2D(12, 8, 0.1), survey)
+    torch.manual_seed(0)
+    decoder = torch.nn.Sequential(torch.nn.Linear(3, N_CELLS), torch.nn.Sigmoid()).requires_grad_(False)
+    gen = TorchGenerator(decoder, 3)
+    z = np.random.default_rng(0).standard_normal((2, 3))
+    tt = LatentInverter(gen, op).fit(np.ones((1, op.n_data))).simulate(gen.decode(z).reshape(2, -1))
+    return op, gen, tt
+
+
+def test_saved_bytes_per_row_is_the_hand_count():
+    # a frozen Linear saves nothing that grows with the batch (its input is not needed for a frozen weight);
+    # the sigmoid saves its output, which is the output: 4 bytes per cell
+    net = torch.nn.Sequential(torch.nn.Linear(3, 50), torch.nn.Sigmoid()).requires_grad_(False)
+    assert memory.saved_bytes_per_row(net, torch.zeros(1, 3)) == 4 * 50
+    # a ReLU between two layers saves its output (50 floats) and the second layer its input (the same
+    # tensor, counted once); the second output (20 floats) is the result
+    net = torch.nn.Sequential(torch.nn.Linear(3, 50), torch.nn.ReLU(), torch.nn.Linear(50, 20)).requires_grad_(False)
+    assert memory.saved_bytes_per_row(net, torch.zeros(1, 3)) == 4 * (50 + 20)
+    # float64: twice as much
+    assert memory.saved_bytes_per_row(net.double(), torch.zeros(1, 3, dtype=torch.float64)) == 8 * 70
+
+
+def test_available_memory_from_the_kernel_and_the_cgroup(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000 kB\n")
+    assert memory._meminfo_available(str(meminfo)) == 2000 * 1024
+    assert memory._meminfo_available(str(tmp_path / "absent")) is None
+    root = tmp_path / "cg"
+    root.mkdir()
+    assert memory._cgroup_room(str(root)) is None                   # no cgroup files
+    (root / "memory.max").write_text("max\n")
+    (root / "memory.current").write_text("5000\n")
+    assert memory._cgroup_room(str(root)) is None                   # v2 without a limit
+    (root / "memory.max").write_text("8000\n")
+    assert memory._cgroup_room(str(root)) == 3000
+    (root / "memory.current").write_text("9000\n")
+    assert memory._cgroup_room(str(root)) == 0                      # over its limit: no room
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2 ** 63 - 4096))   # v1's "no limit"
+    (v1 / "memory" / "memory.usage_in_bytes").write_text("10")
+    assert memory._cgroup_room(str(v1)) is None
+    # the smaller of the two
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 10_000)
+    monkeypatch.setattr(memory, "_cgroup_room", lambda: 3_000)
+    assert memory.available_bytes("cpu") == 3_000
+
+
+def test_check_fits_names_the_sizes_and_is_silent_when_unknown(monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 2 ** 30)
+    with pytest.raises(MemoryError, match=r"X: 7 rows need at least 14\.0 GiB \(2048\.00 MiB per row: parts\), "
+                                          r"but cpu has 10\.0 GiB available\. fits 5"):
+        memory.check_fits("X", 7, 2 ** 31, "cpu", what="7 rows", parts="parts",
+                          advice=lambda room: f"fits {int(room // 2 ** 31)}")
+    memory.check_fits("X", 5, 2 ** 31, "cpu", what="", parts="", advice=str)       # exactly fits
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)
+    memory.check_fits("X", 10 ** 9, 2 ** 31, "cpu", what="", parts="", advice=str)
+
+
+def _need_per_row(est, n_iterations):
+    """The inverter's lower bound per row by hand for the fixture's decoder (a frozen Linear, a sigmoid):
+    its output x (saved by the sigmoid) and the slowness s (the result), 4 bytes per cell each; the
+    histories, best model and latent, data, weights-free traveltimes on the device (float32), the result
+    on the host (float64)."""
+    P, d, n = N_CELLS, 3, est.operator_.n_data
+    return 4 * 2 * P + 4 * (2 * n_iterations + P + d + 3 * n) + 8 * (2 * n_iterations + P + d)
+
+
+def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch):
+    op, gen, tt = problem
+    est = LatentInverter(gen, op, n_starts=5, n_epochs=2, random_state=0).fit(tt)
+    per_row = _need_per_row(est, est.n_iterations_)
+    # room for exactly one survey of 5 starts: two surveys are refused, before anything is inverted
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row)
+    with pytest.raises(MemoryError, match=r"LatentInverter: 2 surveys x n_starts=5 = 10 rows need at least .* "
+                                          r"Pass chunk_size=1 or less"):
+        est.invert(tt)
+    assert len(est.set_params(chunk_size=1).fit(tt).invert(tt).models) == 2
+    # one byte short of one survey: not even one fits
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row - 1)
+    with pytest.raises(MemoryError, match="Not even one survey fits: lower n_starts"):
+        est.invert(tt[:1])
+
+
+def test_a_sampler_too_large_says_how_many_surveys_fit(problem, monkeypatch):
+    op, gen, tt = problem
+    s = LatentSampler(gen, op, n_chains=4, n_burnin=10, n_samples=10, thin=2, noise_std=0.5, random_state=0).fit(tt)
+    P, d, n, n_it = N_CELLS, 3, op.n_data, 10 + 10 * 2
+    # the inverter's count with a chi-square history (a likelihood with weights), and the chains' own:
+    # float64 moments of the models (3 per cell), burn-in states and kept draws
+    per_row = (4 * 2 * P + 4 * (3 * n_it + P + d + 3 * n) + 8 * (3 * n_it + P + d)
+               + 3 * 8 * P + 4 * d * (10 + 10))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 4 * per_row)
+    with pytest.raises(MemoryError, match=r"LatentSampler: 2 surveys x n_chains=4 = 8 rows .* "
+                                          r"Sample at most 1 surveys per call, or lower n_chains"):
+        s.sample(tt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # short chains: ConvergenceWarning
+        assert s.predict(tt[:1]).shape == (1, N_CELLS)
+
+
+def test_decoding_too_many_models_is_refused_before_decoding(monkeypatch):
+    from latentinv import VAEPrior
+    X = (np.random.default_rng(0).random((6, 16, 16)) > 0.7).astype(np.float32)
+    prior = VAEPrior(n_components=2, channels=(2, 2), kernel_sizes=(3, 3), hidden_size=4, batch_size=3,
+                     n_iterations=2, random_state=0, device="cpu").fit(X)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 16 * 256)    # 10 models of 256 cells
+    assert prior.sample(10).shape == (10, 256)
+    with pytest.raises(MemoryError, match=r"VAEPrior: 11 models need at least .* Decode at most 10 models per call"):
+        prior.sample(11)
