@@ -729,7 +729,9 @@ _native_bf16 = pytest.mark.skipif(
 @_native_bf16
 def test_bfloat16_training_follows_the_float32_loss_curve():
     from latentinv.datasets import make_straight_channels
-    X = make_straight_channels(60, shape=(16, 16), random_state=0)
+    # 48 x 48: every layer's input map at least its kernel (on 16 x 16 the deepest maps are 1 x 1, whose
+    # bfloat16 weight gradients torch computes as garbage: test_bfloat16_training_refuses_garbage_gradients)
+    X = make_straight_channels(60, shape=(48, 48), random_state=0)
     kw = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, batch_size=20, n_iterations=60,
               learning_rate=1e-2, random_state=0, device="cpu")
     f32 = VAEPrior(**kw).fit(X)
@@ -743,9 +745,54 @@ def test_bfloat16_training_follows_the_float32_loss_curve():
     assert b16.transform(X).dtype == np.float64
 
 
+@_native_bf16
+@pytest.mark.parametrize("fault", ["varies", "inf"])
+def test_bfloat16_training_refuses_garbage_gradients(monkeypatch, fault):
+    # torch 2.13's bfloat16 weight gradients of a convolution on a 1 x 1 map (kernel 4, padding 2) vary from
+    # call to call (values up to 1e38): emulated here, on any CPU, by a decoder whose output does so
+    from latentinv.datasets import PatchSampler, make_straight_channels
+    from latentinv.nn import vae as vae_module
+    X = make_straight_channels(12, shape=(48, 48), random_state=0)
+    kw = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, batch_size=6, n_iterations=3,
+              random_state=0, device="cpu", precision="bfloat16")
+    real_decode = vae_module.VAE.decode
+    calls = []
+
+    def faulty(self, z):
+        out = real_decode(self, z)
+        calls.append(torch.is_autocast_enabled("cpu"))
+        bump = float("inf") if fault == "inf" else 1e-3 * len(calls)
+        return out + bump * z.sum() if torch.is_autocast_enabled("cpu") else out
+    monkeypatch.setattr(vae_module.VAE, "decode", faulty)
+    match = r"precision='bfloat16' on this CPU gives .* gradient non-finite or different"
+    with pytest.raises(ValueError, match=match):
+        VAEPrior(**kw).fit(X)
+    assert calls == [True] * 3                         # refused before the first step
+    with pytest.raises(ValueError, match=match):       # crops of a PatchSampler: the same check
+        VAEPrior(**dict(kw, image_shape=(48, 48))).fit(PatchSampler([np.tile(X[0], (2, 2))], (48, 48)))
+    monkeypatch.undo()
+    VAEPrior(**kw).fit(X)                              # the real decoder on these images passes
+
+
+@_native_bf16
+def test_the_bfloat16_check_leaves_the_training_as_it_was(monkeypatch):
+    # the check draws nothing and updates nothing: a training with it equals one without it
+    from latentinv import _training_step
+    from latentinv.datasets import make_straight_channels
+    X = make_straight_channels(12, shape=(48, 48), random_state=0)
+    kw = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, batch_size=6, n_iterations=4,
+              random_state=0, device="cpu", precision="bfloat16")
+    checked = VAEPrior(**kw).fit(X)
+    monkeypatch.setattr(_training_step.TrainingStep, "check_bfloat16_gradients", lambda *a, **k: None)
+    unchecked = VAEPrior(**kw).fit(X)
+    assert checked.history_["loss"] == unchecked.history_["loss"]
+    for a, b in zip(checked.module_.state_dict().values(), unchecked.module_.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_bfloat16_training_is_refused_without_native_bfloat16_and_checked(monkeypatch, tmp_path):
     from latentinv.datasets import make_straight_channels
-    X = make_straight_channels(10, shape=(16, 16), random_state=0)
+    X = make_straight_channels(10, shape=(48, 48), random_state=0)
     kw = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, n_iterations=1, device="cpu")
     with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16'; got 'float16'"):
         VAEPrior(precision="float16", **kw).fit(X)

@@ -49,6 +49,33 @@ class TrainingStep:
         self.optimizer.zero_grad(set_to_none=True)
         return self.forward_backward(xb)
 
+    def check_bfloat16_gradients(self, xb, owner, repeats=3):
+        """On a CPU in bfloat16: a ValueError unless ``repeats`` computations of batch ``xb``'s gradient
+        are finite and the same to the bit, checked before the first step and leaving the training's state
+        as it was (the noise of eq. (1) at zero, no draw).
+
+        oneDNN's bfloat16 weight gradients are otherwise deterministic here. torch 2.13's are garbage, from
+        one call to the next, for convolutions whose input map is smaller than their kernel (a 1 x 1 map,
+        4 x 4 kernel, padding 2: a network too deep for its images), with and without AMX. Such a network
+        would train on values up to 1e38 without a word, or diverge at a random iteration."""
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        grads = []
+        for _ in range(repeats):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mu, logvar = self.module.encode(xb)
+                x_hat = self.module.decode(VAE.reparameterise(mu, logvar, alpha=self.alpha, eps=torch.zeros_like(mu)))
+            loss = vae_loss(x_hat.float(), xb, mu.float(), logvar.float(), beta=self.beta)[0]
+            grads.append(torch.autograd.grad(loss, params))
+        for (name, _), *gs in zip(named, *grads):
+            if not all(bool(torch.isfinite(g).all()) for g in gs) or not all(torch.equal(g, gs[0]) for g in gs[1:]):
+                raise ValueError(
+                    f"{owner}: precision='bfloat16' on this CPU gives {name}'s gradient non-finite or different "
+                    f"from one computation to the next ({repeats} computations of one batch): torch's bfloat16 "
+                    "convolution kernels (oneDNN) compute garbage for a layer whose input map is smaller than "
+                    "its kernel, which a network too deep for its images has. Use precision='float32', or "
+                    "larger images or fewer layers (channels / kernel_sizes).")
+
     def release(self):
         """Drop what the step holds between calls (nothing for the eager step)."""
 

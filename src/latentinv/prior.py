@@ -632,6 +632,13 @@ or PatchSampler
             batch = int(self.batch_size)
             sampler_rng = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
 
+        if bfloat16 and device.type == "cpu":     # before any state moves: see check_bfloat16_gradients
+            if X_train is not None:
+                probe = X_tensor[:batch]
+            else:   # crops of a generator of its own: the training's draws stay where they are
+                corners = sampler.sample_corners(batch, np.random.default_rng(0))
+                probe = sampler.cut_tensor(*corners, device=device).reshape(batch, -1)
+            step.check_bfloat16_gradients(probe, name)
         state = _checkpoint.TrainingState(module, optimizer, rng, None if X_train is not None else sampler_rng,
                                           generator)
         fingerprint = None
