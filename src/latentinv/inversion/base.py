@@ -376,9 +376,9 @@ class LatentEstimatorBase(BaseEstimator):
                              nonlinear_gradient=nonlinear_gradient or self.nonlinear_gradient,
                              allow_pending=allow_pending, precision=getattr(self, "precision", "float32"))
 
-    #: what a row costs besides the decoder's activations and the common records (the subclass's own
-    #: accumulators), in bytes, given the problem: see :meth:`_check_batch_fits`
     def _extra_bytes_per_row(self, problem):
+        """What a row costs besides the decoder's activations and the common records: the subclass's own
+        accumulators, in bytes (:meth:`_check_batch_fits`)."""
         return 0
 
     def _check_batch_fits(self, problem, n_surveys, n_iterations, advice):
@@ -391,21 +391,18 @@ class LatentEstimatorBase(BaseEstimator):
         activations = saved_bytes_per_row(lambda z: problem.decode(z)[1], z)
         n_hist = 3 if problem.weighted else 2
         # on the device: the histories, the best model and latent, the data (and weights) and full traveltimes
-        device_records = 4 * (n_hist * n_iterations + problem.operator.n_params + self.n_components_
-                              + 3 * problem.n_data) + self._extra_bytes_per_row(problem)
+        records = 4 * (n_hist * n_iterations + problem.operator.n_params + self.n_components_
+                       + 3 * problem.n_data) + self._extra_bytes_per_row(problem)
         # on the host: the result, in float64
-        host_result = 8 * (n_hist * n_iterations + problem.operator.n_params + self.n_components_)
-        where = [(self.device_, activations + device_records)]
+        result = 8 * (n_hist * n_iterations + problem.operator.n_params + self.n_components_)
+        kept = "the decoder's activations kept for the gradient, the records"
         if self.device_.type == "cpu":
-            where = [(self.device_, activations + device_records + host_result)]
+            needs = [(self.device_, activations + records + result, kept + " and the result")]
         else:
-            where.append((torch.device("cpu"), host_result))
-        owner = type(self).__name__
-        for device, per_row in where:
-            check_fits(owner, n_surveys * rows, per_row, device,
+            needs = [(self.device_, activations + records, kept), (torch.device("cpu"), result, "the result")]
+        for device, per_row, parts in needs:
+            check_fits(type(self).__name__, n_surveys * rows, per_row, device, parts=parts,
                        what=f"{n_surveys} surveys x {self._rows_param}={rows} = {n_surveys * rows} rows",
-                       parts="the decoder's activations kept for the gradient, the records and the result"
-                             if device == self.device_ else "the result",
                        advice=lambda room: advice(int(room // (per_row * rows))))
 
     def _start_latents(self, seed):
