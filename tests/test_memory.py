@@ -129,3 +129,28 @@ def test_decoding_too_many_models_is_refused_before_decoding(monkeypatch):
     assert prior.sample(10).shape == (10, 256)
     with pytest.raises(MemoryError, match=r"VAEPrior: 11 models need at least .* Decode at most 10 models per call"):
         prior.sample(11)
+
+
+def test_a_training_batch_too_large_is_refused_before_the_first_step(monkeypatch):
+    from latentinv import VAEPrior
+    from latentinv.datasets import PatchSampler
+    X = (np.random.default_rng(0).random((6, 16, 16)) > 0.7).astype(np.float32)
+    kw = dict(n_components=2, channels=(2, 2), kernel_sizes=(3, 3), hidden_size=4, n_iterations=2,
+              random_state=0, device="cpu")
+    per_row = []
+    real = memory.saved_bytes_per_row
+    monkeypatch.setattr(memory, "saved_bytes_per_row", lambda f, z: per_row.append(real(f, z)) or per_row[-1])
+    VAEPrior(batch_size=6, **kw).fit(X)
+    (b,) = per_row
+    # the input row (256 cells, kept by the first convolution) is at least part of it
+    assert b >= 4 * 256
+    # room for 5 rows: a batch of 6 is refused, naming the batch that fits, before any step
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * b)
+    steps = []
+    from latentinv import _training_step
+    monkeypatch.setattr(_training_step.TrainingStep, "__call__", lambda self, xb: steps.append(1))
+    with pytest.raises(MemoryError, match=r"VAEPrior: batch_size=6 rows need .* Lower batch_size to at most 5"):
+        VAEPrior(batch_size=6, **kw).fit(X)
+    with pytest.raises(MemoryError, match="Lower batch_size to at most 5"):     # crops: the same check
+        VAEPrior(batch_size=6, image_shape=(16, 16), **kw).fit(PatchSampler([np.tile(X[0], (2, 2))], (16, 16)))
+    assert steps == []

@@ -767,7 +767,7 @@ def test_bfloat16_training_refuses_garbage_gradients(monkeypatch, fault):
     match = r"precision='bfloat16' on this CPU gives .* gradient non-finite or different"
     with pytest.raises(ValueError, match=match):
         VAEPrior(**kw).fit(X)
-    assert calls == [True] * 3                         # refused before the first step
+    assert calls == [True] * 5      # refused before the first step: the memory probe's 2 decodes, the check's 3
     with pytest.raises(ValueError, match=match):       # crops of a PatchSampler: the same check
         VAEPrior(**dict(kw, image_shape=(48, 48))).fit(PatchSampler([np.tile(X[0], (2, 2))], (48, 48)))
     monkeypatch.undo()

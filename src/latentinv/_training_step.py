@@ -49,6 +49,23 @@ class TrainingStep:
         self.optimizer.zero_grad(set_to_none=True)
         return self.forward_backward(xb)
 
+    def _probe_loss(self, xb):
+        """Batch ``xb``'s loss with the noise of eq. (1) at zero (no draw), for the checks below."""
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            mu, logvar = self.module.encode(xb)
+            x_hat = self.module.decode(VAE.reparameterise(mu, logvar, alpha=self.alpha, eps=torch.zeros_like(mu)))
+        return vae_loss(x_hat.float(), xb, mu.float(), logvar.float(), beta=self.beta)[0]
+
+    def check_batch_fits(self, x1, batch, owner):
+        """A MemoryError where a batch of ``batch`` rows like ``x1`` (one row) cannot keep its activations
+        for the gradient in the device's available memory (:mod:`latentinv._memory`), before any step."""
+        from ._memory import check_fits, saved_bytes_per_row
+        per_row = saved_bytes_per_row(self._probe_loss, x1)
+        check_fits(owner, batch, per_row, x1.device, what=f"batch_size={batch} rows",
+                   parts="the network's activations kept for the gradient",
+                   advice=lambda room: f"Lower batch_size to at most {int(room // per_row)}, or the network's "
+                                       "channels / hidden_size.")
+
     def check_bfloat16_gradients(self, xb, owner, repeats=3):
         """On a CPU in bfloat16: a ValueError unless ``repeats`` computations of batch ``xb``'s gradient
         are finite and the same to the bit, checked before the first step and leaving the training's state
@@ -60,13 +77,7 @@ class TrainingStep:
         would train on values up to 1e38 without a word, or diverge at a random iteration."""
         named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
-        grads = []
-        for _ in range(repeats):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                mu, logvar = self.module.encode(xb)
-                x_hat = self.module.decode(VAE.reparameterise(mu, logvar, alpha=self.alpha, eps=torch.zeros_like(mu)))
-            loss = vae_loss(x_hat.float(), xb, mu.float(), logvar.float(), beta=self.beta)[0]
-            grads.append(torch.autograd.grad(loss, params))
+        grads = [torch.autograd.grad(self._probe_loss(xb), params) for _ in range(repeats)]
         for (name, _), *gs in zip(named, *grads):
             if not all(bool(torch.isfinite(g).all()) for g in gs) or not all(torch.equal(g, gs[0]) for g in gs[1:]):
                 raise ValueError(

@@ -632,13 +632,15 @@ or PatchSampler
             batch = int(self.batch_size)
             sampler_rng = np.random.default_rng(rng.randint(np.iinfo(np.int32).max))
 
-        if bfloat16 and device.type == "cpu":     # before any state moves: see check_bfloat16_gradients
+        # checks before any state moves, on batches of their own (the training's draws stay where they are)
+        def probe(n):
             if X_train is not None:
-                probe = X_tensor[:batch]
-            else:   # crops of a generator of its own: the training's draws stay where they are
-                corners = sampler.sample_corners(batch, np.random.default_rng(0))
-                probe = sampler.cut_tensor(*corners, device=device).reshape(batch, -1)
-            step.check_bfloat16_gradients(probe, name)
+                return X_tensor[:n]
+            corners = sampler.sample_corners(n, np.random.default_rng(0))
+            return sampler.cut_tensor(*corners, device=device).reshape(n, -1)
+        step.check_batch_fits(probe(1), batch, name)
+        if bfloat16 and device.type == "cpu":
+            step.check_bfloat16_gradients(probe(batch), name)
         state = _checkpoint.TrainingState(module, optimizer, rng, None if X_train is not None else sampler_rng,
                                           generator)
         fingerprint = None
