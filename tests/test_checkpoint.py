@@ -39,8 +39,8 @@ class Stop(Exception):
 def test_a_stopped_training_resumes_to_the_same_network(kind, tmp_path, monkeypatch):
     X = _data(kind)
     whole = VAEPrior(**KW).fit(X)
-    # stop in the middle of iteration 8 (0-based 7); the last checkpoint is at 6 iterations
-    real, calls = step_module.vae_loss, []
+    # stop at the start of iteration 8 (0-based 7)'s step; the last checkpoint is at 6 iterations
+    real, calls = step_module.TrainingStep.forward_backward, []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -48,10 +48,10 @@ def test_a_stopped_training_resumes_to_the_same_network(kind, tmp_path, monkeypa
             raise Stop
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(step_module, "vae_loss", failing)
+    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", failing)
     with pytest.raises(Stop):
         VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)
-    monkeypatch.setattr(step_module, "vae_loss", real)
+    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", real)
     assert open(tmp_path / "LATEST").read() == "step-000000006"
     assert sorted(os.listdir(tmp_path)) == ["LATEST", "step-000000006"]      # older steps removed
     resumed = VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)
