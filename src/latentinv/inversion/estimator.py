@@ -415,8 +415,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         K, d = int(self.n_starts), self.n_components_
         problem = self._problem(Y, sigma, allow_pending=self.target_misfit is None and self._pipeline_nonlinear)
         self._check_batch_fits(problem, S, self.n_iterations_, lambda n: (
-            f"Pass chunk_size={n} or less (surveys per batch, run in turn, or in parallel with n_jobs), or "
-            f"lower n_starts." if n >= 1 else "Not even one survey fits: lower n_starts."))
+            f"Pass chunk_size={n} or less (surveys per batch, run in turn, or in parallel with n_jobs; then fit "
+            f"again), or lower n_starts." if n >= 1 else "Not even one survey fits: lower n_starts."))
         streams = EpochStreams(seed, Y, K, n_data, int(self.batch_size or n_data), d, self.clip_resample, dev)
         cfg = SGDSettings(
             optimizer=self.optimizer, lr=self.lr, lr_decay=self.lr_decay, decay_every=self.decay_every,
