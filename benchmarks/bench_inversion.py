@@ -78,6 +78,15 @@ def paper_decoder(device, seed=0):
     return ConvDecoder((129, 65), 20).to(device).eval().requires_grad_(False)
 
 
+def sgan_generator(device, seed=0):
+    """The published SGAN generator's layout as the inversion sees it (uniform latents of shape (1, 5, 3),
+    15 of them, to 129 x 65 models), random weights: speed does not depend on training."""
+    from latentinv.nn.sgan import PUBLISHED_LATENT_SHAPE, SGANDecoder, SpatialGenerator
+    torch.manual_seed(seed)
+    decoder = SGANDecoder(SpatialGenerator(), PUBLISHED_LATENT_SHAPE, (129, 65)).to(device).eval().requires_grad_(False)
+    return TorchGenerator(decoder, 15, latent_distribution="uniform")
+
+
 def reference_loop(decoder, G_dense, y, z0, lr, lr_decay, lam, lam_decay, batch_size, n_iter, rng):
     """The paper's SGD_DGM for one start (linear case): dense full product, then batch rows."""
     device = G_dense.device
@@ -637,7 +646,7 @@ def bench_nonlinear(quick, rows, ablation=True, device="cpu", solvers=("auto",))
                          raytracer_threads=op.n_threads))
 
 
-def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False, profile=False):
+def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False, profile=False, tables=False):
     """The CUDA rows; ``save()`` after each (a lent GPU's deadline may stop the run: what was measured
     stays written, and each row is printed as it ends)."""
     if not torch.cuda.is_available():
@@ -657,24 +666,62 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
     if autotune:    # cuDNN's autotuner picks each convolution's fastest algorithm for these shapes
         variants += [("CUDA graph, float32, cuDNN autotuned", gen, True, "float32", None, True),
                      ("CUDA graph, bfloat16, cuDNN autotuned", gen, True, "bfloat16", None, True)]
-    if compile_decoder:
-        compiled = TorchGenerator(torch.compile(gen.decoder_, mode="reduce-overhead"), 20)
-        variants += [("static step under torch.compile reduce-overhead, float32", gen, False, "float32",
-                      {"mode": "reduce-overhead"}),
-                     ("CUDA graph of the inductor-compiled static step, float32", gen, True, "float32", {}),
-                     ("eager, decoder under torch.compile reduce-overhead, float32", compiled, False, "float32", None)]
-    paper_experiment_rows(variants, op, tt, "cuda", 12 if quick else 120, rows, save)
+    n_epochs = 12 if quick else 120
+    eager = paper_experiment_rows(variants, op, tt, "cuda", n_epochs, rows, save)
+    if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
+        table_case_rows([("VSbrd", gen), ("SAnnn", sgan_generator("cuda")), ("SSbnd", sgan_generator("cuda"))],
+                        op, tt, "cuda", rows, n_epochs=12 if quick else None, save=save)
     if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16
         # (after the timed rows: a profiler that fails on a graph's capture costs no timing)
         profile_rows([v[:4] for v in variants[:3]], op, tt, "cuda", rows)
         save()
+    if compile_decoder:   # last: compiling takes the longest, and a deadline stops it before the rows above
+        compiled = TorchGenerator(torch.compile(gen.decoder_, mode="reduce-overhead"), 20)
+        paper_experiment_rows(
+            [("static step under torch.compile reduce-overhead, float32", gen, False, "float32",
+              {"mode": "reduce-overhead"}),
+             ("CUDA graph of the inductor-compiled static step, float32", gen, True, "float32", {}),
+             ("eager, decoder under torch.compile reduce-overhead, float32", compiled, False, "float32", None)],
+            op, tt, "cuda", n_epochs, rows, save, reference=(variants[0][0], eager))
 
 
-def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda: None, n_starts=100):
+def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, cuda_graphs=True, n_epochs=None,
+                    save=lambda: None):
+    """Tables 3-4's cases as the reproduction runs them: each case (``(name, generator)``, settings from
+    ``PAPER_CASES``) once, ``n_surveys`` surveys x ``n_starts`` starts in one batch, timed after a warm-up
+    call of one epoch (the capture). Beside a VAE case of the same run, the SGAN cases' times complete the
+    measured VAE columns' total (issue 16: every case of Tables 3-4 in 2 minutes). ``n_epochs``: a shorter
+    schedule (tests)."""
+    from latentinv.inversion import PAPER_CASES
+    Y = np.repeat(np.asarray(tt)[:1], n_surveys, axis=0)
+    for name, generator in cases:
+        settings = dict(PAPER_CASES[name], **({} if n_epochs is None else {"n_epochs": n_epochs}))
+        label = f"{name}, {n_surveys} surveys x {n_starts} starts, " + ("CUDA graph" if cuda_graphs else "eager")
+        try:
+            est = LatentInverter(generator, op, n_starts=n_starts, random_state=0, device=device,
+                                 cuda_graphs=cuda_graphs, **settings)
+            LatentInverter(**dict(est.get_params(deep=False), n_epochs=1)).fit(Y).invert(Y)   # warm-up, capture
+            t, res = timed(lambda: est.fit(Y).invert(Y))
+        except Exception as exc:
+            rows.append(dict(case="table case", method=label, device=str(device), error=f"{type(exc).__name__}: {exc}"[:500]))
+            print(f"table case ({label}): FAILED {type(exc).__name__}: {exc}"[:500])
+            continue
+        rows.append(dict(case="table case", method=label, device=str(device), paper_case=name, n_surveys=n_surveys,
+                         n_starts=n_starts, iterations=est.n_iterations_, seconds=t, optimizer=est.optimizer,
+                         batch_size=est.batch_size, iterations_per_epoch=est.iterations_per_epoch_,
+                         generator=type(generator.decoder_).__name__ if hasattr(generator, "decoder_") else None,
+                         best_data_rmse_ns=float(np.nanmin(res.data_rmse))))
+        print(f"table case ({label}): {t:.2f} s for {est.n_iterations_} iterations", flush=True)
+        save()
+
+
+def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda: None, n_starts=100,
+                          reference=None):
     """The paper's experiment once per variant ``(label, generator, cuda_graphs, precision,
     step_compile[, cudnn_autotune])``; the first variant is the reference of the others' answers (no
-    differences where it failed). A row per variant, or its error."""
-    eager = None
+    differences where it failed), unless ``reference = (label, result)`` of an earlier call is given. A row
+    per variant, or its error; returns the reference's result (None where it failed)."""
+    ref_label, eager = reference if reference is not None else (variants[0][0], None)
     for k, (label, generator, graphs, precision, step_compile, *autotune) in enumerate(variants):
         torch.backends.cudnn.benchmark = bool(autotune and autotune[0])
         est = LatentInverter(generator, op, n_starts=n_starts, n_epochs=n_epochs, random_state=0,
@@ -697,7 +744,7 @@ def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda:
         finally:
             graphed.compile_options = None
             torch.backends.cudnn.benchmark = False
-        eager = res if k == 0 else eager
+        eager = res if k == 0 and reference is None else eager
         diff = (lambda f: None if eager is None else float(np.max(np.abs(f(res) - f(eager)))))
         rows.append(dict(case="linear paper experiment", method=f"LatentInverter ({label})",
                          device=device, n_starts=n_starts, iterations=est.n_iterations_, seconds=t,
@@ -710,10 +757,11 @@ def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda:
                          max_model_diff_vs_eager=diff(lambda r: r.models)))
         r = rows[-1]
         versus = ("the reference row failed" if r["max_model_diff_vs_eager"] is None
-                  else f"models within {r['max_model_diff_vs_eager']:.2e} of the {variants[0][0]} row's")
+                  else f"models within {r['max_model_diff_vs_eager']:.2e} of the {ref_label} row's")
         print(f"linear paper experiment ({label}): {t:.2f} s for {n_starts} starts x {r['iterations']} iterations "
               f"(first call: {t_first:.2f} s); best data RMSE {r['best_data_rmse_ns']:.4f} ns; {versus}", flush=True)
         save()
+    return eager
 
 
 def main(argv=None):
@@ -745,6 +793,10 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="on CUDA, torch.profiler's kernel table of one epoch of the paper's experiment, eager "
                              "and from CUDA graphs (float32, bfloat16), after its timed rows")
+    parser.add_argument("--tables", action="store_true",
+                        help="on CUDA, Tables 3-4's VSbrd (VAE) and SAnnn, SSbnd (the published SGAN generator's "
+                             "layout, random weights) as the reproduction runs them: 6 surveys x 100 starts, from "
+                             "CUDA graphs")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -771,7 +823,7 @@ def main(argv=None):
             bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations, solvers=tuple(args.solvers))
     if linear:
         bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save, autotune=args.cudnn_benchmark,
-                  profile=args.profile)
+                  profile=args.profile, tables=args.tables)
     if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None

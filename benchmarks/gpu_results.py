@@ -78,6 +78,9 @@ def records(files_at, card, root, copied):
             rows = json.loads(bench.read_text())["rows"]
             summary["paper experiment (s)"] = {r["method"]: r.get("seconds", r.get("error"))
                                                for r in rows if r.get("case") == "linear paper experiment"}
+            # bench_inversion.py --tables: Tables 3-4's cases as the reproduction batches them
+            summary["Tables 3-4 cases, bench_inversion --tables (s)"] = {
+                r["method"]: r.get("seconds", r.get("error")) for r in rows if r.get("case") == "table case"}
             # bench_inversion.py --profile: the five largest kernels of each profiled epoch
             summary.update({f"profile, {r['method']} (ms per iteration; top kernels' shares)": (
                 r.get("ms_per_iteration", r.get("error")),

@@ -1,8 +1,10 @@
 """benchmarks/bench_inversion.py's rows of the paper's experiment, which run only on a GPU machine, on the
 CPU with a small problem: every variant runs, and each answer is compared with the first variant's."""
+import copy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +94,42 @@ def test_gemm_rates_cover_each_size_and_arithmetic():
     rates = bench_inversion.gemm_rates("cpu", (32, 64), repeats=1)
     assert set(rates) == {"float32", "bfloat16"}          # TF32 is a CUDA arithmetic
     assert all(set(r) == {32, 64} and all(v > 0 for v in r.values()) for r in rates.values())
+
+
+def test_table_case_rows_run_each_case_on_its_schedule(problem):
+    op, gen, tt = problem
+    uniform = cases._generator("uniform")
+    rows = []
+    bench_inversion.table_case_rows([("VSbrd", gen), ("SAnnn", uniform), ("SSbnd", uniform)], op, tt, "cpu", rows,
+                                    n_surveys=2, n_starts=3, cuda_graphs=False, n_epochs=2)
+    assert [r.get("error") for r in rows] == [None] * 3
+    assert [r["paper_case"] for r in rows] == ["VSbrd", "SAnnn", "SSbnd"]
+    # Table 1's settings: SAnnn is Adam on every datum, the others SGD on mini-batches of 25 rays
+    assert [(r["optimizer"], r["batch_size"]) for r in rows] == [("sgd", 25), ("adam", None), ("sgd", 25)]
+    assert [r["iterations"] for r in rows] == [2 * r["iterations_per_epoch"] for r in rows]
+    assert rows[1]["iterations_per_epoch"] == 1 and rows[0]["iterations_per_epoch"] == op.n_data // 25
+    assert all(r["seconds"] > 0 and r["n_surveys"] == 2 and np.isfinite(r["best_data_rmse_ns"]) for r in rows)
+
+
+def test_the_sgan_generator_is_the_published_layout():
+    gen = bench_inversion.sgan_generator("cpu")
+    assert gen.n_components == 15 and gen.latent_distribution == "uniform"
+    x = gen.decode(np.zeros((2, 15)))
+    assert x.shape == (2, 129 * 65) and np.all((x >= 0) & (x <= 1))
+
+
+def test_later_variants_are_compared_with_an_earlier_calls_reference(problem):
+    op, gen, tt = problem
+    rows = []
+    eager = bench_inversion.paper_experiment_rows([("eager", gen, False, "float32", None)], op, tt, "cpu", 2, rows,
+                                                  n_starts=3)
+    # the same run again, in a call of its own, against the first call's answer: no difference
+    again = bench_inversion.paper_experiment_rows([("eager again", gen, False, "float32", None)], op, tt, "cpu", 2,
+                                                  rows, n_starts=3, reference=("eager", eager))
+    assert again is eager and rows[1]["max_model_diff_vs_eager"] == 0.0
+    # against another answer (half the models): the difference is measured, not taken from the call's first row
+    shifted = copy.deepcopy(eager)
+    shifted.models = shifted.models * 0.5
+    bench_inversion.paper_experiment_rows([("eager", gen, False, "float32", None)], op, tt, "cpu", 2, rows,
+                                          n_starts=3, reference=("halved", shifted))
+    assert rows[2]["max_model_diff_vs_eager"] == float(np.max(np.abs(eager.models - shifted.models))) > 0

@@ -44,6 +44,7 @@ def _call_files(tmp_path, prior_folder, extra_prior_file=None, evaluated=True):
                        "seconds": 1.5},
                       {"case": "linear paper experiment", "method": "LatentInverter (eager, float32)",
                        "seconds": 10.2},
+                      {"case": "table case", "method": "SAnnn, 6 surveys x 100 starts, CUDA graph", "seconds": 20.5},
                       {"case": "profile", "method": "CUDA graph, float32", "ms_per_iteration": 1.24,
                        "entries": [{"name": f"kernel{i}", "share": 0.3 - 0.05 * i} for i in range(6)]}]}
     train = {"rows": [{"variant": "float32", "ms_per_iteration": 4.0, "paper_schedule_minutes": 6.7}]}
@@ -88,6 +89,7 @@ def test_records_and_prior_land_where_the_repository_keeps_them(tmp_path, tiny_p
     assert summary["prior"]["weights_sha256"] == sha and summary["prior"]["iterations"] == 2
     assert summary["paper experiment (s)"]["LatentInverter (CUDA graph, float32)"] == 1.5
     assert summary["Tables 3-4, linear cases (s)"] == 88.0
+    assert summary["Tables 3-4 cases, bench_inversion --tables (s)"] == {"SAnnn, 6 surveys x 100 starts, CUDA graph": 20.5}
     assert summary["profile, CUDA graph, float32 (ms per iteration; top kernels' shares)"] == [
         1.24, ["30.0% kernel0", "25.0% kernel1", "20.0% kernel2", "15.0% kernel3", "10.0% kernel4"]]
 
