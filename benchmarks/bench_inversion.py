@@ -669,7 +669,8 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
     n_epochs = 12 if quick else 120
     eager = paper_experiment_rows(variants, op, tt, "cuda", n_epochs, rows, save)
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
-        table_case_rows([("VSbrd", gen), ("SAnnn", sgan_generator("cuda")), ("SSbnd", sgan_generator("cuda"))],
+        sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
+        table_case_rows([("VSbrd", gen, "the paper's VAE decoder, random weights"), ("SAnnn", *sgan), ("SSbnd", *sgan)],
                         op, tt, "cuda", rows, n_epochs=12 if quick else None, save=save)
     if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16
         # (after the timed rows: a profiler that fails on a graph's capture costs no timing)
@@ -687,16 +688,16 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
 
 def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, cuda_graphs=True, n_epochs=None,
                     save=lambda: None):
-    """Tables 3-4's cases as the reproduction runs them: each case (``(name, generator)``, settings from
-    ``PAPER_CASES``) once, ``n_surveys`` surveys x ``n_starts`` starts in one batch, timed after a warm-up
-    call of one epoch (the capture). Beside a VAE case of the same run, the SGAN cases' times complete the
+    """Tables 3-4's cases as the reproduction runs them: each case ``(name, generator, what the generator
+    is)``, with the settings of ``PAPER_CASES[name]``, once, ``n_surveys`` surveys x ``n_starts`` starts in
+    one batch, timed after a warm-up call of one epoch (the capture). Beside a VAE case of the same run, the SGAN cases' times complete the
     measured VAE columns' total (issue 16: every case of Tables 3-4 in 2 minutes). ``n_epochs``: a shorter
     schedule (tests)."""
     from latentinv.inversion import PAPER_CASES
     Y = np.repeat(np.asarray(tt)[:1], n_surveys, axis=0)
-    for name, generator in cases:
+    for name, generator, what in cases:
         settings = dict(PAPER_CASES[name], **({} if n_epochs is None else {"n_epochs": n_epochs}))
-        label = f"{name}, {n_surveys} surveys x {n_starts} starts, " + ("CUDA graph" if cuda_graphs else "eager")
+        label = f"{name} ({what}), {n_surveys} surveys x {n_starts} starts, " + ("CUDA graph" if cuda_graphs else "eager")
         try:
             est = LatentInverter(generator, op, n_starts=n_starts, random_state=0, device=device,
                                  cuda_graphs=cuda_graphs, **settings)
@@ -709,7 +710,6 @@ def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, c
         rows.append(dict(case="table case", method=label, device=str(device), paper_case=name, n_surveys=n_surveys,
                          n_starts=n_starts, iterations=est.n_iterations_, seconds=t, optimizer=est.optimizer,
                          batch_size=est.batch_size, iterations_per_epoch=est.iterations_per_epoch_,
-                         generator=type(generator.decoder_).__name__ if hasattr(generator, "decoder_") else None,
                          best_data_rmse_ns=float(np.nanmin(res.data_rmse))))
         print(f"table case ({label}): {t:.2f} s for {est.n_iterations_} iterations", flush=True)
         save()

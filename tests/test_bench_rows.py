@@ -100,7 +100,8 @@ def test_table_case_rows_run_each_case_on_its_schedule(problem):
     op, gen, tt = problem
     uniform = cases._generator("uniform")
     rows = []
-    bench_inversion.table_case_rows([("VSbrd", gen), ("SAnnn", uniform), ("SSbnd", uniform)], op, tt, "cpu", rows,
+    bench_inversion.table_case_rows([("VSbrd", gen, "vae"), ("SAnnn", uniform, "gan"), ("SSbnd", uniform, "gan")],
+                                    op, tt, "cpu", rows,
                                     n_surveys=2, n_starts=3, cuda_graphs=False, n_epochs=2)
     assert [r.get("error") for r in rows] == [None] * 3
     assert [r["paper_case"] for r in rows] == ["VSbrd", "SAnnn", "SSbnd"]
