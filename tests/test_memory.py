@@ -89,7 +89,7 @@ def _need_per_row(est, n_iterations):
 
 def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch):
     op, gen, tt = problem
-    est = LatentInverter(gen, op, n_starts=5, n_epochs=2, random_state=0).fit(tt)
+    est = LatentInverter(gen, op, n_starts=5, n_epochs=2, random_state=0, device="cpu").fit(tt)
     per_row = _need_per_row(est, est.n_iterations_)
     # room for exactly one survey of 5 starts: two surveys are refused, before anything is inverted
     monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row)
@@ -103,9 +103,30 @@ def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch)
         est.invert(tt[:1])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_device_holds_the_batch_and_the_host_the_result(problem, monkeypatch):
+    op, gen, tt = problem
+    assert memory.available_bytes("cuda") > 0
+    est = LatentInverter(gen, op, n_starts=5, n_epochs=2, random_state=0, device="cuda").fit(tt)
+    P, d, n, n_it = N_CELLS, 3, op.n_data, est.n_iterations_
+    on_device = 4 * 2 * P + 4 * (2 * n_it + P + d + 3 * n)
+    on_host = 8 * (2 * n_it + P + d)
+    # exactly the room each side needs for 10 rows: it runs; a byte less on either side: refused
+    room = {"cuda": 10 * on_device, "cpu": 10 * on_host}
+    monkeypatch.setattr(memory, "available_bytes", lambda device: room[torch.device(device).type])
+    assert len(est.invert(tt).models) == 2
+    for side, parts in (("cuda", "the decoder's activations kept for the gradient, the records\\)"),
+                        ("cpu", "the result\\)")):
+        room[side] -= 1
+        with pytest.raises(MemoryError, match=parts):
+            est.invert(tt)
+        room[side] += 1
+
+
 def test_a_sampler_too_large_says_how_many_surveys_fit(problem, monkeypatch):
     op, gen, tt = problem
-    s = LatentSampler(gen, op, n_chains=4, n_burnin=10, n_samples=10, thin=2, noise_std=0.5, random_state=0).fit(tt)
+    s = LatentSampler(gen, op, n_chains=4, n_burnin=10, n_samples=10, thin=2, noise_std=0.5, random_state=0,
+                      device="cpu").fit(tt)
     P, d, n, n_it = N_CELLS, 3, op.n_data, 10 + 10 * 2
     # the inverter's count with a chi-square history (a likelihood with weights), and the chains' own:
     # float64 moments of the models (3 per cell), burn-in states and kept draws
