@@ -46,21 +46,41 @@ def test_available_memory_from_the_kernel_and_the_cgroup(tmp_path, monkeypatch):
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000 kB\n")
     assert memory._meminfo_available(str(meminfo)) == 2000 * 1024
     assert memory._meminfo_available(str(tmp_path / "absent")) is None
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/\n")                                       # cgroup v2, at the root
     root = tmp_path / "cg"
     root.mkdir()
-    assert memory._cgroup_room(str(root)) is None                   # no cgroup files
+    room = lambda: memory._cgroup_room(str(root), str(proc))
+    assert room() is None                                            # no cgroup files
     (root / "memory.max").write_text("max\n")
     (root / "memory.current").write_text("5000\n")
-    assert memory._cgroup_room(str(root)) is None                   # v2 without a limit
+    assert room() is None                                            # v2 without a limit
     (root / "memory.max").write_text("8000\n")
-    assert memory._cgroup_room(str(root)) == 3000
+    assert room() == 3000
     (root / "memory.current").write_text("9000\n")
-    assert memory._cgroup_room(str(root)) == 0                      # over its limit: no room
+    assert room() == 0                                               # over its limit: no room
+    # the page cache the kernel would evict is room, not use
+    (root / "memory.stat").write_text("anon 100\ninactive_file 2500\nactive_file 10\n")
+    assert room() == 1500
+    # the process's own cgroup where its folder is visible (a job's limit below the root's)
+    proc.write_text("0::/job/42\n")
+    (root / "job" / "42").mkdir(parents=True)
+    (root / "job" / "42" / "memory.max").write_text("4000\n")
+    (root / "job" / "42" / "memory.current").write_text("1000\n")
+    assert room() == 3000
+    proc.write_text("0::/elsewhere\n")                              # not visible: the root's
+    assert room() == 1500
+    # cgroup v1: the memory controller's line; "no limit" written as about 2**63
     v1 = tmp_path / "v1"
-    (v1 / "memory").mkdir(parents=True)
-    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2 ** 63 - 4096))   # v1's "no limit"
+    (v1 / "memory" / "slurm").mkdir(parents=True)
+    proc.write_text("4:memory:/slurm\n3:cpu:/\n0::/\n")
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2 ** 63 - 4096))
     (v1 / "memory" / "memory.usage_in_bytes").write_text("10")
-    assert memory._cgroup_room(str(v1)) is None
+    assert memory._cgroup_room(str(v1), str(proc)) is None
+    (v1 / "memory" / "slurm" / "memory.limit_in_bytes").write_text("6000")
+    (v1 / "memory" / "slurm" / "memory.usage_in_bytes").write_text("5000")
+    (v1 / "memory" / "slurm" / "memory.stat").write_text("cache 3000\ntotal_inactive_file 2000\n")
+    assert memory._cgroup_room(str(v1), str(proc)) == 3000
     # the smaller of the two
     monkeypatch.setattr(memory, "_meminfo_available", lambda: 10_000)
     monkeypatch.setattr(memory, "_cgroup_room", lambda: 3_000)
@@ -69,28 +89,42 @@ def test_available_memory_from_the_kernel_and_the_cgroup(tmp_path, monkeypatch):
 
 def test_check_fits_names_the_sizes_and_is_silent_when_unknown(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 2 ** 30)
-    with pytest.raises(MemoryError, match=r"X: 7 rows need at least 14\.0 GiB \(2048\.00 MiB per row: parts\), "
-                                          r"but cpu has 10\.0 GiB available\. fits 5"):
+    with pytest.raises(MemoryError, match=r"X: 7 rows need at least 14 GiB \(2 GiB per row: parts\), "
+                                          r"but cpu has 10 GiB available\. fits 5"):
         memory.check_fits("X", 7, 2 ** 31, "cpu", what="7 rows", parts="parts",
                           advice=lambda room: f"fits {int(room // 2 ** 31)}")
     memory.check_fits("X", 5, 2 ** 31, "cpu", what="", parts="", advice=str)       # exactly fits
     monkeypatch.setattr(memory, "available_bytes", lambda device: None)
     memory.check_fits("X", 10 ** 9, 2 ** 31, "cpu", what="", parts="", advice=str)
+    assert [memory._size(v) for v in (0, 1023, 1024, 1536 * 2 ** 20, 3 * 2 ** 40)] == [
+        "0 B", "1.02e+03 B", "1 KiB", "1.5 GiB", "3 TiB"]
 
 
-def _need_per_row(est, n_iterations):
-    """The inverter's lower bound per row by hand for the fixture's decoder (a frozen Linear, a sigmoid):
-    its output x (saved by the sigmoid) and the slowness s (the result), 4 bytes per cell each; the
-    histories, best model and latent, data, weights-free traveltimes on the device (float32), the result
-    on the host (float64)."""
-    P, d, n = N_CELLS, 3, est.operator_.n_data
-    return 4 * 2 * P + 4 * (2 * n_iterations + P + d + 3 * n) + 8 * (2 * n_iterations + P + d)
+@pytest.fixture
+def activations(monkeypatch):
+    """The decoder's measured bytes per row, as each check saw them (a spy on saved_bytes_per_row)."""
+    seen, real = [], memory.saved_bytes_per_row
+    monkeypatch.setattr(memory, "saved_bytes_per_row", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    return seen
 
 
-def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch):
+def _per_row_on_cpu(activations, n_iterations, n_data, histories, result_histories, device_extra=0, host_extra=0):
+    """The check's lower bound per row on a CPU, by hand: the device histories (float32, allocated whole),
+    best model and latent, full traveltimes; then the larger of the activations and the float64 result."""
+    P, d = N_CELLS, 3
+    records = 4 * (histories * n_iterations + P + d + n_data) + device_extra
+    result = 8 * (result_histories * n_iterations + P + d) + host_extra
+    return records + max(activations, result)
+
+
+def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch, activations):
     op, gen, tt = problem
     est = LatentInverter(gen, op, n_starts=5, n_epochs=2, random_state=0, device="cpu").fit(tt)
-    per_row = _need_per_row(est, est.n_iterations_)
+    est.invert(tt[:1])
+    # the output x (kept by the sigmoid) and the slowness s at least; more where torch's ops run the map
+    assert activations[-1] >= 4 * 2 * N_CELLS
+    # no rule stops the run early: the result's 4 per-iteration histories are counted
+    per_row = _per_row_on_cpu(activations[-1], est.n_iterations_, op.n_data, 2, 4)
     # room for exactly one survey of 5 starts: two surveys are refused, before anything is inverted
     monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row)
     with pytest.raises(MemoryError, match=r"LatentInverter: 2 surveys x n_starts=5 = 10 rows need at least .* "
@@ -103,14 +137,29 @@ def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch)
         est.invert(tt[:1])
 
 
+def test_a_run_that_may_stop_early_is_not_charged_for_histories_it_may_not_keep(problem, monkeypatch, activations):
+    op, gen, tt = problem
+    # 3e5 iterations would take 23 MiB of float64 histories per row; a target misfit may end the run after one
+    est = LatentInverter(gen, op, n_starts=5, n_epochs=300_000, target_misfit=1e6, random_state=0,
+                         device="cpu").fit(tt)
+    est.invert(tt[:1])
+    per_row = _per_row_on_cpu(activations[-1], est.n_iterations_, op.n_data, 2, 0)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row)
+    assert est.invert(tt[:1]).n_iterations_run.max() == 1
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row - 1)
+    with pytest.raises(MemoryError):
+        est.invert(tt[:1])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_cuda_the_device_holds_the_batch_and_the_host_the_result(problem, monkeypatch):
+def test_on_cuda_the_device_holds_the_batch_and_the_host_the_result(problem, monkeypatch, activations):
     op, gen, tt = problem
     assert memory.available_bytes("cuda") > 0
     est = LatentInverter(gen, op, n_starts=5, n_epochs=2, random_state=0, device="cuda").fit(tt)
+    est.invert(tt)
     P, d, n, n_it = N_CELLS, 3, op.n_data, est.n_iterations_
-    on_device = 4 * 2 * P + 4 * (2 * n_it + P + d + 3 * n)
-    on_host = 8 * (2 * n_it + P + d)
+    on_device = activations[-1] + 4 * (2 * n_it + P + d + n)
+    on_host = 8 * (4 * n_it + P + d)
     # exactly the room each side needs for 10 rows: it runs; a byte less on either side: refused
     room = {"cuda": 10 * on_device, "cpu": 10 * on_host}
     monkeypatch.setattr(memory, "available_bytes", lambda device: room[torch.device(device).type])
@@ -123,21 +172,26 @@ def test_on_cuda_the_device_holds_the_batch_and_the_host_the_result(problem, mon
         room[side] += 1
 
 
-def test_a_sampler_too_large_says_how_many_surveys_fit(problem, monkeypatch):
+@pytest.mark.parametrize("method", ["pcn", "mala"])
+def test_a_sampler_too_large_says_how_many_surveys_fit(problem, monkeypatch, activations, method):
     op, gen, tt = problem
-    s = LatentSampler(gen, op, n_chains=4, n_burnin=10, n_samples=10, thin=2, noise_std=0.5, random_state=0,
-                      device="cpu").fit(tt)
-    P, d, n, n_it = N_CELLS, 3, op.n_data, 10 + 10 * 2
-    # the inverter's count with a chi-square history (a likelihood with weights), and the chains' own:
-    # float64 moments of the models (3 per cell), burn-in states and kept draws
-    per_row = (4 * 2 * P + 4 * (3 * n_it + P + d + 3 * n) + 8 * (3 * n_it + P + d)
-               + 3 * 8 * P + 4 * d * (10 + 10))
+    s = LatentSampler(gen, op, method=method, n_chains=4, n_burnin=10, n_samples=10, thin=2, noise_std=0.5,
+                      random_state=0, device="cpu").fit(tt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # short chains: ConvergenceWarning
+        s.sample(tt[:1])
+    if method == "pcn":      # no gradient: the decoder's output alone (x and s)
+        assert activations[-1] == 4 * 2 * N_CELLS
+    # a chi-square history beside the others (a likelihood with weights); the result keeps 2 histories; the
+    # chains' own: float64 moments of the models (3 per cell) on the device, kept draws on the host
+    per_row = _per_row_on_cpu(activations[-1], 10 + 10 * 2, op.n_data, 3, 2, device_extra=3 * 8 * N_CELLS,
+                              host_extra=4 * 3 * 10)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 4 * per_row)
     with pytest.raises(MemoryError, match=r"LatentSampler: 2 surveys x n_chains=4 = 8 rows .* "
                                           r"Sample at most 1 surveys per call, or lower n_chains"):
         s.sample(tt)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")       # short chains: ConvergenceWarning
+        warnings.simplefilter("ignore")
         assert s.predict(tt[:1]).shape == (1, N_CELLS)
 
 
@@ -165,13 +219,19 @@ def test_a_training_batch_too_large_is_refused_before_the_first_step(monkeypatch
     (b,) = per_row
     # the input row (256 cells, kept by the first convolution) is at least part of it
     assert b >= 4 * 256
-    # room for 5 rows: a batch of 6 is refused, naming the batch that fits, before any step
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * b)
     steps = []
     from latentinv import _training_step
     monkeypatch.setattr(_training_step.TrainingStep, "__call__", lambda self, xb: steps.append(1))
+    # crops are cut for each batch: room for 5 rows, a batch of 6 is refused, naming the batch that fits
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * b)
+    sampler = PatchSampler([np.tile(X[0], (2, 2))], (16, 16))
     with pytest.raises(MemoryError, match=r"VAEPrior: batch_size=6 rows need .* Lower batch_size to at most 5"):
+        VAEPrior(batch_size=6, image_shape=(16, 16), **kw).fit(sampler)
+    # a batch that is the whole training set, already in memory, is not counted again: 6 rows of b - 1024 fit
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 6 * (b - 4 * 256))
+    with pytest.raises(TypeError):                      # past the check: the stubbed step returns nothing
         VAEPrior(batch_size=6, **kw).fit(X)
-    with pytest.raises(MemoryError, match="Lower batch_size to at most 5"):     # crops: the same check
-        VAEPrior(batch_size=6, image_shape=(16, 16), **kw).fit(PatchSampler([np.tile(X[0], (2, 2))], (16, 16)))
-    assert steps == []
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 6 * (b - 4 * 256) - 1)
+    with pytest.raises(MemoryError, match="Lower batch_size to at most 5"):
+        VAEPrior(batch_size=6, **kw).fit(X)
+    assert steps == [1, 1]        # only the fit that passed the check stepped (its 2 iterations)

@@ -12,9 +12,6 @@ import os
 
 import torch
 
-GiB = 2.0 ** 30
-
-
 def available_bytes(device):
     """Memory a new allocation on ``device`` can take: on a CPU, the kernel's ``MemAvailable`` or the
     room left under this process's cgroup limit, whichever is smaller; on CUDA, the free device memory
@@ -55,21 +52,61 @@ def _read_int(path):
         return None
 
 
-def _cgroup_room(root="/sys/fs/cgroup"):
-    """The limit of this process's memory cgroup less its usage (cgroup v2, else v1), or None."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        limit = _read_int(os.path.join(root, limit_file))
-        usage = _read_int(os.path.join(root, usage_file))
-        if limit is not None and usage is not None and limit < 2 ** 60:   # v1 writes "no limit" as ~2**63
-            return max(limit - usage, 0)
+def _stat(path, key):
+    """A value of a cgroup's ``memory.stat``, or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
     return None
 
 
-def saved_bytes_per_row(forward, z):
+def _own_cgroups(proc="/proc/self/cgroup"):
+    """This process's cgroup paths: the v2 one (``0::/path``) and the v1 memory controller's."""
+    v2 = v1 = None
+    try:
+        with open(proc) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    v2 = path
+                elif "memory" in controllers.split(","):
+                    v1 = path
+    except (OSError, ValueError):
+        pass
+    return v2, v1
+
+
+def _cgroup_room(root="/sys/fs/cgroup", proc="/proc/self/cgroup"):
+    """The limit of this process's memory cgroup less its usage, the reclaimable page cache not counted as
+    used (as the kernel would evict it: the inactive file pages), cgroup v2, else v1; None without a limit.
+    The process's own cgroup where its folder is visible, else the root's."""
+    v2, v1 = _own_cgroups(proc)
+    candidates = []
+    for own, files in ((v2, ("", "memory.max", "memory.current", "memory.stat", "inactive_file")),
+                       (v1, ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat",
+                             "total_inactive_file"))):
+        sub, limit_file, usage_file, stat_file, cache_key = files
+        base = os.path.join(root, sub)
+        folders = [os.path.join(base, own.lstrip("/"))] if own not in (None, "", "/") else []
+        candidates += [(folder, limit_file, usage_file, stat_file, cache_key) for folder in folders + [base]]
+    for folder, limit_file, usage_file, stat_file, cache_key in candidates:
+        limit = _read_int(os.path.join(folder, limit_file))
+        usage = _read_int(os.path.join(folder, usage_file))
+        if limit is not None and usage is not None and limit < 2 ** 60:   # v1 writes "no limit" as ~2**63
+            cache = _stat(os.path.join(folder, stat_file), cache_key) or 0
+            return max(limit - usage + cache, 0)
+    return None
+
+
+def saved_bytes_per_row(forward, z, grad=True):
     """Bytes that autograd keeps for the backward of ``forward`` per row of its input, the output
-    included: measured on 2 and 4 rows like ``z``'s first, so that what every batch holds once (the
-    weights a layer saves) cancels."""
+    included (``grad=False``: the output alone, run without autograd): measured on 2 and 4 rows like
+    ``z``'s first, so that what every batch holds once (the weights a layer saves) cancels."""
     def run(n):
         storages = {}
 
@@ -77,8 +114,8 @@ def saved_bytes_per_row(forward, z):
             s = t.untyped_storage()
             storages[s.data_ptr()] = s.nbytes()
             return t
-        zn = z[:1].detach().expand(n, *z.shape[1:]).clone().requires_grad_(True)
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        zn = z[:1].detach().expand(n, *z.shape[1:]).clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = forward(zn)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         for o in outs:
@@ -95,5 +132,14 @@ def check_fits(owner, n_rows, bytes_per_row, device, *, what, parts, advice):
     need = n_rows * bytes_per_row
     if room is not None and need > room:
         raise MemoryError(
-            f"{owner}: {what} need at least {need / GiB:.1f} GiB ({bytes_per_row / 2 ** 20:.2f} MiB per row: "
-            f"{parts}), but {torch.device(device)} has {room / GiB:.1f} GiB available. {advice(room)}")
+            f"{owner}: {what} need at least {_size(need)} ({_size(bytes_per_row)} per row: {parts}), but "
+            f"{torch.device(device)} has {_size(room)} available. {advice(room)}")
+
+
+def _size(n):
+    """Bytes in the largest unit that keeps them at 1 or more (B, KiB, MiB, GiB, TiB), 3 significant digits."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while i < len(units) - 1 and abs(n) >= 1024:
+        n, i = n / 1024, i + 1
+    return f"{n:.3g} {units[i]}"

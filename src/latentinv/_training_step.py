@@ -56,11 +56,12 @@ class TrainingStep:
             x_hat = self.module.decode(VAE.reparameterise(mu, logvar, alpha=self.alpha, eps=torch.zeros_like(mu)))
         return vae_loss(x_hat.float(), xb, mu.float(), logvar.float(), beta=self.beta)[0]
 
-    def check_batch_fits(self, x1, batch, owner):
+    def check_batch_fits(self, x1, batch, owner, input_held=False):
         """A MemoryError where a batch of ``batch`` rows like ``x1`` (one row) cannot keep its activations
-        for the gradient in the device's available memory (:mod:`latentinv._memory`), before any step."""
+        for the gradient in the device's available memory (:mod:`latentinv._memory`), before any step.
+        ``input_held``: the batch is a tensor already in memory (the whole training set), not counted again."""
         from ._memory import check_fits, saved_bytes_per_row
-        per_row = saved_bytes_per_row(self._probe_loss, x1)
+        per_row = saved_bytes_per_row(self._probe_loss, x1) - (x1[0].nbytes if input_held else 0)
         check_fits(owner, batch, per_row, x1.device, what=f"batch_size={batch} rows",
                    parts="the network's activations kept for the gradient",
                    advice=lambda room: f"Lower batch_size to at most {int(room // per_row)}, or the network's "

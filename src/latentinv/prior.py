@@ -638,7 +638,7 @@ or PatchSampler
                 return X_tensor[:n]
             corners = sampler.sample_corners(n, np.random.default_rng(0))
             return sampler.cut_tensor(*corners, device=device).reshape(n, -1)
-        step.check_batch_fits(probe(1), batch, name)
+        step.check_batch_fits(probe(1), batch, name, input_held=X_train is not None and batch == n_samples)
         if bfloat16 and device.type == "cpu":
             step.check_bfloat16_gradients(probe(batch), name)
         state = _checkpoint.TrainingState(module, optimizer, rng, None if X_train is not None else sampler_rng,

@@ -377,29 +377,34 @@ class LatentEstimatorBase(BaseEstimator):
                              allow_pending=allow_pending, precision=getattr(self, "precision", "float32"))
 
     def _extra_bytes_per_row(self, problem):
-        """What a row costs besides the decoder's activations and the common records: the subclass's own
-        accumulators, in bytes (:meth:`_check_batch_fits`)."""
-        return 0
+        """What a row holds besides the decoder's activations and the common records, in bytes, as
+        ``(on the device during the run, on the host during the run)``: the subclass's own accumulators
+        (:meth:`_check_batch_fits`)."""
+        return 0, 0
 
-    def _check_batch_fits(self, problem, n_surveys, n_iterations, advice):
-        """MemoryError, before the batch is allocated, where its ``n_surveys x rows`` rows cannot fit
-        (:mod:`latentinv._memory`: lower bounds, so a run that fits is never refused). ``advice(max_surveys)``
-        says what to pass instead, given how many surveys would fit at once."""
+    def _check_batch_fits(self, problem, n_surveys, n_iterations, advice, *, result_histories, gradient=True):
+        """MemoryError, before the batch's run, where its ``n_surveys x rows`` rows cannot fit
+        (:mod:`latentinv._memory`). Every term is a lower bound of what the run holds, so that a run that
+        fits is never refused: the decoder's activations (kept for the gradient; only its output without
+        ``gradient``), the histories of ``n_iterations`` on the device (allocated whole), the best model and
+        latent, the full traveltimes, the subclass's accumulators, and the result: its models and the
+        ``result_histories`` per-iteration float64 arrays it surely keeps (0 where a run may stop early).
+        On a CPU the activations are gone when the result is assembled: the larger of the two counts.
+        ``advice(max_surveys)`` says what to pass instead, given how many surveys would fit at once."""
         from .._memory import check_fits, saved_bytes_per_row
         rows = int(getattr(self, self._rows_param))
         z = torch.zeros(1, self.n_components_, device=self.device_, dtype=problem.dtype)
-        activations = saved_bytes_per_row(lambda z: problem.decode(z)[1], z)
-        n_hist = 3 if problem.weighted else 2
-        # on the device: the histories, the best model and latent, the data (and weights) and full traveltimes
-        records = 4 * (n_hist * n_iterations + problem.operator.n_params + self.n_components_
-                       + 3 * problem.n_data) + self._extra_bytes_per_row(problem)
-        # on the host: the result, in float64
-        result = 8 * (n_hist * n_iterations + problem.operator.n_params + self.n_components_)
-        kept = "the decoder's activations kept for the gradient, the records"
+        activations = saved_bytes_per_row(problem.decode, z, grad=gradient)     # the models and their slowness
+        P, d = problem.operator.n_params, self.n_components_
+        device_extra, host_extra = self._extra_bytes_per_row(problem)
+        records = 4 * ((3 if problem.weighted else 2) * n_iterations + P + d + problem.n_data) + device_extra
+        result = 8 * (result_histories * n_iterations + P + d) + host_extra
+        kept = "the decoder's " + ("activations kept for the gradient" if gradient else "output")
         if self.device_.type == "cpu":
-            needs = [(self.device_, activations + records + result, kept + " and the result")]
+            needs = [(self.device_, records + max(activations, result), f"{kept}, the records, the result")]
         else:
-            needs = [(self.device_, activations + records, kept), (torch.device("cpu"), result, "the result")]
+            needs = [(self.device_, activations + records, f"{kept}, the records"),
+                     (torch.device("cpu"), result, "the result")]
         for device, per_row, parts in needs:
             check_fits(type(self).__name__, n_surveys * rows, per_row, device, parts=parts,
                        what=f"{n_surveys} surveys x {self._rows_param}={rows} = {n_surveys * rows} rows",

@@ -414,9 +414,14 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         S, n_data = Y.shape
         K, d = int(self.n_starts), self.n_components_
         problem = self._problem(Y, sigma, allow_pending=self.target_misfit is None and self._pipeline_nonlinear)
+        # the result keeps 4 per-iteration histories (5 with chi-square) of every iteration run: counted
+        # only where no rule can stop the run early
+        stops_early = self.target_misfit is not None or self.tol is not None or self.prune == "halving"
         self._check_batch_fits(problem, S, self.n_iterations_, lambda n: (
-            f"Pass chunk_size={n} or less (surveys per batch, run in turn, or in parallel with n_jobs; then fit "
-            f"again), or lower n_starts." if n >= 1 else "Not even one survey fits: lower n_starts."))
+            f"Pass chunk_size={n} or less (surveys per batch; with n_jobs=J, {n} divided by J: the workers "
+            f"share the memory; then fit again), or lower n_starts." if n >= 1
+            else "Not even one survey fits: lower n_starts."),
+            result_histories=0 if stops_early else (5 if problem.weighted else 4))
         streams = EpochStreams(seed, Y, K, n_data, int(self.batch_size or n_data), d, self.clip_resample, dev)
         cfg = SGDSettings(
             optimizer=self.optimizer, lr=self.lr, lr_decay=self.lr_decay, decay_every=self.decay_every,

@@ -326,10 +326,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
     # -- the engine ------------------------------------------------------------------------------------
     def _extra_bytes_per_row(self, problem):
-        """A chain's :class:`Moments` (float64 sums of the models), its burn-in states (the preconditioner's
-        windows) and its kept draws."""
-        d = self.n_components_
-        return 3 * 8 * problem.operator.n_params + 4 * d * (int(self.n_burnin) + int(self.n_samples))
+        """A chain's :class:`Moments` (three float64 sums of the models, on the device) and its kept draws
+        (on the host)."""
+        return 3 * 8 * problem.operator.n_params, 4 * self.n_components_ * int(self.n_samples)
 
     def _run(self, Y, sigma):
         dev = self.device_
@@ -343,9 +342,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             step_size=float(self.step_size or INITIAL_STEP[self.method]),
             target_acceptance=float(self.target_acceptance or TARGET_ACCEPTANCE[self.method]),
             adapt_preconditioner=bool(self.adapt_preconditioner), uniform=uniform)
+        # the result keeps 2 per-iteration histories (data RMSE, chi-square) of every iteration
         self._check_batch_fits(problem, S, cfg.n_iterations, lambda n: (
             f"Sample at most {n} surveys per call, or lower n_chains." if n >= 1
-            else "Not even one survey fits: lower n_chains."))
+            else "Not even one survey fits: lower n_chains."),
+            result_histories=2, gradient=kernel.needs_gradient)
         gens = [survey_generators(seed, y, K) for y in Y]
         streams = ChainStreams(([g for pair in gens for g in pair[0]], [g for pair in gens for g in pair[1]]),
                                d, dev, problem.dtype)
