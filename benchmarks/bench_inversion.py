@@ -522,7 +522,7 @@ def gemm_rates(device, sizes, repeats=2):
             finally:
                 matmul.allow_tf32 = saved
             rates[kind][n] = 3 * 2 * n**3 / t / 1e9
-            del a, b
+            a = b = None                                               # freed before the next size's
     return rates
 
 
@@ -558,7 +558,8 @@ def profile_rows(variants, op, tt, device, rows, n_epochs=1, n_starts=100, top=1
             est.invert(tt)
             prof = kernel_profile(lambda: est.invert(tt), device, top)
         except Exception as exc:
-            rows.append(dict(case="profile", method=label, device=str(device), error=f"{type(exc).__name__}: {exc}"[:500]))
+            rows.append(dict(case="profile", method=label, device=str(device),
+                             error=f"{type(exc).__name__}: {exc}"[:500]))
             continue
         rows.append(dict(case="profile", method=label, device=str(device), n_starts=n_starts,
                          iterations=est.n_iterations_,
@@ -694,21 +695,23 @@ def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, c
     """Tables 3-4's cases as the reproduction runs them: each case ``(name, generator, what the generator
     is)``, with the settings of ``PAPER_CASES[name]``, once, ``n_surveys`` surveys x ``n_starts`` starts in
     one batch, timed after a warm-up call of one epoch (cuDNN's, cuBLAS's and the allocator's first calls;
-    the timed call captures its own graph, as the reproduction's calls do). Beside a VAE case of the same run, the SGAN cases' times complete the
-    measured VAE columns' total (issue 16: every case of Tables 3-4 in 2 minutes). ``n_epochs``: a shorter
-    schedule (tests)."""
+    the timed call captures its own graph, as the reproduction's calls do). Beside a VAE case of the same
+    run, the SGAN cases' times complete the measured VAE columns' total (issue 16: every case of Tables 3-4
+    in 2 minutes). ``n_epochs``: a shorter schedule (tests)."""
     from latentinv.inversion import PAPER_CASES
     Y = np.repeat(np.asarray(tt)[:1], n_surveys, axis=0)
     for name, generator, what in cases:
         settings = dict(PAPER_CASES[name], **({} if n_epochs is None else {"n_epochs": n_epochs}))
-        label = f"{name} ({what}), {n_surveys} surveys x {n_starts} starts, " + ("CUDA graph" if cuda_graphs else "eager")
+        label = (f"{name} ({what}), {n_surveys} surveys x {n_starts} starts, "
+                 + ("CUDA graph" if cuda_graphs else "eager"))
         try:
             est = LatentInverter(generator, op, n_starts=n_starts, random_state=0, device=device,
                                  cuda_graphs=cuda_graphs, **settings)
             LatentInverter(**dict(est.get_params(deep=False), n_epochs=1)).fit(Y).invert(Y)   # warm-up, capture
             t, res = timed(lambda: est.fit(Y).invert(Y))
         except Exception as exc:
-            rows.append(dict(case="table case", method=label, device=str(device), error=f"{type(exc).__name__}: {exc}"[:500]))
+            rows.append(dict(case="table case", method=label, device=str(device),
+                             error=f"{type(exc).__name__}: {exc}"[:500]))
             print(f"table case ({label}): FAILED {type(exc).__name__}: {exc}"[:500])
             continue
         rows.append(dict(case="table case", method=label, device=str(device), paper_case=name, n_surveys=n_surveys,
@@ -737,7 +740,8 @@ def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda:
                 est.fit(tt)
                 # the first call compiles (a compiled step: at the full run's shapes, so that the timed
                 # run that follows does not compile again)
-                first = est if step_compile is not None else LatentInverter(**dict(est.get_params(deep=False), n_epochs=1))
+                first = (est if step_compile is not None
+                         else LatentInverter(**dict(est.get_params(deep=False), n_epochs=1)))
                 t_first, _ = timed(lambda: first.fit(tt).invert(tt))
                 t, res = timed(lambda: est.invert(tt))
         except Exception as exc:      # recorded as failed; the other rows still run

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+
 def available_bytes(device):
     """Memory a new allocation on ``device`` can take: on a CPU, the kernel's ``MemAvailable`` or the
     room left under this process's cgroup limit, whichever is smaller; on CUDA, the free device memory
@@ -81,25 +82,24 @@ def _own_cgroups(proc="/proc/self/cgroup"):
     return v2, v1
 
 
+#: per cgroup version: its folder under the root, limit file, usage file, and memory.stat's reclaimable cache
+_CGROUP_FILES = (("", "memory.max", "memory.current", "inactive_file"),                          # v2
+                 ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))  # v1
+
+
 def _cgroup_room(root="/sys/fs/cgroup", proc="/proc/self/cgroup"):
     """The limit of this process's memory cgroup less its usage, the reclaimable page cache not counted as
     used (as the kernel would evict it: the inactive file pages), cgroup v2, else v1; None without a limit.
     The process's own cgroup where its folder is visible, else the root's."""
-    v2, v1 = _own_cgroups(proc)
-    candidates = []
-    for own, files in ((v2, ("", "memory.max", "memory.current", "memory.stat", "inactive_file")),
-                       (v1, ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat",
-                             "total_inactive_file"))):
-        sub, limit_file, usage_file, stat_file, cache_key = files
+    for own, (sub, limit_file, usage_file, cache_key) in zip(_own_cgroups(proc), _CGROUP_FILES):
         base = os.path.join(root, sub)
-        folders = [os.path.join(base, own.lstrip("/"))] if own not in (None, "", "/") else []
-        candidates += [(folder, limit_file, usage_file, stat_file, cache_key) for folder in folders + [base]]
-    for folder, limit_file, usage_file, stat_file, cache_key in candidates:
-        limit = _read_int(os.path.join(folder, limit_file))
-        usage = _read_int(os.path.join(folder, usage_file))
-        if limit is not None and usage is not None and limit < 2 ** 60:   # v1 writes "no limit" as ~2**63
-            cache = _stat(os.path.join(folder, stat_file), cache_key) or 0
-            return max(limit - usage + cache, 0)
+        folders = ([os.path.join(base, own.lstrip("/"))] if own not in (None, "", "/") else []) + [base]
+        for folder in folders:
+            limit = _read_int(os.path.join(folder, limit_file))
+            usage = _read_int(os.path.join(folder, usage_file))
+            if limit is not None and usage is not None and limit < 2 ** 60:   # v1 writes "no limit" as ~2**63
+                cache = _stat(os.path.join(folder, "memory.stat"), cache_key) or 0
+                return max(limit - usage + cache, 0)
     return None
 
 

@@ -416,4 +416,3 @@ class LatentEstimatorBase(BaseEstimator):
             z0 = initial_latents(seed, int(getattr(self, self._rows_param)), self.n_components_,
                                  self.latent_distribution_)
         return z0
-
