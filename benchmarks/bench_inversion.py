@@ -78,6 +78,33 @@ def paper_decoder(device, seed=0):
     return ConvDecoder((129, 65), 20).to(device).eval().requires_grad_(False)
 
 
+def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False):
+    """A copy of ``decoder`` (a ``ConvDecoder``) with its layout switches set (``layout_channels_last``,
+    ``layout_group_norm``, ``layout_fold_last``), for the GPU rows that ask which layout cuDNN runs
+    fastest (the CUDA graph's 1.24 ms per iteration on an H200 was not broken down): tensor-core
+    kernels take NHWC, and NCHW input may cost layout transforms around each convolution; instance
+    norm is one batch norm over ``batch x channels`` channels on an NCHW copy; the last layer, to one
+    channel, is the shape oneDNN ran at 13 GFLOP/s on the CPU (hence the CPU's folded path)."""
+    out = copy.deepcopy(decoder)
+    out.layout_channels_last, out.layout_group_norm, out.layout_fold_last = channels_last, group_norm, fold_last
+    return out
+
+
+def layout_variants(decoder):
+    """``(label, generator, cuda_graphs, precision, step_compile[, cudnn_autotune])`` rows of the paper's
+    experiment for ``layout_decoder``'s switches: each alone in float32, then all three in float32, and
+    with cuDNN's autotuner in float32 and bfloat16 (the fourth is the one ``--profile`` profiles)."""
+    gen = lambda **kw: TorchGenerator(layout_decoder(decoder, **kw), 20)
+    every = gen(channels_last=True, group_norm=True, fold_last=True)
+    label = "CUDA graph, {}, channels-last decoder, group norm, last layer folded{}"
+    return [("CUDA graph, float32, channels-last decoder", gen(channels_last=True), True, "float32", None),
+            ("CUDA graph, float32, group norm", gen(group_norm=True), True, "float32", None),
+            ("CUDA graph, float32, last layer folded", gen(fold_last=True), True, "float32", None),
+            (label.format("float32", ""), every, True, "float32", None),
+            (label.format("float32", ", cuDNN autotuned"), every, True, "float32", None, True),
+            (label.format("bfloat16", ", cuDNN autotuned"), every, True, "bfloat16", None, True)]
+
+
 def sgan_generator(device, seed=0):
     """The published SGAN generator's layout as the inversion sees it (uniform latents of shape (1, 5, 3),
     15 of them, to 129 x 65 models), random weights: speed does not depend on training."""
@@ -650,7 +677,8 @@ def bench_nonlinear(quick, rows, ablation=True, device="cpu", solvers=("auto",))
                          raytracer_threads=op.n_threads))
 
 
-def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False, profile=False, tables=False):
+def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False, profile=False, tables=False,
+              layouts=False):
     """The CUDA rows; ``save()`` after each (a lent GPU's deadline may stop the run: what was measured
     stays written, and each row is printed as it ends)."""
     if not torch.cuda.is_available():
@@ -672,13 +700,17 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
                      ("CUDA graph, bfloat16, cuDNN autotuned", gen, True, "bfloat16", None, True)]
     n_epochs = 12 if quick else 120
     eager = paper_experiment_rows(variants, op, tt, "cuda", n_epochs, rows, save)
+    if layouts:   # the same decoder NHWC and/or with group norm: which layout cuDNN runs fastest
+        paper_experiment_rows(layout_variants(gen.module), op, tt, "cuda", n_epochs, rows, save,
+                              reference=(variants[0][0], eager))
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
         sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
         table_case_rows([("VSbrd", gen, "the paper's VAE decoder, random weights"), ("SAnnn", *sgan), ("SSbnd", *sgan)],
                         op, tt, "cuda", rows, n_epochs=12 if quick else None, save=save)
     if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16
         # (after the timed rows: a profiler that fails on a graph's capture costs no timing)
-        profile_rows([v[:4] for v in variants[:3]], op, tt, "cuda", rows)
+        profile_rows([v[:4] for v in variants[:3] + (layout_variants(gen.module)[3:4] if layouts else [])],
+                     op, tt, "cuda", rows)
         save()
     if compile_decoder:   # last: compiling takes the longest, and a deadline stops it before the rows above
         compiled = TorchGenerator(torch.compile(gen.decoder_, mode="reduce-overhead"), 20)
@@ -805,6 +837,9 @@ def main(argv=None):
                         help="on CUDA, Tables 3-4's VSbrd (VAE) and SAnnn, SSbnd (the published SGAN generator's "
                              "layout, random weights) as the reproduction runs them: 6 surveys x 100 starts, from "
                              "CUDA graphs")
+    parser.add_argument("--layouts", action="store_true",
+                        help="on CUDA, also the paper experiment's CUDA-graph rows with the decoder channels-last "
+                             "and/or its instance norms as group norm (layout_decoder)")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -831,7 +866,7 @@ def main(argv=None):
             bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations, solvers=tuple(args.solvers))
     if linear:
         bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save, autotune=args.cudnn_benchmark,
-                  profile=args.profile, tables=args.tables)
+                  profile=args.profile, tables=args.tables, layouts=args.layouts)
     if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None

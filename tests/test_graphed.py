@@ -191,6 +191,39 @@ def test_cuda_graphs_short_runs(n_epochs):
         np.testing.assert_allclose(graph[key], eager[key], rtol=1e-4, atol=1e-4, err_msg=key)
 
 
+@cuda
+@pytest.mark.parametrize("channels_last,group_norm", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm, precision):
+    """The decoder's layout switches (channels-last maps and weights, group norm for instance norm)
+    captured in a CUDA graph: the cached channels-last weights are made in the warm-up steps, before
+    the capture, and the answers are the default layout's (float32 arithmetic for the comparison: the
+    layouts may choose other TF32 kernels)."""
+    import copy
+    from latentinv.geometry import CrossholeSurvey, Grid2D
+    from latentinv.nn import ConvDecoder
+    from latentinv.operators import StraightRayOperator
+    torch.manual_seed(0)
+    decoder = ConvDecoder((65, 33), 6, (4, 8, 8, 16)).to("cuda").eval().requires_grad_(False)
+    switched = copy.deepcopy(decoder)
+    switched.layout_channels_last, switched.layout_group_norm = channels_last, group_norm
+    op = StraightRayOperator(Grid2D(65, 33, 0.2), CrossholeSurvey.paper(0.01, 6.49))
+    gen, gen_switched = TorchGenerator(decoder, 6), TorchGenerator(switched, 6)
+    truth = gen.decode(np.random.default_rng(0).standard_normal((1, 6)))
+    params = dict(n_starts=8, n_epochs=2, random_state=0, device="cuda", precision=precision)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        tt = LatentInverter(gen, op, **params).fit(np.ones((1, op.n_data))).simulate(truth)
+        want = LatentInverter(gen, op, cuda_graphs=True, **params).fit(tt).invert(tt)
+        got = LatentInverter(gen_switched, op, cuda_graphs=True, **params).fit(tt).invert(tt)
+    if precision == "float32":
+        for key in ("models", "data_rmse", "latents"):
+            np.testing.assert_allclose(getattr(got, key), getattr(want, key), rtol=1e-4, atol=1e-4, err_msg=key)
+    else:   # bfloat16 rounds otherwise in each layout: the latents drift apart (by 0.06 on the CPU), the
+        # models and their fit much less (2e-3 and 7e-3 ns on the CPU, this case)
+        np.testing.assert_allclose(got.models, want.models, atol=2e-2)
+        np.testing.assert_allclose(got.data_rmse, want.data_rmse, rtol=5e-2)
+
+
 def test_the_step_never_reads_the_device(monkeypatch):
     """What a CUDA graph cannot capture is a read of a tensor's value by the host (a synchronisation):
     bool/int/float of a tensor, item, tolist, numpy, cpu; nor should the step make a tensor without a

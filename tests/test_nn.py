@@ -348,6 +348,100 @@ def test_frozen_decoder_fast_path_has_second_derivatives():
 
 
 # ---------------------------------------------------------------------------------------------------
+# the layout switches off the CPU's frozen path (CUDA; here with fast_frozen_path = False)
+# ---------------------------------------------------------------------------------------------------
+def _layout_pair(channels_last, group_norm, device="cpu", image_shape=(65, 33), fold_last=False):
+    """A decoder with its layout switches set and the same decoder without (the modules as they are).
+    The smallest map is 4 x 2: on the CPU, torch's channels-last group norm loses precision in its
+    backward on maps of two cells (1.5e-4 relative against float64 on a 2 x 1 map), a path latentinv
+    never takes on the CPU (its own frozen path runs there)."""
+    _, plain = _decoder_pair(image_shape, (4, 8, 8, 16), (5, 5, 4, 4))
+    plain = plain.to(device)
+    import copy
+    switched = copy.deepcopy(plain)
+    switched.layout_channels_last, switched.layout_group_norm = channels_last, group_norm
+    switched.layout_fold_last = fold_last
+    return switched, plain
+
+
+#: (channels_last, group_norm, fold_last)
+LAYOUTS = [(True, False, False), (False, True, False), (True, True, False), (False, False, True), (True, True, True)]
+
+
+@pytest.mark.parametrize("channels_last,group_norm,fold_last", LAYOUTS)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last, device, monkeypatch):
+    import copy
+    import latentinv.nn.vae as vae_module
+    calls = []
+    real = vae_module._frozen_deconv
+    monkeypatch.setattr(vae_module, "_frozen_deconv", lambda *a, **k: calls.append(k) or real(*a, **k))
+    switched, plain = _layout_pair(channels_last, group_norm, device, fold_last=fold_last)
+    folds = []
+    real_fold = vae_module._OneChannelConvTransposeFunction.apply
+    monkeypatch.setattr(vae_module._OneChannelConvTransposeFunction, "apply",
+                        lambda *a: folds.append(a[0].device.type) or real_fold(*a))
+    exact = copy.deepcopy(plain).double()
+    z = torch.randn(7, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(device)
+    g = torch.randn(7, exact.n_cells, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(device)
+    v = torch.randn(z.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
+
+    def derivatives(decoder, dtype):
+        """Models, the gradient of <g, x> and its product with v (a sampler's HMC takes the second)."""
+        zz = z.to(dtype).requires_grad_(True)
+        x = decoder(zz)
+        (grad,) = torch.autograd.grad(x, zz, g.to(dtype), create_graph=True)
+        (hv,) = torch.autograd.grad((grad * v.to(dtype)).sum(), zz)
+        return [t.detach().double() for t in (x, grad, hv)]
+
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):     # float32 arithmetic on CUDA too
+        got = derivatives(switched, torch.float32)
+        assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last)]
+        # the layout path ran, with its last layer folded (on the CPU, the NCHW layer folds itself)
+        assert folds == ([device] if fold_last or (device == "cpu" and not channels_last) else [])
+        want = derivatives(exact, torch.float64)
+    for a, b in zip(got, want):                   # float32 round-off against the modules in float64
+        assert float((a - b).abs().max()) <= 2e-6 * float(b.abs().max())
+    # the decoder's own weights keep their layout; the channels-last copies are cached on the layers
+    assert all(p.is_contiguous() for p in switched.parameters())
+    cached = [m.__dict__.get("_latentinv_channels_last_weight") is not None for m in switched.deconv
+              if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert cached == [channels_last] * 3 + [channels_last and not fold_last]
+
+
+@pytest.mark.parametrize("channels_last,group_norm,fold_last", LAYOUTS)
+def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold_last):
+    switched, plain = _layout_pair(channels_last, group_norm, fold_last=fold_last)
+    z = torch.randn(5, 6, generator=torch.Generator().manual_seed(7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xs, xp = switched(z), plain(z)
+    assert float((xs.float() - xp.float()).abs().max()) < 3e-2           # bfloat16 round-off
+    assert float((xs.float() - plain(z)).abs().max()) < 3e-2
+
+
+def test_layout_switches_leave_training_and_follow_weight_changes():
+    switched, plain = _layout_pair(True, True, fold_last=True)
+    z = torch.randn(3, 6, generator=torch.Generator().manual_seed(8))
+    switched.requires_grad_(True)
+    plain.requires_grad_(True)
+    y = switched(z)
+    assert torch.equal(y, plain(z))              # weights that ask for gradients: the modules, bit for bit
+    y.sum().backward()
+    assert all(p.grad is not None for p in switched.parameters())
+    switched.requires_grad_(False)
+    plain.requires_grad_(False)
+    before = switched(z)
+    with torch.no_grad():                        # in place: the cached channels-last weights must follow
+        for a, b in zip(switched.deconv.parameters(), plain.deconv.parameters()):
+            a.mul_(1.5)
+            b.mul_(1.5)
+    after = switched(z)
+    assert not torch.equal(before, after)
+    torch.testing.assert_close(after, plain(z), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
 # the frozen decoder's two fully-connected layers as one affine map
 # ---------------------------------------------------------------------------------------------------
 @settings(max_examples=25, deadline=None)

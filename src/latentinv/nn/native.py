@@ -180,7 +180,7 @@ class _DeconvByGEMM(torch.autograd.Function):
                                                  conv.output_padding)
             return torch.autograd.grad(out, x, g, create_graph=True)[0], None, None
         gx = nn.functional.conv2d(g.contiguous(memory_format=torch.channels_last),
-                                  _channels_last_weight(conv, torch.float32), None, conv.stride, conv.padding)
+                                  channels_last_weight(conv, torch.float32), None, conv.stride, conv.padding)
         return gx, None, None
 
 
@@ -238,7 +238,7 @@ def cached_on(module: nn.Module, slot: str, tensors, build, *extra):
     return cached[1]
 
 
-def _channels_last_weight(conv: nn.ConvTranspose2d, dtype: torch.dtype) -> torch.Tensor:
+def channels_last_weight(conv: nn.ConvTranspose2d, dtype: torch.dtype) -> torch.Tensor:
     """The layer's weight in channels-last memory order and ``dtype``, cached on the module."""
     w = conv.weight
     return cached_on(conv, "_latentinv_channels_last_weight", [w],
@@ -274,7 +274,7 @@ def frozen_deconv(layers: nn.Sequential, h: torch.Tensor, bfloat16: bool = False
         if not bfloat16 and h.shape[2] * h.shape[3] <= GEMM_FORM_MAX_PIXELS:
             h = _DeconvByGEMM.apply(h, conv, _taps_weight(conv))
         else:
-            h = nn.functional.conv_transpose2d(h, _channels_last_weight(conv, conv_dtype), None, conv.stride,
+            h = nn.functional.conv_transpose2d(h, channels_last_weight(conv, conv_dtype), None, conv.stride,
                                                conv.padding, conv.output_padding)
         h = h.float()                    # no copy in float32
         if i < len(blocks) - 1:

@@ -195,7 +195,8 @@ class ConvEncoder(nn.Module):
 
 
 class _OneChannelConvTransposeFunction(torch.autograd.Function):
-    """Transposed convolution to one output channel on the CPU, for a constant weight.
+    """Transposed convolution to one output channel, for a constant weight: the CPU's path (on CUDA,
+    the decoder's ``layout_fold_last`` switch).
 
     oneDNN runs this shape (e.g. 32 -> 1 channels, 5 x 5, stride 2: the decoder's last layer) at
     about 13 GFLOP/s, 23 ms of a 100-start decoder pass here. Contracting the channels first (one
@@ -323,6 +324,17 @@ class ConvDecoder(nn.Module):
     #: On that path, the two fully-connected layers as one affine map (see :func:`_composed_fc`); a
     #: switch for benchmarks and tests only.
     compose_fc = True
+    #: Off that path (CUDA; or ``fast_frozen_path = False``), for a decoder that is a constant for
+    #: autograd: the transposed convolutions on channels-last maps with channels-last copies of their
+    #: weights (``layout_channels_last``), each instance norm + ReLU as group norm with one group per
+    #: channel + an in-place ReLU (``layout_group_norm``), the last layer (to one channel) as the CPU
+    #: runs it, one product to the kernel's taps and their sum into the image (``layout_fold_last``);
+    #: see :func:`_frozen_deconv`. All off until a GPU run shows which one cuDNN runs fastest
+    #: (``benchmarks/bench_inversion.py --layouts``); switches (class or instance attributes) for
+    #: benchmarks and tests.
+    layout_channels_last = False
+    layout_group_norm = False
+    layout_fold_last = False
 
     def forward(self, z):
         """Map latents ``(batch, n_components)`` to flat models ``(batch, n_cells)``.
@@ -353,6 +365,10 @@ class ConvDecoder(nn.Module):
             h = h.contiguous()       # the composed map is channels-last; the paths below run NCHW
             if not bfloat16:
                 return _frozen_deconv(self.deconv, h).reshape(z.shape[0], self.n_cells)
+        elif (self.layout_channels_last or self.layout_group_norm or self.layout_fold_last) and _constant(self):
+            return _frozen_deconv(self.deconv, h, group_norm=self.layout_group_norm,
+                                  channels_last=self.layout_channels_last,
+                                  fold_last=self.layout_fold_last).reshape(z.shape[0], self.n_cells)
         return self.deconv(h).reshape(z.shape[0], self.n_cells)
 
 
@@ -363,6 +379,11 @@ def _frozen_cpu(module: nn.Module, x: torch.Tensor) -> bool:
         return False
     if x.dtype != torch.float32 and not torch.is_autocast_enabled("cpu"):
         return False
+    return _constant(module)
+
+
+def _constant(module: nn.Module) -> bool:
+    """True when no parameter of ``module`` takes part in autograd here (frozen, or ``torch.no_grad``)."""
     return not (torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
 
 
@@ -404,22 +425,50 @@ def _composed_fc(fc: nn.Sequential, z: torch.Tensor, map_shape) -> torch.Tensor 
     return out.reshape(z.shape[0], h, w, c).permute(0, 3, 1, 2)
 
 
-def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
-    """``layers(h)`` with each (instance norm, ReLU) pair as group norm (one group per channel) and an
-    in-place ReLU; the other modules as they are. Group norm's backward needs its input and
-    statistics, not its output, so the ReLU may overwrite that output."""
+def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = True,
+                   channels_last: bool = False, fold_last: bool = False) -> torch.Tensor:
+    """``layers(h)`` for frozen layers. ``group_norm``: each (instance norm, ReLU) pair as group norm
+    (one group per channel) and an in-place ReLU; group norm's backward needs its input and
+    statistics, not its output, so the ReLU may overwrite that output. ``channels_last``: the maps
+    channels-last and each transposed convolution with a channels-last copy of its weight, cached on
+    the layer (under bfloat16 autocast, a bfloat16 copy: no cast at each call). ``fold_last``: the
+    transposed convolution to one channel through :class:`_OneChannelConvTransposeFunction` on any
+    device (under bfloat16 autocast, its product in bfloat16 and its sum in float32). Other modules
+    as they are."""
     mods = list(layers)
+    device = h.device.type
+    low = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+        weight_dtype = torch.bfloat16 if low else h.dtype
     i = 0
     while i < len(mods):
         mod = mods[i]
-        if (native.plain_instance_norm(mod) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
-                and h.dim() == 4 and h.shape[2] * h.shape[3] > 1):
+        if (group_norm and native.plain_instance_norm(mod) and i + 1 < len(mods)
+                and isinstance(mods[i + 1], nn.ReLU) and h.dim() == 4 and h.shape[2] * h.shape[3] > 1):
             h = nn.functional.group_norm(h, h.shape[1], eps=mod.eps).relu_()
             i += 2
             continue
-        h = mod(h)
+        if fold_last and _foldable(mod, h, low):
+            h = _OneChannelConvTransposeFunction.apply((h.to(torch.bfloat16) if low else h).contiguous(),
+                                                       mod.weight, mod.stride, mod.padding, mod.output_padding,
+                                                       low)
+        elif channels_last and isinstance(mod, nn.ConvTranspose2d) and mod.padding_mode == "zeros":
+            h = nn.functional.conv_transpose2d(h, native.channels_last_weight(mod, weight_dtype), mod.bias,
+                                               mod.stride, mod.padding, mod.output_padding, mod.groups,
+                                               mod.dilation)
+        else:
+            h = mod(h)
         i += 1
     return h
+
+
+def _foldable(mod: nn.Module, h: torch.Tensor, low: bool) -> bool:
+    """Whether :class:`_OneChannelConvTransposeFunction` computes ``mod(h)`` (``low``: under bfloat16
+    autocast, where ``h`` is cast to bfloat16 first)."""
+    return (isinstance(mod, nn.ConvTranspose2d) and mod.out_channels == 1 and mod.bias is None and mod.groups == 1
+            and mod.dilation == (1, 1) and mod.padding_mode == "zeros" and h.dim() == 4
+            and mod.weight.dtype == torch.float32 and (h.dtype == torch.float32 or low))
 
 
 def _mlp(sizes, final_activation=None):
