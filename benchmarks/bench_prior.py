@@ -115,7 +115,7 @@ def time_sgan_steps(device, batch, n_threads, n_steps, n_filters=64, latent=(12,
 
 def sgan_steps(args, results):
     """The SGAN's seconds per iteration (published network, 353 x 353 crops) on CPU and GPU."""
-    configs = [("cpu", 2, 8 if args.quick else 32)]
+    configs = [] if args.skip_cpu else [("cpu", 2, 8 if args.quick else 32)]
     if torch.cuda.is_available():
         configs.append(("cuda", None, 32))
     print(f"\nSGAN (published network, 353 x 353 crops, latent 12 x 12)")
@@ -136,6 +136,20 @@ def _image(ti):
     return load_image(ti), os.path.basename(ti)
 
 
+def sgan_iterations_within(budget, results, margin=1.2):
+    """The published schedule's iterations, or as many as fit in ``budget`` seconds (None: no limit) at the
+    CUDA rate of ``results["sgan_steps"]`` (measured here if absent) with a ``margin`` for the crops'
+    sampling and the start; at least 1."""
+    if budget is None:
+        return PUBLISHED_N_ITERATIONS
+    rates = [r["seconds_per_step"] for r in results.get("sgan_steps", []) if r["device"] != "cpu"]
+    per_step = rates[0] if rates else time_sgan_steps(torch.device("cuda"), 32, 1, 2)
+    fit = int(budget / (per_step * margin))
+    print(f"SGAN training: {per_step:.3f} s per iteration measured, {budget:.0f} s given: "
+          f"{min(fit, PUBLISHED_N_ITERATIONS)} of the published {PUBLISHED_N_ITERATIONS} iterations", flush=True)
+    return max(1, min(fit, PUBLISHED_N_ITERATIONS))
+
+
 def training_image(args):
     if args.ti:
         return *_image(args.ti), PAPER_TRUTH_WINDOWS
@@ -153,8 +167,11 @@ def sgan_patterns(args, results):
     reference = sampler.sample(args.pattern_samples, random_state=1)
     gpu = args.sgan_gpu_train and torch.cuda.is_available()
     if gpu:
-        settings = dict(device="cuda", random_state=0)          # the published network and schedule
-        label = f"published network, {PUBLISHED_N_ITERATIONS} iterations of 32 crops 353 x 353, GPU"
+        n = sgan_iterations_within(args.sgan_budget, results)
+        settings = dict(device="cuda", random_state=0, n_iterations=n)   # the published network and schedule
+        label = f"published network, {n} iterations of 32 crops 353 x 353, GPU"
+        if n < PUBLISHED_N_ITERATIONS:
+            label += f" (the published schedule's {PUBLISHED_N_ITERATIONS} did not fit in {args.sgan_budget:.0f} s)"
     else:
         torch.set_num_threads(2)
         settings = dict(n_filters=8, training_latent_shape=(5, 5), batch_size=8,
@@ -177,6 +194,7 @@ def sgan_patterns(args, results):
     rows["training crops (another draw)"] = compare_patterns(
         sampler.sample(args.pattern_samples, random_state=3), reference, max_lag=20, image_shape=PAPER_SHAPE)
     results["patterns"] = dict(training_image=source, excluded_windows=exclude, sgan=label,
+                               sgan_iterations=settings.get("n_iterations"),
                                sgan_training_seconds=seconds, n_samples=args.pattern_samples,
                                sgan_history_last=dict((k, v[-1]) for k, v in sgan.history_.items() if v),
                                comparison=rows)
@@ -208,6 +226,11 @@ def main():
     parser.add_argument("--sgan-gpu-train", action="store_true",
                         help="with --patterns on a GPU: train the published network and schedule")
     parser.add_argument("--save-sgan", default=None, help="directory to save the trained SGAN in")
+    parser.add_argument("--sgan-budget", type=float, default=None,
+                        help="with --sgan-gpu-train: seconds for the training; fewer than the published "
+                             "iterations where they do not fit at the measured rate (said so)")
+    parser.add_argument("--skip-cpu", action="store_true",
+                        help="with --sgan: no CPU row (about 2 min per step of the published network)")
     args = parser.parse_args()
 
     n_steps = 2 if args.quick else 5

@@ -34,8 +34,10 @@
 #
 # What comes back: the device tool returns at most 8 files from $OUT (16 MiB each, 64 MiB together), so $OUT
 # holds exactly these: log.txt (the steps' summaries), tests.txt, prior.txt, reproduce.txt, nonlinear.txt
-# (live logs), results.tar (each step's records, rebuilt as each step ends) and prior.tgz (the trained prior
-# and its record). The checkpoint never goes to $OUT: over 16 MiB, and $OUT is emptied before each call.
+# (live logs), results.tar (each step's records, rebuilt as each step ends), prior.tgz (the trained prior
+# and its record) and, with the sgan step, sgan.tgz.part-00, -01 (the trained SGAN, 16.5 MiB of float32 weights,
+# in parts; a call with both the prior and sgan steps would return 9 files: run them in separate calls).
+# The checkpoint never goes to $OUT: over 16 MiB, and $OUT is emptied before each call.
 #
 # Usage, from the repository root:
 #   OUT=dir DEADLINE=540 bash benchmarks/gpu_checks.sh
@@ -52,7 +54,8 @@
 #   COMPILE_CHECK=0: no compile_check.py before torch.compile's rows (each row still says how far its answer is
 #   from the eager row's).
 # DRY=1 runs every step tiny on the CPU (to check the script itself). Opt-in steps: "sgan" (trains the published
-#   SGAN on the GPU and runs SAnnn/SSbnd with it; a call of its own), "sampling" (bench_sampling.py on mc2).
+#   SGAN on the GPU within the time left but SGAN_RESERVE (170 s), runs SAnnn/SSbnd with it and brings it back in
+#   parts, sgan.tgz.part-NN), "sampling" (bench_sampling.py on mc2).
 set -u
 OUT=${OUT:-gpu_checks_out}
 DEADLINE=${DEADLINE:-540}
@@ -285,19 +288,31 @@ cases._invert(cases._straight(), batch_size=9, device='cuda', cuda_graphs=True)"
   log "reproduce: $(grep -E 'NO TRAINED|probe|in all|exit' "$OUT/reproduce.txt" | tr '\n' ' ')"
 fi
 
-# 4. (opt-in) the published SGAN trained on the GPU, then the paper's SGAN cases with it
+# 4. (opt-in) the published SGAN trained on the GPU, then the paper's SGAN cases with it. Its training has no
+#    checkpoint: it gets the time left but SGAN_RESERVE s (the patterns, the weights' packing, SAnnn and SSbnd),
+#    as many of the published iterations as fit at the rate measured first (bench_prior.py --sgan-budget)
 if want sgan; then
   ( IT=; [ "$DRY" = 1 ] && IT="--pattern-iterations 2 --pattern-samples 4"
     mkdir -p "$RESULTS/sgan"
-    timeout $(upto 120) $PY benchmarks/bench_prior.py --no-vae --sgan --patterns --sgan-gpu-train $IT \
-      --ti "$TI" --save-sgan /tmp/li_sgan --output "$RESULTS/sgan/bench_prior_sgan.json" 2>&1 | grep -v "it/s\]" | tail -30
-    SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts"
-    N=100; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; }
-    # the VAE prior only draws the generated truths mv1-mv3 here: a saved one, not a training of its own
-    [ -d /tmp/li_sgan ] && timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
-      --prior "${RP_PRIOR:-src/latentinv/data/channels_ti_prior}" --sgan /tmp/li_sgan --cases SAnnn,SSbnd \
-      --no-nonlinear --n-starts $N $SG --out "$RESULTS/sgan/reproduce" 2>&1 | tail -40
-    pack ) >>"$OUT/log.txt" 2>&1    # its records; the SGAN's weights (about 19 MB) stay on the machine
+    BUDGET=$(( $(left) - ${SGAN_RESERVE:-170} ))
+    if [ "$BUDGET" -lt 30 ]; then echo "[$(now) s] sgan: ${BUDGET} s left for the training: not started"
+    else
+      echo "[$(now) s] sgan: training for at most $BUDGET s"
+      timeout $(upto 60) $PY benchmarks/bench_prior.py --no-vae --sgan --skip-cpu --patterns --sgan-gpu-train $IT \
+        --sgan-budget "$BUDGET" --ti "$TI" --save-sgan /tmp/li_sgan --output "$RESULTS/sgan/bench_prior_sgan.json" 2>&1 \
+        | grep -v "it/s\]" | tail -30
+      pack
+      # the trained SGAN comes back (its float32 weights are over one file's 16 MiB: in parts of 15 MiB)
+      [ -f /tmp/li_sgan/config.json ] && tar -C /tmp -czf - li_sgan | split -b 15m -d - "$OUT/sgan.tgz.part-" \
+        && echo "[$(now) s] sgan: the trained SGAN in $(ls "$OUT" | grep -c '^sgan.tgz.part-') parts"
+      SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts"
+      N=100; GR=--cuda-graphs; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; GR=; }
+      # the VAE prior only draws the generated truths mv1-mv3 here: a saved one, not a training of its own
+      [ -d /tmp/li_sgan ] && timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
+        --prior "${RP_PRIOR:-src/latentinv/data/channels_ti_prior}" --sgan /tmp/li_sgan --cases SAnnn,SSbnd \
+        --no-nonlinear --n-starts $N $GR $SG --out "$RESULTS/sgan/reproduce" 2>&1 | tail -40
+      rm -rf "$RESULTS/sgan/reproduce/prior"; pack
+    fi ) >>"$OUT/log.txt" 2>&1
   log "sgan done"
 fi
 

@@ -1,7 +1,8 @@
 """What a ``gpu_checks.sh`` call brought back, put where the repository keeps it.
 
 The device tool returns the call's ``$OUT`` files into a folder here (``files_at``): ``log.txt``,
-``tests.txt``, ``prior.txt``, ``reproduce.txt``, ``nonlinear.txt``, ``results.tar`` and ``prior.tgz``.
+``tests.txt``, ``prior.txt``, ``reproduce.txt``, ``nonlinear.txt``, ``results.tar``, ``prior.tgz`` and
+``sgan.tgz.part-NN``.
 This script
 
 - copies the records of ``results.tar`` into ``docs/``, named by the card (``--card``, e.g. ``h200``):
@@ -17,6 +18,9 @@ This script
   iterations, said in the file). It refuses a prior that the call did not evaluate (no record to ship
   with it), and one whose held-out reconstruction RMSE is not below the shipped prior's (the same 200
   held-out crops; a call that trained too few iterations), unless ``--even-if-worse``;
+- with the sgan step's ``sgan.tgz.part-NN``, puts the trained SGAN together in ``--sgan-out`` (default
+  ``.gpu_data/sgan_<card>``, not tracked) and loads it once (checksums), its records into
+  ``docs/bench_prior_sgan_<card>.json`` and ``docs/reproduction_<card>_sgan/``;
 - prints what the README and the tests then need: the key numbers and the new weights' SHA-256.
 
 Usage::
@@ -67,7 +71,9 @@ def records(files_at, card, root, copied):
             _extract(files_at / "results.tar", tmp)
         _copy(tmp / "bench" / "bench_inversion.json", docs / f"bench_inversion_{card}_graphs.json", copied)
         _copy(tmp / "train" / "bench_training.json", docs / f"bench_training_{card}.json", copied)
-        for part, folder in (("reproduce", f"reproduction_{card}"), ("nonlinear", f"reproduction_{card}_nonlinear")):
+        _copy(tmp / "sgan" / "bench_prior_sgan.json", docs / f"bench_prior_sgan_{card}.json", copied)
+        for part, folder in (("reproduce", f"reproduction_{card}"), ("nonlinear", f"reproduction_{card}_nonlinear"),
+                             ("sgan/reproduce", f"reproduction_{card}_sgan")):
             # a folder per run: the report links its figures by their own names
             for name in ("reproduce_paper.json", "reproduction.md"):
                 _copy(tmp / part / name, docs / folder / name, copied)
@@ -91,6 +97,12 @@ def records(files_at, card, root, copied):
             summary["training (ms per iteration; 1e5 iterations in min)"] = {
                 r["variant"]: (r.get("ms_per_iteration"), r.get("paper_schedule_minutes"), r.get("error"))
                 for r in json.loads(train.read_text())["rows"]}
+        sgan = tmp / "sgan" / "bench_prior_sgan.json"
+        if sgan.is_file():
+            record = json.loads(sgan.read_text())
+            summary["SGAN training"] = dict(steps=record.get("sgan_steps"),
+                                            trained=record.get("patterns", {}).get("sgan"),
+                                            seconds=record.get("patterns", {}).get("sgan_training_seconds"))
         rp = tmp / "reproduce" / "reproduce_paper.json"
         if rp.is_file():
             summary["Tables 3-4, linear cases (s)"] = json.loads(rp.read_text()).get("linear_cases_s")
@@ -218,6 +230,30 @@ def ship_prior(files_at, root, copied, history_every=10, even_if_worse=False):
                           "VSbrd mean accepted fraction": record.get("vsbrd", {}).get("mean_accepted_fraction")}}
 
 
+def unpack_sgan(files_at, into):
+    """The trained SGAN of the call's ``sgan.tgz.part-NN`` files (the sgan step splits its archive: the
+    weights are over one returned file's 16 MiB) into the folder ``into``, loaded once to verify its
+    checksums; returns a summary, or None where the call brought no parts."""
+    parts = sorted(Path(files_at).glob("sgan.tgz.part-*"))
+    if not parts:
+        return None
+    from latentinv import SGANPrior
+    into = Path(into)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "sgan.tgz"
+        with open(archive, "wb") as out:
+            for part in parts:
+                out.write(part.read_bytes())
+        _extract(archive, Path(tmp) / "x")
+        if into.exists():
+            shutil.rmtree(into)
+        into.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(Path(tmp) / "x" / "li_sgan"), str(into))
+    prior = SGANPrior.load(into, device="cpu")      # raises on a damaged archive (checksums)
+    return dict(folder=str(into), parts=len(parts), n_iterations=prior.n_iterations,
+                n_filters=prior.n_filters, image_shape=list(prior.image_shape_))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files_at", help="the folder the device tool returned the call's files into")
@@ -226,6 +262,9 @@ def main(argv=None):
     p.add_argument("--even-if-worse", action="store_true",
                    help="ship the prior even if its held-out reconstruction RMSE is not below the shipped one's")
     p.add_argument("--history-every", type=int, default=10, help="training history kept every N iterations")
+    p.add_argument("--sgan-out", default=None,
+                   help="folder for the trained SGAN of sgan.tgz.part-NN (default: .gpu_data/sgan_<card>, not "
+                        "tracked by git)")
     p.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     files_at, root = Path(a.files_at), Path(a.root)
@@ -237,6 +276,9 @@ def main(argv=None):
     if a.ship_prior:      # first: a prior it refuses leaves the repository untouched
         summary.update(ship_prior(files_at, root, copied, a.history_every, a.even_if_worse))
     summary = {**records(files_at, a.card, root, copied), **summary}
+    sgan = unpack_sgan(files_at, a.sgan_out or root / ".gpu_data" / f"sgan_{a.card}")
+    if sgan is not None:
+        summary["trained SGAN"] = sgan
     for path in copied:
         print(f"wrote {path.relative_to(root)}")
     print(json.dumps(summary, indent=1, default=str))

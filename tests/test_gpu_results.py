@@ -220,3 +220,47 @@ def test_the_logs_name_no_machines_folders(tmp_path):
     text = (tmp_path / "repo" / "docs" / "gpu_call_h200.txt").read_text()
     assert "tests/test_x.py:3: Warning" in text and "../shared/data/mc1.npy" in text
     assert str(root) not in text and str(root.parent) not in text
+
+
+def _sgan_parts(at, folder, part_bytes):
+    """The sgan step's files: ``tar -C parent -czf - li_sgan | split -b part_bytes -d``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(folder, arcname="li_sgan")
+    data = buffer.getvalue()
+    for k in range(0, len(data), part_bytes):
+        (at / f"sgan.tgz.part-{k // part_bytes:02d}").write_bytes(data[k:k + part_bytes])
+    return -(-len(data) // part_bytes)
+
+
+def test_the_trained_sgan_is_put_together_from_its_parts_and_checked(tmp_path, capsys):
+    from latentinv import SGANPrior
+    X = (np.random.default_rng(1).random((4, 40, 40)) > 0.7).astype(np.float32)
+    sgan = SGANPrior(n_filters=2, training_latent_shape=(2, 2), batch_size=2, n_iterations=3, image_shape=(33, 33),
+                     random_state=0, device="cpu").fit(X)
+    sgan.save(tmp_path / "li_sgan")
+    at = tmp_path / "files_at"
+    at.mkdir()
+    n_parts = _sgan_parts(at, tmp_path / "li_sgan", part_bytes=2000)
+    assert n_parts >= 3                                    # parts in order: 00, 01, ... (10 sorts after 09)
+    record = {"sgan_steps": [{"device": "NVIDIA H200", "batch": 32, "seconds_per_step": 0.05}],
+              "patterns": {"sgan": "published network, 1850 iterations", "sgan_training_seconds": 95.0}}
+    _tar(at / "results.tar", {"./sgan/bench_prior_sgan.json": json.dumps(record).encode(),
+                              "./sgan/reproduce/reproduction.md": b"# SGAN cases\n"})
+    root = tmp_path / "repo"
+    assert gpu_results.main([str(at), "--card", "h200", "--root", str(root)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.index("{"):])
+    out = root / ".gpu_data" / "sgan_h200"
+    assert summary["trained SGAN"] == dict(folder=str(out), parts=n_parts, n_iterations=3, n_filters=2,
+                                           image_shape=[33, 33])
+    assert summary["SGAN training"]["seconds"] == 95.0
+    loaded = SGANPrior.load(out, device="cpu")
+    z = np.random.default_rng(2).uniform(-1, 1, (2, loaded.n_components))
+    np.testing.assert_array_equal(loaded.decode(z), sgan.decode(z))        # the same generator, bit for bit
+    assert (root / "docs" / "bench_prior_sgan_h200.json").is_file()
+    assert (root / "docs" / "reproduction_h200_sgan" / "reproduction.md").read_text() == "# SGAN cases\n"
+    # a part lost on the way: the archive does not open, or its checksums do not match; never a silent prior
+    (at / "sgan.tgz.part-01").unlink()
+    with pytest.raises(Exception):
+        gpu_results.main([str(at), "--card", "h200", "--root", str(root)])
