@@ -140,9 +140,11 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     # every output file is named in the report and exists
     assert set(report["files"]) == {"demo.png", "report.json", "models.npz", "posterior.png"}
     # the straight-ray posterior: 8 chains x (6 + 6) from the SGD solution, sigma from the noise and
-    # the encode-decode data RMSE
+    # the encode-decode data RMSE; the Gauss-Newton preconditioner fitted once (a burn-in of 6 has no
+    # refit), n_components forward runs per chain
     post = report["posterior"]
-    assert post["n_forward"] == 8 * (6 + 6 + 1) and post["method"] == "de-mala"
+    d = VAEPrior.load(prior_dir).n_components
+    assert post["n_forward"] == 8 * (6 + 6 + 1 + d) and post["method"] == "de-mala"
     assert post["likelihood_sigma_ns"] == pytest.approx(np.hypot(0.25, expected), rel=1e-9)
     assert 0 <= post["acceptance_rate"] <= 1 and post["mean_model_rmse"] > 0
     assert report["timings_s"]["posterior_s"] > 0
@@ -608,8 +610,9 @@ def test_version_and_help():
         assert cmd in res.output
 
 
-@pytest.mark.parametrize("method", ["pcn", "de-mala", "hmc"])
-def test_sample_writes_posterior_files(tiny_prior, tmp_path, method):
+@pytest.mark.parametrize("method, preconditioner", [("pcn", "auto"), ("de-mala", "auto"), ("hmc", "auto"),
+                                                    ("hmc", "empirical"), ("rwm", "gauss-newton")])
+def test_sample_writes_posterior_files(tiny_prior, tmp_path, method, preconditioner):
     prior_dir, prior = tiny_prior
     op, data = _paper_linear_data(prior, n=2)
     np.save(tmp_path / "tt.npy", data)
@@ -617,14 +620,19 @@ def test_sample_writes_posterior_files(tiny_prior, tmp_path, method):
     res = CliRunner().invoke(cli.main, [
         "sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(out), "--noise-std",
         "0.5", "--chains", "2", "--burnin", "4", "--samples", "4", "--thin", "2",
-        "--device", "cpu", "--method", method, "--n-leapfrog", "3", "--quiet"])
+        "--device", "cpu", "--method", method, "--n-leapfrog", "3", "--preconditioner", preconditioner, "--quiet"])
     _ok(res)
     post = np.load(out / "posterior.npz")
     assert post["mean"].shape == post["std"].shape == (2, 129 * 65)
     assert post["samples"].shape == (2, 2, 4, 4)
     assert np.all((post["channel_probability"] >= 0) & (post["channel_probability"] <= 1))
     report = json.loads((out / "posterior.json").read_text())
-    assert report["forward_runs"] == 2 * 2 * ((4 + 4 * 2) * (3 if method == "hmc" else 1) + 1)
+    # the Gauss-Newton fit ("auto" for de-mala and hmc) before the first iteration (a burn-in of 4 has no refit):
+    # n_components = 4 forward runs per chain
+    gauss_newton = preconditioner == "gauss-newton" or (preconditioner == "auto" and method != "pcn")
+    assert report["settings"]["preconditioner"] == preconditioner
+    assert report["settings"]["preconditioner_fit"] == ("gauss-newton" if gauss_newton else "empirical")
+    assert report["forward_runs"] == 2 * 2 * ((4 + 4 * 2) * (3 if method == "hmc" else 1) + 1 + 4 * gauss_newton)
     assert report["settings"]["method"] == method and report["settings"]["sgd_epochs"] == 0
     assert np.shape(report["diagnostics"]["rhat"]) == (2, 4)
     # the posterior mean is the mean of the models of the chains' draws: inside the models' range
@@ -658,6 +666,10 @@ def test_sample_needs_the_noise_and_names_its_files(tiny_prior, tmp_path):
     _fails(res, "Missing option '--noise-std'", 2)
     res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "tt.npy"), "--noise-std", "0"])
     _fails(res, "0.0 is not in the range x>0.0", 2)
+    res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--noise-std",
+                                        "0.5", "--preconditioner", "gauss-newton", "--device", "cpu", "--quiet",
+                                        "--out", str(tmp_path / "gn")])
+    _fails(res, "preconditioner='gauss-newton' cannot serve method='pcn'", 1)
     res = CliRunner().invoke(cli.main, ["sample", "--help"])
     _ok(res)
     for name in ("posterior.npz", "posterior.png", "posterior.json"):

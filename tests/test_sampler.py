@@ -101,6 +101,7 @@ def _assert_moments(result, mu, cov):
 
 
 METHODS = ["pcn", "mala", "rwm", "de", "de-mala", "hmc"]
+GRADIENT_METHODS = ["mala", "de-mala", "hmc"]
 #: HMC's leapfrog steps per proposal in these tests (each one a forward run and a gradient)
 N_LEAPFROG = 4
 
@@ -119,9 +120,90 @@ def test_gaussian_posterior_matches_closed_form(method):
     result = _sampler(gen, op, noise_std=sigma, **_method_params(method)).fit(y[None]).sample(y[None])
     _assert_moments(result, mu, cov)
     per_iteration = N_LEAPFROG if method == "hmc" else 1
-    assert result.n_forward == 16 * ((300 + 400) * per_iteration + 1)
+    # "auto": the gradient methods fit the Gauss-Newton preconditioner before the burn-in and at its 3 refits
+    # (after 25, 75 and 175 iterations), d = 3 forward runs per chain each
+    fits = 4 if method in GRADIENT_METHODS else 0
+    assert result.n_forward == 16 * ((300 + 400) * per_iteration + 1 + 3 * fits)
+    assert result.settings["preconditioner_fit"] == ("gauss-newton" if fits else "empirical")
     rate = result.acceptance_rate.mean()
     assert 0.15 < rate <= 1.0
+
+
+@pytest.mark.parametrize("method, preconditioner", [("mala", "empirical"), ("hmc", "empirical"),
+                                                    ("rwm", "gauss-newton"), ("de", "gauss-newton")])
+def test_the_other_preconditioner_fit_matches_closed_form_too(method, preconditioner):
+    sigma = 0.1
+    op, gen, M, c, y = _linear_problem(sigma=sigma)
+    mu, cov = _gaussian_posterior(M, c, y, sigma)
+    result = _sampler(gen, op, noise_std=sigma, preconditioner=preconditioner,
+                      **_method_params(method)).fit(y[None]).sample(y[None])
+    _assert_moments(result, mu, cov)
+    fits = 4 if preconditioner == "gauss-newton" else 0
+    per_iteration = N_LEAPFROG if method == "hmc" else 1
+    assert result.n_forward == 16 * ((300 + 400) * per_iteration + 1 + 3 * fits)
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_the_gauss_newton_fit_is_the_posterior_covariance_of_a_linear_problem(uniform):
+    """For t = M z + c, J = M dz/du; with normal latents the fit is Sigma exactly (independent of u: the
+    closed form), with uniform ones (z = erf(u / sqrt(2))) it is the Gauss-Newton covariance written out."""
+    from latentinv.inversion.mcmc import likelihood_jacobian
+    sigma, d = 0.1, 3
+    op, gen, M, c, y = _linear_problem(d=d, sigma=sigma, uniform=uniform)
+    n_chains, n_surveys = 4, 2
+    sampler = _sampler(gen, op, noise_std=sigma, n_chains=n_chains).fit(np.stack([y, y + 0.1]))
+    problem = sampler._problem(np.stack([y, y + 0.1]), np.full(len(y), sigma), allow_pending=False,
+                               nonlinear_gradient="exact")
+    u = torch.tensor(np.random.default_rng(5).normal(0, 0.7, (n_surveys * n_chains, d)), dtype=torch.float32)
+    J = likelihood_jacobian(problem, u, uniform).numpy().astype(np.float64)
+    dz_du = np.sqrt(2 / np.pi) * np.exp(-0.5 * u.double().numpy() ** 2) if uniform else np.ones(u.shape)
+    np.testing.assert_allclose(J, M[None] * dz_du[:, None, :], rtol=1e-5, atol=1e-6)
+    # in passes of one chain (d rows) each: the same Jacobian
+    np.testing.assert_array_equal(likelihood_jacobian(problem, u, uniform, max_rows=d).numpy(), J)
+    pre = Preconditioner(len(u), d, "cpu", torch.float64)
+    pre.fit_gauss_newton(problem, u, uniform, n_chains)
+    C = (pre.chol @ pre.chol.transpose(1, 2)).numpy()
+    Jc = J.reshape(n_surveys, n_chains, len(y), d)
+    for k in range(n_surveys):     # the mean over the survey's chains of J^T J / sigma**2, plus the prior's I
+        H = np.mean([Jr.T @ Jr for Jr in Jc[k]], axis=0) / sigma**2 + np.eye(d)
+        for r in range(n_chains):
+            np.testing.assert_allclose(C[k * n_chains + r], np.linalg.inv(H), rtol=1e-8, atol=1e-12)
+    if not uniform:      # float32 Jacobian: the closed form to float32 rounding
+        np.testing.assert_allclose(C[0], _gaussian_posterior(M, c, y, sigma)[1], rtol=1e-4, atol=1e-7)
+    assert torch.equal(pre.chol, torch.tril(pre.chol))        # lower triangular, as solve() takes it
+
+
+@pytest.mark.parametrize("n_burnin, adapt, fits", [(0, True, 1), (60, True, 2), (60, False, 0)])
+def test_gauss_newton_fits_are_counted_as_forward_runs(n_burnin, adapt, fits, monkeypatch):
+    """One fit before the first iteration and one per refit (a burn-in of 60 refits once, after 25
+    iterations); none without adaptation. Each fit is d forward runs per chain."""
+    calls = []
+    real = Preconditioner.fit_gauss_newton
+    monkeypatch.setattr(Preconditioner, "fit_gauss_newton", lambda self, *a: calls.append(1) or real(self, *a))
+    op, gen, M, c, y = _linear_problem(d=3)
+    result = _sampler(gen, op, noise_std=0.1, method="mala", n_chains=2, n_burnin=n_burnin, n_samples=5,
+                      adapt_preconditioner=adapt).fit(y[None]).sample(y[None])
+    assert len(calls) == fits
+    assert result.n_forward == 2 * ((n_burnin + 5) + 1 + 3 * fits)
+
+
+def test_the_jacobian_of_a_nonlinear_slowness_map_is_autograds():
+    """With the paper's slowness map (1 / velocity of the model values) the traveltimes are nonlinear in z:
+    the double-backward Jacobian against torch.autograd.functional.jacobian of one row at a time."""
+    from latentinv.inversion import paper_slowness
+    from latentinv.inversion.mcmc import likelihood_jacobian
+    op, gen, M, c, y = _linear_problem(d=3)
+    sampler = LatentSampler(gen, op, slowness_map=paper_slowness, n_chains=3, noise_std=0.1, device="cpu").fit(y[None])
+    problem = sampler._problem(y[None], np.full(len(y), 0.1), allow_pending=False, nonlinear_gradient="exact")
+    u = torch.tensor(np.random.default_rng(6).normal(0, 1, (3, 3)), dtype=torch.float32)
+    J = likelihood_jacobian(problem, u, False)
+
+    def traveltimes(row):
+        x, s = problem.decode(row[None])
+        return problem.traveltimes(x, s, problem.all_rays(1))[0][0]
+    for r in range(3):
+        want = torch.autograd.functional.jacobian(traveltimes, u[r])
+        torch.testing.assert_close(J[r], want, rtol=1e-5, atol=1e-6)
 
 
 def test_classic_pcn_without_preconditioner_matches_closed_form():
@@ -458,15 +540,22 @@ def test_chains_start_from_sgd_solutions_and_are_reproducible():
             LatentSampler.initial_latents_from(res, n_chains)
 
 
-def test_a_survey_does_not_depend_on_the_others():
+@pytest.mark.parametrize("method, preconditioner", [("mala", "empirical"), ("mala", "gauss-newton"),
+                                                    ("hmc", "gauss-newton"), ("pcn", "empirical")])
+def test_a_survey_does_not_depend_on_the_others(method, preconditioner):
+    """A survey's chains in a batch of three surveys and alone: the same draws, bit for bit, with a generator
+    that rounds each row alike in any batch (:class:`_Affine`; an ``nn.Linear`` need not) and a burn-in long
+    enough for refits (after 25 and 75 iterations), so that the preconditioner's own arithmetic is in it."""
     sigma = 0.1
     op, gen, M, c, y = _linear_problem(sigma=sigma)
+    gen = TorchGenerator(_Affine(gen.module), 3)
     Y = np.stack([y, y + 0.05, y - 0.03])
-    kw = dict(n_chains=3, n_burnin=30, n_samples=20, noise_std=sigma, method="mala")
+    kw = dict(n_chains=3, n_burnin=120, n_samples=20, noise_std=sigma, method=method, preconditioner=preconditioner,
+              **({"n_leapfrog": 3} if method == "hmc" else {}))
     both = _sampler(gen, op, **kw).fit(Y).sample(Y)
     alone = _sampler(gen, op, **kw).fit(Y[[2]]).sample(Y[[2]])
-    np.testing.assert_allclose(both.samples[2], alone.samples[0], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(both.mean[2], alone.mean[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(both.samples[2], alone.samples[0])
+    np.testing.assert_array_equal(both.mean[2], alone.mean[0])
 
 
 def test_result_maps_and_inference_data():
@@ -558,10 +647,12 @@ def test_sampler_is_silent_when_chains_agree_and_warns_when_too_short():
 def test_chains_that_never_move_warn_and_have_no_effective_draws(method):
     """Chains started together far from a very narrow posterior accept nothing: R-hat is NaN (not a
     number > 1.05) and the std zero. That is a stuck sampler, not a converged, certain one: warned,
-    and the ESS (which ArviZ would count as every draw) NaN."""
+    and the ESS (which ArviZ would count as every draw) NaN. (With the Gauss-Newton preconditioner, the
+    default of these methods, the same chains move: it whitens the narrow posterior from the first
+    iteration; the empirical one keeps them stuck, as a poorly scaled sampler would be.)"""
     op, gen, M, c, y = _linear_problem(sigma=0.1)
     sampler = _sampler(gen, op, method=method, noise_std=1e-4, n_chains=4, n_burnin=10, n_samples=20,
-                       initial_latents=np.full((4, 3), 2.0)).fit(y[None])
+                       preconditioner="empirical", initial_latents=np.full((4, 3), 2.0)).fit(y[None])
     with pytest.warns(ConvergenceWarning, match=r"did not move over the kept draws for surveys \[0\], in \[3\] "
                                                 r"of 3 latent dimensions \(acceptance rate after the burn-in 0.000\)"):
         r = sampler.sample(y[None])
@@ -605,6 +696,8 @@ def test_chains_no_better_than_a_homogeneous_medium_warn():
     (dict(step_size=1.5), "step_size must be <= 1.0, got 1.5"),
     (dict(target_acceptance=1), "target_acceptance must be < 1, got 1"),
     (dict(adapt_preconditioner="yes"), "adapt_preconditioner must be True or False, got 'yes'"),
+    (dict(preconditioner="newton"), "preconditioner must be 'auto', 'empirical' or 'gauss-newton', got 'newton'"),
+    (dict(preconditioner="gauss-newton", method="pcn"), "preconditioner='gauss-newton' cannot serve method='pcn'"),
     (dict(noise_std=-1.0), "noise_std must be a positive number"),
     (dict(initial_latents=np.zeros((2, 3))), "initial_latents must have shape (n_chains, n_components) = (4, 3)"),
 ])

@@ -1107,6 +1107,12 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
                    "prior).")
 @click.option("--n-leapfrog", type=click.IntRange(1), default=10, show_default=True,
               help="hmc: leapfrog steps per proposal (each a forward run and a decoder gradient).")
+@click.option("--preconditioner", type=click.Choice(["auto", "empirical", "gauss-newton"]), default="auto",
+              show_default=True,
+              help="How the proposals' covariance adapts in the burn-in: to the draws (empirical) or to the "
+                   "posterior's Gauss-Newton approximation at the chains' points (gauss-newton: n_components "
+                   "forward runs per chain and fit; not with pcn); auto: gauss-newton for mala, de-mala and "
+                   "hmc, empirical for the others.")
 @click.option("--chains", type=click.IntRange(1), default=8, show_default=True, help="Chains per survey.")
 @click.option("--burnin", type=click.IntRange(0), default=500, show_default=True,
               help="Burn-in iterations (step sizes and preconditioner adapt, then freeze).")
@@ -1123,8 +1129,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, n_leapfrog, chains, burnin,
-           samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
+def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, n_leapfrog, preconditioner, chains,
+           burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
     """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
 
     Writes OUT/posterior.npz (mean, std, channel_probability: (n_surveys, n_cells), flat row-major
@@ -1166,8 +1172,8 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
             initial = LatentSampler.initial_latents_from(sgd.invert(data), chains)
         _echo(f"[sample] {len(data)} survey(s) x {survey.n_data} data, {_operator_text(op)}, "
               f"{method}: {chains} chains x ({burnin} + {samples * thin}) iterations", quiet)
-        sampler = LatentSampler(prior, op, method=method, n_leapfrog=n_leapfrog, n_chains=chains,
-                                n_burnin=burnin, n_samples=samples, thin=thin, initial_latents=initial,
+        sampler = LatentSampler(prior, op, method=method, n_leapfrog=n_leapfrog, preconditioner=preconditioner,
+                                n_chains=chains, n_burnin=burnin, n_samples=samples, thin=thin, initial_latents=initial,
                                 noise_std=noise_std, random_state=seed, device=device, verbose=int(not quiet))
         res = sampler.fit(data).sample(data)
         elapsed = time.perf_counter() - t0

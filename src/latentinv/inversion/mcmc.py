@@ -114,6 +114,34 @@ def evaluate(problem, u, *, uniform, gradient):
     return ChainState(u.detach(), z.detach(), x.detach(), t_full.detach(), phi.detach(), grad)
 
 
+def likelihood_jacobian(problem, u, uniform, max_rows=None):
+    """The Jacobian ``d t / d u`` (R, n_data, d) of the full data at whitened latents ``u`` (R, d).
+
+    Each of ``u``'s rows is repeated once per latent direction and the directional derivatives
+    ``J e_k`` come from a double backward (the gradient ``J^T v`` of a dummy ``v``, differentiated in
+    ``v``): the decoder's custom functions have differentiable backwards, where forward-mode
+    differentiation would need a rule of its own for each. ``max_rows``: rows per pass (each pass
+    decodes ``max_rows`` latents and keeps a double-backward graph); None: ``max(d, R // 2)``, so that
+    a pass holds about what the chains' own batch does."""
+    R, d = u.shape
+    max_rows = max(d, R // 2) if max_rows is None else max(d, int(max_rows))
+    per_pass = max(1, max_rows // d)
+    eye = torch.eye(d, dtype=u.dtype, device=u.device)
+    blocks = []
+    for start in range(0, R, per_pass):
+        rows = u[start:start + per_pass].detach()
+        n = rows.shape[0]
+        with torch.enable_grad():
+            uu = rows.repeat_interleave(d, 0).requires_grad_(True)
+            x, s = problem.decode(to_latent(uu, uniform))
+            t, _ = problem.traveltimes(x, s, problem.all_rays(n * d))
+            v = torch.zeros_like(t, requires_grad=True)
+            (g,) = torch.autograd.grad(t, uu, v, create_graph=True)
+            (directional,) = torch.autograd.grad(g, v, eye.repeat(n, 1))      # row (r, k): J_r e_k
+        blocks.append(directional.detach().reshape(n, d, -1).transpose(1, 2))
+    return torch.cat(blocks)
+
+
 # -- the preconditioner ---------------------------------------------------------------------------------
 class Preconditioner:
     """Per-row reference Gaussian ``N(m, L L^T)`` of the kernels (``m``: per chain, ``L``: per survey,
@@ -138,6 +166,24 @@ class Preconditioner:
     def covariance_apply(self, v):
         """``L L^T v`` per row."""
         return self.apply((self.chol.transpose(1, 2) @ v[:, :, None])[:, :, 0])
+
+    def fit_gauss_newton(self, problem, u, uniform, n_chains):
+        """Fit ``L L^T`` to the inverse of the potential's Gauss-Newton Hessian ``J^T W J + I`` at the
+        chains' points ``u`` (R, d), averaged over the chains of a survey (``J`` = the Jacobian of the
+        traveltimes to ``u``, :func:`likelihood_jacobian`; ``W`` = the likelihood's weights
+        ``1 / noise_std**2``; ``I``: the prior). Near a mode it is the local posterior covariance, so the
+        kernels' steps are whitened from the first iteration, where the draws' covariance needs draws
+        that already explore. The mean is left as it is."""
+        R, d = u.shape
+        J = likelihood_jacobian(problem, u, uniform).to(torch.float64)        # (R, n_data, d)
+        y, w = problem._observed(None)
+        w = (torch.ones_like(y) if w is None else w).to(torch.float64)
+        scale = 0.5 if problem.paper_gradient else 1.0      # data_loss's factor: phi = scale / 2 sum w r**2
+        H = scale * (J.transpose(1, 2) @ (w[:, :, None] * J))
+        H = H.reshape(R // n_chains, n_chains, d, d).mean(1) + torch.eye(d, dtype=torch.float64, device=u.device)
+        covariance = torch.cholesky_inverse(torch.linalg.cholesky(H))         # H^{-1}, in float64
+        chol = torch.linalg.cholesky(0.5 * (covariance + covariance.transpose(1, 2)))
+        self.chol = chol.repeat_interleave(n_chains, 0).to(self.chol.dtype)
 
     def update(self, window, n_chains, shrinkage=0.1):
         """Fit to the draws ``window`` (n_draws, R, d) of the last burn-in window: ``m`` = each chain's

@@ -107,8 +107,9 @@ class PosteriorResult:
     map_latent : ndarray of shape (n_surveys, n_components)
     n_burnin, thin : int
     n_forward : int
-        Forward runs (decoder plus operator: one per chain and proposal, ``n_leapfrog`` for HMC) of the
-        whole run.
+        Forward runs (decoder plus operator: one per chain and proposal, ``n_leapfrog`` for HMC, one
+        for the initial point, and ``n_components`` per chain for each Gauss-Newton fit of the
+        preconditioner) of the whole run.
     elapsed_s : float
         Wall time of the sampling (s).
     method : str

@@ -39,10 +39,21 @@ class ChainSettings:
     target_acceptance: float
     adapt_preconditioner: bool
     uniform: bool
+    preconditioner: str = "empirical"
 
     @property
     def n_iterations(self):
         return self.n_burnin + self.n_samples * self.thin
+
+    @property
+    def gauss_newton(self):
+        return self.adapt_preconditioner and self.preconditioner == "gauss-newton"
+
+    @property
+    def gauss_newton_fits(self):
+        """Gauss-Newton fits of the preconditioner (each ``d`` forward runs per chain): at the start and
+        at each refit; the empirical refits cost none."""
+        return 1 + len(adaptation_windows(self.n_burnin)) if self.gauss_newton else 0
 
 
 class Moments:
@@ -72,8 +83,11 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     archive of past states) and chooses what the step adaptation sees (``adaptation_signal``); see
     :class:`~.mcmc.Kernel`. During the burn-in, each chain's step adapts towards ``cfg.target_acceptance``
     (:class:`~.mcmc.StepAdaptation`) and, with ``cfg.adapt_preconditioner``, the reference Gaussian
-    is refitted at the ends of doubling windows (:func:`~.mcmc.adaptation_windows`); both are frozen
-    afterwards, so that the kept draws come from one fixed reversible kernel.
+    is refitted at the ends of doubling windows (:func:`~.mcmc.adaptation_windows`): to the draws of the
+    window, or (``cfg.preconditioner == "gauss-newton"``) to the Gauss-Newton Hessian at the chains'
+    current points, which is also fitted before the first iteration
+    (:meth:`~.mcmc.Preconditioner.fit_gauss_newton`); both are frozen afterwards, so that the kept draws
+    come from one fixed reversible kernel.
     """
     R, d = u0.shape
     state = evaluate(problem, u0, uniform=cfg.uniform, gradient=kernel.needs_gradient)
@@ -82,6 +96,8 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     history = History(problem, cfg.n_iterations, state.z, problem.operator.n_params)
     moments = Moments(R, problem.operator.n_params, u0.device)
     pre = Preconditioner(R, d, u0.device, u0.dtype)
+    if cfg.gauss_newton:
+        pre.fit_gauss_newton(problem, state.u, cfg.uniform, problem.n_starts)
     adapt = StepAdaptation(torch.full((R,), cfg.step_size, device=u0.device, dtype=u0.dtype),
                            cfg.target_acceptance, kernel.max_step)
     kernel.bind(lambda u: evaluate(problem, u, uniform=cfg.uniform, gradient=True))
@@ -107,7 +123,10 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
             adapt.update(kernel.adaptation_signal(torch.exp(log_a.clamp(max=0.0))))
             window.append(state.u)
             if k + 1 in refits:
-                pre.update(torch.stack(window), problem.n_starts)
+                if cfg.gauss_newton:
+                    pre.fit_gauss_newton(problem, state.u, cfg.uniform, problem.n_starts)
+                else:
+                    pre.update(torch.stack(window), problem.n_starts)
                 window = []
                 adapt.restart()
             step = adapt.step if k + 1 < cfg.n_burnin else adapt.frozen()
@@ -168,9 +187,20 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         ``"hmc"``: leapfrog steps per proposal (each a forward run and a decoder gradient); ignored by
         the other methods.
     adapt_preconditioner : bool, default=True
-        Refit the kernels' reference Gaussian during the burn-in (each chain's mean; the covariance
-        of the draws around their chain means, pooled over the chains of a survey). False: the
+        Refit the kernels' reference Gaussian during the burn-in (see ``preconditioner``). False: the
         prior ``N(0, I)`` throughout (the classic pCN).
+    preconditioner : {"auto", "empirical", "gauss-newton"}, default="auto"
+        How its covariance is refitted. ``"empirical"``: to the draws of each adaptation window,
+        around each chain's mean (the mean too), pooled over the chains of a survey.
+        ``"gauss-newton"``: to the inverse of the potential's Gauss-Newton Hessian ``J^T W J + I``
+        at the chains' current points (``J``: the traveltimes' Jacobian to the latents; ``W``: ``1 /
+        noise_std**2``), averaged over a survey's chains, also before the first iteration; each fit
+        costs ``n_components`` forward runs per chain (counted). The local posterior covariance near a
+        mode, it whitens a long, narrow mode from the start where the early draws' covariance does not:
+        on the paper's mc2, HMC's steps grew threefold and its smallest bulk ESS about tenfold
+        (docs/benchmarks/sampling.md). Not for ``"pcn"``, whose reference Gaussian needs a mean.
+        ``"auto"``: ``"gauss-newton"`` for the gradient methods (``"mala"``, ``"de-mala"``,
+        ``"hmc"``), ``"empirical"`` for the others.
     initial_latents : array-like of shape (n_chains, n_components), default=None
         Starting latents (the same for every survey), e.g. SGD solutions from
         :meth:`initial_latents_from`; None: draws from the latent prior.
@@ -203,7 +233,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, method="pcn", n_chains=8,
                  n_samples=500, n_burnin=500, thin=1, step_size=None, target_acceptance=None,
-                 jump_probability=0.1, n_leapfrog=10, adapt_preconditioner=True, initial_latents=None, noise_std=None,
+                 jump_probability=0.1, n_leapfrog=10, adapt_preconditioner=True, preconditioner="auto",
+                 initial_latents=None, noise_std=None,
                  n_model_samples=8, random_state=None, device="auto", verbose=0):
         self.prior = prior
         self.operator = operator
@@ -218,6 +249,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         self.jump_probability = jump_probability
         self.n_leapfrog = n_leapfrog
         self.adapt_preconditioner = adapt_preconditioner
+        self.preconditioner = preconditioner
         self.initial_latents = initial_latents
         self.noise_std = noise_std
         self.n_model_samples = n_model_samples
@@ -253,6 +285,12 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         if not isinstance(self.adapt_preconditioner, (bool, np.bool_)):
             raise ValueError(f"{name}: adapt_preconditioner must be True or False, got "
                              f"{self.adapt_preconditioner!r}")
+        if self.preconditioner not in ("auto", "empirical", "gauss-newton"):
+            raise ValueError(f"{name}: preconditioner must be 'auto', 'empirical' or 'gauss-newton', got "
+                             f"{self.preconditioner!r}")
+        if self.preconditioner == "gauss-newton" and self.method == "pcn":
+            raise ValueError(f"{name}: preconditioner='gauss-newton' cannot serve method='pcn' (its reference "
+                             "Gaussian needs a mean, which the Gauss-Newton fit does not give); use 'empirical'")
         if self.noise_std is None:
             raise ValueError(f"{name}: noise_std is required: the standard deviation (ns) of the Gaussian "
                              "likelihood, a positive number or an array of one per datum; got None")
@@ -341,7 +379,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             n_burnin=int(self.n_burnin), n_samples=int(self.n_samples), thin=int(self.thin),
             step_size=float(self.step_size or INITIAL_STEP[self.method]),
             target_acceptance=float(self.target_acceptance or TARGET_ACCEPTANCE[self.method]),
-            adapt_preconditioner=bool(self.adapt_preconditioner), uniform=uniform)
+            adapt_preconditioner=bool(self.adapt_preconditioner), uniform=uniform,
+            preconditioner=self._preconditioner(kernel))
         # the result keeps 2 per-iteration histories (data RMSE, chi-square) of every iteration
         self._check_batch_fits(problem, S, cfg.n_iterations, lambda n: (
             f"Sample at most {n} surveys per call, or lower n_chains." if n >= 1
@@ -362,6 +401,12 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         _warn_if_chains_disagree(result, type(self).__name__)
         return result
 
+    def _preconditioner(self, kernel):
+        """The preconditioner's fit, ``"auto"`` resolved (Gauss-Newton for the gradient methods)."""
+        if self.preconditioner != "auto":
+            return self.preconditioner
+        return "gauss-newton" if kernel.needs_gradient else "empirical"
+
     def _result(self, history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d, per_iteration):
         def per_survey(t):
             return t.cpu().numpy().astype(np.float64).reshape(S, K, *t.shape[1:])
@@ -378,7 +423,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
                          for k, v in self.get_params(deep=False).items()
                          if k not in ("prior", "operator", "slowness_map")}, seed=seed,
                         n_iterations=cfg.n_iterations, step_size=cfg.step_size,
-                        target_acceptance=cfg.target_acceptance, device=str(self.device_),
+                        target_acceptance=cfg.target_acceptance, preconditioner_fit=cfg.preconditioner,
+                        device=str(self.device_),
                         latent_boundary="transformed (erf)" if cfg.uniform else None)
         return PosteriorResult(
             samples=samples, model_samples=model_samples, mean=mean,
@@ -388,7 +434,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             data_rmse_history=histories[0], chi2_history=histories[1],
             map_model=per_survey(history.best_x)[np.arange(S), best].reshape(S, n_cells),
             map_latent=per_survey(history.best_z)[np.arange(S), best],
-            n_burnin=cfg.n_burnin, thin=cfg.thin, n_forward=S * K * (cfg.n_iterations * per_iteration + 1),
+            n_burnin=cfg.n_burnin, thin=cfg.thin,
+            n_forward=S * K * (cfg.n_iterations * per_iteration + 1 + d * cfg.gauss_newton_fits),
             elapsed_s=elapsed, method=self.method, settings=settings)
 
     def _model_samples(self, samples, S, K):
