@@ -173,6 +173,30 @@ def test_the_gauss_newton_fit_is_the_posterior_covariance_of_a_linear_problem(un
     assert torch.equal(pre.chol, torch.tril(pre.chol))        # lower triangular, as solve() takes it
 
 
+def test_the_jacobian_through_a_nonlinear_operator_is_its_finite_differences():
+    """A shortest-path operator's backward applies G^T but cannot be differentiated again: the Jacobian is
+    G(s) D from the operator's own Jacobians; against central differences of its traveltimes."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent / "golden"))
+    import cases
+    from latentinv.inversion.mcmc import likelihood_jacobian
+    op, gen = cases._graph(), cases._generator()
+    y = cases._data(op, n=1)
+    sampler = LatentSampler(gen, op, n_chains=2, noise_std=0.1, method="mala", device="cpu").fit(y)
+    problem = sampler._problem(y, np.full(y.shape[1], 0.1), allow_pending=False, nonlinear_gradient="exact")
+    u = torch.tensor(np.random.default_rng(7).normal(0, 1, (2, cases.D)), dtype=torch.float32)
+    J = likelihood_jacobian(problem, u, False, max_rows=2 * cases.D).double().numpy()     # both rows in one pass
+    np.testing.assert_allclose(likelihood_jacobian(problem, u, False, max_rows=cases.D).double().numpy(), J,
+                               rtol=1e-6, atol=1e-9)                                       # a row per pass
+
+    def traveltimes(z):
+        return op.response(problem.slowness_map(torch.tensor(gen.decode(z[None]))).numpy())[0]
+    h = 1e-3
+    for r in range(2):
+        z = u[r].double().numpy()
+        fd = np.stack([(traveltimes(z + h * e) - traveltimes(z - h * e)) / (2 * h) for e in np.eye(cases.D)], 1)
+        np.testing.assert_allclose(J[r], fd, rtol=0.02, atol=0.02 * np.abs(fd).max())
+
+
 @pytest.mark.parametrize("n_burnin, adapt, fits", [(0, True, 1), (60, True, 2), (60, False, 0)])
 def test_gauss_newton_fits_are_counted_as_forward_runs(n_burnin, adapt, fits, monkeypatch):
     """One fit before the first iteration and one per refit (a burn-in of 60 refits once, after 25

@@ -115,30 +115,43 @@ def evaluate(problem, u, *, uniform, gradient):
 
 
 def likelihood_jacobian(problem, u, uniform, max_rows=None):
-    """The Jacobian ``d t / d u`` (R, n_data, d) of the full data at whitened latents ``u`` (R, d).
+    """The Jacobian ``d t / d u`` (R, n_data, d) of the full data at whitened latents ``u`` (R, d):
+    ``J = G(s) D`` with ``D = d s / d u`` the slowness's Jacobian and ``G(s)`` the operator's.
 
-    Each of ``u``'s rows is repeated once per latent direction and the directional derivatives
-    ``J e_k`` come from a double backward (the gradient ``J^T v`` of a dummy ``v``, differentiated in
-    ``v``): the decoder's custom functions have differentiable backwards, where forward-mode
-    differentiation would need a rule of its own for each. ``max_rows``: rows per pass (each pass
-    decodes ``max_rows`` latents and keeps a double-backward graph); None: ``max(d, R // 2)``, so that
-    a pass holds about what the chains' own batch does."""
+    ``D``: each of ``u``'s rows is repeated once per latent direction and the directional derivatives
+    ``D e_k`` come from a double backward through the decoder and the slowness map (the gradient
+    ``D^T v`` of a dummy ``v``, differentiated in ``v``): the decoder's custom functions have
+    differentiable backwards, where forward-mode differentiation would need a rule of its own for
+    each. ``G``: a linear operator's kernel on the device, or a nonlinear operator's Jacobians at the
+    rows' slowness, from its engine on the host (its backward applies ``G^T`` but cannot be
+    differentiated again). ``max_rows``: rows per pass (each pass decodes ``max_rows`` latents and keeps
+    a double-backward graph); None: ``max(d, R // 2)``, so that a pass holds about what the chains'
+    own batch does."""
     R, d = u.shape
     max_rows = max(d, R // 2) if max_rows is None else max(d, int(max_rows))
     per_pass = max(1, max_rows // d)
     eye = torch.eye(d, dtype=u.dtype, device=u.device)
+    kernel = getattr(problem.traveltimes, "matrix", None)        # a linear operator's G (CSR, on the device)
     blocks = []
     for start in range(0, R, per_pass):
         rows = u[start:start + per_pass].detach()
         n = rows.shape[0]
         with torch.enable_grad():
             uu = rows.repeat_interleave(d, 0).requires_grad_(True)
-            x, s = problem.decode(to_latent(uu, uniform))
-            t, _ = problem.traveltimes(x, s, problem.all_rays(n * d))
-            v = torch.zeros_like(t, requires_grad=True)
-            (g,) = torch.autograd.grad(t, uu, v, create_graph=True)
-            (directional,) = torch.autograd.grad(g, v, eye.repeat(n, 1))      # row (r, k): J_r e_k
-        blocks.append(directional.detach().reshape(n, d, -1).transpose(1, 2))
+            _, s = problem.decode(to_latent(uu, uniform))
+            v = torch.zeros_like(s, requires_grad=True)
+            (g,) = torch.autograd.grad(s, uu, v, create_graph=True)
+            (directional,) = torch.autograd.grad(g, v, eye.repeat(n, 1))      # row (r, k): D_r e_k
+        D = directional.detach().reshape(n, d, -1)                            # (n, d, n_cells)
+        if kernel is not None:
+            flat = D.reshape(n * d, -1).T.contiguous()                        # (n_cells, n * d)
+            blocks.append((kernel @ flat).T.reshape(n, d, -1).transpose(1, 2))
+        else:
+            slowness = s.detach()[::d].to("cpu", torch.float64).numpy()       # each row's own slowness
+            _, jacobians = problem.operator.response_and_jacobian(slowness)
+            D64 = D.to("cpu", torch.float64).numpy()
+            J = np.stack([jac @ D64[r].T for r, jac in enumerate(jacobians)])    # (n, n_data, d)
+            blocks.append(torch.as_tensor(J, dtype=u.dtype, device=u.device))
     return torch.cat(blocks)
 
 
