@@ -173,6 +173,27 @@ def test_the_gauss_newton_fit_is_the_posterior_covariance_of_a_linear_problem(un
     assert torch.equal(pre.chol, torch.tril(pre.chol))        # lower triangular, as solve() takes it
 
 
+def test_chains_without_a_finite_jacobian_are_left_out_of_the_fit(monkeypatch):
+    import latentinv.inversion.mcmc as mcmc
+    sigma, d = 0.1, 3
+    op, gen, M, c, y = _linear_problem(d=d, sigma=sigma)
+    sampler = _sampler(gen, op, noise_std=sigma, n_chains=3).fit(y[None])
+    problem = sampler._problem(y[None], np.full(len(y), sigma), allow_pending=False, nonlinear_gradient="exact")
+    u = torch.tensor(np.random.default_rng(8).normal(0, 1, (3, d)), dtype=torch.float32)
+    J = mcmc.likelihood_jacobian(problem, u, False)
+    broken = J.clone()
+    broken[1, 4, 2] = float("nan")
+    monkeypatch.setattr(mcmc, "likelihood_jacobian", lambda *a, **k: broken)
+    pre = Preconditioner(3, d, "cpu", torch.float32)
+    pre.fit_gauss_newton(problem, u, False, 3)
+    Jd = J.double().numpy()
+    H = (Jd[0].T @ Jd[0] + Jd[2].T @ Jd[2]) / 2 / sigma**2 + np.eye(d)       # chains 0 and 2 only
+    np.testing.assert_allclose((pre.chol[0] @ pre.chol[0].T).double().numpy(), np.linalg.inv(H), rtol=1e-5)
+    broken[:] = float("inf")
+    with pytest.raises(ValueError, match=r"not finite at any chain of surveys \[0\].*preconditioner='empirical'"):
+        pre.fit_gauss_newton(problem, u, False, 3)
+
+
 def test_the_jacobian_through_a_nonlinear_operator_is_its_finite_differences():
     """A shortest-path operator's backward applies G^T but cannot be differentiated again: the Jacobian is
     G(s) D from the operator's own Jacobians; against central differences of its traveltimes."""
@@ -722,6 +743,8 @@ def test_chains_no_better_than_a_homogeneous_medium_warn():
     (dict(adapt_preconditioner="yes"), "adapt_preconditioner must be True or False, got 'yes'"),
     (dict(preconditioner="newton"), "preconditioner must be 'auto', 'empirical' or 'gauss-newton', got 'newton'"),
     (dict(preconditioner="gauss-newton", method="pcn"), "preconditioner='gauss-newton' cannot serve method='pcn'"),
+    (dict(preconditioner="gauss-newton", method="mala", adapt_preconditioner=False),
+     "preconditioner='gauss-newton' needs adapt_preconditioner=True"),
     (dict(noise_std=-1.0), "noise_std must be a positive number"),
     (dict(initial_latents=np.zeros((2, 3))), "initial_latents must have shape (n_chains, n_components) = (4, 3)"),
 ])

@@ -193,7 +193,16 @@ class Preconditioner:
         w = (torch.ones_like(y) if w is None else w).to(torch.float64)
         scale = 0.5 if problem.paper_gradient else 1.0      # data_loss's factor: phi = scale / 2 sum w r**2
         H = scale * (J.transpose(1, 2) @ (w[:, :, None] * J))
-        H = H.reshape(R // n_chains, n_chains, d, d).mean(1) + torch.eye(d, dtype=torch.float64, device=u.device)
+        # the mean over a survey's chains whose Jacobian is finite (a chain at a point where the slowness
+        # map or the decoder is not differentiable says nothing about the others' curvature)
+        finite = torch.isfinite(H).all(2).all(1).reshape(R // n_chains, n_chains)
+        if not bool(finite.any(1).all()):
+            bad = torch.nonzero(~finite.any(1)).flatten().tolist()
+            raise ValueError(f"the Jacobian of the traveltimes to the latents is not finite at any chain of "
+                             f"surveys {bad}: the Gauss-Newton preconditioner cannot be fitted there; use "
+                             f"preconditioner='empirical'")
+        H = torch.where(finite.reshape(R, 1, 1), H, 0.0).reshape(R // n_chains, n_chains, d, d).sum(1)
+        H = H / finite.sum(1)[:, None, None] + torch.eye(d, dtype=torch.float64, device=u.device)
         covariance = torch.cholesky_inverse(torch.linalg.cholesky(H))         # H^{-1}, in float64
         chol = torch.linalg.cholesky(0.5 * (covariance + covariance.transpose(1, 2)))
         self.chol = chol.repeat_interleave(n_chains, 0).to(self.chol.dtype)
