@@ -173,6 +173,29 @@ def test_the_gauss_newton_fit_is_the_posterior_covariance_of_a_linear_problem(un
     assert torch.equal(pre.chol, torch.tril(pre.chol))        # lower triangular, as solve() takes it
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_gauss_newton_fit_and_a_run_on_cuda():
+    """On CUDA: the fit equals the CPU's (float32 rounding: the kernel's sparse product, the decoder's
+    double backward), and an HMC run that fits it samples the closed-form posterior."""
+    sigma, d = 0.1, 3
+    op, gen, M, c, y = _linear_problem(d=d, sigma=sigma)
+    u = torch.tensor(np.random.default_rng(9).normal(0, 1, (4, d)), dtype=torch.float32)
+    chols = []
+    for device in ("cpu", "cuda"):
+        gen.module.to(device)
+        sampler = _sampler(gen, op, noise_std=sigma, n_chains=4, device=device).fit(y[None])
+        problem = sampler._problem(y[None], np.full(len(y), sigma), allow_pending=False, nonlinear_gradient="exact")
+        pre = Preconditioner(4, d, device, torch.float32)
+        pre.fit_gauss_newton(problem, u.to(device), False, 4)
+        chols.append(pre.chol.cpu())
+    torch.testing.assert_close(chols[1], chols[0], rtol=1e-5, atol=1e-6)
+    mu, cov = _gaussian_posterior(M, c, y, sigma)
+    result = _sampler(gen, op, noise_std=sigma, device="cuda", **_method_params("hmc")).fit(y[None]).sample(y[None])
+    gen.module.to("cpu")
+    _assert_moments(result, mu, cov)
+    assert result.settings["preconditioner_fit"] == "gauss-newton"
+
+
 def test_chains_without_a_finite_jacobian_are_left_out_of_the_fit(monkeypatch):
     import latentinv.inversion.mcmc as mcmc
     sigma, d = 0.1, 3
