@@ -27,7 +27,7 @@ CUTS = {
          "n_starts=4, n_epochs=2, random_state=0,\n                         tol=")],
     3: [],                # constructs only: the device is checked by fit
     4: [('Client("tcp://scheduler:8786")', "Client(processes=False, n_workers=1, dashboard_address=None)")],
-    5: [("n_burnin=300,\n                        n_samples=598",
+    5: [("n_burnin=300,\n                        n_samples=583",
          "n_burnin=5,\n                        n_samples=5")],
     6: [('SGANPrior(image_shape=(129, 65), device="cuda", random_state=0)',
          "SGANPrior(image_shape=(129, 65), device='cpu', n_filters=4, batch_size=2, n_iterations=1, "
