@@ -36,7 +36,7 @@ Usage::
 
     PYTHONPATH=src python benchmarks/bench_sampling.py [--rows mc2 mc2-model-error generated]
         [--prior PATH | --pretrained channels_ti|procedural] [--method pcn|mala|rwm|de|de-mala|hmc]
-        [--jump-probability 0.1] [--n-leapfrog 10] [--chains 16]
+        [--jump-probability 0.1] [--n-leapfrog 10] [--preconditioner auto|empirical|gauss-newton] [--chains 16]
         [--burnin 1000] [--samples 1000] [--thin 1]
         [--sgd-starts 8] [--sgd-epochs 20] [--start accepted|sgd|best] [--threads 2] [--quick]
         [--out bench-sampling]
@@ -78,6 +78,8 @@ def parse_args(argv):
     p.add_argument("--generated-seed", type=int, default=1)
     p.add_argument("--method", choices=["pcn", "mala", "rwm", "de", "de-mala", "hmc"], default="pcn")
     p.add_argument("--n-leapfrog", type=int, default=10, help="hmc: leapfrog steps per proposal")
+    p.add_argument("--preconditioner", choices=["auto", "empirical", "gauss-newton"], default="auto",
+                   help="LatentSampler's preconditioner (auto: gauss-newton for the gradient methods)")
     p.add_argument("--jump-probability", type=float, default=0.1,
                    help="de, de-mala: probability of a gamma = 1 jump")
     p.add_argument("--chains", type=int, default=16)
@@ -141,6 +143,7 @@ def main(argv=None):
     truths = {"mc2": np.load(folder / "mc2.npy").reshape(-1).astype(np.float64),
               "generated": prior.sample(1, random_state=a.generated_seed)[0].astype(np.float64)}
     record = dict(prior=prior_name, method=a.method, jump_probability=a.jump_probability, n_leapfrog=a.n_leapfrog,
+                  preconditioner=a.preconditioner,
                   n_chains=a.chains, n_burnin=a.burnin,
                   n_samples=a.samples, thin=a.thin, start=a.start, argv=sys.argv[1:], rows=[],
                   machine_at_start=machine())
@@ -165,7 +168,7 @@ def main(argv=None):
         res, t_sgd, f_sgd, c_sgd = sgd_cache[name]
         z0, n_seeds = starting_latents(res, a.chains, a.start, threshold)
         sampler = LatentSampler(prior, op, method=a.method, jump_probability=a.jump_probability,
-                                n_leapfrog=a.n_leapfrog,
+                                n_leapfrog=a.n_leapfrog, preconditioner=a.preconditioner,
                                 n_chains=a.chains, n_burnin=a.burnin,
                                 n_samples=a.samples, thin=a.thin, initial_latents=z0, noise_std=sigma,
                                 random_state=a.seed, device="cpu").fit(y)
