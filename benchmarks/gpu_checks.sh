@@ -96,6 +96,10 @@ pack() { ( $LOCK 9; tar -C "$RESULTS" -cf "$OUT/results.tar.part" . && mv "$OUT/
 export PYTHONUNBUFFERED=1
 DEV=cuda; [ "$DRY" = 1 ] && DEV=cpu
 
+if want prior && want sgan; then      # 9 files: the device tool returns 8, so a part of one would be lost
+  echo "gpu_checks.sh: the prior and sgan steps return 9 files together (at most 8 come back): run them in separate calls" >&2
+  exit 2
+fi
 log "machine: $(nproc) CPUs; $(nvidia-smi -L 2>/dev/null | head -1); steps: $STEPS; deadline $DEADLINE s"
 $PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   2>&1 | tee -a "$OUT/log.txt"

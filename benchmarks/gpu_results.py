@@ -245,11 +245,12 @@ def unpack_sgan(files_at, into):
             for part in parts:
                 out.write(part.read_bytes())
         _extract(archive, Path(tmp) / "x")
+        # checked where it was unpacked (checksums): a damaged archive never replaces a good SGAN
+        prior = SGANPrior.load(Path(tmp) / "x" / "li_sgan", device="cpu")
         if into.exists():
             shutil.rmtree(into)
         into.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(Path(tmp) / "x" / "li_sgan"), str(into))
-    prior = SGANPrior.load(into, device="cpu")      # raises on a damaged archive (checksums)
     return dict(folder=str(into), parts=len(parts), n_iterations=prior.n_iterations,
                 n_filters=prior.n_filters, image_shape=list(prior.image_shape_))
 
@@ -275,8 +276,9 @@ def main(argv=None):
     copied, summary = [], {}
     if a.ship_prior:      # first: a prior it refuses leaves the repository untouched
         summary.update(ship_prior(files_at, root, copied, a.history_every, a.even_if_worse))
-    summary = {**records(files_at, a.card, root, copied), **summary}
+    # the SGAN before the records: a damaged one (an error) leaves the repository untouched
     sgan = unpack_sgan(files_at, a.sgan_out or root / ".gpu_data" / f"sgan_{a.card}")
+    summary = {**records(files_at, a.card, root, copied), **summary}
     if sgan is not None:
         summary["trained SGAN"] = sgan
     for path in copied:

@@ -260,7 +260,22 @@ def test_the_trained_sgan_is_put_together_from_its_parts_and_checked(tmp_path, c
     np.testing.assert_array_equal(loaded.decode(z), sgan.decode(z))        # the same generator, bit for bit
     assert (root / "docs" / "bench_prior_sgan_h200.json").is_file()
     assert (root / "docs" / "reproduction_h200_sgan" / "reproduction.md").read_text() == "# SGAN cases\n"
-    # a part lost on the way: the archive does not open, or its checksums do not match; never a silent prior
+    # a part lost on the way: the archive does not open, or its checksums do not match; never a silent prior,
+    # and the SGAN already there is kept
     (at / "sgan.tgz.part-01").unlink()
     with pytest.raises(Exception):
         gpu_results.main([str(at), "--card", "h200", "--root", str(root)])
+    np.testing.assert_array_equal(SGANPrior.load(out, device="cpu").decode(z), sgan.decode(z))
+    # an archive that opens but whose weights were altered: refused by the checksums, the SGAN kept
+    other = tmp_path / "altered"
+    other.mkdir()
+    (other / "li_sgan").mkdir()
+    for f in (tmp_path / "li_sgan").iterdir():
+        data = f.read_bytes()
+        (other / "li_sgan" / f.name).write_bytes(data[:-8] + bytes(8) if f.name.endswith(".safetensors") else data)
+    for part in at.glob("sgan.tgz.part-*"):
+        part.unlink()
+    _sgan_parts(at, other / "li_sgan", part_bytes=10**6)
+    with pytest.raises(Exception, match="(?i)checksum|sha"):
+        gpu_results.main([str(at), "--card", "h200", "--root", str(root)])
+    np.testing.assert_array_equal(SGANPrior.load(out, device="cpu").decode(z), sgan.decode(z))

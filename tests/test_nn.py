@@ -382,6 +382,12 @@ def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last,
     real_fold = vae_module._OneChannelConvTransposeFunction.apply
     monkeypatch.setattr(vae_module._OneChannelConvTransposeFunction, "apply",
                         lambda *a: folds.append(a[0].device.type) or real_fold(*a))
+    layouts = []          # each transposed convolution's input: NHWC with channels_last (after instance norms too)
+    real_conv = torch.nn.functional.conv_transpose2d
+    monkeypatch.setattr(torch.nn.functional, "conv_transpose2d",
+                        lambda x, *a, **k: layouts.append(x.is_contiguous(memory_format=torch.channels_last)
+                                                          and (x.shape[1] == 1 or not x.is_contiguous()))
+                        or real_conv(x, *a, **k))
     exact = copy.deepcopy(plain).double()
     z = torch.randn(7, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(device)
     g = torch.randn(7, exact.n_cells, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(device)
@@ -400,6 +406,8 @@ def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last,
         assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last)]
         # the layout path ran, with its last layer folded (on the CPU, the NCHW layer folds itself)
         assert folds == ([device] if fold_last or (device == "cpu" and not channels_last) else [])
+        if channels_last:
+            assert layouts == [True] * (3 if fold_last else 4)
         want = derivatives(exact, torch.float64)
     for a, b in zip(got, want):                   # float32 round-off against the modules in float64
         assert float((a - b).abs().max()) <= 2e-6 * float(b.abs().max())
@@ -411,11 +419,16 @@ def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last,
 
 
 @pytest.mark.parametrize("channels_last,group_norm,fold_last", LAYOUTS)
-def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold_last):
+def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold_last, monkeypatch):
+    import latentinv.nn.vae as vae_module
+    calls = []
+    real = vae_module._frozen_deconv
+    monkeypatch.setattr(vae_module, "_frozen_deconv", lambda *a, **k: calls.append(k) or real(*a, **k))
     switched, plain = _layout_pair(channels_last, group_norm, fold_last=fold_last)
     z = torch.randn(5, 6, generator=torch.Generator().manual_seed(7))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         xs, xp = switched(z), plain(z)
+    assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last)]   # the layout path
     assert float((xs.float() - xp.float()).abs().max()) < 3e-2           # bfloat16 round-off
     assert float((xs.float() - plain(z)).abs().max()) < 3e-2
 

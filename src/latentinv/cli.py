@@ -1111,7 +1111,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
               show_default=True,
               help="How the proposals' covariance adapts in the burn-in: to the draws (empirical) or to the "
                    "posterior's Gauss-Newton approximation at the chains' points (gauss-newton: n_components "
-                   "forward runs per chain and fit; not with pcn); auto: gauss-newton for mala, de-mala and "
+                   "forward runs per chain and fit; not with pcn or de); auto: gauss-newton for mala, de-mala and "
                    "hmc, empirical for the others.")
 @click.option("--chains", type=click.IntRange(1), default=8, show_default=True, help="Chains per survey.")
 @click.option("--burnin", type=click.IntRange(0), default=500, show_default=True,

@@ -109,7 +109,8 @@ class PosteriorResult:
     n_forward : int
         Forward runs (decoder plus operator: one per chain and proposal, ``n_leapfrog`` for HMC, one
         for the initial point, and ``n_components`` per chain for each Gauss-Newton fit of the
-        preconditioner) of the whole run.
+        preconditioner, whose decoder rows are differentiated twice and whose nonlinear operator, if
+        any, runs once per chain with its Jacobian) of the whole run.
     elapsed_s : float
         Wall time of the sampling (s).
     method : str

@@ -195,11 +195,13 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         ``"gauss-newton"``: to the inverse of the potential's Gauss-Newton Hessian ``J^T W J + I``
         at the chains' current points (``J``: the traveltimes' Jacobian to the latents; ``W``: ``1 /
         noise_std**2``), averaged over a survey's chains, also before the first iteration; each fit
-        costs ``n_components`` forward runs per chain (counted). The local posterior covariance near a
-        mode, it whitens a long, narrow mode from the start where the early draws' covariance does not:
-        on the paper's mc2, HMC's steps grew threefold and its smallest bulk ESS 3.7 to 10.9 times
-        (docs/benchmarks/sampling.md). Chains whose Jacobian is not finite are left out of the mean (a
-        ValueError where no chain of a survey has one). Not for ``"pcn"``, whose reference Gaussian needs a mean.
+        is counted as ``n_components`` forward runs per chain (decoder rows differentiated twice; a
+        nonlinear operator's engine runs once per chain, with its Jacobian). The local posterior
+        covariance near a mode, it whitens a long, narrow mode from the start where the early draws'
+        covariance does not: on the paper's mc2, HMC's steps grew threefold and its smallest bulk ESS
+        3.4 to 10.6 times (docs/benchmarks/sampling.md). Chains whose Jacobian is not finite are left
+        out of the mean (a ValueError where no chain of a survey has one). Not for ``"pcn"``, whose
+        reference Gaussian needs a mean, nor ``"de"``, whose moves use no covariance.
         ``"auto"``: ``"gauss-newton"`` for the gradient methods (``"mala"``, ``"de-mala"``,
         ``"hmc"``), ``"empirical"`` for the others.
     initial_latents : array-like of shape (n_chains, n_components), default=None
@@ -292,9 +294,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         if self.preconditioner == "gauss-newton" and not self.adapt_preconditioner:
             raise ValueError(f"{name}: preconditioner='gauss-newton' needs adapt_preconditioner=True (False keeps "
                              "the prior N(0, I) throughout)")
-        if self.preconditioner == "gauss-newton" and self.method == "pcn":
-            raise ValueError(f"{name}: preconditioner='gauss-newton' cannot serve method='pcn' (its reference "
-                             "Gaussian needs a mean, which the Gauss-Newton fit does not give); use 'empirical'")
+        if self.preconditioner == "gauss-newton" and self.method in ("pcn", "de"):
+            why = ("its reference Gaussian needs a mean, which the Gauss-Newton fit does not give" if self.method == "pcn"
+                   else "its difference moves do not use a covariance")
+            raise ValueError(f"{name}: preconditioner='gauss-newton' cannot serve method={self.method!r} ({why}); "
+                             "use 'empirical'")
         if self.noise_std is None:
             raise ValueError(f"{name}: noise_std is required: the standard deviation (ns) of the Gaussian "
                              "likelihood, a positive number or an array of one per datum; got None")
@@ -427,7 +431,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
                          for k, v in self.get_params(deep=False).items()
                          if k not in ("prior", "operator", "slowness_map")}, seed=seed,
                         n_iterations=cfg.n_iterations, step_size=cfg.step_size,
-                        target_acceptance=cfg.target_acceptance, preconditioner_fit=cfg.preconditioner,
+                        target_acceptance=cfg.target_acceptance,
+                        preconditioner_fit=cfg.preconditioner if cfg.adapt_preconditioner else "none",
                         device=str(self.device_),
                         latent_boundary="transformed (erf)" if cfg.uniform else None)
         return PosteriorResult(

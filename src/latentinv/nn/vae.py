@@ -254,10 +254,7 @@ class _ConvTranspose2dToOneChannel(nn.ConvTranspose2d):
     def forward(self, x, output_size=None):
         low = (x.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
                and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-        fast = (output_size is None and self.bias is None and self.out_channels == 1 and self.groups == 1
-                and self.dilation == (1, 1) and x.dim() == 4 and x.device.type == "cpu"
-                and (x.dtype == torch.float32 or low) and self.weight.dtype == torch.float32
-                and self.padding_mode == "zeros"
+        fast = (output_size is None and x.device.type == "cpu" and _foldable(self, x, low)
                 and not (torch.is_grad_enabled() and self.weight.requires_grad))
         if not fast:
             return super().forward(x, output_size)
@@ -429,9 +426,10 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
                    channels_last: bool = False, fold_last: bool = False) -> torch.Tensor:
     """``layers(h)`` for frozen layers. ``group_norm``: each (instance norm, ReLU) pair as group norm
     (one group per channel) and an in-place ReLU; group norm's backward needs its input and
-    statistics, not its output, so the ReLU may overwrite that output. ``channels_last``: the maps
-    channels-last and each transposed convolution with a channels-last copy of its weight, cached on
-    the layer (under bfloat16 autocast, a bfloat16 copy: no cast at each call). ``fold_last``: the
+    statistics, not its output, so the ReLU may overwrite that output. ``channels_last``: each
+    transposed convolution on a channels-last map (an instance norm, which returns NCHW, costs a copy
+    back; group norm keeps the layout) with a channels-last copy of its weight, cached on the layer
+    (under bfloat16 autocast, a bfloat16 copy: no cast at each call). ``fold_last``: the
     transposed convolution to one channel through :class:`_OneChannelConvTransposeFunction` on any
     device (under bfloat16 autocast, its product in bfloat16 and its sum in float32). Other modules
     as they are."""
@@ -454,6 +452,7 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
                                                        mod.weight, mod.stride, mod.padding, mod.output_padding,
                                                        low)
         elif channels_last and isinstance(mod, nn.ConvTranspose2d) and mod.padding_mode == "zeros":
+            h = h.contiguous(memory_format=torch.channels_last)     # an instance norm returns NCHW: made NHWC again
             h = nn.functional.conv_transpose2d(h, native.channels_last_weight(mod, weight_dtype), mod.bias,
                                                mod.stride, mod.padding, mod.output_padding, mod.groups,
                                                mod.dilation)
