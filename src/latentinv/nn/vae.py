@@ -436,9 +436,7 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
     mods = list(layers)
     device = h.device.type
     low = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
-    if channels_last:
-        h = h.contiguous(memory_format=torch.channels_last)
-        weight_dtype = torch.bfloat16 if low else h.dtype
+    weight_dtype = torch.bfloat16 if low else h.dtype      # of the channels-last weights' cached copies
     i = 0
     while i < len(mods):
         mod = mods[i]
@@ -452,7 +450,7 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
                                                        mod.weight, mod.stride, mod.padding, mod.output_padding,
                                                        low)
         elif channels_last and isinstance(mod, nn.ConvTranspose2d) and mod.padding_mode == "zeros":
-            h = h.contiguous(memory_format=torch.channels_last)     # an instance norm returns NCHW: made NHWC again
+            h = h.contiguous(memory_format=torch.channels_last)     # no copy where it is NHWC already
             h = nn.functional.conv_transpose2d(h, native.channels_last_weight(mod, weight_dtype), mod.bias,
                                                mod.stride, mod.padding, mod.output_padding, mod.groups,
                                                mod.dilation)
