@@ -1,4 +1,4 @@
-"""Resumable training (``VAEPrior.fit(..., checkpoint=...)``, ``latentinv._checkpoint``): a training
+"""Resumable training (``VAEPrior.fit`` and ``SGANPrior.fit(..., checkpoint=...)``, ``latentinv._checkpoint``): a training
 stopped at any iteration and run again ends with the same network, to the bit, as one uninterrupted
 run; damaged checkpoints and checkpoints of another training are clear errors."""
 import os
@@ -10,9 +10,11 @@ import torch
 import latentinv._checkpoint as ckpt
 import latentinv._training_step as step_module
 import latentinv.prior as prior_module
+import latentinv.sgan as sgan_module
 from latentinv._common import ModelFileError
 from latentinv.datasets import PatchSampler, make_straight_channels
 from latentinv.prior import VAEPrior
+from latentinv.sgan import SGANPrior
 
 KW = dict(n_components=2, channels=(4, 8, 8, 8), hidden_size=16, batch_size=16, n_iterations=11,
           random_state=0, device="cpu")
@@ -149,3 +151,82 @@ def test_data_digest_tells_data_apart():
     assert ckpt.data_digest(sampler=a) != ckpt.data_digest(sampler=PatchSampler(image, (8, 8), exclude=[(0, 0, 4, 4)]))
     assert ckpt.data_digest(sampler=a) != ckpt.data_digest(sampler=PatchSampler(image, (8, 9)))
     assert ckpt.data_digest(sampler=a) == ckpt.data_digest(sampler=PatchSampler(image.copy(), (8, 8)))
+
+
+# ---------------------------------------------------------------------- SGANPrior: two networks, two optimizers
+SGAN_KW = dict(n_filters=4, n_layers=3, dilations=(2, 3), batch_size=4, n_iterations=5, random_state=0,
+               device="cpu")
+
+
+def _sgan_data(kind):
+    """The SGAN's two data paths: crops of a sampler (the paper's) or the samples themselves."""
+    if kind == "array":
+        return make_straight_channels(12, shape=(33, 17), random_state=0), dict(training_latent_shape=None)
+    image = make_straight_channels(1, shape=(80, 60), random_state=1)[0]
+    return PatchSampler(image, (33, 17), exclude=[(0, 0, 33, 17)]), dict(training_latent_shape=(5, 5))
+
+
+def _same_sgan(a, b):
+    for (key, x), y in zip(a.generator_.state_dict().items(), b.generator_.state_dict().values()):
+        assert torch.equal(x, y), key
+    assert a.history_ == b.history_
+
+
+@pytest.mark.parametrize("kind", ["array", "patches"])
+def test_a_stopped_sgan_training_resumes_to_the_same_generator(kind, tmp_path, monkeypatch):
+    X, kw = _sgan_data(kind)
+    whole = SGANPrior(**SGAN_KW, **kw).fit(X)
+    real, calls = sgan_module.adversarial_losses, []
+
+    def failing(*args):         # two calls per iteration: stop inside iteration 4 (0-based 3)
+        calls.append(1)
+        if len(calls) == 8:
+            raise Stop
+        return real(*args)
+
+    monkeypatch.setattr(sgan_module, "adversarial_losses", failing)
+    with pytest.raises(Stop):
+        SGANPrior(**SGAN_KW, **kw).fit(X, checkpoint=tmp_path, checkpoint_every=2)
+    monkeypatch.setattr(sgan_module, "adversarial_losses", real)
+    assert open(tmp_path / "LATEST").read() == "step-000000002"
+    resumed = SGANPrior(**SGAN_KW, **kw).fit(X, checkpoint=tmp_path, checkpoint_every=2)
+    _same_sgan(whole, resumed)
+    # the discriminator and both optimizers were restored too: a longer run continues as one run would
+    longer = SGANPrior(**dict(SGAN_KW, n_iterations=8), **kw).fit(X, checkpoint=tmp_path)
+    _same_sgan(SGANPrior(**dict(SGAN_KW, n_iterations=8), **kw).fit(X), longer)
+
+
+def test_sgan_training_in_parts_equals_one_run(tmp_path):
+    """How benchmarks train within a deadline: fits of growing n_iterations on one checkpoint."""
+    X, kw = _sgan_data("patches")
+    for n in (1, 3, 4, 7):
+        parts = SGANPrior(**dict(SGAN_KW, n_iterations=n), **kw).fit(X, checkpoint=tmp_path, checkpoint_every=50)
+    assert open(tmp_path / "LATEST").read() == "step-000000007"
+    _same_sgan(SGANPrior(**dict(SGAN_KW, n_iterations=7), **kw).fit(X), parts)
+    assert len(parts.history_["generator"]) == 7
+
+
+def test_sgan_checkpoints_of_another_training_are_refused(tmp_path):
+    X, kw = _sgan_data("patches")
+    SGANPrior(**dict(SGAN_KW, n_iterations=2), **kw).fit(X, checkpoint=tmp_path / "sgan")
+    with pytest.raises(ModelFileError, match=r"it differs in learning_rate: checkpoint 0.0005, now 0.001"):
+        SGANPrior(**dict(SGAN_KW, learning_rate=1e-3), **kw).fit(X, checkpoint=tmp_path / "sgan")
+    with pytest.raises(ModelFileError, match="it differs in data_sha256"):
+        SGANPrior(**SGAN_KW, **kw).fit(PatchSampler(X.images[0][::-1], (33, 17), exclude=X.exclude),
+                                       checkpoint=tmp_path / "sgan")
+    with pytest.raises(ValueError, match="is at iteration 2, beyond n_iterations=1"):
+        SGANPrior(**dict(SGAN_KW, n_iterations=1), **kw).fit(X, checkpoint=tmp_path / "sgan")
+    # a VAE's checkpoint is another training, named as such
+    VAEPrior(**dict(KW, n_iterations=1)).fit(_data("array"), checkpoint=tmp_path / "vae")
+    with pytest.raises(ModelFileError, match="estimator: checkpoint null, now \"SGANPrior\""):
+        SGANPrior(**SGAN_KW, **kw).fit(X, checkpoint=tmp_path / "vae")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(checkpoint_every=0), "SGANPrior.fit: checkpoint_every must be an int >= 1; got 0"),
+    (dict(checkpoint=1.5), "SGANPrior.fit: checkpoint must be None or a directory path .* got float"),
+])
+def test_bad_sgan_checkpoint_arguments(kwargs, message):
+    X, kw = _sgan_data("array")
+    with pytest.raises(ValueError, match=message):
+        SGANPrior(**SGAN_KW, **kw).fit(X, **kwargs)

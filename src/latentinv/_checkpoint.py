@@ -21,11 +21,13 @@ import json
 import os
 import shutil
 
+from numbers import Integral
+
 import numpy as np
 import torch
 
-from ._common import (ModelFileError, _atomic_write, _load_safetensors, _parse_config, _read_model_files,
-                      _verify_checksums, _write_tensor_files)
+from ._common import (ModelFileError, _atomic_write, _load_safetensors, _parse_config, _plain_params,
+                      _read_model_files, _verify_checksums, _write_tensor_files)
 
 FORMAT = "latentinv.training-checkpoint"
 VERSION = 1
@@ -50,40 +52,77 @@ def data_digest(X=None, sampler=None):
     return h.hexdigest()
 
 
+def check_arguments(checkpoint, checkpoint_every, owner):
+    """``fit``'s ``checkpoint`` (None or a path) and ``checkpoint_every`` (an int >= 1)."""
+    if not (isinstance(checkpoint_every, Integral) and not isinstance(checkpoint_every, bool)
+            and checkpoint_every >= 1):
+        raise ValueError(f"{owner}: checkpoint_every must be an int >= 1; got {checkpoint_every!r}.")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ValueError(f"{owner}: checkpoint must be None or a directory path (str or path-like); "
+                         f"got {type(checkpoint).__name__}.")
+
+
+def training_fingerprint(owner, device, X=None, sampler=None, **extra):
+    """What a checkpoint of the estimator ``owner``'s training must match (JSON): its settings but
+    ``n_iterations`` (a longer run continues a shorter one), ``device`` (its type instead) and
+    ``verbose``, the data's digest (:func:`data_digest`), and ``extra``."""
+    params = owner.get_params(deep=False)
+    for key in ("n_iterations", "device", "verbose"):
+        params.pop(key, None)
+    for key, value in params.items():
+        if callable(value):
+            params[key] = getattr(value, "__qualname__", repr(value))
+    rs = params.get("random_state")
+    params = _plain_params(params)     # np.int64(7) and 7 are the same training
+    if not isinstance(rs, (Integral, type(None))):
+        params["random_state"] = type(rs).__name__
+    params.update(extra, device_type=device.type, data_sha256=data_digest(X, sampler))
+    return json.loads(json.dumps(params, default=str))
+
+
 class TrainingState:
     """What a training loop carries from one iteration to the next (see :func:`write` and :func:`read`).
 
-    ``module`` and ``optimizer`` are restored in place; ``rng`` is a NumPy ``RandomState``,
-    ``numpy_generator`` a NumPy ``Generator`` or None, ``torch_generator`` a torch ``Generator``;
-    ``order`` (a tensor or None) and ``position`` the loop's place in an epoch of shuffled batches."""
+    ``module`` (one module holding every network the loop trains) and ``optimizer`` (one optimizer, or
+    a sequence of them, as a GAN's two) are restored in place; ``rng`` is a NumPy ``RandomState`` or
+    None, ``numpy_generator`` a NumPy ``Generator`` or None, ``torch_generator`` a torch ``Generator``;
+    ``order`` (a tensor or None) and ``position`` the loop's place in an epoch of shuffled batches;
+    ``history_keys`` name the per-iteration records."""
 
-    def __init__(self, module, optimizer, rng, numpy_generator, torch_generator):
-        self.module, self.optimizer = module, optimizer
+    def __init__(self, module, optimizer, rng, numpy_generator, torch_generator,
+                 history_keys=("reconstruction", "kl", "loss")):
+        self.module = module
+        self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         self.rng, self.numpy_generator, self.torch_generator = rng, numpy_generator, torch_generator
         self.order, self.position = None, 0
-        self.history = {"reconstruction": [], "kl": [], "loss": []}
+        self.history = {k: [] for k in history_keys}
         self.iteration = 0
 
     def _params(self):
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
+        """(optimizer, parameter) of every optimizer's parameters, in a fixed order."""
+        return [(opt, p) for opt in self.optimizers for group in opt.param_groups for p in group["params"]]
 
     def tensors(self):
         out = {f"module/{k}": v for k, v in self.module.state_dict().items()}
-        for i, p in enumerate(self._params()):
-            for key, value in self.optimizer.state.get(p, {}).items():
+        for i, (opt, p) in enumerate(self._params()):
+            for key, value in opt.state.get(p, {}).items():
                 out[f"optimizer/{i}/{key}"] = torch.as_tensor(value)
         out["rng/torch"] = self.torch_generator.get_state()
-        out["rng/mt19937"] = torch.from_numpy(self.rng.get_state()[1].astype(np.int64))
+        if self.rng is not None:
+            out["rng/mt19937"] = torch.from_numpy(self.rng.get_state()[1].astype(np.int64))
         if self.order is not None:
             out["order"] = self.order
         return out
 
     def config(self, fingerprint):
-        _, _, pos, has_gauss, cached = self.rng.get_state()
+        mt19937 = None
+        if self.rng is not None:
+            _, _, pos, has_gauss, cached = self.rng.get_state()
+            mt19937 = {"pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
         return {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint,
                 "iteration": int(self.iteration), "position": int(self.position),
                 "history": {k: [float(v) for v in vals] for k, vals in self.history.items()},
-                "mt19937": {"pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+                "mt19937": mt19937,
                 "numpy_generator": (None if self.numpy_generator is None
                                     else self.numpy_generator.bit_generator.state)}
 
@@ -94,17 +133,17 @@ class TrainingState:
             self.module.load_state_dict(module_state, strict=True)
         except RuntimeError as err:
             raise ModelFileError(f"{source}: its network does not fit this estimator's: {err}") from None
-        # Adam keeps its step count on the host, or with the parameters when capturable (a CUDA graph)
-        step_device = device if self.optimizer.defaults.get("capturable", False) else None
-        for i, p in enumerate(self._params()):
+        for i, (opt, p) in enumerate(self._params()):
+            # Adam keeps its step count on the host, or with the parameters when capturable (a CUDA graph)
+            step_device = device if opt.defaults.get("capturable", False) else None
             state = {k.rsplit("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optimizer/{i}/")}
             if state:
-                self.optimizer.state[p] = {k: v.to(step_device if k == "step" else device)
-                                           for k, v in state.items()}
+                opt.state[p] = {k: v.to(step_device if k == "step" else device) for k, v in state.items()}
         self.torch_generator.set_state(tensors["rng/torch"])
-        mt = config["mt19937"]
-        self.rng.set_state(("MT19937", tensors["rng/mt19937"].numpy().astype(np.uint32), mt["pos"],
-                            mt["has_gauss"], mt["cached_gaussian"]))
+        if self.rng is not None:
+            mt = config["mt19937"]
+            self.rng.set_state(("MT19937", tensors["rng/mt19937"].numpy().astype(np.uint32), mt["pos"],
+                                mt["has_gauss"], mt["cached_gaussian"]))
         if self.numpy_generator is not None:
             self.numpy_generator.bit_generator.state = config["numpy_generator"]
         self.order = tensors["order"].to(device) if "order" in tensors else None

@@ -570,12 +570,7 @@ or PatchSampler
             raise ValueError(f"{name}: precision='bfloat16' needs native bfloat16 arithmetic on {device} "
                              "(AVX512-BF16 or AMX on a CPU, compute capability 8.0 on a GPU), which this "
                              "machine lacks: emulated bfloat16 is slower than float32; use 'float32'.")
-        if not (isinstance(checkpoint_every, Integral) and not isinstance(checkpoint_every, bool)
-                and checkpoint_every >= 1):
-            raise ValueError(f"{name}.fit: checkpoint_every must be an int >= 1; got {checkpoint_every!r}.")
-        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-            raise ValueError(f"{name}.fit: checkpoint must be None or a directory path (str or path-like); "
-                             f"got {type(checkpoint).__name__}.")
+        _checkpoint.check_arguments(checkpoint, checkpoint_every, f"{name}.fit")
         if device.type == "cpu":
             tune_malloc_for_tensors()     # see latentinv._allocator
         rng = check_random_state(self.random_state)
@@ -645,7 +640,7 @@ or PatchSampler
                                           generator)
         fingerprint = None
         if checkpoint is not None:
-            fingerprint = self._training_fingerprint(device, X_train, sampler)
+            fingerprint = _checkpoint.training_fingerprint(self, device, X_train, sampler)
             if _checkpoint.read(checkpoint, state, fingerprint, f"{name}.fit") and \
                     state.iteration > int(self.n_iterations):
                 raise ValueError(f"{name}.fit: the checkpoint in {os.fspath(checkpoint)!r} is at iteration "
@@ -722,21 +717,6 @@ or PatchSampler
         self.beta_per_sample_ = float(self.beta) / (batch * int(self.n_components))
         self._n_features_out = int(self.n_components)
         return self
-
-    def _training_fingerprint(self, device, X_train, sampler):
-        """What a checkpoint of this training must match (JSON): the settings but ``n_iterations``,
-        ``device`` (its type instead) and ``verbose``, and the data's digest."""
-        params = self.get_params(deep=False)
-        for key in ("n_iterations", "device", "verbose"):
-            params.pop(key)
-        if callable(params["architecture"]):
-            params["architecture"] = getattr(params["architecture"], "__qualname__", repr(params["architecture"]))
-        rs = params["random_state"]
-        params = _plain_params(params)     # np.int64(7) and 7 are the same training
-        if not isinstance(rs, (Integral, type(None))):
-            params["random_state"] = type(rs).__name__
-        params.update(device_type=device.type, data_sha256=_checkpoint.data_digest(X_train, sampler))
-        return json.loads(json.dumps(params, default=str))
 
     # ------------------------------------------------------------------ inference
     def _forward_chunks(self, X, fn):

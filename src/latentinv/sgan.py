@@ -29,6 +29,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from . import _checkpoint
 from ._allocator import tune_malloc_for_tensors
 from ._checks import is_int as _is_int
 from ._common import (
@@ -184,9 +185,9 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
 
     Notes
     -----
-    Only the generator is kept after ``fit`` (and saved): training cannot be resumed from a saved
-    prior. Training data with values outside [0, 1] are accepted but cannot be matched by the
-    generator, whose models lie in [0, 1].
+    Only the generator is kept after ``fit`` (and saved): a training is resumed from a checkpoint
+    directory (``fit(X, checkpoint=path)``), not from a saved prior. Training data with values
+    outside [0, 1] are accepted but cannot be matched by the generator, whose models lie in [0, 1].
 
     References
     ----------
@@ -329,7 +330,7 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         images, shape = self._validate_X(X)
         return list(images), None, shape
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, checkpoint=None, checkpoint_every=100):
         """Train the SGAN.
 
         Parameters
@@ -343,6 +344,18 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
             has their number of cells.
         y : None
             Ignored.
+        checkpoint : str or path-like, default=None
+            A directory for a resumable training: every ``checkpoint_every`` iterations and at the
+            end, the whole state of the loop (generator, discriminator, both Adam optimizers'
+            moments, the crops' and latents' random generators, the history) is written there; a
+            ``fit`` with the same settings and data that finds a checkpoint there carries on from
+            it, and ends with the same generator, to the bit, as one uninterrupted run on the same
+            device. A larger ``n_iterations`` continues a finished training (the schedule has no
+            decay, so training in parts of any length equals one run). Files as
+            :meth:`VAEPrior.fit`'s checkpoints: no code executed to read them, verified by SHA-256;
+            a checkpoint of another training is an error that says what differs.
+        checkpoint_every : int, default=100
+            Iterations between checkpoints (one of the published network's is about 100 MB).
 
         Returns
         -------
@@ -353,10 +366,12 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         ValueError
             On invalid parameters, NaN/inf or strings in ``X``, values beyond the float32 range,
             training crops larger than the training images, or a training that diverged
-            (non-finite losses or weights).
+            (non-finite losses or weights). A ModelFileError (a ValueError) for a damaged
+            checkpoint or one of another training.
         """
         name = type(self).__name__
         self._check_hyperparams()
+        _checkpoint.check_arguments(checkpoint, checkpoint_every, f"{name}.fit")
         device = _resolve_device(self.device, name)
         if device.type == "cpu":
             tune_malloc_for_tensors()
@@ -410,14 +425,24 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         batch = int(self.batch_size)
         h, w = train_shape
 
-        history = {k: [] for k in _HISTORY_KEYS}
-        iterations = range(int(self.n_iterations))
+        n_total = int(self.n_iterations)
+        state = _checkpoint.TrainingState(torch.nn.ModuleDict(dict(generator=generator, discriminator=discriminator)),
+                                          [opt_g, opt_d], None, crop_rng, noise, history_keys=_HISTORY_KEYS)
+        if checkpoint is not None:
+            fingerprint = _checkpoint.training_fingerprint(
+                self, device, None if stack is None else stack.numpy(), sampler, estimator=name)
+            if _checkpoint.read(checkpoint, state, fingerprint, f"{name}.fit") and state.iteration > n_total:
+                raise ValueError(f"{name}.fit: the checkpoint in {os.fspath(checkpoint)!r} is at iteration "
+                                 f"{state.iteration}, beyond n_iterations={n_total}; raise n_iterations or "
+                                 f"use another checkpoint directory.")
+        history = state.history
+        iterations = range(state.iteration, n_total)
         if self.verbose:
             from tqdm.auto import tqdm
 
-            iterations = tqdm(iterations, desc=f"{name} fit", unit="it")
+            iterations = tqdm(iterations, desc=f"{name} fit", unit="it", initial=state.iteration, total=n_total)
         with _deterministic_kernels(device):
-            for _ in iterations:
+            for k in iterations:
                 if sampler is not None:
                     crops = sampler.sample(batch, random_state=crop_rng).reshape(batch, 1, h, w)
                     real = torch.tensor(crops, dtype=torch.float32, device=device)
@@ -445,6 +470,10 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
                 if self.verbose and hasattr(iterations, "set_postfix"):
                     iterations.set_postfix(d=history["discriminator"][-1], g=history["generator"][-1],
                                            refresh=False)
+                state.iteration = k + 1
+                if checkpoint is not None and (state.iteration % checkpoint_every == 0
+                                               or state.iteration == n_total):
+                    _checkpoint.write(checkpoint, state, fingerprint)
         losses = history["discriminator"] + history["generator"]
         if not all(math.isfinite(v) for v in losses) or not all(
                 bool(torch.isfinite(p).all()) for p in generator.parameters()):
