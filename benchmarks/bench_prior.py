@@ -33,6 +33,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -118,7 +120,7 @@ def sgan_steps(args, results):
     configs = [] if args.skip_cpu else [("cpu", 2, 8 if args.quick else 32)]
     if torch.cuda.is_available():
         configs.append(("cuda", None, 32))
-    print(f"\nSGAN (published network, 353 x 353 crops, latent 12 x 12)")
+    print("\nSGAN (published network, 353 x 353 crops, latent 12 x 12)")
     print(f"{'device':<8}{'threads':>8}{'batch':>7}{'s/step':>10}{'published 1850 it (h)':>23}")
     for dev_name, threads, batch in configs:
         t = time_sgan_steps(torch.device(dev_name), batch, threads or 1, 1 if args.quick else 2)
@@ -136,18 +138,89 @@ def _image(ti):
     return load_image(ti), os.path.basename(ti)
 
 
-def sgan_iterations_within(budget, results, margin=1.2):
-    """The published schedule's iterations, or as many as fit in ``budget`` seconds (None: no limit) at the
-    CUDA rate of ``results["sgan_steps"]`` (measured here if absent) with a ``margin`` for the crops'
-    sampling and the start; at least 1."""
-    if budget is None:
-        return PUBLISHED_N_ITERATIONS
+def cuda_sgan_rate(results):
+    """Seconds per SGAN iteration on CUDA: the row of ``results["sgan_steps"]``, or measured here."""
     rates = [r["seconds_per_step"] for r in results.get("sgan_steps", []) if r["device"] != "cpu"]
-    per_step = rates[0] if rates else time_sgan_steps(torch.device("cuda"), 32, 1, 2)
-    fit = int(budget / (per_step * margin))
-    print(f"SGAN training: {per_step:.3f} s per iteration measured, {budget:.0f} s given: "
-          f"{min(fit, PUBLISHED_N_ITERATIONS)} of the published {PUBLISHED_N_ITERATIONS} iterations", flush=True)
-    return max(1, min(fit, PUBLISHED_N_ITERATIONS))
+    return rates[0] if rates else time_sgan_steps(torch.device("cuda"), 32, 1, 2)
+
+
+def train_in_parts(fit_to, total, budget, per_step, done=0, part_seconds=30.0, margin=1.2,
+                   clock=time.perf_counter):
+    """Train from ``done`` to ``total`` iterations, or as many as end within ``budget`` seconds, in parts.
+
+    ``fit_to(n)`` carries one training on to ``n`` iterations (an SGANPrior's ``fit`` on one checkpoint
+    directory: parts of any length train as one run) and returns the prior. A part of about
+    ``part_seconds`` starts only when it is expected to end in time at the rate of the part before it
+    (``per_step`` for the first), with a ``margin``; shortened to fit, it is skipped when not one
+    iteration fits. A part's fixed cost (the networks built, the checkpoint read and written: about a
+    second) is amortised in the measured rate, so a short last part may end late by up to that cost; a
+    first rate misjudged by more than the margin makes the first part late. Returns ``(prior, iterations done, [(iterations, seconds) per part])``; the prior is
+    None when no part ran."""
+    start, prior, parts = clock(), None, []
+    while done < total:
+        left = budget - (clock() - start)
+        n = min(total - done, max(1, int(part_seconds / per_step)), int(left / (per_step * margin)))
+        if n < 1:
+            break
+        t0 = clock()
+        prior = fit_to(done + n)
+        seconds = clock() - t0
+        done += n
+        parts.append((n, seconds))
+        per_step = seconds / n
+    return prior, done, parts
+
+
+def _save_replacing(prior, path):
+    """Save ``prior`` to ``path`` whole or not at all: written beside it, then swapped in."""
+    new, old = f"{path}.new", f"{path}.old"
+    shutil.rmtree(new, ignore_errors=True)
+    prior.save(new)
+    if os.path.isdir(path):
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_iteration(path):
+    """The iteration of the newest checkpoint in the directory ``path`` (0 when there is none)."""
+    latest = os.path.join(path, "LATEST")
+    if not os.path.isfile(latest):
+        return 0
+    with open(latest) as f:
+        return int(f.read().strip().removeprefix("step-"))
+
+
+def train_published_sgan(sampler, results, budget, save_to=None, checkpoint=None, total=PUBLISHED_N_ITERATIONS,
+                         part_seconds=30.0, **network):
+    """The published network and schedule on CUDA (random_state=0), within ``budget`` seconds (None:
+    the whole schedule) in parts on the checkpoint directory ``checkpoint`` (a temporary one when None;
+    a training found there is carried on), each part's generator saved to ``save_to`` (so that a timeout
+    leaves the last one). ``network`` overrides SGANPrior's settings (tests: a small one on the CPU).
+    Returns ``(prior, iterations)``; the prior is None when there is no training to return."""
+    settings = dict(dict(device="cuda", random_state=0), **network)
+
+    def fit_to(n):
+        prior = SGANPrior(**settings, n_iterations=n).fit(sampler, checkpoint=checkpoint, checkpoint_every=n)
+        if save_to:
+            _save_replacing(prior, save_to)
+        print(f"SGAN training: {n} of {total} iterations", flush=True)
+        return prior
+
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = scratch if checkpoint is None else checkpoint
+        done = checkpoint_iteration(checkpoint)
+        if done:
+            print(f"SGAN training: carried on from the checkpoint's {done} iterations", flush=True)
+        if budget is None or done >= total:
+            return fit_to(total), total
+        per_step = cuda_sgan_rate(results)
+        print(f"SGAN training: {per_step:.3f} s per iteration measured, {budget:.0f} s given", flush=True)
+        prior, done, parts = train_in_parts(fit_to, total, budget, per_step, done=done, part_seconds=part_seconds)
+        if prior is None and done:      # no time for a part: the checkpoint's training as it stands
+            prior = fit_to(done)
+    results["sgan_training_parts"] = [dict(iterations=n, seconds=t) for n, t in parts]
+    return prior, done
 
 
 def training_image(args):
@@ -166,23 +239,24 @@ def sgan_patterns(args, results):
     sampler = PatchSampler(image, PAPER_SHAPE, exclude=exclude, random_state=0)
     reference = sampler.sample(args.pattern_samples, random_state=1)
     gpu = args.sgan_gpu_train and torch.cuda.is_available()
-    if gpu:
-        n = sgan_iterations_within(args.sgan_budget, results)
-        settings = dict(device="cuda", random_state=0, n_iterations=n)   # the published network and schedule
+    t0 = time.perf_counter()
+    if gpu:     # the published network and schedule, or as much of it as ends within the budget
+        sgan, n = train_published_sgan(sampler, results, args.sgan_budget, args.save_sgan, args.sgan_checkpoint)
+        if sgan is None:
+            raise SystemExit(f"SGAN training: not one iteration fits in {args.sgan_budget:.0f} s")
         label = f"published network, {n} iterations of 32 crops 353 x 353, GPU"
         if n < PUBLISHED_N_ITERATIONS:
             label += f" (the published schedule's {PUBLISHED_N_ITERATIONS} did not fit in {args.sgan_budget:.0f} s)"
     else:
         torch.set_num_threads(2)
-        settings = dict(n_filters=8, training_latent_shape=(5, 5), batch_size=8,
-                        n_iterations=args.pattern_iterations, device="cpu", random_state=0)
+        n = args.pattern_iterations
+        sgan = SGANPrior(n_filters=8, training_latent_shape=(5, 5), batch_size=8, n_iterations=n, device="cpu",
+                         random_state=0, verbose=1).fit(sampler)
         label = (f"small network (8 base filters, 5 layers, dilations 3 and 5), "
-                 f"{args.pattern_iterations} iterations of 8 crops 129 x 129, CPU")
-    t0 = time.perf_counter()
-    sgan = SGANPrior(verbose=1, **settings).fit(sampler)
+                 f"{n} iterations of 8 crops 129 x 129, CPU")
+        if args.save_sgan:
+            sgan.save(args.save_sgan)
     seconds = time.perf_counter() - t0
-    if args.save_sgan:
-        sgan.save(args.save_sgan)
     # the shipped prior of the training image's family: the default one (the paper's image) with --ti,
     # the procedural one (the earlier default) without
     image_kind = "channels_ti" if args.ti else "procedural"
@@ -194,7 +268,7 @@ def sgan_patterns(args, results):
     rows["training crops (another draw)"] = compare_patterns(
         sampler.sample(args.pattern_samples, random_state=3), reference, max_lag=20, image_shape=PAPER_SHAPE)
     results["patterns"] = dict(training_image=source, excluded_windows=exclude, sgan=label,
-                               sgan_iterations=settings.get("n_iterations"),
+                               sgan_iterations=n,
                                sgan_training_seconds=seconds, n_samples=args.pattern_samples,
                                sgan_history_last=dict((k, v[-1]) for k, v in sgan.history_.items() if v),
                                comparison=rows)
@@ -227,8 +301,12 @@ def main():
                         help="with --patterns on a GPU: train the published network and schedule")
     parser.add_argument("--save-sgan", default=None, help="directory to save the trained SGAN in")
     parser.add_argument("--sgan-budget", type=float, default=None,
-                        help="with --sgan-gpu-train: seconds for the training; fewer than the published "
-                             "iterations where they do not fit at the measured rate (said so)")
+                        help="with --sgan-gpu-train: seconds for the training, in parts on a checkpoint, each "
+                             "started only when it ends in time; fewer than the published iterations where "
+                             "they do not fit (said so)")
+    parser.add_argument("--sgan-checkpoint", default=None,
+                        help="with --sgan-gpu-train: the training's checkpoint directory (kept; a training "
+                             "found there is carried on), else a temporary one")
     parser.add_argument("--skip-cpu", action="store_true",
                         help="with --sgan: no CPU row (about 2 min per step of the published network)")
     args = parser.parse_args()

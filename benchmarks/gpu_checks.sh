@@ -54,8 +54,9 @@
 #   COMPILE_CHECK=0: no compile_check.py before torch.compile's rows (each row still says how far its answer is
 #   from the eager row's).
 # DRY=1 runs every step tiny on the CPU (to check the script itself). Opt-in steps: "sgan" (trains the published
-#   SGAN on the GPU within the time left but SGAN_RESERVE (170 s), runs SAnnn/SSbnd with it and brings it back in
-#   parts, sgan.tgz.part-NN), "sampling" (bench_sampling.py on mc2).
+#   SGAN on the GPU within the time left but SGAN_RESERVE (170 s), in parts on the checkpoint SGAN_CKPT on this
+#   machine's disk (a later call on the still warm machine carries it on), runs SAnnn/SSbnd with it and brings it
+#   back in parts, sgan.tgz.part-NN), "sampling" (bench_sampling.py on mc2).
 set -u
 OUT=${OUT:-gpu_checks_out}
 DEADLINE=${DEADLINE:-540}
@@ -69,6 +70,7 @@ if [ -z "$TM" ]; then
   for d in .gpu_data/paper_test_models ../shared/data/paper_test_models; do [ -d "$d" ] && { TM=$d; break; }; done
 fi
 PRIOR_CKPT=${PRIOR_CKPT:-/tmp/li_prior_ckpt}   # the training's checkpoint, on this machine's disk
+SGAN_CKPT=${SGAN_CKPT:-/tmp/li_sgan_ckpt}      # the SGAN's (a warm machine's next call carries it on)
 PRIOR_PLAN=/tmp/li_prior_plan                  # "PRECISION GRAPHS MS_PER_ITERATION" of that training (its
                                                # fingerprint needs the first two; the rate sizes a follow-up)
 PRIOR_ITERS=${PRIOR_ITERS:-}
@@ -292,9 +294,10 @@ cases._invert(cases._straight(), batch_size=9, device='cuda', cuda_graphs=True)"
   log "reproduce: $(grep -E 'NO TRAINED|probe|in all|exit' "$OUT/reproduce.txt" | tr '\n' ' ')"
 fi
 
-# 4. (opt-in) the published SGAN trained on the GPU, then the paper's SGAN cases with it. Its training has no
-#    checkpoint: it gets the time left but SGAN_RESERVE s (the patterns, the weights' packing, SAnnn and SSbnd),
-#    as many of the published iterations as fit at the rate measured first (bench_prior.py --sgan-budget)
+# 4. (opt-in) the published SGAN trained on the GPU, then the paper's SGAN cases with it. Its training gets the
+#    time left but SGAN_RESERVE s (the patterns, the weights' packing, SAnnn and SSbnd): bench_prior.py
+#    --sgan-budget trains in parts of about 30 s on a checkpoint, each started only when it ends in time at the
+#    rate of the one before, and saves the generator after each (a timeout leaves the last part's)
 if want sgan; then
   ( IT=; [ "$DRY" = 1 ] && IT="--pattern-iterations 2 --pattern-samples 4"
     mkdir -p "$RESULTS/sgan"
@@ -303,7 +306,7 @@ if want sgan; then
     else
       echo "[$(now) s] sgan: training for at most $BUDGET s"
       timeout $(upto 60) $PY benchmarks/bench_prior.py --no-vae --sgan --skip-cpu --patterns --sgan-gpu-train $IT \
-        --sgan-budget "$BUDGET" --ti "$TI" --save-sgan /tmp/li_sgan --output "$RESULTS/sgan/bench_prior_sgan.json" 2>&1 \
+        --sgan-budget "$BUDGET" --sgan-checkpoint "$SGAN_CKPT" --ti "$TI" --save-sgan /tmp/li_sgan --output "$RESULTS/sgan/bench_prior_sgan.json" 2>&1 \
         | grep -v "it/s\]" | tail -30
       pack
       # the trained SGAN comes back (its float32 weights are over one file's 16 MiB: in parts of 15 MiB)
