@@ -176,6 +176,41 @@ def test_the_gauss_newton_fit_is_the_posterior_covariance_of_a_linear_problem(un
     assert torch.equal(pre.chol, torch.tril(pre.chol))        # lower triangular, as solve() takes it
 
 
+def test_the_jacobian_passes_shrink_to_the_memory_available(monkeypatch):
+    """A pass's double-backward graph is measured per row; where max(d, R / 2) rows would take more than
+    half the memory available the passes hold fewer whole chains (the same Jacobian), and where not one
+    chain fits the fit is a MemoryError that names the way out."""
+    import latentinv._memory as memory
+    from latentinv.inversion import mcmc
+    d, n_chains = 3, 16
+    op, gen, M, c, y = _linear_problem(d=d, sigma=0.1)
+    sampler = _sampler(gen, op, noise_std=0.1, n_chains=n_chains).fit(y[None])
+    problem = sampler._problem(y[None], np.full(len(y), 0.1), allow_pending=False, nonlinear_gradient="exact")
+    u = torch.tensor(np.random.default_rng(4).normal(0, 1, (n_chains, d)), dtype=torch.float32)
+    per_row = memory.saved_bytes_per_row(mcmc._pass_graph(problem, False), u[:1])
+    # the pass keeps more than the decoder's own graph: the first backward's, built to be differentiated
+    assert per_row > memory.saved_bytes_per_row(problem.decode, torch.zeros(1, d)) > 0
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)      # nothing known: R / 2 rows
+    assert mcmc.jacobian_pass_rows(problem, u, False) == n_chains // 2
+    J = mcmc.likelihood_jacobian(problem, u, False)
+    for room, rows in [(1e12, n_chains // 2), (2 * per_row * 2 * d + 1, 2 * d), (2 * per_row * 2 * d - 1, d),
+                       (per_row * d + 1, d)]:
+        monkeypatch.setattr(memory, "available_bytes", lambda device, room=room: room)
+        assert mcmc.jacobian_pass_rows(problem, u, False) == rows, room
+        decoded = []
+        real = problem.decode
+        monkeypatch.setattr(problem, "decode", lambda z: decoded.append(len(z)) or real(z))
+        np.testing.assert_allclose(mcmc.likelihood_jacobian(problem, u, False).numpy(), J.numpy(), rtol=1e-5,
+                                   atol=1e-7)
+        monkeypatch.setattr(problem, "decode", real)
+        passes = decoded[2:]                  # after the probe's two (4 and 2 rows): whole chains a pass
+        assert decoded[:2] == [4, 2] and max(passes) == rows // d * d and sum(passes) == n_chains * d
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per_row * d - 1)
+    with pytest.raises(MemoryError, match=r"Gauss-Newton preconditioner's Jacobian needs at least .* for one "
+                                          r"chain \(3 decodings.*Use preconditioner='empirical'"):
+        Preconditioner(n_chains, d, "cpu", torch.float32).fit_gauss_newton(problem, u, False, n_chains)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_gauss_newton_fit_and_a_run_on_cuda():
     """On CUDA: the fit equals the CPU's (float32 rounding: the kernel's sparse product, the decoder's

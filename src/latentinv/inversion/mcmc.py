@@ -126,9 +126,9 @@ def likelihood_jacobian(problem, u, uniform, max_rows=None):
     rows' slowness, from its engine on the host (its backward applies ``G^T`` but cannot be
     differentiated again). ``max_rows``: rows per pass (each pass decodes ``max_rows`` latents and keeps
     a double-backward graph); None: ``max(d, R // 2)``, so that a pass holds about what the chains'
-    own batch does."""
+    own batch does, or fewer where that graph would not fit in memory (:func:`jacobian_pass_rows`)."""
     R, d = u.shape
-    max_rows = max(d, R // 2) if max_rows is None else max(d, int(max_rows))
+    max_rows = jacobian_pass_rows(problem, u, uniform) if max_rows is None else max(d, int(max_rows))
     per_pass = max(1, max_rows // d)
     eye = torch.eye(d, dtype=u.dtype, device=u.device)
     kernel = getattr(problem.traveltimes, "matrix", None)        # a linear operator's G (CSR, on the device)
@@ -153,6 +153,39 @@ def likelihood_jacobian(problem, u, uniform, max_rows=None):
             J = np.stack([jac @ D64[r].T for r, jac in enumerate(jacobians)])    # (n, n_data, d)
             blocks.append(torch.as_tensor(J, dtype=u.dtype, device=u.device))
     return torch.cat(blocks)
+
+
+def _pass_graph(problem, uniform):
+    """What a pass of :func:`likelihood_jacobian` holds per decoded row until its second backward: the
+    decoder's graph and the first backward's, built to be differentiated again."""
+    def graph(uu):
+        _, s = problem.decode(to_latent(uu, uniform))
+        v = torch.zeros_like(s, requires_grad=True)
+        (g,) = torch.autograd.grad(s, uu, v, create_graph=True)
+        return g, s, v
+    return graph
+
+
+def jacobian_pass_rows(problem, u, uniform):
+    """Rows per pass of :func:`likelihood_jacobian` for the chains ``u`` (R, d): ``max(d, R // 2)``, or
+    fewer (a multiple of ``d``: whole chains) where a pass's graph would take more than half the memory
+    available (:mod:`latentinv._memory`; its per-row size measured, a lower bound). MemoryError where not
+    even one chain's ``d`` rows fit."""
+    from .._memory import _size, available_bytes, saved_bytes_per_row
+    R, d = u.shape
+    rows = max(d, R // 2)
+    room = available_bytes(u.device)
+    if room is None:
+        return rows
+    per_row = saved_bytes_per_row(_pass_graph(problem, uniform), u[:1].detach())
+    if per_row * d > room:
+        raise MemoryError(
+            f"LatentSampler: the Gauss-Newton preconditioner's Jacobian needs at least {_size(per_row * d)} "
+            f"for one chain ({d} decodings with their double-backward graphs, {_size(per_row)} each), but "
+            f"{u.device} has {_size(room)} available. Use preconditioner='empirical', or fewer chains or "
+            f"surveys per call.")
+    fit = int(room // 2 // max(per_row, 1.0)) // d * d
+    return max(d, min(rows, fit))
 
 
 # -- the preconditioner ---------------------------------------------------------------------------------

@@ -200,7 +200,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         covariance near a mode, it whitens a long, narrow mode from the start where the early draws'
         covariance does not: on the paper's mc2, HMC's steps grew threefold and its smallest bulk ESS
         3.4 to 10.6 times (docs/benchmarks/sampling.md). Chains whose Jacobian is not finite are left
-        out of the mean (a ValueError where no chain of a survey has one). Not for ``"pcn"``, whose
+        out of the mean (a ValueError where no chain of a survey has one). The rows are
+        differentiated in passes of whole chains, fewer where a pass would take more than half the
+        memory available (a MemoryError where not one chain fits). Not for ``"pcn"``, whose
         reference Gaussian needs a mean, nor ``"de"``, whose moves use no covariance.
         ``"auto"``: ``"gauss-newton"`` for the gradient methods (``"mala"``, ``"de-mala"``,
         ``"hmc"``), ``"empirical"`` for the others.
