@@ -78,31 +78,50 @@ def paper_decoder(device, seed=0):
     return ConvDecoder((129, 65), 20).to(device).eval().requires_grad_(False)
 
 
-def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False):
+def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False, subpixel=False):
     """A copy of ``decoder`` (a ``ConvDecoder``) with its layout switches set (``layout_channels_last``,
-    ``layout_group_norm``, ``layout_fold_last``), for the GPU rows that ask which layout cuDNN runs
-    fastest (the CUDA graph's 1.24 ms per iteration on an H200 was not broken down): tensor-core
-    kernels take NHWC, and NCHW input may cost layout transforms around each convolution; instance
-    norm is one batch norm over ``batch x channels`` channels on an NCHW copy; the last layer, to one
-    channel, is the shape oneDNN ran at 13 GFLOP/s on the CPU (hence the CPU's folded path)."""
+    ``layout_group_norm``, ``layout_fold_last``, ``layout_subpixel``), for the GPU rows that ask which
+    layout cuDNN runs fastest (the CUDA graph's 1.24 ms per iteration on an H200 was not broken down):
+    tensor-core kernels take NHWC, and NCHW input may cost layout transforms around each convolution;
+    instance norm is one batch norm over ``batch x channels`` channels on an NCHW copy; the last layer,
+    to one channel, is the shape oneDNN ran at 13 GFLOP/s on the CPU (hence the CPU's folded path); a
+    strided transposed convolution runs as cuDNN's backward-data kernel, its sub-pixel form as stride-1
+    convolutions."""
     out = copy.deepcopy(decoder)
     out.layout_channels_last, out.layout_group_norm, out.layout_fold_last = channels_last, group_norm, fold_last
+    out.layout_subpixel = subpixel
     return out
 
 
 def layout_variants(decoder):
     """``(label, generator, cuda_graphs, precision, step_compile[, cudnn_autotune])`` rows of the paper's
-    experiment for ``layout_decoder``'s switches: each alone in float32, then all three in float32, and
-    with cuDNN's autotuner in float32 and bfloat16 (the fourth is the one ``--profile`` profiles)."""
+    experiment for ``layout_decoder``'s switches: each alone in float32; channels-last, group norm and
+    the last layer folded in float32, and with cuDNN's autotuner in float32 and bfloat16; the same with
+    the sub-pixel convolutions instead of the folded last layer, and with all four, autotuned."""
     gen = lambda **kw: TorchGenerator(layout_decoder(decoder, **kw), 20)
     every = gen(channels_last=True, group_norm=True, fold_last=True)
-    label = "CUDA graph, {}, channels-last decoder, group norm, last layer folded{}"
+    phases = gen(channels_last=True, group_norm=True, subpixel=True)
+    label = "CUDA graph, {}, channels-last decoder, group norm, {}{}"
+    folded, subpixel = "last layer folded", "sub-pixel convolutions"
     return [("CUDA graph, float32, channels-last decoder", gen(channels_last=True), True, "float32", None),
             ("CUDA graph, float32, group norm", gen(group_norm=True), True, "float32", None),
             ("CUDA graph, float32, last layer folded", gen(fold_last=True), True, "float32", None),
-            (label.format("float32", ""), every, True, "float32", None),
-            (label.format("float32", ", cuDNN autotuned"), every, True, "float32", None, True),
-            (label.format("bfloat16", ", cuDNN autotuned"), every, True, "bfloat16", None, True)]
+            (f"CUDA graph, float32, {subpixel}", gen(subpixel=True), True, "float32", None),
+            (label.format("float32", folded, ""), every, True, "float32", None),
+            (label.format("float32", folded, ", cuDNN autotuned"), every, True, "float32", None, True),
+            (label.format("bfloat16", folded, ", cuDNN autotuned"), every, True, "bfloat16", None, True),
+            (label.format("float32", subpixel, ", cuDNN autotuned"), phases, True, "float32", None, True),
+            (label.format("bfloat16", subpixel, ", cuDNN autotuned"), phases, True, "bfloat16", None, True),
+            (label.format("float32", f"{subpixel}, {folded}", ", cuDNN autotuned"),
+             gen(channels_last=True, group_norm=True, fold_last=True, subpixel=True), True, "float32", None, True)]
+
+
+def fastest_variant(variants, rows):
+    """The variant of ``variants`` whose row in ``rows`` (``paper_experiment_rows``'s) took the least time,
+    or None where none ran."""
+    seconds = {r["method"]: r["seconds"] for r in rows if "seconds" in r}
+    timed_variants = [v for v in variants if f"LatentInverter ({v[0]})" in seconds]
+    return min(timed_variants, key=lambda v: seconds[f"LatentInverter ({v[0]})"], default=None)
 
 
 def sgan_generator(device, seed=0):
@@ -700,16 +719,19 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
                      ("CUDA graph, bfloat16, cuDNN autotuned", gen, True, "bfloat16", None, True)]
     n_epochs = 12 if quick else 120
     eager = paper_experiment_rows(variants, op, tt, "cuda", n_epochs, rows, save)
+    fastest_layout = None
     if layouts:   # the same decoder NHWC and/or with group norm: which layout cuDNN runs fastest
-        paper_experiment_rows(layout_variants(gen.module), op, tt, "cuda", n_epochs, rows, save,
-                              reference=(variants[0][0], eager))
+        start, layout_rows = len(rows), layout_variants(gen.module)
+        paper_experiment_rows(layout_rows, op, tt, "cuda", n_epochs, rows, save, reference=(variants[0][0], eager))
+        fastest_layout = fastest_variant(layout_rows, rows[start:])
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
         sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
         table_case_rows([("VSbrd", gen, "the paper's VAE decoder, random weights"), ("SAnnn", *sgan), ("SSbnd", *sgan)],
                         op, tt, "cuda", rows, n_epochs=12 if quick else None, save=save)
     if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16
         # (after the timed rows: a profiler that fails on a graph's capture costs no timing)
-        profile_rows([v[:4] for v in variants[:3] + (layout_variants(gen.module)[3:4] if layouts else [])],
+        # and the fastest layout row's (its cuDNN autotuner on while profiled, as when it was timed)
+        profile_rows([v[:4] for v in variants[:3]] + ([fastest_layout] if fastest_layout else []),
                      op, tt, "cuda", rows)
         save()
     if compile_decoder:   # last: compiling takes the longest, and a deadline stops it before the rows above
@@ -838,8 +860,9 @@ def main(argv=None):
                              "layout, random weights) as the reproduction runs them: 6 surveys x 100 starts, from "
                              "CUDA graphs")
     parser.add_argument("--layouts", action="store_true",
-                        help="on CUDA, also the paper experiment's CUDA-graph rows with the decoder channels-last "
-                             "and/or its instance norms as group norm (layout_decoder)")
+                        help="on CUDA, also the paper experiment's CUDA-graph rows with the decoder's layout "
+                             "switches: channels-last, group norm, the last layer folded, sub-pixel "
+                             "convolutions (layout_variants)")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:

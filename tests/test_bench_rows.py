@@ -144,13 +144,16 @@ def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch):
     decoder = bench_inversion.paper_decoder("cpu")
     op, gen, tt = bench_inversion._linear_problem("cpu", decoder)
     variants = bench_inversion.layout_variants(decoder)
-    assert len({v[0] for v in variants}) == len(variants) == 6
-    switches = [(g.module.layout_channels_last, g.module.layout_group_norm, g.module.layout_fold_last)
-                for _, g, *_ in variants]
-    assert switches == [(True, False, False), (False, True, False), (False, False, True)] + [(True, True, True)] * 3
-    assert [v[3] for v in variants] == ["float32"] * 5 + ["bfloat16"]
-    assert [bool(v[5:] and v[5]) for v in variants] == [False] * 4 + [True] * 2        # cuDNN's autotuner
-    assert not (decoder.layout_channels_last or decoder.layout_group_norm or decoder.layout_fold_last)  # copies
+    assert len({v[0] for v in variants}) == len(variants) == 10
+    switches = [(g.module.layout_channels_last, g.module.layout_group_norm, g.module.layout_fold_last,
+                 g.module.layout_subpixel) for _, g, *_ in variants]
+    assert switches == ([(True, False, False, False), (False, True, False, False), (False, False, True, False),
+                         (False, False, False, True)] + [(True, True, True, False)] * 3
+                        + [(True, True, False, True)] * 2 + [(True, True, True, True)])
+    assert [v[3] for v in variants] == ["float32"] * 6 + ["bfloat16", "float32", "bfloat16", "float32"]
+    assert [bool(v[5:] and v[5]) for v in variants] == [False] * 5 + [True] * 5        # cuDNN's autotuner
+    assert not (decoder.layout_channels_last or decoder.layout_group_norm or decoder.layout_fold_last
+                or decoder.layout_subpixel)        # copies
     rows = []
     eager = bench_inversion.paper_experiment_rows([("eager", gen, False, "float32", None)], op, tt, "cpu", 1,
                                                   rows, n_starts=2)
@@ -161,9 +164,21 @@ def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch):
         cpu_variants.append((label, g, False, precision, None))
     bench_inversion.paper_experiment_rows(cpu_variants, op, tt, "cpu", 1, rows, n_starts=2,
                                           reference=("eager", eager))
-    assert [r.get("error") for r in rows] == [None] * 7
-    assert set(paths) == {(False, True, False), (True, False, False), (False, False, True), (True, True, True)}
+    assert [r.get("error") for r in rows] == [None] * 11
+    assert set(paths) == {(False, True, False, False), (True, False, False, False), (False, False, True, False),
+                          (True, True, True, False), (False, False, False, True), (True, True, False, True),
+                          (True, True, True, True)}
     # 25 SGD steps from the same starts: float32 round-off of another order grows along the way (the decoders
     # agree at one point: tests/test_nn.py), so the answers are near, and their fit nearer
     for r in rows[1:]:
         assert r["max_model_diff_vs_eager"] < 5e-2 and abs(r["best_data_rmse_ns"] / rows[0]["best_data_rmse_ns"] - 1) < 1e-3
+
+
+def test_the_profile_takes_the_fastest_layout_row():
+    variants = [("a", None, True, "float32", None), ("b", None, True, "float32", None, True),
+                ("c", None, True, "bfloat16", None)]
+    rows = [dict(method="LatentInverter (a)", seconds=3.0), dict(method="LatentInverter (b)", seconds=2.5),
+            dict(method="LatentInverter (c)", error="RuntimeError: capture failed"),
+            dict(method="LatentInverter (other)", seconds=0.1)]           # not a layout row
+    assert bench_inversion.fastest_variant(variants, rows) is variants[1]
+    assert bench_inversion.fastest_variant(variants, rows[2:]) is None

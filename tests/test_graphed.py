@@ -192,14 +192,15 @@ def test_cuda_graphs_short_runs(n_epochs):
 
 
 @cuda
-@pytest.mark.parametrize("channels_last,group_norm,fold_last", [(True, False, False), (False, True, False),
-                                                              (False, False, True), (True, True, True)])
+@pytest.mark.parametrize("channels_last,group_norm,fold_last,subpixel", [
+    (True, False, False, False), (False, True, False, False), (False, False, True, False),
+    (True, True, True, False), (False, False, False, True), (True, True, True, True)])
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm, fold_last, precision):
+def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm, fold_last, subpixel, precision):
     """The decoder's layout switches (channels-last maps and weights, group norm for instance norm, the
-    last layer folded) captured in a CUDA graph: the cached channels-last weights are made in the warm-up steps, before
-    the capture, and the answers are the default layout's (float32 arithmetic for the comparison: the
-    layouts may choose other TF32 kernels)."""
+    last layer folded, the sub-pixel convolutions) captured in a CUDA graph: the cached weights are made
+    in the warm-up steps, before the capture, and the answers are the default layout's (float32
+    arithmetic for the comparison: the layouts may choose other TF32 kernels)."""
     import copy
     from latentinv.geometry import CrossholeSurvey, Grid2D
     from latentinv.nn import ConvDecoder
@@ -208,7 +209,7 @@ def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm
     decoder = ConvDecoder((65, 33), 6, (4, 8, 8, 16)).to("cuda").eval().requires_grad_(False)
     switched = copy.deepcopy(decoder)
     switched.layout_channels_last, switched.layout_group_norm = channels_last, group_norm
-    switched.layout_fold_last = fold_last
+    switched.layout_fold_last, switched.layout_subpixel = fold_last, subpixel
     op = StraightRayOperator(Grid2D(65, 33, 0.2), CrossholeSurvey.paper(0.01, 6.49))
     gen, gen_switched = TorchGenerator(decoder, 6), TorchGenerator(switched, 6)
     truth = gen.decode(np.random.default_rng(0).standard_normal((1, 6)))

@@ -140,7 +140,7 @@ def test_build_vae_errors():
 # ---------------------------------------------------------------------------------------------------
 # the decoder's last layer: a fast CPU path for a transposed convolution to one channel
 # ---------------------------------------------------------------------------------------------------
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from latentinv.nn.vae import ConvDecoder, _ConvTranspose2dToOneChannel  # noqa: E402
@@ -350,7 +350,7 @@ def test_frozen_decoder_fast_path_has_second_derivatives():
 # ---------------------------------------------------------------------------------------------------
 # the layout switches off the CPU's frozen path (CUDA; here with fast_frozen_path = False)
 # ---------------------------------------------------------------------------------------------------
-def _layout_pair(channels_last, group_norm, device="cpu", image_shape=(65, 33), fold_last=False):
+def _layout_pair(channels_last, group_norm, device="cpu", image_shape=(65, 33), fold_last=False, subpixel=False):
     """A decoder with its layout switches set and the same decoder without (the modules as they are).
     The smallest map is 4 x 2: on the CPU, torch's channels-last group norm loses precision in its
     backward on maps of two cells (1.5e-4 relative against float64 on a 2 x 1 map), a path latentinv
@@ -360,24 +360,58 @@ def _layout_pair(channels_last, group_norm, device="cpu", image_shape=(65, 33), 
     import copy
     switched = copy.deepcopy(plain)
     switched.layout_channels_last, switched.layout_group_norm = channels_last, group_norm
-    switched.layout_fold_last = fold_last
+    switched.layout_fold_last, switched.layout_subpixel = fold_last, subpixel
     return switched, plain
 
 
-#: (channels_last, group_norm, fold_last)
-LAYOUTS = [(True, False, False), (False, True, False), (True, True, False), (False, False, True), (True, True, True)]
+@settings(max_examples=60, deadline=None)
+@given(s1=st.integers(1, 3), s2=st.integers(1, 3), k1=st.integers(1, 6), k2=st.integers(1, 6),
+       c_in=st.integers(1, 4), c_out=st.integers(1, 4), h=st.integers(1, 5), w=st.integers(1, 5),
+       data=st.data(), channels_last=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_subpixel_conv_transpose_is_the_transposed_convolution(s1, s2, k1, k2, c_in, c_out, h, w, data,
+                                                                channels_last, seed):
+    """Any stride, kernel, padding and output padding: the phases' convolution and interleave give the
+    transposed convolution's values and input gradient (float64), in either memory layout."""
+    from latentinv.nn import subpixel
+    p1, p2 = data.draw(st.integers(0, k1 - 1)), data.draw(st.integers(0, k2 - 1))
+    o1, o2 = data.draw(st.integers(0, s1 - 1)), data.draw(st.integers(0, s2 - 1))
+    out_h, out_w = (h - 1) * s1 - 2 * p1 + k1 + o1, (w - 1) * s2 - 2 * p2 + k2 + o2
+    assume(out_h > 0 and out_w > 0)
+    torch.manual_seed(seed)
+    conv = torch.nn.ConvTranspose2d(c_in, c_out, (k1, k2), stride=(s1, s2), padding=(p1, p2),
+                                    output_padding=(o1, o2), bias=False).double()
+    x = torch.randn(2, c_in, h, w, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    got = subpixel.conv_transpose(x, conv, subpixel.phase_weight(conv, torch.float64, channels_last))
+    want = conv(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn(want.shape, dtype=torch.float64)
+    (dg,) = torch.autograd.grad(got, x, g)
+    (dw,) = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(dg, dw, rtol=1e-12, atol=1e-12)
+    if channels_last and c_in > 1 and h * w > 1 and c_out > 1 and out_h * out_w > 1:     # NHWC in, NHWC out
+        assert got.stride(1) == 1
 
 
-@pytest.mark.parametrize("channels_last,group_norm,fold_last", LAYOUTS)
+#: (channels_last, group_norm, fold_last, subpixel)
+LAYOUTS = [(True, False, False, False), (False, True, False, False), (True, True, False, False),
+           (False, False, True, False), (True, True, True, False), (False, False, False, True),
+           (True, True, False, True), (True, True, True, True)]
+
+
+@pytest.mark.parametrize("channels_last,group_norm,fold_last,subpixel", LAYOUTS)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA"))])
-def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last, device, monkeypatch):
+def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last, subpixel, device, monkeypatch):
     import copy
     import latentinv.nn.vae as vae_module
     calls = []
     real = vae_module._frozen_deconv
     monkeypatch.setattr(vae_module, "_frozen_deconv", lambda *a, **k: calls.append(k) or real(*a, **k))
-    switched, plain = _layout_pair(channels_last, group_norm, device, fold_last=fold_last)
+    switched, plain = _layout_pair(channels_last, group_norm, device, fold_last=fold_last, subpixel=subpixel)
     folds = []
     real_fold = vae_module._OneChannelConvTransposeFunction.apply
     monkeypatch.setattr(vae_module._OneChannelConvTransposeFunction, "apply",
@@ -388,6 +422,12 @@ def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last,
                         lambda x, *a, **k: layouts.append(x.is_contiguous(memory_format=torch.channels_last)
                                                           and (x.shape[1] == 1 or not x.is_contiguous()))
                         or real_conv(x, *a, **k))
+    phases = []           # the sub-pixel layers: their input's layout, as above
+    real_phases = vae_module._subpixel.conv_transpose
+    monkeypatch.setattr(vae_module._subpixel, "conv_transpose",
+                        lambda x, *a: phases.append(x.is_contiguous(memory_format=torch.channels_last)
+                                                    and (x.shape[1] == 1 or not x.is_contiguous()))
+                        or real_phases(x, *a))
     exact = copy.deepcopy(plain).double()
     z = torch.randn(7, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(device)
     g = torch.randn(7, exact.n_cells, generator=torch.Generator().manual_seed(6), dtype=torch.float64).to(device)
@@ -403,11 +443,17 @@ def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last,
 
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):     # float32 arithmetic on CUDA too
         got = derivatives(switched, torch.float32)
-        assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last)]
+        assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last,
+                              subpixel=subpixel)]
         # the layout path ran, with its last layer folded (on the CPU, the NCHW layer folds itself)
-        assert folds == ([device] if fold_last or (device == "cpu" and not channels_last) else [])
+        assert folds == ([device] if fold_last or (device == "cpu" and not channels_last and not subpixel)
+                         else [])
+        unfolded = 4 - len(folds)              # the transposed convolutions that do not fold
+        # each ran as a sub-pixel convolution or a transposed convolution, on NHWC maps with channels_last
+        assert len(phases) == (unfolded if subpixel else 0)
+        assert len(layouts) == (0 if subpixel else unfolded)
         if channels_last:
-            assert layouts == [True] * (3 if fold_last else 4)
+            assert all(phases) and all(layouts)
         want = derivatives(exact, torch.float64)
     for a, b in zip(got, want):                   # float32 round-off against the modules in float64
         assert float((a - b).abs().max()) <= 2e-6 * float(b.abs().max())
@@ -415,26 +461,31 @@ def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last,
     assert all(p.is_contiguous() for p in switched.parameters())
     cached = [m.__dict__.get("_latentinv_channels_last_weight") is not None for m in switched.deconv
               if isinstance(m, torch.nn.ConvTranspose2d)]
-    assert cached == [channels_last] * 3 + [channels_last and not fold_last]
+    assert cached == [channels_last and not subpixel] * 3 + [channels_last and not fold_last and not subpixel]
+    cached = [m.__dict__.get("_latentinv_phase_weight") is not None for m in switched.deconv
+              if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert cached == [subpixel] * 3 + [subpixel and not fold_last]
 
 
-@pytest.mark.parametrize("channels_last,group_norm,fold_last", LAYOUTS)
-def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold_last, monkeypatch):
+@pytest.mark.parametrize("channels_last,group_norm,fold_last,subpixel", LAYOUTS)
+def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold_last, subpixel, monkeypatch):
     import latentinv.nn.vae as vae_module
     calls = []
     real = vae_module._frozen_deconv
     monkeypatch.setattr(vae_module, "_frozen_deconv", lambda *a, **k: calls.append(k) or real(*a, **k))
-    switched, plain = _layout_pair(channels_last, group_norm, fold_last=fold_last)
+    switched, plain = _layout_pair(channels_last, group_norm, fold_last=fold_last, subpixel=subpixel)
     z = torch.randn(5, 6, generator=torch.Generator().manual_seed(7))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         xs, xp = switched(z), plain(z)
-    assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last)]   # the layout path
+    assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last,
+                          subpixel=subpixel)]   # the layout path
     assert float((xs.float() - xp.float()).abs().max()) < 3e-2           # bfloat16 round-off
     assert float((xs.float() - plain(z)).abs().max()) < 3e-2
 
 
-def test_layout_switches_leave_training_and_follow_weight_changes():
-    switched, plain = _layout_pair(True, True, fold_last=True)
+@pytest.mark.parametrize("subpixel", [False, True])
+def test_layout_switches_leave_training_and_follow_weight_changes(subpixel):
+    switched, plain = _layout_pair(True, True, fold_last=True, subpixel=subpixel)
     z = torch.randn(3, 6, generator=torch.Generator().manual_seed(8))
     switched.requires_grad_(True)
     plain.requires_grad_(True)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from . import native
+from . import subpixel as _subpixel
 
 __all__ = [
     "ConvEncoder",
@@ -332,6 +333,10 @@ class ConvDecoder(nn.Module):
     layout_channels_last = False
     layout_group_norm = False
     layout_fold_last = False
+    #: Off that path too: each transposed convolution (but a folded last layer) as one stride-1
+    #: convolution of its phases' sub-kernels and an interleave (:mod:`latentinv.nn.subpixel`), so
+    #: that forward and backward run cuDNN's stride-1 kernels instead of its backward-data kernels.
+    layout_subpixel = False
 
     def forward(self, z):
         """Map latents ``(batch, n_components)`` to flat models ``(batch, n_cells)``.
@@ -362,10 +367,11 @@ class ConvDecoder(nn.Module):
             h = h.contiguous()       # the composed map is channels-last; the paths below run NCHW
             if not bfloat16:
                 return _frozen_deconv(self.deconv, h).reshape(z.shape[0], self.n_cells)
-        elif (self.layout_channels_last or self.layout_group_norm or self.layout_fold_last) and _constant(self):
+        elif (self.layout_channels_last or self.layout_group_norm or self.layout_fold_last
+              or self.layout_subpixel) and _constant(self):
             return _frozen_deconv(self.deconv, h, group_norm=self.layout_group_norm,
-                                  channels_last=self.layout_channels_last,
-                                  fold_last=self.layout_fold_last).reshape(z.shape[0], self.n_cells)
+                                  channels_last=self.layout_channels_last, fold_last=self.layout_fold_last,
+                                  subpixel=self.layout_subpixel).reshape(z.shape[0], self.n_cells)
         return self.deconv(h).reshape(z.shape[0], self.n_cells)
 
 
@@ -423,7 +429,7 @@ def _composed_fc(fc: nn.Sequential, z: torch.Tensor, map_shape) -> torch.Tensor 
 
 
 def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = True,
-                   channels_last: bool = False, fold_last: bool = False) -> torch.Tensor:
+                   channels_last: bool = False, fold_last: bool = False, subpixel: bool = False) -> torch.Tensor:
     """``layers(h)`` for frozen layers. ``group_norm``: each (instance norm, ReLU) pair as group norm
     (one group per channel) and an in-place ReLU; group norm's backward needs its input and
     statistics, not its output, so the ReLU may overwrite that output. ``channels_last``: each
@@ -431,8 +437,10 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
     back; group norm keeps the layout) with a channels-last copy of its weight, cached on the layer
     (under bfloat16 autocast, a bfloat16 copy: no cast at each call). ``fold_last``: the
     transposed convolution to one channel through :class:`_OneChannelConvTransposeFunction` on any
-    device (under bfloat16 autocast, its product in bfloat16 and its sum in float32). Other modules
-    as they are."""
+    device (under bfloat16 autocast, its product in bfloat16 and its sum in float32). ``subpixel``:
+    the other transposed convolutions as one stride-1 convolution and an interleave
+    (:mod:`latentinv.nn.subpixel`; its stacked sub-kernels cached on the layer, channels-last with
+    ``channels_last``). Other modules as they are."""
     mods = list(layers)
     device = h.device.type
     low = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
@@ -449,6 +457,10 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
             h = _OneChannelConvTransposeFunction.apply((h.to(torch.bfloat16) if low else h).contiguous(),
                                                        mod.weight, mod.stride, mod.padding, mod.output_padding,
                                                        low)
+        elif subpixel and _subpixel.applies(mod):
+            if channels_last:
+                h = h.contiguous(memory_format=torch.channels_last)
+            h = _subpixel.conv_transpose(h, mod, _subpixel.phase_weight(mod, weight_dtype, channels_last))
         elif channels_last and isinstance(mod, nn.ConvTranspose2d) and mod.padding_mode == "zeros":
             h = h.contiguous(memory_format=torch.channels_last)     # no copy where it is NHWC already
             h = nn.functional.conv_transpose2d(h, native.channels_last_weight(mod, weight_dtype), mod.bias,
