@@ -595,9 +595,11 @@ def kernel_profile(run, device, top=15):
 
 
 def profile_rows(variants, op, tt, device, rows, n_epochs=1, n_starts=100, top=15):
-    """One row per variant ``(label, generator, cuda_graphs, precision)``: ``kernel_profile`` of one
-    call of ``n_epochs`` after a warm-up call (the capture, for a graph)."""
-    for label, generator, graphs, precision in variants:
+    """One row per variant ``(label, generator, cuda_graphs, precision[, step_compile, cudnn_autotune])``
+    (no compiled step here): ``kernel_profile`` of one call of ``n_epochs`` after a warm-up call (the
+    capture, for a graph), with cuDNN's autotuner on where the variant asks for it."""
+    for label, generator, graphs, precision, *rest in variants:
+        torch.backends.cudnn.benchmark = bool(rest[1:] and rest[1])
         try:
             est = LatentInverter(generator, op, n_starts=n_starts, n_epochs=n_epochs, random_state=0,
                                  device=device, cuda_graphs=graphs, precision=precision).fit(tt)
@@ -607,6 +609,8 @@ def profile_rows(variants, op, tt, device, rows, n_epochs=1, n_starts=100, top=1
             rows.append(dict(case="profile", method=label, device=str(device),
                              error=f"{type(exc).__name__}: {exc}"[:500]))
             continue
+        finally:
+            torch.backends.cudnn.benchmark = False
         rows.append(dict(case="profile", method=label, device=str(device), n_starts=n_starts,
                          iterations=est.n_iterations_,
                          ms_per_iteration=prof["total_ms"] / est.n_iterations_, **prof))
@@ -724,16 +728,17 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
         start, layout_rows = len(rows), layout_variants(gen.module)
         paper_experiment_rows(layout_rows, op, tt, "cuda", n_epochs, rows, save, reference=(variants[0][0], eager))
         fastest_layout = fastest_variant(layout_rows, rows[start:])
+    if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16,
+        # and the fastest layout row's, its cuDNN autotuner on as when it was timed (after the timed rows
+        # of the paper's experiment: a profiler that fails on a graph's capture costs no timing; before
+        # the tables' rows, the longest, which a deadline stops first)
+        profile_rows([v[:4] for v in variants[:3]] + ([fastest_layout] if fastest_layout else []),
+                     op, tt, "cuda", rows)
+        save()
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
         sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
         table_case_rows([("VSbrd", gen, "the paper's VAE decoder, random weights"), ("SAnnn", *sgan), ("SSbnd", *sgan)],
                         op, tt, "cuda", rows, n_epochs=12 if quick else None, save=save)
-    if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16
-        # (after the timed rows: a profiler that fails on a graph's capture costs no timing)
-        # and the fastest layout row's (its cuDNN autotuner on while profiled, as when it was timed)
-        profile_rows([v[:4] for v in variants[:3]] + ([fastest_layout] if fastest_layout else []),
-                     op, tt, "cuda", rows)
-        save()
     if compile_decoder:   # last: compiling takes the longest, and a deadline stops it before the rows above
         compiled = TorchGenerator(torch.compile(gen.decoder_, mode="reduce-overhead"), 20)
         paper_experiment_rows(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -51,7 +52,6 @@ def test_a_failed_reference_row_is_not_a_zero_difference(problem):
 
 
 def test_the_autotuned_variant_runs_with_cudnns_autotuner_and_restores_it(problem, monkeypatch):
-    import torch
     op, gen, tt = problem
     seen = []
     real_invert = LatentInverter.invert
@@ -80,6 +80,22 @@ def test_the_profile_row_accounts_for_the_whole_epoch(problem):
     assert all(abs(e["ms"] / row["total_ms"] - e["share"]) < 1e-9 for e in row["entries"])
     assert sum(e["ms"] for e in row["entries"]) < row["total_ms"]
     assert abs(row["ms_per_iteration"] * row["iterations"] - row["total_ms"]) < 1e-9
+
+
+def test_the_profile_takes_a_layout_rows_whole_variant_and_its_autotuner(problem, monkeypatch):
+    """--profile profiles the fastest layout row as it was timed: its 6-field variant, cuDNN's autotuner
+    on during the profile (off after, also where the profile fails)."""
+    op, gen, tt = problem
+    seen = []
+    real = bench_inversion.kernel_profile
+    monkeypatch.setattr(bench_inversion, "kernel_profile",
+                        lambda *a: seen.append(torch.backends.cudnn.benchmark) or real(*a))
+    rows = []
+    bench_inversion.profile_rows([("plain", gen, False, "float32"), ("tuned", gen, False, "float32", None, True),
+                                  ("tuned, failing", gen, False, "float8", None, True)], op, tt, "cpu", rows,
+                                 n_starts=2, top=3)
+    assert seen == [False, True] and torch.backends.cudnn.benchmark is False
+    assert [r.get("error") is None for r in rows] == [True, True, False]
 
 
 def test_a_profile_that_fails_is_a_row_with_its_error(problem):
