@@ -123,13 +123,13 @@ def test_training_is_deterministic_on_cpu(image):
 def test_training_crops_avoid_the_held_out_windows(image, monkeypatch):
     # the crops of 41 x 41 come from a sampler with the same exclusion windows as the user's
     seen = []
-    original = PatchSampler.sample
+    original = PatchSampler.sample_tensor
 
-    def spy(self, n, random_state=None):
+    def spy(self, n, random_state=None, device="cpu"):
         seen.append((self.patch_shape, [list(e) for e in self.exclude]))
-        return original(self, n, random_state=random_state)
+        return original(self, n, random_state=random_state, device=device)
 
-    monkeypatch.setattr(PatchSampler, "sample", spy)
+    monkeypatch.setattr(PatchSampler, "sample_tensor", spy)
     sampler = PatchSampler(image, (33, 17), exclude=[(50, 60, 33, 17)])
     SGANPrior(training_latent_shape=(6, 6), **dict(TINY, n_iterations=1)).fit(sampler)
     assert seen == [((41, 41), [[(50, 60, 33, 17)]])]

@@ -405,7 +405,7 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
             stack = None
         else:
             sampler = None
-            stack = torch.tensor(np.stack(images), dtype=torch.float32)
+            stack = torch.tensor(np.stack(images), dtype=torch.float32, device=device)     # held where it trains
 
         lc = int(self.latent_channels)
         generator = self._new_generator()
@@ -430,7 +430,7 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
                                           [opt_g, opt_d], None, crop_rng, noise, history_keys=_HISTORY_KEYS)
         if checkpoint is not None:
             fingerprint = _checkpoint.training_fingerprint(
-                self, device, None if stack is None else stack.numpy(), sampler, estimator=name)
+                self, device, None if stack is None else stack.cpu().numpy(), sampler, estimator=name)
             if _checkpoint.read(checkpoint, state, fingerprint, f"{name}.fit") and state.iteration > n_total:
                 raise ValueError(f"{name}.fit: the checkpoint in {os.fspath(checkpoint)!r} is at iteration "
                                  f"{state.iteration}, beyond n_iterations={n_total}; raise n_iterations or "
@@ -443,12 +443,11 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
             iterations = tqdm(iterations, desc=f"{name} fit", unit="it", initial=state.iteration, total=n_total)
         with _deterministic_kernels(device):
             for k in iterations:
-                if sampler is not None:
-                    crops = sampler.sample(batch, random_state=crop_rng).reshape(batch, 1, h, w)
-                    real = torch.tensor(crops, dtype=torch.float32, device=device)
+                if sampler is not None:     # cut where the network computes, from the images kept there
+                    real = sampler.sample_tensor(batch, random_state=crop_rng, device=device).reshape(batch, 1, h, w)
                 else:
-                    idx = torch.tensor(crop_rng.integers(0, stack.shape[0], size=batch))
-                    real = stack[idx].reshape(batch, 1, h, w).to(device)
+                    idx = torch.as_tensor(crop_rng.integers(0, stack.shape[0], size=batch), device=device)
+                    real = stack[idx].reshape(batch, 1, h, w)
                 real = 2.0 * real - 1.0
                 z = torch.rand((batch, lc) + train_latent, generator=noise, device=device) * 2.0 - 1.0
                 fake = generator(z)[:, :, :h, :w]
