@@ -37,6 +37,8 @@ import shutil
 import tempfile
 import time
 
+STARTED = time.time()      # before the imports below: the SGAN's training budget counts them
+
 import numpy as np
 import torch
 
@@ -44,7 +46,7 @@ from latentinv.datasets import PatchSampler, load_channels_ti, load_image, make_
 from latentinv.metrics import compare_patterns
 from latentinv.nn.sgan import PatchDiscriminator, SpatialGenerator, adversarial_losses
 from latentinv.nn.vae import build_vae, vae_loss
-from latentinv.prior import VAEPrior
+from latentinv.prior import ModelFileError, VAEPrior
 from latentinv.sgan import PUBLISHED_N_ITERATIONS, SGANPrior
 
 PAPER_SHAPE = (129, 65)
@@ -144,22 +146,25 @@ def cuda_sgan_rate(results):
     return rates[0] if rates else time_sgan_steps(torch.device("cuda"), 32, 1, 2)
 
 
-def train_in_parts(fit_to, total, budget, per_step, done=0, part_seconds=30.0, margin=1.2,
-                   clock=time.perf_counter):
-    """Train from ``done`` to ``total`` iterations, or as many as end within ``budget`` seconds, in parts.
+def train_in_parts(fit_to, total, deadline, per_step, done=0, part_seconds=30.0, margin=1.2, first_fraction=0.25,
+                   clock=time.time):
+    """Train from ``done`` to ``total`` iterations, or as many as end by ``deadline`` (in ``clock``'s
+    seconds), in parts.
 
     ``fit_to(n)`` carries one training on to ``n`` iterations (an SGANPrior's ``fit`` on one checkpoint
     directory: parts of any length train as one run) and returns the prior. A part of about
-    ``part_seconds`` starts only when it is expected to end in time at the rate of the part before it
-    (``per_step`` for the first), with a ``margin``; shortened to fit, it is skipped when not one
-    iteration fits. A part's fixed cost (the networks built, the checkpoint read and written: about a
-    second) is amortised in the measured rate, so a short last part may end late by up to that cost; a
-    first rate misjudged by more than the margin makes the first part late. Returns ``(prior, iterations done, [(iterations, seconds) per part])``; the prior is
-    None when no part ran."""
-    start, prior, parts = clock(), None, []
+    ``part_seconds`` (the first, at the rate ``per_step`` given, only ``first_fraction`` of that: its
+    rate is measured by another loop) starts only when it is expected to end in time at the rate of the
+    part before it, with a ``margin``; shortened to fit, it is skipped when not one iteration fits. A
+    part's fixed cost (the networks built, the checkpoint read and written: about a second) is amortised
+    in the measured rate, so a short last part may end late by up to that cost; a first rate misjudged
+    by more than the margin makes the first part late. Returns ``(prior, iterations done,
+    [(iterations, seconds) per part])``; the prior is None when no part ran."""
+    prior, parts = None, []
     while done < total:
-        left = budget - (clock() - start)
-        n = min(total - done, max(1, int(part_seconds / per_step)), int(left / (per_step * margin)))
+        left = deadline - clock()
+        size = part_seconds * (1.0 if parts else first_fraction)
+        n = min(total - done, max(1, int(size / per_step)), int(left / (per_step * margin)))
         if n < 1:
             break
         t0 = clock()
@@ -172,11 +177,13 @@ def train_in_parts(fit_to, total, budget, per_step, done=0, part_seconds=30.0, m
 
 
 def _save_replacing(prior, path):
-    """Save ``prior`` to ``path`` whole or not at all: written beside it, then swapped in."""
+    """Save ``prior`` to ``path``: written beside it (``path.new``), then swapped in; for the instant
+    between the two renames only ``path.old`` holds it (``gpu_checks.sh`` takes that one then)."""
     new, old = f"{path}.new", f"{path}.old"
     shutil.rmtree(new, ignore_errors=True)
     prior.save(new)
     if os.path.isdir(path):
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)
@@ -188,20 +195,25 @@ def checkpoint_iteration(path):
     if not os.path.isfile(latest):
         return 0
     with open(latest) as f:
-        return int(f.read().strip().removeprefix("step-"))
+        text = f.read().strip()
+    if not (text.startswith("step-") and text[5:].isdigit()):
+        raise ValueError(f"{latest}: expected 'step-<iteration>'; got {text[:40]!r}")
+    return int(text[5:])
 
 
-def train_published_sgan(sampler, results, budget, save_to=None, checkpoint=None, total=PUBLISHED_N_ITERATIONS,
-                         part_seconds=30.0, **network):
-    """The published network and schedule on CUDA (random_state=0), within ``budget`` seconds (None:
-    the whole schedule) in parts on the checkpoint directory ``checkpoint`` (a temporary one when None;
-    a training found there is carried on), each part's generator saved to ``save_to`` (so that a timeout
-    leaves the last one). ``network`` overrides SGANPrior's settings (tests: a small one on the CPU).
-    Returns ``(prior, iterations)``; the prior is None when there is no training to return."""
+def train_published_sgan(sampler, results, deadline=None, save_to=None, checkpoint=None,
+                         total=PUBLISHED_N_ITERATIONS, part_seconds=30.0, **network):
+    """The published network and schedule on CUDA (random_state=0), to be done by ``deadline``
+    (``time.time()``; None: the whole schedule), in parts on the checkpoint directory ``checkpoint`` (a
+    temporary one when None), each part's generator saved to ``save_to`` (so that a timeout leaves the
+    last one). A training found in ``checkpoint`` is carried on; one of another training is moved aside
+    (said so) and a new one started. ``network`` overrides SGANPrior's settings (tests: a small one on
+    the CPU). Records ``results["sgan_training"]`` (iterations carried on, then this call's parts);
+    returns ``(prior, iterations)``, the prior None when there is no training to return."""
     settings = dict(dict(device="cuda", random_state=0), **network)
 
     def fit_to(n):
-        prior = SGANPrior(**settings, n_iterations=n).fit(sampler, checkpoint=checkpoint, checkpoint_every=n)
+        prior = SGANPrior(**settings, n_iterations=n).fit(sampler, checkpoint=checkpoint, checkpoint_every=max(n, 1))
         if save_to:
             _save_replacing(prior, save_to)
         print(f"SGAN training: {n} of {total} iterations", flush=True)
@@ -209,17 +221,32 @@ def train_published_sgan(sampler, results, budget, save_to=None, checkpoint=None
 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = scratch if checkpoint is None else checkpoint
-        done = checkpoint_iteration(checkpoint)
+        done, prior = checkpoint_iteration(checkpoint), None
         if done:
-            print(f"SGAN training: carried on from the checkpoint's {done} iterations", flush=True)
-        if budget is None or done >= total:
-            return fit_to(total), total
-        per_step = cuda_sgan_rate(results)
-        print(f"SGAN training: {per_step:.3f} s per iteration measured, {budget:.0f} s given", flush=True)
-        prior, done, parts = train_in_parts(fit_to, total, budget, per_step, done=done, part_seconds=part_seconds)
-        if prior is None and done:      # no time for a part: the checkpoint's training as it stands
-            prior = fit_to(done)
-    results["sgan_training_parts"] = [dict(iterations=n, seconds=t) for n, t in parts]
+            try:       # the checkpoint's training as it stands (nothing trained): is it this training?
+                prior = fit_to(done)
+                print(f"SGAN training: carried on from the checkpoint's {done} iterations", flush=True)
+            except ModelFileError as err:
+                aside = f"{checkpoint}.refused-{int(time.time())}"
+                os.replace(checkpoint, aside)
+                print(f"SGAN training: the checkpoint in {checkpoint} is not this training's, moved to {aside} "
+                      f"({err}); starting anew", flush=True)
+                done, prior = 0, None
+        record = results["sgan_training"] = dict(carried_on_from=done, total=total, parts=[])
+        if deadline is not None and done < total:
+            per_step = cuda_sgan_rate(results)
+            record["first_rate_seconds_per_iteration"] = per_step
+            print(f"SGAN training: {per_step:.3f} s per iteration measured, {deadline - time.time():.0f} s left",
+                  flush=True)
+            last, done, parts = train_in_parts(fit_to, total, deadline, per_step, done=done, part_seconds=part_seconds)
+            prior = last or prior
+            record["parts"] = [dict(iterations=n, seconds=t) for n, t in parts]
+        elif done < total:
+            t0 = time.time()
+            prior = fit_to(total)
+            record["parts"] = [dict(iterations=total - done, seconds=time.time() - t0)]
+            done = total
+        record["iterations"] = done
     return prior, done
 
 
@@ -241,12 +268,14 @@ def sgan_patterns(args, results):
     gpu = args.sgan_gpu_train and torch.cuda.is_available()
     t0 = time.perf_counter()
     if gpu:     # the published network and schedule, or as much of it as ends within the budget
-        sgan, n = train_published_sgan(sampler, results, args.sgan_budget, args.save_sgan, args.sgan_checkpoint)
+        sgan, n = train_published_sgan(sampler, results, args.sgan_deadline, args.save_sgan, args.sgan_checkpoint)
         if sgan is None:
-            raise SystemExit(f"SGAN training: not one iteration fits in {args.sgan_budget:.0f} s")
+            rate = results["sgan_training"].get("first_rate_seconds_per_iteration")
+            raise SystemExit(f"SGAN training: not one iteration fits in the {args.sgan_deadline - time.time():.0f} s "
+                             f"left at {rate} s per iteration")
         label = f"published network, {n} iterations of 32 crops 353 x 353, GPU"
         if n < PUBLISHED_N_ITERATIONS:
-            label += f" (the published schedule's {PUBLISHED_N_ITERATIONS} did not fit in {args.sgan_budget:.0f} s)"
+            label += f" (the published schedule's {PUBLISHED_N_ITERATIONS} did not fit in the time given)"
     else:
         torch.set_num_threads(2)
         n = args.pattern_iterations
@@ -301,15 +330,19 @@ def main():
                         help="with --patterns on a GPU: train the published network and schedule")
     parser.add_argument("--save-sgan", default=None, help="directory to save the trained SGAN in")
     parser.add_argument("--sgan-budget", type=float, default=None,
-                        help="with --sgan-gpu-train: seconds for the training, in parts on a checkpoint, each "
-                             "started only when it ends in time; fewer than the published iterations where "
-                             "they do not fit (said so)")
+                        help="with --sgan-gpu-train: seconds for the training from this process's start, in parts "
+                             "on a checkpoint, each started only when it ends in time; fewer than the published "
+                             "iterations where they do not fit (said so)")
+    parser.add_argument("--sgan-deadline", type=float, default=None,
+                        help="the same as a time (seconds since the epoch, as `date +%%s`) the training must end by")
     parser.add_argument("--sgan-checkpoint", default=None,
                         help="with --sgan-gpu-train: the training's checkpoint directory (kept; a training "
                              "found there is carried on), else a temporary one")
     parser.add_argument("--skip-cpu", action="store_true",
                         help="with --sgan: no CPU row (about 2 min per step of the published network)")
     args = parser.parse_args()
+    if args.sgan_deadline is None and args.sgan_budget is not None:
+        args.sgan_deadline = STARTED + args.sgan_budget      # counted from the start: imports and setup included
 
     n_steps = 2 if args.quick else 5
     machine = f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPUs, torch {torch.__version__}"

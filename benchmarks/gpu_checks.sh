@@ -296,7 +296,7 @@ fi
 
 # 4. (opt-in) the published SGAN trained on the GPU, then the paper's SGAN cases with it. Its training gets the
 #    time left but SGAN_RESERVE s (the patterns, the weights' packing, SAnnn and SSbnd): bench_prior.py
-#    --sgan-budget trains in parts of about 30 s on a checkpoint, each started only when it ends in time at the
+#    --sgan-deadline trains in parts of about 30 s on a checkpoint, each started only when it ends in time at the
 #    rate of the one before, and saves the generator after each (a timeout leaves the last part's)
 if want sgan; then
   ( IT=; [ "$DRY" = 1 ] && IT="--pattern-iterations 2 --pattern-samples 4"
@@ -306,9 +306,11 @@ if want sgan; then
     else
       echo "[$(now) s] sgan: training for at most $BUDGET s"
       timeout $(upto 60) $PY benchmarks/bench_prior.py --no-vae --sgan --skip-cpu --patterns --sgan-gpu-train $IT \
-        --sgan-budget "$BUDGET" --sgan-checkpoint "$SGAN_CKPT" --ti "$TI" --save-sgan /tmp/li_sgan --output "$RESULTS/sgan/bench_prior_sgan.json" 2>&1 \
+        --sgan-deadline "$(( $(date +%s) + BUDGET ))" --sgan-checkpoint "$SGAN_CKPT" --ti "$TI" --save-sgan /tmp/li_sgan --output "$RESULTS/sgan/bench_prior_sgan.json" 2>&1 \
         | grep -v "it/s\]" | tail -30
       pack
+      # a timeout between the two renames of a part's save leaves the last generator in li_sgan.old
+      [ -f /tmp/li_sgan/config.json ] || { [ -f /tmp/li_sgan.old/config.json ] && mv /tmp/li_sgan.old /tmp/li_sgan; }
       # the trained SGAN comes back (its float32 weights are over one file's 16 MiB: in parts of 15 MiB)
       [ -f /tmp/li_sgan/config.json ] && tar -C /tmp -czf - li_sgan | split -b 15m -d - "$OUT/sgan.tgz.part-" \
         && echo "[$(now) s] sgan: the trained SGAN in $(ls "$OUT" | grep -c '^sgan.tgz.part-') parts"

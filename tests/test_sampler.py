@@ -162,7 +162,7 @@ def test_the_gauss_newton_fit_is_the_posterior_covariance_of_a_linear_problem(un
     # in one pass of every row, against passes of one chain (d rows) each: float32 rounding apart
     np.testing.assert_allclose(likelihood_jacobian(problem, u, uniform, max_rows=len(u) * d).numpy(), J,
                                rtol=1e-5, atol=1e-7)
-    assert likelihood_jacobian.__defaults__ == (None,) and max(d, len(u) // 2) // d == 1     # J: one chain a pass
+    assert likelihood_jacobian.__defaults__ == (None, None) and max(d, len(u) // 2) // d == 1     # J: one chain a pass
     pre = Preconditioner(len(u), d, "cpu", torch.float64)
     pre.fit_gauss_newton(problem, u, uniform, n_chains)
     C = (pre.chol @ pre.chol.transpose(1, 2)).numpy()
@@ -188,8 +188,18 @@ def test_the_jacobian_passes_shrink_to_the_memory_available(monkeypatch):
     problem = sampler._problem(y[None], np.full(len(y), 0.1), allow_pending=False, nonlinear_gradient="exact")
     u = torch.tensor(np.random.default_rng(4).normal(0, 1, (n_chains, d)), dtype=torch.float32)
     per_row = memory.saved_bytes_per_row(mcmc._pass_graph(problem, False), u[:1])
-    # the pass keeps more than the decoder's own graph: the first backward's, built to be differentiated
-    assert per_row > memory.saved_bytes_per_row(problem.decode, torch.zeros(1, d)) > 0
+    # the pass counts the first backward's graph, built to be differentiated again: with a nonlinear
+    # slowness map (the paper's), whose backward keeps a tensor per row, more than the same outputs without
+    from latentinv.inversion import paper_slowness
+    curved = LatentSampler(gen, op, slowness_map=paper_slowness, n_chains=2, noise_std=0.1, device="cpu").fit(y[None])
+    curved = curved._problem(y[None], np.full(len(y), 0.1), allow_pending=False, nonlinear_gradient="exact")
+
+    def first_backward_not_kept(uu):
+        _, s = curved.decode(uu)
+        v = torch.zeros_like(s, requires_grad=True)
+        return torch.autograd.grad(s, uu, v)[0], s, v
+    kept = memory.saved_bytes_per_row(mcmc._pass_graph(curved, False), u[:1])
+    assert kept >= memory.saved_bytes_per_row(first_backward_not_kept, u[:1]) + 4 * op.n_params > 0
     monkeypatch.setattr(memory, "available_bytes", lambda device: None)      # nothing known: R / 2 rows
     assert mcmc.jacobian_pass_rows(problem, u, False) == n_chains // 2
     J = mcmc.likelihood_jacobian(problem, u, False)
@@ -205,6 +215,14 @@ def test_the_jacobian_passes_shrink_to_the_memory_available(monkeypatch):
         monkeypatch.setattr(problem, "decode", real)
         passes = decoded[2:]                  # after the probe's two (4 and 2 rows): whole chains a pass
         assert decoded[:2] == [4, 2] and max(passes) == rows // d * d and sum(passes) == n_chains * d
+    # a preconditioner measures the pass's rows once, at its first fit (the refits hold the same rows)
+    probes = []
+    real_probe = mcmc.pass_row_bytes
+    monkeypatch.setattr(mcmc, "pass_row_bytes", lambda *a: probes.append(1) or real_probe(*a))
+    pre = Preconditioner(n_chains, d, "cpu", torch.float32)
+    pre.fit_gauss_newton(problem, u, False, n_chains)
+    pre.fit_gauss_newton(problem, u, False, n_chains)
+    assert len(probes) == 1 and pre.pass_row_bytes == per_row
     monkeypatch.setattr(memory, "available_bytes", lambda device: per_row * d - 1)
     with pytest.raises(MemoryError, match=r"Gauss-Newton preconditioner's Jacobian needs at least .* for one "
                                           r"chain \(3 decodings.*Use preconditioner='empirical'"):

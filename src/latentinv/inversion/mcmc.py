@@ -114,7 +114,7 @@ def evaluate(problem, u, *, uniform, gradient):
     return ChainState(u.detach(), z.detach(), x.detach(), t_full.detach(), phi.detach(), grad)
 
 
-def likelihood_jacobian(problem, u, uniform, max_rows=None):
+def likelihood_jacobian(problem, u, uniform, max_rows=None, row_bytes=None):
     """The Jacobian ``d t / d u`` (R, n_data, d) of the full data at whitened latents ``u`` (R, d):
     ``J = G(s) D`` with ``D = d s / d u`` the slowness's Jacobian and ``G(s)`` the operator's.
 
@@ -126,9 +126,11 @@ def likelihood_jacobian(problem, u, uniform, max_rows=None):
     rows' slowness, from its engine on the host (its backward applies ``G^T`` but cannot be
     differentiated again). ``max_rows``: rows per pass (each pass decodes ``max_rows`` latents and keeps
     a double-backward graph); None: ``max(d, R // 2)``, so that a pass holds about what the chains'
-    own batch does, or fewer where that graph would not fit in memory (:func:`jacobian_pass_rows`)."""
+    own batch does, or fewer where that graph would not fit in memory (:func:`jacobian_pass_rows`,
+    ``row_bytes`` its per-row size when known)."""
     R, d = u.shape
-    max_rows = jacobian_pass_rows(problem, u, uniform) if max_rows is None else max(d, int(max_rows))
+    max_rows = (jacobian_pass_rows(problem, u, uniform, row_bytes) if max_rows is None
+                else max(d, int(max_rows)))
     per_pass = max(1, max_rows // d)
     eye = torch.eye(d, dtype=u.dtype, device=u.device)
     kernel = getattr(problem.traveltimes, "matrix", None)        # a linear operator's G (CSR, on the device)
@@ -166,26 +168,35 @@ def _pass_graph(problem, uniform):
     return graph
 
 
-def jacobian_pass_rows(problem, u, uniform):
-    """Rows per pass of :func:`likelihood_jacobian` for the chains ``u`` (R, d): ``max(d, R // 2)``, or
-    fewer (a multiple of ``d``: whole chains) where a pass's graph would take more than half the memory
-    available (:mod:`latentinv._memory`; its per-row size measured, a lower bound). MemoryError where not
-    even one chain's ``d`` rows fit."""
-    from .._memory import _size, available_bytes, saved_bytes_per_row
+def jacobian_pass_rows(problem, u, uniform, per_row=None):
+    """Rows per pass of :func:`likelihood_jacobian` for the chains ``u`` (R, d): at most
+    ``max(d, R // 2)``, and where a pass's graph would take more than half the memory available
+    (:mod:`latentinv._memory`), fewer: a multiple of ``d`` (whole chains), at least ``d``. ``per_row``:
+    the graph's bytes per decoded row (a lower bound), measured on 6 rows when None (decodings that no
+    forward-run count includes). MemoryError where not even one chain's ``d`` rows fit."""
+    from .._memory import _size, available_bytes
     R, d = u.shape
     rows = max(d, R // 2)
     room = available_bytes(u.device)
     if room is None:
         return rows
-    per_row = saved_bytes_per_row(_pass_graph(problem, uniform), u[:1].detach())
+    if per_row is None:
+        per_row = pass_row_bytes(problem, u, uniform)
     if per_row * d > room:
         raise MemoryError(
             f"LatentSampler: the Gauss-Newton preconditioner's Jacobian needs at least {_size(per_row * d)} "
-            f"for one chain ({d} decodings with their double-backward graphs, {_size(per_row)} each), but "
-            f"{u.device} has {_size(room)} available. Use preconditioner='empirical', or fewer chains or "
-            f"surveys per call.")
+            f"for one chain ({d} decodings with their double-backward graphs, {_size(per_row)} each, whatever "
+            f"the number of chains), but {u.device} has {_size(room)} available. Use "
+            f"preconditioner='empirical' (no Jacobian), or free memory on {u.device}.")
     fit = int(room // 2 // max(per_row, 1.0)) // d * d
     return max(d, min(rows, fit))
+
+
+def pass_row_bytes(problem, u, uniform):
+    """Bytes a pass of :func:`likelihood_jacobian` holds per decoded row (measured on 6 rows like
+    ``u``'s first; a lower bound, :func:`latentinv._memory.saved_bytes_per_row`)."""
+    from .._memory import saved_bytes_per_row
+    return saved_bytes_per_row(_pass_graph(problem, uniform), u[:1].detach())
 
 
 # -- the preconditioner ---------------------------------------------------------------------------------
@@ -196,6 +207,7 @@ class Preconditioner:
     def __init__(self, n_rows, n_components, device, dtype):
         self.mean = torch.zeros(n_rows, n_components, device=device, dtype=dtype)
         self.chol = torch.eye(n_components, device=device, dtype=dtype).expand(n_rows, -1, -1).clone()
+        self.pass_row_bytes = None       # a Gauss-Newton fit's bytes per decoded row (fit_gauss_newton)
 
     def apply(self, v):
         """``L v`` per row."""
@@ -221,7 +233,9 @@ class Preconditioner:
         kernels' steps are whitened from the first iteration, where the draws' covariance needs draws
         that already explore. The mean is left as it is."""
         R, d = u.shape
-        J = likelihood_jacobian(problem, u, uniform).to(torch.float64)        # (R, n_data, d)
+        if self.pass_row_bytes is None:       # measured once per run: the passes hold the same rows at each fit
+            self.pass_row_bytes = pass_row_bytes(problem, u, uniform)
+        J = likelihood_jacobian(problem, u, uniform, row_bytes=self.pass_row_bytes).to(torch.float64)  # (R, n_data, d)
         y, w = problem._observed(None)
         w = (torch.ones_like(y) if w is None else w).to(torch.float64)
         scale = 0.5 if problem.paper_gradient else 1.0      # data_loss's factor: phi = scale / 2 sum w r**2

@@ -335,7 +335,9 @@ class ConvDecoder(nn.Module):
     layout_fold_last = False
     #: Off that path too: each transposed convolution (but a folded last layer) as one stride-1
     #: convolution of its phases' sub-kernels and an interleave (:mod:`latentinv.nn.subpixel`), so
-    #: that forward and backward run cuDNN's stride-1 kernels instead of its backward-data kernels.
+    #: that forward and backward run cuDNN's stride-1 kernels instead of its backward-data kernels, for
+    #: 1.59 times the arithmetic. Layers with a bias, groups or dilation (none in this decoder) would run
+    #: as the other switches say.
     layout_subpixel = False
 
     def forward(self, z):
