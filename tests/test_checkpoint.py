@@ -216,6 +216,9 @@ def test_sgan_checkpoints_of_another_training_are_refused(tmp_path):
                                        checkpoint=tmp_path / "sgan")
     with pytest.raises(ValueError, match="is at iteration 2, beyond n_iterations=1"):
         SGANPrior(**dict(SGAN_KW, n_iterations=1), **kw).fit(X, checkpoint=tmp_path / "sgan")
+    # the decoded models' grid is not the training's: another image_shape carries the same training on
+    grid = SGANPrior(**dict(SGAN_KW, n_iterations=3), image_shape=(65, 33), **kw).fit(X, checkpoint=tmp_path / "sgan")
+    assert len(grid.history_["generator"]) == 3 and grid.image_shape_ == (65, 33)
     # a VAE's checkpoint is another training, named as such
     VAEPrior(**dict(KW, n_iterations=1)).fit(_data("array"), checkpoint=tmp_path / "vae")
     with pytest.raises(ModelFileError, match="estimator: checkpoint null, now \"SGANPrior\""):

@@ -194,7 +194,7 @@ def test_cuda_graphs_short_runs(n_epochs):
 @cuda
 @pytest.mark.parametrize("channels_last,group_norm,fold_last,subpixel", [
     (True, False, False, False), (False, True, False, False), (False, False, True, False),
-    (True, True, True, False), (False, False, False, True), (True, True, True, True)])
+    (True, True, True, False), (False, False, False, True), (True, True, False, True), (True, True, True, True)])
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm, fold_last, subpixel, precision):
     """The decoder's layout switches (channels-last maps and weights, group norm for instance norm, the
@@ -218,6 +218,11 @@ def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm
         tt = LatentInverter(gen, op, **params).fit(np.ones((1, op.n_data))).simulate(truth)
         want = LatentInverter(gen, op, cuda_graphs=True, **params).fit(tt).invert(tt)
         got = LatentInverter(gen_switched, op, cuda_graphs=True, **params).fit(tt).invert(tt)
+    # the switched path ran (in the warm-up, before the capture): its cached weights are on the layers
+    convs = [m for m in switched.deconv if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [("_latentinv_phase_weight" in m.__dict__) for m in convs] == [subpixel] * 3 + [subpixel and not fold_last]
+    assert [("_latentinv_channels_last_weight" in m.__dict__) for m in convs] == \
+        [channels_last and not subpixel] * 3 + [channels_last and not subpixel and not fold_last]
     if precision == "float32":
         for key in ("models", "data_rmse", "latents"):
             np.testing.assert_allclose(getattr(got, key), getattr(want, key), rtol=1e-4, atol=1e-4, err_msg=key)

@@ -62,12 +62,13 @@ def check_arguments(checkpoint, checkpoint_every, owner):
                          f"got {type(checkpoint).__name__}.")
 
 
-def training_fingerprint(owner, device, X=None, sampler=None, **extra):
+def training_fingerprint(owner, device, X=None, sampler=None, ignore=(), **extra):
     """What a checkpoint of the estimator ``owner``'s training must match (JSON): its settings but
-    ``n_iterations`` (a longer run continues a shorter one), ``device`` (its type instead) and
-    ``verbose``, the data's digest (:func:`data_digest`), and ``extra``."""
+    ``n_iterations`` (a longer run continues a shorter one), ``device`` (its type instead), ``verbose``
+    and ``ignore`` (settings the training does not depend on), the data's digest (:func:`data_digest`),
+    and ``extra``."""
     params = owner.get_params(deep=False)
-    for key in ("n_iterations", "device", "verbose"):
+    for key in ("n_iterations", "device", "verbose", *ignore):
         params.pop(key, None)
     for key, value in params.items():
         if callable(value):

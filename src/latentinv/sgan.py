@@ -430,7 +430,8 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
                                           [opt_g, opt_d], None, crop_rng, noise, history_keys=_HISTORY_KEYS)
         if checkpoint is not None:
             fingerprint = _checkpoint.training_fingerprint(
-                self, device, None if stack is None else stack.cpu().numpy(), sampler, estimator=name)
+                self, device, None if stack is None else stack.cpu().numpy(), sampler, estimator=name,
+                ignore=("image_shape",))     # the decoded models' grid: the training's data are in the digest
             if _checkpoint.read(checkpoint, state, fingerprint, f"{name}.fit") and state.iteration > n_total:
                 raise ValueError(f"{name}.fit: the checkpoint in {os.fspath(checkpoint)!r} is at iteration "
                                  f"{state.iteration}, beyond n_iterations={n_total}; raise n_iterations or "
