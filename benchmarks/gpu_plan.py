@@ -66,7 +66,9 @@ def plan_iterations(ms_per_iteration, seconds, *, done=0, target=PAPER_ITERATION
         raise ValueError(f"ms_per_iteration must be a positive number, got {ms_per_iteration!r}")
     if done >= target:
         return 0
-    reach = done + int(max(0.0, seconds) / (ms_per_iteration * 1e-3 * safety))
+    # (1 + 1e-12): a time that fits a whole number of iterations exactly is not floored one short by
+    # the quotient's rounding (1.15 s at 1.15 ms: 999.9999999999999)
+    reach = done + int(max(0.0, seconds) / (ms_per_iteration * 1e-3 * safety) * (1 + 1e-12))
     if reach >= target:
         return target
     total = reach // granularity * granularity

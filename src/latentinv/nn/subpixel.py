@@ -67,7 +67,7 @@ def conv_transpose(x: torch.Tensor, conv: nn.ConvTranspose2d, weight: torch.Tens
     if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
         # NHWC memory: (N, hp, wp, c, r1, r2) -> (N, hp, r1, wp, r2, c), laid out channels-last again
         y = y.permute(0, 2, 3, 1).reshape(n, hp, wp, c_out, s1, s2).permute(0, 1, 4, 2, 5, 3)
-        y = y.reshape(n, hp * s1, wp * s2, c_out).permute(0, 3, 1, 2)
+        y = y.reshape(n, hp * s1, wp * s2, c_out).contiguous().permute(0, 3, 1, 2)    # a view where sizes are 1
     else:
         y = y.reshape(n, c_out, s1, s2, hp, wp).permute(0, 1, 4, 2, 5, 3).reshape(n, c_out, hp * s1, wp * s2)
     out_h = (h - 1) * s1 - 2 * conv.padding[0] + k1 + conv.output_padding[0]
