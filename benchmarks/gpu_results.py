@@ -102,7 +102,11 @@ def records(files_at, card, root, copied):
             record = json.loads(sgan.read_text())
             summary["SGAN training"] = dict(steps=record.get("sgan_steps"),
                                             trained=record.get("patterns", {}).get("sgan"),
-                                            seconds=record.get("patterns", {}).get("sgan_training_seconds"))
+                                            seconds=record.get("patterns", {}).get("sgan_training_seconds"),
+                                            parts=record.get("sgan_training"))   # carried on, then part by part
+        sgan_rp = tmp / "sgan" / "reproduce" / "reproduce_paper.json"
+        if sgan_rp.is_file():     # SAnnn and SSbnd with the trained SGAN, from CUDA graphs
+            summary["Tables 3-4, SGAN cases (s)"] = json.loads(sgan_rp.read_text()).get("linear_cases_s")
         rp = tmp / "reproduce" / "reproduce_paper.json"
         if rp.is_file():
             summary["Tables 3-4, linear cases (s)"] = json.loads(rp.read_text()).get("linear_cases_s")

@@ -243,10 +243,14 @@ def test_the_trained_sgan_is_put_together_from_its_parts_and_checked(tmp_path, c
     at.mkdir()
     n_parts = _sgan_parts(at, tmp_path / "li_sgan", part_bytes=2000)
     assert n_parts >= 3                                    # parts in order: 00, 01, ... (10 sorts after 09)
+    parts = {"carried_on_from": 0, "total": 1850, "iterations": 1850,
+             "parts": [{"iterations": 150, "seconds": 8.1}, {"iterations": 1700, "seconds": 86.0}]}
     record = {"sgan_steps": [{"device": "NVIDIA H200", "batch": 32, "seconds_per_step": 0.05}],
-              "patterns": {"sgan": "published network, 1850 iterations", "sgan_training_seconds": 95.0}}
+              "patterns": {"sgan": "published network, 1850 iterations", "sgan_training_seconds": 95.0},
+              "sgan_training": parts}
     _tar(at / "results.tar", {"./sgan/bench_prior_sgan.json": json.dumps(record).encode(),
-                              "./sgan/reproduce/reproduction.md": b"# SGAN cases\n"})
+                              "./sgan/reproduce/reproduction.md": b"# SGAN cases\n",
+                              "./sgan/reproduce/reproduce_paper.json": json.dumps({"linear_cases_s": 71.5}).encode()})
     root = tmp_path / "repo"
     assert gpu_results.main([str(at), "--card", "h200", "--root", str(root)]) == 0
     printed = capsys.readouterr().out
@@ -254,7 +258,8 @@ def test_the_trained_sgan_is_put_together_from_its_parts_and_checked(tmp_path, c
     out = root / ".gpu_data" / "sgan_h200"
     assert summary["trained SGAN"] == dict(folder=str(out), parts=n_parts, n_iterations=3, n_filters=2,
                                            image_shape=[33, 33])
-    assert summary["SGAN training"]["seconds"] == 95.0
+    assert summary["SGAN training"]["seconds"] == 95.0 and summary["SGAN training"]["parts"] == parts
+    assert summary["Tables 3-4, SGAN cases (s)"] == 71.5
     loaded = SGANPrior.load(out, device="cpu")
     z = np.random.default_rng(2).uniform(-1, 1, (2, loaded.n_components))
     np.testing.assert_array_equal(loaded.decode(z), sgan.decode(z))        # the same generator, bit for bit
