@@ -479,8 +479,15 @@ def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold
     monkeypatch.setattr(vae_module, "_frozen_deconv", lambda *a, **k: calls.append(k) or real(*a, **k))
     switched, plain = _layout_pair(channels_last, group_norm, fold_last=fold_last, subpixel=subpixel)
     z = torch.randn(5, 6, generator=torch.Generator().manual_seed(7))
+    # the group norms run in bfloat16 outside autocast, whose CUDA policy would run them in float32 (a
+    # cast of the map before and after each; CPU autocast leaves them in bfloat16 anyway)
+    norms = []
+    real_norm = torch.nn.functional.group_norm
+    monkeypatch.setattr(torch.nn.functional, "group_norm", lambda x, *a, **k: (lambda out: norms.append(
+        (x.dtype, out.dtype, torch.is_autocast_enabled("cpu"))) or out)(real_norm(x, *a, **k)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         xs, xp = switched(z), plain(z)
+    assert norms == ([(torch.bfloat16, torch.bfloat16, False)] * 3 if group_norm else [])
     assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last,
                           subpixel=subpixel)]   # the layout path
     assert float((xs.float() - xp.float()).abs().max()) < 3e-2           # bfloat16 round-off

@@ -434,7 +434,10 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
                    channels_last: bool = False, fold_last: bool = False, subpixel: bool = False) -> torch.Tensor:
     """``layers(h)`` for frozen layers. ``group_norm``: each (instance norm, ReLU) pair as group norm
     (one group per channel) and an in-place ReLU; group norm's backward needs its input and
-    statistics, not its output, so the ReLU may overwrite that output. ``channels_last``: each
+    statistics, not its output, so the ReLU may overwrite that output; under bfloat16 autocast it runs
+    in bfloat16 (autocast would run it in float32, with a cast of the map before and after it and of
+    the gradients in the backward; the next convolution takes bfloat16 anyway, so its output loses
+    nothing). ``channels_last``: each
     transposed convolution on a channels-last map (an instance norm, which returns NCHW, costs a copy
     back; group norm keeps the layout) with a channels-last copy of its weight, cached on the layer
     (under bfloat16 autocast, a bfloat16 copy: no cast at each call). ``fold_last``: the
@@ -452,7 +455,11 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
         mod = mods[i]
         if (group_norm and native.plain_instance_norm(mod) and i + 1 < len(mods)
                 and isinstance(mods[i + 1], nn.ReLU) and h.dim() == 4 and h.shape[2] * h.shape[3] > 1):
-            h = nn.functional.group_norm(h, h.shape[1], eps=mod.eps).relu_()
+            if low:     # in bfloat16, its statistics accumulated in float32 by the kernel (see below)
+                with torch.autocast(device, enabled=False):
+                    h = nn.functional.group_norm(h.to(torch.bfloat16), h.shape[1], eps=mod.eps).relu_()
+            else:
+                h = nn.functional.group_norm(h, h.shape[1], eps=mod.eps).relu_()
             i += 2
             continue
         if fold_last and _foldable(mod, h, low):
