@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-
 from numbers import Integral
 
 import numpy as np
