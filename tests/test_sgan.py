@@ -230,6 +230,49 @@ def test_damaged_files_are_refused(tiny_prior, tmp_path):
         SGANPrior.load(tmp_path / "absent")
 
 
+def test_float16_and_mixed_storage_keep_the_decoded_models(tiny_prior, tmp_path, monkeypatch):
+    """float16 storage halves the weights and decodes the models of float32 to 1e-3; "mixed" keeps the
+    tensors that need float32 (all of them when nothing else will do); a file whose tensors are not
+    stored as its configuration says is refused; the prior in memory is untouched."""
+    import latentinv._storage as storage
+    from latentinv._common import _write_tensor_files
+    before = {k: v.clone() for k, v in tiny_prior.generator_.state_dict().items()}
+    tiny_prior.save(tmp_path / "f32")
+    tiny_prior.save(tmp_path / "f16", weights_dtype="float16")
+    size = lambda name: (tmp_path / name / "weights.safetensors").stat().st_size
+    assert size("f16") < 0.6 * size("f32")
+    config = json.loads((tmp_path / "f16" / "config.json").read_text())
+    assert config["weights_dtype"] == "float16" and "float32_tensors" not in config
+    z = np.random.default_rng(3).uniform(-1, 1, size=(64, 15))
+    loaded = SGANPrior.load(tmp_path / "f16")
+    assert all(v.dtype == torch.float32 for v in loaded.generator_.state_dict().values())   # upcast
+    diff = np.abs(loaded.decode(z) - tiny_prior.decode(z)).max()
+    assert 0 < diff <= 1e-3                                     # rounded, within the tolerance
+    assert all(torch.equal(v, before[k]) for k, v in tiny_prior.generator_.state_dict().items())
+    # no rounding allowed: float16 is refused, "mixed" keeps every tensor that moves the models
+    monkeypatch.setattr(storage, "MODEL_TOLERANCE", 0.0)
+    with pytest.raises(ValueError, match=r"SGANPrior.save: with its weights rounded to torch.float16 the "
+                                         r"decoded models differ from float32's by up to"):
+        tiny_prior.save(tmp_path / "refused", weights_dtype="float16")
+    assert not (tmp_path / "refused").exists()
+    tiny_prior.save(tmp_path / "mixed", weights_dtype="mixed")
+    kept = json.loads((tmp_path / "mixed" / "config.json").read_text())["float32_tensors"]
+    assert kept and set(kept) <= set(before)
+    np.testing.assert_array_equal(SGANPrior.load(tmp_path / "mixed").decode(z), tiny_prior.decode(z))
+    with pytest.raises(ValueError, match=r"weights_dtype must be one of \['float16', 'float32', 'mixed'\]; "
+                                         r"got 'bfloat16'"):
+        tiny_prior.save(tmp_path / "x", weights_dtype="bfloat16")
+    # a file whose configuration says float16 over float32 tensors (checksums consistent)
+    _write_tensor_files(tmp_path / "liar", tiny_prior.generator_.state_dict(),
+                        dict(tiny_prior._config(), weights_dtype="float16"))
+    with pytest.raises(ModelFileError, match="records weights_dtype 'float16' but .* are not stored so"):
+        SGANPrior.load(tmp_path / "liar")
+    _write_tensor_files(tmp_path / "bad", tiny_prior.generator_.state_dict(),
+                        dict(tiny_prior._config(), weights_dtype="mixed"))
+    with pytest.raises(ModelFileError, match="'float32_tensors' .* must be present exactly when weights_dtype"):
+        SGANPrior.load(tmp_path / "bad")
+
+
 def test_pickle_keeps_the_generator(tiny_prior):
     import pickle
 

@@ -14,7 +14,6 @@ paper's published trained network.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from . import _checkpoint
+from . import _checkpoint, _storage
 from ._allocator import tune_malloc_for_tensors
 from ._training_step import GraphedTrainingStep, TrainingStep
 from .datasets import PatchSampler
@@ -83,12 +82,6 @@ _CONFIG_KEYS = ("format", "version", "params", "custom_architecture", "fitted")
 _FITTED_KEYS = ("image_shape_", "n_features_in_", "device_", "history_", "beta_per_sample_")
 #: parameters added after the format's version 2: files without them load with their defaults
 _LATER_PARAMS = ("precision", "cuda_graphs")
-#: how the weights may be stored (``save``'s ``weights_dtype``); the network computes in float32
-_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-#: ``save``'s choices: a dtype, or "mixed" (float16 but the tensors the decoded models need in float32)
-_WEIGHTS_DTYPES = (*_STORAGE_DTYPES, "mixed")
-#: float16 storage is refused when the decoded models of the stored weights differ from float32's by more
-_FLOAT16_MODEL_TOLERANCE = 1e-3
 #: the name under which the per-row scales of an int8 tensor (``save``'s ``max_bytes``) are stored
 _INT8_SCALE = ".int8_scale"
 _HISTORY_KEYS = ("reconstruction", "kl", "loss")
@@ -166,15 +159,7 @@ def _check_config(cls, config, config_path, owner, architecture):
 
     keys(config, _CONFIG_KEYS, "the configuration",
          optional=_CHECKSUM_KEYS + ("weights_dtype", "float32_tensors", "int8_tensors"))
-    if config.get("weights_dtype", "float32") not in _WEIGHTS_DTYPES:
-        raise ModelFileError(f"{where}: 'weights_dtype' must be one of {sorted(_WEIGHTS_DTYPES)}; got "
-                             f"{config.get('weights_dtype')!r}.")
-    kept = config.get("float32_tensors")
-    if (kept is not None) != (config.get("weights_dtype") == "mixed") or (
-            kept is not None and not (isinstance(kept, list) and all(isinstance(k, str) for k in kept))):
-        raise ModelFileError(f"{where}: 'float32_tensors' (a list of tensor names) must be present exactly "
-                             f"when weights_dtype is 'mixed'; got {kept!r} with weights_dtype "
-                             f"{config.get('weights_dtype')!r}.")
+    _storage.check_config_entries(config, where)
     int8 = config.get("int8_tensors")
     if int8 is not None and not (isinstance(int8, list) and int8 and all(isinstance(k, str) for k in int8)
                                  and len(set(int8)) == len(int8)):
@@ -905,77 +890,23 @@ or PatchSampler
         """
         check_is_fitted(self, "module_")
         name = f"{type(self).__name__}.save"
-        if weights_dtype not in _WEIGHTS_DTYPES:
+        if weights_dtype not in _storage.WEIGHTS_DTYPES:
             raise ValueError(f"{name}: weights_dtype must be one of "
-                             f"{sorted(_WEIGHTS_DTYPES)}; got {weights_dtype!r}.")
+                             f"{sorted(_storage.WEIGHTS_DTYPES)}; got {weights_dtype!r}.")
         if max_bytes is not None and not (isinstance(max_bytes, Real) and not isinstance(max_bytes, bool)
                                           and math.isfinite(max_bytes) and max_bytes > 0):
             raise ValueError(f"{name}: max_bytes must be a positive number of bytes or None; got {max_bytes!r}.")
         config = self._config()
-        state = self.module_.state_dict()
-        if weights_dtype == "float16":
-            state = self._rounded_state(state, torch.float16)
-        elif weights_dtype == "mixed":
-            state, kept = self._mixed_state(state)
-            config["float32_tensors"] = kept
-        if weights_dtype != "float32":
-            config["weights_dtype"] = weights_dtype
+        state, entries = _storage.stored_state(self.module_.state_dict(), weights_dtype, self._decoding_error, name)
+        config.update(entries)
         if max_bytes is not None:
             state, config = _encoder_int8_to_fit(state, config, max_bytes, name)
         _write_tensor_files(path, state, config)
 
     def _decoding_error(self):
-        """A function of weights ``state`` (any float dtypes): the largest difference between the models
-        decoded with them and with the prior's own, on 256 latents of the prior. One probe network
-        and one reference decoding serve every call (the mixed storage's search makes dozens)."""
-        probe = copy.deepcopy(self.module_).float()
-        dtypes = {k: v.dtype for k, v in probe.state_dict().items()}
+        """:func:`latentinv._storage.decoding_error` of this prior: its decoder on 256 of its latents."""
         z = torch.randn(256, int(self.n_components), generator=torch.Generator().manual_seed(0)).to(self.device_)
-        with torch.no_grad():
-            want = LatentDecoder(self.module_).eval()(z)
-
-        def error(state):
-            probe.load_state_dict({k: v.to(dtypes[k]) for k, v in state.items()})
-            with torch.no_grad():
-                return float((LatentDecoder(probe).eval()(z) - want).abs().max())
-        return error
-
-    def _rounded_state(self, state, dtype):
-        """``state`` with its floating tensors rounded to ``dtype``, after checking that the models
-        decoded with the rounded weights stay within :data:`_FLOAT16_MODEL_TOLERANCE` of float32's."""
-        name = f"{type(self).__name__}.save"
-        rounded = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-        bad = [k for k, v in rounded.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise ValueError(f"{name}: weights of {bad[:3]} overflow {dtype} (beyond +-65504); save them as "
-                             f"float32 or 'mixed'.")
-        err = self._decoding_error()(rounded)
-        if not err <= _FLOAT16_MODEL_TOLERANCE:
-            raise ValueError(f"{name}: with its weights rounded to {dtype} the decoded models differ from "
-                             f"float32's by up to {err:.3g} (on 256 latents of the prior), more than "
-                             f"{_FLOAT16_MODEL_TOLERANCE}; save this prior as float32 or 'mixed'.")
-        return rounded
-
-    def _mixed_state(self, state):
-        """``state`` in float16 but for the tensors kept in float32 (see :meth:`save`); returns it and
-        the kept tensors' names. Greedy: each tensor's error alone, per byte, decides the order in
-        which tensors go back to float32 until the decoded models meet the tolerance (they do once
-        every tensor the decoder uses is float32: the encoder's do not change decoded models)."""
-        floating = [k for k, v in state.items() if v.is_floating_point()]
-        half = {k: state[k].half() for k in floating}
-        kept = [k for k in floating if not bool(torch.isfinite(half[k]).all())]     # would overflow
-        mixed = lambda keep: {k: (state[k] if k in keep or k not in half else half[k]) for k in state}
-        decoding_error = self._decoding_error()
-        if decoding_error(mixed(set(kept))) > _FLOAT16_MODEL_TOLERANCE:
-            alone = {k: decoding_error(mixed(set(floating) - {k})) for k in floating if k not in kept}
-            order = sorted(alone, key=lambda k: (-alone[k] / state[k].numel(), k))
-            for k in order:
-                if alone[k] == 0:
-                    break
-                kept.append(k)
-                if decoding_error(mixed(set(kept))) <= _FLOAT16_MODEL_TOLERANCE:
-                    break
-        return mixed(set(kept)), sorted(kept)
+        return _storage.decoding_error(self.module_, lambda module, z: LatentDecoder(module).eval()(z), z)
 
     @classmethod
     def pretrained(cls, device=None, image="channels_ti"):
@@ -1089,27 +1020,10 @@ or PatchSampler
         prior._n_features_out = int(prior.n_components)
 
         state = _load_safetensors(weights, weights_path, name)
-        dtype_name = config.get("weights_dtype", "float32")
         int8 = set(config.get("int8_tensors") or ())
-        if dtype_name != "float32" or int8:
-            kept = set(config.get("float32_tensors") or ())
-
-            def stored(k):
-                if k in int8:
-                    return torch.int8
-                if dtype_name == "float32" or k in kept or (k.endswith(_INT8_SCALE)
-                                                              and k[:-len(_INT8_SCALE)] in int8):
-                    return torch.float32
-                return _STORAGE_DTYPES.get(dtype_name, torch.float16)
-            wrong = [k for k, v in state.items()
-                     if (v.is_floating_point() or v.dtype == torch.int8) and v.dtype != stored(k)]
-            if wrong:
-                recorded = " and ".join(n for n, v in (("float32_tensors", kept), ("int8_tensors", int8)) if v)
-                raise ModelFileError(f"{name}: {weights_path!r}: {config_path!r} records weights_dtype "
-                                     f"{dtype_name!r}{' and ' + recorded if recorded else ''} but "
-                                     f"{wrong[:3]} are not stored so.")
-            state = _from_int8_tensors(state, int8, f"{name}: {weights_path!r}")
-            state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}  # upcast
+        if config.get("weights_dtype", "float32") != "float32" or int8:
+            _storage.check_stored_dtypes(state, config, name, weights_path, config_path, int8, _INT8_SCALE)
+            state = _storage.upcast(_from_int8_tensors(state, int8, f"{name}: {weights_path!r}"))
         if target is None:
             target = _saved_device_or_cpu(fitted["device_"], f"{name}: {config_path!r} records that the "
                                           f"network was on {fitted['device_']!r} when saved (device_), but")

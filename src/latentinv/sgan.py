@@ -29,7 +29,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from . import _checkpoint
+from . import _checkpoint, _storage
 from ._allocator import tune_malloc_for_tensors
 from ._checks import is_int as _is_int
 from ._common import (
@@ -37,7 +37,7 @@ from ._common import (
     _PicklesNetwork,
     _read_reference_state_dict,
     _plain_params,
-    _write_model_files,
+    _write_tensor_files,
     _check_finite_output,
     _check_output_fits,
     _check_float32_range,
@@ -644,7 +644,7 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
             },
         }
 
-    def save(self, path):
+    def save(self, path, weights_dtype="float32"):
         """Save the fitted generator to the directory ``path``, with checksums.
 
         Writes ``path/weights.safetensors`` (the generator's state dict, CPU tensors) and
@@ -658,9 +658,25 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         ----------
         path : str or path-like
             Directory (created if missing).
+        weights_dtype : {"float32", "float16", "mixed"}, default="float32"
+            How the weights are stored (:meth:`load` upcasts to float32, in which the generator
+            computes), as :meth:`VAEPrior.save`: ``"float16"`` (half the file: the published network's
+            16.5 MiB become 8.3) is refused (ValueError) unless the models decoded with the rounded
+            weights agree with float32's to 1e-3 on 256 latents of the prior; ``"mixed"`` keeps in
+            float32 the fewest tensors that agreement needs (named in ``config.json``,
+            ``float32_tensors``). The prior in memory is not changed.
         """
         check_is_fitted(self, "generator_")
-        _write_model_files(path, self.generator_, self._config())
+        name = f"{type(self).__name__}.save"
+        state, entries = _storage.stored_state(self.generator_.state_dict(), weights_dtype, self._decoding_error, name)
+        _write_tensor_files(path, state, dict(self._config(), **entries))
+
+    def _decoding_error(self):
+        """:func:`latentinv._storage.decoding_error` of this prior: its decoded models of 256 uniform
+        latents."""
+        z = (torch.rand(256, self.n_components, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(self.device_)
+        shapes = (self.latent_shape_, self.image_shape_)
+        return _storage.decoding_error(self.generator_, lambda g, z: SGANDecoder(g, *shapes).eval()(z), z)
 
     @classmethod
     def load(cls, path, device=None):
@@ -697,6 +713,9 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         where = f"{name}: {config_path!r}"
         prior, fitted = cls._from_config(config, where)
         state = _load_safetensors(weights, weights_path, name)
+        if config.get("weights_dtype", "float32") != "float32":
+            _storage.check_stored_dtypes(state, config, name, weights_path, config_path)
+            state = _storage.upcast(state)
         if target is None:
             target = _saved_device_or_cpu(fitted["device_"], f"{where} records that the network was on "
                                           f"{fitted['device_']!r} when saved (device_), but")
@@ -710,11 +729,11 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
     @classmethod
     def _from_config(cls, config, where):
         """An SGANPrior with the parameters and fitted shapes of a verified configuration."""
-        def keys(mapping, required, label):
+        def keys(mapping, required, label, optional=()):
             if not isinstance(mapping, dict):
                 raise ModelFileError(f"{where}: {label} must be a JSON object; got {type(mapping).__name__}.")
             missing = [k for k in required if k not in mapping]
-            unexpected = [k for k in mapping if k not in required]
+            unexpected = [k for k in mapping if k not in required and k not in optional]
             if missing or unexpected:
                 raise ModelFileError(f"{where}: {label} has missing keys {missing} and unexpected keys "
                                      f"{unexpected}; expected exactly {list(required)}.")
@@ -726,7 +745,8 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
                                      f"{value!r}.")
             return tuple(value)
 
-        keys(config, _CONFIG_KEYS, "the configuration")
+        keys(config, _CONFIG_KEYS, "the configuration", optional=("weights_dtype", "float32_tensors"))
+        _storage.check_config_entries(config, where)
         params, fitted = dict(config["params"]), config["fitted"]
         keys(params, cls._get_param_names(), "'params'")
         keys(fitted, _FITTED_KEYS, "'fitted'")
