@@ -737,7 +737,10 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
         save()
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
         sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
-        table_case_rows([("VSbrd", gen, "the paper's VAE decoder, random weights"), ("SAnnn", *sgan), ("SSbnd", *sgan)],
+        # last, SAnnn in bfloat16: the SGAN's convolutions (512 to 64 channels) are the tensor cores' shapes,
+        # and its two columns weigh most in the 2 minutes (10.3 times the VAE decoder's arithmetic per start)
+        table_case_rows([("VSbrd", gen, "the paper's VAE decoder, random weights"), ("SAnnn", *sgan), ("SSbnd", *sgan),
+                         ("SAnnn", *sgan, "bfloat16")],
                         op, tt, "cuda", rows, n_epochs=12 if quick else None, save=save)
     if compile_decoder:   # last: compiling takes the longest, and a deadline stops it before the rows above
         compiled = TorchGenerator(torch.compile(gen.decoder_, mode="reduce-overhead"), 20)
@@ -752,20 +755,22 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
 def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, cuda_graphs=True, n_epochs=None,
                     save=lambda: None):
     """Tables 3-4's cases as the reproduction runs them: each case ``(name, generator, what the generator
-    is)``, with the settings of ``PAPER_CASES[name]``, once, ``n_surveys`` surveys x ``n_starts`` starts in
+    is[, precision])`` (float32 unless given), with the settings of ``PAPER_CASES[name]``, once,
+    ``n_surveys`` surveys x ``n_starts`` starts in
     one batch, timed after a warm-up call of one epoch (cuDNN's, cuBLAS's and the allocator's first calls;
     the timed call captures its own graph, as the reproduction's calls do). Beside a VAE case of the same
     run, the SGAN cases' times complete the measured VAE columns' total (issue 16: every case of Tables 3-4
     in 2 minutes). ``n_epochs``: a shorter schedule (tests)."""
     from latentinv.inversion import PAPER_CASES
     Y = np.repeat(np.asarray(tt)[:1], n_surveys, axis=0)
-    for name, generator, what in cases:
+    for name, generator, what, *precision in cases:
+        precision = precision[0] if precision else "float32"
         settings = dict(PAPER_CASES[name], **({} if n_epochs is None else {"n_epochs": n_epochs}))
         label = (f"{name} ({what}), {n_surveys} surveys x {n_starts} starts, "
-                 + ("CUDA graph" if cuda_graphs else "eager"))
+                 + ("CUDA graph" if cuda_graphs else "eager") + ("" if precision == "float32" else f", {precision}"))
         try:
             est = LatentInverter(generator, op, n_starts=n_starts, random_state=0, device=device,
-                                 cuda_graphs=cuda_graphs, **settings)
+                                 cuda_graphs=cuda_graphs, precision=precision, **settings)
             LatentInverter(**dict(est.get_params(deep=False), n_epochs=1)).fit(Y).invert(Y)   # warm-up, capture
             t, res = timed(lambda: est.fit(Y).invert(Y))
         except Exception as exc:
@@ -775,6 +780,7 @@ def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, c
             continue
         rows.append(dict(case="table case", method=label, device=str(device), paper_case=name, n_surveys=n_surveys,
                          n_starts=n_starts, iterations=est.n_iterations_, seconds=t, optimizer=est.optimizer,
+                         precision=precision,
                          batch_size=est.batch_size, iterations_per_epoch=est.iterations_per_epoch_,
                          best_data_rmse_ns=float(np.nanmin(res.data_rmse))))
         print(f"table case ({label}): {t:.2f} s for {est.n_iterations_} iterations", flush=True)

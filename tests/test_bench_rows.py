@@ -116,11 +116,20 @@ def test_table_case_rows_run_each_case_on_its_schedule(problem):
     op, gen, tt = problem
     uniform = cases._generator("uniform")
     rows = []
-    bench_inversion.table_case_rows([("VSbrd", gen, "vae"), ("SAnnn", uniform, "gan"), ("SSbnd", uniform, "gan")],
+    bench_inversion.table_case_rows([("VSbrd", gen, "vae"), ("SAnnn", uniform, "gan"), ("SSbnd", uniform, "gan"),
+                                     ("SAnnn", uniform, "gan", "bfloat16")],
                                     op, tt, "cpu", rows,
                                     n_surveys=2, n_starts=3, cuda_graphs=False, n_epochs=2)
-    assert [r.get("error") for r in rows] == [None] * 3
+    from latentinv._common import native_bfloat16
+    assert [r.get("error") for r in rows[:3]] == [None] * 3
+    assert rows[3]["method"].endswith("bfloat16")
+    if native_bfloat16(torch.device("cpu")):       # AVX512-BF16 or AMX: the row runs
+        assert rows[3].get("error") is None and rows[3]["precision"] == "bfloat16" and rows[3]["paper_case"] == "SAnnn"
+    else:                                           # else a row that says why it did not
+        assert "needs native bfloat16" in rows[3]["error"]
+    rows = rows[:3]
     assert [r["paper_case"] for r in rows] == ["VSbrd", "SAnnn", "SSbnd"]
+    assert [r["precision"] for r in rows] == ["float32"] * 3
     # Table 1's settings: SAnnn is Adam on every datum, the others SGD on mini-batches of 25 rays
     assert [(r["optimizer"], r["batch_size"]) for r in rows] == [("sgd", 25), ("adam", None), ("sgd", 25)]
     assert [r["iterations"] for r in rows] == [2 * r["iterations_per_epoch"] for r in rows]
