@@ -774,8 +774,8 @@ def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, c
             LatentInverter(**dict(est.get_params(deep=False), n_epochs=1)).fit(Y).invert(Y)   # warm-up, capture
             t, res = timed(lambda: est.fit(Y).invert(Y))
         except Exception as exc:
-            rows.append(dict(case="table case", method=label, device=str(device),
-                             error=f"{type(exc).__name__}: {exc}"[:500]))
+            rows.append(dict(case="table case", method=label, device=str(device), paper_case=name,
+                             precision=precision, error=f"{type(exc).__name__}: {exc}"[:500]))
             print(f"table case ({label}): FAILED {type(exc).__name__}: {exc}"[:500])
             continue
         rows.append(dict(case="table case", method=label, device=str(device), paper_case=name, n_surveys=n_surveys,

@@ -480,7 +480,8 @@ def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold
     switched, plain = _layout_pair(channels_last, group_norm, fold_last=fold_last, subpixel=subpixel)
     z = torch.randn(5, 6, generator=torch.Generator().manual_seed(7))
     # the group norms run in bfloat16 outside autocast, whose CUDA policy would run them in float32 (a
-    # cast of the map before and after each; CPU autocast leaves them in bfloat16 anyway)
+    # cast of the map before and after each). CPU autocast leaves them in bfloat16 anyway, so here the
+    # autocast state at the call is what tells the two apart
     norms = []
     real_norm = torch.nn.functional.group_norm
     monkeypatch.setattr(torch.nn.functional, "group_norm", lambda x, *a, **k: (lambda out: norms.append(

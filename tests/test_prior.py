@@ -628,7 +628,7 @@ def test_mixed_storage_files_are_checked(tmp_path):
     for change, match in [(dict(float32_tensors=[]), "records weights_dtype 'mixed' but"),
                           (dict(float32_tensors=good["float32_tensors"] + ["encoder.fc.1.weight"]),
                            "records weights_dtype 'mixed' and float32_tensors but"),
-                          (dict(float32_tensors="decoder"), "'float32_tensors' \\(a list of tensor names\\)"),
+                          (dict(float32_tensors="decoder"), "'float32_tensors' \\(a list of distinct tensor names\\)"),
                           (dict(weights_dtype="float16"), "must be present exactly when weights_dtype is 'mixed'")]:
         config = dict(good, **change)
         (tmp_path / "m" / "config.json").write_text(json.dumps(_add_checksums(config, weights)))

@@ -271,6 +271,13 @@ def test_float16_and_mixed_storage_keep_the_decoded_models(tiny_prior, tmp_path,
                         dict(tiny_prior._config(), weights_dtype="mixed"))
     with pytest.raises(ModelFileError, match="'float32_tensors' .* must be present exactly when weights_dtype"):
         SGANPrior.load(tmp_path / "bad")
+    mixed_state = {k: (v.half() if k != kept[0] else v) for k, v in tiny_prior.generator_.state_dict().items()}
+    for names, message in (([kept[0], kept[0]], "a list of distinct tensor names"),
+                           ([kept[0], "nope"], r"names float32_tensors \['nope'\] that .* does not hold")):
+        _write_tensor_files(tmp_path / "names", mixed_state,
+                            dict(tiny_prior._config(), weights_dtype="mixed", float32_tensors=names))
+        with pytest.raises(ModelFileError, match=message):
+            SGANPrior.load(tmp_path / "names")
 
 
 def test_pickle_keeps_the_generator(tiny_prior):

@@ -98,9 +98,10 @@ def check_config_entries(config, where):
                              f"{config.get('weights_dtype')!r}.")
     kept = config.get("float32_tensors")
     if (kept is not None) != (config.get("weights_dtype") == "mixed") or (
-            kept is not None and not (isinstance(kept, list) and all(isinstance(k, str) for k in kept))):
-        raise ModelFileError(f"{where}: 'float32_tensors' (a list of tensor names) must be present exactly "
-                             f"when weights_dtype is 'mixed'; got {kept!r} with weights_dtype "
+            kept is not None and not (isinstance(kept, list) and all(isinstance(k, str) for k in kept)
+                                      and len(set(kept)) == len(kept))):
+        raise ModelFileError(f"{where}: 'float32_tensors' (a list of distinct tensor names) must be present "
+                             f"exactly when weights_dtype is 'mixed'; got {kept!r} with weights_dtype "
                              f"{config.get('weights_dtype')!r}.")
 
 
@@ -120,9 +121,13 @@ def stored_dtype(key, config, int8=(), int8_scale=None):
 def check_stored_dtypes(state, config, owner, weights_path, config_path, int8=(), int8_scale=None):
     """ModelFileError where a floating (or int8) tensor of ``state`` is not stored as the configuration
     says (:func:`stored_dtype`)."""
-    wrong = [k for k, v in state.items()
-             if (v.is_floating_point() or v.dtype == torch.int8) and v.dtype != stored_dtype(k, config, int8,
-                                                                                             int8_scale)]
+    absent = sorted(set(config.get("float32_tensors") or ()) - set(state))
+    if absent:
+        raise ModelFileError(f"{owner}: {config_path!r} names float32_tensors {absent[:3]} that "
+                             f"{weights_path!r} does not hold.")
+    wrong = sorted(k for k, v in state.items()
+                   if (v.is_floating_point() or v.dtype == torch.int8)
+                   and v.dtype != stored_dtype(k, config, int8, int8_scale))
     if wrong:
         kept = config.get("float32_tensors")
         recorded = " and ".join(n for n, v in (("float32_tensors", kept), ("int8_tensors", int8)) if v)

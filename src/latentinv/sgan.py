@@ -661,7 +661,7 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         weights_dtype : {"float32", "float16", "mixed"}, default="float32"
             How the weights are stored (:meth:`load` upcasts to float32, in which the generator
             computes), as :meth:`VAEPrior.save`: ``"float16"`` (half the file: the published network's
-            16.5 MiB become 8.3) is refused (ValueError) unless the models decoded with the rounded
+            16.5 MiB become 8.2) is refused (ValueError) unless the models decoded with the rounded
             weights agree with float32's to 1e-3 on 256 latents of the prior; ``"mixed"`` keeps in
             float32 the fewest tensors that agreement needs (named in ``config.json``,
             ``float32_tensors``). The prior in memory is not changed.
@@ -735,8 +735,9 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
             missing = [k for k in required if k not in mapping]
             unexpected = [k for k in mapping if k not in required and k not in optional]
             if missing or unexpected:
+                also = f" (and optionally {list(optional)})" if optional else ""
                 raise ModelFileError(f"{where}: {label} has missing keys {missing} and unexpected keys "
-                                     f"{unexpected}; expected exactly {list(required)}.")
+                                     f"{unexpected}; expected exactly {list(required)}{also}.")
 
         def shape(value, label, length=2):
             if (not isinstance(value, list) or len(value) != length

@@ -455,7 +455,7 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
         mod = mods[i]
         if (group_norm and native.plain_instance_norm(mod) and i + 1 < len(mods)
                 and isinstance(mods[i + 1], nn.ReLU) and h.dim() == 4 and h.shape[2] * h.shape[3] > 1):
-            if low:     # in bfloat16, its statistics accumulated in float32 by the kernel (see below)
+            if low:     # in bfloat16 (the kernel accumulates its statistics in float32), outside autocast
                 with torch.autocast(device, enabled=False):
                     h = nn.functional.group_norm(h.to(torch.bfloat16), h.shape[1], eps=mod.eps).relu_()
             else:
