@@ -202,8 +202,13 @@ def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch):
 def test_the_profile_takes_the_fastest_layout_row():
     variants = [("a", None, True, "float32", None), ("b", None, True, "float32", None, True),
                 ("c", None, True, "bfloat16", None)]
-    rows = [dict(method="LatentInverter (a)", seconds=3.0), dict(method="LatentInverter (b)", seconds=2.5),
+    rows = [dict(method="LatentInverter (a)", seconds=3.0, best_data_rmse_ns=0.030),
+            dict(method="LatentInverter (b)", seconds=2.5, best_data_rmse_ns=0.031),
             dict(method="LatentInverter (c)", error="RuntimeError: capture failed"),
-            dict(method="LatentInverter (other)", seconds=0.1)]           # not a layout row
+            dict(method="LatentInverter (other)", seconds=0.1, best_data_rmse_ns=0.030)]   # not a layout row
     assert bench_inversion.fastest_variant(variants, rows) is variants[1]
     assert bench_inversion.fastest_variant(variants, rows[2:]) is None
+    # a layout whose answer fits worse than the eager row's by more than 5 % is not the one profiled
+    assert bench_inversion.fastest_variant(variants, rows, reference_rmse=0.030) is variants[1]
+    assert bench_inversion.fastest_variant(variants, rows, reference_rmse=0.029) is variants[0]
+    assert bench_inversion.fastest_variant(variants, rows, reference_rmse=0.020) is None
