@@ -42,6 +42,7 @@ STARTED = time.time()      # before the imports below: the SGAN's training budge
 import numpy as np
 import torch
 
+from latentinv import _checkpoint
 from latentinv.datasets import PatchSampler, load_channels_ti, load_image, make_channel_image
 from latentinv.metrics import compare_patterns
 from latentinv.nn.sgan import PatchDiscriminator, SpatialGenerator, adversarial_losses
@@ -191,14 +192,7 @@ def _save_replacing(prior, path):
 
 def checkpoint_iteration(path):
     """The iteration of the newest checkpoint in the directory ``path`` (0 when there is none)."""
-    latest = os.path.join(path, "LATEST")
-    if not os.path.isfile(latest):
-        return 0
-    with open(latest) as f:
-        text = f.read().strip()
-    if not (text.startswith("step-") and text[5:].isdigit()):
-        raise ValueError(f"{latest}: expected 'step-<iteration>'; got {text[:40]!r}")
-    return int(text[5:])
+    return _checkpoint.latest_iteration(path, "bench_prior")
 
 
 def train_published_sgan(sampler, results, deadline=None, save_to=None, checkpoint=None,

@@ -164,22 +164,43 @@ def write(path, state, fingerprint):
             shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
 
 
-def read(path, state, fingerprint, owner):
-    """Restore ``state`` from the newest checkpoint in ``path``; False when there is none yet.
-
-    Raises ModelFileError for a damaged checkpoint or one written for another training."""
-    path = os.fspath(path)
+def _latest_step(path, owner):
+    """The name of the newest step directory in ``path`` (its ``LATEST``), or None where there is no
+    checkpoint yet; ModelFileError where ``LATEST`` is missing beside steps or names no step."""
     latest = os.path.join(path, LATEST)
     if not os.path.isfile(latest):
         if os.path.isdir(path) and any(e.startswith("step-") for e in os.listdir(path)):
             raise ModelFileError(f"{owner}: {path!r} holds checkpoint steps but no {LATEST} file naming the "
                                  f"newest: not a checkpoint directory written by latentinv, or damaged.")
-        return False
+        return None
     with open(latest, "rb") as f:
         step = f.read().decode("ascii", "replace").strip()
     if not step.startswith("step-") or os.sep in step or step in (".", ".."):
         raise ModelFileError(f"{owner}: {latest!r} must name a step directory ('step-<iteration>'); "
                              f"got {step!r}.")
+    return step
+
+
+def latest_iteration(path, owner="latentinv"):
+    """The iteration of the newest checkpoint in the directory ``path``, 0 when there is none yet
+    (without reading it: no fingerprint check)."""
+    step = _latest_step(os.fspath(path), owner)
+    if step is None:
+        return 0
+    if not step[len("step-"):].isdigit():
+        raise ModelFileError(f"{owner}: {os.path.join(os.fspath(path), LATEST)!r} must name 'step-<iteration>'; "
+                             f"got {step!r}.")
+    return int(step[len("step-"):])
+
+
+def read(path, state, fingerprint, owner):
+    """Restore ``state`` from the newest checkpoint in ``path``; False when there is none yet.
+
+    Raises ModelFileError for a damaged checkpoint or one written for another training."""
+    path = os.fspath(path)
+    step = _latest_step(path, owner)
+    if step is None:
+        return False
     (config_path, weights_path), (raw, weights) = _read_model_files(os.path.join(path, step), owner,
                                                                     "a training checkpoint")
     config = _parse_config(raw, config_path, owner, fmt=FORMAT, versions=(VERSION,),

@@ -76,13 +76,18 @@ def mixed_state(state, error):
     return mixed(set(kept)), sorted(kept)
 
 
+def check_weights_dtype(weights_dtype, owner):
+    """ValueError naming ``owner`` unless ``weights_dtype`` is one of :data:`WEIGHTS_DTYPES`."""
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"{owner}: weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}; got {weights_dtype!r}.")
+
+
 def stored_state(state, weights_dtype, error, owner):
     """``save``'s weights and configuration entries for ``weights_dtype`` (one of :data:`WEIGHTS_DTYPES`;
     ValueError naming ``owner`` otherwise): ``(state, {"weights_dtype": ..., "float32_tensors": ...})``,
     the entries empty for float32. ``error()`` makes :func:`decoding_error`'s function (only called
     when rounding)."""
-    if weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"{owner}: weights_dtype must be one of {sorted(WEIGHTS_DTYPES)}; got {weights_dtype!r}.")
+    check_weights_dtype(weights_dtype, owner)
     if weights_dtype == "float32":
         return state, {}
     if weights_dtype == "float16":

@@ -890,9 +890,7 @@ or PatchSampler
         """
         check_is_fitted(self, "module_")
         name = f"{type(self).__name__}.save"
-        if weights_dtype not in _storage.WEIGHTS_DTYPES:
-            raise ValueError(f"{name}: weights_dtype must be one of "
-                             f"{sorted(_storage.WEIGHTS_DTYPES)}; got {weights_dtype!r}.")
+        _storage.check_weights_dtype(weights_dtype, name)
         if max_bytes is not None and not (isinstance(max_bytes, Real) and not isinstance(max_bytes, bool)
                                           and math.isfinite(max_bytes) and max_bytes > 0):
             raise ValueError(f"{name}: max_bytes must be a positive number of bytes or None; got {max_bytes!r}.")

@@ -134,15 +134,13 @@ def likelihood_jacobian(problem, u, uniform, max_rows=None, row_bytes=None):
     per_pass = max(1, max_rows // d)
     eye = torch.eye(d, dtype=u.dtype, device=u.device)
     kernel = getattr(problem.traveltimes, "matrix", None)        # a linear operator's G (CSR, on the device)
+    graph = _pass_graph(problem, uniform)
     blocks = []
     for start in range(0, R, per_pass):
         rows = u[start:start + per_pass].detach()
         n = rows.shape[0]
         with torch.enable_grad():
-            uu = rows.repeat_interleave(d, 0).requires_grad_(True)
-            _, s = problem.decode(to_latent(uu, uniform))
-            v = torch.zeros_like(s, requires_grad=True)
-            (g,) = torch.autograd.grad(s, uu, v, create_graph=True)
+            g, s, v = graph(rows.repeat_interleave(d, 0).requires_grad_(True))
             (directional,) = torch.autograd.grad(g, v, eye.repeat(n, 1))      # row (r, k): D_r e_k
         D = directional.detach().reshape(n, d, -1)                            # (n, d, n_cells)
         if kernel is not None:
@@ -158,8 +156,10 @@ def likelihood_jacobian(problem, u, uniform, max_rows=None, row_bytes=None):
 
 
 def _pass_graph(problem, uniform):
-    """What a pass of :func:`likelihood_jacobian` holds per decoded row until its second backward: the
-    decoder's graph and the first backward's, built to be differentiated again."""
+    """A pass of :func:`likelihood_jacobian` up to its second backward, on rows ``uu`` that ask for
+    gradients: ``(g, s, v)`` with ``s`` the slowness, ``v`` a dummy and ``g = D^T v``, its graph (the
+    decoder's and the first backward's) built to be differentiated again (what the pass holds per row:
+    :func:`pass_row_bytes`)."""
     def graph(uu):
         _, s = problem.decode(to_latent(uu, uniform))
         v = torch.zeros_like(s, requires_grad=True)

@@ -437,9 +437,9 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
     statistics, not its output, so the ReLU may overwrite that output; under bfloat16 autocast it runs
     in bfloat16 (autocast would run it in float32, with a cast of the map before and after it and of
     the gradients in the backward; the next convolution takes bfloat16 anyway, so its output loses
-    nothing). ``channels_last``: each
-    transposed convolution on a channels-last map (an instance norm, which returns NCHW, costs a copy
-    back; group norm keeps the layout) with a channels-last copy of its weight, cached on the layer
+    nothing). ``channels_last``: each transposed convolution on a channels-last map (an instance norm,
+    which returns NCHW, costs a copy back; group norm keeps the layout) with a channels-last copy of
+    its weight, cached on the layer
     (under bfloat16 autocast, a bfloat16 copy: no cast at each call). ``fold_last``: the
     transposed convolution to one channel through :class:`_OneChannelConvTransposeFunction` on any
     device (under bfloat16 autocast, its product in bfloat16 and its sum in float32). ``subpixel``:
@@ -466,15 +466,16 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
             h = _OneChannelConvTransposeFunction.apply((h.to(torch.bfloat16) if low else h).contiguous(),
                                                        mod.weight, mod.stride, mod.padding, mod.output_padding,
                                                        low)
-        elif subpixel and _subpixel.applies(mod):
+        elif ((subpixel and _subpixel.applies(mod))
+              or (channels_last and isinstance(mod, nn.ConvTranspose2d) and mod.padding_mode == "zeros")):
             if channels_last:
-                h = h.contiguous(memory_format=torch.channels_last)
-            h = _subpixel.conv_transpose(h, mod, _subpixel.phase_weight(mod, weight_dtype, channels_last))
-        elif channels_last and isinstance(mod, nn.ConvTranspose2d) and mod.padding_mode == "zeros":
-            h = h.contiguous(memory_format=torch.channels_last)     # no copy where it is NHWC already
-            h = nn.functional.conv_transpose2d(h, native.channels_last_weight(mod, weight_dtype), mod.bias,
-                                               mod.stride, mod.padding, mod.output_padding, mod.groups,
-                                               mod.dilation)
+                h = h.contiguous(memory_format=torch.channels_last)     # no copy where it is NHWC already
+            if subpixel and _subpixel.applies(mod):
+                h = _subpixel.conv_transpose(h, mod, _subpixel.phase_weight(mod, weight_dtype, channels_last))
+            else:
+                h = nn.functional.conv_transpose2d(h, native.channels_last_weight(mod, weight_dtype), mod.bias,
+                                                   mod.stride, mod.padding, mod.output_padding, mod.groups,
+                                                   mod.dilation)
         else:
             h = mod(h)
         i += 1
