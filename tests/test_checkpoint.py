@@ -153,6 +153,25 @@ def test_data_digest_tells_data_apart():
     assert ckpt.data_digest(sampler=a) == ckpt.data_digest(sampler=PatchSampler(image.copy(), (8, 8)))
 
 
+def test_the_fingerprint_holds_the_seed_and_the_device_type(tmp_path):
+    """An integer random_state is in the fingerprint as it is (seeds 0 and 1 are other trainings; an
+    instance, whose state moves, by its type's name), and so is the device's type (a CUDA training
+    rounds otherwise), but not its index nor n_iterations: a checkpoint of seed 0 is refused to seed 1."""
+    X = np.zeros((4, 3, 3), np.float32)
+
+    def fingerprint(device="cpu", **params):
+        return ckpt.training_fingerprint(VAEPrior(**dict(KW, **params)), torch.device(device), X)
+    assert fingerprint(random_state=0)["random_state"] == 0 and fingerprint(random_state=None)["random_state"] is None
+    assert fingerprint(random_state=np.random.RandomState(0))["random_state"] == "RandomState"
+    assert fingerprint(random_state=0) != fingerprint(random_state=1)
+    assert fingerprint("cuda")["device_type"] == "cuda" and fingerprint()["device_type"] == "cpu"
+    assert fingerprint("cuda:0") == fingerprint("cuda:1") != fingerprint()
+    assert fingerprint(n_iterations=3) == fingerprint(n_iterations=30)
+    VAEPrior(**dict(KW, n_iterations=1)).fit(_data("array"), checkpoint=tmp_path)
+    with pytest.raises(ModelFileError, match=r"it differs in random_state: checkpoint 0, now 1\)"):
+        VAEPrior(**dict(KW, n_iterations=1, random_state=1)).fit(_data("array"), checkpoint=tmp_path)
+
+
 # ---------------------------------------------------------------------- SGANPrior: two networks, two optimizers
 SGAN_KW = dict(n_filters=4, n_layers=3, dilations=(2, 3), batch_size=4, n_iterations=5, random_state=0,
                device="cpu")

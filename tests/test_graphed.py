@@ -77,6 +77,30 @@ def test_stopped_starts_record_nothing_more():
     assert (static["best_iteration"] < n_run).all()
 
 
+@pytest.mark.parametrize("name, chunk", [("sgd_ring", 5), ("adam_uniform_normal_clip", 5),
+                                         ("sgd_origin_all_data", 1)])
+def test_runs_of_several_chunks_equal_the_loop(name, chunk, monkeypatch):
+    """A run of several chunks (CHUNK_ITERATIONS made small, the last chunk partial: 8 + 4, 6 + 3 and
+    12 x 1 iterations): the step reads its schedules (step size, regularisation weight, Adam's
+    corrections) at the iteration counter and its mini-batches and clipping draws at the counter's
+    place in the chunk, so the loop's bits. (The cases' runs are shorter than one default chunk.)"""
+    monkeypatch.setattr(graphed, "CHUNK_ITERATIONS", chunk)
+    assert_same(run_case(name), run_case(name, static=True), exact=True)
+
+
+def test_a_run_whose_every_start_stops_ends_at_the_last_stop():
+    """Every start of every survey reaches the target, the last after 23 of 24 iterations (the first
+    after one): the run ends there, its step-size and regularisation histories n_run's maximum long, as
+    the eager loop's, whose batch empties then."""
+    extra = dict(lr=1e-3, target_misfit=5.0)
+    eager = run_case("sgd_noise_target", extra=extra)
+    static = run_case("sgd_noise_target", static=True, extra=extra)
+    n_run = eager["n_iterations_run"]
+    assert eager["reached_target"].all() and n_run.min() == 1 and n_run.max() == 23
+    assert static["learning_rate_history"].shape[-1] == static["lam_history"].shape[-1] == 23
+    assert_same(eager, static, exact=False)
+
+
 @pytest.mark.parametrize("name", ["sgd_ring", "adam_uniform_normal_clip"])
 def test_dense_full_data(name):
     """The full data as a dense product (what a CUDA graph captures): float32 rounding away."""

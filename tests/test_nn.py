@@ -400,6 +400,67 @@ def test_subpixel_conv_transpose_is_the_transposed_convolution(s1, s2, k1, k2, c
         assert got.stride(1) == 1 or c_out == 1
 
 
+@pytest.mark.parametrize("k, s, p, o", [((3, 3), (3, 3), (1, 1), (2, 2)), ((6, 2), (3, 2), (1, 0), (2, 1)),
+                                        ((4, 5), (2, 3), (0, 1), (1, 2))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_subpixel_output_padding_beyond_the_phases(k, s, p, o, channels_last):
+    """An output padding that reaches past the phases' last row or column (k a multiple of s, o > p:
+    rows the transposed convolution leaves zero): the zeros are appended before the padding ``p`` is
+    cropped, so the output is conv_transpose2d's, shape and values (float64)."""
+    from latentinv.nn import subpixel
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(2, 3, k, stride=s, padding=p, output_padding=o, bias=False).double()
+    x = torch.randn(2, 2, 4, 3, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = subpixel.conv_transpose(x, conv, subpixel.phase_weight(conv, torch.float64, channels_last))
+    want = torch.nn.functional.conv_transpose2d(x, conv.weight, None, s, p, o)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_subpixel_applies_only_where_it_computes_the_layer():
+    """applies() is False for a bias (the phases' convolution has none: the sums would lack it), groups,
+    dilation or another padding mode; True for the decoder's plain layers, which it computes."""
+    from latentinv.nn import subpixel
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    plain = torch.nn.ConvTranspose2d(4, 2, 3, stride=2, bias=False).double()
+    assert subpixel.applies(plain)
+    torch.testing.assert_close(subpixel.conv_transpose(x, plain, subpixel.phase_weight(plain, torch.float64)),
+                               plain(x), rtol=1e-12, atol=1e-12)
+    biased = torch.nn.ConvTranspose2d(4, 2, 3, stride=2, bias=True).double()
+    assert not torch.allclose(subpixel.conv_transpose(x, biased, subpixel.phase_weight(biased, torch.float64)),
+                              biased(x))
+    for conv in (biased, torch.nn.ConvTranspose2d(4, 2, 3, stride=2, groups=2, bias=False),
+                 torch.nn.ConvTranspose2d(4, 2, 3, stride=2, dilation=2, bias=False)):
+        assert not subpixel.applies(conv)
+    assert not subpixel.applies(torch.nn.Conv2d(4, 2, 3, bias=False))
+
+
+def test_cached_weight_copies_follow_the_dtype_and_layout_asked_for():
+    """A layer's cached sub-kernels and channels-last weight are rebuilt when another dtype or memory
+    order is asked for (one decoder serves float32 runs and bfloat16-autocast runs): each call gets
+    the layer's weight, in its dtype and order, and the sub-kernels still compute the layer."""
+    import copy
+    from latentinv.nn import native, subpixel
+    torch.manual_seed(2)
+    conv = torch.nn.ConvTranspose2d(3, 2, 5, stride=2, bias=False)
+    x = torch.randn(2, 3, 4, 3)
+    want = copy.deepcopy(conv).double()(x.double()).detach()
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}
+    for dtype, channels_last in [(torch.float64, False), (torch.float64, True), (torch.float32, True),
+                                 (torch.bfloat16, True), (torch.float32, True), (torch.float32, False)]:
+        order = torch.channels_last if channels_last else torch.contiguous_format
+        phases = subpixel.phase_weight(conv, dtype, channels_last)
+        assert phases.dtype == dtype and phases.is_contiguous(memory_format=order)
+        got = subpixel.conv_transpose(x.to(dtype), conv, phases).double()
+        assert float((got - want).abs().max()) <= tolerance[dtype] * float(want.abs().max())
+        cached = native.channels_last_weight(conv, dtype)
+        assert cached.dtype == dtype and cached.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(cached, conv.weight.detach().to(dtype))
+
+
 #: (channels_last, group_norm, fold_last, subpixel)
 LAYOUTS = [(True, False, False, False), (False, True, False, False), (True, True, False, False),
            (False, False, True, False), (True, True, True, False), (False, False, False, True),

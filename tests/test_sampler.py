@@ -229,6 +229,20 @@ def test_the_jacobian_passes_shrink_to_the_memory_available(monkeypatch):
         Preconditioner(n_chains, d, "cpu", torch.float32).fit_gauss_newton(problem, u, False, n_chains)
 
 
+def test_memory_for_exactly_one_chain_is_one_chain_a_pass(monkeypatch):
+    """At the MemoryError's edge: memory for exactly one chain's d decoded rows (d times the bytes per
+    row) is enough, and its passes hold one chain; a byte less is the error."""
+    import latentinv._memory as memory
+    from latentinv.inversion import mcmc
+    d, per_row = 3, 1000.0
+    u = torch.zeros(8, d)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per_row * d)
+    assert mcmc.jacobian_pass_rows(None, u, False, per_row=per_row) == d
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per_row * d - 1)
+    with pytest.raises(MemoryError, match="for one chain"):
+        mcmc.jacobian_pass_rows(None, u, False, per_row=per_row)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_gauss_newton_fit_and_a_run_on_cuda():
     """On CUDA: the fit equals the CPU's (float32 rounding: the kernel's sparse product, the decoder's
@@ -663,6 +677,16 @@ def test_chains_start_from_sgd_solutions_and_are_reproducible():
     for n_chains in (0, -1, 2.0, "3", True):
         with pytest.raises(ValueError, match=rf"n_chains must be an int >= 1, got {n_chains!r}"):
             LatentSampler.initial_latents_from(res, n_chains)
+
+
+def test_initial_latents_from_a_survey_are_its_own_lowest_misfit_starts():
+    """Of several surveys, the latents of the asked survey's starts ranked by that survey's data RMSE
+    (a start without a finite RMSE last), taken again in turn for more chains than starts."""
+    from types import SimpleNamespace
+    latents = np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2)          # (surveys, starts, d)
+    res = SimpleNamespace(latents=latents, data_rmse=np.array([[3.0, 1.0, 2.0], [0.5, np.nan, 0.2]]))
+    np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 4, survey=1), latents[1][[2, 0, 1, 2]])
+    np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 2, survey=0), latents[0][[1, 2]])
 
 
 @pytest.mark.parametrize("method, preconditioner", [("mala", "empirical"), ("mala", "gauss-newton"),

@@ -120,6 +120,51 @@ def test_training_is_deterministic_on_cpu(image):
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_two_training_iterations_are_the_gan_step_written_out():
+    """Two iterations of fit on 10 x 7 samples (latent grid 4 x 3: 13 x 9 generated, its top-left 10 x 7
+    kept) against the step written out with the seeds fit draws: crops mapped by 2 x - 1, latents
+    U(-1, 1); one Adam(lr, (beta1, 0.999), weight_decay) step of D on BCE(D(x), 1) + BCE(D(G(z)), 0),
+    G(z) detached, then one of G on BCE(D(G(z)), 1) through the updated D. The generator's weights to
+    the bit, and the history: both losses and the mean sigmoid scores of the real and generated crops."""
+    import torch.nn.functional as F
+    from latentinv.nn.sgan import init_weights
+    X = make_straight_channels(6, shape=(10, 7), random_state=0)
+    prior = SGANPrior(n_filters=2, n_layers=2, kernel_size=3, dilations=(2,), discriminator_kernel_size=3,
+                      training_latent_shape=None, batch_size=3, learning_rate=1e-2, beta1=0.3,
+                      weight_decay=1e-3, n_iterations=2, random_state=0, device="cpu").fit(X)
+    rng = np.random.RandomState(0)
+    seeds = [int(rng.randint(np.iinfo(np.int32).max)) for _ in range(4)]     # init, latents, crops, spare
+    G, D = SpatialGenerator(1, 2, 2, 3, (2,)), PatchDiscriminator(2, 2, 3)
+    init = torch.Generator().manual_seed(seeds[0])
+    init_weights(G, init)
+    init_weights(D, init)
+    adam = dict(lr=1e-2, betas=(0.3, 0.999), weight_decay=1e-3)
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
+    noise, crops = torch.Generator().manual_seed(seeds[1]), np.random.default_rng(seeds[2])
+    images = torch.tensor(X, dtype=torch.float32)
+    bce = F.binary_cross_entropy_with_logits
+    history = {"discriminator": [], "generator": [], "real_score": [], "fake_score": []}
+    for _ in range(2):
+        real = 2 * images[torch.as_tensor(crops.integers(0, 6, size=3))][:, None] - 1
+        fake = G(torch.rand((3, 1, 4, 3), generator=noise) * 2 - 1)[:, :, :10, :7]
+        real_logits, fake_logits = D(real), D(fake.detach())
+        d_loss = bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g_logits = D(fake)
+        g_loss = bce(g_logits, torch.ones_like(g_logits))
+        opt_g.zero_grad()
+        g_loss.backward()
+        opt_g.step()
+        for key, value in (("discriminator", d_loss), ("generator", g_loss),
+                           ("real_score", real_logits.sigmoid().mean()), ("fake_score", fake_logits.sigmoid().mean())):
+            history[key].append(float(value.detach()))
+    for (key, want), got in zip(G.state_dict().items(), prior.generator_.state_dict().values()):
+        assert torch.equal(got, want), key
+    assert prior.history_ == history
+
+
 def test_training_crops_avoid_the_held_out_windows(image, monkeypatch):
     # the crops of 41 x 41 come from a sampler with the same exclusion windows as the user's
     seen = []
@@ -161,6 +206,37 @@ def test_trained_small_sgan_matches_the_channel_fraction():
         torch.set_num_threads(threads)
     assert abs(before - reference) > 0.05           # the test can fail: training has to move it
     assert abs(after - reference) <= 0.05, (before, after, reference)
+
+
+def test_sample_images_of_the_models_latent_grid_are_the_decoded_models(tiny_prior):
+    """sample_images on the prior's own latent grid (5 x 3 -> 33 x 17) are decode of the same uniform
+    draws, flat in C order: (G(z) + 1) / 2 both ways (one latent array per pass there, one batch here)."""
+    images = tiny_prior.sample_images(3, latent_shape=(5, 3), random_state=4)
+    Z = np.random.RandomState(4).uniform(-1.0, 1.0, size=(3, 1, 5, 3)).reshape(3, 15)
+    np.testing.assert_allclose(images, tiny_prior.decode(Z).reshape(3, 33, 17), rtol=0, atol=1e-6)
+
+
+def test_decode_in_chunks_keeps_every_latent(tiny_prior):
+    """decode runs 256 latents a pass: 600 latents (passes of 256, 256, 88) are the models of the 600,
+    those of batches of 100 (float32 rounding apart), none left out at the passes' edges."""
+    Z = np.random.default_rng(5).uniform(-1.0, 1.0, size=(600, 15))
+    models = tiny_prior.decode(Z)
+    assert models.shape == (600, 33 * 17)
+    np.testing.assert_allclose(models, np.concatenate([tiny_prior.decode(Z[i:i + 100]) for i in range(0, 600, 100)]),
+                               rtol=0, atol=1e-6)
+
+
+def test_the_float16_guard_decodes_latents_of_the_whole_box(tiny_prior, monkeypatch):
+    """The storage guard judges the rounded weights on 256 latents of the prior, U(-1, 1)^15 (both
+    signs, out to the box's corners), not of a part of the box."""
+    import latentinv._storage as storage
+    seen = []
+    real = storage.decoding_error
+    monkeypatch.setattr(storage, "decoding_error", lambda module, decode, z: seen.append(z) or real(module, decode, z))
+    tiny_prior._decoding_error()
+    (z,) = seen
+    assert z.shape == (256, 15) and float(z.abs().max()) <= 1.0
+    assert float(z.min()) < -0.99 and float(z.max()) > 0.99 and abs(float(z.mean())) < 0.05
 
 
 # ---------------------------------------------------------------------- inputs
