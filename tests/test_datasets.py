@@ -192,6 +192,16 @@ def test_patch_sampler_rejects_malformed_windows():
         PatchSampler(image, (3, 3)).admissible_corners(1)
 
 
+def test_patch_sampler_draws_every_admissible_corner():
+    """The draws cover the admissible corners, the last one included, and only them."""
+    sampler = PatchSampler(np.zeros((5, 6)), (3, 3), exclude=[(0, 0, 1, 1)], random_state=0)
+    rows, cols = sampler.admissible_corners()
+    admissible = set(zip(rows.tolist(), cols.tolist()))
+    assert len(admissible) == 3 * 4 - 1 and (2, 3) in admissible
+    _, r, c = sampler.sample_corners(2000)
+    assert set(zip(r.tolist(), c.tolist())) == admissible
+
+
 def test_patch_sampler_per_image_windows():
     a, b = np.zeros((10, 10)), np.ones((10, 10))
     sampler = PatchSampler([a, b], (2, 2), exclude=[[(0, 0, 10, 10)], []], random_state=0)
@@ -259,6 +269,16 @@ def test_held_out_corners_lie_in_the_window_and_are_seeded():
     assert held_out_corner(np.random.default_rng(7)) == held_out_corner(7)
     r, c = held_out_corner(1, shape=(300, 10))               # the whole band's height
     assert r == 2200 and 0 <= c <= 2490
+
+
+def test_held_out_corners_reach_the_last_row_and_column():
+    """Both ends of each range are drawn: with a crop one row and one column smaller than the held-out
+    window, its four corners."""
+    from latentinv.datasets import HELD_OUT_WINDOW, held_out_corner
+
+    r0, c0, h, w = HELD_OUT_WINDOW
+    corners = {held_out_corner(seed, shape=(h - 1, w - 1)) for seed in range(64)}
+    assert corners == {(r0, c0), (r0, c0 + 1), (r0 + 1, c0), (r0 + 1, c0 + 1)}
 
 
 def test_held_out_crop_is_the_image_inside_the_window():

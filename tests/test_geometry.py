@@ -149,3 +149,39 @@ def test_survey_at_extreme_scales_is_accepted(scale):
     and sensors 1e-200 m apart were refused as source == receiver)."""
     survey = CrossholeSurvey([[0.0, 1 * scale]], [[6 * scale, 2 * scale]])
     assert survey.n_data == 1
+
+
+def test_cell_centres_indices_and_extent_on_a_grid_of_unequal_sides():
+    """dx != dz and an origin: nothing may take one cell side for the other."""
+    grid = Grid2D(3, 5, (0.4, 0.1), origin=(-1.0, 2.0))
+    rows, cols = np.divmod(np.arange(grid.n_cells), grid.n_cols)
+    centres = np.column_stack([-1.0 + 0.4 * (cols + 0.5), 2.0 + 0.1 * (rows + 0.5)])
+    np.testing.assert_allclose(grid.cell_centers, centres, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(grid.cell_index(*centres.T), np.arange(grid.n_cells))
+    # just inside the far corner of cell (1, 1); beyond the far edges: the last row and column
+    assert grid.cell_index(-1.0 + 0.8 - 1e-9, 2.0 + 0.2 - 1e-9) == 1 * 5 + 1
+    assert grid.cell_index(1.0, 2.3) == grid.n_cells - 1
+    assert (grid.width, grid.height) == pytest.approx((2.0, 0.3), abs=1e-15)
+    np.testing.assert_allclose(grid.x_edges, -1.0 + 0.4 * np.arange(6), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(grid.depth_edges, 2.0 + 0.1 * np.arange(4), rtol=0, atol=1e-15)
+
+
+def test_default_pairs_are_source_major_for_unequal_counts():
+    survey = CrossholeSurvey([[0.0, 0.5], [0.0, 1.0]], [[3.0, 0.2], [3.0, 0.7], [3.0, 1.4]])
+    np.testing.assert_array_equal(survey.pairs, [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]])
+    np.testing.assert_allclose(survey.distances, np.hypot(3.0, [0.3, 0.2, 0.9, 0.8, 0.3, 0.4]), rtol=1e-15)
+
+
+@pytest.mark.parametrize("offset, inside", [(1e-12, True), (1e-6, False)])
+def test_the_grid_boundary_admits_sensors_within_1e_9_of_a_cell(offset, inside):
+    grid = Grid2D(4, 2, (0.5, 0.25), origin=(1.0, 0.0))
+    dx, dz = grid.cell_size
+    points = [[2.0 + offset * dx, 0.5], [1.5, 1.0 + offset * dz],     # beyond the far edges
+              [1.0 - offset * dx, 0.5], [1.5, -offset * dz]]          # before the origin
+    np.testing.assert_array_equal(grid.contains(points), [inside] * 4)
+    survey = CrossholeSurvey(points[:2], points[2:])
+    if inside:
+        survey.check_in(grid)
+    else:
+        with pytest.raises(ValueError, match="source 0 .* lies outside the grid"):
+            survey.check_in(grid)

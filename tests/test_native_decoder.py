@@ -120,6 +120,21 @@ def test_deconv1_matches_torch(isa, h, wd, c, k, oph, opw):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("wd,k", [(16, 3), (16, 4), (32, 3), (32, 4), (48, 3), (48, 4)])
+def test_deconv1_where_the_odd_phase_spills_into_a_block(isa, wd, k):
+    # 34, 35, 66, 67, 98, 99 output columns: the odd phase has 16 j + 1 columns, one past a block of
+    # 16, and as many blocks as the even phase (a block fewer only where it has at most 16 j)
+    n, h, c = 2, 3, 16
+    x, w = _f32(n, h, wd, c), _f32(c, k, k)
+    out = _geometry(h, wd, k, 1, 1)
+    assert (out[1] // 2) % 16 == 1
+    y = _deconv1(x, w, out, isa)
+    ref = F.conv_transpose2d(torch.from_numpy(x).double().permute(0, 3, 1, 2),
+                             torch.from_numpy(w).double().reshape(c, 1, k, k), stride=2, output_padding=1)[:, 0]
+    np.testing.assert_allclose(y, ref.numpy(), rtol=0, atol=2e-6 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("h,wd,c,k,opw", [(63, 31, 32, 5, 0), (4, 5, 16, 4, 1), (3, 2, 48, 3, 0)])
 def test_norm_relu_deconv1_fused_matches_torch(isa, h, wd, c, k, opw):
     # the last block in one kernel each way: instance norm + ReLU, then the one-channel layer
@@ -321,6 +336,23 @@ def test_deconv_gemm_form_matches_torch(cin, cout, k, stride, h, w, n, data):
         (gx,) = torch.autograd.grad(got, xg, g)
         (gd,) = torch.autograd.grad(want, xd, g.double())
         assert float((gx.double() - gd).abs().max()) <= 1e-5 * max(float(gd.abs().max()), 1.0)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, output_padding", [
+    ((3, 4), (2, 3), (1, 0), (1, 2)),
+    ((2, 5), (1, 2), (0, 2), (0, 1)),
+    ((4, 1), (3, 1), (2, 0), (0, 0)),
+])
+def test_deconv_gemm_form_with_unequal_sides(kernel, stride, padding, output_padding):
+    # the taps are added into the output with each axis's own stride and padding (col2im)
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose2d(5, 3, kernel, stride=stride, padding=padding, output_padding=output_padding,
+                                    bias=False).requires_grad_(False)
+    x = torch.randn(2, 5, 4, 3).contiguous(memory_format=torch.channels_last)
+    want = F.conv_transpose2d(x.double(), conv.weight.double(), None, stride, padding, output_padding)
+    got = native._DeconvByGEMM.apply(x, conv, native._taps_weight(conv))
+    assert got.shape == want.shape
+    assert float((got.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
 
 
 def test_native_decoder_second_derivatives():

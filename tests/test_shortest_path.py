@@ -862,3 +862,91 @@ def test_cells_beyond_float64_lengths_are_refused(cell_size):
     with pytest.raises(ValueError, match=r"ShortestPathOperator: cell size \(dx, dz\) = .* outside the range "
                                          r".* expected dx and dz in \[5\.97e-154, 9\.48e\+153\] m"):
         ShortestPathOperator(grid, survey)
+
+
+# -- the engine's index arithmetic, sensor snapping and rounding margins -----------------------------
+@needs_core
+@pytest.mark.parametrize("n_rows, n_cols, n", [(3, 49, 1), (2, 48, 1), (2, 2, 49)])
+def test_grid_sizes_whose_fast_division_rounds_low_equal_python(n_rows, n_cols, n):
+    """The engine divides node and cell ids by C, C + 1 and n through a double reciprocal, and
+    49 * (1 / 49) rounds below 1: 49 columns (C), 48 columns (C + 1) or 49 secondary nodes need its
+    correction step (no other width up to 97 does). Every solver still equals the Python graph."""
+    grid = Grid2D(n_rows, n_cols, (0.1, 0.13), origin=(0.5, -1.0))
+    nodes = _node_positions(grid, n)
+    left = nodes[np.isclose(nodes[:, 0], grid.origin[0])]
+    right = nodes[np.isclose(nodes[:, 0], grid.origin[0] + grid.width)]
+    survey = CrossholeSurvey(left[::2], right[1::2])
+    m = np.random.default_rng(n_cols).uniform(5.0, 15.0, grid.n_cells)
+    t_py, J_py = ShortestPathOperator(grid, survey, n, backend="python").response_and_jacobian(m)
+    for solver in ("wavefront", "dijkstra"):
+        t, J = ShortestPathOperator(grid, survey, n, n_threads=1, backend="cpp",
+                                    solver=solver).response_and_jacobian(m)
+        np.testing.assert_array_equal(t, t_py, err_msg=solver)
+        assert np.array_equal(J.indptr, J_py.indptr) and np.array_equal(J.indices, J_py.indices), solver
+        np.testing.assert_allclose(J.data, J_py.data, rtol=0, atol=1e-12, err_msg=solver)
+
+
+@needs_core
+def test_engine_node_positions_are_the_graph_nodes():
+    """ShortestPathEngine.node_position: (x, depth) of every node from the grid origin, the nodes of
+    the Python graph (corners, horizontal then vertical sides, secondary nodes at k / (n + 1))."""
+    grid = Grid2D(3, 4, (0.3, 0.2), origin=(1.0, 2.0))
+    n = 3
+    op = ShortestPathOperator(grid, CrossholeSurvey([[1.0, 2.0]], [[2.2, 2.6]]), n, backend="cpp")
+    got = np.array([op._engine.node_position(v) for v in range(op.n_nodes)])
+    np.testing.assert_allclose(got, _node_positions(grid, n) - np.array(grid.origin), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sensors_snap_to_a_node_only_within_1e_9_of_a_cell(backend):
+    """A sensor 1e-12 cell off a node is that node; 1e-6 cell off it is refused, not moved."""
+    grid = Grid2D(4, 3, (0.5, 0.25))
+    n = 3
+    on_side, corner = np.array([0.0, 0.375]), np.array([1.5, 0.75])   # left side k = 1; a corner
+    for d_src, d_rcv in (((0.0, 1.0), (1.0, 0.0)), ((1.0, 0.0), (0.0, 1.0))):
+        step_src, step_rcv = np.array(d_src) * grid.cell_size, np.array(d_rcv) * grid.cell_size
+        near = ShortestPathOperator(grid, CrossholeSurvey(on_side + 1e-12 * step_src,
+                                                          corner - 1e-12 * step_rcv), n, backend=backend)
+        exact = ShortestPathOperator(grid, CrossholeSurvey(on_side, corner), n, backend=backend)
+        np.testing.assert_array_equal(near._source_nodes, exact._source_nodes)
+        np.testing.assert_array_equal(near._receiver_nodes, exact._receiver_nodes)
+        with pytest.raises(ValueError, match="source 0 .* is not on a graph node"):
+            ShortestPathOperator(grid, CrossholeSurvey(on_side + 1e-6 * step_src, corner), n, backend=backend)
+        with pytest.raises(ValueError, match="receiver 0 .* is not on a graph node"):
+            ShortestPathOperator(grid, CrossholeSurvey(on_side, corner - 1e-6 * step_rcv), n, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_slowness_contrast_exactly_at_the_limit_is_accepted(backend):
+    """A contrast of exactly max_slowness_contrast is "at most" the limit: accepted, and the traveltimes
+    are J m (each path's times are its lengths times the slownesses it crosses)."""
+    op = _small_operator(backend)
+    m = np.full(op.n_params, 1.0)
+    m[5] = op.max_slowness_contrast                     # max / min == 1e8 exactly: "at most" the limit
+    t, J = op.response_and_jacobian(m)
+    np.testing.assert_allclose(J @ m, t, rtol=1e-12)
+
+
+@needs_core
+def test_label_correcting_solvers_equal_dijkstra_beyond_the_rounding_margin():
+    """Path times of 1e12 to 1e15 times a fast cell's crossing (a slow column in front of it): there an
+    edge's rounding can make a detour through a third node of a cell shorter than the direct edge, and
+    the repeat rounds inside a cell must push every node, not only along the sides (the shortcut that
+    sweep_group allows only within its rounding margin). Beyond the operator's contrast limit, so on
+    the engine itself: times only (path back-tracking is not defined there)."""
+    from latentinv._backend import core
+
+    grid, n = Grid2D(2, 3, (0.025, 1.0)), 8          # flat cells: a small margin
+    nodes = _node_positions(grid, n)
+    sources = np.flatnonzero(nodes[:, 0] == 0.0)
+    receivers = np.flatnonzero(nodes[:, 0] > grid.dx * (1 + 1e-9))
+    pairs = np.array([(s, r) for s in range(len(sources)) for r in range(len(receivers))])
+    engine = core.ShortestPathEngine(grid.n_rows, grid.n_cols, grid.dx, grid.dz, n, sources.tolist(),
+                                     receivers.tolist(), pairs[:, 0].tolist(), pairs[:, 1].tolist())
+    for exponent in (12, 12.5, 13, 13.5, 14, 14.5, 15):
+        image = np.ones(grid.shape)
+        image[:, 0] = 10.0 ** exponent
+        m = grid.to_flat(image)[None]
+        ref = engine.run(m, False, 1, solver="dijkstra")[0]
+        for kw in _solver_variants():
+            np.testing.assert_array_equal(engine.run(m, False, 1, **kw)[0], ref, err_msg=f"{exponent} {kw}")

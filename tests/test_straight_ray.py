@@ -85,6 +85,25 @@ def test_rays_on_grid_edge_and_vertical():
     np.testing.assert_allclose(G[2].reshape(3, 2), [[np.sqrt(2), 0], [0, np.sqrt(2)], [0, 0]])
 
 
+@pytest.mark.parametrize("offset, split", [(1e-6, False), (-1e-6, False), (1e-12, True), (-1e-12, True)])
+def test_rays_beside_a_grid_line_are_split_only_within_1e_9_of_a_cell(offset, split):
+    """A vertical (a horizontal) ray 1e-6 cell beside an inner grid line runs inside one column (row), as
+    the clipping reference says; within 1e-9 cell of the line it is on it, and split half and half."""
+    grid = Grid2D(3, 4, (0.5, 0.25))
+    x, z = 1.0 + offset * grid.dx, 0.5 + offset * grid.dz   # beside x = 1 (columns 1 | 2), depth 0.5 (rows 1 | 2)
+    survey = CrossholeSurvey([[x, 0.0], [0.0, z]], [[x, 0.75], [2.0, z]], pairs=[[0, 0], [1, 1]])
+    G = StraightRayOperator(grid, survey).matrix.toarray().reshape(2, *grid.shape)
+    vertical, horizontal = np.zeros(grid.shape), np.zeros(grid.shape)
+    if split:
+        vertical[:, 1:3], horizontal[1:3, :] = 0.125, 0.25
+    else:
+        vertical[:, 2 if offset > 0 else 1] = 0.25
+        horizontal[2 if offset > 0 else 1, :] = 0.5
+        np.testing.assert_allclose(G.reshape(2, -1), reference_matrix(grid, survey), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(G[0], vertical, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(G[1], horizontal, rtol=0, atol=1e-12)
+
+
 def test_identities_and_torch():
     grid = Grid2D(6, 5, 0.2)
     survey = CrossholeSurvey([[0.0, 0.1], [0.0, 0.7]], [[1.0, 0.3], [1.0, 1.15], [0.5, 1.2]])
