@@ -333,3 +333,60 @@ def test_compare_patterns_ignores_lags_without_pairs():
     out = compare_patterns(samples, reference, max_lag=2)
     assert out["connectivity_rmse_x"] == pytest.approx(1.0, abs=1e-15)
     assert out["connectivity_rmse_depth"] == pytest.approx(0.0, abs=1e-15)     # a joined vertical line
+
+
+# ---- round 4 of the mutation audit (docs/mutation_audit.md) ----------------------------------------------
+def test_uniform_average_is_the_mean_over_surveys():
+    """multioutput="uniform_average" is the mean of the surveys' RMSEs: 1, 2 and 6 give 3 (the median
+    would give 2), for data and models alike."""
+    truth = np.zeros((3, 4))
+    pred = np.repeat([[1.0], [2.0], [6.0]], 4, axis=1)
+    assert data_rmse(truth, pred) == 3.0 and model_rmse(truth, pred) == 3.0
+
+
+def test_flat_models_warning_starts_at_twenty_times_wider_than_tall():
+    """The flat-models warning is for a 2-D array at least 20 times wider than tall: 2 x 40 warns, 2 x 39
+    does not."""
+    import warnings
+    with pytest.warns(UserWarning, match=r"images of shape \(2, 40\) are taken as ONE image"):
+        channel_fraction(np.zeros((2, 40)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        channel_fraction(np.zeros((2, 39)))
+
+
+def test_compare_patterns_rmse_over_lags_hand_values():
+    """compare_patterns' variogram and connectivity distances are root-mean-square differences over the
+    lags: checkerboard against stripes along depth, lags 1-4, from the hand values of the two tests
+    above: variogram [0.5, 0, 0.5, 0] against [4/15, 0.5, 3/13, 0], connectivity 0 against
+    [0.5, 0, 0, 0] (RMS 0.25, where a mean absolute difference would give 0.125)."""
+    out = compare_patterns(_checkerboard(16)[:, :10], _stripes(), max_lag=4)
+    diff = np.array([0.5, 0.0, 0.5, 0.0]) - [4 / 15, 0.5, 3 / 13, 0.0]
+    assert out["variogram_rmse_depth"] == pytest.approx(np.sqrt(np.mean(diff ** 2)), rel=1e-12)
+    assert out["connectivity_rmse_depth"] == pytest.approx(0.25, rel=1e-12)
+
+
+def test_acceptance_scorers_baseline_is_weighted_by_the_estimators_noise_std():
+    """The acceptance scorer's homogeneous baseline is the fit weighted by 1 / noise_std**2 of the estimator
+    (homogeneous_fit's sigma): the layered data of the test above with data 0 and 3 a thousand times surer
+    give s0 = 12.5 ns/m by hand and an RMSE of 13.35 ns (11.42 unweighted), so 6.2 ns is below half of it
+    (silent, where the unweighted baseline would warn) and 6.8 ns is not."""
+    from latentinv.baselines import BaselineWarning
+    from latentinv.geometry import CrossholeSurvey, Grid2D
+    from latentinv.operators import StraightRayOperator
+    import warnings
+    op = StraightRayOperator(Grid2D(4, 4, 1.0), CrossholeSurvey(np.array([[0.0, 0.5], [0.0, 3.5]]),
+                                                                np.array([[4.0, 0.5], [4.0, 3.5]])))
+    layered = np.array([[40.0, 60.0, 40.0, 60.0]])
+    lengths, sigma = np.array([4.0, 5.0, 5.0, 4.0]), np.array([1.0, 1e3, 1e3, 1.0])
+    w = 1 / sigma ** 2
+    s0 = np.sum(w * layered[0] * lengths) / np.sum(w * lengths ** 2)
+    rmse = np.sqrt(np.mean((layered[0] - s0 * lengths) ** 2))
+    assert s0 == pytest.approx(12.5, rel=1e-5) and 6.2 < 0.5 * rmse < 6.8 and 0.5 * 11.42 < 6.2
+    stub = _Stub([0.5])
+    stub.operator_, stub._X, stub.noise_std = op, layered, sigma
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaselineWarning)
+        assert make_acceptance_scorer(6.2)(stub, layered) == 1.0
+    with pytest.warns(BaselineWarning, match="not clearly better"):
+        make_acceptance_scorer(6.8)(stub, layered)

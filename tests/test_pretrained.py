@@ -365,3 +365,15 @@ def test_training_script_saves_portable_parameters_and_records_its_arithmetic(tm
 def test_pretrained_image_must_be_known():
     with pytest.raises(ValueError, match=r"image must be one of \['channels_ti', 'procedural'\], got 'ti'"):
         VAEPrior.pretrained(image="ti")
+
+
+def test_pretrained_loads_on_the_device_asked_for(monkeypatch):
+    """pretrained hands load the device asked for, resolved ("auto": CUDA when available), and None (the
+    device saved, the CPU) when none is asked: a dropped device would load a prior asked for on CUDA on the
+    CPU, with the same decoded values."""
+    asked = []
+    monkeypatch.setattr(VAEPrior, "load", classmethod(lambda cls, path, device=None, architecture=None:
+                                                      asked.append(device)))
+    for device in ("cpu", "auto", None):
+        VAEPrior.pretrained(device=device)
+    assert asked == [torch.device("cpu"), torch.device("cuda" if torch.cuda.is_available() else "cpu"), None]

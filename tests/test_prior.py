@@ -865,3 +865,222 @@ def test_numpy_scalar_parameters_save_and_load(tmp_path):
     VAEPrior(**{**_MLP, "random_state": 7}).fit(X, checkpoint=ckpt, checkpoint_every=1)
     VAEPrior(**{**_MLP, "random_state": np.int64(7), "n_iterations": 3}).fit(X, checkpoint=ckpt,
                                                                                 checkpoint_every=1)
+
+
+# ---- round 4 of the mutation audit (docs/mutation_audit.md) ----------------------------------------------
+_INT32 = np.iinfo(np.int32).max
+_HAND = dict(architecture="mlp", n_components=2, hidden_size=8, alpha=0.25, beta=3.0, learning_rate=1e-2,
+             random_state=5, device="cpu")
+
+
+def _steps_by_hand(seeds, batches, n_features):
+    """The training of ``_HAND`` (eqs. (1)-(2)) written out: the "mlp" network from the first of the seed's
+    draws, the noise from the second, each batch through z = mu + sqrt(alpha) sigma eps, the loss, Adam.
+    Returns (module, rows of (reconstruction, kl, loss))."""
+    from latentinv.nn import build_vae
+    module = build_vae("mlp", n_features, 2, hidden_size=8, seed=seeds[0])
+    noise = torch.Generator().manual_seed(seeds[1])
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    rows = []
+    for xb in batches:
+        mu, logvar = module.encode(xb)
+        eps = torch.randn(mu.shape, generator=noise)
+        x_hat = module.decode(mu + 0.25 ** 0.5 * torch.exp(0.5 * logvar) * eps)
+        rec = ((x_hat - xb) ** 2).sum()
+        kl = (-0.5 * (1 + logvar - mu ** 2 - logvar.exp())).mean()
+        loss = rec + 3.0 * kl
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rows.append([rec.item(), kl.item(), loss.item()])
+    return module, np.array(rows)
+
+
+def _assert_trained_as(prior, module, rows):
+    history = np.array([prior.history_[k] for k in ("reconstruction", "kl", "loss")]).T
+    np.testing.assert_allclose(history, rows, rtol=1e-6)
+    for (k, a), b in zip(prior.module_.state_dict().items(), module.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
+
+
+@pytest.mark.parametrize("batch_size", [4, 20])
+def test_training_on_arrays_is_the_step_written_out(batch_size):
+    """fit on 8 models, written out: batch 4 takes epochs of the seed's permutations (a new one exactly
+    when the last batch is used up), a batch_size beyond 8 all the models in their order; each step scales
+    the noise by sqrt(alpha). beta_per_sample_ = beta / (batch d) with the batch used."""
+    X = np.random.default_rng(0).random((8, 6))
+    prior = VAEPrior(batch_size=batch_size, n_iterations=5, **_HAND).fit(X)
+    rng = np.random.RandomState(5)
+    seeds = rng.randint(_INT32), rng.randint(_INT32)
+    Xt = torch.tensor(X, dtype=torch.float32)
+    b = min(batch_size, 8)
+    if b == 8:
+        batches = [Xt] * 5
+    else:                                  # permutations drawn from the seed after the two seeds above
+        order = np.concatenate([rng.permutation(8) for _ in range(3)])
+        batches = [Xt[order[i * b:(i + 1) * b]] for i in range(5)]
+    _assert_trained_as(prior, *_steps_by_hand(seeds, batches, 6))
+    assert prior.beta_per_sample_ == 3.0 / (b * 2)
+
+
+def test_training_on_a_patch_sampler_is_the_step_written_out():
+    """fit on a PatchSampler, written out: each iteration's crops are the sampler's draws from a generator
+    seeded by the third of the seed's draws (the memory probe draws from its own), over more than one
+    block of TRAINING_BLOCK iterations."""
+    image = make_channel_image((40, 30), width=3, random_state=0)
+    sampler = PatchSampler(image, (9, 7), exclude=[(0, 0, 12, 10)])
+    n_iterations = prior_module.TRAINING_BLOCK + 2
+    prior = VAEPrior(batch_size=3, n_iterations=n_iterations, **_HAND).fit(sampler)
+    rng = np.random.RandomState(5)
+    seeds = rng.randint(_INT32), rng.randint(_INT32)
+    crops = np.random.default_rng(rng.randint(_INT32))
+    batches = [torch.tensor(sampler.sample(3, random_state=crops).reshape(3, -1)) for _ in range(n_iterations)]
+    _assert_trained_as(prior, *_steps_by_hand(seeds, batches, 63))
+
+
+def test_load_restores_beta_per_sample_as_saved(tmp_path):
+    """beta_per_sample_ is read back from the file, not recomputed from batch_size (which a training on
+    fewer models than batch_size does not use)."""
+    X = np.random.default_rng(0).random((8, 6))
+    prior = VAEPrior(batch_size=20, n_iterations=1, **_HAND).fit(X)
+    prior.save(tmp_path / "p")
+    assert prior.beta_per_sample_ == 3.0 / (8 * 2)
+    assert VAEPrior.load(tmp_path / "p").beta_per_sample_ == prior.beta_per_sample_
+
+
+def test_training_that_reaches_an_infinite_loss_is_refused_even_with_finite_weights():
+    """An encoder that squashes its input (tanh first) and an identity decoder on models of 1e19: the
+    summed squared error overflows float32 (inf) while the gradients stay finite and the weights too
+    (Adam's second moment overflows to inf, its steps to 0). A loss that is not finite is divergence by
+    itself: refused, naming the first such iteration."""
+    def squashing(input_shape, n_components):
+        n = int(np.prod(input_shape))
+        return VAE(torch.nn.Sequential(torch.nn.Tanh(), MLPEncoder(n, n_components, 8)),
+                   MLPDecoder(n, n_components, 8, output_activation="identity"))
+    X = np.random.default_rng(0).random((8, 6)) * 1e19
+    with pytest.raises(ValueError, match="training diverged: non-finite loss or weights at iteration 0"):
+        VAEPrior(**dict(_HAND, architecture=squashing, output_activation="identity"), batch_size=8,
+                 n_iterations=2).fit(X)
+
+
+def test_checkpoints_are_written_every_checkpoint_every_iterations_and_at_the_end(tmp_path, monkeypatch):
+    """fit(checkpoint=..., checkpoint_every=2) of 5 iterations writes the loop's state after iterations
+    2, 4 and 5."""
+    from latentinv import _checkpoint
+    written = []
+    write = _checkpoint.write
+    monkeypatch.setattr(_checkpoint, "write", lambda path, state, fp: (written.append(state.iteration),
+                                                                     write(path, state, fp)))
+    X = np.random.default_rng(0).random((8, 6))
+    VAEPrior(**_HAND, batch_size=4, n_iterations=5).fit(X, checkpoint=tmp_path, checkpoint_every=2)
+    assert written == [2, 4, 5]
+
+
+def test_int8_rows_scale_by_the_largest_magnitude_and_keep_rows_of_zeros(tmp_path):
+    """_int8_rows: each row's scale is its largest magnitude / 127 (that entry stored as +-127), a row of
+    zeros gets scale 1 and stays zeros, every entry within half a step. A prior whose largest encoder
+    weight has a row of zeros saves in int8 and loads with that row zero (a scale of 0 would be refused)."""
+    t = torch.tensor([[0.0, 0.0, 0.0], [1.0, -0.5, 0.25], [-3.0, 2.0, 0.1]])
+    q, scale = prior_module._int8_rows(t)
+    torch.testing.assert_close(scale, torch.tensor([1.0, 1 / 127, 3 / 127]), rtol=0, atol=0)
+    assert q[0].tolist() == [0, 0, 0] and q[1, 0] == 127 and q[2, 0] == -127
+    assert bool(((q.float() * scale[:, None] - t).abs() <= scale[:, None] / 2 + 1e-7).all())
+    prior = _tiny_fitted()
+    state = prior.module_.state_dict()
+    name = max((k for k, v in state.items() if k.startswith("encoder.") and v.dim() >= 2),
+               key=lambda k: state[k].numel())
+    with torch.no_grad():
+        state[name][0].zero_()
+    prior.save(tmp_path / "f16", weights_dtype="float16")
+    prior.save(tmp_path / "q", weights_dtype="float16", max_bytes=_files_bytes(tmp_path / "f16") - 1)
+    loaded = VAEPrior.load(tmp_path / "q").module_.state_dict()[name]
+    assert bool((loaded[0] == 0).all()) and bool((loaded[1:] != 0).any())
+
+
+def test_a_budget_the_files_meet_exactly_quantizes_nothing(tmp_path):
+    """max_bytes is a bound the files may reach: a budget of exactly the float16 files' size leaves every
+    tensor as it is (no int8_tensors), one byte less quantizes."""
+    prior = _tiny_fitted()
+    prior.save(tmp_path / "f16", weights_dtype="float16")
+    size = _files_bytes(tmp_path / "f16")
+    prior.save(tmp_path / "exact", weights_dtype="float16", max_bytes=size)
+    assert _files_bytes(tmp_path / "exact") == size
+    assert "int8_tensors" not in json.loads((tmp_path / "exact" / "config.json").read_text())
+    prior.save(tmp_path / "less", weights_dtype="float16", max_bytes=size - 1)
+    assert json.loads((tmp_path / "less" / "config.json").read_text())["int8_tensors"]
+
+
+def test_encode_decode_and_score_cover_every_row_of_every_chunk():
+    """encode, decode and score_samples run 1024 rows per pass: 2049 rows give 2049 results, each that
+    of its row alone."""
+    X = np.random.default_rng(0).random((2049, 6))
+    prior = VAEPrior(**_HAND, batch_size=8, n_iterations=1).fit(X[:8])
+    picks = [0, 1023, 1024, 2047, 2048]
+    Z = prior.encode(X)
+    assert Z.shape == (2049, 2)
+    np.testing.assert_allclose(Z[picks], [prior.encode(X[i:i + 1])[0] for i in picks], rtol=1e-6, atol=1e-7)
+    D = prior.decode(Z)
+    assert D.shape == (2049, 6)
+    np.testing.assert_allclose(D[picks], [prior.decode(Z[i:i + 1])[0] for i in picks], rtol=1e-6, atol=1e-7)
+    S = prior.score_samples(X)
+    assert S.shape == (2049,)
+    np.testing.assert_allclose(S[picks], [prior.score_samples(X[i:i + 1])[0] for i in picks], rtol=1e-6)
+
+
+def test_mlp_encoder_and_decoder_are_their_layers_written_out():
+    """"mlp": the encoder is relu(W2 relu(W1 x + b1) + b2) and then the two linear heads, the decoder
+    out(W3 relu(W2 relu(W1 z + b1) + b2) + b3) with out the sigmoid or the identity: two hidden layers with
+    ReLU each way, computed here from the modules' weights."""
+    from latentinv.nn import MLPDecoder, MLPEncoder
+    g = torch.Generator().manual_seed(0)
+
+    def hidden(x, linears):
+        for lin in linears:
+            x = torch.relu(x @ lin.weight.T + lin.bias)
+        return x
+    encoder = MLPEncoder(6, 2, hidden_size=5)
+    linears = [m for m in encoder.body if isinstance(m, torch.nn.Linear)]
+    x = torch.randn(7, 6, generator=g)
+    h = hidden(x, linears)
+    mu, logvar = encoder(x)
+    assert len(linears) == 2 and bool((h == 0).any())      # some units below zero: the ReLU shows
+    torch.testing.assert_close(mu, h @ encoder.fc_mu.weight.T + encoder.fc_mu.bias)
+    torch.testing.assert_close(logvar, h @ encoder.fc_logvar.weight.T + encoder.fc_logvar.bias)
+    z = torch.randn(7, 2, generator=g)
+    for activation, out in (("sigmoid", torch.sigmoid), ("identity", lambda t: t)):
+        decoder = MLPDecoder(6, 2, hidden_size=5, output_activation=activation)
+        linears = [m for m in decoder.body if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == 3
+        last = linears[-1]
+        torch.testing.assert_close(decoder(z), out(hidden(z, linears[:-1]) @ last.weight.T + last.bias))
+
+
+# datasets.py (its own test file is edited elsewhere)
+@pytest.mark.parametrize("orientation, turn", [(-90.0, lambda a: a.T[:, ::-1]), (90.0, lambda a: a.T[::-1]),
+                                               (180.0, lambda a: a[::-1, ::-1])], ids=["-90", "90", "180"])
+@pytest.mark.parametrize("shape", [(60, 30), (41, 23)], ids=["60x30", "41x23"])
+def test_turning_the_channels_orientation_turns_the_image(orientation, turn, shape):
+    """make_channel_image is equivariant under quarter turns: the image of orientation 0 turned by
+    -90, 90 or 180 degrees about its centre is, cell for cell, the image of that orientation on the turned
+    grid (same seed). Wrong centres or axes on a grid of unequal sides break it."""
+    for seed in range(3):
+        image = make_channel_image(shape, orientation=0.0, random_state=seed)
+        turned = make_channel_image(turn(image).shape, orientation=orientation, random_state=seed)
+        np.testing.assert_array_equal(turned, turn(image))
+
+
+def test_channel_wavelength_defaults_to_a_third_of_the_longer_side():
+    """wavelength=None is max(shape) / 3: on 60 x 30 cells the image of wavelength 20, seed for seed."""
+    for seed in range(3):
+        np.testing.assert_array_equal(make_channel_image((60, 30), random_state=seed),
+                                      make_channel_image((60, 30), wavelength=20.0, random_state=seed))
+
+
+def test_load_image_thresholds_at_or_above_and_keeps_grey_levels_in_0_1(tmp_path):
+    """load_image: grey level / 255, channel where it is at or above the threshold (a pixel exactly at it
+    included); threshold=None returns the grey levels, 255 as 1."""
+    from PIL import Image
+    from latentinv.datasets import load_image
+    Image.fromarray(np.array([[0, 127, 128, 255]], dtype=np.uint8)).save(tmp_path / "g.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "g.png", threshold=128 / 255), [[0.0, 0.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(load_image(tmp_path / "g.png", threshold=None), [[0.0, 127 / 255, 128 / 255, 1.0]])

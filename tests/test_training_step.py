@@ -123,3 +123,20 @@ def test_the_captured_step_never_reads_the_device(monkeypatch):
             out = step.forward_backward(X, eps, autocast_cache=False)
         assert out.shape == (3,) and all(p.grad is not None for p in module.parameters())
     assert guard.reads == []
+
+
+def test_the_graphed_steps_noise_is_the_training_generators_draw():
+    """GraphedTrainingStep draws the noise of eq. (1) from the training's own generator (the eager step's
+    draw: torch.randn of shape (batch, n_components) from it); at alpha = 0 zeros, the generator untouched
+    (the eager step draws nothing there either)."""
+    module, optimizer = _module_and_optimizer()
+    cpu = torch.device("cpu")
+    drawn = torch.Generator().manual_seed(11)
+    step = ts.GraphedTrainingStep(module, optimizer, drawn, alpha=0.5, beta=1.0, bfloat16=False, n_components=2)
+    expected = torch.Generator().manual_seed(11)
+    for _ in range(2):
+        assert torch.equal(step._noise(6, cpu), torch.randn((6, 2), generator=expected))
+    untouched = torch.Generator().manual_seed(11)
+    step = ts.GraphedTrainingStep(module, optimizer, untouched, alpha=0.0, beta=1.0, bfloat16=False, n_components=2)
+    assert torch.equal(step._noise(6, cpu), torch.zeros(6, 2))
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(11).get_state())
