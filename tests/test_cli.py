@@ -942,3 +942,92 @@ def test_traveltime_text_files_may_have_one_header_row(tmp_path, name, delimiter
     path.write_text("tt\n" + rows(x[:1]) + "\n")
     with pytest.raises(click.BadParameter, match="the header row names 1 columns but the rows hold 5"):
         cli.load_traveltimes(path, 5)
+
+
+def test_invert_runs_the_papers_straight_ray_case_with_the_options_given(tiny_prior, tmp_path):
+    """`invert` with straight rays runs the paper's VSbrd settings (PAPER_CASES) but for the options given:
+    --lr (not --lam, which keeps 10), --epochs, and --batch-size, clamped to the 625 data."""
+    from latentinv.inversion import PAPER_CASES
+
+    prior_dir, prior = tiny_prior
+    _, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data)
+    _ok(CliRunner().invoke(cli.main, [
+        "invert", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(tmp_path / "o"), "--n-starts", "1",
+        "--epochs", "1", "--batch-size", "1000", "--lr", "0.003", "--device", "cpu", "--quiet"]))
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    settings = result["settings"]
+    expected = dict(PAPER_CASES["VSbrd"], lr=0.003, n_epochs=1, batch_size=625, n_starts=1)
+    assert expected.pop("optimizer") == settings.get("optimizer", "sgd")        # the estimator's default
+    assert {k: settings[k] for k in expected} == expected
+    assert result["n_iterations"] == 1
+
+
+def test_demo_report_numbers_are_those_of_its_runs(tiny_prior, tmp_path, monkeypatch):
+    """report.json against the inversions' and the sampler's own results (caught on their way out) and the
+    saved models: each case's least data RMSE over its starts and that start, the fraction of starts within
+    the threshold, the model RMSE against the truth (not its encode-decode reconstruction), the homogeneous
+    velocity as 1 / slowness; the posterior's mean-model RMSE, mean standard deviation and acceptance
+    averaged over the chains."""
+    from latentinv.inversion import LatentInverter, LatentSampler
+
+    runs, posteriors = [], []
+    invert, sample = LatentInverter.invert, LatentSampler.sample
+    monkeypatch.setattr(LatentInverter, "invert", lambda self, X: runs.append(invert(self, X)) or runs[-1])
+    monkeypatch.setattr(LatentSampler, "sample", lambda self, X: posteriors.append(sample(self, X)) or posteriors[-1])
+    out = tmp_path / "demo"
+    _ok(CliRunner().invoke(cli.main, [
+        "demo", "--prior", str(tiny_prior[0]), "--out", str(out), "--n-starts", "3", "--n-starts-nonlinear", "2",
+        "--epochs-linear", "1", "--epochs-nonlinear", "1", "--full-batch", "--posterior-draws", "4", "--device",
+        "cpu", "--quiet"]))
+    report, saved = json.loads((out / "report.json").read_text()), np.load(out / "models.npz")
+    rmse = lambda a, b: float(np.sqrt(np.mean((np.asarray(a) - b) ** 2)))
+    for name, res in zip(("straight-ray", "shortest-path"), runs):
+        case, starts = report["cases"][name], res.data_rmse[0]
+        assert np.ptp(starts) > 0                                   # the starts' fits differ
+        np.testing.assert_array_equal(case["data_rmse_ns"], starts)
+        assert case["best_data_rmse_ns"] == starts.min() and case["best_start"] == np.argmin(starts)
+        assert case["accepted_fraction"] == np.mean((starts <= case["threshold_ns"]) & ~res.diverged[0])
+        assert case["model_rmse"] == pytest.approx(rmse(saved[name.replace("-", "_")], saved["truth"]), rel=1e-12)
+        homogeneous = case["homogeneous_model"]
+        assert homogeneous["velocity_m_per_ns"] == pytest.approx(1 / homogeneous["slowness_ns_per_m"], rel=1e-12)
+    (post,) = posteriors
+    assert np.ptp(post.acceptance_rate) > 0 and np.ptp(post.std[0]) > 0
+    assert report["posterior"]["mean_model_rmse"] == pytest.approx(rmse(post.mean[0], saved["truth"]), rel=1e-12)
+    assert report["posterior"]["mean_std"] == pytest.approx(post.std[0].mean(), rel=1e-12)
+    assert report["posterior"]["acceptance_rate"] == pytest.approx(post.acceptance_rate.mean(), rel=1e-12)
+
+
+def test_sample_reports_the_mean_data_rmse_after_the_burnin(tiny_prior, tmp_path, monkeypatch):
+    """posterior.json against the sampler's own result: the mean data RMSE over every chain's iterations
+    from the burn-in's end on (not one before), and the acceptance and step size of each chain."""
+    from latentinv.inversion import LatentSampler
+
+    posteriors, sample = [], LatentSampler.sample
+    monkeypatch.setattr(LatentSampler, "sample", lambda self, X: posteriors.append(sample(self, X)) or posteriors[-1])
+    prior_dir, prior = tiny_prior
+    _, data = _paper_linear_data(prior, n=2)
+    np.save(tmp_path / "tt.npy", data)
+    out = tmp_path / "post"
+    _ok(CliRunner().invoke(cli.main, [
+        "sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(out), "--noise-std", "0.5",
+        "--chains", "2", "--burnin", "3", "--samples", "3", "--device", "cpu", "--quiet"]))
+    report, (post,) = json.loads((out / "posterior.json").read_text()), posteriors
+    after = post.data_rmse_history[:, :, 3:]
+    assert after.shape == (2, 2, 3) and np.ptp(post.data_rmse_history[:, :, 2:4]) > 0
+    np.testing.assert_allclose(report["mean_data_rmse_ns_after_burnin"], after.sum(axis=(1, 2)) / 6, rtol=1e-12)
+    np.testing.assert_array_equal(report["acceptance_rate"], post.acceptance_rate)
+    np.testing.assert_array_equal(report["step_size"], post.step_size)
+
+
+def test_train_summary_reports_the_mean_over_crops_of_each_crops_reconstruction_rmse(tmp_path, monkeypatch):
+    """The encode-decode model RMSE of `train`'s summary is the mean over the 32 crops of each crop's RMSE,
+    like the constant model's beside it: with half the crops reconstructed exactly and half as 0.5 (0/1
+    crops: RMSE 0.5 each) it is 0.25, not the pooled sqrt(0.125) = 0.354."""
+    monkeypatch.setattr(VAEPrior, "encode", lambda self, X: np.asarray(X, dtype=float))
+    monkeypatch.setattr(VAEPrior, "decode", lambda self, Z: np.where(np.arange(len(Z))[:, None] % 2, 0.5, Z))
+    res = CliRunner().invoke(cli.main, [
+        "train", "--procedural", "--image-size", "150", "90", "--out", str(tmp_path / "p"), "--iterations", "1",
+        "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4", "--n-components", "3", "--seed", "4"])
+    _ok(res)
+    assert "[train] encode-decode model RMSE 0.250 on 32 training crops" in res.output
