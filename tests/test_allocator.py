@@ -62,3 +62,32 @@ def test_tuning_is_applied_once_and_reports_its_state(monkeypatch):
     assert allocator.tune_malloc_for_tensors() is False
     monkeypatch.setenv("LATENTINV_MALLOC_TUNING", "1")
     assert allocator.tune_malloc_for_tensors() is False    # decided once per process
+
+
+@pytest.mark.skipif(not glibc, reason="glibc only")
+@pytest.mark.parametrize("setting, applied", [("1", True), ("0", False), ("", False)])
+def test_tuning_sets_glibcs_mmap_threshold_to_32_mib_and_its_trim_threshold_to_1_gib(monkeypatch, setting, applied):
+    """The two mallopt calls, on a stand-in libc: M_MMAP_THRESHOLD (-3 in glibc's malloc.h) to 32 MiB,
+    M_TRIM_THRESHOLD (-1) to 1 GiB; none where LATENTINV_MALLOC_TUNING is 0 or empty; not applied where
+    glibc refuses one (mallopt returns 0)."""
+    import latentinv._allocator as allocator
+
+    calls, refuse = [], []
+
+    class Libc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 0 if param in refuse else 1
+
+        def gnu_get_libc_version(self):
+            return b"2.35"
+
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(allocator, "_state", {"done": False, "applied": False})
+    monkeypatch.setenv("LATENTINV_MALLOC_TUNING", setting)
+    assert allocator.tune_malloc_for_tensors() is applied
+    assert calls == ([(-3, 32 * 2 ** 20), (-1, 2 ** 30)] if applied else [])
+    if applied:
+        refuse.append(-1)
+        monkeypatch.setattr(allocator, "_state", {"done": False, "applied": False})
+        assert allocator.tune_malloc_for_tensors() is False

@@ -25,6 +25,7 @@ def affinity():
 
 @pytest.mark.parametrize("v2, v1, quota", [
     ("max 100000", None, None),              # v2 without a limit
+    ("max 100000", (200000, 100000), None),  # v2 decides where its file exists: v1's files are not read
     ("250000 100000", None, 2.5),            # v2: 2.5 CPUs
     ("50000 100000", None, 0.5),
     (None, (-1, 100000), None),              # v1 without a limit

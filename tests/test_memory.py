@@ -235,3 +235,24 @@ def test_a_training_batch_too_large_is_refused_before_the_first_step(monkeypatch
     with pytest.raises(MemoryError, match="Lower batch_size to at most 5"):
         VAEPrior(batch_size=6, **kw).fit(X)
     assert steps == [1, 1]        # only the fit that passed the check stepped (its 2 iterations)
+
+
+def test_a_sampler_batch_is_refused_one_byte_short_of_its_lower_bound(problem, monkeypatch, activations):
+    """The sampler's bound per chain, to the byte: the records, the float64 moments of the models (3 per
+    cell) and the larger of the activations and the result with the kept draws (float32, d per draw).
+    Exactly that much memory runs; one byte less is refused (a bound that counted the moments in float32,
+    or left out the draws, would let it through)."""
+    op, gen, tt = problem
+    s = LatentSampler(gen, op, method="pcn", n_chains=4, n_burnin=10, n_samples=7, thin=3, noise_std=0.5,
+                      random_state=0, device="cpu").fit(tt)
+    per_row = _per_row_on_cpu(4 * 2 * N_CELLS, 10 + 7 * 3, op.n_data, 3, 2, device_extra=3 * 8 * N_CELLS,
+                              host_extra=4 * 3 * 7)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 4 * per_row)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # short chains: ConvergenceWarning
+        s.sample(tt[:1])
+    assert activations[-1] == 4 * 2 * N_CELLS
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 4 * per_row - 1)
+    with pytest.raises(MemoryError, match=r"LatentSampler: 1 surveys x n_chains=4 = 4 rows .* "
+                                          r"Not even one survey fits: lower n_chains"):
+        s.sample(tt[:1])

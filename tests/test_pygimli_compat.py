@@ -100,3 +100,15 @@ def test_bad_construction():
     for bad in (-1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="n_secondary_nodes must be an integer in"):
             PyGimliOperator(GRID, SURVEY, n_secondary_nodes=bad, backend="pygimli")
+
+
+@pytest.mark.parametrize("backend", ["latentinv", "pygimli"])
+@pytest.mark.parametrize("n, expected", [(0, 1 + np.sqrt(2)), (2, (np.sqrt(10) + np.sqrt(13)) / 3)])
+def test_a_pickled_operator_keeps_its_secondary_nodes_and_backend(backend, n, expected):
+    """What a worker process receives: the same graph (secondary nodes) and engine, so the same times (with 2
+    secondary nodes the path bends at (1/3, 1): sqrt(10) / 3 + sqrt(13) / 3; with 3, sqrt(5))."""
+    import pickle
+
+    op = pickle.loads(pickle.dumps(PyGimliOperator(GRID, SURVEY, n_secondary_nodes=n, backend=backend)))
+    assert op.n_secondary_nodes == n and repr(op).endswith(f"n_secondary_nodes={n}, backend={backend!r})")
+    np.testing.assert_allclose(op.response(SLOWNESS_PG), [expected], rtol=1e-12)

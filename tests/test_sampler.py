@@ -992,3 +992,249 @@ def test_a_bad_device_is_named_with_the_sampler():
     with pytest.raises(ValueError, match=r"^LatentSampler: device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; "
                                          r"got 'tpu'\.$"):
         _sampler(gen, op, noise_std=0.1, device="tpu").fit(y[None])
+
+
+# ---- sixth mutation audit: DE pairs and jumps, HMC's trajectory, the burn-in's end, model samples ---------
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_differential_evolution_pairs_draw_every_ordered_pair_of_distinct_states_alike(n):
+    """Uniforms at the centres of an ``n x (n - 1)`` grid map one to one onto the ``n (n - 1)`` ordered
+    pairs ``a != b`` of an archive of ``n`` states: each state is drawn as ``a`` and as ``b`` equally
+    often (the last one too) and never paired with itself; an archive of 2 states gives both pairs."""
+    kernel = DifferentialEvolution()
+    kernel.archive = torch.zeros(1, n, 1)
+    i, j = np.meshgrid(np.arange(n), np.arange(n - 1), indexing="ij")
+    uni = torch.tensor(np.column_stack([(i.ravel() + 0.5) / n, (j.ravel() + 0.5) / (n - 1), np.zeros(i.size)]))
+    a, b = kernel.pairs(uni)
+    assert sorted(zip(a.tolist(), b.tolist())) == [(p, q) for p in range(n) for q in range(n) if p != q]
+    # the ends of [0, 1): the first state, and the last one as a or as b
+    top = float(np.nextafter(1.0, 0.0))
+    a, b = kernel.pairs(torch.tensor([[0.0, 0.0, 0.0], [top, 0.0, 0.0], [0.0, top, 0.0]]))
+    assert a.tolist() == [0, n - 1, 0] and b.tolist() == [1, 0, n - 1]
+
+
+@pytest.mark.parametrize("cls", [DifferentialEvolution, DifferentialEvolutionMALA])
+def test_differential_evolution_jumps_are_chosen_by_the_third_uniform_alone(cls):
+    """The jump/no-jump choice reads the third uniform only, independent of the two that pick the pair
+    (the symmetry of a jump, a and b exchangeable, needs it); a DE step's gamma is step 2.38 / sqrt(2 d),
+    a jump's 1. The uniforms are fixed so that the first one and the choice disagree."""
+    R, d, n_chains = 4, 3, 2
+    uni = torch.tensor([[0.05, 0.5, 0.9], [0.95, 0.2, 0.1], [0.6, 0.9, 0.05], [0.1, 0.1, 0.7]], dtype=torch.float64)
+
+    class Streams:
+        def uniforms(self, n=3):
+            return uni
+
+    rng = np.random.default_rng(3)
+    u = torch.tensor(rng.normal(size=(R, d)))
+    kernel = cls(p_jump=0.3)
+    kernel.start(ChainState(u, u, u, u, torch.zeros(R), torch.zeros(R, d, dtype=torch.float64)), n_chains, Streams())
+    kernel.archive = torch.tensor(rng.normal(size=(R // n_chains, 5, d)))
+    step = torch.tensor([0.5, 0.7, 1.3, 2.0], dtype=torch.float64)
+    xi = torch.tensor(rng.normal(size=(R, d)))
+    v = kernel.propose(ChainState(u, u, u, u, torch.zeros(R), torch.zeros(R, d, dtype=torch.float64)), step, xi,
+                       Preconditioner(R, d, "cpu", torch.float64))
+    assert kernel.jump.tolist() == [False, True, True, False]
+    for r in range(R):
+        a = min(int(uni[r, 0] * 5), 4)
+        b = min(int(uni[r, 1] * 4), 3)
+        b += b >= a
+        gamma = 1.0 if kernel.jump[r] else step[r].item() * 2.38 / np.sqrt(2 * d)
+        if cls is DifferentialEvolutionMALA and not kernel.jump[r]:
+            continue                                     # a MALA step (its own test)
+        arch = kernel.archive[r // n_chains]
+        torch.testing.assert_close(v[r], u[r] + gamma * (arch[a] - arch[b]) + kernel.jitter * xi[r],
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_leapfrog, jitter", [(1, 0.0), (3, 0.0), (5, 0.999)])
+def test_hmc_trajectory_is_n_leapfrog_steps_of_the_jittered_step(n_leapfrog, jitter):
+    """An independent leapfrog in the unwhitened momenta ``p = L^-T r`` (mass matrix ``C^-1``, ``C = L L^T``):
+    ``n_leapfrog`` full steps of ``eps = step (0.9 + 0.2 U)``, ``U`` the
+    kernel's uniform, with ``n_leapfrog - 1`` evaluations inside; the Hamiltonian's change is the
+    acceptance ratio."""
+    rng = np.random.default_rng(7)
+    R, d = 3, 2
+    A, b = rng.normal(size=(d, d)), rng.normal(size=d)
+    calls = []
+
+    def evaluate(u):
+        calls.append(1)
+        res = u @ torch.tensor(A).T - torch.tensor(b)
+        return ChainState(u, u, u, u, 0.5 * (res * res).sum(1), res @ torch.tensor(A))
+
+    L = np.tril(rng.normal(size=(R, d, d)) * 0.3) + np.eye(d)
+    pre = Preconditioner(R, d, "cpu", torch.float64)
+    pre.chol = torch.tensor(L)
+
+    class Streams:
+        def uniforms(self, n=3):
+            return torch.full((R, n), jitter, dtype=torch.float64)
+
+    u0, xi = rng.normal(size=(R, d)), rng.normal(size=(R, d))
+    step = rng.uniform(0.1, 0.4, R)
+    kernel = HMC(n_leapfrog=n_leapfrog)
+    kernel.bind(evaluate)
+    kernel.start(None, R, Streams())
+    cur = evaluate(torch.tensor(u0))
+    calls.clear()
+    u1 = kernel.propose(cur, torch.tensor(step), torch.tensor(xi), pre).numpy()
+    assert len(calls) == n_leapfrog - 1
+
+    def grad_U(u):
+        return (u @ A.T - b) @ A + u
+
+    def H(u, p, C):
+        res = A @ u - b
+        return 0.5 * res @ res + 0.5 * u @ u + 0.5 * p @ C @ p
+
+    for r in range(R):
+        C = L[r] @ L[r].T
+        eps = step[r] * (0.9 + 0.2 * jitter)
+        u, p = u0[r].copy(), np.linalg.solve(L[r].T, xi[r])
+        p0 = p.copy()
+        for _ in range(n_leapfrog):
+            p = p - 0.5 * eps * grad_U(u)
+            u = u + eps * C @ p
+            p = p - 0.5 * eps * grad_U(u)
+        np.testing.assert_allclose(u1[r], u, rtol=1e-10, atol=1e-12)
+        log_a = kernel.log_accept(cur, evaluate(torch.tensor(u1)), torch.tensor(step), pre)[r].item()
+        assert log_a == pytest.approx(H(u0[r], p0, C) - H(u, p, C), rel=1e-9, abs=1e-12)
+
+
+def test_hmc_forward_runs_are_n_leapfrog_per_iteration_and_counted_as_made(monkeypatch):
+    """A run of 5 iterations with n_leapfrog=3 evaluates the target 1 + 5 x 3 times per chain (the start,
+    each proposal, its 2 inner points), and n_forward reports those evaluations."""
+    import latentinv.inversion.sampler as sampler_module
+
+    calls = []
+    real = sampler_module.evaluate
+    monkeypatch.setattr(sampler_module, "evaluate", lambda problem, u, **kw: calls.append(u.shape[0]) or
+                        real(problem, u, **kw))
+    op, gen, M, c, y = _linear_problem(d=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        r = _sampler(gen, op, noise_std=0.1, method="hmc", n_leapfrog=3, n_chains=2, n_burnin=0, n_samples=5,
+                     adapt_preconditioner=False).fit(y[None]).sample(y[None])
+    assert calls == [2] * (1 + 5 * 3)
+    assert r.n_forward == 2 * (1 + 5 * 3)
+
+
+def test_differential_evolution_takes_the_samplers_jump_probability():
+    """With jump_probability=1 every move is a jump, which the step adaptation never sees: the steps stay at
+    their initial 1 through the burn-in (a kernel built with the default 0.1 would adapt them)."""
+    op, gen, M, c, y = _linear_problem(d=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # short chains: ConvergenceWarning, BaselineWarning
+        r = _sampler(gen, op, noise_std=0.1, method="de", jump_probability=1.0, n_chains=4, n_burnin=40,
+                     n_samples=5).fit(y[None]).sample(y[None])
+        assert np.all(r.step_size == 1.0)
+        r = _sampler(gen, op, noise_std=0.1, method="de", jump_probability=0.0, n_chains=4, n_burnin=40,
+                     n_samples=5).fit(y[None]).sample(y[None])
+    assert np.all(r.step_size != 1.0)
+
+
+def test_the_burnin_ends_at_n_burnin_for_the_archive_the_refits_and_the_step(monkeypatch):
+    """With n_burnin=100: the archive is told 'burn-in' for iterations 0-99 only, the preconditioner is
+    refitted to the 25 then 50 states of its windows (ends 25, 75), and the kept draws move with the
+    step frozen once, at the burn-in's end (the mean log step of the last window's second half),
+    not the last adapted one."""
+    observed, windows, frozen = [], [], []
+    real_observe, real_update, real_frozen = DifferentialEvolution.observe, Preconditioner.update, StepAdaptation.frozen
+    monkeypatch.setattr(DifferentialEvolution, "observe", lambda self, k, state, burnin:
+                        observed.append((k, burnin)) or real_observe(self, k, state, burnin))
+    monkeypatch.setattr(Preconditioner, "update",
+                        lambda self, window, n: windows.append(window.shape[0]) or real_update(self, window, n))
+    monkeypatch.setattr(StepAdaptation, "frozen", lambda self: frozen.append(real_frozen(self)) or frozen[-1])
+    op, gen, M, c, y = _linear_problem(d=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        r = _sampler(gen, op, noise_std=0.1, method="de", n_chains=4, n_burnin=100, n_samples=5
+                     ).fit(y[None]).sample(y[None])
+    assert observed == [(k, k < 100) for k in range(105)]
+    assert windows == [25, 50]
+    assert len(frozen) == 1
+    np.testing.assert_array_equal(r.step_size[0], frozen[0].numpy())
+
+
+def test_model_samples_are_the_last_draws_of_the_chains_in_turn():
+    """Model j decodes chain j % K at draw n_kept - 1 - j // K, the first draw where that runs out."""
+    op, gen, M, c, y = _linear_problem(d=3)
+    sampler = _sampler(gen, op, noise_std=0.1, n_chains=3, n_model_samples=8).fit(y[None])
+    samples = np.random.default_rng(0).standard_normal((2, 3, 2, 3))      # (surveys, chains, draws, d)
+    got = sampler._model_samples(samples, 2, 3)
+    chains, draws = [0, 1, 2, 0, 1, 2, 0, 1], [1, 1, 1, 0, 0, 0, 0, 0]
+    for s in range(2):
+        np.testing.assert_allclose(got[s], gen.decode(samples[s, chains, draws]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rhat, warned", [
+    ([1.0, 1.0501, 1.0], True),                # one dimension above the limit is enough
+    ([1.0, RHAT_LIMIT, 1.0], False),           # at the limit: silent
+    ([1.04, np.nan, 1.0], "stuck"),             # NaN: a stuck dimension, not a disagreement
+])
+def test_the_disagreement_warning_is_the_worst_dimension_strictly_above_the_limit(rhat, warned):
+    from types import SimpleNamespace
+    from latentinv.inversion.sampler import _warn_if_chains_disagree
+
+    result = SimpleNamespace(samples=np.zeros((1, 2, 4, 3)), rhat=lambda: np.array([rhat]),
+                             acceptance_rate=np.full((1, 2), 0.3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_if_chains_disagree(result, "X")
+    messages = [str(w.message) for w in caught if w.category is ConvergenceWarning]
+    if warned == "stuck":
+        assert len(messages) == 1 and "did not move over the kept draws for surveys [0], in [1] of 3" in messages[0]
+    elif warned:
+        assert len(messages) == 1 and "worst rank-normalised split R-hat 1.050 (> 1.05) in [1] of 3" in messages[0]
+    else:
+        assert messages == []
+    # 4 kept draws are enough for split R-hat, 3 are not
+    result.samples = np.zeros((1, 2, 3, 3))
+    with pytest.warns(ConvergenceWarning, match="3 kept draws per chain are too few"):
+        _warn_if_chains_disagree(result, "X")
+
+
+def test_model_statistics_are_those_of_every_state_after_the_burnin_whatever_the_thinning(monkeypatch):
+    """With thin=3 the kept draws are every third state, but the posterior mean, std and channel frequency
+    of the models come from every post-burn-in state (the chain's states as the history records them)."""
+    from latentinv.inversion.history import History
+
+    states, real = [], History.record
+    monkeypatch.setattr(History, "record", lambda self, k, t_full, x, *a, **kw:
+                        states.append((k, x.to(torch.float64).clone())) or real(self, k, t_full, x, *a, **kw))
+    op, gen, M, c, y = _linear_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = _sampler(gen, op, noise_std=0.1, n_chains=4, n_burnin=20, n_samples=10, thin=3,
+                       method="rwm").fit(y[None]).sample(y[None])
+    X = torch.stack([x for k, x in states if k >= 20]).reshape(-1, 9).numpy()      # 30 states x 4 chains
+    assert X.shape == (4 * 30, 9)
+    np.testing.assert_allclose(res.mean[0], X.mean(0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(res.std[0], X.std(0), rtol=1e-6)
+    kept = gen.decode(res.samples[0].reshape(-1, 3))
+    assert np.abs(kept.mean(0) - X.mean(0)).max() > 1e-4          # the draws alone would differ
+
+
+def test_n_iterations_is_the_burnin_and_the_thinned_draws():
+    op, gen, M, c, y = _linear_problem()
+    sampler = _sampler(gen, op, noise_std=0.1, n_chains=2, n_burnin=7, n_samples=5, thin=3).fit(y[None])
+    assert sampler.n_iterations_ == 7 + 5 * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sampler.sample(y[None]).data_rmse_history.shape == (1, 2, sampler.n_iterations_)
+
+
+def test_the_homogeneous_baseline_is_weighted_by_each_rays_noise():
+    """With one noise per ray, the baseline is the weighted least-squares uniform slowness
+    ``s = sum w l y / sum w l**2`` (``l``: the rays' lengths, ``w = 1 / sigma**2``), its RMSE unweighted."""
+    op, gen, M, c, y = _linear_problem()
+    sigma = np.linspace(0.02, 0.5, op.n_data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = _sampler(gen, op, noise_std=sigma, n_chains=2, n_burnin=5, n_samples=5).fit(y[None]).sample(y[None])
+    length, w = op.jacobian(np.ones(9)).toarray().sum(1), 1 / sigma**2
+    s = np.sum(w * length * y) / np.sum(w * length**2)
+    s_plain = np.sum(length * y) / np.sum(length**2)
+    rmse, rmse_plain = (np.sqrt(np.mean((y - v * length) ** 2)) for v in (s, s_plain))
+    assert abs(rmse - rmse_plain) > 0.01 * rmse                       # the weights matter here
+    assert r.homogeneous_rmse[0] == pytest.approx(rmse, rel=1e-9)
