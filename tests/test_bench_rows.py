@@ -212,3 +212,37 @@ def test_the_profile_takes_the_fastest_layout_row():
     assert bench_inversion.fastest_variant(variants, rows, reference_rmse=0.030) is variants[1]
     assert bench_inversion.fastest_variant(variants, rows, reference_rmse=0.029) is variants[0]
     assert bench_inversion.fastest_variant(variants, rows, reference_rmse=0.020) is None
+
+
+def test_the_rows_numbers_are_those_of_the_timed_calls(problem, monkeypatch):
+    """Every call timed at 2 s: the paper experiment's time per start-iteration is 2e3 ms / (starts x
+    iterations), its best RMSE the least of its run's, its RMSE difference the largest over every survey and
+    start; a table case's best RMSE is the least of its own run's; a GEMM rate is 3 products of 2 n^3 flops."""
+    op, gen, tt = problem
+    runs = []
+
+    def timed(fn):
+        runs.append(fn())
+        return 2.0, runs[-1]
+
+    monkeypatch.setattr(bench_inversion, "timed", timed)
+    rows = []
+    eager = bench_inversion.paper_experiment_rows([("eager", gen, False, "float32", None)], op, tt, "cpu", 2, rows,
+                                                  n_starts=3)
+    row = rows[0]
+    assert row["seconds"] == 2.0 and row["per_start_iteration_ms"] == pytest.approx(2e3 / (3 * row["iterations"]))
+    assert row["best_data_rmse_ns"] == float(np.min(eager.data_rmse)) < float(np.max(eager.data_rmse))
+    other = copy.deepcopy(eager)
+    other.data_rmse = np.array(eager.data_rmse, dtype=np.float64)
+    other.data_rmse[:, -1] += 0.5                                   # the last start only
+    bench_inversion.paper_experiment_rows([("eager", gen, False, "float32", None)], op, tt, "cpu", 2, rows,
+                                          n_starts=3, reference=("other", other))
+    assert rows[1]["max_best_rmse_diff_vs_eager_ns"] == pytest.approx(0.5, abs=1e-6)
+    rows = []
+    bench_inversion.table_case_rows([("VSbrd", gen, "vae")], op, tt, "cpu", rows, n_surveys=2, n_starts=3,
+                                    cuda_graphs=False, n_epochs=1)
+    rm = runs[-1].data_rmse
+    assert rows[0]["seconds"] == 2.0 and rows[0]["best_data_rmse_ns"] == float(np.nanmin(rm)) < float(np.nanmax(rm))
+    rates = bench_inversion.gemm_rates("cpu", (32,), repeats=1)
+    assert rates["float32"][32] == rates["bfloat16"][32] == pytest.approx(3 * 2 * 32**3 / 2.0 / 1e9, rel=1e-12)
+

@@ -100,3 +100,18 @@ def test_check_out_names_what_would_be_lost(tmp_path, capsys):
     assert "11 files, over 8" in text
     assert gpu_plan.main(["check-out", str(tmp_path)]) == 1
     assert capsys.readouterr().out.count("OUT will not come back whole") == len(problems)
+
+
+def test_the_limits_themselves_are_within(tmp_path):
+    """At its limits, not beyond: a row exactly at the curve limit keeps the curve, a schedule whose time
+    fits exactly the minimum is asked for, and $OUT at exactly 8 files, two folders down, 16 MiB a file and
+    64 MiB in all comes back whole."""
+    rows = [row("float32", "float32", 6.0), row("bfloat16", "bfloat16", 4.0, diff=gpu_plan.MAX_CURVE_DIFF)]
+    assert gpu_plan.choose_training(dict(rows=rows)) == ("bfloat16", False, 4.0)
+    assert gpu_plan.plan_iterations(1.0, 1.15, minimum=1000, granularity=1000) == 1000
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for k, name in enumerate(("a/b/big0.bin", "big1.bin", "big2.bin", "big3.bin", "x.txt", "y.txt", "z.txt",
+                              "a/w.txt")):
+        with open(tmp_path / name, "wb") as f:                 # sparse
+            f.truncate(16 * 2**20 if k < 4 else 0)
+    assert gpu_plan.out_problems(tmp_path) == []

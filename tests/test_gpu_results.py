@@ -165,7 +165,8 @@ def test_bad_card_name(tmp_path, capsys):
 
 def test_a_prior_over_budget_gets_an_int8_encoder_and_a_record_of_the_stored_files(tmp_path, monkeypatch, capsys):
     """Over the budget: the encoder's largest tensor goes int8 until the files fit, the decoded models stay
-    bit for bit, the stored files are evaluated again (here a stand-in) and the record says all of it."""
+    bit for bit, the stored files are evaluated again (here a stand-in) and the record says all of it, its
+    encode shift on the held-out crops recomputed."""
     import subprocess
 
     X = (np.random.default_rng(0).random((6, 129 * 65)) > 0.7).astype(np.float32)
@@ -204,7 +205,14 @@ def test_a_prior_over_budget_gets_an_int8_encoder_and_a_record_of_the_stored_fil
     assert record["heldout_reconstruction_rmse"] == 0.09 and record["evaluated_on"] == "here"
     assert record["storage"]["int8_tensors"] == config["int8_tensors"]
     assert record["storage"]["evaluation_before_int8"]["heldout_reconstruction_rmse"] == 0.1
-    assert record["storage"]["encode_shift_on_heldout_crops"]["max"] > 0
+    # the encode shift on the 200 held-out crops, recomputed: largest and mean of |int8 - stored| latents
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_default_prior import held_out_truths
+    held = held_out_truths(200, "channels_ti")
+    shift = np.abs(shipped.encode(held) - VAEPrior.load(folder).encode(held))
+    stored_shift = record["storage"]["encode_shift_on_heldout_crops"]
+    assert stored_shift["max"] == pytest.approx(shift.max(), rel=1e-6) and shift.max() > 0
+    assert stored_shift["mean"] == pytest.approx(shift.mean(), rel=1e-6) and shift.mean() < shift.max()
     out = capsys.readouterr().out
     summary = json.loads(out[out.index("{"):])
     assert summary["prior"]["storage"]["int8_tensors"] == config["int8_tensors"]

@@ -357,3 +357,157 @@ def test_the_threshold_note_follows_the_priors_schedule(iterations, says):
               "prior": {"description": "a saved prior", "iterations": iterations}}
     lines = report.differences(record)
     assert says in lines[0] and ("less trained" in lines[0]) == (iterations < 100_000)
+
+
+def test_summarize_counts_a_tie_as_accepted_and_means_over_starts(script):
+    """Tables 3-4 of one case by hand: a start exactly at the threshold is accepted, Table 4 is the mean
+    over starts (not the median), the best is the least, and each model is compared with its own truth."""
+    class Res:
+        data_rmse = np.array([[1.0, 2.0, 6.0], [0.25, 0.5, 1.5]])
+        models = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+
+    truths = np.array([[0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    cell = script.summarize(Res(), truths, np.array([2.0, 0.5]))
+    assert cell["accepted"] == [2, 2]
+    assert cell["mean_rmse"] == pytest.approx([3.0, 0.75], rel=1e-12)     # medians: 2.0, 0.5
+    assert cell["best_rmse"] == [1.0, 0.25]
+    assert cell["model_rmse"] == pytest.approx([np.sqrt(0.5), 0.0], abs=1e-12)
+
+
+def _mc_truths_and_recon(root, windows, ti):
+    mc = np.stack([ti[r:r + 129, c:c + 65].reshape(-1) for r, c in windows])
+    loaded = VAEPrior.load(root / "prior")
+    return mc, loaded.decode(loaded.encode(mc))
+
+
+def test_the_noisy_column_inverts_the_published_noise_and_table2_is_each_truths_own(script, tiny, monkeypatch):
+    """VSbrd's clean column inverts the clean data, its noisy column the same plus 0.25 ns x the published
+    realization (one for every truth); Table 2's model RMSE and homogeneous baseline are each truth's own,
+    from the clean data."""
+    from latentinv.baselines import homogeneous_fit
+
+    root, ti, windows = tiny
+    seen = []
+    real = script.LatentInverter
+
+    class Spy(real):
+        def fit(self, X, y=None):
+            seen.append(np.array(X))
+            return super().fit(X, y)
+
+    monkeypatch.setattr(script, "LatentInverter", Spy)
+    monkeypatch.setattr(script, "save_figures", lambda *a, **k: [])
+    out = root / "o_noise"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
+                 "--test-models", str(root / "test_models"), "--published-noise", "--cases", "VSbrd",
+                 "--n-starts", "1", "--epochs", "1", "--no-nonlinear", "--device", "cpu", "--out", str(out)])
+    record = json.loads((out / "reproduce_paper.json").read_text())
+    mc, recon = _mc_truths_and_recon(root, windows, ti)
+    op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49), boundary_rays="upper_left")
+    clean = op.response(paper_slowness(mc))
+    noise = 0.25 * np.load(root / "test_models" / "noiserealz.npy")
+    assert len(seen) == 2 and seen[0].shape == seen[1].shape == (6, 625)
+    np.testing.assert_allclose(seen[0][:3], clean, rtol=1e-12)
+    np.testing.assert_allclose(seen[1] - seen[0], np.tile(noise, (6, 1)), atol=1e-9)
+    np.testing.assert_allclose(record["table2"]["model_rmse"][:3], np.sqrt(np.mean((recon - mc) ** 2, axis=1)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(record["table2"]["homogeneous_data_rmse"][:3], homogeneous_fit(op, clean)[1],
+                               rtol=1e-9)
+
+
+def test_the_nonlinear_numbers_are_the_3_node_thresholds_and_the_runs_own(script, tiny, monkeypatch):
+    """Fig. 10's numbers: data simulated with 2 secondary nodes (plus the published noise in the noisy run),
+    the threshold the 3-node operator's encode-decode misfit (+ 0.25 ns with noise), the best RMSE the least
+    over starts, the model RMSE against the truths. The inverter is a stand-in whose misfits are set by hand
+    around the threshold."""
+    from latentinv.operators import ShortestPathOperator
+
+    root, ti, windows = tiny
+    mc, recon = _mc_truths_and_recon(root, windows, ti)
+    grid = Grid2D.paper()
+    d_mc = ShortestPathOperator(grid, CrossholeSurvey.paper(0.0, 6.5), n_secondary_nodes=2).response(
+        paper_slowness(mc))
+    thr = np.sqrt(np.mean((ShortestPathOperator(grid, CrossholeSurvey.paper(0.0, 6.5), n_secondary_nodes=3)
+                           .response(paper_slowness(recon)) - d_mc) ** 2, axis=1))
+    seen = []
+
+    class Inverter:
+        n_iterations_ = 25
+
+        def __init__(self, prior, operator, **kwargs):
+            pass
+
+        def fit(self, X):
+            return self
+
+        def invert(self, X):
+            # start 0 between the threshold and the threshold + 0.25 ns, start 1 above both
+            rm = np.tile([0.1, 0.4], (len(X), 1))
+            rm[:3] += thr[:, None]
+            res = type("Res", (), dict(data_rmse=rm, models=np.full((len(X), 129 * 65), 0.25 * (1 + len(seen)))))
+            seen.append((np.array(X), res))
+            return res
+
+    monkeypatch.setattr(script, "LatentInverter", Inverter)
+    monkeypatch.setattr(script, "save_figures", lambda *a, **k: [])
+    out = root / "o_nl"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
+                 "--test-models", str(root / "test_models"), "--published-noise", "--cases", "SAnnn",
+                 "--nonlinear-starts", "2", "--device", "cpu", "--out", str(out)])
+    nl = json.loads((out / "reproduce_paper.json").read_text())["nonlinear"]
+    (x_clean, r_clean), (x_noisy, r_noisy) = seen
+    np.testing.assert_allclose(x_clean[:3], d_mc, rtol=1e-12)
+    np.testing.assert_allclose(x_noisy - x_clean, np.tile(0.25 * np.load(root / "test_models" / "noiserealz.npy"),
+                                                          (6, 1)), atol=1e-9)
+    np.testing.assert_allclose(nl["threshold"][:3], thr, rtol=1e-9)
+    assert nl["accepted"]["false"][:3] == [0, 0, 0] and nl["accepted"]["true"][:3] == [1, 1, 1]
+    np.testing.assert_allclose(nl["best_rmse"]["false"][:3], thr + 0.1, rtol=1e-12)
+    for key, res in (("false", r_clean), ("true", r_noisy)):
+        np.testing.assert_allclose(nl["model_rmse"][key][:3], np.sqrt(np.mean((res.models[:3] - mc) ** 2, axis=1)),
+                                   rtol=1e-9)
+
+
+def test_the_report_puts_each_number_beside_the_papers_own():
+    """The report of a hand-made record: each noisy cell holds the noisy run's number beside the paper's noisy
+    one, Table 4's threshold column the thresholds, Fig. 10's noise columns the noisy run's; the
+    differences' ratios and percentages are ours over the paper's, of every start of every truth."""
+    report = _load("paper_report")
+    p3, p4, p2 = report.PAPER_TABLE3, report.PAPER_TABLE4, report.PAPER_TABLE2
+    record = {"args": {"boundary_rays": "upper_left", "published_starts": True, "published_noise": True,
+                       "seed": 0, "exclusion": "paper"},
+              "truth_names": ["mc1", "mv1"], "command": "c", "truth_windows": [], "mc_check": "checked",
+              "mv_source": "published", "exclusion_text": "x", "iterations_linear": 25, "total_s": 60.0,
+              "prior": {"description": "p", "training_s": 0.0, "iterations": 100_000}, "n_starts": 10,
+              "device": "cpu", "machine": {"processor_name": "cpu", "cpu_count": 2, "cuda": None},
+              "table2": {"threshold": [0.5, 0.6], "model_rmse": [0.052, 0.114], "constant_model_rmse": [0.4, 0.3],
+                         "homogeneous_data_rmse": [2.0, 3.0]},
+              "case_columns": [("VSbnn", False), ("VSbrd", False), ("VSbrd", True)], "skipped": {},
+              "cases": {"VSbnn": {"accepted": [7, 9], "mean_rmse": [1.25, 1.5]},
+                        "VSbrd": {"accepted": [8, 6], "mean_rmse": [0.75, 0.5]},
+                        "VSbrd_noise": {"accepted": [3, 4], "mean_rmse": [1.0, 2.0]}},
+              "nonlinear": {"threshold": [1.0, 2.0], "n_starts": 1, "iterations": 750, "lam": 1.0, "time_s": 1.0,
+                            "best_rmse": {False: [1.5, 2.5], True: [1.75, 2.75]},
+                            "accepted": {False: [1, 0], True: [0, 1]}, "model_rmse": {False: [0.2, 0.3]}},
+              "figures": []}
+    record["differences"] = report.differences(record)
+    md = report.markdown_report(record)
+    assert f"| mc1 | 7 \\| {p3[('VSbnn', False)]['mc1']} | 8 \\| 100 | 3 \\| 100 |" in md
+    assert (f"| mv1 | 1.500 \\| {p4[('VSbnn', False)]['mv1']:.3f} | 0.500 \\| {p4[('VSbrd', False)]['mv1']:.3f} | "
+            f"0.600 \\| {p2['threshold']['mv1']:.3f} | 2.000 \\| {p4[('VSbrd', True)]['mv1']:.3f} |") in md
+    assert "| mc1 | 1.000 | 1.500 | 1 of 1 | 1.750 | 0 of 1 | 0.200 |" in md
+    thr = [0.5 / p2["threshold"]["mc1"], 0.6 / p2["threshold"]["mv1"]]
+    model = [0.052 / p2["model_rmse"]["mc1"], 0.114 / p2["model_rmse"]["mv1"]]     # 0.50 and 2.00
+    assert f"model RMSE is {min(model):.2f}-{max(model):.2f} times" in md
+    assert f"thresholds {min(thr):.2f}-{max(thr):.2f} times" in md
+    noisy_paper = (p4[("VSbrd", True)]["mc1"] + p4[("VSbrd", True)]["mv1"]) / 2
+    assert f"**VSbrd with noise (Table 4).** Mean over truths of the mean data RMSE: 1.500 ns against the paper's {noisy_paper:.3f}" in md
+    assert f"**VSbnn (Table 3).** 80.0 % of starts accepted against the paper's {(35 + 75) / 2:.1f} %" in md
+
+
+def test_epochs_shorten_every_case_to_the_same_iterations(script):
+    """--epochs E: a mini-batch case runs E epochs of 25 batches, a full-batch case (VSnnn, SAnnn) 25 E epochs
+    of one: 25 E iterations either way, at Table 1's step sizes; without it, Table 1's own settings."""
+    assert script.case_settings("VSbrd", 2)["n_epochs"] == 2
+    assert script.case_settings("SAnnn", 2)["n_epochs"] == script.case_settings("VSnnn", 2)["n_epochs"] == 50
+    assert script.case_settings("SAnnn", None) == PAPER_CASES["SAnnn"]
+    assert dict(script.case_settings("VSnnn", 2), n_epochs=3000) == PAPER_CASES["VSnnn"]
