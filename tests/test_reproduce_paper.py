@@ -63,6 +63,13 @@ def tiny(tmp_path_factory):
     return root, ti, windows
 
 
+def _mc_truths_and_recon(root, windows, ti):
+    """The mc truths cut from the training image at their windows, and their encode-decode by the saved prior."""
+    mc = np.stack([ti[r:r + 129, c:c + 65].reshape(-1) for r, c in windows])
+    loaded = VAEPrior.load(root / "prior")
+    return mc, loaded.decode(loaded.encode(mc))
+
+
 def test_truth_windows_are_the_published_crops(script):
     """mc1-mc3 are exact crops of the paper's training image at the script's windows."""
     if not (TI.is_file() and TEST_MODELS.is_dir()):
@@ -92,10 +99,8 @@ def test_reproduce_paper_tiny_run(script, tiny):
 
     # Table 2 thresholds: data RMSE of the truth vs its encode-decode with the published kernel's
     # boundary convention, recomputed here for the mc truths
-    mc = np.stack([ti[r:r + 129, c:c + 65].reshape(-1) for r, c in windows])
+    mc, recon = _mc_truths_and_recon(root, windows, ti)
     op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49), boundary_rays="upper_left")
-    loaded = VAEPrior.load(root / "prior")
-    recon = loaded.decode(loaded.encode(mc))
     expected = np.sqrt(np.mean((op.response(paper_slowness(recon))
                                 - op.response(paper_slowness(mc))) ** 2, axis=1))
     np.testing.assert_allclose(record["table2"]["threshold"][:3], expected, rtol=1e-6)
@@ -372,12 +377,6 @@ def test_summarize_counts_a_tie_as_accepted_and_means_over_starts(script):
     assert cell["mean_rmse"] == pytest.approx([3.0, 0.75], rel=1e-12)     # medians: 2.0, 0.5
     assert cell["best_rmse"] == [1.0, 0.25]
     assert cell["model_rmse"] == pytest.approx([np.sqrt(0.5), 0.0], abs=1e-12)
-
-
-def _mc_truths_and_recon(root, windows, ti):
-    mc = np.stack([ti[r:r + 129, c:c + 65].reshape(-1) for r, c in windows])
-    loaded = VAEPrior.load(root / "prior")
-    return mc, loaded.decode(loaded.encode(mc))
 
 
 def test_the_noisy_column_inverts_the_published_noise_and_table2_is_each_truths_own(script, tiny, monkeypatch):
