@@ -944,6 +944,28 @@ def test_traveltime_text_files_may_have_one_header_row(tmp_path, name, delimiter
         cli.load_traveltimes(path, 5)
 
 
+@pytest.mark.parametrize("name, text, separators", [
+    ("tt.csv", "t0;t1;t2\n40.5;41.5;42.5\n", "';'"),              # the header read as one name, rows fail
+    ("tt.csv", "40.5;41.5;42.5\n43.5;44.5;45.5\n", "';'"),
+    ("tt.csv", "40,5;41,5;42,5\n", "';'"),                          # decimal commas
+    ("tt.csv", "40.5\t41.5\t42.5\n", "tabs"),                       # one line, taken for a header
+    ("tt.txt", "40.5;41.5;42.5\n", "';'"),
+    ("tt.txt", "t0;t1;t2\n40.5;41.5;42.5\n", "';'")])
+def test_traveltime_text_files_with_other_separators_are_refused_with_the_separator_named(
+        tmp_path, name, text, separators):
+    """Fields separated otherwise than the suffix says: a clear error that names the separator found and the
+    one expected (never an empty survey, nor a number read from part of a field)."""
+    path = tmp_path / name
+    path.write_text(text)
+    expected = "',' between fields" if name.endswith(".csv") else "whitespace between fields"
+    with pytest.raises(click.BadParameter, match=f"separated by {separators}: a \\.(csv|txt) file is read with "
+                                                 f"{expected}"):
+        cli.load_traveltimes(path, 3)
+    path.write_text("40.5\t41.5\t42.5\n")            # tabs are whitespace: a .txt reads them
+    if name.endswith(".txt"):
+        np.testing.assert_array_equal(cli.load_traveltimes(path, 3), [[40.5, 41.5, 42.5]])
+
+
 def test_invert_runs_the_papers_straight_ray_case_with_the_options_given(tiny_prior, tmp_path):
     """`invert` with straight rays runs the paper's VSbrd settings (PAPER_CASES) but for the options given:
     --lr (not --lam, which keeps 10), --epochs, and --batch-size, clamped to the 625 data."""

@@ -300,8 +300,25 @@ def _text_header(path, delimiter):
     if kinds == {True, False}:
         text = [t for t in fields if not number(t)][:3]
         raise click.BadParameter(f"{path}: the first row mixes numbers and text (e.g. {text}): neither a row of "
-                                 f"traveltimes nor a header of column names", param_hint="TRAVELTIMES")
+                                 f"traveltimes nor a header of column names{_separator_hint(Path(path))}",
+                                 param_hint="TRAVELTIMES")
     return fields if kinds == {False} else None
+
+
+def _separator_hint(p):
+    """A hint for a text file whose fields are separated otherwise than its suffix says (``;``, or tabs
+    in a ``.csv``), or ''."""
+    try:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            text = f.read(65536)
+    except OSError:
+        return ""
+    csv = p.suffix.lower() == ".csv"
+    found = next((name for sep, name in ((";", "';'"), ("\t", "tabs")) if sep in text and (csv or sep == ";")), None)
+    if found is None:
+        return ""
+    expected = "',' between fields and '.' as the decimal point" if csv else "whitespace between fields"
+    return f" (its fields are separated by {found}: a {p.suffix or 'text'} file is read with {expected}; save it so, or as .npy)"
 
 
 def load_traveltimes(path, n_data):
@@ -321,11 +338,14 @@ def load_traveltimes(path, n_data):
             delimiter = "," if p.suffix.lower() == ".csv" else None
             header = _text_header(p, delimiter)
             a = np.loadtxt(p, ndmin=2, delimiter=delimiter, skiprows=1 if header else 0)
+            if a.size == 0:
+                raise click.BadParameter(f"{path}: no traveltimes in it{' after its header row' if header else ''}"
+                                         f"{_separator_hint(p)}", param_hint="TRAVELTIMES")
             if header and len(header) != a.shape[1]:
                 raise click.BadParameter(f"{path}: the header row names {len(header)} columns but the rows hold "
                                          f"{a.shape[1]}", param_hint="TRAVELTIMES")
     except (ValueError, OSError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="TRAVELTIMES") from None
+        raise click.BadParameter(f"cannot read {path}: {exc}{_separator_hint(p)}", param_hint="TRAVELTIMES") from None
     if a.dtype.kind not in _REAL_KINDS:   # before any conversion: True -> 1 ns, 50+1j -> 50 ns, "50" -> 50 ns
         raise click.BadParameter(
             f"{path}: traveltimes (ns) must be real numbers (an integer or floating-point array), got "
