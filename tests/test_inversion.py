@@ -1369,6 +1369,20 @@ def test_posterior_latent_mean_and_covariance_pool_every_kept_draw():
         np.testing.assert_allclose(post.latent_covariance()[s], centred.T @ centred / 29, rtol=1e-12)
 
 
+@pytest.mark.parametrize("n_draws", [1, 3, 4])
+def test_posterior_ess_is_nan_below_four_draws_without_arviz_s_own_warning(n_draws, capfd):
+    """Under 4 draws per chain neither R-hat nor ESS has an estimate: NaN, and ArviZ is not asked (its
+    logger writes its own 'Shape validation failed' line to the terminal); from 4 draws ArviZ's ESS, finite."""
+    pytest.importorskip("arviz")
+    post = _hand_posterior(n=n_draws)
+    ess, rhat = post.ess(), post.rhat()
+    assert "Shape validation" not in "".join(capfd.readouterr())
+    if n_draws < 4:
+        assert np.isnan(ess).all() and np.isnan(post.ess("tail")).all() and np.isnan(rhat).all()
+    else:
+        assert np.isfinite(ess).all() and np.isfinite(rhat).all()
+
+
 def test_posterior_summary_holds_each_surveys_worst_rhat_least_ess_and_mean_acceptance():
     """summary(): per survey the largest R-hat and the smallest bulk ESS over the latent dimensions (the
     dimensions differ here), and the acceptance rate averaged over the chains."""

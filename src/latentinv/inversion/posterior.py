@@ -35,6 +35,10 @@ def _psrf(x):
     return float(np.sqrt(((n - 1) / n * within + between_over_n) / within))
 
 
+#: draws per chain below which R-hat and ESS are NaN (split halves of at least two draws; ArviZ's minimum)
+MIN_DRAWS = 4
+
+
 def split_rhat(draws):
     """Rank-normalised split R-hat (Vehtari, Gelman, Simpson, Carpenter & Buerkner, 2021) of each
     dimension of ``draws`` (n_chains, n_draws, d): each chain split into its first and last halves
@@ -50,7 +54,7 @@ def split_rhat(draws):
     K, n, d = draws.shape
     half = n // 2
     out = np.full(d, np.nan)
-    if K < 1 or half < 2:
+    if K < 1 or n < MIN_DRAWS:
         return out
     for j in range(d):
         x = draws[:, :, j]
@@ -177,9 +181,11 @@ class PosteriorResult:
     def _diagnose(self):
         if self._diagnostics is None:
             az = _arviz("ess")
-            ess_bulk = np.empty((self.n_surveys, self.n_components))
-            ess_tail = np.empty_like(ess_bulk)
-            for s in range(self.n_surveys):
+            ess_bulk = np.full((self.n_surveys, self.n_components), np.nan)
+            ess_tail = ess_bulk.copy()
+            # under MIN_DRAWS draws per chain there is no estimate (as split_rhat's NaN): not asked of
+            # ArviZ, which would log its own shape-validation warning and return NaN
+            for s in range(self.n_surveys if self.samples.shape[2] >= MIN_DRAWS else 0):
                 ds = az.convert_to_dataset({"z": self.samples[s]})
                 ess_bulk[s] = az.ess(ds, method="bulk")["z"].values
                 ess_tail[s] = az.ess(ds, method="tail")["z"].values
