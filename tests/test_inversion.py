@@ -941,6 +941,31 @@ def test_cross_validation_keeps_a_fitted_prior(problem):
     assert clone(LatentInverter(unfitted, op)).prior is not unfitted
 
 
+def test_set_params_refuses_to_change_a_fitted_prior(problem):
+    # clones share a fitted prior, which is never retrained: GridSearchCV over prior__beta once set beta
+    # on the caller's own prior (it then reported the last candidate's beta) and scored one network under
+    # every name; now it is refused, naming the parameter, and nothing is changed
+    prior_mod = pytest.importorskip("latentinv.prior")
+    op, _, _, _, _ = problem
+    n_rows, n_cols = op.grid.shape
+    rng = np.random.default_rng(1)
+    X = (rng.random((20, n_rows * n_cols)) > 0.5).astype(float)
+    prior = prior_mod.VAEPrior(n_components=2, image_shape=(n_rows, n_cols), architecture="mlp",
+                               hidden_size=8, n_iterations=2, beta=1000.0, random_state=0, device="cpu").fit(X)
+    base = LatentInverter(prior, op, batch_size=6, n_epochs=1, n_starts=2, random_state=0, device="cpu")
+    with pytest.raises(ValueError, match=r"prior__beta=1\.0 .*fitted prior VAEPrior \(now beta=1000\.0\)"):
+        clone(base).set_params(prior__beta=1.0)
+    assert prior.beta == 1000.0
+    with pytest.raises(ValueError, match="prior__beta"):
+        GridSearchCV(base, {"prior__beta": [1.0, 1000.0]}, cv=2).fit(np.ones((4, op.n_data)),
+                                                                     np.zeros((4, op.n_params)))
+    assert prior.beta == 1000.0
+    # the same value, other parameters, and an unfitted prior's parameters are set as before
+    assert clone(base).set_params(prior__beta=1000.0, lr=0.5).lr == 0.5
+    unfitted = prior_mod.VAEPrior(n_components=2, architecture="mlp", device="cpu")
+    assert LatentInverter(unfitted, op).set_params(prior__beta=3.0).prior.beta == 3.0
+
+
 def test_clone_and_pickle(problem):
     op, gen, _, _, tt = problem
     est = LatentInverter(gen, op, n_epochs=2, batch_size=6, n_starts=2, random_state=0,

@@ -95,6 +95,29 @@ class LatentEstimatorBase(BaseEstimator):
         params["prior"] = prior if prior is None or prior_is_fitted(prior) else clone(prior, safe=False)
         return type(self)(**params)
 
+    def set_params(self, **params):
+        """As scikit-learn's, but a change to a parameter of a fitted prior (``prior__beta=...``) is
+        refused: a fitted prior is used as it is, never retrained, and is shared by the clones (see
+        :meth:`__sklearn_clone__`), so the change would alter nothing but the settings the prior
+        reports (of the caller's own object too), and a search over it would score one network under
+        several names."""
+        prior = params.get("prior", self.prior)
+        nested = [k for k in params if k.startswith("prior__")]
+        if nested and prior is not None and prior_is_fitted(prior) and hasattr(prior, "get_params"):
+            current = prior.get_params(deep=True)
+            for key in nested:
+                sub = key[len("prior__"):]
+                if sub in current and not _same_param(current[sub], params[key]):
+                    raise ValueError(
+                        f"{type(self).__name__}.set_params: {key}={params[key]!r} would change a parameter "
+                        f"of the fitted prior {type(prior).__name__} (now {sub}={current[sub]!r}), which is "
+                        "used as it is and never retrained: the models would still come from the network "
+                        "fitted with the current value, and the prior object (shared with this estimator's "
+                        "clones) would report the new one. To compare priors, fit one per setting and "
+                        "search over prior=[FrozenEstimator(p) for p in priors] (sklearn.frozen); to train "
+                        "the prior on y in each fit, pass an unfitted one.")
+        return super().set_params(**params)
+
     # -- validation ------------------------------------------------------------------------------------
     def _check_number(self, value, pname, low=None, high=None, low_open=False, integer=False):
         """A finite (integer) number in [low, high] (``low_open``: (low, high]); else a ValueError."""
