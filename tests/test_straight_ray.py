@@ -350,3 +350,34 @@ def test_torch_csr_is_the_matrix_with_stride_one_parts(n_rows, n_cols, density, 
     for part in (T.crow_indices(), T.col_indices(), T.values()):
         assert part.stride() == (1,)
     np.testing.assert_array_equal(T.to_dense().numpy(), M.toarray())
+
+
+def test_set_params_rebuilds_the_operator_and_reaches_it_through_the_inverter():
+    # get_params made LatentInverter advertise operator__boundary_rays, but the operator had no
+    # set_params: inverter.set_params(operator__...) and GridSearchCV over it raised AttributeError
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+
+    from latentinv import LatentInverter
+    from latentinv.inversion import TorchGenerator
+
+    grid, survey = paper_crosshole(0.0, 6.5)
+    m = np.full(grid.n_cells, 14.0)
+    upper_left = StraightRayOperator(grid, survey, boundary_rays="upper_left")
+    op = StraightRayOperator(grid, survey)
+    assert op.set_params(boundary_rays="upper_left") is op
+    assert op.boundary_rays == "upper_left"
+    assert (op.matrix != upper_left.matrix).nnz == 0
+    np.testing.assert_array_equal(op.response(m), upper_left.response(m))
+    with pytest.raises(ValueError, match=r"invalid parameter\(s\) \['n_secondary_nodes'\]"):
+        op.set_params(n_secondary_nodes=3)
+    with pytest.raises(ValueError, match="boundary_rays"):
+        op.set_params(boundary_rays="lower_right")
+
+    gen = TorchGenerator(torch.nn.Sequential(torch.nn.Linear(2, grid.n_cells), torch.nn.Sigmoid()), 2)
+    inv = LatentInverter(gen, StraightRayOperator(grid, survey), n_starts=1, n_epochs=1, device="cpu")
+    assert clone(inv).set_params(operator__boundary_rays="upper_left").operator.boundary_rays == "upper_left"
+    X = np.full((2, survey.n_data), 100.0)
+    gs = GridSearchCV(inv, {"operator__boundary_rays": ["split", "upper_left"]}, cv=2,
+                      scoring=lambda est, X, y=None: 0.0).fit(X)
+    assert gs.best_estimator_.operator.boundary_rays == "split"
