@@ -390,3 +390,37 @@ def test_acceptance_scorers_baseline_is_weighted_by_the_estimators_noise_std():
         assert make_acceptance_scorer(6.2)(stub, layered) == 1.0
     with pytest.warns(BaselineWarning, match="not clearly better"):
         make_acceptance_scorer(6.8)(stub, layered)
+
+
+def test_score_and_scorer_refuse_true_models_outside_the_priors_unit_interval():
+    """The models of a VAEPrior (sigmoid output) lie in [0, 1]: true models in slowness (ns/m) or 0-255
+    were scored against them without a word (R^2 or RMSE of numbers in other units); now refused,
+    naming the range, before any inversion. Models in [0, 1] score as before; a FrozenEstimator's prior
+    and the sampler are held to the same rule."""
+    import warnings
+
+    from sklearn.frozen import FrozenEstimator
+
+    from latentinv import LatentInverter, LatentSampler, StraightRayOperator, VAEPrior
+    from latentinv.geometry import CrossholeSurvey, Grid2D
+    op = StraightRayOperator(Grid2D(4, 3, 0.1), CrossholeSurvey([[0.0, 0.1], [0.0, 0.3]], [[0.3, 0.2]]))
+    rng = np.random.default_rng(0)
+    truths = (rng.random((2, 12)) > 0.5).astype(float)
+    prior = VAEPrior(n_components=2, image_shape=(4, 3), architecture="mlp", hidden_size=4, n_iterations=2,
+                     batch_size=2, random_state=0, device="cpu").fit(truths)
+    slowness = 1.0 / (0.06 + 0.02 * (1 - truths))
+    X = op.response(slowness)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # baseline and convergence warnings of these tiny runs
+        for est in (LatentInverter(prior, op, n_starts=1, n_epochs=1, batch_size=None, device="cpu"),
+                    LatentInverter(FrozenEstimator(prior), op, n_starts=1, n_epochs=1, batch_size=None,
+                                   device="cpu"),
+                    LatentSampler(prior, op, n_chains=2, n_burnin=1, n_samples=4, noise_std=1.0, device="cpu")):
+            est.fit(X)
+            name = type(est).__name__
+            with pytest.raises(ValueError, match=rf"{name}.score: the true models y must hold model values in "
+                                                 r"\[0, 1\] .* got values in \[12\.5, 16\.67\]"):
+                est.score(X, slowness)
+            with pytest.raises(ValueError, match=r"model_rmse_scorer: .* got values in \[0, 255\]"):
+                model_rmse_scorer(est, X, truths * 255)
+            assert np.isfinite(est.score(X, truths)) and model_rmse_scorer(est, X, truths) <= 0

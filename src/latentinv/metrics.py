@@ -146,7 +146,9 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
 
 def check_model_images(estimator, y, name):
     """True models ``y`` given as images ``(n, n_rows, n_cols)`` must have the estimator's grid shape
-    (its operator's ``grid``): flattened, a transposed stack has the right size and wrong cells."""
+    (its operator's ``grid``): flattened, a transposed stack has the right size and wrong cells. With a
+    prior whose models lie in [0, 1], ``y`` must too: slowness or 0-255 models would be scored
+    against the predicted [0, 1] models without a word."""
     grid = getattr(getattr(getattr(estimator, "operator_", None), "grid", None), "shape", None)
     shape = np.shape(y)
     if grid is not None and len(shape) == 3 and tuple(shape[1:]) != tuple(grid):
@@ -154,6 +156,27 @@ def check_model_images(estimator, y, name):
         raise ValueError(f"{name}: the true models y are images of shape {tuple(shape[1:])}, the estimator's "
                          f"grid is {tuple(grid)} (n_rows, n_cols){hint}; pass y of shape (n_surveys, "
                          f"{grid[0]}, {grid[1]}) or flat rows of {grid[0] * grid[1]} cells")
+    if _prior_models_in_unit_interval(getattr(estimator, "prior_", None)):
+        try:
+            values = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError):
+            return                      # not numbers: the metric says so
+        if values.size and np.isfinite(values).all() and (values.min() < 0.0 or values.max() > 1.0):
+            raise ValueError(f"{name}: the true models y must hold model values in [0, 1] (1 = channel), as "
+                             f"the prior's models that the estimator predicts; got values in "
+                             f"[{values.min():.4g}, {values.max():.4g}]. Slowness (ns/m) or velocity? Pass "
+                             "the models that slowness_map turns into slowness, not its output.")
+
+
+def _prior_models_in_unit_interval(prior):
+    """Whether a fitted prior's models lie in [0, 1] by construction: a VAEPrior with the sigmoid
+    output, an SGANPrior ((tanh + 1) / 2); others (a TorchGenerator, the identity output) may differ."""
+    from .prior import VAEPrior
+    from .sgan import SGANPrior
+    prior = getattr(prior, "estimator", prior)      # a FrozenEstimator's prior
+    if isinstance(prior, SGANPrior):
+        return True
+    return isinstance(prior, VAEPrior) and prior.output_activation == "sigmoid"
 
 
 class _ModelScorer:
