@@ -215,7 +215,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     noise_std : float or array-like of shape (n_data,)
         Standard deviation (ns) of the Gaussian noise: required.
     n_model_samples : int, default=8
-        Posterior models kept per survey in the result (for figures).
+        Posterior models kept per survey in the result (for figures): the last kept draw of each chain
+        in turn, then the one before, and so on. Beyond ``n_chains * n_samples`` models there are no
+        new draws: the chains' first kept draws then repeat.
     random_state : int, RandomState instance or None, default=None
     device : {"auto", "cpu", "cuda"}, default="auto"
     verbose : int, default=0
