@@ -329,6 +329,8 @@ def test_one_model_or_latent_as_a_1d_array_is_a_clear_error(saved):
     with pytest.raises(ValueError, match=rf"Z must be 2-D, one row per latent: \(n_latents, {d}\); got a 1-D "
                                          rf"array of {d} values. Reshape your data: for a single latent pass Z.reshape\(1, -1\)"):
         prior.decode(np.zeros(d))
+    with pytest.raises(ValueError, match="Input Z contains NaN"):
+        prior.decode(np.full((1, d), np.nan))
     with pytest.raises(ValueError, match=rf"X must be 2-D, one row per model: \(n_models, {n}\); got a 1-D "
                                          rf"array of {n} values"):
         prior.encode(np.zeros(n))

@@ -269,6 +269,14 @@ def test_decode_and_sample_check_their_inputs(tiny_prior):
         tiny_prior.decode(np.full((1, 15), np.nan))
     with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
         tiny_prior.sample(0)
+    # one latent as a 1-D array: the shape to pass (not scikit-learn's reshape(-1, 1) advice, as VAEPrior),
+    # and NaN named as Z's (scikit-learn's bare "Input contains NaN." before)
+    with pytest.raises(ValueError, match=r"SGANPrior: Z must be 2-D, one row per latent: \(n_latents, 15\); got a "
+                                         r"1-D array of 15 values. Reshape your data: for a single latent pass "
+                                         r"Z.reshape\(1, -1\)"):
+        tiny_prior.decode(np.zeros(15))
+    with pytest.raises(ValueError, match="Input Z contains NaN"):
+        tiny_prior.decode(np.full((1, 15), np.nan))
     # latents outside the box decode (stochastic clipping with clip_resample="normal" needs it)
     out = tiny_prior.decode(np.full((1, 15), 2.5))
     assert np.all((out >= 0) & (out <= 1))

@@ -758,7 +758,7 @@ or PatchSampler
         check_is_fitted(self, "module_")
         Z = _numeric_input(Z, "Z", type(self).__name__)
         _reject_1d(Z, "Z", "latent", int(self.n_components), type(self).__name__)
-        Z = check_array(Z, dtype=[np.float64, np.float32])
+        Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
         if Z.shape[1] != int(self.n_components):
             raise ValueError(f"{type(self).__name__}: Z has {Z.shape[1]} columns but "
                              f"n_components={self.n_components}.")

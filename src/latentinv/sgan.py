@@ -49,6 +49,7 @@ from ._common import (
     _parse_config,
     _parse_device,
     _read_model_files,
+    _reject_1d,
     _resolve_device,
     _saved_device_or_cpu,
     _verify_checksums,
@@ -522,8 +523,10 @@ class SGANPrior(_PicklesNetwork, BaseEstimator):
         """
         check_is_fitted(self, "generator_")
         name = type(self).__name__
-        Z = check_array(_numeric_input(Z, "Z", name), dtype=[np.float64, np.float32])
+        Z = _numeric_input(Z, "Z", name)
         d = self.n_components
+        _reject_1d(Z, "Z", "latent", d, name)
+        Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
         if Z.shape[1] != d:
             raise ValueError(f"{name}: Z must have n_components={d} columns (latent arrays of shape "
                              f"{self.latent_shape_}, flat in C order); got {Z.shape[1]}.")
