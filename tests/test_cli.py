@@ -454,6 +454,20 @@ def test_traveltimes_must_be_real_numbers(tiny_prior, tmp_path, command, values,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["invert", "sample"])
+def test_a_traveltime_file_without_surveys_is_a_usage_error(tiny_prior, tmp_path, command):
+    # an empty (0, 625) array reached the estimator, whose scikit-learn error ("Found array with 0
+    # sample(s) ... required by LatentInverter") came without the file's name, exit status 1
+    np.save(tmp_path / "tt.npy", np.zeros((0, 625)))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli.main, [
+        command, str(tmp_path / "tt.npy"), "--prior", str(tiny_prior[0]), "--out", str(out),
+        "--noise-std" if command == "sample" else "--n-starts", "1", "--device", "cpu", "--quiet"])
+    _fails(res, "Invalid value for TRAVELTIMES", 2)
+    assert "tt.npy: holds no survey (an array of shape (0, 625)); expected at least one row of 625" in res.output
+    assert not out.exists()
+
+
 def test_traveltimes_of_integers_are_accepted(tmp_path):
     np.save(tmp_path / "tt.npy", np.full((2, 625), 50, dtype=np.int16))
     a = cli.load_traveltimes(tmp_path / "tt.npy", 625)

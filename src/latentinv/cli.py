@@ -359,6 +359,9 @@ def load_traveltimes(path, n_data):
         raise click.BadParameter(
             f"{path}: expected {n_data} traveltimes per survey (one survey per row, or one column), "
             f"got an array of shape {a.shape}", param_hint="TRAVELTIMES")
+    if a.shape[0] == 0:
+        raise click.BadParameter(f"{path}: holds no survey (an array of shape {a.shape}); expected at least one "
+                                 f"row of {n_data} traveltimes", param_hint="TRAVELTIMES")
     if not np.all(np.isfinite(a)):
         raise click.BadParameter(f"{path}: traveltimes hold NaN or inf", param_hint="TRAVELTIMES")
     return a
