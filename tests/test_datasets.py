@@ -122,6 +122,21 @@ def test_patch_sampler_errors():
         PatchSampler(np.zeros((5, 5)), (3, 3), exclude=[(0, 0, 5, 5)])
 
 
+def test_patch_sampler_names_the_shape_of_an_image_that_is_not_2d():
+    # a 1-D array was iterated into one 0-D "image" per value, and the error listed every one of
+    # their shapes (2500 "()" for a row of the paper's image); now one sentence with the shape
+    with pytest.raises(ValueError, match=r"images must be a 2-D array \(n_rows, n_cols\), a stack .* got an "
+                                         r"array of shape \(2500,\)\.$"):
+        PatchSampler(np.zeros(2500), (5, 5))
+    with pytest.raises(ValueError, match=r"images must be a 2-D array .* got an array of shape \(1, 2, 30, 30\)"):
+        PatchSampler(np.zeros((1, 2, 30, 30)), (5, 5))
+    with pytest.raises(ValueError, match=r"images must be 2-D arrays \(n_rows, n_cols\); got 1 of 2 that are "
+                                         r"not, the first \(image 1\) of shape \(30,\)\.$"):
+        PatchSampler([np.zeros((30, 30)), np.zeros(30)], (5, 5))
+    with pytest.raises(ValueError, match="got no image"):
+        PatchSampler([], (5, 5))
+
+
 @st.composite
 def sampler_case(draw):
     """An image shape, a patch shape that fits, and up to 3 exclusion windows inside the image."""

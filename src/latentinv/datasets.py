@@ -538,10 +538,15 @@ class PatchSampler:
             images = [images]
         elif isinstance(images, np.ndarray) and images.ndim == 3:
             images = list(images)
+        elif isinstance(images, np.ndarray):    # iterating would give its rows or values, one "image" each
+            raise ValueError(f"{owner}: images must be a 2-D array (n_rows, n_cols), a stack (n_images, n_rows, "
+                             f"n_cols) or a list of 2-D arrays; got an array of shape {images.shape}.")
         images = [np.asarray(im, dtype=np.float32) for im in images]
         if not images or any(im.ndim != 2 for im in images):
+            bad = [i for i, im in enumerate(images) if im.ndim != 2]
             raise ValueError(f"{owner}: images must be 2-D arrays (n_rows, n_cols); got "
-                             f"{[im.shape for im in images]}.")
+                             + (f"{len(bad)} of {len(images)} that are not, the first (image {bad[0]}) of shape "
+                                f"{images[bad[0]].shape}." if images else "no image."))
         if any(not np.isfinite(im).all() for im in images):
             raise ValueError(f"{owner}: images contain NaN or infinity.")
         self.images = images
