@@ -331,6 +331,15 @@ def test_one_model_or_latent_as_a_1d_array_is_a_clear_error(saved):
         prior.decode(np.zeros(d))
     with pytest.raises(ValueError, match="Input Z contains NaN"):
         prior.decode(np.full((1, d), np.nan))
+    # models with NaN/inf: latentinv's message with the first bad cell, not scikit-learn's advice to use
+    # HistGradientBoosting models (which accept missing values)
+    bad = np.full((2, n), 0.5)
+    bad[1, 7] = np.inf
+    for X in (bad, bad.reshape(2, *prior.image_shape_)):
+        with pytest.raises(ValueError, match=r"VAEPrior: X \(models\) must be finite, got 0 NaN "
+                                             r"and 1 inf values \(the first at model 1, cell 7: inf\)") as err:
+            prior.encode(X)
+        assert "HistGradientBoosting" not in str(err.value)
     with pytest.raises(ValueError, match=rf"X must be 2-D, one row per model: \(n_models, {n}\); got a 1-D "
                                          rf"array of {n} values"):
         prior.encode(np.zeros(n))

@@ -475,7 +475,8 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
         X = _numeric_input(X, "X", name)
         _reject_1d(X, "X", "model", "n_cells" if reset else self.n_features_in_, name)
         if _ndim(X) == 3:
-            X3 = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], ensure_min_features=1)
+            X3 = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], ensure_min_features=1,
+                             ensure_all_finite=False)
             shape3 = tuple(int(s) for s in X3.shape[1:])
             expected = self.image_shape if reset else self.image_shape_
             if expected is not None and tuple(expected) != shape3:
@@ -485,7 +486,13 @@ class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixi
             image_shape = shape3
         else:
             image_shape = None
-        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=False)
+        finite = np.isfinite(X)
+        if not finite.all():        # scikit-learn's message would advise HistGradientBoosting models
+            i, j = np.argwhere(~finite)[0]
+            raise ValueError(f"{name}: X (models) must be finite, got {int(np.isnan(X).sum())} "
+                             f"NaN and {int(np.isinf(X).sum())} inf values (the first at model {i}, cell {j}: "
+                             f"{float(X[i, j])!r})")
         if reset:
             if image_shape is None and self.image_shape is not None:
                 image_shape = tuple(int(s) for s in self.image_shape)
