@@ -70,6 +70,10 @@ def test_warning_fires_only_where_not_clearly_better():
     assert ok.tolist() == [True, False]
     with pytest.warns(BaselineWarning, match="homogeneous"):
         assert not check_against_baselines(data_rmse=3.5, homogeneous_rmse=6.0)
+    # a tiny baseline (traveltimes in seconds: 5.95e-9 "ns") is printed as it is, not rounded to [0.0]
+    with pytest.warns(BaselineWarning, match=r"data RMSE \[106\.8\] ns is not clearly better than the best "
+                                             r"homogeneous-velocity model's \[5\.947e-09\] ns"):
+        check_against_baselines(data_rmse=106.807, homogeneous_rmse=5.9466e-9)
 
 
 def test_homogeneous_fit_with_sigma_is_weighted_least_squares():
