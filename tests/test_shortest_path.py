@@ -950,3 +950,40 @@ def test_label_correcting_solvers_equal_dijkstra_beyond_the_rounding_margin():
         ref = engine.run(m, False, 1, solver="dijkstra")[0]
         for kw in _solver_variants():
             np.testing.assert_array_equal(engine.run(m, False, 1, **kw)[0], ref, err_msg=f"{exponent} {kw}")
+
+
+def test_get_and_set_params_reach_the_operator_through_the_inverter():
+    # LatentInverter.get_params(deep=True) listed no operator__ parameter of a ShortestPathOperator and
+    # set_params(operator__n_secondary_nodes=...) (a GridSearchCV over the graph's accuracy) raised
+    # AttributeError: it had neither get_params nor set_params
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+
+    from latentinv import LatentInverter
+    from latentinv.inversion import TorchGenerator
+
+    grid = Grid2D(10, 6, 0.1)
+    survey = CrossholeSurvey(np.c_[np.zeros(3), [0.2, 0.5, 0.8]], np.c_[np.full(3, 0.6), [0.2, 0.5, 0.8]])
+    m = np.random.default_rng(0).uniform(12.0, 17.0, grid.n_cells)
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes=2)
+    assert op.get_params() == {"grid": grid, "survey": survey, "n_secondary_nodes": 2, "n_threads": None,
+                               "backend": "auto", "solver": "auto", "simd": "auto", "extrapolate_from": None}
+    copy = clone(op, safe=False)
+    assert copy is not op and copy.get_params() == op.get_params()
+    np.testing.assert_array_equal(copy.response(m), op.response(m))
+    assert op.set_params(n_secondary_nodes=3) is op and op.n_secondary_nodes == 3
+    np.testing.assert_array_equal(op.response(m), ShortestPathOperator(grid, survey, n_secondary_nodes=3).response(m))
+    with pytest.raises(ValueError, match=r"invalid parameter\(s\) \['boundary_rays'\]"):
+        op.set_params(boundary_rays="split")
+    with pytest.raises(ValueError, match="n_secondary_nodes must be an integer"):
+        op.set_params(n_secondary_nodes=-1)
+
+    gen = TorchGenerator(torch.nn.Sequential(torch.nn.Linear(2, grid.n_cells), torch.nn.Sigmoid()), 2)
+    inv = LatentInverter(gen, ShortestPathOperator(grid, survey, n_secondary_nodes=2), n_starts=1, n_epochs=1,
+                         batch_size=None, device="cpu")
+    assert "operator__n_secondary_nodes" in inv.get_params(deep=True)
+    assert clone(inv).set_params(operator__n_secondary_nodes=3).operator.n_secondary_nodes == 3
+    X = np.full((2, survey.n_data), 7.0)
+    gs = GridSearchCV(inv, {"operator__n_secondary_nodes": [1, 2]}, cv=2,
+                      scoring=lambda est, X, y=None: float(est.operator_.n_secondary_nodes)).fit(X)
+    assert gs.best_params_ == {"operator__n_secondary_nodes": 2}

@@ -393,6 +393,7 @@ class ShortestPathOperator(ForwardOperator):
         self.solver = solver
         self.simd = simd
         self.n_secondary_nodes = int(n_secondary_nodes)
+        self._n_threads_requested = n_threads
         self.n_threads = int(n_threads) if n_threads is not None else available_cpus()
         self._backend_requested = backend
         self.backend = resolve_backend(backend, owner=name)
@@ -557,6 +558,26 @@ class ShortestPathOperator(ForwardOperator):
             def fetch():
                 return value
         return PendingResponse(a, want_jacobian, rows, fetch)
+
+    def get_params(self, deep=False):
+        """The constructor parameters, by name (as scikit-learn's ``get_params``; ``n_threads`` and
+        ``backend`` as given, None and "auto" unresolved)."""
+        return {"grid": self.grid, "survey": self.survey, "n_secondary_nodes": self.n_secondary_nodes,
+                "n_threads": self._n_threads_requested, "backend": self._backend_requested,
+                "solver": self.solver, "simd": self.simd, "extrapolate_from": self.extrapolate_from}
+
+    def set_params(self, **params):
+        """Set constructor parameters by name (as scikit-learn's ``set_params``, so that
+        ``LatentInverter.set_params(operator__n_secondary_nodes=...)`` and searches over them work) and
+        rebuild the graph from them. Returns ``self``."""
+        current = self.get_params()
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.set_params: invalid parameter(s) {unknown}; expected "
+                             f"some of {sorted(current)}")
+        current.update(params)
+        self.__init__(**current)
+        return self
 
     def __reduce__(self):
         return (type(self), (self.grid, self.survey, self.n_secondary_nodes, self.n_threads,
