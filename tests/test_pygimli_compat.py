@@ -112,3 +112,20 @@ def test_a_pickled_operator_keeps_its_secondary_nodes_and_backend(backend, n, ex
     op = pickle.loads(pickle.dumps(PyGimliOperator(GRID, SURVEY, n_secondary_nodes=n, backend=backend)))
     assert op.n_secondary_nodes == n and repr(op).endswith(f"n_secondary_nodes={n}, backend={backend!r})")
     np.testing.assert_allclose(op.response(SLOWNESS_PG), [expected], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["latentinv", "pygimli"])
+def test_set_params_rebuilds_the_graph_as_a_new_operator_would(backend):
+    """get_params lists the constructor's parameters (so a LatentInverter's search reaches
+    operator__n_secondary_nodes), clone builds an equal operator, and set_params rebuilds the graph: pyGIMLi's
+    goldens 1 + sqrt(2) without secondary nodes, sqrt(5) with 3; an unknown name is refused."""
+    from sklearn.base import clone
+
+    op = PyGimliOperator(GRID, SURVEY, n_secondary_nodes=0, backend=backend)
+    assert op.get_params() == {"grid": GRID, "survey": SURVEY, "n_secondary_nodes": 0, "backend": backend,
+                               "n_threads": None}
+    np.testing.assert_allclose(clone(op, safe=False).response(SLOWNESS_PG), [1 + np.sqrt(2)], rtol=1e-12)
+    assert op.set_params(n_secondary_nodes=3) is op and op.get_params()["n_secondary_nodes"] == 3
+    np.testing.assert_allclose(op.response(SLOWNESS_PG), [np.sqrt(5)], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"PyGimliOperator.set_params: invalid parameter\(s\) \['solver'\]"):
+        op.set_params(solver="dijkstra")

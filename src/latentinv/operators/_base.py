@@ -117,6 +117,25 @@ class ForwardOperator:
     n_data: int
     n_params: int
 
+    # -- scikit-learn's parameter protocol (nested: ``LatentInverter.set_params(operator__...)``) ------
+    # (no get_params here: scikit-learn treats an operator without one as a single value, and a
+    # subclass lists its own constructor parameters to take part)
+    def set_params(self, **params):
+        """Set constructor parameters by name (as scikit-learn's ``set_params``, so that
+        ``LatentInverter.set_params(operator__...)`` and searches over them work) and build the operator
+        again from them (its ray matrix or graph), for a subclass with ``get_params``. Returns ``self``."""
+        if not hasattr(self, "get_params"):
+            raise TypeError(f"{type(self).__name__}.set_params: this operator does not list its constructor "
+                            "parameters (no get_params); build a new one instead")
+        current = self.get_params()
+        unknown = sorted(set(params) - set(current))
+        if unknown:
+            raise ValueError(f"{type(self).__name__}.set_params: invalid parameter(s) {unknown}; expected some "
+                             f"of {sorted(current)}")
+        current.update(params)
+        self.__init__(**current)
+        return self
+
     # -- to implement -------------------------------------------------------------------------------
     def _response_and_jacobian(self, m, want_jacobian):
         """``m``: validated float64 array (n_models, n_params). Returns (times, list of CSR or None)."""

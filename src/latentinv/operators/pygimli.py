@@ -179,6 +179,11 @@ class PyGimliOperator(ForwardOperator):
             self.backend = "pygimli"
         self._backend_name = backend
 
+    def get_params(self, deep=False):
+        """The constructor parameters, by name (as scikit-learn's ``get_params``)."""
+        return {"grid": self.grid, "survey": self.survey, "n_secondary_nodes": self.n_secondary_nodes,
+                "backend": self._backend_name, "n_threads": self.n_threads}
+
     def __reduce__(self):
         return (PyGimliOperator, (self.grid, self.survey, self.n_secondary_nodes, self._backend_name,
                                   self.n_threads))

@@ -566,19 +566,6 @@ class ShortestPathOperator(ForwardOperator):
                 "n_threads": self._n_threads_requested, "backend": self._backend_requested,
                 "solver": self.solver, "simd": self.simd, "extrapolate_from": self.extrapolate_from}
 
-    def set_params(self, **params):
-        """Set constructor parameters by name (as scikit-learn's ``set_params``, so that
-        ``LatentInverter.set_params(operator__n_secondary_nodes=...)`` and searches over them work) and
-        rebuild the graph from them. Returns ``self``."""
-        current = self.get_params()
-        unknown = sorted(set(params) - set(current))
-        if unknown:
-            raise ValueError(f"{type(self).__name__}.set_params: invalid parameter(s) {unknown}; expected "
-                             f"some of {sorted(current)}")
-        current.update(params)
-        self.__init__(**current)
-        return self
-
     def __reduce__(self):
         return (type(self), (self.grid, self.survey, self.n_secondary_nodes, self.n_threads,
                              self._backend_requested, self.solver, self.simd, self.extrapolate_from))

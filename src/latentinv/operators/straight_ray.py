@@ -175,19 +175,6 @@ class StraightRayOperator(ForwardOperator):
         """The constructor parameters, by name (as scikit-learn's ``get_params``)."""
         return {"grid": self.grid, "survey": self.survey, "boundary_rays": self.boundary_rays}
 
-    def set_params(self, **params):
-        """Set constructor parameters by name (as scikit-learn's ``set_params``, so that
-        ``LatentInverter.set_params(operator__boundary_rays=...)`` and searches over them work) and
-        rebuild the ray matrix from them. Returns ``self``."""
-        current = self.get_params()
-        unknown = sorted(set(params) - set(current))
-        if unknown:
-            raise ValueError(f"StraightRayOperator.set_params: invalid parameter(s) {unknown}; expected some "
-                             f"of {sorted(current)}")
-        current.update(params)
-        self.__init__(**current)
-        return self
-
     def _response_and_jacobian(self, m, want_jacobian):
         t = (self.matrix @ m.T).T
         return t, ([self.matrix] * len(m) if want_jacobian else None)
