@@ -966,6 +966,36 @@ def test_set_params_refuses_to_change_a_fitted_prior(problem):
     assert LatentInverter(unfitted, op).set_params(prior__beta=3.0).prior.beta == 3.0
 
 
+def test_a_clone_of_a_fitted_prior_says_it_is_trained_again(problem):
+    """scikit-learn clones a parameter grid's values: GridSearchCV over {"prior": [p1, p2]} hands fit
+    unfitted copies of the fitted priors, which it trains on y (100,000 iterations by default) without a
+    word before; now a UserWarning names it and the FrozenEstimator way. An unfitted prior given as such
+    trains as before, silently; FrozenEstimator(p) in the grid is used as it is."""
+    import warnings
+
+    from sklearn.frozen import FrozenEstimator
+
+    prior_mod = pytest.importorskip("latentinv.prior")
+    op, _, _, _, _ = problem
+    n_rows, n_cols = op.grid.shape
+    X = (np.random.default_rng(1).random((20, n_rows * n_cols)) > 0.5).astype(float)
+    settings = dict(n_components=2, image_shape=(n_rows, n_cols), architecture="mlp", hidden_size=8,
+                    n_iterations=2, random_state=0, device="cpu")
+    fitted = prior_mod.VAEPrior(**settings).fit(X)
+    tt, truths = np.ones((4, op.n_data)), X[:4]
+    est = LatentInverter(fitted, op, batch_size=6, n_epochs=1, n_starts=1, random_state=0, device="cpu")
+    with pytest.warns(UserWarning, match=r"the prior is an unfitted copy of a fitted VAEPrior, trained again "
+                                         r"here on y \(n_iterations=2\).*FrozenEstimator"):
+        GridSearchCV(est, {"prior": [fitted]}, cv=2, error_score="raise").fit(tt, truths)
+    assert not hasattr(clone(clone(fitted)), "_clone_of_fitted")        # the copy of a copy is plain
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*unfitted copy")
+        LatentInverter(prior_mod.VAEPrior(**settings), op, batch_size=6, n_epochs=1, n_starts=1,
+                       device="cpu").fit(tt, truths)
+        gs = GridSearchCV(est, {"prior": [FrozenEstimator(fitted)]}, cv=2, error_score="raise").fit(tt, truths)
+    assert gs.best_estimator_.prior_.estimator is fitted
+
+
 def test_clone_and_pickle(problem):
     op, gen, _, _, tt = problem
     est = LatentInverter(gen, op, n_epochs=2, batch_size=6, n_starts=2, random_state=0,

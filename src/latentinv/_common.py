@@ -345,6 +345,21 @@ def _read_reference_state_dict(path, owner, expected):
                              f"other than tensors): {type(err).__name__}: {err}") from None
 
 
+class _ClonesRememberFitted:
+    """A clone of a fitted prior (unfitted, as scikit-learn's contract has it) remembers that it is one.
+
+    scikit-learn clones the values of a parameter grid, so ``GridSearchCV(inverter, {"prior": [p1, p2]})``
+    hands ``LatentInverter.fit`` unfitted copies of the fitted priors, which it would train on ``y``
+    (100,000 iterations by default); with the mark, it says so.
+    """
+
+    def __sklearn_clone__(self):
+        twin = super().__sklearn_clone__()
+        if hasattr(self, "decoder_"):       # fitted (both priors set decoder_ in fit and load)
+            twin._clone_of_fitted = True
+        return twin
+
+
 class _PicklesNetwork:
     """Pickling of a fitted prior: the network (attribute ``_network_attr``) travels as torch-saved
     CPU tensors under ``_pickled_key``, read back with ``weights_only=True`` and checked by the

@@ -43,6 +43,7 @@ from ._checks import is_int as _is_int
 from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileError etc. re-exported)
     ModelFileError,
     UnverifiedModelWarning,
+    _ClonesRememberFitted,
     _PicklesNetwork,
     _check_finite_output,
     _check_output_fits,
@@ -259,7 +260,7 @@ def _check_config(cls, config, config_path, owner, architecture):
     return params, fitted
 
 
-class VAEPrior(_PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Deep generative prior: a variational autoencoder (Lopez-Alvis et al., 2021).
 
     Trains an encoder ``q(z | x) = N(mu(x), diag(exp(logvar(x))))`` and a mean

@@ -34,6 +34,7 @@ from ._allocator import tune_malloc_for_tensors
 from ._checks import is_int as _is_int
 from ._common import (
     ModelFileError,
+    _ClonesRememberFitted,
     _PicklesNetwork,
     _read_reference_state_dict,
     _plain_params,
@@ -95,7 +96,7 @@ def _check_latent_cells(latent_shape, n_layers, n_dilated, what, owner):
             f"{tuple(latent_shape)!r}.")
 
 
-class SGANPrior(_PicklesNetwork, BaseEstimator):
+class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
     """Deep generative prior: a spatial GAN (Laloy et al., 2018, 2019), as compared in Lopez-Alvis et al. (2021).
 
     A fully convolutional generator ``G`` maps a latent array ``z`` of shape

@@ -243,6 +243,13 @@ class LatentEstimatorBase(BaseEstimator):
                 raise ValueError(
                     f"{name}: the prior {type(prior).__name__} is not fitted; pass the training "
                     "models as y (or a fitted prior)")
+            if getattr(prior, "_clone_of_fitted", False):
+                warnings.warn(
+                    f"{name}.fit: the prior is an unfitted copy of a fitted {type(prior).__name__}, trained again "
+                    f"here on y (n_iterations={prior.get_params().get('n_iterations')}): scikit-learn clones the "
+                    "values of a parameter grid (GridSearchCV(..., {'prior': [...]})). To compare fitted priors, "
+                    "search over prior=[FrozenEstimator(p) for p in priors] (sklearn.frozen).", UserWarning,
+                    stacklevel=3)
             prior = clone(prior)
             # models are flat rows of the operator's grid: an image prior learns that grid's images
             grid = getattr(getattr(op, "grid", None), "shape", None)
