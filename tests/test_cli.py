@@ -3,6 +3,7 @@ import io
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -161,6 +162,32 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
     assert HELD_OUT_WINDOW[0] <= r0 and r0 + h <= HELD_OUT_WINDOW[0] + HELD_OUT_WINDOW[2]
     assert report["truth"]["held_out_window"] == list(HELD_OUT_WINDOW)
     np.testing.assert_array_equal(saved["truth"], load_channels_ti()[r0:r0 + h, c0:c0 + w].reshape(-1))
+
+
+def test_demo_echoes_the_samplers_baseline_warning_as_its_own(tiny_prior, tmp_path, monkeypatch):
+    """The posterior's BaselineWarning (no chain fits better than the homogeneous model) is printed as a
+    '[warning]' line and recorded in the report, as the inversions' are (it passed through as a raw Python
+    warning before)."""
+    from latentinv.baselines import BaselineWarning
+    from latentinv.inversion import LatentSampler
+
+    real = LatentSampler.sample
+
+    def sample(self, X):
+        warnings.warn("LatentSampler: sentinel of the posterior's baseline", BaselineWarning)
+        return real(self, X)
+    monkeypatch.setattr(LatentSampler, "sample", sample)
+    prior_dir, _ = tiny_prior
+    out = tmp_path / "demo"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaselineWarning)         # none may escape the demo's echo
+        res = CliRunner().invoke(cli.main, [
+            "demo", "--prior", str(prior_dir), "--out", str(out), "--n-starts", "1", "--n-starts-nonlinear", "1",
+            "--epochs-linear", "1", "--epochs-nonlinear", "1", "--full-batch", "--posterior-draws", "4", "--quiet"])
+    _ok(res)
+    assert "[warning] LatentSampler: sentinel of the posterior's baseline" in res.output
+    report = json.loads((out / "report.json").read_text())
+    assert "LatentSampler: sentinel of the posterior's baseline" in report["baselines"]["warnings"]
 
 
 def test_demo_data_from_each_operator(tiny_prior, tmp_path):

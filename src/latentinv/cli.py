@@ -749,8 +749,8 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                                 initial_latents=LatentSampler.initial_latents_from(res, n_chains))
         _echo(f"[posterior] straight rays, de-mala: {n_chains} chains x ({posterior_draws} + "
               f"{posterior_draws}) from the SGD solutions, sigma {sigma:.3f} ns", quiet)
-        with warnings.catch_warnings():     # short chains by design: the line below reports their R-hat
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with warnings.catch_warnings(), _echoed_baseline_warnings(warning_messages):
+            warnings.simplefilter("ignore", ConvergenceWarning)    # short chains by design: reported below
             post = sampler.fit(data[None, :]).sample(data[None, :])
         plot_posterior(post, grid, truth=truth, n_samples=2).savefig(out / "posterior.png", dpi=110)
         timings["posterior_s"] = time.perf_counter() - t0
