@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import chi
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GridSearchCV
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.baselines import DATA_RATIO, BaselineWarning
 from latentinv.inversion import (
-    PAPER_CASES, LatentInverter, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
+    PAPER_CASES, DataScaleWarning, LatentInverter, LatentSampler, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
     learning_rate_schedule, paper_slowness, regularization_schedule, ring_gradient, ring_penalty,
 )
 from latentinv.operators import ForwardOperator, StraightRayOperator
@@ -1069,7 +1070,34 @@ def test_noise_std_that_would_be_converted_or_leave_float32_is_refused(problem, 
 def test_noise_std_in_any_real_container_is_taken(problem, value):
     op, gen, _, _, tt = problem
     est = LatentInverter(gen, op, noise_std=value, device="cpu", n_starts=2, n_epochs=1).fit(tt)
-    assert est.invert(tt).chi2 is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataScaleWarning)     # 1e-15 ns: tested below
+        assert est.invert(tt).chi2 is not None
+
+
+@pytest.mark.parametrize("estimator", ["inverter", "sampler"])
+def test_noise_std_out_of_scale_with_the_traveltimes_is_warned(problem, estimator):
+    """noise_std in seconds, microseconds or picoseconds (the traveltimes in ns): a DataScaleWarning that
+    gives the ratio to the median traveltime of the prior's models, outside [1e-5, 1]; none in between
+    (the paper's 0.25 ns, a per-ray array of it, the range's own ends)."""
+    op, gen, _, _, tt = problem
+    make = ((lambda s: LatentInverter(gen, op, noise_std=s, device="cpu", n_starts=1, n_epochs=1))
+            if estimator == "inverter" else
+            (lambda s: LatentSampler(gen, op, noise_std=s, device="cpu", n_chains=2, n_burnin=1, n_samples=4)))
+    run = (lambda est: est.invert(tt)) if estimator == "inverter" else (lambda est: est.sample(tt))
+    est = make(0.25).fit(tt)
+    median = float(np.median(est._prior_traveltimes[est._prior_traveltimes > 0]))
+    name = type(est).__name__
+    for sigma in (2.5e-10, 2.5e-4 * median / 100, 1.01 * median, np.full(op.n_data, 3.0 * median)):
+        ratio = float(np.median(sigma)) / median
+        with pytest.warns(DataScaleWarning, match=rf"{name}: noise_std \(median .* ns\) is {ratio:.3g} times the "
+                                                  r"median traveltime of the prior's models .* outside \[1e-05, 1\]"):
+            run(make(sigma).fit(tt))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*noise_std \\(median", category=DataScaleWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for sigma in (0.25, np.full(op.n_data, 0.25), 1.001e-5 * median, 0.999 * median):
+            run(make(sigma).fit(tt))
 
 
 @pytest.mark.parametrize("slowness_map, match", [

@@ -37,6 +37,10 @@ class DataScaleWarning(UserWarning):
 #: traveltimes whose median ratio to those of the prior's models is beyond this factor (either way)
 #: are most likely in other units than ns, or of another medium than ``slowness_map`` describes
 DATA_SCALE_FACTOR = 3.0
+#: ``noise_std`` (its median) outside [NOISE_SCALE_RANGE[0], NOISE_SCALE_RANGE[1]] times the median traveltime
+#: of the prior's models is most likely in other units than ns (GPR picks are not better than about 0.01 ns
+#: on traveltimes of tens to hundreds of ns, and noise as large as the traveltimes leaves nothing to fit)
+NOISE_SCALE_RANGE = (1e-5, 1.0)
 #: prior models (the first probe latents: the origin, then fixed draws) simulated for that check
 _SCALE_PROBES = 3
 
@@ -321,6 +325,22 @@ class LatentEstimatorBase(BaseEstimator):
                 f"a factor {DATA_SCALE_FACTOR:g} of those of the prior's models (median ratio over the data; "
                 f"survey {i}: {ratio[i]:.3g} times); check that they are in ns and that slowness_map "
                 f"describes their medium: the prior's models cannot fit them", DataScaleWarning,
+                stacklevel=caller_stacklevel())
+
+    def _warn_if_noise_off_scale(self, sigma):
+        """Warn when ``noise_std`` (``sigma``, ns, or None) is out of scale with the traveltimes of the prior's
+        own models (:data:`NOISE_SCALE_RANGE`): in seconds, microseconds or picoseconds it would weight the misfit
+        wrongly without a word."""
+        ref = getattr(self, "_prior_traveltimes", None)
+        if sigma is None or ref is None or not np.any(ref > 0):
+            return
+        ratio = float(np.median(sigma) / np.median(ref[ref > 0]))
+        low, high = NOISE_SCALE_RANGE
+        if not low <= ratio <= high:
+            warnings.warn(
+                f"{type(self).__name__}: noise_std (median {float(np.median(sigma)):.3g} ns) is {ratio:.3g} times the "
+                f"median traveltime of the prior's models ({float(np.median(ref[ref > 0])):.3g} ns), outside "
+                f"[{low:g}, {high:g}]: check that it is in ns, as the traveltimes are", DataScaleWarning,
                 stacklevel=caller_stacklevel())
 
     def _check_initial_latents(self, d):

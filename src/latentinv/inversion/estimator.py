@@ -367,7 +367,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         against which :meth:`InversionResult.accepted` judges an acceptance threshold. A DataScaleWarning
         says when a survey's traveltimes are not within a factor 3 (median over the data) of those of
         the prior's own models (computed at fit): data in other units than ns, or of a medium that
-        ``slowness_map`` does not describe. A :class:`~latentinv.baselines.BaselineWarning` says when a
+        ``slowness_map`` does not describe, or when ``noise_std`` is not within 1e-5 to 1 times their
+        median (another unit than ns). A :class:`~latentinv.baselines.BaselineWarning` says when a
         survey's selected model fits its data no better than that homogeneous model: a poor inversion,
         whatever the cause.
         """
@@ -376,6 +377,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         Y = self._check_traveltimes(X, reset=False)
         self._warn_if_off_scale(Y)
         sigma = self._check_params(self.operator_.n_data)
+        self._warn_if_noise_off_scale(sigma)
         seed = as_seed(self.random_state)      # once per call: every chunk starts from the same latents
         chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)
         if len(chunks) == 1:

@@ -343,7 +343,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`.
 
         Warns as :meth:`LatentInverter.invert` does when the traveltimes are far (a factor 3) from
-        those of the prior's own models, and (``BaselineWarning``) when no chain visited a model that
+        those of the prior's own models or ``noise_std`` out of scale with them, and (``BaselineWarning``) when no chain visited a model that
         fits a survey's data better than the best homogeneous-velocity model
         (``result.homogeneous_rmse``): a posterior around such models describes a poor fit.
         """
@@ -354,6 +354,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         Y = self._check_traveltimes(X, reset=False)
         self._warn_if_off_scale(Y)
         sigma = self._check_params(self.operator_.n_data)
+        self._warn_if_noise_off_scale(sigma)
         result = self._run(Y, sigma)
         _, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
         visited = np.where(np.isfinite(result.data_rmse_history), result.data_rmse_history, np.inf)
