@@ -1237,8 +1237,9 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
 
 _BENCHES = {"raytrace": "bench_raytrace.py", "prior": "bench_prior.py",
             "inversion": "bench_inversion.py", "sampling": "bench_sampling.py"}
-#: the bench scripts that accept ``--quick`` (bench_raytrace.py has no smaller variant)
+#: the bench scripts that accept ``--quick`` (all of them now; a script without it runs in full and says so)
 _QUICK_BENCHES = ("raytrace", "prior", "inversion", "sampling")
+_FULL_ONLY = ", ".join(name for name in _BENCHES if name not in _QUICK_BENCHES)
 
 
 def _holds_bench_scripts(folder):
@@ -1261,8 +1262,8 @@ def _benchmarks_dir():
 @main.command()
 @click.argument("which", type=click.Choice(["all", *_BENCHES]), default="all")
 @click.option("--quick", is_flag=True,
-              help=f"Smaller problems: --quick goes to the scripts that take it "
-                   f"({', '.join(_QUICK_BENCHES)}); raytrace has no smaller run and runs in full.")
+              help=f"Smaller problems: --quick goes to the scripts that take it ({', '.join(_QUICK_BENCHES)})"
+                   + (f"; {_FULL_ONLY} run in full." if _FULL_ONLY else "."))
 def bench(which, quick):
     """Run the benchmark scripts of the repository's benchmarks/ folder (a source checkout).
 
