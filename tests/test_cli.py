@@ -327,6 +327,8 @@ def test_train_from_png_image(tmp_path):
     ([], "exactly one of --image PATH or --procedural", 2),
     (["--procedural", "--image-size", "50", "50"], "larger than image", 1),
     (["--procedural", "--channels", "a,b"], "comma-separated integers", 2),
+    (["--procedural", "--channels", "4,4,4"], r"expected 4 comma-separated integers (one per convolution; the "
+                                              r"kernel sizes (5, 5, 4, 4) are fixed here", 2),
     (["--image", "/definitely/not/here.png"], "does not exist", 2),
     (["--procedural", "--device", "cpu", "--cuda-graphs"], "cuda_graphs=True needs CUDA", 1),
     # usage errors naming the option, not the library's parameter

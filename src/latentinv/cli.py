@@ -913,6 +913,11 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {channels!r}",
                                  param_hint="--channels") from None
+    if len(chans) != len(VAEPrior().kernel_sizes):
+        raise click.BadParameter(
+            f"expected {len(VAEPrior().kernel_sizes)} comma-separated integers (one per convolution; the kernel "
+            f"sizes {VAEPrior().kernel_sizes} are fixed here: for another depth use VAEPrior(channels=..., "
+            f"kernel_sizes=...) in Python), got {len(chans)}: {channels!r}", param_hint="--channels")
     if image == _PAPER_IMAGE:
         ti = load_channels_ti()
         source = "the paper's training image (latentinv.datasets.load_channels_ti)"
