@@ -913,11 +913,12 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {channels!r}",
                                  param_hint="--channels") from None
-    if len(chans) != len(VAEPrior().kernel_sizes):
+    kernels = VAEPrior().kernel_sizes      # the CLI keeps the default kernel sizes, one per convolution
+    if len(chans) != len(kernels):
         raise click.BadParameter(
-            f"expected {len(VAEPrior().kernel_sizes)} comma-separated integers (one per convolution; the kernel "
-            f"sizes {VAEPrior().kernel_sizes} are fixed here: for another depth use VAEPrior(channels=..., "
-            f"kernel_sizes=...) in Python), got {len(chans)}: {channels!r}", param_hint="--channels")
+            f"expected {len(kernels)} comma-separated integers (one per convolution; the kernel sizes {kernels} "
+            f"are fixed here: for another depth use VAEPrior(channels=..., kernel_sizes=...) in Python), got "
+            f"{len(chans)}: {channels!r}", param_hint="--channels")
     if image == _PAPER_IMAGE:
         ti = load_channels_ti()
         source = "the paper's training image (latentinv.datasets.load_channels_ti)"
