@@ -114,6 +114,8 @@ EXCLUSION_TEXT = {
 #: Where the paper's data sit beside this repository (read-only data of this workplace); both are
 #: options, and the script says what it did without them.
 SHARED = ROOT.parent / "shared" / "data"
+#: --prior's value for the package's default prior (VAEPrior.pretrained())
+SHIPPED_PRIOR = "shipped"
 DEFAULT_TI = "bundled"   # latentinv.datasets.load_channels_ti(): the package's copy (checksummed)
 DEFAULT_TEST_MODELS = SHARED / "paper_test_models"
 
@@ -141,7 +143,9 @@ def parse_args(argv=None):
                    help="folder of the published test models (mc*.npy, mv*.npy, zinitVAE500.npy, "
                         "noiserealz.npy); used to check the mc crops and by --mv published, "
                         "--published-starts, --published-noise")
-    p.add_argument("--prior", default=None, help="reuse a saved prior (directory) instead of training")
+    p.add_argument("--prior", default=None,
+                   help="reuse a saved prior (directory) instead of training; 'shipped': the package's default "
+                        "prior (VAEPrior.pretrained(): the paper's network and schedule, mc1-mc3 excluded)")
     p.add_argument("--reference-vae", default=None,
                    help="the paper's trained VAE (VAE_inMSEeps100r1e3.pth of the published code)")
     p.add_argument("--exclusion", choices=sorted(EXCLUSIONS), default="paper",
@@ -197,8 +201,9 @@ def parse_args(argv=None):
         p.error(f"--reference-sgan: no file {a.reference_sgan!r}")
     if sum(bool(v) for v in (a.sgan, a.reference_sgan, a.sgan_module)) > 1:
         p.error("--sgan, --reference-sgan and --sgan-module: give at most one of them")
-    if a.prior and not Path(a.prior).is_dir():
-        p.error(f"--prior: no directory {a.prior!r} (one written by `latentinv train` / VAEPrior.save)")
+    if a.prior and a.prior != SHIPPED_PRIOR and not Path(a.prior).is_dir():
+        p.error(f"--prior: no directory {a.prior!r} (one written by `latentinv train` / VAEPrior.save, or "
+                f"{SHIPPED_PRIOR!r} for the package's default prior)")
     if a.reference_vae and not Path(a.reference_vae).is_file():
         p.error(f"--reference-vae: no file {a.reference_vae!r}")
     if a.prior and a.reference_vae:
@@ -237,11 +242,13 @@ def get_prior(args, ti):
         return prior, dict(description=f"the paper's trained VAE ({Path(args.reference_vae).name})",
                            training_s=0.0, iterations=100000)
     if args.prior:
-        print(f"[prior] loading {args.prior}")
-        prior = VAEPrior.load(args.prior, device=device)
+        shipped = args.prior == SHIPPED_PRIOR
+        print(f"[prior] loading {'the shipped prior (VAEPrior.pretrained())' if shipped else args.prior}")
+        prior = VAEPrior.pretrained(device=device) if shipped else VAEPrior.load(args.prior, device=device)
         iterations = getattr(prior, "n_iterations", None)
+        where = "the package's default, VAEPrior.pretrained()" if shipped else f"loaded from {args.prior}"
         return prior, dict(description=f"a saved prior ({iterations} training iterations of "
-                                       f"{prior.batch_size} crops, loaded from {args.prior})",
+                                       f"{prior.batch_size} crops, {where})",
                            training_s=0.0, iterations=iterations)
     channels = (8, 16, 32, 32) if args.small else (32, 64, 128, 256)
     hidden = 64 if args.small else 512
