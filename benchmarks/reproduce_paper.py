@@ -17,7 +17,8 @@ Protocol (the paper's Section 3, with Table 1's settings as ``latentinv.inversio
    mc windows (``--exclusion paper``, the paper's stated protocol), or none of the three windows at
    250/400/900 named in the published training notebook (``--exclusion notebook``; they do not hold
    mc1-mc3, so the prior then sees crops overlapping the truths). ``--prior DIR`` reuses a saved
-   prior, ``--reference-vae PATH`` loads the paper's own trained VAE (VAE_inMSEeps100r1e3.pth of the
+   prior, ``--prior shipped`` the package's default (the paper's network and schedule, the mc windows
+   excluded), ``--reference-vae PATH`` loads the paper's own trained VAE (VAE_inMSEeps100r1e3.pth of the
    published code, downloaded by the user).
 3. Thresholds (Table 2): the data RMSE between a truth's data and the data of its encode-decode
    model; with noise, plus 0.25 ns. Beside them, the best constant model's RMSE and the best
@@ -56,8 +57,8 @@ inversions below Table 1's 3000 iterations (tests and ``--quick`` only: the repo
 Usage::
 
     python benchmarks/reproduce_paper.py --quick
-    python benchmarks/reproduce_paper.py --ti PATH/channels_ti.png --test-models PATH/paper_test_models \\
-        --iterations 3000 --n-starts 10 --published-starts --published-noise --out reproduce_out
+    python benchmarks/reproduce_paper.py --prior shipped --test-models PATH/paper_test_models \\
+        --n-starts 10 --published-starts --published-noise --out reproduce_out
 """
 from __future__ import annotations
 
