@@ -190,7 +190,11 @@ def parse_args(argv=None):
     p.add_argument("--out", default="reproduce_paper_out", help="folder for figures, JSON and report")
     a = p.parse_args(argv)
     # everything checkable is checked here, before the prior's training
+    given = a.cases
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
+    if not a.cases:
+        p.error(f"--cases: expected a comma-separated list of {', '.join(report.LINEAR_CASES)}; got "
+                f"{given!r}, which names no case")
     unknown = [c for c in a.cases if c not in PAPER_CASES]
     if unknown:
         p.error(f"--cases: unknown cases {unknown}; choose among {sorted(PAPER_CASES)}")

@@ -347,6 +347,19 @@ def test_reproduce_paper_bad_options_stop_before_training(script, tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("cases", ["", ",", " , "])
+def test_reproduce_paper_no_cases_is_a_usage_error(script, tiny, tmp_path, capsys, cases):
+    """--cases naming no case used to train a prior (here: load one) and then run nothing (exit 0)."""
+    root, _, _ = tiny
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--cases", cases, "--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
+                     "--test-models", str(root / "test_models"),
+                     "--no-nonlinear", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "--cases: expected a comma-separated list of" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_reproduce_paper_missing_image_is_a_clear_exit(script, tmp_path):
     with pytest.raises(SystemExit, match="training image .* not found"):
         script.main(["--ti", str(tmp_path / "absent.png"), "--out", str(tmp_path / "o")])
