@@ -140,10 +140,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ti", default=DEFAULT_TI, help="training image (PNG/NPY), 0.1 m pixels; "
                    "'bundled' (default): the paper's image shipped with latentinv")
-    p.add_argument("--test-models", default=str(DEFAULT_TEST_MODELS),
+    p.add_argument("--test-models", default=None,
                    help="folder of the published test models (mc*.npy, mv*.npy, zinitVAE500.npy, "
                         "noiserealz.npy); used to check the mc crops and by --mv published, "
-                        "--published-starts, --published-noise")
+                        "--published-starts, --published-noise (default: ../shared/data/paper_test_models "
+                        "beside the checkout, when it is there)")
     p.add_argument("--prior", default=None,
                    help="reuse a saved prior (directory) instead of training; 'shipped': the package's default "
                         "prior (VAEPrior.pretrained(): the paper's network and schedule, mc1-mc3 excluded)")
@@ -198,6 +199,11 @@ def parse_args(argv=None):
     unknown = [c for c in a.cases if c not in PAPER_CASES]
     if unknown:
         p.error(f"--cases: unknown cases {unknown}; choose among {sorted(PAPER_CASES)}")
+    if a.test_models is None:
+        a.test_models = str(DEFAULT_TEST_MODELS)
+    elif not Path(a.test_models).is_dir():
+        p.error(f"--test-models: no directory {a.test_models!r} (expected the folder of the published test "
+                "models: mc1-mc3.npy, mv1-mv3.npy, zinitVAE500.npy, noiserealz.npy)")
     if a.sgan_module and not Path(a.sgan_module).is_file():
         p.error(f"--sgan-module: no file {a.sgan_module!r}")
     if a.sgan and not Path(a.sgan).is_dir():

@@ -335,8 +335,8 @@ def test_transcribed_tables_match_the_paper():
     (["--sgan", "absent_sgan_dir"], "--sgan: no directory"),
     (["--reference-sgan", "absent.pth"], "--reference-sgan: no file"),
     (["--reference-vae", "absent.pth"], "--reference-vae: no file"),
-    (["--published-starts", "--test-models", "absent_dir"], "--published-starts: needs zinitVAE500.npy"),
-    (["--mv", "published", "--test-models", "absent_dir"], "--mv published: needs mv1.npy"),
+    (["--published-starts", "--test-models", str(BENCH)], "--published-starts: needs zinitVAE500.npy"),
+    (["--mv", "published", "--test-models", str(BENCH)], "--mv published: needs mv1.npy"),
     (["--exclusion", "nowhere"], "invalid choice"),
 ])
 def test_reproduce_paper_bad_options_stop_before_training(script, tmp_path, capsys, args, message):
@@ -357,6 +357,19 @@ def test_reproduce_paper_no_cases_is_a_usage_error(script, tiny, tmp_path, capsy
                      "--no-nonlinear", "--device", "cpu", "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
     assert "--cases: expected a comma-separated list of" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reproduce_paper_an_absent_test_models_folder_given_is_a_usage_error(script, tiny, tmp_path, capsys):
+    """A --test-models folder that is not there was taken silently ('mc1-mc3 not checked')."""
+    root, _, _ = tiny
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--test-models", str(tmp_path / "absent_dir"), "--ti", str(root / "ti.npy"), "--prior",
+                     str(root / "prior"), "--cases", "VSbrd", "--n-starts", "1", "--epochs", "1",
+                     "--no-nonlinear", "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--test-models: no directory" in err and "absent_dir" in err
     assert not (tmp_path / "o").exists()
 
 
