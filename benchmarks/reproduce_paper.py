@@ -136,6 +136,21 @@ def positive_int(text):
     return value
 
 
+def saved_model_error(path, saver):
+    """Why ``path`` is not a folder written by ``saver``.save (its config.json's 'format'), or None."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return f"{str(path)!r} has no config.json"
+    try:
+        fmt = json.loads(config.read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return f"{str(config)!r} is not a saved model's JSON"
+    if fmt == f"latentinv.{saver}":
+        return None
+    got = f"a saved {fmt.split('.')[-1]}" if isinstance(fmt, str) else f"'format': {fmt!r}"
+    return f"{str(path)!r} holds {got}"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ti", default=DEFAULT_TI, help="training image (PNG/NPY), 0.1 m pixels; "
@@ -208,13 +223,21 @@ def parse_args(argv=None):
         p.error(f"--sgan-module: no file {a.sgan_module!r}")
     if a.sgan and not Path(a.sgan).is_dir():
         p.error(f"--sgan: no directory {a.sgan!r} (one written by SGANPrior.save)")
+    if a.sgan and saved_model_error(a.sgan, "SGANPrior"):
+        p.error(f"--sgan: expected a directory written by SGANPrior.save; {saved_model_error(a.sgan, 'SGANPrior')}"
+                + (" (a VAE prior goes to --prior)" if "VAEPrior" in saved_model_error(a.sgan, "SGANPrior") else ""))
     if a.reference_sgan and not Path(a.reference_sgan).is_file():
         p.error(f"--reference-sgan: no file {a.reference_sgan!r}")
     if sum(bool(v) for v in (a.sgan, a.reference_sgan, a.sgan_module)) > 1:
         p.error("--sgan, --reference-sgan and --sgan-module: give at most one of them")
-    if a.prior and a.prior != SHIPPED_PRIOR and not Path(a.prior).is_dir():
+    saved = a.prior and a.prior != SHIPPED_PRIOR
+    if saved and not Path(a.prior).is_dir():
         p.error(f"--prior: no directory {a.prior!r} (one written by `latentinv train` / VAEPrior.save, or "
                 f"{SHIPPED_PRIOR!r} for the package's default prior)")
+    if saved and saved_model_error(a.prior, "VAEPrior"):
+        why = saved_model_error(a.prior, "VAEPrior")
+        p.error(f"--prior: expected a directory written by VAEPrior.save (or `latentinv train`); {why}"
+                + (" (an SGAN goes to --sgan)" if "SGANPrior" in why else ""))
     if a.reference_vae and not Path(a.reference_vae).is_file():
         p.error(f"--reference-vae: no file {a.reference_vae!r}")
     if a.prior and a.reference_vae:

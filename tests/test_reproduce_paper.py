@@ -373,6 +373,25 @@ def test_reproduce_paper_an_absent_test_models_folder_given_is_a_usage_error(scr
     assert not (tmp_path / "o").exists()
 
 
+def test_reproduce_paper_a_saved_model_of_the_wrong_kind_is_a_usage_error(script, tiny, tmp_path, capsys):
+    """--sgan given a VAEPrior's folder (or --prior a folder without a saved VAEPrior) stopped with a
+    traceback from SGANPrior.load / VAEPrior.load, after the prior's training."""
+    root, _, _ = tiny
+    (tmp_path / "empty").mkdir()
+    for args, says in ((["--sgan", str(root / "prior"), "--prior", str(root / "prior")],
+                        "--sgan: expected a directory written by SGANPrior.save"),
+                       (["--prior", str(tmp_path / "empty")], "--prior: expected a directory written by VAEPrior.save")):
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(args + ["--ti", str(root / "ti.npy"), "--test-models", str(root / "test_models"),
+                                "--cases", "VSbrd", "--n-starts", "1", "--epochs", "1", "--no-nonlinear",
+                                "--device", "cpu", "--out", str(tmp_path / "o")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert says in err
+        assert ("a saved VAEPrior" in err) if args[0] == "--sgan" else ("no config.json" in err)
+    assert not (tmp_path / "o").exists()
+
+
 def test_reproduce_paper_missing_image_is_a_clear_exit(script, tmp_path):
     with pytest.raises(SystemExit, match="training image .* not found"):
         script.main(["--ti", str(tmp_path / "absent.png"), "--out", str(tmp_path / "o")])
