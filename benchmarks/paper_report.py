@@ -126,6 +126,9 @@ def markdown_report(record, figure_prefix=""):
             for i, t in enumerate(truths)]
     out += [_table(["truth", "data RMSE (ns)", "model RMSE", "best constant model RMSE",
                     "best homogeneous model data RMSE (ns)"], rows), ""]
+    # what the run printed as warnings: thresholds no better than a baseline make Table 3's acceptances say little
+    for w in record.get("baseline_warnings") or []:
+        out += [f"**Warning.** {w}.", ""]
 
     def case_table(paper, key, fmt, with_threshold=False):
         """Clean cases, then (Table 4) the threshold, then the noisy cases, as the paper's tables."""

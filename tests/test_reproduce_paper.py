@@ -564,6 +564,7 @@ def test_reproduce_paper_with_the_shipped_prior(script, tmp_path):
     from latentinv.datasets import PAPER_TRUTH_WINDOWS, load_channels_ti
 
     out = tmp_path / "out"
+    (tmp_path / "none").mkdir()                             # no published test models: mc crops not checked
     script.main(["--prior", "shipped", "--cases", "VSbrd", "--n-starts", "1", "--epochs", "1", "--no-nonlinear",
                  "--test-models", str(tmp_path / "none"), "--device", "cpu", "--out", str(out)])
     record = json.loads((out / "reproduce_paper.json").read_text())
@@ -577,3 +578,24 @@ def test_reproduce_paper_with_the_shipped_prior(script, tmp_path):
                                 - op.response(paper_slowness(mc))) ** 2, axis=1))
     np.testing.assert_allclose(record["table2"]["threshold"][:3], expected, rtol=1e-5)
     np.testing.assert_allclose(expected, [0.70, 1.02, 2.23], atol=0.01)     # the README's numbers
+
+
+def test_the_report_carries_the_baseline_warnings_beside_the_tables(script, tiny, tmp_path):
+    """The run prints that its prior's encode-decode is no better than a constant or homogeneous model
+    (so its thresholds, and every acceptance of Table 3, say little); reproduction.md, the file a reader
+    keeps, left that out and showed the acceptances alone."""
+    root, _, _ = tiny
+    out = tmp_path / "o"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--test-models",
+                 str(root / "test_models"), "--cases", "VSbrd", "--n-starts", "1", "--epochs", "1",
+                 "--no-nonlinear", "--device", "cpu", "--out", str(out)])
+    record = json.loads((out / "reproduce_paper.json").read_text())
+    assert record["baseline_warnings"]              # the tiny prior has learned nothing
+    md = (out / "reproduction.md").read_text()
+    table2, table3 = md.index("## Table 2"), md.index("## Table 3")
+    for warning in record["baseline_warnings"]:
+        assert warning in md[table2:table3]
+    # and a report rendered again from the JSON (paper_report.py) keeps them
+    again = tmp_path / "again.md"
+    _load("paper_report").main([str(out / "reproduce_paper.json"), "--report", str(again)])
+    assert all(w in again.read_text() for w in record["baseline_warnings"])
