@@ -451,7 +451,7 @@ def main(argv=None):
         warnings.simplefilter("always")
         check_against_baselines(model_rmse=table2["model_rmse"], constant_rmse=table2["constant_model_rmse"],
                                 data_rmse=thr_clean, homogeneous_rmse=table2["homogeneous_data_rmse"],
-                                what="the prior's encode-decode of the truths")
+                                what="the prior's encode-decode of the truths", labels=names)
     baseline_warnings = [str(w.message) for w in caught]
     for w in baseline_warnings:
         print(f"[warning] {w}")

@@ -94,3 +94,17 @@ def test_homogeneous_fit_with_sigma_is_weighted_least_squares():
     assert np.isclose(r_w, np.sqrt(np.mean((d - s_w * t1) ** 2)), rtol=1e-12)
     s_1, _ = homogeneous_fit(op, d, 2.0)                      # one sigma for all: unweighted
     assert np.isclose(s_1, s_u, rtol=1e-12)
+
+
+def test_the_warning_names_the_items_that_fail_when_given_labels():
+    """Only the failing items are listed; without their names a reader of
+    "data RMSE [4.483, 5.105, 6.912, 1.231] ns" could not tell which 4 of 6 truths they were."""
+    with pytest.warns(BaselineWarning) as caught:
+        check_against_baselines(data_rmse=[0.1, 4.0, 0.2, 3.0], homogeneous_rmse=[1.0, 5.0, 1.0, 4.0],
+                                labels=["mc1", "mc2", "mc3", "mv1"], what="the run")
+    message = str(caught[0].message)
+    assert "[mc2 4.0, mv1 3.0]" in message and "[mc2 5.0, mv1 4.0]" in message
+    assert "mc1" not in message and "mc3" not in message
+    with pytest.raises(ValueError, match="labels: expected 4 names, one per item; got 2"):
+        check_against_baselines(data_rmse=[0.1, 4.0, 0.2, 3.0], homogeneous_rmse=[1.0, 5.0, 1.0, 4.0],
+                                labels=["a", "b"])

@@ -91,13 +91,14 @@ def homogeneous_fit(operator, data, sigma=None):
 
 
 def check_against_baselines(*, model_rmse=None, constant_rmse=None, data_rmse=None,
-                            homogeneous_rmse=None, what="the prior", stacklevel=2):
+                            homogeneous_rmse=None, what="the prior", stacklevel=2, labels=None):
     """Warn (:class:`BaselineWarning`) where a result is not clearly better than its baseline.
 
     ``model_rmse`` is compared with ``MODEL_RATIO * constant_rmse`` and ``data_rmse`` with
     ``DATA_RATIO * homogeneous_rmse``, element by element (arrays broadcast). ``what`` names the
-    result in the message. Returns a boolean array (or bool): True where every given comparison
-    passes.
+    result in the message; ``labels`` (optional, one name per item, e.g. the truths) name the items
+    that fail in it, which are otherwise listed by value alone. Returns a boolean array (or bool):
+    True where every given comparison passes.
     """
     ok = np.array(True)
     checks = (
@@ -110,12 +111,20 @@ def check_against_baselines(*, model_rmse=None, constant_rmse=None, data_rmse=No
         if value is None or baseline is None:
             continue
         v, b = np.broadcast_arrays(np.asarray(value, float), np.asarray(baseline, float))
+        if labels is not None and len(labels) != v.size:
+            raise ValueError(f"check_against_baselines: labels: expected {v.size} names, one per item; got "
+                             f"{len(labels)}")
         good = v <= ratio * b
         ok = ok & good
         if not good.all():
             i = np.flatnonzero(~good.ravel())
-            # 4 significant digits: rounding to 3 decimals printed a baseline of 5.9e-9 ns (data in seconds) as 0.0
-            found = text.format([float(f"{x:.4g}") for x in v.ravel()[i]], [float(f"{x:.4g}") for x in b.ravel()[i]])
+
+            def listed(x):
+                # 4 significant digits: rounding to 3 decimals printed a baseline of 5.9e-9 ns (data in seconds) as 0.0
+                values = [float(f"{y:.4g}") for y in x.ravel()[i]]
+                return values if labels is None else "[" + ", ".join(
+                    f"{labels[k]} {y}" for k, y in zip(i, values)) + "]"
+            found = text.format(listed(v), listed(b))
             warnings.warn(f"{what}: {found} (needs at most {ratio} times it); {meaning}",
                           BaselineWarning, stacklevel=stacklevel)
     return bool(ok) if ok.ndim == 0 else ok
