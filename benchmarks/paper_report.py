@@ -202,7 +202,10 @@ def differences(record):
         + ("A less trained prior reconstructs less sharply, which raises every threshold and makes "
            "acceptance easier" if record["prior"].get("iterations", 0) < 100_000 else
            "The schedule is the paper's; what remains differs between two trainings of the same network "
-           "(seed, the training crops, which here exclude every crop overlapping mc1-mc3, the arithmetic), "
+           "(seed, the training crops"
+           + (", which here exclude every crop overlapping mc1-mc3" if record["args"].get("exclusion") == "paper"
+              and not (record["args"].get("prior") or record["args"].get("reference_vae")) else "")
+           + ", the arithmetic), "
            "and a threshold that is higher makes acceptance easier")
         + "; Table 3 counts must be read against this run's own thresholds.")
     if record["mv_source"].startswith("generated"):

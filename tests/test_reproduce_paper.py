@@ -95,7 +95,7 @@ def test_reproduce_paper_tiny_run(script, tiny):
     record = json.loads((out / "reproduce_paper.json").read_text())
     assert record["complete"] is True
     assert record["mc_check"].startswith("checked")
-    assert record["args"]["exclusion"] == "paper"
+    assert record["args"]["exclusion"] is None     # a loaded prior: its training's exclusion is not known here
 
     # Table 2 thresholds: data RMSE of the truth vs its encode-decode with the published kernel's
     # boundary convention, recomputed here for the mc truths
@@ -599,3 +599,22 @@ def test_the_report_carries_the_baseline_warnings_beside_the_tables(script, tiny
     again = tmp_path / "again.md"
     _load("paper_report").main([str(out / "reproduce_paper.json"), "--report", str(again)])
     assert all(w in again.read_text() for w in record["baseline_warnings"])
+
+
+def test_a_loaded_prior_is_not_said_to_exclude_what_this_run_cannot_know(script, tiny, tmp_path):
+    """--exclusion chooses the crops of a prior trained here. With --prior DIR nothing says which crops that
+    prior was trained on, yet the report stated 'Training crops exclude every crop overlapping the mc1-mc3
+    windows (the paper's protocol)', the option's default; it says so only when the user states it."""
+    root, _, _ = tiny
+    common = ["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--test-models",
+              str(root / "test_models"), "--cases", "VSbrd", "--n-starts", "1", "--epochs", "1",
+              "--no-nonlinear", "--device", "cpu"]
+    script.main(common + ["--out", str(tmp_path / "a")])
+    md = (tmp_path / "a" / "reproduction.md").read_text()
+    assert "the paper's protocol" not in md and "overlapping mc1-mc3" not in md
+    assert "not recorded with the loaded prior" in md
+    script.main(common + ["--exclusion", "notebook", "--out", str(tmp_path / "b")])
+    md = (tmp_path / "b" / "reproduction.md").read_text()
+    assert "published notebook's windows" in md and "as stated with --exclusion" in md
+    # a prior trained here still follows --exclusion, the paper's by default
+    assert script.parse_args(["--iterations", "5"]).exclusion == "paper"
