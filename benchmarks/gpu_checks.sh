@@ -109,6 +109,14 @@ $PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__versio
 # install (builds the C++ core with this machine's Python; a warm machine that installed these sources skips it)
 if [ "$DRY" = 1 ]; then      # this checkout, as installed here (an editable install), else its sources
   $PY -c "import latentinv, sys; sys.exit(not latentinv.__file__.startswith('$PWD/'))" 2>/dev/null || export PYTHONPATH=$PWD/src
+  # an editable install of another checkout wins over PYTHONPATH (its import hook comes first): say so and stop,
+  # rather than check that other tree's code
+  if ! $PY -c "import latentinv, sys; sys.exit(not latentinv.__file__.startswith('$PWD/'))" 2>/dev/null; then
+    echo "gpu_checks.sh: DRY=1 would check $($PY -c 'import latentinv; print(latentinv.__file__)' 2>&1 | tail -1)," \
+         "not this checkout's $PWD/src (an editable install of another checkout comes before PYTHONPATH): install" \
+         "this checkout (pip install -e .) or run the DRY check from the installed one" >&2
+    exit 2
+  fi
 else
   KEY=$(find src cpp CMakeLists.txt pyproject.toml -type f -not -path '*/__pycache__/*' | sort | xargs md5sum | md5sum)
   if [ "$(cat /tmp/li_installed 2>/dev/null)" = "$KEY" ]; then log "installed already (a warm machine)"

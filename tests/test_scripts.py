@@ -29,3 +29,23 @@ def test_script_help(path, monkeypatch, capsys):
         module.main()
     assert exit_.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_gpu_checks_dry_stops_when_it_would_check_another_checkout(tmp_path):
+    """DRY=1 checks "this checkout, as installed here, else its sources" (PYTHONPATH=src). Where an editable
+    install of another checkout is what Python imports (scikit-build-core's redirecting finder wins over
+    PYTHONPATH), the DRY run went on and checked that other tree's code, saying so in one log line only."""
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "src").mkdir()                          # a checkout whose sources Python will not import
+    shutil.copy(ROOT / "benchmarks" / "gpu_checks.sh", tmp_path / "benchmarks")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env.update(DRY="1", STEPS="none", DEADLINE="60", OUT=str(tmp_path / "out"), PY=sys.executable)
+    done = subprocess.run(["bash", "benchmarks/gpu_checks.sh"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not this checkout's" in done.stderr and str(tmp_path / "src") in done.stderr
