@@ -26,3 +26,25 @@ def cpu_flags():
     except OSError:
         pass
     return set()
+
+
+def code_info():
+    """The latentinv that runs: its version, its folder and, in a git checkout, the commit (with
+    "dirty": uncommitted changes to tracked files), so that a record names the code behind its numbers."""
+    import os
+    import subprocess
+
+    import latentinv
+
+    folder = os.path.dirname(latentinv.__file__)
+    info = dict(version=latentinv.__version__, file=latentinv.__file__, commit=None, dirty=None)
+    try:
+        head = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            info["commit"] = head.stdout.strip()
+            status = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            info["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info

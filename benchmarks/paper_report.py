@@ -91,6 +91,16 @@ def _from_json(record):
     return record
 
 
+def _code_line(record):
+    """The latentinv that ran (records of runs before it was recorded have none)."""
+    code = record["machine"].get("latentinv")
+    if not code:
+        return []
+    commit = (f", commit {code['commit'][:12]}{' with uncommitted changes' if code.get('dirty') else ''}"
+              if code.get("commit") else "")
+    return [f"Code: latentinv {code['version']} from {code['file']}{commit}.", ""]
+
+
 def markdown_report(record, figure_prefix=""):
     """``docs/reproduction.md``: Tables 2-4 and Fig. 10, every cell "latentinv | paper".
 
@@ -102,6 +112,7 @@ def markdown_report(record, figure_prefix=""):
            "Written by `benchmarks/reproduce_paper.py`; every cell reads **latentinv \\| paper**. "
            "The paper's numbers are those of its Tables 2-4 and Section 3.3.", "",
            f"Command: `{record['command']}`", "",
+           *_code_line(record),
            "## Set-up", "",
            f"- Truths: mc1-mc3 are the crops of the training image at (row, col) "
            f"{record['truth_windows']} ({record['mc_check']}); mv1-mv3: {record['mv_source']}.",

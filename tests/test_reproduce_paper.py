@@ -618,3 +618,23 @@ def test_a_loaded_prior_is_not_said_to_exclude_what_this_run_cannot_know(script,
     assert "published notebook's windows" in md and "as stated with --exclusion" in md
     # a prior trained here still follows --exclusion, the paper's by default
     assert script.parse_args(["--iterations", "5"]).exclusion == "paper"
+
+
+def test_the_record_names_the_code_that_ran(script, tiny, tmp_path):
+    """The record named the machine and torch but not the latentinv that ran (its folder and commit):
+    a run from a second checkout beside an editable install runs the installed tree, without a word."""
+    import subprocess
+
+    import latentinv
+
+    root, _, _ = tiny
+    out = tmp_path / "o"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--test-models",
+                 str(root / "test_models"), "--cases", "VSbrd", "--n-starts", "1", "--epochs", "1",
+                 "--no-nonlinear", "--device", "cpu", "--out", str(out)])
+    code = json.loads((out / "reproduce_paper.json").read_text())["machine"]["latentinv"]
+    assert code["file"] == latentinv.__file__ and code["version"] == latentinv.__version__
+    head = subprocess.run(["git", "-C", str(Path(latentinv.__file__).parent), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    assert code["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
+    assert f"latentinv {latentinv.__version__} from {latentinv.__file__}" in (out / "reproduction.md").read_text()
