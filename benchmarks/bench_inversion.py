@@ -841,7 +841,7 @@ def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
     parser.add_argument("--output", default="bench_inversion.json", help="JSON file to write")
     parser.add_argument("--skip-nonlinear", action="store_true")

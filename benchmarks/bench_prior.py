@@ -307,7 +307,7 @@ def sgan_patterns(args, results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps, short schedules")
     parser.add_argument("--ti", default=None,
                         help="training image (PNG/NPY, or 'bundled': the paper's, shipped with latentinv); "

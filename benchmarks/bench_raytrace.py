@@ -161,7 +161,7 @@ print((status('VmHWM') - before) / 1024)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=3, help="secondary nodes for the timing table")
     parser.add_argument("--repeat", type=int, default=5, help="timing repeats (minimum is reported)")
     parser.add_argument("--reference-nodes", type=int, default=40)

@@ -69,7 +69,7 @@ def machine():
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--test-models", default="../shared/data/paper_test_models")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     p.add_argument("--prior", default=None, help="a saved VAEPrior (VAEPrior.load); default: a shipped one")

@@ -48,7 +48,7 @@ def timed(fn):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--surveys", type=int, default=8)
     ap.add_argument("--starts", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=10)

@@ -268,7 +268,7 @@ def markdown(record):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--test-models", default=str(DEFAULT_TEST_MODELS), help="folder of mc1.npy ... mc3.npy")
     p.add_argument("--truths", nargs="+", default=["mc1", "mc2", "mc3"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds of the options")

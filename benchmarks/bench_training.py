@@ -62,7 +62,7 @@ def windows(curve, width):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--window", type=int, default=200, help="iterations per loss-curve window")

@@ -38,7 +38,7 @@ def run(case, epochs, device, options):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", default="sgd_ring", choices=sorted(cases.CASES))
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--device", default="cpu")

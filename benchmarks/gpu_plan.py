@@ -103,7 +103,7 @@ def out_problems(out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("training", help="the prior's training arithmetic from bench_training.json")
     t.add_argument("record")

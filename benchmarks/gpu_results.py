@@ -260,7 +260,7 @@ def unpack_sgan(files_at, into):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files_at", help="the folder the device tool returned the call's files into")
     p.add_argument("--card", required=True, help="the GPU's short name in the file names, e.g. h200")
     p.add_argument("--ship-prior", action="store_true", help="install prior.tgz's prior as the default")

@@ -21,7 +21,7 @@ from latentinv.operators import ShortestPathOperator
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=20.0, help="time spent on each backend")
     args = p.parse_args(argv)
     slowness = paper_slowness(np.stack([load_held_out_crop(*held_out_corner(s)).ravel() for s in range(6)]))

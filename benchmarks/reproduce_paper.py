@@ -152,7 +152,7 @@ def saved_model_error(path, saver):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ti", default=DEFAULT_TI, help="training image (PNG/NPY), 0.1 m pixels; "
                    "'bundled' (default): the paper's image shipped with latentinv")
     p.add_argument("--test-models", default=None,
@@ -188,7 +188,8 @@ def parse_args(argv=None):
     p.add_argument("--nonlinear-starts", type=positive_int, default=1,
                    help="initial latents per truth in the nonlinear case (paper's Fig. 10: 1)")
     p.add_argument("--no-nonlinear", action="store_true", help="skip the nonlinear VSbrd case")
-    p.add_argument("--cases", default=",".join(report.LINEAR_CASES))
+    p.add_argument("--cases", default=",".join(report.LINEAR_CASES),
+                   help="comma-separated cases of Table 1 (default: all six; SAnnn, SSbnd need an SGAN)")
     p.add_argument("--sgan-module", default=None,
                    help="Python file with make_generator() -> TorchGenerator (uniform latents)")
     p.add_argument("--sgan", default=None,
@@ -201,10 +202,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a few minutes on a 2-core CPU")
     p.add_argument("--toys", action="store_true",
                    help="also save the 2-D toy figures (Fig. 4 manifold deformation, Fig. 6 SGD paths)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="linear cases replayed from CUDA graphs (LatentInverter(cuda_graphs=True); CUDA only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the prior's training, the drawn starts and the drawn noise")
     p.add_argument("--out", default="reproduce_paper_out", help="folder for figures, JSON and report")
     a = p.parse_args(argv)
     # everything checkable is checked here, before the prior's training

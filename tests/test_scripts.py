@@ -49,3 +49,16 @@ def test_gpu_checks_dry_stops_when_it_would_check_another_checkout(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "not this checkout's" in done.stderr and str(tmp_path / "src") in done.stderr
+
+
+@pytest.mark.parametrize("path", [p for p in SCRIPTS if p.parent.name == "benchmarks"], ids=lambda p: p.name)
+def test_the_help_says_the_whole_first_sentence(path, capsys):
+    """--help showed the docstring's first line only: 'Reproduction of ... (2021), "Deep generative models
+    in' and 'the VAE (...) and' ended mid-sentence. It shows the first paragraph."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.split("\n\n")[1]                 # usage, then the description
+    assert text.rstrip().endswith((".", "?", ")")), text
