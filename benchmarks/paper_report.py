@@ -167,6 +167,13 @@ def markdown_report(record, figure_prefix=""):
             "with noise).", "", case_table(PAPER_TABLE3, "accepted", "{:.0f}"), ""]
     out += ["## Table 4: mean data RMSE (ns) of the starts' selected models", "", scale_line(record), "",
             case_table(PAPER_TABLE4, "mean_rmse", "{:.3f}", with_threshold=True), ""]
+    n = record["n_starts"]
+    for key, cell in record["cases"].items():
+        for t, k in zip(truths, cell.get("non_finite") or []):
+            if k:
+                out += [f"**Not in the mean.** {key.replace('_noise', ' (noise)')}: {t}: {k} of {n} starts ended "
+                        f"without a finite data RMSE (rejected in Table 3); the cell is the mean of the other "
+                        f"{n - k}.", ""]
 
     if record["skipped"]:
         out += ["Skipped cases: " + "; ".join(f"{k}: {v}" for k, v in record["skipped"].items()), ""]

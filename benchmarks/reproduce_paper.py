@@ -423,6 +423,8 @@ def summarize(res, truths, thresholds):
     best = res.data_rmse                                   # (n_truths, n_starts), selected models
     return dict(data_rmse=best.tolist(),
                 accepted=np.sum(best <= thresholds[:, None], axis=1).astype(int).tolist(),
+                # starts without a finite misfit: rejected in Table 3, left out of Table 4's mean (said there)
+                non_finite=np.sum(~np.isfinite(best), axis=1).astype(int).tolist(),
                 mean_rmse=np.nanmean(best, axis=1).tolist(), best_rmse=np.nanmin(best, axis=1).tolist(),
                 model_rmse=rmse(res.models, truths).tolist())
 

@@ -638,3 +638,30 @@ def test_the_record_names_the_code_that_ran(script, tiny, tmp_path):
                           capture_output=True, text=True)
     assert code["commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     assert f"latentinv {latentinv.__version__} from {latentinv.__file__}" in (out / "reproduction.md").read_text()
+
+
+def test_a_start_without_a_finite_misfit_is_counted_and_said_under_table4(script):
+    """Table 4's mean was np.nanmean: a start whose misfit is NaN dropped out of the mean without a word (the
+    mean of the others shown as the mean of all), while Table 3 counted it rejected."""
+    class Res:
+        data_rmse = np.array([[1.0, np.nan, 3.0], [0.25, 0.5, 1.5]])
+        models = np.zeros((2, 4))
+
+    cell = script.summarize(Res(), np.zeros((2, 4)), np.array([2.0, 0.5]))
+    assert cell["non_finite"] == [1, 0]
+    assert cell["accepted"] == [1, 2]
+    report = _load("paper_report")
+    record = {"args": {"boundary_rays": "split", "published_starts": False, "published_noise": False, "seed": 0,
+                       "exclusion": "paper"},
+              "truth_names": ["mc1", "mv1"], "command": "c", "truth_windows": [], "mc_check": "checked",
+              "mv_source": "published", "exclusion_text": "x", "iterations_linear": 25, "total_s": 1.0,
+              "prior": {"description": "p", "training_s": 0.0, "iterations": 100_000}, "n_starts": 3,
+              "device": "cpu", "machine": {"processor_name": "cpu", "cpu_count": 2, "cuda": None},
+              "table2": {"threshold": [2.0, 0.5], "model_rmse": [0.1, 0.1], "constant_model_rmse": [0.4, 0.3],
+                         "homogeneous_data_rmse": [5.0, 5.0]},
+              "case_columns": [("VSbrd", False)], "skipped": {}, "cases": {"VSbrd": cell}, "figures": [],
+              "differences": []}
+    md = report.markdown_report(record)
+    t4 = md[md.index("## Table 4"):]
+    assert "VSbrd: mc1: 1 of 3 starts ended without a finite data RMSE" in t4
+    assert "mean of the other 2" in t4
