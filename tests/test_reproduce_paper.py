@@ -358,6 +358,10 @@ def test_reproduce_paper_no_cases_is_a_usage_error(script, tiny, tmp_path, capsy
     assert exit_info.value.code == 2
     assert "--cases: expected a comma-separated list of" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # without --no-nonlinear, no linear case is the nonlinear case alone (the command of its CPU record)
+    args = script.parse_args(["--cases", cases, "--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
+                              "--out", str(tmp_path / "o")])
+    assert args.cases == [] and not args.no_nonlinear
 
 
 def test_reproduce_paper_an_absent_test_models_folder_given_is_a_usage_error(script, tiny, tmp_path, capsys):
