@@ -915,16 +915,24 @@ def test_gridsearch_over_inversion_settings(problem):
     assert gs2.best_params_["lr"] == 1e-2
 
 
+def _tiny_fitted_prior(op, n_models, n_iterations, **params):
+    """A VAEPrior (MLP, 2 latents) fitted on ``n_models`` random binary models of ``op``'s grid, and the
+    generator that drew them (the next draws are fresh)."""
+    prior_mod = pytest.importorskip("latentinv.prior")
+    n_rows, n_cols = op.grid.shape
+    rng = np.random.default_rng(1)
+    X = (rng.random((n_models, n_rows * n_cols)) > 0.5).astype(float)
+    prior = prior_mod.VAEPrior(n_components=2, image_shape=(n_rows, n_cols), architecture="mlp", hidden_size=8,
+                               n_iterations=n_iterations, random_state=0, device="cpu", **params).fit(X)
+    return prior, rng
+
+
 def test_cross_validation_keeps_a_fitted_prior(problem):
     # GridSearchCV clones the inverter; a fitted VAEPrior passed as prior must come through
     # untouched (default cloning would make it unfitted, and fit would retrain it on y)
     prior_mod = pytest.importorskip("latentinv.prior")
     op, _, _, _, _ = problem
-    n_rows, n_cols = op.grid.shape
-    rng = np.random.default_rng(1)
-    X = (rng.random((60, n_rows * n_cols)) > 0.5).astype(float)
-    prior = prior_mod.VAEPrior(n_components=2, image_shape=(n_rows, n_cols), architecture="mlp",
-                               hidden_size=8, n_iterations=5, random_state=0, device="cpu").fit(X)
+    prior, rng = _tiny_fitted_prior(op, 60, 5)
     weights = {k: v.clone() for k, v in prior.module_.state_dict().items()}
     history = list(prior.history_["loss"])
     M = prior.decode(rng.standard_normal((4, 2)))
@@ -948,11 +956,7 @@ def test_set_params_refuses_to_change_a_fitted_prior(problem):
     # every name; now it is refused, naming the parameter, and nothing is changed
     prior_mod = pytest.importorskip("latentinv.prior")
     op, _, _, _, _ = problem
-    n_rows, n_cols = op.grid.shape
-    rng = np.random.default_rng(1)
-    X = (rng.random((20, n_rows * n_cols)) > 0.5).astype(float)
-    prior = prior_mod.VAEPrior(n_components=2, image_shape=(n_rows, n_cols), architecture="mlp",
-                               hidden_size=8, n_iterations=2, beta=1000.0, random_state=0, device="cpu").fit(X)
+    prior, _ = _tiny_fitted_prior(op, 20, 2, beta=1000.0)
     base = LatentInverter(prior, op, batch_size=6, n_epochs=1, n_starts=2, random_state=0, device="cpu")
     with pytest.raises(ValueError, match=r"prior__beta=1\.0 .*fitted prior VAEPrior \(now beta=1000\.0\)"):
         clone(base).set_params(prior__beta=1.0)
@@ -972,18 +976,10 @@ def test_a_clone_of_a_fitted_prior_says_it_is_trained_again(problem):
     unfitted copies of the fitted priors, which it trains on y (100,000 iterations by default) without a
     word before; now a UserWarning names it and the FrozenEstimator way. An unfitted prior given as such
     trains as before, silently; FrozenEstimator(p) in the grid is used as it is."""
-    import warnings
-
-    from sklearn.frozen import FrozenEstimator
-
     prior_mod = pytest.importorskip("latentinv.prior")
     op, _, _, _, _ = problem
-    n_rows, n_cols = op.grid.shape
-    X = (np.random.default_rng(1).random((20, n_rows * n_cols)) > 0.5).astype(float)
-    settings = dict(n_components=2, image_shape=(n_rows, n_cols), architecture="mlp", hidden_size=8,
-                    n_iterations=2, random_state=0, device="cpu")
-    fitted = prior_mod.VAEPrior(**settings).fit(X)
-    tt, truths = np.ones((4, op.n_data)), X[:4]
+    fitted, rng = _tiny_fitted_prior(op, 20, 2)
+    tt, truths = np.ones((4, op.n_data)), (rng.random((4, op.n_params)) > 0.5).astype(float)
     est = LatentInverter(fitted, op, batch_size=6, n_epochs=1, n_starts=1, random_state=0, device="cpu")
     with pytest.warns(UserWarning, match=r"the prior is an unfitted copy of a fitted VAEPrior, trained again "
                                          r"here on y \(n_iterations=2\).*FrozenEstimator"):
@@ -991,7 +987,7 @@ def test_a_clone_of_a_fitted_prior_says_it_is_trained_again(problem):
     assert not hasattr(clone(clone(fitted)), "_clone_of_fitted")        # the copy of a copy is plain
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*unfitted copy")
-        LatentInverter(prior_mod.VAEPrior(**settings), op, batch_size=6, n_epochs=1, n_starts=1,
+        LatentInverter(prior_mod.VAEPrior(**fitted.get_params()), op, batch_size=6, n_epochs=1, n_starts=1,
                        device="cpu").fit(tt, truths)
         gs = GridSearchCV(est, {"prior": [FrozenEstimator(fitted)]}, cv=2, error_score="raise").fit(tt, truths)
     assert gs.best_estimator_.prior_.estimator is fitted

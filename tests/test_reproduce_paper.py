@@ -515,28 +515,35 @@ def test_the_nonlinear_numbers_are_the_3_node_thresholds_and_the_runs_own(script
                                    rtol=1e-9)
 
 
-def test_the_report_puts_each_number_beside_the_papers_own():
-    """The report of a hand-made record: each noisy cell holds the noisy run's number beside the paper's noisy
-    one, Table 4's threshold column the thresholds, Fig. 10's noise columns the noisy run's; the
-    differences' ratios and percentages are ours over the paper's, of every start of every truth."""
-    report = _load("paper_report")
-    p3, p4, p2 = report.PAPER_TABLE3, report.PAPER_TABLE4, report.PAPER_TABLE2
+def _hand_record(**changes):
+    """A hand-made run record of two truths (mc1, mv1) for paper_report, with ``changes`` over its keys."""
     record = {"args": {"boundary_rays": "upper_left", "published_starts": True, "published_noise": True,
                        "seed": 0, "exclusion": "paper"},
               "truth_names": ["mc1", "mv1"], "command": "c", "truth_windows": [], "mc_check": "checked",
               "mv_source": "published", "exclusion_text": "x", "iterations_linear": 25, "total_s": 60.0,
               "prior": {"description": "p", "training_s": 0.0, "iterations": 100_000}, "n_starts": 10,
               "device": "cpu", "machine": {"processor_name": "cpu", "cpu_count": 2, "cuda": None},
-              "table2": {"threshold": [0.5, 0.6], "model_rmse": [0.052, 0.114], "constant_model_rmse": [0.4, 0.3],
-                         "homogeneous_data_rmse": [2.0, 3.0]},
-              "case_columns": [("VSbnn", False), ("VSbrd", False), ("VSbrd", True)], "skipped": {},
-              "cases": {"VSbnn": {"accepted": [7, 9], "mean_rmse": [1.25, 1.5]},
-                        "VSbrd": {"accepted": [8, 6], "mean_rmse": [0.75, 0.5]},
-                        "VSbrd_noise": {"accepted": [3, 4], "mean_rmse": [1.0, 2.0]}},
-              "nonlinear": {"threshold": [1.0, 2.0], "n_starts": 1, "iterations": 750, "lam": 1.0, "time_s": 1.0,
-                            "best_rmse": {False: [1.5, 2.5], True: [1.75, 2.75]},
-                            "accepted": {False: [1, 0], True: [0, 1]}, "model_rmse": {False: [0.2, 0.3]}},
-              "figures": []}
+              "skipped": {}, "figures": []}
+    record.update(changes)
+    return record
+
+
+def test_the_report_puts_each_number_beside_the_papers_own():
+    """The report of a hand-made record: each noisy cell holds the noisy run's number beside the paper's noisy
+    one, Table 4's threshold column the thresholds, Fig. 10's noise columns the noisy run's; the
+    differences' ratios and percentages are ours over the paper's, of every start of every truth."""
+    report = _load("paper_report")
+    p3, p4, p2 = report.PAPER_TABLE3, report.PAPER_TABLE4, report.PAPER_TABLE2
+    record = _hand_record(
+        table2={"threshold": [0.5, 0.6], "model_rmse": [0.052, 0.114], "constant_model_rmse": [0.4, 0.3],
+                "homogeneous_data_rmse": [2.0, 3.0]},
+        case_columns=[("VSbnn", False), ("VSbrd", False), ("VSbrd", True)],
+        cases={"VSbnn": {"accepted": [7, 9], "mean_rmse": [1.25, 1.5]},
+               "VSbrd": {"accepted": [8, 6], "mean_rmse": [0.75, 0.5]},
+               "VSbrd_noise": {"accepted": [3, 4], "mean_rmse": [1.0, 2.0]}},
+        nonlinear={"threshold": [1.0, 2.0], "n_starts": 1, "iterations": 750, "lam": 1.0, "time_s": 1.0,
+                   "best_rmse": {False: [1.5, 2.5], True: [1.75, 2.75]},
+                   "accepted": {False: [1, 0], True: [0, 1]}, "model_rmse": {False: [0.2, 0.3]}})
     record["differences"] = report.differences(record)
     md = report.markdown_report(record)
     assert f"| mc1 | 7 \\| {p3[('VSbnn', False)]['mc1']} | 8 \\| 100 | 3 \\| 100 |" in md
@@ -655,16 +662,12 @@ def test_a_start_without_a_finite_misfit_is_counted_and_said_under_table4(script
     assert cell["non_finite"] == [1, 0]
     assert cell["accepted"] == [1, 2]
     report = _load("paper_report")
-    record = {"args": {"boundary_rays": "split", "published_starts": False, "published_noise": False, "seed": 0,
-                       "exclusion": "paper"},
-              "truth_names": ["mc1", "mv1"], "command": "c", "truth_windows": [], "mc_check": "checked",
-              "mv_source": "published", "exclusion_text": "x", "iterations_linear": 25, "total_s": 1.0,
-              "prior": {"description": "p", "training_s": 0.0, "iterations": 100_000}, "n_starts": 3,
-              "device": "cpu", "machine": {"processor_name": "cpu", "cpu_count": 2, "cuda": None},
-              "table2": {"threshold": [2.0, 0.5], "model_rmse": [0.1, 0.1], "constant_model_rmse": [0.4, 0.3],
-                         "homogeneous_data_rmse": [5.0, 5.0]},
-              "case_columns": [("VSbrd", False)], "skipped": {}, "cases": {"VSbrd": cell}, "figures": [],
-              "differences": []}
+    record = _hand_record(
+        args={"boundary_rays": "split", "published_starts": False, "published_noise": False, "seed": 0,
+              "exclusion": "paper"}, total_s=1.0, n_starts=3,
+        table2={"threshold": [2.0, 0.5], "model_rmse": [0.1, 0.1], "constant_model_rmse": [0.4, 0.3],
+                "homogeneous_data_rmse": [5.0, 5.0]},
+        case_columns=[("VSbrd", False)], cases={"VSbrd": cell}, differences=[])
     md = report.markdown_report(record)
     t4 = md[md.index("## Table 4"):]
     assert "VSbrd: mc1: 1 of 3 starts ended without a finite data RMSE" in t4
