@@ -222,7 +222,8 @@ def differences(record):
            "The schedule is the paper's; what remains differs between two trainings of the same network "
            "(seed, the training crops"
            + (", which here exclude every crop overlapping mc1-mc3" if record["args"].get("exclusion") == "paper"
-              and not (record["args"].get("prior") or record["args"].get("reference_vae")) else "")
+              and record["args"].get("prior") in (None, "shipped") and not record["args"].get("reference_vae")
+              else "")
            + ", the arithmetic), "
            "and a threshold that is higher makes acceptance easier")
         + "; Table 3 counts must be read against this run's own thresholds.")

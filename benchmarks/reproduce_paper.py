@@ -254,8 +254,11 @@ def parse_args(argv=None):
     for wanted, name, option in needs:
         if wanted and not (Path(a.test_models) / name).is_file():
             p.error(f"{option}: needs {name} in --test-models {a.test_models!r}")
-    if a.exclusion is None and not (a.prior or a.reference_vae):
-        a.exclusion = "paper"                  # a prior trained here: the paper's protocol
+    if a.prior == SHIPPED_PRIOR and a.exclusion not in (None, "paper"):
+        p.error(f"--exclusion {a.exclusion}: the shipped prior (--prior shipped) was trained with the paper's "
+                "exclusion (every crop overlapping mc1-mc3 left out); give --exclusion paper or none")
+    if a.exclusion is None and (a.prior == SHIPPED_PRIOR or not (a.prior or a.reference_vae)):
+        a.exclusion = "paper"      # a prior trained here, or the shipped one: the paper's protocol
     quick = a.quick
     a.iterations = a.iterations or (200 if quick else 3000)
     a.n_starts = a.n_starts or (2 if quick else 10)
@@ -279,6 +282,8 @@ def exclusion_text(args):
         return (f"what the prior's own training excluded, which is not recorded with the loaded prior "
                 f"({args.prior}; --exclusion states it)")
     text = EXCLUSION_TEXT[args.exclusion]
+    if args.prior == SHIPPED_PRIOR:
+        return f"{text}, and rows 2200-2499 (the shipped prior's training: latentinv.datasets.HELD_OUT_WINDOW)"
     return text if not (args.prior or args.reference_vae) else f"{text} (as stated with --exclusion; loaded, not trained here)"
 
 

@@ -580,6 +580,10 @@ def test_reproduce_paper_with_the_shipped_prior(script, tmp_path):
                  "--test-models", str(tmp_path / "none"), "--device", "cpu", "--out", str(out)])
     record = json.loads((out / "reproduce_paper.json").read_text())
     assert "VAEPrior.pretrained()" in record["prior"]["description"] and record["prior"]["training_s"] == 0.0
+    assert record["exclusion_text"].startswith("every crop overlapping the mc1-mc3 windows (the paper's protocol), "
+                                               "and rows 2200-2499")
+    with pytest.raises(SystemExit):              # the shipped prior was not trained with the notebook's windows
+        script.parse_args(["--prior", "shipped", "--exclusion", "notebook"])
     assert not (out / "prior").exists()                     # nothing trained, nothing saved
     ti = load_channels_ti()
     mc = np.stack([ti[r:r + h, c:c + w].reshape(-1) for r, c, h, w in PAPER_TRUTH_WINDOWS.values()])
