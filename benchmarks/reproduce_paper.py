@@ -227,9 +227,10 @@ def parse_args(argv=None):
         p.error(f"--sgan-module: no file {a.sgan_module!r}")
     if a.sgan and not Path(a.sgan).is_dir():
         p.error(f"--sgan: no directory {a.sgan!r} (one written by SGANPrior.save)")
-    if a.sgan and saved_model_error(a.sgan, "SGANPrior"):
-        p.error(f"--sgan: expected a directory written by SGANPrior.save; {saved_model_error(a.sgan, 'SGANPrior')}"
-                + (" (a VAE prior goes to --prior)" if "VAEPrior" in saved_model_error(a.sgan, "SGANPrior") else ""))
+    why = a.sgan and saved_model_error(a.sgan, "SGANPrior")
+    if why:
+        p.error(f"--sgan: expected a directory written by SGANPrior.save; {why}"
+                + (" (a VAE prior goes to --prior)" if "VAEPrior" in why else ""))
     if a.reference_sgan and not Path(a.reference_sgan).is_file():
         p.error(f"--reference-sgan: no file {a.reference_sgan!r}")
     if sum(bool(v) for v in (a.sgan, a.reference_sgan, a.sgan_module)) > 1:

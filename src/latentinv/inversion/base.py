@@ -308,40 +308,35 @@ class LatentEstimatorBase(BaseEstimator):
         t = np.asarray(op.response(slowness.detach().double().cpu().numpy())).reshape(len(slowness), -1)
         return np.median(t, axis=0)
 
-    def _warn_if_off_scale(self, Y):
-        """Warn when the traveltimes to invert are far from those of the prior's own models: data in
-        seconds or microseconds, or of a medium that ``slowness_map`` does not describe, would otherwise
-        give the prior's best effort (a model at the edge of its range) without a word."""
+    def _warn_if_off_scale(self, Y, sigma=None):
+        """Warn (:class:`DataScaleWarning`) when the traveltimes to invert, or ``noise_std`` (``sigma``, ns, or
+        None), are out of scale with the traveltimes of the prior's own models: data in seconds or
+        microseconds, or of a medium that ``slowness_map`` does not describe, would otherwise give the prior's
+        best effort (a model at the edge of its range) without a word, and a noise in another unit would
+        weight the misfit wrongly (:data:`NOISE_SCALE_RANGE`)."""
         ref = getattr(self, "_prior_traveltimes", None)
-        if ref is None or len(Y) == 0 or not np.any(ref > 0):
+        if ref is None or not np.any(ref > 0):
             return
-        usable = ref > 0
-        ratio = np.median(Y[:, usable] / ref[usable], axis=1)
+        name, usable = type(self).__name__, ref > 0
+        ratio = np.median(Y[:, usable] / ref[usable], axis=1) if len(Y) else np.ones(0)
         off = np.flatnonzero(~((ratio >= 1 / DATA_SCALE_FACTOR) & (ratio <= DATA_SCALE_FACTOR)))
         if off.size:
             i = off[np.argmax(np.abs(np.log(np.maximum(ratio[off], 1e-300))))]
             warnings.warn(
-                f"{type(self).__name__}: the traveltimes of {off.size} of {len(Y)} surveys are not within "
+                f"{name}: the traveltimes of {off.size} of {len(Y)} surveys are not within "
                 f"a factor {DATA_SCALE_FACTOR:g} of those of the prior's models (median ratio over the data; "
                 f"survey {i}: {ratio[i]:.3g} times); check that they are in ns and that slowness_map "
                 f"describes their medium: the prior's models cannot fit them", DataScaleWarning,
                 stacklevel=caller_stacklevel())
-
-    def _warn_if_noise_off_scale(self, sigma):
-        """Warn when ``noise_std`` (``sigma``, ns, or None) is out of scale with the traveltimes of the prior's
-        own models (:data:`NOISE_SCALE_RANGE`): in seconds, microseconds or picoseconds it would weight the misfit
-        wrongly without a word."""
-        ref = getattr(self, "_prior_traveltimes", None)
-        if sigma is None or ref is None or not np.any(ref > 0):
+        if sigma is None:
             return
-        ratio = float(np.median(sigma) / np.median(ref[ref > 0]))
+        noise, typical = float(np.median(sigma)), float(np.median(ref[usable]))
         low, high = NOISE_SCALE_RANGE
-        if not low <= ratio <= high:
+        if not low <= noise / typical <= high:
             warnings.warn(
-                f"{type(self).__name__}: noise_std (median {float(np.median(sigma)):.3g} ns) is {ratio:.3g} times the "
-                f"median traveltime of the prior's models ({float(np.median(ref[ref > 0])):.3g} ns), outside "
-                f"[{low:g}, {high:g}]: check that it is in ns, as the traveltimes are", DataScaleWarning,
-                stacklevel=caller_stacklevel())
+                f"{name}: noise_std (median {noise:.3g} ns) is {noise / typical:.3g} times the median traveltime "
+                f"of the prior's models ({typical:.3g} ns), outside [{low:g}, {high:g}]: check that it is in ns, "
+                f"as the traveltimes are", DataScaleWarning, stacklevel=caller_stacklevel())
 
     def _check_initial_latents(self, d):
         """``initial_latents`` as a float32 tensor (n_rows, d), or None to draw them (``n_rows``: the

@@ -375,9 +375,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         check_is_fitted(self)
         self._check_unchanged_params()
         Y = self._check_traveltimes(X, reset=False)
-        self._warn_if_off_scale(Y)
         sigma = self._check_params(self.operator_.n_data)
-        self._warn_if_noise_off_scale(sigma)
+        self._warn_if_off_scale(Y, sigma)
         seed = as_seed(self.random_state)      # once per call: every chunk starts from the same latents
         chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)
         if len(chunks) == 1:
