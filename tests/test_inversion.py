@@ -767,6 +767,10 @@ def test_bad_traveltimes_raise(problem, bad, match):
     ("n_epochs", 2.5, "n_epochs must be an integer, got 2.5"),
     ("device", "tpu", "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got 'tpu'."),
     ("device", "cuda:x", "device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got 'cuda:x'."),
+    ("random_state", "a", "random_state must be None, an int in [0, 2**32 - 1] or a numpy.random.RandomState; "
+                          "got 'a'."),
+    ("random_state", -1, "random_state must be None, an int in [0, 2**32 - 1] or a numpy.random.RandomState; "
+                         "got -1."),
 ])
 def test_bad_parameters_raise_naming_them(problem, param, value, expected):
     op, gen, _, _, tt = problem

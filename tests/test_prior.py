@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -819,6 +820,18 @@ def test_bfloat16_training_is_refused_without_native_bfloat16_and_checked(monkey
 
 _MLP = dict(architecture="mlp", n_components=2, hidden_size=8, n_iterations=2, batch_size=5, random_state=0,
             device="cpu")
+
+
+@pytest.mark.parametrize("random_state", ["a", 1.5, -1, 2 ** 32, np.random.default_rng(0)])
+def test_a_bad_random_state_is_named_in_fit_and_sample(random_state):
+    X = np.random.default_rng(0).random((12, 16))
+    expected = (r"must be None, an int in \[0, 2\*\*32 - 1\] or a numpy.random.RandomState; got "
+                + re.escape(repr(random_state)))
+    with pytest.raises(ValueError, match=r"^VAEPrior: random_state " + expected):
+        VAEPrior(**{**_MLP, "random_state": random_state}).fit(X)
+    with pytest.raises(ValueError, match=r"^VAEPrior.sample: random_state " + expected):
+        VAEPrior(**_MLP).fit(X).sample(2, random_state=random_state)
+    assert VAEPrior(**{**_MLP, "random_state": np.random.RandomState(0)}).fit(X).n_features_in_ == 16
 
 
 @pytest.mark.parametrize("scale, shift", [(255.0, 0.0), (1.0, -0.5), (1.0 + 1e-6, 0.0)])

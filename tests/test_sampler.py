@@ -853,6 +853,8 @@ def test_chains_no_better_than_a_homogeneous_medium_warn():
      "preconditioner='gauss-newton' needs adapt_preconditioner=True"),
     (dict(noise_std=-1.0), "noise_std must be a positive number"),
     (dict(initial_latents=np.zeros((2, 3))), "initial_latents must have shape (n_chains, n_components) = (4, 3)"),
+    (dict(random_state="7"), "random_state must be None, an int in [0, 2**32 - 1] or a numpy.random.RandomState; "
+                             "got '7'."),
 ])
 def test_bad_parameters_are_clear_errors(params, message):
     op, gen, M, c, y = _linear_problem()

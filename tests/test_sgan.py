@@ -249,6 +249,7 @@ def test_the_float16_guard_decodes_latents_of_the_whole_box(tiny_prior, monkeypa
     (dict(beta1=1.0), "beta1 must be a finite float >= 0.0 and < 1.0"),
     (dict(training_latent_shape=(12,)), "training_latent_shape must be None or a pair"),
     (dict(device="tpu"), "device must be"),
+    (dict(random_state=2.0), r"SGANPrior: random_state must be None, an int in \[0, 2\*\*32 - 1\] .*; got 2.0"),
 ])
 def test_bad_parameters_are_named(params, message):
     X = make_straight_channels(4, shape=(9, 9), random_state=0)

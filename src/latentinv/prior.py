@@ -23,7 +23,6 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _checkpoint, _storage
@@ -39,6 +38,7 @@ from .nn.vae import (
     kl_divergence,
 )
 from .nn.reference import PUBLISHED_IMAGE_SHAPE, convert_published_state_dict
+from ._checks import check_random_state
 from ._checks import is_int as _is_int
 from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileError etc. re-exported)
     ModelFileError,
@@ -566,7 +566,7 @@ or PatchSampler
         _checkpoint.check_arguments(checkpoint, checkpoint_every, f"{name}.fit")
         if device.type == "cpu":
             tune_malloc_for_tensors()     # see latentinv._allocator
-        rng = check_random_state(self.random_state)
+        rng = check_random_state(self.random_state, name)
         init_seed = int(rng.randint(np.iinfo(np.int32).max))
         noise_seed = int(rng.randint(np.iinfo(np.int32).max))
 
@@ -796,7 +796,7 @@ or PatchSampler
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"{type(self).__name__}: n_samples must be an int >= 1; "
                              f"got {n_samples!r}.")
-        Z = check_random_state(random_state).standard_normal((int(n_samples), int(self.n_components)))
+        Z = check_random_state(random_state, f"{type(self).__name__}.sample").standard_normal((int(n_samples), int(self.n_components)))
         return self.decode(Z)
 
     def score_samples(self, X):

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _checkpoint, _storage
 from ._allocator import tune_malloc_for_tensors
+from ._checks import check_random_state
 from ._checks import is_int as _is_int
 from ._common import (
     ModelFileError,
@@ -377,7 +377,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
         device = _resolve_device(self.device, name)
         if device.type == "cpu":
             tune_malloc_for_tensors()
-        rng = check_random_state(self.random_state)
+        rng = check_random_state(self.random_state, name)
         seeds = [int(rng.randint(np.iinfo(np.int32).max)) for _ in range(4)]
         images, exclude, sample_shape = self._crop_source(X, name)
 
@@ -557,7 +557,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
         check_is_fitted(self, "generator_")
         if not _is_int(n_samples, 1):
             raise ValueError(f"{type(self).__name__}: n_samples must be an int >= 1; got {n_samples!r}.")
-        Z = check_random_state(random_state).uniform(-1.0, 1.0, size=(int(n_samples), self.n_components))
+        Z = check_random_state(random_state, f"{type(self).__name__}.sample").uniform(-1.0, 1.0, size=(int(n_samples), self.n_components))
         return self.decode(Z)
 
     def sample_images(self, n_samples=1, latent_shape=(12, 12), random_state=None):
@@ -594,7 +594,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
         _check_latent_cells(latent_shape, len(self.generator_.upsample), len(self.generator_.refine),
                             "latent_shape", name)
         shape = (int(n_samples), int(self.latent_channels)) + tuple(int(v) for v in latent_shape)
-        Z = check_random_state(random_state).uniform(-1.0, 1.0, size=shape)
+        Z = check_random_state(random_state, f"{type(self).__name__}.sample_images").uniform(-1.0, 1.0, size=shape)
         images = []
         with torch.no_grad():
             for z in Z:

@@ -21,15 +21,10 @@ import numpy as np
 import torch
 from scipy.stats import chi
 
+from .inversion.randomness import as_seed
+
 __all__ = ["make_eight_manifold", "fit_toy_vae", "ToyVAE", "ToyLatentProblem", "sgd_toy_paths",
            "ring_radius"]
-
-
-def _seed(random_state):
-    """An int seed from None, an int or a NumPy generator (sklearn's ``check_random_state`` idea)."""
-    from sklearn.utils import check_random_state
-
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 def ring_radius(n_components):
@@ -61,7 +56,7 @@ def make_eight_manifold(n_samples=1000, noise=0.1, scale=2.0, random_state=None)
         raise ValueError(f"make_eight_manifold: n_samples must be >= 1, got {n_samples!r}")
     if not noise >= 0:
         raise ValueError(f"make_eight_manifold: noise must be >= 0, got {noise!r}")
-    rng = np.random.default_rng(_seed(random_state))
+    rng = np.random.default_rng(as_seed(random_state, "make_eight_manifold"))
     t = 2.0 * np.pi * rng.random(int(n_samples))
     den = 1.0 + np.sin(t) ** 2
     x = scale * np.cos(t) / den
@@ -137,7 +132,7 @@ def fit_toy_vae(X, alpha=1.0, beta=1.0, n_components=2, hidden_size=64, n_iterat
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or X.shape[0] < 2:
         raise ValueError(f"fit_toy_vae: X must have shape (n_samples >= 2, n_features), got {X.shape}")
-    seed = _seed(random_state)
+    seed = as_seed(random_state, "fit_toy_vae")
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0
@@ -182,7 +177,7 @@ class ToyLatentProblem:
     """
 
     def __init__(self, z_true=(1.0, -0.6), n_params=12, n_data=24, random_state=3):
-        rng = np.random.default_rng(_seed(random_state))
+        rng = np.random.default_rng(as_seed(random_state, "ToyLatentProblem"))
         self.W = 1.0 * rng.standard_normal((n_params, 2))
         self.b = 0.5 * rng.standard_normal(n_params)
         self.G = rng.standard_normal((n_data, n_params)) / math.sqrt(n_params)
@@ -243,7 +238,7 @@ def sgd_toy_paths(problem, z_inits, regularization="none", lam=1.0, lam_decay=1.
     bs = n_data if batch_size is None else int(min(batch_size, n_data))
     per_epoch = n_data // bs
     radius = ring_radius(2)
-    rng = np.random.default_rng(_seed(random_state))
+    rng = np.random.default_rng(as_seed(random_state, "sgd_toy_paths"))
     paths = []
     for z0 in z_inits:
         z = torch.tensor(z0, dtype=torch.float64, requires_grad=True)

@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
-from .._checks import caller_stacklevel, is_int
+from .._checks import caller_stacklevel, check_random_state, is_int
 from .._common import _reject_1d, _resolve_device
 from ..metrics import _real_array, _rows
 from .equations import chi_mean, paper_slowness
@@ -136,8 +136,9 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: {pname} must be <= {high}, got {value!r}")
 
     def _check_common_params(self, n_data):
-        """``slowness_map`` and ``noise_std``; returns the noise as an array of ``n_data`` (or None)."""
+        """``random_state``, ``slowness_map`` and ``noise_std``; returns the noise as an array of ``n_data`` (or None)."""
         name = type(self).__name__
+        check_random_state(self.random_state, name)     # before any training of the prior
         if self.slowness_map is not None and not callable(self.slowness_map):
             raise ValueError(f"{name}: slowness_map must be callable or None, got {self.slowness_map!r}")
         if self.noise_std is None:

@@ -7,12 +7,14 @@ import hashlib
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
+
+from .._checks import check_random_state
 
 
-def as_seed(random_state):
-    """One int seed from a ``random_state`` (int, RandomState or None)."""
-    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+def as_seed(random_state, owner="random_state"):
+    """One int seed from a ``random_state`` (int, RandomState or None); ``owner`` names the caller in
+    the error for anything else."""
+    return int(check_random_state(random_state, owner).randint(np.iinfo(np.int32).max))
 
 
 def initial_latents(seed, n_starts, n_components, latent_distribution):

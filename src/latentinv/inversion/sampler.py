@@ -387,7 +387,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         dev = self.device_
         S, K, d = len(Y), int(self.n_chains), self.n_components_
         uniform = self.latent_distribution_ == "uniform"
-        seed = as_seed(self.random_state)
+        seed = as_seed(self.random_state, type(self).__name__)
         problem = self._problem(Y, sigma, allow_pending=False, nonlinear_gradient="exact")
         kernel = KERNELS[self.method].for_sampler(self)
         cfg = ChainSettings(
