@@ -58,7 +58,7 @@ from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import (NONLINEAR_SETTINGS, LatentInverter, TorchGenerator, _as_seed,
                                  _initial_latents, _survey_generators, chi_mean, graphed, paper_slowness)
 from latentinv.operators import StraightRayOperator
-from machine_info import cpu_model  # noqa: E402  (a sibling script)
+from machine_info import code_info, cpu_model  # noqa: E402  (a sibling script)
 
 
 def machine():
@@ -840,6 +840,56 @@ def paper_experiment_rows(variants, op, tt, device, n_epochs, rows, save=lambda:
     return eager
 
 
+def print_table(rows):
+    """The rows as a table: columns as wide as the longest case and method, so that long names do not
+    shift the numbers."""
+    ref_row = next((r for r in rows if r.get("method", "").startswith("reference loop")), {})
+    cw = max([len("case")] + [len(r.get("case", "")) for r in rows]) + 2
+    mw = max([len("method")] + [len(r.get("method", "")) for r in rows if "device" in r]) + 2
+    head = f"{'case':<{cw}}{'method':<{mw}}{'device':<7}{'starts':>7}{'iters':>7}{'s':>9}{'ms/start-it':>13}{'ratio':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if "floor_per_start_iteration_ms" in r:
+            print(f"{r['case']:<{cw}}{r['method']:<{mw}}{r['device']:<7}"
+                  f"{'':>30}{r['floor_per_start_iteration_ms']:>13.3f}"
+                  f"{r['max_ratio_vs_reference']:>7.1f}x")
+            print(f"{'':<{cw}}decoder forward+backward {r['decoder_mflop_per_start']:.0f} MFLOP per start; "
+                  f"float32 GEMM measured at {r['sgemm_gflops']:.0f} GFLOP/s: no batching can beat "
+                  f"this ratio in float32")
+            if r.get("bf16_gemm_gflops"):
+                print(f"{'':<{cw}}bfloat16 GEMM measured at {r['bf16_gemm_gflops']:.0f} GFLOP/s: floor "
+                      f"{r['bf16_floor_per_start_iteration_ms']:.3f} ms per start-iteration in bfloat16")
+            continue
+        if r.get("case") == "decoder" and "ms" in r:
+            print(f"{'decoder':<{cw}}{r['method']:<{mw + 10}}{r['ms']:>9.1f} ms {r['gflops']:>7.1f} GFLOP/s = "
+                  f"{100 * r['fraction_of_float32_peak']:>5.1f} % of float32 GEMM peak "
+                  f"({r['sgemm_gflops']:.0f}), {100 * r['fraction_of_bfloat16_peak']:>5.1f} % of bfloat16 "
+                  f"({r['bf16_gemm_gflops']:.0f}); float32 roofline {r['float32_roofline_ms']:.1f} ms")
+            if r.get("executed_mflop_per_start", r["mflop_per_start"]) != r["mflop_per_start"]:
+                print(f"{'':<{cw}}executed {r['executed_mflop_per_start']:.0f} MFLOP per start (fc layers "
+                      f"composed): {100 * r['executed_fraction_of_float32_peak']:.1f} % of float32 GEMM peak")
+            continue
+        if "seconds" not in r or "device" not in r:
+            extra = f": {r['seconds']:.1f} s" if "seconds" in r else ""
+            print(f"{r['case']:<{cw}}{r['method']}{extra}")
+            continue
+        ratio = f"{r['ratio']:.1f}x" if "ratio" in r else ""
+        print(f"{r['case']:<{cw}}{r['method']:<{mw}}{r['device']:<7}{r['n_starts']:>7}{r['iterations']:>7}"
+              f"{r['seconds']:>9.2f}{r['per_start_iteration_ms']:>13.3f}{ratio:>8}")
+        if "fraction_of_float32_roofline" in r:
+            print(f"{'':<{cw}}{100 * r['fraction_of_float32_roofline']:.0f} % of the float32 roofline"
+                  + (f" ({100 * r['fraction_of_executed_float32_roofline']:.0f} % of its executed "
+                     f"{r['executed_mflop_per_start']:.0f} MFLOP's)"
+                     if "executed_mflop_per_start" in r else ""))
+        if "max_rmse_path_diff_vs_reference_ns" in r:
+            print(f"{'':<{cw}}start 0 RMSE path vs reference loop: max |diff| = "
+                  f"{r['max_rmse_path_diff_vs_reference_ns']:.2e} ns (reference final "
+                  f"{ref_row['final_rmse_ns']:.3f} ns)")
+        if "projected_750_iterations_s" in r:
+            print(f"{'':<{cw}}projected 750 iterations: {r['projected_750_iterations_s']:.1f} s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
@@ -889,7 +939,7 @@ def main(argv=None):
 
     def save():
         with open(args.output, "w") as f:
-            json.dump(dict(machine=info, quick=args.quick, rows=rows), f, indent=1)
+            json.dump(dict(machine=info, latentinv=code_info(), quick=args.quick, rows=rows), f, indent=1)
     if args.decoder or args.decoder_only:
         bench_decoder(rows, repeats=args.repeats or 3, compile_=args.compile)
     linear = not (args.decoder_only or args.nonlinear_only)
@@ -909,54 +959,12 @@ def main(argv=None):
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     save()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    ref_row = next((r for r in rows if r.get("method", "").startswith("reference loop")), {})
-    head = f"{'case':<24}{'method':<52}{'device':<7}{'starts':>7}{'iters':>7}{'s':>9}{'ms/start-it':>13}{'ratio':>8}"
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        if "floor_per_start_iteration_ms" in r:
-            print(f"{r['case']:<24}{r['method']:<52}{r['device']:<7}"
-                  f"{'':>30}{r['floor_per_start_iteration_ms']:>13.3f}"
-                  f"{r['max_ratio_vs_reference']:>7.1f}x")
-            print(f"{'':<24}decoder forward+backward {r['decoder_mflop_per_start']:.0f} MFLOP per start; "
-                  f"float32 GEMM measured at {r['sgemm_gflops']:.0f} GFLOP/s: no batching can beat "
-                  f"this ratio in float32")
-            if r.get("bf16_gemm_gflops"):
-                print(f"{'':<24}bfloat16 GEMM measured at {r['bf16_gemm_gflops']:.0f} GFLOP/s: floor "
-                      f"{r['bf16_floor_per_start_iteration_ms']:.3f} ms per start-iteration in bfloat16")
-            continue
-        if r.get("case") == "decoder" and "ms" in r:
-            print(f"{'decoder':<24}{r['method']:<62}{r['ms']:>9.1f} ms {r['gflops']:>7.1f} GFLOP/s = "
-                  f"{100 * r['fraction_of_float32_peak']:>5.1f} % of float32 GEMM peak "
-                  f"({r['sgemm_gflops']:.0f}), {100 * r['fraction_of_bfloat16_peak']:>5.1f} % of bfloat16 "
-                  f"({r['bf16_gemm_gflops']:.0f}); float32 roofline {r['float32_roofline_ms']:.1f} ms")
-            if r.get("executed_mflop_per_start", r["mflop_per_start"]) != r["mflop_per_start"]:
-                print(f"{'':<24}executed {r['executed_mflop_per_start']:.0f} MFLOP per start (fc layers "
-                      f"composed): {100 * r['executed_fraction_of_float32_peak']:.1f} % of float32 GEMM peak")
-            continue
-        if "seconds" not in r or "device" not in r:
-            extra = f": {r['seconds']:.1f} s" if "seconds" in r else ""
-            print(f"{r['case']:<24}{r['method']}{extra}")
-            continue
-        ratio = f"{r['ratio']:.1f}x" if "ratio" in r else ""
-        print(f"{r['case']:<24}{r['method']:<52}{r['device']:<7}{r['n_starts']:>7}{r['iterations']:>7}"
-              f"{r['seconds']:>9.2f}{r['per_start_iteration_ms']:>13.3f}{ratio:>8}")
-        if "fraction_of_float32_roofline" in r:
-            print(f"{'':<24}{100 * r['fraction_of_float32_roofline']:.0f} % of the float32 roofline"
-                  + (f" ({100 * r['fraction_of_executed_float32_roofline']:.0f} % of its executed "
-                     f"{r['executed_mflop_per_start']:.0f} MFLOP's)"
-                     if "executed_mflop_per_start" in r else ""))
-        if "max_rmse_path_diff_vs_reference_ns" in r:
-            print(f"{'':<24}start 0 RMSE path vs reference loop: max |diff| = "
-                  f"{r['max_rmse_path_diff_vs_reference_ns']:.2e} ns (reference final "
-                  f"{ref_row['final_rmse_ns']:.3f} ns)")
-        if "projected_750_iterations_s" in r:
-            print(f"{'':<24}projected 750 iterations: {r['projected_750_iterations_s']:.1f} s")
+    print_table(rows)
     if info["load_average"] is not None:
         print(f"load average at the end (1, 5, 15 min): {info['load_average']} on "
               f"{info['cpu_count']} CPUs: timings on a shared machine vary with it")
     with open(args.output, "w") as f:
-        json.dump(dict(machine=info, quick=args.quick, rows=rows), f, indent=1)
+        json.dump(dict(machine=info, latentinv=code_info(), quick=args.quick, rows=rows), f, indent=1)
     print(f"wrote {args.output}")
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from latentinv.datasets import layered_channel_slowness as channel_model
 
 from latentinv.geometry import paper_crosshole
+from machine_info import code_info  # a sibling script
 
 
 
@@ -187,6 +188,7 @@ def main(argv=None):
     n = args.nodes
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
+              "latentinv": code_info(),
               "geometry": {"grid": repr(grid), "n_data": survey.n_data}, "nodes": n}
 
     # 1. timing table ------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from latentinv.inversion import PAPER_CASES, InversionResult, LatentInverter, pa
 from latentinv.inversion.parallel import run_chunk
 from latentinv.inversion.randomness import as_seed
 from latentinv.inversion.runtime import torch_threads
-from machine_info import cpu_model  # noqa: E402  (a sibling script)
+from machine_info import code_info, cpu_model  # noqa: E402  (a sibling script)
 
 
 def machine():
@@ -129,7 +129,7 @@ def main():
           f"{serial2['seconds'] / many['seconds']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=machine(), args=vars(args), rows=rows, speedup=speedup,
+            json.dump(dict(machine=machine(), latentinv=code_info(), args=vars(args), rows=rows, speedup=speedup,
                            efficiency=efficiency, overhead_per_chunk_s=overhead, bit_for_bit=same,
                            pickled_bytes=size, weights_bytes=weights, pickle_seconds=t_pickle,
                            load_average=os.getloadavg()), f, indent=2)

@@ -61,7 +61,7 @@ import torch
 
 from latentinv import StraightRayOperator, VAEPrior, paper_crosshole
 from latentinv.inversion import PAPER_CASES, PAPER_N_STARTS, LatentInverter, paper_slowness
-from machine_info import cpu_flags, cpu_model  # noqa: E402  (a sibling script)
+from machine_info import code_info, cpu_flags, cpu_model  # noqa: E402  (a sibling script)
 
 DEFAULT_TEST_MODELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "paper_test_models"
 
@@ -302,7 +302,7 @@ def main(argv=None):
     print("thresholds (encode-decode data RMSE, ns): "
           + ", ".join(f"{t} {v:.4f}" for t, v in zip(args.truths, thresholds)))
     record = dict(command="python benchmarks/bench_time_to_answer.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
-                  date=time.strftime("%Y-%m-%d"), machine=info, truths=args.truths, thresholds=thresholds.tolist(),
+                  date=time.strftime("%Y-%m-%d"), machine=info, latentinv=code_info(), truths=args.truths, thresholds=thresholds.tolist(),
                   n_starts=args.n_starts, epochs=args.epochs, options={k: OPTIONS[k] for k in ["full"] + args.options},
                   rows=[], per_iteration=[])
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import cpu_model  # noqa: E402
+from machine_info import code_info, cpu_model  # noqa: E402
 
 import latentinv.prior as prior_module  # noqa: E402
 from latentinv._common import native_bfloat16  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv=None):
                    threads=torch.get_num_threads())
     rows = []
     record = dict(command="python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]),
-                  machine=machine, network=REFERENCE, window=a.window, rows=rows)
+                  machine=machine, latentinv=code_info(), network=REFERENCE, window=a.window, rows=rows)
 
     def save():      # after each row: a deadline loses only the row in progress
         Path(a.output).write_text(json.dumps(record, indent=1))

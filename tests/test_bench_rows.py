@@ -1,6 +1,7 @@
 """benchmarks/bench_inversion.py's rows of the paper's experiment, which run only on a GPU machine, on the
 CPU with a small problem: every variant runs, and each answer is compared with the first variant's."""
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -246,3 +247,23 @@ def test_the_rows_numbers_are_those_of_the_timed_calls(problem, monkeypatch):
     rates = bench_inversion.gemm_rates("cpu", (32,), repeats=1)
     assert rates["float32"][32] == rates["bfloat16"][32] == pytest.approx(3 * 2 * 32**3 / 2.0 / 1e9, rel=1e-12)
 
+
+
+def test_the_table_keeps_its_columns_with_long_names(capsys):
+    rows = [dict(case="linear", method="eager", device="cpu", n_starts=100, iterations=3000, seconds=10.5,
+                 per_start_iteration_ms=0.035),
+            dict(case="linear, the paper's whole experiment", device="cuda", n_starts=100, iterations=3000,
+                 method="CUDA graph, bfloat16, channels-last, cuDNN autotuned, one capture per epoch",
+                 seconds=3.71, per_start_iteration_ms=0.0124, ratio=2.8)]
+    bench_inversion.print_table(rows)
+    lines = capsys.readouterr().out.splitlines()
+    head, table = lines[0], lines[2:4]
+    ends = {m.group(): m.end() for m in re.finditer(r"\S+", head)}       # right-aligned number columns
+    for row, line in zip(rows, table):
+        assert line.startswith(row["case"]) and row["method"] in line
+        *_, starts, iters, seconds, per_it = re.findall(r"\S+", line[:ends["ms/start-it"]])
+        assert line.index(row["method"]) == head.index("method") and line.index(row["method"]) > len(row["case"])
+        for label, text in [("starts", starts), ("iters", iters), ("s", seconds), ("ms/start-it", per_it)]:
+            assert line[:ends[label]].endswith(text), (label, line)
+        assert (starts, iters, seconds, per_it) == ("100", "3000", f"{row['seconds']:.2f}",
+                                                     f"{row['per_start_iteration_ms']:.3f}")

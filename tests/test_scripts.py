@@ -62,3 +62,32 @@ def test_the_help_says_the_whole_first_sentence(path, capsys):
     assert done.returncode == 0, done.stderr
     text = done.stdout.split("\n\n")[1]                 # usage, then the description
     assert text.rstrip().endswith((".", "?", ")")), text
+
+
+@pytest.mark.parametrize("path", [p for p in SCRIPTS if p.name.startswith("bench_")], ids=lambda p: p.name)
+def test_each_benchmark_record_names_the_code_behind_it(path):
+    """A benchmark's JSON record names the latentinv that ran (machine_info.code_info: version, folder,
+    commit, uncommitted changes), as reproduce_paper.py's does; bench_sampling records it through
+    reproduce_paper's machine()."""
+    source = path.read_text()
+    assert "json.dump" in source or "write_text(json.dumps" in source
+    assert "code_info()" in source or "from reproduce_paper import machine" in source
+
+
+def test_code_info_names_this_checkouts_commit(monkeypatch):
+    import os
+    import subprocess
+
+    import latentinv
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from machine_info import code_info
+
+    info = code_info()
+    assert info["version"] == latentinv.__version__ and info["file"] == latentinv.__file__
+    head = subprocess.run(["git", "-C", os.path.dirname(latentinv.__file__), "rev-parse", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode != 0:
+        assert info["commit"] is None and info["dirty"] is None     # an installed package: no checkout
+    else:
+        assert info["commit"] == head.stdout.strip() and isinstance(info["dirty"], bool)
