@@ -62,3 +62,15 @@ def test_the_readme_examples_run(tmp_path, monkeypatch):
     assert namespace["result"].pruned.shape == (4, 4)
     assert namespace["posterior"].mean.shape == (1, 129 * 65)
     assert (tmp_path / "sgan_prior").is_dir()
+
+
+def test_the_recorded_example_is_the_scikit_learn_one():
+    """benchmarks/bench_readme_example.py times the README's scikit-learn example whole; it must find
+    that example, not another block."""
+    import sys
+
+    sys.path.insert(0, str(README.parents[0] / "benchmarks"))
+    import bench_readme_example
+
+    code = bench_readme_example.sklearn_example(README)
+    assert code == examples()[0] and "GridSearchCV(" in code and "search = " in code
