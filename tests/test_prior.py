@@ -264,7 +264,7 @@ def test_errors():
         prior.transform(flat[:, :-1])
     with pytest.raises(ValueError, match="do not match image_shape=\\(6, 5\\)"):
         prior.transform(X3.reshape(10, 5, 6))
-    with pytest.raises(ValueError, match="Z has 3 columns but n_components=20"):
+    with pytest.raises(ValueError, match="Z must have n_components=20 columns; got 3"):
         prior.decode(np.zeros((2, 3)))
 
 

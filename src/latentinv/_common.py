@@ -17,6 +17,9 @@ import warnings
 
 import numpy as np
 import torch
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from ._checks import check_random_state, is_int
 
 __all__ = ["ModelFileError", "UnverifiedModelWarning"]
 
@@ -358,6 +361,49 @@ class _ClonesRememberFitted:
         if hasattr(self, "decoder_"):       # fitted (both priors set decoder_ in fit and load)
             twin._clone_of_fitted = True
         return twin
+
+
+class _DecodesLatents:
+    """Decoding and sampling, shared by the priors: :meth:`_decode` checks latents and runs them through
+    ``decoder_`` in chunks of ``_chunk`` rows; :meth:`_sample` draws latents from the prior's
+    ``latent_distribution`` ("normal": N(0, I); "uniform": U(-1, 1)) and decodes them."""
+
+    _chunk = 1024      # rows per forward pass
+
+    def _forward_chunks(self, A, fn):
+        """``fn`` of ``A``'s rows, ``_chunk`` at a time, as float32 tensors on ``device_``, without grad."""
+        outs = []
+        with torch.no_grad():
+            for start in range(0, A.shape[0], self._chunk):
+                rows = torch.tensor(np.ascontiguousarray(A[start:start + self._chunk]), dtype=torch.float32,
+                                    device=self.device_)     # torch takes no negative strides
+                outs.append(fn(rows))
+        return outs
+
+    def _decode(self, Z, columns_hint=""):
+        """Models of latents ``Z`` (float64, one flat row each), checked on the way in and out."""
+        check_is_fitted(self, "decoder_")
+        name, d = type(self).__name__, int(self.n_components)
+        Z = _numeric_input(Z, "Z", name)
+        _reject_1d(Z, "Z", "latent", d, name)
+        Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
+        if Z.shape[1] != d:
+            raise ValueError(f"{name}: Z must have n_components={d} columns{columns_hint}; got {Z.shape[1]}.")
+        _check_float32_range(Z, "Z", name)
+        n_cells = int(np.prod(self.image_shape_)) if self.image_shape_ is not None else int(self.n_features_in_)
+        _check_output_fits(name, len(Z), n_cells)
+        outs = self._forward_chunks(Z, lambda zb: self.decoder_(zb).cpu().double())
+        return _check_finite_output(torch.cat(outs), "models", name, Z).numpy()
+
+    def _sample(self, n_samples, random_state):
+        """``n_samples`` models of latents drawn from the prior (NumPy draws: the same on every device)."""
+        check_is_fitted(self, "decoder_")
+        name = type(self).__name__
+        if not is_int(n_samples, 1):
+            raise ValueError(f"{name}: n_samples must be an int >= 1; got {n_samples!r}.")
+        rng, shape = check_random_state(random_state, f"{name}.sample"), (int(n_samples), int(self.n_components))
+        Z = rng.uniform(-1.0, 1.0, size=shape) if self.latent_distribution == "uniform" else rng.standard_normal(shape)
+        return self.decode(Z)
 
 
 class _PicklesNetwork:

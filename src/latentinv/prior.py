@@ -44,6 +44,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     ModelFileError,
     UnverifiedModelWarning,
     _ClonesRememberFitted,
+    _DecodesLatents,
     _PicklesNetwork,
     _check_finite_output,
     _check_output_fits,
@@ -71,7 +72,6 @@ __all__ = ["VAEPrior", "ModelFileError", "UnverifiedModelWarning"]
 
 _WEIGHTS_FILE = "weights.safetensors"
 _CONFIG_FILE = "config.json"
-_CHUNK = 1024  # samples per forward pass in encode/decode/score
 #: training iterations between the host's reads of the device (losses; a PatchSampler's crops)
 TRAINING_BLOCK = 25
 
@@ -260,7 +260,8 @@ def _check_config(cls, config, config_path, owner, architecture):
     return params, fitted
 
 
-class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNamePrefixFeaturesOutMixin,
+               TransformerMixin, BaseEstimator):
     """Deep generative prior: a variational autoencoder (Lopez-Alvis et al., 2021).
 
     Trains an encoder ``q(z | x) = N(mu(x), diag(exp(logvar(x))))`` and a mean
@@ -712,15 +713,6 @@ or PatchSampler
         return self
 
     # ------------------------------------------------------------------ inference
-    def _forward_chunks(self, X, fn):
-        outs = []
-        with torch.no_grad():
-            for start in range(0, X.shape[0], _CHUNK):
-                xb = torch.tensor(np.ascontiguousarray(X[start:start + _CHUNK]), dtype=torch.float32,
-                                  device=self.device_)     # torch takes no negative strides
-                outs.append(fn(xb))
-        return outs
-
     def encode(self, X):
         """Latent means ``mu(x)`` of models ``X``.
 
@@ -763,17 +755,7 @@ or PatchSampler
             latents so large that the network's output is not finite (never a silent NaN);
             :meth:`encode` and :meth:`score_samples` raise the same way for ``X``.
         """
-        check_is_fitted(self, "module_")
-        Z = _numeric_input(Z, "Z", type(self).__name__)
-        _reject_1d(Z, "Z", "latent", int(self.n_components), type(self).__name__)
-        Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
-        if Z.shape[1] != int(self.n_components):
-            raise ValueError(f"{type(self).__name__}: Z has {Z.shape[1]} columns but "
-                             f"n_components={self.n_components}.")
-        _check_float32_range(Z, "Z", type(self).__name__)
-        _check_output_fits(type(self).__name__, len(Z), int(self.n_features_in_))
-        outs = self._forward_chunks(Z, lambda zb: self.decoder_(zb).cpu().double())
-        return _check_finite_output(torch.cat(outs), "models", type(self).__name__, Z).numpy()
+        return self._decode(Z)
 
     def inverse_transform(self, X):
         """Mean-decoded models of latents ``X`` (same as :meth:`decode`)."""
@@ -792,12 +774,7 @@ or PatchSampler
         -------
         X : ndarray of shape (n_samples, n_cells), float64
         """
-        check_is_fitted(self, "module_")
-        if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
-            raise ValueError(f"{type(self).__name__}: n_samples must be an int >= 1; "
-                             f"got {n_samples!r}.")
-        Z = check_random_state(random_state, f"{type(self).__name__}.sample").standard_normal((int(n_samples), int(self.n_components)))
-        return self.decode(Z)
+        return self._sample(n_samples, random_state)
 
     def score_samples(self, X):
         """Per-sample evidence lower bound (ELBO), up to a constant.

@@ -35,12 +35,12 @@ from ._checks import is_int as _is_int
 from ._common import (
     ModelFileError,
     _ClonesRememberFitted,
+    _DecodesLatents,
     _PicklesNetwork,
     _read_reference_state_dict,
     _plain_params,
     _write_tensor_files,
     _check_finite_output,
-    _check_output_fits,
     _check_float32_range,
     _check_state_against,
     _deterministic_kernels,
@@ -50,7 +50,6 @@ from ._common import (
     _parse_config,
     _parse_device,
     _read_model_files,
-    _reject_1d,
     _resolve_device,
     _saved_device_or_cpu,
     _verify_checksums,
@@ -79,7 +78,6 @@ _VERSION = 1          # checksums from the start
 _CONFIG_KEYS = ("format", "version", "params", "fitted", "weights_sha256", "config_sha256")
 _FITTED_KEYS = ("image_shape_", "latent_shape_", "training_shape_", "n_features_in_", "device_", "history_")
 _HISTORY_KEYS = ("discriminator", "generator", "real_score", "fake_score")
-_CHUNK = 256  # latents per forward pass in decode
 #: Number of iterations of the published training: 37 epochs (netG_epoch_36.pth) of train2d.py's
 #: default 50 iterations.
 PUBLISHED_N_ITERATIONS = 37 * 50
@@ -96,7 +94,7 @@ def _check_latent_cells(latent_shape, n_layers, n_dilated, what, owner):
             f"{tuple(latent_shape)!r}.")
 
 
-class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
+class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEstimator):
     """Deep generative prior: a spatial GAN (Laloy et al., 2018, 2019), as compared in Lopez-Alvis et al. (2021).
 
     A fully convolutional generator ``G`` maps a latent array ``z`` of shape
@@ -217,6 +215,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
     """
 
     latent_distribution = "uniform"
+    _chunk = 256      # latents per forward pass in decode
 
     # pickling (latentinv._common._PicklesNetwork): the generator travels as torch-saved tensors
     _network_attr = "generator_"
@@ -522,24 +521,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
             On a wrong shape, NaN/inf or strings in ``Z``, values beyond the float32 range, or a
             non-finite network output.
         """
-        check_is_fitted(self, "generator_")
-        name = type(self).__name__
-        Z = _numeric_input(Z, "Z", name)
-        d = self.n_components
-        _reject_1d(Z, "Z", "latent", d, name)
-        Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
-        if Z.shape[1] != d:
-            raise ValueError(f"{name}: Z must have n_components={d} columns (latent arrays of shape "
-                             f"{self.latent_shape_}, flat in C order); got {Z.shape[1]}.")
-        _check_float32_range(Z, "Z", name)
-        _check_output_fits(name, len(Z), int(np.prod(self.image_shape_)))
-        outs = []
-        with torch.no_grad():
-            for start in range(0, Z.shape[0], _CHUNK):
-                zb = torch.tensor(np.ascontiguousarray(Z[start:start + _CHUNK]), dtype=torch.float32,
-                                  device=self.device_)
-                outs.append(self.decoder_(zb).cpu().double())
-        return _check_finite_output(torch.cat(outs), "models", name, Z).numpy()
+        return self._decode(Z, f" (latent arrays of shape {self.latent_shape_}, flat in C order)")
 
     def sample(self, n_samples=1, random_state=None):
         """Draw models ``(G(z) + 1) / 2``, ``z ~ U(-1, 1)``.
@@ -554,11 +536,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, BaseEstimator):
         -------
         X : ndarray of shape (n_samples, n_cells), float64
         """
-        check_is_fitted(self, "generator_")
-        if not _is_int(n_samples, 1):
-            raise ValueError(f"{type(self).__name__}: n_samples must be an int >= 1; got {n_samples!r}.")
-        Z = check_random_state(random_state, f"{type(self).__name__}.sample").uniform(-1.0, 1.0, size=(int(n_samples), self.n_components))
-        return self.decode(Z)
+        return self._sample(n_samples, random_state)
 
     def sample_images(self, n_samples=1, latent_shape=(12, 12), random_state=None):
         """Draw images of any size from a latent grid of ``latent_shape`` cells (the SGAN's
