@@ -365,7 +365,7 @@ class _ClonesRememberFitted:
 
 class _DecodesLatents:
     """Decoding and sampling, shared by the priors: :meth:`_decode` checks latents and runs them through
-    ``decoder_`` in chunks of ``_chunk`` rows; :meth:`_sample` draws latents from the prior's
+    ``decoder_`` in chunks of ``_chunk`` rows; :meth:`sample` draws latents from the prior's
     ``latent_distribution`` ("normal": N(0, I); "uniform": U(-1, 1)) and decodes them."""
 
     _chunk = 1024      # rows per forward pass
@@ -395,8 +395,21 @@ class _DecodesLatents:
         outs = self._forward_chunks(Z, lambda zb: self.decoder_(zb).cpu().double())
         return _check_finite_output(torch.cat(outs), "models", name, Z).numpy()
 
-    def _sample(self, n_samples, random_state):
-        """``n_samples`` models of latents drawn from the prior (NumPy draws: the same on every device)."""
+    def sample(self, n_samples=1, random_state=None):
+        """Draw models of latents from the prior: ``z ~ N(0, I)`` for a VAEPrior, ``z ~ U(-1, 1)`` for an
+        SGANPrior (``latent_distribution``).
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+        random_state : int, RandomState instance or None
+            Seeds the latent draws (NumPy, so identical on every device).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_cells), float64
+            Flat in C order of ``image_shape_``, as :meth:`decode` returns them.
+        """
         check_is_fitted(self, "decoder_")
         name = type(self).__name__
         if not is_int(n_samples, 1):

@@ -761,21 +761,6 @@ or PatchSampler
         """Mean-decoded models of latents ``X`` (same as :meth:`decode`)."""
         return self.decode(X)
 
-    def sample(self, n_samples=1, random_state=None):
-        """Draw models ``g(z)``, ``z ~ N(0, I)``.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        random_state : int, RandomState instance or None
-            Seeds the latent draws (NumPy, so identical on every device).
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_cells), float64
-        """
-        return self._sample(n_samples, random_state)
-
     def score_samples(self, X):
         """Per-sample evidence lower bound (ELBO), up to a constant.
 

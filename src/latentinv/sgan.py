@@ -523,21 +523,6 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         """
         return self._decode(Z, f" (latent arrays of shape {self.latent_shape_}, flat in C order)")
 
-    def sample(self, n_samples=1, random_state=None):
-        """Draw models ``(G(z) + 1) / 2``, ``z ~ U(-1, 1)``.
-
-        Parameters
-        ----------
-        n_samples : int, default=1
-        random_state : int, RandomState instance or None
-            Seeds the latent draws (NumPy, so identical on every device).
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_cells), float64
-        """
-        return self._sample(n_samples, random_state)
-
     def sample_images(self, n_samples=1, latent_shape=(12, 12), random_state=None):
         """Draw images of any size from a latent grid of ``latent_shape`` cells (the SGAN's
         fully convolutional generator), e.g. 353 x 353 for 12 x 12 with five layers.
