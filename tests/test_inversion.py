@@ -762,6 +762,13 @@ def test_bad_traveltimes_raise(problem, bad, match):
     ("n_starts", 0, "n_starts must be >= 1, got 0"),
     ("noise_std", -1.0, "noise_std must be a positive number or an array of 36 positive numbers (ns), "
                         "got -1.0"),
+    ("noise_std", np.ones(35), "noise_std must be a positive number or an array of 36 positive numbers (ns), "
+                               "got an array of shape (35,)"),
+    ("noise_std", np.ones((1, 36)), "noise_std must be a positive number or an array of 36 positive numbers "
+                                    "(ns), got an array of shape (1, 36)"),
+    ("noise_std", np.r_[np.ones(4), np.nan, np.ones(30), -1.0], "noise_std must be a positive number or an "
+                                                                "array of 36 positive numbers (ns), got 2 that are "
+                                                                "not finite and positive (the first at datum 4: nan)"),
     ("lr_decay", 0.0, "lr_decay must be > 0, got 0.0"),
     ("lam_decay", 1.5, "lam_decay must be <= 1, got 1.5"),
     ("n_epochs", 2.5, "n_epochs must be an integer, got 2.5"),

@@ -158,8 +158,15 @@ class LatentEstimatorBase(BaseEstimator):
         sigma = raw.astype(np.float64)
         if sigma.ndim == 0:
             sigma = np.full(n_data, float(sigma))
-        if sigma.shape != (n_data,) or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
+        if raw.ndim == 0 and not (np.isfinite(sigma[0]) and sigma[0] > 0):
             raise ValueError(f"{name}: noise_std must be {expected}, got {self.noise_std!r}")
+        if sigma.shape != (n_data,):      # the shape, not the values (an array of 625 would fill the screen)
+            raise ValueError(f"{name}: noise_std must be {expected}, got an array of shape {sigma.shape}")
+        bad = ~(np.isfinite(sigma) & (sigma > 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name}: noise_std must be {expected}, got {int(bad.sum())} that are not finite "
+                             f"and positive (the first at datum {i}: {float(sigma[i])!r})")
         with np.errstate(over="ignore", divide="ignore", under="ignore"):
             weights = (1.0 / sigma ** 2).astype(np.float32)
         if not np.all(np.isfinite(weights) & (weights > 0)):
