@@ -264,6 +264,21 @@ def test_plot_inversion_summary_draws_boreholes_and_every_sensor():
     assert [t.get_text() for t in legend.get_texts()] == ["boreholes", "sources", "receivers"]
 
 
+def test_plot_inversion_summary_draws_no_borehole_through_surface_sensors():
+    """Surface sources (one sensor per x) and a receiver borehole: one borehole line, at the receivers."""
+    from latentinv.geometry import CrossholeSurvey
+    grid = Grid2D(30, 60, 0.2)
+    survey = CrossholeSurvey(np.column_stack([np.arange(1.0, 11.0), np.zeros(10)]),
+                             np.column_stack([np.full(6, 12.0), np.arange(0.5, 6.0)]))
+    model = np.random.default_rng(0).random(grid.n_cells)
+    fig = plotting.plot_inversion_summary(None, {"a": model}, grid, {"a": [np.ones(3)]}, survey=survey)
+    (ax,) = _image_axes(fig)
+    holes = [ln for ln in ax.lines if ln.get_linestyle() == "-" and np.ptp(ln.get_xdata()) == 0]
+    assert [ln.get_xdata()[0] for ln in holes] == [12.0]
+    (src,) = [ln for ln in ax.lines if ln.get_label() == "sources"]
+    np.testing.assert_allclose(src.get_xydata(), survey.sources)      # the sources are still drawn
+
+
 def test_plot_inversion_summary_writes_each_models_rmse_on_its_panel():
     fig, grid, survey, truth, models = _summary()
     axes = _image_axes(fig)

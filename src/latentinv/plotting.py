@@ -89,8 +89,11 @@ def _draw_survey(ax, survey, rays=False, boreholes=False):
         segments = np.stack([survey.source_positions, survey.receiver_positions], axis=1)
         ax.add_collection(LineCollection(segments, colors="white", linewidths=0.3, alpha=0.5))
     if boreholes:
-        # one vertical line per distinct sensor x (the boreholes), over the grid's depth
-        xs = np.unique(np.round(np.concatenate([survey.sources[:, 0], survey.receivers[:, 0]]), 9))
+        # one vertical line per borehole, over the grid's depth: an x that holds sensors at two depths
+        # or more (a lone sensor at its x, e.g. a source on the surface, gets none)
+        sensors = np.unique(np.round(np.vstack([survey.sources, survey.receivers]), 9), axis=0)
+        xs, counts = np.unique(sensors[:, 0], return_counts=True)
+        xs = xs[counts >= 2]
         for k, x in enumerate(xs):
             ax.axvline(x, color="0.15", lw=1.6, ls="-", label="boreholes" if k == 0 else None,
                        zorder=2.5)
@@ -499,8 +502,8 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
     thresholds : dict of str -> float, default=None
         Acceptance threshold (ns) per name (dashed lines).
     survey : CrossholeSurvey, default=None
-        Draws the boreholes (vertical lines at the sensors' x), the sources (red triangles) and
-        the receivers (orange squares) on every model panel.
+        Draws the boreholes (vertical lines at each x that holds sensors at two depths or more), the
+        sources (red triangles) and the receivers (orange squares) on every model panel.
     n_components : int, default=None
         Draws ``mu_chi``, the mean norm of a standard normal of that dimension (where ``||z||`` of
         a prior sample concentrates), dotted and labelled on the ``||z||`` panel.
