@@ -417,6 +417,25 @@ def test_invert_npy_rows_and_geometry_file(tiny_prior, tmp_path):
     assert np.load(tmp_path / "o" / "models.npy").shape == (2, 129 * 65)
 
 
+def test_invert_shortest_path_with_the_secondary_nodes_the_sensors_need(tiny_prior, tmp_path):
+    """Sensors 0.02 m off the cell corners (a fifth of a 0.1 m cell) lie on nodes of a graph with 4
+    secondary nodes, not 3: --secondary-nodes builds that graph, and the error says how to."""
+    prior_dir, prior = tiny_prior
+    depths = [0.52, 3.02]
+    geo = {"grid": {"n_rows": 129, "n_cols": 65, "cell_size": 0.1},
+           "sources": [[0.0, d] for d in depths], "receivers": [[6.5, d] for d in depths]}
+    (tmp_path / "geo.json").write_text(json.dumps(geo))
+    grid, survey = cli.load_geometry(str(tmp_path / "geo.json"))
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes=4)
+    np.save(tmp_path / "tt.npy", op.response(paper_slowness(prior.sample(1, random_state=5))))
+    args = ["invert", str(tmp_path / "tt.npy"), "--geometry", str(tmp_path / "geo.json"), "--prior",
+            str(prior_dir), "--operator", "shortest-path", "--out", str(tmp_path / "o"), "--n-starts", "1",
+            "--epochs", "1", "--quiet"]
+    _fails(CliRunner().invoke(cli.main, args), "(on the command line: --secondary-nodes)", 2)
+    _ok(CliRunner().invoke(cli.main, args + ["--secondary-nodes", "4"]))
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["n_secondary_nodes"] == 4
+
+
 def test_load_geometry_round_trip(tmp_path):
     geo = {"grid": {"n_rows": 4, "n_cols": 3, "cell_size": [0.5, 0.25], "origin": [1.0, 0.0]},
            "sources": [[1.0, 0.2], [1.0, 0.6]], "receivers": [[2.5, 0.5]], "pairs": [[1, 0]]}

@@ -30,7 +30,9 @@ Geometry file (``--geometry FILE``), JSON::
     }                                                  # default: every pair, source-major
 
 ``cell_size`` is one number or ``[dx, dz]``; ``origin`` (the top-left corner, m) is optional. The
-traveltimes (ns) must follow the order of ``pairs`` (source-major by default, as the paper).
+traveltimes (ns) must follow the order of ``pairs`` (source-major by default, as the paper). With
+``--operator shortest-path`` every sensor must sit on a cell corner or on one of the
+``--secondary-nodes`` (3 by default) equally spaced nodes of a cell side.
 
 Every summary reports the baselines of :mod:`latentinv.baselines` beside its thresholds and
 acceptances (the best constant model, the best homogeneous-velocity model) and prints a warning when
@@ -430,15 +432,21 @@ def _prior_shape(prior):
     return None if shape is None else tuple(int(s) for s in shape)
 
 
-def _make_operator(kind, grid, survey):
+def _make_operator(kind, grid, survey, n_secondary_nodes=3):
     from .operators import ShortestPathOperator, StraightRayOperator
 
     if kind == "straight":
         return StraightRayOperator(grid, survey)
-    return ShortestPathOperator(grid, survey, n_secondary_nodes=3)
+    try:
+        return ShortestPathOperator(grid, survey, n_secondary_nodes=n_secondary_nodes)
+    except ValueError as exc:     # its advice "change n_secondary_nodes" is --secondary-nodes here
+        if "not on a graph node" not in str(exc):
+            raise
+        raise click.BadParameter(f"{exc} (on the command line: --secondary-nodes)",
+                                 param_hint="--geometry") from None
 
 
-def _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device):
+def _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device, n_secondary_nodes=3):
     """What `invert` and `sample` start from: grid, survey, traveltimes, prior and operator."""
     grid, survey = load_geometry(geometry, operator_kind)
     data = load_traveltimes(traveltimes, survey.n_data)
@@ -446,7 +454,7 @@ def _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device):
     if _prior_shape(prior) is not None and _prior_shape(prior) != grid.shape:
         raise click.ClickException(f"the prior makes models of shape {_prior_shape(prior)} but the "
                                    f"geometry's grid is {grid.shape}")
-    return grid, survey, data, prior, _make_operator(operator_kind, grid, survey)
+    return grid, survey, data, prior, _make_operator(operator_kind, grid, survey, n_secondary_nodes)
 
 
 @contextlib.contextmanager
@@ -1001,7 +1009,11 @@ def _survey_options(fn):
         click.option("--prior", "prior_spec", default="pretrained", show_default=True,
                      help="'pretrained' or a directory written by `latentinv train`."),
         click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
-                     default="straight", show_default=True)]
+                     default="straight", show_default=True),
+        click.option("--secondary-nodes", "n_secondary_nodes", type=click.IntRange(0, 1000), default=3,
+                     show_default=True,
+                     help="Nodes per cell side of the shortest-path graph (--operator shortest-path); every "
+                          "sensor must sit on a cell corner or on one of them.")]
     for option in reversed(options):
         fn = option(fn)
     return fn
@@ -1034,7 +1046,7 @@ def _survey_options(fn):
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, epochs, batch_size, lr,
+def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, out_dir, n_starts, epochs, batch_size, lr,
            lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads, quiet):
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models. A text
     file may start with one header row of column names.
@@ -1060,7 +1072,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     from .inversion import NONLINEAR_SETTINGS, LatentInverter
     from .plotting import plot_inversion_summary
 
-    grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device)
+    grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device,
+                                                  n_secondary_nodes)
     if operator_kind == "straight":
         settings = dict(lr=1e-2, lr_decay=0.95, decay_every=1, regularization="ring", lam=10.0,
                         lam_decay=0.999, n_epochs=120)
@@ -1101,6 +1114,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
     result = {
         "command": "invert", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
+        "n_secondary_nodes": getattr(op, "n_secondary_nodes", None),
         "settings": settings | _threads_settings(threads), "seed": seed,
         "n_iterations": int(inv.n_iterations_),
         "n_jobs": n_jobs, "scheduler": scheduler, "chunk_size": chunk_size,
@@ -1158,7 +1172,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, out_dir, n_starts, 
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, n_leapfrog, preconditioner, chains,
+def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, method, n_leapfrog, preconditioner, chains,
            burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
     """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
 
@@ -1178,7 +1192,8 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
     from .inversion.randomness import as_seed
     from .plotting import plot_posterior
 
-    grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device)
+    grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device,
+                                                  n_secondary_nodes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     warning_messages = []
@@ -1225,6 +1240,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, method, 
     report = {
         "command": "sample", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
+        "n_secondary_nodes": getattr(op, "n_secondary_nodes", None),
         "settings": sample_settings, "acceptance_rate": res.acceptance_rate.tolist(),
         "step_size": res.step_size.tolist(), "diagnostics": diagnostics, "forward_runs": res.n_forward,
         "mean_data_rmse_ns_after_burnin": np.mean(res.data_rmse_history[:, :, burnin:], axis=(1, 2)).tolist(),
