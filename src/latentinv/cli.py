@@ -1051,6 +1051,10 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models. A text
     file may start with one header row of column names.
 
+    The models' values map to velocity as in the paper: 0.06 m/ns at 1 (channel), 0.08 m/ns at 0
+    (background); the command line has no other slowness map (LatentInverter's slowness_map has, in
+    Python), so data of a medium with other velocities are fitted with these.
+
     Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
     top), OUT/invert.png (the first three surveys' models and histories) and OUT/result.json
     (settings, data RMSEs, acceptances, baselines). Beside each survey's best data RMSE the
@@ -1175,6 +1179,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
 def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, method, n_leapfrog, preconditioner, chains,
            burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
     """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
+
+    The models' values map to velocity as for `invert` (the paper's: 0.06 m/ns at 1, 0.08 m/ns at 0).
 
     Writes OUT/posterior.npz (mean, std, channel_probability: (n_surveys, n_cells), flat row-major
     with row 0 at the top; samples: latent draws (n_surveys, n_chains, n_draws, n_components);
