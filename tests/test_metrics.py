@@ -1,4 +1,6 @@
 """Tests of latentinv.metrics: values against hand computations, scorer plumbing."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -23,6 +25,16 @@ def test_model_rmse_accepts_images():
     m = np.zeros((2, 3, 4))
     p = np.ones((2, 12)) * np.array([[0.5], [0.1]])
     np.testing.assert_allclose(model_rmse(m, p, multioutput="raw_values"), [0.5, 0.1])
+
+
+def test_model_rmse_refuses_images_of_two_shapes():
+    """Two stacks of images with the same cells but transposed: flattened, each would compare cells of
+    other places; refused, naming both shapes."""
+    m = np.random.default_rng(0).random((2, 3, 4))
+    with pytest.raises(ValueError, match=re.escape("model_rmse: m_true and m_pred are images of two shapes, "
+                                                   "(3, 4) and (4, 3) (n_rows, n_cols; transposed?)")):
+        model_rmse(m, m.transpose(0, 2, 1))
+    assert model_rmse(m, m) == 0.0
 
 
 @settings(max_examples=30, deadline=None)

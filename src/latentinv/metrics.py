@@ -60,6 +60,10 @@ def _real_array(a, name, what):
 def _rows(a, b, name, what):
     a = _real_array(a, name, what[0])
     b = _real_array(b, name, what[1])
+    if a.ndim == b.ndim == 3 and a.shape[1:] != b.shape[1:]:     # flattened, cells of other places would meet
+        hint = "; transposed?" if a.shape[1:] == b.shape[:0:-1] else ""
+        raise ValueError(f"{name}: {what[0]} and {what[1]} are images of two shapes, {a.shape[1:]} and "
+                         f"{b.shape[1:]} (n_rows, n_cols{hint})")
     a = a.reshape(1, -1) if a.ndim == 1 else a.reshape(a.shape[0], -1)
     b = b.reshape(1, -1) if b.ndim == 1 else b.reshape(b.shape[0], -1)
     if a.shape != b.shape:
