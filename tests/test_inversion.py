@@ -820,6 +820,19 @@ def test_transposed_prior_geometry_rejected(problem):
     LatentInverter(TorchGenerator(ConstantModule(0.5, (1, 12, 8)), D), op, device="cpu").fit(tt)
 
 
+def test_simulate_refuses_transposed_images(problem):
+    """simulate takes models as images of the grid; a transposed stack has as many cells and would give
+    the traveltimes of scrambled models."""
+    op, gen, _, models, _ = problem                                 # grid 12 x 8
+    est = LatentInverter(gen, op, device="cpu").fit(np.ones((1, op.n_data)))
+    images = models.reshape(-1, 12, 8)
+    np.testing.assert_array_equal(est.simulate(images), est.simulate(models))
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "LatentInverter.simulate: models are images of shape (8, 12), the operator's grid is (12, 8) "
+            "(n_rows, n_cols) (transposed?); pass models of shape (n_models, 12, 8) or flat rows of 96 cells")):
+        est.simulate(images.transpose(0, 2, 1))
+
+
 @pytest.mark.parametrize("value, slowness_map, problem_text", [
     (5.0, None, "model values in [5, 5], outside the domain (-inf, 4.0) of the slowness map paper_slowness"),
     (4.0, None, "model values in [4, 4], outside the domain (-inf, 4.0) of the slowness map paper_slowness"),

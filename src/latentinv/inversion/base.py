@@ -412,6 +412,12 @@ class LatentEstimatorBase(BaseEstimator):
         check_is_fitted(self)
         self._check_unchanged_params()
         m = _real_array(models, f"{type(self).__name__}.simulate", "models")
+        grid = getattr(getattr(self.operator_, "grid", None), "shape", None)
+        if m.ndim == 3 and grid is not None and tuple(m.shape[1:]) != tuple(grid):
+            hint = " (transposed?)" if tuple(m.shape[1:]) == tuple(grid)[::-1] else ""
+            raise ValueError(f"{type(self).__name__}.simulate: models are images of shape {tuple(m.shape[1:])}, the "
+                             f"operator's grid is {tuple(grid)} (n_rows, n_cols){hint}; pass models of shape "
+                             f"(n_models, {grid[0]}, {grid[1]}) or flat rows of {self.n_cells_} cells")
         m = m.reshape(1, -1) if m.ndim == 1 else m.reshape(m.shape[0], -1)
         if m.shape[1] != self.n_cells_:
             raise ValueError(f"{type(self).__name__}.simulate: models must have shape (n_models, "
