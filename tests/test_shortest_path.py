@@ -832,6 +832,18 @@ def test_extrapolate_from_must_be_a_coarser_node_count(bad):
         ShortestPathOperator(grid, survey, 3, extrapolate_from=bad)
 
 
+def test_extrapolate_from_names_itself_when_a_sensor_is_off_the_coarse_graph():
+    """A source at 1/7 of a cell sits on a node of the 6-node graph but not of the 2-node one: the error
+    says that the coarse graph of extrapolate_from is the one it is off, not n_secondary_nodes=6."""
+    grid = Grid2D(6, 10, 0.2)
+    survey = CrossholeSurvey([[0.0, 0.2 * (2 + 1 / 7)]], [[2.0, 0.6]])
+    ShortestPathOperator(grid, survey, 6)
+    with pytest.raises(ValueError, match=r"n_secondary_nodes=2 nodes on a cell side.*\(With extrapolate_from=2 "
+                                         r"every sensor must also sit on a node of the coarse graph of 2 "
+                                         r"secondary nodes: change extrapolate_from, or pass None.\)$"):
+        ShortestPathOperator(grid, survey, 6, extrapolate_from=2)
+
+
 def _scaled_problem(cell_size, n=3):
     """10 x 6 cells of ``cell_size``, 2 + 2 sensors on nodes, fixed random slowness."""
     c = cell_size

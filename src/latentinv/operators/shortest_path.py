@@ -429,9 +429,14 @@ class ShortestPathOperator(ForwardOperator):
         self._coarse_engine = None
         if self.extrapolate_from is not None:
             nc = self.extrapolate_from
-            self._coarse_engine = self._build_engine(
-                nc, sensor_nodes(grid, survey.sources, nc, "source", name),
-                sensor_nodes(grid, survey.receivers, nc, "receiver", name))
+            try:
+                coarse_nodes = [sensor_nodes(grid, survey.sources, nc, "source", name),
+                                sensor_nodes(grid, survey.receivers, nc, "receiver", name)]
+            except ValueError as exc:     # on a node of the fine graph, not of the coarse one
+                raise ValueError(f"{exc} (With extrapolate_from={nc} every sensor must also sit on a node "
+                                 f"of the coarse graph of {nc} secondary nodes: change extrapolate_from, or "
+                                 f"pass None.)") from None
+            self._coarse_engine = self._build_engine(nc, *coarse_nodes)
 
     def _build_engine(self, n, source_nodes, receiver_nodes):
         grid, pairs = self.grid, self.survey.pairs
