@@ -956,6 +956,7 @@ def test_geometry_outside_the_grid_prints_plain_numbers(tmp_path):
     assert "receiver 0 at (x, depth) = (6.5, 0.25) m lies outside the grid" in res.output
     assert "expected x in [0, 0.5] m, depth in [0, 1] m" in res.output
     assert "np.float64" not in res.output
+    assert res.output.count("geo.json") == 1            # the file named once, not "geo.json: geometry file geo.json"
 
 
 def test_operator_lines_name_no_missing_backend(tiny_prior, tmp_path):

@@ -278,8 +278,8 @@ def load_geometry(spec, operator="straight"):
         raise bad(str(exc)) from None          # names sources, receivers or pairs
     try:
         survey.check_in(grid, owner=f"geometry file {spec}")
-    except ValueError as exc:       # a sensor outside the grid: a --geometry error
-        raise bad(str(exc)) from None
+    except ValueError as exc:       # a sensor outside the grid: a --geometry error (the owner names the file)
+        raise click.BadParameter(str(exc), param_hint="--geometry") from None
     return grid, survey
 
 
