@@ -1046,8 +1046,9 @@ def _survey_options(fn):
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, out_dir, n_starts, epochs, batch_size, lr,
-           lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads, quiet):
+def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, out_dir, n_starts, epochs,
+           batch_size, lr, lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads,
+           quiet):
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models. A text
     file may start with one header row of column names.
 
@@ -1176,8 +1177,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, method, n_leapfrog, preconditioner, chains,
-           burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
+def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, method, n_leapfrog,
+           preconditioner, chains, burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
     """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
 
     The models' values map to velocity as for `invert` (the paper's: 0.06 m/ns at 1, 0.08 m/ns at 0).

@@ -136,7 +136,8 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: {pname} must be <= {high}, got {value!r}")
 
     def _check_common_params(self, n_data):
-        """``random_state``, ``slowness_map`` and ``noise_std``; returns the noise as an array of ``n_data`` (or None)."""
+        """``random_state``, ``slowness_map`` and ``noise_std``; returns the noise as an array of ``n_data``
+        (or None)."""
         name = type(self).__name__
         check_random_state(self.random_state, name)     # before any training of the prior
         if self.slowness_map is not None and not callable(self.slowness_map):
