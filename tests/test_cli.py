@@ -436,6 +436,28 @@ def test_invert_shortest_path_with_the_secondary_nodes_the_sensors_need(tiny_pri
     assert json.loads((tmp_path / "o" / "result.json").read_text())["n_secondary_nodes"] == 4
 
 
+def test_invert_with_the_velocities_of_the_surveyed_medium(tiny_prior, tmp_path):
+    """--velocities CHANNEL BACKGROUND: the models' traveltimes are computed with that medium's linear
+    velocity law (recomputed here by hand), and the result records it; the paper's are the default."""
+    prior_dir, prior = tiny_prior
+    op = StraightRayOperator(Grid2D.paper(), CrossholeSurvey.paper(0.01, 6.49))
+    truth = prior.sample(1, random_state=5)
+    np.save(tmp_path / "tt.npy", op.response(1.0 / (0.12 + (0.10 - 0.12) * truth)))
+    base = ["invert", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--n-starts", "1", "--epochs", "1",
+            "--batch-size", "625", "--quiet"]
+    for velocities, out in (((0.10, 0.12), tmp_path / "v"), ((0.06, 0.08), tmp_path / "paper")):
+        args = base + ["--out", str(out)] + (["--velocities", *map(str, velocities)] if out.name == "v" else [])
+        _ok(CliRunner().invoke(cli.main, args))
+        result = json.loads((out / "result.json").read_text())
+        assert result["velocities_m_per_ns"] == {"channel": velocities[0], "background": velocities[1]}
+        model = np.load(out / "models.npy")[0]
+        times = op.response(1.0 / (velocities[1] + (velocities[0] - velocities[1]) * model))
+        rmse = np.sqrt(np.mean((times - np.load(tmp_path / "tt.npy")[0]) ** 2))
+        assert result["best_data_rmse_ns"][0] == pytest.approx(rmse, rel=1e-4)
+    _fails(CliRunner().invoke(cli.main, base + ["--out", str(tmp_path / "x"), "--velocities", "0", "0.08"]),
+           "Invalid value for '--velocities'", 2)
+
+
 def test_load_geometry_round_trip(tmp_path):
     geo = {"grid": {"n_rows": 4, "n_cols": 3, "cell_size": [0.5, 0.25], "origin": [1.0, 0.0]},
            "sources": [[1.0, 0.2], [1.0, 0.6]], "receivers": [[2.5, 0.5]], "pairs": [[1, 0]]}

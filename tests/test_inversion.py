@@ -23,7 +23,8 @@ from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.baselines import DATA_RATIO, BaselineWarning
 from latentinv.inversion import (
     PAPER_CASES, DataScaleWarning, LatentInverter, LatentSampler, TorchGenerator, _initial_latents, _as_seed, _survey_generators, chi_mean,
-    learning_rate_schedule, paper_slowness, regularization_schedule, ring_gradient, ring_penalty,
+    LinearVelocitySlowness, learning_rate_schedule, paper_slowness, regularization_schedule, ring_gradient,
+    ring_penalty,
 )
 from latentinv.operators import ForwardOperator, StraightRayOperator
 
@@ -92,6 +93,50 @@ def problem():
 # ---------------------------------------------------------------------------------------------------
 # equations
 # ---------------------------------------------------------------------------------------------------
+@settings(max_examples=80, deadline=None)
+@given(channel=st.floats(0.01, 0.3), background=st.floats(0.01, 0.3), x=st.floats(-1.0, 2.0))
+def test_linear_velocity_slowness_is_one_over_the_interpolated_velocity(channel, background, x):
+    law = LinearVelocitySlowness(channel, background)
+    velocity = (1 - x) * background + x * channel            # the law written the other way round
+    lo, hi = law.domain
+    if velocity > 1e-9:
+        assert lo < x < hi and float(law(x)) == pytest.approx(1 / velocity, rel=1e-9)
+    elif velocity < -1e-9:
+        assert not lo < x < hi and float(law(x)) < 0
+    assert float(law(torch.tensor([x], dtype=torch.float64))[0]) == pytest.approx(float(law(x)), rel=1e-12)
+    assert pickle.loads(pickle.dumps(law)) == law and law != LinearVelocitySlowness(channel, background + 0.5)
+
+
+def test_linear_velocity_slowness_with_the_papers_velocities_is_paper_slowness():
+    x = np.linspace(-2, 3.9, 200)
+    np.testing.assert_allclose(LinearVelocitySlowness()(x), paper_slowness(x), rtol=1e-14)
+    assert LinearVelocitySlowness().domain == pytest.approx(paper_slowness.domain)
+    assert LinearVelocitySlowness(0.07, 0.07).domain == (-math.inf, math.inf)
+    assert repr(LinearVelocitySlowness(0.1, 0.12)) == "LinearVelocitySlowness(channel=0.1, background=0.12)"
+    for bad in (0.0, -0.06, float("nan"), float("inf"), "0.06", True):
+        with pytest.raises(ValueError, match=r"^LinearVelocitySlowness: channel must be a finite velocity > 0 "
+                                             r"\(m/ns\); got "):
+            LinearVelocitySlowness(channel=bad)
+
+
+def test_an_inversion_with_another_mediums_velocities_fits_its_data(problem):
+    """Data of a medium at 0.10 / 0.12 m/ns: with that medium's map the inversion fits them to float32
+    rounding (the generator makes the truths); with the paper's map it cannot, and says so."""
+    op, gen, z_true, models, _ = problem
+    law = LinearVelocitySlowness(0.10, 0.12)
+    data = op.response(law(np.asarray(models)))
+    kw = dict(optimizer="adam", lr=0.05, lr_decay=1.0, batch_size=None, regularization=None, lam_decay=1.0,
+              n_epochs=600, n_starts=3, target_misfit=1e-5, random_state=0, device="cpu")
+    fitted = LatentInverter(gen, op, slowness_map=law, **kw).fit(data).invert(data)
+    best = fitted.data_rmse[np.arange(2), fitted.best_start]
+    assert np.all(best < 1e-3)                                                      # ns
+    np.testing.assert_allclose(fitted.latents[np.arange(2), fitted.best_start], z_true, atol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrong = LatentInverter(gen, op, **kw).fit(data).invert(data)
+    assert wrong.data_rmse[np.arange(2), wrong.best_start].min() > 100 * best.max()
+
+
 @pytest.mark.parametrize("d", [1, 2, 5, 20, 100])
 def test_chi_mean_is_the_chi_distribution_mean(d):
     assert chi_mean(d) == pytest.approx(chi(d).mean(), rel=1e-12)

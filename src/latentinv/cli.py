@@ -1000,8 +1000,22 @@ def _dask_backend(address, quiet):
             yield
 
 
+#: the paper's velocities (m/ns) of model values 1 and 0: latentinv.inversion.paper_slowness
+PAPER_VELOCITIES = (0.06, 0.08)
+
+
+def _slowness_map(velocities):
+    """The inverters' ``slowness_map`` for --velocities: None (the paper's map, bit for bit as before
+    the option) for the paper's velocities, else a :class:`LinearVelocitySlowness`."""
+    from .inversion import LinearVelocitySlowness
+
+    velocities = tuple(float(v) for v in velocities)
+    return None if velocities == PAPER_VELOCITIES else LinearVelocitySlowness(*velocities)
+
+
 def _survey_options(fn):
-    """The arguments `invert` and `sample` share: TRAVELTIMES, --geometry, --prior, --operator."""
+    """The arguments `invert` and `sample` share: TRAVELTIMES, --geometry, --prior, --operator,
+    --secondary-nodes, --velocities."""
     options = [
         click.argument("traveltimes", type=click.Path(dir_okay=False)),
         click.option("--geometry", default="paper", show_default=True,
@@ -1013,7 +1027,11 @@ def _survey_options(fn):
         click.option("--secondary-nodes", "n_secondary_nodes", type=click.IntRange(0, 1000), default=3,
                      show_default=True,
                      help="Nodes per cell side of the shortest-path graph (--operator shortest-path); every "
-                          "sensor must sit on a cell corner or on one of them.")]
+                          "sensor must sit on a cell corner or on one of them."),
+        click.option("--velocities", nargs=2, type=click.FloatRange(0.0, min_open=True), default=PAPER_VELOCITIES,
+                     show_default=True, metavar="CHANNEL BACKGROUND",
+                     help="Velocities (m/ns) of model value 1 (channel) and 0 (background); a model's "
+                          "velocity is linear between them.")]
     for option in reversed(options):
         fn = option(fn)
     return fn
@@ -1046,15 +1064,15 @@ def _survey_options(fn):
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, out_dir, n_starts, epochs,
+def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, velocities, out_dir, n_starts, epochs,
            batch_size, lr, lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads,
            quiet):
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models. A text
     file may start with one header row of column names.
 
-    The models' values map to velocity as in the paper: 0.06 m/ns at 1 (channel), 0.08 m/ns at 0
-    (background); the command line has no other slowness map (LatentInverter's slowness_map has, in
-    Python), so data of a medium with other velocities are fitted with these.
+    The models' values map to velocity linearly: by default as in the paper, 0.06 m/ns at 1 (channel)
+    and 0.08 m/ns at 0 (background); give the surveyed medium's with --velocities CHANNEL BACKGROUND
+    (m/ns), or its data are fitted with the paper's.
 
     Writes OUT/models.npy (n_surveys, n_cells; values in [0, 1], flat row-major with row 0 at the
     top), OUT/invert.png (the first three surveys' models and histories) and OUT/result.json
@@ -1095,7 +1113,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
           f"{n_starts} starts x {settings['n_epochs']} epochs", quiet)
     t0 = time.perf_counter()
     parallel = n_jobs not in (None, 1) or scheduler is not None
-    inv = LatentInverter(prior, op, random_state=seed, device=device, n_jobs=n_jobs, chunk_size=chunk_size,
+    inv = LatentInverter(prior, op, slowness_map=_slowness_map(velocities), random_state=seed, device=device,
+                         n_jobs=n_jobs, chunk_size=chunk_size,
                          cuda_graphs=cuda_graphs, verbose=int(not quiet and not parallel), **settings)
     warning_messages = []
     with _echoed_baseline_warnings(warning_messages), _dask_backend(scheduler, quiet):
@@ -1120,6 +1139,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
         "command": "invert", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
         "n_secondary_nodes": getattr(op, "n_secondary_nodes", None),
+        "velocities_m_per_ns": {"channel": velocities[0], "background": velocities[1]},
         "settings": settings | _threads_settings(threads), "seed": seed,
         "n_iterations": int(inv.n_iterations_),
         "n_jobs": n_jobs, "scheduler": scheduler, "chunk_size": chunk_size,
@@ -1177,11 +1197,12 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, method, n_leapfrog,
+def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, velocities, method, n_leapfrog,
            preconditioner, chains, burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
     """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
 
-    The models' values map to velocity as for `invert` (the paper's: 0.06 m/ns at 1, 0.08 m/ns at 0).
+    The models' values map to velocity as for `invert` (--velocities; the paper's 0.06 m/ns at 1 and
+    0.08 m/ns at 0 by default).
 
     Writes OUT/posterior.npz (mean, std, channel_probability: (n_surveys, n_cells), flat row-major
     with row 0 at the top; samples: latent draws (n_surveys, n_chains, n_draws, n_components);
@@ -1219,11 +1240,13 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
                         dict(lr=1e-2, lr_decay=0.95, regularization="ring", lam=10.0, lam_decay=0.999))
             settings.update(n_epochs=sgd_epochs, batch_size=min(25, survey.n_data), n_starts=chains)
             _echo(f"[sample] SGD starts: {chains} x {sgd_epochs} epochs", quiet)
-            sgd = LatentInverter(prior, op, random_state=seed, device=device, **settings).fit(data)
+            sgd = LatentInverter(prior, op, slowness_map=_slowness_map(velocities), random_state=seed,
+                                 device=device, **settings).fit(data)
             initial = LatentSampler.initial_latents_from(sgd.invert(data), chains)
         _echo(f"[sample] {len(data)} survey(s) x {survey.n_data} data, {_operator_text(op)}, "
               f"{method}: {chains} chains x ({burnin} + {samples * thin}) iterations", quiet)
-        sampler = LatentSampler(prior, op, method=method, n_leapfrog=n_leapfrog, preconditioner=preconditioner,
+        sampler = LatentSampler(prior, op, slowness_map=_slowness_map(velocities), method=method,
+                                n_leapfrog=n_leapfrog, preconditioner=preconditioner,
                                 n_chains=chains, n_burnin=burnin, n_samples=samples, thin=thin, initial_latents=initial,
                                 noise_std=noise_std, random_state=seed, device=device, verbose=int(not quiet))
         res = sampler.fit(data).sample(data)
@@ -1248,6 +1271,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
         "command": "sample", "traveltimes": str(traveltimes), "geometry": str(geometry),
         "prior": str(prior_spec), "operator": type(op).__name__, "backend": op.backend,
         "n_secondary_nodes": getattr(op, "n_secondary_nodes", None),
+        "velocities_m_per_ns": {"channel": velocities[0], "background": velocities[1]},
         "settings": sample_settings, "acceptance_rate": res.acceptance_rate.tolist(),
         "step_size": res.step_size.tolist(), "diagnostics": diagnostics, "forward_runs": res.n_forward,
         "mean_data_rmse_ns_after_burnin": np.mean(res.data_rmse_history[:, :, burnin:], axis=(1, 2)).tolist(),

@@ -80,8 +80,8 @@ those of VSbrd. For the nonlinear (shortest-path) operator the paper uses ``lr=0
 decay_every=5, lam=1, lam_decay=0.99, n_epochs=30`` (750 iterations with batches of 25 rays), see
 :data:`NONLINEAR_SETTINGS`.
 """
-from .equations import (chi_mean, latent_penalty, learning_rate_schedule, paper_slowness,
-                        regularization_schedule, ring_gradient, ring_penalty)
+from .equations import (LinearVelocitySlowness, chi_mean, latent_penalty, learning_rate_schedule,
+                        paper_slowness, regularization_schedule, ring_gradient, ring_penalty)
 from .base import DataScaleWarning
 from .estimator import LatentInverter, PrecisionWarning
 from .generator import TorchGenerator
@@ -96,7 +96,8 @@ from ._sklearn_checks import (_SKLEARN_CHECK_WIDTHS, _SKLEARN_EXPECTED_FAILED_CH
                               _sklearn_expected_failed_checks)
 
 __all__ = [
-    "LatentInverter", "PrecisionWarning", "DataScaleWarning", "TorchGenerator", "InversionResult", "LatentProblem", "paper_slowness", "chi_mean",
+    "LatentInverter", "PrecisionWarning", "DataScaleWarning", "TorchGenerator", "InversionResult", "LatentProblem", "paper_slowness",
+    "LinearVelocitySlowness", "chi_mean",
     "learning_rate_schedule", "regularization_schedule", "ring_penalty", "ring_gradient",
     "latent_penalty", "PAPER_CASES", "PAPER_N_STARTS", "NONLINEAR_SETTINGS",
 ]
