@@ -1197,8 +1197,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, velocities, method, n_leapfrog,
-           preconditioner, chains, burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
+def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_secondary_nodes, velocities, method,
+           n_leapfrog, preconditioner, chains, burnin, samples, thin, sgd_epochs, out_dir, seed, device, threads, quiet):
     """Sample the posterior of TRAVELTIMES (ns; as for `invert`) by MCMC in the prior's latent space.
 
     The models' values map to velocity as for `invert` (--velocities; the paper's 0.06 m/ns at 1 and

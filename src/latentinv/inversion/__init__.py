@@ -96,8 +96,7 @@ from ._sklearn_checks import (_SKLEARN_CHECK_WIDTHS, _SKLEARN_EXPECTED_FAILED_CH
                               _sklearn_expected_failed_checks)
 
 __all__ = [
-    "LatentInverter", "PrecisionWarning", "DataScaleWarning", "TorchGenerator", "InversionResult", "LatentProblem", "paper_slowness",
-    "LinearVelocitySlowness", "chi_mean",
-    "learning_rate_schedule", "regularization_schedule", "ring_penalty", "ring_gradient",
+    "LatentInverter", "PrecisionWarning", "DataScaleWarning", "TorchGenerator", "InversionResult", "LatentProblem",
+    "paper_slowness", "LinearVelocitySlowness", "chi_mean", "learning_rate_schedule", "regularization_schedule", "ring_penalty", "ring_gradient",
     "latent_penalty", "PAPER_CASES", "PAPER_N_STARTS", "NONLINEAR_SETTINGS",
 ]

@@ -377,7 +377,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         Y = self._check_traveltimes(X, reset=False)
         sigma = self._check_params(self.operator_.n_data)
         self._warn_if_off_scale(Y, sigma)
-        seed = as_seed(self.random_state, type(self).__name__)      # once per call: every chunk starts from the same latents
+        # once per call: every chunk starts from the same latents
+        seed = as_seed(self.random_state, type(self).__name__)
         chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)
         if len(chunks) == 1:
             result = self._run(Y, sigma, seed)
