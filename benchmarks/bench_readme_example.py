@@ -40,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--out", default="readme_example.json", help="JSON record (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    code = sklearn_example()
+    code, latentinv = sklearn_example(), code_info()     # the code that runs, named before it runs
     namespace = {}
     started = time.perf_counter()
     exec(compile(code, "README's scikit-learn example", "exec"), namespace)
@@ -52,7 +52,7 @@ def main(argv=None):
         machine=dict(cpu=cpu_model(), cpu_count=os.cpu_count(), torch=torch.__version__,
                      torch_threads=torch.get_num_threads(), gpu=torch.cuda.is_available(),
                      load_average_end=os.getloadavg() if hasattr(os, "getloadavg") else None),
-        latentinv=code_info(), seconds=seconds,
+        latentinv=latentinv, seconds=seconds,
         best_params=search.best_params_, best_model_rmse=-float(search.best_score_),
         # the scorer is the negated model RMSE (greater is better): recorded here as the RMSE
         grid=[dict(params=p, mean_model_rmse=-float(m), std_model_rmse=float(s))
