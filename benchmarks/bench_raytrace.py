@@ -34,7 +34,7 @@ import numpy as np
 from latentinv.datasets import layered_channel_slowness as channel_model
 
 from latentinv.geometry import paper_crosshole
-from machine_info import code_info  # a sibling script
+from machine_info import code_info, cpu_model  # a sibling script
 
 
 
@@ -186,7 +186,7 @@ def main(argv=None):
     grid, survey = paper_crosshole()
     m = channel_model(grid)
     n = args.nodes
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+    report = {"machine": {"platform": platform.platform(), "cpu": cpu_model(),
                           "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
               "latentinv": code_info(),
               "geometry": {"grid": repr(grid), "n_data": survey.n_data}, "nodes": n}
@@ -210,7 +210,7 @@ def main(argv=None):
                        "forward_s": best_time(fwd, m, repeat),
                        "forward_jacobian_s": best_time(fj, m, repeat)})
     ref = {r["threads"]: r for r in timing if r["engine"] == "ttcrpy"}
-    print(f"\nPaper geometry, channel model, {n} secondary nodes; {platform.processor() or platform.machine()}, "
+    print(f"\nPaper geometry, channel model, {n} secondary nodes; {cpu_model()}, "
           f"{os.cpu_count()} CPUs (minimum of {args.repeat} runs)")
     print(f"{'engine':<28}{'threads':>8}{'forward ms':>12}{'F+J ms':>10}{'F ratio':>10}{'F+J ratio':>11}  kernel")
     for r in timing:
