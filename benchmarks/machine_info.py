@@ -29,9 +29,8 @@ def cpu_flags():
 
 
 def code_info():
-    """The latentinv that runs: its version, its file (in a git checkout: the path in the checkout) and,
-    in a checkout, the commit (with "dirty": uncommitted changes to tracked files), so that a record names
-    the code behind its numbers."""
+    """The latentinv that runs: its version, its folder and, in a git checkout, the commit (with
+    "dirty": uncommitted changes to tracked files), so that a record names the code behind its numbers."""
     import os
     import subprocess
 
@@ -43,10 +42,6 @@ def code_info():
         head = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if head.returncode == 0:
             info["commit"] = head.stdout.strip()
-            top = subprocess.run(["git", "-C", folder, "rev-parse", "--show-toplevel"], capture_output=True,
-                                 text=True, timeout=10)
-            if top.returncode == 0:     # the path in the checkout, not this machine's folders
-                info["file"] = os.path.relpath(latentinv.__file__, top.stdout.strip())
             status = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
                                     capture_output=True, text=True, timeout=10)
             info["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
