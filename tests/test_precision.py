@@ -79,6 +79,36 @@ def test_guard_warns_when_bfloat16_misleads_the_search():
     assert max(res.settings["bfloat16_rmse_change"]) > 0.01
 
 
+@pytest.mark.filterwarnings("ignore::latentinv.baselines.BaselineWarning")
+def test_chunked_runs_report_and_warn_the_guard_of_every_survey(monkeypatch):
+    """With chunks (chunk_size, n_jobs), settings["bfloat16_rmse_change"] holds one change per survey of X
+    (not only the first chunk's), and one PrecisionWarning names the surveys by their index in X (not in
+    their chunk). The guard's arithmetic runs on any CPU (bfloat16 emulated where it is not native)."""
+    import warnings as _warnings
+
+    monkeypatch.setattr(estimator, "_native_bfloat16", lambda device: True)
+    op = _op()
+    gen = TorchGenerator(Net(autocast_offset=0.05).eval(), D, image_shape=(12, 8))
+    z = torch.tensor(np.random.default_rng(0).standard_normal((3, D)), dtype=torch.float32)
+    with torch.no_grad():
+        truth = Net().eval()(z).double().numpy()
+    data = op.response(1.0 / (0.06 + 0.02 * (1.0 - truth)))
+    params = dict(n_starts=2, n_epochs=1, batch_size=9, lr=2e-3, random_state=1, device="cpu",
+                  precision="bfloat16")
+    alone = []
+    for i in range(3):
+        with pytest.warns(PrecisionWarning):
+            r = LatentInverter(gen, op, chunk_size=1, **params).fit(data).invert(data[i:i + 1])
+        alone.append(r.settings["bfloat16_rmse_change"][0])
+    assert min(alone) > 0.01
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        res = LatentInverter(gen, op, chunk_size=1, n_jobs=1, **params).fit(data).invert(data)
+    np.testing.assert_array_equal(res.settings["bfloat16_rmse_change"], alone)
+    guards = [str(w.message) for w in caught if issubclass(w.category, PrecisionWarning)]
+    assert len(guards) == 1 and "(surveys [0, 1, 2])" in guards[0], guards
+
+
 def test_precision_refused_without_native_bfloat16(monkeypatch):
     monkeypatch.setattr(estimator, "_native_bfloat16", lambda device: False)
     with pytest.raises(ValueError, match="precision='bfloat16' needs native bfloat16"):

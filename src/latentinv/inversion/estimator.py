@@ -11,6 +11,7 @@ from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
+from .._checks import caller_stacklevel
 from .._common import native_bfloat16 as _native_bfloat16
 from . import graphed
 from .base import LatentEstimatorBase, engine_tags
@@ -387,6 +388,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             parts = joblib.Parallel(n_jobs=self.n_jobs)(
                 joblib.delayed(run_chunk)(self, Y[c], sigma, seed) for c in chunks)
             result = InversionResult.concatenate(parts)
+            if "bfloat16_rmse_change" in result.settings:
+                self._warn_if_precision_moved(result.settings["bfloat16_rmse_change"])
         from ..baselines import homogeneous_fit
         result.homogeneous_slowness, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
         self._warn_if_no_better_than_homogeneous(result)
@@ -409,7 +412,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             return int(self.prune_every)
         return max(1, int(self.n_epochs) // (int(math.log2(int(self.n_starts))) + 1))
 
-    def _run(self, Y, sigma, seed):
+    def _run(self, Y, sigma, seed, chunked=False):
         dev = self.device_
         if dev.type == "cpu":
             tune_malloc_for_tensors()     # activations of a batch of starts: see latentinv._allocator
@@ -449,10 +452,11 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
                         device=str(dev))
         result = history.result(stopping, settings=settings, owner=type(self).__name__)
         if self.precision != "float32":
-            result = self._rescore_in_float32(result, problem)
+            # a chunk's guard is warned by invert, over all the chunks (a worker process's warnings are lost)
+            result = self._rescore_in_float32(result, problem, warn=not chunked)
         return result
 
-    def _rescore_in_float32(self, result, problem):
+    def _rescore_in_float32(self, result, problem, warn=True):
         """Every start's selected latent decoded again in float32: models, data RMSE, chi-square and
         best start from those; a PrecisionWarning where a selected model's data RMSE moved by > 1 %."""
         S, K, d = result.latents.shape
@@ -471,10 +475,17 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         result.models = result.start_models[rows, result.best_start]
         change = np.abs(result.data_rmse[rows, result.best_start] - before) / np.maximum(before, 1e-30)
         result.settings["bfloat16_rmse_change"] = change.tolist()
+        if warn:
+            self._warn_if_precision_moved(change)
+        return result
+
+    def _warn_if_precision_moved(self, change):
+        """The PrecisionWarning of the surveys (indices in X) whose selected model's data RMSE moved by > 1 %."""
+        change = np.asarray(change, dtype=np.float64)
         if np.any(change > 0.01):
             warnings.warn(
                 f"{type(self).__name__}: with precision='bfloat16' the selected model's data RMSE moved by "
                 f"up to {100 * change.max():.2f} % (surveys {np.flatnonzero(change > 0.01).tolist()}) when "
                 "decoded again in float32 (the returned values); bfloat16 guided the search less "
-                "accurately than 1 %: consider precision='float32'", PrecisionWarning, stacklevel=4)
-        return result
+                "accurately than 1 %: consider precision='float32'", PrecisionWarning,
+                stacklevel=caller_stacklevel())

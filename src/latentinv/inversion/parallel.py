@@ -64,4 +64,4 @@ def run_chunk(estimator, Y, sigma, seed):
     """One chunk's :class:`~.result.InversionResult` (in a worker or in line), with the worker's threads."""
     n = worker_threads()
     with torch_threads(n), operator_threads(estimator.operator_, n):
-        return estimator._run(Y, sigma, seed)
+        return estimator._run(Y, sigma, seed, chunked=True)

@@ -8,6 +8,9 @@ import numpy as np
 
 __all__ = ["InversionResult"]
 
+#: entries of ``InversionResult.settings`` that hold one value per survey (joined by ``concatenate``)
+PER_SURVEY_SETTINGS = ("bfloat16_rmse_change",)
+
 
 @dataclass
 class InversionResult:
@@ -96,6 +99,10 @@ class InversionResult:
             values = [getattr(p, f.name) for p in parts]
             if f.name == "settings":
                 fields[f.name] = dict(values[0])
+                # per-survey entries (one value per survey of the chunk): those of every chunk, in order
+                for key in PER_SURVEY_SETTINGS:
+                    if all(key in v for v in values):
+                        fields[f.name][key] = [x for v in values for x in v[key]]
             elif values[0] is None:
                 fields[f.name] = None
             else:
