@@ -586,6 +586,24 @@ def test_differential_evolution_jumps_put_the_right_mass_in_each_of_two_modes():
     assert mala.rhat()[0, 0] > 1.5       # what the warning reports: the modes' split is frozen
 
 
+def test_a_single_chain_is_warned_that_r_hat_cannot_compare_chains():
+    """One chain per survey: split R-hat compares the two halves of that chain only. On the two-mode
+    problem a single random-walk chain stays in the mode it starts in (the posterior mass it reports is
+    0 or 1, against 0.85) and its halves agree, so R-hat alone looks converged: a ConvergenceWarning
+    says that one chain cannot show it (ArviZ's rhat is NaN for one chain)."""
+    sigma = 0.3
+    gen, op, y, mass = _two_mode_problem(sigma)
+    with pytest.warns(ConvergenceWarning, match=r"1 chain per survey: R-hat .* n_chains >= 4"):
+        rwm = _sampler(gen, op, method="rwm", n_chains=1, noise_std=sigma, n_samples=600).fit(y[None]).sample(y[None])
+    frac = (rwm.samples[0, 0, :, 0] > -0.4).mean()
+    assert frac in (0.0, 1.0) and abs(frac - mass) > 0.1
+    # two chains or more: no such warning (the chains' own disagreement is R-hat's to tell)
+    op2, gen2, M, c, y2 = _linear_problem(sigma=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        _sampler(gen2, op2, method="pcn", n_chains=4, noise_std=0.1).fit(y2[None]).sample(y2[None])
+
+
 def test_pcn_kernel_keeps_a_discrete_target_invariant():
     # a 1-D check of the whole kernel (proposal + accept/reject) on a grid: with pi(u) ~
     # exp(-phi(u) - u^2/2), the transition matrix K (proposal density times acceptance, the rejected

@@ -170,7 +170,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         Chains per survey. For a fixed budget of forward runs prefer fewer, longer chains: R-hat
         compares the chains' means, which need thousands of draws to settle in a long, narrow mode (on
         the paper's mc2, DE-MALA met R-hat < 1.05 with 8 chains of 2500-3000 draws, not with 16 of
-        500-1000; docs/benchmarks/sampling.md).
+        500-1000; docs/benchmarks/sampling.md). A single chain draws a ConvergenceWarning: R-hat
+        then compares the halves of one chain and cannot show whether other chains would agree.
     n_samples : int, default=500
         Draws kept per chain after the burn-in (every ``thin``-th iteration).
     n_burnin : int, default=500
@@ -470,8 +471,13 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
 def _warn_if_chains_disagree(result, owner):
     """A ``ConvergenceWarning`` for the surveys whose chains disagree (worst R-hat above
-    :data:`~.posterior.RHAT_LIMIT`) or are too short to tell: their standard deviations, channel
+    :data:`~.posterior.RHAT_LIMIT`), are too short to tell, or are a single chain (nothing to compare): their standard deviations, channel
     probabilities and samples then describe the parts of the posterior the chains visited."""
+    if result.samples.shape[1] < 2:
+        warnings.warn(f"{owner}: 1 chain per survey: R-hat compares the two halves of that one chain and cannot "
+                      "show whether chains from other starts would settle elsewhere (another mode: the std, "
+                      "channel_probability and samples then describe the one this chain found); run n_chains >= 4",
+                      ConvergenceWarning, stacklevel=4)
     if result.samples.shape[2] < 4:
         warnings.warn(f"{owner}: {result.samples.shape[2]} kept draws per chain are too few to check that the "
                       "chains agree (split R-hat needs 4); keep more (n_samples)", ConvergenceWarning, stacklevel=4)
