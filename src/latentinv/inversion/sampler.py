@@ -471,13 +471,14 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
 def _warn_if_chains_disagree(result, owner):
     """A ``ConvergenceWarning`` for the surveys whose chains disagree (worst R-hat above
-    :data:`~.posterior.RHAT_LIMIT`), are too short to tell, or are a single chain (nothing to compare): their standard deviations, channel
-    probabilities and samples then describe the parts of the posterior the chains visited."""
+    :data:`~.posterior.RHAT_LIMIT`), are too short to tell, or are a single chain (nothing to compare):
+    their standard deviations, channel probabilities and samples then describe the parts of the posterior
+    the chains visited."""
     if result.samples.shape[1] < 2:
-        warnings.warn(f"{owner}: 1 chain per survey: R-hat compares the two halves of that one chain and cannot "
-                      "show whether chains from other starts would settle elsewhere (another mode: the std, "
-                      "channel_probability and samples then describe the one this chain found); run n_chains >= 4",
-                      ConvergenceWarning, stacklevel=4)
+        warnings.warn(f"{owner}: 1 chain per survey: R-hat compares the two halves of that one chain and "
+                      "cannot show whether chains from other starts would settle elsewhere (another mode: the "
+                      "std, channel_probability and samples then describe the one this chain found); run "
+                      "n_chains >= 4", ConvergenceWarning, stacklevel=4)
     if result.samples.shape[2] < 4:
         warnings.warn(f"{owner}: {result.samples.shape[2]} kept draws per chain are too few to check that the "
                       "chains agree (split R-hat needs 4); keep more (n_samples)", ConvergenceWarning, stacklevel=4)
