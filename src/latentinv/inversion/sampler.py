@@ -237,7 +237,10 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     serves both priors. Step sizes adapt *per chain* (Robbins-Monro on the log step, acceptance
     probability against the target) and the preconditioner *per survey*; both freeze at the end
     of the burn-in. A survey's chains draw from generators seeded by ``random_state`` and the
-    survey's own data, so its result does not depend on the other surveys of ``X``.
+    survey's own data, so its result does not depend on the other surveys of ``X`` beyond float32
+    rounding: the surveys' chains decode in one batch, and a decoder may round a row differently in a
+    batch of another size (about 5e-7 in the latents with the shipped prior); over a long run an
+    accept-or-reject decision can carry such a difference into a different chain.
     """
 
     _rows_param = "n_chains"
