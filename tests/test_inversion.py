@@ -873,7 +873,7 @@ def test_simulate_refuses_transposed_images(problem):
     images = models.reshape(-1, 12, 8)
     np.testing.assert_array_equal(est.simulate(images), est.simulate(models))
     with pytest.raises(ValueError, match="^" + re.escape(
-            "LatentInverter.simulate: models are images of shape (8, 12), the operator's grid is (12, 8) "
+            "LatentInverter.simulate: models are images of shape (8, 12), the estimator's grid is (12, 8) "
             "(n_rows, n_cols) (transposed?); pass models of shape (n_models, 12, 8) or flat rows of 96 cells")):
         est.simulate(images.transpose(0, 2, 1))
 

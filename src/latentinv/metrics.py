@@ -148,18 +148,24 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
     return float(np.mean(rmse <= threshold))
 
 
-def check_model_images(estimator, y, name):
-    """True models ``y`` given as images ``(n, n_rows, n_cols)`` must have the estimator's grid shape
-    (its operator's ``grid``): flattened, a transposed stack has the right size and wrong cells. With a
-    prior whose models lie in [0, 1], ``y`` must too: slowness or 0-255 models would be scored
-    against the predicted [0, 1] models without a word."""
+def check_image_grid(estimator, models, name, arg, rows, what=None):
+    """Models given as images ``(n, n_rows, n_cols)`` must have the grid shape of the estimator's operator:
+    flattened, a transposed stack has the right size and the wrong cells. The error names the argument
+    ``arg`` (described as ``what``) and what one of its rows is (``rows``)."""
     grid = getattr(getattr(getattr(estimator, "operator_", None), "grid", None), "shape", None)
-    shape = np.shape(y)
+    shape = np.shape(models)
     if grid is not None and len(shape) == 3 and tuple(shape[1:]) != tuple(grid):
         hint = " (transposed?)" if tuple(shape[1:]) == tuple(grid)[::-1] else ""
-        raise ValueError(f"{name}: the true models y are images of shape {tuple(shape[1:])}, the estimator's "
-                         f"grid is {tuple(grid)} (n_rows, n_cols){hint}; pass y of shape (n_surveys, "
+        raise ValueError(f"{name}: {what or arg} are images of shape {tuple(shape[1:])}, the estimator's grid is "
+                         f"{tuple(grid)} (n_rows, n_cols){hint}; pass {arg} of shape (n_{rows}, "
                          f"{grid[0]}, {grid[1]}) or flat rows of {grid[0] * grid[1]} cells")
+
+
+def check_model_images(estimator, y, name):
+    """True models ``y`` given as images ``(n, n_rows, n_cols)`` must have the estimator's grid shape
+    (:func:`check_image_grid`). With a prior whose models lie in [0, 1], ``y`` must too: slowness or
+    0-255 models would be scored against the predicted [0, 1] models without a word."""
+    check_image_grid(estimator, y, name, "y", "surveys", what="the true models y")
     if _prior_models_in_unit_interval(getattr(estimator, "prior_", None)):
         try:
             values = np.asarray(y, dtype=np.float64)

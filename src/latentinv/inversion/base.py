@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, v
 
 from .._checks import caller_stacklevel, check_random_state, is_int
 from .._common import _reject_1d, _resolve_device
-from ..metrics import _real_array, _rows
+from ..metrics import _real_array, _rows, check_image_grid
 from .equations import chi_mean, paper_slowness
 from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
 from .problem import LatentProblem
@@ -413,12 +413,7 @@ class LatentEstimatorBase(BaseEstimator):
         check_is_fitted(self)
         self._check_unchanged_params()
         m = _real_array(models, f"{type(self).__name__}.simulate", "models")
-        grid = getattr(getattr(self.operator_, "grid", None), "shape", None)
-        if m.ndim == 3 and grid is not None and tuple(m.shape[1:]) != tuple(grid):
-            hint = " (transposed?)" if tuple(m.shape[1:]) == tuple(grid)[::-1] else ""
-            raise ValueError(f"{type(self).__name__}.simulate: models are images of shape {tuple(m.shape[1:])}, the "
-                             f"operator's grid is {tuple(grid)} (n_rows, n_cols){hint}; pass models of shape "
-                             f"(n_models, {grid[0]}, {grid[1]}) or flat rows of {self.n_cells_} cells")
+        check_image_grid(self, m, f"{type(self).__name__}.simulate", "models", "models")
         m = m.reshape(1, -1) if m.ndim == 1 else m.reshape(m.shape[0], -1)
         if m.shape[1] != self.n_cells_:
             raise ValueError(f"{type(self).__name__}.simulate: models must have shape (n_models, "
