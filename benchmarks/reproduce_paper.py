@@ -239,8 +239,8 @@ def parse_args(argv=None):
     if saved and not Path(a.prior).is_dir():
         p.error(f"--prior: no directory {a.prior!r} (one written by `latentinv train` / VAEPrior.save, or "
                 f"{SHIPPED_PRIOR!r} for the package's default prior)")
-    if saved and saved_model_error(a.prior, "VAEPrior"):
-        why = saved_model_error(a.prior, "VAEPrior")
+    why = saved and saved_model_error(a.prior, "VAEPrior")
+    if why:
         p.error(f"--prior: expected a directory written by VAEPrior.save (or `latentinv train`); {why}"
                 + (" (an SGAN goes to --sgan)" if "SGANPrior" in why else ""))
     if a.reference_vae and not Path(a.reference_vae).is_file():

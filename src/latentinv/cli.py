@@ -1064,8 +1064,8 @@ def _survey_options(fn):
 @_threads_option
 @click.option("--quiet", "-q", is_flag=True)
 @_user_errors
-def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, velocities, out_dir, n_starts, epochs,
-           batch_size, lr, lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads,
+def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, velocities, out_dir, n_starts,
+           epochs, batch_size, lr, lam, threshold, seed, device, n_jobs, scheduler, chunk_size, cuda_graphs, threads,
            quiet):
     """Invert TRAVELTIMES (ns; .npy or text, one survey per row or one column) into models. A text
     file may start with one header row of column names.
@@ -1222,6 +1222,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
 
     grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device,
                                                   n_secondary_nodes)
+    slowness_map = _slowness_map(velocities)        # the SGD starts' and the chains' medium
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     warning_messages = []
@@ -1240,12 +1241,12 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
                         dict(lr=1e-2, lr_decay=0.95, regularization="ring", lam=10.0, lam_decay=0.999))
             settings.update(n_epochs=sgd_epochs, batch_size=min(25, survey.n_data), n_starts=chains)
             _echo(f"[sample] SGD starts: {chains} x {sgd_epochs} epochs", quiet)
-            sgd = LatentInverter(prior, op, slowness_map=_slowness_map(velocities), random_state=seed,
+            sgd = LatentInverter(prior, op, slowness_map=slowness_map, random_state=seed,
                                  device=device, **settings).fit(data)
             initial = LatentSampler.initial_latents_from(sgd.invert(data), chains)
         _echo(f"[sample] {len(data)} survey(s) x {survey.n_data} data, {_operator_text(op)}, "
               f"{method}: {chains} chains x ({burnin} + {samples * thin}) iterations", quiet)
-        sampler = LatentSampler(prior, op, slowness_map=_slowness_map(velocities), method=method,
+        sampler = LatentSampler(prior, op, slowness_map=slowness_map, method=method,
                                 n_leapfrog=n_leapfrog, preconditioner=preconditioner,
                                 n_chains=chains, n_burnin=burnin, n_samples=samples, thin=thin, initial_latents=initial,
                                 noise_std=noise_std, random_state=seed, device=device, verbose=int(not quiet))
