@@ -75,6 +75,7 @@ def test_demo_runs_without_the_optional_arviz(tiny_prior, tmp_path, monkeypatch)
     posterior = json.loads((out / "report.json").read_text())["posterior"]
     assert posterior["min_ess_bulk"] is None and "needs ArviZ" in posterior["ess_unavailable"]
     assert posterior["max_rhat"] > 0
+    assert posterior["chains_agree"] is (posterior["max_rhat"] <= 1.05)   # a finite R-hat here (it is > 0)
 
 
 def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
@@ -719,6 +720,8 @@ def test_sample_writes_posterior_files(tiny_prior, tmp_path, method, preconditio
     assert report["forward_runs"] == 2 * 2 * ((4 + 4 * 2) * (3 if method == "hmc" else 1) + 1 + 4 * gauss_newton)
     assert report["settings"]["method"] == method and report["settings"]["sgd_epochs"] == 0
     assert np.shape(report["diagnostics"]["rhat"]) == (2, 4)
+    rhat = np.array(report["diagnostics"]["rhat"], dtype=float)      # JSON null: NaN
+    assert report["diagnostics"]["chains_agree"] == np.all(rhat <= 1.05, axis=1).tolist()
     # the posterior mean is the mean of the models of the chains' draws: inside the models' range
     assert post["mean"].min() >= post["model_samples"].min() - 1e-9
     _png(out / "posterior.png")

@@ -1531,6 +1531,28 @@ def test_posterior_ess_is_nan_below_four_draws_without_arviz_s_own_warning(n_dra
         assert np.isfinite(ess).all() and np.isfinite(rhat).all()
 
 
+def test_chains_agree_is_false_where_rhat_is_undefined_not_only_where_it_is_large():
+    """chains_agree(): per survey, every dimension's R-hat defined and at most RHAT_LIMIT. A dimension that
+    never moved makes max_rhat NaN (and ``NaN > limit`` False), yet the chains do not agree there."""
+    from latentinv.inversion.posterior import RHAT_LIMIT
+
+    rng = np.random.default_rng(3)
+    post = _hand_posterior(S=3, K=4, n=400, d=2)
+    post.samples[..., 1] = rng.standard_normal(post.samples.shape[:3])     # every dimension mixes
+    post.samples[1, :, :, 1] = 0.25                                         # survey 1: one never moved
+    post.samples[2, 0, :, 0] += 5.0                                         # survey 2: one chain elsewhere
+    rhat = post.rhat()
+    assert np.all(rhat[0] < 1.02) and np.isnan(rhat[1, 1]) and rhat[1, 0] < 1.02 and rhat[2].max() > 1.3
+    np.testing.assert_array_equal(post.chains_agree(), [True, False, False])
+    summary = post.summary()
+    assert summary["chains_agree"] == [True, False, False] and np.isnan(summary["max_rhat"][1])
+    assert not summary["max_rhat"][1] > RHAT_LIMIT              # the comparison chains_agree replaces
+    # one chain, or fewer than 4 kept draws: nothing to tell from
+    for samples in (post.samples[:, :1], post.samples[:, :, :3]):
+        result = dataclasses.replace(post, samples=samples)
+        np.testing.assert_array_equal(result.chains_agree(), [False] * 3)
+
+
 def test_posterior_summary_holds_each_surveys_worst_rhat_least_ess_and_mean_acceptance():
     """summary(): per survey the largest R-hat and the smallest bulk ESS over the latent dimensions (the
     dimensions differ here), and the acceptance rate averaged over the chains."""

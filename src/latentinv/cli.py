@@ -771,6 +771,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
             "likelihood_sigma": "LatentSampler's noise_std: sqrt(noise_std**2 + encode-decode data RMSE**2), "
                                 "the data noise and the prior's modelling error of the truth", "n_forward": int(post.n_forward),
             "acceptance_rate": float(post.acceptance_rate.mean()), "max_rhat": float(rhat.max()),
+            "chains_agree": bool(post.chains_agree()[0]),
             "min_ess_bulk": min_ess, **({"ess_unavailable": ess_note} if ess_note else {}),
             "mean_model_rmse": _rmse(post.mean[0], truth), "mean_std": float(post.std[0].mean()),
             "time_s": timings["posterior_s"]}
@@ -1265,7 +1266,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
                         channel_probability=res.channel_probability, samples=res.samples,
                         model_samples=res.model_samples, map_model=res.map_model)
     plot_posterior(res, grid).savefig(out / "posterior.png", dpi=100)
-    diagnostics = {"rhat": res.rhat().tolist()}
+    diagnostics = {"rhat": res.rhat().tolist(), "chains_agree": res.chains_agree().tolist()}
     ess, why = res._ess_or_why()
     diagnostics.update({"ess_bulk": ess.tolist()} if why is None else {"ess_unavailable": why})
     report = {

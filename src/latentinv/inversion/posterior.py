@@ -201,6 +201,16 @@ class PosteriorResult:
         agree."""
         return np.stack([split_rhat(self.samples[s]) for s in range(self.n_surveys)])
 
+    def chains_agree(self):
+        """Per survey, ``(n_surveys,)`` bool: True where there are at least 2 chains and every latent
+        dimension's R-hat is defined and at most :data:`RHAT_LIMIT`, the test behind
+        :class:`LatentSampler`'s ``ConvergenceWarning``. False where the chains disagree, a dimension
+        never moved (R-hat NaN), fewer than 4 draws were kept, or there is one chain. Test this, not
+        ``summary()["max_rhat"] > limit``: a NaN R-hat compares False with any limit."""
+        if self.n_chains < 2:
+            return np.zeros(self.n_surveys, dtype=bool)
+        return np.all(self.rhat() <= RHAT_LIMIT, axis=1)       # NaN <= limit is False
+
     def ess(self, method="bulk"):
         """Effective sample size of each latent dimension, ``(n_surveys, n_components)``, by ArviZ
         (``method``: ``"bulk"`` or ``"tail"``); NaN where no chain moved over the kept draws. Needs
@@ -217,12 +227,13 @@ class PosteriorResult:
             return None, str(exc)
 
     def summary(self):
-        """A dict of the run's headline numbers (per survey: worst R-hat, smallest bulk ESS, mean
-        acceptance), for reports. Without ArviZ (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is
+        """A dict of the run's headline numbers (per survey: worst R-hat, NaN where a dimension never
+        moved; :meth:`chains_agree`; smallest bulk ESS; mean acceptance), for reports. Without ArviZ (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is
         None and ``ess_unavailable`` says why."""
         ess, why = self._ess_or_why()
         ess = {"min_ess_bulk": ess.min(1).tolist()} if why is None else {"min_ess_bulk": None, "ess_unavailable": why}
         return dict(method=self.method, n_chains=self.n_chains, n_kept=int(self.samples.shape[2]),
                     n_burnin=self.n_burnin, thin=self.thin, n_forward=self.n_forward,
-                    elapsed_s=self.elapsed_s, max_rhat=self.rhat().max(1).tolist(), **ess,
+                    elapsed_s=self.elapsed_s, max_rhat=self.rhat().max(1).tolist(),
+                    chains_agree=self.chains_agree().tolist(), **ess,
                     acceptance_rate=self.acceptance_rate.mean(1).tolist())
