@@ -373,6 +373,32 @@ def test_pickle_keeps_the_generator(tiny_prior):
     np.testing.assert_array_equal(copy.decode(z), tiny_prior.decode(z))
 
 
+def test_parameters_changed_after_fit_leave_the_fitted_prior_alone(tiny_prior, tmp_path):
+    # scikit-learn's contract: set_params takes effect at the next fit. Before, to() rebuilt the
+    # latent grid from the new n_layers (n_components 15 -> 45 without a word), sample_images
+    # drew latents of the new latent_channels, and save/pickle wrote files that could not be loaded
+    import pickle
+
+    z = np.random.default_rng(0).uniform(-1, 1, (3, 15))
+    changed = pickle.loads(pickle.dumps(tiny_prior)).set_params(n_layers=2, latent_channels=2)
+    changed.to("cpu")
+    assert changed.latent_shape_ == (1, 5, 3) and changed.n_components == 15
+    np.testing.assert_array_equal(changed.decode(z), tiny_prior.decode(z))
+    np.testing.assert_array_equal(changed.sample_images(1, (4, 4), random_state=0),
+                                  tiny_prior.sample_images(1, (4, 4), random_state=0))
+    with pytest.raises(ValueError, match=r"changed after fit .*n_layers=2.*unexpected tensors \['upsample.2.weight'\]"):
+        changed.save(tmp_path / "changed")
+    assert not (tmp_path / "changed").exists()
+    with pytest.raises(ValueError, match="changed after fit"):
+        pickle.dumps(changed)
+    moved = pickle.loads(pickle.dumps(tiny_prior)).set_params(image_shape=(65, 33))
+    with pytest.raises(ValueError, match=r"image_shape=\(65, 33\) but the fitted models have image_shape_=\(33, 17\)"):
+        moved.save(tmp_path / "moved")
+    harmless = pickle.loads(pickle.dumps(tiny_prior)).set_params(learning_rate=0.1)
+    harmless.save(tmp_path / "harmless")
+    assert SGANPrior.load(tmp_path / "harmless").learning_rate == 0.1
+
+
 # ---------------------------------------------------------------------- the published network
 class _PublishedLayoutGenerator(nn.Module):
     """Test-only: the published SGAN generator's layers in the published order (keys main.<i>.weight)."""

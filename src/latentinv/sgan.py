@@ -489,9 +489,10 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         return self
 
     def _set_generator(self, generator, device):
-        """Fitted state from a generator and ``image_shape_`` (latent grid derived)."""
-        L = int(self.n_layers)
-        self.latent_shape_ = (int(self.latent_channels),) + tuple(
+        """Fitted state from a generator and ``image_shape_`` (latent grid derived from the generator's
+        own layers, not from the parameters, which ``set_params`` may have changed since ``fit``)."""
+        L = len(generator.upsample)
+        self.latent_shape_ = (int(generator.upsample[0].in_channels),) + tuple(
             latent_grid_size(n, L) for n in self.image_shape_)
         generator = generator.to(device).eval().requires_grad_(False)
         self.generator_ = generator
@@ -556,7 +557,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
                              f"{latent_shape!r}.")
         _check_latent_cells(latent_shape, len(self.generator_.upsample), len(self.generator_.refine),
                             "latent_shape", name)
-        shape = (int(n_samples), int(self.latent_channels)) + tuple(int(v) for v in latent_shape)
+        shape = (int(n_samples), int(self.latent_shape_[0])) + tuple(int(v) for v in latent_shape)
         Z = check_random_state(random_state, f"{type(self).__name__}.sample_images").uniform(-1.0, 1.0, size=shape)
         images = []
         with torch.no_grad():
@@ -584,12 +585,37 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             return SpatialGenerator(int(self.latent_channels), int(self.n_filters), int(self.n_layers),
                                     int(self.kernel_size), tuple(self.dilations))
 
+    def _check_params_describe_generator(self, owner):
+        """ValueError naming ``owner`` when the parameters no longer describe the fitted generator
+        (``set_params`` after ``fit``): a file or pickle of them could not be loaded back."""
+        problems = []
+        try:
+            self._check_hyperparams(name="params")
+            _check_state_against(self._new_generator(), self.generator_.state_dict(), "the fitted generator",
+                                 self._described())
+        except ValueError as err:
+            problems.append(str(err))
+        if self.image_shape is not None and tuple(self.image_shape) != tuple(self.image_shape_):
+            problems.append(f"image_shape={tuple(self.image_shape)} but the fitted models have image_shape_="
+                            f"{tuple(self.image_shape_)}.")
+        if problems:
+            raise ValueError(f"{owner}: the parameters were changed after fit (set_params?) and no longer "
+                             f"describe the fitted prior, which could not be loaded back: "
+                             + " ".join(problems) + " Restore them, or fit again.")
+
+    def __getstate__(self):
+        if "generator_" in self.__dict__:
+            self._check_params_describe_generator(f"{type(self).__name__} (pickling)")
+        return super().__getstate__()
+
+    def _described(self):
+        return (f"latent_channels={self.latent_channels}, n_filters={self.n_filters}, "
+                f"n_layers={self.n_layers}, kernel_size={self.kernel_size}, "
+                f"dilations={tuple(self.dilations)}")
+
     def _restore_network(self, state, device, source):
         generator = self._new_generator()
-        described = (f"latent_channels={self.latent_channels}, n_filters={self.n_filters}, "
-                     f"n_layers={self.n_layers}, kernel_size={self.kernel_size}, "
-                     f"dilations={tuple(self.dilations)}")
-        _check_state_against(generator, state, source, described)
+        _check_state_against(generator, state, source, self._described())
         generator.load_state_dict(state)
         self._set_generator(generator, device)
 
@@ -632,9 +658,18 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             weights agree with float32's to 1e-3 on 256 latents of the prior; ``"mixed"`` keeps in
             float32 the fewest tensors that agreement needs (named in ``config.json``,
             ``float32_tensors``). The prior in memory is not changed.
+
+        Raises
+        ------
+        ValueError
+            An unknown ``weights_dtype``, a refused float16 rounding, or parameters changed by
+            ``set_params`` after ``fit`` that no longer describe the fitted generator (the file could
+            not be loaded back; pickling refuses them too).
         """
         check_is_fitted(self, "generator_")
         name = f"{type(self).__name__}.save"
+        _storage.check_weights_dtype(weights_dtype, name)
+        self._check_params_describe_generator(name)
         state, entries = _storage.stored_state(self.generator_.state_dict(), weights_dtype, self._decoding_error, name)
         _write_tensor_files(path, state, dict(self._config(), **entries))
 
