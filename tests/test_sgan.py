@@ -499,6 +499,22 @@ def test_stochastic_clipping_keeps_latents_in_the_box_only_for_uniform_redraws(
     assert inside if clip_resample == "uniform" else not inside
 
 
+def test_initial_latents_outside_the_uniform_box_are_refused(tiny_prior, crosshole_33x17):
+    # before, a start of 3.0 was decoded as it was and, on a prior whose models are all alike, returned
+    # as the best latent (3.0 in every component) without a word
+    op = crosshole_33x17
+    data = op.response(np.full((1, op.n_params), 6.0))
+    settings = dict(PAPER_CASES["SSbnd"], n_epochs=1)
+    starts = np.zeros((2, 15))
+    starts[1, 4] = -1.5
+    inv = LatentInverter(tiny_prior, op, n_starts=2, initial_latents=starts, random_state=0, device="cpu",
+                         **settings)
+    with pytest.raises(ValueError, match=r"initial_latents must lie in \[-1, 1\].*got -1.5 at start 1, component 4"):
+        inv.fit(data)
+    starts[1, 4] = -1.0     # the box's edge is inside
+    assert inv.set_params(initial_latents=starts).fit(data).n_components_ == 15
+
+
 # ---------------------------------------------------------------------- sample_images' latent grid
 @pytest.mark.parametrize("n_layers, dilations, normalised", [
     (1, (), False), (1, (2,), False),      # no instance normalisation: a 1 x 1 latent is a 1 x 1 image

@@ -73,7 +73,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         The initial latent vectors themselves (the same for every survey), instead of drawing them:
         e.g. the paper's published starts (``zinitVAE500.npy``, whose first 100 rows are its 100
         starts) to compare a run with the paper's start by start. Its number of rows must equal
-        ``n_starts``; values must be finite.
+        ``n_starts``; values must be finite, and in [-1, 1] for a prior with uniform latents.
     noise_std : float or array-like of shape (n_data,), default=None
         Per-datum noise standard deviation (ns). When given, residuals are weighted by ``1/sigma**2``
         in the data term and in the selection of the best model, and chi-square is reported. Note
@@ -301,6 +301,16 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             raise ValueError(f"{name}: clip_resample must be 'uniform' or 'normal', got "
                              f"{self.clip_resample!r}")
         return self._check_common_params(n_data)
+
+    def _check_initial_latents(self, d):
+        z = super()._check_initial_latents(d)
+        if z is not None and self.latent_distribution_ == "uniform" and bool((z.abs() > 1).any()):
+            i, j = (int(v) for v in torch.nonzero(z.abs() > 1)[0])
+            raise ValueError(f"{type(self).__name__}: initial_latents must lie in [-1, 1], the box of the prior's "
+                             f"uniform latents (stochastic clipping keeps the iterates there, but a start outside "
+                             f"it is decoded as it is and may be returned as the best model); got "
+                             f"{float(z[i, j]):g} at start {i}, component {j}")
+        return z
 
     def _check_latent_distribution(self, dist):
         if dist == "uniform" and self.regularization == "ring":
