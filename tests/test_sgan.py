@@ -283,6 +283,28 @@ def test_decode_and_sample_check_their_inputs(tiny_prior):
     assert np.all((out >= 0) & (out <= 1))
 
 
+def test_latent_arrays_and_images_of_the_wrong_rank_get_the_shape_to_pass(tiny_prior, image):
+    # latents as the generator takes them, (n, 1, 5, 3): before, scikit-learn's "Found array with dim 4,
+    # while dim <= 2 is required" without the owner or the flat layout
+    z = np.zeros((2,) + tiny_prior.latent_shape_)
+    with pytest.raises(ValueError, match=r"SGANPrior: Z must be 2-D, one flat row per latent: \(n_latents, 15\) "
+                                         r"\(latent arrays of shape \(1, 5, 3\), flat in C order\); got an array of "
+                                         r"shape \(2, 1, 5, 3\); flatten latent arrays in C order with "
+                                         r"Z.reshape\(len\(Z\), -1\)"):
+        tiny_prior.decode(z)
+    np.testing.assert_array_equal(tiny_prior.decode(z.reshape(len(z), -1)), tiny_prior.decode(np.zeros((2, 15))))
+    # training images with a channel axis, or one flat image: before, "dim <= 2 is required" (3-D is
+    # accepted) and scikit-learn's reshape(-1, 1) advice
+    prior = SGANPrior(training_latent_shape=(2, 2), **TINY)
+    for X in (image[None, None], image.ravel()):
+        with pytest.raises(ValueError, match=r"SGANPrior: X must be images \(n_samples, n_rows, n_cols\), flat "
+                                             rf"samples \(n_samples, n_cells\) or a PatchSampler; got an array of "
+                                             rf"shape \({X.shape[0]},"):
+            prior.fit(X)
+    with pytest.raises(ValueError, match="Input X contains NaN"):      # "Input contains NaN" before
+        prior.fit(np.where(image == image.max(), np.nan, image)[None])
+
+
 # ---------------------------------------------------------------------- persistence
 def test_save_load_round_trip_without_pickle(tiny_prior, tmp_path):
     tiny_prior.save(tmp_path / "p")

@@ -386,6 +386,12 @@ class _DecodesLatents:
         name, d = type(self).__name__, int(self.n_components)
         Z = _numeric_input(Z, "Z", name)
         _reject_1d(Z, "Z", "latent", d, name)
+        if _ndim(Z) > 2:
+            shape = tuple(np.shape(Z))
+            hint = (f"; flatten latent arrays in C order with Z.reshape(len(Z), -1)"
+                    if int(np.prod(shape[1:])) == d else "")
+            raise ValueError(f"{name}: Z must be 2-D, one flat row per latent: (n_latents, {d}){columns_hint}; "
+                             f"got an array of shape {shape}{hint}.")
         Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
         if Z.shape[1] != d:
             raise ValueError(f"{name}: Z must have n_components={d} columns{columns_hint}; got {Z.shape[1]}.")

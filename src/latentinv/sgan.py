@@ -304,8 +304,11 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         """Training samples as float32 images (n_samples, n_rows, n_cols); sets n_features_in_."""
         name = type(self).__name__
         X = _numeric_input(X, "X", name)
+        if _ndim(X) not in (-1, 2, 3):
+            raise ValueError(f"{name}: X must be images (n_samples, n_rows, n_cols), flat samples "
+                             f"(n_samples, n_cells) or a PatchSampler; got an array of shape {np.shape(X)}.")
         if _ndim(X) == 3:
-            X3 = check_array(X, allow_nd=True, dtype=[np.float64, np.float32])
+            X3 = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], input_name="X")
             shape = tuple(int(s) for s in X3.shape[1:])
             X = X3.reshape(X3.shape[0], -1)
         else:
