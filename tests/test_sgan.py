@@ -337,6 +337,25 @@ def test_damaged_files_are_refused(tiny_prior, tmp_path):
         SGANPrior.load(tmp_path / "absent")
 
 
+def test_consistent_files_that_could_not_decode_are_refused(tiny_prior, tmp_path):
+    # files with valid checksums (written by another tool, or edited and re-summed): non-finite weights
+    # loaded and every decode then blamed the latents ("latents of order 1"); a 1 x 1 latent grid
+    # loaded and every decode failed in torch's instance norm
+    from latentinv._common import _write_tensor_files
+
+    state = {k: v.clone() for k, v in tiny_prior.generator_.state_dict().items()}
+    state["upsample.1.weight"].view(-1)[3] = float("nan")
+    _write_tensor_files(tmp_path / "nan", state, tiny_prior._config())
+    with pytest.raises(ModelFileError, match=r"weights.safetensors'.*NaN or infinite values in \['upsample.1.weight'\]"):
+        SGANPrior.load(tmp_path / "nan")
+    config = tiny_prior._config()
+    config["params"]["image_shape"] = None
+    config["fitted"].update(image_shape_=[1, 1], latent_shape_=[1, 1, 1])
+    _write_tensor_files(tmp_path / "one", tiny_prior.generator_.state_dict(), config)
+    with pytest.raises(ModelFileError, match=r"config.json': fitted.latent_shape_ must have at least 2 latent cells"):
+        SGANPrior.load(tmp_path / "one")
+
+
 def test_float16_and_mixed_storage_keep_the_decoded_models(tiny_prior, tmp_path, monkeypatch):
     """float16 storage halves the weights and decodes the models of float32 to 1e-3; "mixed" keeps the
     tensors that need float32 (all of them when nothing else will do); a file whose tensors are not

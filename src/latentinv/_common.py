@@ -485,7 +485,8 @@ def _load_safetensors(weights, weights_path, owner):
 
 
 def _check_state_against(module, state, source, described):
-    """ModelFileError unless ``state`` has exactly ``module``'s tensor names, shapes and dtypes."""
+    """ModelFileError unless ``state`` has exactly ``module``'s tensor names, shapes and dtypes, and finite
+    floating-point values."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -493,7 +494,9 @@ def _check_state_against(module, state, source, described):
               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     dtypes = [f"{k}: file {state[k].dtype}, expected {v.dtype}"
               for k, v in expected.items() if k in state and state[k].dtype != v.dtype]
-    if missing or unexpected or shapes or dtypes:
+    not_finite = [k for k in expected if k in state and state[k].is_floating_point()
+                  and not bool(torch.isfinite(state[k]).all())]
+    if missing or unexpected or shapes or dtypes or not_finite:
         problems = []
         if missing:
             problems.append(f"missing tensors {missing}")
@@ -503,6 +506,8 @@ def _check_state_against(module, state, source, described):
             problems.append("wrong shapes: " + "; ".join(shapes))
         if dtypes:
             problems.append("wrong dtypes: " + "; ".join(dtypes))
+        if not_finite:
+            problems.append(f"NaN or infinite values in {not_finite[:3]}")
         raise ModelFileError(f"{source}: the tensors do not fit the network the configuration "
                              f"describes ({described}): " + "; ".join(problems) + ".")
 

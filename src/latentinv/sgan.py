@@ -777,6 +777,11 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             raise ModelFileError(str(err)) from None
         image_shape_ = shape(fitted["image_shape_"], "fitted.image_shape_")
         latent_shape_ = shape(fitted["latent_shape_"], "fitted.latent_shape_", length=3)
+        try:
+            _check_latent_cells(latent_shape_[1:], prior.n_layers, len(prior.dilations), "fitted.latent_shape_",
+                                where)
+        except ValueError as err:
+            raise ModelFileError(str(err)) from None
         training_shape_ = shape(fitted["training_shape_"], "fitted.training_shape_")
         n_features = fitted["n_features_in_"]
         if not _is_int(n_features, 1):
