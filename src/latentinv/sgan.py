@@ -103,8 +103,8 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
     models, 12 x 12 -> 353 x 353 for the training crops). A patch discriminator ``D`` scores every
     patch of a crop as real or generated. Training alternates one Adam step of ``D`` on
     ``BCE(D(x), 1) + BCE(D(G(z)), 0)`` and one of ``G`` on ``BCE(D(G(z)), 1)`` (the standard GAN
-    loss), each on a fresh batch of crops ``x`` (mapped from [0, 1] to [-1, 1] by ``2 x - 1``) and
-    fresh latents. Models are ``(G(z) + 1) / 2``, in [0, 1].
+    loss), each iteration on a fresh batch of crops ``x`` (mapped from [0, 1] to [-1, 1] by
+    ``2 x - 1``) and fresh latents ``z``, whose ``G(z)`` both steps use. Models are ``(G(z) + 1) / 2``, in [0, 1].
 
     The defaults are the published network and training (see :mod:`latentinv.nn.sgan`): 64 base
     filters, five stride-2 layers of kernel 5, dilated layers 3 and 5, discriminator kernel 5,

@@ -212,7 +212,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         ``"hmc"``), ``"empirical"`` for the others.
     initial_latents : array-like of shape (n_chains, n_components), default=None
         Starting latents (the same for every survey), e.g. SGD solutions from
-        :meth:`initial_latents_from`; None: draws from the latent prior.
+        :meth:`initial_latents_from`; None: draws from the latent prior. For a prior with uniform
+        latents, values outside (-1, 1) (e.g. SGD solutions of ``clip_resample="normal"``) start
+        just inside the box's edge (1e-6 from it: the chains move in the erf-whitened space).
     noise_std : float or array-like of shape (n_data,)
         Standard deviation (ns) of the Gaussian noise: required.
     n_model_samples : int, default=8
