@@ -324,6 +324,33 @@ def saved_copy(saved, tmp_path):
     return d
 
 
+def test_parameters_changed_after_fit_are_refused_by_save_and_pickling(saved, tmp_path):
+    """set_params after fit takes effect at the next fit; until then a file or pickle of parameters that
+    no longer describe the fitted network could not be loaded back (load and unpickling refused it with
+    'the tensors do not fit'), so save and pickling refuse it; a parameter the network does not
+    depend on is saved and loads."""
+    import pickle
+
+    prior, _ = saved
+    for change, match in [(dict(hidden_size=32), r"hidden_size=32.*wrong shapes"),
+                          (dict(n_components=5), r"n_components=5.*wrong shapes"),
+                          (dict(channels=(4, 8, 8, 16)), r"channels=\(4, 8, 8, 16\).*wrong shapes"),
+                          (dict(image_shape=(8, 32)), r"image_shape=\(8, 32\) but the fitted models have "
+                                                      r"image_shape_=\(16, 16\)")]:
+        changed = pickle.loads(pickle.dumps(prior)).set_params(**change)
+        with pytest.raises(ValueError, match=r"VAEPrior.save: the parameters were changed after fit .*" + match):
+            changed.save(tmp_path / "changed")
+        assert not (tmp_path / "changed").exists()
+        with pytest.raises(ValueError, match=r"VAEPrior \(pickling\): the parameters were changed after fit"):
+            pickle.dumps(changed)
+    harmless = pickle.loads(pickle.dumps(prior)).set_params(beta=5.0)
+    harmless.save(tmp_path / "harmless")
+    loaded = VAEPrior.load(tmp_path / "harmless")
+    assert loaded.beta == 5.0
+    z = np.zeros((2, prior.n_components))
+    np.testing.assert_array_equal(loaded.decode(z), prior.decode(z))
+
+
 def test_one_model_or_latent_as_a_1d_array_is_a_clear_error(saved):
     prior, _ = saved
     d, n = prior.n_components, prior.n_features_in_

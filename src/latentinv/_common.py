@@ -428,14 +428,35 @@ class _DecodesLatents:
 class _PicklesNetwork:
     """Pickling of a fitted prior: the network (attribute ``_network_attr``) travels as torch-saved
     CPU tensors under ``_pickled_key``, read back with ``weights_only=True`` and checked by the
-    class's ``_restore_network(state, device, source)``; the decoder wrapper is rebuilt there."""
+    class's ``_restore_network(state, device, source)``; the decoder wrapper is rebuilt there.
+    The class's ``_new_network()`` builds the network its parameters describe and ``_described()``
+    names them; pickling and ``save`` refuse parameters that ``set_params`` changed after ``fit``
+    so that they no longer describe the fitted network (the copy could not be loaded back)."""
 
     _network_attr = "module_"
     _pickled_key = "_module_state"
 
+    def _check_params_describe_network(self, owner):
+        """ValueError naming ``owner`` when the parameters no longer describe the fitted network."""
+        problems = []
+        try:
+            self._check_hyperparams(name="params")
+            _check_state_against(self._new_network(), getattr(self, self._network_attr).state_dict(),
+                                 "the fitted network", self._described())
+        except ValueError as err:
+            problems.append(str(err))
+        if self.image_shape is not None and tuple(self.image_shape) != tuple(self.image_shape_):
+            problems.append(f"image_shape={tuple(self.image_shape)} but the fitted models have image_shape_="
+                            f"{tuple(self.image_shape_)}.")
+        if problems:
+            raise ValueError(f"{owner}: the parameters were changed after fit (set_params?) and no longer "
+                             f"describe the fitted prior, which could not be loaded back: "
+                             + " ".join(problems) + " Restore them, or fit again.")
+
     def __getstate__(self):
         state = dict(super().__getstate__())
         if self._network_attr in state:
+            self._check_params_describe_network(f"{type(self).__name__} (pickling)")
             buffer = io.BytesIO()
             torch.save({k: v.detach().cpu() for k, v in state[self._network_attr].state_dict().items()},
                        buffer)

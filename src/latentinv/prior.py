@@ -857,10 +857,18 @@ or PatchSampler
             models (``decode``, ``sample``, inversions) are those of ``weights_dtype``; :meth:`encode`
             moves by the int8 rounding. ValueError, before anything is written, when the files do not
             fit even with every encoder weight in int8.
+
+        Raises
+        ------
+        ValueError
+            An unknown ``weights_dtype``, a refused float16 rounding, a ``max_bytes`` that cannot be
+            met, or parameters changed by ``set_params`` after ``fit`` that no longer describe the
+            fitted network (the files could not be loaded back; pickling refuses them too).
         """
         check_is_fitted(self, "module_")
         name = f"{type(self).__name__}.save"
         _storage.check_weights_dtype(weights_dtype, name)
+        self._check_params_describe_network(name)
         if max_bytes is not None and not (isinstance(max_bytes, Real) and not isinstance(max_bytes, bool)
                                           and math.isfinite(max_bytes) and max_bytes > 0):
             raise ValueError(f"{name}: max_bytes must be a positive number of bytes or None; got {max_bytes!r}.")
@@ -1056,18 +1064,23 @@ or PatchSampler
         prior._restore_network(converted, target, source=f"{name}: {os.fspath(path)!r}")
         return prior
 
+    def _new_network(self):
+        """The module that the parameters and the fitted input shape describe."""
+        input_shape = self.image_shape_ if self.image_shape_ is not None else self.n_features_in_
+        return build_vae(self.architecture, input_shape, int(self.n_components),
+                         channels=tuple(self.channels), kernel_sizes=tuple(self.kernel_sizes),
+                         hidden_size=int(self.hidden_size), output_activation=self.output_activation, seed=0)
+
+    def _described(self):
+        return (f"architecture={self.architecture!r}, n_components={self.n_components}, "
+                f"image_shape_={self.image_shape_}, n_features_in_={self.n_features_in_}, "
+                f"channels={tuple(self.channels)}, kernel_sizes={tuple(self.kernel_sizes)}, "
+                f"hidden_size={self.hidden_size}")
+
     def _restore_network(self, state, device, source="state"):
         """Build the module that the parameters describe, check ``state`` against it, load it."""
-        input_shape = self.image_shape_ if self.image_shape_ is not None else self.n_features_in_
-        module = build_vae(self.architecture, input_shape, int(self.n_components),
-                           channels=tuple(self.channels), kernel_sizes=tuple(self.kernel_sizes),
-                           hidden_size=int(self.hidden_size),
-                           output_activation=self.output_activation, seed=0)
-        described = (f"architecture={self.architecture!r}, n_components={self.n_components}, "
-                     f"image_shape_={self.image_shape_}, n_features_in_={self.n_features_in_}, "
-                     f"channels={tuple(self.channels)}, kernel_sizes={tuple(self.kernel_sizes)}, "
-                     f"hidden_size={self.hidden_size}")
-        _check_state_against(module, state, source, described)
+        module = self._new_network()
+        _check_state_against(module, state, source, self._described())
         module.load_state_dict(state)
         module = module.to(device).eval().requires_grad_(False)
         self.module_ = module

@@ -412,7 +412,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             stack = torch.tensor(np.stack(images), dtype=torch.float32, device=device)     # held where it trains
 
         lc = int(self.latent_channels)
-        generator = self._new_generator()
+        generator = self._new_network()
         with torch.random.fork_rng(devices=[]):   # torch's default init draws from the global RNG
             discriminator = PatchDiscriminator(int(self.n_filters), L, int(self.discriminator_kernel_size))
         init = torch.Generator().manual_seed(seeds[0])
@@ -582,34 +582,11 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         return tags
 
     # ------------------------------------------------------------------ persistence
-    def _new_generator(self):
+    def _new_network(self):
         """A generator of the configured architecture (torch's global RNG left as it was)."""
         with torch.random.fork_rng(devices=[]):   # torch's default init draws from the global RNG
             return SpatialGenerator(int(self.latent_channels), int(self.n_filters), int(self.n_layers),
                                     int(self.kernel_size), tuple(self.dilations))
-
-    def _check_params_describe_generator(self, owner):
-        """ValueError naming ``owner`` when the parameters no longer describe the fitted generator
-        (``set_params`` after ``fit``): a file or pickle of them could not be loaded back."""
-        problems = []
-        try:
-            self._check_hyperparams(name="params")
-            _check_state_against(self._new_generator(), self.generator_.state_dict(), "the fitted generator",
-                                 self._described())
-        except ValueError as err:
-            problems.append(str(err))
-        if self.image_shape is not None and tuple(self.image_shape) != tuple(self.image_shape_):
-            problems.append(f"image_shape={tuple(self.image_shape)} but the fitted models have image_shape_="
-                            f"{tuple(self.image_shape_)}.")
-        if problems:
-            raise ValueError(f"{owner}: the parameters were changed after fit (set_params?) and no longer "
-                             f"describe the fitted prior, which could not be loaded back: "
-                             + " ".join(problems) + " Restore them, or fit again.")
-
-    def __getstate__(self):
-        if "generator_" in self.__dict__:
-            self._check_params_describe_generator(f"{type(self).__name__} (pickling)")
-        return super().__getstate__()
 
     def _described(self):
         return (f"latent_channels={self.latent_channels}, n_filters={self.n_filters}, "
@@ -617,7 +594,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
                 f"dilations={tuple(self.dilations)}")
 
     def _restore_network(self, state, device, source):
-        generator = self._new_generator()
+        generator = self._new_network()
         _check_state_against(generator, state, source, self._described())
         generator.load_state_dict(state)
         self._set_generator(generator, device)
@@ -672,7 +649,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         check_is_fitted(self, "generator_")
         name = f"{type(self).__name__}.save"
         _storage.check_weights_dtype(weights_dtype, name)
-        self._check_params_describe_generator(name)
+        self._check_params_describe_network(name)
         state, entries = _storage.stored_state(self.generator_.state_dict(), weights_dtype, self._decoding_error, name)
         _write_tensor_files(path, state, dict(self._config(), **entries))
 
