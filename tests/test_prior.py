@@ -865,7 +865,7 @@ def test_a_bad_random_state_is_named_in_fit_and_sample(random_state):
 def test_data_outside_the_sigmoid_range_are_refused(scale, shift):
     X = np.random.default_rng(0).random((12, 16)) * scale + shift
     X[0, 0] = scale + shift                                  # a value just past the range's end
-    with pytest.raises(ValueError, match=r"X must lie in \[0, 1\] with output_activation='sigmoid'"):
+    with pytest.raises(ValueError, match=r"X must lie in \[0, 1\]; got values in .*output_activation='sigmoid' outputs"):
         VAEPrior(**_MLP).fit(X)
     images = [np.asarray(X.reshape(12 * 4, 4))]
     with pytest.raises(ValueError, match=r"the PatchSampler's image 0 must lie in \[0, 1\]"):

@@ -7,6 +7,7 @@ loaded prior's.
 """
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -412,6 +413,26 @@ def test_pickle_keeps_the_generator(tiny_prior):
     copy = pickle.loads(pickle.dumps(tiny_prior))
     z = np.zeros((1, 15))
     np.testing.assert_array_equal(copy.decode(z), tiny_prior.decode(z))
+
+
+@pytest.mark.parametrize("scale, shift", [(255.0, 0.0), (1.0, -0.5), (1.0 + 1e-6, 0.0)])
+def test_training_data_outside_the_generators_range_draw_a_warning(scale, shift):
+    """The generator's models are (tanh + 1) / 2, in [0, 1]: a prior trained on 8-bit images (0-255)
+    trained without a word before, and fitted nothing. A warning, not an error: scikit-learn's checks
+    (test_sgan_sklearn_compatible) feed real data of any range."""
+    X = np.random.default_rng(0).random((6, 17, 17)) * scale + shift
+    X[0, 0, 0] = scale + shift                                # a value just past the range's end
+    small = dict(n_filters=2, n_layers=1, dilations=(), training_latent_shape=None, batch_size=4,
+                 n_iterations=1, random_state=0, device="cpu")
+    lo, hi = X.min(), X.max()
+    with pytest.warns(UserWarning, match=rf"SGANPrior: X must lie in \[0, 1\]; got values in \[{lo:g}, "
+                                         rf"{hi:g}\]\. .*scale 8-bit images by 1/255"):
+        SGANPrior(**small).fit(X)
+    with pytest.warns(UserWarning, match=r"the PatchSampler's image 0 must lie in \[0, 1\]"):
+        SGANPrior(**small).fit(PatchSampler([X[0]], (9, 9)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert SGANPrior(**small).fit(np.clip(X, 0, 1)).n_features_in_ == 17 * 17
 
 
 def test_parameters_changed_after_fit_leave_the_fitted_prior_alone(tiny_prior, tmp_path):

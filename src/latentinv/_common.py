@@ -249,6 +249,19 @@ def _check_float32_range(A, what, owner):
                              f"expected models with values in [0, 1] and latents of order 1.")
 
 
+def _check_unit_interval(A, what, owner, remedy, warn=False):
+    """Training data of a generator whose models lie in [0, 1]: data outside it cannot be reproduced,
+    and a prior trained on them (e.g. 8-bit images, 0-255) fits nothing; a ValueError, or with ``warn``
+    a UserWarning (for an estimator that has no other way to take scikit-learn's checks' real data)."""
+    if A.size:
+        lo, hi = float(np.min(A)), float(np.max(A))
+        if lo < 0.0 or hi > 1.0:
+            message = f"{owner}: {what} must lie in [0, 1]; got values in [{lo:g}, {hi:g}]. {remedy}"
+            if not warn:
+                raise ValueError(message)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
+
 def _check_output_fits(owner, n_models, n_cells):
     """MemoryError where ``n_models`` decoded models of ``n_cells`` cells (float64, gathered from chunks
     and then joined: twice that while joining) cannot fit in this machine's available memory."""

@@ -49,6 +49,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _check_finite_output,
     _check_output_fits,
     _check_state_against,
+    _check_unit_interval,
     _plain_params,
     _load_safetensors,
     _read_model_files,
@@ -508,15 +509,11 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
         return np.ascontiguousarray(X)     # torch takes no negative strides (e.g. X[::-1])
 
     def _check_unit_range(self, X, what):
-        """A sigmoid decoder outputs (0, 1): data outside [0, 1] cannot be reconstructed, and a prior
-        trained on them (e.g. 8-bit images, 0-255) fits nothing; refuse them instead."""
-        if self.output_activation != "sigmoid" or X.size == 0:
-            return
-        lo, hi = float(np.min(X)), float(np.max(X))
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(f"{type(self).__name__}: {what} must lie in [0, 1] with "
-                             f"output_activation='sigmoid' (the decoder's range); got values in [{lo:g}, "
-                             f"{hi:g}]. Scale 8-bit images by 1/255, or pass output_activation='identity'.")
+        """A sigmoid decoder outputs (0, 1): :func:`_check_unit_interval` of the training data."""
+        if self.output_activation == "sigmoid":
+            _check_unit_interval(X, what, type(self).__name__,
+                                 "output_activation='sigmoid' outputs [0, 1]: scale 8-bit images by 1/255, "
+                                 "or pass output_activation='identity'.")
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, *, checkpoint=None, checkpoint_every=1000):

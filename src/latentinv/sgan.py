@@ -43,6 +43,7 @@ from ._common import (
     _check_finite_output,
     _check_float32_range,
     _check_state_against,
+    _check_unit_interval,
     _deterministic_kernels,
     _load_safetensors,
     _ndim,
@@ -92,6 +93,12 @@ def _check_latent_cells(latent_shape, n_layers, n_dilated, what, owner):
             f"(n_layers={n_layers}, {n_dilated} dilated layers): its instance normalisation needs "
             f"feature maps of more than one cell, and a 1 x 1 latent gives 1 x 1 maps; got "
             f"{tuple(latent_shape)!r}.")
+
+
+#: what to do with training data outside [0, 1] (a warning, not an error: scikit-learn's estimator checks
+#: feed real data of any range, and the generator has no other output range to offer for them)
+_UNIT_REMEDY = ("The generator's models are (tanh + 1) / 2, in [0, 1], and cannot reproduce them: scale 8-bit "
+                "images by 1/255.")
 
 
 class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEstimator):
@@ -187,7 +194,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
     -----
     Only the generator is kept after ``fit`` (and saved): a training is resumed from a checkpoint
     directory (``fit(X, checkpoint=path)``), not from a saved prior. Training data with values
-    outside [0, 1] are accepted but cannot be matched by the generator, whose models lie in [0, 1].
+    outside [0, 1] draw a UserWarning: the generator's models lie in [0, 1] and cannot reproduce them.
 
     References
     ----------
@@ -319,6 +326,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             if self.image_shape is not None and self.image_shape[0] * self.image_shape[1] == X.shape[1]:
                 shape = tuple(int(v) for v in self.image_shape)
         _check_float32_range(X, "X", name)
+        _check_unit_interval(X, "X", name, _UNIT_REMEDY, warn=True)
         return X.reshape(X.shape[0], *shape).astype(np.float32), shape
 
     # ------------------------------------------------------------------ fit
@@ -330,6 +338,9 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
                     delattr(self, attr)
             shape = tuple(int(v) for v in X.patch_shape)
             self.n_features_in_ = shape[0] * shape[1]
+            for i, image in enumerate(X.images):
+                _check_unit_interval(np.asarray(image), f"the PatchSampler's image {i}", name, _UNIT_REMEDY,
+                                     warn=True)
             return X.images, X.exclude, shape
         images, shape = self._validate_X(X)
         return list(images), None, shape
