@@ -483,6 +483,13 @@ def test_invert_bad_inputs(tiny_prior, tmp_path):
     np.savetxt(tmp_path / "ok.txt", np.ones(625))
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--prior", str(tmp_path / "none")]),
            "prior directory", 2)
+    # a saved SGANPrior: the command line inverts with VAE priors, and says where SGANs are inverted
+    from latentinv import SGANPrior
+    SGANPrior(n_filters=2, n_layers=1, dilations=(), training_latent_shape=None, batch_size=4, n_iterations=1,
+              random_state=0, device="cpu").fit(np.random.default_rng(0).random((4, 9, 9))).save(tmp_path / "sgan")
+    for command in (["invert"], ["sample", "--noise-std", "0.5"]):
+        _fails(run(cli.main, [*command, str(tmp_path / "ok.txt"), "--prior", str(tmp_path / "sgan")]),
+               "holds a saved SGANPrior; the command line inverts with VAE priors", 2)
     (tmp_path / "bad.json").write_text("{not json")
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--geometry", str(tmp_path / "bad.json"),
                           "--prior", str(prior_dir)]), "not valid JSON", 2)

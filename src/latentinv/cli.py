@@ -424,7 +424,15 @@ def _load_prior(spec, device="auto"):
         raise click.BadParameter(f"prior directory {spec!r} does not exist "
                                  "(a folder written by `latentinv train` / VAEPrior.save)",
                                  param_hint="--prior")
-    return VAEPrior.load(path, device=None if device == "auto" else device)
+    try:
+        return VAEPrior.load(path, device=None if device == "auto" else device)
+    except ValueError as exc:
+        if "got 'latentinv.SGANPrior'" not in str(exc):
+            raise
+        raise click.BadParameter(f"{spec!r} holds a saved SGANPrior; the command line inverts with VAE priors "
+                                 "(Table 1's V cases). Invert with an SGANPrior from Python (LatentInverter, "
+                                 "the SAnnn and SSbnd settings of latentinv.inversion.PAPER_CASES) or with "
+                                 "benchmarks/reproduce_paper.py --sgan DIR.", param_hint="--prior") from None
 
 
 def _prior_shape(prior):
@@ -553,7 +561,8 @@ def _train_demo_prior(iterations, seed, quiet):
               help="A smaller budget: 2 starts x 8 epochs of straight rays, 1 epoch of shortest "
                    "paths.")
 @click.option("--prior", "prior_spec", default="pretrained", show_default=True,
-              help="'pretrained' (the shipped prior) or a directory written by `latentinv train`.")
+              help="'pretrained' (the shipped prior) or a directory of a saved VAEPrior (`latentinv "
+                   "train`, VAEPrior.save); SGAN priors are inverted from Python.")
 @click.option("--train-prior", is_flag=True,
               help="Train a small fallback prior when no shipped prior exists.")
 @click.option("--train-iterations", type=click.IntRange(1), default=1500, show_default=True,
@@ -1022,7 +1031,8 @@ def _survey_options(fn):
         click.option("--geometry", default="paper", show_default=True,
                      help="'paper' or a JSON geometry file (format in `latentinv invert --help`)."),
         click.option("--prior", "prior_spec", default="pretrained", show_default=True,
-                     help="'pretrained' or a directory written by `latentinv train`."),
+                     help="'pretrained' or a directory of a saved VAEPrior (`latentinv train`, "
+                          "VAEPrior.save); SGAN priors are inverted from Python."),
         click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
                      default="straight", show_default=True),
         click.option("--secondary-nodes", "n_secondary_nodes", type=click.IntRange(0, 1000), default=3,
