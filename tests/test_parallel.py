@@ -188,3 +188,87 @@ def test_cli_invert_many_surveys_on_the_dask_scheduler(dask_client, tmp_path):
     on_dask, serial = np.load(tmp_path / "d" / "models.npy"), np.load(tmp_path / "s" / "models.npy")
     assert on_dask.shape == (3, 129 * 65)
     np.testing.assert_array_equal(on_dask, serial)
+
+
+# ---------------------------------------------------------------------------------------------------
+# a worker that dies mid-run: a clear error (never a hang, never a result short of a survey)
+# ---------------------------------------------------------------------------------------------------
+_DYING_WORKER = r'''
+import json, os, sys, tempfile
+import joblib, numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_parallel import _inverter, _problem, _serial
+from latentinv.inversion import paper_slowness
+
+
+class DyingSlowness:
+    """paper_slowness, but a process other than the one that built it kills itself (SIGKILL) on its
+    first call: every chunk's worker dies; with ``token`` (a file), only the first worker to remove it."""
+    def __init__(self, token=None):
+        self.pid, self.token = os.getpid(), token
+
+    def __call__(self, x):
+        if os.getpid() != self.pid:
+            try:
+                if self.token is not None:
+                    os.unlink(self.token)
+                os.kill(os.getpid(), 9)
+            except FileNotFoundError:
+                pass
+        return paper_slowness(x)
+
+
+def outcome(call):
+    try:
+        return {"models": np.shape(call().models)}
+    except BaseException as err:        # what the user sees
+        return {"error": type(err).__name__, "message": str(err)}
+
+
+if __name__ == "__main__":
+    op, gen, _, times = _problem(3)
+    out = {"loky": outcome(lambda: _inverter(op, gen, n_jobs=2, slowness_map=DyingSlowness())
+                           .fit(times).invert(times))}
+    import dask, distributed
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                     silence_logs=50) as cluster, distributed.Client(cluster), \
+            joblib.parallel_backend("dask"):
+        client = distributed.get_client()
+        token = tempfile.mkstemp()[1]     # one worker dies: the scheduler runs its chunk again elsewhere
+        once = _inverter(op, gen, chunk_size=1, slowness_map=DyingSlowness(token)).fit(times).invert(times)
+        serial = _serial(op, gen, times, chunk_size=1)
+        out["dask_once"] = {"died": not os.path.exists(token),
+                            "same": bool(np.array_equal(once.models, serial.models)
+                                         and np.array_equal(once.data_rmse, serial.data_rmse))}
+        client.wait_for_workers(2, timeout=60)    # the nanny's new worker (with 1, joblib runs in line)
+        out["dask"] = outcome(lambda: _inverter(op, gen, chunk_size=1, slowness_map=DyingSlowness())
+                              .fit(times).invert(times))
+    print("OUTCOME", json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_raises_a_clear_error_never_hangs(tmp_path):
+    """A worker process SIGKILLed inside a chunk: loky raises joblib's TerminatedWorkerError; a Dask
+    worker's chunk runs again elsewhere (the same models as the serial run) and, when every worker
+    it runs on dies, a RuntimeError names the surveys (joblib's Dask backend waited forever there)."""
+    import json
+    import subprocess
+    script = tmp_path / "dying_worker.py"
+    script.write_text(_DYING_WORKER)
+    pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    try:
+        done = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True,
+                              text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an inversion whose worker died hung (no result, no error, in 180 s)")
+    line = [x for x in done.stdout.splitlines() if x.startswith("OUTCOME ")]
+    assert line, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads(line[-1][len("OUTCOME "):])
+    assert out["loky"]["error"] == "TerminatedWorkerError", out
+    assert "SIGKILL" in out["loky"]["message"], out
+    assert out["dask_once"] == {"died": True, "same": True}, out
+    assert out["dask"]["error"] == "RuntimeError", out
+    assert "Dask lost the chunk of surveys 0 to 0 of X" in out["dask"]["message"], out
+    assert "died" in out["dask"]["message"], out

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import joblib
 import numpy as np
 import torch
 from sklearn.base import RegressorMixin
@@ -15,7 +14,7 @@ from .._checks import caller_stacklevel
 from .._common import native_bfloat16 as _native_bfloat16
 from . import graphed
 from .base import LatentEstimatorBase, engine_tags
-from .parallel import run_chunk, survey_chunks
+from .parallel import run_chunks, survey_chunks
 from .randomness import EpochStreams, as_seed
 from .result import InversionResult
 from .runtime import torch_threads
@@ -394,9 +393,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         if len(chunks) == 1:
             result = self._run(Y, sigma, seed)
         else:
-            # the estimator goes to each worker once (joblib's Dask backend scatters large arguments)
-            parts = joblib.Parallel(n_jobs=self.n_jobs)(
-                joblib.delayed(run_chunk)(self, Y[c], sigma, seed) for c in chunks)
+            # the estimator goes to each worker once (scattered)
+            parts = run_chunks(self, Y, sigma, seed, chunks, self.n_jobs)
             result = InversionResult.concatenate(parts)
             if "bfloat16_rmse_change" in result.settings:
                 self._warn_if_precision_moved(result.settings["bfloat16_rmse_change"])

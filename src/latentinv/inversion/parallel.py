@@ -11,6 +11,13 @@ backend (on machines of one kind).
 Threads: a worker runs torch and the operator's engine with the threads it was given (a Dask
 worker's ``nthreads``; in a joblib process worker, the ``OMP_NUM_THREADS`` that joblib sets for it),
 restored afterwards, so that ``n_workers * threads_per_worker`` never exceeds the cores.
+
+A worker that dies mid-chunk (killed, out of memory, a crash in native code): loky raises joblib's
+``TerminatedWorkerError``; Dask retries the chunk on other workers (the same result, each chunk's
+randomness being its own) and, once ``distributed.scheduler.allowed-failures`` workers died on it, raises
+a RuntimeError naming the chunk's surveys. joblib's Dask backend itself never hears of that failure (its
+callback is called only for results) and would wait forever, so under it :func:`run_chunks` submits the
+chunks to the backend's Dask client directly.
 """
 from __future__ import annotations
 
@@ -58,6 +65,37 @@ def operator_threads(op, n):
         yield
     finally:
         op.n_threads = before
+
+
+def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
+    """Every chunk's :class:`~.result.InversionResult`, in order, through joblib (``n_jobs``) or, under
+    joblib's Dask backend with more than one worker thread, as futures of the backend's client: the
+    estimator scattered once, the chunks' futures cancelled when one fails."""
+    backend = joblib.parallel.get_active_backend()[0]
+    client = getattr(backend, "client", None) if type(backend).__name__ == "DaskDistributedBackend" else None
+    if client is None or joblib.effective_n_jobs(n_jobs) == 1:      # joblib runs those in line
+        return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed)
+                                              for c in chunks)
+    from concurrent.futures import CancelledError     # a future lost with the workers holding its input
+    from distributed import KilledWorker
+    # on every worker: a chunk run again after its worker died finds it on another
+    [shared] = client.scatter([estimator], hash=False, broadcast=True)
+    futures = [client.submit(run_chunk, shared, Y[c], sigma, seed, pure=False) for c in chunks]
+    try:
+        with backend.retrieval_context():       # inside a Dask task (a nested search): secede meanwhile
+            parts = []
+            for c, future in zip(chunks, futures):
+                try:
+                    parts.append(future.result())
+                except (KilledWorker, CancelledError) as err:
+                    raise RuntimeError(
+                        f"{type(estimator).__name__}: Dask lost the chunk of surveys {c.start} to {c.stop - 1} of X: "
+                        f"the workers running it (or holding the estimator) died (killed, out of memory, or a "
+                        f"crash in native code), as many times as the scheduler allows "
+                        f"(distributed.scheduler.allowed-failures): {type(err).__name__}: {err}") from err
+            return parts
+    finally:
+        client.cancel(futures + [shared])
 
 
 def run_chunk(estimator, Y, sigma, seed):
