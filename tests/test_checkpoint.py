@@ -252,3 +252,40 @@ def test_bad_sgan_checkpoint_arguments(kwargs, message):
     X, kw = _sgan_data("array")
     with pytest.raises(ValueError, match=message):
         SGANPrior(**SGAN_KW, **kw).fit(X, **kwargs)
+
+
+def test_an_interrupted_fit_leaves_the_previous_fit_or_none(monkeypatch):
+    """KeyboardInterrupt in the training: a first fit leaves an unfitted prior (it claimed to be fitted
+    to scikit-learn and LatentInverter, with image_shape_ set and no network); a refit on images of
+    another shape leaves the previous fit whole (it kept the old network under the new image_shape_)."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    from latentinv.inversion.generator import prior_is_fitted
+    X = _data("array")
+    real, calls = step_module.TrainingStep.forward_backward, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", interrupted)
+    first = VAEPrior(**KW)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(X)
+    assert not prior_is_fitted(first) and [k for k in vars(first) if k.endswith("_")] == []
+    with pytest.raises(NotFittedError):
+        check_is_fitted(first)
+
+    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", real)
+    prior = VAEPrior(**KW).fit(X)
+    weights = {k: v.clone() for k, v in prior.module_.state_dict().items()}
+    calls.clear()
+    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prior.fit(make_straight_channels(60, shape=(16, 12), random_state=0))
+    assert prior.image_shape_ == (16, 16) and prior.n_features_in_ == 256
+    assert all(torch.equal(v, weights[k]) for k, v in prior.module_.state_dict().items())
+    assert prior.transform(X[:2].reshape(2, -1)).shape == (2, 2)

@@ -272,3 +272,35 @@ def test_a_worker_killed_mid_run_raises_a_clear_error_never_hangs(tmp_path):
     assert out["dask"]["error"] == "RuntimeError", out
     assert "Dask lost the chunk of surveys 0 to 0 of X" in out["dask"]["message"], out
     assert "died" in out["dask"]["message"], out
+
+
+class _Interrupting:
+    """paper_slowness, or a KeyboardInterrupt while ``armed`` (fit calls it on its test latents)."""
+    armed = False
+
+    def __call__(self, x):
+        if self.armed:
+            raise KeyboardInterrupt
+        from latentinv.inversion import paper_slowness
+        return paper_slowness(x)
+
+
+def test_an_interrupted_or_failed_fit_leaves_the_previous_fit_or_none():
+    """A first fit interrupted after its checks left n_features_in_, device_ and prior_ set: the inverter
+    claimed to be fitted and predict failed on a missing operator_; a refit that failed on data of
+    another width left n_features_in_ of those data, and the previous fit could no longer predict."""
+    from sklearn.exceptions import NotFittedError
+    op, gen, _, times = _problem(2)
+    stop = _Interrupting()
+    inv = _inverter(op, gen, slowness_map=stop)
+    stop.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        inv.fit(times)
+    stop.armed = False
+    assert [k for k in vars(inv) if k.endswith("_")] == []
+    with pytest.raises(NotFittedError):
+        inv.predict(times)
+    models = inv.fit(times).predict(times)
+    with pytest.raises(ValueError, match="30 traveltimes per survey but the operator expects 36"):
+        inv.fit(times[:, :30])
+    np.testing.assert_array_equal(inv.predict(times), models)

@@ -7,6 +7,7 @@ No scikit-learn estimator lives here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -67,6 +68,22 @@ def _resolve_device(device, owner="VAEPrior", pname="device"):
                              f"expected an index below {torch.cuda.device_count()}.")
     return dev
 
+
+
+def _unchanged_on_failure(fit):
+    """``fit`` that, when it raises (KeyboardInterrupt included), leaves the estimator's attributes as they
+    were before the call: the previous fit, or none, never a half-fitted estimator that claims to be
+    fitted (the fitted shapes are set before the training, the network after it)."""
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        before = dict(vars(self))
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
+    return wrapper
 
 
 class ModelFileError(ValueError):

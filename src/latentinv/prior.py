@@ -47,6 +47,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _DecodesLatents,
     _PicklesNetwork,
     _check_finite_output,
+    _unchanged_on_failure,
     _check_output_fits,
     _check_state_against,
     _check_unit_interval,
@@ -516,6 +517,7 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
                                  "or pass output_activation='identity'.")
 
     # ------------------------------------------------------------------ fit
+    @_unchanged_on_failure
     def fit(self, X, y=None, *, checkpoint=None, checkpoint_every=1000):
         """Train the VAE.
 

@@ -39,6 +39,7 @@ from ._common import (
     _PicklesNetwork,
     _read_reference_state_dict,
     _plain_params,
+    _unchanged_on_failure,
     _write_tensor_files,
     _check_finite_output,
     _check_float32_range,
@@ -345,6 +346,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         images, shape = self._validate_X(X)
         return list(images), None, shape
 
+    @_unchanged_on_failure
     def fit(self, X, y=None, *, checkpoint=None, checkpoint_every=100):
         """Train the SGAN.
 

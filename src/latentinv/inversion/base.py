@@ -16,7 +16,7 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
 from .._checks import caller_stacklevel, check_random_state, is_int
-from .._common import _reject_1d, _resolve_device
+from .._common import _reject_1d, _resolve_device, _unchanged_on_failure
 from ..metrics import _real_array, _rows, check_image_grid
 from .equations import chi_mean, paper_slowness
 from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
@@ -227,6 +227,7 @@ class LatentEstimatorBase(BaseEstimator):
         """Subclasses refuse settings that a latent distribution does not support."""
 
     # -- fit -------------------------------------------------------------------------------------------
+    @_unchanged_on_failure
     def _fit(self, X, y):
         """Everything ``fit`` does: operator, traveltimes, parameters, device, prior and generator checks."""
         name = type(self).__name__
