@@ -1135,3 +1135,41 @@ def test_load_image_thresholds_at_or_above_and_keeps_grey_levels_in_0_1(tmp_path
     Image.fromarray(np.array([[0, 127, 128, 255]], dtype=np.uint8)).save(tmp_path / "g.png")
     np.testing.assert_array_equal(load_image(tmp_path / "g.png", threshold=128 / 255), [[0.0, 0.0, 1.0, 1.0]])
     np.testing.assert_array_equal(load_image(tmp_path / "g.png", threshold=None), [[0.0, 127 / 255, 128 / 255, 1.0]])
+
+
+def test_a_save_that_fails_while_writing_leaves_the_saved_prior(saved, saved_copy, monkeypatch):
+    """A full disk while the configuration is written (the weights written): the directory keeps the prior
+    saved there before, loadable, and no temporary file. Before, the new weights had replaced the old
+    ones already: the directory held another prior's weights under the old configuration (a checksum
+    error at load: the saved prior was lost)."""
+    import errno
+
+    prior, _ = saved
+    other = VAEPrior(n_components=3, n_iterations=2, batch_size=20, random_state=1, **SMALL_CONV).fit(
+        make_straight_channels(40, (16, 16), 3, random_state=2))
+    real_fdopen = os.fdopen
+
+    class HalfWritten:           # writes half of a configuration, then the disk is full
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            if not data.startswith(b"{"):
+                return self.f.write(data)
+            self.f.write(data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: HalfWritten(real_fdopen(fd, mode, *a, **k)))
+    with pytest.raises(OSError, match="No space left on device"):
+        other.save(saved_copy)
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    assert sorted(os.listdir(saved_copy)) == ["config.json", "weights.safetensors"]
+    loaded = VAEPrior.load(saved_copy)
+    for key, value in prior.module_.state_dict().items():
+        assert torch.equal(loaded.module_.state_dict()[key], value), key

@@ -121,16 +121,28 @@ def _new_file_mode():
 
 
 def _atomic_write(path, data):
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, then renamed."""
+    _atomic_write_all([(path, data)])
+
+
+def _atomic_write_all(files):
+    """Write each ``(path, data)`` of ``files``: every one to a temporary file beside it first, then all
+    renamed in order, so that a failure while writing (a full disk, an interrupt) leaves every path as it
+    was (a saved model's weights are not replaced unless its configuration is written too)."""
+    temps = []
     try:
-        os.chmod(tmp, _new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        for path, data in files:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+            temps.append(tmp)
+            os.chmod(tmp, _new_file_mode())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        for (path, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 
@@ -345,8 +357,8 @@ def _add_checksums(config, weights):
 
 def _write_model_files(path, module, config):
     """Write ``module``'s state dict (CPU tensors) to ``path/weights.safetensors`` and ``config`` with
-    its checksums (:func:`_add_checksums`) to ``path/config.json``, each through a temporary name, the
-    configuration last; ``path`` is created if missing."""
+    its checksums (:func:`_add_checksums`) to ``path/config.json``: both written to temporary names, then
+    renamed, the configuration last (:func:`_atomic_write_all`); ``path`` is created if missing."""
     _write_tensor_files(path, module.state_dict(), config)
 
 
@@ -359,8 +371,8 @@ def _write_tensor_files(path, tensors, config):
     state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     weights = safetensors_bytes(state)
     config = _add_checksums(config, weights)
-    _atomic_write(os.path.join(path, WEIGHTS_FILE), weights)
-    _atomic_write(os.path.join(path, CONFIG_FILE), json.dumps(config, indent=1).encode("ascii"))
+    _atomic_write_all([(os.path.join(path, WEIGHTS_FILE), weights),      # the configuration last
+                       (os.path.join(path, CONFIG_FILE), json.dumps(config, indent=1).encode("ascii"))])
 
 
 def _read_reference_state_dict(path, owner, expected):

@@ -637,8 +637,8 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         ``path/config.json`` (parameters, fitted shapes, training history) with the SHA-256 of the
         weights (``weights_sha256``) and of the canonical JSON without its own digest
         (``config_sha256``), as :meth:`latentinv.prior.VAEPrior.save`. Neither file needs code
-        execution to load; each is written to a temporary name and renamed, the configuration
-        last. The discriminator is not saved.
+        execution to load; both are written to temporary names, then renamed, the configuration
+        last: a save that fails while writing (a full disk, an interrupt) leaves the directory as it was. The discriminator is not saved.
 
         Parameters
         ----------
