@@ -831,8 +831,8 @@ or PatchSampler
         The checksums detect corruption and accidental edits, not deliberate forgery (whoever can
         edit the files can recompute them). Both files are written to temporary names, then
         renamed, the configuration last: a save that fails while writing (a full disk, an interrupt)
-        leaves the directory as it was, a prior saved there before included. A prior with a callable ``architecture`` is saved too,
-        but :meth:`load` then needs the factory again.
+        leaves the directory as it was, a prior saved there before included. A prior with a
+        callable ``architecture`` is saved too, but :meth:`load` then needs the factory again.
 
         Parameters
         ----------

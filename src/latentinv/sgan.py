@@ -638,7 +638,8 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         weights (``weights_sha256``) and of the canonical JSON without its own digest
         (``config_sha256``), as :meth:`latentinv.prior.VAEPrior.save`. Neither file needs code
         execution to load; both are written to temporary names, then renamed, the configuration
-        last: a save that fails while writing (a full disk, an interrupt) leaves the directory as it was. The discriminator is not saved.
+        last: a save that fails while writing (a full disk, an interrupt) leaves the directory as
+        it was. The discriminator is not saved.
 
         Parameters
         ----------

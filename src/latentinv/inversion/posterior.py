@@ -228,8 +228,8 @@ class PosteriorResult:
 
     def summary(self):
         """A dict of the run's headline numbers (per survey: worst R-hat, NaN where a dimension never
-        moved; :meth:`chains_agree`; smallest bulk ESS; mean acceptance), for reports. Without ArviZ (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is
-        None and ``ess_unavailable`` says why."""
+        moved; :meth:`chains_agree`; smallest bulk ESS; mean acceptance), for reports. Without ArviZ
+        (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is None and ``ess_unavailable`` says why."""
         ess, why = self._ess_or_why()
         ess = {"min_ess_bulk": ess.min(1).tolist()} if why is None else {"min_ess_bulk": None, "ess_unavailable": why}
         return dict(method=self.method, n_chains=self.n_chains, n_kept=int(self.samples.shape[2]),
