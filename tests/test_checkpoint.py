@@ -1,6 +1,7 @@
 """Resumable training (``VAEPrior.fit`` and ``SGANPrior.fit(..., checkpoint=...)``, ``latentinv._checkpoint``): a training
 stopped at any iteration and run again ends with the same network, to the bit, as one uninterrupted
 run; damaged checkpoints and checkpoints of another training are clear errors."""
+import contextlib
 import os
 
 import numpy as np
@@ -37,23 +38,32 @@ class Stop(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _raising_at_call(monkeypatch, owner, name, n, exc):
+    """Inside the block, ``owner.name`` raises ``exc`` at its ``n``-th call (a stopped or interrupted
+    training); the real one is back after it."""
+    real, calls = getattr(owner, name), []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(owner, name, real)
+
+
 @pytest.mark.parametrize("kind", ["array", "patches"])
 def test_a_stopped_training_resumes_to_the_same_network(kind, tmp_path, monkeypatch):
     X = _data(kind)
     whole = VAEPrior(**KW).fit(X)
     # stop at the start of iteration 8 (0-based 7)'s step; the last checkpoint is at 6 iterations
-    real, calls = step_module.TrainingStep.forward_backward, []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise Stop
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", failing)
-    with pytest.raises(Stop):
+    with _raising_at_call(monkeypatch, step_module.TrainingStep, "forward_backward", 8, Stop), pytest.raises(Stop):
         VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)
-    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", real)
     assert open(tmp_path / "LATEST").read() == "step-000000006"
     assert sorted(os.listdir(tmp_path)) == ["LATEST", "step-000000006"]      # older steps removed
     resumed = VAEPrior(**KW).fit(X, checkpoint=tmp_path, checkpoint_every=3)
@@ -195,18 +205,9 @@ def _same_sgan(a, b):
 def test_a_stopped_sgan_training_resumes_to_the_same_generator(kind, tmp_path, monkeypatch):
     X, kw = _sgan_data(kind)
     whole = SGANPrior(**SGAN_KW, **kw).fit(X)
-    real, calls = sgan_module.adversarial_losses, []
-
-    def failing(*args):         # two calls per iteration: stop inside iteration 4 (0-based 3)
-        calls.append(1)
-        if len(calls) == 8:
-            raise Stop
-        return real(*args)
-
-    monkeypatch.setattr(sgan_module, "adversarial_losses", failing)
-    with pytest.raises(Stop):
+    # two calls per iteration: stop inside iteration 4 (0-based 3)
+    with _raising_at_call(monkeypatch, sgan_module, "adversarial_losses", 8, Stop), pytest.raises(Stop):
         SGANPrior(**SGAN_KW, **kw).fit(X, checkpoint=tmp_path, checkpoint_every=2)
-    monkeypatch.setattr(sgan_module, "adversarial_losses", real)
     assert open(tmp_path / "LATEST").read() == "step-000000002"
     resumed = SGANPrior(**SGAN_KW, **kw).fit(X, checkpoint=tmp_path, checkpoint_every=2)
     _same_sgan(whole, resumed)
@@ -263,28 +264,17 @@ def test_an_interrupted_fit_leaves_the_previous_fit_or_none(monkeypatch):
 
     from latentinv.inversion.generator import prior_is_fitted
     X = _data("array")
-    real, calls = step_module.TrainingStep.forward_backward, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", interrupted)
+    interrupted = (monkeypatch, step_module.TrainingStep, "forward_backward", 3, KeyboardInterrupt)
     first = VAEPrior(**KW)
-    with pytest.raises(KeyboardInterrupt):
+    with _raising_at_call(*interrupted), pytest.raises(KeyboardInterrupt):
         first.fit(X)
     assert not prior_is_fitted(first) and [k for k in vars(first) if k.endswith("_")] == []
     with pytest.raises(NotFittedError):
         check_is_fitted(first)
 
-    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", real)
     prior = VAEPrior(**KW).fit(X)
     weights = {k: v.clone() for k, v in prior.module_.state_dict().items()}
-    calls.clear()
-    monkeypatch.setattr(step_module.TrainingStep, "forward_backward", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with _raising_at_call(*interrupted), pytest.raises(KeyboardInterrupt):
         prior.fit(make_straight_channels(60, shape=(16, 12), random_state=0))
     assert prior.image_shape_ == (16, 16) and prior.n_features_in_ == 256
     assert all(torch.equal(v, weights[k]) for k, v in prior.module_.state_dict().items())
