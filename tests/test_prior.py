@@ -1159,6 +1159,9 @@ def test_a_save_that_fails_while_writing_leaves_the_saved_prior(saved, saved_cop
         def __exit__(self, *exc):
             self.f.close()
 
+        def __getattr__(self, name):     # flush, fileno: the real file's
+            return getattr(self.f, name)
+
         def write(self, data):
             if not data.startswith(b"{"):
                 return self.f.write(data)
@@ -1173,3 +1176,15 @@ def test_a_save_that_fails_while_writing_leaves_the_saved_prior(saved, saved_cop
     loaded = VAEPrior.load(saved_copy)
     for key, value in prior.module_.state_dict().items():
         assert torch.equal(loaded.module_.state_dict()[key], value), key
+
+
+
+def test_a_save_reaches_the_disk_before_its_files_are_renamed(saved, tmp_path, monkeypatch):
+    """Both files are fsynced before either is renamed into place (a power cut after a rename must not
+    leave an empty file under the final name), and the configuration is renamed last."""
+    prior, _ = saved
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(os.path.basename(b)), real_replace(a, b))[1])
+    prior.save(tmp_path / "p")
+    assert events == ["fsync", "fsync", "weights.safetensors", "config.json"]

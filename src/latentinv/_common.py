@@ -126,9 +126,10 @@ def _atomic_write(path, data):
 
 
 def _atomic_write_all(files):
-    """Write each ``(path, data)`` of ``files``: every one to a temporary file beside it first, then all
-    renamed in order, so that a failure while writing (a full disk, an interrupt) leaves every path as it
-    was (a saved model's weights are not replaced unless its configuration is written too)."""
+    """Write each ``(path, data)`` of ``files``: every one to a temporary file beside it first, flushed to
+    the disk (fsync: a power cut after the renames cannot leave an empty file under the final name), then
+    all renamed in order, so that a failure while writing (a full disk, an interrupt) leaves every path as
+    it was (a saved model's weights are not replaced unless its configuration is written too)."""
     temps = []
     try:
         for path, data in files:
@@ -137,6 +138,8 @@ def _atomic_write_all(files):
             os.chmod(tmp, _new_file_mode())
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         for (path, _), tmp in zip(files, temps):
             os.replace(tmp, path)
     except BaseException:
