@@ -268,6 +268,7 @@ def test_a_worker_killed_mid_run_raises_a_clear_error_never_hangs(tmp_path):
     out = json.loads(line[-1][len("OUTCOME "):])
     assert out["loky"]["error"] == "TerminatedWorkerError", out
     assert "SIGKILL" in out["loky"]["message"], out
+    assert "a worker process died while inverting X's 3 surveys in" in out["loky"]["message"], out
     assert out["dask_once"] == {"died": True, "same": True}, out
     assert out["dask"]["error"] == "RuntimeError", out
     assert "Dask lost the chunk of surveys 0 to 0 of X" in out["dask"]["message"], out

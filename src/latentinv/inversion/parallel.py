@@ -13,11 +13,12 @@ worker's ``nthreads``; in a joblib process worker, the ``OMP_NUM_THREADS`` that 
 restored afterwards, so that ``n_workers * threads_per_worker`` never exceeds the cores.
 
 A worker that dies mid-chunk (killed, out of memory, a crash in native code): loky raises joblib's
-``TerminatedWorkerError``; Dask retries the chunk on other workers (the same result, each chunk's
-randomness being its own) and, once ``distributed.scheduler.allowed-failures`` workers died on it, raises
-a RuntimeError naming the chunk's surveys. joblib's Dask backend itself never hears of that failure (its
-callback is called only for results) and would wait forever, so under it :func:`run_chunks` submits the
-chunks to the backend's Dask client directly.
+``TerminatedWorkerError`` (its message extended with what was lost and what needs less memory); Dask
+retries the chunk on other workers (the same result, each chunk's randomness being its own) and, once
+``distributed.scheduler.allowed-failures`` workers died on it, raises a RuntimeError naming the chunk's
+surveys. joblib's Dask backend itself never hears of that failure (its callback is called only for
+results) and would wait forever, so under it :func:`run_chunks` submits the chunks to the backend's Dask
+client directly.
 """
 from __future__ import annotations
 
@@ -74,8 +75,16 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
     backend = joblib.parallel.get_active_backend()[0]
     client = getattr(backend, "client", None) if type(backend).__name__ == "DaskDistributedBackend" else None
     if client is None or joblib.effective_n_jobs(n_jobs) == 1:      # joblib runs those in line
-        return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed)
-                                              for c in chunks)
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+        try:
+            return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed)
+                                                  for c in chunks)
+        except TerminatedWorkerError as err:    # joblib's message does not say what was lost, or why
+            raise TerminatedWorkerError(
+                f"{type(estimator).__name__}: a worker process died while inverting X's {len(Y)} surveys in "
+                f"{len(chunks)} chunks (joblib does not say which chunk): no survey's result is returned. A "
+                f"worker is most often killed for memory: fewer workers (n_jobs) or smaller chunks "
+                f"(chunk_size) need less. joblib: {err}") from err
     from concurrent.futures import CancelledError     # a future lost with the workers holding its input
     from distributed import KilledWorker
     # on every worker: a chunk run again after its worker died finds it on another
