@@ -37,12 +37,13 @@ class History:
         self.lr.append(lr)
         self.lam.append(lam)
 
-    def record(self, k, t_full, x, z, znorm, rows=None):
+    def record(self, k, t_full, x, z, znorm, rows=None, penalty=None):
         """Iteration ``k``'s full-data misfit of rows ``rows`` (index tensor; None: every row):
-        histories and the best model so far. Returns the RMS to compare with a target misfit, or
-        None when ``t_full`` is pending (then recorded by :meth:`flush`)."""
+        histories and the best model so far, the one of least misfit value plus ``penalty`` (per row;
+        None: the misfit alone). Returns the RMS to compare with a target misfit, or None when
+        ``t_full`` is pending (then recorded by :meth:`flush`)."""
         if isinstance(t_full, Pending):
-            self._late = (k, t_full, x, z, znorm, rows)
+            self._late = (k, t_full, x, z, znorm, rows, penalty)
             return None
         m = self.problem.misfit(t_full, rows)
         if rows is None:
@@ -50,7 +51,8 @@ class History:
 
         def write(h, v):
             h[k, rows] = v
-        self._update(write, k, m.rmse, m.chi2, m.value, x, z, znorm, rows)
+        value = m.value if penalty is None else m.value + penalty
+        self._update(write, k, m.rmse, m.chi2, value, x, z, znorm, rows)
         self.n_run[rows] += 1
         return m.rms_for_target
 
@@ -88,10 +90,10 @@ class History:
     def flush(self):
         """Complete a pending record (waits for the operator's job)."""
         if self._late is not None:
-            k, pending, *state = self._late
+            k, pending, x, z, znorm, rows, penalty = self._late
             self._late = None
             with torch.no_grad():
-                self.record(k, pending.result(), *state)
+                self.record(k, pending.result(), x, z, znorm, rows, penalty)
 
     def result(self, stopping, *, settings, owner="LatentInverter"):
         """The :class:`~.result.InversionResult` of the iterations recorded so far."""

@@ -107,8 +107,12 @@ class PosteriorResult:
     chi2_history : ndarray of shape (n_surveys, n_chains, n_iterations)
         Chi-square ``sum ((y - f) / sigma)**2`` of each chain's current model.
     map_model : ndarray of shape (n_surveys, n_cells)
-        The lowest chi-square model visited by any chain (burn-in included).
+        The visited model of highest posterior density in the latent space (any chain, burn-in
+        included): the least ``chi2 + ||z||**2`` under a normal latent prior, the least chi-square under
+        a uniform one, whose density is flat in its box. Not the best data fit when the prior pulls
+        (``chi2_history`` holds every state's chi-square).
     map_latent : ndarray of shape (n_surveys, n_components)
+        The latent of ``map_model``.
     n_burnin, thin : int
     n_forward : int
         Forward runs (decoder plus operator: one per chain and proposal, ``n_leapfrog`` for HMC, one

@@ -118,7 +118,10 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
         accept = log_u < log_a
         state = state.where(accept, proposed)
         kernel.observe(k, state, k < cfg.n_burnin)
-        history.record(k, state.t_full, state.x, state.z, torch.linalg.vector_norm(state.z, dim=1))
+        znorm = torch.linalg.vector_norm(state.z, dim=1)
+        # the posterior mode in z: least chi2 + ||z||**2 under a normal prior, least chi2 under a
+        # uniform one (flat in its box)
+        history.record(k, state.t_full, state.x, state.z, znorm, penalty=None if cfg.uniform else znorm**2)
         if k < cfg.n_burnin:
             adapt.update(kernel.adaptation_signal(torch.exp(log_a.clamp(max=0.0))))
             window.append(state.u)
