@@ -3,6 +3,7 @@
 import copy
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -493,6 +494,9 @@ def test_truncated_config(saved_copy):
     (lambda c: c["params"].update(channels=[4, 8, 8]), r"channels and kernel_sizes must be equally long"),
     (lambda c: c["params"].update(channels="4,8"), r"params.channels must be a non-empty list"),
     (lambda c: c["params"].update(device="tpu"), r"params.device must be .*got 'tpu'"),
+    (lambda c: c["params"].update(random_state=-1), r"params.random_state must be null or an int in \[0, 2\*\*32 - 1\]; got -1"),
+    (lambda c: c["params"].update(random_state=2**32), r"params.random_state must be null or an int .*got 4294967296"),
+    (lambda c: c["params"].update(random_state=1.5), r"params.random_state must be null or an int .*got 1.5"),
     (lambda c: c["params"].update(architecture="gan"), r"params.architecture must be 'conv' or 'mlp'"),
     (lambda c: c["fitted"].update(image_shape_=[16, 15]), r"\[16, 15\] has 240 cells but .*n_features_in_ is 256"),
     (lambda c: c["fitted"].update(image_shape_=None), r"architecture 'conv' needs fitted.image_shape_"),
@@ -890,6 +894,19 @@ def test_valid_verbose_saves_and_loads(verbose, tmp_path):
     X = np.random.default_rng(0).random((10, 16))
     VAEPrior(**_MLP, verbose=verbose).fit(X).save(tmp_path / "p")
     assert VAEPrior.load(tmp_path / "p").verbose == verbose
+
+
+def test_a_random_state_generator_is_saved_as_none_with_a_warning(tmp_path):
+    """A RandomState cannot be written to the file: it is saved as None, and the user is told that a
+    fit of the loaded prior will not repeat this one (it was dropped without a word)."""
+    X = np.random.default_rng(0).random((8, 16))
+    prior = VAEPrior(**{**_MLP, "random_state": np.random.RandomState(0)}).fit(X)
+    with pytest.warns(UserWarning, match=r"VAEPrior.save: random_state is a RandomState.*saved as None"):
+        prior.save(tmp_path / "p")
+    assert VAEPrior.load(tmp_path / "p").random_state is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        VAEPrior(**{**_MLP, "random_state": 3}).fit(X).save(tmp_path / "q")      # an int seed: no warning
 
 
 def test_numpy_scalar_parameters_save_and_load(tmp_path):

@@ -5,6 +5,7 @@ under a minute on two cores; the published architecture appears only through a t
 reimplementation of the published layout (below), whose forward pass is compared with the
 loaded prior's.
 """
+import copy
 import json
 import os
 import warnings
@@ -355,6 +356,19 @@ def test_consistent_files_that_could_not_decode_are_refused(tiny_prior, tmp_path
     _write_tensor_files(tmp_path / "one", tiny_prior.generator_.state_dict(), config)
     with pytest.raises(ModelFileError, match=r"config.json': fitted.latent_shape_ must have at least 2 latent cells"):
         SGANPrior.load(tmp_path / "one")
+    # a seed that fit refuses loaded and failed only at the next fit
+    config = tiny_prior._config()
+    config["params"]["random_state"] = -1
+    _write_tensor_files(tmp_path / "seed", tiny_prior.generator_.state_dict(), config)
+    with pytest.raises(ModelFileError, match=r"params.random_state must be null or an int in \[0, 2\*\*32 - 1\]; got -1"):
+        SGANPrior.load(tmp_path / "seed")
+
+
+def test_a_random_state_generator_is_saved_as_none_with_a_warning(tiny_prior, tmp_path):
+    prior = copy.deepcopy(tiny_prior).set_params(random_state=np.random.RandomState(0))
+    with pytest.warns(UserWarning, match=r"SGANPrior.save: random_state is a RandomState.*saved as None"):
+        prior.save(tmp_path / "p")
+    assert SGANPrior.load(tmp_path / "p").random_state is None
 
 
 def test_float16_and_mixed_storage_keep_the_decoded_models(tiny_prior, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._checks import check_random_state, is_int
+from ._checks import caller_stacklevel, check_random_state, is_int
 
 __all__ = ["ModelFileError", "UnverifiedModelWarning"]
 
@@ -332,10 +332,10 @@ def _ndim(X):
         return -1  # let check_array report the problem
 
 
-def _plain_params(params):
+def _plain_params(params, saver=None):
     """Hyper-parameters as JSON holds them: numpy scalars (what ``GridSearchCV`` hands over) as Python
     numbers, tuples and arrays as lists, an integer ``random_state`` as ``int`` and any other one (a
-    generator) as ``None``."""
+    generator) as ``None``, with a ``UserWarning`` naming ``saver`` (a method's name) when given."""
     def plain(value):
         if isinstance(value, np.generic):
             return value.item()
@@ -347,7 +347,19 @@ def _plain_params(params):
     if "random_state" in out:
         rs = out["random_state"]
         out["random_state"] = rs if isinstance(rs, int) and not isinstance(rs, bool) else None
+        if saver is not None and rs is not None and out["random_state"] is None:
+            warnings.warn(f"{saver}: random_state is a {type(rs).__name__}, which the file cannot hold; it is "
+                          "saved as None, so a fit of the loaded estimator will not repeat this one's draws. "
+                          "Pass an int seed to save a reproducible fit.", UserWarning, stacklevel=caller_stacklevel())
     return out
+
+
+def _check_saved_random_state(params, where):
+    """A loaded file's ``random_state``: null or an int seed that ``fit`` takes."""
+    rs = params["random_state"]
+    if not (rs is None or (is_int(rs) and 0 <= rs < 2 ** 32)):
+        raise ModelFileError(f"{where}: params.random_state must be null or an int in [0, 2**32 - 1]; "
+                             f"got {rs!r}.")
 
 
 def _add_checksums(config, weights):

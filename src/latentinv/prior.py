@@ -51,6 +51,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _check_output_fits,
     _check_state_against,
     _check_unit_interval,
+    _check_saved_random_state,
     _plain_params,
     _load_safetensors,
     _read_model_files,
@@ -196,9 +197,7 @@ def _check_config(cls, config, config_path, owner, architecture):
         _parse_device(params["device"], where, "params.device")
     except ValueError as err:
         raise ModelFileError(str(err)) from None
-    if not (params["random_state"] is None or _is_int(params["random_state"])):
-        raise ModelFileError(f"{where}: params.random_state must be null or an int; got "
-                             f"{params['random_state']!r}.")
+    _check_saved_random_state(params, where)
     if not (_is_int(params["verbose"], 0) or isinstance(params["verbose"], bool)):
         raise ModelFileError(f"{where}: params.verbose must be an int >= 0; got {params['verbose']!r}.")
     if custom:
@@ -801,7 +800,7 @@ or PatchSampler
         custom = callable(params["architecture"])
         params["architecture"] = None if custom else params["architecture"]
         params["device"] = str(params["device"])
-        params = _plain_params(params)     # numpy scalars as numbers, tuples as lists
+        params = _plain_params(params, f"{type(self).__name__}.save")     # numpy scalars as numbers, tuples as lists
         return {
             "format": _FORMAT,
             "version": _VERSION,

@@ -38,6 +38,7 @@ from ._common import (
     _DecodesLatents,
     _PicklesNetwork,
     _read_reference_state_dict,
+    _check_saved_random_state,
     _plain_params,
     _unchanged_on_failure,
     _write_tensor_files,
@@ -615,7 +616,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
     def _config(self):
         params = self.get_params(deep=False)
         params["device"] = str(params["device"])
-        params = _plain_params(params)     # numpy scalars as numbers, tuples as lists
+        params = _plain_params(params, f"{type(self).__name__}.save")     # numpy scalars as numbers, tuples as lists
         return {
             "format": _FORMAT,
             "version": _VERSION,
@@ -758,9 +759,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             _parse_device(params["device"], where, "params.device")
         except ValueError as err:
             raise ModelFileError(str(err)) from None
-        if not (params["random_state"] is None or _is_int(params["random_state"])):
-            raise ModelFileError(f"{where}: params.random_state must be null or an int; got "
-                                 f"{params['random_state']!r}.")
+        _check_saved_random_state(params, where)
         prior = cls(**params)
         try:
             prior._check_hyperparams(name=f"{where}: params")
