@@ -404,7 +404,8 @@ def _load_training_image(path):
     return image
 
 
-def _load_prior(spec, device="auto"):
+def _load_prior(spec, device="auto", sgan=False):
+    """The prior of ``--prior``: the shipped one, or a saved VAEPrior (or SGANPrior with ``sgan``)."""
     from .prior import VAEPrior
 
     if spec in (None, "pretrained"):
@@ -424,15 +425,45 @@ def _load_prior(spec, device="auto"):
         raise click.BadParameter(f"prior directory {spec!r} does not exist "
                                  "(a folder written by `latentinv train` / VAEPrior.save)",
                                  param_hint="--prior")
+    device = None if device == "auto" else device
     try:
-        return VAEPrior.load(path, device=None if device == "auto" else device)
+        return VAEPrior.load(path, device=device)
     except ValueError as exc:
         if "got 'latentinv.SGANPrior'" not in str(exc):
             raise
-        raise click.BadParameter(f"{spec!r} holds a saved SGANPrior; the command line inverts with VAE priors "
-                                 "(Table 1's V cases). Invert with an SGANPrior from Python (LatentInverter, "
-                                 "the SAnnn and SSbnd settings of latentinv.inversion.PAPER_CASES) or with "
-                                 "benchmarks/reproduce_paper.py --sgan DIR.", param_hint="--prior") from None
+    if not sgan:
+        raise click.BadParameter(f"{spec!r} holds a saved SGANPrior, which has no encoder: the demo needs a "
+                                 "VAEPrior's encode-decode reconstruction of its truth. `invert` and "
+                                 "`sample` take SGAN priors.", param_hint="--prior")
+    from .sgan import SGANPrior
+
+    return SGANPrior.load(path, device=device)
+
+
+def _is_sgan(prior):
+    return getattr(prior, "latent_distribution", "normal") == "uniform"
+
+
+def _sgd_settings(operator_kind, prior, lam=None):
+    """The SGD settings `invert` and `sample` start from: the paper's VSbrd (straight rays) and
+    nonlinear settings for a VAE prior, Table 1's SSbnd for an SGAN prior (straight rays only)."""
+    from .inversion import NONLINEAR_SETTINGS, PAPER_CASES
+
+    if _is_sgan(prior):
+        if operator_kind != "straight":
+            raise click.BadParameter(
+                "the paper inverts SGAN priors with straight rays only (Table 1's SAnnn and SSbnd), so "
+                "there are no shortest-path settings to start from: use --operator straight, or "
+                "LatentInverter from Python with settings of your own", param_hint="--operator")
+        if lam is not None:
+            raise click.BadParameter("the ring regularisation is for a VAE prior's normal latents; an SGAN "
+                                     "prior's uniform latents are kept in their box by stochastic clipping "
+                                     "(Table 1's SSbnd): drop --lam", param_hint="--lam")
+        return dict(PAPER_CASES["SSbnd"])
+    if operator_kind == "straight":
+        return dict(lr=1e-2, lr_decay=0.95, decay_every=1, regularization="ring", lam=10.0,
+                    lam_decay=0.999, n_epochs=120)
+    return dict(NONLINEAR_SETTINGS)
 
 
 def _prior_shape(prior):
@@ -458,7 +489,7 @@ def _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device, n_se
     """What `invert` and `sample` start from: grid, survey, traveltimes, prior and operator."""
     grid, survey = load_geometry(geometry, operator_kind)
     data = load_traveltimes(traveltimes, survey.n_data)
-    prior = _load_prior(prior_spec, device)
+    prior = _load_prior(prior_spec, device, sgan=True)
     if _prior_shape(prior) is not None and _prior_shape(prior) != grid.shape:
         raise click.ClickException(f"the prior makes models of shape {_prior_shape(prior)} but the "
                                    f"geometry's grid is {grid.shape}")
@@ -562,7 +593,7 @@ def _train_demo_prior(iterations, seed, quiet):
                    "paths.")
 @click.option("--prior", "prior_spec", default="pretrained", show_default=True,
               help="'pretrained' (the shipped prior) or a directory of a saved VAEPrior (`latentinv "
-                   "train`, VAEPrior.save); SGAN priors are inverted from Python.")
+                   "train`, VAEPrior.save); not an SGANPrior, which has no encoder.")
 @click.option("--train-prior", is_flag=True,
               help="Train a small fallback prior when no shipped prior exists.")
 @click.option("--train-iterations", type=click.IntRange(1), default=1500, show_default=True,
@@ -1032,7 +1063,8 @@ def _survey_options(fn):
                      help="'paper' or a JSON geometry file (format in `latentinv invert --help`)."),
         click.option("--prior", "prior_spec", default="pretrained", show_default=True,
                      help="'pretrained' or a directory of a saved VAEPrior (`latentinv train`, "
-                          "VAEPrior.save); SGAN priors are inverted from Python."),
+                          "VAEPrior.save), or of a saved SGANPrior (SGANPrior.save; Table 1's SSbnd "
+                          "settings, straight rays only)."),
         click.option("--operator", "operator_kind", type=click.Choice(["straight", "shortest-path"]),
                      default="straight", show_default=True),
         click.option("--secondary-nodes", "n_secondary_nodes", type=click.IntRange(0, 1000), default=3,
@@ -1057,9 +1089,10 @@ def _survey_options(fn):
               help="Epochs [default: 120 straight, 30 shortest-path].")
 @click.option("--batch-size", type=click.IntRange(1), default=25, show_default=True)
 @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=None,
-              help="Initial step size [default: 0.01 straight, 0.1 shortest-path].")
+              help="Initial step size [default: 0.01 straight, 0.1 shortest-path; 0.001 with an SGAN prior].")
 @click.option("--lam", type=click.FloatRange(0.0), default=None,
-              help="Ring regularisation weight [default: 10 straight, 1 shortest-path].")
+              help="Ring regularisation weight [default: 10 straight, 1 shortest-path; none with an SGAN "
+                   "prior, whose latents are clipped to their box].")
 @click.option("--threshold", type=click.FloatRange(0.0), default=None,
               help="Acceptance threshold (ns) for the accepted fraction of starts.")
 @click.option("--seed", type=_SEED, default=0, show_default=True)
@@ -1103,16 +1136,12 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from .inversion import NONLINEAR_SETTINGS, LatentInverter
+    from .inversion import LatentInverter
     from .plotting import plot_inversion_summary
 
     grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device,
                                                   n_secondary_nodes)
-    if operator_kind == "straight":
-        settings = dict(lr=1e-2, lr_decay=0.95, decay_every=1, regularization="ring", lam=10.0,
-                        lam_decay=0.999, n_epochs=120)
-    else:
-        settings = dict(NONLINEAR_SETTINGS)
+    settings = _sgd_settings(operator_kind, prior, lam)
     settings["batch_size"] = min(batch_size, survey.n_data)
     for key, value in (("n_epochs", epochs), ("lr", lr), ("lam", lam)):
         if value is not None:
@@ -1144,7 +1173,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
         {f"survey {i}": _finite_histories(res.data_rmse_history[i]) for i in range(k)},
         {f"survey {i}": _finite_histories(res.latent_norm_history[i]) for i in range(k)},
         None if threshold is None else {f"survey {i}": threshold for i in range(k)},
-        survey=survey, n_components=int(prior.n_components))
+        survey=survey, n_components=None if _is_sgan(prior) else int(prior.n_components))
     fig.savefig(out / "invert.png", dpi=100)
     result = {
         "command": "invert", "traveltimes": str(traveltimes), "geometry": str(geometry),
@@ -1227,7 +1256,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
     matplotlib.use("Agg", force=False)
     from sklearn.exceptions import ConvergenceWarning
 
-    from .inversion import NONLINEAR_SETTINGS, LatentInverter, LatentSampler
+    from .inversion import LatentInverter, LatentSampler
     from .inversion.randomness import as_seed
     from .plotting import plot_posterior
 
@@ -1248,8 +1277,7 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
                 "surveys: sample one survey per call with --sgd-epochs, or use --sgd-epochs 0 (starts "
                 "drawn from the prior)", param_hint="--sgd-epochs")
         if sgd_epochs:
-            settings = (dict(NONLINEAR_SETTINGS) if operator_kind != "straight" else
-                        dict(lr=1e-2, lr_decay=0.95, regularization="ring", lam=10.0, lam_decay=0.999))
+            settings = _sgd_settings(operator_kind, prior)
             settings.update(n_epochs=sgd_epochs, batch_size=min(25, survey.n_data), n_starts=chains)
             _echo(f"[sample] SGD starts: {chains} x {sgd_epochs} epochs", quiet)
             sgd = LatentInverter(prior, op, slowness_map=slowness_map, random_state=seed,
