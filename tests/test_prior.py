@@ -352,6 +352,21 @@ def test_parameters_changed_after_fit_are_refused_by_save_and_pickling(saved, tm
     np.testing.assert_array_equal(loaded.decode(z), prior.decode(z))
 
 
+def test_the_fitted_network_decodes_and_samples_after_set_params(saved):
+    """set_params(n_components=...) takes effect at the next fit: until then decode and sample keep
+    the fitted network's latent width (decode refused the fitted width, and sample drew latents
+    of the new one, which the network could not take)."""
+    prior, _ = saved
+    changed = copy.deepcopy(prior).set_params(n_components=5)
+    z = np.random.default_rng(0).standard_normal((4, 3))
+    np.testing.assert_array_equal(changed.decode(z), prior.decode(z))
+    np.testing.assert_array_equal(changed.sample(4, random_state=1), prior.sample(4, random_state=1))
+    assert changed.encode(prior.decode(z)).shape == (4, 3)
+    with pytest.raises(ValueError, match=r"Z must have n_components=3 columns \(the fitted network's; "
+                                         r"n_components=5 takes effect at the next fit\); got 5"):
+        changed.decode(np.zeros((1, 5)))
+
+
 def test_one_model_or_latent_as_a_1d_array_is_a_clear_error(saved):
     prior, _ = saved
     d, n = prior.n_components, prior.n_features_in_

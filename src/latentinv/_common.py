@@ -427,6 +427,10 @@ class _DecodesLatents:
 
     _chunk = 1024      # rows per forward pass
 
+    def _latent_width(self):
+        """The fitted network's latent dimension (``n_components`` unless the class says otherwise)."""
+        return int(self.n_components)
+
     def _forward_chunks(self, A, fn):
         """``fn`` of ``A``'s rows, ``_chunk`` at a time, as float32 tensors on ``device_``, without grad."""
         outs = []
@@ -440,7 +444,7 @@ class _DecodesLatents:
     def _decode(self, Z, columns_hint=""):
         """Models of latents ``Z`` (float64, one flat row each), checked on the way in and out."""
         check_is_fitted(self, "decoder_")
-        name, d = type(self).__name__, int(self.n_components)
+        name, d = type(self).__name__, self._latent_width()
         Z = _numeric_input(Z, "Z", name)
         _reject_1d(Z, "Z", "latent", d, name)
         if _ndim(Z) > 2:
@@ -451,7 +455,9 @@ class _DecodesLatents:
                              f"got an array of shape {shape}{hint}.")
         Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
         if Z.shape[1] != d:
-            raise ValueError(f"{name}: Z must have n_components={d} columns{columns_hint}; got {Z.shape[1]}.")
+            later = ("" if int(self.n_components) == d else
+                     f" (the fitted network's; n_components={self.n_components} takes effect at the next fit)")
+            raise ValueError(f"{name}: Z must have n_components={d} columns{later}{columns_hint}; got {Z.shape[1]}.")
         _check_float32_range(Z, "Z", name)
         n_cells = int(np.prod(self.image_shape_)) if self.image_shape_ is not None else int(self.n_features_in_)
         _check_output_fits(name, len(Z), n_cells)
@@ -477,7 +483,7 @@ class _DecodesLatents:
         name = type(self).__name__
         if not is_int(n_samples, 1):
             raise ValueError(f"{name}: n_samples must be an int >= 1; got {n_samples!r}.")
-        rng, shape = check_random_state(random_state, f"{name}.sample"), (int(n_samples), int(self.n_components))
+        rng, shape = check_random_state(random_state, f"{name}.sample"), (int(n_samples), self._latent_width())
         Z = rng.uniform(-1.0, 1.0, size=shape) if self.latent_distribution == "uniform" else rng.standard_normal(shape)
         return self.decode(Z)
 

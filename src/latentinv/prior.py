@@ -726,7 +726,7 @@ or PatchSampler
         X = self._validate_X(X, reset=False)
         outs = self._forward_chunks(X, lambda xb: self.module_.encode(xb)[0].cpu().double())
         if not outs:
-            return np.empty((0, int(self.n_components)))
+            return np.empty((0, self._latent_width()))
         return _check_finite_output(torch.cat(outs), "latents", type(self).__name__, X).numpy()
 
     def transform(self, X):
@@ -880,7 +880,7 @@ or PatchSampler
 
     def _decoding_error(self):
         """:func:`latentinv._storage.decoding_error` of this prior: its decoder on 256 of its latents."""
-        z = torch.randn(256, int(self.n_components), generator=torch.Generator().manual_seed(0)).to(self.device_)
+        z = torch.randn(256, self._latent_width(), generator=torch.Generator().manual_seed(0)).to(self.device_)
         return _storage.decoding_error(self.module_, lambda module, z: LatentDecoder(module).eval()(z), z)
 
     @classmethod
@@ -1069,6 +1069,9 @@ or PatchSampler
         return build_vae(self.architecture, input_shape, int(self.n_components),
                          channels=tuple(self.channels), kernel_sizes=tuple(self.kernel_sizes),
                          hidden_size=int(self.hidden_size), output_activation=self.output_activation, seed=0)
+
+    def _latent_width(self):
+        return int(self._n_features_out)      # fitted; n_components may have been set since
 
     def _described(self):
         return (f"architecture={self.architecture!r}, n_components={self.n_components}, "
