@@ -1213,10 +1213,17 @@ def test_a_save_that_fails_while_writing_leaves_the_saved_prior(saved, saved_cop
 
 def test_a_save_reaches_the_disk_before_its_files_are_renamed(saved, tmp_path, monkeypatch):
     """Both files are fsynced before either is renamed into place (a power cut after a rename must not
-    leave an empty file under the final name), and the configuration is renamed last."""
+    leave an empty file under the final name), the configuration is renamed last, and the directory
+    is fsynced after the renames (so that they reach the disk too)."""
+    import stat
+
     prior, _ = saved
     events, real_fsync, real_replace = [], os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+
+    def fsync(fd):
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync")
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(os.path.basename(b)), real_replace(a, b))[1])
     prior.save(tmp_path / "p")
-    assert events == ["fsync", "fsync", "weights.safetensors", "config.json"]
+    assert events == ["fsync", "fsync", "weights.safetensors", "config.json", "fsync dir"]

@@ -129,7 +129,8 @@ def _atomic_write_all(files):
     """Write each ``(path, data)`` of ``files``: every one to a temporary file beside it first, flushed to
     the disk (fsync: a power cut after the renames cannot leave an empty file under the final name), then
     all renamed in order, so that a failure while writing (a full disk, an interrupt) leaves every path as
-    it was (a saved model's weights are not replaced unless its configuration is written too)."""
+    it was (a saved model's weights are not replaced unless its configuration is written too); the
+    directories' entries are flushed last, so that the renames themselves survive a power cut."""
     temps = []
     try:
         for path, data in files:
@@ -147,6 +148,23 @@ def _atomic_write_all(files):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
+    for folder in dict.fromkeys(os.path.dirname(path) or "." for path, _ in files):
+        _fsync_directory(folder)
+
+
+def _fsync_directory(folder):
+    """Flush a directory's entries (POSIX; where a directory cannot be opened, as on Windows, the
+    renames are as durable as that system makes them)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass            # some file systems refuse fsync on a directory
+    finally:
+        os.close(fd)
 
 
 
