@@ -381,3 +381,29 @@ def test_set_params_rebuilds_the_operator_and_reaches_it_through_the_inverter():
     gs = GridSearchCV(inv, {"operator__boundary_rays": ["split", "upper_left"]}, cv=2,
                       scoring=lambda est, X, y=None: 0.0).fit(X)
     assert gs.best_estimator_.operator.boundary_rays == "split"
+
+
+@pytest.mark.parametrize("boundary_rays", ["split", "upper_left"])
+@pytest.mark.parametrize("offsets", [(0.0, 1e-12), (0.0, -1e-12), (3e-10, -5e-10), (1e-12, 4e-10)])
+def test_a_ray_whose_ends_are_both_within_1e_9_of_a_cell_of_one_grid_line_is_on_it(offsets, boundary_rays):
+    """Both ends on the line (within 1e-9 cell) but not at exactly the same depth (x): the ray runs within
+    1e-9 cell of the line over its whole length and goes where a ray exactly on it goes (half and half, or
+    wholly to the row above / column on the left), not wholly to the row (column) of its midpoint."""
+    grid = Grid2D(3, 4, (0.5, 0.25))
+    a, b = offsets
+    # horizontal: from x = 0 to 2 on depth 0.5 (rows 1 | 2); vertical: from depth 0 to 0.75 on x = 1 (cols 1 | 2)
+    survey = CrossholeSurvey([[0.0, 0.5 + a * grid.dz], [1.0 + a * grid.dx, 0.0]],
+                             [[2.0, 0.5 + b * grid.dz], [1.0 + b * grid.dx, 0.75]], pairs=[[0, 0], [1, 1]])
+    G = StraightRayOperator(grid, survey, boundary_rays).matrix.toarray().reshape(2, *grid.shape)
+    horizontal, vertical = np.zeros(grid.shape), np.zeros(grid.shape)
+    if boundary_rays == "split":
+        horizontal[1:3, :], vertical[:, 1:3] = 0.25, 0.125
+    else:
+        horizontal[1, :], vertical[:, 1] = 0.5, 0.25
+    np.testing.assert_allclose(G[0], horizontal, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(G[1], vertical, rtol=0, atol=1e-9)
+    # the traveltime of rows (columns) of different slowness: the mean of the two (or the upper / left one)
+    slowness = grid.to_flat(np.add.outer(np.arange(3.0), 10 * np.arange(4.0)) + 1)
+    t = StraightRayOperator(grid, survey, boundary_rays).response(slowness)
+    expected = [2.0 * (2.5 + 15.0), 0.75 * 17.0] if boundary_rays == "split" else [2.0 * (2.0 + 15.0), 0.75 * 12.0]
+    np.testing.assert_allclose(t, expected, rtol=1e-9)

@@ -31,6 +31,12 @@ def _line_index(coord, start, step, n):
     return int(r) if abs(k - r) <= _LINE_TOL and 0 <= r <= n else -1
 
 
+def _same_line(a, b, start, step, n):
+    """Index of the grid line both ``a`` and ``b`` lie on (within the tolerance), or -1."""
+    k = _line_index(a, start, step, n)
+    return k if k >= 0 and _line_index(b, start, step, n) == k else -1
+
+
 def straight_ray_matrix(grid, survey, boundary_rays="split"):
     """Sparse matrix of the length (m) of every straight ray in every cell.
 
@@ -38,8 +44,9 @@ def straight_ray_matrix(grid, survey, boundary_rays="split"):
     each piece is credited to the cell that holds its midpoint, so row ``i`` sums to the
     source-receiver distance of datum ``i`` up to rounding.
 
-    A ray running exactly along a cell boundary (a vertical or horizontal ray on a grid line, within
-    ``1e-9`` cell) belongs to two cells equally; ``boundary_rays`` says where it goes:
+    A ray running exactly along a cell boundary (a vertical or horizontal ray on a grid line: both of its
+    ends within ``1e-9`` cell of the same line) belongs to two cells equally; ``boundary_rays`` says
+    where it goes:
 
     - ``"split"`` (default): half and half between the two cells that share the boundary. This is
       the symmetric choice: the limit of rays an infinitesimal distance above and below the line,
@@ -90,9 +97,10 @@ def straight_ray_matrix(grid, survey, boundary_rays="split"):
         mid = p[None, :] + 0.5 * (ts[:-1] + ts[1:])[:, None] * d[None, :]
         keep = seg > 0
         seg, mid = seg[keep], mid[keep]
-        # a vertical ray on a grid line x = const, or a horizontal one on z = const
-        on_x = _line_index(p[0], x0, grid.dx, grid.n_cols) if d[0] == 0 else -1
-        on_z = _line_index(p[1], z0, grid.dz, grid.n_rows) if d[1] == 0 else -1
+        # a vertical ray on a grid line x = const, or a horizontal one on z = const: both ends within
+        # _LINE_TOL cell of the same line (not only d == 0: ends a rounding apart run along it too)
+        on_x = _same_line(p[0], q[0], x0, grid.dx, grid.n_cols)
+        on_z = _same_line(p[1], q[1], z0, grid.dz, grid.n_rows) if on_x < 0 else -1
         col = np.clip(np.floor((mid[:, 0] - x0) / grid.dx).astype(int), 0, grid.n_cols - 1)
         row = np.clip(np.floor((mid[:, 1] - z0) / grid.dz).astype(int), 0, grid.n_rows - 1)
         if on_x >= 0 or on_z >= 0:
