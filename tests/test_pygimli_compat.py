@@ -129,3 +129,18 @@ def test_set_params_rebuilds_the_graph_as_a_new_operator_would(backend):
     np.testing.assert_allclose(op.response(SLOWNESS_PG), [np.sqrt(5)], rtol=1e-12)
     with pytest.raises(ValueError, match=r"PyGimliOperator.set_params: invalid parameter\(s\) \['solver'\]"):
         op.set_params(solver="dijkstra")
+
+
+def test_grid_from_pygimli_mesh_refuses_what_is_not_a_2d_grid():
+    """A 3-D grid of 2 x 1 x 1 cells is not read as a 2-D grid of 1 x 2 cells (its z ignored); an empty
+    mesh and a non-mesh get errors that say what was expected."""
+    with pytest.raises(ValueError, match=r"grid_from_pygimli_mesh: expected a 2-D mesh, got a 3-D mesh"):
+        grid_from_pygimli_mesh(pg.createGrid(x=[0, 1, 2], y=[0, 1], z=[0, 1]))
+    with pytest.raises(ValueError, match=r"grid_from_pygimli_mesh: the mesh has no cells"):
+        grid_from_pygimli_mesh(pg.Mesh(2))
+    with pytest.raises(TypeError, match=r"grid_from_pygimli_mesh: mesh must be a pyGIMLi mesh, got str"):
+        grid_from_pygimli_mesh("mesh.bms")
+    # a 2-D grid is still read (and the secondary nodes of a Dijkstra mesh do not count as grid lines)
+    mesh = pg.Mesh(to_pygimli_mesh(GRID))
+    mesh.createSecondaryNodes(3)
+    assert grid_from_pygimli_mesh(mesh) == GRID

@@ -44,9 +44,18 @@ def grid_from_pygimli_mesh(mesh, rtol=1e-9):
 
     Raises
     ------
+    TypeError
+        If ``mesh`` is not a pyGIMLi mesh.
     ValueError
-        If the mesh is not a regular grid of equal rectangles.
+        If the mesh is not 2-D, has no cells, or is not a regular grid of equal rectangles.
     """
+    if not all(hasattr(mesh, name) for name in ("dim", "nodes", "cells", "cellCount")):
+        raise TypeError(f"grid_from_pygimli_mesh: mesh must be a pyGIMLi mesh, got {type(mesh).__name__}")
+    if mesh.dim() != 2:
+        raise ValueError(f"grid_from_pygimli_mesh: expected a 2-D mesh, got a {mesh.dim()}-D mesh "
+                         f"({mesh.cellCount()} cells)")
+    if mesh.cellCount() == 0:
+        raise ValueError("grid_from_pygimli_mesh: the mesh has no cells")
     nodes = np.array([[n.pos()[0], n.pos()[1]] for n in mesh.nodes()])
     xs, ys = np.unique(np.round(nodes[:, 0], 12)), np.unique(np.round(nodes[:, 1], 12))
     n_cols, n_rows = len(xs) - 1, len(ys) - 1
