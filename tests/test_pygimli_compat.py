@@ -144,3 +144,21 @@ def test_grid_from_pygimli_mesh_refuses_what_is_not_a_2d_grid():
     mesh = pg.Mesh(to_pygimli_mesh(GRID))
     mesh.createSecondaryNodes(3)
     assert grid_from_pygimli_mesh(mesh) == GRID
+
+
+@pytest.mark.parametrize("backend", ["latentinv", "pygimli"])
+def test_a_sensor_off_the_graph_nodes_is_refused_by_both_backends(backend):
+    """pyGIMLi's Dijkstra moves a sensor to the nearest mesh node without a word: a source at depth 1.3 m
+    gave the time from depth 1.0 m (1 + sqrt(2) = 4.414 ns in a unit medium, not the 4.061 ns of a graph
+    that had the source). Both backends refuse it, naming the nearest node."""
+    grid = Grid2D(4, 4, 1.0)
+    survey = CrossholeSurvey([[0.0, 1.3]], [[4.0, 2.0]])
+    with pytest.raises(ValueError, match=r"source 0 at \(x, depth\) = \(0.0, 1.3\) m is not on a graph node"
+                                         r".* nearest node is 5 at \(0.0, 1.0\) m"):
+        PyGimliOperator(grid, survey, n_secondary_nodes=0, backend=backend)
+    # on a node of the graph with secondary nodes (depth 1.25 with 3 per side) both give the same time
+    on_node = CrossholeSurvey([[0.0, 1.25]], [[4.0, 2.0]])
+    times = [PyGimliOperator(grid, on_node, n_secondary_nodes=3, backend=b).response(np.ones(16))
+             for b in ("latentinv", "pygimli")]
+    np.testing.assert_allclose(times[0], times[1], rtol=1e-12)
+    assert times[0][0] >= np.hypot(4.0, 0.75) - 1e-12

@@ -134,6 +134,8 @@ class PyGimliOperator(ForwardOperator):
     ----------
     grid : Grid2D
     survey : CrossholeSurvey
+        Every sensor must lie on a graph node (a cell corner or a secondary node), under both
+        backends: pyGIMLi itself would move it to the nearest node without a word (ValueError).
     n_secondary_nodes : int, default=3
         Secondary nodes per cell edge (pyGIMLi's ``secNodes``).
     backend : {"latentinv", "pygimli"}, default="latentinv"
@@ -180,7 +182,13 @@ class PyGimliOperator(ForwardOperator):
             pg = _import_pygimli()
             from pygimli.physics.traveltime import TravelTimeDijkstraModelling
 
+            from .shortest_path import sensor_nodes
+
             survey.check_in(grid, owner="PyGimliOperator")
+            # pyGIMLi moves a sensor off every node to the nearest one without a word: refuse it, as
+            # the latentinv backend does
+            sensor_nodes(grid, survey.sources, n_secondary_nodes, "source", "PyGimliOperator")
+            sensor_nodes(grid, survey.receivers, n_secondary_nodes, "receiver", "PyGimliOperator")
             mesh = to_pygimli_mesh(grid)
             if n_secondary_nodes:
                 mesh = pg.Mesh(mesh)
