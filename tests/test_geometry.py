@@ -185,3 +185,20 @@ def test_the_grid_boundary_admits_sensors_within_1e_9_of_a_cell(offset, inside):
     else:
         with pytest.raises(ValueError, match="source 0 .* lies outside the grid"):
             survey.check_in(grid)
+
+
+def test_cell_index_refuses_points_outside_the_grid_and_contains_refuses_points_that_are_not_pairs():
+    """cell_index clipped any point into the grid (a point at (100, 100) m was in the last cell, one at
+    (0, 0) in the first, NaN in cell 4); contains read a (2, 3) array as three points."""
+    grid = Grid2D(3, 4, 0.5, origin=(1.0, 2.0))
+    np.testing.assert_array_equal(grid.cell_index([1.0, 3.0, 3.0 + 1e-12, 1.5], [2.0, 3.5, 3.5, 2.0 - 1e-12]),
+                                  [0, 11, 11, 1])      # on the boundary (within 1e-9 cell): kept
+    for x, depth, i in [(100.0, 100.0, 0), ([1.2, 0.0], [2.1, 0.0], 1), (np.nan, 2.5, 0), (3.0 + 1e-6, 3.0, 0)]:
+        with pytest.raises(ValueError, match=rf"Grid2D.cell_index: point {i} at \(x, depth\) = .* lies outside "
+                                             r"the grid: expected x in \[1, 3\] m, depth in \[2, 3.5\] m"):
+            grid.cell_index(x, depth)
+    with pytest.raises(ValueError, match=r"Grid2D.contains: points must have a last axis of length 2 "
+                                         r"\(x, depth\), got shape \(2, 3\)"):
+        grid.contains(np.zeros((2, 3)))
+    np.testing.assert_array_equal(grid.contains([[1.5, 2.5], [0.0, 2.5]]), [True, False])
+    np.testing.assert_array_equal(grid.contains([1.5, 2.5]), [True])

@@ -135,8 +135,13 @@ class Grid2D:
         return np.column_stack([xx.ravel(), zz.ravel()])
 
     def contains(self, points, tol=_EDGE_TOL):
-        """Whether each ``(x, depth)`` point lies in the closed grid rectangle (boundary included)."""
-        p = np.asarray(points, dtype=float).reshape(-1, 2)
+        """Whether each ``(x, depth)`` point lies in the closed grid rectangle (boundary included,
+        within ``tol`` cell). ``points``: array of shape ``(n, 2)`` or ``(2,)``; returns ``(n,)``."""
+        p = np.asarray(points, dtype=float)
+        if p.ndim < 1 or p.shape[-1] != 2:
+            raise ValueError(f"Grid2D.contains: points must have a last axis of length 2 (x, depth), "
+                             f"got shape {p.shape}")
+        p = p.reshape(-1, 2)
         x0, z0 = self.origin
         tx, tz = tol * self.dx, tol * self.dz
         return (
@@ -146,10 +151,29 @@ class Grid2D:
             & (p[:, 1] <= z0 + self.height + tz)
         )
 
+    def _outside(self, owner, what, point):
+        """The error message for a point outside the grid."""
+        num = lambda v: f"{float(v):.10g}"        # noqa: E731  (12.9, not 12.900000000000002)
+        x0, z0 = self.origin
+        return (f"{owner}: {what} at (x, depth) = ({num(point[0])}, {num(point[1])}) m lies outside the grid: "
+                f"expected x in [{num(x0)}, {num(x0 + self.width)}] m, depth in [{num(z0)}, "
+                f"{num(z0 + self.height)}] m")
+
     def cell_index(self, x, depth):
-        """Flat index of the cell holding each point (points on the far edges go to the last cell)."""
+        """Flat index of the cell holding each point (points on the far edges go to the last cell).
+
+        Raises
+        ------
+        ValueError
+            If a point lies outside the grid (beyond ``1e-9`` cell of its boundary) or is NaN.
+        """
         x = np.asarray(x, dtype=float)
         depth = np.asarray(depth, dtype=float)
+        points = np.stack(np.broadcast_arrays(x, depth), axis=-1).reshape(-1, 2)
+        inside = self.contains(points)
+        if not np.all(inside):
+            i = int(np.argmin(inside))
+            raise ValueError(self._outside("Grid2D.cell_index", f"point {i}", points[i]))
         col = np.clip(np.floor((x - self.origin[0]) / self.dx).astype(int), 0, self.n_cols - 1)
         row = np.clip(np.floor((depth - self.origin[1]) / self.dz).astype(int), 0, self.n_rows - 1)
         return row * self.n_cols + col
@@ -345,13 +369,7 @@ class CrossholeSurvey:
             inside = grid.contains(pos)
             if not np.all(inside):
                 i = int(np.argmin(inside))
-                num = lambda v: f"{float(v):.10g}"        # noqa: E731  (12.9, not 12.900000000000002)
-                x0, z0 = grid.origin
-                raise ValueError(
-                    f"{owner}: {name} {i} at (x, depth) = ({num(pos[i][0])}, {num(pos[i][1])}) m lies outside "
-                    f"the grid: expected x in [{num(x0)}, {num(x0 + grid.width)}] m, depth in "
-                    f"[{num(z0)}, {num(z0 + grid.height)}] m"
-                )
+                raise ValueError(grid._outside(owner, f"{name} {i}", pos[i]))
 
     def __eq__(self, other):
         return (
