@@ -407,3 +407,18 @@ def test_a_ray_whose_ends_are_both_within_1e_9_of_a_cell_of_one_grid_line_is_on_
     t = StraightRayOperator(grid, survey, boundary_rays).response(slowness)
     expected = [2.0 * (2.5 + 15.0), 0.75 * 17.0] if boundary_rays == "split" else [2.0 * (2.0 + 15.0), 0.75 * 12.0]
     np.testing.assert_allclose(t, expected, rtol=1e-9)
+
+
+def test_adjoint_refuses_complex_and_text_and_takes_a_tensor_that_requires_grad():
+    """adjoint dropped the imaginary part of complex data (NumPy's ComplexWarning only), failed on text with
+    NumPy's 'could not convert string to float' and on a tensor that requires grad with torch's message."""
+    grid = Grid2D(4, 4, 1.0)
+    op = StraightRayOperator(grid, CrossholeSurvey([[0.0, 1.0]], [[4.0, 2.0], [4.0, 3.0]]))
+    for bad, what in [(np.ones(2, dtype=complex), "complex128"), (np.array([True, False]), "bool"),
+                      ("ab", "<U2"), (torch.ones(2, dtype=torch.complex64), "complex64")]:
+        with pytest.raises(ValueError, match=rf"StraightRayOperator: adjoint expects real data \(ns\), "
+                                             rf"got dtype {what}"):
+            op.adjoint(bad)
+    v = torch.tensor([1.0, 2.0], requires_grad=True)
+    np.testing.assert_allclose(op.adjoint(v), op.matrix.T @ np.array([1.0, 2.0]), rtol=1e-15)
+    np.testing.assert_allclose(op.adjoint(np.array([1, 2])), op.matrix.T @ np.array([1.0, 2.0]), rtol=1e-15)

@@ -195,7 +195,19 @@ class StraightRayOperator(ForwardOperator):
 
     def adjoint(self, v):
         """``G^T v`` for data ``v`` of shape ``(n_data,)`` or ``(n, n_data)`` (ns -> ns*m)."""
-        a = np.asarray(v, dtype=np.float64)
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu()
+            kind = "c" if v.is_complex() else ("b" if v.dtype == torch.bool else "f")
+            dtype = str(v.dtype).replace("torch.", "")
+        else:
+            v = np.asarray(v)
+            kind, dtype = v.dtype.kind, v.dtype
+        try:
+            if kind not in "iufO":
+                raise TypeError
+            a = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"StraightRayOperator: adjoint expects real data (ns), got dtype {dtype}") from None
         if a.shape[-1:] != (self.n_data,) or a.ndim > 2:
             raise ValueError(
                 f"StraightRayOperator: adjoint expects shape ({self.n_data},) or (n, {self.n_data}), "
