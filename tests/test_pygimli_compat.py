@@ -162,3 +162,38 @@ def test_a_sensor_off_the_graph_nodes_is_refused_by_both_backends(backend):
              for b in ("latentinv", "pygimli")]
     np.testing.assert_allclose(times[0], times[1], rtol=1e-12)
     assert times[0][0] >= np.hypot(4.0, 0.75) - 1e-12
+
+
+def _data(sensors, s, g, t=None):
+    data = pg.DataContainer()
+    data.registerSensorIndex("s")
+    data.registerSensorIndex("g")
+    for p in sensors:
+        data.createSensor(pg.Pos(*p))
+    data.resize(len(s))
+    data.set("s", pg.Vector(np.asarray(s, float)))
+    data.set("g", pg.Vector(np.asarray(g, float)))
+    if t is not None:
+        data.set("t", pg.Vector(np.asarray(t, float)))
+    return data
+
+
+def test_from_pygimli_data_refuses_sensor_indices_outside_the_sensors_and_3d_sensors():
+    """A geophone index of -1 (pyGIMLi's 'no sensor') took the last sensor as the receiver without a word;
+    an index past the sensors was an IndexError; a sensor's z was dropped."""
+    sensors = [(0, -1), (0, -2), (3, -1), (3, -2)]
+    for g, bad in [([2, 3, -1], -1), ([2, 3, 4], 4)]:
+        with pytest.raises(ValueError, match=rf"from_pygimli_data: 'g' of datum 2 is {bad}, expected a sensor "
+                                             r"index in \[0, 4\)"):
+            from_pygimli_data(_data(sensors, [0, 1, 0], g))
+    with pytest.raises(ValueError, match=r"from_pygimli_data: 's' of datum 1 is -1"):
+        from_pygimli_data(_data(sensors, [0, -1, 0], [2, 3, 3]))
+    with pytest.raises(ValueError, match=r"from_pygimli_data: sensor 0 has z = 5 m; expected 2-D sensors \(x, y\)"):
+        from_pygimli_data(_data([(0, -1, 5), (3, -1, 0)], [0], [1]))
+    with pytest.raises(TypeError, match=r"from_pygimli_data: data must be a pyGIMLi DataContainer, got str"):
+        from_pygimli_data("data.sgt")
+    with pytest.raises(TypeError, match=r"to_pygimli_data: survey must be a CrossholeSurvey, got str"):
+        to_pygimli_data("data.sgt")
+    survey, _ = from_pygimli_data(_data(sensors, [0, 1, 0], [2, 3, 3]))
+    np.testing.assert_allclose(survey.distances, [3.0, 3.0, np.hypot(3.0, 1.0)], rtol=1e-15)
+

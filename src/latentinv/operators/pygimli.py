@@ -81,6 +81,8 @@ def to_pygimli_data(survey, times=None):
     Sources and receivers at the same position share one pyGIMLi sensor.
     """
     pg = _import_pygimli()
+    if not isinstance(survey, CrossholeSurvey):
+        raise TypeError(f"to_pygimli_data: survey must be a CrossholeSurvey, got {type(survey).__name__}")
     positions = np.vstack([survey.sources, survey.receivers])
     uniq, inverse = np.unique(np.round(positions, 12), axis=0, return_inverse=True)
     inverse = inverse.ravel()
@@ -107,12 +109,30 @@ def from_pygimli_data(data):
 
     The survey's sources are the sensors used as ``s``, its receivers those used as ``g`` (in sensor
     order), and its pairs follow the data order.
+
+    Raises
+    ------
+    ValueError
+        If an ``s`` or ``g`` index is not a sensor (pyGIMLi's -1, or past the last sensor), a sensor
+        has a z coordinate, or the container holds no data.
     """
-    sensors = np.array([[p[0], -p[1]] for p in data.sensorPositions()], dtype=float)
+    owner = "from_pygimli_data"
+    if not all(hasattr(data, name) for name in ("sensorPositions", "haveData", "size")):
+        raise TypeError(f"{owner}: data must be a pyGIMLi DataContainer, got {type(data).__name__}")
+    raw = np.array([[p[0], p[1], p[2]] for p in data.sensorPositions()], dtype=float).reshape(-1, 3)
+    if np.any(raw[:, 2] != 0):
+        k = int(np.flatnonzero(raw[:, 2] != 0)[0])
+        raise ValueError(f"{owner}: sensor {k} has z = {raw[k, 2]:.10g} m; expected 2-D sensors (x, y)")
+    sensors = np.column_stack([raw[:, 0], -raw[:, 1]])
     s = np.asarray(data["s"], dtype=int)
     g = np.asarray(data["g"], dtype=int)
     if len(s) == 0:
-        raise ValueError("from_pygimli_data: the DataContainer holds no data")
+        raise ValueError(f"{owner}: the DataContainer holds no data")
+    for name, index in (("s", s), ("g", g)):
+        bad = np.flatnonzero((index < 0) | (index >= len(sensors)))
+        if len(bad):
+            raise ValueError(f"{owner}: {name!r} of datum {int(bad[0])} is {int(index[bad[0]])}, expected a sensor "
+                             f"index in [0, {len(sensors)})")
     src_ids, s_idx = np.unique(s, return_inverse=True)
     rcv_ids, g_idx = np.unique(g, return_inverse=True)
     survey = CrossholeSurvey(sensors[src_ids], sensors[rcv_ids], np.column_stack([s_idx, g_idx]))
