@@ -197,3 +197,16 @@ def test_from_pygimli_data_refuses_sensor_indices_outside_the_sensors_and_3d_sen
     survey, _ = from_pygimli_data(_data(sensors, [0, 1, 0], [2, 3, 3]))
     np.testing.assert_allclose(survey.distances, [3.0, 3.0, np.hypot(3.0, 1.0)], rtol=1e-15)
 
+
+def test_from_pygimli_data_warns_of_traveltimes_in_seconds():
+    """pyGIMLi's traveltimes are in s, latentinv's in ns: 3 m in 2e-8 (s) is 1.5e8 m/ns, faster than light
+    (0.3 m/ns). Times in ns pass without a warning."""
+    sensors = [(0, -1), (3, -1)]
+    with pytest.warns(UserWarning, match=r"from_pygimli_data: datum 0 .* 3 m in 2e-08 ns, 1.5e\+08 m/ns, "
+                                         r"faster than light \(0.3 m/ns\): latentinv's traveltimes are in ns"):
+        from_pygimli_data(_data(sensors, [0], [1], [2e-8]))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, t = from_pygimli_data(_data(sensors, [0], [1], [20.0]))
+    np.testing.assert_array_equal(t, [20.0])

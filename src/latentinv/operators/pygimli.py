@@ -8,6 +8,7 @@ columns ``s`` (shot) and ``g`` (geophone), and traveltimes in ``t``.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -110,6 +111,10 @@ def from_pygimli_data(data):
     The survey's sources are the sensors used as ``s``, its receivers those used as ``g`` (in sensor
     order), and its pairs follow the data order.
 
+    Traveltimes ``t`` are returned as they are: latentinv expects ns (slowness in ns/m), while pyGIMLi's
+    own traveltime examples use s. A UserWarning says so when a datum's straight distance over its time
+    exceeds 1 m/ns (light travels 0.3 m/ns), which times in s do by a factor of about 1e9.
+
     Raises
     ------
     ValueError
@@ -139,6 +144,13 @@ def from_pygimli_data(data):
     times = None
     if data.haveData("t"):
         times = np.asarray(data["t"], dtype=float).copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            speed = np.where(times > 0, survey.distances / times, 0.0)
+        if np.any(speed > 1.0):
+            k = int(np.argmax(speed))
+            warnings.warn(f"{owner}: datum {k} is {survey.distances[k]:.3g} m in {times[k]:.3g} ns, "
+                          f"{speed[k]:.3g} m/ns, faster than light (0.3 m/ns): latentinv's traveltimes are in "
+                          "ns (pyGIMLi's are in s: multiply them by 1e9)", UserWarning, stacklevel=2)
     return survey, times
 
 
