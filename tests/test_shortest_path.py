@@ -999,3 +999,36 @@ def test_get_and_set_params_reach_the_operator_through_the_inverter():
     gs = GridSearchCV(inv, {"operator__n_secondary_nodes": [1, 2]}, cv=2,
                       scoring=lambda est, X, y=None: float(est.operator_.n_secondary_nodes)).fit(X)
     assert gs.best_params_ == {"operator__n_secondary_nodes": 2}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/status"),
+                    reason="address-space limit (RLIMIT_AS) on Linux only")
+@pytest.mark.parametrize("backend, n_rows, n", [("cpp", 1000, 100), ("python", 500, 60)])
+def test_a_graph_beyond_memory_is_a_memory_error_that_names_its_size(backend, n_rows, n):
+    """Under a 6 GB address-space limit, C++'s labels of 201 million nodes were a bare
+    MemoryError('std::bad_alloc'), and the Python backend's graph of 30 million nodes NumPy's 'Unable to
+    allocate ...'. The error now names the node count, the grid, n_secondary_nodes and n_threads, and what needs less."""
+    if backend == "cpp" and not HAS_CORE:
+        pytest.skip("latentinv._core not built")
+    import subprocess
+    import sys
+    nodes = (n_rows + 1) ** 2 + 2 * n_rows * (n_rows + 1) * n
+    code = f"""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+import numpy as np
+from latentinv import CrossholeSurvey, Grid2D
+from latentinv.operators import ShortestPathOperator
+grid = Grid2D({n_rows}, {n_rows}, 0.1)
+survey = CrossholeSurvey([[0.0, 0.1]], [[{n_rows} * 0.1, 0.2]])
+try:
+    op = ShortestPathOperator(grid, survey, n_secondary_nodes={n}, n_threads=1, backend={backend!r})
+    op.response(np.ones(grid.n_cells))
+except MemoryError as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (f"ShortestPathOperator: out of memory for the graph of {nodes} nodes ({n_rows} x {n_rows} cells, "
+            f"n_secondary_nodes={n}) with n_threads=1 ({backend} backend)") in out.stdout, out.stdout
+    assert "fewer secondary nodes, fewer threads or a coarser grid need less memory" in out.stdout

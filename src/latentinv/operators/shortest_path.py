@@ -440,11 +440,27 @@ class ShortestPathOperator(ForwardOperator):
 
     def _build_engine(self, n, source_nodes, receiver_nodes):
         grid, pairs = self.grid, self.survey.pairs
-        if self.backend == "cpp":
-            return core.ShortestPathEngine(grid.n_rows, grid.n_cols, grid.dx, grid.dz, n,
-                                           source_nodes.tolist(), receiver_nodes.tolist(),
-                                           pairs[:, 0].tolist(), pairs[:, 1].tolist())
-        return _PythonGraph(grid, n, source_nodes, receiver_nodes, pairs)
+        try:
+            if self.backend == "cpp":
+                engine = core.ShortestPathEngine(grid.n_rows, grid.n_cols, grid.dx, grid.dz, n,
+                                                 source_nodes.tolist(), receiver_nodes.tolist(),
+                                                 pairs[:, 0].tolist(), pairs[:, 1].tolist())
+            else:
+                engine = _PythonGraph(grid, n, source_nodes, receiver_nodes, pairs)
+        except MemoryError as exc:
+            raise self._out_of_memory(exc, n) from exc
+        return engine
+
+    def _out_of_memory(self, exc, n=None):
+        """A MemoryError that names the graph's size and what makes it smaller (``exc``: the engine's,
+        e.g. C++'s bare ``std::bad_alloc``); ``n``: secondary nodes of the graph (None: the fine one)."""
+        grid = self.grid
+        n = self.n_secondary_nodes if n is None else n
+        return MemoryError(
+            f"{type(self).__name__}: out of memory for the graph of {int(sum(_node_counts(grid, n)))} nodes "
+            f"({grid.n_rows} x {grid.n_cols} cells, n_secondary_nodes={n}) with n_threads={self.n_threads} "
+            f"({self.backend} backend); every engine thread holds arrays over all the nodes, so fewer "
+            f"secondary nodes, fewer threads or a coarser grid need less memory ({exc})")
 
     def _extrapolate(self, fine, coarse):
         """Richardson's combination of the fine and coarse graphs' (times, Jacobians)."""
@@ -504,7 +520,16 @@ class ShortestPathOperator(ForwardOperator):
         return self._extrapolate(fine, self._solve(self._coarse_engine, m, want_jacobian,
                                                    jacobian_rows, sources))
 
+    def _nodes_of(self, engine):
+        return self.extrapolate_from if engine is self._coarse_engine else self.n_secondary_nodes
+
     def _solve(self, engine, m, want_jacobian, jacobian_rows, sources):
+        try:
+            return self._solve_unchecked(engine, m, want_jacobian, jacobian_rows, sources)
+        except MemoryError as exc:
+            raise self._out_of_memory(exc, self._nodes_of(engine)) from exc
+
+    def _solve_unchecked(self, engine, m, want_jacobian, jacobian_rows, sources):
         if self.backend == "cpp":
             times, csr = engine.run(m, bool(want_jacobian), self.n_threads,
                                     jacobian_rows=jacobian_rows, sources=sources, **self._run_options)
@@ -553,8 +578,11 @@ class ShortestPathOperator(ForwardOperator):
 
             def fetch():
                 out = []
-                for job in jobs:
-                    times, csr = job.result()
+                for job, engine in zip(jobs, engines):
+                    try:
+                        times, csr = job.result()
+                    except MemoryError as exc:
+                        raise self._out_of_memory(exc, self._nodes_of(engine)) from exc
                     out.append((times, self._split_jacobian(csr, len(a)) if want_jacobian else None))
                 return out[0] if len(out) == 1 else self._extrapolate(*out)
         else:
