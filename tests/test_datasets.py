@@ -99,6 +99,39 @@ def test_load_image_png_and_npy(tmp_path):
         load_image(tmp_path / "bad.npy")
 
 
+
+@pytest.mark.parametrize("threshold", [128, 1.5, -0.1, float("nan"), float("inf"), "0.5", True])
+def test_load_image_refuses_a_threshold_outside_the_grey_levels(tmp_path, threshold):
+    """Grey levels are in [0, 1]: ``threshold=128`` (a 0-255 habit) made every pixel background, and NaN
+    too, without a word."""
+    Image.fromarray(np.array([[0, 127, 128, 255]], dtype=np.uint8)).save(tmp_path / "g.png")
+    with pytest.raises(ValueError, match=r"load_image: threshold must be None or a grey level in \[0, 1\] "
+                                         r"\(0-255 levels / 255\); got "):
+        load_image(tmp_path / "g.png", threshold=threshold)
+    np.testing.assert_array_equal(load_image(tmp_path / "g.png", threshold=np.float32(0.5)), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(load_image(tmp_path / "g.png", threshold=1), [[0, 0, 0, 1]])
+
+
+def test_load_image_warns_when_the_threshold_leaves_one_value(tmp_path):
+    """A 0/1 mask saved as an 8-bit PNG has grey levels 0 and 1/255: thresholded at 0.5 it was an image
+    without channel, returned silently (and trained on). It warns, naming the grey levels and the way out;
+    an image of one grey level (all background) does not."""
+    mask = np.zeros((4, 6), dtype=np.uint8)
+    mask[1:3] = 1
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    with pytest.warns(UserWarning, match=r"load_image: thresholded at 0\.5, every pixel of .*mask\.png' is 0 "
+                                         r"\(grey levels 0 to 0\.003922\).*0/1 mask.*threshold=1/255"):
+        img = load_image(tmp_path / "mask.png")
+    assert not img.any()
+    np.testing.assert_array_equal(load_image(tmp_path / "mask.png", threshold=1 / 255), mask)
+    Image.fromarray(np.zeros((4, 6), dtype=np.uint8)).save(tmp_path / "blank.png")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not load_image(tmp_path / "blank.png").any()
+        assert load_image(tmp_path / "mask.png", threshold=None).max() == pytest.approx(1 / 255)
+
+
 def test_patch_sampler_crops_are_subimages():
     rng = np.random.default_rng(0)
     image = rng.random((30, 20)).astype(np.float32)

@@ -333,14 +333,21 @@ def load_image(path, threshold=0.5):
         code execution) and returned as float64; other files are opened with
         Pillow, converted to grey levels in [0, 1] and thresholded.
     threshold : float or None, default=0.5
-        Grey level (in [0, 1]) at or above which a pixel is channel (1).
-        None keeps grey levels (images only).
+        Grey level in [0, 1] (the 0-255 levels / 255) at or above which a
+        pixel is channel (1); other values raise a ValueError. A threshold
+        that leaves every pixel of a non-uniform image 0 (or every pixel 1)
+        warns: a 0/1 mask saved as 8-bit levels 0 and 1 needs
+        ``threshold=1/255``. None keeps grey levels. Images only: a
+        ``.npy`` array is returned as stored.
 
     Returns
     -------
     image : ndarray of shape (n_rows, n_cols), dtype float64
     """
     path = os.fspath(path)
+    if threshold is not None:
+        threshold = _check_real(threshold, "threshold", "load_image",
+                                "None or a grey level in [0, 1] (0-255 levels / 255)", lambda v: 0 <= v <= 1)
     if path.lower().endswith(".npy"):
         image = np.load(path, allow_pickle=False)
         image = np.asarray(image, dtype=np.float64)
@@ -350,7 +357,13 @@ def load_image(path, threshold=0.5):
         with Image.open(path) as img:
             image = np.asarray(img.convert("L"), dtype=np.float64) / 255.0
         if threshold is not None:
-            image = (image >= threshold).astype(np.float64)
+            grey, image = image, (image >= threshold).astype(np.float64)
+            if image.size and grey.min() < grey.max() and image.min() == image.max():
+                warnings.warn(f"load_image: thresholded at {threshold:g}, every pixel of {path!r} is "
+                              f"{image.flat[0]:g} (grey levels {grey.min():.4g} to {grey.max():.4g}); a 0/1 "
+                              f"mask saved as 8-bit grey levels 0 and 1? Pass threshold=1/255 (or a grey level "
+                              f"between the image's), or threshold=None for its grey levels", UserWarning,
+                              stacklevel=2)
     if image.ndim != 2:
         raise ValueError(f"load_image: expected a 2-D image in {path!r}; got shape {image.shape}.")
     return image
