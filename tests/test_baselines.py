@@ -108,3 +108,28 @@ def test_the_warning_names_the_items_that_fail_when_given_labels():
     with pytest.raises(ValueError, match="labels: expected 4 names, one per item; got 2"):
         check_against_baselines(data_rmse=[0.1, 4.0, 0.2, 3.0], homogeneous_rmse=[1.0, 5.0, 1.0, 4.0],
                                 labels=["a", "b"])
+
+
+@pytest.mark.parametrize("sigma, message", [
+    (0.0, r"got 0\.0"),
+    (-1.0, r"got -1\.0"),
+    (np.nan, r"got nan"),
+    (np.inf, r"got inf"),
+    ("0.5", r"got '0\.5'"),
+    (True, r"got True"),
+    (np.ones(3), r"got an array of shape \(3,\)"),
+    (np.r_[0.0, np.ones(3)], r"got 1 that are not finite and positive \(the first at datum 0: 0\.0\)"),
+])
+def test_homogeneous_fit_refuses_a_sigma_that_is_not_positive_noise(sigma, message):
+    """sigma = 0, inf or NaN returned a slowness and an RMSE of NaN (a baseline that then passed or failed
+    every comparison), a negative sigma was squared away, and an array of the wrong length got numpy's
+    broadcasting error."""
+    op = StraightRayOperator(Grid2D(16, 8, 0.1), CrossholeSurvey([[0.01, 0.2], [0.01, 1.4]],
+                                                                 [[0.79, 0.2], [0.79, 1.4]]))
+    d = op.response(np.full(op.n_params, 12.5))
+    with pytest.raises(ValueError, match=r"homogeneous_fit: sigma must be None, a positive number or an array "
+                                         r"of 4 positive numbers \(ns\); " + message):
+        homogeneous_fit(op, d, sigma)
+    assert homogeneous_fit(op, d, np.float32(0.5))[0] == pytest.approx(12.5)
+    assert homogeneous_fit(op, d, [0.5, 1, 2, 3])[0] == pytest.approx(12.5)
+    assert homogeneous_fit(op, d, np.array([0.5, 1, 2, 3], dtype=object))[0] == pytest.approx(12.5)
