@@ -587,3 +587,26 @@ def test_channel_image_stops_at_the_first_channel_that_reaches_density(width, de
         previous = current
     assert previous.mean() < density <= image.mean()
     np.testing.assert_array_equal(image, current)
+
+
+def test_patch_sampler_takes_the_windows_of_a_mapping_and_of_an_iterator():
+    """``exclude=PAPER_TRUTH_WINDOWS`` (the dict the docs name) was refused as "3 entries" per image (its
+    keys were read as windows); a generator of windows raised a TypeError (no len)."""
+    from latentinv.datasets import PAPER_TRUTH_WINDOWS, load_channels_ti
+
+    ti = load_channels_ti()
+    expected = PatchSampler(ti, (129, 65), exclude=list(PAPER_TRUTH_WINDOWS.values()))
+    for exclude in (PAPER_TRUTH_WINDOWS, dict(PAPER_TRUTH_WINDOWS), iter(PAPER_TRUTH_WINDOWS.values()),
+                    (w for w in PAPER_TRUTH_WINDOWS.values())):
+        sampler = PatchSampler(ti, (129, 65), exclude=exclude)
+        assert sampler.exclude == expected.exclude == [list(PAPER_TRUTH_WINDOWS.values())]
+        np.testing.assert_array_equal(sampler.n_valid, expected.n_valid)
+    two = PatchSampler([ti[:600, :600], ti[:500, :500]], (129, 65), exclude=[{"a": (0, 0, 10, 10)}, None])
+    assert two.exclude == [[(0, 0, 10, 10)], []]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_patch_sampler_names_a_window_that_is_not_finite(bad):
+    with pytest.raises(ValueError, match=r"PatchSampler: exclusion window entries must be integers \(cells\); "
+                                         r"got \(.*, 0, 2, 2\) for image 0"):
+        PatchSampler(np.zeros((10, 10)), (5, 5), exclude=[(bad, 0, 2, 2)])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from types import MappingProxyType
 
 import numpy as np
@@ -491,6 +492,16 @@ def _is_window(w):
     return a.ndim == 1 and a.size > 0 and (np.issubdtype(a.dtype, np.number) or a.dtype == bool)
 
 
+def _windows(exclude):
+    """Windows given as a mapping (e.g. :data:`PAPER_TRUTH_WINDOWS`: its values) or any iterable, as a list
+    (an array stays an array; None stays None)."""
+    if exclude is None or isinstance(exclude, np.ndarray):
+        return exclude
+    if isinstance(exclude, Mapping):
+        return list(exclude.values())
+    return list(exclude)
+
+
 def _check_window(window, image_shape, image, owner):
     """``(row0, col0, n_rows, n_cols)`` as ints, entirely inside an image of ``image_shape``.
 
@@ -500,7 +511,7 @@ def _check_window(window, image_shape, image, owner):
     if len(values) != 4:
         raise ValueError(f"{owner}: each exclusion window must have 4 entries (row0, col0, n_rows, "
                          f"n_cols); got {window!r} with {len(values)} for {image}.")
-    if any(isinstance(v, bool) or float(v) != int(v) for v in values):
+    if any(isinstance(v, bool) or not math.isfinite(float(v)) or float(v) != int(v) for v in values):
         raise ValueError(f"{owner}: exclusion window entries must be integers (cells); got {window!r} "
                          f"for {image}.")
     r0, c0, hw, ww = (int(v) for v in values)
@@ -535,7 +546,8 @@ class PatchSampler:
         and size, integer cells, entirely inside the image: a window of the
         wrong length, with non-integer entries, a size below 1 or reaching
         outside the image raises a ValueError). Either a flat sequence of
-        windows applied to every image, or one sequence of windows per image.
+        windows applied to every image, or one sequence of windows per image;
+        a mapping (e.g. :data:`PAPER_TRUTH_WINDOWS`) stands for its values.
     random_state : int >= 0, numpy Generator/RandomState or None
         Seeds the sampler's own generator (used when :meth:`sample` gets no
         ``random_state``).
@@ -578,6 +590,7 @@ class PatchSampler:
             if im.shape[0] < h or im.shape[1] < w:
                 raise ValueError(f"{owner}: patch_shape {self.patch_shape} larger than image {i} "
                                  f"of shape {im.shape}.")
+        exclude = _windows(exclude)
         if exclude is None or len(exclude) == 0:
             per_image = [[] for _ in images]
         elif all(_is_window(e) for e in exclude):
@@ -587,7 +600,7 @@ class PatchSampler:
                 raise ValueError(f"{owner}: exclude must be a list of windows (row0, col0, n_rows, "
                                  f"n_cols) or one list of windows per image ({len(images)}); got "
                                  f"{len(exclude)} entries.")
-            per_image = [list(e) if e is not None else [] for e in exclude]
+            per_image = [_windows(e) if e is not None else [] for e in exclude]
             for e in per_image:
                 if not all(_is_window(x) for x in e):
                     raise ValueError(f"{owner}: each exclusion window must be (row0, col0, n_rows, "
