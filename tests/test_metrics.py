@@ -436,3 +436,40 @@ def test_score_and_scorer_refuse_true_models_outside_the_priors_unit_interval():
             with pytest.raises(ValueError, match=r"model_rmse_scorer: .* got values in \[0, 255\]"):
                 model_rmse_scorer(est, X, truths * 255)
             assert np.isfinite(est.score(X, truths)) and model_rmse_scorer(est, X, truths) <= 0
+
+
+@pytest.mark.parametrize("call, message", [
+    # numpy's own messages, or (complex) the imaginary part dropped with a numpy warning only
+    (lambda: channel_fraction(np.ones((4, 4)) + 1j), r"channel_fraction: images must hold real numbers, got "
+                                                    r"dtype complex128"),
+    (lambda: channel_fraction([["a", "b"]]), r"channel_fraction: images must hold real numbers, got dtype <U1"),
+    (lambda: channel_fraction([[1.0, 2.0], [1.0]]), r"channel_fraction: images must be a rectangular array"),
+    (lambda: channel_fraction(np.ones((4, 4)), threshold="a"), r"channel_fraction: threshold must be a finite "
+                                                               r"number, got 'a'"),
+    (lambda: channel_fraction(np.ones((4, 4)), threshold=None), r"threshold must be a finite number, got None"),
+    (lambda: channel_fraction(np.ones((4, 4)), threshold=10**400), r"threshold must be a finite number, got 1000"),
+    (lambda: channel_fraction(np.ones((4, 4)), threshold=[0.5, 0.6]), r"threshold must be a finite number, "
+                                                                      r"got \[0\.5, 0\.6\]"),
+    (lambda: channel_fraction(np.ones((4, 4)), threshold=True), r"threshold must be a finite number, got True"),
+    (lambda: indicator_variogram(np.ones((4, 4)), 2, ["x"]), r"indicator_variogram: axis must be 'x' \(along "
+                                                             r"rows\) or 'depth' \(down columns\), got \['x'\]"),
+    # a truthy string counted the border runs
+    (lambda: channel_widths(np.ones((4, 4)), include_border="no"), r"channel_widths: include_border must be "
+                                                                   r"True or False, got 'no'"),
+    # the default max_lag=20 on small images was refused in the name of indicator_variogram
+    (lambda: pattern_statistics(np.ones((8, 30))), r"pattern_statistics: max_lag must be below the images' "
+                                                   r"length along the axis \(8 cells\), got 20"),
+    (lambda: compare_patterns(np.ones((30, 30)), np.ones((8, 30))), r"compare_patterns: max_lag must be below "
+                                                                    r"the images' length along the axis \(8 cells\)"),
+])
+def test_pattern_statistics_name_themselves_and_the_bad_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_pattern_statistics_take_tensors_that_require_grad():
+    import torch
+
+    x = torch.rand(2, 5, 6, requires_grad=True)
+    assert channel_fraction(x) == pytest.approx(float((x.detach().numpy() >= 0.5).mean()))
+    assert channel_widths(x, include_border=np.bool_(True)).sum() == int((x.detach().numpy() >= 0.5).sum())

@@ -261,7 +261,14 @@ _FLAT_MODELS_RATIO = 20
 
 def _binary_images(images, threshold, name, image_shape=None):
     """A stack (n, n_rows, n_cols) of bool images (``value >= threshold`` is channel)."""
-    a = np.asarray(images, dtype=np.float64)
+    raw = images.detach().cpu().numpy() if hasattr(images, "detach") else images    # a torch tensor
+    try:
+        raw = np.asarray(raw)
+    except ValueError:                  # ragged
+        raise ValueError(f"{name}: images must be a rectangular array of real numbers") from None
+    if raw.dtype.kind not in "biuf":    # complex would lose its imaginary part, text would be parsed
+        raise ValueError(f"{name}: images must hold real numbers, got dtype {raw.dtype}")
+    a = raw.astype(np.float64)
     if image_shape is not None:
         shape = tuple(image_shape) if np.ndim(image_shape) == 1 else None      # tuple, list or array
         if shape is None or len(shape) != 2 or not all(is_int(v, minimum=1) for v in shape):
@@ -286,14 +293,23 @@ def _binary_images(images, threshold, name, image_shape=None):
                          f"{np.shape(images)}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name}: images hold NaN or inf")
-    t = float(threshold)
+    return a >= _pattern_threshold(threshold, name)
+
+
+def _pattern_threshold(threshold, name):
+    """``threshold`` as a finite float (a real number, not a bool); the error names ``name``."""
+    real = isinstance(threshold, (int, float, np.integer, np.floating)) and not isinstance(threshold, (bool, np.bool_))
+    try:
+        t = float(threshold) if real else float("nan")
+    except OverflowError:               # an int beyond the float range
+        t = float("inf")
     if not np.isfinite(t):
         raise ValueError(f"{name}: threshold must be a finite number, got {threshold!r}")
-    return a >= t
+    return t
 
 
 def _axis(axis, name):
-    if axis not in _AXES:
+    if not isinstance(axis, str) or axis not in _AXES:
         raise ValueError(f"{name}: axis must be 'x' (along rows) or 'depth' (down columns), got {axis!r}")
     return _AXES[axis] + 1      # in the stack (n, rows, cols)
 
@@ -421,6 +437,8 @@ def channel_widths(images, axis="depth", threshold=0.5, image_shape=None, includ
         One entry per run (empty when there is none).
     """
     name = "channel_widths"
+    if not isinstance(include_border, (bool, np.bool_)):
+        raise ValueError(f"{name}: include_border must be True or False, got {include_border!r}")
     b = _binary_images(images, threshold, name, image_shape)
     ax = _axis(axis, name)
     lines = np.moveaxis(b, ax, -1).reshape(-1, b.shape[ax]).astype(np.int8)
@@ -446,7 +464,13 @@ def pattern_statistics(images, max_lag=20, threshold=0.5, image_shape=None):
         ``widths_x``, ``widths_depth`` (run lengths, border runs excluded) and their means
         ``mean_width_x``, ``mean_width_depth`` (NaN without runs).
     """
-    b = _binary_images(images, threshold, "pattern_statistics", image_shape).astype(np.float64)
+    return _pattern_statistics(images, max_lag, threshold, image_shape, "pattern_statistics")
+
+
+def _pattern_statistics(images, max_lag, threshold, image_shape, name):
+    b = _binary_images(images, threshold, name, image_shape).astype(np.float64)
+    for axis in ("x", "depth"):        # before any statistic: the errors name the function called
+        _lags(max_lag, b.shape[_axis(axis, name)], name)
     stats = {"channel_fraction": float(b.mean())}
     for axis in ("x", "depth"):
         stats[f"variogram_{axis}"] = indicator_variogram(b, max_lag, axis)
@@ -471,8 +495,8 @@ def compare_patterns(samples, reference, max_lag=20, threshold=0.5, image_shape=
     """
     from scipy.stats import wasserstein_distance
 
-    a = pattern_statistics(samples, max_lag, threshold, image_shape)
-    b = pattern_statistics(reference, max_lag, threshold, image_shape)
+    a = _pattern_statistics(samples, max_lag, threshold, image_shape, "compare_patterns")
+    b = _pattern_statistics(reference, max_lag, threshold, image_shape, "compare_patterns")
     out = {"channel_fraction": a["channel_fraction"], "channel_fraction_reference": b["channel_fraction"],
            "fraction_difference": a["channel_fraction"] - b["channel_fraction"]}
     for axis in ("x", "depth"):
