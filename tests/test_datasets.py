@@ -99,7 +99,6 @@ def test_load_image_png_and_npy(tmp_path):
         load_image(tmp_path / "bad.npy")
 
 
-
 @pytest.mark.parametrize("threshold", [128, 1.5, -0.1, float("nan"), float("inf"), "0.5", True])
 def test_load_image_refuses_a_threshold_outside_the_grey_levels(tmp_path, threshold):
     """Grey levels are in [0, 1]: ``threshold=128`` (a 0-255 habit) made every pixel background, and NaN

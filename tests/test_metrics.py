@@ -440,8 +440,8 @@ def test_score_and_scorer_refuse_true_models_outside_the_priors_unit_interval():
 
 @pytest.mark.parametrize("call, message", [
     # numpy's own messages, or (complex) the imaginary part dropped with a numpy warning only
-    (lambda: channel_fraction(np.ones((4, 4)) + 1j), r"channel_fraction: images must hold real numbers, got "
-                                                    r"dtype complex128"),
+    (lambda: channel_fraction(np.ones((4, 4)) + 1j),
+     r"channel_fraction: images must hold real numbers, got dtype complex128"),
     (lambda: channel_fraction([["a", "b"]]), r"channel_fraction: images must hold real numbers, got dtype <U1"),
     (lambda: channel_fraction([[1.0, 2.0], [1.0]]), r"channel_fraction: images must be a rectangular array"),
     (lambda: channel_fraction(np.ones((4, 4)), threshold="a"), r"channel_fraction: threshold must be a finite "
