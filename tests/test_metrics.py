@@ -473,3 +473,52 @@ def test_pattern_statistics_take_tensors_that_require_grad():
     x = torch.rand(2, 5, 6, requires_grad=True)
     assert channel_fraction(x) == pytest.approx(float((x.detach().numpy() >= 0.5).mean()))
     assert channel_widths(x, include_border=np.bool_(True)).sum() == int((x.detach().numpy() >= 0.5).sum())
+
+
+def _tiny_pipeline():
+    """A LatentInverter on a 4 x 3 grid behind a FunctionTransformer that turns seconds into ns, fitted."""
+    import torch
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from latentinv import LatentInverter, StraightRayOperator
+    from latentinv.geometry import CrossholeSurvey, Grid2D
+    from latentinv.inversion import TorchGenerator
+    torch.manual_seed(0)
+    op = StraightRayOperator(Grid2D(4, 3, 0.1), CrossholeSurvey([[0.0, 0.1], [0.0, 0.3]], [[0.3, 0.2], [0.3, 0.35]]))
+    gen = TorchGenerator(torch.nn.Sequential(torch.nn.Linear(2, 12), torch.nn.Sigmoid()), 2)
+    est = LatentInverter(gen, op, n_starts=2, n_epochs=2, batch_size=None, device="cpu", random_state=0)
+    truths = np.random.default_rng(0).random((3, 12))
+    X_ns = op.response(1.0 / (0.06 + 0.02 * (1 - truths)))
+    pipe = make_pipeline(FunctionTransformer(lambda x: x * 1e9), est).fit(X_ns * 1e-9, truths)
+    return pipe, X_ns, truths
+
+
+def test_scorers_see_through_a_pipeline():
+    """In a Pipeline the data scorers raised AttributeError ('Pipeline' object has no attribute 'simulate'),
+    and model_rmse_scorer scored transposed true images (-0.40 here) without the grid check, which looked
+    for the operator on the Pipeline. Now they use the final step, on the data as the steps before it
+    transform them (ns here, from seconds)."""
+    import warnings
+
+    from latentinv.baselines import BaselineWarning
+    pipe, X_ns, truths = _tiny_pipeline()
+    est = pipe[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BaselineWarning)
+        models = est.predict(X_ns)
+        t_pred = est.simulate(models)
+        assert make_data_rmse_scorer()(pipe, X_ns * 1e-9) == pytest.approx(-data_rmse(X_ns, t_pred), rel=1e-12)
+        rmse = np.sort(data_rmse(X_ns, t_pred, multioutput="raw_values"))
+        threshold = float(rmse[0] + rmse[1]) / 2                # between two surveys: one accepted of 3
+        assert rmse[1] - rmse[0] > 1e-3
+        assert make_acceptance_scorer(threshold)(pipe, X_ns * 1e-9) == acceptance_rate(X_ns, t_pred, threshold) \
+            == pytest.approx(1 / 3)
+        assert model_rmse_scorer(pipe, X_ns * 1e-9, truths) == pytest.approx(-model_rmse(truths, models))
+        with pytest.raises(ValueError, match=r"model_rmse_scorer: the true models y are images of shape \(3, 4\), "
+                                             r"the estimator's grid is \(4, 3\) .*\(transposed\?\)"):
+            model_rmse_scorer(pipe, X_ns * 1e-9, truths.reshape(3, 4, 3).transpose(0, 2, 1))
+    from sklearn.linear_model import LinearRegression
+    with pytest.raises(ValueError, match=r"make_data_rmse_scorer\(\): the estimator \(or a Pipeline's final step\) "
+                                         r"must have predict and simulate.*got LinearRegression"):
+        make_data_rmse_scorer()(LinearRegression().fit(X_ns, truths), X_ns)

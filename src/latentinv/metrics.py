@@ -148,10 +148,23 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
     return float(np.mean(rmse <= threshold))
 
 
+def _final_step(estimator, X=None):
+    """The estimator that inverts, and the data as it sees them: for a :class:`sklearn.pipeline.Pipeline`
+    its final step and ``X`` transformed by the steps before it; otherwise ``estimator`` and ``X``."""
+    from sklearn.pipeline import Pipeline
+    while isinstance(estimator, Pipeline):
+        if X is not None and len(estimator.steps) > 1:
+            X = estimator[:-1].transform(X)
+        estimator = estimator.steps[-1][1]
+    return estimator, X
+
+
 def check_image_grid(estimator, models, name, arg, rows, what=None):
     """Models given as images ``(n, n_rows, n_cols)`` must have the grid shape of the estimator's operator:
     flattened, a transposed stack has the right size and the wrong cells. The error names the argument
-    ``arg`` (described as ``what``) and what one of its rows is (``rows``)."""
+    ``arg`` (described as ``what``) and what one of its rows is (``rows``). A Pipeline's final step is the
+    estimator."""
+    estimator, _ = _final_step(estimator)
     grid = getattr(getattr(getattr(estimator, "operator_", None), "grid", None), "shape", None)
     shape = np.shape(models)
     if grid is not None and len(shape) == 3 and tuple(shape[1:]) != tuple(grid):
@@ -166,7 +179,7 @@ def check_model_images(estimator, y, name):
     (:func:`check_image_grid`). With a prior whose models lie in [0, 1], ``y`` must too: slowness or
     0-255 models would be scored against the predicted [0, 1] models without a word."""
     check_image_grid(estimator, y, name, "y", "surveys", what="the true models y")
-    if _prior_models_in_unit_interval(getattr(estimator, "prior_", None)):
+    if _prior_models_in_unit_interval(getattr(_final_step(estimator)[0], "prior_", None)):
         try:
             values = np.asarray(y, dtype=np.float64)
         except (TypeError, ValueError):
@@ -217,6 +230,10 @@ class _DataScorer:
         self.threshold = threshold
 
     def __call__(self, estimator, X, y=None):
+        estimator, X = _final_step(estimator, X)      # a Pipeline: its final step, on the data it sees
+        if not (callable(getattr(estimator, "predict", None)) and callable(getattr(estimator, "simulate", None))):
+            raise ValueError(f"{self!r}: the estimator (or a Pipeline's final step) must have predict and "
+                             f"simulate, as LatentInverter and LatentSampler; got {type(estimator).__name__}")
         X = np.asarray(X, dtype=np.float64)
         t_pred = estimator.simulate(estimator.predict(X))
         if self.kind == "rmse":
@@ -236,7 +253,10 @@ class _DataScorer:
 
 
 def make_data_rmse_scorer():
-    """Scorer: minus the mean data RMSE (ns) of ``estimator.predict(X)`` against ``X``."""
+    """Scorer: minus the mean data RMSE (ns) of ``estimator.predict(X)`` against ``X``.
+
+    In a :class:`~sklearn.pipeline.Pipeline` the final step inverts and simulates, and ``X`` is the data
+    as the steps before it transform them (the traveltimes the final step sees, in ns)."""
     return _DataScorer("rmse")
 
 
@@ -245,7 +265,8 @@ def make_acceptance_scorer(threshold):
 
     Warns (:class:`~latentinv.baselines.BaselineWarning`) when ``threshold`` is not clearly below
     the data RMSE of the best homogeneous-velocity model of a survey (computed with the estimator's
-    operator: one extra operator response per call).
+    operator: one extra operator response per call). In a :class:`~sklearn.pipeline.Pipeline`, as
+    :func:`make_data_rmse_scorer`: the final step, on the data the steps before it give it.
     """
     return _DataScorer("acceptance", _check_threshold(threshold, "make_acceptance_scorer"))
 
