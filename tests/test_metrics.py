@@ -522,3 +522,24 @@ def test_scorers_see_through_a_pipeline():
     with pytest.raises(ValueError, match=r"make_data_rmse_scorer\(\): the estimator \(or a Pipeline's final step\) "
                                          r"must have predict and simulate.*got LinearRegression"):
         make_data_rmse_scorer()(LinearRegression().fit(X_ns, truths), X_ns)
+
+
+def test_multioutput_weights_average_the_surveys_as_sklearn_does():
+    """``multioutput`` as an array of weights (sklearn's third option) raised numpy's "truth value of an
+    array is ambiguous"; it is the weighted mean over surveys, as ``sklearn.metrics`` computes it."""
+    from sklearn.metrics import root_mean_squared_error
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 5)), rng.random((3, 5))
+    w = np.array([1.0, 2.0, 5.0])
+    per_survey = np.sqrt(((a - b) ** 2).mean(axis=1))
+    for fn in (data_rmse, model_rmse):
+        assert fn(a, b, multioutput=w) == pytest.approx(float(per_survey @ w / w.sum()), rel=1e-12)
+        assert fn(a, b, multioutput=list(w)) == pytest.approx(root_mean_squared_error(a.T, b.T, multioutput=w))
+        for bad, got in (([1.0, 2.0], r"an array of shape \(2,\)"), ([1.0, -1.0, 1.0], r"\[1\.0, -1\.0, 1\.0\]"),
+                         ([0.0, 0.0, 0.0], r"\[0\.0, 0\.0, 0\.0\]"), ([1.0, np.nan, 1.0], r"\[1\.0, nan, 1\.0\]"),
+                         ("variance_weighted", "'variance_weighted'")):
+            with pytest.raises(ValueError, match=fr"{fn.__name__}: multioutput must be 'uniform_average', "
+                                                 fr"'raw_values' or an array of 3 weights >= 0 \(one per survey, "
+                                                 fr"not all 0\), got {got}"):
+                fn(a, b, multioutput=bad)

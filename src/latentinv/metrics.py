@@ -75,11 +75,23 @@ def _rows(a, b, name, what):
 
 
 def _reduce(values, multioutput, name):
-    if multioutput == "raw_values":
+    if isinstance(multioutput, str) and multioutput == "raw_values":
         return values
-    if multioutput == "uniform_average":
+    if isinstance(multioutput, str) and multioutput == "uniform_average":
         return float(values.mean())
-    raise ValueError(f"{name}: multioutput must be 'uniform_average' or 'raw_values', got {multioutput!r}")
+    expected = (f"'uniform_average', 'raw_values' or an array of {values.size} weights >= 0 (one per survey, "
+                f"not all 0)")
+    if not isinstance(multioutput, str) and np.ndim(multioutput) == 1:       # weights, as sklearn's metrics
+        try:
+            w = np.asarray(multioutput, dtype=np.float64)
+        except (TypeError, ValueError):
+            w = np.full(np.shape(multioutput), np.nan)
+        if w.shape != values.shape:
+            raise ValueError(f"{name}: multioutput must be {expected}, got an array of shape {w.shape}")
+        if np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0:
+            return float(np.average(values, weights=w))
+        multioutput = w.tolist()
+    raise ValueError(f"{name}: multioutput must be {expected}, got {multioutput!r}")
 
 
 def data_rmse(t_observed, t_predicted, multioutput="uniform_average"):
@@ -89,8 +101,8 @@ def data_rmse(t_observed, t_predicted, multioutput="uniform_average"):
     ----------
     t_observed, t_predicted : array-like of shape (n_surveys, n_data) or (n_data,)
         Traveltimes in ns.
-    multioutput : {"uniform_average", "raw_values"}, default="uniform_average"
-        Mean over surveys, or one value per survey.
+    multioutput : {"uniform_average", "raw_values"} or array-like of shape (n_surveys,), default="uniform_average"
+        Mean over surveys, one value per survey, or the mean weighted by these weights (>= 0, not all 0).
     """
     a, b = _rows(t_observed, t_predicted, "data_rmse", ("t_observed", "t_predicted"))
     return _reduce(np.sqrt(np.mean((a - b) ** 2, axis=1)), multioutput, "data_rmse")
@@ -102,7 +114,8 @@ def model_rmse(m_true, m_pred, multioutput="uniform_average"):
     Parameters
     ----------
     m_true, m_pred : array-like of shape (n_surveys, n_cells), (n_surveys, n_rows, n_cols) or (n_cells,)
-    multioutput : {"uniform_average", "raw_values"}, default="uniform_average"
+    multioutput : {"uniform_average", "raw_values"} or array-like of shape (n_surveys,), default="uniform_average"
+        As in :func:`data_rmse`.
     """
     a, b = _rows(m_true, m_pred, "model_rmse", ("m_true", "m_pred"))
     return _reduce(np.sqrt(np.mean((a - b) ** 2, axis=1)), multioutput, "model_rmse")
