@@ -184,7 +184,11 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
         (the paper's image has 0.26).
     width : float, default=8.0
         Channel width in cells, finite, > 0 and at most 10 times the
-        image's diagonal ``hypot(n_rows, n_cols)``.
+        image's diagonal ``hypot(n_rows, n_cols)``: the cells within
+        ``width / 2`` of a centreline cell. Across a straight horizontal
+        or vertical channel that is ``2 * floor(width / 2) + 1`` cells, an
+        odd number: ``width`` for an odd integer, ``width + 1`` for an even
+        one (the default 8 gives 9).
     orientation : float, default=0.0
         Mean channel direction in degrees, counter-clockwise from the
         column (x) axis; 0 gives horizontal channels. Finite.
