@@ -1227,3 +1227,20 @@ def test_a_save_reaches_the_disk_before_its_files_are_renamed(saved, tmp_path, m
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(os.path.basename(b)), real_replace(a, b))[1])
     prior.save(tmp_path / "p")
     assert events == ["fsync", "fsync", "weights.safetensors", "config.json", "fsync dir"]
+
+
+# ---- a trial of VAEPrior's training options (2026-11-30) -------------------------------------------------
+def test_the_conv_decoder_refuses_data_outside_0_1_whatever_output_activation():
+    """"conv" always ends with a sigmoid (output_activation is the "mlp" decoder's): 0-255 images with
+    output_activation="identity" trained without a word a network whose models stay in (0, 1)."""
+    X = make_straight_channels(12, (16, 16), 3, random_state=0)
+    with pytest.raises(ValueError, match=r"X must lie in \[0, 1\]; got values in \[0, 255\]\. architecture='conv' "
+                                         r"ends with a sigmoid"):
+        VAEPrior(output_activation="identity", n_iterations=1, **SMALL_CONV).fit(X * 255)
+    images = [np.asarray(X.reshape(12 * 16, 16)) * 255]
+    with pytest.raises(ValueError, match=r"the PatchSampler's image 0 must lie in \[0, 1\]"):
+        VAEPrior(output_activation="identity", n_iterations=1, **SMALL_CONV).fit(PatchSampler(images, (16, 16)))
+    fitted = VAEPrior(output_activation="identity", n_iterations=1, **SMALL_CONV).fit(X)
+    assert fitted.decode(np.full((1, 20), 50.0)).max() <= 1.0     # the sigmoid, as the docstring says
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        fitted.encode(X * 255)

@@ -307,7 +307,8 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
     hidden_size : int, default=512
         Width of the fully-connected hidden layer(s).
     output_activation : {"sigmoid", "identity"}, default="sigmoid"
-        Output of the "mlp" decoder ("conv" always ends with a sigmoid).
+        Output of the "mlp" decoder ("conv" always ends with a sigmoid, so
+        its data must lie in [0, 1] whatever this value).
     beta : float, default=1000.0
         Weight of the KL term of eq. (2) (averaged over batch and latent
         dimensions).
@@ -509,8 +510,13 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
         return np.ascontiguousarray(X)     # torch takes no negative strides (e.g. X[::-1])
 
     def _check_unit_range(self, X, what):
-        """A sigmoid decoder outputs (0, 1): :func:`_check_unit_interval` of the training data."""
-        if self.output_activation == "sigmoid":
+        """A sigmoid decoder outputs (0, 1): :func:`_check_unit_interval` of the training data. "conv"
+        always ends with one (``output_activation`` is the "mlp" decoder's)."""
+        if self.architecture == "conv":
+            _check_unit_interval(X, what, type(self).__name__,
+                                 "architecture='conv' ends with a sigmoid (output_activation applies to 'mlp' "
+                                 "only) and outputs [0, 1]: scale 8-bit images by 1/255.")
+        elif self.output_activation == "sigmoid":
             _check_unit_interval(X, what, type(self).__name__,
                                  "output_activation='sigmoid' outputs [0, 1]: scale 8-bit images by 1/255, "
                                  "or pass output_activation='identity'.")
