@@ -1244,3 +1244,33 @@ def test_the_conv_decoder_refuses_data_outside_0_1_whatever_output_activation():
     assert fitted.decode(np.full((1, 20), 50.0)).max() <= 1.0     # the sigmoid, as the docstring says
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
         fitted.encode(X * 255)
+
+
+class _EncodeDecodeOnly(torch.nn.Module):
+    """The documented contract of a callable architecture's module: encode and decode, no forward."""
+
+    def __init__(self, n, d, latents=None, outputs=None):
+        super().__init__()
+        self.encoder = MLPEncoder(n, d if latents is None else latents, 8)
+        self.decoder = MLPDecoder(n if outputs is None else outputs, d if latents is None else latents, 8)
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+
+def test_a_factory_module_needs_only_encode_and_decode():
+    """The docstring asks a factory's module for encode and decode only; fit called its forward with
+    alpha= and generator= (TypeError from torch's _forward_unimplemented). It trains as the same layers
+    in a VAE do, bit for bit."""
+    X = make_straight_channels(20, (6, 5), 2, random_state=0)
+    kw = dict(n_components=2, n_iterations=4, batch_size=10, random_state=0, device="cpu")
+    own = VAEPrior(architecture=lambda shape, d: _EncodeDecodeOnly(int(np.prod(shape)), d), **kw).fit(X)
+    vae = VAEPrior(architecture=lambda shape, d: VAE(MLPEncoder(int(np.prod(shape)), d, 8),
+                                                     MLPDecoder(int(np.prod(shape)), d, 8)), **kw).fit(X)
+    assert own.history_ == vae.history_
+    for a, b in zip(own.module_.state_dict().values(), vae.module_.state_dict().values()):
+        assert torch.equal(a, b)
+

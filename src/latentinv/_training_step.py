@@ -35,11 +35,10 @@ class TrainingStep:
         ``eps``: the noise of eq. (1) given (None: drawn from the training's generator)."""
         device = xb.device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.bfloat16, cache_enabled=autocast_cache):
-            if eps is None:
-                x_hat, mu, logvar = self.module(xb, alpha=self.alpha, generator=self.generator)
-            else:
-                mu, logvar = self.module.encode(xb)
-                x_hat = self.module.decode(VAE.reparameterise(mu, logvar, alpha=self.alpha, eps=eps))
+            # encode and decode only (VAE.forward's steps): a callable architecture's module need not have forward
+            mu, logvar = self.module.encode(xb)
+            x_hat = self.module.decode(VAE.reparameterise(mu, logvar, alpha=self.alpha, generator=self.generator,
+                                                          eps=eps))
         loss, reconstruction, kl = vae_loss(x_hat.float(), xb, mu.float(), logvar.float(), beta=self.beta)
         loss.backward()
         self.optimizer.step()
