@@ -1274,3 +1274,17 @@ def test_a_factory_module_needs_only_encode_and_decode():
     for a, b in zip(own.module_.state_dict().values(), vae.module_.state_dict().values()):
         assert torch.equal(a, b)
 
+
+@pytest.mark.parametrize("latents, outputs, message", [
+    (3, None, r"encode\(x\) must return \(mu, logvar\) of shape \(2, 2\) \(batch, n_components\) for x of shape "
+              r"\(2, 30\); got \(2, 3\) and \(2, 3\)"),
+    (None, 31, r"decode\(z\) must return 2 \* 30 values \(batch \* n_features\) for z of shape \(2, 2\); got 62"),
+])
+def test_a_factory_module_of_other_widths_is_refused_at_fit(latents, outputs, message):
+    """A factory whose latents are not n_components wide trained without a word (encode returned 3 columns
+    for n_components=2, decode of 2 failed in torch); one whose decoder returns other counts failed in the
+    memory probe with torch's "shape '[4, 30]' is invalid". Both are named at fit, before any step."""
+    X = make_straight_channels(20, (6, 5), 2, random_state=0)
+    factory = lambda shape, d: _EncodeDecodeOnly(int(np.prod(shape)), d, latents, outputs)  # noqa: E731
+    with pytest.raises(ValueError, match="VAEPrior: the module of architecture=<function .*" + message):
+        VAEPrior(architecture=factory, n_components=2, n_iterations=1, device="cpu").fit(X)

@@ -150,6 +150,34 @@ def _from_int8_tensors(state, names, source):
     return state
 
 
+def _check_factory_module(module, n_features, n_components, device, owner, architecture):
+    """A callable architecture's module keeps its contract (``encode(x) -> (mu, logvar)`` of shape
+    ``(batch, n_components)``, ``decode(z)`` of ``batch * n_features`` values), checked on two rows of
+    zeros in eval mode (no batch statistics move) before any step; a ValueError naming what differs."""
+    where = f"{owner}: the module of architecture={architecture!r}"
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module.encode(torch.zeros((2, n_features), device=device))
+            if not (isinstance(out, (tuple, list)) and len(out) == 2
+                    and all(isinstance(t, torch.Tensor) for t in out)):
+                raise ValueError(f"{where}: encode(x) must return (mu, logvar), two tensors; got "
+                                 f"{type(out).__name__}.")
+            shapes = [tuple(t.shape) for t in out]
+            if any(s != (2, n_components) for s in shapes):
+                raise ValueError(f"{where}: encode(x) must return (mu, logvar) of shape (2, {n_components}) "
+                                 f"(batch, n_components) for x of shape (2, {n_features}); got {shapes[0]} and "
+                                 f"{shapes[1]}.")
+            x_hat = module.decode(out[0])
+            if not isinstance(x_hat, torch.Tensor) or x_hat.numel() != 2 * n_features:
+                got = x_hat.numel() if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+                raise ValueError(f"{where}: decode(z) must return 2 * {n_features} values (batch * n_features) "
+                                 f"for z of shape (2, {n_components}); got {got}.")
+    finally:
+        module.train(was_training)
+
+
 def _check_config(cls, config, config_path, owner, architecture):
     """Validate the structure and types of a parsed config; return (params, fitted) ready to use."""
     where = f"{owner}: {config_path!r}"
@@ -299,7 +327,9 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
         with ``image_shape`` (a tuple) when known, else ``n_features`` (an
         int); its module must provide ``encode(x) -> (mu, logvar)`` for
         float32 ``x`` of shape ``(batch, n_features)`` (flat, C order) and
-        ``decode(z) -> x_hat`` returning ``batch * n_features`` values.
+        ``decode(z) -> x_hat`` returning ``batch * n_features`` values
+        (no ``forward`` is needed; ``fit`` checks both shapes before
+        training, a ValueError naming what differs).
     channels : tuple of int, default=(32, 64, 128, 256)
         Output channels of the four convolutions ("conv" only).
     kernel_sizes : tuple of int, default=(5, 5, 4, 4)
@@ -610,6 +640,9 @@ or PatchSampler
                            output_activation=self.output_activation, seed=init_seed)
         module = module.to(device)
         module.train()
+        if callable(self.architecture):
+            _check_factory_module(module, int(self.n_features_in_), int(self.n_components), device, name,
+                                  self.architecture)
         optimizer = torch.optim.Adam(module.parameters(), lr=float(self.learning_rate), capturable=self.cuda_graphs)
         generator = torch.Generator(device=device)
         generator.manual_seed(noise_seed)
