@@ -1288,3 +1288,14 @@ def test_a_factory_module_of_other_widths_is_refused_at_fit(latents, outputs, me
     factory = lambda shape, d: _EncodeDecodeOnly(int(np.prod(shape)), d, latents, outputs)  # noqa: E731
     with pytest.raises(ValueError, match="VAEPrior: the module of architecture=<function .*" + message):
         VAEPrior(architecture=factory, n_components=2, n_iterations=1, device="cpu").fit(X)
+
+
+@pytest.mark.parametrize("key, value", [("channels", 8), ("kernel_sizes", 5), ("channels", "abcd"),
+                                        ("channels", None)])
+def test_channels_or_kernel_sizes_not_a_sequence_of_ints_are_named(key, value):
+    """channels=8 got Python's "'int' object is not iterable" from fit (a string of 4 letters, the
+    message of the list of letters); both name the parameters."""
+    X = make_straight_channels(4, (16, 16), 3, random_state=0)
+    with pytest.raises(ValueError, match=r"VAEPrior: channels and kernel_sizes must be equally long tuples of "
+                                         rf"positive ints; got .*{key}={re.escape(repr(value))}"):
+        VAEPrior(**{**SMALL_CONV, key: value}, n_iterations=1).fit(X)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from functools import partial
 from numbers import Integral, Real
 
@@ -490,8 +491,9 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
             raise ValueError(f"{name}: output_activation must be 'sigmoid' or 'identity'; "
                              f"got {self.output_activation!r}.")
         if self.architecture == "conv":
-            ch, ks = tuple(self.channels), tuple(self.kernel_sizes)
+            ch, ks = (tuple(v) if isinstance(v, Iterable) else (v,) for v in (self.channels, self.kernel_sizes))
             if len(ch) != len(ks) or len(ch) == 0 or any(
+                    not isinstance(v, Iterable) for v in (self.channels, self.kernel_sizes)) or any(
                     not isinstance(v, Integral) or v < 1 for v in ch + ks):
                 raise ValueError(f"{name}: channels and kernel_sizes must be equally long tuples of "
                                  f"positive ints; got channels={self.channels!r}, "
