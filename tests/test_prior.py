@@ -1299,3 +1299,19 @@ def test_channels_or_kernel_sizes_not_a_sequence_of_ints_are_named(key, value):
     with pytest.raises(ValueError, match=r"VAEPrior: channels and kernel_sizes must be equally long tuples of "
                                          rf"positive ints; got .*{key}={re.escape(repr(value))}"):
         VAEPrior(**{**SMALL_CONV, key: value}, n_iterations=1).fit(X)
+
+
+def test_a_float32_budget_that_float16_would_meet_says_so(tmp_path):
+    """save(max_bytes=...) in float32 with a budget that every encoder tensor in int8 misses but the
+    float16 decoder meets said only 'cannot be met'; it names weights_dtype, and the float16 save fits."""
+    prior = _tiny_fitted()
+    prior.save(tmp_path / "f16", weights_dtype="float16", max_bytes=10 ** 9)
+    prior.save(tmp_path / "f16i8", weights_dtype="float16", max_bytes=_files_bytes(tmp_path / "f16") - 1)
+    budget = _files_bytes(tmp_path / "f16i8")
+    with pytest.raises(ValueError, match=rf"max_bytes={budget} cannot be met: .*nothing was written\. "
+                                         r"weights_dtype='float16' or 'mixed' stores the weights in about half "
+                                         r"the bytes \(got weights_dtype='float32'\)\."):
+        prior.save(tmp_path / "f32", max_bytes=budget)
+    prior.save(tmp_path / "f16b", weights_dtype="float16", max_bytes=budget)
+    with pytest.raises(ValueError, match=r"max_bytes=1000 cannot be met: .*nothing was written\.$"):
+        prior.save(tmp_path / "tight", weights_dtype="float16", max_bytes=1000)

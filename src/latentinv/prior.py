@@ -105,7 +105,7 @@ def _int8_rows(tensor):
     return q.reshape(tensor.shape), scale
 
 
-def _encoder_int8_to_fit(state, config, max_bytes, owner):
+def _encoder_int8_to_fit(state, config, max_bytes, owner, weights_dtype="float32"):
     """``(state, config)`` with the encoder's largest weight tensors in int8 (:func:`_int8_rows`, the
     scales stored under ``name + _INT8_SCALE``), one at a time, until the two saved files take at most
     ``max_bytes``; unchanged when they already do. The decoder is never touched: decoded models do not
@@ -130,7 +130,9 @@ def _encoder_int8_to_fit(state, config, max_bytes, owner):
     if size > max_bytes:
         raise ValueError(f"{owner}: max_bytes={max_bytes:g} cannot be met: the files take {size} bytes"
                          f"{' with every encoder weight tensor in int8' if candidates else ''} (the decoder is "
-                         f"never quantized); nothing was written.")
+                         f"never quantized); nothing was written."
+                         + (" weights_dtype='float16' or 'mixed' stores the weights in about half the bytes (got "
+                            "weights_dtype='float32')." if weights_dtype == "float32" else ""))
     return state, config
 
 
@@ -916,7 +918,7 @@ or PatchSampler
         state, entries = _storage.stored_state(self.module_.state_dict(), weights_dtype, self._decoding_error, name)
         config.update(entries)
         if max_bytes is not None:
-            state, config = _encoder_int8_to_fit(state, config, max_bytes, name)
+            state, config = _encoder_int8_to_fit(state, config, max_bytes, name, weights_dtype)
         _write_tensor_files(path, state, config)
 
     def _decoding_error(self):
