@@ -1430,6 +1430,36 @@ def test_score_is_the_mean_over_surveys_of_each_models_r2(problem):
     assert est.score(tt, models.reshape(2, 12, 8)) == pytest.approx(r2.mean(), rel=1e-12)   # as images
 
 
+@pytest.mark.parametrize("estimator", ["inverter", "sampler"])
+def test_score_weights_the_surveys_by_sample_weight(problem, estimator):
+    """score(X, y, sample_weight): the per-survey R^2 averaged with the surveys' weights, as scikit-learn's
+    score (the weights were ignored: [1, 0] gave the plain mean); bad weights are refused by name before
+    anything is inverted."""
+    op, gen, _, models, tt = problem
+    if estimator == "inverter":
+        est = LatentInverter(gen, op, n_epochs=2, batch_size=6, n_starts=2, random_state=0, device="cpu")
+    else:
+        est = LatentSampler(gen, op, noise_std=0.5, n_chains=2, n_burnin=2, n_samples=3, random_state=0,
+                            device="cpu")
+    est.fit(tt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BaselineWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pred = est.predict(tt)
+        r2 = 1 - ((models - pred) ** 2).sum(1) / ((models - models.mean(1, keepdims=True)) ** 2).sum(1)
+        assert abs(r2[0] - r2[1]) > 0.01                     # the weights matter
+        assert est.score(tt, models, sample_weight=[1, 0]) == pytest.approx(r2[0], rel=1e-12)
+        assert est.score(tt, models, sample_weight=np.array([1.0, 3.0])) == pytest.approx(
+            (r2[0] + 3 * r2[1]) / 4, rel=1e-12)
+        assert est.score(tt, models, sample_weight=None) == pytest.approx(r2.mean(), rel=1e-12)
+    name = type(est).__name__
+    for bad, got in [([1.0], r"shape \(1,\)"), ([[1.0, 1.0]], r"shape \(1, 2\)"), ([1.0, -1.0], r"\[1.0, -1.0\]"),
+                     ([0, 0], r"\[0.0, 0.0\]"), ([1.0, np.nan], r"\[1.0, nan\]"), (["a", "b"], "'a'")]:
+        with pytest.raises(ValueError, match=rf"{name}.score: sample_weight must be None or an array of 2 "
+                                             rf"weights >= 0 \(one per survey, not all 0\), got .*{got}"):
+            est.score(tt, models, sample_weight=bad)
+
+
 def test_image_shaped_generator_output_is_flattened_row_major():
     """A module returning images (batch, 1, n_rows, n_cols): the generator's models are the images in flat
     C order (row 0 first, as the grid numbers its cells), in decode and in the decoder the engine runs."""

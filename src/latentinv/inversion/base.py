@@ -64,6 +64,24 @@ def _same_param(a, b):
 
 
 
+def _survey_weights(sample_weight, n_surveys, name):
+    """``sample_weight`` of ``score`` as float64 weights, one per survey (>= 0, finite, not all 0)."""
+    expected = f"None or an array of {n_surveys} weights >= 0 (one per survey, not all 0)"
+    try:
+        w = np.asarray(sample_weight.detach().cpu() if torch.is_tensor(sample_weight) else sample_weight)
+        if w.dtype.kind not in "biuf":
+            raise TypeError(f"dtype {w.dtype}")
+        w = w.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: sample_weight must be {expected}, got {sample_weight!r}") from None
+    if w.shape != (n_surveys,):
+        raise ValueError(f"{name}: sample_weight must be {expected}, got an array of shape {w.shape}")
+    if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
+        shown = w.tolist() if w.size <= 8 else f"{w[:8].tolist()} ..."
+        raise ValueError(f"{name}: sample_weight must be {expected}, got {shown}")
+    return w
+
+
 def engine_tags(tags):
     """scikit-learn tags of the engine's estimators (after their mixins' own: a regressor mixin would
     make ``y`` required): traveltimes are non-negative, ``y`` (true models) optional and multi-output."""
@@ -397,17 +415,21 @@ class LatentEstimatorBase(BaseEstimator):
             dec = copy.deepcopy(dec).to(self.device_)
         return dec
 
-    def _r2_against(self, predict, y):
+    def _r2_against(self, predict, y, sample_weight=None):
         """Mean over surveys of the R^2 of the models ``predict()`` against the true models ``y``
-        (``score``); ``y`` given as images is checked against the grid before anything is inverted."""
+        (``score``), weighted by ``sample_weight`` (one weight per survey; None: equal weights); ``y``
+        given as images, and the weights, are checked before anything is inverted."""
         from ..metrics import check_model_images
+        name = f"{type(self).__name__}.score"
         if y is None:
-            raise ValueError(f"{type(self).__name__}.score: needs the true models y (n_surveys, n_cells), or "
+            raise ValueError(f"{name}: needs the true models y (n_surveys, n_cells), or "
                              "images (n_surveys, n_rows, n_cols), beside the traveltimes X; got y=None")
-        check_model_images(self, y, f"{type(self).__name__}.score")
+        check_model_images(self, y, name)
+        weights = None if sample_weight is None else _survey_weights(sample_weight, len(y), name)
         pred = predict()
-        y, pred = _rows(y, pred, f"{type(self).__name__}.score", ("y (the true models)", "the predicted models"))
-        return r2_score(y.T, pred.T, multioutput="uniform_average")
+        y, pred = _rows(y, pred, name, ("y (the true models)", "the predicted models"))
+        r2 = r2_score(y.T, pred.T, multioutput="raw_values")
+        return float(np.average(r2, weights=weights))
 
     def simulate(self, models):
         """Traveltimes (ns) of models ``(n, n_cells)`` with values in [0, 1], through ``slowness_map``."""

@@ -411,8 +411,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         warn_if_no_better_than_homogeneous(type(self).__name__, best, result.homogeneous_rmse)
 
     def score(self, X, y, sample_weight=None):
-        """Mean over surveys of the R^2 of the predicted model against the true model ``y``."""
-        return self._r2_against(lambda: self.predict(X), y)
+        """Mean over surveys of the R^2 of the predicted model against the true model ``y`` (over the
+        cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights)."""
+        return self._r2_against(lambda: self.predict(X), y, sample_weight)
 
     # -- the engine ------------------------------------------------------------------------------------
     def _prune_every(self):

@@ -345,8 +345,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         return self.sample(X).mean
 
     def score(self, X, y, sample_weight=None):
-        """Mean over surveys of the R^2 of the posterior mean model against the true model ``y``."""
-        return self._r2_against(lambda: self.predict(X), y)
+        """Mean over surveys of the R^2 of the posterior mean model against the true model ``y`` (over the
+        cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights)."""
+        return self._r2_against(lambda: self.predict(X), y, sample_weight)
 
     def sample(self, X):
         """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`.
