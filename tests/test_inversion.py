@@ -823,6 +823,9 @@ def test_bad_traveltimes_raise(problem, bad, match):
                           "got 'a'."),
     ("random_state", -1, "random_state must be None, an int in [0, 2**32 - 1] or a numpy.random.RandomState; "
                          "got -1."),
+    ("verbose", -1, "verbose must be an int >= 0 or a bool, got -1"),
+    ("verbose", "yes", "verbose must be an int >= 0 or a bool, got 'yes'"),
+    ("verbose", 1.0, "verbose must be an int >= 0 or a bool, got 1.0"),
 ])
 def test_bad_parameters_raise_naming_them(problem, param, value, expected):
     op, gen, _, _, tt = problem
@@ -953,6 +956,9 @@ def test_parameters_changed_after_fit_raise_until_refit(problem):
     assert est.n_iterations_ == 18 == res.data_rmse_history.shape[-1] == res.n_iterations_run.max()
     est.set_params(verbose=0)                             # display only: allowed
     est.invert(tt)
+    est.set_params(verbose=-1)                            # allowed to change, not to be wrong (it showed the bar)
+    with pytest.raises(ValueError, match=re.escape("LatentInverter: verbose must be an int >= 0 or a bool, got -1")):
+        est.invert(tt)
 
 
 def test_generator_size_mismatch(problem):

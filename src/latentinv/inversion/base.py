@@ -158,6 +158,8 @@ class LatentEstimatorBase(BaseEstimator):
         (or None)."""
         name = type(self).__name__
         check_random_state(self.random_state, name)     # before any training of the prior
+        if not (isinstance(self.verbose, bool) or is_int(self.verbose, 0)):   # -1 or "no" would show the bar
+            raise ValueError(f"{name}: verbose must be an int >= 0 or a bool, got {self.verbose!r}")
         if self.slowness_map is not None and not callable(self.slowness_map):
             raise ValueError(f"{name}: slowness_map must be callable or None, got {self.slowness_map!r}")
         if self.noise_std is None:
