@@ -1204,7 +1204,7 @@ def test_complex_initial_latents_are_refused(problem):
 def test_score_and_simulate_refuse_mismatched_models(problem):
     op, gen, _, models, tt = problem
     est = LatentInverter(gen, op, n_starts=2, n_epochs=1, device="cpu").fit(tt)
-    for y, match in [(models[:1], r".*same shape \(one row per survey\), got \(1, 96\) and \(2, 96\)"),
+    for y, match in [(models[:1], r"y holds 1 true model for the 2 surveys of X"),
                      (None, r"needs the true models y \(n_surveys, n_cells\).* got y=None"),
                      (models + 1j, r"y \(the true models\) must hold real numbers, got dtype complex128")]:
         with pytest.raises(ValueError, match=r"LatentInverter\.score: " + match):
@@ -1434,6 +1434,27 @@ def test_score_is_the_mean_over_surveys_of_each_models_r2(problem):
     r2 = 1 - ((models - pred) ** 2).sum(1) / ((models - models.mean(1, keepdims=True)) ** 2).sum(1)
     assert est.score(tt, models) == pytest.approx(r2.mean(), rel=1e-12)
     assert est.score(tt, models.reshape(2, 12, 8)) == pytest.approx(r2.mean(), rel=1e-12)   # as images
+
+
+def test_score_refuses_true_models_that_do_not_match_x_before_inverting(problem, monkeypatch):
+    """score and model_rmse_scorer with y of another number of surveys than X, or of another number of cells
+    than the grid: refused before the inversion (they inverted every survey, then said "the two arrays must
+    have the same shape"), naming y, X and the counts."""
+    from latentinv.metrics import model_rmse_scorer
+    op, gen, _, models, tt = problem
+    est = LatentInverter(gen, op, n_epochs=2, batch_size=6, n_starts=2, random_state=0, device="cpu").fit(tt)
+    monkeypatch.setattr(est, "invert", lambda X: pytest.fail("inverted before checking y"))
+    for score, name in [(est.score, "LatentInverter.score"), (lambda X, y: model_rmse_scorer(est, X, y),
+                                                               "model_rmse_scorer")]:
+        with pytest.raises(ValueError, match=re.escape(f"{name}: y holds 1 true model for the 2 surveys of X")):
+            score(tt, models[:1])
+        with pytest.raises(ValueError, match=re.escape(f"{name}: y holds 3 true models for the 2 surveys of X")):
+            score(tt, np.vstack([models, models[:1]]))
+        with pytest.raises(ValueError, match=re.escape(f"{name}: y holds 1 true model for the 2 surveys of X")):
+            score(tt, models[0])
+        with pytest.raises(ValueError, match=re.escape(f"{name}: the true models y have 95 cells, the "
+                                                       "estimator's models 96")):
+            score(tt, models[:, :95])
 
 
 @pytest.mark.parametrize("estimator", ["inverter", "sampler"])

@@ -187,11 +187,29 @@ def check_image_grid(estimator, models, name, arg, rows, what=None):
                          f"{grid[0]}, {grid[1]}) or flat rows of {grid[0] * grid[1]} cells")
 
 
-def check_model_images(estimator, y, name):
+def check_model_images(estimator, y, name, X=None):
     """True models ``y`` given as images ``(n, n_rows, n_cols)`` must have the estimator's grid shape
     (:func:`check_image_grid`). With a prior whose models lie in [0, 1], ``y`` must too: slowness or
-    0-255 models would be scored against the predicted [0, 1] models without a word."""
+    0-255 models would be scored against the predicted [0, 1] models without a word. With ``X`` (the
+    traveltimes to invert), ``y`` must hold one model per survey of ``X``, of the estimator's number of
+    cells: checked here, before the inversion, rather than after it."""
     check_image_grid(estimator, y, name, "y", "surveys", what="the true models y")
+    shape = np.shape(y)
+    if X is not None and len(shape) >= 1:
+        from sklearn.utils.validation import _num_samples
+        try:
+            n_surveys = _num_samples(X)
+        except TypeError:
+            n_surveys = None            # not an array: the estimator says so
+        n_models = 1 if len(shape) == 1 else shape[0]
+        if n_surveys is not None and n_models != n_surveys:
+            raise ValueError(f"{name}: y holds {n_models} true model{'s' if n_models != 1 else ''} for the "
+                             f"{n_surveys} surveys of X; pass one model per survey, y of shape "
+                             f"({n_surveys}, n_cells) or ({n_surveys}, n_rows, n_cols)")
+        n_cells = getattr(_final_step(estimator)[0], "n_cells_", None)
+        cells = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+        if n_cells is not None and cells != n_cells:
+            raise ValueError(f"{name}: the true models y have {cells} cells, the estimator's models {n_cells}")
     if _prior_models_in_unit_interval(getattr(_final_step(estimator)[0], "prior_", None)):
         try:
             values = np.asarray(y, dtype=np.float64)
@@ -223,7 +241,7 @@ class _ModelScorer:
         if y is None:
             raise ValueError("model_rmse_scorer: needs the true models y (n_surveys, n_cells), or images "
                              "(n_surveys, n_rows, n_cols), beside the traveltimes X; got y=None")
-        check_model_images(estimator, y, "model_rmse_scorer")
+        check_model_images(estimator, y, "model_rmse_scorer", X)
         return -model_rmse(y, estimator.predict(X))
 
     def __repr__(self):

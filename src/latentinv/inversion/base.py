@@ -417,17 +417,20 @@ class LatentEstimatorBase(BaseEstimator):
             dec = copy.deepcopy(dec).to(self.device_)
         return dec
 
-    def _r2_against(self, predict, y, sample_weight=None):
+    def _r2_against(self, X, predict, y, sample_weight=None):
         """Mean over surveys of the R^2 of the models ``predict()`` against the true models ``y``
         (``score``), weighted by ``sample_weight`` (one weight per survey; None: equal weights); ``y``
-        given as images, and the weights, are checked before anything is inverted."""
+        given as images, its number of models and cells, and the weights, are checked before anything is
+        inverted."""
         from ..metrics import check_model_images
         name = f"{type(self).__name__}.score"
         if y is None:
             raise ValueError(f"{name}: needs the true models y (n_surveys, n_cells), or "
                              "images (n_surveys, n_rows, n_cols), beside the traveltimes X; got y=None")
-        check_model_images(self, y, name)
-        weights = None if sample_weight is None else _survey_weights(sample_weight, len(y), name)
+        check_is_fitted(self)
+        self._check_traveltimes(X, reset=False)    # X's own errors first (its number of traveltimes)
+        check_model_images(self, y, name, X)
+        weights = None if sample_weight is None else _survey_weights(sample_weight, 1 if np.ndim(y) == 1 else len(y), name)
         pred = predict()
         y, pred = _rows(y, pred, name, ("y (the true models)", "the predicted models"))
         r2 = r2_score(y.T, pred.T, multioutput="raw_values")

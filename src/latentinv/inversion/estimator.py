@@ -413,7 +413,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the predicted model against the true model ``y`` (over the
         cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights)."""
-        return self._r2_against(lambda: self.predict(X), y, sample_weight)
+        return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
 
     # -- the engine ------------------------------------------------------------------------------------
     def _prune_every(self):

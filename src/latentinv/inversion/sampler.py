@@ -347,7 +347,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the posterior mean model against the true model ``y`` (over the
         cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights)."""
-        return self._r2_against(lambda: self.predict(X), y, sample_weight)
+        return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
 
     def sample(self, X):
         """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`.
