@@ -83,7 +83,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     tol : float, default=None
         Convergence stop per start (the paper's suggestion of stopping on "a minimal change in ...
         data misfit"): a start stops when its best full-data misfit has not fallen by the relative
-        amount ``tol`` for ``n_epochs_no_change`` epochs. ``None``: every start runs its budget.
+        amount ``tol`` for ``n_epochs_no_change`` epochs. That misfit is the sum of squared residuals
+        (chi-square with ``noise_std``), not the RMSE of ``target_misfit``: a fall of ``tol`` in it is
+        a fall of about ``tol / 2`` in the data RMSE. ``None``: every start runs its budget.
     n_epochs_no_change : int, default=5
         The convergence rule's window, in epochs.
     prune : {None, "halving"}, default=None
@@ -141,8 +143,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         the threads it was given (torch and the operator's engine). May change after ``fit``.
     chunk_size : int, default=None
         Surveys per chunk (one batch of ``chunk_size * n_starts`` starts, the unit of parallel work).
-        ``None``: all surveys in one batch when the call runs serially, one survey per chunk when it
-        runs in parallel. Results are bit for bit the same for a given ``chunk_size`` whatever
+        ``None``: all surveys in one batch when ``n_jobs`` is None and no joblib context makes the call
+        parallel; one survey per chunk otherwise, ``n_jobs=1`` included (the chunks of a parallel run,
+        run in turn: its numbers are those of any ``n_jobs``, and it is slower than one batch). Results are bit for bit the same for a given ``chunk_size`` whatever
         ``n_jobs`` and the backend; between chunk sizes they agree to float32 rounding (a decoder
         may round a row differently in a batch of another size).
     verbose : int, default=0
