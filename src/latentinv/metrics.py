@@ -74,24 +74,37 @@ def _rows(a, b, name, what):
     return a, b
 
 
+def survey_weights(weights, n_surveys, name, param, also=""):
+    """``weights`` as float64, one per survey (finite, >= 0, not all 0: the means of ``multioutput`` and
+    ``sample_weight``); the ValueError names ``param`` of ``name``, what it takes (``also``: the other
+    values it takes, e.g. "'raw_values' or ") and what came."""
+    expected = f"{also}an array of {n_surveys} weights >= 0 (one per survey, not all 0)"
+    try:
+        w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights)   # a torch tensor
+        if w.dtype.kind not in "biuf":     # not text (np.asarray would parse "0.5"), complex or objects
+            raise TypeError(f"dtype {w.dtype}")
+        w = w.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {param} must be {expected}, got {weights!r}") from None
+    if w.shape != (n_surveys,):
+        raise ValueError(f"{name}: {param} must be {expected}, got an array of shape {w.shape}")
+    if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
+        shown = w.tolist() if w.size <= 8 else f"{w[:8].tolist()} ..."
+        raise ValueError(f"{name}: {param} must be {expected}, got {shown}")
+    return w
+
+
 def _reduce(values, multioutput, name):
     if isinstance(multioutput, str) and multioutput == "raw_values":
         return values
     if isinstance(multioutput, str) and multioutput == "uniform_average":
         return float(values.mean())
-    expected = (f"'uniform_average', 'raw_values' or an array of {values.size} weights >= 0 (one per survey, "
-                f"not all 0)")
-    if not isinstance(multioutput, str) and np.ndim(multioutput) == 1:       # weights, as sklearn's metrics
-        try:
-            w = np.asarray(multioutput, dtype=np.float64)
-        except (TypeError, ValueError):
-            w = np.full(np.shape(multioutput), np.nan)
-        if w.shape != values.shape:
-            raise ValueError(f"{name}: multioutput must be {expected}, got an array of shape {w.shape}")
-        if np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0:
-            return float(np.average(values, weights=w))
-        multioutput = w.tolist()
-    raise ValueError(f"{name}: multioutput must be {expected}, got {multioutput!r}")
+    if isinstance(multioutput, str) or np.ndim(multioutput) != 1:
+        raise ValueError(f"{name}: multioutput must be 'uniform_average', 'raw_values' or an array of "
+                         f"{values.size} weights >= 0 (one per survey, not all 0), got {multioutput!r}")
+    # weights, as sklearn's metrics take them
+    weights = survey_weights(multioutput, values.size, name, "multioutput", also="'uniform_average', 'raw_values' or ")
+    return float(np.average(values, weights=weights))
 
 
 def data_rmse(t_observed, t_predicted, multioutput="uniform_average"):

@@ -64,24 +64,6 @@ def _same_param(a, b):
 
 
 
-def _survey_weights(sample_weight, n_surveys, name):
-    """``sample_weight`` of ``score`` as float64 weights, one per survey (>= 0, finite, not all 0)."""
-    expected = f"None or an array of {n_surveys} weights >= 0 (one per survey, not all 0)"
-    try:
-        w = np.asarray(sample_weight.detach().cpu() if torch.is_tensor(sample_weight) else sample_weight)
-        if w.dtype.kind not in "biuf":
-            raise TypeError(f"dtype {w.dtype}")
-        w = w.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: sample_weight must be {expected}, got {sample_weight!r}") from None
-    if w.shape != (n_surveys,):
-        raise ValueError(f"{name}: sample_weight must be {expected}, got an array of shape {w.shape}")
-    if not (np.all(np.isfinite(w)) and np.all(w >= 0) and w.sum() > 0):
-        shown = w.tolist() if w.size <= 8 else f"{w[:8].tolist()} ..."
-        raise ValueError(f"{name}: sample_weight must be {expected}, got {shown}")
-    return w
-
-
 def engine_tags(tags):
     """scikit-learn tags of the engine's estimators (after their mixins' own: a regressor mixin would
     make ``y`` required): traveltimes are non-negative, ``y`` (true models) optional and multi-output."""
@@ -422,7 +404,7 @@ class LatentEstimatorBase(BaseEstimator):
         (``score``), weighted by ``sample_weight`` (one weight per survey; None: equal weights); ``y``
         given as images, its number of models and cells, and the weights, are checked before anything is
         inverted."""
-        from ..metrics import check_model_images
+        from ..metrics import check_model_images, survey_weights
         name = f"{type(self).__name__}.score"
         if y is None:
             raise ValueError(f"{name}: needs the true models y (n_surveys, n_cells), or "
@@ -430,7 +412,8 @@ class LatentEstimatorBase(BaseEstimator):
         check_is_fitted(self)
         self._check_traveltimes(X, reset=False)    # X's own errors first (its number of traveltimes)
         check_model_images(self, y, name, X)
-        weights = None if sample_weight is None else _survey_weights(sample_weight, 1 if np.ndim(y) == 1 else len(y), name)
+        weights = None if sample_weight is None else survey_weights(sample_weight, 1 if np.ndim(y) == 1 else len(y), name,
+                                                                       "sample_weight", also="None or ")
         pred = predict()
         y, pred = _rows(y, pred, name, ("y (the true models)", "the predicted models"))
         r2 = r2_score(y.T, pred.T, multioutput="raw_values")
