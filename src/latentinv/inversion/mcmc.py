@@ -103,6 +103,12 @@ def evaluate(problem, u, *, uniform, gradient):
         uu = u.detach().requires_grad_(gradient)
         z = to_latent(uu, uniform)
         x, s = problem.decode(z)
+        # a model whose slowness is not finite and positive everywhere has no posterior density (the
+        # slowness map's domain, as checked at the chains' start): its potential is infinite, so that the
+        # proposal is rejected; its rows go to the operator as a unit slowness (a nonlinear engine
+        # refuses non-positive slowness, a linear one would give finite traveltimes to an impossible model)
+        outside = ~(torch.isfinite(s) & (s > 0)).all(1)
+        s = torch.where(outside[:, None], torch.ones_like(s), s)
         if gradient:
             t_rays, t_full = problem.traveltimes(x, s, rays)
             phi = 0.5 * problem.data_loss(t_rays, rays)
@@ -111,7 +117,8 @@ def evaluate(problem, u, *, uniform, gradient):
             t_full = problem.full_traveltimes(x, s)
             phi = 0.5 * problem.data_loss(t_full, rays)
             grad = None
-    return ChainState(u.detach(), z.detach(), x.detach(), t_full.detach(), phi.detach(), grad)
+    phi = torch.where(outside, torch.inf, phi.detach())
+    return ChainState(u.detach(), z.detach(), x.detach(), t_full.detach(), phi, grad)
 
 
 def likelihood_jacobian(problem, u, uniform, max_rows=None, row_bytes=None):

@@ -239,7 +239,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     -----
     Uniform latents are sampled through the transform ``z = erf(u / sqrt(2))`` of standard-normal
     ``u`` (a transformed boundary, not a reflecting one): the box is never left and one kernel
-    serves both priors. Step sizes adapt *per chain* (Robbins-Monro on the log step, acceptance
+    serves both priors. A proposal whose model has a slowness that is not finite and positive in every
+    cell (outside the slowness map's domain) has no posterior density and is rejected, with any operator.
+    Step sizes adapt *per chain* (Robbins-Monro on the log step, acceptance
     probability against the target) and the preconditioner *per survey*; both freeze at the end
     of the burn-in. A survey's chains draw from generators seeded by ``random_state`` and the
     survey's own data, so its result does not depend on the other surveys of ``X`` beyond float32
