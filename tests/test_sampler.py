@@ -1333,3 +1333,28 @@ def test_a_nonlinear_operator_rejects_proposals_outside_the_slowness_domain():
                            noise_std=3.0, adapt_preconditioner=False, preconditioner="empirical").fit(y).sample(y)
         assert gen.decode(res.samples[0].reshape(-1, 2)).min() > 0
         assert res.acceptance_rate.mean() < 0.5
+
+
+def test_initial_latents_from_a_posterior_are_its_chains_last_draws():
+    """A PosteriorResult (to run its chains on) gave AttributeError: 'PosteriorResult' object has no
+    attribute 'latents'; an array the same, unnamed."""
+    from types import SimpleNamespace
+    from latentinv.inversion.posterior import PosteriorResult
+    samples = np.arange(2 * 3 * 4 * 2, dtype=float).reshape(2, 3, 4, 2)          # (surveys, chains, kept, d)
+    res = PosteriorResult(**{f: None for f in PosteriorResult.__dataclass_fields__ if f not in ("settings",)})
+    res.samples = samples
+    np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 4, survey=1), samples[1, [0, 1, 2, 0], -1])
+    with pytest.raises(ValueError, match=r"survey must be an int in \[0, 2\), got 2"):
+        LatentSampler.initial_latents_from(res, 3, survey=2)
+    for bad in (samples[0, :, -1], SimpleNamespace(latents=samples[0])):
+        with pytest.raises(TypeError, match="result must be an InversionResult .*LatentInverter.invert.* or a "
+                                            "PosteriorResult .*, got (ndarray|SimpleNamespace)"):
+            LatentSampler.initial_latents_from(bad, 3)
+    # a run continued from the last draws of another: its first states are those draws
+    op, gen, M, c, y = _linear_problem()
+    first = _sampler(gen, op, noise_std=0.1, n_chains=3, n_burnin=20, n_samples=10).fit(y[None]).sample(y[None])
+    z0 = LatentSampler.initial_latents_from(first, 3)
+    np.testing.assert_array_equal(z0, first.samples[0, :, -1])
+    more = _sampler(gen, op, noise_std=0.1, n_chains=3, n_burnin=0, n_samples=4, step_size=1e-9,
+                    adapt_preconditioner=False, initial_latents=z0).fit(y[None]).sample(y[None])
+    np.testing.assert_allclose(more.samples[0, :, 0], z0, atol=1e-6)

@@ -378,13 +378,21 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     def initial_latents_from(result, n_chains, survey=0):
         """Starting latents ``(n_chains, n_components)`` from an SGD :class:`InversionResult`: the
         latents of the ``n_chains`` lowest-misfit starts of ``survey`` (taken again in turn when
-        there are fewer starts than chains)."""
-        latents = np.asarray(result.latents)
+        there are fewer starts than chains); or from a :class:`PosteriorResult` (to run its chains
+        on): the last kept draw of each chain of ``survey``, taken again in turn when there are fewer
+        chains."""
         name = "LatentSampler.initial_latents_from"
+        posterior = isinstance(result, PosteriorResult)
+        if not posterior and not (hasattr(result, "latents") and hasattr(result, "data_rmse")):
+            raise TypeError(f"{name}: result must be an InversionResult (LatentInverter.invert) or a "
+                            f"PosteriorResult (LatentSampler.sample), got {type(result).__name__}")
+        latents = np.asarray(result.samples[:, :, -1] if posterior else result.latents)
         if not is_int(n_chains, 1):
             raise ValueError(f"{name}: n_chains must be an int >= 1, got {n_chains!r}")
         if not (is_int(survey, 0) and survey < latents.shape[0]):
             raise ValueError(f"{name}: survey must be an int in [0, {latents.shape[0]}), got {survey!r}")
+        if posterior:
+            return latents[survey][np.arange(int(n_chains)) % latents.shape[1]].copy()
         order = np.argsort(np.where(np.isfinite(result.data_rmse[survey]), result.data_rmse[survey], np.inf),
                            kind="stable")
         return latents[survey][order[np.arange(int(n_chains)) % len(order)]].copy()
