@@ -182,11 +182,12 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     thin : int, default=1
         Keep every ``thin``-th draw (the model statistics use every draw after the burn-in).
     step_size : float, default=None
-        Initial step (pCN's ``beta`` in (0, 1], MALA's ``sqrt(h)``, RWM's scale of the proposal
-        covariance's Cholesky factor, DE's factor on ``2.38 / sqrt(2 d)``); None: 0.1 (DE: 1).
+        Initial step (pCN's ``beta`` in (0, 1], MALA's and DE-MALA's ``sqrt(h)``, RWM's scale of the
+        proposal covariance's Cholesky factor, DE's factor on ``2.38 / sqrt(2 d)``, HMC's leapfrog step);
+        None: 0.1 (DE: 1).
     target_acceptance : float, default=None
-        Acceptance rate the burn-in steers each chain's step towards; None: 0.234 (pCN, RWM), 0.574
-        (MALA, DE-MALA).
+        Acceptance rate the burn-in steers each chain's step towards; None: 0.234 (pCN, RWM, DE), 0.574
+        (MALA, DE-MALA), 0.651 (HMC).
     jump_probability : float, default=0.1
         ``"de"`` and ``"de-mala"``: the probability, per chain and iteration, of a jump by the
         difference of two archived states (``gamma = 1``); ignored by the other methods.
