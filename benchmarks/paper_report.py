@@ -181,7 +181,8 @@ def markdown_report(record, figure_prefix=""):
     nl = record.get("nonlinear")
     if nl:
         out += ["## Fig. 10: nonlinear operator (shortest paths), VSbrd", "",
-                f"Scale: {nl['n_starts']} start(s) per truth, {nl['iterations']} iterations "
+                f"Scale: {nl['n_starts']} start(s) per truth"
+                + (f" ({nl['starts']})" if nl.get("starts") else "") + f", {nl['iterations']} iterations "
                 f"(paper: 1 start, 750); data simulated with 2 secondary nodes, inverted with 3; "
                 f"lambda = {nl['lam']}; {nl['time_s']:.0f} s.", ""]
         rows = []

@@ -42,7 +42,9 @@ Protocol (the paper's Section 3, with Table 1's settings as ``latentinv.inversio
    (``--sgan-starts-map box``).
 6. Nonlinear VSbrd (Fig. 10): shortest paths with boreholes at x = 0 and 6.5 m, data simulated with
    2 secondary nodes and inverted with 3 (as the published code), ``NONLINEAR_SETTINGS`` (the
-   paper's text: lambda = 1), one start per truth, without and with noise.
+   paper's text: lambda = 1), one start per truth, without and with noise; with ``--published-starts``
+   the first ``--nonlinear-starts`` published latents (the published notebook's start is zinitVAE500[0]),
+   drawn otherwise.
 
 Outputs in ``--out``: ``reproduce_paper.json`` (rewritten after every case), ``reproduction.md``
 (every cell "latentinv | paper", the run's scale above each table), and figures like the paper's
@@ -265,6 +267,8 @@ def parse_args(argv=None):
     a.n_starts = a.n_starts or (2 if quick else 10)
     if a.published_starts and a.n_starts > 500:
         p.error(f"--n-starts: at most 500 with --published-starts, got {a.n_starts}")
+    if a.published_starts and a.nonlinear_starts > 500 and not a.no_nonlinear:
+        p.error(f"--nonlinear-starts: at most 500 with --published-starts, got {a.nonlinear_starts}")
     if quick:
         a.epochs = a.epochs or 8
         a.epochs_nonlinear = a.epochs_nonlinear or 1
@@ -584,7 +588,13 @@ def main(argv=None):
         d_nl = sim.response(paper_slowness(truths))
         thr_nl = rmse(inv_op.response(paper_slowness(recon)), d_nl)
         settings = dict(NONLINEAR_SETTINGS, n_epochs=args.epochs_nonlinear)
-        nl = dict(threshold=thr_nl.tolist(), n_starts=args.nonlinear_starts, lam=settings["lam"],
+        # the published notebook's single start is zinitVAE500[0]: with --published-starts the nonlinear runs
+        # start from the first --nonlinear-starts published latents too (whatever --n-starts)
+        nl_extra, nl_starts = {}, f"drawn from N(0, I) (seed {args.seed})"
+        if args.published_starts:
+            nl_extra = dict(initial_latents=np.load(folder / "zinitVAE500.npy")[:args.nonlinear_starts])
+            nl_starts = f"zinitVAE500.npy[:{args.nonlinear_starts}]"
+        nl = dict(threshold=thr_nl.tolist(), n_starts=args.nonlinear_starts, starts=nl_starts, lam=settings["lam"],
                   best_rmse={}, accepted={}, model_rmse={}, time_s=0.0)
         for noisy in (False, True):
             data = d_nl + noise[None, :] if noisy else d_nl
@@ -594,7 +604,7 @@ def main(argv=None):
                   f"threads)")
             t0 = time.perf_counter()
             inv = LatentInverter(prior, inv_op, n_starts=args.nonlinear_starts, random_state=args.seed,
-                                 device=args.device, verbose=1, **settings)
+                                 device=args.device, verbose=1, **nl_extra, **settings)
             res = inv.fit(data).invert(data)
             nl["time_s"] += time.perf_counter() - t0
             nl["iterations"] = int(inv.n_iterations_)
