@@ -74,11 +74,34 @@ def scale_line(record):
     """The run's scale, stated above every table."""
     a = record["args"]
     prior = record["prior"]
+    if not record["case_columns"]:          # the nonlinear case alone: no linear starts or iterations
+        return (f"Scale of this run: prior: {prior['description']}; device {_device(record)}; machine "
+                f"{record['machine']['processor_name']} ({record['machine']['cpu_count']} cores).")
     return (f"Scale of this run: prior: {prior['description']}; {record['n_starts']} starts per truth "
             f"(paper: 100){' from the published initial latents' if a['published_starts'] else ''}; "
             f"{record['iterations_linear']} iterations per start (paper: 3000); device "
             f"{_device(record)}; machine {record['machine']['processor_name']} "
             f"({record['machine']['cpu_count']} cores).")
+
+
+def _tables_3_and_4(record, case_table):
+    """Tables 3 and 4 of a run with linear cases, and the starts left out of Table 4's means."""
+    truths = record["truth_names"]
+    out = []
+    out += ["## Table 3: accepted inversions", "", scale_line(record), "",
+            f"latentinv: accepted of {record['n_starts']} starts; paper: of 100. A start is accepted when "
+            "its selected model's data RMSE is at most the truth's threshold (Table 2; plus 0.25 ns "
+            "with noise).", "", case_table(PAPER_TABLE3, "accepted", "{:.0f}"), ""]
+    out += ["## Table 4: mean data RMSE (ns) of the starts' selected models", "", scale_line(record), "",
+            case_table(PAPER_TABLE4, "mean_rmse", "{:.3f}", with_threshold=True), ""]
+    n = record["n_starts"]
+    for key, cell in record["cases"].items():
+        for t, k in zip(truths, cell.get("non_finite") or []):
+            if k:
+                out += [f"**Not in the mean.** {key.replace('_noise', ' (noise)')}: {t}: {k} of {n} starts ended "
+                        f"without a finite data RMSE (rejected in Table 3); the cell is the mean of the other "
+                        f"{n - k}.", ""]
+    return out
 
 
 def _from_json(record):
@@ -123,7 +146,9 @@ def markdown_report(record, figure_prefix=""):
            f"{' (the published kernel: the row above)' if a['boundary_rays'] == 'upper_left' else ''}.",
            f"- Starts: {'the first N published initial latents (zinitVAE500)' if a['published_starts'] else 'drawn from N(0, I) with seed ' + str(a['seed'])}; "
            f"noise: {'the published realization x 0.25 ns' if a['published_noise'] else 'N(0, 0.25^2) ns drawn with seed ' + str(a['seed'])}.",
-           f"- Cases: `PAPER_CASES` (Table 1's settings), {record['iterations_linear']} iterations each.",
+           (f"- Cases: `PAPER_CASES` (Table 1's settings), {record['iterations_linear']} iterations each."
+            if record["case_columns"] else "- Cases: none of Table 1 (`--cases ''`): Table 2's thresholds and "
+                                           "the nonlinear case only."),
            f"- Total time {record['total_s'] / 60:.1f} min; prior training {record['prior']['training_s']:.0f} s.",
            ""]
 
@@ -161,20 +186,10 @@ def markdown_report(record, figure_prefix=""):
             rows.append(row)
         return _table(header, rows)
 
-    out += ["## Table 3: accepted inversions", "", scale_line(record), "",
-            f"latentinv: accepted of {record['n_starts']} starts; paper: of 100. A start is accepted when "
-            "its selected model's data RMSE is at most the truth's threshold (Table 2; plus 0.25 ns "
-            "with noise).", "", case_table(PAPER_TABLE3, "accepted", "{:.0f}"), ""]
-    out += ["## Table 4: mean data RMSE (ns) of the starts' selected models", "", scale_line(record), "",
-            case_table(PAPER_TABLE4, "mean_rmse", "{:.3f}", with_threshold=True), ""]
-    n = record["n_starts"]
-    for key, cell in record["cases"].items():
-        for t, k in zip(truths, cell.get("non_finite") or []):
-            if k:
-                out += [f"**Not in the mean.** {key.replace('_noise', ' (noise)')}: {t}: {k} of {n} starts ended "
-                        f"without a finite data RMSE (rejected in Table 3); the cell is the mean of the other "
-                        f"{n - k}.", ""]
-
+    if not record["case_columns"]:
+        out += ["No case of Table 1 ran (`--cases ''`): no Tables 3 and 4.", ""]
+    else:
+        out += _tables_3_and_4(record, case_table)
     if record["skipped"]:
         out += ["Skipped cases: " + "; ".join(f"{k}: {v}" for k, v in record["skipped"].items()), ""]
 

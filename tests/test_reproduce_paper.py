@@ -710,6 +710,10 @@ def test_published_starts_reach_the_nonlinear_case_too(script, tiny, monkeypatch
     assert len(seen) == 2 and all(s is not None and np.array_equal(s, z[:2]) for s in seen)
     nl = json.loads((out / "reproduce_paper.json").read_text())["nonlinear"]
     assert nl["starts"] == "zinitVAE500.npy[:2]"
+    # a run of the nonlinear case alone has no Tables 3 and 4 (they were empty tables, with "None iterations")
+    md = (out / "reproduction.md").read_text()
+    assert "No case of Table 1 ran" in md and "## Table 3" not in md and "None iterations" not in md
+    assert "(zinitVAE500.npy[:2])" in md
     # without --published-starts the nonlinear starts are drawn, and the record says so
     seen.clear()
     script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
