@@ -128,7 +128,7 @@ def test_homogeneous_fit_refuses_a_sigma_that_is_not_positive_noise(sigma, messa
                                                                  [[0.79, 0.2], [0.79, 1.4]]))
     d = op.response(np.full(op.n_params, 12.5))
     with pytest.raises(ValueError, match=r"homogeneous_fit: sigma must be None, a positive number or an array "
-                                         r"of 4 positive numbers \(ns\); " + message):
+                                         r"of 4 positive numbers \(ns\), " + message):
         homogeneous_fit(op, d, sigma)
     assert homogeneous_fit(op, d, np.float32(0.5))[0] == pytest.approx(12.5)
     assert homogeneous_fit(op, d, [0.5, 1, 2, 3])[0] == pytest.approx(12.5)

@@ -28,6 +28,41 @@ def check_random_state(random_state, owner, name="random_state"):
     return sklearn_check(random_state)
 
 
+def noise_levels(value, n_data, owner, param, expected=None):
+    """Noise standard deviations ``value`` (a number, or an array of ``n_data``; NumPy, torch, or numbers
+    held as objects, e.g. from pandas) as a float64 array of ``n_data`` finite positive values; the
+    ValueError names ``owner``'s ``param``, what it takes (``expected``) and what came (the shape of a
+    wrong array, not its values; the first bad datum)."""
+    import numbers
+
+    import numpy as np
+
+    expected = expected or f"a positive number or an array of {n_data} positive numbers (ns)"
+    raw = value.detach().cpu().numpy() if hasattr(value, "detach") else value      # a torch tensor
+    try:
+        raw = np.asarray(raw)
+    except ValueError:                  # ragged
+        raw = np.asarray([], dtype=object)
+    if raw.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                                     for v in raw.ravel()):
+        raw = raw.astype(np.float64)
+    if raw.dtype.kind not in "iuf":     # not bool, complex or text (np.asarray would parse "0.5")
+        raise ValueError(f"{owner}: {param} must be {expected}, got {value!r} (dtype {raw.dtype})")
+    sigma = raw.astype(np.float64)
+    if sigma.ndim == 0:
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"{owner}: {param} must be {expected}, got {value!r}")
+        return np.full(n_data, float(sigma))
+    if sigma.shape != (n_data,):        # the shape, not the values (an array of 625 would fill the screen)
+        raise ValueError(f"{owner}: {param} must be {expected}, got an array of shape {sigma.shape}")
+    bad = ~(np.isfinite(sigma) & (sigma > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{owner}: {param} must be {expected}, got {int(bad.sum())} that are not finite "
+                         f"and positive (the first at datum {i}: {float(sigma[i])!r})")
+    return sigma
+
+
 def caller_stacklevel():
     """``stacklevel`` for a ``warnings.warn`` in the calling function that points at the first frame
     outside latentinv: the user's line, however deep in the package the warning is raised."""

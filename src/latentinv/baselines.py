@@ -19,10 +19,11 @@ against about 0.44 for a constant model of its channel truths).
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import numpy as np
+
+from ._checks import noise_levels
 
 __all__ = [
     "MODEL_RATIO", "DATA_RATIO", "BaselineWarning", "constant_model_rmse", "homogeneous_fit",
@@ -55,30 +56,6 @@ def constant_model_rmse(models):
     return m.std(axis=-1)
 
 
-def _check_sigma(sigma, n_data):
-    """``sigma`` as an array of ``n_data`` finite positive floats; the error names what was wrong."""
-    expected = f"None, a positive number or an array of {n_data} positive numbers (ns)"
-    raw = np.asarray(sigma.detach().cpu().numpy() if hasattr(sigma, "detach") else sigma)   # a torch tensor
-    if raw.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-                                     for v in raw.ravel()):
-        raw = raw.astype(np.float64)    # numbers held as objects (e.g. from pandas), as the estimators take them
-    if raw.dtype.kind not in "iuf":     # not bool, complex or text (np.asarray would parse "0.5")
-        raise ValueError(f"homogeneous_fit: sigma must be {expected}; got {sigma!r} (dtype {raw.dtype})")
-    s = raw.astype(np.float64)
-    if s.ndim == 0:
-        if not (np.isfinite(s) and s > 0):
-            raise ValueError(f"homogeneous_fit: sigma must be {expected}; got {float(s)!r}")
-        return np.full(n_data, float(s))
-    if s.shape != (n_data,):
-        raise ValueError(f"homogeneous_fit: sigma must be {expected}; got an array of shape {s.shape}")
-    bad = ~(np.isfinite(s) & (s > 0))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"homogeneous_fit: sigma must be {expected}; got {int(bad.sum())} that are not finite "
-                         f"and positive (the first at datum {i}: {float(s[i])!r})")
-    return s
-
-
 def homogeneous_fit(operator, data, sigma=None):
     """Best homogeneous-velocity model for traveltimes ``data``.
 
@@ -108,7 +85,9 @@ def homogeneous_fit(operator, data, sigma=None):
                          f"got {np.shape(data)}")
     if not np.isfinite(d).all():
         raise ValueError("data contain NaN or infinity")
-    w = np.ones(operator.n_data) if sigma is None else 1.0 / _check_sigma(sigma, operator.n_data) ** 2
+    w = np.ones(operator.n_data) if sigma is None else 1.0 / noise_levels(
+        sigma, operator.n_data, "homogeneous_fit", "sigma",
+        f"None, a positive number or an array of {operator.n_data} positive numbers (ns)") ** 2
     t1 = np.asarray(operator.response(np.ones(operator.n_params)), dtype=np.float64)
     s0 = (d * w * t1).sum(axis=1) / (w * t1 * t1).sum()
     rmse = np.sqrt(np.mean((d - s0[:, None] * t1) ** 2, axis=1))

@@ -42,8 +42,9 @@ __all__ = ["data_rmse", "model_rmse", "acceptance_rate", "model_rmse_scorer",
            "two_point_connectivity", "channel_widths", "pattern_statistics", "compare_patterns"]
 
 
-def _real_array(a, name, what):
-    """``a`` as a float64 array of real numbers (bool allowed: binary models), never empty."""
+def _real_values(a, name, what):
+    """``a`` (NumPy, torch or nested lists) as a float64 array of real numbers (bool allowed: binary
+    models); the error names ``what`` of ``name``."""
     raw = a.detach().cpu().numpy() if hasattr(a, "detach") else a
     try:
         raw = np.asarray(raw)
@@ -51,10 +52,16 @@ def _real_array(a, name, what):
         raise ValueError(f"{name}: {what} must be a rectangular array of real numbers") from None
     if raw.dtype.kind not in "biuf":    # complex would lose its imaginary part, text would be parsed
         raise ValueError(f"{name}: {what} must hold real numbers, got dtype {raw.dtype}")
-    if raw.size == 0 or raw.ndim == 0:
-        raise ValueError(f"{name}: {what} must be a non-empty array (one row per survey), got shape "
-                         f"{raw.shape}")
     return raw.astype(np.float64)
+
+
+def _real_array(a, name, what):
+    """:func:`_real_values`, never empty."""
+    a = _real_values(a, name, what)
+    if a.size == 0 or a.ndim == 0:
+        raise ValueError(f"{name}: {what} must be a non-empty array (one row per survey), got shape "
+                         f"{a.shape}")
+    return a
 
 
 def _rows(a, b, name, what):
@@ -326,14 +333,7 @@ _FLAT_MODELS_RATIO = 20
 
 def _binary_images(images, threshold, name, image_shape=None):
     """A stack (n, n_rows, n_cols) of bool images (``value >= threshold`` is channel)."""
-    raw = images.detach().cpu().numpy() if hasattr(images, "detach") else images    # a torch tensor
-    try:
-        raw = np.asarray(raw)
-    except ValueError:                  # ragged
-        raise ValueError(f"{name}: images must be a rectangular array of real numbers") from None
-    if raw.dtype.kind not in "biuf":    # complex would lose its imaginary part, text would be parsed
-        raise ValueError(f"{name}: images must hold real numbers, got dtype {raw.dtype}")
-    a = raw.astype(np.float64)
+    a = _real_values(images, name, "images")
     if image_shape is not None:
         shape = tuple(image_shape) if np.ndim(image_shape) == 1 else None      # tuple, list or array
         if shape is None or len(shape) != 2 or not all(is_int(v, minimum=1) for v in shape):

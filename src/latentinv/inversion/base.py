@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
-from .._checks import caller_stacklevel, check_random_state, is_int
+from .._checks import caller_stacklevel, check_random_state, is_int, noise_levels
 from .._common import _reject_1d, _resolve_device, _unchanged_on_failure
 from ..metrics import _real_array, _rows, check_image_grid
 from .equations import chi_mean, paper_slowness
@@ -146,30 +146,7 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: slowness_map must be callable or None, got {self.slowness_map!r}")
         if self.noise_std is None:
             return None
-        expected = f"a positive number or an array of {n_data} positive numbers (ns)"
-        raw = self.noise_std.detach().cpu().numpy() if torch.is_tensor(self.noise_std) else self.noise_std
-        try:
-            raw = np.asarray(raw)
-        except ValueError:            # ragged
-            raw = np.asarray([], dtype=object)
-        if raw.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-                                         for v in raw.ravel()):
-            raw = raw.astype(np.float64)  # numbers held as objects (e.g. from pandas)
-        if raw.dtype.kind not in "iuf":   # not bool, complex or text (np.asarray would parse "0.5")
-            raise ValueError(f"{name}: noise_std must be {expected}, got {self.noise_std!r} "
-                             f"(dtype {raw.dtype})")
-        sigma = raw.astype(np.float64)
-        if sigma.ndim == 0:
-            sigma = np.full(n_data, float(sigma))
-        if raw.ndim == 0 and not (np.isfinite(sigma[0]) and sigma[0] > 0):
-            raise ValueError(f"{name}: noise_std must be {expected}, got {self.noise_std!r}")
-        if sigma.shape != (n_data,):      # the shape, not the values (an array of 625 would fill the screen)
-            raise ValueError(f"{name}: noise_std must be {expected}, got an array of shape {sigma.shape}")
-        bad = ~(np.isfinite(sigma) & (sigma > 0))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"{name}: noise_std must be {expected}, got {int(bad.sum())} that are not finite "
-                             f"and positive (the first at datum {i}: {float(sigma[i])!r})")
+        sigma = noise_levels(self.noise_std, n_data, name, "noise_std")
         with np.errstate(over="ignore", divide="ignore", under="ignore"):
             weights = (1.0 / sigma ** 2).astype(np.float32)
         if not np.all(np.isfinite(weights) & (weights > 0)):
