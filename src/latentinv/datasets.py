@@ -243,10 +243,11 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
     centreline = np.zeros((n_rows, n_cols), dtype=bool)
     radius = width / 2.0
 
-    lines = [0]     # centrelines stamped (channels and branches)
+    n_lines = 0     # centrelines stamped (channels and branches)
 
     def stamp(points):
-        lines[0] += 1
+        nonlocal n_lines
+        n_lines += 1
         points = np.concatenate([points, _gap_points(points, max(step, radius), step, n_rows, n_cols)])
         cols = np.rint(points[:, 0]).astype(np.int64)
         rows = np.rint(points[:, 1]).astype(np.int64)
@@ -283,7 +284,7 @@ def make_channel_image(shape=(500, 500), n_channels=None, density=0.25, width=8.
         # the exact check was skipped, and channels added, past the density: 0.83 for 0.25 at width 0.3.)
         if (n_channels is None
                 and (centreline.sum() * math.sqrt(2.0) * (width + 1.0)
-                     + 2 * lines[0] * math.pi * (radius + 1.0) ** 2) >= density * n_rows * n_cols
+                     + 2 * n_lines * math.pi * (radius + 1.0) ** 2) >= density * n_rows * n_cols
                 and channel_fraction() >= density):
             break
     if n_channels is None and drawn == MAX_CHANNELS and (reached := channel_fraction()) < density:

@@ -493,10 +493,9 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
             raise ValueError(f"{name}: output_activation must be 'sigmoid' or 'identity'; "
                              f"got {self.output_activation!r}.")
         if self.architecture == "conv":
-            ch, ks = (tuple(v) if isinstance(v, Iterable) else (v,) for v in (self.channels, self.kernel_sizes))
-            if len(ch) != len(ks) or len(ch) == 0 or any(
-                    not isinstance(v, Iterable) for v in (self.channels, self.kernel_sizes)) or any(
-                    not isinstance(v, Integral) or v < 1 for v in ch + ks):
+            iterable = all(isinstance(v, Iterable) for v in (self.channels, self.kernel_sizes))
+            ch, ks = (tuple(self.channels), tuple(self.kernel_sizes)) if iterable else ((), ())   # () is refused
+            if len(ch) != len(ks) or len(ch) == 0 or any(not isinstance(v, Integral) or v < 1 for v in ch + ks):
                 raise ValueError(f"{name}: channels and kernel_sizes must be equally long tuples of "
                                  f"positive ints; got channels={self.channels!r}, "
                                  f"kernel_sizes={self.kernel_sizes!r}.")

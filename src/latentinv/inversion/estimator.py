@@ -145,9 +145,10 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         Surveys per chunk (one batch of ``chunk_size * n_starts`` starts, the unit of parallel work).
         ``None``: all surveys in one batch when ``n_jobs`` is None and no joblib context makes the call
         parallel; one survey per chunk otherwise, ``n_jobs=1`` included (the chunks of a parallel run,
-        run in turn: its numbers are those of any ``n_jobs``, and it is slower than one batch). Results are bit for bit the same for a given ``chunk_size`` whatever
-        ``n_jobs`` and the backend; between chunk sizes they agree to float32 rounding (a decoder
-        may round a row differently in a batch of another size).
+        run in turn: its numbers are those of any ``n_jobs``, and it is slower than one batch). Results
+        are bit for bit the same for a given ``chunk_size`` whatever ``n_jobs`` and the backend; between
+        chunk sizes they agree to float32 rounding (a decoder may round a row differently in a batch of
+        another size).
     verbose : int, default=0
         Progress bar (tqdm) when > 0.
 
