@@ -56,7 +56,8 @@
 # DRY=1 runs every step tiny on the CPU (to check the script itself). Opt-in steps: "sgan" (trains the published
 #   SGAN on the GPU within the time left but SGAN_RESERVE (170 s), in parts on the checkpoint SGAN_CKPT on this
 #   machine's disk (a later call on the still warm machine carries it on), runs SAnnn/SSbnd with it and brings it
-#   back in parts, sgan.tgz.part-NN), "sampling" (bench_sampling.py on mc2).
+#   back in parts, sgan.tgz.part-NN; SGAN_DIR: a saved SGAN carried to the machine instead, not trained, its
+#   cases only; SGAN_STARTS: their starts, 100), "sampling" (bench_sampling.py on mc2).
 set -u
 OUT=${OUT:-gpu_checks_out}
 DEADLINE=${DEADLINE:-540}
@@ -310,7 +311,9 @@ if want sgan; then
   ( IT=; [ "$DRY" = 1 ] && IT="--pattern-iterations 2 --pattern-samples 4"
     mkdir -p "$RESULTS/sgan"
     BUDGET=$(( $(left) - ${SGAN_RESERVE:-170} ))
-    if [ "$BUDGET" -lt 30 ]; then echo "[$(now) s] sgan: ${BUDGET} s left for the training: not started"
+    if [ -n "${SGAN_DIR:-}" ]; then   # a saved SGAN carried to the machine: no training, its cases only
+      echo "[$(now) s] sgan: the saved SGAN $SGAN_DIR (not trained here)"; rm -rf /tmp/li_sgan; cp -r "$SGAN_DIR" /tmp/li_sgan
+    elif [ "$BUDGET" -lt 30 ]; then echo "[$(now) s] sgan: ${BUDGET} s left for the training: not started"
     else
       echo "[$(now) s] sgan: training for at most $BUDGET s"
       timeout $(upto 60) $PY benchmarks/bench_prior.py --no-vae --sgan --skip-cpu --patterns --sgan-gpu-train $IT \
@@ -322,10 +325,13 @@ if want sgan; then
       # the trained SGAN comes back (its float32 weights are over one file's 16 MiB: in parts of 15 MiB)
       [ -f /tmp/li_sgan/config.json ] && tar -C /tmp -czf - li_sgan | split -b 15m -d - "$OUT/sgan.tgz.part-" \
         && echo "[$(now) s] sgan: the trained SGAN in $(ls "$OUT" | grep -c '^sgan.tgz.part-') parts"
+    fi
+    if [ -d /tmp/li_sgan ]; then
       SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts"
-      N=100; GR=--cuda-graphs; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; GR=; }
-      # the VAE prior only draws the generated truths mv1-mv3 here: a saved one, not a training of its own
-      [ -d /tmp/li_sgan ] && timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
+      [ -n "$SG" ] && [ -f "$TM/mv1.npy" ] && SG="$SG --mv published"     # the paper's own mv1-mv3
+      N=${SGAN_STARTS:-100}; GR=--cuda-graphs; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; GR=; }
+      # the VAE prior gives Table 2's thresholds (and draws mv1-mv3 where the published ones are absent)
+      timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
         --prior "${RP_PRIOR:-src/latentinv/data/channels_ti_prior}" --sgan /tmp/li_sgan --cases SAnnn,SSbnd \
         --no-nonlinear --n-starts $N $GR $SG --out "$RESULTS/sgan/reproduce" 2>&1 | tail -40
       rm -rf "$RESULTS/sgan/reproduce/prior"; pack

@@ -41,6 +41,32 @@ def test_saved_bytes_per_row_is_the_hand_count():
     assert memory.saved_bytes_per_row(net.double(), torch.zeros(1, 3, dtype=torch.float64)) == 8 * 70
 
 
+def test_the_probe_leaves_no_graph_alive():
+    """The probe's autograd graph dies with its call, without the garbage collector. A graph kept alive
+    by a reference cycle keeps the weights' AccumulateGrad nodes on the stream the probe ran on (the
+    default one), so a CUDA-graph capture that followed on a side stream before a collection failed
+    ("operation would make the legacy stream depend on a capturing blocking stream", seen on an H200 in
+    VAEPrior(cuda_graphs=True).fit, whose memory check runs this probe first)."""
+    import gc
+    import weakref
+    net = torch.nn.Sequential(torch.nn.Linear(3, 50), torch.nn.Sigmoid())      # trainable: AccumulateGrad nodes
+    outputs = []
+
+    def forward(z):
+        out = torch.exp(net(z))               # exp and sigmoid save their outputs
+        outputs.append(weakref.ref(out))
+        return out
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        # the layer's input (for its weight's gradient), the sigmoid's and exp's outputs
+        assert memory.saved_bytes_per_row(forward, torch.zeros(1, 3)) == 4 * (3 + 50 + 50)
+        assert [ref() is None for ref in outputs] == [True] * len(outputs)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def test_available_memory_from_the_kernel_and_the_cgroup(tmp_path, monkeypatch):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000 kB\n")

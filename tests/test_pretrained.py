@@ -100,7 +100,10 @@ def test_loads_on_cuda(image):
     gpu = VAEPrior.pretrained(device="cuda", image=image)
     cpu = VAEPrior.pretrained(device="cpu", image=image)
     z = np.random.default_rng(0).standard_normal((3, 20))
-    np.testing.assert_allclose(gpu.decode(z), cpu.decode(z), atol=1e-3)     # TF32 convolutions on CUDA
+    # cuDNN's TF32 convolutions (torch's default) moved values by up to 1.1e-3 on an H200; in float32 the
+    # two devices differ by summation order alone
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        np.testing.assert_allclose(gpu.decode(z), cpu.decode(z), atol=1e-4)
 
 
 def _checksums_hold(weights, config):

@@ -94,6 +94,24 @@ def test_graphed_training_follows_the_eager_one(alpha):
 
 
 @cuda
+def test_graphed_training_captures_without_a_collection():
+    """The capture follows fit's memory probe and the warm-up with no garbage collection between them (as
+    when the collector happens not to run): a probe graph kept alive by a cycle held the weights'
+    AccumulateGrad nodes on the default stream, and the capture failed ("operation would make the legacy
+    stream depend on a capturing blocking stream", seen on an H200 when the collector had not run)."""
+    import gc
+    X = make_straight_channels(40, shape=(16, 16), random_state=0)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        prior = VAEPrior(**KW, cuda_graphs=True).fit(X)
+    finally:
+        if enabled:
+            gc.enable()
+    assert len(prior.history_["loss"]) == KW["n_iterations"] and np.isfinite(prior.history_["loss"]).all()
+
+
+@cuda
 def test_graphed_training_resumes_from_a_checkpoint(tmp_path):
     """A graphed training stopped at a checkpoint and extended (Adam's step count back on the device,
     as capturable Adam needs it) ends where one run of that length ends, to rounding."""

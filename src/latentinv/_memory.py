@@ -111,16 +111,19 @@ def saved_bytes_per_row(forward, z, grad=True):
         storages = {}
 
         def pack(t):
+            # packed detached: a saved output packed as itself would hold its own node, a cycle that keeps
+            # the graph (and the weights' AccumulateGrad nodes, with the stream they were made on) alive
+            # until a collection; autograd puts the node back on unpacking (a double backward's pass unpacks)
             s = t.untyped_storage()
-            storages[s.data_ptr()] = s.nbytes()
-            return t
+            storages[s.data_ptr()] = s
+            return t.detach()
         zn = z[:1].detach().expand(n, *z.shape[1:]).clone().requires_grad_(grad)
         with torch.set_grad_enabled(grad), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = forward(zn)
         outs = out if isinstance(out, (tuple, list)) else (out,)
         for o in outs:
-            storages[o.untyped_storage().data_ptr()] = o.untyped_storage().nbytes()
-        return sum(storages.values())
+            storages[o.untyped_storage().data_ptr()] = o.untyped_storage()
+        return sum(s.nbytes() for s in storages.values())
     return max((run(4) - run(2)) / 2, 0.0)
 
 
