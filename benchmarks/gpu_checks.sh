@@ -70,6 +70,7 @@ TM=${TM:-}
 if [ -z "$TM" ]; then
   for d in .gpu_data/paper_test_models ../shared/data/paper_test_models; do [ -d "$d" ] && { TM=$d; break; }; done
 fi
+MV=; [ -n "$TM" ] && [ -f "$TM/mv1.npy" ] && MV="--mv published"     # the paper's own mv1-mv3 where carried
 PRIOR_CKPT=${PRIOR_CKPT:-/tmp/li_prior_ckpt}   # the training's checkpoint, on this machine's disk
 SGAN_CKPT=${SGAN_CKPT:-/tmp/li_sgan_ckpt}      # the SGAN's (a warm machine's next call carries it on)
 PRIOR_PLAN=/tmp/li_prior_plan                  # "PRECISION GRAPHS MS_PER_ITERATION" of that training (its
@@ -263,7 +264,7 @@ if want nonlinear; then
 import os; from latentinv._cpus import available_cpus, cgroup_cpu_quota
 print('cpus: os.cpu_count', os.cpu_count(), 'affinity', len(os.sched_getaffinity(0)), 'cgroup quota',
       cgroup_cpu_quota(), '-> raytracer threads', available_cpus(), '; load average', os.getloadavg())"
-    EXTRA=; [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise"
+    EXTRA=; [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise $MV"
     [ "$DRY" = 1 ] && EXTRA="$EXTRA --epochs-nonlinear 1"
     mkdir -p "$RESULTS/nonlinear"
     timeout $(upto 5) ${TASKSET:+$TASKSET -c $CPUS} $PY benchmarks/reproduce_paper.py --ti "$TI" \
@@ -286,7 +287,7 @@ if want reproduce; then
   ( if [ -z "$PRIOR" ]; then PRIOR=src/latentinv/data/channels_ti_prior
       echo "NO TRAINED PRIOR: the shipped one (the reduced network, not the paper's) is used"; fi
     STARTS=100; EXTRA=
-    [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise"
+    [ -n "$TM" ] && [ -f "$TM/zinitVAE500.npy" ] && EXTRA="--test-models $TM --published-starts --published-noise $MV"
     [ "$DRY" = 1 ] && { STARTS=2; EXTRA="$EXTRA --epochs 2"; }
     GRAPHS=     # from CUDA graphs if a small capture works here (else eagerly, and said so)
     if [ "$DRY" != 1 ] && $PY -c "import sys; sys.path.insert(0, 'tests/golden'); import cases
@@ -327,8 +328,7 @@ if want sgan; then
         && echo "[$(now) s] sgan: the trained SGAN in $(ls "$OUT" | grep -c '^sgan.tgz.part-') parts"
     fi
     if [ -d /tmp/li_sgan ]; then
-      SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts"
-      [ -n "$SG" ] && [ -f "$TM/mv1.npy" ] && SG="$SG --mv published"     # the paper's own mv1-mv3
+      SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts $MV"
       N=${SGAN_STARTS:-100}; GR=--cuda-graphs; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; GR=; }
       # the VAE prior gives Table 2's thresholds (and draws mv1-mv3 where the published ones are absent)
       timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
