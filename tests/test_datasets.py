@@ -161,6 +161,16 @@ def test_patch_sampler_crops_are_subimages():
     assert sampler.n_valid[0] == (30 - 7 + 1) * (20 - 5 + 1)
 
 
+def test_patch_sampler_keeps_its_own_copy():
+    """The sampler kept a float32 image as given: changing the array afterwards (a NaN in it, or another
+    image written into the same buffer) changed the training crops past the constructor's checks."""
+    image = np.random.default_rng(0).random((30, 20)).astype(np.float32)
+    sampler = PatchSampler(image, (7, 5), random_state=0)
+    before = sampler.sample(20, random_state=1)
+    image[:] = np.nan
+    np.testing.assert_array_equal(sampler.sample(20, random_state=1), before)
+
+
 def test_patch_sampler_errors():
     with pytest.raises(ValueError, match="larger than image"):
         PatchSampler(np.zeros((5, 5)), (6, 2))

@@ -1621,3 +1621,47 @@ def test_posterior_summary_holds_each_surveys_worst_rhat_least_ess_and_mean_acce
     np.testing.assert_array_equal(summary["max_rhat"], rhat.max(1))
     np.testing.assert_array_equal(summary["min_ess_bulk"], ess.min(1))
     np.testing.assert_allclose(summary["acceptance_rate"], post.acceptance_rate.sum(1) / 3, rtol=1e-12)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(prune_every=3), r"prune_every=3 has no effect without prune='halving'"),
+    (dict(prune_keep=0.25), r"prune_keep=0.25 has no effect without prune='halving'"),
+    (dict(n_epochs_no_change=2), r"n_epochs_no_change=2 has no effect without tol"),
+    (dict(regularization=None, lam=5.0), r"lam=5.0 has no effect with regularization=None"),
+    (dict(regularization=None, lam_decay=0.9), r"lam_decay=0.9 has no effect with regularization=None"),
+    (dict(clip_resample="normal"), r"clip_resample='normal' has no effect with the prior's normal latents"),
+])
+def test_a_parameter_that_cannot_act_is_named(problem, params, message):
+    """An option set to a value other than its default where the settings leave it no effect used to be
+    ignored without a word (the user believes it acted); now a warning names it and what it needs. The
+    paper's settings (Table 1: lam=0 and lam_decay=1 with no regularization) and the defaults stay quiet."""
+    op, gen, _, _, tt = problem
+    kw = dict(n_epochs=1, batch_size=6, n_starts=1, random_state=0, device="cpu")
+    with pytest.warns(UserWarning, match=message):
+        LatentInverter(gen, op, **params, **kw).fit(tt[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LatentInverter(gen, op, **kw).fit(tt[:1])
+        LatentInverter(gen, op, regularization=None, lam=0.0, lam_decay=1.0, **kw).fit(tt[:1])
+        LatentInverter(gen, op, prune="halving", prune_every=3, prune_keep=0.25, **kw).fit(tt[:1])
+        LatentInverter(gen, op, tol=1e-3, n_epochs_no_change=2, **kw).fit(tt[:1])
+        LatentInverter(linear_generator(distribution="uniform"), op, regularization=None,
+                       clip_resample="normal", **kw).fit(tt[:1])
+
+
+def test_a_selected_model_without_a_medium_is_named(problem):
+    """fit checks slowness_map at test latents only. With a map positive only above -1 and data 100 times
+    too fast, the iterates leave that region and the selected model had slowness down to -86 ns/m,
+    returned without a word on it; now a warning names the surveys and the lowest slowness. The paper's
+    map, with a generator whose models lie in its domain, stays quiet."""
+    op, gen, _, _, tt = problem
+    smap = lambda x: 10.0 * (x + 1.0)          # noqa: E731
+    kw = dict(n_epochs=50, batch_size=6, n_starts=3, lr=0.1, regularization=None, random_state=0, device="cpu")
+    y = tt[:1] * 0.01
+    with pytest.warns(UserWarning, match=r"the selected models of 1 of 1 surveys \(first: survey 0\) have "
+                                         r"non-positive or non-finite slowness .* \(down to -\d"):
+        res = LatentInverter(gen, op, slowness_map=smap, **kw).fit(y).invert(y)
+    assert float(smap(torch.as_tensor(res.models)).min()) < 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*non-positive or non-finite slowness")
+        LatentInverter(gen, op, **kw).fit(tt[:1]).invert(tt[:1])

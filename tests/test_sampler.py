@@ -1358,3 +1358,24 @@ def test_initial_latents_from_a_posterior_are_its_chains_last_draws():
     more = _sampler(gen, op, noise_std=0.1, n_chains=3, n_burnin=0, n_samples=4, step_size=1e-9,
                     adapt_preconditioner=False, initial_latents=z0).fit(y[None]).sample(y[None])
     np.testing.assert_allclose(more.samples[0, :, 0], z0, atol=1e-6)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(method="mala", jump_probability=0.3), r"jump_probability=0.3 has no effect with method='mala'"),
+    (dict(method="pcn", n_leapfrog=4), r"n_leapfrog=4 has no effect with method='pcn'"),
+    (dict(method="rwm", adapt_preconditioner=False, preconditioner="empirical"),
+     r"preconditioner='empirical' has no effect with adapt_preconditioner=False"),
+])
+def test_a_parameter_that_cannot_act_is_named(params, message):
+    """Options documented as "ignored by the other methods" were ignored without a word; now a warning
+    names them (set off their defaults), and the methods that use them stay quiet."""
+    op, gen, _, _, y = _linear_problem()
+    kw = dict(noise_std=0.1, n_chains=2, n_burnin=2, n_samples=2)
+    with pytest.warns(UserWarning, match=message):
+        _sampler(gen, op, **params, **kw).fit(y[None])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*has no effect")
+        _sampler(gen, op, **kw).fit(y[None])
+        _sampler(gen, op, method="de-mala", jump_probability=0.3, **kw).fit(y[None])
+        _sampler(gen, op, method="hmc", n_leapfrog=4, **kw).fit(y[None])
+        _sampler(gen, op, method="rwm", preconditioner="empirical", **kw).fit(y[None])

@@ -580,7 +580,7 @@ class PatchSampler:
         elif isinstance(images, np.ndarray):    # iterating would give its rows or values, one "image" each
             raise ValueError(f"{owner}: images must be a 2-D array (n_rows, n_cols), a stack (n_images, n_rows, "
                              f"n_cols) or a list of 2-D arrays; got an array of shape {images.shape}.")
-        images = [np.asarray(im, dtype=np.float32) for im in images]
+        images = [np.array(im, dtype=np.float32) for im in images]      # its own copy: checked once, kept
         if not images or any(im.ndim != 2 for im in images):
             bad = [i for i, im in enumerate(images) if im.ndim != 2]
             raise ValueError(f"{owner}: images must be 2-D arrays (n_rows, n_cols); got "

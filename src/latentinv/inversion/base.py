@@ -4,6 +4,7 @@ and the prior, the fitted prior's set-up, and the :class:`~.problem.LatentProble
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import os
@@ -134,6 +135,17 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: {pname} must be {'>' if low_open else '>='} {low}, got {value!r}")
         if high is not None and value > high:
             raise ValueError(f"{name}: {pname} must be <= {high}, got {value!r}")
+
+    def _warn_inert(self, rules):
+        """A UserWarning for each ``(parameter, idle, why)`` whose parameter is set off its default where
+        ``idle`` says the settings leave it no effect: ignored without a word, the user would take it to
+        have acted."""
+        defaults = inspect.signature(type(self).__init__).parameters
+        for param, idle, why in rules:
+            value = getattr(self, param)
+            if idle and value != defaults[param].default:
+                warnings.warn(f"{type(self).__name__}: {param}={value!r} has no effect {why}; it is ignored.",
+                              UserWarning, stacklevel=caller_stacklevel())
 
     def _check_common_params(self, n_data):
         """``random_state``, ``slowness_map`` and ``noise_std``; returns the noise as an array of ``n_data``

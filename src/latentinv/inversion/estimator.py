@@ -14,6 +14,7 @@ from .._checks import caller_stacklevel
 from .._common import native_bfloat16 as _native_bfloat16
 from . import graphed
 from .base import LatentEstimatorBase, engine_tags
+from .equations import paper_slowness
 from .parallel import run_chunks, survey_chunks
 from .randomness import EpochStreams, as_seed
 from .result import InversionResult
@@ -45,7 +46,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         backward applies the Jacobian at the current models (Eq. 28).
     slowness_map : callable, default=None
         Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`
-        (velocity ``0.06 + 0.02 (1 - x)`` m/ns).
+        (velocity ``0.06 + 0.02 (1 - x)`` m/ns). fit checks it at test latents; where a selected model's
+        slowness is not positive (the iterates left the region where the map is), :meth:`invert` warns.
     optimizer : {"sgd", "adam"}, default="sgd"
     lr : float, default=1e-2
         Initial step size (Eq. 20).
@@ -303,6 +305,13 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         if self.clip_resample not in ("uniform", "normal"):
             raise ValueError(f"{name}: clip_resample must be 'uniform' or 'normal', got "
                              f"{self.clip_resample!r}")
+        no_ring = self.regularization is None
+        self._warn_inert([("prune_every", self.prune is None, "without prune='halving'"),
+                          ("prune_keep", self.prune is None, "without prune='halving'"),
+                          ("n_epochs_no_change", self.tol is None, "without tol"),
+                          # lam=0 and lam_decay=1 say "no regularization" too (Table 1's SAnnn, SSbnd)
+                          ("lam", no_ring and self.lam != 0, "with regularization=None"),
+                          ("lam_decay", no_ring and self.lam_decay != 1, "with regularization=None")])
         return self._check_common_params(n_data)
 
     def _check_initial_latents(self, d):
@@ -319,6 +328,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         if dist == "uniform" and self.regularization == "ring":
             raise ValueError(f"{type(self).__name__}: regularization='ring' needs normal latents; the "
                              "prior's latents are uniform (use None or 'origin')")
+        self._warn_inert([("clip_resample", dist != "uniform",
+                           f"with the prior's {dist} latents (stochastic clipping applies to uniform ones)")])
 
     # -- fit -------------------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -405,7 +416,27 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         from ..baselines import homogeneous_fit
         result.homogeneous_slowness, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
         self._warn_if_no_better_than_homogeneous(result)
+        self._warn_if_impossible(result)
         return result
+
+    def _warn_if_impossible(self, result):
+        """A UserWarning for the surveys whose selected model has a non-positive or non-finite slowness
+        through ``slowness_map``: fit checks the map at test latents only, and the iterates may leave the
+        region where it is positive (the paper's map is positive on [0, 1], where its decoders' outputs lie).
+        Such a model's traveltimes are a linear formula's, not a medium's."""
+        fn = self.slowness_map or paper_slowness
+        with torch.no_grad():
+            s = fn(torch.as_tensor(result.models, dtype=torch.float32, device=self.device_))
+        bad = np.flatnonzero((~(torch.isfinite(s) & (s > 0))).any(dim=1).cpu().numpy())
+        if bad.size:
+            k = int(bad[0])
+            warnings.warn(
+                f"{type(self).__name__}: the selected models of {bad.size} of {len(s)} surveys (first: survey "
+                f"{k}) have non-positive or non-finite slowness through slowness_map "
+                f"{getattr(fn, '__name__', type(fn).__name__)} (down to {float(s[k].min()):.4g}): no medium has "
+                f"them, and their traveltimes are not a medium's. The iterates left the region where the map is "
+                f"positive: use a slowness_map positive for every model the generator can return, or check the "
+                f"data's units.", UserWarning, stacklevel=caller_stacklevel())
 
     def _warn_if_no_better_than_homogeneous(self, result):
         """A BaselineWarning for the surveys whose selected model fits no better than the best

@@ -190,10 +190,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         (MALA, DE-MALA), 0.651 (HMC).
     jump_probability : float, default=0.1
         ``"de"`` and ``"de-mala"``: the probability, per chain and iteration, of a jump by the
-        difference of two archived states (``gamma = 1``); ignored by the other methods.
+        difference of two archived states (``gamma = 1``); the other methods ignore it (a UserWarning
+        where it is set).
     n_leapfrog : int, default=10
-        ``"hmc"``: leapfrog steps per proposal (each a forward run and a decoder gradient); ignored by
-        the other methods.
+        ``"hmc"``: leapfrog steps per proposal (each a forward run and a decoder gradient); the other
+        methods ignore it (a UserWarning where it is set).
     adapt_preconditioner : bool, default=True
         Refit the kernels' reference Gaussian during the burn-in (see ``preconditioner``). False: the
         prior ``N(0, I)`` throughout (the classic pCN).
@@ -321,6 +322,10 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         if self.noise_std is None:
             raise ValueError(f"{name}: noise_std is required: the standard deviation (ns) of the Gaussian "
                              "likelihood, a positive number or an array of one per datum; got None")
+        self._warn_inert([("jump_probability", self.method not in ("de", "de-mala"), f"with method={self.method!r} "
+                           "(the jumps of 'de' and 'de-mala')"),
+                          ("n_leapfrog", self.method != "hmc", f"with method={self.method!r} (HMC's trajectories)"),
+                          ("preconditioner", not self.adapt_preconditioner, "with adapt_preconditioner=False")])
         return self._check_common_params(n_data)
 
     def _fit_schedule(self, op):
