@@ -136,12 +136,16 @@ class LatentEstimatorBase(BaseEstimator):
         if high is not None and value > high:
             raise ValueError(f"{name}: {pname} must be <= {high}, got {value!r}")
 
-    def _warn_inert(self, rules):
-        """A UserWarning for each ``(parameter, idle, why)`` whose parameter is set off its default where
-        ``idle`` says the settings leave it no effect: ignored without a word, the user would take it to
-        have acted."""
+    def _idle_params(self, dist):
+        """``(parameter, idle, why)`` rules: ``idle`` where the settings (and the prior's latent
+        distribution ``dist``) leave the parameter no effect."""
+        return []
+
+    def _warn_idle_params(self, dist):
+        """At fit, a UserWarning for each parameter of :meth:`_idle_params` set off its default where it
+        has no effect: ignored without a word, the user would take it to have acted."""
         defaults = inspect.signature(type(self).__init__).parameters
-        for param, idle, why in rules:
+        for param, idle, why in self._idle_params(dist):
             value = getattr(self, param)
             if idle and value != defaults[param].default:
                 warnings.warn(f"{type(self).__name__}: {param}={value!r} has no effect {why}; it is ignored.",
@@ -269,6 +273,7 @@ class LatentEstimatorBase(BaseEstimator):
         if dist not in ("normal", "uniform"):
             raise ValueError(f"{name}: latent_distribution must be 'normal' or 'uniform', got {dist!r}")
         self._check_latent_distribution(dist)
+        self._warn_idle_params(dist)
         d = self.prior_.n_components
         if not is_int(d, 1):
             raise ValueError(f"{name}: the prior's n_components (latent dimension) must be an int >= 1, "

@@ -305,14 +305,18 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         if self.clip_resample not in ("uniform", "normal"):
             raise ValueError(f"{name}: clip_resample must be 'uniform' or 'normal', got "
                              f"{self.clip_resample!r}")
-        no_ring = self.regularization is None
-        self._warn_inert([("prune_every", self.prune is None, "without prune='halving'"),
-                          ("prune_keep", self.prune is None, "without prune='halving'"),
-                          ("n_epochs_no_change", self.tol is None, "without tol"),
-                          # lam=0 and lam_decay=1 say "no regularization" too (Table 1's SAnnn, SSbnd)
-                          ("lam", no_ring and self.lam != 0, "with regularization=None"),
-                          ("lam_decay", no_ring and self.lam_decay != 1, "with regularization=None")])
         return self._check_common_params(n_data)
+
+    def _idle_params(self, dist):
+        no_ring = self.regularization is None
+        return [("prune_every", self.prune is None, "without prune='halving'"),
+                ("prune_keep", self.prune is None, "without prune='halving'"),
+                ("n_epochs_no_change", self.tol is None, "without tol"),
+                # lam=0 and lam_decay=1 say "no regularization" too (Table 1's SAnnn, SSbnd)
+                ("lam", no_ring and self.lam != 0, "with regularization=None"),
+                ("lam_decay", no_ring and self.lam_decay != 1, "with regularization=None"),
+                ("clip_resample", dist != "uniform",
+                 f"with the prior's {dist} latents (stochastic clipping applies to uniform ones)")]
 
     def _check_initial_latents(self, d):
         z = super()._check_initial_latents(d)
@@ -328,8 +332,6 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         if dist == "uniform" and self.regularization == "ring":
             raise ValueError(f"{type(self).__name__}: regularization='ring' needs normal latents; the "
                              "prior's latents are uniform (use None or 'origin')")
-        self._warn_inert([("clip_resample", dist != "uniform",
-                           f"with the prior's {dist} latents (stochastic clipping applies to uniform ones)")])
 
     # -- fit -------------------------------------------------------------------------------------------
     def fit(self, X, y=None):

@@ -322,11 +322,13 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         if self.noise_std is None:
             raise ValueError(f"{name}: noise_std is required: the standard deviation (ns) of the Gaussian "
                              "likelihood, a positive number or an array of one per datum; got None")
-        self._warn_inert([("jump_probability", self.method not in ("de", "de-mala"), f"with method={self.method!r} "
-                           "(the jumps of 'de' and 'de-mala')"),
-                          ("n_leapfrog", self.method != "hmc", f"with method={self.method!r} (HMC's trajectories)"),
-                          ("preconditioner", not self.adapt_preconditioner, "with adapt_preconditioner=False")])
         return self._check_common_params(n_data)
+
+    def _idle_params(self, dist):
+        return [("jump_probability", self.method not in ("de", "de-mala"),
+                 f"with method={self.method!r} (the jumps of 'de' and 'de-mala')"),
+                ("n_leapfrog", self.method != "hmc", f"with method={self.method!r} (HMC's trajectories)"),
+                ("preconditioner", not self.adapt_preconditioner, "with adapt_preconditioner=False")]
 
     def _fit_schedule(self, op):
         self.n_iterations_ = int(self.n_burnin) + int(self.n_samples) * int(self.thin)
