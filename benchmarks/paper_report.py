@@ -144,7 +144,8 @@ def markdown_report(record, figure_prefix=""):
            f"- Straight rays: sources at x = 0.01 m, receivers at x = 6.49 m; rays on horizontal "
            f"cell boundaries: `{a['boundary_rays']}`"
            f"{' (the published kernel: the row above)' if a['boundary_rays'] == 'upper_left' else ''}.",
-           f"- Starts: {'the first N published initial latents (zinitVAE500)' if a['published_starts'] else 'drawn from N(0, I) with seed ' + str(a['seed'])}; "
+           f"- Starts: {'the first N published initial latents (zinitVAE500)' if a['published_starts'] else 'drawn from N(0, I) with seed ' + str(a['seed'])}"
+           f"{'; the SGAN cases: ' + record['sgan_starts'] if record.get('sgan_starts') else ''}; "
            f"noise: {'the published realization x 0.25 ns' if a['published_noise'] else 'N(0, 0.25^2) ns drawn with seed ' + str(a['seed'])}.",
            (f"- Cases: `PAPER_CASES` (Table 1's settings), {record['iterations_linear']} iterations each."
             if record["case_columns"] else "- Cases: none of Table 1 (`--cases ''`): Table 2's thresholds and "

@@ -229,6 +229,8 @@ def test_sgan_cases_run_with_a_saved_sgan_prior_and_the_published_starts(script,
     record = json.loads((out / "reproduce_paper.json").read_text())
     assert set(record["cases"]) == {"SAnnn", "SSbnd"} and not record["skipped"]
     assert "mapped to [-1, 1] by z = 2u - 1" in record["sgan_starts"]
+    # the report's set-up names the SGAN cases' starts too (it named zinitVAE500 alone)
+    assert "the SGAN cases: zinitSGAN500.npy[:2]" in (out / "reproduction.md").read_text()
 
 
 def test_reference_vae_runs_the_paper_network(script, tiny, tmp_path):
