@@ -642,3 +642,19 @@ def test_fit_refuses_a_one_cell_training_latent_grid(image):
     with pytest.raises(ValueError, match=r"SGANPrior: training_latent_shape .*at least 2 latent cells.*got \(1, 1\)"):
         SGANPrior(**dict(TINY, training_latent_shape=(1, 1))).fit(sampler)
     SGANPrior(**dict(TINY, training_latent_shape=(1, 2), n_iterations=1)).fit(sampler)
+
+
+@pytest.mark.parametrize("params", [[1], "ab", None, 3])
+def test_a_file_whose_params_are_not_an_object_is_refused(tiny_prior, tmp_path, params):
+    # a configuration with valid checksums whose 'params' is not a JSON object: dict() of it crashed
+    # with TypeError ("cannot convert dictionary update sequence element #0 to a sequence", "'NoneType'
+    # object is not iterable") or an unrelated ValueError ("dictionary update sequence element #0 has
+    # length 1; 2 is required"), naming neither the file nor the key
+    from latentinv._common import _write_tensor_files
+
+    config = tiny_prior._config()
+    config["params"] = params
+    _write_tensor_files(tmp_path / "p", tiny_prior.generator_.state_dict(), config)
+    with pytest.raises(ModelFileError, match=rf"config.json': 'params' must be a JSON object; got "
+                                             rf"{type(params).__name__}\."):
+        SGANPrior.load(tmp_path / "p")

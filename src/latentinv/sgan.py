@@ -745,8 +745,8 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
 
         keys(config, _CONFIG_KEYS, "the configuration", optional=("weights_dtype", "float32_tensors"))
         _storage.check_config_entries(config, where)
+        keys(config["params"], cls._get_param_names(), "'params'")     # a JSON object before dict() of it
         params, fitted = dict(config["params"]), config["fitted"]
-        keys(params, cls._get_param_names(), "'params'")
         keys(fitted, _FITTED_KEYS, "'fitted'")
         for key in ("image_shape", "training_latent_shape"):
             if params[key] is not None:
