@@ -658,3 +658,14 @@ def test_a_file_whose_params_are_not_an_object_is_refused(tiny_prior, tmp_path, 
     with pytest.raises(ModelFileError, match=rf"config.json': 'params' must be a JSON object; got "
                                              rf"{type(params).__name__}\."):
         SGANPrior.load(tmp_path / "p")
+
+
+def test_a_reference_file_without_latent_channels_is_refused(published_file, tmp_path):
+    # main.0.weight of shape (0, 512, 5, 5) matched the published layout for 0 latent channels: the file
+    # loaded as a prior with n_components == 0, whose decode took latents of no component
+    path, module = published_file
+    state = dict(module.state_dict(), **{"main.0.weight": torch.zeros(0, 512, 5, 5)})
+    torch.save(state, tmp_path / "zero.pth")
+    with pytest.raises(ModelFileError, match=r"zero.pth': latent_channels must be an int >= 1; got 0\. "
+                                             r"\(read from main.0.weight's first dimension\)"):
+        SGANPrior.from_reference_checkpoint(tmp_path / "zero.pth")

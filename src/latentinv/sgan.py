@@ -847,6 +847,10 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         image_shape = (output_size(n_x, PUBLISHED_N_LAYERS), output_size(n_y, PUBLISHED_N_LAYERS))
         prior = cls(image_shape=image_shape, latent_channels=latent_channels,
                     device=str(device) if isinstance(device, torch.device) else device)
+        try:        # a file whose first layer has no input channel would give a prior of 0 latents
+            prior._check_hyperparams(name=f"{name}: {path!r}")
+        except ValueError as err:
+            raise ModelFileError(f"{err} (read from main.0.weight's first dimension)") from None
         prior.image_shape_ = image_shape
         prior.training_shape_ = tuple(output_size(n, PUBLISHED_N_LAYERS) for n in (12, 12))
         prior.n_features_in_ = prior.training_shape_[0] * prior.training_shape_[1]
