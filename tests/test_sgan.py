@@ -669,3 +669,22 @@ def test_a_reference_file_without_latent_channels_is_refused(published_file, tmp
     with pytest.raises(ModelFileError, match=r"zero.pth': latent_channels must be an int >= 1; got 0\. "
                                              r"\(read from main.0.weight's first dimension\)"):
         SGANPrior.from_reference_checkpoint(tmp_path / "zero.pth")
+
+
+def test_a_grid_of_fitted_priors_without_y_names_the_clone(tiny_prior, crosshole_33x17):
+    # GridSearchCV clones a grid's fitted priors into unfitted copies; without y the inverter said "the
+    # prior SGANPrior is not fitted; pass the training models as y", although fitted priors were passed
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    op = crosshole_33x17
+    data = op.response(np.full((4, op.n_params), 6.0))
+    inv = LatentInverter(tiny_prior, op, n_starts=1, random_state=0, device="cpu",
+                         **dict(PAPER_CASES["SSbnd"], n_epochs=1))
+    with pytest.raises(ValueError, match=r"the prior is an unfitted copy of a fitted SGANPrior: scikit-learn "
+                                         r"clones.*prior=\[FrozenEstimator\(p\) for p in priors\]"):
+        GridSearchCV(inv, {"prior": [tiny_prior]}, cv=KFold(2), error_score="raise").fit(data)
+    from latentinv.metrics import make_data_rmse_scorer
+    gs = GridSearchCV(inv, {"prior": [FrozenEstimator(tiny_prior)]}, cv=KFold(2), error_score="raise",
+                      scoring=make_data_rmse_scorer()).fit(data)
+    assert gs.best_estimator_.n_components_ == 15

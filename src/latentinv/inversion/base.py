@@ -248,6 +248,11 @@ class LatentEstimatorBase(BaseEstimator):
         if prior_is_fitted(prior):
             self.prior_ = prior
         else:
+            if y is None and getattr(prior, "_clone_of_fitted", False):
+                raise ValueError(
+                    f"{name}: the prior is an unfitted copy of a fitted {type(prior).__name__}: scikit-learn "
+                    "clones the values of a parameter grid (GridSearchCV(..., {'prior': [...]})). To compare "
+                    "fitted priors, search over prior=[FrozenEstimator(p) for p in priors] (sklearn.frozen).")
             if y is None:
                 raise ValueError(
                     f"{name}: the prior {type(prior).__name__} is not fitted; pass the training "
