@@ -688,3 +688,12 @@ def test_a_grid_of_fitted_priors_without_y_names_the_clone(tiny_prior, crosshole
     gs = GridSearchCV(inv, {"prior": [FrozenEstimator(tiny_prior)]}, cv=KFold(2), error_score="raise",
                       scoring=make_data_rmse_scorer()).fit(data)
     assert gs.best_estimator_.n_components_ == 15
+
+
+def test_save_and_load_take_a_bytes_path(tiny_prior, tmp_path):
+    # os.fspath kept bytes, and joining them with the files' str names raised "TypeError: Can't mix
+    # strings and bytes in path components" in both save and load (of either prior: shared code)
+    path = os.fsencode(tmp_path / "p")
+    tiny_prior.save(path)
+    z = np.random.default_rng(0).uniform(-1, 1, size=(2, 15))
+    np.testing.assert_array_equal(SGANPrior.load(path).decode(z), tiny_prior.decode(z))

@@ -399,7 +399,7 @@ def _write_tensor_files(path, tensors, config):
     """:func:`_write_model_files` for a dict of named tensors."""
     from safetensors.torch import save as safetensors_bytes
 
-    path = os.fspath(path)
+    path = os.fsdecode(path)     # str, bytes or path-like: joined with str names below
     os.makedirs(path, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     weights = safetensors_bytes(state)
@@ -560,7 +560,7 @@ class _PicklesNetwork:
 
 def _read_model_files(path, owner, saver):
     """Bytes of ``config.json`` and ``weights.safetensors`` in the directory ``path``."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)     # str, bytes or path-like: joined with str names below
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{owner}: {path!r} is not a directory; expected a directory written "
                                 f"by {saver}.save holding {CONFIG_FILE} and {WEIGHTS_FILE}.")
