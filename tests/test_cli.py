@@ -1180,3 +1180,24 @@ def test_train_summary_reports_the_mean_over_crops_of_each_crops_reconstruction_
         "--batch-size", "2", "--channels", "2,2,2,2", "--hidden-size", "4", "--n-components", "3", "--seed", "4"])
     _ok(res)
     assert "[train] encode-decode model RMSE 0.250 on 32 training crops" in res.output
+
+
+@pytest.mark.parametrize("command", list(_SEED_ARGS))
+@pytest.mark.parametrize("option", ["--out", "--checkpoint"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, command, option, monkeypatch):
+    if option == "--checkpoint" and command != "train":
+        pytest.skip("--checkpoint is train's")
+    (tmp_path / "afile").write_text("")
+    args = _SEED_ARGS[command] + (["--image-size", "150", "90", "--iterations", "1", "--batch-size", "2",
+                                   "--channels", "2,2,2,2", "--hidden-size", "4", "--quiet"]
+                                  if command == "train" else [])     # cheap, should the check be missing
+    # under a file: was a NotADirectoryError traceback from mkdir (for train after the whole training)
+    res = CliRunner().invoke(cli.main, [*args, option, str(tmp_path / "afile" / "sub")])
+    _fails(res, f"Invalid value for '{option}': {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is a file, "
+                "not a folder", 2)
+    # a folder that cannot be written into (checked with os.access; root may write anywhere)
+    (tmp_path / "ro").mkdir()
+    real_access = cli.os.access
+    monkeypatch.setattr(cli.os, "access", lambda p, mode, **kw: Path(p) != tmp_path / "ro" and real_access(p, mode, **kw))
+    res = CliRunner().invoke(cli.main, [*args, option, str(tmp_path / "ro" / "sub")])
+    _fails(res, f"Invalid value for '{option}': {tmp_path / 'ro' / 'sub'}: cannot write into {tmp_path / 'ro'}", 2)

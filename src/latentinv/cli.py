@@ -125,6 +125,25 @@ def _check_n_jobs(ctx, param, value):
     return value
 
 
+def _check_out_dir(ctx, param, value):
+    """``--out`` / ``--checkpoint``: a folder (created when missing) that can be made and written into,
+    checked before any work (a file on its path was a NotADirectoryError traceback, for ``train`` after
+    the whole training)."""
+    if value is None:
+        return value
+    path = Path(value)
+    for folder in (path, *path.parents):
+        if folder.exists():             # the nearest existing folder on the path decides
+            if not folder.is_dir():
+                raise click.BadParameter(f"{value}: {folder} is a file, not a folder; expected a folder "
+                                         "(created when missing)")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise click.BadParameter(f"{value}: cannot write into {folder} (no permission); expected a "
+                                         "folder that can be written into")
+            break
+    return value
+
+
 #: ``--device`` of every command
 _DEVICE_OPTION = click.option("--device", default="auto", show_default=True, callback=_check_device,
                               help="auto (CUDA when available), cpu, cuda or cuda:N.")
@@ -570,7 +589,7 @@ def _train_demo_prior(iterations, seed, quiet):
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-demo",
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default="latentinv-demo",
               show_default=True,
               help="Output folder (created); receives demo.png, posterior.png (unless --posterior-draws "
                    "0), report.json and models.npz.")
@@ -901,7 +920,7 @@ _PAPER_IMAGE = "paper"
 @click.option("--procedural", is_flag=True, help="Use the procedural channel generator instead.")
 @click.option("--image-size", type=(click.IntRange(1), click.IntRange(1)), default=(1000, 1000),
               show_default=True, help="Rows and columns of the procedural image.")
-@click.option("--out", "out_path", type=click.Path(file_okay=False), default="prior", show_default=True,
+@click.option("--out", "out_path", type=click.Path(file_okay=False), callback=_check_out_dir, default="prior", show_default=True,
               help="Directory the prior is saved to.")
 @click.option("--patch-shape", type=(click.IntRange(1), click.IntRange(1)), default=(129, 65),
               show_default=True, help="Rows and columns of the training crops.")
@@ -926,7 +945,7 @@ _PAPER_IMAGE = "paper"
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="The training's arithmetic (bfloat16 where the CPU or GPU has it natively: faster, loss "
                    "curves within about 1.5 % of float32's).")
-@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default=None,
               help="Folder of a resumable training: run the same command again after a stop and it carries on "
                    "from the last checkpoint, ending with the network of an uninterrupted run; raise "
                    "--iterations to train further.")
@@ -1082,7 +1101,7 @@ def _survey_options(fn):
 
 @main.command()
 @_survey_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-invert",
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default="latentinv-invert",
               show_default=True)
 @click.option("--n-starts", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=None,
@@ -1230,7 +1249,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
 @click.option("--sgd-epochs", type=click.IntRange(0), default=0, show_default=True,
               help="Start the chains from a short SGD (that many epochs, one start per chain: its "
                    "lowest-misfit starts; one survey only); 0: from the prior.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="latentinv-sample",
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default="latentinv-sample",
               show_default=True)
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @_DEVICE_OPTION
