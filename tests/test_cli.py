@@ -795,7 +795,8 @@ def test_sample_needs_the_noise_and_names_its_files(tiny_prior, tmp_path):
     res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--noise-std",
                                         "0.5", "--preconditioner", "gauss-newton", "--device", "cpu", "--quiet",
                                         "--out", str(tmp_path / "gn")])
-    _fails(res, "preconditioner='gauss-newton' cannot serve method='pcn'", 1)
+    _fails(res, "Invalid value for '--preconditioner': gauss-newton cannot serve --method pcn (its reference "
+                "Gaussian needs a mean", 2)
     res = CliRunner().invoke(cli.main, ["sample", "--help"])
     _ok(res)
     for name in ("posterior.npz", "posterior.png", "posterior.json"):
@@ -1201,3 +1202,30 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_pat
     monkeypatch.setattr(cli.os, "access", lambda p, mode, **kw: Path(p) != tmp_path / "ro" and real_access(p, mode, **kw))
     res = CliRunner().invoke(cli.main, [*args, option, str(tmp_path / "ro" / "sub")])
     _fails(res, f"Invalid value for '{option}': {tmp_path / 'ro' / 'sub'}: cannot write into {tmp_path / 'ro'}", 2)
+
+
+@pytest.mark.parametrize("method", ["pcn", "de"])
+def test_sample_names_its_options_that_conflict_or_cannot_act(tiny_prior, tmp_path, method):
+    """--preconditioner gauss-newton with pcn or de was the library's error naming its parameters (exit 1);
+    --n-leapfrog without hmc was a raw UserWarning pointing into click/core.py."""
+    prior_dir, prior = tiny_prior
+    op, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data)
+    common = ["sample", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--noise-std", "0.5", "--chains", "2",
+              "--burnin", "2", "--samples", "2", "--device", "cpu", "--quiet", "--method", method]
+    res = CliRunner().invoke(cli.main, [*common, "--preconditioner", "gauss-newton", "--out", str(tmp_path / "gn")])
+    _fails(res, f"Invalid value for '--preconditioner': gauss-newton cannot serve --method {method} (", 2)
+    assert "use --preconditioner empirical or auto" in res.output
+    assert not (tmp_path / "gn").exists()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = CliRunner().invoke(cli.main, [*common, "--n-leapfrog", "5", "--out", str(tmp_path / "lf")])
+    _ok(res)
+    assert not [w for w in caught if "n_leapfrog" in str(w.message)]      # no raw library warning
+    message = f"--n-leapfrog 5 has no effect with --method {method} (HMC's leapfrog steps); it is ignored"
+    assert f"[warning] {message}" in res.output
+    assert message in json.loads((tmp_path / "lf" / "posterior.json").read_text())["warnings"]
+    # the default is quiet
+    res = CliRunner().invoke(cli.main, [*common, "--out", str(tmp_path / "d")])
+    _ok(res)
+    assert "--n-leapfrog" not in res.output

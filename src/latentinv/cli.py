@@ -1279,12 +1279,22 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
     from .inversion.randomness import as_seed
     from .plotting import plot_posterior
 
+    if preconditioner == "gauss-newton" and method in ("pcn", "de"):    # LatentSampler's check, in options
+        why = ("its reference Gaussian needs a mean, which the Gauss-Newton fit does not give" if method == "pcn"
+               else "its difference moves do not use a covariance")
+        raise click.BadParameter(f"gauss-newton cannot serve --method {method} ({why}); use --preconditioner "
+                                 "empirical or auto", param_hint="'--preconditioner'")
     grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device,
                                                   n_secondary_nodes)
     slowness_map = _slowness_map(velocities)        # the SGD starts' and the chains' medium
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     warning_messages = []
+    given = click.get_current_context().get_parameter_source("n_leapfrog") != click.core.ParameterSource.DEFAULT
+    if given and method != "hmc":   # the library's warning names its parameter, from click's frame: the option's
+        message = f"--n-leapfrog {n_leapfrog} has no effect with --method {method} (HMC's leapfrog steps); it is ignored"
+        warning_messages.append(message)
+        click.echo(f"[warning] {message}", err=True)
     with _echoed_baseline_warnings(warning_messages, also=(ConvergenceWarning,)):
         t0 = time.perf_counter()
         initial = None
@@ -1308,7 +1318,10 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
                                 n_leapfrog=n_leapfrog, preconditioner=preconditioner,
                                 n_chains=chains, n_burnin=burnin, n_samples=samples, thin=thin, initial_latents=initial,
                                 noise_std=noise_std, random_state=seed, device=device, verbose=int(not quiet))
-        res = sampler.fit(data).sample(data)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LatentSampler: n_leapfrog=.* has no effect")  # echoed above
+            sampler.fit(data)
+        res = sampler.sample(data)
         elapsed = time.perf_counter() - t0
     # the sampler's settings call the int its generators are seeded from "seed"; it is derived from
     # random_state (= --seed): report the user's seed as "seed" and that number under its own name
