@@ -589,7 +589,8 @@ def _train_demo_prior(iterations, seed, quiet):
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default="latentinv-demo",
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              callback=_check_out_dir, default="latentinv-demo",
               show_default=True,
               help="Output folder (created); receives demo.png, posterior.png (unless --posterior-draws "
                    "0), report.json and models.npz.")
@@ -920,7 +921,8 @@ _PAPER_IMAGE = "paper"
 @click.option("--procedural", is_flag=True, help="Use the procedural channel generator instead.")
 @click.option("--image-size", type=(click.IntRange(1), click.IntRange(1)), default=(1000, 1000),
               show_default=True, help="Rows and columns of the procedural image.")
-@click.option("--out", "out_path", type=click.Path(file_okay=False), callback=_check_out_dir, default="prior", show_default=True,
+@click.option("--out", "out_path", type=click.Path(file_okay=False),
+              callback=_check_out_dir, default="prior", show_default=True,
               help="Directory the prior is saved to.")
 @click.option("--patch-shape", type=(click.IntRange(1), click.IntRange(1)), default=(129, 65),
               show_default=True, help="Rows and columns of the training crops.")
@@ -945,7 +947,8 @@ _PAPER_IMAGE = "paper"
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="The training's arithmetic (bfloat16 where the CPU or GPU has it natively: faster, loss "
                    "curves within about 1.5 % of float32's).")
-@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default=None,
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False),
+              callback=_check_out_dir, default=None,
               help="Folder of a resumable training: run the same command again after a stop and it carries on "
                    "from the last checkpoint, ending with the network of an uninterrupted run; raise "
                    "--iterations to train further.")
@@ -1101,7 +1104,8 @@ def _survey_options(fn):
 
 @main.command()
 @_survey_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default="latentinv-invert",
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              callback=_check_out_dir, default="latentinv-invert",
               show_default=True)
 @click.option("--n-starts", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=None,
@@ -1249,7 +1253,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
 @click.option("--sgd-epochs", type=click.IntRange(0), default=0, show_default=True,
               help="Start the chains from a short SGD (that many epochs, one start per chain: its "
                    "lowest-misfit starts; one survey only); 0: from the prior.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), callback=_check_out_dir, default="latentinv-sample",
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              callback=_check_out_dir, default="latentinv-sample",
               show_default=True)
 @click.option("--seed", type=_SEED, default=0, show_default=True)
 @_DEVICE_OPTION
@@ -1277,11 +1282,11 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
 
     from .inversion import LatentInverter, LatentSampler
     from .inversion.randomness import as_seed
+    from .inversion.sampler import gauss_newton_conflict
     from .plotting import plot_posterior
 
-    if preconditioner == "gauss-newton" and method in ("pcn", "de"):    # LatentSampler's check, in options
-        why = ("its reference Gaussian needs a mean, which the Gauss-Newton fit does not give" if method == "pcn"
-               else "its difference moves do not use a covariance")
+    why = gauss_newton_conflict(method) if preconditioner == "gauss-newton" else None
+    if why:                      # LatentSampler's check, before anything loads
         raise click.BadParameter(f"gauss-newton cannot serve --method {method} ({why}); use --preconditioner "
                                  "empirical or auto", param_hint="'--preconditioner'")
     grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device,
@@ -1292,7 +1297,8 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
     warning_messages = []
     given = click.get_current_context().get_parameter_source("n_leapfrog") != click.core.ParameterSource.DEFAULT
     if given and method != "hmc":   # the library's warning names its parameter, from click's frame: the option's
-        message = f"--n-leapfrog {n_leapfrog} has no effect with --method {method} (HMC's leapfrog steps); it is ignored"
+        message = (f"--n-leapfrog {n_leapfrog} has no effect with --method {method} (HMC's leapfrog steps); "
+                   "it is ignored")
         warning_messages.append(message)
         click.echo(f"[warning] {message}", err=True)
     with _echoed_baseline_warnings(warning_messages, also=(ConvergenceWarning,)):

@@ -141,6 +141,12 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     return history, moments, kept, accepted / max(cfg.n_samples * cfg.thin, 1), step
 
 
+def gauss_newton_conflict(method):
+    """Why ``preconditioner="gauss-newton"`` cannot serve ``method``, or None where it can."""
+    return {"pcn": "its reference Gaussian needs a mean, which the Gauss-Newton fit does not give",
+            "de": "its difference moves do not use a covariance"}.get(method)
+
+
 class LatentSampler(RegressorMixin, LatentEstimatorBase):
     """Posterior sampling of the latent vector by batched Markov chain Monte Carlo.
 
@@ -314,9 +320,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         if self.preconditioner == "gauss-newton" and not self.adapt_preconditioner:
             raise ValueError(f"{name}: preconditioner='gauss-newton' needs adapt_preconditioner=True (False keeps "
                              "the prior N(0, I) throughout)")
-        if self.preconditioner == "gauss-newton" and self.method in ("pcn", "de"):
-            why = ("its reference Gaussian needs a mean, which the Gauss-Newton fit does not give" if self.method == "pcn"
-                   else "its difference moves do not use a covariance")
+        why = gauss_newton_conflict(self.method) if self.preconditioner == "gauss-newton" else None
+        if why:
             raise ValueError(f"{name}: preconditioner='gauss-newton' cannot serve method={self.method!r} ({why}); "
                              "use 'empirical'")
         if self.noise_std is None:
