@@ -1229,3 +1229,14 @@ def test_sample_names_its_options_that_conflict_or_cannot_act(tiny_prior, tmp_pa
     res = CliRunner().invoke(cli.main, [*common, "--out", str(tmp_path / "d")])
     _ok(res)
     assert "--n-leapfrog" not in res.output
+
+
+def test_a_text_file_named_npy_is_named_as_such(tmp_path):
+    """A text file named .npy got NumPy's 'Cannot load file containing pickled data when
+    allow_pickle=False', which says nothing of the real cause."""
+    path = tmp_path / "tt.npy"
+    path.write_text("50.1 51.2 52.3\n")
+    with pytest.raises(click.BadParameter, match=r"tt.npy: not a .npy array file \(it does not start with "
+                                                 r"NumPy's header\); a text file of traveltimes is read from "
+                                                 r"a .txt or .csv name"):
+        cli.load_traveltimes(path, 3)

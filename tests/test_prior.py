@@ -1315,3 +1315,14 @@ def test_a_float32_budget_that_float16_would_meet_says_so(tmp_path):
     prior.save(tmp_path / "f16b", weights_dtype="float16", max_bytes=budget)
     with pytest.raises(ValueError, match=r"max_bytes=1000 cannot be met: .*nothing was written\.$"):
         prior.save(tmp_path / "tight", weights_dtype="float16", max_bytes=1000)
+
+
+def test_saving_onto_a_file_says_a_folder_is_expected(tmp_path):
+    """save onto a path that is a file was a bare 'FileExistsError: [Errno 17] File exists' from makedirs,
+    naming neither the method nor what it writes; the file is left as it was."""
+    target = tmp_path / "prior"
+    target.write_text("not a folder")
+    with pytest.raises(FileExistsError, match=r"VAEPrior.save: .*prior' is a file; expected a folder \(new or "
+                                              r"existing\) to write config.json and weights.safetensors into"):
+        _tiny_fitted().save(target)
+    assert target.read_text() == "not a folder"

@@ -395,11 +395,14 @@ def _write_model_files(path, module, config):
     _write_tensor_files(path, module.state_dict(), config)
 
 
-def _write_tensor_files(path, tensors, config):
-    """:func:`_write_model_files` for a dict of named tensors."""
+def _write_tensor_files(path, tensors, config, owner="save"):
+    """:func:`_write_model_files` for a dict of named tensors (``owner`` names the caller in errors)."""
     from safetensors.torch import save as safetensors_bytes
 
     path = os.fsdecode(path)     # str, bytes or path-like: joined with str names below
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{owner}: {path!r} is a file; expected a folder (new or existing) to write "
+                              f"{CONFIG_FILE} and {WEIGHTS_FILE} into.")
     os.makedirs(path, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     weights = safetensors_bytes(state)

@@ -354,6 +354,11 @@ def load_traveltimes(path, n_data):
         raise click.BadParameter(f"traveltime file {path!r} does not exist", param_hint="TRAVELTIMES")
     try:
         if p.suffix.lower() == ".npy":
+            with open(p, "rb") as f:          # NumPy reads anything else as a pickle, and says so
+                if f.read(6) != b"\x93NUMPY":
+                    raise click.BadParameter(f"{path}: not a .npy array file (it does not start with NumPy's "
+                                             "header); a text file of traveltimes is read from a .txt or .csv "
+                                             "name", param_hint="TRAVELTIMES")
             a = np.load(p, allow_pickle=False)
         else:   # .csv: commas; any other text file: whitespace
             delimiter = "," if p.suffix.lower() == ".csv" else None

@@ -918,7 +918,7 @@ or PatchSampler
         config.update(entries)
         if max_bytes is not None:
             state, config = _encoder_int8_to_fit(state, config, max_bytes, name, weights_dtype)
-        _write_tensor_files(path, state, config)
+        _write_tensor_files(path, state, config, owner=name)
 
     def _decoding_error(self):
         """:func:`latentinv._storage.decoding_error` of this prior: its decoder on 256 of its latents."""

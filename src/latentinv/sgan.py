@@ -666,7 +666,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         _storage.check_weights_dtype(weights_dtype, name)
         self._check_params_describe_network(name)
         state, entries = _storage.stored_state(self.generator_.state_dict(), weights_dtype, self._decoding_error, name)
-        _write_tensor_files(path, state, dict(self._config(), **entries))
+        _write_tensor_files(path, state, dict(self._config(), **entries), owner=name)
 
     def _decoding_error(self):
         """:func:`latentinv._storage.decoding_error` of this prior: its decoded models of 256 uniform
