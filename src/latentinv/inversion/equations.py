@@ -7,7 +7,7 @@ import math
 
 import torch
 
-__all__ = ["paper_slowness", "LinearVelocitySlowness", "chi_mean", "learning_rate_schedule", "regularization_schedule",
+__all__ = ["paper_slowness", "has_a_medium", "LinearVelocitySlowness", "chi_mean", "learning_rate_schedule", "regularization_schedule",
            "ring_penalty", "ring_gradient", "latent_penalty"]
 
 
@@ -25,6 +25,12 @@ def paper_slowness(x):
 
 #: model values for which :func:`paper_slowness` gives a positive velocity (open interval)
 paper_slowness.domain = (-math.inf, 4.0)
+
+
+def has_a_medium(s):
+    """Per row of slowness ``s`` (..., n_cells): whether every cell's slowness is finite and positive (a
+    model of any other slowness has no medium: its traveltimes are a formula's, not a medium's)."""
+    return (torch.isfinite(s) & (s > 0)).all(dim=-1)
 
 
 class LinearVelocitySlowness:

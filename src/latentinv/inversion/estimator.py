@@ -14,7 +14,7 @@ from .._checks import caller_stacklevel
 from .._common import native_bfloat16 as _native_bfloat16
 from . import graphed
 from .base import LatentEstimatorBase, engine_tags
-from .equations import paper_slowness
+from .equations import has_a_medium, paper_slowness
 from .parallel import run_chunks, survey_chunks
 from .randomness import EpochStreams, as_seed
 from .result import InversionResult
@@ -429,7 +429,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         fn = self.slowness_map or paper_slowness
         with torch.no_grad():
             s = fn(torch.as_tensor(result.models, dtype=torch.float32, device=self.device_))
-        bad = np.flatnonzero((~(torch.isfinite(s) & (s > 0))).any(dim=1).cpu().numpy())
+        bad = np.flatnonzero((~has_a_medium(s)).cpu().numpy())
         if bad.size:
             k = int(bad[0])
             warnings.warn(

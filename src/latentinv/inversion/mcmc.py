@@ -48,6 +48,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from .equations import has_a_medium
+
 _SQRT2 = math.sqrt(2.0)
 #: latents of a uniform prior are kept this far inside (-1, 1) when mapped to the whitened space
 UNIFORM_EDGE = 1e-6
@@ -107,7 +109,7 @@ def evaluate(problem, u, *, uniform, gradient):
         # slowness map's domain, as checked at the chains' start): its potential is infinite, so that the
         # proposal is rejected; its rows go to the operator as a unit slowness (a nonlinear engine
         # refuses non-positive slowness, a linear one would give finite traveltimes to an impossible model)
-        outside = ~(torch.isfinite(s) & (s > 0)).all(1)
+        outside = ~has_a_medium(s)
         s = torch.where(outside[:, None], torch.ones_like(s), s)
         if gradient:
             t_rays, t_full = problem.traveltimes(x, s, rays)
