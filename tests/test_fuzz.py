@@ -51,6 +51,7 @@ from latentinv._backend import HAS_CORE
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import InversionResult, LatentInverter
 from latentinv.operators import PendingResponse, ShortestPathOperator, StraightRayOperator
+from latentinv.operators._base import smallest_slowness
 from latentinv.prior import ModelFileError, VAEPrior
 
 #: generated cases per property (hypothesis' ``max_examples``); the total is asserted at the end
@@ -185,23 +186,25 @@ def converted(draw, values):
 
 
 def _valid_model(m, n, torch_dtypes=None):
-    """Whether ``m`` is a real, finite, positive model of ``n`` cells (one or a batch); with
+    """Whether ``m`` is a real, finite model of ``n`` cells (one or a batch) whose slowness is at least
+    its dtype's smallest normal number (positive, not subnormal: ``smallest_slowness``); with
     ``torch_dtypes``, only a tensor of one of these dtypes is (``forward``)."""
     if torch_dtypes is not None and not (isinstance(m, torch.Tensor) and m.dtype in torch_dtypes):
         return False
     if isinstance(m, torch.Tensor):
         if m.dtype == torch.bool or m.is_complex():
             return False
-        a = m.detach().double().numpy()
+        a, low = m.detach().double().numpy(), smallest_slowness(m.dtype)
     else:
         try:
             a = np.asarray(m)
             if a.dtype.kind not in "iufO":  # object arrays of numbers are array-likes too
                 return False
+            low = smallest_slowness(a.dtype)
             a = a.astype(np.float64)
         except (TypeError, ValueError):
             return False
-    return a.ndim in (1, 2) and a.shape[-1] == n and bool(np.all(np.isfinite(a)) and np.all(a > 0))
+    return a.ndim in (1, 2) and a.shape[-1] == n and bool(np.all(np.isfinite(a)) and np.all(a >= low))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -452,6 +452,9 @@ def test_default_threads_and_backend():
     (lambda m: np.where(np.arange(m.size) == 5, np.inf, m), "NaN or inf"),
     (lambda m: np.where(np.arange(m.size) == 5, 0.0, m), "> 0"),
     (lambda m: -m, "> 0"),
+    # subnormal: refused by the shared check before the contrast limit (float64's smallest normal number)
+    (lambda m: np.where(np.arange(m.size) == 5, 1e-320, m),
+     r"at least 2\.2250738585072014e-308 ns/m .*smallest normal float64 number.*got minimum 1e-320 at model 0, cell 5"),
     (lambda m: m[:-1], "shape"),
     (lambda m: np.stack([m, m])[None], "shape"),
     (lambda m: "slow", "numeric"),

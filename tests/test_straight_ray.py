@@ -336,6 +336,69 @@ def test_overflowing_straight_ray_times_raise():
     assert torch.isfinite(ok).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_subnormal_slowness_is_refused_below_the_dtypes_smallest_normal_number(device):
+    """Slowness below a dtype's smallest normal number (float64: 2.2e-308 ns/m, float32: 1.2e-38) is
+    subnormal: it keeps fewer digits and the straight-ray times lose them silently (at 1e-320 ns/m the
+    times were off by 5e-4, relative). Every entry refuses it, naming the dtype's bound; the bound itself
+    is accepted and gives G m to rounding."""
+    op = _small_operator()
+    tiny64, tiny32 = float(np.finfo(np.float64).tiny), float(np.finfo(np.float32).tiny)
+    # what the check prevents: at 1e-320 ns/m, G m computed in float64 is off from the exact product of
+    # the same (float64) inputs by 1.4e-4, relative: some 4 significant digits left of 16
+    from fractions import Fraction
+    G = op.matrix.toarray()
+    exact = [sum(Fraction(float(g)) for g in row) * Fraction(1e-320) for row in G]
+    rel = [float(abs(Fraction(float(t)) - e) / e) for t, e in zip(op.matrix @ np.full(16, 1e-320), exact)]
+    assert min(rel) > 1e-5
+    m = np.full((2, 16), 12.5)
+    m[1, 7] = 1e-320
+    match64 = (r"slowness must be at least 2\.2250738585072014e-308 ns/m in every cell \(the smallest normal "
+               r"float64 number.*got minimum 1e-320 at model 1, cell 7")
+    for entry in (op.response, op.response_and_jacobian):
+        with pytest.raises(ValueError, match="StraightRayOperator: " + match64):
+            entry(m)
+        with pytest.raises(ValueError, match="StraightRayOperator: " + match64):
+            entry(torch.tensor(m, device=device))
+    with pytest.raises(ValueError, match="StraightRayOperator: " + match64.replace("model 1", "model 0")):
+        op.jacobian(m[1])
+    with pytest.raises(ValueError, match="StraightRayOperator.forward: " + match64):
+        op.forward(torch.tensor(m, device=device, requires_grad=True))
+    # float32: its own bound, 1.2e-38 (1e-39 is subnormal there, normal in float64)
+    m32 = np.full((2, 16), 12.5, dtype=np.float32)
+    m32[1, 7] = 1e-39
+    match32 = (r"slowness must be at least 1\.1754943508222875e-38 ns/m in every cell \(the smallest normal "
+               r"float32 number.*got minimum 1\.0000002153053333e-39 at model 1, cell 7")
+    with pytest.raises(ValueError, match="StraightRayOperator.forward: " + match32):
+        op.forward(torch.tensor(m32, device=device))
+    with pytest.raises(ValueError, match="StraightRayOperator: " + match32):
+        op.response(m32)
+    with pytest.raises(ValueError, match="StraightRayOperator: " + match32):
+        op.response(torch.tensor(m32, device=device))
+    # the same value in float64 is normal: accepted
+    np.testing.assert_allclose(op.response(np.full(16, 1e-39)), 1e-39 * op.survey.distances, rtol=1e-14)
+    # each dtype's smallest normal number is accepted, and gives G m to rounding
+    np.testing.assert_allclose(op.response(np.full(16, tiny64)), tiny64 * op.survey.distances, rtol=1e-14)
+    out = op.forward(torch.full((16,), tiny32, device=device))
+    np.testing.assert_allclose(out.cpu().numpy(), tiny32 * op.survey.distances, rtol=1e-6)
+
+
+def test_has_a_medium_uses_the_operators_lower_bound():
+    """The samplers' predicate for a model with a medium (rows of other slowness are replaced before they
+    reach the operator) agrees with the operators' check: a subnormal cell has no medium, per dtype."""
+    from latentinv.inversion.equations import has_a_medium
+    from latentinv.operators._base import smallest_slowness
+
+    tiny32 = float(np.finfo(np.float32).tiny)
+    s32 = torch.tensor([[1.0, tiny32], [1.0, 1e-39], [1.0, 0.0], [1.0, 2.0]], dtype=torch.float32)
+    assert has_a_medium(s32).tolist() == [True, False, False, True]
+    s64 = torch.tensor([[1.0, 1e-39], [1.0, 1e-320]], dtype=torch.float64)
+    assert has_a_medium(s64).tolist() == [True, False]
+    assert smallest_slowness(torch.float32) == tiny32 == smallest_slowness(np.float32)
+    assert smallest_slowness(np.int64) == float(np.finfo(np.float64).tiny)
+    assert smallest_slowness(torch.float16) == float(np.finfo(np.float16).tiny)
+
+
 @settings(max_examples=30, deadline=None)
 @given(n_rows=st.integers(1, 6), n_cols=st.integers(1, 6), density=st.sampled_from([0.0, 0.3, 1.0]),
        seed=st.integers(0, 2**31 - 1))

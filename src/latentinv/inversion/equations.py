@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from ..operators._base import smallest_slowness
+
 __all__ = ["paper_slowness", "has_a_medium", "LinearVelocitySlowness", "chi_mean", "learning_rate_schedule", "regularization_schedule",
            "ring_penalty", "ring_gradient", "latent_penalty"]
 
@@ -29,8 +31,10 @@ paper_slowness.domain = (-math.inf, 4.0)
 
 def has_a_medium(s):
     """Per row of slowness ``s`` (..., n_cells): whether every cell's slowness is finite and positive (a
-    model of any other slowness has no medium: its traveltimes are a formula's, not a medium's)."""
-    return (torch.isfinite(s) & (s > 0)).all(dim=-1)
+    model of any other slowness has no medium: its traveltimes are a formula's, not a medium's), and at
+    least the smallest normal number of its dtype, as the operators require
+    (:func:`latentinv.operators._base.smallest_slowness`: a subnormal slowness loses digits)."""
+    return (torch.isfinite(s) & (s >= smallest_slowness(s.dtype))).all(dim=-1)
 
 
 class LinearVelocitySlowness:

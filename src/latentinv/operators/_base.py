@@ -24,7 +24,7 @@ import scipy.sparse as sp
 import torch
 
 __all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "check_slowness_tensor",
-           "check_times_tensor"]
+           "check_times_tensor", "smallest_slowness"]
 
 #: floating dtypes a torch model may have (the output of ``forward`` keeps the model's dtype)
 TORCH_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -34,24 +34,55 @@ def _dtype_names(dtypes):
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
 
-def _raise_bad_values(a, owner):
-    """Name the first bad cell of a float64 array ``(n_models, n_params)`` that failed the check."""
+def smallest_slowness(dtype):
+    """The smallest slowness (ns/m) a model of ``dtype`` may hold: the dtype's smallest normal number
+    (``finfo(dtype).tiny``), and never below float64's, in which the NumPy and C++ engines compute.
+
+    Below it a number is subnormal: it keeps fewer significant digits (at 1e-320 in float64 about 4),
+    and traveltimes computed from it lose them without a word. ``dtype``: a NumPy or torch dtype; an
+    integer (or any non-floating) dtype gives float64's bound.
+    """
+    return _lower_bound(dtype)[0]
+
+
+def _lower_bound(dtype):
+    """``(smallest slowness, name of the dtype whose smallest normal number it is)``."""
+    if isinstance(dtype, torch.dtype):
+        tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else 0.0
+        name = str(dtype).replace("torch.", "")
+    else:
+        dtype = np.dtype(dtype)
+        tiny = float(np.finfo(dtype).tiny) if dtype.kind == "f" else 0.0
+        name = dtype.name
+    floor = float(np.finfo(np.float64).tiny)
+    return (float(tiny), name) if tiny >= floor else (floor, "float64")
+
+
+def _raise_bad_values(a, owner, dtype=np.float64):
+    """Name the first bad cell of a float64 array ``(n_models, n_params)`` that failed the check
+    (``dtype``: the model's own dtype, whose smallest normal number is the lower bound)."""
     finite = np.isfinite(a)
     if not finite.all():
         k, j = np.argwhere(~finite)[0]
         raise ValueError(f"{owner}: model (slowness) holds NaN or inf: model {k}, cell {j} is "
                          f"{float(a[k, j])!r} (expected finite slowness > 0, in ns/m)")
     k, j = np.unravel_index(np.argmin(a), a.shape)
-    raise ValueError(f"{owner}: slowness must be > 0 in every cell (ns/m), got minimum "
-                     f"{float(a[k, j])!r} at model {k}, cell {j}")
+    if a[k, j] <= 0:
+        raise ValueError(f"{owner}: slowness must be > 0 in every cell (ns/m), got minimum "
+                         f"{float(a[k, j])!r} at model {k}, cell {j}")
+    tiny, name = _lower_bound(dtype)
+    raise ValueError(f"{owner}: slowness must be at least {tiny!r} ns/m in every cell (the smallest normal "
+                     f"{name} number: below it the value is subnormal, keeps fewer digits, and "
+                     f"the traveltimes lose them), got minimum {float(a[k, j])!r} at model {k}, cell {j}")
 
 
 def check_slowness_tensor(m, n_params, owner, dtypes=TORCH_FLOAT_DTYPES):
     """Check a torch slowness model ``(n_params,)`` or ``(batch, n_params)`` where it lives.
 
-    Type, dtype and shape are checked from metadata; the values (finite and > 0) by one fused
-    reduction (``torch.aminmax``: NaN propagates into both results, so ``min > 0 and max < inf``
-    rejects NaN, +-inf, zeros and negative values) with no copy of the model. On a CUDA tensor the
+    Type, dtype and shape are checked from metadata; the values (finite, and at least the dtype's
+    smallest normal number, :func:`smallest_slowness`) by one fused reduction (``torch.aminmax``: NaN
+    propagates into both results, so ``min >= tiny and max < inf`` rejects NaN, +-inf, zeros, negative
+    and subnormal values) with no copy of the model. On a CUDA tensor the
     ``bool`` of the result is a host synchronisation (a few microseconds plus waiting for the queued
     kernels); only when the check fails is the model copied to the host to name the bad cell.
 
@@ -67,7 +98,8 @@ def check_slowness_tensor(m, n_params, owner, dtypes=TORCH_FLOAT_DTYPES):
     TypeError
         If ``m`` is not a torch tensor.
     ValueError
-        On a dtype outside ``dtypes``, a wrong shape, or a NaN, infinite or non-positive slowness.
+        On a dtype outside ``dtypes``, a wrong shape, or a NaN, infinite, non-positive or subnormal
+        slowness.
     """
     if not isinstance(m, torch.Tensor):
         raise TypeError(f"{owner}: model must be a torch.Tensor, got {type(m).__name__}")
@@ -82,9 +114,9 @@ def check_slowness_tensor(m, n_params, owner, dtypes=TORCH_FLOAT_DTYPES):
     if batch.numel():
         with torch.no_grad():
             low, high = torch.aminmax(batch.detach())
-            ok = bool(torch.logical_and(low > 0, high < math.inf))  # host sync on CUDA
+            ok = bool(torch.logical_and(low >= smallest_slowness(m.dtype), high < math.inf))  # host sync on CUDA
         if not ok:
-            _raise_bad_values(batch.detach().to("cpu", torch.float64).numpy(), owner)
+            _raise_bad_values(batch.detach().to("cpu", torch.float64).numpy(), owner, m.dtype)
     return batch, single
 
 
@@ -145,12 +177,15 @@ class ForwardOperator:
     def _check_models(self, m, positive=True):
         """A float64 copy ``(n_models, n_params)`` of ``m`` (NumPy, list or torch tensor on any
         device), and whether ``m`` was one model. Raises ValueError on a non-real dtype (bool,
-        complex, strings), a wrong shape, NaN/inf, or (``positive``) a slowness <= 0."""
+        complex, strings), a wrong shape, NaN/inf, or (``positive``) a slowness below the smallest
+        normal number of its dtype (:func:`smallest_slowness`: <= 0, or subnormal)."""
         name = type(self).__name__
+        dtype = np.float64
         if isinstance(m, torch.Tensor):
             if m.dtype == torch.bool or m.is_complex():
                 raise ValueError(f"{name}: model (slowness) must hold real numbers, got a tensor "
                                  f"of dtype {str(m.dtype).replace('torch.', '')}")
+            dtype = m.dtype
             m = m.detach().to("cpu", torch.float64).numpy()
         try:
             raw = np.asarray(m)
@@ -166,6 +201,8 @@ class ForwardOperator:
             except (TypeError, ValueError):
                 raise ValueError(f"{name}: model must be a numeric array of slowness values, got "
                                  f"{type(m).__name__} of dtype {raw.dtype}") from None
+        if raw.dtype.kind == "f" and not isinstance(dtype, torch.dtype):
+            dtype = raw.dtype
         a = np.array(raw, dtype=np.float64, copy=True)
         single = a.ndim == 1
         if single:
@@ -175,8 +212,8 @@ class ForwardOperator:
                 f"{name}: model must have shape ({self.n_params},) or (n_models, {self.n_params}) "
                 f"(slowness per cell), got shape {np.shape(m)}"
             )
-        if a.size and not (np.all(np.isfinite(a)) and (not positive or a.min() > 0)):
-            _raise_bad_values(a, name)
+        if a.size and not (np.all(np.isfinite(a)) and (not positive or a.min() >= smallest_slowness(dtype))):
+            _raise_bad_values(a, name, dtype)
         limit = self.max_slowness_contrast
         if limit is not None and a.size:
             contrast = a.max(axis=1) / a.min(axis=1)
@@ -246,7 +283,7 @@ class ForwardOperator:
         requires a gradient.
 
         ``m`` is checked before the engine runs (ValueError on a dtype other than float16,
-        bfloat16, float32 or float64, a wrong shape, or a NaN, infinite or non-positive slowness;
+        bfloat16, float32 or float64, a wrong shape, or a NaN, infinite, non-positive or subnormal slowness;
         TypeError if it is not a tensor). The check on a CUDA tensor synchronises with the host
         (the engine needs the model on the host anyway).
         """

@@ -229,7 +229,8 @@ class StraightRayOperator(ForwardOperator):
     def forward(self, m):
         """Differentiable ``t = G m`` in torch for ``(n_params,)`` or ``(batch, n_params)``.
 
-        ``m`` must be a float32 or float64 tensor of finite slowness > 0 (ns/m), else ValueError
+        ``m`` must be a float32 or float64 tensor of finite slowness of at least the dtype's smallest
+        normal number (ns/m; :func:`~latentinv.operators._base.smallest_slowness`), else ValueError
         (TypeError if it is not a tensor). The check is one fused reduction over ``m`` with no copy
         (see :func:`~latentinv.operators._base.check_slowness_tensor`); on a CUDA tensor it forces
         a host synchronisation.
