@@ -210,3 +210,89 @@ def test_from_pygimli_data_warns_of_traveltimes_in_seconds():
         warnings.simplefilter("error")
         _, t = from_pygimli_data(_data(sensors, [0], [1], [20.0]))
     np.testing.assert_array_equal(t, [20.0])
+
+
+def test_from_pygimli_data_drops_the_data_pyGIMLi_marks_invalid():
+    """pyGIMLi marks bad data with valid = 0 (what its removeInvalid removes); from_pygimli_data returned
+    them as data. They are now dropped with a warning that counts them; the survey and the times are the
+    valid data's, and a datum's number in a message is the container's. A valid column of zeros only (a
+    container resized in code, never marked) is pyGIMLi's 'no valid column' (haveData) and keeps all."""
+    sensors = [(0, -1), (0, -2), (3, -1), (3, -2)]
+    data = _data(sensors, [0, 1, 0, 1], [2, 3, 3, -1], [30.0, 31.0, 32.0, 33.0])
+    data.markValid([0, 1, 2, 3])
+    data.markInvalid([1, 3])               # datum 3's geophone is pyGIMLi's -1: invalid, not an error
+    with pytest.warns(UserWarning, match=r"from_pygimli_data: 2 of 4 data are marked invalid \(pyGIMLi's 'valid' "
+                                         r"column is not 1; first: datum 1\) and were dropped: the survey and the "
+                                         r"times hold the other 2"):
+        survey, t = from_pygimli_data(data)
+    np.testing.assert_array_equal(t, [30.0, 32.0])
+    np.testing.assert_allclose(survey.source_positions, [[0.0, 1.0], [0.0, 1.0]])
+    np.testing.assert_allclose(survey.receiver_positions, [[3.0, 1.0], [3.0, 2.0]])
+    np.testing.assert_allclose(survey.distances, [3.0, np.hypot(3.0, 1.0)], rtol=1e-15)
+    # a bad index of a valid datum is still an error, named by the container's datum number
+    data.markValid([1, 3])
+    data.markInvalid([0])
+    with pytest.raises(ValueError, match=r"from_pygimli_data: 'g' of datum 3 is -1"):
+        with pytest.warns(UserWarning, match=r"1 of 4 data are marked invalid .*first: datum 0\)"):
+            from_pygimli_data(data)
+    data.set("valid", pg.Vector([-1.0, 0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"from_pygimli_data: all 4 data are marked invalid \(pyGIMLi's 'valid' "
+                                         r"column is not 1 for any datum\); expected at least one valid datum"):
+        from_pygimli_data(data)
+    # never marked (all zero): every datum kept, no warning. (Data all marked invalid by markInvalid look the
+    # same, and are read too: pyGIMLi's haveData('valid') cannot tell them apart either.)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        survey, t = from_pygimli_data(_data(sensors, [0, 1], [2, 3], [30.0, 31.0]))
+    assert survey.n_data == 2 and t.tolist() == [30.0, 31.0]
+
+
+def test_to_pygimli_data_marks_its_data_valid():
+    """to_pygimli_data left valid = 0 (a resized container's default), which pyGIMLi reads as invalid: its
+    removeInvalid emptied the container. Every datum is now valid, and the round trip keeps them all."""
+    survey = CrossholeSurvey([[0.0, 1.0]], [[3.0, 1.0], [3.0, 2.0]])
+    data = to_pygimli_data(survey, [10.0, 11.0])
+    np.testing.assert_array_equal(np.asarray(data["valid"]), [1.0, 1.0])
+    data.removeInvalid()
+    assert data.size() == 2
+    back, t = from_pygimli_data(data)
+    assert back.n_data == 2 and t.tolist() == [10.0, 11.0]
+
+
+@pytest.mark.parametrize("backend", ["latentinv", "pygimli"])
+def test_n_threads_is_validated_under_both_backends(backend):
+    """backend='pygimli' took any n_threads (0, -3, 2.5, '4') without a word; both backends now refuse what
+    ShortestPathOperator refuses, and take a positive integer or None (the pyGIMLi backend ignores it)."""
+    for bad in (0, -3, 2.5, "4", True):
+        with pytest.raises(ValueError, match=rf"PyGimliOperator: n_threads must be a positive integer or None, "
+                                             rf"got {bad!r}"):
+            PyGimliOperator(GRID, SURVEY, n_secondary_nodes=3, backend=backend, n_threads=bad)
+    for fine in (None, 1, np.int64(2)):
+        op = PyGimliOperator(GRID, SURVEY, n_secondary_nodes=3, backend=backend, n_threads=fine)
+        np.testing.assert_allclose(op.response(SLOWNESS_PG), [np.sqrt(5)], rtol=1e-12)
+
+
+def test_grid_from_pygimli_mesh_says_a_triangle_mesh_is_not_rectilinear():
+    """Two triangles on the nodes of a 2 x 1 grid have the grid's cell count (2 cells on 3 x 2 distinct
+    coordinates): the error said 'not in pyGIMLi's createGrid order'. Rectilinearity is checked first."""
+    mesh = pg.Mesh(2)
+    nodes = [mesh.createNode(pg.Pos(x, y)) for x, y in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]]
+    mesh.createTriangle(nodes[0], nodes[2], nodes[3])
+    mesh.createTriangle(nodes[2], nodes[5], nodes[3])
+    with pytest.raises(ValueError, match=r"grid_from_pygimli_mesh: expected a rectilinear grid \(every cell an "
+                                         r"axis-aligned rectangle of 4 nodes.*got cell 0: a triangle, nodes "
+                                         r"\[\(0\.0, 0\.0\), \(2\.0, 0\.0\), \(0\.0, 1\.0\)\]"):
+        grid_from_pygimli_mesh(mesh)
+    quad = pg.Mesh(2)
+    corners = [quad.createNode(pg.Pos(x, y)) for x, y in [(0, 0), (1, 0), (1.5, 1), (0.5, 1)]]
+    quad.createQuadrangle(*corners)
+    with pytest.raises(ValueError, match=r"got cell 0: a quadrilateral that is not an axis-aligned rectangle"):
+        grid_from_pygimli_mesh(quad)
+    # rectangles out of createGrid's order keep their own message
+    grid = pg.Mesh(2)
+    n = [grid.createNode(pg.Pos(x, y)) for x, y in [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]]
+    grid.createQuadrangle(n[1], n[2], n[5], n[4])
+    grid.createQuadrangle(n[0], n[1], n[4], n[3])
+    with pytest.raises(ValueError, match=r"not in pyGIMLi's createGrid order"):
+        grid_from_pygimli_mesh(grid)

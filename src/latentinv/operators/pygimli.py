@@ -48,7 +48,9 @@ def grid_from_pygimli_mesh(mesh, rtol=1e-9):
     TypeError
         If ``mesh`` is not a pyGIMLi mesh.
     ValueError
-        If the mesh is not 2-D, has no cells, or is not a regular grid of equal rectangles.
+        If the mesh is not 2-D, has no cells, is not rectilinear (a cell that is not an axis-aligned
+        rectangle of 4 nodes, checked first), is not a regular grid of equal rectangles, or its cells
+        are not in pyGIMLi's ``createGrid`` order.
     """
     if not all(hasattr(mesh, name) for name in ("dim", "nodes", "cells", "cellCount")):
         raise TypeError(f"grid_from_pygimli_mesh: mesh must be a pyGIMLi mesh, got {type(mesh).__name__}")
@@ -57,6 +59,19 @@ def grid_from_pygimli_mesh(mesh, rtol=1e-9):
                          f"({mesh.cellCount()} cells)")
     if mesh.cellCount() == 0:
         raise ValueError("grid_from_pygimli_mesh: the mesh has no cells")
+    # rectilinear first: every cell an axis-aligned rectangle (a triangle mesh whose cell count happens to
+    # equal that of a grid on its node coordinates is not a grid whose cells are out of order)
+    for k, cell in enumerate(mesh.cells()):
+        corners = np.array([[n.pos()[0], n.pos()[1]] for n in cell.nodes()], dtype=float).reshape(-1, 2)
+        rounded = np.round(corners, 12)
+        n_x, n_y = (len(np.unique(rounded[:, i])) for i in (0, 1))
+        if len(corners) != 4 or n_x != 2 or n_y != 2 or len(np.unique(rounded, axis=0)) != 4:
+            what = {3: "a triangle", 4: "a quadrilateral that is not an axis-aligned rectangle"}.get(
+                len(corners), f"a cell of {len(corners)} nodes")
+            raise ValueError(
+                f"grid_from_pygimli_mesh: expected a rectilinear grid (every cell an axis-aligned rectangle "
+                f"of 4 nodes, as pg.createGrid makes), got cell {k}: {what}, nodes "
+                f"{[tuple(float(v) for v in c) for c in corners]}")
     nodes = np.array([[n.pos()[0], n.pos()[1]] for n in mesh.nodes()])
     xs, ys = np.unique(np.round(nodes[:, 0], 12)), np.unique(np.round(nodes[:, 1], 12))
     n_cols, n_rows = len(xs) - 1, len(ys) - 1
@@ -77,9 +92,10 @@ def grid_from_pygimli_mesh(mesh, rtol=1e-9):
 
 
 def to_pygimli_data(survey, times=None):
-    """A pyGIMLi ``DataContainer`` (sensors, ``s``/``g``, optional ``t`` in ns) of ``survey``.
+    """A pyGIMLi ``DataContainer`` (sensors, ``s``/``g``, ``valid``, optional ``t`` in ns) of ``survey``.
 
-    Sources and receivers at the same position share one pyGIMLi sensor.
+    Sources and receivers at the same position share one pyGIMLi sensor. Every datum is marked valid
+    (``valid`` = 1), so that pyGIMLi's ``removeInvalid`` keeps it.
     """
     pg = _import_pygimli()
     if not isinstance(survey, CrossholeSurvey):
@@ -95,6 +111,9 @@ def to_pygimli_data(survey, times=None):
     data.resize(survey.n_data)
     data.set("s", pg.Vector(inverse[survey.pairs[:, 0]].astype(float)))
     data.set("g", pg.Vector(inverse[survey.n_sources + survey.pairs[:, 1]].astype(float)))
+    # every datum valid: a resized container holds valid = 0, which pyGIMLi's removeInvalid and
+    # checkDataValidity read as invalid (they would remove every datum)
+    data.set("valid", pg.Vector(np.ones(survey.n_data)))
     if times is not None:
         t = np.asarray(times, dtype=float)
         if t.shape != (survey.n_data,):
@@ -111,6 +130,13 @@ def from_pygimli_data(data):
     The survey's sources are the sensors used as ``s``, its receivers those used as ``g`` (in sensor
     order), and its pairs follow the data order.
 
+    Data that pyGIMLi marks invalid (``valid`` other than 1, the data its ``removeInvalid`` removes) are
+    dropped, with a UserWarning that says how many and names the first: the survey's pairs and the times
+    are those of the valid data, in their order. A ``valid`` column of zeros only is read as unset (as
+    pyGIMLi's ``haveData('valid')`` does: a container resized in code holds zeros there until
+    ``markValid``) and every datum is kept; a container whose every datum was marked invalid looks the
+    same, and is read whole. Any other ``valid`` column with no 1 in it is a ValueError.
+
     Traveltimes ``t`` are returned as they are: latentinv expects ns (slowness in ns/m), while pyGIMLi's
     own traveltime examples use s. A UserWarning says so when a datum's straight distance over its time
     exceeds 1 m/ns (light travels 0.3 m/ns), which times in s do by a factor of about 1e9.
@@ -118,8 +144,8 @@ def from_pygimli_data(data):
     Raises
     ------
     ValueError
-        If an ``s`` or ``g`` index is not a sensor (pyGIMLi's -1, or past the last sensor), a sensor
-        has a z coordinate, or the container holds no data.
+        If an ``s`` or ``g`` index of a valid datum is not a sensor (pyGIMLi's -1, or past the last
+        sensor), a sensor has a z coordinate, or the container holds no data, or no valid data.
     """
     owner = "from_pygimli_data"
     if not all(hasattr(data, name) for name in ("sensorPositions", "haveData", "size")):
@@ -133,22 +159,38 @@ def from_pygimli_data(data):
     g = np.asarray(data["g"], dtype=int)
     if len(s) == 0:
         raise ValueError(f"{owner}: the DataContainer holds no data")
+    kept = np.arange(len(s))            # the container's datum numbers of the data read
+    if data.haveData("valid"):          # False when absent or all zero (never marked)
+        valid = np.asarray(data["valid"], dtype=float)
+        if valid.shape != s.shape:
+            raise ValueError(f"{owner}: the 'valid' column has {valid.size} values, expected one per datum "
+                             f"({len(s)})")
+        invalid = np.flatnonzero(valid != 1)
+        if len(invalid) == len(s):
+            raise ValueError(f"{owner}: all {len(s)} data are marked invalid (pyGIMLi's 'valid' column is not 1 "
+                             "for any datum); expected at least one valid datum")
+        if len(invalid):
+            warnings.warn(f"{owner}: {len(invalid)} of {len(s)} data are marked invalid (pyGIMLi's 'valid' column "
+                          f"is not 1; first: datum {int(invalid[0])}) and were dropped: the survey and the times "
+                          f"hold the other {len(s) - len(invalid)}", UserWarning, stacklevel=2)
+            kept = np.flatnonzero(valid == 1)
+            s, g = s[kept], g[kept]
     for name, index in (("s", s), ("g", g)):
         bad = np.flatnonzero((index < 0) | (index >= len(sensors)))
         if len(bad):
-            raise ValueError(f"{owner}: {name!r} of datum {int(bad[0])} is {int(index[bad[0]])}, expected a sensor "
-                             f"index in [0, {len(sensors)})")
+            raise ValueError(f"{owner}: {name!r} of datum {int(kept[bad[0]])} is {int(index[bad[0]])}, expected a "
+                             f"sensor index in [0, {len(sensors)})")
     src_ids, s_idx = np.unique(s, return_inverse=True)
     rcv_ids, g_idx = np.unique(g, return_inverse=True)
     survey = CrossholeSurvey(sensors[src_ids], sensors[rcv_ids], np.column_stack([s_idx, g_idx]))
     times = None
     if data.haveData("t"):
-        times = np.asarray(data["t"], dtype=float).copy()
+        times = np.asarray(data["t"], dtype=float)[kept].copy()
         with np.errstate(divide="ignore", invalid="ignore"):
             speed = np.where(times > 0, survey.distances / times, 0.0)
         if np.any(speed > 1.0):
             k = int(np.argmax(speed))
-            warnings.warn(f"{owner}: datum {k} is {survey.distances[k]:.3g} m in {times[k]:.3g} ns, "
+            warnings.warn(f"{owner}: datum {int(kept[k])} is {survey.distances[k]:.3g} m in {times[k]:.3g} ns, "
                           f"{speed[k]:.3g} m/ns, faster than light (0.3 m/ns): latentinv's traveltimes are in "
                           "ns (pyGIMLi's are in s: multiply them by 1e9)", UserWarning, stacklevel=2)
     return survey, times
@@ -178,8 +220,11 @@ class PyGimliOperator(ForwardOperator):
         that segment to the cell whose (smaller) slowness its time used, so ``J(m) @ m == response(m)``,
         while pyGIMLi's Jacobian may credit it to the other cell (on a 30 x 20 grid with 30 rays,
         ``J(m) @ m`` was off by up to 1.9 ns). Use ``"latentinv"`` for gradients (an inversion).
-    n_threads : int, default=None
-        Threads of the latentinv engine.
+    n_threads : int or None, default=None
+        Threads of the latentinv engine (see :class:`~latentinv.operators.ShortestPathOperator`). A
+        positive integer or None under either backend (ValueError otherwise); ``backend="pygimli"``
+        ignores it (pyGIMLi's own ``TravelTimeDijkstraModelling`` does the work), as the Python backend
+        of ``ShortestPathOperator`` does.
     """
 
     max_slowness_contrast = 1e8   # a graph method, as ShortestPathOperator
@@ -199,6 +244,9 @@ class PyGimliOperator(ForwardOperator):
                 or not 0 <= n_secondary_nodes <= 1000):
             raise ValueError(f"PyGimliOperator: n_secondary_nodes must be an integer in [0, 1000], "
                              f"got {n_secondary_nodes!r}")
+        from .shortest_path import check_n_threads
+
+        check_n_threads(n_threads, "PyGimliOperator")   # under either backend, as ShortestPathOperator
         self.grid, self.survey = grid, survey
         self.n_secondary_nodes = n_secondary_nodes
         self.n_threads = n_threads

@@ -55,7 +55,7 @@ from .._cpus import available_cpus
 from ..geometry import CrossholeSurvey, Grid2D
 from ._base import ForwardOperator, PendingResponse
 
-__all__ = ["ShortestPathOperator", "sensor_nodes", "local_lengths"]
+__all__ = ["ShortestPathOperator", "sensor_nodes", "local_lengths", "check_n_threads"]
 
 _NODE_TOL = 1e-9  # a sensor is on a node when closer than this fraction of a cell
 
@@ -137,6 +137,14 @@ def _cell_nodes(grid, n):
     right = left + n
     corners = np.column_stack([tl, tl + 1, tl + C + 1, tl + C + 2])
     return np.concatenate([corners, top, bottom, left, right], axis=1)
+
+
+def check_n_threads(n_threads, owner):
+    """Refuse an ``n_threads`` that is neither None nor a positive integer (ValueError naming ``owner``)."""
+    if n_threads is not None and (isinstance(n_threads, bool)
+                                  or not isinstance(n_threads, numbers.Integral) or n_threads < 1):
+        raise ValueError(f"{owner}: n_threads must be a positive integer or None, got {n_threads!r}")
+    return n_threads
 
 
 def sensor_nodes(grid, positions, n_secondary_nodes, what="sensor", owner="ShortestPathOperator"):
@@ -373,9 +381,7 @@ class ShortestPathOperator(ForwardOperator):
                 or not 0 <= n_secondary_nodes <= 1000):
             raise ValueError(f"{name}: n_secondary_nodes must be an integer in [0, 1000], "
                              f"got {n_secondary_nodes!r}")
-        if n_threads is not None and (isinstance(n_threads, bool)
-                                      or not isinstance(n_threads, numbers.Integral) or n_threads < 1):
-            raise ValueError(f"{name}: n_threads must be a positive integer or None, got {n_threads!r}")
+        check_n_threads(n_threads, name)
         if solver not in ("auto", "wavefront", "sweep", "dijkstra"):
             raise ValueError(f"{name}: solver must be 'auto', 'wavefront', 'sweep' or 'dijkstra', "
                              f"got {solver!r}")
