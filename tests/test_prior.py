@@ -529,6 +529,37 @@ def test_invalid_config_gives_a_clear_error_naming_the_file(saved_copy, edit, me
     assert __import__("re").search(message, str(info.value)), str(info.value)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_history_with_nan_or_infinity_is_refused(saved_copy, value):
+    # JSON's NaN and Infinity tokens read as floats: an edited history_ (checksums re-computed) loaded as
+    # a prior whose training curve fit would have refused
+    config = _read(saved_copy)
+    config["fitted"]["history_"]["loss"][1] = value
+    _write(saved_copy, config)
+    with pytest.raises(ModelFileError, match=rf"VAEPrior.load: .*config.json': fitted.history_.loss must hold "
+                                             rf"finite numbers .*; got {value!r} at index 1"):
+        VAEPrior.load(saved_copy)
+
+
+def test_a_network_that_decodes_another_shape_than_the_file_says_is_refused(tmp_path):
+    # an edit of image_shape_ and n_features_in_ (checksums re-computed) under a factory whose network does
+    # not follow its input shape loaded a prior whose decode returned 30 cells for 36 announced
+    def factory(input_shape, n_components):         # ignores input_shape: always 30 cells
+        return VAE(MLPEncoder(30, n_components, 8), MLPDecoder(30, n_components, 8))
+
+    X = make_straight_channels(20, (6, 5), 2, random_state=0)
+    VAEPrior(architecture=factory, n_components=2, n_iterations=2, random_state=0, device="cpu").fit(X).save(
+        tmp_path / "p")
+    assert VAEPrior.load(tmp_path / "p", architecture=factory).decode(np.zeros((1, 2))).shape == (1, 30)
+    config = _read(tmp_path / "p")
+    config["fitted"].update(image_shape_=[6, 6], n_features_in_=36)
+    _write(tmp_path / "p", config)
+    with pytest.raises(ModelFileError, match=r"VAEPrior.load: .*config.json': the network decodes models of 30 "
+                                             r"cells, but fitted.n_features_in_ is 36 \(fitted.image_shape_ "
+                                             r"\[6, 6\]\)"):
+        VAEPrior.load(tmp_path / "p", architecture=factory)
+
+
 def test_wrong_tensors_dtype_shape_and_names(saved, saved_copy):
     prior, _ = saved
     state = {k: v.clone() for k, v in prior.module_.state_dict().items()}

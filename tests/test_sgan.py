@@ -364,6 +364,47 @@ def test_consistent_files_that_could_not_decode_are_refused(tiny_prior, tmp_path
         SGANPrior.load(tmp_path / "seed")
 
 
+@pytest.mark.parametrize("edit, message", [
+    # the decoded models' grid edited within the same (1, 5, 3) latents: the models came out cropped
+    (dict(image_shape_=[30, 15]), r"fitted.image_shape_ \[30, 15\] has 450 cells but fitted.n_features_in_ is "
+                                  r"561 \(with params.image_shape null the models have the training samples' shape\)"),
+    (dict(training_shape_=[7, 7]), r"fitted.training_shape_ \[7, 7\] is not the output of "
+                                   r"params.training_latent_shape \[6, 6\] with n_layers=3 \(\[41, 41\]\)"),
+    (dict(n_features_in_=5), r"fitted.image_shape_ \[33, 17\] has 561 cells but fitted.n_features_in_ is 5"),
+    (dict(history_={"discriminator": [1.0, float("nan")], "generator": [1.0, 1.0], "real_score": [0.5, 0.5],
+                    "fake_score": [0.5, 0.5]}),
+     r"fitted.history_.discriminator must hold finite numbers .*; got nan at index 1"),
+])
+def test_edits_that_keep_the_tensor_shapes_are_cross_checked(tiny_prior, tmp_path, edit, message):
+    # configurations edited with re-computed checksums whose tensors still fit loaded as another model
+    from latentinv._common import _write_tensor_files
+
+    config = tiny_prior._config()
+    config["fitted"].update(edit)
+    _write_tensor_files(tmp_path / "p", tiny_prior.generator_.state_dict(), config)
+    with pytest.raises(ModelFileError, match=r"SGANPrior.load: .*config.json': " + message):
+        SGANPrior.load(tmp_path / "p")
+
+
+def test_save_refuses_shapes_that_load_would_refuse(tiny_prior, tmp_path, image):
+    # the cross-check of the fitted shapes holds for every file save writes: parameters changed after fit
+    # that break it are refused (as image_shape is), and the files of fits without crops load
+    import pickle
+
+    changed = pickle.loads(pickle.dumps(tiny_prior)).set_params(training_latent_shape=(5, 5))
+    with pytest.raises(ValueError, match=r"SGANPrior.save: the parameters were changed after fit .*"
+                                         r"fitted.training_shape_ \[41, 41\] is not the output of "
+                                         r"params.training_latent_shape \[5, 5\]"):
+        changed.save(tmp_path / "changed")
+    assert not (tmp_path / "changed").exists()
+    small = dict(TINY, n_iterations=1, training_latent_shape=None)
+    for X in (PatchSampler(image, (33, 17), random_state=0), image[None, :33, :17], image[None, :33, :17].reshape(1, -1)):
+        SGANPrior(**small).fit(X).save(tmp_path / "none")
+        SGANPrior.load(tmp_path / "none")
+    SGANPrior(**dict(small, image_shape=(9, 9))).fit(image[None, :33, :17]).save(tmp_path / "shape")
+    assert SGANPrior.load(tmp_path / "shape").image_shape_ == (9, 9)
+
+
 def test_a_random_state_generator_is_saved_as_none_with_a_warning(tiny_prior, tmp_path):
     prior = copy.deepcopy(tiny_prior).set_params(random_state=np.random.RandomState(0))
     with pytest.warns(UserWarning, match=r"SGANPrior.save: random_state is a RandomState.*saved as None"):
@@ -669,6 +710,20 @@ def test_a_reference_file_without_latent_channels_is_refused(published_file, tmp
     with pytest.raises(ModelFileError, match=r"zero.pth': latent_channels must be an int >= 1; got 0\. "
                                              r"\(read from main.0.weight's first dimension\)"):
         SGANPrior.from_reference_checkpoint(tmp_path / "zero.pth")
+
+
+def test_a_reference_file_beyond_float32_names_the_overflow(published_file, tmp_path):
+    # a float64 file holding 1e300 was blamed on "NaN or infinite values" of "the network the configuration
+    # describes": the value is finite in the file and overflows when cast to float32
+    path, module = published_file
+    state = {k: v.double() for k, v in module.state_dict().items()}
+    state["main.0.weight"].view(-1)[7] = -1e300
+    torch.save(state, tmp_path / "big.pth")
+    with pytest.raises(ModelFileError, match=r"big.pth': tensor main.0.weight holds values up to 1e\+300 in "
+                                             r"magnitude, beyond float32's largest \(3.4e\+38\): they overflow "
+                                             r"to infinity when cast to float32") as info:
+        SGANPrior.from_reference_checkpoint(tmp_path / "big.pth")
+    assert "NaN" not in str(info.value)
 
 
 def test_a_grid_of_fitted_priors_without_y_names_the_clone(tiny_prior, crosshole_33x17):

@@ -617,6 +617,17 @@ def _check_state_against(module, state, source, described):
                              f"describes ({described}): " + "; ".join(problems) + ".")
 
 
+def _check_history_finite(history, where):
+    """ModelFileError naming ``where`` and the key where a list of a saved ``history_`` (numbers, checked
+    before) holds NaN or infinity: ``fit`` refuses a training whose losses are not finite, so no saved
+    prior has them (JSON's ``NaN`` token reads as a float)."""
+    for key, values in history.items():
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise ModelFileError(f"{where}: fitted.history_.{key} must hold finite numbers (fit refuses a "
+                                 f"training whose losses are not finite); got {values[bad]!r} at index {bad}.")
+
+
 def native_bfloat16(device):
     """Whether ``device`` has native bfloat16 arithmetic (AVX512-BF16 or AMX on a CPU, compute
     capability 8.0 on a GPU): elsewhere bfloat16 is emulated and slower than float32."""

@@ -48,6 +48,7 @@ from ._common import (  # noqa: F401  (shared with latentinv.sgan; ModelFileErro
     _DecodesLatents,
     _PicklesNetwork,
     _check_finite_output,
+    _check_history_finite,
     _unchanged_on_failure,
     _check_output_fits,
     _check_state_against,
@@ -281,6 +282,7 @@ def _check_config(cls, config, config_path, owner, architecture):
     if len({len(v) for v in history.values()}) > 1:
         raise ModelFileError(f"{where}: the lists of fitted.history_ differ in length: "
                              f"{ {k: len(v) for k, v in history.items()} }.")
+    _check_history_finite(history, where)
     beta_per_sample = fitted["beta_per_sample_"]
     if (not isinstance(beta_per_sample, Real) or isinstance(beta_per_sample, bool)
             or not math.isfinite(beta_per_sample) or beta_per_sample < 0):
@@ -1006,8 +1008,12 @@ or PatchSampler
             missing or unexpected key, a parameter of the wrong type or out of range (the checks of
             ``fit``), fitted attributes inconsistent with each other, a checksum that does not
             match (edited configuration, corrupted or replaced weights), a weights file that is
-            not safetensors, or tensors whose names, shapes or dtypes differ from the architecture
-            that ``config.json`` describes.
+            not safetensors, tensors whose names, shapes or dtypes differ from the architecture
+            that ``config.json`` describes, a ``history_`` holding NaN or infinity, or a network
+            that decodes a probe latent to another number of cells than ``n_features_in_`` (a custom
+            factory that does not follow ``image_shape_``). An edit of ``image_shape_`` together
+            with ``n_features_in_`` that the built-in networks also fit (e.g. 16 x 16 -> 15 x 15)
+            cannot be told from a prior trained so: the checksums guard against it.
 
         Warns
         -----
@@ -1045,7 +1051,24 @@ or PatchSampler
             target = _saved_device_or_cpu(fitted["device_"], f"{name}: {config_path!r} records that the "
                                           f"network was on {fitted['device_']!r} when saved (device_), but")
         prior._restore_network(state, target, source=f"{name}: {weights_path!r}")
+        prior._check_decodes_fitted_shape(f"{name}: {config_path!r}")
         return prior
+
+    def _check_decodes_fitted_shape(self, where):
+        """ModelFileError naming ``where`` unless one probe latent decodes to a finite model of
+        ``n_features_in_`` cells (``image_shape_``'s): a network built from an edited configuration (or
+        a custom factory that ignores its input shape) would decode models of another size."""
+        z = torch.randn(1, self._latent_width(), generator=torch.Generator().manual_seed(0)).to(self.device_)
+        with torch.no_grad():
+            out = self.decoder_(z)
+        cells = int(out.numel())
+        shape = "" if self.image_shape_ is None else f" (fitted.image_shape_ {list(self.image_shape_)})"
+        if cells != int(self.n_features_in_):
+            raise ModelFileError(f"{where}: the network decodes models of {cells} cells, but "
+                                 f"fitted.n_features_in_ is {self.n_features_in_}{shape}.")
+        if not bool(torch.isfinite(out).all()):
+            raise ModelFileError(f"{where}: the network decodes a probe latent to NaN or infinite values; "
+                                 f"expected a model of {cells} finite cells.")
 
     @classmethod
     def from_reference_checkpoint(cls, path, device="cpu"):
@@ -1082,7 +1105,8 @@ or PatchSampler
             ``path`` is not a file.
         ModelFileError
             (a ValueError) naming the file: not a torch file, truncated, not a state dict, missing
-            or unexpected keys, wrong shapes, non floating-point or non-finite tensors.
+            or unexpected keys, wrong shapes, non floating-point or non-finite tensors, or values
+            beyond float32's range (they would overflow when cast).
         """
         name = f"{cls.__name__}.from_reference_checkpoint"
         target = _resolve_device(device, name)

@@ -44,6 +44,7 @@ from ._common import (
     _write_tensor_files,
     _check_finite_output,
     _check_float32_range,
+    _check_history_finite,
     _check_state_against,
     _check_unit_interval,
     _deterministic_kernels,
@@ -95,6 +96,37 @@ def _check_latent_cells(latent_shape, n_layers, n_dilated, what, owner):
             f"(n_layers={n_layers}, {n_dilated} dilated layers): its instance normalisation needs "
             f"feature maps of more than one cell, and a 1 x 1 latent gives 1 x 1 maps; got "
             f"{tuple(latent_shape)!r}.")
+
+
+def _fitted_shape_problems(image_shape, training_latent_shape, n_layers, image_shape_, training_shape_,
+                           n_features_in_):
+    """How the fitted shapes differ from those ``fit`` makes with these parameters (a list of sentences
+    naming the keys of ``config.json``): ``training_shape_`` is the output of ``training_latent_shape``'s
+    grid, or without one the samples' shape, of ``n_features_in_`` cells; without ``image_shape`` the
+    models have the samples' shape too. (``n_features_in_`` counts a training sample's cells: with an
+    ``image_shape`` or training crops it is not tied to the models' or the crops' shape.)"""
+    cells = lambda shape: int(shape[0]) * int(shape[1])
+    problems = []
+    if training_latent_shape is not None:
+        crops = [output_size(n, n_layers) for n in training_latent_shape]
+        if list(training_shape_) != crops:
+            problems.append(f"fitted.training_shape_ {list(training_shape_)} is not the output of "
+                            f"params.training_latent_shape {list(training_latent_shape)} with n_layers={n_layers} "
+                            f"({crops}).")
+    elif cells(training_shape_) != n_features_in_:
+        problems.append(f"fitted.training_shape_ {list(training_shape_)} has {cells(training_shape_)} cells but "
+                        f"fitted.n_features_in_ is {n_features_in_} (with params.training_latent_shape null "
+                        f"the training crops are the samples).")
+    if image_shape is None:
+        if cells(image_shape_) != n_features_in_:
+            problems.append(f"fitted.image_shape_ {list(image_shape_)} has {cells(image_shape_)} cells but "
+                            f"fitted.n_features_in_ is {n_features_in_} (with params.image_shape null the "
+                            f"models have the training samples' shape).")
+        elif training_latent_shape is None and list(image_shape_) != list(training_shape_):
+            problems.append(f"fitted.image_shape_ {list(image_shape_)} differs from fitted.training_shape_ "
+                            f"{list(training_shape_)} (with params.image_shape and "
+                            f"params.training_latent_shape null both are the training samples' shape).")
+    return problems
 
 
 #: what to do with training data outside [0, 1] (a warning, not an error: scikit-learn's estimator checks
@@ -659,12 +691,19 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         ValueError
             An unknown ``weights_dtype``, a refused float16 rounding, or parameters changed by
             ``set_params`` after ``fit`` that no longer describe the fitted generator (the file could
-            not be loaded back; pickling refuses them too).
+            not be loaded back; pickling refuses them too) or its fitted shapes (``image_shape``
+            or ``training_latent_shape`` other than those of the fit; :meth:`load` checks them).
         """
         check_is_fitted(self, "generator_")
         name = f"{type(self).__name__}.save"
         _storage.check_weights_dtype(weights_dtype, name)
         self._check_params_describe_network(name)
+        problems = _fitted_shape_problems(self.image_shape, self.training_latent_shape, int(self.n_layers),
+                                          self.image_shape_, self.training_shape_, int(self.n_features_in_))
+        if problems:
+            raise ValueError(f"{name}: the parameters were changed after fit (set_params?) and no longer "
+                             f"describe the fitted prior, which could not be loaded back: "
+                             + " ".join(problems) + " Restore them, or fit again.")
         state, entries = _storage.stored_state(self.generator_.state_dict(), weights_dtype, self._decoding_error, name)
         _write_tensor_files(path, state, dict(self._config(), **entries), owner=name)
 
@@ -698,8 +737,10 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         ModelFileError
             (a ValueError) naming the file and the problem: invalid JSON, a checksum that does not
             match (edited configuration, corrupted or replaced weights), missing or unexpected
-            keys, parameters of the wrong type or range, inconsistent fitted shapes, a weights file
-            that is not safetensors or whose tensors do not fit the configured network.
+            keys, parameters of the wrong type or range, inconsistent fitted shapes (``image_shape_``,
+            ``training_shape_`` and ``n_features_in_`` other than those ``fit`` makes with the saved
+            parameters), a ``history_`` holding NaN or infinity, a weights file that is not
+            safetensors or whose tensors do not fit the configured network.
         """
         name = f"{cls.__name__}.load"
         target = None if device is None else _resolve_device(device, name)
@@ -721,7 +762,28 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             raise ModelFileError(f"{where}: fitted.latent_shape_ {list(fitted['latent_shape_'])} is not "
                                  f"the latent grid of image_shape_ {list(prior.image_shape_)} "
                                  f"({list(prior.latent_shape_)}).")
+        problems = _fitted_shape_problems(prior.image_shape, prior.training_latent_shape, int(prior.n_layers),
+                                          prior.image_shape_, prior.training_shape_, prior.n_features_in_)
+        if problems:        # after the tensors, which confirm n_layers
+            raise ModelFileError(f"{where}: {problems[0]}")
+        prior._check_decodes_fitted_shape(where)
         return prior
+
+    def _check_decodes_fitted_shape(self, where):
+        """ModelFileError naming ``where`` unless the generator's output for one probe latent covers
+        ``image_shape_`` and decodes to a finite model of that shape."""
+        z = torch.rand((1,) + tuple(self.latent_shape_), generator=torch.Generator().manual_seed(0)) * 2 - 1
+        with torch.no_grad():
+            full = self.generator_(z.to(self.device_))
+            out = self.decoder_(z.reshape(1, -1).to(self.device_))
+        rows, cols = (int(v) for v in full.shape[-2:])
+        if rows < self.image_shape_[0] or cols < self.image_shape_[1] or out.numel() != math.prod(self.image_shape_):
+            raise ModelFileError(f"{where}: the generator makes models of {rows} x {cols} cells from latents of "
+                                 f"shape {list(self.latent_shape_)}, which do not cover fitted.image_shape_ "
+                                 f"{list(self.image_shape_)}.")
+        if not bool(torch.isfinite(out).all()):
+            raise ModelFileError(f"{where}: the generator decodes a probe latent to NaN or infinite values; "
+                                 f"expected a model of {list(self.image_shape_)} finite cells.")
 
     @classmethod
     def _from_config(cls, config, where):
@@ -793,6 +855,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
                 raise ModelFileError(f"{where}: fitted.history_.{key} must be a list of numbers.")
         if len({len(v) for v in history.values()}) > 1:
             raise ModelFileError(f"{where}: the lists of fitted.history_ differ in length.")
+        _check_history_finite(history, where)
         prior.image_shape_ = image_shape_
         prior.training_shape_ = training_shape_
         prior.n_features_in_ = int(n_features)
@@ -832,7 +895,8 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
             ``path`` is not a file.
         ModelFileError
             (a ValueError) naming the file: not a torch file, truncated, not a state dict, missing
-            or unexpected keys, wrong shapes, non floating-point or non-finite tensors.
+            or unexpected keys, wrong shapes, non floating-point or non-finite tensors, or values
+            beyond float32's range (they would overflow when cast).
         """
         name = f"{cls.__name__}.from_reference_checkpoint"
         target = _resolve_device(device, name)

@@ -138,5 +138,13 @@ def convert_published_tensors(state, expected, mapping, source, *, layout, netwo
     not_finite = [k for k in expected if not bool(torch.isfinite(state[k]).all())]
     if not_finite:
         raise ValueError(f"{source}: the tensors {not_finite} hold NaN or infinite values.")
+    largest = torch.finfo(torch.float32).max
+    too_large = [(k, float(state[k].detach().abs().max())) for k in expected
+                 if not bool(torch.isfinite(state[k].detach().float()).all())]
+    if too_large:       # finite in the file's float64, infinite once cast to float32
+        raise ValueError(f"{source}: " + "; ".join(f"tensor {k} holds values up to {m:.3g} in magnitude"
+                                                   for k, m in too_large[:3])
+                         + f", beyond float32's largest ({largest:.3g}): they overflow to infinity when cast to "
+                           f"float32, in which the network computes.")
     return {mapping[k]: state[k].detach().to(device="cpu", dtype=torch.float32).contiguous()
             for k in expected}
