@@ -913,6 +913,19 @@ def test_threads_must_be_a_positive_integer(tmp_path, command, value, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command", list(_SEED_ARGS))
+def test_threads_above_four_per_cpu_are_a_usage_error(tmp_path, command, monkeypatch):
+    # --threads had no upper bound: 100000 ended in matplotlib's loader error ("cannot change memory
+    # protections": the thread stacks exhaust the address space), after torch had made the threads
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    res = CliRunner().invoke(cli.main, [*_SEED_ARGS[command], "--threads", "100000", "--out", str(tmp_path / "o")])
+    _fails(res, "Invalid value for '--threads': 100000 is more than 8 (4 x the 2 CPUs of this machine, "
+                "os.cpu_count())", 2)
+    assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(cli.main, [command, "--help"])
+    assert "at most 4 x the machine's CPUs" in " ".join(res.output.split())
+
+
 @pytest.fixture
 def thread_spy(monkeypatch):
     """Records torch's thread count at each VAEPrior.fit / LatentInverter.fit / LatentSampler.fit;
