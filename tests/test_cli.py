@@ -926,6 +926,22 @@ def test_threads_above_four_per_cpu_are_a_usage_error(tmp_path, command, monkeyp
     assert "at most 4 x the machine's CPUs" in " ".join(res.output.split())
 
 
+@pytest.mark.parametrize("command", ["invert", "sample"])
+@pytest.mark.parametrize("values, message", [
+    # equal velocities ran, and reported only a fit worse than the homogeneous model's
+    (["0.06", "0.06"], "the channel and background velocities are equal (0.06 0.06): every model then has the "
+                       "same traveltimes"),
+    (["0", "0.08"], "0.0 is not in the range x>0"),
+    (["0.06", "-0.08"], "-0.08 is not in the range x>0"),
+    (["inf", "0.08"], "expected finite velocities (m/ns); got inf 0.08"),
+    (["0.06", "nan"], "expected finite velocities (m/ns); got 0.06 nan"),
+])
+def test_velocities_must_be_two_different_finite_positive_numbers(tmp_path, command, values, message):
+    res = CliRunner().invoke(cli.main, [*_SEED_ARGS[command], "--velocities", *values, "--out", str(tmp_path / "o")])
+    _fails(res, f"Invalid value for '--velocities': {message}", 2)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.fixture
 def thread_spy(monkeypatch):
     """Records torch's thread count at each VAEPrior.fit / LatentInverter.fit / LatentSampler.fit;

@@ -1090,6 +1090,19 @@ def _dask_backend(address, quiet):
 PAPER_VELOCITIES = (0.06, 0.08)
 
 
+def _check_velocities(ctx, param, value):
+    """``--velocities``: two finite velocities (positive: the option's type) that differ; with equal ones
+    every model gives the same traveltimes, and the data cannot tell the facies apart."""
+    channel, background = value
+    if not (np.isfinite(channel) and np.isfinite(background)):
+        raise click.BadParameter(f"expected finite velocities (m/ns); got {channel:g} {background:g}")
+    if channel == background:
+        raise click.BadParameter(f"the channel and background velocities are equal ({channel:g} {background:g}): "
+                                 "every model then has the same traveltimes, and the data cannot tell the "
+                                 "facies apart; give the two facies' velocities")
+    return value
+
+
 def _slowness_map(velocities):
     """The inverters' ``slowness_map`` for --velocities: None (the paper's map, bit for bit as before
     the option) for the paper's velocities, else a :class:`LinearVelocitySlowness`."""
@@ -1117,9 +1130,9 @@ def _survey_options(fn):
                      help="Nodes per cell side of the shortest-path graph (--operator shortest-path); every "
                           "sensor must sit on a cell corner or on one of them."),
         click.option("--velocities", nargs=2, type=click.FloatRange(0.0, min_open=True), default=PAPER_VELOCITIES,
-                     show_default=True, metavar="CHANNEL BACKGROUND",
-                     help="Velocities (m/ns) of model value 1 (channel) and 0 (background); a model's "
-                          "velocity is linear between them.")]
+                     show_default=True, metavar="CHANNEL BACKGROUND", callback=_check_velocities,
+                     help="Velocities (m/ns) of model value 1 (channel) and 0 (background), positive, "
+                          "finite and different; a model's velocity is linear between them.")]
     for option in reversed(options):
         fn = option(fn)
     return fn
