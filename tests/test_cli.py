@@ -326,12 +326,14 @@ def test_train_from_png_image(tmp_path):
 
 @pytest.mark.parametrize("args, message, code", [
     ([], "exactly one of --image PATH or --procedural", 2),
-    (["--procedural", "--image-size", "50", "50"], "larger than image", 1),
+    (["--procedural", "--image-size", "50", "50"], "Invalid value for '--patch-shape' / '--image-size': crops of "
+                                                   "(129, 65) do not fit in the training image of shape (50, 50)", 2),
     (["--procedural", "--channels", "a,b"], "comma-separated integers", 2),
     (["--procedural", "--channels", "4,4,4"], r"expected 4 comma-separated integers (one per convolution; the "
                                               r"kernel sizes (5, 5, 4, 4) are fixed here", 2),
     (["--image", "/definitely/not/here.png"], "does not exist", 2),
-    (["--procedural", "--device", "cpu", "--cuda-graphs"], "cuda_graphs=True needs CUDA", 1),
+    (["--procedural", "--device", "cpu", "--cuda-graphs"], "Invalid value for '--cuda-graphs': CUDA graphs need a "
+                                                           "CUDA device; --device cpu is cpu here", 2),
     # usage errors naming the option, not the library's parameter
     (["--procedural", "--device", "gpu"], "Invalid value for '--device': device must be 'cpu', 'cuda'", 2),
     (["--procedural", "--image-size", "200", "200", "--exclude", "190", "0", "20", "20"],
@@ -344,6 +346,62 @@ def test_train_bad_inputs(tmp_path, args, message, code):
     res = CliRunner().invoke(cli.main, ["train", "--out", str(tmp_path / "p"), "--iterations", "1",
                                         "--quiet", *args])
     _fails(res, message, code)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--procedural", "--image-size", "150", "90", "--channels", "0,2,2,2"],
+     "Invalid value for --channels: expected 4 positive integers (channels of the convolutions), got '0,2,2,2'"),
+    (["--procedural", "--image-size", "150", "90", "--patch-shape", "151", "10"],
+     "Invalid value for '--patch-shape' / '--image-size': crops of (151, 10) do not fit in the training image of "
+     "shape (150, 90) (procedural (150, 90) seed 0); give a smaller --patch-shape (default 129 65) or a larger "
+     "image"),
+    (["--image", "small.npy"], "Invalid value for '--patch-shape' / '--image': crops of (129, 65) do not fit in the "
+                               "training image of shape (50, 50) (small.npy)"),
+    (["--procedural", "--image-size", "200", "200", "--patch-shape", "150", "150", "--exclude", "50", "50", "100", "100"],
+     "Invalid value for '--exclude': no crop of (150, 150) in the training image of shape (200, 200) avoids the "
+     "windows [(50, 50, 100, 100)]; give fewer or smaller windows"),
+])
+def test_train_names_the_options_behind_the_librarys_errors(tmp_path, monkeypatch, args, message):
+    # these were the library's errors naming its parameters (channels and kernel_sizes, patch_shape) with
+    # exit 1; each is now a usage error naming the option, before any training
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "small.npy", np.zeros((50, 50)))
+    res = CliRunner().invoke(cli.main, ["train", "--out", str(tmp_path / "p"), "--iterations", "1", "--quiet", *args])
+    _fails(res, message, 2)
+    assert "kernel_sizes" not in res.output and "patch_shape" not in res.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_cuda_graphs_with_an_operator_it_cannot_serve_is_a_usage_error(tiny_prior, tmp_path, monkeypatch):
+    # on a GPU, --cuda-graphs with the shortest-path operator was the inverter's error naming
+    # cuda_graphs=True (exit 1), after the prior and the operator were built
+    import latentinv._common as common
+
+    monkeypatch.setattr(common, "_resolve_device", lambda *args, **kwargs: torch.device("cuda"))
+    np.savetxt(tmp_path / "ok.txt", np.ones(625))
+    res = CliRunner().invoke(cli.main, ["invert", str(tmp_path / "ok.txt"), "--prior", str(tiny_prior[0]),
+                                        "--operator", "shortest-path", "--cuda-graphs", "--out", str(tmp_path / "o")])
+    _fails(res, "Invalid value for '--cuda-graphs': cannot run with --operator shortest-path: the operator is "
+                "nonlinear", 2)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "weights.safetensors").write_bytes((d / "weights.safetensors").read_bytes()[:-8]),
+     "weights.safetensors' does not match its checksum"),
+    (lambda d: (d / "config.json").unlink(), "config.json' is missing"),
+])
+def test_a_damaged_prior_folder_is_named_as_the_option(tiny_prior, tmp_path, damage, message):
+    # the library's message named the file but not --prior; not a usage error (the folder exists): exit 1
+    import shutil
+
+    shutil.copytree(tiny_prior[0], tmp_path / "prior")
+    damage(tmp_path / "prior")
+    np.savetxt(tmp_path / "ok.txt", np.ones(625))
+    res = CliRunner().invoke(cli.main, ["invert", str(tmp_path / "ok.txt"), "--prior", str(tmp_path / "prior"),
+                                        "--out", str(tmp_path / "o"), "--quiet"])
+    _fails(res, f"Error: --prior {tmp_path / 'prior'}: the saved prior cannot be loaded: VAEPrior.load: ", 1)
+    assert message in res.output
 
 
 def _paper_linear_data(prior, n=1):
@@ -543,7 +601,8 @@ def test_invert_bad_inputs(tiny_prior, tmp_path):
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--device", "cuda:x"]),
            "Invalid value for '--device'", 2)
     _fails(run(cli.main, ["invert", str(tmp_path / "ok.txt"), "--prior", str(prior_dir), "--device", "cpu",
-                          "--cuda-graphs", "--quiet"]), "cuda_graphs=True cannot run here: the device is cpu", 1)
+                          "--cuda-graphs", "--quiet"]),
+           "Invalid value for '--cuda-graphs': CUDA graphs need a CUDA device; --device cpu is cpu here", 2)
 
 
 @pytest.mark.parametrize("command", ["invert", "sample"])

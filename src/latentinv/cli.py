@@ -144,6 +144,26 @@ def _check_out_dir(ctx, param, value):
     return value
 
 
+def _check_cuda_graphs(device, operator_kind=None):
+    """``--cuda-graphs``, checked before any work: a usage error naming it where the library would refuse
+    ``cuda_graphs=True`` (no CUDA behind ``--device``; for `invert`, an operator whose step cannot be
+    graphed: :func:`latentinv.inversion.graphed.unsupported`'s reason)."""
+    from ._common import _resolve_device
+
+    resolved = _resolve_device(device, owner="--device")
+    if resolved.type != "cuda":
+        raise click.BadParameter(f"CUDA graphs need a CUDA device; --device {device} is {resolved} here "
+                                 "(give --device cuda on a machine with a GPU, or leave out --cuda-graphs)",
+                                 param_hint="'--cuda-graphs'")
+    if operator_kind is not None:
+        from .inversion import graphed
+
+        why = graphed.unsupported(operator_kind == "straight", None, None)
+        if why is not None:
+            raise click.BadParameter(f"cannot run with --operator {operator_kind}: {why}",
+                                     param_hint="'--cuda-graphs'")
+
+
 #: ``--device`` of every command
 _DEVICE_OPTION = click.option("--device", default="auto", show_default=True, callback=_check_device,
                               help="auto (CUDA when available), cpu, cuda or cuda:N.")
@@ -467,19 +487,31 @@ def _load_prior(spec, device="auto", sgan=False):
         raise click.BadParameter(f"prior directory {spec!r} does not exist "
                                  "(a folder written by `latentinv train` / VAEPrior.save)",
                                  param_hint="--prior")
+    from ._common import ModelFileError
+
     device = None if device == "auto" else device
     try:
         return VAEPrior.load(path, device=device)
-    except ValueError as exc:
+    except (ModelFileError, FileNotFoundError) as exc:
         if "got 'latentinv.SGANPrior'" not in str(exc):
-            raise
+            raise _damaged_prior(spec, exc) from None
     if not sgan:
         raise click.BadParameter(f"{spec!r} holds a saved SGANPrior, which has no encoder: the demo needs a "
                                  "VAEPrior's encode-decode reconstruction of its truth. `invert` and "
                                  "`sample` take SGAN priors.", param_hint="--prior")
     from .sgan import SGANPrior
 
-    return SGANPrior.load(path, device=device)
+    try:
+        return SGANPrior.load(path, device=device)
+    except (ModelFileError, FileNotFoundError) as exc:
+        raise _damaged_prior(spec, exc) from None
+
+
+def _damaged_prior(spec, exc):
+    """The error for a ``--prior`` folder that does not load: not a usage error (exit 1; the folder
+    exists and the option is well formed) but named as the option's, with the library's message, which
+    names the file and what is wrong with it."""
+    return click.ClickException(f"--prior {spec}: the saved prior cannot be loaded: {exc}")
 
 
 def _is_sgan(prior):
@@ -1013,6 +1045,15 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
             f"expected {len(kernels)} comma-separated integers (one per convolution; the kernel sizes {kernels} "
             f"are fixed here: for another depth use VAEPrior(channels=..., kernel_sizes=...) in Python), got "
             f"{len(chans)}: {channels!r}", param_hint="--channels")
+    if cuda_graphs:
+        _check_cuda_graphs(device)
+    try:       # the library's checks of the parameters the options give, before any image is read
+        VAEPrior(n_components=n_components, channels=chans, hidden_size=hidden_size)._check_hyperparams()
+    except ValueError as exc:
+        if "channels" not in str(exc):
+            raise
+        raise click.BadParameter(f"expected {len(kernels)} positive integers (channels of the convolutions), "
+                                 f"got {channels!r}", param_hint="--channels") from None
     if image == _PAPER_IMAGE:
         ti = load_channels_ti()
         source = "the paper's training image (latentinv.datasets.load_channels_ti)"
@@ -1027,8 +1068,22 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
             _check_window(window, ti.shape, "the training image", "latentinv train")
         except ValueError as exc:
             raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="'--exclude'") from None
-    sampler = PatchSampler(ti, tuple(patch_shape), exclude=[tuple(w) for w in exclude] or None,
-                           random_state=seed)
+    try:
+        sampler = PatchSampler(ti, tuple(patch_shape), exclude=[tuple(w) for w in exclude] or None,
+                               random_state=seed)
+    except ValueError as exc:     # the library's conditions, named by the options that set them
+        image_option = "--image" if image is not None else "--image-size"
+        if "larger than image" in str(exc):
+            raise click.BadParameter(
+                f"crops of {tuple(patch_shape)} do not fit in the training image of shape {ti.shape} ({source}); "
+                f"give a smaller --patch-shape (default 129 65) or a larger image",
+                param_hint=["--patch-shape", image_option]) from None
+        if "avoids the exclusion windows" in str(exc):
+            raise click.BadParameter(
+                f"no crop of {tuple(patch_shape)} in the training image of shape {ti.shape} avoids the "
+                f"windows {[tuple(w) for w in exclude]}; give fewer or smaller windows",
+                param_hint="'--exclude'") from None
+        raise
     _echo(f"[train] {source}: image {ti.shape}, crops {tuple(patch_shape)}, "
           f"{int(np.sum(sampler.n_valid))} admissible corners, {len(exclude)} excluded windows", quiet)
     t0 = time.perf_counter()
@@ -1198,6 +1253,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
     from .inversion import LatentInverter
     from .plotting import plot_inversion_summary
 
+    if cuda_graphs:
+        _check_cuda_graphs(device, operator_kind)
     grid, survey, data, prior, op = _survey_setup(traveltimes, geometry, prior_spec, operator_kind, device,
                                                   n_secondary_nodes)
     settings = _sgd_settings(operator_kind, prior, lam)
