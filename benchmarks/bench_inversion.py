@@ -78,7 +78,8 @@ def paper_decoder(device, seed=0):
     return ConvDecoder((129, 65), 20).to(device).eval().requires_grad_(False)
 
 
-def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False, subpixel=False):
+def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False, subpixel=False,
+                   fused_norm=False):
     """A copy of ``decoder`` (a ``ConvDecoder``) with its layout switches set (``layout_channels_last``,
     ``layout_group_norm``, ``layout_fold_last``, ``layout_subpixel``), for the GPU rows that ask which
     layout cuDNN runs fastest (the CUDA graph's 1.24 ms per iteration on an H200 was not broken down):
@@ -86,10 +87,11 @@ def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=Fal
     instance norm is one batch norm over ``batch x channels`` channels on an NCHW copy; the last layer,
     to one channel, is the shape oneDNN ran at 13 GFLOP/s on the CPU (hence the CPU's folded path); a
     strided transposed convolution runs as cuDNN's backward-data kernel, its sub-pixel form as stride-1
-    convolutions."""
+    convolutions; ``fused_norm``: each instance norm + ReLU as kernels torch.compile generates (the norms
+    were a quarter of the graph's device time on an H200)."""
     out = copy.deepcopy(decoder)
     out.layout_channels_last, out.layout_group_norm, out.layout_fold_last = channels_last, group_norm, fold_last
-    out.layout_subpixel = subpixel
+    out.layout_subpixel, out.layout_fused_norm = subpixel, fused_norm
     return out
 
 
@@ -97,10 +99,13 @@ def layout_variants(decoder):
     """``(label, generator, cuda_graphs, precision, step_compile[, cudnn_autotune])`` rows of the paper's
     experiment for ``layout_decoder``'s switches: each alone in float32; channels-last, group norm and
     the last layer folded in float32, and with cuDNN's autotuner in float32 and bfloat16; the same with
-    the sub-pixel convolutions instead of the folded last layer, and with all four, autotuned."""
+    the sub-pixel convolutions instead of the folded last layer, and with all four, autotuned; the
+    compiled norms alone in float32, and with channels-last maps and the folded last layer, autotuned,
+    in float32 and bfloat16."""
     gen = lambda **kw: TorchGenerator(layout_decoder(decoder, **kw), 20)
     every = gen(channels_last=True, group_norm=True, fold_last=True)
     phases = gen(channels_last=True, group_norm=True, subpixel=True)
+    fused_every = gen(channels_last=True, fused_norm=True, fold_last=True)
     label = "CUDA graph, {}, channels-last decoder, group norm, {}{}"
     folded, subpixel = "last layer folded", "sub-pixel convolutions"
     return [("CUDA graph, float32, channels-last decoder", gen(channels_last=True), True, "float32", None),
@@ -113,7 +118,10 @@ def layout_variants(decoder):
             (label.format("float32", subpixel, ", cuDNN autotuned"), phases, True, "float32", None, True),
             (label.format("bfloat16", subpixel, ", cuDNN autotuned"), phases, True, "bfloat16", None, True),
             (label.format("float32", f"{subpixel}, {folded}", ", cuDNN autotuned"),
-             gen(channels_last=True, group_norm=True, fold_last=True, subpixel=True), True, "float32", None, True)]
+             gen(channels_last=True, group_norm=True, fold_last=True, subpixel=True), True, "float32", None, True),
+            ("CUDA graph, float32, fused norms", gen(fused_norm=True), True, "float32", None)] + [
+            (f"CUDA graph, {precision}, channels-last decoder, fused norms, {folded}, cuDNN autotuned",
+             fused_every, True, precision, None, True) for precision in ("float32", "bfloat16")]
 
 
 def fastest_variant(variants, rows, reference_rmse=None, rtol=0.05):
@@ -133,6 +141,80 @@ def sgan_generator(device, seed=0):
     torch.manual_seed(seed)
     decoder = SGANDecoder(SpatialGenerator(), PUBLISHED_LATENT_SHAPE, (129, 65)).to(device).eval().requires_grad_(False)
     return TorchGenerator(decoder, 15, latent_distribution="uniform")
+
+
+def sgan_layout_generator(generator, channels_last=False, fused_norm=False):
+    """A copy of ``generator`` (``sgan_generator``'s) with its network's layout switches set
+    (``SpatialGenerator.layout_channels_last``, ``layout_fused_norm``)."""
+    module = copy.deepcopy(generator.module)
+    module.generator.layout_channels_last, module.generator.layout_fused_norm = channels_last, fused_norm
+    return TorchGenerator(module, generator.n_components, latent_distribution="uniform")
+
+
+def sgan_variants(generator):
+    """``(label, generator, precision, cudnn_autotune)`` of the SGAN's step: the default float32 (the
+    ablation), cuDNN's autotuner, bfloat16, channels-last maps, the compiled norms, and their
+    combinations. The SGAN's convolutions (512 to 64 channels) are the tensor cores' shapes, and its
+    columns weigh most in Tables 3-4's 2 minutes (10.3 times the VAE decoder's arithmetic per start)."""
+    g = lambda **kw: sgan_layout_generator(generator, **kw)
+    nhwc, fused, both = g(channels_last=True), g(fused_norm=True), g(channels_last=True, fused_norm=True)
+    auto = ", cuDNN autotuned"
+    return [("float32", generator, "float32", False), ("float32" + auto, generator, "float32", True),
+            ("bfloat16" + auto, generator, "bfloat16", True),
+            ("float32, channels-last" + auto, nhwc, "float32", True),
+            ("bfloat16, channels-last" + auto, nhwc, "bfloat16", True),
+            ("float32, fused norms", fused, "float32", False),
+            ("float32, channels-last, fused norms" + auto, both, "float32", True),
+            ("bfloat16, channels-last, fused norms" + auto, both, "bfloat16", True)]
+
+
+def sgan_rate_rows(variants, op, tt, device, rows, *, case="SAnnn", n_surveys=6, n_starts=100, iterations=100,
+                   cuda_graphs=True, save=lambda: None):
+    """The time per iteration of ``case``'s step (Table 1's settings) with each SGAN variant
+    ``(label, generator, precision, cudnn_autotune)`` (``sgan_variants``), ``n_surveys`` x ``n_starts``
+    rows from a CUDA graph as the reproduction runs a column, over about ``iterations`` iterations after
+    a warm-up call of one epoch (compiling, autotuning, capturing); the timed call captures its own
+    graph, as a column's does. A column's time (Table 1's 3000 iterations) is projected from it: a
+    column measured in full costs minutes per variant. Each row's models are compared with the first
+    variant's. Returns the fastest variant (None where none ran). ``cuda_graphs=False``: eager (tests)."""
+    from latentinv.inversion import PAPER_CASES
+    Y = np.repeat(np.asarray(tt)[:1], n_surveys, axis=0)
+    settings = dict(PAPER_CASES[case])
+    reference, timed_rows = None, []
+    for variant in variants:
+        label, generator, precision, autotune = variant
+        torch.backends.cudnn.benchmark = autotune
+        method = (f"{case} step, SGAN ({label}), {n_surveys} surveys x {n_starts} starts, "
+                  + ("CUDA graph" if cuda_graphs else "eager"))
+        try:
+            est = LatentInverter(generator, op, n_starts=n_starts, random_state=0, device=device,
+                                 cuda_graphs=cuda_graphs, precision=precision, **settings).fit(Y)
+            column_iterations = est.n_iterations_
+            est.set_params(n_epochs=max(1, iterations // est.iterations_per_epoch_))
+            LatentInverter(**dict(est.get_params(deep=False), n_epochs=1)).fit(Y).invert(Y)   # warm-up
+            t, res = timed(lambda: est.fit(Y).invert(Y))
+        except Exception as exc:
+            rows.append(dict(case="sgan rate", method=method, device=str(device), precision=precision,
+                             error=f"{type(exc).__name__}: {exc}"[:500]))
+            print(f"sgan rate ({label}): FAILED {type(exc).__name__}: {exc}"[:500])
+            continue
+        finally:
+            torch.backends.cudnn.benchmark = False
+        reference = res if reference is None else reference
+        ms = 1e3 * t / est.n_iterations_
+        rows.append(dict(case="sgan rate", method=method, device=str(device), variant=label, precision=precision,
+                         cudnn_autotune=autotune, channels_last=generator.module.generator.layout_channels_last,
+                         fused_norm=generator.module.generator.layout_fused_norm, n_surveys=n_surveys,
+                         n_starts=n_starts, iterations=est.n_iterations_, seconds=t, ms_per_iteration=ms,
+                         projected_column_s=ms * column_iterations / 1e3, column_iterations=column_iterations,
+                         best_data_rmse_ns=float(np.nanmin(res.data_rmse)),
+                         max_model_diff_vs_first=float(np.max(np.abs(res.models - reference.models)))))
+        timed_rows.append((ms, variant))
+        print(f"sgan rate ({label}): {ms:.2f} ms per iteration of {n_surveys * n_starts} rows; a column "
+              f"{rows[-1]['projected_column_s']:.1f} s projected; models within "
+              f"{rows[-1]['max_model_diff_vs_first']:.1e} of the first variant's", flush=True)
+        save()
+    return min(timed_rows, key=lambda r: r[0])[1] if timed_rows else None
 
 
 def reference_loop(decoder, G_dense, y, z0, lr, lr_decay, lam, lam_decay, batch_size, n_iter, rng):
@@ -703,7 +785,7 @@ def bench_nonlinear(quick, rows, ablation=True, device="cpu", solvers=("auto",))
 
 
 def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=False, profile=False, tables=False,
-              layouts=False):
+              layouts=False, sgan_rates=False):
     """The CUDA rows; ``save()`` after each (a lent GPU's deadline may stop the run: what was measured
     stays written, and each row is printed as it ends)."""
     if not torch.cuda.is_available():
@@ -737,6 +819,21 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
         # the tables' rows, the longest, which a deadline stops first)
         profile_rows([v[:4] for v in variants[:3]] + ([fastest_layout] if fastest_layout else []),
                      op, tt, "cuda", rows)
+        save()
+    fastest_sgan = None
+    if sgan_rates:    # the SGAN's step in each layout and precision: what its columns of Tables 3-4 can take
+        fastest_sgan = sgan_rate_rows(sgan_variants(sgan_generator("cuda")), op, tt, "cuda", rows,
+                                      iterations=25 if quick else 100, save=save)
+        if fastest_sgan is not None:
+            label, generator, precision, autotune = fastest_sgan
+            rows.append(dict(case="sgan fastest", method=label, precision=precision, cudnn_autotune=autotune,
+                             channels_last=generator.module.generator.layout_channels_last,
+                             fused_norm=generator.module.generator.layout_fused_norm))
+        if profile:   # where the SGAN step's time goes: the default float32 graph and the fastest variant
+            profile_rows([(f"SGAN, {label}", generator, True, precision, None, autotune)
+                          for label, generator, precision, autotune in
+                          [sgan_variants(sgan_generator("cuda"))[0]] + ([fastest_sgan] if fastest_sgan else [])],
+                         op, tt, "cuda", rows, n_starts=600)
         save()
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
         sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
@@ -932,6 +1029,10 @@ def main(argv=None):
                         help="on CUDA, also the paper experiment's CUDA-graph rows with the decoder's layout "
                              "switches: channels-last, group norm, the last layer folded, sub-pixel "
                              "convolutions (layout_variants)")
+    parser.add_argument("--sgan-rates", action="store_true",
+                        help="on CUDA, the SGAN step's time per iteration (6 surveys x 100 starts, SAnnn's "
+                             "settings, CUDA graphs) in each layout and precision (sgan_variants), a column's "
+                             "time projected; with --profile, the default's and the fastest's kernel tables")
     parser.add_argument("--ablation-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -958,7 +1059,7 @@ def main(argv=None):
             bench_nonlinear(args.quick, rows, ablation=not args.skip_ablations, solvers=tuple(args.solvers))
     if linear:
         bench_gpu(args.quick, rows, compile_decoder=args.compile, save=save, autotune=args.cudnn_benchmark,
-                  profile=args.profile, tables=args.tables, layouts=args.layouts)
+                  profile=args.profile, tables=args.tables, layouts=args.layouts, sgan_rates=args.sgan_rates)
     if torch.cuda.is_available() and not args.skip_nonlinear and not args.decoder_only:
         bench_nonlinear(args.quick, rows, ablation=False, device="cuda")
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None

@@ -145,6 +145,41 @@ def test_the_sgan_generator_is_the_published_layout():
     assert x.shape == (2, 129 * 65) and np.all((x >= 0) & (x <= 1))
 
 
+def test_the_sgan_variants_and_their_rates(monkeypatch):
+    """sgan_variants: copies with each switch set as its label says; sgan_rate_rows: a row per variant with
+    the time per iteration of the timed call (2 s for each call here), the column's time projected from
+    Table 1's schedule, the models against the first variant's, and the fastest variant returned."""
+    op, _, tt = bench_inversion._linear_problem("cpu", bench_inversion.paper_decoder("cpu"))    # 129 x 65 cells
+    gen = bench_inversion.sgan_generator("cpu")
+    variants = bench_inversion.sgan_variants(gen)
+    assert len({v[0] for v in variants}) == len(variants) == 8
+    for label, g, precision, autotune in variants:
+        net = g.module.generator
+        assert (net.layout_channels_last, net.layout_fused_norm) == ("channels-last" in label, "fused" in label)
+        assert precision == label.split(",")[0] and autotune == label.endswith("autotuned")
+    assert not (gen.module.generator.layout_channels_last or gen.module.generator.layout_fused_norm)   # copies
+    runs, seconds = [], iter([2.0, 1.0])
+
+    def timed(fn):
+        runs.append(fn())
+        return next(seconds), runs[-1]
+
+    monkeypatch.setattr(bench_inversion, "timed", timed)
+    rows = []
+    picked = [variants[0], variants[6]]     # float32: the default, and channels-last with the fused norms
+    fastest = bench_inversion.sgan_rate_rows(picked, op, tt, "cpu", rows, n_surveys=2, n_starts=2, iterations=3,
+                                             cuda_graphs=False)
+    assert [r.get("error") for r in rows] == [None, None]
+    assert fastest is picked[1]
+    assert [r["iterations"] for r in rows] == [3, 3]          # SAnnn: one iteration per epoch
+    assert [r["ms_per_iteration"] for r in rows] == [2e3 / 3, 1e3 / 3]
+    assert [r["projected_column_s"] for r in rows] == [2.0 * 3000 / 3, 1.0 * 3000 / 3]
+    assert rows[0]["max_model_diff_vs_first"] == 0.0
+    assert rows[1]["max_model_diff_vs_first"] == float(np.max(np.abs(runs[1].models - runs[0].models)))
+    assert rows[1]["max_model_diff_vs_first"] < 1e-3           # the same steps, float32 round-off apart
+    assert (rows[1]["channels_last"], rows[1]["fused_norm"]) == (True, True)
+
+
 def test_later_variants_are_compared_with_an_earlier_calls_reference(problem):
     op, gen, tt = problem
     rows = []
@@ -170,16 +205,19 @@ def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch):
     decoder = bench_inversion.paper_decoder("cpu")
     op, gen, tt = bench_inversion._linear_problem("cpu", decoder)
     variants = bench_inversion.layout_variants(decoder)
-    assert len({v[0] for v in variants}) == len(variants) == 10
+    assert len({v[0] for v in variants}) == len(variants) == 13
     switches = [(g.module.layout_channels_last, g.module.layout_group_norm, g.module.layout_fold_last,
-                 g.module.layout_subpixel) for _, g, *_ in variants]
-    assert switches == ([(True, False, False, False), (False, True, False, False), (False, False, True, False),
-                         (False, False, False, True)] + [(True, True, True, False)] * 3
-                        + [(True, True, False, True)] * 2 + [(True, True, True, True)])
-    assert [v[3] for v in variants] == ["float32"] * 6 + ["bfloat16", "float32", "bfloat16", "float32"]
-    assert [bool(v[5:] and v[5]) for v in variants] == [False] * 5 + [True] * 5        # cuDNN's autotuner
+                 g.module.layout_subpixel, g.module.layout_fused_norm) for _, g, *_ in variants]
+    assert switches == ([(True, False, False, False, False), (False, True, False, False, False),
+                         (False, False, True, False, False), (False, False, False, True, False)]
+                        + [(True, True, True, False, False)] * 3 + [(True, True, False, True, False)] * 2
+                        + [(True, True, True, True, False), (False, False, False, False, True)]
+                        + [(True, False, True, False, True)] * 2)
+    assert [v[3] for v in variants] == (["float32"] * 6 + ["bfloat16", "float32", "bfloat16", "float32"]
+                                        + ["float32", "float32", "bfloat16"])
+    assert [bool(v[5:] and v[5]) for v in variants] == [False] * 5 + [True] * 5 + [False, True, True]   # cuDNN's autotuner
     assert not (decoder.layout_channels_last or decoder.layout_group_norm or decoder.layout_fold_last
-                or decoder.layout_subpixel)        # copies
+                or decoder.layout_subpixel or decoder.layout_fused_norm)        # copies
     rows = []
     eager = bench_inversion.paper_experiment_rows([("eager", gen, False, "float32", None)], op, tt, "cpu", 1,
                                                   rows, n_starts=2)
@@ -190,10 +228,12 @@ def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch):
         cpu_variants.append((label, g, False, precision, None))
     bench_inversion.paper_experiment_rows(cpu_variants, op, tt, "cpu", 1, rows, n_starts=2,
                                           reference=("eager", eager))
-    assert [r.get("error") for r in rows] == [None] * 11
-    assert set(paths) == {(False, True, False, False), (True, False, False, False), (False, False, True, False),
-                          (True, True, True, False), (False, False, False, True), (True, True, False, True),
-                          (True, True, True, True)}
+    assert [r.get("error") for r in rows] == [None] * 14
+    assert set(paths) == {(False, True, False, False, False), (True, False, False, False, False),
+                          (False, False, True, False, False), (True, True, True, False, False),
+                          (False, False, False, True, False), (True, True, False, True, False),
+                          (True, True, True, True, False), (False, False, False, False, True),
+                          (False, True, True, False, True)}
     # 25 SGD steps from the same starts: float32 round-off of another order grows along the way (the decoders
     # agree at one point: tests/test_nn.py), so the answers are near, and their fit nearer
     for r in rows[1:]:

@@ -256,6 +256,52 @@ def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm
         np.testing.assert_allclose(got.data_rmse, want.data_rmse, rtol=5e-2)
 
 
+@cuda
+@pytest.mark.parametrize("network", ["vae", "sgan"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_cuda_graphs_with_the_compiled_norms(network, precision):
+    """The decoders' compiled norms (Triton kernels on CUDA), with channels-last maps (and the VAE's last
+    layer folded), captured in a CUDA graph: they compile in the warm-up steps, before the capture, and
+    the answers are the default layout's (float32 arithmetic for the comparison)."""
+    import copy
+    from latentinv.geometry import CrossholeSurvey, Grid2D
+    from latentinv.nn import ConvDecoder, fused
+    from latentinv.nn.sgan import SGANDecoder, SpatialGenerator
+    from latentinv.operators import StraightRayOperator
+    torch.manual_seed(0)
+    if network == "vae":
+        decoder = ConvDecoder((65, 33), 6, (4, 8, 8, 16)).to("cuda").eval().requires_grad_(False)
+        switched = copy.deepcopy(decoder)
+        switched.layout_channels_last = switched.layout_fold_last = switched.layout_fused_norm = True
+        op = StraightRayOperator(Grid2D(65, 33, 0.2), CrossholeSurvey.paper(0.01, 6.49))
+        gen, gen_switched = TorchGenerator(decoder, 6), TorchGenerator(switched, 6)
+        settings = {}
+    else:
+        decoder = SGANDecoder(SpatialGenerator(n_filters=8), (1, 5, 3), (129, 65)).to("cuda").eval().requires_grad_(False)
+        switched = copy.deepcopy(decoder)
+        switched.generator.layout_channels_last = switched.generator.layout_fused_norm = True
+        op = StraightRayOperator(Grid2D(129, 65, 0.1), CrossholeSurvey.paper(0.01, 6.49))
+        gen, gen_switched = (TorchGenerator(d, 15, latent_distribution="uniform") for d in (decoder, switched))
+        from latentinv.inversion import PAPER_CASES
+        # SSbnd's SGD at a step small enough that round-off does not grow along the path: a random-weight
+        # SGAN maps latents 1e-2 apart to models 1.0 apart (on the CPU, SSbnd's own step did so in 50 steps)
+        settings = dict(PAPER_CASES["SSbnd"], n_epochs=2, lr=1e-5)
+    truth = gen.decode(np.random.default_rng(0).uniform(-1, 1, (1, gen.n_components)))
+    params = dict(dict(n_starts=8, n_epochs=2, random_state=0, device="cuda", precision=precision), **settings)
+    fused._compiled.clear()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        tt = LatentInverter(gen, op, **params).fit(np.ones((1, op.n_data))).simulate(truth)
+        want = LatentInverter(gen, op, cuda_graphs=True, **params).fit(tt).invert(tt)
+        got = LatentInverter(gen_switched, op, cuda_graphs=True, **params).fit(tt).invert(tt)
+    assert fused._compiled            # the compiled path ran
+    if precision == "float32":
+        np.testing.assert_allclose(got.models, want.models, atol=1e-3)
+        np.testing.assert_allclose(got.data_rmse, want.data_rmse, rtol=2e-3)
+    else:    # bfloat16 rounds otherwise in each layout (see the layout switches' test above)
+        np.testing.assert_allclose(got.models, want.models, atol=1e-1)
+        np.testing.assert_allclose(got.data_rmse, want.data_rmse, rtol=5e-2)
+
+
 def test_the_step_never_reads_the_device(monkeypatch):
     """What a CUDA graph cannot capture is a read of a tensor's value by the host (a synchronisation):
     bool/int/float of a tensor, item, tolist, numpy, cpu; nor should the step make a tensor without a

@@ -509,7 +509,7 @@ def test_layout_switches_equal_the_modules(channels_last, group_norm, fold_last,
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):     # float32 arithmetic on CUDA too
         got = derivatives(switched, torch.float32)
         assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last,
-                              subpixel=subpixel)]
+                              subpixel=subpixel, fused_norm=False)]
         # the layout path ran, with its last layer folded (on the CPU, the NCHW layer folds itself)
         assert folds == ([device] if fold_last or (device == "cpu" and not channels_last and not subpixel)
                          else [])
@@ -551,7 +551,7 @@ def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold
         xs, xp = switched(z), plain(z)
     assert norms == ([(torch.bfloat16, torch.bfloat16, False)] * 3 if group_norm else [])
     assert calls == [dict(group_norm=group_norm, channels_last=channels_last, fold_last=fold_last,
-                          subpixel=subpixel)]   # the layout path
+                          subpixel=subpixel, fused_norm=False)]   # the layout path
     assert float((xs.float() - xp.float()).abs().max()) < 3e-2           # bfloat16 round-off
     assert float((xs.float() - plain(z)).abs().max()) < 3e-2
 

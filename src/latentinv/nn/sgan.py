@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused as _fused
+from .native import channels_last_weight
 from .reference import check_tensor_mapping, convert_published_tensors
 
 __all__ = [
@@ -129,20 +131,44 @@ class SpatialGenerator(nn.Module):
                                dilation=d, bias=False)
             for i, d in enumerate(dilations))
 
+    #: For a generator that is a constant for autograd (a fitted prior in an inversion), the transposed
+    #: convolutions on channels-last maps with channels-last copies of their weights
+    #: (``layout_channels_last``: cuDNN's tensor-core kernels take NHWC, without a transform each way)
+    #: and each ReLU + instance norm as compiled kernels (``layout_fused_norm``,
+    #: :mod:`latentinv.nn.fused`). Off until a GPU run shows which is fastest
+    #: (``benchmarks/bench_inversion.py --sgan-rates``); switches (class or instance attributes) for
+    #: benchmarks and tests.
+    layout_channels_last = False
+    layout_fused_norm = False
+
     def forward(self, z):
+        laid_out = ((self.layout_channels_last or self.layout_fused_norm)
+                    and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())))
+        conv = self._conv_laid_out if laid_out else (lambda layer, h: layer(h))
+        relu_norm = (_fused.relu_norm if laid_out and self.layout_fused_norm
+                     else (lambda h: F.instance_norm(F.relu(h))))
         h = z
         last = len(self.upsample) - 1
-        for i, conv in enumerate(self.upsample):
-            h = conv(h)
+        for i, layer in enumerate(self.upsample):
+            h = conv(layer, h)
             if i < last:
-                h = F.instance_norm(F.relu(h))
+                h = relu_norm(h)
             elif len(self.refine):      # ReLU before the dilated layers; none before a direct tanh
                 h = F.relu(h)
-        for i, conv in enumerate(self.refine):
-            h = conv(h)
+        for i, layer in enumerate(self.refine):
+            h = conv(layer, h)
             if i < len(self.refine) - 1:
-                h = F.instance_norm(F.relu(h))
+                h = relu_norm(h)
         return torch.tanh(h)
+
+    def _conv_laid_out(self, layer, h):
+        if not self.layout_channels_last:
+            return layer(h)
+        dtype = (torch.bfloat16 if torch.is_autocast_enabled(h.device.type)
+                 and torch.get_autocast_dtype(h.device.type) == torch.bfloat16 else h.dtype)
+        return F.conv_transpose2d(h.contiguous(memory_format=torch.channels_last),
+                                  channels_last_weight(layer, dtype), layer.bias, layer.stride, layer.padding,
+                                  layer.output_padding, layer.groups, layer.dilation)
 
 
 class PatchDiscriminator(nn.Module):
