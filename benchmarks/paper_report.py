@@ -124,6 +124,14 @@ def _code_line(record):
     return [f"Code: latentinv {code['version']} from {code['file']}{commit}.", ""]
 
 
+
+def _published_starts(args):
+    """Which published initial latents a run started from (``--first-start`` K: [K, K + N))."""
+    first = args.get("first_start") or 0
+    if not first:
+        return "the first N published initial latents (zinitVAE500)"
+    return f"the published initial latents zinitVAE500[{first}:{first + args['n_starts']}]"
+
 def markdown_report(record, figure_prefix=""):
     """``docs/reproduction.md``: Tables 2-4 and Fig. 10, every cell "latentinv | paper".
 
@@ -144,7 +152,7 @@ def markdown_report(record, figure_prefix=""):
            f"- Straight rays: sources at x = 0.01 m, receivers at x = 6.49 m; rays on horizontal "
            f"cell boundaries: `{a['boundary_rays']}`"
            f"{' (the published kernel: the row above)' if a['boundary_rays'] == 'upper_left' else ''}.",
-           f"- Starts: {'the first N published initial latents (zinitVAE500)' if a['published_starts'] else 'drawn from N(0, I) with seed ' + str(a['seed'])}"
+           f"- Starts: {_published_starts(a) if a['published_starts'] else 'drawn from N(0, I) with seed ' + str(a['seed'])}"
            f"{'; the SGAN cases: ' + record['sgan_starts'] if record.get('sgan_starts') else ''}; "
            f"noise: {'the published realization x 0.25 ns' if a['published_noise'] else 'N(0, 0.25^2) ns drawn with seed ' + str(a['seed'])}.",
            (f"- Cases: `PAPER_CASES` (Table 1's settings), {record['iterations_linear']} iterations each."

@@ -180,6 +180,9 @@ def parse_args(argv=None):
     p.add_argument("--n-starts", type=positive_int, default=None, help="starts per truth (paper: 100)")
     p.add_argument("--published-starts", action="store_true",
                    help="start from the first N published initial latents (zinitVAE500.npy)")
+    p.add_argument("--first-start", type=int, default=0,
+                   help="with --published-starts: start from the published latents [K, K + N) instead of [0, N) "
+                        "(a run that adds starts to an earlier one; benchmarks/merge_reproductions.py joins them)")
     p.add_argument("--published-noise", action="store_true",
                    help="noise = the published realization (noiserealz.npy) x 0.25 ns")
     p.add_argument("--boundary-rays", choices=("upper_left", "split"), default="upper_left",
@@ -254,6 +257,11 @@ def parse_args(argv=None):
              (a.published_noise, "noiserealz.npy", "--published-noise"),
              (a.published_starts and bool(a.sgan or a.reference_sgan or a.sgan_module), "zinitSGAN500.npy",
               "--published-starts with an SGAN")]
+    if a.first_start and not a.published_starts:
+        p.error(f"--first-start {a.first_start}: needs --published-starts (drawn starts have no order to continue)")
+    if not 0 <= a.first_start <= 500 - (a.n_starts or 1):
+        p.error(f"--first-start: expected 0 <= K <= {500 - (a.n_starts or 1)} (500 published starts, "
+                f"--n-starts {a.n_starts or 1} of them), got {a.first_start}")
     for wanted, name, option in needs:
         if wanted and not (Path(a.test_models) / name).is_file():
             p.error(f"{option}: needs {name} in --test-models {a.test_models!r}")
@@ -404,9 +412,10 @@ def get_sgan(args):
     return sgan, f"{what} (latents {sgan.latent_shape_}, n_components {sgan.n_components})"
 
 
-def sgan_starts(folder, n_starts, mapping):
-    """The first ``n_starts`` published SGAN initial latents, flat (C order), mapped as ``mapping`` says."""
-    u = np.load(folder / "zinitSGAN500.npy")[:n_starts]
+def sgan_starts(folder, n_starts, mapping, first=0):
+    """The published SGAN initial latents ``[first, first + n_starts)``, flat (C order), mapped as ``mapping``
+    says."""
+    u = np.load(folder / "zinitSGAN500.npy")[first:first + n_starts]
     if u.shape[1:] != (5, 3) or u.min() < 0 or u.max() > 1:
         sys.exit(f"zinitSGAN500.npy: expected (500, 5, 3) values in [0, 1], got {u.shape} in "
                  f"[{u.min():.3g}, {u.max():.3g}]")
@@ -495,13 +504,15 @@ def main(argv=None):
 
     starts = sgan_start_latents = None
     if args.published_starts:
-        starts = np.load(folder / "zinitVAE500.npy")[:args.n_starts]
+        starts = np.load(folder / "zinitVAE500.npy")[args.first_start:args.first_start + args.n_starts]
     sgan, sgan_info = get_sgan(args)
     if sgan is not None:
         print(f"[sgan] {sgan_info}")
         if args.published_starts:
-            sgan_start_latents = sgan_starts(folder, args.n_starts, args.sgan_starts_map)
+            sgan_start_latents = sgan_starts(folder, args.n_starts, args.sgan_starts_map, args.first_start)
     linear_iterations = None
+    start_range = (f":{args.n_starts}" if not args.first_start
+                   else f"{args.first_start}:{args.first_start + args.n_starts}")
     record = dict(
         paper="Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences",
         command="python benchmarks/reproduce_paper.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
@@ -510,7 +521,7 @@ def main(argv=None):
         prior=prior_info, n_starts=args.n_starts, device=args.device, machine=machine(),
         table2=table2, baseline_warnings=baseline_warnings, cases={}, case_columns=[], skipped={},
         sgan=sgan_info, sgan_starts=(None if sgan_start_latents is None else
-                                     f"zinitSGAN500.npy[:{args.n_starts}], (5, 3) flattened in C order, "
+                                     f"zinitSGAN500.npy[{start_range}], (5, 3) flattened in C order, "
                                      + ("used as published (values in [0, 1])" if args.sgan_starts_map
                                         == "published" else "mapped to [-1, 1] by z = 2u - 1")),
         nonlinear=None, figures=[], iterations_linear=None, differences=[], total_s=0.0)
