@@ -78,6 +78,10 @@ def paper_decoder(device, seed=0):
     return ConvDecoder((129, 65), 20).to(device).eval().requires_grad_(False)
 
 
+#: ConvDecoder's layout switches (``layout_<name>``), as reproduce_paper.py's --layout names them
+LAYOUT_NAMES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm")
+
+
 def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False, subpixel=False,
                    fused_norm=False):
     """A copy of ``decoder`` (a ``ConvDecoder``) with its layout switches set (``layout_channels_last``,
@@ -95,20 +99,21 @@ def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=Fal
     return out
 
 
-def layout_variants(decoder):
+def layout_variants(decoder, which="all"):
     """``(label, generator, cuda_graphs, precision, step_compile[, cudnn_autotune])`` rows of the paper's
     experiment for ``layout_decoder``'s switches: each alone in float32; channels-last, group norm and
     the last layer folded in float32, and with cuDNN's autotuner in float32 and bfloat16; the same with
     the sub-pixel convolutions instead of the folded last layer, and with all four, autotuned; the
     compiled norms alone in float32, and with channels-last maps and the folded last layer, autotuned,
-    in float32 and bfloat16."""
+    in float32 and bfloat16. ``which="fused"``: the three rows of the compiled norms and, beside them,
+    the fastest row of the H200's calls of 2026-11-30 (bfloat16, channels-last, group norm, folded)."""
     gen = lambda **kw: TorchGenerator(layout_decoder(decoder, **kw), 20)
     every = gen(channels_last=True, group_norm=True, fold_last=True)
     phases = gen(channels_last=True, group_norm=True, subpixel=True)
     fused_every = gen(channels_last=True, fused_norm=True, fold_last=True)
     label = "CUDA graph, {}, channels-last decoder, group norm, {}{}"
     folded, subpixel = "last layer folded", "sub-pixel convolutions"
-    return [("CUDA graph, float32, channels-last decoder", gen(channels_last=True), True, "float32", None),
+    rows = [("CUDA graph, float32, channels-last decoder", gen(channels_last=True), True, "float32", None),
             ("CUDA graph, float32, group norm", gen(group_norm=True), True, "float32", None),
             ("CUDA graph, float32, last layer folded", gen(fold_last=True), True, "float32", None),
             (f"CUDA graph, float32, {subpixel}", gen(subpixel=True), True, "float32", None),
@@ -122,6 +127,11 @@ def layout_variants(decoder):
             ("CUDA graph, float32, fused norms", gen(fused_norm=True), True, "float32", None)] + [
             (f"CUDA graph, {precision}, channels-last decoder, fused norms, {folded}, cuDNN autotuned",
              fused_every, True, precision, None, True) for precision in ("float32", "bfloat16")]
+    if which == "fused":
+        return [rows[6]] + rows[-3:]
+    if which != "all":
+        raise ValueError(f"layout_variants: which must be 'all' or 'fused', got {which!r}")
+    return rows
 
 
 def fastest_variant(variants, rows, reference_rmse=None, rtol=0.05):
@@ -809,10 +819,16 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
     eager = paper_experiment_rows(variants, op, tt, "cuda", n_epochs, rows, save)
     fastest_layout = None
     if layouts:   # the same decoder NHWC and/or with group norm: which layout cuDNN runs fastest
-        start, layout_rows = len(rows), layout_variants(gen.module)
+        start, layout_rows = len(rows), layout_variants(gen.module, layouts)
         paper_experiment_rows(layout_rows, op, tt, "cuda", n_epochs, rows, save, reference=(variants[0][0], eager))
         fastest_layout = fastest_variant(layout_rows, rows[start:],
                                          None if eager is None else float(eager.data_rmse.min()))
+        if fastest_layout is not None:     # for benchmarks/gpu_plan.py tables: the reproduction's arithmetic
+            label, generator, _, precision, _, *autotune = fastest_layout
+            rows.append(dict(case="vae fastest", method=label, precision=precision,
+                             cudnn_autotune=bool(autotune and autotune[0]),
+                             layout=[name for name in LAYOUT_NAMES if getattr(generator.module, f"layout_{name}")]))
+            save()
     if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16,
         # and the fastest layout row's, its cuDNN autotuner on as when it was timed (after the timed rows
         # of the paper's experiment: a profiler that fails on a graph's capture costs no timing; before
@@ -826,9 +842,9 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
                                       iterations=25 if quick else 100, save=save)
         if fastest_sgan is not None:
             label, generator, precision, autotune = fastest_sgan
+            net = generator.module.generator
             rows.append(dict(case="sgan fastest", method=label, precision=precision, cudnn_autotune=autotune,
-                             channels_last=generator.module.generator.layout_channels_last,
-                             fused_norm=generator.module.generator.layout_fused_norm))
+                             layout=[n for n in ("channels_last", "fused_norm") if getattr(net, f"layout_{n}")]))
         if profile:   # where the SGAN step's time goes: the default float32 graph and the fastest variant
             profile_rows([(f"SGAN, {label}", generator, True, precision, None, autotune)
                           for label, generator, precision, autotune in
@@ -1025,10 +1041,11 @@ def main(argv=None):
                         help="on CUDA, Tables 3-4's VSbrd (VAE) and SAnnn, SSbnd (the published SGAN generator's "
                              "layout, random weights) as the reproduction runs them: 6 surveys x 100 starts, from "
                              "CUDA graphs")
-    parser.add_argument("--layouts", action="store_true",
+    parser.add_argument("--layouts", nargs="?", const="all", choices=("all", "fused"), default=None,
                         help="on CUDA, also the paper experiment's CUDA-graph rows with the decoder's layout "
                              "switches: channels-last, group norm, the last layer folded, sub-pixel "
-                             "convolutions (layout_variants)")
+                             "convolutions, compiled norms (layout_variants); 'fused': the compiled norms' "
+                             "rows and the fastest earlier row only")
     parser.add_argument("--sgan-rates", action="store_true",
                         help="on CUDA, the SGAN step's time per iteration (6 surveys x 100 starts, SAnnn's "
                              "settings, CUDA graphs) in each layout and precision (sgan_variants), a column's "

@@ -57,7 +57,9 @@
 #   SGAN on the GPU within the time left but SGAN_RESERVE (170 s), in parts on the checkpoint SGAN_CKPT on this
 #   machine's disk (a later call on the still warm machine carries it on), runs SAnnn/SSbnd with it and brings it
 #   back in parts, sgan.tgz.part-NN; SGAN_DIR: a saved SGAN carried to the machine instead, not trained, its
-#   cases only; SGAN_STARTS: their starts, 100), "sampling" (bench_sampling.py on mc2).
+#   cases only; SGAN_STARTS: their starts, 100; SGAN_CASES: the cases of that run, "SAnnn,SSbnd" or "all" (every
+#   case of Tables 3-4 in one run, the noisy VSbrd with it); FASTEST=1: in the arithmetic the bench step found
+#   fastest, benchmarks/gpu_plan.py tables), "sampling" (bench_sampling.py on mc2).
 set -u
 OUT=${OUT:-gpu_checks_out}
 DEADLINE=${DEADLINE:-540}
@@ -329,11 +331,17 @@ if want sgan; then
     fi
     if [ -d /tmp/li_sgan ]; then
       SG=; [ -n "$TM" ] && [ -f "$TM/zinitSGAN500.npy" ] && SG="--test-models $TM --published-starts $MV"
+      [ -n "$SG" ] && [ -f "$TM/noiserealz.npy" ] && SG="$SG --published-noise"
       N=${SGAN_STARTS:-100}; GR=--cuda-graphs; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; GR=; }
+      CASES=${SGAN_CASES:-SAnnn,SSbnd}; [ "$CASES" = all ] && CASES=VSnnn,VSbnn,VSbod,VSbrd,SAnnn,SSbnd
+      # FASTEST=1: the arithmetic the bench step found fastest (its --layouts and --sgan-rates rows)
+      ARITH=; [ "${FASTEST:-0}" = 1 ] && [ -f "$RESULTS/bench/bench_inversion.json" ] \
+        && ARITH=$($PY benchmarks/gpu_plan.py tables "$RESULTS/bench/bench_inversion.json")
+      echo "[$(now) s] sgan: reproduce_paper --cases $CASES, $N starts, arithmetic: ${ARITH:-float32, default kernels}"
       # the VAE prior gives Table 2's thresholds (and draws mv1-mv3 where the published ones are absent)
       timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \
-        --prior "${RP_PRIOR:-src/latentinv/data/channels_ti_prior}" --sgan /tmp/li_sgan --cases SAnnn,SSbnd \
-        --no-nonlinear --n-starts $N $GR $SG --out "$RESULTS/sgan/reproduce" 2>&1 | tail -40
+        --prior "${RP_PRIOR:-src/latentinv/data/channels_ti_prior}" --sgan /tmp/li_sgan --cases $CASES \
+        --no-nonlinear --n-starts $N $GR $SG $ARITH --out "$RESULTS/sgan/reproduce" 2>&1 | tail -40
       rm -rf "$RESULTS/sgan/reproduce/prior"; pack
     fi ) >>"$OUT/log.txt" 2>&1
   log "sgan done"

@@ -8,6 +8,10 @@ measured so far: a lent GPU call runs unattended, and a wrong guess costs the sc
 - ``iterations``: how many training iterations to ask for, so that the training ends within the
   seconds given at the rate measured (with a margin), never beyond the target (the paper's 1e5), never
   fewer than already done; 0 when not even ``--minimum`` more fit.
+- ``tables BENCH_INVERSION_JSON``: the arithmetic of Tables 3-4's run, from ``bench_inversion.py``'s
+  ``--layouts`` and ``--sgan-rates`` rows: the fastest VAE layout (among those whose answer fits as
+  well as the eager row's) and the fastest SGAN variant, as ``reproduce_paper.py`` options (float32
+  with the default kernels where a choice is absent; cuDNN's autotuner where either chose it).
 - ``check-out DIR``: what of ``$OUT`` would not come back from the device machine (its limits: at most
   8 files, 16 MiB each, 64 MiB together, no deeper than two folders, names of letters, digits, '.',
   '_' and '-'). Prints one line per problem; exits 1 if there is any.
@@ -16,6 +20,7 @@ Usage (what gpu_checks.sh runs)::
 
     python benchmarks/gpu_plan.py training "$OUT/bench_training.json"
     python benchmarks/gpu_plan.py iterations --ms 2.6 --seconds 300 --done 0
+    python benchmarks/gpu_plan.py tables "$RESULTS/bench/bench_inversion.json"
     python benchmarks/gpu_plan.py check-out "$OUT"
 """
 from __future__ import annotations
@@ -75,6 +80,24 @@ def plan_iterations(ms_per_iteration, seconds, *, done=0, target=PAPER_ITERATION
     return total if total - done >= minimum else 0
 
 
+def tables_options(record):
+    """``reproduce_paper.py`` options for the fastest arithmetic ``bench_inversion.py`` found: its "vae
+    fastest" and "sgan fastest" rows (either may be absent: the default then)."""
+    chosen = {r["case"]: r for r in record["rows"] if r.get("case") in ("vae fastest", "sgan fastest")}
+    options = []
+    for case, prefix in (("vae fastest", "--"), ("sgan fastest", "--sgan-")):
+        row = chosen.get(case)
+        if row is None:
+            continue
+        if row["precision"] != "float32":
+            options += [f"{prefix}precision", row["precision"]]
+        if row["layout"]:
+            options += [f"{prefix}layout", ",".join(row["layout"])]
+    if any(r.get("cudnn_autotune") for r in chosen.values()):
+        options.append("--cudnn-benchmark")
+    return options
+
+
 def out_problems(out):
     """What of folder ``out`` would not come back (see the module's docstring): a list of sentences."""
     out = Path(out)
@@ -115,12 +138,16 @@ def main(argv=None):
     i.add_argument("--target", type=int, default=PAPER_ITERATIONS)
     i.add_argument("--minimum", type=int, default=1000)
     i.add_argument("--granularity", type=int, default=1000)
+    tb = sub.add_parser("tables", help="reproduce_paper.py's arithmetic options from bench_inversion.json")
+    tb.add_argument("record")
     c = sub.add_parser("check-out", help="what of $OUT would not come back")
     c.add_argument("out")
     a = p.parse_args(argv)
     if a.command == "training":
         precision, graphs, ms = choose_training(json.loads(Path(a.record).read_text()), a.max_curve_diff)
         print(precision, "--cuda-graphs" if graphs else "-", f"{ms:.4f}")
+    elif a.command == "tables":
+        print(" ".join(tables_options(json.loads(Path(a.record).read_text()))))
     elif a.command == "iterations":
         print(plan_iterations(a.ms, a.seconds, done=a.done, target=a.target, minimum=a.minimum,
                               granularity=a.granularity))

@@ -125,6 +125,20 @@ def _code_line(record):
 
 
 
+def _arithmetic(args):
+    """A set-up line for arithmetic other than float32 with the default kernels (``--precision``,
+    ``--sgan-precision``, ``--layout``, ``--sgan-layout``, ``--cudnn-benchmark``), or none."""
+    parts = []
+    for what, precision, layout in (("VAE", "precision", "layout"), ("SGAN", "sgan_precision", "sgan_layout")):
+        chosen = [args[precision]] if args.get(precision, "float32") != "float32" else []
+        chosen += [f"layout {', '.join(args[layout])}"] if args.get(layout) else []
+        if chosen:
+            parts.append(f"the {what} cases' decoder in {'; '.join(chosen)}")
+    if args.get("cudnn_benchmark"):
+        parts.append("cuDNN's autotuner on")
+    return [f"- Arithmetic: {'; '.join(parts)} (float32 with the default kernels otherwise)."] if parts else []
+
+
 def _published_starts(args):
     """Which published initial latents a run started from (``--first-start`` K: [K, K + N))."""
     first = args.get("first_start") or 0
@@ -158,6 +172,7 @@ def markdown_report(record, figure_prefix=""):
            (f"- Cases: `PAPER_CASES` (Table 1's settings), {record['iterations_linear']} iterations each."
             if record["case_columns"] else "- Cases: none of Table 1 (`--cases ''`): Table 2's thresholds and "
                                            "the nonlinear case only."),
+           *_arithmetic(a),
            f"- Total time {record['total_s'] / 60:.1f} min; prior training {record['prior']['training_s']:.0f} s.",
            ""]
 

@@ -210,6 +210,18 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="linear cases replayed from CUDA graphs (LatentInverter(cuda_graphs=True); CUDA only)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="the VAE cases' decoder arithmetic (LatentInverter(precision=...))")
+    p.add_argument("--sgan-precision", choices=("float32", "bfloat16"), default="float32",
+                   help="the SGAN cases' generator arithmetic")
+    p.add_argument("--layout", default="",
+                   help="comma-separated layout switches of the VAE's decoder, off the CPU's own path (CUDA): "
+                        + ", ".join(LAYOUT_SWITCHES) + " (ConvDecoder.layout_*)")
+    p.add_argument("--sgan-layout", default="",
+                   help="comma-separated layout switches of the SGAN's generator: channels_last, fused_norm "
+                        "(SpatialGenerator.layout_*)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="cuDNN's autotuner (torch.backends.cudnn.benchmark) for every case")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the prior's training, the drawn starts and the drawn noise")
     p.add_argument("--out", default="reproduce_paper_out", help="folder for figures, JSON and report")
@@ -220,6 +232,13 @@ def parse_args(argv=None):
     if not a.cases and a.no_nonlinear:     # '' alone runs the nonlinear case only (as its records do)
         p.error(f"--cases: expected a comma-separated list of {', '.join(report.LINEAR_CASES)}; got "
                 f"{given!r}, which names no case, and --no-nonlinear skips the nonlinear one: nothing to run")
+    for option in ("layout", "sgan_layout"):
+        names = [n.strip() for n in getattr(a, option).split(",") if n.strip()]
+        allowed = LAYOUT_SWITCHES if option == "layout" else SGAN_LAYOUT_SWITCHES
+        bad = [n for n in names if n not in allowed]
+        if bad:
+            p.error(f"--{option.replace('_', '-')}: unknown switches {bad}; choose among {list(allowed)}")
+        setattr(a, option, names)
     unknown = [c for c in a.cases if c not in PAPER_CASES]
     if unknown:
         p.error(f"--cases: unknown cases {unknown}; choose among {sorted(PAPER_CASES)}")
@@ -412,6 +431,22 @@ def get_sgan(args):
     return sgan, f"{what} (latents {sgan.latent_shape_}, n_components {sgan.n_components})"
 
 
+#: the decoders' layout switches (``layout_<name>`` of ConvDecoder and of SpatialGenerator): other kernels for
+#: the same network on a GPU (``benchmarks/bench_inversion.py --layouts``, ``--sgan-rates``)
+LAYOUT_SWITCHES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm")
+SGAN_LAYOUT_SWITCHES = ("channels_last", "fused_norm")
+
+
+def apply_layout(prior, names):
+    """Turn on the switches ``layout_<name>`` of every module of ``prior``'s decoder that has them."""
+    for name in names:
+        hits = [m for m in prior.decoder_.modules() if hasattr(type(m), f"layout_{name}")]
+        if not hits:
+            sys.exit(f"layout switch {name!r}: no module of {type(prior).__name__}'s decoder has layout_{name}")
+        for module in hits:
+            setattr(module, f"layout_{name}", True)
+
+
 def sgan_starts(folder, n_starts, mapping, first=0):
     """The published SGAN initial latents ``[first, first + n_starts)``, flat (C order), mapped as ``mapping``
     says."""
@@ -506,6 +541,11 @@ def main(argv=None):
     if args.published_starts:
         starts = np.load(folder / "zinitVAE500.npy")[args.first_start:args.first_start + args.n_starts]
     sgan, sgan_info = get_sgan(args)
+    apply_layout(prior, args.layout)
+    if sgan is not None:
+        apply_layout(sgan, args.sgan_layout)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     if sgan is not None:
         print(f"[sgan] {sgan_info}")
         if args.published_starts:
@@ -557,6 +597,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             inv = LatentInverter(generator, op, n_starts=args.n_starts, random_state=args.seed,
                                  device=args.device, cuda_graphs=args.cuda_graphs, verbose=0, **extra,
+                                 precision=args.precision if generator is prior else args.sgan_precision,
                                  **settings)
             key = f"{name}{'_noise' if noisy else ''}"
             graph_error = None

@@ -240,6 +240,15 @@ def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch):
         assert r["max_model_diff_vs_eager"] < 5e-2 and abs(r["best_data_rmse_ns"] / rows[0]["best_data_rmse_ns"] - 1) < 1e-3
 
 
+def test_the_fused_layout_rows_are_the_compiled_norms_and_the_earlier_fastest():
+    decoder = bench_inversion.paper_decoder("cpu")
+    every, fused = bench_inversion.layout_variants(decoder), bench_inversion.layout_variants(decoder, "fused")
+    assert [v[0] for v in fused] == [every[6][0]] + [v[0] for v in every[-3:]]
+    assert [v[1].module.layout_fused_norm for v in fused] == [False, True, True, True]
+    with pytest.raises(ValueError, match="which must be 'all' or 'fused'"):
+        bench_inversion.layout_variants(decoder, "some")
+
+
 def test_the_profile_takes_the_fastest_layout_row():
     variants = [("a", None, True, "float32", None), ("b", None, True, "float32", None, True),
                 ("c", None, True, "bfloat16", None)]

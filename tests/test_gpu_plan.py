@@ -115,3 +115,26 @@ def test_the_limits_themselves_are_within(tmp_path):
         with open(tmp_path / name, "wb") as f:                 # sparse
             f.truncate(16 * 2**20 if k < 4 else 0)
     assert gpu_plan.out_problems(tmp_path) == []
+
+
+def test_tables_options_follow_the_fastest_rows(tmp_path, capsys):
+    """The reproduction's options: each network's fastest row as reproduce_paper.py options, accepted
+    by its parser; nothing for an absent row; the autotuner where either row used it."""
+    vae = dict(case="vae fastest", method="x", precision="bfloat16", cudnn_autotune=False,
+               layout=["channels_last", "fold_last", "fused_norm"])
+    sgan = dict(case="sgan fastest", method="y", precision="float32", cudnn_autotune=True, layout=["fused_norm"])
+    other = dict(case="linear paper experiment", precision="bfloat16", layout=["group_norm"])   # not a choice
+    assert gpu_plan.tables_options(dict(rows=[other, vae, sgan])) == [
+        "--precision", "bfloat16", "--layout", "channels_last,fold_last,fused_norm", "--sgan-layout", "fused_norm",
+        "--cudnn-benchmark"]
+    assert gpu_plan.tables_options(dict(rows=[other])) == []
+    assert gpu_plan.tables_options(dict(rows=[dict(sgan, layout=[], cudnn_autotune=False)])) == []
+    record = tmp_path / "bench_inversion.json"
+    record.write_text(json.dumps(dict(rows=[vae, sgan])))
+    assert gpu_plan.main(["tables", str(record)]) == 0
+    printed = capsys.readouterr().out.split()
+    sys.path.insert(0, str(Path(gpu_plan.__file__).parent))
+    import reproduce_paper
+    args = reproduce_paper.parse_args(printed + ["--out", str(tmp_path / "o")])
+    assert (args.precision, args.layout, args.sgan_precision, args.sgan_layout, args.cudnn_benchmark) == (
+        "bfloat16", ["channels_last", "fold_last", "fused_norm"], "float32", ["fused_norm"], True)

@@ -163,6 +163,39 @@ def test_published_starts_are_the_first_latents(script, tiny, monkeypatch):
     assert len(seen) == 2 and all(np.array_equal(s, z[:2]) for s in seen)
 
 
+def test_first_start_continues_the_published_latents_and_the_layouts_reach_the_decoder(script, tiny, monkeypatch):
+    """--first-start K hands the published latents [K, K + N) to the inverter; --layout turns on the
+    decoder's switches (and --cudnn-benchmark cuDNN's autotuner); the record and the report's set-up
+    say both."""
+    import torch
+    root, _, _ = tiny
+    seen = []
+    real = script.LatentInverter
+
+    class Spy(real):
+        def fit(self, X, y=None):
+            decoder = next(m for m in self.prior.decoder_.modules() if type(m).__name__ == "ConvDecoder")
+            seen.append((np.array(self.initial_latents), decoder.layout_fused_norm, decoder.layout_channels_last,
+                         torch.backends.cudnn.benchmark, self.precision))
+            return super().fit(X, y)
+
+    monkeypatch.setattr(script, "LatentInverter", Spy)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    out = root / "o_first"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
+                 "--test-models", str(root / "test_models"), "--published-starts", "--first-start", "3",
+                 "--cases", "VSbrd", "--n-starts", "2", "--epochs", "1", "--no-nonlinear", "--device", "cpu",
+                 "--layout", "fused_norm", "--cudnn-benchmark", "--out", str(out)])
+    z = np.load(root / "test_models" / "zinitVAE500.npy")
+    assert len(seen) == 2 and all(np.array_equal(s[0], z[3:5]) for s in seen)
+    assert all(s[1:] == (True, False, True, "float32") for s in seen)
+    record = json.loads((out / "reproduce_paper.json").read_text())
+    assert record["args"]["first_start"] == 3 and record["args"]["layout"] == ["fused_norm"]
+    text = (out / "reproduction.md").read_text()
+    assert "the published initial latents zinitVAE500[3:5]" in text
+    assert "- Arithmetic: the VAE cases' decoder in layout fused_norm; cuDNN's autotuner on" in text
+
+
 def test_a_failed_capture_runs_the_case_eagerly_and_says_so(script, tiny, monkeypatch, capsys):
     """--cuda-graphs on a machine where the capture fails (a RuntimeError from CUDA): that case runs
     eagerly, the record and the output say so, and the other cases still run from graphs."""
@@ -340,6 +373,11 @@ def test_transcribed_tables_match_the_paper():
     (["--published-starts", "--test-models", str(BENCH)], "--published-starts: needs zinitVAE500.npy"),
     (["--mv", "published", "--test-models", str(BENCH)], "--mv published: needs mv1.npy"),
     (["--exclusion", "nowhere"], "invalid choice"),
+    (["--first-start", "3"], "--first-start 3: needs --published-starts"),
+    (["--published-starts", "--first-start", "499", "--n-starts", "5"], "--first-start: expected 0 <= K <= 495"),
+    (["--layout", "sideways"], "--layout: unknown switches ['sideways']"),
+    (["--sgan-layout", "group_norm"], "--sgan-layout: unknown switches ['group_norm']"),
+    (["--precision", "float16"], "invalid choice"),
 ])
 def test_reproduce_paper_bad_options_stop_before_training(script, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
