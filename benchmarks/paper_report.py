@@ -47,6 +47,20 @@ PAPER_NONLINEAR = {
 }
 
 
+def start_summary(data_rmse, thresholds):
+    """Tables 3 and 4 of one case from its per-start data RMSE ``(n_truths, n_starts)`` (the selected model of
+    each start) and each truth's threshold: ``accepted`` (at most the threshold), ``non_finite`` (starts
+    without a finite misfit: rejected in Table 3, left out of Table 4's mean), ``mean_rmse`` (Table 4: the mean
+    over the finite starts), ``best_rmse`` (the least). ``reproduce_paper.summarize`` and
+    ``merge_reproductions.py`` both use it, so a joined record's cells are computed as a single run's."""
+    best = np.asarray(data_rmse, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    return dict(data_rmse=best.tolist(),
+                accepted=np.sum(best <= thresholds[:, None], axis=1).astype(int).tolist(),
+                non_finite=np.sum(~np.isfinite(best), axis=1).astype(int).tolist(),
+                mean_rmse=np.nanmean(best, axis=1).tolist(), best_rmse=np.nanmin(best, axis=1).tolist())
+
+
 def _fmt(value, fmt):
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else fmt.format(value)
 

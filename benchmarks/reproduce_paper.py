@@ -474,13 +474,10 @@ def machine():
 
 def summarize(res, truths, thresholds):
     """Table 3 and 4 numbers of one case: per truth."""
-    best = res.data_rmse                                   # (n_truths, n_starts), selected models
-    return dict(data_rmse=best.tolist(),
-                accepted=np.sum(best <= thresholds[:, None], axis=1).astype(int).tolist(),
-                # starts without a finite misfit: rejected in Table 3, left out of Table 4's mean (said there)
-                non_finite=np.sum(~np.isfinite(best), axis=1).astype(int).tolist(),
-                mean_rmse=np.nanmean(best, axis=1).tolist(), best_rmse=np.nanmin(best, axis=1).tolist(),
-                model_rmse=rmse(res.models, truths).tolist())
+    # res.data_rmse: (n_truths, n_starts), selected models; starts without a finite misfit are rejected in
+    # Table 3 and left out of Table 4's mean (said there). paper_report.start_summary is shared with
+    # merge_reproductions.py, which joins runs over consecutive start ranges.
+    return dict(**report.start_summary(res.data_rmse, thresholds), model_rmse=rmse(res.models, truths).tolist())
 
 
 def main(argv=None):
