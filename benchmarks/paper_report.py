@@ -153,6 +153,25 @@ def _arithmetic(args):
     return [f"- Arithmetic: {'; '.join(parts)} (float32 with the default kernels otherwise)."] if parts else []
 
 
+def _joined_runs(record):
+    """The runs a record joined (``benchmarks/merge_reproductions.py``), each with its starts, code and machine."""
+    runs = record.get("merged_from")
+    if not runs:
+        return []
+    out = [f"Joined from {len(runs)} runs of the same experiment over consecutive published start ranges "
+           "(`benchmarks/merge_reproductions.py`): every cell of Tables 3 and 4 is computed again from the "
+           "runs' per-start data RMSEs, as one run computes it.", ""]
+    for run in runs:
+        code = (run.get("machine") or {}).get("latentinv") or {}
+        commit = f", commit {code['commit'][:12]}" if code.get("commit") else ""
+        dirty = " with uncommitted changes" if code.get("dirty") else ""
+        first = run["first_start"]
+        out.append(f"- starts [{first}, {first + run['n_starts']}): `{run['command']}`; latentinv "
+                   f"{code.get('version', '?')}{commit}{dirty}; {(run.get('machine') or {}).get('processor_name')} "
+                   f"({(run.get('machine') or {}).get('cpu_count')} cores); {run['total_s'] / 60:.1f} min.")
+    return out + [""]
+
+
 def _published_starts(args):
     """Which published initial latents a run started from (``--first-start`` K: [K, K + N))."""
     first = args.get("first_start") or 0
@@ -172,6 +191,7 @@ def markdown_report(record, figure_prefix=""):
            "The paper's numbers are those of its Tables 2-4 and Section 3.3.", "",
            f"Command: `{record['command']}`", "",
            *_code_line(record),
+           *_joined_runs(record),
            "## Set-up", "",
            f"- Truths: mc1-mc3 are the crops of the training image at (row, col) "
            f"{record['truth_windows']} ({record['mc_check']}); mv1-mv3: {record['mv_source']}.",
@@ -253,6 +273,8 @@ def markdown_report(record, figure_prefix=""):
 
     out += ["## Where latentinv and the paper differ, and why", ""] + record["differences"] + [""]
     out += ["## Figures", ""]
+    if record.get("figures_note"):
+        out += [record["figures_note"], ""]
     out += [f"![{f}]({figure_prefix}{f})" + "\n" for f in record["figures"]]
     return "\n".join(out)
 
