@@ -69,6 +69,10 @@ import paper_report as report  # noqa: E402  (a sibling script)
 #: arguments that may differ between the runs: the start range, and what is purely about output
 RANGE_ARGS = ("n_starts", "first_start")
 OUTPUT_ARGS = ("out", "toys")
+#: arguments reproduce_paper.py gained after records were written, at their defaults: a record without one
+#: ran as that default does
+LATER_ARGS = dict(first_start=0, precision="float32", sgan_precision="float32", layout=[], sgan_layout=[],
+                  cudnn_benchmark=False)
 #: arguments of the nonlinear case alone: taken from the one record that holds it
 NONLINEAR_ARGS = ("no_nonlinear", "nonlinear_starts", "epochs_nonlinear")
 #: record fields that are one run's own, joined below; every other field must be equal in every record
@@ -164,7 +168,7 @@ def _check_same_experiment(path, record, ref_path, ref):
             differ(field, record.get(field), ref.get(field))
     skip = set(RANGE_ARGS) | set(OUTPUT_ARGS) | set(NONLINEAR_ARGS)
     for name in sorted(set(record["args"]) | set(ref["args"])):
-        here, there = record["args"].get(name), ref["args"].get(name)
+        here, there = (r["args"].get(name, LATER_ARGS.get(name)) for r in (record, ref))
         if name not in skip and not _same(here, there):
             differ(f"args.{name}", here, there)
     for name in sorted(set(record["prior"]) | set(ref["prior"])):

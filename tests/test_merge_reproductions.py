@@ -342,3 +342,19 @@ def test_one_record_or_an_out_folder_of_a_run_is_refused(tmp_path, capsys):
         assert exc.value.code == 2 and says in capsys.readouterr().err
     original = json.loads(a.read_text())
     assert original["n_starts"] == 2
+
+
+def test_arguments_added_later_are_compared_at_their_defaults(tmp_path, capsys):
+    """A record written before reproduce_paper.py had --precision, --layout ... (the fixture has none of
+    them) joins a later run that ran at their defaults, and is refused beside one that did not."""
+    original = full_record()
+    a, b = part(original, 0, 2), part(original, 2, 5)
+    assert "precision" not in a["args"]
+    b["args"].update(precision="float32", sgan_precision="float32", layout=[], sgan_layout=[], cudnn_benchmark=False)
+    joined = merge.merge([a, b], [write(tmp_path, "a", a), write(tmp_path, "b", b)])
+    assert joined["n_starts"] == 5
+    b["args"]["sgan_layout"] = ["fused_norm"]
+    paths = [write(tmp_path, "c", a), write(tmp_path, "d", b)]
+    with pytest.raises(SystemExit):
+        merge.main([str(p) for p in paths] + ["--out", str(tmp_path / "j")])
+    assert "'args.sgan_layout'" in capsys.readouterr().err
