@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from latentinv.geometry import CrossholeSurvey, Grid2D
-from latentinv.inversion import (NONLINEAR_SETTINGS, LatentInverter, TorchGenerator, _as_seed,
+from latentinv.inversion import (NONLINEAR_SETTINGS, PAPER_CASES, LatentInverter, TorchGenerator, _as_seed,
                                  _initial_latents, _survey_generators, chi_mean, graphed, paper_slowness)
 from latentinv.operators import StraightRayOperator
 from machine_info import code_info, cpu_model  # noqa: E402  (a sibling script)
@@ -187,7 +187,6 @@ def sgan_rate_rows(variants, op, tt, device, rows, *, case="SAnnn", n_surveys=6,
     graph, as a column's does. A column's time (Table 1's 3000 iterations) is projected from it: a
     column measured in full costs minutes per variant. Each row's models are compared with the first
     variant's. Returns the fastest variant (None where none ran). ``cuda_graphs=False``: eager (tests)."""
-    from latentinv.inversion import PAPER_CASES
     Y = np.repeat(np.asarray(tt)[:1], n_surveys, axis=0)
     settings = dict(PAPER_CASES[case])
     reference, timed_rows = None, []
@@ -688,15 +687,17 @@ def kernel_profile(run, device, top=15):
                               share=getattr(e, key) / total) for e in events[:top]])
 
 
-def profile_rows(variants, op, tt, device, rows, n_epochs=1, n_starts=100, top=15):
+def profile_rows(variants, op, tt, device, rows, n_epochs=1, n_starts=100, top=15, settings=None):
     """One row per variant ``(label, generator, cuda_graphs, precision[, step_compile, cudnn_autotune])``
     (no compiled step here): ``kernel_profile`` of one call of ``n_epochs`` after a warm-up call (the
-    capture, for a graph), with cuDNN's autotuner on where the variant asks for it."""
+    capture, for a graph), with cuDNN's autotuner on where the variant asks for it; ``settings``: the
+    inverter's (default: its own, VSbrd's)."""
     for label, generator, graphs, precision, *rest in variants:
         torch.backends.cudnn.benchmark = bool(rest[1:] and rest[1])
         try:
-            est = LatentInverter(generator, op, n_starts=n_starts, n_epochs=n_epochs, random_state=0,
-                                 device=device, cuda_graphs=graphs, precision=precision).fit(tt)
+            est = LatentInverter(generator, op, **dict(settings or {}, n_starts=n_starts, n_epochs=n_epochs,
+                                                       random_state=0, device=device, cuda_graphs=graphs,
+                                                       precision=precision)).fit(tt)
             est.invert(tt)
             prof = kernel_profile(lambda: est.invert(tt), device, top)
         except Exception as exc:
@@ -849,7 +850,7 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
             profile_rows([(f"SGAN, {label}", generator, True, precision, None, autotune)
                           for label, generator, precision, autotune in
                           [sgan_variants(sgan_generator("cuda"))[0]] + ([fastest_sgan] if fastest_sgan else [])],
-                         op, tt, "cuda", rows, n_starts=600)
+                         op, tt, "cuda", rows, n_starts=600, settings=PAPER_CASES["SSbnd"])
         save()
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
         sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
