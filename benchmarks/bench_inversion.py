@@ -226,6 +226,27 @@ def sgan_rate_rows(variants, op, tt, device, rows, *, case="SAnnn", n_surveys=6,
     return min(timed_rows, key=lambda r: r[0])[1] if timed_rows else None
 
 
+def sgan_section(variants, op, tt, device, rows, *, iterations, profile=False, cuda_graphs=True, n_surveys=6,
+                 n_starts=100, save=lambda: None):
+    """``--sgan-rates``: ``sgan_rate_rows`` of ``variants``, a row "sgan fastest" naming the fastest (its
+    precision, autotuner and layout switches: ``benchmarks/gpu_plan.py tables`` reads it), and with
+    ``profile`` the kernel tables of the first variant (the default) and the fastest, one epoch of SSbnd
+    (SGD on mini-batches: uniform latents take no ring regularization) at the columns' rows."""
+    fastest = sgan_rate_rows(variants, op, tt, device, rows, iterations=iterations, cuda_graphs=cuda_graphs,
+                             n_surveys=n_surveys, n_starts=n_starts, save=save)
+    if fastest is not None:
+        label, generator, precision, autotune = fastest
+        net = generator.module.generator
+        rows.append(dict(case="sgan fastest", method=label, precision=precision, cudnn_autotune=autotune,
+                         layout=[n for n in ("channels_last", "fused_norm") if getattr(net, f"layout_{n}")]))
+    if profile:
+        profile_rows([(f"SGAN, {label}", generator, cuda_graphs, precision, None, autotune)
+                      for label, generator, precision, autotune in variants[:1] + ([fastest] if fastest else [])],
+                     op, tt, device, rows, n_starts=n_surveys * n_starts, settings=PAPER_CASES["SSbnd"])
+    save()
+    return fastest
+
+
 def reference_loop(decoder, G_dense, y, z0, lr, lr_decay, lam, lam_decay, batch_size, n_iter, rng):
     """The paper's SGD_DGM for one start (linear case): dense full product, then batch rows."""
     device = G_dense.device
@@ -837,21 +858,9 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
         profile_rows([v[:4] for v in variants[:3]] + ([fastest_layout] if fastest_layout else []),
                      op, tt, "cuda", rows)
         save()
-    fastest_sgan = None
     if sgan_rates:    # the SGAN's step in each layout and precision: what its columns of Tables 3-4 can take
-        fastest_sgan = sgan_rate_rows(sgan_variants(sgan_generator("cuda")), op, tt, "cuda", rows,
-                                      iterations=25 if quick else 100, save=save)
-        if fastest_sgan is not None:
-            label, generator, precision, autotune = fastest_sgan
-            net = generator.module.generator
-            rows.append(dict(case="sgan fastest", method=label, precision=precision, cudnn_autotune=autotune,
-                             layout=[n for n in ("channels_last", "fused_norm") if getattr(net, f"layout_{n}")]))
-        if profile:   # where the SGAN step's time goes: the default float32 graph and the fastest variant
-            profile_rows([(f"SGAN, {label}", generator, True, precision, None, autotune)
-                          for label, generator, precision, autotune in
-                          [sgan_variants(sgan_generator("cuda"))[0]] + ([fastest_sgan] if fastest_sgan else [])],
-                         op, tt, "cuda", rows, n_starts=600, settings=PAPER_CASES["SSbnd"])
-        save()
+        sgan_section(sgan_variants(sgan_generator("cuda")), op, tt, "cuda", rows, iterations=25 if quick else 100,
+                     profile=profile, save=save)
     if tables:    # a VAE case and the two SGAN cases, as the reproduction batches them
         sgan = (sgan_generator("cuda"), "the published SGAN generator's layout, random weights")
         # last, SAnnn in bfloat16: the SGAN's convolutions (512 to 64 channels) are the tensor cores' shapes,

@@ -180,6 +180,30 @@ def test_the_sgan_variants_and_their_rates(monkeypatch):
     assert (rows[1]["channels_last"], rows[1]["fused_norm"]) == (True, True)
 
 
+def test_the_sgan_section_names_its_fastest_variant_for_the_reproduction(tmp_path, monkeypatch):
+    """--sgan-rates's section as the GPU runs it, eager on the CPU: its rate rows, the "sgan fastest" row
+    that gpu_plan.py turns into reproduce_paper.py's options (which its parser takes), and the kernel
+    tables of the default and the fastest variant, with settings the SGAN's uniform latents take."""
+    import gpu_plan
+    import reproduce_paper
+    op, _, tt = bench_inversion._linear_problem("cpu", bench_inversion.paper_decoder("cpu"))
+    variants = bench_inversion.sgan_variants(bench_inversion.sgan_generator("cpu"))
+    seconds = iter([2.0, 1.0])
+    monkeypatch.setattr(bench_inversion, "timed", lambda fn: (next(seconds), fn()))
+    rows = []
+    bench_inversion.sgan_section([variants[0], variants[6]], op, tt, "cpu", rows, iterations=2, profile=True,
+                                 cuda_graphs=False, n_surveys=1, n_starts=2)
+    assert [r["case"] for r in rows] == ["sgan rate", "sgan rate", "sgan fastest", "profile", "profile"]
+    assert rows[2] == dict(case="sgan fastest", method=variants[6][0], precision="float32", cudnn_autotune=True,
+                           layout=["channels_last", "fused_norm"])
+    assert all(r.get("error") is None for r in rows) and rows[3]["n_starts"] == 2
+    assert [r["method"] for r in rows[3:]] == [f"SGAN, {variants[0][0]}", f"SGAN, {variants[6][0]}"]
+    options = gpu_plan.tables_options(dict(rows=rows))
+    assert options == ["--sgan-layout", "channels_last,fused_norm", "--cudnn-benchmark"]
+    args = reproduce_paper.parse_args(options + ["--out", str(tmp_path / "o")])
+    assert args.sgan_layout == ["channels_last", "fused_norm"] and args.cudnn_benchmark
+
+
 def test_later_variants_are_compared_with_an_earlier_calls_reference(problem):
     op, gen, tt = problem
     rows = []
