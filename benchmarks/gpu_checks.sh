@@ -59,7 +59,8 @@
 #   back in parts, sgan.tgz.part-NN; SGAN_DIR: a saved SGAN carried to the machine instead, not trained, its
 #   cases only; SGAN_STARTS: their starts, 100; SGAN_CASES: the cases of that run, "SAnnn,SSbnd" or "all" (every
 #   case of Tables 3-4 in one run, the noisy VSbrd with it); FASTEST=1: in the arithmetic the bench step found
-#   fastest, benchmarks/gpu_plan.py tables), "sampling" (bench_sampling.py on mc2).
+#   fastest, benchmarks/gpu_plan.py tables; SGAN_ARITH: those reproduce_paper.py options given instead),
+#   "sampling" (bench_sampling.py on mc2).
 set -u
 OUT=${OUT:-gpu_checks_out}
 DEADLINE=${DEADLINE:-540}
@@ -335,7 +336,8 @@ if want sgan; then
       N=${SGAN_STARTS:-100}; GR=--cuda-graphs; [ "$DRY" = 1 ] && { N=2; SG="$SG --epochs 2"; GR=; }
       CASES=${SGAN_CASES:-SAnnn,SSbnd}; [ "$CASES" = all ] && CASES=VSnnn,VSbnn,VSbod,VSbrd,SAnnn,SSbnd
       # FASTEST=1: the arithmetic the bench step found fastest (its --layouts and --sgan-rates rows)
-      ARITH=; [ "${FASTEST:-0}" = 1 ] && [ -f "$RESULTS/bench/bench_inversion.json" ] \
+      # (SGAN_ARITH: those options given, e.g. from an earlier call's bench record)
+      ARITH=${SGAN_ARITH:-}; [ -z "$ARITH" ] && [ "${FASTEST:-0}" = 1 ] && [ -f "$RESULTS/bench/bench_inversion.json" ] \
         && ARITH=$($PY benchmarks/gpu_plan.py tables "$RESULTS/bench/bench_inversion.json")
       echo "[$(now) s] sgan: reproduce_paper --cases $CASES, $N starts, arithmetic: ${ARITH:-float32, default kernels}"
       # the VAE prior gives Table 2's thresholds (and draws mv1-mv3 where the published ones are absent)
