@@ -296,3 +296,27 @@ def test_grid_from_pygimli_mesh_says_a_triangle_mesh_is_not_rectilinear():
     grid.createQuadrangle(n[0], n[1], n[4], n[3])
     with pytest.raises(ValueError, match=r"not in pyGIMLi's createGrid order"):
         grid_from_pygimli_mesh(grid)
+
+
+def test_n_threads_set_on_the_operator_reaches_its_engine():
+    """The inverters' workers set ``op.n_threads`` (``parallel.operator_threads``): under the latentinv
+    backend it reached the bridge, not its engine, which kept every CPU; and with the default None the
+    workers' limit was skipped. The attribute is now the engine's resolved count, and sets it; the
+    constructor's value stays what get_params gives (clones are equal)."""
+    import pickle
+
+    from latentinv._cpus import available_cpus
+    from latentinv.inversion.parallel import operator_threads
+    op = PyGimliOperator(GRID, SURVEY, n_secondary_nodes=3, backend="latentinv")
+    assert op.n_threads == op._engine.n_threads == available_cpus()
+    with operator_threads(op, 1):
+        assert op._engine.n_threads == 1 and op.n_threads == 1
+        assert pickle.loads(pickle.dumps(op))._engine.n_threads == 1      # what a worker receives
+        np.testing.assert_allclose(op.response(SLOWNESS_PG), [np.sqrt(5)], rtol=1e-12)
+    assert op._engine.n_threads == available_cpus() and op.get_params()["n_threads"] is None
+    with pytest.raises(ValueError, match="PyGimliOperator: n_threads must be a positive integer or None, got 0"):
+        op.n_threads = 0
+    ours = PyGimliOperator(GRID, SURVEY, n_secondary_nodes=3, backend="pygimli", n_threads=2)
+    with operator_threads(ours, 1):
+        assert ours.n_threads == 1
+    assert ours.n_threads == 2 and ours.get_params()["n_threads"] == 2

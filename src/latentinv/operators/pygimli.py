@@ -224,10 +224,27 @@ class PyGimliOperator(ForwardOperator):
         Threads of the latentinv engine (see :class:`~latentinv.operators.ShortestPathOperator`). A
         positive integer or None under either backend (ValueError otherwise); ``backend="pygimli"``
         ignores it (pyGIMLi's own ``TravelTimeDijkstraModelling`` does the work), as the Python backend
-        of ``ShortestPathOperator`` does.
+        of ``ShortestPathOperator`` does. The attribute ``n_threads`` is the engine's thread count
+        (resolved, as ``ShortestPathOperator``'s: the CPUs available for None), and setting it sets the
+        engine's (what the inverters do in parallel workers); ``get_params`` keeps the value given.
     """
 
     max_slowness_contrast = 1e8   # a graph method, as ShortestPathOperator
+
+    @property
+    def n_threads(self):
+        """The engine's threads (latentinv backend); under pyGIMLi's, the value given (unused there)."""
+        engine = self.__dict__.get("_engine")
+        return engine.n_threads if self._backend_name == "latentinv" and engine is not None else self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value):
+        from .shortest_path import check_n_threads
+        check_n_threads(value, "PyGimliOperator")
+        self._n_threads = value
+        engine = self.__dict__.get("_engine")
+        if self._backend_name == "latentinv" and engine is not None and value is not None:
+            engine.n_threads = int(value)
 
     def __init__(self, grid, survey, n_secondary_nodes=3, backend="latentinv", n_threads=None):
         if backend not in ("latentinv", "pygimli"):
@@ -249,7 +266,8 @@ class PyGimliOperator(ForwardOperator):
         check_n_threads(n_threads, "PyGimliOperator")   # under either backend, as ShortestPathOperator
         self.grid, self.survey = grid, survey
         self.n_secondary_nodes = n_secondary_nodes
-        self.n_threads = n_threads
+        self._backend_name = backend
+        self._n_threads_requested = self._n_threads = n_threads
         self.n_data, self.n_params = survey.n_data, grid.n_cells
         self._jacobian = None
         if backend == "latentinv":
@@ -278,14 +296,13 @@ class PyGimliOperator(ForwardOperator):
             fop.setMesh(mesh, ignoreRegionManager=True)
             self._engine, self._mesh = fop, mesh
             self.backend = "pygimli"
-        self._backend_name = backend
 
     def get_params(self, deep=False):
         """The constructor parameters, by name (as scikit-learn's ``get_params``)."""
         return {"grid": self.grid, "survey": self.survey, "n_secondary_nodes": self.n_secondary_nodes,
-                "backend": self._backend_name, "n_threads": self.n_threads}
+                "backend": self._backend_name, "n_threads": self._n_threads_requested}
 
-    def __reduce__(self):
+    def __reduce__(self):       # the resolved count, as ShortestPathOperator pickles (workers keep it)
         return (PyGimliOperator, (self.grid, self.survey, self.n_secondary_nodes, self._backend_name,
                                   self.n_threads))
 
