@@ -258,7 +258,7 @@ def sgan_patterns(args, results):
     On a GPU (``--sgan-gpu-train``) the published network and schedule are trained instead.
     """
     image, source, exclude = training_image(args)
-    sampler = PatchSampler(image, PAPER_SHAPE, exclude=exclude, random_state=0)
+    sampler = PatchSampler(image, PAPER_SHAPE, exclude=exclude)
     reference = sampler.sample(args.pattern_samples, random_state=1)
     gpu = args.sgan_gpu_train and torch.cuda.is_available()
     t0 = time.perf_counter()
@@ -378,7 +378,7 @@ def main():
     held_out = [(0, 0, PAPER_SHAPE[0], PAPER_SHAPE[1]), (200, 300, PAPER_SHAPE[0], PAPER_SHAPE[1]),
                 (400, 100, PAPER_SHAPE[0], PAPER_SHAPE[1])]
     test = np.stack([image[r:r + h, c:c + w] for r, c, h, w in held_out]).reshape(3, -1)
-    sampler = PatchSampler(image, PAPER_SHAPE, exclude=held_out, random_state=0)
+    sampler = PatchSampler(image, PAPER_SHAPE, exclude=held_out)
     trivial = float(np.sqrt(np.mean((test - image.mean()) ** 2)))
     if args.quick:
         schedules = [("narrow (8,16,32,64)/128", (8, 16, 32, 64), 128, 20, 32),

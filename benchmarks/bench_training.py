@@ -43,8 +43,7 @@ REFERENCE = dict(channels=(32, 64, 128, 256), hidden_size=512, n_components=20, 
 
 
 def fit(device, iterations, precision, seed=0, cuda_graphs=False):
-    sampler = PatchSampler(load_channels_ti(), (129, 65), exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS,
-                           random_state=seed)
+    sampler = PatchSampler(load_channels_ti(), (129, 65), exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS)
     prior = VAEPrior(**REFERENCE, n_iterations=iterations, precision=precision, device=device,
                      random_state=seed, cuda_graphs=cuda_graphs)
     if device.startswith("cuda"):

@@ -61,9 +61,8 @@ def held_out_truths(n, image="procedural", seed=HELD_OUT_SEED):
 
 def training_sampler(image):
     if image == "channels_ti":
-        return PatchSampler(load_channels_ti(), PATCH_SHAPE, exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS,
-                            random_state=0)
-    return PatchSampler([channel_image(s) for s in TRAINING_SEEDS], PATCH_SHAPE, random_state=0)
+        return PatchSampler(load_channels_ti(), PATCH_SHAPE, exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS)
+    return PatchSampler([channel_image(s) for s in TRAINING_SEEDS], PATCH_SHAPE)
 
 
 def main(argv=None):

@@ -1357,3 +1357,33 @@ def test_saving_onto_a_file_says_a_folder_is_expected(tmp_path):
                                               r"existing\) to write config.json and weights.safetensors into"):
         _tiny_fitted().save(target)
     assert target.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("kind", ["vae", "sgan"])
+def test_a_seeded_patch_sampler_given_to_fit_is_said_to_be_unused(kind):
+    """fit draws its crops from the prior's random_state: a sampler's own seed changed nothing (the
+    priors fitted on samplers seeded None and 5 were identical) without a word. Now a UserWarning says
+    so; an unseeded sampler fits quietly, and the crops still follow the prior's seed."""
+    import warnings as _warnings
+
+    from latentinv.datasets import PatchSampler, make_channel_image
+    from latentinv.sgan import SGANPrior
+    image = make_channel_image((48, 40), random_state=1)
+
+    def fitted(sampler_seed):
+        if kind == "vae":
+            prior = VAEPrior(n_components=2, channels=(2, 2, 2, 2), hidden_size=4, batch_size=2, n_iterations=2,
+                             random_state=0, device="cpu")
+        else:
+            prior = SGANPrior(n_filters=2, dilations=(), training_latent_shape=None, batch_size=2, n_iterations=1,
+                              random_state=0, device="cpu")
+        return prior.fit(PatchSampler(image, (33, 17), random_state=sampler_seed))
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error")
+        quiet = fitted(None)
+    with pytest.warns(UserWarning, match=r"the PatchSampler's random_state=5 is not used: fit draws the crops "
+                                         r"from the prior's own random_state"):
+        seeded = fitted(5)
+    a, b = (p.decode(np.zeros((1, p.n_components))) for p in (quiet, seeded))
+    np.testing.assert_array_equal(a, b)

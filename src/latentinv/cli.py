@@ -636,8 +636,7 @@ def _train_demo_prior(iterations, seed, quiet):
     _echo(f"[prior] no shipped prior: training a small fallback VAE ({iterations} iterations on crops "
           "of the paper's training image away from the held-out band and mc1-mc3)", quiet)
     # the shipped prior's exclusions: the demo's truth stays a model the prior never saw
-    sampler = PatchSampler(load_channels_ti(), (129, 65),
-                           exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS, random_state=seed)
+    sampler = PatchSampler(load_channels_ti(), (129, 65), exclude=DEFAULT_PRIOR_EXCLUDED_WINDOWS)
     prior = VAEPrior(channels=(8, 16, 32, 32), hidden_size=64, n_iterations=iterations, batch_size=32,
                      random_state=seed, device="cpu", verbose=int(not quiet))
     return prior.fit(sampler)
@@ -1069,8 +1068,7 @@ def train(image, procedural, image_size, out_path, patch_shape, exclude, iterati
         except ValueError as exc:
             raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="'--exclude'") from None
     try:
-        sampler = PatchSampler(ti, tuple(patch_shape), exclude=[tuple(w) for w in exclude] or None,
-                               random_state=seed)
+        sampler = PatchSampler(ti, tuple(patch_shape), exclude=[tuple(w) for w in exclude] or None)
     except ValueError as exc:     # the library's conditions, named by the options that set them
         image_option = "--image" if image is not None else "--image-size"
         if "larger than image" in str(exc):

@@ -67,6 +67,16 @@ PRETRAINED_IMAGE_SETTINGS = MappingProxyType(dict(shape=(600, 600), density=0.26
 MAX_CHANNELS = 1000
 
 
+def warn_unused_sampler_seed(sampler, owner):
+    """The UserWarning of a prior's ``fit`` given a seeded :class:`PatchSampler`: fit draws the crops from
+    the prior's own ``random_state``, so the sampler's seed (taken to act otherwise) does not."""
+    if sampler.random_state is not None:
+        from ._checks import caller_stacklevel
+        warnings.warn(f"{owner}: the PatchSampler's random_state={sampler.random_state!r} is not used: fit draws "
+                      f"the crops from the prior's own random_state, with the rest of the training's draws (the "
+                      f"sampler's seeds its sample() calls only).", UserWarning, stacklevel=caller_stacklevel())
+
+
 def _rng(random_state, owner):
     """A :class:`numpy.random.Generator` from None, an int >= 0, a Generator or a RandomState."""
     if isinstance(random_state, np.random.Generator):
@@ -555,7 +565,10 @@ class PatchSampler:
         a mapping (e.g. :data:`PAPER_TRUTH_WINDOWS`) stands for its values.
     random_state : int >= 0, numpy Generator/RandomState or None
         Seeds the sampler's own generator (used when :meth:`sample` gets no
-        ``random_state``).
+        ``random_state``). A prior's ``fit`` does not use it: the crops it
+        trains on come from the prior's own ``random_state``, with the rest of
+        its training's draws (a seeded sampler given to ``fit`` gets a
+        UserWarning that says so).
 
     Attributes
     ----------

@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from . import _checkpoint, _storage
 from ._allocator import tune_malloc_for_tensors
 from ._training_step import GraphedTrainingStep, TrainingStep
-from .datasets import PatchSampler
+from .datasets import PatchSampler, warn_unused_sampler_seed
 from .nn.vae import (
     REFERENCE_CHANNELS,
     REFERENCE_HIDDEN_SIZE,
@@ -613,6 +613,7 @@ or PatchSampler
         sampler = None
         if isinstance(X, PatchSampler):
             sampler = X
+            warn_unused_sampler_seed(sampler, name)
             shape = tuple(sampler.patch_shape)
             if self.image_shape is not None and tuple(self.image_shape) != shape:
                 raise ValueError(f"{name}: PatchSampler patch_shape={shape} does not match "

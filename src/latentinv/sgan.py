@@ -58,7 +58,7 @@ from ._common import (
     _saved_device_or_cpu,
     _verify_checksums,
 )
-from .datasets import PatchSampler
+from .datasets import PatchSampler, warn_unused_sampler_seed
 from .nn.sgan import (
     PUBLISHED_DILATIONS,
     PUBLISHED_KERNEL_SIZE,
@@ -367,6 +367,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
     def _crop_source(self, X, name):
         """(images, exclusion windows, sample shape) of the training data."""
         if isinstance(X, PatchSampler):
+            warn_unused_sampler_seed(X, name)
             for attr in ("feature_names_in_",):
                 if hasattr(self, attr):
                     delattr(self, attr)
