@@ -79,11 +79,11 @@ def paper_decoder(device, seed=0):
 
 
 #: ConvDecoder's layout switches (``layout_<name>``), as reproduce_paper.py's --layout names them
-LAYOUT_NAMES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm")
+LAYOUT_NAMES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm", "compose_fc")
 
 
 def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False, subpixel=False,
-                   fused_norm=False):
+                   fused_norm=False, compose_fc=False):
     """A copy of ``decoder`` (a ``ConvDecoder``) with its layout switches set (``layout_channels_last``,
     ``layout_group_norm``, ``layout_fold_last``, ``layout_subpixel``), for the GPU rows that ask which
     layout cuDNN runs fastest (the CUDA graph's 1.24 ms per iteration on an H200 was not broken down):
@@ -92,10 +92,11 @@ def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=Fal
     to one channel, is the shape oneDNN ran at 13 GFLOP/s on the CPU (hence the CPU's folded path); a
     strided transposed convolution runs as cuDNN's backward-data kernel, its sub-pixel form as stride-1
     convolutions; ``fused_norm``: each instance norm + ReLU as kernels torch.compile generates (the norms
-    were a quarter of the graph's device time on an H200)."""
+    were a quarter of the graph's device time on an H200); ``compose_fc``: the two fully-connected layers
+    as one product (float32 FFMA GEMMs, these layers' or the full-data record's, were 6 % of that time)."""
     out = copy.deepcopy(decoder)
     out.layout_channels_last, out.layout_group_norm, out.layout_fold_last = channels_last, group_norm, fold_last
-    out.layout_subpixel, out.layout_fused_norm = subpixel, fused_norm
+    out.layout_subpixel, out.layout_fused_norm, out.layout_compose_fc = subpixel, fused_norm, compose_fc
     return out
 
 
@@ -104,13 +105,13 @@ def layout_variants(decoder, which="all"):
     experiment for ``layout_decoder``'s switches: each alone in float32; channels-last, group norm and
     the last layer folded in float32, and with cuDNN's autotuner in float32 and bfloat16; the same with
     the sub-pixel convolutions instead of the folded last layer, and with all four, autotuned; the
-    compiled norms alone in float32, and with channels-last maps and the folded last layer, autotuned,
-    in float32 and bfloat16. ``which="fused"``: the three rows of the compiled norms and, beside them,
+    compiled norms alone in float32, and with channels-last maps, the folded last layer and the composed
+    fully-connected layers, autotuned, in float32 and bfloat16. ``which="fused"``: the three rows of the compiled norms and, beside them,
     the fastest row of the H200's calls of 2026-11-30 (bfloat16, channels-last, group norm, folded)."""
     gen = lambda **kw: TorchGenerator(layout_decoder(decoder, **kw), 20)
     every = gen(channels_last=True, group_norm=True, fold_last=True)
     phases = gen(channels_last=True, group_norm=True, subpixel=True)
-    fused_every = gen(channels_last=True, fused_norm=True, fold_last=True)
+    fused_every = gen(channels_last=True, fused_norm=True, fold_last=True, compose_fc=True)
     label = "CUDA graph, {}, channels-last decoder, group norm, {}{}"
     folded, subpixel = "last layer folded", "sub-pixel convolutions"
     rows = [("CUDA graph, float32, channels-last decoder", gen(channels_last=True), True, "float32", None),
@@ -125,7 +126,7 @@ def layout_variants(decoder, which="all"):
             (label.format("float32", f"{subpixel}, {folded}", ", cuDNN autotuned"),
              gen(channels_last=True, group_norm=True, fold_last=True, subpixel=True), True, "float32", None, True),
             ("CUDA graph, float32, fused norms", gen(fused_norm=True), True, "float32", None)] + [
-            (f"CUDA graph, {precision}, channels-last decoder, fused norms, {folded}, cuDNN autotuned",
+            (f"CUDA graph, {precision}, channels-last decoder, fused norms, {folded}, composed fc, cuDNN autotuned",
              fused_every, True, precision, None, True) for precision in ("float32", "bfloat16")]
     if which == "fused":
         return [rows[6]] + rows[-3:]

@@ -341,7 +341,7 @@ def get_prior(args, ti):
                            training_s=0.0, iterations=iterations)
     channels = (8, 16, 32, 32) if args.small else (32, 64, 128, 256)
     hidden = 64 if args.small else 512
-    sampler = PatchSampler(ti, (129, 65), exclude=EXCLUSIONS[args.exclusion], random_state=args.seed)
+    sampler = PatchSampler(ti, (129, 65), exclude=EXCLUSIONS[args.exclusion])      # fit draws with the prior's seed
     print(f"[prior] training {args.iterations} iterations, batch {args.batch_size}, channels "
           f"{channels}, on {ti.shape} crops avoiding the {args.exclusion} exclusion windows "
           f"({int(np.sum(sampler.n_valid))} admissible corners)")
@@ -433,7 +433,7 @@ def get_sgan(args):
 
 #: the decoders' layout switches (``layout_<name>`` of ConvDecoder and of SpatialGenerator): other kernels for
 #: the same network on a GPU (``benchmarks/bench_inversion.py --layouts``, ``--sgan-rates``)
-LAYOUT_SWITCHES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm")
+LAYOUT_SWITCHES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm", "compose_fc")
 SGAN_LAYOUT_SWITCHES = ("channels_last", "fused_norm")
 
 

@@ -59,13 +59,14 @@ def _decoder():
 
 @pytest.mark.parametrize("others", [False, True])
 def test_decoder_fused_norm_switch_equals_the_modules(others, monkeypatch):
-    """``layout_fused_norm`` (alone, and with channels-last maps and the folded last layer): every
+    """``layout_fused_norm`` (alone, and with channels-last maps, the folded last layer and the composed
+    fully-connected layers, whose composition is cached on the module): every
     instance norm + ReLU through the compiled kernels, and models and latent gradients those of the
     modules in float64 to float32 round-off."""
     plain = _decoder()
     switched = copy.deepcopy(plain)
     switched.layout_fused_norm = True
-    switched.layout_channels_last = switched.layout_fold_last = others
+    switched.layout_channels_last = switched.layout_fold_last = switched.layout_compose_fc = others
     calls = []
     real = fused.norm_relu
     monkeypatch.setattr(fused, "norm_relu", lambda h, eps: calls.append(tuple(h.shape)) or real(h, eps))
@@ -75,6 +76,7 @@ def test_decoder_fused_norm_switch_equals_the_modules(others, monkeypatch):
     x = switched(zf)
     (grad,) = torch.autograd.grad(x, zf, g.float())
     assert len(calls) == 3                  # the three hidden layers' norms
+    assert ("_latentinv_composed" in switched.fc.__dict__) == others
     exact = copy.deepcopy(plain).double()
     zd = z.double().requires_grad_(True)
     xd = exact(zd)

@@ -261,7 +261,7 @@ def test_cuda_graphs_with_the_decoders_layout_switches(channels_last, group_norm
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_cuda_graphs_with_the_compiled_norms(network, precision):
     """The decoders' compiled norms (Triton kernels on CUDA), with channels-last maps (and the VAE's last
-    layer folded), captured in a CUDA graph: they compile in the warm-up steps, before the capture, and
+    layer folded and fully-connected layers composed), captured in a CUDA graph: they compile in the warm-up steps, before the capture, and
     the answers are the default layout's (float32 arithmetic for the comparison)."""
     import copy
     from latentinv.geometry import CrossholeSurvey, Grid2D
@@ -273,6 +273,7 @@ def test_cuda_graphs_with_the_compiled_norms(network, precision):
         decoder = ConvDecoder((65, 33), 6, (4, 8, 8, 16)).to("cuda").eval().requires_grad_(False)
         switched = copy.deepcopy(decoder)
         switched.layout_channels_last = switched.layout_fold_last = switched.layout_fused_norm = True
+        switched.layout_compose_fc = True
         op = StraightRayOperator(Grid2D(65, 33, 0.2), CrossholeSurvey.paper(0.01, 6.49))
         gen, gen_switched = TorchGenerator(decoder, 6), TorchGenerator(switched, 6)
         settings = {}
