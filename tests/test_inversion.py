@@ -377,6 +377,25 @@ def test_same_seed_same_result_and_survey_independence(problem):
     assert not np.allclose(a.latent_norm_history[0, :, 5], a.latent_norm_history[2, :, 5])
 
 
+@pytest.mark.parametrize("random_state", [None, np.random.RandomState(4), 7])
+def test_a_run_repeats_from_its_results_replay_random_state(problem, random_state):
+    """result.settings["seed"] is the engine's seed, not a random_state: a run of random_state=None could
+    not be repeated from its result. settings["replay_random_state"], given as random_state, repeats the
+    call bit for bit (for an int it is the int itself, so the runs of int seeds are unchanged)."""
+    op, gen, _, _, tt = problem
+    params = dict(n_epochs=2, batch_size=6, n_starts=3, device="cpu")
+    first = LatentInverter(gen, op, random_state=random_state, **params).fit(tt).invert(tt)
+    replay = first.settings["replay_random_state"]
+    assert isinstance(replay, int) and (replay == 7 if random_state == 7 else True)
+    again = LatentInverter(gen, op, random_state=replay, **params).fit(tt).invert(tt)
+    assert again.settings["seed"] == first.settings["seed"] and again.settings["replay_random_state"] == replay
+    np.testing.assert_array_equal(again.models, first.models)
+    np.testing.assert_array_equal(again.data_rmse_history, first.data_rmse_history)
+    if random_state == 7:     # an int's seed is what it was before the replay was recorded
+        from latentinv.inversion.randomness import as_seed
+        assert first.settings["seed"] == as_seed(7)
+
+
 @pytest.mark.parametrize("gradient, noise, optimizer", [("paper", None, "sgd"), ("exact", 0.05, "adam")])
 def test_pipelined_raytracing_gives_the_same_numbers(problem, gradient, noise, optimizer, monkeypatch):
     """The C++ raytracer's background jobs (batch sources first, the rest during the step) change

@@ -110,6 +110,15 @@ def _method_params(method):
     return dict(method=method, n_leapfrog=N_LEAPFROG) if method == "hmc" else dict(method=method)
 
 
+def test_a_sampling_repeats_from_its_replay_random_state():
+    """As the inverter's: random_state=None, then the result's replay_random_state, gives the same chains."""
+    op, gen, _, _, y = _linear_problem()
+    params = dict(n_chains=2, n_burnin=5, n_samples=5, noise_std=0.1)
+    first = _sampler(gen, op, random_state=None, **params).fit(y[None]).sample(y[None])
+    again = _sampler(gen, op, random_state=first.settings["replay_random_state"], **params).fit(y[None]).sample(y[None])
+    np.testing.assert_array_equal(again.samples, first.samples)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_gaussian_posterior_matches_closed_form(method):
     sigma = 0.1

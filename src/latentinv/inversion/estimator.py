@@ -16,7 +16,7 @@ from . import graphed
 from .base import LatentEstimatorBase, engine_tags
 from .equations import has_a_medium, paper_slowness
 from .parallel import run_chunks, survey_chunks
-from .randomness import EpochStreams, as_seed
+from .randomness import EpochStreams, replayable_seed
 from .result import InversionResult
 from .runtime import torch_threads
 from .sgd import SGDSettings, run_sgd
@@ -405,7 +405,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         sigma = self._check_params(self.operator_.n_data)
         self._warn_if_off_scale(Y, sigma)
         # once per call: every chunk starts from the same latents
-        seed = as_seed(self.random_state, type(self).__name__)
+        seed, replay = replayable_seed(self.random_state, type(self).__name__)
         chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)
         if len(chunks) == 1:
             result = self._run(Y, sigma, seed)
@@ -415,6 +415,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             result = InversionResult.concatenate(parts)
             if "bfloat16_rmse_change" in result.settings:
                 self._warn_if_precision_moved(result.settings["bfloat16_rmse_change"])
+        result.settings["replay_random_state"] = replay     # random_state=replay repeats this call
         from ..baselines import homogeneous_fit
         result.homogeneous_slowness, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
         self._warn_if_no_better_than_homogeneous(result)

@@ -123,6 +123,8 @@ class PosteriorResult:
         Wall time of the sampling (s).
     method : str
     settings : dict
+        The sampler's parameters, its seed and the chains' settings; ``replay_random_state`` is the
+        int that, given as ``random_state``, repeats the call.
     homogeneous_rmse : ndarray of shape (n_surveys,) or None
         Data RMSE (ns) of the best homogeneous-velocity model of each survey (the baseline of
         :mod:`latentinv.baselines`), set by :meth:`LatentSampler.sample`.

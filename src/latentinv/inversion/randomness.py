@@ -17,6 +17,19 @@ def as_seed(random_state, owner="random_state"):
     return int(check_random_state(random_state, owner).randint(np.iinfo(np.int32).max))
 
 
+def replayable_seed(random_state, owner="random_state"):
+    """``(seed, replay)``: the engine's int seed for ``random_state``, and the int that, given as
+    ``random_state``, gives the same seed again: an int is its own replay; None and a RandomState
+    give one int drawn from them first (so a run of ``random_state=None`` can be repeated from its
+    result's ``settings["replay_random_state"]``)."""
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        replay = as_seed(random_state, owner)
+    else:
+        check_random_state(random_state, owner)
+        replay = int(random_state)
+    return as_seed(replay, owner), replay
+
+
 def initial_latents(seed, n_starts, n_components, latent_distribution):
     """The ``n_starts`` initial latents (float32, CPU), the same for every survey.
 

@@ -51,7 +51,9 @@ class InversionResult:
     pruned : ndarray of bool, shape (n_surveys, n_starts)
         Dropped by successive halving (``prune="halving"``); its selected model is its best before.
     settings : dict
-        The parameters of the run, its seed, number of iterations and device.
+        The parameters of the run, its seed, number of iterations and device; ``replay_random_state``
+        is the int that, given as ``random_state``, repeats the call (the int given, or the one drawn
+        for ``random_state=None`` or a RandomState).
     homogeneous_slowness : ndarray of shape (n_surveys,) or None
         Slowness (ns/m) of the best homogeneous-velocity model of each survey's data
         (:func:`latentinv.baselines.homogeneous_fit`, weighted by ``1 / noise_std**2`` when given).

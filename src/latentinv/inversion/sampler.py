@@ -23,7 +23,7 @@ from .history import History
 from .mcmc import (INITIAL_STEP, KERNELS, TARGET_ACCEPTANCE, ChainStreams, Preconditioner, StepAdaptation,
                    adaptation_windows, evaluate, from_latent)
 from .posterior import CHANNEL_THRESHOLD, RHAT_LIMIT, PosteriorResult
-from .randomness import as_seed, survey_generators
+from .randomness import replayable_seed, survey_generators
 
 __all__ = ["LatentSampler", "run_chains"]
 
@@ -420,7 +420,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         dev = self.device_
         S, K, d = len(Y), int(self.n_chains), self.n_components_
         uniform = self.latent_distribution_ == "uniform"
-        seed = as_seed(self.random_state, type(self).__name__)
+        seed, replay = replayable_seed(self.random_state, type(self).__name__)
         problem = self._problem(Y, sigma, allow_pending=False, nonlinear_gradient="exact")
         kernel = KERNELS[self.method].for_sampler(self)
         cfg = ChainSettings(
@@ -446,6 +446,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         elapsed = time.perf_counter() - t0
         result = self._result(history, moments, kept, acceptance, step, cfg, seed, elapsed, S, K, d,
                               kernel.evaluations_per_iteration)
+        result.settings["replay_random_state"] = replay     # random_state=replay repeats this call
         _warn_if_chains_disagree(result, type(self).__name__)
         return result
 
