@@ -12,7 +12,9 @@ The statistics are float32 whatever the map's dtype (bfloat16 under autocast: th
 takes bfloat16 anyway), and the result has the map's dtype. Each shape is its own compiled kernel
 (``dynamic=False``): the decoders have a few layers and one batch size per run. Compilation happens at
 the first call of a shape (seconds): an inversion replayed from a CUDA graph compiles in its warm-up
-steps, before the capture.
+steps, before the capture. Their backward is not differentiable again (torch.compile's): a second
+derivative through them (``create_graph=True``) is torch's error, so the switches that use them are for
+the inversion's first-order steps.
 """
 from __future__ import annotations
 
