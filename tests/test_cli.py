@@ -825,22 +825,28 @@ def test_sample_writes_posterior_files(tiny_prior, tmp_path, method, preconditio
     _png(out / "posterior.png")
 
 
-def test_sample_starts_from_sgd_for_one_survey_only(tiny_prior, tmp_path):
-    """--sgd-epochs starts every chain from one survey's SGD solutions (LatentSampler takes one set of
-    initial latents): with several surveys the others' chains would start far from their posteriors,
-    so it is a usage error there."""
+def test_sample_starts_each_survey_from_its_own_sgd(tiny_prior, tmp_path):
+    """--sgd-epochs starts each survey's chains from its own SGD solutions, in one call (it was a usage
+    error for several surveys: LatentSampler took one set of initial latents): the two-survey run's
+    chains are those of each survey sampled alone."""
     prior_dir, prior = tiny_prior
     op, data = _paper_linear_data(prior, n=2)
     np.save(tmp_path / "two.npy", data)
-    np.save(tmp_path / "one.npy", data[:1])
     args = ["--prior", str(prior_dir), "--noise-std", "0.5", "--chains", "2", "--burnin", "4", "--samples", "4",
-            "--sgd-epochs", "1", "--device", "cpu", "--quiet"]
+            "--sgd-epochs", "1", "--device", "cpu", "--quiet", "--seed", "3"]
     res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "two.npy"), "--out", str(tmp_path / "a"), *args])
-    _fails(res, "holds 2 surveys: sample one survey per call with --sgd-epochs", 2)
-    res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / "one.npy"), "--out", str(tmp_path / "b"), *args])
     _ok(res)
-    report = json.loads((tmp_path / "b" / "posterior.json").read_text())
-    assert report["settings"]["sgd_epochs"] == 1 and np.shape(report["diagnostics"]["rhat"]) == (1, 4)
+    report = json.loads((tmp_path / "a" / "posterior.json").read_text())
+    assert report["settings"]["sgd_epochs"] == 1 and np.shape(report["diagnostics"]["rhat"]) == (2, 4)
+    both = np.load(tmp_path / "a" / "posterior.npz")["samples"]          # (surveys, chains, kept, d)
+    for s in range(2):
+        np.save(tmp_path / f"one{s}.npy", data[s:s + 1])
+        res = CliRunner().invoke(cli.main, ["sample", str(tmp_path / f"one{s}.npy"), "--out", str(tmp_path / f"b{s}"),
+                                            *args])
+        _ok(res)
+        alone = json.loads((tmp_path / f"b{s}" / "posterior.json").read_text())
+        np.testing.assert_allclose(alone["diagnostics"]["rhat"][0], report["diagnostics"]["rhat"][s], rtol=1e-4)
+        np.testing.assert_allclose(np.load(tmp_path / f"b{s}" / "posterior.npz")["samples"][0], both[s], atol=1e-5)
 
 
 def test_sample_needs_the_noise_and_names_its_files(tiny_prior, tmp_path):

@@ -110,6 +110,34 @@ def _method_params(method):
     return dict(method=method, n_leapfrog=N_LEAPFROG) if method == "hmc" else dict(method=method)
 
 
+def test_each_survey_starts_from_its_own_latents_in_one_call():
+    """initial_latents of shape (n_surveys, n_chains, d): each survey's chains start from its own array
+    (here each survey's SGD solutions, initial_latents_from(survey="all")), in one batched call whose
+    chains are those of one call per survey; another number of surveys than X's is a ValueError, and a
+    3-D array is the sampler's alone (the inverter refuses it)."""
+    op, gen, _, _, y = _linear_problem()
+    Y = np.stack([y, y + 0.3])
+    sgd = LatentInverter(gen, op, n_starts=4, n_epochs=2, batch_size=5, random_state=0, device="cpu",
+                         slowness_map=identity).fit(Y).invert(Y)
+    starts = LatentSampler.initial_latents_from(sgd, 3, survey="all")
+    assert starts.shape == (2, 3, 3) and not np.allclose(starts[0], starts[1])
+    params = dict(n_chains=3, n_burnin=0, n_samples=4, noise_std=0.1, step_size=1e-9, adapt_preconditioner=False)
+    both = _sampler(gen, op, initial_latents=starts, **params).fit(Y).sample(Y)
+    np.testing.assert_allclose(both.samples[:, :, 0], starts, atol=1e-5)     # a vanishing step: at the starts
+    for s in range(2):
+        alone = _sampler(gen, op, initial_latents=starts[s], **params).fit(Y[s:s + 1]).sample(Y[s:s + 1])
+        np.testing.assert_allclose(both.samples[s], alone.samples[0], atol=1e-6)
+    with pytest.raises(ValueError, match=r"LatentSampler: initial_latents holds starting latents for 2 surveys, "
+                                         r"but X has 1"):
+        _sampler(gen, op, initial_latents=starts, **params).fit(Y[:1]).sample(Y[:1])
+    with pytest.raises(ValueError, match=r"LatentInverter: initial_latents must have shape \(n_starts, "
+                                         r"n_components\) = \(3, 3\), got \(2, 3, 3\)"):
+        LatentInverter(gen, op, n_starts=3, batch_size=5, initial_latents=starts, device="cpu",
+                       slowness_map=identity).fit(Y)
+    with pytest.raises(ValueError, match=r"or \(n_surveys, 3, 3\), one array per survey of X, got \(2, 2, 3\)"):
+        _sampler(gen, op, initial_latents=starts[:, :2], **params).fit(Y)
+
+
 def test_a_sampling_repeats_from_its_replay_random_state():
     """As the inverter's: random_state=None, then the result's replay_random_state, gives the same chains."""
     op, gen, _, _, y = _linear_problem()
@@ -698,8 +726,8 @@ def test_chains_start_from_sgd_solutions_and_are_reproducible():
     np.testing.assert_allclose(first.samples[0, :, 0], z0, atol=1e-6)
     again = _sampler(gen, op, **kw).fit(y[None]).sample(y[None])
     np.testing.assert_array_equal(first.samples, again.samples)
-    for survey in (2, -1, True, 0.5, "0"):
-        with pytest.raises(ValueError, match=rf"survey must be an int in \[0, 1\), got {survey!r}"):
+    for survey in (2, -1, True, 0.5, "0", "ALL"):
+        with pytest.raises(ValueError, match=rf"survey must be an int in \[0, 1\) or 'all', got {survey!r}"):
             LatentSampler.initial_latents_from(res, 5, survey=survey)
     for n_chains in (0, -1, 2.0, "3", True):
         with pytest.raises(ValueError, match=rf"n_chains must be an int >= 1, got {n_chains!r}"):
@@ -1353,8 +1381,10 @@ def test_initial_latents_from_a_posterior_are_its_chains_last_draws():
     res = PosteriorResult(**{f: None for f in PosteriorResult.__dataclass_fields__ if f not in ("settings",)})
     res.samples = samples
     np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 4, survey=1), samples[1, [0, 1, 2, 0], -1])
-    with pytest.raises(ValueError, match=r"survey must be an int in \[0, 2\), got 2"):
+    with pytest.raises(ValueError, match=r"survey must be an int in \[0, 2\) or 'all', got 2"):
         LatentSampler.initial_latents_from(res, 3, survey=2)
+    np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 4, survey="all"),
+                                  samples[:, [0, 1, 2, 0], -1])
     for bad in (samples[0, :, -1], SimpleNamespace(latents=samples[0])):
         with pytest.raises(TypeError, match="result must be an InversionResult .*LatentInverter.invert.* or a "
                                             "PosteriorResult .*, got (ndarray|SimpleNamespace)"):

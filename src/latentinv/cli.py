@@ -1342,8 +1342,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
               help="Draws kept per chain.")
 @click.option("--thin", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--sgd-epochs", type=click.IntRange(0), default=0, show_default=True,
-              help="Start the chains from a short SGD (that many epochs, one start per chain: its "
-                   "lowest-misfit starts; one survey only); 0: from the prior.")
+              help="Start the chains from a short SGD (that many epochs, one start per chain: each "
+                   "survey's chains from its own lowest-misfit starts); 0: from the prior.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               callback=_check_out_dir, default="latentinv-sample",
               show_default=True)
@@ -1395,20 +1395,14 @@ def sample(traveltimes, noise_std, geometry, prior_spec, operator_kind, n_second
     with _echoed_baseline_warnings(warning_messages, also=(ConvergenceWarning,)):
         t0 = time.perf_counter()
         initial = None
-        if sgd_epochs and len(data) > 1:
-            # LatentSampler takes one set of initial latents for every survey: from the first survey's
-            # SGD solutions, the other surveys' chains would start far from their own posteriors
-            raise click.BadParameter(
-                f"the chains start from one survey's SGD solutions, and {traveltimes} holds {len(data)} "
-                "surveys: sample one survey per call with --sgd-epochs, or use --sgd-epochs 0 (starts "
-                "drawn from the prior)", param_hint="--sgd-epochs")
         if sgd_epochs:
             settings = _sgd_settings(operator_kind, prior)
             settings.update(n_epochs=sgd_epochs, batch_size=min(25, survey.n_data), n_starts=chains)
             _echo(f"[sample] SGD starts: {chains} x {sgd_epochs} epochs", quiet)
             sgd = LatentInverter(prior, op, slowness_map=slowness_map, random_state=seed,
                                  device=device, **settings).fit(data)
-            initial = LatentSampler.initial_latents_from(sgd.invert(data), chains)
+            # each survey's chains from its own SGD solutions, in one call
+            initial = LatentSampler.initial_latents_from(sgd.invert(data), chains, survey="all")
         _echo(f"[sample] {len(data)} survey(s) x {survey.n_data} data, {_operator_text(op)}, "
               f"{method}: {chains} chains x ({burnin} + {samples * thin}) iterations", quiet)
         sampler = LatentSampler(prior, op, slowness_map=slowness_map, method=method,

@@ -349,9 +349,13 @@ class LatentEstimatorBase(BaseEstimator):
                 f"of the prior's models ({typical:.3g} ns), outside [{low:g}, {high:g}]: check that it is in ns, "
                 f"as the traveltimes are", DataScaleWarning, stacklevel=caller_stacklevel())
 
+    #: whether ``initial_latents`` may hold one array per survey, ``(n_surveys, n_rows, d)``
+    _per_survey_starts = False
+
     def _check_initial_latents(self, d):
-        """``initial_latents`` as a float32 tensor (n_rows, d), or None to draw them (``n_rows``: the
-        parameter named by ``_rows_param``, ``n_starts`` or ``n_chains``)."""
+        """``initial_latents`` as a float32 tensor (n_rows, d), or (n_surveys, n_rows, d) where the
+        estimator takes one array per survey (``_per_survey_starts``), or None to draw them (``n_rows``:
+        the parameter named by ``_rows_param``, ``n_starts`` or ``n_chains``)."""
         rows = self._rows_param
         if self.initial_latents is None:
             return None
@@ -365,9 +369,11 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: initial_latents must be a real numeric array of shape ({rows}, {d}), "
                              f"got {type(self.initial_latents).__name__} ({err})") from None
         n_rows = getattr(self, rows)
-        if z.shape != (int(n_rows), d):
-            raise ValueError(f"{name}: initial_latents must have shape ({rows}, n_components) = "
-                             f"({n_rows}, {d}), got {z.shape}")
+        per_survey = self._per_survey_starts and z.ndim == 3
+        if z.shape[-2:] != (int(n_rows), d) or not (z.ndim == 2 or per_survey):
+            raise ValueError(f"{name}: initial_latents must have shape ({rows}, n_components) = ({n_rows}, {d})"
+                             + (f" or (n_surveys, {n_rows}, {d}), one array per survey of X"
+                                if self._per_survey_starts else "") + f", got {z.shape}")
         if not np.isfinite(z).all():
             raise ValueError(f"{name}: initial_latents must be finite, got NaN or infinity")
         return torch.tensor(np.ascontiguousarray(z), dtype=torch.float32)
@@ -475,9 +481,17 @@ class LatentEstimatorBase(BaseEstimator):
                        what=f"{n_surveys} surveys x {self._rows_param}={rows} = {n_surveys * rows} rows",
                        advice=lambda room: advice(int(room // (per_row * rows))))
 
-    def _start_latents(self, seed):
+    def _start_latents(self, seed, n_surveys):
+        """The rows' starting latents ``(n_surveys * n_rows, d)``: ``initial_latents`` (one array for every
+        survey, or one per survey), else drawn from ``seed``, the same for every survey."""
         z0 = self.initial_latents_
         if z0 is None:
             z0 = initial_latents(seed, int(getattr(self, self._rows_param)), self.n_components_,
                                  self.latent_distribution_)
-        return z0
+        if z0.dim() == 2:
+            return z0.repeat(n_surveys, 1)
+        if z0.shape[0] != n_surveys:
+            raise ValueError(f"{type(self).__name__}: initial_latents holds starting latents for {z0.shape[0]} "
+                             f"surveys, but X has {n_surveys}; give one array per survey of X, or one "
+                             f"({getattr(self, self._rows_param)}, {z0.shape[-1]}) array for every survey")
+        return z0.reshape(-1, z0.shape[-1])

@@ -487,7 +487,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         # a background engine's workers take the cores; torch's CPU threads would contend with them (on
         # CUDA too: the CPU side there is a few small operations, and OpenMP workers spin after each)
         with torch_threads(1 if problem.pending else None):
-            z0 = self._start_latents(seed).repeat(S, 1).to(dev)
+            z0 = self._start_latents(seed, S).to(dev)
             if self.cuda_graphs or self._static_step:
                 history, stopping = graphed.run_sgd_static(problem, z0, streams, cfg, capture=self.cuda_graphs,
                                                            check_first=check, progress=progress)

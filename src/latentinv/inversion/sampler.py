@@ -221,9 +221,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         reference Gaussian needs a mean, nor ``"de"``, whose moves use no covariance.
         ``"auto"``: ``"gauss-newton"`` for the gradient methods (``"mala"``, ``"de-mala"``,
         ``"hmc"``), ``"empirical"`` for the others.
-    initial_latents : array-like of shape (n_chains, n_components), default=None
-        Starting latents (the same for every survey), e.g. SGD solutions from
-        :meth:`initial_latents_from`; None: draws from the latent prior. For a prior with uniform
+    initial_latents : array-like of shape (n_chains, n_components) or (n_surveys, n_chains, n_components), default=None
+        Starting latents, the same for every survey, or one array per survey of X (a ValueError at
+        ``sample`` when X has another number of surveys), e.g. SGD solutions from
+        :meth:`initial_latents_from` (``survey="all"``: each survey's own, in one batched call);
+        None: draws from the latent prior. For a prior with uniform
         latents, values outside (-1, 1) (e.g. SGD solutions of ``clip_resample="normal"``) start
         just inside the box's edge (1e-6 from it: the chains move in the erf-whitened space).
     noise_std : float or array-like of shape (n_data,)
@@ -259,6 +261,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     """
 
     _rows_param = "n_chains"
+    _per_survey_starts = True
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, method="pcn", n_chains=8,
                  n_samples=500, n_burnin=500, thin=1, step_size=None, target_acceptance=None,
@@ -393,7 +396,8 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         latents of the ``n_chains`` lowest-misfit starts of ``survey`` (taken again in turn when
         there are fewer starts than chains); or from a :class:`PosteriorResult` (to run its chains
         on): the last kept draw of each chain of ``survey``, taken again in turn when there are fewer
-        chains."""
+        chains. ``survey="all"``: each survey's, ``(n_surveys, n_chains, n_components)``, for one
+        ``sample`` call over the same surveys."""
         name = "LatentSampler.initial_latents_from"
         posterior = isinstance(result, PosteriorResult)
         if not posterior and not (hasattr(result, "latents") and hasattr(result, "data_rmse")):
@@ -402,8 +406,10 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         latents = np.asarray(result.samples[:, :, -1] if posterior else result.latents)
         if not is_int(n_chains, 1):
             raise ValueError(f"{name}: n_chains must be an int >= 1, got {n_chains!r}")
+        if isinstance(survey, str) and survey == "all":
+            return np.stack([LatentSampler.initial_latents_from(result, n_chains, s) for s in range(latents.shape[0])])
         if not (is_int(survey, 0) and survey < latents.shape[0]):
-            raise ValueError(f"{name}: survey must be an int in [0, {latents.shape[0]}), got {survey!r}")
+            raise ValueError(f"{name}: survey must be an int in [0, {latents.shape[0]}) or 'all', got {survey!r}")
         if posterior:
             return latents[survey][np.arange(int(n_chains)) % latents.shape[1]].copy()
         order = np.argsort(np.where(np.isfinite(result.data_rmse[survey]), result.data_rmse[survey], np.inf),
@@ -437,7 +443,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         gens = [survey_generators(seed, y, K) for y in Y]
         streams = ChainStreams(([g for pair in gens for g in pair[0]], [g for pair in gens for g in pair[1]]),
                                d, dev, problem.dtype)
-        u0 = from_latent(self._start_latents(seed), uniform).to(problem.dtype).repeat(S, 1).to(dev)
+        u0 = from_latent(self._start_latents(seed, S), uniform).to(problem.dtype).to(dev)
         check = lambda x, s: self._check_generator_output(x, s, "at the initial latents of the chains")
         progress = f"{type(self).__name__} ({S} surveys x {K} chains)" if self.verbose else None
         t0 = time.perf_counter()
