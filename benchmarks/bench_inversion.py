@@ -78,10 +78,6 @@ def paper_decoder(device, seed=0):
     return ConvDecoder((129, 65), 20).to(device).eval().requires_grad_(False)
 
 
-#: ConvDecoder's layout switches (``layout_<name>``), as reproduce_paper.py's --layout names them
-LAYOUT_NAMES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm", "compose_fc")
-
-
 def layout_decoder(decoder, channels_last=False, group_norm=False, fold_last=False, subpixel=False,
                    fused_norm=False, compose_fc=False):
     """A copy of ``decoder`` (a ``ConvDecoder``) with its layout switches set (``layout_channels_last``,
@@ -239,7 +235,7 @@ def sgan_section(variants, op, tt, device, rows, *, iterations, profile=False, c
         label, generator, precision, autotune = fastest
         net = generator.module.generator
         rows.append(dict(case="sgan fastest", method=label, precision=precision, cudnn_autotune=autotune,
-                         layout=[n for n in ("channels_last", "fused_norm") if getattr(net, f"layout_{n}")]))
+                         layout=[n for n in net.LAYOUT_SWITCHES if getattr(net, f"layout_{n}")]))
     if profile:
         profile_rows([(f"SGAN, {label}", generator, cuda_graphs, precision, None, autotune)
                       for label, generator, precision, autotune in variants[:1] + ([fastest] if fastest else [])],
@@ -850,7 +846,8 @@ def bench_gpu(quick, rows, compile_decoder=False, save=lambda: None, autotune=Fa
             label, generator, _, precision, _, *autotune = fastest_layout
             rows.append(dict(case="vae fastest", method=label, precision=precision,
                              cudnn_autotune=bool(autotune and autotune[0]),
-                             layout=[name for name in LAYOUT_NAMES if getattr(generator.module, f"layout_{name}")]))
+                             layout=[name for name in generator.module.LAYOUT_SWITCHES
+                                     if getattr(generator.module, f"layout_{name}")]))
             save()
     if profile:   # where one epoch's time goes, kernel by kernel: eager and replayed, float32 and bfloat16,
         # and the fastest layout row's, its cuDNN autotuner on as when it was timed (after the timed rows
@@ -893,7 +890,6 @@ def table_case_rows(cases, op, tt, device, rows, *, n_surveys=6, n_starts=100, c
     the timed call captures its own graph, as the reproduction's calls do). Beside a VAE case of the same
     run, the SGAN cases' times complete the measured VAE columns' total (issue 16: every case of Tables 3-4
     in 2 minutes). ``n_epochs``: a shorter schedule (tests)."""
-    from latentinv.inversion import PAPER_CASES
     Y = np.repeat(np.asarray(tt)[:1], n_surveys, axis=0)
     for name, generator, what, *precision in cases:
         precision = precision[0] if precision else "float32"

@@ -98,6 +98,8 @@ from latentinv.geometry import CrossholeSurvey, Grid2D  # noqa: E402
 from latentinv.inversion import (NONLINEAR_SETTINGS, PAPER_CASES, LatentInverter, chi_mean,  # noqa: E402
                                  paper_slowness)
 from latentinv.operators import ShortestPathOperator, StraightRayOperator  # noqa: E402
+from latentinv.nn import ConvDecoder  # noqa: E402
+from latentinv.nn.sgan import SpatialGenerator  # noqa: E402
 from latentinv.plotting import plot_manifold_deformation, plot_models, plot_sgd_toy  # noqa: E402
 from latentinv.prior import VAEPrior  # noqa: E402
 
@@ -433,8 +435,8 @@ def get_sgan(args):
 
 #: the decoders' layout switches (``layout_<name>`` of ConvDecoder and of SpatialGenerator): other kernels for
 #: the same network on a GPU (``benchmarks/bench_inversion.py --layouts``, ``--sgan-rates``)
-LAYOUT_SWITCHES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm", "compose_fc")
-SGAN_LAYOUT_SWITCHES = ("channels_last", "fused_norm")
+LAYOUT_SWITCHES = ConvDecoder.LAYOUT_SWITCHES
+SGAN_LAYOUT_SWITCHES = SpatialGenerator.LAYOUT_SWITCHES
 
 
 def apply_layout(prior, names):

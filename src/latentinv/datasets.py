@@ -28,6 +28,7 @@ from types import MappingProxyType
 import numpy as np
 from scipy import ndimage
 
+from ._checks import caller_stacklevel
 from ._checks import is_int as _is_int
 
 __all__ = ["make_channel_image", "make_straight_channels", "load_image", "PatchSampler",
@@ -71,7 +72,6 @@ def warn_unused_sampler_seed(sampler, owner):
     """The UserWarning of a prior's ``fit`` given a seeded :class:`PatchSampler`: fit draws the crops from
     the prior's own ``random_state``, so the sampler's seed (taken to act otherwise) does not."""
     if sampler.random_state is not None:
-        from ._checks import caller_stacklevel
         warnings.warn(f"{owner}: the PatchSampler's random_state={sampler.random_state!r} is not used: fit draws "
                       f"the crops from the prior's own random_state, with the rest of the training's draws (the "
                       f"sampler's seeds its sample() calls only).", UserWarning, stacklevel=caller_stacklevel())

@@ -227,6 +227,12 @@ def _plan(layers: nn.Sequential):
     return blocks, mods[-2]
 
 
+def constant_for_autograd(module: nn.Module) -> bool:
+    """True when no parameter of ``module`` takes part in autograd here (frozen, or ``torch.no_grad``):
+    the decoders' own paths (these kernels, the layout switches) are for such a module only."""
+    return not (torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
+
+
 def cached_on(module: nn.Module, slot: str, tensors, build, *extra):
     """``build()``, kept in ``module.__dict__[slot]`` until one of ``tensors`` changes (another tensor,
     or the same one written in place: its version counter moves) or ``extra`` differs."""

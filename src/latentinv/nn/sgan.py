@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused as _fused
-from .native import channels_last_weight
+from .native import channels_last_weight, constant_for_autograd
 from .reference import check_tensor_mapping, convert_published_tensors
 
 __all__ = [
@@ -140,10 +140,11 @@ class SpatialGenerator(nn.Module):
     #: benchmarks and tests.
     layout_channels_last = False
     layout_fused_norm = False
+    #: the names ``x`` of the switches ``layout_x`` above (benchmarks and reproduce_paper.py's --sgan-layout)
+    LAYOUT_SWITCHES = ("channels_last", "fused_norm")
 
     def forward(self, z):
-        laid_out = ((self.layout_channels_last or self.layout_fused_norm)
-                    and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())))
+        laid_out = (self.layout_channels_last or self.layout_fused_norm) and constant_for_autograd(self)
         conv = self._conv_laid_out if laid_out else (lambda layer, h: layer(h))
         relu_norm = (_fused.relu_norm if laid_out and self.layout_fused_norm
                      else (lambda h: F.instance_norm(F.relu(h))))

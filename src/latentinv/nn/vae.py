@@ -341,6 +341,8 @@ class ConvDecoder(nn.Module):
     #: Off that path too: the two fully-connected layers as one affine map (:func:`_composed_fc`, as the
     #: CPU's path runs them): one product of 20 to 3072 instead of 20 to 512 to 3072 each way.
     layout_compose_fc = False
+    #: the names ``x`` of the switches ``layout_x`` above (benchmarks and reproduce_paper.py's --layout)
+    LAYOUT_SWITCHES = ("channels_last", "group_norm", "fold_last", "subpixel", "fused_norm", "compose_fc")
     #: Off that path too: each transposed convolution (but a folded last layer) as one stride-1
     #: convolution of its phases' sub-kernels and an interleave (:mod:`latentinv.nn.subpixel`), so
     #: that forward and backward run cuDNN's stride-1 kernels instead of its backward-data kernels, for
@@ -364,7 +366,7 @@ class ConvDecoder(nn.Module):
         not bit for bit; training (parameters asking for gradients) takes the modules as they are.
         """
         frozen = self.fast_frozen_path and _frozen_cpu(self, z)
-        compose = self.compose_fc if frozen else self.layout_compose_fc and _constant(self)
+        compose = self.compose_fc if frozen else self.layout_compose_fc and native.constant_for_autograd(self)
         h = _composed_fc(self.fc, z, self.map_shape) if compose else None
         if h is None:
             h = self.fc(z).reshape((z.shape[0],) + self.map_shape)
@@ -379,7 +381,7 @@ class ConvDecoder(nn.Module):
             if not bfloat16:
                 return _frozen_deconv(self.deconv, h).reshape(z.shape[0], self.n_cells)
         elif (self.layout_channels_last or self.layout_group_norm or self.layout_fold_last
-              or self.layout_subpixel or self.layout_fused_norm) and _constant(self):
+              or self.layout_subpixel or self.layout_fused_norm) and native.constant_for_autograd(self):
             return _frozen_deconv(self.deconv, h, group_norm=self.layout_group_norm,
                                   channels_last=self.layout_channels_last, fold_last=self.layout_fold_last,
                                   subpixel=self.layout_subpixel,
@@ -394,12 +396,7 @@ def _frozen_cpu(module: nn.Module, x: torch.Tensor) -> bool:
         return False
     if x.dtype != torch.float32 and not torch.is_autocast_enabled("cpu"):
         return False
-    return _constant(module)
-
-
-def _constant(module: nn.Module) -> bool:
-    """True when no parameter of ``module`` takes part in autograd here (frozen, or ``torch.no_grad``)."""
-    return not (torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()))
+    return native.constant_for_autograd(module)
 
 
 def _composed_fc(fc: nn.Sequential, z: torch.Tensor, map_shape) -> torch.Tensor | None:
