@@ -473,9 +473,41 @@ def test_initial_latents_are_the_starts(problem):
         np.testing.assert_array_equal(getattr(again, f), getattr(drawn, f))
 
 
+def test_each_survey_starts_from_its_own_latents(problem):
+    """initial_latents of shape (n_surveys, n_starts, d): each survey's starts are its own array, in one
+    batch as in chunks (whose slice of X picks the chunk's arrays), and its result is that of the survey
+    inverted alone from that array; another number of surveys than X's is refused before any chunk runs."""
+    op, gen, _, _, tt = problem
+    kw = dict(batch_size=6, n_epochs=2, random_state=3, device="cpu", n_starts=3)
+    Z = np.random.default_rng(5).standard_normal((len(tt), 3, D)) * np.arange(1, len(tt) + 1)[:, None, None]
+    batched = LatentInverter(gen, op, initial_latents=Z, **kw).fit(tt).invert(tt)
+    chunked = LatentInverter(gen, op, initial_latents=Z, chunk_size=1, **kw).fit(tt).invert(tt)
+    for s in range(len(tt)):
+        alone = LatentInverter(gen, op, initial_latents=Z[s], **kw).fit(tt[s:s + 1]).invert(tt[s:s + 1])
+        np.testing.assert_allclose(batched.latent_norm_history[s, :, 0],
+                                   np.linalg.norm(Z[s].astype(np.float32), axis=1), rtol=1e-6)
+        for res in (batched, chunked):
+            np.testing.assert_allclose(res.latents[s], alone.latents[0], rtol=1e-5, atol=1e-6)
+    three = np.concatenate([Z, Z[:1]])
+    for chunk_size in (None, 1):
+        with pytest.raises(ValueError, match=r"LatentInverter: initial_latents holds starting latents for 3 "
+                                             r"surveys, but X has 2"):
+            LatentInverter(gen, op, initial_latents=three, chunk_size=chunk_size, **kw).fit(tt).invert(tt)
+    with pytest.raises(ValueError, match=r"or \(n_surveys, 3, 4\), one array per survey of X, got \(2, 2, 4\)"):
+        LatentInverter(gen, op, initial_latents=Z[:, :2], **kw).fit(tt)
+    uniform = linear_generator(distribution="uniform")
+    box = np.zeros((2, 3, D))
+    box[1, 2, 3] = 1.5
+    with pytest.raises(ValueError, match=r"initial_latents must lie in \[-1, 1\].*got 1.5 at survey 1, start 2, "
+                                         r"component 3"):
+        LatentInverter(uniform, op, initial_latents=box, regularization=None, **kw).fit(tt)
+
+
 @pytest.mark.parametrize("value, match", [
-    (np.zeros((2, D)), r"shape \(n_starts, n_components\) = \(3, 4\), got \(2, 4\)"),
-    (np.zeros((3, D + 1)), r"= \(3, 4\), got \(3, 5\)"),
+    (np.zeros((2, D)), r"shape \(n_starts, n_components\) = \(3, 4\) or \(n_surveys, 3, 4\), one array per "
+                       r"survey of X, got \(2, 4\)"),
+    (np.zeros((3, D + 1)), r"= \(3, 4\) or \(n_surveys, 3, 4\), one array per survey of X, got \(3, 5\)"),
+    (np.zeros((1, 2, 3, D)), r"got \(1, 2, 3, 4\)"),
     (np.full((3, D), np.nan), "must be finite"),
     ("abc", "numeric array"),
 ])

@@ -107,7 +107,7 @@ def test_run_chunk_uses_the_workers_threads_and_restores_them(monkeypatch):
     before = torch.get_num_threads()
     seen.clear()                                  # fit's own checks of the generator
     monkeypatch.setattr(parallel, "worker_threads", lambda: 1)
-    run_chunk(inv, times, None, 3)
+    run_chunk(inv, times, None, 3, slice(0, len(times)))
     assert set(seen) == {(1, 1)}
     assert torch.get_num_threads() == before and op.n_threads == 2
 

@@ -397,6 +397,9 @@ def test_save_refuses_shapes_that_load_would_refuse(tiny_prior, tmp_path, image)
                                          r"params.training_latent_shape \[5, 5\]"):
         changed.save(tmp_path / "changed")
     assert not (tmp_path / "changed").exists()
+    with pytest.raises(ValueError, match=r"SGANPrior \(pickling\): the parameters were changed after fit .*"
+                                         r"fitted.training_shape_ \[41, 41\] is not the output of"):
+        pickle.dumps(changed)       # pickling wrote it before, though no file of it would load
     small = dict(TINY, n_iterations=1, training_latent_shape=None)
     for X in (PatchSampler(image, (33, 17), random_state=0), image[None, :33, :17], image[None, :33, :17].reshape(1, -1)):
         SGANPrior(**small).fit(X).save(tmp_path / "none")

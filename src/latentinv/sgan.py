@@ -640,6 +640,18 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
                 f"n_layers={self.n_layers}, kernel_size={self.kernel_size}, "
                 f"dilations={tuple(self.dilations)}")
 
+    def _check_params_describe_network(self, owner):
+        """The network's check, then the fitted shapes' (:func:`_fitted_shape_problems`, which
+        :meth:`load` applies): shared by :meth:`save` and pickling, so neither writes a prior that
+        ``load`` would refuse."""
+        super()._check_params_describe_network(owner)
+        problems = _fitted_shape_problems(self.image_shape, self.training_latent_shape, int(self.n_layers),
+                                          self.image_shape_, self.training_shape_, int(self.n_features_in_))
+        if problems:
+            raise ValueError(f"{owner}: the parameters were changed after fit (set_params?) and no longer "
+                             f"describe the fitted prior, which could not be loaded back: "
+                             + " ".join(problems) + " Restore them, or fit again.")
+
     def _restore_network(self, state, device, source):
         generator = self._new_network()
         _check_state_against(generator, state, source, self._described())
@@ -699,12 +711,6 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
         name = f"{type(self).__name__}.save"
         _storage.check_weights_dtype(weights_dtype, name)
         self._check_params_describe_network(name)
-        problems = _fitted_shape_problems(self.image_shape, self.training_latent_shape, int(self.n_layers),
-                                          self.image_shape_, self.training_shape_, int(self.n_features_in_))
-        if problems:
-            raise ValueError(f"{name}: the parameters were changed after fit (set_params?) and no longer "
-                             f"describe the fitted prior, which could not be loaded back: "
-                             + " ".join(problems) + " Restore them, or fit again.")
         state, entries = _storage.stored_state(self.generator_.state_dict(), weights_dtype, self._decoding_error, name)
         _write_tensor_files(path, state, dict(self._config(), **entries), owner=name)
 

@@ -481,17 +481,26 @@ class LatentEstimatorBase(BaseEstimator):
                        what=f"{n_surveys} surveys x {self._rows_param}={rows} = {n_surveys * rows} rows",
                        advice=lambda room: advice(int(room // (per_row * rows))))
 
-    def _start_latents(self, seed, n_surveys):
+    def _check_survey_starts(self, n_surveys):
+        """ValueError unless per-survey ``initial_latents`` hold one array for each of X's ``n_surveys``."""
+        z0 = self.initial_latents_
+        if z0 is not None and z0.dim() == 3 and z0.shape[0] != n_surveys:
+            raise ValueError(f"{type(self).__name__}: initial_latents holds starting latents for {z0.shape[0]} "
+                             f"surveys, but X has {n_surveys}; give one array per survey of X, or one "
+                             f"({getattr(self, self._rows_param)}, {z0.shape[-1]}) array for every survey")
+
+    def _start_latents(self, seed, n_surveys, surveys=None):
         """The rows' starting latents ``(n_surveys * n_rows, d)``: ``initial_latents`` (one array for every
-        survey, or one per survey), else drawn from ``seed``, the same for every survey."""
+        survey, or one per survey), else drawn from ``seed``, the same for every survey. ``surveys``: the
+        slice of X's surveys these are (a chunk of a parallel run, checked against X before); None: all."""
         z0 = self.initial_latents_
         if z0 is None:
             z0 = initial_latents(seed, int(getattr(self, self._rows_param)), self.n_components_,
                                  self.latent_distribution_)
         if z0.dim() == 2:
             return z0.repeat(n_surveys, 1)
-        if z0.shape[0] != n_surveys:
-            raise ValueError(f"{type(self).__name__}: initial_latents holds starting latents for {z0.shape[0]} "
-                             f"surveys, but X has {n_surveys}; give one array per survey of X, or one "
-                             f"({getattr(self, self._rows_param)}, {z0.shape[-1]}) array for every survey")
+        if surveys is None:
+            self._check_survey_starts(n_surveys)
+        else:
+            z0 = z0[surveys]
         return z0.reshape(-1, z0.shape[-1])

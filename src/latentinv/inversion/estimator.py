@@ -70,11 +70,14 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     n_starts : int, default=10
         Initial latent vectors per survey, drawn from the latent distribution (the same for every
         survey).
-    initial_latents : array-like of shape (n_starts, n_components), default=None
-        The initial latent vectors themselves (the same for every survey), instead of drawing them:
-        e.g. the paper's published starts (``zinitVAE500.npy``, whose first 100 rows are its 100
-        starts) to compare a run with the paper's start by start. Its number of rows must equal
-        ``n_starts``; values must be finite, and in [-1, 1] for a prior with uniform latents.
+    initial_latents : array-like of shape (n_starts, n_components) or (n_surveys, n_starts, n_components), default=None
+        The initial latent vectors themselves, instead of drawing them: one array for every survey
+        (e.g. the paper's published starts, ``zinitVAE500.npy``, whose first 100 rows are its 100
+        starts, to compare a run with the paper's start by start), or one per survey of X (e.g. to
+        continue each survey from its own earlier solutions); the latter ties the estimator to X's
+        number of surveys (ValueError at :meth:`invert` otherwise, so a cross-validation's folds need the
+        former). Its number of rows must equal ``n_starts``; values must be finite, and in [-1, 1] for a
+        prior with uniform latents.
     noise_std : float or array-like of shape (n_data,), default=None
         Per-datum noise standard deviation (ns). When given, residuals are weighted by ``1/sigma**2``
         in the data term and in the selection of the best model, and chi-square is reported. Note
@@ -216,6 +219,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
     # overlap the full-data misfit's raytracing with the step (see _run); False computes it in line
     # (the same numbers: tests compare both)
+    _per_survey_starts = True
     _pipeline_nonlinear = True
     # run the static step of inversion.graphed without capturing it (tests compare it with the loop)
     _static_step = False
@@ -321,11 +325,12 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     def _check_initial_latents(self, d):
         z = super()._check_initial_latents(d)
         if z is not None and self.latent_distribution_ == "uniform" and bool((z.abs() > 1).any()):
-            i, j = (int(v) for v in torch.nonzero(z.abs() > 1)[0])
+            where = tuple(int(v) for v in torch.nonzero(z.abs() > 1)[0])
+            at = (f"survey {where[0]}, " if z.dim() == 3 else "") + f"start {where[-2]}, component {where[-1]}"
             raise ValueError(f"{type(self).__name__}: initial_latents must lie in [-1, 1], the box of the prior's "
                              f"uniform latents (stochastic clipping keeps the iterates there, but a start outside "
                              f"it is decoded as it is and may be returned as the best model); got "
-                             f"{float(z[i, j]):g} at start {i}, component {j}")
+                             f"{float(z[where]):g} at {at}")
         return z
 
     def _check_latent_distribution(self, dist):
@@ -406,6 +411,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         self._warn_if_off_scale(Y, sigma)
         # once per call: every chunk starts from the same latents
         seed, replay = replayable_seed(self.random_state, type(self).__name__)
+        self._check_survey_starts(len(Y))       # before any chunk runs
         chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)
         if len(chunks) == 1:
             result = self._run(Y, sigma, seed)
@@ -459,7 +465,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             return int(self.prune_every)
         return max(1, int(self.n_epochs) // (int(math.log2(int(self.n_starts))) + 1))
 
-    def _run(self, Y, sigma, seed, chunked=False):
+    def _run(self, Y, sigma, seed, chunked=False, surveys=None):
         dev = self.device_
         if dev.type == "cpu":
             tune_malloc_for_tensors()     # activations of a batch of starts: see latentinv._allocator
@@ -487,7 +493,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         # a background engine's workers take the cores; torch's CPU threads would contend with them (on
         # CUDA too: the CPU side there is a few small operations, and OpenMP workers spin after each)
         with torch_threads(1 if problem.pending else None):
-            z0 = self._start_latents(seed, S).to(dev)
+            z0 = self._start_latents(seed, S, surveys).to(dev)
             if self.cuda_graphs or self._static_step:
                 history, stopping = graphed.run_sgd_static(problem, z0, streams, cfg, capture=self.cuda_graphs,
                                                            check_first=check, progress=progress)

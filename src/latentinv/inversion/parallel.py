@@ -77,7 +77,7 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
     if client is None or joblib.effective_n_jobs(n_jobs) == 1:      # joblib runs those in line
         from joblib.externals.loky.process_executor import TerminatedWorkerError
         try:
-            return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed)
+            return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed, c)
                                                   for c in chunks)
         except TerminatedWorkerError as err:    # joblib's message does not say what was lost, or why
             raise TerminatedWorkerError(
@@ -89,7 +89,7 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
     from distributed import KilledWorker
     # on every worker: a chunk run again after its worker died finds it on another
     [shared] = client.scatter([estimator], hash=False, broadcast=True)
-    futures = [client.submit(run_chunk, shared, Y[c], sigma, seed, pure=False) for c in chunks]
+    futures = [client.submit(run_chunk, shared, Y[c], sigma, seed, c, pure=False) for c in chunks]
     try:
         with backend.retrieval_context():       # inside a Dask task (a nested search): secede meanwhile
             parts = []
@@ -107,8 +107,9 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
         client.cancel(futures + [shared])
 
 
-def run_chunk(estimator, Y, sigma, seed):
-    """One chunk's :class:`~.result.InversionResult` (in a worker or in line), with the worker's threads."""
+def run_chunk(estimator, Y, sigma, seed, surveys):
+    """One chunk's :class:`~.result.InversionResult` (in a worker or in line), with the worker's threads;
+    ``surveys``: the chunk's slice of X (for per-survey ``initial_latents``)."""
     n = worker_threads()
     with torch_threads(n), operator_threads(estimator.operator_, n):
-        return estimator._run(Y, sigma, seed, chunked=True)
+        return estimator._run(Y, sigma, seed, chunked=True, surveys=surveys)
