@@ -488,6 +488,9 @@ def test_each_survey_starts_from_its_own_latents(problem):
                                    np.linalg.norm(Z[s].astype(np.float32), axis=1), rtol=1e-6)
         for res in (batched, chunked):
             np.testing.assert_allclose(res.latents[s], alone.latents[0], rtol=1e-5, atol=1e-6)
+    again = LatentInverter(gen, op, initial_latents=batched.latents, **kw).fit(tt).invert(tt)   # continued
+    np.testing.assert_allclose(again.latent_norm_history[:, :, 0],
+                               np.linalg.norm(batched.latents.astype(np.float32), axis=-1), rtol=1e-6)
     three = np.concatenate([Z, Z[:1]])
     for chunk_size in (None, 1):
         with pytest.raises(ValueError, match=r"LatentInverter: initial_latents holds starting latents for 3 "
