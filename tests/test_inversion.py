@@ -476,8 +476,9 @@ def test_initial_latents_are_the_starts(problem):
 def test_each_survey_starts_from_its_own_latents(problem):
     """initial_latents of shape (n_surveys, n_starts, d): each survey's starts are its own array, in one
     batch as in chunks (whose slice of X picks the chunk's arrays), and its result is that of the survey
-    inverted alone from that array; another number of surveys than X's is refused before any chunk runs."""
-    op, gen, _, _, tt = problem
+    inverted alone from that array; another number of surveys than X's, or another X than fit's (whose rows
+    the arrays pair with), is refused before any chunk runs."""
+    op, gen, _, models, tt = problem
     kw = dict(batch_size=6, n_epochs=2, random_state=3, device="cpu", n_starts=3)
     Z = np.random.default_rng(5).standard_normal((len(tt), 3, D)) * np.arange(1, len(tt) + 1)[:, None, None]
     batched = LatentInverter(gen, op, initial_latents=Z, **kw).fit(tt).invert(tt)
@@ -495,7 +496,19 @@ def test_each_survey_starts_from_its_own_latents(problem):
     for chunk_size in (None, 1):
         with pytest.raises(ValueError, match=r"LatentInverter: initial_latents holds starting latents for 3 "
                                              r"surveys, but X has 2"):
-            LatentInverter(gen, op, initial_latents=three, chunk_size=chunk_size, **kw).fit(tt).invert(tt)
+            LatentInverter(gen, op, initial_latents=three, chunk_size=chunk_size, **kw).fit(tt)
+        fitted = LatentInverter(gen, op, initial_latents=Z, chunk_size=chunk_size, **kw).fit(tt)
+        with pytest.raises(ValueError, match=r"LatentInverter: initial_latents holds starting latents for 2 "
+                                             r"surveys, but X has 1"):
+            fitted.invert(tt[:1])
+        with pytest.raises(ValueError, match=r"one array per survey of the X given to fit, and this X is another "
+                                             r"\(2 surveys of other traveltimes\)"):
+            fitted.invert(tt[::-1])         # as many surveys, each would start from the other's array
+    # a cross-validation's folds are other X's of as many surveys: refused, not paired with other surveys
+    from sklearn.model_selection import KFold, cross_val_score
+    X4, y4 = np.concatenate([tt, tt + 0.05]), np.concatenate([models, models])
+    with pytest.raises(ValueError, match="this X is another"):
+        cross_val_score(LatentInverter(gen, op, initial_latents=Z, **kw), X4, y4, cv=KFold(2), error_score="raise")
     with pytest.raises(ValueError, match=r"or \(n_surveys, 3, 4\), one array per survey of X, got \(2, 2, 4\)"):
         LatentInverter(gen, op, initial_latents=Z[:, :2], **kw).fit(tt)
     uniform = linear_generator(distribution="uniform")

@@ -113,7 +113,8 @@ def _method_params(method):
 def test_each_survey_starts_from_its_own_latents_in_one_call():
     """initial_latents of shape (n_surveys, n_chains, d): each survey's chains start from its own array
     (here each survey's SGD solutions, initial_latents_from(survey="all")), in one batched call whose
-    chains are those of one call per survey; another number of surveys than X's is a ValueError."""
+    chains are those of one call per survey; another number of surveys than X's, or another X than fit's
+    (whose rows the arrays pair with), is a ValueError."""
     op, gen, _, _, y = _linear_problem()
     Y = np.stack([y, y + 0.3])
     sgd = LatentInverter(gen, op, n_starts=4, n_epochs=2, batch_size=5, random_state=0, device="cpu",
@@ -131,6 +132,9 @@ def test_each_survey_starts_from_its_own_latents_in_one_call():
         _sampler(gen, op, initial_latents=starts, **params).fit(Y[:1]).sample(Y[:1])
     with pytest.raises(ValueError, match=r"or \(n_surveys, 3, 3\), one array per survey of X, got \(2, 2, 3\)"):
         _sampler(gen, op, initial_latents=starts[:, :2], **params).fit(Y)
+    with pytest.raises(ValueError, match=r"LatentSampler: initial_latents holds one array per survey of the X "
+                                         r"given to fit, and this X is another"):
+        _sampler(gen, op, initial_latents=starts, **params).fit(Y).sample(Y[::-1])
 
 
 def test_a_sampling_repeats_from_its_replay_random_state():

@@ -4,6 +4,7 @@ and the prior, the fitted prior's set-up, and the :class:`~.problem.LatentProble
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import math
 import numbers
@@ -29,6 +30,11 @@ def _max_traveltime(n_data):
     """Largest traveltime (ns) whose squared residuals, summed over ``n_data``, stay finite in float32."""
     return math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(int(n_data), 1)))
 
+
+
+def _surveys_digest(Y):
+    """SHA-256 of the surveys' traveltimes (float64): which X per-survey starts belong to."""
+    return hashlib.sha256(np.ascontiguousarray(Y, dtype=np.float64).tobytes()).hexdigest()
 
 class DataScaleWarning(UserWarning):
     """Traveltimes not within :data:`DATA_SCALE_FACTOR` of those of the prior's own models: most likely
@@ -302,6 +308,8 @@ class LatentEstimatorBase(BaseEstimator):
                 f"operator expects {op.n_params} cells")
         self._check_geometry(op)
         self.initial_latents_ = self._check_initial_latents(d)
+        self._survey_starts_digest = _surveys_digest(X)     # per-survey starts pair with these rows
+        self._check_survey_starts(X)
         with torch.no_grad():
             slowness = (self.slowness_map or paper_slowness)(out)
             self._check_generator_output(out, slowness, f"at {len(probes)} test latents in fit")
@@ -481,26 +489,34 @@ class LatentEstimatorBase(BaseEstimator):
                        what=f"{n_surveys} surveys x {self._rows_param}={rows} = {n_surveys * rows} rows",
                        advice=lambda room: advice(int(room // (per_row * rows))))
 
-    def _check_survey_starts(self, n_surveys):
-        """ValueError unless per-survey ``initial_latents`` hold one array for each of X's ``n_surveys``."""
+    def _check_survey_starts(self, Y):
+        """ValueError unless per-survey ``initial_latents`` belong to the surveys ``Y``: one array for each,
+        and ``Y`` the X given to fit, whose rows they pair with (another X of as many surveys, such as a
+        cross-validation's fold, would start each survey from another's array without a word)."""
         z0 = self.initial_latents_
-        if z0 is not None and z0.dim() == 3 and z0.shape[0] != n_surveys:
-            raise ValueError(f"{type(self).__name__}: initial_latents holds starting latents for {z0.shape[0]} "
-                             f"surveys, but X has {n_surveys}; give one array per survey of X, or one "
-                             f"({getattr(self, self._rows_param)}, {z0.shape[-1]}) array for every survey")
+        if z0 is None or z0.dim() == 2:
+            return
+        name, rows = type(self).__name__, getattr(self, self._rows_param)
+        one_for_all = f"or one ({rows}, {z0.shape[-1]}) array for every survey"
+        if z0.shape[0] != len(Y):
+            raise ValueError(f"{name}: initial_latents holds starting latents for {z0.shape[0]} surveys, but X "
+                             f"has {len(Y)}; give one array per survey of X, {one_for_all}")
+        if _surveys_digest(Y) != getattr(self, "_survey_starts_digest", None):
+            raise ValueError(f"{name}: initial_latents holds one array per survey of the X given to fit, and "
+                             f"this X is another ({len(Y)} surveys of other traveltimes): its arrays would start "
+                             f"other surveys than their own (e.g. a cross-validation's folds, whose rows the "
+                             f"estimator cannot know). Fit on this X, {one_for_all} (in a search)")
 
-    def _start_latents(self, seed, n_surveys, surveys=None):
+    def _start_latents(self, seed, n_surveys, surveys=slice(None)):
         """The rows' starting latents ``(n_surveys * n_rows, d)``: ``initial_latents`` (one array for every
-        survey, or one per survey), else drawn from ``seed``, the same for every survey. ``surveys``: the
-        slice of X's surveys these are (a chunk of a parallel run, checked against X before); None: all."""
+        survey, or one per survey: those of ``surveys``, the slice of X these are, e.g. a chunk of a
+        parallel run; checked against X by :meth:`_check_survey_starts`), else drawn from ``seed``, the
+        same for every survey."""
         z0 = self.initial_latents_
         if z0 is None:
             z0 = initial_latents(seed, int(getattr(self, self._rows_param)), self.n_components_,
                                  self.latent_distribution_)
         if z0.dim() == 2:
             return z0.repeat(n_surveys, 1)
-        if surveys is None:
-            self._check_survey_starts(n_surveys)
-        else:
-            z0 = z0[surveys]
+        z0 = z0[surveys]
         return z0.reshape(-1, z0.shape[-1])

@@ -73,11 +73,12 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     initial_latents : array-like of shape (n_starts, n_components) or (n_surveys, n_starts, n_components), default=None
         The initial latent vectors themselves, instead of drawing them: one array for every survey
         (e.g. the paper's published starts, ``zinitVAE500.npy``, whose first 100 rows are its 100
-        starts, to compare a run with the paper's start by start), or one per survey of X (e.g. to
-        continue each survey from its own earlier solutions); the latter ties the estimator to X's
-        number of surveys (ValueError at :meth:`invert` otherwise, so a cross-validation's folds need the
-        former). Its number of rows must equal ``n_starts``; values must be finite, and in [-1, 1] for a
-        prior with uniform latents.
+        starts, to compare a run with the paper's start by start), or one per survey of the X given to
+        :meth:`fit`, in its order (e.g. to continue each survey from its own earlier solutions,
+        ``result.latents``); the latter ties the estimator to that X (a ValueError at ``fit`` for another
+        number of surveys, and at :meth:`invert` for another X, e.g. a cross-validation's fold: use the
+        former there). Its number of rows must equal ``n_starts``; values must be finite, and in [-1, 1]
+        for a prior with uniform latents.
     noise_std : float or array-like of shape (n_data,), default=None
         Per-datum noise standard deviation (ns). When given, residuals are weighted by ``1/sigma**2``
         in the data term and in the selection of the best model, and chi-square is reported. Note
@@ -411,7 +412,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         self._warn_if_off_scale(Y, sigma)
         # once per call: every chunk starts from the same latents
         seed, replay = replayable_seed(self.random_state, type(self).__name__)
-        self._check_survey_starts(len(Y))       # before any chunk runs
+        self._check_survey_starts(Y)        # before any chunk runs
         chunks = survey_chunks(len(Y), self.chunk_size, self.n_jobs)
         if len(chunks) == 1:
             result = self._run(Y, sigma, seed)
@@ -493,7 +494,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         # a background engine's workers take the cores; torch's CPU threads would contend with them (on
         # CUDA too: the CPU side there is a few small operations, and OpenMP workers spin after each)
         with torch_threads(1 if problem.pending else None):
-            z0 = self._start_latents(seed, S, surveys).to(dev)
+            z0 = self._start_latents(seed, S, slice(None) if surveys is None else surveys).to(dev)
             if self.cuda_graphs or self._static_step:
                 history, stopping = graphed.run_sgd_static(problem, z0, streams, cfg, capture=self.cuda_graphs,
                                                            check_first=check, progress=progress)

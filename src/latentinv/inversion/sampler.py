@@ -222,8 +222,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         ``"auto"``: ``"gauss-newton"`` for the gradient methods (``"mala"``, ``"de-mala"``,
         ``"hmc"``), ``"empirical"`` for the others.
     initial_latents : array-like of shape (n_chains, n_components) or (n_surveys, n_chains, n_components), default=None
-        Starting latents, the same for every survey, or one array per survey of X (a ValueError at
-        ``sample`` when X has another number of surveys), e.g. SGD solutions from
+        Starting latents, the same for every survey, or one array per survey of the X given to
+        ``fit``, in its order (a ValueError at ``fit`` for another number of surveys, and at ``sample``
+        for another X, e.g. a cross-validation's fold: use the former there), e.g. SGD solutions from
         :meth:`initial_latents_from` (``survey="all"``: each survey's own, in one batched call);
         None: draws from the latent prior. For a prior with uniform
         latents, values outside (-1, 1) (e.g. SGD solutions of ``clip_resample="normal"``) start
@@ -380,6 +381,7 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         check_is_fitted(self)
         self._check_unchanged_params()
         Y = self._check_traveltimes(X, reset=False)
+        self._check_survey_starts(Y)
         sigma = self._check_params(self.operator_.n_data)
         self._warn_if_off_scale(Y, sigma)
         result = self._run(Y, sigma)
