@@ -1028,6 +1028,33 @@ def test_parameters_changed_after_fit_raise_until_refit(problem):
         est.invert(tt)
 
 
+def test_a_nested_operator_parameter_changed_after_fit_raises_until_refit(problem):
+    """set_params(operator__...) rebuilds the operator in place, and operator_ is that object: the change
+    passed the guard above. boundary_rays="upper_left" moved the predicted models by 6.7e-3 with the fitted
+    attributes of the other operator, and a survey of 16 data got "engine_kernel_rows: rays holds 29,
+    outside [0, 16)". Both are now the guard's error; the engine's threads may change (as n_jobs)."""
+    op, gen, _, _, tt = problem
+    survey = CrossholeSurvey(np.column_stack([np.zeros(4), 0.1 + 0.2 * np.arange(4)]),
+                             np.column_stack([np.full(4, 0.8), 0.1 + 0.2 * np.arange(4)]))
+    for key, value, shown in (("boundary_rays", "upper_left", "'split' at fit, 'upper_left' now"),
+                              ("survey", survey, "n_data=36) at fit, CrossholeSurvey(")):
+        est = LatentInverter(gen, small_operator(), n_epochs=1, batch_size=6, n_starts=2, random_state=0,
+                             device="cpu").fit(tt)
+        est.set_params(**{f"operator__{key}": value})
+        with pytest.raises(ValueError, match=re.escape(f"parameters changed since fit (operator__{key}: ")
+                           + ".*" + re.escape(shown)):
+            est.predict(tt)
+        est.fit(tt[:, :est.operator.n_data]).predict(tt[:, :est.operator.n_data])     # a refit runs
+    # equal values, a pickled estimator and a copy keep running
+    est = LatentInverter(gen, small_operator(), n_epochs=1, batch_size=6, n_starts=2, random_state=0,
+                         device="cpu").fit(tt)
+    expected = est.predict(tt)
+    est.set_params(operator__boundary_rays="split",
+                   operator__grid=Grid2D(12, 8, 0.1))          # an equal grid, another object
+    np.testing.assert_array_equal(est.predict(tt), expected)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(tt), expected)
+
+
 def test_generator_size_mismatch(problem):
     op, _, _, _, tt = problem
     with pytest.raises(ValueError, match="96 cells"):

@@ -70,6 +70,16 @@ def _same_param(a, b):
     return False
 
 
+def _same_nested(a, b):
+    """:func:`_same_param`, or equal objects of one type (an operator's grid or survey rebuilt equal)."""
+    if _same_param(a, b):
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 
 def engine_tags(tags):
     """scikit-learn tags of the engine's estimators (after their mixins' own: a regressor mixin would
@@ -90,7 +100,17 @@ class LatentEstimatorBase(BaseEstimator):
 
     _rows_param = "n_starts"
     # parameters that may change after fit (they change how the run is carried out, not its numbers)
-    _free_params = ("verbose", "n_jobs")
+    _free_params = ("verbose", "n_jobs", "operator__n_threads")
+
+    def _run_params(self):
+        """The parameters a run depends on: ``get_params(deep=False)`` and the operator's own
+        (``operator__...``): ``set_params(operator__...)`` rebuilds the operator in place, and ``operator_``
+        is that object."""
+        params = self.get_params(deep=False)
+        get = getattr(self.operator, "get_params", None)
+        if callable(get):
+            params.update({f"operator__{k}": v for k, v in get().items()})
+        return params
 
     def __sklearn_clone__(self):
         """A clone with the same parameters, unfitted; a fitted prior is passed on as it is.
@@ -317,7 +337,7 @@ class LatentEstimatorBase(BaseEstimator):
         self.operator_ = op
         self.n_cells_ = int(op.n_params)
         self._fit_schedule(op)
-        self._fitted_params = _param_snapshot(self.get_params(deep=False))
+        self._fitted_params = _param_snapshot(self._run_params())
         return self
 
     @staticmethod
@@ -396,10 +416,12 @@ class LatentEstimatorBase(BaseEstimator):
         before = getattr(self, "_fitted_params", None)
         if before is None:
             return
-        now = _param_snapshot(self.get_params(deep=False))
-        changed = [k for k in before if k not in self._free_params and not _same_param(before[k], now.get(k))]
+        now = _param_snapshot(self._run_params())
+        keys = list(before) + [k for k in now if k not in before]     # another operator may have others
+        changed = [k for k in keys if k not in self._free_params
+                   and not (_same_nested if k.startswith("operator__") else _same_param)(before.get(k), now.get(k))]
         if changed:
-            what = ", ".join(f"{k}: {before[k]!r} at fit, {now.get(k)!r} now" for k in changed)
+            what = ", ".join(f"{k}: {before.get(k)!r} at fit, {now.get(k)!r} now" for k in changed)
             raise ValueError(
                 f"{type(self).__name__}: parameters changed since fit ({what}); call fit again so "
                 f"that the run and the fitted attributes (n_iterations_={getattr(self, 'n_iterations_', None)}, "

@@ -181,7 +181,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     The inversion runs with the parameters validated by the last :meth:`fit`, which the fitted
     attributes describe: changing a parameter (``set_params`` or assignment) after ``fit`` makes
     :meth:`invert`, :meth:`predict` and :meth:`simulate` raise until ``fit`` is called again
-    (``verbose`` excepted), so that ``n_iterations_`` is always the number of iterations run.
+    (``verbose``, ``n_jobs`` and the operator's ``n_threads`` excepted), so that ``n_iterations_`` is
+    always the number of iterations run. The operator's own parameters count too
+    (``set_params(operator__boundary_rays=...)`` rebuilds the operator in place).
 
     Per iteration, the latents of all ``n_surveys * n_starts`` starts form one float32 tensor: one
     decoder call, one gradient (``torch.autograd.grad`` with respect to the latents only, so the
