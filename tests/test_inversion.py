@@ -572,6 +572,22 @@ def test_a_prior_given_as_a_path_is_named(problem, path):
         LatentInverter(path, op).fit(tt)
 
 
+@pytest.mark.parametrize("with_y", [False, True])
+def test_a_prior_that_is_neither_a_generator_nor_an_estimator_is_named(problem, with_y):
+    """A torch module given as prior (the decoder itself, not wrapped) was "the prior Linear is not fitted;
+    pass the training models as y", and with y scikit-learn's "Cannot clone object": neither says what a prior
+    is. Now the error names what was expected and got, and for a module the wrapper to use."""
+    op, gen, _, models, tt = problem
+    y = models if with_y else None
+    with pytest.raises(ValueError, match=re.escape(
+            "LatentInverter: prior must be a generator (with decoder_, n_components and latent_distribution: a "
+            "fitted VAEPrior or SGANPrior, or a TorchGenerator) or an unfitted prior with fit, to be trained on y; "
+            "got a torch module (Linear): wrap it as TorchGenerator(module, n_components)")):
+        LatentInverter(gen.module, op, device="cpu").fit(tt, y)
+    with pytest.raises(ValueError, match=r"prior must be a generator .*; got 3 \(int\)$"):
+        LatentSampler(3, op, noise_std=0.1, device="cpu").fit(tt, y)
+
+
 def test_an_unfitted_image_prior_learns_the_operators_grid_from_flat_models():
     """The true models of fit(X, y) are flat rows of the operator's grid: an unfitted VAEPrior without
     image_shape (a convolutional one needs images) is trained on them as images of that grid; the

@@ -271,6 +271,12 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: prior must be a generator object (a fitted VAEPrior or SGANPrior, or a "
                              f"TorchGenerator), got the path {os.fsdecode(prior)!r}: load it first, e.g. "
                              f"VAEPrior.load({os.fsdecode(prior)!r})")
+        if not prior_is_fitted(prior) and not callable(getattr(prior, "fit", None)):
+            got = (f"a torch module ({type(prior).__name__}): wrap it as TorchGenerator(module, n_components)"
+                   if isinstance(prior, torch.nn.Module) else f"{prior!r} ({type(prior).__name__})")
+            raise ValueError(f"{name}: prior must be a generator (with decoder_, n_components and latent_distribution: "
+                             "a fitted VAEPrior or SGANPrior, or a TorchGenerator) or an unfitted prior with fit, to "
+                             f"be trained on y; got {got}")
         if prior_is_fitted(prior):
             self.prior_ = prior
         else:
