@@ -183,13 +183,20 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
 
 def _final_step(estimator, X=None):
     """The estimator that inverts, and the data as it sees them: for a :class:`sklearn.pipeline.Pipeline`
-    its final step and ``X`` transformed by the steps before it; otherwise ``estimator`` and ``X``."""
+    its final step and ``X`` transformed by the steps before it; for a fitted search (``GridSearchCV``,
+    ``RandomizedSearchCV``: the estimator an outer cross-validation scores) its ``best_estimator_``, in
+    turn; otherwise ``estimator`` and ``X``."""
+    from sklearn.model_selection._search import BaseSearchCV
     from sklearn.pipeline import Pipeline
-    while isinstance(estimator, Pipeline):
-        if X is not None and len(estimator.steps) > 1:
-            X = estimator[:-1].transform(X)
-        estimator = estimator.steps[-1][1]
-    return estimator, X
+    while True:
+        if isinstance(estimator, Pipeline):
+            if X is not None and len(estimator.steps) > 1:
+                X = estimator[:-1].transform(X)
+            estimator = estimator.steps[-1][1]
+        elif isinstance(estimator, BaseSearchCV) and hasattr(estimator, "best_estimator_"):
+            estimator = estimator.best_estimator_
+        else:
+            return estimator, X
 
 
 def check_image_grid(estimator, models, name, arg, rows, what=None):
@@ -283,8 +290,9 @@ class _DataScorer:
     def __call__(self, estimator, X, y=None):
         estimator, X = _final_step(estimator, X)      # a Pipeline: its final step, on the data it sees
         if not (callable(getattr(estimator, "predict", None)) and callable(getattr(estimator, "simulate", None))):
-            raise ValueError(f"{self!r}: the estimator (or a Pipeline's final step) must have predict and "
-                             f"simulate, as LatentInverter and LatentSampler; got {type(estimator).__name__}")
+            raise ValueError(f"{self!r}: the estimator (or a Pipeline's final step, or a fitted search's "
+                             f"best_estimator_) must have predict and simulate, as LatentInverter and LatentSampler; "
+                             f"got {type(estimator).__name__}")
         X = np.asarray(X, dtype=np.float64)
         t_pred = estimator.simulate(estimator.predict(X))
         if self.kind == "rmse":
