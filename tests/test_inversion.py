@@ -1156,6 +1156,20 @@ def test_set_params_refuses_to_change_a_fitted_prior(problem):
     assert LatentInverter(unfitted, op).set_params(prior__beta=3.0).prior.beta == 3.0
 
 
+def test_set_params_names_a_prior_without_parameters(problem):
+    """set_params(prior__n_components=3) with a TorchGenerator prior was Python's "AttributeError:
+    'TorchGenerator' object has no attribute 'set_params'"; it is a ValueError that names the key, the prior
+    and the remedy, and nothing is changed."""
+    op, gen, _, _, _ = problem
+    est = LatentInverter(gen, op, device="cpu")
+    with pytest.raises(ValueError, match=re.escape(
+            "LatentInverter.set_params: prior__n_components=3 sets a parameter of the prior, but the prior "
+            "TorchGenerator has no set_params (it is used as it is); pass another prior instead "
+            "(prior=TorchGenerator(...))")):
+        est.set_params(prior__n_components=3, lr=0.5)
+    assert gen.n_components == D and est.lr == 1e-2
+
+
 def test_a_clone_of_a_fitted_prior_says_it_is_trained_again(problem):
     """scikit-learn clones a parameter grid's values: GridSearchCV over {"prior": [p1, p2]} hands fit
     unfitted copies of the fitted priors, which it trains on y (100,000 iterations by default) without a

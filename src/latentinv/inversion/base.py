@@ -134,6 +134,11 @@ class LatentEstimatorBase(BaseEstimator):
         several names."""
         prior = params.get("prior", self.prior)
         nested = [k for k in params if k.startswith("prior__")]
+        if nested and prior is not None and not callable(getattr(prior, "set_params", None)):
+            raise ValueError(
+                f"{type(self).__name__}.set_params: {nested[0]}={params[nested[0]]!r} sets a parameter of the prior, "
+                f"but the prior {type(prior).__name__} has no set_params (it is used as it is); pass another prior "
+                f"instead (prior={type(prior).__name__}(...))")
         if nested and prior is not None and prior_is_fitted(prior) and hasattr(prior, "get_params"):
             current = prior.get_params(deep=True)
             for key in nested:
