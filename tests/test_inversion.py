@@ -1170,6 +1170,21 @@ def test_set_params_names_a_prior_without_parameters(problem):
     assert gen.n_components == D and est.lr == 1e-2
 
 
+@pytest.mark.parametrize("with_y", [False, True])
+def test_a_frozen_unfitted_prior_is_named(problem, with_y):
+    """FrozenEstimator(an unfitted VAEPrior) got "the prior FrozenEstimator is not fitted; pass the training
+    models as y", and with y "FrozenEstimator.fit() missing 1 required positional argument: 'y'" (a frozen
+    estimator is never fitted). Now the error says what FrozenEstimator is for and what to pass."""
+    prior_mod = pytest.importorskip("latentinv.prior")
+    op, _, _, models, tt = problem
+    unfitted = prior_mod.VAEPrior(n_components=2, architecture="mlp", hidden_size=8, n_iterations=2, device="cpu")
+    with pytest.raises(ValueError, match=re.escape(
+            "LatentInverter: the prior is a FrozenEstimator of an unfitted VAEPrior: a frozen prior is used as it "
+            "is and never trained; fit the prior first (FrozenEstimator(prior.fit(models))), or pass the unfitted "
+            "prior itself to have it trained on y")):
+        LatentInverter(FrozenEstimator(unfitted), op, device="cpu").fit(tt, (models > 0.5) if with_y else None)
+
+
 def test_a_clone_of_a_fitted_prior_says_it_is_trained_again(problem):
     """scikit-learn clones a parameter grid's values: GridSearchCV over {"prior": [p1, p2]} hands fit
     unfitted copies of the fitted priors, which it trains on y (100,000 iterations by default) without a

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
@@ -282,6 +283,11 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(f"{name}: prior must be a generator (with decoder_, n_components and latent_distribution: "
                              "a fitted VAEPrior or SGANPrior, or a TorchGenerator) or an unfitted prior with fit, to "
                              f"be trained on y; got {got}")
+        if not prior_is_fitted(prior) and isinstance(prior, FrozenEstimator):
+            raise ValueError(f"{name}: the prior is a FrozenEstimator of an unfitted {type(prior.estimator).__name__}: "
+                             "a frozen prior is used as it is and never trained; fit the prior first "
+                             "(FrozenEstimator(prior.fit(models))), or pass the unfitted prior itself to have it "
+                             "trained on y")
         if prior_is_fitted(prior):
             self.prior_ = prior
         else:
