@@ -186,14 +186,13 @@ def _final_step(estimator, X=None):
     its final step and ``X`` transformed by the steps before it; for a fitted search (``GridSearchCV``,
     ``RandomizedSearchCV``: the estimator an outer cross-validation scores) its ``best_estimator_``, in
     turn; otherwise ``estimator`` and ``X``."""
-    from sklearn.model_selection._search import BaseSearchCV
     from sklearn.pipeline import Pipeline
     while True:
         if isinstance(estimator, Pipeline):
             if X is not None and len(estimator.steps) > 1:
                 X = estimator[:-1].transform(X)
             estimator = estimator.steps[-1][1]
-        elif isinstance(estimator, BaseSearchCV) and hasattr(estimator, "best_estimator_"):
+        elif hasattr(estimator, "best_estimator_") and hasattr(estimator, "cv_results_"):   # a fitted search
             estimator = estimator.best_estimator_
         else:
             return estimator, X
