@@ -1036,6 +1036,12 @@ def test_parameters_changed_after_fit_raise_until_refit(problem):
         est.predict(tt)
     est.set_params(noise_std=None)
     res = est.fit(tt).invert(tt)
+    noise = torch.full((op.n_data,), 0.5)                 # a tensor changed in place after fit (unseen before)
+    est.set_params(noise_std=noise).fit(tt)
+    noise.mul_(2)
+    with pytest.raises(ValueError, match=r"parameters changed since fit \(noise_std: tensor\(\[0.5000"):
+        est.invert(tt)
+    est.set_params(noise_std=None).fit(tt)
     assert est.n_iterations_ == 18 == res.data_rmse_history.shape[-1] == res.n_iterations_run.max()
     est.set_params(verbose=0)                             # display only: allowed
     est.invert(tt)

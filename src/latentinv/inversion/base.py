@@ -54,13 +54,18 @@ _SCALE_PROBES = 3
 
 
 def _param_snapshot(params):
-    return {k: copy.deepcopy(v) if isinstance(v, (np.ndarray, list, tuple, dict)) else v
+    """Copies of the parameters that could change in place (arrays, tensors, containers)."""
+    return {k: v.detach().clone() if isinstance(v, torch.Tensor)
+            else copy.deepcopy(v) if isinstance(v, (np.ndarray, list, tuple, dict)) else v
             for k, v in params.items()}
 
 
 def _same_param(a, b):
     if a is b:
         return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):     # e.g. noise_std given as a tensor
+        as_array = lambda v: v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else v
+        a, b = as_array(a), as_array(b)
     if isinstance(a, (np.ndarray, list, tuple)) or isinstance(b, (np.ndarray, list, tuple)):
         try:
             return bool(np.array_equal(np.asarray(a), np.asarray(b)))
