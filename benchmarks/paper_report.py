@@ -55,10 +55,11 @@ def start_summary(data_rmse, thresholds):
     ``merge_reproductions.py`` both use it, so a joined record's cells are computed as a single run's."""
     best = np.asarray(data_rmse, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
+    finite = np.where(np.isfinite(best), best, np.nan)     # Table 4 leaves an inf out as a NaN (nanmean kept it)
     return dict(data_rmse=best.tolist(),
                 accepted=np.sum(best <= thresholds[:, None], axis=1).astype(int).tolist(),
                 non_finite=np.sum(~np.isfinite(best), axis=1).astype(int).tolist(),
-                mean_rmse=np.nanmean(best, axis=1).tolist(), best_rmse=np.nanmin(best, axis=1).tolist())
+                mean_rmse=np.nanmean(finite, axis=1).tolist(), best_rmse=np.nanmin(best, axis=1).tolist())
 
 
 def _fmt(value, fmt):

@@ -230,16 +230,18 @@ def test_a_failed_capture_runs_the_case_eagerly_and_says_so(script, tiny, monkey
     assert cases["VSbrd"]["cuda_graphs"] is True and "cuda_graphs_error" not in cases["VSbrd"]
 
 
-def test_sgan_cases_run_with_a_saved_sgan_prior_and_the_published_starts(script, tiny, monkeypatch):
+@pytest.mark.parametrize("first", [0, 3])
+def test_sgan_cases_run_with_a_saved_sgan_prior_and_the_published_starts(script, tiny, monkeypatch, first):
     """--sgan DIR runs SAnnn and SSbnd with the saved SGANPrior; --published-starts hands them the first
-    N arrays of zinitSGAN500.npy, flattened in C order and mapped by --sgan-starts-map."""
+    N arrays of zinitSGAN500.npy, flattened in C order and mapped by --sgan-starts-map; with --first-start K
+    the arrays [K, K + N), as the VAE cases' (a run adding starts to the SGAN columns)."""
     from latentinv.sgan import SGANPrior
 
     root, _, _ = tiny
     sgan = SGANPrior(n_filters=2, dilations=(), training_latent_shape=None, batch_size=2, n_iterations=1,
                      random_state=0, device="cpu")
     sgan.fit(PatchSampler(make_channel_image((160, 90), random_state=1), (129, 65), random_state=0))
-    sgan.save(root / "sgan")
+    sgan.save(root / f"sgan{first}")
     u = np.random.default_rng(11).random((500, 5, 3))
     np.save(root / "test_models" / "zinitSGAN500.npy", u)
     seen = []
@@ -251,19 +253,20 @@ def test_sgan_cases_run_with_a_saved_sgan_prior_and_the_published_starts(script,
             return super().fit(X, y)
 
     monkeypatch.setattr(script, "LatentInverter", Spy)
-    out = root / "o_sgan"
-    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--sgan", str(root / "sgan"),
+    out = root / f"o_sgan{first}"
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--sgan", str(root / f"sgan{first}"),
                  "--test-models", str(root / "test_models"), "--published-starts", "--sgan-starts-map", "box",
-                 "--cases", "SAnnn,SSbnd", "--n-starts", "2", "--epochs", "1", "--no-nonlinear",
-                 "--device", "cpu", "--out", str(out)])
+                 "--first-start", str(first), "--cases", "SAnnn,SSbnd", "--n-starts", "2", "--epochs", "1",
+                 "--no-nonlinear", "--device", "cpu", "--out", str(out)])
     assert [name for name, _ in seen] == ["SGANPrior", "SGANPrior"]
     for _, z in seen:
-        np.testing.assert_array_equal(z, 2.0 * u[:2].reshape(2, 15) - 1.0)
+        np.testing.assert_array_equal(z, 2.0 * u[first:first + 2].reshape(2, 15) - 1.0)
     record = json.loads((out / "reproduce_paper.json").read_text())
     assert set(record["cases"]) == {"SAnnn", "SSbnd"} and not record["skipped"]
     assert "mapped to [-1, 1] by z = 2u - 1" in record["sgan_starts"]
     # the report's set-up names the SGAN cases' starts too (it named zinitVAE500 alone)
-    assert "the SGAN cases: zinitSGAN500.npy[:2]" in (out / "reproduction.md").read_text()
+    starts = "[:2]" if first == 0 else "[3:5]"
+    assert f"the SGAN cases: zinitSGAN500.npy{starts}" in (out / "reproduction.md").read_text()
 
 
 def test_reference_vae_runs_the_paper_network(script, tiny, tmp_path):
@@ -718,6 +721,39 @@ def test_a_start_without_a_finite_misfit_is_counted_and_said_under_table4(script
     assert "mean of the other 2" in t4
 
 
+def test_an_infinite_data_rmse_is_left_out_of_table4s_mean_as_a_nan_is():
+    """A start whose data RMSE is +inf (a misfit that overflowed) is non-finite, as a NaN one: rejected in
+    Table 3, counted, and left out of Table 4's mean. np.nanmean left the NaN out but kept the inf: the cell
+    was inf, under a note saying it was the mean of the other starts. Hand values."""
+    report = _load("paper_report")
+    cell = report.start_summary([[1.0, np.inf, 3.0], [np.nan, 0.5, np.inf]], [2.0, 0.5])
+    assert cell["non_finite"] == [1, 2] and cell["accepted"] == [1, 1]
+    assert cell["mean_rmse"] == [2.0, 0.5] and cell["best_rmse"] == [1.0, 0.5]
+
+
+def test_a_joined_records_report_lists_each_run_with_its_start_range_and_minutes():
+    """A record joined by merge_reproductions.py: the set-up lists each run with its published starts
+    [first, first + n), its command, code, machine and wall time in minutes (hand values)."""
+    report = _load("paper_report")
+    runs = [dict(first_start=0, n_starts=5, command="python r.py --n-starts 5", total_s=90.0,
+                 machine={"processor_name": "cpuA", "cpu_count": 2,
+                          "latentinv": {"version": "0.1", "commit": "a" * 40, "dirty": False}}),
+            dict(first_start=5, n_starts=5, command="python r.py --n-starts 5 --first-start 5", total_s=1500.0,
+                 machine={"processor_name": "cpuB", "cpu_count": 16,
+                          "latentinv": {"version": "0.2", "commit": "b" * 40, "dirty": True}})]
+    cell = report.start_summary([[1.0, 3.0], [0.25, 0.5]], [2.0, 0.5])
+    record = _hand_record(
+        table2={"threshold": [2.0, 0.5], "model_rmse": [0.1, 0.1], "constant_model_rmse": [0.4, 0.3],
+                "homogeneous_data_rmse": [5.0, 5.0]},
+        case_columns=[("VSbrd", False)], cases={"VSbrd": cell}, differences=[], merged_from=runs)
+    md = report.markdown_report(record)
+    assert "Joined from 2 runs of the same experiment" in md
+    assert ("- starts [0, 5): `python r.py --n-starts 5`; latentinv 0.1, commit aaaaaaaaaaaa; cpuA (2 cores); "
+            "1.5 min.") in md
+    assert ("- starts [5, 10): `python r.py --n-starts 5 --first-start 5`; latentinv 0.2, commit bbbbbbbbbbbb "
+            "with uncommitted changes; cpuB (16 cores); 25.0 min.") in md
+
+
 def test_published_starts_reach_the_nonlinear_case_too(script, tiny, monkeypatch):
     """--published-starts: the nonlinear VSbrd runs (Fig. 10) start from the first --nonlinear-starts published
     latents as well (the published notebook's single start is zinitVAE500[0]), whatever --n-starts; the
@@ -754,6 +790,13 @@ def test_published_starts_reach_the_nonlinear_case_too(script, tiny, monkeypatch
     md = (out / "reproduction.md").read_text()
     assert "No case of Table 1 ran" in md and "## Table 3" not in md and "None iterations" not in md
     assert "(zinitVAE500.npy[:2])" in md
+    # --first-start K moves the linear cases' starts, not the nonlinear case's (the notebook's zinitVAE500[0] on)
+    seen.clear()
+    script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
+                 "--test-models", str(root / "test_models"), "--published-starts", "--first-start", "3",
+                 "--cases", "", "--n-starts", "1", "--nonlinear-starts", "2", "--device", "cpu", "--out", str(out)])
+    assert len(seen) == 2 and all(s is not None and np.array_equal(s, z[:2]) for s in seen)
+    assert json.loads((out / "reproduce_paper.json").read_text())["nonlinear"]["starts"] == "zinitVAE500.npy[:2]"
     # without --published-starts the nonlinear starts are drawn, and the record says so
     seen.clear()
     script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"),
