@@ -178,6 +178,9 @@ def test_the_sgan_variants_and_their_rates(monkeypatch):
     assert rows[1]["max_model_diff_vs_first"] == float(np.max(np.abs(runs[1].models - runs[0].models)))
     assert rows[1]["max_model_diff_vs_first"] < 1e-3           # the same steps, float32 round-off apart
     assert (rows[1]["channels_last"], rows[1]["fused_norm"]) == (True, True)
+    # each row's best data RMSE is its own run's least (of 2 surveys x 2 starts, which differ)
+    assert [r["best_data_rmse_ns"] for r in rows] == [float(np.nanmin(run.data_rmse)) for run in runs]
+    assert all(np.nanmax(run.data_rmse) > np.nanmin(run.data_rmse) for run in runs)
 
 
 def test_the_sgan_section_names_its_fastest_variant_for_the_reproduction(tmp_path, monkeypatch):
@@ -202,6 +205,25 @@ def test_the_sgan_section_names_its_fastest_variant_for_the_reproduction(tmp_pat
     assert options == ["--sgan-layout", "channels_last,fused_norm", "--cudnn-benchmark"]
     args = reproduce_paper.parse_args(options + ["--out", str(tmp_path / "o")])
     assert args.sgan_layout == ["channels_last", "fused_norm"] and args.cudnn_benchmark
+
+
+def test_the_sgan_section_profiles_the_default_and_the_fastest_variant_wherever_it_stands(monkeypatch):
+    """The kernel tables of --sgan-rates are those of the first variant (the default) and of the fastest one,
+    and the "sgan fastest" row names the fastest, here the third of three (in the test above it was the second,
+    so the first two variants would have passed for them)."""
+    variants = bench_inversion.sgan_variants(bench_inversion.sgan_generator("cpu"))
+    picked = [variants[0], variants[1], variants[6]]
+    monkeypatch.setattr(bench_inversion, "sgan_rate_rows", lambda *args, **kwargs: picked[2])
+    profiled = []
+    monkeypatch.setattr(bench_inversion, "profile_rows",
+                        lambda chosen, *args, **kwargs: profiled.extend(v[0] for v in chosen))
+    rows = []
+    fastest = bench_inversion.sgan_section(picked, None, None, "cpu", rows, iterations=2, profile=True,
+                                           cuda_graphs=False)
+    assert fastest is picked[2]
+    assert profiled == [f"SGAN, {variants[0][0]}", f"SGAN, {variants[6][0]}"]
+    assert rows == [dict(case="sgan fastest", method=variants[6][0], precision="float32", cudnn_autotune=True,
+                         layout=["channels_last", "fused_norm"])]
 
 
 def test_later_variants_are_compared_with_an_earlier_calls_reference(problem):

@@ -1295,7 +1295,9 @@ def test_noise_std_in_any_real_container_is_taken(problem, value):
 def test_noise_std_out_of_scale_with_the_traveltimes_is_warned(problem, estimator):
     """noise_std in seconds, microseconds or picoseconds (the traveltimes in ns): a DataScaleWarning that
     gives the ratio to the median traveltime of the prior's models, outside [1e-5, 1]; none in between
-    (the paper's 0.25 ns, a per-ray array of it, the range's own ends)."""
+    (the paper's 0.25 ns, a per-ray array of it, the range's own ends: 1 exactly, as the median itself, is
+    inside), nor for a per-ray noise whose median is in range though some rays' noise is far outside it (the
+    median is judged, not the largest or the mean)."""
     op, gen, _, _, tt = problem
     make = ((lambda s: LatentInverter(gen, op, noise_std=s, device="cpu", n_starts=1, n_epochs=1))
             if estimator == "inverter" else
@@ -1312,7 +1314,9 @@ def test_noise_std_out_of_scale_with_the_traveltimes_is_warned(problem, estimato
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*noise_std \\(median", category=DataScaleWarning)
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for sigma in (0.25, np.full(op.n_data, 0.25), 1.001e-5 * median, 0.999 * median):
+        few_far = np.where(np.arange(op.n_data) <= op.n_data // 2, 0.25, 1e3 * median)    # its median: 0.25
+        assert np.median(few_far) == 0.25 and few_far.max() / median == 1e3
+        for sigma in (0.25, np.full(op.n_data, 0.25), 1.001e-5 * median, 0.999 * median, median, few_far):
             run(make(sigma).fit(tt))
 
 

@@ -150,6 +150,14 @@ def test_predict_on_dask_equals_the_serial_run(dask_client):
     with joblib.parallel_backend("dask"):
         per_survey = _inverter(op, gen).fit(times).invert(times)     # chunk_size None: one per chunk
     _assert_same(_serial(op, gen, times, chunk_size=1), per_survey)
+    # starting latents of one array per survey: each chunk submitted to Dask takes its own surveys' arrays
+    # (a chunk given the first surveys' arrays ran without a word: only the in-line path was tested)
+    Z = np.random.default_rng(2).standard_normal((8, 3, D)) * np.arange(1, 9)[:, None, None]
+    with joblib.parallel_backend("dask"):
+        on_dask = _inverter(op, gen, chunk_size=2, initial_latents=Z).fit(times).invert(times)
+    _assert_same(_serial(op, gen, times, chunk_size=2, initial_latents=Z), on_dask)
+    np.testing.assert_allclose(on_dask.latent_norm_history[:, :, 0], np.linalg.norm(Z.astype(np.float32), axis=2),
+                               rtol=1e-6)
 
 
 def test_grid_search_on_dask_equals_the_serial_search(dask_client):

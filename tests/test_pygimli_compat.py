@@ -210,6 +210,12 @@ def test_from_pygimli_data_warns_of_traveltimes_in_seconds():
         warnings.simplefilter("error")
         _, t = from_pygimli_data(_data(sensors, [0], [1], [20.0]))
     np.testing.assert_array_equal(t, [20.0])
+    # the bound is 1 m/ns, as documented: 3 m in 2.5 ns (1.2 m/ns) is warned, 3 m in 3.1 ns (0.97 m/ns) is not
+    with pytest.warns(UserWarning, match=r"datum 0 is 3 m in 2.5 ns, 1.2 m/ns, faster than light"):
+        from_pygimli_data(_data(sensors, [0], [1], [2.5]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_pygimli_data(_data(sensors, [0], [1], [3.1]))
 
 
 def test_from_pygimli_data_drops_the_data_pyGIMLi_marks_invalid():
@@ -246,6 +252,25 @@ def test_from_pygimli_data_drops_the_data_pyGIMLi_marks_invalid():
         warnings.simplefilter("error")
         survey, t = from_pygimli_data(_data(sensors, [0, 1], [2, 3], [30.0, 31.0]))
     assert survey.n_data == 2 and t.tolist() == [30.0, 31.0]
+
+
+def test_from_pygimli_data_keeps_the_data_pyGIMLis_removeInvalid_keeps():
+    """pyGIMLi's removeInvalid keeps a datum only where ``valid`` is 1: 2, -1 and 0.5 are invalid to it as 0
+    is (the test above marked with 0 and 1 only). from_pygimli_data reads the same data, in the same order,
+    as a copy that removeInvalid cleaned."""
+    sensors = [(0, -1), (0, -2), (3, -1), (3, -2)]
+    data = _data(sensors, [0, 1, 0, 1, 0], [2, 3, 3, 2, 3], [30.0, 31.0, 32.0, 33.0, 34.0])
+    data.set("valid", pg.Vector([1.0, 2.0, 0.5, -1.0, 1.0]))
+    cleaned = pg.DataContainer(data)
+    cleaned.removeInvalid()
+    assert cleaned.size() == 2 and np.asarray(cleaned["t"]).tolist() == [30.0, 34.0]
+    with pytest.warns(UserWarning, match=r"3 of 5 data are marked invalid .*first: datum 1\) and were dropped: "
+                                         r"the survey and the times hold the other 2"):
+        survey, t = from_pygimli_data(data)
+    expected, t_expected = from_pygimli_data(cleaned)
+    np.testing.assert_array_equal(t, t_expected)
+    np.testing.assert_array_equal(survey.source_positions, expected.source_positions)
+    np.testing.assert_array_equal(survey.receiver_positions, expected.receiver_positions)
 
 
 def test_to_pygimli_data_marks_its_data_valid():
