@@ -135,3 +135,56 @@ def test_sgan_switches_leave_training_to_the_modules():
     y.sum().backward()
     assert all(p.grad is not None for p in switched.parameters())
     assert not any("_latentinv_channels_last_weight" in c.__dict__ for c in switched.upsample)
+
+
+@pytest.mark.parametrize("relu_first", [False, True])
+def test_float64_maps_keep_float64_arithmetic(relu_first):
+    """A float64 map was normalised from float32 statistics (5e-8 from the float64 modules in a float64
+    decoder with ``layout_fused_norm``, 1.8e-6 in the SGAN's, where every other switch kept 1e-15): its
+    statistics and result are float64, to float64 round-off; float32 maps keep float32 statistics."""
+    g = torch.Generator().manual_seed(9)
+    h = (torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64) * 4 + 2).requires_grad_(True)
+    w = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    got = (fused.relu_norm if relu_first else fused.norm_relu)(h, 1e-5)
+    (got_grad,) = torch.autograd.grad(got, h, w)
+    hd = h.detach().clone().requires_grad_(True)
+    want = _reference(hd, relu_first)
+    (want_grad,) = torch.autograd.grad(want, hd, w)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12 * float(want_grad.abs().max()))
+
+
+def test_the_sgan_switch_in_float64_is_the_float64_generator():
+    """The SGAN generator in float64 with the compiled norms: images and latent gradients of the float64
+    modules to float64 round-off."""
+    switched, plain = _generator(layout_fused_norm=True)
+    switched, plain = switched.double(), plain.double()
+    z = (torch.rand(2, 1, 5, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 2 - 1)
+    grads = []
+    for net in (switched, plain):
+        zz = z.clone().requires_grad_(True)
+        x = net(zz)
+        grads.append((x.detach(), torch.autograd.grad(x.sum(), zz)[0]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=0, atol=1e-12 * float(grads[1][1].abs().max()))
+
+
+def test_a_backward_that_keeps_its_graph_is_refused_naming_the_switch():
+    """After a first-order backward through the SGAN's compiled norms (an inversion's step), a backward with
+    ``retain_graph=True`` or ``create_graph=True`` (LatentSampler's Gauss-Newton preconditioner) was torch's
+    RuntimeError "This backward function was compiled with non-empty donated buffers ... set
+    torch._functorch.config.donated_buffer=False", which names neither latentinv nor the switch (and
+    whether it came depended on which backward had compiled first). It is an error naming the switch; the
+    first-order backward stays the modules'."""
+    switched, plain = _generator(layout_fused_norm=True)
+    z = torch.rand(2, 1, 5, 3, generator=torch.Generator().manual_seed(10)) * 2 - 1
+    zp = z.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(plain(zp).square().sum(), zp)
+    zz = z.clone().requires_grad_(True)
+    (got,) = torch.autograd.grad(switched(zz).square().sum(), zz)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    for keep in (dict(retain_graph=True), dict(create_graph=True)):
+        zz = z.clone().requires_grad_(True)
+        with pytest.raises(RuntimeError, match="layout_fused_norm"):
+            torch.autograd.grad(switched(zz).square().sum(), zz, **keep)

@@ -8,13 +8,18 @@ pointwise kernel each way (Triton on CUDA, C++ on the CPU), and the transposed c
 cuDNN's: the whole step compiled fails in inductor's stride checks of ``convolution_backward``
 (torch 2.11), which the convolutions outside the compiled code avoid.
 
-The statistics are float32 whatever the map's dtype (bfloat16 under autocast: the next convolution
-takes bfloat16 anyway), and the result has the map's dtype. Each shape is its own compiled kernel
-(``dynamic=False``): the decoders have a few layers and one batch size per run. Compilation happens at
+The statistics are float32 for maps of float32 and narrower dtypes (bfloat16 under autocast: the next
+convolution takes bfloat16 anyway), float64 for float64 maps, and the result has the map's dtype. Each
+shape is its own compiled kernel (``dynamic=False``): the decoders have a few layers and one batch size
+per run. Compilation happens at
 the first call of a shape (seconds): an inversion replayed from a CUDA graph compiles in its warm-up
-steps, before the capture. Their backward is not differentiable again (torch.compile's): a second
-derivative through them (``create_graph=True``) is torch's error, so the switches that use them are for
-the inversion's first-order steps.
+steps, before the capture. Their backward runs once per forward (torch.compile's: it may reuse the
+memory of the tensors it saved, and it is not differentiable again), so the switches that use them are for
+the inversion's first-order steps: a backward through them with ``retain_graph=True`` or
+``create_graph=True`` (a second derivative, as ``LatentSampler``'s Gauss-Newton preconditioner takes) is a
+RuntimeError that names the switch. Torch's own error there depended on which backward had compiled
+first, and named its configuration ("compiled with non-empty donated buffers ... set
+torch._functorch.config.donated_buffer=False"), not the switch.
 """
 from __future__ import annotations
 
@@ -34,12 +39,30 @@ def _normalised(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + eps)
 
 
+def _wide(h: torch.Tensor) -> torch.Tensor:
+    """``h`` in float32, or in its own dtype where that is wider (a float64 map keeps float64)."""
+    return h.to(torch.promote_types(h.dtype, torch.float32))
+
+
 def _norm_then_relu(h: torch.Tensor, eps: float) -> torch.Tensor:
-    return _normalised(h.float(), eps).relu().to(h.dtype)
+    return _normalised(_wide(h), eps).relu().to(h.dtype)
 
 
 def _relu_then_norm(h: torch.Tensor, eps: float) -> torch.Tensor:
-    return _normalised(h.float().relu(), eps).to(h.dtype)
+    return _normalised(_wide(h).relu(), eps).to(h.dtype)
+
+
+def _backward_runs_once(grad):
+    """A hook on the compiled norms' output: refuse a backward that keeps its graph (``retain_graph`` or
+    ``create_graph``), before the compiled backward meets it."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if torch.is_grad_enabled() or (keep is not None and keep()):
+        raise RuntimeError(
+            "latentinv.nn.fused: the compiled instance norms (the decoders' layout_fused_norm switch) have a "
+            "backward that runs once and is not differentiable again: a backward through them with "
+            "retain_graph=True or create_graph=True (a second derivative, e.g. LatentSampler's Gauss-Newton "
+            "preconditioner) is not supported; set layout_fused_norm = False on the decoder for it")
+    return None
 
 
 _compiled = {}
@@ -59,7 +82,10 @@ def _call(fn, h, eps):
     no_autocast = (torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device)
                    else contextlib.nullcontext())
     with _limit(), no_autocast:
-        return compiled(h, float(eps))
+        out = compiled(h, float(eps))
+    if out.requires_grad:
+        out.register_hook(_backward_runs_once)
+    return out
 
 
 def norm_relu(h: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
