@@ -280,9 +280,13 @@ def parse_args(argv=None):
               "--published-starts with an SGAN")]
     if a.first_start and not a.published_starts:
         p.error(f"--first-start {a.first_start}: needs --published-starts (drawn starts have no order to continue)")
-    if not 0 <= a.first_start <= 500 - (a.n_starts or 1):
-        p.error(f"--first-start: expected 0 <= K <= {500 - (a.n_starts or 1)} (500 published starts, "
-                f"--n-starts {a.n_starts or 1} of them), got {a.first_start}")
+    # with --n-starts' default (10, or 2 with --quick), not 1: --first-start 495 passed and the run failed at
+    # its first case (5 published latents for 10 starts), after the prior's training; and drawn starts are
+    # not the published ones (--n-starts 600 without --published-starts was refused as a --first-start)
+    n_starts = a.n_starts or (2 if a.quick else 10)
+    if a.published_starts and not 0 <= a.first_start <= 500 - n_starts:
+        p.error(f"--first-start: expected 0 <= K <= {500 - n_starts} (500 published starts, --n-starts "
+                f"{n_starts} of them{'' if a.n_starts else ', its default'}), got {a.first_start}")
     for wanted, name, option in needs:
         if wanted and not (Path(a.test_models) / name).is_file():
             p.error(f"{option}: needs {name} in --test-models {a.test_models!r}")

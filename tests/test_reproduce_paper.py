@@ -378,6 +378,10 @@ def test_transcribed_tables_match_the_paper():
     (["--exclusion", "nowhere"], "invalid choice"),
     (["--first-start", "3"], "--first-start 3: needs --published-starts"),
     (["--published-starts", "--first-start", "499", "--n-starts", "5"], "--first-start: expected 0 <= K <= 495"),
+    # --n-starts' default (10; 2 with --quick) counts: K = 495 passed and failed at the first case, after training
+    (["--published-starts", "--first-start", "495"], "--first-start: expected 0 <= K <= 490 (500 published "
+                                                     "starts, --n-starts 10 of them, its default), got 495"),
+    (["--published-starts", "--first-start", "499", "--quick"], "--first-start: expected 0 <= K <= 498"),
     (["--layout", "sideways"], "--layout: unknown switches ['sideways']"),
     (["--sgan-layout", "group_norm"], "--sgan-layout: unknown switches ['group_norm']"),
     (["--precision", "float16"], "invalid choice"),
@@ -388,6 +392,13 @@ def test_reproduce_paper_bad_options_stop_before_training(script, tmp_path, caps
     assert exit_info.value.code == 2                      # argparse's usage error, nothing trained
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_more_drawn_starts_than_published_ones_are_not_a_first_start_error(script):
+    """--n-starts 600 without --published-starts draws its starts: it was refused as "--first-start: expected
+    0 <= K <= -100", a check of the published starts' range."""
+    args = script.parse_args(["--n-starts", "600", "--test-models", str(BENCH)])
+    assert args.n_starts == 600 and args.first_start == 0
 
 
 @pytest.mark.parametrize("cases", ["", ",", " , "])
