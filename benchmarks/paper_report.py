@@ -140,17 +140,26 @@ def _code_line(record):
 
 
 
-def _arithmetic(args):
+def _arithmetic(record):
     """A set-up line for arithmetic other than float32 with the default kernels (``--precision``,
-    ``--sgan-precision``, ``--layout``, ``--sgan-layout``, ``--cudnn-benchmark``), or none."""
+    ``--sgan-precision``, ``--layout``, ``--sgan-layout``, ``--cudnn-benchmark``), or none. What was asked
+    but could not act is said so: the VAE decoder's layout switches act off the CPU's own path (on a CPU
+    the decoder ran that path), cuDNN's autotuner on CUDA only, the SGAN's options with an SGAN only."""
+    args = record["args"]
+    on_cpu = args.get("device") == "cpu" or not (record.get("machine") or {}).get("cuda")
+    no_sgan = not record.get("sgan")
     parts = []
     for what, precision, layout in (("VAE", "precision", "layout"), ("SGAN", "sgan_precision", "sgan_layout")):
         chosen = [args[precision]] if args.get(precision, "float32") != "float32" else []
-        chosen += [f"layout {', '.join(args[layout])}"] if args.get(layout) else []
+        if args.get(layout):
+            idle = (" (asked; no effect: on the CPU the decoder runs its own CPU path)"
+                    if what == "VAE" and on_cpu else "")
+            chosen += [f"layout {', '.join(args[layout])}{idle}"]
         if chosen:
-            parts.append(f"the {what} cases' decoder in {'; '.join(chosen)}")
+            idle = " (asked; no effect: no SGAN case ran)" if what == "SGAN" and no_sgan else ""
+            parts.append(f"the {what} cases' decoder in {'; '.join(chosen)}{idle}")
     if args.get("cudnn_benchmark"):
-        parts.append("cuDNN's autotuner on")
+        parts.append("cuDNN's autotuner on" + (" (asked; no effect on the CPU)" if on_cpu else ""))
     return [f"- Arithmetic: {'; '.join(parts)} (float32 with the default kernels otherwise)."] if parts else []
 
 
@@ -207,7 +216,7 @@ def markdown_report(record, figure_prefix=""):
            (f"- Cases: `PAPER_CASES` (Table 1's settings), {record['iterations_linear']} iterations each."
             if record["case_columns"] else "- Cases: none of Table 1 (`--cases ''`): Table 2's thresholds and "
                                            "the nonlinear case only."),
-           *_arithmetic(a),
+           *_arithmetic(record),
            f"- Total time {record['total_s'] / 60:.1f} min; prior training {record['prior']['training_s']:.0f} s.",
            ""]
 

@@ -102,6 +102,7 @@ from latentinv.nn import ConvDecoder  # noqa: E402
 from latentinv.nn.sgan import SpatialGenerator  # noqa: E402
 from latentinv.plotting import plot_manifold_deformation, plot_models, plot_sgd_toy  # noqa: E402
 from latentinv.prior import VAEPrior  # noqa: E402
+from latentinv._common import _resolve_device  # noqa: E402
 
 #: Upper-left corners (row, col) and size of the paper's cropped truths mc1-mc3 in the training image
 #: (the published test_models/mc1..3.npy are exact crops of these windows).
@@ -229,6 +230,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default="reproduce_paper_out", help="folder for figures, JSON and report")
     a = p.parse_args(argv)
     # everything checkable is checked here, before the prior's training
+    try:     # a bad --device, CUDA where there is none, and --cuda-graphs without CUDA failed at the first case
+        device = resolve_device(a.device)
+    except ValueError as exc:
+        p.error(str(exc))
+    if a.cuda_graphs and device.type != "cuda":
+        p.error(f"--cuda-graphs: CUDA graphs need a CUDA device; --device {a.device} is {device} here (give "
+                "--device cuda on a machine with a GPU, or leave out --cuda-graphs)")
     given = a.cases
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     if not a.cases and a.no_nonlinear:     # '' alone runs the nonlinear case only (as its records do)
@@ -309,6 +317,12 @@ def parse_args(argv=None):
         a.batch_size = min(a.batch_size, 16)
     a.epochs_nonlinear = a.epochs_nonlinear or NONLINEAR_SETTINGS["n_epochs"]
     return a
+
+
+def resolve_device(device):
+    """The ``torch.device`` that ``--device`` names here (the estimators' own check; ValueError naming
+    ``--device``)."""
+    return _resolve_device(device, owner="--device")
 
 
 def exclusion_text(args):

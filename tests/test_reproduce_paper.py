@@ -193,7 +193,28 @@ def test_first_start_continues_the_published_latents_and_the_layouts_reach_the_d
     assert record["args"]["first_start"] == 3 and record["args"]["layout"] == ["fused_norm"]
     text = (out / "reproduction.md").read_text()
     assert "the published initial latents zinitVAE500[3:5]" in text
-    assert "- Arithmetic: the VAE cases' decoder in layout fused_norm; cuDNN's autotuner on" in text
+    assert ("- Arithmetic: the VAE cases' decoder in layout fused_norm (asked; no effect: on the CPU the decoder "
+            "runs its own CPU path); cuDNN's autotuner on (asked; no effect on the CPU)") in text
+
+
+def test_the_arithmetic_line_says_what_could_not_act():
+    """The set-up's arithmetic line named the VAE decoder's layout switches and cuDNN's autotuner of a CPU
+    run as the run's arithmetic, and the SGAN's options of a run without an SGAN; none of them acted. On
+    CUDA, and the SGAN's switches (its generator has no CPU path of its own), they did."""
+    report = _load("paper_report")
+    args = dict(device="auto", precision="bfloat16", layout=["fused_norm"], sgan_precision="float32",
+                sgan_layout=["channels_last"], cudnn_benchmark=True)
+    gpu = dict(args=args, machine=dict(cuda="NVIDIA H200"), sgan="SGANPrior saved in s")
+    assert report._arithmetic(gpu) == [
+        "- Arithmetic: the VAE cases' decoder in bfloat16; layout fused_norm; the SGAN cases' decoder in layout "
+        "channels_last; cuDNN's autotuner on (float32 with the default kernels otherwise)."]
+    cpu = dict(gpu, machine=dict(cuda=None), sgan=None)
+    assert report._arithmetic(cpu) == [
+        "- Arithmetic: the VAE cases' decoder in bfloat16; layout fused_norm (asked; no effect: on the CPU the "
+        "decoder runs its own CPU path); the SGAN cases' decoder in layout channels_last (asked; no effect: no "
+        "SGAN case ran); cuDNN's autotuner on (asked; no effect on the CPU) (float32 with the default kernels "
+        "otherwise)."]
+    assert report._arithmetic(dict(gpu, args=dict(args, device="cpu")))[0].count("asked; no effect") == 2
 
 
 def test_a_failed_capture_runs_the_case_eagerly_and_says_so(script, tiny, monkeypatch, capsys):
@@ -218,6 +239,7 @@ def test_a_failed_capture_runs_the_case_eagerly_and_says_so(script, tiny, monkey
             return result
 
     monkeypatch.setattr(script, "LatentInverter", CaptureFailsOnce)
+    monkeypatch.setattr(script, "resolve_device", lambda device: script.torch.device("cuda"))  # as on a GPU
     out = root / "o_graphs"
     script.main(["--ti", str(root / "ti.npy"), "--prior", str(root / "prior"), "--test-models",
                  str(root / "test_models"), "--cases", "VSnnn,VSbrd", "--n-starts", "2", "--epochs", "1",
@@ -385,6 +407,9 @@ def test_transcribed_tables_match_the_paper():
     (["--layout", "sideways"], "--layout: unknown switches ['sideways']"),
     (["--sgan-layout", "group_norm"], "--sgan-layout: unknown switches ['group_norm']"),
     (["--precision", "float16"], "invalid choice"),
+    # --device and --cuda-graphs failed at the first case (a traceback after the prior's training)
+    (["--device", "gpu"], "--device: device must be"),
+    (["--device", "cpu", "--cuda-graphs"], "--cuda-graphs: CUDA graphs need a CUDA device; --device cpu is cpu"),
 ])
 def test_reproduce_paper_bad_options_stop_before_training(script, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
