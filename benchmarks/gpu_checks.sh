@@ -53,6 +53,10 @@
 #   arguments (default "-n 6 --continue-on-collection-errors"); BENCH_CAP: bench_inversion's timeout (150 s);
 #   COMPILE_CHECK=0: no compile_check.py before torch.compile's rows (each row still says how far its answer is
 #   from the eager row's).
+# The variables are checked first, before the install and every step (exit 2 naming the variable): STEPS' words,
+#   the whole numbers, the 0/1 switches, TM, and with the sgan step SGAN_CASES, SGAN_DIR, FASTEST=1 (it needs this
+#   call's bench step with --layouts or --sgan-rates) and SGAN_ARITH (reproduce_paper.py's own parser, once Python
+#   is installed).
 # DRY=1 runs every step tiny on the CPU (to check the script itself). Opt-in steps: "sgan" (trains the published
 #   SGAN on the GPU within the time left but SGAN_RESERVE (170 s), in parts on the checkpoint SGAN_CKPT on this
 #   machine's disk (a later call on the still warm machine carries it on), runs SAnnn/SSbnd with it and brings it
@@ -87,6 +91,46 @@ RP_PRIOR=${RP_PRIOR:-}
 RP_RESERVE=${RP_RESERVE:-150}                  # seconds kept after the prior for the reproduction (target: 120)
 PY=${PY:-python3}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# The variables, checked before anything runs (an unknown step was skipped without a word and the call exited
+# 0; a misspelt SGAN case, a missing SGAN_DIR or FASTEST=1 without the bench's rows met the sgan step only after
+# the bench, on the GPU's time): a usage error naming the variable, exit 2
+usage() { echo "gpu_checks.sh: $*" >&2; exit 2; }
+ALL_STEPS="bench train tests prior reproduce nonlinear sgan sampling none"
+for s in $STEPS; do
+  case " $ALL_STEPS " in *" $s "*) ;; *) usage "STEPS: unknown step '$s'; expected words among: $ALL_STEPS" ;; esac
+done
+[ -n "${STEPS// /}" ] || usage "STEPS: empty; expected words among: $ALL_STEPS"
+for v in DEADLINE BENCH_CAP RP_RESERVE SGAN_RESERVE SGAN_STARTS PRIOR_ITERS PRIOR_TARGET; do
+  val=${!v:-}
+  [ -z "$val" ] || [[ "$val" =~ ^[0-9]+$ ]] || usage "$v: expected a whole number, got '$val'"
+done
+[ "$DEADLINE" -ge 1 ] || usage "DEADLINE: expected at least 1 second, got $DEADLINE"
+[ -z "${SGAN_STARTS:-}" ] || [ "$SGAN_STARTS" -ge 1 ] || usage "SGAN_STARTS: expected at least 1, got $SGAN_STARTS"
+for v in DRY CPU_FIRST FASTEST COMPILE_CHECK; do
+  val=${!v:-}
+  [ -z "$val" ] || [ "$val" = 0 ] || [ "$val" = 1 ] || usage "$v: expected 0 or 1, got '$val'"
+done
+[ -z "$TM" ] || [ -d "$TM" ] || usage "TM: no folder '$TM' (the published test models)"
+if want sgan; then
+  PAPER_CASES="VSnnn VSbnn VSbod VSbrd SAnnn SSbnd"
+  if [ "${SGAN_CASES:-SAnnn,SSbnd}" != all ]; then
+    CS=${SGAN_CASES:-SAnnn,SSbnd}
+    for c in ${CS//,/ }; do
+      case " $PAPER_CASES " in *" $c "*) ;;
+        *) usage "SGAN_CASES: unknown case '$c'; expected 'all' or a comma-separated list of: $PAPER_CASES" ;; esac
+    done
+  fi
+  if [ -n "${SGAN_DIR:-}" ] && [ ! -f "$SGAN_DIR/config.json" ]; then
+    usage "SGAN_DIR: '$SGAN_DIR' is not a saved SGAN (no $SGAN_DIR/config.json; carry it with carry=[\".gpu_data\"])"
+  fi
+  if [ "${FASTEST:-0}" = 1 ] && [ -z "${SGAN_ARITH:-}" ]; then
+    want bench || usage "FASTEST=1: the arithmetic comes from this call's bench step, which STEPS='$STEPS' leaves" \
+      "out (the results folder is emptied at each call's start): add bench, or give SGAN_ARITH"
+    case " $BENCH_ARGS " in *" --layouts"*|*" --sgan-rates "*) ;;
+      *) usage "FASTEST=1: BENCH_ARGS='$BENCH_ARGS' has neither --layouts nor --sgan-rates, the rows it reads" ;; esac
+  fi
+fi
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 RESULTS=/tmp/li_results; rm -rf "$RESULTS"; mkdir -p "$RESULTS"
 T0=$(date +%s)
@@ -137,6 +181,16 @@ else
 fi
 $PY -c "import latentinv; print('latentinv', latentinv.__file__, 'compiled core', latentinv.HAS_CORE)" 2>&1 | tee -a "$OUT/log.txt"
 log "installed; TM=${TM:-none}"
+if want sgan && [ -n "${SGAN_ARITH:-}" ]; then     # reproduce_paper.py's own parser, before any step
+  # shellcheck disable=SC2086
+  $PY - $SGAN_ARITH <<'PYEOF' 2>&1 | tail -1 | sed 's/^/gpu_checks.sh: SGAN_ARITH: /' >&2
+import sys
+sys.path.insert(0, "benchmarks")
+import reproduce_paper
+reproduce_paper.parse_args(["--cases", "SAnnn", "--device", "cpu", "--no-nonlinear"] + sys.argv[1:])
+PYEOF
+  [ "${PIPESTATUS[0]}" = 0 ] || { log "SGAN_ARITH='$SGAN_ARITH': not reproduce_paper.py options (above)"; exit 2; }
+fi
 
 # 1. the GPU alone: the inversion benchmark, then the training benchmark (CPU_FIRST=1: beside phase 2, pinned
 #    to the first two CPUs, which phase 2 leaves free)
@@ -339,6 +393,8 @@ if want sgan; then
       # (SGAN_ARITH: those options given, e.g. from an earlier call's bench record)
       ARITH=${SGAN_ARITH:-}; [ -z "$ARITH" ] && [ "${FASTEST:-0}" = 1 ] && [ -f "$RESULTS/bench/bench_inversion.json" ] \
         && ARITH=$($PY benchmarks/gpu_plan.py tables "$RESULTS/bench/bench_inversion.json")
+      [ "${FASTEST:-0}" = 1 ] && [ -z "$ARITH" ] && echo "[$(now) s] sgan: FASTEST=1, but the bench record names no" \
+        "faster arithmetic (no 'vae fastest' or 'sgan fastest' row, or no readable bench_inversion.json)"
       echo "[$(now) s] sgan: reproduce_paper --cases $CASES, $N starts, arithmetic: ${ARITH:-float32, default kernels}"
       # the VAE prior gives Table 2's thresholds (and draws mv1-mv3 where the published ones are absent)
       timeout $(upto 8) $PY benchmarks/reproduce_paper.py --ti "$TI" --device $DEV \

@@ -51,6 +51,61 @@ def test_gpu_checks_dry_stops_when_it_would_check_another_checkout(tmp_path):
     assert "not this checkout's" in done.stderr and str(tmp_path / "src") in done.stderr
 
 
+def _gpu_checks(tmp_path, **variables):
+    import os
+    import subprocess
+
+    env = dict(os.environ, DRY="1", DEADLINE="60", OUT=str(tmp_path / "out"), PY=sys.executable,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
+    env.update(variables)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_checks.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize("variables, message", [
+    (dict(STEPS="nonsense"), "STEPS: unknown step 'nonsense'"),
+    (dict(STEPS="bench,sgan"), "STEPS: unknown step 'bench,sgan'"),
+    (dict(STEPS="sgan", SGAN_CASES="SAnnn,SSbdn"), "SGAN_CASES: unknown case 'SSbdn'"),
+    (dict(STEPS="sgan", SGAN_DIR="no_such_sgan"), "SGAN_DIR: 'no_such_sgan' is not a saved SGAN"),
+    (dict(STEPS="sgan", FASTEST="1"), "FASTEST=1: the arithmetic comes from this call's bench"),
+    (dict(STEPS="bench sgan", FASTEST="1", BENCH_ARGS="--skip-nonlinear"),
+     "FASTEST=1: BENCH_ARGS='--skip-nonlinear' has neither --layouts nor --sgan-rates"),
+    (dict(STEPS="none", BENCH_CAP="nonsense"), "BENCH_CAP: expected a whole number, got 'nonsense'"),
+    (dict(STEPS="none", DEADLINE="9m"), "DEADLINE: expected a whole number, got '9m'"),
+    (dict(STEPS="sgan", SGAN_STARTS="0"), "SGAN_STARTS: expected at least 1, got 0"),
+    (dict(STEPS="none", FASTEST="yes"), "FASTEST: expected 0 or 1, got 'yes'"),
+    (dict(STEPS="none", TM="no_such_folder"), "TM: no folder 'no_such_folder'"),
+])
+def test_gpu_checks_refuses_bad_variables_before_anything_runs(tmp_path, variables, message):
+    """A lent GPU's call runs unattended against a hard limit. An unknown step (STEPS=nonsense, or
+    'bench,sgan') was skipped without a word and the call exited 0; a misspelt SGAN_CASES, a missing
+    SGAN_DIR or FASTEST=1 without the bench rows it reads met the sgan step only after the bench, on the
+    GPU's time; BENCH_CAP=nonsense became `timeout 0`, no cap at all. Each is a usage error naming the
+    variable (exit 2), before the install and every step."""
+    import shutil
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    done = _gpu_checks(tmp_path, **variables)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"gpu_checks.sh: {message}" in done.stderr
+    assert "installed" not in done.stdout
+
+
+def test_gpu_checks_refuses_sgan_arith_that_reproduce_paper_would_refuse(tmp_path):
+    """SGAN_ARITH is parsed by reproduce_paper.py's own parser once Python is there, before any step (a bad
+    option failed the sgan step after the bench)."""
+    import shutil
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    done = _gpu_checks(tmp_path, STEPS="sgan", SGAN_DIR=str(ROOT / "src" / "latentinv" / "data" / "channels_ti_prior"),
+                       SGAN_ARITH="--sgan-layout group_norm")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "gpu_checks.sh: SGAN_ARITH: " in done.stderr and "--sgan-layout: unknown switches" in done.stderr
+    assert "sgan:" not in (tmp_path / "out" / "log.txt").read_text()      # no step ran
+
+
 @pytest.mark.parametrize("path", [p for p in SCRIPTS if p.parent.name == "benchmarks"], ids=lambda p: p.name)
 def test_the_help_says_the_whole_first_sentence(path, capsys):
     """--help showed the docstring's first line only: 'Reproduction of ... (2021), "Deep generative models
