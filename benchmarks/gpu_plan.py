@@ -49,10 +49,14 @@ def choose_training(record, max_curve_diff=MAX_CURVE_DIFF):
     """``(precision, cuda_graphs, ms_per_iteration)`` of the fastest usable row of a
     ``bench_training.py`` record; float32 eager when no other row qualifies. Raises ValueError when
     not even float32 ran."""
-    rows = [r for r in record["rows"] if "error" not in r and not r.get("ablation", False)]
+    # a row without a finite positive time is one that did not run: a NaN time was chosen before (min
+    # over NaN keeps whichever comes first), and its NaN then stopped `gpu_plan.py iterations`
+    rows = [r for r in record["rows"] if "error" not in r and not r.get("ablation", False)
+            and _positive(r.get("ms_per_iteration"))]
     base = next((r for r in rows if r["precision"] == "float32" and not r.get("cuda_graphs", False)), None)
     if base is None:
-        raise ValueError("bench_training: the float32 row did not run; no training can be planned")
+        raise ValueError("bench_training: the float32 row did not run (or has no finite time per iteration); "
+                         "no training can be planned")
 
     def keeps_curve(r):
         diff = r.get("max_window_rel_diff_vs_float32")
@@ -60,6 +64,10 @@ def choose_training(record, max_curve_diff=MAX_CURVE_DIFF):
 
     best = min((r for r in rows if keeps_curve(r)), key=lambda r: r["ms_per_iteration"])
     return best["precision"], bool(best.get("cuda_graphs", False)), float(best["ms_per_iteration"])
+
+
+def _positive(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def plan_iterations(ms_per_iteration, seconds, *, done=0, target=PAPER_ITERATIONS, safety=1.15,

@@ -35,6 +35,17 @@ def test_training_skips_failed_rows_and_falls_back_to_float32():
         gpu_plan.choose_training(dict(rows=[row("float32", "float32", None, error="OOM"), rows[1]]))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, None])
+def test_training_skips_rows_without_a_finite_time(bad):
+    """A row whose time per iteration is NaN (or infinite, zero, missing) did not run: it was chosen when it
+    came first (min over NaN keys keeps it) and its NaN then stopped `gpu_plan.py iterations --ms nan`."""
+    rows = [row("bfloat16, CUDA graph", "bfloat16", bad, graphs=True, diff=0.01), row("float32", "float32", 6.0),
+            row("bfloat16", "bfloat16", 4.0, diff=0.01)]
+    assert gpu_plan.choose_training(dict(rows=rows)) == ("bfloat16", False, 4.0)
+    with pytest.raises(ValueError, match="float32 row did not run"):
+        gpu_plan.choose_training(dict(rows=[row("float32", "float32", bad), rows[2]]))
+
+
 def test_training_from_the_command_line(tmp_path, capsys):
     record = tmp_path / "bench_training.json"
     record.write_text(json.dumps(dict(rows=[row("float32", "float32", 6.0),
