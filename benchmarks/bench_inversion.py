@@ -1022,6 +1022,21 @@ def print_table(rows):
             print(f"{'':<{cw}}projected 750 iterations: {r['projected_750_iterations_s']:.1f} s")
 
 
+def write_record(path, record):
+    """``record`` as JSON in ``path``, whole or not at all: written beside it, then renamed over it. The
+    record was written in place after each row, so a deadline's kill (gpu_checks.sh's BENCH_CAP) during a
+    write left a truncated file, which gpu_plan.py tables and gpu_results.py could not read."""
+    part = f"{path}.part"
+    try:
+        with open(part, "w") as f:
+            json.dump(record, f, indent=1)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(part)
+        raise
+    os.replace(part, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
@@ -1075,8 +1090,7 @@ def main(argv=None):
     rows = []
 
     def save():
-        with open(args.output, "w") as f:
-            json.dump(dict(machine=info, latentinv=code_info(), quick=args.quick, rows=rows), f, indent=1)
+        write_record(args.output, dict(machine=info, latentinv=code_info(), quick=args.quick, rows=rows))
     if args.decoder or args.decoder_only:
         bench_decoder(rows, repeats=args.repeats or 3, compile_=args.compile)
     linear = not (args.decoder_only or args.nonlinear_only)
@@ -1100,8 +1114,7 @@ def main(argv=None):
     if info["load_average"] is not None:
         print(f"load average at the end (1, 5, 15 min): {info['load_average']} on "
               f"{info['cpu_count']} CPUs: timings on a shared machine vary with it")
-    with open(args.output, "w") as f:
-        json.dump(dict(machine=info, latentinv=code_info(), quick=args.quick, rows=rows), f, indent=1)
+    write_record(args.output, dict(machine=info, latentinv=code_info(), quick=args.quick, rows=rows))
     print(f"wrote {args.output}")
 
 

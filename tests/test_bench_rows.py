@@ -392,3 +392,17 @@ def test_the_table_keeps_its_columns_with_long_names(capsys):
             assert line[:ends[label]].endswith(text), (label, line)
         assert (starts, iters, seconds, per_it) == ("100", "3000", f"{row['seconds']:.2f}",
                                                      f"{row['per_start_iteration_ms']:.3f}")
+
+
+def test_the_record_is_written_whole_or_not_at_all(tmp_path):
+    """The record was written in place after each row: a write stopped midway (a deadline's kill; here a
+    value JSON cannot hold) left a truncated file that gpu_plan.py and gpu_results.py could not read. The
+    earlier record stays whole, and nothing is left beside it."""
+    import json
+
+    path = tmp_path / "bench_inversion.json"
+    bench_inversion.write_record(path, dict(rows=[dict(case="a", seconds=1.0)]))
+    with pytest.raises(TypeError):
+        bench_inversion.write_record(path, dict(rows=[dict(case="a", seconds=1.0), dict(case="b", seconds=object())]))
+    assert json.loads(path.read_text()) == dict(rows=[dict(case="a", seconds=1.0)])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
