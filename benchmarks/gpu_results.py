@@ -61,6 +61,16 @@ def _relative_paths(text):
     return text.replace(f"{ROOT}/", "").replace(f"{ROOT.parent}/shared/", "../shared/")
 
 
+def _read_record(path, summary):
+    """A record's JSON, or None where it cannot be read (a step stopped while writing it): said in
+    ``summary`` under "unreadable records", so that the other records and the logs still land."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        summary.setdefault("unreadable records", {})[path.name] = f"{type(exc).__name__}: {exc}"[:200]
+        return None
+
+
 def records(files_at, card, root, copied):
     """The records of ``results.tar`` and the logs into ``root/docs``; returns a summary dict."""
     docs = root / "docs"
@@ -80,8 +90,9 @@ def records(files_at, card, root, copied):
             for png in sorted((tmp / part).glob("*.png")) if (tmp / part).is_dir() else ():
                 _copy(png, docs / folder / png.name, copied)
         bench = tmp / "bench" / "bench_inversion.json"
-        if bench.is_file():
-            rows = json.loads(bench.read_text())["rows"]
+        bench_record = _read_record(bench, summary) if bench.is_file() else None
+        if bench_record is not None:
+            rows = bench_record.get("rows", [])
             summary["paper experiment (s)"] = {r["method"]: r.get("seconds", r.get("error"))
                                                for r in rows if r.get("case") == "linear paper experiment"}
             # bench_inversion.py --tables: Tables 3-4's cases as the reproduction batches them
@@ -92,24 +103,39 @@ def records(files_at, card, root, copied):
                 r.get("ms_per_iteration", r.get("error")),
                 [f"{e['share']:.1%} {e['name'][:80]}" for e in r.get("entries", [])[:5]])
                 for r in rows if r.get("case") == "profile"})
+            # --sgan-rates: the SGAN step per variant, a column projected; and the fastest rows that
+            # gpu_plan.py tables turned into the reproduction's options (FASTEST=1)
+            sgan_rates = {r.get("variant", r["method"]): (r.get("ms_per_iteration"), r.get("projected_column_s"),
+                                                          r.get("error"))
+                          for r in rows if r.get("case") == "sgan rate"}
+            if sgan_rates:
+                summary["SGAN step by variant (ms per iteration; column projected s; error)"] = sgan_rates
+            fastest = {r["case"]: dict(method=r.get("method"), precision=r.get("precision"), layout=r.get("layout"),
+                                       cudnn_autotune=r.get("cudnn_autotune"))
+                       for r in rows if r.get("case") in ("vae fastest", "sgan fastest")}
+            if fastest:
+                summary["fastest arithmetic (gpu_plan.py tables)"] = fastest
         train = tmp / "train" / "bench_training.json"
-        if train.is_file():
+        train_record = _read_record(train, summary) if train.is_file() else None
+        if train_record is not None:
             summary["training (ms per iteration; 1e5 iterations in min)"] = {
                 r["variant"]: (r.get("ms_per_iteration"), r.get("paper_schedule_minutes"), r.get("error"))
-                for r in json.loads(train.read_text())["rows"]}
+                for r in train_record.get("rows", [])}
         sgan = tmp / "sgan" / "bench_prior_sgan.json"
-        if sgan.is_file():
-            record = json.loads(sgan.read_text())
+        record = _read_record(sgan, summary) if sgan.is_file() else None
+        if record is not None:
             summary["SGAN training"] = dict(steps=record.get("sgan_steps"),
                                             trained=record.get("patterns", {}).get("sgan"),
                                             seconds=record.get("patterns", {}).get("sgan_training_seconds"),
                                             parts=record.get("sgan_training"))   # carried on, then part by part
         sgan_rp = tmp / "sgan" / "reproduce" / "reproduce_paper.json"
-        if sgan_rp.is_file():     # SAnnn and SSbnd with the trained SGAN, from CUDA graphs
-            summary["Tables 3-4, SGAN cases (s)"] = json.loads(sgan_rp.read_text()).get("linear_cases_s")
+        sgan_record = _read_record(sgan_rp, summary) if sgan_rp.is_file() else None
+        if sgan_record is not None:     # SAnnn and SSbnd with the trained SGAN, from CUDA graphs
+            summary["Tables 3-4, SGAN cases (s)"] = sgan_record.get("linear_cases_s")
         rp = tmp / "reproduce" / "reproduce_paper.json"
-        if rp.is_file():
-            summary["Tables 3-4, linear cases (s)"] = json.loads(rp.read_text()).get("linear_cases_s")
+        rp_record = _read_record(rp, summary) if rp.is_file() else None
+        if rp_record is not None:
+            summary["Tables 3-4, linear cases (s)"] = rp_record.get("linear_cases_s")
     logs = [f"==> {name} <==\n{_relative_paths((files_at / name).read_text(errors='replace'))}" for name in LOGS
             if (files_at / name).is_file()]
     if logs:

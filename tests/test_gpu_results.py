@@ -292,3 +292,31 @@ def test_the_trained_sgan_is_put_together_from_its_parts_and_checked(tmp_path, c
     with pytest.raises(Exception, match="(?i)checksum|sha"):
         gpu_results.main([str(at), "--card", "h200", "--root", str(root)])
     np.testing.assert_array_equal(SGANPrior.load(out, device="cpu").decode(z), sgan.decode(z))
+
+
+def test_a_damaged_record_is_said_and_the_rest_lands(tmp_path, capsys):
+    """A bench record cut short (a step stopped while writing it) stopped gpu_results.py with a
+    JSONDecodeError before the logs and the other records' summaries; it is named under "unreadable
+    records" and the rest lands. The SGAN step's rates and the fastest rows (--sgan-rates, --layouts) are in
+    the summary."""
+    at = tmp_path / "files_at"
+    at.mkdir()
+    (at / "log.txt").write_text("[0 s] machine\n")
+    bench = {"rows": [{"case": "sgan rate", "method": "SAnnn step, SGAN (float32)", "variant": "float32",
+                       "ms_per_iteration": 50.0, "projected_column_s": 150.0},
+                      {"case": "sgan fastest", "method": "bfloat16, cuDNN autotuned", "precision": "bfloat16",
+                       "cudnn_autotune": True, "layout": []}]}
+    _tar(at / "results.tar", {"./train/bench_training.json": b'{"rows": [{"variant": "float32", "ms_per',
+                              "./bench/bench_inversion.json": json.dumps(bench).encode(),
+                              "./reproduce/reproduce_paper.json": json.dumps({"linear_cases_s": 88.0}).encode()})
+    root = tmp_path / "repo"
+    assert gpu_results.main([str(at), "--card", "h200", "--root", str(root)]) == 0
+    assert (root / "docs" / "gpu_call_h200.txt").is_file()
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert list(summary["unreadable records"]) == ["bench_training.json"]
+    assert summary["Tables 3-4, linear cases (s)"] == 88.0
+    assert summary["SGAN step by variant (ms per iteration; column projected s; error)"] == {
+        "float32": [50.0, 150.0, None]}
+    assert summary["fastest arithmetic (gpu_plan.py tables)"] == {"sgan fastest": dict(
+        method="bfloat16, cuDNN autotuned", precision="bfloat16", layout=[], cudnn_autotune=True)}
