@@ -1085,6 +1085,11 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.ablation_child:
         return ablation_child(args.repeats or 2)
+    cuda_only = [name for name, on in (("--cudnn-benchmark", args.cudnn_benchmark), ("--profile", args.profile),
+                                       ("--tables", args.tables), ("--layouts", args.layouts),
+                                       ("--sgan-rates", args.sgan_rates)) if on]
+    if cuda_only and not torch.cuda.is_available():     # their rows were left out without a word
+        print(f"[note] {', '.join(cuda_only)}: rows of CUDA only; no CUDA here, so none of them run")
     info = machine()
     info["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []

@@ -406,3 +406,13 @@ def test_the_record_is_written_whole_or_not_at_all(tmp_path):
         bench_inversion.write_record(path, dict(rows=[dict(case="a", seconds=1.0), dict(case="b", seconds=object())]))
     assert json.loads(path.read_text()) == dict(rows=[dict(case="a", seconds=1.0)])
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_cuda_only_options_on_a_cpu_say_that_they_do_not_run(tmp_path, capsys, monkeypatch):
+    """--layouts, --sgan-rates (and the other CUDA rows' options) on a machine without CUDA wrote an empty
+    table and exit 0 without a word; the output says that they do not run here."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    bench_inversion.main(["--quick", "--skip-cpu", "--skip-nonlinear", "--layouts", "fused", "--sgan-rates",
+                          "--output", str(tmp_path / "b.json")])
+    assert "[note] --layouts, --sgan-rates: rows of CUDA only; no CUDA here, so none of them run" in \
+        capsys.readouterr().out
