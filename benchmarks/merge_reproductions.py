@@ -319,6 +319,8 @@ def main(argv=None):
     out = Path(a.out)
     if len(a.records) < 2:
         p.error("records: give at least two reproduce_paper.json files to join")
+    if out.exists() and not out.is_dir():      # a FileExistsError traceback after the join, before
+        p.error(f"--out {a.out}: is a file; expected a folder (created when missing)")
     for path in a.records:
         if out.resolve() == Path(path).resolve().parent:
             p.error(f"--out {a.out}: is the folder of {path}; the joined record would overwrite a run's own")

@@ -336,7 +336,9 @@ def test_one_record_or_an_out_folder_of_a_run_is_refused(tmp_path, capsys):
     original = full_record()
     a, b = (write(tmp_path, n, part(original, *r)) for n, r in (("a", (0, 2)), ("b", (2, 5))))
     for argv, says in (([str(a), "--out", str(tmp_path / "j")], "at least two"),
-                       ([str(a), str(b), "--out", str(a.parent)], "overwrite")):
+                       ([str(a), str(b), "--out", str(a.parent)], "overwrite"),
+                       # a file: a FileExistsError traceback after the join
+                       ([str(a), str(b), "--out", str(a)], "is a file; expected a folder")):
         with pytest.raises(SystemExit) as exc:
             merge.main(argv)
         assert exc.value.code == 2 and says in capsys.readouterr().err
