@@ -374,8 +374,9 @@ class VAEPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, ClassNam
         under ``torch.autocast`` (the weights, Adam's state and the loss stay float32); it needs
         native bfloat16 (AVX512-BF16 or AMX on a CPU, compute capability 8.0 on a GPU) and is
         refused elsewhere. The fitted network computes in float32 either way. On a 2-core AMD EPYC
-        with AVX512-BF16 it trained the shipped network 1.35x and the reference one 1.46x faster,
-        with loss curves within 1.5 % of float32's (``docs/benchmarks/prior.md``).
+        with AVX512-BF16 it trained the reduced network of ``pretrained(image="procedural")``
+        1.35x and the reference one (the default prior's) 1.46x faster, with loss curves within
+        1.5 % of float32's (``docs/benchmarks/prior_bfloat16_training_cpu.json``).
 
     cuda_graphs : bool, default=False
         On CUDA, run each training step from a CUDA graph (``latentinv._training_step``): one replay
