@@ -41,7 +41,8 @@ def resolve_backend(backend, owner="operator"):
         )
     if backend == "auto":
         if not HAS_CORE and not _FORCED_PURE_PYTHON:
-            warnings.warn(f"{owner}: backend='auto' runs the pure-Python backend, about 100x slower, because "
+            warnings.warn(f"{owner}: backend='auto' runs the pure-Python backend, tens of times slower for the "
+                          f"shortest paths (13-61x in the records of docs/benchmarks), because "
                           f"the compiled core latentinv._core is not importable from "
                           f"{os.path.dirname(os.path.abspath(__file__))!r} (a source tree without a build, or "
                           f"no C++ compiler at install time). Install the package (pip install .) and import "
