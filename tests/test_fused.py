@@ -188,3 +188,17 @@ def test_a_backward_that_keeps_its_graph_is_refused_naming_the_switch():
         zz = z.clone().requires_grad_(True)
         with pytest.raises(RuntimeError, match="layout_fused_norm"):
             torch.autograd.grad(switched(zz).square().sum(), zz, **keep)
+
+
+@pytest.mark.parametrize("fn", [fused.norm_relu, fused.relu_norm])
+def test_a_map_of_one_cell_is_refused_as_the_modules_refuse_it(fn):
+    # the compiled norms returned 0 (an SGAN of a 1 x 1 latent: a constant image) where the modules raise
+    with pytest.raises(ValueError, match=r"Expected more than 1 spatial element"):
+        torch.nn.functional.instance_norm(torch.randn(2, 3, 1, 1))
+    with pytest.raises(ValueError, match=r"latentinv.nn.fused: instance normalisation needs more than 1 spatial "
+                                         r"element \(the modules' rule\), got input size \(2, 3, 1, 1\)"):
+        fn(torch.randn(2, 3, 1, 1))
+    generator = SpatialGenerator(n_filters=4).eval().requires_grad_(False)
+    generator.layout_fused_norm = True
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        generator(torch.rand(1, 1, 1, 1) * 2 - 1)

@@ -75,6 +75,9 @@ def _limit():
 
 
 def _call(fn, h, eps):
+    if h.shape[-2] * h.shape[-1] < 2:       # the modules' own check: one cell normalises to 0 whatever it holds
+        raise ValueError(f"latentinv.nn.fused: instance normalisation needs more than 1 spatial element "
+                         f"(the modules' rule), got input size {tuple(h.shape)}")
     compiled = _compiled.get(fn)
     if compiled is None:
         compiled = _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
