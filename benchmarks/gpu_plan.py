@@ -97,10 +97,11 @@ def tables_options(record):
         row = chosen.get(case)
         if row is None:
             continue
-        if row["precision"] != "float32":
+        if row.get("precision", "float32") != "float32":
             options += [f"{prefix}precision", row["precision"]]
-        if row["layout"]:
-            options += [f"{prefix}layout", ",".join(row["layout"])]
+        layout = row.get("layout") or []
+        if layout:      # a list as bench_inversion.py writes it; one name (a hand-edited record) was spelt out
+            options += [f"{prefix}layout", layout if isinstance(layout, str) else ",".join(layout)]
     if any(r.get("cudnn_autotune") for r in chosen.values()):
         options.append("--cudnn-benchmark")
     return options

@@ -140,6 +140,11 @@ def test_tables_options_follow_the_fastest_rows(tmp_path, capsys):
         "--cudnn-benchmark"]
     assert gpu_plan.tables_options(dict(rows=[other])) == []
     assert gpu_plan.tables_options(dict(rows=[dict(sgan, layout=[], cudnn_autotune=False)])) == []
+    # a hand-edited record: one name as a string (it was spelt "f,u,s,e,d,_,n,o,r,m"), no layout key
+    assert gpu_plan.tables_options(dict(rows=[dict(sgan, layout="fused_norm")])) == [
+        "--sgan-layout", "fused_norm", "--cudnn-benchmark"]
+    assert gpu_plan.tables_options(dict(rows=[dict(case="vae fastest", precision="bfloat16")])) == [
+        "--precision", "bfloat16"]
     record = tmp_path / "bench_inversion.json"
     record.write_text(json.dumps(dict(rows=[vae, sgan])))
     assert gpu_plan.main(["tables", str(record)]) == 0
