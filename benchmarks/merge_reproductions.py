@@ -132,8 +132,10 @@ def load_record(path):
     n, first = record["n_starts"], args.get("first_start") or 0
     if args.get("n_starts") != n:
         raise MergeError(f"{path}: field 'args.n_starts' is {args.get('n_starts')!r} but 'n_starts' is {n!r}")
-    if not (isinstance(first, int) and first >= 0):
+    if not (isinstance(first, int) and not isinstance(first, bool) and first >= 0):     # JSON true is an int
         raise MergeError(f"{path}: field 'args.first_start' is {first!r}: expected an integer >= 0")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise MergeError(f"{path}: field 'n_starts' is {n!r}: expected an integer >= 1")
     n_truths = len(record["truth_names"])
     keys = {f"{c}{'_noise' if noisy else ''}": bool(noisy) for c, noisy in record["case_columns"]}
     for key, cell in record["cases"].items():

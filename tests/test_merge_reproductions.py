@@ -291,6 +291,14 @@ def _refusals():
     def short_row(rs):
         rs[1]["cases"]["SAnnn"]["data_rmse"][0].pop()
 
+    def first_start_true(rs):           # JSON true is a Python int: it passed as start 1
+        rs[1]["args"]["first_start"] = True
+
+    def no_starts(rs):                  # it was numpy's ValueError traceback (a min of nothing)
+        rs[1]["n_starts"] = rs[1]["args"]["n_starts"] = 0
+        for cell in rs[1]["cases"].values():
+            cell["data_rmse"] = [[] for _ in cell["data_rmse"]]
+
     return [("different settings", setting, "'cases.SAnnn.settings'"), ("different args", arg, "'args.device'"),
             ("different thresholds", threshold, "'table2'"), ("different truths", truths, "'truth_names'"),
             ("different cases", cases, "'cases'"), ("incomplete", incomplete, "'complete'"),
@@ -301,7 +309,9 @@ def _refusals():
             ("different sgan starts", sgan_text, "'sgan_starts'"), ("wrong sgan range", sgan_range, "'sgan_starts'"),
             ("different prior", prior, "'prior.description'"),
             ("different iterations", iterations, "'cases.SAnnn.iterations'"),
-            ("a start missing", short_row, "'cases.SAnnn.data_rmse'")]
+            ("a start missing", short_row, "'cases.SAnnn.data_rmse'"),
+            ("first_start true", first_start_true, "'args.first_start' is True"),
+            ("no starts", no_starts, "'n_starts' is 0")]
 
 
 @pytest.mark.parametrize("name, edit, field", _refusals(), ids=[r[0] for r in _refusals()])
