@@ -573,3 +573,49 @@ def test_multioutput_weights_average_the_surveys_as_sklearn_does():
                                                  fr"'raw_values' or an array of 3 weights >= 0 \(one per survey, "
                                                  fr"not all 0\), got {got}"):
                 fn(a, b, multioutput=bad)
+
+
+def test_the_inversion_scorer_gives_each_scorers_number_from_one_inversion():
+    """make_inversion_scorer: the three scores of one predict per call, each equal to its own scorer's; a
+    scoring dict of the three scorers inverts once per scorer. In cross_validate and in GridSearchCV
+    (refit on one key), the same numbers as the dict of separate scorers, from a third of the inversions."""
+    import warnings
+
+    from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+
+    from latentinv.baselines import BaselineWarning
+    from latentinv.metrics import make_inversion_scorer
+    pipe, X_ns, truths = _tiny_pipeline()
+    est = pipe[-1]
+    calls = []
+    predict = type(est).predict
+    spy = lambda self, X: calls.append(len(X)) or predict(self, X)
+    threshold = 0.5
+    separate = dict(neg_data_rmse=make_data_rmse_scorer(), acceptance=make_acceptance_scorer(threshold),
+                    neg_model_rmse=model_rmse_scorer)
+    with warnings.catch_warnings(), pytest.MonkeyPatch.context() as mp:
+        warnings.simplefilter("ignore", BaselineWarning)
+        mp.setattr(type(est), "predict", spy)
+        scores = make_inversion_scorer(threshold)(pipe, X_ns * 1e-9, truths)
+        assert calls == [3]
+        for key, scorer in separate.items():
+            assert scores[key] == scorer(pipe, X_ns * 1e-9, truths)
+        assert make_inversion_scorer()(pipe, X_ns * 1e-9).keys() == {"neg_data_rmse"}
+        X2, y2 = np.vstack([X_ns] * 2) * 1e-9, np.vstack([truths] * 2)
+        calls.clear()
+        one = cross_validate(pipe, X2, y2, cv=KFold(2), scoring=make_inversion_scorer(threshold), error_score="raise")
+        n_one = len(calls)
+        calls.clear()
+        each = cross_validate(pipe, X2, y2, cv=KFold(2), scoring=separate, error_score="raise")
+        assert len(calls) == 3 * n_one and n_one == 2             # one inversion per fold, against three
+        for key in separate:
+            np.testing.assert_array_equal(one[f"test_{key}"], each[f"test_{key}"])
+        search = GridSearchCV(pipe, {"latentinverter__lr": [1e-2, 2e-2]}, cv=KFold(2), refit="neg_model_rmse",
+                              scoring=make_inversion_scorer(threshold)).fit(X2, y2)
+        assert set(search.cv_results_) >= {"mean_test_neg_data_rmse", "mean_test_acceptance",
+                                           "mean_test_neg_model_rmse"}
+    with pytest.raises(ValueError, match="threshold"):
+        make_inversion_scorer(float("nan"))
+    with pytest.raises(ValueError, match=r"make_inversion_scorer\(threshold=0.5\): the true models y are images "
+                                         r"of shape \(3, 4\), the estimator's grid is \(4, 3\)"):
+        make_inversion_scorer(threshold)(pipe, X_ns * 1e-9, truths.reshape(3, 4, 3).transpose(0, 2, 1))

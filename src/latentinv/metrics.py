@@ -12,7 +12,8 @@ also checks true models given as images against the estimator's grid (a transpos
 number of cells and would be compared cell by cell with the wrong cells).
 Data-space scores need the traveltimes of the predicted models, which only the estimator can
 compute (``estimator.simulate``): :func:`make_data_rmse_scorer` and :func:`make_acceptance_scorer`
-return scorers ``scorer(estimator, X, y=None)`` usable as ``scoring=`` in ``GridSearchCV``.
+return scorers ``scorer(estimator, X, y=None)`` usable as ``scoring=`` in ``GridSearchCV``;
+:func:`make_inversion_scorer` gives all three from one inversion, as a dict (multi-metric scoring).
 
 Every acceptance verdict can carry its baseline: :func:`acceptance_rate` takes the data RMSE of the
 best homogeneous-velocity model (:func:`latentinv.baselines.homogeneous_fit`) and warns
@@ -38,7 +39,7 @@ import numpy as np
 from ._checks import is_int
 
 __all__ = ["data_rmse", "model_rmse", "acceptance_rate", "model_rmse_scorer",
-           "make_data_rmse_scorer", "make_acceptance_scorer", "channel_fraction", "indicator_variogram",
+           "make_data_rmse_scorer", "make_acceptance_scorer", "make_inversion_scorer", "channel_fraction", "indicator_variogram",
            "two_point_connectivity", "channel_widths", "pattern_statistics", "compare_patterns"]
 
 
@@ -279,6 +280,16 @@ class _ModelScorer:
 model_rmse_scorer = _ModelScorer()
 
 
+def _estimator_acceptance(estimator, X, t_pred, threshold):
+    """:func:`acceptance_rate` of the predicted traveltimes, against the estimator's homogeneous baseline."""
+    from .baselines import homogeneous_fit
+    operator = getattr(estimator, "operator_", None)
+    homogeneous = None
+    if operator is not None:
+        _, homogeneous = homogeneous_fit(operator, X.reshape(X.shape[0], -1), getattr(estimator, "noise_std", None))
+    return acceptance_rate(X, t_pred, threshold, homogeneous_rmse=homogeneous)
+
+
 class _DataScorer:
     """Scorer ``(estimator, X, y=None)`` on the traveltimes of the predicted models."""
 
@@ -296,13 +307,7 @@ class _DataScorer:
         t_pred = estimator.simulate(estimator.predict(X))
         if self.kind == "rmse":
             return -data_rmse(X, t_pred)
-        from .baselines import homogeneous_fit
-        operator = getattr(estimator, "operator_", None)
-        homogeneous = None
-        if operator is not None:
-            _, homogeneous = homogeneous_fit(operator, X.reshape(X.shape[0], -1),
-                                             getattr(estimator, "noise_std", None))
-        return acceptance_rate(X, t_pred, self.threshold, homogeneous_rmse=homogeneous)
+        return _estimator_acceptance(estimator, X, t_pred, self.threshold)
 
     def __repr__(self):
         if self.kind == "rmse":
@@ -327,6 +332,51 @@ def make_acceptance_scorer(threshold):
     :func:`make_data_rmse_scorer`: the final step, on the data the steps before it give it.
     """
     return _DataScorer("acceptance", _check_threshold(threshold, "make_acceptance_scorer"))
+
+
+class _InversionScorer:
+    """Several scores of one inversion: a dict, as scikit-learn takes from a callable ``scoring``."""
+
+    def __init__(self, threshold=None):
+        self.threshold = threshold
+
+    def __call__(self, estimator, X, y=None):
+        name = repr(self)
+        if y is not None:
+            check_model_images(estimator, y, name, X)
+        final, X_seen = _final_step(estimator, X)
+        if not (callable(getattr(final, "predict", None)) and callable(getattr(final, "simulate", None))):
+            raise ValueError(f"{name}: the estimator (or a Pipeline's final step, or a fitted search's "
+                             f"best_estimator_) must have predict and simulate, as LatentInverter and LatentSampler; "
+                             f"got {type(final).__name__}")
+        X_seen = np.asarray(X_seen, dtype=np.float64)
+        models = final.predict(X_seen)          # the one inversion every score below reads
+        t_pred = final.simulate(models)
+        scores = {"neg_data_rmse": -data_rmse(X_seen, t_pred)}
+        if self.threshold is not None:
+            scores["acceptance"] = _estimator_acceptance(final, X_seen, t_pred, self.threshold)
+        if y is not None:
+            scores["neg_model_rmse"] = -model_rmse(y, models)
+        return scores
+
+    def __repr__(self):
+        return "make_inversion_scorer()" if self.threshold is None else \
+            f"make_inversion_scorer(threshold={self.threshold!r})"
+
+
+def make_inversion_scorer(threshold=None):
+    """Scorer returning a dict of scores of **one** inversion of ``X`` per call, for ``scoring=`` of
+    ``cross_validate``, ``GridSearchCV`` (with ``refit="neg_model_rmse"`` or another key) and the like:
+
+    - ``"neg_data_rmse"``: as :func:`make_data_rmse_scorer`;
+    - ``"acceptance"`` (with a ``threshold`` in ns): as :func:`make_acceptance_scorer`;
+    - ``"neg_model_rmse"`` (when true models ``y`` are given): as :data:`model_rmse_scorer`.
+
+    Each is the number its own scorer gives, from the same predicted models: a ``scoring`` dict of the
+    separate scorers inverts ``X`` once per scorer (scikit-learn caches ``predict`` for its own scorers
+    only), this one once. In a :class:`~sklearn.pipeline.Pipeline`, the final step on the data the steps
+    before it give it."""
+    return _InversionScorer(None if threshold is None else _check_threshold(threshold, "make_inversion_scorer"))
 
 
 # ---------------------------------------------------------------------------------- pattern statistics
