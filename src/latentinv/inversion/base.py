@@ -350,7 +350,8 @@ class LatentEstimatorBase(BaseEstimator):
                 f"operator expects {op.n_params} cells")
         self._check_geometry(op)
         self.initial_latents_ = self._check_initial_latents(d)
-        self._survey_starts_digest = _surveys_digest(X)     # per-survey starts pair with these rows
+        per_survey = self.initial_latents_ is not None and self.initial_latents_.dim() == 3
+        self._survey_starts_digest = _surveys_digest(X) if per_survey else None    # they pair with these rows
         self._check_survey_starts(X)
         with torch.no_grad():
             slowness = (self.slowness_map or paper_slowness)(out)
