@@ -332,3 +332,174 @@ def test_plot_posterior_panels_are_the_result_maps():
     _png_ok(fig)
     with pytest.raises(ValueError, match=r"plot_posterior: survey must be an int in \[0, 2\), got 2"):
         plotting.plot_posterior(result, grid, survey=2)
+
+
+# ------------------------------------------------------------ the trial of 2026-12-01 (plotting, toys)
+def test_plot_model_refuses_swapped_equal_or_nan_colour_limits():
+    """vmin=1, vmax=0 drew a colour bar from -0.1 to 1 (vmin NaN: -0.1 to 0.1) without a word."""
+    grid = Grid2D(3, 2)
+    for vmin, vmax in ((1.0, 0.0), (0.5, 0.5), (np.nan, 1.0), (0.0, np.inf)):
+        with pytest.raises(ValueError, match=r"plot_model: vmin and vmax must be finite with vmin < vmax"):
+            plotting.plot_model(np.ones(6), grid, vmin=vmin, vmax=vmax)
+        with pytest.raises(ValueError, match=r"plot_models: vmin and vmax must be finite with vmin < vmax"):
+            plotting.plot_models(np.ones((2, 6)), grid, vmin=vmin, vmax=vmax)
+    fig = plotting.plot_model(np.ones(6), grid, vmin=-1.0, vmax=2.0)
+    assert fig.axes[0].images[0].get_clim() == (-1.0, 2.0)
+
+
+def test_a_model_as_an_image_of_the_grid_is_drawn_and_a_transposed_one_is_named():
+    """A non-square grid with an origin and unequal cells; one marked cell at row 4, col 1. Before,
+    an image of the grid's shape failed with Grid2D's 'last axis of length 24' (no function named)."""
+    grid = Grid2D(6, 4, cell_size=(0.5, 0.25), origin=(1.0, 2.0))
+    flat = np.zeros(grid.n_cells)
+    flat[4 * grid.n_cols + 1] = 1.0
+    image = grid.to_image(flat)
+    for model in (flat, image):
+        ax = plotting.plot_model(model, grid).axes[0]
+        img = ax.images[0]
+        a = np.asarray(img.get_array())
+        x0, x1, z1, z0 = img.get_extent()
+        ((i, j),) = np.argwhere(a == 1.0)
+        # the marked cell's centre, read from the figure, is the grid's centre of that cell
+        centre = (x0 + (j + 0.5) * (x1 - x0) / a.shape[1], z0 + (i + 0.5) * (z1 - z0) / a.shape[0])
+        np.testing.assert_allclose(centre, grid.cell_centers[4 * grid.n_cols + 1])
+        np.testing.assert_allclose(centre, (1.75, 3.125))
+    with pytest.raises(ValueError, match=r"plot_model: model must be .* 24 cells .* \(6, 4\).* got shape "
+                                         r"\(4, 6\).*transposed"):
+        plotting.plot_model(image.T, grid)
+    # a stack of images, and one image, to plot_models
+    fig = plotting.plot_models(np.stack([image, 1 - image]), grid)
+    arrays = [np.asarray(ax.images[0].get_array()) for ax in _image_axes(fig)]
+    assert len(arrays) == 2
+    np.testing.assert_array_equal(arrays[1], 1 - image)
+    assert len(_image_axes(plotting.plot_models(image, grid))) == 1
+    with pytest.raises(ValueError, match=r"plot_models: models must be .* got shape \(2, 4, 6\)"):
+        plotting.plot_models(np.stack([image.T, image.T]), grid)
+
+
+def test_plot_models_refuses_bad_ncols_and_a_string_of_titles():
+    """ncols=0 and ncols=-3 gave one column without a word; 'abc' gave the titles 'a', 'b', 'c'."""
+    grid = Grid2D(3, 2)
+    models = np.ones((3, 6))
+    for ncols in (0, -3, "a", 1.5, True):
+        with pytest.raises(ValueError, match=r"plot_models: ncols must be an int >= 1 or None, got"):
+            plotting.plot_models(models, grid, ncols=ncols)
+    with pytest.raises(ValueError, match=r"plot_models: titles must be a sequence of 3 str"):
+        plotting.plot_models(models, grid, titles="abc")
+    # more columns than models: one row of n
+    fig = plotting.plot_models(models, grid, ncols=10)
+    assert fig.axes[0].get_gridspec().get_geometry() == (1, 3)
+
+
+def test_prior_panels_refuse_a_grid_of_another_shape_than_the_prior():
+    """A VAE of (129, 65) models drawn on Grid2D(65, 129) (the same number of cells) was reshaped to
+    65 x 129 without a word: every panel a scramble of the model."""
+    prior = LinearPrior(shape=(9, 5))
+    for grid in (Grid2D(5, 9), Grid2D(3, 3)):
+        with pytest.raises(ValueError, match=r"plot_samples: grid.shape .* the prior's models are \(9, 5\)"):
+            plotting.plot_samples(prior, n=2, grid=grid)
+        with pytest.raises(ValueError, match=r"plot_latent_traversal: grid.shape .* the prior's models are "
+                                             r"\(9, 5\)"):
+            plotting.plot_latent_traversal(prior, dims=(0,), grid=grid)
+    fig = plotting.plot_samples(prior, n=2, grid=Grid2D(9, 5, 0.5, origin=(1.0, 2.0)), ncols=2)
+    assert fig.axes[0].images[0].get_extent() == [1.0, 3.5, 6.5, 2.0]
+    for ncols in (0, -1):
+        with pytest.raises(ValueError, match=r"plot_samples: ncols must be an int >= 1, got"):
+            plotting.plot_samples(prior, n=2, ncols=ncols)
+    with pytest.raises(ValueError, match=r"plot_latent_traversal: z0 must have shape \(4,\).*got shape \(3,\)"):
+        plotting.plot_latent_traversal(prior, z0=np.zeros(3))
+    with pytest.raises(ValueError, match=r"plot_latent_traversal: dims must name at least one"):
+        plotting.plot_latent_traversal(prior, dims=())
+    with pytest.raises(ValueError, match=r"plot_latent_traversal: span must be a finite number"):
+        plotting.plot_latent_traversal(prior, span=np.nan)
+
+
+class UniformPrior(LinearPrior):
+    """An SGAN-like stand-in: latents uniform in [-1, 1], decode records the latents it is given."""
+    latent_distribution = "uniform"
+
+    def decode(self, Z):
+        self.last_Z = np.asarray(Z, dtype=float)
+        return super().decode(Z)
+
+
+def test_latent_traversal_of_a_uniform_prior_stays_in_its_box():
+    """The default span=3 walked an SGAN's latents to +-3, three times outside the box [-1, 1] the
+    prior draws from, under the label 'prior standard deviations'."""
+    prior = UniformPrior()
+    fig = plotting.plot_latent_traversal(prior, dims=(0, 2), steps=5)
+    assert prior.last_Z.min() == -1.0 and prior.last_Z.max() == 1.0
+    assert [ax.get_title() for ax in _image_axes(fig)][:5] == ["z0=-1.0", "z0=-0.5", "z0=+0.0", "z0=+0.5",
+                                                               "z0=+1.0"]
+    with pytest.raises(ValueError, match=r"plot_latent_traversal: span=3.0 .* outside .*\[-1, 1\]"):
+        plotting.plot_latent_traversal(prior, span=3.0)
+    with pytest.raises(ValueError, match=r"plot_latent_traversal: .*z0.* outside .*\[-1, 1\]"):
+        plotting.plot_latent_traversal(prior, span=0.5, z0=np.full(4, 0.8))
+    # a normal prior keeps the default of 3 standard deviations
+    normal = LinearPrior()
+    plotting.plot_latent_traversal(normal, dims=(0,), steps=3)
+    fig = plotting.plot_latent_traversal(normal, dims=(0,), steps=3)
+    assert [ax.get_title() for ax in _image_axes(fig)] == ["z0=-3.0", "z0=+0.0", "z0=+3.0"]
+
+
+def test_plot_histories_refuses_3d_histories_and_draws_one_threshold_per_history():
+    """A (2, 3, 4) array was drawn as two histories of 12 iterations; a threshold per survey was a
+    bare TypeError; a NaN threshold drew 'threshold nan ns'."""
+    with pytest.raises(ValueError, match=r"plot_histories: rmse_histories must be 1-D .* or 2-D .*"
+                                         r"got an array of shape \(2, 3, 4\)"):
+        plotting.plot_histories(np.ones((2, 3, 4)))
+    h = np.array([[5.0, 4.0, 3.0, 2.0], [6.0, 5.0, np.nan, np.nan]])       # a stopped start, NaN-padded
+    fig = plotting.plot_histories(h, threshold=[2.5, 3.0], labels=["a", "b"])
+    ax = fig.axes[0]
+    curves = [ln for ln in ax.lines if not ln.get_label().startswith("threshold")]
+    thr = [ln for ln in ax.lines if ln.get_label().startswith("threshold")]
+    assert [ln.get_ydata()[0] for ln in thr] == [2.5, 3.0]
+    assert [ln.get_color() for ln in thr] == [ln.get_color() for ln in curves]
+    assert [ln.get_label() for ln in thr] == ["threshold a 2.5 ns", "threshold b 3 ns"]
+    for bad in (np.nan, [1.0, 2.0, 3.0], "a", -1.0):
+        with pytest.raises(ValueError, match=r"plot_histories: threshold must be"):
+            plotting.plot_histories(h, threshold=bad)
+    for bad in (0, -1, 2.5, "3"):
+        with pytest.raises(ValueError, match=r"n_components must be an int >= 1"):
+            plotting.plot_histories(h, h, n_components=bad)
+
+
+def test_plot_posterior_refuses_a_bool_survey_and_a_truth_of_another_shape():
+    """survey=True was taken as survey 1 (then failed as 'expected one model ... (1, 2, 24)');
+    a truth of two surveys, or one cell short, got Grid2D's message naming no function."""
+    from types import SimpleNamespace
+
+    grid = Grid2D(4, 3, 1.0)
+    rng = np.random.default_rng(0)
+    maps = {k: rng.uniform(0, 1, (2, grid.n_cells)) for k in ("mean", "std", "channel_probability")}
+    result = SimpleNamespace(**maps, model_samples=rng.uniform(0, 1, (2, 5, grid.n_cells)), method="pcn",
+                             n_chains=3, samples=np.zeros((2, 3, 7, 2)),
+                             acceptance_rate=np.array([[0.2, 0.3, 0.25], [0.1, 0.2, 0.3]]))
+    with pytest.raises(ValueError, match=r"plot_posterior: survey must be an int in \[0, 2\), got True"):
+        plotting.plot_posterior(result, grid, survey=True)
+    for truth in (np.ones(11), np.ones((2, 12))):
+        with pytest.raises(ValueError, match=r"plot_posterior: truth must be .* 12 cells"):
+            plotting.plot_posterior(result, grid, truth=truth)
+    with pytest.raises(ValueError, match=r"plot_posterior: n_samples must be an int >= 0, got -1"):
+        plotting.plot_posterior(result, grid, n_samples=-1)
+    fig = plotting.plot_posterior(result, grid, truth=grid.to_image(np.ones(12)))
+    labels = [ax.get_xlabel() for ax in _colorbar_axes(fig)]
+    assert labels == ["std of the model value", "P(model value > 0.5)"]
+
+
+def test_plot_inversion_summary_refuses_bad_models_and_thresholds():
+    """models as an array was an AttributeError ('no attribute items'); a NaN threshold drew a line
+    labelled 'nan ns'; a truth one cell short got Grid2D's message."""
+    grid = Grid2D(4, 3, 1.0)
+    m = np.random.default_rng(0).random(grid.n_cells)
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: models must be a dict of name -> model"):
+        plotting.plot_inversion_summary(None, np.stack([m, m]), grid)
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: nothing to draw"):
+        plotting.plot_inversion_summary(None, {}, grid)
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: truth must be .* 12 cells"):
+        plotting.plot_inversion_summary(m[:-1], {"a": m}, grid)
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: models\['a'\] must be .* 12 cells"):
+        plotting.plot_inversion_summary(m, {"a": m[:-1]}, grid)
+    for bad in (np.nan, [1.0, 2.0], -1.0):
+        with pytest.raises(ValueError, match=r"plot_inversion_summary: thresholds\['a'\] must be"):
+            plotting.plot_inversion_summary(m, {"a": m}, grid, {"a": [np.ones(3)]}, thresholds={"a": bad})

@@ -4,7 +4,8 @@ Every function returns a :class:`matplotlib.figure.Figure` and never calls ``sho
 built with :class:`matplotlib.figure.Figure` directly (no pyplot state, no GUI backend needed); save
 them with ``fig.savefig(path)``.
 
-Models are flat vectors in the package's cell order (see :mod:`latentinv.geometry`), shown as images
+Models are flat vectors in the package's cell order (see :mod:`latentinv.geometry`), or their images
+``(n_rows, n_cols)`` (row 0 at the top; a transposed image is refused), shown as images
 with depth growing downwards (row 0 at the top), axes in metres and equal aspect. Values are the
 prior's model values in [0, 1] (1 = channel) unless ``vmin``/``vmax`` say otherwise, or shown as
 velocity (m/ns) where a function takes ``velocities=(v_channel, v_background)``: model value ``x``
@@ -43,16 +44,69 @@ def _check_velocities(velocities):
     return v
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_limits(vmin, vmax, owner):
+    try:
+        lo, hi = float(vmin), float(vmax)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"{owner}: vmin and vmax must be finite with vmin < vmax (the colour scale), "
+                         f"got vmin={vmin!r}, vmax={vmax!r}")
+    return lo, hi
+
+
+def _check_ncols(ncols, owner, allow_none=True):
+    if (ncols is None and allow_none) or (_is_int(ncols) and ncols >= 1):
+        return ncols
+    raise ValueError(f"{owner}: ncols must be an int >= 1{' or None' if allow_none else ''}, got {ncols!r}")
+
+
+def _as_models(models, grid, owner, name, single=False):
+    """Models as float rows ``(n, n_cells)`` (one row when ``single``): flat vectors in the package's
+    cell order, or images ``(n_rows, n_cols)`` of the grid (row 0 at the top)."""
+    a = np.asarray(models, dtype=float)
+    n, shape = grid.n_cells, tuple(grid.shape)
+    if a.shape == (n,) or a.shape == shape:
+        return a.reshape(1, n)
+    if not single:
+        if a.ndim == 2 and a.shape[1] == n:
+            return a
+        if a.ndim == 3 and a.shape[1:] == shape:
+            return a.reshape(len(a), n)
+    what = ("a flat model" if single else "flat models (n_models, n_cells) or one flat model")
+    images = "an image" if single else "images (n_models, n_rows, n_cols) or one image"
+    hint = ""
+    if a.ndim >= 2 and a.shape[-2:] == shape[::-1] and shape[0] != shape[1]:
+        hint = ": an image of shape (n_cols, n_rows) is transposed; pass its .T"
+    raise ValueError(f"{owner}: {name} must be {what} of {n} cells (a last axis of length {n}, the cell "
+                     f"order of latentinv.geometry) or {images} of the grid's shape {shape} "
+                     f"(n_rows = depth, n_cols = x; row 0 at the top); got shape {a.shape}{hint}")
+
+
+def _check_threshold(value, owner, name):
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"{owner}: {name} must be a finite positive data RMSE in ns, got {value!r}")
+    return t
+
+
 def _to_velocity(model, velocities):
     v_channel, v_background = velocities
     x = np.asarray(model, dtype=float)
     return v_channel * x + v_background * (1.0 - x)
 
 
-def _chi_label(n_components):
+def _chi_label(n_components, owner="plotting"):
     from .toys import ring_radius
 
-    value = ring_radius(n_components)
+    value = ring_radius(n_components, owner=owner)
     return value, (rf"$\mu_\chi$ = {value:.2f}: mean $\|z\|$ of a {int(n_components)}-D "
                    "standard normal")
 
@@ -68,11 +122,9 @@ def _extent(grid):
     return [x0, x0 + grid.width, z0 + grid.height, z0]
 
 
-def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None, labels=True):
-    image = grid.to_image(np.asarray(model, dtype=float))
-    if image.ndim != 2:
-        raise ValueError(f"plotting: expected one model of {grid.n_cells} cells, got shape "
-                         f"{np.shape(model)}")
+def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None, labels=True,
+                owner="plotting", name="model"):
+    image = grid.to_image(_as_models(model, grid, owner, name, single=True)[0])
     im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, extent=_extent(grid), origin="upper",
                    interpolation="nearest")
     ax.set_aspect("equal")
@@ -109,8 +161,9 @@ def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, v
 
     Parameters
     ----------
-    model : array-like of shape (n_cells,)
-        Flat model in the package's cell order (values in [vmin, vmax]).
+    model : array-like of shape (n_cells,) or (n_rows, n_cols)
+        Flat model in the package's cell order, or its image (row 0 at the top; values in
+        [vmin, vmax]).
     grid : Grid2D
     survey : CrossholeSurvey, default=None
         Sources (red triangles) and receivers (orange squares) in (x, depth) m.
@@ -120,6 +173,7 @@ def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, v
         Draw into this axes; ``None`` makes a new figure.
     cmap : str, default="viridis"
     vmin, vmax : float, default=0, 1
+        Limits of the colour scale, finite with ``vmin < vmax``.
     title : str, default=None
     colorbar : bool, default=True
 
@@ -129,6 +183,8 @@ def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, v
     """
     if rays and survey is None:
         raise ValueError("plot_model: rays=True needs a survey")
+    vmin, vmax = _check_limits(vmin, vmax, "plot_model")
+    model = _as_models(model, grid, "plot_model", "model", single=True)[0]
     if ax is None:
         fig, axes = _new_figure(1, 1, panel_size=(3.2, 5.0))
         ax = axes[0, 0]
@@ -151,11 +207,15 @@ def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_C
 
     Parameters
     ----------
-    models : array-like of shape (n_models, n_cells)
+    models : array-like of shape (n_models, n_cells) or (n_models, n_rows, n_cols)
+        Flat models in the package's cell order, or their images (row 0 at the top); one model
+        (flat or image) gives one panel.
     grid : Grid2D
     titles : sequence of str, default=None
-    ncols : int, default=None
-        Panels per row; ``None`` puts all models in one row (at most 6 per row).
+        One per model.
+    ncols : int >= 1, default=None
+        Panels per row (at most ``n_models``); ``None`` puts all models in one row (at most 6 per
+        row).
     survey : CrossholeSurvey, default=None
         Adds the sensors to every panel.
     cmap, vmin, vmax
@@ -168,15 +228,18 @@ def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_C
         One image axes per model, in order (empty panels of the last row are removed), plus one
         colour bar.
     """
-    models = np.asarray(models, dtype=float)
-    if models.ndim == 1:
-        models = models[None, :]
+    vmin, vmax = _check_limits(vmin, vmax, "plot_models")
+    ncols = _check_ncols(ncols, "plot_models")
+    models = _as_models(models, grid, "plot_models", "models")
     n = len(models)
     if n == 0:
         raise ValueError("plot_models: no models to plot")
-    if titles is not None and len(titles) != n:
+    if titles is not None and (isinstance(titles, (str, bytes)) or len(titles) != n):
+        if isinstance(titles, (str, bytes)):
+            raise ValueError(f"plot_models: titles must be a sequence of {n} str (one per model), "
+                             f"got the string {titles!r}")
         raise ValueError(f"plot_models: got {len(titles)} titles for {n} models")
-    ncols = min(n, 6) if ncols is None else max(1, min(int(ncols), n))
+    ncols = min(n, 6) if ncols is None else min(ncols, n)
     nrows = -(-n // ncols)
     fig, axes = _new_figure(nrows, ncols)
     flat = axes.ravel()
@@ -186,7 +249,8 @@ def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_C
             fig.delaxes(ax)
             continue
         im = _draw_model(ax, models[i], grid, cmap, vmin, vmax,
-                         None if titles is None else titles[i], labels=(i % ncols == 0))
+                         None if titles is None else titles[i], labels=(i % ncols == 0),
+                         owner="plot_models", name=f"models[{i}]")
         if i % ncols != 0:
             ax.set_xlabel("x (m)")
         if survey is not None:
@@ -199,9 +263,13 @@ def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_C
     return fig
 
 
-def _as_histories(h, name):
+def _as_histories(h, name, owner="plot_histories"):
     if h is None:
         return []
+    if isinstance(h, np.ndarray) and h.ndim not in (1, 2):
+        raise ValueError(f"{owner}: {name} must be 1-D (one history) or 2-D (n_starts, n_iterations; "
+                         f"NaN-padded after a stopped start), or a sequence of 1-D histories; got an array of "
+                         f"shape {h.shape}")
     if isinstance(h, np.ndarray) and h.ndim == 1:
         return [h.astype(float)]
     if isinstance(h, np.ndarray) and h.ndim == 2:
@@ -209,9 +277,12 @@ def _as_histories(h, name):
     out = list(h)
     if out and np.ndim(out[0]) == 0:  # one flat list of numbers
         return [np.asarray(out, dtype=float)]
-    res = [np.asarray(r, dtype=float).ravel() for r in out]
+    res = [np.asarray(r, dtype=float) for r in out]
+    bad = [np.shape(r) for r in res if np.ndim(r) != 1]
+    if bad:
+        raise ValueError(f"{owner}: {name} must be a sequence of 1-D histories, got one of shape {bad[0]}")
     if not res:
-        raise ValueError(f"plot_histories: {name} is empty")
+        raise ValueError(f"{owner}: {name} is empty")
     return res
 
 
@@ -225,8 +296,9 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
         Data RMSE (ns) per iteration, for one or several starts.
     znorm_histories : same form, default=None
         ``||z||`` per iteration; ``None`` draws only the RMSE panel.
-    threshold : float, default=None
-        Acceptance threshold (ns), drawn as a dashed horizontal line on the RMSE panel.
+    threshold : float or sequence of float, default=None
+        Acceptance threshold (ns), drawn as a dashed horizontal line on the RMSE panel; a sequence
+        gives one per history (e.g. per survey), drawn in its history's colour.
     labels : sequence of str, default=None
         One per history (legend).
     n_components : int, default=None
@@ -239,34 +311,48 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
     matplotlib.figure.Figure
         One axes (RMSE) or two (RMSE, ``||z||``).
     """
+    from .toys import ring_radius
+
     rmse = _as_histories(rmse_histories, "rmse_histories")
     znorm = _as_histories(znorm_histories, "znorm_histories")
     if znorm and len(znorm) != len(rmse):
         raise ValueError(f"plot_histories: {len(rmse)} RMSE histories but {len(znorm)} ||z|| histories")
     if labels is not None and len(labels) != len(rmse):
         raise ValueError(f"plot_histories: {len(labels)} labels for {len(rmse)} histories")
+    thresholds = None
+    if threshold is not None:
+        if np.ndim(threshold) == 0:
+            thresholds = [_check_threshold(threshold, "plot_histories", "threshold")]
+        elif np.ndim(threshold) == 1 and len(threshold) == len(rmse) and not isinstance(threshold, str):
+            thresholds = [_check_threshold(t, "plot_histories", f"threshold[{i}]") for i, t in enumerate(threshold)]
+        else:
+            raise ValueError(f"plot_histories: threshold must be one number (ns) or one per history "
+                             f"({len(rmse)}), got {threshold!r}")
+    radius = None if n_components is None or not znorm else ring_radius(n_components, owner="plot_histories")
     ncols = 2 if znorm else 1
     fig = Figure(figsize=(4.2 * ncols, 3.4), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
+    curves = []
     for i, h in enumerate(rmse):
-        axes[0].plot(np.arange(1, len(h) + 1), h, lw=1.0,
-                     label=None if labels is None else labels[i])
+        curves += axes[0].plot(np.arange(1, len(h) + 1), h, lw=1.0,
+                               label=None if labels is None else labels[i])
     axes[0].set_yscale("log")
     axes[0].set_xlabel("iteration")
     axes[0].set_ylabel("data RMSE (ns)")
-    if threshold is not None:
-        axes[0].axhline(float(threshold), color="k", ls="--", lw=1.0,
-                        label=f"threshold {float(threshold):.3g} ns")
+    if thresholds is not None and np.ndim(threshold) == 0:
+        axes[0].axhline(thresholds[0], color="k", ls="--", lw=1.0,
+                        label=f"threshold {thresholds[0]:.3g} ns")
+    elif thresholds is not None:
+        for i, (t, curve) in enumerate(zip(thresholds, curves)):
+            name = f"{labels[i]} " if labels is not None else f"{i} "
+            axes[0].axhline(t, color=curve.get_color(), ls="--", lw=1.0, label=f"threshold {name}{t:.3g} ns")
     if labels is not None or threshold is not None:
         axes[0].legend(fontsize="small")
     if znorm:
         for i, h in enumerate(znorm):
             axes[1].plot(np.arange(1, len(h) + 1), h, lw=1.0)
-        if n_components is not None:
-            from .toys import ring_radius
-
-            axes[1].axhline(ring_radius(n_components), color="k", ls=":", lw=1.0,
-                            label=f"E[chi_{int(n_components)}]")
+        if radius is not None:
+            axes[1].axhline(radius, color="k", ls=":", lw=1.0, label=f"E[chi_{int(n_components)}]")
             axes[1].legend(fontsize="small")
         axes[1].set_xlabel("iteration")
         axes[1].set_ylabel("||z||")
@@ -275,13 +361,21 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
     return fig
 
 
-def _image_shape(prior, grid):
-    if grid is not None:
-        return grid.shape
+def _image_shape(prior, grid, owner="plotting"):
     shape = getattr(prior, "image_shape_", None) or getattr(prior, "image_shape", None)
+    if grid is not None:
+        if shape is not None and tuple(grid.shape) != tuple(int(k) for k in shape):
+            raise ValueError(f"{owner}: grid.shape {tuple(grid.shape)} (n_rows, n_cols) but the prior's models "
+                             f"are {tuple(int(k) for k in shape)} (its image_shape): pass the grid of the "
+                             "prior's models")
+        return grid.shape
     if shape is None:
-        raise ValueError("plotting: the prior has no image_shape; pass grid=Grid2D(...)")
+        raise ValueError(f"{owner}: the prior has no image_shape; pass grid=Grid2D(...)")
     return tuple(shape)
+
+
+def _is_uniform(prior):
+    return getattr(prior, "latent_distribution", "normal") == "uniform"
 
 
 def _n_components(prior):
@@ -319,59 +413,90 @@ def plot_samples(prior, n=8, random_state=None, grid=None, ncols=4, cmap=MODEL_C
     n : int, default=8
     random_state : int or None
     grid : Grid2D, default=None
-        Gives the image shape and metric extent; ``None`` uses ``prior.image_shape``.
-    ncols : int, default=4
+        Gives the metric extent; its shape must be the prior's ``image_shape`` (when the prior has
+        one). ``None`` uses ``prior.image_shape``.
+    ncols : int >= 1, default=4
 
     Returns
     -------
     matplotlib.figure.Figure
         ``n`` image axes, the i-th showing the i-th sample.
     """
-    shape = _image_shape(prior, grid)
+    shape = _image_shape(prior, grid, "plot_samples")
+    ncols = _check_ncols(ncols, "plot_samples", allow_none=False)
     samples = np.asarray(prior.sample(int(n), random_state=random_state), dtype=float)
     images = samples.reshape((len(samples),) + tuple(shape))
     extent = None if grid is None else _extent(grid)
-    fig = _image_panels(images, max(1, min(int(ncols), len(images))), cmap=cmap, extent=extent)
+    fig = _image_panels(images, min(ncols, len(images)), cmap=cmap, extent=extent)
     fig.suptitle(f"{len(images)} prior samples")
     return fig
 
 
-def plot_latent_traversal(prior, dims=(0, 1, 2), steps=7, span=3.0, z0=None, grid=None,
+def plot_latent_traversal(prior, dims=(0, 1, 2), steps=7, span=None, z0=None, grid=None,
                           cmap=MODEL_CMAP):
-    """Decoded models along latent axes: row ``i`` moves ``z[dims[i]]`` from ``-span`` to ``span``.
+    """Decoded models along latent axes: row ``i`` moves ``z[dims[i]]`` from ``z0 - span`` to
+    ``z0 + span``.
 
     Parameters
     ----------
     prior : VAEPrior (fitted) or any object with ``decode(Z) -> (n, n_cells)``
     dims : sequence of int, default=(0, 1, 2)
     steps : int, default=7
-    span : float, default=3.0
-        Half-range of the traversal, in prior standard deviations.
+    span : float, default=None
+        Half-range of the traversal in latent units: prior standard deviations for a normal latent
+        prior, ``None`` meaning 3; for a prior with uniform latents in [-1, 1]
+        (``latent_distribution = "uniform"``, an SGANPrior) ``None`` means 1, and a traversal that
+        would leave the box is refused.
     z0 : array-like of shape (n_components,), default=None
         Base latent vector (the origin by default).
     grid : Grid2D, default=None
+        Gives the metric extent; its shape must be the prior's ``image_shape``.
 
     Returns
     -------
     matplotlib.figure.Figure
         ``len(dims) * steps`` image axes, row-major.
     """
+    owner = "plot_latent_traversal"
     d = _n_components(prior)
     dims = [int(k) for k in np.atleast_1d(dims)]
+    if not dims:
+        raise ValueError(f"{owner}: dims must name at least one latent dimension in [0, {d}), got {dims!r}")
     bad = [k for k in dims if not 0 <= k < d]
     if bad:
         raise ValueError(f"plot_latent_traversal: dims {bad} out of range for {d} latent dimensions")
     steps = int(steps)
     if steps < 2:
         raise ValueError(f"plot_latent_traversal: steps must be >= 2, got {steps}")
-    base = np.zeros(d) if z0 is None else np.asarray(z0, dtype=float).reshape(d)
+    uniform = _is_uniform(prior)
+    if span is None:
+        span = 1.0 if uniform else 3.0
+    try:
+        span = float(span)
+    except (TypeError, ValueError):
+        span = float("nan")
+    if not np.isfinite(span):
+        raise ValueError(f"{owner}: span must be a finite number (latent units), got {span!r}")
+    if z0 is None:
+        base = np.zeros(d)
+    else:
+        base = np.asarray(z0, dtype=float)
+        if base.shape != (d,) or not np.all(np.isfinite(base)):
+            raise ValueError(f"{owner}: z0 must have shape ({d},) (n_components) with finite values, got "
+                             f"shape {base.shape}")
     values = np.linspace(-span, span, steps)
+    if uniform:
+        walked = base[dims][:, None] + values[None, :]
+        if np.any(np.abs(base) > 1.0) or np.any(np.abs(walked) > 1.0 + 1e-12):
+            raise ValueError(f"{owner}: span={span} from z0 walks latents outside the prior's uniform box "
+                             f"[-1, 1] (latent_distribution='uniform'): the decoder never sees such latents; "
+                             f"keep |z0 +- span| <= 1 (span=None walks the whole box from the origin)")
     Z = np.repeat(base[None, :], len(dims) * steps, axis=0)
     titles = []
     for i, k in enumerate(dims):
         Z[i * steps:(i + 1) * steps, k] = base[k] + values
         titles += [f"z{k}={base[k] + v:+.1f}" for v in values]
-    shape = _image_shape(prior, grid)
+    shape = _image_shape(prior, grid, owner)
     decoded = np.asarray(prior.decode(Z), dtype=float)
     images = decoded.reshape((len(Z),) + tuple(shape))
     extent = None if grid is None else _extent(grid)
@@ -492,15 +617,15 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
 
     Parameters
     ----------
-    truth : array-like of shape (n_cells,) or None
-        Model values in [0, 1] (1 = channel).
-    models : dict of str -> array-like of shape (n_cells,)
+    truth : array-like of shape (n_cells,) or (n_rows, n_cols), or None
+        Model values in [0, 1] (1 = channel), flat or as an image.
+    models : dict of str -> array-like of shape (n_cells,) or (n_rows, n_cols)
         Inverted (or reconstructed) models by name, model values in [0, 1].
     grid : Grid2D
     rmse_histories, znorm_histories : dict of str -> list of 1-D arrays, default=None
         Per name (usually the operator), one history per start.
     thresholds : dict of str -> float, default=None
-        Acceptance threshold (ns) per name (dashed lines).
+        Acceptance threshold (ns, finite and positive) per name (dashed lines).
     survey : CrossholeSurvey, default=None
         Draws the boreholes (vertical lines at each x that holds sensors at two depths or more), the
         sources (red triangles) and the receivers (orange squares) on every model panel.
@@ -522,8 +647,20 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
         ``znorm_histories`` is given, one ``||z||`` axes; a legend for the sensors, one per curve
         panel.
     """
+    owner = "plot_inversion_summary"
     velocities = _check_velocities(velocities)
-    panels = ([("truth", truth)] if truth is not None else []) + list(models.items())
+    if not hasattr(models, "items"):
+        got = type(models).__name__ + (f" of shape {np.shape(models)}" if hasattr(models, "shape") else "")
+        raise ValueError(f"{owner}: models must be a dict of name -> model (flat, n_cells), got {got}")
+    panels = ([("truth", _as_models(truth, grid, owner, "truth", single=True)[0])] if truth is not None else [])
+    panels += [(name, _as_models(m, grid, owner, f"models[{name!r}]", single=True)[0])
+               for name, m in models.items()]
+    if not panels:
+        raise ValueError(f"{owner}: nothing to draw: no truth and no models")
+    checked_thresholds = {}
+    for name, t in (thresholds or {}).items():
+        if t is not None:
+            checked_thresholds[name] = _check_threshold(t, owner, f"thresholds[{name!r}]")
     n_img = len(panels)
     has_z = bool(znorm_histories)
     n_curves = (1 + has_z) if rmse_histories else 0
@@ -535,7 +672,7 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
         top, bottom = fig, None
     img_axes = top.subplots(1, n_img, squeeze=False)[0]
     im = None
-    truth_flat = None if truth is None else np.asarray(truth, dtype=float).reshape(-1)
+    truth_flat = None if truth is None else panels[0][1]
     for ax, (name, m) in zip(img_axes, panels):
         if velocities is None:
             im = _draw_model(ax, m, grid, title=name, labels=(ax is img_axes[0]))
@@ -545,7 +682,7 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                              labels=(ax is img_axes[0]))
         ax.set_xlabel("x (m)")
         if show_model_rmse and truth_flat is not None and name != "truth":
-            m_flat = np.asarray(m, dtype=float).reshape(-1)
+            m_flat = m
             rmse = float(np.sqrt(np.mean((m_flat - truth_flat) ** 2)))
             text = f"model RMSE {rmse:.3f}"
             if velocities is not None:
@@ -571,23 +708,23 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
         for i, (name, hs) in enumerate(rmse_histories.items()):
             c = f"C{i}"
             colors[name] = c
-            for j, h in enumerate(_as_histories(hs, name)):
+            for j, h in enumerate(_as_histories(hs, f"rmse_histories[{name!r}]", owner)):
                 cax[0].plot(np.arange(1, len(h) + 1), h, color=c, lw=0.8, alpha=0.8,
                             label=name if j == 0 else None)
-            if thresholds and name in thresholds and thresholds[name] is not None:
-                cax[0].axhline(thresholds[name], color=c, ls="--", lw=1.0,
-                               label=f"{name} threshold {float(thresholds[name]):.3g} ns")
+            if name in checked_thresholds:
+                cax[0].axhline(checked_thresholds[name], color=c, ls="--", lw=1.0,
+                               label=f"{name} threshold {checked_thresholds[name]:.3g} ns")
         cax[0].set_yscale("log")
         cax[0].set_xlabel("iteration")
         cax[0].set_ylabel("data RMSE (ns)")
         cax[0].legend(fontsize="small")
         if has_z:
             for name, hs in znorm_histories.items():
-                for h in _as_histories(hs, name):
+                for h in _as_histories(hs, f"znorm_histories[{name!r}]", owner):
                     cax[1].plot(np.arange(1, len(h) + 1), h, color=colors.get(name, "k"), lw=0.8,
                                 alpha=0.8)
             if n_components is not None:
-                value, label = _chi_label(n_components)
+                value, label = _chi_label(n_components, owner)
                 cax[1].axhline(value, color="k", ls=":", lw=1.2, label=label)
                 cax[1].legend(fontsize="small")
             cax[1].set_xlabel("iteration")
@@ -607,9 +744,9 @@ def plot_posterior(result, grid, survey=0, truth=None, n_samples=3):
     grid : Grid2D
     survey : int, default=0
         Which survey of the result.
-    truth : array-like of shape (n_cells,), default=None
-        The true model, drawn first when given.
-    n_samples : int, default=3
+    truth : array-like of shape (n_cells,) or (n_rows, n_cols), default=None
+        The true model (flat, or its image), drawn first when given.
+    n_samples : int >= 0, default=3
         Posterior models drawn (at most ``result.model_samples.shape[1]``).
 
     Returns
@@ -618,22 +755,29 @@ def plot_posterior(result, grid, survey=0, truth=None, n_samples=3):
         Image axes in the order above; the mean, samples and truth share the [0, 1] colour scale,
         the standard deviation has its own ([0, 0.5]) and the probability [0, 1] in grey.
     """
+    owner = "plot_posterior"
     n_surveys = result.mean.shape[0]
-    if not (isinstance(survey, (int, np.integer)) and 0 <= survey < n_surveys):
+    if not (_is_int(survey) and 0 <= survey < n_surveys):
         raise ValueError(f"plot_posterior: survey must be an int in [0, {n_surveys}), got {survey!r}")
-    samples = result.model_samples[survey][:max(int(n_samples), 0)]
-    panels = ([] if truth is None else [("truth", np.asarray(truth, float).reshape(-1), MODEL_CMAP, 1.0)])
+    if not (_is_int(n_samples) and n_samples >= 0):
+        raise ValueError(f"{owner}: n_samples must be an int >= 0, got {n_samples!r}")
+    samples = result.model_samples[survey][:n_samples]
+    panels = ([] if truth is None else
+              [("truth", _as_models(truth, grid, owner, "truth", single=True)[0], MODEL_CMAP, 1.0)])
     panels += [("posterior mean", result.mean[survey], MODEL_CMAP, 1.0),
                ("standard deviation", result.std[survey], "magma", 0.5),
                ("P(channel)", result.channel_probability[survey], "Greys", 1.0)]
     panels += [(f"sample {i + 1}", m, MODEL_CMAP, 1.0) for i, m in enumerate(samples)]
     fig, axes = _new_figure(1, len(panels))
     for i, (ax, (title, model, cmap, vmax)) in enumerate(zip(axes[0], panels)):
-        im = _draw_model(ax, model, grid, cmap, 0.0, vmax, title, labels=(i == 0))
+        im = _draw_model(ax, model, grid, cmap, 0.0, vmax, title, labels=(i == 0), owner=owner,
+                         name=title)
         if i:
             ax.set_xlabel("x (m)")
         if title in ("standard deviation", "P(channel)"):
-            fig.colorbar(im, ax=ax, shrink=0.6, location="bottom")
+            fig.colorbar(im, ax=ax, shrink=0.6, location="bottom",
+                         label={"standard deviation": "std of the model value",
+                                "P(channel)": "P(model value > 0.5)"}[title])
     rates = result.acceptance_rate[survey]
     fig.suptitle(f"{result.method}: {result.n_chains} chains x {result.samples.shape[2]} kept draws, "
                  f"acceptance {rates.min():.2f}-{rates.max():.2f}")

@@ -16,6 +16,7 @@ random generator is left untouched.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -27,10 +28,19 @@ __all__ = ["make_eight_manifold", "fit_toy_vae", "ToyVAE", "ToyLatentProblem", "
            "ring_radius"]
 
 
-def ring_radius(n_components):
+def ring_radius(n_components, owner="ring_radius"):
     """Mean of the chi distribution with ``n_components`` degrees of freedom: where ``||z||`` of a
-    standard normal latent vector concentrates (the radius of the paper's ring regularisation)."""
-    return float(chi(int(n_components)).mean())
+    standard normal latent vector concentrates (the radius of the paper's ring regularisation).
+
+    ``n_components`` must be an int >= 1 (an integral float such as ``20.0`` is taken); 0, negative
+    or fractional dimensions are refused (they gave NaN or were truncated).
+    """
+    n = n_components
+    ok = (not isinstance(n, (bool, np.bool_, str, bytes)) and isinstance(n, (numbers.Real, np.integer))
+          and np.isfinite(float(n)) and float(n).is_integer() and float(n) >= 1)
+    if not ok:
+        raise ValueError(f"{owner}: n_components must be an int >= 1 (latent dimensions), got {n_components!r}")
+    return float(chi(int(n)).mean())
 
 
 def make_eight_manifold(n_samples=1000, noise=0.1, scale=2.0, random_state=None):
