@@ -107,3 +107,75 @@ def test_minibatch_sgd_paths_are_written_out():
                 expected.append(z)
             lr *= 0.5
         np.testing.assert_allclose(path, expected, rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------ the trial of 2026-12-01 (plotting, toys)
+def test_ring_radius_is_the_chi_mean_and_refuses_non_dimensions():
+    """E[chi_d] = sqrt(2) Gamma((d + 1) / 2) / Gamma(d / 2), written with log-gamma here; 0 and -1 gave
+    NaN and 2.5 was taken as 2."""
+    import pytest
+
+    for d in (1, 2, 3, 20, 200):
+        expected = math.sqrt(2.0) * math.exp(math.lgamma((d + 1) / 2) - math.lgamma(d / 2))
+        assert abs(toys.ring_radius(d) - expected) < 1e-12 * expected
+    assert toys.ring_radius(np.int64(20)) == toys.ring_radius(20.0) == toys.ring_radius(20)
+    for bad in (0, -1, 2.5, "3", True, np.nan, None):
+        with pytest.raises(ValueError, match=r"ring_radius: n_components must be an int >= 1"):
+            toys.ring_radius(bad)
+
+
+def test_eight_manifold_refuses_bad_sizes_noise_and_scale():
+    """n_samples=2.5 gave 2 points, '10' and True were taken, noise=inf gave infinite data, scale 0 a
+    point (plus noise) and scale NaN NaN data, all without a word."""
+    import pytest
+
+    for kw, name in ((dict(n_samples=2.5), "n_samples"), (dict(n_samples="10"), "n_samples"),
+                     (dict(n_samples=True), "n_samples"), (dict(n_samples=0), "n_samples"),
+                     (dict(noise=np.inf), "noise"), (dict(noise=-1.0), "noise"), (dict(noise="a"), "noise"),
+                     (dict(scale=0.0), "scale"), (dict(scale=-2.0), "scale"), (dict(scale=np.nan), "scale")):
+        with pytest.raises(ValueError, match=rf"make_eight_manifold: {name} must be"):
+            toys.make_eight_manifold(**{"n_samples": 5, **kw})
+    X = toys.make_eight_manifold(np.int64(7), noise=0, scale=3, random_state=2)
+    assert X.shape == (7, 2) and np.abs(X[:, 0]).max() <= 3.0
+
+
+def test_sgd_toy_paths_refuses_inputs_that_gave_no_path_or_a_bare_error():
+    """batch_size=0 was a ZeroDivisionError, batch_size=-2 and n_epochs=-1 a path of its start alone,
+    lr NaN a NaN path, z_inits of 3 columns torch's 'size mismatch', an empty z_inits numpy's 'need at
+    least one array to stack'."""
+    import pytest
+
+    problem = toys.ToyLatentProblem()
+    z = [[0.3, -0.2]]
+    for kw, name in ((dict(batch_size=0), "batch_size"), (dict(batch_size=-2), "batch_size"),
+                     (dict(batch_size=2.5), "batch_size"), (dict(n_epochs=-1), "n_epochs"),
+                     (dict(lr=np.nan), "lr"), (dict(lr=0.0), "lr"), (dict(lr_decay=-1.0), "lr_decay"),
+                     (dict(lam=-1.0), "lam"), (dict(lam_decay=np.inf), "lam_decay")):
+        with pytest.raises(ValueError, match=rf"sgd_toy_paths: {name} must be"):
+            toys.sgd_toy_paths(problem, z, **{"n_epochs": 1, **kw})
+    for bad in (np.zeros((2, 3)), np.zeros(3), np.zeros((0, 2)), [[np.nan, 0.0]]):
+        with pytest.raises(ValueError, match=r"sgd_toy_paths: z_inits must have shape \(n_starts >= 1, 2\)"):
+            toys.sgd_toy_paths(problem, bad, n_epochs=1)
+    # n_epochs=0 is a path of its start; one start of shape (2,) is one path; every path starts at z_init
+    assert toys.sgd_toy_paths(problem, [0.1, 0.2], n_epochs=0).tolist() == [[[0.1, 0.2]]]
+    paths = toys.sgd_toy_paths(problem, [[0.3, -0.2], [1.5, 1.0]], batch_size=5, n_epochs=3, random_state=0)
+    assert paths.shape == (2, 1 + 3 * (24 // 5), 2)
+    np.testing.assert_array_equal(paths[:, 0], [[0.3, -0.2], [1.5, 1.0]])
+
+
+def test_fit_toy_vae_refuses_bad_weights_sizes_and_data():
+    """alpha=-1 was 'math domain error', alpha NaN and NaN data trained to NaN losses, beta=-1 (a KL
+    rewarded) and n_components=0 trained without a word, batch_size=0 was torch's reshape error."""
+    import pytest
+
+    X = toys.make_eight_manifold(20, random_state=0)
+    for kw, name in ((dict(alpha=-1.0), "alpha"), (dict(alpha=np.nan), "alpha"), (dict(beta=-1.0), "beta"),
+                     (dict(n_components=0), "n_components"), (dict(batch_size=0), "batch_size"),
+                     (dict(hidden_size=0), "hidden_size"), (dict(n_iterations=-1), "n_iterations"),
+                     (dict(learning_rate=np.nan), "learning_rate")):
+        with pytest.raises(ValueError, match=rf"fit_toy_vae: {name} must be"):
+            toys.fit_toy_vae(X, **{"n_iterations": 2, **kw})
+    Xn = X.copy()
+    Xn[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"fit_toy_vae: X must be finite"):
+        toys.fit_toy_vae(Xn, n_iterations=2)

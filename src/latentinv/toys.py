@@ -22,10 +22,29 @@ import numpy as np
 import torch
 from scipy.stats import chi
 
+from ._checks import is_int
 from .inversion.randomness import as_seed
 
 __all__ = ["make_eight_manifold", "fit_toy_vae", "ToyVAE", "ToyLatentProblem", "sgd_toy_paths",
            "ring_radius"]
+
+
+def _check_int(value, name, owner, minimum):
+    if not is_int(value, minimum):
+        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_real(value, name, owner, minimum=None, strict=False):
+    """A finite real number, ``> minimum`` (``strict``) or ``>= minimum``."""
+    ok = (isinstance(value, (numbers.Real, np.floating, np.integer))
+          and not isinstance(value, (bool, np.bool_)) and np.isfinite(float(value)))
+    if ok and minimum is not None:
+        ok = float(value) > minimum if strict else float(value) >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{owner}: {name} must be a finite number{bound}, got {value!r}")
+    return float(value)
 
 
 def ring_radius(n_components, owner="ring_radius"):
@@ -51,10 +70,10 @@ def make_eight_manifold(n_samples=1000, noise=0.1, scale=2.0, random_state=None)
 
     Parameters
     ----------
-    n_samples : int, default=1000
-    noise : float, default=0.1
+    n_samples : int >= 1, default=1000
+    noise : float >= 0, default=0.1
         Standard deviation of the isotropic Gaussian noise added to each coordinate.
-    scale : float, default=2.0
+    scale : float > 0, default=2.0
         Half-width of the eight along x.
     random_state : int, numpy RandomState or None
 
@@ -62,10 +81,10 @@ def make_eight_manifold(n_samples=1000, noise=0.1, scale=2.0, random_state=None)
     -------
     X : ndarray of shape (n_samples, 2)
     """
-    if int(n_samples) < 1:
-        raise ValueError(f"make_eight_manifold: n_samples must be >= 1, got {n_samples!r}")
-    if not noise >= 0:
-        raise ValueError(f"make_eight_manifold: noise must be >= 0, got {noise!r}")
+    owner = "make_eight_manifold"
+    n_samples = _check_int(n_samples, "n_samples", owner, 1)
+    noise = _check_real(noise, "noise", owner, 0.0)
+    scale = _check_real(scale, "scale", owner, 0.0, strict=True)
     rng = np.random.default_rng(as_seed(random_state, "make_eight_manifold"))
     t = 2.0 * np.pi * rng.random(int(n_samples))
     den = 1.0 + np.sin(t) ** 2
@@ -121,16 +140,16 @@ def fit_toy_vae(X, alpha=1.0, beta=1.0, n_components=2, hidden_size=64, n_iterat
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features)
-    alpha : float, default=1.0
+    alpha : float >= 0, default=1.0
         Scale of the reparameterisation noise variance (0 gives a deterministic autoencoder).
-    beta : float, default=1.0
+    beta : float >= 0, default=1.0
         Weight of the KL term.
-    n_components : int, default=2
-    hidden_size : int, default=64
-    n_iterations : int, default=1000
+    n_components : int >= 1, default=2
+    hidden_size : int >= 1, default=64
+    n_iterations : int >= 0, default=1000
         Adam steps, each on a fresh random mini-batch.
-    batch_size : int, default=100
-    learning_rate : float, default=1e-3
+    batch_size : int >= 1, default=100
+    learning_rate : float > 0, default=1e-3
     random_state : int, numpy RandomState or None
 
     Returns
@@ -139,9 +158,20 @@ def fit_toy_vae(X, alpha=1.0, beta=1.0, n_components=2, hidden_size=64, n_iterat
     """
     from .nn import build_vae, vae_loss
 
+    owner = "fit_toy_vae"
     X = np.asarray(X, dtype=float)
     if X.ndim != 2 or X.shape[0] < 2:
         raise ValueError(f"fit_toy_vae: X must have shape (n_samples >= 2, n_features), got {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{owner}: X must be finite, got {int(np.sum(~np.isfinite(X)))} NaN or infinite "
+                         "values")
+    alpha = _check_real(alpha, "alpha", owner, 0.0)
+    beta = _check_real(beta, "beta", owner, 0.0)
+    n_components = _check_int(n_components, "n_components", owner, 1)
+    hidden_size = _check_int(hidden_size, "hidden_size", owner, 1)
+    n_iterations = _check_int(n_iterations, "n_iterations", owner, 0)
+    batch_size = _check_int(batch_size, "batch_size", owner, 1)
+    learning_rate = _check_real(learning_rate, "learning_rate", owner, 0.0, strict=True)
     seed = as_seed(random_state, "fit_toy_vae")
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
@@ -227,12 +257,14 @@ def sgd_toy_paths(problem, z_inits, regularization="none", lam=1.0, lam_decay=1.
     Parameters
     ----------
     problem : ToyLatentProblem
-    z_inits : array-like of shape (n_starts, 2)
+    z_inits : array-like of shape (n_starts, 2) or (2,)
+        Finite initial latents; every path starts there.
     regularization : {"none", "origin", "ring"}, default="none"
     lam, lam_decay, lr, lr_decay : float
-    batch_size : int or None, default=None
-        ``None`` uses all data at every iteration.
-    n_epochs : int, default=50
+        ``lam >= 0``; the others ``> 0``; all finite.
+    batch_size : int >= 1 or None, default=None
+        ``None`` (or a size above ``n_data``) uses all data at every iteration.
+    n_epochs : int >= 0, default=50
     random_state : int, numpy RandomState or None
 
     Returns
@@ -242,7 +274,20 @@ def sgd_toy_paths(problem, z_inits, regularization="none", lam=1.0, lam_decay=1.
     if regularization not in ("none", "origin", "ring"):
         raise ValueError(f"sgd_toy_paths: regularization must be 'none', 'origin' or 'ring', "
                          f"got {regularization!r}")
+    owner = "sgd_toy_paths"
+    given_shape = np.shape(z_inits)
     z_inits = np.atleast_2d(np.asarray(z_inits, dtype=float))
+    if z_inits.ndim != 2 or z_inits.shape[0] < 1 or z_inits.shape[1] != 2 or not np.all(np.isfinite(z_inits)):
+        raise ValueError(f"{owner}: z_inits must have shape (n_starts >= 1, 2) (or (2,) for one start) with "
+                         f"finite values, got shape {given_shape}"
+                         + ("" if np.all(np.isfinite(z_inits)) else " with NaN or infinite values"))
+    lam = _check_real(lam, "lam", owner, 0.0)
+    lam_decay = _check_real(lam_decay, "lam_decay", owner, 0.0, strict=True)
+    lr = _check_real(lr, "lr", owner, 0.0, strict=True)
+    lr_decay = _check_real(lr_decay, "lr_decay", owner, 0.0, strict=True)
+    n_epochs = _check_int(n_epochs, "n_epochs", owner, 0)
+    if batch_size is not None:
+        batch_size = _check_int(batch_size, "batch_size", owner, 1)
     W, b, G, d = problem._torch()
     n_data = problem.n_data
     bs = n_data if batch_size is None else int(min(batch_size, n_data))
