@@ -503,3 +503,19 @@ def test_plot_inversion_summary_refuses_bad_models_and_thresholds():
     for bad in (np.nan, [1.0, 2.0], -1.0):
         with pytest.raises(ValueError, match=r"plot_inversion_summary: thresholds\['a'\] must be"):
             plotting.plot_inversion_summary(m, {"a": m}, grid, {"a": [np.ones(3)]}, thresholds={"a": bad})
+
+
+def test_colour_bar_of_plot_model_and_plot_models_names_what_is_drawn():
+    """A slowness model (ns/m) drawn with vmin/vmax had a colour bar labelled 'model value'."""
+    grid = Grid2D(3, 2)
+    slowness = np.full(6, 14.0)
+    fig = plotting.plot_model(slowness, grid, vmin=12.5, vmax=16.7, colorbar_label="slowness (ns/m)")
+    (cbar,) = _colorbar_axes(fig)
+    assert cbar.get_ylabel() == "slowness (ns/m)"
+    fig = plotting.plot_models(np.stack([slowness] * 2), grid, vmin=12.5, vmax=16.7,
+                               colorbar_label="slowness (ns/m)")
+    (cbar,) = _colorbar_axes(fig)
+    assert cbar.get_ylabel() == "slowness (ns/m)"
+    # the default still says model value
+    (cbar,) = _colorbar_axes(plotting.plot_model(np.ones(6), grid))
+    assert cbar.get_ylabel() == "model value"

@@ -156,7 +156,7 @@ def _draw_survey(ax, survey, rays=False, boreholes=False):
 
 
 def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0,
-               title=None, colorbar=True):
+               title=None, colorbar=True, colorbar_label="model value"):
     """One model on its grid, optionally with the survey's sensors and straight rays.
 
     Parameters
@@ -176,6 +176,9 @@ def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, v
         Limits of the colour scale, finite with ``vmin < vmax``.
     title : str, default=None
     colorbar : bool, default=True
+    colorbar_label : str, default="model value"
+        What the colours are (with its unit), e.g. ``"slowness (ns/m)"`` for a model drawn with
+        other limits than the prior's [0, 1].
 
     Returns
     -------
@@ -197,12 +200,12 @@ def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, v
         ax.set_xlim(x0, x0 + grid.width)
         ax.set_ylim(z0 + grid.height, z0)
     if colorbar:
-        fig.colorbar(im, ax=ax, shrink=0.6, label="model value")
+        fig.colorbar(im, ax=ax, shrink=0.6, label=colorbar_label)
     return fig
 
 
 def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_CMAP, vmin=0.0,
-                vmax=1.0, suptitle=None):
+                vmax=1.0, suptitle=None, colorbar_label="model value"):
     """A grid of models, e.g. truth / encode-decode / inverted.
 
     Parameters
@@ -221,6 +224,8 @@ def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_C
     cmap, vmin, vmax
         As for :func:`plot_model`.
     suptitle : str, default=None
+    colorbar_label : str, default="model value"
+        As for :func:`plot_model`.
 
     Returns
     -------
@@ -257,7 +262,7 @@ def plot_models(models, grid, titles=None, ncols=None, survey=None, cmap=MODEL_C
             _draw_survey(ax, survey)
             ax.set_xlim(grid.origin[0], grid.origin[0] + grid.width)
             ax.set_ylim(grid.origin[1] + grid.height, grid.origin[1])
-    fig.colorbar(im, ax=list(flat[:n]), shrink=0.6, label="model value")
+    fig.colorbar(im, ax=list(flat[:n]), shrink=0.6, label=colorbar_label)
     if suptitle:
         fig.suptitle(suptitle)
     return fig
