@@ -519,3 +519,27 @@ def test_colour_bar_of_plot_model_and_plot_models_names_what_is_drawn():
     # the default still says model value
     (cbar,) = _colorbar_axes(plotting.plot_model(np.ones(6), grid))
     assert cbar.get_ylabel() == "model value"
+
+
+def test_toy_figures_name_their_bad_parameters():
+    """regularizations="ring" ran 'r', 'i', 'n', 'g' and failed at 'r'; an empty one, or settings=(),
+    was matplotlib's 'Number of columns must be a positive integer, not 0'; resolution=1 contourf's
+    '(2, 2) shaped array'; span=0 drew with singular limits; grid_lines=0 drew no grid; settings=(1, 1)
+    was "'int' object is not iterable"; 3-D data were drawn as their first two coordinates."""
+    problem = toys.ToyLatentProblem()
+    fig = plotting.plot_sgd_toy(problem, regularizations="ring", n_starts=2, n_epochs=1, resolution=11)
+    assert [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"] == ["regularisation: ring"]
+    for kw, match in ((dict(regularizations=()), r"plot_sgd_toy: regularizations must name at least one"),
+                      (dict(resolution=1), r"plot_sgd_toy: resolution must be an int >= 2, got 1"),
+                      (dict(span=0.0), r"plot_sgd_toy: span must be a finite number > 0, got 0.0"),
+                      (dict(n_starts=0), r"plot_sgd_toy: n_starts must be an int >= 1, got 0")):
+        with pytest.raises(ValueError, match=match):
+            plotting.plot_sgd_toy(problem, **{"n_epochs": 1, "resolution": 11, **kw})
+    X = toys.make_eight_manifold(50, random_state=0)
+    for kw, match in ((dict(settings=()), r"plot_manifold_deformation: settings must be .* got \(\)"),
+                      (dict(settings=(1, 1)), r"plot_manifold_deformation: settings must be .* got \(1, 1\)"),
+                      (dict(grid_lines=0), r"plot_manifold_deformation: grid_lines must be an int >= 2"),
+                      (dict(span=-1.0), r"plot_manifold_deformation: span must be a finite number > 0"),
+                      (dict(X=np.ones((50, 3))), r"plot_manifold_deformation: X must have shape \(n_samples, 2\)")):
+        with pytest.raises(ValueError, match=match):
+            plotting.plot_manifold_deformation(**{"settings": ((1.0, 1.0),), "X": X, "n_iterations": 2, **kw})

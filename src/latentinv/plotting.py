@@ -59,6 +59,22 @@ def _check_limits(vmin, vmax, owner):
     return lo, hi
 
 
+def _check_positive(value, name, owner):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def _check_int_at_least(value, name, owner, minimum):
+    if not (_is_int(value) and value >= minimum):
+        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _check_ncols(ncols, owner, allow_none=True):
     if (ncols is None and allow_none) or (_is_int(ncols) and ncols >= 1):
         return ncols
@@ -528,9 +544,9 @@ def plot_manifold_deformation(settings=((1.0, 1.0), (1.0, 100.0), (0.0, 0.0), (0
     n_samples, noise : passed to ``make_eight_manifold``
     n_iterations : int, default=1500
         Training iterations per VAE.
-    grid_lines : int, default=11
+    grid_lines : int >= 2, default=11
         Latent grid lines per axis.
-    span : float, default=3.0
+    span : float > 0, default=3.0
     random_state : int, default=0
 
     Returns
@@ -541,10 +557,21 @@ def plot_manifold_deformation(settings=((1.0, 1.0), (1.0, 100.0), (0.0, 0.0), (0
     """
     from .toys import fit_toy_vae, make_eight_manifold
 
+    owner = "plot_manifold_deformation"
+    given = settings
+    try:
+        settings = [tuple(float(v) for v in s) for s in settings]
+    except (TypeError, ValueError):
+        settings = []
+    if not settings or any(len(s) != 2 for s in settings):
+        raise ValueError(f"{owner}: settings must be a non-empty sequence of (alpha, beta) pairs, got {given!r}")
+    grid_lines = _check_int_at_least(grid_lines, "grid_lines", owner, 2)
+    span = _check_positive(span, "span", owner)
     if X is None:
         X = make_eight_manifold(n_samples, noise=noise, random_state=random_state)
     X = np.asarray(X, dtype=float)
-    settings = [tuple(map(float, s)) for s in settings]
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"{owner}: X must have shape (n_samples, 2) (points in the plane), got shape {X.shape}")
     fig, axes = _new_figure(1, len(settings), panel_size=(3.4, 3.0))
     t = np.linspace(-span, span, 101)
     levels = np.linspace(-span, span, int(grid_lines))
@@ -577,6 +604,21 @@ def plot_sgd_toy(problem=None, regularizations=("none", "ring"), n_starts=6, lr=
     drawn from the standard normal, one panel per regularisation (``"none"``, ``"origin"``,
     ``"ring"``; the ring ``||z|| = E[chi_2]`` is drawn dashed).
 
+    Parameters
+    ----------
+    problem : ToyLatentProblem, default=None
+        ``None`` builds the default one.
+    regularizations : str or sequence of str, default=("none", "ring")
+        One panel each, of ``"none"``, ``"origin"``, ``"ring"``.
+    n_starts : int >= 1, default=6
+    lr, lam, lam_decay, lr_decay, batch_size, n_epochs
+        Passed to :func:`latentinv.toys.sgd_toy_paths`.
+    span : float > 0, default=3.0
+        The plane drawn is ``[-span, span]^2``.
+    resolution : int >= 2, default=121
+        Misfit grid points per axis.
+    random_state : int, default=0
+
     Returns
     -------
     matplotlib.figure.Figure
@@ -584,6 +626,15 @@ def plot_sgd_toy(problem=None, regularizations=("none", "ring"), n_starts=6, lr=
     """
     from .toys import ToyLatentProblem, ring_radius, sgd_toy_paths
 
+    owner = "plot_sgd_toy"
+    if isinstance(regularizations, str):
+        regularizations = (regularizations,)
+    regularizations = tuple(regularizations)
+    if not regularizations:
+        raise ValueError(f"{owner}: regularizations must name at least one of 'none', 'origin', 'ring', got ()")
+    n_starts = _check_int_at_least(n_starts, "n_starts", owner, 1)
+    resolution = _check_int_at_least(resolution, "resolution", owner, 2)
+    span = _check_positive(span, "span", owner)
     problem = ToyLatentProblem() if problem is None else problem
     rng = np.random.default_rng(random_state)
     z_inits = rng.standard_normal((int(n_starts), 2))
