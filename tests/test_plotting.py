@@ -311,7 +311,9 @@ def test_plot_inversion_summary_rejects_bad_velocities():
         _summary(velocities=(0.06, -0.08))
 
 
-def test_plot_posterior_panels_are_the_result_maps():
+def _posterior_result():
+    """A 4 x 3 grid, the generator that drew them, and a stand-in LatentSampler result of 2 surveys x 3
+    chains with random maps and 5 model samples per survey."""
     from types import SimpleNamespace
 
     grid = Grid2D(4, 3, 1.0)
@@ -320,10 +322,15 @@ def test_plot_posterior_panels_are_the_result_maps():
     result = SimpleNamespace(**maps, model_samples=rng.uniform(0, 1, (2, 5, grid.n_cells)), method="pcn",
                              n_chains=3, samples=np.zeros((2, 3, 7, 2)),
                              acceptance_rate=np.array([[0.2, 0.3, 0.25], [0.1, 0.2, 0.3]]))
+    return grid, rng, result
+
+
+def test_plot_posterior_panels_are_the_result_maps():
+    grid, rng, result = _posterior_result()
     truth = rng.uniform(0, 1, grid.n_cells)
     fig = plotting.plot_posterior(result, grid, survey=1, truth=truth, n_samples=2)
     images = [ax.images[0] for ax in _image_axes(fig)]
-    expected = [truth, maps["mean"][1], maps["std"][1], maps["channel_probability"][1],
+    expected = [truth, result.mean[1], result.std[1], result.channel_probability[1],
                 *result.model_samples[1][:2]]
     assert len(images) == len(expected)
     for img, model in zip(images, expected):
@@ -467,14 +474,7 @@ def test_plot_histories_refuses_3d_histories_and_draws_one_threshold_per_history
 def test_plot_posterior_refuses_a_bool_survey_and_a_truth_of_another_shape():
     """survey=True was taken as survey 1 (then failed as 'expected one model ... (1, 2, 24)');
     a truth of two surveys, or one cell short, got Grid2D's message naming no function."""
-    from types import SimpleNamespace
-
-    grid = Grid2D(4, 3, 1.0)
-    rng = np.random.default_rng(0)
-    maps = {k: rng.uniform(0, 1, (2, grid.n_cells)) for k in ("mean", "std", "channel_probability")}
-    result = SimpleNamespace(**maps, model_samples=rng.uniform(0, 1, (2, 5, grid.n_cells)), method="pcn",
-                             n_chains=3, samples=np.zeros((2, 3, 7, 2)),
-                             acceptance_rate=np.array([[0.2, 0.3, 0.25], [0.1, 0.2, 0.3]]))
+    grid, rng, result = _posterior_result()
     with pytest.raises(ValueError, match=r"plot_posterior: survey must be an int in \[0, 2\), got True"):
         plotting.plot_posterior(result, grid, survey=True)
     for truth in (np.ones(11), np.ones((2, 12))):

@@ -15,6 +15,29 @@ def is_int(value, minimum=None):
     return ok and (minimum is None or value >= minimum)
 
 
+def check_int(value, name, owner, minimum):
+    """``value`` as an int at least ``minimum`` (:func:`is_int`), else a ValueError naming ``owner``'s
+    parameter ``name``."""
+    if not is_int(value, minimum):
+        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_real(value, name, owner, minimum=None, strict=False):
+    """``value`` as a finite float, above ``minimum`` (``strict``) or at least it, else a ValueError naming
+    ``owner``'s parameter ``name``. A real number, Python's or NumPy's; never a bool or text."""
+    import math
+    from numbers import Real
+
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok and minimum is not None:
+        ok = float(value) > minimum if strict else float(value) >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
+        raise ValueError(f"{owner}: {name} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
 def check_random_state(random_state, owner, name="random_state"):
     """scikit-learn's ``check_random_state`` (None, an int seed or a ``numpy.random.RandomState``) with
     an error that names the estimator, the parameter and what it takes."""

@@ -20,6 +20,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
+from ._checks import check_int, check_real, is_int
+
 __all__ = ["plot_model", "plot_models", "plot_histories", "plot_samples", "plot_latent_traversal",
            "plot_manifold_deformation", "plot_sgd_toy", "plot_inversion_summary", "plot_posterior",
            "PAPER_VELOCITIES"]
@@ -44,10 +46,6 @@ def _check_velocities(velocities):
     return v
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_limits(vmin, vmax, owner):
     try:
         lo, hi = float(vmin), float(vmax)
@@ -59,24 +57,8 @@ def _check_limits(vmin, vmax, owner):
     return lo, hi
 
 
-def _check_positive(value, name, owner):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if isinstance(value, (bool, np.bool_, str, bytes)) or not (np.isfinite(v) and v > 0):
-        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
-    return v
-
-
-def _check_int_at_least(value, name, owner, minimum):
-    if not (_is_int(value) and value >= minimum):
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_ncols(ncols, owner, allow_none=True):
-    if (ncols is None and allow_none) or (_is_int(ncols) and ncols >= 1):
+    if (ncols is None and allow_none) or (is_int(ncols, 1)):
         return ncols
     raise ValueError(f"{owner}: ncols must be an int >= 1{' or None' if allow_none else ''}, got {ncols!r}")
 
@@ -565,8 +547,8 @@ def plot_manifold_deformation(settings=((1.0, 1.0), (1.0, 100.0), (0.0, 0.0), (0
         settings = []
     if not settings or any(len(s) != 2 for s in settings):
         raise ValueError(f"{owner}: settings must be a non-empty sequence of (alpha, beta) pairs, got {given!r}")
-    grid_lines = _check_int_at_least(grid_lines, "grid_lines", owner, 2)
-    span = _check_positive(span, "span", owner)
+    grid_lines = check_int(grid_lines, "grid_lines", owner, 2)
+    span = check_real(span, "span", owner, 0, strict=True)
     if X is None:
         X = make_eight_manifold(n_samples, noise=noise, random_state=random_state)
     X = np.asarray(X, dtype=float)
@@ -632,9 +614,9 @@ def plot_sgd_toy(problem=None, regularizations=("none", "ring"), n_starts=6, lr=
     regularizations = tuple(regularizations)
     if not regularizations:
         raise ValueError(f"{owner}: regularizations must name at least one of 'none', 'origin', 'ring', got ()")
-    n_starts = _check_int_at_least(n_starts, "n_starts", owner, 1)
-    resolution = _check_int_at_least(resolution, "resolution", owner, 2)
-    span = _check_positive(span, "span", owner)
+    n_starts = check_int(n_starts, "n_starts", owner, 1)
+    resolution = check_int(resolution, "resolution", owner, 2)
+    span = check_real(span, "span", owner, 0, strict=True)
     problem = ToyLatentProblem() if problem is None else problem
     rng = np.random.default_rng(random_state)
     z_inits = rng.standard_normal((int(n_starts), 2))
@@ -813,9 +795,9 @@ def plot_posterior(result, grid, survey=0, truth=None, n_samples=3):
     """
     owner = "plot_posterior"
     n_surveys = result.mean.shape[0]
-    if not (_is_int(survey) and 0 <= survey < n_surveys):
+    if not (is_int(survey) and 0 <= survey < n_surveys):
         raise ValueError(f"plot_posterior: survey must be an int in [0, {n_surveys}), got {survey!r}")
-    if not (_is_int(n_samples) and n_samples >= 0):
+    if not is_int(n_samples, 0):
         raise ValueError(f"{owner}: n_samples must be an int >= 0, got {n_samples!r}")
     samples = result.model_samples[survey][:n_samples]
     panels = ([] if truth is None else

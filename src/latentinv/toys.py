@@ -22,29 +22,11 @@ import numpy as np
 import torch
 from scipy.stats import chi
 
-from ._checks import is_int
+from ._checks import check_int as _check_int, check_real as _check_real
 from .inversion.randomness import as_seed
 
 __all__ = ["make_eight_manifold", "fit_toy_vae", "ToyVAE", "ToyLatentProblem", "sgd_toy_paths",
            "ring_radius"]
-
-
-def _check_int(value, name, owner, minimum):
-    if not is_int(value, minimum):
-        raise ValueError(f"{owner}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(value, name, owner, minimum=None, strict=False):
-    """A finite real number, ``> minimum`` (``strict``) or ``>= minimum``."""
-    ok = (isinstance(value, (numbers.Real, np.floating, np.integer))
-          and not isinstance(value, (bool, np.bool_)) and np.isfinite(float(value)))
-    if ok and minimum is not None:
-        ok = float(value) > minimum if strict else float(value) >= minimum
-    if not ok:
-        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum:g}"
-        raise ValueError(f"{owner}: {name} must be a finite number{bound}, got {value!r}")
-    return float(value)
 
 
 def ring_radius(n_components, owner="ring_radius"):
