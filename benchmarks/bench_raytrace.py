@@ -180,6 +180,8 @@ def main(argv=None):
                         help="about two minutes: 1 timing repeat, the accuracy sweep at 1 and 3 nodes against a "
                              "10-node reference, one extrapolation pair (2:6), no memory rows")
     args = parser.parse_args(argv)
+    if args.repeat < 1:     # best_time of no run is inf, which would be recorded as a time
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     if args.quick:
         args.repeat, args.sweep, args.reference_nodes, args.extrapolate, args.skip_memory = 1, [1, 3], 10, ["2:6"], True
 
@@ -197,7 +199,7 @@ def main(argv=None):
             ("ttcrpy", 1), ("ttcrpy", 2)]
     if not args.skip_pygimli:
         rows.append(("pygimli", 1))
-    timing = []
+    timing, failed = [], []
     for name, threads in rows:
         try:
             fwd, fj = ENGINES[name](n, threads)
@@ -205,13 +207,18 @@ def main(argv=None):
             print(f"skip {name}: {exc}")
             continue
         repeat = 1 if name in ("latentinv-python", "pygimli") else args.repeat
-        fj(m)  # warm up
-        timing.append({"engine": name, "threads": threads, "kernel": getattr(fwd, "kernel", name),
-                       "forward_s": best_time(fwd, m, repeat),
-                       "forward_jacobian_s": best_time(fj, m, repeat)})
+        try:
+            fj(m)  # warm up
+            row = {"engine": name, "threads": threads, "kernel": getattr(fwd, "kernel", name), "repeats": repeat,
+                   "forward_s": best_time(fwd, m, repeat), "forward_jacobian_s": best_time(fj, m, repeat)}
+        except Exception as exc:      # a failing engine is recorded as failed, not as a time
+            failed.append({"engine": name, "threads": threads, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{name} ({threads} thread(s)) FAILED: {failed[-1]['error']}")
+            continue
+        timing.append(row)
     ref = {r["threads"]: r for r in timing if r["engine"] == "ttcrpy"}
     print(f"\nPaper geometry, channel model, {n} secondary nodes; {cpu_model()}, "
-          f"{os.cpu_count()} CPUs (minimum of {args.repeat} runs)")
+          f"{os.cpu_count()} CPUs (minimum of {args.repeat} runs; 1 run for latentinv-python and pygimli)")
     print(f"{'engine':<28}{'threads':>8}{'forward ms':>12}{'F+J ms':>10}{'F ratio':>10}{'F+J ratio':>11}  kernel")
     for r in timing:
         tt = ref.get(r["threads"])
@@ -222,6 +229,8 @@ def main(argv=None):
               f"{f(r['forward_speedup_vs_ttcrpy']):>10}{f(r['forward_jacobian_speedup_vs_ttcrpy']):>11}  {r['kernel']}")
     print("(ratio = ttcrpy time / engine time at the same thread count; > 1 is faster than ttcrpy)")
     report["timing"] = timing
+    if failed:
+        report["timing_failed"] = failed
 
     # 2. memory ---------------------------------------------------------------------------------------
     if not args.skip_memory:
@@ -265,15 +274,19 @@ def main(argv=None):
           f"({time.perf_counter() - t0:.1f} s); MAE averaged over these models")
     sweep = []
     print(f"{'nodes':>6}{'MAE ns':>10}{'max ns':>9}{'latentinv F ms':>16}{'F+J ms':>9}{'ttcrpy F+J ms':>15}{'ttcrpy MAE':>12}")
+    sweep_repeat = max(1, args.repeat // 2)
     for k in args.sweep:
         fwd, fj = latentinv_engine(k, 1)
         err = np.concatenate([fwd(s) - t_ref[name] for name, s in models.items()])
+        fj(m)  # warm up
         row = {"nodes": k, "mae_ns": float(np.mean(np.abs(err))), "max_ns": float(np.max(np.abs(err))),
-               "latentinv_forward_s": best_time(fwd, m, max(1, args.repeat // 2)),
-               "latentinv_forward_jacobian_s": best_time(fj, m, max(1, args.repeat // 2))}
+               "repeats": sweep_repeat,
+               "latentinv_forward_s": best_time(fwd, m, sweep_repeat),
+               "latentinv_forward_jacobian_s": best_time(fj, m, sweep_repeat)}
         try:
             tfwd, tfj = ttcrpy_engine(k, 1)
-            row["ttcrpy_forward_jacobian_s"] = best_time(tfj, m, 1)
+            tfj(m)  # warm up, and the same number of runs as latentinv's
+            row["ttcrpy_forward_jacobian_s"] = best_time(tfj, m, sweep_repeat)
             errs = []
             for name, s in models.items():
                 out = tfwd(s)
