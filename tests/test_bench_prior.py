@@ -150,3 +150,15 @@ def test_the_parts_train_the_network_of_one_run_and_save_each(tmp_path, monkeypa
     assert done == 2 and results["sgan_training"]["carried_on_from"] == 0
     assert len(list(tmp_path.glob("ckpt.refused-*"))) == 1 and bench_prior.checkpoint_iteration(str(kept)) == 2
     monkeypatch.setattr(sgan_module, "adversarial_losses", real_losses)
+
+
+def test_the_record_names_the_cpu_model_not_only_the_architecture(tmp_path, monkeypatch):
+    """The machine string was ``platform.machine() platform.processor()``: "x86_64 x86_64" or "x86_64
+    Linux" on Linux, which names no CPU (docs/benchmarks/sgan_patterns_cpu.json holds "x86_64 Linux")."""
+    import json
+
+    monkeypatch.setattr(bench_prior, "cpu_model", lambda: "Test CPU 9000")
+    out = tmp_path / "prior.json"
+    monkeypatch.setattr(sys, "argv", ["bench_prior.py", "--no-vae", "--output", str(out)])
+    bench_prior.main()
+    assert json.loads(out.read_text())["machine"].startswith("Test CPU 9000 (")
