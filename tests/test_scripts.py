@@ -146,3 +146,30 @@ def test_code_info_names_this_checkouts_commit(monkeypatch):
         assert info["commit"] is None and info["dirty"] is None     # an installed package: no checkout
     else:
         assert info["commit"] == head.stdout.strip() and isinstance(info["dirty"], bool)
+
+
+def test_nonlinear_backend_rate_leaves_the_warm_up_out_and_names_the_cpu(monkeypatch, capsys):
+    """The first pass (the graph built) was counted in the mean over 20 s: with the Python backend's
+    ~5 s per pass, one pass in four; the machine was named by ``platform.processor()`` (often empty)."""
+    import time
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import nonlinear_backend_rate as script
+
+    class SlowFirstCall:
+        def __init__(self, *args, backend, **kwargs):
+            self.calls, self.n_threads = 0, 1
+
+        def jacobian(self, row):
+            self.calls += 1
+            time.sleep(0.3 if self.calls == 1 else 0.0)
+
+    monkeypatch.setattr(script, "ShortestPathOperator", SlowFirstCall)
+    monkeypatch.setattr(script, "cpu_model", lambda: "Test CPU 9000")
+    rates = script.main(["--seconds", "0.05"])
+    assert max(rates.values()) < 0.1
+    out = capsys.readouterr().out
+    assert "machine: Test CPU 9000," in out and "python / cpp:" in out
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            script.main(["--seconds", bad])
