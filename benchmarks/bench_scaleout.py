@@ -47,6 +47,15 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
+def chunk_arguments(estimator, data, seed):
+    """``run_chunk``'s arguments for ``client.map``, one survey per chunk, as ``LatentInverter.invert``
+    passes them: the estimator, the chunk's traveltimes, sigma (None: the estimator's), the seed and the
+    chunk's slice of the surveys."""
+    n = len(data)
+    return ([estimator] * n, [data[i:i + 1] for i in range(n)], [None] * n, [seed] * n,
+            [slice(i, i + 1) for i in range(n)])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--surveys", type=int, default=8)
@@ -103,8 +112,7 @@ def main():
 
             def on_workers():
                 shared = client.scatter(est, broadcast=True)
-                futures = client.map(run_chunk, [shared] * args.surveys, [data[i:i + 1] for i in range(args.surveys)],
-                                     [None] * args.surveys, [seed] * args.surveys, pure=False)
+                futures = client.map(run_chunk, *chunk_arguments(shared, data, seed), pure=False)
                 return InversionResult.concatenate(client.gather(futures))
             t, res = timed(on_workers)
             row(f"Dask LocalCluster {n_workers} worker(s) x 1 thread", t, res, args.surveys)

@@ -313,3 +313,22 @@ def test_an_interrupted_or_failed_fit_leaves_the_previous_fit_or_none():
     with pytest.raises(ValueError, match="30 traveltimes per survey but the operator expects 36"):
         inv.fit(times[:, :30])
     np.testing.assert_array_equal(inv.predict(times), models)
+
+
+def test_bench_scaleouts_chunks_are_run_chunks_own_arguments_and_give_the_serial_run():
+    """benchmarks/bench_scaleout.py maps ``run_chunk`` over the surveys itself (client.map): it passed
+    four arguments after ``run_chunk`` gained ``surveys`` (80c57f4), and every Dask row failed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_scaleout
+    finally:
+        sys.path.pop(0)
+    from latentinv.inversion.randomness import as_seed
+
+    op, gen, _, times = _problem(n=3)
+    est = _inverter(op, gen, n_jobs=1, chunk_size=1).fit(times)
+    seed = as_seed(est.random_state)
+    parts = [run_chunk(*args) for args in zip(*bench_scaleout.chunk_arguments(est, times, seed))]
+    mapped, serial = InversionResult.concatenate(parts), est.invert(times)
+    for f in ("models", "start_models", "latents", "data_rmse", "data_rmse_history", "best_start"):
+        np.testing.assert_array_equal(getattr(mapped, f), getattr(serial, f), err_msg=f)
