@@ -289,6 +289,9 @@ def main(argv=None):
     p.add_argument("--output", default="bench_time_to_answer.json")
     p.add_argument("--save-histories", default=None, help="folder for the full protocol's RMSE histories (.npz)")
     args = p.parse_args(argv)
+    for name in ("repeats", "n_starts", "epochs", "paper_epochs"):     # --repeats 0 was a KeyError at the end
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
     if args.threads:

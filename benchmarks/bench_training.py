@@ -68,6 +68,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--output", default="bench_training.json")
     a = p.parse_args(argv)
+    for name in ("iterations", "window"):        # --window 0 divided by zero after the training
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(a, name)}")
+    if a.window > a.iterations:
+        p.error(f"--window {a.window} is longer than --iterations {a.iterations}: the curves would have no window")
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)

@@ -173,3 +173,21 @@ def test_nonlinear_backend_rate_leaves_the_warm_up_out_and_names_the_cpu(monkeyp
     for bad in ("0", "-1", "nan"):
         with pytest.raises(SystemExit):
             script.main(["--seconds", bad])
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("bench_training", ["--window", "0"], "--window must be at least 1, got 0"),
+    ("bench_training", ["--iterations", "100", "--window", "200"], "--window 200 is longer than --iterations 100"),
+    ("bench_time_to_answer", ["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    ("bench_time_to_answer", ["--n-starts", "-1"], "--n-starts must be at least 1, got -1"),
+])
+def test_benchmark_counts_below_one_are_usage_errors(script, argv, message, capsys):
+    # --window 0 divided by zero after the training, --repeats 0 was a KeyError after every row had run
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exc:
+        module.main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
