@@ -32,10 +32,10 @@ def _max_traveltime(n_data):
     return math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(int(n_data), 1)))
 
 
-
 def _surveys_digest(Y):
     """SHA-256 of the surveys' traveltimes (float64): which X per-survey starts belong to."""
     return hashlib.sha256(np.ascontiguousarray(Y, dtype=np.float64).tobytes()).hexdigest()
+
 
 class DataScaleWarning(UserWarning):
     """Traveltimes not within :data:`DATA_SCALE_FACTOR` of those of the prior's own models: most likely

@@ -468,7 +468,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
             return int(self.prune_every)
         return max(1, int(self.n_epochs) // (int(math.log2(int(self.n_starts))) + 1))
 
-    def _run(self, Y, sigma, seed, chunked=False, surveys=None):
+    def _run(self, Y, sigma, seed, chunked=False, surveys=slice(None)):
         dev = self.device_
         if dev.type == "cpu":
             tune_malloc_for_tensors()     # activations of a batch of starts: see latentinv._allocator
@@ -496,7 +496,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         # a background engine's workers take the cores; torch's CPU threads would contend with them (on
         # CUDA too: the CPU side there is a few small operations, and OpenMP workers spin after each)
         with torch_threads(1 if problem.pending else None):
-            z0 = self._start_latents(seed, S, slice(None) if surveys is None else surveys).to(dev)
+            z0 = self._start_latents(seed, S, surveys).to(dev)
             if self.cuda_graphs or self._static_step:
                 history, stopping = graphed.run_sgd_static(problem, z0, streams, cfg, capture=self.cuda_graphs,
                                                            check_first=check, progress=progress)
