@@ -290,6 +290,17 @@ def _estimator_acceptance(estimator, X, t_pred, threshold):
     return acceptance_rate(X, t_pred, threshold, homogeneous_rmse=homogeneous)
 
 
+def _inverting_step(estimator, X, scorer):
+    """The estimator that inverts and simulates (:func:`_final_step`) and the data it sees, as float64; a
+    ValueError naming ``scorer`` when it cannot simulate."""
+    estimator, X = _final_step(estimator, X)      # a Pipeline: its final step, on the data it sees
+    if not (callable(getattr(estimator, "predict", None)) and callable(getattr(estimator, "simulate", None))):
+        raise ValueError(f"{scorer!r}: the estimator (or a Pipeline's final step, or a fitted search's "
+                         f"best_estimator_) must have predict and simulate, as LatentInverter and LatentSampler; "
+                         f"got {type(estimator).__name__}")
+    return estimator, np.asarray(X, dtype=np.float64)
+
+
 class _DataScorer:
     """Scorer ``(estimator, X, y=None)`` on the traveltimes of the predicted models."""
 
@@ -298,12 +309,7 @@ class _DataScorer:
         self.threshold = threshold
 
     def __call__(self, estimator, X, y=None):
-        estimator, X = _final_step(estimator, X)      # a Pipeline: its final step, on the data it sees
-        if not (callable(getattr(estimator, "predict", None)) and callable(getattr(estimator, "simulate", None))):
-            raise ValueError(f"{self!r}: the estimator (or a Pipeline's final step, or a fitted search's "
-                             f"best_estimator_) must have predict and simulate, as LatentInverter and LatentSampler; "
-                             f"got {type(estimator).__name__}")
-        X = np.asarray(X, dtype=np.float64)
+        estimator, X = _inverting_step(estimator, X, self)
         t_pred = estimator.simulate(estimator.predict(X))
         if self.kind == "rmse":
             return -data_rmse(X, t_pred)
@@ -341,15 +347,9 @@ class _InversionScorer:
         self.threshold = threshold
 
     def __call__(self, estimator, X, y=None):
-        name = repr(self)
         if y is not None:
-            check_model_images(estimator, y, name, X)
-        final, X_seen = _final_step(estimator, X)
-        if not (callable(getattr(final, "predict", None)) and callable(getattr(final, "simulate", None))):
-            raise ValueError(f"{name}: the estimator (or a Pipeline's final step, or a fitted search's "
-                             f"best_estimator_) must have predict and simulate, as LatentInverter and LatentSampler; "
-                             f"got {type(final).__name__}")
-        X_seen = np.asarray(X_seen, dtype=np.float64)
+            check_model_images(estimator, y, repr(self), X)
+        final, X_seen = _inverting_step(estimator, X, self)
         models = final.predict(X_seen)          # the one inversion every score below reads
         t_pred = final.simulate(models)
         scores = {"neg_data_rmse": -data_rmse(X_seen, t_pred)}

@@ -352,7 +352,7 @@ class LatentEstimatorBase(BaseEstimator):
         self.initial_latents_ = self._check_initial_latents(d)
         per_survey = self.initial_latents_ is not None and self.initial_latents_.dim() == 3
         self._survey_starts_digest = _surveys_digest(X) if per_survey else None    # they pair with these rows
-        self._check_survey_starts(X)
+        self._check_survey_starts(X, same_x=False)      # the count; X is the one they pair with
         with torch.no_grad():
             slowness = (self.slowness_map or paper_slowness)(out)
             self._check_generator_output(out, slowness, f"at {len(probes)} test latents in fit")
@@ -534,10 +534,10 @@ class LatentEstimatorBase(BaseEstimator):
                        what=f"{n_surveys} surveys x {self._rows_param}={rows} = {n_surveys * rows} rows",
                        advice=lambda room: advice(int(room // (per_row * rows))))
 
-    def _check_survey_starts(self, Y):
+    def _check_survey_starts(self, Y, same_x=True):
         """ValueError unless per-survey ``initial_latents`` belong to the surveys ``Y``: one array for each,
-        and ``Y`` the X given to fit, whose rows they pair with (another X of as many surveys, such as a
-        cross-validation's fold, would start each survey from another's array without a word)."""
+        and (``same_x``) ``Y`` the X given to fit, whose rows they pair with (another X of as many surveys,
+        such as a cross-validation's fold, would start each survey from another's array without a word)."""
         z0 = self.initial_latents_
         if z0 is None or z0.dim() == 2:
             return
@@ -546,7 +546,7 @@ class LatentEstimatorBase(BaseEstimator):
         if z0.shape[0] != len(Y):
             raise ValueError(f"{name}: initial_latents holds starting latents for {z0.shape[0]} surveys, but X "
                              f"has {len(Y)}; give one array per survey of X, {one_for_all}")
-        if _surveys_digest(Y) != getattr(self, "_survey_starts_digest", None):
+        if same_x and _surveys_digest(Y) != getattr(self, "_survey_starts_digest", None):
             raise ValueError(f"{name}: initial_latents holds one array per survey of the X given to fit, and "
                              f"this X is another ({len(Y)} surveys of other traveltimes): its arrays would start "
                              f"other surveys than their own (e.g. a cross-validation's folds, whose rows the "
