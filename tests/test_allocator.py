@@ -44,14 +44,19 @@ def _probe(tuning):
 
 
 @pytest.mark.skipif(not glibc, reason="glibc only")
-def test_tuning_removes_the_page_faults_of_each_iteration():
+def test_tuning_keeps_the_activations_without_page_faults_each_iteration():
     applied, faults_tuned = _probe("1")
     skipped, faults_default = _probe("0")
     assert applied and not skipped
-    # 32 starts x 32 channels x 63 x 31 floats = 8 MB per activation: glibc's defaults fault them in
-    # again every iteration (thousands of 4 KiB pages); the tuned thresholds keep them
-    assert faults_default > 1000
-    assert faults_tuned < 0.1 * faults_default
+    # 32 starts x 32 channels x 63 x 31 floats = 8 MB (2000 pages of 4 KiB) per activation. The tuned
+    # thresholds keep them on the heap: fewer faults per iteration than half of one activation's pages
+    # (0-190 measured on a Xeon).
+    assert faults_tuned < 1000, f"{faults_tuned} minor faults per iteration with the tuning"
+    # glibc's defaults raise the mmap threshold on their own after a large free, so whether they fault the
+    # activations in again depends on the machine's heap layout: 6000-11600 per iteration on a Xeon
+    # (glibc 2.36), none on CI's machine. Where they do, the tuning removes nine tenths of them or more.
+    if faults_default > 1000:
+        assert faults_tuned < 0.1 * faults_default
 
 
 def test_tuning_is_applied_once_and_reports_its_state(monkeypatch):
