@@ -1077,6 +1077,23 @@ def test_a_nested_operator_parameter_changed_after_fit_raises_until_refit(proble
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(tt), expected)
 
 
+def test_chunk_size_may_change_after_fit(problem):
+    """chunk_size only splits the surveys into batches (each survey's randomness is its own): the
+    changed-since-fit guard refused it, although the numbers agree to float32 rounding (here bit for bit).
+    It may now change after fit, like n_jobs, and the run uses the new value (the run of an estimator
+    fitted with it)."""
+    op, gen, _, _, tt = problem
+    kw = dict(n_epochs=3, batch_size=6, n_starts=3, random_state=1, device="cpu")
+    est = LatentInverter(gen, op, **kw).fit(tt)
+    one_batch = est.invert(tt)
+    chunked = est.set_params(chunk_size=1).invert(tt)
+    refitted = LatentInverter(gen, op, chunk_size=1, **kw).fit(tt).invert(tt)
+    for f in ("models", "latents", "data_rmse", "best_start", "n_iterations_run"):
+        np.testing.assert_array_equal(getattr(chunked, f), getattr(refitted, f), err_msg=f)
+        np.testing.assert_allclose(getattr(chunked, f), getattr(one_batch, f), rtol=1e-5, atol=1e-6, err_msg=f)
+    assert one_batch.data_rmse_history.shape == chunked.data_rmse_history.shape == (2, 3, est.n_iterations_)
+
+
 def test_generator_size_mismatch(problem):
     op, _, _, _, tt = problem
     with pytest.raises(ValueError, match="96 cells"):

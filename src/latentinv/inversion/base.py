@@ -105,8 +105,9 @@ class LatentEstimatorBase(BaseEstimator):
     survey (starts or chains)."""
 
     _rows_param = "n_starts"
-    # parameters that may change after fit (they change how the run is carried out, not its numbers)
-    _free_params = ("verbose", "n_jobs", "operator__n_threads")
+    # parameters that may change after fit (they change how the run is carried out, not its numbers beyond
+    # float32 rounding: chunk_size and n_jobs batch the surveys differently)
+    _free_params = ("verbose", "n_jobs", "chunk_size", "operator__n_threads")
 
     def _run_params(self):
         """The parameters a run depends on: ``get_params(deep=False)`` and the operator's own

@@ -154,7 +154,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         run in turn: its numbers are those of any ``n_jobs``, and it is slower than one batch). Results
         are bit for bit the same for a given ``chunk_size`` whatever ``n_jobs`` and the backend; between
         chunk sizes they agree to float32 rounding (a decoder may round a row differently in a batch of
-        another size).
+        another size). May change after ``fit``.
     verbose : int, default=0
         Progress bar (tqdm) when > 0.
 
@@ -181,8 +181,8 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     The inversion runs with the parameters validated by the last :meth:`fit`, which the fitted
     attributes describe: changing a parameter (``set_params`` or assignment) after ``fit`` makes
     :meth:`invert`, :meth:`predict` and :meth:`simulate` raise until ``fit`` is called again
-    (``verbose``, ``n_jobs`` and the operator's ``n_threads`` excepted), so that ``n_iterations_`` is
-    always the number of iterations run. The operator's own parameters count too
+    (``verbose``, ``n_jobs``, ``chunk_size`` and the operator's ``n_threads`` excepted), so that
+    ``n_iterations_`` is always the number of iterations run. The operator's own parameters count too
     (``set_params(operator__boundary_rays=...)`` rebuilds the operator in place).
 
     Per iteration, the latents of all ``n_surveys * n_starts`` starts form one float32 tensor: one
@@ -480,7 +480,7 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         stops_early = self.target_misfit is not None or self.tol is not None or self.prune == "halving"
         self._check_batch_fits(problem, S, self.n_iterations_, lambda n: (
             f"Pass chunk_size={n} or less (surveys per batch; with n_jobs=J, {n} divided by J: the workers "
-            f"share the memory; then fit again), or lower n_starts." if n >= 1
+            f"share the memory), or lower n_starts (then fit again)." if n >= 1
             else "Not even one survey fits: lower n_starts."),
             result_histories=0 if stops_early else (5 if problem.weighted else 4))
         streams = EpochStreams(seed, Y, K, n_data, int(self.batch_size or n_data), d, self.clip_resample, dev)
