@@ -619,3 +619,103 @@ def test_the_inversion_scorer_gives_each_scorers_number_from_one_inversion():
     with pytest.raises(ValueError, match=r"make_inversion_scorer\(threshold=0.5\): the true models y are images "
                                          r"of shape \(3, 4\), the estimator's grid is \(4, 3\)"):
         make_inversion_scorer(threshold)(pipe, X_ns * 1e-9, truths.reshape(3, 4, 3).transpose(0, 2, 1))
+
+
+def _per_survey_scores(pipe, X, truths, threshold):
+    """Each survey's data RMSE (ns), acceptance (0/1) and model RMSE of the fitted pipeline, ``X`` in s."""
+    est = pipe[-1]
+    models = est.predict(X * 1e9)
+    data = data_rmse(X * 1e9, est.simulate(models), multioutput="raw_values")
+    return {"neg_data_rmse": -data, "acceptance": (data <= threshold).astype(float),
+            "neg_model_rmse": -model_rmse(truths, models, multioutput="raw_values")}
+
+
+def test_scorers_weight_the_surveys_by_sample_weight():
+    """The scorers took no sample_weight. Each score is now the weighted mean over surveys: the hand
+    computation from each survey's numbers; weights of 0 and 1 score the subset, integer weights the
+    surveys repeated. The dict scorer gives the separate scorers' numbers. Bad weights are refused before
+    anything is inverted, naming the scorer, the parameter, what it takes and what came."""
+    import warnings
+
+    from latentinv.baselines import BaselineWarning
+    from latentinv.metrics import make_inversion_scorer
+    pipe, X_ns, truths = _tiny_pipeline()
+    X = X_ns * 1e-9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BaselineWarning)
+        rmse = np.sort(-_per_survey_scores(pipe, X, truths, 0.0)["neg_data_rmse"])
+        threshold = float(rmse[0] + rmse[1]) / 2                 # survey of the lowest RMSE accepted, alone
+        per_survey = _per_survey_scores(pipe, X, truths, threshold)
+        assert per_survey["acceptance"].sum() == 1
+        scorers = dict(neg_data_rmse=make_data_rmse_scorer(), acceptance=make_acceptance_scorer(threshold),
+                       neg_model_rmse=model_rmse_scorer)
+        accepted = int(np.argmax(per_survey["acceptance"]))
+        w = np.ones(3)
+        w[accepted] = 3.0                                        # acceptance 3/5, not 1/3
+        subset, repeated = [0, 2], [0, 0, 2]
+        for weights, rows in (([1.0, 0.0, 1.0], subset), ([2, 0, 1], repeated)):
+            together = make_inversion_scorer(threshold)(pipe, X, truths, sample_weight=weights)
+            for key, scorer in scorers.items():
+                hand = float(per_survey[key] @ w / w.sum())
+                assert scorer(pipe, X, truths, sample_weight=w) == pytest.approx(hand, rel=1e-12)
+                alone = scorer(pipe, X[rows], truths[rows])
+                assert scorer(pipe, X, truths, sample_weight=weights) == together[key] == pytest.approx(alone, rel=1e-6)
+        assert make_acceptance_scorer(threshold)(pipe, X, sample_weight=w) == pytest.approx(0.6)
+        assert acceptance_rate([[0.0], [0.0]], [[1.0], [3.0]], 2.0, sample_weight=[3, 1]) == 0.75
+        calls = []
+        predict = type(pipe[-1]).predict
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(type(pipe[-1]), "predict", lambda self, X: calls.append(1) or predict(self, X))
+            for scorer in (*scorers.values(), make_inversion_scorer(threshold)):
+                expected = re.escape(f"{scorer!r}: sample_weight must be None or an array of 3 weights >= 0 "
+                                     "(one per survey, not all 0), got ")
+                for bad, got in (([1.0, 2.0], r"an array of shape \(2,\)"), ([0, 0, 0], r"\[0\.0, 0\.0, 0\.0\]"),
+                                 ([1.0, -1.0, 1.0], r"\[1\.0, -1\.0, 1\.0\]"), ("1", "'1'"),
+                                 ([1.0, np.inf, 1.0], r"\[1\.0, inf, 1\.0\]")):
+                    with pytest.raises(ValueError, match=expected + got):
+                        scorer(pipe, X, truths, sample_weight=bad)
+        assert calls == []                                       # refused before any inversion
+
+
+def test_scorers_take_the_weights_that_metadata_routing_passes():
+    """With scikit-learn's metadata routing on, cross_validate(..., params={"sample_weight": w}) got "got
+    unexpected argument(s) {'sample_weight'}, which are not routed to any object" for the library's
+    scorers. A scorer now requests the weights as make_scorer's scorers do (set_score_request), and each
+    fold's score is the hand-weighted mean over its test surveys; the dict scorer gives the separate
+    scorers' numbers. Unrequested weights are scikit-learn's error naming the scorer."""
+    import copy
+    import warnings
+
+    import sklearn
+    from sklearn.exceptions import UnsetMetadataPassedError
+    from sklearn.model_selection import KFold, cross_validate
+
+    from latentinv.baselines import BaselineWarning
+    from latentinv.metrics import make_inversion_scorer
+    pipe, X_ns, truths = _tiny_pipeline()
+    X2, y2 = np.vstack([X_ns, X_ns[::-1]]) * 1e-9, np.vstack([truths, truths[::-1]])
+    w = np.array([1.0, 0.0, 2.0, 3.0, 1.0, 0.5])
+    threshold = 0.5
+    with pytest.raises(RuntimeError, match=r"make_data_rmse_scorer\(\).set_score_request: needs scikit-learn's "
+                                           r"metadata routing, which is off"):
+        make_data_rmse_scorer().set_score_request(sample_weight=True)
+    with warnings.catch_warnings(), sklearn.config_context(enable_metadata_routing=True):
+        warnings.simplefilter("ignore", BaselineWarning)
+        with pytest.raises(UnsetMetadataPassedError, match=r"\[sample_weight\] are passed but are not explicitly set "
+                                                           r"as requested or not requested for model_rmse_scorer"):
+            cross_validate(pipe, X2, y2, cv=KFold(2), scoring=model_rmse_scorer, params={"sample_weight": w})
+        one = make_inversion_scorer(threshold).set_score_request(sample_weight=True)
+        separate = dict(neg_data_rmse=make_data_rmse_scorer().set_score_request(sample_weight=True),
+                        acceptance=make_acceptance_scorer(threshold).set_score_request(sample_weight=True),
+                        neg_model_rmse=copy.copy(model_rmse_scorer).set_score_request(sample_weight=True))
+        assert model_rmse_scorer.get_metadata_routing().score.requests == {"sample_weight": None}   # the shared one
+        results = [cross_validate(pipe, X2, y2, cv=KFold(2), scoring=scoring, params={"sample_weight": w},
+                                  return_estimator=True, error_score="raise") for scoring in (one, separate)]
+        for fold, (fitted, test) in enumerate(zip(results[0]["estimator"], (slice(0, 3), slice(3, 6)))):
+            per_survey = _per_survey_scores(fitted, X2[test], y2[test], threshold)
+            for key in separate:
+                hand = float(per_survey[key] @ w[test] / w[test].sum())
+                assert results[0][f"test_{key}"][fold] == results[1][f"test_{key}"][fold] \
+                    == pytest.approx(hand, rel=1e-12)
+        assert not np.allclose(results[0]["test_neg_model_rmse"],
+                               cross_validate(pipe, X2, y2, cv=KFold(2), scoring=one)["test_neg_model_rmse"])

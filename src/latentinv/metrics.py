@@ -14,6 +14,9 @@ Data-space scores need the traveltimes of the predicted models, which only the e
 compute (``estimator.simulate``): :func:`make_data_rmse_scorer` and :func:`make_acceptance_scorer`
 return scorers ``scorer(estimator, X, y=None)`` usable as ``scoring=`` in ``GridSearchCV``;
 :func:`make_inversion_scorer` gives all three from one inversion, as a dict (multi-metric scoring).
+Each scorer takes ``sample_weight`` (one weight per survey: the score is a weighted mean over surveys),
+which scikit-learn's metadata routing passes once the scorer requests it
+(``scorer.set_score_request(sample_weight=True)``).
 
 Every acceptance verdict can carry its baseline: :func:`acceptance_rate` takes the data RMSE of the
 best homogeneous-velocity model (:func:`latentinv.baselines.homogeneous_fit`) and warns
@@ -152,8 +155,8 @@ def _check_threshold(threshold, name):
     return value
 
 
-def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
-    """Fraction of surveys whose data RMSE (ns) is at most ``threshold`` (ns).
+def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None, sample_weight=None):
+    """Fraction of surveys whose data RMSE (ns) is at most ``threshold`` (ns), weighted by ``sample_weight``.
 
     The paper accepts an inverted model when it fits the data to the noise level.
 
@@ -168,9 +171,13 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
         (:func:`latentinv.baselines.homogeneous_fit`). When given, a
         :class:`~latentinv.baselines.BaselineWarning` is issued where ``threshold`` exceeds
         ``DATA_RATIO`` (0.5) times it: such an acceptance says little.
+    sample_weight : array-like of shape (n_surveys,), default=None
+        One weight >= 0 per survey (not all 0); None: equal weights.
     """
     threshold = _check_threshold(threshold, "acceptance_rate")
     rmse = data_rmse(t_observed, t_predicted, multioutput="raw_values")
+    if sample_weight is not None:
+        sample_weight = survey_weights(sample_weight, rmse.size, "acceptance_rate", "sample_weight", also="None or ")
     if homogeneous_rmse is not None:
         h = np.asarray(homogeneous_rmse, dtype=np.float64)
         if h.ndim > 1 or (h.ndim == 1 and h.shape != rmse.shape) or not np.all(np.isfinite(h)) or np.any(h < 0):
@@ -179,7 +186,7 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None):
         from .baselines import check_against_baselines
         check_against_baselines(data_rmse=np.full(rmse.shape, threshold), homogeneous_rmse=h,
                                 what="the acceptance threshold of acceptance_rate", stacklevel=3)
-    return float(np.mean(rmse <= threshold))
+    return float(np.average(rmse <= threshold, weights=sample_weight))
 
 
 def _final_step(estimator, X=None):
@@ -260,34 +267,84 @@ def _prior_models_in_unit_interval(prior):
     return isinstance(prior, VAEPrior) and prior.output_activation == "sigmoid"
 
 
-class _ModelScorer:
+class _SurveyScorer:
+    """Base of the library's scorers, ``scorer(estimator, X, y=None, sample_weight=None)``: each score is a
+    mean over the surveys of ``X``, weighted by ``sample_weight`` (one weight >= 0 per survey, not all 0;
+    None: equal weights), which is checked before anything is inverted. With scikit-learn's metadata
+    routing on (``sklearn.set_config(enable_metadata_routing=True)``), ``cross_validate(...,
+    params={"sample_weight": w})`` and the searches pass each fold's weights to a scorer that requests
+    them, ``scorer.set_score_request(sample_weight=True)``, as to a scorer of
+    :func:`sklearn.metrics.make_scorer`."""
+
+    _sample_weight_request = None   # scikit-learn's default: weights passed but not requested are an error
+
+    def __call__(self, estimator, X, y=None, sample_weight=None):
+        if sample_weight is not None:
+            from sklearn.utils.validation import _num_samples
+            sample_weight = survey_weights(sample_weight, _num_samples(X), repr(self), "sample_weight",
+                                           also="None or ")
+        return self._score(estimator, X, y, sample_weight)
+
+    def set_score_request(self, *, sample_weight):
+        """Whether scikit-learn's metadata routing passes ``sample_weight`` to this scorer: True, False,
+        None (the default: an error where it is passed) or the name it is passed under; as
+        ``set_score_request`` of :func:`sklearn.metrics.make_scorer`'s scorers, this changes the scorer
+        and returns it (``model_rmse_scorer`` is one object shared by its users: ``copy.copy`` it first
+        to keep the change to yourself). Needs routing on."""
+        from sklearn import get_config
+        if not get_config()["enable_metadata_routing"]:
+            raise RuntimeError(f"{self!r}.set_score_request: needs scikit-learn's metadata routing, which is "
+                               "off; turn it on with sklearn.set_config(enable_metadata_routing=True)")
+        self._request(sample_weight)        # scikit-learn's check of the value
+        self._sample_weight_request = sample_weight
+        return self
+
+    def get_metadata_routing(self):
+        """The scorer's request for ``sample_weight`` (:meth:`set_score_request`), which scikit-learn's
+        metadata routing reads."""
+        return self._request(self._sample_weight_request)
+
+    def _request(self, alias):
+        from sklearn.utils.metadata_routing import MetadataRequest
+        request = MetadataRequest(owner=repr(self))
+        request.score.add_request(param="sample_weight", alias=alias)
+        return request
+
+
+def _surveys_mean(weights):
+    """``multioutput`` of :func:`data_rmse` and :func:`model_rmse` for ``weights`` (None: equal)."""
+    return "uniform_average" if weights is None else weights
+
+
+class _ModelScorer(_SurveyScorer):
     """``make_scorer(model_rmse, greater_is_better=False)`` (``-model_rmse(y, estimator.predict(X))``),
     with the true models checked first: present, and as images of the estimator's grid."""
 
-    def __call__(self, estimator, X, y=None):
+    def _score(self, estimator, X, y, weights):
         if y is None:
             raise ValueError("model_rmse_scorer: needs the true models y (n_surveys, n_cells), or images "
                              "(n_surveys, n_rows, n_cols), beside the traveltimes X; got y=None")
         check_model_images(estimator, y, "model_rmse_scorer", X)
-        return -model_rmse(y, estimator.predict(X))
+        return -model_rmse(y, estimator.predict(X), multioutput=_surveys_mean(weights))
 
     def __repr__(self):
         return "model_rmse_scorer"
 
 
 #: Scores ``-model RMSE`` of ``predict(X)`` against the true models ``y``, as
-#: ``make_scorer(model_rmse, greater_is_better=False)``, with ``y`` checked (see :class:`_ModelScorer`).
+#: ``make_scorer(model_rmse, greater_is_better=False)``, with ``y`` checked (see :class:`_ModelScorer`);
+#: weighted by ``sample_weight`` (see :class:`_SurveyScorer`).
 model_rmse_scorer = _ModelScorer()
 
 
-def _estimator_acceptance(estimator, X, t_pred, threshold):
+def _estimator_acceptance(estimator, X, t_pred, threshold, weights=None):
     """:func:`acceptance_rate` of the predicted traveltimes, against the estimator's homogeneous baseline."""
     from .baselines import homogeneous_fit
     operator = getattr(estimator, "operator_", None)
     homogeneous = None
     if operator is not None:
         _, homogeneous = homogeneous_fit(operator, X.reshape(X.shape[0], -1), getattr(estimator, "noise_std", None))
-    return acceptance_rate(X, t_pred, threshold, homogeneous_rmse=homogeneous)
+    return acceptance_rate(X, t_pred, threshold, homogeneous_rmse=homogeneous, sample_weight=weights)
 
 
 def _inverting_step(estimator, X, scorer):
@@ -301,19 +358,19 @@ def _inverting_step(estimator, X, scorer):
     return estimator, np.asarray(X, dtype=np.float64)
 
 
-class _DataScorer:
-    """Scorer ``(estimator, X, y=None)`` on the traveltimes of the predicted models."""
+class _DataScorer(_SurveyScorer):
+    """Scorer ``(estimator, X, y=None, sample_weight=None)`` on the traveltimes of the predicted models."""
 
     def __init__(self, kind, threshold=None):
         self.kind = kind
         self.threshold = threshold
 
-    def __call__(self, estimator, X, y=None):
+    def _score(self, estimator, X, y, weights):
         estimator, X = _inverting_step(estimator, X, self)
         t_pred = estimator.simulate(estimator.predict(X))
         if self.kind == "rmse":
-            return -data_rmse(X, t_pred)
-        return _estimator_acceptance(estimator, X, t_pred, self.threshold)
+            return -data_rmse(X, t_pred, multioutput=_surveys_mean(weights))
+        return _estimator_acceptance(estimator, X, t_pred, self.threshold, weights)
 
     def __repr__(self):
         if self.kind == "rmse":
@@ -322,7 +379,8 @@ class _DataScorer:
 
 
 def make_data_rmse_scorer():
-    """Scorer: minus the mean data RMSE (ns) of ``estimator.predict(X)`` against ``X``.
+    """Scorer: minus the mean data RMSE (ns) of ``estimator.predict(X)`` against ``X`` (weighted by
+    ``sample_weight``, one weight per survey, when given or routed: see :class:`_SurveyScorer`).
 
     In a :class:`~sklearn.pipeline.Pipeline` the final step inverts and simulates, and ``X`` is the data
     as the steps before it transform them (the traveltimes the final step sees, in ns)."""
@@ -330,7 +388,8 @@ def make_data_rmse_scorer():
 
 
 def make_acceptance_scorer(threshold):
-    """Scorer: fraction of surveys of ``X`` whose predicted model fits within ``threshold`` ns RMSE.
+    """Scorer: fraction of surveys of ``X`` whose predicted model fits within ``threshold`` ns RMSE
+    (weighted by ``sample_weight``, as :func:`make_data_rmse_scorer`).
 
     Warns (:class:`~latentinv.baselines.BaselineWarning`) when ``threshold`` is not clearly below
     the data RMSE of the best homogeneous-velocity model of a survey (computed with the estimator's
@@ -340,23 +399,23 @@ def make_acceptance_scorer(threshold):
     return _DataScorer("acceptance", _check_threshold(threshold, "make_acceptance_scorer"))
 
 
-class _InversionScorer:
+class _InversionScorer(_SurveyScorer):
     """Several scores of one inversion: a dict, as scikit-learn takes from a callable ``scoring``."""
 
     def __init__(self, threshold=None):
         self.threshold = threshold
 
-    def __call__(self, estimator, X, y=None):
+    def _score(self, estimator, X, y, weights):
         if y is not None:
             check_model_images(estimator, y, repr(self), X)
         final, X_seen = _inverting_step(estimator, X, self)
         models = final.predict(X_seen)          # the one inversion every score below reads
         t_pred = final.simulate(models)
-        scores = {"neg_data_rmse": -data_rmse(X_seen, t_pred)}
+        scores = {"neg_data_rmse": -data_rmse(X_seen, t_pred, multioutput=_surveys_mean(weights))}
         if self.threshold is not None:
-            scores["acceptance"] = _estimator_acceptance(final, X_seen, t_pred, self.threshold)
+            scores["acceptance"] = _estimator_acceptance(final, X_seen, t_pred, self.threshold, weights)
         if y is not None:
-            scores["neg_model_rmse"] = -model_rmse(y, models)
+            scores["neg_model_rmse"] = -model_rmse(y, models, multioutput=_surveys_mean(weights))
         return scores
 
     def __repr__(self):
@@ -372,10 +431,10 @@ def make_inversion_scorer(threshold=None):
     - ``"acceptance"`` (with a ``threshold`` in ns): as :func:`make_acceptance_scorer`;
     - ``"neg_model_rmse"`` (when true models ``y`` are given): as :data:`model_rmse_scorer`.
 
-    Each is the number its own scorer gives, from the same predicted models: a ``scoring`` dict of the
-    separate scorers inverts ``X`` once per scorer (scikit-learn caches ``predict`` for its own scorers
-    only), this one once. In a :class:`~sklearn.pipeline.Pipeline`, the final step on the data the steps
-    before it give it."""
+    Each is the number its own scorer gives, from the same predicted models, with the same
+    ``sample_weight`` (see :class:`_SurveyScorer`): a ``scoring`` dict of the separate scorers inverts
+    ``X`` once per scorer (scikit-learn caches ``predict`` for its own scorers only), this one once. In a
+    :class:`~sklearn.pipeline.Pipeline`, the final step on the data the steps before it give it."""
     return _InversionScorer(None if threshold is None else _check_threshold(threshold, "make_inversion_scorer"))
 
 
