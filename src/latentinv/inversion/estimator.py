@@ -459,7 +459,11 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
     def score(self, X, y, sample_weight=None):
         """Mean over surveys of the R^2 of the predicted model against the true model ``y`` (over the
-        cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights)."""
+        cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights).
+
+        This is the default ``scoring`` of ``GridSearchCV`` and ``cross_validate``. ``scoring="r2"`` is
+        another number: scikit-learn's ``r2_score(y, predict(X))`` takes the cells as its outputs, so it
+        is the R^2 of each cell over the surveys, averaged over the cells."""
         return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
 
     # -- the engine ------------------------------------------------------------------------------------
