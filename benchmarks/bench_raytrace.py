@@ -130,7 +130,8 @@ def best_time(fn, m, repeat):
 
 
 def peak_memory_mib(engine, n, threads):
-    """Resident-set growth (MiB) of building ``engine`` and one F+J call, in a fresh process."""
+    """Resident-set growth (MiB) of building ``engine`` and one F+J call, in a fresh process, and None;
+    or None and the probe's error (the last line of its error output) where its process failed."""
     code = f"""
 import sys, numpy as np
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
@@ -155,10 +156,15 @@ fwd, fj = b.ENGINES[{engine!r}]({n}, {threads})
 fj(m)
 print((status('VmHWM') - before) / 1024)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        return None, f"the probe's subprocess timed out after {exc.timeout:g} s"
     if out.returncode != 0:
-        return float("nan")
-    return float(out.stdout.strip().splitlines()[-1])
+        lines = out.stderr.strip().splitlines()
+        return None, lines[-1] if lines else (f"the probe's subprocess ended with exit status {out.returncode} "
+                                              "and no error output")
+    return float(out.stdout.strip().splitlines()[-1]), None
 
 
 def main(argv=None):
@@ -234,15 +240,21 @@ def main(argv=None):
 
     # 2. memory ---------------------------------------------------------------------------------------
     if not args.skip_memory:
-        memory = []
+        memory, memory_failed = [], []
+        print(f"\nPeak memory (resident growth: graph + one F+J call), {n} secondary nodes")
         for name, threads in [("latentinv", 1), ("latentinv", 2), ("latentinv-dijkstra", 1),
                               ("latentinv-dijkstra", 2), ("latentinv-python", 1),
                               ("ttcrpy", 1), ("ttcrpy", 2)] + ([] if args.skip_pygimli else [("pygimli", 1)]):
-            memory.append({"engine": name, "threads": threads, "peak_rss_growth_mib": peak_memory_mib(name, n, threads)})
-        print(f"\nPeak memory (resident growth: graph + one F+J call), {n} secondary nodes")
-        for r in memory:
-            print(f"{r['engine']:<28}{r['threads']:>8}{r['peak_rss_growth_mib']:>10.1f} MiB")
+            mib, error = peak_memory_mib(name, n, threads)
+            if error is not None:     # a failed probe is recorded as failed, with its error, not as NaN
+                memory_failed.append({"engine": name, "threads": threads, "error": error})
+                print(f"{name:<28}{threads:>8}  FAILED: {error}")
+                continue
+            memory.append({"engine": name, "threads": threads, "peak_rss_growth_mib": mib})
+            print(f"{name:<28}{threads:>8}{mib:>10.1f} MiB")
         report["memory"] = memory
+        if memory_failed:
+            report["memory_failed"] = memory_failed
 
     # solves per SGD iteration (paper's nonlinear case): what reciprocity could save
     solves = batch_solves()
@@ -338,7 +350,7 @@ def main(argv=None):
               f"{1e3 * tt['forward_jacobian_s']:.0f} ms (ratio {summary['ratio']:.2f}x)")
         report["accuracy_per_time"] = summary
     with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(report, f, indent=2, allow_nan=False)      # strict JSON: no NaN or Infinity
     print(f"\nwrote {args.json}")
     return report
 

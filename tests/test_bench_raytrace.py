@@ -1,6 +1,8 @@
 """benchmarks/bench_raytrace.py's timing, run with fake engines (no raytracing): the peers get the same
-runs as latentinv, a failing engine is recorded as failed and not as a time, and no run is no time."""
+runs as latentinv, a failing engine (timing or memory probe) is recorded as failed and not as a time
+or a NaN, no run is no time, and the record is strict JSON."""
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -40,7 +42,14 @@ def run(tmp_path, *extra):
     out = tmp_path / "raytrace.json"
     bench_raytrace.main(["--nodes", "3", "--sweep", "5", "--extrapolate", "--reference-nodes", "8",
                          "--truths", str(tmp_path / "none"), "--skip-memory", "--json", str(out), *extra])
-    return json.loads(out.read_text())
+    return strict_json(out)
+
+
+def strict_json(path):
+    """The record, read as strict JSON: Python's json writes NaN and Infinity unless told not to."""
+    def refuse(constant):
+        raise ValueError(f"{constant} in {path}: not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def test_the_accuracy_sweep_times_ttcrpy_warm_and_as_often_as_latentinv(tmp_path, monkeypatch):
@@ -71,3 +80,31 @@ def test_no_timing_run_is_refused_not_recorded_as_an_infinite_time(tmp_path, mon
         run(tmp_path, "--repeat", repeat)
     assert exit_.value.code == 2 and "--repeat must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "raytrace.json").exists()
+
+
+def test_a_failing_memory_probe_is_recorded_with_its_error_not_as_nan(tmp_path, monkeypatch):
+    """A memory probe whose subprocess failed was recorded as NaN (written as NaN, not JSON), its error lost."""
+    fake_engines(monkeypatch)
+    real_run = subprocess.run
+
+    def probe(cmd, **kwargs):          # the memory probes' subprocesses; anything else (git) runs
+        if cmd[0] != sys.executable:
+            return real_run(cmd, **kwargs)
+        if "ENGINES['pygimli']" in cmd[-1]:
+            return subprocess.CompletedProcess(cmd, 1, "", "Traceback (most recent call last):\n  ...\n"
+                                           "ModuleNotFoundError: No module named 'pygimli'\n")
+        if "ENGINES['ttcrpy'](3, 2)" in cmd[-1]:
+            return subprocess.CompletedProcess(cmd, -9, "", "")          # killed (the OOM killer)
+        return subprocess.CompletedProcess(cmd, 0, "12.5\n", "")
+    monkeypatch.setattr(bench_raytrace.subprocess, "run", probe)
+    out = tmp_path / "raytrace.json"
+    bench_raytrace.main(["--nodes", "3", "--repeat", "1", "--sweep", "5", "--extrapolate", "--reference-nodes",
+                         "8", "--truths", str(tmp_path / "none"), "--json", str(out)])
+    record = strict_json(out)
+    assert record["memory_failed"] == [
+        dict(engine="ttcrpy", threads=2, error="the probe's subprocess ended with exit status -9 and no error output"),
+        dict(engine="pygimli", threads=1, error="ModuleNotFoundError: No module named 'pygimli'")]
+    assert [(r["engine"], r["threads"]) for r in record["memory"]] == [
+        ("latentinv", 1), ("latentinv", 2), ("latentinv-dijkstra", 1), ("latentinv-dijkstra", 2),
+        ("latentinv-python", 1), ("ttcrpy", 1)]
+    assert {r["peak_rss_growth_mib"] for r in record["memory"]} == {12.5}
