@@ -58,14 +58,14 @@ from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import (NONLINEAR_SETTINGS, PAPER_CASES, LatentInverter, TorchGenerator, _as_seed,
                                  _initial_latents, _survey_generators, chi_mean, graphed, paper_slowness)
 from latentinv.operators import StraightRayOperator
-from machine_info import code_info, cpu_model  # noqa: E402  (a sibling script)
+from machine_info import code_info, cpu_counts, cpu_model  # noqa: E402  (a sibling script)
 
 
 def machine():
     cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     from latentinv.nn import native
-    return dict(platform=platform.platform(), cpu=cpu, cpu_count=os.cpu_count(),
+    return dict(platform=platform.platform(), cpu=cpu, **cpu_counts(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 python=sys.version.split()[0], gpu=gpu,
                 decoder_kernels=native.isa(), kernel_threads=native.openmp_runtime() or "own")
@@ -1118,7 +1118,7 @@ def main(argv=None):
     print_table(rows)
     if info["load_average"] is not None:
         print(f"load average at the end (1, 5, 15 min): {info['load_average']} on "
-              f"{info['cpu_count']} CPUs: timings on a shared machine vary with it")
+              f"{info['cpus_available']} CPUs available: timings on a shared machine vary with it")
     write_record(args.output, dict(machine=info, latentinv=code_info(), quick=args.quick, rows=rows))
     print(f"wrote {args.output}")
 

@@ -49,7 +49,7 @@ from latentinv.nn.sgan import PatchDiscriminator, SpatialGenerator, adversarial_
 from latentinv.nn.vae import build_vae, vae_loss
 from latentinv.prior import ModelFileError, VAEPrior
 from latentinv.sgan import PUBLISHED_N_ITERATIONS, SGANPrior
-from machine_info import code_info, cpu_model  # a sibling script
+from machine_info import code_info, cpu_model, cpus_text  # a sibling script
 
 PAPER_SHAPE = (129, 65)
 PAPER_ITERATIONS = 100_000
@@ -340,7 +340,7 @@ def main():
         args.sgan_deadline = STARTED + args.sgan_budget      # counted from the start: imports and setup included
 
     n_steps = 2 if args.quick else 5
-    machine = f"{cpu_model()} ({platform.machine()} {platform.system()}), {os.cpu_count()} CPUs, torch {torch.__version__}"
+    machine = f"{cpu_model()} ({platform.machine()} {platform.system()}), {cpus_text()}, torch {torch.__version__}"
     print(f"# bench_prior on {machine}")
     results = {"machine": machine, "latentinv": code_info(), "steps": [], "tradeoff": [], "sgan_steps": []}
     if args.sgan:

@@ -34,7 +34,8 @@ import numpy as np
 from latentinv.datasets import layered_channel_slowness as channel_model
 
 from latentinv.geometry import paper_crosshole
-from machine_info import code_info, cpu_model  # a sibling script
+from latentinv._cpus import available_cpus
+from machine_info import code_info, cpu_counts, cpu_model, cpus_text  # a sibling script
 
 
 
@@ -195,7 +196,7 @@ def main(argv=None):
     m = channel_model(grid)
     n = args.nodes
     report = {"machine": {"platform": platform.platform(), "cpu": cpu_model(),
-                          "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
+                          **cpu_counts(), "python": sys.version.split()[0]},
               "latentinv": code_info(),
               "geometry": {"grid": repr(grid), "n_data": survey.n_data}, "nodes": n}
 
@@ -224,7 +225,7 @@ def main(argv=None):
         timing.append(row)
     ref = {r["threads"]: r for r in timing if r["engine"] == "ttcrpy"}
     print(f"\nPaper geometry, channel model, {n} secondary nodes; {cpu_model()}, "
-          f"{os.cpu_count()} CPUs (minimum of {args.repeat} runs; 1 run for latentinv-python and pygimli)")
+          f"{cpus_text()} (minimum of {args.repeat} runs; 1 run for latentinv-python and pygimli)")
     print(f"{'engine':<28}{'threads':>8}{'forward ms':>12}{'F+J ms':>10}{'F ratio':>10}{'F+J ratio':>11}  kernel")
     for r in timing:
         tt = ref.get(r["threads"])
@@ -279,7 +280,7 @@ def main(argv=None):
                 models[name] = 1.0 / (0.06 + 0.02 * (1.0 - x))   # paper_slowness (ns/m)
     if not models:
         models["channel"] = m
-    fwd_ref, _ = latentinv_engine(args.reference_nodes, os.cpu_count() or 1)
+    fwd_ref, _ = latentinv_engine(args.reference_nodes, available_cpus())
     t0 = time.perf_counter()
     t_ref = {name: fwd_ref(s) for name, s in models.items()}
     print(f"\nReference: latentinv at {args.reference_nodes} secondary nodes on {', '.join(models)} "

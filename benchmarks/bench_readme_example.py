@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from machine_info import code_info, cpu_model  # a sibling script
+from machine_info import code_info, cpu_counts, cpu_model  # a sibling script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## A scikit-learn example"
@@ -49,7 +49,7 @@ def main(argv=None):
     cv = search.cv_results_
     record = dict(
         command="python benchmarks/bench_readme_example.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        machine=dict(cpu=cpu_model(), cpu_count=os.cpu_count(), torch=torch.__version__,
+        machine=dict(cpu=cpu_model(), **cpu_counts(), torch=torch.__version__,
                      torch_threads=torch.get_num_threads(), gpu=torch.cuda.is_available(),
                      load_average_end=os.getloadavg() if hasattr(os, "getloadavg") else None),
         latentinv=latentinv, seconds=seconds,

@@ -3,7 +3,8 @@
 The linear case (paper grid 129 x 65, 625 straight rays, the shipped default prior, VSbrd settings with a
 reduced budget), in one run on one machine:
 
-- serial, all surveys in one batch, with 1 and with all cores' torch threads (``n_jobs=None``);
+- serial, all surveys in one batch, with 1 torch thread and with one per CPU the process may run on
+  (``n_jobs=None``);
 - a ``LocalCluster`` of 1 worker x 1 thread and of ``--workers`` workers x 1 thread (processes),
   one survey per chunk sent to the workers (``client.map``; joblib would run the chunks of a
   one-thread cluster in the calling process), and the same through ``joblib.parallel_backend("dask")``
@@ -34,11 +35,18 @@ from latentinv.inversion import PAPER_CASES, InversionResult, LatentInverter, pa
 from latentinv.inversion.parallel import run_chunk
 from latentinv.inversion.randomness import as_seed
 from latentinv.inversion.runtime import torch_threads
-from machine_info import code_info, cpu_model  # noqa: E402  (a sibling script)
+from machine_info import code_info, cpu_model, cpus_text  # noqa: E402  (a sibling script)
 
 
 def machine():
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{cpu_model()}, {cpus_text()}, torch {torch.__version__}"
+
+
+def serial_threads():
+    """The torch thread counts of the serial one-batch rows: 1 and the CPUs the process may run on."""
+    from latentinv._cpus import available_cpus
+
+    return sorted({1, available_cpus()})
 
 
 def timed(fn):
@@ -92,7 +100,7 @@ def main():
     print(f"pickled fitted estimator: {size / 1e6:.2f} MB ({size / weights:.3f}x the prior's weights "
           f"file), {1e3 * t_pickle:.1f} ms")
 
-    for threads in sorted({1, os.cpu_count()}):
+    for threads in serial_threads():
         with torch_threads(threads):
             t, res = timed(lambda: inverter().invert(data))
         row(f"serial, one batch, {threads} thread(s)", t, res)
@@ -132,8 +140,8 @@ def main():
     print(f"{args.workers} workers / 1 worker: {speedup:.2f}x (parallel efficiency {efficiency:.0%}); "
           f"overhead per chunk {overhead * 1e3:.0f} ms; Dask models equal the serial per-chunk run bit "
           f"for bit: {same}")
-    serial2 = by[f"serial, one batch, {os.cpu_count()} thread(s)"]
-    print(f"serial {os.cpu_count()}-thread one batch vs {args.workers} workers: "
+    serial2 = by[f"serial, one batch, {serial_threads()[-1]} thread(s)"]
+    print(f"serial {serial_threads()[-1]}-thread one batch vs {args.workers} workers: "
           f"{serial2['seconds'] / many['seconds']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:

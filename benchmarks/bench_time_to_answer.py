@@ -61,7 +61,7 @@ import torch
 
 from latentinv import StraightRayOperator, VAEPrior, paper_crosshole
 from latentinv.inversion import PAPER_CASES, PAPER_N_STARTS, LatentInverter, paper_slowness
-from machine_info import code_info, cpu_flags, cpu_model  # noqa: E402  (a sibling script)
+from machine_info import code_info, cpu_counts, cpu_flags, cpu_model  # noqa: E402  (a sibling script)
 
 DEFAULT_TEST_MODELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "paper_test_models"
 
@@ -84,7 +84,7 @@ OPTIONS = {
 
 def machine():
     flags = cpu_flags()
-    return dict(platform=platform.platform(), cpu=cpu_model(), cpu_count=os.cpu_count(),
+    return dict(platform=platform.platform(), cpu=cpu_model(), **cpu_counts(),
                 torch_threads=torch.get_num_threads(), torch=torch.__version__,
                 python=sys.version.split()[0], avx512_bf16="avx512_bf16" in flags, amx="amx_bf16" in flags)
 
@@ -300,7 +300,7 @@ def main(argv=None):
     info["load_average_start"] = os.getloadavg()
     prior = VAEPrior.pretrained()
     op, models, data, thresholds = paper_problem(args.test_models, args.truths, prior)
-    print(f"machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch']} "
+    print(f"machine: {info['cpu']}, {info['cpus_available']} CPUs available, torch {info['torch']} "
           f"({info['torch_threads']} threads), load {info['load_average_start']}")
     print("thresholds (encode-decode data RMSE, ns): "
           + ", ".join(f"{t} {v:.4f}" for t, v in zip(args.truths, thresholds)))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine_info import code_info, cpu_model  # noqa: E402
+from machine_info import code_info, cpu_counts, cpu_model  # noqa: E402
 
 import latentinv.prior as prior_module  # noqa: E402
 from latentinv._common import native_bfloat16  # noqa: E402
@@ -87,7 +86,7 @@ def main(argv=None):
     variants.append(("float32, host reads every iteration (ablation)", "float32", 1, False))
     fit(a.device, 5, "float32")       # warm-up (kernels, allocator)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
-    machine = dict(cpu=cpu_model(), cpus=os.cpu_count(), gpu=gpu, torch=torch.__version__,
+    machine = dict(cpu=cpu_model(), **cpu_counts(), gpu=gpu, torch=torch.__version__,
                    threads=torch.get_num_threads())
     rows = []
     record = dict(command="python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]),

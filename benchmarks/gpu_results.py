@@ -160,7 +160,6 @@ def _fit_budget(prior, folder, docs):
     choice was made against the float32 weights, which did not come back). Checks that decoded models are
     unchanged, measures how far ``encode`` moves on the 200 held-out crops, and evaluates the stored prior
     again on this machine (its record must describe the shipped files); returns the storage summary."""
-    import os
     import subprocess
 
     import numpy as np
@@ -168,6 +167,7 @@ def _fit_budget(prior, folder, docs):
 
     from latentinv import VAEPrior
     from latentinv._common import _load_safetensors, _read_model_files, _write_tensor_files
+    from latentinv._cpus import available_cpus
     from latentinv.prior import _encoder_int8_to_fit
 
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -189,7 +189,7 @@ def _fit_budget(prior, folder, docs):
     # the record of the shipped files: evaluated here (a few minutes on the CPU), the training's machine kept
     subprocess.run([sys.executable, str(ROOT / "scripts" / "train_default_prior.py"), "--evaluate-only",
                     "--device", "cuda" if torch.cuda.is_available() else "cpu", "--threads",
-                    str(min(8, os.cpu_count() or 1)), "--out", str(folder), "--report", str(docs)], check=True)
+                    str(min(8, available_cpus())), "--out", str(folder), "--report", str(docs)], check=True)
     record = json.loads((docs / "channels_ti_prior.json").read_text())
     record["evaluated_on"] = record["machine"]
     record["machine"] = gpu_record.get("machine")

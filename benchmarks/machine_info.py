@@ -1,6 +1,7 @@
 """The machine a benchmark ran on, as the benchmarks record it (imported by the sibling scripts)."""
 from __future__ import annotations
 
+import os
 import platform
 
 
@@ -14,6 +15,22 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_counts():
+    """The CPUs a record names: ``cpus_available``, those this process may run on (its affinity mask,
+    capped by a cgroup CPU quota: ``latentinv._cpus.available_cpus``; what the benchmarks size their
+    threads to), and ``cpu_count``, the host's (``os.cpu_count()``: more in a container or under ``taskset``)."""
+    from latentinv._cpus import available_cpus
+
+    return dict(cpus_available=available_cpus(), cpu_count=os.cpu_count())
+
+
+def cpus_text():
+    """How a benchmark's header names the CPUs: "3 CPUs available (of the host's 64)"."""
+    c = cpu_counts()
+    host = "" if c["cpu_count"] == c["cpus_available"] else f" (of the host's {c['cpu_count']})"
+    return f"{c['cpus_available']} CPUs available{host}"
 
 
 def cpu_flags():
@@ -31,7 +48,6 @@ def cpu_flags():
 def code_info():
     """The latentinv that runs: its version, its folder and, in a git checkout, the commit (with
     "dirty": uncommitted changes to tracked files), so that a record names the code behind its numbers."""
-    import os
     import subprocess
 
     import latentinv

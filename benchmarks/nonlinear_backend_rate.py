@@ -9,7 +9,6 @@ graph), and their ratio, so that a log's rate says which backend ran.
     python benchmarks/nonlinear_backend_rate.py [--seconds 20]
 """
 import argparse
-import os
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from latentinv.datasets import held_out_corner, load_held_out_crop
 from latentinv.geometry import CrossholeSurvey, Grid2D
 from latentinv.inversion import paper_slowness
 from latentinv.operators import ShortestPathOperator
-from machine_info import cpu_model  # a sibling script
+from machine_info import cpu_model, cpus_text  # a sibling script
 
 
 def main(argv=None):
@@ -28,7 +27,7 @@ def main(argv=None):
     if not args.seconds > 0:
         p.error(f"--seconds must be positive, got {args.seconds}")
     slowness = paper_slowness(np.stack([load_held_out_crop(*held_out_corner(s)).ravel() for s in range(6)]))
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs")
+    print(f"machine: {cpu_model()}, {cpus_text()}")
     rates = {}
     for backend in ("cpp", "python"):
         op = ShortestPathOperator(Grid2D.paper(), CrossholeSurvey.paper(0.0, 6.5), n_secondary_nodes=3,

@@ -85,18 +85,27 @@ def _device(record):
     return d
 
 
+def _cores(machine):
+    """The cores a run had: those its process could run on (``cpus_available``) where the record has them
+    and they are fewer than the host's (``cpu_count``; all that records before 2026-12 name)."""
+    count, available = machine.get("cpu_count"), machine.get("cpus_available")
+    if available is None or available == count:
+        return f"{count} cores"
+    return f"{available} cores available of the host's {count}"
+
+
 def scale_line(record):
     """The run's scale, stated above every table."""
     a = record["args"]
     prior = record["prior"]
     if not record["case_columns"]:          # the nonlinear case alone: no linear starts or iterations
         return (f"Scale of this run: prior: {prior['description']}; device {_device(record)}; machine "
-                f"{record['machine']['processor_name']} ({record['machine']['cpu_count']} cores).")
+                f"{record['machine']['processor_name']} ({_cores(record['machine'])}).")
     return (f"Scale of this run: prior: {prior['description']}; {record['n_starts']} starts per truth "
             f"(paper: 100){' from the published initial latents' if a['published_starts'] else ''}; "
             f"{record['iterations_linear']} iterations per start (paper: 3000); device "
             f"{_device(record)}; machine {record['machine']['processor_name']} "
-            f"({record['machine']['cpu_count']} cores).")
+            f"({_cores(record['machine'])}).")
 
 
 def _tables_3_and_4(record, case_table):
@@ -178,7 +187,7 @@ def _joined_runs(record):
         first = run["first_start"]
         out.append(f"- starts [{first}, {first + run['n_starts']}): `{run['command']}`; latentinv "
                    f"{code.get('version', '?')}{commit}{dirty}; {(run.get('machine') or {}).get('processor_name')} "
-                   f"({(run.get('machine') or {}).get('cpu_count')} cores); {run['total_s'] / 60:.1f} min.")
+                   f"({_cores(run.get('machine') or {})}); {run['total_s'] / 60:.1f} min.")
     return out + [""]
 
 

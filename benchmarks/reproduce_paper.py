@@ -67,7 +67,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import platform
 import shlex
 import sys
@@ -90,7 +89,7 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 import paper_report as report  # noqa: E402
-from machine_info import code_info, cpu_model  # noqa: E402  (a sibling script)
+from machine_info import code_info, cpu_counts, cpu_model  # noqa: E402  (a sibling script)
 from latentinv.baselines import check_against_baselines, constant_model_rmse, homogeneous_fit  # noqa: E402
 from latentinv import datasets  # noqa: E402
 from latentinv.datasets import PatchSampler, load_image  # noqa: E402
@@ -488,7 +487,7 @@ def case_settings(name, epochs):
 
 def machine():
     return dict(platform=platform.platform(), processor_name=cpu_model(),
-                cpu_count=os.cpu_count(), torch=torch.__version__,
+                **cpu_counts(), torch=torch.__version__,
                 cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, latentinv=code_info())
 
 

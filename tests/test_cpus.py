@@ -1,10 +1,14 @@
-"""available_cpus: the affinity mask capped by a cgroup CPU quota (v2 and v1 files)."""
+"""available_cpus: the affinity mask capped by a cgroup CPU quota (v2 and v1 files); the command line
+and the benchmarks count those CPUs, not the host's."""
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, strategies as st
 
+from latentinv import _cpus
 from latentinv._cpus import available_cpus, cgroup_cpu_quota
 
 
@@ -51,3 +55,22 @@ def test_quota_caps_affinity(tmp_path_factory, quota, period):
 
 def test_this_machine():
     assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_the_cli_and_the_benchmarks_count_the_cpus_the_process_may_run_on(monkeypatch):
+    """``--threads``' bound, bench_scaleout.py's thread counts and the benchmarks' machine lines were
+    ``os.cpu_count()``: the host's CPUs, not those of a process under ``taskset`` or in a container."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)   # taskset -c 0-2
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)                                     # on a 64-CPU host
+    monkeypatch.setattr(_cpus, "cgroup_cpu_quota", lambda **files: None)
+    from latentinv import cli
+    assert cli._max_threads() == 4 * 3
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_scaleout
+        import machine_info
+    finally:
+        sys.path.pop(0)
+    assert bench_scaleout.serial_threads() == [1, 3]
+    assert machine_info.cpu_counts() == dict(cpus_available=3, cpu_count=64)
+    assert ", 3 CPUs available (of the host's 64)," in bench_scaleout.machine()

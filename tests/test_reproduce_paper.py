@@ -769,13 +769,14 @@ def test_an_infinite_data_rmse_is_left_out_of_table4s_mean_as_a_nan_is():
 
 def test_a_joined_records_report_lists_each_run_with_its_start_range_and_minutes():
     """A record joined by merge_reproductions.py: the set-up lists each run with its published starts
-    [first, first + n), its command, code, machine and wall time in minutes (hand values)."""
+    [first, first + n), its command, code, machine and wall time in minutes (hand values); a machine
+    whose process could run on fewer CPUs than the host's says so (it said the host's, os.cpu_count())."""
     report = _load("paper_report")
     runs = [dict(first_start=0, n_starts=5, command="python r.py --n-starts 5", total_s=90.0,
                  machine={"processor_name": "cpuA", "cpu_count": 2,
                           "latentinv": {"version": "0.1", "commit": "a" * 40, "dirty": False}}),
             dict(first_start=5, n_starts=5, command="python r.py --n-starts 5 --first-start 5", total_s=1500.0,
-                 machine={"processor_name": "cpuB", "cpu_count": 16,
+                 machine={"processor_name": "cpuB", "cpu_count": 16, "cpus_available": 4,
                           "latentinv": {"version": "0.2", "commit": "b" * 40, "dirty": True}})]
     cell = report.start_summary([[1.0, 3.0], [0.25, 0.5]], [2.0, 0.5])
     record = _hand_record(
@@ -787,7 +788,7 @@ def test_a_joined_records_report_lists_each_run_with_its_start_range_and_minutes
     assert ("- starts [0, 5): `python r.py --n-starts 5`; latentinv 0.1, commit aaaaaaaaaaaa; cpuA (2 cores); "
             "1.5 min.") in md
     assert ("- starts [5, 10): `python r.py --n-starts 5 --first-start 5`; latentinv 0.2, commit bbbbbbbbbbbb "
-            "with uncommitted changes; cpuB (16 cores); 25.0 min.") in md
+            "with uncommitted changes; cpuB (4 cores available of the host's 16); 25.0 min.") in md
 
 
 def test_published_starts_reach_the_nonlinear_case_too(script, tiny, monkeypatch):

@@ -169,21 +169,24 @@ _DEVICE_OPTION = click.option("--device", default="auto", show_default=True, cal
                               help="auto (CUDA when available), cpu, cuda or cuda:N.")
 
 
-#: ``--threads``' bound: 4 x the machine's CPUs (``os.cpu_count()``, which torch's default does not exceed).
+#: ``--threads``' bound: 4 x the CPUs this process may run on (``latentinv._cpus.available_cpus``: its affinity
+#: mask capped by a cgroup CPU quota; ``os.cpu_count()``, the host's, can be many times more in a container).
 #: More threads only slow torch down, and tens of thousands exhaust the address space with their stacks
 #: (100000 ended in an unrelated error from a library loader).
 _MAX_THREADS_PER_CPU = 4
 
 
 def _max_threads():
-    return _MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    from ._cpus import available_cpus
+
+    return _MAX_THREADS_PER_CPU * available_cpus()
 
 
 def _check_threads(ctx, param, value):
     if value is not None and value > _max_threads():
         raise click.BadParameter(f"{value} is more than {_max_threads()} ({_MAX_THREADS_PER_CPU} x the "
-                                 f"{os.cpu_count() or 1} CPUs of this machine, os.cpu_count()); more threads "
-                                 f"than CPUs only slow torch down")
+                                 f"{_max_threads() // _MAX_THREADS_PER_CPU} CPUs this process may run on); more "
+                                 f"threads than CPUs only slow torch down")
     return value
 
 
@@ -200,7 +203,8 @@ def _threads_option(fn):
     return click.option(
         "--threads", type=click.IntRange(1), default=None, callback=_check_threads,
         help="torch's CPU threads (torch.set_num_threads) for this command [default: torch's own, from "
-             "OMP_NUM_THREADS or the number of cores], at most 4 x the machine's CPUs (os.cpu_count()). "
+             "OMP_NUM_THREADS or the number of cores], at most 4 x the CPUs this process may run on (its "
+             "affinity mask, capped by a cgroup CPU quota). "
              "On a shared machine fewer threads can be much faster.")(wrapper)
 
 
