@@ -518,12 +518,17 @@ def test_invert_with_the_velocities_of_the_surveyed_medium(tiny_prior, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore::latentinv.baselines.BaselineWarning")     # an untrained prior fits badly
-def test_invert_and_sample_with_a_saved_sgan_prior(tmp_path):
+def test_invert_and_sample_with_a_saved_sgan_prior(tmp_path, monkeypatch):
     """A saved SGANPrior is inverted with Table 1's SSbnd settings (the models equal LatentInverter's
-    with those settings, bit for bit) and sampled; the demo (which needs an encoder), shortest paths
-    (no published settings) and --lam (no ring for uniform latents) are refused with the reason."""
-    from latentinv import LatentInverter, SGANPrior
+    with those settings, bit for bit; its figure draws the mean norm of its uniform latents, where it drew
+    no line) and sampled; the demo (which needs an encoder), shortest paths (no published settings) and
+    --lam (no ring for uniform latents) are refused with the reason."""
+    from latentinv import LatentInverter, SGANPrior, plotting
     from latentinv.inversion import PAPER_CASES, paper_slowness
+
+    figures, summary = [], plotting.plot_inversion_summary
+    monkeypatch.setattr(plotting, "plot_inversion_summary", lambda *a, **kw: figures.append(summary(*a, **kw))
+                        or figures[-1])
 
     prior = SGANPrior(n_filters=2, n_layers=2, dilations=(), training_latent_shape=None, batch_size=4,
                       n_iterations=1, random_state=0, device="cpu").fit(np.random.default_rng(0).random((4, 12, 8)))
@@ -545,6 +550,10 @@ def test_invert_and_sample_with_a_saved_sgan_prior(tmp_path):
                               **dict(PAPER_CASES["SSbnd"], n_epochs=4, n_starts=3, batch_size=9)).fit(
         np.load(tmp_path / "tt.npy")).invert(np.load(tmp_path / "tt.npy"))
     np.testing.assert_array_equal(np.load(tmp_path / "o" / "models.npy"), expected.models)
+    ax_z = [ax for ax in figures[0].axes if ax.get_ylabel() == "||z||"][0]
+    (line,) = [ln for ln in ax_z.lines if ln.get_linestyle() == ":"]      # E||z||, z ~ U[-1, 1]^d, just below sqrt(d / 3)
+    d = prior.n_components
+    assert 0 < np.sqrt(d / 3) - line.get_ydata()[0] < 0.05 and f"{d}-D uniform" in line.get_label()
     _ok(run(cli.main, ["sample", *base, "--out", str(tmp_path / "s"), "--noise-std", "0.5", "--chains", "2",
                        "--burnin", "4", "--samples", "3", "--sgd-epochs", "2"]))
     posterior = np.load(tmp_path / "s" / "posterior.npz")

@@ -115,7 +115,7 @@ def test_plot_histories_lines_and_threshold():
     thr = [ln for ln in ax_r.lines if ln.get_label().startswith("threshold")]
     assert thr and np.allclose(thr[0].get_ydata(), 1.5)
     # ring radius of a 20-D standard normal: E[chi_20] = sqrt(2) Gamma(10.5) / Gamma(10)
-    ring = [ln for ln in ax_z.lines if ln.get_label() == "E[chi_20]"][0]
+    (ring,) = [ln for ln in ax_z.lines if ln.get_linestyle() == ":"]
     from math import gamma, sqrt
     assert np.allclose(ring.get_ydata(), sqrt(2) * gamma(10.5) / gamma(10))
     # one flat history and no ||z|| -> one axes
@@ -447,6 +447,44 @@ def test_latent_traversal_of_a_uniform_prior_stays_in_its_box():
     plotting.plot_latent_traversal(normal, dims=(0,), steps=3)
     fig = plotting.plot_latent_traversal(normal, dims=(0,), steps=3)
     assert [ax.get_title() for ax in _image_axes(fig)] == ["z0=-3.0", "z0=+0.0", "z0=+3.0"]
+
+
+def _uniform_mean_norm(d):
+    """E||z|| for z uniform in [-1, 1]^d, independently of latentinv: closed forms for d = 1 (E|u| = 1/2)
+    and d = 2 (the mean distance from a square's centre, (sqrt(2) + asinh(1)) / 3), else a Monte Carlo
+    mean of 200000 draws (standard error below 6e-4 for d = 20) and its tolerance."""
+    if d == 1:
+        return 0.5, 1e-9
+    if d == 2:
+        return (np.sqrt(2) + np.arcsinh(1)) / 3, 1e-9
+    z = np.random.default_rng(0).uniform(-1, 1, (200_000, d))
+    return float(np.linalg.norm(z, axis=1).mean()), 3e-3
+
+
+@pytest.mark.parametrize("d", [1, 2, 20])
+def test_the_latent_norm_line_is_the_mean_norm_of_the_priors_latents(d):
+    """The line was E[chi_d], a standard normal's, for every prior: sqrt(20) ~ 4.4 where an SGAN's uniform
+    latents in [-1, 1]^20 have ||z|| near sqrt(20 / 3) ~ 2.58."""
+    from math import gamma, sqrt
+    h = [np.linspace(0.5, 3.0, 5)]
+    grid = Grid2D(4, 3, 1.0)
+    m = np.random.default_rng(0).random(grid.n_cells)
+    expected = {"normal": (sqrt(2) * gamma((d + 1) / 2) / gamma(d / 2), 1e-12), "uniform": _uniform_mean_norm(d)}
+    for dist, (value, tol) in expected.items():
+        figures = [plotting.plot_histories(h, h, n_components=d, latent_distribution=dist),
+                   plotting.plot_inversion_summary(None, {"a": m}, grid, {"a": h}, {"a": h}, n_components=d,
+                                                   latent_distribution=dist)]
+        for fig in figures:
+            ax_z = [ax for ax in fig.axes if ax.get_ylabel() == "||z||"][0]
+            (line,) = [ln for ln in ax_z.lines if ln.get_linestyle() == ":"]
+            assert np.allclose(line.get_ydata(), value, rtol=0, atol=tol), (dist, fig)
+            kind = "standard normal" if dist == "normal" else "uniform in $[-1, 1]^{" + str(d) + "}$"
+            assert line.get_label().endswith(f"mean $\\|z\\|$ of a {d}-D {kind}")
+    if d == 20:      # Jensen: E||z|| < sqrt(E||z||^2) = sqrt(d / 3), by ~ Var(||z||) / (2 sqrt(d / 3)) = 0.013
+        assert 0.005 < sqrt(d / 3) - expected["uniform"][0] < 0.02
+    with pytest.raises(ValueError, match=r"plot_histories: latent_distribution must be 'normal' \(a VAE's "
+                                         r"latents\) or 'uniform' \(an SGAN's, in \[-1, 1\]\), got 'gaussian'"):
+        plotting.plot_histories(h, h, n_components=d, latent_distribution="gaussian")
 
 
 def test_plot_histories_refuses_3d_histories_and_draws_one_threshold_per_history():

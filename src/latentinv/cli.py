@@ -903,6 +903,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                "shortest-path": CrossholeSurvey.paper(*_PAPER_NONLINEAR_BOREHOLES)}
     fig = plot_inversion_summary(truth, {"encode-decode": recon, **models}, grid, rmse_h, z_h,
                                  thresholds, n_components=int(prior.n_components),
+                                 latent_distribution=getattr(prior, "latent_distribution", "normal"),
                                  title=f"latentinv demo (seed {seed}, noise {noise_std} ns)",
                                  survey=surveys["shortest-path"],
                                  velocities=(0.06, 0.08), show_model_rmse=True)
@@ -1291,7 +1292,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
         {f"survey {i}": _finite_histories(res.data_rmse_history[i]) for i in range(k)},
         {f"survey {i}": _finite_histories(res.latent_norm_history[i]) for i in range(k)},
         None if threshold is None else {f"survey {i}": threshold for i in range(k)},
-        survey=survey, n_components=None if _is_sgan(prior) else int(prior.n_components))
+        survey=survey, n_components=int(prior.n_components),
+        latent_distribution=getattr(prior, "latent_distribution", "normal"))
     fig.savefig(out / "invert.png", dpi=100)
     result = {
         "command": "invert", "traveltimes": str(traveltimes), "geometry": str(geometry),

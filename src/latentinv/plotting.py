@@ -101,12 +101,34 @@ def _to_velocity(model, velocities):
     return v_channel * x + v_background * (1.0 - x)
 
 
-def _chi_label(n_components, owner="plotting"):
+def _uniform_mean_norm(d):
+    """``E||z||`` for ``z`` uniform in ``[-1, 1]^d``, exactly (to quadrature precision): with
+    ``sqrt(y) = (1 / sqrt(pi)) int_0^inf (1 - exp(-s^2 y)) / s^2 ds`` and ``E exp(-s^2 u^2) = sqrt(pi) erf(s)
+    / (2 s)`` for ``u ~ U(-1, 1)``, ``E||z|| = (1 / sqrt(pi)) int_0^inf (1 - (sqrt(pi) erf(s) / (2 s))^d) / s^2
+    ds``. Just below ``sqrt(d / 3) = sqrt(E||z||^2)`` (by about ``1 / (30 sqrt(d / 3))``)."""
+    from scipy.integrate import quad
+    from scipy.special import erf
+
+    def integrand(s):
+        return d / 3.0 if s < 1e-8 else (1.0 - (np.sqrt(np.pi) * erf(s) / (2.0 * s)) ** d) / s ** 2
+
+    return quad(integrand, 0.0, np.inf, epsabs=1e-12, limit=200)[0] / np.sqrt(np.pi)
+
+
+def _latent_norm_line(n_components, latent_distribution, owner):
+    """Where ``||z||`` of the prior's latents concentrates, and its legend label: their mean norm,
+    ``mu_chi = E[chi_d]`` for standard normal latents (a VAE's), the exact ``E||z||`` for latents uniform
+    in ``[-1, 1]^d`` (an SGAN's; :func:`_uniform_mean_norm`)."""
     from .toys import ring_radius
 
-    value = ring_radius(n_components, owner=owner)
-    return value, (rf"$\mu_\chi$ = {value:.2f}: mean $\|z\|$ of a {int(n_components)}-D "
-                   "standard normal")
+    if not (isinstance(latent_distribution, str) and latent_distribution in ("normal", "uniform")):
+        raise ValueError(f"{owner}: latent_distribution must be 'normal' (a VAE's latents) or 'uniform' (an "
+                         f"SGAN's, in [-1, 1]), got {latent_distribution!r}")
+    value, d = ring_radius(n_components, owner=owner), int(n_components)     # ring_radius checks it
+    if latent_distribution == "normal":
+        return value, rf"$\mu_\chi$ = {value:.2f}: mean $\|z\|$ of a {d}-D standard normal"
+    value = _uniform_mean_norm(d)
+    return value, rf"{value:.2f}: mean $\|z\|$ of a {d}-D uniform in $[-1, 1]^{{{d}}}$"
 
 
 def _new_figure(n_rows, n_cols, panel_size=(2.2, 3.6), **kwargs):
@@ -290,7 +312,7 @@ def _as_histories(h, name, owner="plot_histories"):
 
 
 def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=None,
-                   n_components=None, title=None):
+                   n_components=None, title=None, latent_distribution="normal"):
     """Data RMSE and latent norm ``||z||`` per iteration, one line per start.
 
     Parameters
@@ -305,17 +327,20 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
     labels : sequence of str, default=None
         One per history (legend).
     n_components : int, default=None
-        Draws the ring radius ``E[chi_d]`` (where ``||z||`` of a prior sample concentrates) on the
-        ``||z||`` panel.
+        Draws the mean norm ``E||z||`` of the prior's latents (where ``||z||`` of a prior sample
+        concentrates), dotted, on the ``||z||`` panel; needs ``znorm_histories``.
     title : str, default=None
+    latent_distribution : {"normal", "uniform"}, default="normal"
+        The prior's latents (its ``latent_distribution``): ``"normal"`` (a VAE's) draws
+        ``E[chi_d] = sqrt(2) G((d+1)/2) / G(d/2)`` (the ring radius, Eq. 23); ``"uniform"`` (an SGAN's,
+        in ``[-1, 1]^d``) draws their exact ``E||z||``, computed by quadrature, just below
+        ``sqrt(d / 3) = sqrt(E||z||^2)``.
 
     Returns
     -------
     matplotlib.figure.Figure
         One axes (RMSE) or two (RMSE, ``||z||``).
     """
-    from .toys import ring_radius
-
     rmse = _as_histories(rmse_histories, "rmse_histories")
     znorm = _as_histories(znorm_histories, "znorm_histories")
     if znorm and len(znorm) != len(rmse):
@@ -331,7 +356,7 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
         else:
             raise ValueError(f"plot_histories: threshold must be one number (ns) or one per history "
                              f"({len(rmse)}), got {threshold!r}")
-    radius = None if n_components is None or not znorm else ring_radius(n_components, owner="plot_histories")
+    line = None if n_components is None else _latent_norm_line(n_components, latent_distribution, "plot_histories")
     ncols = 2 if znorm else 1
     fig = Figure(figsize=(4.2 * ncols, 3.4), layout="constrained")
     axes = fig.subplots(1, ncols, squeeze=False)[0]
@@ -354,8 +379,8 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
     if znorm:
         for i, h in enumerate(znorm):
             axes[1].plot(np.arange(1, len(h) + 1), h, lw=1.0)
-        if radius is not None:
-            axes[1].axhline(radius, color="k", ls=":", lw=1.0, label=f"E[chi_{int(n_components)}]")
+        if line is not None:
+            axes[1].axhline(line[0], color="k", ls=":", lw=1.0, label=line[1])
             axes[1].legend(fontsize="small")
         axes[1].set_xlabel("iteration")
         axes[1].set_ylabel("||z||")
@@ -650,7 +675,7 @@ def plot_sgd_toy(problem=None, regularizations=("none", "ring"), n_starts=6, lr=
 
 def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histories=None,
                            thresholds=None, survey=None, n_components=None, title=None,
-                           velocities=PAPER_VELOCITIES, show_model_rmse=True):
+                           velocities=PAPER_VELOCITIES, show_model_rmse=True, latent_distribution="normal"):
     """Truth and inverted models on the top row, data-RMSE and ``||z||`` curves below.
 
     Parameters
@@ -668,8 +693,9 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
         Draws the boreholes (vertical lines at each x that holds sensors at two depths or more), the
         sources (red triangles) and the receivers (orange squares) on every model panel.
     n_components : int, default=None
-        Draws ``mu_chi``, the mean norm of a standard normal of that dimension (where ``||z||`` of
-        a prior sample concentrates), dotted and labelled on the ``||z||`` panel.
+        Draws the mean norm ``E||z||`` of the prior's latents of that dimension (where ``||z||`` of a
+        prior sample concentrates), dotted and labelled on the ``||z||`` panel; needs
+        ``znorm_histories``.
     title : str, default=None
     velocities : (float, float) or None, default=PAPER_VELOCITIES
         ``(v_channel, v_background)`` in m/ns: the panels show velocity (colour bar in m/ns,
@@ -677,6 +703,9 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
     show_model_rmse : bool, default=True
         With a truth, writes each model's RMSE against it (model values in [0, 1], and in m/ns
         when ``velocities`` is given) on its panel.
+    latent_distribution : {"normal", "uniform"}, default="normal"
+        The prior's latents, as for :func:`plot_histories`: ``mu_chi = E[chi_d]`` for standard normal
+        ones (a VAE's), the exact ``E||z||`` for uniform ones in ``[-1, 1]^d`` (an SGAN's).
 
     Returns
     -------
@@ -762,7 +791,7 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                     cax[1].plot(np.arange(1, len(h) + 1), h, color=colors.get(name, "k"), lw=0.8,
                                 alpha=0.8)
             if n_components is not None:
-                value, label = _chi_label(n_components, owner)
+                value, label = _latent_norm_line(n_components, latent_distribution, owner)
                 cax[1].axhline(value, color="k", ls=":", lw=1.2, label=label)
                 cax[1].legend(fontsize="small")
             cax[1].set_xlabel("iteration")
