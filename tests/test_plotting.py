@@ -543,6 +543,46 @@ def test_plot_inversion_summary_refuses_bad_models_and_thresholds():
             plotting.plot_inversion_summary(m, {"a": m}, grid, {"a": [np.ones(3)]}, thresholds={"a": bad})
 
 
+def test_summary_and_histories_refuse_what_they_would_have_ignored():
+    """znorm_histories without rmse_histories, a threshold for a name with no RMSE history, and
+    n_components without znorm_histories were ignored without a word."""
+    grid = Grid2D(4, 3, 1.0)
+    m, h = np.random.default_rng(0).random(grid.n_cells), [np.linspace(3.0, 1.0, 5)]
+    summary = plotting.plot_inversion_summary
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: znorm_histories needs rmse_histories \(the "
+                                         r"\|\|z\|\| panel is drawn beside the RMSE panel\), got "
+                                         r"znorm_histories for \['a'\] and rmse_histories=None"):
+        summary(None, {"a": m}, grid, None, {"a": h})
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: thresholds must be for names of rmse_histories "
+                                         r"\(\['a'\]\), got thresholds for \['b', 'c'\], which have no RMSE history"):
+        summary(None, {"a": m}, grid, {"a": h}, thresholds={"a": 1.0, "b": 2.0, "c": None})
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: thresholds must be for names of rmse_histories "
+                                         r"\(none\), got thresholds for \['a'\]"):
+        summary(None, {"a": m}, grid, thresholds={"a": 1.0})
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: n_components needs znorm_histories \(its line "
+                                         r"is drawn on the \|\|z\|\| panel\), got n_components=4 and no znorm_histories"):
+        summary(None, {"a": m}, grid, {"a": h}, n_components=4)
+    with pytest.raises(ValueError, match=r"plot_histories: n_components needs znorm_histories \(its line is drawn "
+                                         r"on the \|\|z\|\| panel\), got n_components=4 and no znorm_histories"):
+        plotting.plot_histories(h, n_components=4)
+
+
+@pytest.mark.parametrize("cell_size", [0.001, 0.1, 2.0])
+def test_summary_pads_the_x_axis_in_proportion_to_the_grid(cell_size):
+    """A survey widened the x-axis by a fixed 0.15 m on each side: 1.5 widths of a millimetre grid."""
+    from latentinv.geometry import CrossholeSurvey
+    grid = Grid2D(20, 10, cell_size, origin=(3 * cell_size, 0.0))
+    x0, width, height = grid.origin[0], grid.width, grid.height
+    survey = CrossholeSurvey(np.column_stack([np.full(3, x0), np.linspace(0.1, 0.9, 3) * height]),
+                             np.column_stack([np.full(3, x0 + width), np.linspace(0.1, 0.9, 3) * height]))
+    model = np.random.default_rng(0).random(grid.n_cells)
+    fig = plotting.plot_inversion_summary(None, {"a": model}, grid, survey=survey)
+    (ax,) = _image_axes(fig)
+    margin = 0.025 * width                            # a fortieth of the grid's width on each side
+    assert ax.get_xlim() == pytest.approx((x0 - margin, x0 + width + margin), rel=1e-12)
+    assert ax.get_ylim() == pytest.approx((height, 0.0))
+
+
 def test_colour_bar_of_plot_model_and_plot_models_names_what_is_drawn():
     """A slowness model (ns/m) drawn with vmin/vmax had a colour bar labelled 'model value'."""
     grid = Grid2D(3, 2)

@@ -31,6 +31,9 @@ MODEL_CMAP = "viridis"
 PAPER_VELOCITIES = (0.06, 0.08)
 #: Colour map of velocity panels: reversed, so that slow channels look as in the model-value panels.
 VELOCITY_CMAP = "viridis_r"
+#: x-axis margin on each side of a model panel that shows a survey, as a fraction of the grid's width:
+#: sensors on the grid's edges are drawn whole (0.16 m on the paper's 6.5 m grid)
+SURVEY_MARGIN = 0.025
 
 
 def _check_velocities(velocities):
@@ -99,6 +102,12 @@ def _to_velocity(model, velocities):
     v_channel, v_background = velocities
     x = np.asarray(model, dtype=float)
     return v_channel * x + v_background * (1.0 - x)
+
+
+def _check_line_needs_znorm(n_components, has_znorm, owner):
+    if n_components is not None and not has_znorm:
+        raise ValueError(f"{owner}: n_components needs znorm_histories (its line is drawn on the ||z|| panel), "
+                         f"got n_components={n_components!r} and no znorm_histories")
 
 
 def _uniform_mean_norm(d):
@@ -343,6 +352,7 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
     """
     rmse = _as_histories(rmse_histories, "rmse_histories")
     znorm = _as_histories(znorm_histories, "znorm_histories")
+    _check_line_needs_znorm(n_components, bool(znorm), "plot_histories")
     if znorm and len(znorm) != len(rmse):
         raise ValueError(f"plot_histories: {len(rmse)} RMSE histories but {len(znorm)} ||z|| histories")
     if labels is not None and len(labels) != len(rmse):
@@ -686,12 +696,14 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
         Inverted (or reconstructed) models by name, model values in [0, 1].
     grid : Grid2D
     rmse_histories, znorm_histories : dict of str -> list of 1-D arrays, default=None
-        Per name (usually the operator), one history per start.
+        Per name (usually the operator), one history per start; ``znorm_histories`` needs
+        ``rmse_histories``.
     thresholds : dict of str -> float, default=None
-        Acceptance threshold (ns, finite and positive) per name (dashed lines).
+        Acceptance threshold (ns, finite and positive) per name of ``rmse_histories`` (dashed lines).
     survey : CrossholeSurvey, default=None
         Draws the boreholes (vertical lines at each x that holds sensors at two depths or more), the
-        sources (red triangles) and the receivers (orange squares) on every model panel.
+        sources (red triangles) and the receivers (orange squares) on every model panel, whose x-axis
+        then extends by :data:`SURVEY_MARGIN` of the grid's width on each side.
     n_components : int, default=None
         Draws the mean norm ``E||z||`` of the prior's latents of that dimension (where ``||z||`` of a
         prior sample concentrates), dotted and labelled on the ``||z||`` panel; needs
@@ -724,6 +736,16 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                for name, m in models.items()]
     if not panels:
         raise ValueError(f"{owner}: nothing to draw: no truth and no models")
+    if znorm_histories and not rmse_histories:
+        raise ValueError(f"{owner}: znorm_histories needs rmse_histories (the ||z|| panel is drawn beside the RMSE "
+                         f"panel), got znorm_histories for {list(znorm_histories)} and "
+                         f"rmse_histories={rmse_histories!r}")
+    _check_line_needs_znorm(n_components, bool(znorm_histories), owner)
+    orphans = [name for name, t in (thresholds or {}).items() if name not in (rmse_histories or {})]
+    if orphans:
+        raise ValueError(f"{owner}: thresholds must be for names of rmse_histories "
+                         f"({list(rmse_histories) if rmse_histories else 'none'}), got thresholds for {orphans}, "
+                         "which have no RMSE history")
     checked_thresholds = {}
     for name, t in (thresholds or {}).items():
         if t is not None:
@@ -759,7 +781,8 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
         if survey is not None:
             _draw_survey(ax, survey, boreholes=True)
-            ax.set_xlim(grid.origin[0] - 0.15, grid.origin[0] + grid.width + 0.15)
+            margin = SURVEY_MARGIN * grid.width
+            ax.set_xlim(grid.origin[0] - margin, grid.origin[0] + grid.width + margin)
             ax.set_ylim(grid.origin[1] + grid.height, grid.origin[1])
     if velocities is None:
         top.colorbar(im, ax=list(img_axes), shrink=0.7, label="model value (1 = channel)")
