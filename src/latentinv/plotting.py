@@ -15,12 +15,14 @@ is drawn as ``v_channel * x + v_background * (1 - x)``, the paper's map
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
-from ._checks import check_int, check_real, is_int
+from ._checks import caller_stacklevel, check_int, check_real, is_int
 
 __all__ = ["plot_model", "plot_models", "plot_histories", "plot_samples", "plot_latent_traversal",
            "plot_manifold_deformation", "plot_sgd_toy", "plot_inversion_summary", "plot_posterior",
@@ -153,7 +155,12 @@ def _extent(grid):
 
 def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None, labels=True,
                 owner="plotting", name="model"):
+    """Draws one model; NaN cells are drawn blank, with a RuntimeWarning that counts them."""
     image = grid.to_image(_as_models(model, grid, owner, name, single=True)[0])
+    n_nan = int(np.isnan(image).sum())
+    if n_nan:
+        warnings.warn(f"{owner}: {name} has {n_nan} NaN cells of {image.size}: drawn blank (transparent); numbers "
+                      "computed from it (its model RMSE) are NaN", RuntimeWarning, stacklevel=caller_stacklevel())
     im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, extent=_extent(grid), origin="upper",
                    interpolation="nearest")
     ax.set_aspect("equal")
@@ -222,7 +229,7 @@ def plot_model(model, grid, survey=None, rays=False, ax=None, cmap=MODEL_CMAP, v
         ax = axes[0, 0]
     else:
         fig = ax.figure
-    im = _draw_model(ax, model, grid, cmap, vmin, vmax, title)
+    im = _draw_model(ax, model, grid, cmap, vmin, vmax, title, owner="plot_model")
     if survey is not None:
         _draw_survey(ax, survey, rays)
         x0, z0 = grid.origin
@@ -762,13 +769,14 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
     img_axes = top.subplots(1, n_img, squeeze=False)[0]
     im = None
     truth_flat = None if truth is None else panels[0][1]
-    for ax, (name, m) in zip(img_axes, panels):
+    for i, (ax, (name, m)) in enumerate(zip(img_axes, panels)):
+        where = dict(owner=owner, name="truth" if i == 0 and truth is not None else f"models[{name!r}]")
         if velocities is None:
-            im = _draw_model(ax, m, grid, title=name, labels=(ax is img_axes[0]))
+            im = _draw_model(ax, m, grid, title=name, labels=(ax is img_axes[0]), **where)
         else:
             im = _draw_model(ax, _to_velocity(m, velocities), grid, cmap=VELOCITY_CMAP,
                              vmin=min(velocities), vmax=max(velocities), title=name,
-                             labels=(ax is img_axes[0]))
+                             labels=(ax is img_axes[0]), **where)
         ax.set_xlabel("x (m)")
         if show_model_rmse and truth_flat is not None and name != "truth":
             m_flat = m
