@@ -584,20 +584,22 @@ def test_summary_pads_the_x_axis_in_proportion_to_the_grid(cell_size):
 
 
 def test_nan_cells_are_drawn_blank_with_a_warning_that_counts_them():
-    """NaN cells were drawn transparent (blank) and the summary's model RMSE read "nan", without a word."""
+    """NaN (and infinite) cells were drawn transparent (blank) and the summary's model RMSE read "nan",
+    without a word."""
     import warnings
     grid = Grid2D(4, 3, 1.0)
     m = np.random.default_rng(0).random(grid.n_cells)
-    m[[1, 5, 7]] = np.nan
-    with pytest.warns(RuntimeWarning, match=r"^plot_model: model has 3 NaN cells of 12: drawn blank") as caught:
+    m[[1, 5]], m[7] = np.nan, np.inf
+    with pytest.warns(RuntimeWarning, match=r"^plot_model: model has 3 NaN or infinite cells of 12: drawn "
+                                            r"blank") as caught:
         plotting.plot_model(m, grid)
     assert [w.filename for w in caught] == [__file__]         # the warning points at the caller's line
-    with pytest.warns(RuntimeWarning, match=r"^plot_models: models\[1\] has 3 NaN cells of 12") as caught:
+    with pytest.warns(RuntimeWarning, match=r"^plot_models: models\[1\] has 3 NaN or infinite cells of 12") as caught:
         plotting.plot_models([np.zeros(12), m], grid)
     assert len(caught) == 1
-    with pytest.warns(RuntimeWarning, match=r"^plot_inversion_summary: models\['a'\] has 3 NaN cells of 12: drawn "
-                                            r"blank \(transparent\); numbers computed from it \(its model RMSE\) are NaN"
-                      ) as caught:
+    with pytest.warns(RuntimeWarning, match=r"^plot_inversion_summary: models\['a'\] has 3 NaN or infinite cells of "
+                                            r"12: drawn blank \(transparent\); numbers computed from it \(its model "
+                                            r"RMSE\) are not finite") as caught:
         fig = plotting.plot_inversion_summary(np.zeros(12), {"a": m, "b": np.ones(12)}, grid)
     assert len(caught) == 1                                   # not for the truth nor for "b"
     texts = [t.get_text() for ax in _image_axes(fig) for t in ax.texts if t.get_gid() == "model_rmse"]

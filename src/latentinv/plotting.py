@@ -103,7 +103,8 @@ def _check_threshold(value, owner, name):
 def _to_velocity(model, velocities):
     v_channel, v_background = velocities
     x = np.asarray(model, dtype=float)
-    return v_channel * x + v_background * (1.0 - x)
+    with np.errstate(invalid="ignore"):      # an infinite cell (inf - inf: NaN) is counted by _draw_model
+        return v_channel * x + v_background * (1.0 - x)
 
 
 def _check_line_needs_znorm(n_components, has_znorm, owner):
@@ -155,12 +156,13 @@ def _extent(grid):
 
 def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None, labels=True,
                 owner="plotting", name="model"):
-    """Draws one model; NaN cells are drawn blank, with a RuntimeWarning that counts them."""
+    """Draws one model; NaN and infinite cells are drawn blank, with a RuntimeWarning that counts them."""
     image = grid.to_image(_as_models(model, grid, owner, name, single=True)[0])
-    n_nan = int(np.isnan(image).sum())
-    if n_nan:
-        warnings.warn(f"{owner}: {name} has {n_nan} NaN cells of {image.size}: drawn blank (transparent); numbers "
-                      "computed from it (its model RMSE) are NaN", RuntimeWarning, stacklevel=caller_stacklevel())
+    n_bad = int((~np.isfinite(image)).sum())
+    if n_bad:
+        warnings.warn(f"{owner}: {name} has {n_bad} NaN or infinite cells of {image.size}: drawn blank "
+                      "(transparent); numbers computed from it (its model RMSE) are not finite", RuntimeWarning,
+                      stacklevel=caller_stacklevel())
     im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, extent=_extent(grid), origin="upper",
                    interpolation="nearest")
     ax.set_aspect("equal")
