@@ -1094,6 +1094,37 @@ def test_chunk_size_may_change_after_fit(problem):
     assert one_batch.data_rmse_history.shape == chunked.data_rmse_history.shape == (2, 3, est.n_iterations_)
 
 
+def test_operator_arrays_changed_in_place_after_fit_raise_until_rebuilt(problem):
+    """The survey and grid are the same objects when their arrays or attributes change in place, so the
+    guard above (which compares parameters) let them through: with the receivers moved 0.1 m in place after
+    fit, predict gave the models of the old rays, bit for bit (the operator's matrix is built once), while the
+    operator's survey held the new positions and a pickled copy (what a worker gets, rebuilt from the survey)
+    predicted models up to 0.38 away. The guard now keeps a fingerprint of the contents of the operator's
+    parameters and names what changed."""
+    _, gen, _, _, tt = problem
+    est = LatentInverter(gen, small_operator(), n_epochs=1, batch_size=6, n_starts=2, random_state=0,
+                         device="cpu").fit(tt)
+    expected = est.predict(tt)
+    survey, grid = est.operator.survey, est.operator.grid
+    saved = survey.receivers.copy()
+    survey.receivers[:, 0] = 0.7                            # in place: the object is the same one
+    for call in (est.predict, est.invert):
+        with pytest.raises(ValueError, match=re.escape(
+                "LatentInverter: parameters changed since fit (operator__survey.receivers: changed in place "
+                "since fit; expected the values at fit, from which the operator was built: restore them, or build "
+                "the operator again, e.g. set_params(operator__survey=...)); call fit again")):
+            call(tt)
+    survey.receivers[:] = saved                             # restored: runs as at fit
+    np.testing.assert_array_equal(est.predict(tt), expected)
+    grid.dx = 0.2                                           # an attribute reassigned counts too
+    with pytest.raises(ValueError, match=re.escape("(operator__grid.dx: changed in place since fit")):
+        est.simulate(np.zeros((1, 96)))
+    grid.dx = 0.1
+    survey.receivers[:, 0] = 0.7                            # rebuilt from the new positions and refitted: runs
+    moved = est.set_params(operator__survey=survey).fit(tt).predict(tt)
+    assert est.operator.matrix.toarray()[:, 7::8].sum() == 0 and not np.array_equal(moved, expected)
+
+
 def test_generator_size_mismatch(problem):
     op, _, _, _, tt = problem
     with pytest.raises(ValueError, match="96 cells"):

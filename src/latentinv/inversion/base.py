@@ -60,6 +60,49 @@ def _param_snapshot(params):
             for k, v in params.items()}
 
 
+def _contents(value, path, depth=3):
+    """``{path: fingerprint}`` of what ``value`` holds, so that a change in place is seen where the
+    object is still the same one: arrays (NumPy, torch) by a SHA-256 of their bytes, numbers and
+    strings by value, containers by item, other objects by their public attributes (private ones are
+    caches, not inputs), ``depth`` levels down. An object with nothing to read (a compiled one) gives
+    nothing: it is compared as an object only."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (list, tuple)):
+        try:
+            as_array = np.asarray(value)
+        except (TypeError, ValueError):        # ragged
+            as_array = None
+        if as_array is not None and as_array.dtype.kind in "biufc":
+            value = as_array
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "O":
+            return {}
+        a = np.ascontiguousarray(value)
+        return {path: hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()}
+    if isinstance(value, (numbers.Number, str, bytes, type(None))):
+        return {path: f"{type(value).__name__}:{value!r}"}
+    if depth <= 0:
+        return {}
+    if isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    elif isinstance(value, dict):
+        items = value.items()
+    else:
+        items = ((k, v) for k, v in getattr(value, "__dict__", {}).items() if not str(k).startswith("_"))
+    out = {}
+    for k, v in items:
+        out.update(_contents(v, f"{path}[{k!r}]" if isinstance(value, (list, tuple, dict)) else f"{path}.{k}",
+                             depth - 1))
+    return out
+
+
+def _operator_contents(params, free):
+    """``{name: _contents}`` of the operator's parameters (``operator__...``, its grid and survey): the
+    operator is built from them once, and its own object stays the same when their arrays change."""
+    return {k: _contents(v, k) for k, v in params.items() if k.startswith("operator__") and k not in free}
+
+
 def _same_param(a, b):
     if a is b:
         return True
@@ -361,7 +404,9 @@ class LatentEstimatorBase(BaseEstimator):
         self.operator_ = op
         self.n_cells_ = int(op.n_params)
         self._fit_schedule(op)
-        self._fitted_params = _param_snapshot(self._run_params())
+        params = self._run_params()
+        self._fitted_params = _param_snapshot(params)
+        self._fitted_contents = _operator_contents(params, self._free_params)
         return self
 
     @staticmethod
@@ -440,14 +485,23 @@ class LatentEstimatorBase(BaseEstimator):
         before = getattr(self, "_fitted_params", None)
         if before is None:
             return
-        now = _param_snapshot(self._run_params())
+        params = self._run_params()
+        now = _param_snapshot(params)
         keys = list(before) + [k for k in now if k not in before]     # another operator may have others
         changed = [k for k in keys if k not in self._free_params
                    and not (_same_nested if k.startswith("operator__") else _same_param)(before.get(k), now.get(k))]
-        if changed:
-            what = ", ".join(f"{k}: {before.get(k)!r} at fit, {now.get(k)!r} now" for k in changed)
+        what = [f"{k}: {before.get(k)!r} at fit, {now.get(k)!r} now" for k in changed]
+        # the same grid or survey object whose arrays changed in place: equal to itself above
+        fitted, current = getattr(self, "_fitted_contents", {}), _operator_contents(params, self._free_params)
+        for k in sorted(fitted.keys() & current.keys() - set(changed)):
+            moved = sorted(p for p in fitted[k].keys() | current[k].keys() if fitted[k].get(p) != current[k].get(p))
+            if moved:
+                what.append(f"{', '.join(moved)}: changed in place since fit; expected the values at fit, from "
+                            f"which the operator was built: restore them, or build the operator again, e.g. "
+                            f"set_params({k}=...)")
+        if what:
             raise ValueError(
-                f"{type(self).__name__}: parameters changed since fit ({what}); call fit again so "
+                f"{type(self).__name__}: parameters changed since fit ({', '.join(what)}); call fit again so "
                 f"that the run and the fitted attributes (n_iterations_={getattr(self, 'n_iterations_', None)}, "
                 f"device_={self.device_}) agree")
 

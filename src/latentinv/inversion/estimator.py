@@ -183,7 +183,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     :meth:`invert`, :meth:`predict` and :meth:`simulate` raise until ``fit`` is called again
     (``verbose``, ``n_jobs``, ``chunk_size`` and the operator's ``n_threads`` excepted), so that
     ``n_iterations_`` is always the number of iterations run. The operator's own parameters count too
-    (``set_params(operator__boundary_rays=...)`` rebuilds the operator in place).
+    (``set_params(operator__boundary_rays=...)`` rebuilds the operator in place), and so do their contents:
+    a survey's or grid's arrays or attributes changed in place (the operator was built from the values at
+    fit; build it again from the new ones, then fit).
 
     Per iteration, the latents of all ``n_surveys * n_starts`` starts form one float32 tensor: one
     decoder call, one gradient (``torch.autograd.grad`` with respect to the latents only, so the
