@@ -323,11 +323,12 @@ def test_grid_from_pygimli_mesh_says_a_triangle_mesh_is_not_rectilinear():
         grid_from_pygimli_mesh(grid)
 
 
-def test_n_threads_set_on_the_operator_reaches_its_engine():
+def test_n_threads_set_on_the_operator_reaches_its_engine(monkeypatch):
     """The inverters' workers set ``op.n_threads`` (``parallel.operator_threads``): under the latentinv
     backend it reached the bridge, not its engine, which kept every CPU; and with the default None the
     workers' limit was skipped. The attribute is now the engine's resolved count, and sets it; the
-    constructor's value stays what get_params gives (clones are equal)."""
+    constructor's value stays what get_params gives (clones are equal). None set after 1 left the engine
+    at 1 thread; it is now passed on and resolved there."""
     import pickle
 
     from latentinv._cpus import available_cpus
@@ -341,6 +342,12 @@ def test_n_threads_set_on_the_operator_reaches_its_engine():
     assert op._engine.n_threads == available_cpus() and op.get_params()["n_threads"] is None
     with pytest.raises(ValueError, match="PyGimliOperator: n_threads must be a positive integer or None, got 0"):
         op.n_threads = 0
+    op.n_threads = 1
+    monkeypatch.setattr("latentinv.operators.shortest_path.available_cpus", lambda: 5)     # any machine
+    op.n_threads = None         # undoing a limit: the engine stayed at 1 thread (None was not passed on)
+    assert op._engine.n_threads == op.n_threads == 5
+    op.set_params(n_threads=1)  # rebuilds the engine with it
+    assert op._engine.n_threads == op.n_threads == 1 == op.get_params()["n_threads"]
     ours = PyGimliOperator(GRID, SURVEY, n_secondary_nodes=3, backend="pygimli", n_threads=2)
     with operator_threads(ours, 1):
         assert ours.n_threads == 1

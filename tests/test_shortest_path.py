@@ -445,6 +445,26 @@ def test_default_threads_and_backend():
     assert op.backend == ("cpp" if HAS_CORE else "python")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_n_threads_set_after_construction_is_checked_and_resolved(backend, monkeypatch):
+    """The workers set ``op.n_threads`` (``parallel.operator_threads``), and a user may undo a limit with
+    None: it was stored as given, and the C++ engine refused None (or 0) only at the next call
+    ("ShortestPathEngine.run: n_threads must be a positive integer, got None"). It is now checked when set,
+    and None is the CPUs available, as in the constructor; get_params keeps the constructor's value."""
+    grid, survey, m = small_case()
+    op = ShortestPathOperator(grid, survey, 2, n_threads=1, backend=backend)
+    expected = op.response(m)
+    monkeypatch.setattr("latentinv.operators.shortest_path.available_cpus", lambda: 5)   # any machine
+    op.n_threads = None
+    assert op.n_threads == 5 and op.get_params()["n_threads"] == 1
+    np.testing.assert_array_equal(op.response(m), expected)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=r"^ShortestPathOperator: n_threads must be a positive integer or "
+                                             rf"None, got {bad!r}$"):
+            op.n_threads = bad
+    assert op.n_threads == 5
+
+
 # -- bad inputs -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad, match", [

@@ -243,8 +243,8 @@ class PyGimliOperator(ForwardOperator):
         check_n_threads(value, "PyGimliOperator")
         self._n_threads = value
         engine = self.__dict__.get("_engine")
-        if self._backend_name == "latentinv" and engine is not None and value is not None:
-            engine.n_threads = int(value)
+        if self._backend_name == "latentinv" and engine is not None:
+            engine.n_threads = value        # None too: the engine resolves it to the CPUs available
 
     def __init__(self, grid, survey, n_secondary_nodes=3, backend="latentinv", n_threads=None):
         if backend not in ("latentinv", "pygimli"):

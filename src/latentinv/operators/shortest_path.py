@@ -317,7 +317,8 @@ class ShortestPathOperator(ForwardOperator):
         A call never runs more threads than it has tasks, nor more than
         ``4 x std::thread::hardware_concurrency()`` (``latentinv._core.ShortestPathEngine.max_threads``);
         the background pool of ``submit`` grows to the same bound. Results do not depend on it.
-        Ignored by the Python backend.
+        Ignored by the Python backend. The attribute may be set later (the inverters' workers do): it is
+        checked then, and None is resolved as here.
     backend : {"auto", "cpp", "python"}, default="auto"
         ``"auto"`` takes the compiled core when it is built (and ``LATENTINV_PUREPYTHON`` is unset).
     solver : {"auto", "wavefront", "sweep", "dijkstra"}, default="auto"
@@ -370,6 +371,18 @@ class ShortestPathOperator(ForwardOperator):
     is_linear = False
     max_slowness_contrast = 1e8
 
+    @property
+    def n_threads(self):
+        """Threads of the C++ engine: the value set, or the CPUs available where None was set."""
+        return self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value):
+        # checked and resolved here, as in the constructor (the workers set it): the engine takes a
+        # positive int only, and would refuse None or 0 at the next call instead
+        check_n_threads(value, type(self).__name__)
+        self._n_threads = available_cpus() if value is None else int(value)
+
     def __init__(self, grid, survey, n_secondary_nodes=3, n_threads=None, backend="auto",
                  solver="auto", simd="auto", extrapolate_from=None):
         name = type(self).__name__
@@ -400,7 +413,7 @@ class ShortestPathOperator(ForwardOperator):
         self.simd = simd
         self.n_secondary_nodes = int(n_secondary_nodes)
         self._n_threads_requested = n_threads
-        self.n_threads = int(n_threads) if n_threads is not None else available_cpus()
+        self.n_threads = n_threads
         self._backend_requested = backend
         self.backend = resolve_backend(backend, owner=name)
         self.n_data = survey.n_data
