@@ -119,6 +119,25 @@ def test_linear_velocity_slowness_with_the_papers_velocities_is_paper_slowness()
             LinearVelocitySlowness(channel=bad)
 
 
+def test_linear_velocity_slowness_warns_of_a_slowness_given_as_velocity():
+    """The paper's slowness, 16.7 and 12.5 ns/m, given where velocities are expected made a medium 42 to 56
+    times faster than light (slowness 0.06 to 0.08 ns/m: traveltimes 150 to 280 times too short) without a
+    word; data simulated with it are as wrong,
+    so the inverter's DataScaleWarning cannot see it. Velocities up to 1 m/ns (over three times light's)
+    pass without one: in m/ns no medium is faster."""
+    with pytest.warns(UserWarning, match=re.escape(
+            "LinearVelocitySlowness: channel is a velocity in m/ns, expected at most 1 m/ns (light travels 0.3 "
+            "m/ns), got 16.666666666666668: is it a slowness in ns/m? As a velocity that is 0.06 m/ns")) as caught:
+        law = LinearVelocitySlowness(channel=1 / 0.06, background=1 / 0.08)
+    assert len(caught) == 1 and caught[0].filename == __file__                  # one warning, at the user's line
+    assert float(law(1.0)) == pytest.approx(0.06)                               # a warning: the law is as given
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fine in (0.2998, 0.3, 1.0, 1e-6):                                   # air, light rounded, the bound
+            LinearVelocitySlowness(fine, 0.1)
+            LinearVelocitySlowness(0.1, fine)
+
+
 def test_an_inversion_with_another_mediums_velocities_fits_its_data(problem):
     """Data of a medium at 0.10 / 0.12 m/ns: with that medium's map the inversion fits them to float32
     rounding (the generator makes the truths); with the paper's map it cannot, and says so."""

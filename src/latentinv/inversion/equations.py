@@ -4,10 +4,12 @@ functions shared by every algorithm of the engine."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
-from ..operators._base import smallest_slowness
+from .._checks import caller_stacklevel
+from ..operators._base import IMPLAUSIBLE_SPEED, smallest_slowness
 
 __all__ = ["paper_slowness", "has_a_medium", "LinearVelocitySlowness", "chi_mean", "learning_rate_schedule", "regularization_schedule",
            "ring_penalty", "ring_gradient", "latent_penalty"]
@@ -43,7 +45,10 @@ class LinearVelocitySlowness:
     0.06 and 0.08 m/ns. Pass it as ``slowness_map`` when the surveyed medium has other velocities.
 
     Works on torch tensors and NumPy arrays; an instance pickles (Dask workers) and declares its
-    ``domain``, the open interval of model values whose velocity is positive.
+    ``domain``, the open interval of model values whose velocity is positive. A velocity above 1 m/ns
+    (over three times light's, 0.3 m/ns) gives a UserWarning: it is most likely a slowness in ns/m (the
+    paper's 16.7 and 12.5 ns/m for 0.06 and 0.08 m/ns), which would make every traveltime 150 to 280 times
+    too short.
 
     Examples
     --------
@@ -58,6 +63,13 @@ class LinearVelocitySlowness:
                     or value <= 0:
                 raise ValueError(f"LinearVelocitySlowness: {name} must be a finite velocity > 0 (m/ns); "
                                  f"got {value!r}.")
+        for name, value in (("channel", channel), ("background", background)):
+            if value > IMPLAUSIBLE_SPEED:     # no medium is faster than light: a slowness in ns/m?
+                warnings.warn(f"LinearVelocitySlowness: {name} is a velocity in m/ns, expected at most "
+                              f"{IMPLAUSIBLE_SPEED:g} m/ns (light travels 0.3 m/ns), got {value!r}: is it a slowness "
+                              f"in ns/m? As a velocity that is {1 / value:.3g} m/ns", UserWarning,
+                              stacklevel=caller_stacklevel())
+                break
         self.channel, self.background = float(channel), float(background)
 
     def __call__(self, x):

@@ -26,6 +26,10 @@ import torch
 __all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "check_slowness_tensor",
            "check_times_tensor", "smallest_slowness"]
 
+#: speeds (m/ns) above this, over three times light's in vacuum (0.2998 m/ns), are a mix-up of units
+#: (a slowness in ns/m read as a velocity, times in s read as ns), never a medium
+IMPLAUSIBLE_SPEED = 1.0
+
 #: floating dtypes a torch model may have (the output of ``forward`` keeps the model's dtype)
 TORCH_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..geometry import CrossholeSurvey, Grid2D
-from ._base import ForwardOperator
+from ._base import IMPLAUSIBLE_SPEED, ForwardOperator
 
 __all__ = [
     "PyGimliOperator", "to_pygimli_data", "from_pygimli_data", "to_pygimli_mesh",
@@ -188,7 +188,7 @@ def from_pygimli_data(data):
         times = np.asarray(data["t"], dtype=float)[kept].copy()
         with np.errstate(divide="ignore", invalid="ignore"):
             speed = np.where(times > 0, survey.distances / times, 0.0)
-        if np.any(speed > 1.0):
+        if np.any(speed > IMPLAUSIBLE_SPEED):
             k = int(np.argmax(speed))
             warnings.warn(f"{owner}: datum {int(kept[k])} is {survey.distances[k]:.3g} m in {times[k]:.3g} ns, "
                           f"{speed[k]:.3g} m/ns, faster than light (0.3 m/ns): latentinv's traveltimes are in "
