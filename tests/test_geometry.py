@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -202,3 +203,38 @@ def test_cell_index_refuses_points_outside_the_grid_and_contains_refuses_points_
         grid.contains(np.zeros((2, 3)))
     np.testing.assert_array_equal(grid.contains([[1.5, 2.5], [0.0, 2.5]]), [True, False])
     np.testing.assert_array_equal(grid.contains([1.5, 2.5]), [True])
+
+
+def test_grids_and_surveys_are_immutable_and_copy_their_inputs():
+    """An operator is built from its grid and survey once: changed in place afterwards, the objects (and
+    a worker's pickled copy, rebuilt from them) would show one geometry and the operator's rays another,
+    without a word. They refuse the change, keep read-only copies of the arrays given, and stay so
+    through pickling, deep copies and scikit-learn's clone."""
+    import copy
+    import pickle
+
+    from sklearn.base import clone
+
+    from latentinv import StraightRayOperator
+
+    given_receivers = np.column_stack([np.full(25, 6.49), 0.5 * np.arange(1, 26)])
+    grid = Grid2D.paper()
+    survey = CrossholeSurvey(np.column_stack([np.full(25, 0.01), 0.5 * np.arange(1, 26)]), given_receivers)
+    given_receivers[:, 0] = 3.0                 # the caller's array: not the survey's
+    assert np.all(survey.receivers[:, 0] == 6.49)
+    op = StraightRayOperator(grid, survey)
+    for g, s in [(grid, survey), (pickle.loads(pickle.dumps(grid)), pickle.loads(pickle.dumps(survey))),
+                 (copy.deepcopy(grid), copy.deepcopy(survey)),
+                 (clone(op).get_params()["grid"], clone(op).get_params()["survey"])]:
+        assert g == grid and s == survey and hash(g) == hash(grid)
+        for name in ("sources", "receivers", "pairs"):
+            with pytest.raises(ValueError, match="read-only"):
+                getattr(s, name)[0, 0] = 1
+        with pytest.raises(AttributeError, match=re.escape("CrossholeSurvey is immutable: cannot set 'sources'")):
+            s.sources = s.sources + 1
+        with pytest.raises(AttributeError, match=re.escape("Grid2D is immutable: cannot set 'dx'")):
+            g.dx = 0.2
+        with pytest.raises(AttributeError, match="Grid2D is immutable: cannot delete 'origin'"):
+            del g.origin
+    # what the operator was built from is what it shows
+    assert np.array_equal(op.survey.receivers, survey.receivers) and op.grid.dx == 0.1

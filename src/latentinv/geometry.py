@@ -43,8 +43,29 @@ def _finite_float(value, name, owner, positive=False):
     return out
 
 
-class Grid2D:
-    """A regular 2-D grid of rectangular cells.
+class _Frozen:
+    """Immutable after ``__init__``: an operator is built from its grid and survey once, so a grid or survey
+    changed in place afterwards would leave the operator's rays on the old geometry while the objects
+    (and anything rebuilt from them, such as a worker's pickled copy) showed the new one. Build a new one
+    instead; the arrays are read-only copies for the same reason."""
+
+    def _freeze(self):
+        object.__setattr__(self, "_frozen", True)
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}; build a new "
+                                 f"{type(self).__name__} (the operators built from this one keep its values)")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+        object.__delattr__(self, name)
+
+
+class Grid2D(_Frozen):
+    """A regular 2-D grid of rectangular cells (immutable).
 
     Parameters
     ----------
@@ -86,6 +107,7 @@ class Grid2D:
             _finite_float(origin[0], "origin[0] (x)", owner),
             _finite_float(origin[1], "origin[1] (depth)", owner),
         )
+        self._freeze()
 
     # -- description -----------------------------------------------------------------------------
     @classmethod
@@ -256,8 +278,8 @@ def _positions(value, name):
     return p
 
 
-class CrossholeSurvey:
-    """Sources, receivers and the source-receiver pairs that make the data.
+class CrossholeSurvey(_Frozen):
+    """Sources, receivers and the source-receiver pairs that make the data (immutable: read-only arrays).
 
     Parameters
     ----------
@@ -316,6 +338,9 @@ class CrossholeSurvey:
                 f"CrossholeSurvey: pairs {pairs[dist == 0][:5].tolist()} have source == receiver"
             )
         self.pairs = pairs
+        for array in (self.sources, self.receivers, self.pairs):    # copies of the inputs: read-only
+            array.setflags(write=False)
+        self._freeze()
 
     @classmethod
     def paper(cls, source_x=0.0, receiver_x=6.5):

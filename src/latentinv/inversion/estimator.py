@@ -184,8 +184,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     (``verbose``, ``n_jobs``, ``chunk_size`` and the operator's ``n_threads`` excepted), so that
     ``n_iterations_`` is always the number of iterations run. The operator's own parameters count too
     (``set_params(operator__boundary_rays=...)`` rebuilds the operator in place), and so do their contents:
-    a survey's or grid's arrays or attributes changed in place (the operator was built from the values at
-    fit; build it again from the new ones, then fit).
+    an array or attribute inside a parameter changed in place (the operator was built from the values at
+    fit; build it again from the new ones, then fit). The package's grids and surveys refuse such changes:
+    they are immutable.
 
     Per iteration, the latents of all ``n_surveys * n_starts`` starts form one float32 tensor: one
     decoder call, one gradient (``torch.autograd.grad`` with respect to the latents only, so the
