@@ -1160,6 +1160,24 @@ def test_arrays_inside_operator_parameters_changed_in_place_after_fit_raise_unti
     assert not np.array_equal(est.fit(tt).predict(tt), expected)    # refitted: runs with the new weights
 
 
+def test_the_guard_reads_a_tensor_of_a_dtype_numpy_lacks(problem):
+    """A bfloat16 tensor inside an operator's parameter made fit fail with "TypeError: Got unsupported
+    ScalarType BFloat16" (the fingerprint read tensors through NumPy, which has no bfloat16). It is read as
+    its bytes under its torch dtype: fit runs, a change in place is seen, the values restored run as at fit."""
+    import types
+
+    op, gen, _, _, tt = problem
+    calibration = types.SimpleNamespace(weights=np.ones(op.n_data), scale=torch.ones(3, dtype=torch.bfloat16))
+    est = LatentInverter(gen, CalibratedQuadraticOperator(op, calibration), n_epochs=1, batch_size=6,
+                         n_starts=2, random_state=0, device="cpu").fit(tt)
+    expected = est.predict(tt)
+    calibration.scale[0] = 2.0
+    with pytest.raises(ValueError, match=re.escape("(operator__calibration.scale: changed in place since fit;")):
+        est.predict(tt)
+    calibration.scale[0] = 1.0
+    np.testing.assert_array_equal(est.predict(tt), expected)
+
+
 def test_generator_size_mismatch(problem):
     op, _, _, _, tt = problem
     with pytest.raises(ValueError, match="96 cells"):

@@ -67,7 +67,15 @@ def _contents(value, path, depth=3):
     caches, not inputs), ``depth`` levels down. An object with nothing to read (a compiled one) gives
     nothing: it is compared as an object only."""
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        tensor = value.detach().cpu()
+        try:
+            value = tensor.numpy()
+        except TypeError:       # a dtype NumPy lacks (bfloat16, float8): its bytes, under its torch dtype
+            try:
+                raw = tensor.reshape(-1).view(torch.uint8).numpy()
+            except (TypeError, RuntimeError):       # no bytes to read (a sparse tensor): an object only
+                return {}
+            return {path: hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode() + raw.tobytes()).hexdigest()}
     if isinstance(value, (list, tuple)):
         try:
             as_array = np.asarray(value)
