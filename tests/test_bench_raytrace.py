@@ -2,6 +2,7 @@
 runs as latentinv, a failing engine (timing or memory probe) is recorded as failed and not as a time
 or a NaN, no run is no time, and the record is strict JSON."""
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -12,6 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_raytrace  # noqa: E402
+
+from latentinv._cpus import available_cpus  # noqa: E402
 
 
 def fake_engines(monkeypatch, fail=()):
@@ -83,7 +86,8 @@ def test_no_timing_run_is_refused_not_recorded_as_an_infinite_time(tmp_path, mon
 
 
 def test_a_failing_memory_probe_is_recorded_with_its_error_not_as_nan(tmp_path, monkeypatch):
-    """A memory probe whose subprocess failed was recorded as NaN (written as NaN, not JSON), its error lost."""
+    """A memory probe whose subprocess failed was recorded as NaN (written as NaN, not JSON), its error lost;
+    one that ran past its timeout ended the benchmark (TimeoutExpired) after its timing runs."""
     fake_engines(monkeypatch)
     real_run = subprocess.run
 
@@ -95,6 +99,8 @@ def test_a_failing_memory_probe_is_recorded_with_its_error_not_as_nan(tmp_path, 
                                            "ModuleNotFoundError: No module named 'pygimli'\n")
         if "ENGINES['ttcrpy'](3, 2)" in cmd[-1]:
             return subprocess.CompletedProcess(cmd, -9, "", "")          # killed (the OOM killer)
+        if "ENGINES['latentinv-python'](3, 1)" in cmd[-1]:
+            raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])      # past the probe's 900 s
         return subprocess.CompletedProcess(cmd, 0, "12.5\n", "")
     monkeypatch.setattr(bench_raytrace.subprocess, "run", probe)
     out = tmp_path / "raytrace.json"
@@ -102,9 +108,12 @@ def test_a_failing_memory_probe_is_recorded_with_its_error_not_as_nan(tmp_path, 
                          "8", "--truths", str(tmp_path / "none"), "--json", str(out)])
     record = strict_json(out)
     assert record["memory_failed"] == [
+        dict(engine="latentinv-python", threads=1, error="the probe's subprocess timed out after 900 s"),
         dict(engine="ttcrpy", threads=2, error="the probe's subprocess ended with exit status -9 and no error output"),
         dict(engine="pygimli", threads=1, error="ModuleNotFoundError: No module named 'pygimli'")]
     assert [(r["engine"], r["threads"]) for r in record["memory"]] == [
         ("latentinv", 1), ("latentinv", 2), ("latentinv-dijkstra", 1), ("latentinv-dijkstra", 2),
-        ("latentinv-python", 1), ("ttcrpy", 1)]
+        ("ttcrpy", 1)]
     assert {r["peak_rss_growth_mib"] for r in record["memory"]} == {12.5}
+    # the CPUs the record names: those the process may run on, and the host's
+    assert (record["machine"]["cpus_available"], record["machine"]["cpu_count"]) == (available_cpus(), os.cpu_count())

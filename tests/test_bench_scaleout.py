@@ -7,6 +7,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_scaleout  # noqa: E402
@@ -88,9 +89,8 @@ class Client:
         return futures
 
 
-def test_every_row_times_invert_alone_the_serial_ones_as_the_dask_ones(tmp_path, monkeypatch, capsys):
-    """The serial rows (and joblib's) timed fit + invert, the client.map rows invert alone: "overhead per
-    chunk" was low by fit's time over the surveys."""
+def fake_bench(monkeypatch, client=Client, cluster=lambda **kw: contextlib.nullcontext()):
+    """bench_scaleout with the fakes above: no inversion, no cluster, the fake clock."""
     monkeypatch.setattr(bench_scaleout, "time", Clock)
     monkeypatch.setattr(bench_scaleout, "LatentInverter", Inverter)
     monkeypatch.setattr(bench_scaleout, "VAEPrior", types.SimpleNamespace(pretrained=lambda device: Prior()))
@@ -99,7 +99,13 @@ def test_every_row_times_invert_alone_the_serial_ones_as_the_dask_ones(tmp_path,
     monkeypatch.setattr(bench_scaleout, "run_chunk", run_chunk)
     monkeypatch.setattr(bench_scaleout, "InversionResult", Result)
     monkeypatch.setattr(bench_scaleout, "joblib", types.SimpleNamespace(parallel_backend=lambda name: contextlib.nullcontext()))
-    monkeypatch.setitem(sys.modules, "distributed", types.SimpleNamespace(Client=Client, LocalCluster=lambda **kw: contextlib.nullcontext()))
+    monkeypatch.setitem(sys.modules, "distributed", types.SimpleNamespace(Client=client, LocalCluster=cluster))
+
+
+def test_every_row_times_invert_alone_the_serial_ones_as_the_dask_ones(tmp_path, monkeypatch, capsys):
+    """The serial rows (and joblib's) timed fit + invert, the client.map rows invert alone: "overhead per
+    chunk" was low by fit's time over the surveys."""
+    fake_bench(monkeypatch)
     out = tmp_path / "scaleout.json"
     bench_scaleout.main(["--surveys", "3", "--workers", "2", "--json", str(out)])
     record = json.loads(out.read_text())
@@ -109,3 +115,74 @@ def test_every_row_times_invert_alone_the_serial_ones_as_the_dask_ones(tmp_path,
     assert record["overhead_per_chunk_s"] == 0.0
     assert record["timed"].startswith("invert alone")
     assert "timed: invert alone" in capsys.readouterr().out
+
+
+CHUNK_OVERHEAD = 0.5      # seconds a Dask chunk costs beyond its inversion
+
+
+class Cluster:
+    def __init__(self, n_workers, **kw):
+        self.n_workers = n_workers
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class SharingClient(Client):
+    """Its workers share the chunks: a map takes its chunks' time plus CHUNK_OVERHEAD per chunk, over the
+    workers."""
+
+    def __init__(self, cluster):
+        self.workers = cluster.n_workers
+
+    def map(self, fn, *iterables, pure=True):
+        start = Clock.now
+        out = [fn(*args) for args in zip(*iterables)]
+        Clock.now = start + (Clock.now - start + CHUNK_OVERHEAD * len(out)) / self.workers
+        return out
+
+
+class ThreadedInverter(Inverter):
+    """invert takes one second per survey over the torch threads set by the bench (Clock.threads)."""
+
+    def invert(self, X):
+        Clock.now += INVERT_SECONDS_PER_SURVEY * len(X) / Clock.threads
+        return Result(np.asarray(X, dtype=float))
+
+
+def test_the_summary_numbers_are_those_of_the_rows(tmp_path, monkeypatch, capsys):
+    """The test above gave every row the same time, so the summary's speedup, efficiency and overhead per
+    chunk (0 there) could be any ratio of the rows. Here the workers share the chunks, each chunk costs
+    CHUNK_OVERHEAD, threads divide a serial batch's time: hand values from the rows' own times."""
+    @contextlib.contextmanager
+    def torch_threads(n):
+        Clock.threads = n
+        try:
+            yield
+        finally:
+            Clock.threads = 1
+
+    fake_bench(monkeypatch, client=SharingClient, cluster=Cluster)
+    monkeypatch.setattr(bench_scaleout, "LatentInverter", ThreadedInverter)
+    monkeypatch.setattr(bench_scaleout, "torch_threads", torch_threads)
+    monkeypatch.setattr(bench_scaleout, "serial_threads", lambda: [1, 4])
+    monkeypatch.setattr(Clock, "threads", 1, raising=False)
+    out = tmp_path / "scaleout.json"
+    bench_scaleout.main(["--surveys", "3", "--workers", "2", "--json", str(out)])
+    record = json.loads(out.read_text())
+    seconds = {r["mode"]: r["seconds"] for r in record["rows"]}
+    one, many = (3 + 3 * CHUNK_OVERHEAD) / 1, (3 + 3 * CHUNK_OVERHEAD) / 2            # 4.5 s and 2.25 s
+    assert seconds == pytest.approx({"serial, one batch, 1 thread(s)": 3.0, "serial, one batch, 4 thread(s)": 0.75,
+                                     "serial, one survey per chunk, 1 thread": 3.0,
+                                     "Dask LocalCluster 1 worker(s) x 1 thread": one,
+                                     "Dask LocalCluster 2 worker(s) x 1 thread": many,
+                                     "joblib Dask backend, 2 workers x 1 thread": 3.0})
+    assert record["speedup"] == pytest.approx(one / many) == pytest.approx(2.0)
+    assert record["efficiency"] == pytest.approx(2.0 / 2)
+    assert record["overhead_per_chunk_s"] == pytest.approx(CHUNK_OVERHEAD)     # (4.5 - 3) / 3 surveys
+    printed = capsys.readouterr().out
+    assert "2 workers / 1 worker: 2.00x (parallel efficiency 100%); overhead per chunk 500 ms" in printed
+    assert "serial 4-thread one batch vs 2 workers: 0.33x" in printed             # 0.75 s / 2.25 s

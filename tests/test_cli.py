@@ -992,6 +992,7 @@ def test_threads_above_four_per_cpu_are_a_usage_error(tmp_path, command, monkeyp
     # --threads had no upper bound: 100000 ended in matplotlib's loader error ("cannot change memory
     # protections": the thread stacks exhaust the address space), after torch had made the threads
     monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 64)     # the host's: neither the bound nor the message
     monkeypatch.setattr("latentinv._cpus.cgroup_cpu_quota", lambda **files: None)
     res = CliRunner().invoke(cli.main, [*_SEED_ARGS[command], "--threads", "100000", "--out", str(tmp_path / "o")])
     _fails(res, "Invalid value for '--threads': 100000 is more than 8 (4 x the 2 CPUs this process may "

@@ -74,3 +74,5 @@ def test_the_cli_and_the_benchmarks_count_the_cpus_the_process_may_run_on(monkey
     assert bench_scaleout.serial_threads() == [1, 3]
     assert machine_info.cpu_counts() == dict(cpus_available=3, cpu_count=64)
     assert ", 3 CPUs available (of the host's 64)," in bench_scaleout.machine()
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)                                      # all of them
+    assert machine_info.cpus_text() == "3 CPUs available"

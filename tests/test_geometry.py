@@ -238,3 +238,16 @@ def test_grids_and_surveys_are_immutable_and_copy_their_inputs():
             del g.origin
     # what the operator was built from is what it shows
     assert np.array_equal(op.survey.receivers, survey.receivers) and op.grid.dx == 0.1
+
+
+def test_a_survey_copies_the_pairs_it_is_given():
+    """The test above gave no pairs: pairs given as int64, the dtype the survey keeps, are a copy too (the
+    caller's array stays writable and its later changes are not the survey's), as sources and receivers."""
+    sources = np.column_stack([np.zeros(2), [0.5, 1.0]])
+    receivers = np.column_stack([np.full(2, 2.0), [0.5, 1.0]])
+    pairs = np.array([[0, 0], [1, 1], [0, 1]], dtype=np.int64)
+    survey = CrossholeSurvey(sources, receivers, pairs)
+    assert pairs.flags.writeable and not survey.pairs.flags.writeable
+    pairs[0] = [1, 0]
+    np.testing.assert_array_equal(survey.pairs, [[0, 0], [1, 1], [0, 1]])
+    np.testing.assert_allclose(survey.distances, [2.0, 2.0, np.hypot(2.0, 0.5)])

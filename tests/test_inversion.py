@@ -131,6 +131,11 @@ def test_linear_velocity_slowness_warns_of_a_slowness_given_as_velocity():
         law = LinearVelocitySlowness(channel=1 / 0.06, background=1 / 0.08)
     assert len(caught) == 1 and caught[0].filename == __file__                  # one warning, at the user's line
     assert float(law(1.0)) == pytest.approx(0.06)                               # a warning: the law is as given
+    with pytest.warns(UserWarning, match=re.escape(                              # the background alone, too
+            "LinearVelocitySlowness: background is a velocity in m/ns, expected at most 1 m/ns (light travels 0.3 "
+            "m/ns), got 12.5: is it a slowness in ns/m? As a velocity that is 0.08 m/ns")) as caught:
+        LinearVelocitySlowness(channel=0.06, background=12.5)
+    assert len(caught) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for fine in (0.2998, 0.3, 1.0, 1e-6):                                   # air, light rounded, the bound
@@ -1083,8 +1088,9 @@ def test_a_nested_operator_parameter_changed_after_fit_raises_until_refit(proble
                              device="cpu").fit(tt)
         est.set_params(**{f"operator__{key}": value})
         with pytest.raises(ValueError, match=re.escape(f"parameters changed since fit (operator__{key}: ")
-                           + ".*" + re.escape(shown)):
+                           + ".*" + re.escape(shown)) as err:
             est.predict(tt)
+        assert str(err.value).count(f"operator__{key}") == 1     # once: not again as "changed in place"
         est.fit(tt[:, :est.operator.n_data]).predict(tt[:, :est.operator.n_data])     # a refit runs
     # equal values, a pickled estimator and a copy keep running
     est = LatentInverter(gen, small_operator(), n_epochs=1, batch_size=6, n_starts=2, random_state=0,
@@ -1160,6 +1166,44 @@ def test_arrays_inside_operator_parameters_changed_in_place_after_fit_raise_unti
     assert not np.array_equal(est.fit(tt).predict(tt), expected)    # refitted: runs with the new weights
 
 
+def test_the_guards_fingerprint_reads_what_a_parameter_holds_and_not_its_private_caches(problem):
+    """The fingerprint of the contents of an operator's parameter, case by case (the test above changed an
+    array only): a tensor changed in place, a number reassigned, an item of a list (named as the list), an
+    array two objects down, an array reshaped in place (the same bytes), an attribute added since fit. A
+    private attribute (a cache) may change; an object array is compared as an object only, so a pickled
+    estimator runs on (the addresses its bytes would hold differ in another process)."""
+    import types
+
+    op, gen, _, _, tt = problem
+
+    def fitted():
+        calibration = types.SimpleNamespace(
+            weights=np.ones(op.n_data), gain=1.0, offsets=[0.0, 0.0], scale=torch.ones(3),
+            inner=types.SimpleNamespace(table=np.arange(6.0)),
+            labels=np.array(["borehole one", "borehole two"], dtype=object))
+        est = LatentInverter(gen, CalibratedQuadraticOperator(op, calibration), n_epochs=1, batch_size=6,
+                             n_starts=2, random_state=0, device="cpu").fit(tt)
+        return est, calibration
+
+    def reshape(c):
+        c.inner.table.shape = (2, 3)
+
+    for path, change in (("scale", lambda c: c.scale.mul_(2.0)), ("gain", lambda c: setattr(c, "gain", 2.0)),
+                         ("offsets", lambda c: c.offsets.__setitem__(1, 0.5)),
+                         ("inner.table", lambda c: c.inner.table.__setitem__(0, 9.0)), ("inner.table", reshape),
+                         ("extra", lambda c: setattr(c, "extra", 1.0))):
+        est, calibration = fitted()
+        change(calibration)
+        with pytest.raises(ValueError, match=re.escape(
+                f"parameters changed since fit (operator__calibration.{path}: changed in place since fit;")):
+            est.predict(tt)
+    est, calibration = fitted()
+    expected = est.predict(tt)
+    calibration._cache = np.ones(3)                         # private: a cache, not an input
+    np.testing.assert_array_equal(est.predict(tt), expected)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(tt), expected)
+
+
 def test_the_guard_reads_a_tensor_of_a_dtype_numpy_lacks(problem):
     """A bfloat16 tensor inside an operator's parameter made fit fail with "TypeError: Got unsupported
     ScalarType BFloat16" (the fingerprint read tensors through NumPy, which has no bfloat16). It is read as
@@ -1175,6 +1219,22 @@ def test_the_guard_reads_a_tensor_of_a_dtype_numpy_lacks(problem):
     with pytest.raises(ValueError, match=re.escape("(operator__calibration.scale: changed in place since fit;")):
         est.predict(tt)
     calibration.scale[0] = 1.0
+    np.testing.assert_array_equal(est.predict(tt), expected)
+
+
+def test_the_operators_threads_may_change_after_fit(problem):
+    """The operator's n_threads may change after fit (the class docstring; it changes how the rays are
+    traced, not their times), as n_jobs: no test set it, and the guard could have refused it either as a
+    parameter or as one of the operator's contents."""
+    from latentinv.operators import ShortestPathOperator
+
+    op, gen, _, models, _ = problem
+    sp_op = ShortestPathOperator(op.grid, op.survey, n_secondary_nodes=2, n_threads=1)
+    est = LatentInverter(gen, sp_op, n_epochs=1, batch_size=6, n_starts=2, random_state=0, device="cpu")
+    tt = est.fit(np.ones((1, sp_op.n_data))).simulate(models)
+    expected = est.fit(tt).predict(tt)
+    est.set_params(operator__n_threads=2)
+    assert est.operator_.n_threads == 2
     np.testing.assert_array_equal(est.predict(tt), expected)
 
 

@@ -719,3 +719,46 @@ def test_scorers_take_the_weights_that_metadata_routing_passes():
                     == pytest.approx(hand, rel=1e-12)
         assert not np.allclose(results[0]["test_neg_model_rmse"],
                                cross_validate(pipe, X2, y2, cv=KFold(2), scoring=one)["test_neg_model_rmse"])
+
+
+def test_a_score_request_is_kept_as_given_and_checked_when_set():
+    """The test above requested True only: False, None and an alias are kept as given (what scikit-learn's
+    routing reads), an alias routes the weights passed under its name, and a value that is neither is refused
+    when set (scikit-learn's own check), not at the next search, leaving the request as it was."""
+    import warnings
+
+    import sklearn
+    from sklearn.model_selection import KFold, cross_validate
+
+    from latentinv.baselines import BaselineWarning
+    pipe, X_ns, truths = _tiny_pipeline()
+    X2 = np.vstack([X_ns, X_ns[::-1]]) * 1e-9
+    w = np.array([1.0, 0.0, 2.0, 3.0, 1.0, 0.5])
+    with warnings.catch_warnings(), sklearn.config_context(enable_metadata_routing=True):
+        warnings.simplefilter("ignore", BaselineWarning)
+        scorer = make_data_rmse_scorer()
+        for value in (False, None, "survey_weight", True):
+            assert scorer.set_score_request(sample_weight=value) is scorer
+            assert scorer.get_metadata_routing().score.requests == {"sample_weight": value}
+        with pytest.raises(ValueError, match=re.escape("The alias you're setting for `sample_weight` should be "
+                                                       "either a valid identifier or one of {None, True, False}")):
+            scorer.set_score_request(sample_weight=1.5)
+        assert scorer.get_metadata_routing().score.requests == {"sample_weight": True}
+        weighted = cross_validate(pipe, X2, cv=KFold(2), scoring=scorer, params={"sample_weight": w})
+        aliased = make_data_rmse_scorer().set_score_request(sample_weight="survey_weight")
+        by_alias = cross_validate(pipe, X2, cv=KFold(2), scoring=aliased, params={"survey_weight": w})
+        np.testing.assert_array_equal(by_alias["test_score"], weighted["test_score"])
+        assert not np.allclose(weighted["test_score"], cross_validate(pipe, X2, cv=KFold(2), scoring=scorer)["test_score"])
+
+
+def test_acceptance_rate_checks_its_sample_weight():
+    """acceptance_rate took sample_weight through np.average, which averages with a negative weight (2 and -1
+    gave an acceptance of 2.0) and says nothing of weights that are not one per survey until their shape."""
+    t_obs, t_pred = [[0.0], [0.0]], [[1.0], [3.0]]            # data RMSE 1 and 3 ns: the first accepted at 2 ns
+    assert acceptance_rate(t_obs, t_pred, 2.0, sample_weight=[1.0, 3.0]) == 0.25
+    expected = re.escape("acceptance_rate: sample_weight must be None or an array of 2 weights >= 0 (one per "
+                         "survey, not all 0), got ")
+    for bad, got in (([2.0, -1.0], r"\[2\.0, -1\.0\]"), ([0.0, 0.0], r"\[0\.0, 0\.0\]"),
+                     ([1.0, np.nan], r"\[1\.0, nan\]"), ([1.0, 1.0, 1.0], r"an array of shape \(3,\)")):
+        with pytest.raises(ValueError, match=expected + got):
+            acceptance_rate(t_obs, t_pred, 2.0, sample_weight=bad)

@@ -553,6 +553,9 @@ def test_summary_and_histories_refuse_what_they_would_have_ignored():
                                          r"\|\|z\|\| panel is drawn beside the RMSE panel\), got "
                                          r"znorm_histories for \['a'\] and rmse_histories=None"):
         summary(None, {"a": m}, grid, None, {"a": h})
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: znorm_histories needs rmse_histories .* got "
+                                         r"znorm_histories for \['a'\] and rmse_histories=\{\}"):
+        summary(None, {"a": m}, grid, {}, {"a": h})               # empty: no RMSE panel either
     with pytest.raises(ValueError, match=r"plot_inversion_summary: thresholds must be for names of rmse_histories "
                                          r"\(\['a'\]\), got thresholds for \['b', 'c'\], which have no RMSE history"):
         summary(None, {"a": m}, grid, {"a": h}, thresholds={"a": 1.0, "b": 2.0, "c": None})
@@ -602,6 +605,9 @@ def test_nan_cells_are_drawn_blank_with_a_warning_that_counts_them():
                                             r"RMSE\) are not finite") as caught:
         fig = plotting.plot_inversion_summary(np.zeros(12), {"a": m, "b": np.ones(12)}, grid)
     assert len(caught) == 1                                   # not for the truth nor for "b"
+    with pytest.warns(RuntimeWarning, match=r"^plot_inversion_summary: models\['a'\] has 3 NaN") as caught:
+        plotting.plot_inversion_summary(None, {"a": m}, grid)     # no truth: the first panel is a model's
+    assert len(caught) == 1
     texts = [t.get_text() for ax in _image_axes(fig) for t in ax.texts if t.get_gid() == "model_rmse"]
     assert texts[0].startswith("model RMSE nan") and texts[1].startswith("model RMSE 1.000")
     with warnings.catch_warnings():
