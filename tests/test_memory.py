@@ -312,7 +312,8 @@ def test_the_checked_bound_is_below_the_memory_a_run_takes_and_most_of_it():
     # the bound is per row: 60 rows, 60 times one row's (the warm-up's own check is left out of both)
     assert row["bound_bytes"] == 60 * as_warm_up["bound_bytes"] > 0
     # a run of the warm-up's batch adds almost nothing, as the high-water mark was reset just before it
-    # (0.04 MB measured; 6.7 MB without the reset: the imports' and fit's peak)
-    assert as_warm_up["peak_added_bytes"] < 1e6, as_warm_up
+    # (0.04 MB measured; 6.7 MB without the reset: the imports' and fit's peak; the bound leaves room for
+    # another allocator's pools)
+    assert as_warm_up["peak_added_bytes"] < 3e6, as_warm_up
     # the README's "about 0.6 MB" of activations per start with the shipped prior
     assert bench.per_start_activations() == pytest.approx(0.6e6, rel=0.05)
