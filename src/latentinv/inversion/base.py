@@ -106,8 +106,9 @@ def _contents(value, path, depth=3):
 
 
 def _operator_contents(params, free):
-    """``{name: _contents}`` of the operator's parameters (``operator__...``, its grid and survey): the
-    operator is built from them once, and its own object stays the same when their arrays change."""
+    """``{name: _contents}`` of the operator's parameters (``operator__...``): the operator is built from
+    them once, and a parameter stays the same object when an array inside it changes (the package's grids
+    and surveys refuse that: they are immutable; a user's operator may take mutable objects)."""
     return {k: _contents(v, k) for k, v in params.items() if k.startswith("operator__") and k not in free}
 
 
@@ -499,7 +500,7 @@ class LatentEstimatorBase(BaseEstimator):
         changed = [k for k in keys if k not in self._free_params
                    and not (_same_nested if k.startswith("operator__") else _same_param)(before.get(k), now.get(k))]
         what = [f"{k}: {before.get(k)!r} at fit, {now.get(k)!r} now" for k in changed]
-        # the same grid or survey object whose arrays changed in place: equal to itself above
+        # the same parameter object with an array inside it changed in place: equal to itself above
         fitted, current = getattr(self, "_fitted_contents", {}), _operator_contents(params, self._free_params)
         for k in sorted(fitted.keys() & current.keys() - set(changed)):
             moved = sorted(p for p in fitted[k].keys() | current[k].keys() if fitted[k].get(p) != current[k].get(p))
