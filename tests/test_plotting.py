@@ -544,8 +544,8 @@ def test_plot_inversion_summary_refuses_bad_models_and_thresholds():
 
 
 def test_summary_and_histories_refuse_what_they_would_have_ignored():
-    """znorm_histories without rmse_histories, a threshold for a name with no RMSE history, and
-    n_components without znorm_histories were ignored without a word."""
+    """znorm_histories without rmse_histories, a threshold or a ||z|| history for a name with no RMSE
+    history, and n_components without znorm_histories were ignored without a word."""
     grid = Grid2D(4, 3, 1.0)
     m, h = np.random.default_rng(0).random(grid.n_cells), [np.linspace(3.0, 1.0, 5)]
     summary = plotting.plot_inversion_summary
@@ -562,6 +562,10 @@ def test_summary_and_histories_refuse_what_they_would_have_ignored():
     with pytest.raises(ValueError, match=r"plot_inversion_summary: thresholds must be for names of rmse_histories "
                                          r"\(none\), got thresholds for \['a'\]"):
         summary(None, {"a": m}, grid, thresholds={"a": 1.0})
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: znorm_histories must be for names of "
+                                         r"rmse_histories \(\['a'\]\), got znorm_histories for \['b'\], which have "
+                                         r"no RMSE history"):
+        summary(None, {"a": m}, grid, {"a": h}, {"a": h, "b": h})   # drawn in black under no name
     with pytest.raises(ValueError, match=r"plot_inversion_summary: n_components needs znorm_histories \(its line "
                                          r"is drawn on the \|\|z\|\| panel\), got n_components=4 and no znorm_histories"):
         summary(None, {"a": m}, grid, {"a": h}, n_components=4)

@@ -706,7 +706,7 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
     grid : Grid2D
     rmse_histories, znorm_histories : dict of str -> list of 1-D arrays, default=None
         Per name (usually the operator), one history per start; ``znorm_histories`` needs
-        ``rmse_histories``.
+        ``rmse_histories``, and its names are some of those (drawn in the same colours).
     thresholds : dict of str -> float, default=None
         Acceptance threshold (ns, finite and positive) per name of ``rmse_histories`` (dashed lines).
     survey : CrossholeSurvey, default=None
@@ -750,11 +750,12 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                          f"panel), got znorm_histories for {list(znorm_histories)} and "
                          f"rmse_histories={rmse_histories!r}")
     _check_line_needs_znorm(n_components, bool(znorm_histories), owner)
-    orphans = [name for name, t in (thresholds or {}).items() if name not in (rmse_histories or {})]
-    if orphans:
-        raise ValueError(f"{owner}: thresholds must be for names of rmse_histories "
-                         f"({list(rmse_histories) if rmse_histories else 'none'}), got thresholds for {orphans}, "
-                         "which have no RMSE history")
+    for param, per_name in (("thresholds", thresholds), ("znorm_histories", znorm_histories)):
+        orphans = [name for name in (per_name or {}) if name not in (rmse_histories or {})]
+        if orphans:     # a threshold would not be drawn, a ||z|| history drawn in black under no name
+            raise ValueError(f"{owner}: {param} must be for names of rmse_histories "
+                             f"({list(rmse_histories) if rmse_histories else 'none'}), got {param} for {orphans}, "
+                             "which have no RMSE history")
     checked_thresholds = {}
     for name, t in (thresholds or {}).items():
         if t is not None:
@@ -821,8 +822,7 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
         if has_z:
             for name, hs in znorm_histories.items():
                 for h in _as_histories(hs, f"znorm_histories[{name!r}]", owner):
-                    cax[1].plot(np.arange(1, len(h) + 1), h, color=colors.get(name, "k"), lw=0.8,
-                                alpha=0.8)
+                    cax[1].plot(np.arange(1, len(h) + 1), h, color=colors[name], lw=0.8, alpha=0.8)
             if n_components is not None:
                 value, label = _latent_norm_line(n_components, latent_distribution, owner)
                 cax[1].axhline(value, color="k", ls=":", lw=1.2, label=label)
