@@ -762,3 +762,16 @@ def test_acceptance_rate_checks_its_sample_weight():
                      ([1.0, np.nan], r"\[1\.0, nan\]"), ([1.0, 1.0, 1.0], r"an array of shape \(3,\)")):
         with pytest.raises(ValueError, match=expected + got):
             acceptance_rate(t_obs, t_pred, 2.0, sample_weight=bad)
+
+
+def test_scorers_name_themselves_when_X_is_not_an_array_and_weights_are_given():
+    """With sample_weight, a scorer counted the surveys of X with scikit-learn's _num_samples, whose bare
+    TypeError ("Expected sequence or array-like, got <class 'NoneType'>") escaped without naming the scorer
+    (without weights the same X gives the scorer's own ValueError). Now a ValueError names the scorer and X."""
+    from latentinv.metrics import make_inversion_scorer
+
+    for scorer in (make_data_rmse_scorer(), make_acceptance_scorer(1.0), make_inversion_scorer(), model_rmse_scorer):
+        for X in (None, 3.0):
+            with pytest.raises(ValueError, match=re.escape(f"{scorer!r}: X must be the traveltimes, an array of "
+                                                           f"shape (n_surveys, n_data)") + ".*got " + type(X).__name__):
+                scorer(object(), X, sample_weight=[1.0])

@@ -281,7 +281,12 @@ class _SurveyScorer:
     def __call__(self, estimator, X, y=None, sample_weight=None):
         if sample_weight is not None:
             from sklearn.utils.validation import _num_samples
-            sample_weight = survey_weights(sample_weight, _num_samples(X), repr(self), "sample_weight",
+            try:
+                n_surveys = _num_samples(X)
+            except TypeError:       # scikit-learn's bare "Expected sequence or array-like": name the scorer
+                raise ValueError(f"{self!r}: X must be the traveltimes, an array of shape (n_surveys, n_data), "
+                                 f"to weight its surveys by sample_weight; got {type(X).__name__}") from None
+            sample_weight = survey_weights(sample_weight, n_surveys, repr(self), "sample_weight",
                                            also="None or ")
         return self._score(estimator, X, y, sample_weight)
 
