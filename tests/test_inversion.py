@@ -1222,6 +1222,27 @@ def test_the_guard_reads_a_tensor_of_a_dtype_numpy_lacks(problem):
     np.testing.assert_array_equal(est.predict(tt), expected)
 
 
+def test_the_guard_reads_a_conjugate_or_negative_view_of_a_tensor(problem):
+    """A tensor inside an operator's parameter that is a conjugate view (``t.conj()`` of a complex tensor) or
+    a negative view made fit fail with "RuntimeError: Can't call numpy() on Tensor that has conjugate bit
+    set" (the fingerprint read tensors through NumPy). It is read as its values: fit runs, and a change in
+    place of the tensor it views is seen."""
+    import types
+
+    op, gen, _, _, tt = problem
+    base = torch.tensor([1.0 + 1.0j, 2.0 - 1.0j])
+    calibration = types.SimpleNamespace(weights=np.ones(op.n_data), phase=base.conj(),
+                                        sign=torch.ones(3)._neg_view())
+    est = LatentInverter(gen, CalibratedQuadraticOperator(op, calibration), n_epochs=1, batch_size=6,
+                         n_starts=2, random_state=0, device="cpu").fit(tt)
+    expected = est.predict(tt)
+    base[0] = 3.0
+    with pytest.raises(ValueError, match=re.escape("(operator__calibration.phase: changed in place since fit;")):
+        est.predict(tt)
+    base[0] = 1.0 + 1.0j
+    np.testing.assert_array_equal(est.predict(tt), expected)
+
+
 def test_the_operators_threads_may_change_after_fit(problem):
     """The operator's n_threads may change after fit (the class docstring; it changes how the rays are
     traced, not their times), as n_jobs: no test set it, and the guard could have refused it either as a

@@ -68,6 +68,8 @@ def _contents(value, path, depth=3):
     nothing: it is compared as an object only."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu()
+        if tensor.layout == torch.strided:      # a conjugate or negative view: its values (NumPy refuses the bits)
+            tensor = tensor.resolve_conj().resolve_neg()
         try:
             value = tensor.numpy()
         except TypeError:       # a dtype NumPy lacks (bfloat16, float8): its bytes, under its torch dtype
