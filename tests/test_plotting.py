@@ -485,6 +485,12 @@ def test_the_latent_norm_line_is_the_mean_norm_of_the_priors_latents(d):
     with pytest.raises(ValueError, match=r"plot_histories: latent_distribution must be 'normal' \(a VAE's "
                                          r"latents\) or 'uniform' \(an SGAN's, in \[-1, 1\]\), got 'gaussian'"):
         plotting.plot_histories(h, h, n_components=d, latent_distribution="gaussian")
+    # without the line too (a misspelt value passed until n_components was given)
+    with pytest.raises(ValueError, match=r"plot_histories: latent_distribution must be .* got 'Uniform'"):
+        plotting.plot_histories(h, h, latent_distribution="Uniform")
+    with pytest.raises(ValueError, match=r"plot_inversion_summary: latent_distribution must be .* got 'sgan'"):
+        plotting.plot_inversion_summary(None, {"a": np.zeros(12)}, Grid2D(4, 3, 1.0), {"a": [h]}, {"a": [h]},
+                                        latent_distribution="sgan")
 
 
 def test_plot_histories_refuses_3d_histories_and_draws_one_threshold_per_history():

@@ -127,15 +127,19 @@ def _uniform_mean_norm(d):
     return quad(integrand, 0.0, np.inf, epsabs=1e-12, limit=200)[0] / np.sqrt(np.pi)
 
 
+def _check_latent_distribution(latent_distribution, owner):
+    # checked whether or not a line is drawn: a misspelt value would otherwise pass until n_components is given
+    if not (isinstance(latent_distribution, str) and latent_distribution in ("normal", "uniform")):
+        raise ValueError(f"{owner}: latent_distribution must be 'normal' (a VAE's latents) or 'uniform' (an "
+                         f"SGAN's, in [-1, 1]), got {latent_distribution!r}")
+
+
 def _latent_norm_line(n_components, latent_distribution, owner):
     """Where ``||z||`` of the prior's latents concentrates, and its legend label: their mean norm,
     ``mu_chi = E[chi_d]`` for standard normal latents (a VAE's), the exact ``E||z||`` for latents uniform
     in ``[-1, 1]^d`` (an SGAN's; :func:`_uniform_mean_norm`)."""
     from .toys import ring_radius
 
-    if not (isinstance(latent_distribution, str) and latent_distribution in ("normal", "uniform")):
-        raise ValueError(f"{owner}: latent_distribution must be 'normal' (a VAE's latents) or 'uniform' (an "
-                         f"SGAN's, in [-1, 1]), got {latent_distribution!r}")
     value, d = ring_radius(n_components, owner=owner), int(n_components)     # ring_radius checks it
     if latent_distribution == "normal":
         return value, rf"$\mu_\chi$ = {value:.2f}: mean $\|z\|$ of a {d}-D standard normal"
@@ -362,6 +366,7 @@ def plot_histories(rmse_histories, znorm_histories=None, threshold=None, labels=
     rmse = _as_histories(rmse_histories, "rmse_histories")
     znorm = _as_histories(znorm_histories, "znorm_histories")
     _check_line_needs_znorm(n_components, bool(znorm), "plot_histories")
+    _check_latent_distribution(latent_distribution, "plot_histories")
     if znorm and len(znorm) != len(rmse):
         raise ValueError(f"plot_histories: {len(rmse)} RMSE histories but {len(znorm)} ||z|| histories")
     if labels is not None and len(labels) != len(rmse):
@@ -750,6 +755,7 @@ def plot_inversion_summary(truth, models, grid, rmse_histories=None, znorm_histo
                          f"panel), got znorm_histories for {list(znorm_histories)} and "
                          f"rmse_histories={rmse_histories!r}")
     _check_line_needs_znorm(n_components, bool(znorm_histories), owner)
+    _check_latent_distribution(latent_distribution, owner)
     for param, per_name in (("thresholds", thresholds), ("znorm_histories", znorm_histories)):
         orphans = [name for name in (per_name or {}) if name not in (rmse_histories or {})]
         if orphans:     # a threshold would not be drawn, a ||z|| history drawn in black under no name
