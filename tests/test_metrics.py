@@ -740,6 +740,8 @@ def test_a_score_request_is_kept_as_given_and_checked_when_set():
         for value in (False, None, "survey_weight", True):
             assert scorer.set_score_request(sample_weight=value) is scorer
             assert scorer.get_metadata_routing().score.requests == {"sample_weight": value}
+        assert scorer.set_score_request() is scorer     # not given: left as it is (scikit-learn's UNCHANGED)
+        assert scorer.get_metadata_routing().score.requests == {"sample_weight": True}
         with pytest.raises(ValueError, match=re.escape("The alias you're setting for `sample_weight` should be "
                                                        "either a valid identifier or one of {None, True, False}")):
             scorer.set_score_request(sample_weight=1.5)
@@ -775,3 +777,20 @@ def test_scorers_name_themselves_when_X_is_not_an_array_and_weights_are_given():
             with pytest.raises(ValueError, match=re.escape(f"{scorer!r}: X must be the traveltimes, an array of "
                                                            f"shape (n_surveys, n_data)") + ".*got " + type(X).__name__):
                 scorer(object(), X, sample_weight=[1.0])
+        with pytest.raises(ValueError, match=re.escape(f"{scorer!r}: X must be the traveltimes")):
+            scorer(object(), [[1.0, 2.0], [3.0]], sample_weight=[1.0, 1.0])        # ragged
+
+
+def test_a_1d_x_is_one_survey_for_the_weights_and_then_the_estimators_error():
+    """A 1-D X (one survey's traveltimes) was counted as n_data surveys by the weights' check, whose error
+    then asked for n_data weights; it is one survey, and the estimator's own error gives the shape to pass."""
+    pipe, X_ns, truths = _tiny_pipeline()
+    pipe.fit(X_ns)
+    with pytest.raises(ValueError) as weights_error:
+        make_data_rmse_scorer()(pipe, X_ns[0], sample_weight=[1.0, 1.0])
+    assert "array of 1 weights" in str(weights_error.value), weights_error.value
+    with pytest.raises(ValueError) as estimator_error:
+        make_data_rmse_scorer()(pipe, X_ns[0], sample_weight=[1.0])
+    with pytest.raises(ValueError) as unweighted_error:
+        make_data_rmse_scorer()(pipe, X_ns[0])
+    assert str(estimator_error.value) == str(unweighted_error.value)

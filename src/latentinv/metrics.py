@@ -38,6 +38,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.utils.metadata_routing import UNCHANGED
 
 from ._checks import is_int
 
@@ -281,18 +282,19 @@ class _SurveyScorer:
     def __call__(self, estimator, X, y=None, sample_weight=None):
         if sample_weight is not None:
             from sklearn.utils.validation import _num_samples
-            try:
-                n_surveys = _num_samples(X)
-            except TypeError:       # scikit-learn's bare "Expected sequence or array-like": name the scorer
+            try:        # a 1-D X is one survey, which the estimator then refuses with the shape to pass
+                n_surveys = 1 if np.ndim(X) == 1 else _num_samples(X)
+            except (TypeError, ValueError):     # not an array, or a ragged one: name the scorer
                 raise ValueError(f"{self!r}: X must be the traveltimes, an array of shape (n_surveys, n_data), "
                                  f"to weight its surveys by sample_weight; got {type(X).__name__}") from None
             sample_weight = survey_weights(sample_weight, n_surveys, repr(self), "sample_weight",
                                            also="None or ")
         return self._score(estimator, X, y, sample_weight)
 
-    def set_score_request(self, *, sample_weight):
+    def set_score_request(self, *, sample_weight=UNCHANGED):
         """Whether scikit-learn's metadata routing passes ``sample_weight`` to this scorer: True, False,
-        None (the default: an error where it is passed) or the name it is passed under; as
+        None (the default: an error where it is passed) or the name it is passed under (left as it is when
+        not given, as scikit-learn's setters leave it); as
         ``set_score_request`` of :func:`sklearn.metrics.make_scorer`'s scorers, this changes the scorer
         and returns it (``model_rmse_scorer`` is one object shared by its users: ``copy.copy`` it first
         to keep the change to yourself). Needs routing on."""
@@ -300,8 +302,9 @@ class _SurveyScorer:
         if not get_config()["enable_metadata_routing"]:
             raise RuntimeError(f"{self!r}.set_score_request: needs scikit-learn's metadata routing, which is "
                                "off; turn it on with sklearn.set_config(enable_metadata_routing=True)")
-        self._request(sample_weight)        # scikit-learn's check of the value
-        self._sample_weight_request = sample_weight
+        if sample_weight is not UNCHANGED:
+            self._request(sample_weight)        # scikit-learn's check of the value
+            self._sample_weight_request = sample_weight
         return self
 
     def get_metadata_routing(self):
