@@ -34,13 +34,10 @@ import torch
 import latentinv._memory as memory
 from latentinv import StraightRayOperator, VAEPrior, paper_crosshole
 from latentinv.inversion import PAPER_CASES, LatentInverter, paper_slowness
+from machine_info import peak_added_bytes      # a sibling script (the child runs in benchmarks/)
 
 surveys, starts, epochs = map(int, sys.argv[1:4])
 torch.set_num_threads(int(sys.argv[4]))
-
-def status(key):                       # kB in /proc/self/status
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 
 grid, survey = paper_crosshole(0.01, 6.49)
 operator = StraightRayOperator(grid, survey)
@@ -62,12 +59,8 @@ memory.check_fits = recording_check
 # activations in the allocator's pools (a warm-up of the same batch would, and the run would add nothing)
 LatentInverter(prior, operator, n_starts=1, random_state=0, **settings).fit(times[:1]).invert(times[:1])
 bound.clear()                          # the warm-up's own check
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")                       # reset VmHWM to the current resident memory
-before = status("VmRSS")
-inverter.invert(times)
-peak = status("VmHWM")
-print(json.dumps(dict(bound=bound, before=before, peak=peak)))
+added = peak_added_bytes(lambda: inverter.invert(times))
+print(json.dumps(dict(bound=bound, added=added)))
 """
 
 
@@ -88,7 +81,7 @@ def measure(surveys, starts, epochs, threads):
     if out.returncode != 0:
         return dict(surveys=surveys, starts=starts, failed=out.stderr.strip().splitlines()[-1:])
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    added = r["peak"] - r["before"]
+    added = r["added"]
     bound = r["bound"].get("cpu", 0)
     return dict(surveys=surveys, starts=starts, epochs=epochs, bound_bytes=bound, peak_added_bytes=added,
                 bound_over_peak=bound / added if added > 0 else None)

@@ -145,17 +145,11 @@ try:
 except ImportError:
     pass
 {'import pygimli' if engine == 'pygimli' else ''}
-def status(key):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1])
-with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')  # reset the peak resident set (VmHWM) to the current one
-before = status('VmRSS')
-fwd, fj = b.ENGINES[{engine!r}]({n}, {threads})
-fj(m)
-print((status('VmHWM') - before) / 1024)
+from machine_info import peak_added_bytes
+def build_and_run():
+    fwd, fj = b.ENGINES[{engine!r}]({n}, {threads})
+    fj(m)
+print(peak_added_bytes(build_and_run) / 2 ** 20)
 """
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)

@@ -33,6 +33,21 @@ def cpus_text():
     return f"{c['cpus_available']} CPUs available{host}"
 
 
+def peak_added_bytes(fn):
+    """The resident memory that ``fn()`` added at its peak, in bytes (Linux): the kernel's high-water mark
+    (``VmHWM``), reset through ``/proc/self/clear_refs`` just before, less the resident memory (``VmRSS``)
+    then. Run in a fresh process: what the process held before does not count."""
+    def status(key):                    # kB in /proc/self/status
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                    # reset VmHWM to the current resident memory
+    before = status("VmRSS")
+    fn()
+    return status("VmHWM") - before
+
+
 def cpu_flags():
     """The CPU's feature flags (empty where /proc/cpuinfo is missing)."""
     try:
