@@ -1,5 +1,6 @@
 """Figures return the data they were given, in the package's cell order and metric extent."""
 import io
+import warnings
 
 import matplotlib
 
@@ -318,7 +319,9 @@ def _posterior_result():
 
     grid = Grid2D(4, 3, 1.0)
     rng = np.random.default_rng(0)
-    maps = {k: rng.uniform(0, 1, (2, grid.n_cells)) for k in ("mean", "std", "channel_probability")}
+    # the std of a model value in [0, 1] is at most 0.5, the std panel's scale
+    maps = {k: rng.uniform(0, hi, (2, grid.n_cells))
+            for k, hi in (("mean", 1.0), ("std", 0.5), ("channel_probability", 1.0))}
     result = SimpleNamespace(**maps, model_samples=rng.uniform(0, 1, (2, 5, grid.n_cells)), method="pcn",
                              n_chains=3, samples=np.zeros((2, 3, 7, 2)),
                              acceptance_rate=np.array([[0.2, 0.3, 0.25], [0.1, 0.2, 0.3]]))
@@ -663,3 +666,22 @@ def test_toy_figures_name_their_bad_parameters():
                       (dict(X=np.ones((50, 3))), r"plot_manifold_deformation: X must have shape \(n_samples, 2\)")):
         with pytest.raises(ValueError, match=match):
             plotting.plot_manifold_deformation(**{"settings": ((1.0, 1.0),), "X": X, "n_iterations": 2, **kw})
+
+
+def test_cells_outside_the_colour_scale_are_counted_in_a_warning():
+    """imshow draws values beyond [vmin, vmax] in the limits' colours without a word: slownesses (12.5-16.7
+    ns/m) passed as model values drew a uniform bright model."""
+    grid = Grid2D(3, 2)
+    slowness = 1 / np.array([0.06, 0.08, 0.06, 0.07, 0.08, 0.06])
+    with pytest.warns(RuntimeWarning, match=r"plot_model: model has 6 cells of 6 outside the colour scale "
+                                            r"\[vmin, vmax\] = \[0, 1\] \(values 12.5 to 16.67\)"):
+        plotting.plot_model(slowness, grid)
+    with pytest.warns(RuntimeWarning, match=r"plot_model: model has 2 cells of 6 outside the colour scale "
+                                            r"\[vmin, vmax\] = \[0.06, 0.07\] \(values 0.06 to 0.08\)"):
+        plotting.plot_model(1 / slowness, grid, vmin=0.06, vmax=0.07)    # the two 0.08s
+    with pytest.warns(RuntimeWarning, match=r"plot_models: models\[1\] has 2 cells of 6 outside"):
+        plotting.plot_models([np.full(6, 0.5), [0.5, -0.2, 0.5, 1.3, 0.5, 0.5]], grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plotting.plot_model(np.array([0.0, 1.0, 1 + 1e-7, -1e-7, 0.5, 0.5]), grid)   # rounding at the limits
+        plotting.plot_model(1 / slowness, grid, vmin=0.06, vmax=0.08)

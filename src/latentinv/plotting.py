@@ -160,13 +160,22 @@ def _extent(grid):
 
 def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None, labels=True,
                 owner="plotting", name="model"):
-    """Draws one model; NaN and infinite cells are drawn blank, with a RuntimeWarning that counts them."""
+    """Draws one model; NaN and infinite cells are drawn blank, and cells outside [vmin, vmax] in the
+    limits' colours, each with a RuntimeWarning that counts them."""
     image = grid.to_image(_as_models(model, grid, owner, name, single=True)[0])
     n_bad = int((~np.isfinite(image)).sum())
     if n_bad:
         warnings.warn(f"{owner}: {name} has {n_bad} NaN or infinite cells of {image.size}: drawn blank "
                       "(transparent); numbers computed from it (its model RMSE) are not finite", RuntimeWarning,
                       stacklevel=caller_stacklevel())
+    finite = image[np.isfinite(image)]
+    slack = 1e-6 * (vmax - vmin)            # float rounding of a map onto [vmin, vmax] is not a unit error
+    n_out = int(((finite < vmin - slack) | (finite > vmax + slack)).sum())
+    if n_out:   # imshow clips them without a word: a model in other units (velocities) looks uniform
+        warnings.warn(f"{owner}: {name} has {n_out} cells of {image.size} outside the colour scale "
+                      f"[vmin, vmax] = [{vmin:g}, {vmax:g}] (values {finite.min():.4g} to {finite.max():.4g}): "
+                      "drawn in the limits' colours. Model values are in [0, 1] (1 = channel); for values in "
+                      "other units pass vmin and vmax", RuntimeWarning, stacklevel=caller_stacklevel())
     im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, extent=_extent(grid), origin="upper",
                    interpolation="nearest")
     ax.set_aspect("equal")
