@@ -45,7 +45,20 @@ class BaselineWarning(UserWarning):
 def constant_model_rmse(models):
     """RMSE of the best constant model for each model: the standard deviation of its values.
 
-    ``models``: ``(n_cells,)`` or ``(n_models, n_cells)``; returns a float or ``(n_models,)``.
+    Parameters
+    ----------
+    models : array-like of shape (n_cells,) or (n_models, n_cells)
+        Finite model values, ``n_cells >= 1``.
+
+    Returns
+    -------
+    rmse : float or ndarray of shape (n_models,)
+        In model units (a NumPy float for one model).
+
+    Raises
+    ------
+    ValueError
+        On another shape, or NaN or inf.
     """
     m = np.asarray(models, dtype=np.float64)
     if m.ndim not in (1, 2) or m.shape[-1] == 0:
@@ -103,6 +116,30 @@ def check_against_baselines(*, model_rmse=None, constant_rmse=None, data_rmse=No
     result in the message; ``labels`` (optional, one name per item, e.g. the truths) name the items
     that fail in it, which are otherwise listed by value alone. Returns a boolean array (or bool):
     True where every given comparison passes.
+
+    Parameters
+    ----------
+    model_rmse, constant_rmse : float or array-like, default=None
+        A model RMSE and the best constant model's (:func:`constant_model_rmse`); compared when both
+        are given.
+    data_rmse, homogeneous_rmse : float or array-like, default=None
+        A data RMSE (ns) and the best homogeneous-velocity model's (:func:`homogeneous_fit`);
+        compared when both are given.
+    what : str, default="the prior"
+    stacklevel : int, default=2
+        Of the warning (2: the caller's line).
+    labels : sequence of str, default=None
+        One name per item (after broadcasting).
+
+    Returns
+    -------
+    ok : bool or ndarray of bool
+        A bool for scalars (True when no comparison is given).
+
+    Raises
+    ------
+    ValueError
+        For ``labels`` of another length than the items.
     """
     ok = np.array(True)
     checks = (
@@ -141,7 +178,25 @@ def warn_if_no_better_than_homogeneous(owner, best_rmse, homogeneous_rmse, model
     the slowness map does not describe (within DataScaleWarning's factor 3), a budget far too small, or
     a modelling error would otherwise give a poor answer without a word. (Accepting a fit asks more:
     ``DATA_RATIO`` times the baseline.) ``more`` says what to give more of. The warning points at the
-    first line outside latentinv. Returns the indices of those surveys."""
+    first line outside latentinv. Returns the indices of those surveys.
+
+    Parameters
+    ----------
+    owner : str
+        Starts the message (e.g. the estimator's name).
+    best_rmse, homogeneous_rmse : array-like of shape (n_surveys,)
+        Data RMSEs (ns): the best fit and the best homogeneous-velocity model's.
+    models : str, default="the selected models"
+        What ``best_rmse`` is of, in the message.
+    more : str, default="iterations (n_epochs) or starts"
+    where : str, default="result.homogeneous_rmse"
+        Where the caller finds the baseline, in the message.
+
+    Returns
+    -------
+    ndarray of int
+        Indices of the surveys warned about (empty when none).
+    """
     from ._checks import caller_stacklevel
 
     best = np.asarray(best_rmse, dtype=np.float64)

@@ -424,7 +424,22 @@ def load_channels_ti():
 
 def load_paper_truth(name):
     """One of the paper's cropped truths, ``"mc1"``, ``"mc2"`` or ``"mc3"``: a (129, 65) float64 0/1
-    model (1 = channel), the crop of :func:`load_channels_ti` at ``PAPER_TRUTH_WINDOWS[name]``."""
+    model (1 = channel), the crop of :func:`load_channels_ti` at ``PAPER_TRUTH_WINDOWS[name]``.
+
+    Parameters
+    ----------
+    name : {"mc1", "mc2", "mc3"}
+
+    Returns
+    -------
+    model : ndarray of shape (129, 65), dtype float64, values 0 and 1
+        An image (row 0 at the top); ``model.ravel()`` is the flat model.
+
+    Raises
+    ------
+    ValueError
+        For another ``name``, or a damaged training image (:func:`load_channels_ti`).
+    """
     if name not in PAPER_TRUTH_WINDOWS:
         raise ValueError(f"load_paper_truth: name must be one of {sorted(PAPER_TRUTH_WINDOWS)}, got {name!r}")
     r0, c0, h, w = PAPER_TRUTH_WINDOWS[name]
@@ -642,11 +657,21 @@ class PatchSampler:
     def admissible_corners(self, image_index=0):
         """All admissible top-left corners of crops of image ``image_index``.
 
+        Parameters
+        ----------
+        image_index : int, default=0
+            Index of the image, in [0, n_images).
+
         Returns
         -------
         rows, cols : ndarray of int64
             Row-major order; every crop at these corners fits in the image and overlaps no
             exclusion window, and every other crop of the image overlaps one.
+
+        Raises
+        ------
+        ValueError
+            For an ``image_index`` out of range.
         """
         i = image_index
         if not (_is_int(i) and 0 <= i < len(self.images)):
@@ -658,7 +683,17 @@ class PatchSampler:
     def sample_corners(self, n_samples, random_state=None):
         """Draw crop positions: arrays ``(image_index, row0, col0)``, each of shape (n_samples,).
 
-        ``n_samples`` is an int >= 0 (0: empty arrays); ``random_state`` as in :meth:`sample`.
+        Parameters
+        ----------
+        n_samples : int
+            Number of crops, >= 0 (0: empty arrays).
+        random_state : int >= 0, numpy Generator/RandomState or None
+            As in :meth:`sample`.
+
+        Returns
+        -------
+        which, rows, cols : ndarray of int64 of shape (n_samples,)
+            Image index and top-left corner (cells) of each crop; :meth:`cut_tensor` cuts them.
         """
         owner = "PatchSampler"
         n_samples = _check_int(n_samples, "n_samples", owner, minimum=0)
@@ -701,6 +736,14 @@ class PatchSampler:
         each batch on the host and copying it over (a GPU's training loop reads the image where it
         computes).
 
+        Parameters
+        ----------
+        n_samples : int
+            Number of crops, >= 0.
+        random_state : int >= 0, numpy Generator/RandomState or None
+            As in :meth:`sample`.
+        device : str or torch.device, default="cpu"
+
         Returns
         -------
         patches : torch.Tensor of shape (n_samples, n_rows, n_cols), float32, on ``device``
@@ -709,7 +752,19 @@ class PatchSampler:
 
     def cut_tensor(self, which, rows, cols, device="cpu"):
         """The crops at corners ``(which, rows, cols)`` (:meth:`sample_corners`' arrays) as a float32
-        tensor ``(n, n_rows, n_cols)`` cut on ``device`` (see :meth:`sample_tensor`)."""
+        tensor ``(n, n_rows, n_cols)`` cut on ``device`` (see :meth:`sample_tensor`).
+
+        Parameters
+        ----------
+        which, rows, cols : ndarray of int of shape (n,)
+            Image index and top-left corner (cells) of each crop, which must fit in its image (not
+            checked here).
+        device : str or torch.device, default="cpu"
+
+        Returns
+        -------
+        patches : torch.Tensor of shape (n, n_rows, n_cols), float32, on ``device``
+        """
         import torch
 
         device = torch.device(device)
@@ -737,6 +792,17 @@ def layered_channel_slowness(grid, seed=0):
 
     Two layers (0.1 and 0.07 m/ns), a sinuous slow channel (0.06 m/ns) and 3 % multiplicative noise;
     the model of the raytracer tests and of ``benchmarks/bench_raytrace.py``.
+
+    Parameters
+    ----------
+    grid : Grid2D
+    seed : int, numpy Generator or None, default=0
+        Seeds the noise (``numpy.random.default_rng(seed)``).
+
+    Returns
+    -------
+    slowness : ndarray of shape (n_cells,), float64
+        In ns/m, flat in the package's cell order; each cell's slowness times a factor in [1, 1.03).
     """
     rng = np.random.default_rng(seed)
     x, z = grid.cell_centers.T

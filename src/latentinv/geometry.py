@@ -112,7 +112,13 @@ class Grid2D(_Frozen):
     # -- description -----------------------------------------------------------------------------
     @classmethod
     def paper(cls):
-        """The test grid of Lopez-Alvis et al. (2021): 129 rows x 65 columns of 0.1 m (6.5 m x 12.9 m)."""
+        """The test grid of Lopez-Alvis et al. (2021): 129 rows x 65 columns of 0.1 m (6.5 m x 12.9 m).
+
+        Returns
+        -------
+        Grid2D
+            ``Grid2D(129, 65, 0.1)``, origin ``(0, 0)``.
+        """
         return cls(129, 65, 0.1)
 
     @property
@@ -158,7 +164,25 @@ class Grid2D(_Frozen):
 
     def contains(self, points, tol=_EDGE_TOL):
         """Whether each ``(x, depth)`` point lies in the closed grid rectangle (boundary included,
-        within ``tol`` cell). ``points``: array of shape ``(n, 2)`` or ``(2,)``; returns ``(n,)``."""
+        within ``tol`` cell).
+
+        Parameters
+        ----------
+        points : array-like of shape (n, 2) or (2,)
+            ``(x, depth)`` in m; any leading shape is flattened to ``n`` points.
+        tol : float, default=1e-9
+            Tolerance beyond the boundary, in cells (``tol * dx`` along x, ``tol * dz`` along depth).
+
+        Returns
+        -------
+        ndarray of bool of shape (n,)
+            ``(1,)`` for a single point of shape ``(2,)``.
+
+        Raises
+        ------
+        ValueError
+            If the last axis of ``points`` is not of length 2.
+        """
         p = np.asarray(points, dtype=float)
         if p.ndim < 1 or p.shape[-1] != 2:
             raise ValueError(f"Grid2D.contains: points must have a last axis of length 2 (x, depth), "
@@ -183,6 +207,17 @@ class Grid2D(_Frozen):
 
     def cell_index(self, x, depth):
         """Flat index of the cell holding each point (points on the far edges go to the last cell).
+
+        Parameters
+        ----------
+        x, depth : float or array-like of float
+            Coordinates in m, broadcast against each other.
+
+        Returns
+        -------
+        int or ndarray of int
+            ``row * n_cols + col`` in the broadcast shape of ``x`` and ``depth`` (a NumPy integer for
+            scalars).
 
         Raises
         ------
@@ -210,12 +245,44 @@ class Grid2D(_Frozen):
         return a
 
     def to_image(self, values):
-        """Flat vectors ``(..., n_cells)`` -> images ``(..., n_rows, n_cols)``, row 0 at the top."""
+        """Flat vectors ``(..., n_cells)`` -> images ``(..., n_rows, n_cols)``, row 0 at the top.
+
+        Parameters
+        ----------
+        values : array-like of shape (..., n_cells)
+            Models in this package's flat order.
+
+        Returns
+        -------
+        ndarray of shape (..., n_rows, n_cols)
+            A reshaped view where NumPy can give one.
+
+        Raises
+        ------
+        ValueError
+            If the last axis is not of length ``n_cells``.
+        """
         a = self._check_last(values, self.n_cells, "values")
         return a.reshape(a.shape[:-1] + self.shape)
 
     def to_flat(self, images):
-        """Images ``(..., n_rows, n_cols)`` (row 0 at the top) -> flat vectors ``(..., n_cells)``."""
+        """Images ``(..., n_rows, n_cols)`` (row 0 at the top) -> flat vectors ``(..., n_cells)``.
+
+        Parameters
+        ----------
+        images : array-like of shape (..., n_rows, n_cols)
+            Models as images, row 0 at the top.
+
+        Returns
+        -------
+        ndarray of shape (..., n_cells)
+            In this package's flat order.
+
+        Raises
+        ------
+        ValueError
+            If the last two axes are not ``(n_rows, n_cols)``.
+        """
         a = np.asarray(images)
         if a.ndim < 2 or a.shape[-2:] != self.shape:
             raise ValueError(
@@ -224,11 +291,43 @@ class Grid2D(_Frozen):
         return a.reshape(a.shape[:-2] + (self.n_cells,))
 
     def to_pygimli_order(self, values):
-        """Flat vectors in this package's order -> pyGIMLi's order (x fastest, bottom row first)."""
+        """Flat vectors in this package's order -> pyGIMLi's order (x fastest, bottom row first).
+
+        Parameters
+        ----------
+        values : array-like of shape (..., n_cells)
+            Models in this package's flat order (row 0 at the top).
+
+        Returns
+        -------
+        ndarray of shape (..., n_cells)
+            The same models in pyGIMLi's cell order.
+
+        Raises
+        ------
+        ValueError
+            If the last axis is not of length ``n_cells``.
+        """
         return self.to_flat(self.to_image(values)[..., ::-1, :])
 
     def from_pygimli_order(self, values):
-        """Inverse of :meth:`to_pygimli_order`."""
+        """Inverse of :meth:`to_pygimli_order`.
+
+        Parameters
+        ----------
+        values : array-like of shape (..., n_cells)
+            Models in pyGIMLi's cell order (x fastest, bottom row first).
+
+        Returns
+        -------
+        ndarray of shape (..., n_cells)
+            The same models in this package's flat order.
+
+        Raises
+        ------
+        ValueError
+            If the last axis is not of length ``n_cells``.
+        """
         a = self._check_last(values, self.n_cells, "values")
         img = a.reshape(a.shape[:-1] + self.shape)[..., ::-1, :]
         return self.to_flat(img)
@@ -348,6 +447,24 @@ class CrossholeSurvey(_Frozen):
 
         The nonlinear case puts the boreholes at x = 0 and 6.5 m (the defaults); the paper's linear
         case at 0.01 and 6.49 m, keeping straight rays just inside the grid.
+
+        Parameters
+        ----------
+        source_x : float, default=0.0
+            x of the transmitter borehole, in m.
+        receiver_x : float, default=6.5
+            x of the receiver borehole, in m.
+
+        Returns
+        -------
+        CrossholeSurvey
+            625 data, source-major (datum ``i * 25 + j`` is transmitter ``i`` to receiver ``j``).
+
+        Raises
+        ------
+        ValueError
+            If ``source_x`` or ``receiver_x`` is not a finite real number, or they are equal (source
+            and receiver coincide).
         """
         source_x = _finite_float(source_x, "source_x", "CrossholeSurvey.paper")
         receiver_x = _finite_float(receiver_x, "receiver_x", "CrossholeSurvey.paper")
@@ -385,11 +502,30 @@ class CrossholeSurvey(_Frozen):
         return np.linalg.norm(self.source_positions - self.receiver_positions, axis=1)
 
     def reciprocal(self):
-        """The same data with sources and receivers swapped (datum order kept)."""
+        """The same data with sources and receivers swapped (datum order kept).
+
+        Returns
+        -------
+        CrossholeSurvey
+            Datum ``k`` runs from this survey's receiver of datum ``k`` to its source.
+        """
         return CrossholeSurvey(self.receivers, self.sources, self.pairs[:, ::-1].copy())
 
     def check_in(self, grid, owner="CrossholeSurvey"):
-        """Raise ValueError unless every sensor lies inside ``grid`` (boundary included)."""
+        """Raise ValueError unless every sensor lies inside ``grid`` (boundary included).
+
+        Parameters
+        ----------
+        grid : Grid2D
+            The grid the sensors must lie in (within ``1e-9`` cell of its boundary).
+        owner : str, default="CrossholeSurvey"
+            The name that starts the error message.
+
+        Raises
+        ------
+        ValueError
+            Naming the first source, then receiver, outside ``grid``.
+        """
         for name, pos in (("source", self.sources), ("receiver", self.receivers)):
             inside = grid.contains(pos)
             if not np.all(inside):
@@ -414,5 +550,20 @@ class CrossholeSurvey(_Frozen):
 
 
 def paper_crosshole(source_x=0.0, receiver_x=6.5):
-    """``(Grid2D.paper(), CrossholeSurvey.paper(source_x, receiver_x))``: the paper's test case."""
+    """``(Grid2D.paper(), CrossholeSurvey.paper(source_x, receiver_x))``: the paper's test case.
+
+    Parameters
+    ----------
+    source_x : float, default=0.0
+        x of the transmitter borehole, in m (the paper's linear case: 0.01).
+    receiver_x : float, default=6.5
+        x of the receiver borehole, in m (the paper's linear case: 6.49).
+
+    Returns
+    -------
+    grid : Grid2D
+        129 x 65 cells of 0.1 m.
+    survey : CrossholeSurvey
+        25 transmitters x 25 receivers at 0.5, 1.0, ..., 12.5 m depth (625 data).
+    """
     return Grid2D.paper(), CrossholeSurvey.paper(source_x, receiver_x)

@@ -128,6 +128,16 @@ def data_rmse(t_observed, t_predicted, multioutput="uniform_average"):
         Traveltimes in ns.
     multioutput : {"uniform_average", "raw_values"} or array-like of shape (n_surveys,), default="uniform_average"
         Mean over surveys, one value per survey, or the mean weighted by these weights (>= 0, not all 0).
+
+    Returns
+    -------
+    rmse : float or ndarray of shape (n_surveys,)
+        In ns; an array for ``"raw_values"`` (one survey for 1-D input).
+
+    Raises
+    ------
+    ValueError
+        On shapes that differ, non-real values, NaN or inf, or a wrong ``multioutput``.
     """
     a, b = _rows(t_observed, t_predicted, "data_rmse", ("t_observed", "t_predicted"))
     return _reduce(np.sqrt(np.mean((a - b) ** 2, axis=1)), multioutput, "data_rmse")
@@ -141,6 +151,16 @@ def model_rmse(m_true, m_pred, multioutput="uniform_average"):
     m_true, m_pred : array-like of shape (n_surveys, n_cells), (n_surveys, n_rows, n_cols) or (n_cells,)
     multioutput : {"uniform_average", "raw_values"} or array-like of shape (n_surveys,), default="uniform_average"
         As in :func:`data_rmse`.
+
+    Returns
+    -------
+    rmse : float or ndarray of shape (n_surveys,)
+        In model units; an array for ``"raw_values"``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`data_rmse`, and for images of two different shapes.
     """
     a, b = _rows(m_true, m_pred, "model_rmse", ("m_true", "m_pred"))
     return _reduce(np.sqrt(np.mean((a - b) ** 2, axis=1)), multioutput, "model_rmse")
@@ -174,6 +194,17 @@ def acceptance_rate(t_observed, t_predicted, threshold, homogeneous_rmse=None, s
         ``DATA_RATIO`` (0.5) times it: such an acceptance says little.
     sample_weight : array-like of shape (n_surveys,), default=None
         One weight >= 0 per survey (not all 0); None: equal weights.
+
+    Returns
+    -------
+    rate : float
+        In [0, 1].
+
+    Raises
+    ------
+    ValueError
+        On a ``threshold`` that is not a finite number >= 0, inputs :func:`data_rmse` refuses, or a
+        wrong ``homogeneous_rmse`` or ``sample_weight``.
     """
     threshold = _check_threshold(threshold, "acceptance_rate")
     rmse = data_rmse(t_observed, t_predicted, multioutput="raw_values")
@@ -391,7 +422,14 @@ def make_data_rmse_scorer():
     ``sample_weight``, one weight per survey, when given or routed: see :class:`_SurveyScorer`).
 
     In a :class:`~sklearn.pipeline.Pipeline` the final step inverts and simulates, and ``X`` is the data
-    as the steps before it transform them (the traveltimes the final step sees, in ns)."""
+    as the steps before it transform them (the traveltimes the final step sees, in ns).
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y=None, sample_weight=None) -> float`` (``y`` is ignored), with
+        ``set_score_request``.
+    """
     return _DataScorer("rmse")
 
 
@@ -403,6 +441,22 @@ def make_acceptance_scorer(threshold):
     the data RMSE of the best homogeneous-velocity model of a survey (computed with the estimator's
     operator: one extra operator response per call). In a :class:`~sklearn.pipeline.Pipeline`, as
     :func:`make_data_rmse_scorer`: the final step, on the data the steps before it give it.
+
+    Parameters
+    ----------
+    threshold : float
+        Acceptance threshold on each survey's data RMSE (ns), finite and >= 0.
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y=None, sample_weight=None) -> float`` in [0, 1] (``y`` is ignored),
+        with ``set_score_request``.
+
+    Raises
+    ------
+    ValueError
+        On a ``threshold`` that is not a finite number >= 0.
     """
     return _DataScorer("acceptance", _check_threshold(threshold, "make_acceptance_scorer"))
 
@@ -442,7 +496,24 @@ def make_inversion_scorer(threshold=None):
     Each is the number its own scorer gives, from the same predicted models, with the same
     ``sample_weight`` (see :class:`_SurveyScorer`): a ``scoring`` dict of the separate scorers inverts
     ``X`` once per scorer (scikit-learn caches ``predict`` for its own scorers only), this one once. In a
-    :class:`~sklearn.pipeline.Pipeline`, the final step on the data the steps before it give it."""
+    :class:`~sklearn.pipeline.Pipeline`, the final step on the data the steps before it give it.
+
+    Parameters
+    ----------
+    threshold : float, default=None
+        Acceptance threshold (ns), finite and >= 0; None: no ``"acceptance"`` score.
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y=None, sample_weight=None) -> dict`` of float, with
+        ``set_score_request``.
+
+    Raises
+    ------
+    ValueError
+        On a ``threshold`` that is not a finite number >= 0.
+    """
     return _InversionScorer(None if threshold is None else _check_threshold(threshold, "make_inversion_scorer"))
 
 
@@ -645,6 +716,17 @@ def channel_widths(images, axis="depth", threshold=0.5, image_shape=None, includ
 def pattern_statistics(images, max_lag=20, threshold=0.5, image_shape=None):
     """Every pattern statistic of a stack of images, in one dict.
 
+    Parameters
+    ----------
+    images : array-like, see :func:`channel_fraction`
+    max_lag : int, default=20
+        Largest lag (cells) of the variograms and connectivities, below the images' length along
+        both axes.
+    threshold : float, default=0.5
+        Channel where ``value >= threshold``.
+    image_shape : tuple of int, default=None
+        ``(n_rows, n_cols)`` of flat models (see :func:`channel_fraction`).
+
     Returns
     -------
     stats : dict
@@ -672,6 +754,18 @@ def _pattern_statistics(images, max_lag, threshold, image_shape, name):
 
 def compare_patterns(samples, reference, max_lag=20, threshold=0.5, image_shape=None):
     """Distances between the pattern statistics of generated ``samples`` and of ``reference`` crops.
+
+    Parameters
+    ----------
+    samples, reference : array-like, see :func:`channel_fraction`
+        Two stacks of images (the two may differ in size), each longer than ``max_lag`` cells along
+        both axes.
+    max_lag : int, default=20
+        As in :func:`pattern_statistics`.
+    threshold : float, default=0.5
+        Channel where ``value >= threshold``, in both stacks.
+    image_shape : tuple of int, default=None
+        ``(n_rows, n_cols)`` of flat models, for both stacks.
 
     Returns
     -------

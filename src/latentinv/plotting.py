@@ -472,11 +472,13 @@ def plot_samples(prior, n=8, random_state=None, grid=None, ncols=4, cmap=MODEL_C
     prior : VAEPrior (fitted) or any object with ``sample(n, random_state=...)`` returning
         ``(n, n_cells)`` models
     n : int, default=8
-    random_state : int or None
+    random_state : int or None, default=None
     grid : Grid2D, default=None
         Gives the metric extent; its shape must be the prior's ``image_shape`` (when the prior has
-        one). ``None`` uses ``prior.image_shape``.
+        one). ``None`` uses the prior's fitted ``image_shape_`` (else its ``image_shape``).
     ncols : int >= 1, default=4
+    cmap : str or matplotlib Colormap, default="viridis"
+        Colour map of the panels, whose colour scale is fixed to [0, 1].
 
     Returns
     -------
@@ -512,6 +514,8 @@ def plot_latent_traversal(prior, dims=(0, 1, 2), steps=7, span=None, z0=None, gr
         Base latent vector (the origin by default).
     grid : Grid2D, default=None
         Gives the metric extent; its shape must be the prior's ``image_shape``.
+    cmap : str or matplotlib Colormap, default="viridis"
+        Colour map of the panels, whose colour scale is fixed to [0, 1].
 
     Returns
     -------

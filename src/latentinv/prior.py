@@ -776,7 +776,16 @@ or PatchSampler
         return _check_finite_output(torch.cat(outs), "latents", type(self).__name__, X).numpy()
 
     def transform(self, X):
-        """Latent means of ``X`` (same as :meth:`encode`)."""
+        """Latent means of ``X`` (same as :meth:`encode`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_rows, n_cols) or (n_samples, n_cells)
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_components), float64
+        """
         return self.encode(X)
 
     def decode(self, Z):
@@ -802,7 +811,18 @@ or PatchSampler
         return self._decode(Z)
 
     def inverse_transform(self, X):
-        """Mean-decoded models of latents ``X`` (same as :meth:`decode`)."""
+        """Mean-decoded models of latents ``X`` (same as :meth:`decode`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_components)
+            Latents (scikit-learn's name for :meth:`decode`'s ``Z``).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_cells), float64
+            Flat in C order of ``image_shape_``.
+        """
         return self.decode(X)
 
     def score_samples(self, X):
@@ -837,7 +857,18 @@ or PatchSampler
         return _check_finite_output(torch.cat(outs), "ELBO values", type(self).__name__, X).numpy()
 
     def score(self, X, y=None):
-        """Mean per-sample ELBO of ``X`` (see :meth:`score_samples`)."""
+        """Mean per-sample ELBO of ``X`` (see :meth:`score_samples`).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_rows, n_cols) or (n_samples, n_cells)
+        y : None
+            Ignored (scikit-learn's signature).
+
+        Returns
+        -------
+        score : float
+        """
         return float(np.mean(self.score_samples(X)))
 
     # ------------------------------------------------------------------ persistence
@@ -963,6 +994,11 @@ or PatchSampler
             for CUDA on a machine without it raises a ValueError.
         image : {"channels_ti", "procedural"}, default="channels_ti"
             The images the prior was trained on: the paper's training image, or procedural ones.
+
+        Returns
+        -------
+        prior : VAEPrior
+            Fitted, loaded as by :meth:`load` (checksums verified).
 
         Raises
         ------

@@ -618,7 +618,23 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
 
     # ------------------------------------------------------------------ devices, pickling
     def to(self, device):
-        """Move the fitted generator to ``device``; returns ``self``."""
+        """Move the fitted generator to ``device``; returns ``self``.
+
+        Only the fitted state moves; the ``device`` parameter, which a refit uses, is left as it is.
+
+        Parameters
+        ----------
+        device : {"cpu", "cuda", "cuda:N", "auto"} or torch.device
+
+        Returns
+        -------
+        self : SGANPrior
+
+        Raises
+        ------
+        ValueError
+            For an unknown device, or CUDA on a machine without it.
+        """
         check_is_fitted(self, "generator_")
         self._set_generator(self.generator_, _resolve_device(device, f"{type(self).__name__}.to"))
         return self

@@ -192,7 +192,24 @@ class LatentEstimatorBase(BaseEstimator):
         refused: a fitted prior is used as it is, never retrained, and is shared by the clones (see
         :meth:`__sklearn_clone__`), so the change would alter nothing but the settings the prior
         reports (of the caller's own object too), and a search over it would score one network under
-        several names."""
+        several names.
+
+        Parameters
+        ----------
+        **params
+            Parameters by name, nested ones as ``operator__n_threads`` (scikit-learn's ``<component>__
+            <parameter>``).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            On a change to a parameter of a fitted prior, a ``prior__`` parameter of a prior without
+            ``set_params``, or a name scikit-learn refuses.
+        """
         prior = params.get("prior", self.prior)
         nested = [k for k in params if k.startswith("prior__")]
         if nested and prior is not None and not callable(getattr(prior, "set_params", None)):
@@ -544,7 +561,25 @@ class LatentEstimatorBase(BaseEstimator):
         return float(np.average(r2, weights=weights))
 
     def simulate(self, models):
-        """Traveltimes (ns) of models ``(n, n_cells)`` with values in [0, 1], through ``slowness_map``."""
+        """Traveltimes (ns) of models ``(n, n_cells)`` with values in [0, 1], through ``slowness_map``.
+
+        Parameters
+        ----------
+        models : array-like of shape (n_models, n_cells), (n_models, n_rows, n_cols) or (n_cells,)
+            Model values (not slowness), mapped to slowness (ns/m) by ``slowness_map`` (default
+            :func:`paper_slowness`) in float64; their range is not checked.
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_models, n_data)
+            The fitted operator's traveltimes, ns (one row for one model).
+
+        Raises
+        ------
+        ValueError
+            On a wrong shape or number of cells, images of another grid shape, non-real values, a
+            parameter changed since fit, or a slowness the operator refuses.
+        """
         check_is_fitted(self)
         self._check_unchanged_params()
         m = _real_array(models, f"{type(self).__name__}.simulate", "models")

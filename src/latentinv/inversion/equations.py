@@ -23,6 +23,16 @@ def paper_slowness(x):
     ``x < 4`` (:attr:`paper_slowness.domain`): ``x = 4`` gives infinite slowness and ``x > 4``
     negative slowness. The paper's models lie in [0, 1]; values between 1 and 4 (or below 0)
     extrapolate its linear velocity law.
+
+    Parameters
+    ----------
+    x : float, ndarray or torch.Tensor
+        Model values (1 = channel).
+
+    Returns
+    -------
+    float, ndarray or torch.Tensor
+        Slowness in ns/m, of the type and shape of ``x`` (not checked for sign).
     """
     return 1.0 / (0.06 + 0.02 * (1.0 - x))
 
@@ -49,6 +59,18 @@ class LinearVelocitySlowness:
     (over three times light's, 0.3 m/ns) gives a UserWarning: it is most likely a slowness in ns/m (the
     paper's 16.7 and 12.5 ns/m for 0.06 and 0.08 m/ns), which would make every traveltime 150 to 280 times
     too short.
+
+    Parameters
+    ----------
+    channel : float, default=0.06
+        Velocity (m/ns) where the model value is 1; finite and > 0.
+    background : float, default=0.08
+        Velocity (m/ns) where the model value is 0; finite and > 0.
+
+    Raises
+    ------
+    ValueError
+        On a velocity that is not a finite number > 0 (a bool or a string included).
 
     Examples
     --------

@@ -122,9 +122,6 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         published code, SGD_DGM.py, which redraws with ``torch.randn`` before each generator
         evaluation; the draw may itself lie outside [-1, 1] and is decoded as it is). The uniform-latent
         cases of :data:`PAPER_CASES` use ``"normal"``.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the initial latents and each survey's mini-batch order.
-    device : {"auto", "cpu", "cuda"}, default="auto"
     precision : {"float32", "bfloat16"}, default="float32"
         Arithmetic of the decoder during the iterations. ``"bfloat16"`` runs it under
         ``torch.autocast`` (several times faster where the CPU has native bfloat16, AVX512-BF16 or
@@ -142,6 +139,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         the eager loop's to float32 rounding, not bit for bit. Needs
         ``device="cuda"``, a linear operator, and neither ``tol`` nor ``prune`` (rules that decide on
         the host); ValueError otherwise.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial latents and each survey's mini-batch order.
+    device : {"auto", "cpu", "cuda"}, default="auto"
     n_jobs : int, default=None
         Surveys inverted in parallel through joblib (scikit-learn's meaning: ``None`` is 1 unless in
         a ``joblib.parallel_backend`` context, ``-1`` all processors); inside
@@ -409,6 +409,22 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         median (another unit than ns). A :class:`~latentinv.baselines.BaselineWarning` says when a
         survey's selected model fits its data no better than that homogeneous model: a poor inversion,
         whatever the cause.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Observed traveltimes (ns), one row per survey.
+
+        Returns
+        -------
+        result : InversionResult
+            Per survey: the selected model, every start's model, latents, data RMSE and histories.
+
+        Raises
+        ------
+        ValueError
+            On traveltimes of a wrong shape, negative, NaN or inf, or a parameter changed since
+            :meth:`fit`.
         """
         check_is_fitted(self)
         self._check_unchanged_params()
@@ -466,7 +482,28 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
 
         This is the default ``scoring`` of ``GridSearchCV`` and ``cross_validate``. ``scoring="r2"`` is
         another number: scikit-learn's ``r2_score(y, predict(X))`` takes the cells as its outputs, so it
-        is the R^2 of each cell over the surveys, averaged over the cells."""
+        is the R^2 of each cell over the surveys, averaged over the cells.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Traveltimes (ns), inverted by :meth:`predict`.
+        y : array-like of shape (n_surveys, n_cells) or (n_surveys, n_rows, n_cols)
+            True models (values in [0, 1] with a prior whose models lie there).
+        sample_weight : array-like of shape (n_surveys,), default=None
+            Weights >= 0, not all 0; None: equal weights.
+
+        Returns
+        -------
+        score : float
+            At most 1.
+
+        Raises
+        ------
+        ValueError
+            For ``y=None``, or ``y`` or ``sample_weight`` that does not match ``X`` or the grid, or ``y``
+            outside [0, 1] with such a prior (checked before the inversion).
+        """
         return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
 
     # -- the engine ------------------------------------------------------------------------------------

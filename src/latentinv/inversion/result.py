@@ -86,7 +86,18 @@ class InversionResult:
     @classmethod
     def concatenate(cls, parts):
         """One result of the surveys of ``parts`` (results of consecutive chunks, in order): arrays
-        joined along the survey axis, histories padded with NaN to the longest run."""
+        joined along the survey axis, histories padded with NaN to the longest run.
+
+        Parameters
+        ----------
+        parts : sequence of InversionResult
+            At least one, with the same starts and fields (``settings`` is the first part's, with the
+            per-survey entries of all).
+
+        Returns
+        -------
+        InversionResult
+        """
         import dataclasses
 
         n_iter = max(p.data_rmse_history.shape[2] for p in parts)
@@ -149,6 +160,20 @@ class InversionResult:
         per survey as ``(n_surveys, 1)``). Warns with :class:`latentinv.baselines.BaselineWarning`
         when a survey's threshold is above ``DATA_RATIO`` (0.5) times the data RMSE of its best
         homogeneous-velocity model (:attr:`homogeneous_rmse`): such an acceptance says little.
+
+        Parameters
+        ----------
+        threshold : float or array-like
+            In ns, >= 0; broadcasts to ``(n_surveys, n_starts)``.
+
+        Returns
+        -------
+        ndarray of bool of shape (n_surveys, n_starts)
+
+        Raises
+        ------
+        ValueError
+            On a threshold that is not real, negative or NaN, or does not broadcast.
         """
         thr = self._threshold(threshold, "accepted")
         return (self.data_rmse <= thr) & ~self.diverged
@@ -159,6 +184,21 @@ class InversionResult:
         Diverged starts count as not accepted. Returns an array of shape ``(n_surveys,)``. Warns as
         :meth:`accepted` when the threshold is not clearly better than the homogeneous model's
         data RMSE (:attr:`homogeneous_rmse`, reported beside the fraction).
+
+        Parameters
+        ----------
+        threshold : float or array-like
+            As in :meth:`accepted`.
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_surveys,)
+            In [0, 1].
+
+        Raises
+        ------
+        ValueError
+            As :meth:`accepted`.
         """
         thr = self._threshold(threshold, "accepted_fraction")
         return ((self.data_rmse <= thr) & ~self.diverged).mean(axis=1)

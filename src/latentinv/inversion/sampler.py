@@ -360,7 +360,18 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         return self._fit(X, y)
 
     def predict(self, X):
-        """Posterior mean model of each survey, ``(n_surveys, n_cells)`` float64 (values in [0, 1])."""
+        """Posterior mean model of each survey, ``(n_surveys, n_cells)`` float64 (values in [0, 1]).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Traveltimes (ns).
+
+        Returns
+        -------
+        models : ndarray of shape (n_surveys, n_cells), float64
+            ``sample(X).mean`` (flat C order).
+        """
         return self.sample(X).mean
 
     def score(self, X, y, sample_weight=None):
@@ -369,7 +380,28 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
 
         This is the default ``scoring`` of ``GridSearchCV`` and ``cross_validate``. ``scoring="r2"`` is
         another number: scikit-learn's ``r2_score(y, predict(X))`` takes the cells as its outputs, so it
-        is the R^2 of each cell over the surveys, averaged over the cells."""
+        is the R^2 of each cell over the surveys, averaged over the cells.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Traveltimes (ns), sampled by :meth:`predict`.
+        y : array-like of shape (n_surveys, n_cells) or (n_surveys, n_rows, n_cols)
+            True models (values in [0, 1] with a prior whose models lie there).
+        sample_weight : array-like of shape (n_surveys,), default=None
+            Weights >= 0, not all 0; None: equal weights.
+
+        Returns
+        -------
+        score : float
+            At most 1.
+
+        Raises
+        ------
+        ValueError
+            For ``y=None``, or ``y`` or ``sample_weight`` that does not match ``X`` or the grid, or ``y``
+            outside [0, 1] with such a prior (checked before the sampling).
+        """
         return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
 
     def sample(self, X):
@@ -379,6 +411,23 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         those of the prior's own models or ``noise_std`` out of scale with them, and (``BaselineWarning``) when no chain visited a model that
         fits a survey's data better than the best homogeneous-velocity model
         (``result.homogeneous_rmse``): a posterior around such models describes a poor fit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Observed traveltimes (ns), one row per survey.
+
+        Returns
+        -------
+        result : PosteriorResult
+            Per survey: latent draws, a few models, mean, standard deviation, channel probability,
+            acceptance rates and histories.
+
+        Raises
+        ------
+        ValueError
+            On traveltimes of a wrong shape, negative, NaN or inf, or a parameter changed since
+            :meth:`fit`.
         """
         from ..baselines import homogeneous_fit, warn_if_no_better_than_homogeneous
 
@@ -403,7 +452,29 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         there are fewer starts than chains); or from a :class:`PosteriorResult` (to run its chains
         on): the last kept draw of each chain of ``survey``, taken again in turn when there are fewer
         chains. ``survey="all"``: each survey's, ``(n_surveys, n_chains, n_components)``, for one
-        ``sample`` call over the same surveys."""
+        ``sample`` call over the same surveys.
+
+        Parameters
+        ----------
+        result : InversionResult or PosteriorResult
+            Of :meth:`LatentInverter.invert` or :meth:`sample`.
+        n_chains : int
+            Chains to start, >= 1.
+        survey : int or "all", default=0
+            Index of the survey in ``result``, or every survey.
+
+        Returns
+        -------
+        ndarray of shape (n_chains, n_components) or (n_surveys, n_chains, n_components)
+            A copy, for ``initial_latents``.
+
+        Raises
+        ------
+        TypeError
+            If ``result`` is neither result.
+        ValueError
+            On ``n_chains`` < 1 or not an integer, or ``survey`` out of range.
+        """
         name = "LatentSampler.initial_latents_from"
         posterior = isinstance(result, PosteriorResult)
         if not posterior and not (hasattr(result, "latents") and hasattr(result, "data_rmse")):

@@ -159,7 +159,26 @@ class ForwardOperator:
     def set_params(self, **params):
         """Set constructor parameters by name (as scikit-learn's ``set_params``, so that
         ``LatentInverter.set_params(operator__...)`` and searches over them work) and build the operator
-        again from them (its ray matrix or graph), for a subclass with ``get_params``. Returns ``self``."""
+        again from them (its ray matrix or graph), for a subclass with ``get_params``.
+
+        Parameters
+        ----------
+        **params
+            Constructor parameters by name (those of ``get_params()``); the others keep their values.
+
+        Returns
+        -------
+        self
+            Rebuilt in place.
+
+        Raises
+        ------
+        ValueError
+            On a name that is not a constructor parameter (a value the constructor refuses raises the
+            constructor's error).
+        TypeError
+            For an operator without ``get_params``.
+        """
         if not hasattr(self, "get_params"):
             raise TypeError(f"{type(self).__name__}.set_params: this operator does not list its constructor "
                             "parameters (no get_params); build a new one instead")
@@ -244,14 +263,50 @@ class ForwardOperator:
 
     # -- public contract ----------------------------------------------------------------------------
     def response(self, m):
-        """Traveltimes (ns) for slowness ``m`` (ns/m): ``(n_data,)`` or ``(n_models, n_data)``."""
+        """Traveltimes (ns) for slowness ``m`` (ns/m): ``(n_data,)`` or ``(n_models, n_data)``.
+
+        Parameters
+        ----------
+        m : array-like or torch.Tensor of shape (n_params,) or (n_models, n_params)
+            Slowness per cell (ns/m), in the operator's cell order (pyGIMLi's for
+            :class:`~latentinv.operators.PyGimliOperator`); a tensor is copied to the host.
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_data,) or (n_models, n_data)
+            Traveltimes in ns, one row per model.
+
+        Raises
+        ------
+        ValueError
+            On a non-real dtype, a wrong shape, a NaN, infinite, non-positive or subnormal slowness
+            (:func:`smallest_slowness` of its dtype), a contrast beyond ``max_slowness_contrast``, or
+            traveltimes that overflow float64.
+        """
         a, single = self._check_models(m)
         t, _ = self._response_and_jacobian(a, want_jacobian=False)
         self._check_times(t, type(self).__name__)
         return t[0] if single else t
 
     def jacobian(self, m):
-        """Jacobian d t / d m at ``m`` (ray length per cell, m) as CSR ``(n_data, n_params)``."""
+        """Jacobian d t / d m at ``m`` (ray length per cell, m) as CSR ``(n_data, n_params)``.
+
+        Parameters
+        ----------
+        m : array-like or torch.Tensor of shape (n_params,)
+            One slowness model (ns/m), in the operator's cell order.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix of shape (n_data, n_params)
+            Ray length of each datum in each cell, in m.
+
+        Raises
+        ------
+        ValueError
+            For a batch of models (use :meth:`response_and_jacobian`), or a model :meth:`response`
+            refuses.
+        """
         a, single = self._check_models(m)
         if not single:
             raise ValueError(
@@ -263,7 +318,27 @@ class ForwardOperator:
         return jac[0]
 
     def response_and_jacobian(self, m):
-        """Traveltimes and Jacobians for a batch: ``(times (n_models, n_data), [CSR, ...])``."""
+        """Traveltimes and Jacobians at once: ``(times (n_models, n_data), [CSR, ...])`` for a batch,
+        ``(times (n_data,), CSR)`` for one model.
+
+        Parameters
+        ----------
+        m : array-like or torch.Tensor of shape (n_params,) or (n_models, n_params)
+            Slowness per cell (ns/m), in the operator's cell order.
+
+        Returns
+        -------
+        times : ndarray of float64 of shape (n_data,) or (n_models, n_data)
+            Traveltimes in ns.
+        jacobians : scipy.sparse.csr_matrix or list of them, each of shape (n_data, n_params)
+            Ray lengths per cell (m): one matrix for one model ``(n_params,)``, a list of
+            ``n_models`` for a batch.
+
+        Raises
+        ------
+        ValueError
+            On a model :meth:`response` refuses.
+        """
         a, single = self._check_models(m)
         t, jac = self._response_and_jacobian(a, want_jacobian=True)
         self._check_times(t, type(self).__name__)
@@ -290,6 +365,29 @@ class ForwardOperator:
         bfloat16, float32 or float64, a wrong shape, or a NaN, infinite, non-positive or subnormal slowness;
         TypeError if it is not a tensor). The check on a CUDA tensor synchronises with the host
         (the engine needs the model on the host anyway).
+
+        Parameters
+        ----------
+        m : torch.Tensor of shape (n_params,) or (batch, n_params)
+            Slowness per cell (ns/m), in the operator's cell order; float16, bfloat16, float32 or
+            float64, on any device.
+        jacobian_rows : array-like of int of shape (batch, k) or (k,) for one model, default=None
+            Data whose gradient is needed (above); None: all.
+        pending : PendingResponse, default=None
+            The result of ``submit`` for the same slowness (above); None: call the engine.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_data,) or (batch, n_data)
+            Traveltimes in ns, with the dtype and device of ``m``.
+
+        Raises
+        ------
+        TypeError
+            If ``m`` is not a tensor.
+        ValueError
+            On a model refused (above), ``jacobian_rows`` of a wrong shape, dtype or range, a
+            ``pending`` that does not answer for ``m``, or traveltimes that overflow the dtype of ``m``.
         """
         mb, single = check_slowness_tensor(m, self.n_params, f"{type(self).__name__}.forward")
         mask = None

@@ -298,7 +298,18 @@ class PyGimliOperator(ForwardOperator):
             self.backend = "pygimli"
 
     def get_params(self, deep=False):
-        """The constructor parameters, by name (as scikit-learn's ``get_params``)."""
+        """The constructor parameters, by name (as scikit-learn's ``get_params``; ``n_threads`` as given).
+
+        Parameters
+        ----------
+        deep : bool, default=False
+            Unused (the parameters hold no estimators); scikit-learn's signature.
+
+        Returns
+        -------
+        dict
+            ``grid``, ``survey``, ``n_secondary_nodes``, ``backend``, ``n_threads``.
+        """
         return {"grid": self.grid, "survey": self.survey, "n_secondary_nodes": self.n_secondary_nodes,
                 "backend": self._backend_name, "n_threads": self._n_threads_requested}
 
@@ -336,11 +347,38 @@ class PyGimliOperator(ForwardOperator):
 
     # -- pyGIMLi's interface ------------------------------------------------------------------------
     def createJacobian(self, model):  # noqa: N802 - pyGIMLi's name
-        """Compute and keep the Jacobian at ``model`` (pyGIMLi order); read it with :meth:`jacobian`."""
+        """Compute and keep the Jacobian at ``model`` (pyGIMLi order); read it with :meth:`jacobian`.
+
+        Parameters
+        ----------
+        model : array-like of shape (n_params,)
+            One slowness model (ns/m) in pyGIMLi's cell order.
+
+        Raises
+        ------
+        ValueError
+            On a batch of models or a model :meth:`response` refuses.
+        """
         self._jacobian = ForwardOperator.jacobian(self, model)
 
     def jacobian(self, m=None):
-        """With no argument, the Jacobian of the last :meth:`createJacobian` (pyGIMLi style)."""
+        """With no argument, the Jacobian of the last :meth:`createJacobian` (pyGIMLi style).
+
+        Parameters
+        ----------
+        m : array-like of shape (n_params,), default=None
+            One slowness model (ns/m) in pyGIMLi's cell order: the Jacobian at ``m`` (nothing kept).
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix of shape (n_data, n_params)
+            Ray length per cell (m), columns in pyGIMLi's cell order.
+
+        Raises
+        ------
+        RuntimeError
+            With no argument, before any :meth:`createJacobian`.
+        """
         if m is not None:
             return ForwardOperator.jacobian(self, m)
         if self._jacobian is None:
@@ -348,9 +386,38 @@ class PyGimliOperator(ForwardOperator):
         return self._jacobian
 
     def data(self, times=None):
-        """The survey as a pyGIMLi ``DataContainer`` (with ``t`` when ``times`` are given)."""
+        """The survey as a pyGIMLi ``DataContainer`` (with ``t`` when ``times`` are given).
+
+        Parameters
+        ----------
+        times : array-like of shape (n_data,), default=None
+            Traveltimes in ns, stored as the container's ``t``.
+
+        Returns
+        -------
+        pygimli.DataContainer
+            Sensors at ``(x, -depth)``, ``s`` and ``g`` per datum, every datum valid.
+
+        Raises
+        ------
+        ValueError
+            If ``times`` is not of shape ``(n_data,)``.
+        ImportError
+            Without pyGIMLi.
+        """
         return to_pygimli_data(self.survey, times)
 
     def mesh(self):
-        """The grid as a pyGIMLi mesh (cells in pyGIMLi order)."""
+        """The grid as a pyGIMLi mesh (cells in pyGIMLi order).
+
+        Returns
+        -------
+        pygimli.Mesh
+            A rectilinear mesh with ``y = -depth`` (no secondary nodes).
+
+        Raises
+        ------
+        ImportError
+            Without pyGIMLi.
+        """
         return to_pygimli_mesh(self.grid)

@@ -613,7 +613,19 @@ class ShortestPathOperator(ForwardOperator):
 
     def get_params(self, deep=False):
         """The constructor parameters, by name (as scikit-learn's ``get_params``; ``n_threads`` and
-        ``backend`` as given, None and "auto" unresolved)."""
+        ``backend`` as given, None and "auto" unresolved).
+
+        Parameters
+        ----------
+        deep : bool, default=False
+            Unused (the parameters hold no estimators); scikit-learn's signature.
+
+        Returns
+        -------
+        dict
+            ``grid``, ``survey``, ``n_secondary_nodes``, ``n_threads``, ``backend``, ``solver``, ``simd``,
+            ``extrapolate_from``.
+        """
         return {"grid": self.grid, "survey": self.survey, "n_secondary_nodes": self.n_secondary_nodes,
                 "n_threads": self._n_threads_requested, "backend": self._backend_requested,
                 "solver": self.solver, "simd": self.simd, "extrapolate_from": self.extrapolate_from}

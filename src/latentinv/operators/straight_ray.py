@@ -180,7 +180,18 @@ class StraightRayOperator(ForwardOperator):
                 f"boundary_rays={self.boundary_rays!r})")
 
     def get_params(self, deep=False):
-        """The constructor parameters, by name (as scikit-learn's ``get_params``)."""
+        """The constructor parameters, by name (as scikit-learn's ``get_params``).
+
+        Parameters
+        ----------
+        deep : bool, default=False
+            Unused (the parameters hold no estimators); scikit-learn's signature.
+
+        Returns
+        -------
+        dict
+            ``grid``, ``survey``, ``boundary_rays``.
+        """
         return {"grid": self.grid, "survey": self.survey, "boundary_rays": self.boundary_rays}
 
     def _response_and_jacobian(self, m, want_jacobian):
@@ -188,13 +199,40 @@ class StraightRayOperator(ForwardOperator):
         return t, ([self.matrix] * len(m) if want_jacobian else None)
 
     def jacobian(self, m=None):
-        """The constant matrix ``G`` (``m`` is validated when given, and otherwise unused)."""
+        """The constant matrix ``G`` (``m`` is validated when given, and otherwise unused).
+
+        Parameters
+        ----------
+        m : array-like or torch.Tensor of shape (n_params,), default=None
+            One slowness model (ns/m); a batch raises ValueError.
+
+        Returns
+        -------
+        scipy.sparse.csr_matrix of shape (n_data, n_params)
+            :attr:`matrix` itself (ray lengths per cell, m; not a copy).
+        """
         if m is not None:
             super().jacobian(m)
         return self.matrix
 
     def adjoint(self, v):
-        """``G^T v`` for data ``v`` of shape ``(n_data,)`` or ``(n, n_data)`` (ns -> ns*m)."""
+        """``G^T v`` for data ``v`` of shape ``(n_data,)`` or ``(n, n_data)`` (ns -> ns*m).
+
+        Parameters
+        ----------
+        v : array-like or torch.Tensor of shape (n_data,) or (n, n_data)
+            Real, finite values per datum (ns for traveltimes).
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_params,) or (n, n_params)
+            One value per cell (ns*m for ``v`` in ns).
+
+        Raises
+        ------
+        ValueError
+            On a non-real dtype, a wrong shape, or NaN/inf.
+        """
         if isinstance(v, torch.Tensor):
             v = v.detach().cpu()
             kind = "c" if v.is_complex() else ("b" if v.dtype == torch.bool else "f")
@@ -218,7 +256,22 @@ class StraightRayOperator(ForwardOperator):
         return (self.matrix.T @ a.T).T
 
     def torch_matrix(self, device="cpu", dtype=torch.float32, transpose=False):
-        """``G`` (or ``G^T``) as a torch sparse CSR tensor, cached per device and dtype."""
+        """``G`` (or ``G^T``) as a torch sparse CSR tensor, cached per device and dtype.
+
+        Parameters
+        ----------
+        device : str or torch.device, default="cpu"
+        dtype : torch.dtype, default=torch.float32
+            Of the values (the indices are int64).
+        transpose : bool, default=False
+            Return ``G^T`` ``(n_params, n_data)`` instead.
+
+        Returns
+        -------
+        torch.Tensor
+            Sparse CSR of shape ``(n_data, n_params)`` (``(n_params, n_data)`` transposed), ray lengths
+            in m; the cached tensor itself (do not modify it).
+        """
         key = (str(torch.device(device)), dtype, transpose)
         if key not in self._torch_cache:
             M = self.matrix.T if transpose else self.matrix
@@ -234,6 +287,23 @@ class StraightRayOperator(ForwardOperator):
         (TypeError if it is not a tensor). The check is one fused reduction over ``m`` with no copy
         (see :func:`~latentinv.operators._base.check_slowness_tensor`); on a CUDA tensor it forces
         a host synchronisation.
+
+        Parameters
+        ----------
+        m : torch.Tensor of shape (n_params,) or (batch, n_params)
+            Slowness per cell (ns/m), float32 or float64, on any device.
+
+        Returns
+        -------
+        torch.Tensor of shape (n_data,) or (batch, n_data)
+            Traveltimes in ns, with the dtype and device of ``m``.
+
+        Raises
+        ------
+        TypeError
+            If ``m`` is not a tensor.
+        ValueError
+            On a model refused (above) or traveltimes that overflow the dtype of ``m``.
         """
         mb, single = check_slowness_tensor(m, self.n_params, "StraightRayOperator.forward",
                                            dtypes=(torch.float32, torch.float64))
