@@ -448,11 +448,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     @staticmethod
     def initial_latents_from(result, n_chains, survey=0):
         """Starting latents ``(n_chains, n_components)`` from an SGD :class:`InversionResult`: the
-        latents of the ``n_chains`` lowest-misfit starts of ``survey`` (taken again in turn when
-        there are fewer starts than chains); or from a :class:`PosteriorResult` (to run its chains
-        on): the last kept draw of each chain of ``survey``, taken again in turn when there are fewer
-        chains. ``survey="all"``: each survey's, ``(n_surveys, n_chains, n_components)``, for one
-        ``sample`` call over the same surveys.
+        latents of the ``n_chains`` starts of ``survey`` of lowest data RMSE (``result.data_rmse``,
+        unweighted even with ``noise_std``; taken again in turn when there are fewer starts than
+        chains); or from a :class:`PosteriorResult` (to run its chains on): the last kept draw of each
+        chain of ``survey``, taken again in turn when there are fewer chains. ``survey="all"``: each
+        survey's, ``(n_surveys, n_chains, n_components)``, for one ``sample`` call over the same surveys.
 
         Parameters
         ----------
