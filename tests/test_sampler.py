@@ -734,13 +734,19 @@ def test_chains_start_from_sgd_solutions_and_are_reproducible():
 
 
 def test_initial_latents_from_a_survey_are_its_own_lowest_misfit_starts():
-    """Of several surveys, the latents of the asked survey's starts ranked by that survey's data RMSE
-    (a start without a finite RMSE last), taken again in turn for more chains than starts."""
+    """Of several surveys, the latents of the asked survey's starts ranked by that survey's misfit (the data
+    RMSE, or the chi-square when there is one; a start without a finite one last), taken again in turn for
+    more chains than starts."""
     from types import SimpleNamespace
     latents = np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2)          # (surveys, starts, d)
     res = SimpleNamespace(latents=latents, data_rmse=np.array([[3.0, 1.0, 2.0], [0.5, np.nan, 0.2]]))
     np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 4, survey=1), latents[1][[2, 0, 1, 2]])
     np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 2, survey=0), latents[0][[1, 2]])
+    # with noise_std the inverter's misfit is the chi-square: a per-datum noise_std ranks otherwise than the
+    # unweighted data RMSE (before: ranked by data_rmse, [1, 2] here)
+    res.chi2 = np.array([[9.0, 30.0, 4.0], [1.0, 2.0, np.inf]])
+    np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 2, survey=0), latents[0][[2, 0]])
+    np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 4, survey=1), latents[1][[0, 1, 2, 0]])
 
 
 @pytest.mark.parametrize("method, preconditioner", [("mala", "empirical"), ("mala", "gauss-newton"),

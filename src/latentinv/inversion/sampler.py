@@ -448,9 +448,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     @staticmethod
     def initial_latents_from(result, n_chains, survey=0):
         """Starting latents ``(n_chains, n_components)`` from an SGD :class:`InversionResult`: the
-        latents of the ``n_chains`` starts of ``survey`` of lowest data RMSE (``result.data_rmse``,
-        unweighted even with ``noise_std``; taken again in turn when there are fewer starts than
-        chains); or from a :class:`PosteriorResult` (to run its chains on): the last kept draw of each
+        latents of the ``n_chains`` lowest-misfit starts of ``survey`` (by ``result.chi2`` when the
+        inversion had ``noise_std``, else by ``result.data_rmse``, as the inverter selects; taken again
+        in turn when there are fewer starts than chains); or from a :class:`PosteriorResult` (to run its chains on): the last kept draw of each
         chain of ``survey``, taken again in turn when there are fewer chains. ``survey="all"``: each
         survey's, ``(n_surveys, n_chains, n_components)``, for one ``sample`` call over the same surveys.
 
@@ -489,8 +489,10 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             raise ValueError(f"{name}: survey must be an int in [0, {latents.shape[0]}) or 'all', got {survey!r}")
         if posterior:
             return latents[survey][np.arange(int(n_chains)) % latents.shape[1]].copy()
-        order = np.argsort(np.where(np.isfinite(result.data_rmse[survey]), result.data_rmse[survey], np.inf),
-                           kind="stable")
+        # the inverter's own misfit: the chi-square with noise_std (a per-datum noise_std ranks otherwise
+        # than the unweighted data RMSE), else the data RMSE, which ranks as the sum of squares does
+        misfit = np.asarray(result.data_rmse[survey] if getattr(result, "chi2", None) is None else result.chi2[survey])
+        order = np.argsort(np.where(np.isfinite(misfit), misfit, np.inf), kind="stable")
         return latents[survey][order[np.arange(int(n_chains)) % len(order)]].copy()
 
     # -- the engine ------------------------------------------------------------------------------------
