@@ -349,7 +349,10 @@ class LatentEstimatorBase(BaseEstimator):
         prior = self.prior
         if prior is None:
             from ..prior import VAEPrior
-            prior = VAEPrior()
+            # seeded by the estimator's random_state: an unseeded default prior trained another network at
+            # each fit, so "same random_state, same answer" failed (a RandomState is copied by the clone
+            # below, so fit does not advance the estimator's own)
+            prior = VAEPrior(random_state=self.random_state)
         if isinstance(prior, (str, bytes, os.PathLike)):
             raise ValueError(f"{name}: prior must be a generator object (a fitted VAEPrior or SGANPrior, or a "
                              f"TorchGenerator), got the path {os.fsdecode(prior)!r}: load it first, e.g. "

@@ -38,7 +38,9 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
     ----------
     prior : VAEPrior, FrozenEstimator or generator, default=None
         The generative prior (see the module's generator protocol). ``None``: an unfitted
-        ``VAEPrior()`` trained on ``y`` in :meth:`fit`.
+        ``VAEPrior(random_state=random_state)`` trained on ``y`` in :meth:`fit`. An unfitted prior given
+        here is trained with its own ``random_state`` (its default, None, trains another network at each
+        fit: give it one to repeat a fit).
     operator : ForwardOperator
         Slowness per cell (ns/m) -> traveltimes (ns); ``n_params`` must equal the generator's
         number of cells. Linear operators use a gathered sparse kernel (only the batch rays are
@@ -140,7 +142,13 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         ``device="cuda"``, a linear operator, and neither ``tol`` nor ``prune`` (rules that decide on
         the host); ValueError otherwise.
     random_state : int, RandomState instance or None, default=None
-        Seeds the initial latents and each survey's mini-batch order.
+        Seeds the initial latents and each survey's mini-batch order (and the default prior's training,
+        ``prior=None``). An int gives the same numbers at every call. A RandomState gives one int draw to
+        each :meth:`invert` / :meth:`predict` call, so it advances and a second call differs (scikit-learn's
+        convention), and its numbers are not those of the int it was seeded with (``RandomState(4)`` is not
+        ``4`` here, unlike in :class:`~latentinv.prior.VAEPrior`: the call's int draw is its
+        ``result.settings["replay_random_state"]``, which repeats the call). A ``numpy.random.Generator``
+        is refused (ValueError).
     device : {"auto", "cpu", "cuda"}, default="auto"
     n_jobs : int, default=None
         Surveys inverted in parallel through joblib (scikit-learn's meaning: ``None`` is 1 unless in
@@ -152,9 +160,11 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         ``None``: all surveys in one batch when ``n_jobs`` is None and no joblib context makes the call
         parallel; one survey per chunk otherwise, ``n_jobs=1`` included (the chunks of a parallel run,
         run in turn: its numbers are those of any ``n_jobs``, and it is slower than one batch). Results
-        are bit for bit the same for a given ``chunk_size`` whatever ``n_jobs`` and the backend; between
-        chunk sizes they agree to float32 rounding (a decoder may round a row differently in a batch of
-        another size). May change after ``fit``.
+        are bit for bit the same for a given ``chunk_size`` and the same torch threads per worker
+        whatever ``n_jobs`` and the backend (a loky worker runs with its ``OMP_NUM_THREADS``, cores //
+        ``n_jobs``; a serial or threading run with torch's own count); between chunk sizes, or thread
+        counts, they agree to float32 rounding (a decoder may round a row differently in a batch of
+        another size: about 1e-7 in the models of the tests' problems). May change after ``fit``.
     verbose : int, default=0
         Progress bar (tqdm) when > 0.
 

@@ -159,7 +159,9 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
     Parameters
     ----------
     prior : VAEPrior, FrozenEstimator or generator, default=None
-        The generative prior (the generator protocol of :mod:`latentinv.inversion`).
+        The generative prior (the generator protocol of :mod:`latentinv.inversion`). ``None``: an
+        unfitted ``VAEPrior(random_state=random_state)`` trained on ``y`` in :meth:`fit`, as for
+        :class:`LatentInverter`.
     operator : ForwardOperator
         Slowness per cell (ns/m) -> traveltimes (ns).
     slowness_map : callable, default=None
@@ -236,6 +238,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         in turn, then the one before, and so on. Beyond ``n_chains * n_samples`` models there are no
         new draws: the chains' first kept draws then repeat.
     random_state : int, RandomState instance or None, default=None
+        Seeds the starting latents drawn from the prior and each survey's chains' random draws, as
+        ``LatentInverter``'s: an int gives the same numbers at every call; a RandomState
+        gives one int draw to each :meth:`sample` / :meth:`predict` call (a second call differs, and
+        ``RandomState(4)`` is not ``4``; ``result.settings["replay_random_state"]`` repeats a call); a
+        ``numpy.random.Generator`` is refused.
     device : {"auto", "cpu", "cuda"}, default="auto"
     verbose : int, default=0
 
