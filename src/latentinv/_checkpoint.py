@@ -3,7 +3,8 @@
 A training run that may be stopped (a GPU lent for ten minutes at a time, a job killed) keeps its
 state in a directory: the network, the optimizer's moments, every random generator the loop draws from,
 its position in the data and its history. Run again with the same settings and data, the loop carries
-on from the last checkpoint and ends with the same network, to the bit, as one uninterrupted run.
+on from the last checkpoint and ends with the same network, to the bit, as one uninterrupted run (on the
+same device, with the same torch thread count: another count sums the gradients in another order).
 
 Layout: ``path/step-<iteration>/`` holds ``weights.safetensors`` (every tensor) and ``config.json``
 (the rest), in latentinv's model-file format (no code is executed to read them; SHA-256 digests of
