@@ -1,0 +1,48 @@
+"""The package's declared dependencies (pyproject.toml) against what its code needs.
+
+A wheel installed with the lowest versions that pyproject.toml allows must work: the packaging trial
+(docs/user_trial.md) found `latentinv demo` failing at its figure under matplotlib 3.6, which
+`matplotlib>=3.5` let in. Each row below names a feature of a dependency that the code uses, the
+first release that has it and a pattern that finds the use in src/latentinv.
+"""
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "latentinv"
+
+# (distribution, first version with the feature, the feature, a regex that finds its use in src/latentinv)
+FEATURES = [
+    ("matplotlib", (3, 7), "a figure legend placed outside the axes, Figure.legend(loc='outside ...') "
+                           "(plotting.plot_inversion_summary, the demo's figure)", r"""loc=["']outside """),
+]
+
+
+def _dependencies():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def _lower_bounds():
+    bounds = {}
+    for dep in _dependencies():
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][0-9.]*)", dep)
+        assert m, f"pyproject.toml: dependency {dep!r} is not of the form 'name>=version'"
+        bounds[m[1].lower()] = tuple(int(x) for x in m[2].split("."))
+    return bounds
+
+
+@pytest.mark.parametrize("dist, first, feature, pattern", FEATURES, ids=[f[0] for f in FEATURES])
+def test_declared_lower_bounds_have_the_features_the_code_uses(dist, first, feature, pattern):
+    users = sorted(p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if re.search(pattern, p.read_text()))
+    assert users, f"no module of src/latentinv uses {feature} any more: drop its row of FEATURES"
+    declared = _lower_bounds()[dist]
+    assert declared >= first, (
+        f"pyproject.toml asks for {dist}>={'.'.join(map(str, declared))}, but src/latentinv ({', '.join(users)}) "
+        f"uses {feature}, new in {dist} {'.'.join(map(str, first))}")
+
+
+def test_torch_lower_bound_is_kept():
+    assert "torch>=2.2" in _dependencies()
