@@ -74,3 +74,15 @@ def test_the_recorded_example_is_the_scikit_learn_one():
 
     code = bench_readme_example.sklearn_example(README)
     assert code == examples()[0] and "GridSearchCV(" in code and "search = " in code
+
+
+def test_the_readme_names_the_extra_of_every_optional_feature():
+    """Each extra of pyproject.toml that a feature needs (all but `test` and `peers`) is named in the
+    README with its pip command, as the errors of a missing package do (the packaging trial: the README
+    named only `latentinv[arviz]`; Dask and pyGIMLi were used there without a word on installing them)."""
+    import tomllib
+
+    extras = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    text = README.read_text()
+    missing = [e for e in extras if e not in ("test", "peers") and f'pip install "latentinv[{e}]"' not in text]
+    assert not missing, f"the README does not say how to install these extras: {missing}"
