@@ -121,37 +121,158 @@ def chi_mean(d):
 
     The expected norm of a ``d``-dimensional standard-normal vector (mu_chi of Eq. 23; 4.4166 for
     ``d = 20``).
+
+    Parameters
+    ----------
+    d : int or float
+        Degrees of freedom, the latent dimension; > 0 (converted with ``float``).
+
+    Returns
+    -------
+    float
+        mu_chi, dimensionless (a latent norm).
+
+    Raises
+    ------
+    ValueError
+        On ``d = 0`` or a negative integer (poles of ``math.lgamma``; the function does not check
+        ``d > 0``, and other negative ``d`` give a meaningless number), or a string that is not a
+        number.
+
+    Examples
+    --------
+    >>> round(chi_mean(20), 4)
+    4.4166
     """
     d = float(d)
     return math.sqrt(2.0) * math.exp(math.lgamma((d + 1.0) / 2.0) - math.lgamma(d / 2.0))
 
 
 def learning_rate_schedule(lr, lr_decay, decay_every, epoch):
-    """Step size at ``epoch`` (0-based): ``lr * lr_decay ** (epoch // decay_every)`` (Eq. 21)."""
+    """Step size at ``epoch`` (0-based): ``lr * lr_decay ** (epoch // decay_every)`` (Eq. 21).
+
+    Eq. 21 (``l_{k+1} = c_l l_k``) applied once every ``decay_every`` epochs: the step is constant
+    within each block of ``decay_every`` epochs (:class:`LatentInverter` calls it once per epoch).
+
+    Parameters
+    ----------
+    lr : float
+        Initial step size ``l_0`` (the paper's ``l``; the latent step ``z_{k+1} = z_k - l grad``, Eq. 20).
+    lr_decay : float
+        Factor ``c_l`` per decay (< 1 decreases the step; 1: constant).
+    decay_every : int
+        Epochs between two decays, >= 1.
+    epoch : int or ndarray of int
+        0-based epoch; an integer array gives the step of each element.
+
+    Returns
+    -------
+    float or ndarray
+        The step size at ``epoch``.
+
+    Examples
+    --------
+    >>> [round(learning_rate_schedule(0.1, 0.8, 5, e), 3) for e in (0, 4, 5, 10)]
+    [0.1, 0.1, 0.08, 0.064]
+    """
     return lr * lr_decay ** (epoch // decay_every)
 
 
 def regularization_schedule(lam, lam_decay, iteration):
-    """Regularisation weight at ``iteration`` (0-based): ``lam * lam_decay ** iteration`` (Eq. 22)."""
+    """Regularisation weight at ``iteration`` (0-based): ``lam * lam_decay ** iteration`` (Eq. 22).
+
+    Parameters
+    ----------
+    lam : float
+        Initial weight ``lambda_0`` of the latent regularisation (Eqs. 7 and 24).
+    lam_decay : float
+        Factor ``c_lambda`` per iteration (< 1 decreases the weight; 1: constant).
+    iteration : int or ndarray of int
+        0-based iteration (one per mini-batch step); an integer array gives the weight of each element.
+
+    Returns
+    -------
+    float or ndarray
+        ``lambda`` at ``iteration``.
+
+    Examples
+    --------
+    >>> round(regularization_schedule(10.0, 0.999, 3000), 4)
+    0.4971
+    """
     return lam * lam_decay ** iteration
 
 
 def ring_penalty(z, lam, d=None):
-    """Ring term ``lam (||z|| - mu_chi)**2`` per row of ``z`` (torch, differentiable; Eqs. 23-24)."""
+    """Ring term ``lam (||z|| - mu_chi)**2`` per row of ``z`` (torch, differentiable; Eqs. 23-24).
+
+    Parameters
+    ----------
+    z : torch.Tensor of shape (..., d)
+        Latent vectors, one per row (the norm is taken over the last axis). A torch tensor: NumPy
+        arrays are refused (``TypeError``).
+    lam : float or torch.Tensor
+        Regularisation weight ``lambda`` (a tensor broadcasting to ``z.shape[:-1]`` gives one per row).
+    d : int, default=None
+        Degrees of freedom of mu_chi (:func:`chi_mean`); None: ``z.shape[-1]``.
+
+    Returns
+    -------
+    torch.Tensor of shape z.shape[:-1]
+        The penalty of each row (a 0-d tensor for a 1-D ``z``), of ``z``'s dtype.
+    """
     d = z.shape[-1] if d is None else d
     return lam * (torch.linalg.vector_norm(z, dim=-1) - chi_mean(d)) ** 2
 
 
 def ring_gradient(z, lam, d=None):
-    """Analytic gradient of :func:`ring_penalty`: ``2 lam (||z|| - mu_chi) z / ||z||`` (Eq. 25)."""
+    """Analytic gradient of :func:`ring_penalty`: ``2 lam (||z|| - mu_chi) z / ||z||`` (Eq. 25).
+
+    The regularisation term of Eq. 25, ``2 lam z (1 - mu_chi / ||z||)``, written differently.
+
+    Parameters
+    ----------
+    z : torch.Tensor of shape (..., d)
+        Latent vectors, one per row (NumPy arrays are refused, ``TypeError``).
+    lam : float or torch.Tensor
+        Regularisation weight ``lambda`` (a tensor of shape ``z.shape[:-1] + (1,)`` gives one per row).
+    d : int, default=None
+        Degrees of freedom of mu_chi (:func:`chi_mean`); None: ``z.shape[-1]``.
+
+    Returns
+    -------
+    torch.Tensor of z's shape
+        The gradient of each row's penalty with respect to that row. NaN in a row of zeros
+        (``||z|| = 0``, where the penalty has no gradient).
+    """
     d = z.shape[-1] if d is None else d
     norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
     return 2.0 * lam * (norm - chi_mean(d)) * z / norm
 
 
 def latent_penalty(loss, znorm, regularization, lam, mu_chi):
-    """``loss`` plus the regularisation of Eq. 24 per row, from the latent norms ``znorm``:
-    ``lam (||z|| - mu_chi)**2`` (``"ring"``), ``lam ||z||**2`` (``"origin"``) or nothing (None)."""
+    """``loss`` plus the latent regularisation ``lam R(z)`` per row (Eq. 7), from the latent norms
+    ``znorm``: ``lam (||z|| - mu_chi)**2`` (``"ring"``, Eqs. 23-24), ``lam ||z||**2`` (``"origin"``, as
+    in Bora et al., 2017) or nothing (None, or any other value: ``regularization`` is not checked here).
+
+    Parameters
+    ----------
+    loss : torch.Tensor or ndarray of shape (R,)
+        The data term of each row (ns**2, weighted by ``1 / sigma**2`` when noise is given).
+    znorm : torch.Tensor or ndarray of shape (R,)
+        ``||z||`` of each row's latent vector.
+    regularization : {"ring", "origin"} or None
+        The penalty ``R(z)``.
+    lam : float or array of shape (R,)
+        Regularisation weight ``lambda`` (the current value of :func:`regularization_schedule`).
+    mu_chi : float
+        The ring's radius (:func:`chi_mean` of the latent dimension); used by ``"ring"`` only.
+
+    Returns
+    -------
+    torch.Tensor or ndarray of shape (R,)
+        ``loss + lam R(z)`` (``loss`` itself without regularisation).
+    """
     if regularization == "ring":
         return loss + lam * (znorm - mu_chi) ** 2
     if regularization == "origin":

@@ -51,7 +51,23 @@ class TorchGenerator:
         return True
 
     def decode(self, Z):
-        """Models ``(n, n_cells)`` (float64 NumPy) for latents ``Z`` ``(n, n_components)``."""
+        """Models ``(n, n_cells)`` (float64 NumPy) for latents ``Z`` ``(n, n_components)``.
+
+        Runs :attr:`decoder_` without autograd on the device of the module's first parameter (the CPU
+        for a module without parameters), in float32, as the module is (not switched to eval mode).
+
+        Parameters
+        ----------
+        Z : array-like of shape (n, n_components)
+            Latent vectors (converted to float32). Two-dimensional: a single latent ``(n_components,)``
+            is not treated as one row (the module receives it as it is).
+
+        Returns
+        -------
+        ndarray of float64 of shape (n, n_cells)
+            The models (model values, in [0, 1] for the paper's generators), one flat C-order row each
+            (outputs with image dimensions flattened).
+        """
         dec = self.decoder_
         dev = next(iter(dec.parameters()), torch.empty(0)).device
         with torch.no_grad():

@@ -47,6 +47,21 @@ def split_rhat(draws):
     distances to the median ("tail"). Returns ``(d,)``: NaN where fewer than 4 draws per chain or a
     dimension that does not move, infinite where each chain (half) is constant at a value of its own.
     Near 1 when the chains sample the same distribution.
+
+    Parameters
+    ----------
+    draws : array-like of shape (n_chains, n_draws, d)
+        Draws of each chain (converted to float64). One chain is enough (its two halves are compared).
+
+    Returns
+    -------
+    ndarray of float64 of shape (d,)
+        R-hat of each dimension (NaN or inf as above).
+
+    Raises
+    ------
+    ValueError
+        Where ``draws`` is not three-dimensional.
     """
     draws = np.asarray(draws, dtype=np.float64)
     if draws.ndim != 3:
@@ -163,11 +178,24 @@ class PosteriorResult:
         return self.samples.shape[3]
 
     def latent_mean(self):
-        """Posterior mean of the latents, ``(n_surveys, n_components)`` (from the kept draws)."""
+        """Posterior mean of the latents, ``(n_surveys, n_components)`` (from the kept draws).
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_surveys, n_components)
+            Mean of :attr:`samples` over chains and kept draws.
+        """
         return self.samples.mean(axis=(1, 2))
 
     def latent_covariance(self):
-        """Posterior covariance of the latents, ``(n_surveys, d, d)`` (from the kept draws)."""
+        """Posterior covariance of the latents, ``(n_surveys, d, d)`` (from the kept draws).
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_surveys, n_components, n_components)
+            Sample covariance (``ddof=1``) of the kept draws of all chains pooled; NaN (with NumPy's
+            RuntimeWarning) where only one draw was kept in all.
+        """
         S, K, n, d = self.samples.shape
         flat = self.samples.reshape(S, K * n, d)
         return np.stack([np.cov(f, rowvar=False).reshape(d, d) for f in flat])
@@ -175,7 +203,20 @@ class PosteriorResult:
     def to_inference_data(self):
         """The kept draws as an ``arviz.InferenceData``: posterior variable ``z`` with dimensions
         ``(chain, draw, survey, latent)`` and sample statistics ``data_rmse`` (ns) and ``chi2``.
-        Needs ArviZ (``pip install arviz``)."""
+        Needs ArviZ (``pip install arviz``).
+
+        Returns
+        -------
+        arviz.InferenceData
+            Group ``posterior``: ``z`` of shape ``(n_chains, n_kept, n_surveys, n_components)``; group
+            ``sample_stats``: ``data_rmse`` and ``chi2`` of shape ``(n_chains, n_kept, n_surveys)``, those
+            of the kept states (from :attr:`data_rmse_history` and :attr:`chi2_history`).
+
+        Raises
+        ------
+        ImportError
+            Without ArviZ (``latentinv[arviz]``).
+        """
         az = _arviz("to_inference_data")
         z = np.moveaxis(self.samples, 0, 2)                      # (chain, draw, survey, latent)
         keep = slice(self.n_burnin + self.thin - 1, None, self.thin)   # the last state of each block, as kept
@@ -204,7 +245,14 @@ class PosteriorResult:
     def rhat(self):
         """Rank-normalised split R-hat (Vehtari et al., 2021; :func:`split_rhat`) of each latent
         dimension, ``(n_surveys, n_components)``, from the kept draws; below 1.01-1.05 the chains
-        agree."""
+        agree.
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_surveys, n_components)
+            NaN where fewer than 4 draws per chain were kept or a dimension never moved, inf where each
+            chain half sat at a value of its own (as :func:`split_rhat`).
+        """
         return np.stack([split_rhat(self.samples[s]) for s in range(self.n_surveys)])
 
     def chains_agree(self):
@@ -212,15 +260,40 @@ class PosteriorResult:
         dimension's R-hat is defined and at most :data:`RHAT_LIMIT`, the test behind
         :class:`LatentSampler`'s ``ConvergenceWarning``. False where the chains disagree, a dimension
         never moved (R-hat NaN), fewer than 4 draws were kept, or there is one chain. Test this, not
-        ``summary()["max_rhat"] > limit``: a NaN R-hat compares False with any limit."""
+        ``summary()["max_rhat"] > limit``: a NaN R-hat compares False with any limit.
+
+        Returns
+        -------
+        ndarray of bool of shape (n_surveys,)
+        """
         if self.n_chains < 2:
             return np.zeros(self.n_surveys, dtype=bool)
         return np.all(self.rhat() <= RHAT_LIMIT, axis=1)       # NaN <= limit is False
 
     def ess(self, method="bulk"):
         """Effective sample size of each latent dimension, ``(n_surveys, n_components)``, by ArviZ
-        (``method``: ``"bulk"`` or ``"tail"``); NaN where no chain moved over the kept draws. Needs
-        ArviZ."""
+        (``method``: ``"bulk"`` or ``"tail"``); NaN where no chain moved over the kept draws, and
+        everywhere when fewer than 4 draws per chain were kept. Needs ArviZ. Computed once for both
+        methods and kept.
+
+        Parameters
+        ----------
+        method : {"bulk", "tail"}, default="bulk"
+            ArviZ's bulk ESS (rank-normalised) or tail ESS (the smaller of those of the 5% and 95%
+            quantiles).
+
+        Returns
+        -------
+        ndarray of float64 of shape (n_surveys, n_components)
+            Effective number of draws over all chains of each survey.
+
+        Raises
+        ------
+        ValueError
+            On another ``method``.
+        ImportError
+            Without ArviZ (``latentinv[arviz]``).
+        """
         if method not in ("bulk", "tail"):
             raise ValueError(f"PosteriorResult.ess: method must be 'bulk' or 'tail', got {method!r}")
         return self._diagnose()[f"ess_{method}"]
@@ -235,7 +308,17 @@ class PosteriorResult:
     def summary(self):
         """A dict of the run's headline numbers (per survey: worst R-hat, NaN where a dimension never
         moved; :meth:`chains_agree`; smallest bulk ESS; mean acceptance), for reports. Without ArviZ
-        (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is None and ``ess_unavailable`` says why."""
+        (optional: ``latentinv[arviz]``) ``min_ess_bulk`` is None and ``ess_unavailable`` says why.
+
+        Returns
+        -------
+        dict
+            ``method``, ``n_chains``, ``n_kept`` (draws kept per chain), ``n_burnin``, ``thin``,
+            ``n_forward``, ``elapsed_s`` (s); and lists of one value per survey: ``max_rhat`` (NaN where
+            any dimension's R-hat is NaN), ``chains_agree`` (bool), ``min_ess_bulk`` (NaN where any
+            dimension's ESS is NaN; None without ArviZ, with ``ess_unavailable``, the ImportError's
+            message) and ``acceptance_rate`` (the chains' mean).
+        """
         ess, why = self._ess_or_why()
         ess = {"min_ess_bulk": ess.min(1).tolist()} if why is None else {"min_ess_bulk": None, "ess_unavailable": why}
         return dict(method=self.method, n_chains=self.n_chains, n_kept=int(self.samples.shape[2]),

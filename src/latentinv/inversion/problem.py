@@ -31,13 +31,20 @@ class Misfit:
 class LatentProblem:
     """``R`` latent-space problems: ``y_r ~ f(s(g(z_r)))`` with per-datum weights ``1 / sigma**2``.
 
+    ``R = n_surveys * n_starts`` rows; row ``r`` belongs to survey ``r // n_starts``. The estimators
+    build one per run (``_problem`` of their shared base class); it holds no algorithm.
+
     Parameters
     ----------
     decoder : torch.nn.Module
-        Latents ``(R, d)`` to models ``(R, n_cells)``.
+        Latents ``(R, d)`` to models ``(R, n_cells)`` (flat C order), differentiable; its output's dtype
+        must be ``dtype`` (the decoder is not cast).
     slowness_map : callable
-        Torch map from model values to slowness (ns/m).
+        Torch map from model values to slowness (ns/m), element-wise (a tensor like its input);
+        :func:`paper_slowness` of a float32 CPU matrix runs through the compiled kernels.
     operator : ForwardOperator
+        The forward operator (traveltimes in ns of slowness in ns/m, ray lengths in m); a linear one's
+        kernel is read once, a nonlinear one is called at every evaluation.
     Y : ndarray of shape (n_surveys, n_data)
         Observed traveltimes (ns).
     sigma : ndarray of shape (n_data,) or None
@@ -45,15 +52,22 @@ class LatentProblem:
     n_starts : int
         Rows per survey.
     device : torch.device
-    nonlinear_gradient : {"paper", "exact"}
+        Where the data, the weights and a linear operator's kernel are held. A ``torch.device``: a
+        string works until :meth:`decode` runs bfloat16, which reads ``device.type``.
+    nonlinear_gradient : {"paper", "exact"}, default="paper"
         ``"paper"``: for a nonlinear operator, the data term's gradient reaches the models as the
         paper's code computes it (Eq. 28: ``S^T (f - y)``, no factor 2, no derivative of the slowness
-        map); ``"exact"``: the chain rule.
-    allow_pending : bool
+        map); ``"exact"``: the chain rule. Any value other than ``"paper"`` is the chain rule; no effect
+        with a linear operator.
+    allow_pending : bool, default=False
         Let a background engine return the full data as a :class:`~.traveltimes.Pending`.
-    precision : {"float32", "bfloat16"}
+    dtype : torch.dtype, default=torch.float32
+        Floating-point type of the observed data, the noise weights and a linear operator's kernel (and
+        of the traveltimes computed from them); the decoder's models must have it. The estimators use
+        the default, float32.
+    precision : {"float32", "bfloat16"}, default="float32"
         The decoder's arithmetic: ``"bfloat16"`` runs it under ``torch.autocast`` (models are cast
-        back to float32; everything after the decoder stays float32).
+        back to ``dtype``; everything after the decoder stays in ``dtype``). Any other value is float32.
     """
 
     def __init__(self, decoder, slowness_map, operator, Y, sigma, n_starts, device, *,
@@ -84,14 +98,43 @@ class LatentProblem:
         return self.w is not None
 
     def all_rays(self, n_rows=None):
-        """Ray indices ``(n_rows, n_data)`` that select every datum."""
+        """Ray indices ``(n_rows, n_data)`` that select every datum.
+
+        Parameters
+        ----------
+        n_rows : int, default=None
+            Rows to index; None: all ``R`` rows.
+
+        Returns
+        -------
+        torch.Tensor of int64 of shape (n_rows, n_data)
+            ``0 .. n_data - 1`` in every row, on :attr:`device`: an expanded view (one row of memory,
+            not writable row by row).
+        """
         n = self.n_rows if n_rows is None else n_rows
         return torch.arange(self.n_data, device=self.device).expand(n, self.n_data)
 
     def decode(self, z, precision=None, autocast_cache=True):
         """Models ``x = g(z)`` and their slowness ``s(x)`` (``precision``: None is the problem's).
         ``autocast_cache=False``: bfloat16 weights cast anew at every call (a step captured in a CUDA
-        graph must not keep autocast's cache, which is freed when the context exits)."""
+        graph must not keep autocast's cache, which is freed when the context exits).
+
+        Parameters
+        ----------
+        z : torch.Tensor of shape (n, d)
+            Latent vectors (any number of rows), on the decoder's device; autograd follows them.
+        precision : {"float32", "bfloat16"} or None, default=None
+            The decoder's arithmetic for this call; None: the problem's ``precision``.
+        autocast_cache : bool, default=True
+            Keep ``torch.autocast``'s cache of bfloat16 weights within the call (bfloat16 only).
+
+        Returns
+        -------
+        x : torch.Tensor of shape (n, n_cells)
+            Model values (cast to ``dtype`` under bfloat16; the decoder's output as is otherwise).
+        s : torch.Tensor of shape (n, n_cells)
+            Their slowness (ns/m) through ``slowness_map``, differentiable.
+        """
         if (precision or self.precision) == "bfloat16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=autocast_cache):
                 x = self.decoder(z)
@@ -101,7 +144,24 @@ class LatentProblem:
         return x, native.slowness(self.slowness_map, x)
 
     def full_traveltimes(self, x, s):
-        """All traveltimes (R, n_data) of models ``x`` with slowness ``s``, without autograd."""
+        """All traveltimes ``(n, n_data)`` of the slowness ``s`` of ``n`` rows (``R`` or fewer), without
+        autograd; the models ``x`` are not read.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (n, n_cells)
+            The models; not used (the traveltimes depend on ``s`` only; kept for the callers' symmetry
+            with the evaluators, ``(x, s)``).
+        s : torch.Tensor of shape (n, n_cells)
+            Slowness (ns/m) of each row.
+
+        Returns
+        -------
+        torch.Tensor of shape (n, n_data)
+            Traveltimes (ns) of every ray, not attached to the graph: a linear operator's kernel
+            product (of ``dtype``, on :attr:`device`); otherwise ``operator.response`` on float64
+            copies of ``s``, returned as ``dtype`` on :attr:`device`.
+        """
         with torch.no_grad():
             if hasattr(self.traveltimes, "full"):
                 return self.traveltimes.full(s)
@@ -120,7 +180,23 @@ class LatentProblem:
     def data_loss(self, t_rays, rays, rows=None):
         """Per row: ``sum_{i in rays} w_i (y_i - t_i)**2`` (Eq. 24's data term; half of it with the
         paper's nonlinear gradient, whose step carries no factor 2). ``rows``: the rows that
-        ``t_rays`` belong to (index tensor; None: every row)."""
+        ``t_rays`` belong to (index tensor; None: every row).
+
+        Parameters
+        ----------
+        t_rays : torch.Tensor of shape (n, B)
+            Computed traveltimes (ns) of the rays ``rays`` of each row; autograd follows them.
+        rays : torch.Tensor of int64 of shape (n, B)
+            Ray (datum) indices in ``[0, n_data)`` of each row (a mini-batch, or :meth:`all_rays`).
+        rows : torch.Tensor of int64 of shape (n,), default=None
+            The problem's rows that the ``n`` rows are; None: all ``R`` rows (``n = R``).
+
+        Returns
+        -------
+        torch.Tensor of shape (n,)
+            The data term of each row (ns**2 without weights, dimensionless chi-square terms with
+            them), halved where the paper's nonlinear gradient is in use.
+        """
         y, w = self._observed(rows)
         resid = torch.gather(y, 1, rays) - t_rays
         sq = resid * resid
@@ -130,7 +206,22 @@ class LatentProblem:
         return 0.5 * loss if self.paper_gradient else loss
 
     def misfit(self, t_full, rows=None):
-        """:class:`Misfit` of full-data traveltimes ``t_full`` of rows ``rows`` (None: all R rows)."""
+        """:class:`Misfit` of full-data traveltimes ``t_full`` of rows ``rows`` (None: all R rows).
+
+        Parameters
+        ----------
+        t_full : torch.Tensor of shape (n, n_data)
+            Traveltimes (ns) of every ray of each row (:meth:`full_traveltimes`).
+        rows : torch.Tensor of int64 of shape (n,), default=None
+            The problem's rows that the ``n`` rows are; None: all ``R`` rows (``n = R``).
+
+        Returns
+        -------
+        Misfit
+            Tensors of shape ``(n,)``: ``rmse`` (ns), ``chi2`` (None without ``sigma``), ``value`` (the
+            chi-square with ``sigma``, the sum of squared residuals in ns**2 without) and
+            ``rms_for_target`` (``sqrt(chi2 / n_data)`` with ``sigma``, the RMSE in ns without).
+        """
         y, w = self._observed(rows)
         r_full = y - t_full
         sse = (r_full * r_full).sum(1)
