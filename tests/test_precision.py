@@ -115,3 +115,23 @@ def test_precision_refused_without_native_bfloat16(monkeypatch):
         _run(Net(), precision="bfloat16")
     with pytest.raises(ValueError, match="precision must be 'float32' or 'bfloat16', got 'half'"):
         _run(Net(), precision="half")
+
+
+def test_latent_problem_takes_its_device_as_a_string():
+    """``LatentProblem(..., device="cpu")`` held its data on the CPU but failed in a bfloat16 decode, which
+    reads ``device.type`` (AttributeError: 'str' object has no attribute 'type'); autocast is entered
+    before the decoder runs, so this needs no native bfloat16."""
+    from latentinv.inversion import LatentProblem
+
+    op = _op()
+    net = Net().eval()
+    problem = LatentProblem(net, lambda x: 1.0 / (0.06 + 0.02 * (1.0 - x)), op, np.ones((1, op.n_data)), None,
+                            2, "cpu", precision="bfloat16")
+    z = torch.zeros(2, D)
+    x, s = problem.decode(z)
+    assert problem.device == torch.device("cpu")
+    with torch.no_grad():
+        expected = net(z)
+    assert x.dtype == torch.float32 and x.shape == expected.shape
+    torch.testing.assert_close(x, expected, atol=2e-2, rtol=0)      # bfloat16's 8 bits of mantissa
+    torch.testing.assert_close(s, 1.0 / (0.06 + 0.02 * (1.0 - x)))

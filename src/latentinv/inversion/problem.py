@@ -51,9 +51,9 @@ class LatentProblem:
         Noise standard deviations (ns); None: unweighted (as in the paper).
     n_starts : int
         Rows per survey.
-    device : torch.device
-        Where the data, the weights and a linear operator's kernel are held. A ``torch.device``: a
-        string works until :meth:`decode` runs bfloat16, which reads ``device.type``.
+    device : torch.device or str
+        Where the data, the weights and a linear operator's kernel are held (a string is turned into a
+        ``torch.device``).
     nonlinear_gradient : {"paper", "exact"}, default="paper"
         ``"paper"``: for a nonlinear operator, the data term's gradient reaches the models as the
         paper's code computes it (Eq. 28: ``S^T (f - y)``, no factor 2, no derivative of the slowness
@@ -75,7 +75,7 @@ class LatentProblem:
                  precision="float32"):
         self.decoder, self.slowness_map, self.operator = decoder, slowness_map, operator
         self.precision = precision
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype = torch.device(device), dtype     # a string too ("cpu", "cuda:0")
         self.n_surveys, self.n_data = Y.shape
         self.n_starts = int(n_starts)
         self.n_rows = self.n_surveys * self.n_starts
