@@ -171,6 +171,26 @@ def test_chi_mean_d20_value():
     assert chi_mean(20) == pytest.approx(4.4166051, abs=1e-7)
 
 
+def test_chi_mean_and_latent_penalty_refuse_what_they_cannot_mean():
+    """chi_mean(-1.5) gave 1.38 and chi_mean(0) raised lgamma's bare "math domain error"; latent_penalty with
+    a misspelt regularization returned the loss alone, as None does."""
+    from latentinv.inversion import latent_penalty
+
+    assert chi_mean(0.5) == pytest.approx(chi(0.5).mean(), rel=1e-12)      # any real d > 0 is a chi mean
+    for d in (0, -1, -1.5, np.nan, np.inf, True, "x", None):
+        with pytest.raises(ValueError, match=r"chi_mean: d \(degrees of freedom, the latent dimension\) must be a "
+                                             rf"finite number > 0, got {re.escape(repr(d))}"):
+            chi_mean(d)
+    loss, znorm = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    torch.testing.assert_close(latent_penalty(loss, znorm, "ring", 0.5, 4.0), torch.tensor([1.5, 2.0]))
+    torch.testing.assert_close(latent_penalty(loss, znorm, "origin", 0.5, 4.0), torch.tensor([5.5, 10.0]))
+    assert latent_penalty(loss, znorm, None, 0.5, 4.0) is loss
+    for bad in ("rings", "Ring", "none", 0):
+        with pytest.raises(ValueError, match=rf"latent_penalty: regularization must be 'ring', 'origin' or None, "
+                                             rf"got {re.escape(repr(bad))}"):
+            latent_penalty(loss, znorm, bad, 0.5, 4.0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(arrays(np.float64, (3, 20), elements=st.floats(-5, 5)).filter(
     lambda a: np.all(np.linalg.norm(a, axis=1) > 1e-3)), st.floats(0.01, 100))

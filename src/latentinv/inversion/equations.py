@@ -135,17 +135,21 @@ def chi_mean(d):
     Raises
     ------
     ValueError
-        On ``d = 0`` or a negative integer (poles of ``math.lgamma``; the function does not check
-        ``d > 0``, and other negative ``d`` give a meaningless number), or a string that is not a
-        number.
+        Unless ``d`` is a finite number > 0 (a bool is refused).
 
     Examples
     --------
     >>> round(chi_mean(20), 4)
     4.4166
     """
-    d = float(d)
-    return math.sqrt(2.0) * math.exp(math.lgamma((d + 1.0) / 2.0) - math.lgamma(d / 2.0))
+    try:
+        value = float(d)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(d, bool) or not value > 0 or math.isinf(value):   # lgamma has poles at 0, -1, ...
+        raise ValueError(f"chi_mean: d (degrees of freedom, the latent dimension) must be a finite number > 0, "
+                         f"got {d!r}")
+    return math.sqrt(2.0) * math.exp(math.lgamma((value + 1.0) / 2.0) - math.lgamma(value / 2.0))
 
 
 def learning_rate_schedule(lr, lr_decay, decay_every, epoch):
@@ -253,7 +257,7 @@ def ring_gradient(z, lam, d=None):
 def latent_penalty(loss, znorm, regularization, lam, mu_chi):
     """``loss`` plus the latent regularisation ``lam R(z)`` per row (Eq. 7), from the latent norms
     ``znorm``: ``lam (||z|| - mu_chi)**2`` (``"ring"``, Eqs. 23-24), ``lam ||z||**2`` (``"origin"``, as
-    in Bora et al., 2017) or nothing (None, or any other value: ``regularization`` is not checked here).
+    in Bora et al., 2017) or nothing (None).
 
     Parameters
     ----------
@@ -272,9 +276,16 @@ def latent_penalty(loss, znorm, regularization, lam, mu_chi):
     -------
     torch.Tensor or ndarray of shape (R,)
         ``loss + lam R(z)`` (``loss`` itself without regularisation).
+
+    Raises
+    ------
+    ValueError
+        On another ``regularization`` (a misspelt one added nothing before).
     """
     if regularization == "ring":
         return loss + lam * (znorm - mu_chi) ** 2
     if regularization == "origin":
         return loss + lam * znorm**2
+    if regularization is not None:
+        raise ValueError(f"latent_penalty: regularization must be 'ring', 'origin' or None, got {regularization!r}")
     return loss
