@@ -2054,3 +2054,156 @@ def test_a_selected_model_without_a_medium_is_named(problem):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*non-positive or non-finite slowness")
         LatentInverter(gen, op, **kw).fit(tt[:1]).invert(tt[:1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# a user's own operator, generator and slowness map: contract violations named (the extending trial)
+# ---------------------------------------------------------------------------------------------------
+class BrokenEngine(QuadraticOperator):
+    """QuadraticOperator whose engine breaks the contract one way: NaN at datum 3, one datum short, or
+    transposed Jacobians."""
+
+    def __init__(self, base, how):
+        super().__init__(base)
+        self.how = how
+
+    def __reduce__(self):
+        return (BrokenEngine, (self.base, self.how))
+
+    def _response_and_jacobian(self, m, want_jacobian):
+        t, jac = super()._response_and_jacobian(m, want_jacobian)
+        if self.how == "nan":
+            t[:, 3] = np.nan
+        elif self.how == "short":
+            t = t[:, :-1]
+        elif jac is not None:
+            jac = [j.T.tocsr() for j in jac]
+        return t, jac
+
+
+@pytest.mark.parametrize("how, match", [
+    ("nan", r"returned 1 NaN traveltimes \(the first: datum 3 of model 0\); expected finite traveltimes"),
+    ("short", r"must return traveltimes of shape \(n_models, n_data\) = \(1, 36\), got shape \(1, 35\)"),
+    ("transposed", r"must return one Jacobian of shape \(n_data, n_params\) = \(36, 96\) per model \(1\), "
+                   r"got \[\(96, 36\)\]"),
+])
+def test_an_operator_engine_breaking_the_contract_is_named(problem, how, match):
+    """NaN traveltimes passed response and forward: the SGD then failed with "no start gave a finite misfit"
+    and LatentSampler's chains stalled without an error; a short row failed in fit with an IndexError, a
+    transposed Jacobian in the backward pass with SciPy's "matmul: dimension mismatch"."""
+    op, _, _, models, tt = problem
+    bad = BrokenEngine(op, how)
+    s = paper_slowness(models[:1])
+    match = r"^BrokenEngine\._response_and_jacobian: " + match
+    with pytest.raises(ValueError, match=match):
+        if how == "transposed":
+            bad.jacobian(s[0])
+        else:
+            bad.response(s)
+    with pytest.raises(ValueError, match=match):     # the torch bridge the SGD goes through
+        bad.forward(torch.tensor(s, requires_grad=True))
+    if how == "nan":
+        with pytest.raises(ValueError, match=match.replace("model 0", "model \\d+").replace("1 NaN", "\\d+ NaN")):
+            LatentSampler(linear_generator(), bad, noise_std=0.5, n_chains=2, n_burnin=2, n_samples=2,
+                          random_state=0, device="cpu").fit(tt)
+
+
+def test_a_linear_operator_whose_response_is_not_its_kernel_is_refused_at_fit(problem):
+    """The engine inverts with jacobian(ones) as the kernel of a linear operator: a nonlinear operator that
+    declared is_linear (or a linear one whose response disagreed with its Jacobian) was inverted with
+    another operator than its response, without a word."""
+    op, gen, _, _, tt = problem
+
+    class ClaimsLinear(QuadraticOperator):
+        is_linear = True
+
+    with pytest.raises(ValueError, match=r"^LatentInverter: the operator ClaimsLinear declares is_linear = True, "
+                                         r"but its response differs from its Jacobian times the model"):
+        LatentInverter(gen, ClaimsLinear(op), device="cpu").fit(tt)
+    LatentInverter(gen, op, device="cpu").fit(tt)          # the straight rays agree with their kernel
+
+
+def test_an_operator_that_does_not_subclass_forward_operator_is_refused(problem):
+    """An object with n_data, n_params and forward passed fit and failed in the SGD with a TypeError
+    (forward got jacobian_rows), or, taking it, went unchecked: its shapes, NaN and gradient."""
+    op, gen, _, _, tt = problem
+
+    class Duck:
+        n_data, n_params = op.n_data, op.n_params
+        response = staticmethod(op.response)
+
+        def forward(self, m, jacobian_rows=None):
+            return op.forward(m)
+
+    for est in (LatentInverter(gen, Duck(), device="cpu"), LatentSampler(gen, Duck(), noise_std=0.5, device="cpu")):
+        with pytest.raises(ValueError, match=r"^Latent(Inverter|Sampler): operator must be a "
+                                             r"latentinv\.operators\.ForwardOperator \(subclass it and implement "
+                                             r"_response_and_jacobian, .*\), got Duck$"):
+            est.fit(tt)
+
+
+class TrainModeModule(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear, self.layer = torch.nn.Linear(D, 96), layer
+
+    def forward(self, z):
+        return torch.sigmoid(self.layer(self.linear(z)))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: TrainModeModule(torch.nn.Dropout(0.5)), r"holds Dropout in training mode .* call module\.eval\(\) first"),
+    (lambda: TrainModeModule(torch.nn.BatchNorm1d(96)), r"holds BatchNorm1d in training mode"),
+    (lambda: TrainModeModule(torch.nn.Identity()).double(),
+     r"must be float32 \(the engine decodes float32 latents\), got its parameter 'module\.linear\.weight' of "
+     r"dtype float64; call module\.float\(\) first"),
+    (lambda: TrainModeModule(torch.nn.Identity()).to("meta"),
+     r"has its parameter 'module\.linear\.weight' on the 'meta' device"),
+    (lambda: _IntModule(),
+     r"returns models of dtype int64; expected float32"),
+])
+def test_a_generator_module_the_engine_cannot_use_is_refused(problem, make, match):
+    """Dropout in training mode (a new module's mode) made every decode random without a word; batch
+    normalisation failed with torch's "Expected more than 1 value per channel"; a float64 module failed
+    with a message blaming n_components, a 'meta' one with "Cannot copy out of meta tensor", and integer
+    models with one blaming the slowness map."""
+    op, _, _, _, tt = problem
+    gen = TorchGenerator(make(), D)
+    with pytest.raises(ValueError, match=r"^LatentInverter: the generator TorchGenerator.*" + match):
+        LatentInverter(gen, op, device="cpu").fit(tt)
+    if isinstance(gen.module, TrainModeModule) and gen.module.linear.weight.dtype == torch.float32 \
+            and not gen.module.linear.weight.is_meta:
+        LatentInverter(TorchGenerator(gen.module.eval(), D), op, device="cpu").fit(tt)     # eval(): accepted
+
+
+class _IntModule(torch.nn.Module):
+    def forward(self, z):
+        return (z[:, :1] > 0).long().expand(-1, 96)
+
+
+def _numpy_slowness(x):
+    return torch.as_tensor(1.0 / (0.06 + 0.02 * (1.0 - x.detach().cpu().numpy())))
+
+
+def _in_place_slowness(x):
+    return x.mul_(4.0).add_(14.0)
+
+
+def test_a_slowness_map_without_gradient_or_changing_its_input_is_refused(problem):
+    """A map computed in NumPy gave the SGD no data gradient: it followed the regularisation alone and
+    returned prior models without a word (R^2 -2.0 against -1.7 on this problem); one changing its input in
+    place changed the recorded models (R^2 -5846). The gradient-free sampler takes the NumPy map."""
+    op, gen, _, models, tt = problem
+    with pytest.raises(ValueError, match=r"^LatentInverter: slowness_map _numpy_slowness returned a tensor without "
+                                         r"a gradient \(computed outside torch, e\.g\. in NumPy, or detached\)"):
+        LatentInverter(gen, op, slowness_map=_numpy_slowness, device="cpu").fit(tt)
+    kw = dict(noise_std=0.5, n_chains=2, n_burnin=2, n_samples=2, random_state=0, device="cpu")
+    with pytest.raises(ValueError, match=r"^LatentSampler: slowness_map _numpy_slowness returned a tensor without"):
+        LatentSampler(gen, op, slowness_map=_numpy_slowness, method="mala", **kw).fit(tt)
+    LatentSampler(gen, op, slowness_map=_numpy_slowness, method="pcn", **kw).fit(tt)      # no gradient needed
+    for est in (LatentInverter(gen, op, slowness_map=_in_place_slowness, device="cpu"),
+                LatentSampler(gen, op, slowness_map=_in_place_slowness, **kw)):
+        with pytest.raises(ValueError, match=r"slowness_map _in_place_slowness changed its input \(the models\) "
+                                             r"in place; expected a function that returns a new tensor"):
+            est.fit(tt)

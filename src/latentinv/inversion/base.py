@@ -22,7 +22,9 @@ from .._checks import caller_stacklevel, check_random_state, is_int, noise_level
 from .._common import _reject_1d, _resolve_device, _unchanged_on_failure
 from ..metrics import _real_array, _rows, check_image_grid
 from .equations import chi_mean, paper_slowness
-from .generator import check_generator_output, check_geometry, module_device, prior_is_fitted, probe_latents
+from ..operators._base import ForwardOperator
+from .generator import (check_generator_module, check_generator_output, check_geometry, check_slowness_map_call,
+                        module_device, prior_is_fitted, probe_latents)
 from .problem import LatentProblem
 from .randomness import initial_latents
 
@@ -284,10 +286,15 @@ class LatentEstimatorBase(BaseEstimator):
     def _check_operator(self):
         name = type(self).__name__
         op = self.operator
-        if op is None or not all(hasattr(op, a) for a in ("n_data", "n_params", "forward")):
+        # a subclass of ForwardOperator, not any object with n_data, n_params and forward: the engine
+        # calls forward(m, jacobian_rows=...), response and (linear ones) jacobian, and relies on the
+        # base class to check what the engine returns; a duck-typed operator failed inside the SGD with
+        # a TypeError, and one whose forward returned a wrong shape, NaN or no gradient went unnoticed
+        if not isinstance(op, ForwardOperator):
             raise ValueError(
-                f"{name}: operator must be a forward operator (with n_data, n_params and forward), "
-                f"got {op!r}")
+                f"{name}: operator must be a latentinv.operators.ForwardOperator (subclass it and implement "
+                f"_response_and_jacobian, see 'Your own operator' in the README), got "
+                f"{'None' if op is None else type(op).__name__}")
         return op
 
     def _check_traveltimes(self, X, reset):
@@ -326,6 +333,10 @@ class LatentEstimatorBase(BaseEstimator):
                 f"larger values overflow the float32 misfit), got {X[i, j]:.6g} ns at survey {i}, "
                 f"datum {j}; check the units (ns)")
         return X
+
+    def _slowness_map_needs_gradient(self):
+        """Whether the algorithm differentiates through ``slowness_map`` (the SGD does)."""
+        return True
 
     def _check_latent_distribution(self, dist):
         """Subclasses refuse settings that a latent distribution does not support."""
@@ -410,6 +421,7 @@ class LatentEstimatorBase(BaseEstimator):
         self.n_components_ = d
         self.latent_distribution_ = dist
         self.mu_chi_ = chi_mean(d)
+        check_generator_module(self.prior_.decoder_, self.prior_, name)
         decoder = self._decoder()
         probes = probe_latents(d, dist).to(self.device_)
         try:
@@ -423,15 +435,20 @@ class LatentEstimatorBase(BaseEstimator):
             raise ValueError(
                 f"{name}: the generator produces models of shape {tuple(out.shape)[1:]} but the "
                 f"operator expects {op.n_params} cells")
+        if out.dtype != torch.float32:     # an integer model was reported as the slowness map's fault
+            raise ValueError(f"{name}: the generator {type(self.prior_).__name__} returns models of dtype "
+                             f"{str(out.dtype).replace('torch.', '')}; expected float32 (model values)")
         self._check_geometry(op)
         self.initial_latents_ = self._check_initial_latents(d)
         per_survey = self.initial_latents_ is not None and self.initial_latents_.dim() == 3
         self._survey_starts_digest = _surveys_digest(X) if per_survey else None    # they pair with these rows
         self._check_survey_starts(X, same_x=False)      # the count; X is the one they pair with
         with torch.no_grad():
-            slowness = (self.slowness_map or paper_slowness)(out)
+            # on a copy: a map that changes its input in place is refused below, not left to change out
+            slowness = (self.slowness_map or paper_slowness)(out.clone())
             self._check_generator_output(out, slowness, f"at {len(probes)} test latents in fit")
-        self._prior_traveltimes = self._median_traveltimes(op, slowness[:_SCALE_PROBES])
+        check_slowness_map_call(self.slowness_map, out, self._slowness_map_needs_gradient(), name)
+        self._prior_traveltimes = self._median_traveltimes(op, slowness[:_SCALE_PROBES], name)
         self.operator_ = op
         self.n_cells_ = int(op.n_params)
         self._fit_schedule(op)
@@ -441,10 +458,24 @@ class LatentEstimatorBase(BaseEstimator):
         return self
 
     @staticmethod
-    def _median_traveltimes(op, slowness):
+    def _median_traveltimes(op, slowness, name):
         """Per datum, the median traveltime (ns) of a few of the prior's models (fit keeps it to judge
-        the scale of the data it inverts)."""
-        t = np.asarray(op.response(slowness.detach().double().cpu().numpy())).reshape(len(slowness), -1)
+        the scale of the data it inverts). For a linear operator, also that ``response`` is the product
+        with the Jacobian, which the engine takes as the operator (``jacobian(ones)``): an operator that
+        declares ``is_linear`` but is not, or whose response disagrees with its Jacobian, inverted data
+        of one operator with another without a word."""
+        s = slowness.detach().double().cpu().numpy()
+        t = np.asarray(op.response(s)).reshape(len(slowness), -1)
+        if op.is_linear:
+            kernel_t = np.asarray(op.jacobian(np.ones(op.n_params)) @ s.T).T
+            err = np.abs(kernel_t - t).max(initial=0.0)
+            if not err <= 1e-6 * max(np.abs(t).max(initial=0.0), 1e-300):
+                k, j = np.unravel_index(np.argmax(np.abs(kernel_t - t)), t.shape)
+                raise ValueError(
+                    f"{name}: the operator {type(op).__name__} declares is_linear = True, but its response "
+                    f"differs from its Jacobian times the model (jacobian(m) @ m, the engine's kernel): "
+                    f"{t[k, j]:.6g} against {kernel_t[k, j]:.6g} ns at datum {j} of the generator's model {k}. "
+                    "A linear operator's jacobian must not depend on m; set is_linear = False otherwise")
         return np.median(t, axis=0)
 
     def _warn_if_off_scale(self, Y, sigma=None):

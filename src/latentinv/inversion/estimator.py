@@ -43,12 +43,15 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         fit: give it one to repeat a fit).
     operator : ForwardOperator
         Slowness per cell (ns/m) -> traveltimes (ns); ``n_params`` must equal the generator's
-        number of cells. Linear operators use a gathered sparse kernel (only the batch rays are
+        number of cells. One's own is a subclass of :class:`~latentinv.operators.ForwardOperator`
+        (see its module's "Writing an operator"). Linear operators use a gathered sparse kernel (only the batch rays are
         evaluated with autograd); nonlinear ones enter autograd through their custom Function, whose
         backward applies the Jacobian at the current models (Eq. 28).
     slowness_map : callable, default=None
-        Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`
-        (velocity ``0.06 + 0.02 (1 - x)`` m/ns). fit checks it at test latents; where a selected model's
+        Torch function from model values to slowness (ns/m), differentiable, returning a new tensor
+        like its input; ``None`` is :func:`paper_slowness`
+        (velocity ``0.06 + 0.02 (1 - x)`` m/ns). fit checks it at test latents (and refuses a map
+        without a gradient, e.g. computed in NumPy, or one that changes its input in place); where a selected model's
         slowness is not positive (the iterates left the region where the map is), :meth:`invert` warns.
     optimizer : {"sgd", "adam"}, default="sgd"
     lr : float, default=1e-2

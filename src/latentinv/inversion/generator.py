@@ -34,7 +34,9 @@ class TorchGenerator:
     decoder_ : torch.nn.Module
         ``module`` followed by flattening. The module is used as given (never switched to eval
         mode here, which would change the caller's object): call ``module.eval()`` first when it
-        holds dropout or batch normalisation.
+        holds dropout or batch normalisation, which the estimators' ``fit`` refuses in training mode
+        (as it refuses weights other than float32, or on the 'meta' device). Its own gradients are
+        never used.
     """
 
     def __init__(self, module, n_components, latent_distribution="normal", image_shape=None):
@@ -122,6 +124,67 @@ def probe_latents(n_components, latent_distribution, n=16):
     else:
         z = rng.standard_normal(size=(n - 1, n_components))
     return torch.tensor(np.vstack([np.zeros((1, n_components)), z]), dtype=torch.float32)
+
+
+def check_generator_module(decoder, prior, owner):
+    """The generator's torch module before it is first called: float32 parameters and buffers that hold
+    data (not on the 'meta' device), and no dropout or batch normalisation in training mode.
+
+    A float64 module failed on the engine's float32 latents with a message that blamed n_components, a
+    'meta' one with torch's "Cannot copy out of meta tensor"; a module in training mode (the default of
+    a new ``nn.Module``) with dropout made every decode random (the inversion's models, misfits and
+    best model disagree), and its batch normalisation normalised over the batch of starts and changed
+    the module's running statistics (or failed on one latent with torch's "Expected more than 1 value
+    per channel")."""
+    name = generator_name(prior)
+    for kind, tensors in (("parameter", decoder.named_parameters()), ("buffer", decoder.named_buffers())):
+        for pname, t in tensors:
+            if t.is_meta:
+                raise ValueError(f"{owner}: the generator {name} has its {kind} {pname!r} on the 'meta' device "
+                                 "(no data); expected a module with its weights loaded (on the CPU or a GPU)")
+            if t.is_floating_point() and t.dtype != torch.float32:
+                raise ValueError(f"{owner}: the generator {name} must be float32 (the engine decodes float32 "
+                                 f"latents), got its {kind} {pname!r} of dtype {str(t.dtype).replace('torch.', '')}; "
+                                 "call module.float() first")
+    random = [type(m).__name__ for m in decoder.modules() if m.training and isinstance(
+        m, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm))]
+    if random:
+        raise ValueError(f"{owner}: the generator {name} holds {', '.join(sorted(set(random)))} in training mode "
+                         "(its decodes would be random or depend on the batch); expected a module in eval "
+                         "mode: call module.eval() first")
+
+
+def check_slowness_map_call(fn, x, needs_gradient, owner):
+    """The slowness map on a copy of one model ``x`` (1, n_cells): it must leave its input unchanged
+    and, where the algorithm differentiates through it (``needs_gradient``), keep the torch graph.
+
+    A map that computed in NumPy (or detached its result) gave no gradient: the SGD then followed the
+    regularisation alone and returned a prior model without a word; one that changed ``x`` in place
+    changed the models the engine records."""
+    fn = fn or paper_slowness
+    map_name = getattr(fn, "__name__", type(fn).__name__)
+    x0 = x[:1].detach().clone()
+    if needs_gradient:
+        with torch.enable_grad():
+            xv = x0.clone().requires_grad_(True) * 1.0   # not a leaf: an in-place change is allowed, seen below
+            try:
+                s = fn(xv)
+            except RuntimeError as err:      # e.g. x.numpy() on a tensor that requires grad
+                raise ValueError(f"{owner}: slowness_map {map_name} fails on models that require a gradient "
+                                 f"({err}); expected a differentiable torch function of the models: the "
+                                 "inversion's gradient flows through it") from err
+    else:
+        xv = x0.clone()
+        with torch.no_grad():
+            s = fn(xv)
+    after = xv.detach()
+    if not bool(((after == x0) | (torch.isnan(after) & torch.isnan(x0))).all()):   # NaN models: reported below
+        raise ValueError(f"{owner}: slowness_map {map_name} changed its input (the models) in place; "
+                         "expected a function that returns a new tensor")
+    if needs_gradient and torch.is_tensor(s) and not s.requires_grad:
+        raise ValueError(f"{owner}: slowness_map {map_name} returned a tensor without a gradient (computed "
+                         "outside torch, e.g. in NumPy, or detached); expected a differentiable torch "
+                         "function of the models: the inversion's gradient flows through it")
 
 
 def generator_name(prior):

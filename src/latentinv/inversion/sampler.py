@@ -163,9 +163,13 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
         unfitted ``VAEPrior(random_state=random_state)`` trained on ``y`` in :meth:`fit`, as for
         :class:`LatentInverter`.
     operator : ForwardOperator
-        Slowness per cell (ns/m) -> traveltimes (ns).
+        Slowness per cell (ns/m) -> traveltimes (ns); one's own is a subclass of
+        :class:`~latentinv.operators.ForwardOperator`.
     slowness_map : callable, default=None
-        Torch function from model values to slowness (ns/m); ``None`` is :func:`paper_slowness`.
+        Torch function from model values to slowness (ns/m), returning a new tensor like its input;
+        ``None`` is :func:`paper_slowness`. Differentiable for the gradient methods and the
+        Gauss-Newton preconditioner (fit refuses one without a gradient there); pCN, RWM and DE take
+        one computed outside torch.
     method : {"pcn", "mala", "rwm", "de", "de-mala", "hmc"}, default="pcn"
         ``"pcn"``: preconditioned Crank-Nicolson, gradient-free (one forward run per proposal; works
         with any operator, a nonlinear one computes traveltimes only). ``"mala"``: Metropolis-adjusted
@@ -339,6 +343,11 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             raise ValueError(f"{name}: noise_std is required: the standard deviation (ns) of the Gaussian "
                              "likelihood, a positive number or an array of one per datum; got None")
         return self._check_common_params(n_data)
+
+    def _slowness_map_needs_gradient(self):
+        # the gradient methods and the Gauss-Newton preconditioner ("auto" picks it for them) differentiate
+        # through the slowness map; pCN, RWM and DE use traveltimes only (a NumPy map serves them)
+        return KERNELS[self.method].needs_gradient or self.preconditioner == "gauss-newton"
 
     def _idle_params(self, dist):
         return [("jump_probability", self.method not in ("de", "de-mala"),

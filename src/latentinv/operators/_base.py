@@ -13,6 +13,20 @@ An operator maps slowness per cell (s/m ... here ns/m, in the package's cell ord
 Operators whose engine can run in the background (``runs_in_background``) also offer
 ``submit(m, ...)``, which returns a :class:`PendingResponse` at once; ``forward(m, pending=...)``
 then takes its result instead of calling the engine again.
+
+Writing an operator
+-------------------
+Subclass :class:`ForwardOperator` (the estimators refuse any other object), set ``n_data`` and
+``n_params``, and implement ``_response_and_jacobian(m, want_jacobian)``: ``m`` is a checked float64 array
+``(n_models, n_params)`` of slowness (ns/m, finite and > 0); return traveltimes (ns) as an array
+``(n_models, n_data)`` and, when ``want_jacobian``, a list of ``n_models`` SciPy sparse matrices
+``(n_data, n_params)`` (``d t / d m``, m), else None. The base class checks the shapes returned and NaN or
+infinite traveltimes (ValueError naming the operator). Optional: ``is_linear = True`` when the response
+is ``jacobian(m) @ m`` with a Jacobian independent of ``m`` (the estimators then use ``jacobian(ones)`` as
+the kernel and check it against ``response`` in ``fit``); ``get_params()`` returning the constructor's
+arguments, for ``set_params(operator__...)`` and searches. A nonlinear operator's Jacobian is not checked
+against ``response``: compare it with a finite difference once (for traveltimes,
+``jacobian(m) @ m == response(m)`` also holds).
 """
 from __future__ import annotations
 
@@ -248,6 +262,30 @@ class ForwardOperator:
                     "beyond it edge times vanish against path times in float64")
         return a, single
 
+    def _engine_output(self, a, t, jac, want_jacobian):
+        """What ``_response_and_jacobian`` returned for models ``a``, checked against the contract:
+        traveltimes ``(n_models, n_data)``, no NaN (a user's engine returning NaN made the SGD fail
+        with "no start gave a finite misfit" and the MCMC chains stall without a word, and a wrong
+        shape failed later with an IndexError far from the operator), and with ``want_jacobian`` one
+        matrix ``(n_data, n_params)`` per model (a transposed one failed in the backward pass)."""
+        name = f"{type(self).__name__}._response_and_jacobian"
+        t = np.asarray(t, dtype=np.float64)
+        if t.shape != (len(a), self.n_data):
+            raise ValueError(f"{name}: must return traveltimes of shape (n_models, n_data) = "
+                             f"{(len(a), self.n_data)}, got shape {t.shape}")
+        nan = np.isnan(t)
+        if nan.any():
+            k, j = np.argwhere(nan)[0]
+            raise ValueError(f"{name}: returned {int(nan.sum())} NaN traveltimes (the first: datum {j} of "
+                             f"model {k}); expected finite traveltimes (ns) for every datum")
+        if want_jacobian:
+            shapes = [getattr(J, "shape", None) for J in (jac or [])]
+            if len(shapes) != len(a) or any(s != (self.n_data, self.n_params) for s in shapes):
+                raise ValueError(f"{name}: must return one Jacobian of shape (n_data, n_params) = "
+                                 f"{(self.n_data, self.n_params)} per model ({len(a)}), got "
+                                 f"{'None' if jac is None else shapes[:3]}")
+        return t, jac
+
     def _check_times(self, t, owner, dtype=np.float64):
         """Traveltimes that overflowed (to +inf, in float64 or in the output ``dtype``) raise."""
         big = np.finfo(dtype).max
@@ -284,7 +322,7 @@ class ForwardOperator:
             traveltimes that overflow float64.
         """
         a, single = self._check_models(m)
-        t, _ = self._response_and_jacobian(a, want_jacobian=False)
+        t, _ = self._engine_output(a, *self._response_and_jacobian(a, want_jacobian=False), False)
         self._check_times(t, type(self).__name__)
         return t[0] if single else t
 
@@ -313,7 +351,7 @@ class ForwardOperator:
                 f"{type(self).__name__}: jacobian takes one model of shape ({self.n_params},); "
                 "use response_and_jacobian for a batch"
             )
-        t, jac = self._response_and_jacobian(a, want_jacobian=True)
+        t, jac = self._engine_output(a, *self._response_and_jacobian(a, want_jacobian=True), True)
         self._check_times(t, type(self).__name__)
         return jac[0]
 
@@ -340,7 +378,7 @@ class ForwardOperator:
             On a model :meth:`response` refuses.
         """
         a, single = self._check_models(m)
-        t, jac = self._response_and_jacobian(a, want_jacobian=True)
+        t, jac = self._engine_output(a, *self._response_and_jacobian(a, want_jacobian=True), True)
         self._check_times(t, type(self).__name__)
         return (t[0], jac[0]) if single else (t, jac)
 
@@ -424,6 +462,9 @@ class JacobianFunction(torch.autograd.Function):
             t, jac = operator._response_and_jacobian(a, want_jacobian=True, jacobian_rows=row_mask)
         else:
             t, jac = operator._response_and_jacobian(a, want_jacobian=want)
+        if pending is None:     # a pending result holds NaN for the sources left out on purpose
+            # (rows skipped by jacobian_rows are empty rows of a full-shape matrix: checked as well)
+            t, jac = operator._engine_output(a, t, jac, want)
         # the contract is checked whether or not the engine skipped rows (same behaviour everywhere)
         ctx.row_mask = row_mask if want else None
         ctx.jacobians = jac
