@@ -32,6 +32,7 @@ CUTS = {
     6: [('SGANPrior(image_shape=(129, 65), device="cuda", random_state=0)',
          "SGANPrior(image_shape=(129, 65), device='cpu', n_filters=4, batch_size=2, n_iterations=1, "
          "random_state=0)")],
+    7: [("n_starts=4, random_state=0)", "n_starts=2, n_epochs=1, random_state=0)")],
 }
 
 
@@ -62,6 +63,7 @@ def test_the_readme_examples_run(tmp_path, monkeypatch):
     assert namespace["result"].pruned.shape == (4, 4)
     assert namespace["posterior"].mean.shape == (1, 129 * 65)
     assert (tmp_path / "sgan_prior").is_dir()
+    assert namespace["mine"].n_cells_ == 129 * 65          # the operator of one's own, fitted
 
 
 def test_the_recorded_example_is_the_scikit_learn_one():
