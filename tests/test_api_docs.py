@@ -120,7 +120,7 @@ def _signature_names(sig):
     return [prefix.get(p.kind, "") + p.name for p in sig.parameters.values()]
 
 
-_DEFAULT = re.compile(r"\bdefault(?:\s*[=:]\s*|\s+(?:is\s+)?)(.+?)\)?\.?$")
+_DEFAULT = re.compile(r"\bdefault(?:\s*[=:]\s*|\s+(?:is\s+)?)(.+?)\.?$")
 
 
 def _stated_default(spec):
@@ -128,7 +128,10 @@ def _stated_default(spec):
     match = _DEFAULT.search(spec)
     if not match:
         return inspect.Parameter.empty
-    text = match.group(1).strip().strip("`")
+    text = match.group(1).strip()
+    if text.endswith(")") and text.count(")") > text.count("("):     # "(default None)": the spec's parenthesis
+        text = text[:-1].rstrip()
+    text = text.strip("`")
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -254,3 +257,60 @@ def test_the_parser():
     assert _stated_default("bool, default ``True``.") is True
     assert _stated_default("int or None, optional (default None)") is None
     assert _stated_default("callable, default paper_crosshole()") is inspect.Parameter.empty
+    assert _stated_default("int, default is 3") == 3
+    # a tuple keeps its closing parenthesis (it lost it, so a tuple default was never checked)
+    assert _stated_default("tuple of int, default=(0, 1, 2)") == (0, 1, 2)
+    assert _stated_default("tuple, optional (default (0, 1)).") == (0, 1)
+
+
+def test_the_parser_is_strict_on_names_order_and_booleans():
+    """A name line without the space before its colon, parameters in another order than the signature's, a
+    default of True documented for a default of 1, and a wrong one of a pair's defaults are problems."""
+    def f(a, b=1):
+        pass
+
+    def doc(*entries):
+        return "Summary.\n\nParameters\n----------\n" + "".join(f"{e}\n    Text.\n" for e in entries)
+
+    assert _problems(doc("a : int", "b : int, default 1"), inspect.signature(f), f) == []
+    assert _problems(doc("a: int", "b : int, default 1"), inspect.signature(f), f) == [
+        "Parameters ['a: int', 'b'] != signature ['a', 'b']"]
+    assert _problems(doc("b : int, default 1", "a : int"), inspect.signature(f), f) == [
+        "Parameters ['b', 'a'] != signature ['a', 'b']"]
+    assert _problems(doc("a : int", "b : bool, default True"), inspect.signature(f), f) == [
+        "b: documented default True, the signature's 1"]
+
+    def g(lo=0.0, hi=2.0):
+        pass
+
+    assert _problems(doc("lo, hi : float, default (0, 2)"), inspect.signature(g), g) == []     # vmin, vmax
+    assert _problems(doc("lo, hi : float, default (0, 1)"), inspect.signature(g), g) == [
+        "hi: documented default 1, the signature's 2.0"]
+
+
+def test_what_counts_as_returning_a_value():
+    """A bare ``return``, ``return None`` and a nested function's ``return`` return nothing; a decorated
+    function is found in its module's source; a generator needs Returns or Yields."""
+    nodoc = "Summary.\n\nParameters\n----------\nx : int\n    Text.\n"
+
+    def bare(x):
+        if x:
+            return
+        if x is None:
+            return None
+
+        def inner():
+            return 1
+        inner()
+
+    @functools.lru_cache(maxsize=None)
+    def cached(x):
+        return x
+
+    def gen(x):
+        yield x
+
+    assert _problems(nodoc, inspect.signature(bare), bare) == []
+    assert _problems(nodoc, inspect.signature(cached), cached) == ["returns a value but has no Returns section"]
+    assert _problems(nodoc, inspect.signature(gen), gen) == ["returns a value but has no Returns section"]
+    assert _problems(nodoc + "\nYields\n------\nint\n    Text.\n", inspect.signature(gen), gen) == []

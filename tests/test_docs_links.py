@@ -19,9 +19,9 @@ def relative_links(text):
     return [t for t in LINK.findall(text) if not re.match(r"^[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
 
 
-def test_the_link_finder_sees_links_and_images_but_not_urls_anchors_or_code():
+def test_the_link_finder_sees_links_and_images_but_not_urls_of_any_scheme_anchors_or_code():
     text = ("[a](x/y.md) ![b](fig.png \"title\") [c](https://e.org/p) [d](#part) `[e](code.md)`\n"
-            "```\n[f](block.md)\n```\n[g](z.json#key)")
+            "```\n[f](block.md)\n```\n[g](z.json#key) [h](mailto:a@e.org) [i](ftp://e.org/f)")
     assert relative_links(text) == ["x/y.md", "fig.png", "z.json#key"]
 
 

@@ -25,9 +25,9 @@ def _dependencies():
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
-def _lower_bounds():
+def _lower_bounds(dependencies=None):
     bounds = {}
-    for dep in _dependencies():
+    for dep in _dependencies() if dependencies is None else dependencies:
         m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*>=\s*([0-9][0-9.]*)", dep)
         assert m, f"pyproject.toml: dependency {dep!r} is not of the form 'name>=version'"
         bounds[m[1].lower()] = tuple(int(x) for x in m[2].split("."))
@@ -46,3 +46,20 @@ def test_declared_lower_bounds_have_the_features_the_code_uses(dist, first, feat
 
 def test_torch_lower_bound_is_kept():
     assert "torch>=2.2" in _dependencies()
+
+
+def test_the_checks_themselves():
+    """The bounds are read from dependencies of the form 'name>=version' only (an upper bound or a marker
+    is refused, not read as the lower bound); a row whose feature no module uses, and a bound below a
+    feature's release, fail."""
+    assert _lower_bounds(["Matplotlib >= 3.7", "numpy>=1.24.2"]) == {"matplotlib": (3, 7), "numpy": (1, 24, 2)}
+    for dep in ("numpy>=1.24,<3", "torch>=2.2; python_version>='3.11'", "scipy"):
+        with pytest.raises(AssertionError, match="is not of the form 'name>=version'"):
+            _lower_bounds([dep])
+    with pytest.raises(AssertionError, match="no module of src/latentinv uses a retired feature"):
+        test_declared_lower_bounds_have_the_features_the_code_uses("matplotlib", (3, 7), "a retired feature",
+                                                                   r"no_such_call_\(")
+    with pytest.raises(AssertionError, match=r"asks for matplotlib>=3\.7, but src/latentinv \(plotting\.py\) uses "
+                                             r"a future feature, new in matplotlib 99\.0"):
+        test_declared_lower_bounds_have_the_features_the_code_uses("matplotlib", (99, 0), "a future feature",
+                                                                   FEATURES[0][3])

@@ -681,7 +681,16 @@ def test_cells_outside_the_colour_scale_are_counted_in_a_warning():
         plotting.plot_model(1 / slowness, grid, vmin=0.06, vmax=0.07)    # the two 0.08s
     with pytest.warns(RuntimeWarning, match=r"plot_models: models\[1\] has 2 cells of 6 outside"):
         plotting.plot_models([np.full(6, 0.5), [0.5, -0.2, 0.5, 1.3, 0.5, 0.5]], grid)
+    # one cell 1e-4 beyond the top counts (the slack is 1e-6 of the scale); the values named are the finite
+    # ones (a NaN cell has its own warning); both warnings point at the caller's line
+    with pytest.warns(RuntimeWarning, match=r"plot_model: model has 1 NaN or infinite cells of 6"), \
+            pytest.warns(RuntimeWarning, match=r"plot_model: model has 1 cells of 6 outside the colour scale "
+                                               r"\[vmin, vmax\] = \[0, 1\] \(values 0 to 1\)") as caught:   # 1.0001 to 4 digits
+        plotting.plot_model(np.array([0.0, 1.0001, np.nan, 0.5, 0.5, 0.5]), grid)
+    assert len(caught) == 2 and [w.filename for w in caught] == [__file__, __file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plotting.plot_model(np.array([0.0, 1.0, 1 + 1e-7, -1e-7, 0.5, 0.5]), grid)   # rounding at the limits
         plotting.plot_model(1 / slowness, grid, vmin=0.06, vmax=0.08)
+        # the slack scales with the colour scale: velocities (m/s) in float32 round by 2.4e-4 at 3000
+        plotting.plot_model(np.float32([1000, 3000.0002, 2000, 2000, 2000, 2000]), grid, vmin=1000, vmax=3000)

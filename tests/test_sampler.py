@@ -747,6 +747,14 @@ def test_initial_latents_from_a_survey_are_its_own_lowest_misfit_starts():
     res.chi2 = np.array([[9.0, 30.0, 4.0], [1.0, 2.0, np.inf]])
     np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 2, survey=0), latents[0][[2, 0]])
     np.testing.assert_array_equal(LatentSampler.initial_latents_from(res, 4, survey=1), latents[1][[0, 1, 2, 0]])
+    # equal misfits, and the starts without a finite one (NaN or inf alike), keep the order of the starts:
+    # NumPy's default sort is not stable (with AVX-512 it reordered these ties), so the chains' starts
+    # would depend on the CPU
+    n = 40
+    tied = SimpleNamespace(latents=np.arange(n * 2, dtype=float).reshape(1, n, 2),
+                           data_rmse=np.tile([0.5, 1.0, np.inf, np.nan], n // 4)[None])
+    expected = np.concatenate([np.arange(0, n, 4), np.arange(1, n, 4), np.sort(np.r_[2:n:4, 3:n:4])])
+    np.testing.assert_array_equal(LatentSampler.initial_latents_from(tied, n), tied.latents[0][expected])
 
 
 @pytest.mark.parametrize("method, preconditioner", [("mala", "empirical"), ("mala", "gauss-newton"),
