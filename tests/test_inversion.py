@@ -2207,3 +2207,25 @@ def test_a_slowness_map_without_gradient_or_changing_its_input_is_refused(proble
         with pytest.raises(ValueError, match=r"slowness_map _in_place_slowness changed its input \(the models\) "
                                              r"in place; expected a function that returns a new tensor"):
             est.fit(tt)
+
+
+class _NumpyMapWithParameter(torch.nn.Module):
+    """A map computed in NumPy, scaled by its own parameter: its result requires a gradient, but not
+    through the models."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return self.scale * torch.as_tensor(14.0 + 4.0 * x.detach().cpu().numpy())
+
+
+def test_a_slowness_map_whose_gradient_does_not_reach_the_models_is_refused(problem):
+    """``s.requires_grad`` alone passed a map whose only gradient is to its own parameters: the SGD then
+    had no data gradient, as with a NumPy map."""
+    op, gen, _, _, tt = problem
+    with pytest.raises(ValueError, match=r"^LatentInverter: slowness_map _NumpyMapWithParameter returned a tensor "
+                                         r"without a gradient"):
+        LatentInverter(gen, op, slowness_map=_NumpyMapWithParameter(), device="cpu").fit(tt)
+    LatentInverter(gen, op, slowness_map=LinearVelocitySlowness(), device="cpu").fit(tt)   # differentiable: accepted

@@ -166,7 +166,8 @@ def check_slowness_map_call(fn, x, needs_gradient, owner):
     x0 = x[:1].detach().clone()
     if needs_gradient:
         with torch.enable_grad():
-            xv = x0.clone().requires_grad_(True) * 1.0   # not a leaf: an in-place change is allowed, seen below
+            leaf = x0.clone().requires_grad_(True)
+            xv = leaf * 1.0   # not a leaf: an in-place change is allowed, seen below
             try:
                 s = fn(xv)
             except RuntimeError as err:      # e.g. x.numpy() on a tensor that requires grad
@@ -181,7 +182,10 @@ def check_slowness_map_call(fn, x, needs_gradient, owner):
     if not bool(((after == x0) | (torch.isnan(after) & torch.isnan(x0))).all()):   # NaN models: reported below
         raise ValueError(f"{owner}: slowness_map {map_name} changed its input (the models) in place; "
                          "expected a function that returns a new tensor")
-    if needs_gradient and torch.is_tensor(s) and not s.requires_grad:
+    if needs_gradient and torch.is_tensor(s) and s.requires_grad:   # through x, not only the map's own parameters
+        with torch.enable_grad():
+            s_requires_x = torch.autograd.grad(s, leaf, torch.ones_like(s), allow_unused=True)[0] is not None
+    if needs_gradient and torch.is_tensor(s) and not (s.requires_grad and s_requires_x):
         raise ValueError(f"{owner}: slowness_map {map_name} returned a tensor without a gradient (computed "
                          "outside torch, e.g. in NumPy, or detached); expected a differentiable torch "
                          "function of the models: the inversion's gradient flows through it")
