@@ -694,3 +694,16 @@ def test_cells_outside_the_colour_scale_are_counted_in_a_warning():
         plotting.plot_model(1 / slowness, grid, vmin=0.06, vmax=0.08)
         # the slack scales with the colour scale: velocities (m/s) in float32 round by 2.4e-4 at 3000
         plotting.plot_model(np.float32([1000, 3000.0002, 2000, 2000, 2000, 2000]), grid, vmin=1000, vmax=3000)
+
+
+def test_the_colour_scale_warning_names_vmin_and_vmax_only_where_they_can_be_passed():
+    """plot_inversion_summary and plot_posterior draw on a fixed colour scale: the warning told their callers
+    to "pass vmin and vmax", which neither takes."""
+    grid = Grid2D(3, 2)
+    with pytest.warns(RuntimeWarning, match=r"plot_inversion_summary: models\['a'\] has 1 cells of 6 outside the "
+                                            r"colour scale .*plot_inversion_summary's colour scale is fixed "
+                                            r"\(plot_model takes vmin and vmax\)$"):
+        plotting.plot_inversion_summary(None, {"a": np.array([0.0, 1.5, 0.5, 0.5, 0.5, 0.5])}, grid, velocities=None,
+                                        show_model_rmse=False)
+    with pytest.warns(RuntimeWarning, match=r"for values in other units pass vmin and vmax$"):
+        plotting.plot_model(np.array([0.0, 1.5, 0.5, 0.5, 0.5, 0.5]), grid)

@@ -174,8 +174,10 @@ def _draw_model(ax, model, grid, cmap=MODEL_CMAP, vmin=0.0, vmax=1.0, title=None
     if n_out:   # imshow clips them without a word: a model in other units (velocities) looks uniform
         warnings.warn(f"{owner}: {name} has {n_out} cells of {image.size} outside the colour scale "
                       f"[vmin, vmax] = [{vmin:g}, {vmax:g}] (values {finite.min():.4g} to {finite.max():.4g}): "
-                      "drawn in the limits' colours. Model values are in [0, 1] (1 = channel); for values in "
-                      "other units pass vmin and vmax", RuntimeWarning, stacklevel=caller_stacklevel())
+                      "drawn in the limits' colours. Model values are in [0, 1] (1 = channel); "
+                      + ("for values in other units pass vmin and vmax" if owner in ("plot_model", "plot_models")
+                         else f"{owner}'s colour scale is fixed (plot_model takes vmin and vmax)"),
+                      RuntimeWarning, stacklevel=caller_stacklevel())
     im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, extent=_extent(grid), origin="upper",
                    interpolation="nearest")
     ax.set_aspect("equal")
