@@ -154,6 +154,43 @@ def engine_tags(tags):
     return tags
 
 
+class ModelScoreMixin:
+    """``score`` of both estimators, placed before scikit-learn's ``RegressorMixin``, whose own ``score``
+    (``r2_score(y, predict(X))`` over the cells as outputs) would come first in the method order."""
+
+    def score(self, X, y, sample_weight=None):
+        """Mean over surveys of the R^2 of the predicted model (:meth:`predict`: the lowest-misfit model
+        of :class:`LatentInverter`, the posterior mean of :class:`LatentSampler`) against the true model
+        ``y`` (over the cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal
+        weights).
+
+        This is the default ``scoring`` of ``GridSearchCV`` and ``cross_validate``. ``scoring="r2"`` is
+        another number: scikit-learn's ``r2_score(y, predict(X))`` takes the cells as its outputs, so it
+        is the R^2 of each cell over the surveys, averaged over the cells.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_surveys, n_data)
+            Traveltimes (ns), given to :meth:`predict`.
+        y : array-like of shape (n_surveys, n_cells) or (n_surveys, n_rows, n_cols)
+            True models (values in [0, 1] with a prior whose models lie there).
+        sample_weight : array-like of shape (n_surveys,), default=None
+            Weights >= 0, not all 0; None: equal weights.
+
+        Returns
+        -------
+        score : float
+            At most 1.
+
+        Raises
+        ------
+        ValueError
+            For ``y=None``, or ``y`` or ``sample_weight`` that does not match ``X`` or the grid, or ``y``
+            outside [0, 1] with such a prior (checked before :meth:`predict` runs).
+        """
+        return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
+
+
 class LatentEstimatorBase(BaseEstimator):
     """Base of the engine's estimators (not for direct use). Subclasses define ``_check_params``
     (ending with :meth:`_check_common_params`), ``_fit_schedule(op)`` and optionally

@@ -13,7 +13,7 @@ from .._allocator import tune_malloc_for_tensors
 from .._checks import caller_stacklevel
 from .._common import native_bfloat16 as _native_bfloat16
 from . import graphed
-from .base import LatentEstimatorBase, engine_tags
+from .base import LatentEstimatorBase, ModelScoreMixin, engine_tags
 from .equations import has_a_medium, paper_slowness
 from .parallel import run_chunks, survey_chunks
 from .randomness import EpochStreams, replayable_seed
@@ -28,7 +28,7 @@ class PrecisionWarning(UserWarning):
     """A reduced-precision run's selected model fits the data more than 1 % differently in float32."""
 
 
-class LatentInverter(RegressorMixin, LatentEstimatorBase):
+class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
     """Traveltime inversion by stochastic gradient descent in the latent space of a generator.
 
     Lopez-Alvis et al. (2021), Section 2.4, Eqs. 20-25 (linear operator) and Eq. 28 (nonlinear).
@@ -488,36 +488,6 @@ class LatentInverter(RegressorMixin, LatentEstimatorBase):
         from ..baselines import warn_if_no_better_than_homogeneous
         best = np.min(np.where(np.isfinite(result.data_rmse), result.data_rmse, np.inf), axis=1)
         warn_if_no_better_than_homogeneous(type(self).__name__, best, result.homogeneous_rmse)
-
-    def score(self, X, y, sample_weight=None):
-        """Mean over surveys of the R^2 of the predicted model against the true model ``y`` (over the
-        cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights).
-
-        This is the default ``scoring`` of ``GridSearchCV`` and ``cross_validate``. ``scoring="r2"`` is
-        another number: scikit-learn's ``r2_score(y, predict(X))`` takes the cells as its outputs, so it
-        is the R^2 of each cell over the surveys, averaged over the cells.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_surveys, n_data)
-            Traveltimes (ns), inverted by :meth:`predict`.
-        y : array-like of shape (n_surveys, n_cells) or (n_surveys, n_rows, n_cols)
-            True models (values in [0, 1] with a prior whose models lie there).
-        sample_weight : array-like of shape (n_surveys,), default=None
-            Weights >= 0, not all 0; None: equal weights.
-
-        Returns
-        -------
-        score : float
-            At most 1.
-
-        Raises
-        ------
-        ValueError
-            For ``y=None``, or ``y`` or ``sample_weight`` that does not match ``X`` or the grid, or ``y``
-            outside [0, 1] with such a prior (checked before the inversion).
-        """
-        return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
 
     # -- the engine ------------------------------------------------------------------------------------
     def _prune_every(self):

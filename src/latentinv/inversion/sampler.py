@@ -18,7 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from .._checks import is_int
-from .base import LatentEstimatorBase, engine_tags
+from .base import LatentEstimatorBase, ModelScoreMixin, engine_tags
 from .history import History
 from .mcmc import (INITIAL_STEP, KERNELS, TARGET_ACCEPTANCE, ChainStreams, Preconditioner, StepAdaptation,
                    adaptation_windows, evaluate, from_latent)
@@ -147,7 +147,7 @@ def gauss_newton_conflict(method):
             "de": "its difference moves do not use a covariance"}.get(method)
 
 
-class LatentSampler(RegressorMixin, LatentEstimatorBase):
+class LatentSampler(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
     """Posterior sampling of the latent vector by batched Markov chain Monte Carlo.
 
     The Bayesian counterpart of :class:`LatentInverter` (Lopez-Alvis et al., 2021, Section 1
@@ -389,36 +389,6 @@ class LatentSampler(RegressorMixin, LatentEstimatorBase):
             ``sample(X).mean`` (flat C order).
         """
         return self.sample(X).mean
-
-    def score(self, X, y, sample_weight=None):
-        """Mean over surveys of the R^2 of the posterior mean model against the true model ``y`` (over the
-        cells), weighted by ``sample_weight`` (one weight >= 0 per survey; None: equal weights).
-
-        This is the default ``scoring`` of ``GridSearchCV`` and ``cross_validate``. ``scoring="r2"`` is
-        another number: scikit-learn's ``r2_score(y, predict(X))`` takes the cells as its outputs, so it
-        is the R^2 of each cell over the surveys, averaged over the cells.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_surveys, n_data)
-            Traveltimes (ns), sampled by :meth:`predict`.
-        y : array-like of shape (n_surveys, n_cells) or (n_surveys, n_rows, n_cols)
-            True models (values in [0, 1] with a prior whose models lie there).
-        sample_weight : array-like of shape (n_surveys,), default=None
-            Weights >= 0, not all 0; None: equal weights.
-
-        Returns
-        -------
-        score : float
-            At most 1.
-
-        Raises
-        ------
-        ValueError
-            For ``y=None``, or ``y`` or ``sample_weight`` that does not match ``X`` or the grid, or ``y``
-            outside [0, 1] with such a prior (checked before the sampling).
-        """
-        return self._r2_against(X, lambda: self.predict(X), y, sample_weight)
 
     def sample(self, X):
         """Sample the posterior of each survey of ``X`` (traveltimes, ns): a :class:`PosteriorResult`.
