@@ -154,6 +154,22 @@ def engine_tags(tags):
     return tags
 
 
+def _check_linear_kernel(op, s, t, owner):
+    """A linear operator's ``response`` ``t`` at slowness ``s`` (rows) is the product with its Jacobian,
+    which the engine takes as the operator (``jacobian(ones)``): an operator that declares ``is_linear``
+    but is not, or whose response disagrees with its Jacobian, inverted data of one operator with another
+    without a word."""
+    kernel_t = np.asarray(op.jacobian(np.ones(op.n_params)) @ s.T).T
+    err = np.abs(kernel_t - t).max(initial=0.0)
+    if not err <= 1e-6 * max(np.abs(t).max(initial=0.0), 1e-300):
+        k, j = np.unravel_index(np.argmax(np.abs(kernel_t - t)), t.shape)
+        raise ValueError(
+            f"{owner}: the operator {type(op).__name__} declares is_linear = True, but its response "
+            f"differs from its Jacobian times the model (jacobian(m) @ m, the engine's kernel): "
+            f"{t[k, j]:.6g} against {kernel_t[k, j]:.6g} ns at datum {j} of the generator's model {k}. "
+            "A linear operator's jacobian must not depend on m; set is_linear = False otherwise")
+
+
 class ModelScoreMixin:
     """``score`` of both estimators, placed before scikit-learn's ``RegressorMixin``, whose own ``score``
     (``r2_score(y, predict(X))`` over the cells as outputs) would come first in the method order."""
@@ -485,7 +501,12 @@ class LatentEstimatorBase(BaseEstimator):
             slowness = (self.slowness_map or paper_slowness)(out.clone())
             self._check_generator_output(out, slowness, f"at {len(probes)} test latents in fit")
         check_slowness_map_call(self.slowness_map, out, self._slowness_map_needs_gradient(), name)
-        self._prior_traveltimes = self._median_traveltimes(op, slowness[:_SCALE_PROBES], name)
+        probe = slowness[:_SCALE_PROBES].detach().double().cpu().numpy()
+        t_probe = np.asarray(op.response(probe)).reshape(len(probe), -1)
+        if op.is_linear:
+            _check_linear_kernel(op, probe, t_probe, name)
+        # per datum, the median traveltime (ns) of a few of the prior's models: the scale of the data
+        self._prior_traveltimes = np.median(t_probe, axis=0)
         self.operator_ = op
         self.n_cells_ = int(op.n_params)
         self._fit_schedule(op)
@@ -493,27 +514,6 @@ class LatentEstimatorBase(BaseEstimator):
         self._fitted_params = _param_snapshot(params)
         self._fitted_contents = _operator_contents(params, self._free_params)
         return self
-
-    @staticmethod
-    def _median_traveltimes(op, slowness, name):
-        """Per datum, the median traveltime (ns) of a few of the prior's models (fit keeps it to judge
-        the scale of the data it inverts). For a linear operator, also that ``response`` is the product
-        with the Jacobian, which the engine takes as the operator (``jacobian(ones)``): an operator that
-        declares ``is_linear`` but is not, or whose response disagrees with its Jacobian, inverted data
-        of one operator with another without a word."""
-        s = slowness.detach().double().cpu().numpy()
-        t = np.asarray(op.response(s)).reshape(len(slowness), -1)
-        if op.is_linear:
-            kernel_t = np.asarray(op.jacobian(np.ones(op.n_params)) @ s.T).T
-            err = np.abs(kernel_t - t).max(initial=0.0)
-            if not err <= 1e-6 * max(np.abs(t).max(initial=0.0), 1e-300):
-                k, j = np.unravel_index(np.argmax(np.abs(kernel_t - t)), t.shape)
-                raise ValueError(
-                    f"{name}: the operator {type(op).__name__} declares is_linear = True, but its response "
-                    f"differs from its Jacobian times the model (jacobian(m) @ m, the engine's kernel): "
-                    f"{t[k, j]:.6g} against {kernel_t[k, j]:.6g} ns at datum {j} of the generator's model {k}. "
-                    "A linear operator's jacobian must not depend on m; set is_linear = False otherwise")
-        return np.median(t, axis=0)
 
     def _warn_if_off_scale(self, Y, sigma=None):
         """Warn (:class:`DataScaleWarning`) when the traveltimes to invert, or ``noise_std`` (``sigma``, ns, or
