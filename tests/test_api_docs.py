@@ -22,7 +22,7 @@ import pytest
 
 import latentinv
 
-MODULES = ("latentinv.metrics", "latentinv.plotting", "latentinv.datasets", "latentinv.baselines",
+MODULES = ("latentinv.metrics", "latentinv.operators.checks", "latentinv.plotting", "latentinv.datasets", "latentinv.baselines",
            "latentinv.inversion", "latentinv.inversion.posterior")
 
 

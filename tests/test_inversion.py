@@ -2060,8 +2060,8 @@ def test_a_selected_model_without_a_medium_is_named(problem):
 # a user's own operator, generator and slowness map: contract violations named (the extending trial)
 # ---------------------------------------------------------------------------------------------------
 class BrokenEngine(QuadraticOperator):
-    """QuadraticOperator whose engine breaks the contract one way: NaN at datum 3, one datum short, or
-    transposed Jacobians."""
+    """QuadraticOperator whose engine breaks the contract one way: NaN at datum 3, inf at datum 5, one
+    datum short, or transposed Jacobians."""
 
     def __init__(self, base, how):
         super().__init__(base)
@@ -2074,6 +2074,8 @@ class BrokenEngine(QuadraticOperator):
         t, jac = super()._response_and_jacobian(m, want_jacobian)
         if self.how == "nan":
             t[:, 3] = np.nan
+        elif self.how == "inf":
+            t[:, 5] = np.inf
         elif self.how == "short":
             t = t[:, :-1]
         elif jac is not None:
@@ -2083,6 +2085,9 @@ class BrokenEngine(QuadraticOperator):
 
 @pytest.mark.parametrize("how, match", [
     ("nan", r"returned 1 NaN traveltimes \(the first: datum 3 of model 0\); expected finite traveltimes"),
+    # an engine's inf was reported as an overflow ("the slowness is too large"), blaming the model
+    ("inf", r"returned 1 infinite traveltimes \(the first: datum 5 of model 0\) for slowness at most 1[0-9.]+ "
+            r"ns/m, which cannot overflow float64 along any path shorter than 1e12 m; expected finite"),
     ("short", r"must return traveltimes of shape \(n_models, n_data\) = \(1, 36\), got shape \(1, 35\)"),
     ("transposed", r"must return one Jacobian of shape \(n_data, n_params\) = \(36, 96\) per model \(1\), "
                    r"got \[\(96, 36\)\]"),

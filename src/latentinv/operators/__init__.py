@@ -3,10 +3,11 @@
 All operators share the contract of :class:`~latentinv.operators._base.ForwardOperator`.
 """
 from ._base import ForwardOperator, JacobianFunction, PendingResponse
+from .checks import check_operator
 from .straight_ray import StraightRayOperator, straight_ray_matrix
 
 __all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "StraightRayOperator", "straight_ray_matrix",
-           "ShortestPathOperator", "PyGimliOperator"]
+           "ShortestPathOperator", "PyGimliOperator", "check_operator"]
 
 
 def __getattr__(name):

@@ -25,8 +25,8 @@ infinite traveltimes (ValueError naming the operator). Optional: ``is_linear = T
 is ``jacobian(m) @ m`` with a Jacobian independent of ``m`` (the estimators then use ``jacobian(ones)`` as
 the kernel and check it against ``response`` in ``fit``); ``get_params()`` returning the constructor's
 arguments, for ``set_params(operator__...)`` and searches. A nonlinear operator's Jacobian is not checked
-against ``response``: compare it with a finite difference once (for traveltimes,
-``jacobian(m) @ m == response(m)`` also holds).
+against ``response`` in ``fit``: run :func:`~latentinv.operators.check_operator` once (finite differences,
+homogeneity of traveltimes, determinism, batches, the torch bridge).
 """
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ __all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "check_slow
 #: speeds (m/ns) above this, over three times light's in vacuum (0.2998 m/ns), are a mix-up of units
 #: (a slowness in ns/m read as a velocity, times in s read as ns), never a medium
 IMPLAUSIBLE_SPEED = 1.0
+
+#: slowness (ns/m) below which no path shorter than 1e12 m overflows float64: an infinite traveltime
+#: for such a model is the engine's, not the model's
+_NO_OVERFLOW = np.finfo(np.float64).max / 1e12
 
 #: floating dtypes a torch model may have (the output of ``forward`` keeps the model's dtype)
 TORCH_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -264,7 +268,7 @@ class ForwardOperator:
 
     def _engine_output(self, a, t, jac, want_jacobian):
         """What ``_response_and_jacobian`` returned for models ``a``, checked against the contract:
-        traveltimes ``(n_models, n_data)``, no NaN (a user's engine returning NaN made the SGD fail
+        traveltimes ``(n_models, n_data)``, no NaN or infinity below overflow (a user's engine returning NaN made the SGD fail
         with "no start gave a finite misfit" and the MCMC chains stall without a word, and a wrong
         shape failed later with an IndexError far from the operator), and with ``want_jacobian`` one
         matrix ``(n_data, n_params)`` per model (a transposed one failed in the backward pass)."""
@@ -278,6 +282,13 @@ class ForwardOperator:
             k, j = np.argwhere(nan)[0]
             raise ValueError(f"{name}: returned {int(nan.sum())} NaN traveltimes (the first: datum {j} of "
                              f"model {k}); expected finite traveltimes (ns) for every datum")
+        inf = np.isinf(t)
+        if inf.any() and a.size and a.max() <= _NO_OVERFLOW:
+            # (beyond _NO_OVERFLOW the overflow check of _check_times names the slowness instead)
+            k, j = np.argwhere(inf)[0]
+            raise ValueError(f"{name}: returned {int(inf.sum())} infinite traveltimes (the first: datum {j} of "
+                             f"model {k}) for slowness at most {a.max():.3g} ns/m, which cannot overflow float64 "
+                             "along any path shorter than 1e12 m; expected finite traveltimes (ns) for every datum")
         if want_jacobian:
             shapes = [getattr(J, "shape", None) for J in (jac or [])]
             if len(shapes) != len(a) or any(s != (self.n_data, self.n_params) for s in shapes):
