@@ -2234,3 +2234,20 @@ def test_a_slowness_map_whose_gradient_does_not_reach_the_models_is_refused(prob
                                          r"without a gradient"):
         LatentInverter(gen, op, slowness_map=_NumpyMapWithParameter(), device="cpu").fit(tt)
     LatentInverter(gen, op, slowness_map=LinearVelocitySlowness(), device="cpu").fit(tt)   # differentiable: accepted
+
+
+def test_the_papers_defaults_on_a_small_survey_as_the_readme_says(problem):
+    """The README: on this survey (36 rays of 0.8 m, one step per epoch) the defaults fit noise-free data
+    to 0.14-0.29 ns, lr=0.05 to 0.08-0.11 ns, a constant step without regularization exactly: lr and lam are
+    in the data term's units, sized for the paper's survey."""
+    op, gen, _, models, tt = problem
+
+    def data_rmse(**kw):
+        inv = LatentInverter(gen, op, device="cpu", random_state=0, **kw).fit(tt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BaselineWarning)
+            return np.sqrt(np.mean((inv.simulate(inv.predict(tt)) - tt) ** 2, axis=1))
+
+    np.testing.assert_allclose(data_rmse(), [0.14, 0.29], atol=0.01)
+    np.testing.assert_allclose(data_rmse(lr=0.05), [0.08, 0.11], atol=0.01)
+    assert data_rmse(regularization=None, lr_decay=1.0, n_epochs=2000).max() < 1e-3

@@ -55,7 +55,10 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
         slowness is not positive (the iterates left the region where the map is), :meth:`invert` warns.
     optimizer : {"sgd", "adam"}, default="sgd"
     lr : float, default=1e-2
-        Initial step size (Eq. 20).
+        Initial step size (Eq. 20). In latent units per unit of the data term's gradient (the squared
+        residuals of a mini-batch, ns**2, summed): the paper's value (Table 1) is sized for its 625 rays
+        of 6-13 m in batches of 25. Fewer, shorter or differently scaled data give smaller gradients
+        and fewer steps per epoch, so the SGD moves less; search over ``lr`` and ``lam`` (README).
     lr_decay : float, default=0.95
         Factor applied to the step size every ``decay_every`` epochs (Eq. 21).
     decay_every : int, default=1
@@ -66,7 +69,9 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
         ``"ring"``: ``lambda (||z|| - mu_chi)**2`` (Eqs. 23-24, normal latents only); ``"origin"``:
         ``lambda ||z||**2``.
     lam : float, default=10.0
-        Initial regularisation weight.
+        Initial regularisation weight, in the data term's units (ns**2 per mini-batch; Table 1's value
+        for the paper's survey). Against a smaller data term (fewer or shorter rays) it weighs more and
+        pulls the latent norm toward ``mu_chi`` (Eq. 23) at the data's expense.
     lam_decay : float, default=0.999
         Factor applied to lambda every iteration (Eq. 22).
     n_epochs : int, default=120
