@@ -339,3 +339,57 @@ def test_pygimlis_own_jacobian_fails_where_its_docstring_says():
     with pytest.raises(ValueError) as err:
         check_operator(PyGimliOperator(grid, survey, n_secondary_nodes=0, backend="pygimli"))
     assert _failed(err) == ["homogeneous_jacobian", "jacobian"]
+
+
+def test_a_datum_of_zero_traveltime_passes():
+    """A datum whose ray crosses no cell (an empty row) has a zero traveltime, which is not negative."""
+    G = sp.vstack([_straight_matrix(), sp.csr_matrix((1, 96))]).tocsr()
+    report = check_operator(MatrixOperator(G))
+    assert report["jacobian"] == 0.0 and report["linear_response"] < 1e-12
+
+
+class _NaNForward(MatrixOperator):
+    def forward(self, m, jacobian_rows=None, pending=None):
+        out = super().forward(m)
+        return out * torch.where(torch.arange(self.n_data) == 4, torch.nan, 1.0).double()
+
+
+def test_a_nan_measured_fails():
+    with pytest.raises(ValueError, match=r"fails 2 check") as err:
+        check_operator(_NaNForward(_straight_matrix()))
+    assert _failed(err) == ["forward", "forward_gradient"] and "(measured nan, limit 1e-06)" in str(err.value)
+
+
+def test_the_rounding_of_the_traveltimes_is_allowed_for_at_a_tight_rtol():
+    """At rtol = 1e-14 (sqrt: 1e-7), float64 rounding over h = 1e-6 (about 2e-10 of a traveltime) exceeds
+    the relative tolerance of a small derivative: without the rounding term in the tolerance, 0.28 % of
+    these data counted."""
+    from latentinv import ShortestPathOperator
+    report = check_operator(ShortestPathOperator(*_small()), rtol=1e-14, n_models=10, homogeneous=False,
+                            random_state=3)
+    assert report["jacobian"] == 0.0
+
+
+class _InfiniteEngine(MatrixOperator):
+    def __init__(self, matrix, value):
+        super().__init__(matrix)
+        self.value = value
+
+    def _response_and_jacobian(self, m, want_jacobian):
+        t, J = super()._response_and_jacobian(m, want_jacobian)
+        t[:, [5, 7]] = self.value
+        return t, J
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_infinite_traveltimes_below_overflow_name_the_engine(value):
+    """-inf as well as inf (-inf was reported as an overflow of float64, blaming the slowness); above
+    the slowness that can overflow, the overflow message names the slowness."""
+    op = _InfiniteEngine(_straight_matrix(), value)
+    with pytest.raises(ValueError, match=r"^_InfiniteEngine\._response_and_jacobian: returned 2 infinite "
+                                         r"traveltimes \(the first: datum 5 of model 0\) for slowness at most 12\.5 "
+                                         r"ns/m, which cannot overflow"):
+        op.response(np.full(96, 12.5))
+    with pytest.raises(ValueError, match=r"^_InfiniteEngine: traveltimes overflow float64 \(datum 5 of model 0 "
+                                         r"is -?inf ns.*the slowness is too large for this dtype"):
+        op.response(np.full(96, 1e300))
