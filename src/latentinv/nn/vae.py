@@ -32,7 +32,9 @@ e.g. 1000 / (100 * 20) = 0.5 for the paper's settings.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import Callable, Sequence, Tuple, Union
 
 import torch
@@ -687,6 +689,22 @@ def vae_loss(x_hat, x, mu, logvar, beta=1000.0):
 Factory = Callable[..., nn.Module]
 
 
+#: held while torch's global CPU RNG is forked and seeded to build a network (here and in SGANPrior):
+#: ``torch.random.fork_rng`` saves and restores one process-wide state, so two threads building at once drew
+#: from each other's seeds (other weights than the same seed builds alone) and left the caller's state changed
+_GLOBAL_RNG_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _forked_global_rng(seed=None):
+    """torch's global CPU RNG seeded with ``seed`` (None: as it is) inside the block and restored after it,
+    one thread of the process at a time (:data:`_GLOBAL_RNG_LOCK`)."""
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        yield
+
+
 def build_vae(architecture: Union[str, Factory], input_shape, n_components, *,
               channels=REFERENCE_CHANNELS, kernel_sizes=REFERENCE_KERNEL_SIZES,
               hidden_size=REFERENCE_HIDDEN_SIZE, output_activation="sigmoid", seed=None):
@@ -706,16 +724,16 @@ def build_vae(architecture: Union[str, Factory], input_shape, n_components, *,
         Architecture parameters of the built-in modules.
     seed : int or None
         Initialisation seed. The module is built under
-        :func:`torch.random.fork_rng`, so torch's global RNG is left unchanged.
+        :func:`torch.random.fork_rng`, so torch's global RNG is left unchanged, and one build at a
+        time in the process: builds in several threads at once give the weights of the same builds
+        in turn (a draw from torch's global RNG in another thread meanwhile is not covered).
 
     Returns
     -------
     module : nn.Module
         On the CPU, float32, in training mode.
     """
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(int(seed))
+    with _forked_global_rng(seed):
         if callable(architecture):
             module = architecture(input_shape, n_components)
             missing = [m for m in ("encode", "decode") if not callable(getattr(module, m, None))]
