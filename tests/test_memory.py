@@ -284,6 +284,31 @@ def test_a_sampler_batch_is_refused_one_byte_short_of_its_lower_bound(problem, m
         s.sample(tt[:1])
 
 
+@pytest.mark.parametrize("cls", [LatentInverter, LatentSampler])
+def test_the_rows_data_are_not_copied_before_the_check(problem, monkeypatch, cls):
+    """The batch's problem is built before its check, and it copied the data and the weights to every row, in
+    float64 first (8 bytes per datum and row, then 4 in float32, for each; the check counts 4 for the data):
+    40000 rows of 36 data took 11 MiB of NumPy's before a refusal, and a batch too large was found out by those
+    copies (NumPy's MemoryError for a "(40000000, 36) float64" array, 2 surveys of 2e7 starts), or by the
+    out-of-memory killer, instead of the check. NumPy's allocations are traced by tracemalloc; the rows' data
+    are now made at their first use, after the check, and the weights are one row's, broadcast."""
+    import tracemalloc
+    op, gen, tt = problem
+    rows = {"n_starts": 20_000} if cls is LatentInverter else {"n_chains": 20_000, "n_samples": 1, "n_burnin": 1}
+    est = cls(gen, op, noise_std=0.5, n_epochs=1, random_state=0, device="cpu", **rows) if cls is LatentInverter \
+        else cls(gen, op, noise_std=0.5, random_state=0, device="cpu", **rows)
+    est.fit(tt)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2 ** 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MemoryError, match=r"2 surveys x n_\w+=20000 = 40000 rows need at least"):
+            est.predict(tt)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 ** 20, peak
+
+
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="Linux's peak-RSS reset")
 def test_the_checked_bound_is_below_the_memory_a_run_takes_and_most_of_it():
     """The bound that invert checks against the memory available, against the peak resident memory that

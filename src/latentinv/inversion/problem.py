@@ -79,14 +79,24 @@ class LatentProblem:
         self.n_surveys, self.n_data = Y.shape
         self.n_starts = int(n_starts)
         self.n_rows = self.n_surveys * self.n_starts
-        self.y = torch.tensor(np.repeat(Y, self.n_starts, axis=0), dtype=dtype, device=device)
+        # nothing of R rows yet: the estimators check that a batch fits in memory after building its problem
+        # (latentinv._memory), so the rows' data are made at their first use (float64 copies of R rows, as
+        # before, could take more memory than the check counts before it ran); the weights are one row's
+        self._Y, self._y = torch.tensor(np.ascontiguousarray(Y), dtype=dtype, device=device), None
         self.w = (None if sigma is None else
-                  torch.tensor(np.tile(1.0 / sigma**2, (self.n_rows, 1)), dtype=dtype, device=device))
+                  torch.tensor(1.0 / sigma**2, dtype=dtype, device=device).expand(self.n_rows, self.n_data))
         self._selected = None       # (rows, y[rows], w[rows]) of the last selection (see _observed)
         self.is_linear = bool(getattr(operator, "is_linear", False))
         self.paper_gradient = not self.is_linear and nonlinear_gradient == "paper"
         self.traveltimes = traveltime_evaluator(operator, device, dtype, paper_gradient=self.paper_gradient,
                                                 allow_pending=allow_pending)
+
+    @property
+    def y(self):
+        """Observed traveltimes of every row, ``(R, n_data)`` (a survey's row repeated ``n_starts`` times)."""
+        if self._y is None:
+            self._y = self._Y.repeat_interleave(self.n_starts, dim=0)
+        return self._y
 
     @property
     def pending(self):
