@@ -1,11 +1,31 @@
 """Parameter checks shared by the estimators and the data sets (no torch: :mod:`latentinv.datasets`,
 which imports this, stays light)."""
 
+import contextlib
 import inspect
 import os
+import threading
+import warnings
 from numbers import Integral
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+#: held while one of the package's sections has changed the warnings filters: ``warnings.catch_warnings``
+#: saves and restores the process-wide list, so two such sections overlapping in two threads left the
+#: first one's filters in place for good (among them an "ignore" of every warning)
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def ignoring_warnings(*filters):
+    """Warnings that match ``filters`` (keyword arguments of :func:`warnings.filterwarnings`: ``message``,
+    ``category``) ignored inside the block, one such section of the package at a time. The filters are the
+    process's, shared by its threads: a warning of another thread that matches them meanwhile is ignored too,
+    so they stay narrow."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        for f in filters:
+            warnings.filterwarnings("ignore", **f)
+        yield
 
 
 def is_int(value, minimum=None):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ._checks import caller_stacklevel, check_random_state, is_int
+from ._checks import caller_stacklevel, check_random_state, ignoring_warnings, is_int
 
 __all__ = ["ModelFileError", "UnverifiedModelWarning"]
 
@@ -278,8 +278,9 @@ def _numeric_input(X, what, owner):
     dtype = getattr(X, "dtype", None)
     if not isinstance(dtype, np.dtype):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            # NumPy before 1.24 warns of ragged lists (an object array, refused by check_array after this)
+            with ignoring_warnings(dict(category=DeprecationWarning),
+                                   dict(category=getattr(np, "exceptions", np).VisibleDeprecationWarning)):
                 dtype = np.asarray(X).dtype
         except (TypeError, ValueError):
             return X  # ragged or odd input: check_array names the problem

@@ -31,11 +31,12 @@ homogeneity of traveltimes, determinism, batches, the torch bridge).
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from .._checks import ignoring_warnings
 
 __all__ = ["ForwardOperator", "JacobianFunction", "PendingResponse", "check_slowness_tensor",
            "check_times_tensor", "smallest_slowness"]
@@ -568,8 +569,8 @@ def torch_csr(M, dtype):
     def vector(a, dt):
         return torch.as_tensor(a, dtype=dt).clone(memory_format=torch.contiguous_format)
 
-    with warnings.catch_warnings():  # torch flags sparse CSR as beta; latentinv uses it read-only
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+    # torch flags sparse CSR as beta; latentinv uses it read-only
+    with ignoring_warnings(dict(message="Sparse CSR tensor support is in beta"),
+                           dict(message="Sparse invariant checks are implicitly disabled")):
         return torch.sparse_csr_tensor(vector(M.indptr, torch.int64), vector(M.indices, torch.int64),
                                        vector(M.data, dtype), size=M.shape, check_invariants=True)
