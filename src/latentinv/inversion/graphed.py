@@ -197,6 +197,7 @@ def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, 
                       cfg.prune_every)
     if why is not None:
         raise ValueError(f"the static SGD step cannot run this problem: {why}")
+    problem.y     # the rows' data, made at first use: made here, never inside a capture (where nothing runs)
     R, d = z.shape
     history = History(problem, cfg.n_iterations, z, problem.operator.n_params)
     stopping = Stopping(R, problem.n_starts, d, z.device, target_misfit=cfg.target_misfit)
