@@ -159,7 +159,15 @@ def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch,
     assert len(est.set_params(chunk_size=1).fit(tt).invert(tt).models) == 2
     # one byte short of one survey: not even one fits
     monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row - 1)
-    with pytest.raises(MemoryError, match="Not even one survey fits: lower n_starts"):
+    with pytest.raises(MemoryError, match=r"Not even one survey fits: lower n_starts to at most 4\.$"):
+        est.invert(tt[:1])
+    # one byte short of one start: fewer starts cannot help, fewer iterations can (their records, 2 float32
+    # histories on the device and 4 float64 in the result per iteration: 40 bytes each)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per_row - 1)
+    records = memory._size(40 * est.n_iterations_)
+    with pytest.raises(MemoryError, match=rf"Not even one start fits: one takes {memory._size(per_row)}, "
+                                          rf"{records} of it the records of its {est.n_iterations_} iterations; "
+                                          r"run fewer iterations \(n_epochs\)\.$"):
         est.invert(tt[:1])
 
 
@@ -280,7 +288,11 @@ def test_a_sampler_batch_is_refused_one_byte_short_of_its_lower_bound(problem, m
     assert activations[-1] == 4 * 2 * N_CELLS
     monkeypatch.setattr(memory, "available_bytes", lambda device: 4 * per_row - 1)
     with pytest.raises(MemoryError, match=r"LatentSampler: 1 surveys x n_chains=4 = 4 rows .* "
-                                          r"Not even one survey fits: lower n_chains"):
+                                          r"Not even one survey fits: lower n_chains to at most 3\.$"):
+        s.sample(tt[:1])
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per_row - 1)
+    with pytest.raises(MemoryError, match=r"Not even one chain fits: .* the records of its 31 iterations; run "
+                                          r"fewer iterations \(n_burnin, n_samples or thin\)\.$"):
         s.sample(tt[:1])
 
 

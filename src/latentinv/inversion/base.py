@@ -214,6 +214,8 @@ class LatentEstimatorBase(BaseEstimator):
     survey (starts or chains)."""
 
     _rows_param = "n_starts"
+    #: the parameters that set the iterations every row records (named where not even one row fits)
+    _iterations_param = "n_epochs"
     # parameters that may change after fit (they change how the run is carried out, not its numbers beyond
     # float32 rounding: chunk_size and n_jobs batch the surveys differently)
     _free_params = ("verbose", "n_jobs", "chunk_size", "operator__n_threads")
@@ -686,8 +688,9 @@ class LatentEstimatorBase(BaseEstimator):
         latent, the full traveltimes, the subclass's accumulators, and the result: its models and the
         ``result_histories`` per-iteration float64 arrays it surely keeps (0 where a run may stop early).
         On a CPU the activations are gone when the result is assembled: the larger of the two counts.
-        ``advice(max_surveys)`` says what to pass instead, given how many surveys would fit at once."""
-        from .._memory import check_fits, saved_bytes_per_row
+        ``advice(max_surveys)`` says what to pass instead, given how many surveys (at least one) would fit at
+        once; where none fits, the message names the rows or the iterations to lower."""
+        from .._memory import _size, check_fits, saved_bytes_per_row
         rows = int(getattr(self, self._rows_param))
         z = torch.zeros(1, self.n_components_, device=self.device_, dtype=problem.dtype)
         activations = saved_bytes_per_row(problem.decode, z, grad=gradient)     # the models and their slowness
@@ -701,10 +704,24 @@ class LatentEstimatorBase(BaseEstimator):
         else:
             needs = [(self.device_, activations + records, f"{kept}, the records"),
                      (torch.device("cpu"), result, "the result")]
+        per_iteration = 4 * (3 if problem.weighted else 2) + 8 * result_histories     # bytes per row
+
+        def fitting(room, per_row):
+            """``advice`` for the surveys that fit; where none does, what to lower: the rows, or (not even
+            one row fits) the iterations, whose records every row keeps."""
+            if room >= per_row * rows:
+                return advice(int(room // (per_row * rows)))
+            if room >= per_row:
+                return f"Not even one survey fits: lower {self._rows_param} to at most {int(room // per_row)}."
+            row = self._rows_param[2:-1]        # "start", "chain"
+            return (f"Not even one {row} fits: one takes {_size(per_row)}, "
+                    f"{_size(per_iteration * n_iterations)} of it the records of its {n_iterations} iterations; "
+                    f"run fewer iterations ({self._iterations_param}).")
+
         for device, per_row, parts in needs:
             check_fits(type(self).__name__, n_surveys * rows, per_row, device, parts=parts,
                        what=f"{n_surveys} surveys x {self._rows_param}={rows} = {n_surveys * rows} rows",
-                       advice=lambda room: advice(int(room // (per_row * rows))))
+                       advice=lambda room: fitting(room, per_row))
 
     def _check_survey_starts(self, Y, same_x=True):
         """ValueError unless per-survey ``initial_latents`` belong to the surveys ``Y``: one array for each,

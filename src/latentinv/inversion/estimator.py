@@ -512,8 +512,7 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
         stops_early = self.target_misfit is not None or self.tol is not None or self.prune == "halving"
         self._check_batch_fits(problem, S, self.n_iterations_, lambda n: (
             f"Pass chunk_size={n} or less (surveys per batch; with n_jobs=J, {n} divided by J: the workers "
-            f"share the memory), or lower n_starts (then fit again)." if n >= 1
-            else "Not even one survey fits: lower n_starts."),
+            f"share the memory), or lower n_starts (then fit again)."),
             result_histories=0 if stops_early else (5 if problem.weighted else 4))
         streams = EpochStreams(seed, Y, K, n_data, int(self.batch_size or n_data), d, self.clip_resample, dev)
         cfg = SGDSettings(

@@ -273,6 +273,7 @@ class LatentSampler(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
     """
 
     _rows_param = "n_chains"
+    _iterations_param = "n_burnin, n_samples or thin"
     _per_survey_starts = True
 
     def __init__(self, prior=None, operator=None, *, slowness_map=None, method="pcn", n_chains=8,
@@ -502,8 +503,7 @@ class LatentSampler(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
             preconditioner=self._preconditioner(kernel))
         # the result keeps 2 per-iteration histories (data RMSE, chi-square) of every iteration
         self._check_batch_fits(problem, S, cfg.n_iterations, lambda n: (
-            f"Sample at most {n} surveys per call, or lower n_chains." if n >= 1
-            else "Not even one survey fits: lower n_chains."),
+            f"Sample at most {n} surveys per call, or lower n_chains."),
             result_histories=2, gradient=kernel.needs_gradient)
         gens = [survey_generators(seed, y, K) for y in Y]
         streams = ChainStreams(([g for pair in gens for g in pair[0]], [g for pair in gens for g in pair[1]]),
