@@ -393,3 +393,14 @@ def test_infinite_traveltimes_below_overflow_name_the_engine(value):
     with pytest.raises(ValueError, match=r"^_InfiniteEngine: traveltimes overflow float64 \(datum 5 of model 0 "
                                          r"is -?inf ns.*the slowness is too large for this dtype"):
         op.response(np.full(96, 1e300))
+
+
+def test_a_single_model_still_checks_that_a_batch_does_not_mix_models():
+    """With one model, a batch of one cannot show a response that answers every row with the first model's
+    traveltimes: the check pairs the model with itself at 1.5 times the slowness."""
+    G = _straight_matrix()
+    one = 12.5 * np.ones(G.shape[1])
+    assert check_operator(MatrixOperator(G), one)["batch"] == 0.0
+    with pytest.raises(ValueError, match=r"on 1 model\(s\):\n- batch: .* \(measured 0\.333, limit 1e-06\)") as err:
+        check_operator(_FirstModelOnly(G), one)
+    assert _failed(err) == ["batch"]
