@@ -170,6 +170,7 @@ def test_no_false_failure_on_random_matrix_operators(seed, n_data, n_params, den
     (dict(max_kink_fraction=float("nan")), r"max_kink_fraction must be a number in \[0, 1\), got nan"),
     (dict(homogeneous="yes"), r"homogeneous must be True or False, got 'yes'"),
     (dict(homogeneous=None), r"homogeneous must be True or False, got None"),
+    (dict(homogeneous=0), r"homogeneous must be True or False, got 0"),
     (dict(random_state="a"), r"random_state must be None, an integer >= 0 or a numpy\.random\.Generator, got 'a'"),
     (dict(random_state=-1), r"random_state must be None, an integer >= 0 or a numpy\.random\.Generator, got -1"),
     (dict(models=np.ones((0, 96))), r"models must hold at least one model, got shape \(0, 96\)"),
@@ -390,9 +391,18 @@ def test_infinite_traveltimes_below_overflow_name_the_engine(value):
                                          r"traveltimes \(the first: datum 5 of model 0\) for slowness at most 12\.5 "
                                          r"ns/m, which cannot overflow"):
         op.response(np.full(96, 12.5))
-    with pytest.raises(ValueError, match=r"^_InfiniteEngine: traveltimes overflow float64 \(datum 5 of model 0 "
-                                         r"is -?inf ns.*the slowness is too large for this dtype"):
+    overflow = r"^_InfiniteEngine: traveltimes overflow float64 \(datum 5 of model 0 is -?inf ns.*the slowness is too large"
+    with pytest.raises(ValueError, match=overflow):
         op.response(np.full(96, 1e300))
+    # the bound: a slowness of at most max / 1e12 cannot overflow along a path shorter than 1e12 m (there the
+    # engine is named); twice as much can (there the slowness is); the message gives the largest slowness
+    from latentinv.operators._base import _NO_OVERFLOW
+    with pytest.raises(ValueError, match=r"infinite traveltimes .* for slowness at most 1\.8e\+296 ns/m"):
+        op.response(np.full(96, _NO_OVERFLOW))
+    with pytest.raises(ValueError, match=overflow):
+        op.response(np.full(96, 2 * _NO_OVERFLOW))
+    with pytest.raises(ValueError, match=r"infinite traveltimes .* for slowness at most 25 ns/m"):
+        op.response(np.r_[np.full(95, 12.5), 25.0])
 
 
 def test_a_single_model_still_checks_that_a_batch_does_not_mix_models():
@@ -404,3 +414,56 @@ def test_a_single_model_still_checks_that_a_batch_does_not_mix_models():
     with pytest.raises(ValueError, match=r"on 1 model\(s\):\n- batch: .* \(measured 0\.333, limit 1e-06\)") as err:
         check_operator(_FirstModelOnly(G), one)
     assert _failed(err) == ["batch"]
+    # the other way round: every row answered with the last model's traveltimes (the pair's first row wrong)
+    with pytest.raises(ValueError, match=r"on 1 model\(s\):\n- batch: .* \(measured 0\.5, limit 1e-06\)") as err:
+        check_operator(_LastModelOnly(G), one)
+    assert _failed(err) == ["batch"]
+    # the pair is compared with response at 1.5 times the slowness, not with 1.5 times the traveltimes: a
+    # response that is not homogeneous (a time-zero shift, homogeneous=False) mixes nothing and passes
+    assert check_operator(_TimeZeroShift(G), one, homogeneous=False)["batch"] == 0.0
+
+
+class _LastModelOnly(MatrixOperator):
+    def _response_and_jacobian(self, m, want_jacobian):
+        t, J = super()._response_and_jacobian(m, want_jacobian)
+        return np.repeat(t[-1:], len(m), axis=0), J
+
+
+class _RowsGradientDoubled(MatrixOperator):
+    """Supports jacobian_rows, but the Jacobian of the rows asked for is twice the derivative."""
+    supports_jacobian_rows = True
+
+    def _response_and_jacobian(self, m, want_jacobian, jacobian_rows=None):
+        t, J = super()._response_and_jacobian(m, want_jacobian)
+        return t, (J if jacobian_rows is None else [2.0 * j for j in J])
+
+
+def test_the_half_of_the_data_through_jacobian_rows_is_one_datum_at_least():
+    """With one datum, half of the data rounds to none: the check asks for that datum (max(1, ...)), so a
+    Jacobian wrong only when rows are asked for still fails."""
+    G = _straight_matrix()[:1]
+    assert check_operator(MatrixOperator(G))["forward_gradient"] < 1e-12
+    with pytest.raises(ValueError, match=r"fails 1 check") as err:
+        check_operator(_RowsGradientDoubled(G))
+    assert _failed(err) == ["forward_gradient"] and "through jacobian_rows" in str(err.value)
+
+
+class _FromReference(Bent):
+    """Bent's traveltimes minus those of a reference model (a response that is 0 at the reference)."""
+
+    def __init__(self, matrix, reference):
+        super().__init__(matrix)
+        self.reference = reference
+
+    def _response_and_jacobian(self, m, want_jacobian):
+        t, J = super()._response_and_jacobian(m, want_jacobian)
+        return t - super()._response_and_jacobian(self.reference[None], False)[0], J
+
+
+def test_traveltimes_all_zero_are_not_taken_for_a_float32_engine():
+    """Zeros are float32 numbers, but a response of zeros only is no sign of a float32 engine: the float64
+    step (1e-6) is kept, and the finite differences agree to about 1e-10 (with float32's step, 4.9e-3,
+    their O(h**2) error is about 1e-5)."""
+    m0 = 12.5 * np.exp(0.2 * np.random.default_rng(0).standard_normal(96))
+    report = check_operator(_FromReference(_straight_matrix(), m0), m0, homogeneous=False)
+    assert report["jacobian"] == 0.0 and report["jacobian_median"] < 1e-8

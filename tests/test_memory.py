@@ -161,6 +161,10 @@ def test_an_inversion_too_large_says_which_chunk_size_fits(problem, monkeypatch,
     monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per_row - 1)
     with pytest.raises(MemoryError, match=r"Not even one survey fits: lower n_starts to at most 4\.$"):
         est.invert(tt[:1])
+    # exactly one start's room: one start fits
+    monkeypatch.setattr(memory, "available_bytes", lambda device: per_row)
+    with pytest.raises(MemoryError, match=r"Not even one survey fits: lower n_starts to at most 1\.$"):
+        est.invert(tt[:1])
     # one byte short of one start: fewer starts cannot help, fewer iterations can (their records, 2 float32
     # histories on the device and 4 float64 in the result per iteration: 40 bytes each)
     monkeypatch.setattr(memory, "available_bytes", lambda device: per_row - 1)
@@ -291,7 +295,10 @@ def test_a_sampler_batch_is_refused_one_byte_short_of_its_lower_bound(problem, m
                                           r"Not even one survey fits: lower n_chains to at most 3\.$"):
         s.sample(tt[:1])
     monkeypatch.setattr(memory, "available_bytes", lambda device: per_row - 1)
-    with pytest.raises(MemoryError, match=r"Not even one chain fits: .* the records of its 31 iterations; run "
+    # a chain's records per iteration: 3 float32 histories (the chi-square too: a likelihood with weights)
+    # and the result's 2 float64 ones, 28 bytes
+    with pytest.raises(MemoryError, match=rf"Not even one chain fits: one takes {memory._size(per_row)}, "
+                                          rf"{memory._size(28 * 31)} of it the records of its 31 iterations; run "
                                           r"fewer iterations \(n_burnin, n_samples or thin\)\.$"):
         s.sample(tt[:1])
 

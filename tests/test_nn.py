@@ -126,6 +126,13 @@ def test_build_vae_seed_and_global_rng():
     for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(va, vb), ka
     assert not torch.equal(a.encoder.fc_mu.weight, c.encoder.fc_mu.weight)
+    # seed=0 seeds too: the same weights whatever the global RNG's state (not the state's draws)
+    zero = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        zero.append(build_vae("mlp", 5, 2, hidden_size=8, seed=0).encoder.fc_mu.weight)
+    torch.random.set_rng_state(state)
+    assert torch.equal(zero[0], zero[1])
 
 
 def test_builds_in_two_threads_at_once_give_the_weights_of_the_same_builds_in_turn():

@@ -66,3 +66,26 @@ def test_a_list_checked_in_one_thread_hides_no_warning_of_another():
         warnings.warn("from another thread", UserWarning)
         done.set()
         thread.join(10)
+
+
+def test_the_sections_ignore_only_their_own_warnings(monkeypatch):
+    """``torch_csr`` hides torch's beta notice of sparse CSR (torch warns it once per process, so here the
+    constructor warns it, as torch's first call does, and another warning beside it), and only it; and
+    ``ignoring_warnings`` sets "ignore" filters for what it is given, nothing else."""
+    from latentinv._checks import ignoring_warnings
+    real = torch.sparse_csr_tensor
+
+    def warning(*args, **kwargs):
+        warnings.warn("Sparse CSR tensor support is in beta state. If you miss a functionality in the sparse "
+                      "tensor support, please submit a feature request", UserWarning)
+        warnings.warn("another notice", UserWarning)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "sparse_csr_tensor", warning)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch_csr(sp.identity(3, format="csr"), torch.float32)
+        with ignoring_warnings(dict(message="hidden"), dict(category=DeprecationWarning)):
+            warnings.warn("hidden, by its message", UserWarning)
+            warnings.warn("by its category", DeprecationWarning)
+            warnings.warn("shown", UserWarning)
+    assert [str(w.message) for w in seen] == ["another notice", "shown"]
