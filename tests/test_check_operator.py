@@ -403,6 +403,12 @@ def test_infinite_traveltimes_below_overflow_name_the_engine(value):
         op.response(np.full(96, 2 * _NO_OVERFLOW))
     with pytest.raises(ValueError, match=r"infinite traveltimes .* for slowness at most 25 ns/m"):
         op.response(np.r_[np.full(95, 12.5), 25.0])
+    # model by model: beside a model that can overflow, the engine's infinity in another is still the engine's
+    # (before: the batch's largest slowness decided, and it read "traveltimes overflow ... the slowness is
+    # too large" for model 0 of 12.5 ns/m)
+    with pytest.raises(ValueError, match=r"returned 2 infinite traveltimes \(the first: datum 5 of model 0\) for "
+                                         r"slowness at most 12\.5 ns/m"):
+        op.response(np.stack([np.full(96, 12.5), np.full(96, 1e300)]))
 
 
 def test_a_single_model_still_checks_that_a_batch_does_not_mix_models():

@@ -283,12 +283,13 @@ class ForwardOperator:
             k, j = np.argwhere(nan)[0]
             raise ValueError(f"{name}: returned {int(nan.sum())} NaN traveltimes (the first: datum {j} of "
                              f"model {k}); expected finite traveltimes (ns) for every datum")
-        inf = np.isinf(t)
-        if inf.any() and a.size and a.max() <= _NO_OVERFLOW:
-            # (beyond _NO_OVERFLOW the overflow check of _check_times names the slowness instead)
+        # model by model (a model of large slowness beside it does not excuse another's): beyond _NO_OVERFLOW
+        # the overflow check of _check_times names the slowness instead
+        inf = np.isinf(t) & (a.max(axis=1, initial=0.0) <= _NO_OVERFLOW)[:, None]
+        if inf.any():
             k, j = np.argwhere(inf)[0]
             raise ValueError(f"{name}: returned {int(inf.sum())} infinite traveltimes (the first: datum {j} of "
-                             f"model {k}) for slowness at most {a.max():.3g} ns/m, which cannot overflow float64 "
+                             f"model {k}) for slowness at most {a[k].max():.3g} ns/m, which cannot overflow float64 "
                              "along any path shorter than 1e12 m; expected finite traveltimes (ns) for every datum")
         if want_jacobian:
             shapes = [getattr(J, "shape", None) for J in (jac or [])]
