@@ -214,6 +214,7 @@ class LatentEstimatorBase(BaseEstimator):
     survey (starts or chains)."""
 
     _rows_param = "n_starts"
+    _row_noun = "start"
     #: the parameters that set the iterations every row records (named where not even one row fits)
     _iterations_param = "n_epochs"
     # parameters that may change after fit (they change how the run is carried out, not its numbers beyond
@@ -713,8 +714,7 @@ class LatentEstimatorBase(BaseEstimator):
                 return advice(int(room // (per_row * rows)))
             if room >= per_row:
                 return f"Not even one survey fits: lower {self._rows_param} to at most {int(room // per_row)}."
-            row = self._rows_param[2:-1]        # "start", "chain"
-            return (f"Not even one {row} fits: one takes {_size(per_row)}, "
+            return (f"Not even one {self._row_noun} fits: one takes {_size(per_row)}, "
                     f"{_size(per_iteration * n_iterations)} of it the records of its {n_iterations} iterations; "
                     f"run fewer iterations ({self._iterations_param}).")
 

@@ -273,6 +273,7 @@ class LatentSampler(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
     """
 
     _rows_param = "n_chains"
+    _row_noun = "chain"
     _iterations_param = "n_burnin, n_samples or thin"
     _per_survey_starts = True
 

@@ -269,9 +269,9 @@ class ForwardOperator:
 
     def _engine_output(self, a, t, jac, want_jacobian):
         """What ``_response_and_jacobian`` returned for models ``a``, checked against the contract:
-        traveltimes ``(n_models, n_data)``, no NaN or infinity below overflow (a user's engine returning NaN made the SGD fail
-        with "no start gave a finite misfit" and the MCMC chains stall without a word, and a wrong
-        shape failed later with an IndexError far from the operator), and with ``want_jacobian`` one
+        traveltimes ``(n_models, n_data)``, no NaN or infinity below overflow (a user's engine returning
+        NaN made the SGD fail with "no start gave a finite misfit" and the MCMC chains stall without a
+        word, and a wrong shape failed later with an IndexError far from the operator), and with ``want_jacobian`` one
         matrix ``(n_data, n_params)`` per model (a transposed one failed in the backward pass)."""
         name = f"{type(self).__name__}._response_and_jacobian"
         t = np.asarray(t, dtype=np.float64)
