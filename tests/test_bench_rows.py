@@ -16,12 +16,24 @@ import bench_inversion  # noqa: E402
 import cases  # noqa: E402
 
 from latentinv.inversion import LatentInverter, graphed  # noqa: E402
+from latentinv.nn import fused  # noqa: E402
 
 
 @pytest.fixture
 def problem():
     op = cases._straight()
     return op, cases._generator(), cases._data(op, n=1)
+
+
+@pytest.fixture
+def eager_fused_norms(monkeypatch):
+    """The fused-norm switches' functions run as written, not compiled: these tests check the rows, and on
+    the CPU each shape's compilation took seconds (40 s of the layout rows' test, 30 s of the SGAN rates').
+    The compiled kernels are checked against the modules in tests/test_fused.py."""
+    plain = {fn: fn for fn in (fused._norm_then_relu, fused._relu_then_norm)}
+    monkeypatch.setattr(fused, "_compiled", plain)
+    yield
+    assert set(fused._compiled) == set(plain), "a fused norm was compiled"
 
 
 def test_every_variant_runs_and_is_compared_with_the_first(problem):
@@ -145,7 +157,7 @@ def test_the_sgan_generator_is_the_published_layout():
     assert x.shape == (2, 129 * 65) and np.all((x >= 0) & (x <= 1))
 
 
-def test_the_sgan_variants_and_their_rates(monkeypatch):
+def test_the_sgan_variants_and_their_rates(monkeypatch, eager_fused_norms):
     """sgan_variants: copies with each switch set as its label says; sgan_rate_rows: a row per variant with
     the time per iteration of the timed call (2 s for each call here), the column's time projected from
     Table 1's schedule, the models against the first variant's, and the fastest variant returned."""
@@ -213,7 +225,7 @@ def test_the_fastest_sgan_variant_fits_as_well_as_the_default(monkeypatch):
     assert fastest([(1.0, 4.0), (2.0, 1.0), (np.nan, 0.5), (1.01, 2.0)]) is variants[3]
 
 
-def test_the_sgan_section_names_its_fastest_variant_for_the_reproduction(tmp_path, monkeypatch):
+def test_the_sgan_section_names_its_fastest_variant_for_the_reproduction(tmp_path, monkeypatch, eager_fused_norms):
     """--sgan-rates's section as the GPU runs it, eager on the CPU: its rate rows, the "sgan fastest" row
     that gpu_plan.py turns into reproduce_paper.py's options (which its parser takes), and the kernel
     tables of the default and the fastest variant, with settings the SGAN's uniform latents take."""
@@ -273,7 +285,7 @@ def test_later_variants_are_compared_with_an_earlier_calls_reference(problem):
     assert rows[2]["max_model_diff_vs_eager"] == float(np.max(np.abs(eager.models - shifted.models))) > 0
 
 
-def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch):
+def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch, eager_fused_norms):
     import latentinv.nn.vae as vae_module
     paths = []
     real = vae_module._frozen_deconv
