@@ -878,10 +878,11 @@ def test_sample_needs_the_noise_and_names_its_files(tiny_prior, tmp_path):
 
 
 def test_only_failed_allocations_are_reported_as_out_of_memory():
-    assert cli._is_out_of_memory(MemoryError())
-    assert cli._is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
-    assert cli._is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
-    assert not cli._is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    from latentinv._memory import is_out_of_memory
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
 @pytest.mark.parametrize("command", ["invert", "sample"])

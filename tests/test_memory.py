@@ -361,3 +361,23 @@ def test_the_checked_bound_is_below_the_memory_a_run_takes_and_most_of_it():
     assert as_warm_up["peak_added_bytes"] < 3e6, as_warm_up
     # the README's "about 0.6 MB" of activations per start with the shipped prior
     assert bench.per_start_activations() == pytest.approx(0.6e6, rel=0.05)
+
+
+class _Huge(torch.nn.Module):
+    """A module whose activations for one latent take 4 TB: no machine allocates them."""
+
+    def forward(self, z):
+        return torch.zeros(z.shape[0], 10 ** 12)[:, :12]
+
+
+def test_a_generator_of_ones_own_that_runs_out_of_memory_names_the_call_and_the_remedy():
+    gen = TorchGenerator(_Huge(), n_components=2)
+    with pytest.raises(MemoryError, match=r"TorchGenerator.decode: 3 latents at once do not fit in the memory "
+                                          r"of cpu .* decode fewer per call, in chunks of rows of Z\. "
+                                          r"RuntimeError: .*can't allocate memory") as info:
+        gen.decode(np.zeros((3, 2)))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    # any other RuntimeError of the module stays itself
+    gen = TorchGenerator(torch.nn.Linear(3, 12), n_components=2)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        gen.decode(np.zeros((3, 2)))

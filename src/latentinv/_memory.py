@@ -127,6 +127,15 @@ def saved_bytes_per_row(forward, z, grad=True):
     return max((run(4) - run(2)) / 2, 0.0)
 
 
+def is_out_of_memory(exc):
+    """An allocation that failed (Python's MemoryError, torch's CPU allocator or CUDA), not any
+    other RuntimeError, which stays a traceback (a bug to report)."""
+    if isinstance(exc, MemoryError):
+        return True
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or "can't allocate memory" in str(exc) or "not enough memory" in str(exc)
+
+
 def check_fits(owner, n_rows, bytes_per_row, device, *, what, parts, advice):
     """Raise MemoryError where ``n_rows`` rows of ``bytes_per_row`` (a lower bound; ``parts`` says what
     it counts) cannot fit in :func:`available_bytes` of ``device``, naming the sizes and ``advice(room)``

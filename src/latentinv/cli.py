@@ -96,7 +96,8 @@ def _user_errors(fn):
             msg = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
             raise click.ClickException(msg) from None
         except (MemoryError, RuntimeError) as exc:
-            if not _is_out_of_memory(exc):
+            from ._memory import is_out_of_memory
+            if not is_out_of_memory(exc):
                 raise
             first_line = str(exc).strip().split("\n")[0] or type(exc).__name__
             raise click.ClickException(
@@ -241,17 +242,6 @@ def _report_json(report):
             return None
         return v
     return json.dumps(clean(report), indent=1, allow_nan=False)
-
-
-def _is_out_of_memory(exc):
-    """An allocation that failed (Python's MemoryError, torch's CPU allocator or CUDA), not any
-    other RuntimeError, which stays a traceback (a bug to report)."""
-    if isinstance(exc, MemoryError):
-        return True
-    import torch
-
-    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-    return isinstance(exc, oom) or "can't allocate memory" in str(exc) or "not enough memory" in str(exc)
 
 
 def _echo(msg, quiet=False):

@@ -7,6 +7,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from .._memory import is_out_of_memory
 from .equations import paper_slowness
 
 __all__ = ["TorchGenerator"]
@@ -69,12 +70,30 @@ class TorchGenerator:
         ndarray of float64 of shape (n, n_cells)
             The models (model values, in [0, 1] for the paper's generators), one flat C-order row each
             (outputs with image dimensions flattened).
+
+        Raises
+        ------
+        MemoryError
+            Where the module or the models cannot be allocated for all of ``Z`` at once (torch's
+            allocator error, or CUDA's, with the number of latents and the advice to decode in chunks).
         """
         dec = self.decoder_
         dev = next(iter(dec.parameters()), torch.empty(0)).device
-        with torch.no_grad():
-            out = dec(torch.tensor(np.ascontiguousarray(Z), dtype=torch.float32, device=dev))
-        return out.cpu().numpy().astype(np.float64)
+        Z = np.ascontiguousarray(Z)
+        try:
+            with torch.no_grad():
+                out = dec(torch.tensor(Z, dtype=torch.float32, device=dev))
+            return out.cpu().numpy().astype(np.float64)
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            # torch's allocator message gives bytes, not the call's size nor what to change
+            n = Z.shape[0] if Z.ndim else 1
+            raise MemoryError(
+                f"TorchGenerator.decode: {n} latents at once do not fit in the memory of {dev} (the module's "
+                f"activations and the models, float32 on {dev}, then float64 on the CPU): decode fewer per "
+                f"call, in chunks of rows of Z. {type(err).__name__}: {str(err).strip().splitlines()[0]}"
+            ) from err
 
     def __repr__(self):
         return (f"TorchGenerator({type(self.module).__name__}, n_components={self.n_components}, "
