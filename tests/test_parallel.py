@@ -332,3 +332,66 @@ def test_bench_scaleouts_chunks_are_run_chunks_own_arguments_and_give_the_serial
     mapped, serial = InversionResult.concatenate(parts), est.invert(times)
     for f in ("models", "start_models", "latents", "data_rmse", "data_rmse_history", "best_start"):
         np.testing.assert_array_equal(getattr(mapped, f), getattr(serial, f), err_msg=f)
+
+
+def test_under_the_threading_backend_the_chunks_beside_a_failed_one_stop():
+    """A slowness map raising at its 20th call under joblib's threading backend (4 surveys, chunk_size=1,
+    n_jobs=2): predict raised, but the other thread's chunk went on to its end, calling the map 189 more
+    times in the background. The chunks of a call now share an event that the failing one sets: the
+    other stops at its next iteration (within one call of the map), and the next call is the serial run's."""
+    import threading
+    import time
+
+    op, gen, _, times = _problem(4)
+    lock, calls, fail = threading.Lock(), [], [True]
+
+    def slowness(x):
+        with lock:
+            calls.append(threading.get_ident())
+            if fail[0] and len(calls) == 20:
+                raise ValueError("the map failed at its 20th call")
+        time.sleep(0.002)                     # both threads are inside the loop when one fails
+        return 1.0 / (0.06 + 0.02 * (1.0 - x))
+
+    est = _inverter(op, gen, slowness_map=slowness, n_epochs=30, chunk_size=1, n_jobs=2).fit(times)
+    calls.clear()
+    with joblib.parallel_backend("threading", n_jobs=2):
+        with pytest.raises(ValueError, match="the map failed at its 20th call"):
+            est.predict(times)
+        raised = len(calls)
+        time.sleep(1.0)
+        # the other chunk: at most the call of the iteration it was in (its full run: 30 epochs of 3 steps)
+        assert len(calls) - raised <= 2 and len(set(calls)) == 2
+        fail[0] = False
+        _assert_same(est.invert(times), _serial(op, gen, times, slowness_map=slowness, n_epochs=30, chunk_size=1))
+
+
+def test_the_engine_loops_stop_once_the_calls_event_is_set():
+    """runtime.iterations: every engine loop (eager SGD, static SGD by chunks of epochs, sampler) counts
+    through it; inside cancelled_with(event) it stops at the first iteration after the event is set, and an
+    error raised inside the block sets the event for the others (a ChunkCancelled does not count as one)."""
+    import threading
+
+    from latentinv.inversion.runtime import ChunkCancelled, cancelled_with, iterations
+    assert list(iterations(3)) == [0, 1, 2]                  # outside a block: never cancelled
+    event, seen = threading.Event(), []
+    with pytest.raises(ChunkCancelled), cancelled_with(event):
+        for k in iterations(10):
+            seen.append(k)
+            if k == 3:
+                event.set()                                   # another chunk failed
+    assert seen == [0, 1, 2, 3]
+    event.clear()
+    with pytest.raises(ZeroDivisionError), cancelled_with(event):
+        1 / 0
+    assert event.is_set()
+    event.clear()
+    with pytest.raises(ChunkCancelled), cancelled_with(event):
+        raise ChunkCancelled("stopped")
+    assert not event.is_set()
+    # the three loops take their steps from it
+    import inspect
+
+    from latentinv.inversion import graphed, sampler, sgd
+    for fn in (sgd.run_sgd, graphed.run_sgd_static, sampler.run_chains):
+        assert "in iterations(" in inspect.getsource(fn), fn.__name__

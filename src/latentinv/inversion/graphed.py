@@ -31,6 +31,7 @@ import torch
 
 from .equations import latent_penalty, learning_rate_schedule, regularization_schedule
 from .history import History
+from .runtime import iterations
 from .sgd import Adam
 from .stopping import Stopping
 
@@ -210,13 +211,9 @@ def run_sgd_static(problem, z, streams, cfg, *, capture=False, dense_full=None, 
         with torch.no_grad():
             check_first(*problem.decode(z))
     n = cfg.n_iterations
-    chunks = range(-(-n // step.chunk_iterations))
-    if progress is not None:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, desc=progress, unit="chunk")
     graph = None
     n_done = 0
-    for _ in chunks:
+    for _ in iterations(-(-n // step.chunk_iterations), progress, unit="chunk"):
         step.next_chunk(streams)
         if capture and graph is None:
             graph = _capture(step, call)

@@ -19,16 +19,22 @@ retries the chunk on other workers (the same result, each chunk's randomness bei
 surveys. joblib's Dask backend itself never hears of that failure (its callback is called only for
 results) and would wait forever, so under it :func:`run_chunks` submits the chunks to the backend's Dask
 client directly.
+
+A chunk that raises under joblib's threading backend ends the call, and the chunks running beside it in
+the backend's other threads stop at their next iteration (:func:`~.runtime.cancelled_with`): they would
+otherwise go on calling the user's slowness map and the operator after the call has returned. Under loky
+and Dask the running chunks finish in their workers (no shared event reaches another process).
 """
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
 import os
+import threading
 
 import joblib
 
-from .runtime import torch_threads
+from .runtime import cancelled_with, torch_threads
 
 
 def survey_chunks(n_surveys, chunk_size, n_jobs):
@@ -76,8 +82,10 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
     client = getattr(backend, "client", None) if type(backend).__name__ == "DaskDistributedBackend" else None
     if client is None or joblib.effective_n_jobs(n_jobs) == 1:      # joblib runs those in line
         from joblib.externals.loky.process_executor import TerminatedWorkerError
+        # threads of this process: the chunks beside a failed one stop at their next iteration
+        cancel = threading.Event() if isinstance(backend, joblib.parallel.ThreadingBackend) else None
         try:
-            return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed, c)
+            return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed, c, cancel)
                                                   for c in chunks)
         except TerminatedWorkerError as err:    # joblib's message does not say what was lost, or why
             raise TerminatedWorkerError(
@@ -107,9 +115,10 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
         client.cancel(futures + [shared])
 
 
-def run_chunk(estimator, Y, sigma, seed, surveys):
+def run_chunk(estimator, Y, sigma, seed, surveys, cancel=None):
     """One chunk's :class:`~.result.InversionResult` (in a worker or in line), with the worker's threads;
-    ``surveys``: the chunk's slice of X (for per-survey ``initial_latents``)."""
+    ``surveys``: the chunk's slice of X (for per-survey ``initial_latents``); ``cancel``: the
+    :class:`threading.Event` of the call's chunks in threads (:func:`~.runtime.cancelled_with`), or None."""
     n = worker_threads()
-    with torch_threads(n), operator_threads(estimator.operator_, n):
+    with cancelled_with(cancel), torch_threads(n), operator_threads(estimator.operator_, n):
         return estimator._run(Y, sigma, seed, chunked=True, surveys=surveys)

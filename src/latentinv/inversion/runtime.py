@@ -1,7 +1,9 @@
-"""Threads of the engine (devices: ``latentinv._common._resolve_device``, shared with the priors)."""
+"""Threads of the engine (devices: ``latentinv._common._resolve_device``, shared with the priors), and the
+cancellation of its loops when another chunk of the same call fails."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import torch
 
@@ -17,3 +19,50 @@ def torch_threads(n):
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+# -- cancellation of the chunks that run beside a failed one ----------------------------------------------
+# Under joblib's threading backend a chunk that raises ends the call, but the chunks already running in the
+# backend's other threads went on to their end, calling the user's slowness map and the operator meanwhile.
+# The chunks of one call share an Event, set by the first that fails; each loop of the engine checks it
+# once per iteration (:func:`iterations`) and stops. A process backend (loky) or Dask cannot share an Event:
+# there the running chunks still finish in their workers, outside the caller's process.
+_cancel = contextvars.ContextVar("latentinv_cancel", default=None)
+
+
+class ChunkCancelled(RuntimeError):
+    """A chunk stopped because another chunk of the same call failed (never the error the caller sees)."""
+
+
+@contextlib.contextmanager
+def cancelled_with(event):
+    """Inside the block the engine's loops stop once ``event`` (a :class:`threading.Event`, shared by the
+    chunks of one call; None: never) is set, and an error raised in the block sets it."""
+    if event is None:
+        yield
+        return
+    token = _cancel.set(event)
+    try:
+        yield
+    except ChunkCancelled:
+        raise
+    except BaseException:
+        event.set()
+        raise
+    finally:
+        _cancel.reset(token)
+
+
+def iterations(n, progress=None, unit="it"):
+    """``range(n)`` for an engine loop, with a tqdm bar described by ``progress`` (None: none), stopping
+    with :class:`ChunkCancelled` at the first iteration after the block's event (:func:`cancelled_with`)
+    was set."""
+    steps = range(n)
+    if progress is not None:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc=progress, unit=unit)
+    event = _cancel.get()
+    for k in steps:
+        if event is not None and event.is_set():
+            raise ChunkCancelled("another chunk of this call failed")
+        yield k

@@ -24,6 +24,7 @@ from .mcmc import (INITIAL_STEP, KERNELS, TARGET_ACCEPTANCE, ChainStreams, Preco
                    adaptation_windows, evaluate, from_latent)
 from .posterior import CHANNEL_THRESHOLD, RHAT_LIMIT, PosteriorResult
 from .randomness import replayable_seed, survey_generators
+from .runtime import iterations
 
 __all__ = ["LatentSampler", "run_chains"]
 
@@ -106,11 +107,7 @@ def run_chains(problem, u0, kernel, cfg, streams, *, check_first=None, progress=
     step, window, kept = adapt.step, [], []
     accepted = torch.zeros(R, device=u0.device)
 
-    iterations = range(cfg.n_iterations)
-    if progress is not None:
-        from tqdm.auto import tqdm
-        iterations = tqdm(iterations, desc=progress)
-    for k in iterations:
+    for k in iterations(cfg.n_iterations, progress):
         xi, log_u = streams.next()
         proposed = evaluate(problem, kernel.propose(state, step, xi, pre), uniform=cfg.uniform,
                             gradient=kernel.needs_gradient)

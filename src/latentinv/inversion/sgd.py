@@ -10,6 +10,7 @@ import torch
 
 from .equations import latent_penalty, learning_rate_schedule, regularization_schedule
 from .history import History
+from .runtime import iterations
 from .stopping import Stopping
 
 ADAM_BETAS = (0.9, 0.999)
@@ -87,11 +88,7 @@ def run_sgd(problem, z, streams, cfg, *, check_first=None, progress=None):
     adam = Adam(z) if cfg.optimizer == "adam" else None
     rows, all_rows = None, torch.arange(R, device=z.device)
 
-    iterations = range(cfg.n_iterations)
-    if progress is not None:
-        from tqdm.auto import tqdm
-        iterations = tqdm(iterations, desc=progress)
-    for k in iterations:
+    for k in iterations(cfg.n_iterations, progress):
         epoch, j = divmod(k, per_epoch)
         if j == 0:
             batches = streams.batches()
