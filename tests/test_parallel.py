@@ -336,8 +336,8 @@ def test_bench_scaleouts_chunks_are_run_chunks_own_arguments_and_give_the_serial
 
 def test_under_the_threading_backend_the_chunks_beside_a_failed_one_stop():
     """A slowness map raising at its 20th call under joblib's threading backend (4 surveys, chunk_size=1,
-    n_jobs=2): predict raised, but the other thread's chunk went on to its end, calling the map 189 more
-    times in the background. The chunks of a call now share an event that the failing one sets: the
+    n_jobs=2): predict raised, but the other thread's chunk went on to its end, calling the map in the
+    background (189 more times in the trial, 229 here). The chunks of a call now share an event that the failing one sets: the
     other stops at its next iteration (within one call of the map), and the next call is the serial run's."""
     import threading
     import time

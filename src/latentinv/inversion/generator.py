@@ -88,9 +88,8 @@ class TorchGenerator:
             if not is_out_of_memory(err):
                 raise
             # torch's allocator message gives bytes, not the call's size nor what to change
-            n = Z.shape[0] if Z.ndim else 1
             raise MemoryError(
-                f"TorchGenerator.decode: {n} latents at once do not fit in the memory of {dev} (the module's "
+                f"TorchGenerator.decode: {len(Z)} latents at once do not fit in the memory of {dev} (the module's "
                 f"activations and the models, float32 on {dev}, then float64 on the CPU): decode fewer per "
                 f"call, in chunks of rows of Z. {type(err).__name__}: {str(err).strip().splitlines()[0]}"
             ) from err

@@ -21,12 +21,7 @@ def torch_threads(n):
             torch.set_num_threads(before)
 
 
-# -- cancellation of the chunks that run beside a failed one ----------------------------------------------
-# Under joblib's threading backend a chunk that raises ends the call, but the chunks already running in the
-# backend's other threads went on to their end, calling the user's slowness map and the operator meanwhile.
-# The chunks of one call share an Event, set by the first that fails; each loop of the engine checks it
-# once per iteration (:func:`iterations`) and stops. A process backend (loky) or Dask cannot share an Event:
-# there the running chunks still finish in their workers, outside the caller's process.
+# -- cancellation of the chunks that run beside a failed one (threads only: see parallel.py) ---------------
 _cancel = contextvars.ContextVar("latentinv_cancel", default=None)
 
 
@@ -44,10 +39,9 @@ def cancelled_with(event):
     token = _cancel.set(event)
     try:
         yield
-    except ChunkCancelled:
-        raise
-    except BaseException:
-        event.set()
+    except BaseException as err:
+        if not isinstance(err, ChunkCancelled):     # a cancelled chunk is not a failure of its own
+            event.set()
         raise
     finally:
         _cancel.reset(token)
