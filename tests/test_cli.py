@@ -447,10 +447,12 @@ def test_invert_does_not_warn_when_the_fit_beats_the_baseline(tiny_prior, tmp_pa
     op, data = _paper_linear_data(prior)
     np.save(tmp_path / "tt.npy", data)
     monkeypatch.setattr(baselines, "DATA_RATIO", 1e6)
-    # one epoch of the tiny prior fits no better than a homogeneous medium, which LatentInverter itself
-    # warns about (tests/test_inversion.py); here only the CLI's own ratio comparison is under test
+    # one epoch of the tiny prior fits no better than a homogeneous medium and stops far from a minimum,
+    # which LatentInverter itself warns about (tests/test_inversion.py); here only the CLI's own ratio
+    # comparison is under test
     from latentinv.inversion import LatentInverter
     monkeypatch.setattr(LatentInverter, "_warn_if_no_better_than_homogeneous", lambda self, result: None)
+    monkeypatch.setattr(LatentInverter, "_warn_if_not_stationary", lambda self, result: None)
     res = CliRunner().invoke(cli.main, [
         "invert", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(tmp_path / "o"),
         "--n-starts", "1", "--epochs", "1", "--batch-size", "625", "--threshold", "100"])
@@ -458,6 +460,21 @@ def test_invert_does_not_warn_when_the_fit_beats_the_baseline(tiny_prior, tmp_pa
     assert "[warning]" not in res.output
     assert "(best homogeneous model [" in res.output
     assert json.loads((tmp_path / "o" / "result.json").read_text())["baselines"]["warnings"] == []
+
+
+def test_invert_echoes_and_records_the_convergence_warning(tiny_prior, tmp_path):
+    """One epoch stops far from a minimum: LatentInverter's ConvergenceWarning is printed as [warning] and
+    kept in result.json with the baselines' warnings."""
+    prior_dir, prior = tiny_prior
+    op, data = _paper_linear_data(prior)
+    np.save(tmp_path / "tt.npy", data)
+    res = CliRunner().invoke(cli.main, [
+        "invert", str(tmp_path / "tt.npy"), "--prior", str(prior_dir), "--out", str(tmp_path / "o"),
+        "--n-starts", "1", "--epochs", "1", "--batch-size", "625"])
+    _ok(res)
+    assert "[warning] LatentInverter: the selected models of 1 of 1 surveys are not minima" in res.output
+    recorded = json.loads((tmp_path / "o" / "result.json").read_text())["baselines"]["warnings"]
+    assert any("not minima of the data misfit" in m for m in recorded)
 
 
 def test_invert_npy_rows_and_geometry_file(tiny_prior, tmp_path):

@@ -194,8 +194,9 @@ def test_engine_kernels_reject_bad_arguments():
 
 # ---- the engine with and without them ---------------------------------------------------------------------
 #: The result's arrays computed from the full-data product (each start's misfit at every iteration): the
-#: only ones that torch's CSR product can round otherwise than the kernel (the step never uses it).
-FULL_DATA_MISFITS = {"data_rmse", "chi2", "data_rmse_history", "chi2_history"}
+#: only ones that torch's CSR product can round otherwise than the kernel (the step never uses it), and the
+#: stationarity check's line search (its trial points are scored by that product).
+FULL_DATA_MISFITS = {"data_rmse", "chi2", "data_rmse_history", "chi2_history", "descent_rmse"}
 
 
 def _csr_product_probe():

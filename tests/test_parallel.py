@@ -366,6 +366,42 @@ def test_under_the_threading_backend_the_chunks_beside_a_failed_one_stop():
         _assert_same(est.invert(times), _serial(op, gen, times, slowness_map=slowness, n_epochs=30, chunk_size=1))
 
 
+def test_the_call_raises_the_chunks_error_not_the_stop_of_a_chunk_before_it_in_x():
+    """Chunk 1 fails while chunk 0 runs, and chunk 0 stops before joblib hears of the failure (the event is
+    set first; in the threading test above that order came by chance, in one run of the suite); joblib reports the first failed chunk
+    in X's order, chunk 0's ChunkCancelled ("another chunk of this call failed"); the call raises chunk 1's."""
+    import threading
+    import time
+
+    from latentinv.inversion import runtime
+    from latentinv.inversion.parallel import run_chunks
+
+    stopped = threading.Event()
+
+    class Estimator:
+        operator_ = None
+
+        def _run(self, Y, sigma, seed, chunked, surveys):
+            if surveys.start == 0:
+                try:
+                    for _ in runtime.iterations(10**6):       # runs until chunk 1 sets the call's event
+                        time.sleep(0.001)
+                finally:
+                    stopped.set()
+            # what cancelled_with does with the error, before the error leaves the chunk for joblib
+            error, event = KeyError("chunk 1 failed"), runtime._cancel.get()
+            event.error = error
+            event.set()
+            stopped.wait(5)
+            time.sleep(0.1)                                   # chunk 0's stop reaches joblib first
+            raise error
+
+    with joblib.parallel_backend("threading", n_jobs=2):
+        with pytest.raises(KeyError, match="chunk 1 failed"):
+            run_chunks(Estimator(), np.zeros((2, 3)), None, 0, [slice(0, 1), slice(1, 2)], 2)
+    assert stopped.is_set()
+
+
 def test_the_engine_loops_stop_once_the_calls_event_is_set():
     """runtime.iterations: every engine loop (eager SGD, static SGD by chunks of epochs, sampler) counts
     through it; inside cancelled_with(event) it stops at the first iteration after the event is set, and an

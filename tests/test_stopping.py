@@ -102,10 +102,13 @@ def test_default_prune_every_splits_the_budget_between_the_rounds():
 
 def test_stopped_starts_leave_the_batch():
     res, net, _ = _run(prune="halving", prune_every=2, n_epochs=8)
-    sizes = net.batch_sizes[-32:]                 # the 32 iterations of the inversion (2 surveys)
-    assert sizes == [16] * 8 + [8] * 8 + [4] * 8 + [2] * 8
+    # the 32 iterations of the inversion (2 surveys), then the stationarity check: the 2 selected latents,
+    # and its 9 trial steps per survey in blocks of n_starts (8 steps, then 1)
+    check = [2, 16, 2]
+    sizes = net.batch_sizes[-35:]
+    assert sizes == [16] * 8 + [8] * 8 + [4] * 8 + [2] * 8 + check
     res_full, net_full, _ = _run(n_epochs=8)
-    assert net_full.batch_sizes[-32:] == [16] * 32
+    assert net_full.batch_sizes[-35:] == [16] * 32 + check
     assert not res_full.pruned.any() and not res_full.converged.any()
 
 

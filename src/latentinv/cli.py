@@ -810,7 +810,7 @@ def demo(out_dir, n_starts, n_starts_nonlinear, epochs_linear, epochs_nonlinear,
                              **settings)
         _echo(f"[{name}] {_operator_text(op)}, {op.n_data} data, {case['n_starts']} starts x "
               f"{settings['n_epochs']} epochs; threshold {threshold:.3f} ns", quiet)
-        with _echoed_baseline_warnings(warning_messages):
+        with _echoed_baseline_warnings(warning_messages, also=(ConvergenceWarning,)):
             inv.fit(data[None, :])
             res = inv.invert(data[None, :])
             accepted_fraction = float(res.accepted_fraction(threshold)[0])
@@ -1243,6 +1243,8 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from sklearn.exceptions import ConvergenceWarning
+
     from .inversion import LatentInverter
     from .plotting import plot_inversion_summary
 
@@ -1266,7 +1268,7 @@ def invert(traveltimes, geometry, prior_spec, operator_kind, n_secondary_nodes, 
                          n_jobs=n_jobs, chunk_size=chunk_size,
                          cuda_graphs=cuda_graphs, verbose=int(not quiet and not parallel), **settings)
     warning_messages = []
-    with _echoed_baseline_warnings(warning_messages), _dask_backend(scheduler, quiet):
+    with _echoed_baseline_warnings(warning_messages, also=(ConvergenceWarning,)), _dask_backend(scheduler, quiet):
         inv.fit(data)
         res = inv.invert(data)
         accepted = None if threshold is None else res.accepted_fraction(threshold).tolist()

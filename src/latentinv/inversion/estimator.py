@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import torch
 from sklearn.base import RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from .._allocator import tune_malloc_for_tensors
@@ -20,6 +21,7 @@ from .randomness import EpochStreams, replayable_seed
 from .result import InversionResult
 from .runtime import torch_threads
 from .sgd import SGDSettings, run_sgd
+from .stationarity import DROP, descent_misfit, is_stationary
 
 __all__ = ["LatentInverter", "PrecisionWarning"]
 
@@ -426,7 +428,10 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
         ``slowness_map`` does not describe, or when ``noise_std`` is not within 1e-5 to 1 times their
         median (another unit than ns). A :class:`~latentinv.baselines.BaselineWarning` says when a
         survey's selected model fits its data no better than that homogeneous model: a poor inversion,
-        whatever the cause.
+        whatever the cause. A ``ConvergenceWarning`` says when a step along the full-data gradient from a
+        survey's selected latent lowers its data RMSE by more than 10 % (``result.stationary``; the
+        data not already fitted within ``noise_std`` or 0.1 % of their median): the step schedule ran out
+        before the SGD converged (one gradient and 9 trial points per survey, :mod:`.stationarity`).
 
         Parameters
         ----------
@@ -466,7 +471,25 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
         result.homogeneous_slowness, result.homogeneous_rmse = homogeneous_fit(self.operator_, Y, sigma)
         self._warn_if_no_better_than_homogeneous(result)
         self._warn_if_impossible(result)
+        self._warn_if_not_stationary(result)
         return result
+
+    def _warn_if_not_stationary(self, result):
+        """A ConvergenceWarning for the surveys whose selected model is not a minimum of the misfit
+        (``result.stationary``): a step along the full-data gradient lowers its data RMSE much."""
+        bad = np.flatnonzero(~result.stationary)
+        if bad.size:
+            at = result.data_rmse[bad, result.best_start[bad]]
+            k = int(bad[np.argmax(1 - result.descent_rmse[bad] / at)])
+            warnings.warn(
+                f"{type(self).__name__}: the selected models of {bad.size} of {result.n_surveys} surveys are "
+                f"not minima of the data misfit: a step along its full-data gradient lowers it by more than "
+                f"{100 * DROP:.0f} % (survey {k}: data RMSE {result.data_rmse[k, result.best_start[k]]:.4g} -> "
+                f"{result.descent_rmse[k]:.4g} ns; result.descent_rmse, result.stationary). The step size "
+                f"decayed, or the regularization held the latents, before the SGD converged: raise lr, or "
+                f"n_epochs with lr_decay nearer 1, or lower lam. Their units are the data term's, sized for "
+                f"the paper's survey of 625 rays (README, 'A scikit-learn example').",
+                ConvergenceWarning, stacklevel=caller_stacklevel())
 
     def _warn_if_impossible(self, result):
         """A UserWarning for the surveys whose selected model has a non-positive or non-finite slowness
@@ -541,7 +564,17 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
         if self.precision != "float32":
             # a chunk's guard is warned by invert, over all the chunks (a worker process's warnings are lost)
             result = self._rescore_in_float32(result, problem, warn=not chunked)
+        self._check_stationary(result, problem, Y, sigma)
         return result
+
+    def _check_stationary(self, result, problem, Y, sigma):
+        """``result.descent_rmse`` and ``result.stationary``: a line search along the full-data gradient
+        from each survey's selected latent (:mod:`.stationarity`; invert warns over all the chunks)."""
+        rows = np.arange(len(Y))
+        z = torch.tensor(result.latents[rows, result.best_start], dtype=torch.float32, device=self.device_)
+        at, best = descent_misfit(problem, Y, sigma, z, uniform=self.latent_distribution_ == "uniform")
+        result.descent_rmse = best.rmse.cpu().numpy().astype(np.float64)
+        result.stationary = is_stationary(at, best, Y) | result.reached_target[rows, result.best_start]
 
     def _rescore_in_float32(self, result, problem, warn=True):
         """Every start's selected latent decoded again in float32: models, data RMSE, chi-square and

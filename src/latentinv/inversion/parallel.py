@@ -22,7 +22,8 @@ client directly.
 
 A chunk that raises under joblib's threading backend ends the call, and the chunks running beside it in
 the backend's other threads stop at their next iteration (:func:`~.runtime.cancelled_with`): they would
-otherwise go on calling the user's slowness map and the operator after the call has returned. Under loky
+otherwise go on calling the user's slowness map and the operator after the call has returned. The call
+raises the error that failed, never the stop of a chunk beside it. Under loky
 and Dask the running chunks finish in their workers (no shared event reaches another process).
 """
 from __future__ import annotations
@@ -30,11 +31,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import threading
 
 import joblib
 
-from .runtime import cancelled_with, torch_threads
+from .runtime import Cancellation, ChunkCancelled, cancelled_with, torch_threads
 
 
 def survey_chunks(n_surveys, chunk_size, n_jobs):
@@ -83,10 +83,13 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
     if client is None or joblib.effective_n_jobs(n_jobs) == 1:      # joblib runs those in line
         from joblib.externals.loky.process_executor import TerminatedWorkerError
         # threads of this process: the chunks beside a failed one stop at their next iteration
-        cancel = threading.Event() if isinstance(backend, joblib.parallel.ThreadingBackend) else None
+        cancel = Cancellation() if isinstance(backend, joblib.parallel.ThreadingBackend) else None
         try:
             return joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(run_chunk)(estimator, Y[c], sigma, seed, c, cancel)
                                                   for c in chunks)
+        except ChunkCancelled:
+            # joblib raises the first failed chunk in X's order, which may be one that the failure stopped
+            raise cancel.error
         except TerminatedWorkerError as err:    # joblib's message does not say what was lost, or why
             raise TerminatedWorkerError(
                 f"{type(estimator).__name__}: a worker process died while inverting X's {len(Y)} surveys in "
@@ -118,7 +121,7 @@ def run_chunks(estimator, Y, sigma, seed, chunks, n_jobs):
 def run_chunk(estimator, Y, sigma, seed, surveys, cancel=None):
     """One chunk's :class:`~.result.InversionResult` (in a worker or in line), with the worker's threads;
     ``surveys``: the chunk's slice of X (for per-survey ``initial_latents``); ``cancel``: the
-    :class:`threading.Event` of the call's chunks in threads (:func:`~.runtime.cancelled_with`), or None."""
+    :class:`~.runtime.Cancellation` of the call's chunks in threads (:func:`~.runtime.cancelled_with`), or None."""
     n = worker_threads()
     with cancelled_with(cancel), torch_threads(n), operator_threads(estimator.operator_, n):
         return estimator._run(Y, sigma, seed, chunked=True, surveys=surveys)

@@ -60,6 +60,15 @@ class InversionResult:
     homogeneous_rmse : ndarray of shape (n_surveys,) or None
         Data RMSE (ns) of that model: the baseline an acceptance threshold must clearly beat
         (:meth:`accepted` warns otherwise).
+    descent_rmse : ndarray of shape (n_surveys,) or None
+        Data RMSE (ns) of the best point found by a line search along the full-data gradient from the
+        selected model's latent (distances 2 to 1/128 latent units; :mod:`.stationarity`): near
+        ``data_rmse[s, best_start[s]]`` where the SGD converged to a minimum, far below it where its
+        step schedule ran out first.
+    stationary : ndarray of bool of shape (n_surveys,) or None
+        False where that line search lowered the data RMSE (``sqrt(chi2)`` with ``noise_std``) by more
+        than 10 %: :meth:`LatentInverter.invert` warns (``ConvergenceWarning``). True where the
+        selected start stopped at ``target_misfit`` (not a minimum by design; not checked).
     """
 
     models: np.ndarray
@@ -82,6 +91,8 @@ class InversionResult:
     settings: dict = field(default_factory=dict)
     homogeneous_slowness: Optional[np.ndarray] = None
     homogeneous_rmse: Optional[np.ndarray] = None
+    descent_rmse: Optional[np.ndarray] = None
+    stationary: Optional[np.ndarray] = None
 
     @classmethod
     def concatenate(cls, parts):

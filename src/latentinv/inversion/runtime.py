@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 
 import torch
 
@@ -29,6 +30,13 @@ class ChunkCancelled(RuntimeError):
     """A chunk stopped because another chunk of the same call failed (never the error the caller sees)."""
 
 
+class Cancellation(threading.Event):
+    """The event of one call's chunks, and the error that set it first (:attr:`error`): the caller
+    raises that one, whichever chunk joblib reports first."""
+
+    error = None
+
+
 @contextlib.contextmanager
 def cancelled_with(event):
     """Inside the block the engine's loops stop once ``event`` (a :class:`threading.Event`, shared by the
@@ -41,6 +49,8 @@ def cancelled_with(event):
         yield
     except BaseException as err:
         if not isinstance(err, ChunkCancelled):     # a cancelled chunk is not a failure of its own
+            if getattr(event, "error", None) is None:
+                event.error = err
             event.set()
         raise
     finally:
