@@ -6,17 +6,17 @@ longer falls at the end, and a rule on its last iterations (scikit-learn's ``max
 tell that run from a converged one. A step along the full-data gradient from the selected latent can:
 from a minimum (local or global) no step lowers the misfit much, from a frozen iterate one does.
 
-Measured with Table 1's settings on the paper's survey (mc1-mc3, 10 starts, 0.25 ns noise or none, the
-shipped prior), the best step lowered the data RMSE by at most 2.3 % (VSbod, whose origin term holds
-the latents); on the tests' 36-ray survey with the defaults, by 64-84 % (docs/user_trial.md,
-"A convergence check for the SGD"). :data:`DROP` sits between.
+Measured on the paper's survey with the shipped prior (mc1-mc3; Table 1's cases with 10 starts, the
+nonlinear case with 1; 0.25 ns noise or none), the best step lowered the data RMSE by at most 2.5 %
+(2.3 % for VSbod, whose origin term holds the latents); on the tests' 36-ray survey with the defaults,
+by 64-84 % (docs/user_trial.md, "A convergence check for the SGD"). :data:`DROP` sits between.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .problem import LatentProblem
+from .problem import LatentProblem, Misfit
 
 #: Distances along the unit steepest-descent direction tried, in latent units (the prior's scale).
 STEPS = tuple(2.0 ** -k for k in range(-1, 8))      # 2 ... 1/128
@@ -80,7 +80,7 @@ def descent_misfit(problem, Y, sigma, latents, uniform):
     k = value.argmin(1)
     rows = torch.arange(S, device=k.device)
     pick = lambda parts: None if parts[0] is None else torch.cat(parts).T[rows, k]
-    best = type(at)(pick(rmse), pick(chi2), value[rows, k], pick(rms))
+    best = Misfit(pick(rmse), pick(chi2), value[rows, k], pick(rms))
     return at, best
 
 
