@@ -65,22 +65,22 @@ def descent_misfit(problem, Y, sigma, latents, uniform):
         # the trial points in blocks of at most the run's rows (n_starts per survey): one operator call
         # per block, within the memory the run was checked for
         per_block = max(1, min(len(STEPS), problem.n_starts))
-        value, rmse, chi2, rms = [], [], [], []
+        blocks = []         # Misfits of (steps of the block) x S rows, step-major
         for first in range(0, len(STEPS), per_block):
             steps = torch.tensor(STEPS[first:first + per_block], dtype=z.dtype, device=z.device)
             trial = (z[None] - steps[:, None, None] * direction[None]).reshape(-1, z.shape[1])
             if uniform:
                 trial = trial.clamp(-1.0, 1.0)
-            m = check.misfit(check.full_traveltimes(*check.decode(trial)),
-                             rows=torch.arange(S, device=z.device).repeat(len(steps)))
-            for out, part in ((value, m.value), (rmse, m.rmse), (chi2, m.chi2), (rms, m.rms_for_target)):
-                out.append(None if part is None else part.reshape(len(steps), S))
-    value = torch.cat(value).T
-    value = torch.where(torch.isfinite(value), value, torch.inf)
-    k = value.argmin(1)
-    rows = torch.arange(S, device=k.device)
-    pick = lambda parts: None if parts[0] is None else torch.cat(parts).T[rows, k]
-    best = Misfit(pick(rmse), pick(chi2), value[rows, k], pick(rms))
+            blocks.append(check.misfit(check.full_traveltimes(*check.decode(trial)),
+                                       rows=torch.arange(S, device=z.device).repeat(len(steps))))
+
+    def per_step(name):     # one field of the Misfits, (len(STEPS), S)
+        return torch.cat([getattr(m, name) for m in blocks]).reshape(len(STEPS), S)
+
+    value = per_step("value")
+    k = torch.where(torch.isfinite(value), value, torch.inf).argmin(0)
+    pick = lambda name: None if getattr(at, name) is None else per_step(name)[k, torch.arange(S, device=k.device)]
+    best = Misfit(pick("rmse"), pick("chi2"), pick("value"), pick("rms_for_target"))
     return at, best
 
 
