@@ -87,6 +87,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 
 import torch  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
 import paper_report as report  # noqa: E402
 from machine_info import code_info, cpu_counts, cpu_model  # noqa: E402  (a sibling script)
@@ -94,6 +95,7 @@ from latentinv.baselines import check_against_baselines, constant_model_rmse, ho
 from latentinv import datasets  # noqa: E402
 from latentinv.datasets import PatchSampler, load_image  # noqa: E402
 from latentinv.geometry import CrossholeSurvey, Grid2D  # noqa: E402
+from latentinv.inversion.stationarity import DROP  # noqa: E402
 from latentinv.inversion import (NONLINEAR_SETTINGS, PAPER_CASES, LatentInverter, chi_mean,  # noqa: E402
                                  paper_slowness)
 from latentinv.operators import ShortestPathOperator, StraightRayOperator  # noqa: E402
@@ -499,6 +501,17 @@ def summarize(res, truths, thresholds):
     return dict(**report.start_summary(res.data_rmse, thresholds), model_rmse=rmse(res.models, truths).tolist())
 
 
+def convergence_check(res, caught):
+    """The stationarity check of ``invert`` (latentinv.inversion.stationarity) per truth: the selected
+    model's data RMSE, the best step's along the full-data gradient, the relative fall of the RMSE, and
+    the ConvergenceWarnings the case raised: the record that calibrates the check's threshold (DROP)."""
+    rows = np.arange(res.n_surveys)
+    selected = res.data_rmse[rows, res.best_start]
+    return dict(drop=DROP, selected_rmse=selected.tolist(), descent_rmse=res.descent_rmse.tolist(),
+                fall=(1.0 - res.descent_rmse / selected).tolist(), stationary=res.stationary.tolist(),
+                warnings=[str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)])
+
+
 def main(argv=None):
     args = parse_args(argv)
     # line by line even into a pipe or file: a run stopped by a time limit keeps what it printed
@@ -617,19 +630,24 @@ def main(argv=None):
                                  **settings)
             key = f"{name}{'_noise' if noisy else ''}"
             graph_error = None
-            try:
-                res = inv.fit(data).invert(data)
-            except RuntimeError as exc:     # a capture that fails on this machine: the case runs eagerly, said so
-                if not args.cuda_graphs:
-                    raise
-                graph_error = f"{type(exc).__name__}: {exc}"[:300]
-                print(f"[{key}] CUDA GRAPHS FAILED ({graph_error}); this case runs eagerly")
-                t0 = time.perf_counter()
-                res = inv.set_params(cuda_graphs=False).fit(data).invert(data)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                try:
+                    res = inv.fit(data).invert(data)
+                except RuntimeError as exc:  # a capture that fails on this machine: the case runs eagerly, said so
+                    if not args.cuda_graphs:
+                        raise
+                    graph_error = f"{type(exc).__name__}: {exc}"[:300]
+                    print(f"[{key}] CUDA GRAPHS FAILED ({graph_error}); this case runs eagerly")
+                    caught.clear()
+                    t0 = time.perf_counter()
+                    res = inv.set_params(cuda_graphs=False).fit(data).invert(data)
             dt = time.perf_counter() - t0
+            for w in caught:        # recorded, and shown as they would have been
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             cell = summarize(res, truths, thresholds[noisy])
             cell.update(time_s=dt, iterations=int(inv.n_iterations_), settings=settings,
-                        cuda_graphs=bool(inv.cuda_graphs))
+                        cuda_graphs=bool(inv.cuda_graphs), convergence=convergence_check(res, caught))
             if graph_error:
                 cell["cuda_graphs_error"] = graph_error
             record["cases"][key] = cell
@@ -673,8 +691,13 @@ def main(argv=None):
             t0 = time.perf_counter()
             inv = LatentInverter(prior, inv_op, n_starts=args.nonlinear_starts, random_state=args.seed,
                                  device=args.device, verbose=1, **nl_extra, **settings)
-            res = inv.fit(data).invert(data)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                res = inv.fit(data).invert(data)
             nl["time_s"] += time.perf_counter() - t0
+            for w in caught:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            nl.setdefault("convergence", {})[noisy] = convergence_check(res, caught)
             nl["iterations"] = int(inv.n_iterations_)
             nl["best_rmse"][noisy] = np.nanmin(res.data_rmse, axis=1).tolist()
             nl["accepted"][noisy] = np.sum(res.data_rmse <= thr[:, None], axis=1).astype(int).tolist()

@@ -119,8 +119,17 @@ def test_reproduce_paper_tiny_run(script, tiny):
         name = key.split("_")[0]
         settings = {k: v for k, v in PAPER_CASES[name].items() if k != "n_epochs"}
         assert {k: cell["settings"][k] for k in settings} == settings
+        # the convergence check's record: the selected start's RMSE, the fall along the gradient, and
+        # one ConvergenceWarning per case where a truth's fall passes the threshold
+        conv = cell["convergence"]
+        np.testing.assert_allclose(conv["selected_rmse"], np.nanmin(rm, axis=1), rtol=1e-12)
+        np.testing.assert_allclose(conv["fall"], 1 - np.divide(conv["descent_rmse"], conv["selected_rmse"]),
+                                   rtol=1e-12)
+        assert all(ok or f > conv["drop"] for f, ok in zip(conv["fall"], conv["stationary"]))
+        assert len(conv["warnings"]) == (not all(conv["stationary"]))
     assert "SAnnn" in record["skipped"] and "SGAN" in record["skipped"]["SAnnn"]
     assert len(record["nonlinear"]["threshold"]) == 6 and record["nonlinear"]["iterations"] == 25
+    assert set(record["nonlinear"]["convergence"]) == {"false", "true"}
 
     # the report: every cell "latentinv | paper", the paper's own numbers beside ours
     md = (out / "reproduction.md").read_text()
@@ -129,6 +138,9 @@ def test_reproduce_paper_tiny_run(script, tiny):
     assert f"{record['cases']['VSbnn']['mean_rmse'][0]:.3f} \\| 1.242" in md     # Table 4, mc1
     assert "skipped \\| 2" in md                                                 # SAnnn, mv1
     assert "Scale of this run" in md and "3 starts per truth" in md
+    fall = record["cases"]["VSbrd_noise"]["convergence"]["fall"][4]
+    assert f"| VSbrd (noise) | " in md and f"{100 * fall:.2f} %" in md          # the convergence check, mv2
+    assert "| nonlinear VSbrd (noise) | " in md
     for name in ("fig7_truths.png", "fig8_mc2_histories.png", "fig9_vsbrd_models.png",
                  "fig10_nonlinear_models.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
