@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "tests" / "golden"))
 import bench_inversion  # noqa: E402
 import cases  # noqa: E402
 
-from latentinv.inversion import LatentInverter, graphed  # noqa: E402
+from latentinv.inversion import LatentInverter, estimator, graphed  # noqa: E402
 from latentinv.nn import fused  # noqa: E402
 
 
@@ -316,16 +316,24 @@ def test_the_layout_rows_run_and_give_the_decoders_answer(monkeypatch, eager_fus
         cpu_variants.append((label, g, False, precision, None))
     bench_inversion.paper_experiment_rows(cpu_variants, op, tt, "cpu", 1, rows, n_starts=2,
                                           reference=("eager", eager))
-    assert [r.get("error") for r in rows] == [None] * 14
+    # a CPU without native bfloat16 (AVX2 only): the bfloat16 rows say why they did not run (emulated, they
+    # took 25 s here, and moved by up to 0.055 and 0.14 %)
+    native = estimator._native_bfloat16(torch.device("cpu"))
+    assert [r.get("error") for r in rows if native or ", bfloat16," not in r["method"]] == [None] * (14 if native else 11)
+    assert all("needs native bfloat16" in r["error"] for r in rows if not native and ", bfloat16," in r["method"])
+    rows = [r for r in rows if r.get("error") is None]
     assert set(paths) == {(False, True, False, False, False), (True, False, False, False, False),
                           (False, False, True, False, False), (True, True, True, False, False),
                           (False, False, False, True, False), (True, True, False, True, False),
                           (True, True, True, True, False), (False, False, False, False, True),
                           (False, True, True, False, True)}
     # 25 SGD steps from the same starts: float32 round-off of another order grows along the way (the decoders
-    # agree at one point: tests/test_nn.py), so the answers are near, and their fit nearer
+    # agree at one point: tests/test_nn.py), so the answers are near, and their fit nearer. bfloat16 keeps
+    # 8 bits: its rows moved by up to 0.055 and 0.14 % emulated on an AVX2 CPU (float32's by 0.004, 0.04 %)
     for r in rows[1:]:
-        assert r["max_model_diff_vs_eager"] < 5e-2 and abs(r["best_data_rmse_ns"] / rows[0]["best_data_rmse_ns"] - 1) < 1e-3
+        bf16 = ", bfloat16," in r["method"]
+        assert r["max_model_diff_vs_eager"] < (1e-1 if bf16 else 5e-2), r["method"]
+        assert abs(r["best_data_rmse_ns"] / rows[0]["best_data_rmse_ns"] - 1) < (5e-3 if bf16 else 1e-3), r["method"]
 
 
 def test_the_fused_layout_rows_are_the_compiled_norms_and_the_earlier_fastest():

@@ -119,8 +119,10 @@ def test_sgan_layout_switches_equal_the_generator(channels_last, fused_norm, mon
     xd = exact(zd)
     (grad_d,) = torch.autograd.grad(xd, zd, w)
     assert x.shape == xd.shape == (3, 1, 129, 65)
-    assert float((x.double() - xd).abs().max().detach()) <= 1e-5
-    assert float((grad.double() - grad_d).abs().max()) <= 1e-5 * float(grad_d.abs().max())
+    # float32 through 7 transposed convolutions and 5 instance norms: up to 1.1e-5 from float64 on an AVX2
+    # CPU (below 1e-5 with AVX-512); a wrong switch is off by the images' scale
+    assert float((x.double() - xd).abs().max().detach()) <= 3e-5
+    assert float((grad.double() - grad_d).abs().max()) <= 3e-5 * float(grad_d.abs().max())
 
 
 def test_sgan_switches_leave_training_to_the_modules():

@@ -2361,5 +2361,6 @@ def test_the_stationarity_check_of_chunks_in_workers_equals_the_serial_one(probl
         serial = LatentInverter(gen, op, **kw).fit(tt).invert(tt)
     with pytest.warns(ConvergenceWarning):
         chunked = LatentInverter(gen, op, n_jobs=2, chunk_size=1, **kw).fit(tt).invert(tt)
-    np.testing.assert_allclose(chunked.descent_rmse, serial.descent_rmse, rtol=1e-6)
+    # one survey per chunk against two in one batch: float32 kernels of some CPUs (AVX2) round by batch size
+    np.testing.assert_allclose(chunked.descent_rmse, serial.descent_rmse, rtol=1e-5)
     np.testing.assert_array_equal(chunked.stationary, serial.stationary)

@@ -888,8 +888,9 @@ def test_bfloat16_training_is_refused_without_native_bfloat16_and_checked(monkey
     monkeypatch.setattr(prior_module, "native_bfloat16", lambda device: False)
     with pytest.raises(ValueError, match="precision='bfloat16' needs native bfloat16 arithmetic on cpu"):
         VAEPrior(precision="bfloat16", **kw).fit(X)
-    monkeypatch.undo()
-    # a checkpoint of a float32 training is not resumed in bfloat16
+    # a checkpoint of a float32 training is not resumed in bfloat16 (on any machine: the arithmetic is
+    # taken as native here, so that the precision's own check does not come first on an AVX2 CPU)
+    monkeypatch.setattr(prior_module, "native_bfloat16", lambda device: True)
     VAEPrior(**kw).fit(X, checkpoint=tmp_path)
     with pytest.raises(ModelFileError, match="it differs in precision"):
         VAEPrior(precision="bfloat16", **dict(kw, n_iterations=2)).fit(X, checkpoint=tmp_path)
@@ -1012,7 +1013,9 @@ def _steps_by_hand(seeds, batches, n_features):
 
 def _assert_trained_as(prior, module, rows):
     history = np.array([prior.history_[k] for k in ("reconstruction", "kl", "loss")]).T
-    np.testing.assert_allclose(history, rows, rtol=1e-6)
+    # the KL term is the small rest of O(1) terms that cancel (1 + logvar - exp(logvar)): float32 leaves
+    # it ~1e-7 absolute, which kernels of another order reach (3e-8 on an AVX2 CPU)
+    np.testing.assert_allclose(history, rows, rtol=1e-6, atol=1e-7)
     for (k, a), b in zip(prior.module_.state_dict().items(), module.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
 

@@ -504,6 +504,15 @@ def test_the_threshold_note_follows_the_priors_schedule(iterations, says):
     assert says in lines[0] and ("less trained" in lines[0]) == (iterations < 100_000)
 
 
+def _stand_in_result(data_rmse, models):
+    """What a stand-in for LatentInverter's invert returns: the fields the script reads, the convergence
+    check's as from a stationary fit (no step lowers the selected RMSE)."""
+    best = np.nanargmin(data_rmse, axis=1)
+    return type("Res", (), dict(data_rmse=data_rmse, models=models, n_surveys=len(data_rmse), best_start=best,
+                                descent_rmse=data_rmse[np.arange(len(best)), best],
+                                stationary=np.ones(len(best), bool)))
+
+
 def test_summarize_counts_a_tie_as_accepted_and_means_over_starts(script):
     """Tables 3-4 of one case by hand: a start exactly at the threshold is accepted, Table 4 is the mean
     over starts (not the median), the best is the least, and each model is compared with its own truth."""
@@ -583,7 +592,7 @@ def test_the_nonlinear_numbers_are_the_3_node_thresholds_and_the_runs_own(script
             # start 0 between the threshold and the threshold + 0.25 ns, start 1 above both
             rm = np.tile([0.1, 0.4], (len(X), 1))
             rm[:3] += thr[:, None]
-            res = type("Res", (), dict(data_rmse=rm, models=np.full((len(X), 129 * 65), 0.25 * (1 + len(seen)))))
+            res = _stand_in_result(rm, np.full((len(X), 129 * 65), 0.25 * (1 + len(seen))))
             seen.append((np.array(X), res))
             return res
 
@@ -598,7 +607,9 @@ def test_the_nonlinear_numbers_are_the_3_node_thresholds_and_the_runs_own(script
     np.testing.assert_allclose(x_clean[:3], d_mc, rtol=1e-12)
     np.testing.assert_allclose(x_noisy - x_clean, np.tile(0.25 * np.load(root / "test_models" / "noiserealz.npy"),
                                                           (6, 1)), atol=1e-9)
-    np.testing.assert_allclose(nl["threshold"][:3], thr, rtol=1e-9)
+    # the truths' encode-decode in a batch of 6 there, of 3 here: float32 kernels of some CPUs (AVX2) round
+    # by batch size
+    np.testing.assert_allclose(nl["threshold"][:3], thr, rtol=1e-6)
     assert nl["accepted"]["false"][:3] == [0, 0, 0] and nl["accepted"]["true"][:3] == [1, 1, 1]
     np.testing.assert_allclose(nl["best_rmse"]["false"][:3], thr + 0.1, rtol=1e-12)
     for key, res in (("false", r_clean), ("true", r_noisy)):
@@ -823,7 +834,7 @@ def test_published_starts_reach_the_nonlinear_case_too(script, tiny, monkeypatch
 
         def invert(self, X):
             rm = np.ones((len(X), self.n_starts))
-            return type("Res", (), dict(data_rmse=rm, models=np.zeros((len(X), 129 * 65))))
+            return _stand_in_result(rm, np.zeros((len(X), 129 * 65)))
 
     monkeypatch.setattr(script, "LatentInverter", Inverter)
     monkeypatch.setattr(script, "save_figures", lambda *a, **k: [])

@@ -19,7 +19,7 @@ from .equations import has_a_medium, paper_slowness
 from .parallel import run_chunks, survey_chunks
 from .randomness import EpochStreams, replayable_seed
 from .result import InversionResult
-from .runtime import torch_threads
+from .runtime import stop_if_cancelled, torch_threads
 from .sgd import SGDSettings, run_sgd
 from .stationarity import DROP, descent_misfit, is_stationary
 
@@ -561,6 +561,7 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
                         n_iterations=self.n_iterations_, iterations_per_epoch=self.iterations_per_epoch_,
                         device=str(dev))
         result = history.result(stopping, settings=settings, owner=type(self).__name__)
+        stop_if_cancelled()     # a chunk whose loop ended as another failed: no rescoring, no check
         if self.precision != "float32":
             # a chunk's guard is warned by invert, over all the chunks (a worker process's warnings are lost)
             result = self._rescore_in_float32(result, problem, warn=not chunked)

@@ -21,8 +21,9 @@ results) and would wait forever, so under it :func:`run_chunks` submits the chun
 client directly.
 
 A chunk that raises under joblib's threading backend ends the call, and the chunks running beside it in
-the backend's other threads stop at their next iteration (:func:`~.runtime.cancelled_with`): they would
-otherwise go on calling the user's slowness map and the operator after the call has returned. The call
+the backend's other threads stop at their next iteration (:func:`~.runtime.cancelled_with`), and a chunk
+that a thread takes up afterwards does not start: they would otherwise go on calling the user's slowness
+map and the operator after the call has returned. The call
 raises the error that failed, never the stop of a chunk beside it. Under loky
 and Dask the running chunks finish in their workers (no shared event reaches another process).
 """
@@ -34,7 +35,7 @@ import os
 
 import joblib
 
-from .runtime import Cancellation, ChunkCancelled, cancelled_with, torch_threads
+from .runtime import Cancellation, ChunkCancelled, cancelled_with, stop_if_cancelled, torch_threads
 
 
 def survey_chunks(n_surveys, chunk_size, n_jobs):
@@ -124,4 +125,5 @@ def run_chunk(estimator, Y, sigma, seed, surveys, cancel=None):
     :class:`~.runtime.Cancellation` of the call's chunks in threads (:func:`~.runtime.cancelled_with`), or None."""
     n = worker_threads()
     with cancelled_with(cancel), torch_threads(n), operator_threads(estimator.operator_, n):
+        stop_if_cancelled()
         return estimator._run(Y, sigma, seed, chunked=True, surveys=surveys)

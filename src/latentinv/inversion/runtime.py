@@ -57,6 +57,15 @@ def cancelled_with(event):
         _cancel.reset(token)
 
 
+def stop_if_cancelled():
+    """:class:`ChunkCancelled` where the block's event (:func:`cancelled_with`) is set: checked before a
+    chunk's first step (a chunk that a thread takes up after the failure calls nothing of the user's), after
+    its loop, and at every iteration (:func:`iterations`)."""
+    event = _cancel.get()
+    if event is not None and event.is_set():
+        raise ChunkCancelled("another chunk of this call failed")
+
+
 def iterations(n, progress=None, unit="it"):
     """``range(n)`` for an engine loop, with a tqdm bar described by ``progress`` (None: none), stopping
     with :class:`ChunkCancelled` at the first iteration after the block's event (:func:`cancelled_with`)
@@ -65,8 +74,6 @@ def iterations(n, progress=None, unit="it"):
     if progress is not None:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=progress, unit=unit)
-    event = _cancel.get()
     for k in steps:
-        if event is not None and event.is_set():
-            raise ChunkCancelled("another chunk of this call failed")
+        stop_if_cancelled()
         yield k
