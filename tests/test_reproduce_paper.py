@@ -41,6 +41,17 @@ def script():
     return _load("reproduce_paper")
 
 
+# the tests whose runs draw the figures (Figs. 7-10 of the VAE cases and the nonlinear one; Fig. 8 with the
+# SGAN's): drawing took 30 of a run's 35 s (matplotlib's constrained layout), and the others check the record
+DRAWS_FIGURES = {"test_reproduce_paper_tiny_run", "test_sgan_cases_run_with_a_saved_sgan_prior_and_the_published_starts"}
+
+
+@pytest.fixture(autouse=True)
+def _figures_only_where_drawn(request, monkeypatch):
+    if "script" in request.fixturenames and request.function.__name__ not in DRAWS_FIGURES:
+        monkeypatch.setattr(request.getfixturevalue("script"), "save_figures", lambda *a, **k: [])
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random binary training image holding the paper's windows, its mc crops as 'published'
