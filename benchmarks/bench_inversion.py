@@ -141,12 +141,14 @@ def fastest_variant(variants, rows, reference_rmse=None, rtol=0.05):
     return min(timed_variants, key=lambda v: seconds[f"LatentInverter ({v[0]})"], default=None)
 
 
-def sgan_generator(device, seed=0):
+def sgan_generator(device, seed=0, n_filters=None):
     """The published SGAN generator's layout as the inversion sees it (uniform latents of shape (1, 5, 3),
-    15 of them, to 129 x 65 models), random weights: speed does not depend on training."""
-    from latentinv.nn.sgan import PUBLISHED_LATENT_SHAPE, SGANDecoder, SpatialGenerator
+    15 of them, to 129 x 65 models), random weights: speed does not depend on training. ``n_filters``: the
+    last layer's width (None: the published 64; the tests' rows take a narrower one)."""
+    from latentinv.nn.sgan import PUBLISHED_LATENT_SHAPE, PUBLISHED_N_FILTERS, SGANDecoder, SpatialGenerator
     torch.manual_seed(seed)
-    decoder = SGANDecoder(SpatialGenerator(), PUBLISHED_LATENT_SHAPE, (129, 65)).to(device).eval().requires_grad_(False)
+    net = SpatialGenerator(n_filters=n_filters or PUBLISHED_N_FILTERS)
+    decoder = SGANDecoder(net, PUBLISHED_LATENT_SHAPE, (129, 65)).to(device).eval().requires_grad_(False)
     return TorchGenerator(decoder, 15, latent_distribution="uniform")
 
 
