@@ -148,7 +148,7 @@ def _convergence(record):
             "`invert` searches along the full-data gradient from each truth's selected latent "
             f"(`latentinv.inversion.stationarity`) and warns where a step lowers the data RMSE by more than "
             f"{100 * cells[0][1]['drop']:.0f} %, unless the fit is within the noise. The fall per truth (largest here: "
-            f"{100 * max(falls):.2f} %):", "",
+            f"{100 * max(falls):.2f} %; negative where every step raised it):", "",
             _table(["case"] + truths + ["ConvergenceWarnings"], rows), ""]
 
 

@@ -6,10 +6,11 @@ longer falls at the end, and a rule on its last iterations (scikit-learn's ``max
 tell that run from a converged one. A step along the full-data gradient from the selected latent can:
 from a minimum (local or global) no step lowers the misfit much, from a frozen iterate one does.
 
-Measured on the paper's survey with the shipped prior (mc1-mc3; Table 1's cases with 10 starts, the
-nonlinear case with 1; 0.25 ns noise or none), the best step lowered the data RMSE by at most 2.5 %
-(2.3 % for VSbod, whose origin term holds the latents); on the tests' 36-ray survey with the defaults,
-by 64-84 % (docs/user_trial.md, "A convergence check for the SGD"). :data:`DROP` sits between.
+Measured on the paper's survey with the shipped prior (mc1-mc3 with 10 starts and all six truths with 5
+in Table 1's VAE cases, the nonlinear case with 1 start; 0.25 ns noise or none), the best step lowered the
+data RMSE by at most 3.0 % (VSbod, whose origin term holds the latents; docs/reproduction_convergence_cpu/);
+on the tests' 36-ray survey with the defaults, by 64-84 % (docs/user_trial.md, "A convergence check for the
+SGD"). :data:`DROP` sits between.
 """
 from __future__ import annotations
 
