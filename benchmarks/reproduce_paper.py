@@ -65,6 +65,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import platform
@@ -501,6 +502,17 @@ def summarize(res, truths, thresholds):
     return dict(**report.start_summary(res.data_rmse, thresholds), model_rmse=rmse(res.models, truths).tolist())
 
 
+@contextlib.contextmanager
+def shown_and_recorded_warnings():
+    """The warnings raised in the block, every ConvergenceWarning among them (for the record), shown
+    after the block as they would have been."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield caught
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
 def convergence_check(res, caught):
     """The stationarity check of ``invert`` (latentinv.inversion.stationarity) per truth: the selected
     model's data RMSE, the best step's along the full-data gradient, the relative fall of the RMSE, and
@@ -630,8 +642,7 @@ def main(argv=None):
                                  **settings)
             key = f"{name}{'_noise' if noisy else ''}"
             graph_error = None
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
+            with shown_and_recorded_warnings() as caught:
                 try:
                     res = inv.fit(data).invert(data)
                 except RuntimeError as exc:  # a capture that fails on this machine: the case runs eagerly, said so
@@ -643,8 +654,6 @@ def main(argv=None):
                     t0 = time.perf_counter()
                     res = inv.set_params(cuda_graphs=False).fit(data).invert(data)
             dt = time.perf_counter() - t0
-            for w in caught:        # recorded, and shown as they would have been
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             cell = summarize(res, truths, thresholds[noisy])
             cell.update(time_s=dt, iterations=int(inv.n_iterations_), settings=settings,
                         cuda_graphs=bool(inv.cuda_graphs), convergence=convergence_check(res, caught))
@@ -691,12 +700,9 @@ def main(argv=None):
             t0 = time.perf_counter()
             inv = LatentInverter(prior, inv_op, n_starts=args.nonlinear_starts, random_state=args.seed,
                                  device=args.device, verbose=1, **nl_extra, **settings)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
+            with shown_and_recorded_warnings() as caught:
                 res = inv.fit(data).invert(data)
             nl["time_s"] += time.perf_counter() - t0
-            for w in caught:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             nl.setdefault("convergence", {})[noisy] = convergence_check(res, caught)
             nl["iterations"] = int(inv.n_iterations_)
             nl["best_rmse"][noisy] = np.nanmin(res.data_rmse, axis=1).tolist()

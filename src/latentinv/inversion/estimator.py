@@ -480,11 +480,12 @@ class LatentInverter(ModelScoreMixin, RegressorMixin, LatentEstimatorBase):
         bad = np.flatnonzero(~result.stationary)
         if bad.size:
             at = result.data_rmse[bad, result.best_start[bad]]
-            k = int(bad[np.argmax(1 - result.descent_rmse[bad] / at)])
+            j = int(np.argmax(1 - result.descent_rmse[bad] / at))
+            k = int(bad[j])
             warnings.warn(
                 f"{type(self).__name__}: the selected models of {bad.size} of {result.n_surveys} surveys are "
                 f"not minima of the data misfit: a step along its full-data gradient lowers it by more than "
-                f"{100 * DROP:.0f} % (survey {k}: data RMSE {result.data_rmse[k, result.best_start[k]]:.4g} -> "
+                f"{100 * DROP:.0f} % (survey {k}: data RMSE {at[j]:.4g} -> "
                 f"{result.descent_rmse[k]:.4g} ns; result.descent_rmse, result.stationary). The step size "
                 f"decayed, or the regularization held the latents, before the SGD converged: raise lr, or "
                 f"n_epochs with lr_decay nearer 1, or lower lam. Their units are the data term's, sized for "

@@ -23,9 +23,9 @@ client directly.
 A chunk that raises under joblib's threading backend ends the call, and the chunks running beside it in
 the backend's other threads stop at their next iteration (:func:`~.runtime.cancelled_with`), and a chunk
 that a thread takes up afterwards does not start: they would otherwise go on calling the user's slowness
-map and the operator after the call has returned. The call
-raises the error that failed, never the stop of a chunk beside it. Under loky
-and Dask the running chunks finish in their workers (no shared event reaches another process).
+map and the operator after the call has returned. The call raises the error that failed, never the stop
+of a chunk beside it. Under loky and Dask the running chunks finish in their workers (no shared event
+reaches another process).
 """
 from __future__ import annotations
 
