@@ -18,6 +18,12 @@ SRC = ROOT / "src" / "latentinv"
 FEATURES = [
     ("matplotlib", (3, 7), "a figure legend placed outside the axes, Figure.legend(loc='outside ...') "
                            "(plotting.plot_inversion_summary, the demo's figure)", r"""loc=["']outside """),
+    # before 1.24 a ragged list became an object array, refused with another message than the documented one
+    ("numpy", (1, 24), "a ValueError from np.asarray on ragged input (the input checks that name a ragged "
+                       "array as such, e.g. 'must be a rectangular array')", r"except ValueError:\s+# ragged"),
+    # before 1.25 mcmc seeded the extra streams otherwise, so a seed drew other differential-evolution moves
+    ("numpy", (1, 25), "Generator.spawn (mcmc: the per-chain streams of the differential-evolution moves)",
+     r"\bg\.spawn\(1\)"),
     # a scikit-learn bug, not a new call: 1.6.0's cross_validate with routing on and no params raised a
     # TypeError of its own (process_routing(**None)); the scorers' routing (metrics.py) passed from 1.6.1 on
     ("scikit-learn", (1, 6, 1), "metadata routing of the scorers' sample_weight (set_score_request) "
@@ -38,7 +44,7 @@ def _lower_bounds(dependencies=None):
     return bounds
 
 
-@pytest.mark.parametrize("dist, first, feature, pattern", FEATURES, ids=[f[0] for f in FEATURES])
+@pytest.mark.parametrize("dist, first, feature, pattern", FEATURES, ids=[f"{f[0]}-{'.'.join(map(str, f[1]))}" for f in FEATURES])
 def test_declared_lower_bounds_have_the_features_the_code_uses(dist, first, feature, pattern):
     users = sorted(p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if re.search(pattern, p.read_text()))
     assert users, f"no module of src/latentinv uses {feature} any more: drop its row of FEATURES"

@@ -74,7 +74,7 @@ from .nn.sgan import (
     latent_grid_size,
     output_size,
 )
-from .nn.vae import _forked_global_rng
+from .nn.vae import forked_global_rng
 
 __all__ = ["SGANPrior"]
 
@@ -465,7 +465,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
 
         lc = int(self.latent_channels)
         generator = self._new_network()
-        with _forked_global_rng():   # torch's default init draws from the global RNG (one thread at a time)
+        with forked_global_rng():   # torch's default init draws from the global RNG (one thread at a time)
             discriminator = PatchDiscriminator(int(self.n_filters), L, int(self.discriminator_kernel_size))
         init = torch.Generator().manual_seed(seeds[0])
         init_weights(generator, init)
@@ -652,7 +652,7 @@ class SGANPrior(_ClonesRememberFitted, _PicklesNetwork, _DecodesLatents, BaseEst
     # ------------------------------------------------------------------ persistence
     def _new_network(self):
         """A generator of the configured architecture (torch's global RNG left as it was)."""
-        with _forked_global_rng():   # torch's default init draws from the global RNG (one thread at a time)
+        with forked_global_rng():   # torch's default init draws from the global RNG (one thread at a time)
             return SpatialGenerator(int(self.latent_channels), int(self.n_filters), int(self.n_layers),
                                     int(self.kernel_size), tuple(self.dilations))
 

@@ -615,9 +615,8 @@ class ChainStreams:
         proposal (archive indices, a choice of move), from per-chain generators spawned from the
         acceptance ones (created at the first call: the other kernels' streams are unchanged)."""
         if getattr(self, "_extra_rngs", None) is None:
-            # Generator.spawn: NumPy >= 1.25; before, a child seeded from the parent's stream
-            self._extra_rngs = [g.spawn(1)[0] if hasattr(g, "spawn") else np.random.default_rng(g.integers(2**63))
-                                for g in self.uniform_rngs]
+            # Generator.spawn (NumPy >= 1.25, the declared bound): the same streams on every NumPy
+            self._extra_rngs = [g.spawn(1)[0] for g in self.uniform_rngs]
             self._j = self.block
         if self._j == self.block:
             uni = np.stack([g.random((self.block, n)) for g in self._extra_rngs], 1)

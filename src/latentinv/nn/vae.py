@@ -696,7 +696,7 @@ _GLOBAL_RNG_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def _forked_global_rng(seed=None):
+def forked_global_rng(seed=None):
     """torch's global CPU RNG seeded with ``seed`` (None: as it is) inside the block and restored after it,
     one thread of the process at a time (:data:`_GLOBAL_RNG_LOCK`)."""
     with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
@@ -733,7 +733,7 @@ def build_vae(architecture: Union[str, Factory], input_shape, n_components, *,
     module : nn.Module
         On the CPU, float32, in training mode.
     """
-    with _forked_global_rng(seed):
+    with forked_global_rng(seed):
         if callable(architecture):
             module = architecture(input_shape, n_components)
             missing = [m for m in ("encode", "decode") if not callable(getattr(module, m, None))]
