@@ -422,6 +422,31 @@ def test_same_seed_same_result_and_survey_independence(problem):
     assert not np.allclose(a.latent_norm_history[0, :, 5], a.latent_norm_history[2, :, 5])
 
 
+def test_data_equal_as_numbers_draw_the_same_mini_batches_and_pair_with_the_same_starts(problem):
+    """A survey's streams and the per-survey starts' pairing hash its traveltimes: hashed as bits, a
+    traveltime of -0.0 (a difference of equal times) drew other mini-batches than 0.0 and was another X
+    for the starts fitted on it. A change of one ulp is still other data."""
+    from latentinv.inversion.randomness import data_digest
+    op, gen, _, _, tt = problem
+    plus, minus, ulp = tt.copy(), tt.copy(), tt.copy()
+    plus[0, 3], minus[0, 3], ulp[0, 3] = 0.0, -0.0, 5e-324
+    assert np.signbit(minus[0, 3]) and not np.signbit(plus[0, 3])
+    assert data_digest(minus).hexdigest() == data_digest(plus).hexdigest() != data_digest(ulp).hexdigest()
+    orders = [_survey_generators(3, y[0], 2)[0][1].permutation(tt.shape[1]) for y in (plus, minus, ulp)]
+    np.testing.assert_array_equal(orders[0], orders[1])
+    assert not np.array_equal(orders[0], orders[2])
+    kw = dict(batch_size=6, n_epochs=2, random_state=3, device="cpu", n_starts=3)
+    a = LatentInverter(gen, op, **kw).fit(plus).invert(plus)
+    b = LatentInverter(gen, op, **kw).fit(minus).invert(minus)
+    np.testing.assert_array_equal(a.data_rmse_history, b.data_rmse_history)
+    np.testing.assert_array_equal(a.models, b.models)
+    Z = np.random.default_rng(5).standard_normal((len(tt), 3, D))
+    fitted = LatentInverter(gen, op, initial_latents=Z, **kw).fit(minus)
+    np.testing.assert_array_equal(fitted.invert(plus).models, fitted.invert(minus).models)
+    with pytest.raises(ValueError, match="this X is another"):
+        fitted.invert(ulp)
+
+
 @pytest.mark.parametrize("random_state", [None, np.random.RandomState(4), 7])
 def test_a_run_repeats_from_its_results_replay_random_state(problem, random_state):
     """result.settings["seed"] is the engine's seed, not a random_state: a run of random_state=None could

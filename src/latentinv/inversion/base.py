@@ -26,7 +26,7 @@ from ..operators._base import ForwardOperator
 from .generator import (check_generator_module, check_generator_output, check_geometry, check_slowness_map_call,
                         module_device, prior_is_fitted, probe_latents)
 from .problem import LatentProblem
-from .randomness import initial_latents
+from .randomness import data_digest, initial_latents
 
 
 def _max_traveltime(n_data):
@@ -35,8 +35,8 @@ def _max_traveltime(n_data):
 
 
 def _surveys_digest(Y):
-    """SHA-256 of the surveys' traveltimes (float64): which X per-survey starts belong to."""
-    return hashlib.sha256(np.ascontiguousarray(Y, dtype=np.float64).tobytes()).hexdigest()
+    """SHA-256 of the surveys' traveltimes (as numbers): which X per-survey starts belong to."""
+    return data_digest(Y).hexdigest()
 
 
 class DataScaleWarning(UserWarning):
