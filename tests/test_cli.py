@@ -168,9 +168,11 @@ def test_demo_with_tiny_prior_writes_consistent_report(tiny_prior, tmp_path):
 def test_demo_echoes_the_samplers_baseline_warning_as_its_own(tiny_prior, tmp_path, monkeypatch):
     """The posterior's BaselineWarning (no chain fits better than the homogeneous model) is printed as a
     '[warning]' line and recorded in the report, as the inversions' are (it passed through as a raw Python
-    warning before)."""
+    warning before), and so is the inversions' ConvergenceWarning (a sentinel: the demo's fits pass the check)."""
+    from sklearn.exceptions import ConvergenceWarning
+
     from latentinv.baselines import BaselineWarning
-    from latentinv.inversion import LatentSampler
+    from latentinv.inversion import LatentInverter, LatentSampler
 
     real = LatentSampler.sample
 
@@ -178,6 +180,12 @@ def test_demo_echoes_the_samplers_baseline_warning_as_its_own(tiny_prior, tmp_pa
         warnings.warn("LatentSampler: sentinel of the posterior's baseline", BaselineWarning)
         return real(self, X)
     monkeypatch.setattr(LatentSampler, "sample", sample)
+    real_check = LatentInverter._warn_if_not_stationary
+
+    def check(self, result):
+        warnings.warn("LatentInverter: sentinel of the convergence check", ConvergenceWarning)
+        return real_check(self, result)
+    monkeypatch.setattr(LatentInverter, "_warn_if_not_stationary", check)
     prior_dir, _ = tiny_prior
     out = tmp_path / "demo"
     with warnings.catch_warnings():
@@ -189,6 +197,9 @@ def test_demo_echoes_the_samplers_baseline_warning_as_its_own(tiny_prior, tmp_pa
     assert "[warning] LatentSampler: sentinel of the posterior's baseline" in res.output
     report = json.loads((out / "report.json").read_text())
     assert "LatentSampler: sentinel of the posterior's baseline" in report["baselines"]["warnings"]
+    # the inversions' ConvergenceWarning is echoed and recorded the same way
+    assert "[warning] LatentInverter: sentinel of the convergence check" in res.output
+    assert "LatentInverter: sentinel of the convergence check" in report["baselines"]["warnings"]
 
 
 def test_demo_data_from_each_operator(tiny_prior, tmp_path):
@@ -899,6 +910,9 @@ def test_only_failed_allocations_are_reported_as_out_of_memory():
     assert is_out_of_memory(MemoryError())
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ..."))
+    # the same allocator on Windows
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:114] data. DefaultCPUAllocator: not enough "
+                                         "memory: you tried to allocate 4000000000000 bytes."))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 

@@ -2346,6 +2346,39 @@ def test_uniform_latents_are_clipped_into_their_box_in_the_line_search(problem):
     assert float(best.rmse[0]) == pytest.approx(clipped, rel=1e-4)
 
 
+def test_the_warning_names_the_survey_of_the_largest_fall_among_the_non_stationary_ones(problem):
+    """3 surveys, the first stationary: the message counts the 2 others and names survey 2 (a fall of 60 %,
+    against 20 % for survey 1), with its selected start's data RMSE (start 0 of survey 2, not start 1)."""
+    import types
+
+    op, gen, _, _, tt = problem
+    result = types.SimpleNamespace(
+        stationary=np.array([True, False, False]), n_surveys=3, best_start=np.array([1, 1, 0]),
+        data_rmse=np.array([[1.0, 0.5], [2.0, 0.8], [0.4, 0.5]]), descent_rmse=np.array([0.1, 0.64, 0.16]))
+    with pytest.warns(ConvergenceWarning) as caught:
+        LatentInverter(gen, op, device="cpu")._warn_if_not_stationary(result)
+    message = str(caught[0].message)
+    assert "the selected models of 2 of 3 surveys are not minima" in message
+    assert "(survey 2: data RMSE 0.4 -> 0.16 ns;" in message
+
+
+def test_the_inverters_check_clips_uniform_latents_into_their_box(problem):
+    """The inverter's own check (not descent_misfit called by hand) clips the trial points of uniform
+    latents: the same data and latent as the test above, the clipped line search's RMSE."""
+    import types
+
+    op, _, _, _, _ = problem
+    gen = linear_generator(distribution="uniform")
+    y = np.asarray(op.response(1 / (0.06 + 0.02 * (1 - gen.decode(np.array([[1.6, -0.5, 0.3, 0.8]])))))).reshape(1, -1)
+    z = np.array([0.9, -0.5, 0.3, 0.8])
+    est = LatentInverter(gen, op, regularization=None, device="cpu").fit(y)
+    result = types.SimpleNamespace(latents=z[None, None], best_start=np.array([0]), reached_target=np.array([[False]]))
+    est._check_stationary(result, est._problem(y, None, allow_pending=False), y, None)
+    _, clipped = _numpy_descent_rmse(gen, op, y[0], z, box=True)
+    assert result.descent_rmse[0] == pytest.approx(clipped, rel=1e-4)
+    assert not result.stationary[0]
+
+
 def test_a_schedule_that_runs_out_before_convergence_warns_and_a_converged_fit_does_not(problem):
     """The paper's defaults on the tests' 36-ray survey stop 0.14 / 0.29 ns short of an exact fit (README): a
     step along the gradient lowers the misfit by 64-84 %. A constant step converges: no warning."""

@@ -875,3 +875,47 @@ def test_published_starts_reach_the_nonlinear_case_too(script, tiny, monkeypatch
                  "--nonlinear-starts", "1", "--device", "cpu", "--out", str(out)])
     assert seen == [None, None]
     assert json.loads((out / "reproduce_paper.json").read_text())["nonlinear"]["starts"].startswith("drawn")
+
+
+def test_the_convergence_section_gives_each_cases_falls_and_warnings():
+    """The report's convergence table from a hand record: a case of a record written before the check (no
+    ``convergence``) left out, the nonlinear case's noisy column under its JSON key "true", a truth that is
+    not stationary marked, the count of ConvergenceWarnings, the largest fall over all the cells."""
+    report = _load("paper_report")
+
+    def conv(fall, stationary, n_warnings):
+        return dict(drop=0.1, fall=fall, stationary=stationary, warnings=["w"] * n_warnings)
+
+    record = {"truth_names": ["mc1", "mc2"],
+              "cases": {"VSbnn": {"accepted": [1, 2]},
+                        "VSbrd": {"convergence": conv([0.02, 0.15], [True, False], 1)},
+                        "VSbrd_noise": {"convergence": conv([-0.001, 0.03], [True, True], 0)}},
+              "nonlinear": {"convergence": {False: conv([0.5, 0.2], [True, True], 0),
+                                            "true": conv([0.05, 0.01], [True, True], 0)}}}
+    lines = report._convergence(record)
+    assert lines[0] == "## The convergence check"
+    assert "lowers the data RMSE by more than 10 %" in lines[2] and "(largest here: 50.00 %;" in lines[2]
+    assert lines[4].split("\n") == [
+        "| case | mc1 | mc2 | ConvergenceWarnings |", "|---|---|---|---|",
+        "| VSbrd | 2.00 % | 15.00 % (not stationary) | 1 |",
+        "| VSbrd (noise) | -0.10 % | 3.00 % | 0 |",
+        "| nonlinear VSbrd | 50.00 % | 20.00 % | 0 |",
+        "| nonlinear VSbrd (noise) | 5.00 % | 1.00 % | 0 |"]
+    assert report._convergence({"truth_names": ["mc1"], "cases": {"VSbnn": {}}}) == []
+
+
+def test_a_cases_warnings_are_recorded_and_still_shown(script):
+    """shown_and_recorded_warnings: the block's warnings in ``caught`` (each ConvergenceWarning, the same
+    one twice too), and shown after the block as without it."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with pytest.warns(Warning) as shown:
+        with script.shown_and_recorded_warnings() as caught:
+            for _ in range(2):
+                warnings.warn("not minima of the data misfit", ConvergenceWarning)
+            warnings.warn("another", UserWarning)
+        assert [(w.category, str(w.message)) for w in caught] == [
+            (ConvergenceWarning, "not minima of the data misfit")] * 2 + [(UserWarning, "another")]
+    assert [(w.category, str(w.message)) for w in shown] == [(w.category, str(w.message)) for w in caught]
