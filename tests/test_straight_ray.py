@@ -217,6 +217,29 @@ def test_numpy_entries_reject_wrong_dtype(bad, match):
     np.testing.assert_allclose(op.response(np.full(16, 3)), 3 * op.survey.distances, rtol=1e-14)
 
 
+def test_forward_takes_the_base_operators_arguments():
+    """Code written for any ForwardOperator passes ``jacobian_rows`` (an SGD mini-batch): StraightRayOperator's
+    forward refused it with a TypeError (mypy: the override's signature was not the base's). The rows are
+    checked as the base class checks them; traveltimes and gradients are those of every datum (G^T v)."""
+    op = _small_operator()
+    rng = np.random.default_rng(0)
+    m = torch.tensor(rng.uniform(10, 20, (3, 16)), requires_grad=True)
+    rows = torch.tensor([[0, 1], [1, 1], [0, 0]])
+    v = torch.tensor(rng.standard_normal((3, op.n_data)))
+    (op.forward(m, jacobian_rows=rows) * v).sum().backward()
+    np.testing.assert_allclose(m.grad.numpy(), v.numpy() @ op.matrix.toarray(), rtol=1e-12)
+    np.testing.assert_array_equal(op(m, rows).detach().numpy(), op.forward(m).detach().numpy())
+    np.testing.assert_array_equal(op.forward(m[0], jacobian_rows=[1]).detach().numpy(),
+                                  op.forward(m[0]).detach().numpy())
+    with pytest.raises(ValueError, match=r"StraightRayOperator.forward: jacobian_rows must lie in \[0, 2\), got "
+                                         r"\[0, 2\]"):
+        op.forward(m, jacobian_rows=[[0], [2], [1]])
+    with pytest.raises(ValueError, match=r"jacobian_rows must be integer indices of shape \(3, k\), got \(2, 1\)"):
+        op.forward(m, jacobian_rows=[[0], [1]])
+    with pytest.raises(ValueError, match="pending must be None .* got object"):
+        op.forward(m, pending=object())
+
+
 def test_empty_batch_forward_and_backward():
     op = _small_operator()
     m = torch.ones((0, 16), dtype=torch.float64, requires_grad=True)

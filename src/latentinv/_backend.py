@@ -4,10 +4,11 @@ Set ``LATENTINV_PUREPYTHON=1`` to force the pure-Python fallback even where the 
 """
 import os
 import warnings
+from typing import Any
 
 _FORCED_PURE_PYTHON = os.environ.get("LATENTINV_PUREPYTHON", "0") not in ("", "0")
 
-core = None
+core: Any = None     # the module, or None (its functions are declared in _core.pyi)
 if not _FORCED_PURE_PYTHON:
     try:  # pragma: no branch
         from . import _core as core  # type: ignore[no-redef]

@@ -540,7 +540,7 @@ class CrossholeSurvey(_Frozen):
             and np.array_equal(self.pairs, other.pairs)
         )
 
-    __hash__ = None
+    __hash__ = None     # type: ignore[assignment]  # equal by value: unhashable, as NumPy arrays
 
     def __repr__(self):
         return f"CrossholeSurvey(n_sources={self.n_sources}, n_receivers={self.n_receivers}, n_data={self.n_data})"

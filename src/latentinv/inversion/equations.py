@@ -38,7 +38,7 @@ def paper_slowness(x):
 
 
 #: model values for which :func:`paper_slowness` gives a positive velocity (open interval)
-paper_slowness.domain = (-math.inf, 4.0)
+paper_slowness.domain = (-math.inf, 4.0)     # type: ignore[attr-defined]  # a function's attribute
 
 
 def has_a_medium(s):

@@ -65,7 +65,7 @@ def _backward_runs_once(grad):
     return None
 
 
-_compiled = {}
+_compiled: dict = {}
 
 
 def _limit():

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Optional
+from typing import Any, Optional, Tuple, cast
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ def available() -> bool:
     return core is not None and hasattr(core, "decoder_norm_relu_forward")
 
 
-_RUNTIME = {"checked": False, "name": None}
+_RUNTIME: dict[str, Any] = {"checked": False, "name": None}
 
 
 def openmp_runtime() -> Optional[str]:
@@ -212,7 +212,7 @@ def _plain_deconv(m: nn.Module, one_channel: bool) -> bool:
 
 def _plan(layers: nn.Sequential):
     """The decoder's layers as [(deconv, norm)...] + last deconv, or None when the kernels do not fit."""
-    mods = list(layers)
+    mods: list[Any] = list(layers)      # a Module's attributes are typed Tensor | Module
     if len(mods) < 2 or not isinstance(mods[-1], nn.Sigmoid) or not _plain_deconv(mods[-2], True):
         return None
     blocks, body = [], mods[:-2]
@@ -252,7 +252,8 @@ def channels_last_weight(conv: nn.ConvTranspose2d, dtype: torch.dtype) -> torch.
 
 
 def _out_size(conv: nn.ConvTranspose2d, size: int, axis: int) -> int:
-    return ((size - 1) * conv.stride[axis] - 2 * conv.padding[axis] + conv.kernel_size[axis]
+    padding = cast(Tuple[int, int], conv.padding)     # a transposed convolution's is never a string
+    return ((size - 1) * conv.stride[axis] - 2 * padding[axis] + conv.kernel_size[axis]
             + conv.output_padding[axis])
 
 

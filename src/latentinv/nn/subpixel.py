@@ -22,6 +22,7 @@ the interleave, a copy of the output. Layers with a bias, groups or dilation are
 from __future__ import annotations
 
 import math
+from typing import Tuple, cast
 
 import torch
 from torch import nn
@@ -70,9 +71,9 @@ def conv_transpose(x: torch.Tensor, conv: nn.ConvTranspose2d, weight: torch.Tens
         y = y.reshape(n, hp * s1, wp * s2, c_out).contiguous().permute(0, 3, 1, 2)    # a view where sizes are 1
     else:
         y = y.reshape(n, c_out, s1, s2, hp, wp).permute(0, 1, 4, 2, 5, 3).reshape(n, c_out, hp * s1, wp * s2)
-    out_h = (h - 1) * s1 - 2 * conv.padding[0] + k1 + conv.output_padding[0]
-    out_w = (w - 1) * s2 - 2 * conv.padding[1] + k2 + conv.output_padding[1]
-    p1, p2 = conv.padding
+    p1, p2 = cast(Tuple[int, int], conv.padding)     # a transposed convolution's is never a string
+    out_h = (h - 1) * s1 - 2 * p1 + k1 + conv.output_padding[0]
+    out_w = (w - 1) * s2 - 2 * p2 + k2 + conv.output_padding[1]
     # rows past the full output (s (h - 1) + k) are zeros: an output_padding may reach beyond the phases
     short_h, short_w = max(0, p1 + out_h - hp * s1), max(0, p2 + out_w - wp * s2)
     if short_h or short_w:

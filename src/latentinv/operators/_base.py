@@ -31,6 +31,7 @@ homogeneity of traveltimes, determinism, batches, the torch bridge).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -167,7 +168,7 @@ class ForwardOperator:
     #: largest slowness contrast ``max / min`` within one model, or None for no limit. Graph
     #: operators set one: beyond it, edge times vanish against path times in float64
     #: (``fl(t + w) == t``) and first-arrival paths are no longer defined.
-    max_slowness_contrast = None
+    max_slowness_contrast: Optional[float] = None
 
     n_data: int
     n_params: int
@@ -441,22 +442,26 @@ class ForwardOperator:
             ``pending`` that does not answer for ``m``, or traveltimes that overflow the dtype of ``m``.
         """
         mb, single = check_slowness_tensor(m, self.n_params, f"{type(self).__name__}.forward")
-        mask = None
-        if jacobian_rows is not None:
-            idx = torch.as_tensor(jacobian_rows).detach().to("cpu")
-            if single and idx.ndim == 1:
-                idx = idx[None, :]
-            if (idx.ndim != 2 or idx.shape[0] != mb.shape[0] or idx.dtype.is_floating_point
-                    or idx.dtype == torch.bool):
-                raise ValueError(f"{type(self).__name__}.forward: jacobian_rows must be integer indices "
-                                 f"of shape ({mb.shape[0]}, k), got {tuple(idx.shape)} {idx.dtype}")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_data):
-                raise ValueError(f"{type(self).__name__}.forward: jacobian_rows must lie in "
-                                 f"[0, {self.n_data}), got [{int(idx.min())}, {int(idx.max())}]")
-            mask = np.zeros((mb.shape[0], self.n_data), dtype=bool)
-            np.put_along_axis(mask, idx.numpy().astype(np.int64), True, axis=1)
+        mask = self._rows_mask(jacobian_rows, mb.shape[0], single)
         out = JacobianFunction.apply(mb, self, mask, pending)
         return out[0] if single else out
+
+    def _rows_mask(self, jacobian_rows, n_models, single):
+        """``jacobian_rows`` checked, as a boolean mask ``(n_models, n_data)``; None for None."""
+        if jacobian_rows is None:
+            return None
+        idx = torch.as_tensor(jacobian_rows).detach().to("cpu")
+        if single and idx.ndim == 1:
+            idx = idx[None, :]
+        if idx.ndim != 2 or idx.shape[0] != n_models or idx.dtype.is_floating_point or idx.dtype == torch.bool:
+            raise ValueError(f"{type(self).__name__}.forward: jacobian_rows must be integer indices "
+                             f"of shape ({n_models}, k), got {tuple(idx.shape)} {idx.dtype}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_data):
+            raise ValueError(f"{type(self).__name__}.forward: jacobian_rows must lie in "
+                             f"[0, {self.n_data}), got [{int(idx.min())}, {int(idx.max())}]")
+        mask = np.zeros((n_models, self.n_data), dtype=bool)
+        np.put_along_axis(mask, idx.numpy().astype(np.int64), True, axis=1)
+        return mask
 
     __call__ = forward
 

@@ -279,8 +279,12 @@ class StraightRayOperator(ForwardOperator):
             self._torch_cache[key] = tensor.to(device)
         return self._torch_cache[key]
 
-    def forward(self, m):
+    def forward(self, m, jacobian_rows=None, pending=None):
         """Differentiable ``t = G m`` in torch for ``(n_params,)`` or ``(batch, n_params)``.
+
+        Takes :meth:`ForwardOperator.forward`'s arguments, so that code written for any operator runs
+        with this one: ``jacobian_rows`` is checked as there and needs no work here (the gradient of every
+        datum is one sparse product); ``pending`` must be None (this operator has no ``submit``).
 
         ``m`` must be a float32 or float64 tensor of finite slowness of at least the dtype's smallest
         normal number (ns/m; :func:`~latentinv.operators._base.smallest_slowness`), else ValueError
@@ -292,6 +296,10 @@ class StraightRayOperator(ForwardOperator):
         ----------
         m : torch.Tensor of shape (n_params,) or (batch, n_params)
             Slowness per cell (ns/m), float32 or float64, on any device.
+        jacobian_rows : array-like of int of shape (batch, k) or (k,) for one model, default=None
+            Data whose gradient is needed; checked, and the gradient of every datum is computed.
+        pending : None
+            Anything else is a ValueError.
 
         Returns
         -------
@@ -303,10 +311,15 @@ class StraightRayOperator(ForwardOperator):
         TypeError
             If ``m`` is not a tensor.
         ValueError
-            On a model refused (above) or traveltimes that overflow the dtype of ``m``.
+            On a model refused (above), ``jacobian_rows`` of a wrong shape, dtype or range, a
+            ``pending`` given, or traveltimes that overflow the dtype of ``m``.
         """
         mb, single = check_slowness_tensor(m, self.n_params, "StraightRayOperator.forward",
                                            dtypes=(torch.float32, torch.float64))
+        if pending is not None:
+            raise ValueError("StraightRayOperator.forward: pending must be None (a linear operator has no "
+                             f"submit: its traveltimes are one sparse product), got {type(pending).__name__}")
+        self._rows_mask(jacobian_rows, mb.shape[0], single)
         G = self.torch_matrix(mb.device, mb.dtype)
         GT = self.torch_matrix(mb.device, mb.dtype, transpose=True)
         out = _LinearSparse.apply(mb, G, GT)
