@@ -44,7 +44,8 @@ def _lower_bounds(dependencies=None):
     return bounds
 
 
-@pytest.mark.parametrize("dist, first, feature, pattern", FEATURES, ids=[f"{f[0]}-{'.'.join(map(str, f[1]))}" for f in FEATURES])
+@pytest.mark.parametrize("dist, first, feature, pattern", FEATURES,
+                         ids=[f"{f[0]}-{'.'.join(map(str, f[1]))}" for f in FEATURES])
 def test_declared_lower_bounds_have_the_features_the_code_uses(dist, first, feature, pattern):
     users = sorted(p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if re.search(pattern, p.read_text()))
     assert users, f"no module of src/latentinv uses {feature} any more: drop its row of FEATURES"

@@ -26,17 +26,12 @@ from ..operators._base import ForwardOperator
 from .generator import (check_generator_module, check_generator_output, check_geometry, check_slowness_map_call,
                         module_device, prior_is_fitted, probe_latents)
 from .problem import LatentProblem
-from .randomness import data_digest, initial_latents
+from .randomness import initial_latents, traveltimes_digest
 
 
 def _max_traveltime(n_data):
     """Largest traveltime (ns) whose squared residuals, summed over ``n_data``, stay finite in float32."""
     return math.sqrt(float(np.finfo(np.float32).max) / (4.0 * max(int(n_data), 1)))
-
-
-def _surveys_digest(Y):
-    """SHA-256 of the surveys' traveltimes (as numbers): which X per-survey starts belong to."""
-    return data_digest(Y).hexdigest()
 
 
 class DataScaleWarning(UserWarning):
@@ -497,7 +492,8 @@ class LatentEstimatorBase(BaseEstimator):
         self._check_geometry(op)
         self.initial_latents_ = self._check_initial_latents(d)
         per_survey = self.initial_latents_ is not None and self.initial_latents_.dim() == 3
-        self._survey_starts_digest = _surveys_digest(X) if per_survey else None    # they pair with these rows
+        # the per-survey starts pair with these rows
+        self._survey_starts_digest = traveltimes_digest(X).hexdigest() if per_survey else None
         self._check_survey_starts(X, same_x=False)      # the count; X is the one they pair with
         with torch.no_grad():
             # on a copy: a map that changes its input in place is refused below, not left to change out
@@ -735,7 +731,7 @@ class LatentEstimatorBase(BaseEstimator):
         if z0.shape[0] != len(Y):
             raise ValueError(f"{name}: initial_latents holds starting latents for {z0.shape[0]} surveys, but X "
                              f"has {len(Y)}; give one array per survey of X, {one_for_all}")
-        if same_x and _surveys_digest(Y) != getattr(self, "_survey_starts_digest", None):
+        if same_x and traveltimes_digest(Y).hexdigest() != getattr(self, "_survey_starts_digest", None):
             raise ValueError(f"{name}: initial_latents holds one array per survey of the X given to fit, and "
                              f"this X is another ({len(Y)} surveys of other traveltimes): its arrays would start "
                              f"other surveys than their own (e.g. a cross-validation's folds, whose rows the "

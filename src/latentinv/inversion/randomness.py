@@ -44,7 +44,7 @@ def initial_latents(seed, n_starts, n_components, latent_distribution):
     return torch.tensor(z, dtype=torch.float32)
 
 
-def data_digest(y):
+def traveltimes_digest(y):
     """SHA-256 of traveltimes as float64 numbers, not as bits: -0.0 is hashed as 0.0 (``+ 0.0`` turns
     one into the other), so data equal as numbers seed the same streams and pair with the same starts."""
     return hashlib.sha256((np.ascontiguousarray(y, dtype=np.float64) + 0.0).tobytes())
@@ -57,7 +57,7 @@ def survey_generators(seed, y, n_starts, n_streams=2):
     Seeded from the estimator's seed and the survey's data, so that a survey's streams do not
     depend on the other surveys or their order.
     """
-    digest = data_digest(y).digest()
+    digest = traveltimes_digest(y).digest()
     words = [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
     children = np.random.SeedSequence([seed] + words).spawn(n_streams * n_starts)
     gens = [np.random.default_rng(c) for c in children]

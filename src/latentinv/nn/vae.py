@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import Callable, Sequence, Tuple, Union
+from typing import Any, Callable, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -458,7 +458,7 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
     ``channels_last``). ``fused_norm``: each (instance norm, ReLU) pair through
     :func:`latentinv.nn.fused.norm_relu` (compiled kernels; before ``group_norm``). Other modules as
     they are."""
-    mods: list = list(layers)      # Any: a Module's attributes are typed Tensor | Module
+    mods: list[Any] = list(layers)      # a Module's attributes are typed Tensor | Module
     device = h.device.type
     low = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
     weight_dtype = torch.bfloat16 if low else h.dtype      # of the channels-last weights' cached copies
