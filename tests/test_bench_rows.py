@@ -19,6 +19,8 @@ from latentinv.inversion import LatentInverter, estimator, graphed  # noqa: E402
 from latentinv.nn import fused  # noqa: E402
 
 
+TORCH = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+
 # the SGAN rows' tests take a generator 8 times narrower than the published one (the rows' logic does not
 # depend on its width; the published one took 33 s for one test on a 2-core AMD EPYC)
 NARROW = 8
@@ -48,6 +50,11 @@ def test_every_variant_runs_and_is_compared_with_the_first(problem):
         [("eager", gen, False, "float32", None),
          ("static step, dynamo's eager backend", gen, False, "float32", {"backend": "eager"})],
         op, tt, "cpu", 2, rows, n_starts=3)
+    if TORCH < (2, 4):
+        # torch 2.2.0's dynamo fails inside the step (InternalTorchDynamoError, after "torch.* op returned
+        # non-Tensor int ... get_num_threads"); 2.4.0's runs it (2.3 untried): the row says so, the eager one runs
+        assert rows[0].get("error") is None and rows[1]["error"].startswith("InternalTorchDynamoError")
+        return
     assert [r.get("error") for r in rows] == [None, None]
     eager, traced = rows
     assert eager["max_model_diff_vs_eager"] == 0.0 and eager["first_call"] == "1 epoch, capture included"

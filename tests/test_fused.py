@@ -191,6 +191,13 @@ def test_a_backward_that_keeps_its_graph_is_refused_naming_the_switch():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     for keep in (dict(retain_graph=True), dict(create_graph=True)):
         zz = z.clone().requires_grad_(True)
+        if keep == dict(retain_graph=True) and not fused._KEEP_GRAPH_KNOWN:
+            # a torch that cannot tell the hook (2.2 can't): the compiled backward runs twice, and is right
+            out = switched(zz).square().sum()
+            for again in (dict(retain_graph=True), {}):
+                torch.testing.assert_close(torch.autograd.grad(out, zz, **again)[0], want,
+                                           rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+            continue
         with pytest.raises(RuntimeError, match="layout_fused_norm"):
             torch.autograd.grad(switched(zz).square().sum(), zz, **keep)
 

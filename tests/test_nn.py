@@ -16,6 +16,7 @@ from latentinv.nn import (
     kl_divergence,
     vae_loss,
 )
+from latentinv.nn.autocast import autocast_enabled
 
 
 def test_nn_layer_does_not_import_sklearn():
@@ -599,7 +600,7 @@ def test_layout_switches_under_bfloat16_autocast(channels_last, group_norm, fold
     norms = []
     real_norm = torch.nn.functional.group_norm
     monkeypatch.setattr(torch.nn.functional, "group_norm", lambda x, *a, **k: (lambda out: norms.append(
-        (x.dtype, out.dtype, torch.is_autocast_enabled("cpu"))) or out)(real_norm(x, *a, **k)))
+        (x.dtype, out.dtype, autocast_enabled("cpu"))) or out)(real_norm(x, *a, **k)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         xs, xp = switched(z), plain(z)
     assert norms == ([(torch.bfloat16, torch.bfloat16, False)] * 3 if group_norm else [])

@@ -94,3 +94,51 @@ def test_mypy_finds_no_error_in_the_package(tmp_path):
                            "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert done.stdout.startswith("Success: no issues found in "), done.stdout
+
+
+# torch 2.2's wheels beside NumPy 2 (pip pairs them: neither bounds the other); seen in a fresh environment
+# with torch 2.2.0 and NumPy 2.4.6: "Numpy is not available" at the first sample; 2.3.0 and 2.4.0 worked
+@pytest.mark.parametrize("numpy_version, torch_version, exchanges, refused", [
+    ("2.4.6", "2.2.0+cu121", False, True),
+    ("2.0.0rc1", "2.2.2", False, True),
+    ("2.1.0", "2.2.1", True, False),        # a torch 2.2 built for NumPy 2 passes
+    ("1.26.4", "2.2.0", None, False),       # None: the exchange must not be tried (torch not imported)
+    ("2.4.6", "2.3.0", None, False),
+    ("2.4.6", "2.13.0+cpu", None, False),
+    ("2.4.6", None, None, False),           # torch missing: the first module that imports it says so
+])
+def test_torch_2_2_beside_numpy_2_is_refused_at_import(numpy_version, torch_version, exchanges, refused,
+                                                        monkeypatch):
+    from latentinv import _versions
+    from latentinv._versions import check_torch_and_numpy
+    if torch_version is None:
+        monkeypatch.setattr(_versions, "_installed_torch_version", lambda: None)
+    tried = []
+
+    def exchanges_arrays():
+        assert exchanges is not None, "the exchange was tried for a pair that needs no trial"
+        tried.append(True)
+        return exchanges
+
+    if refused:
+        with pytest.raises(ImportError, match=rf"torch {re.escape(torch_version)} was built for NumPy 1\.x and "
+                                              rf"cannot exchange arrays with the installed NumPy "
+                                              rf"{re.escape(numpy_version)} .*numpy>=1\.25,<2.* or torch>=2\.3"):
+            check_torch_and_numpy(numpy_version, torch_version, exchanges_arrays)
+    else:
+        check_torch_and_numpy(numpy_version, torch_version, exchanges_arrays)
+    assert tried == ([True] if exchanges is not None else [])
+
+
+def test_the_installed_torch_version_is_read_without_importing_torch():
+    import subprocess
+    import sys
+    from importlib import metadata
+    from latentinv._versions import _installed_torch_version, _major_minor
+    import torch
+    assert _installed_torch_version() == torch.__version__          # with its local tag, as "2.2.0+cu121"
+    assert _major_minor(_installed_torch_version()) == _major_minor(metadata.version("torch"))  # "2.2.0" there
+    assert _major_minor("2.13.0+cpu") == (2, 13) and _major_minor("2") == (2, 0) and _major_minor("2.0.0rc1") == (2, 0)
+    done = subprocess.run([sys.executable, "-c", "import sys, latentinv; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr

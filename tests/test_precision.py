@@ -9,6 +9,7 @@ import torch
 
 import latentinv.inversion.estimator as estimator
 from latentinv.inversion import LatentInverter, PrecisionWarning, TorchGenerator
+from latentinv.nn.autocast import autocast_enabled
 from latentinv.operators import StraightRayOperator
 
 sys.path.insert(0, str(Path(__file__).with_name("golden")))
@@ -38,7 +39,7 @@ class Net(torch.nn.Module):
 
     def forward(self, z):
         x = torch.sigmoid(self.l2(torch.tanh(self.l1(z))))
-        return x + self.offset if torch.is_autocast_enabled("cpu") else x
+        return x + self.offset if autocast_enabled("cpu") else x
 
 
 def _run(net, **params):

@@ -17,6 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from latentinv.datasets import PatchSampler, make_channel_image, make_straight_channels
 from latentinv.nn import VAE, MLPDecoder, MLPEncoder
+from latentinv.nn.autocast import autocast_enabled
 from latentinv.prior import VAEPrior
 
 SMALL_CONV = dict(channels=(4, 8, 8, 8), hidden_size=16, device="cpu")
@@ -849,9 +850,9 @@ def test_bfloat16_training_refuses_garbage_gradients(monkeypatch, fault):
 
     def faulty(self, z):
         out = real_decode(self, z)
-        calls.append(torch.is_autocast_enabled("cpu"))
+        calls.append(autocast_enabled("cpu"))
         bump = float("inf") if fault == "inf" else 1e-3 * len(calls)
-        return out + bump * z.sum() if torch.is_autocast_enabled("cpu") else out
+        return out + bump * z.sum() if autocast_enabled("cpu") else out
     monkeypatch.setattr(vae_module.VAE, "decode", faulty)
     match = r"precision='bfloat16' on this CPU gives .* gradient non-finite or different"
     with pytest.raises(ValueError, match=match):

@@ -6,7 +6,10 @@ and latent-space MCMC (:class:`LatentSampler`) for crosshole traveltime tomograp
 Lopez-Alvis, Laloy, Nguyen & Hermans (2021), Computers & Geosciences.
 """
 from ._backend import HAS_CORE
+from ._versions import check_torch_and_numpy as _check_torch_and_numpy
 from .geometry import CrossholeSurvey, Grid2D, paper_crosshole
+
+_check_torch_and_numpy()      # torch 2.2 beside NumPy 2: refused here, not "Numpy is not available" in a fit
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .._subnormals import keep_subnormals
 from .equations import latent_penalty, learning_rate_schedule, regularization_schedule
 from .history import History
 from .runtime import iterations
@@ -151,8 +152,14 @@ compile_options = None
 
 def _compiled(step, options):
     """``step`` through ``torch.compile(**options)``, the full data a dense product (torch.compile does
-    not take sparse tensors). Dynamo splits the step at ``torch.autograd.grad``."""
-    return torch.compile(step.__call__, **options)
+    not take sparse tensors). Dynamo splits the step at ``torch.autograd.grad``. A CPU kernel's load may
+    turn flush-to-zero on (:mod:`latentinv._subnormals`): each call undoes that."""
+    compiled = torch.compile(step.__call__, **options)
+
+    def call(*args, **kwargs):
+        with keep_subnormals():
+            return compiled(*args, **kwargs)
+    return call
 
 
 #: eager steps before the capture (on a side stream, as torch's CUDA-graph notes ask; then undone)

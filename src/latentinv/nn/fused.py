@@ -17,15 +17,19 @@ steps, before the capture. Their backward runs once per forward (torch.compile's
 memory of the tensors it saved, and it is not differentiable again), so the switches that use them are for
 the inversion's first-order steps: a backward through them with ``retain_graph=True`` or
 ``create_graph=True`` (a second derivative, as ``LatentSampler``'s Gauss-Newton preconditioner takes) is a
-RuntimeError that names the switch. Torch's own error there depended on which backward had compiled
-first, and named its configuration ("compiled with non-empty donated buffers ... set
-torch._functorch.config.donated_buffer=False"), not the switch.
+RuntimeError that names the switch (``retain_graph`` only where torch lets a hook tell it, as 2.13 does; on
+torch 2.2 and 2.4 the compiled backward runs again and gives the same gradient). Torch's own error there
+depended on which backward had compiled first, and named its configuration ("compiled with non-empty
+donated buffers ... set torch._functorch.config.donated_buffer=False"), not the switch.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
+
+from .._subnormals import flushes_subnormals, keep_subnormals, undo_flush_to_zero
+from .autocast import autocast_enabled
 
 __all__ = ["norm_relu", "relu_norm"]
 
@@ -52,11 +56,16 @@ def _relu_then_norm(h: torch.Tensor, eps: float) -> torch.Tensor:
     return _normalised(_wide(h).relu(), eps).to(h.dtype)
 
 
+# whether a hook can tell a backward with retain_graph=True (not on torch 2.2 or 2.4, whose compiled
+# backward then runs again and gives the same gradient, as tests/test_fused.py checks there)
+_KEEP_GRAPH_KNOWN = hasattr(torch._C._autograd, "_get_current_graph_task_keep_graph")
+
+
 def _backward_runs_once(grad):
     """A hook on the compiled norms' output: refuse a backward that keeps its graph (``retain_graph`` or
     ``create_graph``), before the compiled backward meets it."""
-    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    if torch.is_grad_enabled() or (keep is not None and keep()):
+    keeps_graph = _KEEP_GRAPH_KNOWN and torch._C._autograd._get_current_graph_task_keep_graph()
+    if torch.is_grad_enabled() or keeps_graph:
         raise RuntimeError(
             "latentinv.nn.fused: the compiled instance norms (the decoders' layout_fused_norm switch) have a "
             "backward that runs once and is not differentiable again: a backward through them with "
@@ -82,12 +91,15 @@ def _call(fn, h, eps):
     if compiled is None:
         compiled = _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
     device = h.device.type      # outside autocast: the function chooses its own dtypes
-    no_autocast = (torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device)
+    no_autocast = (torch.autocast(device, enabled=False) if autocast_enabled(device)
                    else contextlib.nullcontext())
-    with _limit(), no_autocast:
+    with _limit(), no_autocast, keep_subnormals():      # a CPU kernel's load may turn flush-to-zero on
         out = compiled(h, float(eps))
     if out.requires_grad:
         out.register_hook(_backward_runs_once)
+        # the compiled backward may load its kernels when it first runs, after the forward's check
+        flushed = flushes_subnormals()
+        h.register_hook(lambda grad: undo_flush_to_zero(flushed))
     return out
 
 

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .autocast import bfloat16_autocast
 from . import fused as _fused
 from .native import channels_last_weight, constant_for_autograd
 from .reference import check_tensor_mapping, convert_published_tensors
@@ -165,8 +166,7 @@ class SpatialGenerator(nn.Module):
     def _conv_laid_out(self, layer, h):
         if not self.layout_channels_last:
             return layer(h)
-        dtype = (torch.bfloat16 if torch.is_autocast_enabled(h.device.type)
-                 and torch.get_autocast_dtype(h.device.type) == torch.bfloat16 else h.dtype)
+        dtype = torch.bfloat16 if bfloat16_autocast(h.device.type) else h.dtype
         return F.conv_transpose2d(h.contiguous(memory_format=torch.channels_last),
                                   channels_last_weight(layer, dtype), layer.bias, layer.stride, layer.padding,
                                   layer.output_padding, layer.groups, layer.dilation)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .autocast import autocast_enabled, bfloat16_autocast
 from . import fused as _fused
 from . import native
 from . import subpixel as _subpixel
@@ -256,8 +257,7 @@ class _ConvTranspose2dToOneChannel(nn.ConvTranspose2d):
     """
 
     def forward(self, x, output_size=None):
-        low = (x.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
-               and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        low = x.dtype == torch.bfloat16 and bfloat16_autocast("cpu")
         fast = (output_size is None and x.device.type == "cpu" and _foldable(self, x, low)
                 and not (torch.is_grad_enabled() and self.weight.requires_grad))
         if not fast:
@@ -373,9 +373,9 @@ class ConvDecoder(nn.Module):
         if h is None:
             h = self.fc(z).reshape((z.shape[0],) + self.map_shape)
         if frozen:
-            bfloat16 = torch.is_autocast_enabled("cpu")
+            bfloat16 = autocast_enabled("cpu")
             out = None
-            if self.native_cpu_kernels and (not bfloat16 or torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            if self.native_cpu_kernels and (not bfloat16 or bfloat16_autocast("cpu")):
                 out = native.frozen_deconv(self.deconv, h.float(), bfloat16=bfloat16)
             if out is not None:
                 return out.reshape(z.shape[0], self.n_cells)
@@ -396,7 +396,7 @@ def _frozen_cpu(module: nn.Module, x: torch.Tensor) -> bool:
     or under CPU autocast."""
     if x.device.type != "cpu":
         return False
-    if x.dtype != torch.float32 and not torch.is_autocast_enabled("cpu"):
+    if x.dtype != torch.float32 and not autocast_enabled("cpu"):
         return False
     return native.constant_for_autograd(module)
 
@@ -460,7 +460,7 @@ def _frozen_deconv(layers: nn.Sequential, h: torch.Tensor, group_norm: bool = Tr
     they are."""
     mods: list[Any] = list(layers)      # a Module's attributes are typed Tensor | Module
     device = h.device.type
-    low = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+    low = bfloat16_autocast(device)
     weight_dtype = torch.bfloat16 if low else h.dtype      # of the channels-last weights' cached copies
     i = 0
     while i < len(mods):
