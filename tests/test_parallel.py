@@ -410,18 +410,22 @@ def test_the_call_raises_the_chunks_error_not_the_stop_of_a_chunk_before_it_in_x
     from latentinv.inversion import runtime
     from latentinv.inversion.parallel import run_chunks
 
-    stopped = threading.Event()
+    started, stopped = threading.Event(), threading.Event()
 
     class Estimator:
         operator_ = None
 
         def _run(self, Y, sigma, seed, chunked, surveys):
             if surveys.start == 0:
+                started.set()
                 try:
                     for _ in runtime.iterations(10**6):       # runs until chunk 1 sets the call's event
                         time.sleep(0.001)
                 finally:
                     stopped.set()
+            # chunk 0 runs before chunk 1 fails: on Python 3.13 joblib's second thread started chunk 1 first,
+            # and chunk 0, cancelled before it began, never ran
+            assert started.wait(5)
             # what cancelled_with does with the error, before the error leaves the chunk for joblib
             error, event = KeyError("chunk 1 failed"), runtime._cancel.get()
             event.error = error

@@ -796,8 +796,39 @@ def test_result_maps_and_inference_data():
     _arviz()
     idata = r.to_inference_data()
     assert idata.posterior["z"].shape == (4, 30, 1, 3)
+    assert idata.posterior["z"].dims == ("chain", "draw", "survey", "latent")
+    assert idata.sample_stats["data_rmse"].dims == ("chain", "draw", "survey")
     np.testing.assert_array_equal(idata.posterior["z"].values[:, :, 0], r.samples[0])
     assert idata.sample_stats["chi2"].shape == (4, 30, 1)
+
+
+class _ArviZ1:
+    """ArviZ 1.x as to_inference_data meets it (from_dict takes the groups in one dict and returns an
+    xarray.DataTree); CI's Python 3.11 gets ArviZ 0.x, and ArviZ 1.3.0 itself ran the tests on Python
+    3.13 (docs/user_trial.md, "Python 3.13 and ArviZ 1")."""
+    __version__ = "1.3.0"
+
+    def __init__(self):
+        self.calls = []
+
+    def from_dict(self, data, *, name=None, sample_dims=None, coords=None, dims=None, attrs=None):
+        self.calls.append((data, dims))
+        return "a DataTree"
+
+
+def test_to_inference_data_speaks_arviz_1(monkeypatch):
+    """ArviZ 1.x's from_dict refused the keyword per group ("from_dict() got an unexpected keyword
+    argument 'posterior'"): every user on Python >= 3.12, where pip picks ArviZ 1.x."""
+    sigma = 0.1
+    op, gen, M, c, y = _linear_problem(sigma=sigma)
+    r = _sampler(gen, op, n_chains=2, n_burnin=5, n_samples=4, noise_std=sigma).fit(y[None]).sample(y[None])
+    fake = _ArviZ1()
+    monkeypatch.setitem(sys.modules, "arviz", fake)
+    assert r.to_inference_data() == "a DataTree"
+    [(data, dims)] = fake.calls
+    assert sorted(data) == ["posterior", "sample_stats"] and sorted(data["sample_stats"]) == ["chi2", "data_rmse"]
+    np.testing.assert_array_equal(data["posterior"]["z"], np.moveaxis(r.samples, 0, 2))
+    assert dims == {"z": ["survey", "latent"], "data_rmse": ["survey"], "chi2": ["survey"]}
 
 
 def test_missing_arviz_is_a_clear_import_error(monkeypatch):

@@ -1,6 +1,7 @@
 """The outcome of a latent-space MCMC run: :class:`PosteriorResult`."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -201,16 +202,18 @@ class PosteriorResult:
         return np.stack([np.cov(f, rowvar=False).reshape(d, d) for f in flat])
 
     def to_inference_data(self):
-        """The kept draws as an ``arviz.InferenceData``: posterior variable ``z`` with dimensions
+        """The kept draws as ArviZ's container: posterior variable ``z`` with dimensions
         ``(chain, draw, survey, latent)`` and sample statistics ``data_rmse`` (ns) and ``chi2``.
         Needs ArviZ (``pip install arviz``).
 
         Returns
         -------
-        arviz.InferenceData
-            Group ``posterior``: ``z`` of shape ``(n_chains, n_kept, n_surveys, n_components)``; group
-            ``sample_stats``: ``data_rmse`` and ``chi2`` of shape ``(n_chains, n_kept, n_surveys)``, those
-            of the kept states (from :attr:`data_rmse_history` and :attr:`chi2_history`).
+        arviz.InferenceData or xarray.DataTree
+            An ``arviz.InferenceData`` with ArviZ 0.x; an ``xarray.DataTree`` with ArviZ 1.x, which
+            replaced InferenceData with it (both read as ``idata.posterior["z"]``). Group ``posterior``:
+            ``z`` of shape ``(n_chains, n_kept, n_surveys, n_components)``; group ``sample_stats``:
+            ``data_rmse`` and ``chi2`` of shape ``(n_chains, n_kept, n_surveys)``, those of the kept
+            states (from :attr:`data_rmse_history` and :attr:`chi2_history`).
 
         Raises
         ------
@@ -222,8 +225,11 @@ class PosteriorResult:
         keep = slice(self.n_burnin + self.thin - 1, None, self.thin)   # the last state of each block, as kept
         rmse = np.moveaxis(self.data_rmse_history[:, :, keep], 0, 2)[:, :z.shape[1]]
         chi2 = np.moveaxis(self.chi2_history[:, :, keep], 0, 2)[:, :z.shape[1]]
-        return az.from_dict(posterior={"z": z}, sample_stats={"data_rmse": rmse, "chi2": chi2},
-                            dims={"z": ["survey", "latent"], "data_rmse": ["survey"], "chi2": ["survey"]})
+        groups = {"posterior": {"z": z}, "sample_stats": {"data_rmse": rmse, "chi2": chi2}}
+        dims = {"z": ["survey", "latent"], "data_rmse": ["survey"], "chi2": ["survey"]}
+        if "posterior" in inspect.signature(az.from_dict).parameters:     # ArviZ 0.x: a keyword per group
+            return az.from_dict(**groups, dims=dims)
+        return az.from_dict(groups, dims=dims)                           # ArviZ 1.x: the groups in one dict
 
     def _diagnose(self):
         if self._diagnostics is None:
