@@ -4,9 +4,9 @@ The package allows ``torch>=2.2`` and ``numpy>=1.25``, and pip pairs them freely
 built for NumPy 1.x: beside NumPy 2 torch prints a warning at import, and every array exchanged with NumPy
 (``Tensor.numpy()``, ``torch.from_numpy``) is "RuntimeError: Numpy is not available", raised deep inside a
 fit or a sample. torch 2.3.0 works with NumPy 2 (seen with 2.4.6). So ``import latentinv`` refuses that
-pair with the remedy. The versions are read from the installed metadata, so that ``import latentinv``
-still does not import torch; torch is imported, to try one exchange, only for the suspect pair (a torch
-2.2 built for NumPy 2 passes).
+pair with the remedy. torch's version is read from its ``version.py`` (or its metadata), so that
+``import latentinv`` still does not import torch; torch is imported, to try one exchange, only for the
+suspect pair (a torch 2.2 built for NumPy 2 passes).
 """
 import importlib.util
 import re
