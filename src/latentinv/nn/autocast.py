@@ -47,7 +47,7 @@ def autocast_enabled(device_type: str) -> bool:
 
 def bfloat16_autocast(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` and casts to bfloat16."""
-    if _BY_DEVICE_TYPE:
-        return bool(torch.is_autocast_enabled(device_type)) and torch.get_autocast_dtype(device_type) == torch.bfloat16
-    api = _old_api(device_type)
-    return api is not None and bool(api[0]()) and api[1]() == torch.bfloat16
+    if not autocast_enabled(device_type):
+        return False
+    dtype = torch.get_autocast_dtype(device_type) if _BY_DEVICE_TYPE else _old_api(device_type)[1]()
+    return dtype == torch.bfloat16

@@ -93,13 +93,15 @@ def _call(fn, h, eps):
     device = h.device.type      # outside autocast: the function chooses its own dtypes
     no_autocast = (torch.autocast(device, enabled=False) if autocast_enabled(device)
                    else contextlib.nullcontext())
-    with _limit(), no_autocast, keep_subnormals():      # a CPU kernel's load may turn flush-to-zero on
+    # only a CPU kernel's load may turn flush-to-zero on: the GPU path's calls pay nothing for the check
+    cpu = device == "cpu"
+    with _limit(), no_autocast, keep_subnormals() if cpu else contextlib.nullcontext():
         out = compiled(h, float(eps))
     if out.requires_grad:
         out.register_hook(_backward_runs_once)
-        # the compiled backward may load its kernels when it first runs, after the forward's check
-        flushed = flushes_subnormals()
-        h.register_hook(lambda grad: undo_flush_to_zero(flushed))
+        if cpu:     # the compiled backward may load its kernels when it first runs, after the forward's check
+            flushed = flushes_subnormals()
+            h.register_hook(lambda grad: undo_flush_to_zero(flushed))
     return out
 
 
