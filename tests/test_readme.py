@@ -49,13 +49,19 @@ def test_the_readme_examples_run(tmp_path, monkeypatch):
     pytest.importorskip("distributed", reason="the cluster example runs on dask.distributed")
     monkeypatch.chdir(tmp_path)            # the examples write prior-ckpt/, my-prior/, sgan_prior/
     namespace = {}
-    for k, code in enumerate(examples()):
-        for old, new in CUTS[k]:
-            assert old in code, f"example {k + 1} no longer holds {old!r}: update this test's cuts"
-            code = code.replace(old, new)
-        if not native_bfloat16(torch.device("cpu")):     # the example's bfloat16 needs it, else is refused
-            code = code.replace('precision="bfloat16"', 'precision="float32"')
-        exec(compile(code, f"README example {k + 1}", "exec"), namespace)
+    try:
+        for k, code in enumerate(examples()):
+            for old, new in CUTS[k]:
+                assert old in code, f"example {k + 1} no longer holds {old!r}: update this test's cuts"
+                code = code.replace(old, new)
+            if not native_bfloat16(torch.device("cpu")):     # the example's bfloat16 needs it, else is refused
+                code = code.replace('precision="bfloat16"', 'precision="float32"')
+            exec(compile(code, f"README example {k + 1}", "exec"), namespace)
+    finally:
+        # the cluster example's in-process cluster, left open as a reader would leave it, is closed
+        # here: else its threads log at the interpreter's exit, after pytest closed their stream
+        if "client" in namespace:
+            namespace["client"].close()
     # what the examples promise, checked on what they left
     assert namespace["models"].shape == (4, 129 * 65)
     assert set(namespace["search"].best_params_) == {"lr", "lam"}
